@@ -1,0 +1,142 @@
+//! The admin listener (loopback by default, no authentication): `/healthz`, `/readyz`,
+//! `/metrics`, `/config` and `POST /reload`. Never shows a secret: `/config` reports the
+//! version, load time and last reload error (diagnostics name files and fields, not values).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::{self, ResponseBody};
+use crate::config::reload::{ReloadOutcome, Reloader, Trigger};
+use crate::telemetry::metrics::Metrics;
+
+/// State the admin endpoints read.
+#[derive(Debug)]
+pub struct AdminState {
+    /// Reloads and the active snapshot.
+    pub reloader: Arc<Reloader>,
+    /// Metrics to expose.
+    pub metrics: Arc<Metrics>,
+    /// False once shutdown begins, so load balancers stop sending traffic.
+    pub ready: AtomicBool,
+}
+
+/// Serves the admin listener until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ResponseBody> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/readyz") => {
+            if state.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(body::full(state.metrics.encode()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        (&Method::GET, "/config") => json(StatusCode::OK, &config_status(state)),
+        (&Method::POST, "/reload") => match state.reloader.reload(Trigger::Admin).await {
+            Ok(ReloadOutcome::Applied { version }) => json(
+                StatusCode::OK,
+                &serde_json::json!({"outcome": "applied", "version": &*version}),
+            ),
+            Ok(ReloadOutcome::Unchanged { version }) => json(
+                StatusCode::OK,
+                &serde_json::json!({"outcome": "unchanged", "version": &*version}),
+            ),
+            Err(e) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &serde_json::json!({"outcome": "failed", "errors": e.0}),
+            ),
+        },
+        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn config_status(state: &AdminState) -> serde_json::Value {
+    let snap = state.reloader.current().load();
+    let status = state.reloader.status();
+    let secs = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    serde_json::json!({
+        "version": &*snap.version,
+        "loaded_at": secs(snap.loaded_at),
+        "last_reload_attempt": status.last_attempt.map(secs),
+        "last_reload_error": status.last_error,
+        "rules": snap.routes.rules().len(),
+        "upstreams": snap.upstreams.iter().map(|u| &*u.name).collect::<Vec<_>>(),
+    })
+}
+
+fn text(status: StatusCode, s: &'static str) -> Response<ResponseBody> {
+    let mut r = Response::new(body::full(s));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<ResponseBody> {
+    let mut r = Response::new(body::full(format!("{v}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}

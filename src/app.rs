@@ -1,0 +1,250 @@
+//! The running gateway: binds every listener (port 0 allowed), reports their addresses, serves,
+//! reloads and shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::admin::{self, AdminState};
+use crate::config::reload::{ReloadError, ReloadOutcome, Reloader, Trigger};
+use crate::config::{self, Diagnostic};
+use crate::proxy::listener::AcceptLoop;
+use crate::proxy::service::Shared;
+use crate::telemetry::metrics::Metrics;
+
+/// A started gateway.
+#[derive(Debug)]
+pub struct App {
+    reloader: Arc<Reloader>,
+    admin: Arc<AdminState>,
+    listeners: Vec<(Arc<str>, SocketAddr)>,
+    admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    drain_tx: Option<mpsc::Sender<()>>,
+    drain_rx: mpsc::Receiver<()>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config has errors.
+    #[error("invalid config:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<Diagnostic>),
+    /// A listener could not bind.
+    #[error("cannot bind {name} to {address}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Options that are not in the config file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Watch files and reload on change.
+    pub watch: bool,
+    /// Quiet period before a watched change is reloaded.
+    pub watch_debounce: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            watch_debounce: Duration::from_millis(200),
+        }
+    }
+}
+
+// === impl App ===
+
+impl App {
+    /// Loads the config, binds every listener and starts serving.
+    pub async fn start(config_path: &Path, options: Options) -> Result<Self, StartError> {
+        let path: PathBuf = config_path.to_path_buf();
+        let (snapshot, warnings) = tokio::task::spawn_blocking(move || config::build(&path, None))
+            .await
+            .map_err(|e| {
+                StartError::Config(vec![Diagnostic::file_error(
+                    &config_path.display().to_string(),
+                    format!("config task failed: {e}"),
+                )])
+            })?
+            .map_err(StartError::Config)?;
+        for w in &warnings {
+            tracing::warn!(diagnostic = %w, "Config warning");
+        }
+        let metrics = Arc::new(Metrics::new());
+
+        let mut bound = Vec::with_capacity(snapshot.listeners.len());
+        for l in &snapshot.listeners {
+            let tcp = TcpListener::bind(l.address)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: l.name.to_string(),
+                    address: l.address,
+                    source,
+                })?;
+            bound.push(tcp);
+        }
+        let admin_tcp = TcpListener::bind(snapshot.admin_address)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: "admin".into(),
+                address: snapshot.admin_address,
+                source,
+            })?;
+        let admin_addr = admin_tcp.local_addr().map_err(|source| StartError::Bind {
+            name: "admin".into(),
+            address: snapshot.admin_address,
+            source,
+        })?;
+        let max_connections = snapshot.raw.server.max_connections;
+        let names: Vec<Arc<str>> = snapshot.listeners.iter().map(|l| l.name.clone()).collect();
+        let version = snapshot.version.clone();
+
+        let reloader = Arc::new(Reloader::new(
+            config_path.to_path_buf(),
+            snapshot,
+            Arc::clone(&metrics),
+        ));
+        let shared = Arc::new(Shared {
+            current: Arc::clone(reloader.current()),
+            metrics: Arc::clone(&metrics),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (drain_tx, drain_rx) = mpsc::channel(1);
+        let connections = Arc::new(Semaphore::new(max_connections));
+
+        let mut listeners = Vec::with_capacity(bound.len());
+        for (index, (tcp, name)) in bound.into_iter().zip(names).enumerate() {
+            let addr = tcp.local_addr().map_err(|source| StartError::Bind {
+                name: name.to_string(),
+                address: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+            listeners.push((Arc::clone(&name), addr));
+            tracing::info!(listener = &*name, %addr, "Listening");
+            tokio::spawn(
+                AcceptLoop {
+                    index,
+                    name,
+                    listener: tcp,
+                    shared: Arc::clone(&shared),
+                    connections: Arc::clone(&connections),
+                    shutdown: shutdown_rx.clone(),
+                    drain: drain_tx.clone(),
+                }
+                .run(),
+            );
+        }
+
+        let admin = Arc::new(AdminState {
+            reloader: Arc::clone(&reloader),
+            metrics,
+            ready: AtomicBool::new(true),
+        });
+        tracing::info!(addr = %admin_addr, "Admin listening");
+        tokio::spawn(admin::serve(admin_tcp, Arc::clone(&admin), shutdown_rx));
+
+        if options.watch {
+            if let Err(e) =
+                config::reload::spawn_watcher(Arc::clone(&reloader), options.watch_debounce)
+            {
+                tracing::warn!(error = %e, "File watching unavailable; reload with SIGHUP or POST /reload");
+            }
+        }
+        tracing::info!(version = &*version, "Portcullis started");
+        Ok(Self {
+            reloader,
+            admin,
+            listeners,
+            admin_addr,
+            shutdown,
+            drain_tx: Some(drain_tx),
+            drain_rx,
+        })
+    }
+
+    /// The bound address of the listener named `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Every client listener with its bound address, in config order.
+    pub fn listener_addrs(&self) -> &[(Arc<str>, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Reloads the config now (what SIGHUP does).
+    pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+        self.reloader.reload(Trigger::Signal).await
+    }
+
+    /// The active config version.
+    pub fn version(&self) -> Arc<str> {
+        self.reloader.current().load().version.clone()
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the configured grace period,
+    /// then returns. Returns whether every connection drained in time.
+    pub async fn shutdown(mut self) -> bool {
+        let grace = self.reloader.current().load().server.shutdown_grace;
+        self.admin.ready.store(false, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+        self.drain_tx = None;
+        let drained = tokio::time::timeout(grace, self.drain_rx.recv())
+            .await
+            .is_ok();
+        if drained {
+            tracing::info!("All connections drained");
+        } else {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "Shutdown grace period over; closing remaining connections"
+            );
+        }
+        drained
+    }
+
+    /// Serves until SIGTERM or SIGINT (then drains); SIGHUP reloads.
+    pub async fn run_until_signal(self) -> bool {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("Cannot install signal handlers");
+            return self.shutdown().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    let _ = self.reloader.reload(Trigger::Signal).await;
+                }
+            }
+        }
+        tracing::info!("Shutting down");
+        self.shutdown().await
+    }
+}

@@ -1,0 +1,3 @@
+//! Authorization: which rule applies to a request and what it says.
+
+pub mod route;

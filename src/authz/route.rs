@@ -1,0 +1,363 @@
+//! Route rules compiled from the policy files: host, path and method matching.
+//!
+//! Matching is on the canonical path (see [`crate::request::path`]), so every spelling of a
+//! path that an upstream would treat as the same resolves to one string before any rule sees
+//! it. Rules are evaluated in order (files by name, rules in file order); the first match
+//! decides; no match is a denial.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::config::raw::Effect;
+use crate::request::RequestFacts;
+
+/// A rule's unique name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RuleId(pub Arc<str>);
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// Unique name.
+    pub id: RuleId,
+    /// The policy file it came from.
+    pub file: Arc<str>,
+    /// Hosts it applies to; empty = any.
+    pub hosts: Vec<HostPattern>,
+    /// Paths it applies to; empty = any.
+    pub paths: Vec<PathPattern>,
+    /// Methods it applies to.
+    pub methods: MethodSet,
+    /// Allow or deny.
+    pub effect: Effect,
+    /// Index into the snapshot's upstreams.
+    pub upstream: Option<usize>,
+}
+
+/// The ordered rules.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    rules: Vec<Rule>,
+}
+
+/// A host criterion: exact or one-label wildcard, optionally with a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    kind: HostKind,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostKind {
+    Any,
+    Exact(Box<str>),
+    /// `*.example.com` stored as `.example.com`.
+    Wildcard(Box<str>),
+}
+
+/// A path criterion over canonical paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    segments: Box<[Segment]>,
+    /// Ends in `/**`: matches the prefix itself and anything below it.
+    prefix: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    /// `*` or `{name}`: exactly one non-empty segment.
+    Any(Option<Box<str>>),
+}
+
+/// A set of methods; empty means any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MethodSet(Box<[Method]>);
+
+/// Why a pattern in a policy file is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// Paths are absolute.
+    #[error("path pattern must start with `/`")]
+    NotAbsolute,
+    /// `**` is only a suffix.
+    #[error("`**` is only allowed as the last segment (`/prefix/**`)")]
+    InnerDoubleStar,
+    /// Patterns are written in canonical form.
+    #[error(
+        "path pattern is not canonical (no `//`, `.`, `..`, `;`, `\\` or percent-encoded unreserved characters)"
+    )]
+    NotCanonical,
+    /// `{name}` must be a whole segment.
+    #[error("`{{name}}` parameters must be a whole segment with a non-empty name")]
+    BadParameter,
+    /// Host names.
+    #[error("invalid host pattern")]
+    BadHost,
+    /// Methods are tokens.
+    #[error("invalid method")]
+    BadMethod,
+}
+
+// === impl RouteTable ===
+
+impl RouteTable {
+    /// Wraps rules already in evaluation order.
+    pub fn new(rules: Vec<Rule>) -> Self {
+        Self { rules }
+    }
+
+    /// The first rule matching the request, if any.
+    // TODO(#4): compile the rules into a matcher whose cost stays flat as rules grow.
+    pub fn find(&self, facts: &RequestFacts<'_>) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches(facts))
+    }
+
+    /// Every rule in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+}
+
+// === impl Rule ===
+
+impl Rule {
+    /// Whether every criterion of the rule holds for the request.
+    pub fn matches(&self, facts: &RequestFacts<'_>) -> bool {
+        self.methods.contains(facts.method)
+            && (self.hosts.is_empty()
+                || self
+                    .hosts
+                    .iter()
+                    .any(|h| h.matches(&facts.host, facts.port)))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(&facts.path)))
+    }
+}
+
+// === impl HostPattern ===
+
+impl HostPattern {
+    /// Parses `example.com`, `*.example.com`, `example.com:8443` or `*`.
+    pub fn parse(s: &str) -> Result<Self, PatternError> {
+        let s = s.trim().to_ascii_lowercase();
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_owned(),
+                Some(p.parse::<u16>().map_err(|_| PatternError::BadHost)?),
+            ),
+            None => (s, None),
+        };
+        let host = host.strip_suffix('.').unwrap_or(&host);
+        let valid = |h: &str| {
+            !h.is_empty()
+                && h.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        };
+        let kind = if host == "*" {
+            HostKind::Any
+        } else if let Some(rest) = host.strip_prefix("*.") {
+            if !valid(rest) {
+                return Err(PatternError::BadHost);
+            }
+            HostKind::Wildcard(format!(".{rest}").into())
+        } else if valid(host) {
+            HostKind::Exact(host.into())
+        } else {
+            return Err(PatternError::BadHost);
+        };
+        Ok(Self { kind, port })
+    }
+
+    /// `host` is already lowercase without a trailing dot (see [`RequestFacts`]).
+    pub fn matches(&self, host: &str, port: Option<u16>) -> bool {
+        if self.port.is_some() && self.port != port {
+            return false;
+        }
+        match &self.kind {
+            HostKind::Any => true,
+            HostKind::Exact(h) => **h == *host,
+            HostKind::Wildcard(suffix) => host
+                .strip_suffix(&**suffix)
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+        }
+    }
+}
+
+// === impl PathPattern ===
+
+impl PathPattern {
+    /// Parses `/exact`, `/prefix/**`, `/a/*/b`, `/users/{id}`.
+    pub fn parse(s: &str) -> Result<Self, PatternError> {
+        let rest = s.strip_prefix('/').ok_or(PatternError::NotAbsolute)?;
+        let (rest, prefix) = match rest.strip_suffix("**") {
+            Some(r) if r.is_empty() || r.ends_with('/') => (r.trim_end_matches('/'), true),
+            _ => (rest, false),
+        };
+        let mut segments = Vec::new();
+        if !rest.is_empty() {
+            for seg in rest.split('/') {
+                segments.push(parse_segment(seg)?);
+            }
+        }
+        Ok(Self {
+            segments: segments.into(),
+            prefix,
+        })
+    }
+
+    /// Whether the canonical `path` matches. A trailing slash is a segment of its own: `/a/`
+    /// matches `/a/**` but not the exact `/a`.
+    pub fn matches(&self, path: &str) -> bool {
+        let mut segs = path.strip_prefix('/').unwrap_or(path).split('/');
+        for pat in &*self.segments {
+            let ok = match (segs.next(), pat) {
+                (Some(s), Segment::Literal(l)) => !s.is_empty() && **l == *s,
+                (Some(s), Segment::Any(_)) => !s.is_empty(),
+                (None, _) => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if self.prefix {
+            return true;
+        }
+        match segs.next() {
+            None => true,
+            // The root pattern `/` matches the root path.
+            Some("") => self.segments.is_empty() && segs.next().is_none(),
+            Some(_) => false,
+        }
+    }
+}
+
+fn parse_segment(seg: &str) -> Result<Segment, PatternError> {
+    if seg == "**" || seg.contains("**") {
+        return Err(PatternError::InnerDoubleStar);
+    }
+    if seg == "*" {
+        return Ok(Segment::Any(None));
+    }
+    if let Some(name) = seg.strip_prefix('{') {
+        let name = name.strip_suffix('}').ok_or(PatternError::BadParameter)?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(PatternError::BadParameter);
+        }
+        return Ok(Segment::Any(Some(name.into())));
+    }
+    if seg.contains(['{', '}', '*']) {
+        return Err(PatternError::BadParameter);
+    }
+    if seg.is_empty() || seg == "." || seg == ".." || seg.contains([';', '\\']) {
+        return Err(PatternError::NotCanonical);
+    }
+    Ok(Segment::Literal(seg.into()))
+}
+
+// === impl MethodSet ===
+
+impl MethodSet {
+    /// Parses method names (upper case tokens).
+    pub fn parse(names: &[String]) -> Result<Self, (usize, PatternError)> {
+        let mut out = Vec::with_capacity(names.len());
+        for (i, n) in names.iter().enumerate() {
+            if n.is_empty() || n.bytes().any(|b| !b.is_ascii_uppercase()) {
+                return Err((i, PatternError::BadMethod));
+            }
+            out.push(Method::from_bytes(n.as_bytes()).map_err(|_| (i, PatternError::BadMethod))?);
+        }
+        Ok(Self(out.into()))
+    }
+
+    /// Empty sets contain every method.
+    pub fn contains(&self, m: &Method) -> bool {
+        self.0.is_empty() || self.0.contains(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_patterns() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("/a", "/a", true),
+            ("/a", "/a/", false),
+            ("/a", "/ab", false),
+            ("/a", "/a/b", false),
+            ("/a/**", "/a", true),
+            ("/a/**", "/a/", true),
+            ("/a/**", "/a/b/c", true),
+            ("/a/**", "/ab", false),
+            ("/**", "/", true),
+            ("/**", "/anything/at/all", true),
+            ("/", "/", true),
+            ("/", "/a", false),
+            ("/a/*/c", "/a/b/c", true),
+            ("/a/*/c", "/a//c", false),
+            ("/a/*/c", "/a/b/d", false),
+            ("/users/{id}", "/users/42", true),
+            ("/users/{id}", "/users/", false),
+            ("/users/{id}/**", "/users/42/orders/1", true),
+            ("/users/{id}/**", "/users", false),
+        ];
+        for (pat, path, want) in cases {
+            let p = PathPattern::parse(pat).unwrap();
+            assert_eq!(p.matches(path), *want, "{pat} vs {path}");
+        }
+    }
+
+    #[test]
+    fn bad_path_patterns() {
+        assert_eq!(PathPattern::parse("a"), Err(PatternError::NotAbsolute));
+        assert_eq!(
+            PathPattern::parse("/a/**/b"),
+            Err(PatternError::InnerDoubleStar)
+        );
+        assert_eq!(PathPattern::parse("/a//b"), Err(PatternError::NotCanonical));
+        assert_eq!(
+            PathPattern::parse("/a/../b"),
+            Err(PatternError::NotCanonical)
+        );
+        assert_eq!(PathPattern::parse("/a/{}"), Err(PatternError::BadParameter));
+        assert_eq!(PathPattern::parse("/a/x*"), Err(PatternError::BadParameter));
+    }
+
+    #[test]
+    fn host_patterns() {
+        let cases: &[(&str, &str, Option<u16>, bool)] = &[
+            ("example.com", "example.com", None, true),
+            ("Example.COM.", "example.com", Some(443), true),
+            ("example.com", "www.example.com", None, false),
+            ("*.example.com", "www.example.com", None, true),
+            ("*.example.com", "a.b.example.com", None, false),
+            ("*.example.com", "example.com", None, false),
+            ("example.com:8443", "example.com", Some(8443), true),
+            ("example.com:8443", "example.com", Some(443), false),
+            ("example.com:8443", "example.com", None, false),
+            ("*", "anything", None, true),
+        ];
+        for (pat, host, port, want) in cases {
+            let p = HostPattern::parse(pat).unwrap();
+            assert_eq!(p.matches(host, *port), *want, "{pat} vs {host}:{port:?}");
+        }
+        assert!(HostPattern::parse("exa mple.com").is_err());
+        assert!(HostPattern::parse("a.com:99999").is_err());
+    }
+
+    #[test]
+    fn methods() {
+        let m = MethodSet::parse(&["GET".into(), "PURGE".into()]).unwrap();
+        assert!(m.contains(&Method::GET));
+        assert!(m.contains(&Method::from_bytes(b"PURGE").unwrap()));
+        assert!(!m.contains(&Method::POST));
+        assert!(MethodSet::default().contains(&Method::DELETE));
+        assert_eq!(
+            MethodSet::parse(&["get".into()]),
+            Err((0, PatternError::BadMethod))
+        );
+    }
+}

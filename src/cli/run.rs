@@ -1,0 +1,58 @@
+//! `portcullis run`: serve until SIGTERM/SIGINT.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::app::{App, Options};
+use crate::config::load;
+use crate::telemetry::logging;
+
+/// Loads the config, sets up logging and the runtime, serves.
+pub fn run(config: &Path, watch: bool) -> ExitCode {
+    // Logging and thread count are read before the runtime exists.
+    let raw = match load::read_config(config) {
+        Ok(raw) => raw,
+        Err(d) => {
+            let _ = writeln!(std::io::stderr(), "{d}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logging::init(raw.logging.format, &raw.logging.level);
+    let runtime = match runtime(raw.server.worker_threads) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let options = Options {
+            watch,
+            ..Options::default()
+        };
+        match App::start(config, options).await {
+            Ok(app) => {
+                if app.run_until_signal().await {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "portcullis: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// A multi-thread runtime with `threads` workers (0: one per core).
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all().thread_name("portcullis");
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    b.build()
+}

@@ -1,0 +1,23 @@
+//! Config: files → raw serde types → compiled [`crate::snapshot::Snapshot`], and reloads.
+
+pub mod compile;
+pub mod diagnostic;
+pub mod load;
+pub mod raw;
+pub mod reload;
+
+pub use diagnostic::{Diagnostic, Severity};
+
+use std::path::Path;
+
+use crate::snapshot::Snapshot;
+
+/// Loads and compiles a config file and its policies: the snapshot and its warnings, or every
+/// diagnostic.
+pub fn build(
+    path: &Path,
+    previous: Option<&Snapshot>,
+) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let loaded = load::load(path)?;
+    compile::compile(&loaded, previous)
+}

@@ -1,0 +1,291 @@
+//! Raw config → [`Snapshot`]. Collects every problem before giving up, so one `check` run
+//! shows them all; a config with any error never becomes a snapshot.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::HeaderName;
+
+use super::diagnostic::Diagnostic;
+use super::load::Loaded;
+use super::raw::Effect;
+use crate::authz::route::{HostPattern, MethodSet, PathPattern, RouteTable, Rule, RuleId};
+use crate::snapshot::{ListenerSettings, ServerSettings, Snapshot};
+use crate::tls;
+use crate::upstream::Upstream;
+
+/// Compiles what was loaded; `previous` lends state worth keeping (upstream pools).
+/// Returns the snapshot and its warnings, or every error (and warning) found.
+pub fn compile(
+    loaded: &Loaded,
+    previous: Option<&Snapshot>,
+) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let cfg = &loaded.raw;
+    let src = &loaded.config;
+    let at = |path: &str, msg: String| Diagnostic::at(&src.display, &src.index, path, msg);
+    let mut watched: Vec<PathBuf> = vec![loaded.config.path.clone(), loaded.policy_dir.clone()];
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    digest.update(src.text.as_bytes());
+
+    // Listeners.
+    if cfg.listeners.is_empty() {
+        diags.push(at("listeners", "at least one listener is required".into()));
+    }
+    let mut listeners = Vec::with_capacity(cfg.listeners.len());
+    let mut names = HashMap::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        if let Some(first) = names.insert(l.name.as_str(), i) {
+            diags.push(at(
+                &format!("listeners[{i}].name"),
+                format!(
+                    "duplicate listener name `{}` (also listeners[{first}])",
+                    l.name
+                ),
+            ));
+        }
+        let tls = match &l.tls {
+            None => None,
+            Some(t) if t.certificates.is_empty() => {
+                diags.push(at(
+                    &format!("listeners[{i}].tls.certificates"),
+                    "at least one certificate is required".into(),
+                ));
+                None
+            }
+            Some(t) => {
+                let entries: Vec<tls::server::CertEntry> = t
+                    .certificates
+                    .iter()
+                    .map(|c| tls::server::CertEntry {
+                        cert: loaded.base_dir.join(&c.cert),
+                        key: loaded.base_dir.join(&c.key),
+                        server_names: c.server_names.clone(),
+                    })
+                    .collect();
+                for e in &entries {
+                    for p in [&e.cert, &e.key] {
+                        if let Ok(bytes) = std::fs::read(p) {
+                            digest.update(&bytes);
+                        }
+                        watched.push(p.clone());
+                    }
+                }
+                match tls::server::server_config(&entries, l.http2) {
+                    Ok(c) => Some(c),
+                    Err((j, e)) => {
+                        diags.push(at(
+                            &format!("listeners[{i}].tls.certificates[{j}].{}", e.field()),
+                            e.to_string(),
+                        ));
+                        None
+                    }
+                }
+            }
+        };
+        listeners.push(ListenerSettings {
+            name: l.name.as_str().into(),
+            address: l.address,
+            tls,
+            http2: l.http2,
+        });
+    }
+
+    // Limits.
+    let s = &cfg.server;
+    if s.max_header_bytes < 8192 {
+        diags.push(at(
+            "server.max_header_bytes",
+            "must be at least 8192".into(),
+        ));
+    }
+    if s.max_connections == 0 {
+        diags.push(at("server.max_connections", "must be at least 1".into()));
+    }
+    let request_id_header = match HeaderName::from_bytes(s.request_id_header.as_bytes()) {
+        Ok(h) => h,
+        Err(_) => {
+            diags.push(at(
+                "server.request_id_header",
+                format!("`{}` is not a valid header name", s.request_id_header),
+            ));
+            HeaderName::from_static("x-request-id")
+        }
+    };
+    let server = ServerSettings {
+        header_read_timeout: s.header_read_timeout,
+        idle_timeout: s.idle_timeout,
+        max_header_bytes: s.max_header_bytes,
+        max_headers: s.max_headers,
+        max_body_bytes: s.max_body_bytes,
+        max_concurrent_streams: s.max_concurrent_streams,
+        shutdown_grace: s.shutdown_grace,
+        trusted_proxies: s.trusted_proxies.clone().into(),
+        request_id_header,
+    };
+
+    // Upstreams.
+    let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
+    let mut upstream_index = HashMap::new();
+    for (name, raw) in &cfg.upstreams {
+        let prev = previous.and_then(|p| p.upstreams.iter().find(|u| *u.name == **name));
+        if let Some(ca) = &raw.ca_file {
+            watched.push(loaded.base_dir.join(ca));
+        }
+        match Upstream::build(name, raw, &loaded.base_dir, prev.map(|u| &**u)) {
+            Ok(u) => {
+                upstream_index.insert(name.as_str(), upstreams.len());
+                upstreams.push(Arc::new(u));
+            }
+            Err(e) => diags.push(at(&format!("upstreams.{name}.{}", e.field), e.message)),
+        }
+    }
+
+    // Rules, files in name order, rules in file order.
+    let mut rules = Vec::new();
+    let mut rule_names: HashMap<String, String> = HashMap::new();
+    for (file, policy) in &loaded.policies {
+        digest.update(file.display.as_bytes());
+        digest.update(file.text.as_bytes());
+        let file_name: Arc<str> = file.display.as_str().into();
+        for (i, r) in policy.rules.iter().enumerate() {
+            let base = format!("rules[{i}]");
+            let at = |field: &str, msg: String| {
+                Diagnostic::at(&file.display, &file.index, &format!("{base}.{field}"), msg)
+            };
+            let before = diags.len();
+            if r.name.trim().is_empty() {
+                diags.push(at("name", "rule name must not be empty".into()));
+            } else if let Some(other) = rule_names.insert(r.name.clone(), file.display.clone()) {
+                diags.push(at(
+                    "name",
+                    format!(
+                        "duplicate rule name `{}` (first defined in {other})",
+                        r.name
+                    ),
+                ));
+            }
+            let mut hosts = Vec::new();
+            for (j, h) in r.matches.hosts.iter().enumerate() {
+                match HostPattern::parse(h) {
+                    Ok(p) => hosts.push(p),
+                    Err(e) => diags.push(at(&format!("match.hosts[{j}]"), format!("`{h}`: {e}"))),
+                }
+            }
+            let mut paths = Vec::new();
+            for (j, p) in r.matches.paths.iter().enumerate() {
+                match PathPattern::parse(p) {
+                    Ok(p) => paths.push(p),
+                    Err(e) => diags.push(at(&format!("match.paths[{j}]"), format!("`{p}`: {e}"))),
+                }
+            }
+            let methods = match MethodSet::parse(&r.matches.methods) {
+                Ok(m) => m,
+                Err((j, e)) => {
+                    diags.push(at(
+                        &format!("match.methods[{j}]"),
+                        format!("`{}`: {e}", r.matches.methods[j]),
+                    ));
+                    MethodSet::default()
+                }
+            };
+            let upstream = match (&r.upstream, r.effect) {
+                (Some(u), _) => match upstream_index.get(u.as_str()) {
+                    Some(&idx) => Some(idx),
+                    None => {
+                        diags.push(at("upstream", format!("unknown upstream `{u}`")));
+                        None
+                    }
+                },
+                (None, Effect::Allow) => {
+                    diags.push(at(
+                        "upstream",
+                        "an allow rule needs an upstream to forward to".into(),
+                    ));
+                    None
+                }
+                (None, Effect::Deny) => None,
+            };
+            if diags.len() == before {
+                rules.push(Rule {
+                    id: RuleId(r.name.as_str().into()),
+                    file: file_name.clone(),
+                    hosts,
+                    paths,
+                    methods,
+                    effect: r.effect,
+                    upstream,
+                });
+            }
+        }
+    }
+    if rules.is_empty() && diags.is_empty() {
+        diags.push(
+            Diagnostic::at(
+                &src.display,
+                &src.index,
+                "policies.dir",
+                format!(
+                    "no rules found in {}: every request will be denied",
+                    loaded.policy_dir.display()
+                ),
+            )
+            .warning(),
+        );
+    }
+
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(diags);
+    }
+    let version: String = digest
+        .finish()
+        .as_ref()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let snapshot = Snapshot {
+        version: version.into(),
+        loaded_at: SystemTime::now(),
+        listeners,
+        admin_address: cfg.admin.address,
+        server,
+        upstreams,
+        routes: RouteTable::new(rules),
+        access_log: cfg.logging.access_log,
+        watched,
+        raw: cfg.clone(),
+    };
+    Ok((snapshot, diags))
+}
+
+/// Settings that a running gateway cannot change; a reload that changes them fails with the
+/// returned messages.
+pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    let (o, n) = (&old.raw, &new.raw);
+    let addrs = |c: &super::raw::RawConfig| {
+        c.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address, l.tls.is_some()))
+            .collect::<Vec<_>>()
+    };
+    if addrs(o) != addrs(n) {
+        out.push("listeners (names, addresses or TLS on/off) changed: restart required".into());
+    }
+    if o.admin.address != n.admin.address {
+        out.push("admin.address changed: restart required".into());
+    }
+    if o.server.max_connections != n.server.max_connections {
+        out.push("server.max_connections changed: restart required".into());
+    }
+    if o.server.worker_threads != n.server.worker_threads {
+        out.push("server.worker_threads changed: restart required".into());
+    }
+    if o.logging.format != n.logging.format || o.logging.level != n.logging.level {
+        out.push("logging.format or logging.level changed: restart required".into());
+    }
+    out
+}

@@ -1,0 +1,295 @@
+//! Config problems, each located at a file, line, column and field path.
+
+use std::fmt;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// Whether a diagnostic stops the config from loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The config is rejected.
+    Error,
+    /// The config loads, but something is probably wrong.
+    Warning,
+}
+
+/// One problem in one file, printed `file:line:column: path: message`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The file as given on the command line or found under the policy directory.
+    pub file: String,
+    /// 1-based line; 0 when the problem is the file as a whole.
+    pub line: usize,
+    /// 1-based column; 0 when unknown.
+    pub column: usize,
+    /// Field path in the YAML (`listeners[0].address`), empty for the whole file.
+    pub path: String,
+    /// What is wrong, lowercase, never containing secret material.
+    pub message: String,
+}
+
+/// Field paths of a YAML document mapped to where each value starts, so that problems found
+/// after deserialisation (unknown upstream, unreadable file) still point at a line.
+#[derive(Debug, Default)]
+pub struct LocationIndex {
+    entries: Vec<(String, usize, usize)>,
+}
+
+// === impl Diagnostic ===
+
+impl Diagnostic {
+    /// An error about a whole file (unreadable, not YAML).
+    pub fn file_error(file: &str, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Error,
+            file: file.to_owned(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: message.into(),
+        }
+    }
+
+    /// An error at `path`, located through `index` (at the closest enclosing field found).
+    pub fn at(file: &str, index: &LocationIndex, path: &str, message: impl Into<String>) -> Self {
+        let (line, column) = index.locate(path);
+        Self {
+            severity: Severity::Error,
+            file: file.to_owned(),
+            line,
+            column,
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The same diagnostic as a warning.
+    #[must_use]
+    pub fn warning(mut self) -> Self {
+        self.severity = Severity::Warning;
+        self
+    }
+
+    /// Converts a serde_yaml error, which carries its own position and field path.
+    pub fn from_yaml(file: &str, error: &serde_yaml::Error) -> Self {
+        let text = error.to_string();
+        let (line, column, body) = match error.location() {
+            Some(loc) => {
+                let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+                let body = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();
+                (loc.line(), loc.column(), body)
+            }
+            None => (0, 0, text),
+        };
+        // serde_yaml prefixes the message with the field path (`a.b[0]: message`) unless the
+        // error is at the root; a path never contains spaces.
+        let (path, message) = match body.split_once(": ") {
+            Some((p, m)) if !p.is_empty() && !p.contains(' ') => (p.to_owned(), m.to_owned()),
+            _ => (String::new(), body),
+        };
+        Self {
+            severity: Severity::Error,
+            file: file.to_owned(),
+            line,
+            column,
+            path,
+            message,
+        }
+    }
+
+    /// Whether this diagnostic rejects the config.
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{}:{}:{}: {level}: ", self.file, self.line, self.column)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+// === impl LocationIndex ===
+
+impl LocationIndex {
+    /// Indexes `text`; a document that does not parse yields an empty index (serde_yaml reports
+    /// the syntax error itself).
+    pub fn build(text: &str) -> Self {
+        let mut builder = IndexBuilder::default();
+        let mut parser = Parser::new_from_str(text);
+        if parser.load(&mut builder, false).is_err() {
+            return Self::default();
+        }
+        Self {
+            entries: builder.entries,
+        }
+    }
+
+    /// Line and column (1-based) of `path`, or of its closest indexed ancestor, or (0, 0).
+    pub fn locate(&self, path: &str) -> (usize, usize) {
+        let mut p = path;
+        loop {
+            if let Some((_, l, c)) = self.entries.iter().find(|(k, _, _)| k == p) {
+                return (*l, *c);
+            }
+            match p.rfind(['.', '[']) {
+                Some(i) if i > 0 => p = &p[..i],
+                _ if !p.is_empty() => p = "",
+                _ => return (0, 0),
+            }
+        }
+    }
+}
+
+/// Walks parser events keeping the current path: mapping keys joined by `.`, sequence items as
+/// `[i]`, the same spelling serde_yaml uses in its errors.
+#[derive(Default)]
+struct IndexBuilder {
+    entries: Vec<(String, usize, usize)>,
+    stack: Vec<Frame>,
+    /// A mapping item just started: its entry moves to its first key, whose mark is exact.
+    pending_item: Option<usize>,
+}
+
+enum Frame {
+    /// In a mapping; `Some(key)` once the key has been read and its value is next.
+    Map(String, Option<String>),
+    /// In a sequence at the next item index.
+    Seq(String, usize),
+}
+
+impl IndexBuilder {
+    /// The path of the value that starts now, advancing the parent's state.
+    fn next_value_path(&mut self) -> Option<String> {
+        match self.stack.last_mut() {
+            None => Some(String::new()),
+            Some(Frame::Seq(base, i)) => {
+                let p = format!("{base}[{i}]");
+                *i += 1;
+                Some(p)
+            }
+            Some(Frame::Map(base, key)) => key.take().map(|k| {
+                if base.is_empty() {
+                    k
+                } else {
+                    format!("{base}.{k}")
+                }
+            }),
+        }
+    }
+
+    /// Whether the next scalar is a mapping key.
+    fn expects_key(&self) -> bool {
+        matches!(self.stack.last(), Some(Frame::Map(_, None)))
+    }
+}
+
+impl MarkedEventReceiver for IndexBuilder {
+    /// Map entries are indexed at their key (where a reader looks for a field), sequence items
+    /// and the root at their value.
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let (line, column) = (mark.line(), mark.col() + 1);
+        let in_seq_or_root = !matches!(self.stack.last(), Some(Frame::Map(..)));
+        match ev {
+            Event::Scalar(value, ..) => {
+                if self.expects_key() {
+                    if let Some(Frame::Map(base, key)) = self.stack.last_mut() {
+                        let p = if base.is_empty() {
+                            value.clone()
+                        } else {
+                            format!("{base}.{value}")
+                        };
+                        self.entries.push((p, line, column));
+                        *key = Some(value);
+                    }
+                    if let Some(i) = self.pending_item.take() {
+                        if let Some(e) = self.entries.get_mut(i) {
+                            (e.1, e.2) = (line, column);
+                        }
+                    }
+                } else if let Some(p) = self.next_value_path() {
+                    if in_seq_or_root {
+                        self.entries.push((p, line, column));
+                    }
+                }
+            }
+            Event::Alias(_) => {
+                let _ = self.next_value_path();
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                if self.expects_key() {
+                    // Complex keys are not used in our files; index nothing below.
+                    self.stack.push(Frame::Map(String::from("?"), None));
+                    return;
+                }
+                let p = self.next_value_path().unwrap_or_default();
+                if in_seq_or_root {
+                    if matches!(ev, Event::MappingStart(..)) {
+                        self.pending_item = Some(self.entries.len());
+                    }
+                    self.entries.push((p.clone(), line, column));
+                }
+                if matches!(ev, Event::SequenceStart(..)) {
+                    self.stack.push(Frame::Seq(p, 0));
+                } else {
+                    self.stack.push(Frame::Map(p, None));
+                }
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_locates_nested_fields() {
+        let text = "listeners:\n  - name: a\n    address: 1.2.3.4:5\nupstreams:\n  web:\n    url: http://x\n";
+        let idx = LocationIndex::build(text);
+        assert_eq!(idx.locate("listeners[0].address"), (3, 5));
+        assert_eq!(idx.locate("listeners[0]"), (2, 5));
+        assert_eq!(idx.locate("upstreams.web.url"), (6, 5));
+        // Unknown leaf: falls back to the closest ancestor.
+        assert_eq!(idx.locate("upstreams.web.nope"), (5, 3));
+        assert_eq!(idx.locate("missing"), (1, 1));
+    }
+
+    #[test]
+    fn yaml_error_split_into_path_and_message() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[expect(dead_code, reason = "only deserialised")]
+        struct T {
+            a: Vec<U>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[expect(dead_code, reason = "only deserialised")]
+        struct U {
+            b: u32,
+        }
+        let err = serde_yaml::from_str::<T>("a:\n  - b: 1\n  - c: 2\n").unwrap_err();
+        let d = Diagnostic::from_yaml("f.yaml", &err);
+        assert_eq!((d.line, d.column), (3, 5));
+        assert_eq!(d.path, "a[1]");
+        assert!(d.message.starts_with("unknown field `c`"), "{}", d.message);
+        assert_eq!(d.to_string().split(": ").next(), Some("f.yaml:3:5"));
+    }
+}

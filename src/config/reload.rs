@@ -1,0 +1,217 @@
+//! One `reload()` for every trigger: file watch, SIGHUP and `POST /reload`.
+//!
+//! A reload loads and compiles in full on a blocking thread; only a snapshot that compiled
+//! without error and changes no restart-only setting is swapped in. Otherwise the running
+//! snapshot stays, the error is logged, counted and kept for the admin listener.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::compile::restart_only_changes;
+use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::Metrics;
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A watched file changed.
+    Watch,
+    /// SIGHUP.
+    Signal,
+    /// `POST /reload` on the admin listener.
+    Admin,
+}
+
+/// A reload that changed nothing or swapped in a new snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new snapshot is active.
+    Applied {
+        /// Its version.
+        version: Arc<str>,
+    },
+    /// The files compiled to the active version.
+    Unchanged {
+        /// The active version.
+        version: Arc<str>,
+    },
+}
+
+/// A reload that failed; the running snapshot stays. Each line is one diagnostic.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ReloadError(pub Vec<String>);
+
+/// What the admin listener shows about reloads.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    /// Last reload attempt.
+    pub last_attempt: Option<SystemTime>,
+    /// The last failed reload's diagnostics, cleared by a successful one.
+    pub last_error: Option<String>,
+}
+
+/// Owns the active snapshot and reloads it.
+#[derive(Debug)]
+pub struct Reloader {
+    config_path: PathBuf,
+    current: Arc<ArcSwap<Snapshot>>,
+    status: Mutex<ReloadStatus>,
+    serial: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+// === impl Reloader ===
+
+impl Reloader {
+    /// Wraps the initial snapshot.
+    pub fn new(config_path: PathBuf, initial: Snapshot, metrics: Arc<Metrics>) -> Self {
+        metrics.set_config_version(&initial.version);
+        Self {
+            config_path,
+            current: Arc::new(ArcSwap::from_pointee(initial)),
+            status: Mutex::new(ReloadStatus::default()),
+            serial: tokio::sync::Mutex::new(()),
+            metrics,
+        }
+    }
+
+    /// The shared handle requests load the snapshot from.
+    pub fn current(&self) -> &Arc<ArcSwap<Snapshot>> {
+        &self.current
+    }
+
+    /// The reload status for the admin listener.
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Loads, compiles and, when everything is valid, swaps in the new snapshot.
+    pub async fn reload(&self, trigger: Trigger) -> Result<ReloadOutcome, ReloadError> {
+        let _one_at_a_time = self.serial.lock().await;
+        let previous = self.current.load_full();
+        let path = self.config_path.clone();
+        let prev = Arc::clone(&previous);
+        let built = tokio::task::spawn_blocking(move || super::build(&path, Some(&prev)))
+            .await
+            .map_err(|e| ReloadError(vec![format!("reload task failed: {e}")]))?;
+        let result = match built {
+            Err(diags) => Err(ReloadError(
+                diags
+                    .iter()
+                    .filter(|d| d.is_error())
+                    .map(ToString::to_string)
+                    .collect(),
+            )),
+            Ok((next, warnings)) => {
+                for w in &warnings {
+                    tracing::warn!(diagnostic = %w, "Config warning");
+                }
+                let restart = restart_only_changes(&previous, &next);
+                if !restart.is_empty() {
+                    Err(ReloadError(
+                        restart
+                            .into_iter()
+                            .map(|m| format!("{}: {m}", self.config_path.display()))
+                            .collect(),
+                    ))
+                } else if next.version == previous.version {
+                    Ok(ReloadOutcome::Unchanged {
+                        version: previous.version.clone(),
+                    })
+                } else {
+                    let version = next.version.clone();
+                    self.current.store(Arc::new(next));
+                    self.metrics.set_config_version(&version);
+                    Ok(ReloadOutcome::Applied { version })
+                }
+            }
+        };
+        if let Ok(mut status) = self.status.lock() {
+            status.last_attempt = Some(SystemTime::now());
+            match &result {
+                Ok(_) => status.last_error = None,
+                Err(e) => status.last_error = Some(e.to_string()),
+            }
+        }
+        match &result {
+            Ok(ReloadOutcome::Applied { version }) => {
+                self.metrics.reload("applied");
+                tracing::info!(?trigger, version = &**version, "Config reloaded");
+            }
+            Ok(ReloadOutcome::Unchanged { .. }) => self.metrics.reload("unchanged"),
+            Err(e) => {
+                self.metrics.reload("failed");
+                tracing::error!(?trigger, error = %e, "Config reload failed; keeping the running config");
+            }
+        }
+        result
+    }
+}
+
+/// Watches the config file, the policy directory and every referenced file, and reloads after
+/// changes settle. Directories are watched rather than files, so editors that replace a file
+/// (write to a temporary, rename over) and Kubernetes' symlink swaps are seen; the set is
+/// recomputed after every reload, as a reload may reference new files.
+pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<()>(16);
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if !matches!(ev.kind, EventKind::Access(_)) {
+                // A full channel already holds a pending wake-up.
+                let _ = tx.try_send(());
+            }
+        }
+    })?;
+    let mut dirs = watch_dirs(&reloader.current.load().watched);
+    for d in &dirs {
+        if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %d.display(), error = %e, "Cannot watch directory");
+        }
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: wait until no event arrived for `debounce`.
+            loop {
+                match tokio::time::timeout(debounce, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let _ = reloader.reload(Trigger::Watch).await;
+            let now = watch_dirs(&reloader.current.load().watched);
+            for d in dirs.difference(&now) {
+                let _ = watcher.unwatch(d);
+            }
+            for d in now.difference(&dirs) {
+                if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %d.display(), error = %e, "Cannot watch directory");
+                }
+            }
+            dirs = now;
+        }
+    });
+    Ok(())
+}
+
+/// Directories to watch: each watched directory itself and each watched file's parent.
+fn watch_dirs(paths: &[PathBuf]) -> BTreeSet<PathBuf> {
+    paths
+        .iter()
+        .filter_map(|p| {
+            let p = std::path::absolute(p).ok()?;
+            if p.is_dir() {
+                Some(p)
+            } else {
+                p.parent().map(Path::to_path_buf)
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,8 @@
+//! The decision core: one request's facts and the active snapshot in, a [`Decision`] out.
+//! Knows nothing of the door the request came through.
+
+pub mod engine;
+pub mod outcome;
+
+pub use engine::{NoTrace, Trace, TraceEvent, decide};
+pub use outcome::{Allow, Decision, Deny, DenyKind};

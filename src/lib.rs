@@ -1,0 +1,38 @@
+//! Portcullis: an edge authentication and authorization gateway.
+//!
+//! One decision core, several doors. Each door turns its wire format into the same
+//! [`request::RequestFacts`], asks [`decision::decide`], and turns the [`decision::Decision`]
+//! back into its wire format, so a request gets the same answer whichever door it takes.
+//!
+//! ```text
+//!  client ──TLS──▶ proxy door (proxy::listener → proxy::service)
+//!                     │ 1. load the snapshot once (arc-swap); the request keeps it
+//!                     │ 2. refuse h2c upgrades; strip hop-by-hop headers
+//!                     │ 3. RequestFacts: canonical path (ambiguous → 400), host, client ip
+//!                     │ 4. decision::decide → Allow { rule, upstream } / Deny { kind }
+//!                     │ 5. deny: status + short JSON body from the DenyKind
+//!                     │ 6. allow: X-Forwarded-*, x-real-ip, request id; canonical path + raw
+//!                     │    query to the upstream over its pool; 502 / 504 on failure
+//!                     ▼
+//!                  access log + metrics
+//! ```
+//!
+//! Config flows files → [`config::load`] → [`config::raw`] → [`config::compile`] →
+//! [`snapshot::Snapshot`]; [`config::reload`] swaps a new snapshot in only once it compiled in
+//! full. Module dependencies point one way: doors (`proxy`, `admin`, `cli`) → `decision` →
+//! `authz` → `snapshot`.
+
+pub mod admin;
+pub mod app;
+pub mod authz;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod echo;
+pub mod proxy;
+pub mod request;
+pub mod snapshot;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,9 @@
+//! The reverse-proxy door: accepts connections (TLS or plain), turns each request into
+//! [`crate::request::RequestFacts`], asks the decision core, and forwards allowed requests to
+//! their upstream.
+
+pub mod forwarded;
+pub mod hop_by_hop;
+pub mod listener;
+pub mod request_id;
+pub mod service;

@@ -1,0 +1,151 @@
+//! `X-Forwarded-*`, `Forwarded` and `x-real-ip` towards the upstream.
+//!
+//! Invariant: from a peer that is not a trusted proxy, every such header the client sent is
+//! replaced, so a client can never choose the address or scheme an upstream believes. From a
+//! trusted proxy the chain is extended.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::request::facts::Scheme;
+
+const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+const XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Rewrites the forwarding headers. `host` is the authority the client addressed.
+pub fn apply(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    client_ip: IpAddr,
+    scheme: Scheme,
+    host: &str,
+) {
+    let proto = match scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    let mut peer_text = String::with_capacity(48);
+    let _ = write!(peer_text, "{peer}");
+
+    if peer_trusted {
+        append_list(headers, XFF, &peer_text);
+        if !headers.contains_key(&XFP) {
+            headers.insert(XFP, HeaderValue::from_static(proto));
+        }
+        if !headers.contains_key(&XFH) {
+            set(headers, XFH, host);
+        }
+        let element = forwarded_element(peer, proto, host);
+        append_list(headers, FORWARDED, &element);
+    } else {
+        headers.remove(&XFPORT);
+        set(headers, XFF, &peer_text);
+        headers.insert(XFP, HeaderValue::from_static(proto));
+        set(headers, XFH, host);
+        let element = forwarded_element(peer, proto, host);
+        set(headers, FORWARDED, &element);
+    }
+    peer_text.clear();
+    let _ = write!(peer_text, "{client_ip}");
+    set(headers, X_REAL_IP, &peer_text);
+}
+
+/// `for=…;proto=…;host="…"` (RFC 7239), IPv6 addresses quoted and bracketed.
+fn forwarded_element(peer: IpAddr, proto: &str, host: &str) -> String {
+    let mut s = String::with_capacity(64);
+    match peer {
+        IpAddr::V4(v4) => {
+            let _ = write!(s, "for={v4}");
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(s, "for=\"[{v6}]\"");
+        }
+    }
+    let _ = write!(s, ";proto={proto}");
+    if host
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        let _ = write!(s, ";host=\"{host}\"");
+    }
+    s
+}
+
+/// Joins every existing value of `name` and `item` into one comma-separated value.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    let mut joined = String::new();
+    for v in headers.get_all(&name) {
+        if let Ok(s) = v.to_str() {
+            if !joined.is_empty() {
+                joined.push_str(", ");
+            }
+            joined.push_str(s);
+        }
+    }
+    if !joined.is_empty() {
+        joined.push_str(", ");
+    }
+    joined.push_str(item);
+    set(headers, name, &joined);
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(v) => {
+            headers.insert(name, v);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_peer_headers_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(XFF, "6.6.6.6".parse().unwrap());
+        h.insert(XFP, "https".parse().unwrap());
+        h.insert(XFH, "evil".parse().unwrap());
+        h.insert(FORWARDED, "for=6.6.6.6".parse().unwrap());
+        h.insert(X_REAL_IP, "6.6.6.6".parse().unwrap());
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        apply(&mut h, peer, false, peer, Scheme::Http, "app.example");
+        assert_eq!(h[&XFF], "192.0.2.1");
+        assert_eq!(h[&XFP], "http");
+        assert_eq!(h[&XFH], "app.example");
+        assert_eq!(
+            h[&FORWARDED],
+            "for=192.0.2.1;proto=http;host=\"app.example\""
+        );
+        assert_eq!(h[&X_REAL_IP], "192.0.2.1");
+    }
+
+    #[test]
+    fn trusted_peer_chain_is_extended() {
+        let mut h = HeaderMap::new();
+        h.insert(XFF, "1.1.1.1".parse().unwrap());
+        h.insert(XFP, "https".parse().unwrap());
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let client: IpAddr = "1.1.1.1".parse().unwrap();
+        apply(&mut h, peer, true, client, Scheme::Http, "app");
+        assert_eq!(h[&XFF], "1.1.1.1, 10.0.0.1");
+        assert_eq!(h[&XFP], "https");
+        assert_eq!(h[&X_REAL_IP], "1.1.1.1");
+        let v6: IpAddr = "::1".parse().unwrap();
+        assert_eq!(
+            forwarded_element(v6, "https", "h"),
+            "for=\"[::1]\";proto=https;host=\"h\""
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! Accepting connections: connection limit, TLS handshake deadline, HTTP/1 and HTTP/2 with a
+//! header-read deadline, idle deadline, and graceful drain on shutdown.
+//!
+//! Each accepted connection reads the *current* snapshot's listener settings, so a certificate
+//! reload applies to the next handshake without touching established connections.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::service::{self, Shared};
+use crate::request::facts::{ConnInfo, TlsInfo};
+use crate::snapshot::ServerSettings;
+
+/// Everything an accept loop needs.
+pub struct AcceptLoop {
+    /// Position of the listener in the config (and the snapshot).
+    pub index: usize,
+    /// Its name.
+    pub name: Arc<str>,
+    /// The bound socket.
+    pub listener: TcpListener,
+    /// Shared request state.
+    pub shared: Arc<Shared>,
+    /// Permits for open connections, across all listeners.
+    pub connections: Arc<Semaphore>,
+    /// Becomes `true` when the gateway shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Held by every connection; the drain completes when all are dropped.
+    pub drain: mpsc::Sender<()>,
+}
+
+/// Request activity of one connection, for the idle deadline.
+#[derive(Debug)]
+struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    last_millis: AtomicU64,
+}
+
+// === impl AcceptLoop ===
+
+impl AcceptLoop {
+    /// Accepts until shutdown, then drops the socket so the kernel refuses new clients.
+    pub async fn run(mut self) {
+        loop {
+            let permit = tokio::select! {
+                p = Arc::clone(&self.connections).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = self.shutdown.changed() => break,
+            };
+            let accepted = tokio::select! {
+                r = self.listener.accept() => r,
+                _ = self.shutdown.changed() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = &*self.name, error = %e, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let snapshot = self.shared.current.load();
+            let Some(settings) = snapshot.listener(self.index) else {
+                continue;
+            };
+            let tls = settings.tls.clone();
+            let http2 = settings.http2;
+            let server = snapshot.server.clone();
+            drop(snapshot);
+            let shared = Arc::clone(&self.shared);
+            let name = Arc::clone(&self.name);
+            let shutdown = self.shutdown.clone();
+            let drain = self.drain.clone();
+            tokio::spawn(async move {
+                shared.metrics.connections_total.inc();
+                shared.metrics.connections_open.inc();
+                serve_stream(stream, peer, name, tls, http2, server, &shared, shutdown).await;
+                shared.metrics.connections_open.dec();
+                drop(permit);
+                drop(drain);
+            });
+        }
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "one call site, all distinct")]
+async fn serve_stream(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    http2: bool,
+    server: ServerSettings,
+    shared: &Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(tls) = tls else {
+        let conn = ConnInfo {
+            peer,
+            listener,
+            tls: None,
+        };
+        serve_http(
+            TokioIo::new(stream),
+            conn,
+            http2,
+            None,
+            &server,
+            shared,
+            shutdown,
+        )
+        .await;
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let handshake = tokio::time::timeout(server.header_read_timeout, acceptor.accept(stream)).await;
+    let stream = match handshake {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            shared.metrics.tls_handshake_errors.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.tls_handshake_errors.inc();
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let alpn = session.alpn_protocol().map(Arc::<[u8]>::from);
+    let info = TlsInfo {
+        sni: session.server_name().map(Arc::from),
+        alpn: alpn.clone(),
+    };
+    let conn = ConnInfo {
+        peer,
+        listener,
+        tls: Some(info),
+    };
+    let alpn_h2 = Some(alpn.as_deref() == Some(b"h2"));
+    serve_http(
+        TokioIo::new(stream),
+        conn,
+        http2,
+        alpn_h2,
+        &server,
+        shared,
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves HTTP on an established (possibly TLS) stream until the client leaves, the idle
+/// deadline passes or the gateway drains.
+async fn serve_http<I>(
+    io: TokioIo<I>,
+    conn: ConnInfo,
+    http2: bool,
+    alpn_h2: Option<bool>,
+    s: &ServerSettings,
+    shared: &Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Why: without a timer hyper silently disables the header-read deadline.
+        .header_read_timeout(s.header_read_timeout)
+        .max_buf_size(s.max_header_bytes)
+        .max_headers(s.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(s.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(64))
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    // Over TLS, ALPN decides the protocol; in plain text, HTTP/2 only by prior knowledge.
+    let builder = match alpn_h2 {
+        Some(true) if http2 => builder.http2_only(),
+        Some(_) => builder.http1_only(),
+        None if http2 => builder,
+        None => builder.http1_only(),
+    };
+
+    let activity = Arc::new(Activity {
+        epoch: Instant::now(),
+        in_flight: AtomicUsize::new(0),
+        last_millis: AtomicU64::new(0),
+    });
+    let conn = Arc::new(conn);
+    let svc = {
+        let activity = Arc::clone(&activity);
+        let shared = Arc::clone(shared);
+        service_fn(move |req: hyper::Request<Incoming>| {
+            let activity = Arc::clone(&activity);
+            let shared = Arc::clone(&shared);
+            let conn = Arc::clone(&conn);
+            async move {
+                // Dropped when the request ends, even if the client goes away mid-request.
+                let _in_flight = InFlight::new(activity);
+                let resp = service::handle(&shared, &conn, req).await;
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let connection = builder.serve_connection(io, svc);
+    tokio::pin!(connection);
+    let idle = s.idle_timeout;
+    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut draining = *shutdown.borrow();
+    if draining {
+        connection.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            res = connection.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "Connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick(), if !draining => {
+                if activity.idle_for() >= idle {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Marks a request in flight for as long as it lives.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// === impl Activity ===
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_millis.store(ms, Ordering::Relaxed);
+    }
+
+    /// Zero while a request is in flight.
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(now.saturating_sub(self.last_millis.load(Ordering::Relaxed)))
+    }
+}

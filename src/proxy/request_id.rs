@@ -1,0 +1,88 @@
+//! Request ids: a client's well-formed id is propagated, anything else is replaced by a fresh
+//! one, so logs, upstreams and the client all see the same id.
+
+use std::cell::Cell;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The request's id, taken from `name` when well-formed (1–128 of `[A-Za-z0-9._:-]`) or
+/// generated.
+pub fn take_or_generate(headers: &HeaderMap, name: &HeaderName) -> HeaderValue {
+    if let Some(v) = headers.get(name) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+        {
+            return v.clone();
+        }
+    }
+    generate()
+}
+
+thread_local! {
+    static STATE: Cell<u64> = Cell::new(seed());
+}
+
+/// 32 hex digits from a per-thread generator: unique enough for correlation, no syscall and no
+/// shared counter per request. Not a secret.
+pub fn generate() -> HeaderValue {
+    let (a, b) = STATE.with(|s| {
+        let a = next(s);
+        (a, next(s))
+    });
+    let mut buf = [0u8; 32];
+    hex(a, &mut buf[..16]);
+    hex(b, &mut buf[16..]);
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+fn next(s: &Cell<u64>) -> u64 {
+    // splitmix64
+    let x = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+    s.set(x);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        return t;
+    }
+    u64::from_le_bytes(b)
+}
+
+fn hex(mut v: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn propagates_well_formed_ids_only() {
+        let name = HeaderName::from_static("x-request-id");
+        let mut h = HeaderMap::new();
+        h.insert(&name, "abc-123".parse().unwrap());
+        assert_eq!(take_or_generate(&h, &name), "abc-123");
+        h.insert(&name, "bad id with spaces".parse().unwrap());
+        let g = take_or_generate(&h, &name);
+        assert_eq!(g.len(), 32);
+        h.insert(&name, "x".repeat(129).parse().unwrap());
+        assert_eq!(take_or_generate(&h, &name).len(), 32);
+        assert_ne!(generate(), generate());
+    }
+}

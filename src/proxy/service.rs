@@ -1,0 +1,353 @@
+//! One request through the proxy door: facts → decision → forward or refuse.
+//!
+//! Order matters: hop-by-hop headers are removed *before* the facts are built, so the decision
+//! sees exactly the headers the upstream will get (plus the ones the gateway adds). The
+//! canonical path that was decided on is the path that is forwarded.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use super::{forwarded, hop_by_hop, request_id};
+use crate::body::{self, LimitedBody, ResponseBody};
+use crate::decision::{self, Decision, NoTrace};
+use crate::request::RequestFacts;
+use crate::request::facts::ConnInfo;
+use crate::snapshot::Snapshot;
+use crate::telemetry::access_log::{self, AccessRecord};
+use crate::telemetry::metrics::{Metrics, Outcome};
+
+/// State shared by every connection of the proxy door.
+#[derive(Debug)]
+pub struct Shared {
+    /// The active snapshot.
+    pub current: Arc<ArcSwap<Snapshot>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the access log and metrics need once the response head is known.
+struct Done<'a> {
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    decision: Outcome,
+    rule: Option<&'a str>,
+    reason: Option<&'static str>,
+    client_ip: IpAddr,
+}
+
+/// Handles one request; never fails: every failure is a response.
+pub async fn handle(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    // One snapshot for the whole request, even if a reload lands meanwhile.
+    let snapshot = shared.current.load_full();
+    let (mut parts, body) = req.into_parts();
+    let request_id =
+        request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
+
+    if hop_by_hop::is_h2c_upgrade(&parts.headers) {
+        shared.metrics.bad_request("h2c_upgrade");
+        let resp = error_response(StatusCode::BAD_REQUEST, "h2c_upgrade", &request_id);
+        return finish(
+            shared,
+            &snapshot,
+            conn,
+            &request_id,
+            start,
+            resp,
+            &Done {
+                method: parts.method.as_str(),
+                host: "-",
+                path: parts.uri.path(),
+                decision: Outcome::Error,
+                rule: None,
+                reason: Some("h2c_upgrade"),
+                client_ip: conn.peer.ip(),
+            },
+        );
+    }
+    hop_by_hop::strip(&mut parts.headers);
+
+    let facts = match RequestFacts::from_parts(&parts, conn, &snapshot.server.trusted_proxies) {
+        Ok(f) => f,
+        Err(e) => {
+            shared.metrics.bad_request(e.as_str());
+            let resp = error_response(StatusCode::BAD_REQUEST, e.as_str(), &request_id);
+            return finish(
+                shared,
+                &snapshot,
+                conn,
+                &request_id,
+                start,
+                resp,
+                &Done {
+                    method: parts.method.as_str(),
+                    host: "-",
+                    path: "-",
+                    decision: Outcome::Error,
+                    rule: None,
+                    reason: Some(e.as_str()),
+                    client_ip: conn.peer.ip(),
+                },
+            );
+        }
+    };
+
+    let decision = decision::decide(&snapshot, &facts, &mut NoTrace).await;
+    let allow = match decision {
+        Decision::Deny(d) => {
+            let resp = error_response(d.kind.status(), d.kind.as_str(), &request_id);
+            return finish(
+                shared,
+                &snapshot,
+                conn,
+                &request_id,
+                start,
+                resp,
+                &Done {
+                    method: facts.method.as_str(),
+                    host: &facts.host,
+                    path: &facts.path,
+                    decision: Outcome::Deny,
+                    rule: d.rule.as_ref().map(|r| &*r.0),
+                    reason: Some(d.kind.as_str()),
+                    client_ip: facts.client_ip,
+                },
+            );
+        }
+        Decision::Allow(a) => a,
+    };
+    let Some(upstream) = allow
+        .upstream
+        .and_then(|i| snapshot.upstreams.get(i))
+        .cloned()
+    else {
+        // Compile guarantees allow rules have an upstream; answer safely if not.
+        let resp = error_response(StatusCode::BAD_GATEWAY, "no_upstream", &request_id);
+        return finish(
+            shared,
+            &snapshot,
+            conn,
+            &request_id,
+            start,
+            resp,
+            &Done {
+                method: facts.method.as_str(),
+                host: &facts.host,
+                path: &facts.path,
+                decision: Outcome::Error,
+                rule: Some(&allow.rule.0),
+                reason: Some("no_upstream"),
+                client_ip: facts.client_ip,
+            },
+        );
+    };
+
+    // Everything the forwarded request and the log need from the facts, before the head is
+    // taken apart.
+    let uri = upstream.uri(&facts.path, facts.query);
+    let client_ip = facts.client_ip;
+    let scheme = facts.scheme;
+    let log_host: Box<str> = facts.host.as_ref().into();
+    let log_path: Box<str> = facts.path.as_ref().into();
+    let authority: Box<str> = match facts.port {
+        Some(p) => format!("{}:{p}", facts.host).into(),
+        None => facts.host.as_ref().into(),
+    };
+    drop(facts);
+    let method = parts.method.clone();
+    let rule: &str = &allow.rule.0;
+    let done = |decision, reason| Done {
+        method: method.as_str(),
+        host: &log_host,
+        path: &log_path,
+        decision,
+        rule: Some(rule),
+        reason,
+        client_ip,
+    };
+
+    let Some(uri) = uri else {
+        let resp = error_response(StatusCode::BAD_REQUEST, "invalid_target", &request_id);
+        return finish(
+            shared,
+            &snapshot,
+            conn,
+            &request_id,
+            start,
+            resp,
+            &done(Outcome::Error, Some("invalid_target")),
+        );
+    };
+
+    // Size limit: refuse early when the client announces too much.
+    let limit = snapshot.server.max_body_bytes;
+    let announced = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        let resp = error_response(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &request_id);
+        return finish(
+            shared,
+            &snapshot,
+            conn,
+            &request_id,
+            start,
+            resp,
+            &done(Outcome::Error, Some("body_too_large")),
+        );
+    }
+
+    let peer_trusted = snapshot
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&conn.peer.ip()));
+    forwarded::apply(
+        &mut parts.headers,
+        conn.peer.ip(),
+        peer_trusted,
+        client_ip,
+        scheme,
+        &authority,
+    );
+    parts.headers.insert(
+        snapshot.server.request_id_header.clone(),
+        request_id.clone(),
+    );
+    if !upstream.preserve_host {
+        parts
+            .headers
+            .insert(header::HOST, upstream.host_header.clone());
+    } else if let Ok(v) = HeaderValue::from_str(&authority) {
+        parts.headers.insert(header::HOST, v);
+    }
+    parts.uri = uri;
+    parts.version = if upstream.is_http2() {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let upstream_req = Request::from_parts(parts, LimitedBody::new(body, limit));
+
+    let result = tokio::time::timeout(upstream.response_timeout, upstream.send(upstream_req)).await;
+    let (resp, outcome, reason) = match result {
+        Err(_) => {
+            shared.metrics.upstream_error("timeout");
+            (
+                error_response(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &request_id),
+                Outcome::Error,
+                Some("upstream_timeout"),
+            )
+        }
+        Ok(Err(e)) => {
+            let (status, kind) = if body::is_length_limit(&e) {
+                (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+            } else if e.is_connect() && body::is_timeout(&e) {
+                (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout")
+            } else if e.is_connect() {
+                (StatusCode::BAD_GATEWAY, "upstream_unavailable")
+            } else {
+                (StatusCode::BAD_GATEWAY, "upstream_error")
+            };
+            shared.metrics.upstream_error(kind);
+            tracing::debug!(upstream = &*upstream.name, error = %e, reason = kind, "Upstream request failed");
+            (
+                error_response(status, kind, &request_id),
+                Outcome::Error,
+                Some(kind),
+            )
+        }
+        Ok(Ok(resp)) => {
+            let (mut parts, body) = resp.into_parts();
+            hop_by_hop::strip(&mut parts.headers);
+            parts.version = Version::HTTP_11;
+            parts.headers.insert(
+                snapshot.server.request_id_header.clone(),
+                request_id.clone(),
+            );
+            (
+                Response::from_parts(parts, body::streamed(body)),
+                Outcome::Allow,
+                None,
+            )
+        }
+    };
+    finish(
+        shared,
+        &snapshot,
+        conn,
+        &request_id,
+        start,
+        resp,
+        &done(outcome, reason),
+    )
+}
+
+/// Counts, logs and returns the response.
+fn finish(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    request_id: &HeaderValue,
+    start: Instant,
+    resp: Response<ResponseBody>,
+    done: &Done<'_>,
+) -> Response<ResponseBody> {
+    let latency = start.elapsed();
+    let status = resp.status().as_u16();
+    shared.metrics.request(done.decision, status, latency);
+    if snapshot.access_log {
+        access_log::log(&AccessRecord {
+            listener: &conn.listener,
+            method: done.method,
+            host: done.host,
+            path: done.path,
+            status,
+            decision: match done.decision {
+                Outcome::Allow => "allow",
+                Outcome::Deny => "deny",
+                Outcome::Error => "error",
+            },
+            rule: done.rule,
+            reason: done.reason,
+            request_id: request_id.to_str().unwrap_or("-"),
+            client_ip: done.client_ip,
+            latency,
+        });
+    }
+    resp
+}
+
+/// A short JSON error naming the reason code and the request id; never any internals.
+pub fn error_response(
+    status: StatusCode,
+    reason: &'static str,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let id = request_id.to_str().unwrap_or("-");
+    let body = format!("{{\"error\":\"{reason}\",\"request_id\":\"{id}\"}}\n");
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-request-id", request_id.clone());
+    resp
+}

@@ -1,0 +1,6 @@
+//! Door-independent request facts and path canonicalisation.
+
+pub mod facts;
+pub mod path;
+
+pub use facts::RequestFacts;

@@ -1,0 +1,315 @@
+//! [`RequestFacts`]: what the decision core knows about a request, whichever door it came
+//! through.
+//!
+//! Invariants: `path` is canonical ([`super::path::canonicalize`]); `host` is lowercase with no
+//! trailing dot and no port; `client_ip` is the TCP peer unless the peer is a trusted proxy, in
+//! which case it is the first untrusted address of `X-Forwarded-For` read from the right.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{HeaderMap, Method, header};
+use ipnet::IpNet;
+
+use super::path::{self, PathError};
+
+/// The scheme the client used to reach the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+/// What the door knows about the connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// Set for TLS connections.
+    pub tls: Option<TlsInfo>,
+}
+
+/// The TLS session of a connection.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    /// Server name the client asked for.
+    pub sni: Option<Arc<str>>,
+    /// Negotiated ALPN protocol.
+    pub alpn: Option<Arc<[u8]>>,
+}
+
+/// The door-independent facts about one request.
+#[derive(Debug)]
+pub struct RequestFacts<'a> {
+    /// Request method.
+    pub method: &'a Method,
+    /// How the client reached the gateway.
+    pub scheme: Scheme,
+    /// Lowercase host without port or trailing dot.
+    pub host: Cow<'a, str>,
+    /// Port given in the authority or `Host`, if any.
+    pub port: Option<u16>,
+    /// The canonical path.
+    pub path: Cow<'a, str>,
+    /// The raw query (without `?`), forwarded unchanged.
+    pub query: Option<&'a str>,
+    /// Request headers as received.
+    pub headers: &'a HeaderMap,
+    /// The client address (see module docs).
+    pub client_ip: IpAddr,
+    /// The connection it arrived on.
+    pub conn: &'a ConnInfo,
+}
+
+/// Why a request cannot be turned into facts; each is a 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FactsError {
+    /// The path is ambiguous or malformed.
+    #[error("invalid path: {0}")]
+    Path(#[from] PathError),
+    /// No `Host` header and no authority.
+    #[error("missing host")]
+    MissingHost,
+    /// More than one `Host` header.
+    #[error("multiple host headers")]
+    MultipleHosts,
+    /// `Host` is not a valid host name or address.
+    #[error("invalid host")]
+    InvalidHost,
+    /// CONNECT and `*` targets are not proxied.
+    #[error("unsupported request target")]
+    UnsupportedTarget,
+}
+
+// === impl RequestFacts ===
+
+impl<'a> RequestFacts<'a> {
+    /// Builds the facts of a request from its head.
+    pub fn from_parts(
+        parts: &'a Parts,
+        conn: &'a ConnInfo,
+        trusted_proxies: &[IpNet],
+    ) -> Result<Self, FactsError> {
+        if parts.method == Method::CONNECT || parts.uri.path() == "*" {
+            return Err(FactsError::UnsupportedTarget);
+        }
+        let (host, port) = host_of(parts)?;
+        let path = path::canonicalize(parts.uri.path())?;
+        Ok(Self {
+            method: &parts.method,
+            scheme: if conn.tls.is_some() {
+                Scheme::Https
+            } else {
+                Scheme::Http
+            },
+            host,
+            port,
+            path,
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            client_ip: client_ip(conn.peer.ip(), &parts.headers, trusted_proxies),
+            conn,
+        })
+    }
+}
+
+// === impl FactsError ===
+
+impl FactsError {
+    /// Reason code for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Path(e) => e.as_str(),
+            Self::MissingHost => "missing_host",
+            Self::MultipleHosts => "multiple_hosts",
+            Self::InvalidHost => "invalid_host",
+            Self::UnsupportedTarget => "unsupported_target",
+        }
+    }
+}
+
+/// The host and port: the URI's authority when the request has one (absolute-form, HTTP/2
+/// `:authority`), which RFC 9112 §3.2.2 says wins over `Host`; otherwise the single `Host`.
+fn host_of(parts: &Parts) -> Result<(Cow<'_, str>, Option<u16>), FactsError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(FactsError::MultipleHosts);
+    }
+    let raw = match parts.uri.authority() {
+        Some(a) => a.as_str(),
+        None => first
+            .ok_or(FactsError::MissingHost)?
+            .to_str()
+            .map_err(|_| FactsError::InvalidHost)?,
+    };
+    parse_host(raw)
+}
+
+/// Splits and normalises `host[:port]` / `[v6]:port`.
+pub fn parse_host(raw: &str) -> Result<(Cow<'_, str>, Option<u16>), FactsError> {
+    if raw.is_empty() || raw.contains('@') {
+        return Err(FactsError::InvalidHost);
+    }
+    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']').ok_or(FactsError::InvalidHost)?;
+        v6.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| FactsError::InvalidHost)?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or(FactsError::InvalidHost)?),
+        };
+        (&raw[..v6.len() + 2], port)
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (raw, None),
+        }
+    };
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().map_err(|_| FactsError::InvalidHost)?),
+        None => None,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let valid = !host.is_empty()
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')
+        });
+    if !valid {
+        return Err(FactsError::InvalidHost);
+    }
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    };
+    Ok((host, port))
+}
+
+/// The client address: the peer, or when the peer is a trusted proxy, the rightmost
+/// `X-Forwarded-For` entry that is not itself a trusted proxy. A malformed entry stops the walk
+/// at the last address known good, so garbage never becomes the client address.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            return client;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            return ip;
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, host: Option<&str>) -> Parts {
+        let mut b = http::Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn conn() -> ConnInfo {
+        ConnInfo {
+            peer: "192.0.2.7:5000".parse().unwrap(),
+            listener: "l".into(),
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn host_forms() {
+        let c = conn();
+        type Case<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Result<(&'a str, Option<u16>), FactsError>,
+        );
+        let cases: &[Case<'_>] = &[
+            ("/", Some("Example.COM"), Ok(("example.com", None))),
+            ("/", Some("example.com."), Ok(("example.com", None))),
+            (
+                "/",
+                Some("example.com:8443"),
+                Ok(("example.com", Some(8443))),
+            ),
+            ("/", Some("[::1]:8080"), Ok(("[::1]", Some(8080)))),
+            ("/", None, Err(FactsError::MissingHost)),
+            ("/", Some("user@example.com"), Err(FactsError::InvalidHost)),
+            ("/", Some("exa mple"), Err(FactsError::InvalidHost)),
+            ("/", Some("example.com:99999"), Err(FactsError::InvalidHost)),
+            // Absolute-form: the URI's authority wins over Host.
+            (
+                "http://Admin.Example:81/x",
+                Some("other"),
+                Ok(("admin.example", Some(81))),
+            ),
+        ];
+        for (uri, host, want) in cases {
+            let p = parts(uri, *host);
+            let got = RequestFacts::from_parts(&p, &c, &[]).map(|f| (f.host.into_owned(), f.port));
+            let want = (*want).map(|(h, p)| (h.to_owned(), p));
+            assert_eq!(got, want, "{uri} {host:?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_host_rejected() {
+        let mut p = parts("/", Some("a"));
+        p.headers.append("host", "b".parse().unwrap());
+        assert_eq!(
+            RequestFacts::from_parts(&p, &conn(), &[]).unwrap_err(),
+            FactsError::MultipleHosts
+        );
+    }
+
+    #[test]
+    fn client_ip_trusts_only_configured_proxies() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1, 10.0.0.5".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.6".parse().unwrap());
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        // Nobody trusted: the peer.
+        assert_eq!(client_ip(peer, &h, &[]), peer);
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "1.1.1.1".parse::<IpAddr>().unwrap()
+        );
+        // A spoofed entry left of an untrusted one is never used.
+        let mut h2 = HeaderMap::new();
+        h2.append("x-forwarded-for", "6.6.6.6, 2.2.2.2".parse().unwrap());
+        assert_eq!(
+            client_ip(peer, &h2, &trusted),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
+        // Garbage stops the walk at the last good address.
+        let mut h3 = HeaderMap::new();
+        h3.append("x-forwarded-for", "evil, 10.0.0.4".parse().unwrap());
+        assert_eq!(
+            client_ip(peer, &h3, &trusted),
+            "10.0.0.4".parse::<IpAddr>().unwrap()
+        );
+    }
+}

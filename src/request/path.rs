@@ -1,0 +1,387 @@
+//! Path canonicalisation: the one path the gateway decides on and forwards upstream.
+//!
+//! [`canonicalize`] takes the raw path of an origin-form request target (the caller has already
+//! split off the query at `?`) and returns its canonical form, or a [`PathError`] that the caller
+//! turns into a 400. The gateway must never see one path while an upstream (Tomcat, nginx, IIS,
+//! Node, Go, Spring) sees another, so anything an upstream could read differently is rejected
+//! rather than guessed at.
+//!
+//! # Canonical form
+//!
+//! - It starts with `/`; the root is `/`.
+//! - No empty segment (`//a///b` is `/a/b`) except a trailing slash, which is kept (`/a/`).
+//! - No `.` or `..` segment: they are resolved (`/a/./b` is `/a/b`, `/a/b/..` is `/a/`); a `..`
+//!   above the root is rejected, never clamped.
+//! - Percent-encoded unreserved characters (`ALPHA DIGIT - . _ ~`) are decoded (`/%61` is
+//!   `/a`); every other encoded byte stays encoded, with uppercase hex (`%3b` is `%3B`). Nothing
+//!   is decoded twice: `%2520` stays `%2520`.
+//! - Case is preserved.
+//!
+//! # Invariants of an `Ok` output
+//!
+//! - It is ASCII, with no raw `;`, `\`, control character or character that needs encoding.
+//! - Every `%` is followed by two uppercase hex digits encoding neither an unreserved character,
+//!   `/`, `\` nor a control byte, and the fully decoded path is valid UTF-8.
+//! - `canonicalize(output) == Ok(Cow::Borrowed(output))`: canonicalisation is idempotent, and a
+//!   path already canonical is returned without allocating. Otherwise it allocates once.
+//!
+//! # Rejected
+//!
+//! Encoded `/` and `\` (upstreams disagree on whether they split segments), raw `\` (IIS reads it
+//! as `/`), raw `;` (Tomcat and Jetty path parameters: `/admin;x` is `/admin` to them), a `.` or
+//! `..` segment spelled with an encoded dot (`/%2e%2e/admin`), raw or encoded control bytes,
+//! raw non-ASCII, malformed escapes, invalid UTF-8 after decoding, and paths over
+//! [`MAX_PATH_LEN`] bytes.
+
+use std::borrow::Cow;
+
+/// Longest raw path accepted, in bytes.
+pub const MAX_PATH_LEN: usize = 8192;
+
+/// Why a raw path has no canonical form. Every variant is a 400 for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Longer than [`MAX_PATH_LEN`] bytes.
+    #[error("path too long")]
+    TooLong,
+    /// Empty, or does not start with `/` (`*`, `admin`).
+    #[error("path not absolute")]
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    #[error("invalid percent-encoding in path")]
+    InvalidPercentEncoding,
+    /// `%2F`: upstreams disagree on whether it splits segments.
+    #[error("encoded slash in path")]
+    EncodedSlash,
+    /// `%5C`: some upstreams read it as a slash.
+    #[error("encoded backslash in path")]
+    EncodedBackslash,
+    /// A raw or encoded control byte (0x00-0x1F, 0x7F).
+    #[error("control character in path")]
+    ControlCharacter,
+    /// The percent-decoded path is not valid UTF-8 (truncated, overlong, surrogate, ...).
+    #[error("invalid utf-8 in path")]
+    InvalidUtf8,
+    /// A raw `\`: IIS and others read it as a slash.
+    #[error("backslash in path")]
+    Backslash,
+    /// A raw `;`: Tomcat and Jetty strip path parameters (`/admin;x` is `/admin` to them).
+    #[error("semicolon in path")]
+    Semicolon,
+    /// A raw byte at or above 0x80.
+    #[error("non-ascii byte in path")]
+    NonAscii,
+    /// A raw character that must be percent-encoded in a path (space, `"`, `#`, `<`, `?`, ...).
+    #[error("invalid character in path")]
+    InvalidCharacter,
+    /// A `..` segment above the root.
+    #[error("dot segment above root in path")]
+    DotSegmentUnderflow,
+    /// A `.` or `..` segment spelled with an encoded dot (`%2e%2e`, `.%2E`).
+    #[error("encoded dot segment in path")]
+    EncodedDotSegment,
+}
+
+/// Canonicalises the raw path of an origin-form request target (without its query).
+///
+/// Returns the input itself when it is already canonical. See the [module docs](self).
+pub fn canonicalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    if raw.len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong);
+    }
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let mut canon = Canonicalizer::new(bytes);
+    let mut i = 1;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'/' => {
+                canon.utf8.ascii()?;
+                canon.end_segment(false)?;
+                i += 1;
+            }
+            b'%' => {
+                canon.escape(i)?;
+                i += 3;
+            }
+            _ => {
+                check_raw(b)?;
+                canon.utf8.ascii()?;
+                canon.keep(&[b]);
+                i += 1;
+            }
+        }
+    }
+    canon.utf8.ascii()?;
+    canon.end_segment(true)?;
+    canon.finish(raw)
+}
+
+/// Accepts a raw byte other than `/` and `%` if it may appear unencoded in a canonical path.
+fn check_raw(b: u8) -> Result<(), PathError> {
+    match b {
+        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => Ok(()),
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@' => {
+            Ok(())
+        }
+        // Why: path parameters; `/admin;x` would pass a rule on `/admin/` but reach `/admin`.
+        // Regression: tests::table (`/admin;x`).
+        b';' => Err(PathError::Semicolon),
+        b'\\' => Err(PathError::Backslash),
+        0x00..=0x1F | 0x7F => Err(PathError::ControlCharacter),
+        0x80..=0xFF => Err(PathError::NonAscii),
+        // Space " # < > ? [ ] ^ ` { | }: a conforming client encodes them.
+        _ => Err(PathError::InvalidCharacter),
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_value(b: u8) -> Result<u8, PathError> {
+    match b {
+        b'0'..=b'9' => Ok(b - b'0'),
+        b'a'..=b'f' => Ok(b - b'a' + 10),
+        b'A'..=b'F' => Ok(b - b'A' + 10),
+        _ => Err(PathError::InvalidPercentEncoding),
+    }
+}
+
+/// Uppercase hex digit for the low nibble of `n`.
+fn hex_digit(n: u8) -> u8 {
+    let n = n & 0x0F;
+    if n < 10 { b'0' + n } else { b'A' + (n - 10) }
+}
+
+/// Single-pass canonicaliser that allocates only once the output stops being a prefix of the
+/// input.
+struct Canonicalizer<'a> {
+    raw: &'a [u8],
+    /// `None` while the output so far is `raw[..mirrored]`, byte for byte.
+    out: Option<Vec<u8>>,
+    /// Length of the output while it is still borrowed. Only [`Self::keep`] grows it, by bytes
+    /// mirrored from `raw`, so it never exceeds `raw.len()`.
+    mirrored: usize,
+    /// Where the current segment starts in the output; the byte before it is `/`.
+    seg_start: usize,
+    /// The current segment contains a percent-encoded dot.
+    seg_encoded_dot: bool,
+    utf8: Utf8Check,
+}
+
+/// What a finished segment is, once decoded.
+enum Segment {
+    Empty,
+    Dot,
+    DotDot,
+    Name,
+}
+
+/// Validates, incrementally, the UTF-8 of the decoded byte stream. Raw bytes are all ASCII, so
+/// only percent-encoded bytes at or above 0x80 start or continue a multi-byte sequence.
+#[derive(Default)]
+struct Utf8Check {
+    buf: [u8; 4],
+    len: usize,
+    need: usize,
+}
+
+// === impl PathError ===
+
+impl PathError {
+    /// Stable snake_case reason code for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::TooLong => "too_long",
+            Self::NotAbsolute => "not_absolute",
+            Self::InvalidPercentEncoding => "invalid_percent_encoding",
+            Self::EncodedSlash => "encoded_slash",
+            Self::EncodedBackslash => "encoded_backslash",
+            Self::ControlCharacter => "control_character",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::Backslash => "backslash",
+            Self::Semicolon => "semicolon",
+            Self::NonAscii => "non_ascii",
+            Self::InvalidCharacter => "invalid_character",
+            Self::DotSegmentUnderflow => "dot_segment_underflow",
+            Self::EncodedDotSegment => "encoded_dot_segment",
+        }
+    }
+}
+
+// === impl Canonicalizer ===
+
+impl<'a> Canonicalizer<'a> {
+    /// Starts after the leading `/`, which the caller has checked.
+    fn new(raw: &'a [u8]) -> Self {
+        Self {
+            raw,
+            out: None,
+            mirrored: 1,
+            seg_start: 1,
+            seg_encoded_dot: false,
+            utf8: Utf8Check::default(),
+        }
+    }
+
+    /// Appends bytes equal to the raw bytes at the current position.
+    fn keep(&mut self, bytes: &[u8]) {
+        match &mut self.out {
+            Some(out) => out.extend_from_slice(bytes),
+            None => self.mirrored += bytes.len(),
+        }
+    }
+
+    /// Appends bytes that differ from the raw input.
+    fn push(&mut self, bytes: &[u8]) {
+        self.owned().extend_from_slice(bytes);
+    }
+
+    /// The output as an owned buffer, allocated once: the output is never longer than the input.
+    fn owned(&mut self) -> &mut Vec<u8> {
+        let (raw, mirrored) = (self.raw, self.mirrored);
+        self.out.get_or_insert_with(|| {
+            let mut out = Vec::with_capacity(raw.len());
+            // `mirrored <= raw.len()`: see the field.
+            out.extend_from_slice(raw.get(..mirrored).unwrap_or_default());
+            out
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.out.as_ref().map_or(self.mirrored, Vec::len)
+    }
+
+    /// The current segment as written so far, decoded unreserved characters included.
+    fn segment(&self) -> &[u8] {
+        let written = match &self.out {
+            Some(out) => out.get(self.seg_start..),
+            None => self.raw.get(self.seg_start..self.mirrored),
+        };
+        written.unwrap_or_default()
+    }
+
+    /// Handles the `%` at `raw[i]`.
+    fn escape(&mut self, i: usize) -> Result<(), PathError> {
+        let (Some(&hi), Some(&lo)) = (self.raw.get(i + 1), self.raw.get(i + 2)) else {
+            return Err(PathError::InvalidPercentEncoding);
+        };
+        let byte = (hex_value(hi)? << 4) | hex_value(lo)?;
+        match byte {
+            b'/' => return Err(PathError::EncodedSlash),
+            b'\\' => return Err(PathError::EncodedBackslash),
+            0x00..=0x1F | 0x7F => return Err(PathError::ControlCharacter),
+            0x80..=0xFF => self.utf8.high(byte)?,
+            _ => self.utf8.ascii()?,
+        }
+        if is_unreserved(byte) {
+            // Why: `/%61dmin` must meet the rules for `/admin`.
+            self.seg_encoded_dot |= byte == b'.';
+            self.push(&[byte]);
+        } else {
+            let canonical = [b'%', hex_digit(byte >> 4), hex_digit(byte)];
+            if canonical == [b'%', hi, lo] {
+                self.keep(&canonical);
+            } else {
+                self.push(&canonical);
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves the segment just written, at a raw `/` or (`last`) at the end of the input.
+    fn end_segment(&mut self, last: bool) -> Result<(), PathError> {
+        let segment = match self.segment() {
+            b"" => Segment::Empty,
+            b"." => Segment::Dot,
+            b".." => Segment::DotDot,
+            _ => Segment::Name,
+        };
+        // Why: `/public/%2e%2e/admin` must not resolve differently in an upstream that decodes
+        // after resolving dot segments. Regression: tests::table (`/public/%2e%2e/admin`).
+        if matches!(segment, Segment::Dot | Segment::DotDot) && self.seg_encoded_dot {
+            return Err(PathError::EncodedDotSegment);
+        }
+        let seg_start = self.seg_start;
+        match segment {
+            Segment::Name if last => {}
+            Segment::Name => self.keep(b"/"),
+            // A trailing slash (or the root) is already written.
+            Segment::Empty if last => {}
+            // Drop the raw `/`: the output already ends with one.
+            Segment::Empty => {
+                self.owned();
+            }
+            // Remove the segment; its `/` stays, the raw one that follows is dropped.
+            Segment::Dot => self.owned().truncate(seg_start),
+            Segment::DotDot => {
+                // The output before the segment is `/s1/.../sk/`; remove `sk/` as well.
+                // Why: clamping at the root would hide a traversal attempt. Regression:
+                // tests::table (`/a/../..`).
+                let out = self.owned();
+                let previous = seg_start
+                    .checked_sub(1)
+                    .and_then(|end| out.get(..end))
+                    .and_then(|before| before.iter().rposition(|&c| c == b'/'))
+                    .ok_or(PathError::DotSegmentUnderflow)?;
+                out.truncate(previous + 1);
+            }
+        }
+        self.seg_start = self.len();
+        self.seg_encoded_dot = false;
+        Ok(())
+    }
+
+    fn finish(self, raw: &'a str) -> Result<Cow<'a, str>, PathError> {
+        match self.out {
+            // Nothing was dropped or rewritten, so `mirrored == raw.len()`.
+            None => Ok(Cow::Borrowed(raw)),
+            // Always ASCII; checked rather than assumed.
+            Some(out) => String::from_utf8(out)
+                .map(Cow::Owned)
+                .map_err(|_| PathError::InvalidUtf8),
+        }
+    }
+}
+
+// === impl Utf8Check ===
+
+impl Utf8Check {
+    /// An ASCII byte, raw or decoded: no multi-byte sequence may be pending.
+    fn ascii(&self) -> Result<(), PathError> {
+        if self.len == 0 {
+            Ok(())
+        } else {
+            Err(PathError::InvalidUtf8)
+        }
+    }
+
+    /// A decoded byte at or above 0x80.
+    fn high(&mut self, b: u8) -> Result<(), PathError> {
+        if self.len == 0 {
+            // 0x80-0xBF: stray continuation; 0xC0, 0xC1: always overlong; 0xF5-0xFF: beyond
+            // U+10FFFF. The rest (overlong, surrogates, range) is left to `str::from_utf8`.
+            self.need = match b {
+                0xC2..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF4 => 4,
+                _ => return Err(PathError::InvalidUtf8),
+            };
+        }
+        let slot = self.buf.get_mut(self.len).ok_or(PathError::InvalidUtf8)?;
+        *slot = b;
+        self.len += 1;
+        if self.len == self.need {
+            let sequence = self.buf.get(..self.len).ok_or(PathError::InvalidUtf8)?;
+            std::str::from_utf8(sequence).map_err(|_| PathError::InvalidUtf8)?;
+            self.len = 0;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

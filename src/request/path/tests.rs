@@ -1,0 +1,257 @@
+use std::borrow::Cow;
+
+use super::{MAX_PATH_LEN, PathError, canonicalize};
+
+use PathError::*;
+
+/// Every case: raw path, then the exact canonical path or error.
+const CASES: &[(&str, Result<&str, PathError>)] = &[
+    // Root and absoluteness.
+    ("/", Ok("/")),
+    ("", Err(NotAbsolute)),
+    ("*", Err(NotAbsolute)),
+    ("admin", Err(NotAbsolute)),
+    ("a/b", Err(NotAbsolute)),
+    ("%2Fadmin", Err(NotAbsolute)),
+    // Repeated slashes.
+    ("//a", Ok("/a")),
+    ("//admin", Ok("/admin")),
+    ("//a///b", Ok("/a/b")),
+    ("//", Ok("/")),
+    ("///", Ok("/")),
+    ("/a//", Ok("/a/")),
+    // Dot segments.
+    ("/a/./b", Ok("/a/b")),
+    ("/./admin", Ok("/admin")),
+    ("/a/../b", Ok("/b")),
+    ("/x/../admin", Ok("/admin")),
+    ("/.", Ok("/")),
+    ("/./", Ok("/")),
+    ("/a/.", Ok("/a/")),
+    ("/a/..", Ok("/")),
+    ("/a/b/..", Ok("/a/")),
+    ("/a/b/../", Ok("/a/")),
+    ("/a/b/../../c", Ok("/c")),
+    ("/a/./../b", Ok("/b")),
+    ("/a//../b", Ok("/b")),
+    ("/a/.//b", Ok("/a/b")),
+    ("/..", Err(DotSegmentUnderflow)),
+    ("/../a", Err(DotSegmentUnderflow)),
+    ("/a/../..", Err(DotSegmentUnderflow)),
+    ("/a/../../b", Err(DotSegmentUnderflow)),
+    ("/./..", Err(DotSegmentUnderflow)),
+    // Names that only look like dot segments.
+    ("/...", Ok("/...")),
+    ("/a..b/.c/d.", Ok("/a..b/.c/d.")),
+    ("/.well-known/x", Ok("/.well-known/x")),
+    // Encoded dots.
+    ("/%2e%2e/admin", Err(EncodedDotSegment)),
+    ("/public/%2e%2e/admin", Err(EncodedDotSegment)),
+    ("/public/%2E%2E/admin", Err(EncodedDotSegment)),
+    ("/.%2e/", Err(EncodedDotSegment)),
+    ("/a/%2e./b", Err(EncodedDotSegment)),
+    ("/a/%2e/b", Err(EncodedDotSegment)),
+    ("/a/%2E", Err(EncodedDotSegment)),
+    ("/a%2eb", Ok("/a.b")),
+    ("/file%2Ejson", Ok("/file.json")),
+    ("/%2e%2e%2e", Ok("/...")),
+    ("/%2ewell-known", Ok("/.well-known")),
+    // Decoded unreserved characters.
+    ("/%61", Ok("/a")),
+    ("/%61dmin", Ok("/admin")),
+    ("/%41%42", Ok("/AB")),
+    ("/%7e", Ok("/~")),
+    ("/%7E%2d%5f%30", Ok("/~-_0")),
+    // Other encoded bytes stay encoded, uppercase, never double-decoded.
+    ("/admin%3Bx", Ok("/admin%3Bx")),
+    ("/admin%3bx", Ok("/admin%3Bx")),
+    ("/a%20b", Ok("/a%20b")),
+    ("/a%2520", Ok("/a%2520")),
+    ("/a%25", Ok("/a%25")),
+    ("/%3f%23%26", Ok("/%3F%23%26")),
+    // Encoded separators and control bytes.
+    ("/a%2Fb", Err(EncodedSlash)),
+    ("/a%2fb", Err(EncodedSlash)),
+    ("/a%5cb", Err(EncodedBackslash)),
+    ("/a%5Cb", Err(EncodedBackslash)),
+    ("/a%00", Err(ControlCharacter)),
+    ("/a%0a", Err(ControlCharacter)),
+    ("/a%0D%0A", Err(ControlCharacter)),
+    ("/a%1F", Err(ControlCharacter)),
+    ("/a%7f", Err(ControlCharacter)),
+    // Malformed escapes.
+    ("/a%", Err(InvalidPercentEncoding)),
+    ("/a%4", Err(InvalidPercentEncoding)),
+    ("/a%zz", Err(InvalidPercentEncoding)),
+    ("/a%g0", Err(InvalidPercentEncoding)),
+    ("/a%+1", Err(InvalidPercentEncoding)),
+    ("/a%%41", Err(InvalidPercentEncoding)),
+    // UTF-8.
+    ("/caf%C3%A9", Ok("/caf%C3%A9")),
+    ("/caf%c3%a9", Ok("/caf%C3%A9")),
+    ("/%E2%82%AC", Ok("/%E2%82%AC")),
+    ("/%F0%9F%A6%80/x", Ok("/%F0%9F%A6%80/x")),
+    ("/%C3", Err(InvalidUtf8)),
+    ("/%C3/", Err(InvalidUtf8)),
+    ("/%C3a", Err(InvalidUtf8)),
+    ("/%C3%41", Err(InvalidUtf8)),
+    ("/%FF", Err(InvalidUtf8)),
+    ("/%80", Err(InvalidUtf8)),
+    ("/%C0%AF", Err(InvalidUtf8)),
+    ("/%E0%80%AF", Err(InvalidUtf8)),
+    ("/%ED%A0%80", Err(InvalidUtf8)),
+    ("/%F4%90%80%80", Err(InvalidUtf8)),
+    ("/%F8%88%80%80%80", Err(InvalidUtf8)),
+    ("/%C3%A9%A9", Err(InvalidUtf8)),
+    ("/caf\u{e9}", Err(NonAscii)),
+    // Raw characters.
+    ("/admin;x", Err(Semicolon)),
+    ("/admin;", Err(Semicolon)),
+    ("/a\\b", Err(Backslash)),
+    ("/a\0", Err(ControlCharacter)),
+    ("/a\tb", Err(ControlCharacter)),
+    ("/a\x7f", Err(ControlCharacter)),
+    ("/a b", Err(InvalidCharacter)),
+    ("/a#b", Err(InvalidCharacter)),
+    ("/a?b", Err(InvalidCharacter)),
+    ("/a\"<>`{}|^[]", Err(InvalidCharacter)),
+    ("/a!$&'()*+,=:@-._~", Ok("/a!$&'()*+,=:@-._~")),
+    // Case is preserved.
+    ("/Admin/API", Ok("/Admin/API")),
+];
+
+#[test]
+fn table() {
+    for &(raw, expected) in CASES {
+        let got = canonicalize(raw);
+        assert_eq!(got.as_deref().map_err(|e| *e), expected, "input {raw:?}");
+    }
+}
+
+#[test]
+fn canonical_input_is_borrowed() {
+    for raw in [
+        "/",
+        "/a/b",
+        "/a/",
+        "/a%20b",
+        "/admin%3Bx",
+        "/caf%C3%A9",
+        "/...",
+        "/.well-known/x",
+        "/a!$&'()*+,=:@-._~",
+    ] {
+        let out = canonicalize(raw).unwrap();
+        assert!(matches!(out, Cow::Borrowed(_)), "input {raw:?}");
+        assert_eq!(out, raw);
+    }
+}
+
+#[test]
+fn rewritten_input_is_owned() {
+    for raw in ["//a", "/a/./b", "/%61", "/a%3b"] {
+        assert!(
+            matches!(canonicalize(raw).unwrap(), Cow::Owned(_)),
+            "input {raw:?}"
+        );
+    }
+}
+
+#[test]
+fn length_limit() {
+    let mut raw = "/".repeat(MAX_PATH_LEN);
+    assert_eq!(canonicalize(&raw).unwrap(), "/");
+    raw.push('/');
+    assert_eq!(canonicalize(&raw), Err(TooLong));
+    assert_eq!(canonicalize(&"/%41".repeat(3000)), Err(TooLong));
+}
+
+#[test]
+fn error_codes_and_messages() {
+    let all = [
+        TooLong,
+        NotAbsolute,
+        InvalidPercentEncoding,
+        EncodedSlash,
+        EncodedBackslash,
+        ControlCharacter,
+        InvalidUtf8,
+        Backslash,
+        Semicolon,
+        NonAscii,
+        InvalidCharacter,
+        DotSegmentUnderflow,
+        EncodedDotSegment,
+    ];
+    let mut codes: Vec<_> = all.iter().map(PathError::as_str).collect();
+    for (error, code) in all.iter().zip(&codes) {
+        assert!(
+            code.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "{code}"
+        );
+        let message = error.to_string();
+        assert!(
+            !message.is_empty() && message == message.to_lowercase(),
+            "{message}"
+        );
+    }
+    codes.sort_unstable();
+    codes.dedup();
+    assert_eq!(codes.len(), all.len());
+}
+
+/// Deterministic xorshift64 paths over an alphabet that hits every rule; every `Ok` output must
+/// be canonical and a fixed point.
+#[test]
+fn canonical_output_properties() {
+    const ALPHABET: &[u8] = b"/.%2eEfFa;\\05c";
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut accepted = 0;
+    for _ in 0..20_000 {
+        let len = usize::try_from(next() % 17).unwrap();
+        let mut raw = String::from(if next() % 8 == 0 { "" } else { "/" });
+        for _ in 0..len {
+            let index = usize::try_from(next() % ALPHABET.len() as u64).unwrap();
+            raw.push(char::from(ALPHABET[index]));
+        }
+        let Ok(out) = canonicalize(&raw) else {
+            continue;
+        };
+        accepted += 1;
+        assert_canonical(&raw, &out);
+    }
+    assert!(accepted > 2_000, "only {accepted} accepted");
+}
+
+fn assert_canonical(raw: &str, out: &str) {
+    let context = format!("input {raw:?} output {out:?}");
+    assert!(out.starts_with('/'), "{context}");
+    assert!(!out.contains("//"), "{context}");
+    assert!(!out.contains("/./") && !out.contains("/../"), "{context}");
+    assert!(!out.ends_with("/.") && !out.ends_with("/.."), "{context}");
+    assert!(!out.contains(';') && !out.contains('\\'), "{context}");
+    let bytes = out.as_bytes();
+    for (i, _) in out.match_indices('%') {
+        let hex = &bytes[i + 1..i + 3];
+        assert!(
+            hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')),
+            "{context}"
+        );
+        let byte = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();
+        assert!(
+            !super::is_unreserved(byte) && byte != b'/' && byte != b'\\',
+            "{context}"
+        );
+        assert!(byte >= 0x20 && byte != 0x7F, "{context}");
+    }
+    let again = canonicalize(out).unwrap();
+    assert!(matches!(again, Cow::Borrowed(_)), "{context}");
+    assert_eq!(again, out, "{context}");
+}

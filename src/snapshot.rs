@@ -1,0 +1,82 @@
+//! The compiled, immutable config. A request loads the current snapshot once and keeps it to
+//! the end, so a reload never changes the rules under an in-flight request.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderName;
+use ipnet::IpNet;
+
+use crate::authz::route::RouteTable;
+use crate::config::raw::RawConfig;
+use crate::upstream::Upstream;
+
+/// One version of the whole config.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Short digest of every input file; changes whenever any of them does.
+    pub version: Arc<str>,
+    /// When it was compiled.
+    pub loaded_at: SystemTime,
+    /// Client listeners, in config order.
+    pub listeners: Vec<ListenerSettings>,
+    /// The admin listener's address.
+    pub admin_address: SocketAddr,
+    /// Connection and request limits.
+    pub server: ServerSettings,
+    /// Upstreams; rules refer to them by index.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// The rules.
+    pub routes: RouteTable,
+    /// Emit access-log lines.
+    pub access_log: bool,
+    /// Files and directories whose change triggers a reload.
+    pub watched: Vec<PathBuf>,
+    /// The raw config, to compare restart-only settings on reload.
+    pub raw: RawConfig,
+}
+
+/// A client listener.
+#[derive(Debug)]
+pub struct ListenerSettings {
+    /// Name for logs and metrics.
+    pub name: Arc<str>,
+    /// Configured address.
+    pub address: SocketAddr,
+    /// TLS termination, if any.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Whether HTTP/2 is served.
+    pub http2: bool,
+}
+
+/// Limits, compiled.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Request head (and TLS handshake) deadline.
+    pub header_read_timeout: Duration,
+    /// Idle connection deadline.
+    pub idle_timeout: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Drain deadline.
+    pub shutdown_grace: Duration,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Arc<[IpNet]>,
+    /// Request id header.
+    pub request_id_header: HeaderName,
+}
+
+impl Snapshot {
+    /// The settings of the listener at `index`.
+    pub fn listener(&self, index: usize) -> Option<&ListenerSettings> {
+        self.listeners.get(index)
+    }
+}

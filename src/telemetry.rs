@@ -1,0 +1,5 @@
+//! Metrics, logs and access logs.
+
+pub mod access_log;
+pub mod logging;
+pub mod metrics;

@@ -1,0 +1,334 @@
+//! Prometheus metrics with typed handles.
+//!
+//! Every handle touched per request is created up front and updated with atomics only: no lock
+//! and no label hashing on the hot path. Labels are low-cardinality (door, decision, status,
+//! reason), never a principal or an address.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+/// Status codes given their own label value; others are counted as `other`.
+const STATUSES: &[&str] = &[
+    "200", "201", "202", "204", "206", "301", "302", "303", "304", "307", "308", "400", "401",
+    "403", "404", "405", "408", "409", "413", "415", "422", "429", "431", "500", "501", "502",
+    "503", "504", "other",
+];
+
+/// Outcome of a request at a door, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The decision allowed it.
+    Allow = 0,
+    /// The decision denied it.
+    Deny = 1,
+    /// It never reached a decision (bad request) or failed after one (upstream error).
+    Error = 2,
+}
+const OUTCOMES: [&str; 3] = ["allow", "deny", "error"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    door: &'static str,
+    decision: &'static str,
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// All metrics of one gateway process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `[outcome][status slot]` for the proxy door.
+    requests: Vec<Vec<Counter>>,
+    duration: Histogram,
+    reloads: Family<OutcomeLabel, Counter>,
+    config_version: Family<VersionLabel, Gauge>,
+    upstream_errors: Family<KindLabel, Counter>,
+    bad_requests: Family<KindLabel, Counter>,
+    /// Client connections open now.
+    pub connections_open: Gauge,
+    /// Client connections accepted.
+    pub connections_total: Counter,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_errors: Counter,
+}
+
+/// A latency histogram updated with atomics only (prometheus-client's own takes a lock per
+/// observation).
+#[derive(Debug, Clone)]
+pub struct Histogram(Arc<HistogramInner>);
+
+#[derive(Debug)]
+struct HistogramInner {
+    bounds: &'static [f64],
+    counts: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+/// Request latency buckets, in seconds.
+const LATENCY_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests_family = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by door, decision and status",
+            requests_family.clone(),
+        );
+        let requests = OUTCOMES
+            .iter()
+            .map(|decision| {
+                STATUSES
+                    .iter()
+                    .map(|status| {
+                        requests_family
+                            .get_or_create(&RequestLabels {
+                                door: "proxy",
+                                decision,
+                                status,
+                            })
+                            .clone()
+                    })
+                    .collect()
+            })
+            .collect();
+        let duration = Histogram::new(LATENCY_BOUNDS);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head at the proxy door",
+            duration.clone(),
+        );
+        let reloads = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads by outcome (applied, unchanged, failed)",
+            reloads.clone(),
+        );
+        let config_version = Family::<VersionLabel, Gauge>::default();
+        registry.register(
+            "config_info",
+            "The active config version (value 1)",
+            config_version.clone(),
+        );
+        let upstream_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failed upstream exchanges by kind (connect, timeout, protocol, body_limit)",
+            upstream_errors.clone(),
+        );
+        let bad_requests = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "bad_requests",
+            "Requests rejected before a decision, by reason",
+            bad_requests.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let connections_total = Counter::default();
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            connections_total.clone(),
+        );
+        let tls_handshake_errors = Counter::default();
+        registry.register(
+            "tls_handshake_errors",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_errors.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            reloads,
+            config_version,
+            upstream_errors,
+            bad_requests,
+            connections_open,
+            connections_total,
+            tls_handshake_errors,
+        }
+    }
+
+    /// Counts one answered request at the proxy door.
+    pub fn request(&self, outcome: Outcome, status: u16, elapsed: Duration) {
+        let slot = status_slot(status);
+        if let Some(c) = self
+            .requests
+            .get(outcome as usize)
+            .and_then(|row| row.get(slot))
+        {
+            c.inc();
+        }
+        self.duration.observe(elapsed);
+    }
+
+    /// Counts a reload outcome (`applied`, `unchanged`, `failed`).
+    pub fn reload(&self, outcome: &'static str) {
+        self.reloads.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Sets the active config version.
+    pub fn set_config_version(&self, version: &str) {
+        self.config_version.clear();
+        self.config_version
+            .get_or_create(&VersionLabel {
+                version: version.to_owned(),
+            })
+            .set(1);
+    }
+
+    /// Counts a failed upstream exchange.
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    /// Counts a request rejected before a decision.
+    pub fn bad_request(&self, kind: &'static str) {
+        self.bad_requests.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn status_slot(status: u16) -> usize {
+    const CODES: &[u16] = &[
+        200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409,
+        413, 415, 422, 429, 431, 500, 501, 502, 503, 504,
+    ];
+    CODES
+        .iter()
+        .position(|c| *c == status)
+        .unwrap_or(STATUSES.len() - 1)
+}
+
+// === impl Histogram ===
+
+impl Histogram {
+    /// A histogram with the given upper bounds (seconds), plus `+Inf`.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Self(Arc::new(HistogramInner {
+            bounds,
+            counts,
+            sum_nanos: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }))
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self.0.bounds.partition_point(|b| *b < secs);
+        if let Some(c) = self.0.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let inner = &self.0;
+        let buckets: Vec<(f64, u64)> = inner
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .zip(inner.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let sum = inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let count = inner.count.load(Ordering::Relaxed);
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_counts_and_histogram_are_exposed() {
+        let m = Metrics::new();
+        m.request(Outcome::Allow, 200, Duration::from_micros(300));
+        m.request(Outcome::Deny, 403, Duration::from_millis(2));
+        m.request(Outcome::Error, 599, Duration::from_millis(2));
+        m.reload("applied");
+        m.set_config_version("abc");
+        let text = m.encode();
+        assert!(text.contains(
+            r#"portcullis_requests_total{door="proxy",decision="allow",status="200"} 1"#
+        ));
+        assert!(
+            text.contains(
+                r#"portcullis_requests_total{door="proxy",decision="deny",status="403"} 1"#
+            )
+        );
+        assert!(text.contains(
+            r#"portcullis_requests_total{door="proxy",decision="error",status="other"} 1"#
+        ));
+        assert!(text.contains("portcullis_request_duration_seconds_count 3"));
+        assert!(text.contains(r#"portcullis_request_duration_seconds_bucket{le="0.0005"} 1"#));
+        assert!(text.contains(r#"portcullis_config_reloads_total{outcome="applied"} 1"#));
+        assert!(text.contains(r#"portcullis_config_info{version="abc"} 1"#));
+    }
+}

@@ -1,0 +1,4 @@
+//! TLS with rustls only: server configs with SNI certificate selection, upstream client configs.
+
+pub mod certs;
+pub mod server;

@@ -1,0 +1,213 @@
+use std::fs;
+use std::time::Duration;
+
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
+
+use super::*;
+use crate::tls::certs::{ca_and_leaf, self_signed};
+
+/// Writes a fresh self-signed certificate for `names` and returns its entry.
+fn entry(dir: &Path, file: &str, names: &[&str], server_names: &[&str]) -> CertEntry {
+    let (cert, key) = self_signed(names).unwrap();
+    let cert_path = dir.join(format!("{file}.crt"));
+    let key_path = dir.join(format!("{file}.key"));
+    fs::write(&cert_path, cert).unwrap();
+    fs::write(&key_path, key).unwrap();
+    CertEntry {
+        cert: cert_path,
+        key: key_path,
+        server_names: server_names.iter().map(|&n| n.to_owned()).collect(),
+    }
+}
+
+fn leaf(entry: &CertEntry) -> CertificateDer<'static> {
+    load_cert(&entry.cert, &entry.key).unwrap().key.cert[0].clone()
+}
+
+#[test]
+fn sni_selection_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let entries = [
+        entry(d, "default", &["default.test"], &[]),
+        entry(d, "a", &["a.test", "*.wild.test"], &[]),
+        // Explicit names replace the certificate's own SANs.
+        entry(
+            d,
+            "over",
+            &["ignored.test"],
+            &["Override.test.", "*.o.test"],
+        ),
+        // Exact beats wildcard, whatever the entry order.
+        entry(d, "exact", &["x.wild.test"], &[]),
+        // Duplicate of entry 1's name: the first entry wins.
+        entry(d, "dup", &["a.test", "dup.test"], &[]),
+    ];
+    let leaves: Vec<_> = entries.iter().map(leaf).collect();
+    let resolver = SniResolver::from_entries(&entries).unwrap();
+    let cases: &[(Option<&str>, usize)] = &[
+        (None, 0),
+        (Some("unknown.test"), 0),
+        (Some("default.test"), 0),
+        (Some("a.test"), 1),
+        (Some("A.TEST"), 1),
+        (Some("a.test."), 1),
+        (Some("y.wild.test"), 1),
+        (Some("Y.Wild.Test."), 1),
+        (Some("wild.test"), 0),
+        (Some("a.b.wild.test"), 0),
+        (Some(".wild.test"), 0),
+        (Some("x.wild.test"), 3),
+        (Some("override.test"), 2),
+        (Some("q.o.test"), 2),
+        (Some("ignored.test"), 0),
+        (Some("dup.test"), 4),
+        (Some(""), 0),
+    ];
+    for &(sni, want) in cases {
+        let got = resolver.select(sni);
+        assert_eq!(
+            got.cert[0], leaves[want],
+            "sni {sni:?} should select entry {want}"
+        );
+    }
+}
+
+#[test]
+fn config_errors_name_the_entry_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = entry(d, "good", &["good.test"], &[]);
+
+    let (index, err) = server_config(&[], true).unwrap_err();
+    assert_eq!((index, err.field()), (0, "cert"));
+
+    for bad_name in ["a.*.test", "*", "bad name.test", "", "*.", "a..test"] {
+        let bad = entry(d, "bad", &["bad.test"], &[bad_name]);
+        let (index, err) = server_config(&[good.clone(), bad], true).unwrap_err();
+        assert_eq!(
+            (index, err.field()),
+            (1, "server_names"),
+            "{bad_name:?}: {err}"
+        );
+    }
+
+    // A nameless certificate may only be the default.
+    let nameless = entry(d, "nameless", &[], &[]);
+    server_config(std::slice::from_ref(&nameless), true).unwrap();
+    let (index, err) = server_config(&[good.clone(), nameless], true).unwrap_err();
+    assert_eq!((index, err.field()), (1, "server_names"), "{err}");
+
+    let mut swapped = good.clone();
+    swapped.key = good.cert.clone();
+    let (index, err) = server_config(&[good, swapped], true).unwrap_err();
+    assert_eq!((index, err.field()), (1, "key"), "{err}");
+}
+
+#[test]
+fn client_config_ca_file_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    client_config(None, true).unwrap();
+    let garbage = dir.path().join("ca.pem");
+    fs::write(&garbage, "not a certificate").unwrap();
+    let err = client_config(Some(&garbage), false).unwrap_err();
+    assert_eq!(err.field(), "ca_file");
+    assert!(err.to_string().contains("ca.pem"), "{err}");
+}
+
+/// Serves one TLS connection (writing "ok") and returns the client side after reading it.
+async fn handshake(
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+    sni: &str,
+) -> TlsStream<TcpStream> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = TlsAcceptor::from(server).accept(tcp).await.unwrap();
+        tls.write_all(b"ok").await.unwrap();
+        tls.shutdown().await.unwrap();
+    });
+    let client_side = async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from(sni.to_owned()).unwrap();
+        let mut tls = TlsConnector::from(client).connect(name, tcp).await.unwrap();
+        let mut buf = [0; 2];
+        tls.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ok");
+        tls
+    };
+    let tls = tokio::time::timeout(Duration::from_secs(10), client_side)
+        .await
+        .unwrap();
+    server_task.await.unwrap();
+    tls
+}
+
+#[tokio::test]
+async fn handshake_selects_cert_by_sni_and_negotiates_alpn() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let entries = [
+        entry(d, "a", &["a.test"], &[]),
+        entry(d, "b", &["b.test"], &[]),
+    ];
+    // The client trusts both self-signed certificates.
+    let bundle = d.join("trusted.pem");
+    let pems: Vec<_> = entries
+        .iter()
+        .map(|e| fs::read_to_string(&e.cert).unwrap())
+        .collect();
+    fs::write(&bundle, pems.concat()).unwrap();
+
+    let server = server_config(&entries, true).unwrap();
+    let tls = handshake(
+        server,
+        client_config(Some(&bundle), true).unwrap(),
+        "b.test",
+    )
+    .await;
+    let (_, conn) = tls.get_ref();
+    let peer = conn.peer_certificates().unwrap();
+    assert_eq!(peer[0], leaf(&entries[1]));
+    assert_eq!(conn.alpn_protocol(), Some(ALPN_H2));
+
+    // HTTP/1.1-only server: ALPN falls back even when the client offers h2.
+    let server = server_config(&entries, false).unwrap();
+    let tls = handshake(
+        server,
+        client_config(Some(&bundle), true).unwrap(),
+        "a.test",
+    )
+    .await;
+    let (_, conn) = tls.get_ref();
+    assert_eq!(conn.peer_certificates().unwrap()[0], leaf(&entries[0]));
+    assert_eq!(conn.alpn_protocol(), Some(ALPN_HTTP11));
+}
+
+#[tokio::test]
+async fn client_trusts_ca_file_for_upstream_leaf() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ca, leaf_pem, key) = ca_and_leaf(&["upstream.test"]).unwrap();
+    let ca_path = d.join("ca.pem");
+    fs::write(&ca_path, ca).unwrap();
+    let upstream = CertEntry {
+        cert: d.join("leaf.pem"),
+        key: d.join("leaf.key"),
+        server_names: Vec::new(),
+    };
+    fs::write(&upstream.cert, leaf_pem).unwrap();
+    fs::write(&upstream.key, key).unwrap();
+
+    let server = server_config(std::slice::from_ref(&upstream), true).unwrap();
+    let client = client_config(Some(&ca_path), false).unwrap();
+    let tls = handshake(server, client, "upstream.test").await;
+    let (_, conn) = tls.get_ref();
+    assert_eq!(conn.peer_certificates().unwrap()[0], leaf(&upstream));
+    assert_eq!(conn.alpn_protocol(), Some(ALPN_HTTP11));
+}
