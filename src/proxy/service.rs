@@ -57,7 +57,10 @@ pub async fn handle(
 
     if hop_by_hop::is_h2c_upgrade(&parts.headers) {
         shared.metrics.bad_request("h2c_upgrade");
-        let resp = error_response(StatusCode::BAD_REQUEST, "h2c_upgrade", &request_id);
+        let resp = close(
+            error_response(StatusCode::BAD_REQUEST, "h2c_upgrade", &request_id),
+            parts.version,
+        );
         return finish(
             shared,
             &snapshot,
@@ -82,7 +85,10 @@ pub async fn handle(
         Ok(f) => f,
         Err(e) => {
             shared.metrics.bad_request(e.as_str());
-            let resp = error_response(StatusCode::BAD_REQUEST, e.as_str(), &request_id);
+            let resp = close(
+                error_response(StatusCode::BAD_REQUEST, e.as_str(), &request_id),
+                parts.version,
+            );
             return finish(
                 shared,
                 &snapshot,
@@ -328,6 +334,16 @@ fn finish(
             client_ip: done.client_ip,
             latency,
         });
+    }
+    resp
+}
+
+/// After a malformed request the connection is not reused (HTTP/1: `Connection: close`; the
+/// header is illegal in HTTP/2, where streams are independent).
+fn close(mut resp: Response<ResponseBody>, version: Version) -> Response<ResponseBody> {
+    if version <= Version::HTTP_11 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }

@@ -1,0 +1,102 @@
+//! Canonical paths: what was decided on is exactly what the upstream receives, and ambiguous
+//! spellings never reach it.
+
+use crate::support::{ALLOW_ALL_BUT_ADMIN, Setup, raw, raw_get};
+
+#[tokio::test]
+async fn canonical_path_is_what_the_upstream_receives() {
+    let gw = Setup::default().start().await;
+    let cases = [
+        ("//a", "/a"),
+        ("/a/./b", "/a/b"),
+        ("/a/../b", "/b"),
+        ("/%61", "/a"),
+        ("/a///b/", "/a/b/"),
+        ("/a/b?x=%2F&y=1", "/a/b?x=%2F&y=1"),
+        ("/caf%c3%a9", "/caf%C3%A9"),
+        ("/a%20b", "/a%20b"),
+    ];
+    for (sent, want) in cases {
+        let r = raw_get(gw.addr(), sent).await;
+        assert_eq!(r.status, 200, "{sent}: {}", r.head);
+        let got = gw.echo.last().expect("upstream saw the request").target;
+        assert_eq!(got, want, "sent {sent}");
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_paths_rejected_before_the_upstream() {
+    let gw = Setup::default().start().await;
+    let cases = [
+        ("/a%2Fb", "encoded_slash"),
+        ("/a%2fb", "encoded_slash"),
+        ("/..", "dot_segment_underflow"),
+        ("/a/../..", "dot_segment_underflow"),
+        ("/a%5Cb", "encoded_backslash"),
+        ("/a%00", "control_character"),
+        ("/public/%2e%2e/admin", "encoded_dot_segment"),
+        ("/admin;x", "semicolon"),
+        ("/a%zz", "invalid_percent_encoding"),
+        ("/%C3", "invalid_utf8"),
+    ];
+    for (sent, reason) in cases {
+        let r = raw_get(gw.addr(), sent).await;
+        assert_eq!(r.status, 400, "{sent}: {}", r.head);
+        assert!(r.body.contains(reason), "{sent}: body {}", r.body);
+        assert!(!r.body.contains(sent), "the body must not echo the input");
+    }
+    assert_eq!(gw.echo.count(), 0, "nothing ambiguous reached the upstream");
+}
+
+#[tokio::test]
+async fn admin_path_tricks_denied() {
+    let gw = Setup::with_policy(ALLOW_ALL_BUT_ADMIN).start().await;
+    for sent in [
+        "/admin",
+        "/admin/",
+        "//admin",
+        "/%61dmin",
+        "/./admin",
+        "/public/../admin",
+        "/public/..//admin/users",
+        "/x/../admin/users",
+    ] {
+        let r = raw_get(gw.addr(), sent).await;
+        assert_eq!(r.status, 403, "{sent}: {}", r.head);
+    }
+    for sent in [
+        "/public/%2e%2e/admin",
+        "/admin;x",
+        "/admin%2f",
+        "/%2e/admin",
+    ] {
+        let r = raw_get(gw.addr(), sent).await;
+        assert_eq!(r.status, 400, "{sent}: {}", r.head);
+    }
+    // Absolute-form target naming /admin.
+    let r = raw(
+        gw.addr(),
+        b"GET http://app.test/%61dmin HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.head);
+    assert_eq!(gw.echo.count(), 0);
+}
+
+#[tokio::test]
+async fn connect_and_asterisk_targets_rejected() {
+    let gw = Setup::default().start().await;
+    let r = raw(
+        gw.addr(),
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    let r = raw(
+        gw.addr(),
+        b"OPTIONS * HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert_eq!(gw.echo.count(), 0);
+}

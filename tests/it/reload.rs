@@ -1,0 +1,143 @@
+//! Hot reload: a bad file never replaces a working config, a good one applies without dropping
+//! a request, restart-only changes are refused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::{ALLOW_ALL, Setup, eventually, get};
+
+#[tokio::test]
+async fn bad_policy_reload_keeps_old_config_and_reports_file_line() {
+    let gw = Setup::default().start().await;
+    let before = gw.app().version();
+    gw.write(
+        "policies/10-all.yaml",
+        "rules:\n  - name: all\n    match:\n      paths: [\"/**\"]\n    effect: alow\n    upstream: echo\n",
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("10-all.yaml:5:13"), "file:line:col in {body}");
+    assert!(body.contains("rules[0].effect"), "field path in {body}");
+    assert_eq!(gw.app().version(), before, "old snapshot kept");
+    let (s, _, _) = get(gw.addr(), "/still/served").await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, config) = gw.admin_get("/config").await;
+    assert!(config.contains("10-all.yaml:5:13"), "{config}");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(metrics.contains(r#"portcullis_config_reloads_total{outcome="failed"} 1"#));
+
+    // Fixing the file clears the error.
+    gw.write(
+        "policies/10-all.yaml",
+        ALLOW_ALL.replace("name: all", "name: all2"),
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("applied"));
+    let (_, config) = gw.admin_get("/config").await;
+    assert!(config.contains("\"last_reload_error\":null"), "{config}");
+}
+
+#[tokio::test]
+async fn semantic_error_in_config_reload_is_reported_with_line() {
+    let gw = Setup::default().start().await;
+    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
+    let broken = config.replacen("url: http://", "url: ftp://", 1);
+    gw.write("portcullis.yaml", broken);
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.contains("portcullis.yaml:8:5: error: upstreams.echo.url"),
+        "{body}"
+    );
+    let (s, _, _) = get(gw.addr(), "/x").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn watched_policy_change_takes_effect() {
+    let gw = Setup {
+        watch: true,
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert_eq!(get(gw.addr(), "/blocked/x").await.0, StatusCode::OK);
+    gw.write(
+        "policies/05-block.yaml",
+        "rules:\n  - name: block\n    match: {paths: [\"/blocked/**\"]}\n    effect: deny\n",
+    );
+    let addr = gw.addr();
+    let applied = eventually(Duration::from_secs(5), || async move {
+        get(addr, "/blocked/x").await.0 == StatusCode::FORBIDDEN
+    })
+    .await;
+    assert!(applied, "new rule applied from the file watcher");
+    assert_eq!(get(gw.addr(), "/other").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn restart_only_change_fails_reload() {
+    let gw = Setup::default().start().await;
+    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
+    gw.write(
+        "portcullis.yaml",
+        config.replacen("address: 127.0.0.1:0", "address: 127.0.0.2:0", 1),
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("restart required"), "{body}");
+    assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn twenty_reloads_under_load_drop_nothing() {
+    let gw = Setup::default().start().await;
+    let addr = gw.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            // Bounded: stops on the flag or after 5,000 requests.
+            for _ in 0..5_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (s, _, _) = get(addr, "/load").await;
+                if s == StatusCode::OK {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for i in 0..20 {
+        gw.write(
+            "policies/10-all.yaml",
+            ALLOW_ALL.replace("name: all", &format!("name: all-{i}")),
+        );
+        let (status, body) = gw.admin_post("/reload").await;
+        assert_eq!(status, StatusCode::OK, "reload {i}: {body}");
+        assert!(body.contains("applied"), "reload {i}: {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(ok.load(Ordering::Relaxed) >= 20, "load actually ran");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(metrics.contains(r#"portcullis_config_reloads_total{outcome="applied"} 20"#));
+}

@@ -1,0 +1,174 @@
+//! Graceful shutdown drains in-flight requests; the real binary on signals.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use http::StatusCode;
+use portcullis::echo::Echo;
+
+use crate::support::{ALLOW_ALL, Setup, get};
+
+#[tokio::test]
+async fn graceful_shutdown_drains_in_flight_request() {
+    let mut gw = Setup::default()
+        .server("  shutdown_grace: 5s\n")
+        .start()
+        .await;
+    let addr = gw.addr();
+    let in_flight = tokio::spawn(async move { get(addr, "/__echo/delay/700").await });
+    // Let the request reach the upstream before shutting down.
+    let echo = gw.echo.clone();
+    assert!(
+        crate::support::eventually(Duration::from_secs(3), || {
+            let echo = echo.clone();
+            async move { echo.count() == 1 }
+        })
+        .await
+    );
+    let app = gw.app.take().unwrap();
+    let drained = app.shutdown().await;
+    assert!(drained, "drained within the grace period");
+    let (status, _, _) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "in-flight request completed");
+    // No longer accepting.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+/// Starts the real binary on a config pointing at `echo`; returns it and its listener address
+/// read from its log.
+fn spawn_binary(dir: &std::path::Path, echo: SocketAddr) -> (std::process::Child, SocketAddr) {
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(dir.join("policies/10-all.yaml"), ALLOW_ALL).unwrap();
+    std::fs::write(
+        dir.join("portcullis.yaml"),
+        format!(
+            "listeners:\n  - name: http\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    url: http://{echo}\npolicies:\n  dir: policies\nserver:\n  shutdown_grace: 5s\nlogging:\n  format: json\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--no-watch", "-c"])
+        .arg(dir.join("portcullis.yaml"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("log line").unwrap();
+        if line.contains("\"Listening\"") {
+            let start = line.find("\"addr\":\"").unwrap() + 8;
+            let end = line[start..].find('"').unwrap() + start;
+            break line[start..end].parse().unwrap();
+        }
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn binary_reloads_on_sighup_and_drains_on_sigterm() {
+    let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_binary(dir.path(), echo.addr);
+    assert_eq!(get(addr, "/x").await.0, StatusCode::OK);
+
+    std::fs::write(
+        dir.path().join("policies/05-deny.yaml"),
+        "rules:\n  - name: deny-x\n    match: {paths: [\"/x\"]}\n    effect: deny\n",
+    )
+    .unwrap();
+    signal(&child, "-HUP");
+    let reloaded = crate::support::eventually(Duration::from_secs(5), || async move {
+        get(addr, "/x").await.0 == StatusCode::FORBIDDEN
+    })
+    .await;
+    assert!(reloaded, "SIGHUP reloaded the policies");
+
+    let in_flight = tokio::spawn(async move { get(addr, "/__echo/delay/700").await });
+    let e = echo.clone();
+    assert!(
+        crate::support::eventually(Duration::from_secs(3), || {
+            let e = e.clone();
+            async move {
+                e.records()
+                    .iter()
+                    .any(|r| r.target.starts_with("/__echo/delay"))
+            }
+        })
+        .await
+    );
+    signal(&child, "-TERM");
+    let (status, _, _) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "in-flight request drained");
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "clean exit after drain: {exit:?}");
+}
+
+#[tokio::test]
+async fn demo_starts_and_its_passing_request_passes() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["demo", "--port", "0", "--admin-port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (passing, denied) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut passing = None;
+        let mut denied = None;
+        while let Some(Ok(line)) = lines.next() {
+            if line.starts_with("Allowed") {
+                passing = lines.next().and_then(Result::ok);
+            }
+            if line.starts_with("Denied by rule") {
+                denied = lines.next().and_then(Result::ok);
+                break;
+            }
+        }
+        (
+            passing.expect("a passing curl line"),
+            denied.expect("a denied curl line"),
+        )
+    })
+    .await
+    .unwrap();
+    let run = |cmd: String| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} -sS --max-time 5", cmd.trim()))
+            .output()
+            .unwrap()
+    };
+    let out = run(passing.clone());
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{passing}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(body.contains("\"target\":\"/public/hello\""), "{body}");
+    let out = run(denied.clone());
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.starts_with("HTTP/2 403"), "{denied}: {body}");
+    signal(&child, "-TERM");
+    let exit = child.wait().unwrap();
+    assert!(exit.success());
+}

@@ -1,0 +1,300 @@
+//! Test harness: the real gateway (`App`) on 127.0.0.1:0 with files in a temp dir, the echo
+//! upstream recording what it received, and clients (hyper over plain or TLS, raw TCP).
+
+#![allow(
+    clippy::allow_attributes,
+    dead_code,
+    reason = "each test module uses a different part of the harness"
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portcullis::app::{App, Options};
+use portcullis::echo::Echo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A policy that allows everything to the `echo` upstream.
+pub const ALLOW_ALL: &str = "\
+rules:
+  - name: all
+    match:
+      paths: [\"/**\"]
+    effect: allow
+    upstream: echo
+";
+
+/// A policy that allows everything except `/admin/**`.
+pub const ALLOW_ALL_BUT_ADMIN: &str = "\
+rules:
+  - name: admin
+    match:
+      paths: [\"/admin/**\"]
+    effect: deny
+  - name: all
+    match:
+      paths: [\"/**\"]
+    effect: allow
+    upstream: echo
+";
+
+/// A gateway started from files in its own temp dir.
+pub struct TestGateway {
+    pub app: Option<App>,
+    pub dir: tempfile::TempDir,
+    pub echo: Echo,
+}
+
+/// Builder for a gateway config.
+pub struct Setup {
+    pub listeners: String,
+    pub server: String,
+    pub upstreams: String,
+    pub policies: Vec<(String, String)>,
+    pub files: Vec<(String, Vec<u8>)>,
+    pub watch: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            listeners: "  - name: http\n    address: 127.0.0.1:0\n".into(),
+            server: String::new(),
+            upstreams: String::new(),
+            policies: vec![("10-all.yaml".into(), ALLOW_ALL.into())],
+            files: Vec::new(),
+            watch: false,
+        }
+    }
+}
+
+impl Setup {
+    /// Plain HTTP listener named `http`, policy `policy`.
+    pub fn with_policy(policy: &str) -> Self {
+        Self {
+            policies: vec![("10-all.yaml".into(), policy.into())],
+            ..Self::default()
+        }
+    }
+
+    /// Adds an extra server: block (indented two spaces per line).
+    pub fn server(mut self, yaml: &str) -> Self {
+        self.server = yaml.into();
+        self
+    }
+
+    pub async fn start(self) -> TestGateway {
+        let echo = Echo::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("echo starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        for (name, bytes) in &self.files {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        for (name, text) in &self.policies {
+            std::fs::write(dir.path().join("policies").join(name), text).unwrap();
+        }
+        let config = render_config(&self, echo.addr);
+        std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+        let options = Options {
+            watch: self.watch,
+            watch_debounce: Duration::from_millis(50),
+        };
+        let app = App::start(&dir.path().join("portcullis.yaml"), options)
+            .await
+            .unwrap_or_else(|e| panic!("gateway starts: {e}"));
+        TestGateway {
+            app: Some(app),
+            dir,
+            echo,
+        }
+    }
+}
+
+/// Renders the config file; `upstreams` may refer to `{echo}`.
+pub fn render_config(s: &Setup, echo: SocketAddr) -> String {
+    let mut c = format!(
+        "listeners:\n{}admin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    url: http://{echo}\n    response_timeout: 2s\n    connect_timeout: 1s\n",
+        s.listeners
+    );
+    c.push_str(&s.upstreams.replace("{echo}", &echo.to_string()));
+    c.push_str("policies:\n  dir: policies\nlogging:\n  access_log: false\n");
+    if !s.server.is_empty() {
+        c.push_str("server:\n");
+        c.push_str(&s.server);
+    }
+    c
+}
+
+impl TestGateway {
+    pub fn app(&self) -> &App {
+        self.app.as_ref().expect("running")
+    }
+
+    /// Address of the listener named `http` (or `name`).
+    pub fn addr(&self) -> SocketAddr {
+        self.app().listener_addr("http").expect("http listener")
+    }
+
+    pub fn addr_of(&self, name: &str) -> SocketAddr {
+        self.app().listener_addr(name).expect("listener")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes a file atomically (temp + rename), as editors and config managers do.
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) {
+        write_atomic(&self.path(rel), contents.as_ref());
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
+        let (s, _, b) = send(
+            self.app().admin_addr(),
+            Request::get(path).body(Full::default()).unwrap(),
+        )
+        .await;
+        (s, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    pub async fn admin_post(&self, path: &str) -> (StatusCode, String) {
+        let (s, _, b) = send(
+            self.app().admin_addr(),
+            Request::post(path).body(Full::default()).unwrap(),
+        )
+        .await;
+        (s, String::from_utf8_lossy(&b).into_owned())
+    }
+}
+
+pub fn write_atomic(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// One request over a fresh plain-HTTP/1.1 client.
+pub async fn send(
+    addr: SocketAddr,
+    mut req: Request<Full<Bytes>>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    *req.uri_mut() = format!("http://{addr}{pq}").parse().unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("response in time")
+        .expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+    send(addr, Request::get(path).body(Full::default()).unwrap()).await
+}
+
+/// A raw HTTP/1.1 exchange: writes `request` verbatim, reads until the server closes (or 5 s).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    RawResponse::parse(&buf)
+}
+
+/// `GET {target}` with `Connection: close`, raw.
+pub async fn raw_get(addr: SocketAddr, target: &str) -> RawResponse {
+    raw(
+        addr,
+        format!("GET {target} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn parse(buf: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Self {
+            status,
+            head: head.to_owned(),
+            body: body.to_owned(),
+        }
+    }
+}
+
+/// A rustls client config trusting exactly the given PEM certificates.
+pub fn tls_client(trusted_pems: &[&str], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in trusted_pems {
+        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// Polls `f` every 20 ms for at most `within`; for reloads, the one thing we wait on.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The echo server's JSON view of a header it received, if any.
+pub fn echoed_header(echo: &Echo, name: &str) -> Option<String> {
+    echo.last().and_then(|r| {
+        r.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+    })
+}
