@@ -65,7 +65,13 @@ impl Upstream {
             field: "url",
             message: message.to_owned(),
         };
-        let uri: Uri = raw.url.parse().map_err(|_| url_error("not a valid URL"))?;
+        let uri: Uri = raw.url.parse().map_err(|_| UpstreamError {
+            field: "url",
+            message: format!(
+                "`{}` is not a valid URL: expected `http://host:port` or `https://host:port/base`",
+                raw.url
+            ),
+        })?;
         let scheme = uri
             .scheme()
             .cloned()

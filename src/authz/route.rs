@@ -98,6 +98,9 @@ pub enum PatternError {
     /// Methods are tokens.
     #[error("invalid method")]
     BadMethod,
+    /// Methods are case-sensitive and written in upper case.
+    #[error("methods are written in upper case (`GET`, `POST`)")]
+    LowercaseMethod,
 }
 
 // === impl RouteTable ===
@@ -263,6 +266,9 @@ impl MethodSet {
     pub fn parse(names: &[String]) -> Result<Self, (usize, PatternError)> {
         let mut out = Vec::with_capacity(names.len());
         for (i, n) in names.iter().enumerate() {
+            if n.bytes().any(|b| b.is_ascii_lowercase()) {
+                return Err((i, PatternError::LowercaseMethod));
+            }
             if n.is_empty() || n.bytes().any(|b| !b.is_ascii_uppercase()) {
                 return Err((i, PatternError::BadMethod));
             }
@@ -357,6 +363,10 @@ mod tests {
         assert!(MethodSet::default().contains(&Method::DELETE));
         assert_eq!(
             MethodSet::parse(&["get".into()]),
+            Err((0, PatternError::LowercaseMethod))
+        );
+        assert_eq!(
+            MethodSet::parse(&["GE T".into()]),
             Err((0, PatternError::BadMethod))
         );
     }

@@ -22,7 +22,7 @@ pub fn compile(
     loaded: &Loaded,
     previous: Option<&Snapshot>,
 ) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let mut diags = Vec::new();
+    let mut diags = loaded.errors.clone();
     let cfg = &loaded.raw;
     let src = &loaded.config;
     let at = |path: &str, msg: String| Diagnostic::at(&src.display, &src.index, path, msg);
@@ -122,13 +122,15 @@ pub fn compile(
         max_body_bytes: s.max_body_bytes,
         max_concurrent_streams: s.max_concurrent_streams,
         shutdown_grace: s.shutdown_grace,
-        trusted_proxies: s.trusted_proxies.clone().into(),
+        trusted_proxies: s.trusted_proxies.iter().map(|n| n.0).collect(),
         request_id_header,
     };
 
     // Upstreams.
     let mut upstreams = Vec::with_capacity(cfg.upstreams.len());
     let mut upstream_index = HashMap::new();
+    // Upstreams that exist but failed to compile: rules naming them are not also reported.
+    let mut broken_upstreams = std::collections::HashSet::new();
     for (name, raw) in &cfg.upstreams {
         let prev = previous.and_then(|p| p.upstreams.iter().find(|u| *u.name == **name));
         if let Some(ca) = &raw.ca_file {
@@ -139,7 +141,10 @@ pub fn compile(
                 upstream_index.insert(name.as_str(), upstreams.len());
                 upstreams.push(Arc::new(u));
             }
-            Err(e) => diags.push(at(&format!("upstreams.{name}.{}", e.field), e.message)),
+            Err(e) => {
+                broken_upstreams.insert(name.as_str());
+                diags.push(at(&format!("upstreams.{name}.{}", e.field), e.message));
+            }
         }
     }
 
@@ -194,6 +199,7 @@ pub fn compile(
             let upstream = match (&r.upstream, r.effect) {
                 (Some(u), _) => match upstream_index.get(u.as_str()) {
                     Some(&idx) => Some(idx),
+                    None if broken_upstreams.contains(u.as_str()) => None,
                     None => {
                         diags.push(at("upstream", format!("unknown upstream `{u}`")));
                         None

@@ -97,7 +97,7 @@ impl Diagnostic {
             line,
             column,
             path,
-            message,
+            message: plain_types(&message),
         }
     }
 
@@ -121,20 +121,38 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// serde names Rust types in its messages; say what a config author writes instead.
+fn plain_types(message: &str) -> String {
+    let mut m = message.to_owned();
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected struct ", "expected a mapping: "),
+    ] {
+        m = m.replace(rust, plain);
+    }
+    m
+}
+
 // === impl LocationIndex ===
 
 impl LocationIndex {
-    /// Indexes `text`; a document that does not parse yields an empty index (serde_yaml reports
-    /// the syntax error itself).
-    pub fn build(text: &str) -> Self {
+    /// Indexes `text`, or reports its YAML syntax error as (line, column, message). Syntax is
+    /// checked before deserialising, because serde_yaml may report a type error in a partly
+    /// parsed document rather than the syntax error that caused it.
+    pub fn build(text: &str) -> Result<Self, (usize, usize, String)> {
         let mut builder = IndexBuilder::default();
         let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut builder, false).is_err() {
-            return Self::default();
+        if let Err(e) = parser.load(&mut builder, false) {
+            let m = e.marker();
+            return Err((m.line(), m.col() + 1, e.info().to_owned()));
         }
-        Self {
+        Ok(Self {
             entries: builder.entries,
-        }
+        })
     }
 
     /// Line and column (1-based) of `path`, or of its closest indexed ancestor, or (0, 0).
@@ -262,7 +280,7 @@ mod tests {
     #[test]
     fn index_locates_nested_fields() {
         let text = "listeners:\n  - name: a\n    address: 1.2.3.4:5\nupstreams:\n  web:\n    url: http://x\n";
-        let idx = LocationIndex::build(text);
+        let idx = LocationIndex::build(text).unwrap();
         assert_eq!(idx.locate("listeners[0].address"), (3, 5));
         assert_eq!(idx.locate("listeners[0]"), (2, 5));
         assert_eq!(idx.locate("upstreams.web.url"), (6, 5));

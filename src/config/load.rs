@@ -33,6 +33,9 @@ pub struct Loaded {
     pub policy_dir: PathBuf,
     /// Policy files in evaluation order (by file name).
     pub policies: Vec<(Source, RawPolicyFile)>,
+    /// Policy files that could not be read or parsed. Compilation goes on without them so
+    /// that every other problem is reported too, and then fails.
+    pub errors: Vec<Diagnostic>,
 }
 
 /// Reads and deserialises the config and its policy files, reporting every problem found.
@@ -63,15 +66,13 @@ pub fn load(config_path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
             format!("cannot read policy directory {}: {e}", policy_dir.display()),
         )),
     }
-    if !diagnostics.is_empty() {
-        return Err(diagnostics);
-    }
     Ok(Loaded {
         base_dir,
         config,
         raw,
         policy_dir,
         policies,
+        errors: diagnostics,
     })
 }
 
@@ -104,6 +105,21 @@ fn read_yaml<T: serde::de::DeserializeOwned>(
 ) -> Result<(Source, T), Diagnostic> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Diagnostic::file_error(&display, format!("cannot read file: {e}")))?;
+    let index = LocationIndex::build(&text).map_err(|(line, column, message)| {
+        // Prefer libyaml's wording and position (serde_yaml parsing to an untyped value
+        // reports syntax only); fall back to the indexer's.
+        match serde_yaml::from_str::<serde_yaml::Value>(&text) {
+            Err(e) => Diagnostic::from_yaml(&display, &e),
+            Ok(_) => Diagnostic {
+                severity: super::Severity::Error,
+                file: display.clone(),
+                line,
+                column,
+                path: String::new(),
+                message: format!("invalid YAML: {message}"),
+            },
+        }
+    })?;
     // An empty file is an empty mapping, not an error about `null`.
     let value = if text.trim().is_empty() {
         serde_yaml::from_str("{}")
@@ -111,7 +127,6 @@ fn read_yaml<T: serde::de::DeserializeOwned>(
         serde_yaml::from_str(&text)
     }
     .map_err(|e| Diagnostic::from_yaml(&display, &e))?;
-    let index = LocationIndex::build(&text);
     Ok((
         Source {
             display,

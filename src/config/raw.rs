@@ -47,6 +47,7 @@ pub struct RawListener {
     pub name: String,
     /// `ip:port` to bind; port 0 picks a free port.
     #[schemars(with = "String")]
+    #[serde(deserialize_with = "socket_addr")]
     pub address: SocketAddr,
     /// TLS termination; without it the listener speaks plain HTTP (for use behind a load
     /// balancer).
@@ -86,7 +87,7 @@ pub struct RawCertificate {
 pub struct RawAdmin {
     /// `ip:port` to bind. Loopback by default: the admin listener has no authentication.
     /// Restart-only.
-    #[serde(default = "default_admin_address")]
+    #[serde(default = "default_admin_address", deserialize_with = "socket_addr")]
     #[schemars(with = "String")]
     pub address: SocketAddr,
 }
@@ -129,8 +130,7 @@ pub struct RawServer {
     pub shutdown_grace: Duration,
     /// Networks of proxies in front of the gateway whose `X-Forwarded-*` and `Forwarded`
     /// headers are believed. Empty (the default) trusts nobody.
-    #[schemars(with = "Vec<String>")]
-    pub trusted_proxies: Vec<IpNet>,
+    pub trusted_proxies: Vec<Network>,
     /// Header carrying the request id, propagated when a client sends a well-formed one and
     /// generated otherwise.
     pub request_id_header: String,
@@ -335,4 +335,54 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         }
     }
     d.deserialize_str(Visitor)
+}
+
+/// `ip:port`.
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = SocketAddr;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an address `ip:port` such as `127.0.0.1:8080` or `[::1]:8443`")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SocketAddr, E> {
+            v.parse().map_err(|_| {
+                E::custom(format_args!(
+                    "invalid address `{v}`: expected `ip:port` such as `127.0.0.1:8080` or `[::1]:8443`"
+                ))
+            })
+        }
+    }
+    d.deserialize_str(Visitor)
+}
+
+/// A network in CIDR notation (`10.0.0.0/8`, `fd00::/8`); a bare address is a single host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "String")]
+pub struct Network(pub IpNet);
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A visitor, so the error is raised while the parser is at the value and carries its
+        // position and index.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Network;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a network such as `10.0.0.0/8` or `fd00::/8`")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Network, E> {
+                if let Ok(n) = s.parse::<IpNet>() {
+                    return Ok(Network(n));
+                }
+                if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+                    return Ok(Network(IpNet::from(ip)));
+                }
+                Err(E::custom(format_args!(
+                    "invalid network `{s}`: expected CIDR notation such as `10.0.0.0/8` or `fd00::/8`"
+                )))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
 }

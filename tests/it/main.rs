@@ -13,8 +13,10 @@
     reason = "test helpers outside #[test] functions may fail loudly, and read whole (small) bodies"
 )]
 
+mod check;
 mod paths;
 mod proxy;
 mod reload;
 mod shutdown;
 mod support;
+mod tls;

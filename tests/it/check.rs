@@ -1,0 +1,170 @@
+//! Golden tests for `portcullis check`: each `tests/fixtures/invalid/NAME/` holds a broken
+//! `portcullis.yaml` (and its `policies/`) and `expected.txt`, the exact stdout of
+//! `portcullis check -c tests/fixtures/invalid/NAME/portcullis.yaml` run from the crate root.
+//! Paths in diagnostics are printed as given, so the goldens are stable.
+//!
+//! To add a case, create the directory, run the command above from the crate root, read the
+//! output (right file, line:column at the offending field, field path, a readable message, no
+//! secrets) and save it as `expected.txt`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const INVALID: &str = "tests/fixtures/invalid";
+
+/// Fewer cases than this means fixtures went missing, not that everything passed.
+const MIN_INVALID_CASES: usize = 12;
+
+/// Runs the real binary from the crate root, so relative paths match the goldens.
+fn portcullis(args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .output()
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Case directories under `tests/fixtures/invalid`, by name.
+fn invalid_cases() -> std::io::Result<Vec<PathBuf>> {
+    let mut cases = Vec::new();
+    for entry in std::fs::read_dir(root().join(INVALID))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            cases.push(path);
+        }
+    }
+    cases.sort();
+    Ok(cases)
+}
+
+/// A line diff (longest common subsequence): ` ` both, `-` expected only, `+` actual only.
+fn diff(expected: &str, actual: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
+    // lcs[i][j]: length of the longest common subsequence of a[i..] and b[j..].
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, String::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            let _ = writeln!(out, "  {}", a[i]);
+            (i, j) = (i + 1, j + 1);
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            let _ = writeln!(out, "- {}", a[i]);
+            i += 1;
+        } else {
+            let _ = writeln!(out, "+ {}", b[j]);
+            j += 1;
+        }
+    }
+    if expected.ends_with('\n') != actual.ends_with('\n') {
+        out.push_str("(the two differ in the final newline)\n");
+    }
+    out
+}
+
+/// Checks one case; the description of what is wrong, if anything.
+fn check_case(case: &Path) -> Option<String> {
+    let name = case.file_name()?.to_string_lossy().into_owned();
+    let config = format!("{INVALID}/{name}/portcullis.yaml");
+    let expected_path = case.join("expected.txt");
+    let expected = match std::fs::read_to_string(&expected_path) {
+        Ok(text) => text,
+        Err(e) => return Some(format!("cannot read {}: {e}", expected_path.display())),
+    };
+    let out = match portcullis(&["check", "-c", &config]) {
+        Ok(out) => out,
+        Err(e) => return Some(format!("=== {name}: cannot run portcullis: {e}\n")),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut problems = String::new();
+    if out.status.code() != Some(1) {
+        let _ = writeln!(problems, "exit status {} (expected 1)", out.status);
+    }
+    if stdout != expected {
+        let _ = write!(
+            problems,
+            "stdout differs from expected.txt (- expected, + actual):\n{}",
+            diff(&expected, &stdout)
+        );
+    }
+    if problems.is_empty() {
+        return None;
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !stderr.trim().is_empty() {
+        let _ = write!(problems, "stderr:\n{stderr}");
+    }
+    Some(format!(
+        "=== {name}: portcullis check -c {config}\n{problems}"
+    ))
+}
+
+#[test]
+fn invalid_configs_print_expected_diagnostics() {
+    let cases = invalid_cases().unwrap();
+    assert!(
+        cases.len() >= MIN_INVALID_CASES,
+        "only {} cases under {INVALID}, expected at least {MIN_INVALID_CASES}",
+        cases.len()
+    );
+    // Every case runs before failing, so one run shows every regression.
+    let failures: Vec<String> = cases.iter().filter_map(|c| check_case(c)).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} golden cases failed:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn valid_configs_are_accepted() {
+    for config in [
+        "tests/fixtures/config/portcullis.yaml",
+        "config/portcullis.yaml",
+    ] {
+        let out = portcullis(&["check", "-c", config]).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "check {config}: exit status {}\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.starts_with("ok: version "),
+            "check {config}: stdout does not start with `ok: version`:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn schemas_are_printed() {
+    for (args, field) in [
+        (&["schema"][..], "\"listeners\""),
+        (&["schema", "policy"][..], "\"rules\""),
+    ] {
+        let out = portcullis(args).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: exit status {}", out.status);
+        assert!(
+            stdout.trim_start().starts_with('{') && stdout.trim_end().ends_with('}'),
+            "{args:?}: not a JSON object:\n{stdout}"
+        );
+        assert!(stdout.contains(field), "{args:?}: no {field} in:\n{stdout}");
+    }
+}
