@@ -51,6 +51,22 @@ type EchoBody =
 impl Echo {
     /// Starts an echo server on `addr` (port 0 for any).
     pub async fn start(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::start_with(addr, None).await
+    }
+
+    /// Starts an echo server speaking HTTPS (HTTP/1.1 or, by ALPN, HTTP/2).
+    pub async fn start_tls(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
+        Self::start_with(addr, Some(tls)).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let records = Arc::new(Mutex::new(Vec::new()));
@@ -65,6 +81,7 @@ impl Echo {
                     continue;
                 };
                 let records = Arc::clone(&records);
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let records = Arc::clone(&records);
@@ -72,7 +89,16 @@ impl Echo {
                     });
                     let mut b = auto::Builder::new(TokioExecutor::new());
                     b.http1().timer(TokioTimer::new());
-                    let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+                    match acceptor {
+                        None => {
+                            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let _ = b.serve_connection(TokioIo::new(tls), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });

@@ -310,9 +310,14 @@ fn finish(
     conn: &ConnInfo,
     request_id: &HeaderValue,
     start: Instant,
-    resp: Response<ResponseBody>,
+    mut resp: Response<ResponseBody>,
     done: &Done<'_>,
 ) -> Response<ResponseBody> {
+    // Every answer, forwarded or generated, names the request id.
+    resp.headers_mut().insert(
+        snapshot.server.request_id_header.clone(),
+        request_id.clone(),
+    );
     let latency = start.elapsed();
     let status = resp.status().as_u16();
     shared.metrics.request(done.decision, status, latency);
@@ -364,6 +369,5 @@ pub fn error_response(
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-request-id", request_id.clone());
     resp
 }

@@ -339,3 +339,136 @@ async fn admin_endpoints_and_metrics() {
     assert!(config.contains("\"last_reload_error\":null"));
     assert_eq!(gw.admin_get("/nope").await.0, StatusCode::NOT_FOUND);
 }
+
+/// An https upstream trusted through `ca_file`: forwarded over rustls with the upstream's
+/// name checked; the same upstream without that CA is refused with 502.
+#[tokio::test]
+async fn https_upstream_with_ca_file() {
+    use portcullis::tls::{certs, server};
+    let (ca, leaf, key) = certs::ca_and_leaf(&["localhost"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("leaf.crt"), &leaf).unwrap();
+    std::fs::write(dir.path().join("leaf.key"), &key).unwrap();
+    let tls = server::server_config(
+        &[server::CertEntry {
+            cert: dir.path().join("leaf.crt"),
+            key: dir.path().join("leaf.key"),
+            server_names: vec![],
+        }],
+        false,
+    )
+    .unwrap();
+    let secure = portcullis::echo::Echo::start_tls("127.0.0.1:0".parse().unwrap(), tls)
+        .await
+        .unwrap();
+    let port = secure.addr.port();
+    let gw = Setup {
+        upstreams: format!(
+            "  secure:\n    url: https://localhost:{port}/base\n    ca_file: ca.pem\n  untrusted:\n    url: https://localhost:{port}\n"
+        ),
+        files: vec![("ca.pem".into(), ca.into_bytes())],
+        policies: vec![(
+            "p.yaml".into(),
+            "rules:\n  - name: bad\n    match: {paths: [\"/untrusted/**\"]}\n    effect: allow\n    upstream: untrusted\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    upstream: secure\n".into(),
+        )],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let (status, _, _) = get(gw.addr(), "/x?y=1").await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = secure.last().unwrap();
+    assert_eq!(seen.target, "/base/x?y=1");
+    assert_eq!(
+        seen.headers.get("host").unwrap(),
+        &format!("localhost:{port}")
+    );
+
+    let before = secure.count();
+    let (status, _, body) = get(gw.addr(), "/untrusted/x").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+    assert_eq!(
+        secure.count(),
+        before,
+        "no request sent over an unverified connection"
+    );
+}
+
+#[tokio::test]
+async fn idle_connection_closed_after_idle_timeout() {
+    let gw = Setup::default()
+        .server("  idle_timeout: 300ms\n")
+        .start()
+        .await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // Read the first response, then stay idle: the gateway closes the connection.
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "idle connection still open");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn h2_prior_knowledge_on_plain_listener() {
+    let gw = Setup::default().start().await;
+    let stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/h2c", gw.addr()))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(gw.echo.last().unwrap().target, "/h2c");
+    // The upstream is spoken to in HTTP/1.1 whatever the client used.
+    assert_eq!(gw.echo.last().unwrap().version, http::Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn max_connections_holds_further_clients_until_one_leaves() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Setup::default()
+        .server("  max_connections: 1\n")
+        .start()
+        .await;
+    let mut first = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    first
+        .write_all(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // The second client waits in the kernel's queue while the first holds the only slot.
+    let mut second = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    second
+        .write_all(b"GET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "second connection served beyond max_connections"
+    );
+    drop(first);
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut out))
+        .await
+        .expect("served once the first client left")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+}

@@ -36,9 +36,12 @@ async fn graceful_shutdown_drains_in_flight_request() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
-/// Starts the real binary on a config pointing at `echo`; returns it and its listener address
-/// read from its log.
-fn spawn_binary(dir: &std::path::Path, echo: SocketAddr) -> (std::process::Child, SocketAddr) {
+/// The binary's log lines, collected as they are written.
+type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Starts the real binary on a config pointing at `echo`; returns it, its listener address
+/// read from its log, and the log.
+fn spawn_binary(dir: &std::path::Path, echo: SocketAddr) -> (std::process::Child, SocketAddr, Log) {
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::write(dir.join("policies/10-all.yaml"), ALLOW_ALL).unwrap();
     std::fs::write(
@@ -67,8 +70,14 @@ fn spawn_binary(dir: &std::path::Path, echo: SocketAddr) -> (std::process::Child
         }
     };
     // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    let log = Log::default();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, addr, log)
 }
 
 fn signal(child: &std::process::Child, sig: &str) {
@@ -83,8 +92,32 @@ fn signal(child: &std::process::Child, sig: &str) {
 async fn binary_reloads_on_sighup_and_drains_on_sigterm() {
     let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_binary(dir.path(), echo.addr);
+    let (mut child, addr, log) = spawn_binary(dir.path(), echo.addr);
     assert_eq!(get(addr, "/x").await.0, StatusCode::OK);
+
+    // The access log names the request but never a credential, cookie or query value.
+    let req = http::Request::get("/logged?token=QUERYSECRET")
+        .header("authorization", "Bearer HEADERSECRET")
+        .header("cookie", "session=COOKIESECRET")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(crate::support::send(addr, req).await.0, StatusCode::OK);
+    let logged = crate::support::eventually(Duration::from_secs(3), || {
+        let log = log.clone();
+        async move { log.lock().unwrap().iter().any(|l| l.contains("/logged")) }
+    })
+    .await;
+    assert!(logged, "access log line written");
+    {
+        let lines = log.lock().unwrap();
+        let access = lines.iter().find(|l| l.contains("/logged")).unwrap();
+        assert!(access.contains("\"status\":200"), "{access}");
+        assert!(access.contains("\"decision\":\"allow\""), "{access}");
+        assert!(access.contains("\"request_id\":"), "{access}");
+        for secret in ["QUERYSECRET", "HEADERSECRET", "COOKIESECRET"] {
+            assert!(lines.iter().all(|l| !l.contains(secret)), "{secret} logged");
+        }
+    }
 
     std::fs::write(
         dir.path().join("policies/05-deny.yaml"),
