@@ -1,0 +1,322 @@
+#!/usr/bin/env bash
+# Load benchmark: the same wrk load against the upstream directly, through nginx proxy_pass and
+# through Portcullis, plain HTTP and TLS, in one run. Prints req/s, p50, p99 and the ratios, and
+# appends them to bench/RESULTS.md. Servers are pinned to CPU 0, wrk to CPU 1.
+#
+#   bench/run.sh                       # 10 s per scenario, 50 connections
+#   DURATION=8 CONNS=100 bench/run.sh
+#
+# Env: DURATION (s, default 10), CONNS (default 50), WARMUP (s, default 1), SERVER_CPU (0),
+# LOAD_CPU (1), RESULTS (default bench/RESULTS.md; empty: do not record).
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-50}
+WARMUP=${WARMUP:-1}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+THREADS=1
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RESULTS=${RESULTS-$ROOT/bench/RESULTS.md}
+cd "$ROOT"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- cleanup: every process we start goes in PIDS; all files live in $TMP -------------------
+PIDS=()
+WRK_PID=
+TMP=$(mktemp -d -t portcullis-bench.XXXXXX)
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -z $WRK_PID ]] || PIDS+=("$WRK_PID")
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $rc -ne 0 && -n "${KEEP_LOGS:-}" ]]; then log "logs kept in $TMP"; else rm -rf "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- tools ---------------------------------------------------------------------------------------
+need=()
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+command -v taskset >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+    [[ $(id -u) -eq 0 ]] || die "missing ${need[*]}; run as root or install them"
+    log "installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null ||
+        { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null; }
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+command -v python3 >/dev/null || die "python3 is needed to pick free ports"
+
+log "building target/release/portcullis"
+cargo build --release --locked --bin portcullis >&2
+BIN=$ROOT/target/release/portcullis
+
+# --- ports, certificate --------------------------------------------------------------------------
+# Bind all sockets at once so the ports are distinct, then release them.
+read -r P_UP P_NGX P_NGX_TLS P_PC P_PC_TLS P_ADMIN < <(python3 - <<'EOF'
+import socket
+socks = []
+for _ in range(6):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(*(s.getsockname()[1] for s in socks))
+EOF
+)
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
+
+# --- nginx: upstream and proxy (one worker each) -------------------------------------------------
+nginx_conf() { # $1 name, $2 http{} body
+    mkdir -p "$TMP/$1"
+    cat >"$TMP/$1/nginx.conf" <<EOF
+$([[ $(id -u) -eq 0 ]] && echo "user root;")
+worker_processes 1;
+daemon off;
+pid $TMP/$1/nginx.pid;
+error_log $TMP/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/$1/client_body;
+    proxy_temp_path $TMP/$1/proxy;
+    fastcgi_temp_path $TMP/$1/fastcgi;
+    uwsgi_temp_path $TMP/$1/uwsgi;
+    scgi_temp_path $TMP/$1/scgi;
+    keepalive_requests 1000000;
+$2
+}
+EOF
+}
+
+nginx_conf upstream "
+    server {
+        listen 127.0.0.1:$P_UP;
+        location / { default_type text/plain; return 200 \"ok\n\"; }
+        location = /__bench_status { stub_status; }
+    }"
+
+nginx_conf proxy "
+    upstream app {
+        server 127.0.0.1:$P_UP;
+        keepalive 64;
+    }
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_timeout 10m;
+    server {
+        listen 127.0.0.1:$P_NGX;
+        listen 127.0.0.1:$P_NGX_TLS ssl;
+        ssl_certificate $TMP/cert.pem;
+        ssl_certificate_key $TMP/key.pem;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+
+start_nginx() { # $1 name
+    "$NGINX" -t -q -p "$TMP/$1" -e "$TMP/$1/error.log" -c "$TMP/$1/nginx.conf" ||
+        die "nginx $1 config invalid"
+    taskset -c "$SERVER_CPU" "$NGINX" -p "$TMP/$1" -e "$TMP/$1/error.log" -c "$TMP/$1/nginx.conf" \
+        >"$TMP/$1/stdout.log" 2>&1 &
+    PIDS+=($!)
+}
+
+# --- portcullis ----------------------------------------------------------------------------------
+mkdir -p "$TMP/portcullis/policies"
+cat >"$TMP/portcullis/policies/10-all.yaml" <<'EOF'
+rules:
+  - name: all
+    match:
+      paths: ["/**"]
+    effect: allow
+    upstream: app
+EOF
+cat >"$TMP/portcullis/portcullis.yaml" <<EOF
+listeners:
+  - name: http
+    address: 127.0.0.1:$P_PC
+  - name: https
+    address: 127.0.0.1:$P_PC_TLS
+    tls:
+      certificates:
+        - cert: $TMP/cert.pem
+          key: $TMP/key.pem
+admin:
+  address: 127.0.0.1:$P_ADMIN
+server:
+  worker_threads: 1
+upstreams:
+  app:
+    url: http://127.0.0.1:$P_UP
+policies:
+  dir: policies
+logging:
+  level: warn
+  access_log: false
+EOF
+
+# --- start and wait ------------------------------------------------------------------------------
+wait_http() { # $1 url, $2 what
+    for _ in $(seq 100); do
+        curl -fsk -o /dev/null --max-time 1 "$1" && return 0
+        sleep 0.1
+    done
+    log "$2 did not answer at $1"
+    return 1
+}
+
+start_nginx upstream
+wait_http "http://127.0.0.1:$P_UP/" "upstream nginx" || { cat "$TMP/upstream/error.log" >&2; exit 1; }
+start_nginx proxy
+wait_http "http://127.0.0.1:$P_NGX/" "nginx proxy" || { cat "$TMP/proxy/error.log" >&2; exit 1; }
+taskset -c "$SERVER_CPU" "$BIN" run -c "$TMP/portcullis/portcullis.yaml" --no-watch \
+    >"$TMP/portcullis/stdout.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$P_ADMIN/readyz" "portcullis /readyz" ||
+    { cat "$TMP/portcullis/stdout.log" >&2; exit 1; }
+
+# --- scenarios -----------------------------------------------------------------------------------
+SCENARIOS=(direct nginx portcullis nginx-tls portcullis-tls)
+declare -A URL=(
+    [direct]="http://127.0.0.1:$P_UP/"
+    [nginx]="http://127.0.0.1:$P_NGX/"
+    [portcullis]="http://127.0.0.1:$P_PC/"
+    [nginx-tls]="https://127.0.0.1:$P_NGX_TLS/"
+    [portcullis-tls]="https://127.0.0.1:$P_PC_TLS/"
+)
+declare -A RPS P50 P99 NON2XX SOCKERR UPCONN
+
+# Connections the upstream has accepted so far (stub_status): shows whether a proxy pools.
+upstream_accepts() {
+    curl -fs --max-time 2 "http://127.0.0.1:$P_UP/__bench_status" | awk 'NR == 3 {print $1}'
+}
+
+to_ms() { # wrk latency (e.g. 812.00us, 1.23ms, 1.02s) -> ms
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+        printf "%.2f", n }'
+}
+
+# wrk in the background so that a signal runs the cleanup trap at once.
+run_wrk() { # $1 output file, rest: wrk arguments
+    local outfile=$1
+    shift
+    taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNS" "$@" >"$outfile" &
+    WRK_PID=$!
+    wait "$WRK_PID" || die "wrk failed: $(cat "$outfile")"
+    WRK_PID=
+}
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+for s in "${SCENARIOS[@]}"; do
+    body=$(curl -fsk --max-time 2 "${URL[$s]}") || die "$s: sanity request failed"
+    [[ $body == ok ]] || die "$s: unexpected body: $body"
+    if [[ $WARMUP != 0 ]]; then
+        run_wrk "$TMP/warmup-$s.txt" -d"${WARMUP}s" "${URL[$s]}"
+    fi
+    log "$s: ${DURATION}s, $CONNS connections"
+    acc0=$(upstream_accepts)
+    run_wrk "$TMP/wrk-$s.txt" -d"${DURATION}s" --latency "${URL[$s]}"
+    out=$(<"$TMP/wrk-$s.txt")
+    UPCONN[$s]=$(($(upstream_accepts) - acc0 - 1))
+    RPS[$s]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
+    P50[$s]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    P99[$s]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    NON2XX[$s]=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
+    NON2XX[$s]=${NON2XX[$s]:-0}
+    SOCKERR[$s]=$(awk -F'[ ,]+' '/Socket errors:/ {print $4+$6+$8+$10}' <<<"$out")
+    SOCKERR[$s]=${SOCKERR[$s]:-0}
+    [[ -n ${RPS[$s]} ]] || { printf '%s\n' "$out" >&2; die "$s: could not parse wrk output"; }
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# Portcullis must still be alive (a crash mid-run would show as socket errors).
+kill -0 "${PIDS[2]}" 2>/dev/null || { cat "$TMP/portcullis/stdout.log" >&2; die "portcullis exited"; }
+
+# --- report --------------------------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r != "n/a" && r + 0 >= t) ? "PASS" : "FAIL" }'; }
+
+table() {
+    echo "| scenario | req/s | p50 ms | p99 ms | vs direct | non-2xx | socket errors | upstream conns |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for s in "${SCENARIOS[@]}"; do
+        printf '| %s | %s | %s | %s | %s× | %s | %s | %s |\n' "$s" "${RPS[$s]}" "${P50[$s]}" \
+            "${P99[$s]}" "$(ratio "${RPS[$s]}" "${RPS[direct]}")" "${NON2XX[$s]}" "${SOCKERR[$s]}" \
+            "${UPCONN[$s]}"
+    done
+    echo
+    local r
+    r=$(ratio "${RPS[portcullis]}" "${RPS[nginx]}")
+    echo "- portcullis / nginx: **${r}×** (target ≥ 1.0×): **$(verdict "$r" 1.0)**"
+    r=$(ratio "${RPS[portcullis-tls]}" "${RPS[nginx-tls]}")
+    echo "- portcullis-tls / nginx-tls: **${r}×** (target ≥ 1.5×): **$(verdict "$r" 1.5)**"
+}
+
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -z $(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] || COMMIT+="+dirty"
+WRK_PARAMS="wrk -t$THREADS -c$CONNS -d${DURATION}s --latency (after a ${WARMUP}s warm-up), keep-alive, GET /"
+ENV_LINE="nproc $(nproc); servers on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU; load avg before $LOAD_BEFORE, after $LOAD_AFTER; $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'); $(openssl version | cut -d' ' -f1-2)"
+
+echo
+table
+echo
+echo "commit $COMMIT; $ENV_LINE"
+echo "$WRK_PARAMS"
+
+if [[ -n $RESULTS ]]; then
+    if [[ ! -f $RESULTS ]]; then
+        cat >"$RESULTS" <<'EOF'
+# Load benchmark results
+
+Appended by `bench/run.sh`, newest last. Method: one run starts a small nginx upstream (one
+worker, `return 200 "ok\n"`, no access log), an nginx reverse proxy (one worker, `proxy_pass` to
+an `upstream` block with `keepalive 64`, HTTP/1.1 to the upstream, TLS 1.2/1.3 with a session
+cache on its TLS port) and Portcullis (`worker_threads: 1`, access log off, one allow rule `/**`
+to the upstream, a plain and a TLS listener with the same self-signed P-256 certificate as
+nginx). All servers are pinned to CPU 0 with `taskset`, and wrk (one thread, keep-alive
+connections) to CPU 1. The scenarios run one after the other for the same fixed duration, each
+after a short warm-up:
+
+- `direct`: wrk → upstream (the ceiling of this machine);
+- `nginx`: wrk → nginx `proxy_pass` → upstream;
+- `portcullis`: wrk → Portcullis (plain HTTP) → upstream;
+- `nginx-tls`: wrk → nginx terminating TLS → upstream;
+- `portcullis-tls`: wrk → Portcullis terminating TLS → upstream.
+
+Only the ratios measured within one run matter (targets: portcullis ≥ 1.0× nginx,
+portcullis-tls ≥ 1.5× nginx-tls). The absolute numbers depend on the machine and on whatever
+else runs on it, and must not be compared across runs or machines. `non-2xx` and `socket errors`
+come from wrk; `upstream conns` is how many connections the upstream accepted during the
+measured window (nginx `stub_status`): a pooling proxy opens few, one per request means no reuse. `+dirty` after the commit
+means `src/` or `Cargo.*` had uncommitted changes.
+EOF
+    fi
+    {
+        echo
+        echo "## $(date -u '+%Y-%m-%d %H:%M UTC') — commit $COMMIT"
+        echo
+        echo "$ENV_LINE. \`$WRK_PARAMS\`."
+        echo
+        table
+    } >>"$RESULTS"
+    log "appended to ${RESULTS#"$ROOT"/}"
+fi
