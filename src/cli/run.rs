@@ -47,11 +47,16 @@ pub fn run(config: &Path, watch: bool) -> ExitCode {
     })
 }
 
-/// A multi-thread runtime with `threads` workers (0: one per core).
+/// The runtime: `threads` workers (0: one per core). One worker runs on the current-thread
+/// scheduler, which has no work-stealing machinery to pay for.
 pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
+    let mut b = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     b.enable_all().thread_name("portcullis");
-    if threads > 0 {
+    if threads > 1 {
         b.worker_threads(threads);
     }
     b.build()
