@@ -4,13 +4,12 @@ use std::error::Error as StdError;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 /// A streamed body that fails once more than its limit has passed through.
 pub type LimitedBody<B> = http_body_util::Limited<B>;
 
 /// A response body: a short generated one or the upstream's, streamed.
-pub type ResponseBody = Either<Full<Bytes>, Incoming>;
+pub type ResponseBody = Either<Full<Bytes>, crate::upstream::PooledBody>;
 
 /// Boxed error as used by body combinators.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -21,7 +20,7 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
 }
 
 /// An upstream's body, streamed.
-pub fn streamed(body: Incoming) -> ResponseBody {
+pub fn streamed(body: crate::upstream::PooledBody) -> ResponseBody {
     Either::Right(body)
 }
 

@@ -10,14 +10,15 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::ServerName;
 
 use crate::body::LimitedBody;
 use crate::config::raw::RawUpstream;
 use crate::tls;
+
+mod pool;
+
+pub use pool::{PooledBody, SendError};
 
 /// Request body sent upstream: the client's body, streamed, with the size limit applied.
 pub type UpstreamBody = LimitedBody<Incoming>;
@@ -27,8 +28,6 @@ pub type UpstreamBody = LimitedBody<Incoming>;
 pub struct Upstream {
     /// Its name in the config.
     pub name: Arc<str>,
-    scheme: Scheme,
-    authority: Authority,
     /// Prepended to every forwarded path; empty or `/base` without trailing slash.
     base_path: Box<str>,
     /// `Host` sent when `preserve_host` is off.
@@ -37,7 +36,7 @@ pub struct Upstream {
     pub preserve_host: bool,
     /// Time from sending the request to the response head.
     pub response_timeout: Duration,
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    pool: Arc<pool::Pool>,
     raw: RawUpstream,
 }
 
@@ -99,24 +98,22 @@ impl Upstream {
         let host_header = HeaderValue::from_str(authority.as_str())
             .map_err(|_| url_error("URL host is not a valid header value"))?;
 
-        let client = match previous {
-            Some(p) if p.raw == *raw => p.client.clone(),
-            _ => build_client(raw, base_dir)?,
+        let pool = match previous {
+            Some(p) if p.raw == *raw => Arc::clone(&p.pool),
+            _ => Arc::new(build_pool(raw, base_dir, &scheme, &authority)?),
         };
         Ok(Self {
             name: name.into(),
-            scheme,
-            authority,
             base_path: base_path.into(),
             host_header,
             preserve_host: raw.preserve_host,
             response_timeout: raw.response_timeout,
-            client,
+            pool,
             raw: raw.clone(),
         })
     }
 
-    /// The upstream URI for a canonical path and raw query.
+    /// The upstream request target (origin-form) for a canonical path and raw query.
     pub fn uri(&self, path: &str, query: Option<&str>) -> Option<Uri> {
         let mut pq = String::with_capacity(
             self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
@@ -128,59 +125,54 @@ impl Upstream {
             pq.push_str(q);
         }
         let pq = PathAndQuery::from_maybe_shared(pq).ok()?;
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .ok()
+        Some(Uri::from(pq))
     }
 
     /// Sends a request over the pool. No timeout here: the caller applies
     /// `response_timeout`.
-    pub fn send(&self, req: Request<UpstreamBody>) -> hyper_util::client::legacy::ResponseFuture {
-        self.client.request(req)
-    }
-
-    /// Whether this upstream speaks HTTP/2.
-    pub fn is_http2(&self) -> bool {
-        self.raw.http2
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        self.pool.send(req).await
     }
 }
 
 /// Response type of [`Upstream::send`].
-pub type UpstreamResponse = Response<Incoming>;
+pub type UpstreamResponse = Response<PooledBody>;
 
-fn build_client(
+fn build_pool(
     raw: &RawUpstream,
     base_dir: &Path,
-) -> Result<Client<HttpsConnector<HttpConnector>, UpstreamBody>, UpstreamError> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(raw.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let ca = raw.ca_file.as_ref().map(|p| base_dir.join(p));
-    let tls = tls::server::client_config(ca.as_deref(), raw.http2).map_err(|e| UpstreamError {
-        field: "ca_file",
-        message: e.to_string(),
-    })?;
-    // hyper-rustls sets ALPN itself from the enabled protocols (and insists on doing so).
-    let mut tls = (*tls).clone();
-    tls.alpn_protocols.clear();
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http();
-    let connector = if raw.http2 {
-        builder.enable_http1().enable_http2().wrap_connector(http)
+    scheme: &Scheme,
+    authority: &Authority,
+) -> Result<pool::Pool, UpstreamError> {
+    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    let host = authority.host();
+    let addr = format!("{}:{}", host, authority.port_u16().unwrap_or(default_port));
+    let tls = if *scheme == Scheme::HTTPS {
+        let ca = raw.ca_file.as_ref().map(|p| base_dir.join(p));
+        let config =
+            tls::server::client_config(ca.as_deref(), raw.http2).map_err(|e| UpstreamError {
+                field: "ca_file",
+                message: e.to_string(),
+            })?;
+        let name = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(name.to_owned()).map_err(|_| UpstreamError {
+            field: "url",
+            message: format!("`{host}` is not a valid TLS server name"),
+        })?;
+        Some((tokio_rustls::TlsConnector::from(config), name))
     } else {
-        builder.enable_http1().wrap_connector(http)
+        None
     };
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(raw.pool_idle_timeout)
-        .pool_max_idle_per_host(raw.pool_max_idle)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector);
-    Ok(client)
+    Ok(pool::Pool::new(pool::Target {
+        addr,
+        tls,
+        scheme: scheme.clone(),
+        authority: authority.clone(),
+        connect_timeout: raw.connect_timeout,
+        idle_timeout: raw.pool_idle_timeout,
+        max_idle: raw.pool_max_idle,
+    }))
 }

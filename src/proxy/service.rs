@@ -21,6 +21,7 @@ use crate::request::facts::ConnInfo;
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::{self, AccessRecord};
 use crate::telemetry::metrics::{Metrics, Outcome};
+use crate::upstream::SendError;
 
 /// State shared by every connection of the proxy door.
 #[derive(Debug)]
@@ -241,11 +242,6 @@ pub async fn handle(
         parts.headers.insert(header::HOST, v);
     }
     parts.uri = uri;
-    parts.version = if upstream.is_http2() {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let upstream_req = Request::from_parts(parts, LimitedBody::new(body, limit));
 
@@ -260,14 +256,17 @@ pub async fn handle(
             )
         }
         Ok(Err(e)) => {
-            let (status, kind) = if body::is_length_limit(&e) {
-                (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
-            } else if e.is_connect() && body::is_timeout(&e) {
-                (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout")
-            } else if e.is_connect() {
-                (StatusCode::BAD_GATEWAY, "upstream_unavailable")
-            } else {
-                (StatusCode::BAD_GATEWAY, "upstream_error")
+            // The one place upstream failures become statuses for this door.
+            let (status, kind) = match &e {
+                SendError::Http(h) if body::is_length_limit(h) => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+                }
+                SendError::ConnectTimeout => {
+                    (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout")
+                }
+                SendError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
+                SendError::Tls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls"),
+                SendError::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
             };
             shared.metrics.upstream_error(kind);
             tracing::debug!(upstream = &*upstream.name, error = %e, reason = kind, "Upstream request failed");

@@ -1,0 +1,313 @@
+//! Keep-alive connections to one upstream, without a global lock per request beyond one short
+//! uncontended mutex, and without the generic client's per-request bookkeeping.
+//!
+//! HTTP/1: idle connections wait in a queue; a request takes a ready one or opens a new one,
+//! and the connection goes back when the response body ends (a body dropped early closes it,
+//! as hyper cannot reuse a half-read response). HTTP/2 (by ALPN): one shared connection,
+//! multiplexed, replaced when it closes.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use super::UpstreamBody;
+
+/// Why an exchange with the upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// TCP connect refused or failed.
+    #[error("connect failed: {0}")]
+    Connect(#[source] std::io::Error),
+    /// TCP (and TLS) connect did not finish in time.
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// TLS handshake failed (untrusted certificate, wrong name, protocol).
+    #[error("tls handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
+    /// The HTTP exchange failed.
+    #[error("http exchange failed: {0}")]
+    Http(#[source] hyper::Error),
+}
+
+/// How to reach the upstream.
+pub(super) struct Target {
+    /// `host:port` to connect to.
+    pub(super) addr: String,
+    /// TLS settings for https upstreams, with the name to verify.
+    pub(super) tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// Scheme and authority, for HTTP/2 requests' pseudo-headers.
+    pub(super) scheme: http::uri::Scheme,
+    pub(super) authority: http::uri::Authority,
+    pub(super) connect_timeout: Duration,
+    pub(super) idle_timeout: Duration,
+    pub(super) max_idle: usize,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The pool of one upstream.
+#[derive(Debug)]
+pub(super) struct Pool {
+    target: Target,
+    idle: Mutex<VecDeque<(http1::SendRequest<UpstreamBody>, Instant)>>,
+    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+}
+
+enum Sender {
+    H1(http1::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>),
+}
+
+/// A response body that returns its HTTP/1 connection to the pool when it ends.
+#[derive(Debug)]
+pub struct PooledBody {
+    body: Incoming,
+    back: Option<(Arc<Pool>, http1::SendRequest<UpstreamBody>)>,
+}
+
+// === impl Pool ===
+
+impl Pool {
+    pub(super) fn new(target: Target) -> Self {
+        Self {
+            target,
+            idle: Mutex::new(VecDeque::new()),
+            h2: Mutex::new(None),
+        }
+    }
+
+    /// Sends a request (origin-form URI) and returns the response head with its body.
+    pub(super) async fn send(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        let sender = match self.checkout() {
+            Some(s) => s,
+            None => self.connect().await?,
+        };
+        let mut req = req;
+        match sender {
+            Sender::H1(mut s) => {
+                *req.version_mut() = http::Version::HTTP_11;
+                let resp = s.send_request(req).await.map_err(SendError::Http)?;
+                let pool = Arc::clone(self);
+                Ok(resp.map(|body| PooledBody {
+                    body,
+                    back: Some((pool, s)),
+                }))
+            }
+            Sender::H2(mut s) => {
+                *req.version_mut() = http::Version::HTTP_2;
+                let mut parts = req.uri().clone().into_parts();
+                parts.scheme = Some(self.target.scheme.clone());
+                parts.authority = Some(self.target.authority.clone());
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+                let resp = s.send_request(req).await.map_err(SendError::Http)?;
+                Ok(resp.map(|body| PooledBody { body, back: None }))
+            }
+        }
+    }
+
+    fn checkout(&self) -> Option<Sender> {
+        if let Ok(h2) = self.h2.lock() {
+            if let Some(s) = h2.as_ref() {
+                if !s.is_closed() {
+                    return Some(Sender::H2(s.clone()));
+                }
+            }
+        }
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        // Connections are pushed back as their responses end; one whose connection task has
+        // not yet noticed may be briefly not ready: keep it for the next request.
+        for _ in 0..idle.len() {
+            let (s, since) = idle.pop_front()?;
+            if s.is_closed() || now.duration_since(since) > self.target.idle_timeout {
+                continue;
+            }
+            if s.is_ready() {
+                return Some(Sender::H1(s));
+            }
+            idle.push_back((s, since));
+        }
+        None
+    }
+
+    fn checkin(&self, s: http1::SendRequest<UpstreamBody>) {
+        if s.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < self.target.max_idle {
+                idle.push_back((s, Instant::now()));
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, SendError> {
+        let t = &self.target;
+        let connect = async {
+            let tcp = TcpStream::connect(&t.addr)
+                .await
+                .map_err(SendError::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            match &t.tls {
+                None => Ok((Io::Plain(tcp), false)),
+                Some((connector, name)) => {
+                    let tls = connector
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(SendError::Tls)?;
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    Ok((Io::Tls(Box::new(tls)), h2))
+                }
+            }
+        };
+        let (io, h2) = tokio::time::timeout(t.connect_timeout, connect)
+            .await
+            .map_err(|_| SendError::ConnectTimeout)??;
+        if h2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(SendError::Http)?;
+            tokio::spawn(conn);
+            if let Ok(mut slot) = self.h2.lock() {
+                *slot = Some(sender.clone());
+            }
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, conn) = http1::Builder::new()
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(SendError::Http)?;
+            tokio::spawn(conn);
+            Ok(Sender::H1(sender))
+        }
+    }
+}
+
+// === impl PooledBody ===
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body hyper never polled because it was empty (HEAD, 204, Content-Length: 0) still
+        // leaves a reusable connection; a half-read one does not.
+        if let Some((pool, sender)) = self.back.take() {
+            if self.body.is_end_stream() {
+                pool.checkin(sender);
+            }
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            if let Some((pool, sender)) = self.back.take() {
+                pool.checkin(sender);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Plain or TLS stream to the upstream.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
