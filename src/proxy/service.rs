@@ -165,8 +165,12 @@ pub async fn handle(
     let uri = upstream.uri(&facts.path, facts.query);
     let client_ip = facts.client_ip;
     let scheme = facts.scheme;
-    let log_host: Box<str> = facts.host.as_ref().into();
-    let log_path: Box<str> = facts.path.as_ref().into();
+    // Copied only when an access-log line will be written (an empty Box does not allocate).
+    let (log_host, log_path): (Box<str>, Box<str>) = if snapshot.access_log {
+        (facts.host.as_ref().into(), facts.path.as_ref().into())
+    } else {
+        (Box::default(), Box::default())
+    };
     let authority: Box<str> = match facts.port {
         Some(p) => format!("{}:{p}", facts.host).into(),
         None => facts.host.as_ref().into(),
