@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
-use crate::support::{Setup, echoed_header, get, raw, send};
+use crate::support::{Setup, echoed_header, get, raw, route_all_to, send};
 
 #[tokio::test]
 async fn hop_by_hop_headers_removed_including_connection_named() {
@@ -144,10 +144,7 @@ async fn host_is_the_upstreams_unless_preserved() {
 
     let gw2 = Setup {
         upstreams: "  kept:\n    url: http://{echo}\n    preserve_host: true\n".into(),
-        policies: vec![(
-            "p.yaml".into(),
-            "rules:\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    upstream: kept\n".into(),
-        )],
+        policies: route_all_to("kept"),
         ..Setup::default()
     }
     .start()
@@ -217,10 +214,7 @@ async fn upstream_down_is_502() {
         .unwrap();
     let gw = Setup {
         upstreams: format!("  dead:\n    url: http://{dead}\n"),
-        policies: vec![(
-            "p.yaml".into(),
-            "rules:\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    upstream: dead\n".into(),
-        )],
+        policies: route_all_to("dead"),
         ..Setup::default()
     }
     .start()
@@ -240,10 +234,7 @@ async fn upstream_down_is_502() {
 async fn slow_upstream_is_504() {
     let gw = Setup {
         upstreams: "  slow:\n    url: http://{echo}\n    response_timeout: 300ms\n".into(),
-        policies: vec![(
-            "p.yaml".into(),
-            "rules:\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    upstream: slow\n".into(),
-        )],
+        policies: route_all_to("slow"),
         ..Setup::default()
     }
     .start()

@@ -47,6 +47,16 @@ rules:
     upstream: echo
 ";
 
+/// One policy file sending every request to `upstream`.
+pub fn route_all_to(upstream: &str) -> Vec<(String, String)> {
+    vec![(
+        "p.yaml".into(),
+        format!(
+            "rules:\n  - name: all\n    match: {{paths: [\"/**\"]}}\n    effect: allow\n    upstream: {upstream}\n"
+        ),
+    )]
+}
+
 /// A gateway started from files in its own temp dir.
 pub struct TestGateway {
     pub app: Option<App>,
