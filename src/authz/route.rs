@@ -134,7 +134,16 @@ impl Rule {
                     .hosts
                     .iter()
                     .any(|h| h.matches(&facts.host, facts.port)))
-            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(&facts.path)))
+            && (self.paths.is_empty() || {
+                // Why: upstreams disagree on path case (Express, IIS and ASP.NET ignore it), so a
+                // deny rule catches every case variant while an allow rule grants only the exact
+                // spelling: each direction takes the safe reading.
+                // Regression: tests::deny_rules_ignore_path_case
+                let fold_case = self.effect == Effect::Deny;
+                self.paths
+                    .iter()
+                    .any(|p| p.matches_case(&facts.path, fold_case))
+            })
     }
 }
 
@@ -213,10 +222,17 @@ impl PathPattern {
     /// Whether the canonical `path` matches. A trailing slash is a segment of its own: `/a/`
     /// matches `/a/**` but not the exact `/a`.
     pub fn matches(&self, path: &str) -> bool {
+        self.matches_case(path, false)
+    }
+
+    /// [`Self::matches`], comparing literal segments ASCII-case-insensitively when `fold_case`.
+    pub fn matches_case(&self, path: &str, fold_case: bool) -> bool {
         let mut segs = path.strip_prefix('/').unwrap_or(path).split('/');
         for pat in &*self.segments {
             let ok = match (segs.next(), pat) {
-                (Some(s), Segment::Literal(l)) => !s.is_empty() && **l == *s,
+                (Some(s), Segment::Literal(l)) => {
+                    !s.is_empty() && (**l == *s || (fold_case && l.eq_ignore_ascii_case(s)))
+                }
                 (Some(s), Segment::Any(_)) => !s.is_empty(),
                 (None, _) => false,
             };
@@ -314,6 +330,15 @@ mod tests {
             let p = PathPattern::parse(pat).unwrap();
             assert_eq!(p.matches(path), *want, "{pat} vs {path}");
         }
+    }
+
+    #[test]
+    fn deny_rules_ignore_path_case() {
+        let p = PathPattern::parse("/admin/**").unwrap();
+        assert!(p.matches_case("/ADMIN/users", true));
+        assert!(p.matches_case("/Admin", true));
+        assert!(!p.matches_case("/ADMIN/users", false));
+        assert!(!p.matches_case("/ADMINS", true));
     }
 
     #[test]

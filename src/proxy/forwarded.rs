@@ -14,9 +14,31 @@ use crate::request::facts::Scheme;
 const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-const XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Headers that make some upstreams serve another path or method than the one decided on
+/// (IIS URL Rewrite, Symfony/Laminas, method-override middleware). Never forwarded, from
+/// anyone: the decision was made on the request line.
+const OVERRIDES: [HeaderName; 6] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-forwarded-prefix"),
+];
+
+/// Client-address and scheme claims some frameworks believe; only a trusted proxy may send them.
+const CLAIMS: [HeaderName; 7] = [
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+];
 
 /// Rewrites the forwarding headers. `host` is the authority the client addressed.
 pub fn apply(
@@ -31,6 +53,14 @@ pub fn apply(
         Scheme::Http => "http",
         Scheme::Https => "https",
     };
+    for name in &OVERRIDES {
+        headers.remove(name);
+    }
+    if !peer_trusted {
+        for name in &CLAIMS {
+            headers.remove(name);
+        }
+    }
     let mut peer_text = String::with_capacity(48);
     let _ = write!(peer_text, "{peer}");
 
@@ -45,7 +75,6 @@ pub fn apply(
         let element = forwarded_element(peer, proto, host);
         append_list(headers, FORWARDED, &element);
     } else {
-        headers.remove(&XFPORT);
         set(headers, XFF, &peer_text);
         headers.insert(XFP, HeaderValue::from_static(proto));
         set(headers, XFH, host);
@@ -119,6 +148,10 @@ mod tests {
         h.insert(XFH, "evil".parse().unwrap());
         h.insert(FORWARDED, "for=6.6.6.6".parse().unwrap());
         h.insert(X_REAL_IP, "6.6.6.6".parse().unwrap());
+        h.insert("x-original-url", "/admin".parse().unwrap());
+        h.insert("x-http-method-override", "DELETE".parse().unwrap());
+        h.insert("true-client-ip", "6.6.6.6".parse().unwrap());
+        h.insert("x-forwarded-ssl", "on".parse().unwrap());
         let peer: IpAddr = "192.0.2.1".parse().unwrap();
         apply(&mut h, peer, false, peer, Scheme::Http, "app.example");
         assert_eq!(h[&XFF], "192.0.2.1");
@@ -129,6 +162,14 @@ mod tests {
             "for=192.0.2.1;proto=http;host=\"app.example\""
         );
         assert_eq!(h[&X_REAL_IP], "192.0.2.1");
+        for gone in [
+            "x-original-url",
+            "x-http-method-override",
+            "true-client-ip",
+            "x-forwarded-ssl",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} forwarded");
+        }
     }
 
     #[test]

@@ -115,16 +115,7 @@ async fn serve_stream(
             listener,
             tls: None,
         };
-        serve_http(
-            TokioIo::new(stream),
-            conn,
-            http2,
-            None,
-            &server,
-            shared,
-            shutdown,
-        )
-        .await;
+        serve_http(stream, conn, http2, None, &server, shared, shutdown).await;
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -154,22 +145,13 @@ async fn serve_stream(
         tls: Some(info),
     };
     let alpn_h2 = Some(alpn.as_deref() == Some(b"h2"));
-    serve_http(
-        TokioIo::new(stream),
-        conn,
-        http2,
-        alpn_h2,
-        &server,
-        shared,
-        shutdown,
-    )
-    .await;
+    serve_http(stream, conn, http2, alpn_h2, &server, shared, shutdown).await;
 }
 
 /// Serves HTTP on an established (possibly TLS) stream until the client leaves, the idle
 /// deadline passes or the gateway drains.
 async fn serve_http<I>(
-    io: TokioIo<I>,
+    io: I,
     conn: ConnInfo,
     http2: bool,
     alpn_h2: Option<bool>,
@@ -210,6 +192,10 @@ async fn serve_http<I>(
         in_flight: AtomicUsize::new(0),
         last_millis: AtomicU64::new(0),
     });
+    let io = TokioIo::new(Tracked {
+        inner: io,
+        activity: Arc::clone(&activity),
+    });
     let conn = Arc::new(conn);
     let svc = {
         let activity = Arc::clone(&activity);
@@ -232,6 +218,7 @@ async fn serve_http<I>(
     let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut draining = *shutdown.borrow();
+    let mut drain_started = Instant::now();
     if draining {
         connection.as_mut().graceful_shutdown();
     }
@@ -245,11 +232,26 @@ async fn serve_http<I>(
             }
             _ = shutdown.changed(), if !draining => {
                 draining = true;
+                drain_started = Instant::now();
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tick.tick(), if !draining => {
-                if activity.idle_for() >= idle {
+            _ = tick.tick() => {
+                let quiet = activity.quiet_for();
+                if draining {
+                    // Why: a graceful close waits for responses to be written; a client that
+                    // stops reading would hold the connection (and its upstream) forever.
+                    // Regression: tests (it) proxy::stalled_reader_is_disconnected
+                    if drain_started.elapsed() >= idle && quiet >= idle {
+                        break;
+                    }
+                } else if quiet >= idle {
+                    if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                        // A request in flight but no byte moved either way for the whole idle
+                        // period (the upstream's response_timeout is shorter by default).
+                        break;
+                    }
                     draining = true;
+                    drain_started = Instant::now();
                     connection.as_mut().graceful_shutdown();
                 }
             }
@@ -282,12 +284,74 @@ impl Activity {
         self.last_millis.store(ms, Ordering::Relaxed);
     }
 
-    /// Zero while a request is in flight.
-    fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return Duration::ZERO;
-        }
+    /// Time since a byte was last read from or written to the client, or a request ended.
+    fn quiet_for(&self) -> Duration {
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         Duration::from_millis(now.saturating_sub(self.last_millis.load(Ordering::Relaxed)))
+    }
+}
+
+/// The client stream, recording when bytes move, for the idle and stall deadlines.
+struct Tracked<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tracked<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

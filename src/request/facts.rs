@@ -177,10 +177,18 @@ pub fn parse_host(raw: &str) -> Result<(Cow<'_, str>, Option<u16>), FactsError> 
         None => None,
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    let valid = !host.is_empty()
-        && host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')
-        });
+    // Why: a `:` or bracket outside an IPv6 literal, or an empty label, is read differently by
+    // different servers (`admin.example.com:1:443`); refuse rather than guess.
+    // Regression: tests::host_forms
+    let valid = if host.starts_with('[') {
+        true
+    } else {
+        !host.is_empty()
+            && host.split('.').all(|l| !l.is_empty())
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    };
     if !valid {
         return Err(FactsError::InvalidHost);
     }
@@ -259,6 +267,13 @@ mod tests {
             ("/", Some("user@example.com"), Err(FactsError::InvalidHost)),
             ("/", Some("exa mple"), Err(FactsError::InvalidHost)),
             ("/", Some("example.com:99999"), Err(FactsError::InvalidHost)),
+            (
+                "/",
+                Some("admin.example.com:1:443"),
+                Err(FactsError::InvalidHost),
+            ),
+            ("/", Some("a..b"), Err(FactsError::InvalidHost)),
+            ("/", Some("a]b:80"), Err(FactsError::InvalidHost)),
             // Absolute-form: the URI's authority wins over Host.
             (
                 "http://Admin.Example:81/x",

@@ -100,3 +100,27 @@ async fn connect_and_asterisk_targets_rejected() {
     assert_eq!(r.status, 400, "{}", r.head);
     assert_eq!(gw.echo.count(), 0);
 }
+
+#[tokio::test]
+async fn admin_case_variants_denied() {
+    let gw = Setup::with_policy(ALLOW_ALL_BUT_ADMIN).start().await;
+    for sent in ["/ADMIN", "/Admin/users", "/%41dmin/users", "/aDmIn/"] {
+        let r = raw_get(gw.addr(), sent).await;
+        assert_eq!(r.status, 403, "{sent}: {}", r.head);
+    }
+    assert_eq!(gw.echo.count(), 0);
+}
+
+#[tokio::test]
+async fn ambiguous_host_rejected() {
+    let gw = Setup::default().start().await;
+    for host in ["admin.example.com:1:443", "a..b", "a]b"] {
+        let r = raw(
+            gw.addr(),
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{host}: {}", r.head);
+    }
+    assert_eq!(gw.echo.count(), 0);
+}

@@ -463,3 +463,50 @@ async fn max_connections_holds_further_clients_until_one_leaves() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn route_override_headers_never_forwarded() {
+    let gw = Setup::default().start().await;
+    let req = Request::get("/public")
+        .header("x-original-url", "/admin/users")
+        .header("x-rewrite-url", "/admin/users")
+        .header("x-http-method-override", "DELETE")
+        .header("true-client-ip", "6.6.6.6")
+        .header("x-forwarded-ssl", "on")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(gw.addr(), req).await.0, StatusCode::OK);
+    for gone in [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "true-client-ip",
+        "x-forwarded-ssl",
+    ] {
+        assert!(echoed_header(&gw.echo, gone).is_none(), "{gone} forwarded");
+    }
+}
+
+/// A client that asks for a large body and stops reading must not hold its connection (and an
+/// upstream connection) forever.
+#[tokio::test]
+async fn stalled_reader_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Setup::default()
+        .server("  idle_timeout: 300ms\n")
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /__echo/bytes/209715200 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // Stop reading long enough for the stall deadline (two idle periods) to pass.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "connection still open");
+    assert!(
+        got.len() < 209_715_200,
+        "the whole body was delivered: no stall detected"
+    );
+}
