@@ -269,7 +269,10 @@ fn parse_segment(seg: &str) -> Result<Segment, PatternError> {
     if seg.contains(['{', '}', '*']) {
         return Err(PatternError::BadParameter);
     }
-    if seg.is_empty() || seg == "." || seg == ".." || seg.contains([';', '\\']) {
+    // A literal must be spelled as canonical paths are, or it could never match.
+    let canonical = crate::request::path::canonicalize(&format!("/{seg}"))
+        .is_ok_and(|c| c.len() == seg.len() + 1 && c[1..] == *seg);
+    if seg.is_empty() || seg == "." || seg == ".." || !canonical {
         return Err(PatternError::NotCanonical);
     }
     Ok(Segment::Literal(seg.into()))

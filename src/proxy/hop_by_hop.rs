@@ -28,7 +28,11 @@ pub fn strip(headers: &mut HeaderMap) {
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .collect();
         for name in named {
-            headers.remove(name);
+            // Why: the forwarding chain is the gateway's to rewrite; a peer naming it in
+            // `Connection` must not make the gateway lose the real client address.
+            if name != "x-forwarded-for" && name != "forwarded" {
+                headers.remove(name);
+            }
         }
     }
     for name in &HOP_BY_HOP {
@@ -60,7 +64,8 @@ mod tests {
             "connection",
             "keep-alive, X-Secret , close".parse().unwrap(),
         );
-        h.append("connection", "x-other".parse().unwrap());
+        h.append("connection", "x-other, X-Forwarded-For".parse().unwrap());
+        h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.append("x-secret", "1".parse().unwrap());
         h.append("x-other", "1".parse().unwrap());
         h.append("keep-alive", "timeout=5".parse().unwrap());
@@ -70,7 +75,7 @@ mod tests {
         h.append("x-kept", "1".parse().unwrap());
         strip(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["x-kept"]);
+        assert_eq!(left, ["x-kept", "x-forwarded-for"]);
     }
 
     #[test]

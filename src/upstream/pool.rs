@@ -118,7 +118,13 @@ impl Pool {
                 *req.version_mut() = http::Version::HTTP_2;
                 let mut parts = req.uri().clone().into_parts();
                 parts.scheme = Some(self.target.scheme.clone());
-                parts.authority = Some(self.target.authority.clone());
+                // `:authority` carries the Host chosen by the proxy (the upstream's, or the
+                // client's with preserve_host), so the two never disagree.
+                let authority = req
+                    .headers_mut()
+                    .remove(http::header::HOST)
+                    .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+                parts.authority = Some(authority.unwrap_or_else(|| self.target.authority.clone()));
                 if let Ok(uri) = http::Uri::from_parts(parts) {
                     *req.uri_mut() = uri;
                 }
