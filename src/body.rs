@@ -35,17 +35,3 @@ pub fn is_length_limit(err: &(dyn StdError + 'static)) -> bool {
     }
     false
 }
-
-/// Whether `err` (or anything it wraps) is an I/O timeout.
-pub fn is_timeout(err: &(dyn StdError + 'static)) -> bool {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        cur = e.source();
-    }
-    false
-}

@@ -138,9 +138,6 @@ impl Upstream {
     }
 }
 
-/// Response type of [`Upstream::send`].
-pub type UpstreamResponse = Response<PooledBody>;
-
 fn build_pool(
     raw: &RawUpstream,
     base_dir: &Path,
