@@ -47,7 +47,7 @@ pub fn apply(
     peer_trusted: bool,
     client_ip: IpAddr,
     scheme: Scheme,
-    host: &str,
+    host: &HeaderValue,
 ) {
     let proto = match scheme {
         Scheme::Http => "http",
@@ -61,29 +61,55 @@ pub fn apply(
             headers.remove(name);
         }
     }
-    let mut peer_text = String::with_capacity(48);
-    let _ = write!(peer_text, "{peer}");
-
+    let host_text = host.to_str().unwrap_or("");
+    let peer_value = ip_value(peer);
     if peer_trusted {
-        append_list(headers, XFF, &peer_text);
+        append_list(headers, XFF, peer_value.to_str().unwrap_or(""));
         if !headers.contains_key(&XFP) {
             headers.insert(XFP, HeaderValue::from_static(proto));
         }
         if !headers.contains_key(&XFH) {
-            set(headers, XFH, host);
+            headers.insert(XFH, host.clone());
         }
-        let element = forwarded_element(peer, proto, host);
+        let element = forwarded_element(peer, proto, host_text);
         append_list(headers, FORWARDED, &element);
     } else {
-        set(headers, XFF, &peer_text);
         headers.insert(XFP, HeaderValue::from_static(proto));
-        set(headers, XFH, host);
-        let element = forwarded_element(peer, proto, host);
-        set(headers, FORWARDED, &element);
+        headers.insert(XFH, host.clone());
+        let element = forwarded_element(peer, proto, host_text);
+        set_owned(headers, FORWARDED, element);
     }
-    peer_text.clear();
-    let _ = write!(peer_text, "{client_ip}");
-    set(headers, X_REAL_IP, &peer_text);
+    // From an untrusted peer the client is the peer: one value serves both headers.
+    let real_ip = if client_ip == peer {
+        peer_value.clone()
+    } else {
+        ip_value(client_ip)
+    };
+    if !peer_trusted {
+        headers.insert(XFF, peer_value);
+    }
+    headers.insert(X_REAL_IP, real_ip);
+}
+
+/// An address as a header value, built in one allocation.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut s = String::with_capacity(40);
+    let _ = write!(s, "{ip}");
+    // An address's text is always a valid header value.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Sets a header from an owned string without copying it again.
+fn set_owned(headers: &mut HeaderMap, name: HeaderName, value: String) {
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+        Ok(v) => {
+            headers.insert(name, v);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
 }
 
 /// `for=…;proto=…;host="…"` (RFC 7239), IPv6 addresses quoted and bracketed.
@@ -122,18 +148,7 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
         joined.push_str(", ");
     }
     joined.push_str(item);
-    set(headers, name, &joined);
-}
-
-fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    match HeaderValue::from_str(value) {
-        Ok(v) => {
-            headers.insert(name, v);
-        }
-        Err(_) => {
-            headers.remove(name);
-        }
-    }
+    set_owned(headers, name, joined);
 }
 
 #[cfg(test)]
@@ -153,7 +168,14 @@ mod tests {
         h.insert("true-client-ip", "6.6.6.6".parse().unwrap());
         h.insert("x-forwarded-ssl", "on".parse().unwrap());
         let peer: IpAddr = "192.0.2.1".parse().unwrap();
-        apply(&mut h, peer, false, peer, Scheme::Http, "app.example");
+        apply(
+            &mut h,
+            peer,
+            false,
+            peer,
+            Scheme::Http,
+            &HeaderValue::from_static("app.example"),
+        );
         assert_eq!(h[&XFF], "192.0.2.1");
         assert_eq!(h[&XFP], "http");
         assert_eq!(h[&XFH], "app.example");
@@ -179,7 +201,14 @@ mod tests {
         h.insert(XFP, "https".parse().unwrap());
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let client: IpAddr = "1.1.1.1".parse().unwrap();
-        apply(&mut h, peer, true, client, Scheme::Http, "app");
+        apply(
+            &mut h,
+            peer,
+            true,
+            client,
+            Scheme::Http,
+            &HeaderValue::from_static("app"),
+        );
         assert_eq!(h[&XFF], "1.1.1.1, 10.0.0.1");
         assert_eq!(h[&XFP], "https");
         assert_eq!(h[&X_REAL_IP], "1.1.1.1");

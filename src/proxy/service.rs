@@ -171,9 +171,25 @@ pub async fn handle(
     } else {
         (Box::default(), Box::default())
     };
-    let authority: Box<str> = match facts.port {
-        Some(p) => format!("{}:{p}", facts.host).into(),
-        None => facts.host.as_ref().into(),
+    // The authority that was decided on (lowercase host, port): usually the client's Host
+    // header exactly, shared without a copy; rebuilt only when normalisation changed it.
+    let authority: HeaderValue = match parts.headers.get(header::HOST) {
+        Some(h)
+            if parts.uri.authority().is_none()
+                && !h.as_bytes().iter().any(u8::is_ascii_uppercase)
+                && !h.as_bytes().ends_with(b".")
+                && !h.as_bytes().windows(2).any(|w| w == b".:") =>
+        {
+            h.clone()
+        }
+        _ => {
+            let text = match facts.port {
+                Some(p) => format!("{}:{p}", facts.host),
+                None => facts.host.clone().into_owned(),
+            };
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+                .unwrap_or_else(|_| HeaderValue::from_static(""))
+        }
     };
     drop(facts);
     let method = parts.method.clone();
@@ -242,8 +258,8 @@ pub async fn handle(
         parts
             .headers
             .insert(header::HOST, upstream.host_header.clone());
-    } else if let Ok(v) = HeaderValue::from_str(&authority) {
-        parts.headers.insert(header::HOST, v);
+    } else {
+        parts.headers.insert(header::HOST, authority);
     }
     parts.uri = uri;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
