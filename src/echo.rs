@@ -43,8 +43,7 @@ pub struct Echo {
     records: Arc<Mutex<Vec<Recorded>>>,
 }
 
-type EchoBody =
-    http_body_util::Either<http_body_util::Full<Bytes>, StreamBody<tokio_stream_shim::Chunks>>;
+type EchoBody = http_body_util::Either<http_body_util::Full<Bytes>, StreamBody<chunks::Chunks>>;
 
 // === impl Echo ===
 
@@ -160,7 +159,7 @@ async fn answer(req: Request<Incoming>, records: &Mutex<Vec<Recorded>>) -> Respo
         .and_then(|s| s.parse::<u64>().ok())
     {
         let mut resp = Response::new(http_body_util::Either::Right(StreamBody::new(
-            tokio_stream_shim::Chunks::new(n),
+            chunks::Chunks::new(n),
         )));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -196,7 +195,7 @@ async fn answer(req: Request<Incoming>, records: &Mutex<Vec<Recorded>>) -> Respo
 }
 
 /// A minimal stream of fixed-size chunks, so large responses are generated as they are sent.
-mod tokio_stream_shim {
+mod chunks {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 

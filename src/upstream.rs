@@ -88,13 +88,14 @@ impl Upstream {
         if uri.query().is_some() {
             return Err(url_error("URL must not have a query"));
         }
-        let base_path = uri.path().trim_end_matches('/');
-        if crate::request::path::canonicalize(if base_path.is_empty() { "/" } else { base_path })
-            .map_err(|_| url_error("URL path must be canonical"))?
-            != if base_path.is_empty() { "/" } else { base_path }
-        {
-            return Err(url_error("URL path must be canonical"));
+        // The base path is prepended to canonical paths, so it must be canonical itself.
+        let path = uri.path();
+        if crate::request::path::canonicalize(path).ok().as_deref() != Some(path) {
+            return Err(url_error(
+                "URL path must be canonical (no `//`, `.`, `..`, `;` or needless escapes)",
+            ));
         }
+        let base_path = path.trim_end_matches('/');
         let host_header = HeaderValue::from_str(authority.as_str())
             .map_err(|_| url_error("URL host is not a valid header value"))?;
 

@@ -267,9 +267,9 @@ pub fn compile(
     Ok((snapshot, diags))
 }
 
-/// Settings that a running gateway cannot change; a reload that changes them fails with the
-/// returned messages.
-pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+/// Settings that a running gateway cannot change, as (field path, message); a reload that
+/// changes any fails with them.
+pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(&'static str, &'static str)> {
     let mut out = Vec::new();
     let (o, n) = (&old.raw, &new.raw);
     let addrs = |c: &super::raw::RawConfig| {
@@ -279,19 +279,22 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
             .collect::<Vec<_>>()
     };
     if addrs(o) != addrs(n) {
-        out.push("listeners (names, addresses or TLS on/off) changed: restart required".into());
+        out.push((
+            "listeners",
+            "listener names, addresses or TLS on/off changed: restart required",
+        ));
     }
     if o.admin.address != n.admin.address {
-        out.push("admin.address changed: restart required".into());
+        out.push(("admin.address", "changed: restart required"));
     }
     if o.server.max_connections != n.server.max_connections {
-        out.push("server.max_connections changed: restart required".into());
+        out.push(("server.max_connections", "changed: restart required"));
     }
     if o.server.worker_threads != n.server.worker_threads {
-        out.push("server.worker_threads changed: restart required".into());
+        out.push(("server.worker_threads", "changed: restart required"));
     }
     if o.logging.format != n.logging.format || o.logging.level != n.logging.level {
-        out.push("logging.format or logging.level changed: restart required".into());
+        out.push(("logging", "format or level changed: restart required"));
     }
     out
 }

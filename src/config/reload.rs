@@ -115,10 +115,16 @@ impl Reloader {
                 }
                 let restart = restart_only_changes(&previous, &next);
                 if !restart.is_empty() {
+                    // Point at the changed fields in the file as it is now.
+                    let display = self.config_path.display().to_string();
+                    let text = std::fs::read_to_string(&self.config_path).unwrap_or_default();
+                    let index = super::diagnostic::LocationIndex::build(&text).unwrap_or_default();
                     Err(ReloadError(
                         restart
                             .into_iter()
-                            .map(|m| format!("{}: {m}", self.config_path.display()))
+                            .map(|(field, m)| {
+                                super::Diagnostic::at(&display, &index, field, m).to_string()
+                            })
                             .collect(),
                     ))
                 } else if next.version == previous.version {

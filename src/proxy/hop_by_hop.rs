@@ -20,19 +20,22 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes the headers named in `Connection`, then the fixed hop-by-hop set.
 pub fn strip(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
+        // `keep-alive`, `close` and the fixed set are removed below anyway: the common
+        // `Connection: keep-alive` costs no allocation.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             // Why: the forwarding chain is the gateway's to rewrite; a peer naming it in
             // `Connection` must not make the gateway lose the real client address.
-            if name != "x-forwarded-for" && name != "forwarded" {
-                headers.remove(name);
-            }
+            .filter(|n| !HOP_BY_HOP.contains(n) && n != "x-forwarded-for" && n != "forwarded")
+            .collect();
+        for name in named {
+            headers.remove(name);
         }
     }
     for name in &HOP_BY_HOP {

@@ -55,6 +55,13 @@ pub async fn handle(
     let (mut parts, body) = req.into_parts();
     let request_id =
         request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
+    let ctx = Ctx {
+        shared,
+        snapshot: &snapshot,
+        conn,
+        request_id: &request_id,
+        start,
+    };
 
     if hop_by_hop::is_h2c_upgrade(&parts.headers) {
         shared.metrics.bad_request("h2c_upgrade");
@@ -62,12 +69,7 @@ pub async fn handle(
             error_response(StatusCode::BAD_REQUEST, "h2c_upgrade", &request_id),
             parts.version,
         );
-        return finish(
-            shared,
-            &snapshot,
-            conn,
-            &request_id,
-            start,
+        return ctx.finish(
             resp,
             &Done {
                 method: parts.method.as_str(),
@@ -90,12 +92,7 @@ pub async fn handle(
                 error_response(StatusCode::BAD_REQUEST, e.as_str(), &request_id),
                 parts.version,
             );
-            return finish(
-                shared,
-                &snapshot,
-                conn,
-                &request_id,
-                start,
+            return ctx.finish(
                 resp,
                 &Done {
                     method: parts.method.as_str(),
@@ -114,12 +111,7 @@ pub async fn handle(
     let allow = match decision {
         Decision::Deny(d) => {
             let resp = error_response(d.kind.status(), d.kind.as_str(), &request_id);
-            return finish(
-                shared,
-                &snapshot,
-                conn,
-                &request_id,
-                start,
+            return ctx.finish(
                 resp,
                 &Done {
                     method: facts.method.as_str(),
@@ -141,12 +133,7 @@ pub async fn handle(
     else {
         // Compile guarantees allow rules have an upstream; answer safely if not.
         let resp = error_response(StatusCode::BAD_GATEWAY, "no_upstream", &request_id);
-        return finish(
-            shared,
-            &snapshot,
-            conn,
-            &request_id,
-            start,
+        return ctx.finish(
             resp,
             &Done {
                 method: facts.method.as_str(),
@@ -164,6 +151,7 @@ pub async fn handle(
     // taken apart.
     let uri = upstream.uri(&facts.path, facts.query);
     let client_ip = facts.client_ip;
+    let peer_trusted = facts.peer_trusted;
     let scheme = facts.scheme;
     // Copied only when an access-log line will be written (an empty Box does not allocate).
     let (log_host, log_path): (Box<str>, Box<str>) = if snapshot.access_log {
@@ -206,15 +194,7 @@ pub async fn handle(
 
     let Some(uri) = uri else {
         let resp = error_response(StatusCode::BAD_REQUEST, "invalid_target", &request_id);
-        return finish(
-            shared,
-            &snapshot,
-            conn,
-            &request_id,
-            start,
-            resp,
-            &done(Outcome::Error, Some("invalid_target")),
-        );
+        return ctx.finish(resp, &done(Outcome::Error, Some("invalid_target")));
     };
 
     // Size limit: refuse early when the client announces too much.
@@ -226,22 +206,9 @@ pub async fn handle(
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > limit) {
         let resp = error_response(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &request_id);
-        return finish(
-            shared,
-            &snapshot,
-            conn,
-            &request_id,
-            start,
-            resp,
-            &done(Outcome::Error, Some("body_too_large")),
-        );
+        return ctx.finish(resp, &done(Outcome::Error, Some("body_too_large")));
     }
 
-    let peer_trusted = snapshot
-        .server
-        .trusted_proxies
-        .iter()
-        .any(|n| n.contains(&conn.peer.ip()));
     forwarded::apply(
         &mut parts.headers,
         conn.peer.ip(),
@@ -311,55 +278,50 @@ pub async fn handle(
             )
         }
     };
-    finish(
-        shared,
-        &snapshot,
-        conn,
-        &request_id,
-        start,
-        resp,
-        &done(outcome, reason),
-    )
+    ctx.finish(resp, &done(outcome, reason))
 }
 
-/// Counts, logs and returns the response.
-fn finish(
-    shared: &Shared,
-    snapshot: &Snapshot,
-    conn: &ConnInfo,
-    request_id: &HeaderValue,
+/// What every answer of one request is counted, logged and tagged with.
+struct Ctx<'a> {
+    shared: &'a Shared,
+    snapshot: &'a Snapshot,
+    conn: &'a ConnInfo,
+    request_id: &'a HeaderValue,
     start: Instant,
-    mut resp: Response<ResponseBody>,
-    done: &Done<'_>,
-) -> Response<ResponseBody> {
-    // Every answer, forwarded or generated, names the request id.
-    resp.headers_mut().insert(
-        snapshot.server.request_id_header.clone(),
-        request_id.clone(),
-    );
-    let latency = start.elapsed();
-    let status = resp.status().as_u16();
-    shared.metrics.request(done.decision, status, latency);
-    if snapshot.access_log {
-        access_log::log(&AccessRecord {
-            listener: &conn.listener,
-            method: done.method,
-            host: done.host,
-            path: done.path,
-            status,
-            decision: match done.decision {
-                Outcome::Allow => "allow",
-                Outcome::Deny => "deny",
-                Outcome::Error => "error",
-            },
-            rule: done.rule,
-            reason: done.reason,
-            request_id: request_id.to_str().unwrap_or("-"),
-            client_ip: done.client_ip,
-            latency,
-        });
+}
+
+impl Ctx<'_> {
+    /// Counts, logs and returns the response.
+    fn finish(&self, mut resp: Response<ResponseBody>, done: &Done<'_>) -> Response<ResponseBody> {
+        // Every answer, forwarded or generated, names the request id.
+        resp.headers_mut().insert(
+            self.snapshot.server.request_id_header.clone(),
+            self.request_id.clone(),
+        );
+        let latency = self.start.elapsed();
+        let status = resp.status().as_u16();
+        self.shared.metrics.request(done.decision, status, latency);
+        if self.snapshot.access_log {
+            access_log::log(&AccessRecord {
+                listener: &self.conn.listener,
+                method: done.method,
+                host: done.host,
+                path: done.path,
+                status,
+                decision: match done.decision {
+                    Outcome::Allow => "allow",
+                    Outcome::Deny => "deny",
+                    Outcome::Error => "error",
+                },
+                rule: done.rule,
+                reason: done.reason,
+                request_id: self.request_id.to_str().unwrap_or("-"),
+                client_ip: done.client_ip,
+                latency,
+            });
+        }
+        resp
     }
-    resp
 }
 
 /// After a malformed request the connection is not reused (HTTP/1: `Connection: close`; the

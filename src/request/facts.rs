@@ -63,6 +63,8 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// The client address (see module docs).
     pub client_ip: IpAddr,
+    /// Whether the TCP peer is a trusted proxy (its forwarding headers are believed).
+    pub peer_trusted: bool,
     /// The connection it arrived on.
     pub conn: &'a ConnInfo,
 }
@@ -114,6 +116,7 @@ impl<'a> RequestFacts<'a> {
             query: parts.uri.query(),
             headers: &parts.headers,
             client_ip: client_ip(conn.peer.ip(), &parts.headers, trusted_proxies),
+            peer_trusted: trusted_proxies.iter().any(|n| n.contains(&conn.peer.ip())),
             conn,
         })
     }

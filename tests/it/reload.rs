@@ -90,6 +90,10 @@ async fn restart_only_change_fails_reload() {
     let (status, body) = gw.admin_post("/reload").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.contains("restart required"), "{body}");
+    assert!(
+        body.contains("portcullis.yaml:1:1: error: listeners:"),
+        "file:line:field in {body}"
+    );
     assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
 }
 
