@@ -146,6 +146,7 @@ rules:
     match:
       paths: ["/**"]
     effect: allow
+    anonymous: true
     upstream: app
 EOF
 cat >"$TMP/portcullis/portcullis.yaml" <<EOF

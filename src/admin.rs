@@ -65,7 +65,11 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ResponseB
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            if state.ready.load(Ordering::Relaxed) {
+            // Ready: not shutting down, and every remote key set has keys (or its startup
+            // timeout passed, after which requests needing it get 503s, not hangs).
+            if state.ready.load(Ordering::Relaxed)
+                && state.reloader.current().load().authn.is_ready()
+            {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -84,6 +84,8 @@ impl App {
             tracing::warn!(diagnostic = %w, "Config warning");
         }
         let metrics = Arc::new(Metrics::new());
+        // Key fetches start now, in the background; /readyz waits for them.
+        snapshot.authn.start();
 
         let mut bound = Vec::with_capacity(snapshot.listeners.len());
         for l in &snapshot.listeners {
@@ -156,12 +158,11 @@ impl App {
         tracing::info!(addr = %admin_addr, "Admin listening");
         tokio::spawn(admin::serve(admin_tcp, Arc::clone(&admin), shutdown_rx));
 
-        if options.watch {
-            if let Err(e) =
+        if options.watch
+            && let Err(e) =
                 config::reload::spawn_watcher(Arc::clone(&reloader), options.watch_debounce)
-            {
-                tracing::warn!(error = %e, "File watching unavailable; reload with SIGHUP or POST /reload");
-            }
+        {
+            tracing::warn!(error = %e, "File watching unavailable; reload with SIGHUP or POST /reload");
         }
         tracing::info!(version = &*version, "Portcullis started");
         Ok(Self {

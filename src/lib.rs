@@ -9,10 +9,13 @@
 //!                     │ 1. load the snapshot once (arc-swap); the request keeps it
 //!                     │ 2. refuse h2c upgrades; strip hop-by-hop headers
 //!                     │ 3. RequestFacts: canonical path (ambiguous → 400), host, client ip
-//!                     │ 4. decision::decide → Allow { rule, upstream } / Deny { kind }
-//!                     │ 5. deny: status + short JSON body from the DenyKind
-//!                     │ 6. allow: X-Forwarded-*, x-real-ip, request id; canonical path + raw
-//!                     │    query to the upstream over its pool; 502 / 504 on failure
+//!                     │ 4. decision::decide: match a rule (authz::route) → authenticate with
+//!                     │    the rule's authenticators (authn: credential → cache → verify →
+//!                     │    principal) → Allow { rule, upstream, principal } / Deny { kind }
+//!                     │ 5. deny: status, WWW-Authenticate and a short JSON body from the DenyKind
+//!                     │ 6. allow: strip the credential if asked; X-Forwarded-*, x-real-ip,
+//!                     │    request id; canonical path + raw query to the upstream over its
+//!                     │    pool; 502 / 504 on failure
 //!                     ▼
 //!                  access log + metrics
 //! ```
@@ -20,10 +23,11 @@
 //! Config flows files → [`config::load`] → [`config::raw`] → [`config::compile`] →
 //! [`snapshot::Snapshot`]; [`config::reload`] swaps a new snapshot in only once it compiled in
 //! full. Module dependencies point one way: doors (`proxy`, `admin`, `cli`) → `decision` →
-//! `authz` → `snapshot`.
+//! `authn` / `authz` → `snapshot`.
 
 pub mod admin;
 pub mod app;
+pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod cli;
@@ -32,6 +36,7 @@ pub mod decision;
 pub mod echo;
 pub mod proxy;
 pub mod request;
+pub mod secret;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tls;

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use http::HeaderName;
 use ipnet::IpNet;
 
+use crate::authn::Authn;
 use crate::authz::route::RouteTable;
 use crate::config::raw::RawConfig;
 use crate::upstream::Upstream;
@@ -30,12 +31,59 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     /// The rules.
     pub routes: RouteTable,
+    /// The authenticators.
+    pub authn: Authn,
+    /// `WWW-Authenticate` challenges, built once.
+    pub challenges: Challenges,
     /// Emit access-log lines.
     pub access_log: bool,
     /// Files and directories whose change triggers a reload.
     pub watched: Vec<PathBuf>,
     /// The raw config, to compare restart-only settings on reload.
     pub raw: RawConfig,
+}
+
+/// `WWW-Authenticate` values (RFC 6750 §3) for the configured realm. The descriptions are
+/// generic on purpose: nothing about why a token failed reaches the client.
+#[derive(Debug, Clone)]
+pub struct Challenges {
+    /// No credential.
+    pub missing: http::HeaderValue,
+    /// A credential that does not verify.
+    pub invalid_token: http::HeaderValue,
+    /// An ambiguous request (two credentials).
+    pub invalid_request: http::HeaderValue,
+}
+
+impl Challenges {
+    /// The challenges of the default realm.
+    pub fn fallback() -> Self {
+        Self {
+            missing: http::HeaderValue::from_static("Bearer realm=\"portcullis\""),
+            invalid_token: http::HeaderValue::from_static(
+                "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"The access token is invalid\"",
+            ),
+            invalid_request: http::HeaderValue::from_static(
+                "Bearer realm=\"portcullis\", error=\"invalid_request\", error_description=\"The request carries more than one credential\"",
+            ),
+        }
+    }
+
+    /// The challenges for `realm` (quotes and backslashes removed, non-visible characters
+    /// refused at load).
+    pub fn new(realm: &str) -> Option<Self> {
+        let realm: String = realm.chars().filter(|c| *c != '"' && *c != '\\').collect();
+        let v = |s: String| http::HeaderValue::from_str(&s).ok();
+        Some(Self {
+            missing: v(format!("Bearer realm=\"{realm}\""))?,
+            invalid_token: v(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"The access token is invalid\""
+            ))?,
+            invalid_request: v(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"The request carries more than one credential\""
+            ))?,
+        })
+    }
 }
 
 /// A client listener.

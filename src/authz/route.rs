@@ -33,6 +33,10 @@ pub struct Rule {
     pub effect: Effect,
     /// Index into the snapshot's upstreams.
     pub upstream: Option<usize>,
+    /// Indexes of the authenticators it accepts, in order.
+    pub authenticators: Box<[usize]>,
+    /// Whether requests without any credential pass as anonymous.
+    pub anonymous: bool,
 }
 
 /// The ordered rules.

@@ -26,6 +26,7 @@ rules:
       paths: [\"/public/**\"]
       methods: [GET, HEAD]
     effect: allow
+    anonymous: true
     upstream: echo
 ";
 

@@ -148,6 +148,40 @@ pub fn compile(
         }
     }
 
+    // Authenticators.
+    let authn = match crate::authn::Authn::compile(
+        &cfg.authenticators,
+        &cfg.authn,
+        &loaded.base_dir,
+        previous.map(|p| &p.authn),
+        &mut watched,
+    ) {
+        Ok(a) => a,
+        Err(es) => {
+            for (field, msg) in es {
+                diags.push(at(&field, msg));
+            }
+            crate::authn::Authn::default()
+        }
+    };
+    for p in &watched {
+        if p.is_file()
+            && let Ok(bytes) = std::fs::read(p)
+        {
+            digest.update(&bytes);
+        }
+    }
+    let challenges = match crate::snapshot::Challenges::new(&cfg.authn.realm) {
+        Some(c) => c,
+        None => {
+            diags.push(at(
+                "authn.realm",
+                "must be visible ASCII characters and spaces".into(),
+            ));
+            crate::snapshot::Challenges::fallback()
+        }
+    };
+
     // Rules, files in name order, rules in file order.
     let mut rules = Vec::new();
     let mut rule_names: HashMap<String, String> = HashMap::new();
@@ -214,6 +248,27 @@ pub fn compile(
                 }
                 (None, Effect::Deny) => None,
             };
+            let mut authenticators = Vec::with_capacity(r.authenticators.len());
+            for (j, name) in r.authenticators.iter().enumerate() {
+                match authn.position(name) {
+                    Some(i) if authenticators.contains(&i) => diags.push(at(
+                        &format!("authenticators[{j}]"),
+                        format!("authenticator `{name}` listed twice"),
+                    )),
+                    Some(i) => authenticators.push(i),
+                    None if cfg.authenticators.contains_key(name) => {}
+                    None => diags.push(at(
+                        &format!("authenticators[{j}]"),
+                        format!("unknown authenticator `{name}`"),
+                    )),
+                }
+            }
+            if r.effect == Effect::Allow && r.authenticators.is_empty() && !r.anonymous {
+                diags.push(at(
+                    "authenticators",
+                    "an allow rule must list its authenticators or set `anonymous: true`".into(),
+                ));
+            }
             if diags.len() == before {
                 rules.push(Rule {
                     id: RuleId(r.name.as_str().into()),
@@ -223,6 +278,8 @@ pub fn compile(
                     methods,
                     effect: r.effect,
                     upstream,
+                    authenticators: authenticators.into(),
+                    anonymous: r.anonymous,
                 });
             }
         }
@@ -260,6 +317,8 @@ pub fn compile(
         server,
         upstreams,
         routes: RouteTable::new(rules),
+        authn,
+        challenges,
         access_log: cfg.logging.access_log,
         watched,
         raw: cfg.clone(),

@@ -232,15 +232,15 @@ impl MarkedEventReceiver for IndexBuilder {
                         self.entries.push((p, line, column));
                         *key = Some(value);
                     }
-                    if let Some(i) = self.pending_item.take() {
-                        if let Some(e) = self.entries.get_mut(i) {
-                            (e.1, e.2) = (line, column);
-                        }
+                    if let Some(i) = self.pending_item.take()
+                        && let Some(e) = self.entries.get_mut(i)
+                    {
+                        (e.1, e.2) = (line, column);
                     }
-                } else if let Some(p) = self.next_value_path() {
-                    if in_seq_or_root {
-                        self.entries.push((p, line, column));
-                    }
+                } else if let Some(p) = self.next_value_path()
+                    && in_seq_or_root
+                {
+                    self.entries.push((p, line, column));
                 }
             }
             Event::Alias(_) => {

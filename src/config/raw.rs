@@ -37,6 +37,12 @@ pub struct RawConfig {
     /// Logs and access logs.
     #[serde(default)]
     pub logging: RawLogging,
+    /// Named authenticators; a rule lists, in order, the ones it accepts.
+    #[serde(default)]
+    pub authenticators: BTreeMap<String, RawAuthenticator>,
+    /// Settings shared by every authenticator.
+    #[serde(default)]
+    pub authn: RawAuthn,
 }
 
 /// One client-facing listener.
@@ -263,6 +269,15 @@ pub struct RawRule {
     /// The upstream an allowed request is forwarded to (proxy door).
     #[serde(default)]
     pub upstream: Option<String>,
+    /// Authenticators this rule accepts, tried in order: the first that finds its credential
+    /// decides, and an invalid credential is refused (401) rather than tried elsewhere.
+    #[serde(default)]
+    pub authenticators: Vec<String>,
+    /// Let requests without any credential through as anonymous. With `authenticators`, a
+    /// credential is optional but must be valid when present. An allow rule needs one of the
+    /// two: there is no implicit anonymous access.
+    #[serde(default)]
+    pub anonymous: bool,
 }
 
 /// Request criteria of a rule. An empty list matches everything.
@@ -290,6 +305,74 @@ pub enum Effect {
     /// Refuse it with 403.
     Deny,
 }
+
+// === single-key enums ===
+
+/// Deserialises an enum written as one of its unit variants (`bearer`) or as a map with exactly
+/// one key naming the variant (`cookie: session`), the form ops expect. serde_yaml only reads
+/// YAML tags (`!cookie session`) for enums, which nobody writes by hand.
+macro_rules! single_key_enum {
+    ($ty:ident, $expecting:literal,
+     units { $($uname:literal => $uvar:ident),* $(,)? },
+     maps { $($name:literal => $var:ident($inner:ty)),* $(,)? }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                const VARIANTS: &[&str] = &[$($uname,)* $($name,)*];
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    #[allow(clippy::allow_attributes, unreachable_code, reason = "enums without unit variants")]
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
+                        $(if v == $uname { return Ok($ty::$uvar); })*
+                        Err(E::unknown_variant(v, VARIANTS))
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<$ty, A::Error> {
+                        use serde::de::Error as _;
+                        let Some(key) = m.next_key::<String>()? else {
+                            return Err(A::Error::custom(concat!("expected ", $expecting)));
+                        };
+                        let out = match key.as_str() {
+                            $($name => $ty::$var(m.next_value::<$inner>()?),)*
+                            other => return Err(A::Error::unknown_variant(other, VARIANTS)),
+                        };
+                        if m.next_key::<String>()?.is_some() {
+                            return Err(A::Error::custom(concat!("exactly one key expected: ", $expecting)));
+                        }
+                        Ok(out)
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+    };
+}
+
+single_key_enum!(RawAuthenticator, "an authenticator such as `jwt: {...}`",
+    units {},
+    maps { "jwt" => Jwt(RawJwt) });
+single_key_enum!(RawCredentialSource, "`bearer`, `header: NAME`, `cookie: NAME` or `query: NAME`",
+    units { "bearer" => Bearer },
+    maps { "header" => Header(String), "cookie" => Cookie(String), "query" => Query(String) });
+single_key_enum!(RawKey, "a key source: `pem`, `pem_file`, `jwk`, `jwks_file`, `jwks_url`, `oidc_discovery` or `hmac`",
+units {},
+maps {
+    "pem" => Pem(RawPemText),
+    "pem_file" => PemFile(RawPemFile),
+    "jwk" => Jwk(RawJwkText),
+    "jwks_file" => JwksFile(RawJwksFile),
+    "jwks_url" => JwksUrl(RawJwksUrl),
+    "oidc_discovery" => OidcDiscovery(RawJwksUrl),
+    "hmac" => Hmac(RawHmacKey),
+});
+single_key_enum!(RawSecret, "`env: VARIABLE` or `file: PATH`",
+    units {},
+    maps { "env" => Env(String), "file" => File(PathBuf) });
+single_key_enum!(RawMachineRule, "`client_id_without_sub`, `claim_present: CLAIM` or `claim_equals: {claim, value}`",
+    units { "client_id_without_sub" => ClientIdWithoutSub },
+    maps { "claim_present" => ClaimPresent(String), "claim_equals" => ClaimEquals(RawClaimEquals) });
 
 // === defaults and field parsers ===
 
@@ -385,4 +468,402 @@ impl<'de> Deserialize<'de> for Network {
         }
         d.deserialize_str(Visitor)
     }
+}
+
+// === authentication ===
+
+/// Settings shared by every authenticator.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuthn {
+    /// Realm named in `WWW-Authenticate` challenges.
+    pub realm: String,
+    /// The verified-token cache.
+    pub cache: RawTokenCache,
+}
+
+impl Default for RawAuthn {
+    fn default() -> Self {
+        Self {
+            realm: "portcullis".to_owned(),
+            cache: RawTokenCache::default(),
+        }
+    }
+}
+
+/// The verified-token cache: verified tokens are remembered by a digest (never the token), for
+/// at most the token's lifetime and `revalidate_after`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTokenCache {
+    /// Most entries kept; 0 turns the cache off.
+    pub max_entries: u64,
+    /// Most memory the entries may take, in bytes (estimated).
+    pub max_bytes: u64,
+    /// A cached verification is redone after this long, even if the token is still valid.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub revalidate_after: Duration,
+}
+
+impl Default for RawTokenCache {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            revalidate_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One authenticator: how a credential is found and verified.
+#[derive(Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawAuthenticator {
+    /// JSON Web Tokens from one or more issuers.
+    Jwt(RawJwt),
+}
+
+/// Where a credential is looked for.
+#[derive(Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawCredentialSource {
+    /// `Authorization: Bearer <token>` (scheme case-insensitive).
+    Bearer,
+    /// A named request header holding the bare token.
+    Header(String),
+    /// A named cookie.
+    Cookie(String),
+    /// A named query parameter (removed before forwarding). Tokens in URLs end up in logs and
+    /// browser history: use only where nothing else works.
+    Query(String),
+}
+
+/// A JWT authenticator.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    /// Where the token is looked for; default `[bearer]`. Tokens found in several places must be
+    /// identical.
+    #[serde(default = "default_sources")]
+    pub from: Vec<RawCredentialSource>,
+    /// Remove the credential from the request before it goes upstream.
+    #[serde(default)]
+    pub strip: bool,
+    /// Longest token accepted, in bytes; longer ones are refused unparsed.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Trusted issuers; a token is checked only against the provider named by its `iss`.
+    pub providers: Vec<RawProvider>,
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// Accepted audiences; a token's `aud` (string or array) must name at least one. Required.
+    pub audiences: Vec<String>,
+    /// Algorithms accepted from this issuer (default: whatever each key allows).
+    #[serde(default)]
+    pub algorithms: Vec<RawAlgorithm>,
+    /// Where the verification keys come from.
+    pub keys: Vec<RawKey>,
+    /// Clock skew tolerated for `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub leeway: Duration,
+    /// Refuse tokens without `exp`. Default true.
+    #[serde(default = "yes")]
+    pub require_exp: bool,
+    /// Refuse tokens whose lifetime (`exp - iat`) exceeds this.
+    #[serde(default, deserialize_with = "opt_duration")]
+    #[schemars(with = "Option<String>")]
+    pub max_lifetime: Option<Duration>,
+    /// Claims that must be present, with their JSON type.
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, ClaimType>,
+    /// How the principal is read from the claims.
+    #[serde(default)]
+    pub principal: RawPrincipalMapping,
+    /// Fetching remote keys (JWKS URL, OIDC discovery).
+    #[serde(default)]
+    pub fetch: RawFetch,
+}
+
+/// A JWS algorithm. `none` does not exist here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum RawAlgorithm {
+    /// HMAC SHA-256.
+    HS256,
+    /// HMAC SHA-384.
+    HS384,
+    /// HMAC SHA-512.
+    HS512,
+    /// RSASSA-PKCS1-v1_5 SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 SHA-512.
+    RS512,
+    /// RSASSA-PSS SHA-256.
+    PS256,
+    /// RSASSA-PSS SHA-384.
+    PS384,
+    /// RSASSA-PSS SHA-512.
+    PS512,
+    /// ECDSA P-256 SHA-256.
+    ES256,
+    /// ECDSA P-384 SHA-384.
+    ES384,
+    /// Ed25519.
+    EdDSA,
+}
+
+/// JSON type of a required claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimType {
+    /// Any JSON value.
+    Any,
+    /// A string.
+    String,
+    /// A number.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+    /// An array.
+    Array,
+    /// An object.
+    Object,
+    /// A string or an array of strings.
+    StringOrArray,
+}
+
+/// A verification key source.
+#[derive(Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawKey {
+    /// A public key (or certificate) written in the config.
+    Pem(RawPemText),
+    /// A PEM file: public key (SPKI or PKCS#1) or certificate.
+    PemFile(RawPemFile),
+    /// One JWK written in the config, as JSON text.
+    Jwk(RawJwkText),
+    /// A JWKS file, watched and reloaded on change.
+    JwksFile(RawJwksFile),
+    /// A JWKS URL, fetched at startup and refreshed in the background.
+    JwksUrl(RawJwksUrl),
+    /// OIDC discovery: `<url>/.well-known/openid-configuration` names the `jwks_uri`; its
+    /// `issuer` must equal the provider's.
+    OidcDiscovery(RawJwksUrl),
+    /// A shared HMAC secret, from the environment or a file (never inline).
+    Hmac(RawHmacKey),
+}
+
+/// An inline PEM key.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPemText {
+    /// The PEM text.
+    pub text: String,
+    /// Key id matched against the token's `kid`; without one the key is tried for tokens
+    /// without `kid`.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// Algorithms this key verifies; they must fit the key type.
+    pub algorithms: Vec<RawAlgorithm>,
+}
+
+/// A PEM key file.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPemFile {
+    /// The file (relative to the config file).
+    pub path: PathBuf,
+    /// Key id matched against the token's `kid`.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// Algorithms this key verifies; they must fit the key type.
+    pub algorithms: Vec<RawAlgorithm>,
+}
+
+/// An inline JWK.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwkText {
+    /// The JWK as JSON.
+    pub text: String,
+}
+
+/// A JWKS file.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwksFile {
+    /// The file (relative to the config file).
+    pub path: PathBuf,
+}
+
+/// A remote key source.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwksUrl {
+    /// `https://…`; `http://` only for loopback addresses.
+    pub url: String,
+    /// PEM file of CA certificates trusted for this server (instead of the public roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// An HMAC key.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHmacKey {
+    /// Where the secret is read from. At least as many bytes as the hash output (32 for HS256).
+    pub secret: RawSecret,
+    /// Key id matched against the token's `kid`.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// HS256, HS384 and/or HS512.
+    pub algorithms: Vec<RawAlgorithm>,
+}
+
+/// Where a secret comes from; secrets are never written in the config itself.
+#[derive(Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawSecret {
+    /// An environment variable.
+    Env(String),
+    /// A file (relative to the config file); one trailing newline is dropped.
+    File(PathBuf),
+}
+
+impl fmt::Debug for RawSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only names a place, never a value; still, keep Debug boring.
+        match self {
+            Self::Env(n) => write!(f, "Env({n})"),
+            Self::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
+/// How a principal is read from verified claims.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPrincipalMapping {
+    /// Claim holding the principal id (default `sub`); machine tokens without it fall back to
+    /// `client_id`, then `azp`.
+    pub id_claim: String,
+    /// Claim (dotted path, e.g. `realm_access.roles`) holding roles: a string or an array.
+    pub roles_claim: Option<String>,
+    /// Claim (dotted path) holding the tenant.
+    pub tenant_claim: Option<String>,
+    /// Claims holding scopes, a space-separated string or an array; the first present wins.
+    pub scope_claims: Vec<String>,
+    /// When a token is a machine (service client) rather than a user; any rule that holds
+    /// decides. Default: `[client_id_without_sub]`.
+    pub machine_when: Vec<RawMachineRule>,
+}
+
+impl Default for RawPrincipalMapping {
+    fn default() -> Self {
+        Self {
+            id_claim: "sub".to_owned(),
+            roles_claim: None,
+            tenant_claim: None,
+            scope_claims: vec!["scope".to_owned(), "scp".to_owned()],
+            machine_when: vec![RawMachineRule::ClientIdWithoutSub],
+        }
+    }
+}
+
+/// A rule classifying a token as a machine principal.
+#[derive(Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMachineRule {
+    /// The token has `client_id` (or `azp`) but no `sub`.
+    ClientIdWithoutSub,
+    /// A claim (dotted path) is present.
+    ClaimPresent(String),
+    /// A claim (dotted path) equals a string, e.g. `gty: client-credentials`.
+    ClaimEquals(RawClaimEquals),
+}
+
+/// A claim compared with a string.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimEquals {
+    /// Dotted claim path.
+    pub claim: String,
+    /// The value.
+    pub value: String,
+}
+
+/// Fetching remote keys.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFetch {
+    /// Time for one fetch, connection included.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Largest response accepted, in bytes.
+    pub max_bytes: usize,
+    /// Refresh interval when the server sends no `Cache-Control: max-age`.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub refresh: Duration,
+    /// Lower bound on the refresh interval, whatever `Cache-Control` says.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub min_refresh: Duration,
+    /// Upper bound on the refresh interval.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub max_refresh: Duration,
+    /// Retry interval after a failed fetch.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub retry: Duration,
+    /// A token with an unknown `kid` triggers at most one refetch per this interval.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub unknown_kid_cooldown: Duration,
+    /// `/readyz` reports not ready until the keys arrive or this long has passed.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub startup_timeout: Duration,
+}
+
+impl Default for RawFetch {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            max_bytes: 512 * 1024,
+            refresh: Duration::from_secs(600),
+            min_refresh: Duration::from_secs(60),
+            max_refresh: Duration::from_secs(86_400),
+            retry: Duration::from_secs(10),
+            unknown_kid_cooldown: Duration::from_secs(30),
+            startup_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn default_sources() -> Vec<RawCredentialSource> {
+    vec![RawCredentialSource::Bearer]
+}
+
+fn default_max_token_bytes() -> usize {
+    8 * 1024
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }

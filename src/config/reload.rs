@@ -133,6 +133,7 @@ impl Reloader {
                     })
                 } else {
                     let version = next.version.clone();
+                    next.authn.start();
                     self.current.store(Arc::new(next));
                     self.metrics.set_config_version(&version);
                     Ok(ReloadOutcome::Applied { version })
@@ -168,11 +169,11 @@ impl Reloader {
 pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<()> {
     let (tx, mut rx) = mpsc::channel::<()>(16);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            if !matches!(ev.kind, EventKind::Access(_)) {
-                // A full channel already holds a pending wake-up.
-                let _ = tx.try_send(());
-            }
+        if let Ok(ev) = res
+            && !matches!(ev.kind, EventKind::Access(_))
+        {
+            // A full channel already holds a pending wake-up.
+            let _ = tx.try_send(());
         }
     })?;
     let mut dirs = watch_dirs(&reloader.current.load().watched);

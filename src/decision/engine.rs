@@ -1,6 +1,7 @@
 //! `decide`: authenticate → authorize → rate limit. The same code serves every door and
 //! `portcullis explain`, which passes a recording [`Trace`] instead of [`NoTrace`].
 
+use crate::authn::{self, Failure};
 use crate::authz::route::RuleId;
 use crate::config::raw::Effect;
 use crate::request::RequestFacts;
@@ -15,6 +16,12 @@ pub enum TraceEvent {
     RuleMatched(RuleId),
     /// No rule matched.
     NoRuleMatched,
+    /// The authenticator (by name) that found a credential and verified it.
+    Authenticated(std::sync::Arc<str>),
+    /// No credential, anonymous allowed.
+    Anonymous,
+    /// Authentication refused the request.
+    AuthnFailed(DenyKind),
 }
 
 /// Receives the steps of a decision.
@@ -52,14 +59,57 @@ pub async fn decide(
         });
     };
     trace.record(TraceEvent::RuleMatched(rule.id.clone()));
-    match rule.effect {
-        Effect::Allow => Decision::Allow(Allow {
-            rule: rule.id.clone(),
-            upstream: rule.upstream,
-        }),
-        Effect::Deny => Decision::Deny(Deny {
+    if rule.effect == Effect::Deny {
+        // A deny rule needs no identity: refusing before verifying costs nothing.
+        return Decision::Deny(Deny {
             rule: Some(rule.id.clone()),
             kind: DenyKind::Forbidden,
-        }),
+        });
     }
+    let now = unix_now();
+    let (principal, authenticator) = match snapshot
+        .authn
+        .authenticate(&rule.authenticators, rule.anonymous, facts, now)
+        .await
+    {
+        authn::Outcome::Authenticated {
+            principal,
+            authenticator,
+        } => {
+            if let Some(a) = snapshot.authn.at(authenticator) {
+                trace.record(TraceEvent::Authenticated(a.name.clone()));
+            }
+            (Some(principal), Some(authenticator))
+        }
+        authn::Outcome::Anonymous => {
+            trace.record(TraceEvent::Anonymous);
+            (None, None)
+        }
+        authn::Outcome::Failed(f) => {
+            let kind = match f {
+                Failure::Missing => DenyKind::MissingCredential,
+                Failure::Ambiguous => DenyKind::AmbiguousCredential,
+                Failure::Invalid(e) => DenyKind::InvalidToken(e),
+                Failure::Unavailable => DenyKind::AuthnUnavailable,
+            };
+            trace.record(TraceEvent::AuthnFailed(kind));
+            return Decision::Deny(Deny {
+                rule: Some(rule.id.clone()),
+                kind,
+            });
+        }
+    };
+    Decision::Allow(Allow {
+        rule: rule.id.clone(),
+        upstream: rule.upstream,
+        principal,
+        authenticator,
+    })
+}
+
+/// Seconds since the Unix epoch (the clock `exp`, `nbf` and `iat` are read against).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -1,12 +1,17 @@
 //! Decisions. A denial is a value, not an error: its [`DenyKind`] alone decides the status,
 //! the reason code for logs and metrics and the static body, so every door answers the same.
 
-use http::StatusCode;
+use std::sync::Arc;
 
+use http::{HeaderValue, StatusCode};
+
+use crate::authn::jwt::verify::TokenError;
+use crate::authn::principal::Principal;
 use crate::authz::route::RuleId;
+use crate::snapshot::Challenges;
 
 /// The answer for one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Let it through.
     Allow(Allow),
@@ -15,12 +20,16 @@ pub enum Decision {
 }
 
 /// What an allowed request needs downstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Allow {
     /// The rule that allowed it.
     pub rule: RuleId,
     /// Index of the upstream in the snapshot (proxy door).
     pub upstream: Option<usize>,
+    /// Who is calling; `None` for anonymous access.
+    pub principal: Option<Arc<Principal>>,
+    /// Index of the authenticator that verified the principal.
+    pub authenticator: Option<usize>,
 }
 
 /// Why a request was refused.
@@ -39,6 +48,14 @@ pub enum DenyKind {
     NoRule,
     /// A rule with `effect: deny` matched.
     Forbidden,
+    /// No credential where the rule needs one (401).
+    MissingCredential,
+    /// A credential that does not verify (401, `invalid_token`).
+    InvalidToken(TokenError),
+    /// More than one credential, or a repeated `Authorization` header (400, `invalid_request`).
+    AmbiguousCredential,
+    /// The keys needed to verify are unavailable (503).
+    AuthnUnavailable,
 }
 
 // === impl Decision ===
@@ -68,14 +85,39 @@ impl DenyKind {
     pub fn status(self) -> StatusCode {
         match self {
             Self::NoRule | Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::MissingCredential | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Self::AmbiguousCredential => StatusCode::BAD_REQUEST,
+            Self::AuthnUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    /// Low-cardinality reason code for logs, metrics and the response body.
+    /// Low-cardinality reason code for logs and metrics (token failures name their cause).
     pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidToken(e) => e.as_str(),
+            other => other.public_code(),
+        }
+    }
+
+    /// The reason code the client sees: never why a token failed.
+    pub fn public_code(self) -> &'static str {
         match self {
             Self::NoRule => "no_matching_rule",
             Self::Forbidden => "forbidden",
+            Self::MissingCredential => "missing_credential",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::AmbiguousCredential => "invalid_request",
+            Self::AuthnUnavailable => "authentication_unavailable",
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge, for 401s and the ambiguous-credential 400.
+    pub fn challenge(self, challenges: &Challenges) -> Option<&HeaderValue> {
+        match self {
+            Self::MissingCredential => Some(&challenges.missing),
+            Self::InvalidToken(_) => Some(&challenges.invalid_token),
+            Self::AmbiguousCredential => Some(&challenges.invalid_request),
+            Self::NoRule | Self::Forbidden | Self::AuthnUnavailable => None,
         }
     }
 }

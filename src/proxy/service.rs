@@ -14,6 +14,7 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use super::{forwarded, hop_by_hop, request_id};
+use crate::authn::credential::{self, CredentialSource};
 use crate::body::{self, LimitedBody, ResponseBody};
 use crate::decision::{self, Decision, NoTrace};
 use crate::request::RequestFacts;
@@ -41,6 +42,7 @@ struct Done<'a> {
     rule: Option<&'a str>,
     reason: Option<&'static str>,
     client_ip: IpAddr,
+    principal: Option<&'a str>,
 }
 
 /// Handles one request; never fails: every failure is a response.
@@ -79,6 +81,7 @@ pub async fn handle(
                 rule: None,
                 reason: Some("h2c_upgrade"),
                 client_ip: conn.peer.ip(),
+                principal: None,
             },
         );
     }
@@ -102,6 +105,7 @@ pub async fn handle(
                     rule: None,
                     reason: Some(e.as_str()),
                     client_ip: conn.peer.ip(),
+                    principal: None,
                 },
             );
         }
@@ -110,7 +114,11 @@ pub async fn handle(
     let decision = decision::decide(&snapshot, &facts, &mut NoTrace).await;
     let allow = match decision {
         Decision::Deny(d) => {
-            let resp = error_response(d.kind.status(), d.kind.as_str(), &request_id);
+            let mut resp = error_response(d.kind.status(), d.kind.public_code(), &request_id);
+            if let Some(challenge) = d.kind.challenge(&snapshot.challenges) {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, challenge.clone());
+            }
             return ctx.finish(
                 resp,
                 &Done {
@@ -121,6 +129,7 @@ pub async fn handle(
                     rule: d.rule.as_ref().map(|r| &*r.0),
                     reason: Some(d.kind.as_str()),
                     client_ip: facts.client_ip,
+                    principal: None,
                 },
             );
         }
@@ -143,13 +152,31 @@ pub async fn handle(
                 rule: Some(&allow.rule.0),
                 reason: Some("no_upstream"),
                 client_ip: facts.client_ip,
+                principal: None,
             },
         );
     };
 
     // Everything the forwarded request and the log need from the facts, before the head is
     // taken apart.
-    let uri = upstream.uri(&facts.path, facts.query);
+    // The credential goes no further when its authenticator says so (always for query
+    // tokens): what was verified here is not replayed upstream.
+    let strip = allow
+        .authenticator
+        .and_then(|i| snapshot.authn.at(i))
+        .filter(|a| a.must_strip());
+    let stripped_query;
+    let mut query = facts.query;
+    if let (Some(a), Some(q)) = (strip, query) {
+        for source in &*a.sources {
+            if let CredentialSource::Query(name) = source {
+                stripped_query = credential::strip_query(q, name);
+                query = stripped_query.as_deref();
+                break;
+            }
+        }
+    }
+    let uri = upstream.uri(&facts.path, query);
     let client_ip = facts.client_ip;
     let peer_trusted = facts.peer_trusted;
     let scheme = facts.scheme;
@@ -180,7 +207,13 @@ pub async fn handle(
         }
     };
     drop(facts);
+    if let Some(a) = strip.filter(|a| a.strip) {
+        for source in &*a.sources {
+            credential::strip(source, &mut parts.headers);
+        }
+    }
     let method = parts.method.clone();
+    let principal = allow.principal.as_deref().map(|p| &*p.id);
     let rule: &str = &allow.rule.0;
     let done = |decision, reason| Done {
         method: method.as_str(),
@@ -190,6 +223,7 @@ pub async fn handle(
         rule: Some(rule),
         reason,
         client_ip,
+        principal,
     };
 
     let Some(uri) = uri else {
@@ -316,6 +350,7 @@ impl Ctx<'_> {
                 rule: done.rule,
                 reason: done.reason,
                 request_id: self.request_id.to_str().unwrap_or("-"),
+                principal: done.principal,
                 client_ip: done.client_ip,
                 latency,
             });

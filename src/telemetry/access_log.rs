@@ -1,7 +1,7 @@
 //! One access-log line per request, at target `access`.
 //!
 //! Fields: method, host, path (canonical, without the query: queries may carry credentials),
-//! status, decision, rule, reason, latency, request id. Never a header value, token or cookie.
+//! status, decision, rule, reason, latency, request id, principal id. Never a header value, token or cookie.
 
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ pub struct AccessRecord<'a> {
     pub reason: Option<&'static str>,
     /// Request id.
     pub request_id: &'a str,
+    /// The authenticated principal's id, if any.
+    pub principal: Option<&'a str>,
     /// Client address as decided on.
     pub client_ip: std::net::IpAddr,
     /// Time to the response head.
@@ -45,6 +47,7 @@ pub fn log(r: &AccessRecord<'_>) {
         rule = r.rule.unwrap_or("-"),
         reason = r.reason.unwrap_or("-"),
         request_id = r.request_id,
+        principal = r.principal.unwrap_or("-"),
         client_ip = %r.client_ip,
         latency_us = u64::try_from(r.latency.as_micros()).unwrap_or(u64::MAX),
         "Request"

@@ -135,12 +135,11 @@ impl Pool {
     }
 
     fn checkout(&self) -> Option<Sender> {
-        if let Ok(h2) = self.h2.lock() {
-            if let Some(s) = h2.as_ref() {
-                if !s.is_closed() {
-                    return Some(Sender::H2(s.clone()));
-                }
-            }
+        if let Ok(h2) = self.h2.lock()
+            && let Some(s) = h2.as_ref()
+            && !s.is_closed()
+        {
+            return Some(Sender::H2(s.clone()));
         }
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
@@ -163,10 +162,10 @@ impl Pool {
         if s.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.target.max_idle {
-                idle.push_back((s, Instant::now()));
-            }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.target.max_idle
+        {
+            idle.push_back((s, Instant::now()));
         }
     }
 
@@ -220,10 +219,10 @@ impl Drop for PooledBody {
     fn drop(&mut self) {
         // A body hyper never polled because it was empty (HEAD, 204, Content-Length: 0) still
         // leaves a reusable connection; a half-read one does not.
-        if let Some((pool, sender)) = self.back.take() {
-            if self.body.is_end_stream() {
-                pool.checkin(sender);
-            }
+        if let Some((pool, sender)) = self.back.take()
+            && self.body.is_end_stream()
+        {
+            pool.checkin(sender);
         }
     }
 }
@@ -237,10 +236,10 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            if let Some((pool, sender)) = self.back.take() {
-                pool.checkin(sender);
-            }
+        if let Poll::Ready(None) = polled
+            && let Some((pool, sender)) = self.back.take()
+        {
+            pool.checkin(sender);
         }
         polled
     }

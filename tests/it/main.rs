@@ -14,6 +14,7 @@
 )]
 
 mod check;
+mod jwt;
 mod paths;
 mod proxy;
 mod reload;

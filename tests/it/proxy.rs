@@ -252,7 +252,7 @@ async fn slow_upstream_is_504() {
 #[tokio::test]
 async fn default_deny_and_deny_rule() {
     let gw = Setup::with_policy(
-        "rules:\n  - name: nope\n    match: {paths: [\"/secret/**\"]}\n    effect: deny\n  - name: read\n    match: {paths: [\"/pub/**\"], methods: [GET]}\n    effect: allow\n    upstream: echo\n",
+        "rules:\n  - name: nope\n    match: {paths: [\"/secret/**\"]}\n    effect: deny\n  - name: read\n    match: {paths: [\"/pub/**\"], methods: [GET]}\n    effect: allow\n    anonymous: true\n    upstream: echo\n",
     )
     .start()
     .await;
@@ -360,7 +360,7 @@ async fn https_upstream_with_ca_file() {
         files: vec![("ca.pem".into(), ca.into_bytes())],
         policies: vec![(
             "p.yaml".into(),
-            "rules:\n  - name: bad\n    match: {paths: [\"/untrusted/**\"]}\n    effect: allow\n    upstream: untrusted\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    upstream: secure\n".into(),
+            "rules:\n  - name: bad\n    match: {paths: [\"/untrusted/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: untrusted\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: secure\n".into(),
         )],
         ..Setup::default()
     }

@@ -30,6 +30,7 @@ rules:
     match:
       paths: [\"/**\"]
     effect: allow
+    anonymous: true
     upstream: echo
 ";
 
@@ -44,6 +45,7 @@ rules:
     match:
       paths: [\"/**\"]
     effect: allow
+    anonymous: true
     upstream: echo
 ";
 
@@ -52,7 +54,7 @@ pub fn route_all_to(upstream: &str) -> Vec<(String, String)> {
     vec![(
         "p.yaml".into(),
         format!(
-            "rules:\n  - name: all\n    match: {{paths: [\"/**\"]}}\n    effect: allow\n    upstream: {upstream}\n"
+            "rules:\n  - name: all\n    match: {{paths: [\"/**\"]}}\n    effect: allow\n    anonymous: true\n    upstream: {upstream}\n"
         ),
     )]
 }
@@ -72,6 +74,8 @@ pub struct Setup {
     pub policies: Vec<(String, String)>,
     pub files: Vec<(String, Vec<u8>)>,
     pub watch: bool,
+    /// Appended to the config as is (authenticators, authn).
+    pub extra: String,
 }
 
 impl Default for Setup {
@@ -83,6 +87,7 @@ impl Default for Setup {
             policies: vec![("10-all.yaml".into(), ALLOW_ALL.into())],
             files: Vec::new(),
             watch: false,
+            extra: String::new(),
         }
     }
 }
@@ -143,6 +148,7 @@ pub fn render_config(s: &Setup, echo: SocketAddr) -> String {
         c.push_str("server:\n");
         c.push_str(&s.server);
     }
+    c.push_str(&s.extra);
     c
 }
 
@@ -307,4 +313,171 @@ pub fn echoed_header(echo: &Echo, name: &str) -> Option<String> {
             .get(name)
             .map(|v| v.to_str().unwrap_or("").to_owned())
     })
+}
+
+/// What the key server answers.
+#[derive(Debug, Clone)]
+pub enum KeyMode {
+    /// The current documents.
+    Serve,
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// A JWKS with no keys.
+    Empty,
+    /// Waits this long before answering.
+    Slow(Duration),
+    /// This status.
+    Status(u16),
+}
+
+#[derive(Debug)]
+struct KeyState {
+    mode: KeyMode,
+    jwks: String,
+    discovery: String,
+    cache_control: Option<String>,
+    hits: usize,
+}
+
+/// A loopback JWKS and OIDC discovery server the tests control: `/jwks.json` and
+/// `/.well-known/openid-configuration`.
+pub struct KeyServer {
+    pub addr: SocketAddr,
+    state: Arc<std::sync::Mutex<KeyState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KeyServer {
+    pub async fn start(jwks: &serde_json::Value) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(std::sync::Mutex::new(KeyState {
+            mode: KeyMode::Serve,
+            jwks: jwks.to_string(),
+            discovery: String::new(),
+            cache_control: None,
+            hits: 0,
+        }));
+        let st = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let st = Arc::clone(&st);
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let st = Arc::clone(&st);
+                            async move {
+                                let (mode, body, cc) = {
+                                    let mut s = st.lock().unwrap();
+                                    s.hits += 1;
+                                    let body = if req.uri().path().ends_with("openid-configuration")
+                                    {
+                                        s.discovery.clone()
+                                    } else {
+                                        s.jwks.clone()
+                                    };
+                                    (s.mode.clone(), body, s.cache_control.clone())
+                                };
+                                let (status, body) = match mode {
+                                    KeyMode::Serve => (200, body),
+                                    KeyMode::Garbage => (200, "<html>oops</html>".to_owned()),
+                                    KeyMode::Empty => (200, "{\"keys\": []}".to_owned()),
+                                    KeyMode::Slow(d) => {
+                                        tokio::time::sleep(d).await;
+                                        (200, body)
+                                    }
+                                    KeyMode::Status(s) => (s, String::new()),
+                                };
+                                let mut resp = http::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json");
+                                if let Some(cc) = cc {
+                                    resp = resp.header("cache-control", cc);
+                                }
+                                Ok::<_, std::convert::Infallible>(
+                                    resp.body(Full::new(Bytes::from(body))).unwrap(),
+                                )
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Serves a discovery document naming `issuer` and this server's JWKS.
+    pub fn set_discovery(&self, issuer: &str) {
+        self.state.lock().unwrap().discovery =
+            serde_json::json!({"issuer": issuer, "jwks_uri": self.url("/jwks.json")}).to_string();
+    }
+
+    pub fn set_jwks(&self, jwks: &serde_json::Value) {
+        self.state.lock().unwrap().jwks = jwks.to_string();
+    }
+
+    pub fn set_mode(&self, mode: KeyMode) {
+        self.state.lock().unwrap().mode = mode;
+    }
+
+    pub fn set_cache_control(&self, cc: &str) {
+        self.state.lock().unwrap().cache_control = Some(cc.into());
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.lock().unwrap().hits
+    }
+
+    /// Stops accepting: later connections are refused.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for KeyServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A listener that only counts the connections it receives (an attacker's server).
+pub struct ConnectionCounter {
+    pub addr: SocketAddr,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConnectionCounter {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = Arc::clone(&count);
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        Self { addr, count, task }
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for ConnectionCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

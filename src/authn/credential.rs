@@ -1,0 +1,365 @@
+//! Finding a credential in a request: `Authorization: Bearer`, a named header, a named cookie or
+//! (opt-in) a query parameter.
+//!
+//! Invariants: a credential that appears twice with different values, in one place or across
+//! the configured places, is refused as ambiguous rather than guessed at (the upstream might
+//! read the other one); a malformed `Authorization: Bearer` value is a credential that fails,
+//! never an absent one, so it cannot fall through to anonymous access.
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, HeaderName, header};
+
+/// A compiled credential location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// A header holding the bare token.
+    Header(HeaderName),
+    /// A cookie.
+    Cookie(Box<str>),
+    /// A query parameter.
+    Query(Box<str>),
+}
+
+/// What a search for a credential found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found<'a> {
+    /// Nothing in any configured place.
+    Nothing,
+    /// One credential (possibly found in several places, always with the same value).
+    Token(Cow<'a, str>),
+    /// Two different credentials, or a repeated `Authorization` header.
+    Conflict,
+    /// `Authorization: Bearer` with no token or a value outside the token68 syntax.
+    Malformed,
+}
+
+/// Looks for a credential in every configured place.
+pub fn find<'a>(
+    sources: &[CredentialSource],
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Found<'a> {
+    let mut found: Option<Cow<'a, str>> = None;
+    for source in sources {
+        let here = match source {
+            CredentialSource::Bearer => bearer(headers),
+            CredentialSource::Header(name) => single_header(headers, name),
+            CredentialSource::Cookie(name) => cookie(headers, name),
+            CredentialSource::Query(name) => query_param(query, name),
+        };
+        match here {
+            Found::Nothing => {}
+            Found::Token(t) => match &found {
+                None => found = Some(t),
+                // Why: a gateway that picks one of two tokens and forwards both lets the
+                // upstream act on the one that was never verified.
+                Some(prev) if *prev != t => return Found::Conflict,
+                Some(_) => {}
+            },
+            other @ (Found::Conflict | Found::Malformed) => return other,
+        }
+    }
+    found.map_or(Found::Nothing, Found::Token)
+}
+
+/// `Authorization: Bearer <token68>`; the scheme is case-insensitive (RFC 9110 §11.1).
+fn bearer(headers: &HeaderMap) -> Found<'_> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Found::Nothing;
+    };
+    if values.next().is_some() {
+        // Regression: tests::duplicate_authorization_is_a_conflict
+        return Found::Conflict;
+    }
+    let Ok(value) = value.to_str() else {
+        return Found::Malformed;
+    };
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme (Basic, Digest…): not ours to judge.
+        return Found::Nothing;
+    }
+    let token = rest.trim_matches(' ');
+    if is_token68(token) {
+        Found::Token(Cow::Borrowed(token))
+    } else {
+        Found::Malformed
+    }
+}
+
+fn single_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Found<'a> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Found::Nothing;
+    };
+    if values.next().is_some() {
+        return Found::Conflict;
+    }
+    match value.to_str() {
+        Ok(v) if !v.trim().is_empty() => Found::Token(Cow::Borrowed(v.trim())),
+        _ => Found::Malformed,
+    }
+}
+
+/// Every `name=value` pair over all `Cookie` headers (RFC 6265 §5.4); repeated names must agree.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Found<'a> {
+    let mut found: Option<&'a str> = None;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            if k.trim() != name {
+                continue;
+            }
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            match found {
+                Some(prev) if prev != v => return Found::Conflict,
+                _ => found = Some(v),
+            }
+        }
+    }
+    match found {
+        None => Found::Nothing,
+        Some("") => Found::Malformed,
+        Some(v) => Found::Token(Cow::Borrowed(v)),
+    }
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Found<'a> {
+    let Some(query) = query else {
+        return Found::Nothing;
+    };
+    let mut found: Option<Cow<'a, str>> = None;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if decode(k).as_deref() != Some(name) {
+            continue;
+        }
+        let Some(v) = decode(v) else {
+            return Found::Malformed;
+        };
+        match &found {
+            Some(prev) if *prev != v => return Found::Conflict,
+            _ => found = Some(v),
+        }
+    }
+    match found {
+        None => Found::Nothing,
+        Some(v) if v.is_empty() => Found::Malformed,
+        Some(v) => Found::Token(v),
+    }
+}
+
+/// Percent-decodes a query component (`+` is a space); `None` on invalid encoding or UTF-8.
+pub fn decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Some(Cow::Borrowed(s));
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+/// RFC 9110 §11.2 `token68`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_token68(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+/// Removes the credential from the headers and returns the query without it, so what was
+/// verified is not forwarded (when the authenticator says so, and always for query tokens).
+pub fn strip(source: &CredentialSource, headers: &mut HeaderMap) {
+    match source {
+        CredentialSource::Bearer => {
+            headers.remove(header::AUTHORIZATION);
+        }
+        CredentialSource::Header(name) => {
+            headers.remove(name);
+        }
+        CredentialSource::Cookie(name) => {
+            let kept: Vec<String> = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter(|pair| {
+                    pair.split_once('=')
+                        .is_none_or(|(k, _)| k.trim() != &**name)
+                })
+                .map(|pair| pair.trim().to_owned())
+                .filter(|pair| !pair.is_empty())
+                .collect();
+            headers.remove(header::COOKIE);
+            if !kept.is_empty()
+                && let Ok(v) = http::HeaderValue::from_str(&kept.join("; "))
+            {
+                headers.insert(header::COOKIE, v);
+            }
+        }
+        CredentialSource::Query(_) => {}
+    }
+}
+
+/// The query without every `name=…` pair; `None` when nothing is left.
+pub fn strip_query(query: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            decode(k).as_deref() != Some(name)
+        })
+        .collect();
+    if kept.is_empty() {
+        None
+    } else {
+        Some(kept.join("&"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn tok(s: &str) -> Found<'_> {
+        Found::Token(Cow::Borrowed(s))
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer abc", "bearer abc", "BEARER abc", "Bearer  abc "] {
+            let h = headers(&[("authorization", v)]);
+            assert_eq!(
+                find(&[CredentialSource::Bearer], &h, None),
+                tok("abc"),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_schemes_are_not_bearer_tokens() {
+        let h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(find(&[CredentialSource::Bearer], &h, None), Found::Nothing);
+    }
+
+    #[test]
+    fn malformed_bearer_is_not_absent() {
+        for v in [
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Bearer a,b",
+            "Bearer =abc",
+        ] {
+            let h = headers(&[("authorization", v)]);
+            assert_eq!(
+                find(&[CredentialSource::Bearer], &h, None),
+                Found::Malformed,
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_authorization_is_a_conflict() {
+        let h = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer a")]);
+        assert_eq!(find(&[CredentialSource::Bearer], &h, None), Found::Conflict);
+    }
+
+    #[test]
+    fn header_and_cookie_must_agree() {
+        let sources = [
+            CredentialSource::Bearer,
+            CredentialSource::Cookie("session".into()),
+        ];
+        let same = headers(&[
+            ("authorization", "Bearer t1"),
+            ("cookie", "a=1; session=t1"),
+        ]);
+        assert_eq!(find(&sources, &same, None), tok("t1"));
+        let differ = headers(&[("authorization", "Bearer t1"), ("cookie", "session=t2")]);
+        assert_eq!(find(&sources, &differ, None), Found::Conflict);
+        let cookie_only = headers(&[("cookie", "x=y"), ("cookie", "session=\"t3\"")]);
+        assert_eq!(find(&sources, &cookie_only, None), tok("t3"));
+        let twice = headers(&[("cookie", "session=a; session=b")]);
+        assert_eq!(find(&sources, &twice, None), Found::Conflict);
+    }
+
+    #[test]
+    fn query_parameter_is_decoded_and_must_be_single() {
+        let s = [CredentialSource::Query("access_token".into())];
+        let h = HeaderMap::new();
+        assert_eq!(
+            find(&s, &h, Some("a=1&access_token=x%2By")),
+            Found::Token(Cow::Owned("x+y".into()))
+        );
+        assert_eq!(
+            find(&s, &h, Some("access_token=a&access_token=b")),
+            Found::Conflict
+        );
+        assert_eq!(find(&s, &h, Some("access_token=%zz")), Found::Malformed);
+        assert_eq!(find(&s, &h, Some("other=1")), Found::Nothing);
+    }
+
+    #[test]
+    fn strip_removes_only_the_credential() {
+        let mut h = headers(&[
+            ("cookie", "a=1; session=t; b=2"),
+            ("authorization", "Bearer t"),
+        ]);
+        strip(&CredentialSource::Cookie("session".into()), &mut h);
+        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
+        strip(&CredentialSource::Bearer, &mut h);
+        assert!(h.get("authorization").is_none());
+        assert_eq!(
+            strip_query("a=1&access_token=x&b=2", "access_token").as_deref(),
+            Some("a=1&b=2")
+        );
+        assert_eq!(strip_query("access_token=x", "access_token"), None);
+    }
+}

@@ -1,0 +1,448 @@
+//! JWT authentication: the token's `iss` picks one configured provider (an unknown issuer is
+//! refused without any network traffic); that provider's keys, algorithms and claim rules alone
+//! decide. A `kid` is looked up only among the chosen provider's keys, so one issuer's key never
+//! verifies another issuer's token.
+//!
+//! Order of checks: size → structure and header (`alg`, `crit`) → issuer → key → signature →
+//! claims → principal. Nothing from the payload is trusted before the signature verifies; the
+//! issuer is read first only to choose among configured providers.
+
+pub mod keys;
+pub mod mint;
+pub mod remote;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use jsonwebtoken::Algorithm;
+
+use self::keys::{AlgSet, KeySet, VerifyKey};
+use self::remote::{RemoteKeys, RemoteSource};
+use self::verify::{ClaimRules, TokenError};
+use super::http_client::HttpClient;
+use super::principal::{Mapping, Principal};
+use crate::config::raw::{RawJwt, RawKey, RawProvider, RawSecret};
+
+/// A compiled JWT authenticator.
+#[derive(Debug)]
+pub struct JwtAuthenticator {
+    /// Longest token accepted.
+    pub max_token_bytes: usize,
+    providers: Vec<Provider>,
+    by_issuer: HashMap<Box<str>, usize>,
+}
+
+/// One trusted issuer.
+#[derive(Debug)]
+pub struct Provider {
+    /// The exact `iss`.
+    pub issuer: Arc<str>,
+    algorithms: AlgSet,
+    static_keys: KeySet,
+    /// The fetched keys, if the provider has a remote source.
+    pub remote: Option<Arc<RemoteKeys>>,
+    rules: ClaimRules,
+    mapping: Mapping,
+}
+
+/// A verified token.
+#[derive(Debug)]
+pub struct Verified {
+    /// Who it speaks for.
+    pub principal: Principal,
+    /// `exp` plus leeway: from this Unix second on, the token is refused.
+    pub valid_until: Option<u64>,
+    /// The key that verified it.
+    pub key: Arc<VerifyKey>,
+}
+
+/// Why verification could not finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    /// The token is invalid (401).
+    Token(TokenError),
+    /// The provider has no keys at all yet: the key server has been unreachable (503).
+    KeysUnavailable,
+}
+
+/// A config problem: the field (relative to the provider) and the message.
+pub type FieldError = (String, String);
+
+// === impl JwtAuthenticator ===
+
+impl JwtAuthenticator {
+    /// Compiles the raw config; `previous` lends remote key sets whose source is unchanged.
+    pub fn compile(
+        raw: &RawJwt,
+        base_dir: &Path,
+        previous: Option<&Self>,
+        watched: &mut Vec<std::path::PathBuf>,
+    ) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut providers = Vec::with_capacity(raw.providers.len());
+        let mut by_issuer = HashMap::new();
+        if raw.providers.is_empty() {
+            errors.push((
+                "providers".into(),
+                "at least one provider is required".into(),
+            ));
+        }
+        for (i, p) in raw.providers.iter().enumerate() {
+            let at = |f: &str| format!("providers[{i}].{f}");
+            if let Some(first) = by_issuer.insert(p.issuer.as_str().into(), i) {
+                errors.push((
+                    at("issuer"),
+                    format!("issuer also configured in providers[{first}]"),
+                ));
+            }
+            let prev = previous.and_then(|a| a.providers.iter().find(|x| *x.issuer == *p.issuer));
+            match Provider::compile(p, base_dir, prev, watched) {
+                Ok(pr) => providers.push(pr),
+                Err(es) => errors.extend(es.into_iter().map(|(f, m)| (at(&f), m))),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self {
+            max_token_bytes: raw.max_token_bytes,
+            providers,
+            by_issuer,
+        })
+    }
+
+    /// The providers.
+    pub fn providers(&self) -> &[Provider] {
+        &self.providers
+    }
+
+    /// Verifies a token (no cache here). `now` is Unix seconds.
+    pub async fn verify(
+        &self,
+        token: &str,
+        authenticator: &Arc<str>,
+        now: u64,
+    ) -> Result<Verified, VerifyError> {
+        let bad = VerifyError::Token;
+        if token.len() > self.max_token_bytes {
+            return Err(bad(TokenError::TooLarge));
+        }
+        let parsed = verify::parse(token).map_err(bad)?;
+        let issuer = match parsed.claims.get("iss") {
+            Some(serde_json::Value::String(s)) => s.as_str(),
+            Some(_) => return Err(bad(TokenError::ClaimType)),
+            None => return Err(bad(TokenError::UnknownIssuer)),
+        };
+        let provider = self
+            .by_issuer
+            .get(issuer)
+            .and_then(|&i| self.providers.get(i))
+            .ok_or(bad(TokenError::UnknownIssuer))?;
+        if !provider.algorithms.contains(parsed.alg) {
+            return Err(bad(TokenError::AlgorithmNotAllowed));
+        }
+        let key = provider
+            .find_key(
+                parsed.alg,
+                parsed.kid.as_deref(),
+                parsed.message,
+                parsed.signature,
+            )
+            .await?;
+        let exp = verify::check_claims(&parsed.claims, &provider.rules, now).map_err(bad)?;
+        let valid_until = exp.map(|exp| exp.saturating_add(provider.rules.leeway));
+        let principal = provider
+            .mapping
+            .principal(
+                parsed.claims,
+                authenticator,
+                Some(Arc::clone(&provider.issuer)),
+                exp,
+            )
+            .map_err(|_| bad(TokenError::NoPrincipal))?;
+        Ok(Verified {
+            principal,
+            valid_until,
+            key,
+        })
+    }
+}
+
+// === impl Provider ===
+
+impl Provider {
+    fn compile(
+        raw: &RawProvider,
+        base_dir: &Path,
+        previous: Option<&Self>,
+        watched: &mut Vec<std::path::PathBuf>,
+    ) -> Result<Self, Vec<FieldError>> {
+        let mut errors: Vec<FieldError> = Vec::new();
+        if raw.issuer.is_empty() {
+            errors.push(("issuer".into(), "must not be empty".into()));
+        }
+        if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
+            errors.push((
+                "audiences".into(),
+                "at least one non-empty audience is required: a token for another service must not pass".into(),
+            ));
+        }
+        let algorithms = if raw.algorithms.is_empty() {
+            AlgSet::all()
+        } else {
+            AlgSet::of(raw.algorithms.iter().map(|a| keys::algorithm(*a)))
+        };
+        let issuer: Arc<str> = raw.issuer.as_str().into();
+        let mut static_keys: Vec<VerifyKey> = Vec::new();
+        let mut remote = None;
+        if raw.keys.is_empty() {
+            errors.push(("keys".into(), "at least one key source is required".into()));
+        }
+        for (j, k) in raw.keys.iter().enumerate() {
+            let at = |f: &str| format!("keys[{j}].{f}");
+            let key_err = |f: &str, e: keys::KeyError| (at(f), e.to_string());
+            match k {
+                RawKey::Pem(p) => {
+                    match keys::from_pem(p.text.as_bytes(), p.kid.as_deref(), &p.algorithms) {
+                        Ok(k) => static_keys.push(k),
+                        Err(e) => errors.push(key_err("pem.text", e)),
+                    }
+                }
+                RawKey::PemFile(p) => {
+                    let path = base_dir.join(&p.path);
+                    watched.push(path.clone());
+                    match std::fs::read(&path) {
+                        Ok(b) => match keys::from_pem(&b, p.kid.as_deref(), &p.algorithms) {
+                            Ok(k) => static_keys.push(k),
+                            Err(e) => errors.push(key_err("pem_file.path", e)),
+                        },
+                        Err(e) => errors.push((
+                            at("pem_file.path"),
+                            format!("cannot read {}: {e}", path.display()),
+                        )),
+                    }
+                }
+                RawKey::Jwk(t) => match keys::from_jwk_json(&t.text, false) {
+                    Ok(k) => static_keys.push(k),
+                    Err(e) => errors.push(key_err("jwk.text", e)),
+                },
+                RawKey::JwksFile(f) => {
+                    let path = base_dir.join(&f.path);
+                    watched.push(path.clone());
+                    match std::fs::read(&path) {
+                        Ok(b) => match keys::parse_jwks(&b, false) {
+                            Ok((ks, _)) if ks.is_empty() => {
+                                errors.push((at("jwks_file.path"), "no usable signing keys".into()))
+                            }
+                            Ok((ks, _)) => static_keys.extend(ks),
+                            Err(e) => errors.push(key_err("jwks_file.path", e)),
+                        },
+                        Err(e) => errors.push((
+                            at("jwks_file.path"),
+                            format!("cannot read {}: {e}", path.display()),
+                        )),
+                    }
+                }
+                RawKey::Hmac(h) => match read_secret(&h.secret, base_dir) {
+                    Ok(secret) => {
+                        match keys::from_hmac(secret.expose(), h.kid.as_deref(), &h.algorithms) {
+                            Ok(k) => static_keys.push(k),
+                            Err(e) => errors.push(key_err("hmac.secret", e)),
+                        }
+                    }
+                    Err(m) => errors.push((at("hmac.secret"), m)),
+                },
+                RawKey::JwksUrl(u) | RawKey::OidcDiscovery(u) => {
+                    let (field, source) = match k {
+                        RawKey::JwksUrl(_) => (
+                            "jwks_url",
+                            RemoteSource::parse_url(&u.url).map(RemoteSource::Jwks),
+                        ),
+                        _ => (
+                            "oidc_discovery",
+                            RemoteSource::discovery_url(&u.url).map(RemoteSource::Discovery),
+                        ),
+                    };
+                    if remote.is_some() {
+                        errors.push((at(field), "only one remote key source per provider".into()));
+                        continue;
+                    }
+                    let source = match source {
+                        Ok(s) => s,
+                        Err(m) => {
+                            errors.push((at(&format!("{field}.url")), m));
+                            continue;
+                        }
+                    };
+                    if let Some(prev) = previous.and_then(|p| p.remote.as_ref())
+                        && prev.same_source(&source, &issuer, &raw.fetch)
+                    {
+                        remote = Some(Arc::clone(prev));
+                        continue;
+                    }
+                    let ca = u.ca_file.as_ref().map(|c| base_dir.join(c));
+                    if let Some(ca) = &ca {
+                        watched.push(ca.clone());
+                    }
+                    match crate::tls::server::client_config(ca.as_deref(), false) {
+                        Ok(tls) => {
+                            remote = Some(Arc::new(RemoteKeys::new(
+                                source,
+                                Arc::clone(&issuer),
+                                HttpClient::new(&tls),
+                                raw.fetch.clone(),
+                            )));
+                        }
+                        Err(e) => errors.push((at(&format!("{field}.ca_file")), e.to_string())),
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self {
+            issuer,
+            algorithms,
+            static_keys: KeySet::new(static_keys),
+            remote,
+            rules: ClaimRules {
+                leeway: raw.leeway.as_secs(),
+                require_exp: raw.require_exp,
+                max_lifetime: raw.max_lifetime.map(|d| d.as_secs()),
+                audiences: raw.audiences.iter().map(|a| a.as_str().into()).collect(),
+                required: raw
+                    .required_claims
+                    .iter()
+                    .map(|(k, t)| (k.as_str().into(), *t))
+                    .collect(),
+            },
+            mapping: Mapping::compile(&raw.principal),
+        })
+    }
+
+    /// Finds the key that verifies the signature. An unknown `kid` triggers one rate-limited
+    /// refetch of the remote keys.
+    async fn find_key(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+        message: &str,
+        signature: &str,
+    ) -> Result<Arc<VerifyKey>, VerifyError> {
+        let bad = |e| Err(VerifyError::Token(e));
+        match self.try_keys(alg, kid, message, signature) {
+            Lookup::Verified(k) => return Ok(k),
+            Lookup::BadSignature => return bad(TokenError::BadSignature),
+            Lookup::WrongAlgorithm => return bad(TokenError::AlgorithmNotAllowed),
+            Lookup::NoKey => {}
+        }
+        let Some(remote) = &self.remote else {
+            return bad(TokenError::UnknownKey);
+        };
+        // A new `kid` (rotation) or no keys yet: one refetch, rate-limited inside.
+        if kid.is_some() || !remote.has_keys() {
+            remote.refetch_for_unknown_kid().await;
+            match self.try_keys(alg, kid, message, signature) {
+                Lookup::Verified(k) => return Ok(k),
+                Lookup::BadSignature => return bad(TokenError::BadSignature),
+                Lookup::WrongAlgorithm => return bad(TokenError::AlgorithmNotAllowed),
+                Lookup::NoKey => {}
+            }
+        }
+        if !remote.has_keys() && self.static_keys.is_empty() {
+            return Err(VerifyError::KeysUnavailable);
+        }
+        bad(TokenError::UnknownKey)
+    }
+
+    /// Tries this provider's keys: the one named by `kid`; failing that, keys without a `kid`
+    /// that allow `alg`.
+    fn try_keys(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+        message: &str,
+        signature: &str,
+    ) -> Lookup {
+        let remote = self.remote.as_ref().map(|r| r.keys());
+        let sets = || std::iter::once(&self.static_keys).chain(remote.as_deref().map(|a| &**a));
+        if let Some(kid) = kid {
+            for set in sets() {
+                if let Some(k) = set.by_kid(kid) {
+                    if !k.algorithms.contains(alg) {
+                        return Lookup::WrongAlgorithm;
+                    }
+                    return if check_signature(k, alg, message, signature) {
+                        Lookup::Verified(Arc::clone(k))
+                    } else {
+                        Lookup::BadSignature
+                    };
+                }
+            }
+        }
+        let mut candidates = false;
+        for set in sets() {
+            for k in set
+                .for_alg(alg)
+                .filter(|k| kid.is_none() || k.kid.is_none())
+            {
+                candidates = true;
+                if check_signature(k, alg, message, signature) {
+                    return Lookup::Verified(Arc::clone(k));
+                }
+            }
+        }
+        if candidates {
+            Lookup::BadSignature
+        } else {
+            Lookup::NoKey
+        }
+    }
+}
+
+enum Lookup {
+    Verified(Arc<VerifyKey>),
+    BadSignature,
+    WrongAlgorithm,
+    NoKey,
+}
+
+fn check_signature(key: &VerifyKey, alg: Algorithm, message: &str, signature: &str) -> bool {
+    // Why: the key's algorithms were checked against its type at load; this second check keeps
+    // a bug elsewhere from turning into algorithm confusion.
+    key.algorithms.contains(alg)
+        && key.family.algorithms().contains(alg)
+        && jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg)
+            .unwrap_or(false)
+}
+
+/// Reads a secret from the environment or a file (one trailing newline dropped).
+pub fn read_secret(
+    raw: &RawSecret,
+    base_dir: &Path,
+) -> Result<crate::secret::Secret<Vec<u8>>, String> {
+    match raw {
+        RawSecret::Env(name) => match std::env::var_os(name) {
+            Some(v) if !v.is_empty() => Ok(crate::secret::Secret::new(v.into_encoded_bytes())),
+            _ => Err(format!("environment variable `{name}` is not set")),
+        },
+        RawSecret::File(p) => {
+            let path = base_dir.join(p);
+            match std::fs::read(&path) {
+                Ok(mut b) => {
+                    if b.ends_with(b"\n") {
+                        b.pop();
+                        if b.ends_with(b"\r") {
+                            b.pop();
+                        }
+                    }
+                    Ok(crate::secret::Secret::new(b))
+                }
+                Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            }
+        }
+    }
+}

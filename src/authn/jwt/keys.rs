@@ -1,0 +1,572 @@
+//! Verification keys: parsed once at load (or fetch) into [`VerifyKey`]s, each with the
+//! algorithms it may verify.
+//!
+//! Invariants: a key's algorithms always belong to its key type's family, so an RSA, EC or
+//! Ed25519 public key can never be used as an HMAC secret (algorithm confusion); private keys
+//! are refused as verification keys; symmetric keys never come from a remote JWKS.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+    OID_SIG_ED25519,
+};
+use x509_parser::prelude::FromDer;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+use crate::config::raw::RawAlgorithm;
+
+/// A set of algorithms, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AlgSet(u16);
+
+/// The key type a key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFamily {
+    /// HMAC secret.
+    Hmac,
+    /// RSA public key (RS*, PS*).
+    Rsa,
+    /// P-256 public key.
+    EcP256,
+    /// P-384 public key.
+    EcP384,
+    /// Ed25519 public key.
+    Ed25519,
+}
+
+/// One key that can verify signatures.
+pub struct VerifyKey {
+    /// `kid`, if it has one.
+    pub kid: Option<Box<str>>,
+    /// The key.
+    pub key: DecodingKey,
+    /// Its type.
+    pub family: KeyFamily,
+    /// What it may verify.
+    pub algorithms: AlgSet,
+    /// Set when a refresh dropped the key: cached verifications by it stop counting.
+    revoked: AtomicBool,
+    /// Fingerprint of the key material, to keep the same `Arc` across refreshes.
+    fingerprint: [u8; 32],
+}
+
+/// A provider's keys, indexed by `kid`.
+#[derive(Default)]
+pub struct KeySet {
+    keys: Vec<Arc<VerifyKey>>,
+    by_kid: HashMap<Box<str>, usize>,
+}
+
+/// Why a key cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Not PEM, or a PEM of another kind.
+    #[error("not a PEM public key or certificate")]
+    NotPem,
+    /// A private key where a public one belongs.
+    #[error("a private key: configure the public key (or certificate) instead")]
+    PrivateKey,
+    /// Key type not supported.
+    #[error("unsupported key type (RSA, EC P-256/P-384 and Ed25519 are)")]
+    Unsupported,
+    /// The key bytes do not parse.
+    #[error("malformed key")]
+    Malformed,
+    /// An algorithm does not fit the key.
+    #[error("algorithm {0} does not fit a {1} key")]
+    AlgorithmMismatch(&'static str, &'static str),
+    /// No algorithms listed.
+    #[error("at least one algorithm is required")]
+    NoAlgorithms,
+    /// An HMAC secret that is really a public key: the classic algorithm-confusion setup.
+    #[error(
+        "this HMAC secret looks like a public key, certificate or JWK; HMAC secrets must be random bytes"
+    )]
+    SecretLooksLikePublicKey,
+    /// HMAC secrets must be at least as long as the hash (RFC 7518 §3.2).
+    #[error("HMAC secret too short: {0} bytes, at least {1} needed")]
+    SecretTooShort(usize, usize),
+    /// JWK JSON does not parse.
+    #[error("invalid JWK: {0}")]
+    Jwk(String),
+    /// The JWK is for encryption.
+    #[error("JWK `use` is not `sig`")]
+    NotForSignatures,
+    /// A symmetric key in a remote JWKS.
+    #[error("symmetric (`oct`) keys are not accepted from a JWKS URL")]
+    RemoteSymmetric,
+}
+
+// === impl AlgSet ===
+
+impl AlgSet {
+    const ALL: [Algorithm; 12] = [
+        Algorithm::HS256,
+        Algorithm::HS384,
+        Algorithm::HS512,
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+
+    fn bit(alg: Algorithm) -> u16 {
+        let i = Self::ALL.iter().position(|a| *a == alg).unwrap_or(15);
+        1 << i
+    }
+
+    /// Every algorithm.
+    pub fn all() -> Self {
+        Self((1 << Self::ALL.len()) - 1)
+    }
+
+    /// The set of these algorithms.
+    pub fn of(algs: impl IntoIterator<Item = Algorithm>) -> Self {
+        Self(algs.into_iter().fold(0, |acc, a| acc | Self::bit(a)))
+    }
+
+    /// Whether `alg` is in the set.
+    pub fn contains(self, alg: Algorithm) -> bool {
+        self.0 & Self::bit(alg) != 0
+    }
+
+    /// The intersection.
+    pub fn and(self, other: Self) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The algorithms, in a fixed order.
+    pub fn iter(self) -> impl Iterator<Item = Algorithm> {
+        Self::ALL.into_iter().filter(move |a| self.contains(*a))
+    }
+}
+
+/// The compiled algorithm.
+pub fn algorithm(raw: RawAlgorithm) -> Algorithm {
+    match raw {
+        RawAlgorithm::HS256 => Algorithm::HS256,
+        RawAlgorithm::HS384 => Algorithm::HS384,
+        RawAlgorithm::HS512 => Algorithm::HS512,
+        RawAlgorithm::RS256 => Algorithm::RS256,
+        RawAlgorithm::RS384 => Algorithm::RS384,
+        RawAlgorithm::RS512 => Algorithm::RS512,
+        RawAlgorithm::PS256 => Algorithm::PS256,
+        RawAlgorithm::PS384 => Algorithm::PS384,
+        RawAlgorithm::PS512 => Algorithm::PS512,
+        RawAlgorithm::ES256 => Algorithm::ES256,
+        RawAlgorithm::ES384 => Algorithm::ES384,
+        RawAlgorithm::EdDSA => Algorithm::EdDSA,
+    }
+}
+
+/// The JWS name of an algorithm.
+pub fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::EdDSA => "EdDSA",
+        // `Algorithm` is non-exhaustive; a future variant is nothing we verify.
+        _ => "unsupported",
+    }
+}
+
+/// The algorithm named exactly (case-sensitive) by a token header; `none` and every other
+/// name are unknown.
+pub fn parse_alg(name: &str) -> Option<Algorithm> {
+    AlgSet::ALL.into_iter().find(|a| alg_name(*a) == name)
+}
+
+// === impl KeyFamily ===
+
+impl KeyFamily {
+    /// The algorithms this key type can verify.
+    pub fn algorithms(self) -> AlgSet {
+        use Algorithm::*;
+        match self {
+            Self::Hmac => AlgSet::of([HS256, HS384, HS512]),
+            Self::Rsa => AlgSet::of([RS256, RS384, RS512, PS256, PS384, PS512]),
+            Self::EcP256 => AlgSet::of([ES256]),
+            Self::EcP384 => AlgSet::of([ES384]),
+            Self::Ed25519 => AlgSet::of([EdDSA]),
+        }
+    }
+
+    /// For messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hmac => "HMAC",
+            Self::Rsa => "RSA",
+            Self::EcP256 => "EC P-256",
+            Self::EcP384 => "EC P-384",
+            Self::Ed25519 => "Ed25519",
+        }
+    }
+}
+
+// === impl VerifyKey ===
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("family", &self.family)
+            .field("algorithms", &self.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyKey {
+    fn new(
+        kid: Option<&str>,
+        key: DecodingKey,
+        family: KeyFamily,
+        algorithms: AlgSet,
+        material: &[u8],
+    ) -> Self {
+        let mut fp = [0u8; 32];
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, material);
+        fp.copy_from_slice(d.as_ref());
+        Self {
+            kid: kid.map(Into::into),
+            key,
+            family,
+            algorithms,
+            revoked: AtomicBool::new(false),
+            fingerprint: fp,
+        }
+    }
+
+    /// Whether a key refresh dropped this key.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+}
+
+/// A PEM public key or certificate with the algorithms it may verify.
+pub fn from_pem(
+    pem: &[u8],
+    kid: Option<&str>,
+    algorithms: &[RawAlgorithm],
+) -> Result<VerifyKey, KeyError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|_| KeyError::NotPem)?;
+    let (family, key, material) = match pem.label.as_str() {
+        "CERTIFICATE" => {
+            let cert = pem.parse_x509().map_err(|_| KeyError::Malformed)?;
+            spki(cert.public_key())?
+        }
+        "PUBLIC KEY" => {
+            let (_, info) =
+                SubjectPublicKeyInfo::from_der(&pem.contents).map_err(|_| KeyError::Malformed)?;
+            spki(&info)?
+        }
+        "RSA PUBLIC KEY" => (
+            KeyFamily::Rsa,
+            DecodingKey::from_rsa_der(&pem.contents),
+            pem.contents.clone(),
+        ),
+        l if l.contains("PRIVATE") => return Err(KeyError::PrivateKey),
+        _ => return Err(KeyError::NotPem),
+    };
+    let algs = checked_algorithms(family, algorithms)?;
+    Ok(VerifyKey::new(kid, key, family, algs, &material))
+}
+
+fn spki(info: &SubjectPublicKeyInfo<'_>) -> Result<(KeyFamily, DecodingKey, Vec<u8>), KeyError> {
+    let oid = &info.algorithm.algorithm;
+    let bits: &[u8] = &info.subject_public_key.data;
+    if *oid == OID_PKCS1_RSAENCRYPTION {
+        Ok((
+            KeyFamily::Rsa,
+            DecodingKey::from_rsa_der(bits),
+            bits.to_vec(),
+        ))
+    } else if *oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = info
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .ok_or(KeyError::Malformed)?;
+        let family = if curve == OID_EC_P256 {
+            KeyFamily::EcP256
+        } else if curve == OID_NIST_EC_P384 {
+            KeyFamily::EcP384
+        } else {
+            return Err(KeyError::Unsupported);
+        };
+        Ok((family, DecodingKey::from_ec_der(bits), bits.to_vec()))
+    } else if *oid == OID_SIG_ED25519 {
+        Ok((
+            KeyFamily::Ed25519,
+            DecodingKey::from_ed_der(bits),
+            bits.to_vec(),
+        ))
+    } else {
+        Err(KeyError::Unsupported)
+    }
+}
+
+fn checked_algorithms(family: KeyFamily, algorithms: &[RawAlgorithm]) -> Result<AlgSet, KeyError> {
+    if algorithms.is_empty() {
+        return Err(KeyError::NoAlgorithms);
+    }
+    let fits = family.algorithms();
+    for a in algorithms {
+        let a = algorithm(*a);
+        if !fits.contains(a) {
+            return Err(KeyError::AlgorithmMismatch(alg_name(a), family.as_str()));
+        }
+    }
+    Ok(AlgSet::of(algorithms.iter().map(|a| algorithm(*a))))
+}
+
+/// An HMAC secret, refused when it is short or when it is really a public key in some encoding
+/// (PEM, certificate, DER, SSH, JWK): configs that hold such a "secret" are the setup of every
+/// RS256→HS256 confusion attack.
+pub fn from_hmac(
+    secret: &[u8],
+    kid: Option<&str>,
+    algorithms: &[RawAlgorithm],
+) -> Result<VerifyKey, KeyError> {
+    if looks_like_public_key(secret) {
+        return Err(KeyError::SecretLooksLikePublicKey);
+    }
+    let algs = checked_algorithms(KeyFamily::Hmac, algorithms)?;
+    let needed = algs
+        .iter()
+        .map(|a| match a {
+            Algorithm::HS384 => 48,
+            Algorithm::HS512 => 64,
+            _ => 32,
+        })
+        .max()
+        .unwrap_or(32);
+    if secret.len() < needed {
+        return Err(KeyError::SecretTooShort(secret.len(), needed));
+    }
+    Ok(VerifyKey::new(
+        kid,
+        DecodingKey::from_secret(secret),
+        KeyFamily::Hmac,
+        algs,
+        secret,
+    ))
+}
+
+fn looks_like_public_key(secret: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(secret);
+    let t = text.trim();
+    t.contains("-----BEGIN")
+        || ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-"]
+            .iter()
+            .any(|p| t.starts_with(p))
+        || (t.starts_with('{') && t.contains("\"kty\""))
+        || SubjectPublicKeyInfo::from_der(secret).is_ok()
+        || x509_parser::parse_x509_certificate(secret).is_ok()
+        || is_der_sequence(secret)
+}
+
+/// A DER SEQUENCE spanning the whole input (PKCS#1 keys and every other ASN.1 structure).
+fn is_der_sequence(b: &[u8]) -> bool {
+    if b.len() < 2 || b[0] != 0x30 {
+        return false;
+    }
+    let (len, header) = match b[1] {
+        n if n < 0x80 => (usize::from(n), 2),
+        0x81 if b.len() > 2 => (usize::from(b[2]), 3),
+        0x82 if b.len() > 3 => (usize::from(b[2]) << 8 | usize::from(b[3]), 4),
+        _ => return false,
+    };
+    header + len == b.len()
+}
+
+/// One JWK as JSON text (inline config or a JWKS file entry).
+pub fn from_jwk_json(text: &str, remote: bool) -> Result<VerifyKey, KeyError> {
+    let jwk: Jwk = serde_json::from_str(text).map_err(|e| KeyError::Jwk(e.to_string()))?;
+    from_jwk(&jwk, remote)
+}
+
+/// One parsed JWK.
+pub fn from_jwk(jwk: &Jwk, remote: bool) -> Result<VerifyKey, KeyError> {
+    if matches!(
+        jwk.common.public_key_use,
+        Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
+    ) {
+        return Err(KeyError::NotForSignatures);
+    }
+    let (family, material): (KeyFamily, Vec<u8>) = match &jwk.algorithm {
+        AlgorithmParameters::RSA(p) => (KeyFamily::Rsa, format!("{}.{}", p.n, p.e).into_bytes()),
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => (KeyFamily::EcP256, format!("{}.{}", p.x, p.y).into_bytes()),
+            EllipticCurve::P384 => (KeyFamily::EcP384, format!("{}.{}", p.x, p.y).into_bytes()),
+            _ => return Err(KeyError::Unsupported),
+        },
+        AlgorithmParameters::OctetKeyPair(p) => match p.curve {
+            EllipticCurve::Ed25519 => (KeyFamily::Ed25519, p.x.clone().into_bytes()),
+            _ => return Err(KeyError::Unsupported),
+        },
+        AlgorithmParameters::OctetKey(p) => {
+            if remote {
+                return Err(KeyError::RemoteSymmetric);
+            }
+            (KeyFamily::Hmac, p.value.clone().into_bytes())
+        }
+        _ => return Err(KeyError::Unsupported),
+    };
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| KeyError::Malformed)?;
+    let algorithms = match &jwk.common.key_algorithm {
+        None => family.algorithms(),
+        Some(alg) => {
+            let alg = jwk_alg(alg).ok_or(KeyError::NotForSignatures)?;
+            if !family.algorithms().contains(alg) {
+                return Err(KeyError::AlgorithmMismatch(alg_name(alg), family.as_str()));
+            }
+            AlgSet::of([alg])
+        }
+    };
+    if family == KeyFamily::Hmac {
+        let secret = key.try_get_as_bytes().map_err(|_| KeyError::Malformed)?;
+        if secret.len() < 32 {
+            return Err(KeyError::SecretTooShort(secret.len(), 32));
+        }
+    }
+    Ok(VerifyKey::new(
+        jwk.common.key_id.as_deref(),
+        key,
+        family,
+        algorithms,
+        &material,
+    ))
+}
+
+fn jwk_alg(alg: &KeyAlgorithm) -> Option<Algorithm> {
+    Some(match alg {
+        KeyAlgorithm::HS256 => Algorithm::HS256,
+        KeyAlgorithm::HS384 => Algorithm::HS384,
+        KeyAlgorithm::HS512 => Algorithm::HS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// A JWKS document: every usable key, and how many were skipped (unsupported, encryption
+/// keys and the like are skipped, not fatal: IdPs publish them beside signing keys).
+pub fn parse_jwks(text: &[u8], remote: bool) -> Result<(Vec<VerifyKey>, usize), KeyError> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        keys: Vec<serde_json::Value>,
+    }
+    let doc: Doc = serde_json::from_slice(text).map_err(|e| KeyError::Jwk(e.to_string()))?;
+    let mut keys = Vec::with_capacity(doc.keys.len());
+    let mut skipped = 0;
+    for v in doc.keys {
+        match serde_json::from_value::<Jwk>(v)
+            .map_err(|e| KeyError::Jwk(e.to_string()))
+            .and_then(|jwk| from_jwk(&jwk, remote))
+        {
+            Ok(k) => keys.push(k),
+            Err(_) => skipped += 1,
+        }
+    }
+    Ok((keys, skipped))
+}
+
+// === impl KeySet ===
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.keys.iter()).finish()
+    }
+}
+
+impl KeySet {
+    /// Builds a set; a later key with the same `kid` as an earlier one is dropped.
+    pub fn new(keys: Vec<VerifyKey>) -> Self {
+        Self::from_arcs(keys.into_iter().map(Arc::new).collect())
+    }
+
+    fn from_arcs(keys: Vec<Arc<VerifyKey>>) -> Self {
+        let mut out = Self::default();
+        for k in keys {
+            if let Some(kid) = &k.kid {
+                if out.by_kid.contains_key(kid) {
+                    continue;
+                }
+                out.by_kid.insert(kid.clone(), out.keys.len());
+            }
+            out.keys.push(k);
+        }
+        out
+    }
+
+    /// The next version of a fetched set: keys that did not change keep their `Arc` (so cached
+    /// verifications stay valid), keys that disappeared are marked revoked.
+    pub fn succeed(&self, fresh: Vec<VerifyKey>) -> Self {
+        let mut kept = Vec::with_capacity(fresh.len());
+        for k in fresh {
+            let old = self.keys.iter().find(|o| {
+                o.fingerprint == k.fingerprint && o.kid == k.kid && o.algorithms == k.algorithms
+            });
+            kept.push(old.map_or_else(|| Arc::new(k), Arc::clone));
+        }
+        let next = Self::from_arcs(kept);
+        for old in &self.keys {
+            if !next.keys.iter().any(|k| Arc::ptr_eq(k, old)) {
+                old.revoked.store(true, Ordering::Release);
+            }
+        }
+        next
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key with this `kid`.
+    pub fn by_kid(&self, kid: &str) -> Option<&Arc<VerifyKey>> {
+        self.by_kid.get(kid).map(|&i| &self.keys[i])
+    }
+
+    /// Keys that may verify `alg`.
+    pub fn for_alg(&self, alg: Algorithm) -> impl Iterator<Item = &Arc<VerifyKey>> {
+        self.keys.iter().filter(move |k| k.algorithms.contains(alg))
+    }
+}

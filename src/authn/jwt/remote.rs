@@ -1,0 +1,228 @@
+//! Remote key sets: a JWKS URL, or OIDC discovery leading to one.
+//!
+//! Invariants: the last good key set is kept whenever a fetch fails, times out, returns garbage
+//! or an empty set; a token with an unknown `kid` triggers at most one refetch at a time and at
+//! most one per cooldown; nothing a token says (`jku`, `x5u`, its issuer before it is matched
+//! to a configured provider) ever leads to a fetch.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use http::Uri;
+
+use super::keys::{KeySet, parse_jwks};
+use crate::authn::http_client::{FetchError, HttpClient, is_loopback, max_age};
+use crate::config::raw::RawFetch;
+
+/// Where the keys are fetched from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteSource {
+    /// A JWKS document.
+    Jwks(Uri),
+    /// An OIDC discovery document naming the JWKS.
+    Discovery(Uri),
+}
+
+/// A fetched key set, refreshed in the background.
+pub struct RemoteKeys {
+    source: RemoteSource,
+    issuer: Arc<str>,
+    client: HttpClient,
+    settings: RawFetch,
+    keys: ArcSwap<KeySet>,
+    has_keys: AtomicBool,
+    started: AtomicBool,
+    created: Instant,
+    refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Successful fetches.
+    pub fetches_ok: AtomicU64,
+    /// Failed fetches.
+    pub fetches_failed: AtomicU64,
+    /// Unix seconds of the last successful fetch (0: never).
+    pub last_success: AtomicU64,
+}
+
+// === impl RemoteSource ===
+
+impl RemoteSource {
+    /// Parses and checks a URL: https, or http to loopback only.
+    pub fn parse_url(url: &str) -> Result<Uri, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| format!("`{url}` is not a valid URL"))?;
+        match uri.scheme_str() {
+            Some("https") => Ok(uri),
+            Some("http") if is_loopback(&uri) => Ok(uri),
+            Some("http") => Err(format!(
+                "`{url}`: plain http is only allowed to loopback addresses; use https"
+            )),
+            _ => Err(format!("`{url}` must be an https URL")),
+        }
+    }
+
+    /// The discovery document's URL for an issuer or discovery URL.
+    pub fn discovery_url(url: &str) -> Result<Uri, String> {
+        if url.ends_with("/.well-known/openid-configuration") {
+            Self::parse_url(url)
+        } else {
+            Self::parse_url(&format!(
+                "{}/.well-known/openid-configuration",
+                url.trim_end_matches('/')
+            ))
+        }
+    }
+}
+
+// === impl RemoteKeys ===
+
+impl std::fmt::Debug for RemoteKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteKeys")
+            .field("source", &self.source)
+            .field("keys", &self.keys.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteKeys {
+    /// A key set not yet fetched.
+    pub fn new(
+        source: RemoteSource,
+        issuer: Arc<str>,
+        client: HttpClient,
+        settings: RawFetch,
+    ) -> Self {
+        Self {
+            source,
+            issuer,
+            client,
+            settings,
+            keys: ArcSwap::from_pointee(KeySet::default()),
+            has_keys: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            created: Instant::now(),
+            refetch: tokio::sync::Mutex::new(None),
+            fetches_ok: AtomicU64::new(0),
+            fetches_failed: AtomicU64::new(0),
+            last_success: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this set can be carried into a new snapshot for the same settings.
+    pub fn same_source(&self, source: &RemoteSource, issuer: &str, settings: &RawFetch) -> bool {
+        self.source == *source && *self.issuer == *issuer && self.settings == *settings
+    }
+
+    /// The current keys.
+    pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
+        self.keys.load()
+    }
+
+    /// Whether a key set was ever fetched.
+    pub fn has_keys(&self) -> bool {
+        self.has_keys.load(Ordering::Acquire)
+    }
+
+    /// Ready once keys arrived or the startup timeout passed.
+    pub fn is_ready(&self) -> bool {
+        self.has_keys() || self.created.elapsed() >= self.settings.startup_timeout
+    }
+
+    /// Starts the background refresh (once). The task ends when the last snapshot holding this
+    /// key set is gone.
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(this) = weak.upgrade() else { return };
+                let wait = match this.fetch().await {
+                    Ok(next) => next,
+                    Err(_) => this.settings.retry,
+                };
+                drop(this);
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+
+    /// Called for a token whose `kid` is unknown: refetches unless another refetch is running
+    /// (then waits for it) or one ran within the cooldown.
+    pub async fn refetch_for_unknown_kid(&self) {
+        let mut last = self.refetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < self.settings.unknown_kid_cooldown) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let _ = self.fetch().await;
+    }
+
+    /// Fetches once; on success swaps in the new set and returns when to refresh next.
+    pub async fn fetch(&self) -> Result<Duration, FetchError> {
+        let result = self.fetch_inner().await;
+        match &result {
+            Ok(_) => {
+                self.fetches_ok.fetch_add(1, Ordering::Relaxed);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.last_success.store(now, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.fetches_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(issuer = &*self.issuer, error = %e, "Key fetch failed; keeping the last good keys");
+            }
+        }
+        result
+    }
+
+    async fn fetch_inner(&self) -> Result<Duration, FetchError> {
+        let s = &self.settings;
+        let jwks_uri = match &self.source {
+            RemoteSource::Jwks(u) => u.clone(),
+            RemoteSource::Discovery(u) => {
+                let doc = self.client.get(u, s.timeout, s.max_bytes).await?;
+                #[derive(serde::Deserialize)]
+                struct Discovery {
+                    issuer: String,
+                    jwks_uri: String,
+                }
+                let d: Discovery = serde_json::from_slice(&doc.body)
+                    .map_err(|e| FetchError::Invalid(format!("discovery document: {e}")))?;
+                // Why: OIDC Discovery §4.3: the issuer in the document must be the one we trust,
+                // or a compromised or mistyped discovery URL could substitute another issuer's keys.
+                if d.issuer != *self.issuer {
+                    return Err(FetchError::Invalid(
+                        "discovery issuer does not match".into(),
+                    ));
+                }
+                RemoteSource::parse_url(&d.jwks_uri).map_err(FetchError::Invalid)?
+            }
+        };
+        let fetched = self.client.get(&jwks_uri, s.timeout, s.max_bytes).await?;
+        let (fresh, skipped) =
+            parse_jwks(&fetched.body, true).map_err(|e| FetchError::Invalid(e.to_string()))?;
+        if fresh.is_empty() {
+            return Err(FetchError::Invalid(format!(
+                "no usable signing keys ({skipped} skipped)"
+            )));
+        }
+        let next = self.keys.load().succeed(fresh);
+        tracing::info!(
+            issuer = &*self.issuer,
+            keys = next.len(),
+            skipped,
+            "Keys fetched"
+        );
+        self.keys.store(Arc::new(next));
+        self.has_keys.store(true, Ordering::Release);
+        let refresh = max_age(&fetched.headers)
+            .unwrap_or(s.refresh)
+            .clamp(s.min_refresh, s.max_refresh.max(s.min_refresh));
+        Ok(refresh)
+    }
+}
