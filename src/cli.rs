@@ -2,7 +2,9 @@
 
 pub mod check;
 pub mod demo;
+pub mod keys;
 pub mod run;
+pub mod token;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -43,6 +45,18 @@ pub enum Command {
         #[arg(value_enum, default_value = "config")]
         kind: SchemaKind,
     },
+    /// Signing keys for development.
+    Keys {
+        /// What to do with keys.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Tokens for development.
+    Token {
+        /// What to do with tokens.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Run on built-in defaults: self-signed certificate, echo upstream, demo policies.
     Demo {
         /// HTTPS port of the demo gateway (0 for any free port).
@@ -51,6 +65,58 @@ pub enum Command {
         /// Admin port (0 for any free port).
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
+    },
+}
+
+/// `portcullis keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate a key pair: private PEM, public PEM and JWKS, plus a config snippet.
+    New {
+        /// RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA.
+        #[arg(long, default_value = "ES256")]
+        alg: String,
+        /// Key id (`kid`).
+        #[arg(long, default_value = "dev-1")]
+        kid: String,
+        /// Directory to write the files into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+/// `portcullis token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Sign a token with a local private key (or HMAC secret file) and print it.
+    Mint {
+        /// PKCS#8 private key PEM (from `keys new`), or the secret file for HS256/384/512.
+        #[arg(long)]
+        key: PathBuf,
+        /// Algorithm.
+        #[arg(long, default_value = "ES256")]
+        alg: String,
+        /// Key id (`kid`).
+        #[arg(long, default_value = "dev-1")]
+        kid: String,
+        /// Issuer (`iss`).
+        #[arg(long)]
+        iss: String,
+        /// Audience (`aud`); repeat for several.
+        #[arg(long, required = true)]
+        aud: Vec<String>,
+        /// Subject (`sub`).
+        #[arg(long)]
+        sub: Option<String>,
+        /// Space-separated scopes (`scope`).
+        #[arg(long)]
+        scope: Option<String>,
+        /// Lifetime, e.g. `15m`, `1h`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Extra claim `name=value` (JSON values allowed); repeatable.
+        #[arg(long = "claim")]
+        claims: Vec<String>,
     },
 }
 
@@ -70,6 +136,33 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Check { config } => check::check(&config),
         Command::Schema { kind } => schema(kind),
         Command::Demo { port, admin_port } => demo::demo(port, admin_port),
+        Command::Keys {
+            command: KeysCommand::New { alg, kid, out },
+        } => keys::new(&alg, &kid, &out),
+        Command::Token {
+            command:
+                TokenCommand::Mint {
+                    key,
+                    alg,
+                    kid,
+                    iss,
+                    aud,
+                    sub,
+                    scope,
+                    ttl,
+                    claims,
+                },
+        } => token::mint(&token::MintArgs {
+            key: &key,
+            alg: &alg,
+            kid: &kid,
+            iss: &iss,
+            aud: &aud,
+            sub: sub.as_deref(),
+            scope: scope.as_deref(),
+            ttl,
+            claims: &claims,
+        }),
     }
 }
 

@@ -7,13 +7,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+
 use crate::app::{App, Options};
+use crate::authn::jwt::mint::SigningKey;
 use crate::echo::Echo;
 use crate::telemetry::logging;
 use crate::tls::certs;
 
-/// The demo policy: `/public/**` readable by anyone, `/admin/**` explicitly denied, anything
-/// else denied by default.
+/// The demo policy: `/public/**` readable by anyone, `/api/**` for holders of a demo token,
+/// `/admin/**` explicitly denied, anything else denied by default.
 pub const DEMO_POLICY: &str = "\
 # Demo policy. Edit me while the demo runs: the gateway reloads within a second.
 rules:
@@ -28,7 +32,18 @@ rules:
     effect: allow
     anonymous: true
     upstream: echo
+  - name: api
+    match:
+      paths: [\"/api/**\"]
+    effect: allow
+    authenticators: [demo]
+    upstream: echo
 ";
+
+/// Issuer and audience of the demo tokens.
+const DEMO_ISSUER: &str = "https://demo.portcullis.local";
+const DEMO_AUDIENCE: &str = "demo-api";
+const DEMO_KID: &str = "demo-1";
 
 /// Runs the demo until Ctrl-C.
 pub fn demo(port: u16, admin_port: u16) -> ExitCode {
@@ -53,7 +68,21 @@ async fn serve(dir: &Path, port: u16, admin_port: u16) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = match write_files(dir, port, admin_port, echo.addr) {
+    let key = match SigningKey::generate(Algorithm::ES256, DEMO_KID) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot make the demo signing key");
+            return ExitCode::FAILURE;
+        }
+    };
+    let tokens = match demo_tokens(&key) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot sign the demo tokens");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match write_files(dir, port, admin_port, echo.addr, &key) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, dir = %dir.display(), "Cannot write the demo files");
@@ -74,6 +103,12 @@ async fn serve(dir: &Path, port: u16, admin_port: u16) -> ExitCode {
     let ca = dir.join("demo.crt");
     let ca = ca.display();
     let admin = app.admin_addr();
+    let DemoTokens {
+        valid,
+        expired,
+        wrong_audience,
+    } = tokens;
+    let key_file = dir.join("demo-signing.key");
     let text = format!(
         "\n\
 Portcullis demo is running. Ctrl-C stops it.
@@ -81,17 +116,29 @@ Portcullis demo is running. Ctrl-C stops it.
   admin    http://{admin}  (/healthz /readyz /metrics /config, POST /reload)
   config   {config}  (edit it or {dir}/policies/demo.yaml: changes apply live)
 
-Allowed by rule public-read, answered by the echo upstream:
+Allowed (200) by rule public-read, answered by the echo upstream:
   curl --cacert {ca} {base}/public/hello
+Allowed (200) by rule api, with a demo token for alice (ES256, valid 1 h):
+  curl --cacert {ca} -H 'Authorization: Bearer {valid}' {base}/api/orders
 Denied by rule admin-denied (403):
   curl --cacert {ca} -i {base}/admin/users
-Denied by default, no rule matches (403):
+Denied (401) by rule api: no token, so a Bearer challenge:
+  curl --cacert {ca} -i {base}/api/orders
+Denied (401) by rule api: an expired token:
+  curl --cacert {ca} -i -H 'Authorization: Bearer {expired}' {base}/api/orders
+Denied (401) by rule api: a token for another audience:
+  curl --cacert {ca} -i -H 'Authorization: Bearer {wrong_audience}' {base}/api/orders
+Denied (403) by default, no rule matches:
   curl --cacert {ca} -i -X POST {base}/public/hello
-Rejected as an ambiguous path (400):
+Rejected (400) as an ambiguous path:
   curl --cacert {ca} -i --path-as-is '{base}/public/..%2Fadmin'
+
+Mint more tokens with the demo key:
+  portcullis token mint --key {key} --alg ES256 --kid {DEMO_KID} --iss {DEMO_ISSUER} --aud {DEMO_AUDIENCE} --sub bob
 ",
         config = config.display(),
         dir = dir.display(),
+        key = key_file.display(),
     );
     {
         let mut out = std::io::stdout().lock();
@@ -105,11 +152,31 @@ Rejected as an ambiguous path (400):
     }
 }
 
+/// Tokens for the printed curl lines.
+struct DemoTokens {
+    valid: String,
+    expired: String,
+    wrong_audience: String,
+}
+
+fn demo_tokens(key: &SigningKey) -> Result<DemoTokens, crate::authn::jwt::mint::MintError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = |aud: &str, iat: u64, exp: u64| json!({"iss": DEMO_ISSUER, "aud": aud, "sub": "alice", "scope": "orders:read", "iat": iat, "exp": exp});
+    Ok(DemoTokens {
+        valid: key.sign(&claims(DEMO_AUDIENCE, now, now + 3600))?,
+        expired: key.sign(&claims(DEMO_AUDIENCE, now - 7200, now - 3600))?,
+        wrong_audience: key.sign(&claims("another-api", now, now + 3600))?,
+    })
+}
+
 fn write_files(
     dir: &Path,
     port: u16,
     admin_port: u16,
     echo: SocketAddr,
+    signing: &SigningKey,
 ) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("policies"))?;
     let (cert, key) = certs::self_signed(&["localhost", "127.0.0.1"])
@@ -117,6 +184,11 @@ fn write_files(
     std::fs::write(dir.join("demo.crt"), cert)?;
     write_private(&dir.join("demo.key"), key.as_bytes())?;
     std::fs::write(dir.join("policies/demo.yaml"), DEMO_POLICY)?;
+    write_private(
+        &dir.join("demo-signing.key"),
+        signing.private_pem.expose().as_bytes(),
+    )?;
+    std::fs::write(dir.join("demo-signing.pem"), &signing.public_pem)?;
     let config = format!(
         "\
 # Written by `portcullis demo`.
@@ -134,6 +206,14 @@ upstreams:
     url: http://{echo}
 policies:
   dir: policies
+authenticators:
+  demo:
+    jwt:
+      providers:
+        - issuer: {DEMO_ISSUER}
+          audiences: [{DEMO_AUDIENCE}]
+          keys:
+            - pem_file: {{path: demo-signing.pem, kid: {DEMO_KID}, algorithms: [ES256]}}
 "
     );
     let path = dir.join("portcullis.yaml");
@@ -143,12 +223,5 @@ policies:
 
 /// Writes a key file readable by its owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
+    super::keys::write_private(path, bytes)
 }

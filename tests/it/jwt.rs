@@ -1070,3 +1070,74 @@ async fn cache_never_serves_a_token_past_exp() {
     }
     assert_rejected(&gw, &t, "at exp").await;
 }
+
+// === CLI helpers ===
+
+#[tokio::test]
+async fn keys_new_and_token_mint_make_a_token_the_gateway_accepts() {
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let dir = tempfile::tempdir().unwrap();
+    for alg in ["RS256", "ES384", "EdDSA"] {
+        let kid = format!("k-{alg}");
+        let out = std::process::Command::new(bin)
+            .args(["keys", "new", "--alg", alg, "--kid", &kid, "--out"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let private = dir.path().join(format!("{kid}.key"));
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&private).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let out = std::process::Command::new(bin)
+            .args([
+                "token",
+                "mint",
+                "--alg",
+                alg,
+                "--kid",
+                &kid,
+                "--iss",
+                ISS,
+                "--aud",
+                "api",
+                "--sub",
+                "cli-user",
+                "--ttl",
+                "5m",
+                "--claim",
+                "tenant=\"t1\"",
+                "--key",
+            ])
+            .arg(&private)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let keys_yaml = format!("- pem_file: {{path: key.pem, kid: {kid}, algorithms: [{alg}]}}\n");
+        let public = std::fs::read(dir.path().join(format!("{kid}.pem"))).unwrap();
+        let gw = gateway_with(
+            authenticators(&provider(ISS, &keys_yaml, ""), ""),
+            vec![("key.pem".into(), public)],
+        )
+        .await;
+        assert_accepted(&gw, &token, alg).await;
+        let jwks_doc = std::fs::read(dir.path().join(format!("{kid}.jwks.json"))).unwrap();
+        let gw = gateway_with(
+            authenticators(&provider(ISS, "- jwks_file: {path: k.json}\n", ""), ""),
+            vec![("k.json".into(), jwks_doc)],
+        )
+        .await;
+        assert_accepted(&gw, &token, &format!("{alg} via the printed JWKS")).await;
+    }
+}

@@ -155,7 +155,7 @@ async fn binary_reloads_on_sighup_and_drains_on_sigterm() {
 }
 
 #[tokio::test]
-async fn demo_starts_and_its_passing_request_passes() {
+async fn demo_starts_and_every_printed_curl_line_gets_its_status() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["demo", "--port", "0", "--admin-port", "0"])
         .stdout(Stdio::piped())
@@ -163,44 +163,82 @@ async fn demo_starts_and_its_passing_request_passes() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let (passing, denied) = tokio::task::spawn_blocking(move || {
+    // Each "… (NNN) …:" line is followed by the curl line that must get NNN.
+    let (cases, mint) = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
-        let mut passing = None;
-        let mut denied = None;
+        let mut cases = Vec::new();
+        let mut mint = None;
         while let Some(Ok(line)) = lines.next() {
-            if line.starts_with("Allowed") {
-                passing = lines.next().and_then(Result::ok);
+            if let Some(code) = line
+                .split_once('(')
+                .and_then(|(_, r)| r.get(..3))
+                .and_then(|c| c.parse::<u16>().ok())
+            {
+                cases.push((
+                    code,
+                    lines.next().and_then(Result::ok).expect("a curl line"),
+                ));
             }
-            if line.starts_with("Denied by rule") {
-                denied = lines.next().and_then(Result::ok);
+            if line.starts_with("Mint more tokens") {
+                mint = lines.next().and_then(Result::ok);
                 break;
             }
         }
-        (
-            passing.expect("a passing curl line"),
-            denied.expect("a denied curl line"),
-        )
+        (cases, mint.expect("a mint line"))
     })
     .await
     .unwrap();
-    let run = |cmd: String| {
+    assert!(cases.len() >= 8, "{cases:?}");
+    assert!(cases.iter().any(|(c, _)| *c == 401) && cases.iter().any(|(c, _)| *c == 200));
+    let run = |cmd: &str| {
         Command::new("sh")
             .arg("-c")
-            .arg(format!("{} -sS --max-time 5", cmd.trim()))
+            .arg(format!(
+                "{} -sS -o /dev/null -w '%{{http_code}}' --max-time 5",
+                cmd.trim().replace(" -i ", " ")
+            ))
             .output()
             .unwrap()
     };
-    let out = run(passing.clone());
-    let body = String::from_utf8_lossy(&out.stdout);
+    for (code, cmd) in &cases {
+        let out = run(cmd);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            code.to_string(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The printed mint command makes a token the gateway accepts.
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let mint = mint.trim().replacen("portcullis", bin, 1);
+    let out = Command::new("sh").arg("-c").arg(&mint).output().unwrap();
     assert!(
         out.status.success(),
-        "{passing}: {}",
+        "{mint}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(body.contains("\"target\":\"/public/hello\""), "{body}");
-    let out = run(denied.clone());
-    let body = String::from_utf8_lossy(&out.stdout);
-    assert!(body.starts_with("HTTP/2 403"), "{denied}: {body}");
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (_, allowed) = cases
+        .iter()
+        .find(|(c, cmd)| *c == 200 && cmd.contains("Bearer"))
+        .unwrap();
+    let with_minted = allowed.replacen(
+        allowed
+            .split("Bearer ")
+            .nth(1)
+            .unwrap()
+            .split('\'')
+            .next()
+            .unwrap(),
+        &token,
+        1,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run(&with_minted).stdout),
+        "200",
+        "{with_minted}"
+    );
     signal(&child, "-TERM");
     let exit = child.wait().unwrap();
     assert!(exit.success());
