@@ -46,6 +46,7 @@ pub struct Authenticator {
     cache: TokenCache,
     raw: RawAuthenticator,
     cache_settings: crate::config::raw::RawTokenCache,
+    keys_id: [u8; 32],
 }
 
 /// The verification an authenticator performs.
@@ -123,8 +124,17 @@ impl Authn {
                     }
                 }
             };
+            let keys_id = match &kind {
+                Kind::Jwt(j) => j.static_keys_fingerprint(),
+            };
             let cache = match prev {
-                Some(p) if p.raw == *a && p.cache_settings == settings.cache => p.cache.clone(),
+                Some(p)
+                    if p.raw == *a
+                        && p.cache_settings == settings.cache
+                        && p.keys_id == keys_id =>
+                {
+                    p.cache.clone()
+                }
                 _ => TokenCache::new(
                     settings.cache.max_entries,
                     settings.cache.max_bytes,
@@ -140,6 +150,7 @@ impl Authn {
                 cache,
                 raw: a.clone(),
                 cache_settings: settings.cache.clone(),
+                keys_id,
             });
         }
         if errors.is_empty() {
@@ -211,6 +222,18 @@ impl Authn {
                     return Outcome::Failed(Failure::Invalid(TokenError::Malformed));
                 }
             };
+            // Why: a credential for another accepted authenticator that differs from this one
+            // would reach the upstream unverified.
+            for &j in accepted.iter().filter(|&&j| j != i) {
+                let Some(other) = self.list.get(j) else {
+                    continue;
+                };
+                match credential::find(&other.sources, facts.headers, facts.query) {
+                    Found::Nothing => {}
+                    Found::Token(t) if t == token => {}
+                    _ => return Outcome::Failed(Failure::Ambiguous),
+                }
+            }
             return match a.verify(&token, now).await {
                 Ok(principal) => Outcome::Authenticated {
                     principal,
@@ -258,14 +281,12 @@ impl Authenticator {
         }
     }
 
-    /// Whether the credential must be removed before forwarding: on request, and always for
-    /// query parameters (URLs end up in logs).
-    pub fn must_strip(&self) -> bool {
-        self.strip
-            || self
-                .sources
-                .iter()
-                .any(|s| matches!(s, CredentialSource::Query(_)))
+    /// Names of the query parameters this authenticator reads credentials from.
+    pub fn query_sources(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().filter_map(|s| match s {
+            CredentialSource::Query(q) => Some(&**q),
+            _ => None,
+        })
     }
 
     /// Entries in the verified-token cache.

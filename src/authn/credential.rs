@@ -78,12 +78,20 @@ fn bearer(headers: &HeaderMap) -> Found<'_> {
     let Ok(value) = value.to_str() else {
         return Found::Malformed;
     };
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
+        // Why: `Bearertoken` or `Bearer\u{b}token` must not pass as "another scheme" and reach
+        // an upstream that splits differently. Regression: tests::malformed_bearer_is_not_absent
+        if value
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("bearer"))
+        {
+            return Found::Malformed;
+        }
         // Another scheme (Basic, Digest…): not ours to judge.
         return Found::Nothing;
     }
-    let token = rest.trim_matches(' ');
+    let token = rest.trim_matches([' ', '\t']);
     if is_token68(token) {
         Found::Token(Cow::Borrowed(token))
     } else {
@@ -109,14 +117,18 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Found<'a> {
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Found<'a> {
     let mut found: Option<&'a str> = None;
     for value in headers.get_all(header::COOKIE) {
-        let Ok(value) = value.to_str() else { continue };
-        for pair in value.split(';') {
-            let Some((k, v)) = pair.split_once('=') else {
+        // Parsed as bytes: one non-ASCII byte elsewhere in the header must not hide our cookie.
+        for pair in value.as_bytes().split(|b| *b == b';') {
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
                 continue;
             };
-            if k.trim() != name {
+            let (k, v) = (&pair[..eq], &pair[eq + 1..]);
+            if k.trim_ascii() != name.as_bytes() {
                 continue;
             }
+            let Ok(v) = std::str::from_utf8(v) else {
+                return Found::Malformed;
+            };
             let v = v.trim();
             let v = v
                 .strip_prefix('"')
@@ -271,7 +283,13 @@ mod tests {
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {
-        for v in ["Bearer abc", "bearer abc", "BEARER abc", "Bearer  abc "] {
+        for v in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "Bearer  abc ",
+            "Bearer\tabc",
+        ] {
             let h = headers(&[("authorization", v)]);
             assert_eq!(
                 find(&[CredentialSource::Bearer], &h, None),
@@ -328,6 +346,16 @@ mod tests {
         assert_eq!(find(&sources, &cookie_only, None), tok("t3"));
         let twice = headers(&[("cookie", "session=a; session=b")]);
         assert_eq!(find(&sources, &twice, None), Found::Conflict);
+        let mut hidden = headers(&[("authorization", "Bearer t1")]);
+        hidden.append(
+            "cookie",
+            HeaderValue::from_bytes(b"session=t2; x=\x80").unwrap(),
+        );
+        assert_eq!(
+            find(&sources, &hidden, None),
+            Found::Conflict,
+            "a non-ASCII byte hides nothing"
+        );
     }
 
     #[test]

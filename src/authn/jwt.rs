@@ -118,6 +118,19 @@ impl JwtAuthenticator {
         &self.providers
     }
 
+    /// A digest of every statically configured key: a cache is carried across a reload only
+    /// when this is unchanged, so a key removed from a file stops its cached tokens at once.
+    pub fn static_keys_fingerprint(&self) -> [u8; 32] {
+        let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for p in &self.providers {
+            d.update(p.issuer.as_bytes());
+            p.static_keys.fingerprint(&mut d);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.finish().as_ref());
+        out
+    }
+
     /// Verifies a token (no cache here). `now` is Unix seconds.
     pub async fn verify(
         &self,
@@ -188,6 +201,35 @@ impl Provider {
                 "audiences".into(),
                 "at least one non-empty audience is required: a token for another service must not pass".into(),
             ));
+        }
+        let f = &raw.fetch;
+        for (field, value, min) in [
+            (
+                "fetch.unknown_kid_cooldown",
+                f.unknown_kid_cooldown,
+                std::time::Duration::from_secs(1),
+            ),
+            ("fetch.retry", f.retry, std::time::Duration::from_millis(50)),
+            (
+                "fetch.min_refresh",
+                f.min_refresh,
+                std::time::Duration::from_millis(50),
+            ),
+            (
+                "fetch.timeout",
+                f.timeout,
+                std::time::Duration::from_millis(50),
+            ),
+        ] {
+            if value < min {
+                errors.push((
+                    field.into(),
+                    format!("must be at least {}", humantime::format_duration(min)),
+                ));
+            }
+        }
+        if f.max_bytes < 1024 {
+            errors.push(("fetch.max_bytes".into(), "must be at least 1024".into()));
         }
         let algorithms = if raw.algorithms.is_empty() {
             AlgSet::all()
@@ -276,15 +318,23 @@ impl Provider {
                             continue;
                         }
                     };
-                    if let Some(prev) = previous.and_then(|p| p.remote.as_ref())
-                        && prev.same_source(&source, &issuer, &raw.fetch)
-                    {
-                        remote = Some(Arc::clone(prev));
-                        continue;
-                    }
                     let ca = u.ca_file.as_ref().map(|c| base_dir.join(c));
                     if let Some(ca) = &ca {
                         watched.push(ca.clone());
+                    }
+                    let ca_id = ca.as_ref().map(|p| {
+                        let bytes = std::fs::read(p).unwrap_or_default();
+                        let mut d = [0u8; 32];
+                        d.copy_from_slice(
+                            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref(),
+                        );
+                        (p.clone(), d)
+                    });
+                    if let Some(prev) = previous.and_then(|p| p.remote.as_ref())
+                        && prev.same_source(&source, &issuer, &raw.fetch, ca_id.as_ref())
+                    {
+                        remote = Some(Arc::clone(prev));
+                        continue;
                     }
                     match crate::tls::server::client_config(ca.as_deref(), false) {
                         Ok(tls) => {
@@ -293,6 +343,7 @@ impl Provider {
                                 Arc::clone(&issuer),
                                 HttpClient::new(&tls),
                                 raw.fetch.clone(),
+                                ca_id,
                             )));
                         }
                         Err(e) => errors.push((at(&format!("{field}.ca_file")), e.to_string())),
@@ -343,8 +394,7 @@ impl Provider {
             return bad(TokenError::UnknownKey);
         };
         // A new `kid` (rotation) or no keys yet: one refetch, rate-limited inside.
-        if kid.is_some() || !remote.has_keys() {
-            remote.refetch_for_unknown_kid().await;
+        if (kid.is_some() || !remote.has_keys()) && remote.refetch_for_unknown_kid().await {
             match self.try_keys(alg, kid, message, signature) {
                 Lookup::Verified(k) => return Ok(k),
                 Lookup::BadSignature => return bad(TokenError::BadSignature),
@@ -384,15 +434,16 @@ impl Provider {
             }
         }
         let mut candidates = false;
-        for set in sets() {
-            for k in set
-                .for_alg(alg)
-                .filter(|k| kid.is_none() || k.kid.is_none())
-            {
-                candidates = true;
-                if check_signature(k, alg, message, signature) {
-                    return Lookup::Verified(Arc::clone(k));
-                }
+        // Why: each try is a signature check; a token without a usable `kid` must not make the
+        // gateway try a large key set one by one.
+        let untagged = sets()
+            .flat_map(|set| set.for_alg(alg))
+            .filter(|k| kid.is_none() || k.kid.is_none())
+            .take(MAX_KEYS_WITHOUT_KID);
+        for k in untagged {
+            candidates = true;
+            if check_signature(k, alg, message, signature) {
+                return Lookup::Verified(Arc::clone(k));
             }
         }
         if candidates {
@@ -402,6 +453,9 @@ impl Provider {
         }
     }
 }
+
+/// Most keys tried for a token whose `kid` names none.
+const MAX_KEYS_WITHOUT_KID: usize = 4;
 
 enum Lookup {
     Verified(Arc<VerifyKey>),

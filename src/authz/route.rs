@@ -37,6 +37,9 @@ pub struct Rule {
     pub authenticators: Box<[usize]>,
     /// Whether requests without any credential pass as anonymous.
     pub anonymous: bool,
+    /// Query parameters any of its authenticators reads credentials from: always removed
+    /// before forwarding (URLs end up in logs).
+    pub query_credentials: Option<Arc<[Box<str>]>>,
 }
 
 /// The ordered rules.

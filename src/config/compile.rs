@@ -269,6 +269,12 @@ pub fn compile(
                     "an allow rule must list its authenticators or set `anonymous: true`".into(),
                 ));
             }
+            let query: Vec<Box<str>> = authenticators
+                .iter()
+                .filter_map(|&i| authn.at(i))
+                .flat_map(|a| a.query_sources().map(Into::into).collect::<Vec<Box<str>>>())
+                .collect();
+            let query_credentials = (!query.is_empty()).then(|| query.into());
             if diags.len() == before {
                 rules.push(Rule {
                     id: RuleId(r.name.as_str().into()),
@@ -280,6 +286,7 @@ pub fn compile(
                     upstream,
                     authenticators: authenticators.into(),
                     anonymous: r.anonymous,
+                    query_credentials,
                 });
             }
         }

@@ -104,6 +104,7 @@ pub async fn decide(
         upstream: rule.upstream,
         principal,
         authenticator,
+        query_credentials: rule.query_credentials.clone(),
     })
 }
 

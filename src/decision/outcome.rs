@@ -30,6 +30,8 @@ pub struct Allow {
     pub principal: Option<Arc<Principal>>,
     /// Index of the authenticator that verified the principal.
     pub authenticator: Option<usize>,
+    /// Query parameters holding credentials, removed before forwarding.
+    pub query_credentials: Option<Arc<[Box<str>]>>,
 }
 
 /// Why a request was refused.

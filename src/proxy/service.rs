@@ -14,7 +14,7 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use super::{forwarded, hop_by_hop, request_id};
-use crate::authn::credential::{self, CredentialSource};
+use crate::authn::credential;
 use crate::body::{self, LimitedBody, ResponseBody};
 use crate::decision::{self, Decision, NoTrace};
 use crate::request::RequestFacts;
@@ -159,22 +159,21 @@ pub async fn handle(
 
     // Everything the forwarded request and the log need from the facts, before the head is
     // taken apart.
-    // The credential goes no further when its authenticator says so (always for query
-    // tokens): what was verified here is not replayed upstream.
+    // Query credentials never go further (URLs end up in logs); other credentials only when
+    // the authenticator says so: what was verified here is not replayed upstream.
     let strip = allow
         .authenticator
         .and_then(|i| snapshot.authn.at(i))
-        .filter(|a| a.must_strip());
+        .filter(|a| a.strip);
     let stripped_query;
     let mut query = facts.query;
-    if let (Some(a), Some(q)) = (strip, query) {
-        for source in &*a.sources {
-            if let CredentialSource::Query(name) = source {
-                stripped_query = credential::strip_query(q, name);
-                query = stripped_query.as_deref();
-                break;
-            }
+    if let (Some(names), Some(q)) = (&allow.query_credentials, query) {
+        let mut rest = Some(q.to_owned());
+        for name in names.iter() {
+            rest = rest.and_then(|q| credential::strip_query(&q, name));
         }
+        stripped_query = rest;
+        query = stripped_query.as_deref();
     }
     let uri = upstream.uri(&facts.path, query);
     let client_ip = facts.client_ip;
@@ -207,7 +206,7 @@ pub async fn handle(
         }
     };
     drop(facts);
-    if let Some(a) = strip.filter(|a| a.strip) {
+    if let Some(a) = strip {
         for source in &*a.sources {
             credential::strip(source, &mut parts.headers);
         }

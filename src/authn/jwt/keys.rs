@@ -448,12 +448,34 @@ pub fn from_jwk(jwk: &Jwk, remote: bool) -> Result<VerifyKey, KeyError> {
             AlgSet::of([alg])
         }
     };
-    if family == KeyFamily::Hmac {
-        let secret = key.try_get_as_bytes().map_err(|_| KeyError::Malformed)?;
-        if secret.len() < 32 {
-            return Err(KeyError::SecretTooShort(secret.len(), 32));
+    let algorithms = if family == KeyFamily::Hmac {
+        // RFC 7518 §3.2: the key is at least as long as the hash; a shorter key keeps only the
+        // algorithms it is long enough for.
+        let len = key
+            .try_get_as_bytes()
+            .map_err(|_| KeyError::Malformed)?
+            .len();
+        let long_enough = AlgSet::of(
+            [
+                (Algorithm::HS256, 32),
+                (Algorithm::HS384, 48),
+                (Algorithm::HS512, 64),
+            ]
+            .into_iter()
+            .filter(|(_, n)| len >= *n)
+            .map(|(a, _)| a),
+        );
+        let kept = algorithms.and(long_enough);
+        if kept.is_empty() {
+            return Err(KeyError::SecretTooShort(
+                len,
+                if len < 32 { 32 } else { 64 },
+            ));
         }
-    }
+        kept
+    } else {
+        algorithms
+    };
     Ok(VerifyKey::new(
         jwk.common.key_id.as_deref(),
         key,
@@ -560,13 +582,27 @@ impl KeySet {
         self.keys.is_empty()
     }
 
-    /// The key with this `kid`.
+    /// The key with this `kid` (never one a refresh has dropped).
     pub fn by_kid(&self, kid: &str) -> Option<&Arc<VerifyKey>> {
-        self.by_kid.get(kid).map(|&i| &self.keys[i])
+        self.by_kid
+            .get(kid)
+            .and_then(|&i| self.keys.get(i))
+            .filter(|k| !k.is_revoked())
     }
 
     /// Keys that may verify `alg`.
     pub fn for_alg(&self, alg: Algorithm) -> impl Iterator<Item = &Arc<VerifyKey>> {
-        self.keys.iter().filter(move |k| k.algorithms.contains(alg))
+        self.keys
+            .iter()
+            .filter(move |k| k.algorithms.contains(alg) && !k.is_revoked())
+    }
+
+    /// A digest of every key (material, kid, algorithms): equal digests, equal sets.
+    pub fn fingerprint(&self, digest: &mut aws_lc_rs::digest::Context) {
+        for k in &self.keys {
+            digest.update(&k.fingerprint);
+            digest.update(k.kid.as_deref().unwrap_or("").as_bytes());
+            digest.update(&k.algorithms.0.to_le_bytes());
+        }
     }
 }

@@ -35,7 +35,11 @@ pub struct RemoteKeys {
     has_keys: AtomicBool,
     started: AtomicBool,
     created: Instant,
-    refetch: tokio::sync::Mutex<Option<Instant>>,
+    refetch: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    /// One fetch at a time, so an older answer never overwrites a newer one.
+    fetching: tokio::sync::Mutex<()>,
+    /// CA file and a digest of its contents, when one is configured.
+    ca: Option<(std::path::PathBuf, [u8; 32])>,
     /// Successful fetches.
     pub fetches_ok: AtomicU64,
     /// Failed fetches.
@@ -93,6 +97,7 @@ impl RemoteKeys {
         issuer: Arc<str>,
         client: HttpClient,
         settings: RawFetch,
+        ca: Option<(std::path::PathBuf, [u8; 32])>,
     ) -> Self {
         Self {
             source,
@@ -104,6 +109,8 @@ impl RemoteKeys {
             started: AtomicBool::new(false),
             created: Instant::now(),
             refetch: tokio::sync::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+            ca,
             fetches_ok: AtomicU64::new(0),
             fetches_failed: AtomicU64::new(0),
             last_success: AtomicU64::new(0),
@@ -111,8 +118,17 @@ impl RemoteKeys {
     }
 
     /// Whether this set can be carried into a new snapshot for the same settings.
-    pub fn same_source(&self, source: &RemoteSource, issuer: &str, settings: &RawFetch) -> bool {
-        self.source == *source && *self.issuer == *issuer && self.settings == *settings
+    pub fn same_source(
+        &self,
+        source: &RemoteSource,
+        issuer: &str,
+        settings: &RawFetch,
+        ca: Option<&(std::path::PathBuf, [u8; 32])>,
+    ) -> bool {
+        self.source == *source
+            && *self.issuer == *issuer
+            && self.settings == *settings
+            && self.ca.as_ref() == ca
     }
 
     /// The current keys.
@@ -151,18 +167,23 @@ impl RemoteKeys {
     }
 
     /// Called for a token whose `kid` is unknown: refetches unless another refetch is running
-    /// (then waits for it) or one ran within the cooldown.
-    pub async fn refetch_for_unknown_kid(&self) {
+    /// (then waits for it) or one ran within the cooldown. Returns whether keys were fetched
+    /// (by this call or the one it waited for).
+    pub async fn refetch_for_unknown_kid(&self) -> bool {
         let mut last = self.refetch.lock().await;
-        if last.is_some_and(|t| t.elapsed() < self.settings.unknown_kid_cooldown) {
-            return;
+        if let Some((at, fetched)) = *last
+            && at.elapsed() < self.settings.unknown_kid_cooldown
+        {
+            return fetched && at.elapsed() < Duration::from_millis(100);
         }
-        *last = Some(Instant::now());
-        let _ = self.fetch().await;
+        let fetched = self.fetch().await.is_ok();
+        *last = Some((Instant::now(), fetched));
+        fetched
     }
 
     /// Fetches once; on success swaps in the new set and returns when to refresh next.
     pub async fn fetch(&self) -> Result<Duration, FetchError> {
+        let _one_at_a_time = self.fetching.lock().await;
         let result = self.fetch_inner().await;
         match &result {
             Ok(_) => {
@@ -200,7 +221,13 @@ impl RemoteKeys {
                         "discovery issuer does not match".into(),
                     ));
                 }
-                RemoteSource::parse_url(&d.jwks_uri).map_err(FetchError::Invalid)?
+                let jwks = RemoteSource::parse_url(&d.jwks_uri).map_err(FetchError::Invalid)?;
+                // Why: a discovery document fetched over https must not send us to plain http
+                // (loopback or not): that would let it reach local services.
+                if u.scheme_str() == Some("https") && jwks.scheme_str() != Some("https") {
+                    return Err(FetchError::Invalid("jwks_uri must be https".into()));
+                }
+                jwks
             }
         };
         let fetched = self.client.get(&jwks_uri, s.timeout, s.max_bytes).await?;
