@@ -4,6 +4,7 @@
 //! is [`Secret::expose`], which makes every use greppable.
 
 use std::fmt;
+use std::path::Path;
 
 use subtle::ConstantTimeEq;
 
@@ -37,9 +38,44 @@ impl<T: AsRef<[u8]>> PartialEq for Secret<T> {
 
 impl<T: AsRef<[u8]>> Eq for Secret<T> {}
 
+/// SHA-256 of `bytes`: token cache keys, key fingerprints, file identities.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref());
+    out
+}
+
 /// Constant-time comparison of two byte strings (the length is not hidden).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
+}
+
+/// Reads a secret from the environment or a file (one trailing newline dropped).
+pub fn read(
+    raw: &crate::config::raw::RawSecret,
+    base_dir: &Path,
+) -> Result<Secret<Vec<u8>>, String> {
+    match raw {
+        crate::config::raw::RawSecret::Env(name) => match std::env::var_os(name) {
+            Some(v) if !v.is_empty() => Ok(Secret::new(v.into_encoded_bytes())),
+            _ => Err(format!("environment variable `{name}` is not set")),
+        },
+        crate::config::raw::RawSecret::File(p) => {
+            let path = base_dir.join(p);
+            match std::fs::read(&path) {
+                Ok(mut b) => {
+                    if b.ends_with(b"\n") {
+                        b.pop();
+                        if b.ends_with(b"\r") {
+                            b.pop();
+                        }
+                    }
+                    Ok(Secret::new(b))
+                }
+                Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -98,11 +98,7 @@ impl TokenCache {
 
     /// The digest a token is cached under.
     pub fn digest(token: &str) -> Digest {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref(),
-        );
-        out
+        crate::secret::sha256(token.as_bytes())
     }
 
     /// A still-valid entry for the digest.

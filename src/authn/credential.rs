@@ -244,20 +244,18 @@ pub fn strip(source: &CredentialSource, headers: &mut HeaderMap) {
     }
 }
 
-/// The query without every `name=…` pair; `None` when nothing is left.
-pub fn strip_query(query: &str, name: &str) -> Option<String> {
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            decode(k).as_deref() != Some(name)
-        })
-        .collect();
-    if kept.is_empty() {
-        None
-    } else {
-        Some(kept.join("&"))
+/// The query without any `name=…` pair for the given names (`None` when nothing is left);
+/// borrowed when none is present.
+pub fn strip_query<'q>(query: &'q str, names: &[Box<str>]) -> Option<Cow<'q, str>> {
+    let is_credential = |pair: &&str| {
+        let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
+        decode(k).is_some_and(|k| names.iter().any(|n| **n == *k))
+    };
+    if !query.split('&').any(|p| is_credential(&p)) {
+        return Some(Cow::Borrowed(query));
     }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_credential(p)).collect();
+    (!kept.is_empty()).then(|| Cow::Owned(kept.join("&")))
 }
 
 #[cfg(test)]
@@ -385,9 +383,20 @@ mod tests {
         strip(&CredentialSource::Bearer, &mut h);
         assert!(h.get("authorization").is_none());
         assert_eq!(
-            strip_query("a=1&access_token=x&b=2", "access_token").as_deref(),
+            strip_query(
+                "a=1&access_token=x&b=2&token=y",
+                &["access_token".into(), "token".into()]
+            )
+            .as_deref(),
             Some("a=1&b=2")
         );
-        assert_eq!(strip_query("access_token=x", "access_token"), None);
+        assert_eq!(
+            strip_query("access_token=x", &["access_token".into()]),
+            None
+        );
+        assert!(matches!(
+            strip_query("a=1", &["access_token".into()]),
+            Some(Cow::Borrowed("a=1"))
+        ));
     }
 }

@@ -23,7 +23,8 @@ use self::remote::{RemoteKeys, RemoteSource};
 use self::verify::{ClaimRules, TokenError};
 use super::http_client::HttpClient;
 use super::principal::{Mapping, Principal};
-use crate::config::raw::{RawJwt, RawKey, RawProvider, RawSecret};
+use crate::config::raw::{RawJwt, RawKey, RawProvider};
+use crate::secret::sha256;
 
 /// A compiled JWT authenticator.
 #[derive(Debug)]
@@ -287,7 +288,7 @@ impl Provider {
                         )),
                     }
                 }
-                RawKey::Hmac(h) => match read_secret(&h.secret, base_dir) {
+                RawKey::Hmac(h) => match crate::secret::read(&h.secret, base_dir) {
                     Ok(secret) => {
                         match keys::from_hmac(secret.expose(), h.kid.as_deref(), &h.algorithms) {
                             Ok(k) => static_keys.push(k),
@@ -322,14 +323,9 @@ impl Provider {
                     if let Some(ca) = &ca {
                         watched.push(ca.clone());
                     }
-                    let ca_id = ca.as_ref().map(|p| {
-                        let bytes = std::fs::read(p).unwrap_or_default();
-                        let mut d = [0u8; 32];
-                        d.copy_from_slice(
-                            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref(),
-                        );
-                        (p.clone(), d)
-                    });
+                    let ca_id = ca
+                        .as_ref()
+                        .map(|p| (p.clone(), sha256(&std::fs::read(p).unwrap_or_default())));
                     if let Some(prev) = previous.and_then(|p| p.remote.as_ref())
                         && prev.same_source(&source, &issuer, &raw.fetch, ca_id.as_ref())
                     {
@@ -471,32 +467,4 @@ fn check_signature(key: &VerifyKey, alg: Algorithm, message: &str, signature: &s
         && key.family.algorithms().contains(alg)
         && jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg)
             .unwrap_or(false)
-}
-
-/// Reads a secret from the environment or a file (one trailing newline dropped).
-pub fn read_secret(
-    raw: &RawSecret,
-    base_dir: &Path,
-) -> Result<crate::secret::Secret<Vec<u8>>, String> {
-    match raw {
-        RawSecret::Env(name) => match std::env::var_os(name) {
-            Some(v) if !v.is_empty() => Ok(crate::secret::Secret::new(v.into_encoded_bytes())),
-            _ => Err(format!("environment variable `{name}` is not set")),
-        },
-        RawSecret::File(p) => {
-            let path = base_dir.join(p);
-            match std::fs::read(&path) {
-                Ok(mut b) => {
-                    if b.ends_with(b"\n") {
-                        b.pop();
-                        if b.ends_with(b"\r") {
-                            b.pop();
-                        }
-                    }
-                    Ok(crate::secret::Secret::new(b))
-                }
-                Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-            }
-        }
-    }
 }

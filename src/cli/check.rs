@@ -24,10 +24,11 @@ pub fn check(path: &Path) -> ExitCode {
                 .len();
             let _ = writeln!(
                 out,
-                "ok: version {}: {} listener(s), {} upstream(s), {} rule(s) in {} policy file(s), {} warning(s)",
+                "ok: version {}: {} listener(s), {} upstream(s), {} authenticator(s), {} rule(s) in {} policy file(s), {} warning(s)",
                 snapshot.version,
                 snapshot.listeners.len(),
                 snapshot.upstreams.len(),
+                snapshot.authn.iter().count(),
                 snapshot.routes.rules().len(),
                 files,
                 warnings.len()

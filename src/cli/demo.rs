@@ -78,6 +78,7 @@ async fn serve(dir: &Path, port: u16, admin_port: u16) -> ExitCode {
     let tokens = match demo_tokens(&key) {
         Ok(t) => t,
         Err(e) => {
+            // MintError names the failing step (jsonwebtoken's error kind), never key bytes.
             tracing::error!(error = %e, "Cannot sign the demo tokens");
             return ExitCode::FAILURE;
         }
@@ -182,9 +183,9 @@ fn write_files(
     let (cert, key) = certs::self_signed(&["localhost", "127.0.0.1"])
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     std::fs::write(dir.join("demo.crt"), cert)?;
-    write_private(&dir.join("demo.key"), key.as_bytes())?;
+    super::keys::write_private(&dir.join("demo.key"), key.as_bytes())?;
     std::fs::write(dir.join("policies/demo.yaml"), DEMO_POLICY)?;
-    write_private(
+    super::keys::write_private(
         &dir.join("demo-signing.key"),
         signing.private_pem.expose().as_bytes(),
     )?;
@@ -219,9 +220,4 @@ authenticators:
     let path = dir.join("portcullis.yaml");
     std::fs::write(&path, config)?;
     Ok(path)
-}
-
-/// Writes a key file readable by its owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    super::keys::write_private(path, bytes)
 }

@@ -165,17 +165,11 @@ pub async fn handle(
         .authenticator
         .and_then(|i| snapshot.authn.at(i))
         .filter(|a| a.strip);
-    let stripped_query;
-    let mut query = facts.query;
-    if let (Some(names), Some(q)) = (&allow.query_credentials, query) {
-        let mut rest = Some(q.to_owned());
-        for name in names.iter() {
-            rest = rest.and_then(|q| credential::strip_query(&q, name));
-        }
-        stripped_query = rest;
-        query = stripped_query.as_deref();
-    }
-    let uri = upstream.uri(&facts.path, query);
+    let query = match (&allow.query_credentials, facts.query) {
+        (Some(names), Some(q)) => credential::strip_query(q, names),
+        (_, q) => q.map(std::borrow::Cow::Borrowed),
+    };
+    let uri = upstream.uri(&facts.path, query.as_deref());
     let client_ip = facts.client_ip;
     let peer_trusted = facts.peer_trusted;
     let scheme = facts.scheme;

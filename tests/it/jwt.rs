@@ -333,12 +333,7 @@ async fn jwks_url_and_oidc_discovery_verify() {
         )
     );
     let gw = gateway_with(authenticators(&providers, ""), vec![]).await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            gw.admin_get("/readyz").await.0 == StatusCode::OK
-        })
-        .await
-    );
+    wait_ready(&gw).await;
     assert_accepted(&gw, &k.rs256.sign(&claims(&json!({}))).unwrap(), "jwks url").await;
     let discovered = claims(&json!({"iss": "https://discovered.test"}));
     assert_accepted(&gw, &k.es256.sign(&discovered).unwrap(), "discovery").await;
@@ -558,21 +553,12 @@ async fn embedded_jwk_jku_x5u_x5c_never_fetched_or_trusted() {
     let k = keys();
     // A provider with a remote key source, so a fetch would be possible at all.
     let server = KeyServer::start(&jwks([&k.rs256])).await;
-    let extra = authenticators(
-        &provider(
-            ISS,
-            &format!("- jwks_url: {{url: \"{}\"}}\n", server.url("/jwks.json")),
-            "fetch: {unknown_kid_cooldown: 1h}\n",
-        ),
-        "",
-    );
-    let gw = gateway_with(extra, vec![]).await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            gw.admin_get("/readyz").await.0 == StatusCode::OK
-        })
-        .await
-    );
+    let gw = gateway_with(
+        remote_gateway_extra(&server, "unknown_kid_cooldown: 1h"),
+        vec![],
+    )
+    .await;
+    wait_ready(&gw).await;
     let attacker = SigningKey::generate(Algorithm::ES256, "attacker").unwrap();
     let kp = rcgen::KeyPair::from_pem(attacker.private_pem.expose()).unwrap();
     let cert = rcgen::CertificateParams::new(vec!["evil.test".into()])
@@ -716,21 +702,8 @@ async fn aud_and_iss_missing_empty_or_arrays_rejected() {
 async fn unknown_issuer_rejected_without_fetch() {
     let k = keys();
     let server = KeyServer::start(&jwks([&k.rs256])).await;
-    let extra = authenticators(
-        &provider(
-            ISS,
-            &format!("- jwks_url: {{url: \"{}\"}}\n", server.url("/jwks.json")),
-            "",
-        ),
-        "",
-    );
-    let gw = gateway_with(extra, vec![]).await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            gw.admin_get("/readyz").await.0 == StatusCode::OK
-        })
-        .await
-    );
+    let gw = gateway_with(remote_gateway_extra(&server, ""), vec![]).await;
+    wait_ready(&gw).await;
     let hits = server.hits();
     let token = k
         .rs256
@@ -906,6 +879,16 @@ async fn strip_removes_the_credential_before_forwarding() {
 
 // === key server faults ===
 
+async fn wait_ready(gw: &TestGateway) {
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            gw.admin_get("/readyz").await.0 == StatusCode::OK
+        })
+        .await,
+        "keys fetched"
+    );
+}
+
 fn remote_gateway_extra(server: &KeyServer, fetch: &str) -> String {
     authenticators(
         &provider(
@@ -944,12 +927,7 @@ async fn key_server_down_at_start_gives_503_then_recovers() {
     );
     assert_eq!(gw.echo.count(), 0);
     server.set_mode(KeyMode::Serve);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            gw.admin_get("/readyz").await.0 == StatusCode::OK
-        })
-        .await
-    );
+    wait_ready(&gw).await;
     assert_accepted(&gw, &valid(), "after recovery").await;
 }
 
@@ -962,12 +940,7 @@ async fn last_good_keys_kept_when_key_server_fails() {
         vec![],
     )
     .await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            gw.admin_get("/readyz").await.0 == StatusCode::OK
-        })
-        .await
-    );
+    wait_ready(&gw).await;
     for mode in [
         KeyMode::Garbage,
         KeyMode::Empty,
@@ -1008,12 +981,7 @@ async fn rotated_keys_new_kid_picked_up_removed_kid_stops_verifying() {
         vec![],
     )
     .await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            gw.admin_get("/readyz").await.0 == StatusCode::OK
-        })
-        .await
-    );
+    wait_ready(&gw).await;
     let old_token = old.sign(&claims(&json!({}))).unwrap();
     assert_accepted(&gw, &old_token, "old key").await;
     // Rotation: the server now publishes only the new key.
@@ -1037,12 +1005,7 @@ async fn unknown_kid_refetch_is_rate_limited() {
         vec![],
     )
     .await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            gw.admin_get("/readyz").await.0 == StatusCode::OK
-        })
-        .await
-    );
+    wait_ready(&gw).await;
     let hits = server.hits();
     for i in 0..20 {
         let t = rsa(Algorithm::RS256, &format!("spray-{i}"))

@@ -247,9 +247,7 @@ impl VerifyKey {
         algorithms: AlgSet,
         material: &[u8],
     ) -> Self {
-        let mut fp = [0u8; 32];
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, material);
-        fp.copy_from_slice(d.as_ref());
+        let fp = crate::secret::sha256(material);
         Self {
             kid: kid.map(Into::into),
             key,

@@ -170,11 +170,13 @@ impl RemoteKeys {
     /// (then waits for it) or one ran within the cooldown. Returns whether keys were fetched
     /// (by this call or the one it waited for).
     pub async fn refetch_for_unknown_kid(&self) -> bool {
+        let called = Instant::now();
         let mut last = self.refetch.lock().await;
         if let Some((at, fetched)) = *last
             && at.elapsed() < self.settings.unknown_kid_cooldown
         {
-            return fetched && at.elapsed() < Duration::from_millis(100);
+            // A refetch we queued behind counts; an older one does not.
+            return fetched && at >= called;
         }
         let fetched = self.fetch().await.is_ok();
         *last = Some((Instant::now(), fetched));
