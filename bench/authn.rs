@@ -110,7 +110,9 @@ fn benches(c: &mut Criterion) {
         .build()
         .unwrap();
     let auth = f.snapshot.authn.at(0).unwrap();
-    let portcullis::authn::Kind::Jwt(jwt) = &auth.kind;
+    let portcullis::authn::Kind::Jwt(jwt) = &auth.kind else {
+        unreachable!("the bench config's first authenticator is a JWT one")
+    };
     let name: Arc<str> = "users".into();
 
     let mut g = c.benchmark_group("verify_uncached");

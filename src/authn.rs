@@ -5,21 +5,32 @@
 //! decides: valid → its principal; invalid → refused, never tried elsewhere and never anonymous.
 //! Only when no accepted authenticator finds any credential does `anonymous` apply.
 
+pub mod apikey;
 pub mod cache;
 pub mod credential;
 pub mod http_client;
+pub mod introspection;
 pub mod jwt;
+pub mod mtls;
 pub mod principal;
+pub mod trusted;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use http::{HeaderMap, HeaderName};
+
+use self::apikey::{ApiKeys, KeyError};
 use self::cache::{Entry, TokenCache};
 use self::credential::{CredentialSource, Found};
+use self::introspection::{Answer, Introspector};
 use self::jwt::verify::TokenError;
 use self::jwt::{JwtAuthenticator, VerifyError};
+use self::mtls::Mtls;
 use self::principal::Principal;
+use self::trusted::{Seen, TrustedHeaders};
+use crate::config::diagnostic::Diagnostic;
 use crate::config::raw::{RawAuthenticator, RawAuthn, RawCredentialSource};
 use crate::request::RequestFacts;
 
@@ -30,6 +41,9 @@ pub use self::principal::PrincipalKind;
 pub struct Authn {
     list: Vec<Authenticator>,
     index: HashMap<String, usize>,
+    /// Header names of every trusted-headers authenticator, removed from every forwarded
+    /// request whatever the decision.
+    spoofable: Box<[HeaderName]>,
 }
 
 /// One named authenticator.
@@ -37,7 +51,8 @@ pub struct Authn {
 pub struct Authenticator {
     /// Its name.
     pub name: Arc<str>,
-    /// Where its credential is looked for.
+    /// Where its credential is looked for (empty for credentials that are not forwarded
+    /// tokens: client certificates, trusted headers).
     pub sources: Box<[CredentialSource]>,
     /// Remove the credential before forwarding.
     pub strip: bool,
@@ -54,6 +69,23 @@ pub struct Authenticator {
 pub enum Kind {
     /// JWTs.
     Jwt(JwtAuthenticator),
+    /// API keys.
+    ApiKey(ApiKeys),
+    /// Opaque tokens, by introspection.
+    Introspection(Box<Introspector>),
+    /// Identity headers from a trusted inner proxy.
+    TrustedHeaders(TrustedHeaders),
+    /// Verified client certificates.
+    Mtls(Mtls),
+}
+
+/// A problem found while compiling authenticators.
+#[derive(Debug)]
+pub enum CompileError {
+    /// A field of the config (path from the authenticator's kind) and a message.
+    Field(String, String),
+    /// A problem in another file the config names (an API key file), already located.
+    File(Diagnostic),
 }
 
 /// The result of authentication for one request.
@@ -81,8 +113,20 @@ pub enum Failure {
     Ambiguous,
     /// A credential that does not verify.
     Invalid(TokenError),
-    /// The keys needed are unavailable (key server down since startup).
+    /// What is needed to verify is unavailable (key server down since startup, introspection
+    /// endpoint failing).
     Unavailable,
+}
+
+/// What one authenticator found in a request.
+enum Credential<'a> {
+    Nothing,
+    /// A token that is forwarded with the request unless stripped.
+    Token(std::borrow::Cow<'a, str>),
+    /// A credential of the connection or of trusted headers.
+    Present,
+    Conflict,
+    Malformed,
 }
 
 // === impl Authn ===
@@ -90,42 +134,116 @@ pub enum Failure {
 impl Authn {
     /// Compiles the authenticators; `previous` lends caches and fetched keys whose config is
     /// unchanged (resetting them on every reload would refetch keys and reverify every token).
+    /// Config errors are reported with their field path from the config's root.
     pub fn compile(
         raw: &std::collections::BTreeMap<String, RawAuthenticator>,
         settings: &RawAuthn,
         base_dir: &Path,
         previous: Option<&Self>,
         watched: &mut Vec<PathBuf>,
-    ) -> Result<Self, Vec<(String, String)>> {
+    ) -> Result<Self, Vec<CompileError>> {
         let mut errors = Vec::new();
         let mut out = Self::default();
+        let mut spoofable: Vec<HeaderName> = Vec::new();
         for (name, a) in raw {
-            let at = |f: &str| format!("authenticators.{name}.{f}");
+            let name_arc: Arc<str> = name.as_str().into();
             let prev = previous.and_then(|p| p.get(name));
-            let (sources, strip, kind) = match a {
+            let before = errors.len();
+            let compiled = match a {
                 RawAuthenticator::Jwt(j) => {
-                    let sources = match compile_sources(&j.from) {
-                        Ok(s) => s,
-                        Err((i, m)) => {
-                            errors.push((at(&format!("jwt.from[{i}]")), m));
-                            continue;
-                        }
-                    };
-                    let prev_jwt = prev.map(|p| match &p.kind {
-                        Kind::Jwt(j) => j,
+                    let sources = compile_sources(&j.from).map_err(|(i, m)| {
+                        field_errors(&mut errors, name, "jwt", vec![(format!("from[{i}]"), m)]);
                     });
-                    match JwtAuthenticator::compile(j, base_dir, prev_jwt, watched) {
-                        Ok(c) => (sources, j.strip, Kind::Jwt(c)),
+                    let prev_jwt = prev.and_then(|p| match &p.kind {
+                        Kind::Jwt(j) => Some(j),
+                        _ => None,
+                    });
+                    match (
+                        sources,
+                        JwtAuthenticator::compile(j, base_dir, prev_jwt, watched),
+                    ) {
+                        (Ok(s), Ok(c)) => Some((s, j.strip, Kind::Jwt(c))),
+                        (_, Err(es)) => {
+                            field_errors(&mut errors, name, "jwt", es);
+                            None
+                        }
+                        _ => None,
+                    }
+                }
+                RawAuthenticator::ApiKey(k) => {
+                    let sources = compile_sources(&k.from).map_err(|(i, m)| {
+                        field_errors(
+                            &mut errors,
+                            name,
+                            "api_key",
+                            vec![(format!("from[{i}]"), m)],
+                        );
+                    });
+                    match ApiKeys::compile(k, &name_arc, base_dir, watched) {
+                        Ok(keys) => sources.ok().map(|s| (s, k.strip, Kind::ApiKey(keys))),
                         Err(es) => {
-                            errors
-                                .extend(es.into_iter().map(|(f, m)| (at(&format!("jwt.{f}")), m)));
-                            continue;
+                            for e in es {
+                                match e {
+                                    CompileError::Field(f, m) => {
+                                        field_errors(&mut errors, name, "api_key", vec![(f, m)]);
+                                    }
+                                    CompileError::File(d) => {
+                                        errors.push(CompileError::File(d));
+                                    }
+                                }
+                            }
+                            None
                         }
                     }
                 }
+                RawAuthenticator::Introspection(x) => {
+                    let sources = compile_sources(&x.from).map_err(|(i, m)| {
+                        field_errors(
+                            &mut errors,
+                            name,
+                            "introspection",
+                            vec![(format!("from[{i}]"), m)],
+                        );
+                    });
+                    match (sources, Introspector::compile(x, base_dir, watched)) {
+                        (Ok(s), Ok(c)) => Some((s, x.strip, Kind::Introspection(Box::new(c)))),
+                        (_, Err(es)) => {
+                            field_errors(&mut errors, name, "introspection", es);
+                            None
+                        }
+                        _ => None,
+                    }
+                }
+                RawAuthenticator::TrustedHeaders(t) => match TrustedHeaders::compile(t) {
+                    Ok(c) => {
+                        spoofable.extend(c.names().cloned());
+                        Some((Box::default(), false, Kind::TrustedHeaders(c)))
+                    }
+                    Err(es) => {
+                        field_errors(&mut errors, name, "trusted_headers", es);
+                        None
+                    }
+                },
+                RawAuthenticator::Mtls(m) => match Mtls::compile(m) {
+                    Ok(c) => Some((Box::default(), false, Kind::Mtls(c))),
+                    Err(e) => {
+                        field_errors(&mut errors, name, "mtls", vec![e]);
+                        None
+                    }
+                },
+            };
+            let Some((sources, strip, kind)) = compiled else {
+                if errors.len() == before {
+                    errors.push(CompileError::Field(
+                        format!("authenticators.{name}"),
+                        "invalid authenticator".into(),
+                    ));
+                }
+                continue;
             };
             let keys_id = match &kind {
                 Kind::Jwt(j) => j.static_keys_fingerprint(),
+                _ => [0; 32],
             };
             let cache = match prev {
                 Some(p)
@@ -135,15 +253,24 @@ impl Authn {
                 {
                     p.cache.clone()
                 }
-                _ => TokenCache::new(
-                    settings.cache.max_entries,
-                    settings.cache.max_bytes,
-                    settings.cache.revalidate_after,
-                ),
+                _ => match &kind {
+                    Kind::Jwt(_) => TokenCache::new(
+                        settings.cache.max_entries,
+                        settings.cache.max_bytes,
+                        settings.cache.revalidate_after,
+                    ),
+                    Kind::Introspection(x) => TokenCache::new(
+                        settings.cache.max_entries,
+                        settings.cache.max_bytes,
+                        settings.cache.revalidate_after.min(x.cache_ttl),
+                    ),
+                    // Looked up in memory, or read from the request: nothing to cache.
+                    _ => TokenCache::new(0, 0, std::time::Duration::ZERO),
+                },
             };
             out.index.insert(name.clone(), out.list.len());
             out.list.push(Authenticator {
-                name: name.as_str().into(),
+                name: name_arc,
                 sources,
                 strip,
                 kind,
@@ -153,6 +280,9 @@ impl Authn {
                 keys_id,
             });
         }
+        spoofable.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        spoofable.dedup();
+        out.spoofable = spoofable.into();
         if errors.is_empty() {
             Ok(out)
         } else {
@@ -182,12 +312,10 @@ impl Authn {
     /// Starts background work (key refreshes). Idempotent; call after every snapshot swap.
     pub fn start(&self) {
         for a in &self.list {
-            match &a.kind {
-                Kind::Jwt(j) => {
-                    for p in j.providers() {
-                        if let Some(r) = &p.remote {
-                            r.start();
-                        }
+            if let Kind::Jwt(j) = &a.kind {
+                for p in j.providers() {
+                    if let Some(r) = &p.remote {
+                        r.start();
                     }
                 }
             }
@@ -201,7 +329,33 @@ impl Authn {
                 .providers()
                 .iter()
                 .all(|p| p.remote.as_ref().is_none_or(|r| r.is_ready())),
+            _ => true,
         })
+    }
+
+    /// Removes every trusted-headers name from `headers`, in any case and with `_` for `-`
+    /// (servers that map `X_Auth_User` to `x-auth-user` exist). Call on every forwarded
+    /// request, after the decision.
+    pub fn strip_spoofable(&self, headers: &mut HeaderMap) {
+        if self.spoofable.is_empty() {
+            return;
+        }
+        for name in &*self.spoofable {
+            headers.remove(name);
+        }
+        let underscored: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| {
+                k.as_str().contains('_') && {
+                    let dashed = k.as_str().replace('_', "-");
+                    self.spoofable.iter().any(|s| s.as_str() == dashed)
+                }
+            })
+            .cloned()
+            .collect();
+        for name in underscored {
+            headers.remove(name);
+        }
     }
 
     /// Authenticates a request for a rule accepting `accepted` (in order) and maybe anonymous.
@@ -214,27 +368,36 @@ impl Authn {
     ) -> Outcome {
         for &i in accepted {
             let Some(a) = self.list.get(i) else { continue };
-            let token = match credential::find(&a.sources, facts.headers, facts.query) {
-                Found::Nothing => continue,
-                Found::Token(t) => t,
-                Found::Conflict => return Outcome::Failed(Failure::Ambiguous),
-                Found::Malformed => {
+            let token = match a.find(facts) {
+                Credential::Nothing => continue,
+                Credential::Token(t) => Some(t),
+                Credential::Present => None,
+                Credential::Conflict => return Outcome::Failed(Failure::Ambiguous),
+                Credential::Malformed => {
                     return Outcome::Failed(Failure::Invalid(TokenError::Malformed));
                 }
             };
-            // Why: a credential for another accepted authenticator that differs from this one
-            // would reach the upstream unverified.
+            // Why: a token for another accepted authenticator that differs from the one
+            // verified would reach the upstream unverified. (Certificates and trusted headers
+            // are never forwarded, so they conflict with nothing.)
             for &j in accepted.iter().filter(|&&j| j != i) {
                 let Some(other) = self.list.get(j) else {
                     continue;
                 };
+                if other.sources.is_empty() {
+                    continue;
+                }
                 match credential::find(&other.sources, facts.headers, facts.query) {
                     Found::Nothing => {}
-                    Found::Token(t) if t == token => {}
+                    Found::Token(t) if token.as_ref() == Some(&t) => {}
                     _ => return Outcome::Failed(Failure::Ambiguous),
                 }
             }
-            return match a.verify(&token, now).await {
+            let verified = match &token {
+                Some(t) => a.verify(t, now).await,
+                None => a.verify_request(facts),
+            };
+            return match verified {
                 Ok(principal) => Outcome::Authenticated {
                     principal,
                     authenticator: i,
@@ -253,7 +416,62 @@ impl Authn {
 // === impl Authenticator ===
 
 impl Authenticator {
-    /// Verifies a credential, through the cache.
+    fn find<'a>(&self, facts: &'a RequestFacts<'_>) -> Credential<'a> {
+        match &self.kind {
+            Kind::TrustedHeaders(t) => {
+                if t.present(facts.headers, facts.conn.peer.ip()) {
+                    Credential::Present
+                } else {
+                    Credential::Nothing
+                }
+            }
+            Kind::Mtls(_) => {
+                if facts
+                    .conn
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.client_cert.is_some())
+                {
+                    Credential::Present
+                } else {
+                    Credential::Nothing
+                }
+            }
+            _ => match credential::find(&self.sources, facts.headers, facts.query) {
+                Found::Nothing => Credential::Nothing,
+                Found::Token(t) => Credential::Token(t),
+                Found::Conflict => Credential::Conflict,
+                Found::Malformed => Credential::Malformed,
+            },
+        }
+    }
+
+    /// Verifies a credential that is part of the request itself (client certificate, trusted
+    /// headers).
+    fn verify_request(&self, facts: &RequestFacts<'_>) -> Result<Arc<Principal>, Failure> {
+        let principal = match &self.kind {
+            Kind::TrustedHeaders(t) => {
+                match t.read(facts.headers, facts.conn.peer.ip(), &self.name) {
+                    Seen::Principal(p) => p,
+                    Seen::Invalid(e) => return Err(Failure::Invalid(e)),
+                    Seen::Nothing => return Err(Failure::Missing),
+                }
+            }
+            Kind::Mtls(m) => {
+                let cert = facts
+                    .conn
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.client_cert.as_ref())
+                    .ok_or(Failure::Missing)?;
+                m.principal(cert, &self.name).map_err(Failure::Invalid)?
+            }
+            _ => return Err(Failure::Missing),
+        };
+        Ok(Arc::new(principal))
+    }
+
+    /// Verifies a token, through the cache.
     pub async fn verify(&self, token: &str, now: u64) -> Result<Arc<Principal>, Failure> {
         match &self.kind {
             Kind::Jwt(j) => {
@@ -263,7 +481,7 @@ impl Authenticator {
                 }
                 let digest = TokenCache::digest(token);
                 if let Some(e) = self.cache.get(&digest, now) {
-                    return Ok(Arc::clone(&e.principal));
+                    return e.result.clone().map_err(Failure::Invalid);
                 }
                 match j.verify(token, &self.name, now).await {
                     Ok(v) => {
@@ -278,6 +496,42 @@ impl Authenticator {
                     Err(VerifyError::KeysUnavailable) => Err(Failure::Unavailable),
                 }
             }
+            Kind::ApiKey(keys) => keys.verify(token, now).map_err(|e| {
+                Failure::Invalid(match e {
+                    KeyError::Unknown => TokenError::UnknownApiKey,
+                    KeyError::Disabled => TokenError::Disabled,
+                    KeyError::Expired => TokenError::Expired,
+                })
+            }),
+            Kind::Introspection(x) => {
+                if token.len() > x.max_token_bytes {
+                    return Err(Failure::Invalid(TokenError::TooLarge));
+                }
+                let digest = TokenCache::digest(token);
+                if let Some(e) = self.cache.get(&digest, now) {
+                    return e.result.clone().map_err(Failure::Invalid);
+                }
+                match x.introspect(token, &self.name, now).await {
+                    Ok(Answer::Active(p, exp)) => {
+                        let p = Arc::new(p);
+                        self.cache
+                            .insert(digest, Entry::new(Arc::clone(&p), exp, None));
+                        Ok(p)
+                    }
+                    Ok(Answer::Inactive(e)) => {
+                        let until = now.saturating_add(x.inactive_ttl.as_secs().max(1));
+                        if !x.inactive_ttl.is_zero() {
+                            self.cache.insert(digest, Entry::refused(e, until));
+                        }
+                        Err(Failure::Invalid(e))
+                    }
+                    Err(e) => {
+                        tracing::warn!(authenticator = %self.name, error = %e, "token introspection failed");
+                        Err(Failure::Unavailable)
+                    }
+                }
+            }
+            Kind::TrustedHeaders(_) | Kind::Mtls(_) => Err(Failure::Missing),
         }
     }
 
@@ -293,6 +547,13 @@ impl Authenticator {
     pub fn cached(&self) -> u64 {
         self.cache.len()
     }
+}
+
+fn field_errors(errors: &mut Vec<CompileError>, name: &str, kind: &str, es: Vec<(String, String)>) {
+    errors.extend(
+        es.into_iter()
+            .map(|(f, m)| CompileError::Field(format!("authenticators.{name}.{kind}.{f}"), m)),
+    );
 }
 
 fn compile_sources(

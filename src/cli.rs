@@ -1,5 +1,6 @@
 //! The `portcullis` command line.
 
+pub mod apikey;
 pub mod check;
 pub mod demo;
 pub mod keys;
@@ -51,6 +52,12 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// API keys: generate one for the key file, or hash an existing one.
+    Apikey {
+        /// What to do with API keys.
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
     /// Tokens for development.
     Token {
         /// What to do with tokens.
@@ -83,6 +90,40 @@ pub enum KeysCommand {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+}
+
+/// `portcullis apikey …`.
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Generate a key: the key once on stderr, its hashed entry for the key file on stdout.
+    New {
+        /// The key's id (shown in logs and identity headers).
+        #[arg(long)]
+        id: String,
+        /// The principal id the key speaks for.
+        #[arg(long)]
+        owner: String,
+        /// `user` or `machine`.
+        #[arg(long, default_value = "user")]
+        kind: String,
+        /// A scope granted; repeatable.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A role granted; repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Plan or tier.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// RFC 3339 expiry, e.g. 2027-06-30T00:00:00Z.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Read a key on stdin and print its `sha256:` hash for the key file.
+    Hash,
 }
 
 /// `portcullis token …`.
@@ -139,6 +180,31 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Keys {
             command: KeysCommand::New { alg, kid, out },
         } => keys::new(&alg, &kid, &out),
+        Command::Apikey {
+            command:
+                ApikeyCommand::New {
+                    id,
+                    owner,
+                    kind,
+                    scopes,
+                    roles,
+                    plan,
+                    tenant,
+                    expires,
+                },
+        } => apikey::new(&apikey::NewArgs {
+            id: &id,
+            owner: &owner,
+            kind: &kind,
+            scopes: &scopes,
+            roles: &roles,
+            plan: plan.as_deref(),
+            tenant: tenant.as_deref(),
+            expires: expires.as_deref(),
+        }),
+        Command::Apikey {
+            command: ApikeyCommand::Hash,
+        } => apikey::hash(),
         Command::Token {
             command:
                 TokenCommand::Mint {

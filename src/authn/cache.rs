@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 
 use super::jwt::keys::VerifyKey;
+use super::jwt::verify::TokenError;
 use super::principal::Principal;
 
 /// A token digest.
@@ -19,8 +20,8 @@ pub type Digest = [u8; 32];
 /// One cached verification.
 #[derive(Debug)]
 pub struct Entry {
-    /// Who the token speaks for.
-    pub principal: Arc<Principal>,
+    /// Who the token speaks for, or why it was refused (introspection caches inactive answers).
+    pub result: Result<Arc<Principal>, TokenError>,
     /// Unix second from which the token is no longer accepted (`exp` plus leeway).
     pub valid_until: Option<u64>,
     /// When it was verified.
@@ -50,11 +51,25 @@ impl Entry {
         key: Option<Arc<VerifyKey>>,
     ) -> Self {
         Self {
-            principal,
+            result: Ok(principal),
             valid_until,
             verified_at: Instant::now(),
             key,
         }
+    }
+
+    /// A refusal remembered until `valid_until`.
+    pub fn refused(error: TokenError, valid_until: u64) -> Self {
+        Self {
+            result: Err(error),
+            valid_until: Some(valid_until),
+            verified_at: Instant::now(),
+            key: None,
+        }
+    }
+
+    fn weight(&self) -> usize {
+        self.result.as_ref().map_or(64, |p| p.weight())
     }
 }
 
@@ -84,9 +99,7 @@ impl TokenCache {
         let inner = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(move |_k: &Digest, e: &Arc<Entry>| {
-                u32::try_from(e.principal.weight())
-                    .unwrap_or(u32::MAX)
-                    .max(floor)
+                u32::try_from(e.weight()).unwrap_or(u32::MAX).max(floor)
             })
             .expire_after(Expiry { revalidate_after })
             .build();

@@ -73,7 +73,27 @@ pub fn compile(
                         watched.push(p.clone());
                     }
                 }
-                match tls::server::server_config(&entries, l.http2) {
+                let client_auth = match &t.client_auth {
+                    None => None,
+                    Some(ca) => {
+                        let path = loaded.base_dir.join(&ca.ca_file);
+                        if let Ok(bytes) = std::fs::read(&path) {
+                            digest.update(&bytes);
+                        }
+                        watched.push(path.clone());
+                        match tls::server::client_verifier(&path, ca.required) {
+                            Ok(v) => Some(v),
+                            Err(e) => {
+                                diags.push(at(
+                                    &format!("listeners[{i}].tls.client_auth.ca_file"),
+                                    e.to_string(),
+                                ));
+                                None
+                            }
+                        }
+                    }
+                };
+                match tls::server::server_config(&entries, l.http2, client_auth) {
                     Ok(c) => Some(c),
                     Err((j, e)) => {
                         diags.push(at(
@@ -158,8 +178,11 @@ pub fn compile(
     ) {
         Ok(a) => a,
         Err(es) => {
-            for (field, msg) in es {
-                diags.push(at(&field, msg));
+            for e in es {
+                diags.push(match e {
+                    crate::authn::CompileError::Field(field, msg) => at(&field, msg),
+                    crate::authn::CompileError::File(d) => d,
+                });
             }
             crate::authn::Authn::default()
         }

@@ -99,7 +99,9 @@ fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn read_yaml<T: serde::de::DeserializeOwned>(
+/// Reads one YAML file into `T`, keeping its text and field locations for diagnostics (also
+/// used for files a config points to, such as API key files).
+pub fn read_yaml<T: serde::de::DeserializeOwned>(
     path: &Path,
     display: String,
 ) -> Result<(Source, T), Diagnostic> {

@@ -70,6 +70,21 @@ pub struct RawListener {
 pub struct RawListenerTls {
     /// Certificates; the first is served when the client's SNI matches no other.
     pub certificates: Vec<RawCertificate>,
+    /// Ask clients for a certificate (mTLS), verified against these CAs.
+    #[serde(default)]
+    pub client_auth: Option<RawClientAuth>,
+}
+
+/// Client certificates on a listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    /// PEM file of the CA certificates client certificates must chain to (watched).
+    pub ca_file: PathBuf,
+    /// Refuse the handshake without a valid client certificate. Default false: a client may
+    /// connect without one, and rules decide (an `mtls` authenticator finds no credential).
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// A certificate chain and its key, both PEM files (relative paths are relative to the config
@@ -350,9 +365,15 @@ macro_rules! single_key_enum {
     };
 }
 
-single_key_enum!(RawAuthenticator, "an authenticator such as `jwt: {...}`",
-    units {},
-    maps { "jwt" => Jwt(RawJwt) });
+single_key_enum!(RawAuthenticator, "an authenticator: `jwt`, `api_key`, `introspection`, `trusted_headers` or `mtls`",
+units {},
+maps {
+    "jwt" => Jwt(RawJwt),
+    "api_key" => ApiKey(RawApiKeyAuth),
+    "introspection" => Introspection(Box<RawIntrospection>),
+    "trusted_headers" => TrustedHeaders(RawTrustedHeaders),
+    "mtls" => Mtls(RawMtls),
+});
 single_key_enum!(RawCredentialSource, "`bearer`, `header: NAME`, `cookie: NAME` or `query: NAME`",
     units { "bearer" => Bearer },
     maps { "header" => Header(String), "cookie" => Cookie(String), "query" => Query(String) });
@@ -522,6 +543,14 @@ impl Default for RawTokenCache {
 pub enum RawAuthenticator {
     /// JSON Web Tokens from one or more issuers.
     Jwt(RawJwt),
+    /// API keys, stored as hashes.
+    ApiKey(RawApiKeyAuth),
+    /// Opaque tokens checked by OAuth 2.0 token introspection (RFC 7662).
+    Introspection(Box<RawIntrospection>),
+    /// Identity headers set by an inner proxy that already authenticated the caller.
+    TrustedHeaders(RawTrustedHeaders),
+    /// A client certificate verified during the TLS handshake.
+    Mtls(RawMtls),
 }
 
 /// Where a credential is looked for.
@@ -866,4 +895,242 @@ fn default_leeway() -> Duration {
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
+}
+
+/// An API key authenticator.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeyAuth {
+    /// Where the key is looked for; default `[header: x-api-key]`.
+    #[serde(default = "default_api_key_sources")]
+    pub from: Vec<RawCredentialSource>,
+    /// Remove the key from the request before it goes upstream.
+    #[serde(default)]
+    pub strip: bool,
+    /// A YAML file of hashed keys (`keys: [...]`, as `portcullis apikey new` prints them),
+    /// watched and reloaded on change.
+    #[serde(default)]
+    pub keys_file: Option<PathBuf>,
+    /// Keys written in the config: with a `hash`, or a shared `secret` read from the
+    /// environment or a file (a fixed user id and key id for one shared secret).
+    #[serde(default)]
+    pub keys: Vec<RawApiKey>,
+}
+
+/// The contents of an API key file.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeyFile {
+    /// The keys.
+    #[serde(default)]
+    pub keys: Vec<RawApiKey>,
+}
+
+/// One API key and what it grants.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    /// The key's id (public; shown in logs and identity headers).
+    pub id: String,
+    /// `sha256:<64 hex digits>` of the whole key. Exactly one of `hash` and `secret`.
+    #[serde(default)]
+    pub hash: Option<String>,
+    /// The key itself, from the environment or a file (config only, never in a key file).
+    #[serde(default)]
+    pub secret: Option<RawSecret>,
+    /// The principal id the key speaks for.
+    pub owner: String,
+    /// `user` (default) or `machine`.
+    #[serde(default)]
+    pub kind: RawPrincipalKind,
+    /// Scopes granted.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Roles granted.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Plan or tier (for rate limits and identity headers).
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// RFC 3339 time after which the key is refused, e.g. `2027-06-30T00:00:00Z`.
+    #[serde(default)]
+    pub expires: Option<String>,
+    /// A disabled key is refused. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+/// The kind of a principal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawPrincipalKind {
+    /// A person.
+    #[default]
+    User,
+    /// A service client.
+    Machine,
+}
+
+/// An OAuth 2.0 token introspection authenticator (RFC 7662).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    /// Where the token is looked for; default `[bearer]`.
+    #[serde(default = "default_sources")]
+    pub from: Vec<RawCredentialSource>,
+    /// Remove the token from the request before it goes upstream.
+    #[serde(default)]
+    pub strip: bool,
+    /// Longest token accepted, in bytes; longer ones are refused without a call.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// The introspection endpoint: `https://…` (`http://` only to loopback).
+    pub endpoint: String,
+    /// The gateway's client id at the authorization server.
+    pub client_id: String,
+    /// Its client secret, from the environment or a file.
+    pub client_secret: RawSecret,
+    /// How the client authenticates: `client_secret_basic` (default) or `client_secret_post`.
+    #[serde(default)]
+    pub client_auth: RawClientAuthMethod,
+    /// Sent as `token_type_hint` when set (e.g. `access_token`).
+    #[serde(default)]
+    pub token_type_hint: Option<String>,
+    /// When set, the response's `iss` must equal it.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// When set, the response's `aud` (string or array) must name one of them.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// How the principal is read from the response.
+    #[serde(default)]
+    pub principal: RawPrincipalMapping,
+    /// Time for one introspection call, connection included.
+    #[serde(
+        default = "default_introspection_timeout",
+        deserialize_with = "duration"
+    )]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Largest response accepted, in bytes.
+    #[serde(default = "default_introspection_max_bytes")]
+    pub max_bytes: usize,
+    /// An active result is reused for at most this long (and never past the token's `exp`).
+    #[serde(
+        default = "default_introspection_cache_ttl",
+        deserialize_with = "duration"
+    )]
+    #[schemars(with = "String")]
+    pub cache_ttl: Duration,
+    /// An inactive result is reused for this long, sparing the server repeated bad tokens.
+    #[serde(
+        default = "default_introspection_inactive_ttl",
+        deserialize_with = "duration"
+    )]
+    #[schemars(with = "String")]
+    pub inactive_ttl: Duration,
+    /// PEM file of CA certificates trusted for the server (instead of the public roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How the gateway authenticates to the introspection endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawClientAuthMethod {
+    /// HTTP Basic with the form-encoded id and secret (RFC 6749 §2.3.1).
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+/// Identity headers from an inner proxy that already authenticated the caller.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustedHeaders {
+    /// Peers (TCP source addresses, never `X-Forwarded-For`) whose headers are believed.
+    pub networks: Vec<Network>,
+    /// Header carrying the principal id; its presence is the credential.
+    pub id: String,
+    /// Header with the kind (`user` or `machine`); default: every principal is `kind`.
+    #[serde(default)]
+    pub kind_header: Option<String>,
+    /// The kind when there is no `kind_header`.
+    #[serde(default)]
+    pub kind: RawPrincipalKind,
+    /// Header with scopes, separated by spaces or commas.
+    #[serde(default)]
+    pub scopes: Option<String>,
+    /// Header with roles, separated by spaces or commas.
+    #[serde(default)]
+    pub roles: Option<String>,
+    /// Header with the tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// More headers read into claims: claim name → header name.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+}
+
+/// A client certificate authenticator (the listener must ask for client certificates).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMtls {
+    /// Which name in the certificate is the principal id, first present wins; default
+    /// `[san_uri, san_dns, subject_cn]`.
+    #[serde(default = "default_cert_ids")]
+    pub id: Vec<RawCertName>,
+    /// The kind of principal; default `machine`.
+    #[serde(default = "machine")]
+    pub kind: RawPrincipalKind,
+}
+
+/// A name in a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawCertName {
+    /// The first URI subject alternative name (SPIFFE ids).
+    SanUri,
+    /// The first DNS subject alternative name.
+    SanDns,
+    /// The first email subject alternative name.
+    SanEmail,
+    /// The subject's common name.
+    SubjectCn,
+}
+
+fn default_api_key_sources() -> Vec<RawCredentialSource> {
+    vec![RawCredentialSource::Header("x-api-key".to_owned())]
+}
+
+fn default_introspection_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_introspection_max_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_introspection_cache_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_introspection_inactive_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_cert_ids() -> Vec<RawCertName> {
+    vec![
+        RawCertName::SanUri,
+        RawCertName::SanDns,
+        RawCertName::SubjectCn,
+    ]
+}
+
+fn machine() -> RawPrincipalKind {
+    RawPrincipalKind::Machine
 }

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::service::{self, Shared};
-use crate::request::facts::{ConnInfo, TlsInfo};
+use crate::request::facts::{ClientCert, ConnInfo, TlsInfo};
 use crate::snapshot::ServerSettings;
 
 /// Everything an accept loop needs.
@@ -138,6 +138,12 @@ async fn serve_stream(
     let info = TlsInfo {
         sni: session.server_name().map(Arc::from),
         alpn: alpn.clone(),
+        // Parsed once per connection: every request on it sees the same names.
+        client_cert: session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| ClientCert::parse(c))
+            .map(Arc::new),
     };
     let conn = ConnInfo {
         peer,

@@ -205,6 +205,9 @@ pub async fn handle(
             credential::strip(source, &mut parts.headers);
         }
     }
+    // Whatever the decision: a client must never hand the upstream an identity the inner
+    // proxy would have set.
+    snapshot.authn.strip_spoofable(&mut parts.headers);
     let method = parts.method.clone();
     let principal = allow.principal.as_deref().map(|p| &*p.id);
     let rule: &str = &allow.rule.0;

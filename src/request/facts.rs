@@ -42,6 +42,66 @@ pub struct TlsInfo {
     pub sni: Option<Arc<str>>,
     /// Negotiated ALPN protocol.
     pub alpn: Option<Arc<[u8]>>,
+    /// The client certificate, verified by the listener's `client_auth` during the handshake.
+    pub client_cert: Option<Arc<ClientCert>>,
+}
+
+/// A verified client certificate's names, read once per connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The subject, RFC 4514 style.
+    pub subject: Box<str>,
+    /// The subject's common name.
+    pub subject_cn: Option<Box<str>>,
+    /// DNS subject alternative names.
+    pub san_dns: Box<[Box<str>]>,
+    /// URI subject alternative names (SPIFFE ids).
+    pub san_uri: Box<[Box<str>]>,
+    /// Email subject alternative names.
+    pub san_email: Box<[Box<str>]>,
+    /// SHA-256 of the DER certificate, lowercase hex.
+    pub fingerprint: Box<str>,
+    /// Unix time the certificate expires.
+    pub not_after: u64,
+}
+
+impl ClientCert {
+    /// Reads the names of a DER certificate (already verified by rustls).
+    pub fn parse(der: &[u8]) -> Option<Self> {
+        use std::fmt::Write as _;
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let subject_cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(Into::into);
+        let (mut dns, mut uri, mut email) = (Vec::new(), Vec::new(), Vec::new());
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for n in &san.value.general_names {
+                match n {
+                    GeneralName::DNSName(d) => dns.push((*d).into()),
+                    GeneralName::URI(u) => uri.push((*u).into()),
+                    GeneralName::RFC822Name(e) => email.push((*e).into()),
+                    _ => {}
+                }
+            }
+        }
+        let mut fingerprint = String::with_capacity(64);
+        for b in crate::secret::sha256(der) {
+            let _ = write!(fingerprint, "{b:02x}");
+        }
+        Some(Self {
+            subject: cert.subject().to_string().into(),
+            subject_cn,
+            san_dns: dns.into(),
+            san_uri: uri.into(),
+            san_email: email.into(),
+            fingerprint: fingerprint.into(),
+            not_after: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
+        })
+    }
 }
 
 /// The door-independent facts about one request.

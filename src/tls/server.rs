@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::DnsName;
@@ -65,16 +66,48 @@ const ALPN_HTTP11: &[u8] = b"http/1.1";
 pub fn server_config(
     entries: &[CertEntry],
     http2: bool,
+    client_auth: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, (usize, TlsError)> {
     let resolver = SniResolver::from_entries(entries)?;
     // Session resumption: rustls defaults (in-memory session cache, TLS 1.3 stateful tickets).
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)
-        .map_err(|e| (0, TlsError::Config(e)))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|e| (0, TlsError::Config(e)))?;
+    let builder = match client_auth {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = alpn(http2);
     Ok(Arc::new(config))
+}
+
+/// Verifies client certificates against the CA certificates in `ca_file` (webpki: chain,
+/// validity, `clientAuth` usage). Unless `required`, clients without a certificate are let in
+/// and rules decide; a client that presents an invalid certificate is always refused.
+pub fn client_verifier(
+    ca_file: &Path,
+    required: bool,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(ca_file, TlsField::CaFile)? {
+        roots.add(cert).map_err(|e| TlsError::InvalidCertificate {
+            field: TlsField::CaFile,
+            path: ca_file.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let builder = if required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder.build().map_err(|e| TlsError::InvalidCertificate {
+        field: TlsField::CaFile,
+        path: ca_file.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// Client config for https upstreams: webpki roots, or only the CA certificates in `ca_file`

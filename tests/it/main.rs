@@ -14,6 +14,7 @@
 )]
 
 mod check;
+mod credentials;
 mod jwt;
 mod paths;
 mod proxy;

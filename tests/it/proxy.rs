@@ -347,6 +347,7 @@ async fn https_upstream_with_ca_file() {
             server_names: vec![],
         }],
         false,
+        None,
     )
     .unwrap();
     let secure = portcullis::echo::Echo::start_tls("127.0.0.1:0".parse().unwrap(), tls)

@@ -68,6 +68,18 @@ pub enum TokenError {
     /// No principal id.
     #[error("no principal id")]
     NoPrincipal,
+    /// No API key has this hash.
+    #[error("unknown api key")]
+    UnknownApiKey,
+    /// The credential (API key) is disabled.
+    #[error("credential disabled")]
+    Disabled,
+    /// Introspection says the token is not active.
+    #[error("token not active")]
+    Inactive,
+    /// Trusted identity headers with a value that is not visible text, or repeated.
+    #[error("malformed identity header")]
+    BadIdentityHeader,
 }
 
 /// A token split and decoded, signature not yet checked.
@@ -122,6 +134,10 @@ impl TokenError {
             Self::MissingClaim => "token_missing_claim",
             Self::ClaimType => "token_claim_type",
             Self::NoPrincipal => "token_no_principal",
+            Self::UnknownApiKey => "apikey_unknown",
+            Self::Disabled => "credential_disabled",
+            Self::Inactive => "token_inactive",
+            Self::BadIdentityHeader => "identity_header_malformed",
         }
     }
 }
@@ -239,7 +255,7 @@ pub fn check_claims(
     Ok(exp)
 }
 
-fn check_audience(aud: Option<&Value>, ours: &[Box<str>]) -> Result<(), TokenError> {
+pub(crate) fn check_audience(aud: Option<&Value>, ours: &[Box<str>]) -> Result<(), TokenError> {
     let ok = |a: &str| !a.is_empty() && ours.iter().any(|o| **o == *a);
     match aud {
         Some(Value::String(a)) if ok(a) => Ok(()),

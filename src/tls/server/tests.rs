@@ -82,12 +82,12 @@ fn config_errors_name_the_entry_and_field() {
     let d = dir.path();
     let good = entry(d, "good", &["good.test"], &[]);
 
-    let (index, err) = server_config(&[], true).unwrap_err();
+    let (index, err) = server_config(&[], true, None).unwrap_err();
     assert_eq!((index, err.field()), (0, "cert"));
 
     for bad_name in ["a.*.test", "*", "bad name.test", "", "*.", "a..test"] {
         let bad = entry(d, "bad", &["bad.test"], &[bad_name]);
-        let (index, err) = server_config(&[good.clone(), bad], true).unwrap_err();
+        let (index, err) = server_config(&[good.clone(), bad], true, None).unwrap_err();
         assert_eq!(
             (index, err.field()),
             (1, "server_names"),
@@ -97,13 +97,13 @@ fn config_errors_name_the_entry_and_field() {
 
     // A nameless certificate may only be the default.
     let nameless = entry(d, "nameless", &[], &[]);
-    server_config(std::slice::from_ref(&nameless), true).unwrap();
-    let (index, err) = server_config(&[good.clone(), nameless], true).unwrap_err();
+    server_config(std::slice::from_ref(&nameless), true, None).unwrap();
+    let (index, err) = server_config(&[good.clone(), nameless], true, None).unwrap_err();
     assert_eq!((index, err.field()), (1, "server_names"), "{err}");
 
     let mut swapped = good.clone();
     swapped.key = good.cert.clone();
-    let (index, err) = server_config(&[good, swapped], true).unwrap_err();
+    let (index, err) = server_config(&[good, swapped], true, None).unwrap_err();
     assert_eq!((index, err.field()), (1, "key"), "{err}");
 }
 
@@ -164,7 +164,7 @@ async fn handshake_selects_cert_by_sni_and_negotiates_alpn() {
         .collect();
     fs::write(&bundle, pems.concat()).unwrap();
 
-    let server = server_config(&entries, true).unwrap();
+    let server = server_config(&entries, true, None).unwrap();
     let tls = handshake(
         server,
         client_config(Some(&bundle), true).unwrap(),
@@ -177,7 +177,7 @@ async fn handshake_selects_cert_by_sni_and_negotiates_alpn() {
     assert_eq!(conn.alpn_protocol(), Some(ALPN_H2));
 
     // HTTP/1.1-only server: ALPN falls back even when the client offers h2.
-    let server = server_config(&entries, false).unwrap();
+    let server = server_config(&entries, false, None).unwrap();
     let tls = handshake(
         server,
         client_config(Some(&bundle), true).unwrap(),
@@ -204,7 +204,7 @@ async fn client_trusts_ca_file_for_upstream_leaf() {
     fs::write(&upstream.cert, leaf_pem).unwrap();
     fs::write(&upstream.key, key).unwrap();
 
-    let server = server_config(std::slice::from_ref(&upstream), true).unwrap();
+    let server = server_config(std::slice::from_ref(&upstream), true, None).unwrap();
     let client = client_config(Some(&ca_path), false).unwrap();
     let tls = handshake(server, client, "upstream.test").await;
     let (_, conn) = tls.get_ref();

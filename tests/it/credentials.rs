@@ -1,0 +1,951 @@
+//! Credentials other than JWTs, through the proxy door: API keys (hashed file, shared secret,
+//! `apikey new`), trusted identity headers, token introspection (RFC 7662) against a loopback
+//! authorization server with faults, and client certificates (mTLS).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use portcullis::authn::apikey::{generate, hash_of};
+use serde_json::{Value, json};
+
+use crate::support::{Setup, TestGateway, raw, send};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `/api/**` needs `auth`; `/open/**` takes `auth` or nobody; `/jwt/**` only the JWT `users`.
+fn policy(auth: &str) -> String {
+    format!(
+        "rules:
+  - name: api
+    match: {{paths: [\"/api/**\"]}}
+    effect: allow
+    authenticators: [{auth}]
+    upstream: echo
+  - name: open
+    match: {{paths: [\"/open/**\"]}}
+    effect: allow
+    authenticators: [{auth}]
+    anonymous: true
+    upstream: echo
+"
+    )
+}
+
+async fn start(auth: &str, extra: String, files: Vec<(String, Vec<u8>)>) -> TestGateway {
+    Setup {
+        policies: vec![("10-p.yaml".into(), policy(auth))],
+        files,
+        extra,
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+async fn call(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> StatusCode {
+    let mut req = Request::get(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(gw.addr(), req.body(Full::default()).unwrap()).await.0
+}
+
+/// Asserts `status` and that the upstream saw nothing.
+async fn refused(gw: &TestGateway, path: &str, headers: &[(&str, &str)], status: StatusCode) {
+    let before = gw.echo.count();
+    assert_eq!(call(gw, path, headers).await, status, "{headers:?}");
+    assert_eq!(gw.echo.count(), before, "upstream saw {headers:?}");
+}
+
+// === API keys ===
+
+fn key_file(entries: &[(&str, &str, &str)]) -> Vec<u8> {
+    let mut out = String::from("keys:\n");
+    for (id, key, extra) in entries {
+        out.push_str(&format!(
+            "  - id: {id}\n    hash: {}\n    owner: owner-of-{id}\n{extra}",
+            hash_of(key)
+        ));
+    }
+    out.into_bytes()
+}
+
+const API_KEYS: &str =
+    "authenticators:\n  partners:\n    api_key:\n      keys_file: apikeys.yaml\n";
+
+#[tokio::test]
+async fn api_keys_from_a_hashed_file() {
+    let (good, disabled, expired) = (
+        generate().unwrap(),
+        generate().unwrap(),
+        generate().unwrap(),
+    );
+    let file = key_file(&[
+        (
+            "good",
+            &good,
+            "    scopes: [reports:read]\n    plan: gold\n",
+        ),
+        ("off", &disabled, "    enabled: false\n"),
+        ("old", &expired, "    expires: 2020-01-01T00:00:00Z\n"),
+    ]);
+    let gw = start(
+        "partners",
+        API_KEYS.into(),
+        vec![("apikeys.yaml".into(), file)],
+    )
+    .await;
+    let before = gw.echo.count();
+    assert_eq!(
+        call(&gw, "/api/x", &[("x-api-key", &good)]).await,
+        StatusCode::OK
+    );
+    assert_eq!(gw.echo.count(), before + 1);
+
+    refused(
+        &gw,
+        "/api/x",
+        &[("x-api-key", &disabled)],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    refused(
+        &gw,
+        "/api/x",
+        &[("x-api-key", &expired)],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let guess = generate().unwrap();
+    refused(
+        &gw,
+        "/api/x",
+        &[("x-api-key", &guess)],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // A key one character short of a real one, and the hash itself, are not the key.
+    refused(
+        &gw,
+        "/api/x",
+        &[("x-api-key", &good[..good.len() - 1])],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    refused(
+        &gw,
+        "/api/x",
+        &[("x-api-key", &hash_of(&good))],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // Not in the configured header: no credential at all.
+    refused(
+        &gw,
+        "/api/x",
+        &[("authorization", &format!("Bearer {good}"))],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // An invalid key never falls through to anonymous access.
+    refused(
+        &gw,
+        "/open/x",
+        &[("x-api-key", &guess)],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // Two different keys: refused as ambiguous.
+    refused(
+        &gw,
+        "/api/x",
+        &[("x-api-key", &good), ("x-api-key", &guess)],
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn api_key_file_edits_apply_on_reload_and_a_broken_file_keeps_the_old_keys() {
+    let (a, b) = (generate().unwrap(), generate().unwrap());
+    let gw = start(
+        "partners",
+        API_KEYS.into(),
+        vec![("apikeys.yaml".into(), key_file(&[("a", &a, "")]))],
+    )
+    .await;
+    assert_eq!(
+        call(&gw, "/api/x", &[("x-api-key", &a)]).await,
+        StatusCode::OK
+    );
+
+    // A broken file names its own line and field; the running keys stay.
+    let mut broken = key_file(&[("a", &a, "")]);
+    broken.extend_from_slice(b"  - id: b\n    hash: sha256:abc\n    owner: x\n");
+    gw.write("apikeys.yaml", &broken);
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("apikeys.yaml:6:"), "{body}");
+    assert!(body.contains("keys[1].hash"), "{body}");
+    assert_eq!(
+        call(&gw, "/api/x", &[("x-api-key", &a)]).await,
+        StatusCode::OK
+    );
+
+    // Key a revoked, key b added.
+    gw.write("apikeys.yaml", key_file(&[("b", &b, "")]));
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    refused(
+        &gw,
+        "/api/x",
+        &[("x-api-key", &a)],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(
+        call(&gw, "/api/x", &[("x-api-key", &b)]).await,
+        StatusCode::OK
+    );
+
+    // Duplicate ids are refused.
+    gw.write("apikeys.yaml", key_file(&[("b", &b, ""), ("b", &a, "")]));
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("duplicate api key id `b`"), "{body}");
+}
+
+#[tokio::test]
+async fn shared_secret_maps_to_a_fixed_identity() {
+    let extra = "authenticators:
+  cron:
+    api_key:
+      from: [bearer, {header: x-shared-secret}]
+      strip: true
+      keys:
+        - id: cron-key
+          owner: svc-cron
+          kind: machine
+          secret: {file: cron.secret}
+";
+    let gw = start(
+        "cron",
+        extra.into(),
+        vec![(
+            "cron.secret".into(),
+            b"correct horse battery staple\n".to_vec(),
+        )],
+    )
+    .await;
+    let before = gw.echo.count();
+    assert_eq!(
+        call(&gw, "/api/x", &[("authorization", "Bearer correct")]).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(
+            &gw,
+            "/api/x",
+            &[("x-shared-secret", "correct horse battery staple")]
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_eq!(gw.echo.count(), before + 1);
+    let seen = gw.echo.last().unwrap();
+    assert!(
+        !seen.headers.contains_key("x-shared-secret"),
+        "strip: the secret does not reach the upstream"
+    );
+
+    // Too short a secret is a config error naming the field.
+    gw.write("cron.secret", "short");
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.contains("authenticators.cron.api_key.keys[0].secret"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn apikey_new_prints_the_key_once_and_an_entry_the_file_accepts() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "apikey",
+            "new",
+            "--id",
+            "reports",
+            "--owner",
+            "svc-reports",
+            "--kind",
+            "machine",
+            "--scope",
+            "reports:read",
+            "--plan",
+            "gold",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let key = stderr.lines().last().unwrap().trim().to_owned();
+    assert!(key.starts_with("pck_"), "{stderr}");
+    assert!(
+        !stdout.contains(&key),
+        "the entry holds the hash, not the key"
+    );
+    assert!(stdout.contains(&hash_of(&key)), "{stdout}");
+
+    let file = format!("keys:\n{stdout}");
+    let gw = start(
+        "partners",
+        API_KEYS.into(),
+        vec![("apikeys.yaml".into(), file.into_bytes())],
+    )
+    .await;
+    assert_eq!(
+        call(&gw, "/api/x", &[("x-api-key", &key)]).await,
+        StatusCode::OK
+    );
+
+    // `apikey hash` agrees with the file.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["apikey", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    writeln!(child.stdin.take().unwrap(), "{key}").unwrap();
+    let hashed = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8(hashed.stdout).unwrap().trim(),
+        hash_of(&key)
+    );
+}
+
+// === trusted identity headers ===
+
+fn trusted(networks: &str) -> String {
+    format!(
+        "authenticators:
+  inner:
+    trusted_headers:
+      networks: [{networks}]
+      id: x-auth-user
+      scopes: x-auth-scopes
+      claims: {{email: x-auth-email}}
+"
+    )
+}
+
+#[tokio::test]
+async fn trusted_headers_from_a_trusted_peer_authenticate_and_never_reach_the_upstream() {
+    let gw = start("inner", trusted("127.0.0.0/8"), vec![]).await;
+    let before = gw.echo.count();
+    assert_eq!(
+        call(
+            &gw,
+            "/api/x",
+            &[("x-auth-user", "alice"), ("x-auth-email", "a@example.com")]
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_eq!(gw.echo.count(), before + 1);
+    let seen = gw.echo.last().unwrap();
+    assert!(!seen.headers.contains_key("x-auth-user"));
+    assert!(!seen.headers.contains_key("x-auth-email"));
+    refused(&gw, "/api/x", &[], StatusCode::UNAUTHORIZED).await;
+    refused(
+        &gw,
+        "/api/x",
+        &[("x-auth-user", "alice"), ("x-auth-user", "root")],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn spoofed_trusted_headers_from_an_untrusted_peer_are_ignored_and_stripped() {
+    // Loopback is not in the trusted network: the test client is an outsider.
+    let gw = start("inner", trusted("10.0.0.0/8"), vec![]).await;
+    refused(
+        &gw,
+        "/api/x",
+        &[("x-auth-user", "admin")],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+
+    // Anonymous route: the request passes, but no spelling of the header reaches upstream.
+    let addr = gw.addr();
+    let resp = raw(
+        addr,
+        b"GET /open/x HTTP/1.1\r\nHost: t\r\nX-Auth-User: admin\r\nX_Auth_User: admin\r\nx-auth-scopes: admin\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    let seen = gw.echo.last().unwrap();
+    for (name, _) in &seen.headers {
+        assert!(
+            !name.as_str().replace('_', "-").starts_with("x-auth-"),
+            "{name} reached the upstream"
+        );
+    }
+}
+
+// === introspection ===
+
+#[derive(Clone)]
+enum Mode {
+    Serve,
+    Slow(Duration),
+    Status(u16),
+    Garbage,
+}
+
+#[derive(Default)]
+struct IdpState {
+    answers: std::collections::HashMap<String, Value>,
+    mode: Option<Mode>,
+    hits: usize,
+    last_auth: Option<String>,
+    last_body: String,
+    conns: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A loopback introspection endpoint: answers `{"active": false}` for unknown tokens.
+struct Idp {
+    addr: SocketAddr,
+    state: Arc<Mutex<IdpState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Idp {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(IdpState::default()));
+        let st = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let st2 = Arc::clone(&st);
+                let st = Arc::clone(&st);
+                let conn = tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let st = Arc::clone(&st);
+                            async move {
+                                let auth = req
+                                    .headers()
+                                    .get("authorization")
+                                    .map(|v| v.to_str().unwrap().to_owned());
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let body = String::from_utf8(body.to_vec()).unwrap();
+                                let token = body
+                                    .split('&')
+                                    .find_map(|kv| kv.strip_prefix("token="))
+                                    .unwrap_or("")
+                                    .to_owned();
+                                let (mode, answer) = {
+                                    let mut s = st.lock().unwrap();
+                                    s.hits += 1;
+                                    s.last_auth = auth;
+                                    s.last_body = body;
+                                    (
+                                        s.mode.clone().unwrap_or(Mode::Serve),
+                                        s.answers
+                                            .get(&token)
+                                            .cloned()
+                                            .unwrap_or(json!({"active": false})),
+                                    )
+                                };
+                                let (status, body) = match mode {
+                                    Mode::Serve => (200, answer.to_string()),
+                                    Mode::Slow(d) => {
+                                        tokio::time::sleep(d).await;
+                                        (200, answer.to_string())
+                                    }
+                                    Mode::Status(s) => (s, String::new()),
+                                    Mode::Garbage => (200, "<html>login</html>".into()),
+                                };
+                                Ok::<_, std::convert::Infallible>(
+                                    http::Response::builder()
+                                        .status(status)
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from(body)))
+                                        .unwrap(),
+                                )
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+                st2.lock().unwrap().conns.push(conn);
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    fn answer(&self, token: &str, v: Value) {
+        self.state.lock().unwrap().answers.insert(token.into(), v);
+    }
+
+    fn mode(&self, m: Mode) {
+        self.state.lock().unwrap().mode = Some(m);
+    }
+
+    fn hits(&self) -> usize {
+        self.state.lock().unwrap().hits
+    }
+
+    /// Stops listening and closes every open connection: the next call is refused.
+    async fn stop(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        for c in self.state.lock().unwrap().conns.drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn introspection(idp: &Idp, extra: &str) -> String {
+    format!(
+        "authenticators:
+  opaque:
+    introspection:
+      endpoint: http://{}/introspect
+      client_id: gateway
+      client_secret: {{file: client.secret}}
+      timeout: 300ms
+      audiences: [api]
+{extra}",
+        idp.addr
+    )
+}
+
+async fn opaque_gateway(idp: &Idp, extra: &str) -> TestGateway {
+    start(
+        "opaque",
+        introspection(idp, extra),
+        vec![("client.secret".into(), b"s3cret:with&odd=chars".to_vec())],
+    )
+    .await
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+#[tokio::test]
+async fn introspection_active_token_is_accepted_and_cached() {
+    let idp = Idp::start().await;
+    idp.answer(
+        "opaque-1",
+        json!({"active": true, "sub": "alice", "aud": "api", "scope": "a b", "exp": now() + 300}),
+    );
+    let gw = opaque_gateway(&idp, "").await;
+    let t = bearer("opaque-1");
+    assert_eq!(
+        call(&gw, "/api/x", &[("authorization", &t)]).await,
+        StatusCode::OK
+    );
+    {
+        let s = idp.state.lock().unwrap();
+        // client_secret_basic: form-encoded id and secret, then base64 (RFC 6749 §2.3.1).
+        use base64::Engine as _;
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode("gateway:s3cret%3Awith%26odd%3Dchars");
+        assert_eq!(s.last_auth.as_deref(), Some(&*format!("Basic {expected}")));
+        assert_eq!(s.last_body, "token=opaque-1");
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            call(&gw, "/api/x", &[("authorization", &t)]).await,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(idp.hits(), 1, "later requests are served from the cache");
+}
+
+#[tokio::test]
+async fn introspection_inactive_and_unusable_answers_are_refused() {
+    let idp = Idp::start().await;
+    idp.answer(
+        "expired",
+        json!({"active": true, "sub": "a", "aud": "api", "exp": now() - 5}),
+    );
+    idp.answer(
+        "other-aud",
+        json!({"active": true, "sub": "a", "aud": "billing"}),
+    );
+    idp.answer(
+        "string-active",
+        json!({"active": "true", "sub": "a", "aud": "api"}),
+    );
+    idp.answer("no-sub", json!({"active": true, "aud": "api"}));
+    let gw = opaque_gateway(&idp, "").await;
+    for t in ["unknown", "expired", "other-aud", "no-sub"] {
+        refused(
+            &gw,
+            "/api/x",
+            &[("authorization", &bearer(t))],
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+    }
+    // `"active": "true"` is not the documented boolean: the answer is garbage, not a yes.
+    refused(
+        &gw,
+        "/api/x",
+        &[("authorization", &bearer("string-active"))],
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    // An inactive answer is remembered briefly: a repeated bad token costs the server nothing.
+    let hits = idp.hits();
+    refused(
+        &gw,
+        "/api/x",
+        &[("authorization", &bearer("unknown"))],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(idp.hits(), hits);
+    // And it never falls through to anonymous access.
+    refused(
+        &gw,
+        "/open/x",
+        &[("authorization", &bearer("unknown"))],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn introspection_client_secret_post() {
+    let idp = Idp::start().await;
+    idp.answer(
+        "t",
+        json!({"active": true, "sub": "a", "aud": ["x", "api"]}),
+    );
+    let gw = opaque_gateway(
+        &idp,
+        "      client_auth: client_secret_post\n      token_type_hint: access_token\n",
+    )
+    .await;
+    assert_eq!(
+        call(&gw, "/api/x", &[("authorization", &bearer("t"))]).await,
+        StatusCode::OK
+    );
+    let s = idp.state.lock().unwrap();
+    assert_eq!(s.last_auth, None);
+    assert_eq!(
+        s.last_body,
+        "client_id=gateway&client_secret=s3cret%3Awith%26odd%3Dchars&token=t&token_type_hint=access_token"
+    );
+}
+
+#[tokio::test]
+async fn introspection_server_down_slow_failing_or_garbage_gives_503_then_recovers() {
+    let mut idp = Idp::start().await;
+    idp.answer("t", json!({"active": true, "sub": "a", "aud": "api"}));
+    let gw = opaque_gateway(&idp, "      cache_ttl: 0s\n").await;
+    let t = bearer("t");
+    for mode in [
+        Mode::Slow(Duration::from_secs(3)),
+        Mode::Status(500),
+        Mode::Garbage,
+    ] {
+        idp.mode(mode);
+        let started = std::time::Instant::now();
+        refused(
+            &gw,
+            "/api/x",
+            &[("authorization", &t)],
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "bounded by the timeout"
+        );
+    }
+    idp.mode(Mode::Serve);
+    assert_eq!(
+        call(&gw, "/api/x", &[("authorization", &t)]).await,
+        StatusCode::OK
+    );
+    // Down: connection refused.
+    idp.stop().await;
+    refused(
+        &gw,
+        "/api/x",
+        &[("authorization", &t)],
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn introspection_cache_never_serves_a_token_past_its_exp() {
+    let idp = Idp::start().await;
+    let exp = now() + 2;
+    idp.answer(
+        "short",
+        json!({"active": true, "sub": "a", "aud": "api", "exp": exp}),
+    );
+    let gw = opaque_gateway(&idp, "").await;
+    let t = bearer("short");
+    assert_eq!(
+        call(&gw, "/api/x", &[("authorization", &t)]).await,
+        StatusCode::OK
+    );
+    while now() < exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hits = idp.hits();
+    refused(
+        &gw,
+        "/api/x",
+        &[("authorization", &t)],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(
+        idp.hits(),
+        hits + 1,
+        "asked again, not served from the cache"
+    );
+}
+
+#[tokio::test]
+async fn an_introspected_token_grants_only_routes_that_accept_its_authenticator() {
+    let idp = Idp::start().await;
+    idp.answer("t", json!({"active": true, "sub": "a", "aud": "api"}));
+    let mut extra = introspection(&idp, "");
+    extra.push_str("  partners:\n    api_key:\n      from: [bearer]\n      keys: []\n");
+    let policy = format!(
+        "{}  - name: partners\n    match: {{paths: [\"/partners/**\"]}}\n    effect: allow\n    authenticators: [partners]\n    upstream: echo\n",
+        policy("opaque")
+    );
+    let gw = Setup {
+        policies: vec![("10-p.yaml".into(), policy)],
+        files: vec![("client.secret".into(), b"s3cret-secret".to_vec())],
+        extra,
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let t = bearer("t");
+    assert_eq!(
+        call(&gw, "/api/x", &[("authorization", &t)]).await,
+        StatusCode::OK
+    );
+    refused(
+        &gw,
+        "/partners/x",
+        &[("authorization", &t)],
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+}
+
+// === mTLS ===
+
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client: (String, String),
+    rogue_client: (String, String),
+}
+
+fn pki() -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose, SanType,
+    };
+    let ca = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    };
+    let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>, cn: &str, san: SanType, usage| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.subject_alt_names = vec![san];
+        p.extended_key_usages = vec![usage];
+        p.use_authority_key_identifier_extension = true;
+        let cert = p.signed_by(&key, issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let good = ca("clients CA");
+    let rogue = ca("rogue CA");
+    let (server_cert, server_key) = leaf(
+        &good,
+        "localhost",
+        SanType::DnsName("localhost".try_into().unwrap()),
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let uri = |u: &str| SanType::URI(u.try_into().unwrap());
+    Pki {
+        ca: good.pem(),
+        server_cert,
+        server_key,
+        client: leaf(
+            &good,
+            "billing",
+            uri("spiffe://corp.test/billing"),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ),
+        rogue_client: leaf(
+            &rogue,
+            "billing",
+            uri("spiffe://corp.test/billing"),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ),
+    }
+}
+
+async fn mtls_gateway(pki: &Pki, required: bool) -> TestGateway {
+    Setup {
+        listeners: format!(
+            "  - name: http\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{cert: server.crt, key: server.key}}\n      client_auth: {{ca_file: clients.pem, required: {required}}}\n"
+        ),
+        policies: vec![("10-p.yaml".into(), policy("devices"))],
+        files: vec![
+            ("server.crt".into(), pki.server_cert.clone().into_bytes()),
+            ("server.key".into(), pki.server_key.clone().into_bytes()),
+            ("clients.pem".into(), pki.ca.clone().into_bytes()),
+        ],
+        extra: "authenticators:\n  devices:\n    mtls: {}\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+/// GET `path` over TLS presenting `client` (cert, key) if any; `Err` when TLS refuses.
+async fn mtls_get(
+    addr: SocketAddr,
+    ca: &str,
+    client: Option<&(String, String)>,
+    path: &str,
+) -> Result<StatusCode, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let cfg = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let resp = send
+            .send_request(
+                Request::get(path)
+                    .header("host", "localhost")
+                    .body(Full::<Bytes>::default())
+                    .unwrap(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(resp.status())
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("in time")
+}
+
+#[tokio::test]
+async fn client_certificate_is_a_credential() {
+    let pki = pki();
+    let gw = mtls_gateway(&pki, false).await;
+    let before = gw.echo.count();
+    assert_eq!(
+        mtls_get(gw.addr(), &pki.ca, Some(&pki.client), "/api/x").await,
+        Ok(StatusCode::OK)
+    );
+    assert_eq!(gw.echo.count(), before + 1);
+    // No certificate: no credential; the anonymous route still works.
+    assert_eq!(
+        mtls_get(gw.addr(), &pki.ca, None, "/api/x").await,
+        Ok(StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(
+        mtls_get(gw.addr(), &pki.ca, None, "/open/x").await,
+        Ok(StatusCode::OK)
+    );
+    // A certificate from another CA never gets a request through.
+    let before = gw.echo.count();
+    assert!(
+        mtls_get(gw.addr(), &pki.ca, Some(&pki.rogue_client), "/api/x")
+            .await
+            .is_err()
+    );
+    assert_eq!(gw.echo.count(), before);
+}
+
+#[tokio::test]
+async fn required_client_certificate_refuses_the_handshake_without_one() {
+    let pki = pki();
+    let gw = mtls_gateway(&pki, true).await;
+    let before = gw.echo.count();
+    assert!(mtls_get(gw.addr(), &pki.ca, None, "/open/x").await.is_err());
+    assert_eq!(gw.echo.count(), before);
+    assert_eq!(
+        mtls_get(gw.addr(), &pki.ca, Some(&pki.client), "/api/x").await,
+        Ok(StatusCode::OK)
+    );
+}
