@@ -76,7 +76,16 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ResponseB
             }
         }
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(body::full(state.metrics.encode()));
+            let mut text = state.metrics.encode();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            crate::telemetry::authn_metrics::encode(
+                &mut text,
+                &state.reloader.current().load().authn,
+                now,
+            );
+            let mut r = Response::new(body::full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 http::HeaderValue::from_static(

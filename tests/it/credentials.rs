@@ -110,6 +110,11 @@ async fn api_keys_from_a_hashed_file() {
         StatusCode::OK
     );
     assert_eq!(gw.echo.count(), before + 1);
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("portcullis_api_keys{authenticator=\"partners\"} 3"),
+        "{metrics}"
+    );
 
     refused(
         &gw,
@@ -585,6 +590,13 @@ async fn introspection_active_token_is_accepted_and_cached() {
         );
     }
     assert_eq!(idp.hits(), 1, "later requests are served from the cache");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(
+            "portcullis_introspection_requests_total{authenticator=\"opaque\",result=\"ok\"} 1"
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

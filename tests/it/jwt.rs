@@ -926,9 +926,35 @@ async fn key_server_down_at_start_gives_503_then_recovers() {
         String::from_utf8_lossy(&body)
     );
     assert_eq!(gw.echo.count(), 0);
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let labels = format!("authenticator=\"users\",issuer=\"{ISS}\"");
+    assert!(
+        metrics.contains(&format!(
+            "portcullis_key_fetches_total{{{labels},result=\"error\"}} "
+        )),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("portcullis_key_set_age_seconds"),
+        "never fetched: no age"
+    );
     server.set_mode(KeyMode::Serve);
     wait_ready(&gw).await;
     assert_accepted(&gw, &valid(), "after recovery").await;
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    for line in [
+        format!("portcullis_key_fetches_total{{{labels},result=\"ok\"}} 1"),
+        format!("portcullis_key_set_keys{{{labels}}} 1"),
+        "portcullis_token_cache_entries{authenticator=\"users\"} ".to_owned(),
+    ] {
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    let age = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("portcullis_key_set_age_seconds{{{labels}}} ")))
+        .expect("key age reported");
+    assert!(age.parse::<u64>().unwrap() < 60);
+    assert!(metrics.trim_end().ends_with("# EOF"));
 }
 
 #[tokio::test]
