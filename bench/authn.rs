@@ -152,8 +152,27 @@ fn benches(c: &mut Criterion) {
             black_box(matches!(d, Decision::Allow(_)))
         });
     });
-    c.bench_function("token_digest_sha256", |b| {
-        b.iter(|| portcullis::authn::cache::TokenCache::digest(black_box(rs256)));
+    c.bench_function("facts_from_parts", |b| {
+        b.iter(|| RequestFacts::from_parts(black_box(&parts), &conn, &[]).map(|f| f.path.len()));
+    });
+    let users = f.snapshot.authn.at(0).unwrap();
+    c.bench_function("credential_find_bearer", |b| {
+        b.iter(|| {
+            matches!(
+                portcullis::authn::credential::find(
+                    &users.sources,
+                    black_box(&parts.headers),
+                    None
+                ),
+                portcullis::authn::credential::Found::Token(_)
+            )
+        });
+    });
+    c.bench_function("authenticator_verify_cached_rs256", |b| {
+        b.iter(|| rt.block_on(users.verify(black_box(rs256), now())).is_ok());
+    });
+    c.bench_function("token_digest_sha256_for_comparison", |b| {
+        b.iter(|| portcullis::secret::sha256(black_box(rs256.as_bytes())));
     });
 }
 

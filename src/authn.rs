@@ -479,15 +479,14 @@ impl Authenticator {
                     // Before hashing: a huge token costs nothing.
                     return Err(Failure::Invalid(TokenError::TooLarge));
                 }
-                let digest = TokenCache::digest(token);
-                if let Some(e) = self.cache.get(&digest, now) {
+                if let Some(e) = self.cache.get(token, now) {
                     return e.result.clone().map_err(Failure::Invalid);
                 }
                 match j.verify(token, &self.name, now).await {
                     Ok(v) => {
                         let p = Arc::new(v.principal);
                         self.cache.insert(
-                            digest,
+                            token,
                             Entry::new(Arc::clone(&p), v.valid_until, Some(v.key)),
                         );
                         Ok(p)
@@ -507,21 +506,20 @@ impl Authenticator {
                 if token.len() > x.max_token_bytes {
                     return Err(Failure::Invalid(TokenError::TooLarge));
                 }
-                let digest = TokenCache::digest(token);
-                if let Some(e) = self.cache.get(&digest, now) {
+                if let Some(e) = self.cache.get(token, now) {
                     return e.result.clone().map_err(Failure::Invalid);
                 }
                 match x.introspect(token, &self.name, now).await {
                     Ok(Answer::Active(p, exp)) => {
                         let p = Arc::new(p);
                         self.cache
-                            .insert(digest, Entry::new(Arc::clone(&p), exp, None));
+                            .insert(token, Entry::new(Arc::clone(&p), exp, None));
                         Ok(p)
                     }
                     Ok(Answer::Inactive(e)) => {
                         let until = now.saturating_add(x.inactive_ttl.as_secs().max(1));
                         if !x.inactive_ttl.is_zero() {
-                            self.cache.insert(digest, Entry::refused(e, until));
+                            self.cache.insert(token, Entry::refused(e, until));
                         }
                         Err(Failure::Invalid(e))
                     }

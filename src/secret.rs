@@ -46,8 +46,27 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// Constant-time comparison of two byte strings (the length is not hidden).
+///
+/// Eight bytes at a time, differences OR-ed together without early exit, and the final test
+/// through `subtle`: as constant-time as `subtle`'s byte loop, and fast enough for kilobyte
+/// tokens on every cached request.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.ct_eq(b).into()
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |c: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        u64::from_ne_bytes(w)
+    };
+    let mut diff = 0u64;
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        diff |= word(x) ^ word(y);
+    }
+    diff |= word(ra) ^ word(rb);
+    diff.ct_eq(&0).into()
 }
 
 /// Reads a secret from the environment or a file (one trailing newline dropped).
@@ -93,5 +112,18 @@ mod tests {
         assert_eq!(Secret::new(b"abc".to_vec()), Secret::new(b"abc".to_vec()));
         assert_ne!(Secret::new(b"abc".to_vec()), Secret::new(b"abd".to_vec()));
         assert_ne!(Secret::new(b"abc".to_vec()), Secret::new(b"ab".to_vec()));
+    }
+
+    #[test]
+    fn ct_eq_compares_every_byte() {
+        let a: Vec<u8> = (0..=255u8).cycle().take(1001).collect();
+        assert!(ct_eq(&a, &a.clone()));
+        for i in [0, 7, 8, 500, 999, 1000] {
+            let mut b = a.clone();
+            b[i] ^= 1;
+            assert!(!ct_eq(&a, &b), "byte {i}");
+        }
+        assert!(!ct_eq(&a, &a[..1000]));
+        assert!(ct_eq(b"", b""));
     }
 }
