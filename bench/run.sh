@@ -140,8 +140,19 @@ start_nginx() { # $1 name
 
 # --- portcullis ----------------------------------------------------------------------------------
 mkdir -p "$TMP/portcullis/policies"
+# A JWT-protected route: RS256, key from a PEM file; every request carries the same token,
+# so after the first one it is a cached verification.
+"$BIN" keys new --alg RS256 --kid bench --out "$TMP/keys" >/dev/null
+TOKEN=$("$BIN" token mint --key "$TMP/keys/bench.key" --alg RS256 --kid bench \
+    --iss https://bench.portcullis --aud bench --sub bench-user --ttl 2h)
 cat >"$TMP/portcullis/policies/10-all.yaml" <<'EOF'
 rules:
+  - name: jwt
+    match:
+      paths: ["/jwt/**"]
+    effect: allow
+    authenticators: [bench]
+    upstream: app
   - name: all
     match:
       paths: ["/**"]
@@ -171,6 +182,14 @@ policies:
 logging:
   level: warn
   access_log: false
+authenticators:
+  bench:
+    jwt:
+      providers:
+        - issuer: https://bench.portcullis
+          audiences: [bench]
+          keys:
+            - pem_file: {path: $TMP/keys/bench.pem, kid: bench, algorithms: [RS256]}
 EOF
 
 # --- start and wait ------------------------------------------------------------------------------
@@ -194,14 +213,16 @@ wait_http "http://127.0.0.1:$P_ADMIN/readyz" "portcullis /readyz" ||
     { cat "$TMP/portcullis/stdout.log" >&2; exit 1; }
 
 # --- scenarios -----------------------------------------------------------------------------------
-SCENARIOS=(direct nginx portcullis nginx-tls portcullis-tls)
+SCENARIOS=(direct nginx portcullis portcullis-jwt nginx-tls portcullis-tls)
 declare -A URL=(
     [direct]="http://127.0.0.1:$P_UP/"
     [nginx]="http://127.0.0.1:$P_NGX/"
     [portcullis]="http://127.0.0.1:$P_PC/"
+    [portcullis-jwt]="http://127.0.0.1:$P_PC/jwt/"
     [nginx-tls]="https://127.0.0.1:$P_NGX_TLS/"
     [portcullis-tls]="https://127.0.0.1:$P_PC_TLS/"
 )
+declare -A HEADER=([portcullis-jwt]="Authorization: Bearer $TOKEN")
 declare -A RPS P50 P99 NON2XX SOCKERR UPCONN
 
 # Connections the upstream has accepted so far (stub_status): shows whether a proxy pools.
@@ -227,15 +248,20 @@ run_wrk() { # $1 output file, rest: wrk arguments
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# The protected route refuses a request without the token.
+code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 2 "${URL[portcullis-jwt]}")
+[[ $code == 401 ]] || die "portcullis-jwt: expected 401 without a token, got $code"
 for s in "${SCENARIOS[@]}"; do
-    body=$(curl -fsk --max-time 2 "${URL[$s]}") || die "$s: sanity request failed"
+    hdr=()
+    [[ -z ${HEADER[$s]:-} ]] || hdr=(-H "${HEADER[$s]}")
+    body=$(curl -fsk --max-time 2 "${hdr[@]}" "${URL[$s]}") || die "$s: sanity request failed"
     [[ $body == ok ]] || die "$s: unexpected body: $body"
     if [[ $WARMUP != 0 ]]; then
-        run_wrk "$TMP/warmup-$s.txt" -d"${WARMUP}s" "${URL[$s]}"
+        run_wrk "$TMP/warmup-$s.txt" -d"${WARMUP}s" "${hdr[@]}" "${URL[$s]}"
     fi
     log "$s: ${DURATION}s, $CONNS connections"
     acc0=$(upstream_accepts)
-    run_wrk "$TMP/wrk-$s.txt" -d"${DURATION}s" --latency "${URL[$s]}"
+    run_wrk "$TMP/wrk-$s.txt" -d"${DURATION}s" --latency "${hdr[@]}" "${URL[$s]}"
     out=$(<"$TMP/wrk-$s.txt")
     UPCONN[$s]=$(($(upstream_accepts) - acc0 - 1))
     RPS[$s]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
@@ -270,6 +296,8 @@ table() {
     echo "- portcullis / nginx: **${r}×** (target ≥ 1.0×): **$(verdict "$r" 1.0)**"
     r=$(ratio "${RPS[portcullis-tls]}" "${RPS[nginx-tls]}")
     echo "- portcullis-tls / nginx-tls: **${r}×** (target ≥ 1.5×): **$(verdict "$r" 1.5)**"
+    r=$(ratio "${RPS[portcullis-jwt]}" "${RPS[portcullis]}")
+    echo "- portcullis-jwt (cached RS256) / portcullis: **${r}×** (target ≥ 0.9×): **$(verdict "$r" 0.9)**"
 }
 
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -300,11 +328,13 @@ after a short warm-up:
 - `direct`: wrk → upstream (the ceiling of this machine);
 - `nginx`: wrk → nginx `proxy_pass` → upstream;
 - `portcullis`: wrk → Portcullis (plain HTTP) → upstream;
+- `portcullis-jwt`: the same, on a route requiring an RS256 JWT (PEM key file); every request
+  carries the same token, so all but the first are cached verifications;
 - `nginx-tls`: wrk → nginx terminating TLS → upstream;
 - `portcullis-tls`: wrk → Portcullis terminating TLS → upstream.
 
 Only the ratios measured within one run matter (targets: portcullis ≥ 1.0× nginx,
-portcullis-tls ≥ 1.5× nginx-tls). The absolute numbers depend on the machine and on whatever
+portcullis-tls ≥ 1.5× nginx-tls, portcullis-jwt ≥ 0.9× portcullis). The absolute numbers depend on the machine and on whatever
 else runs on it, and must not be compared across runs or machines. `non-2xx` and `socket errors`
 come from wrk; `upstream conns` is how many connections the upstream accepted during the
 measured window (nginx `stub_status`): a pooling proxy opens few, one per request means no reuse. `+dirty` after the commit
