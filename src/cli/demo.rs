@@ -17,6 +17,7 @@ use crate::telemetry::logging;
 use crate::tls::certs;
 
 /// The demo policy: `/public/**` readable by anyone, `/api/**` for holders of a demo token,
+/// `/reports/**` for holders of the demo API key,
 /// `/admin/**` explicitly denied, anything else denied by default.
 pub const DEMO_POLICY: &str = "\
 # Demo policy. Edit me while the demo runs: the gateway reloads within a second.
@@ -37,6 +38,12 @@ rules:
       paths: [\"/api/**\"]
     effect: allow
     authenticators: [demo]
+    upstream: echo
+  - name: reports
+    match:
+      paths: [\"/reports/**\"]
+    effect: allow
+    authenticators: [partners]
     upstream: echo
 ";
 
@@ -83,7 +90,14 @@ async fn serve(dir: &Path, port: u16, admin_port: u16) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = match write_files(dir, port, admin_port, echo.addr, &key) {
+    let api_key = match crate::authn::apikey::generate() {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot make the demo API key");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match write_files(dir, port, admin_port, echo.addr, &key, &api_key) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, dir = %dir.display(), "Cannot write the demo files");
@@ -129,6 +143,10 @@ Denied (401) by rule api: an expired token:
   curl --cacert {ca} -i -H 'Authorization: Bearer {expired}' {base}/api/orders
 Denied (401) by rule api: a token for another audience:
   curl --cacert {ca} -i -H 'Authorization: Bearer {wrong_audience}' {base}/api/orders
+Allowed (200) by rule reports, with the demo API key (its hash is in {dir}/apikeys.yaml):
+  curl --cacert {ca} -H 'x-api-key: {api_key}' {base}/reports/daily
+Denied (401) by rule reports: a key that is not in the file:
+  curl --cacert {ca} -i -H 'x-api-key: pck_not-a-real-key' {base}/reports/daily
 Denied (403) by default, no rule matches:
   curl --cacert {ca} -i -X POST {base}/public/hello
 Rejected (400) as an ambiguous path:
@@ -178,6 +196,7 @@ fn write_files(
     admin_port: u16,
     echo: SocketAddr,
     signing: &SigningKey,
+    api_key: &str,
 ) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("policies"))?;
     let (cert, key) = certs::self_signed(&["localhost", "127.0.0.1"])
@@ -190,6 +209,13 @@ fn write_files(
         signing.private_pem.expose().as_bytes(),
     )?;
     std::fs::write(dir.join("demo-signing.pem"), &signing.public_pem)?;
+    std::fs::write(
+        dir.join("apikeys.yaml"),
+        format!(
+            "# Hashed API keys; add more with `portcullis apikey new --id ID --owner OWNER >> apikeys.yaml`.\nkeys:\n  - id: demo-reports\n    hash: {}\n    owner: svc-reports\n    kind: machine\n    scopes: [reports:read]\n    plan: demo\n",
+            crate::authn::apikey::hash_of(api_key)
+        ),
+    )?;
     let config = format!(
         "\
 # Written by `portcullis demo`.
@@ -215,6 +241,9 @@ authenticators:
           audiences: [{DEMO_AUDIENCE}]
           keys:
             - pem_file: {{path: demo-signing.pem, kid: {DEMO_KID}, algorithms: [ES256]}}
+  partners:
+    api_key:
+      keys_file: apikeys.yaml
 "
     );
     let path = dir.join("portcullis.yaml");

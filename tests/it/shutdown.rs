@@ -188,7 +188,13 @@ async fn demo_starts_and_every_printed_curl_line_gets_its_status() {
     })
     .await
     .unwrap();
-    assert!(cases.len() >= 8, "{cases:?}");
+    assert!(cases.len() >= 10, "{cases:?}");
+    assert!(
+        cases
+            .iter()
+            .any(|(c, cmd)| *c == 200 && cmd.contains("x-api-key: pck_")),
+        "an API key line: {cases:?}"
+    );
     assert!(cases.iter().any(|(c, _)| *c == 401) && cases.iter().any(|(c, _)| *c == 200));
     let run = |cmd: &str| {
         Command::new("sh")
