@@ -53,6 +53,8 @@ pub struct Challenges {
     pub invalid_token: http::HeaderValue,
     /// An ambiguous request (two credentials).
     pub invalid_request: http::HeaderValue,
+    /// A valid token without a scope the rule requires.
+    pub insufficient_scope: http::HeaderValue,
 }
 
 impl Challenges {
@@ -65,6 +67,9 @@ impl Challenges {
             ),
             invalid_request: http::HeaderValue::from_static(
                 "Bearer realm=\"portcullis\", error=\"invalid_request\", error_description=\"The request carries more than one credential\"",
+            ),
+            insufficient_scope: http::HeaderValue::from_static(
+                "Bearer realm=\"portcullis\", error=\"insufficient_scope\", error_description=\"The access token lacks a required scope\"",
             ),
         }
     }
@@ -81,6 +86,9 @@ impl Challenges {
             ))?,
             invalid_request: v(format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"The request carries more than one credential\""
+            ))?,
+            insufficient_scope: v(format!(
+                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"The access token lacks a required scope\""
             ))?,
         })
     }

@@ -40,6 +40,8 @@ pub struct Rule {
     /// Query parameters any of its authenticators reads credentials from: always removed
     /// before forwarding (URLs end up in logs).
     pub query_credentials: Option<Arc<[Box<str>]>>,
+    /// What an allowed request must also satisfy.
+    pub require: super::require::Requirements,
 }
 
 /// The ordered rules.

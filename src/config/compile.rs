@@ -298,6 +298,28 @@ pub fn compile(
                 .flat_map(|a| a.query_sources().map(Into::into).collect::<Vec<Box<str>>>())
                 .collect();
             let query_credentials = (!query.is_empty()).then(|| query.into());
+            let require = match crate::authz::require::Requirements::compile(&r.require) {
+                Ok(q) => q,
+                Err(es) => {
+                    for (f, m) in es {
+                        diags.push(at(&format!("require.{f}"), m));
+                    }
+                    crate::authz::require::Requirements::default()
+                }
+            };
+            if r.effect == Effect::Deny && r.require != crate::config::raw::RawRequire::default() {
+                diags.push(at(
+                    "require",
+                    "requirements apply to allow rules; a deny rule refuses whatever it matches"
+                        .into(),
+                ));
+            }
+            if r.anonymous && require.needs_principal() {
+                diags.push(at(
+                    "anonymous",
+                    "an anonymous request has no scopes, roles, claims or kind: drop `anonymous` or those requirements".into(),
+                ));
+            }
             if diags.len() == before {
                 rules.push(Rule {
                     id: RuleId(r.name.as_str().into()),
@@ -310,6 +332,7 @@ pub fn compile(
                     authenticators: authenticators.into(),
                     anonymous: r.anonymous,
                     query_credentials,
+                    require,
                 });
             }
         }

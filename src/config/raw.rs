@@ -293,6 +293,57 @@ pub struct RawRule {
     /// two: there is no implicit anonymous access.
     #[serde(default)]
     pub anonymous: bool,
+    /// What an allowed request must also satisfy; each failure is a 403 with its reason.
+    #[serde(default)]
+    pub require: RawRequire,
+}
+
+/// Requirements of an allow rule beyond a valid credential.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequire {
+    /// Scopes the principal must hold (403 `insufficient_scope` otherwise).
+    #[serde(default)]
+    pub scopes: Option<RawStringSet>,
+    /// Roles the principal must hold.
+    #[serde(default)]
+    pub roles: Option<RawStringSet>,
+    /// Claims (dotted paths) and what they must be.
+    #[serde(default)]
+    pub claims: BTreeMap<String, RawClaimCheck>,
+    /// `user` or `machine`.
+    #[serde(default)]
+    pub kind: Option<RawPrincipalKind>,
+    /// Client addresses allowed (the client address as derived through `trusted_proxies`).
+    #[serde(default)]
+    pub networks: Vec<Network>,
+    /// A verified client certificate is required (the listener asks for one).
+    #[serde(default)]
+    pub mtls: bool,
+}
+
+/// Strings that must all, or at least one of which must, be held.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStringSet {
+    /// Every one of these.
+    #[serde(default)]
+    pub all_of: Vec<String>,
+    /// At least one of these.
+    #[serde(default)]
+    pub any_of: Vec<String>,
+}
+
+/// A check of one claim.
+#[derive(Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawClaimCheck {
+    /// Equal to this JSON value (`"acme"`, `2`, `true`).
+    Equals(serde_json::Value),
+    /// Equal to one of these.
+    OneOf(Vec<serde_json::Value>),
+    /// An array claim holding this value, or a space-separated string holding this word.
+    Contains(serde_json::Value),
 }
 
 /// Request criteria of a rule. An empty list matches everything.
@@ -387,6 +438,13 @@ maps {
     "jwks_url" => JwksUrl(RawJwksUrl),
     "oidc_discovery" => OidcDiscovery(RawJwksUrl),
     "hmac" => Hmac(RawHmacKey),
+});
+single_key_enum!(RawClaimCheck, "`equals: VALUE`, `one_of: [VALUES]` or `contains: VALUE`",
+units {},
+maps {
+    "equals" => Equals(serde_json::Value),
+    "one_of" => OneOf(Vec<serde_json::Value>),
+    "contains" => Contains(serde_json::Value),
 });
 single_key_enum!(RawSecret, "`env: VARIABLE` or `file: PATH`",
     units {},

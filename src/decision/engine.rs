@@ -22,6 +22,8 @@ pub enum TraceEvent {
     Anonymous,
     /// Authentication refused the request.
     AuthnFailed(DenyKind),
+    /// A requirement of the rule failed.
+    RequirementFailed(crate::authz::require::Unmet),
 }
 
 /// Receives the steps of a decision.
@@ -66,6 +68,15 @@ pub async fn decide(
             kind: DenyKind::Forbidden,
         });
     }
+    if let Err(unmet) = rule.require.check_request(facts) {
+        // Before any credential is verified: an address or a missing certificate decides.
+        let kind = DenyKind::Unmet(unmet);
+        trace.record(TraceEvent::RequirementFailed(unmet));
+        return Decision::Deny(Deny {
+            rule: Some(rule.id.clone()),
+            kind,
+        });
+    }
     let now = unix_now();
     let (principal, authenticator) = match snapshot
         .authn
@@ -99,6 +110,15 @@ pub async fn decide(
             });
         }
     };
+    if let Some(p) = &principal
+        && let Err(unmet) = rule.require.check_principal(p)
+    {
+        trace.record(TraceEvent::RequirementFailed(unmet));
+        return Decision::Deny(Deny {
+            rule: Some(rule.id.clone()),
+            kind: DenyKind::Unmet(unmet),
+        });
+    }
     Decision::Allow(Allow {
         rule: rule.id.clone(),
         upstream: rule.upstream,

@@ -7,6 +7,7 @@ use http::{HeaderValue, StatusCode};
 
 use crate::authn::jwt::verify::TokenError;
 use crate::authn::principal::Principal;
+use crate::authz::require::Unmet;
 use crate::authz::route::RuleId;
 use crate::snapshot::Challenges;
 
@@ -58,6 +59,8 @@ pub enum DenyKind {
     AmbiguousCredential,
     /// The keys needed to verify are unavailable (503).
     AuthnUnavailable,
+    /// A requirement of the rule does not hold (403; `insufficient_scope` for scopes).
+    Unmet(Unmet),
 }
 
 // === impl Decision ===
@@ -86,7 +89,7 @@ impl DenyKind {
     /// HTTP status of the denial.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::NoRule | Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NoRule | Self::Forbidden | Self::Unmet(_) => StatusCode::FORBIDDEN,
             Self::MissingCredential | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Self::AmbiguousCredential => StatusCode::BAD_REQUEST,
             Self::AuthnUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -110,16 +113,19 @@ impl DenyKind {
             Self::InvalidToken(_) => "invalid_token",
             Self::AmbiguousCredential => "invalid_request",
             Self::AuthnUnavailable => "authentication_unavailable",
+            Self::Unmet(u) => u.as_str(),
         }
     }
 
-    /// The `WWW-Authenticate` challenge, for 401s and the ambiguous-credential 400.
+    /// The `WWW-Authenticate` challenge: 401s, the ambiguous-credential 400 and the missing
+    /// scope 403.
     pub fn challenge(self, challenges: &Challenges) -> Option<&HeaderValue> {
         match self {
             Self::MissingCredential => Some(&challenges.missing),
             Self::InvalidToken(_) => Some(&challenges.invalid_token),
             Self::AmbiguousCredential => Some(&challenges.invalid_request),
-            Self::NoRule | Self::Forbidden | Self::AuthnUnavailable => None,
+            Self::Unmet(Unmet::Scope) => Some(&challenges.insufficient_scope),
+            Self::NoRule | Self::Forbidden | Self::AuthnUnavailable | Self::Unmet(_) => None,
         }
     }
 }

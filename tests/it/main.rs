@@ -17,6 +17,7 @@ mod check;
 mod credentials;
 mod jwt;
 mod paths;
+mod policy;
 mod proxy;
 mod reload;
 mod shutdown;

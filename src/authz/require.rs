@@ -1,0 +1,282 @@
+//! A rule's requirements beyond "who": scopes, roles, claims, principal kind, client networks
+//! and a client certificate. Compiled at load; checked on every request against the principal
+//! the request authenticated as (never against a cached decision), so a credential cached for
+//! one route grants another only if that route's own requirements hold.
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use crate::authn::PrincipalKind;
+use crate::authn::principal::{Principal, lookup};
+use crate::config::raw::{RawClaimCheck, RawPrincipalKind, RawRequire, RawStringSet};
+use crate::request::RequestFacts;
+
+/// Compiled requirements; the default requires nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Requirements {
+    scopes: StringSet,
+    roles: StringSet,
+    claims: Box<[(ClaimPath, ClaimCheck)]>,
+    kind: Option<PrincipalKind>,
+    networks: Box<[IpNet]>,
+    mtls: bool,
+}
+
+/// A dotted claim path, split.
+type ClaimPath = Box<[Box<str>]>;
+
+#[derive(Debug, Clone, Default)]
+struct StringSet {
+    all_of: Box<[Box<str>]>,
+    any_of: Box<[Box<str>]>,
+}
+
+#[derive(Debug, Clone)]
+enum ClaimCheck {
+    Equals(Value),
+    OneOf(Box<[Value]>),
+    Contains(Value),
+}
+
+/// Which requirement a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmet {
+    /// A scope is missing (403 `insufficient_scope`, RFC 6750 §3.1).
+    Scope,
+    /// A role is missing.
+    Role,
+    /// A claim has another value, or is absent.
+    Claim,
+    /// A user where a machine is required, or the reverse.
+    Kind,
+    /// The client address is outside the allowed networks.
+    Network,
+    /// No verified client certificate.
+    ClientCertificate,
+}
+
+// === impl Unmet ===
+
+impl Unmet {
+    /// Reason code (logs, metrics and the response body).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scope => "insufficient_scope",
+            Self::Role => "role_required",
+            Self::Claim => "claim_mismatch",
+            Self::Kind => "principal_kind",
+            Self::Network => "network_not_allowed",
+            Self::ClientCertificate => "client_certificate_required",
+        }
+    }
+}
+
+// === impl Requirements ===
+
+impl Requirements {
+    /// Compiles the raw requirements; errors are (field, message).
+    pub fn compile(raw: &RawRequire) -> Result<Self, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let set = |s: &Option<RawStringSet>, field: &str, errors: &mut Vec<(String, String)>| {
+            let Some(s) = s else {
+                return StringSet::default();
+            };
+            if s.all_of.is_empty() && s.any_of.is_empty() {
+                errors.push((field.to_owned(), "give `all_of` or `any_of`".to_owned()));
+            }
+            if s.all_of.iter().chain(&s.any_of).any(|v| v.is_empty()) {
+                errors.push((field.to_owned(), "values must not be empty".to_owned()));
+            }
+            StringSet {
+                all_of: s.all_of.iter().map(|v| v.as_str().into()).collect(),
+                any_of: s.any_of.iter().map(|v| v.as_str().into()).collect(),
+            }
+        };
+        let scopes = set(&raw.scopes, "scopes", &mut errors);
+        let roles = set(&raw.roles, "roles", &mut errors);
+        let mut claims = Vec::new();
+        for (path, check) in &raw.claims {
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                errors.push((format!("claims.{path}"), "not a claim path".into()));
+                continue;
+            }
+            let split: Box<[Box<str>]> = path.split('.').map(Into::into).collect();
+            let check = match check {
+                RawClaimCheck::Equals(v) => ClaimCheck::Equals(v.clone()),
+                RawClaimCheck::OneOf(vs) if vs.is_empty() => {
+                    errors.push((format!("claims.{path}.one_of"), "must list values".into()));
+                    continue;
+                }
+                RawClaimCheck::OneOf(vs) => ClaimCheck::OneOf(vs.clone().into()),
+                RawClaimCheck::Contains(v) => ClaimCheck::Contains(v.clone()),
+            };
+            claims.push((split, check));
+        }
+        if errors.is_empty() {
+            Ok(Self {
+                scopes,
+                roles,
+                claims: claims.into(),
+                kind: raw.kind.map(|k| match k {
+                    RawPrincipalKind::User => PrincipalKind::User,
+                    RawPrincipalKind::Machine => PrincipalKind::Machine,
+                }),
+                networks: raw.networks.iter().map(|n| n.0).collect(),
+                mtls: raw.mtls,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Whether any requirement needs a principal (an anonymous request fails them with 401).
+    pub fn needs_principal(&self) -> bool {
+        !self.scopes.is_empty()
+            || !self.roles.is_empty()
+            || !self.claims.is_empty()
+            || self.kind.is_some()
+    }
+
+    /// Checks of the connection, before any credential is verified.
+    pub fn check_request(&self, facts: &RequestFacts<'_>) -> Result<(), Unmet> {
+        if !self.networks.is_empty() && !self.networks.iter().any(|n| n.contains(&facts.client_ip))
+        {
+            return Err(Unmet::Network);
+        }
+        let has_cert = facts
+            .conn
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_cert.is_some());
+        if self.mtls && !has_cert {
+            return Err(Unmet::ClientCertificate);
+        }
+        Ok(())
+    }
+
+    /// Checks of the principal.
+    pub fn check_principal(&self, p: &Principal) -> Result<(), Unmet> {
+        if !self.scopes.holds(&p.scopes) {
+            return Err(Unmet::Scope);
+        }
+        if !self.roles.holds(&p.roles) {
+            return Err(Unmet::Role);
+        }
+        if self.kind.is_some_and(|k| k != p.kind) {
+            return Err(Unmet::Kind);
+        }
+        for (path, check) in &*self.claims {
+            let v = lookup(&p.claims, path);
+            let ok = match (check, v) {
+                (_, None) => false,
+                (ClaimCheck::Equals(want), Some(v)) => v == want,
+                (ClaimCheck::OneOf(want), Some(v)) => want.contains(v),
+                (ClaimCheck::Contains(want), Some(Value::Array(items))) => items.contains(want),
+                // A space-separated string (as `scope` claims are) contains a word.
+                (ClaimCheck::Contains(Value::String(w)), Some(Value::String(s))) => {
+                    s.split(' ').any(|x| x == w)
+                }
+                (ClaimCheck::Contains(_), Some(_)) => false,
+            };
+            if !ok {
+                return Err(Unmet::Claim);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StringSet {
+    fn is_empty(&self) -> bool {
+        self.all_of.is_empty() && self.any_of.is_empty()
+    }
+
+    fn holds(&self, have: &[Box<str>]) -> bool {
+        self.all_of.iter().all(|w| have.contains(w))
+            && (self.any_of.is_empty() || self.any_of.iter().any(|w| have.contains(w)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn principal(scopes: &[&str], claims: &Value) -> Principal {
+        Principal {
+            id: "u".into(),
+            kind: PrincipalKind::User,
+            authenticator: Arc::from("a"),
+            issuer: None,
+            scopes: scopes.iter().map(|s| (*s).into()).collect(),
+            roles: vec!["admin".into()].into(),
+            tenant: None,
+            api_key_id: None,
+            claims: claims.as_object().unwrap().clone(),
+            expires_at: None,
+        }
+    }
+
+    fn req(yaml: Value) -> Requirements {
+        Requirements::compile(&serde_json::from_value(yaml).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn scopes_roles_kind() {
+        let p = principal(&["read", "write"], &json!({}));
+        assert_eq!(
+            req(json!({"scopes": {"all_of": ["read", "write"]}})).check_principal(&p),
+            Ok(())
+        );
+        assert_eq!(
+            req(json!({"scopes": {"all_of": ["read", "admin"]}})).check_principal(&p),
+            Err(Unmet::Scope)
+        );
+        assert_eq!(
+            req(json!({"scopes": {"any_of": ["x", "write"]}})).check_principal(&p),
+            Ok(())
+        );
+        assert_eq!(
+            req(json!({"scopes": {"any_of": ["x", "y"]}})).check_principal(&p),
+            Err(Unmet::Scope)
+        );
+        assert_eq!(
+            req(json!({"roles": {"all_of": ["admin"]}})).check_principal(&p),
+            Ok(())
+        );
+        assert_eq!(
+            req(json!({"roles": {"any_of": ["ops"]}})).check_principal(&p),
+            Err(Unmet::Role)
+        );
+        assert_eq!(
+            req(json!({"kind": "machine"})).check_principal(&p),
+            Err(Unmet::Kind)
+        );
+    }
+
+    #[test]
+    fn claim_checks() {
+        let p = principal(
+            &[],
+            &json!({"tenant": "acme", "org": {"tier": 2}, "groups": ["a", "b"], "amr": "pwd otp"}),
+        );
+        for (check, ok) in [
+            (json!({"tenant": {"equals": "acme"}}), true),
+            (json!({"tenant": {"equals": "other"}}), false),
+            (json!({"org.tier": {"equals": 2}}), true),
+            (json!({"org.tier": {"equals": "2"}}), false),
+            (json!({"tenant": {"one_of": ["x", "acme"]}}), true),
+            (json!({"groups": {"contains": "b"}}), true),
+            (json!({"groups": {"contains": "c"}}), false),
+            (json!({"amr": {"contains": "otp"}}), true),
+            (json!({"amr": {"contains": "ot"}}), false),
+            (json!({"missing": {"equals": "x"}}), false),
+        ] {
+            let r = req(json!({ "claims": check }));
+            assert_eq!(r.check_principal(&p).is_ok(), ok, "{check}");
+        }
+    }
+}

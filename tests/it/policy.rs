@@ -1,0 +1,245 @@
+//! Rule requirements through the proxy door: scopes (403 `insufficient_scope` with its
+//! challenge), roles, claims, principal kind, client networks and client certificates; each
+//! refusal asserted with its status and reason, and that the upstream saw nothing.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use jsonwebtoken::Algorithm;
+use portcullis::authn::jwt::mint::SigningKey;
+use serde_json::{Value, json};
+
+use crate::support::{Setup, TestGateway, send};
+
+const SECRET: &[u8] = b"policy-test-secret-policy-test-secret-0123456789";
+
+fn token(claims: &Value) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut c = json!({"iss": "https://iss.test", "aud": "api", "sub": "alice", "exp": now + 300});
+    for (k, v) in claims.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    SigningKey::hmac(SECRET, Algorithm::HS256, "k")
+        .unwrap()
+        .sign(&c)
+        .unwrap()
+}
+
+const AUTHN: &str = "authenticators:
+  users:
+    jwt:
+      providers:
+        - issuer: https://iss.test
+          audiences: [api]
+          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]
+          principal: {roles_claim: realm.roles}
+";
+
+async fn gateway(rules: &str) -> TestGateway {
+    Setup {
+        policies: vec![("10-p.yaml".into(), format!("rules:\n{rules}"))],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: AUTHN.into(),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+/// Status, `WWW-Authenticate` and body of a GET with an optional bearer token; asserts the
+/// upstream saw the request exactly when it was allowed.
+async fn get(gw: &TestGateway, path: &str, token: Option<&str>) -> (StatusCode, String, String) {
+    let before = gw.echo.count();
+    let mut req = Request::get(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let (status, headers, body) = send(gw.addr(), req.body(Full::default()).unwrap()).await;
+    let forwarded = gw.echo.count() - before;
+    assert_eq!(
+        forwarded,
+        usize::from(status == StatusCode::OK),
+        "{path}: {status}"
+    );
+    (
+        status,
+        headers
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+fn rule(name: &str, path: &str, require: &str) -> String {
+    format!(
+        "  - name: {name}\n    match: {{paths: [\"{path}\"]}}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n    require: {require}\n"
+    )
+}
+
+#[tokio::test]
+async fn missing_scope_is_403_insufficient_scope_with_its_challenge() {
+    let gw = gateway(&rule("w", "/w/**", "{scopes: {all_of: [orders:write]}}")).await;
+    let read_only = token(&json!({"scope": "orders:read"}));
+    let (status, challenge, body) = get(&gw, "/w/1", Some(&read_only)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(body.contains("\"error\":\"insufficient_scope\""), "{body}");
+    assert!(
+        !body.contains("orders:write"),
+        "the body names no policy internals: {body}"
+    );
+    let writer = token(&json!({"scope": "orders:read orders:write"}));
+    assert_eq!(get(&gw, "/w/1", Some(&writer)).await.0, StatusCode::OK);
+    // scp as an array counts too.
+    let scp = token(&json!({"scp": ["orders:write"]}));
+    assert_eq!(get(&gw, "/w/1", Some(&scp)).await.0, StatusCode::OK);
+    // No token at all is still a 401, not a 403.
+    assert_eq!(get(&gw, "/w/1", None).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn roles_claims_and_kind() {
+    let rules = [
+        rule("admin", "/admin/**", "{roles: {any_of: [admin, ops]}}"),
+        rule(
+            "tenant",
+            "/acme/**",
+            "{claims: {tenant: {equals: acme}, groups: {contains: billing}}}",
+        ),
+        rule("svc", "/svc/**", "{kind: machine}"),
+    ]
+    .concat();
+    let gw = gateway(&rules).await;
+    let admin = token(&json!({"realm": {"roles": ["ops"]}}));
+    let user = token(&json!({"realm": {"roles": ["user"]}}));
+    assert_eq!(get(&gw, "/admin/x", Some(&admin)).await.0, StatusCode::OK);
+    let (status, challenge, body) = get(&gw, "/admin/x", Some(&user)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        challenge.is_empty(),
+        "only scopes get a challenge: {challenge}"
+    );
+    assert!(body.contains("role_required"), "{body}");
+
+    let acme = token(&json!({"tenant": "acme", "groups": ["billing", "x"]}));
+    let other = token(&json!({"tenant": "other", "groups": ["billing"]}));
+    let no_group = token(&json!({"tenant": "acme", "groups": ["x"]}));
+    assert_eq!(get(&gw, "/acme/x", Some(&acme)).await.0, StatusCode::OK);
+    for t in [&other, &no_group] {
+        let (status, _, body) = get(&gw, "/acme/x", Some(t)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("claim_mismatch"), "{body}");
+    }
+
+    // A client-credentials token (client_id, no sub) is a machine; a user token is not.
+    let machine = token(&json!({"sub": null, "client_id": "svc-1"}));
+    assert_eq!(get(&gw, "/svc/x", Some(&machine)).await.0, StatusCode::OK);
+    let (status, _, body) = get(&gw, "/svc/x", Some(&user)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("principal_kind"), "{body}");
+}
+
+#[tokio::test]
+async fn client_networks_are_checked_before_the_credential() {
+    let rules = [
+        rule("inside", "/in/**", "{networks: [127.0.0.0/8]}"),
+        rule(
+            "outside",
+            "/out/**",
+            "{networks: [10.0.0.0/8, \"fd00::/8\"]}",
+        ),
+    ]
+    .concat();
+    let gw = gateway(&rules).await;
+    let t = token(&json!({}));
+    assert_eq!(get(&gw, "/in/x", Some(&t)).await.0, StatusCode::OK);
+    let (status, _, body) = get(&gw, "/out/x", Some(&t)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("network_not_allowed"), "{body}");
+    // Even without a credential: the address alone decides, before any verification.
+    assert_eq!(get(&gw, "/out/x", None).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_client_certificate_requirement_refuses_plain_connections() {
+    let gw = gateway(&rule("m", "/m/**", "{mtls: true}")).await;
+    let (status, _, body) = get(&gw, "/m/x", Some(&token(&json!({})))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("client_certificate_required"), "{body}");
+}
+
+#[tokio::test]
+async fn contradictory_requirements_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("hs.secret"), SECRET).unwrap();
+    std::fs::write(
+        dir.path().join("portcullis.yaml"),
+        format!(
+            "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]\nupstreams: {{echo: {{url: \"http://127.0.0.1:9\"}}}}\npolicies: {{dir: policies}}\n{AUTHN}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        "rules:
+  - name: anon-with-scope
+    match: {paths: [\"/a/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+    require: {scopes: {all_of: [x]}}
+  - name: deny-with-require
+    match: {paths: [\"/b/**\"]}
+    effect: deny
+    require: {roles: {any_of: [x]}}
+  - name: empty-set
+    match: {paths: [\"/c/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: echo
+    require: {scopes: {}}
+",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/q.yaml"),
+        "rules:
+  - name: bad-claim-check
+    match: {paths: [\"/d/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: echo
+    require: {claims: {tenant: {starts_with: a}}}
+",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "-c"])
+        .arg(dir.path().join("portcullis.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "p.yaml:5:5: error: rules[0].anonymous",
+        "p.yaml:11:5: error: rules[1].require",
+        "p.yaml:17:15: error: rules[2].require.scopes: give `all_of` or `any_of`",
+        "q.yaml:7:32: error: rules[0].require.claims.tenant: unknown variant `starts_with`",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+}
