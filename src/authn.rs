@@ -343,17 +343,17 @@ impl Authn {
         for name in &*self.spoofable {
             headers.remove(name);
         }
-        let underscored: Vec<HeaderName> = headers
+        // Spellings that differ only in `_` and `-` (either side may hold either).
+        let dashed = |s: &str| s.replace('_', "-");
+        let variants: Vec<HeaderName> = headers
             .keys()
             .filter(|k| {
-                k.as_str().contains('_') && {
-                    let dashed = k.as_str().replace('_', "-");
-                    self.spoofable.iter().any(|s| s.as_str() == dashed)
-                }
+                let k = dashed(k.as_str());
+                self.spoofable.iter().any(|s| dashed(s.as_str()) == k)
             })
             .cloned()
             .collect();
-        for name in underscored {
+        for name in variants {
             headers.remove(name);
         }
     }
@@ -425,13 +425,13 @@ impl Authenticator {
                     Credential::Nothing
                 }
             }
-            Kind::Mtls(_) => {
-                if facts
+            Kind::Mtls(m) => {
+                let has_cert = facts
                     .conn
                     .tls
                     .as_ref()
-                    .is_some_and(|t| t.client_cert.is_some())
-                {
+                    .is_some_and(|t| t.client_cert.is_some());
+                if has_cert && m.accepts_listener(&facts.conn.listener) {
                     Credential::Present
                 } else {
                     Credential::Nothing
@@ -523,10 +523,8 @@ impl Authenticator {
                         }
                         Err(Failure::Invalid(e))
                     }
-                    Err(e) => {
-                        tracing::warn!(authenticator = %self.name, error = %e, "token introspection failed");
-                        Err(Failure::Unavailable)
-                    }
+                    // Logged (rate-limited) by the introspector.
+                    Err(_) => Err(Failure::Unavailable),
                 }
             }
             Kind::TrustedHeaders(_) | Kind::Mtls(_) => Err(Failure::Missing),
@@ -579,4 +577,52 @@ fn compile_sources(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::raw::{Network, RawPrincipalKind, RawTrustedHeaders};
+
+    #[test]
+    fn spoofable_names_are_stripped_in_every_dash_and_underscore_spelling() {
+        let raw = [(
+            "inner".to_owned(),
+            RawAuthenticator::TrustedHeaders(RawTrustedHeaders {
+                networks: vec![Network("10.0.0.0/8".parse().unwrap())],
+                id: "x_auth_user".into(),
+                kind_header: None,
+                kind: RawPrincipalKind::User,
+                scopes: Some("x-auth-scopes".into()),
+                roles: None,
+                tenant: None,
+                claims: std::collections::BTreeMap::new(),
+            }),
+        )]
+        .into();
+        let authn = Authn::compile(
+            &raw,
+            &RawAuthn::default(),
+            Path::new("."),
+            None,
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        for name in [
+            "x-auth-user",
+            "X_Auth_User",
+            "x_auth_scopes",
+            "x-auth-scopes",
+            "x-other",
+        ] {
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "v".parse().unwrap(),
+            );
+        }
+        authn.strip_spoofable(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-other"]);
+    }
 }

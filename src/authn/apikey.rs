@@ -30,7 +30,7 @@ pub const MIN_SECRET_BYTES: usize = 16;
 pub const KEY_PREFIX: &str = "pck_";
 
 /// The compiled keys of one authenticator.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ApiKeys {
     by_prefix: HashMap<u64, Box<[u32]>>,
     keys: Vec<Key>,
@@ -56,6 +56,15 @@ pub enum KeyError {
 }
 
 // === impl ApiKeys ===
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Hashes of possibly weak shared secrets stay out of debug output.
+        f.debug_struct("ApiKeys")
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
 
 impl ApiKeys {
     /// Compiles inline keys and the key file (added to `watched`).
@@ -134,14 +143,21 @@ impl ApiKeys {
         if let Some(first) = ids.get(id) {
             return Some(("id", format!("duplicate api key id `{id}` (also {first})")));
         }
-        if self.keys.iter().any(|k| k.digest == key.digest) {
+        let bucket = prefix(&key.digest);
+        let same = self.by_prefix.get(&bucket).is_some_and(|l| {
+            l.iter().any(|&i| {
+                self.keys
+                    .get(i as usize)
+                    .is_some_and(|k| k.digest == key.digest)
+            })
+        });
+        if same {
             return Some(("hash", "the same key is listed twice".into()));
         }
-        ids.insert(id.to_owned(), place.to_owned());
         let Ok(index) = u32::try_from(self.keys.len()) else {
             return Some(("id", "too many api keys".into()));
         };
-        let bucket = prefix(&key.digest);
+        ids.insert(id.to_owned(), place.to_owned());
         let mut list = self
             .by_prefix
             .remove(&bucket)

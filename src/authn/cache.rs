@@ -26,14 +26,13 @@ use super::principal::Principal;
 type Key = u64;
 
 /// One cached verification.
-#[derive(Debug)]
 pub struct Entry {
     /// Who the token speaks for, or why it was refused (introspection caches inactive answers).
     pub result: Result<Arc<Principal>, TokenError>,
     /// Unix second from which the token is no longer accepted (`exp` plus leeway).
     pub valid_until: Option<u64>,
     /// The token itself, compared on every hit.
-    token: Box<[u8]>,
+    token: crate::secret::Secret<Box<[u8]>>,
     /// When it was verified.
     verified_at: Instant,
     /// The key that verified it, if one did.
@@ -54,6 +53,16 @@ struct Expiry {
 
 // === impl Entry ===
 
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a live credential: never printed.
+        f.debug_struct("Entry")
+            .field("result", &self.result)
+            .field("valid_until", &self.valid_until)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Entry {
     /// A fresh entry.
     pub fn new(
@@ -64,7 +73,7 @@ impl Entry {
         Self {
             result: Ok(principal),
             valid_until,
-            token: Box::default(),
+            token: crate::secret::Secret::default(),
             verified_at: Instant::now(),
             key,
         }
@@ -75,14 +84,14 @@ impl Entry {
         Self {
             result: Err(error),
             valid_until: Some(valid_until),
-            token: Box::default(),
+            token: crate::secret::Secret::default(),
             verified_at: Instant::now(),
             key: None,
         }
     }
 
     fn weight(&self) -> usize {
-        self.token.len() + self.result.as_ref().map_or(64, |p| p.weight())
+        self.token.expose().len() + self.result.as_ref().map_or(64, |p| p.weight())
     }
 }
 
@@ -133,7 +142,7 @@ impl TokenCache {
         let cache = self.inner.as_ref()?;
         let key = self.key(token);
         let e = cache.get(&key)?;
-        if !crate::secret::ct_eq(&e.token, token.as_bytes()) {
+        if !crate::secret::ct_eq(e.token.expose(), token.as_bytes()) {
             // Another token with the same hash: a miss (its entry stays).
             return None;
         }
@@ -151,7 +160,7 @@ impl TokenCache {
     /// Remembers a verification of `token`.
     pub fn insert(&self, token: &str, mut entry: Entry) {
         if let Some(c) = &self.inner {
-            entry.token = token.as_bytes().into();
+            entry.token = crate::secret::Secret::new(token.as_bytes().into());
             c.insert(self.key(token), Arc::new(entry));
         }
     }
@@ -238,7 +247,7 @@ mod tests {
         // Forge a collision: an entry for another token stored under token-a's key.
         let inner = c.inner.as_ref().unwrap();
         let mut forged = Entry::new(principal(), None, None);
-        forged.token = b"token-b".to_vec().into();
+        forged.token = crate::secret::Secret::new(b"token-b".to_vec().into());
         inner.insert(c.key("token-a"), Arc::new(forged));
         assert!(c.get("token-a", 0).is_none(), "a colliding entry is a miss");
     }

@@ -23,6 +23,18 @@ pub enum CredentialSource {
     Query(Box<str>),
 }
 
+impl CredentialSource {
+    /// How the config spells it, for diagnostics.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Bearer => "bearer".into(),
+            Self::Header(h) => format!("header {h}"),
+            Self::Cookie(c) => format!("cookie {c}"),
+            Self::Query(q) => format!("query {q}"),
+        }
+    }
+}
+
 /// What a search for a credential found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Found<'a> {

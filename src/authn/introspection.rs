@@ -39,7 +39,12 @@ pub struct Introspector {
     token_type_hint: Option<Box<str>>,
     issuer: Option<Arc<str>>,
     audiences: Box<[Box<str>]>,
+    token_types: Box<[Box<str>]>,
     mapping: Mapping,
+    /// Bounds the calls in flight; a request finding none free gets 503.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Unix second of the last failure logged (failures are logged at most once a second).
+    last_warned: AtomicU64,
     timeout: Duration,
     max_bytes: usize,
     /// Longest token accepted.
@@ -52,6 +57,8 @@ pub struct Introspector {
     pub calls_ok: AtomicU64,
     /// Calls that failed.
     pub calls_failed: AtomicU64,
+    /// Calls refused because `max_in_flight` were already running.
+    pub calls_shed: AtomicU64,
 }
 
 /// What the server said about a token.
@@ -84,6 +91,22 @@ impl Introspector {
         let endpoint = RemoteSource::parse_url(&raw.endpoint)
             .map_err(|m| errors.push(("endpoint".to_owned(), m)))
             .ok();
+        if endpoint
+            .as_ref()
+            .and_then(Uri::authority)
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            errors.push((
+                "endpoint".into(),
+                "credentials in the URL are refused; use client_id and client_secret".into(),
+            ));
+        }
+        if raw.max_in_flight == 0 {
+            errors.push(("max_in_flight".into(), "must be at least 1".into()));
+        }
+        if raw.token_types.iter().any(String::is_empty) {
+            errors.push(("token_types".into(), "must not hold empty strings".into()));
+        }
         if raw.client_id.is_empty() || raw.client_id.chars().any(char::is_control) {
             errors.push((
                 "client_id".into(),
@@ -152,7 +175,10 @@ impl Introspector {
             token_type_hint: raw.token_type_hint.as_deref().map(Into::into),
             issuer: raw.issuer.as_deref().map(Into::into),
             audiences: raw.audiences.iter().map(|a| a.as_str().into()).collect(),
+            token_types: raw.token_types.iter().map(|a| a.as_str().into()).collect(),
             mapping: Mapping::compile(&raw.principal),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(raw.max_in_flight)),
+            last_warned: AtomicU64::new(0),
             timeout: raw.timeout,
             max_bytes: raw.max_bytes,
             max_token_bytes: raw.max_token_bytes,
@@ -160,6 +186,7 @@ impl Introspector {
             inactive_ttl: raw.inactive_ttl,
             calls_ok: AtomicU64::new(0),
             calls_failed: AtomicU64::new(0),
+            calls_shed: AtomicU64::new(0),
         })
     }
 
@@ -170,11 +197,25 @@ impl Introspector {
         authenticator: &Arc<str>,
         now: u64,
     ) -> Result<Answer, FetchError> {
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            self.calls_shed.fetch_add(1, Ordering::Relaxed);
+            return Err(FetchError::Transport(
+                "too many introspection calls in flight".into(),
+            ));
+        };
         let result = self.call(token).await;
         match &result {
-            Ok(_) => self.calls_ok.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.calls_failed.fetch_add(1, Ordering::Relaxed),
-        };
+            Ok(_) => {
+                self.calls_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.calls_failed.fetch_add(1, Ordering::Relaxed);
+                // At most one line a second: an outage must not flood the logs.
+                if self.last_warned.swap(now, Ordering::Relaxed) != now {
+                    tracing::warn!(endpoint = %self.endpoint, error = %e, "Token introspection failed");
+                }
+            }
+        }
         Ok(self.judge(result?, authenticator, now))
     }
 
@@ -217,6 +258,15 @@ impl Introspector {
     fn judge(&self, claims: Map<String, Value>, authenticator: &Arc<str>, now: u64) -> Answer {
         if claims.get("active") != Some(&Value::Bool(true)) {
             return Answer::Inactive(TokenError::Inactive);
+        }
+        // Why: some servers call a refresh token active; only access tokens may pass here.
+        for field in ["token_type", "token_use"] {
+            match claims.get(field) {
+                None => {}
+                Some(Value::String(t))
+                    if self.token_types.iter().any(|w| w.eq_ignore_ascii_case(t)) => {}
+                Some(_) => return Answer::Inactive(TokenError::WrongTokenType),
+            }
         }
         let date = |name: &str| match claims.get(name) {
             None => Ok(None),

@@ -19,6 +19,8 @@ use crate::request::facts::ClientCert;
 pub struct Mtls {
     id: Box<[RawCertName]>,
     kind: PrincipalKind,
+    /// Listeners whose certificates count; empty: all.
+    listeners: Box<[Box<str>]>,
 }
 
 // === impl Mtls ===
@@ -38,7 +40,13 @@ impl Mtls {
                 RawPrincipalKind::User => PrincipalKind::User,
                 RawPrincipalKind::Machine => PrincipalKind::Machine,
             },
+            listeners: raw.listeners.iter().map(|l| l.as_str().into()).collect(),
         })
+    }
+
+    /// Whether certificates verified by `listener` count for this authenticator.
+    pub fn accepts_listener(&self, listener: &str) -> bool {
+        self.listeners.is_empty() || self.listeners.iter().any(|l| **l == *listener)
     }
 
     /// The principal a verified certificate speaks for.
@@ -102,6 +110,7 @@ mod tests {
         let m = Mtls::compile(&RawMtls {
             id: vec![RawCertName::SanUri, RawCertName::SubjectCn],
             kind: RawPrincipalKind::Machine,
+            listeners: vec![],
         })
         .unwrap();
         assert_eq!(
@@ -111,12 +120,16 @@ mod tests {
         let m = Mtls::compile(&RawMtls {
             id: vec![RawCertName::SanDns, RawCertName::SubjectCn],
             kind: RawPrincipalKind::Machine,
+            listeners: vec!["internal".into()],
         })
         .unwrap();
         assert_eq!(&*m.principal(&cert, &name).unwrap().id, "billing");
+        assert!(m.accepts_listener("internal"));
+        assert!(!m.accepts_listener("partners"));
         let m = Mtls::compile(&RawMtls {
             id: vec![RawCertName::SanEmail],
             kind: RawPrincipalKind::User,
+            listeners: vec![],
         })
         .unwrap();
         assert_eq!(m.principal(&cert, &name), Err(TokenError::NoPrincipal));

@@ -169,12 +169,13 @@ impl TrustedHeaders {
                 .filter(|s| !s.is_empty())
                 .map(Into::into);
             let mut claims = Map::new();
-            claims.insert("sub".into(), Value::String(id.to_owned()));
             for (c, h) in &*self.claims {
                 if let Some(v) = one(h)? {
                     claims.insert((**c).to_owned(), Value::String(v.to_owned()));
                 }
             }
+            // Last: `claims.sub` is always the principal id.
+            claims.insert("sub".into(), Value::String(id.to_owned()));
             Ok(Principal {
                 id: id.into(),
                 kind,

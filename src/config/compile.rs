@@ -187,6 +187,34 @@ pub fn compile(
             crate::authn::Authn::default()
         }
     };
+    // mTLS authenticators name listeners that ask for client certificates.
+    let asks_certs = |name: &str| {
+        cfg.listeners
+            .iter()
+            .any(|l| l.name == name && l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
+    };
+    for (name, a) in &cfg.authenticators {
+        let crate::config::raw::RawAuthenticator::Mtls(m) = a else {
+            continue;
+        };
+        for (j, l) in m.listeners.iter().enumerate() {
+            if !asks_certs(l) {
+                diags.push(at(
+                    &format!("authenticators.{name}.mtls.listeners[{j}]"),
+                    format!("no listener `{l}` with `tls.client_auth`"),
+                ));
+            }
+        }
+        if m.listeners.is_empty() && !cfg.listeners.iter().any(|l| asks_certs(&l.name)) {
+            diags.push(
+                at(
+                    &format!("authenticators.{name}"),
+                    "no listener asks for client certificates (`tls.client_auth`): this authenticator never finds one".into(),
+                )
+                .warning(),
+            );
+        }
+    }
     for p in &watched {
         if p.is_file()
             && let Ok(bytes) = std::fs::read(p)
@@ -284,6 +312,28 @@ pub fn compile(
                         &format!("authenticators[{j}]"),
                         format!("unknown authenticator `{name}`"),
                     )),
+                }
+            }
+            // Two accepted authenticators reading one place: the later one never decides a
+            // credential found there (the first refuses what it cannot verify).
+            for (j, &b) in authenticators.iter().enumerate() {
+                let Some(later) = authn.at(b) else { continue };
+                for earlier in authenticators[..j].iter().filter_map(|&a| authn.at(a)) {
+                    if let Some(s) = later.sources.iter().find(|s| earlier.sources.contains(s)) {
+                        diags.push(
+                            at(
+                                &format!("authenticators[{j}]"),
+                                format!(
+                                    "`{}` reads the same credential ({}) as `{}` before it: a credential there is decided by `{}` alone",
+                                    later.name,
+                                    s.describe(),
+                                    earlier.name,
+                                    earlier.name
+                                ),
+                            )
+                            .warning(),
+                        );
+                    }
                 }
             }
             if r.effect == Effect::Allow && r.authenticators.is_empty() && !r.anonymous {

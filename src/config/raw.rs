@@ -1063,6 +1063,14 @@ pub struct RawIntrospection {
     /// When set, the response's `aud` (string or array) must name one of them.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Accepted `token_type` (and `token_use`) values when the server sends one; default
+    /// `[access_token, Bearer]`, so a refresh token some servers call active is refused.
+    #[serde(default = "default_token_types")]
+    pub token_types: Vec<String>,
+    /// Most introspection calls in flight at once; beyond it requests get 503 at once rather
+    /// than piling up on the authorization server.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
     /// How the principal is read from the response.
     #[serde(default)]
     pub principal: RawPrincipalMapping,
@@ -1083,7 +1091,8 @@ pub struct RawIntrospection {
     )]
     #[schemars(with = "String")]
     pub cache_ttl: Duration,
-    /// An inactive result is reused for this long, sparing the server repeated bad tokens.
+    /// An inactive result is reused for this long (at most `cache_ttl`), sparing the server
+    /// repeated bad tokens.
     #[serde(
         default = "default_introspection_inactive_ttl",
         deserialize_with = "duration"
@@ -1145,6 +1154,11 @@ pub struct RawMtls {
     /// The kind of principal; default `machine`.
     #[serde(default = "machine")]
     pub kind: RawPrincipalKind,
+    /// Listeners whose client certificates count (each needs `tls.client_auth`); default: every
+    /// listener that asks for one. Name them when listeners trust different CAs, so a
+    /// partner CA's certificate never passes for an internal one.
+    #[serde(default)]
+    pub listeners: Vec<String>,
 }
 
 /// A name in a client certificate.
@@ -1179,6 +1193,14 @@ fn default_introspection_cache_ttl() -> Duration {
 
 fn default_introspection_inactive_ttl() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_token_types() -> Vec<String> {
+    vec!["access_token".to_owned(), "Bearer".to_owned()]
+}
+
+fn default_max_in_flight() -> usize {
+    64
 }
 
 fn default_cert_ids() -> Vec<RawCertName> {

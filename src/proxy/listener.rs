@@ -142,8 +142,7 @@ async fn serve_stream(
         client_cert: session
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|c| ClientCert::parse(c))
-            .map(Arc::new),
+            .map(|c| Arc::new(ClientCert::parse(c).unwrap_or_else(|| ClientCert::unreadable(c)))),
     };
     let conn = ConnInfo {
         peer,

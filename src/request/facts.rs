@@ -66,9 +66,17 @@ pub struct ClientCert {
 }
 
 impl ClientCert {
+    /// A verified certificate whose names cannot be read: present (so it is never mistaken
+    /// for no certificate), with no name to authenticate as.
+    pub fn unreadable(der: &[u8]) -> Self {
+        Self {
+            fingerprint: hex(&crate::secret::sha256(der)).into(),
+            ..Self::default()
+        }
+    }
+
     /// Reads the names of a DER certificate (already verified by rustls).
     pub fn parse(der: &[u8]) -> Option<Self> {
-        use std::fmt::Write as _;
         use x509_parser::extensions::GeneralName;
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
         let subject_cn = cert
@@ -88,10 +96,7 @@ impl ClientCert {
                 }
             }
         }
-        let mut fingerprint = String::with_capacity(64);
-        for b in crate::secret::sha256(der) {
-            let _ = write!(fingerprint, "{b:02x}");
-        }
+        let fingerprint = hex(&crate::secret::sha256(der));
         Some(Self {
             subject: cert.subject().to_string().into(),
             subject_cn,
@@ -102,6 +107,15 @@ impl ClientCert {
             not_after: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
         })
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// The door-independent facts about one request.

@@ -54,6 +54,7 @@ pub fn encode(out: &mut String, authn: &Authn, now: u64) {
                 for (result, v) in [
                     ("ok", x.calls_ok.load(Ordering::Relaxed)),
                     ("error", x.calls_failed.load(Ordering::Relaxed)),
+                    ("shed", x.calls_shed.load(Ordering::Relaxed)),
                 ] {
                     let _ = writeln!(
                         introspection,

@@ -615,8 +615,32 @@ async fn introspection_inactive_and_unusable_answers_are_refused() {
         json!({"active": "true", "sub": "a", "aud": "api"}),
     );
     idp.answer("no-sub", json!({"active": true, "aud": "api"}));
+    // Some servers call a refresh token active: it is not an access token.
+    idp.answer(
+        "refresh",
+        json!({"active": true, "sub": "a", "aud": "api", "token_type": "refresh_token"}),
+    );
+    idp.answer(
+        "hydra-refresh",
+        json!({"active": true, "sub": "a", "aud": "api", "token_use": "refresh_token"}),
+    );
+    idp.answer(
+        "access",
+        json!({"active": true, "sub": "a", "aud": "api", "token_type": "Bearer", "token_use": "access_token"}),
+    );
     let gw = opaque_gateway(&idp, "").await;
-    for t in ["unknown", "expired", "other-aud", "no-sub"] {
+    assert_eq!(
+        call(&gw, "/api/x", &[("authorization", &bearer("access"))]).await,
+        StatusCode::OK
+    );
+    for t in [
+        "unknown",
+        "expired",
+        "other-aud",
+        "no-sub",
+        "refresh",
+        "hydra-refresh",
+    ] {
         refused(
             &gw,
             "/api/x",
@@ -846,9 +870,13 @@ fn pki() -> Pki {
 }
 
 async fn mtls_gateway(pki: &Pki, required: bool) -> TestGateway {
+    mtls_gateway_with(pki, required, "{}").await
+}
+
+async fn mtls_gateway_with(pki: &Pki, required: bool, mtls: &str) -> TestGateway {
     Setup {
         listeners: format!(
-            "  - name: http\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{cert: server.crt, key: server.key}}\n      client_auth: {{ca_file: clients.pem, required: {required}}}\n"
+            "  - name: http\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{cert: server.crt, key: server.key}}\n      client_auth: {{ca_file: clients.pem, required: {required}}}\n  - name: internal\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{cert: server.crt, key: server.key}}\n      client_auth: {{ca_file: clients.pem}}\n"
         ),
         policies: vec![("10-p.yaml".into(), policy("devices"))],
         files: vec![
@@ -856,7 +884,9 @@ async fn mtls_gateway(pki: &Pki, required: bool) -> TestGateway {
             ("server.key".into(), pki.server_key.clone().into_bytes()),
             ("clients.pem".into(), pki.ca.clone().into_bytes()),
         ],
-        extra: "authenticators:\n  devices:\n    mtls: {}\n".into(),
+        extra: format!(
+            "authenticators:\n  devices:\n    mtls: {mtls}\n  partner-devices:\n    mtls: {{listeners: [http]}}\n"
+        ),
         ..Setup::default()
     }
     .start()
@@ -958,6 +988,22 @@ async fn required_client_certificate_refuses_the_handshake_without_one() {
     assert_eq!(gw.echo.count(), before);
     assert_eq!(
         mtls_get(gw.addr(), &pki.ca, Some(&pki.client), "/api/x").await,
+        Ok(StatusCode::OK)
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_counts_only_on_the_listeners_an_mtls_authenticator_names() {
+    let pki = pki();
+    // `devices` trusts only certificates from a listener named `internal`, which this
+    // connection did not come through: its certificate is no credential here.
+    let gw = mtls_gateway_with(&pki, false, "{listeners: [internal]}").await;
+    assert_eq!(
+        mtls_get(gw.addr(), &pki.ca, Some(&pki.client), "/api/x").await,
+        Ok(StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(
+        mtls_get(gw.addr_of("internal"), &pki.ca, Some(&pki.client), "/api/x").await,
         Ok(StatusCode::OK)
     );
 }

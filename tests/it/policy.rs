@@ -243,3 +243,35 @@ async fn contradictory_requirements_are_config_errors() {
         assert!(text.contains(expected), "{expected} in {text}");
     }
 }
+
+#[tokio::test]
+async fn check_warns_when_two_authenticators_read_one_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("hs.secret"), SECRET).unwrap();
+    std::fs::write(
+        dir.path().join("portcullis.yaml"),
+        format!(
+            "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]\nupstreams: {{echo: {{url: \"http://127.0.0.1:9\"}}}}\npolicies: {{dir: policies}}\n{AUTHN}  keys:\n    api_key: {{from: [bearer], keys: []}}\n  devices:\n    mtls: {{listeners: [http]}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        "rules:\n  - name: both\n    match: {paths: [\"/**\"]}\n    effect: allow\n    authenticators: [users, keys]\n    upstream: echo\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "-c"])
+        .arg(dir.path().join("portcullis.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for expected in [
+        "p.yaml:5:29: warning: rules[0].authenticators[1]: `keys` reads the same credential (bearer) as `users`",
+        "error: authenticators.devices.mtls.listeners[0]: no listener `http` with `tls.client_auth`",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+}

@@ -77,6 +77,9 @@ pub enum TokenError {
     /// Introspection says the token is not active.
     #[error("token not active")]
     Inactive,
+    /// Introspection describes another kind of token (a refresh token).
+    #[error("not an access token")]
+    WrongTokenType,
     /// Trusted identity headers with a value that is not visible text, or repeated.
     #[error("malformed identity header")]
     BadIdentityHeader,
@@ -137,6 +140,7 @@ impl TokenError {
             Self::UnknownApiKey => "apikey_unknown",
             Self::Disabled => "credential_disabled",
             Self::Inactive => "token_inactive",
+            Self::WrongTokenType => "token_wrong_type",
             Self::BadIdentityHeader => "identity_header_malformed",
         }
     }
