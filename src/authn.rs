@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderName;
 
 use self::apikey::{ApiKeys, KeyError};
 use self::cache::{Entry, TokenCache};
@@ -333,29 +333,10 @@ impl Authn {
         })
     }
 
-    /// Removes every trusted-headers name from `headers`, in any case and with `_` for `-`
-    /// (servers that map `X_Auth_User` to `x-auth-user` exist). Call on every forwarded
-    /// request, after the decision.
-    pub fn strip_spoofable(&self, headers: &mut HeaderMap) {
-        if self.spoofable.is_empty() {
-            return;
-        }
-        for name in &*self.spoofable {
-            headers.remove(name);
-        }
-        // Spellings that differ only in `_` and `-` (either side may hold either).
-        let dashed = |s: &str| s.replace('_', "-");
-        let variants: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| {
-                let k = dashed(k.as_str());
-                self.spoofable.iter().any(|s| dashed(s.as_str()) == k)
-            })
-            .cloned()
-            .collect();
-        for name in variants {
-            headers.remove(name);
-        }
+    /// Header names of every trusted-headers authenticator: removed from every forwarded
+    /// request whatever the decision (see [`crate::authz::identity::Spoofable`]).
+    pub fn spoofable_names(&self) -> &[HeaderName] {
+        &self.spoofable
     }
 
     /// Authenticates a request for a rule accepting `accepted` (in order) and maybe anonymous.
@@ -581,6 +562,8 @@ fn compile_sources(
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderMap;
+
     use super::*;
     use crate::config::raw::{Network, RawPrincipalKind, RawTrustedHeaders};
 
@@ -621,7 +604,7 @@ mod tests {
                 "v".parse().unwrap(),
             );
         }
-        authn.strip_spoofable(&mut headers);
+        crate::authz::identity::Spoofable::new(authn.spoofable_names()).strip(&mut headers);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-other"]);
     }

@@ -1,4 +1,5 @@
 //! Authorization: which rule applies to a request and what it says.
 
+pub mod identity;
 pub mod require;
 pub mod route;

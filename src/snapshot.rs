@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub authn: Authn,
     /// `WWW-Authenticate` challenges, built once.
     pub challenges: Challenges,
+    /// Header names removed from every client request (identity and trusted headers).
+    pub spoofable: crate::authz::identity::Spoofable,
     /// Emit access-log lines.
     pub access_log: bool,
     /// Files and directories whose change triggers a reload.

@@ -42,6 +42,8 @@ pub struct Rule {
     pub query_credentials: Option<Arc<[Box<str>]>>,
     /// What an allowed request must also satisfy.
     pub require: super::require::Requirements,
+    /// Identity headers set on allowed requests (global ones merged with the rule's).
+    pub identity: super::identity::IdentityHeaders,
 }
 
 /// The ordered rules.

@@ -11,6 +11,7 @@ use http::HeaderName;
 use super::diagnostic::Diagnostic;
 use super::load::Loaded;
 use super::raw::Effect;
+use crate::authz::identity::{IdentityHeaders, Spoofable};
 use crate::authz::route::{HostPattern, MethodSet, PathPattern, RouteTable, Rule, RuleId};
 use crate::snapshot::{ListenerSettings, ServerSettings, Snapshot};
 use crate::tls;
@@ -233,6 +234,18 @@ pub fn compile(
         }
     };
 
+    // Identity headers: the global ones; rules merge their own over them.
+    if let Err(es) = IdentityHeaders::compile(
+        cfg.identity_headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    ) {
+        for (name, m) in es {
+            diags.push(at(&format!("identity_headers.{name}"), m));
+        }
+    }
+    let mut spoofable_names: Vec<HeaderName> = authn.spoofable_names().to_vec();
+
     // Rules, files in name order, rules in file order.
     let mut rules = Vec::new();
     let mut rule_names: HashMap<String, String> = HashMap::new();
@@ -245,7 +258,8 @@ pub fn compile(
             let at = |field: &str, msg: String| {
                 Diagnostic::at(&file.display, &file.index, &format!("{base}.{field}"), msg)
             };
-            let before = diags.len();
+            // Errors only: a warning about a rule must not drop it.
+            let errors_before = diags.iter().filter(|d| d.is_error()).count();
             if r.name.trim().is_empty() {
                 diags.push(at("name", "rule name must not be empty".into()));
             } else if let Some(other) = rule_names.insert(r.name.clone(), file.display.clone()) {
@@ -370,7 +384,38 @@ pub fn compile(
                     "an anonymous request has no scopes, roles, claims or kind: drop `anonymous` or those requirements".into(),
                 ));
             }
-            if diags.len() == before {
+            // The rule's own identity headers are checked alone (so a global mistake is
+            // reported once), then merged over the global ones.
+            if let Err(es) = IdentityHeaders::compile(
+                r.identity_headers
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.as_str(), v.as_deref()?))),
+            ) {
+                for (name, m) in es {
+                    diags.push(at(&format!("identity_headers.{name}"), m));
+                }
+            }
+            let mut merged: Vec<(String, &str)> = cfg
+                .identity_headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
+                .collect();
+            for (k, v) in &r.identity_headers {
+                let k = k.to_ascii_lowercase();
+                merged.retain(|(n, _)| *n != k);
+                if let Some(v) = v {
+                    merged.push((k, v.as_str()));
+                }
+            }
+            let identity = IdentityHeaders::compile(merged.iter().map(|(k, v)| (k.as_str(), *v)))
+                .unwrap_or_default();
+            spoofable_names.extend(identity.names().cloned());
+            for k in r.identity_headers.keys() {
+                if let Ok(h) = crate::authz::identity::check_name(k) {
+                    spoofable_names.push(h);
+                }
+            }
+            if diags.iter().filter(|d| d.is_error()).count() == errors_before {
                 rules.push(Rule {
                     id: RuleId(r.name.as_str().into()),
                     file: file_name.clone(),
@@ -383,6 +428,7 @@ pub fn compile(
                     anonymous: r.anonymous,
                     query_credentials,
                     require,
+                    identity,
                 });
             }
         }
@@ -422,6 +468,7 @@ pub fn compile(
         routes: RouteTable::new(rules),
         authn,
         challenges,
+        spoofable: Spoofable::new(&spoofable_names),
         access_log: cfg.logging.access_log,
         watched,
         raw: cfg.clone(),

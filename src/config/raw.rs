@@ -40,6 +40,14 @@ pub struct RawConfig {
     /// Named authenticators; a rule lists, in order, the ones it accepts.
     #[serde(default)]
     pub authenticators: BTreeMap<String, RawAuthenticator>,
+    /// Headers set on every allowed request, rendered from templates: `{principal.id}`,
+    /// `{principal.kind}`, `{principal.authenticator}`, `{principal.issuer}`,
+    /// `{principal.tenant}`, `{principal.scopes}` (space-separated), `{principal.roles}`
+    /// (comma-separated), `{apikey.id}`, `{claims.<path>}` (arrays comma-joined),
+    /// `{client.ip}`, `{rule.name}`. A header whose variable is absent is not set. Every name
+    /// listed here or in any rule is removed from every client request first.
+    #[serde(default)]
+    pub identity_headers: BTreeMap<String, String>,
     /// Settings shared by every authenticator.
     #[serde(default)]
     pub authn: RawAuthn,
@@ -296,6 +304,10 @@ pub struct RawRule {
     /// What an allowed request must also satisfy; each failure is a 403 with its reason.
     #[serde(default)]
     pub require: RawRequire,
+    /// Identity headers for this rule: added to, or replacing, the global ones; `null`
+    /// removes a global one.
+    #[serde(default)]
+    pub identity_headers: BTreeMap<String, Option<String>>,
 }
 
 /// Requirements of an allow rule beyond a valid credential.

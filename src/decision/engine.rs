@@ -2,6 +2,7 @@
 //! `portcullis explain`, which passes a recording [`Trace`] instead of [`NoTrace`].
 
 use crate::authn::{self, Failure};
+use crate::authz::identity::Context;
 use crate::authz::route::RuleId;
 use crate::config::raw::Effect;
 use crate::request::RequestFacts;
@@ -119,12 +120,23 @@ pub async fn decide(
             kind: DenyKind::Unmet(unmet),
         });
     }
+    let (identity, identity_refused) = if rule.identity.is_empty() {
+        (Vec::new(), 0)
+    } else {
+        rule.identity.render(&Context {
+            principal: principal.as_deref(),
+            client_ip: facts.client_ip,
+            rule: &rule.id.0,
+        })
+    };
     Decision::Allow(Allow {
         rule: rule.id.clone(),
         upstream: rule.upstream,
         principal,
         authenticator,
         query_credentials: rule.query_credentials.clone(),
+        identity,
+        identity_refused,
     })
 }
 

@@ -33,6 +33,10 @@ pub struct Allow {
     pub authenticator: Option<usize>,
     /// Query parameters holding credentials, removed before forwarding.
     pub query_credentials: Option<Arc<[Box<str>]>>,
+    /// Identity headers to set upstream (after every configured name was stripped).
+    pub identity: Vec<(http::HeaderName, HeaderValue)>,
+    /// Identity header values refused (CR, LF, non-visible characters): left out.
+    pub identity_refused: usize,
 }
 
 /// Why a request was refused.

@@ -112,7 +112,7 @@ pub async fn handle(
     };
 
     let decision = decision::decide(&snapshot, &facts, &mut NoTrace).await;
-    let allow = match decision {
+    let mut allow = match decision {
         Decision::Deny(d) => {
             let mut resp = error_response(d.kind.status(), d.kind.public_code(), &request_id);
             if let Some(challenge) = d.kind.challenge(&snapshot.challenges) {
@@ -205,9 +205,19 @@ pub async fn handle(
             credential::strip(source, &mut parts.headers);
         }
     }
-    // Whatever the decision: a client must never hand the upstream an identity the inner
-    // proxy would have set.
-    snapshot.authn.strip_spoofable(&mut parts.headers);
+    // Whatever the rule: a client must never hand the upstream an identity header, nor one
+    // an inner proxy would have set; then the rule's own are added.
+    snapshot.spoofable.strip(&mut parts.headers);
+    if allow.identity_refused > 0 {
+        shared
+            .metrics
+            .identity_headers_refused
+            .inc_by(allow.identity_refused as u64);
+        tracing::warn!(rule = %allow.rule.0, refused = allow.identity_refused, "Identity header values with forbidden characters were left out");
+    }
+    for (name, value) in std::mem::take(&mut allow.identity) {
+        parts.headers.insert(name, value);
+    }
     let method = parts.method.clone();
     let principal = allow.principal.as_deref().map(|p| &*p.id);
     let rule: &str = &allow.rule.0;

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub connections_total: Counter,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_errors: Counter,
+    /// Identity header values left out for forbidden characters.
+    pub identity_headers_refused: Counter,
 }
 
 /// A latency histogram updated with atomics only (prometheus-client's own takes a lock per
@@ -197,6 +199,12 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             tls_handshake_errors.clone(),
         );
+        let identity_headers_refused = Counter::default();
+        registry.register(
+            "identity_headers_refused",
+            "Identity header values left out because they held CR, LF or non-visible characters",
+            identity_headers_refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -208,6 +216,7 @@ impl Metrics {
             connections_open,
             connections_total,
             tls_handshake_errors,
+            identity_headers_refused,
         }
     }
 

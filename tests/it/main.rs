@@ -15,6 +15,7 @@
 
 mod check;
 mod credentials;
+mod identity;
 mod jwt;
 mod paths;
 mod policy;

@@ -268,6 +268,20 @@ async fn check_warns_when_two_authenticators_read_one_credential() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
+    // Without the error, the config loads: the warning does not drop the rule.
+    let config = std::fs::read_to_string(dir.path().join("portcullis.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("portcullis.yaml"),
+        config.replace("mtls: {listeners: [http]}", "api_key: {keys: []}"),
+    )
+    .unwrap();
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "-c"])
+        .arg(dir.path().join("portcullis.yaml"))
+        .output()
+        .unwrap();
+    let ok_text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok_text.contains("1 rule(s)"), "{ok_text}");
     for expected in [
         "p.yaml:5:29: warning: rules[0].authenticators[1]: `keys` reads the same credential (bearer) as `users`",
         "error: authenticators.devices.mtls.listeners[0]: no listener `http` with `tls.client_auth`",

@@ -1,0 +1,482 @@
+//! Identity headers: trusted headers the gateway sets on an allowed request, rendered from
+//! templates compiled at load (`x-user-id: "{principal.id}"`).
+//!
+//! Invariants:
+//! - Every configured identity header name (from any rule) is removed from every client
+//!   request, in every `_`/`-` and case spelling, before the rule's own are added
+//!   ([`Spoofable`]); a client can never supply one.
+//! - A header whose template refers to something absent (no principal, no such claim, an
+//!   object claim) is not set at all, rather than set empty.
+//! - A rendered value that is not visible ASCII (CR, LF, control characters, non-ASCII) is
+//!   never forwarded: the header is left out and counted.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+
+use crate::authn::principal::{Principal, PrincipalKind, lookup};
+
+/// The identity headers of one rule: the global ones merged with the rule's overrides.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityHeaders {
+    headers: Box<[(HeaderName, Template)]>,
+}
+
+/// A compiled template: literal text and variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    parts: Box<[Part]>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Literal(Box<str>),
+    Var(Var),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Var {
+    PrincipalId,
+    PrincipalKind,
+    PrincipalAuthenticator,
+    PrincipalIssuer,
+    PrincipalTenant,
+    PrincipalScopes,
+    PrincipalRoles,
+    ApiKeyId,
+    Claim(Box<[Box<str>]>),
+    ClientIp,
+    RuleName,
+}
+
+/// Header names removed from every client request: identity headers and the names trusted
+/// headers are read from.
+#[derive(Debug, Clone, Default)]
+pub struct Spoofable {
+    /// Lowercase names with `_` written as `-`.
+    dashed: Box<[Box<str>]>,
+}
+
+/// What a rendering needs to know about the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The principal, if authenticated.
+    pub principal: Option<&'a Principal>,
+    /// The client address.
+    pub client_ip: IpAddr,
+    /// The deciding rule's name.
+    pub rule: &'a str,
+}
+
+/// Headers the gateway reserves: an identity header may not replace them.
+const RESERVED: &[&str] = &[
+    "host",
+    "authorization",
+    "cookie",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-connection",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-request-id",
+];
+
+// === impl Template ===
+
+impl Template {
+    /// Parses `text {var} text`; `{{` and `}}` are literal braces.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => return Err(format!("unclosed `{{{name}`")),
+                        }
+                    }
+                    if !lit.is_empty() {
+                        parts.push(Part::Literal(std::mem::take(&mut lit).into()));
+                    }
+                    parts.push(Part::Var(parse_var(name.trim())?));
+                }
+                '}' => return Err("unmatched `}` (write `}}` for a literal brace)".into()),
+                c if c.is_control() => {
+                    return Err("control characters are not allowed in a template".into());
+                }
+                c => lit.push(c),
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Literal(lit.into()));
+        }
+        if !s.is_ascii() {
+            return Err("header values are ASCII; write the text in ASCII".into());
+        }
+        Ok(Self {
+            parts: parts.into(),
+        })
+    }
+
+    /// The value, or `None` when a variable is absent.
+    pub fn render(&self, cx: &Context<'_>) -> Option<String> {
+        let mut out = String::new();
+        for part in &*self.parts {
+            match part {
+                Part::Literal(l) => out.push_str(l),
+                Part::Var(v) => render_var(v, cx, &mut out)?,
+            }
+        }
+        Some(out)
+    }
+}
+
+fn parse_var(name: &str) -> Result<Var, String> {
+    Ok(match name {
+        "principal.id" => Var::PrincipalId,
+        "principal.kind" => Var::PrincipalKind,
+        "principal.authenticator" => Var::PrincipalAuthenticator,
+        "principal.issuer" => Var::PrincipalIssuer,
+        "principal.tenant" => Var::PrincipalTenant,
+        "principal.scopes" => Var::PrincipalScopes,
+        "principal.roles" => Var::PrincipalRoles,
+        "apikey.id" => Var::ApiKeyId,
+        "client.ip" => Var::ClientIp,
+        "rule.name" => Var::RuleName,
+        other => match other.strip_prefix("claims.") {
+            Some(path) if !path.is_empty() && !path.split('.').any(str::is_empty) => {
+                Var::Claim(path.split('.').map(Into::into).collect())
+            }
+            _ => {
+                return Err(format!(
+                    "unknown variable `{{{other}}}`: use principal.id, principal.kind, principal.authenticator, principal.issuer, principal.tenant, principal.scopes, principal.roles, apikey.id, claims.<path>, client.ip or rule.name"
+                ));
+            }
+        },
+    })
+}
+
+fn render_var(v: &Var, cx: &Context<'_>, out: &mut String) -> Option<()> {
+    let join = |items: &[Box<str>], sep: &str, out: &mut String| {
+        for (i, s) in items.iter().enumerate() {
+            if i > 0 {
+                out.push_str(sep);
+            }
+            out.push_str(s);
+        }
+    };
+    match v {
+        Var::ClientIp => {
+            let _ = write!(out, "{}", cx.client_ip);
+        }
+        Var::RuleName => out.push_str(cx.rule),
+        v => {
+            let p = cx.principal?;
+            match v {
+                Var::PrincipalId => out.push_str(&p.id),
+                Var::PrincipalKind => out.push_str(match p.kind {
+                    PrincipalKind::User => "user",
+                    PrincipalKind::Machine => "machine",
+                }),
+                Var::PrincipalAuthenticator => out.push_str(&p.authenticator),
+                Var::PrincipalIssuer => out.push_str(p.issuer.as_deref()?),
+                Var::PrincipalTenant => out.push_str(p.tenant.as_deref()?),
+                Var::PrincipalScopes => join(&p.scopes, " ", out),
+                Var::PrincipalRoles => join(&p.roles, ",", out),
+                Var::ApiKeyId => out.push_str(p.api_key_id.as_deref()?),
+                Var::Claim(path) => claim_text(lookup(&p.claims, path)?, out)?,
+                Var::ClientIp | Var::RuleName => {}
+            }
+        }
+    }
+    Some(())
+}
+
+/// Strings as they are, numbers and booleans as JSON, arrays of those joined with `,`.
+fn claim_text(v: &Value, out: &mut String) -> Option<()> {
+    match v {
+        Value::String(s) => out.push_str(s),
+        Value::Number(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::Bool(b) => {
+            let _ = write!(out, "{b}");
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match item {
+                    Value::Array(_) | Value::Object(_) | Value::Null => return None,
+                    scalar => claim_text(scalar, out)?,
+                }
+            }
+        }
+        Value::Object(_) | Value::Null => return None,
+    }
+    Some(())
+}
+
+// === impl IdentityHeaders ===
+
+impl IdentityHeaders {
+    /// Compiles `(name, template)` pairs; errors are (name, message).
+    pub fn compile<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let mut headers = Vec::new();
+        for (name, template) in pairs {
+            let header = match check_name(name) {
+                Ok(h) => h,
+                Err(m) => {
+                    errors.push((name.to_owned(), m));
+                    continue;
+                }
+            };
+            match Template::parse(template) {
+                Ok(t) => headers.push((header, t)),
+                Err(m) => errors.push((name.to_owned(), m)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Self {
+                headers: headers.into(),
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The header names.
+    pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.headers.iter().map(|(h, _)| h)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+    }
+
+    /// Renders every header; returns the headers set and how many values were refused.
+    pub fn render(&self, cx: &Context<'_>) -> (Vec<(HeaderName, HeaderValue)>, usize) {
+        let mut out = Vec::with_capacity(self.headers.len());
+        let mut refused = 0;
+        for (name, t) in &*self.headers {
+            let Some(text) = t.render(cx) else { continue };
+            // Visible ASCII and spaces only: no CR, LF, control or non-ASCII bytes upstream.
+            let clean = text.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+            match HeaderValue::try_from(text) {
+                Ok(v) if clean => out.push((name.clone(), v)),
+                _ => refused += 1,
+            }
+        }
+        (out, refused)
+    }
+}
+
+/// A valid, lowercase, non-reserved header name.
+pub fn check_name(name: &str) -> Result<HeaderName, String> {
+    let h = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{name}` is not a valid header name"))?;
+    let dashed = h.as_str().replace('_', "-");
+    if RESERVED.contains(&dashed.as_str()) || dashed.starts_with(':') {
+        return Err(format!(
+            "`{name}` is set by the gateway or the protocol; choose another name"
+        ));
+    }
+    Ok(h)
+}
+
+// === impl Spoofable ===
+
+impl Spoofable {
+    /// The set of `names`.
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a HeaderName>) -> Self {
+        let mut dashed: Vec<Box<str>> = names
+            .into_iter()
+            .map(|n| n.as_str().replace('_', "-").into())
+            .collect();
+        dashed.sort();
+        dashed.dedup();
+        Self {
+            dashed: dashed.into(),
+        }
+    }
+
+    /// Removes every header whose name, with `_` read as `-`, is in the set.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        if self.dashed.is_empty() {
+            return;
+        }
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| {
+                let k = k.as_str();
+                if k.contains('_') {
+                    let d = k.replace('_', "-");
+                    self.dashed.iter().any(|s| **s == *d)
+                } else {
+                    self.dashed.iter().any(|s| **s == *k)
+                }
+            })
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn principal() -> Principal {
+        Principal {
+            id: "alice".into(),
+            kind: PrincipalKind::User,
+            authenticator: Arc::from("users"),
+            issuer: Some("https://iss".into()),
+            scopes: vec!["read".into(), "write".into()].into(),
+            roles: vec!["admin".into(), "ops".into()].into(),
+            tenant: Some("acme".into()),
+            api_key_id: None,
+            claims: json!({"email": "a@x", "n": 3, "ok": true, "groups": ["a", "b"], "obj": {"k": 1}, "evil": "a\r\nx-admin: 1", "name": "José"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            expires_at: None,
+        }
+    }
+
+    fn render(t: &str, p: Option<&Principal>) -> Option<String> {
+        Template::parse(t).unwrap().render(&Context {
+            principal: p,
+            client_ip: "192.0.2.1".parse().unwrap(),
+            rule: "r",
+        })
+    }
+
+    #[test]
+    fn templates_render_every_variable() {
+        let p = principal();
+        for (t, want) in [
+            ("{principal.id}", Some("alice")),
+            (
+                "user={principal.id};kind={principal.kind}",
+                Some("user=alice;kind=user"),
+            ),
+            ("{principal.scopes}", Some("read write")),
+            ("{principal.roles}", Some("admin,ops")),
+            ("{principal.tenant}", Some("acme")),
+            ("{principal.issuer}", Some("https://iss")),
+            ("{principal.authenticator}", Some("users")),
+            ("{claims.email}", Some("a@x")),
+            ("{claims.n}/{claims.ok}", Some("3/true")),
+            ("{claims.groups}", Some("a,b")),
+            ("{client.ip} {rule.name}", Some("192.0.2.1 r")),
+            ("{{literal}}", Some("{literal}")),
+            ("{apikey.id}", None),
+            ("{claims.missing}", None),
+            ("{claims.obj}", None),
+        ] {
+            assert_eq!(render(t, Some(&p)).as_deref(), want, "{t}");
+        }
+        assert_eq!(render("{principal.id}", None), None, "anonymous");
+        assert_eq!(render("{client.ip}", None).as_deref(), Some("192.0.2.1"));
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        for t in [
+            "{principal.email}",
+            "{claims.}",
+            "{claims..a}",
+            "{open",
+            "a}b",
+            "é",
+        ] {
+            assert!(Template::parse(t).is_err(), "{t}");
+        }
+    }
+
+    #[test]
+    fn values_with_cr_lf_or_non_ascii_are_never_set() {
+        let h = IdentityHeaders::compile([
+            ("x-evil", "{claims.evil}"),
+            ("x-name", "{claims.name}"),
+            ("x-user-id", "{principal.id}"),
+        ])
+        .unwrap();
+        let p = principal();
+        let (set, refused) = h.render(&Context {
+            principal: Some(&p),
+            client_ip: "192.0.2.1".parse().unwrap(),
+            rule: "r",
+        });
+        assert_eq!(refused, 2);
+        assert_eq!(set.len(), 1);
+        assert_eq!(set[0].0.as_str(), "x-user-id");
+    }
+
+    #[test]
+    fn reserved_names_are_refused() {
+        for n in [
+            "Host",
+            "authorization",
+            "x_forwarded_for",
+            "X-Request-Id",
+            "bad name",
+        ] {
+            assert!(check_name(n).is_err(), "{n}");
+        }
+        assert!(check_name("X-User-Id").is_ok());
+    }
+
+    #[test]
+    fn strip_removes_every_spelling() {
+        let s = Spoofable::new(&[HeaderName::from_static("x-user-id")]);
+        let mut h = HeaderMap::new();
+        for n in ["x-user-id", "X_User_Id", "x_user-id", "x-user", "x-userid"] {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                "v".parse().unwrap(),
+            );
+        }
+        s.strip(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-user", "x-userid"]);
+    }
+}

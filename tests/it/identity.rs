@@ -1,0 +1,225 @@
+//! Identity headers through the proxy door: rendered from the principal, per-rule overrides,
+//! spoofed copies stripped in every spelling, and values with CR/LF never forwarded.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::Algorithm;
+use portcullis::authn::apikey::{generate, hash_of};
+use portcullis::authn::jwt::mint::SigningKey;
+use serde_json::{Value, json};
+
+use crate::support::{Setup, TestGateway, echoed_header, raw};
+
+const SECRET: &[u8] = b"identity-test-secret-identity-test-secret-0123";
+
+fn token(claims: &Value) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut c = json!({"iss": "https://iss.test", "aud": "api", "sub": "alice", "exp": now + 300});
+    for (k, v) in claims.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    SigningKey::hmac(SECRET, Algorithm::HS256, "k")
+        .unwrap()
+        .sign(&c)
+        .unwrap()
+}
+
+async fn gateway(api_key: &str) -> TestGateway {
+    let extra = "authenticators:
+  users:
+    jwt:
+      providers:
+        - issuer: https://iss.test
+          audiences: [api]
+          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]
+          principal: {roles_claim: roles, tenant_claim: org.tenant}
+  partners:
+    api_key: {keys_file: keys.yaml}
+identity_headers:
+  x-user-id: \"{principal.id}\"
+  x-user-kind: \"{principal.kind}\"
+  x-user-roles: \"{principal.roles}\"
+  x-tenant-id: \"{principal.tenant}\"
+  x-api-key-id: \"{apikey.id}\"
+  x-client: \"{client.ip} via {rule.name}\"
+";
+    let policy = "rules:
+  - name: api
+    match: {paths: [\"/api/**\"]}
+    effect: allow
+    authenticators: [users, partners]
+    upstream: echo
+    identity_headers:
+      x-user-email: \"{claims.email}\"
+      x-user-kind: null
+  - name: open
+    match: {paths: [\"/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+";
+    Setup {
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        files: vec![
+            ("hs.secret".into(), SECRET.to_vec()),
+            (
+                "keys.yaml".into(),
+                format!(
+                    "keys:\n  - {{id: k-7, hash: \"{}\", owner: svc-7, kind: machine, plan: gold}}\n",
+                    hash_of(api_key)
+                )
+                .into_bytes(),
+            ),
+        ],
+        extra: extra.into(),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+/// A raw request with the given extra header lines; returns the status.
+async fn request(gw: &TestGateway, path: &str, headers: &str) -> u16 {
+    raw(
+        gw.addr(),
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .status
+}
+
+#[tokio::test]
+async fn identity_headers_are_rendered_from_the_principal() {
+    let key = generate().unwrap();
+    let gw = gateway(&key).await;
+    let t =
+        token(&json!({"roles": ["admin", "ops"], "org": {"tenant": "acme"}, "email": "a@x.test"}));
+    let status = request(&gw, "/api/x", &format!("Authorization: Bearer {t}\r\n")).await;
+    assert_eq!(status, 200);
+    let h = |n| echoed_header(&gw.echo, n);
+    assert_eq!(h("x-user-id").as_deref(), Some("alice"));
+    assert_eq!(h("x-user-roles").as_deref(), Some("admin,ops"));
+    assert_eq!(h("x-tenant-id").as_deref(), Some("acme"));
+    assert_eq!(
+        h("x-user-email").as_deref(),
+        Some("a@x.test"),
+        "rule adds its own"
+    );
+    assert_eq!(h("x-user-kind"), None, "rule removes a global one");
+    assert_eq!(h("x-api-key-id"), None, "absent variable: header not set");
+    assert_eq!(h("x-client").as_deref(), Some("127.0.0.1 via api"));
+
+    let status = request(&gw, "/api/x", &format!("x-api-key: {key}\r\n")).await;
+    assert_eq!(status, 200);
+    assert_eq!(h("x-user-id").as_deref(), Some("svc-7"));
+    assert_eq!(h("x-api-key-id").as_deref(), Some("k-7"));
+}
+
+#[tokio::test]
+async fn client_sent_identity_headers_never_reach_the_upstream() {
+    let gw = gateway(&generate().unwrap()).await;
+    let spoofed = "X-User-Id: root\r\nx_user_id: root\r\nX_Tenant-Id: evil\r\nx-user-email: e@evil\r\nx-user-kind: machine\r\n";
+    // Anonymous route: no identity, and none of the client's copies.
+    assert_eq!(request(&gw, "/open/x", spoofed).await, 200);
+    let seen = gw.echo.last().unwrap();
+    for (name, value) in &seen.headers {
+        let n = name.as_str().replace('_', "-");
+        assert!(
+            !matches!(
+                &*n,
+                "x-user-id" | "x-tenant-id" | "x-user-email" | "x-user-kind"
+            ),
+            "{name}: {value:?} reached the upstream"
+        );
+    }
+    assert_eq!(
+        echoed_header(&gw.echo, "x-client").as_deref(),
+        Some("127.0.0.1 via open"),
+        "variables that need no principal still render"
+    );
+    // Authenticated: the gateway's values replace the client's.
+    let t = token(&json!({"email": "a@x.test"}));
+    let status = request(
+        &gw,
+        "/api/x",
+        &format!("{spoofed}Authorization: Bearer {t}\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = gw.echo.last().unwrap();
+    let ids: Vec<_> = seen.headers.get_all("x-user-id").iter().collect();
+    assert_eq!(ids, ["alice"]);
+    assert!(!seen.headers.contains_key("x_user_id"));
+    assert_eq!(
+        echoed_header(&gw.echo, "x-user-email").as_deref(),
+        Some("a@x.test")
+    );
+}
+
+#[tokio::test]
+async fn values_with_cr_lf_or_non_ascii_are_left_out_and_counted() {
+    let gw = gateway(&generate().unwrap()).await;
+    let t = token(&json!({"email": "a@x.test\r\nx-admin: true", "org": {"tenant": "Zürich"}}));
+    let status = request(&gw, "/api/x", &format!("Authorization: Bearer {t}\r\n")).await;
+    assert_eq!(status, 200);
+    let seen = gw.echo.last().unwrap();
+    assert!(!seen.headers.contains_key("x-user-email"));
+    assert!(!seen.headers.contains_key("x-admin"));
+    assert!(!seen.headers.contains_key("x-tenant-id"));
+    assert_eq!(
+        echoed_header(&gw.echo, "x-user-id").as_deref(),
+        Some("alice")
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("portcullis_identity_headers_refused_total 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn bad_identity_headers_are_config_errors_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("portcullis.yaml"),
+        "listeners: [{name: http, address: \"127.0.0.1:0\"}]
+upstreams: {echo: {url: \"http://127.0.0.1:9\"}}
+policies: {dir: policies}
+identity_headers:
+  x-user-id: \"{principal.email}\"
+  host: \"{principal.id}\"
+",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        "rules:
+  - name: r
+    match: {paths: [\"/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+    identity_headers:
+      x-a: \"{claims.}\"
+",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "-c"])
+        .arg(dir.path().join("portcullis.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for expected in [
+        "portcullis.yaml:5:3: error: identity_headers.x-user-id: unknown variable `{principal.email}`",
+        "portcullis.yaml:6:3: error: identity_headers.host: `host` is set by the gateway",
+        "p.yaml:8:7: error: rules[0].identity_headers.x-a: unknown variable `{claims.}`",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+}
