@@ -3,6 +3,7 @@
 pub mod apikey;
 pub mod check;
 pub mod demo;
+pub mod explain;
 pub mod keys;
 pub mod run;
 pub mod token;
@@ -45,6 +46,28 @@ pub enum Command {
         /// Which file kind.
         #[arg(value_enum, default_value = "config")]
         kind: SchemaKind,
+    },
+    /// Explain the decision for one request: the rule, each check, the status and the
+    /// headers the upstream would receive (credentials redacted). Exit 0 allowed, 1 denied.
+    Explain {
+        /// The gateway config file.
+        #[arg(short, long, default_value = "config/portcullis.yaml")]
+        config: PathBuf,
+        /// Request method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// `https://host[:port]/path?query`.
+        #[arg(long)]
+        url: String,
+        /// A request header `Name: value`; repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The client address (default 127.0.0.1).
+        #[arg(long)]
+        client_ip: Option<std::net::IpAddr>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Signing keys for development.
     Keys {
@@ -176,6 +199,21 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run { config, no_watch } => run::run(&config, !no_watch),
         Command::Check { config } => check::check(&config),
         Command::Schema { kind } => schema(kind),
+        Command::Explain {
+            config,
+            method,
+            url,
+            headers,
+            client_ip,
+            json,
+        } => explain::explain(&explain::ExplainArgs {
+            config: &config,
+            method: &method,
+            url: &url,
+            headers: &headers,
+            client_ip,
+            json,
+        }),
         Command::Demo { port, admin_port } => demo::demo(port, admin_port),
         Command::Keys {
             command: KeysCommand::New { alg, kid, out },

@@ -129,6 +129,11 @@ impl Requirements {
         }
     }
 
+    /// Whether there are no requirements.
+    pub fn is_empty(&self) -> bool {
+        !self.needs_principal() && self.networks.is_empty() && !self.mtls
+    }
+
     /// Whether any requirement needs a principal (an anonymous request fails them with 401).
     pub fn needs_principal(&self) -> bool {
         !self.scopes.is_empty()

@@ -25,6 +25,8 @@ pub enum TraceEvent {
     AuthnFailed(DenyKind),
     /// A requirement of the rule failed.
     RequirementFailed(crate::authz::require::Unmet),
+    /// The rule has requirements and every one holds.
+    RequirementsMet,
 }
 
 /// Receives the steps of a decision.
@@ -119,6 +121,9 @@ pub async fn decide(
             rule: Some(rule.id.clone()),
             kind: DenyKind::Unmet(unmet),
         });
+    }
+    if !rule.require.is_empty() {
+        trace.record(TraceEvent::RequirementsMet);
     }
     let (identity, identity_refused) = if rule.identity.is_empty() {
         (Vec::new(), 0)

@@ -45,6 +45,69 @@ struct Done<'a> {
     principal: Option<&'a str>,
 }
 
+/// Where an allowed request came from, for the headers the gateway writes.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// Whether the peer is a trusted proxy.
+    pub peer_trusted: bool,
+    /// The client address (see [`RequestFacts`]).
+    pub client_ip: IpAddr,
+    /// How the client reached the gateway.
+    pub scheme: crate::request::facts::Scheme,
+    /// The authority that was decided on.
+    pub authority: HeaderValue,
+}
+
+/// Rewrites the (hop-by-hop-stripped) headers of an allowed request for its upstream: the
+/// credential when the authenticator strips it, every spoofable identity header in any
+/// spelling, then the rule's identity headers, the forwarding headers, the request id and
+/// `Host`. The one place this happens: the proxy door and `portcullis explain` both call it.
+pub fn upstream_headers(
+    headers: &mut http::HeaderMap,
+    snapshot: &Snapshot,
+    allow: &crate::decision::Allow,
+    identity: Vec<(http::HeaderName, HeaderValue)>,
+    origin: Origin,
+    request_id: &HeaderValue,
+    upstream: &crate::upstream::Upstream,
+) {
+    // What was verified here is not replayed upstream when the authenticator says so.
+    if let Some(a) = allow
+        .authenticator
+        .and_then(|i| snapshot.authn.at(i))
+        .filter(|a| a.strip)
+    {
+        for source in &*a.sources {
+            credential::strip(source, headers);
+        }
+    }
+    // Whatever the rule: a client must never hand the upstream an identity header, nor one
+    // an inner proxy would have set; then the rule's own are added.
+    snapshot.spoofable.strip(headers);
+    for (name, value) in identity {
+        headers.insert(name, value);
+    }
+    forwarded::apply(
+        headers,
+        origin.peer,
+        origin.peer_trusted,
+        origin.client_ip,
+        origin.scheme,
+        &origin.authority,
+    );
+    headers.insert(
+        snapshot.server.request_id_header.clone(),
+        request_id.clone(),
+    );
+    if upstream.preserve_host {
+        headers.insert(header::HOST, origin.authority);
+    } else {
+        headers.insert(header::HOST, upstream.host_header.clone());
+    }
+}
+
 /// Handles one request; never fails: every failure is a response.
 pub async fn handle(
     shared: &Shared,
@@ -161,10 +224,6 @@ pub async fn handle(
     // taken apart.
     // Query credentials never go further (URLs end up in logs); other credentials only when
     // the authenticator says so: what was verified here is not replayed upstream.
-    let strip = allow
-        .authenticator
-        .and_then(|i| snapshot.authn.at(i))
-        .filter(|a| a.strip);
     let query = match (&allow.query_credentials, facts.query) {
         (Some(names), Some(q)) => credential::strip_query(q, names),
         (_, q) => q.map(std::borrow::Cow::Borrowed),
@@ -199,15 +258,14 @@ pub async fn handle(
                 .unwrap_or_else(|_| HeaderValue::from_static(""))
         }
     };
+    let origin = Origin {
+        peer: conn.peer.ip(),
+        peer_trusted,
+        client_ip,
+        scheme,
+        authority,
+    };
     drop(facts);
-    if let Some(a) = strip {
-        for source in &*a.sources {
-            credential::strip(source, &mut parts.headers);
-        }
-    }
-    // Whatever the rule: a client must never hand the upstream an identity header, nor one
-    // an inner proxy would have set; then the rule's own are added.
-    snapshot.spoofable.strip(&mut parts.headers);
     if allow.identity_refused > 0 {
         shared
             .metrics
@@ -215,9 +273,7 @@ pub async fn handle(
             .inc_by(allow.identity_refused as u64);
         tracing::warn!(rule = %allow.rule.0, refused = allow.identity_refused, "Identity header values with forbidden characters were left out");
     }
-    for (name, value) in std::mem::take(&mut allow.identity) {
-        parts.headers.insert(name, value);
-    }
+    let identity = std::mem::take(&mut allow.identity);
     let method = parts.method.clone();
     let principal = allow.principal.as_deref().map(|p| &*p.id);
     let rule: &str = &allow.rule.0;
@@ -249,25 +305,15 @@ pub async fn handle(
         return ctx.finish(resp, &done(Outcome::Error, Some("body_too_large")));
     }
 
-    forwarded::apply(
+    upstream_headers(
         &mut parts.headers,
-        conn.peer.ip(),
-        peer_trusted,
-        client_ip,
-        scheme,
-        &authority,
+        &snapshot,
+        &allow,
+        identity,
+        origin,
+        &request_id,
+        &upstream,
     );
-    parts.headers.insert(
-        snapshot.server.request_id_header.clone(),
-        request_id.clone(),
-    );
-    if !upstream.preserve_host {
-        parts
-            .headers
-            .insert(header::HOST, upstream.host_header.clone());
-    } else {
-        parts.headers.insert(header::HOST, authority);
-    }
     parts.uri = uri;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let upstream_req = Request::from_parts(parts, LimitedBody::new(body, limit));

@@ -289,3 +289,95 @@ async fn check_warns_when_two_authenticators_read_one_credential() {
         assert!(text.contains(expected), "{expected} in {text}");
     }
 }
+
+#[tokio::test]
+async fn explain_shows_the_rule_trace_status_and_upstream_headers_without_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("hs.secret"), SECRET).unwrap();
+    std::fs::write(
+        dir.path().join("portcullis.yaml"),
+        format!(
+            "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]\nupstreams: {{echo: {{url: \"http://127.0.0.1:9\"}}}}\npolicies: {{dir: policies}}\nidentity_headers: {{x-user-id: \"{{principal.id}}\"}}\n{AUTHN}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        format!(
+            "rules:\n  - name: admin\n    match: {{paths: [\"/admin/**\"]}}\n    effect: deny\n{}",
+            rule("orders", "/orders/**", "{scopes: {all_of: [orders:read]}}")
+        ),
+    )
+    .unwrap();
+    let explain = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("explain")
+            .arg("-c")
+            .arg(dir.path().join("portcullis.yaml"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let good = token(&json!({"scope": "orders:read"}));
+    let auth = format!("Authorization: Bearer {good}");
+    let (code, text) = explain(&[
+        "--url",
+        "https://api.test/orders/7",
+        "-H",
+        &auth,
+        "-H",
+        "X_User_Id: root",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    for expected in [
+        "rule      orders",
+        "authenticator `users` verified the credential",
+        "every requirement of the rule holds",
+        "principal alice (user, via users)",
+        "authorization: [redacted]",
+        "x-user-id: alice",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+    assert!(
+        !text.contains(&good[good.len() - 12..]),
+        "the token is never printed"
+    );
+    assert!(!text.contains("root"), "the spoofed header is gone: {text}");
+
+    let weak = token(&json!({"scope": "orders:list"}));
+    let (code, text) = explain(&[
+        "--url",
+        "https://api.test/orders/7",
+        "-H",
+        &format!("Authorization: Bearer {weak}"),
+        "--json",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], 403);
+    assert_eq!(v["reason"], "insufficient_scope");
+    assert!(
+        v["www_authenticate"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient_scope")
+    );
+    // The path tricks resolve to the rule that serving would pick.
+    for url in [
+        "https://api.test//admin/x",
+        "https://api.test/%61dmin/x",
+        "https://api.test/orders/../admin/x",
+    ] {
+        let (code, text) = explain(&["--url", url, "--json"]);
+        assert_eq!(code, Some(1), "{url}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["rule"]["name"], "admin", "{url}");
+        assert_eq!(v["status"], 403, "{url}");
+    }
+}

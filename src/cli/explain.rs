@@ -1,0 +1,344 @@
+//! `portcullis explain`: one request through the same decision code as serving, with a
+//! recording trace: the rule that matched, each step with its result, the decision and
+//! status, and the exact headers the upstream would receive (credentials redacted).
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderName, HeaderValue, Request, Uri, header};
+use serde_json::{Value, json};
+
+use crate::config;
+use crate::decision::{self, Decision, TraceEvent};
+use crate::proxy::{hop_by_hop, service};
+use crate::request::RequestFacts;
+use crate::request::facts::{ConnInfo, Scheme, TlsInfo};
+use crate::snapshot::Snapshot;
+
+/// The request to explain.
+#[derive(Debug)]
+pub struct ExplainArgs<'a> {
+    /// The gateway config.
+    pub config: &'a Path,
+    /// Method.
+    pub method: &'a str,
+    /// `https://host[:port]/path?query`.
+    pub url: &'a str,
+    /// `Name: value` headers.
+    pub headers: &'a [String],
+    /// The client address (default 127.0.0.1).
+    pub client_ip: Option<IpAddr>,
+    /// Print JSON.
+    pub json: bool,
+}
+
+/// Runs `explain`; exit 0 when the request would be allowed, 1 when denied, 2 on bad input.
+pub fn explain(args: &ExplainArgs<'_>) -> ExitCode {
+    let (snapshot, _) = match config::build(args.config, None) {
+        Ok(s) => s,
+        Err(diags) => {
+            let mut err = std::io::stderr().lock();
+            for d in &diags {
+                let _ = writeln!(err, "{d}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match super::run::runtime(1) {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match rt.block_on(run(&snapshot, args)) {
+        Ok((report, allowed)) => {
+            let text = if args.json {
+                serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
+            } else {
+                render_text(&report)
+            };
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            if allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(m) => fail(&m),
+    }
+}
+
+async fn run(snapshot: &Snapshot, args: &ExplainArgs<'_>) -> Result<(Value, bool), String> {
+    let url: Uri = args
+        .url
+        .parse()
+        .map_err(|_| format!("`{}` is not a URL", args.url))?;
+    let scheme = match url.scheme_str() {
+        Some("https") => Scheme::Https,
+        Some("http") => Scheme::Http,
+        _ => return Err("the URL must start with http:// or https://".into()),
+    };
+    let authority = url
+        .authority()
+        .ok_or("the URL needs a host")?
+        .as_str()
+        .to_owned();
+    let target = url.path_and_query().map_or("/", |p| p.as_str());
+    let method = http::Method::from_bytes(args.method.as_bytes())
+        .map_err(|_| "invalid method".to_owned())?;
+    let mut req = Request::builder().method(method).uri(target);
+    let mut has_host = false;
+    for h in args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| format!("header `{h}` is not `Name: value`"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("invalid header name in `{h}`"))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| format!("invalid header value for `{name}`"))?;
+        has_host |= name == header::HOST;
+        req = req.header(name, value);
+    }
+    if !has_host {
+        req = req.header(header::HOST, authority);
+    }
+    let (mut parts, ()) = req
+        .body(())
+        .map_err(|e| format!("invalid request: {e}"))?
+        .into_parts();
+    let client_ip = args.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let listener = snapshot
+        .listeners
+        .iter()
+        .find(|l| l.tls.is_some() == (scheme == Scheme::Https))
+        .or_else(|| snapshot.listeners.first())
+        .map_or_else(|| Arc::from("-"), |l| Arc::clone(&l.name));
+    let conn = ConnInfo {
+        peer: SocketAddr::new(client_ip, 50000),
+        listener,
+        tls: (scheme == Scheme::Https).then(TlsInfo::default),
+    };
+    hop_by_hop::strip(&mut parts.headers);
+    let redact = redacted_names(snapshot);
+    let mut report = json!({
+        "request": {"method": parts.method.as_str(), "url": args.url, "client_ip": client_ip.to_string()},
+    });
+    let facts = match RequestFacts::from_parts(&parts, &conn, &snapshot.server.trusted_proxies) {
+        Ok(f) => f,
+        Err(e) => {
+            report["decision"] = json!("deny");
+            report["status"] = json!(400);
+            report["reason"] = json!(e.as_str());
+            report["trace"] = json!(["the request is refused before any rule: malformed"]);
+            return Ok((report, false));
+        }
+    };
+    report["request"]["canonical_path"] = json!(facts.path.as_ref());
+    // Remote keys: fetched as when serving, within their startup timeout.
+    snapshot.authn.start();
+    let started = Instant::now();
+    while !snapshot.authn.is_ready() && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut trace: Vec<TraceEvent> = Vec::new();
+    let decision = decision::decide(snapshot, &facts, &mut trace).await;
+    let steps: Vec<String> = trace.iter().map(describe).collect();
+    report["trace"] = json!(steps);
+    if let Some(rule) = decision.rule() {
+        let file = snapshot
+            .routes
+            .rules()
+            .iter()
+            .find(|r| &*r.id.0 == rule)
+            .map(|r| r.file.to_string());
+        report["rule"] = json!({"name": rule, "file": file});
+    }
+    match decision {
+        Decision::Deny(d) => {
+            report["decision"] = json!("deny");
+            report["status"] = json!(d.kind.status().as_u16());
+            report["reason"] = json!(d.kind.as_str());
+            report["response_code"] = json!(d.kind.public_code());
+            if let Some(c) = d.kind.challenge(&snapshot.challenges) {
+                report["www_authenticate"] = json!(c.to_str().unwrap_or(""));
+            }
+            Ok((report, false))
+        }
+        Decision::Allow(mut allow) => {
+            report["decision"] = json!("allow");
+            if let Some(p) = &allow.principal {
+                report["principal"] = json!({
+                    "id": &*p.id,
+                    "kind": match p.kind { crate::authn::PrincipalKind::User => "user", crate::authn::PrincipalKind::Machine => "machine" },
+                    "authenticator": &*p.authenticator,
+                    "scopes": p.scopes.iter().map(|s| &**s).collect::<Vec<_>>(),
+                    "roles": p.roles.iter().map(|s| &**s).collect::<Vec<_>>(),
+                });
+            }
+            let Some(upstream) = allow.upstream.and_then(|i| snapshot.upstreams.get(i)) else {
+                report["status"] = json!(502);
+                return Ok((report, true));
+            };
+            let query = match (&allow.query_credentials, facts.query) {
+                (Some(names), Some(q)) => crate::authn::credential::strip_query(q, names),
+                (_, q) => q.map(std::borrow::Cow::Borrowed),
+            };
+            let uri = upstream.uri(&facts.path, query.as_deref());
+            let origin = service::Origin {
+                peer: conn.peer.ip(),
+                peer_trusted: facts.peer_trusted,
+                client_ip: facts.client_ip,
+                scheme: facts.scheme,
+                authority: HeaderValue::from_str(&match facts.port {
+                    Some(p) => format!("{}:{p}", facts.host),
+                    None => facts.host.to_string(),
+                })
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            };
+            drop(facts);
+            let identity = std::mem::take(&mut allow.identity);
+            let request_id = HeaderValue::from_static("(generated per request)");
+            service::upstream_headers(
+                &mut parts.headers,
+                snapshot,
+                &allow,
+                identity,
+                origin,
+                &request_id,
+                upstream,
+            );
+            let mut headers: Vec<(String, String)> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    let shown = if redact.iter().any(|r| r == k) {
+                        "[redacted]".to_owned()
+                    } else {
+                        String::from_utf8_lossy(v.as_bytes()).into_owned()
+                    };
+                    (k.as_str().to_owned(), shown)
+                })
+                .collect();
+            headers.sort();
+            report["status"] = json!("forwarded");
+            report["upstream"] = json!({
+                "name": &*upstream.name,
+                "url": uri.map(|u| redact_query(&u.to_string(), snapshot)),
+                "headers": headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+            });
+            Ok((report, true))
+        }
+    }
+}
+
+/// Header names whose values are credentials: never printed.
+fn redacted_names(snapshot: &Snapshot) -> Vec<HeaderName> {
+    let mut out = vec![
+        header::AUTHORIZATION,
+        header::COOKIE,
+        header::PROXY_AUTHORIZATION,
+    ];
+    for a in snapshot.authn.iter() {
+        for s in &*a.sources {
+            if let crate::authn::credential::CredentialSource::Header(h) = s {
+                out.push(h.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Query credentials are stripped before forwarding; any left would be shown: redact anyway.
+fn redact_query(url: &str, snapshot: &Snapshot) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let names: Vec<&str> = snapshot
+        .authn
+        .iter()
+        .flat_map(|a| a.query_sources())
+        .collect();
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if names.contains(&k) => format!("{k}=[redacted]"),
+            _ => kv.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", parts.join("&"))
+}
+
+fn describe(e: &TraceEvent) -> String {
+    match e {
+        TraceEvent::RuleMatched(id) => format!("rule `{}` matched (first match wins)", id.0),
+        TraceEvent::NoRuleMatched => "no rule matched: denied by default".into(),
+        TraceEvent::Authenticated(name) => {
+            format!("authenticator `{name}` verified the credential")
+        }
+        TraceEvent::Anonymous => "no credential; the rule allows anonymous access".into(),
+        TraceEvent::AuthnFailed(kind) => format!(
+            "authentication failed: {} ({})",
+            kind.as_str(),
+            kind.status().as_u16()
+        ),
+        TraceEvent::RequirementFailed(u) => format!("requirement not met: {}", u.as_str()),
+        TraceEvent::RequirementsMet => "every requirement of the rule holds".into(),
+    }
+}
+
+fn render_text(r: &Value) -> String {
+    let mut out = String::new();
+    let s = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let req = &r["request"];
+    out.push_str(&format!(
+        "request   {} {}  (client {})\n",
+        s(&req["method"]),
+        s(&req["url"]),
+        s(&req["client_ip"])
+    ));
+    if let Some(p) = req["canonical_path"].as_str() {
+        out.push_str(&format!("path      {p}  (canonical)\n"));
+    }
+    if let Some(rule) = r.get("rule") {
+        out.push_str(&format!(
+            "rule      {}  ({})\n",
+            s(&rule["name"]),
+            s(&rule["file"])
+        ));
+    }
+    out.push_str("trace\n");
+    for step in r["trace"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  - {}\n", s(step)));
+    }
+    if let Some(p) = r.get("principal") {
+        out.push_str(&format!(
+            "principal {} ({}, via {})\n",
+            s(&p["id"]),
+            s(&p["kind"]),
+            s(&p["authenticator"])
+        ));
+    }
+    out.push_str(&format!("decision  {}\n", s(&r["decision"])));
+    out.push_str(&format!("status    {}", s(&r["status"])));
+    if let Some(reason) = r.get("reason") {
+        out.push_str(&format!("  reason {}", s(reason)));
+    }
+    out.push('\n');
+    if let Some(c) = r.get("www_authenticate") {
+        out.push_str(&format!("www-authenticate: {}\n", s(c)));
+    }
+    if let Some(u) = r.get("upstream") {
+        out.push_str(&format!("upstream  {} {}\n", s(&u["name"]), s(&u["url"])));
+        for h in u["headers"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  {}: {}\n", s(&h[0]), s(&h[1])));
+        }
+    }
+    out
+}
+
+fn fail(msg: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "portcullis explain: {msg}");
+    ExitCode::from(2)
+}
