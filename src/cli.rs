@@ -5,6 +5,7 @@ pub mod check;
 pub mod demo;
 pub mod explain;
 pub mod keys;
+pub mod policy;
 pub mod run;
 pub mod token;
 
@@ -69,6 +70,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Policy tools.
+    Policy {
+        /// What to do with the policies.
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Signing keys for development.
     Keys {
         /// What to do with keys.
@@ -112,6 +119,18 @@ pub enum KeysCommand {
         /// Directory to write the files into.
         #[arg(long, default_value = ".")]
         out: PathBuf,
+    },
+}
+
+/// `portcullis policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// The rules in evaluation order: name, effect, methods, hosts, paths, authenticators,
+    /// file.
+    List {
+        /// The gateway config file.
+        #[arg(short, long, default_value = "config/portcullis.yaml")]
+        config: PathBuf,
     },
 }
 
@@ -199,6 +218,9 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run { config, no_watch } => run::run(&config, !no_watch),
         Command::Check { config } => check::check(&config),
         Command::Schema { kind } => schema(kind),
+        Command::Policy {
+            command: PolicyCommand::List { config },
+        } => policy::list(&config),
         Command::Explain {
             config,
             method,

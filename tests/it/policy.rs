@@ -381,3 +381,25 @@ async fn explain_shows_the_rule_trace_status_and_upstream_headers_without_creden
         assert_eq!(v["status"], 403, "{url}");
     }
 }
+
+#[test]
+fn policy_list_prints_the_rules_in_evaluation_order() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["policy", "list", "-c", "config/portcullis.yaml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|n| !n.starts_with("rule"))
+        .collect();
+    assert_eq!(names, ["admin-denied", "health", "public", "api"], "{text}");
+    assert!(
+        text.lines().next().unwrap().starts_with("#  NAME  "),
+        "{text}"
+    );
+    assert!(text.contains("4 rule(s)"), "{text}");
+}
