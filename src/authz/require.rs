@@ -53,6 +53,8 @@ pub enum Unmet {
     Network,
     /// No verified client certificate.
     ClientCertificate,
+    /// The rule's `when` expression did not hold.
+    Condition,
 }
 
 // === impl Unmet ===
@@ -67,6 +69,7 @@ impl Unmet {
             Self::Kind => "principal_kind",
             Self::Network => "network_not_allowed",
             Self::ClientCertificate => "client_certificate_required",
+            Self::Condition => "condition_failed",
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Rule {
     pub require: super::require::Requirements,
     /// Identity headers set on allowed requests (global ones merged with the rule's).
     pub identity: super::identity::IdentityHeaders,
+    /// The `when` condition.
+    pub when: Option<super::expr::Condition>,
 }
 
 /// The ordered rules.
@@ -158,6 +160,17 @@ impl Rule {
     }
 }
 
+impl Rule {
+    /// Named parameters of the first path pattern matching `path` (empty without patterns).
+    pub fn params(&self, path: &str) -> Vec<(Box<str>, String)> {
+        self.paths
+            .iter()
+            .find(|p| p.matches(path))
+            .map(|p| p.captures(path))
+            .unwrap_or_default()
+    }
+}
+
 // === impl HostPattern ===
 
 impl HostPattern {
@@ -234,6 +247,19 @@ impl PathPattern {
     /// matches `/a/**` but not the exact `/a`.
     pub fn matches(&self, path: &str) -> bool {
         self.matches_case(path, false)
+    }
+
+    /// The `{name}` segments of a path this pattern matches, with their values.
+    pub fn captures(&self, path: &str) -> Vec<(Box<str>, String)> {
+        let segs = path.strip_prefix('/').unwrap_or(path).split('/');
+        self.segments
+            .iter()
+            .zip(segs)
+            .filter_map(|(pat, seg)| match pat {
+                Segment::Any(Some(name)) => Some((name.clone(), seg.to_owned())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// [`Self::matches`], comparing literal segments ASCII-case-insensitively when `fold_case`.

@@ -285,6 +285,8 @@ fn describe(e: &TraceEvent) -> String {
         ),
         TraceEvent::RequirementFailed(u) => format!("requirement not met: {}", u.as_str()),
         TraceEvent::RequirementsMet => "every requirement of the rule holds".into(),
+        TraceEvent::ConditionHeld => "the `when` condition holds".into(),
+        TraceEvent::ConditionFailed(why) => format!("the `when` condition failed: {why}"),
     }
 }
 

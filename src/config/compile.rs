@@ -415,6 +415,24 @@ pub fn compile(
                     spoofable_names.push(h);
                 }
             }
+            let when = match (&r.when, r.effect) {
+                (None, _) => None,
+                (Some(_), Effect::Deny) => {
+                    diags.push(at(
+                        "when",
+                        "`when` applies to allow rules; a deny rule refuses whatever it matches"
+                            .into(),
+                    ));
+                    None
+                }
+                (Some(src), Effect::Allow) => match crate::authz::expr::Condition::compile(src) {
+                    Ok(c) => Some(c),
+                    Err(m) => {
+                        diags.push(at("when", m));
+                        None
+                    }
+                },
+            };
             if diags.iter().filter(|d| d.is_error()).count() == errors_before {
                 rules.push(Rule {
                     id: RuleId(r.name.as_str().into()),
@@ -429,6 +447,7 @@ pub fn compile(
                     query_credentials,
                     require,
                     identity,
+                    when,
                 });
             }
         }

@@ -304,6 +304,10 @@ pub struct RawRule {
     /// What an allowed request must also satisfy; each failure is a 403 with its reason.
     #[serde(default)]
     pub require: RawRequire,
+    /// A CEL expression the request must satisfy (allow rules): over `claims`, `principal`,
+    /// `request`, `params` (named path parameters) and `action`; only `true` allows.
+    #[serde(default)]
+    pub when: Option<String>,
     /// Identity headers for this rule: added to, or replacing, the global ones; `null`
     /// removes a global one.
     #[serde(default)]

@@ -2,7 +2,9 @@
 //! `portcullis explain`, which passes a recording [`Trace`] instead of [`NoTrace`].
 
 use crate::authn::{self, Failure};
+use crate::authz::expr::ConditionError;
 use crate::authz::identity::Context;
+use crate::authz::require::Unmet;
 use crate::authz::route::RuleId;
 use crate::config::raw::Effect;
 use crate::request::RequestFacts;
@@ -27,6 +29,10 @@ pub enum TraceEvent {
     RequirementFailed(crate::authz::require::Unmet),
     /// The rule has requirements and every one holds.
     RequirementsMet,
+    /// The `when` expression held.
+    ConditionHeld,
+    /// The `when` expression did not hold: `false`, or why evaluation failed.
+    ConditionFailed(String),
 }
 
 /// Receives the steps of a decision.
@@ -124,6 +130,28 @@ pub async fn decide(
     }
     if !rule.require.is_empty() {
         trace.record(TraceEvent::RequirementsMet);
+    }
+    if let Some(when) = &rule.when {
+        let params = if when.uses_params() {
+            rule.params(&facts.path)
+        } else {
+            Vec::new()
+        };
+        match when.eval(facts, principal.as_deref(), &params) {
+            Ok(()) => trace.record(TraceEvent::ConditionHeld),
+            Err(e) => {
+                let why = match e {
+                    ConditionError::False => "false".to_owned(),
+                    ConditionError::Error(m) => m,
+                };
+                tracing::debug!(rule = &*rule.id.0, reason = %why, "Condition did not hold");
+                trace.record(TraceEvent::ConditionFailed(why));
+                return Decision::Deny(Deny {
+                    rule: Some(rule.id.clone()),
+                    kind: DenyKind::Unmet(Unmet::Condition),
+                });
+            }
+        }
     }
     let (identity, identity_refused) = if rule.identity.is_empty() {
         (Vec::new(), 0)

@@ -403,3 +403,154 @@ fn policy_list_prints_the_rules_in_evaluation_order() {
     );
     assert!(text.contains("4 rule(s)"), "{text}");
 }
+
+/// The seed policies (policies/examples/seed.yaml), served as written.
+async fn seed_gateway() -> TestGateway {
+    let policy = std::fs::read_to_string("policies/examples/seed.yaml")
+        .unwrap()
+        .replace("upstream: app", "upstream: echo");
+    Setup {
+        policies: vec![("seed.yaml".into(), policy)],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: AUTHN.into(),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+async fn status(gw: &TestGateway, method: &str, path: &str, token: Option<&str>) -> StatusCode {
+    let before = gw.echo.count();
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let (status, _, _) = send(gw.addr(), req.body(Full::default()).unwrap()).await;
+    assert_eq!(
+        gw.echo.count() - before,
+        usize::from(status == StatusCode::OK),
+        "{method} {path}: {status}"
+    );
+    status
+}
+
+#[tokio::test]
+async fn seed_parity_policies() {
+    let gw = seed_gateway().await;
+    let admin = token(&json!({"sub": "root", "realm": {"roles": ["admin"]}}));
+    let alice = token(&json!({"sub": "alice"}));
+    let (ok, unauth, forbidden) = (
+        StatusCode::OK,
+        StatusCode::UNAUTHORIZED,
+        StatusCode::FORBIDDEN,
+    );
+    for (method, path, token, want) in [
+        // Admin-only user and policy management.
+        ("GET", "/users/42", Some(&admin), ok),
+        ("POST", "/policies/p1", Some(&admin), ok),
+        ("GET", "/users/42", Some(&alice), forbidden),
+        ("GET", "/users/42", None, unauth),
+        // A public table.
+        ("GET", "/tables/announcements", None, ok),
+        ("GET", "/tables/announcements/7", Some(&alice), ok),
+        ("POST", "/tables/announcements", Some(&alice), forbidden),
+        // Public except read_mine, which needs the caller and only their rows.
+        ("GET", "/tables/posts", None, ok),
+        ("GET", "/tables/posts?mine&user_id=alice", Some(&alice), ok),
+        (
+            "GET",
+            "/tables/posts?mine&user_id=bob",
+            Some(&alice),
+            forbidden,
+        ),
+        ("GET", "/tables/posts?mine&user_id=alice", None, forbidden),
+        // Filtered by author_id.
+        ("GET", "/tables/comments?author_id=alice", Some(&alice), ok),
+        (
+            "GET",
+            "/tables/comments?author_id=bob",
+            Some(&alice),
+            forbidden,
+        ),
+        ("GET", "/tables/comments", Some(&alice), forbidden),
+        // Every other table: the caller's rows, by path or query parameter.
+        ("GET", "/tables/orders/users/alice", Some(&alice), ok),
+        ("PUT", "/tables/orders/users/alice/17", Some(&alice), ok),
+        ("GET", "/tables/orders/users/bob", Some(&alice), forbidden),
+        (
+            "DELETE",
+            "/tables/orders/users/bob/17",
+            Some(&alice),
+            forbidden,
+        ),
+        ("GET", "/tables/orders?user_id=alice", Some(&alice), ok),
+        (
+            "POST",
+            "/tables/orders?user_id=bob",
+            Some(&alice),
+            forbidden,
+        ),
+        ("GET", "/tables/orders", Some(&alice), forbidden),
+        ("GET", "/tables/orders?user_id=alice", None, unauth),
+        // Path tricks resolve before matching: bob's rows stay bob's.
+        (
+            "GET",
+            "/tables/orders/users/alice/../bob",
+            Some(&alice),
+            forbidden,
+        ),
+        ("GET", "/tables/orders/users/%62ob", Some(&alice), forbidden),
+    ] {
+        assert_eq!(
+            status(&gw, method, path, token.map(String::as_str)).await,
+            want,
+            "{method} {path} as {}",
+            if token.is_some() { "a user" } else { "nobody" }
+        );
+    }
+}
+
+#[tokio::test]
+async fn when_expressions_are_compiled_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("hs.secret"), SECRET).unwrap();
+    std::fs::write(
+        dir.path().join("portcullis.yaml"),
+        format!(
+            "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]\nupstreams: {{echo: {{url: \"http://127.0.0.1:9\"}}}}\npolicies: {{dir: policies}}\n{AUTHN}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        "rules:
+  - name: syntax
+    match: {paths: [\"/a/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: echo
+    when: \"claims.x ==\"
+  - name: unknown
+    match: {paths: [\"/b/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: echo
+    when: \"user.id == 'x'\"
+",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "-c"])
+        .arg(dir.path().join("portcullis.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for expected in [
+        "p.yaml:7:5: error: rules[0].when: invalid CEL",
+        "p.yaml:13:5: error: rules[1].when: unknown variable `user`",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+}
