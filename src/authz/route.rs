@@ -48,11 +48,24 @@ pub struct Rule {
     pub when: Option<super::expr::Condition>,
 }
 
-/// The ordered rules.
+/// The ordered rules, and an index that finds the first match without trying every rule.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     rules: Vec<Rule>,
+    /// A trie over the literal leading segments of the path patterns (ASCII-lowercased): each
+    /// node lists, in rule order, the rules whose literal prefix ends there. The rules that
+    /// can match a path are those listed on the nodes along its segments.
+    index: Node,
 }
+
+#[derive(Debug, Default)]
+struct Node {
+    children: std::collections::HashMap<Box<str>, Self>,
+    rules: Vec<u32>,
+}
+
+/// Deepest trie level: longer literal prefixes are indexed by their first segments only.
+const MAX_DEPTH: usize = 12;
 
 /// A host criterion: exact or one-label wildcard, optionally with a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,13 +134,83 @@ pub enum PatternError {
 impl RouteTable {
     /// Wraps rules already in evaluation order.
     pub fn new(rules: Vec<Rule>) -> Self {
-        Self { rules }
+        let mut index = Node::default();
+        for (i, rule) in rules.iter().enumerate() {
+            let Ok(i) = u32::try_from(i) else { break };
+            if rule.paths.is_empty() {
+                index.rules.push(i);
+                continue;
+            }
+            for p in &rule.paths {
+                let mut node = &mut index;
+                for seg in p.segments.iter().take(MAX_DEPTH) {
+                    let Segment::Literal(l) = seg else { break };
+                    node = node
+                        .children
+                        .entry(l.to_ascii_lowercase().into())
+                        .or_default();
+                }
+                // One pattern per rule per node is enough.
+                if node.rules.last() != Some(&i) {
+                    node.rules.push(i);
+                }
+            }
+        }
+        Self { rules, index }
     }
 
-    /// The first rule matching the request, if any.
-    // TODO(#4): compile the rules into a matcher whose cost stays flat as rules grow.
+    /// The first rule matching the request, if any: the candidates along the path's segments
+    /// are merged in rule order and checked in full, so the answer is the same as trying every
+    /// rule in order, at a cost that depends on the path, not on how many rules there are.
     pub fn find(&self, facts: &RequestFacts<'_>) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.matches(facts))
+        // Candidate lists along the path, root first (on the stack: no allocation).
+        let mut lists: [&[u32]; MAX_DEPTH + 1] = [&[]; MAX_DEPTH + 1];
+        let mut n = 0;
+        let mut node = &self.index;
+        lists[0] = &node.rules;
+        n += 1;
+        let mut lower = String::new();
+        for seg in facts
+            .path
+            .strip_prefix('/')
+            .unwrap_or(&facts.path)
+            .split('/')
+            .take(MAX_DEPTH)
+        {
+            let key: &str = if seg.bytes().any(|b| b.is_ascii_uppercase()) {
+                lower.clear();
+                lower.push_str(seg);
+                lower.make_ascii_lowercase();
+                &lower
+            } else {
+                seg
+            };
+            let Some(next) = node.children.get(key) else {
+                break;
+            };
+            node = next;
+            lists[n] = &node.rules;
+            n += 1;
+        }
+        // k-way merge by rule index.
+        let mut pos = [0usize; MAX_DEPTH + 1];
+        loop {
+            let mut best: Option<(usize, u32)> = None;
+            for (k, list) in lists[..n].iter().enumerate() {
+                if let Some(&i) = list.get(pos[k])
+                    && best.is_none_or(|(_, b)| i < b)
+                {
+                    best = Some((k, i));
+                }
+            }
+            let (k, i) = best?;
+            pos[k] += 1;
+            if let Some(rule) = self.rules.get(i as usize)
+                && rule.matches(facts)
+            {
+                return Some(rule);
+            }
+        }
     }
 
     /// Every rule in order.
@@ -434,5 +517,100 @@ mod tests {
             MethodSet::parse(&["GE T".into()]),
             Err((0, PatternError::BadMethod))
         );
+    }
+
+    fn rule(name: &str, paths: &[&str], effect: Effect, methods: &[&str]) -> Rule {
+        Rule {
+            id: RuleId(name.into()),
+            file: "f".into(),
+            hosts: Vec::new(),
+            paths: paths
+                .iter()
+                .map(|p| PathPattern::parse(p).unwrap())
+                .collect(),
+            methods: MethodSet::parse(&methods.iter().map(|m| (*m).to_owned()).collect::<Vec<_>>())
+                .unwrap(),
+            effect,
+            upstream: None,
+            authenticators: Box::default(),
+            anonymous: true,
+            query_credentials: None,
+            require: crate::authz::require::Requirements::default(),
+            identity: crate::authz::identity::IdentityHeaders::default(),
+            when: None,
+        }
+    }
+
+    #[test]
+    fn the_index_finds_what_trying_every_rule_in_order_finds() {
+        let rules = vec![
+            rule("deny-admin", &["/admin/**"], Effect::Deny, &[]),
+            rule("users-exact", &["/api/users"], Effect::Allow, &["GET"]),
+            rule("user", &["/api/users/{id}"], Effect::Allow, &[]),
+            rule(
+                "orders",
+                &["/api/{v}/orders/**", "/orders/**"],
+                Effect::Allow,
+                &[],
+            ),
+            rule("api", &["/api/**"], Effect::Allow, &["POST"]),
+            rule("star", &["/*/x"], Effect::Allow, &[]),
+            rule(
+                "deep",
+                &["/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/**"],
+                Effect::Allow,
+                &[],
+            ),
+            rule("root", &["/"], Effect::Allow, &[]),
+            rule("any-delete", &[], Effect::Allow, &["DELETE"]),
+            rule("fallback", &["/**"], Effect::Allow, &["GET"]),
+        ];
+        let table = RouteTable::new(rules);
+        let conn = crate::request::facts::ConnInfo {
+            peer: "127.0.0.1:1".parse().unwrap(),
+            listener: "l".into(),
+            tls: None,
+        };
+        let paths = [
+            "/",
+            "/admin",
+            "/ADMIN/x",
+            "/Admin/users",
+            "/api",
+            "/api/users",
+            "/api/Users",
+            "/api/users/7",
+            "/api/users/7/x",
+            "/api/v1/orders",
+            "/api/v1/orders/9",
+            "/orders",
+            "/orders/1",
+            "/q/x",
+            "/api/x",
+            "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p",
+            "/a/b/c",
+            "/zzz",
+            "/api/",
+            "/x/",
+        ];
+        for method in ["GET", "POST", "DELETE", "PUT"] {
+            for path in paths {
+                let (parts, ()) = http::Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header("host", "h")
+                    .body(())
+                    .unwrap()
+                    .into_parts();
+                let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+                let indexed = table.find(&facts).map(|r| r.id.0.to_string());
+                let scanned = table
+                    .rules()
+                    .iter()
+                    .find(|r| r.matches(&facts))
+                    .map(|r| r.id.0.to_string());
+                assert_eq!(indexed, scanned, "{method} {path}");
+            }
+        }
     }
 }

@@ -1,0 +1,127 @@
+//! Policy micro-benchmarks (criterion): route matching as rules grow (10, 1,000, 10,000),
+//! a CEL `when` evaluation, and identity-header rendering. `cargo bench --bench policy`.
+//!
+//! Target (issue 4): matching among 10,000 rules costs at most 1.5× matching among 10.
+
+#![allow(
+    clippy::allow_attributes,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "benchmark set-up"
+)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use portcullis::authn::principal::{Principal, PrincipalKind};
+use portcullis::authz::expr::Condition;
+use portcullis::authz::identity::{Context, IdentityHeaders};
+use portcullis::authz::require::Requirements;
+use portcullis::authz::route::{MethodSet, PathPattern, RouteTable, Rule, RuleId};
+use portcullis::config::raw::Effect;
+use portcullis::request::RequestFacts;
+use portcullis::request::facts::ConnInfo;
+use serde_json::json;
+
+fn rule(i: usize) -> Rule {
+    Rule {
+        id: RuleId(format!("r{i}").into()),
+        file: "bench.yaml".into(),
+        hosts: Vec::new(),
+        paths: vec![PathPattern::parse(&format!("/svc{i}/items/{{id}}/**")).unwrap()],
+        methods: MethodSet::parse(&["GET".to_owned()]).unwrap(),
+        effect: Effect::Allow,
+        upstream: Some(0),
+        authenticators: Box::default(),
+        anonymous: true,
+        query_credentials: None,
+        require: Requirements::default(),
+        identity: IdentityHeaders::default(),
+        when: None,
+    }
+}
+
+fn principal() -> Principal {
+    Principal {
+        id: "alice".into(),
+        kind: PrincipalKind::User,
+        authenticator: Arc::from("users"),
+        issuer: Some("https://issuer".into()),
+        scopes: vec!["orders:read".into(), "orders:write".into()].into(),
+        roles: vec!["admin".into()].into(),
+        tenant: Some("acme".into()),
+        api_key_id: None,
+        claims: json!({"sub": "alice", "tenant": "acme", "email": "alice@example.com", "groups": ["a", "b"]})
+            .as_object()
+            .unwrap()
+            .clone(),
+        expires_at: None,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let conn = ConnInfo {
+        peer: "127.0.0.1:50000".parse().unwrap(),
+        listener: "http".into(),
+        tls: None,
+    };
+    let mut g = c.benchmark_group("route_match");
+    for n in [10usize, 1_000, 10_000] {
+        let table = RouteTable::new((0..n).map(rule).collect());
+        // The last rule: the worst case for trying rules in order.
+        let (parts, ()) = http::Request::get(format!("/svc{}/items/42/detail", n - 1))
+            .header("host", "api.example.com")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+        assert!(table.find(&facts).is_some());
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| table.find(black_box(&facts)).map(|r| r.upstream));
+        });
+    }
+    g.finish();
+
+    let p = principal();
+    let (parts, ()) = http::Request::get("/users/alice/orders?mine=1")
+        .header("host", "api.example.com")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+    let params = vec![("user_id".into(), "alice".to_owned())];
+    let when = Condition::compile(
+        "params.user_id == principal.id && claims.tenant == 'acme' && action == 'read_mine'",
+    )
+    .unwrap();
+    assert!(when.eval(&facts, Some(&p), &params).is_ok());
+    c.bench_function("cel_when", |b| {
+        b.iter(|| when.eval(black_box(&facts), Some(&p), &params).is_ok());
+    });
+
+    let identity = IdentityHeaders::compile([
+        ("x-user-id", "{principal.id}"),
+        ("x-user-roles", "{principal.roles}"),
+        ("x-tenant-id", "{principal.tenant}"),
+        ("x-user-email", "{claims.email}"),
+    ])
+    .unwrap();
+    let cx = Context {
+        principal: Some(&p),
+        client_ip: "192.0.2.1".parse().unwrap(),
+        rule: "r",
+    };
+    c.bench_function("identity_headers_4", |b| {
+        b.iter(|| identity.render(black_box(&cx)).0.len());
+    });
+}
+
+criterion_group! {
+    name = policy;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
+    targets = benches
+}
+criterion_main!(policy);
