@@ -244,6 +244,24 @@ impl Rule {
 }
 
 impl Rule {
+    /// Whether every request this rule could match is matched by `earlier` first, so this
+    /// rule never decides (lint). Conservative: `true` only when it is certain.
+    pub fn shadowed_by(&self, earlier: &Self) -> bool {
+        let hosts = earlier.hosts.is_empty()
+            || (!self.hosts.is_empty() && self.hosts.iter().all(|h| earlier.hosts.contains(h)));
+        let methods = earlier.methods.0.is_empty()
+            || (!self.methods.0.is_empty()
+                && self.methods.0.iter().all(|m| earlier.methods.0.contains(m)));
+        let fold = earlier.effect == Effect::Deny;
+        let paths = earlier.paths.is_empty()
+            || (!self.paths.is_empty()
+                && self
+                    .paths
+                    .iter()
+                    .all(|b| earlier.paths.iter().any(|a| a.covers(b, fold))));
+        hosts && methods && paths
+    }
+
     /// Named parameters of the first path pattern matching `path` (empty without patterns).
     pub fn params(&self, path: &str) -> Vec<(Box<str>, String)> {
         self.paths
@@ -330,6 +348,36 @@ impl PathPattern {
     /// matches `/a/**` but not the exact `/a`.
     pub fn matches(&self, path: &str) -> bool {
         self.matches_case(path, false)
+    }
+
+    /// The first segment when it is a literal, ASCII-lowercased (lint bucketing).
+    pub fn first_literal(&self) -> Option<String> {
+        match self.segments.first() {
+            Some(Segment::Literal(l)) => Some(l.to_ascii_lowercase()),
+            _ => None,
+        }
+    }
+
+    /// Whether every path `other` matches, this matches too (literals compared
+    /// case-insensitively when `fold_case`).
+    pub fn covers(&self, other: &Self, fold_case: bool) -> bool {
+        if !self.prefix {
+            if other.prefix || other.segments.len() != self.segments.len() {
+                return false;
+            }
+        } else if other.segments.len() < self.segments.len() {
+            return false;
+        }
+        self.segments
+            .iter()
+            .zip(other.segments.iter())
+            .all(|(a, b)| match (a, b) {
+                (Segment::Any(_), _) => true,
+                (Segment::Literal(x), Segment::Literal(y)) => {
+                    x == y || (fold_case && x.eq_ignore_ascii_case(y))
+                }
+                (Segment::Literal(_), Segment::Any(_)) => false,
+            })
     }
 
     /// The `{name}` segments of a path this pattern matches, with their values.

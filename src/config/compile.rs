@@ -247,6 +247,8 @@ pub fn compile(
     let mut spoofable_names: Vec<HeaderName> = authn.spoofable_names().to_vec();
 
     // Rules, files in name order, rules in file order.
+    let mut lint_buckets: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut lint_any: Vec<usize> = Vec::new();
     let mut rules = Vec::new();
     let mut rule_names: HashMap<String, String> = HashMap::new();
     for (file, policy) in &loaded.policies {
@@ -434,7 +436,7 @@ pub fn compile(
                 },
             };
             if diags.iter().filter(|d| d.is_error()).count() == errors_before {
-                rules.push(Rule {
+                let rule = Rule {
                     id: RuleId(r.name.as_str().into()),
                     file: file_name.clone(),
                     hosts,
@@ -448,7 +450,40 @@ pub fn compile(
                     require,
                     identity,
                     when,
-                });
+                };
+                // Lint: an earlier rule matching everything this one could means it never
+                // decides. Candidates share its first literal segment, or have none.
+                let first = rule.paths.first().and_then(|p| p.first_literal());
+                let bucket = first.as_ref().and_then(|f| lint_buckets.get(f));
+                let shadow = lint_any
+                    .iter()
+                    .chain(bucket.into_iter().flatten())
+                    .copied()
+                    .filter(|&a: &usize| rules.get(a).is_some_and(|e: &Rule| rule.shadowed_by(e)))
+                    .min();
+                if let Some(a) = shadow.and_then(|a| rules.get(a)) {
+                    diags.push(
+                        at(
+                            "match",
+                            format!(
+                                "rule `{}` can never match: `{}` ({}) comes first and matches every request it would",
+                                r.name, a.id.0, a.file
+                            ),
+                        )
+                        .warning(),
+                    );
+                }
+                let index = rules.len();
+                if rule.paths.is_empty() {
+                    lint_any.push(index);
+                }
+                for p in &rule.paths {
+                    match p.first_literal() {
+                        Some(f) => lint_buckets.entry(f).or_default().push(index),
+                        None => lint_any.push(index),
+                    }
+                }
+                rules.push(rule);
             }
         }
     }

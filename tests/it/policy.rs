@@ -554,3 +554,66 @@ async fn when_expressions_are_compiled_at_load() {
         assert!(text.contains(expected), "{expected} in {text}");
     }
 }
+
+#[test]
+fn check_warns_about_rules_that_can_never_match() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("portcullis.yaml"),
+        "listeners: [{name: http, address: \"127.0.0.1:0\"}]\nupstreams: {echo: {url: \"http://127.0.0.1:9\"}}\npolicies: {dir: policies}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        "rules:
+  - name: api
+    match: {paths: [\"/api/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+  - name: api-admin-deny
+    match: {paths: [\"/api/admin/**\"]}
+    effect: deny
+  - name: reads
+    match: {paths: [\"/docs/**\"], methods: [GET]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+  - name: writes
+    match: {paths: [\"/docs/{id}\"], methods: [PUT]}
+    effect: deny
+  - name: deny-admin
+    match: {paths: [\"/admin/**\"]}
+    effect: deny
+  - name: admin-users
+    match: {paths: [\"/ADMIN/users\"], methods: [GET]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "-c"])
+        .arg(dir.path().join("portcullis.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "warnings only: {text}");
+    assert!(
+        text.contains(
+            "p.yaml:8:5: warning: rules[1].match: rule `api-admin-deny` can never match: `api`"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: rules[5].match: rule `admin-users` can never match: `deny-admin`"),
+        "deny rules match every case: {text}"
+    );
+    assert!(
+        !text.contains("`writes` can never"),
+        "another method: {text}"
+    );
+    assert!(text.contains("2 warning(s)"), "{text}");
+}
