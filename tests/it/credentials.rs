@@ -59,6 +59,9 @@ async fn call(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> StatusC
     send(gw.addr(), req.body(Full::default()).unwrap()).await.0
 }
 
+/// A path, request headers and the status expected.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], StatusCode);
+
 /// Asserts `status` and that the upstream saw nothing.
 async fn refused(gw: &TestGateway, path: &str, headers: &[(&str, &str)], status: StatusCode) {
     let before = gw.echo.count();
@@ -116,67 +119,35 @@ async fn api_keys_from_a_hashed_file() {
         "{metrics}"
     );
 
-    refused(
-        &gw,
-        "/api/x",
-        &[("x-api-key", &disabled)],
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
-    refused(
-        &gw,
-        "/api/x",
-        &[("x-api-key", &expired)],
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
     let guess = generate().unwrap();
-    refused(
-        &gw,
-        "/api/x",
-        &[("x-api-key", &guess)],
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
-    // A key one character short of a real one, and the hash itself, are not the key.
-    refused(
-        &gw,
-        "/api/x",
-        &[("x-api-key", &good[..good.len() - 1])],
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
-    refused(
-        &gw,
-        "/api/x",
-        &[("x-api-key", &hash_of(&good))],
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
-    // Not in the configured header: no credential at all.
-    refused(
-        &gw,
-        "/api/x",
-        &[("authorization", &format!("Bearer {good}"))],
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
-    // An invalid key never falls through to anonymous access.
-    refused(
-        &gw,
-        "/open/x",
-        &[("x-api-key", &guess)],
-        StatusCode::UNAUTHORIZED,
-    )
-    .await;
-    // Two different keys: refused as ambiguous.
-    refused(
-        &gw,
-        "/api/x",
-        &[("x-api-key", &good), ("x-api-key", &guess)],
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
+    let bearer = format!("Bearer {good}");
+    let hashed = hash_of(&good);
+    let unauthorized = StatusCode::UNAUTHORIZED;
+    let cases: [Case<'_>; 8] = [
+        ("/api/x", &[("x-api-key", &disabled)], unauthorized),
+        ("/api/x", &[("x-api-key", &expired)], unauthorized),
+        ("/api/x", &[("x-api-key", &guess)], unauthorized),
+        // A key one character short of a real one, and the hash itself, are not the key.
+        (
+            "/api/x",
+            &[("x-api-key", &good[..good.len() - 1])],
+            unauthorized,
+        ),
+        ("/api/x", &[("x-api-key", &hashed)], unauthorized),
+        // Not in the configured header: no credential at all.
+        ("/api/x", &[("authorization", &bearer)], unauthorized),
+        // An invalid key never falls through to anonymous access.
+        ("/open/x", &[("x-api-key", &guess)], unauthorized),
+        // Two different keys: refused as ambiguous.
+        (
+            "/api/x",
+            &[("x-api-key", &good), ("x-api-key", &guess)],
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (path, headers, status) in cases {
+        refused(&gw, path, headers, status).await;
+    }
 }
 
 #[tokio::test]

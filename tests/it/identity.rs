@@ -1,30 +1,15 @@
 //! Identity headers through the proxy door: rendered from the principal, per-rule overrides,
 //! spoofed copies stripped in every spelling, and values with CR/LF never forwarded.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use jsonwebtoken::Algorithm;
 use portcullis::authn::apikey::{generate, hash_of};
-use portcullis::authn::jwt::mint::SigningKey;
 use serde_json::{Value, json};
 
-use crate::support::{Setup, TestGateway, echoed_header, raw};
+use crate::support::{ConfigDir, Setup, TestGateway, echoed_header, raw};
 
 const SECRET: &[u8] = b"identity-test-secret-identity-test-secret-0123";
 
 fn token(claims: &Value) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut c = json!({"iss": "https://iss.test", "aud": "api", "sub": "alice", "exp": now + 300});
-    for (k, v) in claims.as_object().unwrap() {
-        c[k] = v.clone();
-    }
-    SigningKey::hmac(SECRET, Algorithm::HS256, "k")
-        .unwrap()
-        .sign(&c)
-        .unwrap()
+    crate::support::hs256_token(SECRET, claims)
 }
 
 async fn gateway(api_key: &str) -> TestGateway {
@@ -182,21 +167,14 @@ async fn values_with_cr_lf_or_non_ascii_are_left_out_and_counted() {
 
 #[tokio::test]
 async fn bad_identity_headers_are_config_errors_with_their_line() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::write(
-        dir.path().join("portcullis.yaml"),
-        "listeners: [{name: http, address: \"127.0.0.1:0\"}]
-upstreams: {echo: {url: \"http://127.0.0.1:9\"}}
-policies: {dir: policies}
-identity_headers:
+    let cfg = ConfigDir::new(
+        "identity_headers:
   x-user-id: \"{principal.email}\"
   host: \"{principal.id}\"
 ",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("policies/p.yaml"),
+    );
+    cfg.write(
+        "policies/p.yaml",
         "rules:
   - name: r
     match: {paths: [\"/**\"]}
@@ -206,15 +184,9 @@ identity_headers:
     identity_headers:
       x-a: \"{claims.}\"
 ",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "-c"])
-        .arg(dir.path().join("portcullis.yaml"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
     for expected in [
         "portcullis.yaml:5:3: error: identity_headers.x-user-id: unknown variable `{principal.email}`",
         "portcullis.yaml:6:3: error: identity_headers.host: `host` is set by the gateway",

@@ -2,35 +2,16 @@
 //! challenge), roles, claims, principal kind, client networks and client certificates; each
 //! refusal asserted with its status and reason, and that the upstream saw nothing.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use jsonwebtoken::Algorithm;
-use portcullis::authn::jwt::mint::SigningKey;
 use serde_json::{Value, json};
 
-use crate::support::{Setup, TestGateway, send};
+use crate::support::{ConfigDir, Setup, TestGateway, send};
 
 const SECRET: &[u8] = b"policy-test-secret-policy-test-secret-0123456789";
 
 fn token(claims: &Value) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut c = json!({"iss": "https://iss.test", "aud": "api", "sub": "alice", "exp": now + 300});
-    for (k, v) in claims.as_object().unwrap() {
-        if v.is_null() {
-            c.as_object_mut().unwrap().remove(k);
-        } else {
-            c[k] = v.clone();
-        }
-    }
-    SigningKey::hmac(SECRET, Algorithm::HS256, "k")
-        .unwrap()
-        .sign(&c)
-        .unwrap()
+    crate::support::hs256_token(SECRET, claims)
 }
 
 const AUTHN: &str = "authenticators:
@@ -182,18 +163,10 @@ async fn a_client_certificate_requirement_refuses_plain_connections() {
 
 #[tokio::test]
 async fn contradictory_requirements_are_config_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("hs.secret"), SECRET).unwrap();
-    std::fs::write(
-        dir.path().join("portcullis.yaml"),
-        format!(
-            "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]\nupstreams: {{echo: {{url: \"http://127.0.0.1:9\"}}}}\npolicies: {{dir: policies}}\n{AUTHN}"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("policies/p.yaml"),
+    let cfg = ConfigDir::new(AUTHN);
+    cfg.write("hs.secret", SECRET);
+    cfg.write(
+        "policies/p.yaml",
         "rules:
   - name: anon-with-scope
     match: {paths: [\"/a/**\"]}
@@ -212,10 +185,9 @@ async fn contradictory_requirements_are_config_errors() {
     upstream: echo
     require: {scopes: {}}
 ",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("policies/q.yaml"),
+    );
+    cfg.write(
+        "policies/q.yaml",
         "rules:
   - name: bad-claim-check
     match: {paths: [\"/d/**\"]}
@@ -224,16 +196,9 @@ async fn contradictory_requirements_are_config_errors() {
     upstream: echo
     require: {claims: {tenant: {starts_with: a}}}
 ",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "-c"])
-        .arg(dir.path().join("portcullis.yaml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
     for expected in [
         "p.yaml:5:5: error: rules[0].anonymous",
         "p.yaml:11:5: error: rules[1].require",
@@ -246,41 +211,21 @@ async fn contradictory_requirements_are_config_errors() {
 
 #[tokio::test]
 async fn check_warns_when_two_authenticators_read_one_credential() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("hs.secret"), SECRET).unwrap();
-    std::fs::write(
-        dir.path().join("portcullis.yaml"),
-        format!(
-            "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]\nupstreams: {{echo: {{url: \"http://127.0.0.1:9\"}}}}\npolicies: {{dir: policies}}\n{AUTHN}  keys:\n    api_key: {{from: [bearer], keys: []}}\n  devices:\n    mtls: {{listeners: [http]}}\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("policies/p.yaml"),
-        "rules:\n  - name: both\n    match: {paths: [\"/**\"]}\n    effect: allow\n    authenticators: [users, keys]\n    upstream: echo\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "-c"])
-        .arg(dir.path().join("portcullis.yaml"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let authn = format!(
+        "{AUTHN}  keys:\n    api_key: {{from: [bearer], keys: []}}\n  devices:\n    mtls: {{listeners: [http]}}\n"
+    );
+    let policy = "rules:\n  - name: both\n    match: {paths: [\"/**\"]}\n    effect: allow\n    authenticators: [users, keys]\n    upstream: echo\n";
+    let cfg = ConfigDir::new(&authn);
+    cfg.write("hs.secret", SECRET)
+        .write("policies/p.yaml", policy);
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
     // Without the error, the config loads: the warning does not drop the rule.
-    let config = std::fs::read_to_string(dir.path().join("portcullis.yaml")).unwrap();
-    std::fs::write(
-        dir.path().join("portcullis.yaml"),
-        config.replace("mtls: {listeners: [http]}", "api_key: {keys: []}"),
-    )
-    .unwrap();
-    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "-c"])
-        .arg(dir.path().join("portcullis.yaml"))
-        .output()
-        .unwrap();
-    let ok_text = String::from_utf8_lossy(&ok.stdout);
+    let fixed = ConfigDir::new(&authn.replace("mtls: {listeners: [http]}", "api_key: {keys: []}"));
+    fixed
+        .write("hs.secret", SECRET)
+        .write("policies/p.yaml", policy);
+    let (_, ok_text) = fixed.run("check", &[]);
     assert!(ok_text.contains("1 rule(s)"), "{ok_text}");
     for expected in [
         "p.yaml:5:29: warning: rules[0].authenticators[1]: `keys` reads the same credential (bearer) as `users`",
@@ -292,37 +237,18 @@ async fn check_warns_when_two_authenticators_read_one_credential() {
 
 #[tokio::test]
 async fn explain_shows_the_rule_trace_status_and_upstream_headers_without_credentials() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("hs.secret"), SECRET).unwrap();
-    std::fs::write(
-        dir.path().join("portcullis.yaml"),
-        format!(
-            "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]\nupstreams: {{echo: {{url: \"http://127.0.0.1:9\"}}}}\npolicies: {{dir: policies}}\nidentity_headers: {{x-user-id: \"{{principal.id}}\"}}\n{AUTHN}"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("policies/p.yaml"),
+    let cfg = ConfigDir::new(&format!(
+        "identity_headers: {{x-user-id: \"{{principal.id}}\"}}\n{AUTHN}"
+    ));
+    cfg.write("hs.secret", SECRET);
+    cfg.write(
+        "policies/p.yaml",
         format!(
             "rules:\n  - name: admin\n    match: {{paths: [\"/admin/**\"]}}\n    effect: deny\n{}",
             rule("orders", "/orders/**", "{scopes: {all_of: [orders:read]}}")
         ),
-    )
-    .unwrap();
-    let explain = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .arg("explain")
-            .arg("-c")
-            .arg(dir.path().join("portcullis.yaml"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    );
+    let explain = |args: &[&str]| cfg.run("explain", args);
     let good = token(&json!({"scope": "orders:read"}));
     let auth = format!("Authorization: Bearer {good}");
     let (code, text) = explain(&[
@@ -512,18 +438,10 @@ async fn seed_parity_policies() {
 
 #[tokio::test]
 async fn when_expressions_are_compiled_at_load() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("hs.secret"), SECRET).unwrap();
-    std::fs::write(
-        dir.path().join("portcullis.yaml"),
-        format!(
-            "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]\nupstreams: {{echo: {{url: \"http://127.0.0.1:9\"}}}}\npolicies: {{dir: policies}}\n{AUTHN}"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("policies/p.yaml"),
+    let cfg = ConfigDir::new(AUTHN);
+    cfg.write("hs.secret", SECRET);
+    cfg.write(
+        "policies/p.yaml",
         "rules:
   - name: syntax
     match: {paths: [\"/a/**\"]}
@@ -538,15 +456,9 @@ async fn when_expressions_are_compiled_at_load() {
     upstream: echo
     when: \"user.id == 'x'\"
 ",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "-c"])
-        .arg(dir.path().join("portcullis.yaml"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
     for expected in [
         "p.yaml:7:5: error: rules[0].when: invalid CEL",
         "p.yaml:13:5: error: rules[1].when: unknown variable `user`",
@@ -557,15 +469,9 @@ async fn when_expressions_are_compiled_at_load() {
 
 #[test]
 fn check_warns_about_rules_that_can_never_match() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::write(
-        dir.path().join("portcullis.yaml"),
-        "listeners: [{name: http, address: \"127.0.0.1:0\"}]\nupstreams: {echo: {url: \"http://127.0.0.1:9\"}}\npolicies: {dir: policies}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("policies/p.yaml"),
+    let cfg = ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
         "rules:
   - name: api
     match: {paths: [\"/api/**\"]}
@@ -592,15 +498,9 @@ fn check_warns_about_rules_that_can_never_match() {
     anonymous: true
     upstream: echo
 ",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "-c"])
-        .arg(dir.path().join("portcullis.yaml"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "warnings only: {text}");
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "warnings only: {text}");
     assert!(
         text.contains(
             "p.yaml:8:5: warning: rules[1].match: rule `api-admin-deny` can never match: `api`"

@@ -481,3 +481,66 @@ impl Drop for ConnectionCounter {
         self.task.abort();
     }
 }
+
+/// A config in a temp dir, for the CLI: `portcullis.yaml` (a listener, an `echo` upstream, the
+/// `policies` directory, then `extra`) and whatever files a test writes next to it.
+pub struct ConfigDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl ConfigDir {
+    pub fn new(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(
+            dir.path().join("portcullis.yaml"),
+            format!(
+                "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]\nupstreams: {{echo: {{url: \"http://127.0.0.1:9\"}}}}\npolicies: {{dir: policies}}\n{extra}"
+            ),
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    /// Writes a file relative to the config.
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> &Self {
+        std::fs::write(self.dir.path().join(rel), contents).unwrap();
+        self
+    }
+
+    /// `portcullis <command> -c <config> <args…>`: the exit code and stdout.
+    pub fn run(&self, command: &str, args: &[&str]) -> (Option<i32>, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg(command)
+            .arg("-c")
+            .arg(self.dir.path().join("portcullis.yaml"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+/// An HS256 token from `https://iss.test` for audience `api`, subject `alice`, valid five
+/// minutes, with `claims` merged over (`null` removes a claim).
+pub fn hs256_token(secret: &[u8], claims: &serde_json::Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut c = serde_json::json!({"iss": "https://iss.test", "aud": "api", "sub": "alice", "exp": now + 300});
+    for (k, v) in claims.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    portcullis::authn::jwt::mint::SigningKey::hmac(secret, jsonwebtoken::Algorithm::HS256, "k")
+        .unwrap()
+        .sign(&c)
+        .unwrap()
+}
