@@ -6,6 +6,7 @@ pub mod demo;
 pub mod explain;
 pub mod keys;
 pub mod policy;
+pub mod policy_test;
 pub mod run;
 pub mod token;
 
@@ -69,6 +70,13 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Run policy test files: requests and their expected decisions, statuses and headers.
+    /// Exit 1 with a diff when one differs.
+    Test {
+        /// Test files (YAML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Policy tools.
     Policy {
@@ -218,6 +226,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run { config, no_watch } => run::run(&config, !no_watch),
         Command::Check { config } => check::check(&config),
         Command::Schema { kind } => schema(kind),
+        Command::Test { files } => policy_test::run(&files),
         Command::Policy {
             command: PolicyCommand::List { config },
         } => policy::list(&config),

@@ -52,7 +52,13 @@ pub fn explain(args: &ExplainArgs<'_>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match rt.block_on(run(&snapshot, args)) {
+    match rt.block_on(evaluate(
+        &snapshot,
+        args.method,
+        args.url,
+        args.headers,
+        args.client_ip,
+    )) {
         Ok((report, allowed)) => {
             let text = if args.json {
                 serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
@@ -70,7 +76,32 @@ pub fn explain(args: &ExplainArgs<'_>) -> ExitCode {
     }
 }
 
-async fn run(snapshot: &Snapshot, args: &ExplainArgs<'_>) -> Result<(Value, bool), String> {
+/// Decides one request (`method`, `url`, `Name: value` headers, client address) against
+/// `snapshot` as serving would: the JSON report and whether it was allowed.
+pub(crate) async fn evaluate(
+    snapshot: &Snapshot,
+    method: &str,
+    url: &str,
+    headers: &[String],
+    client_ip: Option<IpAddr>,
+) -> Result<(Value, bool), String> {
+    let args = Request1 {
+        method,
+        url,
+        headers,
+        client_ip,
+    };
+    run(snapshot, &args).await
+}
+
+struct Request1<'a> {
+    method: &'a str,
+    url: &'a str,
+    headers: &'a [String],
+    client_ip: Option<IpAddr>,
+}
+
+async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), String> {
     let url: Uri = args
         .url
         .parse()

@@ -517,3 +517,47 @@ fn check_warns_about_rules_that_can_never_match() {
     );
     assert!(text.contains("2 warning(s)"), "{text}");
 }
+
+#[test]
+fn policy_test_files_pass_for_the_examples_and_print_a_diff_on_mismatch() {
+    let run = |file: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("test")
+            .arg(file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let shipped = std::path::Path::new("policies/examples/tests/seed.test.yaml");
+    let (code, text) = run(shipped);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("12 passed, 0 failed"), "{text}");
+
+    // A wrong expectation fails with a readable diff.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = std::fs::read_to_string(shipped)
+        .unwrap()
+        .replace(
+            "../../../config/",
+            &format!("{}/config/", env!("CARGO_MANIFEST_DIR")),
+        )
+        .replace(
+            "expect: {decision: deny, status: 403, rule: admin-management, reason: role_required}",
+            "expect: {decision: allow, status: 200}",
+        );
+    let file = dir.path().join("wrong.yaml");
+    std::fs::write(&file, wrong).unwrap();
+    let (code, text) = run(&file);
+    assert_eq!(code, Some(1), "{text}");
+    for expected in [
+        "FAIL  others may not",
+        "decision: expected allow, got deny",
+        "status: expected 200, got 403",
+        "11 passed, 1 failed",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+}
