@@ -30,7 +30,8 @@ pub struct SigningKey {
     encoding: EncodingKey,
 }
 
-/// Why a key could not be made or used.
+/// Why a key could not be made or used. The texts are fixed, or name only the algorithm or
+/// the PEM label: never key material.
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
     /// Key generation or parsing failed.
@@ -50,8 +51,16 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
-fn key_err(e: impl std::fmt::Display) -> MintError {
-    MintError::Key(e.to_string())
+/// A fixed description: the underlying error (a PEM or base64 decoder's) may quote bytes of
+/// the private key, so it is dropped rather than carried into a log line.
+fn key_err<E>(_e: E) -> MintError {
+    MintError::Key(
+        "not a usable private key for this algorithm (PKCS#8 PEM or DER expected)".into(),
+    )
+}
+
+fn sign_err<E>(_e: E) -> MintError {
+    MintError::Sign("the key cannot sign with this algorithm".into())
 }
 
 /// PEM armour.
@@ -211,7 +220,7 @@ impl SigningKey {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding)
-            .map_err(|e| MintError::Sign(e.to_string()))
+            .map_err(sign_err)
     }
 
     /// Signs an arbitrary header and claims (tests build hostile headers with this).
@@ -222,7 +231,7 @@ impl SigningKey {
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
         let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &self.encoding, self.alg)
-            .map_err(|e| MintError::Sign(e.to_string()))?;
+            .map_err(sign_err)?;
         Ok(format!("{message}.{sig}"))
     }
 }
