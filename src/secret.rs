@@ -45,6 +45,16 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Lowercase hex of `bytes` (digests, fingerprints, config versions).
+pub fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 /// Constant-time comparison of two byte strings (the length is not hidden).
 ///
 /// Eight bytes at a time, differences OR-ed together without early exit, and the final test

@@ -325,12 +325,10 @@ fn hex_val(b: u8) -> Option<u8> {
 
 /// `sha256:<hex>` of a key, as the key file stores it.
 pub fn hash_of(key: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::from("sha256:");
-    for b in crate::secret::sha256(key.as_bytes()) {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    format!(
+        "sha256:{}",
+        crate::secret::hex(&crate::secret::sha256(key.as_bytes()))
+    )
 }
 
 /// A fresh key: the prefix and 32 random bytes, base64url.

@@ -108,12 +108,11 @@ impl TrustedHeaders {
     }
 
     fn trusts(&self, peer: std::net::IpAddr) -> bool {
-        // An IPv4 peer may arrive as an IPv4-mapped IPv6 address on a dual-stack socket.
-        let peer = match peer {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
-            v4 => v4,
-        };
-        self.networks.iter().any(|n| n.contains(&peer))
+        // The proxy door's listener already unmaps `::ffff:a.b.c.d`; peers reported by other
+        // doors may not be, and a miss here would refuse a trusted proxy.
+        self.networks
+            .iter()
+            .any(|n| n.contains(&peer.to_canonical()))
     }
 
     /// Reads the principal from the headers of a request from `peer`.

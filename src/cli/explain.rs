@@ -212,22 +212,8 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
                 report["status"] = json!(502);
                 return Ok((report, true));
             };
-            let query = match (&allow.query_credentials, facts.query) {
-                (Some(names), Some(q)) => crate::authn::credential::strip_query(q, names),
-                (_, q) => q.map(std::borrow::Cow::Borrowed),
-            };
-            let uri = upstream.uri(&facts.path, query.as_deref());
-            let origin = service::Origin {
-                peer: conn.peer.ip(),
-                peer_trusted: facts.peer_trusted,
-                client_ip: facts.client_ip,
-                scheme: facts.scheme,
-                authority: HeaderValue::from_str(&match facts.port {
-                    Some(p) => format!("{}:{p}", facts.host),
-                    None => facts.host.to_string(),
-                })
-                .unwrap_or_else(|_| HeaderValue::from_static("")),
-            };
+            let uri = service::upstream_uri(upstream, &allow, &facts);
+            let origin = service::Origin::of(&facts, &parts);
             drop(facts);
             let identity = std::mem::take(&mut allow.identity);
             let request_id = HeaderValue::from_static("(generated per request)");

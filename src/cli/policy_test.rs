@@ -116,7 +116,7 @@ pub fn run(files: &[PathBuf]) -> ExitCode {
             }
             Err(m) => {
                 let _ = std::io::stdout().write_all(out.as_bytes());
-                return fail(&format!("{}: {m}", file.display()));
+                return fail(&m);
             }
         }
     }
@@ -130,25 +130,31 @@ pub fn run(files: &[PathBuf]) -> ExitCode {
 }
 
 async fn run_file(file: &Path, out: &mut String) -> Result<(usize, usize), String> {
-    let (_, parsed) = crate::config::load::read_yaml::<TestFile>(file, file.display().to_string())
-        .map_err(|d| d.to_string())?;
+    let (src, parsed) =
+        crate::config::load::read_yaml::<TestFile>(file, file.display().to_string())
+            .map_err(|d| d.to_string())?;
+    // Problems in the test file itself name its line and field.
+    let at = |path: &str, m: String| {
+        crate::config::Diagnostic::at(&src.display, &src.index, path, m).to_string()
+    };
     let base = file.parent().unwrap_or(Path::new("."));
     let (snapshot, _) = crate::config::build(&base.join(&parsed.config), None).map_err(|ds| {
-        ds.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
+        let mut text = at("config", "the config does not load:".into());
+        for d in ds {
+            text.push_str(&format!("\n{d}"));
+        }
+        text
     })?;
     let mut tokens = BTreeMap::new();
     for (name, spec) in &parsed.tokens {
         tokens.insert(
             name.clone(),
-            mint(spec, base).map_err(|m| format!("token `{name}`: {m}"))?,
+            mint(spec, base).map_err(|m| at(&format!("tokens.{name}"), m))?,
         );
     }
     out.push_str(&format!("{}\n", file.display()));
     let (mut passed, mut failed) = (0, 0);
-    for case in &parsed.cases {
+    for (i, case) in parsed.cases.iter().enumerate() {
         let mut headers: Vec<String> = case
             .request
             .headers
@@ -156,9 +162,12 @@ async fn run_file(file: &Path, out: &mut String) -> Result<(usize, usize), Strin
             .map(|(k, v)| format!("{k}: {v}"))
             .collect();
         if let Some(t) = &case.request.token {
-            let token = tokens
-                .get(t)
-                .ok_or_else(|| format!("case `{}`: unknown token `{t}`", case.name))?;
+            let token = tokens.get(t).ok_or_else(|| {
+                at(
+                    &format!("cases[{i}].request.token"),
+                    format!("unknown token `{t}`"),
+                )
+            })?;
             headers.push(format!("Authorization: Bearer {token}"));
         }
         let (report, _) = super::explain::evaluate(
@@ -169,7 +178,7 @@ async fn run_file(file: &Path, out: &mut String) -> Result<(usize, usize), Strin
             case.request.client_ip,
         )
         .await
-        .map_err(|m| format!("case `{}`: {m}", case.name))?;
+        .map_err(|m| at(&format!("cases[{i}].request"), m))?;
         let diffs = compare(&case.expect, &report);
         if diffs.is_empty() {
             passed += 1;

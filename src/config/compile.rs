@@ -505,13 +505,7 @@ pub fn compile(
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }
-    let version: String = digest
-        .finish()
-        .as_ref()
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let version = crate::secret::hex(digest.finish().as_ref().get(..6).unwrap_or_default());
     let snapshot = Snapshot {
         version: version.into(),
         loaded_at: SystemTime::now(),

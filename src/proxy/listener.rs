@@ -73,6 +73,10 @@ impl AcceptLoop {
                     continue;
                 }
             };
+            // Why: on a dual-stack socket an IPv4 client arrives as `::ffff:a.b.c.d`; every
+            // network check (trusted proxies, trusted headers, `require.networks`) and the
+            // logs see the IPv4 address it really is.
+            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
             let _ = stream.set_nodelay(true);
             let snapshot = self.shared.current.load();
             let Some(settings) = snapshot.listener(self.index) else {

@@ -60,6 +60,53 @@ pub struct Origin {
     pub authority: HeaderValue,
 }
 
+impl Origin {
+    /// Where a request came from; the authority is the one that was decided on (lowercase
+    /// host, port): usually the client's `Host` exactly, shared without a copy, rebuilt only
+    /// when normalisation changed it.
+    pub fn of(facts: &RequestFacts<'_>, parts: &http::request::Parts) -> Self {
+        let authority = match parts.headers.get(header::HOST) {
+            Some(h)
+                if parts.uri.authority().is_none()
+                    && !h.as_bytes().iter().any(u8::is_ascii_uppercase)
+                    && !h.as_bytes().ends_with(b".")
+                    && !h.as_bytes().windows(2).any(|w| w == b".:") =>
+            {
+                h.clone()
+            }
+            _ => {
+                let text = match facts.port {
+                    Some(p) => format!("{}:{p}", facts.host),
+                    None => facts.host.clone().into_owned(),
+                };
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+                    .unwrap_or_else(|_| HeaderValue::from_static(""))
+            }
+        };
+        Self {
+            peer: facts.conn.peer.ip(),
+            peer_trusted: facts.peer_trusted,
+            client_ip: facts.client_ip,
+            scheme: facts.scheme,
+            authority,
+        }
+    }
+}
+
+/// The target forwarded upstream: the canonical path that was decided on plus the raw query,
+/// without the query parameters that carry credentials. `None` when it is not a valid URI.
+pub fn upstream_uri(
+    upstream: &crate::upstream::Upstream,
+    allow: &crate::decision::Allow,
+    facts: &RequestFacts<'_>,
+) -> Option<http::Uri> {
+    let query = match (&allow.query_credentials, facts.query) {
+        (Some(names), Some(q)) => credential::strip_query(q, names),
+        (_, q) => q.map(std::borrow::Cow::Borrowed),
+    };
+    upstream.uri(&facts.path, query.as_deref())
+}
+
 /// Rewrites the (hop-by-hop-stripped) headers of an allowed request for its upstream: the
 /// credential when the authenticator strips it, every spoofable identity header in any
 /// spelling, then the rule's identity headers, the forwarding headers, the request id and
@@ -224,47 +271,15 @@ pub async fn handle(
     // taken apart.
     // Query credentials never go further (URLs end up in logs); other credentials only when
     // the authenticator says so: what was verified here is not replayed upstream.
-    let query = match (&allow.query_credentials, facts.query) {
-        (Some(names), Some(q)) => credential::strip_query(q, names),
-        (_, q) => q.map(std::borrow::Cow::Borrowed),
-    };
-    let uri = upstream.uri(&facts.path, query.as_deref());
+    let uri = upstream_uri(&upstream, &allow, &facts);
     let client_ip = facts.client_ip;
-    let peer_trusted = facts.peer_trusted;
-    let scheme = facts.scheme;
     // Copied only when an access-log line will be written (an empty Box does not allocate).
     let (log_host, log_path): (Box<str>, Box<str>) = if snapshot.access_log {
         (facts.host.as_ref().into(), facts.path.as_ref().into())
     } else {
         (Box::default(), Box::default())
     };
-    // The authority that was decided on (lowercase host, port): usually the client's Host
-    // header exactly, shared without a copy; rebuilt only when normalisation changed it.
-    let authority: HeaderValue = match parts.headers.get(header::HOST) {
-        Some(h)
-            if parts.uri.authority().is_none()
-                && !h.as_bytes().iter().any(u8::is_ascii_uppercase)
-                && !h.as_bytes().ends_with(b".")
-                && !h.as_bytes().windows(2).any(|w| w == b".:") =>
-        {
-            h.clone()
-        }
-        _ => {
-            let text = match facts.port {
-                Some(p) => format!("{}:{p}", facts.host),
-                None => facts.host.clone().into_owned(),
-            };
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
-                .unwrap_or_else(|_| HeaderValue::from_static(""))
-        }
-    };
-    let origin = Origin {
-        peer: conn.peer.ip(),
-        peer_trusted,
-        client_ip,
-        scheme,
-        authority,
-    };
+    let origin = Origin::of(&facts, &parts);
     drop(facts);
     if allow.identity_refused > 0 {
         shared

@@ -70,7 +70,7 @@ impl ClientCert {
     /// for no certificate), with no name to authenticate as.
     pub fn unreadable(der: &[u8]) -> Self {
         Self {
-            fingerprint: hex(&crate::secret::sha256(der)).into(),
+            fingerprint: crate::secret::hex(&crate::secret::sha256(der)).into(),
             ..Self::default()
         }
     }
@@ -96,7 +96,7 @@ impl ClientCert {
                 }
             }
         }
-        let fingerprint = hex(&crate::secret::sha256(der));
+        let fingerprint = crate::secret::hex(&crate::secret::sha256(der));
         Some(Self {
             subject: cert.subject().to_string().into(),
             subject_cn,
@@ -107,15 +107,6 @@ impl ClientCert {
             not_after: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
         })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
 }
 
 /// The door-independent facts about one request.

@@ -560,4 +560,24 @@ fn policy_test_files_pass_for_the_examples_and_print_a_diff_on_mismatch() {
     ] {
         assert!(text.contains(expected), "{expected} in {text}");
     }
+
+    // A mistake in the test file names its line and field.
+    let unknown = format!(
+        "config: {}/config/examples/seed.yaml\ncases:\n  - name: x\n    request: {{url: \"https://a/tables/posts\", token: nobody}}\n    expect: {{decision: allow}}\n",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let file = dir.path().join("unknown.yaml");
+    std::fs::write(&file, unknown).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("test")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown.yaml:4:")
+            && stderr.contains("cases[0].request.token: unknown token `nobody`"),
+        "{stderr}"
+    );
 }

@@ -219,8 +219,7 @@ impl SigningKey {
     pub fn sign(&self, claims: &Value) -> Result<String, MintError> {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
-            .map_err(sign_err)
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(sign_err)
     }
 
     /// Signs an arbitrary header and claims (tests build hostile headers with this).
