@@ -41,6 +41,7 @@ fn rule(i: usize) -> Rule {
         require: Requirements::default(),
         identity: IdentityHeaders::default(),
         when: None,
+        denial: None,
     }
 }
 

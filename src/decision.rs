@@ -5,4 +5,4 @@ pub mod engine;
 pub mod outcome;
 
 pub use engine::{NoTrace, Trace, TraceEvent, decide};
-pub use outcome::{Allow, Decision, Deny, DenyKind};
+pub use outcome::{Allow, Decision, Deny, DenyKind, Refusal};

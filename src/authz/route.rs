@@ -46,6 +46,8 @@ pub struct Rule {
     pub identity: super::identity::IdentityHeaders,
     /// The `when` condition.
     pub when: Option<super::expr::Condition>,
+    /// What its denials look like, when it says.
+    pub denial: Option<Arc<super::denial::Denial>>,
 }
 
 /// The ordered rules, and an index that finds the first match without trying every rule.
@@ -586,6 +588,7 @@ mod tests {
             require: crate::authz::require::Requirements::default(),
             identity: crate::authz::identity::IdentityHeaders::default(),
             when: None,
+            denial: None,
         }
     }
 

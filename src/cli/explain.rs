@@ -189,11 +189,18 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
     match decision {
         Decision::Deny(d) => {
             report["decision"] = json!("deny");
-            report["status"] = json!(d.kind.status().as_u16());
+            let refusal = d.refusal(
+                &snapshot.challenges,
+                &HeaderValue::from_static("(generated per request)"),
+            );
+            report["status"] = json!(refusal.status.as_u16());
             report["reason"] = json!(d.kind.as_str());
             report["response_code"] = json!(d.kind.public_code());
-            if let Some(c) = d.kind.challenge(&snapshot.challenges) {
+            if let Some(c) = &refusal.challenge {
                 report["www_authenticate"] = json!(c.to_str().unwrap_or(""));
+            }
+            if let Some(l) = &refusal.location {
+                report["location"] = json!(l.to_str().unwrap_or(""));
             }
             Ok((report, false))
         }
@@ -347,6 +354,9 @@ fn render_text(r: &Value) -> String {
     out.push('\n');
     if let Some(c) = r.get("www_authenticate") {
         out.push_str(&format!("www-authenticate: {}\n", s(c)));
+    }
+    if let Some(l) = r.get("location") {
+        out.push_str(&format!("location: {}\n", s(l)));
     }
     if let Some(u) = r.get("upstream") {
         out.push_str(&format!("upstream  {} {}\n", s(&u["name"]), s(&u["url"])));

@@ -94,6 +94,9 @@ struct Expect {
     /// Headers the upstream receives (`null`: must not receive).
     #[serde(default)]
     headers: BTreeMap<String, Option<String>>,
+    /// Where a denial redirects the browser (`Location`).
+    #[serde(default)]
+    location: Option<String>,
 }
 
 fn get() -> String {
@@ -236,6 +239,7 @@ fn compare(expect: &Expect, report: &Value) -> Vec<String> {
         report["rule"]["name"].as_str().map(str::to_owned),
     );
     check("reason", expect.reason.clone(), got_str("reason"));
+    check("location", expect.location.clone(), got_str("location"));
     let sent: BTreeMap<String, String> = report["upstream"]["headers"]
         .as_array()
         .into_iter()

@@ -435,6 +435,17 @@ pub fn compile(
                     }
                 },
             };
+            let denial = r.denial.as_ref().and_then(|raw| {
+                match crate::authz::denial::Denial::compile(raw) {
+                    Ok(d) => Some(Arc::new(d)),
+                    Err(es) => {
+                        for (f, m) in es {
+                            diags.push(at(&format!("denial.{f}"), m));
+                        }
+                        None
+                    }
+                }
+            });
             if diags.iter().filter(|d| d.is_error()).count() == errors_before {
                 let rule = Rule {
                     id: RuleId(r.name.as_str().into()),
@@ -450,6 +461,7 @@ pub fn compile(
                     require,
                     identity,
                     when,
+                    denial,
                 };
                 // Lint: an earlier rule matching everything this one could means it never
                 // decides. Candidates share its first literal segment, or have none.

@@ -312,6 +312,33 @@ pub struct RawRule {
     /// removes a global one.
     #[serde(default)]
     pub identity_headers: BTreeMap<String, Option<String>>,
+    /// What this rule's denials look like: status, a login redirect for browsers, extra JSON.
+    #[serde(default)]
+    pub denial: Option<RawDenial>,
+}
+
+/// The shape of a rule's denials. Without it: 401 with a challenge when a credential is
+/// missing or invalid, 403 for policy denials, each with a short JSON body.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDenial {
+    /// Replaces 403 for the rule's policy denials (a deny rule, an unmet requirement, a false
+    /// `when`): a 4xx other than 401 and 407, e.g. 404 to hide that the route exists. The
+    /// `insufficient_scope` challenge is sent with 403 only. 401, 400 and 503 are unchanged.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Where a browser without a valid credential is sent instead of a 401: a `GET` or `HEAD`
+    /// whose `Accept` names `text/html` gets a 302 to this URL, with the address it asked
+    /// for in `return_param`. Absolute `http(s)` URL or a path starting with `/`.
+    #[serde(default)]
+    pub login_url: Option<String>,
+    /// The query parameter of `login_url` that carries the return address. Default `rd`.
+    #[serde(default)]
+    pub return_param: Option<String>,
+    /// Extra members of the JSON body every denial of this rule carries, after `error` and
+    /// `request_id` (which it cannot replace): e.g. a help message or a documentation link.
+    #[serde(default)]
+    pub body: BTreeMap<String, serde_json::Value>,
 }
 
 /// Requirements of an allow rule beyond a valid credential.

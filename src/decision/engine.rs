@@ -5,7 +5,7 @@ use crate::authn::{self, Failure};
 use crate::authz::expr::ConditionError;
 use crate::authz::identity::Context;
 use crate::authz::require::Unmet;
-use crate::authz::route::RuleId;
+use crate::authz::route::{Rule, RuleId};
 use crate::config::raw::Effect;
 use crate::request::RequestFacts;
 use crate::snapshot::Snapshot;
@@ -64,27 +64,18 @@ pub async fn decide(
 ) -> Decision {
     let Some(rule) = snapshot.routes.find(facts) else {
         trace.record(TraceEvent::NoRuleMatched);
-        return Decision::Deny(Deny {
-            rule: None,
-            kind: DenyKind::NoRule,
-        });
+        return Decision::Deny(Deny::no_rule());
     };
     trace.record(TraceEvent::RuleMatched(rule.id.clone()));
     if rule.effect == Effect::Deny {
         // A deny rule needs no identity: refusing before verifying costs nothing.
-        return Decision::Deny(Deny {
-            rule: Some(rule.id.clone()),
-            kind: DenyKind::Forbidden,
-        });
+        return deny(rule, DenyKind::Forbidden, None);
     }
     if let Err(unmet) = rule.require.check_request(facts) {
         // Before any credential is verified: an address or a missing certificate decides.
         let kind = DenyKind::Unmet(unmet);
         trace.record(TraceEvent::RequirementFailed(unmet));
-        return Decision::Deny(Deny {
-            rule: Some(rule.id.clone()),
-            kind,
-        });
+        return deny(rule, kind, None);
     }
     let now = unix_now();
     let (principal, authenticator) = match snapshot
@@ -113,20 +104,23 @@ pub async fn decide(
                 Failure::Unavailable => DenyKind::AuthnUnavailable,
             };
             trace.record(TraceEvent::AuthnFailed(kind));
-            return Decision::Deny(Deny {
-                rule: Some(rule.id.clone()),
-                kind,
-            });
+            // A browser without a valid credential is sent to log in, when the rule says where.
+            let redirect = match kind {
+                DenyKind::MissingCredential | DenyKind::InvalidToken(_) => rule
+                    .denial
+                    .as_ref()
+                    .and_then(|d| d.login.as_ref())
+                    .and_then(|l| l.location(facts)),
+                _ => None,
+            };
+            return deny(rule, kind, redirect);
         }
     };
     if let Some(p) = &principal
         && let Err(unmet) = rule.require.check_principal(p)
     {
         trace.record(TraceEvent::RequirementFailed(unmet));
-        return Decision::Deny(Deny {
-            rule: Some(rule.id.clone()),
-            kind: DenyKind::Unmet(unmet),
-        });
+        return deny(rule, DenyKind::Unmet(unmet), None);
     }
     if !rule.require.is_empty() {
         trace.record(TraceEvent::RequirementsMet);
@@ -146,10 +140,7 @@ pub async fn decide(
                 };
                 tracing::debug!(rule = &*rule.id.0, reason = %why, "Condition did not hold");
                 trace.record(TraceEvent::ConditionFailed(why));
-                return Decision::Deny(Deny {
-                    rule: Some(rule.id.clone()),
-                    kind: DenyKind::Unmet(Unmet::Condition),
-                });
+                return deny(rule, DenyKind::Unmet(Unmet::Condition), None);
             }
         }
     }
@@ -170,6 +161,16 @@ pub async fn decide(
         query_credentials: rule.query_credentials.clone(),
         identity,
         identity_refused,
+    })
+}
+
+/// A denial by a rule, in the rule's shape.
+fn deny(rule: &Rule, kind: DenyKind, redirect: Option<http::HeaderValue>) -> Decision {
+    Decision::Deny(Deny {
+        rule: Some(rule.id.clone()),
+        kind,
+        shape: rule.denial.clone(),
+        redirect,
     })
 }
 

@@ -1,5 +1,6 @@
-//! Decisions. A denial is a value, not an error: its [`DenyKind`] alone decides the status,
-//! the reason code for logs and metrics and the static body, so every door answers the same.
+//! Decisions. A denial is a value, not an error: its [`DenyKind`] and the rule's denial shape
+//! decide the status, the reason code for logs and metrics and the short body, and
+//! [`Deny::refusal`] turns them into the one answer every door gives.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use http::{HeaderValue, StatusCode};
 
 use crate::authn::jwt::verify::TokenError;
 use crate::authn::principal::Principal;
+use crate::authz::denial::Denial;
 use crate::authz::require::Unmet;
 use crate::authz::route::RuleId;
 use crate::snapshot::Challenges;
@@ -46,6 +48,23 @@ pub struct Deny {
     pub rule: Option<RuleId>,
     /// The closed set of reasons.
     pub kind: DenyKind,
+    /// The rule's denial shape, if it has one.
+    pub shape: Option<Arc<Denial>>,
+    /// A browser without a valid credential is sent here instead of getting a 401.
+    pub redirect: Option<HeaderValue>,
+}
+
+/// The answer a door gives for a denial: the same in every door.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status.
+    pub status: StatusCode,
+    /// `WWW-Authenticate`, for 401s, the ambiguous-credential 400 and a missing scope.
+    pub challenge: Option<HeaderValue>,
+    /// `Location`, for a login redirect.
+    pub location: Option<HeaderValue>,
+    /// A short JSON body (none for a redirect).
+    pub body: Option<String>,
 }
 
 /// Every way a request is denied.
@@ -85,6 +104,81 @@ impl Decision {
             Self::Deny(d) => d.rule.as_ref().map(|r| &*r.0),
         }
     }
+}
+
+// === impl Deny ===
+
+impl Deny {
+    /// A denial by the default (no rule matched).
+    pub fn no_rule() -> Self {
+        Self {
+            rule: None,
+            kind: DenyKind::NoRule,
+            shape: None,
+            redirect: None,
+        }
+    }
+
+    /// The status the client gets: a login redirect is a 302, a rule's own status replaces
+    /// 403 for policy denials.
+    pub fn status(&self) -> StatusCode {
+        if self.redirect.is_some() {
+            return StatusCode::FOUND;
+        }
+        match (self.kind, self.shape.as_deref().and_then(|s| s.status)) {
+            (DenyKind::Forbidden | DenyKind::Unmet(_), Some(s)) => s,
+            (kind, _) => kind.status(),
+        }
+    }
+
+    /// What the door answers: status, challenge, redirect and a body naming the reason code
+    /// and the request id (and the rule's extra members), never policy internals.
+    pub fn refusal(&self, challenges: &Challenges, request_id: &HeaderValue) -> Refusal {
+        let status = self.status();
+        if let Some(location) = &self.redirect {
+            return Refusal {
+                status,
+                challenge: None,
+                location: Some(location.clone()),
+                body: None,
+            };
+        }
+        // A rule that hides the route (say 404) does not announce a scope it lacks.
+        let challenge = match self.kind {
+            DenyKind::Unmet(Unmet::Scope) if status != StatusCode::FORBIDDEN => None,
+            kind => kind.challenge(challenges).cloned(),
+        };
+        let extra = self.shape.as_deref().and_then(|s| s.extra.as_deref());
+        Refusal {
+            status,
+            challenge,
+            location: None,
+            body: Some(error_body(self.kind.public_code(), request_id, extra)),
+        }
+    }
+}
+
+/// `{"error":CODE,"request_id":ID[,EXTRA]}` and a newline. The request id is the gateway's
+/// own or a propagated one, which is a visible-ASCII header value; it is escaped anyway.
+pub fn error_body(code: &str, request_id: &HeaderValue, extra: Option<&str>) -> String {
+    let id = request_id.to_str().unwrap_or("-");
+    let mut out = String::with_capacity(48 + code.len() + id.len() + extra.map_or(0, str::len));
+    out.push_str("{\"error\":\"");
+    out.push_str(code);
+    out.push_str("\",\"request_id\":");
+    if id.bytes().any(|b| b == b'"' || b == b'\\') {
+        out.push_str(&serde_json::Value::String(id.to_owned()).to_string());
+    } else {
+        out.push('"');
+        out.push_str(id);
+        out.push('"');
+    }
+    if let Some(extra) = extra {
+        out.push(',');
+        out.push_str(extra);
+    }
+    out.push_str("}\n");
+    out
 }
 
 // === impl DenyKind ===

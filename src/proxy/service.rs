@@ -16,7 +16,8 @@ use hyper::body::Incoming;
 use super::{forwarded, hop_by_hop, request_id};
 use crate::authn::credential;
 use crate::body::{self, LimitedBody, ResponseBody};
-use crate::decision::{self, Decision, NoTrace};
+use crate::decision::outcome;
+use crate::decision::{self, Decision, NoTrace, Refusal};
 use crate::request::RequestFacts;
 use crate::request::facts::ConnInfo;
 use crate::snapshot::Snapshot;
@@ -224,11 +225,7 @@ pub async fn handle(
     let decision = decision::decide(&snapshot, &facts, &mut NoTrace).await;
     let mut allow = match decision {
         Decision::Deny(d) => {
-            let mut resp = error_response(d.kind.status(), d.kind.public_code(), &request_id);
-            if let Some(challenge) = d.kind.challenge(&snapshot.challenges) {
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, challenge.clone());
-            }
+            let resp = refusal_response(d.refusal(&snapshot.challenges, &request_id));
             return ctx.finish(
                 resp,
                 &Done {
@@ -442,15 +439,35 @@ pub fn error_response(
     reason: &'static str,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
-    let id = request_id.to_str().unwrap_or("-");
-    let body = format!("{{\"error\":\"{reason}\",\"request_id\":\"{id}\"}}\n");
-    let mut resp = Response::new(body::full(body));
-    *resp.status_mut() = status;
+    refusal_response(Refusal {
+        status,
+        challenge: None,
+        location: None,
+        body: Some(outcome::error_body(reason, request_id, None)),
+    })
+}
+
+/// The HTTP response for a refusal; never cached.
+pub fn refusal_response(r: Refusal) -> Response<ResponseBody> {
+    let mut resp = match r.body {
+        Some(b) => {
+            let mut resp = Response::new(body::full(b));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        None => Response::new(body::full(bytes::Bytes::new())),
+    };
+    *resp.status_mut() = r.status;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(c) = r.challenge {
+        h.insert(header::WWW_AUTHENTICATE, c);
+    }
+    if let Some(l) = r.location {
+        h.insert(header::LOCATION, l);
+    }
     resp
 }

@@ -581,3 +581,90 @@ fn policy_test_files_pass_for_the_examples_and_print_a_diff_on_mismatch() {
         "{stderr}"
     );
 }
+
+/// A rule's denial shape: a browser without a credential is sent to log in and comes back to
+/// what it asked for; an API client gets the 401 with the rule's extra JSON; a policy denial
+/// takes the rule's status (and then announces no scope).
+#[tokio::test]
+async fn denial_shape_login_redirect_status_and_body() {
+    let rules = "  - name: app
+    match: {paths: [\"/app/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: echo
+    require: {scopes: {all_of: [app]}}
+    denial:
+      status: 404
+      login_url: https://login.example.com/start?client=gw
+      body: {help: \"ask #platform for access\"}
+";
+    let gw = gateway(rules).await;
+    let browse = |path: &str, accept: &str, method: http::Method| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("accept", accept)
+            .body(Full::default())
+            .unwrap()
+    };
+    let html = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8";
+
+    // A browser navigation without a token: 302 to the login URL with the return address
+    // (the canonical path and the raw query) as one encoded value.
+    let (status, headers, body) = send(
+        gw.addr(),
+        browse("/app//a/./b?x=1&y=%20", html, http::Method::GET),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FOUND);
+    let host = gw.addr().to_string().replace(':', "%3A");
+    assert_eq!(
+        headers["location"].to_str().unwrap(),
+        format!(
+            "https://login.example.com/start?client=gw&rd=http%3A%2F%2F{host}%2Fapp%2Fa%2Fb%3Fx%3D1%26y%3D%2520"
+        )
+    );
+    assert!(body.is_empty());
+    assert_eq!(headers["cache-control"], "no-store");
+    // An expired or forged token is as good as none for a browser.
+    let mut forged = browse("/app/x", html, http::Method::HEAD);
+    forged
+        .headers_mut()
+        .insert("authorization", "Bearer a.b.c".parse().unwrap());
+    assert_eq!(send(gw.addr(), forged).await.0, StatusCode::FOUND);
+
+    // An API client, or a browser's POST, gets the 401, with the rule's extra JSON.
+    for req in [
+        browse("/app/x", "application/json", http::Method::GET),
+        browse("/app/x", html, http::Method::POST),
+    ] {
+        let (status, headers, body) = send(gw.addr(), req).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(headers.contains_key("www-authenticate"));
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "missing_credential");
+        assert_eq!(v["help"], "ask #platform for access");
+        assert_eq!(
+            v["request_id"].as_str(),
+            headers["x-request-id"].to_str().ok()
+        );
+    }
+
+    // Authenticated but without the scope: the rule hides the route (404), and a 404 names
+    // no scope; a browser is not redirected (logging in again would not help).
+    let no_scope = token(&json!({"scope": "other"}));
+    let mut req = browse("/app/x", html, http::Method::GET);
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {no_scope}").parse().unwrap(),
+    );
+    let (status, headers, body) = send(gw.addr(), req).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!headers.contains_key("www-authenticate"), "{headers:?}");
+    assert!(!headers.contains_key("location"));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"], "insufficient_scope");
+    assert_eq!(gw.echo.count(), 0, "nothing reached the upstream");
+    let ok = token(&json!({"scope": "app"}));
+    assert_eq!(get(&gw, "/app/x", Some(&ok)).await.0, StatusCode::OK);
+}
