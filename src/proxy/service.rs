@@ -225,6 +225,7 @@ pub async fn handle(
     let decision = decision::decide(&snapshot, &facts, &mut NoTrace).await;
     let mut allow = match decision {
         Decision::Deny(d) => {
+            shared.metrics.denial(d.kind.as_str());
             let resp = refusal_response(d.refusal(&snapshot.challenges, &request_id));
             return ctx.finish(
                 resp,

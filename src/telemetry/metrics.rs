@@ -78,6 +78,12 @@ struct VersionLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DenialLabels {
+    door: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -93,6 +99,7 @@ pub struct Metrics {
     config_version: Family<VersionLabel, Gauge>,
     upstream_errors: Family<KindLabel, Counter>,
     bad_requests: Family<KindLabel, Counter>,
+    denials: Family<DenialLabels, Counter>,
     /// Client connections open now.
     pub connections_open: Gauge,
     /// Client connections accepted.
@@ -181,6 +188,12 @@ impl Metrics {
             "Requests rejected before a decision, by reason",
             bad_requests.clone(),
         );
+        let denials = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "denials",
+            "Denied requests by door and reason code (a closed set)",
+            denials.clone(),
+        );
         let connections_open = Gauge::default();
         registry.register(
             "connections_open",
@@ -213,6 +226,7 @@ impl Metrics {
             config_version,
             upstream_errors,
             bad_requests,
+            denials,
             connections_open,
             connections_total,
             tls_handshake_errors,
@@ -258,6 +272,16 @@ impl Metrics {
     /// Counts a request rejected before a decision.
     pub fn bad_request(&self, kind: &'static str) {
         self.bad_requests.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Counts a denial at the proxy door by its reason code.
+    pub fn denial(&self, reason: &'static str) {
+        self.denials
+            .get_or_create(&DenialLabels {
+                door: "proxy",
+                reason,
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -667,4 +667,14 @@ async fn denial_shape_login_redirect_status_and_body() {
     assert_eq!(gw.echo.count(), 0, "nothing reached the upstream");
     let ok = token(&json!({"scope": "app"}));
     assert_eq!(get(&gw, "/app/x", Some(&ok)).await.0, StatusCode::OK);
+
+    // Each denial is counted under its reason code; why a token failed is a reason too.
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    for line in [
+        "portcullis_denials_total{door=\"proxy\",reason=\"missing_credential\"} 3",
+        "portcullis_denials_total{door=\"proxy\",reason=\"token_malformed\"} 1",
+        "portcullis_denials_total{door=\"proxy\",reason=\"insufficient_scope\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
 }
