@@ -42,6 +42,7 @@ fn rule(i: usize) -> Rule {
         identity: IdentityHeaders::default(),
         when: None,
         denial: None,
+        rate_limit: None,
     }
 }
 

@@ -86,6 +86,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         // Key fetches start now, in the background; /readyz waits for them.
         snapshot.authn.start();
+        snapshot.rate_limits.start();
 
         let mut bound = Vec::with_capacity(snapshot.listeners.len());
         for l in &snapshot.listeners {

@@ -11,8 +11,11 @@
 //!                     │ 3. RequestFacts: canonical path (ambiguous → 400), host, client ip
 //!                     │ 4. decision::decide: match a rule (authz::route) → authenticate with
 //!                     │    the rule's authenticators (authn: credential → cache → verify →
-//!                     │    principal) → Allow { rule, upstream, principal } / Deny { kind }
-//!                     │ 5. deny: status, WWW-Authenticate and a short JSON body from the DenyKind
+//!                     │    principal) → requirements, `when` (CEL) → the rule's rate limit
+//!                     │    (ratelimit) → Allow { rule, upstream, principal, identity } /
+//!                     │    Deny { kind, the rule's denial shape }
+//!                     │ 5. deny: Deny::refusal — status, WWW-Authenticate or Location,
+//!                     │    Retry-After, a short JSON body
 //!                     │ 6. allow: strip the credential if asked; X-Forwarded-*, x-real-ip,
 //!                     │    request id; canonical path + raw query to the upstream over its
 //!                     │    pool; 502 / 504 on failure
@@ -23,7 +26,7 @@
 //! Config flows files → [`config::load`] → [`config::raw`] → [`config::compile`] →
 //! [`snapshot::Snapshot`]; [`config::reload`] swaps a new snapshot in only once it compiled in
 //! full. Module dependencies point one way: doors (`proxy`, `admin`, `cli`) → `decision` →
-//! `authn` / `authz` → `snapshot`.
+//! `authn` / `authz` / `ratelimit` → `snapshot`.
 
 pub mod admin;
 pub mod app;
@@ -35,6 +38,7 @@ pub mod config;
 pub mod decision;
 pub mod echo;
 pub mod proxy;
+pub mod ratelimit;
 pub mod request;
 pub mod secret;
 pub mod snapshot;

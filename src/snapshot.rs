@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// The authenticators.
     pub authn: Authn,
+    /// The named rate limits.
+    pub rate_limits: crate::ratelimit::RateLimits,
     /// `WWW-Authenticate` challenges, built once.
     pub challenges: Challenges,
     /// Header names removed from every client request (identity and trusted headers).

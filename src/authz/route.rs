@@ -48,6 +48,8 @@ pub struct Rule {
     pub when: Option<super::expr::Condition>,
     /// What its denials look like, when it says.
     pub denial: Option<Arc<super::denial::Denial>>,
+    /// The rate limit on the requests it allows.
+    pub rate_limit: Option<Arc<crate::ratelimit::Limit>>,
 }
 
 /// The ordered rules, and an index that finds the first match without trying every rule.
@@ -589,6 +591,7 @@ mod tests {
             identity: crate::authz::identity::IdentityHeaders::default(),
             when: None,
             denial: None,
+            rate_limit: None,
         }
     }
 

@@ -246,6 +246,18 @@ pub fn compile(
     }
     let mut spoofable_names: Vec<HeaderName> = authn.spoofable_names().to_vec();
 
+    // Rate limits; an unchanged definition keeps the running limit's state.
+    let mut rate_limits = std::collections::BTreeMap::new();
+    for (name, raw) in &cfg.rate_limits {
+        let before = previous.and_then(|p| p.rate_limits.get(name));
+        match crate::ratelimit::Limit::compile(name, raw, before) {
+            Ok(l) => {
+                rate_limits.insert(name.clone(), l);
+            }
+            Err((field, m)) => diags.push(at(&format!("rate_limits.{name}.{field}"), m)),
+        }
+    }
+
     // Rules, files in name order, rules in file order.
     let mut lint_buckets: HashMap<String, Vec<usize>> = HashMap::new();
     let mut lint_any: Vec<usize> = Vec::new();
@@ -446,6 +458,23 @@ pub fn compile(
                     }
                 }
             });
+            let rate_limit = match &r.rate_limit {
+                None => None,
+                Some(name) => match rate_limits.get(name) {
+                    Some(l) => Some(Arc::clone(l)),
+                    None if cfg.rate_limits.contains_key(name) => None,
+                    None => {
+                        diags.push(at("rate_limit", format!("unknown rate limit `{name}`")));
+                        None
+                    }
+                },
+            };
+            if r.rate_limit.is_some() && r.effect == Effect::Deny {
+                diags.push(at(
+                    "rate_limit",
+                    "a rate limit applies to the requests an allow rule lets through".into(),
+                ));
+            }
             if diags.iter().filter(|d| d.is_error()).count() == errors_before {
                 let rule = Rule {
                     id: RuleId(r.name.as_str().into()),
@@ -462,6 +491,7 @@ pub fn compile(
                     identity,
                     when,
                     denial,
+                    rate_limit,
                 };
                 // Lint: an earlier rule matching everything this one could means it never
                 // decides. Candidates share its first literal segment, or have none.
@@ -527,6 +557,7 @@ pub fn compile(
         upstreams,
         routes: RouteTable::new(rules),
         authn,
+        rate_limits: crate::ratelimit::RateLimits::new(rate_limits.into_values().collect()),
         challenges,
         spoofable: Spoofable::new(&spoofable_names),
         access_log: cfg.logging.access_log,

@@ -51,6 +51,30 @@ pub struct RawConfig {
     /// Settings shared by every authenticator.
     #[serde(default)]
     pub authn: RawAuthn,
+    /// Named rate limits; a rule applies one with `rate_limit: NAME`.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RawRateLimit>,
+}
+
+/// A rate limit (GCRA): `requests` per `per` on average, with bursts of up to `burst`,
+/// counted separately for each value of `key`. Requests over it get 429 with `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// What is counted separately: `principal` (anonymous requests by client address),
+    /// `api_key` (the key's id; other requests by principal), `client_ip`, `route` (one
+    /// budget for everyone on the rule), `header:NAME` or `claim:PATH` (absent: by client
+    /// address).
+    pub key: String,
+    /// Requests allowed per `per`, on average.
+    pub requests: u32,
+    /// The period `requests` are counted over: `1s`, `1m`, `1h`.
+    #[serde(deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub per: Duration,
+    /// How many requests may come at once. Default: `requests`.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// One client-facing listener.
@@ -312,6 +336,9 @@ pub struct RawRule {
     /// removes a global one.
     #[serde(default)]
     pub identity_headers: BTreeMap<String, Option<String>>,
+    /// A rate limit (from `rate_limits`) on the requests this rule allows.
+    #[serde(default)]
+    pub rate_limit: Option<String>,
     /// What this rule's denials look like: status, a login redirect for browsers, extra JSON.
     #[serde(default)]
     pub denial: Option<RawDenial>,

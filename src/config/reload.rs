@@ -134,6 +134,7 @@ impl Reloader {
                 } else {
                     let version = next.version.clone();
                     next.authn.start();
+                    next.rate_limits.start();
                     self.current.store(Arc::new(next));
                     self.metrics.set_config_version(&version);
                     Ok(ReloadOutcome::Applied { version })

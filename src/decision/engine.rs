@@ -33,6 +33,10 @@ pub enum TraceEvent {
     ConditionHeld,
     /// The `when` expression did not hold: `false`, or why evaluation failed.
     ConditionFailed(String),
+    /// The request is within the rule's rate limit (named), and was counted.
+    WithinRateLimit(std::sync::Arc<str>),
+    /// The request is over the rule's rate limit (named).
+    RateLimited(std::sync::Arc<str>),
 }
 
 /// Receives the steps of a decision.
@@ -144,6 +148,19 @@ pub async fn decide(
             }
         }
     }
+    if let Some(limit) = &rule.rate_limit {
+        if let Err(throttle) = limit.check(facts, principal.as_deref(), &rule.id.0) {
+            trace.record(TraceEvent::RateLimited(limit.name.clone()));
+            return Decision::Deny(Deny {
+                rule: Some(rule.id.clone()),
+                kind: DenyKind::RateLimited,
+                shape: rule.denial.clone(),
+                redirect: None,
+                throttle: Some(throttle),
+            });
+        }
+        trace.record(TraceEvent::WithinRateLimit(limit.name.clone()));
+    }
     let (identity, identity_refused) = if rule.identity.is_empty() {
         (Vec::new(), 0)
     } else {
@@ -171,6 +188,7 @@ fn deny(rule: &Rule, kind: DenyKind, redirect: Option<http::HeaderValue>) -> Dec
         kind,
         shape: rule.denial.clone(),
         redirect,
+        throttle: None,
     })
 }
 

@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 
 use crate::authn::jwt::verify::TokenError;
 use crate::authn::principal::Principal;
 use crate::authz::denial::Denial;
 use crate::authz::require::Unmet;
 use crate::authz::route::RuleId;
+use crate::ratelimit::Throttle;
 use crate::snapshot::Challenges;
 
 /// The answer for one request.
@@ -52,6 +53,8 @@ pub struct Deny {
     pub shape: Option<Arc<Denial>>,
     /// A browser without a valid credential is sent here instead of getting a 401.
     pub redirect: Option<HeaderValue>,
+    /// Over a rate limit: when to come back.
+    pub throttle: Option<Throttle>,
 }
 
 /// The answer a door gives for a denial: the same in every door.
@@ -65,6 +68,40 @@ pub struct Refusal {
     pub location: Option<HeaderValue>,
     /// A short JSON body (none for a redirect).
     pub body: Option<String>,
+    /// Over a rate limit: `Retry-After` and `RateLimit-*`.
+    pub throttle: Option<Throttle>,
+}
+
+// === impl Refusal ===
+
+impl Refusal {
+    /// The headers of the answer besides `Content-Type`: the challenge, the redirect, and
+    /// for a 429 `Retry-After`, `RateLimit-Limit`, `RateLimit-Remaining` and
+    /// `RateLimit-Reset` (draft-ietf-httpapi-ratelimit-headers).
+    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
+        let throttle = self.throttle.iter().flat_map(|t| {
+            [
+                (header::RETRY_AFTER, HeaderValue::from(t.retry_after)),
+                (
+                    HeaderName::from_static("ratelimit-limit"),
+                    HeaderValue::from(t.limit),
+                ),
+                (
+                    HeaderName::from_static("ratelimit-remaining"),
+                    HeaderValue::from_static("0"),
+                ),
+                (
+                    HeaderName::from_static("ratelimit-reset"),
+                    HeaderValue::from(t.retry_after),
+                ),
+            ]
+        });
+        self.challenge
+            .iter()
+            .map(|c| (header::WWW_AUTHENTICATE, c.clone()))
+            .chain(self.location.iter().map(|l| (header::LOCATION, l.clone())))
+            .chain(throttle)
+    }
 }
 
 /// Every way a request is denied.
@@ -84,6 +121,8 @@ pub enum DenyKind {
     AuthnUnavailable,
     /// A requirement of the rule does not hold (403; `insufficient_scope` for scopes).
     Unmet(Unmet),
+    /// Over the rule's rate limit (429).
+    RateLimited,
 }
 
 // === impl Decision ===
@@ -116,6 +155,7 @@ impl Deny {
             kind: DenyKind::NoRule,
             shape: None,
             redirect: None,
+            throttle: None,
         }
     }
 
@@ -141,6 +181,7 @@ impl Deny {
                 challenge: None,
                 location: Some(location.clone()),
                 body: None,
+                throttle: None,
             };
         }
         // A rule that hides the route (say 404) does not announce a scope it lacks.
@@ -154,6 +195,7 @@ impl Deny {
             challenge,
             location: None,
             body: Some(error_body(self.kind.public_code(), request_id, extra)),
+            throttle: self.throttle,
         }
     }
 }
@@ -191,6 +233,7 @@ impl DenyKind {
             Self::MissingCredential | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Self::AmbiguousCredential => StatusCode::BAD_REQUEST,
             Self::AuthnUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -212,6 +255,7 @@ impl DenyKind {
             Self::AmbiguousCredential => "invalid_request",
             Self::AuthnUnavailable => "authentication_unavailable",
             Self::Unmet(u) => u.as_str(),
+            Self::RateLimited => "rate_limited",
         }
     }
 
@@ -223,7 +267,11 @@ impl DenyKind {
             Self::InvalidToken(_) => Some(&challenges.invalid_token),
             Self::AmbiguousCredential => Some(&challenges.invalid_request),
             Self::Unmet(Unmet::Scope) => Some(&challenges.insufficient_scope),
-            Self::NoRule | Self::Forbidden | Self::AuthnUnavailable | Self::Unmet(_) => None,
+            Self::NoRule
+            | Self::Forbidden
+            | Self::AuthnUnavailable
+            | Self::Unmet(_)
+            | Self::RateLimited => None,
         }
     }
 }

@@ -445,12 +445,13 @@ pub fn error_response(
         challenge: None,
         location: None,
         body: Some(outcome::error_body(reason, request_id, None)),
+        throttle: None,
     })
 }
 
 /// The HTTP response for a refusal; never cached.
-pub fn refusal_response(r: Refusal) -> Response<ResponseBody> {
-    let mut resp = match r.body {
+pub fn refusal_response(mut r: Refusal) -> Response<ResponseBody> {
+    let mut resp = match r.body.take() {
         Some(b) => {
             let mut resp = Response::new(body::full(b));
             resp.headers_mut().insert(
@@ -464,11 +465,8 @@ pub fn refusal_response(r: Refusal) -> Response<ResponseBody> {
     *resp.status_mut() = r.status;
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(c) = r.challenge {
-        h.insert(header::WWW_AUTHENTICATE, c);
-    }
-    if let Some(l) = r.location {
-        h.insert(header::LOCATION, l);
+    for (name, value) in r.headers() {
+        h.insert(name, value);
     }
     resp
 }

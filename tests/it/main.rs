@@ -20,6 +20,7 @@ mod jwt;
 mod paths;
 mod policy;
 mod proxy;
+mod ratelimit;
 mod reload;
 mod shutdown;
 mod support;

@@ -1,0 +1,167 @@
+//! Rate limits through the proxy door: 429 with `Retry-After` and `RateLimit-*` once a key's
+//! burst is spent, separate budgets per principal and per client address, nothing forwarded
+//! past the limit, and a reload that keeps the definition keeps the count.
+
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+use crate::support::{Setup, TestGateway, send};
+
+const SECRET: &[u8] = b"ratelimit-test-secret-ratelimit-test-secret-0123";
+
+const CONFIG: &str = "authenticators:
+  users:
+    jwt:
+      providers:
+        - issuer: https://iss.test
+          audiences: [api]
+          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]
+rate_limits:
+  per-user:
+    key: principal
+    requests: 3
+    per: 1h
+  per-address:
+    key: client_ip
+    requests: 2
+    per: 1h
+";
+
+fn policy(extra_rule: &str) -> String {
+    format!(
+        "rules:
+  - name: api
+    match: {{paths: [\"/api/**\"]}}
+    effect: allow
+    authenticators: [users]
+    anonymous: true
+    rate_limit: per-user
+    upstream: echo
+  - name: public
+    match: {{paths: [\"/public/**\"]}}
+    effect: allow
+    anonymous: true
+    rate_limit: per-address
+    upstream: echo
+{extra_rule}"
+    )
+}
+
+async fn gateway() -> TestGateway {
+    Setup {
+        policies: vec![("10-p.yaml".into(), policy(""))],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: CONFIG.into(),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+async fn get(
+    gw: &TestGateway,
+    path: &str,
+    sub: Option<&str>,
+) -> (StatusCode, http::HeaderMap, Value) {
+    let mut req = Request::get(path);
+    if let Some(sub) = sub {
+        let t = crate::support::hs256_token(SECRET, &json!({"sub": sub}));
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let (status, headers, body) = send(gw.addr(), req.body(Full::default()).unwrap()).await;
+    (
+        status,
+        headers,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn over_the_limit_is_429_with_retry_after_per_principal() {
+    let gw = gateway().await;
+    for i in 0..3 {
+        assert_eq!(
+            get(&gw, "/api/x", Some("alice")).await.0,
+            StatusCode::OK,
+            "alice request {i}"
+        );
+    }
+    let (status, headers, body) = get(&gw, "/api/x", Some("alice")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"], "rate_limited");
+    // 3 an hour: the next one is 20 minutes away.
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1100..=1200).contains(&retry), "retry-after {retry}");
+    assert_eq!(headers["ratelimit-limit"], "3");
+    assert_eq!(headers["ratelimit-remaining"], "0");
+    assert_eq!(headers["ratelimit-reset"], headers["retry-after"]);
+    assert_eq!(gw.echo.count(), 3, "the refused request was not forwarded");
+
+    // Bob has his own budget; anonymous callers are counted by address.
+    assert_eq!(get(&gw, "/api/x", Some("bob")).await.0, StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(get(&gw, "/api/x", None).await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        get(&gw, "/api/x", None).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // An invalid token is refused before it is counted.
+    let (status, _, _) = {
+        let req = Request::get("/api/x")
+            .header("authorization", "Bearer a.b.c")
+            .body(Full::default())
+            .unwrap();
+        send(gw.addr(), req).await
+    };
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("portcullis_denials_total{door=\"proxy\",reason=\"rate_limited\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_count_of_an_unchanged_limit() {
+    let gw = gateway().await;
+    for _ in 0..2 {
+        assert_eq!(get(&gw, "/public/x", None).await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        get(&gw, "/public/x", None).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A policy edit (a new rule) is applied; the spent budget stays spent.
+    gw.write(
+        "policies/10-p.yaml",
+        policy(
+            "  - name: more
+    match: {paths: [\"/more/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+",
+        ),
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("applied"), "{body}");
+    assert_eq!(get(&gw, "/more/x", None).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&gw, "/public/x", None).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A changed definition starts afresh.
+    gw.write(
+        "portcullis.yaml",
+        std::fs::read_to_string(gw.path("portcullis.yaml"))
+            .unwrap()
+            .replace("requests: 2", "requests: 5"),
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(get(&gw, "/public/x", None).await.0, StatusCode::OK);
+}
