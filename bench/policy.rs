@@ -1,5 +1,6 @@
 //! Policy micro-benchmarks (criterion): route matching as rules grow (10, 1,000, 10,000),
-//! a CEL `when` evaluation, and identity-header rendering. `cargo bench --bench policy`.
+//! a CEL `when` evaluation, identity-header rendering and the signed assertion (reused and
+//! freshly signed). `cargo bench --bench policy`.
 //!
 //! Target (issue 4): matching among 10,000 rules costs at most 1.5× matching among 10.
 
@@ -16,12 +17,14 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use portcullis::authn::jwt::mint::SigningKey;
 use portcullis::authn::principal::{Principal, PrincipalKind};
+use portcullis::authz::assertion::Assertion;
 use portcullis::authz::expr::Condition;
 use portcullis::authz::identity::{Context, IdentityHeaders};
 use portcullis::authz::require::Requirements;
 use portcullis::authz::route::{MethodSet, PathPattern, RouteTable, Rule, RuleId};
-use portcullis::config::raw::Effect;
+use portcullis::config::raw::{Effect, RawAssertion};
 use portcullis::request::RequestFacts;
 use portcullis::request::facts::ConnInfo;
 use serde_json::json;
@@ -118,6 +121,26 @@ fn benches(c: &mut Criterion) {
     };
     c.bench_function("identity_headers_4", |b| {
         b.iter(|| identity.render(black_box(&cx)).0.len());
+    });
+
+    // The signed assertion: a reuse (the serving case) against a fresh ES256 signature.
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate(jsonwebtoken::Algorithm::ES256, "gw").unwrap();
+    std::fs::write(dir.path().join("a.key"), key.private_pem.expose()).unwrap();
+    let raw: RawAssertion = serde_yaml::from_str(
+        "{key_file: a.key, algorithm: ES256, kid: gw, issuer: https://gw.test, audience: be, claims: {roles: \"{principal.roles}\", tenant: \"{principal.tenant}\"}}",
+    )
+    .unwrap();
+    let assertion = Assertion::compile(&raw, dir.path()).unwrap();
+    assert!(assertion.mint(&cx, 1_700_000_000).is_some());
+    c.bench_function("assertion_reused", |b| {
+        b.iter(|| assertion.mint(black_box(&cx), 1_700_000_000).is_some());
+    });
+    c.bench_function("assertion_sign_es256", |b| {
+        b.iter(|| {
+            key.sign(black_box(&json!({"sub": "alice", "iat": 1})))
+                .is_ok()
+        });
     });
 }
 

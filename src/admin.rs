@@ -95,6 +95,33 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ResponseB
             r
         }
         (&Method::GET, "/config") => json(StatusCode::OK, &config_status(state)),
+        (&Method::GET | &Method::HEAD, "/.well-known/jwks.json") => {
+            // The identity assertion's public keys; short-lived in caches, so a rotation
+            // (new key, old one retired) is seen well before the retired one leaves.
+            let jwks = state
+                .reloader
+                .current()
+                .load()
+                .assertion
+                .as_ref()
+                .map(|a| a.jwks().clone());
+            match jwks {
+                Some(doc) => {
+                    let mut r = Response::new(body::full(doc));
+                    let h = r.headers_mut();
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/jwk-set+json"),
+                    );
+                    h.insert(
+                        header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("max-age=60"),
+                    );
+                    r
+                }
+                None => text(StatusCode::NOT_FOUND, "no identity assertion configured\n"),
+            }
+        }
         (&Method::POST, "/reload") => match state.reloader.reload(Trigger::Admin).await {
             Ok(ReloadOutcome::Applied { version }) => json(
                 StatusCode::OK,
@@ -109,9 +136,10 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ResponseB
                 &serde_json::json!({"outcome": "failed", "errors": e.0}),
             ),
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/.well-known/jwks.json",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

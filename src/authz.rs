@@ -1,5 +1,6 @@
 //! Authorization: which rule applies to a request and what it says.
 
+pub mod assertion;
 pub mod denial;
 pub mod expr;
 pub mod identity;

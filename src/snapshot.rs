@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub authn: Authn,
     /// The named rate limits.
     pub rate_limits: crate::ratelimit::RateLimits,
+    /// The signed identity assertion, if configured.
+    pub assertion: Option<crate::authz::assertion::Assertion>,
     /// `WWW-Authenticate` challenges, built once.
     pub challenges: Challenges,
     /// Header names removed from every client request (identity and trusted headers).

@@ -143,6 +143,26 @@ impl Template {
         })
     }
 
+    /// The value as JSON, for a signed assertion: a template that is one variable keeps the
+    /// variable's shape (a claim as it is, scopes and roles as arrays); anything else is the
+    /// rendered string. `None` when a variable is absent.
+    pub fn render_json(&self, cx: &Context<'_>) -> Option<Value> {
+        if let [Part::Var(v)] = &*self.parts
+            && let Some(p) = cx.principal
+        {
+            let strings = |items: &[Box<str>]| {
+                Value::Array(items.iter().map(|s| Value::from(&**s)).collect())
+            };
+            match v {
+                Var::Claim(path) => return lookup(&p.claims, path).cloned(),
+                Var::PrincipalScopes => return Some(strings(&p.scopes)),
+                Var::PrincipalRoles => return Some(strings(&p.roles)),
+                _ => {}
+            }
+        }
+        self.render(cx).map(Value::String)
+    }
+
     /// The value, or `None` when a variable is absent.
     pub fn render(&self, cx: &Context<'_>) -> Option<String> {
         let mut out = String::new();

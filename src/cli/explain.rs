@@ -264,6 +264,8 @@ fn redacted_names(snapshot: &Snapshot) -> Vec<HeaderName> {
         header::COOKIE,
         header::PROXY_AUTHORIZATION,
     ];
+    // The assertion is a bearer credential for the upstream.
+    out.extend(snapshot.assertion.iter().map(|a| a.header.clone()));
     for a in snapshot.authn.iter() {
         for s in &*a.sources {
             if let crate::authn::credential::CredentialSource::Header(h) = s {

@@ -216,6 +216,24 @@ pub fn compile(
             );
         }
     }
+    // The signed identity assertion; its key files are watched (a rotation reloads).
+    let assertion = cfg.identity_assertion.as_ref().and_then(|raw| {
+        watched.push(loaded.base_dir.join(&raw.key_file));
+        watched.extend(
+            raw.retired_keys
+                .iter()
+                .map(|r| loaded.base_dir.join(&r.key_file)),
+        );
+        match crate::authz::assertion::Assertion::compile(raw, &loaded.base_dir) {
+            Ok(a) => Some(a),
+            Err(es) => {
+                for (f, m) in es {
+                    diags.push(at(&format!("identity_assertion.{f}"), m));
+                }
+                None
+            }
+        }
+    });
     for p in &watched {
         if p.is_file()
             && let Ok(bytes) = std::fs::read(p)
@@ -245,6 +263,7 @@ pub fn compile(
         }
     }
     let mut spoofable_names: Vec<HeaderName> = authn.spoofable_names().to_vec();
+    spoofable_names.extend(assertion.iter().map(|a| a.header.clone()));
 
     // Rate limits; an unchanged definition keeps the running limit's state.
     let mut rate_limits = std::collections::BTreeMap::new();
@@ -558,6 +577,7 @@ pub fn compile(
         routes: RouteTable::new(rules),
         authn,
         rate_limits: crate::ratelimit::RateLimits::new(rate_limits.into_values().collect()),
+        assertion,
         challenges,
         spoofable: Spoofable::new(&spoofable_names),
         access_log: cfg.logging.access_log,

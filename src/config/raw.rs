@@ -54,6 +54,63 @@ pub struct RawConfig {
     /// Named rate limits; a rule applies one with `rate_limit: NAME`.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RawRateLimit>,
+    /// A short-lived JWT the gateway signs for each allowed, authenticated request and sends
+    /// upstream, so upstreams verify (against `/.well-known/jwks.json` on the admin
+    /// listener) instead of trusting headers.
+    #[serde(default)]
+    pub identity_assertion: Option<RawAssertion>,
+}
+
+/// The signed identity assertion.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssertion {
+    /// The header it is sent in (stripped from client requests). Default
+    /// `x-portcullis-assertion`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The signing key: a PKCS#8 PEM private key file (`portcullis keys new` writes one),
+    /// watched.
+    pub key_file: PathBuf,
+    /// ES256, ES384, EdDSA, RS256/384/512 or PS256/384/512.
+    pub algorithm: String,
+    /// The key id in the token header and the JWKS.
+    pub kid: String,
+    /// Keys no longer signing but still published, so assertions signed before a rotation
+    /// verify until they expire.
+    #[serde(default)]
+    pub retired_keys: Vec<RawRetiredKey>,
+    /// `iss` of every assertion.
+    pub issuer: String,
+    /// `aud` of every assertion, if set.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Lifetime (`exp - iat`). Default 60s; at most 1h. An assertion is reused for the same
+    /// identity during the first half of its life.
+    #[serde(default = "default_assertion_ttl", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub ttl: Duration,
+    /// Claims from templates (the identity header variables). A template that is a single
+    /// variable keeps its JSON shape (arrays stay arrays). `sub` defaults to
+    /// `{principal.id}`; `iss`, `aud`, `iat` and `exp` are the gateway's.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+}
+
+/// A retired assertion key: published, never used to sign.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetiredKey {
+    /// Its PKCS#8 PEM private key file.
+    pub key_file: PathBuf,
+    /// Its algorithm.
+    pub algorithm: String,
+    /// Its key id.
+    pub kid: String,
+}
+
+fn default_assertion_ttl() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// A rate limit (GCRA): `requests` per `per` on average, with bursts of up to `burst`,

@@ -161,15 +161,21 @@ pub async fn decide(
         }
         trace.record(TraceEvent::WithinRateLimit(limit.name.clone()));
     }
-    let (identity, identity_refused) = if rule.identity.is_empty() {
+    let cx = Context {
+        principal: principal.as_deref(),
+        client_ip: facts.client_ip,
+        rule: &rule.id.0,
+    };
+    let (mut identity, identity_refused) = if rule.identity.is_empty() {
         (Vec::new(), 0)
     } else {
-        rule.identity.render(&Context {
-            principal: principal.as_deref(),
-            client_ip: facts.client_ip,
-            rule: &rule.id.0,
-        })
+        rule.identity.render(&cx)
     };
+    if let Some(a) = &snapshot.assertion
+        && let Some(signed) = a.mint(&cx, now)
+    {
+        identity.push((a.header.clone(), signed));
+    }
     Decision::Allow(Allow {
         rule: rule.id.clone(),
         upstream: rule.upstream,

@@ -1,5 +1,6 @@
-//! Signing keys and tokens for development, the demo and tests: generate a key pair, publish
-//! it as a JWKS, sign tokens. The gateway itself never signs with these on the request path.
+//! Signing keys and tokens: generate a key pair, publish it as a JWKS, sign tokens. Used by
+//! the key and token tools, the demo and tests, and by the signed identity assertion
+//! ([`crate::authz::assertion`]), the one thing the gateway signs on the request path.
 
 use aws_lc_rs::encoding::AsDer as _;
 use aws_lc_rs::rsa::{KeySize, PublicKeyComponents};

@@ -1,0 +1,167 @@
+//! The signed identity assertion: minted for authenticated requests, verified with the JWKS
+//! the admin listener publishes (the way an upstream would), never forged by a client, and
+//! reused for the same identity within half its life.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
+use portcullis::authn::jwt::mint::SigningKey;
+use serde_json::{Value, json};
+
+use crate::support::{Setup, TestGateway, echoed_header, raw};
+
+const SECRET: &[u8] = b"assertion-test-secret-assertion-test-secret-012";
+
+async fn gateway(signing: &SigningKey, retired: &SigningKey) -> TestGateway {
+    let extra = "authenticators:
+  users:
+    jwt:
+      providers:
+        - issuer: https://iss.test
+          audiences: [api]
+          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]
+          principal: {roles_claim: roles}
+identity_assertion:
+  key_file: assertion.key
+  algorithm: ES256
+  kid: gw-2
+  retired_keys:
+    - {key_file: retired.key, algorithm: EdDSA, kid: gw-1}
+  issuer: https://gateway.test
+  audience: backend
+  ttl: 2m
+  claims:
+    roles: \"{principal.roles}\"
+    email: \"{claims.email}\"
+    via: \"{rule.name}\"
+";
+    let policy = "rules:
+  - name: api
+    match: {paths: [\"/api/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: echo
+  - name: open
+    match: {paths: [\"/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+";
+    Setup {
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        files: vec![
+            ("hs.secret".into(), SECRET.to_vec()),
+            (
+                "assertion.key".into(),
+                signing.private_pem.expose().as_bytes().to_vec(),
+            ),
+            (
+                "retired.key".into(),
+                retired.private_pem.expose().as_bytes().to_vec(),
+            ),
+        ],
+        extra: extra.into(),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+async fn request(gw: &TestGateway, path: &str, headers: &str) -> u16 {
+    raw(
+        gw.addr(),
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .status
+}
+
+#[tokio::test]
+async fn assertion_verifies_against_the_published_jwks() {
+    let signing = SigningKey::generate(Algorithm::ES256, "gw-2").unwrap();
+    let retired = SigningKey::generate(Algorithm::EdDSA, "gw-1").unwrap();
+    let gw = gateway(&signing, &retired).await;
+
+    let (status, body) = gw.admin_get("/.well-known/jwks.json").await;
+    assert_eq!(status, http::StatusCode::OK);
+    let set: JwkSet = serde_json::from_str(&body).unwrap();
+    let kids: Vec<_> = set
+        .keys
+        .iter()
+        .filter_map(|k| k.common.key_id.clone())
+        .collect();
+    assert_eq!(
+        kids,
+        ["gw-2", "gw-1"],
+        "the signing key, then the retired one"
+    );
+    assert!(!body.contains("\"d\""), "no private key material: {body}");
+
+    let t = crate::support::hs256_token(
+        SECRET,
+        &json!({"sub": "alice", "roles": ["admin", "ops"], "email": "a@x.test"}),
+    );
+    let status = request(&gw, "/api/x", &format!("Authorization: Bearer {t}\r\n")).await;
+    assert_eq!(status, 200);
+    let token = echoed_header(&gw.echo, "x-portcullis-assertion").expect("assertion sent");
+
+    // Verify as an upstream would: the kid picks the key from the published set.
+    let kid = decode_header(&token).unwrap().kid.unwrap();
+    let jwk = set.find(&kid).unwrap();
+    let mut v = Validation::new(Algorithm::ES256);
+    v.set_issuer(&["https://gateway.test"]);
+    v.set_audience(&["backend"]);
+    let claims = decode::<Value>(&token, &DecodingKey::from_jwk(jwk).unwrap(), &v)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(
+        claims["roles"],
+        json!(["admin", "ops"]),
+        "arrays stay arrays"
+    );
+    assert_eq!(claims["email"], "a@x.test");
+    assert_eq!(claims["via"], "api");
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(lifetime, 120);
+
+    // The same identity within half its life: the same assertion (signing is not free).
+    assert_eq!(
+        request(&gw, "/api/x", &format!("Authorization: Bearer {t}\r\n")).await,
+        200
+    );
+    assert_eq!(
+        echoed_header(&gw.echo, "x-portcullis-assertion").as_deref(),
+        Some(&*token)
+    );
+    // Someone else: their own.
+    let bob = crate::support::hs256_token(SECRET, &json!({"sub": "bob"}));
+    request(&gw, "/api/x", &format!("Authorization: Bearer {bob}\r\n")).await;
+    let other = echoed_header(&gw.echo, "x-portcullis-assertion").unwrap();
+    assert_ne!(other, token);
+    let claims = decode::<Value>(&other, &DecodingKey::from_jwk(jwk).unwrap(), &v)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "bob");
+    assert!(claims.get("email").is_none(), "absent claims are left out");
+}
+
+#[tokio::test]
+async fn a_client_cannot_send_its_own_assertion() {
+    let signing = SigningKey::generate(Algorithm::ES256, "gw-2").unwrap();
+    let retired = SigningKey::generate(Algorithm::EdDSA, "gw-1").unwrap();
+    let gw = gateway(&signing, &retired).await;
+    // A forged one, in several spellings, on an anonymous route: none reaches the upstream.
+    let forged = signing
+        .sign(&json!({"sub": "root", "iss": "https://gateway.test", "aud": "backend"}))
+        .unwrap();
+    let spoofed =
+        format!("X-Portcullis-Assertion: {forged}\r\nx_portcullis_assertion: {forged}\r\n");
+    assert_eq!(request(&gw, "/open", &spoofed).await, 200);
+    let seen = gw.echo.last().unwrap();
+    for (name, _) in &seen.headers {
+        assert_ne!(
+            name.as_str().replace('_', "-"),
+            "x-portcullis-assertion",
+            "a client's assertion reached the upstream"
+        );
+    }
+}
