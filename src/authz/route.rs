@@ -266,6 +266,29 @@ impl Rule {
         hosts && methods && paths
     }
 
+    /// Whether some request could match both this rule and `other` (lint: an earlier allow
+    /// rule deciding part of what a later deny rule matches). Literal segments are compared
+    /// case-insensitively when either rule is a deny rule, as deny rules match.
+    pub fn overlaps(&self, other: &Self) -> bool {
+        let hosts = self.hosts.is_empty()
+            || other.hosts.is_empty()
+            || self
+                .hosts
+                .iter()
+                .any(|a| other.hosts.iter().any(|b| a.intersects(b)));
+        let methods = self.methods.0.is_empty()
+            || other.methods.0.is_empty()
+            || self.methods.0.iter().any(|m| other.methods.0.contains(m));
+        let fold = self.effect == Effect::Deny || other.effect == Effect::Deny;
+        let paths = self.paths.is_empty()
+            || other.paths.is_empty()
+            || self
+                .paths
+                .iter()
+                .any(|a| other.paths.iter().any(|b| a.intersects(b, fold)));
+        hosts && methods && paths
+    }
+
     /// Named parameters of the first path pattern matching `path` (empty without patterns).
     pub fn params(&self, path: &str) -> Vec<(Box<str>, String)> {
         self.paths
@@ -309,6 +332,24 @@ impl HostPattern {
             return Err(PatternError::BadHost);
         };
         Ok(Self { kind, port })
+    }
+
+    /// Whether some host (and port) matches both patterns.
+    pub fn intersects(&self, other: &Self) -> bool {
+        if matches!((self.port, other.port), (Some(a), Some(b)) if a != b) {
+            return false;
+        }
+        match (&self.kind, &other.kind) {
+            (HostKind::Any, _) | (_, HostKind::Any) => true,
+            (HostKind::Exact(a), HostKind::Exact(b)) => a == b,
+            (HostKind::Wildcard(a), HostKind::Wildcard(b)) => a == b,
+            (HostKind::Exact(h), w @ HostKind::Wildcard(_))
+            | (w @ HostKind::Wildcard(_), HostKind::Exact(h)) => Self {
+                kind: w.clone(),
+                port: None,
+            }
+            .matches(h, None),
+        }
     }
 
     /// `host` is already lowercase without a trailing dot (see [`RequestFacts`]).
@@ -382,6 +423,29 @@ impl PathPattern {
                 }
                 (Segment::Literal(_), Segment::Any(_)) => false,
             })
+    }
+
+    /// Whether some path matches both patterns (literals compared case-insensitively when
+    /// `fold_case`).
+    pub fn intersects(&self, other: &Self, fold_case: bool) -> bool {
+        let (a, b) = (self.segments.len(), other.segments.len());
+        let lengths = match (self.prefix, other.prefix) {
+            (false, false) => a == b,
+            (true, false) => b >= a,
+            (false, true) => a >= b,
+            (true, true) => true,
+        };
+        lengths
+            && self
+                .segments
+                .iter()
+                .zip(other.segments.iter())
+                .all(|pair| match pair {
+                    (Segment::Literal(x), Segment::Literal(y)) => {
+                        x == y || (fold_case && x.eq_ignore_ascii_case(y))
+                    }
+                    _ => true,
+                })
     }
 
     /// The `{name}` segments of a path this pattern matches, with their values.

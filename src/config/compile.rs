@@ -534,6 +534,40 @@ pub fn compile(
                         .warning(),
                     );
                 }
+                // Lint: an earlier allow rule deciding part of what a deny rule matches is
+                // how a deny meant as a guard quietly stops guarding.
+                if shadow.is_none() && rule.effect == Effect::Deny {
+                    // Candidates share the deny rule's first literal segment or have none;
+                    // a deny rule without one can meet any earlier rule.
+                    let overlap = if first.is_some() {
+                        lint_any
+                            .iter()
+                            .chain(bucket.into_iter().flatten())
+                            .copied()
+                            .filter(|&a| {
+                                rules.get(a).is_some_and(|e: &Rule| {
+                                    e.effect == Effect::Allow && rule.overlaps(e)
+                                })
+                            })
+                            .min()
+                    } else {
+                        rules
+                            .iter()
+                            .position(|e| e.effect == Effect::Allow && rule.overlaps(e))
+                    };
+                    if let Some(a) = overlap.and_then(|a| rules.get(a)) {
+                        diags.push(
+                            at(
+                                "match",
+                                format!(
+                                    "deny rule `{}` does not refuse everything it matches: `{}` ({}) comes first and allows some of those requests",
+                                    r.name, a.id.0, a.file
+                                ),
+                            )
+                            .warning(),
+                        );
+                    }
+                }
                 let index = rules.len();
                 if rule.paths.is_empty() {
                     lint_any.push(index);

@@ -678,3 +678,52 @@ async fn denial_shape_login_redirect_status_and_body() {
         assert!(metrics.contains(line), "{line} in:\n{metrics}");
     }
 }
+
+#[test]
+fn check_warns_when_an_earlier_allow_rule_takes_part_of_a_deny_rule() {
+    let cfg = ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:
+  - name: reads
+    match: {paths: [\"/files/*\"], methods: [GET]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+  - name: no-posts
+    match: {paths: [\"/files/**\"], methods: [POST]}
+    effect: deny
+  - name: no-files
+    match: {paths: [\"/files/**\"]}
+    effect: deny
+  - name: tenant-read
+    match: {hosts: [\"*.example.com\"], paths: [\"/{tenant}/reports\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+  - name: no-acme-reports
+    match: {hosts: [acme.example.com], paths: [\"/ACME/**\"]}
+    effect: deny
+  - name: other-host
+    match: {hosts: [api.other.com], paths: [\"/x/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+  - name: no-x-here
+    match: {hosts: [api.example.com], paths: [\"/x/admin/**\"]}
+    effect: deny
+",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "warnings only: {text}");
+    for expected in [
+        "p.yaml:11:5: warning: rules[2].match: deny rule `no-files` does not refuse everything it matches: `reads`",
+        "warning: rules[4].match: deny rule `no-acme-reports` does not refuse everything it matches: `tenant-read`",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+    // Another host, another segment, another method: no overlap, no warning.
+    assert!(!text.contains("`no-x-here`"), "{text}");
+    assert!(!text.contains("`no-posts`"), "{text}");
+    assert!(text.contains("2 warning(s)"), "{text}");
+}
