@@ -124,3 +124,51 @@ async fn ambiguous_host_rejected() {
     }
     assert_eq!(gw.echo.count(), 0);
 }
+
+/// A host-specific deny under a policy that allows everything else: the admin host's name in
+/// another case, with a trailing dot, with a port, or in an absolute-form target whose
+/// authority disagrees with `Host`, is still the admin host.
+#[tokio::test]
+async fn admin_host_spellings_denied() {
+    let policy = "rules:
+  - name: admin-host
+    match: {hosts: [admin.example.com]}
+    effect: deny
+  - name: all
+    match: {paths: [\"/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+";
+    let gw = Setup::with_policy(policy).start().await;
+    let send = |head: String| {
+        let addr = gw.addr();
+        async move { raw(addr, head.as_bytes()).await }
+    };
+    for host in [
+        "admin.example.com",
+        "ADMIN.Example.COM",
+        "admin.example.com.",
+        "admin.example.com:8080",
+        "Admin.Example.Com.:443",
+    ] {
+        let r = send(format!(
+            "GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        assert_eq!(r.status, 403, "Host: {host}: {}", r.head);
+    }
+    // The absolute-form authority is what is decided on (RFC 9112 §3.2.2), not `Host`.
+    let r = send(
+        "GET http://ADMIN.example.com./x HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n"
+            .to_owned(),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.head);
+    assert_eq!(gw.echo.count(), 0, "nothing reached the upstream");
+    // Another host passes: the rule is not simply denying everything.
+    let r =
+        send("GET /x HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n".to_owned())
+            .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+}

@@ -145,3 +145,64 @@ async fn twenty_reloads_under_load_drop_nothing() {
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(metrics.contains(r#"portcullis_config_reloads_total{outcome="applied"} 20"#));
 }
+
+/// A policy file edited to add a rule (watched, not asked for): the new route opens while a
+/// client loop on the existing one sees no failure.
+#[tokio::test]
+async fn a_reload_that_adds_a_rule_takes_effect_without_dropping_a_request() {
+    let old = "rules:
+  - name: old
+    match: {paths: [\"/old/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+";
+    let gw = Setup {
+        policies: vec![("10-p.yaml".into(), old.into())],
+        watch: true,
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let addr = gw.addr();
+    assert_eq!(get(addr, "/new/x").await.0, StatusCode::FORBIDDEN);
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            for _ in 0..5_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if get(addr, "/old/x").await.0 == StatusCode::OK {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.write(
+        "policies/10-p.yaml",
+        format!("{old}  - name: new\n    match: {{paths: [\"/new/**\"]}}\n    effect: allow\n    anonymous: true\n    upstream: echo\n"),
+    );
+    let opened = eventually(Duration::from_secs(10), || async {
+        get(addr, "/new/x").await.0 == StatusCode::OK
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert!(opened, "the added rule took effect");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the reload"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 0, "load actually ran");
+}
