@@ -144,9 +144,26 @@ mkdir -p "$TMP/portcullis/policies"
 # so after the first one it is a cached verification.
 "$BIN" keys new --alg RS256 --kid bench --out "$TMP/keys" >/dev/null
 TOKEN=$("$BIN" token mint --key "$TMP/keys/bench.key" --alg RS256 --kid bench \
-    --iss https://bench.portcullis --aud bench --sub bench-user --ttl 2h)
+    --iss https://bench.portcullis --aud bench --sub bench-user --ttl 2h \
+    --scope "orders:read" --claim tenant=acme --claim 'roles=["admin","ops"]')
+# The full gateway (issue 4's load row): TLS, the cached RS256 token, a claim requirement, a
+# CEL condition over a path parameter, a rate limit far above the load, and identity headers.
 cat >"$TMP/portcullis/policies/10-all.yaml" <<'EOF'
 rules:
+  - name: full
+    match:
+      paths: ["/full/{tenant}/**"]
+      methods: [GET]
+    effect: allow
+    authenticators: [bench]
+    require:
+      scopes: {all_of: ["orders:read"]}
+      claims: {tenant: {equals: acme}}
+    when: params.tenant == claims.tenant && action == 'read'
+    rate_limit: per-user
+    identity_headers:
+      x-user-roles: "{claims.roles}"
+    upstream: app
   - name: jwt
     match:
       paths: ["/jwt/**"]
@@ -182,6 +199,15 @@ policies:
 logging:
   level: warn
   access_log: false
+identity_headers:
+  x-user-id: "{principal.id}"
+  x-tenant-id: "{claims.tenant}"
+  x-real-client: "{client.ip}"
+rate_limits:
+  per-user:
+    key: principal
+    requests: 100000000
+    per: 1s
 authenticators:
   bench:
     jwt:
@@ -213,7 +239,7 @@ wait_http "http://127.0.0.1:$P_ADMIN/readyz" "portcullis /readyz" ||
     { cat "$TMP/portcullis/stdout.log" >&2; exit 1; }
 
 # --- scenarios -----------------------------------------------------------------------------------
-SCENARIOS=(direct nginx portcullis portcullis-jwt nginx-tls portcullis-tls)
+SCENARIOS=(direct nginx portcullis portcullis-jwt nginx-tls portcullis-tls portcullis-full)
 declare -A URL=(
     [direct]="http://127.0.0.1:$P_UP/"
     [nginx]="http://127.0.0.1:$P_NGX/"
@@ -221,8 +247,9 @@ declare -A URL=(
     [portcullis-jwt]="http://127.0.0.1:$P_PC/jwt/"
     [nginx-tls]="https://127.0.0.1:$P_NGX_TLS/"
     [portcullis-tls]="https://127.0.0.1:$P_PC_TLS/"
+    [portcullis-full]="https://127.0.0.1:$P_PC_TLS/full/acme/orders"
 )
-declare -A HEADER=([portcullis-jwt]="Authorization: Bearer $TOKEN")
+declare -A HEADER=([portcullis-jwt]="Authorization: Bearer $TOKEN" [portcullis-full]="Authorization: Bearer $TOKEN")
 declare -A RPS P50 P99 NON2XX SOCKERR UPCONN
 
 # Connections the upstream has accepted so far (stub_status): shows whether a proxy pools.
@@ -251,6 +278,10 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 # The protected route refuses a request without the token.
 code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 2 "${URL[portcullis-jwt]}")
 [[ $code == 401 ]] || die "portcullis-jwt: expected 401 without a token, got $code"
+# The full route refuses another tenant's path (the CEL condition runs).
+code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 2 -H "Authorization: Bearer $TOKEN" \
+    "https://127.0.0.1:$P_PC_TLS/full/other/orders")
+[[ $code == 403 ]] || die "portcullis-full: expected 403 for another tenant, got $code"
 for s in "${SCENARIOS[@]}"; do
     hdr=()
     [[ -z ${HEADER[$s]:-} ]] || hdr=(-H "${HEADER[$s]}")
@@ -298,6 +329,8 @@ table() {
     echo "- portcullis-tls / nginx-tls: **${r}×** (target ≥ 1.5×): **$(verdict "$r" 1.5)**"
     r=$(ratio "${RPS[portcullis-jwt]}" "${RPS[portcullis]}")
     echo "- portcullis-jwt (cached RS256) / portcullis: **${r}×** (target ≥ 0.9×): **$(verdict "$r" 0.9)**"
+    r=$(ratio "${RPS[portcullis-full]}" "${RPS[nginx]}")
+    echo "- portcullis-full (TLS, cached RS256, claim check, CEL, rate limit, identity headers) / nginx (plain proxy_pass): **${r}×** (target ≥ 1.0×): **$(verdict "$r" 1.0)**"
 }
 
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -331,10 +364,13 @@ after a short warm-up:
 - `portcullis-jwt`: the same, on a route requiring an RS256 JWT (PEM key file); every request
   carries the same token, so all but the first are cached verifications;
 - `nginx-tls`: wrk → nginx terminating TLS → upstream;
-- `portcullis-tls`: wrk → Portcullis terminating TLS → upstream.
+- `portcullis-tls`: wrk → Portcullis terminating TLS → upstream;
+- `portcullis-full`: wrk → Portcullis over TLS on a route with everything on: the cached RS256
+  token, a scope and a claim requirement, a CEL `when` over a path parameter, a rate limit (far
+  above the load) and four identity headers.
 
 Only the ratios measured within one run matter (targets: portcullis ≥ 1.0× nginx,
-portcullis-tls ≥ 1.5× nginx-tls, portcullis-jwt ≥ 0.9× portcullis). The absolute numbers depend on the machine and on whatever
+portcullis-tls ≥ 1.5× nginx-tls, portcullis-jwt ≥ 0.9× portcullis, portcullis-full ≥ 1.0× nginx). The absolute numbers depend on the machine and on whatever
 else runs on it, and must not be compared across runs or machines. `non-2xx` and `socket errors`
 come from wrk; `upstream conns` is how many connections the upstream accepted during the
 measured window (nginx `stub_status`): a pooling proxy opens few, one per request means no reuse. `+dirty` after the commit

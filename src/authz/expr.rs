@@ -13,9 +13,12 @@
 //! built for a request.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use cel::objects::{Key, Value as Cel};
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+};
+use cel::objects::Value as Cel;
 use cel::{Context, Program};
 use http::Method;
 use serde_json::Value;
@@ -103,33 +106,31 @@ impl Condition {
         self.uses.params
     }
 
-    /// Evaluates the condition for a request.
+    /// Evaluates the condition for a request. The variables borrow from the request and the
+    /// principal (no string is copied but decoded query values).
     pub fn eval(
         &self,
         facts: &RequestFacts<'_>,
         principal: Option<&Principal>,
         params: &[(Box<str>, String)],
     ) -> Result<(), ConditionError> {
-        let root = ROOT.get_or_init(Context::default);
+        let root: &Context<'_, '_> = ROOT.get_or_init(Context::default);
         let mut cx = root.new_inner_scope();
         if self.uses.claims {
-            let claims = principal.map_or(Cel::Map(HashMap::<Key, Cel>::new().into()), |p| {
-                json_map(&p.claims)
-            });
-            cx.add_variable_from_value("claims", claims);
+            let claims = principal.map_or_else(|| map([]), |p| json_map(&p.claims));
+            cx.add_variable_as_val("claims", claims);
         }
         if self.uses.principal {
-            cx.add_variable_from_value("principal", principal_value(principal));
+            cx.add_variable_as_val("principal", principal_value(principal));
         }
         if self.uses.request {
-            cx.add_variable_from_value("request", request_value(facts));
+            cx.add_variable_as_val("request", request_value(facts));
         }
         if self.uses.params {
-            let map: HashMap<Key, Cel> = params.iter().map(|(k, v)| (key(k), string(v))).collect();
-            cx.add_variable_from_value("params", Cel::Map(map.into()));
+            cx.add_variable_as_val("params", map(params.iter().map(|(k, v)| (&**k, string(v)))));
         }
         if self.uses.action {
-            cx.add_variable_from_value("action", string(action(facts)));
+            cx.add_variable_as_val("action", string(action(facts)));
         }
         match self.program.execute(&cx) {
             Ok(Cel::Bool(true)) => Ok(()),
@@ -161,45 +162,65 @@ pub fn action(facts: &RequestFacts<'_>) -> &'static str {
     }
 }
 
-fn string(s: &str) -> Cel {
-    Cel::String(Arc::new(s.to_owned()))
+/// A CEL value borrowing for `'a`.
+type Val<'a> = Box<dyn cel::common::value::Val + 'a>;
+
+fn string(s: &str) -> Val<'_> {
+    Box::new(CelString::from(s))
 }
 
-fn key(s: &str) -> Key {
-    Key::String(Arc::new(s.to_owned()))
+fn owned(s: String) -> Val<'static> {
+    Box::new(CelString::from(s))
 }
 
-fn strings(v: &[Box<str>]) -> Cel {
-    Cel::List(Arc::new(v.iter().map(|s| string(s)).collect()))
+fn map<'a>(entries: impl IntoIterator<Item = (&'a str, Val<'a>)>) -> Val<'a> {
+    let m: HashMap<CelMapKey<'a>, Val<'a>> = entries
+        .into_iter()
+        .map(|(k, v)| (CelMapKey::from(k), v))
+        .collect();
+    Box::new(CelMap::from(m))
 }
 
-fn principal_value(p: Option<&Principal>) -> Cel {
-    let mut m: HashMap<Key, Cel> = HashMap::new();
-    m.insert(key("authenticated"), Cel::Bool(p.is_some()));
-    let opt = |v: Option<&str>| v.map_or(Cel::Null, string);
-    m.insert(key("id"), string(p.map_or("", |p| &p.id)));
-    m.insert(
-        key("kind"),
-        string(match p.map(|p| p.kind) {
-            Some(PrincipalKind::User) => "user",
-            Some(PrincipalKind::Machine) => "machine",
-            None => "anonymous",
-        }),
-    );
-    m.insert(key("authenticator"), opt(p.map(|p| &*p.authenticator)));
-    m.insert(key("issuer"), opt(p.and_then(|p| p.issuer.as_deref())));
-    m.insert(key("tenant"), opt(p.and_then(|p| p.tenant.as_deref())));
-    m.insert(
-        key("api_key_id"),
-        opt(p.and_then(|p| p.api_key_id.as_deref())),
-    );
-    m.insert(key("scopes"), strings(p.map_or(&[], |p| &p.scopes)));
-    m.insert(key("roles"), strings(p.map_or(&[], |p| &p.roles)));
-    Cel::Map(m.into())
+fn strings(v: &[Box<str>]) -> Val<'_> {
+    Box::new(CelList::from(
+        v.iter().map(|s| string(s)).collect::<Vec<_>>(),
+    ))
 }
 
-fn request_value(facts: &RequestFacts<'_>) -> Cel {
-    let mut query: HashMap<Key, Cel> = HashMap::new();
+fn optional(v: Option<&str>) -> Val<'_> {
+    match v {
+        Some(s) => string(s),
+        None => Box::new(CelNull),
+    }
+}
+
+fn principal_value(p: Option<&Principal>) -> Val<'_> {
+    let opt = optional;
+    map([
+        (
+            "authenticated",
+            Box::new(CelBool::from(p.is_some())) as Val<'_>,
+        ),
+        ("id", string(p.map_or("", |p| &p.id))),
+        (
+            "kind",
+            string(match p.map(|p| p.kind) {
+                Some(PrincipalKind::User) => "user",
+                Some(PrincipalKind::Machine) => "machine",
+                None => "anonymous",
+            }),
+        ),
+        ("authenticator", opt(p.map(|p| &*p.authenticator))),
+        ("issuer", opt(p.and_then(|p| p.issuer.as_deref()))),
+        ("tenant", opt(p.and_then(|p| p.tenant.as_deref()))),
+        ("api_key_id", opt(p.and_then(|p| p.api_key_id.as_deref()))),
+        ("scopes", strings(p.map_or(&[], |p| &p.scopes))),
+        ("roles", strings(p.map_or(&[], |p| &p.roles))),
+    ])
+}
+
+fn request_value<'a>(facts: &'a RequestFacts<'_>) -> Val<'a> {
+    let mut query: HashMap<CelMapKey<'a>, Val<'a>> = HashMap::new();
     if let Some(q) = facts.query {
         for kv in q.split('&').filter(|kv| !kv.is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -209,52 +230,55 @@ fn request_value(facts: &RequestFacts<'_>) -> Cel {
             ) else {
                 continue;
             };
-            query.entry(key(&k)).or_insert_with(|| string(&v));
+            query
+                .entry(CelMapKey::from(k.into_owned()))
+                .or_insert_with(|| owned(v.into_owned()));
         }
     }
-    let mut headers: HashMap<Key, Cel> = HashMap::new();
+    let mut headers: HashMap<CelMapKey<'a>, Val<'a>> = HashMap::new();
     for (name, value) in facts.headers {
         if let Ok(v) = value.to_str() {
             headers
-                .entry(key(name.as_str()))
+                .entry(CelMapKey::from(name.as_str()))
                 .or_insert_with(|| string(v));
         }
     }
-    let mut m: HashMap<Key, Cel> = HashMap::new();
-    m.insert(key("method"), string(facts.method.as_str()));
-    m.insert(key("host"), string(&facts.host));
-    m.insert(key("path"), string(&facts.path));
-    m.insert(key("query"), Cel::Map(query.into()));
-    m.insert(key("headers"), Cel::Map(headers.into()));
-    Cel::Map(m.into())
+    map([
+        ("method", string(facts.method.as_str())),
+        ("host", string(&facts.host)),
+        ("path", string(&facts.path)),
+        ("query", Box::new(CelMap::from(query)) as Val<'a>),
+        ("headers", Box::new(CelMap::from(headers))),
+    ])
 }
 
-fn json_map(m: &serde_json::Map<String, Value>) -> Cel {
-    let map: HashMap<Key, Cel> = m.iter().map(|(k, v)| (key(k), json(v))).collect();
-    Cel::Map(map.into())
+fn json_map(m: &serde_json::Map<String, Value>) -> Val<'_> {
+    map(m.iter().map(|(k, v)| (k.as_str(), json(v))))
 }
 
-fn json(v: &Value) -> Cel {
+fn json(v: &Value) -> Val<'_> {
     match v {
-        Value::Null => Cel::Null,
-        Value::Bool(b) => Cel::Bool(*b),
+        Value::Null => Box::new(CelNull),
+        Value::Bool(b) => Box::new(CelBool::from(*b)),
         Value::Number(n) => {
             if let Some(i) = n.as_i64() {
-                Cel::Int(i)
+                Box::new(CelInt::from(i))
             } else if let Some(u) = n.as_u64() {
-                Cel::UInt(u)
+                Box::new(CelUInt::from(u))
             } else {
-                Cel::Float(n.as_f64().unwrap_or(f64::NAN))
+                Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN)))
             }
         }
         Value::String(s) => string(s),
-        Value::Array(a) => Cel::List(Arc::new(a.iter().map(json).collect())),
+        Value::Array(a) => Box::new(CelList::from(a.iter().map(json).collect::<Vec<_>>())),
         Value::Object(o) => json_map(o),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use http::Request;
     use serde_json::json;
 
