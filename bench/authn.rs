@@ -63,7 +63,7 @@ fn fixture() -> Fixture {
     );
     std::fs::write(dir.path().join("rsa.pem"), &rsa.public_pem).unwrap();
     let mut tokens = Vec::new();
-    let claims = json!({"iss": ISS, "aud": "api", "sub": "bench-user", "scope": "read write", "exp": now() + 3600, "iat": now()});
+    let claims = json!({"iss": ISS, "aud": "api", "sub": "bench-user", "scope": "read write", "tenant": "acme", "exp": now() + 3600, "iat": now()});
     for (name, alg) in algs {
         let signer = match alg {
             Algorithm::HS256 | Algorithm::HS512 => SigningKey::hmac(secret, alg, "hs").unwrap(),
@@ -84,13 +84,31 @@ fn fixture() -> Fixture {
     }
     std::fs::write(
         dir.path().join("policies/p.yaml"),
-        "rules:\n  - name: api\n    match: {paths: [\"/api/**\"], methods: [GET]}\n    effect: allow\n    authenticators: [users]\n    upstream: app\n",
+        "rules:
+  - name: full
+    match: {paths: [\"/full/{tenant}/**\"], methods: [GET]}
+    effect: allow
+    authenticators: [users]
+    require:
+      scopes: {all_of: [read]}
+      claims: {tenant: {equals: acme}}
+    when: params.tenant == claims.tenant && action == 'read'
+    rate_limit: per-user
+    identity_headers:
+      x-user-scopes: \"{principal.scopes}\"
+    upstream: app
+  - name: api
+    match: {paths: [\"/api/**\"], methods: [GET]}
+    effect: allow
+    authenticators: [users]
+    upstream: app
+",
     )
     .unwrap();
     std::fs::write(
         dir.path().join("portcullis.yaml"),
         format!(
-            "listeners:\n  - name: http\n    address: 127.0.0.1:0\nupstreams:\n  app: {{url: \"http://127.0.0.1:9\"}}\npolicies: {{dir: policies}}\nauthenticators:\n  users:\n    jwt:\n      providers:\n        - issuer: {ISS}\n          audiences: [api]\n          keys:\n{keys_yaml}"
+            "listeners:\n  - name: http\n    address: 127.0.0.1:0\nupstreams:\n  app: {{url: \"http://127.0.0.1:9\"}}\npolicies: {{dir: policies}}\nidentity_headers:\n  x-user-id: \"{{principal.id}}\"\n  x-tenant-id: \"{{claims.tenant}}\"\n  x-real-client: \"{{client.ip}}\"\nrate_limits:\n  per-user: {{key: principal, requests: 100000000, per: 1s}}\nauthenticators:\n  users:\n    jwt:\n      providers:\n        - issuer: {ISS}\n          audiences: [api]\n          keys:\n{keys_yaml}"
         ),
     )
     .unwrap();
@@ -148,6 +166,28 @@ fn benches(c: &mut Criterion) {
     c.bench_function("decide_cached_rs256", |b| {
         b.iter(|| {
             let facts = RequestFacts::from_parts(black_box(&parts), &conn, &[]).unwrap();
+            let d = rt.block_on(decision::decide(&f.snapshot, &facts, &mut NoTrace));
+            black_box(matches!(d, Decision::Allow(_)))
+        });
+    });
+    // The load bench's full route: scope and claim requirements, a CEL condition over a path
+    // parameter, a rate limit and four identity headers, on the cached token.
+    let (full, ()) = http::Request::get("/full/acme/orders")
+        .header("host", "api.example.com")
+        .header("authorization", format!("Bearer {rs256}"))
+        .header("user-agent", "bench")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let facts = RequestFacts::from_parts(&full, &conn, &[]).unwrap();
+    let d = rt.block_on(decision::decide(&f.snapshot, &facts, &mut NoTrace));
+    assert!(
+        matches!(&d, Decision::Allow(a) if a.identity.len() == 4),
+        "{d:?}"
+    );
+    c.bench_function("decide_full_policy", |b| {
+        b.iter(|| {
+            let facts = RequestFacts::from_parts(black_box(&full), &conn, &[]).unwrap();
             let d = rt.block_on(decision::decide(&f.snapshot, &facts, &mut NoTrace));
             black_box(matches!(d, Decision::Allow(_)))
         });

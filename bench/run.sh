@@ -7,7 +7,8 @@
 #   DURATION=8 CONNS=100 bench/run.sh
 #
 # Env: DURATION (s, default 10), CONNS (default 50), WARMUP (s, default 1), SERVER_CPU (0),
-# LOAD_CPU (1), RESULTS (default bench/RESULTS.md; empty: do not record).
+# LOAD_CPU (1), RESULTS (default bench/RESULTS.md; empty: do not record), PERF (a scenario name:
+# profile Portcullis with perf during it, report in target/perf-SCENARIO.txt).
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -234,6 +235,7 @@ start_nginx proxy
 wait_http "http://127.0.0.1:$P_NGX/" "nginx proxy" || { cat "$TMP/proxy/error.log" >&2; exit 1; }
 taskset -c "$SERVER_CPU" "$BIN" run -c "$TMP/portcullis/portcullis.yaml" --no-watch \
     >"$TMP/portcullis/stdout.log" 2>&1 &
+PC_PID=$!
 PIDS+=($!)
 wait_http "http://127.0.0.1:$P_ADMIN/readyz" "portcullis /readyz" ||
     { cat "$TMP/portcullis/stdout.log" >&2; exit 1; }
@@ -292,7 +294,20 @@ for s in "${SCENARIOS[@]}"; do
     fi
     log "$s: ${DURATION}s, $CONNS connections"
     acc0=$(upstream_accepts)
+    perf_pid=
+    if [[ -n ${PERF:-} && $PERF == "$s" ]]; then
+        # A CPU profile of Portcullis during this scenario, for finding where the time goes.
+        perf record -F 1999 -g -p "$PC_PID" -o "$TMP/perf.data" -- sleep "$DURATION" \
+            >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     run_wrk "$TMP/wrk-$s.txt" -d"${DURATION}s" --latency "${hdr[@]}" "${URL[$s]}"
+    if [[ -n $perf_pid ]]; then
+        wait "$perf_pid" || true
+        perf report -i "$TMP/perf.data" --no-children --percent-limit 0.05 --stdio -g none \
+            >"$ROOT/target/perf-$s.txt" 2>/dev/null || true
+        log "profile of $s: target/perf-$s.txt"
+    fi
     out=$(<"$TMP/wrk-$s.txt")
     UPCONN[$s]=$(($(upstream_accepts) - acc0 - 1))
     RPS[$s]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
