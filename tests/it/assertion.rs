@@ -6,20 +6,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jw
 use portcullis::authn::jwt::mint::SigningKey;
 use serde_json::{Value, json};
 
-use crate::support::{Setup, TestGateway, echoed_header, raw};
+use crate::support::{Setup, TestGateway, echoed_header, raw_status};
 
 const SECRET: &[u8] = b"assertion-test-secret-assertion-test-secret-012";
 
 async fn gateway(signing: &SigningKey, retired: &SigningKey) -> TestGateway {
-    let extra = "authenticators:
-  users:
-    jwt:
-      providers:
-        - issuer: https://iss.test
-          audiences: [api]
-          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]
-          principal: {roles_claim: roles}
-identity_assertion:
+    let assertion = "identity_assertion:
   key_file: assertion.key
   algorithm: ES256
   kid: gw-2
@@ -58,7 +50,10 @@ identity_assertion:
                 retired.private_pem.expose().as_bytes().to_vec(),
             ),
         ],
-        extra: extra.into(),
+        extra: format!(
+            "{}{assertion}",
+            crate::support::hs256_users("{roles_claim: roles}")
+        ),
         ..Setup::default()
     }
     .start()
@@ -66,12 +61,7 @@ identity_assertion:
 }
 
 async fn request(gw: &TestGateway, path: &str, headers: &str) -> u16 {
-    raw(
-        gw.addr(),
-        format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .status
+    raw_status(gw.addr(), path, headers).await
 }
 
 #[tokio::test]

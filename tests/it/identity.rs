@@ -4,7 +4,7 @@
 use portcullis::authn::apikey::{generate, hash_of};
 use serde_json::{Value, json};
 
-use crate::support::{ConfigDir, Setup, TestGateway, echoed_header, raw};
+use crate::support::{ConfigDir, Setup, TestGateway, echoed_header};
 
 const SECRET: &[u8] = b"identity-test-secret-identity-test-secret-0123";
 
@@ -13,15 +13,7 @@ fn token(claims: &Value) -> String {
 }
 
 async fn gateway(api_key: &str) -> TestGateway {
-    let extra = "authenticators:
-  users:
-    jwt:
-      providers:
-        - issuer: https://iss.test
-          audiences: [api]
-          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]
-          principal: {roles_claim: roles, tenant_claim: org.tenant}
-  partners:
+    let extra = "  partners:
     api_key: {keys_file: keys.yaml}
 identity_headers:
   x-user-id: \"{principal.id}\"
@@ -59,7 +51,10 @@ identity_headers:
                 .into_bytes(),
             ),
         ],
-        extra: extra.into(),
+        extra: format!(
+            "{}{extra}",
+            crate::support::hs256_users("{roles_claim: roles, tenant_claim: org.tenant}")
+        ),
         ..Setup::default()
     }
     .start()
@@ -68,12 +63,7 @@ identity_headers:
 
 /// A raw request with the given extra header lines; returns the status.
 async fn request(gw: &TestGateway, path: &str, headers: &str) -> u16 {
-    raw(
-        gw.addr(),
-        format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .status
+    crate::support::raw_status(gw.addr(), path, headers).await
 }
 
 #[tokio::test]

@@ -14,21 +14,15 @@ fn token(claims: &Value) -> String {
     crate::support::hs256_token(SECRET, claims)
 }
 
-const AUTHN: &str = "authenticators:
-  users:
-    jwt:
-      providers:
-        - issuer: https://iss.test
-          audiences: [api]
-          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]
-          principal: {roles_claim: realm.roles}
-";
+fn authn() -> String {
+    crate::support::hs256_users("{roles_claim: realm.roles}")
+}
 
 async fn gateway(rules: &str) -> TestGateway {
     Setup {
         policies: vec![("10-p.yaml".into(), format!("rules:\n{rules}"))],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
-        extra: AUTHN.into(),
+        extra: authn(),
         ..Setup::default()
     }
     .start()
@@ -163,7 +157,7 @@ async fn a_client_certificate_requirement_refuses_plain_connections() {
 
 #[tokio::test]
 async fn contradictory_requirements_are_config_errors() {
-    let cfg = ConfigDir::new(AUTHN);
+    let cfg = ConfigDir::new(&authn());
     cfg.write("hs.secret", SECRET);
     cfg.write(
         "policies/p.yaml",
@@ -212,7 +206,8 @@ async fn contradictory_requirements_are_config_errors() {
 #[tokio::test]
 async fn check_warns_when_two_authenticators_read_one_credential() {
     let authn = format!(
-        "{AUTHN}  keys:\n    api_key: {{from: [bearer], keys: []}}\n  devices:\n    mtls: {{listeners: [http]}}\n"
+        "{}  keys:\n    api_key: {{from: [bearer], keys: []}}\n  devices:\n    mtls: {{listeners: [http]}}\n",
+        authn()
     );
     let policy = "rules:\n  - name: both\n    match: {paths: [\"/**\"]}\n    effect: allow\n    authenticators: [users, keys]\n    upstream: echo\n";
     let cfg = ConfigDir::new(&authn);
@@ -238,7 +233,8 @@ async fn check_warns_when_two_authenticators_read_one_credential() {
 #[tokio::test]
 async fn explain_shows_the_rule_trace_status_and_upstream_headers_without_credentials() {
     let cfg = ConfigDir::new(&format!(
-        "identity_headers: {{x-user-id: \"{{principal.id}}\"}}\n{AUTHN}"
+        "identity_headers: {{x-user-id: \"{{principal.id}}\"}}\n{}",
+        authn()
     ));
     cfg.write("hs.secret", SECRET);
     cfg.write(
@@ -338,7 +334,7 @@ async fn seed_gateway() -> TestGateway {
     Setup {
         policies: vec![("seed.yaml".into(), policy)],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
-        extra: AUTHN.into(),
+        extra: authn(),
         ..Setup::default()
     }
     .start()
@@ -438,7 +434,7 @@ async fn seed_parity_policies() {
 
 #[tokio::test]
 async fn when_expressions_are_compiled_at_load() {
-    let cfg = ConfigDir::new(AUTHN);
+    let cfg = ConfigDir::new(&authn());
     cfg.write("hs.secret", SECRET);
     cfg.write(
         "policies/p.yaml",

@@ -10,14 +10,7 @@ use crate::support::{Setup, TestGateway, send};
 
 const SECRET: &[u8] = b"ratelimit-test-secret-ratelimit-test-secret-0123";
 
-const CONFIG: &str = "authenticators:
-  users:
-    jwt:
-      providers:
-        - issuer: https://iss.test
-          audiences: [api]
-          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]
-rate_limits:
+const LIMITS: &str = "rate_limits:
   per-user:
     key: principal
     requests: 3
@@ -52,7 +45,7 @@ async fn gateway() -> TestGateway {
     Setup {
         policies: vec![("10-p.yaml".into(), policy(""))],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
-        extra: CONFIG.into(),
+        extra: format!("{}{LIMITS}", crate::support::hs256_users("{}")),
         ..Setup::default()
     }
     .start()

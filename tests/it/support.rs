@@ -544,3 +544,30 @@ pub fn hs256_token(secret: &[u8], claims: &serde_json::Value) -> String {
         .sign(&c)
         .unwrap()
 }
+
+/// An `authenticators:` block with one JWT authenticator, `users`, trusting the tokens of
+/// [`hs256_token`] (secret from the file `hs.secret`); `principal` is its `principal:`
+/// mapping (`{}` for the defaults). More authenticators may be appended, indented two spaces.
+pub fn hs256_users(principal: &str) -> String {
+    format!(
+        "authenticators:
+  users:
+    jwt:
+      providers:
+        - issuer: https://iss.test
+          audiences: [api]
+          keys: [{{hmac: {{secret: {{file: hs.secret}}, kid: k, algorithms: [HS256]}}}}]
+          principal: {principal}
+"
+    )
+}
+
+/// The status of a `GET path` sent raw, with extra header lines (each ending in CRLF).
+pub async fn raw_status(addr: SocketAddr, path: &str, headers: &str) -> u16 {
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .status
+}
