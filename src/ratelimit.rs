@@ -150,7 +150,12 @@ impl Limit {
         let mut h = self.hasher.build_hasher();
         let by_ip = |h: &mut foldhash::fast::FoldHasher, ip: IpAddr| {
             0u8.hash(h);
-            ip.hash(h);
+            match ip {
+                IpAddr::V4(v4) => v4.hash(h),
+                // One site (a /64) holds more addresses than anyone could track: counting each
+                // would hand a single client endless budgets and unbounded state.
+                IpAddr::V6(v6) => (u128::from(v6) >> 64).hash(h),
+            }
         };
         match (&self.key, principal) {
             (CountBy::ClientIp, _) => by_ip(&mut h, facts.client_ip),
@@ -168,13 +173,17 @@ impl Limit {
                 p.authenticator.hash(&mut h);
                 p.id.hash(&mut h);
             }
-            (CountBy::Header(name), _) => match facts.headers.get(name) {
-                Some(v) => {
-                    4u8.hash(&mut h);
-                    v.as_bytes().hash(&mut h);
+            // A header is believed only from a trusted proxy: a client choosing a new value
+            // per request would get a new budget each time.
+            (CountBy::Header(name), _) => {
+                match facts.headers.get(name).filter(|_| facts.peer_trusted) {
+                    Some(v) => {
+                        4u8.hash(&mut h);
+                        v.as_bytes().hash(&mut h);
+                    }
+                    None => by_ip(&mut h, facts.client_ip),
                 }
-                None => by_ip(&mut h, facts.client_ip),
-            },
+            }
             (CountBy::Claim(path), Some(p)) => match lookup(&p.claims, path) {
                 Some(serde_json::Value::String(s)) => {
                     5u8.hash(&mut h);

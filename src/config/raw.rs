@@ -119,9 +119,10 @@ fn default_assertion_ttl() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     /// What is counted separately: `principal` (anonymous requests by client address),
-    /// `api_key` (the key's id; other requests by principal), `client_ip`, `route` (one
-    /// budget for everyone on the rule), `header:NAME` or `claim:PATH` (absent: by client
-    /// address).
+    /// `api_key` (the key's id; other requests by principal), `client_ip` (IPv6 by /64),
+    /// `route` (one budget for everyone on the rule), `header:NAME` (believed only from
+    /// `server.trusted_proxies`: a client could pick a new value per request) or
+    /// `claim:PATH`; when absent or not believed, by client address.
     pub key: String,
     /// Requests allowed per `per`, on average.
     pub requests: u32,

@@ -19,6 +19,10 @@ const LIMITS: &str = "rate_limits:
     key: client_ip
     requests: 2
     per: 1h
+  per-team:
+    key: header:x-team
+    requests: 1
+    per: 1h
 ";
 
 fn policy(extra_rule: &str) -> String {
@@ -36,6 +40,12 @@ fn policy(extra_rule: &str) -> String {
     effect: allow
     anonymous: true
     rate_limit: per-address
+    upstream: echo
+  - name: team
+    match: {{paths: [\"/team/**\"]}}
+    effect: allow
+    anonymous: true
+    rate_limit: per-team
     upstream: echo
 {extra_rule}"
     )
@@ -91,8 +101,18 @@ async fn over_the_limit_is_429_with_retry_after_per_principal() {
     assert_eq!(headers["ratelimit-reset"], headers["retry-after"]);
     assert_eq!(gw.echo.count(), 3, "the refused request was not forwarded");
 
-    // Bob has his own budget; anonymous callers are counted by address.
+    // Bob has his own budget.
     assert_eq!(get(&gw, "/api/x", Some("bob")).await.0, StatusCode::OK);
+    // Invalid tokens are refused (401) before anything is counted: the address's anonymous
+    // budget is still whole afterwards.
+    for _ in 0..5 {
+        let req = Request::get("/api/x")
+            .header("authorization", "Bearer a.b.c")
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(send(gw.addr(), req).await.0, StatusCode::UNAUTHORIZED);
+    }
+    // Anonymous callers are counted by address.
     for _ in 0..3 {
         assert_eq!(get(&gw, "/api/x", None).await.0, StatusCode::OK);
     }
@@ -100,15 +120,6 @@ async fn over_the_limit_is_429_with_retry_after_per_principal() {
         get(&gw, "/api/x", None).await.0,
         StatusCode::TOO_MANY_REQUESTS
     );
-    // An invalid token is refused before it is counted.
-    let (status, _, _) = {
-        let req = Request::get("/api/x")
-            .header("authorization", "Bearer a.b.c")
-            .body(Full::default())
-            .unwrap();
-        send(gw.addr(), req).await
-    };
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(
@@ -157,4 +168,26 @@ async fn a_reload_keeps_the_count_of_an_unchanged_limit() {
     let (status, body) = gw.admin_post("/reload").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(get(&gw, "/public/x", None).await.0, StatusCode::OK);
+}
+
+/// A header key is the client's to choose unless a trusted proxy set it: from anyone else
+/// the limit counts by address, so a new value per request buys nothing.
+#[tokio::test]
+async fn a_header_key_from_an_untrusted_client_counts_by_address() {
+    let gw = gateway().await;
+    let team = |t: &str| {
+        Request::get("/team/x")
+            .header("x-team", t)
+            .body(Full::default())
+            .unwrap()
+    };
+    assert_eq!(send(gw.addr(), team("red")).await.0, StatusCode::OK);
+    assert_eq!(
+        send(gw.addr(), team("blue")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        send(gw.addr(), team("green")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
