@@ -44,7 +44,8 @@ pub struct Assertion {
     hasher: foldhash::fast::RandomState,
 }
 
-/// One minted assertion and the claims (without `iat`/`exp`) it was minted for.
+/// One minted assertion and the claims (without `iat`/`exp`, with a capped expiry) it was
+/// minted for.
 struct Minted {
     claims: Box<str>,
     value: HeaderValue,
@@ -91,20 +92,27 @@ impl Assertion {
                 Err((f, m)) => errors.push((format!("retired_keys[{i}].{f}"), m)),
             }
         }
-        if raw.ttl.is_zero() || raw.ttl > MAX_TTL {
+        if raw.ttl.as_secs() == 0 || raw.ttl.subsec_nanos() != 0 || raw.ttl > MAX_TTL {
             errors.push((
                 "ttl".to_owned(),
-                "between 1s and 1h: an assertion is short-lived".to_owned(),
+                "whole seconds, from 1s to 1h: an assertion is short-lived".to_owned(),
             ));
         }
         if raw.issuer.is_empty() {
             errors.push(("issuer".to_owned(), "must not be empty".to_owned()));
         }
+        // `sub` alone does not tell principals apart: an API key's owner `alice` and a
+        // token's `sub: alice` are different callers. `authenticator` says whose it is.
         let mut claims: Vec<(Box<str>, Template)> = Vec::new();
-        if !raw.claims.contains_key("sub")
-            && let Ok(sub) = Template::parse("{principal.id}")
-        {
-            claims.push(("sub".into(), sub));
+        for (name, default) in [
+            ("sub", "{principal.id}"),
+            ("authenticator", "{principal.authenticator}"),
+        ] {
+            if !raw.claims.contains_key(name)
+                && let Ok(t) = Template::parse(default)
+            {
+                claims.push((name.into(), t));
+            }
         }
         for (name, text) in &raw.claims {
             if matches!(name.as_str(), "iss" | "aud" | "iat" | "exp" | "nbf") {
@@ -147,18 +155,27 @@ impl Assertion {
     /// The assertion for an authenticated request (`None` for an anonymous one, or when
     /// signing fails, which is logged).
     pub fn mint(&self, cx: &Context<'_>, now: u64) -> Option<HeaderValue> {
-        cx.principal?;
+        let principal = cx.principal?;
         let mut claims = Map::new();
         for (name, template) in &*self.claims {
             if let Some(v) = template.render_json(cx) {
                 claims.insert(name.to_string(), v);
             }
         }
+        // Never outliving the credential it vouches for. A capped expiry is part of the
+        // cache key, so a reuse never carries another credential's later one.
+        let capped = principal
+            .expires_at
+            .filter(|&e| e < now + self.ttl.as_secs());
+        let exp = capped.unwrap_or(now + self.ttl.as_secs());
         claims.insert("iss".into(), self.issuer.clone());
         if let Some(aud) = &self.audience {
             claims.insert("aud".into(), aud.clone());
         }
-        let text = serde_json::to_string(&claims).ok()?;
+        let mut text = serde_json::to_string(&claims).ok()?;
+        if let Some(e) = capped {
+            text.push_str(&format!(" exp={e}"));
+        }
         let key = self.hasher.hash_one(text.as_bytes());
         if let Some(m) = self.cache.get(&key)
             && *m.claims == *text
@@ -166,7 +183,7 @@ impl Assertion {
             return Some(m.value.clone());
         }
         claims.insert("iat".into(), Value::from(now));
-        claims.insert("exp".into(), Value::from(now + self.ttl.as_secs()));
+        claims.insert("exp".into(), Value::from(exp));
         let token = match self.key.sign(&Value::Object(claims)) {
             Ok(t) => t,
             Err(e) => {

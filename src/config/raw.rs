@@ -85,14 +85,16 @@ pub struct RawAssertion {
     /// `aud` of every assertion, if set.
     #[serde(default)]
     pub audience: Option<String>,
-    /// Lifetime (`exp - iat`). Default 60s; at most 1h. An assertion is reused for the same
-    /// identity during the first half of its life.
+    /// Lifetime (`exp - iat`), whole seconds. Default 60s; at most 1h. An assertion is
+    /// reused for the same identity during the first half of its life.
     #[serde(default = "default_assertion_ttl", deserialize_with = "duration")]
     #[schemars(with = "String")]
     pub ttl: Duration,
     /// Claims from templates (the identity header variables). A template that is a single
     /// variable keeps its JSON shape (arrays stay arrays). `sub` defaults to
-    /// `{principal.id}`; `iss`, `aud`, `iat` and `exp` are the gateway's.
+    /// `{principal.id}` and `authenticator` to `{principal.authenticator}` (an id is unique
+    /// only within its authenticator); `iss`, `aud`, `iat` and `exp` are the gateway's, and
+    /// `exp` is never later than the credential's own expiry.
     #[serde(default)]
     pub claims: BTreeMap<String, String>,
 }

@@ -103,6 +103,7 @@ async fn assertion_verifies_against_the_published_jwks() {
         .unwrap()
         .claims;
     assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["authenticator"], "users", "whose id `sub` is");
     assert_eq!(
         claims["roles"],
         json!(["admin", "ops"]),
@@ -132,6 +133,26 @@ async fn assertion_verifies_against_the_published_jwks() {
         .claims;
     assert_eq!(claims["sub"], "bob");
     assert!(claims.get("email").is_none(), "absent claims are left out");
+
+    // A credential expiring before the assertion would: the assertion expires with it, even
+    // when alice's longer-lived token minted one with the same claims just before.
+    let now = claims["iat"].as_u64().unwrap();
+    let short = crate::support::hs256_token(
+        SECRET,
+        &json!({"sub": "alice", "roles": ["admin", "ops"], "email": "a@x.test", "exp": now + 30}),
+    );
+    request(&gw, "/api/x", &format!("Authorization: Bearer {short}\r\n")).await;
+    let capped = echoed_header(&gw.echo, "x-portcullis-assertion").unwrap();
+    let claims = decode::<Value>(&capped, &DecodingKey::from_jwk(jwk).unwrap(), &v)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "alice");
+    let exp = claims["exp"].as_u64().unwrap();
+    assert!(
+        (now + 29..=now + 31).contains(&exp),
+        "exp {exp}, token's {}",
+        now + 30
+    );
 }
 
 #[tokio::test]
