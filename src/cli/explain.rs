@@ -313,10 +313,10 @@ fn describe(e: &TraceEvent) -> String {
         TraceEvent::RequirementsMet => "every requirement of the rule holds".into(),
         TraceEvent::ConditionHeld => "the `when` condition holds".into(),
         TraceEvent::ConditionFailed(why) => format!("the `when` condition failed: {why}"),
-        TraceEvent::WithinRateLimit(name) => {
-            format!("within rate limit `{name}` (this request was counted)")
-        }
         TraceEvent::RateLimited(name) => format!("over rate limit `{name}`"),
+        TraceEvent::RateLimitApplies(name) => {
+            format!("rate limit `{name}` applies (explain does not spend its budget)")
+        }
     }
 }
 

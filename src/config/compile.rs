@@ -537,12 +537,14 @@ pub fn compile(
                 // Lint: an earlier allow rule deciding part of what a deny rule matches is
                 // how a deny meant as a guard quietly stops guarding.
                 if shadow.is_none() && rule.effect == Effect::Deny {
-                    // Candidates share the deny rule's first literal segment or have none;
-                    // a deny rule without one can meet any earlier rule.
-                    let overlap = if first.is_some() {
+                    // Candidates share the first literal segment of one of the deny rule's
+                    // paths, or have none; a path without one can meet any earlier rule.
+                    let firsts: Option<Vec<String>> =
+                        rule.paths.iter().map(PathPattern::first_literal).collect();
+                    let overlap = if let Some(firsts) = firsts.filter(|f| !f.is_empty()) {
                         lint_any
                             .iter()
-                            .chain(bucket.into_iter().flatten())
+                            .chain(firsts.iter().filter_map(|f| lint_buckets.get(f)).flatten())
                             .copied()
                             .filter(|&a| {
                                 rules.get(a).is_some_and(|e: &Rule| {

@@ -33,16 +33,22 @@ pub enum TraceEvent {
     ConditionHeld,
     /// The `when` expression did not hold: `false`, or why evaluation failed.
     ConditionFailed(String),
-    /// The request is within the rule's rate limit (named), and was counted.
-    WithinRateLimit(std::sync::Arc<str>),
     /// The request is over the rule's rate limit (named).
     RateLimited(std::sync::Arc<str>),
+    /// The rule's rate limit (named) applies; not counted (a recorded decision).
+    RateLimitApplies(std::sync::Arc<str>),
 }
 
 /// Receives the steps of a decision.
 pub trait Trace {
     /// Records one step.
     fn record(&mut self, event: TraceEvent);
+
+    /// Whether the decision changes state (spends rate-limit budgets): serving does; a
+    /// recorded decision (`explain`, `portcullis test`) only says which limit applies.
+    fn counts(&self) -> bool {
+        true
+    }
 }
 
 /// The serving path's trace: records nothing.
@@ -57,6 +63,10 @@ impl Trace for NoTrace {
 impl Trace for Vec<TraceEvent> {
     fn record(&mut self, event: TraceEvent) {
         self.push(event);
+    }
+
+    fn counts(&self) -> bool {
+        false
     }
 }
 
@@ -149,7 +159,9 @@ pub async fn decide(
         }
     }
     if let Some(limit) = &rule.rate_limit {
-        if let Err(throttle) = limit.check(facts, principal.as_deref(), &rule.id.0) {
+        if !trace.counts() {
+            trace.record(TraceEvent::RateLimitApplies(limit.name.clone()));
+        } else if let Err(throttle) = limit.check(facts, principal.as_deref(), &rule.id.0) {
             trace.record(TraceEvent::RateLimited(limit.name.clone()));
             return Decision::Deny(Deny {
                 rule: Some(rule.id.clone()),
@@ -159,7 +171,6 @@ pub async fn decide(
                 throttle: Some(throttle),
             });
         }
-        trace.record(TraceEvent::WithinRateLimit(limit.name.clone()));
     }
     let cx = Context {
         principal: principal.as_deref(),

@@ -334,7 +334,10 @@ async fn seed_gateway() -> TestGateway {
     Setup {
         policies: vec![("seed.yaml".into(), policy)],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
-        extra: authn(),
+        extra: format!(
+            "{}rate_limits:\n  admin-pace: {{key: principal, requests: 30, per: 1m, burst: 10}}\n",
+            authn()
+        ),
         ..Setup::default()
     }
     .start()
@@ -692,6 +695,14 @@ fn check_warns_when_an_earlier_allow_rule_takes_part_of_a_deny_rule() {
   - name: no-files
     match: {paths: [\"/files/**\"]}
     effect: deny
+  - name: internal-reports
+    match: {paths: [\"/internal/reports\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+  - name: no-internal
+    match: {paths: [\"/admin/**\", \"/internal/**\"]}
+    effect: deny
   - name: tenant-read
     match: {hosts: [\"*.example.com\"], paths: [\"/{tenant}/reports\"]}
     effect: allow
@@ -714,12 +725,43 @@ fn check_warns_when_an_earlier_allow_rule_takes_part_of_a_deny_rule() {
     assert_eq!(code, Some(0), "warnings only: {text}");
     for expected in [
         "p.yaml:11:5: warning: rules[2].match: deny rule `no-files` does not refuse everything it matches: `reads`",
-        "warning: rules[4].match: deny rule `no-acme-reports` does not refuse everything it matches: `tenant-read`",
+        "warning: rules[6].match: deny rule `no-acme-reports` does not refuse everything it matches: `tenant-read`",
+        "warning: rules[4].match: deny rule `no-internal` does not refuse everything it matches: `internal-reports`",
     ] {
         assert!(text.contains(expected), "{expected} in {text}");
     }
     // Another host, another segment, another method: no overlap, no warning.
     assert!(!text.contains("`no-x-here`"), "{text}");
     assert!(!text.contains("`no-posts`"), "{text}");
-    assert!(text.contains("2 warning(s)"), "{text}");
+    assert!(text.contains("3 warning(s)"), "{text}");
+}
+
+/// `portcullis test` and `explain` say which rate limit applies but spend no budget: a test
+/// file's verdicts never depend on how many cases came before.
+#[test]
+fn policy_tests_spend_no_rate_limit_budget() {
+    let cfg = ConfigDir::new(&format!(
+        "{}rate_limits:\n  once: {{key: client_ip, requests: 1, per: 1h}}\n",
+        authn()
+    ));
+    cfg.write("hs.secret", SECRET).write(
+        "policies/p.yaml",
+        "rules:\n  - name: limited\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    rate_limit: once\n    upstream: echo\n",
+    );
+    let case = "  - name: again\n    request: {url: \"http://a.test/x\"}\n    expect: {decision: allow, status: 200, rule: limited}\n";
+    cfg.write(
+        "t.yaml",
+        format!("config: portcullis.yaml\ncases:\n{}", case.repeat(3)),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("test")
+        .arg(cfg.dir.path().join("t.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("3 passed, 0 failed"), "{text}");
+    let (code, text) = cfg.run("explain", &["--method", "GET", "--url", "http://a.test/x"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("rate limit `once` applies"), "{text}");
 }
