@@ -195,7 +195,7 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
             );
             report["status"] = json!(refusal.status.as_u16());
             report["reason"] = json!(d.kind.as_str());
-            report["response_code"] = json!(d.kind.public_code());
+            report["response_code"] = json!(d.public_code());
             if let Some(c) = &refusal.challenge {
                 report["www_authenticate"] = json!(c.to_str().unwrap_or(""));
             }

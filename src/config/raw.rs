@@ -410,13 +410,17 @@ pub struct RawRule {
 #[serde(deny_unknown_fields)]
 pub struct RawDenial {
     /// Replaces 403 for the rule's policy denials (a deny rule, an unmet requirement, a false
-    /// `when`): a 4xx other than 401 and 407, e.g. 404 to hide that the route exists. The
-    /// `insufficient_scope` challenge is sent with 403 only. 401, 400 and 503 are unchanged.
+    /// `when`): a 4xx other than 401 and 407, e.g. 404 for a route that should look absent.
+    /// The body then names the status (`not_found`), not the reason, and no
+    /// `insufficient_scope` challenge is sent. A request without a valid credential still
+    /// gets its 401 (or the login redirect).
     #[serde(default)]
     pub status: Option<u16>,
     /// Where a browser without a valid credential is sent instead of a 401: a `GET` or `HEAD`
     /// whose `Accept` names `text/html` gets a 302 to this URL, with the address it asked
-    /// for in `return_param`. Absolute `http(s)` URL or a path starting with `/`.
+    /// for in `return_param`. Absolute `http(s)` URL or a path starting with `/`. The return
+    /// address carries the request's host: on a rule without `hosts`, the login service must
+    /// check it against its allowed domains before sending anyone back.
     #[serde(default)]
     pub login_url: Option<String>,
     /// The query parameter of `login_url` that carries the return address. Default `rd`.

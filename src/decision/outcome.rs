@@ -171,6 +171,18 @@ impl Deny {
         }
     }
 
+    /// The reason code the client sees. A rule's own status speaks for itself: a route
+    /// hidden behind 404 must not say `insufficient_scope`. The access log and metrics keep
+    /// the real reason ([`DenyKind::as_str`]).
+    pub fn public_code(&self) -> &'static str {
+        let status = self.status();
+        if self.redirect.is_some() || status == self.kind.status() {
+            self.kind.public_code()
+        } else {
+            status_code_name(status)
+        }
+    }
+
     /// What the door answers: status, challenge, redirect and a body naming the reason code
     /// and the request id (and the rule's extra members), never policy internals.
     pub fn refusal(&self, challenges: &Challenges, request_id: &HeaderValue) -> Refusal {
@@ -190,13 +202,28 @@ impl Deny {
             kind => kind.challenge(challenges).cloned(),
         };
         let extra = self.shape.as_deref().and_then(|s| s.extra.as_deref());
+        let code = self.public_code();
         Refusal {
             status,
             challenge,
             location: None,
-            body: Some(error_body(self.kind.public_code(), request_id, extra)),
+            body: Some(error_body(code, request_id, extra)),
             throttle: self.throttle,
         }
+    }
+}
+
+/// The reason code of a status a rule chose: its reason phrase in snake case.
+fn status_code_name(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        409 => "conflict",
+        410 => "gone",
+        451 => "unavailable_for_legal_reasons",
+        _ => "denied",
     }
 }
 

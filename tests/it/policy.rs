@@ -662,7 +662,7 @@ async fn denial_shape_login_redirect_status_and_body() {
     assert!(!headers.contains_key("www-authenticate"), "{headers:?}");
     assert!(!headers.contains_key("location"));
     let v: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(v["error"], "insufficient_scope");
+    assert_eq!(v["error"], "not_found", "a hidden route names no scope");
     assert_eq!(gw.echo.count(), 0, "nothing reached the upstream");
     let ok = token(&json!({"scope": "app"}));
     assert_eq!(get(&gw, "/app/x", Some(&ok)).await.0, StatusCode::OK);
