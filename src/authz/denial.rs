@@ -139,11 +139,28 @@ impl Login {
 /// A browser navigation: it can follow a redirect to a login page and come back.
 fn is_navigation(facts: &RequestFacts<'_>) -> bool {
     (facts.method == http::Method::GET || facts.method == http::Method::HEAD)
-        && facts.headers.get_all(http::header::ACCEPT).iter().any(|v| {
-            v.as_bytes()
-                .windows(9)
-                .any(|w| w.eq_ignore_ascii_case(b"text/html"))
-        })
+        && facts
+            .headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(accepts_html)
+}
+
+/// Whether an `Accept` value lists `text/html` without refusing it (`q=0`).
+fn accepts_html(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        parts
+            .next()
+            .is_some_and(|t| t.eq_ignore_ascii_case("text/html"))
+            && !parts.any(|p| {
+                p.strip_prefix("q=")
+                    .or_else(|| p.strip_prefix("Q="))
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            })
+    })
 }
 
 /// `login_url` is an absolute `http(s)` URL or an absolute path, without a fragment, and
@@ -237,6 +254,21 @@ mod tests {
                 errs.iter().any(|(f, _)| *f == field),
                 "{yaml:?}: expected an error on {field}, got {errs:?}"
             );
+        }
+    }
+
+    #[test]
+    fn html_is_accepted_unless_refused() {
+        for (accept, want) in [
+            ("text/html,application/xhtml+xml;q=0.9,*/*;q=0.8", true),
+            ("TEXT/HTML", true),
+            ("application/json, text/html;q=0.1", true),
+            ("application/json", false),
+            ("text/html;q=0, application/json", false),
+            ("text/html; q=0.0", false),
+            ("text/htmlx", false),
+        ] {
+            assert_eq!(accepts_html(accept), want, "{accept}");
         }
     }
 
