@@ -85,7 +85,7 @@ async fn serve(dir: &Path, port: u16, admin_port: u16) -> ExitCode {
     let tokens = match demo_tokens(&key) {
         Ok(t) => t,
         Err(e) => {
-            // MintError texts are fixed (or name the algorithm): never key bytes.
+            // MintError carries static texts, an algorithm or a PEM label: never key bytes.
             tracing::error!(error = %e, "Cannot sign the demo tokens");
             return ExitCode::FAILURE;
         }

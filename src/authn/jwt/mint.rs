@@ -31,16 +31,22 @@ pub struct SigningKey {
     encoding: EncodingKey,
 }
 
-/// Why a key could not be made or used. The texts are fixed, or name only the algorithm or
-/// the PEM label: never key material.
+/// Why a key could not be made or used. The texts are static, or name only the algorithm or
+/// the PEM label: by construction never key material, so they may be logged.
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
     /// Key generation or parsing failed.
     #[error("key: {0}")]
-    Key(String),
+    Key(&'static str),
+    /// A PEM block that is not a PKCS#8 private key.
+    #[error("key: expected a PKCS#8 `PRIVATE KEY`, found `{0}`")]
+    PemLabel(Box<str>),
+    /// A secret given for an algorithm that is not HMAC.
+    #[error("key: {0} is not an HMAC algorithm")]
+    NotHmac(&'static str),
     /// Signing failed.
     #[error("signing failed: {0}")]
-    Sign(String),
+    Sign(&'static str),
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -55,13 +61,11 @@ impl std::fmt::Debug for SigningKey {
 /// A fixed description: the underlying error (a PEM or base64 decoder's) may quote bytes of
 /// the private key, so it is dropped rather than carried into a log line.
 fn key_err<E>(_e: E) -> MintError {
-    MintError::Key(
-        "not a usable private key for this algorithm (PKCS#8 PEM or DER expected)".into(),
-    )
+    MintError::Key("not a usable private key for this algorithm (PKCS#8 PEM or DER expected)")
 }
 
 fn sign_err<E>(_e: E) -> MintError {
-    MintError::Sign("the key cannot sign with this algorithm".into())
+    MintError::Sign("the key cannot sign with this algorithm")
 }
 
 /// PEM armour.
@@ -128,10 +132,7 @@ impl SigningKey {
         if bytes.starts_with(b"-----BEGIN") {
             let (_, p) = x509_parser::pem::parse_x509_pem(bytes).map_err(key_err)?;
             if p.label != "PRIVATE KEY" {
-                return Err(MintError::Key(format!(
-                    "expected a PKCS#8 `PRIVATE KEY`, found `{}`",
-                    p.label
-                )));
+                return Err(MintError::PemLabel(p.label.into()));
             }
             Self::from_pkcs8(&p.contents, alg, kid)
         } else {
@@ -144,7 +145,7 @@ impl SigningKey {
         let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
         let name = alg_name(alg);
         let (spki, jwk, encoding) = match family_of(alg) {
-            KeyFamily::Hmac => return Err(MintError::Key("HMAC keys have no PKCS#8 form".into())),
+            KeyFamily::Hmac => return Err(MintError::Key("HMAC keys have no PKCS#8 form")),
             KeyFamily::Rsa => {
                 let kp = RsaKeyPair::from_pkcs8(pkcs8).map_err(key_err)?;
                 let public = kp.public_key();
@@ -201,10 +202,7 @@ impl SigningKey {
     /// An HMAC key.
     pub fn hmac(secret: &[u8], alg: Algorithm, kid: &str) -> Result<Self, MintError> {
         if family_of(alg) != KeyFamily::Hmac {
-            return Err(MintError::Key(format!(
-                "{} is not an HMAC algorithm",
-                alg_name(alg)
-            )));
+            return Err(MintError::NotHmac(alg_name(alg)));
         }
         Ok(Self {
             alg,
