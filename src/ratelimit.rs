@@ -129,9 +129,8 @@ impl Limit {
             let wait = not_until.wait_time_from(self.limiter.clock().now());
             Throttle {
                 limit: self.def.requests,
-                retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                retry_after: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
             }
-            .at_least_one()
         })
     }
 
@@ -200,13 +199,6 @@ impl Limit {
             }
         }
         h.finish()
-    }
-}
-
-impl Throttle {
-    fn at_least_one(mut self) -> Self {
-        self.retry_after = self.retry_after.max(1);
-        self
     }
 }
 

@@ -163,13 +163,7 @@ pub async fn decide(
             trace.record(TraceEvent::RateLimitApplies(limit.name.clone()));
         } else if let Err(throttle) = limit.check(facts, principal.as_deref(), &rule.id.0) {
             trace.record(TraceEvent::RateLimited(limit.name.clone()));
-            return Decision::Deny(Deny {
-                rule: Some(rule.id.clone()),
-                kind: DenyKind::RateLimited,
-                shape: rule.denial.clone(),
-                redirect: None,
-                throttle: Some(throttle),
-            });
+            return deny(rule, DenyKind::RateLimited(throttle), None);
         }
     }
     let cx = Context {
@@ -205,7 +199,6 @@ fn deny(rule: &Rule, kind: DenyKind, redirect: Option<http::HeaderValue>) -> Dec
         kind,
         shape: rule.denial.clone(),
         redirect,
-        throttle: None,
     })
 }
 

@@ -53,8 +53,6 @@ pub struct Deny {
     pub shape: Option<Arc<Denial>>,
     /// A browser without a valid credential is sent here instead of getting a 401.
     pub redirect: Option<HeaderValue>,
-    /// Over a rate limit: when to come back.
-    pub throttle: Option<Throttle>,
 }
 
 /// The answer a door gives for a denial: the same in every door.
@@ -121,8 +119,8 @@ pub enum DenyKind {
     AuthnUnavailable,
     /// A requirement of the rule does not hold (403; `insufficient_scope` for scopes).
     Unmet(Unmet),
-    /// Over the rule's rate limit (429).
-    RateLimited,
+    /// Over the rule's rate limit (429), and when to come back.
+    RateLimited(Throttle),
 }
 
 // === impl Decision ===
@@ -155,7 +153,6 @@ impl Deny {
             kind: DenyKind::NoRule,
             shape: None,
             redirect: None,
-            throttle: None,
         }
     }
 
@@ -208,7 +205,10 @@ impl Deny {
             challenge,
             location: None,
             body: Some(error_body(code, request_id, extra)),
-            throttle: self.throttle,
+            throttle: match self.kind {
+                DenyKind::RateLimited(t) => Some(t),
+                _ => None,
+            },
         }
     }
 }
@@ -260,7 +260,7 @@ impl DenyKind {
             Self::MissingCredential | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Self::AmbiguousCredential => StatusCode::BAD_REQUEST,
             Self::AuthnUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -282,7 +282,7 @@ impl DenyKind {
             Self::AmbiguousCredential => "invalid_request",
             Self::AuthnUnavailable => "authentication_unavailable",
             Self::Unmet(u) => u.as_str(),
-            Self::RateLimited => "rate_limited",
+            Self::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -298,7 +298,7 @@ impl DenyKind {
             | Self::Forbidden
             | Self::AuthnUnavailable
             | Self::Unmet(_)
-            | Self::RateLimited => None,
+            | Self::RateLimited(_) => None,
         }
     }
 }
