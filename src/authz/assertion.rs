@@ -152,10 +152,13 @@ impl Assertion {
         &self.jwks
     }
 
-    /// The assertion for an authenticated request (`None` for an anonymous one, or when
-    /// signing fails, which is logged).
-    pub fn mint(&self, cx: &Context<'_>, now: u64) -> Option<HeaderValue> {
-        let principal = cx.principal?;
+    /// The assertion for an authenticated request (`Ok(None)` for an anonymous one).
+    /// `Err` when it cannot be signed (logged): the request must not go upstream without
+    /// the assertion an upstream may rely on.
+    pub fn mint(&self, cx: &Context<'_>, now: u64) -> Result<Option<HeaderValue>, MintFailed> {
+        let Some(principal) = cx.principal else {
+            return Ok(None);
+        };
         let mut claims = Map::new();
         for (name, template) in &*self.claims {
             if let Some(v) = template.render_json(cx) {
@@ -172,7 +175,8 @@ impl Assertion {
         if let Some(aud) = &self.audience {
             claims.insert("aud".into(), aud.clone());
         }
-        let mut text = serde_json::to_string(&claims).ok()?;
+        // A map of JSON values always serializes.
+        let mut text = serde_json::to_string(&claims).map_err(|_| MintFailed)?;
         if let Some(e) = capped {
             text.push_str(&format!(" exp={e}"));
         }
@@ -180,7 +184,7 @@ impl Assertion {
         if let Some(m) = self.cache.get(&key)
             && *m.claims == *text
         {
-            return Some(m.value.clone());
+            return Ok(Some(m.value.clone()));
         }
         claims.insert("iat".into(), Value::from(now));
         claims.insert("exp".into(), Value::from(exp));
@@ -188,10 +192,11 @@ impl Assertion {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "Cannot sign the identity assertion");
-                return None;
+                return Err(MintFailed);
             }
         };
-        let value = HeaderValue::from_str(&token).ok()?;
+        // Base64url and dots: always a valid header value.
+        let value = HeaderValue::from_str(&token).map_err(|_| MintFailed)?;
         self.cache.insert(
             key,
             Arc::new(Minted {
@@ -199,9 +204,13 @@ impl Assertion {
                 value: value.clone(),
             }),
         );
-        Some(value)
+        Ok(Some(value))
     }
 }
+
+/// The assertion could not be minted (the cause is logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MintFailed;
 
 /// Loads a private key; errors name the field.
 fn load_key(

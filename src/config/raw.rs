@@ -56,7 +56,8 @@ pub struct RawConfig {
     pub rate_limits: BTreeMap<String, RawRateLimit>,
     /// A short-lived JWT the gateway signs for each allowed, authenticated request and sends
     /// upstream, so upstreams verify (against `/.well-known/jwks.json` on the admin
-    /// listener) instead of trusting headers.
+    /// listener) instead of trusting headers. A request whose assertion cannot be signed
+    /// gets 503 rather than going upstream without it.
     #[serde(default)]
     pub identity_assertion: Option<RawAssertion>,
 }

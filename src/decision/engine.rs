@@ -176,10 +176,14 @@ pub async fn decide(
     } else {
         rule.identity.render(&cx)
     };
-    if let Some(a) = &snapshot.assertion
-        && let Some(signed) = a.mint(&cx, now)
-    {
-        identity.push((a.header.clone(), signed));
+    if let Some(a) = &snapshot.assertion {
+        match a.mint(&cx, now) {
+            Ok(Some(signed)) => identity.push((a.header.clone(), signed)),
+            Ok(None) => {}
+            // Fail closed: an upstream relying on the assertion must never see the request
+            // without it.
+            Err(_) => return deny(rule, DenyKind::AuthnUnavailable, None),
+        }
     }
     Decision::Allow(Allow {
         rule: rule.id.clone(),
