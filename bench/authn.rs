@@ -144,11 +144,7 @@ fn benches(c: &mut Criterion) {
     }
     g.finish();
 
-    let conn = ConnInfo {
-        peer: "127.0.0.1:50000".parse().unwrap(),
-        listener: "http".into(),
-        tls: None,
-    };
+    let conn = ConnInfo::new("127.0.0.1:50000".parse().unwrap(), "http".into(), None);
     let (_, rs256) = f.tokens.iter().find(|(a, _)| *a == "RS256").unwrap();
     let req = http::Request::get("/api/orders/42?x=1")
         .header("host", "api.example.com")

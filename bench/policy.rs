@@ -68,11 +68,7 @@ fn principal() -> Principal {
 }
 
 fn benches(c: &mut Criterion) {
-    let conn = ConnInfo {
-        peer: "127.0.0.1:50000".parse().unwrap(),
-        listener: "http".into(),
-        tls: None,
-    };
+    let conn = ConnInfo::new("127.0.0.1:50000".parse().unwrap(), "http".into(), None);
     let mut g = c.benchmark_group("route_match");
     for n in [10usize, 1_000, 10_000] {
         let table = RouteTable::new((0..n).map(rule).collect());

@@ -463,7 +463,9 @@ impl Authenticator {
                 if let Some(e) = self.cache.get(token, now) {
                     return e.result.clone().map_err(Failure::Invalid);
                 }
-                match j.verify(token, &self.name, now).await {
+                // Boxed: a miss may fetch keys, and its large future would otherwise be
+                // carried, and moved, by every request's future.
+                match Box::pin(j.verify(token, &self.name, now)).await {
                     Ok(v) => {
                         let p = Arc::new(v.principal);
                         self.cache.insert(
@@ -490,7 +492,8 @@ impl Authenticator {
                 if let Some(e) = self.cache.get(token, now) {
                     return e.result.clone().map_err(Failure::Invalid);
                 }
-                match x.introspect(token, &self.name, now).await {
+                // Boxed, like a JWT miss: the HTTP exchange is a large future.
+                match Box::pin(x.introspect(token, &self.name, now)).await {
                     Ok(Answer::Active(p, exp)) => {
                         let p = Arc::new(p);
                         self.cache

@@ -317,11 +317,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let conn = ConnInfo {
-            peer: "127.0.0.1:1".parse().unwrap(),
-            listener: "l".into(),
-            tls: None,
-        };
+        let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), "l".into(), None);
         let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
         let params = [("user_id".into(), "u1".to_owned())];
         Condition::compile(expr).unwrap().eval(&facts, p, &params)

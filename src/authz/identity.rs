@@ -211,9 +211,7 @@ fn render_var(v: &Var, cx: &Context<'_>, out: &mut String) -> Option<()> {
         }
     };
     match v {
-        Var::ClientIp => {
-            let _ = write!(out, "{}", cx.client_ip);
-        }
+        Var::ClientIp => crate::request::facts::push_ip(out, cx.client_ip),
         Var::RuleName => out.push_str(cx.rule),
         v => {
             let p = cx.principal?;

@@ -684,11 +684,8 @@ mod tests {
             rule("fallback", &["/**"], Effect::Allow, &["GET"]),
         ];
         let table = RouteTable::new(rules);
-        let conn = crate::request::facts::ConnInfo {
-            peer: "127.0.0.1:1".parse().unwrap(),
-            listener: "l".into(),
-            tls: None,
-        };
+        let conn =
+            crate::request::facts::ConnInfo::new("127.0.0.1:1".parse().unwrap(), "l".into(), None);
         let paths = [
             "/",
             "/admin",

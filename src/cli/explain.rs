@@ -146,11 +146,11 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
         .find(|l| l.tls.is_some() == (scheme == Scheme::Https))
         .or_else(|| snapshot.listeners.first())
         .map_or_else(|| Arc::from("-"), |l| Arc::clone(&l.name));
-    let conn = ConnInfo {
-        peer: SocketAddr::new(client_ip, 50000),
+    let conn = ConnInfo::new(
+        SocketAddr::new(client_ip, 50000),
         listener,
-        tls: (scheme == Scheme::Https).then(TlsInfo::default),
-    };
+        (scheme == Scheme::Https).then(TlsInfo::default),
+    );
     hop_by_hop::strip(&mut parts.headers);
     let redact = redacted_names(snapshot);
     let mut report = json!({

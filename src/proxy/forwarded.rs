@@ -4,12 +4,13 @@
 //! replaced, so a client can never choose the address or scheme an upstream believes. From a
 //! trusted proxy the chain is extended.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use crate::request::facts::Scheme;
+use super::hop_by_hop;
+use crate::request::RequestFacts;
+use crate::request::facts::{Scheme, push_ip};
 
 const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -40,64 +41,109 @@ const CLAIMS: [HeaderName; 7] = [
     HeaderName::from_static("x-cluster-client-ip"),
 ];
 
-/// Rewrites the forwarding headers. `host` is the authority the client addressed.
-pub fn apply(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    peer_trusted: bool,
-    client_ip: IpAddr,
-    scheme: Scheme,
-    host: &HeaderValue,
-) {
-    let proto = match scheme {
+/// Where an allowed request came from, for the headers the gateway writes.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// The peer's address as header text (see [`crate::request::facts::ConnInfo::peer_text`]).
+    pub peer_text: HeaderValue,
+    /// Whether the peer is a trusted proxy.
+    pub peer_trusted: bool,
+    /// The client address (see [`RequestFacts`]).
+    pub client_ip: IpAddr,
+    /// How the client reached the gateway.
+    pub scheme: Scheme,
+    /// The authority that was decided on.
+    pub authority: HeaderValue,
+}
+
+impl Origin {
+    /// Where a request came from; the authority is the one that was decided on (lowercase
+    /// host, port): usually the client's `Host` exactly, shared without a copy, rebuilt only
+    /// when normalisation changed it.
+    pub fn of(facts: &RequestFacts<'_>, parts: &http::request::Parts) -> Self {
+        let authority = match parts.headers.get(header::HOST) {
+            Some(h)
+                if parts.uri.authority().is_none()
+                    && !h.as_bytes().iter().any(u8::is_ascii_uppercase)
+                    && !h.as_bytes().ends_with(b".")
+                    && !h.as_bytes().windows(2).any(|w| w == b".:") =>
+            {
+                h.clone()
+            }
+            _ => {
+                let text = match facts.port {
+                    Some(p) => format!("{}:{p}", facts.host),
+                    None => facts.host.clone().into_owned(),
+                };
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+                    .unwrap_or_else(|_| HeaderValue::from_static(""))
+            }
+        };
+        Self {
+            peer: facts.conn.peer.ip(),
+            peer_text: facts.conn.peer_text.clone(),
+            peer_trusted: facts.peer_trusted,
+            client_ip: facts.client_ip,
+            scheme: facts.scheme,
+            authority,
+        }
+    }
+}
+
+/// Whether a client may never send this header on, and the gateway does not set it either.
+fn is_override(name: &HeaderName) -> bool {
+    OVERRIDES.contains(name)
+}
+
+/// Whether only a trusted proxy may send this header on.
+fn is_claim(name: &HeaderName) -> bool {
+    CLAIMS.contains(name)
+}
+
+/// Rewrites the forwarding headers for a request from `origin`.
+pub fn apply(headers: &mut HeaderMap, origin: &Origin) {
+    let proto = match origin.scheme {
         Scheme::Http => "http",
         Scheme::Https => "https",
     };
-    for name in &OVERRIDES {
-        headers.remove(name);
+    if origin.peer_trusted {
+        hop_by_hop::remove_where(headers, is_override);
+    } else {
+        hop_by_hop::remove_where(headers, |n| is_override(n) || is_claim(n));
     }
-    if !peer_trusted {
-        for name in &CLAIMS {
-            headers.remove(name);
-        }
-    }
+    let host = &origin.authority;
     let host_text = host.to_str().unwrap_or("");
-    let peer_value = ip_value(peer);
-    if peer_trusted {
-        append_list(headers, XFF, peer_value.to_str().unwrap_or(""));
+    let peer_text = origin.peer_text.to_str().unwrap_or("");
+    if origin.peer_trusted {
+        append_list(headers, XFF, peer_text);
         if !headers.contains_key(&XFP) {
             headers.insert(XFP, HeaderValue::from_static(proto));
         }
         if !headers.contains_key(&XFH) {
             headers.insert(XFH, host.clone());
         }
-        let element = forwarded_element(peer, proto, host_text);
+        let element = forwarded_element(origin.peer, peer_text, proto, host_text);
         append_list(headers, FORWARDED, &element);
     } else {
         headers.insert(XFP, HeaderValue::from_static(proto));
         headers.insert(XFH, host.clone());
-        let element = forwarded_element(peer, proto, host_text);
+        let element = forwarded_element(origin.peer, peer_text, proto, host_text);
         set_owned(headers, FORWARDED, element);
+        headers.insert(XFF, origin.peer_text.clone());
     }
     // From an untrusted peer the client is the peer: one value serves both headers.
-    let real_ip = if client_ip == peer {
-        peer_value.clone()
+    let real_ip = if origin.client_ip == origin.peer {
+        origin.peer_text.clone()
     } else {
-        ip_value(client_ip)
+        let mut s = String::with_capacity(40);
+        push_ip(&mut s, origin.client_ip);
+        // An address's text is always a valid header value.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
     };
-    if !peer_trusted {
-        headers.insert(XFF, peer_value);
-    }
     headers.insert(X_REAL_IP, real_ip);
-}
-
-/// An address as a header value, built in one allocation.
-fn ip_value(ip: IpAddr) -> HeaderValue {
-    let mut s = String::with_capacity(40);
-    let _ = write!(s, "{ip}");
-    // An address's text is always a valid header value.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Sets a header from an owned string without copying it again.
@@ -112,23 +158,27 @@ fn set_owned(headers: &mut HeaderMap, name: HeaderName, value: String) {
     }
 }
 
-/// `for=…;proto=…;host="…"` (RFC 7239), IPv6 addresses quoted and bracketed.
-fn forwarded_element(peer: IpAddr, proto: &str, host: &str) -> String {
-    let mut s = String::with_capacity(64);
-    match peer {
-        IpAddr::V4(v4) => {
-            let _ = write!(s, "for={v4}");
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(s, "for=\"[{v6}]\"");
-        }
+/// `for=…;proto=…;host="…"` (RFC 7239), IPv6 addresses quoted and bracketed; `peer_text` is
+/// the peer's address as text.
+fn forwarded_element(peer: IpAddr, peer_text: &str, proto: &str, host: &str) -> String {
+    let mut s = String::with_capacity(32 + peer_text.len() + host.len());
+    if peer.is_ipv4() {
+        s.push_str("for=");
+        s.push_str(peer_text);
+    } else {
+        s.push_str("for=\"[");
+        s.push_str(peer_text);
+        s.push_str("]\"");
     }
-    let _ = write!(s, ";proto={proto}");
+    s.push_str(";proto=");
+    s.push_str(proto);
     if host
         .bytes()
         .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
     {
-        let _ = write!(s, ";host=\"{host}\"");
+        s.push_str(";host=\"");
+        s.push_str(host);
+        s.push('"');
     }
     s
 }
@@ -155,6 +205,17 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
 mod tests {
     use super::*;
 
+    fn origin(peer: IpAddr, peer_trusted: bool, client_ip: IpAddr, host: &'static str) -> Origin {
+        Origin {
+            peer,
+            peer_text: HeaderValue::from_str(&peer.to_string()).unwrap(),
+            peer_trusted,
+            client_ip,
+            scheme: Scheme::Http,
+            authority: HeaderValue::from_static(host),
+        }
+    }
+
     #[test]
     fn untrusted_peer_headers_are_replaced() {
         let mut h = HeaderMap::new();
@@ -168,14 +229,7 @@ mod tests {
         h.insert("true-client-ip", "6.6.6.6".parse().unwrap());
         h.insert("x-forwarded-ssl", "on".parse().unwrap());
         let peer: IpAddr = "192.0.2.1".parse().unwrap();
-        apply(
-            &mut h,
-            peer,
-            false,
-            peer,
-            Scheme::Http,
-            &HeaderValue::from_static("app.example"),
-        );
+        apply(&mut h, &origin(peer, false, peer, "app.example"));
         assert_eq!(h[&XFF], "192.0.2.1");
         assert_eq!(h[&XFP], "http");
         assert_eq!(h[&XFH], "app.example");
@@ -201,20 +255,13 @@ mod tests {
         h.insert(XFP, "https".parse().unwrap());
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let client: IpAddr = "1.1.1.1".parse().unwrap();
-        apply(
-            &mut h,
-            peer,
-            true,
-            client,
-            Scheme::Http,
-            &HeaderValue::from_static("app"),
-        );
+        apply(&mut h, &origin(peer, true, client, "app"));
         assert_eq!(h[&XFF], "1.1.1.1, 10.0.0.1");
         assert_eq!(h[&XFP], "https");
         assert_eq!(h[&X_REAL_IP], "1.1.1.1");
         let v6: IpAddr = "::1".parse().unwrap();
         assert_eq!(
-            forwarded_element(v6, "https", "h"),
+            forwarded_element(v6, "::1", "https", "h"),
             "for=\"[::1]\";proto=https;host=\"h\""
         );
     }

@@ -17,10 +17,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Removes the headers named in `Connection`, then the fixed hop-by-hop set.
+/// Asks for cleartext HTTP/2 (RFC 7540 §3.2); meaningless past the gateway.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+fn is_fixed(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || *name == HTTP2_SETTINGS
+}
+
+/// Removes the fixed hop-by-hop set and every header named in `Connection`.
 pub fn strip(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
-        // `keep-alive`, `close` and the fixed set are removed below anyway: the common
+        // `keep-alive`, `close` and the fixed set are removed anyway: the common
         // `Connection: keep-alive` costs no allocation.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -32,22 +39,28 @@ pub fn strip(headers: &mut HeaderMap) {
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             // Why: the forwarding chain is the gateway's to rewrite; a peer naming it in
             // `Connection` must not make the gateway lose the real client address.
-            .filter(|n| !HOP_BY_HOP.contains(n) && n != "x-forwarded-for" && n != "forwarded")
+            .filter(|n| !is_fixed(n) && n != "x-forwarded-for" && n != "forwarded")
             .collect();
-        for name in named {
-            headers.remove(name);
-        }
+        remove_where(headers, |n| is_fixed(n) || named.contains(n));
+    } else {
+        remove_where(headers, is_fixed);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+}
+
+/// Removes every header whose name `doomed` accepts, by walking the names present: cheaper
+/// than asking the map for each of a list of names, and free of allocation. A request has a
+/// handful of names and at most one or two doomed (an upstream's `Connection: keep-alive`),
+/// so walking again after each removal costs less than collecting them.
+pub fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    while let Some(name) = headers.keys().find(|n| doomed(n)).cloned() {
+        headers.remove(&name);
     }
-    headers.remove("http2-settings");
 }
 
 /// Whether the client asks to switch to cleartext HTTP/2 (`Upgrade: h2c`), a known way to
 /// tunnel past a proxy's per-request checks. Refused with 400.
 pub fn is_h2c_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key("http2-settings")
+    headers.contains_key(HTTP2_SETTINGS)
         || headers
             .get_all(header::UPGRADE)
             .iter()
@@ -76,9 +89,31 @@ mod tests {
         h.append("upgrade", "websocket".parse().unwrap());
         h.append("proxy-authorization", "Basic x".parse().unwrap());
         h.append("x-kept", "1".parse().unwrap());
+        h.append(
+            "http2-settings",
+            "AAMAAABkAARAAAAAAAIAAAAA".parse().unwrap(),
+        );
+        h.append("x-secret", "2".parse().unwrap());
+        strip(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-forwarded-for", "x-kept"]);
+        assert_eq!(h.len(), 2, "every value of a removed name goes");
+    }
+
+    #[test]
+    fn fixed_set_goes_without_connection_header() {
+        let mut h = HeaderMap::new();
+        h.append("te", "trailers".parse().unwrap());
+        h.append("keep-alive", "timeout=5".parse().unwrap());
+        h.append("proxy-connection", "keep-alive".parse().unwrap());
+        h.append("x-kept", "1".parse().unwrap());
         strip(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["x-kept", "x-forwarded-for"]);
+        assert_eq!(left, ["x-kept"]);
+        // Nothing to remove: the map is left as it was.
+        strip(&mut h);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

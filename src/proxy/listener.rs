@@ -39,12 +39,18 @@ pub struct AcceptLoop {
     pub drain: mpsc::Sender<()>,
 }
 
-/// Request activity of one connection, for the idle deadline.
-#[derive(Debug)]
+/// Request activity of one connection, for the idle deadline. Reads and writes only bump a
+/// counter (no clock read per I/O); the connection's tick notices when it last moved.
+#[derive(Debug, Default)]
 struct Activity {
-    epoch: Instant,
     in_flight: AtomicUsize,
-    last_millis: AtomicU64,
+    moves: AtomicU64,
+}
+
+/// The tick's view of an [`Activity`]: when its counter was last seen to change.
+struct Quiet {
+    seen: u64,
+    since: Instant,
 }
 
 // === impl AcceptLoop ===
@@ -114,11 +120,7 @@ async fn serve_stream(
     shutdown: watch::Receiver<bool>,
 ) {
     let Some(tls) = tls else {
-        let conn = ConnInfo {
-            peer,
-            listener,
-            tls: None,
-        };
+        let conn = ConnInfo::new(peer, listener, None);
         serve_http(stream, conn, http2, None, &server, shared, shutdown).await;
         return;
     };
@@ -148,11 +150,7 @@ async fn serve_stream(
             .and_then(|c| c.first())
             .map(|c| Arc::new(ClientCert::parse(c).unwrap_or_else(|| ClientCert::unreadable(c)))),
     };
-    let conn = ConnInfo {
-        peer,
-        listener,
-        tls: Some(info),
-    };
+    let conn = ConnInfo::new(peer, listener, Some(info));
     let alpn_h2 = Some(alpn.as_deref() == Some(b"h2"));
     serve_http(stream, conn, http2, alpn_h2, &server, shared, shutdown).await;
 }
@@ -196,11 +194,7 @@ async fn serve_http<I>(
         None => builder.http1_only(),
     };
 
-    let activity = Arc::new(Activity {
-        epoch: Instant::now(),
-        in_flight: AtomicUsize::new(0),
-        last_millis: AtomicU64::new(0),
-    });
+    let activity = Arc::new(Activity::default());
     let io = TokioIo::new(Tracked {
         inner: io,
         activity: Arc::clone(&activity),
@@ -226,6 +220,10 @@ async fn serve_http<I>(
     let idle = s.idle_timeout;
     let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut quiet = Quiet {
+        seen: 0,
+        since: Instant::now(),
+    };
     let mut draining = *shutdown.borrow();
     let mut drain_started = Instant::now();
     if draining {
@@ -245,7 +243,7 @@ async fn serve_http<I>(
                 connection.as_mut().graceful_shutdown();
             }
             _ = tick.tick() => {
-                let quiet = activity.quiet_for();
+                let quiet = quiet.update(&activity);
                 if draining {
                     // Why: a graceful close waits for responses to be written; a client that
                     // stops reading would hold the connection (and its upstream) forever.
@@ -289,14 +287,20 @@ impl Drop for InFlight {
 
 impl Activity {
     fn touch(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_millis.store(ms, Ordering::Relaxed);
+        self.moves.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// Time since a byte was last read from or written to the client, or a request ended.
-    fn quiet_for(&self) -> Duration {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(now.saturating_sub(self.last_millis.load(Ordering::Relaxed)))
+impl Quiet {
+    /// Time since a byte was last read from or written to the client, or a request ended, as
+    /// seen at ticks: exact to one tick (a quarter of the idle timeout).
+    fn update(&mut self, activity: &Activity) -> Duration {
+        let moves = activity.moves.load(Ordering::Relaxed);
+        if moves != self.seen {
+            self.seen = moves;
+            self.since = Instant::now();
+        }
+        self.since.elapsed()
     }
 }
 

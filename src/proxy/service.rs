@@ -13,6 +13,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+pub use super::forwarded::Origin;
 use super::{forwarded, hop_by_hop, request_id};
 use crate::authn::credential;
 use crate::body::{self, LimitedBody, ResponseBody};
@@ -44,54 +45,6 @@ struct Done<'a> {
     reason: Option<&'static str>,
     client_ip: IpAddr,
     principal: Option<&'a str>,
-}
-
-/// Where an allowed request came from, for the headers the gateway writes.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    /// The TCP peer.
-    pub peer: IpAddr,
-    /// Whether the peer is a trusted proxy.
-    pub peer_trusted: bool,
-    /// The client address (see [`RequestFacts`]).
-    pub client_ip: IpAddr,
-    /// How the client reached the gateway.
-    pub scheme: crate::request::facts::Scheme,
-    /// The authority that was decided on.
-    pub authority: HeaderValue,
-}
-
-impl Origin {
-    /// Where a request came from; the authority is the one that was decided on (lowercase
-    /// host, port): usually the client's `Host` exactly, shared without a copy, rebuilt only
-    /// when normalisation changed it.
-    pub fn of(facts: &RequestFacts<'_>, parts: &http::request::Parts) -> Self {
-        let authority = match parts.headers.get(header::HOST) {
-            Some(h)
-                if parts.uri.authority().is_none()
-                    && !h.as_bytes().iter().any(u8::is_ascii_uppercase)
-                    && !h.as_bytes().ends_with(b".")
-                    && !h.as_bytes().windows(2).any(|w| w == b".:") =>
-            {
-                h.clone()
-            }
-            _ => {
-                let text = match facts.port {
-                    Some(p) => format!("{}:{p}", facts.host),
-                    None => facts.host.clone().into_owned(),
-                };
-                HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
-                    .unwrap_or_else(|_| HeaderValue::from_static(""))
-            }
-        };
-        Self {
-            peer: facts.conn.peer.ip(),
-            peer_trusted: facts.peer_trusted,
-            client_ip: facts.client_ip,
-            scheme: facts.scheme,
-            authority,
-        }
-    }
 }
 
 /// The target forwarded upstream: the canonical path that was decided on plus the raw query,
@@ -137,14 +90,7 @@ pub fn upstream_headers(
     for (name, value) in identity {
         headers.insert(name, value);
     }
-    forwarded::apply(
-        headers,
-        origin.peer,
-        origin.peer_trusted,
-        origin.client_ip,
-        origin.scheme,
-        &origin.authority,
-    );
+    forwarded::apply(headers, &origin);
     headers.insert(
         snapshot.server.request_id_header.clone(),
         request_id.clone(),
@@ -365,11 +311,8 @@ pub async fn handle(
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             hop_by_hop::strip(&mut parts.headers);
+            // (The request id is added by `finish`, as to every answer.)
             parts.version = Version::HTTP_11;
-            parts.headers.insert(
-                snapshot.server.request_id_header.clone(),
-                request_id.clone(),
-            );
             (
                 Response::from_parts(parts, body::streamed(body)),
                 Outcome::Allow,

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::request::Parts;
-use http::{HeaderMap, Method, header};
+use http::{HeaderMap, HeaderValue, Method, header};
 use ipnet::IpNet;
 
 use super::path::{self, PathError};
@@ -33,6 +33,50 @@ pub struct ConnInfo {
     pub listener: Arc<str>,
     /// Set for TLS connections.
     pub tls: Option<TlsInfo>,
+    /// The peer's address as header text, written once per connection rather than per request
+    /// (`X-Forwarded-For`, `Forwarded`, `x-real-ip`).
+    pub peer_text: HeaderValue,
+}
+
+impl ConnInfo {
+    /// A connection from `peer` on `listener`.
+    pub fn new(peer: SocketAddr, listener: Arc<str>, tls: Option<TlsInfo>) -> Self {
+        let mut text = String::with_capacity(15);
+        push_ip(&mut text, peer.ip());
+        Self {
+            peer,
+            listener,
+            tls,
+            // An address's text is always a valid header value.
+            peer_text: HeaderValue::from_str(&text)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
+/// Appends an address's text, as `Display` writes it; IPv4 (nearly every request) without the
+/// formatting machinery, which costs more than the rest of the forwarding headers together.
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// The TLS session of a connection.
@@ -248,19 +292,27 @@ pub fn parse_host(raw: &str) -> Result<(Cow<'_, str>, Option<u16>), FactsError> 
     // Why: a `:` or bracket outside an IPv6 literal, or an empty label, is read differently by
     // different servers (`admin.example.com:1:443`); refuse rather than guess.
     // Regression: tests::host_forms
-    let valid = if host.starts_with('[') {
-        true
-    } else {
-        !host.is_empty()
-            && host.split('.').all(|l| !l.is_empty())
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    };
-    if !valid {
-        return Err(FactsError::InvalidHost);
+    let mut upper = false;
+    if !host.starts_with('[') {
+        // One pass: letters, digits, `-`, `_` and dots between non-empty labels.
+        let mut label_empty = true;
+        for b in host.bytes() {
+            match b {
+                b'.' if label_empty => return Err(FactsError::InvalidHost),
+                b'.' => label_empty = true,
+                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => label_empty = false,
+                b'A'..=b'Z' => {
+                    label_empty = false;
+                    upper = true;
+                }
+                _ => return Err(FactsError::InvalidHost),
+            }
+        }
+        if label_empty {
+            return Err(FactsError::InvalidHost);
+        }
     }
-    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    let host = if upper {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
@@ -307,11 +359,35 @@ mod tests {
     }
 
     fn conn() -> ConnInfo {
-        ConnInfo {
-            peer: "192.0.2.7:5000".parse().unwrap(),
-            listener: "l".into(),
-            tls: None,
+        ConnInfo::new("192.0.2.7:5000".parse().unwrap(), "l".into(), None)
+    }
+
+    #[test]
+    fn push_ip_writes_what_display_writes() {
+        let mut v4: Vec<IpAddr> = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.9.10",
+            "100.99.101.1",
+            "192.0.2.7",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        // Every octet value in every position.
+        v4.extend((0..=255u8).map(|o| IpAddr::from([o, 255 - o, o / 2, o.wrapping_mul(7)])));
+        let v6 = [
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+            "fe80::1:2",
+        ];
+        for ip in v4.into_iter().chain(v6.iter().map(|s| s.parse().unwrap())) {
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
         }
+        assert_eq!(conn().peer_text, "192.0.2.7");
     }
 
     #[test]
@@ -341,6 +417,12 @@ mod tests {
                 Err(FactsError::InvalidHost),
             ),
             ("/", Some("a..b"), Err(FactsError::InvalidHost)),
+            ("/", Some(".a"), Err(FactsError::InvalidHost)),
+            ("/", Some("a.."), Err(FactsError::InvalidHost)),
+            ("/", Some("."), Err(FactsError::InvalidHost)),
+            ("/", Some(":80"), Err(FactsError::InvalidHost)),
+            ("/", Some("a%62"), Err(FactsError::InvalidHost)),
+            ("/", Some("A_b-9.Z:80"), Ok(("a_b-9.z", Some(80)))),
             ("/", Some("a]b:80"), Err(FactsError::InvalidHost)),
             // Absolute-form: the URI's authority wins over Host.
             (

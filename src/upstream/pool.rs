@@ -101,7 +101,9 @@ impl Pool {
     ) -> Result<Response<PooledBody>, SendError> {
         let sender = match self.checkout() {
             Some(s) => s,
-            None => self.connect().await?,
+            // Boxed: a new connection is rare, and its TLS and HTTP/2 handshake futures are
+            // large; inline, every request's future would carry and move them.
+            None => Box::pin(self.connect()).await?,
         };
         let mut req = req;
         match sender {
