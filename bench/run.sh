@@ -3,15 +3,17 @@
 # through Portcullis, plain HTTP and TLS, in one run. Prints req/s, p50, p99 and the ratios, and
 # appends them to bench/RESULTS.md. Servers are pinned to CPU 0, wrk to CPU 1.
 #
-#   bench/run.sh                       # 10 s per scenario, 50 connections
-#   DURATION=8 CONNS=100 bench/run.sh
+#   bench/run.sh                       # 3 rounds of 6 s per scenario, 50 connections
+#   DURATION=8 ROUNDS=5 CONNS=100 bench/run.sh
 #
-# Env: DURATION (s, default 10), CONNS (default 50), WARMUP (s, default 1), SERVER_CPU (0),
+# Env: DURATION (s per run, default 6), ROUNDS (default 3; the median is reported), CONNS
+# (default 50), WARMUP (s, default 1), SERVER_CPU (0),
 # LOAD_CPU (1), RESULTS (default bench/RESULTS.md; empty: do not record), PERF (a scenario name:
 # profile Portcullis with perf during it, report in target/perf-SCENARIO.txt).
 set -euo pipefail
 
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-6}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-50}
 WARMUP=${WARMUP:-1}
 SERVER_CPU=${SERVER_CPU:-0}
@@ -252,7 +254,7 @@ declare -A URL=(
     [portcullis-full]="https://127.0.0.1:$P_PC_TLS/full/acme/orders"
 )
 declare -A HEADER=([portcullis-jwt]="Authorization: Bearer $TOKEN" [portcullis-full]="Authorization: Bearer $TOKEN")
-declare -A RPS P50 P99 NON2XX SOCKERR UPCONN
+declare -A RPS P50 P99 NON2XX SOCKERR UPCONN CPU INSTR
 
 # Connections the upstream has accepted so far (stub_status): shows whether a proxy pools.
 upstream_accepts() {
@@ -289,19 +291,46 @@ for s in "${SCENARIOS[@]}"; do
     [[ -z ${HEADER[$s]:-} ]] || hdr=(-H "${HEADER[$s]}")
     body=$(curl -fsk --max-time 2 "${hdr[@]}" "${URL[$s]}") || die "$s: sanity request failed"
     [[ $body == ok ]] || die "$s: unexpected body: $body"
+done
+
+# The process doing the proxying in each scenario, for its CPU time and instructions per request
+# (perf stat): steadier than req/s on a shared machine, since other tenants' load mostly shows
+# as fewer requests rather than more work per request.
+UP_WORKER=$(pgrep -P "${PIDS[0]}" | head -1)
+NGX_WORKER=$(pgrep -P "${PIDS[1]}" | head -1)
+declare -A PROC=([direct]=$UP_WORKER [nginx]=$NGX_WORKER [nginx-tls]=$NGX_WORKER
+    [portcullis]=$PC_PID [portcullis-jwt]=$PC_PID [portcullis-tls]=$PC_PID [portcullis-full]=$PC_PID)
+COUNTERS=
+if perf stat -x, -e task-clock,instructions -o "$TMP/perf-probe.txt" true 2>/dev/null &&
+    ! grep -q 'not supported\|not counted' "$TMP/perf-probe.txt"; then
+    COUNTERS=1
+else
+    log "perf stat cannot count instructions here: the CPU and instruction columns stay empty"
+fi
+
+# One run of one scenario; sets R_RPS R_P50 R_P99 R_NON2XX R_SOCKERR R_UPCONN R_CPU R_INSTR.
+run_scenario() { # $1 scenario, $2 round
+    local s=$1 round=$2 hdr=() perf_pid= stat_pid= acc0 out n
+    [[ -z ${HEADER[$s]:-} ]] || hdr=(-H "${HEADER[$s]}")
     if [[ $WARMUP != 0 ]]; then
         run_wrk "$TMP/warmup-$s.txt" -d"${WARMUP}s" "${hdr[@]}" "${URL[$s]}"
     fi
-    log "$s: ${DURATION}s, $CONNS connections"
+    log "$s (round $round/$ROUNDS): ${DURATION}s, $CONNS connections"
     acc0=$(upstream_accepts)
-    perf_pid=
-    if [[ -n ${PERF:-} && $PERF == "$s" ]]; then
+    if [[ -n ${PERF:-} && $PERF == "$s" && $round == 1 ]]; then
         # A CPU profile of Portcullis during this scenario, for finding where the time goes.
         perf record -F 1999 -g -p "$PC_PID" -o "$TMP/perf.data" -- sleep "$DURATION" \
             >/dev/null 2>&1 &
         perf_pid=$!
+    elif [[ -n $COUNTERS ]]; then
+        perf stat -x, -e task-clock,instructions -p "${PROC[$s]}" -o "$TMP/stat-$s.txt" &
+        stat_pid=$!
     fi
     run_wrk "$TMP/wrk-$s.txt" -d"${DURATION}s" --latency "${hdr[@]}" "${URL[$s]}"
+    if [[ -n $stat_pid ]]; then
+        kill -INT "$stat_pid" 2>/dev/null || true
+        wait "$stat_pid" 2>/dev/null || true
+    fi
     if [[ -n $perf_pid ]]; then
         wait "$perf_pid" || true
         perf report -i "$TMP/perf.data" --no-children --percent-limit 0.05 --stdio -g none \
@@ -309,15 +338,47 @@ for s in "${SCENARIOS[@]}"; do
         log "profile of $s: target/perf-$s.txt"
     fi
     out=$(<"$TMP/wrk-$s.txt")
-    UPCONN[$s]=$(($(upstream_accepts) - acc0 - 1))
-    RPS[$s]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
-    P50[$s]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
-    P99[$s]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-    NON2XX[$s]=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
-    NON2XX[$s]=${NON2XX[$s]:-0}
-    SOCKERR[$s]=$(awk -F'[ ,]+' '/Socket errors:/ {print $4+$6+$8+$10}' <<<"$out")
-    SOCKERR[$s]=${SOCKERR[$s]:-0}
-    [[ -n ${RPS[$s]} ]] || { printf '%s\n' "$out" >&2; die "$s: could not parse wrk output"; }
+    R_UPCONN=$(($(upstream_accepts) - acc0 - 1))
+    R_RPS=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
+    [[ -n $R_RPS ]] || { printf '%s\n' "$out" >&2; die "$s: could not parse wrk output"; }
+    R_P50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    R_P99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    R_NON2XX=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
+    R_SOCKERR=$(awk -F'[ ,]+' '/Socket errors:/ {print $4+$6+$8+$10}' <<<"$out")
+    R_CPU=
+    R_INSTR=
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    if [[ -n $stat_pid && -s $TMP/stat-$s.txt && ${n:-0} -gt 0 ]]; then
+        # The counter runs from just before wrk starts to just after it ends: a slight
+        # overestimate, the same for every scenario.
+        R_CPU=$(awk -F, -v n="$n" '$3 == "task-clock" {printf "%.1f", $1 * 1000 / n}' "$TMP/stat-$s.txt")
+        R_INSTR=$(awk -F, -v n="$n" '$3 ~ /^instructions/ && $1 ~ /^[0-9]+$/ {printf "%.0f", $1 / n}' \
+            "$TMP/stat-$s.txt")
+    fi
+}
+
+# Rounds: every scenario once per round, the order rotated each round, so that a change in the
+# machine's background load during the run falls on all scenarios alike. Each column reports
+# the median over the rounds (p50 and p99 those of the median run).
+declare -A RUNS
+for ((round = 1; round <= ROUNDS; round++)); do
+    n=${#SCENARIOS[@]}
+    for ((i = 0; i < n; i++)); do
+        s=${SCENARIOS[$(((i + round - 1) % n))]}
+        run_scenario "$s" "$round"
+        RUNS[$s]+="$R_RPS ${R_P50:-0} ${R_P99:-0} ${R_NON2XX:-0} ${R_SOCKERR:-0} ${R_UPCONN:-0} ${R_CPU:--} ${R_INSTR:--}"$'\n'
+    done
+done
+for s in "${SCENARIOS[@]}"; do
+    # The run with the median req/s; errors are summed over all runs.
+    read -r RPS[$s] P50[$s] P99[$s] _ _ UPCONN[$s] _ _ < <(sort -n <<<"${RUNS[$s]%$'\n'}" |
+        awk -v m=$(((ROUNDS + 1) / 2)) 'NR == m')
+    NON2XX[$s]=$(awk '{t += $4} END {print t + 0}' <<<"${RUNS[$s]}")
+    SOCKERR[$s]=$(awk '{t += $5} END {print t + 0}' <<<"${RUNS[$s]}")
+    CPU[$s]=$(awk '$7 != "-" {print $7}' <<<"${RUNS[$s]}" | sort -n |
+        awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "-"}')
+    INSTR[$s]=$(awk '$8 != "-" {print $8}' <<<"${RUNS[$s]}" | sort -n |
+        awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "-"}')
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -328,29 +389,35 @@ kill -0 "${PIDS[2]}" 2>/dev/null || { cat "$TMP/portcullis/stdout.log" >&2; die 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r != "n/a" && r + 0 >= t) ? "PASS" : "FAIL" }'; }
 
+# "; CPU per request a/b" when both were measured: below 1 means a spends less.
+cpu_note() { # $1 scenario a, $2 scenario b
+    [[ ${CPU[$1]:--} != - && ${CPU[$2]:--} != - ]] || return 0
+    printf '; proxy CPU per request %s× of %s'"'"'s' "$(ratio "${CPU[$1]}" "${CPU[$2]}")" "$2"
+}
+
 table() {
-    echo "| scenario | req/s | p50 ms | p99 ms | vs direct | non-2xx | socket errors | upstream conns |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| scenario | req/s | p50 ms | p99 ms | vs direct | proxy CPU µs/req | proxy instr/req | non-2xx | socket errors | upstream conns |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for s in "${SCENARIOS[@]}"; do
-        printf '| %s | %s | %s | %s | %s× | %s | %s | %s |\n' "$s" "${RPS[$s]}" "${P50[$s]}" \
-            "${P99[$s]}" "$(ratio "${RPS[$s]}" "${RPS[direct]}")" "${NON2XX[$s]}" "${SOCKERR[$s]}" \
-            "${UPCONN[$s]}"
+        printf '| %s | %s | %s | %s | %s× | %s | %s | %s | %s | %s |\n' "$s" "${RPS[$s]}" \
+            "${P50[$s]}" "${P99[$s]}" "$(ratio "${RPS[$s]}" "${RPS[direct]}")" "${CPU[$s]}" \
+            "${INSTR[$s]}" "${NON2XX[$s]}" "${SOCKERR[$s]}" "${UPCONN[$s]}"
     done
     echo
     local r
     r=$(ratio "${RPS[portcullis]}" "${RPS[nginx]}")
-    echo "- portcullis / nginx: **${r}×** (target ≥ 1.0×): **$(verdict "$r" 1.0)**"
+    echo "- portcullis / nginx: **${r}×** (target ≥ 1.0×): **$(verdict "$r" 1.0)**$(cpu_note portcullis nginx)"
     r=$(ratio "${RPS[portcullis-tls]}" "${RPS[nginx-tls]}")
-    echo "- portcullis-tls / nginx-tls: **${r}×** (target ≥ 1.5×): **$(verdict "$r" 1.5)**"
+    echo "- portcullis-tls / nginx-tls: **${r}×** (target ≥ 1.5×): **$(verdict "$r" 1.5)**$(cpu_note portcullis-tls nginx-tls)"
     r=$(ratio "${RPS[portcullis-jwt]}" "${RPS[portcullis]}")
-    echo "- portcullis-jwt (cached RS256) / portcullis: **${r}×** (target ≥ 0.9×): **$(verdict "$r" 0.9)**"
+    echo "- portcullis-jwt (cached RS256) / portcullis: **${r}×** (target ≥ 0.9×): **$(verdict "$r" 0.9)**$(cpu_note portcullis-jwt portcullis)"
     r=$(ratio "${RPS[portcullis-full]}" "${RPS[nginx]}")
-    echo "- portcullis-full (TLS, cached RS256, claim check, CEL, rate limit, identity headers) / nginx (plain proxy_pass): **${r}×** (target ≥ 1.0×): **$(verdict "$r" 1.0)**"
+    echo "- portcullis-full (TLS, cached RS256, claim check, CEL, rate limit, identity headers) / nginx (plain proxy_pass): **${r}×** (target ≥ 1.0×): **$(verdict "$r" 1.0)**$(cpu_note portcullis-full nginx)"
 }
 
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -z $(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] || COMMIT+="+dirty"
-WRK_PARAMS="wrk -t$THREADS -c$CONNS -d${DURATION}s --latency (after a ${WARMUP}s warm-up), keep-alive, GET /"
+WRK_PARAMS="wrk -t$THREADS -c$CONNS -d${DURATION}s --latency (after a ${WARMUP}s warm-up), keep-alive, GET /; median of $ROUNDS rounds"
 ENV_LINE="nproc $(nproc); servers on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU; load avg before $LOAD_BEFORE, after $LOAD_AFTER; $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'); $(openssl version | cut -d' ' -f1-2)"
 
 echo
@@ -370,8 +437,9 @@ an `upstream` block with `keepalive 64`, HTTP/1.1 to the upstream, TLS 1.2/1.3 w
 cache on its TLS port) and Portcullis (`worker_threads: 1`, access log off, one allow rule `/**`
 to the upstream, a plain and a TLS listener with the same self-signed P-256 certificate as
 nginx). All servers are pinned to CPU 0 with `taskset`, and wrk (one thread, keep-alive
-connections) to CPU 1. The scenarios run one after the other for the same fixed duration, each
-after a short warm-up:
+connections) to CPU 1. The scenarios run in rounds (each once per round, the order rotated every
+round), each run for the same fixed duration after a short warm-up, and the table gives the
+median run of each:
 
 - `direct`: wrk → upstream (the ceiling of this machine);
 - `nginx`: wrk → nginx `proxy_pass` → upstream;
@@ -387,7 +455,9 @@ after a short warm-up:
 Only the ratios measured within one run matter (targets: portcullis ≥ 1.0× nginx,
 portcullis-tls ≥ 1.5× nginx-tls, portcullis-jwt ≥ 0.9× portcullis, portcullis-full ≥ 1.0× nginx). The absolute numbers depend on the machine and on whatever
 else runs on it, and must not be compared across runs or machines. `non-2xx` and `socket errors`
-come from wrk; `upstream conns` is how many connections the upstream accepted during the
+come from wrk, summed over the rounds; `proxy CPU µs/req` and `proxy instr/req` are the CPU time
+and instructions (user and kernel, `perf stat`) of the proxying process (the upstream for
+`direct`) per request: steadier than req/s on a shared machine. `upstream conns` is how many connections the upstream accepted during the
 measured window (nginx `stub_status`): a pooling proxy opens few, one per request means no reuse. `+dirty` after the commit
 means `src/` or `Cargo.*` had uncommitted changes.
 EOF
