@@ -64,6 +64,7 @@ fn principal() -> Principal {
             .unwrap()
             .clone(),
         expires_at: None,
+        derived: Default::default(),
     }
 }
 

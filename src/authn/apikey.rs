@@ -284,6 +284,7 @@ fn compile_key(
         api_key_id: Some(k.id.as_str().into()),
         claims,
         expires_at,
+        derived: Default::default(),
     };
     Ok(Key {
         digest,

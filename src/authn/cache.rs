@@ -205,6 +205,7 @@ mod tests {
             api_key_id: None,
             claims: serde_json::Map::new(),
             expires_at: None,
+            derived: Default::default(),
         })
     }
 

@@ -90,6 +90,7 @@ impl Mtls {
             api_key_id: None,
             claims,
             expires_at: Some(cert.not_after),
+            derived: Default::default(),
         })
     }
 }

@@ -39,6 +39,44 @@ pub struct Principal {
     pub claims: Map<String, Value>,
     /// Unix time after which the credential is no longer valid, if it expires.
     pub expires_at: Option<u64>,
+    /// Views of this principal computed on first use and kept for as long as it is cached.
+    pub derived: Derived,
+}
+
+/// A slot for one value derived from a [`Principal`] the first time it is needed (the policy
+/// engine's CEL view of it), so that every later request with the same cached credential
+/// reuses it. Not part of the principal's identity: equality ignores it and a clone starts
+/// empty.
+#[derive(Default)]
+pub struct Derived(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Derived {
+    /// The value, computed by `init` on first use; `None` only if a value of another type was
+    /// stored first.
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(
+        &self,
+        init: impl FnOnce() -> T,
+    ) -> Option<&T> {
+        self.0.get_or_init(|| Box::new(init())).downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Derived")
+    }
+}
+
+impl Clone for Derived {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// A compiled [`RawPrincipalMapping`].
@@ -187,6 +225,7 @@ impl Mapping {
             api_key_id: None,
             claims,
             expires_at,
+            derived: Default::default(),
         })
     }
 }

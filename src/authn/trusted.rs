@@ -186,6 +186,7 @@ impl TrustedHeaders {
                 api_key_id: None,
                 claims,
                 expires_at: None,
+                derived: Default::default(),
             })
         };
         match build() {

@@ -18,6 +18,8 @@ use std::sync::OnceLock;
 use cel::common::types::{
     CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
 };
+use cel::common::value::CowVal;
+use cel::context::VariableResolver;
 use cel::objects::Value as Cel;
 use cel::{Context, Program};
 use http::Method;
@@ -30,16 +32,8 @@ use crate::request::RequestFacts;
 pub struct Condition {
     program: Program,
     source: Box<str>,
-    uses: Uses,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Uses {
-    claims: bool,
-    principal: bool,
-    request: bool,
-    params: bool,
-    action: bool,
+    /// Whether the expression reads `params` (the caller then extracts path parameters).
+    uses_params: bool,
 }
 
 /// Why a condition did not allow.
@@ -82,17 +76,10 @@ impl Condition {
                 ));
             }
         }
-        let uses = Uses {
-            claims: refs.has_variable("claims"),
-            principal: refs.has_variable("principal"),
-            request: refs.has_variable("request"),
-            params: refs.has_variable("params"),
-            action: refs.has_variable("action"),
-        };
         Ok(Self {
+            uses_params: refs.has_variable("params"),
             program,
             source: source.into(),
-            uses,
         })
     }
 
@@ -103,11 +90,13 @@ impl Condition {
 
     /// Whether `params` is used (the caller then extracts path parameters).
     pub fn uses_params(&self) -> bool {
-        self.uses.params
+        self.uses_params
     }
 
-    /// Evaluates the condition for a request. The variables borrow from the request and the
-    /// principal (no string is copied but decoded query values).
+    /// Evaluates the condition for a request. A variable is built only if the expression
+    /// reads it, at most once; `claims` and `principal` are built once per principal and kept
+    /// with it (a cached credential's later requests reuse them); the request's variables
+    /// borrow from the request (no string is copied but decoded query values).
     pub fn eval(
         &self,
         facts: &RequestFacts<'_>,
@@ -115,28 +104,70 @@ impl Condition {
         params: &[(Box<str>, String)],
     ) -> Result<(), ConditionError> {
         let root: &Context<'_, '_> = ROOT.get_or_init(Context::default);
+        let vars = Vars {
+            facts,
+            principal,
+            params,
+            built: Default::default(),
+        };
         let mut cx = root.new_inner_scope();
-        if self.uses.claims {
-            let claims = principal.map_or_else(|| map([]), |p| json_map(&p.claims));
-            cx.add_variable_as_val("claims", claims);
-        }
-        if self.uses.principal {
-            cx.add_variable_as_val("principal", principal_value(principal));
-        }
-        if self.uses.request {
-            cx.add_variable_as_val("request", request_value(facts));
-        }
-        if self.uses.params {
-            cx.add_variable_as_val("params", map(params.iter().map(|(k, v)| (&**k, string(v)))));
-        }
-        if self.uses.action {
-            cx.add_variable_as_val("action", string(action(facts)));
-        }
+        cx.set_variable_resolver(&vars);
         match self.program.execute(&cx) {
             Ok(Cel::Bool(true)) => Ok(()),
             Ok(_) => Err(ConditionError::False),
             Err(e) => Err(ConditionError::Error(e.to_string())),
         }
+    }
+}
+
+/// The variables of one evaluation, built when the expression first reads them.
+struct Vars<'a, 'r> {
+    facts: &'a RequestFacts<'r>,
+    principal: Option<&'a Principal>,
+    params: &'a [(Box<str>, String)],
+    /// `request`, `params`, `action`, and `claims` and `principal` when anonymous.
+    built: [OnceLock<Val<'a>>; 5],
+}
+
+/// A principal's CEL view, built once and kept in [`Principal::derived`].
+struct PrincipalVals {
+    claims: Val<'static>,
+    principal: Val<'static>,
+}
+
+impl<'a, 'r> VariableResolver for Vars<'a, 'r> {
+    fn resolve<'b>(&'b self, name: &str) -> Option<CowVal<'b, 'b>> {
+        let (slot, build): (usize, fn(&Vars<'a, 'r>) -> Val<'a>) = match name {
+            "claims" | "principal" => {
+                if let Some(p) = self.principal
+                    && let Some(v) = p.derived.get_or_init(|| PrincipalVals {
+                        claims: json_map_owned(&p.claims),
+                        principal: principal_owned(p),
+                    })
+                {
+                    let v = if name == "claims" {
+                        &v.claims
+                    } else {
+                        &v.principal
+                    };
+                    return Some(CowVal::Borrowed(v.as_ref()));
+                }
+                if name == "claims" {
+                    (0, |_| map([]))
+                } else {
+                    (1, |_| anonymous_value())
+                }
+            }
+            "request" => (2, |v| request_value(v.facts)),
+            "params" => (3, |v| {
+                map(v.params.iter().map(|(k, val)| (&**k, string(val))))
+            }),
+            "action" => (4, |v| string(action(v.facts))),
+            _ => return None,
+        };
+        Some(CowVal::Borrowed(
+            self.built[slot].get_or_init(|| build(self)).as_ref(),
+        ))
     }
 }
 
@@ -187,35 +218,53 @@ fn strings(v: &[Box<str>]) -> Val<'_> {
     ))
 }
 
-fn optional(v: Option<&str>) -> Val<'_> {
-    match v {
-        Some(s) => string(s),
-        None => Box::new(CelNull),
-    }
+/// `principal` for an anonymous request.
+fn anonymous_value() -> Val<'static> {
+    map([
+        ("authenticated", Box::new(CelBool::from(false)) as Val<'_>),
+        ("id", string("")),
+        ("kind", string("anonymous")),
+        ("authenticator", Box::new(CelNull)),
+        ("issuer", Box::new(CelNull)),
+        ("tenant", Box::new(CelNull)),
+        ("api_key_id", Box::new(CelNull)),
+        ("scopes", strings(&[])),
+        ("roles", strings(&[])),
+    ])
 }
 
-fn principal_value(p: Option<&Principal>) -> Val<'_> {
-    let opt = optional;
+/// `principal` for an authenticated request, owning its strings (kept with the principal).
+fn principal_owned(p: &Principal) -> Val<'static> {
+    let opt = |v: Option<&str>| -> Val<'static> {
+        match v {
+            Some(s) => owned(s.to_owned()),
+            None => Box::new(CelNull),
+        }
+    };
+    let list = |v: &[Box<str>]| -> Val<'static> {
+        Box::new(CelList::from(
+            v.iter().map(|s| owned(s.to_string())).collect::<Vec<_>>(),
+        ))
+    };
     map([
         (
             "authenticated",
-            Box::new(CelBool::from(p.is_some())) as Val<'_>,
+            Box::new(CelBool::from(true)) as Val<'static>,
         ),
-        ("id", string(p.map_or("", |p| &p.id))),
+        ("id", owned(p.id.to_string())),
         (
             "kind",
-            string(match p.map(|p| p.kind) {
-                Some(PrincipalKind::User) => "user",
-                Some(PrincipalKind::Machine) => "machine",
-                None => "anonymous",
+            string(match p.kind {
+                PrincipalKind::User => "user",
+                PrincipalKind::Machine => "machine",
             }),
         ),
-        ("authenticator", opt(p.map(|p| &*p.authenticator))),
-        ("issuer", opt(p.and_then(|p| p.issuer.as_deref()))),
-        ("tenant", opt(p.and_then(|p| p.tenant.as_deref()))),
-        ("api_key_id", opt(p.and_then(|p| p.api_key_id.as_deref()))),
-        ("scopes", strings(p.map_or(&[], |p| &p.scopes))),
-        ("roles", strings(p.map_or(&[], |p| &p.roles))),
+        ("authenticator", owned(p.authenticator.to_string())),
+        ("issuer", opt(p.issuer.as_deref())),
+        ("tenant", opt(p.tenant.as_deref())),
+        ("api_key_id", opt(p.api_key_id.as_deref())),
+        ("scopes", list(&p.scopes)),
+        ("roles", list(&p.roles)),
     ])
 }
 
@@ -252,11 +301,16 @@ fn request_value<'a>(facts: &'a RequestFacts<'_>) -> Val<'a> {
     ])
 }
 
-fn json_map(m: &serde_json::Map<String, Value>) -> Val<'_> {
-    map(m.iter().map(|(k, v)| (k.as_str(), json(v))))
+/// Claims as CEL values owning their strings (kept with the principal).
+fn json_map_owned(m: &serde_json::Map<String, Value>) -> Val<'static> {
+    let m: HashMap<CelMapKey<'static>, Val<'static>> = m
+        .iter()
+        .map(|(k, v)| (CelMapKey::from(k.clone()), json_owned(v)))
+        .collect();
+    Box::new(CelMap::from(m))
 }
 
-fn json(v: &Value) -> Val<'_> {
+fn json_owned(v: &Value) -> Val<'static> {
     match v {
         Value::Null => Box::new(CelNull),
         Value::Bool(b) => Box::new(CelBool::from(*b)),
@@ -269,9 +323,9 @@ fn json(v: &Value) -> Val<'_> {
                 Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN)))
             }
         }
-        Value::String(s) => string(s),
-        Value::Array(a) => Box::new(CelList::from(a.iter().map(json).collect::<Vec<_>>())),
-        Value::Object(o) => json_map(o),
+        Value::String(s) => owned(s.clone()),
+        Value::Array(a) => Box::new(CelList::from(a.iter().map(json_owned).collect::<Vec<_>>())),
+        Value::Object(o) => json_map_owned(o),
     }
 }
 
@@ -300,6 +354,7 @@ mod tests {
                 .unwrap()
                 .clone(),
             expires_at: None,
+            derived: Default::default(),
         }
     }
 
@@ -347,6 +402,49 @@ mod tests {
             eval("params.user_id == principal.id", "GET", "/users/u1", None),
             Err(ConditionError::False)
         );
+    }
+
+    #[test]
+    fn anonymous_and_repeated_variables() {
+        for expr in [
+            "!principal.authenticated && principal.kind == 'anonymous' && principal.id == ''",
+            "size(claims) == 0 && !has(claims.sub) && principal.issuer == null",
+            "request.path == '/users/u1' && request.method == 'GET' && request.query.page == '2'",
+            "params.user_id == 'u1' && params.user_id.size() == 2",
+        ] {
+            assert_eq!(
+                eval(expr, "GET", "/users/u1?page=2", None),
+                Ok(()),
+                "{expr}"
+            );
+        }
+    }
+
+    #[test]
+    fn principal_view_is_kept_and_reused() {
+        let p = principal();
+        let expr =
+            "claims.sub == principal.id && principal.roles == ['admin'] && has(claims.org.tier)";
+        // The first evaluation builds the principal's view, the next ones reuse it.
+        for _ in 0..3 {
+            assert_eq!(eval(expr, "GET", "/", Some(&p)), Ok(()));
+        }
+        assert!(
+            p.derived.get_or_init(|| 0u8).is_none(),
+            "the view is stored"
+        );
+        // A clone (another request's principal) builds its own.
+        let mut other = p.clone();
+        other.id = "u2".into();
+        assert_eq!(
+            eval("principal.id == 'u2'", "GET", "/", Some(&other)),
+            Ok(())
+        );
+        assert_eq!(
+            eval(expr, "GET", "/", Some(&other)),
+            Err(ConditionError::False)
+        );
+        assert_eq!(eval(expr, "GET", "/", Some(&p)), Ok(()));
     }
 
     #[test]

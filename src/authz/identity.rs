@@ -395,6 +395,7 @@ mod tests {
                 .unwrap()
                 .clone(),
             expires_at: None,
+            derived: Default::default(),
         }
     }
 

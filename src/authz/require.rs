@@ -225,6 +225,7 @@ mod tests {
             api_key_id: None,
             claims: claims.as_object().unwrap().clone(),
             expires_at: None,
+            derived: Default::default(),
         }
     }
 
