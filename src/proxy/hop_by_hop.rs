@@ -26,9 +26,18 @@ fn is_fixed(name: &HeaderName) -> bool {
 
 /// Removes the fixed hop-by-hop set and every header named in `Connection`.
 pub fn strip(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        // `keep-alive`, `close` and the fixed set are removed anyway: the common
-        // `Connection: keep-alive` costs no allocation.
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    let only_fixed = match (connection.next(), connection.next()) {
+        (None, _) => true,
+        // The usual `Connection: keep-alive` or `close` names nothing else.
+        (Some(v), None) => {
+            v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+                || v.as_bytes().eq_ignore_ascii_case(b"close")
+        }
+        _ => false,
+    };
+    if !only_fixed {
+        // `close` and the fixed set need no entry of their own.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -107,6 +116,7 @@ mod tests {
         h.append("te", "trailers".parse().unwrap());
         h.append("keep-alive", "timeout=5".parse().unwrap());
         h.append("proxy-connection", "keep-alive".parse().unwrap());
+        h.append("connection", "Keep-Alive".parse().unwrap());
         h.append("x-kept", "1".parse().unwrap());
         strip(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
