@@ -64,16 +64,17 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v python3 >/dev/null || die "python3 is needed to pick free ports"
 
-log "building target/release/portcullis"
-cargo build --release --locked --bin portcullis >&2
+log "building target/release/portcullis and the bare hyper proxy"
+cargo build --release --locked --bin portcullis --example bare-proxy >&2
 BIN=$ROOT/target/release/portcullis
+BARE=$ROOT/target/release/examples/bare-proxy
 
 # --- ports, certificate --------------------------------------------------------------------------
 # Bind all sockets at once so the ports are distinct, then release them.
-read -r P_UP P_NGX P_NGX_TLS P_PC P_PC_TLS P_ADMIN < <(python3 - <<'EOF'
+read -r P_UP P_NGX P_NGX_TLS P_PC P_PC_TLS P_ADMIN P_BARE < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(6):
+for _ in range(7):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
 print(*(s.getsockname()[1] for s in socks))
 EOF
@@ -235,6 +236,10 @@ start_nginx upstream
 wait_http "http://127.0.0.1:$P_UP/" "upstream nginx" || { cat "$TMP/upstream/error.log" >&2; exit 1; }
 start_nginx proxy
 wait_http "http://127.0.0.1:$P_NGX/" "nginx proxy" || { cat "$TMP/proxy/error.log" >&2; exit 1; }
+taskset -c "$SERVER_CPU" "$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP" >"$TMP/bare.log" 2>&1 &
+BARE_PID=$!
+PIDS+=($!)
+wait_http "http://127.0.0.1:$P_BARE/" "bare hyper proxy" || { cat "$TMP/bare.log" >&2; exit 1; }
 taskset -c "$SERVER_CPU" "$BIN" run -c "$TMP/portcullis/portcullis.yaml" --no-watch \
     >"$TMP/portcullis/stdout.log" 2>&1 &
 PC_PID=$!
@@ -243,10 +248,11 @@ wait_http "http://127.0.0.1:$P_ADMIN/readyz" "portcullis /readyz" ||
     { cat "$TMP/portcullis/stdout.log" >&2; exit 1; }
 
 # --- scenarios -----------------------------------------------------------------------------------
-SCENARIOS=(direct nginx portcullis portcullis-jwt nginx-tls portcullis-tls portcullis-full)
+SCENARIOS=(direct nginx hyper-bare portcullis portcullis-jwt nginx-tls portcullis-tls portcullis-full)
 declare -A URL=(
     [direct]="http://127.0.0.1:$P_UP/"
     [nginx]="http://127.0.0.1:$P_NGX/"
+    [hyper-bare]="http://127.0.0.1:$P_BARE/"
     [portcullis]="http://127.0.0.1:$P_PC/"
     [portcullis-jwt]="http://127.0.0.1:$P_PC/jwt/"
     [nginx-tls]="https://127.0.0.1:$P_NGX_TLS/"
@@ -298,7 +304,7 @@ done
 # as fewer requests rather than more work per request.
 UP_WORKER=$(pgrep -P "${PIDS[0]}" | head -1)
 NGX_WORKER=$(pgrep -P "${PIDS[1]}" | head -1)
-declare -A PROC=([direct]=$UP_WORKER [nginx]=$NGX_WORKER [nginx-tls]=$NGX_WORKER
+declare -A PROC=([direct]=$UP_WORKER [nginx]=$NGX_WORKER [nginx-tls]=$NGX_WORKER [hyper-bare]=$BARE_PID
     [portcullis]=$PC_PID [portcullis-jwt]=$PC_PID [portcullis-tls]=$PC_PID [portcullis-full]=$PC_PID)
 COUNTERS=
 if perf stat -x, -e task-clock,instructions -o "$TMP/perf-probe.txt" true 2>/dev/null &&
@@ -383,7 +389,7 @@ done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # Portcullis must still be alive (a crash mid-run would show as socket errors).
-kill -0 "${PIDS[2]}" 2>/dev/null || { cat "$TMP/portcullis/stdout.log" >&2; die "portcullis exited"; }
+kill -0 "$PC_PID" 2>/dev/null || { cat "$TMP/portcullis/stdout.log" >&2; die "portcullis exited"; }
 
 # --- report --------------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
@@ -407,6 +413,10 @@ table() {
     local r
     r=$(ratio "${RPS[portcullis]}" "${RPS[nginx]}")
     echo "- portcullis / nginx: **${r}×** (target ≥ 1.0×): **$(verdict "$r" 1.0)**$(cpu_note portcullis nginx)"
+    r=$(ratio "${RPS[hyper-bare]}" "${RPS[nginx]}")
+    echo "- hyper-bare (the HTTP stack alone: hyper server and client, nothing else) / nginx: ${r}×$(cpu_note hyper-bare nginx)"
+    r=$(ratio "${RPS[portcullis]}" "${RPS[hyper-bare]}")
+    echo "- portcullis / hyper-bare (what the gateway's own work costs): ${r}×$(cpu_note portcullis hyper-bare)"
     r=$(ratio "${RPS[portcullis-tls]}" "${RPS[nginx-tls]}")
     echo "- portcullis-tls / nginx-tls: **${r}×** (target ≥ 1.5×): **$(verdict "$r" 1.5)**$(cpu_note portcullis-tls nginx-tls)"
     r=$(ratio "${RPS[portcullis-jwt]}" "${RPS[portcullis]}")
@@ -443,6 +453,8 @@ median run of each:
 
 - `direct`: wrk → upstream (the ceiling of this machine);
 - `nginx`: wrk → nginx `proxy_pass` → upstream;
+- `hyper-bare`: wrk → `bench/bare_proxy.rs` → upstream: hyper's HTTP/1 server and client on
+  one thread with pooled connections and nothing else, the floor of Portcullis' HTTP stack;
 - `portcullis`: wrk → Portcullis (plain HTTP) → upstream;
 - `portcullis-jwt`: the same, on a route requiring an RS256 JWT (PEM key file); every request
   carries the same token, so all but the first are cached verifications;

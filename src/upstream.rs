@@ -114,6 +114,11 @@ impl Upstream {
         })
     }
 
+    /// Whether [`Upstream::uri`] is the path and query unchanged (no base path to prepend).
+    pub fn uri_is_path_and_query(&self) -> bool {
+        self.base_path.is_empty()
+    }
+
     /// The upstream request target (origin-form) for a canonical path and raw query.
     pub fn uri(&self, path: &str, query: Option<&str>) -> Option<Uri> {
         let mut pq = String::with_capacity(

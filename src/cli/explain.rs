@@ -219,7 +219,7 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
                 report["status"] = json!(502);
                 return Ok((report, true));
             };
-            let uri = service::upstream_uri(upstream, &allow, &facts);
+            let uri = service::upstream_uri(upstream, &allow, &facts, &parts.uri);
             let origin = service::Origin::of(&facts, &parts);
             drop(facts);
             let identity = std::mem::take(&mut allow.identity);

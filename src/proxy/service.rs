@@ -53,11 +53,20 @@ pub fn upstream_uri(
     upstream: &crate::upstream::Upstream,
     allow: &crate::decision::Allow,
     facts: &RequestFacts<'_>,
+    original: &http::Uri,
 ) -> Option<http::Uri> {
     let query = match (&allow.query_credentials, facts.query) {
         (Some(names), Some(q)) => credential::strip_query(q, names),
         (_, q) => q.map(std::borrow::Cow::Borrowed),
     };
+    // Usually the client's origin-form target is already exactly that: share it, no copy.
+    if upstream.uri_is_path_and_query()
+        && original.scheme().is_none()
+        && original.path() == facts.path
+        && original.query() == query.as_deref()
+    {
+        return Some(original.clone());
+    }
     upstream.uri(&facts.path, query.as_deref())
 }
 
@@ -74,6 +83,9 @@ pub fn upstream_headers(
     request_id: &HeaderValue,
     upstream: &crate::upstream::Upstream,
 ) {
+    // Room for what is added below (identity, five forwarding headers, request id), so the
+    // map grows once rather than once per insert past its parsed size.
+    headers.reserve(identity.len() + 6);
     // What was verified here is not replayed upstream when the authenticator says so.
     if let Some(a) = allow
         .authenticator
@@ -215,7 +227,7 @@ pub async fn handle(
     // taken apart.
     // Query credentials never go further (URLs end up in logs); other credentials only when
     // the authenticator says so: what was verified here is not replayed upstream.
-    let uri = upstream_uri(&upstream, &allow, &facts);
+    let uri = upstream_uri(&upstream, &allow, &facts, &parts.uri);
     let client_ip = facts.client_ip;
     // Copied only when an access-log line will be written (an empty Box does not allocate).
     let (log_host, log_path): (Box<str>, Box<str>) = if snapshot.access_log {
