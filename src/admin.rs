@@ -1,6 +1,11 @@
 //! The admin listener (loopback by default, no authentication): `/healthz`, `/readyz`,
-//! `/metrics`, `/config` and `POST /reload`. Never shows a secret: `/config` reports the
-//! version, load time and last reload error (diagnostics name files and fields, not values).
+//! `/metrics`, `/config`, `/.well-known/jwks.json` and `POST /reload`. Never shows a secret:
+//! `/config` reports the version, load time and last reload error (diagnostics name files and
+//! fields, not values).
+//!
+//! The optional public admin listener (`admin.public_address`) serves the read-only subset
+//! that other machines need, `/healthz`, `/readyz` and the JWKS, and nothing else: the
+//! upstreams that verify identity assertions can reach it without reaching `POST /reload`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,10 +34,20 @@ pub struct AdminState {
     pub ready: AtomicBool,
 }
 
-/// Serves the admin listener until shutdown.
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything (the admin listener).
+    Full,
+    /// `GET`/`HEAD` `/healthz`, `/readyz` and `/.well-known/jwks.json` only.
+    Public,
+}
+
+/// Serves an admin listener until shutdown.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
+    scope: Scope,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -50,7 +65,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
+                async move { Ok::<_, Infallible>(route(&state, scope, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -61,7 +76,16 @@ pub async fn serve(
     }
 }
 
-async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ResponseBody> {
+async fn route(state: &AdminState, scope: Scope, req: Request<Incoming>) -> Response<ResponseBody> {
+    if scope == Scope::Public
+        && !matches!(
+            req.uri().path(),
+            "/healthz" | "/readyz" | "/.well-known/jwks.json"
+        )
+    {
+        // Not even a hint that more exists here.
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {

@@ -24,6 +24,7 @@ pub struct App {
     admin: Arc<AdminState>,
     listeners: Vec<(Arc<str>, SocketAddr)>,
     admin_addr: SocketAddr,
+    public_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     drain_tx: Option<mpsc::Sender<()>>,
     drain_rx: mpsc::Receiver<()>,
@@ -111,6 +112,24 @@ impl App {
             address: snapshot.admin_address,
             source,
         })?;
+        let public_tcp = match snapshot.raw.admin.public_address {
+            Some(address) => {
+                let tcp = TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        name: "admin public".into(),
+                        address,
+                        source,
+                    })?;
+                let bound = tcp.local_addr().map_err(|source| StartError::Bind {
+                    name: "admin public".into(),
+                    address,
+                    source,
+                })?;
+                Some((tcp, bound))
+            }
+            None => None,
+        };
         let max_connections = snapshot.raw.server.max_connections;
         let names: Vec<Arc<str>> = snapshot.listeners.iter().map(|l| l.name.clone()).collect();
         let version = snapshot.version.clone();
@@ -157,7 +176,22 @@ impl App {
             ready: AtomicBool::new(true),
         });
         tracing::info!(addr = %admin_addr, "Admin listening");
-        tokio::spawn(admin::serve(admin_tcp, Arc::clone(&admin), shutdown_rx));
+        let public_addr = public_tcp.map(|(tcp, addr)| {
+            tracing::info!(%addr, "Public admin listening (health and JWKS only)");
+            tokio::spawn(admin::serve(
+                tcp,
+                Arc::clone(&admin),
+                admin::Scope::Public,
+                shutdown_rx.clone(),
+            ));
+            addr
+        });
+        tokio::spawn(admin::serve(
+            admin_tcp,
+            Arc::clone(&admin),
+            admin::Scope::Full,
+            shutdown_rx,
+        ));
 
         if options.watch
             && let Err(e) =
@@ -171,6 +205,7 @@ impl App {
             admin,
             listeners,
             admin_addr,
+            public_addr,
             shutdown,
             drain_tx: Some(drain_tx),
             drain_rx,
@@ -193,6 +228,11 @@ impl App {
     /// The admin listener's bound address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The public admin listener's bound address, when configured.
+    pub fn public_admin_addr(&self) -> Option<SocketAddr> {
+        self.public_addr
     }
 
     /// Reloads the config now (what SIGHUP does).

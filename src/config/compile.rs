@@ -643,6 +643,9 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(&'static str
     if o.admin.address != n.admin.address {
         out.push(("admin.address", "changed: restart required"));
     }
+    if o.admin.public_address != n.admin.public_address {
+        out.push(("admin.public_address", "changed: restart required"));
+    }
     if o.server.max_connections != n.server.max_connections {
         out.push(("server.max_connections", "changed: restart required"));
     }

@@ -56,7 +56,7 @@ pub struct RawConfig {
     pub rate_limits: BTreeMap<String, RawRateLimit>,
     /// A short-lived JWT the gateway signs for each allowed, authenticated request and sends
     /// upstream, so upstreams verify (against `/.well-known/jwks.json` on the admin
-    /// listener) instead of trusting headers. A request whose assertion cannot be signed
+    /// listener, or on the read-only `admin.public_address`) instead of trusting headers. A request whose assertion cannot be signed
     /// gets 503 rather than going upstream without it.
     #[serde(default)]
     pub identity_assertion: Option<RawAssertion>,
@@ -204,12 +204,20 @@ pub struct RawAdmin {
     #[serde(default = "default_admin_address", deserialize_with = "socket_addr")]
     #[schemars(with = "String")]
     pub address: SocketAddr,
+    /// `ip:port` of an optional second, read-only listener that serves only `GET`/`HEAD`
+    /// `/healthz`, `/readyz` and `/.well-known/jwks.json`: for upstreams fetching the identity
+    /// assertion's keys and for load balancers, which then never reach `POST /reload`,
+    /// `/config` or `/metrics`. Off by default. Restart-only.
+    #[serde(default, deserialize_with = "opt_socket_addr")]
+    #[schemars(with = "Option<String>")]
+    pub public_address: Option<SocketAddr>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             address: default_admin_address(),
+            public_address: None,
         }
     }
 }
@@ -1084,6 +1092,10 @@ fn default_max_token_bytes() -> usize {
 
 fn default_leeway() -> Duration {
     Duration::from_secs(30)
+}
+
+fn opt_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
 }
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

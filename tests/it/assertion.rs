@@ -6,11 +6,18 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, jw
 use portcullis::authn::jwt::mint::SigningKey;
 use serde_json::{Value, json};
 
-use crate::support::{Setup, TestGateway, echoed_header, raw_status};
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::{Setup, TestGateway, echoed_header, get, raw_status, send};
 
 const SECRET: &[u8] = b"assertion-test-secret-assertion-test-secret-012";
 
 async fn gateway(signing: &SigningKey, retired: &SigningKey) -> TestGateway {
+    gateway_with(signing, retired, "").await
+}
+
+async fn gateway_with(signing: &SigningKey, retired: &SigningKey, admin: &str) -> TestGateway {
     let assertion = "identity_assertion:
   key_file: assertion.key
   algorithm: ES256
@@ -54,6 +61,7 @@ async fn gateway(signing: &SigningKey, retired: &SigningKey) -> TestGateway {
             "{}{assertion}",
             crate::support::hs256_users("{roles_claim: roles}")
         ),
+        admin: admin.into(),
         ..Setup::default()
     }
     .start()
@@ -62,6 +70,59 @@ async fn gateway(signing: &SigningKey, retired: &SigningKey) -> TestGateway {
 
 async fn request(gw: &TestGateway, path: &str, headers: &str) -> u16 {
     raw_status(gw.addr(), path, headers).await
+}
+
+/// Upstreams that verify assertions need the JWKS, not `POST /reload`: the public admin
+/// listener serves health and the keys, and nothing else, whatever the method or spelling.
+#[tokio::test]
+async fn public_admin_listener_serves_only_health_and_jwks() {
+    let signing = SigningKey::generate(Algorithm::ES256, "gw-2").unwrap();
+    let retired = SigningKey::generate(Algorithm::EdDSA, "gw-1").unwrap();
+    let gw = gateway_with(&signing, &retired, "  public_address: 127.0.0.1:0\n").await;
+    let public = gw.app().public_admin_addr().expect("public admin listener");
+    assert_ne!(public, gw.app().admin_addr());
+
+    let (_, full_jwks) = gw.admin_get("/.well-known/jwks.json").await;
+    let (status, headers, body) = get(public, "/.well-known/jwks.json").await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/jwk-set+json");
+    assert_eq!(
+        body,
+        full_jwks.as_bytes(),
+        "the same key set as the admin listener"
+    );
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(get(public, path).await.0, http::StatusCode::OK, "{path}");
+    }
+    let head = Request::head("/.well-known/jwks.json")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(public, head).await.0, http::StatusCode::OK);
+
+    // The rest of the admin surface does not exist here.
+    let reload = Request::post("/reload").body(Full::default()).unwrap();
+    assert_eq!(send(public, reload).await.0, http::StatusCode::NOT_FOUND);
+    for path in [
+        "/config", "/metrics", "/reload", "/nope", "//reload", "/reload/",
+    ] {
+        assert_eq!(
+            get(public, path).await.0,
+            http::StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    // The admin listener itself still serves everything.
+    assert_eq!(gw.admin_get("/config").await.0, http::StatusCode::OK);
+
+    // Where it listens is fixed for the life of the process.
+    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
+    gw.write(
+        "portcullis.yaml",
+        config.replace("public_address: 127.0.0.1:0", "public_address: 127.0.0.1:1"),
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, http::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("admin.public_address"), "{body}");
 }
 
 #[tokio::test]

@@ -76,6 +76,8 @@ pub struct Setup {
     pub watch: bool,
     /// Appended to the config as is (authenticators, authn).
     pub extra: String,
+    /// More `admin:` settings, each line indented two spaces.
+    pub admin: String,
 }
 
 impl Default for Setup {
@@ -88,6 +90,7 @@ impl Default for Setup {
             files: Vec::new(),
             watch: false,
             extra: String::new(),
+            admin: String::new(),
         }
     }
 }
@@ -139,8 +142,8 @@ impl Setup {
 /// Renders the config file; `upstreams` may refer to `{echo}`.
 pub fn render_config(s: &Setup, echo: SocketAddr) -> String {
     let mut c = format!(
-        "listeners:\n{}admin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    url: http://{echo}\n    response_timeout: 2s\n    connect_timeout: 1s\n",
-        s.listeners
+        "listeners:\n{}admin:\n  address: 127.0.0.1:0\n{}upstreams:\n  echo:\n    url: http://{echo}\n    response_timeout: 2s\n    connect_timeout: 1s\n",
+        s.listeners, s.admin
     );
     c.push_str(&s.upstreams.replace("{echo}", &echo.to_string()));
     c.push_str("policies:\n  dir: policies\nlogging:\n  access_log: false\n");
