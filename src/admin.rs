@@ -4,8 +4,10 @@
 //! fields, not values).
 //!
 //! The optional public admin listener (`admin.public_address`) serves the read-only subset
-//! that other machines need, `/healthz`, `/readyz` and the JWKS, and nothing else: the
-//! upstreams that verify identity assertions can reach it without reaching `POST /reload`.
+//! that other machines need, `GET`/`HEAD` `/healthz`, `/readyz` and the JWKS (other methods
+//! there: 405), and no other path (404): the upstreams that verify identity assertions can
+//! reach it without reaching `POST /reload`. Each admin listener serves at most
+//! 64 connections at once, each for at most a minute.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -43,6 +45,13 @@ pub enum Scope {
     Public,
 }
 
+/// Connections one admin listener serves at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 64;
+/// How long an admin connection may live, whatever it does: health checks, scrapes and key
+/// fetches are short, and a client that pipelines requests without reading the answers (which
+/// no header timeout notices) lets go of its connection by then.
+const MAX_CONNECTION_LIFE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves an admin listener until shutdown.
 pub async fn serve(
     listener: TcpListener,
@@ -50,6 +59,7 @@ pub async fn serve(
     scope: Scope,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -61,17 +71,24 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
+        // Why: the public listener faces other machines; however many connections they
+        // open, this one's (and the proxy's) file descriptors are not theirs to exhaust.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(route(&state, scope, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(MAX_CONNECTION_LIFE, conn).await;
         });
     }
 }

@@ -152,10 +152,18 @@ impl<'a, 'r> VariableResolver for Vars<'a, 'r> {
                     };
                     return Some(CowVal::Borrowed(v.as_ref()));
                 }
+                // Anonymous; or (should another view ever take the principal's slot first) an
+                // authenticated principal's view built for this evaluation alone: never the
+                // anonymous one for someone authenticated.
                 if name == "claims" {
-                    (0, |_| map([]))
+                    (0, |v| {
+                        v.principal
+                            .map_or_else(|| map([]), |p| json_map_owned(&p.claims))
+                    })
                 } else {
-                    (1, |_| anonymous_value())
+                    (1, |v| {
+                        v.principal.map_or_else(anonymous_value, principal_owned)
+                    })
                 }
             }
             "request" => (2, |v| request_value(v.facts)),
@@ -445,6 +453,20 @@ mod tests {
             Err(ConditionError::False)
         );
         assert_eq!(eval(expr, "GET", "/", Some(&p)), Ok(()));
+
+        // A principal whose slot holds something else still evaluates as itself.
+        let taken = principal();
+        assert_eq!(taken.derived.get_or_init(|| 7u8), Some(&7));
+        assert_eq!(eval(expr, "GET", "/", Some(&taken)), Ok(()));
+        assert_eq!(
+            eval(
+                "principal.authenticated && size(claims) == 3",
+                "GET",
+                "/",
+                Some(&taken)
+            ),
+            Ok(())
+        );
     }
 
     #[test]

@@ -294,7 +294,10 @@ pub fn parse_host(raw: &str) -> Result<(Cow<'_, str>, Option<u16>), FactsError> 
     // different servers (`admin.example.com:1:443`); refuse rather than guess.
     // Regression: tests::host_forms
     let mut upper = false;
-    if !host.starts_with('[') {
+    if host.starts_with('[') {
+        // An IPv6 literal (already parsed above): lowercase like any other host.
+        upper = host.bytes().any(|b| b.is_ascii_uppercase());
+    } else {
         // One pass: letters, digits, `-`, `_` and dots between non-empty labels.
         let mut label_empty = true;
         for b in host.bytes() {
@@ -408,6 +411,7 @@ mod tests {
                 Ok(("example.com", Some(8443))),
             ),
             ("/", Some("[::1]:8080"), Ok(("[::1]", Some(8080)))),
+            ("/", Some("[FE80::A:1]"), Ok(("[fe80::a:1]", None))),
             ("/", None, Err(FactsError::MissingHost)),
             ("/", Some("user@example.com"), Err(FactsError::InvalidHost)),
             ("/", Some("exa mple"), Err(FactsError::InvalidHost)),

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use http::Request;
 use http_body_util::Full;
 
-use crate::support::{Setup, TestGateway, echoed_header, get, raw_status, send};
+use std::time::Duration;
+
+use crate::support::{Setup, TestGateway, echoed_header, eventually, get, raw, raw_status, send};
 
 const SECRET: &[u8] = b"assertion-test-secret-assertion-test-secret-012";
 
@@ -113,6 +115,30 @@ async fn public_admin_listener_serves_only_health_and_jwks() {
     }
     // The admin listener itself still serves everything.
     assert_eq!(gw.admin_get("/config").await.0, http::StatusCode::OK);
+
+    // Other machines cannot exhaust it: past 64 open connections, new ones are closed at
+    // once, and the admin listener proper is unaffected.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(tokio::net::TcpStream::connect(public).await.unwrap());
+    }
+    let health = "GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            raw(public, health.as_bytes()).await.status == 0
+        })
+        .await,
+        "a 65th connection is refused"
+    );
+    assert_eq!(gw.admin_get("/healthz").await.0, http::StatusCode::OK);
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            raw(public, health.as_bytes()).await.status == 200
+        })
+        .await,
+        "served again once they close"
+    );
 
     // Where it listens is fixed for the life of the process.
     let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
