@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::service::{self, Shared};
+use crate::body::ResponseBody;
 use crate::request::facts::{ClientCert, ConnInfo, TlsInfo};
 use crate::snapshot::ServerSettings;
 
@@ -39,12 +40,17 @@ pub struct AcceptLoop {
     pub drain: mpsc::Sender<()>,
 }
 
-/// Request activity of one connection, for the idle deadline. Reads and writes only bump a
-/// counter (no clock read per I/O); the connection's tick notices when it last moved.
+/// Activity of one connection, for the idle and stall deadlines. Events only bump counters
+/// (no clock read per I/O); the connection's tick notices when each last moved.
 #[derive(Debug, Default)]
 struct Activity {
+    /// Requests whose response is not yet fully sent.
     in_flight: AtomicUsize,
+    /// Reads and writes of at least one byte (stall deadline).
     moves: AtomicU64,
+    /// Requests starting and ending (idle deadline). Not bytes: HTTP/2 PINGs, from either
+    /// side, move bytes on a connection with nothing to do.
+    requests: AtomicU64,
 }
 
 /// The tick's view of an [`Activity`]: when its counter was last seen to change.
@@ -208,10 +214,14 @@ async fn serve_http<I>(
             let shared = Arc::clone(&shared);
             let conn = Arc::clone(&conn);
             async move {
-                // Dropped when the request ends, even if the client goes away mid-request.
-                let _in_flight = InFlight::new(activity);
+                // Dropped when the response's last byte is handed to hyper, or when the client
+                // goes away first.
+                let in_flight = InFlight::new(activity);
                 let resp = service::handle(&shared, &conn, req).await;
-                Ok::<_, Infallible>(resp)
+                Ok::<_, Infallible>(resp.map(|body| Guarded {
+                    body,
+                    _in_flight: in_flight,
+                }))
             }
         })
     };
@@ -220,7 +230,11 @@ async fn serve_http<I>(
     let idle = s.idle_timeout;
     let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut quiet = Quiet {
+    let mut io_quiet = Quiet {
+        seen: 0,
+        since: Instant::now(),
+    };
+    let mut idle_for = Quiet {
         seen: 0,
         since: Instant::now(),
     };
@@ -243,20 +257,23 @@ async fn serve_http<I>(
                 connection.as_mut().graceful_shutdown();
             }
             _ = tick.tick() => {
-                let quiet = quiet.update(&activity);
+                let io_quiet = io_quiet.update(activity.moves.load(Ordering::Relaxed));
+                let idle_for = idle_for.update(activity.requests.load(Ordering::Relaxed));
                 if draining {
                     // Why: a graceful close waits for responses to be written; a client that
                     // stops reading would hold the connection (and its upstream) forever.
                     // Regression: tests (it) proxy::stalled_reader_is_disconnected
-                    if drain_started.elapsed() >= idle && quiet >= idle {
+                    if drain_started.elapsed() >= idle && io_quiet >= idle {
                         break;
                     }
-                } else if quiet >= idle {
-                    if activity.in_flight.load(Ordering::Relaxed) > 0 {
-                        // A request in flight but no byte moved either way for the whole idle
-                        // period (the upstream's response_timeout is shorter by default).
+                } else if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    if io_quiet >= idle {
+                        // A response under way but no byte moved either way for the whole
+                        // idle period (the upstream's response_timeout is shorter by default).
                         break;
                     }
+                } else if idle_for >= idle {
+                    // Regression: tests (it) proxy::h2_pings_do_not_keep_a_connection_open
                     draining = true;
                     drain_started = Instant::now();
                     connection.as_mut().graceful_shutdown();
@@ -272,6 +289,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn new(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.requests.fetch_add(1, Ordering::Relaxed);
         Self(activity)
     }
 }
@@ -279,7 +297,35 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request in flight until hyper has taken all of it, so a
+/// long download counts as a request under way rather than an idle connection.
+struct Guarded {
+    body: ResponseBody,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Guarded {
+    type Data = <ResponseBody as http_body::Body>::Data;
+    type Error = <ResponseBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -292,12 +338,11 @@ impl Activity {
 }
 
 impl Quiet {
-    /// Time since a byte was last read from or written to the client, or a request ended, as
-    /// seen at ticks: exact to one tick (a quarter of the idle timeout).
-    fn update(&mut self, activity: &Activity) -> Duration {
-        let moves = activity.moves.load(Ordering::Relaxed);
-        if moves != self.seen {
-            self.seen = moves;
+    /// Time since the counter last moved, as seen at ticks: exact to one tick (a quarter of
+    /// the idle timeout).
+    fn update(&mut self, count: u64) -> Duration {
+        if count != self.seen {
+            self.seen = count;
             self.since = Instant::now();
         }
         self.since.elapsed()

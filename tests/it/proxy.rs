@@ -429,6 +429,38 @@ async fn h2_prior_knowledge_on_plain_listener() {
     assert_eq!(gw.echo.last().unwrap().version, http::Version::HTTP_11);
 }
 
+/// HTTP/2 PINGs move bytes but are no request: a client pinging every 100 ms still has its
+/// connection closed once no request has run for the idle timeout.
+#[tokio::test]
+async fn h2_pings_do_not_keep_a_connection_open() {
+    let gw = Setup::default()
+        .server("  idle_timeout: 300ms\n")
+        .start()
+        .await;
+    let stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(100))
+            .keep_alive_while_idle(true)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/ping", gw.addr()))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let started = std::time::Instant::now();
+    // The gateway ends the connection (GOAWAY, close): the client's driver returns.
+    let ended = tokio::time::timeout(Duration::from_secs(4), driver).await;
+    assert!(ended.is_ok(), "a pinging idle connection stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
 #[tokio::test]
 async fn max_connections_holds_further_clients_until_one_leaves() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
