@@ -230,11 +230,11 @@ async fn serve_http<I>(
     let idle = s.idle_timeout;
     let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut io_quiet = Quiet {
+    let mut bytes_seen = Quiet {
         seen: 0,
         since: Instant::now(),
     };
-    let mut idle_for = Quiet {
+    let mut requests_seen = Quiet {
         seen: 0,
         since: Instant::now(),
     };
@@ -257,8 +257,8 @@ async fn serve_http<I>(
                 connection.as_mut().graceful_shutdown();
             }
             _ = tick.tick() => {
-                let io_quiet = io_quiet.update(activity.moves.load(Ordering::Relaxed));
-                let idle_for = idle_for.update(activity.requests.load(Ordering::Relaxed));
+                let io_quiet = bytes_seen.update(activity.moves.load(Ordering::Relaxed));
+                let idle_for = requests_seen.update(activity.requests.load(Ordering::Relaxed));
                 if draining {
                     // Why: a graceful close waits for responses to be written; a client that
                     // stops reading would hold the connection (and its upstream) forever.
