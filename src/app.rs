@@ -91,43 +91,11 @@ impl App {
 
         let mut bound = Vec::with_capacity(snapshot.listeners.len());
         for l in &snapshot.listeners {
-            let tcp = TcpListener::bind(l.address)
-                .await
-                .map_err(|source| StartError::Bind {
-                    name: l.name.to_string(),
-                    address: l.address,
-                    source,
-                })?;
-            bound.push(tcp);
+            bound.push(bind(&l.name, l.address).await?);
         }
-        let admin_tcp = TcpListener::bind(snapshot.admin_address)
-            .await
-            .map_err(|source| StartError::Bind {
-                name: "admin".into(),
-                address: snapshot.admin_address,
-                source,
-            })?;
-        let admin_addr = admin_tcp.local_addr().map_err(|source| StartError::Bind {
-            name: "admin".into(),
-            address: snapshot.admin_address,
-            source,
-        })?;
+        let (admin_tcp, admin_addr) = bind("admin", snapshot.admin_address).await?;
         let public_tcp = match snapshot.raw.admin.public_address {
-            Some(address) => {
-                let tcp = TcpListener::bind(address)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        name: "admin public".into(),
-                        address,
-                        source,
-                    })?;
-                let bound = tcp.local_addr().map_err(|source| StartError::Bind {
-                    name: "admin public".into(),
-                    address,
-                    source,
-                })?;
-                Some((tcp, bound))
-            }
+            Some(address) => Some(bind("admin public", address).await?),
             None => None,
         };
         let max_connections = snapshot.raw.server.max_connections;
@@ -148,12 +116,7 @@ impl App {
         let connections = Arc::new(Semaphore::new(max_connections));
 
         let mut listeners = Vec::with_capacity(bound.len());
-        for (index, (tcp, name)) in bound.into_iter().zip(names).enumerate() {
-            let addr = tcp.local_addr().map_err(|source| StartError::Bind {
-                name: name.to_string(),
-                address: SocketAddr::from(([0, 0, 0, 0], 0)),
-                source,
-            })?;
+        for (index, ((tcp, addr), name)) in bound.into_iter().zip(names).enumerate() {
             listeners.push((Arc::clone(&name), addr));
             tracing::info!(listener = &*name, %addr, "Listening");
             tokio::spawn(
@@ -289,4 +252,16 @@ impl App {
         tracing::info!("Shutting down");
         self.shutdown().await
     }
+}
+
+/// Binds a listener and reads back its address (the port, when it asked for port 0).
+async fn bind(name: &str, address: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let error = |source| StartError::Bind {
+        name: name.to_owned(),
+        address,
+        source,
+    };
+    let tcp = TcpListener::bind(address).await.map_err(error)?;
+    let bound = tcp.local_addr().map_err(error)?;
+    Ok((tcp, bound))
 }

@@ -56,8 +56,9 @@ pub struct RawConfig {
     pub rate_limits: BTreeMap<String, RawRateLimit>,
     /// A short-lived JWT the gateway signs for each allowed, authenticated request and sends
     /// upstream, so upstreams verify (against `/.well-known/jwks.json` on the admin
-    /// listener, or on the read-only `admin.public_address`) instead of trusting headers. A request whose assertion cannot be signed
-    /// gets 503 rather than going upstream without it.
+    /// listener, or on the read-only `admin.public_address`) instead of trusting headers. A
+    /// request whose assertion cannot be signed gets 503 rather than going upstream without
+    /// it.
     #[serde(default)]
     pub identity_assertion: Option<RawAssertion>,
 }
