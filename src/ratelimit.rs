@@ -8,6 +8,7 @@
 //! reload that keeps a limit's definition keeps its state: editing a policy does not hand
 //! every client a fresh burst.
 
+use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -188,9 +189,11 @@ impl Limit {
                     5u8.hash(&mut h);
                     s.hash(&mut h);
                 }
+                // Another JSON value: its text, written straight into the hash (no allocation
+                // per request), under its own tag so that `42` and `"42"` are two budgets.
                 Some(v) => {
-                    5u8.hash(&mut h);
-                    v.to_string().hash(&mut h);
+                    6u8.hash(&mut h);
+                    let _ = write!(HashWriter(&mut h), "{v}");
                 }
                 None => by_ip(&mut h, facts.client_ip),
             },
@@ -199,6 +202,16 @@ impl Limit {
             }
         }
         h.finish()
+    }
+}
+
+/// Feeds formatted text into a hasher.
+struct HashWriter<'a, H>(&'a mut H);
+
+impl<H: Hasher> std::fmt::Write for HashWriter<'_, H> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.write(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -307,6 +320,53 @@ mod tests {
             let got = Limit::compile("l", &def, None).err().map(|(f, _)| f);
             assert_eq!(got, Some(field), "{def:?}");
         }
+    }
+
+    #[test]
+    fn claim_keys_tell_json_types_apart() {
+        let limit =
+            Limit::compile("l", &raw("claim:n", 1, Duration::from_secs(60), None), None).unwrap();
+        let (parts, ()) = http::Request::get("/")
+            .header("host", "a.test")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let conn =
+            crate::request::facts::ConnInfo::new("192.0.2.1:1".parse().unwrap(), "l".into(), None);
+        let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+        let with = |n: serde_json::Value| Principal {
+            id: "p".into(),
+            kind: crate::authn::principal::PrincipalKind::User,
+            authenticator: "a".into(),
+            issuer: None,
+            scopes: Box::default(),
+            roles: Box::default(),
+            tenant: None,
+            api_key_id: None,
+            claims: serde_json::json!({ "n": n }).as_object().unwrap().clone(),
+            expires_at: None,
+            derived: Default::default(),
+        };
+        let key = |n| limit.key_of(&facts, Some(&with(n)), "r");
+        assert_eq!(key(serde_json::json!(42)), key(serde_json::json!(42)));
+        assert_ne!(key(serde_json::json!(42)), key(serde_json::json!("42")));
+        assert_ne!(key(serde_json::json!(42)), key(serde_json::json!(43)));
+        // Each claim value is its own budget: the second request of one value is refused.
+        assert!(
+            limit
+                .check(&facts, Some(&with(serde_json::json!(42))), "r")
+                .is_ok()
+        );
+        assert!(
+            limit
+                .check(&facts, Some(&with(serde_json::json!("42"))), "r")
+                .is_ok()
+        );
+        assert!(
+            limit
+                .check(&facts, Some(&with(serde_json::json!(42))), "r")
+                .is_err()
+        );
     }
 
     #[test]

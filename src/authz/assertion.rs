@@ -7,6 +7,7 @@
 //! of the claims and a hit must match them exactly: a collision is a miss, never somebody
 //! else's identity.
 
+use std::fmt::Write as _;
 use std::hash::BuildHasher as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -178,7 +179,7 @@ impl Assertion {
         // A map of JSON values always serializes.
         let mut text = serde_json::to_string(&claims).map_err(|_| MintFailed)?;
         if let Some(e) = capped {
-            text.push_str(&format!(" exp={e}"));
+            let _ = write!(text, " exp={e}");
         }
         let key = self.hasher.hash_one(text.as_bytes());
         if let Some(m) = self.cache.get(&key)
