@@ -125,7 +125,8 @@ struct Vars<'a, 'r> {
     facts: &'a RequestFacts<'r>,
     principal: Option<&'a Principal>,
     params: &'a [(Box<str>, String)],
-    /// `request`, `params`, `action`, and `claims` and `principal` when anonymous.
+    /// `claims`, `principal`, `request`, `params`, `action`; the first two only when not kept
+    /// with the principal (anonymous).
     built: [OnceLock<Val<'a>>; 5],
 }
 
