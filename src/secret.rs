@@ -79,10 +79,12 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     diff.ct_eq(&0).into()
 }
 
-/// Reads a secret from the environment or a file (one trailing newline dropped).
+/// Reads a secret from the environment or a file (one trailing newline dropped). A file is
+/// added to `watched`, so the config version hashes its content and a rotation reloads.
 pub fn read(
     raw: &crate::config::raw::RawSecret,
     base_dir: &Path,
+    watched: &mut Vec<std::path::PathBuf>,
 ) -> Result<Secret<Vec<u8>>, String> {
     match raw {
         crate::config::raw::RawSecret::Env(name) => match std::env::var_os(name) {
@@ -91,6 +93,10 @@ pub fn read(
         },
         crate::config::raw::RawSecret::File(p) => {
             let path = base_dir.join(p);
+            // Why: a secret file that is not watched and hashed into the version is never
+            // re-read: after a rotation the old secret would keep working.
+            // Regression: tests (it) reload::rotated_*_secret_file_*
+            watched.push(path.clone());
             match std::fs::read(&path) {
                 Ok(mut b) => {
                     if b.ends_with(b"\n") {

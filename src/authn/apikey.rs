@@ -79,7 +79,7 @@ impl ApiKeys {
         let mut ids: HashMap<String, String> = HashMap::new();
         for (i, k) in raw.keys.iter().enumerate() {
             let at = |f: &str| format!("keys[{i}].{f}");
-            match compile_key(k, authenticator, Some(base_dir)) {
+            match compile_key(k, authenticator, Some((base_dir, &mut *watched))) {
                 Ok(key) => {
                     if let Some(e) = out.add(key, &k.id, &format!("keys[{i}]"), &mut ids) {
                         errors.push(CompileError::Field(at(e.0), e.1));
@@ -211,7 +211,7 @@ fn prefix(digest: &[u8; 32]) -> u64 {
 fn compile_key(
     k: &RawApiKey,
     authenticator: &Arc<str>,
-    base_dir: Option<&Path>,
+    base_dir: Option<(&Path, &mut Vec<PathBuf>)>,
 ) -> Result<Key, (&'static str, String)> {
     if k.id.trim().is_empty() || k.id.chars().any(|c| c.is_control()) {
         return Err(("id", "must be a non-empty visible string".into()));
@@ -227,8 +227,8 @@ fn compile_key(
             ));
         }
         (Some(h), None, _) => parse_hash(h).map_err(|m| ("hash", m))?,
-        (None, Some(s), Some(dir)) => {
-            let secret = crate::secret::read(s, dir).map_err(|m| ("secret", m))?;
+        (None, Some(s), Some((dir, watched))) => {
+            let secret = crate::secret::read(s, dir, watched).map_err(|m| ("secret", m))?;
             if secret.expose().len() < MIN_SECRET_BYTES {
                 return Err((
                     "secret",

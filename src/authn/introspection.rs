@@ -113,7 +113,7 @@ impl Introspector {
                 "must be a non-empty visible string".into(),
             ));
         }
-        let secret = crate::secret::read(&raw.client_secret, base_dir)
+        let secret = crate::secret::read(&raw.client_secret, base_dir, watched)
             .map_err(|m| errors.push(("client_secret".into(), m)))
             .ok();
         let secret_text = secret

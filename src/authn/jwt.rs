@@ -288,7 +288,7 @@ impl Provider {
                         )),
                     }
                 }
-                RawKey::Hmac(h) => match crate::secret::read(&h.secret, base_dir) {
+                RawKey::Hmac(h) => match crate::secret::read(&h.secret, base_dir, watched) {
                     Ok(secret) => {
                         match keys::from_hmac(secret.expose(), h.kid.as_deref(), &h.algorithms) {
                             Ok(k) => static_keys.push(k),

@@ -978,3 +978,49 @@ async fn a_certificate_counts_only_on_the_listeners_an_mtls_authenticator_names(
         Ok(StatusCode::OK)
     );
 }
+
+/// The introspection client secret read from a file: overwrite it and reload, and the
+/// authorization server is called with the new secret (the file is watched and hashed into
+/// the config version).
+#[tokio::test]
+async fn rotated_introspection_client_secret_file_applies_on_reload() {
+    let idp = Idp::start().await;
+    for t in ["opaque-1", "opaque-2"] {
+        idp.answer(
+            t,
+            json!({"active": true, "sub": "alice", "aud": "api", "exp": now() + 300}),
+        );
+    }
+    let gw = opaque_gateway(&idp, "").await;
+    let basic = |secret: &str| {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("gateway:{secret}"))
+        )
+    };
+    let t1 = bearer("opaque-1");
+    assert_eq!(
+        call(&gw, "/api/x", &[("authorization", &t1)]).await,
+        StatusCode::OK
+    );
+    let first = idp.state.lock().unwrap().last_auth.clone();
+    assert_eq!(
+        first.as_deref(),
+        Some(&*basic("s3cret%3Awith%26odd%3Dchars"))
+    );
+
+    let before = gw.app().version();
+    std::fs::write(gw.path("client.secret"), "rotated-secret").unwrap();
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("applied"), "{body}");
+    assert_ne!(gw.app().version(), before);
+    let t2 = bearer("opaque-2");
+    assert_eq!(
+        call(&gw, "/api/x", &[("authorization", &t2)]).await,
+        StatusCode::OK
+    );
+    let second = idp.state.lock().unwrap().last_auth.clone();
+    assert_eq!(second.as_deref(), Some(&*basic("rotated-secret")));
+}

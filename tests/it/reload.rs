@@ -206,3 +206,146 @@ async fn a_reload_that_adds_a_rule_takes_effect_without_dropping_a_request() {
     );
     assert!(ok.load(Ordering::Relaxed) > 0, "load actually ran");
 }
+
+// === Secret files: watched and hashed into the version ===
+
+/// Rotating the HMAC secret file (overwritten, then `POST /reload`) applies: the old secret
+/// stops working at once, the new one works, the version changes.
+#[tokio::test]
+async fn rotated_hmac_secret_file_applies_on_reload() {
+    let (old, new) = (
+        b"old-secret-0123456789abcdef-0123456789".as_slice(),
+        b"new-secret-0123456789abcdef-0123456789".as_slice(),
+    );
+    let gw = Setup {
+        policies: vec![("10-p.yaml".into(), USERS_ONLY.into())],
+        files: vec![("hs.secret".into(), old.to_vec())],
+        extra: crate::support::hs256_users("{}"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let old_token = crate::support::hs256_token(old, &serde_json::json!({}));
+    let new_token = crate::support::hs256_token(new, &serde_json::json!({}));
+    assert_eq!(bearer_status(&gw, &old_token).await, StatusCode::OK);
+    let before = gw.app().version();
+    // Overwritten in place (not renamed), as `echo new > file` does.
+    std::fs::write(gw.path("hs.secret"), new).unwrap();
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("applied"), "{body}");
+    assert_ne!(gw.app().version(), before);
+    assert_eq!(
+        bearer_status(&gw, &old_token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(bearer_status(&gw, &new_token).await, StatusCode::OK);
+}
+
+/// The same rotation seen by the file watcher, without any explicit reload.
+#[tokio::test]
+async fn rotated_hmac_secret_file_is_watched() {
+    let (old, new) = (
+        b"old-secret-0123456789abcdef-0123456789".as_slice(),
+        b"new-secret-0123456789abcdef-0123456789".as_slice(),
+    );
+    let gw = Setup {
+        policies: vec![("10-p.yaml".into(), USERS_ONLY.into())],
+        files: vec![("hs.secret".into(), old.to_vec())],
+        extra: crate::support::hs256_users("{}"),
+        watch: true,
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let old_token = crate::support::hs256_token(old, &serde_json::json!({}));
+    assert_eq!(bearer_status(&gw, &old_token).await, StatusCode::OK);
+    gw.write("hs.secret", new);
+    let gw = &gw;
+    let applied = eventually(Duration::from_secs(5), || {
+        let t = old_token.clone();
+        async move { bearer_status(gw, &t).await == StatusCode::UNAUTHORIZED }
+    })
+    .await;
+    assert!(applied, "the watcher reloads a rotated secret file");
+}
+
+/// An API-key shared secret read from a file: SIGHUP (`App::reload`) after a rotation makes
+/// the old secret fail.
+#[tokio::test]
+async fn rotated_api_key_secret_file_applies_on_signal() {
+    let extra = "authenticators:
+  cron:
+    api_key:
+      from: [{header: x-shared-secret}]
+      keys:
+        - id: cron-key
+          owner: svc-cron
+          secret: {file: cron.secret}
+";
+    let policy = USERS_ONLY.replace("[users]", "[cron]");
+    let gw = Setup {
+        policies: vec![("10-p.yaml".into(), policy)],
+        files: vec![(
+            "cron.secret".into(),
+            b"correct horse battery staple".to_vec(),
+        )],
+        extra: extra.into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let status = |secret: &'static str| {
+        let addr = gw.addr();
+        async move {
+            crate::support::send(
+                addr,
+                http::Request::get("/api/x")
+                    .header("x-shared-secret", secret)
+                    .body(http_body_util::Full::default())
+                    .unwrap(),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(status("correct horse battery staple").await, StatusCode::OK);
+    std::fs::write(gw.path("cron.secret"), "tr0ub4dor&3 is no better at all").unwrap();
+    let outcome = gw.app().reload().await.expect("reload");
+    assert!(
+        matches!(
+            outcome,
+            portcullis::config::reload::ReloadOutcome::Applied { .. }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        status("correct horse battery staple").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status("tr0ub4dor&3 is no better at all").await,
+        StatusCode::OK
+    );
+}
+
+/// `/api/**` needs the `users` authenticator.
+const USERS_ONLY: &str = "rules:
+  - name: api
+    match: {paths: [\"/api/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: echo
+";
+
+async fn bearer_status(gw: &crate::support::TestGateway, token: &str) -> StatusCode {
+    crate::support::send(
+        gw.addr(),
+        http::Request::get("/api/x")
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::default())
+            .unwrap(),
+    )
+    .await
+    .0
+}
