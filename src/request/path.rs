@@ -13,8 +13,8 @@
 //! - No `.` or `..` segment: they are resolved (`/a/./b` is `/a/b`, `/a/b/..` is `/a/`); a `..`
 //!   above the root is rejected, never clamped.
 //! - Percent-encoded unreserved characters (`ALPHA DIGIT - . _ ~`) are decoded (`/%61` is
-//!   `/a`); every other encoded byte stays encoded, with uppercase hex (`%3b` is `%3B`). Nothing
-//!   is decoded twice: `%2520` stays `%2520`.
+//!   `/a`); every other encoded byte that is accepted stays encoded, with uppercase hex (`%20`,
+//!   `%C3%A9`). Nothing is decoded twice.
 //! - Case is preserved.
 //!
 //! # Invariants of an `Ok` output
@@ -32,6 +32,12 @@
 //! `..` segment spelled with an encoded dot (`/%2e%2e/admin`), raw or encoded control bytes,
 //! raw non-ASCII, malformed escapes, invalid UTF-8 after decoding, and paths over
 //! [`MAX_PATH_LEN`] bytes.
+//!
+//! Also rejected: the encoded delimiters `%3B` (`;`), `%3F` (`?`) and `%23` (`#`), and double
+//! encoding (a `%25` whose decoded text is itself an escape: `%252e`, `%25%32%65`, `%2525`).
+//! The rule matched `/admin%3Bx` or `/x%252e%252e/admin`, but an upstream that decodes once
+//! more, or strips path parameters after decoding, serves `/admin` or `/x/../admin`. A `%25`
+//! followed by anything else (`/100%25`, `/a%25z`) is an ordinary percent sign and stays.
 
 use std::borrow::Cow;
 
@@ -80,6 +86,12 @@ pub enum PathError {
     /// A `.` or `..` segment spelled with an encoded dot (`%2e%2e`, `.%2E`).
     #[error("encoded dot segment in path")]
     EncodedDotSegment,
+    /// `%3B`, `%3F` or `%23`: a delimiter an upstream that decodes again would act on.
+    #[error("encoded delimiter in path")]
+    EncodedDelimiter,
+    /// `%25` whose decoded text is itself an escape (`%252e`, `%25%32%65`).
+    #[error("double encoding in path")]
+    DoubleEncoding,
 }
 
 /// Canonicalises the raw path of an origin-form request target (without its query).
@@ -208,6 +220,8 @@ impl PathError {
             Self::InvalidCharacter => "invalid_character",
             Self::DotSegmentUnderflow => "dot_segment_underflow",
             Self::EncodedDotSegment => "encoded_dot_segment",
+            Self::EncodedDelimiter => "encoded_delimiter",
+            Self::DoubleEncoding => "double_encoding",
         }
     }
 }
@@ -273,6 +287,13 @@ impl<'a> Canonicalizer<'a> {
         match byte {
             b'/' => return Err(PathError::EncodedSlash),
             b'\\' => return Err(PathError::EncodedBackslash),
+            // Why: the rule saw `/admin%3Bx` (one segment); an upstream that decodes and then
+            // strips path parameters, or splits the query or fragment again, serves `/admin`.
+            // Regression: tests::table (`/admin%3Bx`, `/admin%3Fx`, `/admin%23x`).
+            b';' | b'?' | b'#' => return Err(PathError::EncodedDelimiter),
+            // Why: `%252e%252e` is `%2e%2e` to an upstream that decodes once more, then `..`.
+            // Regression: tests::table (`/x/%252e%252e/admin`, `/%25%32%65`).
+            b'%' if self.escape_follows(i + 3) => return Err(PathError::DoubleEncoding),
             0x00..=0x1F | 0x7F => return Err(PathError::ControlCharacter),
             0x80..=0xFF => self.utf8.high(byte)?,
             _ => self.utf8.ascii()?,
@@ -290,6 +311,28 @@ impl<'a> Canonicalizer<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the two characters at `raw[j..]`, each raw or percent-encoded, decode to hex
+    /// digits: what follows a `%25` that an upstream decoding twice reads as an escape.
+    fn escape_follows(&self, j: usize) -> bool {
+        let decoded = |at: usize| -> Option<(u8, usize)> {
+            match *self.raw.get(at)? {
+                b'%' => {
+                    let hi = hex_value(*self.raw.get(at + 1)?).ok()?;
+                    let lo = hex_value(*self.raw.get(at + 2)?).ok()?;
+                    Some(((hi << 4) | lo, 3))
+                }
+                b => Some((b, 1)),
+            }
+        };
+        let Some((first, width)) = decoded(j) else {
+            return false;
+        };
+        let Some((second, _)) = decoded(j + width) else {
+            return false;
+        };
+        first.is_ascii_hexdigit() && second.is_ascii_hexdigit()
     }
 
     /// Resolves the segment just written, at a raw `/` or (`last`) at the end of the input.

@@ -38,6 +38,12 @@ async fn ambiguous_paths_rejected_before_the_upstream() {
         ("/admin;x", "semicolon"),
         ("/a%zz", "invalid_percent_encoding"),
         ("/%C3", "invalid_utf8"),
+        ("/admin%3Bx", "encoded_delimiter"),
+        ("/admin%3fx", "encoded_delimiter"),
+        ("/admin%23x", "encoded_delimiter"),
+        ("/x/%252e%252e/admin", "double_encoding"),
+        ("/x/%25%32%65%25%32%65/admin", "double_encoding"),
+        ("/a%2520", "double_encoding"),
     ];
     for (sent, reason) in cases {
         let r = raw_get(gw.addr(), sent).await;
@@ -69,6 +75,13 @@ async fn admin_path_tricks_denied() {
         "/admin;x",
         "/admin%2f",
         "/%2e/admin",
+        "/admin%3Bx",
+        "/admin%3b.json",
+        "/admin%3Fx",
+        "/admin%23",
+        "/public/%252e%252e/admin",
+        "/public/%25%32%65%25%32%65/admin",
+        "/public/%25%32e%25%32e/admin",
     ] {
         let r = raw_get(gw.addr(), sent).await;
         assert_eq!(r.status, 400, "{sent}: {}", r.head);
