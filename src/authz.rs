@@ -6,3 +6,4 @@ pub mod expr;
 pub mod identity;
 pub mod require;
 pub mod route;
+pub mod spoofable;

@@ -39,8 +39,9 @@ pub struct Snapshot {
     pub assertion: Option<crate::authz::assertion::Assertion>,
     /// `WWW-Authenticate` challenges, built once.
     pub challenges: Challenges,
-    /// Header names removed from every client request (identity and trusted headers).
-    pub spoofable: crate::authz::identity::Spoofable,
+    /// Headers removed from every client request: identity and trusted-header names, and the
+    /// override, forwarding, claim and infrastructure families.
+    pub spoofable: crate::authz::spoofable::Spoofable,
     /// Emit access-log lines.
     pub access_log: bool,
     /// Files and directories whose change triggers a reload.

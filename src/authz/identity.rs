@@ -4,7 +4,7 @@
 //! Invariants:
 //! - Every configured identity header name (from any rule) is removed from every client
 //!   request, in every `_`/`-` and case spelling, before the rule's own are added
-//!   ([`Spoofable`]); a client can never supply one.
+//!   ([`crate::authz::spoofable::Spoofable`]); a client can never supply one.
 //! - A header whose template refers to something absent (no principal, no such claim, an
 //!   object claim) is not set at all, rather than set empty.
 //! - A rendered value that is not visible ASCII (CR, LF, control characters, non-ASCII) is
@@ -13,7 +13,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::authn::principal::{Principal, PrincipalKind, lookup};
@@ -49,14 +49,6 @@ enum Var {
     Claim(Box<[Box<str>]>),
     ClientIp,
     RuleName,
-}
-
-/// Header names removed from every client request: identity headers and the names trusted
-/// headers are read from.
-#[derive(Debug, Clone, Default)]
-pub struct Spoofable {
-    /// Lowercase names with `_` written as `-`.
-    dashed: Box<[Box<str>]>,
 }
 
 /// What a rendering needs to know about the request.
@@ -329,47 +321,16 @@ pub fn check_name(name: &str) -> Result<HeaderName, String> {
             "`{name}` is set by the gateway or the protocol; choose another name"
         ));
     }
+    use crate::authz::spoofable::{Family, family};
+    if matches!(
+        family(&dashed),
+        Some(Family::Override | Family::Forwarding | Family::Claim)
+    ) {
+        return Err(format!(
+            "`{name}` is a forwarding or override header upstreams already read; choose another name"
+        ));
+    }
     Ok(h)
-}
-
-// === impl Spoofable ===
-
-impl Spoofable {
-    /// The set of `names`.
-    pub fn new<'a>(names: impl IntoIterator<Item = &'a HeaderName>) -> Self {
-        let mut dashed: Vec<Box<str>> = names
-            .into_iter()
-            .map(|n| n.as_str().replace('_', "-").into())
-            .collect();
-        dashed.sort();
-        dashed.dedup();
-        Self {
-            dashed: dashed.into(),
-        }
-    }
-
-    /// Removes every header whose name, with `_` read as `-`, is in the set.
-    pub fn strip(&self, headers: &mut HeaderMap) {
-        if self.dashed.is_empty() {
-            return;
-        }
-        let doomed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| {
-                let k = k.as_str();
-                if k.contains('_') {
-                    let d = k.replace('_', "-");
-                    self.dashed.iter().any(|s| **s == *d)
-                } else {
-                    self.dashed.iter().any(|s| **s == *k)
-                }
-            })
-            .cloned()
-            .collect();
-        for name in doomed {
-            headers.remove(name);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -476,26 +437,13 @@ mod tests {
             "authorization",
             "x_forwarded_for",
             "X-Request-Id",
+            "x-original-url",
+            "X_Forwarded_Uri",
+            "true-client-ip",
             "bad name",
         ] {
             assert!(check_name(n).is_err(), "{n}");
         }
         assert!(check_name("X-User-Id").is_ok());
-    }
-
-    #[test]
-    fn strip_removes_every_spelling() {
-        let s = Spoofable::new(&[HeaderName::from_static("x-user-id")]);
-        let mut h = HeaderMap::new();
-        for n in ["x-user-id", "X_User_Id", "x_user-id", "x-user", "x-userid"] {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                "v".parse().unwrap(),
-            );
-        }
-        s.strip(&mut h);
-        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["x-user", "x-userid"]);
     }
 }

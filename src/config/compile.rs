@@ -11,8 +11,9 @@ use http::HeaderName;
 use super::diagnostic::Diagnostic;
 use super::load::Loaded;
 use super::raw::Effect;
-use crate::authz::identity::{IdentityHeaders, Spoofable};
+use crate::authz::identity::IdentityHeaders;
 use crate::authz::route::{HostPattern, MethodSet, PathPattern, RouteTable, Rule, RuleId};
+use crate::authz::spoofable::{NamePattern, Spoofable};
 use crate::snapshot::{ListenerSettings, ServerSettings, Snapshot};
 use crate::tls;
 use crate::upstream::Upstream;
@@ -135,6 +136,13 @@ pub fn compile(
             HeaderName::from_static("x-request-id")
         }
     };
+    let mut from_trusted = Vec::with_capacity(s.trusted_proxy_headers.len());
+    for (i, h) in s.trusted_proxy_headers.iter().enumerate() {
+        match NamePattern::parse(h) {
+            Ok(p) => from_trusted.push(p),
+            Err(m) => diags.push(at(&format!("server.trusted_proxy_headers[{i}]"), m)),
+        }
+    }
     let server = ServerSettings {
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
@@ -615,7 +623,7 @@ pub fn compile(
         rate_limits: crate::ratelimit::RateLimits::new(rate_limits.into_values().collect()),
         assertion,
         challenges,
-        spoofable: Spoofable::new(&spoofable_names),
+        spoofable: Spoofable::new(&spoofable_names, from_trusted),
         access_log: cfg.logging.access_log,
         watched,
         raw: cfg.clone(),

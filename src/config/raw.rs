@@ -254,6 +254,12 @@ pub struct RawServer {
     /// Networks of proxies in front of the gateway whose `X-Forwarded-*` and `Forwarded`
     /// headers are believed. Empty (the default) trusts nobody.
     pub trusted_proxies: Vec<Network>,
+    /// Infrastructure headers a trusted proxy (`trusted_proxies`) may pass on to upstreams:
+    /// names or prefixes ending in `*`, such as `x-forwarded-client-cert` or `x-envoy-*`.
+    /// From anyone else, and when not listed, `X-Forwarded-Client-Cert`, `X-Client-Cert-*`,
+    /// `X-SSL-Client-*`, `X-Envoy-*` and `X-Portcullis-*` are always removed. Path and method
+    /// overrides (`X-Original-URL`, `X-Forwarded-Uri`, …) can never be listed.
+    pub trusted_proxy_headers: Vec<String>,
     /// Header carrying the request id, propagated when a client sends a well-formed one and
     /// generated otherwise.
     pub request_id_header: String,
@@ -273,6 +279,7 @@ impl Default for RawServer {
             max_concurrent_streams: 128,
             shutdown_grace: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            trusted_proxy_headers: Vec::new(),
             request_id_header: "x-request-id".to_owned(),
             worker_threads: 0,
         }

@@ -8,7 +8,6 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use super::hop_by_hop;
 use crate::request::RequestFacts;
 use crate::request::facts::{Scheme, push_ip};
 
@@ -69,48 +68,13 @@ impl Origin {
     }
 }
 
-/// Headers that make some upstreams serve another path or method than the one decided on
-/// (IIS URL Rewrite, Symfony/Laminas, method-override middleware). Never forwarded, from
-/// anyone: the decision was made on the request line. (A `match` on the text compiles to a
-/// length switch and one compare.)
-fn is_override(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "x-original-url"
-            | "x-rewrite-url"
-            | "x-http-method-override"
-            | "x-http-method"
-            | "x-method-override"
-            | "x-forwarded-prefix"
-    )
-}
-
-/// Client-address and scheme claims some frameworks believe; only a trusted proxy may send
-/// them on.
-fn is_claim(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "x-forwarded-port"
-            | "x-forwarded-ssl"
-            | "x-forwarded-scheme"
-            | "x-url-scheme"
-            | "true-client-ip"
-            | "x-client-ip"
-            | "x-cluster-client-ip"
-    )
-}
-
-/// Rewrites the forwarding headers for a request from `origin`.
+/// Rewrites the forwarding headers for a request from `origin`. Other spellings, overrides and
+/// untrusted claims are already gone ([`crate::authz::spoofable::Spoofable::strip`]).
 pub fn apply(headers: &mut HeaderMap, origin: &Origin) {
     let proto = match origin.scheme {
         Scheme::Http => "http",
         Scheme::Https => "https",
     };
-    if origin.peer_trusted {
-        hop_by_hop::remove_where(headers, is_override);
-    } else {
-        hop_by_hop::remove_where(headers, |n| is_override(n) || is_claim(n));
-    }
     let host = &origin.authority;
     let host_text = host.to_str().unwrap_or("");
     let peer_text = origin.peer_text.to_str().unwrap_or("");
@@ -203,27 +167,6 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
 mod tests {
     use super::*;
 
-    /// What `is_override` accepts.
-    const OVERRIDES: [HeaderName; 6] = [
-        HeaderName::from_static("x-original-url"),
-        HeaderName::from_static("x-rewrite-url"),
-        HeaderName::from_static("x-http-method-override"),
-        HeaderName::from_static("x-http-method"),
-        HeaderName::from_static("x-method-override"),
-        HeaderName::from_static("x-forwarded-prefix"),
-    ];
-
-    /// What `is_claim` accepts.
-    const CLAIMS: [HeaderName; 7] = [
-        HeaderName::from_static("x-forwarded-port"),
-        HeaderName::from_static("x-forwarded-ssl"),
-        HeaderName::from_static("x-forwarded-scheme"),
-        HeaderName::from_static("x-url-scheme"),
-        HeaderName::from_static("true-client-ip"),
-        HeaderName::from_static("x-client-ip"),
-        HeaderName::from_static("x-cluster-client-ip"),
-    ];
-
     fn origin(peer: IpAddr, peer_trusted: bool, client_ip: IpAddr, host: &'static str) -> Origin {
         Origin {
             peer,
@@ -236,19 +179,6 @@ mod tests {
     }
 
     #[test]
-    fn name_tests_match_the_lists() {
-        for n in OVERRIDES {
-            assert!(is_override(&n) && !is_claim(&n), "{n}");
-        }
-        for n in CLAIMS {
-            assert!(is_claim(&n) && !is_override(&n), "{n}");
-        }
-        for n in [XFF, XFP, XFH, FORWARDED, X_REAL_IP, header::HOST] {
-            assert!(!is_claim(&n) && !is_override(&n), "{n}");
-        }
-    }
-
-    #[test]
     fn untrusted_peer_headers_are_replaced() {
         let mut h = HeaderMap::new();
         h.insert(XFF, "6.6.6.6".parse().unwrap());
@@ -256,10 +186,6 @@ mod tests {
         h.insert(XFH, "evil".parse().unwrap());
         h.insert(FORWARDED, "for=6.6.6.6".parse().unwrap());
         h.insert(X_REAL_IP, "6.6.6.6".parse().unwrap());
-        h.insert("x-original-url", "/admin".parse().unwrap());
-        h.insert("x-http-method-override", "DELETE".parse().unwrap());
-        h.insert("true-client-ip", "6.6.6.6".parse().unwrap());
-        h.insert("x-forwarded-ssl", "on".parse().unwrap());
         let peer: IpAddr = "192.0.2.1".parse().unwrap();
         apply(&mut h, &origin(peer, false, peer, "app.example"));
         assert_eq!(h[&XFF], "192.0.2.1");
@@ -270,14 +196,6 @@ mod tests {
             "for=192.0.2.1;proto=http;host=\"app.example\""
         );
         assert_eq!(h[&X_REAL_IP], "192.0.2.1");
-        for gone in [
-            "x-original-url",
-            "x-http-method-override",
-            "true-client-ip",
-            "x-forwarded-ssl",
-        ] {
-            assert!(!h.contains_key(gone), "{gone} forwarded");
-        }
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub fn upstream_headers(
     }
     // Whatever the rule: a client must never hand the upstream an identity header, nor one
     // an inner proxy would have set; then the rule's own are added.
-    snapshot.spoofable.strip(headers);
+    snapshot.spoofable.strip(headers, origin.peer_trusted);
     for (name, value) in identity {
         headers.insert(name, value);
     }

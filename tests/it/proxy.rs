@@ -543,3 +543,100 @@ async fn stalled_reader_is_disconnected() {
         "the whole body was delivered: no stall detected"
     );
 }
+
+/// Every spelling of the forwarding and override families, and infrastructure headers, from
+/// an untrusted client: none reaches the upstream (raw bytes, so the spellings arrive as sent).
+#[tokio::test]
+async fn forwarding_override_and_infrastructure_headers_in_every_spelling_stripped() {
+    let gw = Setup::default().start().await;
+    let spoofed = [
+        "X_Real_IP",
+        "x_real-ip",
+        "X_Forwarded_For",
+        "x_forwarded_host",
+        "X_Forwarded_Proto",
+        "X_Original_URL",
+        "X-Original-URI",
+        "x_original_uri",
+        "X-Forwarded-Uri",
+        "X-Forwarded-Path",
+        "X-Envoy-Original-Path",
+        "X-Forwarded-Client-Cert",
+        "X-Client-Cert-Chain",
+        "X-SSL-Client-Verify",
+        "X-Envoy-Internal",
+        "X-Envoy-Expected-Rq-Timeout-Ms",
+        "X-Portcullis-User",
+        "x_portcullis_decision",
+    ];
+    let mut request =
+        String::from("GET /public HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n");
+    for name in spoofed {
+        request.push_str(&format!("{name}: 6.6.6.6\r\n"));
+    }
+    request.push_str("X-Kept: yes\r\n\r\n");
+    let r = raw(gw.addr(), request.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let seen = gw.echo.last().unwrap().headers;
+    for name in spoofed {
+        let lower = name.to_ascii_lowercase();
+        assert!(
+            !seen.contains_key(lower.as_str()),
+            "{name} reached the upstream"
+        );
+    }
+    assert_eq!(seen["x-kept"], "yes");
+    assert_eq!(seen["x-real-ip"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+}
+
+/// From a trusted proxy, the infrastructure headers `server.trusted_proxy_headers` names pass;
+/// others (and every override) still go. From an untrusted peer nothing passes.
+#[tokio::test]
+async fn infrastructure_headers_pass_only_from_trusted_proxies_by_configuration() {
+    let request = "GET /public HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\
+         X-Forwarded-Client-Cert: Hash=abc;Subject=\"CN=client\"\r\nX-Envoy-Internal: true\r\n\
+         X-Portcullis-User: mallory\r\nX-Envoy-Original-Path: /admin\r\nTrue-Client-IP: 1.2.3.4\r\n\r\n";
+    let trusted = Setup::default()
+        .server(
+            "  trusted_proxies: [\"127.0.0.0/8\"]\n  trusted_proxy_headers: [x-forwarded-client-cert, \"x-envoy-*\"]\n",
+        )
+        .start()
+        .await;
+    assert_eq!(raw(trusted.addr(), request.as_bytes()).await.status, 200);
+    let seen = trusted.echo.last().unwrap().headers;
+    assert_eq!(
+        seen["x-forwarded-client-cert"],
+        "Hash=abc;Subject=\"CN=client\""
+    );
+    assert_eq!(seen["x-envoy-internal"], "true");
+    assert_eq!(
+        seen["true-client-ip"], "1.2.3.4",
+        "a trusted proxy's claim is kept"
+    );
+    assert!(
+        !seen.contains_key("x-portcullis-user"),
+        "not listed: removed"
+    );
+    assert!(
+        !seen.contains_key("x-envoy-original-path"),
+        "an override never passes"
+    );
+
+    // The same list, but the peer is not a trusted proxy.
+    let untrusted = Setup::default()
+        .server("  trusted_proxies: [\"10.0.0.0/8\"]\n  trusted_proxy_headers: [x-forwarded-client-cert, \"x-envoy-*\"]\n")
+        .start()
+        .await;
+    assert_eq!(raw(untrusted.addr(), request.as_bytes()).await.status, 200);
+    let seen = untrusted.echo.last().unwrap().headers;
+    for gone in [
+        "x-forwarded-client-cert",
+        "x-envoy-internal",
+        "x-portcullis-user",
+        "x-envoy-original-path",
+        "true-client-ip",
+    ] {
+        assert!(!seen.contains_key(gone), "{gone} reached the upstream");
+    }
+}

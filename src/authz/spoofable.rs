@@ -1,0 +1,313 @@
+//! Which client-sent headers never reach an upstream: [`Spoofable`], compiled once per snapshot.
+//!
+//! A header name is compared in its *dashed* spelling: lowercase (the `http` crate already
+//! lowercases) with every `_` read as `-`, because many frameworks (CGI, PHP, Rack, WSGI,
+//! Spring's `ForwardedHeaderFilter` behind some servers) fold `X_Real_IP` into the same variable
+//! as `X-Real-IP`. Families, and who may send them:
+//!
+//! | family | examples | from a trusted proxy | from anyone else |
+//! |---|---|---|---|
+//! | identity | configured identity headers, trusted-header names, the assertion | removed | removed |
+//! | path or method override | `X-Original-URL`, `X-Original-URI`, `X-Forwarded-Uri`, `X-Forwarded-Path`, `X-Envoy-Original-Path`, `X-HTTP-Method-Override` | removed | removed |
+//! | forwarding | `X-Forwarded-For/-Host/-Proto`, `X-Real-IP`, `Forwarded` | extended by the door (dashed); other spellings removed | replaced by the door; other spellings removed |
+//! | address and scheme claims | `X-Forwarded-Port`, `True-Client-IP`, `X-Client-IP` | kept (dashed) | removed |
+//! | infrastructure | `X-Forwarded-Client-Cert`, `X-Client-Cert-*`, `X-SSL-Client-*`, `X-Envoy-*`, `X-Portcullis-*` | kept only when `server.trusted_proxy_headers` names them (dashed) | removed |
+//!
+//! Invariant: after [`Spoofable::strip`], no header of a removed family is left in any
+//! spelling, and nothing outside these families is touched.
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, HeaderName};
+
+/// Header names removed from client requests, in every `_`/`-` spelling.
+#[derive(Debug, Clone, Default)]
+pub struct Spoofable {
+    /// Identity and trusted-header names, dashed, sorted.
+    dashed: Box<[Box<str>]>,
+    /// Infrastructure headers a trusted proxy may pass on (`server.trusted_proxy_headers`).
+    from_trusted: Box<[NamePattern]>,
+}
+
+/// A header name, or a prefix (`x-envoy-*`), dashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamePattern {
+    /// Exactly this name.
+    Exact(Box<str>),
+    /// Every name starting with this.
+    Prefix(Box<str>),
+}
+
+/// The family of a (dashed) header name; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Makes some upstreams serve another path or method than the one decided on.
+    Override,
+    /// Written by the door: the forwarding chain.
+    Forwarding,
+    /// Client-address and scheme claims some frameworks believe.
+    Claim,
+    /// Set by infrastructure in front of the gateway (client certificates, Envoy, ours).
+    Infrastructure,
+}
+
+// === impl Spoofable ===
+
+impl Spoofable {
+    /// The set of `names` (identity and trusted-header names) and the infrastructure headers
+    /// trusted proxies may pass on.
+    pub fn new<'a>(
+        names: impl IntoIterator<Item = &'a HeaderName>,
+        from_trusted: Vec<NamePattern>,
+    ) -> Self {
+        let mut dashed: Vec<Box<str>> = names
+            .into_iter()
+            .map(|n| n.as_str().replace('_', "-").into())
+            .collect();
+        dashed.sort();
+        dashed.dedup();
+        Self {
+            dashed: dashed.into(),
+            from_trusted: from_trusted.into(),
+        }
+    }
+
+    /// Removes every header a client must not hand the upstream (see the module docs);
+    /// `peer_trusted` says whether the peer is in `server.trusted_proxies`.
+    pub fn strip(&self, headers: &mut HeaderMap, peer_trusted: bool) {
+        // Why: one walk over the names present; nothing is allocated unless a header goes (or
+        // its name holds an `_`). Regression: tests::every_family_in_every_spelling
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| self.is_doomed(k, peer_trusted))
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(name);
+        }
+    }
+
+    /// Whether `name` is removed from a request whose peer is (or is not) trusted.
+    pub fn is_doomed(&self, name: &HeaderName, peer_trusted: bool) -> bool {
+        let raw = name.as_str();
+        let underscored = raw.contains('_');
+        let dashed: Cow<'_, str> = if underscored {
+            Cow::Owned(raw.replace('_', "-"))
+        } else {
+            Cow::Borrowed(raw)
+        };
+        if self.dashed.iter().any(|s| **s == *dashed) {
+            return true;
+        }
+        match family(&dashed) {
+            None => false,
+            Some(Family::Override) => true,
+            // The door rewrites the dashed spelling; any other is a second, unchecked value.
+            Some(Family::Forwarding) => underscored,
+            Some(Family::Claim) => underscored || !peer_trusted,
+            Some(Family::Infrastructure) => {
+                underscored
+                    || !peer_trusted
+                    || !self.from_trusted.iter().any(|p| p.matches(&dashed))
+            }
+        }
+    }
+}
+
+// === impl NamePattern ===
+
+impl NamePattern {
+    /// `name` or `prefix*`; lowercase, `_` read as `-`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let lower = s.to_ascii_lowercase().replace('_', "-");
+        let (text, prefix) = match lower.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (lower.as_str(), false),
+        };
+        if text.is_empty() || HeaderName::from_bytes(text.as_bytes()).is_err() {
+            return Err(format!(
+                "`{s}` is not a header name or a prefix ending in `*`"
+            ));
+        }
+        if family(text) == Some(Family::Override) {
+            return Err(format!(
+                "`{s}` overrides the path or method that was decided on: never forwarded"
+            ));
+        }
+        Ok(if prefix {
+            Self::Prefix(text.into())
+        } else {
+            Self::Exact(text.into())
+        })
+    }
+
+    fn matches(&self, dashed: &str) -> bool {
+        match self {
+            Self::Exact(n) => **n == *dashed,
+            Self::Prefix(p) => dashed.starts_with(&**p),
+        }
+    }
+}
+
+/// The family of a dashed, lowercase header name. (A `match` on the text compiles to a length
+/// switch and one compare; the prefixes are tested only for names starting `x-`.)
+pub fn family(dashed: &str) -> Option<Family> {
+    match dashed {
+        "x-original-url"
+        | "x-original-uri"
+        | "x-rewrite-url"
+        | "x-forwarded-uri"
+        | "x-forwarded-path"
+        | "x-forwarded-prefix"
+        | "x-envoy-original-path"
+        | "x-envoy-original-url"
+        | "x-original-method"
+        | "x-forwarded-method"
+        | "x-http-method-override"
+        | "x-http-method"
+        | "x-method-override" => Some(Family::Override),
+        "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto" | "x-real-ip"
+        | "forwarded" => Some(Family::Forwarding),
+        "x-forwarded-port"
+        | "x-forwarded-ssl"
+        | "x-forwarded-scheme"
+        | "x-url-scheme"
+        | "true-client-ip"
+        | "x-client-ip"
+        | "x-cluster-client-ip"
+        | "cf-connecting-ip"
+        | "fastly-client-ip"
+        | "x-forwarded-server" => Some(Family::Claim),
+        "x-forwarded-client-cert"
+        | "x-client-cert"
+        | "ssl-client-cert"
+        | "x-ssl-cert"
+        | "x-client-verify"
+        | "x-client-dn" => Some(Family::Infrastructure),
+        _ if dashed.starts_with("x-")
+            && (dashed.starts_with("x-envoy-")
+                || dashed.starts_with("x-portcullis-")
+                || dashed.starts_with("x-client-cert-")
+                || dashed.starts_with("x-ssl-client-")) =>
+        {
+            Some(Family::Infrastructure)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(names: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for n in names {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                "v".parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    fn left(h: &HeaderMap) -> Vec<&str> {
+        let mut v: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Name, removed from an untrusted peer, removed from a trusted one (which may pass
+    /// `x-forwarded-client-cert` and `x-envoy-*`).
+    const CASES: &[(&str, bool, bool)] = &[
+        // Identity (configured).
+        ("x-user-id", true, true),
+        ("X_User_Id", true, true),
+        ("x_user-id", true, true),
+        // Overrides, every spelling, from anyone.
+        ("x-original-url", true, true),
+        ("X_Original_URL", true, true),
+        ("x-original-uri", true, true),
+        ("x_original_uri", true, true),
+        ("x-forwarded-uri", true, true),
+        ("x-forwarded-path", true, true),
+        ("x-envoy-original-path", true, true),
+        ("x_envoy_original_path", true, true),
+        ("x-http-method-override", true, true),
+        ("x-forwarded-prefix", true, true),
+        // Forwarding: the dashed spelling is the door's to rewrite; others go.
+        ("x-forwarded-for", false, false),
+        ("x_forwarded_for", true, true),
+        ("x-real-ip", false, false),
+        ("X_Real_IP", true, true),
+        ("x_real-ip", true, true),
+        ("x_forwarded_host", true, true),
+        ("x_forwarded_proto", true, true),
+        ("forwarded", false, false),
+        // Claims: from trusted proxies only, dashed only.
+        ("true-client-ip", true, false),
+        ("true_client_ip", true, true),
+        ("x-forwarded-port", true, false),
+        // Infrastructure: configured names from trusted proxies only.
+        ("x-forwarded-client-cert", true, false),
+        ("x_forwarded_client_cert", true, true),
+        ("x-client-cert-chain", true, true),
+        ("x-ssl-client-verify", true, true),
+        ("x-envoy-expected-rq-timeout-ms", true, false),
+        ("x-envoy-internal", true, false),
+        ("x-portcullis-user", true, true),
+        ("X_Portcullis_Decision", true, true),
+        // Untouched.
+        ("x-kept", false, false),
+        ("x_kept", false, false),
+        ("authorization", false, false),
+        ("x-forwarded", false, false),
+        ("x-envoyish", false, false),
+    ];
+
+    #[test]
+    fn every_family_in_every_spelling() {
+        let s = Spoofable::new(
+            &[HeaderName::from_static("x-user-id")],
+            vec![
+                NamePattern::parse("X-Forwarded-Client-Cert").unwrap(),
+                NamePattern::parse("x-envoy-*").unwrap(),
+            ],
+        );
+        for &(name, untrusted, trusted) in CASES {
+            let n = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(
+                s.is_doomed(&n, false),
+                untrusted,
+                "{name} from an untrusted peer"
+            );
+            assert_eq!(
+                s.is_doomed(&n, true),
+                trusted,
+                "{name} from a trusted proxy"
+            );
+        }
+        let names: Vec<&str> = CASES.iter().map(|c| c.0).collect();
+        let mut h = headers(&names);
+        s.strip(&mut h, false);
+        let mut want: Vec<String> = CASES
+            .iter()
+            .filter(|c| !c.1)
+            .map(|c| c.0.to_ascii_lowercase())
+            .collect();
+        want.sort_unstable();
+        assert_eq!(left(&h), want);
+    }
+
+    #[test]
+    fn patterns_parse() {
+        assert_eq!(
+            NamePattern::parse("X_Envoy_*").unwrap(),
+            NamePattern::Prefix("x-envoy-".into())
+        );
+        assert!(NamePattern::parse("*").is_err());
+        assert!(NamePattern::parse("bad name").is_err());
+        assert!(NamePattern::parse("x-original-url").is_err());
+        assert!(NamePattern::parse("X-Envoy-Original-Path").is_err());
+    }
+}
