@@ -152,11 +152,11 @@ impl Template {
                 _ => {}
             }
         }
-        self.render(cx).map(Value::String)
+        self.render(cx).ok().map(Value::String)
     }
 
-    /// The value, or `None` when a variable is absent.
-    pub fn render(&self, cx: &Context<'_>) -> Option<String> {
+    /// The value, or why there is none.
+    pub fn render(&self, cx: &Context<'_>) -> Result<String, Miss> {
         let mut out = String::new();
         for part in &*self.parts {
             match part {
@@ -164,7 +164,7 @@ impl Template {
                 Part::Var(v) => render_var(v, cx, &mut out)?,
             }
         }
-        Some(out)
+        Ok(out)
     }
 }
 
@@ -193,20 +193,50 @@ fn parse_var(name: &str) -> Result<Var, String> {
     })
 }
 
-fn render_var(v: &Var, cx: &Context<'_>, out: &mut String) -> Option<()> {
-    let join = |items: &[Box<str>], sep: &str, out: &mut String| {
+/// Why a variable renders nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// Absent (no principal, no such claim, an empty list): the header is not set.
+    Absent,
+    /// A list element that would read as two, or as none, once joined (it is empty, holds
+    /// the separator, or has whitespace at its ends): the header is left out and counted.
+    Ambiguous,
+}
+
+/// Appends one element of a joined list, refusing one an upstream would split or trim
+/// differently. Why: joined, the role `admin, user` is indistinguishable from two roles.
+/// Regression: tests::joined_elements_are_unambiguous
+fn push_element(out: &mut String, item: &str, sep: char) -> Result<(), Miss> {
+    let bad = item.is_empty()
+        || item.starts_with(char::is_whitespace)
+        || item.ends_with(char::is_whitespace)
+        || item.contains(sep)
+        || (sep == ' ' && item.contains(char::is_whitespace));
+    if bad {
+        return Err(Miss::Ambiguous);
+    }
+    out.push_str(item);
+    Ok(())
+}
+
+fn render_var(v: &Var, cx: &Context<'_>, out: &mut String) -> Result<(), Miss> {
+    let join = |items: &[Box<str>], sep: char, out: &mut String| {
+        if items.is_empty() {
+            return Err(Miss::Absent);
+        }
         for (i, s) in items.iter().enumerate() {
             if i > 0 {
-                out.push_str(sep);
+                out.push(sep);
             }
-            out.push_str(s);
+            push_element(out, s, sep)?;
         }
+        Ok(())
     };
     match v {
         Var::ClientIp => crate::request::facts::push_ip(out, cx.client_ip),
         Var::RuleName => out.push_str(cx.rule),
         v => {
-            let p = cx.principal?;
+            let p = cx.principal.ok_or(Miss::Absent)?;
             match v {
                 Var::PrincipalId => out.push_str(&p.id),
                 Var::PrincipalKind => out.push_str(match p.kind {
@@ -214,21 +244,22 @@ fn render_var(v: &Var, cx: &Context<'_>, out: &mut String) -> Option<()> {
                     PrincipalKind::Machine => "machine",
                 }),
                 Var::PrincipalAuthenticator => out.push_str(&p.authenticator),
-                Var::PrincipalIssuer => out.push_str(p.issuer.as_deref()?),
-                Var::PrincipalTenant => out.push_str(p.tenant.as_deref()?),
-                Var::PrincipalScopes => join(&p.scopes, " ", out),
-                Var::PrincipalRoles => join(&p.roles, ",", out),
-                Var::ApiKeyId => out.push_str(p.api_key_id.as_deref()?),
-                Var::Claim(path) => claim_text(lookup(&p.claims, path)?, out)?,
+                Var::PrincipalIssuer => out.push_str(p.issuer.as_deref().ok_or(Miss::Absent)?),
+                Var::PrincipalTenant => out.push_str(p.tenant.as_deref().ok_or(Miss::Absent)?),
+                Var::PrincipalScopes => join(&p.scopes, ' ', out)?,
+                Var::PrincipalRoles => join(&p.roles, ',', out)?,
+                Var::ApiKeyId => out.push_str(p.api_key_id.as_deref().ok_or(Miss::Absent)?),
+                Var::Claim(path) => claim_text(lookup(&p.claims, path).ok_or(Miss::Absent)?, out)?,
                 Var::ClientIp | Var::RuleName => {}
             }
         }
     }
-    Some(())
+    Ok(())
 }
 
-/// Strings as they are, numbers and booleans as JSON, arrays of those joined with `,`.
-fn claim_text(v: &Value, out: &mut String) -> Option<()> {
+/// Strings as they are, numbers and booleans as JSON, arrays of those joined with `,` (each
+/// element unambiguous, see [`push_element`]).
+fn claim_text(v: &Value, out: &mut String) -> Result<(), Miss> {
     match v {
         Value::String(s) => out.push_str(s),
         Value::Number(n) => {
@@ -237,20 +268,22 @@ fn claim_text(v: &Value, out: &mut String) -> Option<()> {
         Value::Bool(b) => {
             let _ = write!(out, "{b}");
         }
+        Value::Array(items) if items.is_empty() => return Err(Miss::Absent),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
                 match item {
-                    Value::Array(_) | Value::Object(_) | Value::Null => return None,
+                    Value::String(s) => push_element(out, s, ',')?,
+                    Value::Array(_) | Value::Object(_) | Value::Null => return Err(Miss::Absent),
                     scalar => claim_text(scalar, out)?,
                 }
             }
         }
-        Value::Object(_) | Value::Null => return None,
+        Value::Object(_) | Value::Null => return Err(Miss::Absent),
     }
-    Some(())
+    Ok(())
 }
 
 // === impl IdentityHeaders ===
@@ -299,7 +332,17 @@ impl IdentityHeaders {
         let mut out = Vec::with_capacity(self.headers.len());
         let mut refused = 0;
         for (name, t) in &*self.headers {
-            let Some(text) = t.render(cx) else { continue };
+            let text = match t.render(cx) {
+                // Why: an empty value is no value; documented as not set.
+                // Regression: tests::empty_values_are_not_set
+                Ok(text) if text.is_empty() => continue,
+                Ok(text) => text,
+                Err(Miss::Absent) => continue,
+                Err(Miss::Ambiguous) => {
+                    refused += 1;
+                    continue;
+                }
+            };
             // Visible ASCII and spaces only: no CR, LF, control or non-ASCII bytes upstream.
             let clean = text.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
             match HeaderValue::try_from(text) {
@@ -361,11 +404,114 @@ mod tests {
     }
 
     fn render(t: &str, p: Option<&Principal>) -> Option<String> {
-        Template::parse(t).unwrap().render(&Context {
-            principal: p,
+        Template::parse(t)
+            .unwrap()
+            .render(&Context {
+                principal: p,
+                client_ip: "192.0.2.1".parse().unwrap(),
+                rule: "r",
+            })
+            .ok()
+    }
+
+    fn render_headers(h: &IdentityHeaders, p: &Principal) -> (Vec<(String, String)>, usize) {
+        let (set, refused) = h.render(&Context {
+            principal: Some(p),
             client_ip: "192.0.2.1".parse().unwrap(),
             rule: "r",
-        })
+        });
+        let set = set
+            .into_iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        (set, refused)
+    }
+
+    #[test]
+    fn joined_elements_are_unambiguous() {
+        let h = IdentityHeaders::compile([
+            ("x-roles", "{principal.roles}"),
+            ("x-scopes", "{principal.scopes}"),
+            ("x-groups", "{claims.groups}"),
+        ])
+        .unwrap();
+        // Elements each render as one; an element that would read as two (or none, or be
+        // trimmed differently) refuses its header.
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a [&'a str],
+            serde_json::Value,
+            &'a [(&'a str, &'a str)],
+            usize,
+        );
+        let cases: &[Case<'_>] = &[
+            (
+                &["admin", "ops"],
+                &["read", "write"],
+                json!(["a", 1, true]),
+                &[
+                    ("x-roles", "admin,ops"),
+                    ("x-scopes", "read write"),
+                    ("x-groups", "a,1,true"),
+                ],
+                0,
+            ),
+            (
+                &["admin, user"],
+                &["read"],
+                json!(["a"]),
+                &[("x-scopes", "read"), ("x-groups", "a")],
+                1,
+            ),
+            (&["admin,user"], &["read write"], json!(["a,b"]), &[], 3),
+            (&["", "x"], &["a\tb"], json!(["", "b"]), &[], 3),
+            (
+                &[" admin"],
+                &["read"],
+                json!(["b "]),
+                &[("x-scopes", "read")],
+                2,
+            ),
+            (
+                &["a b"],
+                &["x"],
+                json!([]),
+                &[("x-roles", "a b"), ("x-scopes", "x")],
+                0,
+            ),
+        ];
+        for (roles, scopes, groups, want, refused) in cases {
+            let mut p = principal();
+            p.roles = roles.iter().map(|r| Box::<str>::from(*r)).collect();
+            p.scopes = scopes.iter().map(|r| Box::<str>::from(*r)).collect();
+            p.claims.insert("groups".into(), groups.clone());
+            let (set, n) = render_headers(&h, &p);
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect();
+            assert_eq!((set, n), (want, *refused), "{roles:?} {scopes:?} {groups}");
+        }
+    }
+
+    #[test]
+    fn empty_values_are_not_set() {
+        let h = IdentityHeaders::compile([
+            ("x-scopes", "{principal.scopes}"),
+            ("x-roles", "{principal.roles}"),
+            ("x-empty", "{claims.empty}"),
+            ("x-none", "{claims.none}"),
+            ("x-user-id", "{principal.id}"),
+        ])
+        .unwrap();
+        let mut p = principal();
+        p.scopes = Box::default();
+        p.roles = Box::default();
+        p.claims.insert("empty".into(), json!(""));
+        p.claims.insert("none".into(), json!([]));
+        let (set, refused) = render_headers(&h, &p);
+        assert_eq!(set, [("x-user-id".to_owned(), "alice".to_owned())]);
+        assert_eq!(refused, 0);
     }
 
     #[test]

@@ -185,3 +185,38 @@ async fn bad_identity_headers_are_config_errors_with_their_line() {
         assert!(text.contains(expected), "{expected} in {text}");
     }
 }
+
+/// A role holding the list separator would read as two roles upstream: the header is left
+/// out (and counted) rather than sent ambiguous; an empty list is no header at all.
+#[tokio::test]
+async fn ambiguous_or_empty_joined_values_are_not_sent() {
+    let gw = gateway(&generate().unwrap()).await;
+    let h = |n| echoed_header(&gw.echo, n);
+    for roles in [
+        json!(["admin, user"]),
+        json!(["admin,user"]),
+        json!(["", "admin"]),
+        json!([" admin"]),
+    ] {
+        let t = token(&json!({"roles": roles, "org": {"tenant": "acme"}}));
+        let status = request(&gw, "/api/x", &format!("Authorization: Bearer {t}\r\n")).await;
+        assert_eq!(status, 200);
+        assert_eq!(h("x-user-roles"), None, "roles {roles}");
+        assert_eq!(h("x-user-id").as_deref(), Some("alice"), "the rest is set");
+    }
+    let t = token(&json!({"roles": [], "org": {"tenant": "acme"}}));
+    assert_eq!(
+        request(&gw, "/api/x", &format!("Authorization: Bearer {t}\r\n")).await,
+        200
+    );
+    assert_eq!(
+        h("x-user-roles"),
+        None,
+        "an empty list is not an empty header"
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("portcullis_identity_headers_refused_total 4"),
+        "{metrics}"
+    );
+}
