@@ -532,15 +532,42 @@ impl MethodSet {
         Ok(Self(out.into()))
     }
 
-    /// Empty sets contain every method.
+    /// Empty sets contain every method but the ones only a rule naming them matches
+    /// ([`is_explicit_only`]).
     pub fn contains(&self, m: &Method) -> bool {
-        self.0.is_empty() || self.0.contains(m)
+        if self.0.is_empty() {
+            !is_explicit_only(m)
+        } else {
+            self.0.contains(m)
+        }
     }
+}
+
+/// Whether only a rule naming `m` in `match.methods` matches it (see [`MethodSet::contains`]).
+/// Why: `TRACE` and `TRACK` echo the request back (credentials and cookies included:
+/// cross-site tracing) and `CONNECT` opens a tunnel, so a rule allowing any method does not
+/// allow them. Regression: tests::explicit_only_methods
+pub fn is_explicit_only(m: &Method) -> bool {
+    *m == Method::TRACE || *m == Method::CONNECT || m.as_str() == "TRACK"
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn explicit_only_methods() {
+        let any = MethodSet::default();
+        let named = MethodSet::parse(&["TRACE".into(), "GET".into()]).unwrap();
+        let track = Method::from_bytes(b"TRACK").unwrap();
+        for m in [Method::GET, Method::POST, Method::DELETE, Method::OPTIONS] {
+            assert!(any.contains(&m), "{m}");
+        }
+        for m in [Method::TRACE, track.clone(), Method::CONNECT] {
+            assert!(!any.contains(&m), "{m}");
+        }
+        assert!(named.contains(&Method::TRACE) && !named.contains(&track));
+    }
 
     #[test]
     fn path_patterns() {

@@ -78,6 +78,11 @@ pub async fn decide(
 ) -> Decision {
     let Some(rule) = snapshot.routes.find(facts) else {
         trace.record(TraceEvent::NoRuleMatched);
+        // Only a rule naming them matches TRACE, TRACK and CONNECT: say so (405) rather than
+        // that no rule matched.
+        if crate::authz::route::is_explicit_only(facts.method) {
+            return Decision::Deny(Deny::method_not_allowed());
+        }
         return Decision::Deny(Deny::no_rule());
     };
     trace.record(TraceEvent::RuleMatched(rule.id.clone()));

@@ -121,6 +121,8 @@ pub enum DenyKind {
     Unmet(Unmet),
     /// Over the rule's rate limit (429), and when to come back.
     RateLimited(Throttle),
+    /// `TRACE`, `TRACK` or `CONNECT` that no rule names (405).
+    MethodNotAllowed,
 }
 
 // === impl Decision ===
@@ -151,6 +153,16 @@ impl Deny {
         Self {
             rule: None,
             kind: DenyKind::NoRule,
+            shape: None,
+            redirect: None,
+        }
+    }
+
+    /// A `TRACE`, `TRACK` or `CONNECT` no rule names.
+    pub fn method_not_allowed() -> Self {
+        Self {
+            rule: None,
+            kind: DenyKind::MethodNotAllowed,
             shape: None,
             redirect: None,
         }
@@ -261,6 +273,7 @@ impl DenyKind {
             Self::AmbiguousCredential => StatusCode::BAD_REQUEST,
             Self::AuthnUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -283,6 +296,7 @@ impl DenyKind {
             Self::AuthnUnavailable => "authentication_unavailable",
             Self::Unmet(u) => u.as_str(),
             Self::RateLimited(_) => "rate_limited",
+            Self::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -298,7 +312,8 @@ impl DenyKind {
             | Self::Forbidden
             | Self::AuthnUnavailable
             | Self::Unmet(_)
-            | Self::RateLimited(_) => None,
+            | Self::RateLimited(_)
+            | Self::MethodNotAllowed => None,
         }
     }
 }

@@ -185,3 +185,55 @@ async fn admin_host_spellings_denied() {
             .await;
     assert_eq!(r.status, 200, "{}", r.head);
 }
+
+/// TRACE and TRACK echo the request (cookies and credentials included); CONNECT opens a tunnel.
+/// A rule allowing any method allows none of them: 405, and the upstream sees nothing. Only a
+/// rule naming the method matches it.
+#[tokio::test]
+async fn trace_track_and_connect_refused_even_when_any_method_is_allowed() {
+    let gw = Setup::default().start().await;
+    for method in ["TRACE", "TRACK"] {
+        let r = raw(
+            gw.addr(),
+            format!(
+                "{method} /x HTTP/1.1\r\nHost: app.test\r\nCookie: s=1\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 405, "{method}: {}", r.head);
+        assert!(r.body.contains("method_not_allowed"), "{}", r.body);
+    }
+    let r = raw(
+        gw.addr(),
+        b"CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\n\r\n",
+    )
+    .await;
+    assert!(r.status == 400 || r.status == 405, "{}", r.head);
+    assert_eq!(gw.echo.count(), 0);
+
+    // A rule that names TRACE lets it through; TRACK stays refused.
+    let gw = Setup::with_policy(
+        "rules:\n  - name: trace\n    match: {paths: [\"/**\"], methods: [TRACE]}\n    effect: allow\n    anonymous: true\n    upstream: echo\n",
+    )
+    .start()
+    .await;
+    assert_eq!(
+        raw(
+            gw.addr(),
+            b"TRACE /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        raw(
+            gw.addr(),
+            b"TRACK /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+        )
+        .await
+        .status,
+        405
+    );
+}
