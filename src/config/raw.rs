@@ -327,12 +327,18 @@ pub struct RawPolicies {
     /// order; rules are evaluated in that order, first match wins.
     #[serde(default = "default_policy_dir")]
     pub dir: PathBuf,
+    /// Whether a reload may leave no rule at all (every request then denied). Off by default:
+    /// an empty or truncated policy file, or a ConfigMap caught mid-update, is refused and the
+    /// running rules stay.
+    #[serde(default)]
+    pub allow_empty: bool,
 }
 
 impl Default for RawPolicies {
     fn default() -> Self {
         Self {
             dir: default_policy_dir(),
+            allow_empty: false,
         }
     }
 }

@@ -114,7 +114,20 @@ impl Reloader {
                     tracing::warn!(diagnostic = %w, "Config warning");
                 }
                 let restart = restart_only_changes(&previous, &next);
-                if !restart.is_empty() {
+                let emptied = next.routes.rules().is_empty()
+                    && !previous.routes.rules().is_empty()
+                    && !next.raw.policies.allow_empty;
+                if emptied {
+                    // Why: a policy file truncated by an editor, or a ConfigMap caught
+                    // mid-update, must not turn every route into a denial (or, worse, leave a
+                    // half-written file's rules). Regression: tests (it)
+                    // reload::reload_to_zero_rules_is_refused_unless_allowed
+                    let display = self.config_path.display().to_string();
+                    Err(ReloadError(vec![format!(
+                        "{display}: policies: the new policy files hold no rule; the running {} rules stay (an empty or truncated file? set `policies.allow_empty: true` if this is intended)",
+                        previous.routes.rules().len()
+                    )]))
+                } else if !restart.is_empty() {
                     // Point at the changed fields in the file as it is now.
                     let display = self.config_path.display().to_string();
                     let text = std::fs::read_to_string(&self.config_path).unwrap_or_default();

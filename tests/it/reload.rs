@@ -349,3 +349,41 @@ async fn bearer_status(gw: &crate::support::TestGateway, token: &str) -> StatusC
     .await
     .0
 }
+
+/// An emptied policy file (truncated, or a ConfigMap mid-update) is refused: the running rules
+/// stay and the reload fails, counted. With `policies.allow_empty: true` it applies.
+#[tokio::test]
+async fn reload_to_zero_rules_is_refused_unless_allowed() {
+    let gw = Setup::default().start().await;
+    let before = gw.app().version();
+    gw.write("policies/10-all.yaml", "");
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("hold no rule"), "{body}");
+    assert!(body.contains("allow_empty"), "{body}");
+    assert_eq!(gw.app().version(), before, "running rules stay");
+    assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+    gw.write("policies/10-all.yaml", "rules: []\n");
+    assert_eq!(
+        gw.admin_post("/reload").await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_config_reloads_total{outcome="failed"} 2"#),
+        "{metrics}"
+    );
+
+    // Intended: the config says so.
+    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
+    gw.write(
+        "portcullis.yaml",
+        config.replace(
+            "policies:\n  dir: policies\n",
+            "policies:\n  dir: policies\n  allow_empty: true\n",
+        ),
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::FORBIDDEN);
+}
