@@ -50,6 +50,9 @@ pub struct Rule {
     pub denial: Option<Arc<super::denial::Denial>>,
     /// The rate limit on the requests it allows.
     pub rate_limit: Option<Arc<crate::ratelimit::Limit>>,
+    /// An allow rule whose path literals match in any ASCII case (its policy file or its
+    /// upstream says `case_insensitive_paths`); deny rules always do.
+    pub case_insensitive: bool,
 }
 
 /// The ordered rules, and an index that finds the first match without trying every rule.
@@ -239,7 +242,10 @@ impl Rule {
                 // deny rule catches every case variant while an allow rule grants only the exact
                 // spelling: each direction takes the safe reading.
                 // Regression: tests::deny_rules_ignore_path_case
-                let fold_case = self.effect == Effect::Deny;
+                // An allow rule for an upstream that ignores case folds too, or `/ADMIN/x`
+                // would pass its requirements by to a catch-all rule.
+                // Regression: tests::case_insensitive_allow_rules
+                let fold_case = self.folds_case();
                 self.paths
                     .iter()
                     .any(|p| p.matches_case(&facts.path, fold_case))
@@ -248,6 +254,11 @@ impl Rule {
 }
 
 impl Rule {
+    /// Whether its path literals match in any ASCII case.
+    pub fn folds_case(&self) -> bool {
+        self.effect == Effect::Deny || self.case_insensitive
+    }
+
     /// Whether every request this rule could match is matched by `earlier` first, so this
     /// rule never decides (lint). Conservative: `true` only when it is certain.
     pub fn shadowed_by(&self, earlier: &Self) -> bool {
@@ -256,7 +267,7 @@ impl Rule {
         let methods = earlier.methods.0.is_empty()
             || (!self.methods.0.is_empty()
                 && self.methods.0.iter().all(|m| earlier.methods.0.contains(m)));
-        let fold = earlier.effect == Effect::Deny;
+        let fold = earlier.folds_case();
         let paths = earlier.paths.is_empty()
             || (!self.paths.is_empty()
                 && self
@@ -279,7 +290,7 @@ impl Rule {
         let methods = self.methods.0.is_empty()
             || other.methods.0.is_empty()
             || self.methods.0.iter().any(|m| other.methods.0.contains(m));
-        let fold = self.effect == Effect::Deny || other.effect == Effect::Deny;
+        let fold = self.folds_case() || other.folds_case();
         let paths = self.paths.is_empty()
             || other.paths.is_empty()
             || self
@@ -293,7 +304,7 @@ impl Rule {
     pub fn params(&self, path: &str) -> Vec<(Box<str>, String)> {
         self.paths
             .iter()
-            .find(|p| p.matches(path))
+            .find(|p| p.matches_case(path, self.folds_case()))
             .map(|p| p.captures(path))
             .unwrap_or_default()
     }
@@ -599,6 +610,45 @@ mod tests {
     }
 
     #[test]
+    fn case_insensitive_allow_rules() {
+        let admin = |ci: bool| Rule {
+            case_insensitive: ci,
+            ..rule("admin", &["/admin/{id}/**"], Effect::Allow, &[])
+        };
+        let table =
+            |ci: bool| RouteTable::new(vec![admin(ci), rule("all", &["/**"], Effect::Allow, &[])]);
+        let decided = |t: &RouteTable, path: &str| {
+            let conn = crate::request::facts::ConnInfo::new(
+                "192.0.2.1:1".parse().unwrap(),
+                "l".into(),
+                None,
+            );
+            let parts = http::Request::get(path)
+                .header("host", "h")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0;
+            let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+            t.find(&facts).map(|r| r.id.0.to_string())
+        };
+        let t = table(false);
+        assert_eq!(decided(&t, "/admin/7/x").as_deref(), Some("admin"));
+        assert_eq!(
+            decided(&t, "/ADMIN/7/x").as_deref(),
+            Some("all"),
+            "exact by default"
+        );
+        let t = table(true);
+        for p in ["/ADMIN/7/x", "/Admin/7/", "/aDmIn/7/y/z"] {
+            assert_eq!(decided(&t, p).as_deref(), Some("admin"), "{p}");
+        }
+        assert_eq!(decided(&t, "/ADMINS/7").as_deref(), Some("all"));
+        let params = admin(true).params("/ADMIN/Seven/x");
+        assert_eq!(params, [("id".into(), "Seven".to_owned())]);
+    }
+
+    #[test]
     fn deny_rules_ignore_path_case() {
         let p = PathPattern::parse("/admin/**").unwrap();
         assert!(p.matches_case("/ADMIN/users", true));
@@ -683,6 +733,7 @@ mod tests {
             when: None,
             denial: None,
             rate_limit: None,
+            case_insensitive: false,
         }
     }
 

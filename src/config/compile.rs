@@ -519,6 +519,11 @@ pub fn compile(
                     when,
                     denial,
                     rate_limit,
+                    case_insensitive: policy.case_insensitive_paths
+                        || r.upstream
+                            .as_ref()
+                            .and_then(|u| cfg.upstreams.get(u))
+                            .is_some_and(|u| u.case_insensitive_paths),
                 };
                 // Lint: an earlier rule matching everything this one could means it never
                 // decides. Candidates share its first literal segment, or have none.

@@ -317,6 +317,11 @@ pub struct RawUpstream {
     #[serde(default = "default_pool_idle_timeout", deserialize_with = "duration")]
     #[schemars(with = "String")]
     pub pool_idle_timeout: Duration,
+    /// The upstream serves paths in any case (IIS, ASP.NET, Express by default): every allow
+    /// rule forwarding here matches path literals in any ASCII case, so `/ADMIN/x` meets the
+    /// requirements of the rule for `/admin/**` instead of passing to a catch-all rule.
+    #[serde(default)]
+    pub case_insensitive_paths: bool,
 }
 
 /// Where the policy files are.
@@ -383,6 +388,11 @@ pub struct RawPolicyFile {
     /// Rules, evaluated in order; the first whose `match` fits the request decides.
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    /// The allow rules of this file match path literals in any ASCII case (`/ADMIN/x` meets
+    /// the rule for `/admin/**`), for upstreams that serve `/ADMIN` as `/admin` (IIS,
+    /// ASP.NET, Express by default). Deny rules always do.
+    #[serde(default)]
+    pub case_insensitive_paths: bool,
 }
 
 /// One route rule.

@@ -237,3 +237,62 @@ async fn trace_track_and_connect_refused_even_when_any_method_is_allowed() {
         405
     );
 }
+
+/// An upstream that serves `/ADMIN` as `/admin`: with `case_insensitive_paths` (in the policy
+/// file, or on the upstream) `/ADMIN/x` meets the admin rule's requirement (401 without a
+/// credential) instead of slipping past it to the catch-all rule.
+#[tokio::test]
+async fn case_insensitive_paths_keep_requirements_on_case_variants() {
+    let rules = "rules:
+  - name: admin
+    match: {paths: [\"/admin/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: echo
+  - name: all
+    match: {paths: [\"/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+";
+    let start = |policy: String, upstreams: &str| {
+        let upstreams = upstreams.to_owned();
+        async move {
+            Setup {
+                policies: vec![("10-p.yaml".into(), policy)],
+                files: vec![("hs.secret".into(), vec![b'k'; 32])],
+                extra: crate::support::hs256_users("{}"),
+                upstreams,
+                ..Setup::default()
+            }
+            .start()
+            .await
+        }
+    };
+    let variants = ["/ADMIN/x", "/Admin/users", "/aDmIn/"];
+
+    // By default the allow rule is exact: the case variants reach the catch-all rule.
+    let gw = start(rules.into(), "").await;
+    for p in variants {
+        assert_eq!(raw_get(gw.addr(), p).await.status, 200, "{p}");
+    }
+
+    // The policy file says the paths are case-insensitive.
+    let gw = start(format!("case_insensitive_paths: true\n{rules}"), "").await;
+    for p in variants.iter().chain(&["/admin/x"]) {
+        let r = raw_get(gw.addr(), p).await;
+        assert_eq!(r.status, 401, "{p}: {}", r.head);
+    }
+    assert_eq!(gw.echo.count(), 0);
+    assert_eq!(raw_get(gw.addr(), "/admins").await.status, 200);
+
+    // The upstream says so: every allow rule forwarding to it folds case.
+    let gw = start(
+        rules.replace("upstream: echo", "upstream: iis"),
+        "  iis:\n    url: http://{echo}\n    case_insensitive_paths: true\n",
+    )
+    .await;
+    for p in variants {
+        assert_eq!(raw_get(gw.addr(), p).await.status, 401, "{p}");
+    }
+}
