@@ -109,7 +109,7 @@ pub struct ListenerSettings {
     /// Configured address.
     pub address: SocketAddr,
     /// TLS termination, if any.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<Arc<crate::tls::server::ListenerTls>>,
     /// Whether HTTP/2 is served.
     pub http2: bool,
 }

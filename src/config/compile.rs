@@ -75,28 +75,35 @@ pub fn compile(
                         watched.push(p.clone());
                     }
                 }
-                let client_auth = match &t.client_auth {
-                    None => None,
-                    Some(ca) => {
-                        let path = loaded.base_dir.join(&ca.ca_file);
-                        if let Ok(bytes) = std::fs::read(&path) {
-                            digest.update(&bytes);
-                        }
-                        watched.push(path.clone());
-                        match tls::server::client_verifier(&path, ca.required) {
-                            Ok(v) => Some(v),
-                            Err(e) => {
-                                diags.push(at(
-                                    &format!("listeners[{i}].tls.client_auth.ca_file"),
-                                    e.to_string(),
-                                ));
-                                None
-                            }
+                let mut verifier = |ca: &crate::config::raw::RawClientAuth, field: String| {
+                    let path = loaded.base_dir.join(&ca.ca_file);
+                    watched.push(path.clone());
+                    match tls::server::client_verifier(&path, ca.required) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            diags.push(at(&field, e.to_string()));
+                            None
                         }
                     }
                 };
-                match tls::server::server_config(&entries, l.http2, client_auth) {
-                    Ok(c) => Some(c),
+                let listener_auth = t
+                    .client_auth
+                    .as_ref()
+                    .and_then(|ca| verifier(ca, format!("listeners[{i}].tls.client_auth.ca_file")));
+                let per_entry: Vec<_> = t
+                    .certificates
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| match &c.client_auth {
+                        Some(ca) => verifier(
+                            ca,
+                            format!("listeners[{i}].tls.certificates[{j}].client_auth.ca_file"),
+                        ),
+                        None => listener_auth.clone(),
+                    })
+                    .collect();
+                match tls::server::listener_tls(&entries, l.http2, &per_entry) {
+                    Ok(c) => Some(Arc::new(c)),
                     Err((j, e)) => {
                         diags.push(at(
                             &format!("listeners[{i}].tls.certificates[{j}].{}", e.field()),
@@ -198,9 +205,13 @@ pub fn compile(
     };
     // mTLS authenticators name listeners that ask for client certificates.
     let asks_certs = |name: &str| {
-        cfg.listeners
-            .iter()
-            .any(|l| l.name == name && l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
+        cfg.listeners.iter().any(|l| {
+            l.name == name
+                && l.tls.as_ref().is_some_and(|t| {
+                    t.client_auth.is_some()
+                        || t.certificates.iter().any(|c| c.client_auth.is_some())
+                })
+        })
     };
     for (name, a) in &cfg.authenticators {
         let crate::config::raw::RawAuthenticator::Mtls(m) = a else {

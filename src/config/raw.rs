@@ -194,6 +194,12 @@ pub struct RawCertificate {
     /// Default: the certificate's subject alternative names.
     #[serde(default)]
     pub server_names: Vec<String>,
+    /// Client certificates for these server names, verified against their own CAs instead of
+    /// the listener's `client_auth`. A connection is then bound to the names its SNI chose: a
+    /// request for a host of another certificate gets 421, so a client certificate from one
+    /// host's CA never reaches a host that requires another.
+    #[serde(default)]
+    pub client_auth: Option<RawClientAuth>,
 }
 
 /// The admin listener.

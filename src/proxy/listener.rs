@@ -119,7 +119,7 @@ async fn serve_stream(
     stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<str>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<crate::tls::server::ListenerTls>>,
     http2: bool,
     server: ServerSettings,
     shared: &Arc<Shared>,
@@ -130,9 +130,8 @@ async fn serve_stream(
         serve_http(stream, conn, http2, None, &server, shared, shutdown).await;
         return;
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let handshake = tokio::time::timeout(server.header_read_timeout, acceptor.accept(stream)).await;
-    let stream = match handshake {
+    let handshake = tokio::time::timeout(server.header_read_timeout, tls.accept(stream)).await;
+    let (stream, binding) = match handshake {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             shared.metrics.tls_handshake_errors.inc();
@@ -155,6 +154,7 @@ async fn serve_stream(
             .peer_certificates()
             .and_then(|c| c.first())
             .map(|c| Arc::new(ClientCert::parse(c).unwrap_or_else(|| ClientCert::unreadable(c)))),
+        binding,
     };
     let conn = ConnInfo::new(peer, listener, Some(info));
     let alpn_h2 = Some(alpn.as_deref() == Some(b"h2"));

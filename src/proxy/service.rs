@@ -161,7 +161,7 @@ pub async fn handle(
         Err(e) => {
             shared.metrics.bad_request(e.as_str());
             let resp = close(
-                error_response(StatusCode::BAD_REQUEST, e.as_str(), &request_id),
+                error_response(e.status(), e.as_str(), &request_id),
                 parts.version,
             );
             return ctx.finish(

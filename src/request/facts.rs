@@ -89,6 +89,9 @@ pub struct TlsInfo {
     pub alpn: Option<Arc<[u8]>>,
     /// The client certificate, verified by the listener's `client_auth` during the handshake.
     pub client_cert: Option<Arc<ClientCert>>,
+    /// On a listener whose certificates have their own client CAs: the certificate entry the
+    /// SNI chose, which every request's host must also choose (else 421).
+    pub binding: Option<crate::tls::server::HostBinding>,
 }
 
 /// A verified client certificate's names, read once per connection.
@@ -197,6 +200,10 @@ pub enum FactsError {
     /// CONNECT and `*` targets are not proxied.
     #[error("unsupported request target")]
     UnsupportedTarget,
+    /// The host belongs to another certificate (and client CA) than the connection's SNI
+    /// chose: 421, the client retries on a connection of its own.
+    #[error("misdirected request")]
+    Misdirected,
 }
 
 // === impl RequestFacts ===
@@ -212,6 +219,14 @@ impl<'a> RequestFacts<'a> {
             return Err(FactsError::UnsupportedTarget);
         }
         let (host, port) = host_of(parts)?;
+        // Why: with per-host client CAs, a connection made for a.example (certificate from
+        // CA-A) must not carry requests for b.example, which requires CA-B.
+        // Regression: tests (it) tls::client_ca_per_host
+        if let Some(b) = conn.tls.as_ref().and_then(|t| t.binding.as_ref())
+            && !b.allows(&host)
+        {
+            return Err(FactsError::Misdirected);
+        }
         let path = path::canonicalize(parts.uri.path())?;
         Ok(Self {
             method: &parts.method,
@@ -243,6 +258,15 @@ impl FactsError {
             Self::MultipleHosts => "multiple_hosts",
             Self::InvalidHost => "invalid_host",
             Self::UnsupportedTarget => "unsupported_target",
+            Self::Misdirected => "misdirected_request",
+        }
+    }
+
+    /// The status the client gets: 400, or 421 for a misdirected request.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Self::Misdirected => http::StatusCode::MISDIRECTED_REQUEST,
+            _ => http::StatusCode::BAD_REQUEST,
         }
     }
 }

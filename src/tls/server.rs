@@ -43,14 +43,34 @@ pub struct CertEntry {
     pub server_names: Vec<String>,
 }
 
-/// Selects a certificate by SNI; see the module invariants.
+/// Selects a certificate entry by SNI; see the module invariants.
 struct SniResolver {
-    /// Served when the SNI is absent or matches nothing: the first entry.
-    default: Arc<CertifiedKey>,
+    /// Each entry's certificate, in config order; the first is served when the SNI is absent
+    /// or matches nothing.
+    keys: Box<[Arc<CertifiedKey>]>,
     /// Normalised exact names (and IP texts, which never arrive as SNI but are harmless).
-    exact: HashMap<Box<str>, Arc<CertifiedKey>>,
+    exact: HashMap<Box<str>, usize>,
     /// Wildcards keyed by their parent: `*.example.com` is stored as `example.com`.
-    wildcard: HashMap<Box<str>, Arc<CertifiedKey>>,
+    wildcard: HashMap<Box<str>, usize>,
+}
+
+/// A listener's TLS: one rustls config for every certificate, or, when certificate entries
+/// verify client certificates against their own CAs, one config per entry chosen from the
+/// ClientHello's SNI. Then each connection is bound to its entry: a request whose host
+/// selects another entry is misdirected ([`HostBinding`]), so a certificate from CA-A never
+/// reaches the hosts that require CA-B, whatever `Host` says.
+pub struct ListenerTls {
+    /// `[shared]`, or one per entry.
+    configs: Box<[Arc<ServerConfig>]>,
+    names: Arc<SniResolver>,
+}
+
+/// The certificate entry a connection's SNI selected, on a listener whose entries have their
+/// own client CAs.
+#[derive(Clone)]
+pub struct HostBinding {
+    names: Arc<SniResolver>,
+    entry: usize,
 }
 
 const PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
@@ -58,6 +78,135 @@ const PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
 
 const ALPN_H2: &[u8] = b"h2";
 const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// Builds a listener's TLS: `client_auth[i]` verifies the client certificates of entry `i`
+/// (its own CAs, or the listener's). When every entry has the same verifier (or none), one
+/// config serves them all; otherwise each entry gets its own.
+///
+/// On failure returns the index of the offending entry (0 when `entries` is empty).
+pub fn listener_tls(
+    entries: &[CertEntry],
+    http2: bool,
+    client_auth: &[Option<Arc<dyn ClientCertVerifier>>],
+) -> Result<ListenerTls, (usize, TlsError)> {
+    let names = Arc::new(SniResolver::from_entries(entries)?);
+    let shared = client_auth.windows(2).all(|w| match (&w[0], &w[1]) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    });
+    let configs: Box<[Arc<ServerConfig>]> = if shared {
+        let verifier = client_auth.first().cloned().flatten();
+        let resolver: Arc<dyn ResolvesServerCert> = Arc::clone(&names) as _;
+        Box::new([build(resolver, http2, verifier).map_err(|e| (0, e))?])
+    } else {
+        let mut configs = Vec::with_capacity(names.keys.len());
+        for (i, key) in names.keys.iter().enumerate() {
+            let verifier = client_auth.get(i).cloned().flatten();
+            let resolver: Arc<dyn ResolvesServerCert> = Arc::new(Fixed(Arc::clone(key)));
+            configs.push(build(resolver, http2, verifier).map_err(|e| (i, e))?);
+        }
+        configs.into()
+    };
+    Ok(ListenerTls { configs, names })
+}
+
+fn build(
+    resolver: Arc<dyn ResolvesServerCert>,
+    http2: bool,
+    client_auth: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    // Session resumption: rustls defaults (in-memory session cache, TLS 1.3 stateful tickets).
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .map_err(TlsError::Config)?;
+    let builder = match client_auth {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = alpn(http2);
+    Ok(Arc::new(config))
+}
+
+/// Always the same certificate: the entry an SNI selected before its config was chosen.
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+// === impl ListenerTls ===
+
+impl ListenerTls {
+    /// Completes the handshake on `io`, with the config of the entry the SNI selects when
+    /// entries have their own client CAs. The binding is `Some` in that case.
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+    ) -> std::io::Result<(tokio_rustls::server::TlsStream<IO>, Option<HostBinding>)>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        if let [shared] = &*self.configs {
+            let stream = tokio_rustls::TlsAcceptor::from(Arc::clone(shared))
+                .accept(io)
+                .await?;
+            return Ok((stream, None));
+        }
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        let entry = self.names.select(start.client_hello().server_name());
+        let config = self
+            .configs
+            .get(entry)
+            .ok_or_else(|| std::io::Error::other("no config for the selected certificate"))?;
+        let stream = start.into_stream(Arc::clone(config)).await?;
+        let binding = HostBinding {
+            names: Arc::clone(&self.names),
+            entry,
+        };
+        Ok((stream, Some(binding)))
+    }
+
+    /// The shared config (tests, and listeners whose entries share their client CAs).
+    pub fn shared_config(&self) -> Option<&Arc<ServerConfig>> {
+        match &*self.configs {
+            [shared] => Some(shared),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("configs", &self.configs.len())
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+// === impl HostBinding ===
+
+impl HostBinding {
+    /// Whether a request for `host` (lowercase, without port) belongs on this connection: it
+    /// selects the same certificate entry as the connection's SNI did.
+    pub fn allows(&self, host: &str) -> bool {
+        self.names.select(Some(host)) == self.entry
+    }
+}
+
+impl fmt::Debug for HostBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostBinding")
+            .field("entry", &self.entry)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Builds a server config: TLS 1.2 and 1.3 only, ALPN `["h2", "http/1.1"]` (or only
 /// `http/1.1` when `http2` is false), certificates selected by SNI.
@@ -69,17 +218,7 @@ pub fn server_config(
     client_auth: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, (usize, TlsError)> {
     let resolver = SniResolver::from_entries(entries)?;
-    // Session resumption: rustls defaults (in-memory session cache, TLS 1.3 stateful tickets).
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(PROTOCOL_VERSIONS)
-        .map_err(|e| (0, TlsError::Config(e)))?;
-    let builder = match client_auth {
-        Some(v) => builder.with_client_cert_verifier(v),
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder.with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = alpn(http2);
-    Ok(Arc::new(config))
+    build(Arc::new(resolver), http2, client_auth).map_err(|e| (0, e))
 }
 
 /// Verifies client certificates against the CA certificates in `ca_file` (webpki: chain,
@@ -197,7 +336,7 @@ impl ServerNamePattern {
 impl SniResolver {
     /// Loads every entry; the first is the default certificate.
     fn from_entries(entries: &[CertEntry]) -> Result<Self, (usize, TlsError)> {
-        let mut default = None;
+        let mut keys = Vec::with_capacity(entries.len());
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         for (index, entry) in entries.iter().enumerate() {
@@ -227,26 +366,35 @@ impl SniResolver {
                 };
                 // First entry wins on duplicates.
                 if let Entry::Vacant(slot) = map.entry(name.into_boxed_str()) {
-                    slot.insert(Arc::clone(&loaded.key));
+                    slot.insert(index);
                 }
             }
-            default.get_or_insert(loaded.key);
+            keys.push(loaded.key);
         }
-        let default = default.ok_or((0, TlsError::NoCertificates))?;
+        if keys.is_empty() {
+            return Err((0, TlsError::NoCertificates));
+        }
         Ok(Self {
-            default,
+            keys: keys.into(),
             exact,
             wildcard,
         })
     }
 
-    /// The certificate for a client's SNI, or the default one.
-    fn select(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
-        let found = server_name.and_then(|name| self.lookup(name));
-        Arc::clone(found.unwrap_or(&self.default))
+    /// The entry for a client's SNI (or a request's host), or the default one (0).
+    fn select(&self, server_name: Option<&str>) -> usize {
+        server_name
+            .and_then(|name| self.lookup(name))
+            .copied()
+            .unwrap_or(0)
     }
 
-    fn lookup(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
+    /// The certificate of the entry for a client's SNI.
+    fn select_key(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        self.keys.get(self.select(server_name)).cloned()
+    }
+
+    fn lookup(&self, name: &str) -> Option<&usize> {
         let name = name.strip_suffix('.').unwrap_or(name);
         // rustls already lowercases SNI, so this allocates only for direct callers.
         let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -269,7 +417,7 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.select(client_hello.server_name()))
+        self.select_key(client_hello.server_name())
     }
 }
 

@@ -784,6 +784,7 @@ struct Pki {
     server_cert: String,
     server_key: String,
     client: (String, String),
+    rogue_ca: String,
     rogue_client: (String, String),
 }
 
@@ -831,6 +832,7 @@ fn pki() -> Pki {
             uri("spiffe://corp.test/billing"),
             ExtendedKeyUsagePurpose::ClientAuth,
         ),
+        rogue_ca: rogue.pem(),
         rogue_client: leaf(
             &rogue,
             "billing",
@@ -871,12 +873,24 @@ async fn mtls_get(
     client: Option<&(String, String)>,
     path: &str,
 ) -> Result<StatusCode, String> {
+    mtls_request(addr, ca, client, "localhost", "localhost", path).await
+}
+
+/// [`mtls_get`] with the SNI and the `Host` header chosen; `trusted` may hold several PEMs.
+async fn mtls_request(
+    addr: SocketAddr,
+    trusted: &str,
+    client: Option<&(String, String)>,
+    sni: &str,
+    host: &str,
+    path: &str,
+) -> Result<StatusCode, String> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
-        .unwrap();
+    for c in CertificateDer::pem_slice_iter(trusted.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -897,7 +911,7 @@ async fn mtls_get(
             .await
             .map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
             .await
             .map_err(|e| e.to_string())?;
         let (mut send, conn) =
@@ -908,7 +922,7 @@ async fn mtls_get(
         let resp = send
             .send_request(
                 Request::get(path)
-                    .header("host", "localhost")
+                    .header("host", host)
                     .body(Full::<Bytes>::default())
                     .unwrap(),
             )
@@ -1023,4 +1037,71 @@ async fn rotated_introspection_client_secret_file_applies_on_reload() {
     );
     let second = idp.state.lock().unwrap().last_auth.clone();
     assert_eq!(second.as_deref(), Some(&*basic("rotated-secret")));
+}
+
+/// One listener, two hosts, each requiring client certificates from its own CA. A client
+/// certificate from CA-A gets in on a.test only: b.test refuses the handshake, and a request
+/// for b.test sent over a connection made for a.test gets 421 (its upstream sees nothing).
+#[tokio::test]
+async fn client_ca_per_host() {
+    let pki = pki();
+    let (a_cert, a_key) = portcullis::tls::certs::self_signed(&["a.test"]).unwrap();
+    let (b_cert, b_key) = portcullis::tls::certs::self_signed(&["b.test"]).unwrap();
+    let listeners = "  - name: http
+    address: 127.0.0.1:0
+    tls:
+      certificates:
+        - {cert: a.crt, key: a.key, client_auth: {ca_file: ca-a.pem, required: true}}
+        - {cert: b.crt, key: b.key, client_auth: {ca_file: ca-b.pem, required: true}}
+";
+    // CA-A is the `pki` clients CA; CA-B the other one (its client is `rogue_client`).
+    let gw = Setup {
+        listeners: listeners.into(),
+        policies: vec![("10-p.yaml".into(), policy("devices"))],
+        files: vec![
+            ("a.crt".into(), a_cert.clone().into_bytes()),
+            ("a.key".into(), a_key.into_bytes()),
+            ("b.crt".into(), b_cert.clone().into_bytes()),
+            ("b.key".into(), b_key.into_bytes()),
+            ("ca-a.pem".into(), pki.ca.clone().into_bytes()),
+            ("ca-b.pem".into(), pki.rogue_ca.clone().into_bytes()),
+        ],
+        extra: "authenticators:\n  devices:\n    mtls: {}\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let trusted = format!("{a_cert}{b_cert}");
+    let a_client = Some(&pki.client);
+    let b_client = Some(&pki.rogue_client);
+    let go = |client, sni: &'static str, host: &'static str| {
+        let trusted = trusted.clone();
+        let addr = gw.addr();
+        async move { mtls_request(addr, &trusted, client, sni, host, "/api/x").await }
+    };
+    assert_eq!(go(a_client, "a.test", "a.test").await, Ok(StatusCode::OK));
+    assert_eq!(go(b_client, "b.test", "b.test").await, Ok(StatusCode::OK));
+    // The wrong CA for the host: no handshake.
+    assert!(go(a_client, "b.test", "b.test").await.is_err());
+    assert!(go(b_client, "a.test", "a.test").await.is_err());
+    // Domain fronting: the handshake for a.test, the request for b.test.
+    let before = gw.echo.count();
+    assert_eq!(
+        go(a_client, "a.test", "b.test").await,
+        Ok(StatusCode::MISDIRECTED_REQUEST)
+    );
+    assert_eq!(
+        go(a_client, "a.test", "B.TEST:443").await,
+        Ok(StatusCode::MISDIRECTED_REQUEST)
+    );
+    assert_eq!(
+        gw.echo.count(),
+        before,
+        "a misdirected request reaches no upstream"
+    );
+    // A host no certificate names belongs to the default (first) entry.
+    assert_eq!(
+        go(a_client, "a.test", "other.test").await,
+        Ok(StatusCode::OK)
+    );
 }

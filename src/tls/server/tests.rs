@@ -68,7 +68,8 @@ fn sni_selection_table() {
         (Some(""), 0),
     ];
     for &(sni, want) in cases {
-        let got = resolver.select(sni);
+        assert_eq!(resolver.select(sni), want, "sni {sni:?}");
+        let got = resolver.select_key(sni).unwrap();
         assert_eq!(
             got.cert[0], leaves[want],
             "sni {sni:?} should select entry {want}"
