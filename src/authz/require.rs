@@ -20,6 +20,9 @@ pub struct Requirements {
     kind: Option<PrincipalKind>,
     networks: Box<[IpNet]>,
     mtls: bool,
+    /// `WWW-Authenticate` for a missing scope, naming the scopes this rule requires
+    /// (RFC 6750 §3 `scope`), built once at load.
+    scope_challenge: Option<http::HeaderValue>,
 }
 
 /// A dotted claim path, split.
@@ -126,10 +129,40 @@ impl Requirements {
                 }),
                 networks: raw.networks.iter().map(|n| n.0).collect(),
                 mtls: raw.mtls,
+                scope_challenge: None,
             })
         } else {
             Err(errors)
         }
+    }
+
+    /// Builds the `insufficient_scope` challenge naming this rule's scopes (`all_of`, then
+    /// `any_of`), from the realm's generic one. Scopes outside RFC 6749's scope-token
+    /// characters are left out of it.
+    pub fn with_scope_challenge(mut self, challenges: &crate::snapshot::Challenges) -> Self {
+        let scopes: Vec<&str> = self
+            .scopes
+            .all_of
+            .iter()
+            .chain(&*self.scopes.any_of)
+            .map(|s| &**s)
+            .filter(|s| {
+                s.bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+            })
+            .collect();
+        if scopes.is_empty() {
+            return self;
+        }
+        let base = challenges.insufficient_scope.to_str().unwrap_or_default();
+        self.scope_challenge =
+            http::HeaderValue::from_str(&format!("{base}, scope=\"{}\"", scopes.join(" "))).ok();
+        self
+    }
+
+    /// The `insufficient_scope` challenge naming this rule's scopes, when it has some.
+    pub fn scope_challenge(&self) -> Option<&http::HeaderValue> {
+        self.scope_challenge.as_ref()
     }
 
     /// Whether there are no requirements.

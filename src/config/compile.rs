@@ -415,7 +415,7 @@ pub fn compile(
                 .collect();
             let query_credentials = (!query.is_empty()).then(|| query.into());
             let require = match crate::authz::require::Requirements::compile(&r.require) {
-                Ok(q) => q,
+                Ok(q) => q.with_scope_challenge(&challenges),
                 Err(es) => {
                     for (f, m) in es {
                         diags.push(at(&format!("require.{f}"), m));

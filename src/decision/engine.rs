@@ -208,6 +208,10 @@ fn deny(rule: &Rule, kind: DenyKind, redirect: Option<http::HeaderValue>) -> Dec
         kind,
         shape: rule.denial.clone(),
         redirect,
+        scope_challenge: match kind {
+            DenyKind::Unmet(Unmet::Scope) => rule.require.scope_challenge().cloned(),
+            _ => None,
+        },
     })
 }
 

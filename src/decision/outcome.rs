@@ -53,6 +53,8 @@ pub struct Deny {
     pub shape: Option<Arc<Denial>>,
     /// A browser without a valid credential is sent here instead of getting a 401.
     pub redirect: Option<HeaderValue>,
+    /// For a missing scope: the rule's challenge naming the scopes it requires.
+    pub scope_challenge: Option<HeaderValue>,
 }
 
 /// The answer a door gives for a denial: the same in every door.
@@ -155,6 +157,7 @@ impl Deny {
             kind: DenyKind::NoRule,
             shape: None,
             redirect: None,
+            scope_challenge: None,
         }
     }
 
@@ -165,6 +168,7 @@ impl Deny {
             kind: DenyKind::MethodNotAllowed,
             shape: None,
             redirect: None,
+            scope_challenge: None,
         }
     }
 
@@ -208,6 +212,10 @@ impl Deny {
         // A rule that hides the route (say 404) does not announce a scope it lacks.
         let challenge = match self.kind {
             DenyKind::Unmet(Unmet::Scope) if status != StatusCode::FORBIDDEN => None,
+            // RFC 6750 §3: the challenge names the scope the rule requires.
+            DenyKind::Unmet(Unmet::Scope) if self.scope_challenge.is_some() => {
+                self.scope_challenge.clone()
+            }
             kind => kind.challenge(challenges).cloned(),
         };
         let extra = self.shape.as_deref().and_then(|s| s.extra.as_deref());

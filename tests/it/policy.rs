@@ -62,12 +62,32 @@ fn rule(name: &str, path: &str, require: &str) -> String {
 
 #[tokio::test]
 async fn missing_scope_is_403_insufficient_scope_with_its_challenge() {
-    let gw = gateway(&rule("w", "/w/**", "{scopes: {all_of: [orders:write]}}")).await;
+    let gw = gateway(&format!(
+        "{}{}",
+        rule("w", "/w/**", "{scopes: {all_of: [orders:write]}}"),
+        rule(
+            "a",
+            "/a/**",
+            "{scopes: {all_of: [a:1, a:2], any_of: [b, c]}}"
+        )
+    ))
+    .await;
     let read_only = token(&json!({"scope": "orders:read"}));
     let (status, challenge, body) = get(&gw, "/w/1", Some(&read_only)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(
         challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    // RFC 6750 §3: the challenge names the scope the resource requires.
+    assert!(
+        challenge.ends_with(", scope=\"orders:write\""),
+        "{challenge}"
+    );
+    let (status, challenge, _) = get(&gw, "/a/1", Some(&read_only)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        challenge.ends_with(", scope=\"a:1 a:2 b c\""),
         "{challenge}"
     );
     assert!(body.contains("\"error\":\"insufficient_scope\""), "{body}");
