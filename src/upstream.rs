@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use hyper::body::Incoming;
 use rustls_pki_types::ServerName;
 
-use crate::body::LimitedBody;
 use crate::config::raw::RawUpstream;
 use crate::tls;
 
@@ -21,7 +19,7 @@ mod pool;
 pub use pool::{PooledBody, SendError};
 
 /// Request body sent upstream: the client's body, streamed, with the size limit applied.
-pub type UpstreamBody = LimitedBody<Incoming>;
+pub type UpstreamBody = crate::body::RequestBody;
 
 /// A compiled upstream.
 #[derive(Debug)]

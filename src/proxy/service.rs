@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 pub use super::forwarded::Origin;
 use super::{forwarded, hop_by_hop, request_id};
 use crate::authn::credential;
-use crate::body::{self, LimitedBody, ResponseBody};
+use crate::body::{self, PrefetchError, RequestBody, ResponseBody};
 use crate::decision::outcome;
 use crate::decision::{self, Decision, NoTrace, Refusal};
 use crate::request::RequestFacts;
@@ -287,7 +287,24 @@ pub async fn handle(
     );
     parts.uri = uri;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let upstream_req = Request::from_parts(parts, LimitedBody::new(body, limit));
+    // Why: a body whose framing is already broken (bad chunk size, bare LF) is refused with
+    // nothing sent upstream, rather than half-forwarded and reported as a 502.
+    // Regression: tests (it) proxy::malformed_chunked_body_is_400_and_never_reaches_the_upstream
+    let body = match RequestBody::prefetch(body, limit, snapshot.server.header_read_timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            let (status, reason) = match e {
+                PrefetchError::Malformed => (StatusCode::BAD_REQUEST, "invalid_body"),
+                PrefetchError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+                PrefetchError::Timeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            };
+            shared.metrics.bad_request(reason);
+            let resp = close(error_response(status, reason, &request_id), parts.version);
+            return ctx.finish(resp, &done(Outcome::Error, Some(reason)));
+        }
+    };
+    let client_fault = body.fault();
+    let upstream_req = Request::from_parts(parts, body);
 
     let result = tokio::time::timeout(upstream.response_timeout, upstream.send(upstream_req)).await;
     let (resp, outcome, reason) = match result {
@@ -304,6 +321,11 @@ pub async fn handle(
             let (status, kind) = match &e {
                 SendError::Http(h) if body::is_length_limit(h) => {
                     (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+                }
+                // The client's body broke mid-way (framing, abort): its fault, not the
+                // upstream's.
+                SendError::Http(_) if client_fault.load(std::sync::atomic::Ordering::Relaxed) => {
+                    (StatusCode::BAD_REQUEST, "invalid_body")
                 }
                 SendError::ConnectTimeout => {
                     (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout")

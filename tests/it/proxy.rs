@@ -640,3 +640,38 @@ async fn infrastructure_headers_pass_only_from_trusted_proxies_by_configuration(
         assert!(!seen.contains_key(gone), "{gone} reached the upstream");
     }
 }
+
+/// Malformed chunked framing in the request body (bad, negative or overflowing chunk size,
+/// bare LF, a broken second chunk) is the client's fault: 400 `invalid_body`, and the upstream
+/// never sees the request.
+#[tokio::test]
+async fn malformed_chunked_body_is_400_and_never_reaches_the_upstream() {
+    let gw = Setup::default().start().await;
+    let bodies: &[&[u8]] = &[
+        b"zz\r\nhello\r\n0\r\n\r\n",
+        b"-5\r\nhello\r\n0\r\n\r\n",
+        b"ffffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        b"5\nhello\n0\n\n",
+        b"5\r\nhello\r\nzz\r\n\r\n",
+        b"5\r\nhelloXX\r\n0\r\n\r\n",
+    ];
+    for body in bodies {
+        let mut req =
+            b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        req.extend_from_slice(body);
+        let r = raw(gw.addr(), &req).await;
+        let shown = String::from_utf8_lossy(body);
+        assert_eq!(r.status, 400, "{shown:?}: {}", r.head);
+        assert!(r.body.contains("invalid_body"), "{shown:?}: {}", r.body);
+    }
+    assert_eq!(gw.echo.count(), 0, "nothing acted on upstream");
+    // A well-formed chunked body still goes through.
+    let r = raw(
+        gw.addr(),
+        b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(gw.echo.last().unwrap().body_len, 5);
+}
