@@ -48,7 +48,6 @@ pub fn is_length_limit(err: &(dyn StdError + 'static)) -> bool {
 #[error("request body over the size limit")]
 pub struct TooLarge;
 
-
 /// The client's request body on its way upstream: the size limit applied, the frames already
 /// read before the upstream request was sent ([`RequestBody::prefetch`]) replayed first, and a
 /// failure of the client's side (malformed chunked framing, an abort) recorded where the door's

@@ -123,6 +123,8 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
+    /// Longest request target (path and query).
+    pub max_target_bytes: usize,
     /// Most header fields.
     pub max_headers: usize,
     /// Largest request body.

@@ -130,6 +130,12 @@ pub fn compile(
             "must be at least 8192".into(),
         ));
     }
+    if !(1024..=65535).contains(&s.max_target_bytes) {
+        diags.push(at(
+            "server.max_target_bytes",
+            "must be between 1024 and 65535".into(),
+        ));
+    }
     if s.max_connections == 0 {
         diags.push(at("server.max_connections", "must be at least 1".into()));
     }
@@ -154,6 +160,7 @@ pub fn compile(
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
         max_header_bytes: s.max_header_bytes,
+        max_target_bytes: s.max_target_bytes,
         max_headers: s.max_headers,
         max_body_bytes: s.max_body_bytes,
         max_concurrent_streams: s.max_concurrent_streams,

@@ -244,6 +244,9 @@ pub struct RawServer {
     pub idle_timeout: Duration,
     /// Largest request head accepted, in bytes (431 beyond it). At least 8192.
     pub max_header_bytes: usize,
+    /// Longest request target (path and query) accepted, in bytes (414 beyond it). At least
+    /// 1024, at most 65535.
+    pub max_target_bytes: usize,
     /// Most header fields in one request.
     pub max_headers: usize,
     /// Most client connections open at once, over all listeners; further clients wait in the
@@ -279,6 +282,7 @@ impl Default for RawServer {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_header_bytes: 16 * 1024,
+            max_target_bytes: 8 * 1024,
             max_headers: 100,
             max_connections: 10_000,
             max_body_bytes: 10 * 1024 * 1024,

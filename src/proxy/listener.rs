@@ -180,14 +180,18 @@ async fn serve_http<I>(
         .timer(TokioTimer::new())
         // Why: without a timer hyper silently disables the header-read deadline.
         .header_read_timeout(s.header_read_timeout)
-        .max_buf_size(s.max_header_bytes)
+        // Room for a head over the limits to be read whole, so the service answers it with
+        // its own 414 or 431 and a body; beyond this hyper answers a bare 431.
+        .max_buf_size(s.max_header_bytes + s.max_target_bytes)
         .max_headers(s.max_headers)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(s.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(
+            u32::try_from(s.max_header_bytes + s.max_target_bytes).unwrap_or(u32::MAX),
+        )
         .max_pending_accept_reset_streams(Some(64))
         .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)))

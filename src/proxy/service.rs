@@ -154,6 +154,26 @@ pub async fn handle(
             },
         );
     }
+    // Why: hyper reads heads up to both limits together, so that these answers carry the
+    // usual refusal body (RFC 9112 §3: 414 for a long target) instead of hyper's bare 431.
+    // Regression: tests (it) proxy::long_target_is_414_and_long_head_431_with_a_body
+    if let Some((status, reason)) = over_head_limits(&parts, &snapshot.server) {
+        shared.metrics.bad_request(reason);
+        let resp = close(error_response(status, reason, &request_id), parts.version);
+        return ctx.finish(
+            resp,
+            &Done {
+                method: parts.method.as_str(),
+                host: "-",
+                path: "-",
+                decision: Outcome::Error,
+                rule: None,
+                reason: Some(reason),
+                client_ip: conn.peer.ip(),
+                principal: None,
+            },
+        );
+    }
     hop_by_hop::strip(&mut parts.headers);
 
     let facts = match RequestFacts::from_parts(&parts, conn, &snapshot.server.trusted_proxies) {
@@ -399,6 +419,27 @@ impl Ctx<'_> {
         }
         resp
     }
+}
+
+/// A target over `max_target_bytes` (414) or a head over `max_header_bytes` (431): the head's
+/// size counted as the request line and `name: value` lines with their line ends.
+fn over_head_limits(
+    parts: &http::request::Parts,
+    s: &crate::snapshot::ServerSettings,
+) -> Option<(StatusCode, &'static str)> {
+    let target = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + parts.uri.authority().map_or(0, |a| a.as_str().len());
+    if target > s.max_target_bytes {
+        return Some((StatusCode::URI_TOO_LONG, "uri_too_long"));
+    }
+    let mut head = target + parts.method.as_str().len() + 12;
+    for (name, value) in &parts.headers {
+        head += name.as_str().len() + value.len() + 4;
+    }
+    (head > s.max_header_bytes).then_some((
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+    ))
 }
 
 /// After a malformed request the connection is not reused (HTTP/1: `Connection: close`; the

@@ -262,10 +262,12 @@ impl FactsError {
         }
     }
 
-    /// The status the client gets: 400, or 421 for a misdirected request.
+    /// The status the client gets: 400, 414 for a path over the limit, 421 for a misdirected
+    /// request.
     pub fn status(&self) -> http::StatusCode {
         match self {
             Self::Misdirected => http::StatusCode::MISDIRECTED_REQUEST,
+            Self::Path(PathError::TooLong) => http::StatusCode::URI_TOO_LONG,
             _ => http::StatusCode::BAD_REQUEST,
         }
     }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
-use crate::support::{Setup, echoed_header, get, raw, route_all_to, send};
+use crate::support::{Setup, echoed_header, get, raw, raw_get, route_all_to, send};
 
 #[tokio::test]
 async fn hop_by_hop_headers_removed_including_connection_named() {
@@ -674,4 +674,45 @@ async fn malformed_chunked_body_is_400_and_never_reaches_the_upstream() {
     .await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert_eq!(gw.echo.last().unwrap().body_len, 5);
+}
+
+/// RFC 9112 §3: a request target over the limit is 414, with the usual refusal body; a head
+/// over `max_header_bytes` is 431 with one too. Neither reaches the upstream.
+#[tokio::test]
+async fn long_target_is_414_and_long_head_431_with_a_body() {
+    let gw = Setup::default().start().await;
+    for target in [
+        format!("/{}", "a".repeat(9000)),
+        format!("/x?q={}", "b".repeat(9000)),
+        format!("/{}", "c/".repeat(6000)),
+    ] {
+        let r = raw_get(gw.addr(), &target).await;
+        assert_eq!(r.status, 414, "{}", r.head);
+        assert!(r.body.contains("\"error\":\"uri_too_long\""), "{}", r.body);
+        assert!(
+            r.head.to_ascii_lowercase().contains("x-request-id"),
+            "{}",
+            r.head
+        );
+    }
+    // Headers over 16 KiB together, each well-formed.
+    let mut headers = String::new();
+    for i in 0..20 {
+        headers.push_str(&format!("X-Filler-{i}: {}\r\n", "h".repeat(900)));
+    }
+    let r = raw(
+        gw.addr(),
+        format!("GET / HTTP/1.1\r\nHost: a\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 431, "{}", r.head);
+    assert!(
+        r.body.contains("\"error\":\"headers_too_large\""),
+        "{}",
+        r.body
+    );
+    assert_eq!(gw.echo.count(), 0);
+    // Just under both limits: served.
+    let r = raw_get(gw.addr(), &format!("/{}", "a".repeat(8000))).await;
+    assert_eq!(r.status, 200, "{}", r.head);
 }
