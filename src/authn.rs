@@ -100,8 +100,8 @@ pub enum Outcome {
     },
     /// No credential, and the rule allows anonymous access.
     Anonymous,
-    /// Refused.
-    Failed(Failure),
+    /// Refused; the authenticator that refused, when one did.
+    Failed(Failure, Option<usize>),
 }
 
 /// Why authentication refused a request.
@@ -353,9 +353,9 @@ impl Authn {
                 Credential::Nothing => continue,
                 Credential::Token(t) => Some(t),
                 Credential::Present => None,
-                Credential::Conflict => return Outcome::Failed(Failure::Ambiguous),
+                Credential::Conflict => return Outcome::Failed(Failure::Ambiguous, Some(i)),
                 Credential::Malformed => {
-                    return Outcome::Failed(Failure::Invalid(TokenError::Malformed));
+                    return Outcome::Failed(Failure::Invalid(TokenError::Malformed), Some(i));
                 }
             };
             // Why: a token for another accepted authenticator that differs from the one
@@ -371,7 +371,7 @@ impl Authn {
                 match credential::find(&other.sources, facts.headers, facts.query) {
                     Found::Nothing => {}
                     Found::Token(t) if token.as_ref() == Some(&t) => {}
-                    _ => return Outcome::Failed(Failure::Ambiguous),
+                    _ => return Outcome::Failed(Failure::Ambiguous, Some(i)),
                 }
             }
             let verified = match &token {
@@ -383,13 +383,13 @@ impl Authn {
                     principal,
                     authenticator: i,
                 },
-                Err(f) => Outcome::Failed(f),
+                Err(f) => Outcome::Failed(f, Some(i)),
             };
         }
         if anonymous {
             Outcome::Anonymous
         } else {
-            Outcome::Failed(Failure::Missing)
+            Outcome::Failed(Failure::Missing, None)
         }
     }
 }
@@ -397,6 +397,14 @@ impl Authn {
 // === impl Authenticator ===
 
 impl Authenticator {
+    /// Whether its credential is an API key sent outside `Authorization: Bearer`: its 401
+    /// challenges with the `ApiKey` scheme, not `Bearer` (whose RFC 6750 errors are about
+    /// bearer tokens).
+    pub fn challenges_api_key(&self) -> bool {
+        matches!(self.kind, Kind::ApiKey(_))
+            && !self.sources.contains(&CredentialSource::Bearer)
+    }
+
     fn find<'a>(&self, facts: &'a RequestFacts<'_>) -> Credential<'a> {
         match &self.kind {
             Kind::TrustedHeaders(t) => {

@@ -62,6 +62,12 @@ pub struct Challenges {
     pub invalid_request: http::HeaderValue,
     /// A valid token without a scope the rule requires.
     pub insufficient_scope: http::HeaderValue,
+    /// No credential, on a rule accepting only API keys (sent outside `Authorization`).
+    pub api_key_missing: http::HeaderValue,
+    /// An API key that does not verify.
+    pub api_key_invalid: http::HeaderValue,
+    /// No credential, on a rule accepting API keys and bearer tokens: both challenges.
+    pub missing_any: http::HeaderValue,
 }
 
 impl Challenges {
@@ -77,6 +83,13 @@ impl Challenges {
             ),
             insufficient_scope: http::HeaderValue::from_static(
                 "Bearer realm=\"portcullis\", error=\"insufficient_scope\", error_description=\"The access token lacks a required scope\"",
+            ),
+            api_key_missing: http::HeaderValue::from_static("ApiKey realm=\"portcullis\""),
+            api_key_invalid: http::HeaderValue::from_static(
+                "ApiKey realm=\"portcullis\", error=\"invalid_key\"",
+            ),
+            missing_any: http::HeaderValue::from_static(
+                "Bearer realm=\"portcullis\", ApiKey realm=\"portcullis\"",
             ),
         }
     }
@@ -96,6 +109,11 @@ impl Challenges {
             ))?,
             insufficient_scope: v(format!(
                 "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"The access token lacks a required scope\""
+            ))?,
+            api_key_missing: v(format!("ApiKey realm=\"{realm}\""))?,
+            api_key_invalid: v(format!("ApiKey realm=\"{realm}\", error=\"invalid_key\""))?,
+            missing_any: v(format!(
+                "Bearer realm=\"{realm}\", ApiKey realm=\"{realm}\""
             ))?,
         })
     }

@@ -811,8 +811,10 @@ pub struct RawJwt {
     /// identical.
     #[serde(default = "default_sources")]
     pub from: Vec<RawCredentialSource>,
-    /// Remove the credential from the request before it goes upstream.
-    #[serde(default)]
+    /// Remove the verified credential from the request before it goes upstream (the
+    /// default: what was verified here is not replayed to services that need not see it).
+    /// `false` forwards it, for upstreams that read the token themselves.
+    #[serde(default = "default_true")]
     pub strip: bool,
     /// Longest token accepted, in bytes; longer ones are refused unparsed.
     #[serde(default = "default_max_token_bytes")]
@@ -1143,8 +1145,10 @@ pub struct RawApiKeyAuth {
     /// Where the key is looked for; default `[header: x-api-key]`.
     #[serde(default = "default_api_key_sources")]
     pub from: Vec<RawCredentialSource>,
-    /// Remove the key from the request before it goes upstream.
-    #[serde(default)]
+    /// Remove the verified credential from the request before it goes upstream (the
+    /// default: what was verified here is not replayed to services that need not see it).
+    /// `false` forwards it, for upstreams that read the token themselves.
+    #[serde(default = "default_true")]
     pub strip: bool,
     /// A YAML file of hashed keys (`keys: [...]`, as `portcullis apikey new` prints them),
     /// watched and reloaded on change.
@@ -1220,8 +1224,10 @@ pub struct RawIntrospection {
     /// Where the token is looked for; default `[bearer]`.
     #[serde(default = "default_sources")]
     pub from: Vec<RawCredentialSource>,
-    /// Remove the token from the request before it goes upstream.
-    #[serde(default)]
+    /// Remove the verified credential from the request before it goes upstream (the
+    /// default: what was verified here is not replayed to services that need not see it).
+    /// `false` forwards it, for upstreams that read the token themselves.
+    #[serde(default = "default_true")]
     pub strip: bool,
     /// Longest token accepted, in bytes; longer ones are refused without a call.
     #[serde(default = "default_max_token_bytes")]
@@ -1394,4 +1400,8 @@ fn default_cert_ids() -> Vec<RawCertName> {
 
 fn machine() -> RawPrincipalKind {
     RawPrincipalKind::Machine
+}
+
+fn default_true() -> bool {
+    true
 }

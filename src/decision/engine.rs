@@ -115,7 +115,7 @@ pub async fn decide(
             trace.record(TraceEvent::Anonymous);
             (None, None)
         }
-        authn::Outcome::Failed(f) => {
+        authn::Outcome::Failed(f, by) => {
             let kind = match f {
                 Failure::Missing => DenyKind::MissingCredential,
                 Failure::Ambiguous => DenyKind::AmbiguousCredential,
@@ -132,7 +132,8 @@ pub async fn decide(
                     .and_then(|l| l.location(facts)),
                 _ => None,
             };
-            return deny(rule, kind, redirect);
+            let challenge = api_key_challenge(snapshot, rule, kind, by);
+            return deny_with(rule, kind, redirect, challenge);
         }
     };
     if let Some(p) = &principal
@@ -203,16 +204,58 @@ pub async fn decide(
 
 /// A denial by a rule, in the rule's shape.
 fn deny(rule: &Rule, kind: DenyKind, redirect: Option<http::HeaderValue>) -> Decision {
+    let challenge = match kind {
+        DenyKind::Unmet(Unmet::Scope) => rule.require.scope_challenge().cloned(),
+        _ => None,
+    };
+    deny_with(rule, kind, redirect, challenge)
+}
+
+fn deny_with(
+    rule: &Rule,
+    kind: DenyKind,
+    redirect: Option<http::HeaderValue>,
+    challenge: Option<http::HeaderValue>,
+) -> Decision {
     Decision::Deny(Deny {
         rule: Some(rule.id.clone()),
         kind,
         shape: rule.denial.clone(),
         redirect,
-        scope_challenge: match kind {
-            DenyKind::Unmet(Unmet::Scope) => rule.require.scope_challenge().cloned(),
-            _ => None,
-        },
+        challenge,
     })
+}
+
+/// The 401's challenge when API keys are involved: an invalid API key gets `ApiKey`, not a
+/// `Bearer` challenge about tokens; a missing credential names every scheme the rule accepts.
+/// `None`: the kind's usual `Bearer` challenge.
+fn api_key_challenge(
+    snapshot: &Snapshot,
+    rule: &Rule,
+    kind: DenyKind,
+    by: Option<usize>,
+) -> Option<http::HeaderValue> {
+    let api_key = |i: usize| {
+        snapshot
+            .authn
+            .at(i)
+            .is_some_and(crate::authn::Authenticator::challenges_api_key)
+    };
+    let c = &snapshot.challenges;
+    match kind {
+        DenyKind::InvalidToken(_) if by.is_some_and(api_key) => Some(c.api_key_invalid.clone()),
+        DenyKind::MissingCredential => {
+            let keys = rule.authenticators.iter().filter(|&&i| api_key(i)).count();
+            if keys == 0 {
+                None
+            } else if keys == rule.authenticators.len() {
+                Some(c.api_key_missing.clone())
+            } else {
+                Some(c.missing_any.clone())
+            }
+        }
+        _ => None,
+    }
 }
 
 /// Seconds since the Unix epoch (the clock `exp`, `nbf` and `iat` are read against).

@@ -53,8 +53,9 @@ pub struct Deny {
     pub shape: Option<Arc<Denial>>,
     /// A browser without a valid credential is sent here instead of getting a 401.
     pub redirect: Option<HeaderValue>,
-    /// For a missing scope: the rule's challenge naming the scopes it requires.
-    pub scope_challenge: Option<HeaderValue>,
+    /// A challenge chosen by the rule or the authenticator instead of the kind's usual one:
+    /// for a missing scope, the rule's naming its scopes; for API keys, the `ApiKey` scheme.
+    pub challenge: Option<HeaderValue>,
 }
 
 /// The answer a door gives for a denial: the same in every door.
@@ -157,7 +158,7 @@ impl Deny {
             kind: DenyKind::NoRule,
             shape: None,
             redirect: None,
-            scope_challenge: None,
+            challenge: None,
         }
     }
 
@@ -168,7 +169,7 @@ impl Deny {
             kind: DenyKind::MethodNotAllowed,
             shape: None,
             redirect: None,
-            scope_challenge: None,
+            challenge: None,
         }
     }
 
@@ -212,9 +213,14 @@ impl Deny {
         // A rule that hides the route (say 404) does not announce a scope it lacks.
         let challenge = match self.kind {
             DenyKind::Unmet(Unmet::Scope) if status != StatusCode::FORBIDDEN => None,
-            // RFC 6750 §3: the challenge names the scope the rule requires.
-            DenyKind::Unmet(Unmet::Scope) if self.scope_challenge.is_some() => {
-                self.scope_challenge.clone()
+            // RFC 6750 §3: the challenge names the scope the rule requires; API keys get
+            // their own scheme.
+            DenyKind::Unmet(Unmet::Scope)
+            | DenyKind::MissingCredential
+            | DenyKind::InvalidToken(_)
+                if self.challenge.is_some() =>
+            {
+                self.challenge.clone()
             }
             kind => kind.challenge(challenges).cloned(),
         };

@@ -1105,3 +1105,95 @@ async fn client_ca_per_host() {
         Ok(StatusCode::OK)
     );
 }
+
+/// An API key sent in its own header is not a bearer token: a 401 challenges with the
+/// `ApiKey` scheme (both schemes when the rule also takes bearer tokens), and the verified
+/// key is stripped before forwarding unless the authenticator says `strip: false`.
+#[tokio::test]
+async fn api_key_challenges_name_their_scheme_and_keys_are_stripped_by_default() {
+    let key = generate().unwrap();
+    let extra = format!(
+        "{}  partners:\n    api_key: {{keys_file: apikeys.yaml}}\n",
+        crate::support::hs256_users("{}")
+    );
+    let policy = "rules:
+  - name: keys
+    match: {paths: [\"/keys/**\"]}
+    effect: allow
+    authenticators: [partners]
+    upstream: echo
+  - name: both
+    match: {paths: [\"/both/**\"]}
+    effect: allow
+    authenticators: [users, partners]
+    upstream: echo
+";
+    let gw = Setup {
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        files: vec![
+            ("apikeys.yaml".into(), key_file(&[("k1", &key, "")])),
+            ("hs.secret".into(), vec![b's'; 32]),
+        ],
+        extra,
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let challenge = |path: &'static str, headers: Vec<(&'static str, String)>| {
+        let addr = gw.addr();
+        async move {
+            let mut req = Request::get(path);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            let (status, h, _) = send(addr, req.body(Full::default()).unwrap()).await;
+            let c = h
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, c)
+        }
+    };
+    assert_eq!(
+        challenge("/keys/x", vec![]).await,
+        (
+            StatusCode::UNAUTHORIZED,
+            Some("ApiKey realm=\"portcullis\"".into())
+        )
+    );
+    assert_eq!(
+        challenge("/keys/x", vec![("x-api-key", "pk_wrong".into())]).await,
+        (
+            StatusCode::UNAUTHORIZED,
+            Some("ApiKey realm=\"portcullis\", error=\"invalid_key\"".into())
+        )
+    );
+    assert_eq!(
+        challenge("/both/x", vec![]).await,
+        (
+            StatusCode::UNAUTHORIZED,
+            Some("Bearer realm=\"portcullis\", ApiKey realm=\"portcullis\"".into())
+        )
+    );
+    let (status, c) = challenge(
+        "/both/x",
+        vec![("authorization", "Bearer not.a.jwt".into())],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        c.unwrap()
+            .starts_with("Bearer realm=\"portcullis\", error=\"invalid_token\"")
+    );
+
+    assert_eq!(
+        challenge("/keys/x", vec![("x-api-key", key.clone())])
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let seen = gw.echo.last().unwrap();
+    assert!(
+        !seen.headers.contains_key("x-api-key"),
+        "stripped by default"
+    );
+}
