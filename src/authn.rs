@@ -401,8 +401,7 @@ impl Authenticator {
     /// challenges with the `ApiKey` scheme, not `Bearer` (whose RFC 6750 errors are about
     /// bearer tokens).
     pub fn challenges_api_key(&self) -> bool {
-        matches!(self.kind, Kind::ApiKey(_))
-            && !self.sources.contains(&CredentialSource::Bearer)
+        matches!(self.kind, Kind::ApiKey(_)) && !self.sources.contains(&CredentialSource::Bearer)
     }
 
     fn find<'a>(&self, facts: &'a RequestFacts<'_>) -> Credential<'a> {

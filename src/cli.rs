@@ -127,6 +127,9 @@ pub enum KeysCommand {
         /// Directory to write the files into.
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// Replace existing files of the same key id.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -247,8 +250,14 @@ pub fn main(cli: Cli) -> ExitCode {
         }),
         Command::Demo { port, admin_port } => demo::demo(port, admin_port),
         Command::Keys {
-            command: KeysCommand::New { alg, kid, out },
-        } => keys::new(&alg, &kid, &out),
+            command:
+                KeysCommand::New {
+                    alg,
+                    kid,
+                    out,
+                    force,
+                },
+        } => keys::new(&alg, &kid, &out, force),
         Command::Apikey {
             command:
                 ApikeyCommand::New {

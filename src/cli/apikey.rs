@@ -1,7 +1,8 @@
 //! `portcullis apikey new` and `portcullis apikey hash`: API keys for the hashed key file.
 //!
 //! The key is printed once, on stderr; stdout carries only the entry for the key file (the
-//! hash, never the key), indented to be appended under its `keys:` list:
+//! hash, never the key), indented to be appended under its `keys:` list, or to start a new
+//! file (a key file may be the list alone):
 //! `portcullis apikey new --id reports --owner svc-reports >> config/apikeys.yaml`.
 
 use std::io::{Read as _, Write as _};

@@ -9,7 +9,9 @@ use crate::authn::jwt::keys::{alg_name, parse_alg};
 use crate::authn::jwt::mint::{SigningKey, jwks};
 
 /// Writes `<kid>.key` (private, mode 0600), `<kid>.pem` and `<kid>.jwks.json` into `out`.
-pub fn new(alg: &str, kid: &str, out: &Path) -> ExitCode {
+/// An existing file is never replaced unless `force`: overwriting a private key in use would
+/// invalidate every token signed with it.
+pub fn new(alg: &str, kid: &str, out: &Path, force: bool) -> ExitCode {
     let Some(alg) = parse_alg(alg) else {
         return fail(&format!(
             "unknown algorithm `{alg}` (RS256/384/512, PS256/384/512, ES256/384, EdDSA)"
@@ -34,6 +36,14 @@ pub fn new(alg: &str, kid: &str, out: &Path) -> ExitCode {
     let private = out.join(format!("{kid}.key"));
     let public = out.join(format!("{kid}.pem"));
     let set = out.join(format!("{kid}.jwks.json"));
+    // Why: `keys new` used to overwrite a private key silently.
+    // Regression: tests (it) check::keys_new_refuses_to_overwrite_without_force
+    if !force && let Some(existing) = [&private, &public, &set].into_iter().find(|p| p.exists()) {
+        return fail(&format!(
+            "{} exists; choose another --kid or --out, or pass --force to replace it",
+            existing.display()
+        ));
+    }
     let written = std::fs::create_dir_all(out)
         .and_then(|()| write_private(&private, key.private_pem.expose().as_bytes()))
         .and_then(|()| std::fs::write(&public, &key.public_pem))

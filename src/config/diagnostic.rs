@@ -130,9 +130,21 @@ fn plain_types(message: &str) -> String {
         ("expected u32", "expected a whole number"),
         ("expected u16", "expected a whole number"),
         ("expected a boolean", "expected true or false"),
-        ("expected struct ", "expected a mapping: "),
     ] {
         m = m.replace(rust, plain);
+    }
+    // Why: `expected struct RawApiKeyFile` names an internal type a user cannot act on.
+    // Regression: tests::internal_type_names_are_not_shown
+    for (rust, plain) in [
+        ("expected struct ", "expected a mapping"),
+        ("expected enum ", "expected one of the documented forms"),
+    ] {
+        while let Some(at) = m.find(rust) {
+            let name_len = m[at + rust.len()..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(m.len() - at - rust.len());
+            m.replace_range(at..at + rust.len() + name_len, plain);
+        }
     }
     m
 }
@@ -287,6 +299,29 @@ mod tests {
         // Unknown leaf: falls back to the closest ancestor.
         assert_eq!(idx.locate("upstreams.web.nope"), (5, 3));
         assert_eq!(idx.locate("missing"), (1, 1));
+    }
+
+    #[test]
+    fn internal_type_names_are_not_shown() {
+        for (raw, want) in [
+            (
+                "invalid type: sequence, expected struct RawConfig",
+                "invalid type: sequence, expected a mapping",
+            ),
+            (
+                "invalid type: string \"x\", expected enum RawKey",
+                "invalid type: string \"x\", expected one of the documented forms",
+            ),
+            (
+                "expected struct RawA or struct RawB",
+                "expected a mapping or struct RawB",
+            ),
+            ("expected u64", "expected a whole number"),
+        ] {
+            assert_eq!(plain_types(raw), want);
+        }
+        let two = plain_types("expected struct A, expected struct B");
+        assert_eq!(two, "expected a mapping, expected a mapping");
     }
 
     #[test]

@@ -1160,13 +1160,54 @@ pub struct RawApiKeyAuth {
     pub keys: Vec<RawApiKey>,
 }
 
-/// The contents of an API key file.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+/// The contents of an API key file: `keys:` and a list of entries, or the list alone, so that
+/// `portcullis apikey new … >> apikeys.yaml` makes a valid file whether it existed or not.
+#[derive(Debug, Clone, PartialEq, Default, JsonSchema)]
 pub struct RawApiKeyFile {
     /// The keys.
-    #[serde(default)]
     pub keys: Vec<RawApiKey>,
+}
+
+impl<'de> Deserialize<'de> for RawApiKeyFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error as _, MapAccess, SeqAccess, Visitor};
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = RawApiKeyFile;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of keys, or a mapping with `keys:`")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(RawApiKeyFile::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = seq.next_element()? {
+                    keys.push(k);
+                }
+                Ok(RawApiKeyFile { keys })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut keys: Option<Vec<RawApiKey>> = None;
+                while let Some(name) = map.next_key::<String>()? {
+                    match name.as_str() {
+                        "keys" if keys.is_some() => return Err(A::Error::duplicate_field("keys")),
+                        "keys" => {
+                            keys = Some(
+                                map.next_value::<Option<Vec<RawApiKey>>>()?
+                                    .unwrap_or_default(),
+                            )
+                        }
+                        other => return Err(A::Error::unknown_field(other, &["keys"])),
+                    }
+                }
+                Ok(RawApiKeyFile {
+                    keys: keys.unwrap_or_default(),
+                })
+            }
+        }
+        d.deserialize_any(Keys)
+    }
 }
 
 /// One API key and what it grants.

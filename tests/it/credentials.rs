@@ -1197,3 +1197,75 @@ async fn api_key_challenges_name_their_scheme_and_keys_are_stripped_by_default()
         "stripped by default"
     );
 }
+
+/// `apikey new … >> apikeys.yaml` twice, on a file that did not exist: `check` accepts the
+/// result, both keys work, and no error ever names an internal type.
+#[tokio::test]
+async fn apikey_new_appended_to_a_new_file_makes_a_valid_file() {
+    let cfg = crate::support::ConfigDir::new(API_KEYS);
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - name: api\n    match: {paths: [\"/api/**\"]}\n    effect: allow\n    authenticators: [partners]\n    upstream: echo\n",
+    );
+    let path = cfg.dir.path().join("apikeys.yaml");
+    let mut keys = Vec::new();
+    for id in ["first", "second"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["apikey", "new", "--id", id, "--owner", "svc"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        keys.push(stderr.lines().last().unwrap().trim().to_owned());
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&out.stdout)
+            .unwrap();
+    }
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+
+    // A file that is neither form names no internal type.
+    cfg.write("apikeys.yaml", "just a string\n");
+    let (code, text) = cfg.run("check", &[]);
+    assert_ne!(code, Some(0));
+    assert!(text.contains("apikeys.yaml:1:1"), "{text}");
+    assert!(!text.contains("Raw"), "{text}");
+    assert!(
+        text.contains("a list of keys, or a mapping with `keys:`"),
+        "{text}"
+    );
+}
+
+/// `keys new` never overwrites a key pair of the same id unless told to.
+#[tokio::test]
+async fn keys_new_refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |force: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        c.args(["keys", "new", "--kid", "k1", "--out"])
+            .arg(dir.path());
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    assert!(run(false).status.success());
+    let key = dir.path().join("k1.key");
+    let first = std::fs::read(&key).unwrap();
+    let again = run(false);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        first,
+        "the private key is untouched"
+    );
+    assert!(run(true).status.success());
+    assert_ne!(std::fs::read(&key).unwrap(), first);
+}
