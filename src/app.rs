@@ -245,6 +245,7 @@ impl App {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
                     let _ = self.reloader.reload(Trigger::Signal).await;
                 }
             }

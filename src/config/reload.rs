@@ -166,7 +166,14 @@ impl Reloader {
                 self.metrics.reload("applied");
                 tracing::info!(?trigger, version = &**version, "Config reloaded");
             }
-            Ok(ReloadOutcome::Unchanged { .. }) => self.metrics.reload("unchanged"),
+            Ok(ReloadOutcome::Unchanged { version }) => {
+                self.metrics.reload("unchanged");
+                tracing::info!(
+                    ?trigger,
+                    version = &**version,
+                    "Config reload found nothing changed"
+                );
+            }
             Err(e) => {
                 self.metrics.reload("failed");
                 tracing::error!(?trigger, error = %e, "Config reload failed; keeping the running config");

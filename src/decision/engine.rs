@@ -1,6 +1,9 @@
 //! `decide`: authenticate → authorize → rate limit. The same code serves every door and
 //! `portcullis explain`, which passes a recording [`Trace`] instead of [`NoTrace`].
 
+use std::sync::Arc;
+
+use crate::authn::principal::Principal;
 use crate::authn::{self, Failure};
 use crate::authz::expr::ConditionError;
 use crate::authz::identity::Context;
@@ -140,7 +143,7 @@ pub async fn decide(
         && let Err(unmet) = rule.require.check_principal(p)
     {
         trace.record(TraceEvent::RequirementFailed(unmet));
-        return deny(rule, DenyKind::Unmet(unmet), None);
+        return deny_principal(rule, DenyKind::Unmet(unmet), principal.as_ref());
     }
     if !rule.require.is_empty() {
         trace.record(TraceEvent::RequirementsMet);
@@ -160,7 +163,7 @@ pub async fn decide(
                 };
                 tracing::debug!(rule = &*rule.id.0, reason = %why, "Condition did not hold");
                 trace.record(TraceEvent::ConditionFailed(why));
-                return deny(rule, DenyKind::Unmet(Unmet::Condition), None);
+                return deny_principal(rule, DenyKind::Unmet(Unmet::Condition), principal.as_ref());
             }
         }
     }
@@ -169,7 +172,7 @@ pub async fn decide(
             trace.record(TraceEvent::RateLimitApplies(limit.name.clone()));
         } else if let Err(throttle) = limit.check(facts, principal.as_deref(), &rule.id.0) {
             trace.record(TraceEvent::RateLimited(limit.name.clone()));
-            return deny(rule, DenyKind::RateLimited(throttle), None);
+            return deny_principal(rule, DenyKind::RateLimited(throttle), principal.as_ref());
         }
     }
     let cx = Context {
@@ -188,7 +191,7 @@ pub async fn decide(
             Ok(None) => {}
             // Fail closed: an upstream relying on the assertion must never see the request
             // without it.
-            Err(_) => return deny(rule, DenyKind::AuthnUnavailable, None),
+            Err(_) => return deny_principal(rule, DenyKind::AuthnUnavailable, principal.as_ref()),
         }
     }
     Decision::Allow(Allow {
@@ -204,11 +207,16 @@ pub async fn decide(
 
 /// A denial by a rule, in the rule's shape.
 fn deny(rule: &Rule, kind: DenyKind, redirect: Option<http::HeaderValue>) -> Decision {
-    let challenge = match kind {
-        DenyKind::Unmet(Unmet::Scope) => rule.require.scope_challenge().cloned(),
-        _ => None,
-    };
-    deny_with(rule, kind, redirect, challenge)
+    deny_with(rule, kind, redirect, None)
+}
+
+/// A denial of an authenticated principal (named in the access log).
+fn deny_principal(rule: &Rule, kind: DenyKind, principal: Option<&Arc<Principal>>) -> Decision {
+    let mut d = deny(rule, kind, None);
+    if let Decision::Deny(d) = &mut d {
+        d.principal = principal.cloned();
+    }
+    d
 }
 
 fn deny_with(
@@ -217,11 +225,16 @@ fn deny_with(
     redirect: Option<http::HeaderValue>,
     challenge: Option<http::HeaderValue>,
 ) -> Decision {
+    let challenge = match kind {
+        DenyKind::Unmet(Unmet::Scope) => rule.require.scope_challenge().cloned(),
+        _ => challenge,
+    };
     Decision::Deny(Deny {
         rule: Some(rule.id.clone()),
         kind,
         shape: rule.denial.clone(),
         redirect,
+        principal: None,
         challenge,
     })
 }

@@ -43,7 +43,7 @@ pub struct Allow {
 }
 
 /// Why a request was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Deny {
     /// The rule that decided, if one matched.
     pub rule: Option<RuleId>,
@@ -53,6 +53,9 @@ pub struct Deny {
     pub shape: Option<Arc<Denial>>,
     /// A browser without a valid credential is sent here instead of getting a 401.
     pub redirect: Option<HeaderValue>,
+    /// Who was refused, when the credential verified (a missing scope, a failed condition, a
+    /// rate limit): for the access log, never for the response.
+    pub principal: Option<Arc<Principal>>,
     /// A challenge chosen by the rule or the authenticator instead of the kind's usual one:
     /// for a missing scope, the rule's naming its scopes; for API keys, the `ApiKey` scheme.
     pub challenge: Option<HeaderValue>,
@@ -158,6 +161,7 @@ impl Deny {
             kind: DenyKind::NoRule,
             shape: None,
             redirect: None,
+            principal: None,
             challenge: None,
         }
     }
@@ -169,6 +173,7 @@ impl Deny {
             kind: DenyKind::MethodNotAllowed,
             shape: None,
             redirect: None,
+            principal: None,
             challenge: None,
         }
     }

@@ -144,8 +144,8 @@ pub async fn handle(
             resp,
             &Done {
                 method: parts.method.as_str(),
-                host: "-",
-                path: parts.uri.path(),
+                host: loggable_host(&parts),
+                path: loggable(parts.uri.path()),
                 decision: Outcome::Error,
                 rule: None,
                 reason: Some("h2c_upgrade"),
@@ -164,8 +164,8 @@ pub async fn handle(
             resp,
             &Done {
                 method: parts.method.as_str(),
-                host: "-",
-                path: "-",
+                host: loggable_host(&parts),
+                path: loggable(parts.uri.path()),
                 decision: Outcome::Error,
                 rule: None,
                 reason: Some(reason),
@@ -188,8 +188,8 @@ pub async fn handle(
                 resp,
                 &Done {
                     method: parts.method.as_str(),
-                    host: "-",
-                    path: "-",
+                    host: loggable_host(&parts),
+                    path: loggable(parts.uri.path()),
                     decision: Outcome::Error,
                     rule: None,
                     reason: Some(e.as_str()),
@@ -215,7 +215,7 @@ pub async fn handle(
                     rule: d.rule.as_ref().map(|r| &*r.0),
                     reason: Some(d.kind.as_str()),
                     client_ip: facts.client_ip,
-                    principal: None,
+                    principal: d.principal.as_deref().map(|p| &*p.id),
                 },
             );
         }
@@ -418,6 +418,34 @@ impl Ctx<'_> {
             });
         }
         resp
+    }
+}
+
+/// At most this much of a refused request's host or path is logged.
+const LOGGED_MAX: usize = 256;
+
+/// A refused request's raw path for the log, cut at [`LOGGED_MAX`] bytes (the URI grammar
+/// already excludes control characters and spaces).
+fn loggable(s: &str) -> &str {
+    if s.is_empty() {
+        return "-";
+    }
+    let mut end = s.len().min(LOGGED_MAX);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A refused request's raw host for the log: the authority, else a visible-ASCII `Host`.
+fn loggable_host(parts: &http::request::Parts) -> &str {
+    match parts.uri.authority() {
+        Some(a) => loggable(a.as_str()),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map_or("-", loggable),
     }
 }
 

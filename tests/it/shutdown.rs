@@ -42,12 +42,22 @@ type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 /// Starts the real binary on a config pointing at `echo`; returns it, its listener address
 /// read from its log, and the log.
 fn spawn_binary(dir: &std::path::Path, echo: SocketAddr) -> (std::process::Child, SocketAddr, Log) {
+    spawn_binary_with(dir, echo, ALLOW_ALL, "")
+}
+
+/// [`spawn_binary`] with a policy and more config (appended).
+fn spawn_binary_with(
+    dir: &std::path::Path,
+    echo: SocketAddr,
+    policy: &str,
+    extra: &str,
+) -> (std::process::Child, SocketAddr, Log) {
     std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::write(dir.join("policies/10-all.yaml"), ALLOW_ALL).unwrap();
+    std::fs::write(dir.join("policies/10-all.yaml"), policy).unwrap();
     std::fs::write(
         dir.join("portcullis.yaml"),
         format!(
-            "listeners:\n  - name: http\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    url: http://{echo}\npolicies:\n  dir: policies\nserver:\n  shutdown_grace: 5s\nlogging:\n  format: json\n"
+            "listeners:\n  - name: http\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    url: http://{echo}\npolicies:\n  dir: policies\nserver:\n  shutdown_grace: 5s\nlogging:\n  format: json\n{extra}"
         ),
     )
     .unwrap();
@@ -130,6 +140,30 @@ async fn binary_reloads_on_sighup_and_drains_on_sigterm() {
     })
     .await;
     assert!(reloaded, "SIGHUP reloaded the policies");
+    // A SIGHUP that changes nothing is logged too.
+    signal(&child, "-HUP");
+    let seen = |needle: &'static str| {
+        let log = log.clone();
+        crate::support::eventually(Duration::from_secs(5), move || {
+            let log = log.clone();
+            async move { log.lock().unwrap().iter().any(|l| l.contains(needle)) }
+        })
+    };
+    assert!(seen("SIGHUP: reloading").await, "the signal is logged");
+    assert!(
+        seen("nothing changed").await,
+        "a no-change reload is logged"
+    );
+
+    // A request refused before any rule (400) names its host and path, as sent.
+    assert_eq!(crate::support::raw_status(addr, "/a%2Fb", "").await, 400);
+    assert!(seen("encoded_slash").await);
+    {
+        let lines = log.lock().unwrap();
+        let refused = lines.iter().find(|l| l.contains("encoded_slash")).unwrap();
+        assert!(refused.contains("\"path\":\"/a%2Fb\""), "{refused}");
+        assert!(refused.contains("\"host\":\"t\""), "{refused}");
+    }
 
     let in_flight = tokio::spawn(async move { get(addr, "/__echo/delay/700").await });
     let e = echo.clone();
@@ -248,4 +282,44 @@ async fn demo_starts_and_every_printed_curl_line_gets_its_status() {
     signal(&child, "-TERM");
     let exit = child.wait().unwrap();
     assert!(exit.success());
+}
+
+/// A rate-limited request's access-log line names who was throttled.
+#[tokio::test]
+async fn throttled_requests_log_their_principal() {
+    let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = [b's'; 32];
+    std::fs::write(dir.path().join("hs.secret"), secret).unwrap();
+    let policy = "rules:\n  - name: api\n    match: {paths: [\"/**\"]}\n    effect: allow\n    authenticators: [users]\n    rate_limit: one\n    upstream: echo\n";
+    let extra = format!(
+        "{}rate_limits:\n  one: {{key: principal, requests: 1, per: 1m, burst: 1}}\n",
+        crate::support::hs256_users("{}")
+    );
+    let (mut child, addr, log) = spawn_binary_with(dir.path(), echo.addr, policy, &extra);
+    let token = crate::support::hs256_token(&secret, &serde_json::json!({"sub": "carol"}));
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    assert_eq!(crate::support::raw_status(addr, "/first", &auth).await, 200);
+    assert_eq!(
+        crate::support::raw_status(addr, "/second", &auth).await,
+        429
+    );
+    let logged = crate::support::eventually(Duration::from_secs(3), || {
+        let log = log.clone();
+        async move { log.lock().unwrap().iter().any(|l| l.contains("/second")) }
+    })
+    .await;
+    assert!(logged);
+    {
+        let lines = log.lock().unwrap();
+        let line = lines.iter().find(|l| l.contains("/second")).unwrap();
+        assert!(line.contains("\"status\":429"), "{line}");
+        assert!(line.contains("\"principal\":\"carol\""), "{line}");
+        assert!(
+            lines.iter().all(|l| !l.contains(&token)),
+            "the token is never logged"
+        );
+    }
+    signal(&child, "-TERM");
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }
