@@ -359,7 +359,10 @@ pub fn compile(
                     Some(&idx) => Some(idx),
                     None if broken_upstreams.contains(u.as_str()) => None,
                     None => {
-                        diags.push(at("upstream", format!("unknown upstream `{u}`")));
+                        diags.push(at(
+                            "upstream",
+                            unknown_name("upstream", u, cfg.upstreams.keys()),
+                        ));
                         None
                     }
                 },
@@ -383,7 +386,7 @@ pub fn compile(
                     None if cfg.authenticators.contains_key(name) => {}
                     None => diags.push(at(
                         &format!("authenticators[{j}]"),
-                        format!("unknown authenticator `{name}`"),
+                        unknown_name("authenticator", name, cfg.authenticators.keys()),
                     )),
                 }
             }
@@ -509,7 +512,10 @@ pub fn compile(
                     Some(l) => Some(Arc::clone(l)),
                     None if cfg.rate_limits.contains_key(name) => None,
                     None => {
-                        diags.push(at("rate_limit", format!("unknown rate limit `{name}`")));
+                        diags.push(at(
+                            "rate_limit",
+                            unknown_name("rate limit", name, cfg.rate_limits.keys()),
+                        ));
                         None
                     }
                 },
@@ -652,6 +658,16 @@ pub fn compile(
         raw: cfg.clone(),
     };
     Ok((snapshot, diags))
+}
+
+/// `unknown KIND `name``, and the names that exist (or that none does).
+fn unknown_name<'a>(kind: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let known: Vec<String> = known.map(|k| format!("`{k}`")).collect();
+    if known.is_empty() {
+        format!("unknown {kind} `{name}`: none is configured")
+    } else {
+        format!("unknown {kind} `{name}` (configured: {})", known.join(", "))
+    }
 }
 
 /// Settings that a running gateway cannot change, as (field path, message); a reload that

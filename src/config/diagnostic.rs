@@ -97,7 +97,7 @@ impl Diagnostic {
             line,
             column,
             path,
-            message: plain_types(&message),
+            message: plain_types(&without_positions(&message, line, column)),
         }
     }
 
@@ -122,6 +122,28 @@ impl fmt::Display for Diagnostic {
 }
 
 /// serde names Rust types in its messages; say what a config author writes instead.
+/// The message without ` at line L column C` where that is the position already shown, and
+/// with `line L column C` shortened to `L:C` elsewhere (libyaml repeats them in its text).
+fn without_positions(message: &str, line: usize, column: usize) -> String {
+    let own = format!(" at line {line} column {column}");
+    let mut m = message.replacen(&own, "", 1);
+    while let Some(at) = m.find("line ") {
+        let rest = &m[at + 5..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let Some(after) = rest.get(digits..).and_then(|r| r.strip_prefix(" column ")) else {
+            break;
+        };
+        let col_digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || col_digits == 0 {
+            break;
+        }
+        let short = format!("{}:{}", &rest[..digits], &after[..col_digits]);
+        let end = at + 5 + digits + " column ".len() + col_digits;
+        m.replace_range(at..end, &short);
+    }
+    m
+}
+
 fn plain_types(message: &str) -> String {
     let mut m = message.to_owned();
     for (rust, plain) in [
@@ -162,6 +184,11 @@ impl LocationIndex {
             let m = e.marker();
             return Err((m.line(), m.col() + 1, e.info().to_owned()));
         }
+        // Why: serde reports a repeated key at the start of its mapping (or at 1:1); a reader
+        // needs the line of the second one. Regression: tests::duplicate_keys_are_located
+        if let Some((line, column, key)) = builder.duplicate {
+            return Err((line, column, format!("{DUPLICATE_KEY} `{key}`")));
+        }
         Ok(Self {
             entries: builder.entries,
         })
@@ -189,13 +216,19 @@ impl LocationIndex {
 struct IndexBuilder {
     entries: Vec<(String, usize, usize)>,
     stack: Vec<Frame>,
+    /// The first key repeated in its mapping: line, column, key.
+    duplicate: Option<(usize, usize, String)>,
     /// A mapping item just started: its entry moves to its first key, whose mark is exact.
     pending_item: Option<usize>,
 }
 
+/// How a repeated mapping key's message starts.
+pub const DUPLICATE_KEY: &str = "duplicate key";
+
 enum Frame {
-    /// In a mapping; `Some(key)` once the key has been read and its value is next.
-    Map(String, Option<String>),
+    /// In a mapping; `Some(key)` once the key has been read and its value is next; the keys
+    /// seen so far.
+    Map(String, Option<String>, Vec<String>),
     /// In a sequence at the next item index.
     Seq(String, usize),
 }
@@ -210,7 +243,7 @@ impl IndexBuilder {
                 *i += 1;
                 Some(p)
             }
-            Some(Frame::Map(base, key)) => key.take().map(|k| {
+            Some(Frame::Map(base, key, _)) => key.take().map(|k| {
                 if base.is_empty() {
                     k
                 } else {
@@ -222,7 +255,7 @@ impl IndexBuilder {
 
     /// Whether the next scalar is a mapping key.
     fn expects_key(&self) -> bool {
-        matches!(self.stack.last(), Some(Frame::Map(_, None)))
+        matches!(self.stack.last(), Some(Frame::Map(_, None, _)))
     }
 }
 
@@ -235,12 +268,17 @@ impl MarkedEventReceiver for IndexBuilder {
         match ev {
             Event::Scalar(value, ..) => {
                 if self.expects_key() {
-                    if let Some(Frame::Map(base, key)) = self.stack.last_mut() {
+                    if let Some(Frame::Map(base, key, seen)) = self.stack.last_mut() {
                         let p = if base.is_empty() {
                             value.clone()
                         } else {
                             format!("{base}.{value}")
                         };
+                        if seen.contains(&value) {
+                            self.duplicate.get_or_insert((line, column, p.clone()));
+                        } else {
+                            seen.push(value.clone());
+                        }
                         self.entries.push((p, line, column));
                         *key = Some(value);
                     }
@@ -261,7 +299,7 @@ impl MarkedEventReceiver for IndexBuilder {
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 if self.expects_key() {
                     // Complex keys are not used in our files; index nothing below.
-                    self.stack.push(Frame::Map(String::from("?"), None));
+                    self.stack.push(Frame::Map(String::from("?"), None, Vec::new()));
                     return;
                 }
                 let p = self.next_value_path().unwrap_or_default();
@@ -274,7 +312,7 @@ impl MarkedEventReceiver for IndexBuilder {
                 if matches!(ev, Event::SequenceStart(..)) {
                     self.stack.push(Frame::Seq(p, 0));
                 } else {
-                    self.stack.push(Frame::Map(p, None));
+                    self.stack.push(Frame::Map(p, None, Vec::new()));
                 }
             }
             Event::MappingEnd | Event::SequenceEnd => {
@@ -290,6 +328,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn duplicate_keys_are_located() {
+        let text = "a: 1\nb:\n  x: 1\n  y: 2\n  x: 3\nc: [{k: 1, k: 2}]\n";
+        let (line, column, message) = LocationIndex::build(text).err().unwrap();
+        assert_eq!((line, column), (5, 3));
+        assert_eq!(message, "duplicate key `b.x`");
+        let (line, _, message) = LocationIndex::build("a: 1\nb: 2\na: 3\n").err().unwrap();
+        assert_eq!((line, &*message), (3, "duplicate key `a`"));
+        // The same key in sibling mappings is no duplicate.
+        assert!(LocationIndex::build("l:\n  - {n: 1}\n  - {n: 2}\n").is_ok());
+    }
+
+    #[test]
     fn index_locates_nested_fields() {
         let text = "listeners:\n  - name: a\n    address: 1.2.3.4:5\nupstreams:\n  web:\n    url: http://x\n";
         let idx = LocationIndex::build(text).unwrap();
@@ -299,6 +349,19 @@ mod tests {
         // Unknown leaf: falls back to the closest ancestor.
         assert_eq!(idx.locate("upstreams.web.nope"), (5, 3));
         assert_eq!(idx.locate("missing"), (1, 1));
+    }
+
+    #[test]
+    fn repeated_positions_are_dropped() {
+        assert_eq!(
+            without_positions(
+                "did not find expected ',' or ']' at line 4 column 1, while parsing a flow sequence at line 3 column 12",
+                4,
+                1
+            ),
+            "did not find expected ',' or ']', while parsing a flow sequence at 3:12"
+        );
+        assert_eq!(without_positions("plain", 1, 1), "plain");
     }
 
     #[test]

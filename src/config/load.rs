@@ -41,30 +41,28 @@ pub struct Loaded {
 /// Reads and deserialises the config and its policy files, reporting every problem found.
 pub fn load(config_path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
     let display = config_path.display().to_string();
-    let (config, raw) = read_yaml::<RawConfig>(config_path, display).map_err(|d| vec![d])?;
     let base_dir = config_path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let policy_dir = base_dir.join(&raw.policies.dir);
-    let mut diagnostics = Vec::new();
-    let mut policies = Vec::new();
-    match policy_files(&policy_dir) {
-        Ok(files) => {
-            for path in files {
-                let display = path.display().to_string();
-                match read_yaml::<RawPolicyFile>(&path, display) {
-                    Ok(p) => policies.push(p),
-                    Err(d) => diagnostics.push(d),
-                }
+    let (config, raw) = match read_yaml::<RawConfig>(config_path, display) {
+        Ok(c) => c,
+        Err(d) => {
+            // Why: one `check` run shows every problem: a broken config file does not hide
+            // the policy files' own errors. Regression: tests (it) check::*
+            let mut diagnostics = vec![d];
+            if let Some(dir) = policy_dir_hint(config_path) {
+                let (_, errors) = read_policies(&base_dir.join(dir));
+                // A directory the broken file may not even name is no news.
+                diagnostics.extend(errors.into_iter().filter(|d| !d.file.is_empty()));
             }
+            return Err(diagnostics);
         }
-        Err(e) => diagnostics.push(Diagnostic::at(
-            &config.display,
-            &config.index,
-            "policies.dir",
-            format!("cannot read policy directory {}: {e}", policy_dir.display()),
-        )),
+    };
+    let policy_dir = base_dir.join(&raw.policies.dir);
+    let (policies, mut diagnostics) = read_policies(&policy_dir);
+    if let Some(e) = diagnostics.iter_mut().find(|d| d.line == 0 && d.file.is_empty()) {
+        *e = Diagnostic::at(&config.display, &config.index, "policies.dir", e.message.clone());
     }
     Ok(Loaded {
         base_dir,
@@ -74,6 +72,39 @@ pub fn load(config_path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
         policies,
         errors: diagnostics,
     })
+}
+
+/// Every policy file in `dir`, read, and the problems found (a directory that cannot be read
+/// is one problem with an empty file name, for the caller to place).
+fn read_policies(dir: &Path) -> (Vec<(Source, RawPolicyFile)>, Vec<Diagnostic>) {
+    let mut diagnostics = Vec::new();
+    let mut policies = Vec::new();
+    match policy_files(dir) {
+        Ok(files) => {
+            for path in files {
+                let display = path.display().to_string();
+                match read_yaml::<RawPolicyFile>(&path, display) {
+                    Ok(p) => policies.push(p),
+                    Err(d) => diagnostics.push(d),
+                }
+            }
+        }
+        Err(e) => diagnostics.push(Diagnostic::file_error(
+            "",
+            format!("cannot read policy directory {}: {e}", dir.display()),
+        )),
+    }
+    (policies, diagnostics)
+}
+
+/// The policy directory a config file that failed to load names, when it can still be read
+/// as YAML (`policies.dir`), or the default when it cannot say.
+fn policy_dir_hint(config_path: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(config_path).ok()?;
+    let named = serde_yaml::from_str::<serde_yaml::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("policies")?.get("dir")?.as_str().map(PathBuf::from));
+    Some(named.unwrap_or_else(|| super::raw::RawPolicies::default().dir))
 }
 
 /// Reads only the gateway config file (no policies, nothing compiled): what is needed before
@@ -109,16 +140,21 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
         .map_err(|e| Diagnostic::file_error(&display, format!("cannot read file: {e}")))?;
     let index = LocationIndex::build(&text).map_err(|(line, column, message)| {
         // Prefer libyaml's wording and position (serde_yaml parsing to an untyped value
-        // reports syntax only); fall back to the indexer's.
+        // reports syntax only); fall back to the indexer's, which alone places a repeated key.
+        let duplicate = message.starts_with(super::diagnostic::DUPLICATE_KEY);
         match serde_yaml::from_str::<serde_yaml::Value>(&text) {
-            Err(e) => Diagnostic::from_yaml(&display, &e),
-            Ok(_) => Diagnostic {
+            Err(e) if !duplicate => Diagnostic::from_yaml(&display, &e),
+            _ => Diagnostic {
                 severity: super::Severity::Error,
                 file: display.clone(),
                 line,
                 column,
                 path: String::new(),
-                message: format!("invalid YAML: {message}"),
+                message: if duplicate {
+                    message
+                } else {
+                    format!("invalid YAML: {message}")
+                },
             },
         }
     })?;
