@@ -3,6 +3,7 @@
 pub mod apikey;
 pub mod check;
 pub mod demo;
+pub mod echo;
 pub mod explain;
 pub mod keys;
 pub mod policy;
@@ -101,6 +102,13 @@ pub enum Command {
         /// What to do with tokens.
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Run the echo upstream alone (what `config/portcullis.yaml`'s `app` upstream expects on
+    /// 127.0.0.1:3000): it answers every request with a JSON description of what arrived.
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: std::net::SocketAddr,
     },
     /// Run on built-in defaults: self-signed certificate, echo upstream, demo policies.
     Demo {
@@ -228,6 +236,7 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run { config, no_watch } => run::run(&config, !no_watch),
         Command::Check { config } => check::check(&config),
+        Command::Echo { listen } => echo::echo(listen),
         Command::Schema { kind } => schema(kind),
         Command::Test { files } => policy_test::run(&files),
         Command::Policy {

@@ -210,6 +210,31 @@ pub fn compile(
             crate::authn::Authn::default()
         }
     };
+    // Why: the development key pair ships with Portcullis, private half included; a gateway
+    // trusting it accepts tokens anyone can mint. Regression: tests (it) check::*
+    for (name, a) in &cfg.authenticators {
+        let crate::config::raw::RawAuthenticator::Jwt(j) = a else {
+            continue;
+        };
+        for (i, p) in j.providers.iter().enumerate() {
+            for (k, key) in p.keys.iter().enumerate() {
+                let crate::config::raw::RawKey::PemFile(f) = key else {
+                    continue;
+                };
+                let published = std::fs::read_to_string(loaded.base_dir.join(&f.path))
+                    .is_ok_and(|t| t.trim() == PUBLISHED_DEV_KEY.trim());
+                if published {
+                    diags.push(
+                        at(
+                            &format!("authenticators.{name}.jwt.providers[{i}].keys[{k}]"),
+                            "this is the development key published with Portcullis: anyone can mint tokens it verifies; replace it before deploying".into(),
+                        )
+                        .warning(),
+                    );
+                }
+            }
+        }
+    }
     // mTLS authenticators name listeners that ask for client certificates.
     let asks_certs = |name: &str| {
         cfg.listeners.iter().any(|l| {
@@ -659,6 +684,9 @@ pub fn compile(
     };
     Ok((snapshot, diags))
 }
+
+/// The public half of `config/dev/dev-1.key`, which ships with Portcullis.
+const PUBLISHED_DEV_KEY: &str = include_str!("../../config/dev/dev-1.pem");
 
 /// `unknown KIND `name``, and the names that exist (or that none does).
 fn unknown_name<'a>(kind: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {

@@ -299,7 +299,8 @@ impl MarkedEventReceiver for IndexBuilder {
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 if self.expects_key() {
                     // Complex keys are not used in our files; index nothing below.
-                    self.stack.push(Frame::Map(String::from("?"), None, Vec::new()));
+                    self.stack
+                        .push(Frame::Map(String::from("?"), None, Vec::new()));
                     return;
                 }
                 let p = self.next_value_path().unwrap_or_default();

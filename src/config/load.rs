@@ -61,8 +61,16 @@ pub fn load(config_path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
     };
     let policy_dir = base_dir.join(&raw.policies.dir);
     let (policies, mut diagnostics) = read_policies(&policy_dir);
-    if let Some(e) = diagnostics.iter_mut().find(|d| d.line == 0 && d.file.is_empty()) {
-        *e = Diagnostic::at(&config.display, &config.index, "policies.dir", e.message.clone());
+    if let Some(e) = diagnostics
+        .iter_mut()
+        .find(|d| d.line == 0 && d.file.is_empty())
+    {
+        *e = Diagnostic::at(
+            &config.display,
+            &config.index,
+            "policies.dir",
+            e.message.clone(),
+        );
     }
     Ok(Loaded {
         base_dir,

@@ -145,10 +145,16 @@ fn valid_configs_are_accepted() {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+        // Warnings (the shipped dev key) come first; the verdict is the last line.
         assert!(
-            stdout.starts_with("ok: version "),
-            "check {config}: stdout does not start with `ok: version`:\n{stdout}"
+            stdout
+                .lines()
+                .last()
+                .unwrap_or("")
+                .starts_with("ok: version "),
+            "check {config}: stdout does not end with `ok: version`:\n{stdout}"
         );
+        assert!(!stdout.contains(": error:"), "{stdout}");
     }
 }
 
@@ -167,4 +173,57 @@ fn schemas_are_printed() {
         );
         assert!(stdout.contains(field), "{args:?}: no {field} in:\n{stdout}");
     }
+}
+
+/// The shipped config checks, and warns that its `dev` authenticator trusts the published
+/// development key; the README's tour token (minted with that key) is allowed by `explain`.
+#[test]
+fn shipped_config_checks_and_warns_about_the_development_key() {
+    let out = portcullis(&["check", "-c", "config/portcullis.yaml"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning: authenticators.dev.jwt.providers[0].keys[0]: this is the development key published with Portcullis"),
+        "{text}"
+    );
+    let mint = portcullis(&[
+        "token",
+        "mint",
+        "--key",
+        "config/dev/dev-1.key",
+        "--alg",
+        "ES256",
+        "--kid",
+        "dev-1",
+        "--iss",
+        "https://dev.example",
+        "--aud",
+        "my-api",
+        "--sub",
+        "alice",
+        "--scope",
+        "orders:read",
+    ])
+    .unwrap();
+    assert!(
+        mint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mint.stderr)
+    );
+    let token = String::from_utf8(mint.stdout).unwrap();
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let explained = portcullis(&[
+        "explain",
+        "-c",
+        "config/portcullis.yaml",
+        "--url",
+        "https://api.example.com/v2/orders/7",
+        "-H",
+        &auth,
+    ])
+    .unwrap();
+    let text = String::from_utf8_lossy(&explained.stdout);
+    assert!(explained.status.success(), "{text}");
+    assert!(text.contains("decision  allow"), "{text}");
+    assert!(text.contains("principal alice"), "{text}");
 }

@@ -341,12 +341,16 @@ fn policy_list_prints_the_rules_in_evaluation_order() {
         .filter_map(|l| l.split_whitespace().nth(1))
         .filter(|n| !n.starts_with("rule"))
         .collect();
-    assert_eq!(names, ["admin-denied", "health", "public", "api"], "{text}");
+    assert_eq!(
+        names,
+        ["admin-denied", "health", "public", "api", "orders"],
+        "{text}"
+    );
     assert!(
         text.lines().next().unwrap().starts_with("#  NAME  "),
         "{text}"
     );
-    assert!(text.contains("4 rule(s)"), "{text}");
+    assert!(text.contains("5 rule(s)"), "{text}");
 }
 
 /// The seed policies (policies/examples/seed.yaml), served as written.
