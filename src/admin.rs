@@ -34,6 +34,9 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// False once shutdown begins, so load balancers stop sending traffic.
     pub ready: AtomicBool,
+    /// Set the first time `/readyz` answers ready: from then on a reload that adds a key
+    /// source not yet fetched does not take the gateway out of rotation.
+    pub was_ready: AtomicBool,
 }
 
 /// Which endpoints a listener serves.
@@ -106,11 +109,18 @@ async fn route(state: &AdminState, scope: Scope, req: Request<Incoming>) -> Resp
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            // Ready: not shutting down, and every remote key set has keys (or its startup
-            // timeout passed, after which requests needing it get 503s, not hangs).
+            // Ready: not shutting down, and every remote key set not marked optional has
+            // been fetched once (an optional one: or its startup timeout passed; requests
+            // needing it get 503s, not hangs).
+            // Why: once ready, a reload that adds a source the gateway cannot reach yet must
+            // not take every replica out of rotation at once; the requests that need that
+            // source get 503 until its first fetch, the others are served.
+            // Regression: jwt::readyz_waits_for_every_remote_key_source_unless_optional
             if state.ready.load(Ordering::Relaxed)
-                && state.reloader.current().load().authn.is_ready()
+                && (state.was_ready.load(Ordering::Relaxed)
+                    || state.reloader.current().load().authn.is_ready())
             {
+                state.was_ready.store(true, Ordering::Relaxed);
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -137,6 +137,7 @@ impl App {
             reloader: Arc::clone(&reloader),
             metrics,
             ready: AtomicBool::new(true),
+            was_ready: AtomicBool::new(false),
         });
         tracing::info!(addr = %admin_addr, "Admin listening");
         let public_addr = public_tcp.map(|(tcp, addr)| {

@@ -322,13 +322,20 @@ impl Authn {
         }
     }
 
-    /// Whether every remote key set has keys (or gave up waiting at startup).
+    /// Whether every remote key set was fetched at least once (an optional one: or its
+    /// startup timeout passed).
     pub fn is_ready(&self) -> bool {
         self.list.iter().all(|a| match &a.kind {
-            Kind::Jwt(j) => j
-                .providers()
-                .iter()
-                .all(|p| p.remote.as_ref().is_none_or(|r| r.is_ready())),
+            Kind::Jwt(j) => j.providers().iter().all(jwt::Provider::is_ready),
+            _ => true,
+        })
+    }
+
+    /// Whether waiting for keys is over: every remote key set was fetched or its startup
+    /// timeout passed (`explain` waits this long, as a starting gateway would).
+    pub fn keys_settled(&self) -> bool {
+        self.list.iter().all(|a| match &a.kind {
+            Kind::Jwt(j) => j.providers().iter().all(jwt::Provider::keys_settled),
             _ => true,
         })
     }

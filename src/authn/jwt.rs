@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use jsonwebtoken::Algorithm;
 
-use self::keys::{AlgSet, KeySet, VerifyKey};
+use self::keys::{AlgSet, KeyFamily, KeySet, VerifyKey};
 use self::remote::{RemoteKeys, RemoteSource};
 use self::verify::{ClaimRules, TokenError};
 use super::http_client::HttpClient;
@@ -44,6 +44,9 @@ pub struct Provider {
     static_keys: KeySet,
     /// The fetched keys, if the provider has a remote source.
     pub remote: Option<Arc<RemoteKeys>>,
+    /// The remote source is marked `optional`: readiness waits for it only up to
+    /// `fetch.startup_timeout`.
+    remote_optional: bool,
     rules: ClaimRules,
     mapping: Mapping,
 }
@@ -240,6 +243,7 @@ impl Provider {
         let issuer: Arc<str> = raw.issuer.as_str().into();
         let mut static_keys: Vec<VerifyKey> = Vec::new();
         let mut remote = None;
+        let mut remote_optional = false;
         if raw.keys.is_empty() {
             errors.push(("keys".into(), "at least one key source is required".into()));
         }
@@ -319,6 +323,7 @@ impl Provider {
                             continue;
                         }
                     };
+                    remote_optional = u.optional;
                     let ca = u.ca_file.as_ref().map(|c| base_dir.join(c));
                     if let Some(ca) = &ca {
                         watched.push(ca.clone());
@@ -355,6 +360,7 @@ impl Provider {
             algorithms,
             static_keys: KeySet::new(static_keys),
             remote,
+            remote_optional,
             rules: ClaimRules {
                 leeway: raw.leeway.as_secs(),
                 require_exp: raw.require_exp,
@@ -370,6 +376,22 @@ impl Provider {
         })
     }
 
+    /// Whether `/readyz` may report ready for this provider: no remote source, or one whose
+    /// keys were fetched at least once, or an `optional` one whose startup timeout passed.
+    pub fn is_ready(&self) -> bool {
+        self.remote
+            .as_ref()
+            .is_none_or(|r| r.has_keys() || (self.remote_optional && r.startup_timed_out()))
+    }
+
+    /// Whether waiting for this provider's remote keys is over: fetched, or the startup
+    /// timeout passed.
+    pub fn keys_settled(&self) -> bool {
+        self.remote
+            .as_ref()
+            .is_none_or(|r| r.has_keys() || r.startup_timed_out())
+    }
+
     /// Finds the key that verifies the signature. An unknown `kid` triggers one rate-limited
     /// refetch of the remote keys.
     async fn find_key(
@@ -379,29 +401,33 @@ impl Provider {
         message: &str,
         signature: &str,
     ) -> Result<Arc<VerifyKey>, VerifyError> {
-        let bad = |e| Err(VerifyError::Token(e));
-        match self.try_keys(alg, kid, message, signature) {
-            Lookup::Verified(k) => return Ok(k),
-            Lookup::BadSignature => return bad(TokenError::BadSignature),
-            Lookup::WrongAlgorithm => return bad(TokenError::AlgorithmNotAllowed),
-            Lookup::NoKey => {}
-        }
-        let Some(remote) = &self.remote else {
-            return bad(TokenError::UnknownKey);
-        };
-        // A new `kid` (rotation) or no keys yet: one refetch, rate-limited inside.
-        if (kid.is_some() || !remote.has_keys()) && remote.refetch_for_unknown_kid().await {
-            match self.try_keys(alg, kid, message, signature) {
-                Lookup::Verified(k) => return Ok(k),
-                Lookup::BadSignature => return bad(TokenError::BadSignature),
-                Lookup::WrongAlgorithm => return bad(TokenError::AlgorithmNotAllowed),
-                Lookup::NoKey => {}
+        let mut lookup = self.try_keys(alg, kid, message, signature);
+        if let Some(remote) = &self.remote
+            && matches!(lookup, Lookup::NoKey | Lookup::NoneVerified)
+        {
+            // A new `kid` (rotation) or no keys yet: one refetch, rate-limited inside.
+            if (kid.is_some() || !remote.has_keys()) && remote.refetch_for_unknown_kid().await {
+                lookup = self.try_keys(alg, kid, message, signature);
+            }
+            // Why: until the remote set has been fetched once, no answer but "verified" is
+            // final: the token may be signed by one of the keys never seen, whatever the
+            // static keys say. 503 (try again), not 401; remote sets never hold HMAC keys.
+            // Regression: tests::unfetched_remote_keys_are_not_masked_by_static_keys
+            if !remote.has_keys()
+                && !KeyFamily::Hmac.algorithms().contains(alg)
+                && matches!(lookup, Lookup::NoKey | Lookup::NoneVerified)
+            {
+                return Err(VerifyError::KeysUnavailable);
             }
         }
-        if !remote.has_keys() && self.static_keys.is_empty() {
-            return Err(VerifyError::KeysUnavailable);
+        match lookup {
+            Lookup::Verified(k) => Ok(k),
+            Lookup::BadSignature | Lookup::NoneVerified => {
+                Err(VerifyError::Token(TokenError::BadSignature))
+            }
+            Lookup::WrongAlgorithm => Err(VerifyError::Token(TokenError::AlgorithmNotAllowed)),
+            Lookup::NoKey => Err(VerifyError::Token(TokenError::UnknownKey)),
         }
-        bad(TokenError::UnknownKey)
     }
 
     /// Tries this provider's keys: the one named by `kid`; failing that, keys without a `kid`
@@ -443,7 +469,7 @@ impl Provider {
             }
         }
         if candidates {
-            Lookup::BadSignature
+            Lookup::NoneVerified
         } else {
             Lookup::NoKey
         }
@@ -453,10 +479,17 @@ impl Provider {
 /// Most keys tried for a token whose `kid` names none.
 const MAX_KEYS_WITHOUT_KID: usize = 4;
 
+/// What a look through the known keys found.
 enum Lookup {
+    /// This key verifies the signature.
     Verified(Arc<VerifyKey>),
+    /// The key the `kid` names does not verify it: final.
     BadSignature,
+    /// The key the `kid` names does not allow the algorithm: final.
     WrongAlgorithm,
+    /// Keys without a `kid` were tried and none verifies it; a key not yet fetched might.
+    NoneVerified,
+    /// No key to try.
     NoKey,
 }
 
@@ -468,3 +501,6 @@ fn check_signature(key: &VerifyKey, alg: Algorithm, message: &str, signature: &s
         && jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg)
             .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests;

@@ -170,7 +170,7 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
     // Remote keys: fetched as when serving, within their startup timeout.
     snapshot.authn.start();
     let started = Instant::now();
-    while !snapshot.authn.is_ready() && started.elapsed() < Duration::from_secs(30) {
+    while !snapshot.authn.keys_settled() && started.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut trace: Vec<TraceEvent> = Vec::new();

@@ -980,6 +980,12 @@ pub struct RawJwksUrl {
     /// PEM file of CA certificates trusted for this server (instead of the public roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// `/readyz` does not wait for this source beyond `fetch.startup_timeout`. Without it the
+    /// gateway is not ready until the first successful fetch. Either way, until then a token
+    /// that only this source's keys could verify gets 503 (`authentication_unavailable`),
+    /// never 401: a static key of the same provider does not stand in for keys never seen.
+    #[serde(default)]
+    pub optional: bool,
 }
 
 /// An HMAC key.
@@ -1097,7 +1103,8 @@ pub struct RawFetch {
     #[schemars(with = "String")]
     #[serde(deserialize_with = "duration")]
     pub unknown_kid_cooldown: Duration,
-    /// `/readyz` reports not ready until the keys arrive or this long has passed.
+    /// How long `/readyz` waits for the keys of an `optional` remote source; a source not
+    /// marked optional keeps the gateway not ready until its first successful fetch.
     #[schemars(with = "String")]
     #[serde(deserialize_with = "duration")]
     pub startup_timeout: Duration,

@@ -14,7 +14,7 @@ use portcullis::authn::jwt::mint::{SigningKey, jwks, pem};
 use serde_json::{Value, json};
 
 use crate::support::{
-    ConnectionCounter, KeyMode, KeyServer, Setup, TestGateway, eventually, raw, send,
+    ConnectionCounter, KeyMode, KeyServer, Setup, TestGateway, eventually, raw, render_config, send,
 };
 
 const ISS: &str = "https://issuer.test";
@@ -957,6 +957,116 @@ async fn key_server_down_at_start_gives_503_then_recovers() {
         .expect("key age reported");
     assert!(age.parse::<u64>().unwrap() < 60);
     assert!(metrics.trim_end().ends_with("# EOF"));
+}
+
+/// Asserts a 503 `authentication_unavailable` that reached nothing upstream.
+async fn assert_unavailable(gw: &TestGateway, token: &str, what: &str) {
+    let before = gw.echo.count();
+    let (status, headers, body) = call(gw, "/api/x", Some(token)).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{what}: {body}");
+    assert!(
+        body.contains("\"error\":\"authentication_unavailable\""),
+        "{what}: {body}"
+    );
+    assert!(headers.get("www-authenticate").is_none(), "{what}");
+    assert_eq!(gw.echo.count(), before, "{what}: upstream saw the request");
+}
+
+/// A provider with a static ES256 key (`ec256`) and a JWKS URL.
+fn static_and_remote(server: &KeyServer, optional: bool) -> String {
+    authenticators(
+        &provider(
+            ISS,
+            &format!(
+                "- pem_file: {{path: ec256.pem, kid: ec256, algorithms: [ES256]}}\n\
+                 - jwks_url: {{url: \"{}\"{}}}\n",
+                server.url("/jwks.json"),
+                if optional { ", optional: true" } else { "" }
+            ),
+            "fetch: {startup_timeout: 0s, retry: 100ms, unknown_kid_cooldown: 1s}\n",
+        ),
+        "",
+    )
+}
+
+#[tokio::test]
+async fn static_key_does_not_mask_unfetched_remote_keys() {
+    let k = keys();
+    let server = KeyServer::start(&jwks([&k.rs256])).await;
+    server.set_mode(KeyMode::Status(503));
+    let gw = gateway_with(static_and_remote(&server, false), key_files()).await;
+    let es = k.es256.sign(&claims(&json!({}))).unwrap();
+    assert_accepted(&gw, &es, "the static key verifies meanwhile").await;
+    assert_unavailable(&gw, &valid(), "a kid only the JWKS can hold").await;
+    let no_kid = k
+        .rs256
+        .sign_raw(&json!({"alg": "RS256"}), &claims(&json!({})))
+        .unwrap();
+    assert_unavailable(&gw, &no_kid, "no kid, no static RSA key").await;
+    server.set_mode(KeyMode::Serve);
+    wait_ready(&gw).await;
+    assert_accepted(&gw, &valid(), "after the first fetch").await;
+    // Fetched once: an unknown kid is now a plain refusal.
+    let stranger = SigningKey::generate(Algorithm::RS256, "stranger").unwrap();
+    assert_rejected(
+        &gw,
+        &stranger.sign(&claims(&json!({}))).unwrap(),
+        "unknown kid after a fetch",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn readyz_waits_for_every_remote_key_source_unless_optional() {
+    let k = keys();
+    let server = KeyServer::start(&jwks([&k.rs256])).await;
+    server.set_mode(KeyMode::Status(503));
+    // startup_timeout 0s: no wait at all for an optional source, none of it for another.
+    let gw = gateway_with(static_and_remote(&server, false), key_files()).await;
+    let optional = gateway_with(static_and_remote(&server, true), key_files()).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async { server.hits() >= 2 }).await,
+        "both gateways tried to fetch"
+    );
+    let (status, body) = gw.admin_get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        optional.admin_get("/readyz").await.0,
+        StatusCode::OK,
+        "an optional source does not hold readiness"
+    );
+    assert_unavailable(&optional, &valid(), "optional, never fetched").await;
+    server.set_mode(KeyMode::Serve);
+    wait_ready(&gw).await;
+
+    // Once ready, a reload adding an issuer whose keys cannot be fetched yet keeps the
+    // gateway in rotation; only that issuer's tokens wait.
+    let down = KeyServer::start(&jwks([&k.es384])).await;
+    down.set_mode(KeyMode::Status(503));
+    let second = provider(
+        "https://second.test",
+        &format!("- jwks_url: {{url: \"{}\"}}\n", down.url("/jwks.json")),
+        "fetch: {retry: 100ms, unknown_kid_cooldown: 1s}\n",
+    );
+    let setup = Setup {
+        policies: vec![("10-p.yaml".into(), POLICY.into())],
+        extra: format!(
+            "{}{}",
+            static_and_remote(&server, false),
+            indent(&second, 8)
+        ),
+        ..Setup::default()
+    };
+    gw.write("portcullis.yaml", render_config(&setup, gw.echo.addr));
+    gw.app().reload().await.unwrap();
+    assert_eq!(gw.admin_get("/readyz").await.0, StatusCode::OK);
+    assert_accepted(&gw, &valid(), "the first issuer").await;
+    let second_token = k
+        .es384
+        .sign(&claims(&json!({"iss": "https://second.test"})))
+        .unwrap();
+    assert_unavailable(&gw, &second_token, "the new issuer, never fetched").await;
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! Remote key sets: a JWKS URL, or OIDC discovery leading to one.
 //!
-//! Invariants: the last good key set is kept whenever a fetch fails, times out, returns garbage
-//! or an empty set; a token with an unknown `kid` triggers at most one refetch at a time and at
+//! Invariants: a set never fetched verifies nothing and decides nothing (its provider answers
+//! 503 for a token it might verify, and `/readyz` waits for it unless it is optional); the last
+//! good key set is kept whenever a fetch fails, times out, returns garbage or an empty set; a token with an unknown `kid` triggers at most one refetch at a time and at
 //! most one per cooldown; nothing a token says (`jku`, `x5u`, its issuer before it is matched
 //! to a configured provider) ever leads to a fetch.
 
@@ -141,9 +142,10 @@ impl RemoteKeys {
         self.has_keys.load(Ordering::Acquire)
     }
 
-    /// Ready once keys arrived or the startup timeout passed.
-    pub fn is_ready(&self) -> bool {
-        self.has_keys() || self.created.elapsed() >= self.settings.startup_timeout
+    /// Whether `fetch.startup_timeout` has passed since this set was created (readiness
+    /// stops waiting for an optional source then).
+    pub fn startup_timed_out(&self) -> bool {
+        self.created.elapsed() >= self.settings.startup_timeout
     }
 
     /// Starts the background refresh (once). The task ends when the last snapshot holding this

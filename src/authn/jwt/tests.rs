@@ -1,0 +1,136 @@
+//! Provider-level tests: key choice, remote key sets never fetched, readiness.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+
+use super::mint::SigningKey;
+use super::*;
+
+const ISS: &str = "https://issuer.test";
+const NOW: u64 = 1_800_000_000;
+
+fn claims() -> Value {
+    json!({"iss": ISS, "aud": "api", "sub": "u1", "exp": NOW + 300, "iat": NOW})
+}
+
+/// A JWT authenticator with one provider: `keys` (JSON key sources) and `extra` members.
+fn authenticator(keys: &Value, extra: &Value) -> JwtAuthenticator {
+    let mut provider = json!({"issuer": ISS, "audiences": ["api"], "keys": keys});
+    for (k, v) in extra.as_object().unwrap() {
+        provider[k] = v.clone();
+    }
+    let raw: RawJwt = serde_json::from_value(json!({"providers": [provider]})).unwrap();
+    JwtAuthenticator::compile(&raw, Path::new("."), None, &mut Vec::new()).unwrap()
+}
+
+fn pem_key(k: &SigningKey, kid: Option<&str>) -> Value {
+    let alg = keys::alg_name(k.alg);
+    match kid {
+        Some(kid) => json!({"pem": {"text": k.public_pem, "kid": kid, "algorithms": [alg]}}),
+        None => json!({"pem": {"text": k.public_pem, "algorithms": [alg]}}),
+    }
+}
+
+/// Signs the default claims with `key`, the header naming `kid` (or none).
+fn token(key: &SigningKey, kid: Option<&str>) -> String {
+    let mut header = json!({"alg": keys::alg_name(key.alg), "typ": "JWT"});
+    if let Some(kid) = kid {
+        header["kid"] = json!(kid);
+    }
+    key.sign_raw(&header, &claims()).unwrap()
+}
+
+async fn verify(a: &JwtAuthenticator, token: &str) -> Result<(), VerifyError> {
+    a.verify(token, &Arc::from("users"), NOW).await.map(|_| ())
+}
+
+/// A remote key source nobody answers: connection refused at once.
+fn unreachable(optional: bool) -> Value {
+    json!({"jwks_url": {"url": "http://127.0.0.1:1/jwks.json", "optional": optional}})
+}
+
+#[tokio::test]
+async fn unfetched_remote_keys_are_not_masked_by_static_keys() {
+    let es = SigningKey::generate(Algorithm::ES256, "es").unwrap();
+    let untagged = SigningKey::generate(Algorithm::ES256, "plain").unwrap();
+    let other_es = SigningKey::generate(Algorithm::ES256, "x").unwrap();
+    let rs = SigningKey::generate(Algorithm::RS256, "rs").unwrap();
+    let hs = SigningKey::hmac(&[7; 32], Algorithm::HS256, "hs").unwrap();
+    let a = authenticator(
+        &json!([
+            pem_key(&es, Some("es")),
+            pem_key(&untagged, None),
+            {"jwk": {"text": hs.jwk.to_string()}},
+            unreachable(false),
+        ]),
+        &json!({"fetch": {"startup_timeout": "0s"}}),
+    );
+    let unavailable = Err(VerifyError::KeysUnavailable);
+    let refused = |e| Err(VerifyError::Token(e));
+    for (what, t, want) in [
+        ("static key by kid", token(&es, Some("es")), Ok(())),
+        ("static key without kid", token(&untagged, None), Ok(())),
+        (
+            "kid of a static key, another signer: final",
+            token(&other_es, Some("es")),
+            refused(TokenError::BadSignature),
+        ),
+        (
+            "kid only the remote set could hold",
+            token(&rs, Some("rs")),
+            unavailable,
+        ),
+        (
+            "no kid, static keys fail: an unseen remote key might verify",
+            token(&other_es, None),
+            unavailable,
+        ),
+        (
+            "HMAC: never from a remote set",
+            SigningKey::hmac(&[8; 32], Algorithm::HS256, "hs2")
+                .unwrap()
+                .sign(&claims())
+                .unwrap(),
+            refused(TokenError::UnknownKey),
+        ),
+    ] {
+        assert_eq!(verify(&a, &t).await, want, "{what}");
+    }
+    let p = &a.providers()[0];
+    assert!(!p.is_ready(), "never fetched: not ready, timeout or not");
+    assert!(p.keys_settled(), "explain stops waiting after the timeout");
+}
+
+#[tokio::test]
+async fn optional_remote_source_readiness() {
+    let es = SigningKey::generate(Algorithm::ES256, "es").unwrap();
+    for (optional, timeout, ready) in [
+        (false, "0s", false),
+        (false, "1h", false),
+        (true, "0s", true),
+        (true, "1h", false),
+    ] {
+        let a = authenticator(
+            &json!([pem_key(&es, Some("es")), unreachable(optional)]),
+            &json!({"fetch": {"startup_timeout": timeout}}),
+        );
+        assert_eq!(
+            a.providers()[0].is_ready(),
+            ready,
+            "optional {optional}, timeout {timeout}"
+        );
+    }
+    // Optional or not, a token only the remote set could verify waits for it.
+    let rs = SigningKey::generate(Algorithm::RS256, "rs").unwrap();
+    let a = authenticator(
+        &json!([pem_key(&es, Some("es")), unreachable(true)]),
+        &json!({"fetch": {"startup_timeout": "0s"}}),
+    );
+    assert_eq!(
+        verify(&a, &token(&rs, Some("rs"))).await,
+        Err(VerifyError::KeysUnavailable)
+    );
+}
