@@ -3,9 +3,12 @@
 //! decide. A `kid` is looked up only among the chosen provider's keys, so one issuer's key never
 //! verifies another issuer's token.
 //!
-//! Order of checks: size → structure and header (`alg`, `crit`) → issuer → key → signature →
-//! claims → principal. Nothing from the payload is trusted before the signature verifies; the
-//! issuer is read first only to choose among configured providers.
+//! Order of checks: size → structure and header (`alg`, `crit`, `enc`, repeated names) →
+//! issuer → algorithm and `typ` the provider accepts → key → signature → claims → principal.
+//! Nothing from the payload is trusted before the signature verifies; the issuer is read
+//! first only to choose among configured providers. A token with a `kid` is verified by the
+//! key with that `kid`, or failing one, by keys without a `kid`; a token without `kid` only by
+//! keys without one.
 
 pub mod keys;
 pub mod mint;
@@ -41,6 +44,8 @@ pub struct Provider {
     /// The exact `iss`.
     pub issuer: Arc<str>,
     algorithms: AlgSet,
+    /// Accepted `typ` values, lowercase without `application/` (empty: any).
+    types: Box<[Box<str>]>,
     static_keys: KeySet,
     /// The fetched keys, if the provider has a remote source.
     pub remote: Option<Arc<RemoteKeys>>,
@@ -160,6 +165,12 @@ impl JwtAuthenticator {
         if !provider.algorithms.contains(parsed.alg) {
             return Err(bad(TokenError::AlgorithmNotAllowed));
         }
+        // Why: an ID token (`typ: JWT`) of the same issuer and audience must not pass where
+        // access tokens (`at+jwt`, RFC 9068 §4) are required.
+        // Regression: tests::token_type_is_checked_where_required
+        if !verify::type_accepted(parsed.typ.as_deref(), &provider.types) {
+            return Err(bad(TokenError::TypeNotAccepted));
+        }
         let key = provider
             .find_key(
                 parsed.alg,
@@ -240,6 +251,22 @@ impl Provider {
         } else {
             AlgSet::of(raw.algorithms.iter().map(|a| keys::algorithm(*a)))
         };
+        let mut types: Vec<Box<str>> = Vec::with_capacity(raw.token_types.len());
+        for (j, t) in raw.token_types.iter().enumerate() {
+            let bare = t
+                .get(.."application/".len())
+                .filter(|p| p.eq_ignore_ascii_case("application/"))
+                .map_or(t.as_str(), |p| &t[p.len()..]);
+            if bare.is_empty() || bare.contains('/') || !bare.bytes().all(|b| b.is_ascii_graphic())
+            {
+                errors.push((
+                    format!("token_types[{j}]"),
+                    format!("`{t}` is not a media type such as `at+jwt` or `JWT`"),
+                ));
+            } else {
+                types.push(bare.to_ascii_lowercase().into());
+            }
+        }
         let issuer: Arc<str> = raw.issuer.as_str().into();
         let mut static_keys: Vec<VerifyKey> = Vec::new();
         let mut remote = None;
@@ -358,6 +385,7 @@ impl Provider {
         Ok(Self {
             issuer,
             algorithms,
+            types: types.into(),
             static_keys: KeySet::new(static_keys),
             remote,
             remote_optional,
@@ -457,10 +485,12 @@ impl Provider {
         }
         let mut candidates = false;
         // Why: each try is a signature check; a token without a usable `kid` must not make the
-        // gateway try a large key set one by one.
+        // gateway try a large key set one by one. And a key with a `kid` verifies only tokens
+        // naming it: a token without `kid` never reaches it.
+        // Regression: tests::token_without_kid_tries_only_keys_without_kid
         let untagged = sets()
             .flat_map(|set| set.for_alg(alg))
-            .filter(|k| kid.is_none() || k.kid.is_none())
+            .filter(|k| k.kid.is_none())
             .take(MAX_KEYS_WITHOUT_KID);
         for k in untagged {
             candidates = true;

@@ -843,10 +843,17 @@ pub struct RawProvider {
     /// Refuse tokens without `exp`. Default true.
     #[serde(default = "yes")]
     pub require_exp: bool,
-    /// Refuse tokens whose lifetime (`exp - iat`) exceeds this.
+    /// Refuse tokens whose lifetime (`exp - iat`, and `exp - now`) exceeds this. Whatever it
+    /// says, `exp`, `nbf` and `iat` after the year 9999 are refused.
     #[serde(default, deserialize_with = "opt_duration")]
     #[schemars(with = "Option<String>")]
     pub max_lifetime: Option<Duration>,
+    /// Accepted token types (the header's `typ`), say `[at+jwt]` for RFC 9068 access tokens,
+    /// so that ID tokens (`JWT`) of the same issuer and audience are refused. Compared
+    /// case-insensitively, `application/at+jwt` being `at+jwt`; a token without `typ` is
+    /// refused. Default: any type, or none.
+    #[serde(default)]
+    pub token_types: Vec<String>,
     /// Claims that must be present, with their JSON type.
     #[serde(default)]
     pub required_claims: BTreeMap<String, ClaimType>,
@@ -934,8 +941,9 @@ pub enum RawKey {
 pub struct RawPemText {
     /// The PEM text.
     pub text: String,
-    /// Key id matched against the token's `kid`; without one the key is tried for tokens
-    /// without `kid`.
+    /// Key id matched against the token's `kid`; a key without one is tried for tokens
+    /// without `kid` (and those whose `kid` names no key), a key with one only for tokens
+    /// naming it.
     #[serde(default)]
     pub kid: Option<String>,
     /// Algorithms this key verifies; they must fit the key type.

@@ -634,6 +634,162 @@ async fn unknown_crit_header_rejected() {
     }
 }
 
+/// Asserts that `n` denials were counted for this reason code (the client sees only
+/// `invalid_token`; logs and metrics say why).
+async fn assert_denials(gw: &TestGateway, reason: &str, n: usize) {
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let line = format!("portcullis_denials_total{{door=\"proxy\",reason=\"{reason}\"}} {n}");
+    assert!(metrics.contains(&line), "{line} in {metrics}");
+}
+
+/// A token signed with the ES256 key over these exact JSON texts (members may repeat).
+fn es256_over_text(header: &str, claims: &str) -> String {
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(keys().es256.private_pem.expose().as_bytes())
+        .unwrap();
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::ES256).unwrap();
+    format!("{message}.{signature}")
+}
+
+#[tokio::test]
+async fn duplicate_member_names_rejected() {
+    let gw = gateway().await;
+    let header = r#"{"alg":"ES256","kid":"ec256"}"#;
+    let claims = |sub: &str| {
+        format!(
+            r#"{{"iss":"{ISS}","aud":"api","exp":{},"sub":"user-1"{sub}}}"#,
+            now() + 300
+        )
+    };
+    // The same signer and texts, without a repeat, pass: only the repeat is refused.
+    assert_accepted(&gw, &es256_over_text(header, &claims("")), "no repeat").await;
+    let twice = [
+        (header.to_owned(), claims(r#","sub":"admin""#), "sub twice"),
+        (
+            header.to_owned(),
+            claims(r#","realm":{"roles":["user"],"roles":["admin"]}"#),
+            "nested roles twice",
+        ),
+        (
+            r#"{"alg":"ES256","kid":"ec256","kid":"ec256"}"#.to_owned(),
+            claims(""),
+            "kid twice in the header",
+        ),
+        (
+            r#"{"alg":"HS256","alg":"ES256","kid":"ec256"}"#.to_owned(),
+            claims(""),
+            "alg twice in the header",
+        ),
+    ];
+    for (h, c, what) in &twice {
+        assert_rejected(&gw, &es256_over_text(h, c), what).await;
+    }
+    assert_denials(&gw, "token_duplicate_member", twice.len()).await;
+}
+
+#[tokio::test]
+async fn jws_header_with_enc_rejected() {
+    let gw = gateway().await;
+    let k = keys();
+    for enc in ["A256GCM", "A128CBC-HS256"] {
+        let header = json!({"alg": "ES256", "kid": "ec256", "enc": enc});
+        let t = k.es256.sign_raw(&header, &claims(&json!({}))).unwrap();
+        assert_rejected(&gw, &t, enc).await;
+    }
+    assert_denials(&gw, "token_enc_header", 2).await;
+}
+
+#[tokio::test]
+async fn token_without_kid_never_reaches_keys_with_a_kid() {
+    // Every key of the default provider has a kid.
+    let gw = gateway().await;
+    let k = keys();
+    let t = k
+        .es256
+        .sign_raw(&json!({"alg": "ES256"}), &claims(&json!({})))
+        .unwrap();
+    assert_rejected(&gw, &t, "no kid").await;
+    assert_denials(&gw, "token_unknown_key", 1).await;
+    // A key without kid verifies exactly such tokens.
+    let untagged = gateway_with(
+        authenticators(
+            &provider(
+                ISS,
+                "- pem_file: {path: ec256.pem, algorithms: [ES256]}\n",
+                "",
+            ),
+            "",
+        ),
+        key_files(),
+    )
+    .await;
+    assert_accepted(&untagged, &t, "key without kid").await;
+}
+
+#[tokio::test]
+async fn dates_beyond_year_9999_rejected_not_read_as_never() {
+    let gw = gateway().await;
+    let k = keys();
+    let cases = [
+        json!({"exp": 1e300}),
+        json!({"exp": 253_402_300_800_u64}),
+        json!({"exp": u64::MAX}),
+        json!({"exp": now() + 300, "nbf": 1e19}),
+    ];
+    for c in &cases {
+        assert_rejected(&gw, &k.rs256.sign(&claims(c)).unwrap(), &c.to_string()).await;
+    }
+    assert_denials(&gw, "token_date_out_of_range", cases.len()).await;
+    // With max_lifetime, a far `exp` is too long a life, from `iat` or from now.
+    let bounded = gateway_with(
+        authenticators(&provider(ISS, KEYS_YAML, "max_lifetime: 1h\n"), ""),
+        key_files(),
+    )
+    .await;
+    for c in [
+        json!({"exp": now() + 7300}),
+        json!({"exp": now() + 7300, "iat": null}),
+        json!({"exp": 253_402_300_000_u64, "iat": null}),
+    ] {
+        assert_rejected(
+            &bounded,
+            &k.rs256.sign(&claims(&c)).unwrap(),
+            &c.to_string(),
+        )
+        .await;
+    }
+    assert_denials(&bounded, "token_lifetime_too_long", 3).await;
+}
+
+#[tokio::test]
+async fn id_token_refused_where_access_tokens_are_required() {
+    let k = keys();
+    let gw = gateway_with(
+        authenticators(&provider(ISS, KEYS_YAML, "token_types: [at+jwt]\n"), ""),
+        key_files(),
+    )
+    .await;
+    let typed = |typ: Option<&str>| {
+        let mut header = json!({"alg": "ES256", "kid": "ec256"});
+        if let Some(t) = typ {
+            header["typ"] = json!(t);
+        }
+        k.es256.sign_raw(&header, &claims(&json!({}))).unwrap()
+    };
+    for typ in ["at+jwt", "application/at+jwt", "AT+JWT"] {
+        assert_accepted(&gw, &typed(Some(typ)), typ).await;
+    }
+    // An ID token of the same issuer and audience: `typ: JWT`, or none at all.
+    assert_rejected(&gw, &k.es256.sign(&claims(&json!({}))).unwrap(), "JWT").await;
+    assert_rejected(&gw, &typed(None), "no typ").await;
+    assert_rejected(&gw, &typed(Some("application/jwt")), "application/jwt").await;
+    assert_denials(&gw, "token_type_not_accepted", 3).await;
+}
+
 #[tokio::test]
 async fn exp_and_nbf_as_strings_rejected() {
     let gw = gateway().await;

@@ -134,3 +134,108 @@ async fn optional_remote_source_readiness() {
         Err(VerifyError::KeysUnavailable)
     );
 }
+
+#[tokio::test]
+async fn token_without_kid_tries_only_keys_without_kid() {
+    let tagged = SigningKey::generate(Algorithm::ES256, "tagged").unwrap();
+    let plain = SigningKey::generate(Algorithm::ES256, "plain").unwrap();
+    let stranger = SigningKey::generate(Algorithm::ES256, "stranger").unwrap();
+    let only_tagged = authenticator(&json!([pem_key(&tagged, Some("tagged"))]), &json!({}));
+    let both = authenticator(
+        &json!([pem_key(&tagged, Some("tagged")), pem_key(&plain, None)]),
+        &json!({}),
+    );
+    let refused = |e| Err(VerifyError::Token(e));
+    for (what, a, t, want) in [
+        (
+            "kid names the key",
+            &only_tagged,
+            token(&tagged, Some("tagged")),
+            Ok(()),
+        ),
+        (
+            "no kid: a key with a kid is not tried",
+            &only_tagged,
+            token(&tagged, None),
+            refused(TokenError::UnknownKey),
+        ),
+        (
+            "no kid: only the key without kid",
+            &both,
+            token(&tagged, None),
+            refused(TokenError::BadSignature),
+        ),
+        (
+            "no kid, key without kid",
+            &both,
+            token(&plain, None),
+            Ok(()),
+        ),
+        (
+            "unknown kid falls back to keys without kid",
+            &both,
+            token(&plain, Some("rotated")),
+            Ok(()),
+        ),
+        (
+            "kid of another key",
+            &both,
+            token(&plain, Some("tagged")),
+            refused(TokenError::BadSignature),
+        ),
+        (
+            "unknown kid, no key without kid verifies",
+            &both,
+            token(&stranger, Some("rotated")),
+            refused(TokenError::BadSignature),
+        ),
+    ] {
+        assert_eq!(verify(a, &t).await, want, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn token_type_is_checked_where_required() {
+    let es = SigningKey::generate(Algorithm::ES256, "es").unwrap();
+    let keys = json!([pem_key(&es, Some("es"))]);
+    let access = authenticator(&keys, &json!({"token_types": ["at+jwt"]}));
+    let any = authenticator(&keys, &json!({}));
+    let typed = |typ: Option<&str>| {
+        let mut header = json!({"alg": "ES256", "kid": "es"});
+        if let Some(t) = typ {
+            header["typ"] = json!(t);
+        }
+        es.sign_raw(&header, &claims()).unwrap()
+    };
+    let refused = Err(VerifyError::Token(TokenError::TypeNotAccepted));
+    for (typ, want_access) in [
+        (Some("at+jwt"), Ok(())),
+        (Some("AT+JWT"), Ok(())),
+        (Some("application/at+jwt"), Ok(())),
+        (Some("JWT"), refused),
+        (Some("id_token+jwt"), refused),
+        (None, refused),
+    ] {
+        assert_eq!(verify(&access, &typed(typ)).await, want_access, "{typ:?}");
+        assert_eq!(verify(&any, &typed(typ)).await, Ok(()), "{typ:?}, any type");
+    }
+    // The config names media types, with or without `application/`.
+    let raw: RawJwt = serde_json::from_value(json!({"providers": [{
+        "issuer": ISS, "audiences": ["api"], "keys": keys,
+        "token_types": ["Application/AT+JWT", "", "text/jwt", "a b"],
+    }]}))
+    .unwrap();
+    let errors = JwtAuthenticator::compile(&raw, Path::new("."), None, &mut Vec::new())
+        .unwrap_err()
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        errors,
+        [
+            "providers[0].token_types[1]",
+            "providers[0].token_types[2]",
+            "providers[0].token_types[3]"
+        ]
+    );
+}

@@ -1,17 +1,28 @@
 //! Parsing a compact JWS and checking its claims. The signature check itself is
 //! jsonwebtoken's (aws-lc-rs); everything around it is here, so every rule is explicit:
 //!
+//! - header and claims are JSON objects in which no member name repeats, at any depth: a
+//!   parser that keeps the first of two `sub`s (an upstream reading the token) must never see
+//!   another token than the one we checked, which kept the last;
 //! - the header's `alg` must name one of our algorithms exactly (`none`, `None`, `HS256 ` … are
 //!   unknown); `jku`, `x5u`, `jwk` and `x5c` are never read; any `crit` is refused (we
-//!   understand no extension);
-//! - `exp`, `nbf`, `iat` must be JSON numbers; `exp` is required unless configured otherwise;
-//!   `iss` must be a string equal to the provider's; `aud` (string or non-empty array of
-//!   strings) must name one of the provider's audiences.
+//!   understand no extension), and so is `enc` (a JWE header: we verify signatures only);
+//!   `kid` and `typ`, when present, are strings;
+//! - `exp`, `nbf`, `iat` must be JSON numbers no later than 9999-12-31T23:59:59Z (a date
+//!   beyond is an attempt at "never expires", not a date); `exp` is required unless configured
+//!   otherwise and, with `max_lifetime`, at most that far from `iat` and from now; `iss` must
+//!   be a string equal to the provider's; `aud` (string or non-empty array of strings) must
+//!   name one of the provider's audiences;
+//! - a provider's `token_types` (say `at+jwt`, RFC 9068) must include the header's `typ`,
+//!   compared case-insensitively, `application/` prefix or not (RFC 7515 §4.1.9).
+
+use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
-use serde_json::{Map, Value};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
 use super::keys;
 use crate::config::raw::ClaimType;
@@ -35,6 +46,15 @@ pub enum TokenError {
     /// A `crit` header.
     #[error("unsupported critical header")]
     CriticalHeader,
+    /// An `enc` header: a JWE header on a JWS.
+    #[error("encryption header on a signed token")]
+    EncryptionHeader,
+    /// A member name repeated in the header or the claims.
+    #[error("duplicate member name")]
+    DuplicateMember,
+    /// `typ` absent or not one the provider accepts.
+    #[error("token type not accepted")]
+    TypeNotAccepted,
     /// `iss` is not a configured provider.
     #[error("unknown issuer")]
     UnknownIssuer,
@@ -53,9 +73,12 @@ pub enum TokenError {
     /// `iat` in the future.
     #[error("token issued in the future")]
     IssuedInFuture,
-    /// `exp - iat` beyond the configured maximum.
+    /// `exp - iat`, or `exp - now`, beyond the configured maximum.
     #[error("token lifetime too long")]
     LifetimeTooLong,
+    /// `exp`, `nbf` or `iat` after the year 9999.
+    #[error("date out of range")]
+    DateOutOfRange,
     /// `aud` missing or names none of ours.
     #[error("wrong audience")]
     BadAudience,
@@ -92,6 +115,8 @@ pub struct Parsed<'t> {
     pub alg: Algorithm,
     /// `kid`.
     pub kid: Option<String>,
+    /// `typ`.
+    pub typ: Option<String>,
     /// The claims object.
     pub claims: Map<String, Value>,
     /// `header.payload`, the signed bytes.
@@ -126,6 +151,9 @@ impl TokenError {
             Self::UnsupportedAlgorithm => "token_unsupported_alg",
             Self::AlgorithmNotAllowed => "token_alg_not_allowed",
             Self::CriticalHeader => "token_crit_header",
+            Self::EncryptionHeader => "token_enc_header",
+            Self::DuplicateMember => "token_duplicate_member",
+            Self::TypeNotAccepted => "token_type_not_accepted",
             Self::UnknownIssuer => "token_unknown_issuer",
             Self::UnknownKey => "token_unknown_key",
             Self::BadSignature => "token_bad_signature",
@@ -133,6 +161,7 @@ impl TokenError {
             Self::NotYetValid => "token_not_yet_valid",
             Self::IssuedInFuture => "token_issued_in_future",
             Self::LifetimeTooLong => "token_lifetime_too_long",
+            Self::DateOutOfRange => "token_date_out_of_range",
             Self::BadAudience => "token_bad_audience",
             Self::MissingClaim => "token_missing_claim",
             Self::ClaimType => "token_claim_type",
@@ -168,54 +197,168 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, TokenError> {
     if header.contains_key("crit") {
         return Err(TokenError::CriticalHeader);
     }
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(k)) => Some(k.clone()),
-        Some(_) => return Err(TokenError::Malformed),
+    // Why: `enc` makes a JOSE header a JWE one (RFC 7516 §4.1.2); a library that decides
+    // JWS or JWE by it would read this token otherwise than we do.
+    // Regression: tests::header_rules
+    if header.contains_key("enc") {
+        return Err(TokenError::EncryptionHeader);
+    }
+    let string = |name: &str| match header.get(name) {
+        None => Ok(None),
+        Some(Value::String(k)) => Ok(Some(k.clone())),
+        Some(_) => Err(TokenError::Malformed),
     };
+    let kid = string("kid")?;
+    let typ = string("typ")?;
     // `jku`, `x5u`, `jwk`, `x5c`: deliberately never read. Keys come from configuration only.
     let claims = b64_json(payload)?;
     Ok(Parsed {
         alg,
         kid,
+        typ,
         claims,
         message,
         signature,
     })
 }
 
+/// A base64url JSON object, parsed once, refusing a member name repeated at any depth.
 fn b64_json(part: &str) -> Result<Map<String, Value>, TokenError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| TokenError::Malformed)?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(m)) => Ok(m),
+    // Why: serde_json keeps the last of two equal names, other parsers the first; RFC 7519 §4
+    // lets a recipient refuse such a token, and refusing is the only way every reader of the
+    // token agrees with the claims we checked. One pass builds the value and checks.
+    // Regression: tests::duplicate_members_refused_at_any_depth
+    match serde_json::from_slice::<Strict>(&bytes) {
+        Ok(Strict(Value::Object(m))) => Ok(m),
+        // The visitor accepts every JSON value: a data error is the repeated name.
+        Err(e) if e.is_data() => Err(TokenError::DuplicateMember),
         _ => Err(TokenError::Malformed),
     }
 }
 
-/// A NumericDate claim: absent, or a JSON number (fractions allowed, RFC 7519 §2); anything
-/// else, `"exp": "9999999999"` included, is refused.
-fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, TokenError> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(Value::Number(n)) => {
-            if let Some(u) = n.as_u64() {
-                Ok(Some(u))
-            } else if let Some(f) = n.as_f64().filter(|f| f.is_finite() && *f >= 0.0) {
-                // Saturating: a date beyond u64 seconds is "never" and caught by max_lifetime.
-                #[expect(
-                    clippy::cast_possible_truncation,
-                    clippy::cast_sign_loss,
-                    reason = "finite, non-negative, saturating cast"
-                )]
-                Ok(Some(f.floor() as u64))
-            } else {
-                Err(TokenError::ClaimType)
+/// A JSON value in which no object repeats a member name.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.insert(name, v).is_some() {
+                return Err(de::Error::custom("duplicate member name"));
             }
         }
-        Some(_) => Err(TokenError::ClaimType),
+        Ok(Value::Object(out))
     }
+}
+
+/// Whether a token's `typ` is one of `accepted` (lowercase, without `application/`): compared
+/// case-insensitively, and `application/at+jwt` is `at+jwt` (RFC 7515 §4.1.9). Nothing to
+/// accept: any `typ`, or none.
+pub fn type_accepted(typ: Option<&str>, accepted: &[Box<str>]) -> bool {
+    if accepted.is_empty() {
+        return true;
+    }
+    let Some(typ) = typ else { return false };
+    const PREFIX: &str = "application/";
+    let bare = match typ.get(..PREFIX.len()) {
+        Some(p) if p.eq_ignore_ascii_case(PREFIX) => &typ[PREFIX.len()..],
+        _ => typ,
+    };
+    accepted.iter().any(|a| a.eq_ignore_ascii_case(bare))
+}
+
+/// The latest NumericDate accepted: 9999-12-31T23:59:59Z.
+pub const MAX_DATE: u64 = 253_402_300_799;
+
+/// A NumericDate claim: absent, or a JSON number (fractions allowed, RFC 7519 §2) up to
+/// [`MAX_DATE`]; anything else, `"exp": "9999999999"` included, is refused.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, TokenError> {
+    let date = match claims.get(name) {
+        None => return Ok(None),
+        Some(Value::Number(n)) => {
+            if let Some(u) = n.as_u64() {
+                u
+            } else if let Some(f) = n.as_f64().filter(|f| f.is_finite() && *f >= 0.0) {
+                // Why: a date past year 9999 (1e300, say) would otherwise saturate into
+                // "valid for ever"; it is refused, never read as a date.
+                // Regression: tests::time_claims
+                if f > MAX_DATE as f64 {
+                    return Err(TokenError::DateOutOfRange);
+                }
+                whole_seconds(f)
+            } else {
+                return Err(TokenError::ClaimType);
+            }
+        }
+        Some(_) => return Err(TokenError::ClaimType),
+    };
+    if date > MAX_DATE {
+        return Err(TokenError::DateOutOfRange);
+    }
+    Ok(Some(date))
+}
+
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "callers pass a finite, non-negative f64 of at most MAX_DATE"
+)]
+fn whole_seconds(f: f64) -> u64 {
+    f.floor() as u64
 }
 
 /// Checks the time, issuer-independent and audience claims. Returns `exp`.
@@ -240,7 +383,9 @@ pub fn check_claims(
         return Err(TokenError::IssuedInFuture);
     }
     if let Some(max) = rules.max_lifetime {
-        let start = iat.unwrap_or(now);
+        // Measured from `iat` and from now: an `iat` a little ahead (within the leeway) does
+        // not buy a longer life.
+        let start = iat.map_or(now, |iat| iat.min(now));
         match exp {
             Some(exp) if exp.saturating_sub(start) > max.saturating_add(rules.leeway) => {
                 return Err(TokenError::LifetimeTooLong);
@@ -366,6 +511,23 @@ mod tests {
             ok(json!({"aud": "api", "exp": 1.8e9 + 60.5})),
             Ok(Some(NOW + 60))
         );
+        // Beyond year 9999: refused, never read as "never expires".
+        for (c, what) in [
+            (json!({"aud": "api", "exp": MAX_DATE}), "the last second"),
+            (json!({"aud": "api", "exp": MAX_DATE + 1}), "exp"),
+            (json!({"aud": "api", "exp": 1e300}), "exp as a huge float"),
+            (json!({"aud": "api", "exp": 2.6e11}), "exp as a float"),
+            (json!({"aud": "api", "exp": u64::MAX}), "exp as u64::MAX"),
+            (json!({"aud": "api", "exp": NOW + 60, "nbf": 1e19}), "nbf"),
+            (json!({"aud": "api", "exp": NOW + 60, "iat": 9e15}), "iat"),
+        ] {
+            let want = if what == "the last second" {
+                Ok(Some(MAX_DATE))
+            } else {
+                Err(TokenError::DateOutOfRange)
+            };
+            assert_eq!(ok(c), want, "{what}");
+        }
     }
 
     #[test]
@@ -383,6 +545,116 @@ mod tests {
             check(json!({"aud": "api", "exp": NOW + 7200}), &r),
             Err(TokenError::LifetimeTooLong)
         );
+        // `iat` ahead (within the leeway) does not stretch the lifetime from now.
+        assert_eq!(
+            check(
+                json!({"aud": "api", "iat": NOW + 30, "exp": NOW + 3660}),
+                &r
+            ),
+            Err(TokenError::LifetimeTooLong)
+        );
+        assert_eq!(
+            check(json!({"aud": "api", "exp": MAX_DATE}), &r),
+            Err(TokenError::LifetimeTooLong)
+        );
+    }
+
+    #[test]
+    fn token_types() {
+        let at: Box<[Box<str>]> = Box::new(["at+jwt".into()]);
+        let either: Box<[Box<str>]> = Box::new(["at+jwt".into(), "jwt".into()]);
+        for (typ, accepted, want) in [
+            (Some("at+jwt"), &at, true),
+            (Some("AT+JWT"), &at, true),
+            (Some("application/at+jwt"), &at, true),
+            (Some("Application/At+JWT"), &at, true),
+            (Some("JWT"), &at, false),
+            (None, &at, false),
+            (Some(""), &at, false),
+            (Some("at+jwt "), &at, false),
+            (Some("text/at+jwt"), &at, false),
+            (Some("application/"), &at, false),
+            (Some("JWT"), &either, true),
+            (Some("application/jwt"), &either, true),
+            (Some("id+jwt"), &either, false),
+        ] {
+            assert_eq!(
+                type_accepted(typ, accepted),
+                want,
+                "{typ:?} in {accepted:?}"
+            );
+        }
+        assert!(type_accepted(None, &[]), "nothing required");
+        assert!(type_accepted(Some("anything"), &[]));
+    }
+
+    /// A token from raw JSON texts (members may repeat).
+    fn raw_token(header: &str, claims: &str) -> String {
+        format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        )
+    }
+
+    #[test]
+    fn duplicate_members_refused_at_any_depth() {
+        let header = r#"{"alg":"ES256","kid":"k"}"#;
+        let claims = r#"{"sub":"u1","aud":"api"}"#;
+        assert!(parse(&raw_token(header, claims)).is_ok());
+        for (h, c, what) in [
+            (r#"{"alg":"ES256","alg":"HS256"}"#, claims, "alg twice"),
+            (
+                r#"{"alg":"ES256","kid":"a","kid":"b"}"#,
+                claims,
+                "kid twice",
+            ),
+            (header, r#"{"sub":"user","sub":"admin"}"#, "sub twice"),
+            (
+                header,
+                r#"{"sub":"u","aud":"api","aud":"other"}"#,
+                "aud twice",
+            ),
+            (
+                header,
+                r#"{"sub":"u","realm":{"roles":["user"],"roles":["admin"]}}"#,
+                "nested object",
+            ),
+            (
+                header,
+                r#"{"sub":"u","l":[{"a":1,"a":2}]}"#,
+                "object in an array",
+            ),
+            (header, r#"{"sub":"u","sub":"x"}"#, "the same name, escaped"),
+        ] {
+            assert_eq!(
+                parse(&raw_token(h, c)).err(),
+                Some(TokenError::DuplicateMember),
+                "{what}"
+            );
+        }
+        // Equal values under different names, and equal names in sibling objects, are fine.
+        let t = raw_token(
+            header,
+            r#"{"a":{"x":1},"b":{"x":1},"c":[1,1],"d":1.5,"e":null,"f":true}"#,
+        );
+        let p = parse(&t).unwrap();
+        assert_eq!(
+            Value::Object(p.claims),
+            json!({"a": {"x": 1}, "b": {"x": 1}, "c": [1, 1], "d": 1.5, "e": null, "f": true})
+        );
+        for (h, c) in [
+            (header, r#"{"a":1"#),
+            (header, "[]"),
+            (header, r#""s""#),
+            (r#"{"alg":"ES256"}}"#, claims),
+        ] {
+            assert_eq!(
+                parse(&raw_token(h, c)).err(),
+                Some(TokenError::Malformed),
+                "{h} {c}"
+            );
+        }
     }
 
     #[test]
@@ -474,12 +746,26 @@ mod tests {
             parse(&token(&json!({"alg": "RS256", "kid": 5}), &c)).err(),
             Some(TokenError::Malformed)
         );
+        assert_eq!(
+            parse(&token(&json!({"alg": "RS256", "typ": ["JWT"]}), &c)).err(),
+            Some(TokenError::Malformed)
+        );
+        for enc in [json!("A256GCM"), json!(""), json!(null)] {
+            assert_eq!(
+                parse(&token(&json!({"alg": "ES256", "enc": enc}), &c)).err(),
+                Some(TokenError::EncryptionHeader),
+                "{enc}"
+            );
+        }
         let t = token(
             &json!({"alg": "ES256", "kid": "k", "jku": "http://evil/jwks"}),
             &json!({"a": 1}),
         );
         let p = parse(&t).unwrap();
         assert_eq!((p.alg, p.kid.as_deref()), (Algorithm::ES256, Some("k")));
+        let t = token(&json!({"alg": "ES256", "typ": "at+jwt"}), &c);
+        let p = parse(&t).unwrap();
+        assert_eq!(p.typ.as_deref(), Some("at+jwt"));
     }
 
     #[test]
