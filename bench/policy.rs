@@ -20,7 +20,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use portcullis::authn::jwt::mint::SigningKey;
 use portcullis::authn::principal::{Principal, PrincipalKind};
 use portcullis::authz::assertion::Assertion;
-use portcullis::authz::expr::Condition;
+use portcullis::authz::expr::{Budget, Condition, ConditionError};
 use portcullis::authz::identity::{Context, IdentityHeaders};
 use portcullis::authz::require::Requirements;
 use portcullis::authz::route::{MethodSet, PathPattern, RouteTable, Rule, RuleId};
@@ -98,11 +98,39 @@ fn benches(c: &mut Criterion) {
     let params = vec![("user_id".into(), "alice".to_owned())];
     let when = Condition::compile(
         "params.user_id == principal.id && claims.tenant == 'acme' && action == 'read_mine'",
+        Budget::default(),
     )
     .unwrap();
     assert!(when.eval(&facts, Some(&p), &params).is_ok());
     c.bench_function("cel_when", |b| {
         b.iter(|| when.eval(black_box(&facts), Some(&p), &params).is_ok());
+    });
+
+    // Comprehensions: a small one (the usual case, metered), and about the most one
+    // evaluation can spend: nested, 50 × 1000 elements, cut short by the default budget
+    // after some 20000 steps (two passes over the inner list).
+    let roles =
+        Condition::compile("principal.roles.exists(r, r == 'admin')", Budget::default()).unwrap();
+    assert!(roles.eval(&facts, Some(&p), &params).is_ok());
+    c.bench_function("cel_exists_roles", |b| {
+        b.iter(|| roles.eval(black_box(&facts), Some(&p), &params).is_ok());
+    });
+    let mut big = principal();
+    big.claims
+        .insert("big".into(), json!((0..1000).collect::<Vec<_>>()));
+    big.claims
+        .insert("mid".into(), json!((0..50).collect::<Vec<_>>()));
+    let worst = Condition::compile(
+        "claims.mid.exists(x, claims.big.exists(y, x == y + 1000))",
+        Budget::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        worst.eval(&facts, Some(&big), &params),
+        Err(ConditionError::BudgetExceeded)
+    );
+    c.bench_function("cel_budget_spent", |b| {
+        b.iter(|| worst.eval(black_box(&facts), Some(&big), &params).is_err());
     });
 
     let identity = IdentityHeaders::compile([

@@ -8,12 +8,18 @@
 //! GET/HEAD with a `mine` query parameter, `update` = PUT/PATCH, `delete` = DELETE, otherwise
 //! the method in lower case).
 //!
-//! Invariants: only a boolean `true` allows; `false`, another type or an evaluation error
-//! (a missing claim, a type mismatch) denies. Only the variables an expression refers to are
-//! built for a request.
+//! The comprehension macros (`all`, `exists`, `exists_one`, `map`, `filter`) work with the
+//! variables they bind (`claims.roles.exists(r, r == 'admin')`); what they may cost is bounded
+//! (see [`budget`]): nesting and size at compile, list length and steps as they run.
+//!
+//! Invariants: only a boolean `true` allows; `false`, another type, an evaluation error (a
+//! missing claim, a type mismatch) or a spent budget denies. Only the variables an expression
+//! refers to are built for a request.
+
+mod budget;
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use cel::common::types::{
     CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
@@ -21,16 +27,22 @@ use cel::common::types::{
 use cel::common::value::CowVal;
 use cel::context::VariableResolver;
 use cel::objects::Value as Cel;
-use cel::{Context, Program};
+use cel::{Context, IdedExpr, Program};
 use http::Method;
 use serde_json::Value;
 
 use crate::authn::principal::{Principal, PrincipalKind};
 use crate::request::RequestFacts;
 
+pub use self::budget::{Budget, MAX_COMPREHENSION_DEPTH, MAX_NESTING, MAX_NODES, MAX_SOURCE_BYTES};
+
 /// A compiled `when` expression.
 pub struct Condition {
-    program: Program,
+    /// The expression, macros expanded (and, if it has comprehensions, metered).
+    expr: IdedExpr,
+    /// Whether it runs under the budget's meter.
+    metered: bool,
+    budget: Budget,
     source: Box<str>,
     /// Whether the expression reads `params` (the caller then extracts path parameters).
     uses_params: bool,
@@ -43,7 +55,12 @@ pub enum ConditionError {
     False,
     /// Evaluation failed: the message, for logs and `explain`.
     Error(String),
+    /// The evaluation ran past its budget and was cut short.
+    BudgetExceeded,
 }
+
+/// The variables an expression may read.
+const VARIABLES: [&str; 5] = ["claims", "principal", "request", "params", "action"];
 
 static ROOT: OnceLock<Context<'static, 'static>> = OnceLock::new();
 
@@ -58,8 +75,15 @@ impl std::fmt::Debug for Condition {
 }
 
 impl Condition {
-    /// Compiles an expression; unknown top-level variables are errors.
-    pub fn compile(source: &str) -> Result<Self, String> {
+    /// Compiles an expression; unknown variables (not one of ours, not bound by a
+    /// comprehension), comprehensions nested too deep and expressions too large are errors.
+    pub fn compile(source: &str, budget: Budget) -> Result<Self, String> {
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(format!(
+                "expression too long: {} bytes, at most {MAX_SOURCE_BYTES}",
+                source.len()
+            ));
+        }
         let program = Program::compile(source).map_err(|e| {
             let text = e.to_string();
             format!(
@@ -67,18 +91,15 @@ impl Condition {
                 text.lines().next().unwrap_or("syntax error")
             )
         })?;
-        let refs = program.references();
-        let known = ["claims", "principal", "request", "params", "action"];
-        for v in refs.variables() {
-            if !known.contains(&v) {
-                return Err(format!(
-                    "unknown variable `{v}`: use claims, principal, request, params or action"
-                ));
-            }
-        }
+        // Why: the crate's reference list names a comprehension's own variables (`r` in
+        // `roles.exists(r, …)`) as if they were ours; the check walks scopes instead.
+        // Regression: tests::comprehension_macros_and_their_variables
+        let checked = budget::check(program.expression(), &VARIABLES)?;
         Ok(Self {
-            uses_params: refs.has_variable("params"),
-            program,
+            expr: checked.expr,
+            metered: checked.metered,
+            budget,
+            uses_params: checked.uses_params,
             source: source.into(),
         })
     }
@@ -103,7 +124,8 @@ impl Condition {
         principal: Option<&Principal>,
         params: &[(Box<str>, String)],
     ) -> Result<(), ConditionError> {
-        let root: &Context<'_, '_> = ROOT.get_or_init(Context::default);
+        let root: &Context<'_, '_> =
+            ROOT.get_or_init(|| Context::with_env(Arc::new(budget::env())));
         let vars = Vars {
             facts,
             principal,
@@ -112,7 +134,16 @@ impl Condition {
         };
         let mut cx = root.new_inner_scope();
         cx.set_variable_resolver(&vars);
-        match self.program.execute(&cx) {
+        let result = if self.metered {
+            let (result, exceeded) = budget::metered(self.budget, || Cel::resolve(&self.expr, &cx));
+            if exceeded {
+                return Err(ConditionError::BudgetExceeded);
+            }
+            result
+        } else {
+            Cel::resolve(&self.expr, &cx)
+        };
+        match result {
             Ok(Cel::Bool(true)) => Ok(()),
             Ok(_) => Err(ConditionError::False),
             Err(e) => Err(ConditionError::Error(e.to_string())),
@@ -339,183 +370,4 @@ fn json_owned(v: &Value) -> Val<'static> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use http::Request;
-    use serde_json::json;
-
-    use super::*;
-    use crate::request::facts::ConnInfo;
-
-    fn principal() -> Principal {
-        Principal {
-            id: "u1".into(),
-            kind: PrincipalKind::User,
-            authenticator: Arc::from("users"),
-            issuer: None,
-            scopes: vec!["read".into()].into(),
-            roles: vec!["admin".into()].into(),
-            tenant: Some("acme".into()),
-            api_key_id: None,
-            claims: json!({"sub": "u1", "org": {"tier": 2}, "groups": ["a", "b"]})
-                .as_object()
-                .unwrap()
-                .clone(),
-            expires_at: None,
-            derived: Default::default(),
-        }
-    }
-
-    fn eval(
-        expr: &str,
-        method: &str,
-        target: &str,
-        p: Option<&Principal>,
-    ) -> Result<(), ConditionError> {
-        let (parts, ()) = Request::builder()
-            .method(method)
-            .uri(target)
-            .header("host", "api.test")
-            .header("x-team", "blue")
-            .body(())
-            .unwrap()
-            .into_parts();
-        let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), "l".into(), None);
-        let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
-        let params = [("user_id".into(), "u1".to_owned())];
-        Condition::compile(expr).unwrap().eval(&facts, p, &params)
-    }
-
-    #[test]
-    fn every_variable() {
-        let p = principal();
-        for expr in [
-            "claims.org.tier == 2",
-            "'b' in claims.groups",
-            "principal.id == 'u1' && principal.kind == 'user' && principal.authenticated",
-            "'admin' in principal.roles && principal.tenant == 'acme'",
-            "request.method == 'GET' && request.host == 'api.test' && request.path == '/users/u1'",
-            "request.query.page == '2' && request.headers['x-team'] == 'blue'",
-            "params.user_id == principal.id",
-            "action == 'read'",
-            "request.path.startsWith('/users/')",
-        ] {
-            assert_eq!(
-                eval(expr, "GET", "/users/u1?page=2", Some(&p)),
-                Ok(()),
-                "{expr}"
-            );
-        }
-        assert_eq!(
-            eval("params.user_id == principal.id", "GET", "/users/u1", None),
-            Err(ConditionError::False)
-        );
-    }
-
-    #[test]
-    fn anonymous_and_repeated_variables() {
-        for expr in [
-            "!principal.authenticated && principal.kind == 'anonymous' && principal.id == ''",
-            "size(claims) == 0 && !has(claims.sub) && principal.issuer == null",
-            "request.path == '/users/u1' && request.method == 'GET' && request.query.page == '2'",
-            "params.user_id == 'u1' && params.user_id.size() == 2",
-        ] {
-            assert_eq!(
-                eval(expr, "GET", "/users/u1?page=2", None),
-                Ok(()),
-                "{expr}"
-            );
-        }
-    }
-
-    #[test]
-    fn principal_view_is_kept_and_reused() {
-        let p = principal();
-        let expr =
-            "claims.sub == principal.id && principal.roles == ['admin'] && has(claims.org.tier)";
-        // The first evaluation builds the principal's view, the next ones reuse it.
-        for _ in 0..3 {
-            assert_eq!(eval(expr, "GET", "/", Some(&p)), Ok(()));
-        }
-        assert!(
-            p.derived.get_or_init(|| 0u8).is_none(),
-            "the view is stored"
-        );
-        // A clone (another request's principal) builds its own.
-        let mut other = p.clone();
-        other.id = "u2".into();
-        assert_eq!(
-            eval("principal.id == 'u2'", "GET", "/", Some(&other)),
-            Ok(())
-        );
-        assert_eq!(
-            eval(expr, "GET", "/", Some(&other)),
-            Err(ConditionError::False)
-        );
-        assert_eq!(eval(expr, "GET", "/", Some(&p)), Ok(()));
-
-        // A principal whose slot holds something else still evaluates as itself.
-        let taken = principal();
-        assert_eq!(taken.derived.get_or_init(|| 7u8), Some(&7));
-        assert_eq!(eval(expr, "GET", "/", Some(&taken)), Ok(()));
-        assert_eq!(
-            eval(
-                "principal.authenticated && size(claims) == 3",
-                "GET",
-                "/",
-                Some(&taken)
-            ),
-            Ok(())
-        );
-    }
-
-    #[test]
-    fn actions_from_methods() {
-        for (m, target, want) in [
-            ("GET", "/x", "read"),
-            ("HEAD", "/x", "read"),
-            ("GET", "/x?mine", "read_mine"),
-            ("GET", "/x?a=1&mine=true", "read_mine"),
-            ("GET", "/x?mined=1", "read"),
-            ("POST", "/x", "create"),
-            ("PUT", "/x", "update"),
-            ("PATCH", "/x", "update"),
-            ("DELETE", "/x", "delete"),
-        ] {
-            assert_eq!(
-                eval(&format!("action == '{want}'"), m, target, None),
-                Ok(()),
-                "{m} {target}"
-            );
-        }
-    }
-
-    #[test]
-    fn only_true_allows() {
-        let p = principal();
-        assert_eq!(
-            eval("false", "GET", "/", Some(&p)),
-            Err(ConditionError::False)
-        );
-        assert_eq!(
-            eval("'yes'", "GET", "/", Some(&p)),
-            Err(ConditionError::False)
-        );
-        assert!(matches!(
-            eval("claims.missing == 'x'", "GET", "/", Some(&p)),
-            Err(ConditionError::Error(_))
-        ));
-        assert!(eval("claims.org.tier == 'two'", "GET", "/", Some(&p)).is_err());
-    }
-
-    #[test]
-    fn compile_errors() {
-        assert!(Condition::compile("claims.x ==").is_err());
-        assert!(
-            Condition::compile("user.id == 'a'")
-                .unwrap_err()
-                .contains("unknown variable `user`")
-        );
-    }
-}
+mod tests;

@@ -58,6 +58,8 @@ pub enum Unmet {
     ClientCertificate,
     /// The rule's `when` expression did not hold.
     Condition,
+    /// The rule's `when` expression ran past its budget (`policies.conditions`).
+    ConditionBudget,
 }
 
 // === impl Unmet ===
@@ -73,6 +75,7 @@ impl Unmet {
             Self::Network => "network_not_allowed",
             Self::ClientCertificate => "client_certificate_required",
             Self::Condition => "condition_failed",
+            Self::ConditionBudget => "condition_budget_exceeded",
         }
     }
 }

@@ -512,7 +512,10 @@ pub fn compile(
                     ));
                     None
                 }
-                (Some(src), Effect::Allow) => match crate::authz::expr::Condition::compile(src) {
+                (Some(src), Effect::Allow) => match crate::authz::expr::Condition::compile(
+                    src,
+                    crate::authz::expr::Budget::from(&cfg.policies.conditions),
+                ) {
                     Ok(c) => Some(c),
                     Err(m) => {
                         diags.push(at("when", m));

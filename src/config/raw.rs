@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -347,6 +348,9 @@ pub struct RawPolicies {
     /// running rules stay.
     #[serde(default)]
     pub allow_empty: bool,
+    /// What a rule's `when` expression may cost per request.
+    #[serde(default)]
+    pub conditions: RawConditionLimits,
 }
 
 impl Default for RawPolicies {
@@ -354,6 +358,33 @@ impl Default for RawPolicies {
         Self {
             dir: default_policy_dir(),
             allow_empty: false,
+            conditions: RawConditionLimits::default(),
+        }
+    }
+}
+
+/// Run-time limits of `when` expressions with comprehensions (`all`, `exists`, `exists_one`,
+/// `map`, `filter`); at compile, those nest at most two deep and an expression has at most
+/// 1000 nodes. Over a limit, the evaluation stops and the rule denies with
+/// `condition_budget_exceeded` (403).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConditionLimits {
+    /// Longest list or map a comprehension may range over (a token's roles, say).
+    pub max_list_size: NonZeroU64,
+    /// Steps one evaluation may take: a comprehension costs the length of its range times
+    /// the size of its body (charged before it runs, as if it visited every element), and
+    /// each list or map a comprehension body reads from the variables costs its length.
+    /// Default 20000: at most about a millisecond of evaluation (`bench/policy.rs`,
+    /// `cel_budget_spent`); an `exists` over 1000 roles costs about 12000.
+    pub max_steps: NonZeroU64,
+}
+
+impl Default for RawConditionLimits {
+    fn default() -> Self {
+        Self {
+            max_list_size: NonZeroU64::MIN.saturating_add(999),
+            max_steps: NonZeroU64::MIN.saturating_add(19_999),
         }
     }
 }

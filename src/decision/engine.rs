@@ -157,13 +157,19 @@ pub async fn decide(
         match when.eval(facts, principal.as_deref(), &params) {
             Ok(()) => trace.record(TraceEvent::ConditionHeld),
             Err(e) => {
-                let why = match e {
-                    ConditionError::False => "false".to_owned(),
-                    ConditionError::Error(m) => m,
+                let (why, unmet) = match e {
+                    ConditionError::False => ("false".to_owned(), Unmet::Condition),
+                    ConditionError::Error(m) => (m, Unmet::Condition),
+                    ConditionError::BudgetExceeded => (
+                        "its evaluation ran past policies.conditions (max_list_size or \
+                         max_steps) and was cut short"
+                            .to_owned(),
+                        Unmet::ConditionBudget,
+                    ),
                 };
                 tracing::debug!(rule = &*rule.id.0, reason = %why, "Condition did not hold");
                 trace.record(TraceEvent::ConditionFailed(why));
-                return deny_principal(rule, DenyKind::Unmet(Unmet::Condition), principal.as_ref());
+                return deny_principal(rule, DenyKind::Unmet(unmet), principal.as_ref());
             }
         }
     }

@@ -493,6 +493,138 @@ async fn when_expressions_are_compiled_at_load() {
     }
 }
 
+fn when_rule(name: &str, path: &str, when: &str) -> String {
+    format!(
+        "  - name: {name}\n    match: {{paths: [\"{path}\"]}}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n    when: \"{when}\"\n"
+    )
+}
+
+#[tokio::test]
+async fn when_comprehension_macros_pass_check_and_decide() {
+    let macros = [
+        ("exists", "claims.realm.roles.exists(r, r == 'admin')"),
+        ("all", "claims.realm.roles.all(r, r.startsWith('team-'))"),
+        ("one", "claims.realm.roles.exists_one(r, r == 'lead')"),
+        (
+            "map",
+            "claims.realm.roles.map(r, r + '!').exists(r, r == 'admin!')",
+        ),
+        (
+            "filter",
+            "size(claims.realm.roles.filter(r, r in principal.roles)) >= 2",
+        ),
+        (
+            "nested",
+            "claims.teams.exists(t, claims.realm.roles.exists(r, r == 'team-' + t))",
+        ),
+    ];
+    let rules: String = macros
+        .iter()
+        .map(|(name, when)| when_rule(name, &format!("/{name}/**"), when))
+        .collect();
+    let cfg = ConfigDir::new(&authn());
+    cfg.write("hs.secret", SECRET);
+    cfg.write("policies/p.yaml", format!("rules:\n{rules}"));
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("unknown variable"), "{text}");
+
+    let gw = gateway(&rules).await;
+    let admin = token(&json!({"realm": {"roles": ["admin", "lead", "team-a"]}, "teams": ["a"]}));
+    let team = token(&json!({"realm": {"roles": ["team-a", "team-b"]}, "teams": ["c"]}));
+    for (path, t, want) in [
+        ("/exists/x", &admin, StatusCode::OK),
+        ("/exists/x", &team, StatusCode::FORBIDDEN),
+        ("/all/x", &team, StatusCode::OK),
+        ("/all/x", &admin, StatusCode::FORBIDDEN),
+        ("/one/x", &admin, StatusCode::OK),
+        ("/one/x", &team, StatusCode::FORBIDDEN),
+        ("/map/x", &admin, StatusCode::OK),
+        ("/map/x", &team, StatusCode::FORBIDDEN),
+        ("/filter/x", &admin, StatusCode::OK),
+        ("/filter/x", &team, StatusCode::OK),
+        ("/nested/x", &admin, StatusCode::OK),
+        ("/nested/x", &team, StatusCode::FORBIDDEN),
+    ] {
+        let (status, challenge, body) = get(&gw, path, Some(t)).await;
+        assert_eq!(status, want, "{path}: {body}");
+        if status == StatusCode::FORBIDDEN {
+            assert!(body.contains("\"error\":\"condition_failed\""), "{body}");
+            assert!(challenge.is_empty(), "{challenge}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn when_too_deep_or_too_large_is_refused_by_check() {
+    let deep = "claims.a.exists(x, claims.b.exists(y, claims.c.exists(z, x == y && y == z)))";
+    let cfg = ConfigDir::new(&authn());
+    cfg.write("hs.secret", SECRET);
+    cfg.write(
+        "policies/p.yaml",
+        format!(
+            "rules:\n{}{}",
+            when_rule("deep", "/a/**", deep),
+            when_rule("free", "/b/**", "claims.a.exists(x, true) && x")
+        ),
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    for expected in [
+        "p.yaml:7:5: error: rules[0].when: comprehensions (all, exists, exists_one, map, filter) nest at most 2 deep",
+        "p.yaml:13:5: error: rules[1].when: unknown variable `x`",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+}
+
+#[tokio::test]
+async fn when_over_its_budget_is_denied_with_its_reason() {
+    let rules = [
+        when_rule("long", "/long/**", "claims.big.exists(x, x < 0)"),
+        when_rule(
+            "nested",
+            "/nested/**",
+            "claims.big.exists(x, claims.big.exists(y, x == y + 1000))",
+        ),
+        when_rule("swallowed", "/or/**", "claims.big.exists(x, x < 0) || true"),
+    ]
+    .concat();
+    let gw = gateway(&rules).await;
+    // 1001 numbers: one more than policies.conditions.max_list_size allows by default.
+    let too_long = token(&json!({"big": (0..1001).collect::<Vec<_>>()}));
+    // 600 × 600 pairs: within the list size, far over max_steps.
+    let wide = token(&json!({"big": (0..600).collect::<Vec<_>>()}));
+    let fine = token(&json!({"big": (0..10).collect::<Vec<_>>()}));
+    let started = std::time::Instant::now();
+    for (path, t) in [
+        ("/long/x", &too_long),
+        ("/nested/x", &wide),
+        ("/or/x", &too_long),
+    ] {
+        let (status, challenge, body) = get(&gw, path, Some(t)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        assert!(
+            body.contains("\"error\":\"condition_budget_exceeded\""),
+            "{path}: {body}"
+        );
+        assert!(challenge.is_empty(), "{challenge}");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        get(&gw, "/long/x", Some(&fine)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(get(&gw, "/or/x", Some(&fine)).await.0, StatusCode::OK);
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let line = "portcullis_denials_total{door=\"proxy\",reason=\"condition_budget_exceeded\"} 3";
+    assert!(metrics.contains(line), "{line} in {metrics}");
+}
+
 #[test]
 fn check_warns_about_rules_that_can_never_match() {
     let cfg = ConfigDir::new("");

@@ -1,0 +1,410 @@
+//! `when` expressions: variables, actions, comprehensions and their budget.
+
+use std::sync::Arc;
+
+use http::Request;
+use serde_json::json;
+
+use super::*;
+use crate::request::facts::ConnInfo;
+
+fn principal() -> Principal {
+    Principal {
+        id: "u1".into(),
+        kind: PrincipalKind::User,
+        authenticator: Arc::from("users"),
+        issuer: None,
+        scopes: vec!["read".into()].into(),
+        roles: vec!["admin".into()].into(),
+        tenant: Some("acme".into()),
+        api_key_id: None,
+        claims: json!({"sub": "u1", "org": {"tier": 2}, "groups": ["a", "b"]})
+            .as_object()
+            .unwrap()
+            .clone(),
+        expires_at: None,
+        derived: Default::default(),
+    }
+}
+
+fn eval(
+    expr: &str,
+    method: &str,
+    target: &str,
+    p: Option<&Principal>,
+) -> Result<(), ConditionError> {
+    eval_within(expr, method, target, p, Budget::default())
+}
+
+fn eval_within(
+    expr: &str,
+    method: &str,
+    target: &str,
+    p: Option<&Principal>,
+    budget: Budget,
+) -> Result<(), ConditionError> {
+    let (parts, ()) = Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", "api.test")
+        .header("x-team", "blue")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), "l".into(), None);
+    let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+    let params = [("user_id".into(), "u1".to_owned())];
+    Condition::compile(expr, budget)
+        .unwrap()
+        .eval(&facts, p, &params)
+}
+
+#[test]
+fn every_variable() {
+    let p = principal();
+    for expr in [
+        "claims.org.tier == 2",
+        "'b' in claims.groups",
+        "principal.id == 'u1' && principal.kind == 'user' && principal.authenticated",
+        "'admin' in principal.roles && principal.tenant == 'acme'",
+        "request.method == 'GET' && request.host == 'api.test' && request.path == '/users/u1'",
+        "request.query.page == '2' && request.headers['x-team'] == 'blue'",
+        "params.user_id == principal.id",
+        "action == 'read'",
+        "request.path.startsWith('/users/')",
+    ] {
+        assert_eq!(
+            eval(expr, "GET", "/users/u1?page=2", Some(&p)),
+            Ok(()),
+            "{expr}"
+        );
+    }
+    assert_eq!(
+        eval("params.user_id == principal.id", "GET", "/users/u1", None),
+        Err(ConditionError::False)
+    );
+}
+
+#[test]
+fn anonymous_and_repeated_variables() {
+    for expr in [
+        "!principal.authenticated && principal.kind == 'anonymous' && principal.id == ''",
+        "size(claims) == 0 && !has(claims.sub) && principal.issuer == null",
+        "request.path == '/users/u1' && request.method == 'GET' && request.query.page == '2'",
+        "params.user_id == 'u1' && params.user_id.size() == 2",
+    ] {
+        assert_eq!(
+            eval(expr, "GET", "/users/u1?page=2", None),
+            Ok(()),
+            "{expr}"
+        );
+    }
+}
+
+#[test]
+fn principal_view_is_kept_and_reused() {
+    let p = principal();
+    let expr = "claims.sub == principal.id && principal.roles == ['admin'] && has(claims.org.tier)";
+    // The first evaluation builds the principal's view, the next ones reuse it.
+    for _ in 0..3 {
+        assert_eq!(eval(expr, "GET", "/", Some(&p)), Ok(()));
+    }
+    assert!(
+        p.derived.get_or_init(|| 0u8).is_none(),
+        "the view is stored"
+    );
+    // A clone (another request's principal) builds its own.
+    let mut other = p.clone();
+    other.id = "u2".into();
+    assert_eq!(
+        eval("principal.id == 'u2'", "GET", "/", Some(&other)),
+        Ok(())
+    );
+    assert_eq!(
+        eval(expr, "GET", "/", Some(&other)),
+        Err(ConditionError::False)
+    );
+    assert_eq!(eval(expr, "GET", "/", Some(&p)), Ok(()));
+
+    // A principal whose slot holds something else still evaluates as itself.
+    let taken = principal();
+    assert_eq!(taken.derived.get_or_init(|| 7u8), Some(&7));
+    assert_eq!(eval(expr, "GET", "/", Some(&taken)), Ok(()));
+    assert_eq!(
+        eval(
+            "principal.authenticated && size(claims) == 3",
+            "GET",
+            "/",
+            Some(&taken)
+        ),
+        Ok(())
+    );
+}
+
+#[test]
+fn actions_from_methods() {
+    for (m, target, want) in [
+        ("GET", "/x", "read"),
+        ("HEAD", "/x", "read"),
+        ("GET", "/x?mine", "read_mine"),
+        ("GET", "/x?a=1&mine=true", "read_mine"),
+        ("GET", "/x?mined=1", "read"),
+        ("POST", "/x", "create"),
+        ("PUT", "/x", "update"),
+        ("PATCH", "/x", "update"),
+        ("DELETE", "/x", "delete"),
+    ] {
+        assert_eq!(
+            eval(&format!("action == '{want}'"), m, target, None),
+            Ok(()),
+            "{m} {target}"
+        );
+    }
+}
+
+#[test]
+fn only_true_allows() {
+    let p = principal();
+    assert_eq!(
+        eval("false", "GET", "/", Some(&p)),
+        Err(ConditionError::False)
+    );
+    assert_eq!(
+        eval("'yes'", "GET", "/", Some(&p)),
+        Err(ConditionError::False)
+    );
+    assert!(matches!(
+        eval("claims.missing == 'x'", "GET", "/", Some(&p)),
+        Err(ConditionError::Error(_))
+    ));
+    assert!(eval("claims.org.tier == 'two'", "GET", "/", Some(&p)).is_err());
+}
+
+#[test]
+fn compile_errors() {
+    let compile = |e: &str| Condition::compile(e, Budget::default());
+    assert!(compile("claims.x ==").is_err());
+    assert!(
+        compile("user.id == 'a'")
+            .unwrap_err()
+            .contains("unknown variable `user`")
+    );
+}
+
+#[test]
+fn comprehension_macros_and_their_variables() {
+    let p = principal();
+    for (expr, want) in [
+        ("claims.groups.exists(g, g == 'a')", Ok(())),
+        ("claims.groups.all(g, g in ['a', 'b'])", Ok(())),
+        ("claims.groups.exists_one(g, g == 'b')", Ok(())),
+        ("claims.groups.map(g, g + '!') == ['a!', 'b!']", Ok(())),
+        ("claims.groups.filter(g, g != 'a') == ['b']", Ok(())),
+        ("principal.roles.exists(r, r == 'admin')", Ok(())),
+        ("claims.org.exists(k, k == 'tier')", Ok(())),
+        ("request.query.exists(k, k == 'page')", Ok(())),
+        (
+            "claims.groups.exists(g, principal.roles.exists(r, r == 'admin' && g == 'b'))",
+            Ok(()),
+        ),
+        (
+            "claims.groups.exists(g, has(claims.org.tier) && claims.org.tier == 2 && g == 'a')",
+            Ok(()),
+        ),
+        (
+            "claims.groups.exists(g, params.user_id == principal.id)",
+            Ok(()),
+        ),
+        ("claims.groups.map(g, g).exists(h, h == 'a')", Ok(())),
+        ("claims.groups.exists(claims, claims == 'a')", Ok(())),
+        ("claims.groups.all(g, g == 'a')", Err(ConditionError::False)),
+        (
+            "claims.groups.exists_one(g, g != 'z')",
+            Err(ConditionError::False),
+        ),
+        ("claims.groups.filter(g, g == 'z') == []", Ok(())),
+    ] {
+        assert_eq!(eval(expr, "GET", "/x?page=1", Some(&p)), want, "{expr}");
+    }
+    let c = Condition::compile(
+        "claims.groups.exists(g, params.user_id == g)",
+        Budget::default(),
+    )
+    .unwrap();
+    assert!(c.uses_params(), "params read inside a body");
+}
+
+#[test]
+fn comprehension_compile_errors() {
+    let compile = |e: &str| Condition::compile(e, Budget::default()).map(|_| ());
+    for (expr, message) in [
+        ("claims.groups.exists(g, h == 'a')", "unknown variable `h`"),
+        (
+            "claims.groups.exists(g, true) && g == 'a'",
+            "unknown variable `g`",
+        ),
+        (
+            "claims.groups.map(g, g).exists(h, g == h)",
+            "unknown variable `g`",
+        ),
+        ("user.roles.exists(r, r == 'a')", "unknown variable `user`"),
+        (
+            "claims.a.exists(x, claims.b.exists(y, claims.c.exists(z, x == y && y == z)))",
+            "nest at most 2 deep",
+        ),
+        (
+            "claims.a.all(x, claims.b.map(y, claims.c.filter(z, z == y)).size() > 0)",
+            "nest at most 2 deep",
+        ),
+    ] {
+        let err = compile(expr).unwrap_err();
+        assert!(err.contains(message), "{expr}: {err}");
+    }
+    assert_eq!(
+        compile("claims.a.exists(x, claims.b.exists(y, x == y))"),
+        Ok(())
+    );
+    // Nodes are counted once macros are expanded.
+    let list = vec!["1"; MAX_NODES].join(",");
+    let err = compile(&format!("[{list}].size() > 0")).unwrap_err();
+    assert!(err.contains("expression too large"), "{err}");
+    let list = vec!["1"; MAX_NODES - 10].join(",");
+    assert_eq!(compile(&format!("[{list}].size() > 0")), Ok(()));
+    // Deep nesting is refused before anything recurses over it (parsing, checking and
+    // evaluating all recurse, on a worker thread's stack).
+    let deep = format!("{} == {MAX_NESTING}", vec!["1"; MAX_NESTING].join(" + "));
+    let err = compile(&deep).unwrap_err();
+    assert!(err.contains("nested too deep"), "{err}");
+    let err = compile(&vec!["1"; 3000].join("+")).unwrap_err();
+    assert!(err.contains("expression too long"), "{err}");
+}
+
+#[test]
+fn the_deepest_expression_compiles_and_evaluates() {
+    let n = MAX_NESTING - 2;
+    let deep = format!("{} == {n}", vec!["1"; n].join(" + "));
+    assert_eq!(eval(&deep, "GET", "/", None), Ok(()));
+    let deep = format!(
+        "claims.groups.exists(g, {} == {n})",
+        vec!["1"; n - 4].join(" + ")
+    );
+    assert_eq!(
+        eval(&deep, "GET", "/", Some(&principal())),
+        Err(ConditionError::False)
+    );
+}
+
+/// A principal whose `big` claim holds `n` numbers and `small` ten.
+fn with_lists(n: i64) -> Principal {
+    let mut p = principal();
+    p.claims
+        .insert("big".into(), json!((0..n).collect::<Vec<_>>()));
+    p.claims
+        .insert("small".into(), json!((0..10).collect::<Vec<_>>()));
+    p
+}
+
+#[test]
+fn nested_comprehension_over_a_large_claim_is_cut_short() {
+    let over = Err(ConditionError::BudgetExceeded);
+    let tight = Budget {
+        max_list_size: 1000,
+        max_steps: 100_000,
+    };
+    let started = std::time::Instant::now();
+    for (n, expr, want) in [
+        // Ranges longer than max_list_size are refused before a step is taken.
+        (1001, "claims.big.exists(x, x < 0)", over.clone()),
+        (1000, "claims.big.exists(x, x == 999)", Ok(())),
+        (1000, "claims.big.map(x, x).size() == 1000", Ok(())),
+        // Nested over 1000 × 1000 elements: cut short, not a second of work.
+        (
+            1000,
+            "claims.big.exists(x, claims.big.exists(y, x == y + 1000))",
+            over.clone(),
+        ),
+        (
+            1000,
+            "claims.big.all(x, claims.big.all(y, x >= 0))",
+            over.clone(),
+        ),
+        // A list read in a body is paid for on each element: 1000 × `x in big`.
+        (
+            1000,
+            "claims.big.exists(x, x in claims.big && x < 0)",
+            over.clone(),
+        ),
+        (
+            1000,
+            "claims.small.exists(x, x in claims.big && x == 9)",
+            Ok(()),
+        ),
+        // A cut-short evaluation denies even where `||` or `exists` would drop the error.
+        (1001, "claims.big.exists(x, x < 0) || true", over.clone()),
+        (
+            1000,
+            "claims.small.exists(x, x == 0 || claims.big.exists(y, y == x))",
+            Ok(()),
+        ),
+        // Cut short at x == 8; at x == 9 `error || true` would have been true.
+        (
+            1000,
+            "claims.small.exists(x, claims.big.exists(y, y > x + 5000) || x == 9)",
+            over,
+        ),
+        // No comprehension, no meter: a long list costs its length once.
+        (
+            5000,
+            "size(claims.big) == 5000 && 4999 in claims.big",
+            Ok(()),
+        ),
+    ] {
+        assert_eq!(
+            eval_within(expr, "GET", "/", Some(&with_lists(n)), tight),
+            want,
+            "{expr} over {n}"
+        );
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn budget_limits_come_from_the_config() {
+    let p = with_lists(50);
+    let expr = "claims.big.exists(x, claims.big.exists(y, x == y + 100))";
+    let roomy = Budget {
+        max_list_size: 50,
+        max_steps: 1_000_000,
+    };
+    assert_eq!(
+        eval_within(expr, "GET", "/", Some(&p), roomy),
+        Err(ConditionError::False)
+    );
+    for small in [
+        Budget {
+            max_list_size: 49,
+            ..roomy
+        },
+        Budget {
+            max_steps: 1000,
+            ..roomy
+        },
+    ] {
+        assert_eq!(
+            eval_within(expr, "GET", "/", Some(&p), small),
+            Err(ConditionError::BudgetExceeded),
+            "{small:?}"
+        );
+    }
+    // Each evaluation has its own meter.
+    for _ in 0..3 {
+        assert_eq!(
+            eval_within(expr, "GET", "/", Some(&p), roomy),
+            Err(ConditionError::False)
+        );
+    }
+}
