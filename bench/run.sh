@@ -64,10 +64,10 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v python3 >/dev/null || die "python3 is needed to pick free ports"
 
-log "building target/release/portcullis and the bare hyper proxy"
-cargo build --release --locked --bin portcullis --example bare-proxy >&2
-BIN=$ROOT/target/release/portcullis
-BARE=$ROOT/target/release/examples/bare-proxy
+log "building target/perf/portcullis and the bare hyper proxy (profile perf: release + thin LTO)"
+cargo build --profile perf --locked --bin portcullis --example bare-proxy >&2
+BIN=$ROOT/target/perf/portcullis
+BARE=$ROOT/target/perf/examples/bare-proxy
 
 # --- ports, certificate --------------------------------------------------------------------------
 # Bind all sockets at once so the ports are distinct, then release them.
