@@ -178,7 +178,7 @@ fn benches(c: &mut Criterion) {
     let facts = RequestFacts::from_parts(&full, &conn, &[]).unwrap();
     let d = rt.block_on(decision::decide(&f.snapshot, &facts, &mut NoTrace));
     assert!(
-        matches!(&d, Decision::Allow(a) if a.identity.len() == 4),
+        matches!(&d, Decision::Allow(a) if a.mutation.set.len() == 4),
         "{d:?}"
     );
     c.bench_function("decide_full_policy", |b| {

@@ -2,7 +2,9 @@
 //! Knows nothing of the door the request came through.
 
 pub mod engine;
+pub mod mutation;
 pub mod outcome;
 
 pub use engine::{NoTrace, Trace, TraceEvent, decide};
+pub use mutation::HeaderMutation;
 pub use outcome::{Allow, Decision, Deny, DenyKind, Refusal};

@@ -262,28 +262,34 @@ pub fn strip(source: &CredentialSource, headers: &mut HeaderMap) {
         CredentialSource::Header(name) => {
             headers.remove(name);
         }
-        CredentialSource::Cookie(name) => {
-            let kept: Vec<String> = headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter(|pair| {
-                    pair.split_once('=')
-                        .is_none_or(|(k, _)| k.trim() != &**name)
-                })
-                .map(|pair| pair.trim().to_owned())
-                .filter(|pair| !pair.is_empty())
-                .collect();
-            headers.remove(header::COOKIE);
-            if !kept.is_empty()
-                && let Ok(v) = http::HeaderValue::from_str(&kept.join("; "))
-            {
-                headers.insert(header::COOKIE, v);
+        CredentialSource::Cookie(name) => match without_cookie(headers, name) {
+            None => {
+                headers.remove(header::COOKIE);
             }
-        }
+            Some(kept) => {
+                headers.insert(header::COOKIE, kept);
+            }
+        },
         CredentialSource::Query(_) => {}
     }
+}
+
+/// The `Cookie` header value without the cookie `name` (every `Cookie` field joined), or
+/// `None` when no other cookie is left.
+pub fn without_cookie(headers: &HeaderMap, name: &str) -> Option<http::HeaderValue> {
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter(|pair| pair.split_once('=').is_none_or(|(k, _)| k.trim() != name))
+        .map(|pair| pair.trim().to_owned())
+        .filter(|pair| !pair.is_empty())
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    http::HeaderValue::from_str(&kept.join("; ")).ok()
 }
 
 /// The query without any `name=…` pair for the given names (`None` when nothing is left);

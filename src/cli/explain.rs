@@ -220,15 +220,15 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
                 return Ok((report, true));
             };
             let uri = service::upstream_uri(upstream, &allow, &facts, &parts.uri);
-            let origin = service::Origin::of(&facts, &parts);
+            let peer_text = crate::request::facts::ip_header_value(facts.conn.peer.ip());
+            let origin = service::Origin::of(&facts, &parts, &peer_text);
             drop(facts);
-            let identity = std::mem::take(&mut allow.identity);
+            let mutation = std::mem::take(&mut allow.mutation);
             let request_id = HeaderValue::from_static("(generated per request)");
             service::upstream_headers(
                 &mut parts.headers,
                 snapshot,
-                &allow,
-                identity,
+                mutation,
                 origin,
                 &request_id,
                 upstream,

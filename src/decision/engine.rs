@@ -206,7 +206,12 @@ pub async fn decide(
         principal,
         authenticator,
         query_credentials: rule.query_credentials.clone(),
-        identity,
+        mutation: super::HeaderMutation::compute(
+            snapshot,
+            facts,
+            authenticator.and_then(|i| snapshot.authn.at(i)),
+            identity,
+        ),
         identity_refused,
     })
 }

@@ -36,8 +36,9 @@ pub struct Allow {
     pub authenticator: Option<usize>,
     /// Query parameters holding credentials, removed before forwarding.
     pub query_credentials: Option<Arc<[Box<str>]>>,
-    /// Identity headers to set upstream (after every configured name was stripped).
-    pub identity: Vec<(http::HeaderName, HeaderValue)>,
+    /// What the request's headers become upstream: spoofed and credential headers removed,
+    /// identity headers set; the same for every door.
+    pub mutation: super::HeaderMutation,
     /// Identity header values refused (CR, LF, non-visible characters): left out.
     pub identity_refused: usize,
 }

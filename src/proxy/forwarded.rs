@@ -22,7 +22,7 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub struct Origin {
     /// The TCP peer.
     pub peer: IpAddr,
-    /// The peer's address as header text (see [`crate::request::facts::ConnInfo::peer_text`]).
+    /// The peer's address as header text (see [`super::service::Conn::peer_text`]).
     pub peer_text: HeaderValue,
     /// Whether the peer is a trusted proxy.
     pub peer_trusted: bool,
@@ -38,7 +38,11 @@ impl Origin {
     /// Where a request came from; the authority is the one that was decided on (lowercase
     /// host, port): usually the client's `Host` exactly, shared without a copy, rebuilt only
     /// when normalisation changed it.
-    pub fn of(facts: &RequestFacts<'_>, parts: &http::request::Parts) -> Self {
+    pub fn of(
+        facts: &RequestFacts<'_>,
+        parts: &http::request::Parts,
+        peer_text: &HeaderValue,
+    ) -> Self {
         let authority = match parts.headers.get(header::HOST) {
             Some(h)
                 if parts.uri.authority().is_none()
@@ -59,7 +63,7 @@ impl Origin {
         };
         Self {
             peer: facts.conn.peer.ip(),
-            peer_text: facts.conn.peer_text.clone(),
+            peer_text: peer_text.clone(),
             peer_trusted: facts.peer_trusted,
             client_ip: facts.client_ip,
             scheme: facts.scheme,

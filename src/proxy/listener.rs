@@ -17,7 +17,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use super::service::{self, Shared};
+use super::service::{self, Conn, Shared};
 use crate::body::ResponseBody;
 use crate::request::facts::{ClientCert, ConnInfo, TlsInfo};
 use crate::snapshot::ServerSettings;
@@ -126,7 +126,7 @@ async fn serve_stream(
     shutdown: watch::Receiver<bool>,
 ) {
     let Some(tls) = tls else {
-        let conn = ConnInfo::new(peer, listener, None);
+        let conn = Conn::new(ConnInfo::new(peer, listener, None));
         serve_http(stream, conn, http2, None, &server, shared, shutdown).await;
         return;
     };
@@ -156,7 +156,7 @@ async fn serve_stream(
             .map(|c| Arc::new(ClientCert::parse(c).unwrap_or_else(|| ClientCert::unreadable(c)))),
         binding,
     };
-    let conn = ConnInfo::new(peer, listener, Some(info));
+    let conn = Conn::new(ConnInfo::new(peer, listener, Some(info)));
     let alpn_h2 = Some(alpn.as_deref() == Some(b"h2"));
     serve_http(stream, conn, http2, alpn_h2, &server, shared, shutdown).await;
 }
@@ -165,7 +165,7 @@ async fn serve_stream(
 /// deadline passes or the gateway drains.
 async fn serve_http<I>(
     io: I,
-    conn: ConnInfo,
+    conn: Conn,
     http2: bool,
     alpn_h2: Option<bool>,
     s: &ServerSettings,

@@ -18,7 +18,7 @@ use super::{forwarded, hop_by_hop, request_id};
 use crate::authn::credential;
 use crate::body::{self, PrefetchError, RequestBody, ResponseBody};
 use crate::decision::outcome;
-use crate::decision::{self, Decision, NoTrace, Refusal};
+use crate::decision::{self, Decision, HeaderMutation, NoTrace, Refusal};
 use crate::request::RequestFacts;
 use crate::request::facts::ConnInfo;
 use crate::snapshot::Snapshot;
@@ -33,6 +33,24 @@ pub struct Shared {
     pub current: Arc<ArcSwap<Snapshot>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+}
+
+/// A proxy-door connection: the door-neutral facts the core reads, and what only this door
+/// needs, computed once per connection rather than per request.
+#[derive(Debug)]
+pub struct Conn {
+    /// What the core sees.
+    pub info: ConnInfo,
+    /// The peer's address as header text (`X-Forwarded-For`, `Forwarded`, `x-real-ip`).
+    pub peer_text: HeaderValue,
+}
+
+impl Conn {
+    /// A connection described by `info`.
+    pub fn new(info: ConnInfo) -> Self {
+        let peer_text = crate::request::facts::ip_header_value(info.peer.ip());
+        Self { info, peer_text }
+    }
 }
 
 /// What the access log and metrics need once the response head is known.
@@ -71,37 +89,21 @@ pub fn upstream_uri(
 }
 
 /// Rewrites the (hop-by-hop-stripped) headers of an allowed request for its upstream: the
-/// credential when the authenticator strips it, every spoofable identity header in any
-/// spelling, then the rule's identity headers, the forwarding headers, the request id and
-/// `Host`. The one place this happens: the proxy door and `portcullis explain` both call it.
+/// core's [`HeaderMutation`] (spoofed and credential headers removed, identity headers set),
+/// then the forwarding headers, the request id and `Host`. The one place this happens: the
+/// proxy door and `portcullis explain` both call it.
 pub fn upstream_headers(
     headers: &mut http::HeaderMap,
     snapshot: &Snapshot,
-    allow: &crate::decision::Allow,
-    identity: Vec<(http::HeaderName, HeaderValue)>,
+    mutation: HeaderMutation,
     origin: Origin,
     request_id: &HeaderValue,
     upstream: &crate::upstream::Upstream,
 ) {
     // Room for what is added below (identity, five forwarding headers, request id), so the
     // map grows once rather than once per insert past its parsed size.
-    headers.reserve(identity.len() + 6);
-    // What was verified here is not replayed upstream when the authenticator says so.
-    if let Some(a) = allow
-        .authenticator
-        .and_then(|i| snapshot.authn.at(i))
-        .filter(|a| a.strip)
-    {
-        for source in &*a.sources {
-            credential::strip(source, headers);
-        }
-    }
-    // Whatever the rule: a client must never hand the upstream an identity header, nor one
-    // an inner proxy would have set; then the rule's own are added.
-    snapshot.spoofable.strip(headers, origin.peer_trusted);
-    for (name, value) in identity {
-        headers.insert(name, value);
-    }
+    headers.reserve(mutation.set.len() + 6);
+    mutation.apply(headers);
     forwarded::apply(headers, &origin);
     headers.insert(
         snapshot.server.request_id_header.clone(),
@@ -117,7 +119,7 @@ pub fn upstream_headers(
 /// Handles one request; never fails: every failure is a response.
 pub async fn handle(
     shared: &Shared,
-    conn: &ConnInfo,
+    conn: &Conn,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
@@ -149,7 +151,7 @@ pub async fn handle(
                 decision: Outcome::Error,
                 rule: None,
                 reason: Some("h2c_upgrade"),
-                client_ip: conn.peer.ip(),
+                client_ip: conn.info.peer.ip(),
                 principal: None,
             },
         );
@@ -169,14 +171,15 @@ pub async fn handle(
                 decision: Outcome::Error,
                 rule: None,
                 reason: Some(reason),
-                client_ip: conn.peer.ip(),
+                client_ip: conn.info.peer.ip(),
                 principal: None,
             },
         );
     }
     hop_by_hop::strip(&mut parts.headers);
 
-    let facts = match RequestFacts::from_parts(&parts, conn, &snapshot.server.trusted_proxies) {
+    let facts = match RequestFacts::from_parts(&parts, &conn.info, &snapshot.server.trusted_proxies)
+    {
         Ok(f) => f,
         Err(e) => {
             shared.metrics.bad_request(e.as_str());
@@ -193,7 +196,7 @@ pub async fn handle(
                     decision: Outcome::Error,
                     rule: None,
                     reason: Some(e.as_str()),
-                    client_ip: conn.peer.ip(),
+                    client_ip: conn.info.peer.ip(),
                     principal: None,
                 },
             );
@@ -255,7 +258,7 @@ pub async fn handle(
     } else {
         (Box::default(), Box::default())
     };
-    let origin = Origin::of(&facts, &parts);
+    let origin = Origin::of(&facts, &parts, &conn.peer_text);
     drop(facts);
     if allow.identity_refused > 0 {
         shared
@@ -264,7 +267,7 @@ pub async fn handle(
             .inc_by(allow.identity_refused as u64);
         tracing::warn!(rule = %allow.rule.0, refused = allow.identity_refused, "Identity header values with forbidden characters were left out");
     }
-    let identity = std::mem::take(&mut allow.identity);
+    let mutation = std::mem::take(&mut allow.mutation);
     let method = parts.method.clone();
     let principal = allow.principal.as_deref().map(|p| &*p.id);
     let rule: &str = &allow.rule.0;
@@ -299,8 +302,7 @@ pub async fn handle(
     upstream_headers(
         &mut parts.headers,
         &snapshot,
-        &allow,
-        identity,
+        mutation,
         origin,
         &request_id,
         &upstream,
@@ -381,7 +383,7 @@ pub async fn handle(
 struct Ctx<'a> {
     shared: &'a Shared,
     snapshot: &'a Snapshot,
-    conn: &'a ConnInfo,
+    conn: &'a Conn,
     request_id: &'a HeaderValue,
     start: Instant,
 }
@@ -399,7 +401,7 @@ impl Ctx<'_> {
         self.shared.metrics.request(done.decision, status, latency);
         if self.snapshot.access_log {
             access_log::log(&AccessRecord {
-                listener: &self.conn.listener,
+                listener: &self.conn.info.listener,
                 method: done.method,
                 host: done.host,
                 path: done.path,

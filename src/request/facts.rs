@@ -24,32 +24,80 @@ pub enum Scheme {
     Https,
 }
 
-/// What the door knows about the connection a request arrived on.
+/// The door a request came through. The decision does not depend on it; logs, metrics and
+/// the shape of the answer do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Door {
+    /// The reverse proxy.
+    Proxy,
+    /// Envoy's gRPC `Authorization/Check`.
+    EnvoyGrpc,
+    /// Envoy's HTTP ext_authz mode.
+    EnvoyHttp,
+    /// nginx `auth_request`, Traefik ForwardAuth, Caddy `forward_auth`, APISIX, Kong.
+    ForwardAuth,
+}
+
+/// What the door vouches for about where a request came from. Each door defines the fields:
+///
+/// | door | `peer` | `listener` | `tls` (SNI, client certificate) |
+/// |---|---|---|---|
+/// | proxy | the TCP peer | the listener it arrived on | the connection's TLS session |
+/// | envoy-grpc | `attributes.source.address` (believed: the door only serves configured peers) | the ext_authz listener | `attributes.source.certificate` and the TLS session Envoy saw |
+/// | envoy-http, forward-auth | the original client: the forwarded-for chain from the trusted peer, read through `server.trusted_proxies` | the door's listener | none (the client's TLS ended at the peer) |
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
-    /// The TCP peer.
+    /// Which door.
+    pub door: Door,
+    /// Who sent the request, as the door defines it (see the table).
     pub peer: SocketAddr,
     /// The listener's name.
     pub listener: Arc<str>,
-    /// Set for TLS connections.
+    /// The client's TLS session, where the door knows it.
     pub tls: Option<TlsInfo>,
-    /// The peer's address as header text, written once per connection rather than per request
-    /// (`X-Forwarded-For`, `Forwarded`, `x-real-ip`).
-    pub peer_text: HeaderValue,
 }
 
 impl ConnInfo {
-    /// A connection from `peer` on `listener`.
+    /// A proxy-door connection from `peer` on `listener`.
     pub fn new(peer: SocketAddr, listener: Arc<str>, tls: Option<TlsInfo>) -> Self {
-        let mut text = String::with_capacity(15);
-        push_ip(&mut text, peer.ip());
+        Self::for_door(Door::Proxy, peer, listener, tls)
+    }
+
+    /// A request from `peer` (as `door` defines it) on `listener`.
+    pub fn for_door(
+        door: Door,
+        peer: SocketAddr,
+        listener: Arc<str>,
+        tls: Option<TlsInfo>,
+    ) -> Self {
         Self {
+            door,
             peer,
             listener,
             tls,
-            // An address's text is always a valid header value.
-            peer_text: HeaderValue::from_str(&text)
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
+/// An address's text as a header value (`X-Forwarded-For`, `Forwarded`, `x-real-ip`).
+pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    let mut text = String::with_capacity(15);
+    push_ip(&mut text, ip);
+    // An address's text is always a valid header value.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+// === impl Door ===
+
+impl Door {
+    /// Its label in metrics, logs and `explain --door`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::EnvoyGrpc => "envoy-grpc",
+            Self::EnvoyHttp => "envoy-http",
+            Self::ForwardAuth => "forward-auth",
         }
     }
 }
@@ -208,8 +256,59 @@ pub enum FactsError {
 
 // === impl RequestFacts ===
 
+/// A request's head in the door's own terms: what [`RequestFacts::new`] takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// How the client reached the gateway (or the door's peer, as it reports).
+    pub scheme: Scheme,
+    /// The authority as sent: the target's (absolute form, `:authority`) or else `Host`.
+    /// `None`: the request named none.
+    pub authority: Option<&'a str>,
+    /// The request target in origin form, `/path?query`, raw.
+    pub target: &'a str,
+    /// The request headers as received (hop-by-hop ones already removed).
+    pub headers: &'a HeaderMap,
+}
+
 impl<'a> RequestFacts<'a> {
-    /// Builds the facts of a request from its head.
+    /// Builds the facts from door-neutral inputs: every door ends here, so one request gets one
+    /// canonical path, host and client address whichever door it took.
+    pub fn new(
+        head: Head<'a>,
+        conn: &'a ConnInfo,
+        trusted_proxies: &[IpNet],
+    ) -> Result<Self, FactsError> {
+        let (host, port) = parse_host(head.authority.ok_or(FactsError::MissingHost)?)?;
+        // Why: with per-host client CAs, a connection made for a.example (certificate from
+        // CA-A) must not carry requests for b.example, which requires CA-B.
+        // Regression: tests (it) credentials::client_ca_per_host
+        if let Some(b) = conn.tls.as_ref().and_then(|t| t.binding.as_ref())
+            && !b.allows(&host)
+        {
+            return Err(FactsError::Misdirected);
+        }
+        let (raw_path, query) = match head.target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (head.target, None),
+        };
+        let path = path::canonicalize(raw_path)?;
+        Ok(Self {
+            method: head.method,
+            scheme: head.scheme,
+            host,
+            port,
+            path,
+            query,
+            headers: head.headers,
+            client_ip: client_ip(conn.peer.ip(), head.headers, trusted_proxies),
+            peer_trusted: trusted_proxies.iter().any(|n| n.contains(&conn.peer.ip())),
+            conn,
+        })
+    }
+
+    /// The proxy door's adapter: the facts of a request from its parsed head.
     pub fn from_parts(
         parts: &'a Parts,
         conn: &'a ConnInfo,
@@ -218,32 +317,25 @@ impl<'a> RequestFacts<'a> {
         if parts.method == Method::CONNECT || parts.uri.path() == "*" {
             return Err(FactsError::UnsupportedTarget);
         }
-        let (host, port) = host_of(parts)?;
-        // Why: with per-host client CAs, a connection made for a.example (certificate from
-        // CA-A) must not carry requests for b.example, which requires CA-B.
-        // Regression: tests (it) tls::client_ca_per_host
-        if let Some(b) = conn.tls.as_ref().and_then(|t| t.binding.as_ref())
-            && !b.allows(&host)
-        {
-            return Err(FactsError::Misdirected);
-        }
-        let path = path::canonicalize(parts.uri.path())?;
-        Ok(Self {
-            method: &parts.method,
-            scheme: if conn.tls.is_some() {
-                Scheme::Https
-            } else {
-                Scheme::Http
+        let target = match parts.uri.path_and_query() {
+            Some(pq) => pq.as_str(),
+            None => parts.uri.path(),
+        };
+        Self::new(
+            Head {
+                method: &parts.method,
+                scheme: if conn.tls.is_some() {
+                    Scheme::Https
+                } else {
+                    Scheme::Http
+                },
+                authority: authority_of(parts)?,
+                target,
+                headers: &parts.headers,
             },
-            host,
-            port,
-            path,
-            query: parts.uri.query(),
-            headers: &parts.headers,
-            client_ip: client_ip(conn.peer.ip(), &parts.headers, trusted_proxies),
-            peer_trusted: trusted_proxies.iter().any(|n| n.contains(&conn.peer.ip())),
             conn,
-        })
+            trusted_proxies,
+        )
     }
 }
 
@@ -273,22 +365,20 @@ impl FactsError {
     }
 }
 
-/// The host and port: the URI's authority when the request has one (absolute-form, HTTP/2
+/// The authority as sent: the URI's when the request has one (absolute-form, HTTP/2
 /// `:authority`), which RFC 9112 §3.2.2 says wins over `Host`; otherwise the single `Host`.
-fn host_of(parts: &Parts) -> Result<(Cow<'_, str>, Option<u16>), FactsError> {
+fn authority_of(parts: &Parts) -> Result<Option<&str>, FactsError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
         return Err(FactsError::MultipleHosts);
     }
-    let raw = match parts.uri.authority() {
-        Some(a) => a.as_str(),
+    match parts.uri.authority() {
+        Some(a) => Ok(Some(a.as_str())),
         None => first
-            .ok_or(FactsError::MissingHost)?
-            .to_str()
-            .map_err(|_| FactsError::InvalidHost)?,
-    };
-    parse_host(raw)
+            .map(|h| h.to_str().map_err(|_| FactsError::InvalidHost))
+            .transpose(),
+    }
 }
 
 /// Splits and normalises `host[:port]` / `[v6]:port`.
@@ -417,7 +507,7 @@ mod tests {
             push_ip(&mut s, ip);
             assert_eq!(s, ip.to_string());
         }
-        assert_eq!(conn().peer_text, "192.0.2.7");
+        assert_eq!(ip_header_value("192.0.2.7".parse().unwrap()), "192.0.2.7");
     }
 
     #[test]
