@@ -4,7 +4,9 @@
 pub mod engine;
 pub mod mutation;
 pub mod outcome;
+pub mod refusal;
 
 pub use engine::{NoTrace, Trace, TraceEvent, decide};
 pub use mutation::HeaderMutation;
-pub use outcome::{Allow, Decision, Deny, DenyKind, Refusal};
+pub use outcome::{Allow, Decision, Deny, DenyKind};
+pub use refusal::{GrpcCode, Refusal};

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderValue, StatusCode};
 
 use crate::authn::jwt::verify::TokenError;
 use crate::authn::principal::Principal;
@@ -13,6 +13,8 @@ use crate::authz::require::Unmet;
 use crate::authz::route::RuleId;
 use crate::ratelimit::Throttle;
 use crate::snapshot::Challenges;
+
+use super::refusal::Refusal;
 
 /// The answer for one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,53 +62,6 @@ pub struct Deny {
     /// A challenge chosen by the rule or the authenticator instead of the kind's usual one:
     /// for a missing scope, the rule's naming its scopes; for API keys, the `ApiKey` scheme.
     pub challenge: Option<HeaderValue>,
-}
-
-/// The answer a door gives for a denial: the same in every door.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// The status.
-    pub status: StatusCode,
-    /// `WWW-Authenticate`, for 401s, the ambiguous-credential 400 and a missing scope.
-    pub challenge: Option<HeaderValue>,
-    /// `Location`, for a login redirect.
-    pub location: Option<HeaderValue>,
-    /// A short JSON body (none for a redirect).
-    pub body: Option<String>,
-    /// Over a rate limit: `Retry-After` and `RateLimit-*`.
-    pub throttle: Option<Throttle>,
-}
-
-// === impl Refusal ===
-
-impl Refusal {
-    /// The headers of the answer besides `Content-Type`: the challenge, the redirect, and
-    /// for a 429 `Retry-After`, `RateLimit-Limit`, `RateLimit-Remaining` and
-    /// `RateLimit-Reset` (draft-ietf-httpapi-ratelimit-headers).
-    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
-        let throttle = self.throttle.iter().flat_map(|t| {
-            [
-                (header::RETRY_AFTER, HeaderValue::from(t.retry_after)),
-                (
-                    HeaderName::from_static("ratelimit-limit"),
-                    HeaderValue::from(t.limit),
-                ),
-                (
-                    HeaderName::from_static("ratelimit-remaining"),
-                    HeaderValue::from_static("0"),
-                ),
-                (
-                    HeaderName::from_static("ratelimit-reset"),
-                    HeaderValue::from(t.retry_after),
-                ),
-            ]
-        });
-        self.challenge
-            .iter()
-            .map(|c| (header::WWW_AUTHENTICATE, c.clone()))
-            .chain(self.location.iter().map(|l| (header::LOCATION, l.clone())))
-            .chain(throttle)
-    }
 }
 
 /// Every way a request is denied.

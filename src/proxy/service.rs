@@ -17,7 +17,6 @@ pub use super::forwarded::Origin;
 use super::{forwarded, hop_by_hop, request_id};
 use crate::authn::credential;
 use crate::body::{self, PrefetchError, RequestBody, ResponseBody};
-use crate::decision::outcome;
 use crate::decision::{self, Decision, HeaderMutation, NoTrace, Refusal};
 use crate::request::RequestFacts;
 use crate::request::facts::ConnInfo;
@@ -53,16 +52,27 @@ impl Conn {
     }
 }
 
-/// What the access log and metrics need once the response head is known.
-struct Done<'a> {
-    method: &'a str,
-    host: &'a str,
-    path: &'a str,
-    decision: Outcome,
-    rule: Option<&'a str>,
-    reason: Option<&'static str>,
-    client_ip: IpAddr,
-    principal: Option<&'a str>,
+/// Why a request does not get its upstream's answer. Every early exit of every phase is one
+/// of these, turned into a response in one place ([`Ctx::rescue`]).
+enum Failure {
+    /// Refused before any rule: the head or the body is malformed or over a limit. The
+    /// connection is not reused.
+    Malformed(StatusCode, &'static str),
+    /// Denied by the decision (boxed: it is the large variant, and the rare path).
+    Denied(Box<crate::decision::Deny>),
+    /// Allowed, but it could not be forwarded or answered (the upstream, its timeout).
+    Failed(StatusCode, &'static str),
+}
+
+/// What the access log learns as a request goes through the phases; copied out of the
+/// request only when a line will be written.
+#[derive(Default)]
+struct Log {
+    host: Box<str>,
+    path: Box<str>,
+    rule: Option<crate::authz::route::RuleId>,
+    principal: Option<Arc<crate::authn::principal::Principal>>,
+    client_ip: Option<IpAddr>,
 }
 
 /// The target forwarded upstream: the canonical path that was decided on plus the raw query,
@@ -116,7 +126,10 @@ pub fn upstream_headers(
     }
 }
 
-/// Handles one request; never fails: every failure is a response.
+/// Handles one request; never fails: every failure is a response. The phases, in order:
+/// [`facts`] (the head checked, hop-by-hop headers gone, the door-neutral facts), the
+/// decision, [`upstream_request`] (target, headers, body), [`send`] and [`respond`]; any of
+/// them may end the request with a [`Failure`], which [`Ctx::rescue`] answers.
 pub async fn handle(
     shared: &Shared,
     conn: &Conn,
@@ -125,168 +138,118 @@ pub async fn handle(
     let start = Instant::now();
     // One snapshot for the whole request, even if a reload lands meanwhile.
     let snapshot = shared.current.load_full();
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let request_id =
         request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         shared,
         snapshot: &snapshot,
         conn,
         request_id: &request_id,
         start,
+        method: parts.method.clone(),
+        version: parts.version,
+        log: Log::default(),
+        outcome: Outcome::Allow,
+        reason: None,
     };
+    let resp = match forward(&mut ctx, parts, body).await {
+        Ok(resp) => resp,
+        Err(failure) => ctx.rescue(failure),
+    };
+    ctx.finish(resp)
+}
 
+/// Every phase of a request the decision allows, up to the upstream's answer.
+async fn forward(
+    ctx: &mut Ctx<'_>,
+    mut parts: http::request::Parts,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, Failure> {
+    let snapshot = ctx.snapshot;
+    let conn = ctx.conn;
+    check_head(ctx, &mut parts)?;
+    let (allow, uri, origin, upstream) = {
+        let facts = facts(ctx, &parts, &conn.info)?;
+        let allow = match decision::decide(snapshot, &facts, &mut NoTrace).await {
+            Decision::Deny(d) => return Err(Failure::Denied(Box::new(d))),
+            Decision::Allow(a) => a,
+        };
+        ctx.log.rule = Some(allow.rule.clone());
+        ctx.log.principal.clone_from(&allow.principal);
+        // Compile guarantees allow rules have an upstream; answer safely if not.
+        let upstream = allow
+            .upstream
+            .and_then(|i| snapshot.upstreams.get(i))
+            .cloned()
+            .ok_or(Failure::Failed(StatusCode::BAD_GATEWAY, "no_upstream"))?;
+        // Query credentials never go further (URLs end up in logs).
+        let uri = upstream_uri(&upstream, &allow, &facts, &parts.uri);
+        let origin = Origin::of(&facts, &parts, &conn.peer_text);
+        (allow, uri, origin, upstream)
+    };
+    let (req, client_fault) =
+        upstream_request(ctx, allow, parts, body, uri, origin, &upstream).await?;
+    let resp = send(ctx, &upstream, req, &client_fault).await?;
+    Ok(respond(resp))
+}
+
+/// Phase 1: the head within its limits, no h2c upgrade, hop-by-hop headers removed.
+fn check_head(ctx: &mut Ctx<'_>, parts: &mut http::request::Parts) -> Result<(), Failure> {
     if hop_by_hop::is_h2c_upgrade(&parts.headers) {
-        shared.metrics.bad_request("h2c_upgrade");
-        let resp = close(
-            error_response(StatusCode::BAD_REQUEST, "h2c_upgrade", &request_id),
-            parts.version,
-        );
-        return ctx.finish(
-            resp,
-            &Done {
-                method: parts.method.as_str(),
-                host: loggable_host(&parts),
-                path: loggable(parts.uri.path()),
-                decision: Outcome::Error,
-                rule: None,
-                reason: Some("h2c_upgrade"),
-                client_ip: conn.info.peer.ip(),
-                principal: None,
-            },
-        );
+        return Err(ctx.malformed(parts, StatusCode::BAD_REQUEST, "h2c_upgrade"));
     }
     // Why: hyper reads heads up to both limits together, so that these answers carry the
     // usual refusal body (RFC 9112 §3: 414 for a long target) instead of hyper's bare 431.
     // Regression: tests (it) proxy::long_target_is_414_and_long_head_431_with_a_body
-    if let Some((status, reason)) = over_head_limits(&parts, &snapshot.server) {
-        shared.metrics.bad_request(reason);
-        let resp = close(error_response(status, reason, &request_id), parts.version);
-        return ctx.finish(
-            resp,
-            &Done {
-                method: parts.method.as_str(),
-                host: loggable_host(&parts),
-                path: loggable(parts.uri.path()),
-                decision: Outcome::Error,
-                rule: None,
-                reason: Some(reason),
-                client_ip: conn.info.peer.ip(),
-                principal: None,
-            },
-        );
+    if let Some((status, reason)) = over_head_limits(parts, &ctx.snapshot.server) {
+        return Err(ctx.malformed(parts, status, reason));
     }
     hop_by_hop::strip(&mut parts.headers);
+    Ok(())
+}
 
-    let facts = match RequestFacts::from_parts(&parts, &conn.info, &snapshot.server.trusted_proxies)
-    {
-        Ok(f) => f,
-        Err(e) => {
-            shared.metrics.bad_request(e.as_str());
-            let resp = close(
-                error_response(e.status(), e.as_str(), &request_id),
-                parts.version,
-            );
-            return ctx.finish(
-                resp,
-                &Done {
-                    method: parts.method.as_str(),
-                    host: loggable_host(&parts),
-                    path: loggable(parts.uri.path()),
-                    decision: Outcome::Error,
-                    rule: None,
-                    reason: Some(e.as_str()),
-                    client_ip: conn.info.peer.ip(),
-                    principal: None,
-                },
-            );
+/// Phase 2: the door-neutral facts (canonical path, host, client address).
+fn facts<'p>(
+    ctx: &mut Ctx<'_>,
+    parts: &'p http::request::Parts,
+    conn: &'p ConnInfo,
+) -> Result<RequestFacts<'p>, Failure> {
+    let snapshot = ctx.snapshot;
+    match RequestFacts::from_parts(parts, conn, &snapshot.server.trusted_proxies) {
+        Ok(facts) => {
+            ctx.log.client_ip = Some(facts.client_ip);
+            if snapshot.access_log {
+                ctx.log.host = facts.host.as_ref().into();
+                ctx.log.path = facts.path.as_ref().into();
+            }
+            Ok(facts)
         }
-    };
+        Err(e) => Err(ctx.malformed(parts, e.status(), e.as_str())),
+    }
+}
 
-    let decision = decision::decide(&snapshot, &facts, &mut NoTrace).await;
-    let mut allow = match decision {
-        Decision::Deny(d) => {
-            shared.metrics.denial(d.kind.as_str());
-            let resp = refusal_response(d.refusal(&snapshot.challenges, &request_id));
-            return ctx.finish(
-                resp,
-                &Done {
-                    method: facts.method.as_str(),
-                    host: &facts.host,
-                    path: &facts.path,
-                    decision: Outcome::Deny,
-                    rule: d.rule.as_ref().map(|r| &*r.0),
-                    reason: Some(d.kind.as_str()),
-                    client_ip: facts.client_ip,
-                    principal: d.principal.as_deref().map(|p| &*p.id),
-                },
-            );
-        }
-        Decision::Allow(a) => a,
-    };
-    let Some(upstream) = allow
-        .upstream
-        .and_then(|i| snapshot.upstreams.get(i))
-        .cloned()
-    else {
-        // Compile guarantees allow rules have an upstream; answer safely if not.
-        let resp = error_response(StatusCode::BAD_GATEWAY, "no_upstream", &request_id);
-        return ctx.finish(
-            resp,
-            &Done {
-                method: facts.method.as_str(),
-                host: &facts.host,
-                path: &facts.path,
-                decision: Outcome::Error,
-                rule: Some(&allow.rule.0),
-                reason: Some("no_upstream"),
-                client_ip: facts.client_ip,
-                principal: None,
-            },
-        );
-    };
-
-    // Everything the forwarded request and the log need from the facts, before the head is
-    // taken apart.
-    // Query credentials never go further (URLs end up in logs); other credentials only when
-    // the authenticator says so: what was verified here is not replayed upstream.
-    let uri = upstream_uri(&upstream, &allow, &facts, &parts.uri);
-    let client_ip = facts.client_ip;
-    // Copied only when an access-log line will be written (an empty Box does not allocate).
-    let (log_host, log_path): (Box<str>, Box<str>) = if snapshot.access_log {
-        (facts.host.as_ref().into(), facts.path.as_ref().into())
-    } else {
-        (Box::default(), Box::default())
-    };
-    let origin = Origin::of(&facts, &parts, &conn.peer_text);
-    drop(facts);
+/// Phase 3: the request for the upstream: the target decided on, the headers the core's
+/// mutation and the forwarding headers make, the body within its limit (what arrived with the
+/// head read first).
+async fn upstream_request(
+    ctx: &mut Ctx<'_>,
+    mut allow: crate::decision::Allow,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    uri: Option<http::Uri>,
+    origin: Origin,
+    upstream: &crate::upstream::Upstream,
+) -> Result<(Request<RequestBody>, Arc<std::sync::atomic::AtomicBool>), Failure> {
+    let snapshot = ctx.snapshot;
     if allow.identity_refused > 0 {
-        shared
+        ctx.shared
             .metrics
             .identity_headers_refused
             .inc_by(allow.identity_refused as u64);
         tracing::warn!(rule = %allow.rule.0, refused = allow.identity_refused, "Identity header values with forbidden characters were left out");
     }
-    let mutation = std::mem::take(&mut allow.mutation);
-    let method = parts.method.clone();
-    let principal = allow.principal.as_deref().map(|p| &*p.id);
-    let rule: &str = &allow.rule.0;
-    let done = |decision, reason| Done {
-        method: method.as_str(),
-        host: &log_host,
-        path: &log_path,
-        decision,
-        rule: Some(rule),
-        reason,
-        client_ip,
-        principal,
-    };
-
-    let Some(uri) = uri else {
-        let resp = error_response(StatusCode::BAD_REQUEST, "invalid_target", &request_id);
-        return ctx.finish(resp, &done(Outcome::Error, Some("invalid_target")));
-    };
-
+    let uri = uri.ok_or(Failure::Failed(StatusCode::BAD_REQUEST, "invalid_target"))?;
     // Size limit: refuse early when the client announces too much.
     let limit = snapshot.server.max_body_bytes;
     let announced = parts
@@ -295,88 +258,84 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > limit) {
-        let resp = error_response(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &request_id);
-        return ctx.finish(resp, &done(Outcome::Error, Some("body_too_large")));
+        return Err(Failure::Failed(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ));
     }
-
     upstream_headers(
         &mut parts.headers,
-        &snapshot,
-        mutation,
+        snapshot,
+        std::mem::take(&mut allow.mutation),
         origin,
-        &request_id,
-        &upstream,
+        ctx.request_id,
+        upstream,
     );
     parts.uri = uri;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     // Why: a body whose framing is already broken (bad chunk size, bare LF) is refused with
     // nothing sent upstream, rather than half-forwarded and reported as a 502.
     // Regression: tests (it) proxy::malformed_chunked_body_is_400_and_never_reaches_the_upstream
-    let body = match RequestBody::prefetch(body, limit, snapshot.server.header_read_timeout).await {
-        Ok(b) => b,
-        Err(e) => {
-            let (status, reason) = match e {
-                PrefetchError::Malformed => (StatusCode::BAD_REQUEST, "invalid_body"),
-                PrefetchError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-                PrefetchError::Timeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
-            };
-            shared.metrics.bad_request(reason);
-            let resp = close(error_response(status, reason, &request_id), parts.version);
-            return ctx.finish(resp, &done(Outcome::Error, Some(reason)));
-        }
-    };
+    let body = RequestBody::prefetch(body, limit, snapshot.server.header_read_timeout)
+        .await
+        .map_err(|e| match e {
+            PrefetchError::Malformed => Failure::Malformed(StatusCode::BAD_REQUEST, "invalid_body"),
+            PrefetchError::TooLarge => {
+                Failure::Malformed(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+            }
+            PrefetchError::Timeout => {
+                Failure::Malformed(StatusCode::REQUEST_TIMEOUT, "body_timeout")
+            }
+        })?;
     let client_fault = body.fault();
-    let upstream_req = Request::from_parts(parts, body);
+    Ok((Request::from_parts(parts, body), client_fault))
+}
 
-    let result = tokio::time::timeout(upstream.response_timeout, upstream.send(upstream_req)).await;
-    let (resp, outcome, reason) = match result {
+/// Phase 4: the exchange with the upstream, within its response timeout. The one place
+/// upstream failures become statuses for this door.
+async fn send(
+    ctx: &Ctx<'_>,
+    upstream: &crate::upstream::Upstream,
+    req: Request<RequestBody>,
+    client_fault: &std::sync::atomic::AtomicBool,
+) -> Result<Response<crate::upstream::PooledBody>, Failure> {
+    let result = tokio::time::timeout(upstream.response_timeout, upstream.send(req)).await;
+    let e = match result {
+        Ok(Ok(resp)) => return Ok(resp),
         Err(_) => {
-            shared.metrics.upstream_error("timeout");
-            (
-                error_response(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &request_id),
-                Outcome::Error,
-                Some("upstream_timeout"),
-            )
+            ctx.shared.metrics.upstream_error("timeout");
+            return Err(Failure::Failed(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+            ));
         }
-        Ok(Err(e)) => {
-            // The one place upstream failures become statuses for this door.
-            let (status, kind) = match &e {
-                SendError::Http(h) if body::is_length_limit(h) => {
-                    (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
-                }
-                // The client's body broke mid-way (framing, abort): its fault, not the
-                // upstream's.
-                SendError::Http(_) if client_fault.load(std::sync::atomic::Ordering::Relaxed) => {
-                    (StatusCode::BAD_REQUEST, "invalid_body")
-                }
-                SendError::ConnectTimeout => {
-                    (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout")
-                }
-                SendError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
-                SendError::Tls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls"),
-                SendError::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
-            };
-            shared.metrics.upstream_error(kind);
-            tracing::debug!(upstream = &*upstream.name, error = %e, reason = kind, "Upstream request failed");
-            (
-                error_response(status, kind, &request_id),
-                Outcome::Error,
-                Some(kind),
-            )
-        }
-        Ok(Ok(resp)) => {
-            let (mut parts, body) = resp.into_parts();
-            hop_by_hop::strip(&mut parts.headers);
-            // (The request id is added by `finish`, as to every answer.)
-            parts.version = Version::HTTP_11;
-            (
-                Response::from_parts(parts, body::streamed(body)),
-                Outcome::Allow,
-                None,
-            )
-        }
+        Ok(Err(e)) => e,
     };
-    ctx.finish(resp, &done(outcome, reason))
+    let (status, kind) = match &e {
+        SendError::Http(h) if body::is_length_limit(h) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+        }
+        // The client's body broke mid-way (framing, abort): its fault, not the upstream's.
+        SendError::Http(_) if client_fault.load(std::sync::atomic::Ordering::Relaxed) => {
+            (StatusCode::BAD_REQUEST, "invalid_body")
+        }
+        SendError::ConnectTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout"),
+        SendError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
+        SendError::Tls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls"),
+        SendError::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
+    };
+    ctx.shared.metrics.upstream_error(kind);
+    tracing::debug!(upstream = &*upstream.name, error = %e, reason = kind, "Upstream request failed");
+    Err(Failure::Failed(status, kind))
+}
+
+/// Phase 5: the upstream's answer for the client: hop-by-hop headers removed, HTTP/1.1.
+/// (The request id is added by [`Ctx::finish`], as to every answer.)
+fn respond(resp: Response<crate::upstream::PooledBody>) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    hop_by_hop::strip(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, body::streamed(body))
 }
 
 /// What every answer of one request is counted, logged and tagged with.
@@ -386,11 +345,57 @@ struct Ctx<'a> {
     conn: &'a Conn,
     request_id: &'a HeaderValue,
     start: Instant,
+    method: http::Method,
+    version: Version,
+    log: Log,
+    outcome: Outcome,
+    reason: Option<&'static str>,
 }
 
 impl Ctx<'_> {
+    /// A request refused before any rule; its host and path are logged as sent.
+    fn malformed(
+        &mut self,
+        parts: &http::request::Parts,
+        status: StatusCode,
+        reason: &'static str,
+    ) -> Failure {
+        if self.snapshot.access_log {
+            self.log.host = loggable_host(parts).into();
+            self.log.path = loggable(parts.uri.path()).into();
+        }
+        Failure::Malformed(status, reason)
+    }
+
+    /// The one place a [`Failure`] becomes this door's response, counted and remembered for
+    /// the log.
+    fn rescue(&mut self, failure: Failure) -> Response<ResponseBody> {
+        let id = self.request_id;
+        match failure {
+            Failure::Malformed(status, reason) => {
+                self.shared.metrics.bad_request(reason);
+                (self.outcome, self.reason) = (Outcome::Error, Some(reason));
+                close(
+                    refusal_response(Refusal::error(status, reason, id)),
+                    self.version,
+                )
+            }
+            Failure::Denied(d) => {
+                self.shared.metrics.denial(d.kind.as_str());
+                (self.outcome, self.reason) = (Outcome::Deny, Some(d.kind.as_str()));
+                self.log.rule.clone_from(&d.rule);
+                self.log.principal.clone_from(&d.principal);
+                refusal_response(d.refusal(&self.snapshot.challenges, id))
+            }
+            Failure::Failed(status, reason) => {
+                (self.outcome, self.reason) = (Outcome::Error, Some(reason));
+                refusal_response(Refusal::error(status, reason, id))
+            }
+        }
+    }
+
     /// Counts, logs and returns the response.
-    fn finish(&self, mut resp: Response<ResponseBody>, done: &Done<'_>) -> Response<ResponseBody> {
+    fn finish(&self, mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
         // Every answer, forwarded or generated, names the request id.
         resp.headers_mut().insert(
             self.snapshot.server.request_id_header.clone(),
@@ -398,24 +403,27 @@ impl Ctx<'_> {
         );
         let latency = self.start.elapsed();
         let status = resp.status().as_u16();
-        self.shared.metrics.request(done.decision, status, latency);
+        self.shared.metrics.request(self.outcome, status, latency);
         if self.snapshot.access_log {
+            fn or_dash(s: &str) -> &str {
+                if s.is_empty() { "-" } else { s }
+            }
             access_log::log(&AccessRecord {
                 listener: &self.conn.info.listener,
-                method: done.method,
-                host: done.host,
-                path: done.path,
+                method: self.method.as_str(),
+                host: or_dash(&self.log.host),
+                path: or_dash(&self.log.path),
                 status,
-                decision: match done.decision {
+                decision: match self.outcome {
                     Outcome::Allow => "allow",
                     Outcome::Deny => "deny",
                     Outcome::Error => "error",
                 },
-                rule: done.rule,
-                reason: done.reason,
+                rule: self.log.rule.as_ref().map(|r| &*r.0),
+                reason: self.reason,
                 request_id: self.request_id.to_str().unwrap_or("-"),
-                principal: done.principal,
-                client_ip: done.client_ip,
+                principal: self.log.principal.as_deref().map(|p| &*p.id),
+                client_ip: self.log.client_ip.unwrap_or(self.conn.info.peer.ip()),
                 latency,
             });
         }
@@ -482,39 +490,7 @@ fn close(mut resp: Response<ResponseBody>, version: Version) -> Response<Respons
     resp
 }
 
-/// A short JSON error naming the reason code and the request id; never any internals.
-pub fn error_response(
-    status: StatusCode,
-    reason: &'static str,
-    request_id: &HeaderValue,
-) -> Response<ResponseBody> {
-    refusal_response(Refusal {
-        status,
-        challenge: None,
-        location: None,
-        body: Some(outcome::error_body(reason, request_id, None)),
-        throttle: None,
-    })
-}
-
-/// The HTTP response for a refusal; never cached.
-pub fn refusal_response(mut r: Refusal) -> Response<ResponseBody> {
-    let mut resp = match r.body.take() {
-        Some(b) => {
-            let mut resp = Response::new(body::full(b));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-        None => Response::new(body::full(bytes::Bytes::new())),
-    };
-    *resp.status_mut() = r.status;
-    let h = resp.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    for (name, value) in r.headers() {
-        h.insert(name, value);
-    }
-    resp
+/// The HTTP response for a refusal (see [`Refusal::into_response`]).
+pub fn refusal_response(r: Refusal) -> Response<ResponseBody> {
+    r.into_response().map(http_body_util::Either::Left)
 }
