@@ -13,6 +13,7 @@
     reason = "test helpers outside #[test] functions may fail loudly, and read whole (small) bodies"
 )]
 
+mod abuse;
 mod assertion;
 mod check;
 mod credentials;
