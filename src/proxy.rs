@@ -3,6 +3,7 @@
 //! their upstream.
 
 pub mod forwarded;
+mod frames;
 pub mod hop_by_hop;
 pub mod listener;
 pub mod request_id;

@@ -155,6 +155,17 @@ pub struct ServerSettings {
     pub trusted_proxies: Arc<[IpNet]>,
     /// Request id header.
     pub request_id_header: HeaderName,
+    /// Per-connection HTTP/2 frame limits.
+    pub http2: Http2Limits,
+}
+
+/// Per-connection HTTP/2 frame limits, compiled from `server.http2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    /// Client RST_STREAM frames per window.
+    pub max_resets: u32,
+    /// The counting window.
+    pub window: Duration,
 }
 
 impl Snapshot {

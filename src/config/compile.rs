@@ -156,6 +156,9 @@ pub fn compile(
             Err(m) => diags.push(at(&format!("server.trusted_proxy_headers[{i}]"), m)),
         }
     }
+    if s.http2.window.is_zero() {
+        diags.push(at("server.http2.window", "must be more than 0".into()));
+    }
     let server = ServerSettings {
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
@@ -167,6 +170,10 @@ pub fn compile(
         shutdown_grace: s.shutdown_grace,
         trusted_proxies: s.trusted_proxies.iter().map(|n| n.0).collect(),
         request_id_header,
+        http2: crate::snapshot::Http2Limits {
+            max_resets: s.http2.max_resets,
+            window: s.http2.window,
+        },
     };
 
     // Upstreams.

@@ -274,6 +274,33 @@ pub struct RawServer {
     pub request_id_header: String,
     /// Worker threads of the runtime (0 = one per core). Restart-only.
     pub worker_threads: usize,
+    /// What one HTTP/2 client connection may send before it is ended with GOAWAY
+    /// `ENHANCE_YOUR_CALM`.
+    pub http2: RawHttp2,
+}
+
+/// Per-connection HTTP/2 limits against frames that cost the gateway work but carry no
+/// request (CVE-2023-44487 rapid reset, control-frame floods).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp2 {
+    /// Stream resets (RST_STREAM) a client may send per `window`; one more ends the
+    /// connection with GOAWAY `ENHANCE_YOUR_CALM`. Each reset stream may have started a
+    /// decision and an upstream exchange.
+    pub max_resets: u32,
+    /// The window over which frames are counted.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+}
+
+impl Default for RawHttp2 {
+    fn default() -> Self {
+        Self {
+            max_resets: 200,
+            window: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for RawServer {
@@ -292,6 +319,7 @@ impl Default for RawServer {
             trusted_proxy_headers: Vec::new(),
             request_id_header: "x-request-id".to_owned(),
             worker_threads: 0,
+            http2: RawHttp2::default(),
         }
     }
 }

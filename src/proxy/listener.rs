@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -15,8 +15,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
+use super::frames::{Abuse, FrameMeter};
 use super::service::{self, Shared};
 use crate::body::ResponseBody;
 use crate::request::facts::{ClientCert, ConnInfo, TlsInfo};
@@ -51,7 +52,16 @@ struct Activity {
     /// Requests starting and ending (idle deadline). Not bytes: HTTP/2 PINGs, from either
     /// side, move bytes on a connection with nothing to do.
     requests: AtomicU64,
+    /// An HTTP/2 limit the client went past (0 until then); `abused` wakes the
+    /// connection's loop when it is.
+    abuse: AtomicU8,
+    abused: Notify,
 }
+
+const ABUSE_RESETS: u8 = 1;
+
+/// How long a connection past an HTTP/2 limit may take to get its GOAWAY out and close.
+const ABUSE_LINGER: Duration = Duration::from_secs(1);
 
 /// The tick's view of an [`Activity`]: when its counter was last seen to change.
 struct Quiet {
@@ -208,8 +218,11 @@ async fn serve_http<I>(
     let io = TokioIo::new(Tracked {
         inner: io,
         activity: Arc::clone(&activity),
+        meter: FrameMeter::new(s.http2),
+        shut: false,
     });
     let conn = Arc::new(conn);
+    let peer_conn = Arc::clone(&conn);
     let svc = {
         let activity = Arc::clone(&activity);
         let shared = Arc::clone(shared);
@@ -247,6 +260,7 @@ async fn serve_http<I>(
     if draining {
         connection.as_mut().graceful_shutdown();
     }
+    let mut abuse_deadline = None;
     loop {
         tokio::select! {
             res = connection.as_mut() => {
@@ -255,6 +269,18 @@ async fn serve_http<I>(
                 }
                 break;
             }
+            () = activity.abused.notified() => {
+                // Not closed at once when the GOAWAY is written: with the client's bytes
+                // unread, a close would reset the connection and could lose the GOAWAY. The
+                // client closes on reading it, or the linger ends it.
+                if abuse_deadline.is_none() {
+                    let limit = activity.abuse_name();
+                    shared.metrics.limit(limit);
+                    tracing::debug!(peer = %peer_conn.peer, limit, "HTTP/2 limit passed: GOAWAY ENHANCE_YOUR_CALM");
+                    abuse_deadline = Some(tokio::time::Instant::now() + ABUSE_LINGER);
+                }
+            }
+            () = sleep_until_opt(abuse_deadline) => break,
             _ = shutdown.changed(), if !draining => {
                 draining = true;
                 drain_started = Instant::now();
@@ -284,6 +310,14 @@ async fn serve_http<I>(
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -339,6 +373,22 @@ impl Activity {
     fn touch(&self) {
         self.moves.fetch_add(1, Ordering::Relaxed);
     }
+
+    fn abused(&self, abuse: Abuse) {
+        let code = match abuse {
+            Abuse::Resets => ABUSE_RESETS,
+        };
+        self.abuse.store(code, Ordering::Relaxed);
+        self.abused.notify_one();
+    }
+
+    /// The metric name of the limit passed.
+    fn abuse_name(&self) -> &'static str {
+        match self.abuse.load(Ordering::Relaxed) {
+            ABUSE_RESETS => "http2_resets",
+            _ => "http2_other",
+        }
+    }
 }
 
 impl Quiet {
@@ -353,48 +403,159 @@ impl Quiet {
     }
 }
 
-/// The client stream, recording when bytes move, for the idle and stall deadlines.
+/// The client stream, recording when bytes move, for the idle and stall deadlines, and
+/// metering HTTP/2 frames ([`FrameMeter`]): past a limit it writes GOAWAY
+/// `ENHANCE_YOUR_CALM` at the next frame boundary, discards h2's further writes and the
+/// client's further bytes, and closes.
 struct Tracked<I> {
     inner: I,
     activity: Arc<Activity>,
+    meter: FrameMeter,
+    /// The write side is shut down after the GOAWAY.
+    shut: bool,
 }
 
-impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tracked<I> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
+impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Tracked<I> {
+    /// Writes the rest of the GOAWAY, flushes and shuts the write side down.
+    fn poll_goaway(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::{Poll, ready};
+        while self.meter.goaway_pending() {
+            let n = ready!(
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, self.meter.goaway_rest())
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.meter.goaway_wrote(n);
+        }
+        if !self.shut {
+            ready!(std::pin::Pin::new(&mut self.inner).poll_flush(cx))?;
+            // The FIN follows the GOAWAY: the client reads it before the end of the stream.
+            ready!(std::pin::Pin::new(&mut self.inner).poll_shutdown(cx))?;
+            self.shut = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reading once a limit is passed: the GOAWAY first (at a frame boundary), then the
+    /// client's bytes are read and dropped until it closes (the connection's loop ends it
+    /// after [`ABUSE_LINGER`] otherwise).
+    fn poll_read_abused(
+        &mut self,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::{Poll, ready};
+        if !self.shut {
+            if !self.meter.at_write_boundary() {
+                // h2 is in the middle of a frame; its next write ends it and sends the GOAWAY.
+                return Poll::Pending;
+            }
+            ready!(self.poll_goaway(cx))?;
+        }
         let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        for _ in 0..16 {
+            ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, buf))?;
+            if buf.filled().len() == before {
+                return Poll::Ready(Ok(()));
+            }
+            buf.set_filled(before);
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// After h2 wrote: once a limit is passed and h2's frame is whole, the GOAWAY goes out.
+    fn after_write(&mut self, cx: &mut std::task::Context<'_>) {
+        if self.meter.abuse().is_some() && !self.shut && self.meter.at_write_boundary() {
+            // Pending: the socket is full; the next read or write goes on with it.
+            let _ = self.poll_goaway(cx);
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRead for Tracked<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.meter.abuse().is_some() {
+            return this.poll_read_abused(cx, buf);
+        }
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            this.activity.touch();
+            // Why: h2 bounds resets only before hyper accepts a stream; a paced rapid reset
+            // gets past that and each reset stream may have cost a decision and an upstream
+            // exchange.
+            // Regression: tests (it) abuse::paced_rapid_reset_gets_goaway
+            if let Some(abuse) = this.meter.on_read(&buf.filled()[before..]) {
+                this.activity.abused(abuse);
+                // The client's bytes are never handed to h2 again.
+                buf.set_filled(before);
+                return this.poll_read_abused(cx, buf);
+            }
         }
         polled
     }
 }
 
-impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<I> {
+impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<I> {
     fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        use std::task::{Poll, ready};
+        let this = self.get_mut();
+        if this.meter.abuse().is_some() && this.meter.at_write_boundary() {
+            // From the GOAWAY on, h2's frames go nowhere.
+            ready!(this.poll_goaway(cx))?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            this.activity.touch();
+            this.meter.on_write(buf.get(..n).unwrap_or(buf));
+            this.after_write(cx);
         }
         polled
     }
 
     fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        use std::task::{Poll, ready};
+        let this = self.get_mut();
+        if this.meter.abuse().is_some() && this.meter.at_write_boundary() {
+            ready!(this.poll_goaway(cx))?;
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            this.activity.touch();
+            let mut left = n;
+            for b in bufs {
+                if left == 0 {
+                    break;
+                }
+                let take = left.min(b.len());
+                this.meter.on_write(b.get(..take).unwrap_or(b));
+                left -= take;
+            }
+            this.after_write(cx);
         }
         polled
     }
@@ -404,16 +565,24 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<I> {
     }
 
     fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        let this = self.get_mut();
+        if this.meter.abuse().is_some() && this.meter.at_write_boundary() {
+            return this.poll_goaway(cx);
+        }
+        std::pin::Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.shut {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }

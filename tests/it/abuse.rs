@@ -54,7 +54,10 @@ async fn paced_rapid_reset(
 /// connection.
 #[tokio::test]
 async fn paced_rapid_reset_reuses_upstream_connections() {
-    let gw = Setup::default().start().await;
+    let gw = Setup::default()
+        .server("  http2: {max_resets: 1000}\n")
+        .start()
+        .await;
     let addr = gw.addr();
     let (mut send, _conn) = h2_client(addr).await;
     paced_rapid_reset(&mut send, addr, 40, 10).await.unwrap();
@@ -75,4 +78,33 @@ async fn paced_rapid_reset_reuses_upstream_connections() {
         connections <= 100,
         "400 reset streams opened {connections} upstream connections"
     );
+}
+
+/// Past `max_resets` client resets in a window the connection gets GOAWAY
+/// ENHANCE_YOUR_CALM and is closed, even when each reset comes after the gateway accepted its
+/// stream (which h2's own limit does not count).
+#[tokio::test]
+async fn paced_rapid_reset_gets_goaway() {
+    let gw = Setup::default()
+        .server("  http2: {max_resets: 50, window: 10s}\n")
+        .start()
+        .await;
+    let addr = gw.addr();
+    let (mut send, conn) = h2_client(addr).await;
+    // 200 resets; the client's sends fail once the GOAWAY has arrived.
+    let _ = paced_rapid_reset(&mut send, addr, 20, 10).await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("connection closed by the gateway")
+        .unwrap();
+    let err = ended.expect_err("connection ended with GOAWAY");
+    assert!(err.is_go_away(), "{err:?}");
+    assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{err:?}");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="http2_resets"} 1"#),
+        "{metrics}"
+    );
+    // Other clients are served.
+    assert_eq!(get(addr, "/fine").await.0, http::StatusCode::OK);
 }
