@@ -139,6 +139,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// Idle connection deadline.
     pub idle_timeout: Duration,
+    /// Deadline for the client to take each response chunk.
+    pub send_timeout: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
     /// Longest request target (path and query).

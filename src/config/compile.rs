@@ -156,12 +156,16 @@ pub fn compile(
             Err(m) => diags.push(at(&format!("server.trusted_proxy_headers[{i}]"), m)),
         }
     }
+    if s.send_timeout.is_zero() {
+        diags.push(at("server.send_timeout", "must be more than 0".into()));
+    }
     if s.http2.window.is_zero() {
         diags.push(at("server.http2.window", "must be more than 0".into()));
     }
     let server = ServerSettings {
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
+        send_timeout: s.send_timeout,
         max_header_bytes: s.max_header_bytes,
         max_target_bytes: s.max_target_bytes,
         max_headers: s.max_headers,

@@ -242,6 +242,13 @@ pub struct RawServer {
     #[schemars(with = "String")]
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// A response chunk (16 KiB at most) the client has not taken within this time ends the
+    /// response: its HTTP/2 stream is reset, an HTTP/1.1 connection is closed. A client must
+    /// read about 16 KiB per `send_timeout`; control frames and tiny flow-control windows
+    /// are no progress. Time spent waiting for the upstream does not count.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub send_timeout: Duration,
     /// Largest request head accepted, in bytes (431 beyond it). At least 8192.
     pub max_header_bytes: usize,
     /// Longest request target (path and query) accepted, in bytes (414 beyond it). At least
@@ -308,6 +315,7 @@ impl Default for RawServer {
         Self {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             max_target_bytes: 8 * 1024,
             max_headers: 100,

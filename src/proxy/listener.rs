@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use super::frames::{Abuse, FrameMeter};
+use super::progress::{Guarded, Progress, StreamExec};
 use super::service::{self, Shared};
-use crate::body::ResponseBody;
+use super::tracked::Tracked;
 use crate::request::facts::{ClientCert, ConnInfo, TlsInfo};
 use crate::snapshot::ServerSettings;
 
@@ -44,7 +45,7 @@ pub struct AcceptLoop {
 /// Activity of one connection, for the idle and stall deadlines. Events only bump counters
 /// (no clock read per I/O); the connection's tick notices when each last moved.
 #[derive(Debug, Default)]
-struct Activity {
+pub(super) struct Activity {
     /// Requests whose response is not yet fully sent.
     in_flight: AtomicUsize,
     /// Reads and writes of at least one byte (stall deadline).
@@ -56,6 +57,9 @@ struct Activity {
     /// connection's loop when it is.
     abuse: AtomicU8,
     abused: Notify,
+    /// The progress of the newest response: an HTTP/2 stream's is taken by [`StreamExec`]
+    /// as hyper spawns it; an HTTP/1.1 connection's loop watches it.
+    next: Arc<std::sync::Mutex<Option<Arc<Progress>>>>,
 }
 
 const ABUSE_RESETS: u8 = 1;
@@ -184,7 +188,13 @@ async fn serve_http<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let activity = Arc::new(Activity::default());
+    let exec = StreamExec {
+        next: Arc::clone(&activity.next),
+        send_timeout: s.send_timeout,
+        metrics: Arc::clone(&shared.metrics),
+    };
+    let mut builder = auto::Builder::new(exec);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -214,19 +224,21 @@ async fn serve_http<I>(
         None => builder.http1_only(),
     };
 
-    let activity = Arc::new(Activity::default());
-    let io = TokioIo::new(Tracked {
-        inner: io,
-        activity: Arc::clone(&activity),
-        meter: FrameMeter::new(s.http2),
-        shut: false,
-    });
+    let io = TokioIo::new(Tracked::new(
+        io,
+        Arc::clone(&activity),
+        FrameMeter::new(s.http2),
+    ));
     let conn = Arc::new(conn);
     let peer_conn = Arc::clone(&conn);
     let svc = {
         let activity = Arc::clone(&activity);
         let shared = Arc::clone(shared);
         service_fn(move |req: hyper::Request<Incoming>| {
+            let progress = Arc::new(Progress::new());
+            if let Ok(mut next) = activity.next.lock() {
+                *next = Some(Arc::clone(&progress));
+            }
             let activity = Arc::clone(&activity);
             let shared = Arc::clone(&shared);
             let conn = Arc::clone(&conn);
@@ -235,17 +247,15 @@ async fn serve_http<I>(
                 // goes away first.
                 let in_flight = InFlight::new(activity);
                 let resp = service::handle(&shared, &conn, req).await;
-                Ok::<_, Infallible>(resp.map(|body| Guarded {
-                    body,
-                    _in_flight: in_flight,
-                }))
+                Ok::<_, Infallible>(resp.map(|body| Guarded::new(body, progress, in_flight)))
             }
         })
     };
     let connection = builder.serve_connection(io, svc);
     tokio::pin!(connection);
     let idle = s.idle_timeout;
-    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
+    let mut tick =
+        tokio::time::interval((idle.min(s.send_timeout) / 4).max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut bytes_seen = Quiet {
         seen: 0,
@@ -297,6 +307,12 @@ async fn serve_http<I>(
                         break;
                     }
                 } else if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    if h1_owed_for(&activity) >= s.send_timeout {
+                        // An HTTP/1.1 response the client stopped taking.
+                        // Regression: tests (it) proxy::stalled_reader_is_disconnected
+                        shared.metrics.limit("send_timeout");
+                        break;
+                    }
                     if io_quiet >= idle {
                         // A response under way but no byte moved either way for the whole
                         // idle period (the upstream's response_timeout is shorter by default).
@@ -311,6 +327,17 @@ async fn serve_http<I>(
             }
         }
     }
+}
+
+/// How long the client of an HTTP/1.1 connection has owed progress on its response (zero for
+/// HTTP/2, whose streams each have their own watchdog and take their progress from the slot).
+fn h1_owed_for(activity: &Activity) -> Duration {
+    activity
+        .next
+        .lock()
+        .ok()
+        .and_then(|p| p.as_ref().and_then(|p| p.owed_since()))
+        .map_or(Duration::ZERO, |since| since.elapsed())
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -340,41 +367,14 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request in flight until hyper has taken all of it, so a
-/// long download counts as a request under way rather than an idle connection.
-struct Guarded {
-    body: ResponseBody,
-    _in_flight: InFlight,
-}
-
-impl http_body::Body for Guarded {
-    type Data = <ResponseBody as http_body::Body>::Data;
-    type Error = <ResponseBody as http_body::Body>::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
 // === impl Activity ===
 
 impl Activity {
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         self.moves.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn abused(&self, abuse: Abuse) {
+    pub(super) fn abused(&self, abuse: Abuse) {
         let code = match abuse {
             Abuse::Resets => ABUSE_RESETS,
         };
@@ -400,189 +400,5 @@ impl Quiet {
             self.since = Instant::now();
         }
         self.since.elapsed()
-    }
-}
-
-/// The client stream, recording when bytes move, for the idle and stall deadlines, and
-/// metering HTTP/2 frames ([`FrameMeter`]): past a limit it writes GOAWAY
-/// `ENHANCE_YOUR_CALM` at the next frame boundary, discards h2's further writes and the
-/// client's further bytes, and closes.
-struct Tracked<I> {
-    inner: I,
-    activity: Arc<Activity>,
-    meter: FrameMeter,
-    /// The write side is shut down after the GOAWAY.
-    shut: bool,
-}
-
-impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Tracked<I> {
-    /// Writes the rest of the GOAWAY, flushes and shuts the write side down.
-    fn poll_goaway(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::{Poll, ready};
-        while self.meter.goaway_pending() {
-            let n = ready!(
-                std::pin::Pin::new(&mut self.inner).poll_write(cx, self.meter.goaway_rest())
-            )?;
-            if n == 0 {
-                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-            }
-            self.meter.goaway_wrote(n);
-        }
-        if !self.shut {
-            ready!(std::pin::Pin::new(&mut self.inner).poll_flush(cx))?;
-            // The FIN follows the GOAWAY: the client reads it before the end of the stream.
-            ready!(std::pin::Pin::new(&mut self.inner).poll_shutdown(cx))?;
-            self.shut = true;
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Reading once a limit is passed: the GOAWAY first (at a frame boundary), then the
-    /// client's bytes are read and dropped until it closes (the connection's loop ends it
-    /// after [`ABUSE_LINGER`] otherwise).
-    fn poll_read_abused(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::{Poll, ready};
-        if !self.shut {
-            if !self.meter.at_write_boundary() {
-                // h2 is in the middle of a frame; its next write ends it and sends the GOAWAY.
-                return Poll::Pending;
-            }
-            ready!(self.poll_goaway(cx))?;
-        }
-        let before = buf.filled().len();
-        for _ in 0..16 {
-            ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, buf))?;
-            if buf.filled().len() == before {
-                return Poll::Ready(Ok(()));
-            }
-            buf.set_filled(before);
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    /// After h2 wrote: once a limit is passed and h2's frame is whole, the GOAWAY goes out.
-    fn after_write(&mut self, cx: &mut std::task::Context<'_>) {
-        if self.meter.abuse().is_some() && !self.shut && self.meter.at_write_boundary() {
-            // Pending: the socket is full; the next read or write goes on with it.
-            let _ = self.poll_goaway(cx);
-        }
-    }
-}
-
-impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRead for Tracked<I> {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.meter.abuse().is_some() {
-            return this.poll_read_abused(cx, buf);
-        }
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.touch();
-            // Why: h2 bounds resets only before hyper accepts a stream; a paced rapid reset
-            // gets past that and each reset stream may have cost a decision and an upstream
-            // exchange.
-            // Regression: tests (it) abuse::paced_rapid_reset_gets_goaway
-            if let Some(abuse) = this.meter.on_read(&buf.filled()[before..]) {
-                this.activity.abused(abuse);
-                // The client's bytes are never handed to h2 again.
-                buf.set_filled(before);
-                return this.poll_read_abused(cx, buf);
-            }
-        }
-        polled
-    }
-}
-
-impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<I> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        use std::task::{Poll, ready};
-        let this = self.get_mut();
-        if this.meter.abuse().is_some() && this.meter.at_write_boundary() {
-            // From the GOAWAY on, h2's frames go nowhere.
-            ready!(this.poll_goaway(cx))?;
-            return Poll::Ready(Ok(buf.len()));
-        }
-        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
-            this.activity.touch();
-            this.meter.on_write(buf.get(..n).unwrap_or(buf));
-            this.after_write(cx);
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        use std::task::{Poll, ready};
-        let this = self.get_mut();
-        if this.meter.abuse().is_some() && this.meter.at_write_boundary() {
-            ready!(this.poll_goaway(cx))?;
-            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
-        }
-        let polled = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
-            this.activity.touch();
-            let mut left = n;
-            for b in bufs {
-                if left == 0 {
-                    break;
-                }
-                let take = left.min(b.len());
-                this.meter.on_write(b.get(..take).unwrap_or(b));
-                left -= take;
-            }
-            this.after_write(cx);
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.meter.abuse().is_some() && this.meter.at_write_boundary() {
-            return this.poll_goaway(cx);
-        }
-        std::pin::Pin::new(&mut this.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.shut {
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }

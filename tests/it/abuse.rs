@@ -108,3 +108,72 @@ async fn paced_rapid_reset_gets_goaway() {
     // Other clients are served.
     assert_eq!(get(addr, "/fine").await.0, http::StatusCode::OK);
 }
+
+/// An HTTP/2 client that grants no flow-control window (and keeps pinging) has each of its
+/// responses reset once a chunk has waited `send_timeout`; the connection goes on.
+#[tokio::test]
+async fn h2_slow_reader_stream_is_reset() {
+    let gw = Setup::default()
+        .server("  send_timeout: 300ms\n  idle_timeout: 5s\n")
+        .start()
+        .await;
+    let addr = gw.addr();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, mut conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let mut ping = conn.ping_pong().unwrap();
+    tokio::spawn(conn);
+    // PINGs are control frames, no progress.
+    let pinger = tokio::spawn(async move {
+        for _ in 0..100 {
+            if ping.ping(h2::Ping::opaque()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let req = Request::get(format!("http://{addr}/__echo/bytes/1048576"))
+            .body(())
+            .unwrap();
+        send = send.ready().await.unwrap();
+        let (resp, _) = send.send_request(req, true).unwrap();
+        bodies.push(resp);
+    }
+    for resp in bodies {
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("response head")
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let end = tokio::time::timeout(Duration::from_secs(5), body.data())
+            .await
+            .expect("stream reset within the deadline");
+        let err = end.expect("an error, not the end").expect_err("no data");
+        assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err:?}");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    pinger.abort();
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="send_timeout"} 3"#),
+        "{metrics}"
+    );
+    // The connection still serves a client that reads.
+    let req = Request::get(format!("http://{addr}/after"))
+        .body(())
+        .unwrap();
+    send = send.ready().await.unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
