@@ -176,6 +176,7 @@ pub fn compile(
         request_id_header,
         http2: crate::snapshot::Http2Limits {
             max_resets: s.http2.max_resets,
+            max_control_frames: s.http2.max_control_frames,
             window: s.http2.window,
         },
     };

@@ -295,6 +295,9 @@ pub struct RawHttp2 {
     /// connection with GOAWAY `ENHANCE_YOUR_CALM`. Each reset stream may have started a
     /// decision and an upstream exchange.
     pub max_resets: u32,
+    /// PING and SETTINGS frames (not acknowledgements) a client may send per `window`; one
+    /// more ends the connection with GOAWAY `ENHANCE_YOUR_CALM`. h2 answers each one.
+    pub max_control_frames: u32,
     /// The window over which frames are counted.
     #[schemars(with = "String")]
     #[serde(deserialize_with = "duration")]
@@ -305,6 +308,7 @@ impl Default for RawHttp2 {
     fn default() -> Self {
         Self {
             max_resets: 200,
+            max_control_frames: 1000,
             window: Duration::from_secs(10),
         }
     }

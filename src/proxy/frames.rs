@@ -1,5 +1,6 @@
 //! HTTP/2 frame accounting on a client connection's bytes, below hyper: counts what h2 does
-//! not bound (client stream resets after hyper accepted the stream, PING and SETTINGS floods)
+//! not bound (client stream resets after hyper accepted the stream, PING and SETTINGS floods,
+//! each of which h2 answers)
 //! and, past a limit, ends the connection with GOAWAY `ENHANCE_YOUR_CALM`, as the fixes for
 //! CVE-2023-44487 do.
 //!
@@ -19,6 +20,9 @@ use crate::snapshot::Http2Limits;
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const ACK: u8 = 0x1;
 const GOAWAY: u8 = 0x7;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
@@ -27,6 +31,8 @@ const ENHANCE_YOUR_CALM: u32 = 0xb;
 pub(super) enum Abuse {
     /// Too many stream resets (rapid reset).
     Resets,
+    /// Too many PING or SETTINGS frames (each one makes h2 write an acknowledgement).
+    ControlFrames,
 }
 
 /// Where a parser is in a byte stream of frames.
@@ -50,6 +56,7 @@ pub(super) struct FrameMeter {
     write: Parse,
     window_start: Option<Instant>,
     resets: u32,
+    control: u32,
     /// Highest client stream id seen in a HEADERS frame: the GOAWAY's last stream id.
     last_stream: u32,
     /// Set once a limit is passed; the GOAWAY is then due.
@@ -63,6 +70,7 @@ pub(super) struct FrameMeter {
 struct Head {
     len: u32,
     kind: u8,
+    flags: u8,
     stream: u32,
 }
 
@@ -77,6 +85,7 @@ impl FrameMeter {
             write: Parse::Header { head: [0; 9], n: 0 },
             window_start: None,
             resets: 0,
+            control: 0,
             last_stream: 0,
             abuse: None,
             goaway: [0; 17],
@@ -164,6 +173,14 @@ impl FrameMeter {
                     self.trip(Abuse::Resets);
                 }
             }
+            // Acknowledgements answer the gateway's own frames.
+            SETTINGS | PING if h.flags & ACK == 0 => {
+                self.roll_window();
+                self.control = self.control.saturating_add(1);
+                if self.control > self.limits.max_control_frames {
+                    self.trip(Abuse::ControlFrames);
+                }
+            }
             _ => {}
         }
     }
@@ -177,6 +194,7 @@ impl FrameMeter {
             _ => {
                 self.window_start = Some(now);
                 self.resets = 0;
+                self.control = 0;
             }
         }
     }
@@ -221,6 +239,7 @@ fn step<'a>(state: &mut Parse, bytes: &'a [u8]) -> (&'a [u8], Option<Head>) {
             let h = Head {
                 len: u32::from_be_bytes([0, head[0], head[1], head[2]]),
                 kind: head[3],
+                flags: head[4],
                 stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
             };
             *state = if h.len == 0 {
@@ -251,6 +270,7 @@ mod tests {
     fn limits(max_resets: u32) -> Http2Limits {
         Http2Limits {
             max_resets,
+            max_control_frames: 3,
             window: Duration::from_secs(60),
         }
     }
@@ -285,6 +305,28 @@ mod tests {
         assert_eq!(&g[..9], &[0, 0, 8, GOAWAY, 0, 0, 0, 0, 0]);
         assert_eq!(&g[9..13], &7u32.to_be_bytes(), "last stream id");
         assert_eq!(&g[13..], &ENHANCE_YOUR_CALM.to_be_bytes());
+    }
+
+    #[test]
+    fn pings_and_settings_count_but_not_their_acks() {
+        let mut m = FrameMeter::new(limits(10));
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(SETTINGS, 0, 0, &[]));
+        for _ in 0..10 {
+            bytes.extend(frame(SETTINGS, ACK, 0, &[]));
+            bytes.extend(frame(PING, ACK, 0, &[0; 8]));
+        }
+        bytes.extend(frame(PING, 0, 0, &[0; 8]));
+        bytes.extend(frame(SETTINGS, 0, 0, &[0; 6]));
+        assert_eq!(
+            m.on_read(&bytes),
+            None,
+            "three control frames are within the limit"
+        );
+        assert_eq!(
+            m.on_read(&frame(PING, 0, 0, &[0; 8])),
+            Some(Abuse::ControlFrames)
+        );
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub(super) struct Activity {
 }
 
 const ABUSE_RESETS: u8 = 1;
+const ABUSE_CONTROL: u8 = 2;
 
 /// How long a connection past an HTTP/2 limit may take to get its GOAWAY out and close.
 const ABUSE_LINGER: Duration = Duration::from_secs(1);
@@ -377,6 +378,7 @@ impl Activity {
     pub(super) fn abused(&self, abuse: Abuse) {
         let code = match abuse {
             Abuse::Resets => ABUSE_RESETS,
+            Abuse::ControlFrames => ABUSE_CONTROL,
         };
         self.abuse.store(code, Ordering::Relaxed);
         self.abused.notify_one();
@@ -386,6 +388,7 @@ impl Activity {
     fn abuse_name(&self) -> &'static str {
         match self.abuse.load(Ordering::Relaxed) {
             ABUSE_RESETS => "http2_resets",
+            ABUSE_CONTROL => "http2_control_frames",
             _ => "http2_other",
         }
     }

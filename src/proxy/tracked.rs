@@ -106,8 +106,9 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRe
             this.activity.touch();
             // Why: h2 bounds resets only before hyper accepts a stream; a paced rapid reset
             // gets past that and each reset stream may have cost a decision and an upstream
-            // exchange.
-            // Regression: tests (it) abuse::paced_rapid_reset_gets_goaway
+            // exchange; h2 answers every PING and SETTINGS without a bound.
+            // Regression: tests (it) abuse::paced_rapid_reset_gets_goaway,
+            // abuse::ping_and_settings_floods_get_goaway
             if let Some(abuse) = this.meter.on_read(&buf.filled()[before..]) {
                 this.activity.abused(abuse);
                 // The client's bytes are never handed to h2 again.

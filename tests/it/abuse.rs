@@ -177,3 +177,59 @@ async fn h2_slow_reader_stream_is_reset() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// Writes the client preface, then `count` copies of `frame`, and reads what the gateway
+/// sends until it closes: the frames' (type, payload) pairs.
+async fn flood(addr: std::net::SocketAddr, frame: &[u8], count: usize) -> Vec<(u8, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut got)).await;
+        got
+    });
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    for _ in 0..count {
+        out.extend_from_slice(frame);
+    }
+    // The gateway stops reading once it has had enough: ignore a failed write.
+    let _ = wr.write_all(&out).await;
+    let bytes = reader.await.unwrap();
+    let mut frames = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        if rest.len() < 9 + len {
+            break;
+        }
+        frames.push((rest[3], rest[9..9 + len].to_vec()));
+        rest = &rest[9 + len..];
+    }
+    frames
+}
+
+/// PING and SETTINGS frames past `max_control_frames` in a window end the connection with
+/// GOAWAY ENHANCE_YOUR_CALM; until then each is acknowledged.
+#[tokio::test]
+async fn ping_and_settings_floods_get_goaway() {
+    let gw = Setup::default()
+        .server("  http2: {max_control_frames: 100}\n")
+        .start()
+        .await;
+    let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let settings = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    for (frame, acked_kind) in [(&ping[..], 0x6), (&settings[..], 0x4)] {
+        let frames = flood(gw.addr(), frame, 5000).await;
+        let acks = frames.iter().filter(|(k, _)| *k == acked_kind).count();
+        assert!(acks <= 102, "{acks} acknowledgements for 5000 frames");
+        let goaway = frames.iter().find(|(k, _)| *k == 0x7).expect("a GOAWAY");
+        assert_eq!(&goaway.1[4..8], &[0, 0, 0, 0xb], "ENHANCE_YOUR_CALM");
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="http2_control_frames"} 2"#),
+        "{metrics}"
+    );
+}
