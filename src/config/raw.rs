@@ -233,12 +233,14 @@ impl Default for RawAdmin {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawServer {
-    /// Time a client has to send a complete request head (HTTP/1) or finish the TLS handshake.
-    /// Bounds slowloris clients.
+    /// Time a client has to finish the TLS handshake, and to complete an HTTP/1 request head
+    /// from its first byte. Bounds slowloris clients.
     #[schemars(with = "String")]
     #[serde(deserialize_with = "duration")]
     pub header_read_timeout: Duration,
-    /// A connection with no request in flight for this long is closed.
+    /// A connection with no request in flight for this long is closed: a kept-alive
+    /// connection waiting for its next request, a new one (plain or after its TLS handshake)
+    /// waiting for its first, an HTTP/2 connection however many PINGs it sends.
     #[schemars(with = "String")]
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,

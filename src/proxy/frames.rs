@@ -98,6 +98,11 @@ impl FrameMeter {
         self.abuse
     }
 
+    /// Whether the connection turned out to be HTTP/1 (its first bytes were no preface).
+    pub(super) fn is_http1(&self) -> bool {
+        matches!(self.read, Parse::Off)
+    }
+
     /// Accounts for bytes the client sent. Returns the limit passed, the first time one is.
     pub(super) fn on_read(&mut self, mut bytes: &[u8]) -> Option<Abuse> {
         while !bytes.is_empty() && self.abuse.is_none() {

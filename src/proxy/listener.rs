@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 
 use super::frames::{Abuse, FrameMeter};
 use super::progress::{Guarded, Progress, StreamExec};
@@ -42,17 +43,24 @@ pub struct AcceptLoop {
     pub drain: mpsc::Sender<()>,
 }
 
-/// Activity of one connection, for the idle and stall deadlines. Events only bump counters
-/// (no clock read per I/O); the connection's tick notices when each last moved.
-#[derive(Debug, Default)]
+/// Activity of one connection, for its deadlines. I/O only bumps a counter (no clock read per
+/// read or write); the clock is read once when a request ends and once when an HTTP/1 head
+/// starts.
+#[derive(Debug)]
 pub(super) struct Activity {
+    /// What the millisecond fields count from.
+    epoch: Instant,
     /// Requests whose response is not yet fully sent.
     in_flight: AtomicUsize,
-    /// Reads and writes of at least one byte (stall deadline).
+    /// Reads and writes of at least one byte (stall deadline while draining or in flight).
     moves: AtomicU64,
-    /// Requests starting and ending (idle deadline). Not bytes: HTTP/2 PINGs, from either
-    /// side, move bytes on a connection with nothing to do.
-    requests: AtomicU64,
+    /// When the last request in flight ended (ms since `epoch`): the idle deadline counts
+    /// from it. Not bytes: HTTP/2 PINGs, from either side, move bytes on a connection with
+    /// nothing to do.
+    idle_since: AtomicU64,
+    /// When the first byte of an HTTP/1 request head arrived with no request in flight (ms
+    /// since `epoch`, plus one; 0: none): the header deadline counts from it.
+    head_started: AtomicU64,
     /// An HTTP/2 limit the client went past (0 until then); `abused` wakes the
     /// connection's loop when it is.
     abuse: AtomicU8,
@@ -68,10 +76,20 @@ const ABUSE_CONTROL: u8 = 2;
 /// How long a connection past an HTTP/2 limit may take to get its GOAWAY out and close.
 const ABUSE_LINGER: Duration = Duration::from_secs(1);
 
-/// The tick's view of an [`Activity`]: when its counter was last seen to change.
+/// The check's view of [`Activity::moves`]: when it was last seen to change.
 struct Quiet {
     seen: u64,
     since: Instant,
+}
+
+/// What the connection's check decided.
+enum Step {
+    /// Check again then.
+    At(Instant),
+    /// No request for the idle timeout: close gracefully.
+    Idle,
+    /// Close now, for this limit.
+    Cut(&'static str),
 }
 
 // === impl AcceptLoop ===
@@ -189,7 +207,7 @@ async fn serve_http<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::new());
     let exec = StreamExec {
         next: Arc::clone(&activity.next),
         send_timeout: s.send_timeout,
@@ -199,8 +217,11 @@ async fn serve_http<I>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        // Why: without a timer hyper silently disables the header-read deadline.
-        .header_read_timeout(s.header_read_timeout)
+        // Why: hyper's deadline runs from the moment it waits for a head, so a kept-alive
+        // connection would be closed at the header timeout rather than the idle timeout;
+        // the connection's loop keeps both (the header one from the head's first byte).
+        // Regression: tests (it) abuse::h1_keep_alive_waits_for_the_idle_timeout
+        .header_read_timeout(None)
         // Room for a head over the limits to be read whole, so the service answers it with
         // its own 414 or 431 and a body; beyond this hyper answers a bare 431.
         .max_buf_size(s.max_header_bytes + s.max_target_bytes)
@@ -254,15 +275,8 @@ async fn serve_http<I>(
     };
     let connection = builder.serve_connection(io, svc);
     tokio::pin!(connection);
-    let idle = s.idle_timeout;
-    let mut tick =
-        tokio::time::interval((idle.min(s.send_timeout) / 4).max(Duration::from_millis(100)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let limits = Deadlines::of(s);
     let mut bytes_seen = Quiet {
-        seen: 0,
-        since: Instant::now(),
-    };
-    let mut requests_seen = Quiet {
         seen: 0,
         since: Instant::now(),
     };
@@ -271,6 +285,8 @@ async fn serve_http<I>(
     if draining {
         connection.as_mut().graceful_shutdown();
     }
+    let check = tokio::time::sleep(limits.period);
+    tokio::pin!(check);
     let mut abuse_deadline = None;
     loop {
         tokio::select! {
@@ -288,7 +304,7 @@ async fn serve_http<I>(
                     let limit = activity.abuse_name();
                     shared.metrics.limit(limit);
                     tracing::debug!(peer = %peer_conn.peer, limit, "HTTP/2 limit passed: GOAWAY ENHANCE_YOUR_CALM");
-                    abuse_deadline = Some(tokio::time::Instant::now() + ABUSE_LINGER);
+                    abuse_deadline = Some(Instant::now() + ABUSE_LINGER);
                 }
             }
             () = sleep_until_opt(abuse_deadline) => break,
@@ -297,35 +313,62 @@ async fn serve_http<I>(
                 drain_started = Instant::now();
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tick.tick() => {
-                let io_quiet = bytes_seen.update(activity.moves.load(Ordering::Relaxed));
-                let idle_for = requests_seen.update(activity.requests.load(Ordering::Relaxed));
-                if draining {
+            () = &mut check => {
+                let now = Instant::now();
+                let io_quiet = bytes_seen.update(activity.moves.load(Ordering::Relaxed), now);
+                let step = if draining {
                     // Why: a graceful close waits for responses to be written; a client that
                     // stops reading would hold the connection (and its upstream) forever.
-                    // Regression: tests (it) proxy::stalled_reader_is_disconnected
-                    if drain_started.elapsed() >= idle && io_quiet >= idle {
+                    if now - drain_started >= limits.idle && io_quiet >= limits.idle {
+                        Step::Cut("drain")
+                    } else {
+                        Step::At(now + limits.period)
+                    }
+                } else {
+                    activity.check(&limits, io_quiet, now)
+                };
+                match step {
+                    Step::At(next) => check.as_mut().reset(next),
+                    Step::Idle => {
+                        // Regression: tests (it) proxy::h2_pings_do_not_keep_a_connection_open,
+                        // abuse::h1_keep_alive_waits_for_the_idle_timeout
+                        shared.metrics.limit("idle_timeout");
+                        draining = true;
+                        drain_started = now;
+                        connection.as_mut().graceful_shutdown();
+                        check.as_mut().reset(now + limits.period);
+                    }
+                    Step::Cut(limit) => {
+                        shared.metrics.limit(limit);
+                        tracing::debug!(peer = %peer_conn.peer, limit, "Connection closed at its deadline");
                         break;
                     }
-                } else if activity.in_flight.load(Ordering::Relaxed) > 0 {
-                    if h1_owed_for(&activity) >= s.send_timeout {
-                        // An HTTP/1.1 response the client stopped taking.
-                        // Regression: tests (it) proxy::stalled_reader_is_disconnected
-                        shared.metrics.limit("send_timeout");
-                        break;
-                    }
-                    if io_quiet >= idle {
-                        // A response under way but no byte moved either way for the whole
-                        // idle period (the upstream's response_timeout is shorter by default).
-                        break;
-                    }
-                } else if idle_for >= idle {
-                    // Regression: tests (it) proxy::h2_pings_do_not_keep_a_connection_open
-                    draining = true;
-                    drain_started = Instant::now();
-                    connection.as_mut().graceful_shutdown();
                 }
             }
+        }
+    }
+}
+
+/// A connection's deadlines, from the settings.
+struct Deadlines {
+    header: Duration,
+    idle: Duration,
+    send: Duration,
+    /// How often a connection with a request in flight (or draining) is looked at.
+    period: Duration,
+}
+
+impl Deadlines {
+    fn of(s: &ServerSettings) -> Self {
+        let shortest = s
+            .header_read_timeout
+            .min(s.idle_timeout)
+            .min(s.send_timeout);
+        Self {
+            header: s.header_read_timeout,
+            idle: s.idle_timeout,
+            send: s.send_timeout,
+            period: (shortest / 4).max(Duration::from_millis(50)),
         }
     }
 }
@@ -342,7 +385,7 @@ fn h1_owed_for(activity: &Activity) -> Duration {
 }
 
 /// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
@@ -355,7 +398,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn new(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        activity.requests.fetch_add(1, Ordering::Relaxed);
+        activity.head_started.store(0, Ordering::Relaxed);
         Self(activity)
     }
 }
@@ -363,14 +406,86 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.requests.fetch_add(1, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle_since.store(self.0.ms(), Ordering::Relaxed);
+        }
     }
 }
 
 // === impl Activity ===
 
 impl Activity {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            moves: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
+            abuse: AtomicU8::new(0),
+            abused: Notify::new(),
+            next: Arc::default(),
+        }
+    }
+
+    fn ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    /// Called by the I/O for bytes read on an HTTP/1 connection: with no request in flight
+    /// they start a request head, and the header deadline runs from the first of them.
+    pub(super) fn h1_read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started.store(self.ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The deadlines of a connection that is not draining. Exact without waking often:
+    /// whatever happens before the next check (a head starts, a request starts or ends) has
+    /// a deadline at least the shortest timeout away, so the next check comes no later.
+    fn check(&self, d: &Deadlines, io_quiet: Duration, now: Instant) -> Step {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            let owed = h1_owed_for(self);
+            if owed >= d.send {
+                // An HTTP/1.1 response the client stopped taking.
+                // Regression: tests (it) proxy::stalled_reader_is_disconnected
+                return Step::Cut("send_timeout");
+            }
+            if io_quiet >= d.idle {
+                // A response under way but no byte moved either way for the whole idle
+                // period (the upstream's response_timeout is shorter by default).
+                return Step::Cut("stalled");
+            }
+            return Step::At(now + d.period);
+        }
+        let soon = now + d.header.min(d.send);
+        match self.head_started.load(Ordering::Relaxed) {
+            0 => {
+                let deadline = self.at(self.idle_since.load(Ordering::Relaxed)) + d.idle;
+                if now >= deadline {
+                    Step::Idle
+                } else {
+                    Step::At(deadline.min(soon))
+                }
+            }
+            started => {
+                // Regression: tests (it) abuse::h1_started_head_gets_the_header_timeout
+                let deadline = self.at(started - 1) + d.header;
+                if now >= deadline {
+                    Step::Cut("header_read_timeout")
+                } else {
+                    Step::At(deadline.min(soon))
+                }
+            }
+        }
+    }
+
     pub(super) fn touch(&self) {
         self.moves.fetch_add(1, Ordering::Relaxed);
     }
@@ -395,13 +510,12 @@ impl Activity {
 }
 
 impl Quiet {
-    /// Time since the counter last moved, as seen at ticks: exact to one tick (a quarter of
-    /// the idle timeout).
-    fn update(&mut self, count: u64) -> Duration {
+    /// Time since the counter last moved, as seen at checks: exact to one check period.
+    fn update(&mut self, count: u64, now: Instant) -> Duration {
         if count != self.seen {
             self.seen = count;
-            self.since = Instant::now();
+            self.since = now;
         }
-        self.since.elapsed()
+        now - self.since
     }
 }

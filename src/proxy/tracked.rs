@@ -115,6 +115,9 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRe
                 buf.set_filled(before);
                 return this.poll_read_abused(cx, buf);
             }
+            if this.meter.is_http1() {
+                this.activity.h1_read();
+            }
         }
         polled
     }

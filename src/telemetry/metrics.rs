@@ -203,7 +203,7 @@ impl Metrics {
         let limits = Family::<LimitLabel, Counter>::default();
         registry.register(
             "connection_limits",
-            "Client connections or streams ended by a resource limit, by limit (http2_resets, http2_control_frames, send_timeout)",
+            "Client connections or streams ended by a limit or deadline: http2_resets, http2_control_frames, send_timeout, idle_timeout, header_read_timeout, stalled, drain",
             limits.clone(),
         );
         let connections_open = Gauge::default();

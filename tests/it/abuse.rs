@@ -233,3 +233,110 @@ async fn ping_and_settings_floods_get_goaway() {
         "{metrics}"
     );
 }
+
+/// Reads until the gateway closes the connection (at most `within`): how long that took.
+async fn time_to_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: Duration) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "still open after {within:?}");
+    started.elapsed()
+}
+
+const HEADER_300MS_IDLE_1500MS: &str = "  header_read_timeout: 300ms\n  idle_timeout: 1500ms\n";
+
+/// A kept-alive HTTP/1.1 connection waiting for its next request is closed at the idle
+/// timeout, not at the (shorter) header timeout.
+#[tokio::test]
+async fn h1_keep_alive_waits_for_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Setup::default()
+        .server(HEADER_300MS_IDLE_1500MS)
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let closed_after = time_to_close(&mut s, Duration::from_secs(4)).await;
+    assert!(
+        closed_after >= Duration::from_millis(1400),
+        "closed after {closed_after:?}: the header timeout, not the idle timeout"
+    );
+}
+
+/// Once a request head has started, the header timeout applies.
+#[tokio::test]
+async fn h1_started_head_gets_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Setup::default()
+        .server(HEADER_300MS_IDLE_1500MS)
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s.write_all(b"GET /two HTTP/1.1\r\nHo").await.unwrap();
+    let closed_after = time_to_close(&mut s, Duration::from_secs(4)).await;
+    assert!(
+        closed_after >= Duration::from_millis(250) && closed_after < Duration::from_millis(1400),
+        "closed after {closed_after:?}"
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="header_read_timeout"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// A connection that sends nothing, plain or after its TLS handshake, waits for its first
+/// request for the idle timeout (the header timeout bounds the handshake and a started head).
+#[tokio::test]
+async fn connection_without_a_request_gets_the_idle_timeout() {
+    use portcullis::tls::certs;
+    let (ca, leaf, key) = certs::ca_and_leaf(&["localhost"]).unwrap();
+    let gw = Setup {
+        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: https\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n        - cert: leaf.crt\n          key: leaf.key\n".into(),
+        files: vec![
+            ("leaf.crt".into(), leaf.into_bytes()),
+            ("leaf.key".into(), key.into_bytes()),
+        ],
+        ..Setup::default()
+    }
+    .server(HEADER_300MS_IDLE_1500MS)
+    .start()
+    .await;
+    let mut plain = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.addr_of("https"))
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls_client(&[&ca], &[b"http/1.1"]));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let (plain_after, tls_after) = tokio::join!(
+        time_to_close(&mut plain, Duration::from_secs(4)),
+        time_to_close(&mut tls, Duration::from_secs(4)),
+    );
+    for closed_after in [plain_after, tls_after] {
+        assert!(
+            closed_after >= Duration::from_millis(1400),
+            "closed after {closed_after:?}"
+        );
+    }
+}
