@@ -29,6 +29,9 @@ use tokio::net::TcpStream;
 
 use super::UpstreamBody;
 
+/// Largest read buffer of an HTTP/1 upstream connection (hyper's default grows to 400 KiB);
+/// also the largest response head an upstream may send.
+const UPSTREAM_READ_BUF: usize = 32 * 1024;
 /// Response body bytes read and discarded to keep the connection of an abandoned exchange.
 const DRAIN_BYTES: usize = 64 * 1024;
 /// Time an abandoned exchange gets (response head and drained body) to keep its connection.
@@ -273,6 +276,11 @@ impl Pool {
             Ok(Sender::H2(sender))
         } else {
             let (sender, conn) = http1::Builder::new()
+                // Why: hyper's read buffer grows to 400 KiB on a fast upstream, and every
+                // body chunk handed on is a slice of it: a client that stops reading would
+                // pin the whole buffer.
+                // Regression: tests (it) memory::h1_slow_readers_hold_a_bounded_buffer_each
+                .max_buf_size(UPSTREAM_READ_BUF)
                 .handshake(TokioIo::new(io))
                 .await
                 .map_err(SendError::Http)?;

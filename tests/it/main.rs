@@ -19,6 +19,7 @@ mod check;
 mod credentials;
 mod identity;
 mod jwt;
+mod memory;
 mod paths;
 mod policy;
 mod proxy;
