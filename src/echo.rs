@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ pub struct Echo {
     /// Where it listens.
     pub addr: SocketAddr,
     records: Arc<Mutex<Vec<Recorded>>>,
+    connections: Arc<AtomicUsize>,
 }
 
 type EchoBody = http_body_util::Either<http_body_util::Full<Bytes>, StreamBody<chunks::Chunks>>;
@@ -69,9 +71,11 @@ impl Echo {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let records = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
         let echo = Self {
             addr,
             records: Arc::clone(&records),
+            connections: Arc::clone(&connections),
         };
         tokio::spawn(async move {
             loop {
@@ -79,6 +83,7 @@ impl Echo {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
+                connections.fetch_add(1, Ordering::Relaxed);
                 let records = Arc::clone(&records);
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
@@ -112,6 +117,11 @@ impl Echo {
     /// The most recent request.
     pub fn last(&self) -> Option<Recorded> {
         self.records.lock().ok().and_then(|r| r.last().cloned())
+    }
+
+    /// How many TCP connections were accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// How many requests arrived.

@@ -3,7 +3,10 @@
 //! their upstream.
 
 pub mod forwarded;
+mod frames;
 pub mod hop_by_hop;
 pub mod listener;
+mod progress;
 pub mod request_id;
 pub mod service;
+mod tracked;

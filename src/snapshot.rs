@@ -139,6 +139,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// Idle connection deadline.
     pub idle_timeout: Duration,
+    /// Deadline for the client to take each response chunk.
+    pub send_timeout: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
     /// Longest request target (path and query).
@@ -155,6 +157,19 @@ pub struct ServerSettings {
     pub trusted_proxies: Arc<[IpNet]>,
     /// Request id header.
     pub request_id_header: HeaderName,
+    /// Per-connection HTTP/2 frame limits.
+    pub http2: Http2Limits,
+}
+
+/// Per-connection HTTP/2 frame limits, compiled from `server.http2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    /// Client RST_STREAM frames per window.
+    pub max_resets: u32,
+    /// Client PING and SETTINGS frames (not acknowledgements) per window.
+    pub max_control_frames: u32,
+    /// The counting window.
+    pub window: Duration,
 }
 
 impl Snapshot {

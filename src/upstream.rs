@@ -175,5 +175,6 @@ fn build_pool(
         connect_timeout: raw.connect_timeout,
         idle_timeout: raw.pool_idle_timeout,
         max_idle: raw.pool_max_idle,
+        response_timeout: raw.response_timeout,
     }))
 }

@@ -156,9 +156,16 @@ pub fn compile(
             Err(m) => diags.push(at(&format!("server.trusted_proxy_headers[{i}]"), m)),
         }
     }
+    if s.send_timeout.is_zero() {
+        diags.push(at("server.send_timeout", "must be more than 0".into()));
+    }
+    if s.http2.window.is_zero() {
+        diags.push(at("server.http2.window", "must be more than 0".into()));
+    }
     let server = ServerSettings {
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
+        send_timeout: s.send_timeout,
         max_header_bytes: s.max_header_bytes,
         max_target_bytes: s.max_target_bytes,
         max_headers: s.max_headers,
@@ -167,6 +174,11 @@ pub fn compile(
         shutdown_grace: s.shutdown_grace,
         trusted_proxies: s.trusted_proxies.iter().map(|n| n.0).collect(),
         request_id_header,
+        http2: crate::snapshot::Http2Limits {
+            max_resets: s.http2.max_resets,
+            max_control_frames: s.http2.max_control_frames,
+            window: s.http2.window,
+        },
     };
 
     // Upstreams.

@@ -234,15 +234,24 @@ impl Default for RawAdmin {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawServer {
-    /// Time a client has to send a complete request head (HTTP/1) or finish the TLS handshake.
-    /// Bounds slowloris clients.
+    /// Time a client has to finish the TLS handshake, and to complete an HTTP/1 request head
+    /// from its first byte. Bounds slowloris clients.
     #[schemars(with = "String")]
     #[serde(deserialize_with = "duration")]
     pub header_read_timeout: Duration,
-    /// A connection with no request in flight for this long is closed.
+    /// A connection with no request in flight for this long is closed: a kept-alive
+    /// connection waiting for its next request, a new one (plain or after its TLS handshake)
+    /// waiting for its first, an HTTP/2 connection however many PINGs it sends.
     #[schemars(with = "String")]
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// A response chunk (16 KiB at most) the client has not taken within this time ends the
+    /// response: its HTTP/2 stream is reset, an HTTP/1.1 connection is closed. A client must
+    /// read about 16 KiB per `send_timeout`; control frames and tiny flow-control windows
+    /// are no progress. Time spent waiting for the upstream does not count.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub send_timeout: Duration,
     /// Largest request head accepted, in bytes (431 beyond it). At least 8192.
     pub max_header_bytes: usize,
     /// Longest request target (path and query) accepted, in bytes (414 beyond it). At least
@@ -275,6 +284,37 @@ pub struct RawServer {
     pub request_id_header: String,
     /// Worker threads of the runtime (0 = one per core). Restart-only.
     pub worker_threads: usize,
+    /// What one HTTP/2 client connection may send before it is ended with GOAWAY
+    /// `ENHANCE_YOUR_CALM`.
+    pub http2: RawHttp2,
+}
+
+/// Per-connection HTTP/2 limits against frames that cost the gateway work but carry no
+/// request (CVE-2023-44487 rapid reset, control-frame floods).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp2 {
+    /// Stream resets (RST_STREAM) a client may send per `window`; one more ends the
+    /// connection with GOAWAY `ENHANCE_YOUR_CALM`. Each reset stream may have started a
+    /// decision and an upstream exchange.
+    pub max_resets: u32,
+    /// PING and SETTINGS frames (not acknowledgements) a client may send per `window`; one
+    /// more ends the connection with GOAWAY `ENHANCE_YOUR_CALM`. h2 answers each one.
+    pub max_control_frames: u32,
+    /// The window over which frames are counted.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+}
+
+impl Default for RawHttp2 {
+    fn default() -> Self {
+        Self {
+            max_resets: 200,
+            max_control_frames: 1000,
+            window: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for RawServer {
@@ -282,6 +322,7 @@ impl Default for RawServer {
         Self {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             max_target_bytes: 8 * 1024,
             max_headers: 100,
@@ -293,6 +334,7 @@ impl Default for RawServer {
             trusted_proxy_headers: Vec::new(),
             request_id_header: "x-request-id".to_owned(),
             worker_threads: 0,
+            http2: RawHttp2::default(),
         }
     }
 }

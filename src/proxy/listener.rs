@@ -7,18 +7,21 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 
+use super::frames::{Abuse, FrameMeter};
+use super::progress::{Guarded, Progress, StreamExec};
 use super::service::{self, Conn, Shared};
-use crate::body::ResponseBody;
+use super::tracked::Tracked;
 use crate::request::facts::{ClientCert, ConnInfo, TlsInfo};
 use crate::snapshot::ServerSettings;
 
@@ -40,23 +43,53 @@ pub struct AcceptLoop {
     pub drain: mpsc::Sender<()>,
 }
 
-/// Activity of one connection, for the idle and stall deadlines. Events only bump counters
-/// (no clock read per I/O); the connection's tick notices when each last moved.
-#[derive(Debug, Default)]
-struct Activity {
+/// Activity of one connection, for its deadlines. I/O only bumps a counter (no clock read per
+/// read or write); the clock is read once when a request ends and once when an HTTP/1 head
+/// starts.
+#[derive(Debug)]
+pub(super) struct Activity {
+    /// What the millisecond fields count from.
+    epoch: Instant,
     /// Requests whose response is not yet fully sent.
     in_flight: AtomicUsize,
-    /// Reads and writes of at least one byte (stall deadline).
+    /// Reads and writes of at least one byte (stall deadline while draining or in flight).
     moves: AtomicU64,
-    /// Requests starting and ending (idle deadline). Not bytes: HTTP/2 PINGs, from either
-    /// side, move bytes on a connection with nothing to do.
-    requests: AtomicU64,
+    /// When the last request in flight ended (ms since `epoch`): the idle deadline counts
+    /// from it. Not bytes: HTTP/2 PINGs, from either side, move bytes on a connection with
+    /// nothing to do.
+    idle_since: AtomicU64,
+    /// When the first byte of an HTTP/1 request head arrived with no request in flight (ms
+    /// since `epoch`, plus one; 0: none): the header deadline counts from it.
+    head_started: AtomicU64,
+    /// An HTTP/2 limit the client went past (0 until then); `abused` wakes the
+    /// connection's loop when it is.
+    abuse: AtomicU8,
+    abused: Notify,
+    /// The progress of the newest response: an HTTP/2 stream's is taken by [`StreamExec`]
+    /// as hyper spawns it; an HTTP/1.1 connection's loop watches it.
+    next: Arc<std::sync::Mutex<Option<Arc<Progress>>>>,
 }
 
-/// The tick's view of an [`Activity`]: when its counter was last seen to change.
+const ABUSE_RESETS: u8 = 1;
+const ABUSE_CONTROL: u8 = 2;
+
+/// How long a connection past an HTTP/2 limit may take to get its GOAWAY out and close.
+const ABUSE_LINGER: Duration = Duration::from_secs(1);
+
+/// The check's view of [`Activity::moves`]: when it was last seen to change.
 struct Quiet {
     seen: u64,
     since: Instant,
+}
+
+/// What the connection's check decided.
+enum Step {
+    /// Check again then.
+    At(Instant),
+    /// No request for the idle timeout: close gracefully.
+    Idle,
+    /// Close now, for this limit.
+    Cut(&'static str),
 }
 
 // === impl AcceptLoop ===
@@ -174,12 +207,21 @@ async fn serve_http<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let activity = Arc::new(Activity::new());
+    let exec = StreamExec {
+        next: Arc::clone(&activity.next),
+        send_timeout: s.send_timeout,
+        metrics: Arc::clone(&shared.metrics),
+    };
+    let mut builder = auto::Builder::new(exec);
     builder
         .http1()
         .timer(TokioTimer::new())
-        // Why: without a timer hyper silently disables the header-read deadline.
-        .header_read_timeout(s.header_read_timeout)
+        // Why: hyper's deadline runs from the moment it waits for a head, so a kept-alive
+        // connection would be closed at the header timeout rather than the idle timeout;
+        // the connection's loop keeps both (the header one from the head's first byte).
+        // Regression: tests (it) abuse::h1_keep_alive_waits_for_the_idle_timeout
+        .header_read_timeout(None)
         // Room for a head over the limits to be read whole, so the service answers it with
         // its own 414 or 431 and a body; beyond this hyper answers a bare 431.
         .max_buf_size(s.max_header_bytes + s.max_target_bytes)
@@ -204,16 +246,21 @@ async fn serve_http<I>(
         None => builder.http1_only(),
     };
 
-    let activity = Arc::new(Activity::default());
-    let io = TokioIo::new(Tracked {
-        inner: io,
-        activity: Arc::clone(&activity),
-    });
+    let io = TokioIo::new(Tracked::new(
+        io,
+        Arc::clone(&activity),
+        FrameMeter::new(s.http2),
+    ));
     let conn = Arc::new(conn);
+    let peer_conn = Arc::clone(&conn);
     let svc = {
         let activity = Arc::clone(&activity);
         let shared = Arc::clone(shared);
         service_fn(move |req: hyper::Request<Incoming>| {
+            let progress = Arc::new(Progress::new());
+            if let Ok(mut next) = activity.next.lock() {
+                *next = Some(Arc::clone(&progress));
+            }
             let activity = Arc::clone(&activity);
             let shared = Arc::clone(&shared);
             let conn = Arc::clone(&conn);
@@ -222,23 +269,14 @@ async fn serve_http<I>(
                 // goes away first.
                 let in_flight = InFlight::new(activity);
                 let resp = service::handle(&shared, &conn, req).await;
-                Ok::<_, Infallible>(resp.map(|body| Guarded {
-                    body,
-                    _in_flight: in_flight,
-                }))
+                Ok::<_, Infallible>(resp.map(|body| Guarded::new(body, progress, in_flight)))
             }
         })
     };
     let connection = builder.serve_connection(io, svc);
     tokio::pin!(connection);
-    let idle = s.idle_timeout;
-    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let limits = Deadlines::of(s);
     let mut bytes_seen = Quiet {
-        seen: 0,
-        since: Instant::now(),
-    };
-    let mut requests_seen = Quiet {
         seen: 0,
         since: Instant::now(),
     };
@@ -247,6 +285,9 @@ async fn serve_http<I>(
     if draining {
         connection.as_mut().graceful_shutdown();
     }
+    let check = tokio::time::sleep(limits.period);
+    tokio::pin!(check);
+    let mut abuse_deadline = None;
     loop {
         tokio::select! {
             res = connection.as_mut() => {
@@ -255,35 +296,99 @@ async fn serve_http<I>(
                 }
                 break;
             }
+            () = activity.abused.notified() => {
+                // Not closed at once when the GOAWAY is written: with the client's bytes
+                // unread, a close would reset the connection and could lose the GOAWAY. The
+                // client closes on reading it, or the linger ends it.
+                if abuse_deadline.is_none() {
+                    let limit = activity.abuse_name();
+                    shared.metrics.limit(limit);
+                    tracing::debug!(peer = %peer_conn.info.peer, limit, "HTTP/2 limit passed: GOAWAY ENHANCE_YOUR_CALM");
+                    abuse_deadline = Some(Instant::now() + ABUSE_LINGER);
+                }
+            }
+            () = sleep_until_opt(abuse_deadline) => break,
             _ = shutdown.changed(), if !draining => {
                 draining = true;
                 drain_started = Instant::now();
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tick.tick() => {
-                let io_quiet = bytes_seen.update(activity.moves.load(Ordering::Relaxed));
-                let idle_for = requests_seen.update(activity.requests.load(Ordering::Relaxed));
-                if draining {
+            () = &mut check => {
+                let now = Instant::now();
+                let io_quiet = bytes_seen.update(activity.moves.load(Ordering::Relaxed), now);
+                let step = if draining {
                     // Why: a graceful close waits for responses to be written; a client that
                     // stops reading would hold the connection (and its upstream) forever.
-                    // Regression: tests (it) proxy::stalled_reader_is_disconnected
-                    if drain_started.elapsed() >= idle && io_quiet >= idle {
+                    if now - drain_started >= limits.idle && io_quiet >= limits.idle {
+                        Step::Cut("drain")
+                    } else {
+                        Step::At(now + limits.period)
+                    }
+                } else {
+                    activity.check(&limits, io_quiet, now)
+                };
+                match step {
+                    Step::At(next) => check.as_mut().reset(next),
+                    Step::Idle => {
+                        // Regression: tests (it) proxy::h2_pings_do_not_keep_a_connection_open,
+                        // abuse::h1_keep_alive_waits_for_the_idle_timeout
+                        shared.metrics.limit("idle_timeout");
+                        draining = true;
+                        drain_started = now;
+                        connection.as_mut().graceful_shutdown();
+                        check.as_mut().reset(now + limits.period);
+                    }
+                    Step::Cut(limit) => {
+                        shared.metrics.limit(limit);
+                        tracing::debug!(peer = %peer_conn.info.peer, limit, "Connection closed at its deadline");
                         break;
                     }
-                } else if activity.in_flight.load(Ordering::Relaxed) > 0 {
-                    if io_quiet >= idle {
-                        // A response under way but no byte moved either way for the whole
-                        // idle period (the upstream's response_timeout is shorter by default).
-                        break;
-                    }
-                } else if idle_for >= idle {
-                    // Regression: tests (it) proxy::h2_pings_do_not_keep_a_connection_open
-                    draining = true;
-                    drain_started = Instant::now();
-                    connection.as_mut().graceful_shutdown();
                 }
             }
         }
+    }
+}
+
+/// A connection's deadlines, from the settings.
+struct Deadlines {
+    header: Duration,
+    idle: Duration,
+    send: Duration,
+    /// How often a connection with a request in flight (or draining) is looked at.
+    period: Duration,
+}
+
+impl Deadlines {
+    fn of(s: &ServerSettings) -> Self {
+        let shortest = s
+            .header_read_timeout
+            .min(s.idle_timeout)
+            .min(s.send_timeout);
+        Self {
+            header: s.header_read_timeout,
+            idle: s.idle_timeout,
+            send: s.send_timeout,
+            period: (shortest / 4).max(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// How long the client of an HTTP/1.1 connection has owed progress on its response (zero for
+/// HTTP/2, whose streams each have their own watchdog and take their progress from the slot).
+fn h1_owed_for(activity: &Activity) -> Duration {
+    activity
+        .next
+        .lock()
+        .ok()
+        .and_then(|p| p.as_ref().and_then(|p| p.owed_since()))
+        .map_or(Duration::ZERO, |since| since.elapsed())
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -293,7 +398,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn new(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        activity.requests.fetch_add(1, Ordering::Relaxed);
+        activity.head_started.store(0, Ordering::Relaxed);
         Self(activity)
     }
 }
@@ -301,119 +406,116 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.requests.fetch_add(1, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A response body that keeps its request in flight until hyper has taken all of it, so a
-/// long download counts as a request under way rather than an idle connection.
-struct Guarded {
-    body: ResponseBody,
-    _in_flight: InFlight,
-}
-
-impl http_body::Body for Guarded {
-    type Data = <ResponseBody as http_body::Body>::Data;
-    type Error = <ResponseBody as http_body::Body>::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle_since.store(self.0.ms(), Ordering::Relaxed);
+        }
     }
 }
 
 // === impl Activity ===
 
 impl Activity {
-    fn touch(&self) {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            moves: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
+            abuse: AtomicU8::new(0),
+            abused: Notify::new(),
+            next: Arc::default(),
+        }
+    }
+
+    fn ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    /// Called by the I/O for bytes read on an HTTP/1 connection: with no request in flight
+    /// they start a request head, and the header deadline runs from the first of them.
+    pub(super) fn h1_read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started.store(self.ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The deadlines of a connection that is not draining. Exact without waking often:
+    /// whatever happens before the next check (a head starts, a request starts or ends) has
+    /// a deadline at least the shortest timeout away, so the next check comes no later.
+    fn check(&self, d: &Deadlines, io_quiet: Duration, now: Instant) -> Step {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            let owed = h1_owed_for(self);
+            if owed >= d.send {
+                // An HTTP/1.1 response the client stopped taking.
+                // Regression: tests (it) proxy::stalled_reader_is_disconnected
+                return Step::Cut("send_timeout");
+            }
+            if io_quiet >= d.idle {
+                // A response under way but no byte moved either way for the whole idle
+                // period (the upstream's response_timeout is shorter by default).
+                return Step::Cut("stalled");
+            }
+            return Step::At(now + d.period);
+        }
+        let soon = now + d.header.min(d.send);
+        match self.head_started.load(Ordering::Relaxed) {
+            0 => {
+                let deadline = self.at(self.idle_since.load(Ordering::Relaxed)) + d.idle;
+                if now >= deadline {
+                    Step::Idle
+                } else {
+                    Step::At(deadline.min(soon))
+                }
+            }
+            started => {
+                // Regression: tests (it) abuse::h1_started_head_gets_the_header_timeout
+                let deadline = self.at(started - 1) + d.header;
+                if now >= deadline {
+                    Step::Cut("header_read_timeout")
+                } else {
+                    Step::At(deadline.min(soon))
+                }
+            }
+        }
+    }
+
+    pub(super) fn touch(&self) {
         self.moves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn abused(&self, abuse: Abuse) {
+        let code = match abuse {
+            Abuse::Resets => ABUSE_RESETS,
+            Abuse::ControlFrames => ABUSE_CONTROL,
+        };
+        self.abuse.store(code, Ordering::Relaxed);
+        self.abused.notify_one();
+    }
+
+    /// The metric name of the limit passed.
+    fn abuse_name(&self) -> &'static str {
+        match self.abuse.load(Ordering::Relaxed) {
+            ABUSE_RESETS => "http2_resets",
+            ABUSE_CONTROL => "http2_control_frames",
+            _ => "http2_other",
+        }
     }
 }
 
 impl Quiet {
-    /// Time since the counter last moved, as seen at ticks: exact to one tick (a quarter of
-    /// the idle timeout).
-    fn update(&mut self, count: u64) -> Duration {
+    /// Time since the counter last moved, as seen at checks: exact to one check period.
+    fn update(&mut self, count: u64, now: Instant) -> Duration {
         if count != self.seen {
             self.seen = count;
-            self.since = Instant::now();
+            self.since = now;
         }
-        self.since.elapsed()
-    }
-}
-
-/// The client stream, recording when bytes move, for the idle and stall deadlines.
-struct Tracked<I> {
-    inner: I,
-    activity: Arc<Activity>,
-}
-
-impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tracked<I> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<I> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        now - self.since
     }
 }

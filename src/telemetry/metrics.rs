@@ -84,6 +84,11 @@ struct DenialLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -100,6 +105,7 @@ pub struct Metrics {
     upstream_errors: Family<KindLabel, Counter>,
     bad_requests: Family<KindLabel, Counter>,
     denials: Family<DenialLabels, Counter>,
+    limits: Family<LimitLabel, Counter>,
     /// Client connections open now.
     pub connections_open: Gauge,
     /// Client connections accepted.
@@ -194,6 +200,12 @@ impl Metrics {
             "Denied requests by door and reason code (a closed set)",
             denials.clone(),
         );
+        let limits = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "connection_limits",
+            "Client connections or streams ended by a limit or deadline: http2_resets, http2_control_frames, send_timeout, idle_timeout, header_read_timeout, stalled, drain",
+            limits.clone(),
+        );
         let connections_open = Gauge::default();
         registry.register(
             "connections_open",
@@ -227,6 +239,7 @@ impl Metrics {
             upstream_errors,
             bad_requests,
             denials,
+            limits,
             connections_open,
             connections_total,
             tls_handshake_errors,
@@ -282,6 +295,11 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Counts a connection or stream ended by a resource limit (a closed set of names).
+    pub fn limit(&self, limit: &'static str) {
+        self.limits.get_or_create(&LimitLabel { limit }).inc();
     }
 
     /// The Prometheus text exposition.

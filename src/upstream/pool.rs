@@ -2,11 +2,17 @@
 //! uncontended mutex, and without the generic client's per-request bookkeeping.
 //!
 //! HTTP/1: idle connections wait in a queue; a request takes a ready one or opens a new one,
-//! and the connection goes back when the response body ends (a body dropped early closes it,
-//! as hyper cannot reuse a half-read response). HTTP/2 (by ALPN): one shared connection,
-//! multiplexed, replaced when it closes.
+//! and the connection goes back when the response body ends. HTTP/2 (by ALPN): one shared
+//! connection, multiplexed, replaced when it closes.
+//!
+//! A client that gives up (an HTTP/2 stream reset, a closed connection) drops its request at
+//! any point; that must not cost an upstream connection. A connect under way finishes in the
+//! background and its connection joins the pool; an HTTP/1 exchange under way is finished in
+//! the background, its response body read and discarded up to [`DRAIN_BYTES`] within
+//! [`DRAIN_TIME`], and the connection goes back to the pool (closed only past those bounds).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -22,6 +28,14 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::UpstreamBody;
+
+/// Largest read buffer of an HTTP/1 upstream connection (hyper's default grows to 400 KiB);
+/// also the largest response head an upstream may send.
+const UPSTREAM_READ_BUF: usize = 32 * 1024;
+/// Response body bytes read and discarded to keep the connection of an abandoned exchange.
+const DRAIN_BYTES: usize = 64 * 1024;
+/// Time an abandoned exchange gets (response head and drained body) to keep its connection.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// Why an exchange with the upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +66,8 @@ pub(super) struct Target {
     pub(super) connect_timeout: Duration,
     pub(super) idle_timeout: Duration,
     pub(super) max_idle: usize,
+    /// Bounds the background completion of an abandoned exchange (with [`DRAIN_TIME`]).
+    pub(super) response_timeout: Duration,
 }
 
 impl std::fmt::Debug for Target {
@@ -76,10 +92,29 @@ enum Sender {
     H2(http2::SendRequest<UpstreamBody>),
 }
 
+type Connect = Pin<Box<dyn Future<Output = Result<Sender, SendError>> + Send>>;
+type Exchange = Pin<Box<dyn Future<Output = hyper::Result<Response<Incoming>>> + Send>>;
+
+/// A connect that, when its request is dropped first, completes in the background and leaves
+/// its connection in the pool.
+struct Connecting {
+    fut: Option<Connect>,
+    pool: Arc<Pool>,
+}
+
+/// An HTTP/1 exchange that, when its request is dropped first, is finished in the background
+/// so its connection can go back to the pool.
+struct InFlight {
+    fut: Option<Exchange>,
+    sender: Option<http1::SendRequest<UpstreamBody>>,
+    pool: Arc<Pool>,
+}
+
 /// A response body that returns its HTTP/1 connection to the pool when it ends.
 #[derive(Debug)]
 pub struct PooledBody {
-    body: Incoming,
+    /// Always `Some` until dropped (taken to drain it in the background).
+    body: Option<Incoming>,
     back: Option<(Arc<Pool>, http1::SendRequest<UpstreamBody>)>,
 }
 
@@ -100,19 +135,32 @@ impl Pool {
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         let sender = match self.checkout() {
+            Some(Sender::H1(mut s)) if !s.is_ready() => match s.ready().await {
+                Ok(()) => Sender::H1(s),
+                Err(_) => self.connect_or_finish().await?,
+            },
             Some(s) => s,
             // Boxed: a new connection is rare, and its TLS and HTTP/2 handshake futures are
             // large; inline, every request's future would carry and move them.
-            None => Box::pin(self.connect()).await?,
+            None => self.connect_or_finish().await?,
         };
         let mut req = req;
         match sender {
             Sender::H1(mut s) => {
                 *req.version_mut() = http::Version::HTTP_11;
-                let resp = s.send_request(req).await.map_err(SendError::Http)?;
+                // Why: dropping hyper's response future closes the connection; a client that
+                // resets its streams would then cost one upstream connection each.
+                // Regression: tests (it) abuse::paced_rapid_reset_reuses_upstream_connections
+                let fut: Exchange = Box::pin(s.send_request(req));
+                let (resp, s) = InFlight {
+                    fut: Some(fut),
+                    sender: Some(s),
+                    pool: Arc::clone(self),
+                }
+                .await?;
                 let pool = Arc::clone(self);
                 Ok(resp.map(|body| PooledBody {
-                    body,
+                    body: Some(body),
                     back: Some((pool, s)),
                 }))
             }
@@ -131,9 +179,21 @@ impl Pool {
                     *req.uri_mut() = uri;
                 }
                 let resp = s.send_request(req).await.map_err(SendError::Http)?;
-                Ok(resp.map(|body| PooledBody { body, back: None }))
+                Ok(resp.map(|body| PooledBody {
+                    body: Some(body),
+                    back: None,
+                }))
             }
         }
+    }
+
+    /// Opens a new connection; when the request is dropped first, it still joins the pool.
+    async fn connect_or_finish(self: &Arc<Self>) -> Result<Sender, SendError> {
+        Connecting {
+            fut: Some(Box::pin(Arc::clone(self).connect())),
+            pool: Arc::clone(self),
+        }
+        .await
     }
 
     fn checkout(&self) -> Option<Sender> {
@@ -146,18 +206,28 @@ impl Pool {
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
         // Connections are pushed back as their responses end; one whose connection task has
-        // not yet noticed may be briefly not ready: keep it for the next request.
+        // not yet noticed is briefly not ready. Take a ready one if there is one, else the
+        // first one still settling, whose readiness the caller awaits: opening a new
+        // connection instead would grow the pool under concurrent bursts.
+        let mut settling = None;
         for _ in 0..idle.len() {
             let (s, since) = idle.pop_front()?;
             if s.is_closed() || now.duration_since(since) > self.target.idle_timeout {
                 continue;
             }
             if s.is_ready() {
+                if let Some(other) = settling {
+                    idle.push_front(other);
+                }
                 return Some(Sender::H1(s));
             }
-            idle.push_back((s, since));
+            if settling.is_none() {
+                settling = Some((s, since));
+            } else {
+                idle.push_back((s, since));
+            }
         }
-        None
+        settling.map(|(s, _)| Sender::H1(s))
     }
 
     fn checkin(&self, s: http1::SendRequest<UpstreamBody>) {
@@ -171,7 +241,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Sender, SendError> {
+    async fn connect(self: Arc<Self>) -> Result<Sender, SendError> {
         let t = &self.target;
         let connect = async {
             let tcp = TcpStream::connect(&t.addr)
@@ -206,6 +276,11 @@ impl Pool {
             Ok(Sender::H2(sender))
         } else {
             let (sender, conn) = http1::Builder::new()
+                // Why: hyper's read buffer grows to 400 KiB on a fast upstream, and every
+                // body chunk handed on is a slice of it: a client that stops reading would
+                // pin the whole buffer.
+                // Regression: tests (it) memory::h1_slow_readers_hold_a_bounded_buffer_each
+                .max_buf_size(UPSTREAM_READ_BUF)
                 .handshake(TokioIo::new(io))
                 .await
                 .map_err(SendError::Http)?;
@@ -215,16 +290,113 @@ impl Pool {
     }
 }
 
+/// Runs `fut` to its end on the runtime, if there still is one (not while it shuts down).
+fn finish_in_background(fut: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(fut);
+    }
+}
+
+/// Reads and discards what is left of an abandoned response, within [`DRAIN_BYTES`] and
+/// `deadline`; the connection goes back to the pool only if the body ended.
+async fn drain(pool: Arc<Pool>, mut body: Incoming, sender: http1::SendRequest<UpstreamBody>) {
+    use http_body_util::BodyExt;
+    let mut left = DRAIN_BYTES;
+    while !body.is_end_stream() {
+        match body.frame().await {
+            Some(Ok(f)) => match f.data_ref() {
+                Some(d) if d.len() > left => return,
+                Some(d) => left -= d.len(),
+                None => {}
+            },
+            Some(Err(_)) => return,
+            None => break,
+        }
+    }
+    pool.checkin(sender);
+}
+
+// === impl Connecting ===
+
+impl Future for Connecting {
+    type Output = Result<Sender, SendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Ready(Err(SendError::ConnectTimeout));
+        };
+        let out = std::task::ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        Poll::Ready(out)
+    }
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        if let Some(fut) = self.fut.take() {
+            let pool = Arc::clone(&self.pool);
+            finish_in_background(async move {
+                // An HTTP/2 connection is already the pool's shared one.
+                if let Ok(Sender::H1(s)) = fut.await {
+                    pool.checkin(s);
+                }
+            });
+        }
+    }
+}
+
+// === impl InFlight ===
+
+impl Future for InFlight {
+    type Output = Result<(Response<Incoming>, http1::SendRequest<UpstreamBody>), SendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Ready(Err(SendError::ConnectTimeout));
+        };
+        let out = std::task::ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        let out = match (out, self.sender.take()) {
+            (Ok(resp), Some(s)) => Ok((resp, s)),
+            (Ok(_), None) => Err(SendError::ConnectTimeout),
+            (Err(e), _) => Err(SendError::Http(e)),
+        };
+        Poll::Ready(out)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let (Some(fut), Some(sender)) = (self.fut.take(), self.sender.take()) {
+            let pool = Arc::clone(&self.pool);
+            let deadline = pool.target.response_timeout.min(DRAIN_TIME);
+            finish_in_background(async move {
+                let _ = tokio::time::timeout(deadline, async move {
+                    if let Ok(resp) = fut.await {
+                        drain(pool, resp.into_body(), sender).await;
+                    }
+                })
+                .await;
+            });
+        }
+    }
+}
+
 // === impl PooledBody ===
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
         // A body hyper never polled because it was empty (HEAD, 204, Content-Length: 0) still
-        // leaves a reusable connection; a half-read one does not.
-        if let Some((pool, sender)) = self.back.take()
-            && self.body.is_end_stream()
-        {
-            pool.checkin(sender);
+        // leaves a reusable connection; a half-read one is drained in the background first.
+        if let (Some((pool, sender)), Some(body)) = (self.back.take(), self.body.take()) {
+            if body.is_end_stream() {
+                pool.checkin(sender);
+            } else {
+                let deadline = pool.target.response_timeout.min(DRAIN_TIME);
+                finish_in_background(async move {
+                    let _ = tokio::time::timeout(deadline, drain(pool, body, sender)).await;
+                });
+            }
         }
     }
 }
@@ -237,7 +409,10 @@ impl Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(body).poll_frame(cx);
         if let Poll::Ready(None) = polled
             && let Some((pool, sender)) = self.back.take()
         {
@@ -247,11 +422,13 @@ impl Body for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

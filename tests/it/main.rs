@@ -13,11 +13,13 @@
     reason = "test helpers outside #[test] functions may fail loudly, and read whole (small) bodies"
 )]
 
+mod abuse;
 mod assertion;
 mod check;
 mod credentials;
 mod identity;
 mod jwt;
+mod memory;
 mod paths;
 mod policy;
 mod proxy;

@@ -521,19 +521,20 @@ async fn route_override_headers_never_forwarded() {
 }
 
 /// A client that asks for a large body and stops reading must not hold its connection (and an
-/// upstream connection) forever.
+/// upstream connection) forever: cut at `send_timeout`, long before the idle timeout.
 #[tokio::test]
 async fn stalled_reader_is_disconnected() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Setup::default()
-        .server("  idle_timeout: 300ms\n")
+        .server("  idle_timeout: 30s\n  send_timeout: 300ms\n")
         .start()
         .await;
     let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     s.write_all(b"GET /__echo/bytes/209715200 HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    // Stop reading long enough for the stall deadline (two idle periods) to pass.
+    // Stop reading long enough for the send deadline to pass (once the socket buffers are
+    // full).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut got = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;

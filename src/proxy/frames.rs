@@ -1,0 +1,349 @@
+//! HTTP/2 frame accounting on a client connection's bytes, below hyper: counts what h2 does
+//! not bound (client stream resets after hyper accepted the stream, PING and SETTINGS floods,
+//! each of which h2 answers)
+//! and, past a limit, ends the connection with GOAWAY `ENHANCE_YOUR_CALM`, as the fixes for
+//! CVE-2023-44487 do.
+//!
+//! Invariants:
+//! - Only frame headers are read: a read costs one step per frame, whatever the payload size,
+//!   and nothing is allocated. A connection that does not open with the HTTP/2 preface (an
+//!   HTTP/1 connection) is recognised on its first bytes and never looked at again.
+//! - The GOAWAY is written only at a frame boundary of what h2 has written, so it never lands
+//!   inside one of h2's frames; from then on h2's writes are discarded and the client's bytes
+//!   are never handed to h2 again.
+
+use std::time::Instant;
+
+use crate::snapshot::Http2Limits;
+
+/// The client connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const ACK: u8 = 0x1;
+const GOAWAY: u8 = 0x7;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// Which limit a client went past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Abuse {
+    /// Too many stream resets (rapid reset).
+    Resets,
+    /// Too many PING or SETTINGS frames (each one makes h2 write an acknowledgement).
+    ControlFrames,
+}
+
+/// Where a parser is in a byte stream of frames.
+#[derive(Debug, Clone, Copy)]
+enum Parse {
+    /// Matching the client preface; `n` bytes matched so far.
+    Preface(u8),
+    /// Reading a frame header; `n` of its 9 bytes are in `head`.
+    Header { head: [u8; 9], n: u8 },
+    /// Skipping a payload.
+    Payload(u32),
+    /// Not HTTP/2: nothing more to look at.
+    Off,
+}
+
+/// One connection's accounting. Owned by the connection's I/O wrapper; no atomics needed.
+#[derive(Debug)]
+pub(super) struct FrameMeter {
+    limits: Http2Limits,
+    read: Parse,
+    write: Parse,
+    window_start: Option<Instant>,
+    resets: u32,
+    control: u32,
+    /// Highest client stream id seen in a HEADERS frame: the GOAWAY's last stream id.
+    last_stream: u32,
+    /// Set once a limit is passed; the GOAWAY is then due.
+    abuse: Option<Abuse>,
+    /// The GOAWAY frame and how much of it is written.
+    goaway: [u8; 17],
+    goaway_sent: u8,
+}
+
+/// What a frame header says, as far as the meter cares.
+struct Head {
+    len: u32,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+}
+
+// === impl FrameMeter ===
+
+impl FrameMeter {
+    /// A meter for a new connection, which may turn out to be HTTP/1 (then it stays off).
+    pub(super) fn new(limits: Http2Limits) -> Self {
+        Self {
+            limits,
+            read: Parse::Preface(0),
+            write: Parse::Header { head: [0; 9], n: 0 },
+            window_start: None,
+            resets: 0,
+            control: 0,
+            last_stream: 0,
+            abuse: None,
+            goaway: [0; 17],
+            goaway_sent: 0,
+        }
+    }
+
+    /// Which limit was passed, if one was.
+    pub(super) fn abuse(&self) -> Option<Abuse> {
+        self.abuse
+    }
+
+    /// Whether the connection turned out to be HTTP/1 (its first bytes were no preface).
+    pub(super) fn is_http1(&self) -> bool {
+        matches!(self.read, Parse::Off)
+    }
+
+    /// Accounts for bytes the client sent. Returns the limit passed, the first time one is.
+    pub(super) fn on_read(&mut self, mut bytes: &[u8]) -> Option<Abuse> {
+        while !bytes.is_empty() && self.abuse.is_none() {
+            match &mut self.read {
+                Parse::Off => return None,
+                Parse::Preface(n) => {
+                    let at = usize::from(*n);
+                    let want = &PREFACE[at..];
+                    let take = want.len().min(bytes.len());
+                    if bytes[..take] != want[..take] {
+                        self.read = Parse::Off;
+                        return None;
+                    }
+                    bytes = &bytes[take..];
+                    self.read = if at + take == PREFACE.len() {
+                        Parse::Header { head: [0; 9], n: 0 }
+                    } else {
+                        Parse::Preface(u8::try_from(at + take).unwrap_or(0))
+                    };
+                }
+                _ => {
+                    let (rest, head) = step(&mut self.read, bytes);
+                    bytes = rest;
+                    if let Some(h) = head {
+                        self.count(&h);
+                    }
+                }
+            }
+        }
+        self.abuse
+    }
+
+    /// Accounts for bytes h2 wrote (and that reached the socket).
+    pub(super) fn on_write(&mut self, mut bytes: &[u8]) {
+        // Before the preface is read this may still be h2 (which writes SETTINGS first); an
+        // HTTP/1 server never writes before a request.
+        if matches!(self.read, Parse::Off) {
+            return;
+        }
+        while !bytes.is_empty() {
+            bytes = step(&mut self.write, bytes).0;
+        }
+    }
+
+    /// Whether what h2 wrote so far ends with a whole frame.
+    pub(super) fn at_write_boundary(&self) -> bool {
+        matches!(self.write, Parse::Header { n: 0, .. })
+    }
+
+    /// Whether the GOAWAY is due and not yet fully written.
+    pub(super) fn goaway_pending(&self) -> bool {
+        self.abuse.is_some() && usize::from(self.goaway_sent) < self.goaway.len()
+    }
+
+    /// The rest of the GOAWAY frame to write.
+    pub(super) fn goaway_rest(&self) -> &[u8] {
+        &self.goaway[usize::from(self.goaway_sent)..]
+    }
+
+    /// Records that `n` more bytes of the GOAWAY were written.
+    pub(super) fn goaway_wrote(&mut self, n: usize) {
+        let total = usize::from(self.goaway_sent) + n;
+        self.goaway_sent = u8::try_from(total.min(self.goaway.len())).unwrap_or(u8::MAX);
+    }
+
+    fn count(&mut self, h: &Head) {
+        match h.kind {
+            HEADERS => self.last_stream = self.last_stream.max(h.stream),
+            RST_STREAM => {
+                self.roll_window();
+                self.resets = self.resets.saturating_add(1);
+                if self.resets > self.limits.max_resets {
+                    self.trip(Abuse::Resets);
+                }
+            }
+            // Acknowledgements answer the gateway's own frames.
+            SETTINGS | PING if h.flags & ACK == 0 => {
+                self.roll_window();
+                self.control = self.control.saturating_add(1);
+                if self.control > self.limits.max_control_frames {
+                    self.trip(Abuse::ControlFrames);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts a new window when the current one is over. Read the clock only for the frames
+    /// that are counted, which ordinary traffic rarely sends.
+    fn roll_window(&mut self) {
+        let now = Instant::now();
+        match self.window_start {
+            Some(start) if now.duration_since(start) < self.limits.window => {}
+            _ => {
+                self.window_start = Some(now);
+                self.resets = 0;
+                self.control = 0;
+            }
+        }
+    }
+
+    fn trip(&mut self, abuse: Abuse) {
+        self.abuse = Some(abuse);
+        // GOAWAY: length 8, type 7, no flags, stream 0; last stream id, error code.
+        let mut f = [0u8; 17];
+        f[2] = 8;
+        f[3] = GOAWAY;
+        f[9..13].copy_from_slice(&(self.last_stream & 0x7fff_ffff).to_be_bytes());
+        f[13..17].copy_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+        self.goaway = f;
+        self.goaway_sent = 0;
+    }
+}
+
+/// Advances a frame parser over `bytes`: returns the bytes left and, when a frame header was
+/// completed, what it says.
+fn step<'a>(state: &mut Parse, bytes: &'a [u8]) -> (&'a [u8], Option<Head>) {
+    match state {
+        Parse::Payload(left) => {
+            let take = bytes
+                .len()
+                .min(usize::try_from(*left).unwrap_or(usize::MAX));
+            // `take` <= `left`, which is a u32.
+            *left -= u32::try_from(take).unwrap_or(*left);
+            if *left == 0 {
+                *state = Parse::Header { head: [0; 9], n: 0 };
+            }
+            (&bytes[take..], None)
+        }
+        Parse::Header { head, n } => {
+            let at = usize::from(*n);
+            let take = (9 - at).min(bytes.len());
+            head[at..at + take].copy_from_slice(&bytes[..take]);
+            let rest = &bytes[take..];
+            if at + take < 9 {
+                *n = u8::try_from(at + take).unwrap_or(0);
+                return (rest, None);
+            }
+            let h = Head {
+                len: u32::from_be_bytes([0, head[0], head[1], head[2]]),
+                kind: head[3],
+                flags: head[4],
+                stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+            };
+            *state = if h.len == 0 {
+                Parse::Header { head: [0; 9], n: 0 }
+            } else {
+                Parse::Payload(h.len)
+            };
+            (rest, Some(h))
+        }
+        Parse::Preface(_) | Parse::Off => (&[], None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn limits(max_resets: u32) -> Http2Limits {
+        Http2Limits {
+            max_resets,
+            max_control_frames: 3,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn http1_is_never_counted() {
+        let mut m = FrameMeter::new(limits(0));
+        assert_eq!(m.on_read(b"GET / HTTP/1.1\r\n"), None);
+        assert_eq!(m.on_read(&frame(RST_STREAM, 0, 1, &[0; 4])), None);
+        assert!(matches!(m.read, Parse::Off));
+    }
+
+    #[test]
+    fn resets_past_the_limit_trip_even_split_across_reads() {
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(0x4, 0, 0, &[]));
+        bytes.extend(frame(HEADERS, 0x5, 7, &[0x82; 3]));
+        bytes.extend(frame(0x0, 0, 7, &[0; 100]));
+        for _ in 0..3 {
+            bytes.extend(frame(RST_STREAM, 0, 7, &[0, 0, 0, 8]));
+        }
+        let mut m = FrameMeter::new(limits(2));
+        let mut tripped = None;
+        for b in bytes.chunks(5) {
+            if let Some(a) = m.on_read(b) {
+                tripped = Some(a);
+            }
+        }
+        assert_eq!(tripped, Some(Abuse::Resets));
+        assert!(m.goaway_pending());
+        let g = m.goaway_rest();
+        assert_eq!(&g[..9], &[0, 0, 8, GOAWAY, 0, 0, 0, 0, 0]);
+        assert_eq!(&g[9..13], &7u32.to_be_bytes(), "last stream id");
+        assert_eq!(&g[13..], &ENHANCE_YOUR_CALM.to_be_bytes());
+    }
+
+    #[test]
+    fn pings_and_settings_count_but_not_their_acks() {
+        let mut m = FrameMeter::new(limits(10));
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(SETTINGS, 0, 0, &[]));
+        for _ in 0..10 {
+            bytes.extend(frame(SETTINGS, ACK, 0, &[]));
+            bytes.extend(frame(PING, ACK, 0, &[0; 8]));
+        }
+        bytes.extend(frame(PING, 0, 0, &[0; 8]));
+        bytes.extend(frame(SETTINGS, 0, 0, &[0; 6]));
+        assert_eq!(
+            m.on_read(&bytes),
+            None,
+            "three control frames are within the limit"
+        );
+        assert_eq!(
+            m.on_read(&frame(PING, 0, 0, &[0; 8])),
+            Some(Abuse::ControlFrames)
+        );
+    }
+
+    #[test]
+    fn write_boundaries_follow_frames() {
+        let mut m = FrameMeter::new(limits(10));
+        m.on_read(PREFACE);
+        let f = frame(0x0, 0, 1, &[1; 20]);
+        m.on_write(&f[..4]);
+        assert!(!m.at_write_boundary());
+        m.on_write(&f[4..15]);
+        assert!(!m.at_write_boundary());
+        m.on_write(&f[15..]);
+        assert!(m.at_write_boundary());
+    }
+}

@@ -1,0 +1,205 @@
+//! The client connection's I/O as hyper sees it: records when bytes move (idle and stall
+//! deadlines) and meters HTTP/2 frames ([`FrameMeter`]); past a limit it writes GOAWAY
+//! `ENHANCE_YOUR_CALM` at the next frame boundary, discards h2's further writes and the
+//! client's further bytes, and closes.
+
+use std::sync::Arc;
+
+use super::frames::FrameMeter;
+use super::listener::Activity;
+
+/// The client stream, tracked and metered.
+pub(super) struct Tracked<I> {
+    inner: I,
+    activity: Arc<Activity>,
+    meter: FrameMeter,
+    /// The write side is shut down after the GOAWAY.
+    shut: bool,
+}
+
+impl<I> Tracked<I> {
+    pub(super) fn new(inner: I, activity: Arc<Activity>, meter: FrameMeter) -> Self {
+        Self {
+            inner,
+            activity,
+            meter,
+            shut: false,
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Tracked<I> {
+    /// Writes the rest of the GOAWAY, flushes and shuts the write side down.
+    fn poll_goaway(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::{Poll, ready};
+        while self.meter.goaway_pending() {
+            let n = ready!(
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, self.meter.goaway_rest())
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.meter.goaway_wrote(n);
+        }
+        if !self.shut {
+            ready!(std::pin::Pin::new(&mut self.inner).poll_flush(cx))?;
+            // The FIN follows the GOAWAY: the client reads it before the end of the stream.
+            ready!(std::pin::Pin::new(&mut self.inner).poll_shutdown(cx))?;
+            self.shut = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reading once a limit is passed: the GOAWAY first (at a frame boundary), then the
+    /// client's bytes are read and dropped until it closes (the connection's loop ends it
+    /// after a second otherwise).
+    fn poll_read_abused(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::{Poll, ready};
+        if !self.shut {
+            if !self.meter.at_write_boundary() {
+                // h2 is in the middle of a frame; its next write ends it and sends the GOAWAY.
+                return Poll::Pending;
+            }
+            ready!(self.poll_goaway(cx))?;
+        }
+        let before = buf.filled().len();
+        for _ in 0..16 {
+            ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, buf))?;
+            if buf.filled().len() == before {
+                return Poll::Ready(Ok(()));
+            }
+            buf.set_filled(before);
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// After h2 wrote: once a limit is passed and h2's frame is whole, the GOAWAY goes out.
+    fn after_write(&mut self, cx: &mut std::task::Context<'_>) {
+        if self.meter.abuse().is_some() && !self.shut && self.meter.at_write_boundary() {
+            // Pending: the socket is full; the next read or write goes on with it.
+            let _ = self.poll_goaway(cx);
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRead for Tracked<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.meter.abuse().is_some() {
+            return this.poll_read_abused(cx, buf);
+        }
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+            // Why: h2 bounds resets only before hyper accepts a stream; a paced rapid reset
+            // gets past that and each reset stream may have cost a decision and an upstream
+            // exchange; h2 answers every PING and SETTINGS without a bound.
+            // Regression: tests (it) abuse::paced_rapid_reset_gets_goaway,
+            // abuse::ping_and_settings_floods_get_goaway
+            if let Some(abuse) = this.meter.on_read(&buf.filled()[before..]) {
+                this.activity.abused(abuse);
+                // The client's bytes are never handed to h2 again.
+                buf.set_filled(before);
+                return this.poll_read_abused(cx, buf);
+            }
+            if this.meter.is_http1() {
+                this.activity.h1_read();
+            }
+        }
+        polled
+    }
+}
+
+impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tracked<I> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::{Poll, ready};
+        let this = self.get_mut();
+        if this.meter.abuse().is_some() && this.meter.at_write_boundary() {
+            // From the GOAWAY on, h2's frames go nowhere.
+            ready!(this.poll_goaway(cx))?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            this.activity.touch();
+            this.meter.on_write(buf.get(..n).unwrap_or(buf));
+            this.after_write(cx);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::{Poll, ready};
+        let this = self.get_mut();
+        if this.meter.abuse().is_some() && this.meter.at_write_boundary() {
+            ready!(this.poll_goaway(cx))?;
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            this.activity.touch();
+            let mut left = n;
+            for b in bufs {
+                if left == 0 {
+                    break;
+                }
+                let take = left.min(b.len());
+                this.meter.on_write(b.get(..take).unwrap_or(b));
+                left -= take;
+            }
+            this.after_write(cx);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.meter.abuse().is_some() && this.meter.at_write_boundary() {
+            return this.poll_goaway(cx);
+        }
+        std::pin::Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.shut {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,342 @@
+//! Resource bounds under abuse (issue 15): HTTP/2 rapid reset, slow readers, control-frame
+//! floods, idle and header deadlines, memory per connection. Every test is bounded in count
+//! and time and talks to 127.0.0.1 only.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+
+use crate::support::*;
+
+/// An HTTP/2 client over plain TCP (prior knowledge) with frame-level control.
+async fn h2_client(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    (send, tokio::spawn(conn))
+}
+
+/// Opens `batch` streams (HEADERS with END_STREAM), lets the gateway accept them, resets them
+/// all, pauses, `batches` times: the paced rapid reset of CVE-2023-44487 that h2's own
+/// pending-accept limit does not see.
+async fn paced_rapid_reset(
+    send: &mut h2::client::SendRequest<Bytes>,
+    addr: std::net::SocketAddr,
+    batches: usize,
+    batch: usize,
+) -> Result<(), h2::Error> {
+    for _ in 0..batches {
+        let mut streams = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            *send = send.clone().ready().await?;
+            let req = Request::get(format!("http://{addr}/reset"))
+                .body(())
+                .unwrap();
+            let (_resp, stream) = send.send_request(req, true)?;
+            streams.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        for mut s in streams {
+            s.send_reset(h2::Reason::CANCEL);
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    Ok(())
+}
+
+/// A stream the client resets must not cost an upstream connection: a connect under way
+/// finishes into the pool, an exchange under way finishes in the background and keeps its
+/// connection.
+#[tokio::test]
+async fn paced_rapid_reset_reuses_upstream_connections() {
+    let gw = Setup::default()
+        .server("  http2: {max_resets: 1000}\n")
+        .start()
+        .await;
+    let addr = gw.addr();
+    let (mut send, _conn) = h2_client(addr).await;
+    paced_rapid_reset(&mut send, addr, 40, 10).await.unwrap();
+    // The connection still serves.
+    let req = Request::get(format!("http://{addr}/after"))
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Connections follow the concurrency of abandoned exchanges (10 per batch here, more
+    // while a batch's connects are still finishing), not the 400 resets.
+    let connections = gw.echo.connections();
+    assert!(
+        connections <= 100,
+        "400 reset streams opened {connections} upstream connections"
+    );
+}
+
+/// Past `max_resets` client resets in a window the connection gets GOAWAY
+/// ENHANCE_YOUR_CALM and is closed, even when each reset comes after the gateway accepted its
+/// stream (which h2's own limit does not count).
+#[tokio::test]
+async fn paced_rapid_reset_gets_goaway() {
+    let gw = Setup::default()
+        .server("  http2: {max_resets: 50, window: 10s}\n")
+        .start()
+        .await;
+    let addr = gw.addr();
+    let (mut send, conn) = h2_client(addr).await;
+    // 200 resets; the client's sends fail once the GOAWAY has arrived.
+    let _ = paced_rapid_reset(&mut send, addr, 20, 10).await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("connection closed by the gateway")
+        .unwrap();
+    let err = ended.expect_err("connection ended with GOAWAY");
+    assert!(err.is_go_away(), "{err:?}");
+    assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{err:?}");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="http2_resets"} 1"#),
+        "{metrics}"
+    );
+    // Other clients are served.
+    assert_eq!(get(addr, "/fine").await.0, http::StatusCode::OK);
+}
+
+/// An HTTP/2 client that grants no flow-control window (and keeps pinging) has each of its
+/// responses reset once a chunk has waited `send_timeout`; the connection goes on.
+#[tokio::test]
+async fn h2_slow_reader_stream_is_reset() {
+    let gw = Setup::default()
+        .server("  send_timeout: 300ms\n  idle_timeout: 5s\n")
+        .start()
+        .await;
+    let addr = gw.addr();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, mut conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let mut ping = conn.ping_pong().unwrap();
+    tokio::spawn(conn);
+    // PINGs are control frames, no progress.
+    let pinger = tokio::spawn(async move {
+        for _ in 0..100 {
+            if ping.ping(h2::Ping::opaque()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let req = Request::get(format!("http://{addr}/__echo/bytes/1048576"))
+            .body(())
+            .unwrap();
+        send = send.ready().await.unwrap();
+        let (resp, _) = send.send_request(req, true).unwrap();
+        bodies.push(resp);
+    }
+    for resp in bodies {
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("response head")
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let end = tokio::time::timeout(Duration::from_secs(5), body.data())
+            .await
+            .expect("stream reset within the deadline");
+        let err = end.expect("an error, not the end").expect_err("no data");
+        assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err:?}");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    pinger.abort();
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="send_timeout"} 3"#),
+        "{metrics}"
+    );
+    // The connection still serves a client that reads.
+    let req = Request::get(format!("http://{addr}/after"))
+        .body(())
+        .unwrap();
+    send = send.ready().await.unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// Writes the client preface, then `count` copies of `frame`, and reads what the gateway
+/// sends until it closes: the frames' (type, payload) pairs.
+async fn flood(addr: std::net::SocketAddr, frame: &[u8], count: usize) -> Vec<(u8, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut got)).await;
+        got
+    });
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    for _ in 0..count {
+        out.extend_from_slice(frame);
+    }
+    // The gateway stops reading once it has had enough: ignore a failed write.
+    let _ = wr.write_all(&out).await;
+    let bytes = reader.await.unwrap();
+    let mut frames = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        if rest.len() < 9 + len {
+            break;
+        }
+        frames.push((rest[3], rest[9..9 + len].to_vec()));
+        rest = &rest[9 + len..];
+    }
+    frames
+}
+
+/// PING and SETTINGS frames past `max_control_frames` in a window end the connection with
+/// GOAWAY ENHANCE_YOUR_CALM; until then each is acknowledged.
+#[tokio::test]
+async fn ping_and_settings_floods_get_goaway() {
+    let gw = Setup::default()
+        .server("  http2: {max_control_frames: 100}\n")
+        .start()
+        .await;
+    let ping = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let settings = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    for (frame, acked_kind) in [(&ping[..], 0x6), (&settings[..], 0x4)] {
+        let frames = flood(gw.addr(), frame, 5000).await;
+        let acks = frames.iter().filter(|(k, _)| *k == acked_kind).count();
+        assert!(acks <= 102, "{acks} acknowledgements for 5000 frames");
+        let goaway = frames.iter().find(|(k, _)| *k == 0x7).expect("a GOAWAY");
+        assert_eq!(&goaway.1[4..8], &[0, 0, 0, 0xb], "ENHANCE_YOUR_CALM");
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="http2_control_frames"} 2"#),
+        "{metrics}"
+    );
+}
+
+/// Reads until the gateway closes the connection (at most `within`): how long that took.
+async fn time_to_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: Duration) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "still open after {within:?}");
+    started.elapsed()
+}
+
+const HEADER_300MS_IDLE_1500MS: &str = "  header_read_timeout: 300ms\n  idle_timeout: 1500ms\n";
+
+/// A kept-alive HTTP/1.1 connection waiting for its next request is closed at the idle
+/// timeout, not at the (shorter) header timeout.
+#[tokio::test]
+async fn h1_keep_alive_waits_for_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Setup::default()
+        .server(HEADER_300MS_IDLE_1500MS)
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let closed_after = time_to_close(&mut s, Duration::from_secs(4)).await;
+    assert!(
+        closed_after >= Duration::from_millis(1400),
+        "closed after {closed_after:?}: the header timeout, not the idle timeout"
+    );
+}
+
+/// Once a request head has started, the header timeout applies.
+#[tokio::test]
+async fn h1_started_head_gets_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Setup::default()
+        .server(HEADER_300MS_IDLE_1500MS)
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s.write_all(b"GET /two HTTP/1.1\r\nHo").await.unwrap();
+    let closed_after = time_to_close(&mut s, Duration::from_secs(4)).await;
+    assert!(
+        closed_after >= Duration::from_millis(250) && closed_after < Duration::from_millis(1400),
+        "closed after {closed_after:?}"
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="header_read_timeout"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// A connection that sends nothing, plain or after its TLS handshake, waits for its first
+/// request for the idle timeout (the header timeout bounds the handshake and a started head).
+#[tokio::test]
+async fn connection_without_a_request_gets_the_idle_timeout() {
+    use portcullis::tls::certs;
+    let (ca, leaf, key) = certs::ca_and_leaf(&["localhost"]).unwrap();
+    let gw = Setup {
+        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: https\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n        - cert: leaf.crt\n          key: leaf.key\n".into(),
+        files: vec![
+            ("leaf.crt".into(), leaf.into_bytes()),
+            ("leaf.key".into(), key.into_bytes()),
+        ],
+        ..Setup::default()
+    }
+    .server(HEADER_300MS_IDLE_1500MS)
+    .start()
+    .await;
+    let mut plain = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.addr_of("https"))
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls_client(&[&ca], &[b"http/1.1"]));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let (plain_after, tls_after) = tokio::join!(
+        time_to_close(&mut plain, Duration::from_secs(4)),
+        time_to_close(&mut tls, Duration::from_secs(4)),
+    );
+    for closed_after in [plain_after, tls_after] {
+        assert!(
+            closed_after >= Duration::from_millis(1400),
+            "closed after {closed_after:?}"
+        );
+    }
+}
