@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::admin::{self, AdminState};
 use crate::config::reload::{ReloadError, ReloadOutcome, Reloader, Trigger};
 use crate::config::{self, Diagnostic};
-use crate::proxy::listener::AcceptLoop;
+use crate::proxy::listener::{AcceptLoop, ProxyHandler};
 use crate::proxy::service::Shared;
 use crate::telemetry::metrics::Metrics;
 
@@ -121,6 +121,8 @@ impl App {
             tracing::info!(listener = &*name, %addr, "Listening");
             tokio::spawn(
                 AcceptLoop {
+                    handler: Arc::new(ProxyHandler(Arc::clone(&shared))),
+                    door: crate::request::facts::Door::Proxy,
                     index,
                     name,
                     listener: tcp,

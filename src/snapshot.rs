@@ -130,6 +130,53 @@ pub struct ListenerSettings {
     pub tls: Option<Arc<crate::tls::server::ListenerTls>>,
     /// Whether HTTP/2 is served.
     pub http2: bool,
+    /// What it serves.
+    pub door: DoorSettings,
+}
+
+/// What a listener serves, compiled.
+#[derive(Debug, Clone)]
+pub enum DoorSettings {
+    /// The reverse proxy.
+    Proxy,
+    /// Envoy's gRPC `Check`.
+    EnvoyGrpc(DecisionDoor),
+    /// Envoy's HTTP mode.
+    EnvoyHttp {
+        /// Peers and deadline.
+        common: DecisionDoor,
+        /// What Envoy puts before the original path (no trailing `/`; may be empty).
+        path_prefix: Arc<str>,
+    },
+    /// Forward auth (nginx, Traefik, Caddy, APISIX, Kong).
+    ForwardAuth {
+        /// Peers and deadline.
+        common: DecisionDoor,
+        /// Statuses the peer cannot pass through, and what to answer instead.
+        status_map: Arc<[(http::StatusCode, http::StatusCode)]>,
+    },
+}
+
+/// What every decision door has.
+#[derive(Debug, Clone)]
+pub struct DecisionDoor {
+    /// Who may ask.
+    pub peers: Arc<[IpNet]>,
+    /// Answer deadline.
+    pub timeout: Duration,
+}
+
+impl DoorSettings {
+    /// The door kind.
+    pub fn door(&self) -> crate::request::facts::Door {
+        use crate::request::facts::Door;
+        match self {
+            Self::Proxy => Door::Proxy,
+            Self::EnvoyGrpc(_) => Door::EnvoyGrpc,
+            Self::EnvoyHttp { .. } => Door::EnvoyHttp,
+            Self::ForwardAuth { .. } => Door::ForwardAuth,
+        }
+    }
 }
 
 /// Limits, compiled.

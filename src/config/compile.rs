@@ -114,11 +114,22 @@ pub fn compile(
                 }
             }
         };
+        let door = compile_door(&l.door, &mut |field: &str, m: String| {
+            diags.push(at(&format!("listeners[{i}].door.{field}"), m));
+        });
+        // TODO(#11): the decision doors are served once their handlers land.
+        if !matches!(door, crate::snapshot::DoorSettings::Proxy) {
+            diags.push(at(
+                &format!("listeners[{i}].door"),
+                format!("the `{}` door is not served yet", door.door().as_str()),
+            ));
+        }
         listeners.push(ListenerSettings {
             name: l.name.as_str().into(),
             address: l.address,
             tls,
             http2: l.http2,
+            door,
         });
     }
 
@@ -340,6 +351,14 @@ pub fn compile(
         }
     }
 
+    // Proxy listeners, by name: what they allow needs an upstream.
+    let proxy_listeners: Vec<String> = cfg
+        .listeners
+        .iter()
+        .filter(|l| l.door == crate::config::raw::RawDoor::Proxy)
+        .map(|l| format!("`{}`", l.name))
+        .collect();
+
     // Rules, files in name order, rules in file order.
     let mut lint_buckets: HashMap<String, Vec<usize>> = HashMap::new();
     let mut lint_any: Vec<usize> = Vec::new();
@@ -403,13 +422,20 @@ pub fn compile(
                         None
                     }
                 },
-                (None, Effect::Allow) => {
+                // Why: a decision door forwards nothing, so a deployment without a proxy
+                // listener needs no upstreams; with one, whatever it allows must go somewhere.
+                // Regression: tests (it) check::* (allow-without-upstream)
+                (None, Effect::Allow) if !proxy_listeners.is_empty() => {
                     diags.push(at(
                         "upstream",
-                        "an allow rule needs an upstream to forward to".into(),
+                        format!(
+                            "an allow rule needs an upstream: the proxy listener(s) {} forward what it allows (decision doors alone would need none)",
+                            proxy_listeners.join(", ")
+                        ),
                     ));
                     None
                 }
+                (None, Effect::Allow) => None,
                 (None, Effect::Deny) => None,
             };
             let mut authenticators = Vec::with_capacity(r.authenticators.len());
@@ -700,6 +726,61 @@ pub fn compile(
     Ok((snapshot, diags))
 }
 
+/// A listener's door, its field errors reported through `error` (field relative to `door.`).
+fn compile_door(
+    raw: &crate::config::raw::RawDoor,
+    error: &mut dyn FnMut(&str, String),
+) -> crate::snapshot::DoorSettings {
+    use crate::config::raw::RawDoor;
+    use crate::snapshot::{DecisionDoor, DoorSettings};
+    let common =
+        |peers: &[crate::config::raw::Network], timeout: std::time::Duration| DecisionDoor {
+            peers: peers.iter().map(|n| n.0).collect(),
+            timeout,
+        };
+    match raw {
+        RawDoor::Proxy => DoorSettings::Proxy,
+        RawDoor::EnvoyGrpc(d) => DoorSettings::EnvoyGrpc(common(&d.peers, d.timeout)),
+        RawDoor::EnvoyHttp(d) => {
+            let prefix = d.path_prefix.trim_end_matches('/');
+            if !prefix.is_empty()
+                && (!prefix.starts_with('/')
+                    || crate::request::path::canonicalize(prefix).as_deref() != Ok(prefix))
+            {
+                error(
+                    "envoy_http.path_prefix",
+                    format!("`{}` is not a canonical path like `/authz`", d.path_prefix),
+                );
+            }
+            DoorSettings::EnvoyHttp {
+                common: common(&d.peers, d.timeout),
+                path_prefix: prefix.into(),
+            }
+        }
+        RawDoor::ForwardAuth(d) => {
+            let mut map = Vec::with_capacity(d.status_map.len());
+            for (&from, &to) in &d.status_map {
+                match (
+                    http::StatusCode::from_u16(from),
+                    http::StatusCode::from_u16(to),
+                ) {
+                    (Ok(f), Ok(t)) if (200..600).contains(&from) && (200..600).contains(&to) => {
+                        map.push((f, t));
+                    }
+                    _ => error(
+                        &format!("forward_auth.status_map.{from}"),
+                        "statuses are between 200 and 599".into(),
+                    ),
+                }
+            }
+            DoorSettings::ForwardAuth {
+                common: common(&d.peers, d.timeout),
+                status_map: map.into(),
+            }
+        }
+    }
+}
+
 /// The public half of `config/dev/dev-1.key`, which ships with Portcullis.
 const PUBLISHED_DEV_KEY: &str = include_str!("../../config/dev/dev-1.pem");
 
@@ -721,13 +802,16 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(&'static str
     let addrs = |c: &super::raw::RawConfig| {
         c.listeners
             .iter()
-            .map(|l| (l.name.clone(), l.address, l.tls.is_some()))
+            .map(|l| {
+                let door = std::mem::discriminant(&l.door);
+                (l.name.clone(), l.address, l.tls.is_some(), door)
+            })
             .collect::<Vec<_>>()
     };
     if addrs(o) != addrs(n) {
         out.push((
             "listeners",
-            "listener names, addresses or TLS on/off changed: restart required",
+            "listener names, addresses, doors or TLS on/off changed: restart required",
         ));
     }
     if o.admin.address != n.admin.address {

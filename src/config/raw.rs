@@ -157,6 +157,83 @@ pub struct RawListener {
     /// Accept HTTP/2 (ALPN `h2` over TLS, prior knowledge over plain HTTP). Default true.
     #[serde(default = "yes")]
     pub http2: bool,
+    /// What the listener serves: `proxy` (the default: authorize and forward to upstreams), or
+    /// a decision door for a gateway in front (`envoy_grpc`, `envoy_http`, `forward_auth`),
+    /// which answers allow or deny and forwards nothing. Restart-only.
+    #[serde(default)]
+    pub door: RawDoor,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawDoor {
+    /// The reverse proxy.
+    #[default]
+    Proxy,
+    /// Envoy's gRPC ext_authz (`envoy.service.auth.v3.Authorization/Check`) and the gRPC
+    /// health service.
+    EnvoyGrpc(RawDecisionDoor),
+    /// Envoy's HTTP ext_authz mode (`http_service`): the original request arrives as the
+    /// request, under `path_prefix`; 200 allows.
+    EnvoyHttp(RawEnvoyHttp),
+    /// nginx `auth_request`, Traefik ForwardAuth, Caddy `forward_auth`, APISIX `forward-auth`,
+    /// Kong: the original request is described by headers (`X-Forwarded-Method`, `-Proto`,
+    /// `-Host`, `-Uri`, or nginx's `X-Original-URI` / `X-Original-Method`); 2xx allows.
+    ForwardAuth(RawForwardAuth),
+}
+
+/// A decision door's common settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDecisionDoor {
+    /// Peers allowed to ask (the gateways in front); anyone else is refused. Their word about
+    /// the original request is believed, so keep this to them. Default: loopback.
+    #[serde(default = "loopback_networks")]
+    pub peers: Vec<Network>,
+    /// Every answer within this long, or an error the peer's failure mode handles (the
+    /// gRPC door: UNAVAILABLE; the HTTP doors: 503). Default 2s.
+    #[schemars(with = "String")]
+    #[serde(default = "default_decision_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+/// Envoy's HTTP ext_authz mode.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvoyHttp {
+    /// Peers allowed to ask; default loopback.
+    #[serde(default = "loopback_networks")]
+    pub peers: Vec<Network>,
+    /// Answer deadline; default 2s.
+    #[schemars(with = "String")]
+    #[serde(default = "default_decision_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// The `http_service.path_prefix` Envoy puts before the original path (`/authz`); empty
+    /// by default.
+    #[serde(default)]
+    pub path_prefix: String,
+}
+
+/// A forward-auth door.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardAuth {
+    /// Peers allowed to ask (nginx, Traefik, Caddy, APISIX, Kong); their forwarding headers
+    /// describe the request and are believed only from them. Default loopback.
+    #[serde(default = "loopback_networks")]
+    pub peers: Vec<Network>,
+    /// Answer deadline; default 2s.
+    #[schemars(with = "String")]
+    #[serde(default = "default_decision_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Statuses the peer cannot pass through, and the status to answer instead; the real
+    /// one goes in `x-portcullis-status`. nginx turns anything but 2xx, 401 and 403 into
+    /// 500, so its example config uses `{302: 401, 429: 403, 503: 403, 400: 403}` and
+    /// `error_page` to surface the real status. Default: none (Traefik, Caddy, APISIX and Kong
+    /// pass any status through).
+    #[serde(default)]
+    pub status_map: BTreeMap<u16, u16>,
 }
 
 /// TLS settings of a listener.
@@ -1533,4 +1610,16 @@ fn machine() -> RawPrincipalKind {
 
 fn default_true() -> bool {
     true
+}
+
+fn loopback_networks() -> Vec<Network> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .map(Network)
+        .collect()
+}
+
+fn default_decision_timeout() -> Duration {
+    Duration::from_secs(2)
 }

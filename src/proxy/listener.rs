@@ -22,11 +22,42 @@ use super::frames::{Abuse, FrameMeter};
 use super::progress::{Guarded, Progress, StreamExec};
 use super::service::{self, Conn, Shared};
 use super::tracked::Tracked;
+use crate::body::ResponseBody;
 use crate::request::facts::{ClientCert, ConnInfo, TlsInfo};
 use crate::snapshot::ServerSettings;
 
+/// What a listener's connections are served by: one per door. The loop around it (accept,
+/// TLS, HTTP/1 and HTTP/2, deadlines, abuse limits, drain) is the same for every door.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request arriving on `conn`; never fails (every failure is a response).
+    fn call(
+        &self,
+        conn: Arc<Conn>,
+        req: hyper::Request<Incoming>,
+    ) -> impl std::future::Future<Output = hyper::Response<ResponseBody>> + Send + use<Self>;
+}
+
+/// The reverse proxy's handler.
+#[derive(Debug, Clone)]
+pub struct ProxyHandler(pub Arc<Shared>);
+
+impl Handler for ProxyHandler {
+    fn call(
+        &self,
+        conn: Arc<Conn>,
+        req: hyper::Request<Incoming>,
+    ) -> impl std::future::Future<Output = hyper::Response<ResponseBody>> + Send + use<> {
+        let shared = Arc::clone(&self.0);
+        async move { service::handle(&shared, &conn, req).await }
+    }
+}
+
 /// Everything an accept loop needs.
-pub struct AcceptLoop {
+pub struct AcceptLoop<H> {
+    /// The door's handler.
+    pub handler: Arc<H>,
+    /// The door this listener serves (what its connections' [`ConnInfo`] say).
+    pub door: crate::request::facts::Door,
     /// Position of the listener in the config (and the snapshot).
     pub index: usize,
     /// Its name.
@@ -94,7 +125,7 @@ enum Step {
 
 // === impl AcceptLoop ===
 
-impl AcceptLoop {
+impl<H: Handler> AcceptLoop<H> {
     /// Accepts until shutdown, then drops the socket so the kernel refuses new clients.
     pub async fn run(mut self) {
         loop {
@@ -135,10 +166,20 @@ impl AcceptLoop {
             let name = Arc::clone(&self.name);
             let shutdown = self.shutdown.clone();
             let drain = self.drain.clone();
+            let handler = Arc::clone(&self.handler);
+            let door = self.door;
             tokio::spawn(async move {
                 shared.metrics.connections_total.inc();
                 shared.metrics.connections_open.inc();
-                serve_stream(stream, peer, name, tls, http2, server, &shared, shutdown).await;
+                let endpoint = Endpoint {
+                    door,
+                    listener: name,
+                    http2,
+                };
+                serve_stream(
+                    stream, peer, endpoint, tls, server, &shared, handler, shutdown,
+                )
+                .await;
                 shared.metrics.connections_open.dec();
                 drop(permit);
                 drop(drain);
@@ -147,20 +188,35 @@ impl AcceptLoop {
     }
 }
 
+/// Where a connection arrived: the listener, its door and whether it speaks HTTP/2.
+struct Endpoint {
+    door: crate::request::facts::Door,
+    listener: Arc<str>,
+    http2: bool,
+}
+
 #[expect(clippy::too_many_arguments, reason = "one call site, all distinct")]
-async fn serve_stream(
+async fn serve_stream<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
-    listener: Arc<str>,
+    endpoint: Endpoint,
     tls: Option<Arc<crate::tls::server::ListenerTls>>,
-    http2: bool,
     server: ServerSettings,
     shared: &Arc<Shared>,
+    handler: Arc<H>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let Endpoint {
+        door,
+        listener,
+        http2,
+    } = endpoint;
     let Some(tls) = tls else {
-        let conn = Conn::new(ConnInfo::new(peer, listener, None));
-        serve_http(stream, conn, http2, None, &server, shared, shutdown).await;
+        let conn = Conn::new(ConnInfo::for_door(door, peer, listener, None));
+        serve_http(
+            stream, conn, http2, None, &server, shared, handler, shutdown,
+        )
+        .await;
         return;
     };
     let handshake = tokio::time::timeout(server.header_read_timeout, tls.accept(stream)).await;
@@ -189,20 +245,25 @@ async fn serve_stream(
             .map(|c| Arc::new(ClientCert::parse(c).unwrap_or_else(|| ClientCert::unreadable(c)))),
         binding,
     };
-    let conn = Conn::new(ConnInfo::new(peer, listener, Some(info)));
+    let conn = Conn::new(ConnInfo::for_door(door, peer, listener, Some(info)));
     let alpn_h2 = Some(alpn.as_deref() == Some(b"h2"));
-    serve_http(stream, conn, http2, alpn_h2, &server, shared, shutdown).await;
+    serve_http(
+        stream, conn, http2, alpn_h2, &server, shared, handler, shutdown,
+    )
+    .await;
 }
 
 /// Serves HTTP on an established (possibly TLS) stream until the client leaves, the idle
 /// deadline passes or the gateway drains.
-async fn serve_http<I>(
+#[expect(clippy::too_many_arguments, reason = "two call sites, all distinct")]
+async fn serve_http<I, H: Handler>(
     io: I,
     conn: Conn,
     http2: bool,
     alpn_h2: Option<bool>,
     s: &ServerSettings,
     shared: &Arc<Shared>,
+    handler: Arc<H>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -255,20 +316,17 @@ async fn serve_http<I>(
     let peer_conn = Arc::clone(&conn);
     let svc = {
         let activity = Arc::clone(&activity);
-        let shared = Arc::clone(shared);
         service_fn(move |req: hyper::Request<Incoming>| {
             let progress = Arc::new(Progress::new());
             if let Ok(mut next) = activity.next.lock() {
                 *next = Some(Arc::clone(&progress));
             }
-            let activity = Arc::clone(&activity);
-            let shared = Arc::clone(&shared);
-            let conn = Arc::clone(&conn);
+            // Dropped when the response's last byte is handed to hyper, or when the client
+            // goes away first.
+            let in_flight = InFlight::new(Arc::clone(&activity));
+            let answer = handler.call(Arc::clone(&conn), req);
             async move {
-                // Dropped when the response's last byte is handed to hyper, or when the client
-                // goes away first.
-                let in_flight = InFlight::new(activity);
-                let resp = service::handle(&shared, &conn, req).await;
+                let resp = answer.await;
                 Ok::<_, Infallible>(resp.map(|body| Guarded::new(body, progress, in_flight)))
             }
         })
