@@ -19,7 +19,7 @@ use crate::authn::credential;
 use crate::body::{self, PrefetchError, RequestBody, ResponseBody};
 use crate::decision::{self, Decision, HeaderMutation, NoTrace, Refusal};
 use crate::request::RequestFacts;
-use crate::request::facts::ConnInfo;
+use crate::request::facts::{ConnInfo, Door};
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::{self, AccessRecord};
 use crate::telemetry::metrics::{Metrics, Outcome};
@@ -381,7 +381,7 @@ impl Ctx<'_> {
                 )
             }
             Failure::Denied(d) => {
-                self.shared.metrics.denial(d.kind.as_str());
+                self.shared.metrics.denial(Door::Proxy, d.kind.as_str());
                 (self.outcome, self.reason) = (Outcome::Deny, Some(d.kind.as_str()));
                 self.log.rule.clone_from(&d.rule);
                 self.log.principal.clone_from(&d.principal);
@@ -403,12 +403,15 @@ impl Ctx<'_> {
         );
         let latency = self.start.elapsed();
         let status = resp.status().as_u16();
-        self.shared.metrics.request(self.outcome, status, latency);
+        self.shared
+            .metrics
+            .request(Door::Proxy, self.outcome, status, latency);
         if self.snapshot.access_log {
             fn or_dash(s: &str) -> &str {
                 if s.is_empty() { "-" } else { s }
             }
             access_log::log(&AccessRecord {
+                door: Door::Proxy.as_str(),
                 listener: &self.conn.info.listener,
                 method: self.method.as_str(),
                 host: or_dash(&self.log.host),

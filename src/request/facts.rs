@@ -91,6 +91,24 @@ pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
 // === impl Door ===
 
 impl Door {
+    /// Every door, in [`Self::index`] order.
+    pub const ALL: [Self; 4] = [
+        Self::Proxy,
+        Self::EnvoyGrpc,
+        Self::EnvoyHttp,
+        Self::ForwardAuth,
+    ];
+
+    /// Its position in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Self::Proxy => 0,
+            Self::EnvoyGrpc => 1,
+            Self::EnvoyHttp => 2,
+            Self::ForwardAuth => 3,
+        }
+    }
+
     /// Its label in metrics, logs and `explain --door`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,6 +1,6 @@
 //! One access-log line per request, at target `access`.
 //!
-//! Fields: method, host, path (canonical, without the query: queries may carry credentials),
+//! Fields: door, listener, method, host, path (canonical, without the query: queries may carry credentials),
 //! status, decision, rule, reason, latency, request id, principal id. Never a header value, token or cookie.
 
 use std::time::Duration;
@@ -8,6 +8,8 @@ use std::time::Duration;
 /// What one access-log line records.
 #[derive(Debug)]
 pub struct AccessRecord<'a> {
+    /// The door (`proxy`, `envoy-grpc`, `envoy-http`, `forward-auth`).
+    pub door: &'static str,
     /// Listener name.
     pub listener: &'a str,
     /// Request method.
@@ -38,6 +40,7 @@ pub struct AccessRecord<'a> {
 pub fn log(r: &AccessRecord<'_>) {
     tracing::info!(
         target: "access",
+        door = r.door,
         listener = r.listener,
         method = r.method,
         host = r.host,

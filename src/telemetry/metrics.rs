@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::request::facts::Door;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -78,6 +80,11 @@ struct VersionLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DoorLabel {
+    door: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DenialLabels {
     door: &'static str,
     reason: &'static str,
@@ -97,9 +104,10 @@ struct KindLabel {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// `[outcome][status slot]` for the proxy door.
-    requests: Vec<Vec<Counter>>,
-    duration: Histogram,
+    /// `[door][outcome][status slot]`.
+    requests: Vec<Vec<Vec<Counter>>>,
+    /// `[door]`.
+    duration: Vec<Histogram>,
     reloads: Family<OutcomeLabel, Counter>,
     config_version: Family<VersionLabel, Gauge>,
     upstream_errors: Family<KindLabel, Counter>,
@@ -147,29 +155,47 @@ impl Metrics {
             "Requests answered, by door, decision and status",
             requests_family.clone(),
         );
-        let requests = OUTCOMES
+        let requests = Door::ALL
             .iter()
-            .map(|decision| {
-                STATUSES
+            .map(|door| {
+                OUTCOMES
                     .iter()
-                    .map(|(_, status)| {
-                        requests_family
-                            .get_or_create(&RequestLabels {
-                                door: "proxy",
-                                decision,
-                                status,
+                    .map(|decision| {
+                        STATUSES
+                            .iter()
+                            .map(|(_, status)| {
+                                requests_family
+                                    .get_or_create(&RequestLabels {
+                                        door: door.as_str(),
+                                        decision,
+                                        status,
+                                    })
+                                    .clone()
                             })
-                            .clone()
+                            .collect()
                     })
                     .collect()
             })
             .collect();
-        let duration = Histogram::new(LATENCY_BOUNDS);
+        let duration_family = Family::<DoorLabel, Histogram, _>::new_with_constructor(|| {
+            Histogram::new(LATENCY_BOUNDS)
+        });
         registry.register(
             "request_duration_seconds",
-            "Time from request head to response head at the proxy door",
-            duration.clone(),
+            "Time from request head to response head, by door",
+            duration_family.clone(),
         );
+        // Created once and kept: observing takes no lock.
+        let duration = Door::ALL
+            .iter()
+            .map(|door| {
+                duration_family
+                    .get_or_create(&DoorLabel {
+                        door: door.as_str(),
+                    })
+                    .clone()
+            })
+            .collect();
         let reloads = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "config_reloads",
@@ -247,17 +273,20 @@ impl Metrics {
         }
     }
 
-    /// Counts one answered request at the proxy door.
-    pub fn request(&self, outcome: Outcome, status: u16, elapsed: Duration) {
+    /// Counts one answered request at `door`.
+    pub fn request(&self, door: Door, outcome: Outcome, status: u16, elapsed: Duration) {
         let slot = status_slot(status);
         if let Some(c) = self
             .requests
-            .get(outcome as usize)
+            .get(door.index())
+            .and_then(|d| d.get(outcome as usize))
             .and_then(|row| row.get(slot))
         {
             c.inc();
         }
-        self.duration.observe(elapsed);
+        if let Some(h) = self.duration.get(door.index()) {
+            h.observe(elapsed);
+        }
     }
 
     /// Counts a reload outcome (`applied`, `unchanged`, `failed`).
@@ -287,11 +316,11 @@ impl Metrics {
         self.bad_requests.get_or_create(&KindLabel { kind }).inc();
     }
 
-    /// Counts a denial at the proxy door by its reason code.
-    pub fn denial(&self, reason: &'static str) {
+    /// Counts a denial at `door` by its reason code.
+    pub fn denial(&self, door: Door, reason: &'static str) {
         self.denials
             .get_or_create(&DenialLabels {
-                door: "proxy",
+                door: door.as_str(),
                 reason,
             })
             .inc();
@@ -382,9 +411,9 @@ mod tests {
     #[test]
     fn request_counts_and_histogram_are_exposed() {
         let m = Metrics::new();
-        m.request(Outcome::Allow, 200, Duration::from_micros(300));
-        m.request(Outcome::Deny, 403, Duration::from_millis(2));
-        m.request(Outcome::Error, 599, Duration::from_millis(2));
+        m.request(Door::Proxy, Outcome::Allow, 200, Duration::from_micros(300));
+        m.request(Door::Proxy, Outcome::Deny, 403, Duration::from_millis(2));
+        m.request(Door::Proxy, Outcome::Error, 599, Duration::from_millis(2));
         m.reload("applied");
         m.set_config_version("abc");
         let text = m.encode();
@@ -399,8 +428,18 @@ mod tests {
         assert!(text.contains(
             r#"portcullis_requests_total{door="proxy",decision="error",status="other"} 1"#
         ));
-        assert!(text.contains("portcullis_request_duration_seconds_count 3"));
-        assert!(text.contains(r#"portcullis_request_duration_seconds_bucket{le="0.0005"} 1"#));
+        assert!(text.contains(r#"portcullis_request_duration_seconds_count{door="proxy"} 3"#));
+        assert!(
+            text.contains(
+                r#"portcullis_request_duration_seconds_bucket{le="0.0005",door="proxy"} 1"#
+            )
+        );
+        assert_eq!(
+            text.matches("# TYPE portcullis_request_duration_seconds ")
+                .count(),
+            1,
+            "one family, one TYPE line"
+        );
         assert!(text.contains(r#"portcullis_config_reloads_total{outcome="applied"} 1"#));
         assert!(text.contains(r#"portcullis_config_info{version="abc"} 1"#));
     }

@@ -319,7 +319,7 @@ async fn admin_endpoints_and_metrics() {
             .contains(r#"portcullis_requests_total{door="proxy",decision="allow",status="200"} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains("portcullis_request_duration_seconds_count 1"));
+    assert!(metrics.contains(r#"portcullis_request_duration_seconds_count{door="proxy"} 1"#));
     let version = gw.app().version();
     assert!(metrics.contains(&format!(
         "portcullis_config_info{{version=\"{version}\"}} 1"
