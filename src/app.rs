@@ -13,8 +13,10 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::admin::{self, AdminState};
 use crate::config::reload::{ReloadError, ReloadOutcome, Reloader, Trigger};
 use crate::config::{self, Diagnostic};
-use crate::proxy::listener::{AcceptLoop, ProxyHandler};
+use crate::door::DoorHandler;
+use crate::proxy::listener::{AcceptLoop, Handler, ProxyHandler};
 use crate::proxy::service::Shared;
+use crate::request::facts::Door;
 use crate::telemetry::metrics::Metrics;
 
 /// A started gateway.
@@ -100,6 +102,7 @@ impl App {
         };
         let max_connections = snapshot.raw.server.max_connections;
         let names: Vec<Arc<str>> = snapshot.listeners.iter().map(|l| l.name.clone()).collect();
+        let doors: Vec<Door> = snapshot.listeners.iter().map(|l| l.door.door()).collect();
         let version = snapshot.version.clone();
 
         let reloader = Arc::new(Reloader::new(
@@ -116,23 +119,43 @@ impl App {
         let connections = Arc::new(Semaphore::new(max_connections));
 
         let mut listeners = Vec::with_capacity(bound.len());
-        for (index, ((tcp, addr), name)) in bound.into_iter().zip(names).enumerate() {
+        for (index, ((tcp, addr), (name, door))) in bound
+            .into_iter()
+            .zip(names.into_iter().zip(doors))
+            .enumerate()
+        {
             listeners.push((Arc::clone(&name), addr));
-            tracing::info!(listener = &*name, %addr, "Listening");
-            tokio::spawn(
-                AcceptLoop {
-                    handler: Arc::new(ProxyHandler(Arc::clone(&shared))),
-                    door: crate::request::facts::Door::Proxy,
-                    index,
-                    name,
-                    listener: tcp,
-                    shared: Arc::clone(&shared),
-                    connections: Arc::clone(&connections),
-                    shutdown: shutdown_rx.clone(),
-                    drain: drain_tx.clone(),
-                }
-                .run(),
-            );
+            tracing::info!(listener = &*name, %addr, door = door.as_str(), "Listening");
+            let spawn = Spawn {
+                index,
+                name,
+                listener: tcp,
+                shared: Arc::clone(&shared),
+                connections: Arc::clone(&connections),
+                shutdown: shutdown_rx.clone(),
+                drain: drain_tx.clone(),
+            };
+            match door {
+                Door::Proxy => spawn.run(ProxyHandler(Arc::clone(&shared)), door),
+                Door::ForwardAuth => spawn.run(
+                    DoorHandler {
+                        door: Arc::new(crate::forward_auth::ForwardAuth),
+                        shared: Arc::clone(&shared),
+                        index,
+                    },
+                    door,
+                ),
+                Door::EnvoyHttp => spawn.run(
+                    DoorHandler {
+                        door: Arc::new(crate::extauthz::http::EnvoyHttp),
+                        shared: Arc::clone(&shared),
+                        index,
+                    },
+                    door,
+                ),
+                // Refused by compile until its handler lands.
+                Door::EnvoyGrpc => {}
+            }
         }
 
         let admin = Arc::new(AdminState {
@@ -255,6 +278,37 @@ impl App {
         }
         tracing::info!("Shutting down");
         self.shutdown().await
+    }
+}
+
+/// What an accept loop needs besides its door's handler.
+struct Spawn {
+    index: usize,
+    name: Arc<str>,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+    drain: mpsc::Sender<()>,
+}
+
+impl Spawn {
+    /// Serves the listener with `handler` until shutdown.
+    fn run<H: Handler>(self, handler: H, door: Door) {
+        tokio::spawn(
+            AcceptLoop {
+                handler: Arc::new(handler),
+                door,
+                index: self.index,
+                name: self.name,
+                listener: self.listener,
+                shared: self.shared,
+                connections: self.connections,
+                shutdown: self.shutdown,
+                drain: self.drain,
+            }
+            .run(),
+        );
     }
 }
 

@@ -165,7 +165,7 @@ pub struct RawListener {
 }
 
 /// What a listener serves.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RawDoor {
     /// The reverse proxy.
@@ -751,6 +751,13 @@ maps {
     "introspection" => Introspection(Box<RawIntrospection>),
     "trusted_headers" => TrustedHeaders(RawTrustedHeaders),
     "mtls" => Mtls(RawMtls),
+});
+single_key_enum!(RawDoor, "a door: `proxy`, `envoy_grpc`, `envoy_http` or `forward_auth`",
+units { "proxy" => Proxy },
+maps {
+    "envoy_grpc" => EnvoyGrpc(RawDecisionDoor),
+    "envoy_http" => EnvoyHttp(RawEnvoyHttp),
+    "forward_auth" => ForwardAuth(RawForwardAuth),
 });
 single_key_enum!(RawCredentialSource, "`bearer`, `header: NAME`, `cookie: NAME` or `query: NAME`",
     units { "bearer" => Bearer },

@@ -168,6 +168,7 @@ impl Deny {
                 challenge: None,
                 location: Some(location.clone()),
                 body: None,
+                code: self.public_code(),
                 throttle: None,
             };
         }
@@ -192,6 +193,7 @@ impl Deny {
             challenge,
             location: None,
             body: Some(error_body(code, request_id, extra)),
+            code,
             throttle: match self.kind {
                 DenyKind::RateLimited(t) => Some(t),
                 _ => None,

@@ -20,6 +20,8 @@ pub struct Refusal {
     pub location: Option<HeaderValue>,
     /// A short JSON body (none for a redirect).
     pub body: Option<String>,
+    /// The reason code the client sees (the body's `error`).
+    pub code: &'static str,
     /// Over a rate limit: `Retry-After` and `RateLimit-*`.
     pub throttle: Option<Throttle>,
 }
@@ -81,12 +83,13 @@ pub enum GrpcCode {
 impl Refusal {
     /// A refusal before or after the decision that is not a denial (a malformed request, an
     /// upstream failure): a status and a reason code, nothing else.
-    pub fn error(status: StatusCode, reason: &str, request_id: &HeaderValue) -> Self {
+    pub fn error(status: StatusCode, reason: &'static str, request_id: &HeaderValue) -> Self {
         Self {
             status,
             challenge: None,
             location: None,
             body: Some(super::outcome::error_body(reason, request_id, None)),
+            code: reason,
             throttle: None,
         }
     }

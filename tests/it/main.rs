@@ -17,6 +17,7 @@ mod abuse;
 mod assertion;
 mod check;
 mod credentials;
+mod doors;
 mod identity;
 mod jwt;
 mod memory;

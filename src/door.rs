@@ -1,0 +1,389 @@
+//! What the HTTP decision doors share (Envoy's HTTP mode, forward auth): admitting only the
+//! configured peers, describing the original request from the peer's words, deciding within
+//! the door's deadline, and answering, counting and logging the way the proxy door does.
+//!
+//! Each door only translates (Envoy's `ext_authz_http_impl.cc` beside its gRPC twin): how the
+//! original request is described ([`HttpDoor::describe`]) and how the decision is handed back
+//! ([`HttpDoor::allow`], [`HttpDoor::deny`]). The decision itself is [`decision::decide`]
+//! on the same [`RequestFacts`] the proxy builds, so a request gets the same answer whichever
+//! door it takes.
+//!
+//! Invariants:
+//! - A request from a peer outside the door's `peers` is refused (403 `peer_not_allowed`)
+//!   before anything it says is read: its headers describe the request and are believed.
+//! - The original client is the door peer's forwarded-for chain, walked through the door's
+//!   peers and `server.trusted_proxies`; the peer itself never passes for the client.
+//! - Every answer comes within the door's `timeout`; past it, 503 `decision_timeout`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use ipnet::IpNet;
+
+use crate::body::ResponseBody;
+use crate::decision::{self, Allow, Decision, NoTrace, Refusal};
+use crate::proxy::service::{Conn, Shared};
+use crate::proxy::{hop_by_hop, request_id};
+use crate::request::RequestFacts;
+use crate::request::facts::{ConnInfo, Door, FactsError, Head, Scheme};
+use crate::snapshot::{DecisionDoor, DoorSettings, Snapshot};
+use crate::telemetry::access_log::{self, AccessRecord};
+use crate::telemetry::metrics::Outcome;
+
+/// The original request as a door's peer describes it.
+#[derive(Debug)]
+pub struct Described {
+    /// Its method.
+    pub method: Method,
+    /// How the client reached the peer.
+    pub scheme: Scheme,
+    /// Its authority, as sent.
+    pub authority: Option<String>,
+    /// Its target in origin form, `/path?query`, raw.
+    pub target: String,
+    /// Its headers, without the ones that only described it to the door.
+    pub headers: HeaderMap,
+}
+
+/// Why a door cannot describe the original request: a 400 (or mapped status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Undescribed(pub &'static str);
+
+/// One HTTP decision door's translation.
+pub trait HttpDoor: Send + Sync + 'static {
+    /// Which door.
+    const DOOR: Door;
+
+    /// The original request, from the door's request (its head and headers).
+    fn describe(
+        &self,
+        settings: &DoorSettings,
+        parts: &http::request::Parts,
+    ) -> Result<Described, Undescribed>;
+
+    /// The answer for an allowed request: the mutation as response headers.
+    fn allow(&self, allow: &Allow) -> Response<Full<Bytes>>;
+
+    /// The answer for a refusal (a denial or a failure): status, headers, body, mapped as the
+    /// door's peer needs.
+    fn deny(&self, settings: &DoorSettings, refusal: Refusal) -> Response<Full<Bytes>>;
+}
+
+/// An HTTP decision door's [`crate::proxy::listener::Handler`].
+#[derive(Debug)]
+pub struct DoorHandler<D> {
+    /// The door's translation.
+    pub door: Arc<D>,
+    /// Snapshot and metrics.
+    pub shared: Arc<Shared>,
+    /// Position of the listener in the snapshot.
+    pub index: usize,
+}
+
+impl<D: HttpDoor> crate::proxy::listener::Handler for DoorHandler<D> {
+    fn call(
+        &self,
+        conn: Arc<Conn>,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send + use<D> {
+        let door = Arc::clone(&self.door);
+        let shared = Arc::clone(&self.shared);
+        let index = self.index;
+        async move {
+            answer(&*door, &shared, index, &conn, req)
+                .await
+                .map(http_body_util::Either::Left)
+        }
+    }
+}
+
+/// What one answer is counted and logged with.
+struct Record {
+    method: Option<Method>,
+    outcome: Outcome,
+    reason: Option<&'static str>,
+    host: Box<str>,
+    path: Box<str>,
+    rule: Option<crate::authz::route::RuleId>,
+    principal: Option<Arc<crate::authn::principal::Principal>>,
+    client_ip: IpAddr,
+}
+
+/// One request through an HTTP decision door.
+async fn answer<D: HttpDoor>(
+    door: &D,
+    shared: &Shared,
+    index: usize,
+    conn: &Conn,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let start = Instant::now();
+    let snapshot = shared.current.load_full();
+    let (mut parts, _body) = req.into_parts();
+    let request_id =
+        request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
+    let mut record = Record {
+        method: None,
+        outcome: Outcome::Error,
+        reason: None,
+        host: Box::default(),
+        path: Box::default(),
+        rule: None,
+        principal: None,
+        client_ip: conn.info.peer.ip(),
+    };
+    let Some(settings) = snapshot.listener(index).map(|l| &l.door) else {
+        let refusal = Refusal::error(StatusCode::SERVICE_UNAVAILABLE, "no_listener", &request_id);
+        let resp = door.deny(&DoorSettings::Proxy, refusal);
+        return finish(
+            &snapshot,
+            shared,
+            conn,
+            D::DOOR,
+            start,
+            &request_id,
+            &record,
+            resp,
+        );
+    };
+    let resp = match decide_for(door, settings, &snapshot, conn, &mut parts, &mut record).await {
+        Ok(Decision::Allow(a)) => {
+            record.outcome = Outcome::Allow;
+            record.rule = Some(a.rule.clone());
+            record.principal.clone_from(&a.principal);
+            if a.identity_refused > 0 {
+                shared
+                    .metrics
+                    .identity_headers_refused
+                    .inc_by(a.identity_refused as u64);
+            }
+            door.allow(&a)
+        }
+        Ok(Decision::Deny(d)) => {
+            record.outcome = Outcome::Deny;
+            record.reason = Some(d.kind.as_str());
+            record.rule.clone_from(&d.rule);
+            record.principal.clone_from(&d.principal);
+            shared.metrics.denial(D::DOOR, d.kind.as_str());
+            door.deny(settings, d.refusal(&snapshot.challenges, &request_id))
+        }
+        Err((status, reason)) => {
+            record.reason = Some(reason);
+            shared.metrics.bad_request(reason);
+            door.deny(settings, Refusal::error(status, reason, &request_id))
+        }
+    };
+    finish(
+        &snapshot,
+        shared,
+        conn,
+        D::DOOR,
+        start,
+        &request_id,
+        &record,
+        resp,
+    )
+}
+
+/// Admission, the original request's facts and the decision, within the door's deadline.
+async fn decide_for<D: HttpDoor>(
+    door: &D,
+    settings: &DoorSettings,
+    snapshot: &Snapshot,
+    conn: &Conn,
+    parts: &mut http::request::Parts,
+    record: &mut Record,
+) -> Result<Decision, (StatusCode, &'static str)> {
+    let common = common(settings).ok_or((StatusCode::SERVICE_UNAVAILABLE, "no_listener"))?;
+    // Why: the peer's headers describe the request and are believed; anyone else could
+    // describe any request they like. Regression: tests (it) doors::*_peer_not_allowed
+    if !common
+        .peers
+        .iter()
+        .any(|n| n.contains(&conn.info.peer.ip()))
+    {
+        return Err((StatusCode::FORBIDDEN, "peer_not_allowed"));
+    }
+    hop_by_hop::strip(&mut parts.headers);
+    let described = door
+        .describe(settings, parts)
+        .map_err(|Undescribed(reason)| (StatusCode::BAD_REQUEST, reason))?;
+    let client = original_client(
+        conn.info.peer.ip(),
+        &described.headers,
+        &common.peers,
+        &snapshot.server.trusted_proxies,
+    );
+    record.client_ip = client;
+    record.method = Some(described.method.clone());
+    let info = ConnInfo::for_door(
+        D::DOOR,
+        SocketAddr::new(client, 0),
+        Arc::clone(&conn.info.listener),
+        None,
+    );
+    let head = Head {
+        method: &described.method,
+        scheme: described.scheme,
+        authority: described.authority.as_deref(),
+        target: &described.target,
+        headers: &described.headers,
+    };
+    let facts = RequestFacts::new(head, &info, &snapshot.server.trusted_proxies)
+        .map_err(|e: FactsError| (e.status(), e.as_str()))?;
+    if snapshot.access_log {
+        record.host = facts.host.as_ref().into();
+        record.path = facts.path.as_ref().into();
+    }
+    tokio::time::timeout(
+        common.timeout,
+        decision::decide(snapshot, &facts, &mut NoTrace),
+    )
+    .await
+    .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "decision_timeout"))
+}
+
+/// The settings every decision door has.
+fn common(settings: &DoorSettings) -> Option<&DecisionDoor> {
+    match settings {
+        DoorSettings::Proxy => None,
+        DoorSettings::EnvoyGrpc(c)
+        | DoorSettings::EnvoyHttp { common: c, .. }
+        | DoorSettings::ForwardAuth { common: c, .. } => Some(c),
+    }
+}
+
+/// The original client of a request a door peer describes: its forwarded-for chain, read from
+/// the right through the door's peers and the trusted proxies (the peer is believed, so its
+/// chain is too); the peer itself when it sent none.
+pub fn original_client(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    door_peers: &[IpNet],
+    trusted: &[IpNet],
+) -> IpAddr {
+    let believed: Vec<IpNet> = door_peers.iter().chain(trusted).copied().collect();
+    crate::request::facts::client_ip(peer, headers, &believed)
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the one place every answer passes"
+)]
+fn finish(
+    snapshot: &Snapshot,
+    shared: &Shared,
+    conn: &Conn,
+    door: Door,
+    start: Instant,
+    request_id: &HeaderValue,
+    record: &Record,
+    mut resp: Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    resp.headers_mut().insert(
+        snapshot.server.request_id_header.clone(),
+        request_id.clone(),
+    );
+    let latency = start.elapsed();
+    let status = resp.status().as_u16();
+    shared
+        .metrics
+        .request(door, record.outcome, status, latency);
+    if snapshot.access_log {
+        fn or_dash(s: &str) -> &str {
+            if s.is_empty() { "-" } else { s }
+        }
+        access_log::log(&AccessRecord {
+            door: door.as_str(),
+            listener: &conn.info.listener,
+            method: record.method.as_ref().map_or("-", Method::as_str),
+            host: or_dash(&record.host),
+            path: or_dash(&record.path),
+            status,
+            decision: match record.outcome {
+                Outcome::Allow => "allow",
+                Outcome::Deny => "deny",
+                Outcome::Error => "error",
+            },
+            rule: record.rule.as_ref().map(|r| &*r.0),
+            reason: record.reason,
+            request_id: request_id.to_str().unwrap_or("-"),
+            principal: record.principal.as_deref().map(|p| &*p.id),
+            client_ip: record.client_ip,
+            latency,
+        });
+    }
+    resp
+}
+
+/// A refusal rendered as the door's peer passes it to the client: the refusal's own status,
+/// or, when the peer cannot pass that status (nginx), the mapped one with the real one in
+/// `x-portcullis-status`. The reason code is in `x-portcullis-error` too, for peers that
+/// rebuild the body (nginx's `error_page`).
+pub fn render_refusal(
+    refusal: Refusal,
+    status_map: &[(StatusCode, StatusCode)],
+) -> Response<Full<Bytes>> {
+    let real = refusal.status;
+    let code = HeaderValue::from_static(refusal.code);
+    let mut resp = refusal.into_response();
+    resp.headers_mut().insert(ERROR_HEADER, code);
+    if let Some(&(_, to)) = status_map.iter().find(|(from, _)| *from == real) {
+        *resp.status_mut() = to;
+        resp.headers_mut()
+            .insert(STATUS_HEADER, HeaderValue::from(real.as_u16()));
+    }
+    resp
+}
+
+/// Carries the real status when a door maps it for its peer.
+pub const STATUS_HEADER: HeaderName = HeaderName::from_static("x-portcullis-status");
+
+/// Carries the reason code of a refusal from a decision door.
+pub const ERROR_HEADER: HeaderName = HeaderName::from_static("x-portcullis-error");
+
+/// An allowed request's answer: 200, empty, the identity headers to set.
+pub fn allow_response(allow: &Allow) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    let h = resp.headers_mut();
+    for (name, value) in &allow.mutation.set {
+        h.insert(name.clone(), value.clone());
+    }
+    for (name, value) in &allow.mutation.response {
+        h.append(name.clone(), value.clone());
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// A header's only value as text, or `None`; repeated or non-text values are refused.
+pub fn single<'h>(h: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, Undescribed> {
+    let mut values = h.get_all(name).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Undescribed("repeated_description_header"));
+    }
+    v.to_str()
+        .map(Some)
+        .map_err(|_| Undescribed("invalid_description_header"))
+}
+
+/// `X-Forwarded-Proto`: `http` (also when absent) or `https`.
+pub fn scheme(h: &HeaderMap) -> Result<Scheme, Undescribed> {
+    match single(
+        h,
+        &http::header::HeaderName::from_static("x-forwarded-proto"),
+    )? {
+        None => Ok(Scheme::Http),
+        Some(p) if p.eq_ignore_ascii_case("http") => Ok(Scheme::Http),
+        Some(p) if p.eq_ignore_ascii_case("https") => Ok(Scheme::Https),
+        Some(_) => Err(Undescribed("invalid_forwarded_proto")),
+    }
+}

@@ -1,0 +1,83 @@
+//! Envoy's HTTP ext_authz mode: Envoy sends the original request's method, path (after
+//! `http_service.path_prefix`) and the headers it is configured to pass; exactly 200 allows.
+//!
+//! On allow, the identity headers are in the answer (list them in
+//! `authorization_response.allowed_upstream_headers` so Envoy sets them upstream) and
+//! `x-envoy-auth-headers-to-remove` names every header Envoy must remove from the upstream
+//! request: the client's copies of identity and other spoofable headers, and the verified
+//! credential when its authenticator strips it. On deny, the status, `WWW-Authenticate` and
+//! the JSON body are the proxy's (list `www-authenticate`, `location`, `retry-after` and
+//! `ratelimit-*` in `allowed_client_headers`).
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Response};
+use http_body_util::Full;
+
+use crate::decision::{Allow, Refusal};
+use crate::door::{self, Described, HttpDoor, Undescribed};
+use crate::request::facts::Door;
+use crate::snapshot::DoorSettings;
+
+/// Names the headers Envoy removes from the upstream request.
+const HEADERS_TO_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-headers-to-remove");
+
+/// Envoy's HTTP mode.
+#[derive(Debug, Default)]
+pub struct EnvoyHttp;
+
+impl HttpDoor for EnvoyHttp {
+    const DOOR: Door = Door::EnvoyHttp;
+
+    fn describe(
+        &self,
+        settings: &DoorSettings,
+        parts: &http::request::Parts,
+    ) -> Result<Described, Undescribed> {
+        let prefix = match settings {
+            DoorSettings::EnvoyHttp { path_prefix, .. } => &**path_prefix,
+            _ => "",
+        };
+        let full = parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |pq| pq.as_str());
+        // Why: Envoy puts `path_prefix` before the original path; what follows it is the
+        // request, and anything else was not sent by Envoy's http_service.
+        // Regression: tests (it) doors::envoy_http_path_prefix
+        let target = full
+            .strip_prefix(prefix)
+            .filter(|t| t.starts_with('/'))
+            .ok_or(Undescribed("outside_path_prefix"))?;
+        let authority = match parts.uri.authority() {
+            Some(a) => Some(a.as_str()),
+            None => door::single(&parts.headers, &http::header::HOST)?,
+        };
+        Ok(Described {
+            method: parts.method.clone(),
+            scheme: door::scheme(&parts.headers)?,
+            authority: authority.map(str::to_owned),
+            target: target.to_owned(),
+            headers: parts.headers.clone(),
+        })
+    }
+
+    fn allow(&self, allow: &Allow) -> Response<Full<Bytes>> {
+        let mut resp = door::allow_response(allow);
+        if !allow.mutation.remove.is_empty() {
+            let names: Vec<&str> = allow
+                .mutation
+                .remove
+                .iter()
+                .map(HeaderName::as_str)
+                .collect();
+            if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
+                resp.headers_mut().insert(HEADERS_TO_REMOVE, v);
+            }
+        }
+        resp
+    }
+
+    fn deny(&self, _settings: &DoorSettings, refusal: Refusal) -> Response<Full<Bytes>> {
+        door::render_refusal(refusal, &[])
+    }
+}

@@ -1,0 +1,263 @@
+//! The HTTP decision doors: forward auth (nginx, Traefik, Caddy, APISIX, Kong) and Envoy's HTTP
+//! mode, each asked over real HTTP on 127.0.0.1: admission by peer, the original request read
+//! from the peer's description, the decision handed back as status, headers and body.
+
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::support::{Setup, TestGateway, hs256_token, send};
+
+const SECRET: &[u8] = b"doors-test-secret-doors-test-secret-0123456";
+
+/// `/api/**` needs a `users` token; `/admin/**` is denied; `/open/**` is anonymous.
+const POLICY: &str = "rules:
+  - name: admin
+    match: {paths: [\"/admin/**\"]}
+    effect: deny
+  - name: api
+    match: {paths: [\"/api/**\"]}
+    effect: allow
+    authenticators: [users]
+  - name: open
+    match: {paths: [\"/open/**\"]}
+    effect: allow
+    anonymous: true
+";
+
+async fn gateway(door: &str) -> TestGateway {
+    Setup {
+        listeners: format!("  - name: doors\n    address: 127.0.0.1:0\n    door: {door}\n"),
+        policies: vec![("10-p.yaml".into(), POLICY.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: format!(
+            "{}identity_headers:\n  x-user-id: \"{{principal.id}}\"\n",
+            crate::support::hs256_users("{}")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+/// Asks the door with the given headers; returns status, headers and body text.
+async fn ask(
+    gw: &TestGateway,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut req = Request::get(target);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (status, h, body) = send(gw.addr_of("doors"), req.body(Full::default()).unwrap()).await;
+    (status, h, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn token() -> String {
+    hs256_token(SECRET, &json!({}))
+}
+
+#[tokio::test]
+async fn forward_auth_allows_with_identity_headers_and_denies_like_the_proxy() {
+    let gw = gateway("{forward_auth: {}}").await;
+    let bearer = format!("Bearer {}", token());
+    // Traefik / Caddy style.
+    let (status, h, body) = ask(
+        &gw,
+        "/auth",
+        &[
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/api/orders?x=1"),
+            ("x-forwarded-host", "app.test"),
+            ("x-forwarded-proto", "https"),
+            ("authorization", &bearer),
+            ("x-user-id", "root"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        h["x-user-id"], "alice",
+        "the gateway's value, not the client's"
+    );
+    // nginx style: X-Original-URI; no token: 401 with the challenge and the JSON body.
+    let (status, h, body) = ask(
+        &gw,
+        "/auth",
+        &[
+            ("x-original-uri", "/api/orders"),
+            ("x-original-method", "POST"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h["www-authenticate"], "Bearer realm=\"portcullis\"");
+    assert_eq!(h["x-portcullis-error"], "missing_credential");
+    assert!(body.contains("\"error\":\"missing_credential\""), "{body}");
+    // Path tricks are the proxy's: a deny rule by any spelling, ambiguous ones refused.
+    for uri in ["/admin/x", "//admin/x", "/%61dmin/x", "/x/../admin/x"] {
+        let (status, _, _) = ask(&gw, "/auth", &[("x-forwarded-uri", uri)]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}");
+    }
+    for uri in ["/a%2Fb", "/open/%252e%252e/admin", "/open;x"] {
+        let (status, h, _) = ask(&gw, "/auth", &[("x-forwarded-uri", uri)]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert!(h.contains_key("x-request-id"));
+    }
+    assert_eq!(
+        ask(&gw, "/auth", &[("x-forwarded-uri", "/open/x")]).await.0,
+        StatusCode::OK
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"portcullis_denials_total{door="forward-auth",reason="missing_credential"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn forward_auth_bad_descriptions() {
+    let gw = gateway("{forward_auth: {}}").await;
+    for (headers, reason) in [
+        (vec![], "missing_original_uri"),
+        (
+            vec![("x-forwarded-uri", "http://evil/api")],
+            "invalid_original_uri",
+        ),
+        (vec![("x-forwarded-uri", "")], "invalid_original_uri"),
+        (
+            vec![
+                ("x-forwarded-uri", "/open/x"),
+                ("x-original-uri", "/admin/x"),
+            ],
+            "ambiguous_uri",
+        ),
+        (
+            vec![
+                ("x-forwarded-uri", "/open/x"),
+                ("x-forwarded-method", "GET"),
+                ("x-original-method", "DELETE"),
+            ],
+            "ambiguous_method",
+        ),
+        (
+            vec![
+                ("x-forwarded-uri", "/open/x"),
+                ("x-forwarded-proto", "gopher"),
+            ],
+            "invalid_forwarded_proto",
+        ),
+    ] {
+        let (status, h, body) = ask(&gw, "/auth", &headers).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{headers:?}: {body}");
+        assert_eq!(h["x-portcullis-error"], reason, "{headers:?}");
+    }
+}
+
+#[tokio::test]
+async fn forward_auth_peer_not_allowed() {
+    let gw = gateway("{forward_auth: {peers: [10.0.0.0/8]}}").await;
+    let (status, h, _) = ask(&gw, "/auth", &[("x-forwarded-uri", "/open/x")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(h["x-portcullis-error"], "peer_not_allowed");
+}
+
+#[tokio::test]
+async fn forward_auth_status_map_for_nginx() {
+    let gw = gateway("{forward_auth: {status_map: {400: 403, 302: 401}}}").await;
+    let (status, h, _) = ask(&gw, "/auth", &[("x-original-uri", "/a%2Fb")]).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "nginx passes only 401 and 403"
+    );
+    assert_eq!(h["x-portcullis-status"], "400");
+    assert_eq!(h["x-portcullis-error"], "encoded_slash");
+}
+
+#[tokio::test]
+async fn forward_auth_client_address_comes_from_the_peer() {
+    // `require.networks` sees the original client the peer names, not the peer.
+    let policy = "rules:\n  - name: office\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    require: {networks: [203.0.113.0/24]}\n";
+    let gw = Setup {
+        listeners: "  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n"
+            .into(),
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let office = [
+        ("x-forwarded-uri", "/x"),
+        ("x-forwarded-for", "203.0.113.7"),
+    ];
+    assert_eq!(ask(&gw, "/auth", &office).await.0, StatusCode::OK);
+    let elsewhere = [
+        ("x-forwarded-uri", "/x"),
+        ("x-forwarded-for", "198.51.100.7"),
+    ];
+    assert_eq!(ask(&gw, "/auth", &elsewhere).await.0, StatusCode::FORBIDDEN);
+    // Without a chain the client is the peer (loopback), not in the office.
+    assert_eq!(
+        ask(&gw, "/auth", &[("x-forwarded-uri", "/x")]).await.0,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn envoy_http_path_prefix() {
+    let gw = gateway("{envoy_http: {path_prefix: /authz}}").await;
+    let bearer = format!("Bearer {}", token());
+    let (status, h, body) = ask(
+        &gw,
+        "/authz/api/orders?x=1",
+        &[
+            ("host", "app.test"),
+            ("authorization", &bearer),
+            ("x_user_id", "root"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(h["x-user-id"], "alice");
+    let remove = h["x-envoy-auth-headers-to-remove"].to_str().unwrap();
+    let mut removed: Vec<&str> = remove.split(',').collect();
+    removed.sort_unstable();
+    assert_eq!(removed, ["authorization", "x_user_id"], "{remove}");
+    // Denied: the real status, challenge and body for Envoy to pass on.
+    let (status, h, body) = ask(&gw, "/authz/api/orders", &[("host", "app.test")]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h["www-authenticate"], "Bearer realm=\"portcullis\"");
+    assert!(body.contains("missing_credential"), "{body}");
+    assert_eq!(
+        ask(&gw, "/authz/admin/x", &[("host", "app.test")]).await.0,
+        StatusCode::FORBIDDEN
+    );
+    // Not under the prefix: Envoy did not send it.
+    let (status, h, _) = ask(&gw, "/other/api", &[("host", "app.test")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(h["x-portcullis-error"], "outside_path_prefix");
+}
+
+#[tokio::test]
+async fn decision_only_config_needs_no_upstream() {
+    let gw = Setup {
+        listeners: "  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n"
+            .into(),
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true}\n"
+                .into(),
+        )],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert_eq!(
+        ask(&gw, "/auth", &[("x-forwarded-uri", "/x")]).await.0,
+        StatusCode::OK
+    );
+}
