@@ -153,8 +153,10 @@ impl App {
                     },
                     door,
                 ),
-                // Refused by compile until its handler lands.
-                Door::EnvoyGrpc => {}
+                Door::EnvoyGrpc => spawn.run(
+                    crate::extauthz::grpc::GrpcHandler::new(Arc::clone(&shared), index).await,
+                    door,
+                ),
             }
         }
 

@@ -15,8 +15,11 @@ use http_body_util::{Either, Full};
 /// A streamed body that fails once more than its limit has passed through.
 pub type LimitedBody<B> = http_body_util::Limited<B>;
 
-/// A response body: a short generated one or the upstream's, streamed.
-pub type ResponseBody = Either<Full<Bytes>, crate::upstream::PooledBody>;
+/// A response body: a short generated one, the upstream's, streamed, or a gRPC door's.
+pub type ResponseBody = Either<Full<Bytes>, Either<crate::upstream::PooledBody, GrpcBody>>;
+
+/// A gRPC service's response body (the ext_authz door).
+pub type GrpcBody = tonic::body::Body;
 
 /// Boxed error as used by body combinators.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -28,7 +31,12 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
 
 /// An upstream's body, streamed.
 pub fn streamed(body: crate::upstream::PooledBody) -> ResponseBody {
-    Either::Right(body)
+    Either::Right(Either::Left(body))
+}
+
+/// A gRPC service's body.
+pub fn grpc(body: GrpcBody) -> ResponseBody {
+    Either::Right(Either::Right(body))
 }
 
 /// Whether `err` (or anything it wraps) is a body that went over its size limit.

@@ -102,16 +102,120 @@ impl<D: HttpDoor> crate::proxy::listener::Handler for DoorHandler<D> {
     }
 }
 
-/// What one answer is counted and logged with.
-struct Record {
-    method: Option<Method>,
-    outcome: Outcome,
-    reason: Option<&'static str>,
-    host: Box<str>,
-    path: Box<str>,
-    rule: Option<crate::authz::route::RuleId>,
-    principal: Option<Arc<crate::authn::principal::Principal>>,
-    client_ip: IpAddr,
+/// What one answer of a decision door is counted and logged with.
+#[derive(Debug)]
+pub struct Record {
+    /// The original request's method, once known.
+    pub method: Option<Method>,
+    /// Allowed, denied, or neither (malformed, failed).
+    pub outcome: Outcome,
+    /// The reason code of a refusal.
+    pub reason: Option<&'static str>,
+    /// The host decided on (only when an access log is written).
+    pub host: Box<str>,
+    /// The path decided on (likewise).
+    pub path: Box<str>,
+    /// The deciding rule.
+    pub rule: Option<crate::authz::route::RuleId>,
+    /// Who, when a credential verified.
+    pub principal: Option<Arc<crate::authn::principal::Principal>>,
+    /// The original client.
+    pub client_ip: IpAddr,
+}
+
+impl Record {
+    /// Nothing known yet about a request from `peer`.
+    pub fn new(peer: IpAddr) -> Self {
+        Self {
+            method: None,
+            outcome: Outcome::Error,
+            reason: None,
+            host: Box::default(),
+            path: Box::default(),
+            rule: None,
+            principal: None,
+            client_ip: peer,
+        }
+    }
+
+    /// The facts decided on, for the log.
+    pub fn facts(&mut self, snapshot: &Snapshot, facts: &RequestFacts<'_>) {
+        self.method = Some(facts.method.clone());
+        self.client_ip = facts.client_ip;
+        if snapshot.access_log {
+            self.host = facts.host.as_ref().into();
+            self.path = facts.path.as_ref().into();
+        }
+    }
+
+    /// What a decision says, for the log and the denial counter.
+    pub fn decision(&mut self, shared: &Shared, door: Door, decision: &Decision) {
+        match decision {
+            Decision::Allow(a) => {
+                self.outcome = Outcome::Allow;
+                self.rule = Some(a.rule.clone());
+                self.principal.clone_from(&a.principal);
+                if a.identity_refused > 0 {
+                    shared
+                        .metrics
+                        .identity_headers_refused
+                        .inc_by(a.identity_refused as u64);
+                }
+            }
+            Decision::Deny(d) => {
+                self.outcome = Outcome::Deny;
+                self.reason = Some(d.kind.as_str());
+                self.rule.clone_from(&d.rule);
+                self.principal.clone_from(&d.principal);
+                shared.metrics.denial(door, d.kind.as_str());
+            }
+        }
+    }
+
+    /// A refusal that is not a decision (malformed, not admitted, too slow).
+    pub fn failed(&mut self, shared: &Shared, reason: &'static str) {
+        self.outcome = Outcome::Error;
+        self.reason = Some(reason);
+        shared.metrics.bad_request(reason);
+    }
+
+    /// Counts the answer and writes its access-log line.
+    pub fn account(
+        &self,
+        snapshot: &Snapshot,
+        shared: &Shared,
+        (door, listener): (Door, &str),
+        start: Instant,
+        request_id: &HeaderValue,
+        status: u16,
+    ) {
+        let latency = start.elapsed();
+        shared.metrics.request(door, self.outcome, status, latency);
+        if snapshot.access_log {
+            fn or_dash(s: &str) -> &str {
+                if s.is_empty() { "-" } else { s }
+            }
+            access_log::log(&AccessRecord {
+                door: door.as_str(),
+                listener,
+                method: self.method.as_ref().map_or("-", Method::as_str),
+                host: or_dash(&self.host),
+                path: or_dash(&self.path),
+                status,
+                decision: match self.outcome {
+                    Outcome::Allow => "allow",
+                    Outcome::Deny => "deny",
+                    Outcome::Error => "error",
+                },
+                rule: self.rule.as_ref().map(|r| &*r.0),
+                reason: self.reason,
+                request_id: request_id.to_str().unwrap_or("-"),
+                principal: self.principal.as_deref().map(|p| &*p.id),
+                client_ip: self.client_ip,
+                latency,
+            });
+        }
+    }
 }
 
 /// One request through an HTTP decision door.
@@ -127,67 +231,34 @@ async fn answer<D: HttpDoor>(
     let (mut parts, _body) = req.into_parts();
     let request_id =
         request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
-    let mut record = Record {
-        method: None,
-        outcome: Outcome::Error,
-        reason: None,
-        host: Box::default(),
-        path: Box::default(),
-        rule: None,
-        principal: None,
-        client_ip: conn.info.peer.ip(),
-    };
-    let Some(settings) = snapshot.listener(index).map(|l| &l.door) else {
-        let refusal = Refusal::error(StatusCode::SERVICE_UNAVAILABLE, "no_listener", &request_id);
-        let resp = door.deny(&DoorSettings::Proxy, refusal);
-        return finish(
-            &snapshot,
-            shared,
-            conn,
-            D::DOOR,
-            start,
-            &request_id,
-            &record,
-            resp,
-        );
-    };
-    let resp = match decide_for(door, settings, &snapshot, conn, &mut parts, &mut record).await {
-        Ok(Decision::Allow(a)) => {
-            record.outcome = Outcome::Allow;
-            record.rule = Some(a.rule.clone());
-            record.principal.clone_from(&a.principal);
-            if a.identity_refused > 0 {
-                shared
-                    .metrics
-                    .identity_headers_refused
-                    .inc_by(a.identity_refused as u64);
+    let mut record = Record::new(conn.info.peer.ip());
+    let settings = snapshot
+        .listener(index)
+        .map_or(&DoorSettings::Proxy, |l| &l.door);
+    let decided = decide_for(door, settings, &snapshot, conn, &mut parts, &mut record).await;
+    let mut resp = match decided {
+        Ok(decision) => {
+            record.decision(shared, D::DOOR, &decision);
+            match decision {
+                Decision::Allow(a) => door.allow(&a),
+                Decision::Deny(d) => {
+                    door.deny(settings, d.refusal(&snapshot.challenges, &request_id))
+                }
             }
-            door.allow(&a)
-        }
-        Ok(Decision::Deny(d)) => {
-            record.outcome = Outcome::Deny;
-            record.reason = Some(d.kind.as_str());
-            record.rule.clone_from(&d.rule);
-            record.principal.clone_from(&d.principal);
-            shared.metrics.denial(D::DOOR, d.kind.as_str());
-            door.deny(settings, d.refusal(&snapshot.challenges, &request_id))
         }
         Err((status, reason)) => {
-            record.reason = Some(reason);
-            shared.metrics.bad_request(reason);
+            record.failed(shared, reason);
             door.deny(settings, Refusal::error(status, reason, &request_id))
         }
     };
-    finish(
-        &snapshot,
-        shared,
-        conn,
-        D::DOOR,
-        start,
-        &request_id,
-        &record,
-        resp,
-    )
+    resp.headers_mut().insert(
+        snapshot.server.request_id_header.clone(),
+        request_id.clone(),
+    );
+    let status = resp.status().as_u16();
+    let at = (D::DOOR, &*conn.info.listener);
+    record.account(&snapshot, shared, at, start, &request_id, status);
+    resp
 }
 
 /// Admission, the original request's facts and the decision, within the door's deadline.
@@ -202,11 +273,7 @@ async fn decide_for<D: HttpDoor>(
     let common = common(settings).ok_or((StatusCode::SERVICE_UNAVAILABLE, "no_listener"))?;
     // Why: the peer's headers describe the request and are believed; anyone else could
     // describe any request they like. Regression: tests (it) doors::*_peer_not_allowed
-    if !common
-        .peers
-        .iter()
-        .any(|n| n.contains(&conn.info.peer.ip()))
-    {
+    if !admits(common, conn.info.peer.ip()) {
         return Err((StatusCode::FORBIDDEN, "peer_not_allowed"));
     }
     hop_by_hop::strip(&mut parts.headers);
@@ -236,10 +303,7 @@ async fn decide_for<D: HttpDoor>(
     };
     let facts = RequestFacts::new(head, &info, &snapshot.server.trusted_proxies)
         .map_err(|e: FactsError| (e.status(), e.as_str()))?;
-    if snapshot.access_log {
-        record.host = facts.host.as_ref().into();
-        record.path = facts.path.as_ref().into();
-    }
+    record.facts(snapshot, &facts);
     tokio::time::timeout(
         common.timeout,
         decision::decide(snapshot, &facts, &mut NoTrace),
@@ -248,8 +312,13 @@ async fn decide_for<D: HttpDoor>(
     .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "decision_timeout"))
 }
 
+/// Whether the door's peers include `peer`.
+pub fn admits(common: &DecisionDoor, peer: IpAddr) -> bool {
+    common.peers.iter().any(|n| n.contains(&peer))
+}
+
 /// The settings every decision door has.
-fn common(settings: &DoorSettings) -> Option<&DecisionDoor> {
+pub fn common(settings: &DoorSettings) -> Option<&DecisionDoor> {
     match settings {
         DoorSettings::Proxy => None,
         DoorSettings::EnvoyGrpc(c)
@@ -269,56 +338,6 @@ pub fn original_client(
 ) -> IpAddr {
     let believed: Vec<IpNet> = door_peers.iter().chain(trusted).copied().collect();
     crate::request::facts::client_ip(peer, headers, &believed)
-}
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the one place every answer passes"
-)]
-fn finish(
-    snapshot: &Snapshot,
-    shared: &Shared,
-    conn: &Conn,
-    door: Door,
-    start: Instant,
-    request_id: &HeaderValue,
-    record: &Record,
-    mut resp: Response<Full<Bytes>>,
-) -> Response<Full<Bytes>> {
-    resp.headers_mut().insert(
-        snapshot.server.request_id_header.clone(),
-        request_id.clone(),
-    );
-    let latency = start.elapsed();
-    let status = resp.status().as_u16();
-    shared
-        .metrics
-        .request(door, record.outcome, status, latency);
-    if snapshot.access_log {
-        fn or_dash(s: &str) -> &str {
-            if s.is_empty() { "-" } else { s }
-        }
-        access_log::log(&AccessRecord {
-            door: door.as_str(),
-            listener: &conn.info.listener,
-            method: record.method.as_ref().map_or("-", Method::as_str),
-            host: or_dash(&record.host),
-            path: or_dash(&record.path),
-            status,
-            decision: match record.outcome {
-                Outcome::Allow => "allow",
-                Outcome::Deny => "deny",
-                Outcome::Error => "error",
-            },
-            rule: record.rule.as_ref().map(|r| &*r.0),
-            reason: record.reason,
-            request_id: request_id.to_str().unwrap_or("-"),
-            principal: record.principal.as_deref().map(|p| &*p.id),
-            client_ip: record.client_ip,
-            latency,
-        });
-    }
-    resp
 }
 
 /// A refusal rendered as the door's peer passes it to the client: the refusal's own status,

@@ -117,13 +117,6 @@ pub fn compile(
         let door = compile_door(&l.door, &mut |field: &str, m: String| {
             diags.push(at(&format!("listeners[{i}].door.{field}"), m));
         });
-        // TODO(#11): the gRPC door is served once its handler lands.
-        if matches!(door, crate::snapshot::DoorSettings::EnvoyGrpc(_)) {
-            diags.push(at(
-                &format!("listeners[{i}].door"),
-                format!("the `{}` door is not served yet", door.door().as_str()),
-            ));
-        }
         listeners.push(ListenerSettings {
             name: l.name.as_str().into(),
             address: l.address,

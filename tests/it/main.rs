@@ -18,6 +18,7 @@ mod assertion;
 mod check;
 mod credentials;
 mod doors;
+mod grpc;
 mod identity;
 mod jwt;
 mod memory;

@@ -1,0 +1,480 @@
+//! Envoy's gRPC ext_authz door: `envoy.service.auth.v3.Authorization/Check`, and the gRPC
+//! health service (`grpc.health.v1.Health`), on a listener of its own (TLS and mTLS like any
+//! other), served by the same connection loop as every door.
+//!
+//! What a `CheckRequest` means here (Envoy's `attributes`):
+//!
+//! | fact | from |
+//! |---|---|
+//! | method, host, target | `request.http.method`, `.host` (or `:authority`), `.path` (raw, with the query; canonicalised exactly as the proxy does, ambiguous paths refused the same way) |
+//! | scheme | `request.http.scheme` (`http` or `https`) |
+//! | headers | `request.http.headers`, pseudo-headers left out |
+//! | client | `source.address` (Envoy's downstream peer), believed because only the door's `peers` are served |
+//! | client certificate | `source.certificate` (URL-encoded PEM; `include_peer_certificate: true`) and `tls_session.sni` |
+//!
+//! `context_extensions` are not read: every request is decided by the one rule set, as at
+//! every other door.
+//!
+//! Answers: allow is `OK` with an `OkHttpResponse` (identity headers set, overwriting;
+//! `headers_to_remove` for every spoofed header and a stripped credential; response headers
+//! to add) and `dynamic_metadata` (`principal_id`, `principal_kind`, `rule`). A denial is the
+//! matching gRPC code (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, …) with a
+//! `DeniedHttpResponse` carrying the proxy's status, `WWW-Authenticate` and JSON body. When the
+//! answer cannot be known (keys never fetched, introspection down, the deadline passed) the
+//! call fails with `UNAVAILABLE`, so Envoy's `failure_mode_allow` and `status_on_error` apply.
+//! Bad input (no attributes, a header over the limits or not text, an absolute or empty
+//! path) is `INVALID_ARGUMENT` with a 400 for the client; nothing panics.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
+    HeaderAppendAction, HeaderValue as PbHeaderValue, HeaderValueOption, HttpResponse, HttpStatus,
+    OkHttpResponse,
+};
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use envoy_types::pb::google::rpc;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use hyper::body::Incoming;
+use tonic::codegen::Service as _;
+
+use crate::body::ResponseBody;
+use crate::decision::{self, Allow, Decision, NoTrace, Refusal};
+use crate::door::{self, Record};
+use crate::proxy::service::{Conn, Shared};
+use crate::request::RequestFacts;
+use crate::request::facts::{ClientCert, ConnInfo, Door, Head, Scheme, TlsInfo};
+use crate::snapshot::{DoorSettings, Snapshot};
+
+/// The `Check` service of one listener.
+#[derive(Debug, Clone)]
+pub struct CheckService {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+/// The gRPC door's [`crate::proxy::listener::Handler`]: `Check` and the health service,
+/// routed by path.
+#[derive(Clone)]
+pub struct GrpcHandler {
+    check: AuthorizationServer<CheckService>,
+    health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+}
+
+impl std::fmt::Debug for GrpcHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcHandler").finish_non_exhaustive()
+    }
+}
+
+// === impl GrpcHandler ===
+
+impl GrpcHandler {
+    /// The door of the listener at `index`, serving `SERVING` on the health service.
+    pub async fn new(shared: Arc<Shared>, index: usize) -> Self {
+        let reporter = tonic_health::server::HealthReporter::new();
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        reporter
+            .set_serving::<AuthorizationServer<CheckService>>()
+            .await;
+        let health = tonic_health::server::HealthService::from_health_reporter(reporter);
+        Self {
+            check: AuthorizationServer::new(CheckService { shared, index }),
+            health: tonic_health::pb::health_server::HealthServer::new(health),
+        }
+    }
+}
+
+impl crate::proxy::listener::Handler for GrpcHandler {
+    fn call(
+        &self,
+        conn: Arc<Conn>,
+        mut req: http::Request<Incoming>,
+    ) -> impl std::future::Future<Output = http::Response<ResponseBody>> + Send + use<> {
+        req.extensions_mut().insert(conn);
+        let health = req.uri().path().starts_with("/grpc.health.v1.Health/");
+        let mut check = self.check.clone();
+        let mut health_svc = self.health.clone();
+        async move {
+            let resp = if health {
+                health_svc.call(req).await
+            } else {
+                check.call(req).await
+            };
+            match resp {
+                Ok(resp) => resp.map(crate::body::grpc),
+                Err(never) => match never {},
+            }
+        }
+    }
+}
+
+// === impl CheckService ===
+
+#[tonic::async_trait]
+impl Authorization for CheckService {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let start = Instant::now();
+        let snapshot = self.shared.current.load_full();
+        let Some(conn) = request.extensions().get::<Arc<Conn>>().cloned() else {
+            return Err(tonic::Status::internal("no connection"));
+        };
+        let check = request.into_inner();
+        let request_id = check
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .and_then(|h| HeaderValue::from_str(&h.id).ok())
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| {
+                crate::proxy::request_id::take_or_generate(
+                    &HeaderMap::new(),
+                    &snapshot.server.request_id_header,
+                )
+            });
+        let mut record = Record::new(conn.info.peer.ip());
+        let answer = self
+            .answer(&snapshot, &conn, &check, &request_id, &mut record)
+            .await;
+        let status = match &answer {
+            Ok(r) => http_status_of(r),
+            Err(_) => 503,
+        };
+        let at = (Door::EnvoyGrpc, &*conn.info.listener);
+        record.account(&snapshot, &self.shared, at, start, &request_id, status);
+        answer.map(tonic::Response::new)
+    }
+}
+
+impl CheckService {
+    /// Admission, the facts, the decision and its rendering.
+    async fn answer(
+        &self,
+        snapshot: &Snapshot,
+        conn: &Conn,
+        check: &CheckRequest,
+        request_id: &HeaderValue,
+        record: &mut Record,
+    ) -> Result<CheckResponse, tonic::Status> {
+        let settings = snapshot
+            .listener(self.index)
+            .map_or(&DoorSettings::Proxy, |l| &l.door);
+        let common =
+            door::common(settings).ok_or_else(|| tonic::Status::unavailable("no listener"))?;
+        // Why: a Check request describes a request and is believed; only Envoy may send one.
+        // Regression: tests (it) grpc::peer_not_allowed
+        if !door::admits(common, conn.info.peer.ip()) {
+            record.failed(&self.shared, "peer_not_allowed");
+            return Err(tonic::Status::permission_denied("peer_not_allowed"));
+        }
+        let described = match describe(check, snapshot, conn, &common.peers) {
+            Ok(d) => d,
+            Err(reason) => {
+                record.failed(&self.shared, reason);
+                let refusal = Refusal::error(StatusCode::BAD_REQUEST, reason, request_id);
+                return Ok(denied(refusal));
+            }
+        };
+        let head = Head {
+            method: &described.method,
+            scheme: described.scheme,
+            authority: Some(&described.authority),
+            target: &described.target,
+            headers: &described.headers,
+        };
+        let facts = match RequestFacts::new(head, &described.conn, &snapshot.server.trusted_proxies)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                record.client_ip = described.conn.peer.ip();
+                record.failed(&self.shared, e.as_str());
+                return Ok(denied(Refusal::error(e.status(), e.as_str(), request_id)));
+            }
+        };
+        record.facts(snapshot, &facts);
+        let decided = tokio::time::timeout(
+            common.timeout,
+            decision::decide(snapshot, &facts, &mut NoTrace),
+        )
+        .await;
+        let Ok(decision) = decided else {
+            record.failed(&self.shared, "decision_timeout");
+            return Err(tonic::Status::unavailable("decision_timeout"));
+        };
+        record.decision(&self.shared, Door::EnvoyGrpc, &decision);
+        match decision {
+            Decision::Allow(a) => Ok(allowed(&a)),
+            // What is needed to decide is unavailable: an error, so Envoy's failure mode
+            // applies, rather than a denial it would pass on as one.
+            Decision::Deny(d) if d.kind.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                Err(tonic::Status::unavailable(d.kind.public_code()))
+            }
+            Decision::Deny(d) => Ok(denied(d.refusal(&snapshot.challenges, request_id))),
+        }
+    }
+}
+
+/// The original request, from a `CheckRequest`.
+struct Described {
+    method: Method,
+    scheme: Scheme,
+    authority: String,
+    target: String,
+    headers: HeaderMap,
+    conn: ConnInfo,
+}
+
+/// Reads the attributes; each refusal names its reason code (400 for the client).
+fn describe(
+    check: &CheckRequest,
+    snapshot: &Snapshot,
+    conn: &Conn,
+    peers: &[ipnet::IpNet],
+) -> Result<Described, &'static str> {
+    let attributes = check.attributes.as_ref().ok_or("missing_attributes")?;
+    let http = attributes
+        .request
+        .as_ref()
+        .and_then(|r| r.http.as_ref())
+        .ok_or("missing_http_attributes")?;
+    let method = Method::from_bytes(http.method.as_bytes()).map_err(|_| "invalid_method")?;
+    let scheme = match http.scheme.as_str() {
+        "" | "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        _ => return Err("invalid_scheme"),
+    };
+    // Why: an absolute or empty target would be read differently upstream than by the rules.
+    // Regression: tests (it) grpc::bad_check_requests
+    if !http.path.starts_with('/') {
+        return Err("invalid_path");
+    }
+    let headers = header_map(&http.headers, &snapshot.server)?;
+    let authority = if http.host.is_empty() {
+        http.headers
+            .get(":authority")
+            .or_else(|| http.headers.get("host"))
+            .cloned()
+            .ok_or("missing_host")?
+    } else {
+        http.host.clone()
+    };
+    let client = attributes
+        .source
+        .as_ref()
+        .and_then(|s| s.address.as_ref())
+        .and_then(|a| a.address.as_ref())
+        .and_then(|a| match a {
+            Address::SocketAddress(s) => s.address.parse::<IpAddr>().ok(),
+            _ => None,
+        })
+        .map(|ip| ip.to_canonical())
+        // Without a source address, the forwarded-for chain from Envoy, as the HTTP doors.
+        .unwrap_or_else(|| {
+            door::original_client(
+                conn.info.peer.ip(),
+                &headers,
+                peers,
+                &snapshot.server.trusted_proxies,
+            )
+        });
+    let certificate = attributes
+        .source
+        .as_ref()
+        .map(|s| s.certificate.as_str())
+        .filter(|c| !c.is_empty())
+        .map(client_certificate)
+        .transpose()?;
+    let sni = attributes
+        .tls_session
+        .as_ref()
+        .map(|t| t.sni.as_str())
+        .filter(|s| !s.is_empty());
+    let tls =
+        (certificate.is_some() || sni.is_some() || scheme == Scheme::Https).then(|| TlsInfo {
+            sni: sni.map(Arc::from),
+            alpn: None,
+            client_cert: certificate.map(Arc::new),
+            binding: None,
+        });
+    Ok(Described {
+        method,
+        scheme,
+        authority,
+        target: http.path.clone(),
+        headers,
+        conn: ConnInfo::for_door(
+            Door::EnvoyGrpc,
+            SocketAddr::new(client, 0),
+            Arc::clone(&conn.info.listener),
+            tls,
+        ),
+    })
+}
+
+/// The request headers as a map, pseudo-headers left out, within the server's limits.
+fn header_map(
+    headers: &HashMap<String, String>,
+    limits: &crate::snapshot::ServerSettings,
+) -> Result<HeaderMap, &'static str> {
+    if headers.len() > limits.max_headers {
+        return Err("headers_too_many");
+    }
+    let size: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    if size > limits.max_header_bytes + limits.max_target_bytes {
+        return Err("headers_too_large");
+    }
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for (k, v) in headers {
+        if k.starts_with(':') {
+            continue;
+        }
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| "invalid_header")?;
+        let value = HeaderValue::from_str(v).map_err(|_| "invalid_header")?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// The client certificate Envoy verified: URL-encoded PEM, leaf first.
+fn client_certificate(encoded: &str) -> Result<ClientCert, &'static str> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let pem = percent_decode(encoded).ok_or("invalid_certificate")?;
+    let der = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .and_then(Result::ok)
+        .ok_or("invalid_certificate")?;
+    Ok(ClientCert::parse(&der).unwrap_or_else(|| ClientCert::unreadable(&der)))
+}
+
+/// `%XX` decoding (Envoy URL-encodes the PEM); `None` for a malformed escape.
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// `OK` with the mutation and the principal as dynamic metadata.
+fn allowed(a: &Allow) -> CheckResponse {
+    let option = |(name, value): &(HeaderName, HeaderValue)| HeaderValueOption {
+        header: Some(PbHeaderValue {
+            key: name.as_str().to_owned(),
+            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            ..PbHeaderValue::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..HeaderValueOption::default()
+    };
+    let m = &a.mutation;
+    let mut fields = std::collections::BTreeMap::new();
+    let text = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    fields.insert("rule".to_owned(), text(&a.rule.0));
+    if let Some(p) = &a.principal {
+        fields.insert("principal_id".to_owned(), text(&p.id));
+        let kind = match p.kind {
+            crate::authn::PrincipalKind::User => "user",
+            crate::authn::PrincipalKind::Machine => "machine",
+        };
+        fields.insert("principal_kind".to_owned(), text(kind));
+    }
+    let metadata = Struct {
+        fields: fields.into_iter().collect(),
+    };
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: decision::GrpcCode::Ok.as_i32(),
+            ..rpc::Status::default()
+        }),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: m.set.iter().map(option).collect(),
+            headers_to_remove: m.remove.iter().map(|n| n.as_str().to_owned()).collect(),
+            response_headers_to_add: m.response.iter().map(option).collect(),
+            ..OkHttpResponse::default()
+        })),
+        dynamic_metadata: Some(metadata),
+    }
+}
+
+/// The denial's gRPC code with the HTTP answer Envoy gives the client.
+fn denied(refusal: Refusal) -> CheckResponse {
+    let code = refusal.grpc_code().as_i32();
+    let message = refusal.code.to_owned();
+    let status = refusal.status.as_u16();
+    let headers = refusal
+        .headers()
+        .map(|(name, value)| HeaderValueOption {
+            header: Some(PbHeaderValue {
+                key: name.as_str().to_owned(),
+                value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                ..PbHeaderValue::default()
+            }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..HeaderValueOption::default()
+        })
+        .chain(refusal.body.is_some().then(|| HeaderValueOption {
+            header: Some(PbHeaderValue {
+                key: "content-type".to_owned(),
+                value: "application/json".to_owned(),
+                ..PbHeaderValue::default()
+            }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..HeaderValueOption::default()
+        }))
+        .collect();
+    CheckResponse {
+        status: Some(rpc::Status {
+            code,
+            message,
+            ..rpc::Status::default()
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(status),
+            }),
+            headers,
+            body: refusal.body.unwrap_or_default(),
+        })),
+        dynamic_metadata: None,
+    }
+}
+
+/// The HTTP status an answer stands for, for metrics and the log.
+fn http_status_of(r: &CheckResponse) -> u16 {
+    match &r.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => d
+            .status
+            .as_ref()
+            .and_then(|s| u16::try_from(s.code).ok())
+            .unwrap_or(403),
+        _ => 200,
+    }
+}
+
+/// A `Check` server for the listener at `index`, for tests and benchmarks that drive the
+/// door without a listener.
+pub fn check_service(shared: Arc<Shared>, index: usize) -> AuthorizationServer<CheckService> {
+    AuthorizationServer::new(CheckService { shared, index })
+}

@@ -1,0 +1,337 @@
+//! Envoy's gRPC ext_authz door, asked by a tonic `Authorization` client over HTTP/2 on
+//! 127.0.0.1: the same decisions as the proxy, rendered as `CheckResponse`s.
+
+use std::collections::HashMap;
+
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use serde_json::json;
+
+use crate::support::{Setup, TestGateway, hs256_token};
+
+const SECRET: &[u8] = b"grpc-door-test-secret-grpc-door-test-secret-0";
+
+const POLICY: &str = "rules:
+  - name: admin
+    match: {paths: [\"/admin/**\"]}
+    effect: deny
+  - name: api
+    match: {paths: [\"/api/**\"]}
+    effect: allow
+    authenticators: [users]
+    require: {scopes: {all_of: [orders:read]}}
+  - name: office
+    match: {paths: [\"/office/**\"]}
+    effect: allow
+    anonymous: true
+    require: {networks: [203.0.113.0/24]}
+  - name: open
+    match: {paths: [\"/open/**\"]}
+    effect: allow
+    anonymous: true
+";
+
+async fn gateway(door: &str) -> TestGateway {
+    Setup {
+        listeners: format!("  - name: grpc\n    address: 127.0.0.1:0\n    door: {door}\n"),
+        policies: vec![("10-p.yaml".into(), POLICY.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: format!(
+            "{}identity_headers:\n  x-user-id: \"{{principal.id}}\"\n",
+            crate::support::hs256_users("{}")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+async fn client(gw: &TestGateway) -> AuthorizationClient<tonic::transport::Channel> {
+    let url = format!("http://{}", gw.addr_of("grpc"));
+    AuthorizationClient::connect(url).await.expect("connects")
+}
+
+/// A Check request for `path` from client `source` with `headers`.
+fn check(path: &str, source: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    let mut h: HashMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    h.insert(":authority".into(), "app.test".into());
+    h.insert(":path".into(), path.into());
+    h.insert(":method".into(), "GET".into());
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: source.into(),
+                        ..SocketAddress::default()
+                    })),
+                }),
+                ..Peer::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    host: "app.test".into(),
+                    path: path.into(),
+                    scheme: "https".into(),
+                    headers: h,
+                    ..HttpRequest::default()
+                }),
+                ..Request::default()
+            }),
+            ..AttributeContext::default()
+        }),
+    }
+}
+
+fn code(r: &CheckResponse) -> i32 {
+    r.status.as_ref().map_or(0, |s| s.code)
+}
+
+fn denied(r: &CheckResponse) -> (i32, HashMap<String, String>, String) {
+    match &r.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => (
+            d.status.as_ref().map_or(0, |s| s.code),
+            d.headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect(),
+            d.body.clone(),
+        ),
+        other => panic!("not a denial: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn check_allows_with_identity_headers_and_metadata() {
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let mut c = client(&gw).await;
+    let token = hs256_token(SECRET, &json!({"scope": "orders:read"}));
+    let bearer = format!("Bearer {token}");
+    let resp = c
+        .check(check(
+            "/api/orders?x=1",
+            "198.51.100.9",
+            &[
+                ("authorization", &bearer),
+                ("x-user-id", "root"),
+                ("x_user_id", "root"),
+            ],
+        ))
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(code(&resp), 0, "{resp:?}");
+    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
+        panic!("{resp:?}");
+    };
+    let set: HashMap<&str, &str> = ok
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.as_str(), h.value.as_str()))
+        .collect();
+    assert_eq!(set.get("x-user-id"), Some(&"alice"));
+    let mut removed = ok.headers_to_remove.clone();
+    removed.sort();
+    assert_eq!(removed, ["authorization", "x-user-id", "x_user_id"]);
+    let meta = resp.dynamic_metadata.as_ref().expect("metadata");
+    let field = |k: &str| match meta.fields.get(k).and_then(|v| v.kind.as_ref()) {
+        Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => s.clone(),
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(field("principal_id"), "alice");
+    assert_eq!(field("principal_kind"), "user");
+    assert_eq!(field("rule"), "api");
+}
+
+#[tokio::test]
+async fn check_denials_carry_grpc_codes_status_challenge_and_body() {
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let mut c = client(&gw).await;
+    // No credential: UNAUTHENTICATED, 401 with the challenge.
+    let resp = c
+        .check(check("/api/orders", "198.51.100.9", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&resp), 16);
+    let (status, headers, body) = denied(&resp);
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"portcullis\"");
+    assert!(body.contains("\"error\":\"missing_credential\""), "{body}");
+    // A scope missing: PERMISSION_DENIED, 403 naming the scope.
+    let weak = format!("Bearer {}", hs256_token(SECRET, &json!({"scope": "other"})));
+    let resp = c
+        .check(check(
+            "/api/orders",
+            "198.51.100.9",
+            &[("authorization", &weak)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&resp), 7);
+    let (status, headers, _) = denied(&resp);
+    assert_eq!(status, 403);
+    assert!(headers["www-authenticate"].contains("scope=\"orders:read\""));
+    // Deny rule by any path spelling; ambiguous paths refused as the proxy refuses them.
+    for path in ["/admin/x", "//admin/x", "/%61dmin/x"] {
+        let resp = c
+            .check(check(path, "198.51.100.9", &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(denied(&resp).0, 403, "{path}");
+    }
+    for path in [
+        "/a%2Fb",
+        "/open/%252e%252e/admin",
+        "/open;x",
+        "http://app.test/open/x",
+        "",
+    ] {
+        let resp = c
+            .check(check(path, "198.51.100.9", &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(code(&resp), 3, "{path}: {resp:?}");
+        assert_eq!(denied(&resp).0, 400, "{path}");
+    }
+    // The client address is Envoy's source address.
+    let office = c
+        .check(check("/office/x", "203.0.113.5", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&office), 0);
+    let outside = c
+        .check(check("/office/x", "198.51.100.9", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denied(&outside).0, 403);
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"portcullis_denials_total{door="envoy-grpc",reason="missing_credential"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn bad_check_requests() {
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let mut c = client(&gw).await;
+    let empty = c.check(CheckRequest::default()).await.unwrap().into_inner();
+    assert_eq!(code(&empty), 3);
+    let mut bad_header = check("/open/x", "198.51.100.9", &[]);
+    if let Some(h) = bad_header
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        h.headers.insert("x-evil".into(), "a\r\nb".into());
+    }
+    assert_eq!(code(&c.check(bad_header).await.unwrap().into_inner()), 3);
+    let mut huge = check("/open/x", "198.51.100.9", &[]);
+    if let Some(h) = huge
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        h.headers.insert("x-big".into(), "a".repeat(64 * 1024));
+    }
+    assert_eq!(code(&c.check(huge).await.unwrap().into_inner()), 3);
+    // Still serving afterwards.
+    let ok = c
+        .check(check("/open/x", "198.51.100.9", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&ok), 0);
+}
+
+#[tokio::test]
+async fn peer_not_allowed() {
+    let gw = gateway("{envoy_grpc: {peers: [10.0.0.0/8]}}").await;
+    let mut c = client(&gw).await;
+    let err = c
+        .check(check("/open/x", "198.51.100.9", &[]))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn keys_never_fetched_is_unavailable_for_envoys_failure_mode() {
+    // A JWKS URL nobody serves: the decision cannot be known, so the call itself fails
+    // UNAVAILABLE (Envoy's failure_mode_allow / status_on_error decide), not a denial.
+    let gw = Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n"
+            .into(),
+        policies: vec![("10-p.yaml".into(), POLICY.replace("    require: {scopes: {all_of: [orders:read]}}\n", ""))],
+        extra: "authenticators:\n  users:\n    jwt:\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{jwks_url: {url: \"http://127.0.0.1:9/jwks.json\"}}]\n          fetch: {timeout: 200ms, startup_timeout: 200ms}\n"
+            .into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut c = client(&gw).await;
+    // An ES256 token only the remote set could verify.
+    let key =
+        portcullis::authn::jwt::mint::SigningKey::generate(jsonwebtoken::Algorithm::ES256, "k1")
+            .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = key
+        .sign(&json!({"iss": "https://iss.test", "aud": "api", "sub": "alice", "exp": now + 300}))
+        .unwrap();
+    let bearer = format!("Bearer {token}");
+    let err = c
+        .check(check(
+            "/api/x",
+            "198.51.100.9",
+            &[("authorization", &bearer)],
+        ))
+        .await;
+    match err {
+        Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+        Ok(r) => panic!("expected UNAVAILABLE, got {:?}", r.into_inner()),
+    }
+}
+
+#[tokio::test]
+async fn health_service_answers_serving() {
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr_of("grpc")))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
