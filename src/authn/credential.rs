@@ -109,6 +109,12 @@ fn bearer(headers: &HeaderMap) -> Found<'_> {
         return Found::Malformed;
     };
     let token = trim_blanks(rest);
+    // Why: token68 has no comma, so `Bearer a, Bearer b` is two Authorization headers joined
+    // (as Envoy and other proxies merge repeated headers): the same conflict as two fields.
+    // Regression: tests::joined_authorization_is_a_conflict
+    if token.contains(&b',') {
+        return Found::Conflict;
+    }
     if !is_token68(token) {
         return Found::Malformed;
     }
@@ -328,6 +334,18 @@ mod tests {
     }
 
     #[test]
+    fn joined_authorization_is_a_conflict() {
+        for v in ["Bearer a, Bearer b", "Bearer a,b", "Bearer a, Basic eA=="] {
+            let h = headers(&[("authorization", v)]);
+            assert_eq!(
+                find(&[CredentialSource::Bearer], &h, None),
+                Found::Conflict,
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
     fn bearer_scheme_is_case_insensitive() {
         for v in [
             "Bearer abc",
@@ -353,13 +371,7 @@ mod tests {
 
     #[test]
     fn malformed_bearer_is_not_absent() {
-        for v in [
-            "Bearer",
-            "Bearer ",
-            "Bearer a b",
-            "Bearer a,b",
-            "Bearer =abc",
-        ] {
+        for v in ["Bearer", "Bearer ", "Bearer a b", "Bearer =abc"] {
             let h = headers(&[("authorization", v)]);
             assert_eq!(
                 find(&[CredentialSource::Bearer], &h, None),

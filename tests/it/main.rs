@@ -16,6 +16,7 @@
 mod abuse;
 mod assertion;
 mod check;
+mod conformance;
 mod credentials;
 mod doors;
 mod grpc;
