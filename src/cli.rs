@@ -71,6 +71,9 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Run the code of this door: how it reads the request and hands back the answer.
+        #[arg(long, value_enum, default_value = "proxy")]
+        door: DoorArg,
     },
     /// Run policy test files: requests and their expected decisions, statuses and headers.
     /// Exit 1 with a diff when one differs.
@@ -222,6 +225,19 @@ pub enum TokenCommand {
     },
 }
 
+/// The doors `explain --door` can run.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DoorArg {
+    /// The reverse proxy.
+    Proxy,
+    /// Envoy's gRPC `Check`.
+    EnvoyGrpc,
+    /// Envoy's HTTP mode.
+    EnvoyHttp,
+    /// nginx, Traefik, Caddy, APISIX, Kong.
+    ForwardAuth,
+}
+
 /// File kinds with a schema.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum SchemaKind {
@@ -249,6 +265,7 @@ pub fn main(cli: Cli) -> ExitCode {
             headers,
             client_ip,
             json,
+            door,
         } => explain::explain(&explain::ExplainArgs {
             config: &config,
             method: &method,
@@ -256,6 +273,12 @@ pub fn main(cli: Cli) -> ExitCode {
             headers: &headers,
             client_ip,
             json,
+            door: match door {
+                DoorArg::Proxy => crate::request::facts::Door::Proxy,
+                DoorArg::EnvoyGrpc => crate::request::facts::Door::EnvoyGrpc,
+                DoorArg::EnvoyHttp => crate::request::facts::Door::EnvoyHttp,
+                DoorArg::ForwardAuth => crate::request::facts::Door::ForwardAuth,
+            },
         }),
         Command::Demo { port, admin_port } => demo::demo(port, admin_port),
         Command::Keys {

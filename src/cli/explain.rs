@@ -16,7 +16,7 @@ use crate::config;
 use crate::decision::{self, Decision, TraceEvent};
 use crate::proxy::{hop_by_hop, service};
 use crate::request::RequestFacts;
-use crate::request::facts::{ConnInfo, Scheme, TlsInfo};
+use crate::request::facts::{ConnInfo, Door, Scheme, TlsInfo};
 use crate::snapshot::Snapshot;
 
 /// The request to explain.
@@ -34,6 +34,8 @@ pub struct ExplainArgs<'a> {
     pub client_ip: Option<IpAddr>,
     /// Print JSON.
     pub json: bool,
+    /// Which door's code to run (the proxy by default).
+    pub door: Door,
 }
 
 /// Runs `explain`; exit 0 when the request would be allowed, 1 when denied, 2 on bad input.
@@ -52,13 +54,18 @@ pub fn explain(args: &ExplainArgs<'_>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    match rt.block_on(evaluate(
-        &snapshot,
-        args.method,
-        args.url,
-        args.headers,
-        args.client_ip,
-    )) {
+    let request = Request1 {
+        method: args.method,
+        url: args.url,
+        headers: args.headers,
+        client_ip: args.client_ip,
+    };
+    let evaluated = if args.door == Door::Proxy {
+        rt.block_on(run(&snapshot, &request))
+    } else {
+        rt.block_on(run_door(&snapshot, &request, args.door))
+    };
+    match evaluated {
         Ok((report, allowed)) => {
             let text = if args.json {
                 serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
@@ -257,6 +264,300 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
     }
 }
 
+/// The request as a decision door's peer would hand it over, through that door's own code:
+/// its description of the request, the facts, the decision (recorded) and its answer.
+async fn run_door(
+    snapshot: &Snapshot,
+    args: &Request1<'_>,
+    door: Door,
+) -> Result<(Value, bool), String> {
+    use crate::door::HttpDoor as _;
+    let url: Uri = args
+        .url
+        .parse()
+        .map_err(|_| format!("`{}` is not a URL", args.url))?;
+    let proto = url.scheme_str().unwrap_or("http").to_owned();
+    let authority = url.authority().ok_or("the URL needs a host")?.to_string();
+    let target = url.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let client_ip = args.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let mut headers = http::HeaderMap::new();
+    for h in args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| format!("header `{h}` is not `Name: value`"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("invalid header name in `{h}`"))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| format!("invalid header value for `{name}`"))?;
+        headers.append(name, value);
+    }
+    let listener = snapshot.listeners.iter().find(|l| l.door.door() == door);
+    let settings = listener.map_or(crate::snapshot::DoorSettings::Proxy, |l| l.door.clone());
+    let listener_name: Arc<str> = listener.map_or_else(|| Arc::from("-"), |l| Arc::clone(&l.name));
+    let mut report = json!({
+        "request": {"method": args.method, "url": args.url, "client_ip": client_ip.to_string()},
+        "door": door.as_str(),
+    });
+    // What the peer sends the door: the description its configuration gives.
+    let peer_said = |method: &str, path: &str, extra: &[(&str, &str)]| {
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in &headers {
+            req = req.header(k, v);
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        req.header("x-forwarded-for", client_ip.to_string())
+            .body(())
+            .map(|r| r.into_parts().0)
+            .map_err(|e| format!("invalid request: {e}"))
+    };
+    let (described, render): (Result<crate::door::Described, &'static str>, Renderer) = match door {
+        Door::ForwardAuth => {
+            let parts = peer_said(
+                "GET",
+                "/auth",
+                &[
+                    ("x-forwarded-method", args.method),
+                    ("x-forwarded-uri", &target),
+                    ("x-forwarded-host", &authority),
+                    ("x-forwarded-proto", &proto),
+                ],
+            )?;
+            let d = crate::forward_auth::ForwardAuth.describe(&settings, &parts);
+            (d.map_err(|u| u.0), Renderer::ForwardAuth)
+        }
+        Door::EnvoyHttp => {
+            let prefix = match &settings {
+                crate::snapshot::DoorSettings::EnvoyHttp { path_prefix, .. } => {
+                    path_prefix.to_string()
+                }
+                _ => String::new(),
+            };
+            let parts = peer_said(
+                args.method,
+                &format!("{prefix}{target}"),
+                &[("host", &authority), ("x-forwarded-proto", &proto)],
+            )?;
+            let d = crate::extauthz::http::EnvoyHttp.describe(&settings, &parts);
+            (d.map_err(|u| u.0), Renderer::EnvoyHttp)
+        }
+        Door::EnvoyGrpc => {
+            let method = http::Method::from_bytes(args.method.as_bytes())
+                .map_err(|_| "invalid method".to_owned())?;
+            let scheme = if proto == "https" {
+                Scheme::Https
+            } else {
+                Scheme::Http
+            };
+            let described = crate::door::Described {
+                method,
+                scheme,
+                authority: Some(authority.clone()),
+                target: target.clone(),
+                headers: headers.clone(),
+            };
+            (Ok(described), Renderer::EnvoyGrpc)
+        }
+        Door::Proxy => return run(snapshot, args).await,
+    };
+    let described = match described {
+        Ok(d) => d,
+        Err(reason) => {
+            report["decision"] = json!("deny");
+            report["status"] = json!(400);
+            report["reason"] = json!(reason);
+            report["trace"] =
+                json!(["the door cannot read the request from its peer's description"]);
+            return Ok((report, false));
+        }
+    };
+    let peers = crate::door::common(&settings)
+        .map(|c| c.peers.to_vec())
+        .unwrap_or_default();
+    // The gRPC door's client is Envoy's source address; the HTTP doors', the peer's chain.
+    let client = if door == Door::EnvoyGrpc {
+        client_ip
+    } else {
+        crate::door::original_client(
+            IpAddr::from([127, 0, 0, 1]),
+            &described.headers,
+            &peers,
+            &snapshot.server.trusted_proxies,
+        )
+    };
+    let conn = ConnInfo::for_door(door, SocketAddr::new(client, 0), listener_name, None);
+    let head = crate::request::facts::Head {
+        method: &described.method,
+        scheme: described.scheme,
+        authority: described.authority.as_deref(),
+        target: &described.target,
+        headers: &described.headers,
+    };
+    let facts = match RequestFacts::new(head, &conn, &snapshot.server.trusted_proxies) {
+        Ok(f) => f,
+        Err(e) => {
+            report["decision"] = json!("deny");
+            report["status"] = json!(e.status().as_u16());
+            report["reason"] = json!(e.as_str());
+            report["trace"] = json!(["the request is refused before any rule: malformed"]);
+            return Ok((report, false));
+        }
+    };
+    report["request"]["canonical_path"] = json!(facts.path.as_ref());
+    snapshot.authn.start();
+    let started = Instant::now();
+    while !snapshot.authn.keys_settled() && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut trace: Vec<TraceEvent> = Vec::new();
+    let decision = decision::decide(snapshot, &facts, &mut trace).await;
+    report["trace"] = json!(trace.iter().map(describe).collect::<Vec<_>>());
+    if let Some(rule) = decision.rule() {
+        report["rule"] = json!({"name": rule, "file": null});
+    }
+    let request_id = HeaderValue::from_static("(generated per request)");
+    let redact = redacted_names(snapshot);
+    let shown = |name: &HeaderName, v: &HeaderValue| {
+        if redact.iter().any(|r| r == name) {
+            "[redacted]".to_owned()
+        } else {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        }
+    };
+    let allowed = matches!(decision, Decision::Allow(_));
+    let answer = match &decision {
+        Decision::Allow(a) => {
+            report["decision"] = json!("allow");
+            if let Some(p) = &a.principal {
+                report["principal"] = json!({"id": &*p.id, "authenticator": &*p.authenticator,
+                    "kind": match p.kind { crate::authn::PrincipalKind::User => "user", crate::authn::PrincipalKind::Machine => "machine" }});
+            }
+            render.allow(a)
+        }
+        Decision::Deny(d) => {
+            report["decision"] = json!("deny");
+            report["reason"] = json!(d.kind.as_str());
+            render.deny(&settings, d.refusal(&snapshot.challenges, &request_id))
+        }
+    };
+    report["status"] = json!(answer.status);
+    report["answer"] = json!({
+        "status": answer.status,
+        "grpc_code": answer.grpc_code,
+        "headers": answer.headers.iter().map(|(k, v)| json!([k.as_str(), shown(k, v)])).collect::<Vec<_>>(),
+        "headers_to_remove": answer.remove.iter().map(HeaderName::as_str).collect::<Vec<_>>(),
+    });
+    Ok((report, allowed))
+}
+
+/// A door's answer, as explain shows it.
+struct DoorAnswer {
+    status: u16,
+    grpc_code: Option<i32>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+/// Which door's rendering.
+#[derive(Clone, Copy)]
+enum Renderer {
+    ForwardAuth,
+    EnvoyHttp,
+    EnvoyGrpc,
+}
+
+impl Renderer {
+    fn allow(self, a: &crate::decision::Allow) -> DoorAnswer {
+        use crate::door::HttpDoor as _;
+        let resp = match self {
+            Self::ForwardAuth => crate::forward_auth::ForwardAuth.allow(a),
+            Self::EnvoyHttp => crate::extauthz::http::EnvoyHttp.allow(a),
+            Self::EnvoyGrpc => return grpc_answer(&crate::extauthz::grpc::allowed(a)),
+        };
+        DoorAnswer {
+            status: resp.status().as_u16(),
+            grpc_code: matches!(self, Self::EnvoyGrpc).then_some(0),
+            headers: resp
+                .headers()
+                .iter()
+                .filter(|(k, _)| *k != header::CACHE_CONTROL)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            remove: a.mutation.remove.clone(),
+        }
+    }
+
+    fn deny(
+        self,
+        settings: &crate::snapshot::DoorSettings,
+        r: crate::decision::Refusal,
+    ) -> DoorAnswer {
+        use crate::door::HttpDoor as _;
+        let resp = match self {
+            Self::ForwardAuth => crate::forward_auth::ForwardAuth.deny(settings, r),
+            Self::EnvoyHttp => crate::extauthz::http::EnvoyHttp.deny(settings, r),
+            Self::EnvoyGrpc => return grpc_answer(&crate::extauthz::grpc::denied(r)),
+        };
+        DoorAnswer {
+            status: resp.status().as_u16(),
+            grpc_code: None,
+            headers: resp
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            remove: Vec::new(),
+        }
+    }
+}
+
+/// The gRPC door's `CheckResponse`, as explain shows it.
+fn grpc_answer(r: &envoy_types::ext_authz::v3::pb::CheckResponse) -> DoorAnswer {
+    use envoy_types::ext_authz::v3::pb::HttpResponse;
+    let pairs = |options: &[envoy_types::ext_authz::v3::pb::HeaderValueOption]| {
+        options
+            .iter()
+            .filter_map(|o| o.header.as_ref())
+            .filter_map(|h| {
+                Some((
+                    HeaderName::from_bytes(h.key.as_bytes()).ok()?,
+                    HeaderValue::from_str(&h.value).ok()?,
+                ))
+            })
+            .collect()
+    };
+    let code = r.status.as_ref().map_or(0, |s| s.code);
+    match &r.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => DoorAnswer {
+            status: d
+                .status
+                .as_ref()
+                .and_then(|s| u16::try_from(s.code).ok())
+                .unwrap_or(403),
+            grpc_code: Some(code),
+            headers: pairs(&d.headers),
+            remove: Vec::new(),
+        },
+        Some(HttpResponse::OkResponse(ok)) => DoorAnswer {
+            status: 200,
+            grpc_code: Some(code),
+            headers: pairs(&ok.headers),
+            remove: ok
+                .headers_to_remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+        },
+        _ => DoorAnswer {
+            status: 200,
+            grpc_code: Some(code),
+            headers: Vec::new(),
+            remove: Vec::new(),
+        },
+    }
+}
+
 /// Header names whose values are credentials: never printed.
 fn redacted_names(snapshot: &Snapshot) -> Vec<HeaderName> {
     let mut out = vec![
@@ -368,6 +669,23 @@ fn render_text(r: &Value) -> String {
         out.push_str(&format!("upstream  {} {}\n", s(&u["name"]), s(&u["url"])));
         for h in u["headers"].as_array().into_iter().flatten() {
             out.push_str(&format!("  {}: {}\n", s(&h[0]), s(&h[1])));
+        }
+    }
+    if let Some(a) = r.get("answer") {
+        out.push_str(&format!(
+            "door      {}  answers {}",
+            s(&r["door"]),
+            s(&a["status"])
+        ));
+        if let Some(code) = a["grpc_code"].as_i64() {
+            out.push_str(&format!("  (gRPC code {code})"));
+        }
+        out.push('\n');
+        for h in a["headers"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  {}: {}\n", s(&h[0]), s(&h[1])));
+        }
+        for h in a["headers_to_remove"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  remove {}\n", s(h)));
         }
     }
     out

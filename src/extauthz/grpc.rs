@@ -376,7 +376,7 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// `OK` with the mutation and the principal as dynamic metadata.
-fn allowed(a: &Allow) -> CheckResponse {
+pub fn allowed(a: &Allow) -> CheckResponse {
     let option = |(name, value): &(HeaderName, HeaderValue)| HeaderValueOption {
         header: Some(PbHeaderValue {
             key: name.as_str().to_owned(),
@@ -419,7 +419,7 @@ fn allowed(a: &Allow) -> CheckResponse {
 }
 
 /// The denial's gRPC code with the HTTP answer Envoy gives the client.
-fn denied(refusal: Refusal) -> CheckResponse {
+pub fn denied(refusal: Refusal) -> CheckResponse {
     let code = refusal.grpc_code().as_i32();
     let message = refusal.code.to_owned();
     let status = refusal.status.as_u16();

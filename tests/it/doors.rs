@@ -261,3 +261,55 @@ async fn decision_only_config_needs_no_upstream() {
         StatusCode::OK
     );
 }
+
+/// `explain --door` runs that door's code: its reading of the request and its answer.
+#[test]
+fn explain_runs_each_doors_code() {
+    let cfg = crate::support::ConfigDir::new(&format!(
+        "{}identity_headers:\n  x-user-id: \"{{principal.id}}\"\n",
+        crate::support::hs256_users("{}")
+    ));
+    cfg.write("hs.secret", SECRET);
+    // The config has a proxy listener: its allow rules need an upstream.
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: api, match: {paths: [\"/api/**\"]}, effect: allow, authenticators: [users], upstream: echo}\n",
+    );
+    let token = format!("Authorization: Bearer {}", token());
+    for door in ["proxy", "envoy-grpc", "envoy-http", "forward-auth"] {
+        let (code, text) = cfg.run(
+            "explain",
+            &[
+                "--door",
+                door,
+                "--url",
+                "https://app.test/api/x",
+                "-H",
+                &token,
+                "--json",
+            ],
+        );
+        assert_eq!(code, Some(0), "{door}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["decision"], "allow", "{door}");
+        if door != "proxy" {
+            assert_eq!(v["answer"]["status"], 200, "{door}");
+            let headers = v["answer"]["headers"].to_string();
+            assert!(
+                headers.contains("x-user-id") && headers.contains("alice"),
+                "{door}: {headers}"
+            );
+            assert!(!text.contains(&token[22..]), "the token is never printed");
+        }
+        let (code, text) = cfg.run(
+            "explain",
+            &["--door", door, "--url", "https://app.test/api/x", "--json"],
+        );
+        assert_eq!(code, Some(1), "{door}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["status"], 401, "{door}");
+        if door == "envoy-grpc" {
+            assert_eq!(v["answer"]["grpc_code"], 16);
+        }
+    }
+}
