@@ -335,3 +335,58 @@ async fn health_service_answers_serving() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+/// A client built from Envoy's own protos (Python envoy-data-plane + grpcio), independent of
+/// our code, gets the same answers. Skipped (with a message) when the package is missing,
+/// unless `PORTCULLIS_REQUIRE_PEERS` is set, as `.ci/run` does after installing it.
+#[tokio::test]
+async fn independent_envoy_client_gets_the_answers() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import envoy_data_plane, grpc"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("PORTCULLIS_REQUIRE_PEERS").is_none(),
+            "python3 with envoy-data-plane and grpcio is required"
+        );
+        eprintln!("skipped: python3 with envoy-data-plane and grpcio is not installed");
+        return;
+    }
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let token = hs256_token(SECRET, &json!({"scope": "orders:read"}));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/envoy_check.py");
+    let addr = gw.addr_of("grpc").to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args([script, &addr, &token])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0]["code"], 0);
+    assert_eq!(lines[0]["set"]["x-user-id"], "alice");
+    assert_eq!(lines[0]["remove"], json!(["authorization", "x-user-id"]));
+    assert_eq!(lines[1]["code"], 16);
+    assert_eq!(lines[1]["status"], 401);
+    assert_eq!(
+        lines[1]["headers"]["www-authenticate"],
+        "Bearer realm=\"portcullis\""
+    );
+    assert_eq!(lines[1]["body"]["error"], "missing_credential");
+    assert_eq!(lines[2]["code"], 7);
+    assert_eq!(lines[2]["status"], 403);
+    assert_eq!(lines[3]["code"], 3);
+    assert_eq!(lines[3]["status"], 400);
+}
