@@ -1,6 +1,7 @@
 //! Authorization: which rule applies to a request and what it says.
 
 pub mod assertion;
+pub mod delegate;
 pub mod denial;
 pub mod expr;
 pub mod identity;

@@ -50,6 +50,8 @@ pub struct Rule {
     pub denial: Option<Arc<super::denial::Denial>>,
     /// The rate limit on the requests it allows.
     pub rate_limit: Option<Arc<crate::ratelimit::Limit>>,
+    /// The delegate asked before the rule allows.
+    pub delegate: Option<Arc<super::delegate::Delegate>>,
     /// An allow rule whose path literals match in any ASCII case (its policy file or its
     /// upstream says `case_insensitive_paths`); deny rules always do.
     pub case_insensitive: bool,
@@ -733,6 +735,7 @@ mod tests {
             when: None,
             denial: None,
             rate_limit: None,
+            delegate: None,
             case_insensitive: false,
         }
     }

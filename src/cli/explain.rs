@@ -618,6 +618,11 @@ fn describe(e: &TraceEvent) -> String {
         TraceEvent::RateLimitApplies(name) => {
             format!("rate limit `{name}` applies (explain does not spend its budget)")
         }
+        TraceEvent::DelegateAllowed(name) => format!("delegate `{name}` allowed"),
+        TraceEvent::DelegateDenied(name) => format!("delegate `{name}` denied"),
+        TraceEvent::DelegateFailed(name) => {
+            format!("delegate `{name}` gave no answer; its failure mode decided")
+        }
     }
 }
 

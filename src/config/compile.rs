@@ -344,6 +344,19 @@ pub fn compile(
         }
     }
 
+    // Delegates; an unchanged definition keeps its answer cache.
+    let mut delegates = std::collections::BTreeMap::new();
+    for (name, raw) in &cfg.delegates {
+        let before = previous.and_then(|p| p.delegates.get(name)).map(|d| &**d);
+        match crate::authz::delegate::Delegate::compile(name, raw, before) {
+            Ok(d) => {
+                spoofable_names.extend(d.header_names().iter().cloned());
+                delegates.insert(name.clone(), Arc::new(d));
+            }
+            Err((field, m)) => diags.push(at(&format!("delegates.{name}.{field}"), m)),
+        }
+    }
+
     // Proxy listeners, by name: what they allow needs an upstream.
     let proxy_listeners: Vec<String> = cfg
         .listeners
@@ -579,6 +592,26 @@ pub fn compile(
                     }
                 },
             };
+            let delegate = match &r.delegate {
+                None => None,
+                Some(name) => match delegates.get(name) {
+                    Some(d) => Some(Arc::clone(d)),
+                    None if cfg.delegates.contains_key(name) => None,
+                    None => {
+                        diags.push(at(
+                            "delegate",
+                            unknown_name("delegate", name, cfg.delegates.keys()),
+                        ));
+                        None
+                    }
+                },
+            };
+            if r.delegate.is_some() && r.effect == Effect::Deny {
+                diags.push(at(
+                    "delegate",
+                    "a delegate is asked about the requests an allow rule would let through".into(),
+                ));
+            }
             if r.rate_limit.is_some() && r.effect == Effect::Deny {
                 diags.push(at(
                     "rate_limit",
@@ -602,6 +635,7 @@ pub fn compile(
                     when,
                     denial,
                     rate_limit,
+                    delegate,
                     case_insensitive: policy.case_insensitive_paths
                         || r.upstream
                             .as_ref()
@@ -709,6 +743,7 @@ pub fn compile(
         routes: RouteTable::new(rules),
         authn,
         rate_limits: crate::ratelimit::RateLimits::new(rate_limits.into_values().collect()),
+        delegates,
         assertion,
         challenges,
         spoofable: Spoofable::new(&spoofable_names, from_trusted),

@@ -55,6 +55,10 @@ pub struct RawConfig {
     /// Named rate limits; a rule applies one with `rate_limit: NAME`.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RawRateLimit>,
+    /// External authorization services a rule may ask (`delegate: NAME`), over Envoy's
+    /// ext_authz gRPC protocol: OPA-Envoy, another Portcullis, a policy service of your own.
+    #[serde(default)]
+    pub delegates: BTreeMap<String, RawDelegate>,
     /// A short-lived JWT the gateway signs for each allowed, authenticated request and sends
     /// upstream, so upstreams verify (against `/.well-known/jwks.json` on the admin
     /// listener, or on the read-only `admin.public_address`) instead of trusting headers. A
@@ -138,6 +142,58 @@ pub struct RawRateLimit {
     /// How many requests may come at once. Default: `requests`.
     #[serde(default)]
     pub burst: Option<u32>,
+}
+
+/// An external authorization service a rule can ask.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelegate {
+    /// Its ext_authz gRPC endpoint: `http://host:port` (h2c) or `https://host:port`.
+    pub grpc: String,
+    /// Each call's deadline, connection included. Default 200ms.
+    #[schemars(with = "String")]
+    #[serde(default = "default_delegate_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// How long an answer is reused for the same rule, request line and credential (never
+    /// past the credential's expiry; anonymous requests are never cached). 0 disables.
+    /// Default 30s.
+    #[schemars(with = "String")]
+    #[serde(default = "default_delegate_cache_ttl", deserialize_with = "duration")]
+    pub cache_ttl: Duration,
+    /// Most answers cached. Default 10000.
+    #[serde(default = "default_delegate_cache_entries")]
+    pub cache_max_entries: u64,
+    /// When it fails, times out or answers nonsense: `deny` (503 `delegate_unavailable`, the
+    /// default) or `allow`.
+    #[serde(default)]
+    pub failure_mode: RawFailureMode,
+    /// Headers its OK answer may set upstream; others are ignored. These names are removed
+    /// from every client request, like identity headers.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+/// What a failed external call means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawFailureMode {
+    /// Refuse (503).
+    #[default]
+    Deny,
+    /// Let the request through, counted and logged.
+    Allow,
+}
+
+fn default_delegate_timeout() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_delegate_cache_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_delegate_cache_entries() -> u64 {
+    10_000
 }
 
 /// One client-facing listener.
@@ -592,6 +648,10 @@ pub struct RawRule {
     /// A rate limit (from `rate_limits`) on the requests this rule allows.
     #[serde(default)]
     pub rate_limit: Option<String>,
+    /// A delegate (from `delegates`) asked after the rule's requirements and `when`, before
+    /// its rate limit: only its OK allows.
+    #[serde(default)]
+    pub delegate: Option<String>,
     /// What this rule's denials look like: status, a login redirect for browsers, extra JSON.
     #[serde(default)]
     pub denial: Option<RawDenial>,

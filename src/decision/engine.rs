@@ -40,6 +40,12 @@ pub enum TraceEvent {
     RateLimited(std::sync::Arc<str>),
     /// The rule's rate limit (named) applies; not counted (a recorded decision).
     RateLimitApplies(std::sync::Arc<str>),
+    /// The rule's delegate (named) allowed.
+    DelegateAllowed(std::sync::Arc<str>),
+    /// The rule's delegate (named) denied.
+    DelegateDenied(std::sync::Arc<str>),
+    /// The rule's delegate (named) gave no answer; its failure mode decided.
+    DelegateFailed(std::sync::Arc<str>),
 }
 
 /// Receives the steps of a decision.
@@ -173,6 +179,30 @@ pub async fn decide(
             }
         }
     }
+    let mut delegated: Option<Arc<[(http::HeaderName, http::HeaderValue)]>> = None;
+    if let Some(delegate) = &rule.delegate {
+        use crate::authz::delegate::Verdict;
+        match delegate
+            .check(facts, principal.as_deref(), &rule.id.0, now)
+            .await
+        {
+            Ok(Verdict::Allow(headers)) => {
+                trace.record(TraceEvent::DelegateAllowed(delegate.name.clone()));
+                delegated = Some(headers);
+            }
+            Ok(Verdict::Deny) => {
+                trace.record(TraceEvent::DelegateDenied(delegate.name.clone()));
+                return deny_principal(rule, DenyKind::DelegateDenied, principal.as_ref());
+            }
+            Err(e) => {
+                tracing::warn!(delegate = &*delegate.name, error = %e, fails_open = delegate.fails_open(), "Delegate gave no answer");
+                trace.record(TraceEvent::DelegateFailed(delegate.name.clone()));
+                if !delegate.fails_open() {
+                    return deny_principal(rule, DenyKind::DelegateUnavailable, principal.as_ref());
+                }
+            }
+        }
+    }
     if let Some(limit) = &rule.rate_limit {
         if !trace.counts() {
             trace.record(TraceEvent::RateLimitApplies(limit.name.clone()));
@@ -191,6 +221,9 @@ pub async fn decide(
     } else {
         rule.identity.render(&cx)
     };
+    if let Some(headers) = delegated {
+        identity.extend(headers.iter().cloned());
+    }
     if let Some(a) = &snapshot.assertion {
         match a.mint(&cx, now) {
             Ok(Some(signed)) => identity.push((a.header.clone(), signed)),

@@ -85,6 +85,10 @@ pub enum DenyKind {
     RateLimited(Throttle),
     /// `TRACE`, `TRACK` or `CONNECT` that no rule names (405).
     MethodNotAllowed,
+    /// The rule's delegate said no (403).
+    DelegateDenied,
+    /// The rule's delegate failed and fails closed (503).
+    DelegateUnavailable,
 }
 
 // === impl Decision ===
@@ -141,7 +145,7 @@ impl Deny {
             return StatusCode::FOUND;
         }
         match (self.kind, self.shape.as_deref().and_then(|s| s.status)) {
-            (DenyKind::Forbidden | DenyKind::Unmet(_), Some(s)) => s,
+            (DenyKind::Forbidden | DenyKind::Unmet(_) | DenyKind::DelegateDenied, Some(s)) => s,
             (kind, _) => kind.status(),
         }
     }
@@ -245,7 +249,10 @@ impl DenyKind {
     /// HTTP status of the denial.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::NoRule | Self::Forbidden | Self::Unmet(_) => StatusCode::FORBIDDEN,
+            Self::NoRule | Self::Forbidden | Self::Unmet(_) | Self::DelegateDenied => {
+                StatusCode::FORBIDDEN
+            }
+            Self::DelegateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::MissingCredential | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Self::AmbiguousCredential => StatusCode::BAD_REQUEST,
             Self::AuthnUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -274,6 +281,8 @@ impl DenyKind {
             Self::Unmet(u) => u.as_str(),
             Self::RateLimited(_) => "rate_limited",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::DelegateDenied => "delegate_denied",
+            Self::DelegateUnavailable => "delegate_unavailable",
         }
     }
 
@@ -290,7 +299,9 @@ impl DenyKind {
             | Self::AuthnUnavailable
             | Self::Unmet(_)
             | Self::RateLimited(_)
-            | Self::MethodNotAllowed => None,
+            | Self::MethodNotAllowed
+            | Self::DelegateDenied
+            | Self::DelegateUnavailable => None,
         }
     }
 }

@@ -18,6 +18,7 @@ mod assertion;
 mod check;
 mod conformance;
 mod credentials;
+mod delegate;
 mod doors;
 mod grpc;
 mod identity;

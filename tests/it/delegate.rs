@@ -1,0 +1,204 @@
+//! Delegation: a rule asks an external ext_authz gRPC service (a Check server written here)
+//! before it allows; answers are cached per rule, request and credential; failures follow
+//! the delegate's failure mode; only configured headers of its answer reach the upstream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
+    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::google::rpc;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::support::{Setup, TestGateway, hs256_token, send};
+
+const SECRET: &[u8] = b"delegate-test-secret-delegate-test-secret-0123";
+
+/// Allows when the request carries `x-delegate-says: yes`, setting `x-opa-note` (allowed by
+/// the config) and `x-sneaky` (not allowed); counts calls; may be slow.
+#[derive(Clone, Default)]
+struct Opa {
+    calls: Arc<AtomicUsize>,
+    delay: Arc<std::sync::Mutex<Duration>>,
+    principal: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+#[tonic::async_trait]
+impl Authorization for Opa {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let delay = *self.delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        let attributes = request.into_inner().attributes.unwrap_or_default();
+        *self.principal.lock().unwrap() =
+            attributes.context_extensions.get("principal_id").cloned();
+        let headers = attributes
+            .request
+            .and_then(|r| r.http)
+            .map(|h| h.headers)
+            .unwrap_or_default();
+        let header = |k: &str, v: &str| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: k.into(),
+                value: v.into(),
+                ..HeaderValue::default()
+            }),
+            ..HeaderValueOption::default()
+        };
+        let resp = if headers.get("x-delegate-says").map(String::as_str) == Some("yes") {
+            CheckResponse {
+                status: Some(rpc::Status::default()),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers: vec![header("x-opa-note", "checked"), header("x-sneaky", "1")],
+                    ..OkHttpResponse::default()
+                })),
+                ..CheckResponse::default()
+            }
+        } else {
+            CheckResponse {
+                status: Some(rpc::Status {
+                    code: 7,
+                    ..rpc::Status::default()
+                }),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus { code: 403 }),
+                    ..DeniedHttpResponse::default()
+                })),
+                ..CheckResponse::default()
+            }
+        };
+        Ok(tonic::Response::new(resp))
+    }
+}
+
+/// Serves `opa` on 127.0.0.1:0 until the test ends; returns its address.
+async fn serve(opa: Opa) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper_util::service::TowerToHyperService::new(AuthorizationServer::new(
+                opa.clone(),
+            ));
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+async fn gateway(grpc: &str, failure_mode: &str) -> TestGateway {
+    let policy = "rules:
+  - name: reports
+    match: {paths: [\"/reports/**\"]}
+    effect: allow
+    authenticators: [users]
+    delegate: opa
+    upstream: echo
+";
+    Setup {
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: format!(
+            "{}delegates:\n  opa:\n    grpc: {grpc}\n    timeout: 300ms\n    failure_mode: {failure_mode}\n    headers: [x-opa-note]\n",
+            crate::support::hs256_users("{}")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+async fn get(gw: &TestGateway, path: &str, says: &str, sub: &str) -> (StatusCode, String) {
+    let token = hs256_token(SECRET, &json!({"sub": sub}));
+    let req = Request::get(path)
+        .header("authorization", format!("Bearer {token}"))
+        .header("x-delegate-says", says)
+        .header("x-opa-note", "forged")
+        .body(Full::default())
+        .unwrap();
+    let (status, _, body) = send(gw.addr(), req).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn delegate_allows_denies_and_caches() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+
+    let (status, body) = get(&gw, "/reports/q1", "yes", "alice").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen = gw.echo.last().unwrap().headers;
+    assert_eq!(
+        seen["x-opa-note"], "checked",
+        "the delegate's header, not the client's"
+    );
+    assert!(
+        !seen.contains_key("x-sneaky"),
+        "only configured headers pass"
+    );
+    assert_eq!(opa.principal.lock().unwrap().as_deref(), Some("alice"));
+
+    // The same rule, request and credential: answered from the cache.
+    assert_eq!(
+        get(&gw, "/reports/q1", "yes", "alice").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 1);
+    // Another credential or path is asked again.
+    assert_eq!(
+        get(&gw, "/reports/q1", "yes", "bob").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&gw, "/reports/q2", "yes", "alice").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 3);
+
+    let before = gw.echo.count();
+    let (status, body) = get(&gw, "/reports/q3", "no", "alice").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("delegate_denied"), "{body}");
+    assert_eq!(gw.echo.count(), before);
+}
+
+#[tokio::test]
+async fn delegate_failures_follow_the_failure_mode() {
+    let opa = Opa::default();
+    *opa.delay.lock().unwrap() = Duration::from_secs(2);
+    let addr = serve(opa.clone()).await;
+    // Too slow, fail closed: 503, quickly.
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+    let started = std::time::Instant::now();
+    let (status, body) = get(&gw, "/reports/q1", "yes", "alice").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("delegate_unavailable"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "bounded by its timeout"
+    );
+    // Too slow, fail open: allowed.
+    let gw = gateway(&format!("http://{addr}"), "allow").await;
+    assert_eq!(
+        get(&gw, "/reports/q1", "yes", "alice").await.0,
+        StatusCode::OK
+    );
+    // Nobody listening: fail closed.
+    let gw = gateway("http://127.0.0.1:9", "deny").await;
+    assert_eq!(
+        get(&gw, "/reports/q1", "yes", "alice").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
