@@ -57,6 +57,8 @@ pub struct Options {
     pub watch: bool,
     /// Quiet period before a watched change is reloaded.
     pub watch_debounce: Duration,
+    /// The clock decisions read (tests move a manual one).
+    pub clock: crate::clock::Clock,
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
         Self {
             watch: true,
             watch_debounce: Duration::from_millis(200),
+            clock: crate::clock::Clock::system(),
         }
     }
 }
@@ -74,15 +77,17 @@ impl App {
     /// Loads the config, binds every listener and starts serving.
     pub async fn start(config_path: &Path, options: Options) -> Result<Self, StartError> {
         let path: PathBuf = config_path.to_path_buf();
-        let (snapshot, warnings) = tokio::task::spawn_blocking(move || config::build(&path, None))
-            .await
-            .map_err(|e| {
-                StartError::Config(vec![Diagnostic::file_error(
-                    &config_path.display().to_string(),
-                    format!("config task failed: {e}"),
-                )])
-            })?
-            .map_err(StartError::Config)?;
+        let clock = options.clock.clone();
+        let (snapshot, warnings) =
+            tokio::task::spawn_blocking(move || config::build_with_clock(&path, None, clock))
+                .await
+                .map_err(|e| {
+                    StartError::Config(vec![Diagnostic::file_error(
+                        &config_path.display().to_string(),
+                        format!("config task failed: {e}"),
+                    )])
+                })?
+                .map_err(StartError::Config)?;
         for w in &warnings {
             tracing::warn!(diagnostic = %w, "Config warning");
         }

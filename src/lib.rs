@@ -34,6 +34,7 @@ pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod decision;
 pub mod door;

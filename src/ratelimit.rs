@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock as _;
+
+use crate::clock::Clock;
 use governor::{Quota, RateLimiter};
 use http::HeaderName;
 
@@ -27,7 +29,8 @@ use crate::request::RequestFacts;
 type Limiter = RateLimiter<
     u64,
     governor::state::keyed::DashMapStateStore<u64, foldhash::fast::RandomState>,
-    DefaultClock,
+    Clock,
+    governor::middleware::NoOpMiddleware<governor::nanos::Nanos>,
 >;
 
 /// One named limit.
@@ -78,6 +81,7 @@ impl Limit {
         name: &str,
         raw: &RawRateLimit,
         previous: Option<&Arc<Self>>,
+        clock: &Clock,
     ) -> Result<Arc<Self>, (&'static str, String)> {
         if let Some(p) = previous.filter(|p| p.def == *raw) {
             return Ok(Arc::clone(p));
@@ -110,7 +114,7 @@ impl Limit {
             key,
             limiter: RateLimiter::dashmap_with_clock_and_hasher(
                 quota,
-                DefaultClock::default(),
+                clock.clone(),
                 foldhash::fast::RandomState::default(),
             ),
             hasher: foldhash::fast::RandomState::default(),
@@ -317,15 +321,22 @@ mod tests {
             (raw("route", 10, Duration::from_nanos(5), None), "per"),
         ];
         for (def, field) in cases {
-            let got = Limit::compile("l", &def, None).err().map(|(f, _)| f);
+            let got = Limit::compile("l", &def, None, &crate::clock::Clock::system())
+                .err()
+                .map(|(f, _)| f);
             assert_eq!(got, Some(field), "{def:?}");
         }
     }
 
     #[test]
     fn claim_keys_tell_json_types_apart() {
-        let limit =
-            Limit::compile("l", &raw("claim:n", 1, Duration::from_secs(60), None), None).unwrap();
+        let limit = Limit::compile(
+            "l",
+            &raw("claim:n", 1, Duration::from_secs(60), None),
+            None,
+            &crate::clock::Clock::system(),
+        )
+        .unwrap();
         let (parts, ()) = http::Request::get("/")
             .header("host", "a.test")
             .body(())
@@ -372,11 +383,11 @@ mod tests {
     #[test]
     fn unchanged_definition_keeps_its_state() {
         let def = raw("route", 5, Duration::from_secs(60), Some(2));
-        let a = Limit::compile("l", &def, None).unwrap();
-        let b = Limit::compile("l", &def, Some(&a)).unwrap();
+        let a = Limit::compile("l", &def, None, &crate::clock::Clock::system()).unwrap();
+        let b = Limit::compile("l", &def, Some(&a), &crate::clock::Clock::system()).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         let changed = raw("route", 6, Duration::from_secs(60), Some(2));
-        let c = Limit::compile("l", &changed, Some(&a)).unwrap();
+        let c = Limit::compile("l", &changed, Some(&a), &crate::clock::Clock::system()).unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
     }
 }

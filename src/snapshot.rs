@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub authn: Authn,
     /// The named rate limits.
     pub rate_limits: crate::ratelimit::RateLimits,
+    /// The time decisions read (the system's, or a test's manual clock).
+    pub clock: crate::clock::Clock,
     /// The delegates rules may ask, by name.
     pub delegates: std::collections::BTreeMap<String, Arc<crate::authz::delegate::Delegate>>,
     /// The signed identity assertion, if configured.

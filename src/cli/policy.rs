@@ -13,7 +13,7 @@ pub fn list(config: &Path) -> ExitCode {
         Ok(l) => l,
         Err(diags) => return report(&diags),
     };
-    if let Err(diags) = compile::compile(&loaded, None) {
+    if let Err(diags) = compile::compile(&loaded, None, crate::clock::Clock::system()) {
         return report(&diags);
     }
     let any = |v: &[String]| {

@@ -23,6 +23,7 @@ use crate::upstream::Upstream;
 pub fn compile(
     loaded: &Loaded,
     previous: Option<&Snapshot>,
+    clock: crate::clock::Clock,
 ) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut diags = loaded.errors.clone();
     let cfg = &loaded.raw;
@@ -336,7 +337,7 @@ pub fn compile(
     let mut rate_limits = std::collections::BTreeMap::new();
     for (name, raw) in &cfg.rate_limits {
         let before = previous.and_then(|p| p.rate_limits.get(name));
-        match crate::ratelimit::Limit::compile(name, raw, before) {
+        match crate::ratelimit::Limit::compile(name, raw, before, &clock) {
             Ok(l) => {
                 rate_limits.insert(name.clone(), l);
             }
@@ -744,6 +745,7 @@ pub fn compile(
         authn,
         rate_limits: crate::ratelimit::RateLimits::new(rate_limits.into_values().collect()),
         delegates,
+        clock,
         assertion,
         challenges,
         spoofable: Spoofable::new(&spoofable_names, from_trusted),

@@ -105,7 +105,7 @@ pub async fn decide(
         trace.record(TraceEvent::RequirementFailed(unmet));
         return deny(rule, kind, None);
     }
-    let now = unix_now();
+    let now = snapshot.clock.unix_secs();
     let (principal, authenticator) = match snapshot
         .authn
         .authenticate(&rule.authenticators, rule.anonymous, facts, now)
@@ -313,11 +313,4 @@ fn api_key_challenge(
         }
         _ => None,
     }
-}
-
-/// Seconds since the Unix epoch (the clock `exp`, `nbf` and `iat` are read against).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -1316,15 +1316,24 @@ async fn unknown_kid_refetch_is_rate_limited() {
 
 #[tokio::test]
 async fn cache_never_serves_a_token_past_exp() {
-    let extra = authenticators(&provider(ISS, KEYS_YAML, "leeway: 0s\n"), "");
-    let gw = gateway_with(extra, key_files()).await;
-    let exp = now() + 2;
+    // The gateway's clock is moved, not waited for.
+    let clock = portcullis::clock::Clock::manual_now();
+    let gw = Setup {
+        policies: vec![("10-p.yaml".into(), POLICY.into())],
+        files: key_files(),
+        extra: authenticators(&provider(ISS, KEYS_YAML, "leeway: 0s\n"), ""),
+        clock: clock.clone(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let exp = clock.unix_secs() + 60;
     let t = keys().rs256.sign(&claims(&json!({"exp": exp}))).unwrap();
     assert_accepted(&gw, &t, "before exp").await;
     assert_accepted(&gw, &t, "cached, before exp").await;
-    while now() < exp {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    clock.advance(Duration::from_secs(59));
+    assert_accepted(&gw, &t, "cached, a second before exp").await;
+    clock.advance(Duration::from_secs(1));
     assert_rejected(&gw, &t, "at exp").await;
 }
 

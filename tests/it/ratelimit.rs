@@ -191,3 +191,60 @@ async fn a_header_key_from_an_untrusted_client_counts_by_address() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+/// GCRA on the gateway's clock, moved by the test: the burst, then the steady rate, with
+/// `Retry-After` right to the second.
+#[tokio::test]
+async fn burst_then_steady_rate_with_exact_retry_after() {
+    let clock = portcullis::clock::Clock::manual_now();
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: steady, upstream: echo}\n"
+                .into(),
+        )],
+        extra: "rate_limits:\n  steady: {key: client_ip, requests: 6, per: 1m, burst: 3}\n".into(),
+        clock: clock.clone(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let status = |path: &'static str| {
+        let addr = gw.addr();
+        async move {
+            let (s, h, _) = send(addr, Request::get(path).body(Full::default()).unwrap()).await;
+            let retry = h
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (s, retry)
+        }
+    };
+    // The burst: 3 at once, then the steady rate of one every 10 s.
+    for _ in 0..3 {
+        assert_eq!(status("/x").await, (StatusCode::OK, None));
+    }
+    assert_eq!(
+        status("/x").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(10))
+    );
+    clock.advance(std::time::Duration::from_secs(4));
+    assert_eq!(status("/x").await, (StatusCode::TOO_MANY_REQUESTS, Some(6)));
+    clock.advance(std::time::Duration::from_millis(5_500));
+    assert_eq!(
+        status("/x").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(1)),
+        "0.5 s is 1 s"
+    );
+    clock.advance(std::time::Duration::from_millis(500));
+    assert_eq!(status("/x").await, (StatusCode::OK, None));
+    assert_eq!(
+        status("/x").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(10))
+    );
+    // A full refill after a quiet spell: the burst again, no more.
+    clock.advance(std::time::Duration::from_secs(60));
+    for _ in 0..3 {
+        assert_eq!(status("/x").await.0, StatusCode::OK);
+    }
+    assert_eq!(status("/x").await.0, StatusCode::TOO_MANY_REQUESTS);
+}

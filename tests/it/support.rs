@@ -78,6 +78,8 @@ pub struct Setup {
     pub extra: String,
     /// More `admin:` settings, each line indented two spaces.
     pub admin: String,
+    /// The gateway's clock: the system's unless a test moves a manual one.
+    pub clock: portcullis::clock::Clock,
 }
 
 impl Default for Setup {
@@ -91,6 +93,7 @@ impl Default for Setup {
             watch: false,
             extra: String::new(),
             admin: String::new(),
+            clock: portcullis::clock::Clock::system(),
         }
     }
 }
@@ -127,6 +130,7 @@ impl Setup {
         let options = Options {
             watch: self.watch,
             watch_debounce: Duration::from_millis(50),
+            clock: self.clock.clone(),
         };
         let app = App::start(&dir.path().join("portcullis.yaml"), options)
             .await

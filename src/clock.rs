@@ -1,0 +1,126 @@
+//! The gateway's clock: the system's, or a manual one a test moves. Every time a decision
+//! depends on (token `exp`, `nbf` and `iat`, the verified-token and introspection caches' view
+//! of expiry, rate-limit budgets, the identity assertion's lifetime) is read from the
+//! snapshot's [`Clock`], so tests that wait for an expiry or a refill move it instead of
+//! sleeping.
+//!
+//! Invariants: a manual clock only moves forward, and only when told; both of its readings
+//! (wall and monotonic) move together.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::nanos::Nanos;
+
+/// A clock; cheap to clone (clones share a manual clock's time).
+#[derive(Clone, Debug, Default)]
+pub struct Clock(Option<Arc<Manual>>);
+
+/// A manual clock's time.
+#[derive(Debug)]
+struct Manual {
+    /// Unix time, nanoseconds.
+    unix_nanos: AtomicU64,
+    /// Nanoseconds since the clock was made.
+    mono_nanos: AtomicU64,
+}
+
+/// What the system clock's monotonic readings count from.
+fn epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+// === impl Clock ===
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self(None)
+    }
+
+    /// A manual clock reading `unix` (seconds since the epoch) until moved.
+    pub fn manual(unix: u64) -> Self {
+        Self(Some(Arc::new(Manual {
+            unix_nanos: AtomicU64::new(unix.saturating_mul(1_000_000_000)),
+            mono_nanos: AtomicU64::new(0),
+        })))
+    }
+
+    /// A manual clock at the system's time now.
+    pub fn manual_now() -> Self {
+        Self::manual(Self::system().unix_secs())
+    }
+
+    /// Moves a manual clock forward; the system clock moves by itself.
+    pub fn advance(&self, by: Duration) {
+        if let Some(m) = &self.0 {
+            let n = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+            m.unix_nanos.fetch_add(n, Ordering::SeqCst);
+            m.mono_nanos.fetch_add(n, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether it is a manual clock.
+    pub fn is_manual(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn unix_secs(&self) -> u64 {
+        match &self.0 {
+            None => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            Some(m) => m.unix_nanos.load(Ordering::SeqCst) / 1_000_000_000,
+        }
+    }
+
+    /// Monotonic time since a fixed point (the process's first reading, or the manual clock's
+    /// creation).
+    pub fn monotonic(&self) -> Duration {
+        match &self.0 {
+            None => epoch().elapsed(),
+            Some(m) => Duration::from_nanos(m.mono_nanos.load(Ordering::SeqCst)),
+        }
+    }
+}
+
+impl governor::clock::Clock for Clock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.monotonic())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let c = Clock::manual(1_000);
+        let shared = c.clone();
+        assert_eq!(c.unix_secs(), 1_000);
+        assert_eq!(c.monotonic(), Duration::ZERO);
+        shared.advance(Duration::from_millis(1_500));
+        assert_eq!(c.unix_secs(), 1_001);
+        assert_eq!(c.monotonic(), Duration::from_millis(1_500));
+        assert!(c.is_manual() && !Clock::system().is_manual());
+    }
+
+    #[test]
+    fn system_clock_reads_the_system() {
+        let c = Clock::system();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(c.unix_secs().abs_diff(wall) <= 1);
+        let a = c.monotonic();
+        assert!(c.monotonic() >= a);
+    }
+}
