@@ -248,3 +248,102 @@ async fn idle_tls_connections_are_parked_and_cost_little() {
     );
     drop(conns);
 }
+
+/// Sends one `GET /` per token over one kept-alive connection; every answer must be 200.
+async fn authenticated_gets(addr: SocketAddr, tokens: impl Iterator<Item = String>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(hyper_util::rt::TokioIo::new(tcp))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for token in tokens {
+        let req = http::Request::get("/t")
+            .header("host", "a")
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        send.ready().await.unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+    }
+}
+
+/// Fills a token cache bounded to `max_bytes` with `tokens` distinct tokens of one shape (the
+/// claims `claims(i)` adds); returns how many times `max_bytes` the process grew.
+async fn token_cache_growth(
+    max_bytes: u64,
+    tokens: usize,
+    claims: impl Fn(usize) -> serde_json::Value,
+) -> f64 {
+    let secret = b"an HS256 secret of at least 32 bytes!";
+    let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let extra = format!(
+        "{}authn:\n  cache:\n    max_entries: 1000000\n    max_bytes: {max_bytes}\n",
+        crate::support::hs256_users("{}")
+    );
+    let bin = Binary::start_with(
+        echo.addr,
+        PLAIN,
+        "",
+        &extra,
+        "rules:\n  - name: users\n    match: {paths: [\"/**\"]}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n",
+        &[("hs.secret", secret)],
+    );
+    let addr = bin.addr("http");
+    let token = |i: usize| crate::support::hs256_token(secret, &claims(i));
+    authenticated_gets(addr, (0..100).map(|i| token(tokens + i))).await;
+    let entries = "portcullis_token_cache_entries{authenticator=\"users\"}";
+    let before = settled_rss(&bin).await;
+    let cached_before = bin.metric(entries).await;
+    authenticated_gets(addr, (0..tokens).map(token)).await;
+    let after = settled_rss(&bin).await;
+    let cached = bin.metric(entries).await;
+    let growth = after.saturating_sub(before) as f64;
+    eprintln!(
+        "token cache: {cached_before} -> {cached} entries; RSS {before} -> {after}: {:.0} bytes per entry, {:.2} x max_bytes",
+        growth / (cached - cached_before),
+        growth / max_bytes as f64
+    );
+    assert!(
+        cached < tokens as f64,
+        "the cache was not filled past max_bytes ({cached} entries)"
+    );
+    growth / max_bytes as f64
+}
+
+/// The token cache's `max_bytes` bounds the memory it really takes, within 20%: a cache
+/// filled past its bound grows the process by about `max_bytes`, for a minimal token and for
+/// one with the claims identity providers usually add.
+#[tokio::test]
+async fn token_cache_max_bytes_bounds_real_memory() {
+    const MAX_BYTES: u64 = 6 << 20;
+    let minimal = token_cache_growth(
+        MAX_BYTES,
+        6_000,
+        |i| serde_json::json!({"sub": format!("user-{i:08}")}),
+    )
+    .await;
+    let typical = token_cache_growth(MAX_BYTES, 4_000, |i| {
+        serde_json::json!({
+            "sub": format!("user-{i:08}"),
+            "scope": "orders:read orders:write profile",
+            "roles": ["member", "buyer"],
+            "email": format!("user-{i:08}@example.com"),
+            "tenant": "acme",
+            "jti": format!("{i:032x}"),
+        })
+    })
+    .await;
+    for ratio in [minimal, typical] {
+        assert!(
+            (0.8..=1.2).contains(&ratio),
+            "memory grew {ratio:.2} x max_bytes"
+        );
+    }
+}
