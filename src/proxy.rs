@@ -2,6 +2,7 @@
 //! [`crate::request::RequestFacts`], asks the decision core, and forwards allowed requests to
 //! their upstream.
 
+mod connection;
 pub mod forwarded;
 mod frames;
 pub mod hop_by_hop;

@@ -971,7 +971,8 @@ impl Default for RawAuthn {
 pub struct RawTokenCache {
     /// Most entries kept; 0 turns the cache off.
     pub max_entries: u64,
-    /// Most memory the entries may take, in bytes (estimated).
+    /// Most memory the entries may take, in bytes: estimated per entry (the token, the
+    /// principal and its claims, the cache's bookkeeping), within 20% of what they really take.
     pub max_bytes: u64,
     /// A cached verification is redone after this long, even if the token is still valid.
     #[schemars(with = "String")]

@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
+use bytes::{Buf, Bytes};
+
+use super::connection::{Activity, ReadReady};
 use super::frames::FrameMeter;
-use super::listener::Activity;
 
 /// The client stream, tracked and metered.
 pub(super) struct Tracked<I> {
@@ -15,6 +17,9 @@ pub(super) struct Tracked<I> {
     meter: FrameMeter,
     /// The write side is shut down after the GOAWAY.
     shut: bool,
+    /// Bytes already read that hyper reads (again) first: the ones that told HTTP/2 from
+    /// HTTP/1, or the next request's that a parked hyper connection had read.
+    replay: Bytes,
 }
 
 impl<I> Tracked<I> {
@@ -24,7 +29,52 @@ impl<I> Tracked<I> {
             activity,
             meter,
             shut: false,
+            replay: Bytes::new(),
         }
+    }
+
+    /// Hands `bytes` to the next reader before anything from the socket.
+    pub(super) fn replay(&mut self, bytes: Bytes) {
+        self.replay = bytes;
+    }
+}
+
+impl<I: ReadReady> Tracked<I> {
+    /// Ready when the client has sent something, without reading it.
+    pub(super) fn poll_inner_read_ready(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.replay.is_empty() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        self.inner.poll_read_ready(cx)
+    }
+
+    /// Reads until the bytes tell HTTP/2's preface from anything else (`None`: the client
+    /// closed first). They are read again by hyper.
+    pub(super) async fn sniff_h2(&mut self) -> std::io::Result<Option<bool>> {
+        use tokio::io::AsyncReadExt;
+        let mut seen = [0u8; 24];
+        let mut n = 0;
+        let h2 = loop {
+            let got = self.inner.read(&mut seen[n..]).await?;
+            if got == 0 {
+                return Ok(None);
+            }
+            self.activity.touch();
+            self.meter.on_read(&seen[n..n + got]);
+            n += got;
+            if self.meter.is_http1() {
+                self.activity.h1_read();
+                break false;
+            }
+            if n == seen.len() {
+                break true;
+            }
+        };
+        self.replay = Bytes::copy_from_slice(&seen[..n]);
+        Ok(Some(h2))
     }
 }
 
@@ -100,6 +150,13 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRe
         if this.meter.abuse().is_some() {
             return this.poll_read_abused(cx, buf);
         }
+        if !this.replay.is_empty() {
+            // Already metered and counted when first read.
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(this.replay.get(..n).unwrap_or_default());
+            this.replay.advance(n);
+            return std::task::Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -137,6 +194,7 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWr
             return Poll::Ready(Ok(buf.len()));
         }
         let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.activity.write_blocked(polled.is_pending());
         if let Poll::Ready(Ok(n)) = polled
             && n > 0
         {
@@ -159,6 +217,7 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWr
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
         let polled = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.activity.write_blocked(polled.is_pending());
         if let Poll::Ready(Ok(n)) = polled
             && n > 0
         {
@@ -189,7 +248,9 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWr
         if this.meter.abuse().is_some() && this.meter.at_write_boundary() {
             return this.poll_goaway(cx);
         }
-        std::pin::Pin::new(&mut this.inner).poll_flush(cx)
+        let polled = std::pin::Pin::new(&mut this.inner).poll_flush(cx);
+        this.activity.write_blocked(polled.is_pending());
+        polled
     }
 
     fn poll_shutdown(

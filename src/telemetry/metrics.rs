@@ -118,6 +118,8 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// Client connections accepted.
     pub connections_total: Counter,
+    /// Idle HTTP/1.1 client connections holding no HTTP buffers now.
+    pub connections_parked: Gauge,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_errors: Counter,
     /// Identity header values left out for forbidden characters.
@@ -238,6 +240,12 @@ impl Metrics {
             "Client connections open now",
             connections_open.clone(),
         );
+        let connections_parked = Gauge::default();
+        registry.register(
+            "connections_parked",
+            "Idle HTTP/1.1 client connections holding only their socket (and TLS session) now",
+            connections_parked.clone(),
+        );
         let connections_total = Counter::default();
         registry.register(
             "connections",
@@ -268,6 +276,7 @@ impl Metrics {
             limits,
             connections_open,
             connections_total,
+            connections_parked,
             tls_handshake_errors,
             identity_headers_refused,
         }

@@ -1,6 +1,6 @@
 //! Memory per connection, measured on the real binary (its allocator, its buffers) from
 //! `/proc/<pid>/status` (Linux only). Counts are kept small (a few hundred connections) so the
-//! suite stays quick.
+//! suite stays quick; `bench/connections.sh` runs the release binary at 10,000.
 
 #![cfg(target_os = "linux")]
 
@@ -19,21 +19,34 @@ use crate::support::ALLOW_ALL;
 pub struct Binary {
     child: Child,
     pub addrs: Vec<(String, SocketAddr)>,
+    pub admin: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl Binary {
     pub fn start(echo: SocketAddr, listeners: &str, server: &str, files: &[(&str, &[u8])]) -> Self {
+        Self::start_with(echo, listeners, server, "", ALLOW_ALL, files)
+    }
+
+    /// With `extra` appended to the config and `policy` as the one policy file.
+    pub fn start_with(
+        echo: SocketAddr,
+        listeners: &str,
+        server: &str,
+        extra: &str,
+        policy: &str,
+        files: &[(&str, &[u8])],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-        std::fs::write(dir.path().join("policies/10-all.yaml"), ALLOW_ALL).unwrap();
+        std::fs::write(dir.path().join("policies/10-all.yaml"), policy).unwrap();
         for (name, bytes) in files {
             std::fs::write(dir.path().join(name), bytes).unwrap();
         }
         std::fs::write(
             dir.path().join("portcullis.yaml"),
             format!(
-                "listeners:\n{listeners}admin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    url: http://{echo}\npolicies:\n  dir: policies\nserver:\n  max_connections: 20000\n{server}logging:\n  format: json\n  access_log: false\n"
+                "listeners:\n{listeners}admin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    url: http://{echo}\npolicies:\n  dir: policies\nserver:\n  max_connections: 20000\n{server}logging:\n  format: json\n  access_log: false\n{extra}"
             ),
         )
         .unwrap();
@@ -49,28 +62,43 @@ impl Binary {
         let mut lines = BufReader::new(stderr).lines();
         let wanted = listeners.matches("- name:").count();
         let mut addrs = Vec::new();
-        while addrs.len() < wanted {
+        let mut admin = None;
+        while addrs.len() < wanted || admin.is_none() {
             let line = lines.next().expect("log line").unwrap();
+            let field = |name: &str| {
+                let key = format!("\"{name}\":\"");
+                let start = line.find(&key).unwrap() + key.len();
+                let end = line[start..].find('"').unwrap() + start;
+                line[start..end].to_owned()
+            };
             if line.contains("\"Listening\"") {
-                let field = |name: &str| {
-                    let key = format!("\"{name}\":\"");
-                    let start = line.find(&key).unwrap() + key.len();
-                    let end = line[start..].find('"').unwrap() + start;
-                    line[start..end].to_owned()
-                };
                 addrs.push((field("listener"), field("addr").parse().unwrap()));
+            } else if line.contains("\"Admin listening\"") {
+                admin = Some(field("addr").parse().unwrap());
             }
         }
+        let admin = admin.unwrap();
         std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
         Self {
             child,
             addrs,
+            admin,
             _dir: dir,
         }
     }
 
     pub fn addr(&self, name: &str) -> SocketAddr {
         self.addrs.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    /// The value of a metric without labels.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, _, body) = crate::support::get(self.admin, "/metrics").await;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN)
     }
 
     /// Resident set size, in bytes.
@@ -146,4 +174,176 @@ async fn h1_slow_readers_hold_a_bounded_buffer_each() {
         per_reader <= 256 * 1024,
         "{per_reader} bytes per stalled reader"
     );
+}
+
+/// Opens `n` kept-alive connections, each after one small request; returns them.
+async fn idle_connections<S, F, Fut>(n: usize, connect: F) -> Vec<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = connect().await;
+        s.write_all(b"GET /idle HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let got = s.read(&mut buf).await.unwrap();
+        assert!(buf[..got].starts_with(b"HTTP/1.1 200"));
+        conns.push(s);
+    }
+    conns
+}
+
+/// Idle kept-alive TLS connections are parked (hyper's buffers freed) and cost a bounded
+/// amount each. The bound is for this debug build, whose futures are larger;
+/// `bench/connections.sh` measures the release binary at 10,000 connections.
+#[tokio::test]
+async fn idle_tls_connections_are_parked_and_cost_little() {
+    const CONNS: usize = 500;
+    const BATCH: usize = 50;
+    use portcullis::tls::certs;
+    let (ca, leaf, key) = certs::ca_and_leaf(&["localhost"]).unwrap();
+    let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let bin = Binary::start(
+        echo.addr,
+        "  - name: https\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n        - cert: leaf.crt\n          key: leaf.key\n",
+        "",
+        &[("leaf.crt", leaf.as_bytes()), ("leaf.key", key.as_bytes())],
+    );
+    let addr = bin.addr("https");
+    let connector =
+        tokio_rustls::TlsConnector::from(crate::support::tls_client(&[&ca], &[b"http/1.1"]));
+    let connect = || {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await.unwrap()
+        }
+    };
+    // Warm up: the first handshakes build lazily initialised state.
+    drop(idle_connections(20, connect).await);
+    let before = settled_rss(&bin).await;
+    // In batches, each parked before the next: connections that accumulate over time, as idle
+    // keep-alive connections do (a burst holds more at its peak, see bench/connections.sh).
+    let mut conns = Vec::with_capacity(CONNS);
+    for _ in 0..CONNS / BATCH {
+        conns.extend(idle_connections(BATCH, connect).await);
+        let open = conns.len() as f64;
+        let parked = crate::support::eventually(Duration::from_secs(5), || async {
+            bin.metric("portcullis_connections_parked").await >= open
+        })
+        .await;
+        assert!(parked, "idle connections were not parked");
+    }
+    let idle = settled_rss(&bin).await;
+    let per_conn = idle.saturating_sub(before) / CONNS as u64;
+    eprintln!("RSS {before} -> {idle}: {per_conn} bytes per idle TLS connection");
+    assert!(
+        per_conn <= 28 * 1024,
+        "{per_conn} bytes per idle TLS connection"
+    );
+    drop(conns);
+}
+
+/// Sends one `GET /` per token over one kept-alive connection; every answer must be 200.
+async fn authenticated_gets(addr: SocketAddr, tokens: impl Iterator<Item = String>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(hyper_util::rt::TokioIo::new(tcp))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for token in tokens {
+        let req = http::Request::get("/t")
+            .header("host", "a")
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        send.ready().await.unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+    }
+}
+
+/// Fills a token cache bounded to `max_bytes` with `tokens` distinct tokens of one shape (the
+/// claims `claims(i)` adds); returns how many times `max_bytes` the process grew.
+async fn token_cache_growth(
+    max_bytes: u64,
+    tokens: usize,
+    claims: impl Fn(usize) -> serde_json::Value,
+) -> f64 {
+    let secret = b"an HS256 secret of at least 32 bytes!";
+    let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let extra = format!(
+        "{}authn:\n  cache:\n    max_entries: 1000000\n    max_bytes: {max_bytes}\n",
+        crate::support::hs256_users("{}")
+    );
+    let bin = Binary::start_with(
+        echo.addr,
+        PLAIN,
+        "",
+        &extra,
+        "rules:\n  - name: users\n    match: {paths: [\"/**\"]}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n",
+        &[("hs.secret", secret)],
+    );
+    let addr = bin.addr("http");
+    let token = |i: usize| crate::support::hs256_token(secret, &claims(i));
+    authenticated_gets(addr, (0..100).map(|i| token(tokens + i))).await;
+    let entries = "portcullis_token_cache_entries{authenticator=\"users\"}";
+    let before = settled_rss(&bin).await;
+    let cached_before = bin.metric(entries).await;
+    authenticated_gets(addr, (0..tokens).map(token)).await;
+    let after = settled_rss(&bin).await;
+    let cached = bin.metric(entries).await;
+    let growth = after.saturating_sub(before) as f64;
+    eprintln!(
+        "token cache: {cached_before} -> {cached} entries; RSS {before} -> {after}: {:.0} bytes per entry, {:.2} x max_bytes",
+        growth / (cached - cached_before),
+        growth / max_bytes as f64
+    );
+    assert!(
+        cached < tokens as f64,
+        "the cache was not filled past max_bytes ({cached} entries)"
+    );
+    growth / max_bytes as f64
+}
+
+/// The token cache's `max_bytes` bounds the memory it really takes, within 20%: a cache
+/// filled past its bound grows the process by about `max_bytes`, for a minimal token and for
+/// one with the claims identity providers usually add.
+#[tokio::test]
+async fn token_cache_max_bytes_bounds_real_memory() {
+    const MAX_BYTES: u64 = 6 << 20;
+    let minimal = token_cache_growth(
+        MAX_BYTES,
+        6_000,
+        |i| serde_json::json!({"sub": format!("user-{i:08}")}),
+    )
+    .await;
+    let typical = token_cache_growth(MAX_BYTES, 4_000, |i| {
+        serde_json::json!({
+            "sub": format!("user-{i:08}"),
+            "scope": "orders:read orders:write profile",
+            "roles": ["member", "buyer"],
+            "email": format!("user-{i:08}@example.com"),
+            "tenant": "acme",
+            "jti": format!("{i:032x}"),
+        })
+    })
+    .await;
+    for ratio in [minimal, typical] {
+        assert!(
+            (0.8..=1.2).contains(&ratio),
+            "memory grew {ratio:.2} x max_bytes"
+        );
+    }
 }
