@@ -14,9 +14,9 @@ use crate::admin::{self, AdminState};
 use crate::config::reload::{ReloadError, ReloadOutcome, Reloader, Trigger};
 use crate::config::{self, Diagnostic};
 use crate::door::DoorHandler;
-use crate::proxy::listener::{AcceptLoop, Handler, ProxyHandler};
-use crate::proxy::service::Shared;
 use crate::request::facts::Door;
+use crate::server::Shared;
+use crate::server::listener::{AcceptLoop, Handler, ProxyHandler};
 use crate::telemetry::metrics::Metrics;
 
 /// A started gateway.

@@ -27,10 +27,10 @@ use ipnet::IpNet;
 
 use crate::body::ResponseBody;
 use crate::decision::{self, Allow, Decision, NoTrace, Refusal};
-use crate::proxy::service::{Conn, Shared};
-use crate::proxy::{hop_by_hop, request_id};
 use crate::request::RequestFacts;
 use crate::request::facts::{ConnInfo, Door, FactsError, Head, Scheme};
+use crate::server::{Conn, Shared};
+use crate::server::{hop_by_hop, request_id};
 use crate::snapshot::{DecisionDoor, DoorSettings, Snapshot};
 use crate::telemetry::access_log::{self, AccessRecord};
 use crate::telemetry::metrics::Outcome;
@@ -74,7 +74,7 @@ pub trait HttpDoor: Send + Sync + 'static {
     fn deny(&self, settings: &DoorSettings, refusal: Refusal) -> Response<Full<Bytes>>;
 }
 
-/// An HTTP decision door's [`crate::proxy::listener::Handler`].
+/// An HTTP decision door's [`crate::server::listener::Handler`].
 #[derive(Debug)]
 pub struct DoorHandler<D> {
     /// The door's translation.
@@ -85,7 +85,7 @@ pub struct DoorHandler<D> {
     pub index: usize,
 }
 
-impl<D: HttpDoor> crate::proxy::listener::Handler for DoorHandler<D> {
+impl<D: HttpDoor> crate::server::listener::Handler for DoorHandler<D> {
     fn call(
         &self,
         conn: Arc<Conn>,

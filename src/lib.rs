@@ -5,7 +5,7 @@
 //! back into its wire format, so a request gets the same answer whichever door it takes.
 //!
 //! ```text
-//!  client ──TLS──▶ proxy door (proxy::listener → proxy::service)
+//!  client ──TLS──▶ proxy door (server::listener → proxy::service)
 //!                     │ 1. load the snapshot once (arc-swap); the request keeps it
 //!                     │ 2. refuse h2c upgrades; strip hop-by-hop headers
 //!                     │ 3. RequestFacts: canonical path (ambiguous → 400), host, client ip
@@ -45,6 +45,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod request;
 pub mod secret;
+pub mod server;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tls;

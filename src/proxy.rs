@@ -1,13 +1,6 @@
-//! The reverse-proxy door: accepts connections (TLS or plain), turns each request into
-//! [`crate::request::RequestFacts`], asks the decision core, and forwards allowed requests to
-//! their upstream.
+//! The reverse-proxy door: turns each request into [`crate::request::RequestFacts`], asks the
+//! decision core, and forwards allowed requests to their upstream. Connections are accepted and
+//! served by [`crate::server`], as for every door.
 
-mod connection;
 pub mod forwarded;
-mod frames;
-pub mod hop_by_hop;
-pub mod listener;
-mod progress;
-pub mod request_id;
 pub mod service;
-mod tracked;

@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 
 use crate::config;
 use crate::decision::{self, Decision, TraceEvent};
-use crate::proxy::{hop_by_hop, service};
+use crate::proxy::service;
 use crate::request::RequestFacts;
 use crate::request::facts::{ConnInfo, Door, Scheme, TlsInfo};
+use crate::server::hop_by_hop;
 use crate::snapshot::Snapshot;
 
 /// The request to explain.

@@ -45,9 +45,9 @@ use tonic::codegen::Service as _;
 use crate::body::ResponseBody;
 use crate::decision::{self, Allow, Decision, NoTrace, Refusal};
 use crate::door::{self, Record};
-use crate::proxy::service::{Conn, Shared};
 use crate::request::RequestFacts;
 use crate::request::facts::{ClientCert, ConnInfo, Door, Head, Scheme, TlsInfo};
+use crate::server::{Conn, Shared};
 use crate::snapshot::{DoorSettings, Snapshot};
 
 /// The `Check` service of one listener.
@@ -57,7 +57,7 @@ pub struct CheckService {
     index: usize,
 }
 
-/// The gRPC door's [`crate::proxy::listener::Handler`]: `Check` and the health service,
+/// The gRPC door's [`crate::server::listener::Handler`]: `Check` and the health service,
 /// routed by path.
 #[derive(Clone)]
 pub struct GrpcHandler {
@@ -91,7 +91,7 @@ impl GrpcHandler {
     }
 }
 
-impl crate::proxy::listener::Handler for GrpcHandler {
+impl crate::server::listener::Handler for GrpcHandler {
     fn call(
         &self,
         conn: Arc<Conn>,
@@ -137,7 +137,7 @@ impl Authorization for CheckService {
             .and_then(|h| HeaderValue::from_str(&h.id).ok())
             .filter(|id| !id.is_empty())
             .unwrap_or_else(|| {
-                crate::proxy::request_id::take_or_generate(
+                crate::server::request_id::take_or_generate(
                     &HeaderMap::new(),
                     &snapshot.server.request_id_header,
                 )

@@ -8,49 +8,22 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use super::forwarded;
 pub use super::forwarded::Origin;
-use super::{forwarded, hop_by_hop, request_id};
 use crate::authn::credential;
 use crate::body::{self, PrefetchError, RequestBody, ResponseBody};
 use crate::decision::{self, Decision, HeaderMutation, NoTrace, Refusal};
 use crate::request::RequestFacts;
 use crate::request::facts::{ConnInfo, Door};
+use crate::server::{Conn, Shared, hop_by_hop, request_id};
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::{self, AccessRecord};
-use crate::telemetry::metrics::{Metrics, Outcome};
+use crate::telemetry::metrics::Outcome;
 use crate::upstream::SendError;
-
-/// State shared by every connection of the proxy door.
-#[derive(Debug)]
-pub struct Shared {
-    /// The active snapshot.
-    pub current: Arc<ArcSwap<Snapshot>>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-}
-
-/// A proxy-door connection: the door-neutral facts the core reads, and what only this door
-/// needs, computed once per connection rather than per request.
-#[derive(Debug)]
-pub struct Conn {
-    /// What the core sees.
-    pub info: ConnInfo,
-    /// The peer's address as header text (`X-Forwarded-For`, `Forwarded`, `x-real-ip`).
-    pub peer_text: HeaderValue,
-}
-
-impl Conn {
-    /// A connection described by `info`.
-    pub fn new(info: ConnInfo) -> Self {
-        let peer_text = crate::request::facts::ip_header_value(info.peer.ip());
-        Self { info, peer_text }
-    }
-}
 
 /// Why a request does not get its upstream's answer. Every early exit of every phase is one
 /// of these, turned into a response in one place ([`Ctx::rescue`]).

@@ -1327,8 +1327,12 @@ async fn cache_never_serves_a_token_past_exp() {
     }
     .start()
     .await;
+    // Every time claim from the gateway's clock: the system's may pass a second meanwhile.
     let exp = clock.unix_secs() + 60;
-    let t = keys().rs256.sign(&claims(&json!({"exp": exp}))).unwrap();
+    let t = keys()
+        .rs256
+        .sign(&claims(&json!({"exp": exp, "iat": clock.unix_secs()})))
+        .unwrap();
     assert_accepted(&gw, &t, "before exp").await;
     assert_accepted(&gw, &t, "cached, before exp").await;
     clock.advance(Duration::from_secs(59));

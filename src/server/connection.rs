@@ -30,8 +30,8 @@ use tokio::time::Instant;
 use super::frames::{Abuse, FrameMeter};
 use super::listener::Handler;
 use super::progress::{Guarded, Progress, StreamExec};
-use super::service::{Conn, Shared};
 use super::tracked::Tracked;
+use super::{Conn, Shared};
 use crate::snapshot::ServerSettings;
 
 /// An HTTP/1.1 connection with no byte moved for this long gives its hyper buffers back.

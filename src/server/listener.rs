@@ -14,8 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::connection;
-use super::service::{self, Conn, Shared};
+use super::{Conn, Shared};
 use crate::body::ResponseBody;
+use crate::proxy::service;
 use crate::request::facts::{ClientCert, ConnInfo, TlsInfo};
 use crate::snapshot::ServerSettings;
 
