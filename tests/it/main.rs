@@ -25,6 +25,7 @@ mod identity;
 mod jwt;
 mod memory;
 mod paths;
+mod peers;
 mod policy;
 mod proxy;
 mod ratelimit;
