@@ -1,0 +1,547 @@
+//! Real peers in front of the forward-auth door: nginx (`auth_request`) and Caddy
+//! (`forward_auth`) from Debian, each started on 127.0.0.1 with the config shipped under
+//! `examples/` (only its addresses and file paths substituted), between a client and the echo
+//! upstream, asking the real gateway. What the client gets and what the upstream receives are
+//! asserted through the peer, so the shipped configs are what is proven.
+//!
+//! A peer whose binary is missing skips its test (printing why) unless
+//! `PORTCULLIS_REQUIRE_PEERS` is set; `.ci/run` sets it and installs them, so CI never skips.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+use crate::support::{Setup, TestGateway, hs256_token, send};
+
+const SECRET: &[u8] = b"peers-test-secret-peers-test-secret-0123456789";
+
+/// `/admin/**` denied; `/api/**` needs a token; `/app/**` too, and sends browsers to a login
+/// page; `/limited/**` allows one request a minute; `/open/**` is anonymous.
+const POLICY: &str = "rules:
+  - name: admin
+    match: {paths: [\"/admin/**\"]}
+    effect: deny
+  - name: api
+    match: {paths: [\"/api/**\"]}
+    effect: allow
+    authenticators: [users]
+  - name: app
+    match: {paths: [\"/app/**\"]}
+    effect: allow
+    authenticators: [users]
+    denial: {login_url: \"https://login.example/start\"}
+  - name: limited
+    match: {paths: [\"/limited/**\"]}
+    effect: allow
+    anonymous: true
+    rate_limit: one-a-minute
+  - name: open
+    match: {paths: [\"/open/**\"]}
+    effect: allow
+    anonymous: true
+";
+
+const LIMITS: &str = "rate_limits:
+  one-a-minute:
+    key: route
+    requests: 1
+    per: 1m
+identity_headers:
+  x-user-id: \"{principal.id}\"
+";
+
+// === the peers ===
+
+#[tokio::test]
+async fn nginx_auth_request_in_front_of_the_forward_auth_door() {
+    let Some(nginx) = tool(&["nginx"], "nginx") else {
+        return;
+    };
+    let gw = gateway("nginx").await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let conf = substitute(
+        &example("examples/nginx/nginx.conf"),
+        &[
+            (
+                "server 127.0.0.1:8081;",
+                &format!("server {};", gw.addr_of("door")),
+            ),
+            (
+                "server 127.0.0.1:3000;",
+                &format!("server {};", gw.echo.addr),
+            ),
+            ("listen 127.0.0.1:8000;", &format!("listen {listen};")),
+            // Paths nginx would otherwise take from its build (/var/lib/nginx, /var/log/nginx).
+            (
+                "\nhttp {\n",
+                &format!("\nhttp {{\n{}", nginx_paths(dir.path())),
+            ),
+        ],
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let mut globals = format!(
+        "daemon off; pid {}; error_log stderr;",
+        dir.path().join("nginx.pid").display()
+    );
+    if is_root(dir.path()) {
+        // Workers run as the current user too, and can reach the temp dir.
+        globals.push_str(" user root;");
+    }
+    let args = |test: bool| {
+        let mut a: Vec<String> = vec!["-e".into(), "stderr".into()];
+        if test {
+            a.push("-t".into());
+        }
+        a.extend([
+            "-p".into(),
+            dir.path().display().to_string(),
+            "-c".into(),
+            conf_path.display().to_string(),
+            "-g".into(),
+            globals.clone(),
+        ]);
+        a
+    };
+    let test = Command::new(&nginx).args(args(true)).output().unwrap();
+    assert!(
+        test.status.success(),
+        "nginx -t: {}",
+        String::from_utf8_lossy(&test.stderr)
+    );
+    let peer = Peer::start("nginx", Command::new(&nginx).args(args(false)), dir, listen).await;
+    through_the_peer(&peer, &gw).await;
+}
+
+#[tokio::test]
+async fn caddy_forward_auth_in_front_of_the_forward_auth_door() {
+    let Some(caddy) = tool(&["caddy"], "caddy") else {
+        return;
+    };
+    let gw = gateway("forward-auth").await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_port();
+    let admin = free_port();
+    let conf = substitute(
+        &example("examples/caddy/Caddyfile"),
+        &[
+            ("admin localhost:2019", &format!("admin {admin}")),
+            ("http://:8000 {", &format!("http://:{} {{", listen.port())),
+            (
+                "forward_auth 127.0.0.1:8082 {",
+                &format!("forward_auth {} {{", gw.addr_of("door")),
+            ),
+            (
+                "reverse_proxy 127.0.0.1:3000",
+                &format!("reverse_proxy {}", gw.echo.addr),
+            ),
+        ],
+    );
+    let conf_path = dir.path().join("Caddyfile");
+    std::fs::write(&conf_path, conf).unwrap();
+    let caddy_cmd = |sub: &str| {
+        let mut c = Command::new(&caddy);
+        c.args([sub, "--config"])
+            .arg(&conf_path)
+            .args(["--adapter", "caddyfile"])
+            // Its storage and autosaved config stay in the temp dir.
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("XDG_CONFIG_HOME", dir.path().join("config"));
+        c
+    };
+    let validate = caddy_cmd("validate").output().unwrap();
+    assert!(
+        validate.status.success(),
+        "caddy validate: {}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
+    let mut run = caddy_cmd("run");
+    let peer = Peer::start("caddy", &mut run, dir, listen).await;
+    through_the_peer(&peer, &gw).await;
+}
+
+/// A missing peer skips its test, saying why, unless peers are required (CI): then it fails.
+#[test]
+fn a_missing_peer_skips_unless_peers_are_required() {
+    let required = std::env::var_os("PORTCULLIS_REQUIRE_PEERS").is_some();
+    let found = std::panic::catch_unwind(|| tool(&["portcullis-no-such-peer"], "none"));
+    match found {
+        Ok(found) => assert!(!required && found.is_none()),
+        Err(_) => assert!(required, "only a required peer fails when missing"),
+    }
+}
+
+/// The same requests through either peer, and the same answers.
+async fn through_the_peer(peer: &Peer, gw: &TestGateway) {
+    let bearer = format!("Bearer {}", hs256_token(SECRET, &json!({})));
+
+    // Allowed: the upstream gets the request, with the gateway's x-user-id, not the client's.
+    let (status, _, body) = peer
+        .ask(
+            "/api/orders?x=1",
+            &[("authorization", &bearer), ("x-user-id", "root")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", peer.failed(&body));
+    let got = gw.echo.last().expect("the upstream got the request");
+    assert_eq!(got.target, "/api/orders?x=1");
+    let ids: Vec<_> = got.headers.get_all("x-user-id").iter().collect();
+    assert_eq!(ids, ["alice"], "{}: the gateway's value only", peer.name);
+
+    // Anonymous: no identity, and a client's copy, in either spelling, never arrives.
+    let (status, _, body) = peer
+        .ask("/open/x", &[("x-user-id", "root"), ("x_user_id", "root")])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", peer.failed(&body));
+    let got = gw.echo.last().unwrap();
+    assert_eq!(got.target, "/open/x");
+    assert!(
+        !got.headers.contains_key("x-user-id") && !got.headers.contains_key("x_user_id"),
+        "{}: an identity header the gateway did not set reached the upstream: {:?}",
+        peer.name,
+        got.headers
+    );
+
+    let forwarded = gw.echo.records().len();
+
+    // No token: 401 with the challenge and the JSON body naming the request id.
+    let (status, h, body) = peer.ask("/api/orders", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", peer.failed(&body));
+    let challenges: Vec<_> = h.get_all("www-authenticate").iter().collect();
+    assert_eq!(challenges, ["Bearer realm=\"portcullis\""], "{}", peer.name);
+    refusal_body(peer, &h, &body, "missing_credential");
+
+    // A token that does not verify.
+    let (status, h, body) = peer
+        .ask("/api/orders", &[("authorization", "Bearer not.a.token")])
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", peer.failed(&body));
+    assert!(
+        h["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"invalid_token\""),
+        "{}: {h:?}",
+        peer.name
+    );
+    refusal_body(peer, &h, &body, "invalid_token");
+
+    // A denied path, by any spelling; the peer's own description headers cannot be forged.
+    for (target, headers) in [
+        ("/admin/users", vec![]),
+        ("/%61dmin/users", vec![]),
+        ("//admin/users", vec![]),
+        (
+            "/admin/users",
+            vec![
+                ("x-forwarded-uri", "/open/x"),
+                ("x-original-uri", "/open/x"),
+                ("x-forwarded-method", "GET"),
+            ],
+        ),
+    ] {
+        let (status, h, body) = peer.ask(target, &headers).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{target} {headers:?}: {}",
+            peer.failed(&body)
+        );
+        if headers.is_empty() {
+            refusal_body(peer, &h, &body, "forbidden");
+        }
+    }
+
+    // An ambiguous path: 400, whatever the peer itself makes of it.
+    let (status, h, body) = peer.ask("/a%2Fb", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", peer.failed(&body));
+    refusal_body(peer, &h, &body, "encoded_slash");
+
+    // A browser without a token on a rule with a login page: 302 there, with its way back.
+    let (status, h, body) = peer
+        .ask("/app/home?tab=2", &[("accept", "text/html,*/*;q=0.8")])
+        .await;
+    assert_eq!(status, StatusCode::FOUND, "{}", peer.failed(&body));
+    let back = format!(
+        "https://login.example/start?rd=http%3A%2F%2F127.0.0.1%3A{}%2Fapp%2Fhome%3Ftab%3D2",
+        peer.addr.port()
+    );
+    assert_eq!(h["location"], back.as_str(), "{}", peer.name);
+    // The same request from an API client: 401.
+    assert_eq!(
+        peer.ask("/app/home", &[]).await.0,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        peer.name
+    );
+
+    assert_eq!(
+        gw.echo.records().len(),
+        forwarded,
+        "{}: a refused request reached the upstream",
+        peer.name
+    );
+
+    // One request a minute: the second gets 429 with Retry-After and RateLimit-*.
+    let (status, _, body) = peer.ask("/limited/a", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{}", peer.failed(&body));
+    let (status, h, body) = peer.ask("/limited/b", &[]).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        peer.failed(&body)
+    );
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        (1..=60).contains(&retry),
+        "{}: Retry-After {retry}",
+        peer.name
+    );
+    assert_eq!(h["ratelimit-limit"], "1", "{}: {h:?}", peer.name);
+    assert_eq!(h["ratelimit-remaining"], "0", "{}: {h:?}", peer.name);
+    refusal_body(peer, &h, &body, "rate_limited");
+    assert_eq!(gw.echo.records().len(), forwarded + 1, "{}", peer.name);
+}
+
+/// A refusal's body: JSON naming the reason and the request id the answer carries.
+fn refusal_body(peer: &Peer, h: &HeaderMap, body: &str, error: &str) {
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"),
+        "{}: {h:?}",
+        peer.name
+    );
+    let v: Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{}: body is not JSON ({e}): {body}", peer.name));
+    assert_eq!(v["error"], error, "{}: {body}", peer.name);
+    let id = h["x-request-id"].to_str().unwrap();
+    assert!(!id.is_empty(), "{}", peer.name);
+    assert_eq!(v["request_id"], id, "{}: {body}", peer.name);
+}
+
+// === harness ===
+
+/// The gateway: one forward-auth door listener, `door`, with the settings of the example
+/// listener `example_listener` in examples/portcullis/portcullis.yaml.
+async fn gateway(example_listener: &str) -> TestGateway {
+    Setup {
+        listeners: format!(
+            "  - name: door\n    address: 127.0.0.1:0\n    door:\n{}",
+            indent(&example_door(example_listener), 6)
+        ),
+        policies: vec![("10-p.yaml".into(), POLICY.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: format!("{}{LIMITS}", crate::support::hs256_users("{}")),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+/// The `door:` of the listener `name` in examples/portcullis/portcullis.yaml, as YAML.
+pub fn example_door(name: &str) -> String {
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(&example("examples/portcullis/portcullis.yaml")).unwrap();
+    let listener = config["listeners"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no listener {name} in examples/portcullis/portcullis.yaml"));
+    serde_yaml::to_string(&listener["door"]).unwrap()
+}
+
+fn indent(text: &str, by: usize) -> String {
+    let pad = " ".repeat(by);
+    text.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
+/// A file of the repository.
+pub fn example(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `text` with each `from` replaced by its `to`; each `from` must occur exactly once, so a
+/// shipped config that drifts from what the test expects fails here, not silently.
+pub fn substitute(text: &str, pairs: &[(&str, &str)]) -> String {
+    let mut out = text.to_owned();
+    for (from, to) in pairs {
+        assert_eq!(
+            out.matches(from).count(),
+            1,
+            "`{from}` should occur exactly once in the shipped config"
+        );
+        out = out.replacen(from, to, 1);
+    }
+    out
+}
+
+/// nginx's temp and log paths in `dir`.
+fn nginx_paths(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "    client_body_temp_path {d}/client_body;\n    proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n    access_log {d}/access.log;\n"
+    )
+}
+
+fn is_root(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(dir)
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// A free port on 127.0.0.1 (bound, read, released: the peer binds it next).
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+}
+
+/// The first of `names` found in PATH or the sbin directories (nginx lives in /usr/sbin);
+/// `None`, after saying why, when none is and `PORTCULLIS_REQUIRE_PEERS` is unset (then the
+/// caller skips its test); a failure when it is set.
+pub fn tool(names: &[&str], package: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin"].map(PathBuf::from))
+        .collect();
+    let found = names
+        .iter()
+        .flat_map(|n| dirs.iter().map(move |d| d.join(n)))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("PORTCULLIS_REQUIRE_PEERS").is_none(),
+            "none of {names:?} is installed and PORTCULLIS_REQUIRE_PEERS is set (apt-get install {package})"
+        );
+        eprintln!(
+            "skipped: none of {names:?} is installed (apt-get install {package}; PORTCULLIS_REQUIRE_PEERS=1 makes this a failure)"
+        );
+    }
+    found
+}
+
+/// A peer process in its own process group, stopped (with its workers) when dropped; its
+/// output goes to files in its temp dir, shown when a test fails.
+pub struct Peer {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Peer {
+    /// Starts `cmd` and waits (at most 10 s) until it accepts connections on `addr`.
+    pub async fn start(
+        name: &'static str,
+        cmd: &mut Command,
+        dir: tempfile::TempDir,
+        addr: SocketAddr,
+    ) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let out = std::fs::File::create(dir.path().join("stdout.log")).unwrap();
+        let err = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        let mut peer = Self {
+            name,
+            addr,
+            child,
+            dir,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return peer;
+            }
+            if let Ok(Some(status)) = peer.child.try_wait() {
+                panic!(
+                    "{name} exited ({status}) before listening:\n{}",
+                    peer.logs()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} not listening on {addr} within 10 s:\n{}",
+                peer.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `GET target` through the peer with these headers: status, headers, body text.
+    pub async fn ask(
+        &self,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut req = Request::get(target);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let (status, h, body) = send(self.addr, req.body(Full::default()).unwrap()).await;
+        (status, h, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The peer's output so far.
+    pub fn logs(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+        format!(
+            "--- {} stdout ---\n{}\n--- {} stderr ---\n{}",
+            self.name,
+            read("stdout.log"),
+            self.name,
+            read("stderr.log")
+        )
+    }
+
+    /// A failure message: the body, then the peer's logs.
+    pub fn failed(&self, body: &str) -> String {
+        format!("{}: body {body}\n{}", self.name, self.logs())
+    }
+
+    fn signal_group(&self, signal: &str) {
+        // Why the shell: std sends only SIGKILL, and only to the child; nginx's master must
+        // get SIGTERM to stop its workers, which are in the same group.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{signal} -{}", self.child.id()))
+            .status();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        self.signal_group("TERM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                // The group's other members (nginx workers) got the TERM too.
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.signal_group("KILL");
+        let _ = self.child.wait();
+    }
+}

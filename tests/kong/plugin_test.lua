@@ -1,0 +1,180 @@
+-- Runs examples/kong's `portcullis` plugin against stand-ins for Kong's PDK, ngx and
+-- resty.http (Lua 5.1 / LuaJIT semantics, as Kong's): what it sends the door, what it sets
+-- upstream and what it answers the client. Run from the repository root:
+--   lua5.1 tests/kong/plugin_test.lua
+-- It proves the plugin's logic, not its fit to a live Kong.
+package.path = "examples/kong/?.lua;" .. package.path
+
+local failures = 0
+local function check(cond, what)
+  if not cond then
+    failures = failures + 1
+    io.stderr:write("FAIL: " .. what .. "\n")
+  end
+end
+
+-- Case-insensitive header table, as resty.http's.
+local function headers_of(t)
+  local h = {}
+  for k, v in pairs(t) do h[k:lower()] = v end
+  return setmetatable({}, {
+    __index = function(_, k) return h[k:lower()] end,
+  })
+end
+
+-- The scenario a test sets: the client's request and the door's answer.
+local scenario
+
+package.loaded["resty.http"] = {
+  new = function()
+    return {
+      set_timeout = function(_, ms) scenario.timeout = ms end,
+      request_uri = function(_, uri, params)
+        scenario.door_uri = uri
+        scenario.door_request = params
+        if scenario.door == nil then return nil, "connection refused" end
+        return {
+          status = scenario.door.status,
+          headers = headers_of(scenario.door.headers),
+          body = scenario.door.body,
+        }
+      end,
+    }
+  end,
+}
+
+package.loaded["kong.db.schema.typedefs"] = {
+  protocols_http = { type = "set" },
+  no_consumer = { type = "foreign" },
+  header_name = { type = "string" },
+  url = function(t) t.type = "string"; return t end,
+}
+
+local EXIT = {}
+
+ngx = { var = setmetatable({}, { __index = function(_, k)
+  if k == "request_uri" then return scenario.request_uri end
+end }) }
+
+kong = {
+  request = {
+    get_method = function() return scenario.method end,
+    get_forwarded_host = function() return scenario.host end,
+    get_forwarded_port = function() return scenario.port end,
+    get_forwarded_scheme = function() return scenario.scheme end,
+    get_header = function(name) return scenario.client_headers[name:lower()] end,
+  },
+  client = { get_forwarded_ip = function() return "203.0.113.7" end },
+  service = { request = {
+    clear_header = function(name) scenario.upstream[name:lower()] = nil end,
+    set_header = function(name, value) scenario.upstream[name:lower()] = value end,
+  } },
+  response = {
+    exit = function(status, body, headers)
+      scenario.exit = { status = status, body = body, headers = headers or {} }
+      error(EXIT)
+    end,
+  },
+  log = { err = function() end },
+}
+
+local handler = require "kong.plugins.portcullis.handler"
+local schema = require "kong.plugins.portcullis.schema"
+check(schema.name == "portcullis", "schema names the plugin")
+
+-- The defaults of the schema's config fields, as Kong would fill them.
+local conf = { door_url = "http://127.0.0.1:8082/auth" }
+for _, f in ipairs(schema.fields) do
+  if f.config then
+    for _, field in ipairs(f.config.fields) do
+      for name, def in pairs(field) do
+        if conf[name] == nil then conf[name] = def.default end
+      end
+    end
+  end
+end
+
+local function run(s)
+  scenario = s
+  s.method = s.method or "GET"
+  s.host, s.port, s.scheme = s.host or "app.example", s.port or 443, s.scheme or "https"
+  s.client_headers = s.client_headers or {}
+  -- The upstream request starts as the client's.
+  s.upstream = {}
+  for k, v in pairs(s.client_headers) do s.upstream[k] = v end
+  local ok, err = pcall(handler.access, handler, conf)
+  if not ok and err ~= EXIT then error(err) end
+  return s
+end
+
+-- Allowed: the description, the forwarded credential, identity from the door only.
+local s = run {
+  request_uri = "/api/orders?x=1",
+  client_headers = { authorization = "Bearer t", ["x-user-id"] = "root", ["x-tenant-id"] = "evil" },
+  door = { status = 200, headers = { ["X-User-Id"] = "alice" } },
+}
+local sent = s.door_request.headers
+check(s.door_uri == conf.door_url, "asks the configured door")
+check(s.door_request.method == "GET", "asks with GET")
+check(sent["X-Forwarded-Method"] == "GET", "sends the method")
+check(sent["X-Forwarded-Uri"] == "/api/orders?x=1", "sends the raw target")
+check(sent["X-Forwarded-Host"] == "app.example", "sends the host, without the default port")
+check(sent["X-Forwarded-Proto"] == "https", "sends the scheme")
+check(sent["X-Forwarded-For"] == "203.0.113.7", "sends the client address")
+check(sent["Authorization"] == "Bearer t", "forwards the credential")
+check(s.timeout == 2000, "uses the configured timeout")
+check(s.exit == nil, "an allowed request goes on")
+check(s.upstream["x-user-id"] == "alice", "sets the door's x-user-id")
+check(s.upstream["x-tenant-id"] == nil, "removes a client's identity header the door did not set")
+
+-- A non-default port is part of the host.
+s = run { request_uri = "/", port = 8443, door = { status = 204, headers = {} } }
+check(s.door_request.headers["X-Forwarded-Host"] == "app.example:8443", "keeps a non-default port")
+
+-- A repeated identity header from the door is not passed on.
+s = run { request_uri = "/", door = { status = 200, headers = { ["X-User-Id"] = { "a", "b" } } } }
+check(s.upstream["x-user-id"] == nil, "refuses a repeated identity header")
+
+-- Refused: status, challenge and body as the door gave them; nothing else.
+local body = '{"error":"missing_credential","request_id":"r1"}\n'
+s = run {
+  request_uri = "/api/orders",
+  door = { status = 401, body = body, headers = {
+    ["Content-Type"] = "application/json",
+    ["WWW-Authenticate"] = 'Bearer realm="portcullis"',
+    ["X-Request-Id"] = "r1",
+    ["X-Portcullis-Error"] = "missing_credential",
+  } },
+}
+check(s.exit and s.exit.status == 401, "answers the door's 401")
+check(s.exit and s.exit.body == body, "with the door's body")
+check(s.exit and s.exit.headers["WWW-Authenticate"] == 'Bearer realm="portcullis"', "and its challenge")
+check(s.exit and s.exit.headers["X-Request-Id"] == "r1", "and its request id")
+check(s.exit and s.exit.headers["X-Portcullis-Error"] == nil, "but not its other headers")
+
+s = run {
+  request_uri = "/limited",
+  door = { status = 429, body = "{}", headers = { ["Retry-After"] = "42", ["RateLimit-Limit"] = "1" } },
+}
+check(s.exit and s.exit.status == 429, "answers 429")
+check(s.exit and s.exit.headers["Retry-After"] == "42", "with Retry-After")
+
+s = run {
+  request_uri = "/app",
+  client_headers = { accept = "text/html" },
+  door = { status = 302, headers = { Location = "https://login.example/start?rd=x" } },
+}
+check(s.door_request.headers["Accept"] == "text/html", "forwards Accept")
+check(s.exit and s.exit.status == 302, "answers the login redirect")
+check(s.exit and s.exit.headers["Location"] == "https://login.example/start?rd=x", "with its Location")
+
+-- The door unreachable: 503, never through.
+s = run { request_uri = "/api/orders", client_headers = { ["x-user-id"] = "root" }, door = nil }
+check(s.exit and s.exit.status == 503, "answers 503 when the door does not answer")
+check(s.upstream["x-user-id"] == nil, "and the client's identity header is gone anyway")
+
+if failures > 0 then
+  io.stderr:write(failures .. " check(s) failed\n")
+  os.exit(1)
+end
+print("ok")
