@@ -184,7 +184,11 @@ async fn route(state: &AdminState, scope: Scope, req: Request<Incoming>) -> Resp
             ),
             Err(e) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                &serde_json::json!({"outcome": "failed", "errors": e.0}),
+                &serde_json::json!({
+                    "outcome": "failed",
+                    "errors": e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "diagnostics": e.0,
+                }),
             ),
         },
         (
@@ -208,6 +212,7 @@ fn config_status(state: &AdminState) -> serde_json::Value {
         "loaded_at": secs(snap.loaded_at),
         "last_reload_attempt": status.last_attempt.map(secs),
         "last_reload_error": status.last_error,
+        "last_reload_diagnostics": status.last_diagnostics,
         "rules": snap.routes.rules().len(),
         "upstreams": snap.upstreams.iter().map(|u| &*u.name).collect::<Vec<_>>(),
     })

@@ -101,11 +101,11 @@ impl App {
             bound.push(bind(&l.name, l.address).await?);
         }
         let (admin_tcp, admin_addr) = bind("admin", snapshot.admin_address).await?;
-        let public_tcp = match snapshot.raw.admin.public_address {
+        let public_tcp = match snapshot.restart.public_address {
             Some(address) => Some(bind("admin public", address).await?),
             None => None,
         };
-        let max_connections = snapshot.raw.server.max_connections;
+        let max_connections = snapshot.restart.max_connections;
         let names: Vec<Arc<str>> = snapshot.listeners.iter().map(|l| l.name.clone()).collect();
         let doors: Vec<Door> = snapshot.listeners.iter().map(|l| l.door.door()).collect();
         let version = snapshot.version.clone();

@@ -30,6 +30,7 @@ use self::jwt::{JwtAuthenticator, VerifyError};
 use self::mtls::Mtls;
 use self::principal::Principal;
 use self::trusted::{Seen, TrustedHeaders};
+use crate::config::FieldError;
 use crate::config::diagnostic::Diagnostic;
 use crate::config::raw::{RawAuthenticator, RawAuthn, RawCredentialSource};
 use crate::request::RequestFacts;
@@ -59,9 +60,9 @@ pub struct Authenticator {
     /// How it verifies.
     pub kind: Kind,
     cache: TokenCache,
-    raw: RawAuthenticator,
-    cache_settings: crate::config::raw::RawTokenCache,
-    keys_id: [u8; 32],
+    /// The section as written, its cache settings and its static keys: when a reload leaves
+    /// all three alone, the verified-token cache carries over.
+    fingerprint: crate::config::Fingerprint,
 }
 
 /// The verification an authenticator performs.
@@ -82,8 +83,8 @@ pub enum Kind {
 /// A problem found while compiling authenticators.
 #[derive(Debug)]
 pub enum CompileError {
-    /// A field of the config (path from the authenticator's kind) and a message.
-    Field(String, String),
+    /// A field of the config (path from the authenticator's kind).
+    Field(crate::config::FieldError),
     /// A problem in another file the config names (an API key file), already located.
     File(Diagnostic),
 }
@@ -151,9 +152,8 @@ impl Authn {
             let before = errors.len();
             let compiled = match a {
                 RawAuthenticator::Jwt(j) => {
-                    let sources = compile_sources(&j.from).map_err(|(i, m)| {
-                        field_errors(&mut errors, name, "jwt", vec![(format!("from[{i}]"), m)]);
-                    });
+                    let sources = compile_sources(&j.from)
+                        .map_err(|e| field_errors(&mut errors, name, "jwt", vec![e]));
                     let prev_jwt = prev.and_then(|p| match &p.kind {
                         Kind::Jwt(j) => Some(j),
                         _ => None,
@@ -171,21 +171,15 @@ impl Authn {
                     }
                 }
                 RawAuthenticator::ApiKey(k) => {
-                    let sources = compile_sources(&k.from).map_err(|(i, m)| {
-                        field_errors(
-                            &mut errors,
-                            name,
-                            "api_key",
-                            vec![(format!("from[{i}]"), m)],
-                        );
-                    });
+                    let sources = compile_sources(&k.from)
+                        .map_err(|e| field_errors(&mut errors, name, "api_key", vec![e]));
                     match ApiKeys::compile(k, &name_arc, base_dir, watched) {
                         Ok(keys) => sources.ok().map(|s| (s, k.strip, Kind::ApiKey(keys))),
                         Err(es) => {
                             for e in es {
                                 match e {
-                                    CompileError::Field(f, m) => {
-                                        field_errors(&mut errors, name, "api_key", vec![(f, m)]);
+                                    CompileError::Field(e) => {
+                                        field_errors(&mut errors, name, "api_key", vec![e]);
                                     }
                                     CompileError::File(d) => {
                                         errors.push(CompileError::File(d));
@@ -197,14 +191,8 @@ impl Authn {
                     }
                 }
                 RawAuthenticator::Introspection(x) => {
-                    let sources = compile_sources(&x.from).map_err(|(i, m)| {
-                        field_errors(
-                            &mut errors,
-                            name,
-                            "introspection",
-                            vec![(format!("from[{i}]"), m)],
-                        );
-                    });
+                    let sources = compile_sources(&x.from)
+                        .map_err(|e| field_errors(&mut errors, name, "introspection", vec![e]));
                     match (sources, Introspector::compile(x, base_dir, watched)) {
                         (Ok(s), Ok(c)) => Some((s, x.strip, Kind::Introspection(Box::new(c)))),
                         (_, Err(es)) => {
@@ -234,10 +222,10 @@ impl Authn {
             };
             let Some((sources, strip, kind)) = compiled else {
                 if errors.len() == before {
-                    errors.push(CompileError::Field(
+                    errors.push(CompileError::Field(FieldError::new(
                         format!("authenticators.{name}"),
-                        "invalid authenticator".into(),
-                    ));
+                        "invalid authenticator",
+                    )));
                 }
                 continue;
             };
@@ -245,14 +233,9 @@ impl Authn {
                 Kind::Jwt(j) => j.static_keys_fingerprint(),
                 _ => [0; 32],
             };
+            let fingerprint = crate::config::Fingerprint::of(&[a, &settings.cache, &keys_id]);
             let cache = match prev {
-                Some(p)
-                    if p.raw == *a
-                        && p.cache_settings == settings.cache
-                        && p.keys_id == keys_id =>
-                {
-                    p.cache.clone()
-                }
+                Some(p) if p.fingerprint == fingerprint => p.cache.clone(),
                 _ => match &kind {
                     Kind::Jwt(_) => TokenCache::new(
                         settings.cache.max_entries,
@@ -275,9 +258,7 @@ impl Authn {
                 strip,
                 kind,
                 cache,
-                raw: a.clone(),
-                cache_settings: settings.cache.clone(),
-                keys_id,
+                fingerprint,
             });
         }
         spoofable.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -543,18 +524,20 @@ impl Authenticator {
     }
 }
 
-fn field_errors(errors: &mut Vec<CompileError>, name: &str, kind: &str, es: Vec<(String, String)>) {
+fn field_errors(errors: &mut Vec<CompileError>, name: &str, kind: &str, es: Vec<FieldError>) {
+    let prefix = format!("authenticators.{name}.{kind}");
     errors.extend(
         es.into_iter()
-            .map(|(f, m)| CompileError::Field(format!("authenticators.{name}.{kind}.{f}"), m)),
+            .map(|e| CompileError::Field(e.under(&prefix))),
     );
 }
 
-fn compile_sources(
-    raw: &[RawCredentialSource],
-) -> Result<Box<[CredentialSource]>, (usize, String)> {
+fn compile_sources(raw: &[RawCredentialSource]) -> Result<Box<[CredentialSource]>, FieldError> {
     if raw.is_empty() {
-        return Err((0, "at least one credential source is required".into()));
+        return Err(FieldError::new(
+            "from",
+            "at least one credential source is required",
+        ));
     }
     raw.iter()
         .enumerate()
@@ -562,17 +545,26 @@ fn compile_sources(
             RawCredentialSource::Bearer => Ok(CredentialSource::Bearer),
             RawCredentialSource::Header(h) => http::HeaderName::from_bytes(h.as_bytes())
                 .map(CredentialSource::Header)
-                .map_err(|_| (i, format!("`{h}` is not a valid header name"))),
+                .map_err(|_| {
+                    FieldError::new(
+                        format!("from[{i}]"),
+                        format!("`{h}` is not a valid header name"),
+                    )
+                }),
             RawCredentialSource::Cookie(c) if !c.is_empty() && !c.contains([';', '=', ' ']) => {
                 Ok(CredentialSource::Cookie(c.as_str().into()))
             }
-            RawCredentialSource::Cookie(c) => Err((i, format!("`{c}` is not a valid cookie name"))),
+            RawCredentialSource::Cookie(c) => Err(FieldError::new(
+                format!("from[{i}]"),
+                format!("`{c}` is not a valid cookie name"),
+            )),
             RawCredentialSource::Query(q) if !q.is_empty() => {
                 Ok(CredentialSource::Query(q.as_str().into()))
             }
-            RawCredentialSource::Query(_) => {
-                Err((i, "query parameter name must not be empty".into()))
-            }
+            RawCredentialSource::Query(_) => Err(FieldError::new(
+                format!("from[{i}]"),
+                "query parameter name must not be empty",
+            )),
         })
         .collect()
 }

@@ -6,7 +6,7 @@ pub mod load;
 pub mod raw;
 pub mod reload;
 
-pub use diagnostic::{Diagnostic, Severity};
+pub use diagnostic::{Diagnostic, FieldError, Severity};
 
 use std::path::Path;
 
@@ -30,4 +30,28 @@ pub fn build_with_clock(
 ) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
     let loaded = load::load(path)?;
     compile::compile(&loaded, previous, clock)
+}
+
+/// A digest of a config section as written: compiled structures keep it, instead of the raw
+/// serde types, to tell on reload whether their section changed (and so whether their state,
+/// such as a cache or a limiter's counts, carries over).
+///
+/// Why: keeping the raw types in per-request structures tied the hot path's types to the
+/// file format, and every field added to a section became a field of the compiled type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The digest of `parts`' `Debug` forms. The raw types hold no hash maps, so the form is
+    /// deterministic; it is never logged (it may cover secrets' file paths, not their values).
+    pub fn of(parts: &[&dyn std::fmt::Debug]) -> Self {
+        let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for p in parts {
+            d.update(format!("{p:?}").as_bytes());
+            d.update(&[0]);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.finish().as_ref());
+        Self(out)
+    }
 }

@@ -8,6 +8,7 @@
 //! reload that keeps a limit's definition keeps its state: editing a policy does not hand
 //! every client a fresh burst.
 
+use crate::config::FieldError;
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
@@ -37,7 +38,9 @@ type Limiter = RateLimiter<
 pub struct Limit {
     /// Its name in `rate_limits`.
     pub name: Arc<str>,
-    def: RawRateLimit,
+    /// The definition as written: a reload that leaves it alone keeps the counts.
+    fingerprint: crate::config::Fingerprint,
+    requests: u32,
     key: CountBy,
     limiter: Limiter,
     hasher: foldhash::fast::RandomState,
@@ -82,22 +85,23 @@ impl Limit {
         raw: &RawRateLimit,
         previous: Option<&Arc<Self>>,
         clock: &Clock,
-    ) -> Result<Arc<Self>, (&'static str, String)> {
-        if let Some(p) = previous.filter(|p| p.def == *raw) {
+    ) -> Result<Arc<Self>, FieldError> {
+        let fingerprint = crate::config::Fingerprint::of(&[raw]);
+        if let Some(p) = previous.filter(|p| p.fingerprint == fingerprint) {
             return Ok(Arc::clone(p));
         }
-        let key = parse_key(&raw.key).map_err(|m| ("key", m))?;
-        let requests =
-            NonZeroU32::new(raw.requests).ok_or(("requests", "must be at least 1".to_owned()))?;
+        let key = parse_key(&raw.key).map_err(|m| FieldError::new("key", m))?;
+        let requests = NonZeroU32::new(raw.requests)
+            .ok_or(FieldError::new("requests", "must be at least 1"))?;
         let burst = match raw.burst {
             None => requests,
-            Some(b) => NonZeroU32::new(b).ok_or(("burst", "must be at least 1".to_owned()))?,
+            Some(b) => NonZeroU32::new(b).ok_or(FieldError::new("burst", "must be at least 1"))?,
         };
         let period = raw
             .per
             .checked_div(requests.get())
             .filter(|p| !p.is_zero())
-            .ok_or((
+            .ok_or(FieldError::new(
                 "per",
                 format!(
                     "{} requests per {} is more than one a nanosecond",
@@ -106,11 +110,12 @@ impl Limit {
                 ),
             ))?;
         let quota = Quota::with_period(period)
-            .ok_or(("per", "must be longer than zero".to_owned()))?
+            .ok_or(FieldError::new("per", "must be longer than zero"))?
             .allow_burst(burst);
         Ok(Arc::new(Self {
             name: name.into(),
-            def: raw.clone(),
+            fingerprint,
+            requests: raw.requests,
             key,
             limiter: RateLimiter::dashmap_with_clock_and_hasher(
                 quota,
@@ -133,7 +138,7 @@ impl Limit {
         self.limiter.check_key(&key).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.limiter.clock().now());
             Throttle {
-                limit: self.def.requests,
+                limit: self.requests,
                 retry_after: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
             }
         })
@@ -323,8 +328,8 @@ mod tests {
         for (def, field) in cases {
             let got = Limit::compile("l", &def, None, &crate::clock::Clock::system())
                 .err()
-                .map(|(f, _)| f);
-            assert_eq!(got, Some(field), "{def:?}");
+                .map(|e| e.field);
+            assert_eq!(got.as_deref(), Some(field), "{def:?}");
         }
     }
 

@@ -11,7 +11,6 @@ use ipnet::IpNet;
 
 use crate::authn::Authn;
 use crate::authz::route::RouteTable;
-use crate::config::raw::RawConfig;
 use crate::upstream::Upstream;
 
 /// One version of the whole config.
@@ -50,8 +49,10 @@ pub struct Snapshot {
     pub access_log: bool,
     /// Files and directories whose change triggers a reload.
     pub watched: Vec<PathBuf>,
-    /// The raw config, to compare restart-only settings on reload.
-    pub raw: RawConfig,
+    /// Whether a reload may leave no rule (`policies.allow_empty`).
+    pub allow_empty: bool,
+    /// The settings only a restart changes, to compare on reload.
+    pub restart: crate::config::compile::RestartOnly,
 }
 
 /// `WWW-Authenticate` values (RFC 6750 §3) for the configured realm. The descriptions are

@@ -11,6 +11,7 @@
 //! of CPU on every request. Shared secrets written by hand must be at least
 //! [`MIN_SECRET_BYTES`] long.
 
+use crate::config::FieldError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,14 +79,14 @@ impl ApiKeys {
         let mut out = Self::default();
         let mut ids: HashMap<String, String> = HashMap::new();
         for (i, k) in raw.keys.iter().enumerate() {
-            let at = |f: &str| format!("keys[{i}].{f}");
+            let at = format!("keys[{i}]");
             match compile_key(k, authenticator, Some((base_dir, &mut *watched))) {
                 Ok(key) => {
-                    if let Some(e) = out.add(key, &k.id, &format!("keys[{i}]"), &mut ids) {
-                        errors.push(CompileError::Field(at(e.0), e.1));
+                    if let Some(e) = out.add(key, &k.id, &at, &mut ids) {
+                        errors.push(CompileError::Field(e.under(&at)));
                     }
                 }
-                Err((f, m)) => errors.push(CompileError::Field(at(f), m)),
+                Err(e) => errors.push(CompileError::Field(e.under(&at))),
             }
         }
         if let Some(file) = &raw.keys_file {
@@ -96,30 +97,30 @@ impl ApiKeys {
                 Err(d) => errors.push(CompileError::File(d)),
                 Ok((src, parsed)) => {
                     for (i, k) in parsed.keys.iter().enumerate() {
-                        let diag = |f: &str, m: String| {
+                        let diag = |e: FieldError| {
+                            let e = e.under(&format!("keys[{i}]"));
                             CompileError::File(Diagnostic::at(
                                 &src.display,
                                 &src.index,
-                                &format!("keys[{i}].{f}"),
-                                m,
+                                &e.field,
+                                e.message,
                             ))
                         };
                         if k.secret.is_some() {
-                            errors.push(diag(
+                            errors.push(diag(FieldError::new(
                                 "secret",
-                                "a key file holds hashes only; use `hash` (see `portcullis apikey new`)"
-                                    .into(),
-                            ));
+                                "a key file holds hashes only; use `hash` (see `portcullis apikey new`)",
+                            )));
                             continue;
                         }
                         match compile_key(k, authenticator, None) {
                             Ok(key) => {
                                 let place = format!("{}: keys[{i}]", src.display);
-                                if let Some((f, m)) = out.add(key, &k.id, &place, &mut ids) {
-                                    errors.push(diag(f, m));
+                                if let Some(e) = out.add(key, &k.id, &place, &mut ids) {
+                                    errors.push(diag(e));
                                 }
                             }
-                            Err((f, m)) => errors.push(diag(f, m)),
+                            Err(e) => errors.push(diag(e)),
                         }
                     }
                 }
@@ -139,9 +140,12 @@ impl ApiKeys {
         id: &str,
         place: &str,
         ids: &mut HashMap<String, String>,
-    ) -> Option<(&'static str, String)> {
+    ) -> Option<FieldError> {
         if let Some(first) = ids.get(id) {
-            return Some(("id", format!("duplicate api key id `{id}` (also {first})")));
+            return Some(FieldError::new(
+                "id",
+                format!("duplicate api key id `{id}` (also {first})"),
+            ));
         }
         let bucket = prefix(&key.digest);
         let same = self.by_prefix.get(&bucket).is_some_and(|l| {
@@ -152,10 +156,10 @@ impl ApiKeys {
             })
         });
         if same {
-            return Some(("hash", "the same key is listed twice".into()));
+            return Some(FieldError::new("hash", "the same key is listed twice"));
         }
         let Ok(index) = u32::try_from(self.keys.len()) else {
-            return Some(("id", "too many api keys".into()));
+            return Some(FieldError::new("id", "too many api keys"));
         };
         ids.insert(id.to_owned(), place.to_owned());
         let mut list = self
@@ -212,32 +216,36 @@ fn compile_key(
     k: &RawApiKey,
     authenticator: &Arc<str>,
     base_dir: Option<(&Path, &mut Vec<PathBuf>)>,
-) -> Result<Key, (&'static str, String)> {
+) -> Result<Key, FieldError> {
     if k.id.trim().is_empty() || k.id.chars().any(|c| c.is_control()) {
-        return Err(("id", "must be a non-empty visible string".into()));
+        return Err(FieldError::new("id", "must be a non-empty visible string"));
     }
     if k.owner.trim().is_empty() || k.owner.chars().any(|c| c.is_control()) {
-        return Err(("owner", "must be a non-empty visible string".into()));
+        return Err(FieldError::new(
+            "owner",
+            "must be a non-empty visible string",
+        ));
     }
     let digest = match (&k.hash, &k.secret, base_dir) {
         (Some(_), Some(_), _) | (None, None, _) => {
-            return Err((
+            return Err(FieldError::new(
                 "hash",
-                "exactly one of `hash` and `secret` is required".into(),
+                "exactly one of `hash` and `secret` is required",
             ));
         }
-        (Some(h), None, _) => parse_hash(h).map_err(|m| ("hash", m))?,
+        (Some(h), None, _) => parse_hash(h).map_err(|m| FieldError::new("hash", m))?,
         (None, Some(s), Some((dir, watched))) => {
-            let secret = crate::secret::read(s, dir, watched).map_err(|m| ("secret", m))?;
+            let secret =
+                crate::secret::read(s, dir, watched).map_err(|m| FieldError::new("secret", m))?;
             if secret.expose().len() < MIN_SECRET_BYTES {
-                return Err((
+                return Err(FieldError::new(
                     "secret",
                     format!("a shared secret must be at least {MIN_SECRET_BYTES} bytes"),
                 ));
             }
             crate::secret::sha256(secret.expose())
         }
-        (None, Some(_), None) => return Err(("secret", "not allowed here".into())),
+        (None, Some(_), None) => return Err(FieldError::new("secret", "not allowed here")),
     };
     let expires_at = match &k.expires {
         None => None,
@@ -246,7 +254,7 @@ fn compile_key(
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs())
-                .ok_or((
+                .ok_or(FieldError::new(
                     "expires",
                     format!("`{t}` is not an RFC 3339 time such as 2027-06-30T00:00:00Z"),
                 ))?,

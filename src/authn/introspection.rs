@@ -11,6 +11,7 @@
 //!   and never past `exp`; inactive answers for `inactive_ttl`. What is cached is the
 //!   principal, never a decision: every route checks its own requirements on it.
 
+use crate::config::FieldError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -86,52 +87,55 @@ impl Introspector {
         raw: &RawIntrospection,
         base_dir: &std::path::Path,
         watched: &mut Vec<std::path::PathBuf>,
-    ) -> Result<Self, Vec<(String, String)>> {
+    ) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
         let endpoint = RemoteSource::parse_url(&raw.endpoint)
-            .map_err(|m| errors.push(("endpoint".to_owned(), m)))
+            .map_err(|m| errors.push(FieldError::new("endpoint", m)))
             .ok();
         if endpoint
             .as_ref()
             .and_then(Uri::authority)
             .is_some_and(|a| a.as_str().contains('@'))
         {
-            errors.push((
-                "endpoint".into(),
-                "credentials in the URL are refused; use client_id and client_secret".into(),
+            errors.push(FieldError::new(
+                "endpoint",
+                "credentials in the URL are refused; use client_id and client_secret",
             ));
         }
         if raw.max_in_flight == 0 {
-            errors.push(("max_in_flight".into(), "must be at least 1".into()));
+            errors.push(FieldError::new("max_in_flight", "must be at least 1"));
         }
         if raw.token_types.iter().any(String::is_empty) {
-            errors.push(("token_types".into(), "must not hold empty strings".into()));
+            errors.push(FieldError::new(
+                "token_types",
+                "must not hold empty strings",
+            ));
         }
         if raw.client_id.is_empty() || raw.client_id.chars().any(char::is_control) {
-            errors.push((
-                "client_id".into(),
-                "must be a non-empty visible string".into(),
+            errors.push(FieldError::new(
+                "client_id",
+                "must be a non-empty visible string",
             ));
         }
         let secret = crate::secret::read(&raw.client_secret, base_dir, watched)
-            .map_err(|m| errors.push(("client_secret".into(), m)))
+            .map_err(|m| errors.push(FieldError::new("client_secret", m)))
             .ok();
         let secret_text = secret
             .as_ref()
             .and_then(|s| std::str::from_utf8(s.expose()).ok().map(str::to_owned));
         if secret.is_some() && secret_text.is_none() {
-            errors.push(("client_secret".into(), "must be UTF-8 text".into()));
+            errors.push(FieldError::new("client_secret", "must be UTF-8 text"));
         }
         if raw.timeout < Duration::from_millis(50) {
-            errors.push(("timeout".into(), "must be at least 50ms".into()));
+            errors.push(FieldError::new("timeout", "must be at least 50ms"));
         }
         if raw.max_bytes < 1024 {
-            errors.push(("max_bytes".into(), "must be at least 1024".into()));
+            errors.push(FieldError::new("max_bytes", "must be at least 1024"));
         }
         if raw.audiences.iter().any(String::is_empty) {
-            errors.push((
-                "audiences".into(),
-                "audiences must not be empty strings".into(),
+            errors.push(FieldError::new(
+                "audiences",
+                "audiences must not be empty strings",
             ));
         }
         let ca = raw.ca_file.as_ref().map(|c| base_dir.join(c));
@@ -139,7 +143,7 @@ impl Introspector {
             watched.push(ca.clone());
         }
         let tls = crate::tls::server::client_config(ca.as_deref(), false)
-            .map_err(|e| errors.push(("ca_file".into(), e.to_string())))
+            .map_err(|e| errors.push(FieldError::new("ca_file", e.to_string())))
             .ok();
         let (Some(endpoint), Some(secret), Some(tls), true) =
             (endpoint, secret_text, tls, errors.is_empty())
@@ -154,7 +158,7 @@ impl Introspector {
                     base64::engine::general_purpose::STANDARD.encode(pair)
                 );
                 let mut value = HeaderValue::try_from(value)
-                    .map_err(|_| vec![("client_secret".to_owned(), "unusable".to_owned())])?;
+                    .map_err(|_| vec![FieldError::new("client_secret", "unusable")])?;
                 value.set_sensitive(true);
                 (Some(Secret::new(value)), None)
             }

@@ -15,6 +15,7 @@ pub mod mint;
 pub mod remote;
 pub mod verify;
 
+use crate::config::FieldError;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -76,9 +77,6 @@ pub enum VerifyError {
     KeysUnavailable,
 }
 
-/// A config problem: the field (relative to the provider) and the message.
-pub type FieldError = (String, String);
-
 // === impl JwtAuthenticator ===
 
 impl JwtAuthenticator {
@@ -93,15 +91,15 @@ impl JwtAuthenticator {
         let mut providers = Vec::with_capacity(raw.providers.len());
         let mut by_issuer = HashMap::new();
         if raw.providers.is_empty() {
-            errors.push((
-                "providers".into(),
-                "at least one provider is required".into(),
+            errors.push(FieldError::new(
+                "providers",
+                "at least one provider is required",
             ));
         }
         for (i, p) in raw.providers.iter().enumerate() {
             let at = |f: &str| format!("providers[{i}].{f}");
             if let Some(first) = by_issuer.insert(p.issuer.as_str().into(), i) {
-                errors.push((
+                errors.push(FieldError::new(
                     at("issuer"),
                     format!("issuer also configured in providers[{first}]"),
                 ));
@@ -109,7 +107,9 @@ impl JwtAuthenticator {
             let prev = previous.and_then(|a| a.providers.iter().find(|x| *x.issuer == *p.issuer));
             match Provider::compile(p, base_dir, prev, watched) {
                 Ok(pr) => providers.push(pr),
-                Err(es) => errors.extend(es.into_iter().map(|(f, m)| (at(&f), m))),
+                Err(es) => {
+                    errors.extend(es.into_iter().map(|e| e.under(&format!("providers[{i}]"))))
+                }
             }
         }
         if !errors.is_empty() {
@@ -209,12 +209,12 @@ impl Provider {
     ) -> Result<Self, Vec<FieldError>> {
         let mut errors: Vec<FieldError> = Vec::new();
         if raw.issuer.is_empty() {
-            errors.push(("issuer".into(), "must not be empty".into()));
+            errors.push(FieldError::new("issuer", "must not be empty"));
         }
         if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
-            errors.push((
-                "audiences".into(),
-                "at least one non-empty audience is required: a token for another service must not pass".into(),
+            errors.push(FieldError::new(
+                "audiences",
+                "at least one non-empty audience is required: a token for another service must not pass",
             ));
         }
         let f = &raw.fetch;
@@ -237,14 +237,14 @@ impl Provider {
             ),
         ] {
             if value < min {
-                errors.push((
-                    field.into(),
+                errors.push(FieldError::new(
+                    field,
                     format!("must be at least {}", humantime::format_duration(min)),
                 ));
             }
         }
         if f.max_bytes < 1024 {
-            errors.push(("fetch.max_bytes".into(), "must be at least 1024".into()));
+            errors.push(FieldError::new("fetch.max_bytes", "must be at least 1024"));
         }
         let algorithms = if raw.algorithms.is_empty() {
             AlgSet::all()
@@ -259,7 +259,7 @@ impl Provider {
                 .map_or(t.as_str(), |p| &t[p.len()..]);
             if bare.is_empty() || bare.contains('/') || !bare.bytes().all(|b| b.is_ascii_graphic())
             {
-                errors.push((
+                errors.push(FieldError::new(
                     format!("token_types[{j}]"),
                     format!("`{t}` is not a media type such as `at+jwt` or `JWT`"),
                 ));
@@ -272,11 +272,14 @@ impl Provider {
         let mut remote = None;
         let mut remote_optional = false;
         if raw.keys.is_empty() {
-            errors.push(("keys".into(), "at least one key source is required".into()));
+            errors.push(FieldError::new(
+                "keys",
+                "at least one key source is required",
+            ));
         }
         for (j, k) in raw.keys.iter().enumerate() {
             let at = |f: &str| format!("keys[{j}].{f}");
-            let key_err = |f: &str, e: keys::KeyError| (at(f), e.to_string());
+            let key_err = |f: &str, e: keys::KeyError| FieldError::new(at(f), e.to_string());
             match k {
                 RawKey::Pem(p) => {
                     match keys::from_pem(p.text.as_bytes(), p.kid.as_deref(), &p.algorithms) {
@@ -292,7 +295,7 @@ impl Provider {
                             Ok(k) => static_keys.push(k),
                             Err(e) => errors.push(key_err("pem_file.path", e)),
                         },
-                        Err(e) => errors.push((
+                        Err(e) => errors.push(FieldError::new(
                             at("pem_file.path"),
                             format!("cannot read {}: {e}", path.display()),
                         )),
@@ -307,13 +310,14 @@ impl Provider {
                     watched.push(path.clone());
                     match std::fs::read(&path) {
                         Ok(b) => match keys::parse_jwks(&b, false) {
-                            Ok((ks, _)) if ks.is_empty() => {
-                                errors.push((at("jwks_file.path"), "no usable signing keys".into()))
-                            }
+                            Ok((ks, _)) if ks.is_empty() => errors.push(FieldError::new(
+                                at("jwks_file.path"),
+                                "no usable signing keys",
+                            )),
                             Ok((ks, _)) => static_keys.extend(ks),
                             Err(e) => errors.push(key_err("jwks_file.path", e)),
                         },
-                        Err(e) => errors.push((
+                        Err(e) => errors.push(FieldError::new(
                             at("jwks_file.path"),
                             format!("cannot read {}: {e}", path.display()),
                         )),
@@ -326,7 +330,7 @@ impl Provider {
                             Err(e) => errors.push(key_err("hmac.secret", e)),
                         }
                     }
-                    Err(m) => errors.push((at("hmac.secret"), m)),
+                    Err(m) => errors.push(FieldError::new(at("hmac.secret"), m)),
                 },
                 RawKey::JwksUrl(u) | RawKey::OidcDiscovery(u) => {
                     let (field, source) = match k {
@@ -340,13 +344,16 @@ impl Provider {
                         ),
                     };
                     if remote.is_some() {
-                        errors.push((at(field), "only one remote key source per provider".into()));
+                        errors.push(FieldError::new(
+                            at(field),
+                            "only one remote key source per provider",
+                        ));
                         continue;
                     }
                     let source = match source {
                         Ok(s) => s,
                         Err(m) => {
-                            errors.push((at(&format!("{field}.url")), m));
+                            errors.push(FieldError::new(at(&format!("{field}.url")), m));
                             continue;
                         }
                     };
@@ -374,7 +381,10 @@ impl Provider {
                                 ca_id,
                             )));
                         }
-                        Err(e) => errors.push((at(&format!("{field}.ca_file")), e.to_string())),
+                        Err(e) => errors.push(FieldError::new(
+                            at(&format!("{field}.ca_file")),
+                            e.to_string(),
+                        )),
                     }
                 }
             }

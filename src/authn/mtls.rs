@@ -5,6 +5,7 @@
 //! here (an unverified one fails the handshake); the id is read from the configured names in
 //! order, and a certificate with none of them is refused rather than given an empty id.
 
+use crate::config::FieldError;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -27,11 +28,11 @@ pub struct Mtls {
 
 impl Mtls {
     /// Compiles the raw settings.
-    pub fn compile(raw: &RawMtls) -> Result<Self, (String, String)> {
+    pub fn compile(raw: &RawMtls) -> Result<Self, FieldError> {
         if raw.id.is_empty() {
-            return Err((
-                "id".into(),
-                "at least one certificate name is required".into(),
+            return Err(FieldError::new(
+                "id",
+                "at least one certificate name is required",
             ));
         }
         Ok(Self {

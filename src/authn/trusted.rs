@@ -7,6 +7,7 @@
 //! from every request before forwarding, whatever the decision, so a client can never pass one
 //! to the upstream.
 
+use crate::config::FieldError;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
@@ -45,12 +46,15 @@ pub enum Seen {
 
 impl TrustedHeaders {
     /// Compiles the raw settings; errors are (field, message).
-    pub fn compile(raw: &RawTrustedHeaders) -> Result<Self, Vec<(String, String)>> {
+    pub fn compile(raw: &RawTrustedHeaders) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut name = |field: String, v: &str| match HeaderName::from_bytes(v.as_bytes()) {
             Ok(h) => Some(h),
             Err(_) => {
-                errors.push((field, format!("`{v}` is not a valid header name")));
+                errors.push(FieldError::new(
+                    field,
+                    format!("`{v}` is not a valid header name"),
+                ));
                 None
             }
         };
@@ -68,10 +72,9 @@ impl TrustedHeaders {
             .filter_map(|(c, h)| Some((c.as_str().into(), name(format!("claims.{c}"), h)?)))
             .collect();
         if raw.networks.is_empty() {
-            errors.push((
-                "networks".into(),
-                "at least one network is required: headers are only believed from these peers"
-                    .into(),
+            errors.push(FieldError::new(
+                "networks",
+                "at least one network is required: headers are only believed from these peers",
             ));
         }
         match id {

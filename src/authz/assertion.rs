@@ -7,6 +7,7 @@
 //! of the claims and a hit must match them exactly: a collision is a miss, never somebody
 //! else's identity.
 
+use crate::config::FieldError;
 use std::fmt::Write as _;
 use std::hash::BuildHasher as _;
 use std::path::Path;
@@ -62,27 +63,24 @@ impl std::fmt::Debug for Assertion {
     }
 }
 
-/// Field path (under `identity_assertion.`) and message.
-pub type CompileError = (String, String);
-
 impl Assertion {
     /// Compiles the config and loads its keys (paths relative to `base_dir`).
-    pub fn compile(raw: &RawAssertion, base_dir: &Path) -> Result<Self, Vec<CompileError>> {
+    pub fn compile(raw: &RawAssertion, base_dir: &Path) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
         let header = match check_name(raw.header.as_deref().unwrap_or(DEFAULT_HEADER)) {
             Ok(h) => Some(h),
             Err(m) => {
-                errors.push(("header".to_owned(), m));
+                errors.push(FieldError::new("header", m));
                 None
             }
         };
         let key = load_key(base_dir, &raw.key_file, &raw.algorithm, &raw.kid)
-            .map_err(|(f, m)| errors.push((f.to_owned(), m)))
+            .map_err(|e| errors.push(e))
             .ok();
         let mut published: Vec<Value> = key.iter().map(|k| k.jwk.clone()).collect();
         for (i, r) in raw.retired_keys.iter().enumerate() {
             if r.kid == raw.kid {
-                errors.push((
+                errors.push(FieldError::new(
                     format!("retired_keys[{i}].kid"),
                     format!("`{}` is the signing key's id", r.kid),
                 ));
@@ -90,17 +88,17 @@ impl Assertion {
             }
             match load_key(base_dir, &r.key_file, &r.algorithm, &r.kid) {
                 Ok(k) => published.push(k.jwk),
-                Err((f, m)) => errors.push((format!("retired_keys[{i}].{f}"), m)),
+                Err(e) => errors.push(e.under(&format!("retired_keys[{i}]"))),
             }
         }
         if raw.ttl.as_secs() == 0 || raw.ttl.subsec_nanos() != 0 || raw.ttl > MAX_TTL {
-            errors.push((
-                "ttl".to_owned(),
-                "whole seconds, from 1s to 1h: an assertion is short-lived".to_owned(),
+            errors.push(FieldError::new(
+                "ttl",
+                "whole seconds, from 1s to 1h: an assertion is short-lived",
             ));
         }
         if raw.issuer.is_empty() {
-            errors.push(("issuer".to_owned(), "must not be empty".to_owned()));
+            errors.push(FieldError::new("issuer", "must not be empty"));
         }
         // `sub` alone does not tell principals apart: an API key's owner `alice` and a
         // token's `sub: alice` are different callers. `authenticator` says whose it is.
@@ -117,15 +115,15 @@ impl Assertion {
         }
         for (name, text) in &raw.claims {
             if matches!(name.as_str(), "iss" | "aud" | "iat" | "exp" | "nbf") {
-                errors.push((
+                errors.push(FieldError::new(
                     format!("claims.{name}"),
-                    "set by the gateway (`issuer`, `audience`, `ttl`)".to_owned(),
+                    "set by the gateway (`issuer`, `audience`, `ttl`)",
                 ));
                 continue;
             }
             match Template::parse(text) {
                 Ok(t) => claims.push((name.as_str().into(), t)),
-                Err(m) => errors.push((format!("claims.{name}"), m)),
+                Err(m) => errors.push(FieldError::new(format!("claims.{name}"), m)),
             }
         }
         let (Some(header), Some(key), true) = (header, key, errors.is_empty()) else {
@@ -214,14 +212,9 @@ impl Assertion {
 pub struct MintFailed;
 
 /// Loads a private key; errors name the field.
-fn load_key(
-    base_dir: &Path,
-    file: &Path,
-    alg: &str,
-    kid: &str,
-) -> Result<SigningKey, (&'static str, String)> {
+fn load_key(base_dir: &Path, file: &Path, alg: &str, kid: &str) -> Result<SigningKey, FieldError> {
     let Some(alg) = parse_alg(alg).filter(|a| !alg_name(*a).starts_with("HS")) else {
-        return Err((
+        return Err(FieldError::new(
             "algorithm",
             format!(
                 "`{alg}`: ES256, ES384, EdDSA, RS256/384/512 or PS256/384/512 (an upstream verifies with the public key)"
@@ -229,11 +222,14 @@ fn load_key(
         ));
     };
     if kid.is_empty() || !kid.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(("kid", "visible ASCII characters, not empty".to_owned()));
+        return Err(FieldError::new(
+            "kid",
+            "visible ASCII characters, not empty",
+        ));
     }
     let path = base_dir.join(file);
     let bytes = std::fs::read(&path)
-        .map_err(|e| ("key_file", format!("cannot read {}: {e}", file.display())))?;
+        .map_err(|e| FieldError::new("key_file", format!("cannot read {}: {e}", file.display())))?;
     SigningKey::from_private_key(&bytes, alg, kid)
-        .map_err(|e| ("key_file", format!("{}: {e}", file.display())))
+        .map_err(|e| FieldError::new("key_file", format!("{}: {e}", file.display())))
 }

@@ -13,6 +13,7 @@
 //! - When the service fails, times out or answers nonsense, `failure_mode` decides: `deny`
 //!   (the default: 503 `delegate_unavailable`) or `allow`, and the failure is counted.
 
+use crate::config::FieldError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +41,8 @@ pub struct Delegate {
     cache: moka::sync::Cache<[u8; 32], Verdict>,
     /// The headers its answers may set.
     headers: Arc<[HeaderName]>,
-    raw: RawDelegate,
+    /// The definition as written: a reload that leaves it alone keeps the cached verdicts.
+    fingerprint: crate::config::Fingerprint,
 }
 
 /// What a delegate said.
@@ -84,25 +86,28 @@ impl Delegate {
         name: &str,
         raw: &RawDelegate,
         previous: Option<&Self>,
-    ) -> Result<Self, (&'static str, String)> {
+    ) -> Result<Self, FieldError> {
         let endpoint = tonic::transport::Endpoint::from_shared(raw.grpc.clone()).map_err(|_| {
-            (
+            FieldError::new(
                 "grpc",
                 format!("`{}` is not an http:// or https:// URL", raw.grpc),
             )
         })?;
         if !(raw.grpc.starts_with("http://") || raw.grpc.starts_with("https://")) {
-            return Err(("grpc", "an http:// or https:// URL".into()));
+            return Err(FieldError::new("grpc", "an http:// or https:// URL"));
         }
         if raw.timeout.is_zero() {
-            return Err(("timeout", "must be more than zero".into()));
+            return Err(FieldError::new("timeout", "must be more than zero"));
         }
         let mut headers = Vec::with_capacity(raw.headers.len());
         for h in &raw.headers {
-            headers.push(crate::authz::identity::check_name(h).map_err(|m| ("headers", m))?);
+            headers.push(
+                crate::authz::identity::check_name(h).map_err(|m| FieldError::new("headers", m))?,
+            );
         }
         let endpoint = endpoint.connect_timeout(raw.timeout).timeout(raw.timeout);
-        let cache = match previous.filter(|p| p.raw == *raw) {
+        let fingerprint = crate::config::Fingerprint::of(&[raw]);
+        let cache = match previous.filter(|p| p.fingerprint == fingerprint) {
             Some(p) => p.cache.clone(),
             None => moka::sync::Cache::builder()
                 .max_capacity(raw.cache_max_entries)
@@ -118,7 +123,7 @@ impl Delegate {
             fail_open: raw.failure_mode == RawFailureMode::Allow,
             cache,
             headers: headers.into(),
-            raw: raw.clone(),
+            fingerprint,
         })
     }
 

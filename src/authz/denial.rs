@@ -2,6 +2,7 @@
 //! that lack a valid credential, and extra members for the JSON body. Compiled at load; at
 //! request time the only work is formatting the return address of a redirect.
 
+use crate::config::FieldError;
 use http::{HeaderValue, StatusCode};
 
 use crate::config::raw::RawDenial;
@@ -27,16 +28,16 @@ pub struct Login {
 }
 
 /// Field path (under `denial.`) and message.
-pub type CompileError = (&'static str, String);
+pub type CompileError = FieldError;
 
 impl Denial {
     /// Compiles a rule's `denial`, reporting every mistake.
-    pub fn compile(raw: &RawDenial) -> Result<Self, Vec<CompileError>> {
+    pub fn compile(raw: &RawDenial) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
         let status = match raw.status {
             None => None,
             Some(s @ (401 | 407)) => {
-                errors.push((
+                errors.push(FieldError::new(
                     "status",
                     format!("{s} needs a challenge the gateway sends itself: use another 4xx"),
                 ));
@@ -44,13 +45,16 @@ impl Denial {
             }
             Some(s @ 400..=499) => StatusCode::from_u16(s).ok(),
             Some(s) => {
-                errors.push(("status", format!("{s} is not a 4xx status")));
+                errors.push(FieldError::new(
+                    "status",
+                    format!("{s} is not a 4xx status"),
+                ));
                 None
             }
         };
         let param = raw.return_param.as_deref().unwrap_or("rd");
         if param.is_empty() || !param.bytes().all(is_unreserved) {
-            errors.push((
+            errors.push(FieldError::new(
                 "return_param",
                 format!(
                     "`{param}` must be a non-empty name of letters, digits, `-`, `.`, `_`, `~`"
@@ -60,7 +64,7 @@ impl Denial {
         let login = match &raw.login_url {
             None => {
                 if raw.return_param.is_some() {
-                    errors.push(("return_param", "needs `login_url`".to_owned()));
+                    errors.push(FieldError::new("return_param", "needs `login_url`"));
                 }
                 None
             }
@@ -72,7 +76,7 @@ impl Denial {
                     })
                 }
                 Err(m) => {
-                    errors.push(("login_url", m));
+                    errors.push(FieldError::new("login_url", m));
                     None
                 }
             },
@@ -80,7 +84,7 @@ impl Denial {
         let mut extra = String::new();
         for (k, v) in &raw.body {
             if k == "error" || k == "request_id" {
-                errors.push((
+                errors.push(FieldError::new(
                     "body",
                     format!("`{k}` is set by the gateway on every denial"),
                 ));
@@ -251,7 +255,7 @@ mod tests {
         for (yaml, field) in cases {
             let errs = Denial::compile(&raw(yaml)).err().unwrap_or_default();
             assert!(
-                errs.iter().any(|(f, _)| *f == field),
+                errs.iter().any(|e| e.field == field),
                 "{yaml:?}: expected an error on {field}, got {errs:?}"
             );
         }

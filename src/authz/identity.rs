@@ -10,6 +10,7 @@
 //! - A rendered value that is not visible ASCII (CR, LF, control characters, non-ASCII) is
 //!   never forwarded: the header is left out and counted.
 
+use crate::config::FieldError;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -292,20 +293,20 @@ impl IdentityHeaders {
     /// Compiles `(name, template)` pairs; errors are (name, message).
     pub fn compile<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<Self, Vec<(String, String)>> {
+    ) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut headers = Vec::new();
         for (name, template) in pairs {
             let header = match check_name(name) {
                 Ok(h) => h,
                 Err(m) => {
-                    errors.push((name.to_owned(), m));
+                    errors.push(FieldError::new(name.to_owned(), m));
                     continue;
                 }
             };
             match Template::parse(template) {
                 Ok(t) => headers.push((header, t)),
-                Err(m) => errors.push((name.to_owned(), m)),
+                Err(m) => errors.push(FieldError::new(name.to_owned(), m)),
             }
         }
         if errors.is_empty() {

@@ -3,6 +3,7 @@
 //! the request authenticated as (never against a cached decision), so a credential cached for
 //! one route grants another only if that route's own requirements hold.
 
+use crate::config::FieldError;
 use ipnet::IpNet;
 use serde_json::Value;
 
@@ -84,17 +85,23 @@ impl Unmet {
 
 impl Requirements {
     /// Compiles the raw requirements; errors are (field, message).
-    pub fn compile(raw: &RawRequire) -> Result<Self, Vec<(String, String)>> {
+    pub fn compile(raw: &RawRequire) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let set = |s: &Option<RawStringSet>, field: &str, errors: &mut Vec<(String, String)>| {
+        let set = |s: &Option<RawStringSet>, field: &str, errors: &mut Vec<FieldError>| {
             let Some(s) = s else {
                 return StringSet::default();
             };
             if s.all_of.is_empty() && s.any_of.is_empty() {
-                errors.push((field.to_owned(), "give `all_of` or `any_of`".to_owned()));
+                errors.push(FieldError::new(
+                    field.to_owned(),
+                    "give `all_of` or `any_of`",
+                ));
             }
             if s.all_of.iter().chain(&s.any_of).any(|v| v.is_empty()) {
-                errors.push((field.to_owned(), "values must not be empty".to_owned()));
+                errors.push(FieldError::new(
+                    field.to_owned(),
+                    "values must not be empty",
+                ));
             }
             StringSet {
                 all_of: s.all_of.iter().map(|v| v.as_str().into()).collect(),
@@ -106,14 +113,20 @@ impl Requirements {
         let mut claims = Vec::new();
         for (path, check) in &raw.claims {
             if path.is_empty() || path.split('.').any(str::is_empty) {
-                errors.push((format!("claims.{path}"), "not a claim path".into()));
+                errors.push(FieldError::new(
+                    format!("claims.{path}"),
+                    "not a claim path",
+                ));
                 continue;
             }
             let split: Box<[Box<str>]> = path.split('.').map(Into::into).collect();
             let check = match check {
                 RawClaimCheck::Equals(v) => ClaimCheck::Equals(v.clone()),
                 RawClaimCheck::OneOf(vs) if vs.is_empty() => {
-                    errors.push((format!("claims.{path}.one_of"), "must list values".into()));
+                    errors.push(FieldError::new(
+                        format!("claims.{path}.one_of"),
+                        "must list values",
+                    ));
                     continue;
                 }
                 RawClaimCheck::OneOf(vs) => ClaimCheck::OneOf(vs.clone().into()),

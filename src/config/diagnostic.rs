@@ -32,11 +32,58 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+/// A mistake in one field of a config section, found by the code that compiles the section:
+/// the field's path relative to what that code was given, and a message. Every compile
+/// function reports these; the config compiler puts the section's path in front
+/// ([`FieldError::under`]) and locates the result in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Field path (`keys[0].pem_file`); empty for the section as a whole.
+    pub field: String,
+    /// What is wrong, lowercase, never containing secret material.
+    pub message: String,
+}
+
 /// Field paths of a YAML document mapped to where each value starts, so that problems found
 /// after deserialisation (unknown upstream, unreadable file) still point at a line.
 #[derive(Debug, Default)]
 pub struct LocationIndex {
     entries: Vec<(String, usize, usize)>,
+}
+
+// === impl FieldError ===
+
+impl FieldError {
+    /// A mistake in `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same mistake with its path under `prefix` (`under("jwt")` turns `keys[0]` into
+    /// `jwt.keys[0]`, and `[2]` into `jwt[2]`).
+    #[must_use]
+    pub fn under(mut self, prefix: &str) -> Self {
+        self.field = match (prefix.is_empty(), self.field.is_empty()) {
+            (true, _) => self.field,
+            (false, true) => prefix.to_owned(),
+            (false, false) if self.field.starts_with('[') => format!("{prefix}{}", self.field),
+            (false, false) => format!("{prefix}.{}", self.field),
+        };
+        self
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
 }
 
 // === impl Diagnostic ===
@@ -327,6 +374,24 @@ impl MarkedEventReceiver for IndexBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_errors_nest_under_their_section() {
+        let cases = [
+            ("", "keys[0].pem", "keys[0].pem"),
+            ("jwt", "keys[0].pem", "jwt.keys[0].pem"),
+            ("jwt", "[2]", "jwt[2]"),
+            ("authenticators.a.jwt", "", "authenticators.a.jwt"),
+            ("", "", ""),
+        ];
+        for (prefix, field, want) in cases {
+            let e = FieldError::new(field, "m").under(prefix);
+            assert_eq!(e.field, want, "{prefix:?} + {field:?}");
+            assert_eq!(e.message, "m");
+        }
+        assert_eq!(FieldError::new("a", "bad").to_string(), "a: bad");
+        assert_eq!(FieldError::new("", "bad").to_string(), "bad");
+    }
 
     #[test]
     fn duplicate_keys_are_located() {

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use super::Diagnostic;
 use super::compile::restart_only_changes;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
@@ -43,18 +44,21 @@ pub enum ReloadOutcome {
     },
 }
 
-/// A reload that failed; the running snapshot stays. Each line is one diagnostic.
+/// A reload that failed; the running snapshot stays. It keeps every error diagnostic, located
+/// (file, line, column, field), for the log, `POST /reload` and `/config`.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{}", .0.join("\n"))]
-pub struct ReloadError(pub Vec<String>);
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ReloadError(pub Vec<Diagnostic>);
 
 /// What the admin listener shows about reloads.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ReloadStatus {
     /// Last reload attempt.
     pub last_attempt: Option<SystemTime>,
-    /// The last failed reload's diagnostics, cleared by a successful one.
+    /// The last failed reload's diagnostics, one per line, cleared by a successful one.
     pub last_error: Option<String>,
+    /// The same diagnostics, structured.
+    pub last_diagnostics: Vec<Diagnostic>,
 }
 
 /// Owns the active snapshot and reloads it.
@@ -100,14 +104,16 @@ impl Reloader {
         let prev = Arc::clone(&previous);
         let built = tokio::task::spawn_blocking(move || super::build(&path, Some(&prev)))
             .await
-            .map_err(|e| ReloadError(vec![format!("reload task failed: {e}")]))?;
+            .map_err(|e| {
+                let display = self.config_path.display().to_string();
+                ReloadError(vec![Diagnostic::file_error(
+                    &display,
+                    format!("reload task failed: {e}"),
+                )])
+            })?;
         let result = match built {
             Err(diags) => Err(ReloadError(
-                diags
-                    .iter()
-                    .filter(|d| d.is_error())
-                    .map(ToString::to_string)
-                    .collect(),
+                diags.into_iter().filter(Diagnostic::is_error).collect(),
             )),
             Ok((next, warnings)) => {
                 for w in &warnings {
@@ -116,28 +122,29 @@ impl Reloader {
                 let restart = restart_only_changes(&previous, &next);
                 let emptied = next.routes.rules().is_empty()
                     && !previous.routes.rules().is_empty()
-                    && !next.raw.policies.allow_empty;
+                    && !next.allow_empty;
                 if emptied {
                     // Why: a policy file truncated by an editor, or a ConfigMap caught
                     // mid-update, must not turn every route into a denial (or, worse, leave a
                     // half-written file's rules). Regression: tests (it)
                     // reload::reload_to_zero_rules_is_refused_unless_allowed
-                    let display = self.config_path.display().to_string();
-                    Err(ReloadError(vec![format!(
-                        "{display}: policies: the new policy files hold no rule; the running {} rules stay (an empty or truncated file? set `policies.allow_empty: true` if this is intended)",
-                        previous.routes.rules().len()
+                    let (display, index) = self.config_index();
+                    Err(ReloadError(vec![Diagnostic::at(
+                        &display,
+                        &index,
+                        "policies",
+                        format!(
+                            "the new policy files hold no rule; the running {} rules stay (an empty or truncated file? set `policies.allow_empty: true` if this is intended)",
+                            previous.routes.rules().len()
+                        ),
                     )]))
                 } else if !restart.is_empty() {
                     // Point at the changed fields in the file as it is now.
-                    let display = self.config_path.display().to_string();
-                    let text = std::fs::read_to_string(&self.config_path).unwrap_or_default();
-                    let index = super::diagnostic::LocationIndex::build(&text).unwrap_or_default();
+                    let (display, index) = self.config_index();
                     Err(ReloadError(
                         restart
                             .into_iter()
-                            .map(|(field, m)| {
-                                super::Diagnostic::at(&display, &index, field, m).to_string()
-                            })
+                            .map(|(field, m)| Diagnostic::at(&display, &index, field, m))
                             .collect(),
                     ))
                 } else if next.version == previous.version {
@@ -157,8 +164,14 @@ impl Reloader {
         if let Ok(mut status) = self.status.lock() {
             status.last_attempt = Some(SystemTime::now());
             match &result {
-                Ok(_) => status.last_error = None,
-                Err(e) => status.last_error = Some(e.to_string()),
+                Ok(_) => {
+                    status.last_error = None;
+                    status.last_diagnostics.clear();
+                }
+                Err(e) => {
+                    status.last_error = Some(e.to_string());
+                    status.last_diagnostics.clone_from(&e.0);
+                }
             }
         }
         match &result {
@@ -176,10 +189,34 @@ impl Reloader {
             }
             Err(e) => {
                 self.metrics.reload("failed");
-                tracing::error!(?trigger, error = %e, "Config reload failed; keeping the running config");
+                tracing::error!(
+                    ?trigger,
+                    errors = e.0.len(),
+                    "Config reload failed; keeping the running config"
+                );
+                for d in &e.0 {
+                    tracing::error!(
+                        file = %d.file,
+                        line = d.line,
+                        column = d.column,
+                        field = %d.path,
+                        "{}",
+                        d.message
+                    );
+                }
             }
         }
         result
+    }
+
+    /// The config file's display name and location index, as it is now on disk.
+    fn config_index(&self) -> (String, super::diagnostic::LocationIndex) {
+        let display = self.config_path.display().to_string();
+        let text = std::fs::read_to_string(&self.config_path).unwrap_or_default();
+        (
+            display,
+            super::diagnostic::LocationIndex::build(&text).unwrap_or_default(),
+        )
     }
 }
 

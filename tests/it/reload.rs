@@ -21,11 +21,26 @@ async fn bad_policy_reload_keeps_old_config_and_reports_file_line() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.contains("10-all.yaml:5:13"), "file:line:col in {body}");
     assert!(body.contains("rules[0].effect"), "field path in {body}");
+    // The same diagnostic, structured, for tools.
+    let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let d = &parsed["diagnostics"][0];
+    assert!(
+        d["file"].as_str().unwrap().ends_with("10-all.yaml"),
+        "{body}"
+    );
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(5), Some(13)),
+        "{body}"
+    );
+    assert_eq!(d["severity"], "error", "{body}");
     assert_eq!(gw.app().version(), before, "old snapshot kept");
     let (s, _, _) = get(gw.addr(), "/still/served").await;
     assert_eq!(s, StatusCode::OK);
     let (_, config) = gw.admin_get("/config").await;
     assert!(config.contains("10-all.yaml:5:13"), "{config}");
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["last_reload_diagnostics"][0]["line"], 5, "{config}");
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(metrics.contains(r#"portcullis_config_reloads_total{outcome="failed"} 1"#));
 

@@ -228,7 +228,7 @@ async fn token_type_is_checked_where_required() {
     let errors = JwtAuthenticator::compile(&raw, Path::new("."), None, &mut Vec::new())
         .unwrap_err()
         .into_iter()
-        .map(|(f, _)| f)
+        .map(|e| e.field)
         .collect::<Vec<_>>();
     assert_eq!(
         errors,

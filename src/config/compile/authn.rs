@@ -1,0 +1,149 @@
+//! Authentication sections: the authenticators (and checks across them: the published
+//! development key, mTLS listeners), the signed identity assertion, the `WWW-Authenticate`
+//! challenges of the realm, and the global identity headers.
+
+use super::Cx;
+use crate::authn::{Authn, CompileError};
+use crate::authz::assertion::Assertion;
+use crate::authz::identity::IdentityHeaders;
+use crate::config::raw::{RawAuthenticator, RawKey};
+use crate::snapshot::Challenges;
+
+/// The authenticators; an unchanged one keeps its cache and fetched keys.
+pub(super) fn authenticators(cx: &mut Cx<'_>) -> Authn {
+    let loaded = cx.loaded;
+    let cfg = &loaded.raw;
+    let previous = cx.previous.map(|p| &p.authn);
+    let authn = match Authn::compile(
+        &cfg.authenticators,
+        &cfg.authn,
+        &loaded.base_dir,
+        previous,
+        &mut cx.watched,
+    ) {
+        Ok(a) => a,
+        Err(es) => {
+            for e in es {
+                match e {
+                    CompileError::Field(e) => cx.field_errors("", [e]),
+                    CompileError::File(d) => cx.diags.push(d),
+                }
+            }
+            Authn::default()
+        }
+    };
+    published_dev_key(cx);
+    mtls_listeners(cx);
+    authn
+}
+
+/// Why: the development key pair ships with Portcullis, private half included; a gateway
+/// trusting it accepts tokens anyone can mint. Regression: tests (it)
+/// check::shipped_config_checks_and_warns_about_the_development_key
+fn published_dev_key(cx: &mut Cx<'_>) {
+    let loaded = cx.loaded;
+    for (name, a) in &loaded.raw.authenticators {
+        let RawAuthenticator::Jwt(j) = a else {
+            continue;
+        };
+        for (i, p) in j.providers.iter().enumerate() {
+            for (k, key) in p.keys.iter().enumerate() {
+                let RawKey::PemFile(f) = key else {
+                    continue;
+                };
+                let published = std::fs::read_to_string(cx.path(&f.path))
+                    .is_ok_and(|t| t.trim() == PUBLISHED_DEV_KEY.trim());
+                if published {
+                    cx.warn(
+                        &format!("authenticators.{name}.jwt.providers[{i}].keys[{k}]"),
+                        "this is the development key published with Portcullis: anyone can mint tokens it verifies; replace it before deploying".into(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// mTLS authenticators name listeners that ask for client certificates.
+fn mtls_listeners(cx: &mut Cx<'_>) {
+    let loaded = cx.loaded;
+    let cfg = &loaded.raw;
+    let asks_certs = |name: &str| {
+        cfg.listeners.iter().any(|l| {
+            l.name == name
+                && l.tls.as_ref().is_some_and(|t| {
+                    t.client_auth.is_some()
+                        || t.certificates.iter().any(|c| c.client_auth.is_some())
+                })
+        })
+    };
+    for (name, a) in &cfg.authenticators {
+        let RawAuthenticator::Mtls(m) = a else {
+            continue;
+        };
+        for (j, l) in m.listeners.iter().enumerate() {
+            if !asks_certs(l) {
+                cx.error(
+                    &format!("authenticators.{name}.mtls.listeners[{j}]"),
+                    format!("no listener `{l}` with `tls.client_auth`"),
+                );
+            }
+        }
+        if m.listeners.is_empty() && !cfg.listeners.iter().any(|l| asks_certs(&l.name)) {
+            cx.warn(
+                &format!("authenticators.{name}"),
+                "no listener asks for client certificates (`tls.client_auth`): this authenticator never finds one".into(),
+            );
+        }
+    }
+}
+
+/// The signed identity assertion; its key files are watched (a rotation reloads).
+pub(super) fn assertion(cx: &mut Cx<'_>) -> Option<Assertion> {
+    let loaded = cx.loaded;
+    let raw = loaded.raw.identity_assertion.as_ref()?;
+    let key = cx.path(&raw.key_file);
+    cx.watched.push(key);
+    for r in &raw.retired_keys {
+        let key = cx.path(&r.key_file);
+        cx.watched.push(key);
+    }
+    match Assertion::compile(raw, &loaded.base_dir) {
+        Ok(a) => Some(a),
+        Err(es) => {
+            cx.field_errors("identity_assertion", es);
+            None
+        }
+    }
+}
+
+/// The realm's challenges.
+pub(super) fn challenges(cx: &mut Cx<'_>) -> Challenges {
+    match Challenges::new(&cx.cfg().authn.realm) {
+        Some(c) => c,
+        None => {
+            cx.error(
+                "authn.realm",
+                "must be visible ASCII characters and spaces".into(),
+            );
+            Challenges::fallback()
+        }
+    }
+}
+
+/// The global identity headers, checked alone (rules merge their own over them).
+pub(super) fn identity_headers(cx: &mut Cx<'_>) {
+    let loaded = cx.loaded;
+    if let Err(es) = IdentityHeaders::compile(
+        loaded
+            .raw
+            .identity_headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    ) {
+        cx.field_errors("identity_headers", es);
+    }
+}
+
+/// The public half of `config/dev/dev-1.key`, which ships with Portcullis.
+const PUBLISHED_DEV_KEY: &str = include_str!("../../../config/dev/dev-1.pem");

@@ -1,0 +1,166 @@
+//! Listeners: addresses, TLS (certificates by SNI, client CAs per listener or per
+//! certificate) and the door each serves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::Cx;
+use crate::snapshot::ListenerSettings;
+use crate::tls;
+
+/// Every listener; certificate and CA files are watched.
+pub(super) fn compile(cx: &mut Cx<'_>) -> Vec<ListenerSettings> {
+    let loaded = cx.loaded;
+    let raw = &loaded.raw.listeners;
+    if raw.is_empty() {
+        cx.error("listeners", "at least one listener is required".into());
+    }
+    let mut listeners = Vec::with_capacity(raw.len());
+    let mut names = HashMap::new();
+    for (i, l) in raw.iter().enumerate() {
+        if let Some(first) = names.insert(l.name.as_str(), i) {
+            cx.error(
+                &format!("listeners[{i}].name"),
+                format!(
+                    "duplicate listener name `{}` (also listeners[{first}])",
+                    l.name
+                ),
+            );
+        }
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => listener_tls(cx, i, t, l.http2),
+        };
+        let door = compile_door(&l.door, &mut |field: &str, m: String| {
+            cx.error(&format!("listeners[{i}].door.{field}"), m);
+        });
+        listeners.push(ListenerSettings {
+            name: l.name.as_str().into(),
+            address: l.address,
+            tls,
+            http2: l.http2,
+            door,
+        });
+    }
+    listeners
+}
+
+/// A listener's TLS: its certificates and the client CAs each verifies against.
+fn listener_tls(
+    cx: &mut Cx<'_>,
+    i: usize,
+    t: &crate::config::raw::RawListenerTls,
+    http2: bool,
+) -> Option<Arc<tls::server::ListenerTls>> {
+    if t.certificates.is_empty() {
+        cx.error(
+            &format!("listeners[{i}].tls.certificates"),
+            "at least one certificate is required".into(),
+        );
+        return None;
+    }
+    let entries: Vec<tls::server::CertEntry> = t
+        .certificates
+        .iter()
+        .map(|c| tls::server::CertEntry {
+            cert: cx.path(&c.cert),
+            key: cx.path(&c.key),
+            server_names: c.server_names.clone(),
+        })
+        .collect();
+    for e in &entries {
+        cx.watched.push(e.cert.clone());
+        cx.watched.push(e.key.clone());
+    }
+    let verifier = |cx: &mut Cx<'_>, ca: &crate::config::raw::RawClientAuth, field: String| {
+        let path = cx.path(&ca.ca_file);
+        cx.watched.push(path.clone());
+        match tls::server::client_verifier(&path, ca.required) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                cx.error(&field, e.to_string());
+                None
+            }
+        }
+    };
+    let listener_auth = t
+        .client_auth
+        .as_ref()
+        .and_then(|ca| verifier(cx, ca, format!("listeners[{i}].tls.client_auth.ca_file")));
+    let mut per_entry = Vec::with_capacity(t.certificates.len());
+    for (j, c) in t.certificates.iter().enumerate() {
+        per_entry.push(match &c.client_auth {
+            Some(ca) => verifier(
+                cx,
+                ca,
+                format!("listeners[{i}].tls.certificates[{j}].client_auth.ca_file"),
+            ),
+            None => listener_auth.clone(),
+        });
+    }
+    match tls::server::listener_tls(&entries, http2, &per_entry) {
+        Ok(c) => Some(Arc::new(c)),
+        Err((j, e)) => {
+            cx.error(
+                &format!("listeners[{i}].tls.certificates[{j}].{}", e.field()),
+                e.to_string(),
+            );
+            None
+        }
+    }
+}
+
+/// A listener's door, its field errors reported through `error` (field relative to `door.`).
+fn compile_door(
+    raw: &crate::config::raw::RawDoor,
+    error: &mut dyn FnMut(&str, String),
+) -> crate::snapshot::DoorSettings {
+    use crate::config::raw::RawDoor;
+    use crate::snapshot::{DecisionDoor, DoorSettings};
+    let common =
+        |peers: &[crate::config::raw::Network], timeout: std::time::Duration| DecisionDoor {
+            peers: peers.iter().map(|n| n.0).collect(),
+            timeout,
+        };
+    match raw {
+        RawDoor::Proxy => DoorSettings::Proxy,
+        RawDoor::EnvoyGrpc(d) => DoorSettings::EnvoyGrpc(common(&d.peers, d.timeout)),
+        RawDoor::EnvoyHttp(d) => {
+            let prefix = d.path_prefix.trim_end_matches('/');
+            if !prefix.is_empty()
+                && (!prefix.starts_with('/')
+                    || crate::request::path::canonicalize(prefix).as_deref() != Ok(prefix))
+            {
+                error(
+                    "envoy_http.path_prefix",
+                    format!("`{}` is not a canonical path like `/authz`", d.path_prefix),
+                );
+            }
+            DoorSettings::EnvoyHttp {
+                common: common(&d.peers, d.timeout),
+                path_prefix: prefix.into(),
+            }
+        }
+        RawDoor::ForwardAuth(d) => {
+            let mut map = Vec::with_capacity(d.status_map.len());
+            for (&from, &to) in &d.status_map {
+                match (
+                    http::StatusCode::from_u16(from),
+                    http::StatusCode::from_u16(to),
+                ) {
+                    (Ok(f), Ok(t)) if (200..600).contains(&from) && (200..600).contains(&to) => {
+                        map.push((f, t));
+                    }
+                    _ => error(
+                        &format!("forward_auth.status_map.{from}"),
+                        "statuses are between 200 and 599".into(),
+                    ),
+                }
+            }
+            DoorSettings::ForwardAuth {
+                common: common(&d.peers, d.timeout),
+                status_map: map.into(),
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Settings a running gateway cannot change: a reload that changes any fails, naming the
+//! field, and the running config stays. Kept as their own typed values in the snapshot.
+
+use std::net::SocketAddr;
+
+use crate::config::raw::{LogFormat, RawConfig};
+use crate::snapshot::Snapshot;
+
+/// The restart-only settings of one config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartOnly {
+    /// Per listener: name, address, TLS on or off, door kind.
+    pub listeners: Vec<(String, SocketAddr, bool, crate::request::facts::Door)>,
+    /// The admin listener.
+    pub admin_address: SocketAddr,
+    /// The read-only admin listener.
+    pub public_address: Option<SocketAddr>,
+    /// Open connections over all listeners.
+    pub max_connections: usize,
+    /// Runtime worker threads.
+    pub worker_threads: usize,
+    /// Log format and level.
+    pub logging: (LogFormat, String),
+}
+
+impl RestartOnly {
+    /// The restart-only settings of `cfg`.
+    pub fn of(cfg: &RawConfig) -> Self {
+        Self {
+            listeners: cfg
+                .listeners
+                .iter()
+                .map(|l| {
+                    let door = match &l.door {
+                        crate::config::raw::RawDoor::Proxy => crate::request::facts::Door::Proxy,
+                        crate::config::raw::RawDoor::EnvoyGrpc(_) => {
+                            crate::request::facts::Door::EnvoyGrpc
+                        }
+                        crate::config::raw::RawDoor::EnvoyHttp(_) => {
+                            crate::request::facts::Door::EnvoyHttp
+                        }
+                        crate::config::raw::RawDoor::ForwardAuth(_) => {
+                            crate::request::facts::Door::ForwardAuth
+                        }
+                    };
+                    (l.name.clone(), l.address, l.tls.is_some(), door)
+                })
+                .collect(),
+            admin_address: cfg.admin.address,
+            public_address: cfg.admin.public_address,
+            max_connections: cfg.server.max_connections,
+            worker_threads: cfg.server.worker_threads,
+            logging: (cfg.logging.format, cfg.logging.level.clone()),
+        }
+    }
+}
+
+/// Settings that a running gateway cannot change, as (field path, message); a reload that
+/// changes any fails with them.
+pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(&'static str, &'static str)> {
+    let (o, n) = (&old.restart, &new.restart);
+    let mut out = Vec::new();
+    if o.listeners != n.listeners {
+        out.push((
+            "listeners",
+            "listener names, addresses, doors or TLS on/off changed: restart required",
+        ));
+    }
+    if o.admin_address != n.admin_address {
+        out.push(("admin.address", "changed: restart required"));
+    }
+    if o.public_address != n.public_address {
+        out.push(("admin.public_address", "changed: restart required"));
+    }
+    if o.max_connections != n.max_connections {
+        out.push(("server.max_connections", "changed: restart required"));
+    }
+    if o.worker_threads != n.worker_threads {
+        out.push(("server.worker_threads", "changed: restart required"));
+    }
+    if o.logging != n.logging {
+        out.push(("logging", "format or level changed: restart required"));
+    }
+    out
+}

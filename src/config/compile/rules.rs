@@ -1,0 +1,414 @@
+//! Rules: each policy file's rules, in file-name then file order, checked against the
+//! config's upstreams, authenticators, rate limits and delegates.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use http::HeaderName;
+
+use super::upstreams::Upstreams;
+use super::{Cx, lints::Linter, unknown_name};
+use crate::authn::Authn;
+use crate::authz::delegate::Delegate;
+use crate::authz::identity::IdentityHeaders;
+use crate::authz::route::{HostPattern, MethodSet, PathPattern, Rule, RuleId};
+use crate::config::diagnostic::Diagnostic;
+use crate::config::load::Source;
+use crate::config::raw::{Effect, RawPolicyFile, RawRule};
+use crate::ratelimit::Limit;
+use crate::snapshot::Challenges;
+
+/// What rules refer to, compiled.
+pub(super) struct Env<'e> {
+    pub upstreams: &'e Upstreams,
+    pub authn: &'e Authn,
+    pub challenges: &'e Challenges,
+    pub rate_limits: &'e BTreeMap<String, Arc<Limit>>,
+    pub delegates: &'e BTreeMap<String, Arc<Delegate>>,
+}
+
+/// A field of one rule, for diagnostics: `file:line:col: rules[i].field`.
+struct At<'s> {
+    file: &'s Source,
+    base: String,
+}
+
+impl At<'_> {
+    fn at(&self, field: &str, message: String) -> Diagnostic {
+        Diagnostic::at(
+            &self.file.display,
+            &self.file.index,
+            &format!("{}.{field}", self.base),
+            message,
+        )
+    }
+
+    /// A section's field error, under `prefix` in this rule.
+    fn field(&self, prefix: &str, e: crate::config::FieldError) -> Diagnostic {
+        let e = e.under(prefix);
+        self.at(&e.field, e.message)
+    }
+}
+
+/// Every rule; the identity header names they set join `spoofable`.
+pub(super) fn compile(
+    cx: &mut Cx<'_>,
+    env: &Env<'_>,
+    spoofable: &mut Vec<HeaderName>,
+) -> Vec<Rule> {
+    let loaded = cx.loaded;
+    // Proxy listeners, by name: what they allow needs an upstream.
+    let proxy_listeners: Vec<String> = loaded
+        .raw
+        .listeners
+        .iter()
+        .filter(|l| l.door == crate::config::raw::RawDoor::Proxy)
+        .map(|l| format!("`{}`", l.name))
+        .collect();
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut linter = Linter::default();
+    for (file, policy) in &loaded.policies {
+        let file_name: Arc<str> = file.display.as_str().into();
+        for (i, r) in policy.rules.iter().enumerate() {
+            let at = At {
+                file,
+                base: format!("rules[{i}]"),
+            };
+            // Errors only: a warning about a rule must not drop it.
+            let errors_before = cx.errors();
+            if r.name.trim().is_empty() {
+                cx.diags
+                    .push(at.at("name", "rule name must not be empty".into()));
+            } else if let Some(other) = names.insert(r.name.clone(), file.display.clone()) {
+                cx.diags.push(at.at(
+                    "name",
+                    format!(
+                        "duplicate rule name `{}` (first defined in {other})",
+                        r.name
+                    ),
+                ));
+            }
+            let rule = rule(
+                cx,
+                env,
+                &at,
+                r,
+                policy,
+                &proxy_listeners,
+                spoofable,
+                &file_name,
+            );
+            if let Some(rule) = rule.filter(|_| cx.errors() == errors_before) {
+                cx.diags
+                    .extend(linter.check(&rule, &rules, |f, m| at.at(f, m)));
+                linter.add(rules.len(), &rule);
+                rules.push(rule);
+            }
+        }
+    }
+    rules
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the rule's whole context"
+)]
+fn rule(
+    cx: &mut Cx<'_>,
+    env: &Env<'_>,
+    at: &At<'_>,
+    r: &RawRule,
+    policy: &RawPolicyFile,
+    proxy_listeners: &[String],
+    spoofable: &mut Vec<HeaderName>,
+    file_name: &Arc<str>,
+) -> Option<Rule> {
+    let loaded = cx.loaded;
+    let cfg = &loaded.raw;
+    let mut hosts = Vec::new();
+    for (j, h) in r.matches.hosts.iter().enumerate() {
+        match HostPattern::parse(h) {
+            Ok(p) => hosts.push(p),
+            Err(e) => cx
+                .diags
+                .push(at.at(&format!("match.hosts[{j}]"), format!("`{h}`: {e}"))),
+        }
+    }
+    let mut paths = Vec::new();
+    for (j, p) in r.matches.paths.iter().enumerate() {
+        match PathPattern::parse(p) {
+            Ok(p) => paths.push(p),
+            Err(e) => cx
+                .diags
+                .push(at.at(&format!("match.paths[{j}]"), format!("`{p}`: {e}"))),
+        }
+    }
+    let methods = match MethodSet::parse(&r.matches.methods) {
+        Ok(m) => m,
+        Err((j, e)) => {
+            cx.diags.push(at.at(
+                &format!("match.methods[{j}]"),
+                format!("`{}`: {e}", r.matches.methods[j]),
+            ));
+            MethodSet::default()
+        }
+    };
+    let upstream = match (&r.upstream, r.effect) {
+        (Some(u), _) => match env.upstreams.index.get(u.as_str()) {
+            Some(&idx) => Some(idx),
+            None if env.upstreams.broken.contains(u.as_str()) => None,
+            None => {
+                cx.diags.push(at.at(
+                    "upstream",
+                    unknown_name("upstream", u, cfg.upstreams.keys()),
+                ));
+                None
+            }
+        },
+        // Why: a decision door forwards nothing, so a deployment without a proxy listener needs
+        // no upstreams; with one, whatever it allows must go somewhere.
+        // Regression: tests (it) doors::decision_only_config_needs_no_upstream
+        (None, Effect::Allow) if !proxy_listeners.is_empty() => {
+            cx.diags.push(at.at(
+                "upstream",
+                format!(
+                    "an allow rule needs an upstream: the proxy listener(s) {} forward what it allows (decision doors alone would need none)",
+                    proxy_listeners.join(", ")
+                ),
+            ));
+            None
+        }
+        (None, _) => None,
+    };
+    let authenticators = authenticators(cx, env, at, r);
+    if r.effect == Effect::Allow && r.authenticators.is_empty() && !r.anonymous {
+        cx.diags.push(at.at(
+            "authenticators",
+            "an allow rule must list its authenticators or set `anonymous: true`".into(),
+        ));
+    }
+    let query: Vec<Box<str>> = authenticators
+        .iter()
+        .filter_map(|&i| env.authn.at(i))
+        .flat_map(|a| a.query_sources().map(Into::into).collect::<Vec<Box<str>>>())
+        .collect();
+    let query_credentials = (!query.is_empty()).then(|| query.into());
+    let require = match crate::authz::require::Requirements::compile(&r.require) {
+        Ok(q) => q.with_scope_challenge(env.challenges),
+        Err(es) => {
+            cx.diags
+                .extend(es.into_iter().map(|e| at.field("require", e)));
+            crate::authz::require::Requirements::default()
+        }
+    };
+    if r.effect == Effect::Deny && r.require != crate::config::raw::RawRequire::default() {
+        cx.diags.push(at.at(
+            "require",
+            "requirements apply to allow rules; a deny rule refuses whatever it matches".into(),
+        ));
+    }
+    if r.anonymous && require.needs_principal() {
+        cx.diags.push(at.at(
+            "anonymous",
+            "an anonymous request has no scopes, roles, claims or kind: drop `anonymous` or those requirements".into(),
+        ));
+    }
+    let identity = identity(cx, at, r, spoofable);
+    let when = match (&r.when, r.effect) {
+        (None, _) => None,
+        (Some(_), Effect::Deny) => {
+            cx.diags.push(at.at(
+                "when",
+                "`when` applies to allow rules; a deny rule refuses whatever it matches".into(),
+            ));
+            None
+        }
+        (Some(src), Effect::Allow) => match crate::authz::expr::Condition::compile(
+            src,
+            crate::authz::expr::Budget::from(&cfg.policies.conditions),
+        ) {
+            Ok(c) => Some(c),
+            Err(m) => {
+                cx.diags.push(at.at("when", m));
+                None
+            }
+        },
+    };
+    let denial =
+        r.denial
+            .as_ref()
+            .and_then(|raw| match crate::authz::denial::Denial::compile(raw) {
+                Ok(d) => Some(Arc::new(d)),
+                Err(es) => {
+                    cx.diags
+                        .extend(es.into_iter().map(|e| at.field("denial", e)));
+                    None
+                }
+            });
+    let rate_limit = named(
+        cx,
+        at,
+        "rate_limit",
+        "rate limit",
+        r.rate_limit.as_deref(),
+        env.rate_limits,
+        cfg.rate_limits.keys(),
+    );
+    let delegate = named(
+        cx,
+        at,
+        "delegate",
+        "delegate",
+        r.delegate.as_deref(),
+        env.delegates,
+        cfg.delegates.keys(),
+    );
+    if r.effect == Effect::Deny {
+        if r.delegate.is_some() {
+            cx.diags.push(at.at(
+                "delegate",
+                "a delegate is asked about the requests an allow rule would let through".into(),
+            ));
+        }
+        if r.rate_limit.is_some() {
+            cx.diags.push(at.at(
+                "rate_limit",
+                "a rate limit applies to the requests an allow rule lets through".into(),
+            ));
+        }
+    }
+    Some(Rule {
+        id: RuleId(r.name.as_str().into()),
+        file: Arc::clone(file_name),
+        hosts,
+        paths,
+        methods,
+        effect: r.effect,
+        upstream,
+        authenticators: authenticators.into(),
+        anonymous: r.anonymous,
+        query_credentials,
+        require,
+        identity,
+        when,
+        denial,
+        rate_limit,
+        delegate,
+        case_insensitive: policy.case_insensitive_paths
+            || r.upstream
+                .as_ref()
+                .and_then(|u| cfg.upstreams.get(u))
+                .is_some_and(|u| u.case_insensitive_paths),
+    })
+}
+
+/// The rule's authenticators by index; two reading one place are a warning.
+fn authenticators(cx: &mut Cx<'_>, env: &Env<'_>, at: &At<'_>, r: &RawRule) -> Vec<usize> {
+    let cfg = &cx.loaded.raw;
+    let mut out = Vec::with_capacity(r.authenticators.len());
+    let mut found = Vec::new();
+    for (j, name) in r.authenticators.iter().enumerate() {
+        match env.authn.position(name) {
+            Some(i) if out.contains(&i) => found.push(at.at(
+                &format!("authenticators[{j}]"),
+                format!("authenticator `{name}` listed twice"),
+            )),
+            Some(i) => out.push(i),
+            None if cfg.authenticators.contains_key(name) => {}
+            None => found.push(at.at(
+                &format!("authenticators[{j}]"),
+                unknown_name("authenticator", name, cfg.authenticators.keys()),
+            )),
+        }
+    }
+    // Two accepted authenticators reading one place: the later one never decides a credential
+    // found there (the first refuses what it cannot verify).
+    for (j, &b) in out.iter().enumerate() {
+        let Some(later) = env.authn.at(b) else {
+            continue;
+        };
+        for earlier in out[..j].iter().filter_map(|&a| env.authn.at(a)) {
+            if let Some(s) = later.sources.iter().find(|s| earlier.sources.contains(s)) {
+                found.push(
+                    at.at(
+                        &format!("authenticators[{j}]"),
+                        format!(
+                            "`{}` reads the same credential ({}) as `{}` before it: a credential there is decided by `{}` alone",
+                            later.name,
+                            s.describe(),
+                            earlier.name,
+                            earlier.name
+                        ),
+                    )
+                    .warning(),
+                );
+            }
+        }
+    }
+    cx.diags.extend(found);
+    out
+}
+
+/// The rule's identity headers: its own checked alone (so a global mistake is reported once),
+/// then merged over the global ones; every name joins `spoofable`.
+fn identity(
+    cx: &mut Cx<'_>,
+    at: &At<'_>,
+    r: &RawRule,
+    spoofable: &mut Vec<HeaderName>,
+) -> IdentityHeaders {
+    let loaded = cx.loaded;
+    if let Err(es) = IdentityHeaders::compile(
+        r.identity_headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.as_deref()?))),
+    ) {
+        cx.diags
+            .extend(es.into_iter().map(|e| at.field("identity_headers", e)));
+    }
+    let mut merged: Vec<(String, &str)> = loaded
+        .raw
+        .identity_headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
+        .collect();
+    for (k, v) in &r.identity_headers {
+        let k = k.to_ascii_lowercase();
+        merged.retain(|(n, _)| *n != k);
+        if let Some(v) = v {
+            merged.push((k, v.as_str()));
+        }
+    }
+    let identity =
+        IdentityHeaders::compile(merged.iter().map(|(k, v)| (k.as_str(), *v))).unwrap_or_default();
+    spoofable.extend(identity.names().cloned());
+    for k in r.identity_headers.keys() {
+        if let Ok(h) = crate::authz::identity::check_name(k) {
+            spoofable.push(h);
+        }
+    }
+    identity
+}
+
+/// A named thing a rule refers to (a rate limit, a delegate), or its diagnostic.
+fn named<'k, T>(
+    cx: &mut Cx<'_>,
+    at: &At<'_>,
+    field: &str,
+    kind: &str,
+    name: Option<&str>,
+    compiled: &BTreeMap<String, Arc<T>>,
+    configured: impl Iterator<Item = &'k String> + Clone,
+) -> Option<Arc<T>> {
+    let name = name?;
+    if let Some(t) = compiled.get(name) {
+        return Some(Arc::clone(t));
+    }
+    // Configured but broken: already reported at its definition.
+    if !configured.clone().any(|k| k == name) {
+        cx.diags
+            .push(at.at(field, unknown_name(kind, name, configured)));
+    }
+    None
+}

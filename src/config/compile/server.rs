@@ -1,0 +1,68 @@
+//! Server settings: limits, timeouts, trusted proxies, the infrastructure headers they may
+//! pass, the request id header.
+
+use http::HeaderName;
+
+use super::Cx;
+use crate::authz::spoofable::NamePattern;
+use crate::snapshot::ServerSettings;
+
+/// The server settings and the infrastructure headers trusted proxies may pass on.
+pub(super) fn compile(cx: &mut Cx<'_>) -> (ServerSettings, Vec<NamePattern>) {
+    let loaded = cx.loaded;
+    let s = &loaded.raw.server;
+    if s.max_header_bytes < 8192 {
+        cx.error("server.max_header_bytes", "must be at least 8192".into());
+    }
+    if !(1024..=65535).contains(&s.max_target_bytes) {
+        cx.error(
+            "server.max_target_bytes",
+            "must be between 1024 and 65535".into(),
+        );
+    }
+    if s.max_connections == 0 {
+        cx.error("server.max_connections", "must be at least 1".into());
+    }
+    let request_id_header = match HeaderName::from_bytes(s.request_id_header.as_bytes()) {
+        Ok(h) => h,
+        Err(_) => {
+            cx.error(
+                "server.request_id_header",
+                format!("`{}` is not a valid header name", s.request_id_header),
+            );
+            HeaderName::from_static("x-request-id")
+        }
+    };
+    let mut from_trusted = Vec::with_capacity(s.trusted_proxy_headers.len());
+    for (i, h) in s.trusted_proxy_headers.iter().enumerate() {
+        match NamePattern::parse(h) {
+            Ok(p) => from_trusted.push(p),
+            Err(m) => cx.error(&format!("server.trusted_proxy_headers[{i}]"), m),
+        }
+    }
+    if s.send_timeout.is_zero() {
+        cx.error("server.send_timeout", "must be more than 0".into());
+    }
+    if s.http2.window.is_zero() {
+        cx.error("server.http2.window", "must be more than 0".into());
+    }
+    let server = ServerSettings {
+        header_read_timeout: s.header_read_timeout,
+        idle_timeout: s.idle_timeout,
+        send_timeout: s.send_timeout,
+        max_header_bytes: s.max_header_bytes,
+        max_target_bytes: s.max_target_bytes,
+        max_headers: s.max_headers,
+        max_body_bytes: s.max_body_bytes,
+        max_concurrent_streams: s.max_concurrent_streams,
+        shutdown_grace: s.shutdown_grace,
+        trusted_proxies: s.trusted_proxies.iter().map(|n| n.0).collect(),
+        request_id_header,
+        http2: crate::snapshot::Http2Limits {
+            max_resets: s.http2.max_resets,
+            max_control_frames: s.http2.max_control_frames,
+            window: s.http2.window,
+        },
+    };
+    (server, from_trusted)
+}

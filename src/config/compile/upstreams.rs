@@ -1,0 +1,47 @@
+//! Upstreams: where allowed requests go. An unchanged upstream keeps its connection pool.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::Cx;
+use crate::upstream::Upstream;
+
+/// The compiled upstreams, and what rules need to name them.
+pub(super) struct Upstreams {
+    /// In config order; rules refer to them by index.
+    pub list: Vec<Arc<Upstream>>,
+    /// Name → index.
+    pub index: HashMap<String, usize>,
+    /// Upstreams that exist but failed to compile: rules naming them are not also reported.
+    pub broken: HashSet<String>,
+}
+
+/// Every upstream; CA files are watched.
+pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
+    let loaded = cx.loaded;
+    let mut out = Upstreams {
+        list: Vec::with_capacity(loaded.raw.upstreams.len()),
+        index: HashMap::new(),
+        broken: HashSet::new(),
+    };
+    for (name, raw) in &loaded.raw.upstreams {
+        let prev = cx
+            .previous
+            .and_then(|p| p.upstreams.iter().find(|u| *u.name == **name));
+        if let Some(ca) = &raw.ca_file {
+            let path = cx.path(ca);
+            cx.watched.push(path);
+        }
+        match Upstream::build(name, raw, &loaded.base_dir, prev.map(|u| &**u)) {
+            Ok(u) => {
+                out.index.insert(name.clone(), out.list.len());
+                out.list.push(Arc::new(u));
+            }
+            Err(e) => {
+                out.broken.insert(name.clone());
+                cx.error(&format!("upstreams.{name}.{}", e.field), e.message);
+            }
+        }
+    }
+    out
+}

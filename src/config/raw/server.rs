@@ -1,0 +1,166 @@
+//! Server limits and timeouts, and upstreams.
+
+use super::*;
+
+/// Connection and request limits.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// Time a client has to finish the TLS handshake, and to complete an HTTP/1 request head
+    /// from its first byte. Bounds slowloris clients.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed: a kept-alive
+    /// connection waiting for its next request, a new one (plain or after its TLS handshake)
+    /// waiting for its first, an HTTP/2 connection however many PINGs it sends.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// A response chunk (16 KiB at most) the client has not taken within this time ends the
+    /// response: its HTTP/2 stream is reset, an HTTP/1.1 connection is closed. A client must
+    /// read about 16 KiB per `send_timeout`; control frames and tiny flow-control windows
+    /// are no progress. Time spent waiting for the upstream does not count.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub send_timeout: Duration,
+    /// Largest request head accepted, in bytes (431 beyond it). At least 8192.
+    pub max_header_bytes: usize,
+    /// Longest request target (path and query) accepted, in bytes (414 beyond it). At least
+    /// 1024, at most 65535.
+    pub max_target_bytes: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// Most client connections open at once, over all listeners; further clients wait in the
+    /// kernel's accept queue.
+    pub max_connections: usize,
+    /// Largest request body forwarded, in bytes (413 beyond it).
+    pub max_body_bytes: u64,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Networks of proxies in front of the gateway whose `X-Forwarded-*` and `Forwarded`
+    /// headers are believed. Empty (the default) trusts nobody.
+    pub trusted_proxies: Vec<Network>,
+    /// Infrastructure headers a trusted proxy (`trusted_proxies`) may pass on to upstreams:
+    /// names or prefixes ending in `*`, such as `x-forwarded-client-cert` or `x-envoy-*`.
+    /// From anyone else, and when not listed, `X-Forwarded-Client-Cert`, `X-Client-Cert-*`,
+    /// `X-SSL-Client-*`, `X-Envoy-*` and `X-Portcullis-*` are always removed. Path and method
+    /// overrides (`X-Original-URL`, `X-Forwarded-Uri`, …) can never be listed.
+    pub trusted_proxy_headers: Vec<String>,
+    /// Header carrying the request id, propagated when a client sends a well-formed one and
+    /// generated otherwise.
+    pub request_id_header: String,
+    /// Worker threads of the runtime (0 = one per core). Restart-only.
+    pub worker_threads: usize,
+    /// What one HTTP/2 client connection may send before it is ended with GOAWAY
+    /// `ENHANCE_YOUR_CALM`.
+    pub http2: RawHttp2,
+}
+
+/// Per-connection HTTP/2 limits against frames that cost the gateway work but carry no
+/// request (CVE-2023-44487 rapid reset, control-frame floods).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp2 {
+    /// Stream resets (RST_STREAM) a client may send per `window`; one more ends the
+    /// connection with GOAWAY `ENHANCE_YOUR_CALM`. Each reset stream may have started a
+    /// decision and an upstream exchange.
+    pub max_resets: u32,
+    /// PING and SETTINGS frames (not acknowledgements) a client may send per `window`; one
+    /// more ends the connection with GOAWAY `ENHANCE_YOUR_CALM`. h2 answers each one.
+    pub max_control_frames: u32,
+    /// The window over which frames are counted.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+}
+
+impl Default for RawHttp2 {
+    fn default() -> Self {
+        Self {
+            max_resets: 200,
+            max_control_frames: 1000,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            max_target_bytes: 8 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_concurrent_streams: 128,
+            shutdown_grace: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
+            trusted_proxy_headers: Vec::new(),
+            request_id_header: "x-request-id".to_owned(),
+            worker_threads: 0,
+            http2: RawHttp2::default(),
+        }
+    }
+}
+
+/// An upstream service.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `http://host:port` or `https://host:port`, optionally with a base path prepended to
+    /// every forwarded path. `http` only makes sense on a trusted network.
+    pub url: String,
+    /// Time to establish a TCP (and TLS) connection; 502 beyond it.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+    /// Time from sending the request to receiving the response head; 504 beyond it.
+    #[serde(default = "default_response_timeout", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub response_timeout: Duration,
+    /// Forward the client's `Host` instead of the upstream's authority.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// PEM file of CA certificates trusted for an https upstream (instead of the public roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Speak HTTP/2 to an https upstream (negotiated by ALPN).
+    #[serde(default)]
+    pub http2: bool,
+    /// Idle keep-alive connections kept per upstream.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: usize,
+    /// An idle pooled connection is closed after this long.
+    #[serde(default = "default_pool_idle_timeout", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub pool_idle_timeout: Duration,
+    /// The upstream serves paths in any case (IIS, ASP.NET, Express by default): every allow
+    /// rule forwarding here matches path literals in any ASCII case, so `/ADMIN/x` meets the
+    /// requirements of the rule for `/admin/**` instead of passing to a catch-all rule.
+    #[serde(default)]
+    pub case_insensitive_paths: bool,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_pool_max_idle() -> usize {
+    64
+}
+
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
