@@ -11,8 +11,11 @@
 //! Invariants:
 //! - A request from a peer outside the door's `peers` is refused (403 `peer_not_allowed`)
 //!   before anything it says is read: its headers describe the request and are believed.
-//! - The original client is the door peer's forwarded-for chain, walked through the door's
-//!   peers and `server.trusted_proxies`; the peer itself never passes for the client.
+//! - The original client comes from the door peer's `X-Forwarded-For`: its last entry is the
+//!   hop the peer received the request from (believed: the peer is admitted), and the entries
+//!   before it are read like a proxy-door request's, through `server.trusted_proxies` only.
+//!   A request whose peer says nothing about its client is refused (400
+//!   `missing_client_address`); the peer itself never passes for the client.
 //! - Every answer comes within the door's `timeout`; past it, 503 `decision_timeout`.
 
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +26,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use ipnet::IpNet;
 
 use crate::body::ResponseBody;
 use crate::decision::{self, Allow, Decision, NoTrace, Refusal};
@@ -280,17 +282,14 @@ async fn decide_for<D: HttpDoor>(
     let described = door
         .describe(settings, parts)
         .map_err(|Undescribed(reason)| (StatusCode::BAD_REQUEST, reason))?;
-    let client = original_client(
-        conn.info.peer.ip(),
-        &described.headers,
-        &common.peers,
-        &snapshot.server.trusted_proxies,
-    );
-    record.client_ip = client;
+    let mut described = described;
+    let hop = vouched_hop(&mut described.headers)
+        .map_err(|Undescribed(reason)| (StatusCode::BAD_REQUEST, reason))?;
+    record.client_ip = hop;
     record.method = Some(described.method.clone());
     let info = ConnInfo::for_door(
         D::DOOR,
-        SocketAddr::new(client, 0),
+        SocketAddr::new(hop, 0),
         Arc::clone(&conn.info.listener),
         None,
     );
@@ -303,6 +302,7 @@ async fn decide_for<D: HttpDoor>(
     };
     let facts = RequestFacts::new(head, &info, &snapshot.server.trusted_proxies)
         .map_err(|e: FactsError| (e.status(), e.as_str()))?;
+    record.client_ip = facts.client_ip;
     record.facts(snapshot, &facts);
     tokio::time::timeout(
         common.timeout,
@@ -327,18 +327,50 @@ pub fn common(settings: &DoorSettings) -> Option<&DecisionDoor> {
     }
 }
 
-/// The original client of a request a door peer describes: its forwarded-for chain, read from
-/// the right through the door's peers and the trusted proxies (the peer is believed, so its
-/// chain is too); the peer itself when it sent none.
-pub fn original_client(
-    peer: IpAddr,
-    headers: &HeaderMap,
-    door_peers: &[IpNet],
-    trusted: &[IpNet],
-) -> IpAddr {
-    let believed: Vec<IpNet> = door_peers.iter().chain(trusted).copied().collect();
-    crate::request::facts::client_ip(peer, headers, &believed)
+/// The hop a door peer vouches for: the last `X-Forwarded-For` entry, the address the peer
+/// itself received the request from. It is taken out of `headers`, so the entries before it
+/// are read like a proxy-door request's from that hop ([`RequestFacts::new`]), through
+/// `server.trusted_proxies` only.
+///
+/// Why: the door's peers used to be believed anywhere in the chain, so a client inside the
+/// peers' network (a pod beside Envoy) chose its own address with `X-Forwarded-For`; and a
+/// peer that sent no chain passed for the client, so every request shared its address (one
+/// rate-limit bucket, networks and trusted-header rules met by all).
+/// Regression: tests (it) doors::client_address_at_the_http_doors, tests::vouched_hops
+pub fn vouched_hop(headers: &mut HeaderMap) -> Result<IpAddr, Undescribed> {
+    let mut chain = String::new();
+    for v in headers.get_all(XFF).iter() {
+        let v = v
+            .to_str()
+            .map_err(|_| Undescribed("invalid_forwarded_for"))?;
+        if !chain.is_empty() {
+            chain.push(',');
+        }
+        chain.push_str(v);
+    }
+    let (rest, last) = match chain.rsplit_once(',') {
+        Some((rest, last)) => (rest.trim(), last.trim()),
+        None => ("", chain.trim()),
+    };
+    if last.is_empty() {
+        return Err(Undescribed("missing_client_address"));
+    }
+    let hop = last
+        .parse::<IpAddr>()
+        .map_err(|_| Undescribed("invalid_forwarded_for"))?
+        .to_canonical();
+    match HeaderValue::from_str(rest) {
+        Ok(v) if !rest.is_empty() => {
+            headers.insert(XFF, v);
+        }
+        _ => {
+            headers.remove(XFF);
+        }
+    }
+    Ok(hop)
 }
+
+const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// A refusal rendered as the door's peer passes it to the client: the refusal's own status,
 /// or, when the peer cannot pass that status (nginx), the mapped one with the real one in
@@ -358,6 +390,23 @@ pub fn render_refusal(
             .insert(STATUS_HEADER, HeaderValue::from(real.as_u16()));
     }
     resp
+}
+
+/// Names the headers the peer must remove before forwarding (forward-auth door).
+pub const REMOVE_HEADER: HeaderName = HeaderName::from_static("x-portcullis-remove");
+
+/// Header names as one comma-separated value; `None` for none.
+pub fn name_list(names: &[HeaderName]) -> Option<HeaderValue> {
+    let mut text = String::new();
+    for n in names {
+        if !text.is_empty() {
+            text.push(',');
+        }
+        text.push_str(n.as_str());
+    }
+    (!text.is_empty())
+        .then(|| HeaderValue::from_str(&text).ok())
+        .flatten()
 }
 
 /// Carries the real status when a door maps it for its peer.
@@ -404,5 +453,37 @@ pub fn scheme(h: &HeaderMap) -> Result<Scheme, Undescribed> {
         Some(p) if p.eq_ignore_ascii_case("http") => Ok(Scheme::Http),
         Some(p) if p.eq_ignore_ascii_case("https") => Ok(Scheme::Https),
         Some(_) => Err(Undescribed("invalid_forwarded_proto")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vouched_hops() {
+        // (X-Forwarded-For values, the hop, what stays of the chain)
+        type Case<'a> = (&'a [&'a str], Result<&'a str, &'a str>, Option<&'a str>);
+        let cases: [Case<'_>; 8] = [
+            (&["203.0.113.9"], Ok("203.0.113.9"), None),
+            (&["1.1.1.1, 10.0.0.2"], Ok("10.0.0.2"), Some("1.1.1.1")),
+            (&["1.1.1.1", "10.0.0.2"], Ok("10.0.0.2"), Some("1.1.1.1")),
+            (&["::ffff:192.0.2.1"], Ok("192.0.2.1"), None),
+            (&["2001:db8::1"], Ok("2001:db8::1"), None),
+            (&[], Err("missing_client_address"), None),
+            (&["1.1.1.1, "], Err("missing_client_address"), None),
+            (&["1.1.1.1, evil"], Err("invalid_forwarded_for"), None),
+        ];
+        for (values, want, rest) in cases {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(XFF, HeaderValue::from_str(v).unwrap());
+            }
+            let got = vouched_hop(&mut h).map(|ip| ip.to_string());
+            assert_eq!(got.as_deref().map_err(|u| u.0), want, "{values:?}");
+            if want.is_ok() {
+                assert_eq!(h.get(XFF).map(|v| v.to_str().unwrap()), rest, "{values:?}");
+            }
+        }
     }
 }

@@ -8,13 +8,22 @@
 //!
 //! | what | headers, in order of preference |
 //! |---|---|
-//! | method | `X-Forwarded-Method` (Traefik, Caddy, APISIX), `X-Original-Method` (nginx), else the door request's own |
+//! | method | `X-Forwarded-Method` (Traefik, Caddy, APISIX), `X-Original-Method` (nginx): required |
 //! | target | `X-Forwarded-Uri` (Traefik, Caddy, APISIX), `X-Original-URI` (nginx): origin form, required |
-//! | host | `X-Forwarded-Host`, else `Host` |
+//! | host | `X-Forwarded-Host`: required |
 //! | scheme | `X-Forwarded-Proto` (`http` or `https`), else `http` |
 //! | client | `X-Forwarded-For`, read through the door's peers and `server.trusted_proxies` |
 //!
-//! Two headers of one row that disagree are refused (400): a peer is never second-guessed.
+//! An allowed request's answer carries the identity headers to set (and `x-real-ip`,
+//! `x-forwarded-host`), and `x-portcullis-remove`: the comma-separated names of the headers
+//! the upstream must not get (spoofable ones, a stripped credential). The door cannot remove
+//! them itself: the peer must, by applying that list or by clearing those names in its own
+//! configuration (the shipped examples do both where the peer can).
+//!
+//! Two headers of one row that disagree, a repeated one, or a missing one are refused (400): a
+//! peer is never second-guessed. Nothing falls back on the door request's own method or `Host`:
+//! nginx's `auth_request` subrequest is always a GET to the door's own host, so a `DELETE` for
+//! `admin.example` would be judged as a GET for `portcullis`.
 //! Refusals carry their status unless `status_map` says the peer cannot pass it (nginx turns
 //! anything but 2xx, 401 and 403 into 500); then the mapped status goes out with the real one in
 //! `x-portcullis-status` and the reason code in `x-portcullis-error`, which the shipped nginx
@@ -48,16 +57,19 @@ impl HttpDoor for ForwardAuth {
         parts: &http::request::Parts,
     ) -> Result<Described, Undescribed> {
         let h = &parts.headers;
-        let method = match one_of(
+        // Why: the subrequest's own method and host are the peer's, not the client's; a
+        // DELETE judged by GET-only allow rules, or a request for a `hosts:`-scoped deny rule
+        // judged under the door's own host, passed. Regression: tests (it)
+        // doors::forward_auth_bad_descriptions (missing_original_method, missing_original_host)
+        let method = one_of(
             h,
             &X_FORWARDED_METHOD,
             &X_ORIGINAL_METHOD,
             "ambiguous_method",
-        )? {
-            Some(m) => Method::from_bytes(m.as_bytes())
-                .map_err(|_| Undescribed("invalid_original_method"))?,
-            None => parts.method.clone(),
-        };
+        )?
+        .ok_or(Undescribed("missing_original_method"))?;
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| Undescribed("invalid_original_method"))?;
         let target = one_of(h, &X_FORWARDED_URI, &X_ORIGINAL_URI, "ambiguous_uri")?
             .ok_or(Undescribed("missing_original_uri"))?;
         // Why: an absolute or empty target would be read differently by the peer's upstream
@@ -65,10 +77,8 @@ impl HttpDoor for ForwardAuth {
         if !target.starts_with('/') {
             return Err(Undescribed("invalid_original_uri"));
         }
-        let authority = match h.get(&X_FORWARDED_HOST) {
-            Some(v) => Some(v.to_str().map_err(|_| Undescribed("invalid_host"))?),
-            None => single(h, &http::header::HOST)?,
-        };
+        let authority =
+            single(h, &X_FORWARDED_HOST)?.ok_or(Undescribed("missing_original_host"))?;
         let scheme = scheme(h)?;
         let mut headers = h.clone();
         for name in [
@@ -82,14 +92,22 @@ impl HttpDoor for ForwardAuth {
         Ok(Described {
             method,
             scheme,
-            authority: authority.map(str::to_owned),
+            authority: Some(authority.to_owned()),
             target: target.to_owned(),
             headers,
         })
     }
 
     fn allow(&self, allow: &Allow) -> Response<Full<Bytes>> {
-        door::allow_response(allow)
+        let mut resp = door::allow_response(allow);
+        // Why: this door cannot remove a header from what its peer forwards, and the peers'
+        // own configuration only clears the names written in it. The list lets a peer that
+        // can act on it (the Kong plugin, an nginx `map`) strip exactly what the proxy door
+        // would. Regression: tests (it) doors::forward_auth_names_what_to_remove
+        if let Some(v) = door::name_list(&allow.mutation.remove) {
+            resp.headers_mut().insert(door::REMOVE_HEADER, v);
+        }
+        resp
     }
 
     fn deny(&self, settings: &DoorSettings, refusal: Refusal) -> Response<Full<Bytes>> {

@@ -25,6 +25,9 @@ use http::{HeaderMap, HeaderName};
 pub struct Spoofable {
     /// Identity and trusted-header names, dashed, sorted.
     dashed: Box<[Box<str>]>,
+    /// The same names and the override family's, as header names: what a decision door asks
+    /// its peer to remove whether or not the door saw them ([`Self::named_for_removal`]).
+    always: Box<[HeaderName]>,
     /// Infrastructure headers a trusted proxy may pass on (`server.trusted_proxy_headers`).
     from_trusted: Box<[NamePattern]>,
 }
@@ -66,8 +69,15 @@ impl Spoofable {
             .collect();
         dashed.sort();
         dashed.dedup();
+        let always = dashed
+            .iter()
+            .map(|d| &**d)
+            .chain(OVERRIDES.iter().copied())
+            .filter_map(|d| HeaderName::from_bytes(d.as_bytes()).ok())
+            .collect();
         Self {
             dashed: dashed.into(),
+            always,
             from_trusted: from_trusted.into(),
         }
     }
@@ -85,6 +95,20 @@ impl Spoofable {
         for name in doomed {
             headers.remove(name);
         }
+    }
+
+    /// The names a decision door asks its peer to remove from every allowed request, present
+    /// or not (in their dashed spelling; the peers shipped refuse or drop the others): the
+    /// identity names and the override family, and the address claims unless the hop is
+    /// trusted.
+    ///
+    /// Why: a door only sees the headers its peer shows it (Envoy's `allowed_headers`, a
+    /// gRPC `CheckRequest` with raw headers), so removing only what it saw let
+    /// `X-Original-URL` or `True-Client-IP` through. Regression: decision::mutation::tests::
+    /// decision_doors_name_every_family
+    pub fn named_for_removal(&self, peer_trusted: bool) -> impl Iterator<Item = &HeaderName> {
+        let claims: &[HeaderName] = if peer_trusted { &[] } else { &CLAIMS };
+        self.always.iter().chain(claims)
     }
 
     /// Whether `name` is removed from a request whose peer is (or is not) trusted.
@@ -148,6 +172,37 @@ impl NamePattern {
         }
     }
 }
+
+/// The override family's names (see [`family`]).
+const OVERRIDES: &[&str] = &[
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-prefix",
+    "x-envoy-original-path",
+    "x-envoy-original-url",
+    "x-original-method",
+    "x-forwarded-method",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The claim family's names (see [`family`]).
+static CLAIMS: [HeaderName; 10] = [
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-forwarded-server"),
+];
 
 /// The family of a dashed, lowercase header name. (A `match` on the text compiles to a length
 /// switch and one compare; the prefixes are tested only for names starting `x-`.)
@@ -264,6 +319,22 @@ mod tests {
         ("x-forwarded", false, false),
         ("x-envoyish", false, false),
     ];
+
+    #[test]
+    fn named_lists_agree_with_the_families() {
+        for n in OVERRIDES {
+            assert_eq!(family(n), Some(Family::Override), "{n}");
+        }
+        for n in &CLAIMS {
+            assert_eq!(family(n.as_str()), Some(Family::Claim), "{n}");
+        }
+        let s = Spoofable::new([&HeaderName::from_static("x-user-id")], Vec::new());
+        let untrusted: Vec<&str> = s.named_for_removal(false).map(HeaderName::as_str).collect();
+        assert!(untrusted.contains(&"x-user-id") && untrusted.contains(&"true-client-ip"));
+        assert_eq!(untrusted.len(), 1 + OVERRIDES.len() + CLAIMS.len());
+        let trusted: Vec<&str> = s.named_for_removal(true).map(HeaderName::as_str).collect();
+        assert!(!trusted.contains(&"true-client-ip"));
+    }
 
     #[test]
     fn every_family_in_every_spelling() {

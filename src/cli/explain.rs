@@ -362,7 +362,17 @@ async fn run_door(
         }
         Door::Proxy => return run(snapshot, args).await,
     };
-    let described = match described {
+    // The gRPC door's client is Envoy's source address; the HTTP doors', the hop the peer's
+    // chain vouches for.
+    let described = described.and_then(|mut d| {
+        let client = if door == Door::EnvoyGrpc {
+            client_ip
+        } else {
+            crate::door::vouched_hop(&mut d.headers).map_err(|u| u.0)?
+        };
+        Ok((d, client))
+    });
+    let (described, client) = match described {
         Ok(d) => d,
         Err(reason) => {
             report["decision"] = json!("deny");
@@ -372,20 +382,6 @@ async fn run_door(
                 json!(["the door cannot read the request from its peer's description"]);
             return Ok((report, false));
         }
-    };
-    let peers = crate::door::common(&settings)
-        .map(|c| c.peers.to_vec())
-        .unwrap_or_default();
-    // The gRPC door's client is Envoy's source address; the HTTP doors', the peer's chain.
-    let client = if door == Door::EnvoyGrpc {
-        client_ip
-    } else {
-        crate::door::original_client(
-            IpAddr::from([127, 0, 0, 1]),
-            &described.headers,
-            &peers,
-            &snapshot.server.trusted_proxies,
-        )
     };
     let conn = ConnInfo::for_door(door, SocketAddr::new(client, 0), listener_name, None);
     let head = crate::request::facts::Head {

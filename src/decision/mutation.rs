@@ -7,16 +7,27 @@
 //! - `remove` names every header of the request that a client must not hand an upstream
 //!   ([`crate::authz::spoofable::Spoofable`]), in the spelling the request used, and the
 //!   verified credential's header when its authenticator strips it.
-//! - `set` holds the identity headers (and the signed assertion); a name in both lists is
-//!   removed first, then set, so only the gateway's value reaches the upstream.
-//! - Nothing here depends on the door.
+//! - `set` holds the identity headers (and the signed assertion), and replaces any value the
+//!   request had. No name is in both lists: Envoy applies `headers_to_remove` *after* the
+//!   headers it sets, so a name in both would reach the upstream with no value at all.
+//! - At the decision doors, whose peer forwards the request itself, `remove` also names every
+//!   identity and override header whether or not the door saw it (a peer shows the door only
+//!   some headers), and the forwarding headers the proxy door would rewrite are handed back:
+//!   `x-real-ip` and `x-forwarded-host` set to what was decided, `forwarded` removed.
+//!   `X-Forwarded-For` and `-Proto` stay the peer's to write. The proxy door writes all of
+//!   them itself (`proxy::forwarded`).
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::authn::Authenticator;
 use crate::authn::credential::CredentialSource;
 use crate::request::RequestFacts;
+use crate::request::facts::{Door, ip_header_value};
 use crate::snapshot::Snapshot;
+
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// The change to an allowed request's headers (and to its response's).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,6 +69,29 @@ impl HeaderMutation {
                 out.strip_credential(source, facts.headers);
             }
         }
+        if facts.conn.door != Door::Proxy {
+            // Why: only the proxy door rewrites the forwarding headers; behind Envoy or nginx a
+            // client's `X-Real-IP`, `X-Forwarded-Host` or `Forwarded` reached the upstream.
+            // Regression: tests::decision_doors_name_every_family
+            for name in snapshot.spoofable.named_for_removal(facts.peer_trusted) {
+                out.push_remove(name.clone());
+            }
+            out.push_remove(FORWARDED);
+            out.set.push((X_REAL_IP, ip_header_value(facts.client_ip)));
+            let host = match facts.port {
+                Some(p) => HeaderValue::from_str(&format!("{}:{p}", facts.host)),
+                None => HeaderValue::from_str(&facts.host),
+            };
+            match host {
+                Ok(h) => out.set.push((X_FORWARDED_HOST, h)),
+                Err(_) => out.push_remove(X_FORWARDED_HOST),
+            }
+        }
+        // Why: Envoy removes after it sets; a name in both lists reached the upstream empty,
+        // so a client sending `x-tenant-id` erased the gateway's tenant.
+        // Regression: tests::no_name_is_both_set_and_removed
+        let set = &out.set;
+        out.remove.retain(|n| !set.iter().any(|(s, _)| s == n));
         out
     }
 
@@ -88,6 +122,7 @@ impl HeaderMutation {
     }
 
     fn push_remove(&mut self, name: HeaderName) {
+        // The lists are a few names long: a scan beats hashing.
         if !self.remove.contains(&name) {
             self.remove.push(name);
         }
@@ -114,7 +149,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::request::facts::ConnInfo;
+    use crate::request::facts::{ConnInfo, Door};
 
     /// A snapshot with identity header `x-user-id`, a cookie-stripping authenticator and a
     /// trusted proxy network.
@@ -137,20 +172,34 @@ mod tests {
     }
 
     fn mutation(peer: &str, headers: &[(&str, &str)], strip: bool) -> HeaderMutation {
+        mutation_at(Door::Proxy, peer, headers, strip, true)
+    }
+
+    fn mutation_at(
+        door: Door,
+        peer: &str,
+        headers: &[(&str, &str)],
+        strip: bool,
+        identity: bool,
+    ) -> HeaderMutation {
         let (snap, _dir) = snapshot();
         let mut req = http::Request::get("/x").header("host", "h");
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let (parts, ()) = req.body(()).unwrap().into_parts();
-        let conn = ConnInfo::new(peer.parse().unwrap(), Arc::from("l"), None);
+        let conn = ConnInfo::for_door(door, peer.parse().unwrap(), Arc::from("l"), None);
         let facts = RequestFacts::from_parts(&parts, &conn, &snap.server.trusted_proxies).unwrap();
         let a = snap.authn.at(0).unwrap();
         let authenticator = if strip { Some(a) } else { None };
-        let set = vec![(
-            HeaderName::from_static("x-user-id"),
-            HeaderValue::from_static("alice"),
-        )];
+        let set = if identity {
+            vec![(
+                HeaderName::from_static("x-user-id"),
+                HeaderValue::from_static("alice"),
+            )]
+        } else {
+            Vec::new()
+        };
         HeaderMutation::compute(&snap, &facts, authenticator, set)
     }
 
@@ -177,7 +226,6 @@ mod tests {
                 "true-client-ip",
                 "x-original-url",
                 "x-token",
-                "x-user-id",
                 "x_real_ip",
                 "x_user_id"
             ]
@@ -214,6 +262,58 @@ mod tests {
                 ("x-user-id", "alice")
             ]
         );
+    }
+
+    #[test]
+    fn no_name_is_both_set_and_removed() {
+        for door in Door::ALL {
+            let m = mutation_at(door, "192.0.2.1:1", &[("x-user-id", "root")], false, true);
+            for (name, _) in &m.set {
+                assert!(!m.remove.contains(name), "{door:?}: {name} set and removed");
+            }
+            assert!(
+                m.set.iter().any(|(n, v)| n == "x-user-id" && v == "alice"),
+                "{door:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn decision_doors_name_every_family() {
+        let sent = [
+            ("x-real-ip", "10.0.0.1"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=127.0.0.1;host=evil.example"),
+        ];
+        for door in [Door::EnvoyGrpc, Door::EnvoyHttp, Door::ForwardAuth] {
+            // Anonymous: no identity set, so the identity names are removed too.
+            let m = mutation_at(door, "192.0.2.1:1", &sent, false, false);
+            let removed: Vec<&str> = m.remove.iter().map(HeaderName::as_str).collect();
+            // Named whether or not the request had them.
+            for name in ["forwarded", "x-user-id", "x-original-url", "true-client-ip"] {
+                assert!(removed.contains(&name), "{door:?}: {name} in {removed:?}");
+            }
+            let set: Vec<(&str, &str)> = m
+                .set
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+                .collect();
+            assert!(
+                set.contains(&("x-real-ip", "192.0.2.1")),
+                "{door:?}: {set:?}"
+            );
+            assert!(
+                set.contains(&("x-forwarded-host", "h")),
+                "{door:?}: {set:?}"
+            );
+            // From a trusted hop, its address claims stay.
+            let m = mutation_at(door, "10.1.2.3:1", &[], false, false);
+            assert!(!m.remove.iter().any(|n| n == "true-client-ip"), "{door:?}");
+        }
+        // The proxy door writes the forwarding headers itself and names only what it saw.
+        let m = mutation("192.0.2.1:1", &sent, false);
+        assert!(m.remove.is_empty(), "{:?}", m.remove);
+        assert!(!m.set.iter().any(|(n, _)| n == "x-real-ip"));
     }
 
     #[test]

@@ -19,9 +19,12 @@
 //! `headers_to_remove` for every spoofed header and a stripped credential; response headers
 //! to add) and `dynamic_metadata` (`principal_id`, `principal_kind`, `rule`). A denial is the
 //! matching gRPC code (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, …) with a
-//! `DeniedHttpResponse` carrying the proxy's status, `WWW-Authenticate` and JSON body. When the
-//! answer cannot be known (keys never fetched, introspection down, the deadline passed) the
-//! call fails with `UNAVAILABLE`, so Envoy's `failure_mode_allow` and `status_on_error` apply.
+//! `DeniedHttpResponse` carrying the proxy's status, `WWW-Authenticate` and JSON body. When
+//! something the decision needs is unavailable (keys never fetched, introspection or a
+//! fail-closed delegate down, the deadline passed) the answer is such a denial too, with
+//! status 503 and UNAVAILABLE in `status`: never a failed call, which Envoy's
+//! `failure_mode_allow: true` would turn into an allow. Default deny holds whatever Envoy's
+//! failure mode; a delegate that should fail open says so itself (`failure_mode: allow`).
 //! Bad input (no attributes, a header over the limits or not text, an absolute or empty
 //! path) is `INVALID_ARGUMENT` with a 400 for the client; nothing panics.
 
@@ -177,7 +180,7 @@ impl CheckService {
             record.failed(&self.shared, "peer_not_allowed");
             return Err(tonic::Status::permission_denied("peer_not_allowed"));
         }
-        let described = match describe(check, snapshot, conn, &common.peers) {
+        let described = match describe(check, snapshot, conn) {
             Ok(d) => d,
             Err(reason) => {
                 record.failed(&self.shared, reason);
@@ -207,18 +210,23 @@ impl CheckService {
             decision::decide(snapshot, &facts, &mut NoTrace),
         )
         .await;
+        // Why: a gRPC error is what Envoy's `failure_mode_allow: true` lets through. A
+        // decision that ran out of time, a delegate configured to fail closed, or an assertion
+        // that could not be minted are denials the gateway made: they go back as a denied
+        // response with status 503, which Envoy passes on whatever its failure mode.
+        // Regression: tests (it) grpc::unavailable_dependencies_are_denials
         let Ok(decision) = decided else {
             record.failed(&self.shared, "decision_timeout");
-            return Err(tonic::Status::unavailable("decision_timeout"));
+            let refusal = Refusal::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "decision_timeout",
+                request_id,
+            );
+            return Ok(denied(refusal));
         };
         record.decision(&self.shared, Door::EnvoyGrpc, &decision);
         match decision {
             Decision::Allow(a) => Ok(allowed(&a)),
-            // What is needed to decide is unavailable: an error, so Envoy's failure mode
-            // applies, rather than a denial it would pass on as one.
-            Decision::Deny(d) if d.kind.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                Err(tonic::Status::unavailable(d.kind.public_code()))
-            }
             Decision::Deny(d) => Ok(denied(d.refusal(&snapshot.challenges, request_id))),
         }
     }
@@ -239,7 +247,6 @@ fn describe(
     check: &CheckRequest,
     snapshot: &Snapshot,
     conn: &Conn,
-    peers: &[ipnet::IpNet],
 ) -> Result<Described, &'static str> {
     let attributes = check.attributes.as_ref().ok_or("missing_attributes")?;
     let http = attributes
@@ -258,7 +265,7 @@ fn describe(
     if !http.path.starts_with('/') {
         return Err("invalid_path");
     }
-    let headers = header_map(&http.headers, &snapshot.server)?;
+    let mut headers = header_map(&http.headers, &snapshot.server)?;
     let authority = if http.host.is_empty() {
         http.headers
             .get(":authority")
@@ -277,16 +284,13 @@ fn describe(
             Address::SocketAddress(s) => s.address.parse::<IpAddr>().ok(),
             _ => None,
         })
-        .map(|ip| ip.to_canonical())
-        // Without a source address, the forwarded-for chain from Envoy, as the HTTP doors.
-        .unwrap_or_else(|| {
-            door::original_client(
-                conn.info.peer.ip(),
-                &headers,
-                peers,
-                &snapshot.server.trusted_proxies,
-            )
-        });
+        .map(|ip| ip.to_canonical());
+    // Without a source address, the hop Envoy's forwarded-for chain vouches for, as at the
+    // HTTP doors.
+    let client = match client {
+        Some(ip) => ip,
+        None => door::vouched_hop(&mut headers).map_err(|u| u.0)?,
+    };
     let certificate = attributes
         .source
         .as_ref()

@@ -10,7 +10,7 @@
 //! `ratelimit-*` in `allowed_client_headers`).
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Response};
+use http::{HeaderName, Response};
 use http_body_util::Full;
 
 use crate::decision::{Allow, Refusal};
@@ -63,16 +63,8 @@ impl HttpDoor for EnvoyHttp {
 
     fn allow(&self, allow: &Allow) -> Response<Full<Bytes>> {
         let mut resp = door::allow_response(allow);
-        if !allow.mutation.remove.is_empty() {
-            let names: Vec<&str> = allow
-                .mutation
-                .remove
-                .iter()
-                .map(HeaderName::as_str)
-                .collect();
-            if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
-                resp.headers_mut().insert(HEADERS_TO_REMOVE, v);
-            }
+        if let Some(v) = door::name_list(&allow.mutation.remove) {
+            resp.headers_mut().insert(HEADERS_TO_REMOVE, v);
         }
         resp
     }

@@ -312,6 +312,9 @@ impl<'a> RequestFacts<'a> {
             None => (head.target, None),
         };
         let path = path::canonicalize(raw_path)?;
+        if conn.door != Door::Proxy {
+            path::check_forwarded_as_is(raw_path)?;
+        }
         Ok(Self {
             method: head.method,
             scheme: head.scheme,

@@ -38,6 +38,16 @@
 //! The rule matched `/admin%3Bx` or `/x%252e%252e/admin`, but an upstream that decodes once
 //! more, or strips path parameters after decoding, serves `/admin` or `/x/../admin`. A `%25`
 //! followed by anything else (`/100%25`, `/a%25z`) is an ordinary percent sign and stays.
+//!
+//! # Doors that do not forward
+//!
+//! The proxy forwards the canonical path, so the path decided is the path served. The decision
+//! doors cannot: the peer in front (Envoy, nginx, Caddy, Traefik) forwards the path as the
+//! client sent it, and an upstream that does not resolve `..` itself (Flask, Express) would
+//! serve `/admin/../public/x` from its admin handler while the gateway allowed `/public/x`.
+//! [`check_forwarded_as_is`] refuses, for those doors, a path whose segments canonicalisation
+//! would change: a `.` or `..` segment, or an empty one (`//`). Decoding an unreserved
+//! character (`/%61dmin`) changes no segment and every upstream decodes it alike, so it stays.
 
 use std::borrow::Cow;
 
@@ -92,6 +102,28 @@ pub enum PathError {
     /// `%25` whose decoded text is itself an escape (`%252e`, `%25%32%65`).
     #[error("double encoding in path")]
     DoubleEncoding,
+    /// A `.`, `..` or empty segment at a door whose peer forwards the path as sent (see
+    /// [`check_forwarded_as_is`]).
+    #[error("path not in canonical form")]
+    NonCanonical,
+}
+
+/// Refuses a raw path (without its query) whose segments [`canonicalize`] would change: a
+/// `.` or `..` segment, or an empty segment other than a trailing slash. For the doors whose
+/// peer forwards the path as sent (see the [module docs](self)); call it on a path
+/// [`canonicalize`] accepted.
+///
+/// Why: `/admin/../public/x` was allowed as `/public/x` while nginx, Caddy and Envoy forwarded
+/// it unchanged. Regression: tests::forwarded_as_is, tests (it) conformance (`/./`, `//`).
+pub fn check_forwarded_as_is(raw: &str) -> Result<(), PathError> {
+    let mut segments = raw.split('/').skip(1).peekable();
+    while let Some(s) = segments.next() {
+        let last = segments.peek().is_none();
+        if s == "." || s == ".." || (s.is_empty() && !last) {
+            return Err(PathError::NonCanonical);
+        }
+    }
+    Ok(())
 }
 
 /// Canonicalises the raw path of an origin-form request target (without its query).
@@ -222,6 +254,7 @@ impl PathError {
             Self::EncodedDotSegment => "encoded_dot_segment",
             Self::EncodedDelimiter => "encoded_delimiter",
             Self::DoubleEncoding => "double_encoding",
+            Self::NonCanonical => "non_canonical_path",
         }
     }
 }

@@ -40,8 +40,33 @@ async fn gateway(door: &str) -> TestGateway {
     .await
 }
 
-/// Asks the door with the given headers; returns status, headers and body text.
+/// Asks the door as its peer would: the given headers, and what every shipped peer sends
+/// that the test did not set (the client as the last `X-Forwarded-For` entry; for forward
+/// auth, the method and host). Returns status, headers and body text.
 async fn ask(
+    gw: &TestGateway,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut all = headers.to_vec();
+    let mut default = |name: &'static str, value: &'static str, also: &str| {
+        if !all
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(name) || k.eq_ignore_ascii_case(also))
+        {
+            all.push((name, value));
+        }
+    };
+    default("x-forwarded-for", "127.0.0.1", "x-forwarded-for");
+    if target == "/auth" {
+        default("x-forwarded-method", "GET", "x-original-method");
+        default("x-forwarded-host", "app.test", "x-forwarded-host");
+    }
+    ask_exactly(gw, target, &all).await
+}
+
+/// Asks the door with exactly these headers.
+async fn ask_exactly(
     gw: &TestGateway,
     target: &str,
     headers: &[(&str, &str)],
@@ -81,6 +106,24 @@ async fn forward_auth_allows_with_identity_headers_and_denies_like_the_proxy() {
         h["x-user-id"], "alice",
         "the gateway's value, not the client's"
     );
+    // What the peer must remove: the stripped credential, the override and claim families,
+    // but never a name it is told to set.
+    let remove: Vec<&str> = h["x-portcullis-remove"]
+        .to_str()
+        .unwrap()
+        .split(',')
+        .collect();
+    for name in [
+        "authorization",
+        "x-original-url",
+        "true-client-ip",
+        "forwarded",
+    ] {
+        assert!(remove.contains(&name), "{name} in {remove:?}");
+    }
+    assert!(!remove.contains(&"x-user-id"), "{remove:?}");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-host"], "app.test");
     // nginx style: X-Original-URI; no token: 401 with the challenge and the JSON body.
     let (status, h, body) = ask(
         &gw,
@@ -96,7 +139,7 @@ async fn forward_auth_allows_with_identity_headers_and_denies_like_the_proxy() {
     assert_eq!(h["x-portcullis-error"], "missing_credential");
     assert!(body.contains("\"error\":\"missing_credential\""), "{body}");
     // Path tricks are the proxy's: a deny rule by any spelling, ambiguous ones refused.
-    for uri in ["/admin/x", "//admin/x", "/%61dmin/x", "/x/../admin/x"] {
+    for uri in ["/admin/x", "/%61dmin/x", "/ADMIN/x"] {
         let (status, _, _) = ask(&gw, "/auth", &[("x-forwarded-uri", uri)]).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{uri}");
     }
@@ -104,6 +147,13 @@ async fn forward_auth_allows_with_identity_headers_and_denies_like_the_proxy() {
         let (status, h, _) = ask(&gw, "/auth", &[("x-forwarded-uri", uri)]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
         assert!(h.contains_key("x-request-id"));
+    }
+    // The peer forwards the path as sent, so one that canonicalisation would change is
+    // refused: `/admin/../open/x` was decided as `/open/x` while nginx forwarded it whole.
+    for uri in ["/admin/../open/x", "//open/x", "/open/./x", "/open//x"] {
+        let (status, h, _) = ask(&gw, "/auth", &[("x-forwarded-uri", uri)]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(h["x-portcullis-error"], "non_canonical_path", "{uri}");
     }
     assert_eq!(
         ask(&gw, "/auth", &[("x-forwarded-uri", "/open/x")]).await.0,
@@ -121,8 +171,47 @@ async fn forward_auth_allows_with_identity_headers_and_denies_like_the_proxy() {
 #[tokio::test]
 async fn forward_auth_bad_descriptions() {
     let gw = gateway("{forward_auth: {}}").await;
+    let complete = [
+        ("x-forwarded-uri", "/open/x"),
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-host", "app.test"),
+        ("x-forwarded-for", "203.0.113.9"),
+    ];
+    assert_eq!(ask_exactly(&gw, "/auth", &complete).await.0, StatusCode::OK);
+    // Every part of the description is required: nothing falls back on the subrequest's own
+    // method (nginx's is always GET) or host (the door's).
+    for (missing, reason) in [
+        ("x-forwarded-uri", "missing_original_uri"),
+        ("x-forwarded-method", "missing_original_method"),
+        ("x-forwarded-host", "missing_original_host"),
+        ("x-forwarded-for", "missing_client_address"),
+    ] {
+        let headers: Vec<(&str, &str)> = complete
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != missing)
+            .collect();
+        let (status, h, body) = ask_exactly(&gw, "/auth", &headers).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "without {missing}: {body}");
+        assert_eq!(h["x-portcullis-error"], reason, "without {missing}");
+    }
     for (headers, reason) in [
         (vec![], "missing_original_uri"),
+        (
+            vec![
+                ("x-forwarded-uri", "/open/x"),
+                ("x-forwarded-host", "a.test"),
+                ("x-forwarded-host", "b.test"),
+            ],
+            "repeated_description_header",
+        ),
+        (
+            vec![
+                ("x-forwarded-uri", "/open/x"),
+                ("x-forwarded-for", "203.0.113.9, not-an-address"),
+            ],
+            "invalid_forwarded_for",
+        ),
         (
             vec![("x-forwarded-uri", "http://evil/api")],
             "invalid_original_uri",
@@ -200,11 +289,71 @@ async fn forward_auth_client_address_comes_from_the_peer() {
         ("x-forwarded-for", "198.51.100.7"),
     ];
     assert_eq!(ask(&gw, "/auth", &elsewhere).await.0, StatusCode::FORBIDDEN);
-    // Without a chain the client is the peer (loopback), not in the office.
-    assert_eq!(
-        ask(&gw, "/auth", &[("x-forwarded-uri", "/x")]).await.0,
-        StatusCode::FORBIDDEN
-    );
+}
+
+#[tokio::test]
+async fn client_address_at_the_http_doors() {
+    // The peer (loopback here) vouches for the last hop only; entries before it count only
+    // through `server.trusted_proxies` (10.0.0.0/8 here), never through the door's peers.
+    let policy = "rules:\n  - name: office\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    require: {networks: [203.0.113.0/24]}\n";
+    let gw = Setup {
+        listeners: "  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {peers: [127.0.0.0/8]}}\n"
+            .into(),
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        extra: "server:\n  trusted_proxies: [10.0.0.0/8]\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for (chain, status) in [
+        // The peer's own client.
+        ("203.0.113.7", StatusCode::OK),
+        // A client beside the peer (in its network) names an office address: not believed.
+        ("203.0.113.7, 127.0.0.5", StatusCode::FORBIDDEN),
+        // Through a trusted proxy: believed.
+        ("203.0.113.7, 10.1.2.3", StatusCode::OK),
+        // A spoofed entry before an untrusted hop: the hop is the client.
+        ("203.0.113.7, 198.51.100.7", StatusCode::FORBIDDEN),
+    ] {
+        let (got, h, body) = ask(
+            &gw,
+            "/auth",
+            &[("x-forwarded-uri", "/x"), ("x-forwarded-for", chain)],
+        )
+        .await;
+        assert_eq!(got, status, "{chain}: {body}");
+        if got == StatusCode::OK {
+            assert_eq!(h["x-real-ip"], "203.0.113.7", "{chain}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn status_map_targets_are_refusals() {
+    // A refusal mapped to 2xx or 3xx would be an allow at the peer: refused at load.
+    for (map, ok) in [
+        ("{403: 200}", false),
+        ("{401: 302}", false),
+        ("{200: 403}", false),
+        ("{400: 403, 302: 401}", true),
+    ] {
+        let cfg = crate::support::ConfigDir::new("");
+        cfg.write(
+            "portcullis.yaml",
+            format!(
+                "listeners:\n  - name: doors\n    address: 127.0.0.1:0\n    door: {{forward_auth: {{status_map: {map}}}}}\npolicies: {{dir: policies}}\n"
+            ),
+        );
+        cfg.write(
+            "policies/p.yaml",
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true}\n",
+        );
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code == Some(0), ok, "{map}: {text}");
+        if !ok {
+            assert!(text.contains("status_map"), "{map}: {text}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -226,7 +375,14 @@ async fn envoy_http_path_prefix() {
     let remove = h["x-envoy-auth-headers-to-remove"].to_str().unwrap();
     let mut removed: Vec<&str> = remove.split(',').collect();
     removed.sort_unstable();
-    assert_eq!(removed, ["authorization", "x_user_id"], "{remove}");
+    for name in ["authorization", "x_user_id", "x-original-url", "forwarded"] {
+        assert!(removed.contains(&name), "{name} in {remove}");
+    }
+    assert!(
+        !removed.contains(&"x-user-id"),
+        "set, so never removed: {remove}"
+    );
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
     // Denied: the real status, challenge and body for Envoy to pass on.
     let (status, h, body) = ask(&gw, "/authz/api/orders", &[("host", "app.test")]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

@@ -148,12 +148,15 @@ fn compile_door(
                     http::StatusCode::from_u16(from),
                     http::StatusCode::from_u16(to),
                 ) {
-                    (Ok(f), Ok(t)) if (200..600).contains(&from) && (200..600).contains(&to) => {
+                    // Why: the peer allows on 2xx (and nginx follows 3xx as its own): a refusal
+                    // mapped to one of them is an allow. Regression: tests (it)
+                    // doors::status_map_targets_are_refusals
+                    (Ok(f), Ok(t)) if (300..600).contains(&from) && (400..600).contains(&to) => {
                         map.push((f, t));
                     }
                     _ => error(
                         &format!("forward_auth.status_map.{from}"),
-                        "statuses are between 200 and 599".into(),
+                        "maps a refusal status (300 to 599) to one the peer passes on (400 to 599): a 2xx or 3xx would let the request through".into(),
                     ),
                 }
             }

@@ -1,6 +1,6 @@
 use std::borrow::Cow;
 
-use super::{MAX_PATH_LEN, PathError, canonicalize};
+use super::{MAX_PATH_LEN, PathError, canonicalize, check_forwarded_as_is};
 
 use PathError::*;
 
@@ -204,6 +204,7 @@ fn error_codes_and_messages() {
         EncodedDotSegment,
         EncodedDelimiter,
         DoubleEncoding,
+        NonCanonical,
     ];
     let mut codes: Vec<_> = all.iter().map(PathError::as_str).collect();
     for (error, code) in all.iter().zip(&codes) {
@@ -221,6 +222,39 @@ fn error_codes_and_messages() {
     codes.sort_unstable();
     codes.dedup();
     assert_eq!(codes.len(), all.len());
+}
+
+#[test]
+fn forwarded_as_is() {
+    let cases = [
+        ("/", true),
+        ("/a", true),
+        ("/a/", true),
+        ("/a/b.c/..d/.e", true),
+        ("/%61dmin", true),
+        ("/a%20b/", true),
+        ("/admin/../public/x", false),
+        ("/./a", false),
+        ("/a/.", false),
+        ("/a/..", false),
+        ("//a", false),
+        ("/a//b", false),
+        ("/a//", false),
+        ("/..", false),
+    ];
+    for (raw, ok) in cases {
+        let got = check_forwarded_as_is(raw);
+        assert_eq!(got.is_ok(), ok, "{raw}: {got:?}");
+        if !ok {
+            assert_eq!(got, Err(NonCanonical), "{raw}");
+        }
+    }
+    // Every path it accepts keeps its segments under canonicalisation: what the peer forwards
+    // is what was decided, up to the decoding every upstream does.
+    for raw in ["/a/b/", "/x/%7Ey", "/a/b.c/..d"] {
+        let canon = canonicalize(raw).unwrap();
+        assert_eq!(canon.split('/').count(), raw.split('/').count(), "{raw}");
+    }
 }
 
 /// Deterministic xorshift64 paths over an alphabet that hits every rule; every `Ok` output must
