@@ -169,6 +169,8 @@ pub struct DecisionDoor {
     pub peers: Arc<[IpNet]>,
     /// Answer deadline.
     pub timeout: Duration,
+    /// The gRPC door believes Envoy's `source.certificate` (never for the HTTP doors).
+    pub client_certificates: bool,
 }
 
 impl DoorSettings {

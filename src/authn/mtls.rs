@@ -1,8 +1,10 @@
 //! Client certificates as credentials: the listener's `client_auth` verified the chain during
 //! the handshake; this turns the certificate's names into a principal.
 //!
-//! Invariants: only a certificate rustls verified against the configured CAs ever reaches
-//! here (an unverified one fails the handshake); the id is read from the configured names in
+//! Invariants: only a verified certificate ever reaches here: one rustls verified against the
+//! configured CAs (an unverified one fails the handshake), or one Envoy passed to the gRPC door
+//! whose config says Envoy verifies them (`client_certificates: true`; otherwise the door
+//! ignores it). The id is read from the configured names in
 //! order, and a certificate with none of them is refused rather than given an empty id.
 
 use crate::config::FieldError;

@@ -196,7 +196,7 @@ maps {
 single_key_enum!(RawDoor, "a door: `proxy`, `envoy_grpc`, `envoy_http` or `forward_auth`",
 units { "proxy" => Proxy },
 maps {
-    "envoy_grpc" => EnvoyGrpc(RawDecisionDoor),
+    "envoy_grpc" => EnvoyGrpc(RawEnvoyGrpc),
     "envoy_http" => EnvoyHttp(RawEnvoyHttp),
     "forward_auth" => ForwardAuth(RawForwardAuth),
 });

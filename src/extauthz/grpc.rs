@@ -10,7 +10,7 @@
 //! | scheme | `request.http.scheme` (`http` or `https`) |
 //! | headers | `request.http.headers`, pseudo-headers left out |
 //! | client | `source.address` (Envoy's downstream peer), believed because only the door's `peers` are served |
-//! | client certificate | `source.certificate` (URL-encoded PEM; `include_peer_certificate: true`) and `tls_session.sni` |
+//! | client certificate | `source.certificate` (URL-encoded PEM; `include_peer_certificate: true`), only with the door's `client_certificates: true`; `tls_session.sni` |
 //!
 //! `context_extensions` are not read: every request is decided by the one rule set, as at
 //! every other door.
@@ -60,10 +60,15 @@ pub struct CheckService {
     index: usize,
 }
 
+/// Largest Check (or health) message decoded.
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
 /// The gRPC door's [`crate::server::listener::Handler`]: `Check` and the health service,
 /// routed by path.
 #[derive(Clone)]
 pub struct GrpcHandler {
+    shared: Arc<Shared>,
+    index: usize,
     check: AuthorizationServer<CheckService>,
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
 }
@@ -88,7 +93,13 @@ impl GrpcHandler {
             .await;
         let health = tonic_health::server::HealthService::from_health_reporter(reporter);
         Self {
-            check: AuthorizationServer::new(CheckService { shared, index }),
+            shared: Arc::clone(&shared),
+            index,
+            // A Check request is a request head (and at most the part of its body Envoy's
+            // `with_request_body` sends, which the door does not read): 1 MiB, not tonic's
+            // 4 MiB default, is what a message may take before it is refused.
+            check: AuthorizationServer::new(CheckService { shared, index })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             health: tonic_health::pb::health_server::HealthServer::new(health),
         }
     }
@@ -100,11 +111,35 @@ impl crate::server::listener::Handler for GrpcHandler {
         conn: Arc<Conn>,
         mut req: http::Request<Incoming>,
     ) -> impl std::future::Future<Output = http::Response<ResponseBody>> + Send + use<> {
+        // Why: a Check request describes a request and is believed; only Envoy may send one,
+        // and nobody else gets a message decoded (up to MAX_MESSAGE_BYTES) before that is
+        // known. Regression: tests (it) grpc::peer_not_allowed
+        let refused = {
+            let snapshot = self.shared.current.load();
+            let admitted = snapshot
+                .listener(self.index)
+                .and_then(|l| door::common(&l.door))
+                .is_some_and(|c| door::admits(c, conn.info.peer.ip()));
+            (!admitted).then(|| {
+                let mut record = Record::new(conn.info.peer.ip());
+                record.failed(&self.shared, "peer_not_allowed");
+                let id = crate::server::request_id::take_or_generate(
+                    req.headers(),
+                    &snapshot.server.request_id_header,
+                );
+                let at = (Door::EnvoyGrpc, &*conn.info.listener);
+                record.account(&snapshot, &self.shared, at, Instant::now(), &id, 403);
+                tonic::Status::permission_denied("peer_not_allowed").into_http()
+            })
+        };
         req.extensions_mut().insert(conn);
         let health = req.uri().path().starts_with("/grpc.health.v1.Health/");
         let mut check = self.check.clone();
         let mut health_svc = self.health.clone();
         async move {
+            if let Some(resp) = refused {
+                return resp.map(crate::body::grpc);
+            }
             let resp = if health {
                 health_svc.call(req).await
             } else {
@@ -180,7 +215,7 @@ impl CheckService {
             record.failed(&self.shared, "peer_not_allowed");
             return Err(tonic::Status::permission_denied("peer_not_allowed"));
         }
-        let described = match describe(check, snapshot, conn) {
+        let described = match describe(check, snapshot, conn, common.client_certificates) {
             Ok(d) => d,
             Err(reason) => {
                 record.failed(&self.shared, reason);
@@ -247,6 +282,7 @@ fn describe(
     check: &CheckRequest,
     snapshot: &Snapshot,
     conn: &Conn,
+    client_certificates: bool,
 ) -> Result<Described, &'static str> {
     let attributes = check.attributes.as_ref().ok_or("missing_attributes")?;
     let http = attributes
@@ -291,9 +327,14 @@ fn describe(
         Some(ip) => ip,
         None => door::vouched_hop(&mut headers).map_err(|u| u.0)?,
     };
+    // Why: Envoy may pass on a certificate it did not verify (`ACCEPT_UNTRUSTED`, or no
+    // client validation at all); the mtls authenticators promise only verified ones, so the
+    // door believes it only when its config says Envoy verifies them.
+    // Regression: tests (it) grpc::source_certificate_only_when_configured
     let certificate = attributes
         .source
         .as_ref()
+        .filter(|_| client_certificates)
         .map(|s| s.certificate.as_str())
         .filter(|c| !c.is_empty())
         .map(client_certificate)

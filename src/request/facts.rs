@@ -266,6 +266,10 @@ pub enum FactsError {
     /// CONNECT and `*` targets are not proxied.
     #[error("unsupported request target")]
     UnsupportedTarget,
+    /// A method with a lowercase letter (`delete`): rules name methods in uppercase, and some
+    /// upstreams read methods without regard to case.
+    #[error("invalid method")]
+    LowercaseMethod,
     /// The host belongs to another certificate (and client CA) than the connection's SNI
     /// chose: 421, the client retries on a connection of its own.
     #[error("misdirected request")]
@@ -298,6 +302,13 @@ impl<'a> RequestFacts<'a> {
         conn: &'a ConnInfo,
         trusted_proxies: &[IpNet],
     ) -> Result<Self, FactsError> {
+        // Why: methods are case-sensitive, so a `methods: [DELETE]` deny rule does not match
+        // `delete`, which a rule allowing any method then let through to an upstream that
+        // reads it as DELETE (Jetty's legacy mode, some frameworks). Regression: tests (it)
+        // paths::lowercase_methods_refused, tests::lowercase_methods_refused
+        if head.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(FactsError::LowercaseMethod);
+        }
         let (host, port) = parse_host(head.authority.ok_or(FactsError::MissingHost)?)?;
         // Why: with per-host client CAs, a connection made for a.example (certificate from
         // CA-A) must not carry requests for b.example, which requires CA-B.
@@ -371,6 +382,7 @@ impl FactsError {
             Self::MultipleHosts => "multiple_hosts",
             Self::InvalidHost => "invalid_host",
             Self::UnsupportedTarget => "unsupported_target",
+            Self::LowercaseMethod => "invalid_method",
             Self::Misdirected => "misdirected_request",
         }
     }

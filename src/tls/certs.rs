@@ -123,6 +123,16 @@ pub enum TlsError {
         /// The name as configured.
         name: String,
     },
+    /// An IP address in the `server_names` of an entry that is not the default: clients send
+    /// no SNI for an address, so the entry is never chosen for a connection to it, and every
+    /// request for the address would be refused as misdirected.
+    #[error(
+        "server name {name}: an IP address is never sent as SNI, so only the first (default) entry serves it; move it there"
+    )]
+    AddressNotDefault {
+        /// The address as configured.
+        name: String,
+    },
     /// A certificate that is not the default has no names, so it could never be selected.
     #[error(
         "{}: certificate has no DNS or IP subject alternative names and is not the first (default) entry; set server_names",
@@ -183,9 +193,10 @@ impl TlsError {
             Self::NoPrivateKey { .. } | Self::UnsupportedKey { .. } | Self::KeyMismatch { .. } => {
                 TlsField::Key
             }
-            Self::InvalidServerName { .. } | Self::NoServerNames { .. } | Self::Generate(_) => {
-                TlsField::ServerNames
-            }
+            Self::InvalidServerName { .. }
+            | Self::AddressNotDefault { .. }
+            | Self::NoServerNames { .. }
+            | Self::Generate(_) => TlsField::ServerNames,
             Self::NoCertificates => TlsField::Cert,
             Self::Config(_) => TlsField::Tls,
         }

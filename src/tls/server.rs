@@ -196,6 +196,13 @@ impl HostBinding {
     /// Whether a request for `host` (lowercase, without port) belongs on this connection: it
     /// selects the same certificate entry as the connection's SNI did.
     pub fn allows(&self, host: &str) -> bool {
+        // Why: hosts keep an IPv6 literal's brackets; names are stored without them, so
+        // `[::1]` fell to the default entry (and its client CA) while `127.0.0.1` did not.
+        // Regression: tests::ipv6_hosts_bind_like_ipv4
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         self.names.select(Some(host)) == self.entry
     }
 }
@@ -351,7 +358,12 @@ impl SniResolver {
                 entry
                     .server_names
                     .iter()
-                    .map(|name| ServerNamePattern::parse(name))
+                    .map(|name| match ServerNamePattern::parse(name) {
+                        Ok(_) if index > 0 && name.parse::<IpAddr>().is_ok() => {
+                            Err(TlsError::AddressNotDefault { name: name.clone() })
+                        }
+                        other => other,
+                    })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| (index, e))?
             };

@@ -414,3 +414,60 @@ async fn independent_envoy_client_gets_the_answers() {
     assert_eq!(lines[3]["code"], 3);
     assert_eq!(lines[3]["status"], 400);
 }
+
+/// Envoy's `source.certificate` authenticates only when the door says Envoy verifies client
+/// certificates: Envoy passes on one it accepted untrusted, too.
+#[tokio::test]
+async fn source_certificate_only_when_configured() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["device-1.example".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "device-1");
+    let pem = params.self_signed(&key).unwrap().pem();
+    // Envoy URL-encodes the PEM.
+    let encoded: String = pem
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    for (door, want) in [
+        ("{envoy_grpc: {}}", 16),
+        ("{envoy_grpc: {client_certificates: true}}", 0),
+    ] {
+        let gw = Setup {
+            listeners: format!("  - name: grpc\n    address: 127.0.0.1:0\n    door: {door}\n"),
+            policies: vec![(
+                "10-p.yaml".into(),
+                "rules:\n  - {name: devices, match: {paths: [\"/devices/**\"]}, effect: allow, authenticators: [devices]}\n".into(),
+            )],
+            extra: "authenticators:\n  devices:\n    mtls: {}\nidentity_headers:\n  x-user-id: \"{principal.id}\"\n".into(),
+            ..Setup::default()
+        }
+        .start()
+        .await;
+        let mut c = client(&gw).await;
+        let mut req = check("/devices/x", "198.51.100.9", &[]);
+        if let Some(source) = req.attributes.as_mut().and_then(|a| a.source.as_mut()) {
+            source.certificate.clone_from(&encoded);
+        }
+        let resp = c.check(req).await.unwrap().into_inner();
+        assert_eq!(code(&resp), want, "{door}: {resp:?}");
+        if want == 0 {
+            let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
+                panic!("{resp:?}");
+            };
+            let id = ok
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .find(|h| h.key == "x-user-id")
+                .map(|h| h.value.clone());
+            assert!(id.is_some_and(|v| v.contains("device-1")), "{ok:?}");
+        }
+    }
+}

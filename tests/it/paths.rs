@@ -296,3 +296,31 @@ async fn case_insensitive_paths_keep_requirements_on_case_variants() {
         assert_eq!(raw_get(gw.addr(), p).await.status, 401, "{p}");
     }
 }
+
+/// Methods are case-sensitive: a deny rule on `DELETE` does not match `delete`, which an
+/// upstream reading methods without regard to case would act on as DELETE. Refused.
+#[tokio::test]
+async fn lowercase_methods_refused() {
+    let gw = Setup::with_policy(
+        "rules:\n  - name: no-delete\n    match: {paths: [\"/**\"], methods: [DELETE]}\n    effect: deny\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: echo\n",
+    )
+    .start()
+    .await;
+    for method in ["delete", "Delete", "get"] {
+        let r = raw(
+            gw.addr(),
+            format!("{method} /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{method}: {}", r.head);
+        assert!(r.body.contains("invalid_method"), "{method}: {}", r.body);
+    }
+    assert_eq!(gw.echo.count(), 0, "nothing reached the upstream");
+    let r = raw(
+        gw.addr(),
+        b"GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+}

@@ -121,10 +121,14 @@ fn compile_door(
         |peers: &[crate::config::raw::Network], timeout: std::time::Duration| DecisionDoor {
             peers: peers.iter().map(|n| n.0).collect(),
             timeout,
+            client_certificates: false,
         };
     match raw {
         RawDoor::Proxy => DoorSettings::Proxy,
-        RawDoor::EnvoyGrpc(d) => DoorSettings::EnvoyGrpc(common(&d.peers, d.timeout)),
+        RawDoor::EnvoyGrpc(d) => DoorSettings::EnvoyGrpc(DecisionDoor {
+            client_certificates: d.client_certificates,
+            ..common(&d.peers, d.timeout)
+        }),
         RawDoor::EnvoyHttp(d) => {
             let prefix = d.path_prefix.trim_end_matches('/');
             if !prefix.is_empty()

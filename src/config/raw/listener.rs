@@ -35,7 +35,7 @@ pub enum RawDoor {
     Proxy,
     /// Envoy's gRPC ext_authz (`envoy.service.auth.v3.Authorization/Check`) and the gRPC
     /// health service.
-    EnvoyGrpc(RawDecisionDoor),
+    EnvoyGrpc(RawEnvoyGrpc),
     /// Envoy's HTTP ext_authz mode (`http_service`): the original request arrives as the
     /// request, under `path_prefix`; 200 allows.
     EnvoyHttp(RawEnvoyHttp),
@@ -45,19 +45,24 @@ pub enum RawDoor {
     ForwardAuth(RawForwardAuth),
 }
 
-/// A decision door's common settings.
+/// Envoy's gRPC ext_authz door.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawDecisionDoor {
-    /// Peers allowed to ask (the gateways in front); anyone else is refused. Their word about
-    /// the original request is believed, so keep this to them. Default: loopback.
+pub struct RawEnvoyGrpc {
+    /// Peers allowed to ask; default loopback.
     #[serde(default = "loopback_networks")]
     pub peers: Vec<Network>,
-    /// Every answer within this long, or an error the peer's failure mode handles (the
-    /// gRPC door: UNAVAILABLE; the HTTP doors: 503). Default 2s.
+    /// Answer deadline; default 2s.
     #[schemars(with = "String")]
     #[serde(default = "default_decision_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Believe `attributes.source.certificate` (Envoy's `include_peer_certificate: true`) as
+    /// a client certificate the `mtls` authenticators may verify. Only when Envoy itself
+    /// requires and verifies client certificates (`require_client_certificate` with a
+    /// `validation_context`, never `ACCEPT_UNTRUSTED`). Default false: the certificate is
+    /// ignored, and no request through this door is authenticated by one.
+    #[serde(default)]
+    pub client_certificates: bool,
 }
 
 /// Envoy's HTTP ext_authz mode.

@@ -78,6 +78,44 @@ fn sni_selection_table() {
 }
 
 #[test]
+fn ipv6_hosts_bind_like_ipv4() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The default entry names both addresses; the other a DNS name.
+    let entries = [
+        entry(
+            d,
+            "default",
+            &["default.test"],
+            &["127.0.0.1", "::1", "default.test"],
+        ),
+        entry(d, "other", &["other.test"], &[]),
+    ];
+    let names = Arc::new(SniResolver::from_entries(&entries).unwrap());
+    let default = HostBinding {
+        names: Arc::clone(&names),
+        entry: 0,
+    };
+    let other = HostBinding { names, entry: 1 };
+    for host in ["127.0.0.1", "[::1]", "default.test"] {
+        assert!(default.allows(host), "{host} on the default entry");
+        assert!(!other.allows(host), "{host} is not the other entry's");
+    }
+    assert!(other.allows("other.test"));
+
+    // Addresses from a certificate's own SANs on another entry: IPv6 as IPv4, refused on the
+    // default connection (they were once read as the default's).
+    let entries = [
+        entry(d, "default", &["default.test"], &[]),
+        entry(d, "addrs", &["127.0.0.2", "::2"], &[]),
+    ];
+    let names = Arc::new(SniResolver::from_entries(&entries).unwrap());
+    let default = HostBinding { names, entry: 0 };
+    assert!(!default.allows("127.0.0.2"));
+    assert!(!default.allows("[::2]"));
+}
+
+#[test]
 fn config_errors_name_the_entry_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -94,6 +132,20 @@ fn config_errors_name_the_entry_and_field() {
             (1, "server_names"),
             "{bad_name:?}: {err}"
         );
+    }
+
+    // An address is never SNI: only the default entry may name one.
+    for address in ["10.0.0.1", "::1"] {
+        let bad = entry(d, "addr", &["addr.test"], &[address]);
+        let (index, err) = server_config(&[good.clone(), bad], true, None).unwrap_err();
+        assert_eq!(
+            (index, err.field()),
+            (1, "server_names"),
+            "{address}: {err}"
+        );
+        assert!(err.to_string().contains("never sent as SNI"), "{err}");
+        let first = entry(d, "addr", &["addr.test"], &[address, "addr.test"]);
+        server_config(&[first, good.clone()], true, None).unwrap();
     }
 
     // A nameless certificate may only be the default.
