@@ -19,13 +19,12 @@
 //! `headers_to_remove` for every spoofed header and a stripped credential; response headers
 //! to add) and `dynamic_metadata` (`principal_id`, `principal_kind`, `rule`). A denial is the
 //! matching gRPC code (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, …) with a
-//! `DeniedHttpResponse` carrying the proxy's status, `WWW-Authenticate` and JSON body. When
-//! something the decision needs is unavailable (keys never fetched, introspection or a
-//! fail-closed delegate down, the deadline passed) the answer is such a denial too, with
-//! status 503 and UNAVAILABLE in `status`: never a failed call, which Envoy's
-//! `failure_mode_allow: true` would turn into an allow. Default deny holds whatever Envoy's
-//! failure mode; a delegate that should fail open says so itself (`failure_mode: allow`).
-//! Bad input (no attributes, a header over the limits or not text, an absolute or empty
+//! `DeniedHttpResponse` carrying the proxy's status, `WWW-Authenticate` and JSON body. When the
+//! answer cannot be known (keys never fetched, introspection down, the deadline passed) the
+//! call fails with `UNAVAILABLE`, so Envoy's `failure_mode_allow` and `status_on_error` apply.
+//! A delegate configured to fail closed is a decision, not a failure: its 503
+//! `delegate_unavailable` is a denied response, which no failure mode of Envoy's turns into an
+//! allow. Bad input (no attributes, a header over the limits or not text, an absolute or empty
 //! path) is `INVALID_ARGUMENT` with a 400 for the client; nothing panics.
 
 use std::collections::HashMap;
@@ -46,7 +45,7 @@ use hyper::body::Incoming;
 use tonic::codegen::Service as _;
 
 use crate::body::ResponseBody;
-use crate::decision::{self, Allow, Decision, NoTrace, Refusal};
+use crate::decision::{self, Allow, Decision, DenyKind, NoTrace, Refusal};
 use crate::door::{self, Record};
 use crate::request::RequestFacts;
 use crate::request::facts::{ClientCert, ConnInfo, Door, Head, Scheme, TlsInfo};
@@ -245,23 +244,24 @@ impl CheckService {
             decision::decide(snapshot, &facts, &mut NoTrace),
         )
         .await;
-        // Why: a gRPC error is what Envoy's `failure_mode_allow: true` lets through. A
-        // decision that ran out of time, a delegate configured to fail closed, or an assertion
-        // that could not be minted are denials the gateway made: they go back as a denied
-        // response with status 503, which Envoy passes on whatever its failure mode.
-        // Regression: tests (it) grpc::unavailable_dependencies_are_denials
         let Ok(decision) = decided else {
             record.failed(&self.shared, "decision_timeout");
-            let refusal = Refusal::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "decision_timeout",
-                request_id,
-            );
-            return Ok(denied(refusal));
+            return Err(tonic::Status::unavailable("decision_timeout"));
         };
         record.decision(&self.shared, Door::EnvoyGrpc, &decision);
         match decision {
             Decision::Allow(a) => Ok(allowed(&a)),
+            // The gateway cannot know the answer (keys never fetched, introspection down): an
+            // error, so Envoy's `failure_mode_allow` and `status_on_error` apply, as operators
+            // of Envoy expect of an authorization service that cannot decide.
+            Decision::Deny(d) if d.kind == DenyKind::AuthnUnavailable => {
+                Err(tonic::Status::unavailable(d.kind.public_code()))
+            }
+            // Why: every other refusal is one the gateway made, a delegate configured to fail
+            // closed among them (503 `delegate_unavailable`): a failed call would let Envoy's
+            // `failure_mode_allow: true` turn it into an allow, so it goes back as a denied
+            // response, which Envoy passes on whatever its failure mode.
+            // Regression: tests (it) delegate::fail_closed_delegate_is_a_denial_at_the_grpc_door
             Decision::Deny(d) => Ok(denied(d.refusal(&snapshot.challenges, request_id))),
         }
     }

@@ -202,3 +202,45 @@ async fn delegate_failures_follow_the_failure_mode() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+/// At the gRPC door, a delegate that fails closed is a denied response (503), not a failed
+/// call: Envoy's `failure_mode_allow: true` would turn a failed call into an allow.
+#[tokio::test]
+async fn fail_closed_delegate_is_a_denial_at_the_grpc_door() {
+    use envoy_types::ext_authz::v3::pb::HttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+    let policy = "rules:\n  - name: reports\n    match: {paths: [\"/reports/**\"]}\n    effect: allow\n    authenticators: [users]\n    delegate: opa\n";
+    let gw = Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: format!(
+            "{}delegates:\n  opa:\n    grpc: http://127.0.0.1:9\n    timeout: 300ms\n    failure_mode: deny\n",
+            crate::support::hs256_users("{}")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut client = AuthorizationClient::connect(format!("http://{}", gw.addr_of("grpc")))
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {}", hs256_token(SECRET, &json!({"sub": "alice"})));
+    let resp = client
+        .check(crate::grpc::check(
+            "/reports/q1",
+            "198.51.100.9",
+            &[("authorization", &bearer)],
+        ))
+        .await
+        .expect("a denial, not a failed call")
+        .into_inner();
+    match resp.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => {
+            assert_eq!(d.status.map(|s| s.code), Some(503), "{d:?}");
+            assert!(d.body.contains("delegate_unavailable"), "{}", d.body);
+        }
+        other => panic!("expected a denied response, got {other:?}"),
+    }
+}
