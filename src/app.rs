@@ -106,6 +106,7 @@ impl App {
             None => None,
         };
         let max_connections = snapshot.restart.max_connections;
+        let max_in_flight = snapshot.restart.max_in_flight;
         let names: Vec<Arc<str>> = snapshot.listeners.iter().map(|l| l.name.clone()).collect();
         let doors: Vec<Door> = snapshot.listeners.iter().map(|l| l.door.door()).collect();
         let version = snapshot.version.clone();
@@ -118,6 +119,7 @@ impl App {
         let shared = Arc::new(Shared {
             current: Arc::clone(reloader.current()),
             metrics: Arc::clone(&metrics),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);

@@ -15,6 +15,7 @@ use crate::telemetry::metrics::Metrics;
 mod connection;
 mod frames;
 pub mod hop_by_hop;
+pub mod layers;
 pub mod listener;
 mod progress;
 pub mod request_id;
@@ -27,6 +28,8 @@ pub struct Shared {
     pub current: Arc<ArcSwap<Snapshot>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Permits for requests in flight, over every door (`server.max_in_flight`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// A connection: the door-neutral facts the core reads, and the peer's address as header text,

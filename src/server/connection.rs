@@ -207,8 +207,13 @@ fn service<H: Handler>(
 > + Clone
 + use<H> {
     let activity = Arc::clone(&ctx.activity);
-    let handler = Arc::clone(&ctx.handler);
-    let conn = Arc::clone(&ctx.conn);
+    // The layers every door shares (`super::layers`), around this door's handler.
+    let stack = super::layers::stack(
+        Arc::clone(&ctx.handler),
+        Arc::clone(&ctx.conn),
+        ctx.shared,
+        &ctx.shared.in_flight,
+    );
     service_fn(move |req: hyper::Request<Incoming>| {
         // Called by hyper right before it spawns an HTTP/2 stream, which takes this.
         let progress = Arc::new(Progress::new());
@@ -218,9 +223,9 @@ fn service<H: Handler>(
         // Dropped when the response's last byte is handed to hyper, or when the client goes
         // away first.
         let in_flight = InFlight::new(Arc::clone(&activity));
-        let answer = handler.call(Arc::clone(&conn), req);
+        let answer = tower::ServiceExt::oneshot(stack.clone(), req);
         async move {
-            let resp = answer.await;
+            let Ok(resp) = answer.await;
             Ok::<_, Infallible>(resp.map(|body| Guarded::new(body, progress, in_flight)))
         }
     })

@@ -340,3 +340,63 @@ async fn connection_without_a_request_gets_the_idle_timeout() {
         );
     }
 }
+
+/// `server.max_in_flight` holds over every door: with one request in flight (a slow
+/// upstream behind the proxy), the next one at any door is shed at once with 503
+/// `overloaded` and `Retry-After: 1` (gRPC: UNAVAILABLE), and once it is done they pass again.
+#[tokio::test]
+async fn in_flight_cap_sheds_load_at_every_door() {
+    let gw = Setup {
+        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: forward\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
+        server: "  max_in_flight: 1\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let addr = gw.addr();
+    let slow = tokio::spawn(async move { get(addr, "/__echo/delay/800").await });
+    // Wait until the slow request holds the only permit.
+    assert!(
+        eventually(Duration::from_secs(2), || async { gw.echo.count() == 1 }).await,
+        "the slow request reached the upstream"
+    );
+
+    let started = std::time::Instant::now();
+    let (status, h, body) = get(gw.addr(), "/x").await;
+    assert_eq!(status, 503, "{body:?}");
+    assert_eq!(h["retry-after"], "1");
+    assert!(h.contains_key("x-request-id"));
+    assert!(String::from_utf8_lossy(&body).contains("\"error\":\"overloaded\""));
+    let forward = Request::get("/auth")
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/x")
+        .header("x-forwarded-host", "app.test")
+        .header("x-forwarded-for", "127.0.0.1")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let (status, _, _) = send(gw.addr_of("forward"), forward).await;
+    assert_eq!(status, 503, "the forward-auth door shares the cap");
+    let mut grpc = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+        format!("http://{}", gw.addr_of("grpc")),
+    )
+    .await
+    .unwrap();
+    let err = grpc
+        .check(crate::grpc::check("/x", "198.51.100.9", &[]))
+        .await
+        .expect_err("shed");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "shed at once, not queued behind the slow request"
+    );
+
+    let (status, _, _) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(get(gw.addr(), "/x").await.0, 200, "passes again");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="max_in_flight"} 3"#),
+        "{metrics}"
+    );
+}

@@ -17,6 +17,8 @@ pub struct RestartOnly {
     pub public_address: Option<SocketAddr>,
     /// Open connections over all listeners.
     pub max_connections: usize,
+    /// Requests in flight over all doors.
+    pub max_in_flight: usize,
     /// Runtime worker threads.
     pub worker_threads: usize,
     /// Log format and level.
@@ -49,6 +51,7 @@ impl RestartOnly {
             admin_address: cfg.admin.address,
             public_address: cfg.admin.public_address,
             max_connections: cfg.server.max_connections,
+            max_in_flight: cfg.server.max_in_flight,
             worker_threads: cfg.server.worker_threads,
             logging: (cfg.logging.format, cfg.logging.level.clone()),
         }
@@ -74,6 +77,9 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(&'static str
     }
     if o.max_connections != n.max_connections {
         out.push(("server.max_connections", "changed: restart required"));
+    }
+    if o.max_in_flight != n.max_in_flight {
+        out.push(("server.max_in_flight", "changed: restart required"));
     }
     if o.worker_threads != n.worker_threads {
         out.push(("server.worker_threads", "changed: restart required"));

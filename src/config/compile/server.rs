@@ -23,6 +23,9 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> (ServerSettings, Vec<NamePattern>) {
     if s.max_connections == 0 {
         cx.error("server.max_connections", "must be at least 1".into());
     }
+    if s.max_in_flight == 0 {
+        cx.error("server.max_in_flight", "must be at least 1".into());
+    }
     let request_id_header = match HeaderName::from_bytes(s.request_id_header.as_bytes()) {
         Ok(h) => h,
         Err(_) => {

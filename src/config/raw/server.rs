@@ -34,6 +34,10 @@ pub struct RawServer {
     /// Most client connections open at once, over all listeners; further clients wait in the
     /// kernel's accept queue.
     pub max_connections: usize,
+    /// Most requests being decided or forwarded at once, over every door and listener; one
+    /// more is refused at once with 503 `overloaded` and `Retry-After: 1` (load shedding)
+    /// rather than queued behind them. Restart-only.
+    pub max_in_flight: usize,
     /// Largest request body forwarded, in bytes (413 beyond it).
     pub max_body_bytes: u64,
     /// Most concurrent HTTP/2 streams per connection.
@@ -99,6 +103,7 @@ impl Default for RawServer {
             max_target_bytes: 8 * 1024,
             max_headers: 100,
             max_connections: 10_000,
+            max_in_flight: 10_000,
             max_body_bytes: 10 * 1024 * 1024,
             max_concurrent_streams: 128,
             shutdown_grace: Duration::from_secs(30),

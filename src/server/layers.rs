@@ -1,0 +1,181 @@
+//! The layers every door's requests pass through, as tower layers around the door's
+//! [`Handler`]: the stack is built once per connection and called once per request, the same
+//! for the proxy, the Envoy doors and forward auth.
+//!
+//! - **In flight.** At most `server.max_in_flight` requests are being answered at once, over
+//!   every door and listener: a [`GlobalConcurrencyLimitLayer`] on one semaphore. A request
+//!   holds its permit until its response head is ready (a proxied body then streams without
+//!   one; its bounds are the connection's).
+//! - **Load shedding.** One request more is not queued behind the others (the client has
+//!   likely stopped waiting by the time a queue drains, and a queue holds memory): the
+//!   [`LoadShedLayer`] refuses it at once, and [`Shed`] answers 503 `overloaded` with
+//!   `Retry-After: 1` in the door's protocol (gRPC `UNAVAILABLE` to a gRPC client), counted in
+//!   `portcullis_connection_limits_total{limit="max_in_flight"}`.
+//!
+//! Deadlines stay with each door (the proxy's `response_timeout`, a decision door's
+//! `timeout`): they differ in what they bound, and each door answers its own way past them.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, StatusCode, header};
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+use tower::limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer};
+use tower::load_shed::{LoadShed, LoadShedLayer};
+use tower::{Layer, Service, ServiceBuilder};
+
+use super::listener::Handler;
+use super::{Conn, Shared};
+use crate::body::ResponseBody;
+use crate::decision::Refusal;
+
+/// A request, and what a door answers.
+type Request = hyper::Request<Incoming>;
+type Response = hyper::Response<ResponseBody>;
+
+/// The stack one connection's requests go through.
+pub type Stack<H> = Shed<LoadShed<ConcurrencyLimit<HandlerService<H>>>>;
+
+/// The stack for `conn`, answered by `handler`; `in_flight` is the gateway's one semaphore.
+pub fn stack<H: Handler>(
+    handler: Arc<H>,
+    conn: Arc<Conn>,
+    shared: &Arc<Shared>,
+    in_flight: &Arc<Semaphore>,
+) -> Stack<H> {
+    ServiceBuilder::new()
+        .layer(ShedLayer {
+            shared: Arc::clone(shared),
+        })
+        .layer(LoadShedLayer::new())
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::clone(
+            in_flight,
+        )))
+        .service(HandlerService { handler, conn })
+}
+
+/// A door's [`Handler`] as a tower service.
+#[derive(Debug)]
+pub struct HandlerService<H> {
+    handler: Arc<H>,
+    conn: Arc<Conn>,
+}
+
+impl<H> Clone for HandlerService<H> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: Arc::clone(&self.handler),
+            conn: Arc::clone(&self.conn),
+        }
+    }
+}
+
+/// A boxed answer: the doors' futures have no name to put in [`Service::Future`].
+type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<H: Handler> Service<Request> for HandlerService<H> {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Answer {
+        let answer = self.handler.call(Arc::clone(&self.conn), req);
+        Box::pin(async move { Ok(answer.await) })
+    }
+}
+
+/// Turns a shed request into its 503.
+#[derive(Debug, Clone)]
+pub struct ShedLayer {
+    shared: Arc<Shared>,
+}
+
+impl<S> Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed {
+            inner,
+            shared: Arc::clone(&self.shared),
+            id_header: self.shared.current.load().server.request_id_header.clone(),
+        }
+    }
+}
+
+/// See [`ShedLayer`].
+#[derive(Debug, Clone)]
+pub struct Shed<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    /// The request-id header, as configured when the connection opened.
+    id_header: http::HeaderName,
+}
+
+impl<S> Service<Request> for Shed<S>
+where
+    S: Service<Request, Response = Response, Error = tower::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // LoadShed is always ready: it records whether the limit was, and refuses in `call`.
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        // Kept (a reference count) in case the request is shed; checked only then.
+        let sent_id = req.headers().get(&self.id_header).cloned();
+        let shared = Arc::clone(&self.shared);
+        let id_header = self.id_header.clone();
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            match answer.await {
+                Ok(resp) => Ok(resp),
+                Err(_overloaded) => {
+                    shared.metrics.limit("max_in_flight");
+                    let mut sent = http::HeaderMap::new();
+                    if let Some(id) = sent_id {
+                        sent.insert(id_header.clone(), id);
+                    }
+                    let request_id = crate::server::request_id::take_or_generate(&sent, &id_header);
+                    Ok(overloaded(grpc, &id_header, request_id))
+                }
+            }
+        })
+    }
+}
+
+/// 503 `overloaded`, in the client's protocol.
+fn overloaded(grpc: bool, id_header: &http::HeaderName, request_id: HeaderValue) -> Response {
+    let mut resp = if grpc {
+        tonic::Status::unavailable("overloaded")
+            .into_http()
+            .map(crate::body::grpc)
+    } else {
+        Refusal::error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", &request_id)
+            .into_response()
+            .map(http_body_util::Either::Left)
+    };
+    let h = resp.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    h.insert(id_header.clone(), request_id);
+    resp
+}
