@@ -1,8 +1,8 @@
 //! Delegation: a rule may ask an external authorization service the Envoy ext_authz gRPC way
 //! (`envoy.service.auth.v3.Authorization/Check`) before it allows: OPA-Envoy, another
 //! Portcullis, a home-grown policy service. A rule names one of the config's `delegates`
-//! (`delegate: opa`); the step runs after the rule's requirements and `when`, before its rate
-//! limit.
+//! (`delegate: opa`); the step runs after the rule's requirements, `when` and rate limit (a
+//! throttled request is never asked about).
 //!
 //! Invariants:
 //! - Every call is bounded by the delegate's `timeout`.

@@ -1,5 +1,5 @@
-//! `decide`: authenticate → authorize → rate limit. The same code serves every door and
-//! `portcullis explain`, which passes a recording [`Trace`] instead of [`NoTrace`].
+//! `decide`: authenticate → authorize → rate limit → delegate. The same code serves every door
+//! and `portcullis explain`, which passes a recording [`Trace`] instead of [`NoTrace`].
 
 use std::sync::Arc;
 
@@ -179,6 +179,19 @@ pub async fn decide(
             }
         }
     }
+    // Why: the limit comes before the delegate, so a throttled request never reaches it; after
+    // it, every request over the limit to a path or query the cache has not seen was a
+    // delegate call nothing counted. A request the delegate then denies has spent its budget,
+    // as any request that gets this far does.
+    // Regression: tests (it) delegate::rate_limited_request_never_reaches_the_delegate
+    if let Some(limit) = &rule.rate_limit {
+        if !trace.counts() {
+            trace.record(TraceEvent::RateLimitApplies(limit.name.clone()));
+        } else if let Err(throttle) = limit.check(facts, principal.as_deref(), &rule.id.0) {
+            trace.record(TraceEvent::RateLimited(limit.name.clone()));
+            return deny_principal(rule, DenyKind::RateLimited(throttle), principal.as_ref());
+        }
+    }
     let mut delegated: Option<Arc<[(http::HeaderName, http::HeaderValue)]>> = None;
     if let Some(delegate) = &rule.delegate {
         use crate::authz::delegate::Verdict;
@@ -201,14 +214,6 @@ pub async fn decide(
                     return deny_principal(rule, DenyKind::DelegateUnavailable, principal.as_ref());
                 }
             }
-        }
-    }
-    if let Some(limit) = &rule.rate_limit {
-        if !trace.counts() {
-            trace.record(TraceEvent::RateLimitApplies(limit.name.clone()));
-        } else if let Err(throttle) = limit.check(facts, principal.as_deref(), &rule.id.0) {
-            trace.record(TraceEvent::RateLimited(limit.name.clone()));
-            return deny_principal(rule, DenyKind::RateLimited(throttle), principal.as_ref());
         }
     }
     let cx = Context {

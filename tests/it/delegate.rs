@@ -97,6 +97,8 @@ async fn serve(opa: Opa) -> std::net::SocketAddr {
     addr
 }
 
+/// Rules: `reports` (users, delegated), `limited` (the same, over a rate limit of one request
+/// a minute per principal).
 async fn gateway(grpc: &str, failure_mode: &str) -> TestGateway {
     let policy = "rules:
   - name: reports
@@ -105,12 +107,19 @@ async fn gateway(grpc: &str, failure_mode: &str) -> TestGateway {
     authenticators: [users]
     delegate: opa
     upstream: echo
+  - name: limited
+    match: {paths: [\"/limited/**\"]}
+    effect: allow
+    authenticators: [users]
+    rate_limit: one
+    delegate: opa
+    upstream: echo
 ";
     Setup {
         policies: vec![("10-p.yaml".into(), policy.into())],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
         extra: format!(
-            "{}delegates:\n  opa:\n    grpc: {grpc}\n    timeout: 300ms\n    failure_mode: {failure_mode}\n    headers: [x-opa-note]\n",
+            "{}delegates:\n  opa:\n    grpc: {grpc}\n    timeout: 300ms\n    failure_mode: {failure_mode}\n    headers: [x-opa-note]\nrate_limits:\n  one: {{key: principal, requests: 1, per: 1m, burst: 1}}\n",
             crate::support::hs256_users("{}")
         ),
         ..Setup::default()
@@ -200,5 +209,29 @@ async fn delegate_failures_follow_the_failure_mode() {
     assert_eq!(
         get(&gw, "/reports/q1", "yes", "alice").await.0,
         StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+/// Regression (L6): the rate limit is checked before the delegate, so requests over it (each
+/// to a path the cache has not seen) never cost a delegate call.
+#[tokio::test]
+async fn rate_limited_request_never_reaches_the_delegate() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+
+    assert_eq!(
+        get(&gw, "/limited/a", "yes", "alice").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 1);
+    for path in ["/limited/b", "/limited/c?x=1", "/limited/d"] {
+        let (status, body) = get(&gw, path, "yes", "alice").await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{path}: {body}");
+    }
+    assert_eq!(
+        opa.calls.load(Ordering::SeqCst),
+        1,
+        "a throttled request is not asked about"
     );
 }
