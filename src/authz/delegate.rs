@@ -5,6 +5,12 @@
 //! throttled request is never asked about).
 //!
 //! Invariants:
+//! - The delegate judges the request the upstream will get: its headers are the client's
+//!   minus every one a client must not hand an upstream ([`Spoofable`]; forwarding headers
+//!   from a peer that is not a trusted proxy too, its address being `source.address`), each
+//!   name once with its values joined in order, plus the identity headers the gateway sets.
+//!   The credential stays (policies read the JWT); the signed assertion, minted after the
+//!   answer, is not sent.
 //! - Every call is bounded by the delegate's `timeout`.
 //! - An answer is cached, keyed by the rule, the method, the canonical path and the credential
 //!   (a digest of the verified principal's identity, never the token), bounded in entries,
@@ -13,7 +19,7 @@
 //! - When the service fails, times out or answers nonsense, `failure_mode` decides: `deny`
 //!   (the default: 503 `delegate_unavailable`) or `allow`, and the failure is counted.
 
-use crate::config::FieldError;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +28,11 @@ use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, header};
 
 use crate::authn::principal::Principal;
+use crate::authz::spoofable::{Family, Spoofable, family};
+use crate::config::FieldError;
 use crate::config::raw::{RawDelegate, RawFailureMode};
 use crate::request::RequestFacts;
 
@@ -52,6 +60,15 @@ pub enum Verdict {
     Allow(Arc<[(HeaderName, HeaderValue)]>),
     /// Denied.
     Deny,
+}
+
+/// What the upstream's headers become, for the delegate to see them as it will.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamHeaders<'a> {
+    /// Which client headers never reach an upstream (the snapshot's).
+    pub spoofable: &'a Spoofable,
+    /// The identity headers the gateway sets for this request.
+    pub identity: &'a [(HeaderName, HeaderValue)],
 }
 
 /// Why a delegate gave no verdict.
@@ -137,12 +154,15 @@ impl Delegate {
         self.fail_open
     }
 
-    /// Asks the delegate about a request the rule `rule` would allow, through the cache.
+    /// Asks the delegate about a request the rule `rule` would allow, through the cache:
+    /// the request with its headers as the upstream will get them (see [`check_request`]),
+    /// `spoofable` saying which client headers go and `identity` the headers the gateway sets.
     pub async fn check(
         &self,
         facts: &RequestFacts<'_>,
         principal: Option<&Principal>,
         rule: &str,
+        upstream: UpstreamHeaders<'_>,
         now: u64,
     ) -> Result<Verdict, DelegateError> {
         let key = principal
@@ -153,7 +173,7 @@ impl Delegate {
         {
             return Ok(v);
         }
-        let request = check_request(facts, principal);
+        let request = check_request(facts, principal, upstream);
         // Lazy: the first call connects, so a delegate that is down does not fail a reload.
         let mut client = self
             .client
@@ -200,19 +220,20 @@ fn cache_key(rule: &str, facts: &RequestFacts<'_>, p: &Principal) -> [u8; 32] {
     out
 }
 
-/// The `CheckRequest` for a request: what the gateway decided on, the principal in
-/// `context_extensions` (`principal_id`, `principal_kind`, `authenticator`).
-fn check_request(facts: &RequestFacts<'_>, principal: Option<&Principal>) -> CheckRequest {
-    let headers = facts
-        .headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
+/// The `CheckRequest` for a request: what the gateway decided on, its headers as the
+/// upstream will get them ([`headers_sent`]), the principal in `context_extensions`
+/// (`principal_id`, `principal_kind`, `authenticator`).
+fn check_request(
+    facts: &RequestFacts<'_>,
+    principal: Option<&Principal>,
+    upstream: UpstreamHeaders<'_>,
+) -> CheckRequest {
+    let headers = headers_sent(facts, upstream);
     let path = match facts.query {
         Some(q) => format!("{}?{q}", facts.path),
         None => facts.path.to_string(),
     };
-    let mut context = std::collections::HashMap::new();
+    let mut context = HashMap::new();
     if let Some(p) = principal {
         context.insert("principal_id".to_owned(), p.id.to_string());
         let kind = match p.kind {
@@ -253,6 +274,50 @@ fn check_request(facts: &RequestFacts<'_>, principal: Option<&Principal>) -> Che
     }
 }
 
+/// The request's headers as the upstream will get them, one entry per name: every header a
+/// client must not hand an upstream removed, repeated values joined in order, the gateway's
+/// identity headers set. The credential stays: delegates such as OPA read the JWT.
+fn headers_sent(
+    facts: &RequestFacts<'_>,
+    upstream: UpstreamHeaders<'_>,
+) -> HashMap<String, String> {
+    let mut out = HashMap::with_capacity(facts.headers.keys_len() + upstream.identity.len());
+    for name in facts.headers.keys() {
+        // Why: the delegate must judge the request the upstream acts on. Told the client's
+        // `x-user-id`, `X_User_Roles` or `x-original-url`, it allows on claims the gateway
+        // removes (HeaderMutation drops the same names); told a forged `X-Forwarded-For` or
+        // `X-Real-IP` from a peer that is not a trusted proxy, it believes an address the door
+        // replaces (the real one is `source.address`).
+        // Regression: tests (it) delegate::spoofed_identity_headers_never_reach_the_delegate
+        if upstream.spoofable.is_doomed(name, facts.peer_trusted)
+            || (!facts.peer_trusted && family(name.as_str()) == Some(Family::Forwarding))
+        {
+            continue;
+        }
+        // Why: collecting pairs into a map kept the last of a repeated header, so with
+        // `X-Tenant: evil` then `X-Tenant: mine` the delegate judged `mine` while an upstream
+        // reading the first acts on `evil`. Every value, in order, joined as Envoy joins them
+        // (`,`; `Cookie` with `; `, as HTTP/2 joins cookie fields, RFC 9113 §8.2.3). A value
+        // that is not UTF-8 is passed lossily, never dropped.
+        // Regression: tests (it) delegate::repeated_header_reaches_the_delegate_joined
+        let separator = if name == header::COOKIE { "; " } else { "," };
+        let mut joined = String::new();
+        for (i, value) in facts.headers.get_all(name).iter().enumerate() {
+            if i > 0 {
+                joined.push_str(separator);
+            }
+            joined.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        }
+        out.insert(name.as_str().to_owned(), joined);
+    }
+    // Set, replacing, as `HeaderMutation::apply` does (their names were removed above).
+    for (name, value) in upstream.identity {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        out.insert(name.as_str().to_owned(), value);
+    }
+    out
+}
+
 /// OK allows (with the headers it asks to set); a denial denies; anything else is garbage.
 fn verdict(
     r: &envoy_types::ext_authz::v3::pb::CheckResponse,
@@ -285,5 +350,81 @@ fn verdict(
             Ok(Verdict::Allow(headers))
         }
         (_, _) => Ok(Verdict::Deny),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::request::facts::ConnInfo;
+
+    /// The headers a delegate is sent for a request from `peer` (untrusted unless in
+    /// 10.0.0.0/8), with identity header `x-user-id: alice`.
+    fn sent(peer: &str, headers: &[(&str, &[u8])]) -> HashMap<String, String> {
+        let mut req = http::Request::get("/x").header("host", "h");
+        for (k, v) in headers {
+            req = req.header(*k, HeaderValue::from_bytes(v).unwrap());
+        }
+        let (parts, ()) = req.body(()).unwrap().into_parts();
+        let conn = ConnInfo::new(peer.parse().unwrap(), Arc::from("l"), None);
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        let facts = RequestFacts::from_parts(&parts, &conn, &trusted).unwrap();
+        let user_id = HeaderName::from_static("x-user-id");
+        let spoofable = Spoofable::new([&user_id], Vec::new());
+        let identity = [(user_id, HeaderValue::from_static("alice"))];
+        headers_sent(
+            &facts,
+            UpstreamHeaders {
+                spoofable: &spoofable,
+                identity: &identity,
+            },
+        )
+    }
+
+    #[test]
+    fn forwarding_headers_only_from_trusted_proxies() {
+        let h: &[(&str, &[u8])] = &[
+            ("x-forwarded-for", b"6.6.6.6"),
+            ("x-real-ip", b"6.6.6.6"),
+            ("forwarded", b"for=6.6.6.6"),
+            ("true-client-ip", b"6.6.6.6"),
+            ("x_forwarded_for", b"6.6.6.6"),
+        ];
+        let untrusted = sent("192.0.2.1:1", h);
+        let mut names: Vec<&str> = untrusted.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["host", "x-user-id"]);
+        // A trusted proxy's chain and claims reach the upstream, so the delegate sees them;
+        // another spelling never does.
+        let trusted = sent("10.0.0.1:1", h);
+        let mut names: Vec<&str> = trusted.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "forwarded",
+                "host",
+                "true-client-ip",
+                "x-forwarded-for",
+                "x-real-ip",
+                "x-user-id"
+            ]
+        );
+    }
+
+    #[test]
+    fn identity_replaces_and_odd_bytes_are_kept() {
+        let h = sent(
+            "192.0.2.1:1",
+            &[
+                ("x-user-id", b"root"),
+                ("x-tenant", b"\xffevil"),
+                ("x-tenant", b"mine"),
+            ],
+        );
+        assert_eq!(h["x-user-id"], "alice");
+        assert_eq!(h["x-tenant"], "\u{fffd}evil,mine");
     }
 }

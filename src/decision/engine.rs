@@ -192,16 +192,32 @@ pub async fn decide(
             return deny_principal(rule, DenyKind::RateLimited(throttle), principal.as_ref());
         }
     }
-    let mut delegated: Option<Arc<[(http::HeaderName, http::HeaderValue)]>> = None;
+    let cx = Context {
+        principal: principal.as_deref(),
+        client_ip: facts.client_ip,
+        rule: &rule.id.0,
+    };
+    let (mut identity, identity_refused) = if rule.identity.is_empty() {
+        (Vec::new(), 0)
+    } else {
+        rule.identity.render(&cx)
+    };
     if let Some(delegate) = &rule.delegate {
-        use crate::authz::delegate::Verdict;
+        use crate::authz::delegate::{UpstreamHeaders, Verdict};
+        // Why: the identity headers are rendered first so the delegate sees the request as the
+        // upstream will (the gateway's identity, not the client's spoofed one).
+        // Regression: tests (it) delegate::spoofed_identity_headers_never_reach_the_delegate
+        let upstream = UpstreamHeaders {
+            spoofable: &snapshot.spoofable,
+            identity: &identity,
+        };
         match delegate
-            .check(facts, principal.as_deref(), &rule.id.0, now)
+            .check(facts, principal.as_deref(), &rule.id.0, upstream, now)
             .await
         {
             Ok(Verdict::Allow(headers)) => {
                 trace.record(TraceEvent::DelegateAllowed(delegate.name.clone()));
-                delegated = Some(headers);
+                identity.extend(headers.iter().cloned());
             }
             Ok(Verdict::Deny) => {
                 trace.record(TraceEvent::DelegateDenied(delegate.name.clone()));
@@ -215,19 +231,6 @@ pub async fn decide(
                 }
             }
         }
-    }
-    let cx = Context {
-        principal: principal.as_deref(),
-        client_ip: facts.client_ip,
-        rule: &rule.id.0,
-    };
-    let (mut identity, identity_refused) = if rule.identity.is_empty() {
-        (Vec::new(), 0)
-    } else {
-        rule.identity.render(&cx)
-    };
-    if let Some(headers) = delegated {
-        identity.extend(headers.iter().cloned());
     }
     if let Some(a) = &snapshot.assertion {
         match a.mint(&cx, now) {

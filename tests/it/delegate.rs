@@ -1,7 +1,9 @@
 //! Delegation: a rule asks an external ext_authz gRPC service (a Check server written here)
 //! before it allows; answers are cached per rule, request and credential; failures follow
-//! the delegate's failure mode; only configured headers of its answer reach the upstream.
+//! the delegate's failure mode; only configured headers of its answer reach the upstream; the
+//! delegate is told the headers the upstream gets; a throttled request is never asked about.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -26,6 +28,8 @@ struct Opa {
     calls: Arc<AtomicUsize>,
     delay: Arc<std::sync::Mutex<Duration>>,
     principal: Arc<std::sync::Mutex<Option<String>>>,
+    /// The headers of the last request it was asked about.
+    seen: Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
 
 #[tonic::async_trait]
@@ -45,6 +49,7 @@ impl Authorization for Opa {
             .and_then(|r| r.http)
             .map(|h| h.headers)
             .unwrap_or_default();
+        self.seen.lock().unwrap().clone_from(&headers);
         let header = |k: &str, v: &str| HeaderValueOption {
             header: Some(HeaderValue {
                 key: k.into(),
@@ -119,7 +124,7 @@ async fn gateway(grpc: &str, failure_mode: &str) -> TestGateway {
         policies: vec![("10-p.yaml".into(), policy.into())],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
         extra: format!(
-            "{}delegates:\n  opa:\n    grpc: {grpc}\n    timeout: 300ms\n    failure_mode: {failure_mode}\n    headers: [x-opa-note]\nrate_limits:\n  one: {{key: principal, requests: 1, per: 1m, burst: 1}}\n",
+            "{}identity_headers:\n  x-user-id: \"{{principal.id}}\"\n  x-user-roles: \"{{principal.roles}}\"\ndelegates:\n  opa:\n    grpc: {grpc}\n    timeout: 300ms\n    failure_mode: {failure_mode}\n    headers: [x-opa-note]\nrate_limits:\n  one: {{key: principal, requests: 1, per: 1m, burst: 1}}\n",
             crate::support::hs256_users("{}")
         ),
         ..Setup::default()
@@ -234,4 +239,107 @@ async fn rate_limited_request_never_reaches_the_delegate() {
         1,
         "a throttled request is not asked about"
     );
+}
+
+/// Sends `GET path` as `sub`, with `headers` (repeated names kept, in order).
+async fn get_with(gw: &TestGateway, path: &str, sub: &str, headers: &[(&str, &str)]) -> StatusCode {
+    let token = hs256_token(SECRET, &json!({"sub": sub}));
+    let mut req = Request::get(path).header("authorization", format!("Bearer {token}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(gw.addr(), req.body(Full::default()).unwrap()).await.0
+}
+
+/// Regression (M4): the delegate is told what the upstream will get, not what the client
+/// sent: the gateway's identity headers, no spoofed identity, override or forwarding header
+/// in any spelling; the credential stays (delegates read the JWT).
+#[tokio::test]
+async fn spoofed_identity_headers_never_reach_the_delegate() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+
+    let status = get_with(
+        &gw,
+        "/reports/q1",
+        "alice",
+        &[
+            ("x-delegate-says", "yes"),
+            ("x-user-id", "root"),
+            ("x_user_id", "root"),
+            ("x-user-roles", "admin"),
+            ("X_User_Roles", "admin"),
+            ("x-original-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-portcullis-user", "root"),
+            ("x-kept", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = opa.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.get("x-user-id").map(String::as_str),
+        Some("alice"),
+        "{seen:?}"
+    );
+    for spoofed in [
+        "x_user_id",
+        "x-user-roles",
+        "x_user_roles",
+        "x-original-url",
+        "x-http-method-override",
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-portcullis-user",
+    ] {
+        assert!(
+            !seen.contains_key(spoofed),
+            "{spoofed} reached the delegate"
+        );
+    }
+    assert_eq!(seen.get("x-kept").map(String::as_str), Some("1"));
+    assert!(
+        seen.get("authorization")
+            .is_some_and(|a| a.starts_with("Bearer ")),
+        "the credential stays: {seen:?}"
+    );
+    // What the upstream got agrees.
+    let upstream = gw.echo.last().unwrap().headers;
+    assert_eq!(upstream["x-user-id"], "alice");
+    assert!(!upstream.contains_key("x-user-roles"));
+    assert!(!upstream.contains_key("x_user_id"));
+}
+
+/// Regression (M4): a repeated header reaches the delegate as every value joined in order
+/// (`Cookie` with `; `), not as the last one, which an upstream reading the first never sees.
+#[tokio::test]
+async fn repeated_header_reaches_the_delegate_joined() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+
+    let status = get_with(
+        &gw,
+        "/reports/q1",
+        "alice",
+        &[
+            ("x-delegate-says", "yes"),
+            ("x-tenant", "evil"),
+            ("x-tenant", "mine"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = opa.seen.lock().unwrap().clone();
+    assert_eq!(seen.get("x-tenant").map(String::as_str), Some("evil,mine"));
+    assert_eq!(seen.get("cookie").map(String::as_str), Some("a=1; b=2"));
+    let upstream = gw.echo.last().unwrap().headers;
+    let tenants: Vec<_> = upstream.get_all("x-tenant").iter().collect();
+    assert_eq!(tenants, ["evil", "mine"]);
 }
