@@ -12,10 +12,14 @@
 //!   The credential stays (policies read the JWT); the signed assertion, minted after the
 //!   answer, is not sent.
 //! - Every call is bounded by the delegate's `timeout`.
-//! - An answer is cached, keyed by the rule, the method, the canonical path and the credential
-//!   (a digest of the verified principal's identity, never the token), bounded in entries,
-//!   never kept past the delegate's `cache_ttl` nor the credential's expiry. Anonymous
-//!   requests are never cached (nothing ties two of them together).
+//! - An answer is cached under a SHA-256 of the rule and everything the `CheckRequest` told
+//!   the delegate: source address, method, host, path and query, scheme, every header sent
+//!   (the credential among them), the context extensions (principal id and kind,
+//!   authenticator). So an answer is reused only for a request the delegate could not tell
+//!   apart from the one it judged: another token of the same user, another client address, a
+//!   header it reads are asked about again. Anonymous requests are cached the same way. The
+//!   key digests the credential and is never logged; entries are bounded in number and never
+//!   kept past the delegate's `cache_ttl` nor the credential's expiry.
 //! - When the service fails, times out or answers nonsense, `failure_mode` decides: `deny`
 //!   (the default: 503 `delegate_unavailable`) or `allow`, and the failure is counted.
 
@@ -84,6 +88,9 @@ pub enum DelegateError {
     #[error("unusable answer")]
     Garbage,
 }
+
+/// A SHA-256 being fed length-prefixed parts (see [`cache_key`]).
+struct KeyDigest(aws_lc_rs::digest::Context);
 
 impl std::fmt::Debug for Delegate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,9 +161,9 @@ impl Delegate {
         self.fail_open
     }
 
-    /// Asks the delegate about a request the rule `rule` would allow, through the cache:
-    /// the request with its headers as the upstream will get them (see [`check_request`]),
-    /// `spoofable` saying which client headers go and `identity` the headers the gateway sets.
+    /// Asks the delegate about a request the rule `rule` would allow, through the cache
+    /// (keyed by `cache_key`): the request with its headers as the upstream will get them
+    /// (`upstream`: which client headers go, which the gateway sets; see `headers_sent`).
     pub async fn check(
         &self,
         facts: &RequestFacts<'_>,
@@ -165,15 +172,25 @@ impl Delegate {
         upstream: UpstreamHeaders<'_>,
         now: u64,
     ) -> Result<Verdict, DelegateError> {
-        let key = principal
-            .filter(|_| !self.cache_ttl.is_zero())
-            .map(|p| cache_key(rule, facts, p));
+        let request = check_request(facts, principal, upstream);
+        // Why: the answer is cached for exactly what the delegate was told. Keyed by who the
+        // principal is, alice's low-scope token (same `sub` and `iss`) got the allow her
+        // full-scope token earned, and a header, address or scheme the delegate read was
+        // outside the key. With the whole request in the key, anonymous requests are cached
+        // too: two share an answer only when the delegate could not tell them apart.
+        // Regression: tests (it) delegate::low_scope_token_does_not_get_a_cached_allow,
+        // delegate::cached_allow_is_not_reused_for_other_headers,
+        // delegate::anonymous_answers_are_cached_under_the_full_request
+        let key = if self.cache_ttl.is_zero() {
+            None
+        } else {
+            cache_key(rule, &request)
+        };
         if let Some(k) = &key
             && let Some(v) = self.cache.get(k)
         {
             return Ok(v);
         }
-        let request = check_request(facts, principal, upstream);
         // Lazy: the first call connects, so a delegate that is down does not fail a reload.
         let mut client = self
             .client
@@ -198,26 +215,88 @@ impl Delegate {
     }
 }
 
-/// The rule, method, path and who: what a cached answer is for.
-fn cache_key(rule: &str, facts: &RequestFacts<'_>, p: &Principal) -> [u8; 32] {
-    let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for part in [
-        rule,
-        facts.method.as_str(),
-        &facts.host,
-        &facts.path,
-        facts.query.unwrap_or(""),
-        &p.authenticator,
-        &p.id,
-        p.issuer.as_deref().unwrap_or(""),
-        p.api_key_id.as_deref().unwrap_or(""),
-    ] {
-        d.update(&(part.len() as u64).to_le_bytes());
-        d.update(part.as_bytes());
+/// The key an answer is cached under: SHA-256 over the rule and everything `request` tells
+/// the delegate (source address, method, host, path and query, scheme, every header, the
+/// context extensions), each part length-prefixed and the maps sorted by name, so equal
+/// requests give equal keys and no two different ones share an encoding. `None` (not cached)
+/// when `request` holds a field the key does not read. It digests the credential: never
+/// logged.
+fn cache_key(rule: &str, request: &CheckRequest) -> Option<[u8; 32]> {
+    // Why: exhaustive patterns (no `..`), so a field a newer envoy-types adds fails to compile
+    // here rather than fall outside the key; the fields `check_request` never sets must be
+    // empty, or the answer is not cached at all.
+    // Regression: tests::key_covers_every_part_sent, tests::key_skips_unread_fields
+    let CheckRequest { attributes } = request;
+    let AttributeContext {
+        source,
+        destination,
+        request,
+        context_extensions,
+        metadata_context,
+        route_metadata_context,
+        tls_session,
+    } = attributes.as_ref()?;
+    let Peer {
+        address,
+        service,
+        labels,
+        principal,
+        certificate,
+    } = source.as_ref()?;
+    let Some(address::Address::SocketAddress(SocketAddress {
+        protocol,
+        address,
+        resolver_name,
+        ipv4_compat,
+        network_namespace_filepath,
+        port_specifier,
+    })) = address.as_ref()?.address.as_ref()
+    else {
+        return None;
+    };
+    let Request { time, http } = request.as_ref()?;
+    let HttpRequest {
+        id,
+        method,
+        headers,
+        header_map,
+        path,
+        host,
+        scheme,
+        query,
+        fragment,
+        size,
+        protocol: http_protocol,
+        body,
+        raw_body,
+    } = http.as_ref()?;
+    let unread = destination.is_some()
+        || metadata_context.is_some()
+        || route_metadata_context.is_some()
+        || tls_session.is_some()
+        || !(service.is_empty() && labels.is_empty())
+        || !(principal.is_empty() && certificate.is_empty())
+        || *protocol != 0
+        || !(resolver_name.is_empty() && network_namespace_filepath.is_empty())
+        || *ipv4_compat
+        || port_specifier.is_some()
+        || time.is_some()
+        || header_map.is_some()
+        || !(id.is_empty() && query.is_empty() && fragment.is_empty())
+        || *size != 0
+        || !(http_protocol.is_empty() && body.is_empty() && raw_body.is_empty());
+    if unread {
+        return None;
     }
+    let mut d = KeyDigest(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256));
+    for part in [rule, address, method, host, path, scheme] {
+        d.part(part.as_bytes());
+    }
+    d.map(headers);
+    d.map(context_extensions);
     let mut out = [0u8; 32];
-    out.copy_from_slice(d.finish().as_ref());
-    out
+    out.copy_from_slice(d.0.finish().as_ref());
+    Some(out)
 }
 
 /// The `CheckRequest` for a request: what the gateway decided on, its headers as the
@@ -318,6 +397,28 @@ fn headers_sent(
     out
 }
 
+// === impl KeyDigest ===
+
+impl KeyDigest {
+    /// One part, after its length: `ab`,`c` and `a`,`bc` never feed the same bytes.
+    fn part(&mut self, bytes: &[u8]) {
+        self.0.update(&(bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    /// A map: its size, then each name and value, sorted by name (a `HashMap` iterates in
+    /// no fixed order).
+    fn map(&mut self, map: &HashMap<String, String>) {
+        let mut entries: Vec<(&String, &String)> = map.iter().collect();
+        entries.sort_unstable();
+        self.0.update(&(entries.len() as u64).to_le_bytes());
+        for (name, value) in entries {
+            self.part(name.as_bytes());
+            self.part(value.as_bytes());
+        }
+    }
+}
+
 /// OK allows (with the headers it asks to set); a denial denies; anything else is garbage.
 fn verdict(
     r: &envoy_types::ext_authz::v3::pb::CheckResponse,
@@ -354,77 +455,4 @@ fn verdict(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::request::facts::ConnInfo;
-
-    /// The headers a delegate is sent for a request from `peer` (untrusted unless in
-    /// 10.0.0.0/8), with identity header `x-user-id: alice`.
-    fn sent(peer: &str, headers: &[(&str, &[u8])]) -> HashMap<String, String> {
-        let mut req = http::Request::get("/x").header("host", "h");
-        for (k, v) in headers {
-            req = req.header(*k, HeaderValue::from_bytes(v).unwrap());
-        }
-        let (parts, ()) = req.body(()).unwrap().into_parts();
-        let conn = ConnInfo::new(peer.parse().unwrap(), Arc::from("l"), None);
-        let trusted = ["10.0.0.0/8".parse().unwrap()];
-        let facts = RequestFacts::from_parts(&parts, &conn, &trusted).unwrap();
-        let user_id = HeaderName::from_static("x-user-id");
-        let spoofable = Spoofable::new([&user_id], Vec::new());
-        let identity = [(user_id, HeaderValue::from_static("alice"))];
-        headers_sent(
-            &facts,
-            UpstreamHeaders {
-                spoofable: &spoofable,
-                identity: &identity,
-            },
-        )
-    }
-
-    #[test]
-    fn forwarding_headers_only_from_trusted_proxies() {
-        let h: &[(&str, &[u8])] = &[
-            ("x-forwarded-for", b"6.6.6.6"),
-            ("x-real-ip", b"6.6.6.6"),
-            ("forwarded", b"for=6.6.6.6"),
-            ("true-client-ip", b"6.6.6.6"),
-            ("x_forwarded_for", b"6.6.6.6"),
-        ];
-        let untrusted = sent("192.0.2.1:1", h);
-        let mut names: Vec<&str> = untrusted.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["host", "x-user-id"]);
-        // A trusted proxy's chain and claims reach the upstream, so the delegate sees them;
-        // another spelling never does.
-        let trusted = sent("10.0.0.1:1", h);
-        let mut names: Vec<&str> = trusted.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        assert_eq!(
-            names,
-            [
-                "forwarded",
-                "host",
-                "true-client-ip",
-                "x-forwarded-for",
-                "x-real-ip",
-                "x-user-id"
-            ]
-        );
-    }
-
-    #[test]
-    fn identity_replaces_and_odd_bytes_are_kept() {
-        let h = sent(
-            "192.0.2.1:1",
-            &[
-                ("x-user-id", b"root"),
-                ("x-tenant", b"\xffevil"),
-                ("x-tenant", b"mine"),
-            ],
-        );
-        assert_eq!(h["x-user-id"], "alice");
-        assert_eq!(h["x-tenant"], "\u{fffd}evil,mine");
-    }
-}
+mod tests;

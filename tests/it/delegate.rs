@@ -21,8 +21,9 @@ use crate::support::{Setup, TestGateway, hs256_token, send};
 
 const SECRET: &[u8] = b"delegate-test-secret-delegate-test-secret-0123";
 
-/// Allows when the request carries `x-delegate-says: yes`, setting `x-opa-note` (allowed by
-/// the config) and `x-sneaky` (not allowed); counts calls; may be slow.
+/// Allows when the request carries `x-delegate-says: yes` and its bearer token's `scope` is
+/// not `low`, setting `x-opa-note` (allowed by the config) and `x-sneaky` (not allowed);
+/// counts calls; may be slow.
 #[derive(Clone, Default)]
 struct Opa {
     calls: Arc<AtomicUsize>,
@@ -58,7 +59,11 @@ impl Authorization for Opa {
             }),
             ..HeaderValueOption::default()
         };
-        let resp = if headers.get("x-delegate-says").map(String::as_str) == Some("yes") {
+        let low_scope = headers
+            .get("authorization")
+            .is_some_and(|a| claims(a)["scope"] == "low");
+        let says_yes = headers.get("x-delegate-says").map(String::as_str) == Some("yes");
+        let resp = if says_yes && !low_scope {
             CheckResponse {
                 status: Some(rpc::Status::default()),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
@@ -84,6 +89,16 @@ impl Authorization for Opa {
     }
 }
 
+/// The claims of a `Bearer` JWT, unverified (the gateway verified it).
+fn claims(authorization: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = authorization.split('.').nth(1).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or_default()
+}
+
 /// Serves `opa` on 127.0.0.1:0 until the test ends; returns its address.
 async fn serve(opa: Opa) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -102,14 +117,20 @@ async fn serve(opa: Opa) -> std::net::SocketAddr {
     addr
 }
 
-/// Rules: `reports` (users, delegated), `limited` (the same, over a rate limit of one request
-/// a minute per principal).
+/// Rules: `reports` (users, delegated), `public` (anonymous, delegated), `limited` (users,
+/// delegated, over a rate limit of one request a minute per principal).
 async fn gateway(grpc: &str, failure_mode: &str) -> TestGateway {
     let policy = "rules:
   - name: reports
     match: {paths: [\"/reports/**\"]}
     effect: allow
     authenticators: [users]
+    delegate: opa
+    upstream: echo
+  - name: public
+    match: {paths: [\"/public/**\"]}
+    effect: allow
+    anonymous: true
     delegate: opa
     upstream: echo
   - name: limited
@@ -133,8 +154,16 @@ async fn gateway(grpc: &str, failure_mode: &str) -> TestGateway {
     .await
 }
 
+/// A token for `claims` (`sub` at least), the same for the same claims: a fixed `exp`, so
+/// two requests in different seconds carry one credential.
+fn token(claims: &serde_json::Value) -> String {
+    let mut c = claims.clone();
+    c["exp"] = json!(4_000_000_000_u64);
+    hs256_token(SECRET, &c)
+}
+
 async fn get(gw: &TestGateway, path: &str, says: &str, sub: &str) -> (StatusCode, String) {
-    let token = hs256_token(SECRET, &json!({"sub": sub}));
+    let token = token(&json!({"sub": sub}));
     let req = Request::get(path)
         .header("authorization", format!("Bearer {token}"))
         .header("x-delegate-says", says)
@@ -241,10 +270,18 @@ async fn rate_limited_request_never_reaches_the_delegate() {
     );
 }
 
-/// Sends `GET path` as `sub`, with `headers` (repeated names kept, in order).
-async fn get_with(gw: &TestGateway, path: &str, sub: &str, headers: &[(&str, &str)]) -> StatusCode {
-    let token = hs256_token(SECRET, &json!({"sub": sub}));
-    let mut req = Request::get(path).header("authorization", format!("Bearer {token}"));
+/// Sends `GET path` with a token for `claims` (none: anonymous) and `headers` (repeated
+/// names kept, in order).
+async fn get_with(
+    gw: &TestGateway,
+    path: &str,
+    claims: Option<serde_json::Value>,
+    headers: &[(&str, &str)],
+) -> StatusCode {
+    let mut req = Request::get(path);
+    if let Some(c) = claims {
+        req = req.header("authorization", format!("Bearer {}", token(&c)));
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -263,7 +300,7 @@ async fn spoofed_identity_headers_never_reach_the_delegate() {
     let status = get_with(
         &gw,
         "/reports/q1",
-        "alice",
+        Some(json!({"sub": "alice"})),
         &[
             ("x-delegate-says", "yes"),
             ("x-user-id", "root"),
@@ -325,7 +362,7 @@ async fn repeated_header_reaches_the_delegate_joined() {
     let status = get_with(
         &gw,
         "/reports/q1",
-        "alice",
+        Some(json!({"sub": "alice"})),
         &[
             ("x-delegate-says", "yes"),
             ("x-tenant", "evil"),
@@ -342,4 +379,73 @@ async fn repeated_header_reaches_the_delegate_joined() {
     let upstream = gw.echo.last().unwrap().headers;
     let tenants: Vec<_> = upstream.get_all("x-tenant").iter().collect();
     assert_eq!(tenants, ["evil", "mine"]);
+}
+
+/// Regression (M3): the cache is keyed by the credential, not by who it names. alice's
+/// full-scope token gets an allow; a third-party app holding her low-scope token (same `sub`
+/// and `iss`) must be asked about, not handed the cached allow: the delegate decided on the
+/// token's claims.
+#[tokio::test]
+async fn low_scope_token_does_not_get_a_cached_allow() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+    let says = [("x-delegate-says", "yes")];
+
+    let full = json!({"sub": "alice", "scope": "orders:delete"});
+    let low = json!({"sub": "alice", "scope": "low"});
+    assert_eq!(
+        get_with(&gw, "/reports/7", Some(full.clone()), &says).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_with(&gw, "/reports/7", Some(low), &says).await,
+        StatusCode::FORBIDDEN,
+        "the low-scope token got the full-scope token's cached allow"
+    );
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 2);
+    // The same token again: from the cache.
+    assert_eq!(
+        get_with(&gw, "/reports/7", Some(full), &says).await,
+        StatusCode::OK
+    );
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 2);
+}
+
+/// Regression (M3): a header the delegate reads is part of what its answer is cached for.
+#[tokio::test]
+async fn cached_allow_is_not_reused_for_other_headers() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+    let alice = Some(json!({"sub": "alice"}));
+
+    let yes = get_with(
+        &gw,
+        "/reports/q1",
+        alice.clone(),
+        &[("x-delegate-says", "yes")],
+    );
+    assert_eq!(yes.await, StatusCode::OK);
+    let no = get_with(&gw, "/reports/q1", alice, &[("x-delegate-says", "no")]);
+    assert_eq!(no.await, StatusCode::FORBIDDEN);
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 2);
+}
+
+/// Anonymous answers are cached too: the key is everything the delegate was told, so two
+/// requests share an answer only when the delegate could not tell them apart.
+#[tokio::test]
+async fn anonymous_answers_are_cached_under_the_full_request() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+
+    for _ in 0..2 {
+        let status = get_with(&gw, "/public/a", None, &[("x-delegate-says", "yes")]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 1);
+    let status = get_with(&gw, "/public/a", None, &[("x-delegate-says", "no")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 2);
 }
