@@ -12,7 +12,8 @@
 //!                     │ 4. decision::decide: match a rule (authz::route) → authenticate with
 //!                     │    the rule's authenticators (authn: credential → cache → verify →
 //!                     │    principal) → requirements, `when` (CEL) → the rule's rate limit
-//!                     │    (ratelimit) → Allow { rule, upstream, principal, identity } /
+//!                     │    (ratelimit) → the rule's delegate (authz::delegate) →
+//!                     │    Allow { rule, upstream, principal, identity } /
 //!                     │    Deny { kind, the rule's denial shape }
 //!                     │ 5. deny: Deny::refusal — status, WWW-Authenticate or Location,
 //!                     │    Retry-After, a short JSON body

@@ -1,19 +1,29 @@
 //! Delegation: a rule may ask an external authorization service the Envoy ext_authz gRPC way
 //! (`envoy.service.auth.v3.Authorization/Check`) before it allows: OPA-Envoy, another
 //! Portcullis, a home-grown policy service. A rule names one of the config's `delegates`
-//! (`delegate: opa`); the step runs after the rule's requirements and `when`, before its rate
-//! limit.
+//! (`delegate: opa`); the step runs after the rule's requirements, `when` and rate limit (a
+//! throttled request is never asked about).
 //!
 //! Invariants:
+//! - The delegate judges the request the upstream will get: its headers are the client's
+//!   minus every one a client must not hand an upstream ([`Spoofable`]; forwarding headers
+//!   from a peer that is not a trusted proxy too, its address being `source.address`), each
+//!   name once with its values joined in order, plus the identity headers the gateway sets.
+//!   The credential stays (policies read the JWT); the signed assertion, minted after the
+//!   answer, is not sent.
 //! - Every call is bounded by the delegate's `timeout`.
-//! - An answer is cached, keyed by the rule, the method, the canonical path and the credential
-//!   (a digest of the verified principal's identity, never the token), bounded in entries,
-//!   never kept past the delegate's `cache_ttl` nor the credential's expiry. Anonymous
-//!   requests are never cached (nothing ties two of them together).
+//! - An answer is cached under a SHA-256 of the rule and everything the `CheckRequest` told
+//!   the delegate: source address, method, host, path and query, scheme, every header sent
+//!   (the credential among them), the context extensions (principal id and kind,
+//!   authenticator). So an answer is reused only for a request the delegate could not tell
+//!   apart from the one it judged: another token of the same user, another client address, a
+//!   header it reads are asked about again. Anonymous requests are cached the same way. The
+//!   key digests the credential and is never logged; entries are bounded in number and never
+//!   kept past the delegate's `cache_ttl` nor the credential's expiry.
 //! - When the service fails, times out or answers nonsense, `failure_mode` decides: `deny`
 //!   (the default: 503 `delegate_unavailable`) or `allow`, and the failure is counted.
 
-use crate::config::FieldError;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +32,11 @@ use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, header};
 
 use crate::authn::principal::Principal;
+use crate::authz::spoofable::{Family, Spoofable, family};
+use crate::config::FieldError;
 use crate::config::raw::{RawDelegate, RawFailureMode};
 use crate::request::RequestFacts;
 
@@ -54,6 +66,15 @@ pub enum Verdict {
     Deny,
 }
 
+/// What the upstream's headers become, for the delegate to see them as it will.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamHeaders<'a> {
+    /// Which client headers never reach an upstream (the snapshot's).
+    pub spoofable: &'a Spoofable,
+    /// The identity headers the gateway sets for this request.
+    pub identity: &'a [(HeaderName, HeaderValue)],
+}
+
 /// Why a delegate gave no verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DelegateError {
@@ -67,6 +88,9 @@ pub enum DelegateError {
     #[error("unusable answer")]
     Garbage,
 }
+
+/// A SHA-256 being fed length-prefixed parts (see [`cache_key`]).
+struct KeyDigest(aws_lc_rs::digest::Context);
 
 impl std::fmt::Debug for Delegate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,23 +161,36 @@ impl Delegate {
         self.fail_open
     }
 
-    /// Asks the delegate about a request the rule `rule` would allow, through the cache.
+    /// Asks the delegate about a request the rule `rule` would allow, through the cache
+    /// (keyed by `cache_key`): the request with its headers as the upstream will get them
+    /// (`upstream`: which client headers go, which the gateway sets; see `headers_sent`).
     pub async fn check(
         &self,
         facts: &RequestFacts<'_>,
         principal: Option<&Principal>,
         rule: &str,
+        upstream: UpstreamHeaders<'_>,
         now: u64,
     ) -> Result<Verdict, DelegateError> {
-        let key = principal
-            .filter(|_| !self.cache_ttl.is_zero())
-            .map(|p| cache_key(rule, facts, p));
+        let request = check_request(facts, principal, upstream);
+        // Why: the answer is cached for exactly what the delegate was told. Keyed by who the
+        // principal is, alice's low-scope token (same `sub` and `iss`) got the allow her
+        // full-scope token earned, and a header, address or scheme the delegate read was
+        // outside the key. With the whole request in the key, anonymous requests are cached
+        // too: two share an answer only when the delegate could not tell them apart.
+        // Regression: tests (it) delegate::low_scope_token_does_not_get_a_cached_allow,
+        // delegate::cached_allow_is_not_reused_for_other_headers,
+        // delegate::anonymous_answers_are_cached_under_the_full_request
+        let key = if self.cache_ttl.is_zero() {
+            None
+        } else {
+            cache_key(rule, &request)
+        };
         if let Some(k) = &key
             && let Some(v) = self.cache.get(k)
         {
             return Ok(v);
         }
-        let request = check_request(facts, principal);
         // Lazy: the first call connects, so a delegate that is down does not fail a reload.
         let mut client = self
             .client
@@ -178,41 +215,104 @@ impl Delegate {
     }
 }
 
-/// The rule, method, path and who: what a cached answer is for.
-fn cache_key(rule: &str, facts: &RequestFacts<'_>, p: &Principal) -> [u8; 32] {
-    let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for part in [
-        rule,
-        facts.method.as_str(),
-        &facts.host,
-        &facts.path,
-        facts.query.unwrap_or(""),
-        &p.authenticator,
-        &p.id,
-        p.issuer.as_deref().unwrap_or(""),
-        p.api_key_id.as_deref().unwrap_or(""),
-    ] {
-        d.update(&(part.len() as u64).to_le_bytes());
-        d.update(part.as_bytes());
+/// The key an answer is cached under: SHA-256 over the rule and everything `request` tells
+/// the delegate (source address, method, host, path and query, scheme, every header, the
+/// context extensions), each part length-prefixed and the maps sorted by name, so equal
+/// requests give equal keys and no two different ones share an encoding. `None` (not cached)
+/// when `request` holds a field the key does not read. It digests the credential: never
+/// logged.
+fn cache_key(rule: &str, request: &CheckRequest) -> Option<[u8; 32]> {
+    // Why: exhaustive patterns (no `..`), so a field a newer envoy-types adds fails to compile
+    // here rather than fall outside the key; the fields `check_request` never sets must be
+    // empty, or the answer is not cached at all.
+    // Regression: tests::key_covers_every_part_sent, tests::key_skips_unread_fields
+    let CheckRequest { attributes } = request;
+    let AttributeContext {
+        source,
+        destination,
+        request,
+        context_extensions,
+        metadata_context,
+        route_metadata_context,
+        tls_session,
+    } = attributes.as_ref()?;
+    let Peer {
+        address,
+        service,
+        labels,
+        principal,
+        certificate,
+    } = source.as_ref()?;
+    let Some(address::Address::SocketAddress(SocketAddress {
+        protocol,
+        address,
+        resolver_name,
+        ipv4_compat,
+        network_namespace_filepath,
+        port_specifier,
+    })) = address.as_ref()?.address.as_ref()
+    else {
+        return None;
+    };
+    let Request { time, http } = request.as_ref()?;
+    let HttpRequest {
+        id,
+        method,
+        headers,
+        header_map,
+        path,
+        host,
+        scheme,
+        query,
+        fragment,
+        size,
+        protocol: http_protocol,
+        body,
+        raw_body,
+    } = http.as_ref()?;
+    let unread = destination.is_some()
+        || metadata_context.is_some()
+        || route_metadata_context.is_some()
+        || tls_session.is_some()
+        || !(service.is_empty() && labels.is_empty())
+        || !(principal.is_empty() && certificate.is_empty())
+        || *protocol != 0
+        || !(resolver_name.is_empty() && network_namespace_filepath.is_empty())
+        || *ipv4_compat
+        || port_specifier.is_some()
+        || time.is_some()
+        || header_map.is_some()
+        || !(id.is_empty() && query.is_empty() && fragment.is_empty())
+        || *size != 0
+        || !(http_protocol.is_empty() && body.is_empty() && raw_body.is_empty());
+    if unread {
+        return None;
     }
+    let mut d = KeyDigest(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256));
+    for part in [rule, address, method, host, path, scheme] {
+        d.part(part.as_bytes());
+    }
+    d.map(headers);
+    d.map(context_extensions);
     let mut out = [0u8; 32];
-    out.copy_from_slice(d.finish().as_ref());
-    out
+    out.copy_from_slice(d.0.finish().as_ref());
+    Some(out)
 }
 
-/// The `CheckRequest` for a request: what the gateway decided on, the principal in
-/// `context_extensions` (`principal_id`, `principal_kind`, `authenticator`).
-fn check_request(facts: &RequestFacts<'_>, principal: Option<&Principal>) -> CheckRequest {
-    let headers = facts
-        .headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
+/// The `CheckRequest` for a request: what the gateway decided on, its headers as the
+/// upstream will get them ([`headers_sent`]), the principal in `context_extensions`
+/// (`principal_id`, `principal_kind`, `authenticator`).
+fn check_request(
+    facts: &RequestFacts<'_>,
+    principal: Option<&Principal>,
+    upstream: UpstreamHeaders<'_>,
+) -> CheckRequest {
+    let headers = headers_sent(facts, upstream);
     let path = match facts.query {
         Some(q) => format!("{}?{q}", facts.path),
         None => facts.path.to_string(),
     };
-    let mut context = std::collections::HashMap::new();
+    let mut context = HashMap::new();
     if let Some(p) = principal {
         context.insert("principal_id".to_owned(), p.id.to_string());
         let kind = match p.kind {
@@ -253,6 +353,72 @@ fn check_request(facts: &RequestFacts<'_>, principal: Option<&Principal>) -> Che
     }
 }
 
+/// The request's headers as the upstream will get them, one entry per name: every header a
+/// client must not hand an upstream removed, repeated values joined in order, the gateway's
+/// identity headers set. The credential stays: delegates such as OPA read the JWT.
+fn headers_sent(
+    facts: &RequestFacts<'_>,
+    upstream: UpstreamHeaders<'_>,
+) -> HashMap<String, String> {
+    let mut out = HashMap::with_capacity(facts.headers.keys_len() + upstream.identity.len());
+    for name in facts.headers.keys() {
+        // Why: the delegate must judge the request the upstream acts on. Told the client's
+        // `x-user-id`, `X_User_Roles` or `x-original-url`, it allows on claims the gateway
+        // removes (HeaderMutation drops the same names); told a forged `X-Forwarded-For` or
+        // `X-Real-IP` from a peer that is not a trusted proxy, it believes an address the door
+        // replaces (the real one is `source.address`).
+        // Regression: tests (it) delegate::spoofed_identity_headers_never_reach_the_delegate
+        if upstream.spoofable.is_doomed(name, facts.peer_trusted)
+            || (!facts.peer_trusted && family(name.as_str()) == Some(Family::Forwarding))
+        {
+            continue;
+        }
+        // Why: collecting pairs into a map kept the last of a repeated header, so with
+        // `X-Tenant: evil` then `X-Tenant: mine` the delegate judged `mine` while an upstream
+        // reading the first acts on `evil`. Every value, in order, joined as Envoy joins them
+        // (`,`; `Cookie` with `; `, as HTTP/2 joins cookie fields, RFC 9113 §8.2.3). A value
+        // that is not UTF-8 is passed lossily, never dropped.
+        // Regression: tests (it) delegate::repeated_header_reaches_the_delegate_joined
+        let separator = if name == header::COOKIE { "; " } else { "," };
+        let mut joined = String::new();
+        for (i, value) in facts.headers.get_all(name).iter().enumerate() {
+            if i > 0 {
+                joined.push_str(separator);
+            }
+            joined.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        }
+        out.insert(name.as_str().to_owned(), joined);
+    }
+    // Set, replacing, as `HeaderMutation::apply` does (their names were removed above).
+    for (name, value) in upstream.identity {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        out.insert(name.as_str().to_owned(), value);
+    }
+    out
+}
+
+// === impl KeyDigest ===
+
+impl KeyDigest {
+    /// One part, after its length: `ab`,`c` and `a`,`bc` never feed the same bytes.
+    fn part(&mut self, bytes: &[u8]) {
+        self.0.update(&(bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    /// A map: its size, then each name and value, sorted by name (a `HashMap` iterates in
+    /// no fixed order).
+    fn map(&mut self, map: &HashMap<String, String>) {
+        let mut entries: Vec<(&String, &String)> = map.iter().collect();
+        entries.sort_unstable();
+        self.0.update(&(entries.len() as u64).to_le_bytes());
+        for (name, value) in entries {
+            self.part(name.as_bytes());
+            self.part(value.as_bytes());
+        }
+    }
+}
+
 /// OK allows (with the headers it asks to set); a denial denies; anything else is garbage.
 fn verdict(
     r: &envoy_types::ext_authz::v3::pb::CheckResponse,
@@ -287,3 +453,6 @@ fn verdict(
         (_, _) => Ok(Verdict::Deny),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,5 @@
-//! `decide`: authenticate → authorize → rate limit. The same code serves every door and
-//! `portcullis explain`, which passes a recording [`Trace`] instead of [`NoTrace`].
+//! `decide`: authenticate → authorize → rate limit → delegate. The same code serves every door
+//! and `portcullis explain`, which passes a recording [`Trace`] instead of [`NoTrace`].
 
 use std::sync::Arc;
 
@@ -179,30 +179,11 @@ pub async fn decide(
             }
         }
     }
-    let mut delegated: Option<Arc<[(http::HeaderName, http::HeaderValue)]>> = None;
-    if let Some(delegate) = &rule.delegate {
-        use crate::authz::delegate::Verdict;
-        match delegate
-            .check(facts, principal.as_deref(), &rule.id.0, now)
-            .await
-        {
-            Ok(Verdict::Allow(headers)) => {
-                trace.record(TraceEvent::DelegateAllowed(delegate.name.clone()));
-                delegated = Some(headers);
-            }
-            Ok(Verdict::Deny) => {
-                trace.record(TraceEvent::DelegateDenied(delegate.name.clone()));
-                return deny_principal(rule, DenyKind::DelegateDenied, principal.as_ref());
-            }
-            Err(e) => {
-                tracing::warn!(delegate = &*delegate.name, error = %e, fails_open = delegate.fails_open(), "Delegate gave no answer");
-                trace.record(TraceEvent::DelegateFailed(delegate.name.clone()));
-                if !delegate.fails_open() {
-                    return deny_principal(rule, DenyKind::DelegateUnavailable, principal.as_ref());
-                }
-            }
-        }
-    }
+    // Why: the limit comes before the delegate, so a throttled request never reaches it; after
+    // it, every request over the limit to a path or query the cache has not seen was a
+    // delegate call nothing counted. A request the delegate then denies has spent its budget,
+    // as any request that gets this far does.
+    // Regression: tests (it) delegate::rate_limited_request_never_reaches_the_delegate
     if let Some(limit) = &rule.rate_limit {
         if !trace.counts() {
             trace.record(TraceEvent::RateLimitApplies(limit.name.clone()));
@@ -221,8 +202,35 @@ pub async fn decide(
     } else {
         rule.identity.render(&cx)
     };
-    if let Some(headers) = delegated {
-        identity.extend(headers.iter().cloned());
+    if let Some(delegate) = &rule.delegate {
+        use crate::authz::delegate::{UpstreamHeaders, Verdict};
+        // Why: the identity headers are rendered first so the delegate sees the request as the
+        // upstream will (the gateway's identity, not the client's spoofed one).
+        // Regression: tests (it) delegate::spoofed_identity_headers_never_reach_the_delegate
+        let upstream = UpstreamHeaders {
+            spoofable: &snapshot.spoofable,
+            identity: &identity,
+        };
+        match delegate
+            .check(facts, principal.as_deref(), &rule.id.0, upstream, now)
+            .await
+        {
+            Ok(Verdict::Allow(headers)) => {
+                trace.record(TraceEvent::DelegateAllowed(delegate.name.clone()));
+                identity.extend(headers.iter().cloned());
+            }
+            Ok(Verdict::Deny) => {
+                trace.record(TraceEvent::DelegateDenied(delegate.name.clone()));
+                return deny_principal(rule, DenyKind::DelegateDenied, principal.as_ref());
+            }
+            Err(e) => {
+                tracing::warn!(delegate = &*delegate.name, error = %e, fails_open = delegate.fails_open(), "Delegate gave no answer");
+                trace.record(TraceEvent::DelegateFailed(delegate.name.clone()));
+                if !delegate.fails_open() {
+                    return deny_principal(rule, DenyKind::DelegateUnavailable, principal.as_ref());
+                }
+            }
+        }
     }
     if let Some(a) = &snapshot.assertion {
         match a.mint(&cx, now) {

@@ -1,7 +1,9 @@
 //! Delegation: a rule asks an external ext_authz gRPC service (a Check server written here)
 //! before it allows; answers are cached per rule, request and credential; failures follow
-//! the delegate's failure mode; only configured headers of its answer reach the upstream.
+//! the delegate's failure mode; only configured headers of its answer reach the upstream; the
+//! delegate is told the headers the upstream gets; a throttled request is never asked about.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,13 +21,16 @@ use crate::support::{Setup, TestGateway, hs256_token, send};
 
 const SECRET: &[u8] = b"delegate-test-secret-delegate-test-secret-0123";
 
-/// Allows when the request carries `x-delegate-says: yes`, setting `x-opa-note` (allowed by
-/// the config) and `x-sneaky` (not allowed); counts calls; may be slow.
+/// Allows when the request carries `x-delegate-says: yes` and its bearer token's `scope` is
+/// not `low`, setting `x-opa-note` (allowed by the config) and `x-sneaky` (not allowed);
+/// counts calls; may be slow.
 #[derive(Clone, Default)]
 struct Opa {
     calls: Arc<AtomicUsize>,
     delay: Arc<std::sync::Mutex<Duration>>,
     principal: Arc<std::sync::Mutex<Option<String>>>,
+    /// The headers of the last request it was asked about.
+    seen: Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
 
 #[tonic::async_trait]
@@ -45,6 +50,7 @@ impl Authorization for Opa {
             .and_then(|r| r.http)
             .map(|h| h.headers)
             .unwrap_or_default();
+        self.seen.lock().unwrap().clone_from(&headers);
         let header = |k: &str, v: &str| HeaderValueOption {
             header: Some(HeaderValue {
                 key: k.into(),
@@ -53,7 +59,11 @@ impl Authorization for Opa {
             }),
             ..HeaderValueOption::default()
         };
-        let resp = if headers.get("x-delegate-says").map(String::as_str) == Some("yes") {
+        let low_scope = headers
+            .get("authorization")
+            .is_some_and(|a| claims(a)["scope"] == "low");
+        let says_yes = headers.get("x-delegate-says").map(String::as_str) == Some("yes");
+        let resp = if says_yes && !low_scope {
             CheckResponse {
                 status: Some(rpc::Status::default()),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
@@ -79,6 +89,16 @@ impl Authorization for Opa {
     }
 }
 
+/// The claims of a `Bearer` JWT, unverified (the gateway verified it).
+fn claims(authorization: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = authorization.split('.').nth(1).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or_default()
+}
+
 /// Serves `opa` on 127.0.0.1:0 until the test ends; returns its address.
 async fn serve(opa: Opa) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -97,6 +117,8 @@ async fn serve(opa: Opa) -> std::net::SocketAddr {
     addr
 }
 
+/// Rules: `reports` (users, delegated), `public` (anonymous, delegated), `limited` (users,
+/// delegated, over a rate limit of one request a minute per principal).
 async fn gateway(grpc: &str, failure_mode: &str) -> TestGateway {
     let policy = "rules:
   - name: reports
@@ -105,12 +127,25 @@ async fn gateway(grpc: &str, failure_mode: &str) -> TestGateway {
     authenticators: [users]
     delegate: opa
     upstream: echo
+  - name: public
+    match: {paths: [\"/public/**\"]}
+    effect: allow
+    anonymous: true
+    delegate: opa
+    upstream: echo
+  - name: limited
+    match: {paths: [\"/limited/**\"]}
+    effect: allow
+    authenticators: [users]
+    rate_limit: one
+    delegate: opa
+    upstream: echo
 ";
     Setup {
         policies: vec![("10-p.yaml".into(), policy.into())],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
         extra: format!(
-            "{}delegates:\n  opa:\n    grpc: {grpc}\n    timeout: 300ms\n    failure_mode: {failure_mode}\n    headers: [x-opa-note]\n",
+            "{}identity_headers:\n  x-user-id: \"{{principal.id}}\"\n  x-user-roles: \"{{principal.roles}}\"\ndelegates:\n  opa:\n    grpc: {grpc}\n    timeout: 300ms\n    failure_mode: {failure_mode}\n    headers: [x-opa-note]\nrate_limits:\n  one: {{key: principal, requests: 1, per: 1m, burst: 1}}\n",
             crate::support::hs256_users("{}")
         ),
         ..Setup::default()
@@ -119,8 +154,16 @@ async fn gateway(grpc: &str, failure_mode: &str) -> TestGateway {
     .await
 }
 
+/// A token for `claims` (`sub` at least), the same for the same claims: a fixed `exp`, so
+/// two requests in different seconds carry one credential.
+fn token(claims: &serde_json::Value) -> String {
+    let mut c = claims.clone();
+    c["exp"] = json!(4_000_000_000_u64);
+    hs256_token(SECRET, &c)
+}
+
 async fn get(gw: &TestGateway, path: &str, says: &str, sub: &str) -> (StatusCode, String) {
-    let token = hs256_token(SECRET, &json!({"sub": sub}));
+    let token = token(&json!({"sub": sub}));
     let req = Request::get(path)
         .header("authorization", format!("Bearer {token}"))
         .header("x-delegate-says", says)
@@ -243,4 +286,208 @@ async fn fail_closed_delegate_is_a_denial_at_the_grpc_door() {
         }
         other => panic!("expected a denied response, got {other:?}"),
     }
+}
+
+/// Regression (L6): the rate limit is checked before the delegate, so requests over it (each
+/// to a path the cache has not seen) never cost a delegate call.
+#[tokio::test]
+async fn rate_limited_request_never_reaches_the_delegate() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+
+    assert_eq!(
+        get(&gw, "/limited/a", "yes", "alice").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 1);
+    for path in ["/limited/b", "/limited/c?x=1", "/limited/d"] {
+        let (status, body) = get(&gw, path, "yes", "alice").await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{path}: {body}");
+    }
+    assert_eq!(
+        opa.calls.load(Ordering::SeqCst),
+        1,
+        "a throttled request is not asked about"
+    );
+}
+
+/// Sends `GET path` with a token for `claims` (none: anonymous) and `headers` (repeated
+/// names kept, in order).
+async fn get_with(
+    gw: &TestGateway,
+    path: &str,
+    claims: Option<serde_json::Value>,
+    headers: &[(&str, &str)],
+) -> StatusCode {
+    let mut req = Request::get(path);
+    if let Some(c) = claims {
+        req = req.header("authorization", format!("Bearer {}", token(&c)));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(gw.addr(), req.body(Full::default()).unwrap()).await.0
+}
+
+/// Regression (M4): the delegate is told what the upstream will get, not what the client
+/// sent: the gateway's identity headers, no spoofed identity, override or forwarding header
+/// in any spelling; the credential stays (delegates read the JWT).
+#[tokio::test]
+async fn spoofed_identity_headers_never_reach_the_delegate() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+
+    let status = get_with(
+        &gw,
+        "/reports/q1",
+        Some(json!({"sub": "alice"})),
+        &[
+            ("x-delegate-says", "yes"),
+            ("x-user-id", "root"),
+            ("x_user_id", "root"),
+            ("x-user-roles", "admin"),
+            ("X_User_Roles", "admin"),
+            ("x-original-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-portcullis-user", "root"),
+            ("x-kept", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = opa.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.get("x-user-id").map(String::as_str),
+        Some("alice"),
+        "{seen:?}"
+    );
+    for spoofed in [
+        "x_user_id",
+        "x-user-roles",
+        "x_user_roles",
+        "x-original-url",
+        "x-http-method-override",
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-portcullis-user",
+    ] {
+        assert!(
+            !seen.contains_key(spoofed),
+            "{spoofed} reached the delegate"
+        );
+    }
+    assert_eq!(seen.get("x-kept").map(String::as_str), Some("1"));
+    assert!(
+        seen.get("authorization")
+            .is_some_and(|a| a.starts_with("Bearer ")),
+        "the credential stays: {seen:?}"
+    );
+    // What the upstream got agrees.
+    let upstream = gw.echo.last().unwrap().headers;
+    assert_eq!(upstream["x-user-id"], "alice");
+    assert!(!upstream.contains_key("x-user-roles"));
+    assert!(!upstream.contains_key("x_user_id"));
+}
+
+/// Regression (M4): a repeated header reaches the delegate as every value joined in order
+/// (`Cookie` with `; `), not as the last one, which an upstream reading the first never sees.
+#[tokio::test]
+async fn repeated_header_reaches_the_delegate_joined() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+
+    let status = get_with(
+        &gw,
+        "/reports/q1",
+        Some(json!({"sub": "alice"})),
+        &[
+            ("x-delegate-says", "yes"),
+            ("x-tenant", "evil"),
+            ("x-tenant", "mine"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = opa.seen.lock().unwrap().clone();
+    assert_eq!(seen.get("x-tenant").map(String::as_str), Some("evil,mine"));
+    assert_eq!(seen.get("cookie").map(String::as_str), Some("a=1; b=2"));
+    let upstream = gw.echo.last().unwrap().headers;
+    let tenants: Vec<_> = upstream.get_all("x-tenant").iter().collect();
+    assert_eq!(tenants, ["evil", "mine"]);
+}
+
+/// Regression (M3): the cache is keyed by the credential, not by who it names. alice's
+/// full-scope token gets an allow; a third-party app holding her low-scope token (same `sub`
+/// and `iss`) must be asked about, not handed the cached allow: the delegate decided on the
+/// token's claims.
+#[tokio::test]
+async fn low_scope_token_does_not_get_a_cached_allow() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+    let says = [("x-delegate-says", "yes")];
+
+    let full = json!({"sub": "alice", "scope": "orders:delete"});
+    let low = json!({"sub": "alice", "scope": "low"});
+    assert_eq!(
+        get_with(&gw, "/reports/7", Some(full.clone()), &says).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_with(&gw, "/reports/7", Some(low), &says).await,
+        StatusCode::FORBIDDEN,
+        "the low-scope token got the full-scope token's cached allow"
+    );
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 2);
+    // The same token again: from the cache.
+    assert_eq!(
+        get_with(&gw, "/reports/7", Some(full), &says).await,
+        StatusCode::OK
+    );
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 2);
+}
+
+/// Regression (M3): a header the delegate reads is part of what its answer is cached for.
+#[tokio::test]
+async fn cached_allow_is_not_reused_for_other_headers() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+    let alice = Some(json!({"sub": "alice"}));
+
+    let yes = get_with(
+        &gw,
+        "/reports/q1",
+        alice.clone(),
+        &[("x-delegate-says", "yes")],
+    );
+    assert_eq!(yes.await, StatusCode::OK);
+    let no = get_with(&gw, "/reports/q1", alice, &[("x-delegate-says", "no")]);
+    assert_eq!(no.await, StatusCode::FORBIDDEN);
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 2);
+}
+
+/// Anonymous answers are cached too: the key is everything the delegate was told, so two
+/// requests share an answer only when the delegate could not tell them apart.
+#[tokio::test]
+async fn anonymous_answers_are_cached_under_the_full_request() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+
+    for _ in 0..2 {
+        let status = get_with(&gw, "/public/a", None, &[("x-delegate-says", "yes")]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 1);
+    let status = get_with(&gw, "/public/a", None, &[("x-delegate-says", "no")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 2);
 }

@@ -88,9 +88,10 @@ pub struct RawDelegate {
     #[schemars(with = "String")]
     #[serde(default = "default_delegate_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
-    /// How long an answer is reused for the same rule, request line and credential (never
-    /// past the credential's expiry; anonymous requests are never cached). 0 disables.
-    /// Default 30s.
+    /// How long an answer is reused for the same rule and the same request as the delegate
+    /// was told it: client address, method, host, path and query, scheme, every header sent
+    /// (the credential among them), principal (never past the credential's expiry). 0
+    /// disables. Default 30s.
     #[schemars(with = "String")]
     #[serde(default = "default_delegate_cache_ttl", deserialize_with = "duration")]
     pub cache_ttl: Duration,

@@ -107,8 +107,8 @@ pub struct RawRule {
     /// A rate limit (from `rate_limits`) on the requests this rule allows.
     #[serde(default)]
     pub rate_limit: Option<String>,
-    /// A delegate (from `delegates`) asked after the rule's requirements and `when`, before
-    /// its rate limit: only its OK allows.
+    /// A delegate (from `delegates`) asked after the rule's requirements, `when` and rate
+    /// limit (a throttled request is never asked about): only its OK allows.
     #[serde(default)]
     pub delegate: Option<String>,
     /// What this rule's denials look like: status, a login redirect for browsers, extra JSON.

@@ -1,0 +1,204 @@
+//! Delegation tests: the headers a delegate is sent, the key its answers are cached under.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+
+use super::*;
+use crate::request::facts::ConnInfo;
+
+/// `f` of the facts of a request from `peer` (untrusted unless in 10.0.0.0/8) with
+/// `headers`, and what the gateway would set: identity header `x-user-id: alice`.
+fn with_request<T>(
+    peer: &str,
+    headers: &[(&str, &[u8])],
+    f: impl FnOnce(&RequestFacts<'_>, UpstreamHeaders<'_>) -> T,
+) -> T {
+    let mut req = http::Request::get("/x?a=1").header("host", "h");
+    for (k, v) in headers {
+        req = req.header(*k, HeaderValue::from_bytes(v).unwrap());
+    }
+    let (parts, ()) = req.body(()).unwrap().into_parts();
+    let conn = ConnInfo::new(peer.parse().unwrap(), Arc::from("l"), None);
+    let trusted = ["10.0.0.0/8".parse().unwrap()];
+    let facts = RequestFacts::from_parts(&parts, &conn, &trusted).unwrap();
+    let user_id = HeaderName::from_static("x-user-id");
+    let spoofable = Spoofable::new([&user_id], Vec::new());
+    let identity = [(user_id, HeaderValue::from_static("alice"))];
+    let upstream = UpstreamHeaders {
+        spoofable: &spoofable,
+        identity: &identity,
+    };
+    f(&facts, upstream)
+}
+
+/// The headers a delegate is sent for such a request.
+fn sent(peer: &str, headers: &[(&str, &[u8])]) -> HashMap<String, String> {
+    with_request(peer, headers, headers_sent)
+}
+
+/// The `CheckRequest` for such a request, anonymous, with a bearer token.
+fn request() -> CheckRequest {
+    let headers: &[(&str, &[u8])] = &[("authorization", b"Bearer t1"), ("x-a", b"1")];
+    with_request("192.0.2.1:1", headers, |facts, upstream| {
+        check_request(facts, None, upstream)
+    })
+}
+
+fn http_of(r: &mut CheckRequest) -> &mut HttpRequest {
+    let attributes = r.attributes.as_mut().unwrap();
+    attributes.request.as_mut().unwrap().http.as_mut().unwrap()
+}
+
+fn socket_of(r: &mut CheckRequest) -> &mut SocketAddress {
+    let source = r.attributes.as_mut().unwrap().source.as_mut().unwrap();
+    match source.address.as_mut().unwrap().address.as_mut().unwrap() {
+        address::Address::SocketAddress(a) => a,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn forwarding_headers_only_from_trusted_proxies() {
+    let h: &[(&str, &[u8])] = &[
+        ("x-forwarded-for", b"6.6.6.6"),
+        ("x-real-ip", b"6.6.6.6"),
+        ("forwarded", b"for=6.6.6.6"),
+        ("true-client-ip", b"6.6.6.6"),
+        ("x_forwarded_for", b"6.6.6.6"),
+    ];
+    let untrusted = sent("192.0.2.1:1", h);
+    let mut names: Vec<&str> = untrusted.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["host", "x-user-id"]);
+    // A trusted proxy's chain and claims reach the upstream, so the delegate sees them;
+    // another spelling never does.
+    let trusted = sent("10.0.0.1:1", h);
+    let mut names: Vec<&str> = trusted.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "forwarded",
+            "host",
+            "true-client-ip",
+            "x-forwarded-for",
+            "x-real-ip",
+            "x-user-id"
+        ]
+    );
+}
+
+#[test]
+fn identity_replaces_and_odd_bytes_are_kept() {
+    let h = sent(
+        "192.0.2.1:1",
+        &[
+            ("x-user-id", b"root"),
+            ("x-tenant", b"\xffevil"),
+            ("x-tenant", b"mine"),
+        ],
+    );
+    assert_eq!(h["x-user-id"], "alice");
+    assert_eq!(h["x-tenant"], "\u{fffd}evil,mine");
+}
+
+#[test]
+fn key_covers_every_part_sent() {
+    let base = request();
+    let key = cache_key("r", &base).unwrap();
+    assert_eq!(cache_key("r", &request()), Some(key), "deterministic");
+    assert_ne!(cache_key("r2", &base), Some(key), "rule");
+    type Change = fn(&mut CheckRequest);
+    let changes: &[(&str, Change)] = &[
+        ("source address", |r| {
+            socket_of(r).address = "192.0.2.2".into()
+        }),
+        ("method", |r| http_of(r).method = "DELETE".into()),
+        ("host", |r| http_of(r).host = "other".into()),
+        ("path", |r| http_of(r).path = "/y?a=1".into()),
+        ("query", |r| http_of(r).path = "/x?a=2".into()),
+        ("scheme", |r| http_of(r).scheme = "https".into()),
+        ("credential", |r| {
+            http_of(r)
+                .headers
+                .insert("authorization".into(), "Bearer t2".into());
+        }),
+        ("header value", |r| {
+            http_of(r).headers.insert("x-a".into(), "2".into());
+        }),
+        ("header added", |r| {
+            http_of(r).headers.insert("x-b".into(), "1".into());
+        }),
+        ("header renamed", |r| {
+            let h = &mut http_of(r).headers;
+            let v = h.remove("x-a").unwrap();
+            h.insert("x-b".into(), v);
+        }),
+        ("context", |r| {
+            let attributes = r.attributes.as_mut().unwrap();
+            attributes
+                .context_extensions
+                .insert("principal_id".into(), "alice".into());
+        }),
+    ];
+    let mut seen = HashSet::from([key]);
+    for (what, change) in changes {
+        let mut r = request();
+        change(&mut r);
+        let k = cache_key("r", &r).unwrap();
+        assert!(seen.insert(k), "{what} is outside the key");
+    }
+}
+
+#[test]
+fn key_parts_never_run_together() {
+    // Length prefixes: bytes moved from one part to the next change the key.
+    let (mut a, mut b) = (request(), request());
+    http_of(&mut a).host = "ab".into();
+    http_of(&mut a).method = "c".into();
+    http_of(&mut b).host = "a".into();
+    http_of(&mut b).method = "bc".into();
+    assert_ne!(cache_key("r", &a), cache_key("r", &b));
+    let (mut a, mut b) = (request(), request());
+    http_of(&mut a).headers.insert("x-ab".into(), "c".into());
+    http_of(&mut b)
+        .headers
+        .insert("x-abc".into(), String::new());
+    assert_ne!(cache_key("r", &a), cache_key("r", &b));
+    // Sorted maps: the order entries went in does not matter.
+    let names: Vec<String> = (0..32).map(|i| format!("x-{i}")).collect();
+    let (mut a, mut b) = (request(), request());
+    for n in &names {
+        http_of(&mut a).headers.insert(n.clone(), "v".into());
+    }
+    for n in names.iter().rev() {
+        http_of(&mut b).headers.insert(n.clone(), "v".into());
+    }
+    assert_eq!(cache_key("r", &a), cache_key("r", &b));
+}
+
+#[test]
+fn key_skips_unread_fields() {
+    type Change = fn(&mut CheckRequest);
+    let changes: &[(&str, Change)] = &[
+        ("destination", |r| {
+            r.attributes.as_mut().unwrap().destination = Some(Peer::default());
+        }),
+        ("port", |r| {
+            socket_of(r).port_specifier = Some(PortSpecifier::PortValue(1));
+        }),
+        ("request id", |r| http_of(r).id = "1".into()),
+        ("body", |r| http_of(r).body = "x".into()),
+        ("header map", |r| {
+            http_of(r).header_map = Some(Default::default())
+        }),
+        ("no attributes", |r| r.attributes = None),
+    ];
+    for (what, change) in changes {
+        let mut r = request();
+        change(&mut r);
+        assert_eq!(cache_key("r", &r), None, "{what} is not read: never cached");
+    }
+}
