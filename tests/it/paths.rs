@@ -127,7 +127,7 @@ async fn admin_case_variants_denied() {
 #[tokio::test]
 async fn ambiguous_host_rejected() {
     let gw = Setup::default().start().await;
-    for host in ["admin.example.com:1:443", "a..b", "a]b"] {
+    for host in ["admin.example.com:1:443", "a..b", "a]b", "app.test:+80"] {
         let r = raw(
             gw.addr(),
             format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
