@@ -91,6 +91,12 @@ const RESERVED: &[&str] = &[
 impl Template {
     /// Parses `text {var} text`; `{{` and `}}` are literal braces.
     pub fn parse(s: &str) -> Result<Self, String> {
+        // Why: checked over the whole text, variable names included: `{claims.e\t\0}` parsed
+        // as a claim path holding control bytes. Found by fuzzing (fuzz/ `identity`).
+        // Regression: tests::control_characters_refused_inside_variables
+        if s.chars().any(char::is_control) {
+            return Err("control characters are not allowed in a template".into());
+        }
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut chars = s.chars().peekable();
@@ -119,9 +125,6 @@ impl Template {
                     parts.push(Part::Var(parse_var(name.trim())?));
                 }
                 '}' => return Err("unmatched `}` (write `}}` for a literal brace)".into()),
-                c if c.is_control() => {
-                    return Err("control characters are not allowed in a template".into());
-                }
                 c => lit.push(c),
             }
         }
@@ -556,6 +559,26 @@ mod tests {
         ] {
             assert!(Template::parse(t).is_err(), "{t}");
         }
+    }
+
+    #[test]
+    fn control_characters_refused_inside_variables() {
+        for t in [
+            "u={claims.e\t\0\0\0}",
+            "{claims.a\nb}",
+            "{principal.id\r}",
+            "{\u{7f}claims.a}",
+            "x\u{85}y",
+            "a\tb",
+        ] {
+            assert_eq!(
+                Template::parse(t),
+                Err("control characters are not allowed in a template".into()),
+                "{t:?}"
+            );
+        }
+        // Spaces around a name are still fine.
+        assert!(Template::parse("{ principal.id }").is_ok());
     }
 
     #[test]

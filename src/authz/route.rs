@@ -565,6 +565,9 @@ pub fn is_explicit_only(m: &Method) -> bool {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -167,7 +167,8 @@ async fn forward(
     Ok(respond(resp))
 }
 
-/// Phase 1: the head within its limits, no h2c upgrade, hop-by-hop headers removed.
+/// Phase 1: the head within its limits, no h2c upgrade, no transfer coding but `chunked`,
+/// hop-by-hop headers removed.
 fn check_head(ctx: &mut Ctx<'_>, parts: &mut http::request::Parts) -> Result<(), Failure> {
     if hop_by_hop::is_h2c_upgrade(&parts.headers) {
         return Err(ctx.malformed(parts, StatusCode::BAD_REQUEST, "h2c_upgrade"));
@@ -177,6 +178,17 @@ fn check_head(ctx: &mut Ctx<'_>, parts: &mut http::request::Parts) -> Result<(),
     // Regression: tests (it) proxy::long_target_is_414_and_long_head_431_with_a_body
     if let Some((status, reason)) = over_head_limits(parts, &ctx.snapshot.server) {
         return Err(ctx.malformed(parts, status, reason));
+    }
+    // Why: hyper de-chunks when the last coding is `chunked`, and stripping the header as
+    // hop-by-hop below would drop the other codings on the way upstream: `gzip, chunked`
+    // reached the upstream with gzip-coded bytes passed off as the body.
+    // Regression: tests (it) smuggling::transfer_codings_other_than_chunked_refused
+    if hop_by_hop::has_unsupported_transfer_coding(&parts.headers) {
+        return Err(ctx.malformed(
+            parts,
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_transfer_coding",
+        ));
     }
     hop_by_hop::strip(&mut parts.headers);
     Ok(())

@@ -435,7 +435,13 @@ pub fn parse_host(raw: &str) -> Result<(Cow<'_, str>, Option<u16>), FactsError> 
         }
     };
     let port = match port {
-        Some(p) => Some(p.parse::<u16>().map_err(|_| FactsError::InvalidHost)?),
+        // Why: `u16::from_str` takes a sign, so `Host: a.example:+443` was port 443 here while
+        // the authority forwarded upstream still said `+443`. RFC 3986 §3.2.3: digits only.
+        // Found by fuzzing (fuzz/ `host`). Regression: tests::port_is_digits_only
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().map_err(|_| FactsError::InvalidHost)?)
+        }
+        Some(_) => return Err(FactsError::InvalidHost),
         None => None,
     };
     let host = host.strip_suffix('.').unwrap_or(host);
@@ -591,6 +597,25 @@ mod tests {
             let want = (*want).map(|(h, p)| (h.to_owned(), p));
             assert_eq!(got, want, "{uri} {host:?}");
         }
+    }
+
+    #[test]
+    fn port_is_digits_only() {
+        for raw in [
+            "A.1.:+7",
+            "example.com:+443",
+            "[::1]:+80",
+            "example.com:-0",
+            "example.com:",
+            "[::1]:",
+            "example.com:4_43",
+        ] {
+            assert_eq!(parse_host(raw), Err(FactsError::InvalidHost), "{raw:?}");
+        }
+        assert_eq!(
+            parse_host("example.com:0443"),
+            Ok((Cow::Borrowed("example.com"), Some(443)))
+        );
     }
 
     #[test]

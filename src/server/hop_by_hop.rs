@@ -83,6 +83,37 @@ pub fn is_h2c_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("h2c"))
 }
 
+/// Whether a request's `Transfer-Encoding` is anything but exactly one `chunked` (any case,
+/// optional whitespace): `gzip, chunked`, `chunked, chunked`, two header lines. Refused with
+/// 501 (RFC 9112 §6.1), before the header is stripped as hop-by-hop.
+///
+/// Why: hyper de-chunks when the last coding is `chunked` and the gateway forwards the body
+/// without the header, so the upstream would take gzip-coded (or still chunked) bytes for the
+/// body itself: the body it acts on is not the body the client framed.
+/// Regression: tests (it) smuggling::transfer_codings_other_than_chunked_refused
+pub fn has_unsupported_transfer_coding(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','));
+    match (codings.next(), codings.next()) {
+        (None, _) => false,
+        (Some(only), None) => !trim_ows(only).eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => true,
+    }
+}
+
+/// Without the optional whitespace (SP, HTAB) around a list element.
+fn trim_ows(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = b {
+        b = rest;
+    }
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +218,33 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("upgrade", "websocket".parse().unwrap());
         assert!(!is_h2c_upgrade(&h));
+    }
+
+    #[test]
+    fn transfer_codings_other_than_one_chunked() {
+        let te = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(header::TRANSFER_ENCODING, l.parse().unwrap());
+            }
+            has_unsupported_transfer_coding(&h)
+        };
+        assert!(!te(&[]));
+        for ok in ["chunked", "Chunked", " CHUNKED\t"] {
+            assert!(!te(&[ok]), "{ok:?}");
+        }
+        for refused in [
+            &["gzip, chunked"][..],
+            &["chunked, chunked"],
+            &["gzip", "chunked"],
+            &["chunked", "chunked"],
+            &[",chunked"],
+            &["chunked,"],
+            &["gzip"],
+            &[""],
+            &["chunked;q=1"],
+        ] {
+            assert!(te(refused), "{refused:?}");
+        }
     }
 }

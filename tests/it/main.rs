@@ -32,5 +32,6 @@ mod proxy;
 mod ratelimit;
 mod reload;
 mod shutdown;
+mod smuggling;
 mod support;
 mod tls;

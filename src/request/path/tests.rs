@@ -1,5 +1,7 @@
 use std::borrow::Cow;
 
+use proptest::prelude::*;
+
 use super::{MAX_PATH_LEN, PathError, canonicalize, check_forwarded_as_is};
 
 use PathError::*;
@@ -257,33 +259,155 @@ fn forwarded_as_is() {
     }
 }
 
-/// Deterministic xorshift64 paths over an alphabet that hits every rule; every `Ok` output must
-/// be canonical and a fixed point.
-#[test]
-fn canonical_output_properties() {
-    const ALPHABET: &[u8] = b"/.%2eEfFa;\\05c3B";
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let mut accepted = 0;
-    for _ in 0..20_000 {
-        let len = usize::try_from(next() % 17).unwrap();
-        let mut raw = String::from(if next() % 8 == 0 { "" } else { "/" });
-        for _ in 0..len {
-            let index = usize::try_from(next() % ALPHABET.len() as u64).unwrap();
-            raw.push(char::from(ALPHABET[index]));
+/// Pieces of raw paths that are accepted: dot segments, unreserved and reserved escapes in
+/// both cases, `%25` before text that is not hex, whole UTF-8 sequences, sub-delimiters.
+const ACCEPTED_PIECES: &[&str] = &[
+    "/",
+    "/",
+    "/",
+    "/",
+    "a",
+    "B",
+    "z9",
+    "-",
+    "~",
+    ".",
+    ".",
+    "..",
+    "..",
+    "%2e",
+    "%2E",
+    "%61",
+    "%7e",
+    "%20",
+    "%2b",
+    "%25",
+    "%25z",
+    "%C3%A9",
+    "%c3%a9",
+    "%E2%82%AC",
+    "%F0%9F%A6%80",
+    "!",
+    "$",
+    "&",
+    "'",
+    "(",
+    ")",
+    "*",
+    "+",
+    ",",
+    "=",
+    ":",
+    "@",
+];
+
+/// Pieces that are refused, wherever they are (or, for `%25`+hex and a lone byte of a UTF-8
+/// sequence, depending on what follows).
+const REFUSED_PIECES: &[&str] = &[
+    "%2F", "%5c", "%3B", "%3f", "%23", "%252e", "%2532", "%", "%4", "%zz", "%00", "%7F", "%C3",
+    "%A9", ";", "\\", " ", "?", "\u{e9}",
+];
+
+/// A raw path: mostly absolute, mostly accepted pieces, so that about a third is accepted.
+fn raw_path() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        24 => prop::sample::select(ACCEPTED_PIECES),
+        1 => prop::sample::select(REFUSED_PIECES),
+    ];
+    (
+        prop::bool::weighted(0.95),
+        prop::collection::vec(piece, 0..24),
+    )
+        .prop_map(|(absolute, pieces)| {
+            let mut raw = String::from(if absolute { "/" } else { "" });
+            raw.extend(pieces);
+            raw
+        })
+}
+
+/// Percent-decodes every escape, `%25` included (test helper: the input is known well-formed).
+fn decode_all(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
-        let Ok(out) = canonicalize(&raw) else {
-            continue;
-        };
-        accepted += 1;
-        assert_canonical(&raw, &out);
     }
-    assert!(accepted > 2_000, "only {accepted} accepted");
+    out
+}
+
+/// The reference reading of a decoded absolute path (RFC 3986 §5.2.4 plus empty segments
+/// dropped): what an upstream that decodes and then resolves serves. `None` for a `..` above
+/// the root.
+fn resolve(decoded: &[u8]) -> Option<Vec<u8>> {
+    let segments: Vec<&[u8]> = decoded[1..].split(|&b| b == b'/').collect();
+    let mut stack: Vec<&[u8]> = Vec::new();
+    let mut trailing_slash = false;
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            b"" | b"." => trailing_slash = last,
+            b".." => {
+                stack.pop()?;
+                trailing_slash = last;
+            }
+            name => {
+                stack.push(name);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = b"/".to_vec();
+    out.extend(stack.join(&b'/'));
+    if trailing_slash && !stack.is_empty() {
+        out.push(b'/');
+    }
+    Some(out)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// Every `Ok` output is canonical and a fixed point, borrowed the second time.
+    #[test]
+    fn canonical_output_is_a_fixed_point(raw in raw_path()) {
+        if let Ok(out) = canonicalize(&raw) {
+            assert_canonical(&raw, &out);
+        }
+    }
+
+    /// Differential: an accepted path names the resource the reference reading of the input
+    /// names (decode everything, then resolve dot segments), so no upstream that decodes
+    /// first and resolves after, or the other way round, serves anything else.
+    #[test]
+    fn canonical_output_means_what_the_input_meant(raw in raw_path()) {
+        if let Ok(out) = canonicalize(&raw) {
+            let meant = resolve(&decode_all(&raw));
+            prop_assert_eq!(
+                Some(decode_all(&out)),
+                meant,
+                "input {:?} output {:?}", raw, out
+            );
+        }
+    }
+}
+
+proptest! {
+    // Arbitrary Unicode text is slower to generate than the pieces above.
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any text at all: an answer, never a panic.
+    #[test]
+    fn any_text_has_an_answer(raw in "/?\\PC{0,64}") {
+        let _ = canonicalize(&raw);
+    }
 }
 
 fn assert_canonical(raw: &str, out: &str) {
