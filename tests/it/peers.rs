@@ -4,6 +4,12 @@
 //! upstream, asking the real gateway. What the client gets and what the upstream receives are
 //! asserted through the peer, so the shipped configs are what is proven.
 //!
+//! The attacks are the ones the door's families of spoofable headers name
+//! (`authz::spoofable`): a client's forwarding, override, address-claim and infrastructure
+//! headers, identity headers in every `_`/`-` spelling, and the credential the gateway
+//! verified. The door cannot remove a header itself; what the upstream gets proves the peer's
+//! config does.
+//!
 //! A peer whose binary is missing skips its test (printing why) unless
 //! `PORTCULLIS_REQUIRE_PEERS` is set; `.ci/run` sets it and installs them, so CI never skips.
 
@@ -20,8 +26,9 @@ use crate::support::{Setup, TestGateway, hs256_token, send};
 
 const SECRET: &[u8] = b"peers-test-secret-peers-test-secret-0123456789";
 
-/// `/admin/**` denied; `/api/**` needs a token; `/app/**` too, and sends browsers to a login
-/// page; `/limited/**` allows one request a minute; `/open/**` is anonymous.
+/// `/admin/**` denied; `/api/**` needs a token (which `users` strips, the default); `/app/**`
+/// too, and sends browsers to a login page; `/limited/**` allows one request a minute;
+/// `/open/**` is anonymous; `/passthrough/**` needs a token that goes on to the upstream.
 const POLICY: &str = "rules:
   - name: admin
     match: {paths: [\"/admin/**\"]}
@@ -44,6 +51,20 @@ const POLICY: &str = "rules:
     match: {paths: [\"/open/**\"]}
     effect: allow
     anonymous: true
+  - name: passthrough
+    match: {paths: [\"/passthrough/**\"]}
+    effect: allow
+    authenticators: [forwarding]
+";
+
+/// A second authenticator, `forwarding`: the same tokens as `users`, not stripped.
+const FORWARDING: &str = "  forwarding:
+    jwt:
+      strip: false
+      providers:
+        - issuer: https://iss.test
+          audiences: [api]
+          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]
 ";
 
 const LIMITS: &str = "rate_limits:
@@ -116,7 +137,7 @@ async fn nginx_auth_request_in_front_of_the_forward_auth_door() {
         String::from_utf8_lossy(&test.stderr)
     );
     let peer = Peer::start("nginx", Command::new(&nginx).args(args(false)), dir, listen).await;
-    through_the_peer(&peer, &gw).await;
+    through_the_peer(&peer, &gw, Clears::Names).await;
 }
 
 #[tokio::test]
@@ -164,7 +185,7 @@ async fn caddy_forward_auth_in_front_of_the_forward_auth_door() {
     );
     let mut run = caddy_cmd("run");
     let peer = Peer::start("caddy", &mut run, dir, listen).await;
-    through_the_peer(&peer, &gw).await;
+    through_the_peer(&peer, &gw, Clears::NamesAndPrefixes).await;
 }
 
 /// A missing peer skips its test, saying why, unless peers are required (CI): then it fails.
@@ -178,22 +199,96 @@ fn a_missing_peer_skips_unless_peers_are_required() {
     }
 }
 
+/// What a peer's config can clear from the request it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clears {
+    /// Headers by exact name only (nginx's `proxy_set_header NAME ""`).
+    Names,
+    /// By name and by prefix (Caddy's `request_header -X-Ssl-Client-*`).
+    NamesAndPrefixes,
+}
+
 /// The same requests through either peer, and the same answers.
-async fn through_the_peer(peer: &Peer, gw: &TestGateway) {
+async fn through_the_peer(peer: &Peer, gw: &TestGateway, clears: Clears) {
     let bearer = format!("Bearer {}", hs256_token(SECRET, &json!({})));
 
-    // Allowed: the upstream gets the request, with the gateway's x-user-id, not the client's.
+    // Allowed: the upstream gets the request, with the gateway's x-user-id, not the client's,
+    // and none of the headers a client must not hand it.
     let (status, _, body) = peer
         .ask(
             "/api/orders?x=1",
-            &[("authorization", &bearer), ("x-user-id", "root")],
+            &[
+                ("authorization", &bearer),
+                ("x-user-id", "root"),
+                ("x-user_id", "admin"),
+                ("x_user-id", "admin2"),
+                ("x-real-ip", "10.0.0.1"),
+                ("x-forwarded-host", "evil.example"),
+                ("forwarded", "for=10.0.0.1;host=evil.example"),
+                ("x-http-method-override", "DELETE"),
+                ("x-original-url", "/admin"),
+                ("true-client-ip", "10.0.0.2"),
+                ("x-forwarded-client-cert", "Hash=0;Subject=\"CN=admin\""),
+                ("x-envoy-original-path", "/admin"),
+                ("x-ssl-client-verify", "SUCCESS"),
+            ],
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{}", peer.failed(&body));
     let got = gw.echo.last().expect("the upstream got the request");
     assert_eq!(got.target, "/api/orders?x=1");
-    let ids: Vec<_> = got.headers.get_all("x-user-id").iter().collect();
+    let h = &got.headers;
+    let ids: Vec<_> = h.get_all("x-user-id").iter().collect();
     assert_eq!(ids, ["alice"], "{}: the gateway's value only", peer.name);
+    // Frameworks read `X-User_Id` and `X_User-Id` as X-User-Id: no spelling but the gateway's.
+    let spellings: Vec<_> = h
+        .keys()
+        .filter(|k| k.as_str().replace('_', "-") == "x-user-id" && k.as_str() != "x-user-id")
+        .collect();
+    assert!(spellings.is_empty(), "{}: {h:?}", peer.name);
+    // The client as the peer saw it, and the host the rules matched.
+    let real: Vec<_> = h.get_all("x-real-ip").iter().collect();
+    assert_eq!(real, ["127.0.0.1"], "{}: {h:?}", peer.name);
+    let host = format!("127.0.0.1:{}", peer.addr.port());
+    let hosts: Vec<_> = h.get_all("x-forwarded-host").iter().collect();
+    assert_eq!(hosts, [host.as_str()], "{}: {h:?}", peer.name);
+    for name in [
+        "forwarded",
+        "x-http-method-override",
+        "x-original-url",
+        "true-client-ip",
+        "x-forwarded-client-cert",
+        "x-envoy-original-path",
+        // `users` strips the token it verified (the default).
+        "authorization",
+    ] {
+        assert!(
+            !h.contains_key(name),
+            "{}: the upstream got the client's {name}: {h:?}",
+            peer.name
+        );
+    }
+    if clears == Clears::NamesAndPrefixes {
+        assert!(
+            !h.contains_key("x-ssl-client-verify"),
+            "{}: {h:?}",
+            peer.name
+        );
+    }
+
+    // An authenticator that does not strip: the credential goes on.
+    let (status, _, body) = peer
+        .ask("/passthrough/x", &[("authorization", &bearer)])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", peer.failed(&body));
+    let got = gw.echo.last().unwrap();
+    assert_eq!(got.target, "/passthrough/x");
+    assert_eq!(
+        got.headers["authorization"],
+        bearer.as_str(),
+        "{}",
+        peer.name
+    );
 
     // Anonymous: no identity, and a client's copy, in either spelling, never arrives.
     let (status, _, body) = peer
@@ -352,7 +447,7 @@ async fn gateway(example_listener: &str) -> TestGateway {
         ),
         policies: vec![("10-p.yaml".into(), POLICY.into())],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
-        extra: format!("{}{LIMITS}", crate::support::hs256_users("{}")),
+        extra: format!("{}{FORWARDING}{LIMITS}", crate::support::hs256_users("{}")),
         ..Setup::default()
     }
     .start()
