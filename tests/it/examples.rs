@@ -36,7 +36,7 @@ fn lower(names: impl IntoIterator<Item = String>) -> BTreeSet<String> {
 }
 
 /// The names of a config's `identity_headers`, lower-cased.
-fn identity_headers(config: &str) -> BTreeSet<String> {
+pub(crate) fn identity_headers(config: &str) -> BTreeSet<String> {
     let c = yaml(config);
     let names = c["identity_headers"]
         .as_mapping()

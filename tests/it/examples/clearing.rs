@@ -156,6 +156,7 @@ fn nginx_clears_every_family_it_can() {
         "default $http_x_api_key;",
         "underscores_in_headers off;",
         "ignore_invalid_headers on;",
+        "load_module /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so;",
     ] {
         assert!(
             conf.lines().any(|l| l.trim() == line),
@@ -164,13 +165,42 @@ fn nginx_clears_every_family_it_can() {
     }
 }
 
+/// nginx: the prefix families go with headers-more, in the server block (before the auth
+/// subrequest), matched case-insensitively.
+#[test]
+fn nginx_clears_the_prefix_families() {
+    let conf = example("examples/nginx/nginx.conf");
+    let line = conf
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("more_clear_input_headers "))
+        .expect("more_clear_input_headers");
+    let cleared: BTreeSet<String> = line
+        .trim_start_matches("more_clear_input_headers ")
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(|p| p.trim_matches('"').to_ascii_lowercase())
+        .collect();
+    for p in INFRASTRUCTURE_PREFIXES {
+        assert!(cleared.contains(&format!("{p}*")), "nginx.conf keeps {p}*");
+    }
+    let server = conf.find("    server {").expect("server");
+    let location = conf.find("        location / {").expect("location /");
+    let at = conf.find("        more_clear_input_headers ").unwrap();
+    assert!(
+        server < at && at < location,
+        "in the server block, before the locations"
+    );
+}
+
 /// Caddy: every name and prefix deleted before `forward_auth` (prefixes as Go spells them),
 /// every underscore name, X-Real-IP copied from the door, the credentials removed when the
 /// door lists them.
 #[test]
 fn caddy_clears_every_family() {
     let conf = example("examples/caddy/Caddyfile");
-    let before = &conf[..conf.find("forward_auth ").expect("forward_auth")];
+    let at = conf.find("\t\tforward_auth ").expect("forward_auth");
+    let before = &conf[..at];
     let deleted: Vec<&str> = before
         .lines()
         .filter_map(|l| l.trim().strip_prefix("request_header -"))
@@ -205,9 +235,9 @@ fn caddy_clears_every_family() {
             "Caddyfile lacks `{line}`"
         );
     }
-    let after = &conf[conf.find("forward_auth ").unwrap()..];
+    let after = &conf[at..];
     assert!(
-        after.find("-X-Portcullis-Remove").unwrap() < after.find("reverse_proxy").unwrap(),
+        after.find("-X-Portcullis-Remove\n").unwrap() < after.find("\t\treverse_proxy ").unwrap(),
         "the list is removed before the request goes on"
     );
 }
