@@ -130,13 +130,15 @@ local s = run {
     ["x-http-method-override"] = "DELETE", ["true-client-ip"] = "10.0.0.2",
     ["x-forwarded-client-cert"] = "Hash=0", ["x-envoy-original-path"] = "/admin",
     ["x-ssl-client-verify"] = "SUCCESS", ["x_portcullis_user"] = "admin", ["x-kept"] = "1",
+    ["x-portcullis-user"] = "admin", ["x-client-cert-chain"] = "x", ["x-envoy-internal"] = "true",
+    ["x_forwarded_for"] = "10.9.9.9", ["x-forwarded_host"] = "evil.example",
   },
   door = { status = 200, headers = {
     ["X-User-Id"] = "alice",
     ["X-Real-IP"] = "203.0.113.7",
     ["X-Forwarded-Host"] = "app.example",
     ["X-Portcullis-Remove"] = "authorization,x-user-id,x-tenant-id,x-original-url,"
-      .. "x-http-method-override,true-client-ip,forwarded",
+      .. "x-http-method-override,true-client-ip",
   } },
 }
 local sent = s.door_request.headers
@@ -157,7 +159,8 @@ check(s.upstream["x-forwarded-host"] == "app.example", "sets the door's x-forwar
 for _, name in ipairs {
   "authorization", "x-user_id", "x_user-id", "x_real_ip", "forwarded", "x-original-url",
   "x_original_url", "x-http-method-override", "true-client-ip", "x-forwarded-client-cert",
-  "x-envoy-original-path", "x-ssl-client-verify", "x_portcullis_user",
+  "x-envoy-original-path", "x-ssl-client-verify", "x_portcullis_user", "x-portcullis-user",
+  "x-client-cert-chain", "x-envoy-internal", "x_forwarded_for", "x-forwarded_host",
 } do
   check(s.upstream[name] == nil, "removes the client's " .. name)
 end

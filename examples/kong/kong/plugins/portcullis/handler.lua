@@ -45,6 +45,13 @@ local INFRASTRUCTURE = {
 }
 local INFRASTRUCTURE_PREFIXES = { "x-envoy-", "x-portcullis-", "x-client-cert-", "x-ssl-client-" }
 
+-- The forwarding family. Kong's template writes the dashed X-Forwarded-* and X-Real-IP over
+-- the client's, but neither other spellings (X_Forwarded_For) nor Forwarded, which the door
+-- does not see (it gets only the forward_headers): those go here.
+local function is_forwarding(d)
+  return d == "forwarded" or d == "x-real-ip" or d:sub(1, 12) == "x-forwarded-"
+end
+
 -- The most request headers read; a request with more is refused rather than half-cleaned.
 local MAX_HEADERS = 1000
 
@@ -74,8 +81,9 @@ local function forwarded_host()
 end
 
 -- Removes from the upstream request every header whose dashed name is in `doomed` or is an
--- infrastructure header, and every spelling but the dashed one of a name in `set` (about to
--- be set). false when the request has too many headers to tell.
+-- infrastructure header or Forwarded, and every spelling but the dashed one of a name in
+-- `set` (about to be set) or of a forwarding header. false when the request has too many
+-- headers to tell.
 local function clear(doomed, set)
   local headers, err = kong.request.get_headers(MAX_HEADERS)
   if err == "truncated" then
@@ -83,8 +91,10 @@ local function clear(doomed, set)
   end
   for name in pairs(headers) do
     local d = dashed(name)
+    local other_spelling = d ~= name:lower()
     if doomed[d] or INFRASTRUCTURE[d] or has_prefix(d, INFRASTRUCTURE_PREFIXES)
-        or (set[d] and d ~= name:lower()) then
+        or (set[d] and other_spelling)
+        or (is_forwarding(d) and (other_spelling or d == "forwarded")) then
       kong.service.request.clear_header(name)
     end
   end
