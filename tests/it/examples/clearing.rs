@@ -5,13 +5,13 @@
 //! those tests do not send, and the peers that cannot run here.
 
 use std::collections::BTreeSet;
+use std::process::Command;
 
 use http::HeaderName;
 use portcullis::authz::spoofable::{Family, Spoofable, family};
-use serde_yaml::Value;
 
 use super::{identity_headers, lower, strings, yaml};
-use crate::peers::example;
+use crate::peers::{example, tool};
 
 /// The infrastructure family's exact names (the door names them only when it sees them).
 pub const INFRASTRUCTURE: [&str; 6] = [
@@ -279,23 +279,60 @@ fn traefik_clears_what_it_can() {
     assert!(copied.contains("x-real-ip"));
 }
 
-/// APISIX: proxy-rewrite removes the names (and the identity headers' all-underscore
-/// spelling) and sets the forwarding headers to what forward-auth describes.
+/// APISIX: the serverless pre-function (rewrite phase, before forward-auth) removes every
+/// name, prefix and underscore name; forward-auth hands the door's list to the post-function
+/// (access phase, after it). tests/apisix/functions_test.lua runs both with Lua 5.1.
 #[test]
-fn apisix_clears_what_it_can() {
+fn apisix_clears_every_family() {
     let c = yaml("examples/apisix/apisix.yaml");
-    let headers = &c["routes"][0]["plugins"]["proxy-rewrite"]["headers"];
-    let removed = lower(strings(&headers["remove"]));
-    for name in cleared_by_name() {
-        assert!(removed.contains(&name), "proxy-rewrite keeps {name}");
+    let plugins = &c["routes"][0]["plugins"];
+    let function = |plugin: &str, phase: &str| {
+        let p = &plugins[plugin];
+        assert_eq!(p["phase"].as_str(), Some(phase), "{plugin}");
+        let functions = strings(&p["functions"]);
+        assert_eq!(functions.len(), 1, "{plugin}");
+        functions[0].clone()
+    };
+    let pre = function("serverless-pre-function", "rewrite");
+    let post = function("serverless-post-function", "access");
+    for name in cleared_by_name().into_iter().chain(identity()) {
+        assert!(
+            pre.contains(&format!("\"{name}\"")),
+            "the pre-function keeps {name}"
+        );
     }
-    for name in identity() {
-        assert!(removed.contains(&name), "{name}");
-        assert!(removed.contains(&name.replace('-', "_")), "{name}");
+    for p in INFRASTRUCTURE_PREFIXES
+        .iter()
+        .chain(&["x-forwarded-", "x-original-"])
+    {
+        assert!(
+            pre.contains(&format!("\"{p}\"")),
+            "the pre-function keeps {p}*"
+        );
     }
-    let set: &Value = &headers["set"];
-    assert_eq!(set["X-Forwarded-Host"].as_str(), Some("$host"));
-    assert_eq!(set["X-Forwarded-Proto"].as_str(), Some("$scheme"));
+    let upstream = lower(strings(&plugins["forward-auth"]["upstream_headers"]));
+    assert!(upstream.contains("x-portcullis-remove"));
+
+    let Some(lua) = tool(&["lua5.1", "luajit"], "lua5.1") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (pre_path, post_path) = (dir.path().join("pre.lua"), dir.path().join("post.lua"));
+    std::fs::write(&pre_path, pre).unwrap();
+    std::fs::write(&post_path, post).unwrap();
+    let out = Command::new(&lua)
+        .arg("tests/apisix/functions_test.lua")
+        .arg(&pre_path)
+        .arg(&post_path)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tests/apisix/functions_test.lua: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Kong: the plugin's own infrastructure lists (it applies the door's list for the rest;
