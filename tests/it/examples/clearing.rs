@@ -243,7 +243,8 @@ fn caddy_clears_every_family() {
 }
 
 /// Traefik: the names in front of ForwardAuth, every spelling of the identity headers, but not
-/// X-Forwarded-Port and -Server (Traefik's own for a client it does not trust).
+/// X-Forwarded-Port and -Server (Traefik's own for a client it does not trust); the prefixes
+/// and underscore names through ForwardAuth's authResponseHeadersRegex.
 #[test]
 fn traefik_clears_what_it_can() {
     let c = yaml("examples/traefik/dynamic.yaml");
@@ -273,10 +274,16 @@ fn traefik_clears_what_it_can() {
             assert!(removed.contains(&s), "strip-spoofable keeps {s}");
         }
     }
-    let copied = lower(strings(
-        &http["middlewares"]["portcullis"]["forwardAuth"]["authResponseHeaders"],
-    ));
+    let fa = &http["middlewares"]["portcullis"]["forwardAuth"];
+    let copied = lower(strings(&fa["authResponseHeaders"]));
     assert!(copied.contains("x-real-ip"));
+    // The prefixes and every underscore name, deleted by the regex ForwardAuth copies with.
+    let prefixes = INFRASTRUCTURE_PREFIXES.join("|");
+    assert_eq!(
+        fa["authResponseHeadersRegex"].as_str(),
+        Some(&*format!("(?i)^({prefixes})|_")),
+        "authResponseHeadersRegex"
+    );
 }
 
 /// APISIX: the serverless pre-function (rewrite phase, before forward-auth) removes every
