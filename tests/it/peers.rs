@@ -305,10 +305,27 @@ async fn through_the_peer(peer: &Peer, gw: &TestGateway) {
         }
     }
 
-    // An ambiguous path: 400, whatever the peer itself makes of it.
-    let (status, h, body) = peer.ask("/a%2Fb", &[]).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", peer.failed(&body));
-    refusal_body(peer, &h, &body, "encoded_slash");
+    // An ambiguous path: 400, whatever the peer itself makes of it (an app that decodes
+    // once more would serve `/admin/users`).
+    for (target, error) in [
+        ("/a%2Fb", Some("encoded_slash")),
+        ("/open%2F..%2Fadmin/users", Some("encoded_slash")),
+        ("/open/%2e%2e/admin/users", Some("encoded_dot_segment")),
+        ("/open/%2E%2E/admin/users", Some("encoded_dot_segment")),
+        // Above the root: nginx refuses it itself (HTML), before asking.
+        ("/%2e%2e/admin/users", None),
+    ] {
+        let (status, h, body) = peer.ask(target, &[]).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{target}: {}",
+            peer.failed(&body)
+        );
+        if let Some(error) = error {
+            refusal_body(peer, &h, &body, error);
+        }
+    }
     // The peer forwards the path as sent: one the gateway would decide in another form is
     // refused, or the app would serve `/admin/../open/x` from its admin handler.
     for target in ["/admin/../open/x", "//admin/users", "/open/./x"] {
