@@ -13,6 +13,8 @@ use serde_yaml::Value;
 
 use crate::peers::{example, tool};
 
+mod clearing;
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -34,7 +36,7 @@ fn lower(names: impl IntoIterator<Item = String>) -> BTreeSet<String> {
 }
 
 /// The names of a config's `identity_headers`, lower-cased.
-fn identity_headers(config: &str) -> BTreeSet<String> {
+pub(crate) fn identity_headers(config: &str) -> BTreeSet<String> {
     let c = yaml(config);
     let names = c["identity_headers"]
         .as_mapping()
@@ -129,7 +131,7 @@ fn nginx_branches_match_the_door_status_map() {
 }
 
 #[test]
-fn caddy_copies_and_strips_the_identity_headers() {
+fn caddy_copies_the_identity_headers() {
     let conf = example("examples/caddy/Caddyfile").to_ascii_lowercase();
     let copy = conf
         .lines()
@@ -138,15 +140,6 @@ fn caddy_copies_and_strips_the_identity_headers() {
     let copied = lower(copy.split_whitespace().map(str::to_owned));
     for name in identity_headers("examples/portcullis/portcullis.yaml") {
         assert!(copied.contains(&name), "copy_headers lacks {name}");
-        assert!(
-            conf.contains(&format!("request_header -{name}\n")),
-            "{name}"
-        );
-        let underscored = name.replace('-', "_");
-        assert!(
-            conf.contains(&format!("request_header -{underscored}\n")),
-            "{underscored}"
-        );
     }
     let door = listener("examples/portcullis/portcullis.yaml", "forward-auth");
     let address = door["address"].as_str().unwrap();
@@ -179,19 +172,7 @@ fn traefik_forward_auth_middleware() {
     for name in identity_headers("examples/portcullis/portcullis.yaml") {
         assert!(copied.contains(&name), "authResponseHeaders lacks {name}");
     }
-    let strip = &http["middlewares"]["strip-identity"]["headers"]["customRequestHeaders"];
-    for name in identity_headers("examples/portcullis/portcullis.yaml") {
-        let underscored = name.replace('-', "_");
-        let removed = strip.as_mapping().unwrap().iter().any(|(k, v)| {
-            k.as_str().unwrap().eq_ignore_ascii_case(&underscored) && v.as_str() == Some("")
-        });
-        assert!(removed, "strip-identity does not remove {underscored}");
-    }
     let router = &http["routers"]["app"];
-    assert_eq!(
-        strings(&router["middlewares"]),
-        ["strip-identity", "portcullis"]
-    );
     let service = router["service"].as_str().unwrap();
     assert!(http["services"][service]["loadBalancer"]["servers"][0]["url"].is_string());
 }
@@ -212,16 +193,8 @@ fn apisix_forward_auth_plugin() {
         assert!(sent.contains(name), "request_headers lacks {name}");
     }
     let upstream = lower(strings(&fa["upstream_headers"]));
-    let removed = lower(strings(
-        &route["plugins"]["proxy-rewrite"]["headers"]["remove"],
-    ));
     for name in identity_headers("examples/portcullis/portcullis.yaml") {
         assert!(upstream.contains(&name), "upstream_headers lacks {name}");
-        assert!(
-            removed.contains(&name),
-            "proxy-rewrite keeps the client's {name}"
-        );
-        assert!(removed.contains(&name.replace('-', "_")), "{name}");
     }
     let client = lower(strings(&fa["client_headers"]));
     for name in [
@@ -251,6 +224,14 @@ fn envoy_filter(c: &Value, name: &str) -> (Value, Vec<String>) {
     assert_eq!(tc["use_remote_address"].as_bool(), Some(true));
     assert_eq!(
         tc["common_http_protocol_options"]["headers_with_underscores_action"].as_str(),
+        Some("REJECT_REQUEST")
+    );
+    // The path decided on is the path forwarded: resolved before ext_authz, an encoded slash
+    // refused (the doors refuse `.`, `..` and empty segments otherwise).
+    assert_eq!(tc["normalize_path"].as_bool(), Some(true));
+    assert_eq!(tc["merge_slashes"].as_bool(), Some(true));
+    assert_eq!(
+        tc["path_with_escaped_slashes_action"].as_str(),
         Some("REJECT_REQUEST")
     );
     let filters = tc["http_filters"].as_sequence().unwrap();
@@ -362,18 +343,41 @@ fn envoy_http_ext_authz() {
     };
     let ids = identity_headers("config/compose.yaml");
     let upstream = exact(&svc["authorization_response"]["allowed_upstream_headers"]);
+    let decided: BTreeSet<String> = ["x-real-ip", "x-forwarded-host"].map(str::to_owned).into();
     assert_eq!(
-        upstream, ids,
-        "allowed_upstream_headers: the identity headers"
+        upstream,
+        &ids | &decided,
+        "allowed_upstream_headers: the identity headers and the decided forwarding ones"
     );
-    // The door sees client copies of identity headers, to name them for removal.
+    // The door needs the client's address, and sees client copies of the identity,
+    // forwarding and infrastructure headers, to name them for removal (the override and
+    // claim names it names unseen).
     let sent = exact(&authz["allowed_headers"]);
+    let wanted = [
+        "accept",
+        "x-api-key",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "x-forwarded-host",
+        "forwarded",
+    ];
     for name in ids
         .iter()
         .map(String::as_str)
-        .chain(["accept", "x-api-key"])
+        .chain(wanted)
+        .chain(clearing::INFRASTRUCTURE)
     {
         assert!(sent.contains(name), "allowed_headers lacks {name}");
+    }
+    let prefixes: BTreeSet<&str> = authz["allowed_headers"]["patterns"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["prefix"].as_str())
+        .collect();
+    for p in clearing::INFRASTRUCTURE_PREFIXES {
+        assert!(prefixes.contains(p), "allowed_headers lacks {p}*");
     }
     let client = &svc["authorization_response"]["allowed_client_headers"];
     let exact_client = exact(client);

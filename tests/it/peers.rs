@@ -4,6 +4,12 @@
 //! upstream, asking the real gateway. What the client gets and what the upstream receives are
 //! asserted through the peer, so the shipped configs are what is proven.
 //!
+//! The attacks are the ones the door's families of spoofable headers name
+//! (`authz::spoofable`): a client's forwarding, override, address-claim and infrastructure
+//! headers, identity headers in every `_`/`-` spelling, and the credential the gateway
+//! verified. The door cannot remove a header itself; what the upstream gets proves the peer's
+//! config does.
+//!
 //! A peer whose binary is missing skips its test (printing why) unless
 //! `PORTCULLIS_REQUIRE_PEERS` is set; `.ci/run` sets it and installs them, so CI never skips.
 
@@ -16,12 +22,15 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 
-use crate::support::{Setup, TestGateway, hs256_token, send};
+use portcullis::authz::spoofable::family;
+
+use crate::support::{Setup, TestGateway, hs256_token, raw, send};
 
 const SECRET: &[u8] = b"peers-test-secret-peers-test-secret-0123456789";
 
-/// `/admin/**` denied; `/api/**` needs a token; `/app/**` too, and sends browsers to a login
-/// page; `/limited/**` allows one request a minute; `/open/**` is anonymous.
+/// `/admin/**` denied; `/api/**` needs a token (which `users` strips, the default); `/app/**`
+/// too, and sends browsers to a login page; `/limited/**` allows one request a minute;
+/// `/open/**` is anonymous; `/passthrough/**` needs a token that goes on to the upstream.
 const POLICY: &str = "rules:
   - name: admin
     match: {paths: [\"/admin/**\"]}
@@ -44,6 +53,20 @@ const POLICY: &str = "rules:
     match: {paths: [\"/open/**\"]}
     effect: allow
     anonymous: true
+  - name: passthrough
+    match: {paths: [\"/passthrough/**\"]}
+    effect: allow
+    authenticators: [forwarding]
+";
+
+/// A second authenticator, `forwarding`: the same tokens as `users`, not stripped.
+const FORWARDING: &str = "  forwarding:
+    jwt:
+      strip: false
+      providers:
+        - issuer: https://iss.test
+          audiences: [api]
+          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]
 ";
 
 const LIMITS: &str = "rate_limits:
@@ -62,6 +85,13 @@ async fn nginx_auth_request_in_front_of_the_forward_auth_door() {
     let Some(nginx) = tool(&["nginx"], "nginx") else {
         return;
     };
+    // The example clears the prefix families with headers-more.
+    if !installed(
+        Path::new(HEADERS_MORE),
+        "libnginx-mod-http-headers-more-filter",
+    ) {
+        return;
+    }
     let gw = gateway("nginx").await;
     let dir = tempfile::tempdir().unwrap();
     let listen = free_port();
@@ -182,32 +212,42 @@ fn a_missing_peer_skips_unless_peers_are_required() {
 async fn through_the_peer(peer: &Peer, gw: &TestGateway) {
     let bearer = format!("Bearer {}", hs256_token(SECRET, &json!({})));
 
-    // Allowed: the upstream gets the request, with the gateway's x-user-id, not the client's.
-    let (status, _, body) = peer
-        .ask(
-            "/api/orders?x=1",
-            &[("authorization", &bearer), ("x-user-id", "root")],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{}", peer.failed(&body));
+    // Allowed, with every header a client must not hand the upstream, in several spellings
+    // (raw, so the case is the client's): the upstream gets the request with the gateway's
+    // identity and what the peer and the gateway decided, and nothing else of those families.
+    let r = raw(peer.addr, &attack("/api/orders?x=1", peer, Some(&bearer))).await;
+    assert_eq!(r.status, 200, "{}: {}", peer.name, peer.failed(&r.head));
     let got = gw.echo.last().expect("the upstream got the request");
-    assert_eq!(got.target, "/api/orders?x=1");
-    let ids: Vec<_> = got.headers.get_all("x-user-id").iter().collect();
-    assert_eq!(ids, ["alice"], "{}: the gateway's value only", peer.name);
-
-    // Anonymous: no identity, and a client's copy, in either spelling, never arrives.
-    let (status, _, body) = peer
-        .ask("/open/x", &[("x-user-id", "root"), ("x_user_id", "root")])
-        .await;
-    assert_eq!(status, StatusCode::OK, "{}", peer.failed(&body));
-    let got = gw.echo.last().unwrap();
-    assert_eq!(got.target, "/open/x");
+    assert_eq!(got.target, "/api/orders?x=1", "{}", peer.name);
+    only_what_was_decided(peer, &got.headers, Some("alice"));
+    // `users` strips the token it verified (the default).
     assert!(
-        !got.headers.contains_key("x-user-id") && !got.headers.contains_key("x_user_id"),
-        "{}: an identity header the gateway did not set reached the upstream: {:?}",
+        !got.headers.contains_key("authorization"),
+        "{}: the verified credential reached the upstream: {:?}",
         peer.name,
         got.headers
     );
+
+    // An authenticator that does not strip: the credential goes on.
+    let (status, _, body) = peer
+        .ask("/passthrough/x", &[("authorization", &bearer)])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", peer.failed(&body));
+    let got = gw.echo.last().unwrap();
+    assert_eq!(got.target, "/passthrough/x");
+    assert_eq!(
+        got.headers["authorization"],
+        bearer.as_str(),
+        "{}",
+        peer.name
+    );
+
+    // Anonymous: no identity, and a client's copy, in any spelling, never arrives.
+    let r = raw(peer.addr, &attack("/open/x", peer, None)).await;
+    assert_eq!(r.status, 200, "{}: {}", peer.name, peer.failed(&r.head));
+    let got = gw.echo.last().unwrap();
+    assert_eq!(got.target, "/open/x");
+    only_what_was_decided(peer, &got.headers, None);
 
     let forwarded = gw.echo.records().len();
 
@@ -232,6 +272,13 @@ async fn through_the_peer(peer: &Peer, gw: &TestGateway) {
         peer.name
     );
     refusal_body(peer, &h, &body, "invalid_token");
+
+    // Spoofed identity and overrides change no decision: no credential is 401, a denied
+    // path 403, whatever the client claims to be.
+    let r = raw(peer.addr, &attack("/api/orders", peer, None)).await;
+    assert_eq!(r.status, 401, "{}: {}", peer.name, peer.failed(&r.body));
+    let r = raw(peer.addr, &attack("/admin/users", peer, Some(&bearer))).await;
+    assert_eq!(r.status, 403, "{}: {}", peer.name, peer.failed(&r.body));
 
     // A denied path, by any spelling; the peer's own description headers cannot be forged.
     for (target, headers) in [
@@ -258,10 +305,27 @@ async fn through_the_peer(peer: &Peer, gw: &TestGateway) {
         }
     }
 
-    // An ambiguous path: 400, whatever the peer itself makes of it.
-    let (status, h, body) = peer.ask("/a%2Fb", &[]).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", peer.failed(&body));
-    refusal_body(peer, &h, &body, "encoded_slash");
+    // An ambiguous path: 400, whatever the peer itself makes of it (an app that decodes
+    // once more would serve `/admin/users`).
+    for (target, error) in [
+        ("/a%2Fb", Some("encoded_slash")),
+        ("/open%2F..%2Fadmin/users", Some("encoded_slash")),
+        ("/open/%2e%2e/admin/users", Some("encoded_dot_segment")),
+        ("/open/%2E%2E/admin/users", Some("encoded_dot_segment")),
+        // Above the root: nginx refuses it itself (HTML), before asking.
+        ("/%2e%2e/admin/users", None),
+    ] {
+        let (status, h, body) = peer.ask(target, &[]).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{target}: {}",
+            peer.failed(&body)
+        );
+        if let Some(error) = error {
+            refusal_body(peer, &h, &body, error);
+        }
+    }
     // The peer forwards the path as sent: one the gateway would decide in another form is
     // refused, or the app would serve `/admin/../open/x` from its admin handler.
     for target in ["/admin/../open/x", "//admin/users", "/open/./x"] {
@@ -322,6 +386,124 @@ async fn through_the_peer(peer: &Peer, gw: &TestGateway) {
     assert_eq!(gw.echo.records().len(), forwarded + 1, "{}", peer.name);
 }
 
+/// A raw `GET target` through the peer carrying every header a client must not hand the
+/// upstream, in several spellings and cases: identity headers (`X-User-Id: admin`), forwarding
+/// (`X-Forwarded-For`, `X-Real-IP`, `Forwarded`), path and method overrides (`X-Original-URL`,
+/// `X-Forwarded-Uri`), address claims, infrastructure and the gateway's own namespace.
+fn attack(target: &str, peer: &Peer, bearer: Option<&str>) -> Vec<u8> {
+    let mut req = format!(
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n",
+        peer.addr.port()
+    );
+    if let Some(b) = bearer {
+        req.push_str(&format!("Authorization: {b}\r\n"));
+    }
+    for (name, value) in SPOOFED {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// What a client sends to be someone else, somewhere else, or to be believed as infrastructure.
+const SPOOFED: &[(&str, &str)] = &[
+    // Identity, in every case and `_`/`-` spelling frameworks fold together.
+    ("X-User-Id", "admin"),
+    ("X-USER-ID", "admin"),
+    ("x-user-id", "root"),
+    ("X-User_Id", "admin"),
+    ("X_User-Id", "admin"),
+    ("X_USER_ID", "admin"),
+    ("X-User-Roles", "admin"),
+    ("X_User_Roles", "admin"),
+    ("X-Tenant-Id", "other"),
+    ("X-Api-Key-Id", "k1"),
+    // Forwarding: who the client is, where it came to.
+    ("X-Forwarded-For", "10.9.9.9"),
+    ("X_Forwarded_For", "10.9.9.9"),
+    ("X-Real-IP", "10.0.0.1"),
+    ("X_Real_IP", "10.0.0.1"),
+    ("X-Forwarded-Host", "evil.example"),
+    ("X-Forwarded-Proto", "https"),
+    ("Forwarded", "for=10.0.0.1;host=evil.example;proto=https"),
+    // Path and method overrides: the decision is on the request line, never on these.
+    ("X-Original-URL", "/admin/users"),
+    ("X_Original_URL", "/admin/users"),
+    ("X-Original-URI", "/admin/users"),
+    ("X-Forwarded-Uri", "/admin/users"),
+    ("X-Forwarded-Path", "/admin/users"),
+    ("X-Forwarded-Prefix", "/admin"),
+    ("X-Rewrite-URL", "/admin/users"),
+    ("X-Original-Method", "DELETE"),
+    ("X-Forwarded-Method", "DELETE"),
+    ("X-HTTP-Method-Override", "DELETE"),
+    // Address and scheme claims.
+    ("X-Forwarded-Port", "443"),
+    ("X-Forwarded-Ssl", "on"),
+    ("True-Client-IP", "10.0.0.2"),
+    ("X-Client-IP", "10.0.0.2"),
+    ("CF-Connecting-IP", "10.0.0.2"),
+    // Infrastructure: client certificates, Envoy, the gateway's own namespace.
+    ("X-Forwarded-Client-Cert", "Hash=0;Subject=\"CN=admin\""),
+    ("X-Client-Cert", "x"),
+    ("X-Client-Cert-Chain", "x"),
+    ("X-SSL-Client-Verify", "SUCCESS"),
+    ("X-SSL-Client-S-DN", "CN=admin"),
+    ("X-Envoy-Original-Path", "/admin/users"),
+    ("X-Envoy-Internal", "true"),
+    ("X-Portcullis-User", "admin"),
+    ("X-PORTCULLIS-REMOVE", "x-user-id"),
+    ("X-Portcullis-Status", "200"),
+    ("X_Portcullis_Assertion", "x"),
+];
+
+/// Of the headers a client must not hand the upstream (the families of `authz::spoofable`,
+/// the example config's identity headers, any name with `_`), the upstream got only what the
+/// peer and the gateway set: the gateway's `x-user-id` (`user`), the client address and host
+/// the peer saw, its scheme.
+fn only_what_was_decided(peer: &Peer, h: &HeaderMap, user: Option<&str>) {
+    let identity = crate::examples::identity_headers("examples/portcullis/portcullis.yaml");
+    let host = format!("127.0.0.1:{}", peer.addr.port());
+    for name in h.keys() {
+        let name = name.as_str();
+        assert!(
+            !name.contains('_'),
+            "{}: the upstream got the client's {name}: {h:?}",
+            peer.name
+        );
+        if family(name).is_none() && !identity.contains(name) {
+            continue;
+        }
+        let values: Vec<&str> = h
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        let decided: Vec<&str> = match name {
+            "x-forwarded-for" | "x-real-ip" => vec!["127.0.0.1"],
+            "x-forwarded-host" => vec![host.as_str()],
+            "x-forwarded-proto" => vec!["http"],
+            "x-user-id" if user.is_some() => user.into_iter().collect(),
+            _ => panic!(
+                "{}: the upstream got the client's {name}: {values:?}",
+                peer.name
+            ),
+        };
+        assert_eq!(values, decided, "{}: {name}", peer.name);
+    }
+    // What the gateway set arrives.
+    assert_eq!(
+        h.get("x-user-id").map(|v| v.to_str().unwrap()),
+        user,
+        "{}: {h:?}",
+        peer.name
+    );
+    let real: Vec<_> = h.get_all("x-real-ip").iter().collect();
+    assert_eq!(real, ["127.0.0.1"], "{}: {h:?}", peer.name);
+    let hosts: Vec<_> = h.get_all("x-forwarded-host").iter().collect();
+    assert_eq!(hosts, [host.as_str()], "{}: {h:?}", peer.name);
+}
+
 /// A refusal's body: JSON naming the reason and the request id the answer carries.
 fn refusal_body(peer: &Peer, h: &HeaderMap, body: &str, error: &str) {
     assert!(
@@ -352,7 +534,7 @@ async fn gateway(example_listener: &str) -> TestGateway {
         ),
         policies: vec![("10-p.yaml".into(), POLICY.into())],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
-        extra: format!("{}{LIMITS}", crate::support::hs256_users("{}")),
+        extra: format!("{}{FORWARDING}{LIMITS}", crate::support::hs256_users("{}")),
         ..Setup::default()
     }
     .start()
@@ -420,6 +602,30 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
+/// Where examples/nginx/nginx.conf loads the headers-more module from (Debian's path).
+const HEADERS_MORE: &str = "/usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so";
+
+/// Whether `path` (from `package`) is there; when it is not, as [`tool`]: skip after saying
+/// why, or fail when `PORTCULLIS_REQUIRE_PEERS` is set.
+fn installed(path: &Path, package: &str) -> bool {
+    let found = path.is_file();
+    if !found {
+        missing(&format!("{}", path.display()), package);
+    }
+    found
+}
+
+/// Says why a test that needs `what` skips, or fails when peers are required.
+fn missing(what: &str, package: &str) {
+    assert!(
+        std::env::var_os("PORTCULLIS_REQUIRE_PEERS").is_none(),
+        "{what} is not installed and PORTCULLIS_REQUIRE_PEERS is set (apt-get install {package})"
+    );
+    eprintln!(
+        "skipped: {what} is not installed (apt-get install {package}; PORTCULLIS_REQUIRE_PEERS=1 makes this a failure)"
+    );
+}
+
 /// The first of `names` found in PATH or the sbin directories (nginx lives in /usr/sbin);
 /// `None`, after saying why, when none is and `PORTCULLIS_REQUIRE_PEERS` is unset (then the
 /// caller skips its test); a failure when it is set.
@@ -433,13 +639,7 @@ pub fn tool(names: &[&str], package: &str) -> Option<PathBuf> {
         .flat_map(|n| dirs.iter().map(move |d| d.join(n)))
         .find(|p| p.is_file());
     if found.is_none() {
-        assert!(
-            std::env::var_os("PORTCULLIS_REQUIRE_PEERS").is_none(),
-            "none of {names:?} is installed and PORTCULLIS_REQUIRE_PEERS is set (apt-get install {package})"
-        );
-        eprintln!(
-            "skipped: none of {names:?} is installed (apt-get install {package}; PORTCULLIS_REQUIRE_PEERS=1 makes this a failure)"
-        );
+        missing(&format!("none of {names:?}"), package);
     }
     found
 }

@@ -63,6 +63,17 @@ kong = {
     get_forwarded_port = function() return scenario.port end,
     get_forwarded_scheme = function() return scenario.scheme end,
     get_header = function(name) return scenario.client_headers[name:lower()] end,
+    -- The request's headers as they stand (ngx.req.get_headers: what clear_header left),
+    -- with "truncated" past `max`.
+    get_headers = function(max)
+      local out, n = {}, 0
+      for k, v in pairs(scenario.upstream) do
+        n = n + 1
+        if n > max then return out, "truncated" end
+        out[k] = v
+      end
+      return out
+    end,
   },
   client = { get_forwarded_ip = function() return "203.0.113.7" end },
   service = { request = {
@@ -107,11 +118,28 @@ local function run(s)
   return s
 end
 
--- Allowed: the description, the forwarded credential, identity from the door only.
+-- Allowed: the description, the forwarded credential, identity from the door only, and
+-- nothing the door names for removal, in any spelling.
 local s = run {
   request_uri = "/api/orders?x=1",
-  client_headers = { authorization = "Bearer t", ["x-user-id"] = "root", ["x-tenant-id"] = "evil" },
-  door = { status = 200, headers = { ["X-User-Id"] = "alice" } },
+  client_headers = {
+    authorization = "Bearer t", ["x-user-id"] = "root", ["x-tenant-id"] = "evil",
+    ["x-user_id"] = "admin", ["x_user-id"] = "admin2", ["x_real_ip"] = "10.0.0.1",
+    ["x-real-ip"] = "10.0.0.1", ["x-forwarded-host"] = "evil.example",
+    forwarded = "for=10.0.0.1", ["x-original-url"] = "/admin", ["x_original_url"] = "/admin",
+    ["x-http-method-override"] = "DELETE", ["true-client-ip"] = "10.0.0.2",
+    ["x-forwarded-client-cert"] = "Hash=0", ["x-envoy-original-path"] = "/admin",
+    ["x-ssl-client-verify"] = "SUCCESS", ["x_portcullis_user"] = "admin", ["x-kept"] = "1",
+    ["x-portcullis-user"] = "admin", ["x-client-cert-chain"] = "x", ["x-envoy-internal"] = "true",
+    ["x_forwarded_for"] = "10.9.9.9", ["x-forwarded_host"] = "evil.example",
+  },
+  door = { status = 200, headers = {
+    ["X-User-Id"] = "alice",
+    ["X-Real-IP"] = "203.0.113.7",
+    ["X-Forwarded-Host"] = "app.example",
+    ["X-Portcullis-Remove"] = "authorization,x-user-id,x-tenant-id,x-original-url,"
+      .. "x-http-method-override,true-client-ip",
+  } },
 }
 local sent = s.door_request.headers
 check(s.door_uri == conf.door_url, "asks the configured door")
@@ -126,6 +154,31 @@ check(s.timeout == 2000, "uses the configured timeout")
 check(s.exit == nil, "an allowed request goes on")
 check(s.upstream["x-user-id"] == "alice", "sets the door's x-user-id")
 check(s.upstream["x-tenant-id"] == nil, "removes a client's identity header the door did not set")
+check(s.upstream["x-real-ip"] == "203.0.113.7", "sets the door's x-real-ip")
+check(s.upstream["x-forwarded-host"] == "app.example", "sets the door's x-forwarded-host")
+for _, name in ipairs {
+  "authorization", "x-user_id", "x_user-id", "x_real_ip", "forwarded", "x-original-url",
+  "x_original_url", "x-http-method-override", "true-client-ip", "x-forwarded-client-cert",
+  "x-envoy-original-path", "x-ssl-client-verify", "x_portcullis_user", "x-portcullis-user",
+  "x-client-cert-chain", "x-envoy-internal", "x_forwarded_for", "x-forwarded_host",
+} do
+  check(s.upstream[name] == nil, "removes the client's " .. name)
+end
+check(s.upstream["x-kept"] == "1", "keeps what the door does not name")
+
+-- A credential the door does not name (its authenticator does not strip) goes on.
+s = run {
+  request_uri = "/",
+  client_headers = { authorization = "Bearer t" },
+  door = { status = 200, headers = { ["X-Portcullis-Remove"] = "x-user-id" } },
+}
+check(s.upstream["authorization"] == "Bearer t", "keeps a credential the door does not name")
+
+-- Too many headers to clean: refused, never forwarded half-cleaned.
+local many = {}
+for i = 1, 1001 do many["x-h" .. i] = "v" end
+s = run { request_uri = "/", client_headers = many, door = { status = 200, headers = {} } }
+check(s.exit and s.exit.status == 400, "refuses a request with too many headers")
 
 -- A non-default port is part of the host.
 s = run { request_uri = "/", port = 8443, door = { status = 204, headers = {} } }

@@ -1,7 +1,15 @@
 -- Kong plugin `portcullis`: asks Portcullis's forward-auth door whether a request may pass,
 -- describing it in X-Forwarded-Method, -Uri, -Host, -Proto and -For. A 2xx answer lets it on
--- with the identity headers the door set; any other answer (401, 403, a 302 to a login page,
--- 429, 400, 503) goes back to the client as it is: status, challenge and body.
+-- with the headers the door set (identity, X-Real-IP, X-Forwarded-Host) and without the ones
+-- it names in `x-portcullis-remove` (spoofable headers, the credential it verified and
+-- strips); any other answer (401, 403, a 302 to a login page, 429, 400, 503) goes back to the
+-- client as it is: status, challenge and body.
+--
+-- Kong turns nginx's underscores_in_headers on, so the plugin removes a name in every `_`/`-`
+-- spelling: PHP, CGI, WSGI and Puma read X_User_Id and X-User_Id as X-User-Id.
+-- Kong's own template writes X-Real-IP ($remote_addr), X-Forwarded-For, -Proto, -Host, -Port,
+-- -Path and -Prefix over whatever the request holds, from the client address and host its
+-- trusted_ips settings resolve: the same ones the plugin describes the request with.
 --
 -- Untested against a live Kong (it cannot be installed where Portcullis is built); the tests
 -- check its syntax with Lua 5.1 and run it against stand-ins for Kong's PDK and resty.http.
@@ -9,13 +17,14 @@ local http = require "resty.http"
 
 local kong = kong
 local ipairs = ipairs
+local pairs = pairs
 local type = type
 
 local PortcullisHandler = {
   -- After Kong's own authentication plugins (key-auth 1250, jwt 1450), before
   -- rate-limiting (910).
   PRIORITY = 1000,
-  VERSION = "0.1.0",
+  VERSION = "0.2.0",
 }
 
 -- Headers of a refusal the client needs besides the body.
@@ -23,6 +32,42 @@ local REFUSAL_HEADERS = {
   "Content-Type", "WWW-Authenticate", "Location", "Retry-After",
   "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "X-Request-Id",
 }
+
+-- Set on an allowed request from the door's answer, besides the identity headers.
+local DECIDED_HEADERS = { "X-Real-IP", "X-Forwarded-Host" }
+
+-- Headers only infrastructure in front of the app may set (client certificates, Envoy,
+-- Portcullis). The door names them only when it saw them, and it sees only the
+-- forward_headers, so they are removed here: by name, and by prefix.
+local INFRASTRUCTURE = {
+  ["x-forwarded-client-cert"] = true, ["x-client-cert"] = true, ["ssl-client-cert"] = true,
+  ["x-ssl-cert"] = true, ["x-client-verify"] = true, ["x-client-dn"] = true,
+}
+local INFRASTRUCTURE_PREFIXES = { "x-envoy-", "x-portcullis-", "x-client-cert-", "x-ssl-client-" }
+
+-- The forwarding family. Kong's template writes the dashed X-Forwarded-* and X-Real-IP over
+-- the client's, but neither other spellings (X_Forwarded_For) nor Forwarded, which the door
+-- does not see (it gets only the forward_headers): those go here.
+local function is_forwarding(d)
+  return d == "forwarded" or d == "x-real-ip" or d:sub(1, 12) == "x-forwarded-"
+end
+
+-- The most request headers read; a request with more is refused rather than half-cleaned.
+local MAX_HEADERS = 1000
+
+-- A header name as the door compares it: lowercase, `_` read as `-`.
+local function dashed(name)
+  return (name:lower():gsub("_", "-"))
+end
+
+local function has_prefix(name, prefixes)
+  for _, p in ipairs(prefixes) do
+    if name:sub(1, #p) == p then
+      return true
+    end
+  end
+  return false
+end
 
 -- The original host as the client named it, with its port unless it is the scheme's.
 local function forwarded_host()
@@ -33,6 +78,32 @@ local function forwarded_host()
     return host .. ":" .. port
   end
   return host
+end
+
+-- Removes from the upstream request every header whose dashed name is in `doomed` or is an
+-- infrastructure header or Forwarded, and every spelling but the dashed one of a name in
+-- `set` (about to be set) or of a forwarding header. false when the request has too many
+-- headers to tell.
+local function clear(doomed, set)
+  local headers, err = kong.request.get_headers(MAX_HEADERS)
+  if err == "truncated" then
+    return false
+  end
+  for name in pairs(headers) do
+    local d = dashed(name)
+    local other_spelling = d ~= name:lower()
+    if doomed[d] or INFRASTRUCTURE[d] or has_prefix(d, INFRASTRUCTURE_PREFIXES)
+        or (set[d] and other_spelling)
+        or (is_forwarding(d) and (other_spelling or d == "forwarded")) then
+      kong.service.request.clear_header(name)
+    end
+  end
+  return true
+end
+
+local function too_many_headers()
+  return kong.response.exit(400, '{"error":"too_many_headers"}\n',
+    { ["Content-Type"] = "application/json" })
 end
 
 function PortcullisHandler:access(conf)
@@ -73,11 +144,34 @@ function PortcullisHandler:access(conf)
   end
 
   if res.status >= 200 and res.status < 300 then
-    for _, name in ipairs(conf.identity_headers) do
-      local value = res.headers[name]
-      -- One value each: a repeated identity header is not passed on.
-      if type(value) == "string" then
-        kong.service.request.set_header(name, value)
+    -- What the door sets, and every name it lists, go in every spelling before anything is
+    -- set (the door never lists a header it sets).
+    local set, doomed = {}, {}
+    for _, list in ipairs({ conf.identity_headers, DECIDED_HEADERS }) do
+      for _, name in ipairs(list) do
+        set[dashed(name)] = true
+      end
+    end
+    local listed = res.headers["x-portcullis-remove"]
+    if type(listed) == "string" then
+      listed = { listed }
+    end
+    for _, value in ipairs(listed or {}) do
+      for name in value:gmatch("[^,%s]+") do
+        doomed[dashed(name)] = true
+        kong.service.request.clear_header(name)
+      end
+    end
+    if not clear(doomed, set) then
+      return too_many_headers()
+    end
+    for _, list in ipairs({ conf.identity_headers, DECIDED_HEADERS }) do
+      for _, name in ipairs(list) do
+        local value = res.headers[name]
+        -- One value each: a repeated header is not passed on.
+        if type(value) == "string" then
+          kong.service.request.set_header(name, value)
+        end
       end
     end
     return
