@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# Decision-door benchmark (issue 11): the doors against what the same peer does with a
+# trivial authorizer, in one run, with the same pinning (servers on CPU 0, load on CPU 1).
+#
+#   nginx-static   wrk → nginx, auth_request → a static 204 location → a static file
+#   nginx-door     wrk → nginx, auth_request → Portcullis forward-auth door (a cached RS256
+#                  token, a rule, identity headers) → the same file       target ≥ 0.9×
+#   grpc-trivial   h2load → an always-allow tonic Check server (bench/trivial_check.rs)
+#   grpc-door      h2load → Portcullis envoy_grpc door, the same CheckRequest with the same
+#                  cached token                                          target ≥ 0.85×
+#
+#   bench/doors.sh                     # 3 rounds of 6 s per scenario
+#   DURATION=8 ROUNDS=5 bench/doors.sh
+#
+# Env: DURATION (s, default 6), ROUNDS (default 3; the median is reported), CONNS (wrk
+# connections, default 50), H2_CONNS and H2_STREAMS (h2load connections and concurrent streams
+# per connection, default 4 and 32: Envoy multiplexes Checks over few connections),
+# SERVER_CPU (0), LOAD_CPU (1), RESULTS (default bench/RESULTS.md; empty: do not record),
+# PERF (a door scenario, nginx-door or grpc-door: profile Portcullis with perf during its first
+# run, report in target/perf-SCENARIO.txt).
+set -euo pipefail
+
+DURATION=${DURATION:-6}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-50}
+H2_CONNS=${H2_CONNS:-4}
+H2_STREAMS=${H2_STREAMS:-32}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RESULTS=${RESULTS-$ROOT/bench/RESULTS.md}
+cd "$ROOT"
+
+log() { printf '[doors] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+PIDS=()
+LOAD_PID=
+TMP=$(mktemp -d -t portcullis-doors.XXXXXX)
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -z $LOAD_PID ]] || PIDS+=("$LOAD_PID")
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $rc -ne 0 && -n "${KEEP_LOGS:-}" ]]; then log "logs kept in $TMP"; else rm -rf "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- tools ---------------------------------------------------------------------------------------
+need=()
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v curl >/dev/null || need+=(curl)
+command -v taskset >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+    [[ $(id -u) -eq 0 ]] || die "missing ${need[*]}; run as root or install them"
+    log "installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null ||
+        { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null; }
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+command -v python3 >/dev/null || die "python3 is needed to pick free ports"
+
+log "building target/perf/portcullis and trivial-check (profile perf)"
+cargo build --profile perf --locked --bin portcullis --example trivial-check >&2
+BIN=$ROOT/target/perf/portcullis
+TRIVIAL=$ROOT/target/perf/examples/trivial-check
+
+read -r P_STATIC P_DOOR P_FA P_GRPC P_TRIVIAL P_ADMIN < <(python3 - <<'EOF'
+import socket
+socks = []
+for _ in range(6):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(*(s.getsockname()[1] for s in socks))
+EOF
+)
+
+# --- Portcullis: a forward-auth door and an Envoy gRPC door, one rule, a cached RS256 token ----
+mkdir -p "$TMP/portcullis/policies" "$TMP/www/api"
+echo ok >"$TMP/www/api/x"
+"$BIN" keys new --alg RS256 --kid bench --out "$TMP/keys" >/dev/null
+TOKEN=$("$BIN" token mint --key "$TMP/keys/bench.key" --alg RS256 --kid bench \
+    --iss https://bench.portcullis --aud bench --sub bench-user --ttl 2h --claim tenant=acme)
+cat >"$TMP/portcullis/policies/10-api.yaml" <<'EOF'
+rules:
+  - name: api
+    match:
+      paths: ["/api/**"]
+      methods: [GET]
+    effect: allow
+    authenticators: [bench]
+EOF
+cat >"$TMP/portcullis/portcullis.yaml" <<EOF
+listeners:
+  - name: forward-auth
+    address: 127.0.0.1:$P_FA
+    door: {forward_auth: {}}
+  - name: grpc
+    address: 127.0.0.1:$P_GRPC
+    door: {envoy_grpc: {}}
+admin:
+  address: 127.0.0.1:$P_ADMIN
+server:
+  worker_threads: 1
+policies:
+  dir: policies
+logging:
+  level: warn
+  access_log: false
+identity_headers:
+  x-user-id: "{principal.id}"
+  x-tenant-id: "{claims.tenant}"
+authenticators:
+  bench:
+    jwt:
+      providers:
+        - issuer: https://bench.portcullis
+          audiences: [bench]
+          keys:
+            - pem_file: {path: $TMP/keys/bench.pem, kid: bench, algorithms: [RS256]}
+EOF
+
+# --- nginx: one worker, two servers that differ only in what auth_request asks ----------------
+mkdir -p "$TMP/nginx"
+cat >"$TMP/nginx/nginx.conf" <<EOF
+$([[ $(id -u) -eq 0 ]] && echo "user root;")
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    keepalive_requests 1000000;
+    default_type text/plain;
+    upstream portcullis {
+        server 127.0.0.1:$P_FA;
+        keepalive 64;
+    }
+    # The content is a static file: \`return\` would answer before the access phase, where
+    # auth_request runs.
+    server {
+        listen 127.0.0.1:$P_STATIC;
+        root $TMP/www;
+        location /api/ {
+            auth_request /_auth;
+            auth_request_set \$pc_user_id \$upstream_http_x_user_id;
+            add_header X-User-Id \$pc_user_id;
+        }
+        location = /_auth { internal; return 204; }
+    }
+    server {
+        listen 127.0.0.1:$P_DOOR;
+        root $TMP/www;
+        location /api/ {
+            auth_request /_portcullis;
+            auth_request_set \$pc_user_id \$upstream_http_x_user_id;
+            add_header X-User-Id \$pc_user_id;
+        }
+        # As examples/nginx/nginx.conf asks.
+        location = /_portcullis {
+            internal;
+            proxy_pass http://portcullis/auth;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URI \$request_uri;
+            proxy_set_header X-Original-Method \$request_method;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Uri "";
+            proxy_set_header X-Forwarded-Method "";
+            proxy_set_header Connection "";
+            proxy_http_version 1.1;
+        }
+    }
+}
+EOF
+
+wait_http() { # $1 url, $2 what
+    for _ in $(seq 100); do
+        curl -fs -o /dev/null --max-time 1 "$1" && return 0
+        sleep 0.1
+    done
+    log "$2 did not answer at $1"
+    return 1
+}
+
+taskset -c "$SERVER_CPU" "$BIN" run -c "$TMP/portcullis/portcullis.yaml" --no-watch \
+    >"$TMP/portcullis.log" 2>&1 &
+PC_PID=$!
+PIDS+=($!)
+wait_http "http://127.0.0.1:$P_ADMIN/readyz" "portcullis /readyz" || { cat "$TMP/portcullis.log" >&2; exit 1; }
+"$NGINX" -t -q -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" ||
+    die "nginx config invalid"
+taskset -c "$SERVER_CPU" "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
+    >"$TMP/nginx/stdout.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$P_STATIC/api/x" "nginx" || { cat "$TMP/nginx/error.log" >&2; exit 1; }
+taskset -c "$SERVER_CPU" "$TRIVIAL" serve "127.0.0.1:$P_TRIVIAL" >"$TMP/trivial.log" 2>&1 &
+PIDS+=($!)
+"$TRIVIAL" encode "$TOKEN" >"$TMP/check.bin"
+
+# --- sanity: each path decides what it should ------------------------------------------------
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$P_DOOR/api/x")
+[[ $code == 401 ]] || die "nginx-door: expected 401 without a token, got $code"
+user=$(curl -fs -D - -o /dev/null --max-time 2 -H "Authorization: Bearer $TOKEN" \
+    "http://127.0.0.1:$P_DOOR/api/x" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-user-id" {print $2}')
+[[ $user == bench-user ]] || die "nginx-door: expected x-user-id bench-user, got '$user'"
+for _ in $(seq 50); do "$TRIVIAL" ask "http://127.0.0.1:$P_TRIVIAL" "$TOKEN" && break; sleep 0.1; done
+"$TRIVIAL" ask "http://127.0.0.1:$P_TRIVIAL" "$TOKEN" || die "grpc-trivial: Check not OK"
+"$TRIVIAL" ask "http://127.0.0.1:$P_GRPC" "$TOKEN" || die "grpc-door: Check with the token not OK"
+! "$TRIVIAL" ask "http://127.0.0.1:$P_GRPC" not-a-token 2>/dev/null ||
+    die "grpc-door: Check with a bad token was OK"
+
+# --- load ----------------------------------------------------------------------------------------
+SCENARIOS=(nginx-static nginx-door grpc-trivial grpc-door)
+run_load() { # $1 output, rest: command
+    local outfile=$1
+    shift
+    taskset -c "$LOAD_CPU" "$@" >"$outfile" 2>&1 &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || die "load failed: $(tail -5 "$outfile")"
+    LOAD_PID=
+}
+# Requests per second of one run, checked for errors; sets R_RPS.
+run_scenario() { # $1 scenario
+    local s=$1 out
+    case $s in
+    nginx-static | nginx-door)
+        local port=$P_STATIC
+        [[ $s == nginx-door ]] && port=$P_DOOR
+        run_load "$TMP/$s.txt" wrk -t1 -c"$CONNS" -d"${DURATION}s" \
+            -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/x"
+        out=$(<"$TMP/$s.txt")
+        ! grep -q 'Non-2xx\|Socket errors' <<<"$out" || die "$s: errors: $out"
+        R_RPS=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
+        ;;
+    grpc-trivial | grpc-door)
+        local port=$P_TRIVIAL
+        [[ $s == grpc-door ]] && port=$P_GRPC
+        run_load "$TMP/$s.txt" h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D"$DURATION" \
+            --warm-up-time=1 -d "$TMP/check.bin" -H 'content-type: application/grpc' \
+            -H 'te: trailers' "http://127.0.0.1:$port/envoy.service.auth.v3.Authorization/Check"
+        out=$(<"$TMP/$s.txt")
+        # h2load counts HTTP statuses: every gRPC answer is 200, which the sanity check above
+        # showed to be an OK decision for this request.
+        awk '/^requests:/ {exit !($10 == 0 && $12 == 0)}' <<<"$out" ||
+            die "$s: failed or errored requests: $(grep '^requests:' <<<"$out")"
+        R_RPS=$(awk '/^finished in/ {gsub(/,/, "", $4); printf "%.0f", $4}' <<<"$out")
+        ;;
+    esac
+    [[ -n $R_RPS ]] || die "$s: could not parse the load tool's output"
+}
+
+declare -A RUNS RPS
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+for ((round = 1; round <= ROUNDS; round++)); do
+    n=${#SCENARIOS[@]}
+    for ((i = 0; i < n; i++)); do
+        s=${SCENARIOS[$(((i + round - 1) % n))]}
+        log "$s (round $round/$ROUNDS): ${DURATION}s"
+        perf_pid=
+        if [[ -n ${PERF:-} && $PERF == "$s" && $round == 1 ]]; then
+            perf record -F 999 --call-graph dwarf,32768 -p "$PC_PID" -o "$TMP/perf.data" -- sleep "$DURATION" \
+                >/dev/null 2>&1 &
+            perf_pid=$!
+        fi
+        run_scenario "$s"
+        if [[ -n $perf_pid ]]; then
+            wait "$perf_pid" || true
+            perf report -i "$TMP/perf.data" --no-children --percent-limit 0.3 --stdio -g none \
+                >"$ROOT/target/perf-$s.txt" 2>/dev/null || true
+            cp "$TMP/perf.data" "$ROOT/target/perf-$s.data"
+            log "profile of $s: target/perf-$s.txt, target/perf-$s.data"
+        fi
+        RUNS[$s]+="$R_RPS"$'\n'
+    done
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+for s in "${SCENARIOS[@]}"; do
+    RPS[$s]=$(sort -n <<<"${RUNS[$s]%$'\n'}" | awk -v m=$(((ROUNDS + 1) / 2)) 'NR == m')
+done
+kill -0 "$PC_PID" 2>/dev/null || { cat "$TMP/portcullis.log" >&2; die "portcullis exited"; }
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r != "n/a" && r + 0 >= t) ? "PASS" : "FAIL" }'; }
+R_NGX=$(ratio "${RPS[nginx-door]}" "${RPS[nginx-static]}")
+R_GRPC=$(ratio "${RPS[grpc-door]}" "${RPS[grpc-trivial]}")
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- src Cargo.toml Cargo.lock bench 2>/dev/null || COMMIT+="+dirty"
+table() {
+    echo "| scenario | req/s (median of $ROUNDS) |"
+    echo "|---|---:|"
+    for s in "${SCENARIOS[@]}"; do echo "| $s | ${RPS[$s]} |"; done
+    echo
+    echo "- nginx auth_request → door / → static 204: **${R_NGX}×** (target ≥ 0.9×: $(verdict "$R_NGX" 0.9))"
+    echo "- gRPC Check door / trivial tonic server: **${R_GRPC}×** (target ≥ 0.85×: $(verdict "$R_GRPC" 0.85))"
+}
+table
+if [[ -n $RESULTS ]]; then
+    {
+        echo
+        echo "## doors: $(date -u '+%Y-%m-%d %H:%M UTC') — commit $COMMIT"
+        echo
+        echo "$(nproc) CPUs; servers on CPU $SERVER_CPU, load on CPU $LOAD_CPU; load average" \
+            "$LOAD_BEFORE before, $LOAD_AFTER after. wrk -t1 -c$CONNS -d${DURATION}s;" \
+            "h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D$DURATION. bench/doors.sh."
+        echo
+        table
+    } >>"$RESULTS"
+    log "appended to ${RESULTS#"$ROOT"/}"
+fi
