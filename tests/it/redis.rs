@@ -31,6 +31,7 @@ const BOUND: Duration = Duration::from_millis(TIMEOUT_MS + 400);
 struct RedisServer {
     bin: PathBuf,
     port: u16,
+    extra: Vec<String>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -38,11 +39,17 @@ struct RedisServer {
 impl RedisServer {
     /// Starts one on a free port, or `None` (the test skips) when none is installed.
     async fn start() -> Option<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// The same, with more `redis-server` arguments.
+    async fn start_with(extra: &[&str]) -> Option<Self> {
         let bin = crate::peers::tool(&["redis-server"], "redis-server")?;
         let port = free_port().port();
         let mut server = Self {
             bin,
             port,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
             _dir: tempfile::tempdir().unwrap(),
         };
@@ -57,6 +64,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self._dir.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -65,8 +73,11 @@ impl RedisServer {
             .expect("redis-server starts");
         self.child = Some(child);
         let addr = self.addr();
+        // PONG, or (with a password required) the refusal to answer without one.
         let up = eventually(Duration::from_secs(10), || async move {
-            ping(addr).await.as_deref() == Some("+PONG")
+            ping(addr)
+                .await
+                .is_some_and(|r| r == "+PONG" || r.starts_with("-NOAUTH"))
         })
         .await;
         assert!(up, "redis-server answers PING on {addr}");
@@ -582,4 +593,61 @@ async fn every_door_carries_the_redis_verdict() {
         assert!((1..=30).contains(&retry), "retry-after {retry}");
         assert_eq!(headers["ratelimit-reset"], headers["retry-after"]);
     }
+}
+
+/// An ACL user and password (from a file) reach a Redis that requires them; a wrong password
+/// is a failure like any other (here: fail closed); the admin pages never show it.
+#[tokio::test]
+async fn password_from_a_file_authenticates() {
+    let Some(redis) = RedisServer::start_with(&[
+        "--user",
+        "gw",
+        "on",
+        ">s3cret-redis-password",
+        "~portcullis:*",
+        "+@all",
+        "--user",
+        "default",
+        "off",
+    ])
+    .await
+    else {
+        return;
+    };
+    let start = |password: &'static [u8]| {
+        let url = redis.url();
+        async move {
+            Setup {
+                policies: vec![(
+                    "10-p.yaml".into(),
+                    "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: l, upstream: echo}\n".into(),
+                )],
+                files: vec![("redis.pass".into(), password.to_vec())],
+                extra: format!(
+                    "redis: {{url: \"{url}\", username: gw, password: {{file: redis.pass}}, timeout: 1s}}\nrate_limits:\n  l: {{key: client_ip, requests: 1, per: 1h, backend: redis, on_redis_failure: deny}}\n"
+                ),
+                ..Setup::default()
+            }
+            .start()
+            .await
+        }
+    };
+    let gw = start(b"s3cret-redis-password\n").await;
+    let reached = eventually(Duration::from_secs(10), || async {
+        timed(&gw, "/x").await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(reached, "authenticated as gw");
+    assert_eq!(timed(&gw, "/x").await.0, StatusCode::TOO_MANY_REQUESTS);
+    for page in ["/config", "/metrics"] {
+        let (_, body) = gw.admin_get(page).await;
+        assert!(!body.contains("s3cret"), "{page}: {body}");
+    }
+
+    let wrong = start(b"not-the-password").await;
+    let (status, reason, _) = timed(&wrong, "/x").await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_unavailable")
+    );
 }
