@@ -78,7 +78,7 @@ fn benches(c: &mut Criterion) {
     }
     config.push_str("rate_limits:\n  local: {key: client_ip, requests: 1000000000, per: 1s}\n");
     if redis.is_some() {
-        config.push_str("  remote: {key: client_ip, requests: 1000000000, per: 1s, backend: redis, on_redis_failure: deny}\n");
+        config.push_str("  remote: {key: client_ip, requests: 1000000, per: 1s, backend: redis, on_redis_failure: deny}\n");
     }
     std::fs::write(dir.path().join("c.yaml"), config).unwrap();
     let (snapshot, _) = portcullis::config::build(&dir.path().join("c.yaml"), None).unwrap();

@@ -4,7 +4,8 @@
 # limit in this process, and with the same limit in Redis (a redis-server started here). The
 # limits are far above the load, so every request is counted and allowed. Prints req/s, p50
 # and p99 per route (the median of ROUNDS rotated rounds) and the ratios local/none and
-# redis/none. Portcullis and Redis are pinned to CPU 0, wrk to CPU 1, the nginx upstream too.
+# redis/none. Portcullis, Redis and the nginx upstream are pinned to CPU 0, wrk to CPU 1 (as
+# bench/run.sh does).
 #
 #   bench/ratelimit.sh                          # 3 rounds of 6 s, 50 connections, profile perf
 #   PROFILE=release DURATION=5 bench/ratelimit.sh
@@ -99,7 +100,7 @@ http {
     }
 }
 EOF
-taskset -c "$LOAD_CPU" "$NGINX" -p "$TMP/upstream" -e "$TMP/upstream/error.log" \
+taskset -c "$SERVER_CPU" "$NGINX" -p "$TMP/upstream" -e "$TMP/upstream/error.log" \
     -c "$TMP/upstream/nginx.conf" >"$TMP/upstream/stdout.log" 2>&1 &
 PIDS+=($!)
 
@@ -141,11 +142,11 @@ redis:
 rate_limits:
   per-user-local:
     key: principal
-    requests: 100000000
+    requests: 1000000
     per: 1s
   per-user-redis:
     key: principal
-    requests: 100000000
+    requests: 1000000
     per: 1s
     backend: redis
     on_redis_failure: deny

@@ -209,6 +209,17 @@ impl Limit {
         if raw.max_keys == 0 {
             errors.push(FieldError::new("max_keys", "must be at least 1"));
         }
+        // Why: Redis counts in microseconds; a faster rate would round to no limit at all.
+        let too_fast =
+            |p: &Plan| p.rate.interval < 1_000 || p.quota.is_some_and(|q| q.interval < 1_000);
+        if raw.backend == RawBackend::Redis
+            && (plan.as_ref().is_ok_and(too_fast) || tiers.iter().any(|(_, p)| too_fast(p)))
+        {
+            errors.push(FieldError::new(
+                "per",
+                "more than one request a microsecond: a redis limit counts in microseconds",
+            ));
+        }
         let (key, plan) = match (key, plan) {
             (Ok(k), Ok(p)) if errors.is_empty() => (k, p),
             (k, p) => {

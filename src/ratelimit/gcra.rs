@@ -17,7 +17,8 @@ use std::time::Duration;
 pub struct Rate {
     /// The configured `requests` (for `RateLimit-Limit`).
     pub requests: u32,
-    /// Time per request, nanoseconds (at least 1 µs, so Redis can count it too).
+    /// Time per request, nanoseconds (at least 1; at least 1 µs in Redis, which counts in
+    /// microseconds).
     pub interval: u64,
     /// `interval × (burst − 1)`, nanoseconds.
     pub tolerance: u64,
@@ -88,11 +89,11 @@ impl Rate {
         }
         let interval = u64::try_from(per.as_nanos() / u128::from(requests_nz.get()))
             .map_err(|_| ("per", "is too long".to_owned()))?;
-        if interval < 1_000 {
+        if interval == 0 {
             return Err((
                 "per",
                 format!(
-                    "{requests} requests per {} is more than one a microsecond",
+                    "{requests} requests per {} is more than one a nanosecond",
                     humantime::format_duration(per)
                 ),
             ));
@@ -274,7 +275,7 @@ mod tests {
         );
         assert_eq!(Rate::new(1, Duration::ZERO, None).unwrap_err().0, "per");
         assert_eq!(
-            Rate::new(2_000_000, Duration::from_secs(1), None)
+            Rate::new(2_000_000_000, Duration::from_secs(1), None)
                 .unwrap_err()
                 .0,
             "per"

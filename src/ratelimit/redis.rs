@@ -57,10 +57,12 @@ if qi > 0 then
 end
 if wait > 0 then return {0, wait, by_quota} end
 if ARGV[1] == 'spend' then
-  redis.call('HSET', KEYS[1], 'r', r + ri, 'ri', ri)
+  -- Microseconds since 1970 are 16 digits: written as integers, never in exponent form.
+  local function int(x) return string.format('%.0f', x) end
+  redis.call('HSET', KEYS[1], 'r', int(r + ri), 'ri', int(ri))
   local until_idle = r + ri - now
   if qi > 0 then
-    redis.call('HSET', KEYS[1], 'q', q + qi, 'qi', qi)
+    redis.call('HSET', KEYS[1], 'q', int(q + qi), 'qi', int(qi))
     until_idle = math.max(until_idle, q + qi - now)
   end
   redis.call('PEXPIRE', KEYS[1], math.ceil(until_idle / 1000) + 1)

@@ -104,6 +104,29 @@ fn refuses_bad_definitions_by_field() {
     }
 }
 
+#[test]
+fn a_redis_limit_counts_microseconds() {
+    let raw_redis: crate::config::raw::RawRedis =
+        serde_yaml::from_str("url: redis://127.0.0.1:6379").unwrap();
+    let store =
+        RedisStore::compile(&raw_redis, std::path::Path::new("."), None, &mut Vec::new()).unwrap();
+    let mut fast = raw("route", 2_000_000, Duration::from_secs(1), None);
+    fast.backend = RawBackend::Redis;
+    let fields: Vec<String> = Limit::compile("l", &fast, None, Some(&store), &Clock::manual(1))
+        .err()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.field)
+        .collect();
+    assert_eq!(fields, ["per"]);
+    // The same rate in this process counts nanoseconds.
+    fast.backend = RawBackend::Local;
+    assert!(compile(&fast, None).is_ok());
+    fast.backend = RawBackend::Redis;
+    fast.requests = 1_000_000;
+    assert!(Limit::compile("l", &fast, None, Some(&store), &Clock::manual(1)).is_ok());
+}
+
 #[tokio::test]
 async fn claim_keys_tell_json_types_apart() {
     let limit = compile(&raw("claim:n", 1, Duration::from_secs(60), None), None).unwrap();
