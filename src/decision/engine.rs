@@ -102,6 +102,10 @@ pub async fn decide(
         return deny(rule, DenyKind::Forbidden, None);
     }
     let Some(guard) = rule.guard.as_ref().filter(|_| trace.counts()) else {
+        if let Some(guard) = &rule.guard {
+            // A recorded decision says the guard applies; it neither looks nor spends.
+            trace.record(TraceEvent::RateLimitApplies(guard.name.clone()));
+        }
         return decide_rule(snapshot, rule, facts, trace).await;
     };
     // Why: a client that keeps failing is refused before any credential is verified, so

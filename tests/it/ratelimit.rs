@@ -474,3 +474,26 @@ async fn burst_then_steady_rate_with_exact_retry_after() {
     }
     assert_eq!(status("/x").await.0, StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// `explain` names a rule's guard and limit, and neither looks at nor spends them: asked
+/// more often than the guard allows, it still shows the rule's own answer.
+#[test]
+fn explain_names_the_guard_without_spending_it() {
+    let cfg = crate::support::ConfigDir::new(
+        "rate_limits:\n  tries: {key: client_ip, requests: 1, per: 1h, count: failures}\n  one: {key: client_ip, requests: 1, per: 1h}\n",
+    );
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: login, match: {paths: [\"/login\"]}, effect: allow, anonymous: true, guard: tries, rate_limit: one, upstream: echo}\n",
+    );
+    for _ in 0..3 {
+        let (code, text) = cfg.run("explain", &["--url", "http://app.test/login"]);
+        assert_eq!(code, Some(0), "{text}");
+        for expected in [
+            "rate limit `tries` applies (explain does not spend its budget)",
+            "rate limit `one` applies (explain does not spend its budget)",
+        ] {
+            assert!(text.contains(expected), "{expected}\n{text}");
+        }
+    }
+}
