@@ -46,6 +46,7 @@ fn rule(i: usize) -> Rule {
         when: None,
         denial: None,
         rate_limit: None,
+        guard: None,
         delegate: None,
         case_insensitive: false,
     }

@@ -12,8 +12,6 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use governor::nanos::Nanos;
-
 /// A clock; cheap to clone (clones share a manual clock's time).
 #[derive(Clone, Debug, Default)]
 pub struct Clock(Option<Arc<Manual>>);
@@ -85,14 +83,6 @@ impl Clock {
             None => epoch().elapsed(),
             Some(m) => Duration::from_nanos(m.mono_nanos.load(Ordering::SeqCst)),
         }
-    }
-}
-
-impl governor::clock::Clock for Clock {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        Nanos::from(self.monotonic())
     }
 }
 

@@ -1,254 +1,433 @@
-//! Rate limits: named GCRA limits (governor), one budget per value of the limit's key,
-//! checked in the decision core on the requests a rule allows, so every door counts alike.
+//! Rate limits: named GCRA limits, one budget per value of the limit's key, checked in the
+//! decision core so every door counts alike and answers alike (429 with `Retry-After` and
+//! `RateLimit-*`, or 503 `rate_limit_unavailable` when a fail-closed Redis limit cannot ask).
 //!
-//! A key is a seeded 64-bit hash of what is counted (a principal, an address, a header…),
-//! tagged by its kind so that a principal named like an address never shares its budget. The
-//! per-key state is a few words; keys idle long enough to be back at a full burst are dropped
-//! by a housekeeping task, so memory follows the active keys, not every key ever seen. A
-//! reload that keeps a limit's definition keeps its state: editing a policy does not hand
-//! every client a fresh burst.
+//! A limit's budgets live in this process ([`local`]) or in Redis ([`redis`]), shared by every
+//! gateway of a fleet; both run the same algorithm ([`gcra`]). A limit may choose its rate by
+//! a tier (a claim, an API key's plan), add a long-window quota, run in shadow mode (counted,
+//! never refusing), or count refusals instead of admissions (a brute-force guard, checked
+//! before any credential is verified).
+//!
+//! Invariants:
+//! - A reload that keeps a limit's definition keeps the limit itself. A changed definition
+//!   keeps the limit's local store and counters, and its Redis keys (named by the limit's
+//!   name and key, not its rate): the requests already spent stay spent, rescaled to the new
+//!   rate, so tightening a limit never hands out a fresh burst.
+//! - Nothing here logs a key's value (a principal, an address): only limit names.
 
-use crate::config::FieldError;
-use std::fmt::Write as _;
-use std::hash::{BuildHasher, Hash, Hasher};
-use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+pub mod gcra;
+pub mod key;
+pub mod local;
+pub mod redis;
 
-use governor::clock::Clock as _;
+use std::hash::Hasher as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::clock::Clock;
-use governor::{Quota, RateLimiter};
 use http::HeaderName;
 
 use crate::authn::principal::{Principal, lookup};
-use crate::config::raw::RawRateLimit;
+use crate::config::FieldError;
+use crate::config::raw::{RawBackend, RawCount, RawRateLimit, RawRedisFailure};
 use crate::request::RequestFacts;
 
-type Limiter = RateLimiter<
-    u64,
-    governor::state::keyed::DashMapStateStore<u64, foldhash::fast::RandomState>,
-    Clock,
-    governor::middleware::NoOpMiddleware<governor::nanos::Nanos>,
->;
+use self::gcra::{Mode, Plan, Rate, Wait};
+use self::key::{CountBy, Sha256};
+use self::local::LocalStore;
+use self::redis::RedisStore;
 
 /// One named limit.
 pub struct Limit {
     /// Its name in `rate_limits`.
     pub name: Arc<str>,
-    /// The definition as written: a reload that leaves it alone keeps the counts.
+    /// The definition as written: a reload that leaves it alone keeps the limit.
     fingerprint: crate::config::Fingerprint,
-    requests: u32,
     key: CountBy,
-    limiter: Limiter,
-    hasher: foldhash::fast::RandomState,
-    housekeeping: AtomicBool,
+    /// The rate of requests no tier names.
+    plan: Plan,
+    /// Where the tier is read (a claim path).
+    tier: Option<Box<[Box<str>]>>,
+    tiers: Box<[(Box<str>, Plan)]>,
+    backend: Backend,
+    on_failure: RawRedisFailure,
+    /// Local budgets (the backend, or a Redis limit's fallback).
+    local: Arc<LocalStore>,
+    /// Counted, never refusing.
+    pub shadow: bool,
+    /// Response header naming the limit on requests shadow mode would have refused.
+    pub shadow_header: Option<HeaderName>,
+    /// What it counts.
+    pub count: RawCount,
+    /// Outcomes, kept across reloads.
+    pub counters: Arc<LimitCounters>,
 }
 
-/// What a limit counts separately.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum CountBy {
-    Principal,
-    ApiKey,
-    ClientIp,
-    Route,
-    Header(HeaderName),
-    Claim(Box<[Box<str>]>),
+/// Where a limit's budgets live.
+#[derive(Debug)]
+enum Backend {
+    Local,
+    Redis(Arc<RedisStore>),
+}
+
+/// What one limit counted, by outcome.
+#[derive(Debug, Default)]
+pub struct LimitCounters {
+    /// Requests within the limit (for a guard: refusals recorded).
+    pub allowed: AtomicU64,
+    /// Requests refused.
+    pub limited: AtomicU64,
+    /// Requests shadow mode would have refused.
+    pub shadow_limited: AtomicU64,
+    /// Redis failures answered by `on_redis_failure`: allow, deny, local.
+    pub fallback: [AtomicU64; 3],
+    /// Unix second of the last fail-open warning.
+    last_warned: AtomicU64,
 }
 
 /// A request over its limit: what the client is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Throttle {
-    /// The limit's `requests` (`RateLimit-Limit`).
+    /// The refusing rate's `requests` (`RateLimit-Limit`).
     pub limit: u32,
     /// Seconds until a request would pass (`Retry-After`, `RateLimit-Reset`), at least 1.
     pub retry_after: u64,
 }
+
+/// The answer of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Within the limit.
+    Allowed,
+    /// Over it, in shadow mode: let through.
+    ShadowLimited,
+    /// Over it.
+    Limited(Throttle),
+    /// Redis could not answer and the limit fails closed.
+    Unavailable,
+}
+
+/// How often a limit failing open (or over to local budgets) says so in the log.
+const WARN_EVERY_SECS: u64 = 10;
 
 impl std::fmt::Debug for Limit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limit")
             .field("name", &self.name)
             .field("key", &self.key)
-            .field("keys", &self.limiter.len())
+            .field("backend", &self.backend)
+            .field("keys", &self.local.len())
             .finish_non_exhaustive()
     }
 }
 
+// === impl Limit ===
+
 impl Limit {
-    /// Compiles a limit, or says which field is wrong. `previous` lends its state when the
-    /// definition is unchanged.
+    /// Compiles a limit, or says which fields are wrong. `previous` (the running limit of
+    /// that name) lends the limit itself when the definition is unchanged, else its local
+    /// store and counters.
     pub fn compile(
         name: &str,
         raw: &RawRateLimit,
         previous: Option<&Arc<Self>>,
-        clock: &Clock,
-    ) -> Result<Arc<Self>, FieldError> {
+        redis: Option<&Arc<RedisStore>>,
+        clock: &crate::clock::Clock,
+    ) -> Result<Arc<Self>, Vec<FieldError>> {
         let fingerprint = crate::config::Fingerprint::of(&[raw]);
-        if let Some(p) = previous.filter(|p| p.fingerprint == fingerprint) {
+        let mut errors = Vec::new();
+        let key = CountBy::parse(&raw.key).map_err(|m| FieldError::new("key", m));
+        let plan = plan(raw.requests, raw.per, raw.burst, raw.quota.as_ref(), "");
+        let tier = match &raw.tier {
+            None => None,
+            Some(t) => match t.strip_prefix("claim:").and_then(key::claim_path) {
+                Some(p) => Some(p),
+                None => {
+                    errors.push(FieldError::new(
+                        "tier",
+                        format!("`{t}`: expected claim:PATH (an API key's plan is claim:plan)"),
+                    ));
+                    None
+                }
+            },
+        };
+        if raw.tier.is_none() && !raw.tiers.is_empty() {
+            errors.push(FieldError::new(
+                "tiers",
+                "tiers need `tier: claim:PATH` to choose one",
+            ));
+        }
+        let mut tiers = Vec::with_capacity(raw.tiers.len());
+        for (tier_name, t) in &raw.tiers {
+            match self::plan(
+                t.requests,
+                t.per,
+                t.burst,
+                t.quota.as_ref(),
+                &format!("tiers.{tier_name}."),
+            ) {
+                Ok(p) => tiers.push((Box::<str>::from(tier_name.as_str()), p)),
+                Err(e) => errors.extend(e),
+            }
+        }
+        let backend = match (raw.backend, redis) {
+            (RawBackend::Local, _) => Backend::Local,
+            (RawBackend::Redis, Some(r)) => Backend::Redis(Arc::clone(r)),
+            (RawBackend::Redis, None) => {
+                errors.push(FieldError::new(
+                    "backend",
+                    "`redis` needs a valid top-level `redis:` section (url, password…)",
+                ));
+                Backend::Local
+            }
+        };
+        if raw.backend == RawBackend::Local && raw.on_redis_failure != RawRedisFailure::Local {
+            errors.push(FieldError::new(
+                "on_redis_failure",
+                "applies to `backend: redis` only",
+            ));
+        }
+        let shadow_header = match &raw.shadow_header {
+            None => None,
+            Some(h) => match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                Ok(h) if raw.shadow => Some(h),
+                Ok(_) => {
+                    errors.push(FieldError::new(
+                        "shadow_header",
+                        "applies with `shadow: true` only",
+                    ));
+                    None
+                }
+                Err(_) => {
+                    errors.push(FieldError::new(
+                        "shadow_header",
+                        format!("`{h}` is not a header name"),
+                    ));
+                    None
+                }
+            },
+        };
+        if raw.max_keys == 0 {
+            errors.push(FieldError::new("max_keys", "must be at least 1"));
+        }
+        // Why: Redis counts in microseconds; a faster rate would round to no limit at all.
+        let too_fast =
+            |p: &Plan| p.rate.interval < 1_000 || p.quota.is_some_and(|q| q.interval < 1_000);
+        if raw.backend == RawBackend::Redis
+            && (plan.as_ref().is_ok_and(too_fast) || tiers.iter().any(|(_, p)| too_fast(p)))
+        {
+            errors.push(FieldError::new(
+                "per",
+                "more than one request a microsecond: a redis limit counts in microseconds",
+            ));
+        }
+        let (key, plan) = match (key, plan) {
+            (Ok(k), Ok(p)) if errors.is_empty() => (k, p),
+            (k, p) => {
+                errors.extend(k.err());
+                errors.extend(p.err().into_iter().flatten());
+                return Err(errors);
+            }
+        };
+        // Same definition, same redis store: the running limit as it is.
+        if let Some(p) =
+            previous.filter(|p| p.fingerprint == fingerprint && p.same_backend(&backend))
+        {
             return Ok(Arc::clone(p));
         }
-        let key = parse_key(&raw.key).map_err(|m| FieldError::new("key", m))?;
-        let requests = NonZeroU32::new(raw.requests)
-            .ok_or(FieldError::new("requests", "must be at least 1"))?;
-        let burst = match raw.burst {
-            None => requests,
-            Some(b) => NonZeroU32::new(b).ok_or(FieldError::new("burst", "must be at least 1"))?,
+        let local = match previous {
+            Some(p) => {
+                p.local.set_max_keys(raw.max_keys);
+                Arc::clone(&p.local)
+            }
+            None => LocalStore::new(raw.max_keys, clock.clone()),
         };
-        let period = raw
-            .per
-            .checked_div(requests.get())
-            .filter(|p| !p.is_zero())
-            .ok_or(FieldError::new(
-                "per",
-                format!(
-                    "{} requests per {} is more than one a nanosecond",
-                    raw.requests,
-                    humantime::format_duration(raw.per)
-                ),
-            ))?;
-        let quota = Quota::with_period(period)
-            .ok_or(FieldError::new("per", "must be longer than zero"))?
-            .allow_burst(burst);
         Ok(Arc::new(Self {
             name: name.into(),
             fingerprint,
-            requests: raw.requests,
             key,
-            limiter: RateLimiter::dashmap_with_clock_and_hasher(
-                quota,
-                clock.clone(),
-                foldhash::fast::RandomState::default(),
-            ),
-            hasher: foldhash::fast::RandomState::default(),
-            housekeeping: AtomicBool::new(false),
+            plan,
+            tier,
+            tiers: tiers.into(),
+            backend,
+            on_failure: raw.on_redis_failure,
+            local,
+            shadow: raw.shadow,
+            shadow_header,
+            count: raw.count,
+            counters: previous
+                .map(|p| Arc::clone(&p.counters))
+                .unwrap_or_default(),
         }))
     }
 
-    /// Counts one request; `Err` when it is over the limit.
-    pub fn check(
+    fn same_backend(&self, other: &Backend) -> bool {
+        match (&self.backend, other) {
+            (Backend::Local, Backend::Local) => true,
+            (Backend::Redis(a), Backend::Redis(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// The plan for `principal`: its tier's, or the limit's own.
+    fn plan_for(&self, principal: Option<&Principal>) -> &Plan {
+        if let (Some(path), Some(p)) = (&self.tier, principal)
+            && let Some(serde_json::Value::String(t)) = lookup(&p.claims, path)
+            && let Some((_, plan)) = self.tiers.iter().find(|(name, _)| **name == **t)
+        {
+            return plan;
+        }
+        &self.plan
+    }
+
+    /// Whether its budgets are in Redis.
+    pub fn is_redis(&self) -> bool {
+        matches!(self.backend, Backend::Redis(_))
+    }
+
+    /// Counts one request (or, with [`Mode::Peek`], only looks).
+    pub async fn check(
         &self,
         facts: &RequestFacts<'_>,
         principal: Option<&Principal>,
         rule: &str,
-    ) -> Result<(), Throttle> {
-        let key = self.key_of(facts, principal, rule);
-        self.limiter.check_key(&key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.limiter.clock().now());
-            Throttle {
-                limit: self.requests,
-                retry_after: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
-            }
-        })
-    }
-
-    /// Drops the state of keys back at a full burst (they would start there anyway).
-    pub fn housekeep(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
-    }
-
-    /// Keys with state now.
-    pub fn keys(&self) -> usize {
-        self.limiter.len()
-    }
-
-    fn key_of(&self, facts: &RequestFacts<'_>, principal: Option<&Principal>, rule: &str) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        let by_ip = |h: &mut foldhash::fast::FoldHasher, ip: IpAddr| {
-            0u8.hash(h);
-            match ip {
-                IpAddr::V4(v4) => v4.hash(h),
-                // One site (a /64) holds more addresses than anyone could track: counting each
-                // would hand a single client endless budgets and unbounded state.
-                IpAddr::V6(v6) => (u128::from(v6) >> 64).hash(h),
+        mode: Mode,
+    ) -> Checked {
+        let plan = self.plan_for(principal);
+        let result = match &self.backend {
+            Backend::Local => self.check_local(facts, principal, rule, plan, mode),
+            Backend::Redis(store) => {
+                let mut key = String::with_capacity(store.prefix().len() + self.name.len() + 33);
+                key.push_str(store.prefix());
+                key.push_str(&self.name);
+                key.push(':');
+                let mut h = Sha256::default();
+                self.key.write(&mut h, facts, principal, rule);
+                h.finish_hex(&mut key);
+                match store.check(&key, plan, mode).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let slot = self.on_failure as usize;
+                        if let Some(c) = self.counters.fallback.get(slot) {
+                            c.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.warn_now_and_then(e);
+                        match self.on_failure {
+                            RawRedisFailure::Allow => Ok(()),
+                            RawRedisFailure::Local => {
+                                self.check_local(facts, principal, rule, plan, mode)
+                            }
+                            RawRedisFailure::Deny if self.shadow => {
+                                self.counters.shadow_limited.fetch_add(1, Ordering::Relaxed);
+                                return Checked::ShadowLimited;
+                            }
+                            RawRedisFailure::Deny => return Checked::Unavailable,
+                        }
+                    }
+                }
             }
         };
-        match (&self.key, principal) {
-            (CountBy::ClientIp, _) => by_ip(&mut h, facts.client_ip),
-            (CountBy::Route, _) => {
-                1u8.hash(&mut h);
-                rule.hash(&mut h);
-            }
-            (CountBy::ApiKey, Some(p)) if p.api_key_id.is_some() => {
-                2u8.hash(&mut h);
-                p.authenticator.hash(&mut h);
-                p.api_key_id.hash(&mut h);
-            }
-            (CountBy::Principal | CountBy::ApiKey, Some(p)) => {
-                3u8.hash(&mut h);
-                p.authenticator.hash(&mut h);
-                p.id.hash(&mut h);
-            }
-            // A header is believed only from a trusted proxy: a client choosing a new value
-            // per request would get a new budget each time.
-            (CountBy::Header(name), _) => {
-                match facts.headers.get(name).filter(|_| facts.peer_trusted) {
-                    Some(v) => {
-                        4u8.hash(&mut h);
-                        v.as_bytes().hash(&mut h);
-                    }
-                    None => by_ip(&mut h, facts.client_ip),
+        match result {
+            Ok(()) => {
+                if mode == Mode::Spend {
+                    self.counters.allowed.fetch_add(1, Ordering::Relaxed);
                 }
+                Checked::Allowed
             }
-            (CountBy::Claim(path), Some(p)) => match lookup(&p.claims, path) {
-                Some(serde_json::Value::String(s)) => {
-                    5u8.hash(&mut h);
-                    s.hash(&mut h);
-                }
-                // Another JSON value: its text, written straight into the hash (no allocation
-                // per request), under its own tag so that `42` and `"42"` are two budgets.
-                Some(v) => {
-                    6u8.hash(&mut h);
-                    let _ = write!(HashWriter(&mut h), "{v}");
-                }
-                None => by_ip(&mut h, facts.client_ip),
-            },
-            (CountBy::Principal | CountBy::ApiKey | CountBy::Claim(_), None) => {
-                by_ip(&mut h, facts.client_ip);
+            Err(wait) if self.shadow => {
+                self.counters.shadow_limited.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    limit = &*self.name,
+                    rule,
+                    "Over a shadow-mode rate limit; let through"
+                );
+                let _ = wait;
+                Checked::ShadowLimited
+            }
+            Err(wait) => {
+                self.counters.limited.fetch_add(1, Ordering::Relaxed);
+                Checked::Limited(throttle(wait))
             }
         }
-        h.finish()
+    }
+
+    fn check_local(
+        &self,
+        facts: &RequestFacts<'_>,
+        principal: Option<&Principal>,
+        rule: &str,
+        plan: &Plan,
+        mode: Mode,
+    ) -> Result<(), Wait> {
+        let mut h = self.local.key_hasher();
+        self.key.write(&mut h, facts, principal, rule);
+        self.local.check(h.finish(), plan, mode)
+    }
+
+    /// A Redis failure, in the log at most once per interval per limit.
+    fn warn_now_and_then(&self, e: redis::RedisError) {
+        let now = crate::clock::Clock::system().unix_secs();
+        let last = self.counters.last_warned.load(Ordering::Relaxed);
+        if now >= last + WARN_EVERY_SECS
+            && self
+                .counters
+                .last_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let mode = match self.on_failure {
+                RawRedisFailure::Allow => "allow",
+                RawRedisFailure::Deny => "deny",
+                RawRedisFailure::Local => "local",
+            };
+            tracing::warn!(
+                limit = &*self.name,
+                error = %e,
+                on_redis_failure = mode,
+                "Rate limit cannot ask Redis; its failure mode decides (logged once per 10 s)"
+            );
+        }
+    }
+
+    /// Keys with local state now.
+    pub fn keys(&self) -> usize {
+        self.local.len()
+    }
+
+    /// Drops the local state of keys back at a full budget.
+    pub fn housekeep(&self) {
+        self.local.housekeep();
     }
 }
 
-/// Feeds formatted text into a hasher.
-struct HashWriter<'a, H>(&'a mut H);
-
-impl<H: Hasher> std::fmt::Write for HashWriter<'_, H> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.write(s.as_bytes());
-        Ok(())
+/// A plan from a definition's fields; errors under `prefix`.
+fn plan(
+    requests: u32,
+    per: std::time::Duration,
+    burst: Option<u32>,
+    quota: Option<&crate::config::raw::RawQuota>,
+    prefix: &str,
+) -> Result<Plan, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let rate = Rate::new(requests, per, burst)
+        .map_err(|(field, m)| errors.push(FieldError::new(format!("{prefix}{field}"), m)))
+        .ok();
+    let quota = quota.and_then(|q| {
+        Rate::new(q.requests, q.per, None)
+            .map_err(|(field, m)| errors.push(FieldError::new(format!("{prefix}quota.{field}"), m)))
+            .ok()
+    });
+    match rate {
+        Some(rate) if errors.is_empty() => Ok(Plan { rate, quota }),
+        _ => Err(errors),
     }
 }
 
-fn parse_key(s: &str) -> Result<CountBy, String> {
-    match s {
-        "principal" => Ok(CountBy::Principal),
-        "api_key" => Ok(CountBy::ApiKey),
-        "client_ip" => Ok(CountBy::ClientIp),
-        "route" => Ok(CountBy::Route),
-        _ => {
-            if let Some(name) = s.strip_prefix("header:") {
-                let name = name.trim();
-                HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                    .map(CountBy::Header)
-                    .map_err(|_| format!("`{name}` is not a header name"))
-            } else if let Some(path) = s.strip_prefix("claim:") {
-                let path: Box<[Box<str>]> = path.trim().split('.').map(Into::into).collect();
-                if path.iter().any(|p| p.is_empty()) {
-                    Err(format!("`{s}`: a claim path is dot-separated names"))
-                } else {
-                    Ok(CountBy::Claim(path))
-                }
-            } else {
-                Err(format!(
-                    "`{s}`: one of principal, api_key, client_ip, route, header:NAME, claim:PATH"
-                ))
-            }
-        }
+/// What the client is told about a wait.
+fn throttle(wait: Wait) -> Throttle {
+    let secs = wait.nanos / 1_000_000_000 + u64::from(!wait.nanos.is_multiple_of(1_000_000_000));
+    Throttle {
+        limit: wait.requests,
+        retry_after: secs.max(1),
     }
 }
 
@@ -274,125 +453,17 @@ impl RateLimits {
         self.limits.iter()
     }
 
-    /// Starts the housekeeping task (once per limit): it ends when the limit is dropped.
+    /// Starts the housekeeping task of each local store and the Redis connection (once
+    /// each).
     pub fn start(&self) {
         for limit in &self.limits {
-            if limit.housekeeping.swap(true, Ordering::Relaxed) {
-                // Carried over from the previous snapshot: its task is running.
-                continue;
+            limit.local.start();
+            if let Backend::Redis(r) = &limit.backend {
+                r.start();
             }
-            let weak: Weak<Limit> = Arc::downgrade(limit);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(HOUSEKEEPING);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    match weak.upgrade() {
-                        Some(l) => l.housekeep(),
-                        None => return,
-                    }
-                }
-            });
         }
     }
 }
-
-/// How often idle keys are dropped.
-const HOUSEKEEPING: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn raw(key: &str, requests: u32, per: Duration, burst: Option<u32>) -> RawRateLimit {
-        RawRateLimit {
-            key: key.into(),
-            requests,
-            per,
-            burst,
-        }
-    }
-
-    #[test]
-    fn refuses_bad_definitions_by_field() {
-        let s = Duration::from_secs(1);
-        let cases = [
-            (raw("everyone", 1, s, None), "key"),
-            (raw("header:bad name", 1, s, None), "key"),
-            (raw("claim:a..b", 1, s, None), "key"),
-            (raw("route", 0, s, None), "requests"),
-            (raw("route", 1, s, Some(0)), "burst"),
-            (raw("route", 1, Duration::ZERO, None), "per"),
-            (raw("route", 10, Duration::from_nanos(5), None), "per"),
-        ];
-        for (def, field) in cases {
-            let got = Limit::compile("l", &def, None, &crate::clock::Clock::system())
-                .err()
-                .map(|e| e.field);
-            assert_eq!(got.as_deref(), Some(field), "{def:?}");
-        }
-    }
-
-    #[test]
-    fn claim_keys_tell_json_types_apart() {
-        let limit = Limit::compile(
-            "l",
-            &raw("claim:n", 1, Duration::from_secs(60), None),
-            None,
-            &crate::clock::Clock::system(),
-        )
-        .unwrap();
-        let (parts, ()) = http::Request::get("/")
-            .header("host", "a.test")
-            .body(())
-            .unwrap()
-            .into_parts();
-        let conn =
-            crate::request::facts::ConnInfo::new("192.0.2.1:1".parse().unwrap(), "l".into(), None);
-        let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
-        let with = |n: serde_json::Value| Principal {
-            id: "p".into(),
-            kind: crate::authn::principal::PrincipalKind::User,
-            authenticator: "a".into(),
-            issuer: None,
-            scopes: Box::default(),
-            roles: Box::default(),
-            tenant: None,
-            api_key_id: None,
-            claims: serde_json::json!({ "n": n }).as_object().unwrap().clone(),
-            expires_at: None,
-            derived: Default::default(),
-        };
-        let key = |n| limit.key_of(&facts, Some(&with(n)), "r");
-        assert_eq!(key(serde_json::json!(42)), key(serde_json::json!(42)));
-        assert_ne!(key(serde_json::json!(42)), key(serde_json::json!("42")));
-        assert_ne!(key(serde_json::json!(42)), key(serde_json::json!(43)));
-        // Each claim value is its own budget: the second request of one value is refused.
-        assert!(
-            limit
-                .check(&facts, Some(&with(serde_json::json!(42))), "r")
-                .is_ok()
-        );
-        assert!(
-            limit
-                .check(&facts, Some(&with(serde_json::json!("42"))), "r")
-                .is_ok()
-        );
-        assert!(
-            limit
-                .check(&facts, Some(&with(serde_json::json!(42))), "r")
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn unchanged_definition_keeps_its_state() {
-        let def = raw("route", 5, Duration::from_secs(60), Some(2));
-        let a = Limit::compile("l", &def, None, &crate::clock::Clock::system()).unwrap();
-        let b = Limit::compile("l", &def, Some(&a), &crate::clock::Clock::system()).unwrap();
-        assert!(Arc::ptr_eq(&a, &b));
-        let changed = raw("route", 6, Duration::from_secs(60), Some(2));
-        let c = Limit::compile("l", &changed, Some(&a), &crate::clock::Clock::system()).unwrap();
-        assert!(!Arc::ptr_eq(&a, &c));
-    }
-}
+mod tests;

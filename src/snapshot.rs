@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub authn: Authn,
     /// The named rate limits.
     pub rate_limits: crate::ratelimit::RateLimits,
+    /// The Redis server shared limits use, if configured.
+    pub redis: Option<Arc<crate::ratelimit::redis::RedisStore>>,
     /// The time decisions read (the system's, or a test's manual clock).
     pub clock: crate::clock::Clock,
     /// The delegates rules may ask, by name.

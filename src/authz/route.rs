@@ -50,6 +50,8 @@ pub struct Rule {
     pub denial: Option<Arc<super::denial::Denial>>,
     /// The rate limit on the requests it allows.
     pub rate_limit: Option<Arc<crate::ratelimit::Limit>>,
+    /// The brute-force guard: spent by refusals, checked before authentication.
+    pub guard: Option<Arc<crate::ratelimit::Limit>>,
     /// The delegate asked before the rule allows.
     pub delegate: Option<Arc<super::delegate::Delegate>>,
     /// An allow rule whose path literals match in any ASCII case (its policy file or its
@@ -738,6 +740,7 @@ mod tests {
             when: None,
             denial: None,
             rate_limit: None,
+            guard: None,
             delegate: None,
             case_insensitive: false,
         }

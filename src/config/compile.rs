@@ -109,7 +109,8 @@ pub fn compile(
     authn::identity_headers(&mut cx);
     let mut spoofable_names: Vec<http::HeaderName> = authn.spoofable_names().to_vec();
     spoofable_names.extend(assertion.iter().map(|a| a.header.clone()));
-    let rate_limits = limits::rate_limits(&mut cx, &clock);
+    let redis = limits::redis(&mut cx);
+    let rate_limits = limits::rate_limits(&mut cx, redis.as_ref(), &clock);
     let delegates = limits::delegates(&mut cx, &mut spoofable_names);
     let env = rules::Env {
         upstreams: &upstreams,
@@ -140,6 +141,7 @@ pub fn compile(
         routes: RouteTable::new(rules),
         authn,
         rate_limits: crate::ratelimit::RateLimits::new(rate_limits.into_values().collect()),
+        redis,
         delegates,
         clock,
         assertion,

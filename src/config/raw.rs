@@ -67,6 +67,9 @@ pub struct RawConfig {
     /// Named rate limits; a rule applies one with `rate_limit: NAME`.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RawRateLimit>,
+    /// The Redis server that `backend: redis` rate limits share across gateways.
+    #[serde(default)]
+    pub redis: Option<RawRedis>,
     /// External authorization services a rule may ask (`delegate: NAME`), over Envoy's
     /// ext_authz gRPC protocol: OPA-Envoy, another Portcullis, a policy service of your own.
     #[serde(default)]

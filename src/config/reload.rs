@@ -77,9 +77,11 @@ impl Reloader {
     /// Wraps the initial snapshot.
     pub fn new(config_path: PathBuf, initial: Snapshot, metrics: Arc<Metrics>) -> Self {
         metrics.set_config_version(&initial.version);
+        let current = Arc::new(ArcSwap::from_pointee(initial));
+        metrics.watch(&current);
         Self {
             config_path,
-            current: Arc::new(ArcSwap::from_pointee(initial)),
+            current,
             status: Mutex::new(ReloadStatus::default()),
             serial: tokio::sync::Mutex::new(()),
             metrics,

@@ -10,6 +10,8 @@ use crate::authz::identity::Context;
 use crate::authz::require::Unmet;
 use crate::authz::route::{Rule, RuleId};
 use crate::config::raw::Effect;
+use crate::ratelimit::Checked;
+use crate::ratelimit::gcra::Mode;
 use crate::request::RequestFacts;
 use crate::snapshot::Snapshot;
 
@@ -99,6 +101,52 @@ pub async fn decide(
         // A deny rule needs no identity: refusing before verifying costs nothing.
         return deny(rule, DenyKind::Forbidden, None);
     }
+    let Some(guard) = rule.guard.as_ref().filter(|_| trace.counts()) else {
+        if let Some(guard) = &rule.guard {
+            // A recorded decision says the guard applies; it neither looks nor spends.
+            trace.record(TraceEvent::RateLimitApplies(guard.name.clone()));
+        }
+        return decide_rule(snapshot, rule, facts, trace).await;
+    };
+    // Why: a client that keeps failing is refused before any credential is verified, so
+    // guessing keys or passwords costs it a 429 per try and the gateway nothing.
+    // Regression: tests (it) ratelimit::brute_force_guard_refuses_before_verifying
+    match guard.check(facts, None, &rule.id.0, Mode::Peek).await {
+        Checked::Limited(t) => {
+            trace.record(TraceEvent::RateLimited(guard.name.clone()));
+            return deny(rule, DenyKind::RateLimited(t), None);
+        }
+        Checked::Unavailable => return deny(rule, DenyKind::RateLimitUnavailable, None),
+        Checked::Allowed | Checked::ShadowLimited => {}
+    }
+    let decision = decide_rule(snapshot, rule, facts, trace).await;
+    if let Decision::Deny(d) = &decision
+        && counts_as_failure(d.kind)
+    {
+        // The refusal spends the guard; its own answer was given by the peek.
+        let _ = guard.check(facts, None, &rule.id.0, Mode::Spend).await;
+    }
+    decision
+}
+
+/// Whether a denial is the client's failure (a guard counts it): not an outage, not a limit.
+fn counts_as_failure(kind: DenyKind) -> bool {
+    !matches!(
+        kind,
+        DenyKind::RateLimited(_)
+            | DenyKind::RateLimitUnavailable
+            | DenyKind::AuthnUnavailable
+            | DenyKind::DelegateUnavailable
+    )
+}
+
+/// Decides a request the allow rule `rule` matched.
+async fn decide_rule(
+    snapshot: &Snapshot,
+    rule: &Rule,
+    facts: &RequestFacts<'_>,
+    trace: &mut impl Trace,
+) -> Decision {
     if let Err(unmet) = rule.require.check_request(facts) {
         // Before any credential is verified: an address or a missing certificate decides.
         let kind = DenyKind::Unmet(unmet);
@@ -184,12 +232,36 @@ pub async fn decide(
     // delegate call nothing counted. A request the delegate then denies has spent its budget,
     // as any request that gets this far does.
     // Regression: tests (it) delegate::rate_limited_request_never_reaches_the_delegate
+    let mut shadowed = None;
     if let Some(limit) = &rule.rate_limit {
         if !trace.counts() {
             trace.record(TraceEvent::RateLimitApplies(limit.name.clone()));
-        } else if let Err(throttle) = limit.check(facts, principal.as_deref(), &rule.id.0) {
-            trace.record(TraceEvent::RateLimited(limit.name.clone()));
-            return deny_principal(rule, DenyKind::RateLimited(throttle), principal.as_ref());
+        } else {
+            match limit
+                .check(facts, principal.as_deref(), &rule.id.0, Mode::Spend)
+                .await
+            {
+                Checked::Allowed => {}
+                Checked::ShadowLimited => {
+                    shadowed = limit.shadow_header.as_ref().map(|h| (h, limit))
+                }
+                Checked::Limited(throttle) => {
+                    trace.record(TraceEvent::RateLimited(limit.name.clone()));
+                    return deny_principal(
+                        rule,
+                        DenyKind::RateLimited(throttle),
+                        principal.as_ref(),
+                    );
+                }
+                Checked::Unavailable => {
+                    trace.record(TraceEvent::RateLimited(limit.name.clone()));
+                    return deny_principal(
+                        rule,
+                        DenyKind::RateLimitUnavailable,
+                        principal.as_ref(),
+                    );
+                }
+            }
         }
     }
     let cx = Context {
@@ -241,18 +313,26 @@ pub async fn decide(
             Err(_) => return deny_principal(rule, DenyKind::AuthnUnavailable, principal.as_ref()),
         }
     }
+    let mut mutation = super::HeaderMutation::compute(
+        snapshot,
+        facts,
+        authenticator.and_then(|i| snapshot.authn.at(i)),
+        identity,
+    );
+    // Shadow mode tells the client (and the operator's logs downstream) which limit it would
+    // have hit; the name is the config's, never the key's value.
+    if let Some((header, limit)) = shadowed
+        && let Ok(v) = http::HeaderValue::from_str(&limit.name)
+    {
+        mutation.response.push((header.clone(), v));
+    }
     Decision::Allow(Allow {
         rule: rule.id.clone(),
         upstream: rule.upstream,
         principal,
         authenticator,
         query_credentials: rule.query_credentials.clone(),
-        mutation: super::HeaderMutation::compute(
-            snapshot,
-            facts,
-            authenticator.and_then(|i| snapshot.authn.at(i)),
-            identity,
-        ),
+        mutation,
         identity_refused,
     })
 }

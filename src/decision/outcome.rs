@@ -89,6 +89,8 @@ pub enum DenyKind {
     DelegateDenied,
     /// The rule's delegate failed and fails closed (503).
     DelegateUnavailable,
+    /// The rule's rate limit could not ask Redis and fails closed (503).
+    RateLimitUnavailable,
 }
 
 // === impl Decision ===
@@ -252,7 +254,9 @@ impl DenyKind {
             Self::NoRule | Self::Forbidden | Self::Unmet(_) | Self::DelegateDenied => {
                 StatusCode::FORBIDDEN
             }
-            Self::DelegateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DelegateUnavailable | Self::RateLimitUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::MissingCredential | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Self::AmbiguousCredential => StatusCode::BAD_REQUEST,
             Self::AuthnUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -283,6 +287,7 @@ impl DenyKind {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::DelegateDenied => "delegate_denied",
             Self::DelegateUnavailable => "delegate_unavailable",
+            Self::RateLimitUnavailable => "rate_limit_unavailable",
         }
     }
 
@@ -301,7 +306,8 @@ impl DenyKind {
             | Self::RateLimited(_)
             | Self::MethodNotAllowed
             | Self::DelegateDenied
-            | Self::DelegateUnavailable => None,
+            | Self::DelegateUnavailable
+            | Self::RateLimitUnavailable => None,
         }
     }
 }

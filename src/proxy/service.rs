@@ -142,7 +142,7 @@ async fn forward(
     let snapshot = ctx.snapshot;
     let conn = ctx.conn;
     check_head(ctx, &mut parts)?;
-    let (allow, uri, origin, upstream) = {
+    let (mut allow, uri, origin, upstream) = {
         let facts = facts(ctx, &parts, &conn.info)?;
         let allow = match decision::decide(snapshot, &facts, &mut NoTrace).await {
             Decision::Deny(d) => return Err(Failure::Denied(Box::new(d))),
@@ -161,10 +161,17 @@ async fn forward(
         let origin = Origin::of(&facts, &parts, &conn.peer_text);
         (allow, uri, origin, upstream)
     };
+    // What the decision adds to the client's response (a shadow-mode limit's header), as
+    // the decision doors hand it to their peer.
+    let to_client = std::mem::take(&mut allow.mutation.response);
     let (req, client_fault) =
         upstream_request(ctx, allow, parts, body, uri, origin, &upstream).await?;
     let resp = send(ctx, &upstream, req, &client_fault).await?;
-    Ok(respond(resp))
+    let mut resp = respond(resp);
+    for (name, value) in to_client {
+        resp.headers_mut().append(name, value);
+    }
+    Ok(resp)
 }
 
 /// Phase 1: the head within its limits, no h2c upgrade, no transfer coding but `chunked`,

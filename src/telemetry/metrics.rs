@@ -5,7 +5,14 @@
 //! reason), never a principal or an address.
 
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+
+use crate::snapshot::Snapshot;
 use std::time::Duration;
 
 use crate::request::facts::Door;
@@ -124,7 +131,18 @@ pub struct Metrics {
     pub tls_handshake_errors: Counter,
     /// Identity header values left out for forbidden characters.
     pub identity_headers_refused: Counter,
+    /// The snapshot whose rate limits and Redis store are read at each scrape.
+    snapshot: SnapshotSource,
 }
+
+/// Where the rate-limit collector finds the active snapshot (set once the reloader exists).
+#[derive(Debug, Default, Clone)]
+struct SnapshotSource(Arc<OnceLock<Arc<ArcSwap<Snapshot>>>>);
+
+/// Rate-limit and Redis metrics, read from the limits of the active snapshot at each scrape:
+/// their counters are atomics the decision core updates, carried across reloads by name.
+#[derive(Debug)]
+struct RateLimitCollector(SnapshotSource);
 
 /// A latency histogram updated with atomics only (prometheus-client's own takes a lock per
 /// observation).
@@ -264,7 +282,10 @@ impl Metrics {
             "Identity header values left out because they held CR, LF or non-visible characters",
             identity_headers_refused.clone(),
         );
+        let snapshot = SnapshotSource::default();
+        registry.register_collector(Box::new(RateLimitCollector(snapshot.clone())));
         Self {
+            snapshot,
             registry,
             requests,
             duration,
@@ -340,6 +361,11 @@ impl Metrics {
         self.limits.get_or_create(&LimitLabel { limit }).inc();
     }
 
+    /// Reads rate-limit and Redis metrics from `current` at each scrape (set once).
+    pub fn watch(&self, current: &Arc<ArcSwap<Snapshot>>) {
+        let _ = self.snapshot.0.set(Arc::clone(current));
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
@@ -352,6 +378,102 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+// === impl RateLimitCollector ===
+
+impl Collector for RateLimitCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(current) = self.0.0.get() else {
+            return Ok(());
+        };
+        let snapshot = current.load_full();
+        let limits: Vec<_> = snapshot.rate_limits.iter().collect();
+        if !limits.is_empty() {
+            let mut m = encoder.encode_descriptor(
+                "ratelimit",
+                "Requests checked against a rate limit, by limit and outcome (allowed, limited, shadow_limited; for a guard, allowed counts the refusals recorded)",
+                None,
+                MetricType::Counter,
+            )?;
+            for l in &limits {
+                let c = &l.counters;
+                for (outcome, v) in [
+                    ("allowed", &c.allowed),
+                    ("limited", &c.limited),
+                    ("shadow_limited", &c.shadow_limited),
+                ] {
+                    let labels = [("limit", &*l.name), ("outcome", outcome)];
+                    m.encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&v.load(Ordering::Relaxed), None)?;
+                }
+            }
+            let mut m = encoder.encode_descriptor(
+                "ratelimit_redis_fallback",
+                "Checks of a redis limit that Redis could not answer, by limit and what on_redis_failure did (allow, deny, local)",
+                None,
+                MetricType::Counter,
+            )?;
+            for l in limits.iter().filter(|l| l.is_redis()) {
+                for (mode, v) in ["allow", "deny", "local"].iter().zip(&l.counters.fallback) {
+                    let labels = [("limit", &*l.name), ("mode", *mode)];
+                    m.encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&v.load(Ordering::Relaxed), None)?;
+                }
+            }
+            let mut m = encoder.encode_descriptor(
+                "ratelimit_keys",
+                "Keys with budgets held in this process, by limit",
+                None,
+                MetricType::Gauge,
+            )?;
+            for l in &limits {
+                let labels = [("limit", &*l.name)];
+                m.encode_family(&labels)?
+                    .encode_gauge(&i64::try_from(l.keys()).unwrap_or(i64::MAX))?;
+            }
+        }
+        let Some(redis) = &snapshot.redis else {
+            return Ok(());
+        };
+        let r = &redis.metrics;
+        let mut m = encoder.encode_descriptor(
+            "redis_calls",
+            "Rate-limit calls made to Redis",
+            None,
+            MetricType::Counter,
+        )?;
+        m.encode_counter::<NoLabelSet, _, u64>(&r.calls.load(Ordering::Relaxed), None)?;
+        let mut m = encoder.encode_descriptor(
+            "redis_errors",
+            "Rate-limit checks Redis did not answer, by kind (error, timeout, breaker_open: not asked)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, v) in [
+            ("error", &r.errors),
+            ("timeout", &r.timeouts),
+            ("breaker_open", &r.short_circuited),
+        ] {
+            m.encode_family(&[("kind", kind)])?
+                .encode_counter::<NoLabelSet, _, u64>(&v.load(Ordering::Relaxed), None)?;
+        }
+        let m = encoder.encode_descriptor(
+            "redis_call_duration_seconds",
+            "Latency of the Redis calls that answered",
+            None,
+            MetricType::Histogram,
+        )?;
+        r.latency.encode(m)?;
+        let mut m = encoder.encode_descriptor(
+            "redis_breaker_state",
+            "The Redis circuit breaker: 0 closed, 1 open (no calls), 2 half-open (one probe)",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&(redis.breaker_state() as i64))?;
+        Ok(())
     }
 }
 

@@ -30,6 +30,7 @@ mod peers;
 mod policy;
 mod proxy;
 mod ratelimit;
+mod redis;
 mod reload;
 mod shutdown;
 mod smuggling;

@@ -158,7 +158,7 @@ async fn a_reload_keeps_the_count_of_an_unchanged_limit() {
         get(&gw, "/public/x", None).await.0,
         StatusCode::TOO_MANY_REQUESTS
     );
-    // A changed definition starts afresh.
+    // A loosened definition keeps what was spent: 2 of the new 5, so 3 more, no fresh 5.
     gw.write(
         "portcullis.yaml",
         std::fs::read_to_string(gw.path("portcullis.yaml"))
@@ -167,7 +167,233 @@ async fn a_reload_keeps_the_count_of_an_unchanged_limit() {
     );
     let (status, body) = gw.admin_post("/reload").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(get(&gw, "/public/x", None).await.0, StatusCode::OK);
+    for i in 0..3 {
+        assert_eq!(get(&gw, "/public/x", None).await.0, StatusCode::OK, "{i}");
+    }
+    assert_eq!(
+        get(&gw, "/public/x", None).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+/// Tightening a limit through a reload never hands out a fresh burst: the requests already
+/// spent count against the new rate.
+#[tokio::test]
+async fn a_tightened_limit_after_reload_grants_no_fresh_burst() {
+    let gw = gateway().await;
+    for _ in 0..3 {
+        assert_eq!(get(&gw, "/api/x", Some("carol")).await.0, StatusCode::OK);
+    }
+    gw.write(
+        "portcullis.yaml",
+        std::fs::read_to_string(gw.path("portcullis.yaml"))
+            .unwrap()
+            .replace("requests: 3", "requests: 1"),
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert!(
+        status == StatusCode::OK && body.contains("applied"),
+        "{body}"
+    );
+    let (status, headers, _) = get(&gw, "/api/x", Some("carol")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "no fresh burst");
+    assert_eq!(headers["ratelimit-limit"], "1");
+    // 3 spent against 1 an hour: three hours of the new budget (it was 20 minutes).
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((10_700..=10_800).contains(&retry), "retry-after {retry}");
+    // Someone who spent nothing has the new limit's budget.
+    assert_eq!(get(&gw, "/api/x", Some("dave")).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&gw, "/api/x", Some("dave")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+/// Tiers: the rate chosen by a claim (an API key's `plan` is one), each tier its own rate
+/// and burst; a day's quota on top; no tier or an unknown one gets the limit's own.
+#[tokio::test]
+async fn tiers_choose_the_rate_by_plan() {
+    let clock = portcullis::clock::Clock::manual_now();
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: api, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users, keys], rate_limit: plans, upstream: echo}\n".into(),
+        )],
+        files: vec![
+            ("hs.secret".into(), SECRET.to_vec()),
+            ("k.secret".into(), b"gold-key-0123456789abcdef".to_vec()),
+        ],
+        extra: format!(
+            "{}  keys:
+    api_key:
+      keys: [{{id: k1, secret: {{file: k.secret}}, owner: svc, plan: gold}}]
+rate_limits:
+  plans:
+    key: principal
+    requests: 1
+    per: 1m
+    tier: claim:plan
+    tiers:
+      gold: {{requests: 4, per: 1m, burst: 2, quota: {{requests: 5, per: 1d}}}}
+      silver: {{requests: 2, per: 1m}}
+",
+            crate::support::hs256_users("{}")
+        ),
+        clock: clock.clone(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let token = |sub: &str, plan: Option<&str>| {
+        let mut c = json!({"sub": sub});
+        if let Some(p) = plan {
+            c["plan"] = json!(p);
+        }
+        format!("Bearer {}", crate::support::hs256_token(SECRET, &c))
+    };
+    let ask = |header: (&'static str, String)| {
+        let addr = gw.addr();
+        async move {
+            let req = Request::get("/x")
+                .header(header.0, header.1)
+                .body(Full::default())
+                .unwrap();
+            let (s, h, _) = send(addr, req).await;
+            (
+                s,
+                h.get("ratelimit-limit")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            )
+        }
+    };
+    let burst = |header: (&'static str, String)| {
+        let ask = &ask;
+        async move {
+            let mut n = 0;
+            loop {
+                let (s, limit) = ask(header.clone()).await;
+                if s != StatusCode::OK {
+                    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+                    return (n, limit);
+                }
+                n += 1;
+            }
+        }
+    };
+    let silver = ("authorization", token("s", Some("silver")));
+    let none = ("authorization", token("n", None));
+    let unknown = ("authorization", token("u", Some("platinum")));
+    assert_eq!(burst(silver).await, (2, Some("2".into())));
+    assert_eq!(burst(none).await, (1, Some("1".into())));
+    assert_eq!(burst(unknown).await, (1, Some("1".into())));
+    // The API key's plan: gold, burst 2 at 4 a minute...
+    let key = ("x-api-key", "gold-key-0123456789abcdef".to_owned());
+    assert_eq!(burst(key.clone()).await, (2, Some("4".into())));
+    for _ in 0..3 {
+        clock.advance(std::time::Duration::from_secs(15));
+        assert_eq!(ask(key.clone()).await.0, StatusCode::OK);
+    }
+    // ...and 5 a day: spent, whatever the minute's rate says.
+    clock.advance(std::time::Duration::from_secs(60));
+    let (status, limit) = ask(key.clone()).await;
+    assert_eq!(
+        (status, limit.as_deref()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("5"))
+    );
+}
+
+/// A brute-force guard counts the requests its rule refuses, per client address, and once
+/// spent answers 429 before verifying anything: even a valid token is refused.
+#[tokio::test]
+async fn brute_force_guard_refuses_before_verifying() {
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: login, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users], guard: tries, upstream: echo}\n".into(),
+        )],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: format!(
+            "{}rate_limits:\n  tries: {{key: client_ip, requests: 3, per: 1h, count: failures}}\n",
+            crate::support::hs256_users("{}")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let with = |auth: &str| {
+        Request::get("/login")
+            .header("authorization", auth.to_owned())
+            .body(Full::default())
+            .unwrap()
+    };
+    let good = format!(
+        "Bearer {}",
+        crate::support::hs256_token(SECRET, &json!({"sub": "alice"}))
+    );
+    // Successes are not failures: any number of them.
+    for _ in 0..5 {
+        assert_eq!(send(gw.addr(), with(&good)).await.0, StatusCode::OK);
+    }
+    for i in 0..3 {
+        assert_eq!(
+            send(gw.addr(), with("Bearer not.a.token")).await.0,
+            StatusCode::UNAUTHORIZED,
+            "guess {i}"
+        );
+    }
+    let (status, headers, body) = send(gw.addr(), with(&good)).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "refused before verifying"
+    );
+    assert!(String::from_utf8_lossy(&body).contains("rate_limited"));
+    assert_eq!(headers["ratelimit-limit"], "3");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(gw.echo.count(), 5);
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("portcullis_ratelimit_total{limit=\"tries\",outcome=\"allowed\"} 3"),
+        "the three failures recorded:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_ratelimit_total{limit=\"tries\",outcome=\"limited\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Shadow mode never refuses, but counts what it would have refused, and names itself in a
+/// response header when asked to.
+#[tokio::test]
+async fn shadow_mode_never_denies_but_counts() {
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: trial, upstream: echo}\n".into(),
+        )],
+        extra: "rate_limits:\n  trial: {key: client_ip, requests: 2, per: 1h, shadow: true, shadow_header: x-ratelimit-shadow}\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut flagged = 0;
+    for _ in 0..6 {
+        let (status, headers, _) = crate::support::get(gw.addr(), "/x").await;
+        assert_eq!(status, StatusCode::OK);
+        if let Some(v) = headers.get("x-ratelimit-shadow") {
+            assert_eq!(v, "trial");
+            flagged += 1;
+        }
+    }
+    assert_eq!(flagged, 4, "the four over the limit are flagged");
+    assert_eq!(gw.echo.count(), 6);
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    for (outcome, n) in [("allowed", 2), ("shadow_limited", 4), ("limited", 0)] {
+        let line =
+            format!("portcullis_ratelimit_total{{limit=\"trial\",outcome=\"{outcome}\"}} {n}");
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    assert!(!metrics.contains("reason=\"rate_limited\""), "{metrics}");
 }
 
 /// A header key is the client's to choose unless a trusted proxy set it: from anyone else
@@ -247,4 +473,27 @@ async fn burst_then_steady_rate_with_exact_retry_after() {
         assert_eq!(status("/x").await.0, StatusCode::OK);
     }
     assert_eq!(status("/x").await.0, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// `explain` names a rule's guard and limit, and neither looks at nor spends them: asked
+/// more often than the guard allows, it still shows the rule's own answer.
+#[test]
+fn explain_names_the_guard_without_spending_it() {
+    let cfg = crate::support::ConfigDir::new(
+        "rate_limits:\n  tries: {key: client_ip, requests: 1, per: 1h, count: failures}\n  one: {key: client_ip, requests: 1, per: 1h}\n",
+    );
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: login, match: {paths: [\"/login\"]}, effect: allow, anonymous: true, guard: tries, rate_limit: one, upstream: echo}\n",
+    );
+    for _ in 0..3 {
+        let (code, text) = cfg.run("explain", &["--url", "http://app.test/login"]);
+        assert_eq!(code, Some(0), "{text}");
+        for expected in [
+            "rate limit `tries` applies (explain does not spend its budget)",
+            "rate limit `one` applies (explain does not spend its budget)",
+        ] {
+            assert!(text.contains(expected), "{expected}\n{text}");
+        }
+    }
 }

@@ -135,6 +135,7 @@ fn compile(i: usize, raw: &RawRule) -> Rule {
         when: None,
         denial: None,
         rate_limit: None,
+        guard: None,
         delegate: None,
         case_insensitive: raw.case_insensitive,
     }

@@ -9,21 +9,45 @@ use http::HeaderName;
 use super::Cx;
 use crate::authz::delegate::Delegate;
 use crate::ratelimit::Limit;
+use crate::ratelimit::redis::RedisStore;
+
+/// The Redis server `backend: redis` limits share; an unchanged section keeps its
+/// connection, breaker and counters.
+pub(super) fn redis(cx: &mut Cx<'_>) -> Option<Arc<RedisStore>> {
+    let loaded = cx.loaded;
+    let raw = loaded.raw.redis.as_ref()?;
+    let before = cx.previous.and_then(|p| p.redis.as_ref());
+    match RedisStore::compile(raw, &loaded.base_dir, before, &mut cx.watched) {
+        Ok(r) => Some(r),
+        Err(es) => {
+            cx.field_errors("redis", es);
+            None
+        }
+    }
+}
 
 /// The rate limits by name.
 pub(super) fn rate_limits(
     cx: &mut Cx<'_>,
+    redis: Option<&Arc<RedisStore>>,
     clock: &crate::clock::Clock,
 ) -> BTreeMap<String, Arc<Limit>> {
     let loaded = cx.loaded;
     let mut out = BTreeMap::new();
+    let redis_broken = loaded.raw.redis.is_some() && redis.is_none();
     for (name, raw) in &loaded.raw.rate_limits {
         let before = cx.previous.and_then(|p| p.rate_limits.get(name));
-        match Limit::compile(name, raw, before, clock) {
+        match Limit::compile(name, raw, before, redis, clock) {
             Ok(l) => {
                 out.insert(name.clone(), l);
             }
-            Err(e) => cx.field_errors(&format!("rate_limits.{name}"), [e]),
+            // A broken `redis:` section is reported there, once.
+            Err(es) => {
+                let es = es
+                    .into_iter()
+                    .filter(|e| !(redis_broken && e.field == "backend"));
+                cx.field_errors(&format!("rate_limits.{name}"), es);
+            }
         }
     }
     out

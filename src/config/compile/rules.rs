@@ -255,6 +255,33 @@ fn rule(
         env.rate_limits,
         cfg.rate_limits.keys(),
     );
+    let guard = named(
+        cx,
+        at,
+        "guard",
+        "rate limit",
+        r.guard.as_deref(),
+        env.rate_limits,
+        cfg.rate_limits.keys(),
+    );
+    if rate_limit
+        .as_ref()
+        .is_some_and(|l| l.count == crate::config::raw::RawCount::Failures)
+    {
+        cx.diags.push(at.at(
+            "rate_limit",
+            "this limit counts failures (`count: failures`): name it as the rule's `guard`".into(),
+        ));
+    }
+    if guard
+        .as_ref()
+        .is_some_and(|l| l.count != crate::config::raw::RawCount::Failures)
+    {
+        cx.diags.push(at.at(
+            "guard",
+            "a guard counts refusals: its limit needs `count: failures`".into(),
+        ));
+    }
     let delegate = named(
         cx,
         at,
@@ -294,6 +321,7 @@ fn rule(
         when,
         denial,
         rate_limit,
+        guard,
         delegate,
         case_insensitive: policy.case_insensitive_paths
             || r.upstream

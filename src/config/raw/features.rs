@@ -76,6 +76,192 @@ pub struct RawRateLimit {
     /// How many requests may come at once. Default: `requests`.
     #[serde(default)]
     pub burst: Option<u32>,
+    /// A quota over a long window on top of the rate, say 10000 per `30d`: spent by the same
+    /// requests, refilled continuously over its window, its whole allowance usable at once.
+    #[serde(default)]
+    pub quota: Option<RawQuota>,
+    /// Where the budgets live: `local` (this process, the default) or `redis` (shared by
+    /// every gateway using the same `redis:` server).
+    #[serde(default)]
+    pub backend: RawBackend,
+    /// What a `redis` limit does when Redis fails (down, slow past `redis.timeout`,
+    /// answering nonsense) or its circuit breaker is open: `allow` (fail open: counted in
+    /// `portcullis_ratelimit_redis_fallback_total`, logged once per interval), `deny` (fail
+    /// closed: 503 `rate_limit_unavailable`) or `local` (the default: this process's own
+    /// budget for the same limit, as if the backend were `local`).
+    #[serde(default)]
+    pub on_redis_failure: RawRedisFailure,
+    /// Shadow mode: requests over the limit are counted (`portcullis_ratelimit_total` with
+    /// `outcome="shadow_limited"`) and logged, never refused, so a limit can be tried on live
+    /// traffic first.
+    #[serde(default)]
+    pub shadow: bool,
+    /// In shadow mode, name the limit in this response header of requests it would have
+    /// refused (e.g. `x-ratelimit-shadow`). Default: no header.
+    #[serde(default)]
+    pub shadow_header: Option<String>,
+    /// Choose the rate by a tier: `claim:PATH` (an API key's `plan` is its claim `plan`).
+    /// Requests whose value names no tier in `tiers` get the limit's own rate.
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// The rate (and quota) of each tier by name; each tier its own `requests`, `per`,
+    /// `burst` and `quota`.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, RawTier>,
+    /// Count only the requests a rule refuses (failed authentication, unmet requirements,
+    /// conditions, delegates) instead of the ones it allows: a brute-force guard. Once over,
+    /// the rule answers 429 before verifying any credential.
+    #[serde(default)]
+    pub count: RawCount,
+    /// Most keys kept in this process (local budgets, and the fallback of a `redis` limit).
+    /// Beyond it, keys back at a full burst are dropped first, then the ones nearest to it.
+    /// Default 100000 (about 6 MB).
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+/// A long-window quota.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    /// Requests per `per`.
+    pub requests: u32,
+    /// The window: `1d`, `30d`.
+    #[serde(deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub per: Duration,
+}
+
+/// One tier's rate.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    /// Requests allowed per `per`, on average.
+    pub requests: u32,
+    /// The period.
+    #[serde(deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub per: Duration,
+    /// How many requests may come at once. Default: `requests`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// A long-window quota of this tier.
+    #[serde(default)]
+    pub quota: Option<RawQuota>,
+}
+
+/// Where a limit's budgets live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBackend {
+    /// This process.
+    #[default]
+    Local,
+    /// The `redis:` server, shared by every gateway using it.
+    Redis,
+}
+
+/// What a Redis-backed limit does when Redis cannot answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawRedisFailure {
+    /// Let the request through (fail open).
+    Allow,
+    /// Refuse it with 503 (fail closed).
+    Deny,
+    /// Count it in this process's own budget for the limit.
+    #[default]
+    Local,
+}
+
+/// What a limit counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawCount {
+    /// The requests its rule allows.
+    #[default]
+    Allowed,
+    /// The requests its rule refuses (a brute-force guard).
+    Failures,
+}
+
+fn default_max_keys() -> usize {
+    100_000
+}
+
+/// The Redis server `backend: redis` limits share.
+#[derive(Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://host:port[/db]` or `rediss://host:port[/db]` (TLS, rustls, the system's
+    /// roots). No credentials in the URL: use `username` and `password`.
+    pub url: String,
+    /// ACL user name, if not `default`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password, from the environment or a file; never logged.
+    #[serde(default)]
+    pub password: Option<RawSecret>,
+    /// Time for one limit check (a round trip), after which the limit's `on_redis_failure`
+    /// decides. Default 5ms.
+    #[serde(default = "default_redis_timeout", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Time for (re)connecting, in the background. Default 1s.
+    #[serde(
+        default = "default_redis_connect_timeout",
+        deserialize_with = "duration"
+    )]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+    /// Consecutive failures after which the circuit breaker opens: no call is made (each
+    /// limit's `on_redis_failure` decides at once) until `cool_down` has passed; then one
+    /// request probes, and a success closes it. Default 5.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before a probe. Default 1s.
+    #[serde(default = "default_breaker_cool_down", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub breaker_cool_down: Duration,
+    /// Prefix of every key written. Default `portcullis:rl:`.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
+impl fmt::Debug for RawRedis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password despite the docs: never print it.
+        f.debug_struct("RawRedis")
+            .field("url", &crate::ratelimit::redis::redacted_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cool_down", &self.breaker_cool_down)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(5)
+}
+
+fn default_redis_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+
+fn default_breaker_cool_down() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_redis_prefix() -> String {
+    "portcullis:rl:".to_owned()
 }
 
 /// An external authorization service a rule can ask.

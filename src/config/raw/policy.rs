@@ -107,6 +107,11 @@ pub struct RawRule {
     /// A rate limit (from `rate_limits`) on the requests this rule allows.
     #[serde(default)]
     pub rate_limit: Option<String>,
+    /// A brute-force guard (a limit with `count: failures`, usually keyed by `client_ip`):
+    /// every request this rule refuses spends it, and once it is spent the rule answers 429
+    /// before verifying any credential.
+    #[serde(default)]
+    pub guard: Option<String>,
     /// A delegate (from `delegates`) asked after the rule's requirements, `when` and rate
     /// limit (a throttled request is never asked about): only its OK allows.
     #[serde(default)]

@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Load benchmark for rate limits: the same wrk load (keep-alive, one thread) on three routes of
+# one Portcullis, each verifying the same cached RS256 token: without a limit, with a per-user
+# limit in this process, and with the same limit in Redis (a redis-server started here). The
+# limits are far above the load, so every request is counted and allowed. Prints req/s, p50
+# and p99 per route (the median of ROUNDS rotated rounds) and the ratios local/none and
+# redis/none. Portcullis, Redis and the nginx upstream are pinned to CPU 0, wrk to CPU 1 (as
+# bench/run.sh does).
+#
+#   bench/ratelimit.sh                          # 3 rounds of 6 s, 50 connections, profile perf
+#   PROFILE=release DURATION=5 bench/ratelimit.sh
+#
+# Env: DURATION (6), ROUNDS (3), CONNS (50), WARMUP (1), PROFILE (perf), SERVER_CPU (0),
+# LOAD_CPU (1), REDIS_TIMEOUT (the per-check budget, 5ms).
+set -euo pipefail
+
+DURATION=${DURATION:-6}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-50}
+WARMUP=${WARMUP:-1}
+PROFILE=${PROFILE:-perf}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+REDIS_TIMEOUT=${REDIS_TIMEOUT:-5ms}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+PIDS=()
+WRK_PID=
+TMP=$(mktemp -d -t portcullis-rl-bench.XXXXXX)
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -z $WRK_PID ]] || PIDS+=("$WRK_PID")
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $rc -ne 0 && -n "${KEEP_LOGS:-}" ]]; then log "logs kept in $TMP"; else rm -rf "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+need=()
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v curl >/dev/null || need+=(curl)
+command -v taskset >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+    [[ $(id -u) -eq 0 ]] || die "missing ${need[*]}; run as root or install them"
+    log "installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null ||
+        { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null; }
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+command -v python3 >/dev/null || die "python3 is needed to pick free ports"
+
+log "building target/$PROFILE/portcullis"
+cargo build --profile "$PROFILE" --locked --bin portcullis >&2
+BIN=$ROOT/target/$PROFILE/portcullis
+
+read -r P_UP P_PC P_ADMIN P_REDIS < <(python3 - <<'EOF'
+import socket
+socks = []
+for _ in range(4):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(*(s.getsockname()[1] for s in socks))
+EOF
+)
+
+# --- the upstream: nginx answering 200 "ok" --------------------------------------------------
+mkdir -p "$TMP/upstream"
+cat >"$TMP/upstream/nginx.conf" <<EOF
+$([[ $(id -u) -eq 0 ]] && echo "user root;")
+worker_processes 1;
+daemon off;
+pid $TMP/upstream/nginx.pid;
+error_log $TMP/upstream/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/upstream/client_body;
+    proxy_temp_path $TMP/upstream/proxy;
+    fastcgi_temp_path $TMP/upstream/fastcgi;
+    uwsgi_temp_path $TMP/upstream/uwsgi;
+    scgi_temp_path $TMP/upstream/scgi;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$P_UP;
+        location / { default_type text/plain; return 200 "ok\n"; }
+    }
+}
+EOF
+taskset -c "$SERVER_CPU" "$NGINX" -p "$TMP/upstream" -e "$TMP/upstream/error.log" \
+    -c "$TMP/upstream/nginx.conf" >"$TMP/upstream/stdout.log" 2>&1 &
+PIDS+=($!)
+
+# --- Redis ---------------------------------------------------------------------------------------
+taskset -c "$SERVER_CPU" redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" \
+    --appendonly no --dir "$TMP" >"$TMP/redis.log" 2>&1 &
+PIDS+=($!)
+
+# --- Portcullis ----------------------------------------------------------------------------------
+mkdir -p "$TMP/portcullis/policies"
+"$BIN" keys new --alg RS256 --kid bench --out "$TMP/keys" >/dev/null
+TOKEN=$("$BIN" token mint --key "$TMP/keys/bench.key" --alg RS256 --kid bench \
+    --iss https://bench.portcullis --aud bench --sub bench-user --ttl 2h)
+cat >"$TMP/portcullis/policies/10-all.yaml" <<'EOF'
+rules:
+  - {name: none, match: {paths: ["/none/**"]}, effect: allow, authenticators: [bench], upstream: app}
+  - {name: local, match: {paths: ["/local/**"]}, effect: allow, authenticators: [bench], rate_limit: per-user-local, upstream: app}
+  - {name: redis, match: {paths: ["/redis/**"]}, effect: allow, authenticators: [bench], rate_limit: per-user-redis, upstream: app}
+EOF
+cat >"$TMP/portcullis/portcullis.yaml" <<EOF
+listeners:
+  - name: http
+    address: 127.0.0.1:$P_PC
+admin:
+  address: 127.0.0.1:$P_ADMIN
+server:
+  worker_threads: 1
+upstreams:
+  app:
+    url: http://127.0.0.1:$P_UP
+policies:
+  dir: policies
+logging:
+  level: warn
+  access_log: false
+redis:
+  url: redis://127.0.0.1:$P_REDIS
+  timeout: $REDIS_TIMEOUT
+rate_limits:
+  per-user-local:
+    key: principal
+    requests: 1000000
+    per: 1s
+  per-user-redis:
+    key: principal
+    requests: 1000000
+    per: 1s
+    backend: redis
+    on_redis_failure: deny
+authenticators:
+  bench:
+    jwt:
+      providers:
+        - issuer: https://bench.portcullis
+          audiences: [bench]
+          keys:
+            - pem_file: {path: $TMP/keys/bench.pem, kid: bench, algorithms: [RS256]}
+EOF
+
+wait_http() { # $1 url, $2 what, rest: curl arguments
+    local url=$1 what=$2
+    shift 2
+    for _ in $(seq 100); do
+        curl -fs -o /dev/null --max-time 1 "$@" "$url" && return 0
+        sleep 0.1
+    done
+    log "$what did not answer at $url"
+    return 1
+}
+wait_http "http://127.0.0.1:$P_UP/" "upstream nginx" || { cat "$TMP/upstream/error.log" >&2; exit 1; }
+taskset -c "$SERVER_CPU" "$BIN" run -c "$TMP/portcullis/portcullis.yaml" --no-watch \
+    >"$TMP/portcullis/stdout.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$P_ADMIN/readyz" "portcullis /readyz" ||
+    { cat "$TMP/portcullis/stdout.log" >&2; exit 1; }
+for r in none local redis; do
+    wait_http "http://127.0.0.1:$P_PC/$r/" "route /$r/" -H "Authorization: Bearer $TOKEN" ||
+        { cat "$TMP/portcullis/stdout.log" >&2; exit 1; }
+done
+
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+        printf "%.2f", n }'
+}
+run_wrk() { # $1 output file, rest: wrk arguments
+    local outfile=$1
+    shift
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" "$@" >"$outfile" &
+    WRK_PID=$!
+    wait "$WRK_PID" || die "wrk failed: $(cat "$outfile")"
+    WRK_PID=
+}
+
+SCENARIOS=(none local redis)
+declare -A RUNS
+for ((round = 1; round <= ROUNDS; round++)); do
+    # Rotate the order every round, so a change in background load falls on all alike.
+    for ((i = 0; i < ${#SCENARIOS[@]}; i++)); do
+        s=${SCENARIOS[$(((i + round - 1) % ${#SCENARIOS[@]}))]}
+        url="http://127.0.0.1:$P_PC/$s/"
+        [[ $WARMUP == 0 ]] || run_wrk "$TMP/warm.txt" -d"${WARMUP}s" -H "Authorization: Bearer $TOKEN" "$url"
+        log "$s (round $round/$ROUNDS): ${DURATION}s, $CONNS connections"
+        run_wrk "$TMP/$s-$round.txt" -d"${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" "$url"
+        out="$TMP/$s-$round.txt"
+        rps=$(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$out")
+        p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
+        p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
+        non2xx=$(awk '/Non-2xx/ {print $NF}' "$out")
+        RUNS[$s]+="$rps $p50 $p99 ${non2xx:-0}"$'\n'
+    done
+done
+
+median() { # stdin: runs "rps p50 p99 non2xx"; prints the run with the median rps
+    sort -n -k1,1 | awk '{a[NR] = $0} END {print a[int((NR + 1) / 2)]}'
+}
+printf '\n| route | req/s | p50 ms | p99 ms | non-2xx |\n| --- | ---: | ---: | ---: | ---: |\n'
+declare -A RPS
+for s in "${SCENARIOS[@]}"; do
+    read -r rps p50 p99 non2xx < <(printf '%s' "${RUNS[$s]}" | median)
+    RPS[$s]=$rps
+    printf '| %s | %s | %s | %s | %s |\n' "$s" "$rps" "$p50" "$p99" "$non2xx"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
+printf '\nlocal/none %s× (target >= 0.97)   redis/none %s×\n' \
+    "$(ratio "${RPS[local]}" "${RPS[none]}")" "$(ratio "${RPS[redis]}" "${RPS[none]}")"
+METRICS=$(curl -fs "http://127.0.0.1:$P_ADMIN/metrics")
+printf 'redis: %s calls, errors %s\n' \
+    "$(awk '/^portcullis_redis_calls_total/ {print $2}' <<<"$METRICS")" \
+    "$(awk '/^portcullis_redis_errors_total/ {printf "%s=%s ", $1, $2}' <<<"$METRICS")"

@@ -1,0 +1,284 @@
+//! GCRA (the generic cell rate algorithm), the one definition both backends follow: the local
+//! store runs it here, the Redis backend runs the same steps in its Lua script
+//! ([`super::redis::SCRIPT`]), in microseconds of Redis's own clock.
+//!
+//! A key's state is its theoretical arrival time (TAT): when its budget would be whole again,
+//! had it been spending at exactly the rate. A request is allowed when `now` is no earlier
+//! than `TAT - tolerance` (tolerance = `interval × (burst − 1)`), and moves TAT one interval
+//! on. The state also records the interval it was counted in, so that a changed rate (a
+//! reload, another tier) rescales the debt instead of forgetting it: the requests already
+//! spent stay spent, and tightening a limit never hands out a fresh burst.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+/// One rate: `requests` per period, as an emission interval and a burst tolerance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// The configured `requests` (for `RateLimit-Limit`).
+    pub requests: u32,
+    /// Time per request, nanoseconds (at least 1; at least 1 µs in Redis, which counts in
+    /// microseconds).
+    pub interval: u64,
+    /// `interval × (burst − 1)`, nanoseconds.
+    pub tolerance: u64,
+}
+
+/// One rate's state for one key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cell {
+    /// Theoretical arrival time, in the clock's monotonic nanoseconds; 0: never seen.
+    pub tat: u64,
+    /// The interval `tat` was counted in.
+    pub interval: u64,
+}
+
+/// A rate and, optionally, a long-window quota, spent together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The per-second (or minute, hour) rate.
+    pub rate: Rate,
+    /// The per-day (or month) quota.
+    pub quota: Option<Rate>,
+}
+
+/// A key's state under a [`Plan`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct State {
+    /// The rate's.
+    pub rate: Cell,
+    /// The quota's.
+    pub quota: Cell,
+}
+
+/// A refusal: how long until a request would pass, and which of the plan's rates refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    /// Nanoseconds.
+    pub nanos: u64,
+    /// The refusing rate's `requests`.
+    pub requests: u32,
+}
+
+/// Whether a check spends the budget or only looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Spend one request when allowed.
+    Spend,
+    /// Only say whether one would be allowed (a brute-force guard, before verifying).
+    Peek,
+}
+
+// === impl Rate ===
+
+impl Rate {
+    /// `requests` per `per`, bursts of `burst`; `Err` names what is wrong.
+    pub fn new(
+        requests: u32,
+        per: Duration,
+        burst: Option<u32>,
+    ) -> Result<Self, (&'static str, String)> {
+        let requests_nz =
+            NonZeroU32::new(requests).ok_or(("requests", "must be at least 1".to_owned()))?;
+        let burst = match burst {
+            None => requests_nz,
+            Some(b) => NonZeroU32::new(b).ok_or(("burst", "must be at least 1".to_owned()))?,
+        };
+        if per.is_zero() {
+            return Err(("per", "must be longer than zero".to_owned()));
+        }
+        let interval = u64::try_from(per.as_nanos() / u128::from(requests_nz.get()))
+            .map_err(|_| ("per", "is too long".to_owned()))?;
+        if interval == 0 {
+            return Err((
+                "per",
+                format!(
+                    "{requests} requests per {} is more than one a nanosecond",
+                    humantime::format_duration(per)
+                ),
+            ));
+        }
+        let tolerance = interval
+            .checked_mul(u64::from(burst.get() - 1))
+            .ok_or(("burst", "is too large for the period".to_owned()))?;
+        Ok(Self {
+            requests,
+            interval,
+            tolerance,
+        })
+    }
+
+    /// The cell's TAT as this rate sees it at `now`: at least `now`, its debt rescaled when
+    /// it was counted in another interval.
+    fn tat(&self, cell: Cell, now: u64) -> u64 {
+        if cell.interval == 0 || cell.tat <= now {
+            return now;
+        }
+        let debt = cell.tat - now;
+        if cell.interval == self.interval {
+            return cell.tat;
+        }
+        let scaled = u128::from(debt) * u128::from(self.interval) / u128::from(cell.interval);
+        now.saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX))
+    }
+}
+
+// === impl Plan ===
+
+impl Plan {
+    /// Checks one request at `now`; on success (and [`Mode::Spend`]) `state` is spent.
+    pub fn check(&self, state: &mut State, now: u64, mode: Mode) -> Result<(), Wait> {
+        let rate_tat = self.rate.tat(state.rate, now);
+        let mut wait = Wait {
+            nanos: rate_tat
+                .saturating_sub(self.rate.tolerance)
+                .saturating_sub(now),
+            requests: self.rate.requests,
+        };
+        let quota_tat = self.quota.map(|q| {
+            let tat = q.tat(state.quota, now);
+            let w = tat.saturating_sub(q.tolerance).saturating_sub(now);
+            if w > wait.nanos {
+                wait = Wait {
+                    nanos: w,
+                    requests: q.requests,
+                };
+            }
+            (q, tat)
+        });
+        if wait.nanos > 0 {
+            return Err(wait);
+        }
+        if mode == Mode::Spend {
+            state.rate = Cell {
+                tat: rate_tat + self.rate.interval,
+                interval: self.rate.interval,
+            };
+            if let Some((q, tat)) = quota_tat {
+                state.quota = Cell {
+                    tat: tat + q.interval,
+                    interval: q.interval,
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+// === impl State ===
+
+impl State {
+    /// Whether the key is back at a full budget at `now` (dropping it loses nothing).
+    pub fn is_idle(&self, now: u64) -> bool {
+        self.rate.tat <= now && self.quota.tat <= now
+    }
+
+    /// How far ahead of `now` it is: what evicting it would hand back.
+    pub fn debt(&self, now: u64) -> u64 {
+        self.rate.tat.max(self.quota.tat).saturating_sub(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn plan(requests: u32, per: u64, burst: Option<u32>) -> Plan {
+        Plan {
+            rate: Rate::new(requests, Duration::from_secs(per), burst).unwrap(),
+            quota: None,
+        }
+    }
+
+    #[test]
+    fn burst_then_steady_rate() {
+        // 6 a minute, 3 at once: one every 10 s.
+        let p = plan(6, 60, Some(3));
+        let mut s = State::default();
+        let t0 = 100 * S;
+        for _ in 0..3 {
+            assert_eq!(p.check(&mut s, t0, Mode::Spend), Ok(()));
+        }
+        assert_eq!(p.check(&mut s, t0, Mode::Spend).unwrap_err().nanos, 10 * S);
+        assert_eq!(
+            p.check(&mut s, t0 + 4 * S, Mode::Spend).unwrap_err().nanos,
+            6 * S
+        );
+        assert_eq!(p.check(&mut s, t0 + 10 * S, Mode::Spend), Ok(()));
+        assert!(p.check(&mut s, t0 + 10 * S, Mode::Spend).is_err());
+        // Peeking never spends.
+        let mut fresh = State::default();
+        for _ in 0..10 {
+            assert_eq!(p.check(&mut fresh, t0, Mode::Peek), Ok(()));
+        }
+        assert_eq!(fresh, State::default());
+    }
+
+    #[test]
+    fn quota_caps_a_generous_rate() {
+        let p = Plan {
+            rate: Rate::new(10, Duration::from_secs(1), None).unwrap(),
+            quota: Some(Rate::new(15, Duration::from_secs(86_400), None).unwrap()),
+        };
+        let mut s = State::default();
+        let mut now = S;
+        let mut allowed = 0;
+        for _ in 0..100 {
+            if p.check(&mut s, now, Mode::Spend).is_ok() {
+                allowed += 1;
+            }
+            now += S / 5;
+        }
+        assert_eq!(allowed, 15, "the day's quota, not 5 a second for 20 s");
+        let w = p.check(&mut s, now, Mode::Spend).unwrap_err();
+        assert_eq!(w.requests, 15, "the quota refused");
+        // A refusal by the quota spends nothing of the rate.
+        assert_eq!(s.rate.tat.saturating_sub(now), 0);
+    }
+
+    #[test]
+    fn a_tightened_rate_keeps_the_requests_spent() {
+        // 10 a minute, all 10 spent.
+        let loose = plan(10, 60, None);
+        let mut s = State::default();
+        let t0 = 100 * S;
+        for _ in 0..10 {
+            loose.check(&mut s, t0, Mode::Spend).unwrap();
+        }
+        // Now 2 a minute: 10 spent is 8 over, four minutes of debt; no fresh burst.
+        let tight = plan(2, 60, None);
+        let w = tight.check(&mut s, t0, Mode::Spend).unwrap_err();
+        assert_eq!(w.nanos, 270 * S);
+        // Loosened instead: 10 spent of 20 leaves 10.
+        let mut s2 = State::default();
+        for _ in 0..10 {
+            loose.check(&mut s2, t0, Mode::Spend).unwrap();
+        }
+        let wide = plan(20, 60, None);
+        for i in 0..10 {
+            assert_eq!(wide.check(&mut s2, t0, Mode::Spend), Ok(()), "{i}");
+        }
+        assert!(wide.check(&mut s2, t0, Mode::Spend).is_err());
+    }
+
+    #[test]
+    fn refuses_rates_too_fast_to_count() {
+        assert_eq!(
+            Rate::new(0, Duration::from_secs(1), None).unwrap_err().0,
+            "requests"
+        );
+        assert_eq!(
+            Rate::new(1, Duration::from_secs(1), Some(0)).unwrap_err().0,
+            "burst"
+        );
+        assert_eq!(Rate::new(1, Duration::ZERO, None).unwrap_err().0, "per");
+        assert_eq!(
+            Rate::new(2_000_000_000, Duration::from_secs(1), None)
+                .unwrap_err()
+                .0,
+            "per"
+        );
+    }
+}

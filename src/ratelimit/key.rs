@@ -1,0 +1,172 @@
+//! What a limit counts separately, and the key a request is counted under.
+//!
+//! The key is what is counted (a principal, an address, a header…) fed into a hasher, tagged
+//! by its kind so that a principal named like an address never shares its budget. The local
+//! store hashes with a per-process random seed; Redis keys are a SHA-256 of the same input, so
+//! every gateway of a fleet names a client's budget alike and nobody can aim a collision.
+
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+
+use http::HeaderName;
+
+use crate::authn::principal::{Principal, lookup};
+use crate::request::RequestFacts;
+
+/// What a limit counts separately.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CountBy {
+    /// The principal (anonymous requests by address).
+    Principal,
+    /// The API key's id (other requests by principal).
+    ApiKey,
+    /// The client address (IPv6 by /64).
+    ClientIp,
+    /// One budget for the rule.
+    Route,
+    /// A header set by a trusted proxy.
+    Header(HeaderName),
+    /// A claim.
+    Claim(Box<[Box<str>]>),
+}
+
+// === impl CountBy ===
+
+impl CountBy {
+    /// Parses `key:`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "principal" => Ok(Self::Principal),
+            "api_key" => Ok(Self::ApiKey),
+            "client_ip" => Ok(Self::ClientIp),
+            "route" => Ok(Self::Route),
+            _ => {
+                if let Some(name) = s.strip_prefix("header:") {
+                    let name = name.trim();
+                    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                        .map(Self::Header)
+                        .map_err(|_| format!("`{name}` is not a header name"))
+                } else if let Some(path) = s.strip_prefix("claim:") {
+                    claim_path(path)
+                        .map(Self::Claim)
+                        .ok_or_else(|| format!("`{s}`: a claim path is dot-separated names"))
+                } else {
+                    Err(format!(
+                        "`{s}`: one of principal, api_key, client_ip, route, header:NAME, claim:PATH"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Feeds the request's key into `h`.
+    pub fn write<H: Hasher>(
+        &self,
+        h: &mut H,
+        facts: &RequestFacts<'_>,
+        principal: Option<&Principal>,
+        rule: &str,
+    ) {
+        match (self, principal) {
+            (Self::ClientIp, _) => write_ip(h, facts.client_ip),
+            (Self::Route, _) => {
+                1u8.hash(h);
+                rule.hash(h);
+            }
+            (Self::ApiKey, Some(p)) if p.api_key_id.is_some() => {
+                2u8.hash(h);
+                p.authenticator.hash(h);
+                p.api_key_id.hash(h);
+            }
+            (Self::Principal | Self::ApiKey, Some(p)) => {
+                3u8.hash(h);
+                p.authenticator.hash(h);
+                p.id.hash(h);
+            }
+            // A header is believed only from a trusted proxy: a client choosing a new value
+            // per request would get a new budget each time.
+            (Self::Header(name), _) => match facts.headers.get(name).filter(|_| facts.peer_trusted)
+            {
+                Some(v) => {
+                    4u8.hash(h);
+                    v.as_bytes().hash(h);
+                }
+                None => write_ip(h, facts.client_ip),
+            },
+            (Self::Claim(path), Some(p)) => match lookup(&p.claims, path) {
+                Some(serde_json::Value::String(s)) => {
+                    5u8.hash(h);
+                    s.hash(h);
+                }
+                // Another JSON value: its text, written straight into the hash (no allocation
+                // per request), under its own tag so that `42` and `"42"` are two budgets.
+                Some(v) => {
+                    6u8.hash(h);
+                    let _ = write!(HashWriter(h), "{v}");
+                }
+                None => write_ip(h, facts.client_ip),
+            },
+            (Self::Principal | Self::ApiKey | Self::Claim(_), None) => {
+                write_ip(h, facts.client_ip);
+            }
+        }
+    }
+}
+
+/// A dotted claim path, or `None` when a segment is empty.
+pub fn claim_path(path: &str) -> Option<Box<[Box<str>]>> {
+    let path: Box<[Box<str>]> = path.trim().split('.').map(Into::into).collect();
+    (!path.iter().any(|p| p.is_empty())).then_some(path)
+}
+
+/// An address as a key: IPv6 by its /64.
+pub fn write_ip<H: Hasher>(h: &mut H, ip: IpAddr) {
+    0u8.hash(h);
+    match ip {
+        IpAddr::V4(v4) => v4.hash(h),
+        // One site (a /64) holds more addresses than anyone could track: counting each
+        // would hand a single client endless budgets and unbounded state.
+        IpAddr::V6(v6) => (u128::from(v6) >> 64).hash(h),
+    }
+}
+
+/// Feeds formatted text into a hasher.
+struct HashWriter<'a, H>(&'a mut H);
+
+impl<H: Hasher> std::fmt::Write for HashWriter<'_, H> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.write(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// A SHA-256 fed through [`Hasher`], for keys every gateway must spell alike.
+pub struct Sha256(aws_lc_rs::digest::Context);
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+    }
+}
+
+impl Sha256 {
+    /// The first 16 bytes of the digest in hex, appended to `out`.
+    pub fn finish_hex(self, out: &mut String) {
+        let d = self.0.finish();
+        for b in d.as_ref().iter().take(16) {
+            let _ = write!(out, "{b:02x}");
+        }
+    }
+}
+
+impl Hasher for Sha256 {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        // Never used: `finish_hex` reads the digest.
+        0
+    }
+}

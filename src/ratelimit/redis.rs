@@ -1,0 +1,541 @@
+//! Budgets shared by a fleet of gateways in Redis: the GCRA of [`super::gcra`] as one Lua
+//! script, atomic per key, on Redis's own clock (`TIME`), so gateway clocks never matter.
+//!
+//! The script is sent once (`SCRIPT LOAD`, by the client on the first `NOSCRIPT`) and then
+//! called by its SHA-1 (`EVALSHA`), again after a Redis restart forgets it. One multiplexed
+//! connection (redis-rs `ConnectionManager`) pipelines every check and reconnects by itself.
+//!
+//! Invariants:
+//! - A call never takes longer than `redis.timeout`; then, or on any error or unexpected
+//!   reply, the limit's `on_redis_failure` decides.
+//! - After `breaker_failures` failures in a row the breaker opens: no call at all until
+//!   `breaker_cool_down` has passed, so a dead Redis costs a request nothing. Then one request
+//!   probes; its success closes the breaker, its failure opens it for another cool-down.
+//! - The password is read at load and kept in the connection settings only; the URL and
+//!   settings are never logged with it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::gcra::{Mode, Plan, Wait};
+use crate::config::FieldError;
+use crate::config::raw::RawRedis;
+use crate::telemetry::metrics::Histogram;
+
+/// The GCRA of [`super::gcra`], step for step, in microseconds. KEYS[1]: the key. ARGV: mode
+/// (`spend` or `peek`), the rate's interval and tolerance, the quota's (0 0: none).
+/// Returns `{allowed, wait_us, refused_by_quota}`.
+pub const SCRIPT: &str = r"
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local s = redis.call('HMGET', KEYS[1], 'r', 'ri', 'q', 'qi')
+local function tat(v, vi, interval)
+  v = tonumber(v)
+  vi = tonumber(vi)
+  if not v or not vi or vi <= 0 or v <= now then return now end
+  if vi == interval then return v end
+  return now + math.floor((v - now) * interval / vi)
+end
+local ri, rt = tonumber(ARGV[2]), tonumber(ARGV[3])
+local qi, qt = tonumber(ARGV[4]), tonumber(ARGV[5])
+local r = tat(s[1], s[2], ri)
+local wait = r - rt - now
+local by_quota = 0
+local q = now
+if qi > 0 then
+  q = tat(s[3], s[4], qi)
+  local qw = q - qt - now
+  if qw > wait then
+    wait = qw
+    by_quota = 1
+  end
+end
+if wait > 0 then return {0, wait, by_quota} end
+if ARGV[1] == 'spend' then
+  -- Microseconds since 1970 are 16 digits: written as integers, never in exponent form.
+  local function int(x) return string.format('%.0f', x) end
+  redis.call('HSET', KEYS[1], 'r', int(r + ri), 'ri', int(ri))
+  local until_idle = r + ri - now
+  if qi > 0 then
+    redis.call('HSET', KEYS[1], 'q', int(q + qi), 'qi', int(qi))
+    until_idle = math.max(until_idle, q + qi - now)
+  end
+  redis.call('PEXPIRE', KEYS[1], math.ceil(until_idle / 1000) + 1)
+end
+return {1, 0, 0}
+";
+
+/// Latency buckets of a Redis call, seconds.
+const CALL_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
+/// The Redis server rate limits share, with its connection and breaker.
+pub struct RedisStore {
+    fingerprint: crate::config::Fingerprint,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// Made on first use; dropped after a reply that makes no sense.
+    conn: ArcSwapOption<ConnectionManager>,
+    script: redis::Script,
+    timeout: Duration,
+    connect_timeout: Duration,
+    epoch: tokio::time::Instant,
+    started: AtomicBool,
+    prefix: Box<str>,
+    breaker: Breaker,
+    /// Calls, failures and latency.
+    pub metrics: RedisMetrics,
+}
+
+/// What the Redis store counts.
+#[derive(Debug)]
+pub struct RedisMetrics {
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// Calls that failed (connection, protocol, server error, unexpected reply).
+    pub errors: AtomicU64,
+    /// Calls past `timeout`.
+    pub timeouts: AtomicU64,
+    /// Checks answered without a call because the breaker was open.
+    pub short_circuited: AtomicU64,
+    /// Latency of the calls that answered.
+    pub latency: Histogram,
+}
+
+/// Why Redis gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RedisError {
+    /// Past the time budget.
+    #[error("redis call timed out")]
+    Timeout,
+    /// A connection, protocol or server error, or a reply the script never gives.
+    #[error("redis call failed")]
+    Failed,
+    /// The breaker is open: not asked.
+    #[error("redis circuit breaker open")]
+    Open,
+}
+
+/// Consecutive-failure circuit breaker.
+#[derive(Debug)]
+struct Breaker {
+    threshold: u32,
+    cool_down: Duration,
+    failures: AtomicU32,
+    /// Nanoseconds (of [`RedisStore::now`]) until which it is open; 0: closed.
+    open_until: AtomicU64,
+    /// A probe is in flight (half-open).
+    probing: AtomicBool,
+}
+
+/// The breaker's state, for the gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed = 0,
+    /// No call until the cool-down ends.
+    Open = 1,
+    /// One probe goes through.
+    HalfOpen = 2,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.timeout)
+            .field("prefix", &self.prefix)
+            .field("breaker", &self.breaker_state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL with anything between `://` and `@` hidden.
+pub fn redacted_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+// === impl RedisStore ===
+
+impl RedisStore {
+    /// Compiles the `redis:` section; `previous` is kept (connection, breaker, counters) when
+    /// nothing changed, the password included.
+    pub fn compile(
+        raw: &RawRedis,
+        base_dir: &std::path::Path,
+        previous: Option<&Arc<Self>>,
+        watched: &mut Vec<std::path::PathBuf>,
+    ) -> Result<Arc<Self>, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let password = match &raw.password {
+            None => None,
+            Some(secret) => match crate::secret::read(secret, base_dir, watched) {
+                Ok(p) => Some(p),
+                Err(m) => {
+                    errors.push(FieldError::new("password", m));
+                    None
+                }
+            },
+        };
+        let fingerprint = crate::config::Fingerprint::of(&[
+            raw,
+            &password
+                .as_ref()
+                .map(|p| crate::secret::hex(&digest(p.expose()))),
+        ]);
+        if let Some(p) = previous.filter(|p| p.fingerprint == fingerprint) {
+            return Ok(Arc::clone(p));
+        }
+        let scheme_ok = raw.url.starts_with("redis://") || raw.url.starts_with("rediss://");
+        if !scheme_ok {
+            errors.push(FieldError::new(
+                "url",
+                format!(
+                    "`{}`: expected redis://HOST:PORT or rediss://HOST:PORT",
+                    redacted_url(&raw.url)
+                ),
+            ));
+        } else if raw.url.contains('@') {
+            errors.push(FieldError::new(
+                "url",
+                "credentials do not belong in the URL: use `username` and `password` (from `env` or `file`)",
+            ));
+        }
+        if raw.timeout.is_zero() {
+            errors.push(FieldError::new("timeout", "must be more than 0"));
+        }
+        if raw.breaker_failures == 0 {
+            errors.push(FieldError::new("breaker_failures", "must be at least 1"));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(raw.url.as_str()).map_err(|e| {
+                vec![FieldError::new(
+                    "url",
+                    format!(
+                        "`{}`: {}",
+                        redacted_url(&raw.url),
+                        e.detail().unwrap_or("invalid URL")
+                    ),
+                )]
+            })?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(u) = &raw.username {
+            settings = settings.set_username(u);
+        }
+        if let Some(p) = &password {
+            let text = std::str::from_utf8(p.expose())
+                .map_err(|_| vec![FieldError::new("password", "must be UTF-8 text")])?;
+            settings = settings.set_password(text);
+        }
+        let info = info.set_redis_settings(settings);
+        let client = redis::Client::open(info).map_err(|e| {
+            vec![FieldError::new(
+                "url",
+                e.detail().unwrap_or("invalid").to_owned(),
+            )]
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(raw.connect_timeout))
+            // Our own timeout bounds each check; this one frees a stalled connection.
+            .set_response_timeout(Some(raw.connect_timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let metrics = match previous {
+            Some(p) => RedisMetrics::carried(&p.metrics),
+            None => RedisMetrics::new(),
+        };
+        Ok(Arc::new(Self {
+            fingerprint,
+            client,
+            config,
+            conn: ArcSwapOption::empty(),
+            script: redis::Script::new(SCRIPT),
+            timeout: raw.timeout,
+            connect_timeout: raw.connect_timeout,
+            epoch: tokio::time::Instant::now(),
+            started: AtomicBool::new(false),
+            prefix: raw.key_prefix.as_str().into(),
+            breaker: Breaker::new(raw.breaker_failures, raw.breaker_cool_down),
+            metrics,
+        }))
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state(self.now())
+    }
+
+    /// Nanoseconds since the store was made (never 0).
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Connects and loads the script in the background, so the first request finds both
+    /// ready (a request would do it too, within its time budget).
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Some(mut conn) = store.connection() {
+                let loaded =
+                    tokio::time::timeout(store.connect_timeout, store.script.load_async(&mut conn))
+                        .await;
+                if !matches!(loaded, Ok(Ok(_))) {
+                    tracing::warn!(
+                        "Redis not reachable at startup; limits use their on_redis_failure until it is"
+                    );
+                }
+            }
+        });
+    }
+
+    /// Checks one request of `key` under `plan` in Redis, within the time budget.
+    pub async fn check(
+        &self,
+        key: &str,
+        plan: &Plan,
+        mode: Mode,
+    ) -> Result<Result<(), Wait>, RedisError> {
+        if !self.breaker.admit(self.now()) {
+            self.metrics.short_circuited.fetch_add(1, Ordering::Relaxed);
+            return Err(RedisError::Open);
+        }
+        let Some(mut conn) = self.connection() else {
+            self.breaker.failure(self.now());
+            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(RedisError::Failed);
+        };
+        let us = |ns: u64| ns / 1_000;
+        let (qi, qt) = plan
+            .quota
+            .map_or((0, 0), |q| (us(q.interval), us(q.tolerance)));
+        let mut call = self.script.key(key);
+        call.arg(match mode {
+            Mode::Spend => "spend",
+            Mode::Peek => "peek",
+        })
+        .arg(us(plan.rate.interval))
+        .arg(us(plan.rate.tolerance))
+        .arg(qi)
+        .arg(qt);
+        self.metrics.calls.fetch_add(1, Ordering::Relaxed);
+        let start = tokio::time::Instant::now();
+        let reply =
+            tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut conn)).await;
+        let outcome = match reply {
+            Err(_) => Err(RedisError::Timeout),
+            Ok(Err(e)) => {
+                // A server or protocol error leaves a connection that may keep answering
+                // nonsense (a proxy, a wrong port): start afresh. IO errors reconnect anyway.
+                if !e.is_io_error() && !e.is_connection_dropped() {
+                    self.conn.store(None);
+                }
+                Err(RedisError::Failed)
+            }
+            Ok(Ok(v)) => match v.as_slice() {
+                [1, _, _] => Ok(Ok(())),
+                [0, wait, by_quota] if *wait > 0 => {
+                    let requests = match (by_quota, plan.quota) {
+                        (1, Some(q)) => q.requests,
+                        _ => plan.rate.requests,
+                    };
+                    Ok(Err(Wait {
+                        nanos: u64::try_from(*wait).unwrap_or(0).saturating_mul(1_000),
+                        requests,
+                    }))
+                }
+                // Whatever answered is not running our script: start afresh.
+                _ => {
+                    self.conn.store(None);
+                    Err(RedisError::Failed)
+                }
+            },
+        };
+        match outcome {
+            Ok(_) => {
+                self.metrics.latency.observe(start.elapsed());
+                self.breaker.success();
+            }
+            Err(e) => {
+                if e == RedisError::Timeout {
+                    self.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if self.breaker.failure(self.now()) {
+                    tracing::warn!(
+                        error = %e,
+                        cool_down_ms = u64::try_from(self.breaker.cool_down.as_millis()).unwrap_or(u64::MAX),
+                        "Redis circuit breaker opened; limits use their on_redis_failure"
+                    );
+                }
+            }
+        }
+        outcome
+    }
+
+    /// The connection, made on first use (inside the runtime: a config is also compiled
+    /// outside one) or after a reset.
+    fn connection(&self) -> Option<ConnectionManager> {
+        if let Some(c) = &*self.conn.load() {
+            return Some(ConnectionManager::clone(c));
+        }
+        let c = ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+            .ok()?;
+        self.conn.store(Some(Arc::new(c.clone())));
+        Some(c)
+    }
+}
+
+fn digest(bytes: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+// === impl RedisMetrics ===
+
+impl RedisMetrics {
+    fn new() -> Self {
+        Self {
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            short_circuited: AtomicU64::new(0),
+            latency: Histogram::new(CALL_BOUNDS),
+        }
+    }
+
+    /// New counters starting where `previous` left off (a changed `redis:` section), so the
+    /// exported counters never go back.
+    fn carried(previous: &Self) -> Self {
+        let n = |a: &AtomicU64| AtomicU64::new(a.load(Ordering::Relaxed));
+        Self {
+            calls: n(&previous.calls),
+            errors: n(&previous.errors),
+            timeouts: n(&previous.timeouts),
+            short_circuited: n(&previous.short_circuited),
+            latency: previous.latency.clone(),
+        }
+    }
+}
+
+// === impl Breaker ===
+
+impl Breaker {
+    fn new(threshold: u32, cool_down: Duration) -> Self {
+        Self {
+            threshold,
+            cool_down,
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a call may be made at `now`.
+    fn admit(&self, now: u64) -> bool {
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        if now < until {
+            return false;
+        }
+        // Half-open: exactly one probe.
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.open_until.store(0, Ordering::Release);
+        self.probing.store(false, Ordering::Release);
+    }
+
+    /// Counts a failure at `now`; true when it opened the breaker.
+    fn failure(&self, now: u64) -> bool {
+        let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let probe_failed = self.probing.swap(false, Ordering::AcqRel);
+        if probe_failed || n >= self.threshold {
+            let until = now
+                .saturating_add(u64::try_from(self.cool_down.as_nanos()).unwrap_or(u64::MAX))
+                .max(1);
+            let was = self.open_until.swap(until, Ordering::AcqRel);
+            return was == 0;
+        }
+        false
+    }
+
+    fn state(&self, now: u64) -> BreakerState {
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            BreakerState::Closed
+        } else if now < until {
+            BreakerState::Open
+        } else {
+            BreakerState::HalfOpen
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_probes_once_and_recovers() {
+        const MS: u64 = 1_000_000;
+        let b = Breaker::new(3, Duration::from_secs(1));
+        let t = 5_000 * MS;
+        for _ in 0..2 {
+            assert!(b.admit(t));
+            assert!(!b.failure(t));
+        }
+        assert!(b.admit(t));
+        assert!(b.failure(t), "the third failure in a row opens it");
+        assert_eq!(b.state(t), BreakerState::Open);
+        assert!(!b.admit(t + 999 * MS), "open: no call");
+        let later = t + 1_001 * MS;
+        assert_eq!(b.state(later), BreakerState::HalfOpen);
+        assert!(b.admit(later), "one probe");
+        assert!(!b.admit(later), "and only one");
+        b.failure(later);
+        assert_eq!(
+            b.state(later),
+            BreakerState::Open,
+            "a failed probe opens it again"
+        );
+        let again = later + 1_001 * MS;
+        assert!(b.admit(again));
+        b.success();
+        assert_eq!(b.state(again), BreakerState::Closed);
+        assert!(b.admit(again) && b.admit(again));
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redacted_url("redis://u:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redacted_url("rediss://h:1"), "rediss://h:1");
+    }
+}

@@ -1,0 +1,225 @@
+use std::time::Duration;
+
+use super::*;
+use crate::clock::Clock;
+
+fn raw(key: &str, requests: u32, per: Duration, burst: Option<u32>) -> RawRateLimit {
+    RawRateLimit {
+        key: key.into(),
+        requests,
+        per,
+        burst,
+        quota: None,
+        backend: RawBackend::Local,
+        on_redis_failure: RawRedisFailure::Local,
+        shadow: false,
+        shadow_header: None,
+        tier: None,
+        tiers: std::collections::BTreeMap::new(),
+        count: RawCount::Allowed,
+        max_keys: 100,
+    }
+}
+
+fn compile(
+    def: &RawRateLimit,
+    previous: Option<&Arc<Limit>>,
+) -> Result<Arc<Limit>, Vec<FieldError>> {
+    Limit::compile("l", def, previous, None, &Clock::manual(1_000))
+}
+
+fn facts_parts() -> (http::request::Parts, crate::request::facts::ConnInfo) {
+    let (parts, ()) = http::Request::get("/")
+        .header("host", "a.test")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let conn =
+        crate::request::facts::ConnInfo::new("192.0.2.1:1".parse().unwrap(), "l".into(), None);
+    (parts, conn)
+}
+
+fn principal(claims: &serde_json::Value) -> Principal {
+    Principal {
+        id: "p".into(),
+        kind: crate::authn::principal::PrincipalKind::User,
+        authenticator: "a".into(),
+        issuer: None,
+        scopes: Box::default(),
+        roles: Box::default(),
+        tenant: None,
+        api_key_id: None,
+        claims: claims.as_object().unwrap().clone(),
+        expires_at: None,
+        derived: Default::default(),
+    }
+}
+
+#[test]
+fn refuses_bad_definitions_by_field() {
+    let s = Duration::from_secs(1);
+    let mut redis_without_section = raw("route", 1, s, None);
+    redis_without_section.backend = RawBackend::Redis;
+    let mut failure_mode_on_local = raw("route", 1, s, None);
+    failure_mode_on_local.on_redis_failure = RawRedisFailure::Deny;
+    let mut header_without_shadow = raw("route", 1, s, None);
+    header_without_shadow.shadow_header = Some("x-shadow".into());
+    let mut tiers_without_tier = raw("route", 1, s, None);
+    tiers_without_tier.tiers.insert(
+        "gold".into(),
+        crate::config::raw::RawTier {
+            requests: 0,
+            per: s,
+            burst: None,
+            quota: None,
+        },
+    );
+    let mut bad_quota = raw("route", 1, s, None);
+    bad_quota.quota = Some(crate::config::raw::RawQuota {
+        requests: 0,
+        per: s,
+    });
+    let cases = [
+        (raw("everyone", 1, s, None), vec!["key"]),
+        (raw("header:bad name", 1, s, None), vec!["key"]),
+        (raw("claim:a..b", 1, s, None), vec!["key"]),
+        (raw("route", 0, s, None), vec!["requests"]),
+        (raw("route", 1, s, Some(0)), vec!["burst"]),
+        (raw("route", 1, Duration::ZERO, None), vec!["per"]),
+        (raw("route", 10, Duration::from_nanos(5), None), vec!["per"]),
+        (redis_without_section, vec!["backend"]),
+        (failure_mode_on_local, vec!["on_redis_failure"]),
+        (header_without_shadow, vec!["shadow_header"]),
+        (tiers_without_tier, vec!["tiers", "tiers.gold.requests"]),
+        (bad_quota, vec!["quota.requests"]),
+    ];
+    for (def, fields) in cases {
+        let got: Vec<String> = compile(&def, None)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(got, fields, "{def:?}");
+    }
+}
+
+#[test]
+fn a_redis_limit_counts_microseconds() {
+    let raw_redis: crate::config::raw::RawRedis =
+        serde_yaml::from_str("url: redis://127.0.0.1:6379").unwrap();
+    let store =
+        RedisStore::compile(&raw_redis, std::path::Path::new("."), None, &mut Vec::new()).unwrap();
+    let mut fast = raw("route", 2_000_000, Duration::from_secs(1), None);
+    fast.backend = RawBackend::Redis;
+    let fields: Vec<String> = Limit::compile("l", &fast, None, Some(&store), &Clock::manual(1))
+        .err()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.field)
+        .collect();
+    assert_eq!(fields, ["per"]);
+    // The same rate in this process counts nanoseconds.
+    fast.backend = RawBackend::Local;
+    assert!(compile(&fast, None).is_ok());
+    fast.backend = RawBackend::Redis;
+    fast.requests = 1_000_000;
+    assert!(Limit::compile("l", &fast, None, Some(&store), &Clock::manual(1)).is_ok());
+}
+
+#[tokio::test]
+async fn claim_keys_tell_json_types_apart() {
+    let limit = compile(&raw("claim:n", 1, Duration::from_secs(60), None), None).unwrap();
+    let (parts, conn) = facts_parts();
+    let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+    let with = |n: serde_json::Value| principal(&serde_json::json!({ "n": n }));
+    let check = |p: Principal| {
+        let limit = Arc::clone(&limit);
+        let facts = &facts;
+        async move { limit.check(facts, Some(&p), "r", Mode::Spend).await }
+    };
+    // Each claim value is its own budget: the second request of one value is refused.
+    assert_eq!(check(with(serde_json::json!(42))).await, Checked::Allowed);
+    assert_eq!(check(with(serde_json::json!("42"))).await, Checked::Allowed);
+    assert_eq!(check(with(serde_json::json!(43))).await, Checked::Allowed);
+    assert!(matches!(
+        check(with(serde_json::json!(42))).await,
+        Checked::Limited(_)
+    ));
+}
+
+#[tokio::test]
+async fn tiers_choose_the_rate_and_shadow_never_refuses() {
+    let mut def = raw("principal", 1, Duration::from_secs(60), None);
+    def.tier = Some("claim:plan".into());
+    def.tiers.insert(
+        "gold".into(),
+        crate::config::raw::RawTier {
+            requests: 3,
+            per: Duration::from_secs(60),
+            burst: None,
+            quota: None,
+        },
+    );
+    let limit = compile(&def, None).unwrap();
+    let (parts, conn) = facts_parts();
+    let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+    let gold = principal(&serde_json::json!({"plan": "gold"}));
+    let other = principal(&serde_json::json!({"plan": "tin"}));
+    for _ in 0..3 {
+        assert_eq!(
+            limit.check(&facts, Some(&gold), "r", Mode::Spend).await,
+            Checked::Allowed
+        );
+    }
+    let Checked::Limited(t) = limit.check(&facts, Some(&gold), "r", Mode::Spend).await else {
+        panic!("gold's fourth");
+    };
+    assert_eq!(
+        t,
+        Throttle {
+            limit: 3,
+            retry_after: 20
+        }
+    );
+
+    let mut shadow = raw("client_ip", 1, Duration::from_secs(60), None);
+    shadow.shadow = true;
+    let limit = compile(&shadow, None).unwrap();
+    assert_eq!(
+        limit.check(&facts, Some(&other), "r", Mode::Spend).await,
+        Checked::Allowed
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            limit.check(&facts, None, "r", Mode::Spend).await,
+            Checked::ShadowLimited
+        );
+    }
+    assert_eq!(limit.counters.shadow_limited.load(Ordering::Relaxed), 3);
+    assert_eq!(limit.counters.limited.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_changed_definition_keeps_the_budget_spent() {
+    let def = raw("route", 5, Duration::from_secs(60), Some(2));
+    let a = compile(&def, None).unwrap();
+    let b = compile(&def, Some(&a)).unwrap();
+    assert!(Arc::ptr_eq(&a, &b), "unchanged: the same limit");
+    let (parts, conn) = facts_parts();
+    let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            a.check(&facts, None, "r", Mode::Spend).await,
+            Checked::Allowed
+        );
+    }
+    // Tightened to 1 a minute, burst 1: the two spent are still spent.
+    let tight = compile(&raw("route", 1, Duration::from_secs(60), None), Some(&a)).unwrap();
+    assert!(!Arc::ptr_eq(&a, &tight));
+    assert!(matches!(
+        tight.check(&facts, None, "r", Mode::Spend).await,
+        Checked::Limited(_)
+    ));
+    assert!(Arc::ptr_eq(&a.counters, &tight.counters));
+}

@@ -1,0 +1,653 @@
+//! Redis-backed rate limits against a real `redis-server`, started by each test on a free
+//! loopback port (no persistence): two gateway processes share one budget exactly; Redis
+//! stopped (SIGSTOP), killed, or replaced by a server answering garbage, mid-test, with each
+//! `on_redis_failure` mode behaving as documented within the latency bound, and recovery
+//! when Redis returns; a tightened limit after a reload grants no fresh burst.
+//!
+//! A missing `redis-server` skips these tests (saying so) unless `PORTCULLIS_REQUIRE_PEERS`
+//! is set, as `.ci/run` does after installing it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{Setup, TestGateway, eventually, send};
+
+/// Each check's time budget in these tests: generous, so a busy CI machine never times out a
+/// healthy Redis; the latency bound asserted is this plus a margin.
+const TIMEOUT_MS: u64 = 100;
+
+/// The most a request may take while Redis is failing: the budget and scheduling slack.
+const BOUND: Duration = Duration::from_millis(TIMEOUT_MS + 400);
+
+// === Redis, real and fake ===
+
+/// A `redis-server` on 127.0.0.1, killed when dropped.
+struct RedisServer {
+    bin: PathBuf,
+    port: u16,
+    extra: Vec<String>,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one on a free port, or `None` (the test skips) when none is installed.
+    async fn start() -> Option<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// The same, with more `redis-server` arguments.
+    async fn start_with(extra: &[&str]) -> Option<Self> {
+        let bin = crate::peers::tool(&["redis-server"], "redis-server")?;
+        let port = free_port().port();
+        let mut server = Self {
+            bin,
+            port,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
+            child: None,
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        server.spawn().await;
+        Some(server)
+    }
+
+    async fn spawn(&mut self) {
+        use std::os::unix::process::CommandExt as _;
+        let child = Command::new(&self.bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self._dir.path())
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let addr = self.addr();
+        // PONG, or (with a password required) the refusal to answer without one.
+        let up = eventually(Duration::from_secs(10), || async move {
+            ping(addr)
+                .await
+                .is_some_and(|r| r == "+PONG" || r.starts_with("-NOAUTH"))
+        })
+        .await;
+        assert!(up, "redis-server answers PING on {addr}");
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr())
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// SIGSTOP: connections stay open, nothing answers.
+    fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// SIGKILL: connections reset, the port refuses.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // A stopped process still dies of SIGKILL.
+            self.kill();
+        }
+    }
+}
+
+/// `PING` over raw RESP: the first reply line.
+async fn ping(addr: SocketAddr) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"PING\r\n").await.ok()?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned())
+}
+
+/// A server that accepts and answers every read with nonsense.
+struct Garbage {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Garbage {
+    /// `+garbage` (a well-formed reply the script never gives) or raw random-looking bytes.
+    async fn start(addr: SocketAddr, bytes: &'static [u8]) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let task = tokio::spawn(async move {
+            // Connections end with the server (the set aborts them when dropped).
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { task: Some(task) }
+    }
+
+    /// Closes the port and every connection, and waits until they are closed.
+    async fn stop(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Garbage {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+}
+
+// === gateways ===
+
+/// One limit per failure mode, each on its own path, counted per client address:
+/// `/deny/**` fails closed, `/allow/**` fails open (both 1000 an hour), `/local/**` (3 an
+/// hour) falls back to this process's own budget of the same size.
+fn modes_config(url: &str) -> String {
+    format!(
+        "redis:
+  url: {url}
+  timeout: {TIMEOUT_MS}ms
+  connect_timeout: 200ms
+  breaker_failures: 3
+  breaker_cool_down: 300ms
+rate_limits:
+  closed: {{key: client_ip, requests: 1000, per: 1h, backend: redis, on_redis_failure: deny}}
+  open: {{key: client_ip, requests: 1000, per: 1h, backend: redis, on_redis_failure: allow}}
+  fallback: {{key: client_ip, requests: 3, per: 1h, backend: redis, on_redis_failure: local}}
+"
+    )
+}
+
+const MODES_POLICY: &str = "rules:
+  - {name: closed, match: {paths: [\"/deny/**\"]}, effect: allow, anonymous: true, rate_limit: closed, upstream: echo}
+  - {name: open, match: {paths: [\"/allow/**\"]}, effect: allow, anonymous: true, rate_limit: open, upstream: echo}
+  - {name: fallback, match: {paths: [\"/local/**\"]}, effect: allow, anonymous: true, rate_limit: fallback, upstream: echo}
+";
+
+async fn modes_gateway(url: &str) -> TestGateway {
+    Setup {
+        policies: vec![("10-p.yaml".into(), MODES_POLICY.into())],
+        extra: modes_config(url),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+/// Waits until a healthy Redis has answered once (connected, script loaded).
+async fn connected(gw: &TestGateway) {
+    let up = eventually(Duration::from_secs(10), || async {
+        timed(gw, "/deny/x").await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(up, "the gateway reaches Redis");
+}
+
+/// Status, `x-portcullis`-free body reason and time of one `GET path`.
+async fn timed(gw: &TestGateway, path: &str) -> (StatusCode, String, Duration) {
+    let start = Instant::now();
+    let (status, _, body) =
+        send(gw.addr(), Request::get(path).body(Full::default()).unwrap()).await;
+    let took = start.elapsed();
+    let reason = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    (status, reason, took)
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .map_or(0, |v| v as u64)
+}
+
+/// While Redis fails: fail-closed answers 503 `rate_limit_unavailable`, fail-open lets
+/// through, the local fallback enforces this process's budget; every answer within the bound.
+/// Once the breaker opens, Redis is not even asked.
+async fn each_mode_while_failing(gw: &TestGateway, what: &str) {
+    for i in 0..4 {
+        let (status, reason, took) = timed(gw, "/deny/x").await;
+        assert_eq!(
+            (status, reason.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_unavailable"),
+            "{what}: fail closed, request {i}"
+        );
+        assert!(took < BOUND, "{what}: fail closed took {took:?}");
+        let (status, _, took) = timed(gw, "/allow/x").await;
+        assert_eq!(status, StatusCode::OK, "{what}: fail open, request {i}");
+        assert!(took < BOUND, "{what}: fail open took {took:?}");
+    }
+    // The local fallback counts here: its first three pass, the next is refused.
+    let mut local = Vec::new();
+    for _ in 0..4 {
+        let (status, _, took) = timed(gw, "/local/x").await;
+        assert!(took < BOUND, "{what}: local fallback took {took:?}");
+        local.push(status);
+    }
+    assert_eq!(
+        local,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ],
+        "{what}: local fallback"
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metric(
+            &metrics,
+            "portcullis_redis_errors_total{kind=\"breaker_open\"}"
+        ) > 0,
+        "{what}: the breaker opened and spared Redis calls:\n{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "portcullis_ratelimit_redis_fallback_total{limit=\"open\",mode=\"allow\"}"
+        ) >= 4,
+        "{what}:\n{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "portcullis_ratelimit_redis_fallback_total{limit=\"closed\",mode=\"deny\"}"
+        ) >= 4,
+        "{what}:\n{metrics}"
+    );
+}
+
+/// Redis answers again: within a few cool-downs every mode is back to Redis's verdict.
+async fn recovers(gw: &TestGateway, what: &str) {
+    let back = eventually(Duration::from_secs(10), || async {
+        timed(gw, "/deny/x").await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(
+        back,
+        "{what}: fail-closed limit recovers when Redis returns"
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "portcullis_redis_breaker_state"),
+        0,
+        "{what}:\n{metrics}"
+    );
+    // The local fallback's spent budget no longer matters: Redis decides again.
+    assert_eq!(timed(gw, "/local/x").await.0, StatusCode::OK, "{what}");
+}
+
+#[tokio::test]
+async fn redis_stopped_mid_test_each_mode_then_recovery() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let gw = modes_gateway(&redis.url()).await;
+    connected(&gw).await;
+    for path in ["/deny/x", "/allow/x", "/local/x"] {
+        assert_eq!(timed(&gw, path).await.0, StatusCode::OK, "{path}, Redis up");
+    }
+    redis.pause();
+    each_mode_while_failing(&gw, "stopped").await;
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metric(&metrics, "portcullis_redis_errors_total{kind=\"timeout\"}") > 0,
+        "a stopped Redis times out:\n{metrics}"
+    );
+    redis.resume();
+    recovers(&gw, "stopped").await;
+}
+
+#[tokio::test]
+async fn redis_killed_mid_test_each_mode_then_recovery() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let gw = modes_gateway(&redis.url()).await;
+    connected(&gw).await;
+    assert_eq!(timed(&gw, "/local/x").await.0, StatusCode::OK);
+    redis.kill();
+    each_mode_while_failing(&gw, "killed").await;
+    // A new Redis on the same port knows no script: EVALSHA's NOSCRIPT loads it again.
+    redis.spawn().await;
+    recovers(&gw, "killed").await;
+}
+
+#[tokio::test]
+async fn redis_answering_garbage_each_mode_then_recovery() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    redis.kill();
+    for (what, bytes) in [
+        (
+            "a well-formed reply the script never gives",
+            b"+garbage\r\n".as_slice(),
+        ),
+        (
+            "bytes that are not RESP",
+            b"\x07\xfe\x00garbage\x13\x9a\r\n".as_slice(),
+        ),
+    ] {
+        let garbage = Garbage::start(redis.addr(), bytes).await;
+        let gw = modes_gateway(&redis.url()).await;
+        each_mode_while_failing(&gw, what).await;
+        garbage.stop().await;
+        redis.spawn().await;
+        recovers(&gw, what).await;
+        redis.kill();
+    }
+}
+
+/// Two gateway processes (the real binary) on one Redis: a budget of 10 admits exactly 10
+/// requests between them, however they are spread, and no more.
+#[tokio::test]
+async fn two_gateway_processes_share_one_budget_exactly() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let echo = portcullis::echo::Echo::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let mut gateways = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let (listen, admin) = (free_port(), free_port());
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(
+            dir.path().join("policies/p.yaml"),
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: shared, upstream: echo}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("portcullis.yaml"),
+            format!(
+                "listeners: [{{name: http, address: \"{listen}\"}}]
+admin: {{address: \"{admin}\"}}
+upstreams: {{echo: {{url: \"http://{echo}\"}}}}
+policies: {{dir: policies}}
+logging: {{access_log: false}}
+redis: {{url: \"{url}\", timeout: 1s}}
+rate_limits:
+  shared: {{key: client_ip, requests: 10, per: 1h, backend: redis, on_redis_failure: deny}}
+",
+                echo = echo.addr,
+                url = redis.url()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("run")
+            .arg("--no-watch")
+            .arg("-c")
+            .arg(dir.path().join("portcullis.yaml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        gateways.push(Gateway {
+            child,
+            listen,
+            _dir: dir,
+        });
+    }
+    for g in &gateways {
+        let addr = g.listen;
+        let up = eventually(Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        assert!(up, "gateway on {addr} listens");
+    }
+    // 30 requests at once, alternating between the gateways.
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let addr = gateways[i % 2].listen;
+        tasks.push(tokio::spawn(async move {
+            send(addr, Request::get("/x").body(Full::default()).unwrap())
+                .await
+                .0
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((ok, limited), (10, 20), "{statuses:?}");
+    assert_eq!(echo.count(), 10, "exactly the budget reached the upstream");
+    // And both gateways refuse the next.
+    for g in &gateways {
+        let (status, headers, _) =
+            send(g.listen, Request::get("/x").body(Full::default()).unwrap()).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        // 10 an hour: the next one is 6 minutes away at most.
+        assert!((1..=360).contains(&retry), "retry-after {retry}");
+        assert_eq!(headers["ratelimit-limit"], "10");
+    }
+}
+
+/// A gateway process, killed when dropped.
+struct Gateway {
+    child: Child,
+    listen: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Tightening a Redis limit through a reload keeps what was spent: no fresh burst.
+#[tokio::test]
+async fn tightened_redis_limit_after_reload_grants_no_fresh_burst() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let limits = |requests: u32| {
+        format!(
+            "redis: {{url: \"{}\", timeout: 1s}}\nrate_limits:\n  l: {{key: client_ip, requests: {requests}, per: 1h, backend: redis, on_redis_failure: deny}}\n",
+            redis.url()
+        )
+    };
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: l, upstream: echo}\n".into(),
+        )],
+        extra: limits(5),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for _ in 0..4 {
+        assert_eq!(timed(&gw, "/x").await.0, StatusCode::OK);
+    }
+    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
+    gw.write(
+        "portcullis.yaml",
+        config.replace("requests: 5,", "requests: 2,"),
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("applied"), "{body}");
+    // 4 of the old 5 spent is 2 over the new 2: refused, with the wait the debt says.
+    let (status, headers, _) =
+        send(gw.addr(), Request::get("/x").body(Full::default()).unwrap()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["ratelimit-limit"], "2");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    // 4 × 30 min of debt less the burst's 30 min: about 90 minutes.
+    assert!((5300..=5400).contains(&retry), "retry-after {retry}");
+}
+
+/// The same Redis limit refuses alike through the proxy and the forward-auth door: 429 with
+/// `Retry-After` and `RateLimit-*`.
+#[tokio::test]
+async fn every_door_carries_the_redis_verdict() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let gw = Setup {
+        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n".into(),
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: l, upstream: echo}\n".into(),
+        )],
+        extra: format!(
+            "redis: {{url: \"{}\", timeout: 1s}}\nrate_limits:\n  l: {{key: route, requests: 2, per: 1m, backend: redis, on_redis_failure: deny}}\n",
+            redis.url()
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let door = || {
+        Request::get("/auth")
+            .header("x-forwarded-for", "127.0.0.1")
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-host", "app.test")
+            .header("x-forwarded-uri", "/x")
+            .body(Full::default())
+            .unwrap()
+    };
+    assert_eq!(timed(&gw, "/x").await.0, StatusCode::OK);
+    assert_eq!(send(gw.addr_of("doors"), door()).await.0, StatusCode::OK);
+    let (proxy_status, proxy, _) =
+        send(gw.addr(), Request::get("/x").body(Full::default()).unwrap()).await;
+    let (door_status, at_door, _) = send(gw.addr_of("doors"), door()).await;
+    assert_eq!(proxy_status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(door_status, StatusCode::TOO_MANY_REQUESTS);
+    for h in ["ratelimit-limit", "ratelimit-remaining"] {
+        assert_eq!(proxy[h], at_door[h], "{h}");
+    }
+    for headers in [&proxy, &at_door] {
+        let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=30).contains(&retry), "retry-after {retry}");
+        assert_eq!(headers["ratelimit-reset"], headers["retry-after"]);
+    }
+}
+
+/// An ACL user and password (from a file) reach a Redis that requires them; a wrong password
+/// is a failure like any other (here: fail closed); the admin pages never show it.
+#[tokio::test]
+async fn password_from_a_file_authenticates() {
+    let Some(redis) = RedisServer::start_with(&[
+        "--user",
+        "gw",
+        "on",
+        ">s3cret-redis-password",
+        "~portcullis:*",
+        "+@all",
+        "--user",
+        "default",
+        "off",
+    ])
+    .await
+    else {
+        return;
+    };
+    let start = |password: &'static [u8]| {
+        let url = redis.url();
+        async move {
+            Setup {
+                policies: vec![(
+                    "10-p.yaml".into(),
+                    "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: l, upstream: echo}\n".into(),
+                )],
+                files: vec![("redis.pass".into(), password.to_vec())],
+                extra: format!(
+                    "redis: {{url: \"{url}\", username: gw, password: {{file: redis.pass}}, timeout: 1s}}\nrate_limits:\n  l: {{key: client_ip, requests: 1, per: 1h, backend: redis, on_redis_failure: deny}}\n"
+                ),
+                ..Setup::default()
+            }
+            .start()
+            .await
+        }
+    };
+    let gw = start(b"s3cret-redis-password\n").await;
+    let reached = eventually(Duration::from_secs(10), || async {
+        timed(&gw, "/x").await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(reached, "authenticated as gw");
+    assert_eq!(timed(&gw, "/x").await.0, StatusCode::TOO_MANY_REQUESTS);
+    for page in ["/config", "/metrics"] {
+        let (_, body) = gw.admin_get(page).await;
+        assert!(!body.contains("s3cret"), "{page}: {body}");
+    }
+
+    let wrong = start(b"not-the-password").await;
+    let (status, reason, _) = timed(&wrong, "/x").await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_unavailable")
+    );
+}
