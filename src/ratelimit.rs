@@ -306,6 +306,7 @@ impl Limit {
                 match store.check(&key, plan, mode).await {
                     Ok(r) => r,
                     Err(e) => {
+                        // Allow, Deny, Local: the order of `fallback` and of its labels.
                         let slot = self.on_failure as usize;
                         if let Some(c) = self.counters.fallback.get(slot) {
                             c.fetch_add(1, Ordering::Relaxed);
@@ -333,14 +334,13 @@ impl Limit {
                 }
                 Checked::Allowed
             }
-            Err(wait) if self.shadow => {
+            Err(_) if self.shadow => {
                 self.counters.shadow_limited.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     limit = &*self.name,
                     rule,
                     "Over a shadow-mode rate limit; let through"
                 );
-                let _ = wait;
                 Checked::ShadowLimited
             }
             Err(wait) => {
