@@ -2,3 +2,4 @@
 
 pub mod certs;
 pub mod server;
+pub mod x509;

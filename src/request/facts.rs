@@ -163,9 +163,10 @@ pub struct TlsInfo {
 /// A verified client certificate's names, read once per connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientCert {
-    /// The subject, RFC 4514 style.
+    /// The subject, RFC 4514 style in certificate order (`C=DE, O=Example, CN=alice`), values
+    /// escaped (see [`crate::tls::x509`]).
     pub subject: Box<str>,
-    /// The subject's common name.
+    /// The subject's (first) common name, unescaped.
     pub subject_cn: Option<Box<str>>,
     /// DNS subject alternative names.
     pub san_dns: Box<[Box<str>]>,
@@ -189,36 +190,29 @@ impl ClientCert {
         }
     }
 
-    /// Reads the names of a DER certificate (already verified by rustls).
+    /// Reads the names of a DER certificate (already verified by rustls); `None` when it is
+    /// malformed, or its subject alternative names are (see [`crate::tls::x509`]).
     pub fn parse(der: &[u8]) -> Option<Self> {
-        use x509_parser::extensions::GeneralName;
-        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let subject_cn = cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|a| a.as_str().ok())
-            .map(Into::into);
+        use crate::tls::x509::{Certificate, GeneralName};
+        let cert = Certificate::from_der(der)?;
         let (mut dns, mut uri, mut email) = (Vec::new(), Vec::new(), Vec::new());
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
-            for n in &san.value.general_names {
-                match n {
-                    GeneralName::DNSName(d) => dns.push((*d).into()),
-                    GeneralName::URI(u) => uri.push((*u).into()),
-                    GeneralName::RFC822Name(e) => email.push((*e).into()),
-                    _ => {}
-                }
+        for n in cert.subject_alt_names() {
+            match n {
+                GeneralName::Dns(d) => dns.push(d.into()),
+                GeneralName::Uri(u) => uri.push(u.into()),
+                GeneralName::Email(e) => email.push(e.into()),
+                GeneralName::Ip(_) | GeneralName::Other => {}
             }
         }
         let fingerprint = crate::secret::hex(&crate::secret::sha256(der));
         Some(Self {
             subject: cert.subject().to_string().into(),
-            subject_cn,
+            subject_cn: cert.subject().common_name().map(Into::into),
             san_dns: dns.into(),
             san_uri: uri.into(),
             san_email: email.into(),
             fingerprint: fingerprint.into(),
-            not_after: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
+            not_after: u64::try_from(cert.not_after()).unwrap_or(0),
         })
     }
 }

@@ -17,7 +17,8 @@ use rcgen::{
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use x509_parser::extensions::GeneralName;
+
+use super::x509::{Certificate, GeneralName};
 
 /// A certificate chain and key loaded from PEM files.
 pub struct LoadedCert {
@@ -316,19 +317,18 @@ pub(crate) fn normalize_dns_name(name: &str) -> String {
 
 /// The DNS and IP subject alternative names of a DER certificate.
 fn leaf_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
-    let Some(san) = cert.subject_alternative_name().map_err(|e| e.to_string())? else {
-        return Ok(Vec::new());
-    };
+    let cert = Certificate::from_der(leaf).ok_or_else(|| {
+        "not a well-formed X.509 certificate (or its subject alternative names are not)".to_owned()
+    })?;
     let mut names = Vec::new();
-    for general_name in &san.value.general_names {
-        let name = match *general_name {
-            GeneralName::DNSName(dns) => normalize_dns_name(dns),
-            GeneralName::IPAddress(bytes) => match ip_from_bytes(bytes) {
+    for general_name in cert.subject_alt_names() {
+        let name = match general_name {
+            GeneralName::Dns(dns) => normalize_dns_name(dns),
+            GeneralName::Ip(bytes) => match ip_from_bytes(bytes) {
                 Some(ip) => ip.to_string(),
                 None => continue,
             },
-            _ => continue,
+            GeneralName::Uri(_) | GeneralName::Email(_) | GeneralName::Other => continue,
         };
         if !names.contains(&name) {
             names.push(name);

@@ -433,8 +433,7 @@ fn public_key_encodings(
     cert_pem: Option<String>,
 ) -> Vec<(&'static str, Vec<u8>)> {
     let pem_text = signer.public_pem.clone();
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).unwrap();
-    let der = p.contents;
+    let der = ::pem::parse(&pem_text).unwrap().into_contents();
     let mut out = vec![
         ("pem", pem_text.clone().into_bytes()),
         (
@@ -444,13 +443,13 @@ fn public_key_encodings(
         ("der", der.clone()),
         ("jwk", signer.jwk.to_string().into_bytes()),
     ];
-    let (_, spki) = <x509_parser::x509::SubjectPublicKeyInfo<'_> as x509_parser::prelude::FromDer<'_, _>>::from_der(&der).unwrap();
+    let spki = portcullis::tls::x509::Spki::from_der(&der).unwrap();
     if signer.alg == Algorithm::RS256 {
-        let pkcs1 = spki.subject_public_key.data.to_vec();
+        let pkcs1 = spki.key.to_vec();
         out.push(("pkcs1 pem", pem("RSA PUBLIC KEY", &pkcs1).into_bytes()));
         out.push(("pkcs1 der", pkcs1));
     } else {
-        out.push(("raw point", spki.subject_public_key.data.to_vec()));
+        out.push(("raw point", spki.key.to_vec()));
     }
     if let Some(c) = cert_pem {
         out.push(("certificate", c.into_bytes()));

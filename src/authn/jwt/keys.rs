@@ -11,14 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-    OID_SIG_ED25519,
-};
-use x509_parser::prelude::FromDer;
-use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::config::raw::RawAlgorithm;
+use crate::tls::x509::{self, Certificate, Spki};
 
 /// A set of algorithms, one bit each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -270,21 +265,17 @@ pub fn from_pem(
     kid: Option<&str>,
     algorithms: &[RawAlgorithm],
 ) -> Result<VerifyKey, KeyError> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|_| KeyError::NotPem)?;
-    let (family, key, material) = match pem.label.as_str() {
+    let pem = ::pem::parse(pem).map_err(|_| KeyError::NotPem)?;
+    let (family, key, material) = match pem.tag() {
         "CERTIFICATE" => {
-            let cert = pem.parse_x509().map_err(|_| KeyError::Malformed)?;
-            spki(cert.public_key())?
+            let cert = Certificate::from_der(pem.contents()).ok_or(KeyError::Malformed)?;
+            spki(&cert.public_key())?
         }
-        "PUBLIC KEY" => {
-            let (_, info) =
-                SubjectPublicKeyInfo::from_der(&pem.contents).map_err(|_| KeyError::Malformed)?;
-            spki(&info)?
-        }
+        "PUBLIC KEY" => spki(&Spki::from_der(pem.contents()).ok_or(KeyError::Malformed)?)?,
         "RSA PUBLIC KEY" => (
             KeyFamily::Rsa,
-            DecodingKey::from_rsa_der(&pem.contents),
-            pem.contents.clone(),
+            DecodingKey::from_rsa_der(pem.contents()),
+            pem.contents().to_vec(),
         ),
         l if l.contains("PRIVATE") => return Err(KeyError::PrivateKey),
         _ => return Err(KeyError::NotPem),
@@ -293,31 +284,26 @@ pub fn from_pem(
     Ok(VerifyKey::new(kid, key, family, algs, &material))
 }
 
-fn spki(info: &SubjectPublicKeyInfo<'_>) -> Result<(KeyFamily, DecodingKey, Vec<u8>), KeyError> {
-    let oid = &info.algorithm.algorithm;
-    let bits: &[u8] = &info.subject_public_key.data;
-    if *oid == OID_PKCS1_RSAENCRYPTION {
+fn spki(info: &Spki<'_>) -> Result<(KeyFamily, DecodingKey, Vec<u8>), KeyError> {
+    let oid = info.algorithm;
+    let bits = info.key;
+    if oid == x509::OID_RSA_ENCRYPTION {
         Ok((
             KeyFamily::Rsa,
             DecodingKey::from_rsa_der(bits),
             bits.to_vec(),
         ))
-    } else if *oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
-        let curve = info
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok())
-            .ok_or(KeyError::Malformed)?;
-        let family = if curve == OID_EC_P256 {
+    } else if oid == x509::OID_EC_PUBLIC_KEY {
+        let curve = info.parameter_oid.ok_or(KeyError::Malformed)?;
+        let family = if curve == x509::OID_P256 {
             KeyFamily::EcP256
-        } else if curve == OID_NIST_EC_P384 {
+        } else if curve == x509::OID_P384 {
             KeyFamily::EcP384
         } else {
             return Err(KeyError::Unsupported);
         };
         Ok((family, DecodingKey::from_ec_der(bits), bits.to_vec()))
-    } else if *oid == OID_SIG_ED25519 {
+    } else if oid == x509::OID_ED25519 {
         Ok((
             KeyFamily::Ed25519,
             DecodingKey::from_ed_der(bits),
@@ -383,8 +369,9 @@ fn looks_like_public_key(secret: &[u8]) -> bool {
             .iter()
             .any(|p| t.starts_with(p))
         || (t.starts_with('{') && t.contains("\"kty\""))
-        || SubjectPublicKeyInfo::from_der(secret).is_ok()
-        || x509_parser::parse_x509_certificate(secret).is_ok()
+        // A key or certificate with anything after it, too.
+        || x509::first_element(secret)
+            .is_some_and(|e| Spki::from_der(e).is_some() || Certificate::from_der(e).is_some())
         || is_der_sequence(secret)
 }
 
@@ -604,3 +591,6 @@ impl KeySet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -130,11 +130,11 @@ impl SigningKey {
     /// A key from a PKCS#8 private key (PEM or DER).
     pub fn from_private_key(bytes: &[u8], alg: Algorithm, kid: &str) -> Result<Self, MintError> {
         if bytes.starts_with(b"-----BEGIN") {
-            let (_, p) = x509_parser::pem::parse_x509_pem(bytes).map_err(key_err)?;
-            if p.label != "PRIVATE KEY" {
-                return Err(MintError::PemLabel(p.label.into()));
+            let p = ::pem::parse(bytes).map_err(key_err)?;
+            if p.tag() != "PRIVATE KEY" {
+                return Err(MintError::PemLabel(p.tag().into()));
             }
-            Self::from_pkcs8(&p.contents, alg, kid)
+            Self::from_pkcs8(p.contents(), alg, kid)
         } else {
             Self::from_pkcs8(bytes, alg, kid)
         }

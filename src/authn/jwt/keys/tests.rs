@@ -1,0 +1,177 @@
+use rcgen::{CertificateParams, KeyPair, PublicKeyData as _};
+
+use super::*;
+use crate::authn::jwt::mint::pem;
+use crate::config::raw::RawAlgorithm as A;
+
+/// What, the PEM text, the configured algorithms, the key type or the error.
+type Case = (
+    &'static str,
+    String,
+    &'static [RawAlgorithm],
+    Result<KeyFamily, KeyError>,
+);
+
+fn spki_der(algorithm: &[u8], parameter_oid: Option<&[u8]>, key: &[u8]) -> Vec<u8> {
+    let tlv = |tag: u8, v: &[u8]| [&[tag, v.len() as u8][..], v].concat();
+    let mut id = tlv(0x06, algorithm);
+    if let Some(p) = parameter_oid {
+        id.extend(tlv(0x06, p));
+    }
+    let bits = [&[0][..], key].concat();
+    tlv(0x30, &[tlv(0x30, &id), tlv(0x03, &bits)].concat())
+}
+
+#[test]
+fn from_pem_labels_and_key_types() {
+    use super::KeyError as E;
+    use super::KeyFamily as F;
+    let ec = KeyPair::generate().unwrap();
+    let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let rsa = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let cert = |k: &KeyPair| {
+        let p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.self_signed(k).unwrap()
+    };
+    let ec_cert = cert(&ec);
+    let point = ec.public_key_raw();
+    let cases: Vec<Case> = vec![
+        ("P-256", ec.public_key_pem(), &[A::ES256], Ok(F::EcP256)),
+        ("P-384", p384.public_key_pem(), &[A::ES384], Ok(F::EcP384)),
+        ("Ed25519", ed.public_key_pem(), &[A::EdDSA], Ok(F::Ed25519)),
+        (
+            "RSA",
+            rsa.public_key_pem(),
+            &[A::RS256, A::PS256],
+            Ok(F::Rsa),
+        ),
+        (
+            "P-256 certificate",
+            ec_cert.pem(),
+            &[A::ES256],
+            Ok(F::EcP256),
+        ),
+        ("RSA certificate", cert(&rsa).pem(), &[A::RS512], Ok(F::Rsa)),
+        (
+            "PKCS#1",
+            pem("RSA PUBLIC KEY", rsa.public_key_raw()),
+            &[A::RS256],
+            Ok(F::Rsa),
+        ),
+        (
+            "text before",
+            format!("issued by ops\n{}", ec.public_key_pem()),
+            &[A::ES256],
+            Ok(F::EcP256),
+        ),
+        (
+            "PKCS#8",
+            ec.serialize_pem(),
+            &[A::ES256],
+            Err(E::PrivateKey),
+        ),
+        (
+            "SEC1",
+            pem("EC PRIVATE KEY", b"x"),
+            &[A::ES256],
+            Err(E::PrivateKey),
+        ),
+        (
+            "encrypted",
+            pem("ENCRYPTED PRIVATE KEY", b"x"),
+            &[A::ES256],
+            Err(E::PrivateKey),
+        ),
+        (
+            "CSR",
+            pem("CERTIFICATE REQUEST", b"x"),
+            &[A::ES256],
+            Err(E::NotPem),
+        ),
+        ("not PEM", "ES256".into(), &[A::ES256], Err(E::NotPem)),
+        (
+            "certificate and a byte",
+            pem("CERTIFICATE", &[ec_cert.der(), &[0][..]].concat()),
+            &[A::ES256],
+            Err(E::Malformed),
+        ),
+        (
+            "garbage certificate",
+            pem("CERTIFICATE", b"\x30\x00"),
+            &[A::ES256],
+            Err(E::Malformed),
+        ),
+        (
+            "garbage key",
+            pem("PUBLIC KEY", b"\x30\x00"),
+            &[A::ES256],
+            Err(E::Malformed),
+        ),
+        (
+            "EC without a curve",
+            pem(
+                "PUBLIC KEY",
+                &spki_der(x509::OID_EC_PUBLIC_KEY, None, point),
+            ),
+            &[A::ES256],
+            Err(E::Malformed),
+        ),
+        (
+            "secp256k1",
+            pem(
+                "PUBLIC KEY",
+                &spki_der(
+                    x509::OID_EC_PUBLIC_KEY,
+                    Some(&[0x2b, 0x81, 0x04, 0x00, 0x0a]),
+                    point,
+                ),
+            ),
+            &[A::ES256],
+            Err(E::Unsupported),
+        ),
+        (
+            "unknown algorithm",
+            pem("PUBLIC KEY", &spki_der(&[0x2a, 0x03], None, point)),
+            &[A::ES256],
+            Err(E::Unsupported),
+        ),
+        (
+            "wrong algorithm",
+            ec.public_key_pem(),
+            &[A::RS256],
+            Err(E::AlgorithmMismatch("RS256", "EC P-256")),
+        ),
+    ];
+    for (what, text, algs, want) in cases {
+        let got = from_pem(text.as_bytes(), None, algs).map(|k| k.family);
+        assert_eq!(got, want, "{what}");
+    }
+}
+
+#[test]
+fn public_keys_in_der_are_not_hmac_secrets() {
+    let ec = KeyPair::generate().unwrap();
+    let spki = ec.subject_public_key_info();
+    let cert = CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .self_signed(&ec)
+        .unwrap()
+        .der()
+        .to_vec();
+    for (what, secret) in [
+        ("key", spki.clone()),
+        (
+            "key and more",
+            [spki.as_slice(), b"0123456789abcdef"].concat(),
+        ),
+        ("certificate", cert.clone()),
+        ("certificate and more", [cert.as_slice(), &[0; 8]].concat()),
+    ] {
+        assert!(looks_like_public_key(&secret), "{what}");
+    }
+    assert!(!looks_like_public_key(&[0x42; 64]));
+    assert!(!looks_like_public_key(
+        b"\x30\x05 0123456789abcdef0123456789"
+    ));
+}
