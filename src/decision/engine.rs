@@ -246,6 +246,7 @@ pub async fn decide(
             identity,
         ),
         identity_refused,
+        timeouts: rule.timeouts.clone(),
     })
 }
 

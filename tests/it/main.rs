@@ -34,3 +34,4 @@ mod reload;
 mod shutdown;
 mod support;
 mod tls;
+mod upstreams;
