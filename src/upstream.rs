@@ -61,7 +61,8 @@ pub struct Upstream {
     /// The consistent-hashing key, if any.
     pub hash: Option<HashOn>,
     balancer: Arc<Balancer>,
-    raw: RawUpstream,
+    /// The settings as written, to tell on reload whether they changed.
+    fingerprint: crate::config::Fingerprint,
     /// Digest of the TLS files (CA, client certificate and key): a change rebuilds the pools.
     files: [u8; 32],
 }
@@ -84,15 +85,9 @@ pub struct SendOptions {
     pub hash_key: Option<u64>,
 }
 
-/// Why an upstream's settings are invalid; `field` is the YAML field to point at.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct UpstreamError {
-    /// Field of the upstream entry.
-    pub field: &'static str,
-    /// What is wrong.
-    pub message: String,
-}
+/// Why an upstream's settings are invalid: the field of the upstream's entry and what is
+/// wrong, placed in the file by the config compiler.
+pub type UpstreamError = crate::config::FieldError;
 
 // === impl Upstream ===
 
@@ -105,11 +100,11 @@ impl Upstream {
         previous: Option<&Self>,
     ) -> Result<Self, UpstreamError> {
         let url_error = |message: &str| UpstreamError {
-            field: "url",
+            field: "url".into(),
             message: message.to_owned(),
         };
         let uri: Uri = raw.url.parse().map_err(|_| UpstreamError {
-            field: "url",
+            field: "url".into(),
             message: format!(
                 "`{}` is not a valid URL: expected `http://host:port` or `https://host:port/base`",
                 raw.url
@@ -146,9 +141,10 @@ impl Upstream {
         let specs = specs(raw, &scheme, &authority)?;
         let health = health_check(raw)?;
         let files = files_digest(raw, base_dir)?;
+        let fingerprint = crate::config::Fingerprint::of(&[raw]);
 
         let balancer = match previous {
-            Some(p) if p.raw == *raw && p.files == files => Arc::clone(&p.balancer),
+            Some(p) if p.fingerprint == fingerprint && p.files == files => Arc::clone(&p.balancer),
             _ => {
                 let template = template(raw, base_dir, &scheme, &authority)?;
                 let endpoints = specs
@@ -204,7 +200,7 @@ impl Upstream {
             idle_timeout: raw.idle_timeout,
             hash,
             balancer,
-            raw: raw.clone(),
+            fingerprint,
             files,
         })
     }
@@ -357,14 +353,14 @@ fn hash_on(raw: &RawUpstream) -> Result<Option<HashOn>, UpstreamError> {
         return Ok(None);
     };
     let err = |message: &str| UpstreamError {
-        field: "hash",
+        field: "hash".into(),
         message: message.to_owned(),
     };
     match (&h.header, h.principal) {
         (Some(name), false) => HeaderName::from_bytes(name.as_bytes())
             .map(|n| Some(HashOn::Header(n)))
             .map_err(|_| UpstreamError {
-                field: "hash.header",
+                field: "hash.header".into(),
                 message: format!("`{name}` is not a valid header name"),
             }),
         (None, true) => Ok(Some(HashOn::Principal)),
@@ -401,9 +397,9 @@ fn specs(
         });
         if !ok {
             return Err(UpstreamError {
-                field: "endpoints",
+                field: format!("endpoints[{i}]"),
                 message: format!(
-                    "endpoints[{i}] `{e}` is not `ip:port` or `name:port` (such as `10.0.0.5:8080` or `api-1.internal:8080`)"
+                    "`{e}` is not `ip:port` or `name:port` (such as `10.0.0.5:8080` or `api-1.internal:8080`)"
                 ),
             });
         }
@@ -420,20 +416,20 @@ fn health_check(raw: &RawUpstream) -> Result<Option<HealthCheck>, UpstreamError>
         Ok(u) if h.path.starts_with('/') && u.authority().is_none() => u,
         _ => {
             return Err(UpstreamError {
-                field: "health_check.path",
+                field: "health_check.path".into(),
                 message: format!("`{}` is not a path starting with `/`", h.path),
             });
         }
     };
     if h.interval.is_zero() || h.timeout.is_zero() {
         return Err(UpstreamError {
-            field: "health_check.interval",
+            field: "health_check.interval".into(),
             message: "interval and timeout must be longer than zero".into(),
         });
     }
     if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
         return Err(UpstreamError {
-            field: "health_check.healthy_threshold",
+            field: "health_check.healthy_threshold".into(),
             message: "thresholds must be at least 1".into(),
         });
     }
@@ -459,7 +455,7 @@ fn files_digest(raw: &RawUpstream, base_dir: &Path) -> Result<[u8; 32], Upstream
         if let Some(p) = path {
             let p = base_dir.join(p);
             let bytes = std::fs::read(&p).map_err(|e| UpstreamError {
-                field,
+                field: field.into(),
                 message: format!("cannot read {}: {e}", p.display()),
             })?;
             digest.update(&(bytes.len() as u64).to_le_bytes());
@@ -483,14 +479,14 @@ fn template(
     let protocol = match (raw.protocol, raw.http2) {
         (Some(RawProtocol::H2c), _) if https => {
             return Err(UpstreamError {
-                field: "protocol",
+                field: "protocol".into(),
                 message: "`h2c` is cleartext HTTP/2: use an http:// URL, or `h2` for https".into(),
             });
         }
         (Some(RawProtocol::H2c), _) => Protocol::H2c,
         (Some(RawProtocol::H2), _) | (None, true) if !https => {
             return Err(UpstreamError {
-                field: "protocol",
+                field: "protocol".into(),
                 message: "HTTP/2 is negotiated over TLS: use an https:// URL, or `protocol: h2c` for cleartext".into(),
             });
         }
@@ -498,7 +494,7 @@ fn template(
     };
     let h2 = raw.http2 || raw.protocol == Some(RawProtocol::H2);
     let tls_only = |field: &'static str| UpstreamError {
-        field,
+        field: field.into(),
         message: "only an https upstream uses TLS settings".into(),
     };
     let tls = if https {
@@ -511,20 +507,21 @@ fn template(
                             "client_key"
                         } else {
                             "client_cert"
-                        },
+                        }
+                        .into(),
                         message: e.to_string(),
                     })?
                     .key,
             ),
             (Some(_), None) => {
                 return Err(UpstreamError {
-                    field: "client_key",
+                    field: "client_key".into(),
                     message: "a client certificate needs its `client_key`".into(),
                 });
             }
             (None, Some(_)) => {
                 return Err(UpstreamError {
-                    field: "client_cert",
+                    field: "client_cert".into(),
                     message: "a client key needs its `client_cert`".into(),
                 });
             }
@@ -533,7 +530,7 @@ fn template(
         let config =
             tls::server::client_config_with_cert(ca.as_deref(), h2, client).map_err(|e| {
                 UpstreamError {
-                    field: "ca_file",
+                    field: "ca_file".into(),
                     message: e.to_string(),
                 }
             })?;
@@ -543,7 +540,7 @@ fn template(
         };
         let bare = name.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(bare.to_owned()).map_err(|_| UpstreamError {
-            field,
+            field: field.into(),
             message: format!("`{name}` is not a valid TLS server name"),
         })?;
         Some(Arc::new(TlsTarget {

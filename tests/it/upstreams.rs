@@ -705,7 +705,7 @@ async fn bad_upstream_settings_name_file_line_and_field() {
     let (code, out) = dir.run("check", &[]);
     assert_ne!(code, Some(0));
     assert!(out.contains("portcullis.yaml:5:"), "{out}");
-    assert!(out.contains("upstreams.pool.endpoints"), "{out}");
+    assert!(out.contains("upstreams.pool.endpoints[1]"), "{out}");
     assert!(out.contains("`nope`"), "{out}");
     assert!(out.contains("upstreams.grpc.protocol"), "{out}");
     assert!(out.contains("portcullis.yaml:11:"), "{out}");

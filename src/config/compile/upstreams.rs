@@ -45,7 +45,7 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
             }
             Err(e) => {
                 out.broken.insert(name.clone());
-                cx.error(&format!("upstreams.{name}.{}", e.field), e.message);
+                cx.field_errors(&format!("upstreams.{name}"), [e]);
             }
         }
     }
