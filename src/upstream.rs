@@ -8,8 +8,9 @@
 //! - a request that never left the gateway (connect refused, a pooled connection found
 //!   closed before the request was written): any method, on another endpoint if the
 //!   endpoint was unreachable, else on a fresh connection;
-//! - a bodiless `GET`, `HEAD`, `OPTIONS`, `PUT` or `DELETE` whose pooled connection the
-//!   upstream closed as it went out (the stale keep-alive race): on a fresh connection.
+//! - a bodiless `GET`, `HEAD`, `OPTIONS`, `PUT` or `DELETE` whose pooled connection, idle
+//!   long enough for the upstream's keep-alive timer to close it, broke as the request went
+//!   out (the stale keep-alive race): on a fresh connection.
 //!
 //! Nothing else is retried: a request whose body may have reached the upstream never goes
 //! twice.
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderName, HeaderValue, Request, Response, Uri};
 use rustls_pki_types::ServerName;
 
 use crate::config::raw::{RawProtocol, RawUpstream};
@@ -248,11 +249,6 @@ impl Upstream {
         let Some(ep) = b.pick(opts.hash_key, None) else {
             return Err(SendError::NoEndpoint);
         };
-        // Why: a pooled connection the upstream closed just as the request went out fails
-        // after the request was written, and hyper cannot hand it back; a bodiless
-        // idempotent request is rebuilt from this copy of its head to go once more.
-        // Regression: tests (it) upstreams::stale_pooled_connection_retried_for_get_never_for_post
-        let head = Head::of(&req);
         let failed = match self.send_to(&ep, req, opts.connect_timeout, false).await {
             Ok(resp) => return Ok(resp),
             Err(f) => f,
@@ -261,12 +257,9 @@ impl Upstream {
             failed.error,
             SendError::Connect(_) | SendError::ConnectTimeout | SendError::Tls(_)
         );
-        let again = match (failed.unsent, head) {
-            (Some(req), _) => *req,
-            (None, Some(head)) if failed.reused && matches!(failed.error, SendError::Http(_)) => {
-                head.into_request()
-            }
-            (None, _) => return Err(failed.error),
+        let again = match (failed.unsent, failed.repeat) {
+            (Some(req), _) | (None, Some(req)) => *req,
+            (None, None) => return Err(failed.error),
         };
         // An unreachable endpoint is not tried again at once; a stale connection's endpoint is,
         // on a fresh connection.
@@ -312,38 +305,6 @@ impl Upstream {
         };
         b.record(ep, verdict, &self.name);
         result
-    }
-}
-
-/// The head of a bodiless idempotent request, kept to send it again.
-struct Head {
-    method: Method,
-    uri: Uri,
-    headers: http::HeaderMap,
-}
-
-impl Head {
-    /// A copy of the head, when the request may be repeated: idempotent (RFC 9110 §9.2.2) and
-    /// without a body.
-    fn of(req: &Request<UpstreamBody>) -> Option<Self> {
-        use http_body::Body;
-        let idempotent = matches!(
-            *req.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-        );
-        (idempotent && req.body().is_end_stream()).then(|| Self {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
-        })
-    }
-
-    fn into_request(self) -> Request<UpstreamBody> {
-        let mut req = Request::new(UpstreamBody::empty());
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.headers_mut() = self.headers;
-        req
     }
 }
 

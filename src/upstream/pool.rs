@@ -7,10 +7,11 @@
 //! and the connection goes back when the response body ends. HTTP/2 (by ALPN, or with prior
 //! knowledge for `h2c`): one shared connection, multiplexed, replaced when it closes.
 //!
-//! A failed exchange says whether the request may have reached the upstream: a request that
-//! never left (connect failure, a connection closed before it was written) comes back in
-//! [`Failed::unsent`], and [`Failed::reused`] tells a pooled connection from a fresh one; the
-//! caller decides what is safe to retry.
+//! A failed exchange says what may be sent again: a request that never left (connect failure,
+//! a connection closed before it was written) comes back in [`Failed::unsent`]; a bodiless
+//! idempotent request that went out on a connection idle for [`STALE_AFTER`] or more, which
+//! the upstream may have closed as the request arrived, comes back rebuilt in
+//! [`Failed::repeat`]. The caller decides whether to retry.
 //!
 //! A client that gives up (an HTTP/2 stream reset, a closed connection) drops its request at
 //! any point; that must not cost an upstream connection. A connect under way finishes in the
@@ -44,6 +45,11 @@ const UPSTREAM_READ_BUF: usize = 32 * 1024;
 const DRAIN_BYTES: usize = 64 * 1024;
 /// Time an abandoned exchange gets (response head and drained body) to keep its connection.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// A pooled HTTP/1 connection idle this long may be closed by the upstream's keep-alive
+/// timer just as a request goes out (no common server times out faster than a second). A
+/// bodiless idempotent request sent on one keeps a copy of its head to go again. Busy
+/// connections are reused far sooner, so the loaded path never pays for the copy.
+const STALE_AFTER: Duration = Duration::from_millis(100);
 
 /// Why an exchange with the upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,9 +80,9 @@ pub(super) struct Failed {
     pub(super) error: SendError,
     /// The request, when it certainly never reached the upstream.
     pub(super) unsent: Option<Box<Request<UpstreamBody>>>,
-    /// Whether the connection came from the pool (it may have been closed by the upstream
-    /// while idle) rather than being opened for this request.
-    pub(super) reused: bool,
+    /// The request rebuilt, when it may have reached the upstream but is safe to repeat: a
+    /// bodiless `GET`, `HEAD`, `OPTIONS`, `PUT` or `DELETE` whose pooled connection broke.
+    pub(super) repeat: Option<Box<Request<UpstreamBody>>>,
 }
 
 impl std::fmt::Debug for Failed {
@@ -84,17 +90,17 @@ impl std::fmt::Debug for Failed {
         f.debug_struct("Failed")
             .field("error", &self.error)
             .field("unsent", &self.unsent.is_some())
-            .field("reused", &self.reused)
+            .field("repeat", &self.repeat.is_some())
             .finish()
     }
 }
 
 impl Failed {
-    fn unsent(error: SendError, req: Request<UpstreamBody>, reused: bool) -> Self {
+    fn unsent(error: SendError, req: Request<UpstreamBody>) -> Self {
         Self {
             error,
             unsent: Some(Box::new(req)),
-            reused,
+            repeat: None,
         }
     }
 }
@@ -264,14 +270,24 @@ impl Pool {
         connect_timeout: Duration,
         fresh: bool,
     ) -> Result<Response<PooledBody>, Failed> {
-        let checked_out = if fresh { None } else { self.checkout() };
-        let reused = checked_out.is_some();
+        let (checked_out, stale_prone) = match fresh {
+            true => (None, false),
+            false => match self.checkout() {
+                Some((s, stale_prone)) => (Some(s), stale_prone),
+                None => (None, false),
+            },
+        };
+        // Why: a pooled connection the upstream closed just as the request went out fails
+        // after the request was written, and hyper cannot hand it back; a bodiless
+        // idempotent request is rebuilt from this copy of its head to go once more.
+        // Regression: tests (it) upstreams::stale_pooled_connection_retried_for_get_never_for_post
+        let mut head = if stale_prone { Head::of(&req) } else { None };
         let sender = match checked_out {
             Some(Sender::H1(mut s)) if !s.is_ready() => match s.ready().await {
                 Ok(()) => Sender::H1(s),
                 Err(_) => match self.connect_or_finish(connect_timeout).await {
                     Ok(s) => s,
-                    Err(e) => return Err(Failed::unsent(e, req, false)),
+                    Err(e) => return Err(Failed::unsent(e, req)),
                 },
             },
             Some(s) => s,
@@ -279,7 +295,7 @@ impl Pool {
             // large; inline, every request's future would carry and move them.
             None => match self.connect_or_finish(connect_timeout).await {
                 Ok(s) => s,
-                Err(e) => return Err(Failed::unsent(e, req, false)),
+                Err(e) => return Err(Failed::unsent(e, req)),
             },
         };
         let mut req = req;
@@ -297,15 +313,18 @@ impl Pool {
                 }
                 .await
                 .map_err(|(error, unsent)| Failed {
+                    repeat: match (&error, &unsent) {
+                        (SendError::Http(_), None) => head.take().map(Head::into_request),
+                        _ => None,
+                    },
                     error,
                     unsent,
-                    reused,
                 })?;
                 // Why: a 101 nobody asked for hands the connection to an unknown protocol,
                 // and a status past 599 is no HTTP answer; neither reaches the client, and
                 // the connection is not reused.
                 // Regression: tests (it) upstreams::invalid_upstream_status_is_502
-                check_status(resp.status(), reused)?;
+                check_status(resp.status())?;
                 let pool = Arc::clone(self);
                 Ok(resp.map(|body| PooledBody {
                     body: Some(body),
@@ -330,9 +349,9 @@ impl Pool {
                 let resp = s.try_send_request(req).await.map_err(|mut e| Failed {
                     unsent: e.take_message().map(Box::new),
                     error: SendError::Http(e.into_error()),
-                    reused,
+                    repeat: None,
                 })?;
-                check_status(resp.status(), reused)?;
+                check_status(resp.status())?;
                 Ok(resp.map(|body| PooledBody {
                     body: Some(body),
                     back: None,
@@ -354,12 +373,13 @@ impl Pool {
         .await
     }
 
-    fn checkout(&self) -> Option<Sender> {
+    /// A pooled connection, and whether it idled for [`STALE_AFTER`] or more.
+    fn checkout(&self) -> Option<(Sender, bool)> {
         if let Ok(h2) = self.h2.lock()
             && let Some(s) = h2.as_ref()
             && !s.is_closed()
         {
-            return Some(Sender::H2(s.clone()));
+            return Some((Sender::H2(s.clone()), false));
         }
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
@@ -377,7 +397,7 @@ impl Pool {
                 if let Some(other) = settling {
                     idle.push_front(other);
                 }
-                return Some(Sender::H1(s));
+                return Some((Sender::H1(s), now.duration_since(since) >= STALE_AFTER));
             }
             if settling.is_none() {
                 settling = Some((s, since));
@@ -385,7 +405,7 @@ impl Pool {
                 idle.push_back((s, since));
             }
         }
-        settling.map(|(s, _)| Sender::H1(s))
+        settling.map(|(s, since)| (Sender::H1(s), now.duration_since(since) >= STALE_AFTER))
     }
 
     fn checkin(&self, s: http1::SendRequest<UpstreamBody>) {
@@ -451,14 +471,46 @@ impl Pool {
     }
 }
 
+/// The head of a bodiless idempotent request, kept to send it again.
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Head {
+    /// A copy of the head, when the request may be repeated: idempotent (RFC 9110 §9.2.2) and
+    /// without a body.
+    fn of(req: &Request<UpstreamBody>) -> Option<Self> {
+        use http::Method;
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        );
+        (idempotent && req.body().is_end_stream()).then(|| Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn into_request(self) -> Box<Request<UpstreamBody>> {
+        let mut req = Request::new(UpstreamBody::empty());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.headers_mut() = self.headers;
+        Box::new(req)
+    }
+}
+
 /// An answer that is no HTTP answer to this request.
-fn check_status(status: http::StatusCode, reused: bool) -> Result<(), Failed> {
+fn check_status(status: http::StatusCode) -> Result<(), Failed> {
     let code = status.as_u16();
     if code == 101 || code > 599 {
         return Err(Failed {
             error: SendError::InvalidStatus(code),
             unsent: None,
-            reused,
+            repeat: None,
         });
     }
     Ok(())

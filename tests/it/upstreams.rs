@@ -98,7 +98,9 @@ async fn stale_pooled_connection_retried_for_get_never_for_post() {
     .await;
     let (status, _, _) = get(gw.addr(), "/first").await;
     assert_eq!(status, StatusCode::OK);
-    // The pooled connection is closed by the upstream as this request arrives.
+    // The pooled connection idles (as long as an upstream's keep-alive timer would need),
+    // then the upstream closes it as the next request arrives.
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let (status, _, body) = get(gw.addr(), "/second").await;
     assert_eq!(status, StatusCode::OK, "{body:?}");
     assert_eq!(up.seen(), ["GET", "GET", "GET"], "one retry, no more");
