@@ -164,7 +164,11 @@ async fn forward(
         (allow, uri, origin, upstream)
     };
     let timeouts = allow.timeouts.clone();
-    let principal = allow.principal.clone();
+    // Only hashing on the principal needs it past this point.
+    let principal = match upstream.hash {
+        Some(crate::upstream::HashOn::Principal) => allow.principal.clone(),
+        _ => None,
+    };
     let (req, client_fault) =
         upstream_request(ctx, allow, parts, body, uri, origin, &upstream).await?;
     let route = timeouts.as_deref().copied().unwrap_or_default();

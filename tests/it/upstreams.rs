@@ -755,3 +755,25 @@ async fn stalled_response_body_cut_at_the_idle_timeout() {
     );
     server.abort();
 }
+
+/// An endpoint given by name is resolved (and re-resolved) into its addresses; requests
+/// reach the one that listens, whatever else the name resolves to.
+#[tokio::test]
+async fn endpoint_names_resolve_to_their_addresses() {
+    let a = Backend::start("a").await;
+    let gw = Setup {
+        upstreams: format!(
+            "  named:\n    url: http://backend.test\n    endpoints: [\"localhost:{}\"]\n    dns_refresh: 50ms\n",
+            a.addr.port()
+        ),
+        policies: route_all_to("named"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for _ in 0..10 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.hits(), 10);
+}
