@@ -200,13 +200,15 @@ fn check_head(ctx: &mut Ctx<'_>, parts: &mut http::request::Parts) -> Result<(),
         return Err(ctx.malformed(parts, status, reason));
     }
     // `TE: trailers` is hop-by-hop but says the client takes trailers (gRPC needs it said):
-    // the gateway relays trailers, so it says the same upstream.
-    ctx.te_trailers = parts.headers.get(header::TE).is_some_and(|v| {
-        v.to_str().is_ok_and(|t| {
-            t.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
+    // the gateway relays trailers, so it says the same upstream. Only gRPC clients are
+    // asked, which keeps a header lookup off the plain path.
+    ctx.te_trailers = ctx.grpc
+        && parts.headers.get(header::TE).is_some_and(|v| {
+            v.to_str().is_ok_and(|t| {
+                t.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
     hop_by_hop::strip(&mut parts.headers);
     Ok(())
 }
