@@ -49,6 +49,7 @@ fn rule(i: usize) -> Rule {
         guard: None,
         delegate: None,
         case_insensitive: false,
+        timeouts: None,
     }
 }
 

@@ -135,6 +135,18 @@ impl RequestBody {
         Ok(this)
     }
 
+    /// No body: a request the gateway makes itself (a health check), or the repeat of a
+    /// bodiless request.
+    pub fn empty() -> Self {
+        Self {
+            ready: VecDeque::new(),
+            buffered: 0,
+            inner: None,
+            remaining: 0,
+            fault: Arc::default(),
+        }
+    }
+
     /// A flag that turns true if the client's side of the body fails after forwarding began.
     pub fn fault(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.fault)

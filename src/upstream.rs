@@ -1,22 +1,43 @@
-//! Named upstreams: where allowed requests go, over pooled keep-alive connections.
+//! Named upstreams: where allowed requests go, over pooled keep-alive connections to one or
+//! several endpoints.
 //!
-//! Each upstream owns a hyper client (its connection pool). A reload that leaves an upstream's
-//! settings unchanged keeps its client, so pooled connections survive reloads.
+//! An upstream is a URL (scheme, `Host`, TLS name, base path) and its endpoints (addresses
+//! to connect to; the URL's own host by default). [`Upstream::send`] picks an endpoint
+//! ([`balance`]), sends over its pool ([`pool`]), records the outcome for passive ejection,
+//! and retries once what is safe to retry, within the upstream's retry budget:
+//! - a request that never left the gateway (connect refused, a pooled connection found
+//!   closed before the request was written): any method, on another endpoint if the
+//!   endpoint was unreachable, else on a fresh connection;
+//! - a bodiless `GET`, `HEAD`, `OPTIONS`, `PUT` or `DELETE` whose pooled connection, idle
+//!   long enough for the upstream's keep-alive timer to close it, broke as the request went
+//!   out (the stale keep-alive race): on a fresh connection.
+//!
+//! Nothing else is retried: a request whose body may have reached the upstream never goes
+//! twice.
+//!
+//! The balancing state (endpoints, pools, ejections, health) is shared by every snapshot in
+//! which the upstream's settings and TLS files are unchanged, so a reload keeps connections.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderName, HeaderValue, Request, Response, Uri};
 use rustls_pki_types::ServerName;
 
-use crate::config::raw::RawUpstream;
+use crate::config::raw::{RawProtocol, RawUpstream};
 use crate::tls;
 
+mod balance;
 mod pool;
+mod upkeep;
 
-pub use pool::{PooledBody, SendError};
+pub use pool::{BodyIdleTimeout, PooledBody, SendError};
+
+use balance::{Balancer, Endpoint, Verdict};
+use pool::{Addr, Failed, Protocol, Template, TlsTarget};
+use upkeep::{HealthCheck, Spec, Upkeep};
 
 /// Request body sent upstream: the client's body, streamed, with the size limit applied.
 pub type UpstreamBody = crate::body::RequestBody;
@@ -34,24 +55,45 @@ pub struct Upstream {
     pub preserve_host: bool,
     /// Time from sending the request to the response head.
     pub response_timeout: Duration,
-    pool: Arc<pool::Pool>,
-    raw: RawUpstream,
+    /// Time to connect, when a new connection is needed.
+    pub connect_timeout: Duration,
+    /// Longest wait between two pieces of a response body.
+    pub idle_timeout: Option<Duration>,
+    /// The consistent-hashing key, if any.
+    pub hash: Option<HashOn>,
+    balancer: Arc<Balancer>,
+    /// The settings as written, to tell on reload whether they changed.
+    fingerprint: crate::config::Fingerprint,
+    /// Digest of the TLS files (CA, client certificate and key): a change rebuilds the pools.
+    files: [u8; 32],
 }
 
-/// Why an upstream's settings are invalid; `field` is the YAML field to point at.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct UpstreamError {
-    /// Field of the upstream entry.
-    pub field: &'static str,
-    /// What is wrong.
-    pub message: String,
+/// What consistent hashing hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header's value.
+    Header(HeaderName),
+    /// The principal's id.
+    Principal,
 }
+
+/// Per-request settings of [`Upstream::send`].
+#[derive(Debug, Clone, Copy)]
+pub struct SendOptions {
+    /// Time to connect, when a new connection is needed.
+    pub connect_timeout: Duration,
+    /// The consistent-hashing key (see [`Upstream::hash_key`]).
+    pub hash_key: Option<u64>,
+}
+
+/// Why an upstream's settings are invalid: the field of the upstream's entry and what is
+/// wrong, placed in the file by the config compiler.
+pub type UpstreamError = crate::config::FieldError;
 
 // === impl Upstream ===
 
 impl Upstream {
-    /// Compiles an upstream, reusing `previous`'s connection pool when nothing changed.
+    /// Compiles an upstream, reusing `previous`'s endpoints and pools when nothing changed.
     pub fn build(
         name: &str,
         raw: &RawUpstream,
@@ -59,11 +101,11 @@ impl Upstream {
         previous: Option<&Self>,
     ) -> Result<Self, UpstreamError> {
         let url_error = |message: &str| UpstreamError {
-            field: "url",
+            field: "url".into(),
             message: message.to_owned(),
         };
         let uri: Uri = raw.url.parse().map_err(|_| UpstreamError {
-            field: "url",
+            field: "url".into(),
             message: format!(
                 "`{}` is not a valid URL: expected `http://host:port` or `https://host:port/base`",
                 raw.url
@@ -96,10 +138,58 @@ impl Upstream {
         let base_path = path.trim_end_matches('/');
         let host_header = HeaderValue::from_str(authority.as_str())
             .map_err(|_| url_error("URL host is not a valid header value"))?;
+        let hash = hash_on(raw)?;
+        let specs = specs(raw, &scheme, &authority)?;
+        let health = health_check(raw)?;
+        let files = files_digest(raw, base_dir)?;
+        let fingerprint = crate::config::Fingerprint::of(&[raw]);
 
-        let pool = match previous {
-            Some(p) if p.raw == *raw => Arc::clone(&p.pool),
-            _ => Arc::new(build_pool(raw, base_dir, &scheme, &authority)?),
+        let balancer = match previous {
+            Some(p) if p.fingerprint == fingerprint && p.files == files => Arc::clone(&p.balancer),
+            _ => {
+                let template = template(raw, base_dir, &scheme, &authority)?;
+                let endpoints = specs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, spec)| {
+                        let addr = match spec {
+                            Spec::Ip(a) => Addr::Ip(*a),
+                            Spec::Name(n) => Addr::Name(Arc::clone(n)),
+                        };
+                        Arc::new(Endpoint::new(addr.clone(), i, template.pool(addr)))
+                    })
+                    .collect();
+                let balancer = Arc::new(Balancer::new(
+                    endpoints,
+                    raw.balance,
+                    balance::Ejection {
+                        consecutive: raw.ejection.consecutive_failures,
+                        base: raw.ejection.base_time,
+                        max: raw.ejection.max_time,
+                    },
+                    balance::RetryBudget::new(raw.retry_budget.percent, raw.retry_budget.minimum),
+                    template,
+                ));
+                // The URL's own host is resolved at each connect, as it always was; only
+                // names listed as endpoints are resolved into one endpoint per address.
+                let specs = if raw.endpoints.is_empty() {
+                    Vec::new()
+                } else {
+                    specs
+                };
+                upkeep::spawn(
+                    &balancer,
+                    Upkeep {
+                        name: name.into(),
+                        specs,
+                        dns_refresh: raw.dns_refresh,
+                        health,
+                        host: host_header.clone(),
+                        connect_timeout: raw.connect_timeout,
+                    },
+                );
+                balancer
+            }
         };
         Ok(Self {
             name: name.into(),
@@ -107,8 +197,12 @@ impl Upstream {
             host_header,
             preserve_host: raw.preserve_host,
             response_timeout: raw.response_timeout,
-            pool,
-            raw: raw.clone(),
+            connect_timeout: raw.connect_timeout,
+            idle_timeout: raw.idle_timeout,
+            hash,
+            balancer,
+            fingerprint,
+            files,
         })
     }
 
@@ -132,49 +226,308 @@ impl Upstream {
         Some(Uri::from(pq))
     }
 
-    /// Sends a request over the pool. No timeout here: the caller applies
-    /// `response_timeout`.
+    /// The consistent-hashing key of a request: its header's value or the principal's id;
+    /// `None` without hashing or without the key (the request is then balanced as usual).
+    pub fn hash_key(&self, headers: &http::HeaderMap, principal: Option<&str>) -> Option<u64> {
+        match self.hash.as_ref()? {
+            HashOn::Header(name) => headers
+                .get(name)
+                .map(|v| balance::stable_hash(v.as_bytes())),
+            HashOn::Principal => principal.map(|p| balance::stable_hash(p.as_bytes())),
+        }
+    }
+
+    /// Sends a request to one of the endpoints, retrying once what is safe to retry (see the
+    /// module docs). No response timeout here: the caller applies it to the whole.
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
+        opts: SendOptions,
     ) -> Result<Response<PooledBody>, SendError> {
-        self.pool.send(req).await
+        let b = &*self.balancer;
+        b.budget.deposit();
+        let Some(ep) = b.pick(opts.hash_key, None) else {
+            return Err(SendError::NoEndpoint);
+        };
+        let failed = match self.send_to(&ep, req, opts.connect_timeout, false).await {
+            Ok(resp) => return Ok(resp),
+            Err(f) => f,
+        };
+        let unreachable = matches!(
+            failed.error,
+            SendError::Connect(_) | SendError::ConnectTimeout | SendError::Tls(_)
+        );
+        let again = match (failed.unsent, failed.repeat) {
+            (Some(req), _) | (None, Some(req)) => *req,
+            (None, None) => return Err(failed.error),
+        };
+        // An unreachable endpoint is not tried again at once; a stale connection's endpoint is,
+        // on a fresh connection.
+        let next = if unreachable {
+            match b.pick(opts.hash_key, Some(&*ep)) {
+                Some(other) if !Arc::ptr_eq(&other, &ep) => other,
+                _ => return Err(failed.error),
+            }
+        } else {
+            ep
+        };
+        if !b.budget.withdraw() {
+            tracing::debug!(upstream = &*self.name, "Retry budget spent");
+            return Err(failed.error);
+        }
+        tracing::debug!(upstream = &*self.name, error = %failed.error, "Retrying upstream request");
+        self.send_to(&next, again, opts.connect_timeout, true)
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// One exchange with one endpoint, its outcome recorded for ejection.
+    async fn send_to(
+        &self,
+        ep: &Arc<Endpoint>,
+        req: Request<UpstreamBody>,
+        connect_timeout: Duration,
+        fresh: bool,
+    ) -> Result<Response<PooledBody>, Failed> {
+        let b = &*self.balancer;
+        let guard = ep.start(b.counts_in_flight());
+        let result = ep.pool.send(req, connect_timeout, fresh).await;
+        drop(guard);
+        let verdict = match &result {
+            Ok(resp) if resp.status().is_server_error() => Verdict::Failure,
+            Ok(_) => Verdict::Success,
+            // The client's body failing says nothing about the endpoint.
+            Err(Failed {
+                error: SendError::Http(e),
+                ..
+            }) if e.is_user() => Verdict::Neutral,
+            Err(_) => Verdict::Failure,
+        };
+        b.record(ep, verdict, &self.name);
+        result
     }
 }
 
-fn build_pool(
+/// The consistent-hashing key.
+fn hash_on(raw: &RawUpstream) -> Result<Option<HashOn>, UpstreamError> {
+    let Some(h) = &raw.hash else {
+        return Ok(None);
+    };
+    let err = |message: &str| UpstreamError {
+        field: "hash".into(),
+        message: message.to_owned(),
+    };
+    match (&h.header, h.principal) {
+        (Some(name), false) => HeaderName::from_bytes(name.as_bytes())
+            .map(|n| Some(HashOn::Header(n)))
+            .map_err(|_| UpstreamError {
+                field: "hash.header".into(),
+                message: format!("`{name}` is not a valid header name"),
+            }),
+        (None, true) => Ok(Some(HashOn::Principal)),
+        (Some(_), true) => Err(err("hash on `header` or on `principal`, not both")),
+        (None, false) => Err(err("name a `header` to hash on, or set `principal: true`")),
+    }
+}
+
+/// The configured endpoints: `endpoints`, or the URL's host and port.
+fn specs(
+    raw: &RawUpstream,
+    scheme: &Scheme,
+    authority: &Authority,
+) -> Result<Vec<Spec>, UpstreamError> {
+    if raw.endpoints.is_empty() {
+        let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = authority.host();
+        let port = authority.port_u16().unwrap_or(default_port);
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        return Ok(vec![match bare.parse::<std::net::IpAddr>() {
+            Ok(ip) => Spec::Ip(std::net::SocketAddr::new(ip, port)),
+            Err(_) => Spec::Name(format!("{host}:{port}").into()),
+        }]);
+    }
+    let mut out = Vec::with_capacity(raw.endpoints.len());
+    for (i, e) in raw.endpoints.iter().enumerate() {
+        if let Ok(a) = e.parse::<std::net::SocketAddr>() {
+            out.push(Spec::Ip(a));
+            continue;
+        }
+        // `name:port`: a valid authority with a port and nothing else.
+        let ok = Authority::try_from(e.as_str()).is_ok_and(|a| {
+            a.port_u16().is_some() && !a.as_str().contains('@') && !a.host().is_empty()
+        });
+        if !ok {
+            return Err(UpstreamError {
+                field: format!("endpoints[{i}]"),
+                message: format!(
+                    "`{e}` is not `ip:port` or `name:port` (such as `10.0.0.5:8080` or `api-1.internal:8080`)"
+                ),
+            });
+        }
+        out.push(Spec::Name(e.as_str().into()));
+    }
+    Ok(out)
+}
+
+fn health_check(raw: &RawUpstream) -> Result<Option<HealthCheck>, UpstreamError> {
+    let Some(h) = &raw.health_check else {
+        return Ok(None);
+    };
+    let path = match h.path.parse::<Uri>() {
+        Ok(u) if h.path.starts_with('/') && u.authority().is_none() => u,
+        _ => {
+            return Err(UpstreamError {
+                field: "health_check.path".into(),
+                message: format!("`{}` is not a path starting with `/`", h.path),
+            });
+        }
+    };
+    if h.interval.is_zero() || h.timeout.is_zero() {
+        return Err(UpstreamError {
+            field: "health_check.interval".into(),
+            message: "interval and timeout must be longer than zero".into(),
+        });
+    }
+    if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+        return Err(UpstreamError {
+            field: "health_check.healthy_threshold".into(),
+            message: "thresholds must be at least 1".into(),
+        });
+    }
+    Ok(Some(HealthCheck {
+        path,
+        interval: h.interval,
+        timeout: h.timeout,
+        healthy_threshold: h.healthy_threshold,
+        unhealthy_threshold: h.unhealthy_threshold,
+    }))
+}
+
+/// SHA-256 over the TLS files' contents, so a renewed certificate or CA rebuilds the pools
+/// (as a listener's certificates are reloaded) even though the config text is unchanged.
+fn files_digest(raw: &RawUpstream, base_dir: &Path) -> Result<[u8; 32], UpstreamError> {
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for (field, path) in [
+        ("ca_file", &raw.ca_file),
+        ("client_cert", &raw.client_cert),
+        ("client_key", &raw.client_key),
+    ] {
+        digest.update(field.as_bytes());
+        if let Some(p) = path {
+            let p = base_dir.join(p);
+            let bytes = std::fs::read(&p).map_err(|e| UpstreamError {
+                field: field.into(),
+                message: format!("cannot read {}: {e}", p.display()),
+            })?;
+            digest.update(&(bytes.len() as u64).to_le_bytes());
+            digest.update(&bytes);
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.finish().as_ref());
+    Ok(out)
+}
+
+/// What every endpoint's pool shares: TLS (trust, client certificate, server name, ALPN),
+/// protocol and pool limits.
+fn template(
     raw: &RawUpstream,
     base_dir: &Path,
     scheme: &Scheme,
     authority: &Authority,
-) -> Result<pool::Pool, UpstreamError> {
-    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
-    let host = authority.host();
-    let addr = format!("{}:{}", host, authority.port_u16().unwrap_or(default_port));
-    let tls = if *scheme == Scheme::HTTPS {
+) -> Result<Template, UpstreamError> {
+    let https = *scheme == Scheme::HTTPS;
+    let protocol = match (raw.protocol, raw.http2) {
+        (Some(RawProtocol::H2c), _) if https => {
+            return Err(UpstreamError {
+                field: "protocol".into(),
+                message: "`h2c` is cleartext HTTP/2: use an http:// URL, or `h2` for https".into(),
+            });
+        }
+        (Some(RawProtocol::H2c), _) => Protocol::H2c,
+        (Some(RawProtocol::H2), _) | (None, true) if !https => {
+            return Err(UpstreamError {
+                field: "protocol".into(),
+                message: "HTTP/2 is negotiated over TLS: use an https:// URL, or `protocol: h2c` for cleartext".into(),
+            });
+        }
+        _ => Protocol::Negotiated,
+    };
+    let h2 = raw.http2 || raw.protocol == Some(RawProtocol::H2);
+    let tls_only = |field: &'static str| UpstreamError {
+        field: field.into(),
+        message: "only an https upstream uses TLS settings".into(),
+    };
+    let tls = if https {
         let ca = raw.ca_file.as_ref().map(|p| base_dir.join(p));
+        let client = match (&raw.client_cert, &raw.client_key) {
+            (Some(c), Some(k)) => Some(
+                tls::certs::load_cert(&base_dir.join(c), &base_dir.join(k))
+                    .map_err(|e| UpstreamError {
+                        field: if e.field() == "key" {
+                            "client_key"
+                        } else {
+                            "client_cert"
+                        }
+                        .into(),
+                        message: e.to_string(),
+                    })?
+                    .key,
+            ),
+            (Some(_), None) => {
+                return Err(UpstreamError {
+                    field: "client_key".into(),
+                    message: "a client certificate needs its `client_key`".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(UpstreamError {
+                    field: "client_cert".into(),
+                    message: "a client key needs its `client_cert`".into(),
+                });
+            }
+            (None, None) => None,
+        };
         let config =
-            tls::server::client_config(ca.as_deref(), raw.http2).map_err(|e| UpstreamError {
-                field: "ca_file",
-                message: e.to_string(),
+            tls::server::client_config_with_cert(ca.as_deref(), h2, client).map_err(|e| {
+                UpstreamError {
+                    field: "ca_file".into(),
+                    message: e.to_string(),
+                }
             })?;
-        let name = host.trim_start_matches('[').trim_end_matches(']');
-        let name = ServerName::try_from(name.to_owned()).map_err(|_| UpstreamError {
-            field: "url",
-            message: format!("`{host}` is not a valid TLS server name"),
+        let (name, field) = match &raw.server_name {
+            Some(n) => (n.as_str(), "server_name"),
+            None => (authority.host(), "url"),
+        };
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(bare.to_owned()).map_err(|_| UpstreamError {
+            field: field.into(),
+            message: format!("`{name}` is not a valid TLS server name"),
         })?;
-        Some((tokio_rustls::TlsConnector::from(config), name))
+        Some(Arc::new(TlsTarget {
+            connector: tokio_rustls::TlsConnector::from(config),
+            name,
+        }))
     } else {
+        for (field, set) in [
+            ("ca_file", raw.ca_file.is_some()),
+            ("client_cert", raw.client_cert.is_some()),
+            ("client_key", raw.client_key.is_some()),
+            ("server_name", raw.server_name.is_some()),
+        ] {
+            if set {
+                return Err(tls_only(field));
+            }
+        }
         None
     };
-    Ok(pool::Pool::new(pool::Target {
-        addr,
+    Ok(Template {
         tls,
+        protocol,
         scheme: scheme.clone(),
         authority: authority.clone(),
-        connect_timeout: raw.connect_timeout,
         idle_timeout: raw.pool_idle_timeout,
         max_idle: raw.pool_max_idle,
         response_timeout: raw.response_timeout,
-    }))
+    })
 }

@@ -57,6 +57,19 @@ pub struct Rule {
     /// An allow rule whose path literals match in any ASCII case (its policy file or its
     /// upstream says `case_insensitive_paths`); deny rules always do.
     pub case_insensitive: bool,
+    /// Upstream timeouts overriding the upstream's, for the requests it allows.
+    pub timeouts: Option<Arc<RouteTimeouts>>,
+}
+
+/// A rule's upstream timeouts; `None` keeps the upstream's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteTimeouts {
+    /// Connecting (TCP and TLS).
+    pub connect: Option<std::time::Duration>,
+    /// Sending the request to the response head.
+    pub response: Option<std::time::Duration>,
+    /// Between two pieces of the response body.
+    pub idle: Option<std::time::Duration>,
 }
 
 /// The ordered rules, and an index that finds the first match without trying every rule.
@@ -620,6 +633,7 @@ mod tests {
     fn case_insensitive_allow_rules() {
         let admin = |ci: bool| Rule {
             case_insensitive: ci,
+            timeouts: None,
             ..rule("admin", &["/admin/{id}/**"], Effect::Allow, &[])
         };
         let table =
@@ -743,6 +757,7 @@ mod tests {
             guard: None,
             delegate: None,
             case_insensitive: false,
+            timeouts: None,
         }
     }
 

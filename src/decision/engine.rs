@@ -334,6 +334,7 @@ async fn decide_rule(
         query_credentials: rule.query_credentials.clone(),
         mutation,
         identity_refused,
+        timeouts: rule.timeouts.clone(),
     })
 }
 

@@ -43,6 +43,8 @@ pub struct Allow {
     pub mutation: super::HeaderMutation,
     /// Identity header values refused (CR, LF, non-visible characters): left out.
     pub identity_refused: usize,
+    /// The rule's upstream timeouts, when it overrides the upstream's.
+    pub timeouts: Option<Arc<crate::authz::route::RouteTimeouts>>,
 }
 
 /// Why a request was refused.

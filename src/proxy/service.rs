@@ -122,6 +122,8 @@ pub async fn handle(
         start,
         method: parts.method.clone(),
         version: parts.version,
+        grpc: is_grpc(&parts.headers),
+        te_trailers: false,
         log: Log::default(),
         outcome: Outcome::Allow,
         reason: None,
@@ -164,14 +166,33 @@ async fn forward(
     // What the decision adds to the client's response (a shadow-mode limit's header), as
     // the decision doors hand it to their peer.
     let to_client = std::mem::take(&mut allow.mutation.response);
+    let timeouts = allow.timeouts.clone();
+    // Only hashing on the principal needs it past this point.
+    let principal = match upstream.hash {
+        Some(crate::upstream::HashOn::Principal) => allow.principal.clone(),
+        _ => None,
+    };
     let (req, client_fault) =
         upstream_request(ctx, allow, parts, body, uri, origin, &upstream).await?;
-    let resp = send(ctx, &upstream, req, &client_fault).await?;
-    let mut resp = respond(resp);
+    let route = timeouts.as_deref().copied().unwrap_or_default();
+    let opts = crate::upstream::SendOptions {
+        connect_timeout: route.connect.unwrap_or(upstream.connect_timeout),
+        hash_key: upstream.hash_key(req.headers(), principal.as_deref().map(|p| &*p.id)),
+    };
+    let response_timeout = route.response.unwrap_or(upstream.response_timeout);
+    let resp = send(ctx, &upstream, req, opts, response_timeout, &client_fault).await?;
+    let mut resp = respond(resp, route.idle.or(upstream.idle_timeout));
     for (name, value) in to_client {
         resp.headers_mut().append(name, value);
     }
     Ok(resp)
+}
+
+/// Whether the client speaks gRPC: its denials and failures are then rendered as gRPC.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// Phase 1: the head within its limits, no h2c upgrade, no transfer coding but `chunked`,
@@ -197,6 +218,16 @@ fn check_head(ctx: &mut Ctx<'_>, parts: &mut http::request::Parts) -> Result<(),
             "unsupported_transfer_coding",
         ));
     }
+    // `TE: trailers` is hop-by-hop but says the client takes trailers (gRPC needs it said):
+    // the gateway relays trailers, so it says the same upstream. Only gRPC clients are
+    // asked, which keeps a header lookup off the plain path.
+    ctx.te_trailers = ctx.grpc
+        && parts.headers.get(header::TE).is_some_and(|v| {
+            v.to_str().is_ok_and(|t| {
+                t.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
     hop_by_hop::strip(&mut parts.headers);
     Ok(())
 }
@@ -263,6 +294,11 @@ async fn upstream_request(
         ctx.request_id,
         upstream,
     );
+    if ctx.te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     parts.uri = uri;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     // Why: a body whose framing is already broken (bad chunk size, bare LF) is refused with
@@ -289,9 +325,11 @@ async fn send(
     ctx: &Ctx<'_>,
     upstream: &crate::upstream::Upstream,
     req: Request<RequestBody>,
+    opts: crate::upstream::SendOptions,
+    response_timeout: std::time::Duration,
     client_fault: &std::sync::atomic::AtomicBool,
 ) -> Result<Response<crate::upstream::PooledBody>, Failure> {
-    let result = tokio::time::timeout(upstream.response_timeout, upstream.send(req)).await;
+    let result = tokio::time::timeout(response_timeout, upstream.send(req, opts)).await;
     let e = match result {
         Ok(Ok(resp)) => return Ok(resp),
         Err(_) => {
@@ -315,16 +353,25 @@ async fn send(
         SendError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
         SendError::Tls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls"),
         SendError::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
+        SendError::InvalidStatus(_) => (StatusCode::BAD_GATEWAY, "upstream_invalid_response"),
+        SendError::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "upstream_no_endpoint"),
     };
     ctx.shared.metrics.upstream_error(kind);
     tracing::debug!(upstream = &*upstream.name, error = %e, reason = kind, "Upstream request failed");
     Err(Failure::Failed(status, kind))
 }
 
-/// Phase 5: the upstream's answer for the client: hop-by-hop headers removed, HTTP/1.1.
-/// (The request id is added by [`Ctx::finish`], as to every answer.)
-fn respond(resp: Response<crate::upstream::PooledBody>) -> Response<ResponseBody> {
-    let (mut parts, body) = resp.into_parts();
+/// Phase 5: the upstream's answer for the client: hop-by-hop headers removed, HTTP/1.1, the
+/// body cut if it idles past `idle`. (The request id is added by [`Ctx::finish`], as to every
+/// answer.)
+fn respond(
+    resp: Response<crate::upstream::PooledBody>,
+    idle: Option<std::time::Duration>,
+) -> Response<ResponseBody> {
+    let (mut parts, mut body) = resp.into_parts();
+    if let Some(idle) = idle {
+        body = body.with_idle_timeout(idle);
+    }
     hop_by_hop::strip(&mut parts.headers);
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, body::streamed(body))
@@ -339,6 +386,10 @@ struct Ctx<'a> {
     start: Instant,
     method: http::Method,
     version: Version,
+    /// The client speaks gRPC (`content-type: application/grpc…`).
+    grpc: bool,
+    /// The client said `TE: trailers`.
+    te_trailers: bool,
     log: Log,
     outcome: Outcome,
     reason: Option<&'static str>,
@@ -363,26 +414,33 @@ impl Ctx<'_> {
     /// the log.
     fn rescue(&mut self, failure: Failure) -> Response<ResponseBody> {
         let id = self.request_id;
-        match failure {
+        let (refusal, malformed) = match failure {
             Failure::Malformed(status, reason) => {
                 self.shared.metrics.bad_request(reason);
                 (self.outcome, self.reason) = (Outcome::Error, Some(reason));
-                close(
-                    refusal_response(Refusal::error(status, reason, id)),
-                    self.version,
-                )
+                (Refusal::error(status, reason, id), true)
             }
             Failure::Denied(d) => {
                 self.shared.metrics.denial(Door::Proxy, d.kind.as_str());
                 (self.outcome, self.reason) = (Outcome::Deny, Some(d.kind.as_str()));
                 self.log.rule.clone_from(&d.rule);
                 self.log.principal.clone_from(&d.principal);
-                refusal_response(d.refusal(&self.snapshot.challenges, id))
+                (d.refusal(&self.snapshot.challenges, id), false)
             }
             Failure::Failed(status, reason) => {
                 (self.outcome, self.reason) = (Outcome::Error, Some(reason));
-                refusal_response(Refusal::error(status, reason, id))
+                (Refusal::error(status, reason, id), false)
             }
+        };
+        let resp = if self.grpc {
+            grpc_response(&refusal)
+        } else {
+            refusal_response(refusal)
+        };
+        if malformed {
+            close(resp, self.version)
+        } else {
+            resp
         }
     }
 
@@ -481,6 +539,28 @@ fn close(mut resp: Response<ResponseBody>, version: Version) -> Response<Respons
     if version <= Version::HTTP_11 {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// A refusal for a gRPC client (gRPC over HTTP/2, "Trailers-Only"): HTTP 200 with
+/// `grpc-status` from the refusal's status (16 unauthenticated, 7 permission denied, 8
+/// resource exhausted, 14 unavailable, …) and its public reason code as `grpc-message`; the
+/// challenge, redirect and throttle headers as for HTTP, no body.
+// Regression: tests (it) upstreams::grpc_client_denied_gets_grpc_status
+fn grpc_response(r: &Refusal) -> Response<ResponseBody> {
+    let mut resp = Response::new(body::full(bytes::Bytes::new()));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("grpc-status", HeaderValue::from(r.grpc_code().as_i32()));
+    // Reason codes are `[a-z_]`: nothing to percent-encode.
+    h.insert("grpc-message", HeaderValue::from_static(r.code));
+    for (name, value) in r.headers() {
+        h.insert(name, value);
     }
     resp
 }

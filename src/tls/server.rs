@@ -259,6 +259,16 @@ pub fn client_verifier(
 /// Client config for https upstreams: webpki roots, or only the CA certificates in `ca_file`
 /// when given; ALPN `http/1.1` (plus `h2` first when `http2`).
 pub fn client_config(ca_file: Option<&Path>, http2: bool) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with_cert(ca_file, http2, None)
+}
+
+/// [`client_config`], presenting `client_cert` to a server that asks for one (mTLS to an
+/// upstream).
+pub fn client_config_with_cert(
+    ca_file: Option<&Path>,
+    http2: bool,
+    client_cert: Option<Arc<CertifiedKey>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = match ca_file {
         None => webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect(),
         Some(path) => {
@@ -273,13 +283,34 @@ pub fn client_config(ca_file: Option<&Path>, http2: bool) -> Result<Arc<ClientCo
             roots
         }
     };
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(TlsError::Config)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match client_cert {
+        Some(key) => config.with_client_cert_resolver(Arc::new(ClientCert(key))),
+        None => config.with_no_client_auth(),
+    };
     config.alpn_protocols = alpn(http2);
     Ok(Arc::new(config))
+}
+
+/// Always presents the one configured client certificate.
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {

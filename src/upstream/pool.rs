@@ -1,9 +1,17 @@
 //! Keep-alive connections to one upstream, without a global lock per request beyond one short
 //! uncontended mutex, and without the generic client's per-request bookkeeping.
 //!
+//! One pool per endpoint (one address of an upstream).
+//!
 //! HTTP/1: idle connections wait in a queue; a request takes a ready one or opens a new one,
-//! and the connection goes back when the response body ends. HTTP/2 (by ALPN): one shared
-//! connection, multiplexed, replaced when it closes.
+//! and the connection goes back when the response body ends. HTTP/2 (by ALPN, or with prior
+//! knowledge for `h2c`): one shared connection, multiplexed, replaced when it closes.
+//!
+//! A failed exchange says what may be sent again: a request that never left (connect failure,
+//! a connection closed before it was written) comes back in [`Failed::unsent`]; a bodiless
+//! idempotent request that went out on a connection idle for [`STALE_AFTER`] or more, which
+//! the upstream may have closed as the request arrived, comes back rebuilt in
+//! [`Failed::repeat`]. The caller decides whether to retry.
 //!
 //! A client that gives up (an HTTP/2 stream reset, a closed connection) drops its request at
 //! any point; that must not cost an upstream connection. A connect under way finishes in the
@@ -13,6 +21,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -22,7 +31,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -36,6 +45,11 @@ const UPSTREAM_READ_BUF: usize = 32 * 1024;
 const DRAIN_BYTES: usize = 64 * 1024;
 /// Time an abandoned exchange gets (response head and drained body) to keep its connection.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// A pooled HTTP/1 connection idle this long may be closed by the upstream's keep-alive
+/// timer just as a request goes out (no common server times out faster than a second). A
+/// bodiless idempotent request sent on one keeps a copy of its head to go again. Busy
+/// connections are reused far sooner, so the loaded path never pays for the copy.
+const STALE_AFTER: Duration = Duration::from_millis(100);
 
 /// Why an exchange with the upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,22 +66,115 @@ pub enum SendError {
     /// The HTTP exchange failed.
     #[error("http exchange failed: {0}")]
     Http(#[source] hyper::Error),
+    /// The upstream answered with a status outside 100–599, or switched protocols unasked.
+    #[error("invalid response status {0}")]
+    InvalidStatus(u16),
+    /// No endpoint to send to (every name unresolved).
+    #[error("no endpoint")]
+    NoEndpoint,
+}
+
+/// A failed exchange, and what the caller needs to decide on a retry.
+pub(super) struct Failed {
+    /// What went wrong.
+    pub(super) error: SendError,
+    /// The request, when it certainly never reached the upstream.
+    pub(super) unsent: Option<Box<Request<UpstreamBody>>>,
+    /// The request rebuilt, when it may have reached the upstream but is safe to repeat: a
+    /// bodiless `GET`, `HEAD`, `OPTIONS`, `PUT` or `DELETE` whose pooled connection broke.
+    pub(super) repeat: Option<Box<Request<UpstreamBody>>>,
+}
+
+impl std::fmt::Debug for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Failed")
+            .field("error", &self.error)
+            .field("unsent", &self.unsent.is_some())
+            .field("repeat", &self.repeat.is_some())
+            .finish()
+    }
+}
+
+impl Failed {
+    fn unsent(error: SendError, req: Request<UpstreamBody>) -> Self {
+        Self {
+            error,
+            unsent: Some(Box::new(req)),
+            repeat: None,
+        }
+    }
+}
+
+/// Where an endpoint is: an address, or a name resolved at each connect (until the
+/// upstream's resolver has its addresses).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Addr {
+    /// An address.
+    Ip(SocketAddr),
+    /// `name:port`.
+    Name(Arc<str>),
+}
+
+/// The HTTP version spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    /// HTTP/1.1, or HTTP/2 when TLS's ALPN picks it.
+    Negotiated,
+    /// HTTP/2 with prior knowledge over cleartext.
+    H2c,
+}
+
+/// TLS to the upstream: the client config and the name sent and verified.
+pub(super) struct TlsTarget {
+    /// The client config (trust, client certificate, ALPN).
+    pub(super) connector: tokio_rustls::TlsConnector,
+    /// SNI and the name the certificate must hold.
+    pub(super) name: ServerName<'static>,
 }
 
 /// How to reach the upstream.
 pub(super) struct Target {
-    /// `host:port` to connect to.
-    pub(super) addr: String,
+    /// Where to connect.
+    pub(super) addr: Addr,
     /// TLS settings for https upstreams, with the name to verify.
-    pub(super) tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    pub(super) tls: Option<Arc<TlsTarget>>,
+    /// HTTP/1.1 (or ALPN's choice), or h2c.
+    pub(super) protocol: Protocol,
     /// Scheme and authority, for HTTP/2 requests' pseudo-headers.
     pub(super) scheme: http::uri::Scheme,
     pub(super) authority: http::uri::Authority,
-    pub(super) connect_timeout: Duration,
     pub(super) idle_timeout: Duration,
     pub(super) max_idle: usize,
     /// Bounds the background completion of an abandoned exchange (with [`DRAIN_TIME`]).
     pub(super) response_timeout: Duration,
+}
+
+/// What every endpoint's pool of an upstream shares; only the address differs.
+#[derive(Clone)]
+pub(super) struct Template {
+    pub(super) tls: Option<Arc<TlsTarget>>,
+    pub(super) protocol: Protocol,
+    pub(super) scheme: http::uri::Scheme,
+    pub(super) authority: http::uri::Authority,
+    pub(super) idle_timeout: Duration,
+    pub(super) max_idle: usize,
+    pub(super) response_timeout: Duration,
+}
+
+impl Template {
+    /// The pool of one address.
+    pub(super) fn pool(&self, addr: Addr) -> Arc<Pool> {
+        Arc::new(Pool::new(Target {
+            addr,
+            tls: self.tls.clone(),
+            protocol: self.protocol,
+            scheme: self.scheme.clone(),
+            authority: self.authority.clone(),
+            idle_timeout: self.idle_timeout,
+            max_idle: self.max_idle,
+            response_timeout: self.response_timeout,
+        }))
+    }
 }
 
 impl std::fmt::Debug for Target {
@@ -93,13 +200,22 @@ enum Sender {
 }
 
 type Connect = Pin<Box<dyn Future<Output = Result<Sender, SendError>> + Send>>;
-type Exchange = Pin<Box<dyn Future<Output = hyper::Result<Response<Incoming>>> + Send>>;
+/// An HTTP/1 exchange: the response, or the error and the request if it was never written.
+type Exchange = Pin<Box<dyn Future<Output = Result<Response<Incoming>, ExchangeError>> + Send>>;
+type ExchangeError = (hyper::Error, Option<Box<Request<UpstreamBody>>>);
 
 /// A connect that, when its request is dropped first, completes in the background and leaves
 /// its connection in the pool.
 struct Connecting {
     fut: Option<Connect>,
     pool: Arc<Pool>,
+}
+
+/// What a response body needs besides the upstream's body.
+struct BodyIdle {
+    /// Longest wait for the next frame.
+    limit: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
 /// An HTTP/1 exchange that, when its request is dropped first, is finished in the background
@@ -113,10 +229,25 @@ struct InFlight {
 /// A response body that returns its HTTP/1 connection to the pool when it ends.
 #[derive(Debug)]
 pub struct PooledBody {
-    /// Always `Some` until dropped (taken to drain it in the background).
+    /// Always `Some` until dropped (taken to drain it in the background) or cut.
     body: Option<Incoming>,
     back: Option<(Arc<Pool>, http1::SendRequest<UpstreamBody>)>,
+    /// The idle deadline between frames, when the route or upstream sets one.
+    idle: Option<BodyIdle>,
 }
+
+impl std::fmt::Debug for BodyIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyIdle")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A response body that went quiet for longer than its idle timeout.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("upstream response body idle timeout")]
+pub struct BodyIdleTimeout;
 
 // === impl Pool ===
 
@@ -129,20 +260,44 @@ impl Pool {
         }
     }
 
-    /// Sends a request (origin-form URI) and returns the response head with its body.
+    /// Sends a request (origin-form URI) and returns the response head with its body. With
+    /// `fresh`, a new connection is opened rather than a pooled one taken.
     pub(super) async fn send(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<PooledBody>, SendError> {
-        let sender = match self.checkout() {
+        connect_timeout: Duration,
+        fresh: bool,
+    ) -> Result<Response<PooledBody>, Failed> {
+        let (checked_out, stale_prone) = match fresh {
+            true => (None, false),
+            false => match self.checkout() {
+                Some((s, stale_prone)) => (Some(s), stale_prone),
+                None => (None, false),
+            },
+        };
+        // Why: a pooled connection the upstream closed just as the request went out fails
+        // after the request was written, and hyper cannot hand it back; a bodiless
+        // idempotent request is rebuilt from this copy of its head to go once more.
+        // Regression: tests (it) upstreams::stale_pooled_connection_retried_for_get_never_for_post
+        let mut head = if stale_prone { Head::of(&req) } else { None };
+        // Busy connections (the loaded path) take hyper's plain send: asking for the
+        // request back on failure makes every exchange move a request-sized result through
+        // hyper's channel (1.6 k more instructions per request, callgrind).
+        let sender = match checked_out {
             Some(Sender::H1(mut s)) if !s.is_ready() => match s.ready().await {
                 Ok(()) => Sender::H1(s),
-                Err(_) => self.connect_or_finish().await?,
+                Err(_) => match self.connect_or_finish(connect_timeout).await {
+                    Ok(s) => s,
+                    Err(e) => return Err(Failed::unsent(e, req)),
+                },
             },
             Some(s) => s,
             // Boxed: a new connection is rare, and its TLS and HTTP/2 handshake futures are
             // large; inline, every request's future would carry and move them.
-            None => self.connect_or_finish().await?,
+            None => match self.connect_or_finish(connect_timeout).await {
+                Ok(s) => s,
+                Err(e) => return Err(Failed::unsent(e, req)),
+            },
         };
         let mut req = req;
         match sender {
@@ -151,17 +306,36 @@ impl Pool {
                 // Why: dropping hyper's response future closes the connection; a client that
                 // resets its streams would then cost one upstream connection each.
                 // Regression: tests (it) abuse::paced_rapid_reset_reuses_upstream_connections
-                let fut: Exchange = Box::pin(s.send_request(req));
+                let fut: Exchange = if stale_prone {
+                    Box::pin(recoverable(s.try_send_request(req)))
+                } else {
+                    let sent = s.send_request(req);
+                    Box::pin(async move { sent.await.map_err(|e| (e, None)) })
+                };
                 let (resp, s) = InFlight {
                     fut: Some(fut),
                     sender: Some(s),
                     pool: Arc::clone(self),
                 }
-                .await?;
+                .await
+                .map_err(|(error, unsent)| Failed {
+                    repeat: match (&error, &unsent) {
+                        (SendError::Http(_), None) => head.take().map(|h| h.into_request()),
+                        _ => None,
+                    },
+                    error,
+                    unsent,
+                })?;
+                // Why: a 101 nobody asked for hands the connection to an unknown protocol,
+                // and a status past 599 is no HTTP answer; neither reaches the client, and
+                // the connection is not reused.
+                // Regression: tests (it) upstreams::invalid_upstream_status_is_502
+                check_status(resp.status())?;
                 let pool = Arc::clone(self);
                 Ok(resp.map(|body| PooledBody {
                     body: Some(body),
                     back: Some((pool, s)),
+                    idle: None,
                 }))
             }
             Sender::H2(mut s) => {
@@ -178,30 +352,40 @@ impl Pool {
                 if let Ok(uri) = http::Uri::from_parts(parts) {
                     *req.uri_mut() = uri;
                 }
-                let resp = s.send_request(req).await.map_err(SendError::Http)?;
+                let resp = s.try_send_request(req).await.map_err(|mut e| Failed {
+                    unsent: e.take_message().map(Box::new),
+                    error: SendError::Http(e.into_error()),
+                    repeat: None,
+                })?;
+                check_status(resp.status())?;
                 Ok(resp.map(|body| PooledBody {
                     body: Some(body),
                     back: None,
+                    idle: None,
                 }))
             }
         }
     }
 
     /// Opens a new connection; when the request is dropped first, it still joins the pool.
-    async fn connect_or_finish(self: &Arc<Self>) -> Result<Sender, SendError> {
+    async fn connect_or_finish(
+        self: &Arc<Self>,
+        connect_timeout: Duration,
+    ) -> Result<Sender, SendError> {
         Connecting {
-            fut: Some(Box::pin(Arc::clone(self).connect())),
+            fut: Some(Box::pin(Arc::clone(self).connect(connect_timeout))),
             pool: Arc::clone(self),
         }
         .await
     }
 
-    fn checkout(&self) -> Option<Sender> {
+    /// A pooled connection, and whether it idled for [`STALE_AFTER`] or more.
+    fn checkout(&self) -> Option<(Sender, bool)> {
         if let Ok(h2) = self.h2.lock()
             && let Some(s) = h2.as_ref()
             && !s.is_closed()
         {
-            return Some(Sender::H2(s.clone()));
+            return Some((Sender::H2(s.clone()), false));
         }
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
@@ -219,7 +403,7 @@ impl Pool {
                 if let Some(other) = settling {
                     idle.push_front(other);
                 }
-                return Some(Sender::H1(s));
+                return Some((Sender::H1(s), now.duration_since(since) >= STALE_AFTER));
             }
             if settling.is_none() {
                 settling = Some((s, since));
@@ -227,7 +411,7 @@ impl Pool {
                 idle.push_back((s, since));
             }
         }
-        settling.map(|(s, _)| Sender::H1(s))
+        settling.map(|(s, since)| (Sender::H1(s), now.duration_since(since) >= STALE_AFTER))
     }
 
     fn checkin(&self, s: http1::SendRequest<UpstreamBody>) {
@@ -241,26 +425,29 @@ impl Pool {
         }
     }
 
-    async fn connect(self: Arc<Self>) -> Result<Sender, SendError> {
+    async fn connect(self: Arc<Self>, connect_timeout: Duration) -> Result<Sender, SendError> {
         let t = &self.target;
         let connect = async {
-            let tcp = TcpStream::connect(&t.addr)
-                .await
-                .map_err(SendError::Connect)?;
+            let tcp = match &t.addr {
+                Addr::Ip(a) => TcpStream::connect(a).await,
+                Addr::Name(n) => TcpStream::connect(&**n).await,
+            }
+            .map_err(SendError::Connect)?;
             let _ = tcp.set_nodelay(true);
             match &t.tls {
-                None => Ok((Io::Plain(tcp), false)),
-                Some((connector, name)) => {
-                    let tls = connector
-                        .connect(name.clone(), tcp)
+                None => Ok((Io::Plain(tcp), t.protocol == Protocol::H2c)),
+                Some(tls) => {
+                    let stream = tls
+                        .connector
+                        .connect(tls.name.clone(), tcp)
                         .await
                         .map_err(SendError::Tls)?;
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    Ok((Io::Tls(Box::new(tls)), h2))
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    Ok((Io::Tls(Box::new(stream)), h2))
                 }
             }
         };
-        let (io, h2) = tokio::time::timeout(t.connect_timeout, connect)
+        let (io, h2) = tokio::time::timeout(connect_timeout, connect)
             .await
             .map_err(|_| SendError::ConnectTimeout)??;
         if h2 {
@@ -288,6 +475,63 @@ impl Pool {
             Ok(Sender::H1(sender))
         }
     }
+}
+
+/// The head of a bodiless idempotent request, kept to send it again.
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Head {
+    /// A copy of the head, when the request may be repeated: idempotent (RFC 9110 §9.2.2) and
+    /// without a body.
+    fn of(req: &Request<UpstreamBody>) -> Option<Box<Self>> {
+        use http::Method;
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        );
+        (idempotent && req.body().is_end_stream()).then(|| {
+            Box::new(Self {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                headers: req.headers().clone(),
+            })
+        })
+    }
+
+    fn into_request(self: Box<Self>) -> Box<Request<UpstreamBody>> {
+        let mut req = Request::new(UpstreamBody::empty());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.headers_mut() = self.headers;
+        Box::new(req)
+    }
+}
+
+/// `try_send_request`'s outcome with the request, if handed back, boxed.
+async fn recoverable(
+    sent: impl Future<Output = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>>,
+) -> Result<Response<Incoming>, ExchangeError> {
+    sent.await.map_err(|mut e| {
+        let unsent = e.take_message().map(Box::new);
+        (e.into_error(), unsent)
+    })
+}
+
+/// An answer that is no HTTP answer to this request.
+fn check_status(status: http::StatusCode) -> Result<(), Failed> {
+    let code = status.as_u16();
+    if code == 101 || code > 599 {
+        return Err(Failed {
+            error: SendError::InvalidStatus(code),
+            unsent: None,
+            repeat: None,
+        });
+    }
+    Ok(())
 }
 
 /// Runs `fut` to its end on the runtime, if there still is one (not while it shuts down).
@@ -347,19 +591,22 @@ impl Drop for Connecting {
 
 // === impl InFlight ===
 
+/// Why an HTTP/1 exchange failed, and the request when it was never written.
+type InFlightError = (SendError, Option<Box<Request<UpstreamBody>>>);
+
 impl Future for InFlight {
-    type Output = Result<(Response<Incoming>, http1::SendRequest<UpstreamBody>), SendError>;
+    type Output = Result<(Response<Incoming>, http1::SendRequest<UpstreamBody>), InFlightError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(fut) = self.fut.as_mut() else {
-            return Poll::Ready(Err(SendError::ConnectTimeout));
+            return Poll::Ready(Err((SendError::ConnectTimeout, None)));
         };
         let out = std::task::ready!(fut.as_mut().poll(cx));
         self.fut = None;
         let out = match (out, self.sender.take()) {
             (Ok(resp), Some(s)) => Ok((resp, s)),
-            (Ok(_), None) => Err(SendError::ConnectTimeout),
-            (Err(e), _) => Err(SendError::Http(e)),
+            (Ok(_), None) => Err((SendError::ConnectTimeout, None)),
+            (Err((e, unsent)), _) => Err((SendError::Http(e), unsent)),
         };
         Poll::Ready(out)
     }
@@ -401,24 +648,52 @@ impl Drop for PooledBody {
     }
 }
 
+impl PooledBody {
+    /// Cuts the body when no frame arrives for `limit` (a route's or upstream's idle
+    /// timeout).
+    pub fn with_idle_timeout(mut self, limit: Duration) -> Self {
+        self.idle = Some(BodyIdle {
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+        });
+        self
+    }
+}
+
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let Some(body) = self.body.as_mut() else {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(body) = this.body.as_mut() else {
             return Poll::Ready(None);
         };
         let polled = Pin::new(body).poll_frame(cx);
+        if let Some(idle) = this.idle.as_mut() {
+            match &polled {
+                Poll::Pending if idle.sleep.as_mut().poll(cx).is_ready() => {
+                    // The connection is in an unknown state: closed, never pooled.
+                    this.back = None;
+                    this.body = None;
+                    return Poll::Ready(Some(Err(Box::new(BodyIdleTimeout))));
+                }
+                Poll::Ready(Some(_)) => {
+                    let next = tokio::time::Instant::now() + idle.limit;
+                    idle.sleep.as_mut().reset(next);
+                }
+                _ => {}
+            }
+        }
         if let Poll::Ready(None) = polled
-            && let Some((pool, sender)) = self.back.take()
+            && let Some((pool, sender)) = this.back.take()
         {
             pool.checkin(sender);
         }
-        polled
+        polled.map(|o| o.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -36,3 +36,4 @@ mod shutdown;
 mod smuggling;
 mod support;
 mod tls;
+mod upstreams;

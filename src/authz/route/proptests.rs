@@ -136,6 +136,7 @@ fn compile(i: usize, raw: &RawRule) -> Rule {
         denial: None,
         rate_limit: None,
         guard: None,
+        timeouts: None,
         delegate: None,
         case_insensitive: raw.case_insensitive,
     }

@@ -304,6 +304,12 @@ fn rule(
                 "a rate limit applies to the requests an allow rule lets through".into(),
             ));
         }
+        if r.timeouts.is_some() {
+            cx.diags.push(at.at(
+                "timeouts",
+                "upstream timeouts apply to the requests an allow rule forwards".into(),
+            ));
+        }
     }
     Some(Rule {
         id: RuleId(r.name.as_str().into()),
@@ -328,6 +334,13 @@ fn rule(
                 .as_ref()
                 .and_then(|u| cfg.upstreams.get(u))
                 .is_some_and(|u| u.case_insensitive_paths),
+        timeouts: r.timeouts.as_ref().map(|t| {
+            Arc::new(crate::authz::route::RouteTimeouts {
+                connect: t.connect,
+                response: t.response,
+                idle: t.idle,
+            })
+        }),
     })
 }
 

@@ -1,4 +1,5 @@
-//! Upstreams: where allowed requests go. An unchanged upstream keeps its connection pool.
+//! Upstreams: where allowed requests go. An upstream whose settings and TLS files are
+//! unchanged keeps its endpoints, pools, ejections and health.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ pub(super) struct Upstreams {
     pub broken: HashSet<String>,
 }
 
-/// Every upstream; CA files are watched.
+/// Every upstream; its TLS files are watched.
 pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
     let loaded = cx.loaded;
     let mut out = Upstreams {
@@ -28,8 +29,13 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
         let prev = cx
             .previous
             .and_then(|p| p.upstreams.iter().find(|u| *u.name == **name));
-        if let Some(ca) = &raw.ca_file {
-            let path = cx.path(ca);
+        // TLS files are watched: a renewed CA or client certificate reloads, and a changed
+        // file rebuilds the upstream's connections.
+        for file in [&raw.ca_file, &raw.client_cert, &raw.client_key]
+            .into_iter()
+            .flatten()
+        {
+            let path = cx.path(file);
             cx.watched.push(path);
         }
         match Upstream::build(name, raw, &loaded.base_dir, prev.map(|u| &**u)) {
@@ -39,7 +45,7 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
             }
             Err(e) => {
                 out.broken.insert(name.clone());
-                cx.error(&format!("upstreams.{name}.{}", e.field), e.message);
+                cx.field_errors(&format!("upstreams.{name}"), [e]);
             }
         }
     }

@@ -119,6 +119,27 @@ pub struct RawRule {
     /// What this rule's denials look like: status, a login redirect for browsers, extra JSON.
     #[serde(default)]
     pub denial: Option<RawDenial>,
+    /// Upstream timeouts for the requests this rule allows, overriding its upstream's.
+    #[serde(default)]
+    pub timeouts: Option<RawTimeouts>,
+}
+
+/// Upstream timeouts of a rule; each one given replaces the upstream's.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// Time to connect (TCP and TLS) when a new connection is needed; 504 beyond it.
+    #[serde(default, deserialize_with = "opt_duration")]
+    #[schemars(with = "Option<String>")]
+    pub connect: Option<Duration>,
+    /// Time from sending the request to the response head; 504 beyond it.
+    #[serde(default, deserialize_with = "opt_duration")]
+    #[schemars(with = "Option<String>")]
+    pub response: Option<Duration>,
+    /// Longest wait for the next piece of the response body; the response is cut beyond it.
+    #[serde(default, deserialize_with = "opt_duration")]
+    #[schemars(with = "Option<String>")]
+    pub idle: Option<Duration>,
 }
 
 /// The shape of a rule's denials. Without it: 401 with a challenge when a credential is

@@ -116,31 +116,86 @@ impl Default for RawServer {
     }
 }
 
-/// An upstream service.
+/// An upstream service: one URL, or one URL naming scheme, host and base path and several
+/// `endpoints` to connect to.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     /// `http://host:port` or `https://host:port`, optionally with a base path prepended to
-    /// every forwarded path. `http` only makes sense on a trusted network.
+    /// every forwarded path. Its host is the `Host` sent (unless `preserve_host`) and the TLS
+    /// server name (unless `server_name`); without `endpoints` it is also where the gateway
+    /// connects. `http` only makes sense on a trusted network.
     pub url: String,
-    /// Time to establish a TCP (and TLS) connection; 502 beyond it.
+    /// Where to connect instead of the URL's host: `ip:port` or `name:port`, each a balancing
+    /// endpoint (a name resolving to several addresses gives one endpoint per address,
+    /// re-resolved every `dns_refresh`). Empty: the URL's host and port.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// How requests are spread over the endpoints: `round_robin` (the default) or
+    /// `least_request` (the less busy of two endpoints picked at random).
+    #[serde(default)]
+    pub balance: RawBalance,
+    /// Consistent hashing: requests with the same key go to the same endpoint while it is
+    /// available (rendezvous hashing, so an endpoint leaving moves only its own keys).
+    /// Requests without the key are balanced by `balance`.
+    #[serde(default)]
+    pub hash: Option<RawHash>,
+    /// Passive ejection: an endpoint failing this many requests in a row (connect failures,
+    /// TLS failures, broken exchanges, 5xx answers) gets no traffic for a back-off time.
+    #[serde(default)]
+    pub ejection: RawEjection,
+    /// Active health checks: each endpoint is asked `GET path` every `interval`; only 2xx
+    /// counts as healthy. Off by default.
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    /// How often endpoint names are resolved again.
+    #[serde(default = "default_dns_refresh", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub dns_refresh: Duration,
+    /// Retries of requests that never reached an upstream, or that found a pooled connection
+    /// closed and are safe to repeat, are bounded per upstream.
+    #[serde(default)]
+    pub retry_budget: RawRetryBudget,
+    /// Time to establish a TCP (and TLS) connection; 504 beyond it. A rule's
+    /// `timeouts.connect` overrides it.
     #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
     #[schemars(with = "String")]
     pub connect_timeout: Duration,
-    /// Time from sending the request to receiving the response head; 504 beyond it.
+    /// Time from sending the request to receiving the response head; 504 beyond it. A rule's
+    /// `timeouts.response` overrides it.
     #[serde(default = "default_response_timeout", deserialize_with = "duration")]
     #[schemars(with = "String")]
     pub response_timeout: Duration,
+    /// Longest wait for the next piece of a response body once it streams; the response is
+    /// cut beyond it. None by default. A rule's `timeouts.idle` overrides it.
+    #[serde(default, deserialize_with = "opt_duration")]
+    #[schemars(with = "Option<String>")]
+    pub idle_timeout: Option<Duration>,
     /// Forward the client's `Host` instead of the upstream's authority.
     #[serde(default)]
     pub preserve_host: bool,
-    /// PEM file of CA certificates trusted for an https upstream (instead of the public roots).
+    /// PEM file of CA certificates trusted for an https upstream (instead of the public
+    /// roots): a private CA. Watched: a change reconnects with the new trust.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Speak HTTP/2 to an https upstream (negotiated by ALPN).
+    /// PEM certificate chain presented to an https upstream that asks for a client
+    /// certificate (mTLS to the service), with `client_key`. Watched.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`. Watched.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// TLS server name sent (SNI) and verified, instead of the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Speak HTTP/2 to an https upstream (negotiated by ALPN); the same as `protocol: h2`.
     #[serde(default)]
     pub http2: bool,
-    /// Idle keep-alive connections kept per upstream.
+    /// `http1` (the default), `h2` (https, HTTP/2 offered by ALPN) or `h2c` (http, HTTP/2
+    /// with prior knowledge, as gRPC services without TLS speak).
+    #[serde(default)]
+    pub protocol: Option<RawProtocol>,
+    /// Idle keep-alive connections kept per endpoint.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle: usize,
     /// An idle pooled connection is closed after this long.
@@ -152,6 +207,132 @@ pub struct RawUpstream {
     /// requirements of the rule for `/admin/**` instead of passing to a catch-all rule.
     #[serde(default)]
     pub case_insensitive_paths: bool,
+}
+
+/// How requests are spread over an upstream's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBalance {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// The endpoint with fewer requests in flight of two picked at random (power of two
+    /// choices).
+    LeastRequest,
+}
+
+/// The key of consistent hashing: one of the two.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHash {
+    /// A request header's value (as received, after identity headers are set).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The authenticated principal's id.
+    #[serde(default)]
+    pub principal: bool,
+}
+
+/// Passive ejection of failing endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEjection {
+    /// Failures in a row that eject an endpoint; `0` never ejects.
+    pub consecutive_failures: u32,
+    /// Time out of rotation after the first ejection; doubled by each further one in a row,
+    /// up to `max_time`. An endpoint comes back on its own when it is over; if every endpoint
+    /// is ejected, all of them are tried rather than none.
+    #[serde(deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub base_time: Duration,
+    /// Longest time out of rotation.
+    #[serde(deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub max_time: Duration,
+}
+
+impl Default for RawEjection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_time: Duration::from_secs(10),
+            max_time: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Active HTTP health checks of every endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Path asked with `GET`, starting with `/`.
+    pub path: String,
+    /// Time between two checks of an endpoint.
+    #[serde(default = "default_health_interval", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub interval: Duration,
+    /// A check not answered within this time failed.
+    #[serde(default = "default_health_timeout", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Passed checks in a row that return an unhealthy endpoint to rotation.
+    #[serde(default = "default_two")]
+    pub healthy_threshold: u32,
+    /// Failed checks in a row that take an endpoint out of rotation.
+    #[serde(default = "default_three")]
+    pub unhealthy_threshold: u32,
+}
+
+/// How many retries an upstream allows: at most `percent` of its requests plus `minimum`,
+/// per ten seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetryBudget {
+    /// Retries allowed as a percentage of requests.
+    pub percent: u32,
+    /// Retries always allowed per ten seconds, however few the requests.
+    pub minimum: u32,
+}
+
+impl Default for RawRetryBudget {
+    fn default() -> Self {
+        Self {
+            percent: 20,
+            minimum: 10,
+        }
+    }
+}
+
+/// The HTTP version spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawProtocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 over TLS, offered by ALPN (HTTP/1.1 if the upstream declines).
+    H2,
+    /// HTTP/2 over cleartext TCP with prior knowledge.
+    H2c,
+}
+
+fn default_dns_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_two() -> u32 {
+    2
+}
+
+fn default_three() -> u32 {
+    3
 }
 
 fn default_connect_timeout() -> Duration {

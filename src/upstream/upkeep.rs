@@ -1,0 +1,213 @@
+//! An upstream's background upkeep, one task per upstream: active health checks, DNS
+//! re-resolution of endpoint names, and the retry budget's window.
+//!
+//! The task holds the upstream's [`Balancer`] weakly: once no snapshot names the upstream (a
+//! reload changed or removed it), the task ends at its next tick.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Uri};
+use tokio::time::Instant;
+
+use super::balance::{Balancer, Endpoint};
+use super::pool::Addr;
+use crate::body::RequestBody;
+
+/// The retry budget's window.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+/// Longest wait for one name's resolution.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One configured endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Spec {
+    /// A fixed address.
+    Ip(SocketAddr),
+    /// `name:port`, resolved again every `dns_refresh`.
+    Name(Arc<str>),
+}
+
+/// Active health check settings.
+#[derive(Debug, Clone)]
+pub(super) struct HealthCheck {
+    pub(super) path: Uri,
+    pub(super) interval: Duration,
+    pub(super) timeout: Duration,
+    pub(super) healthy_threshold: u32,
+    pub(super) unhealthy_threshold: u32,
+}
+
+/// What the upkeep task needs.
+pub(super) struct Upkeep {
+    pub(super) name: Arc<str>,
+    pub(super) specs: Vec<Spec>,
+    pub(super) dns_refresh: Duration,
+    pub(super) health: Option<HealthCheck>,
+    /// `Host` of the health checks.
+    pub(super) host: HeaderValue,
+    pub(super) connect_timeout: Duration,
+}
+
+/// Starts the upkeep of `balancer`, when there is a runtime to run it on (`portcullis check`
+/// compiles without one, and needs none).
+pub(super) fn spawn(balancer: &Arc<Balancer>, upkeep: Upkeep) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(run(Arc::downgrade(balancer), upkeep));
+    }
+}
+
+async fn run(weak: Weak<Balancer>, u: Upkeep) {
+    let has_names = u.specs.iter().any(|s| matches!(s, Spec::Name(_)));
+    let tick = [
+        Some(Duration::from_secs(1)),
+        u.health.as_ref().map(|h| h.interval),
+        has_names.then_some(u.dns_refresh),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(Duration::from_secs(1))
+    .max(Duration::from_millis(10));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let start = Instant::now();
+    let (mut next_dns, mut next_health, mut next_roll) = (start, start, start + BUDGET_WINDOW);
+    loop {
+        interval.tick().await;
+        let Some(b) = weak.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        if now >= next_roll {
+            b.budget.roll();
+            next_roll = now + BUDGET_WINDOW;
+        }
+        if has_names && now >= next_dns {
+            resolve(&b, &u).await;
+            next_dns = Instant::now() + u.dns_refresh;
+        }
+        if let Some(h) = &u.health
+            && now >= next_health
+        {
+            check_all(&b, h, &u).await;
+            next_health = Instant::now() + h.interval;
+        }
+    }
+}
+
+/// Resolves every endpoint name; an address that stays keeps its endpoint, a name that fails
+/// to resolve keeps its last addresses.
+async fn resolve(b: &Balancer, u: &Upkeep) {
+    let current = b.endpoints.load_full();
+    let mut next: Vec<Arc<Endpoint>> = Vec::with_capacity(current.len());
+    for (i, spec) in u.specs.iter().enumerate() {
+        let kept = current.iter().filter(|e| e.source == i).cloned();
+        let Spec::Name(name) = spec else {
+            next.extend(kept);
+            continue;
+        };
+        let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&**name)).await;
+        let mut addrs: Vec<SocketAddr> = match found {
+            Ok(Ok(addrs)) => addrs.collect(),
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = &*u.name, endpoint = &**name, error = %e, "Endpoint name did not resolve; keeping its last addresses");
+                Vec::new()
+            }
+            Err(_) => {
+                tracing::warn!(
+                    upstream = &*u.name,
+                    endpoint = &**name,
+                    "Endpoint name resolution timed out; keeping its last addresses"
+                );
+                Vec::new()
+            }
+        };
+        addrs.dedup();
+        if addrs.is_empty() {
+            next.extend(kept);
+            continue;
+        }
+        for a in addrs {
+            let addr = Addr::Ip(a);
+            match current.iter().find(|e| e.source == i && e.addr == addr) {
+                Some(e) => next.push(Arc::clone(e)),
+                None => {
+                    let pool = b.template.pool(addr.clone());
+                    next.push(Arc::new(Endpoint::new(addr, i, pool)));
+                }
+            }
+        }
+    }
+    let same = next.len() == current.len()
+        && next
+            .iter()
+            .zip(current.iter())
+            .all(|(a, b)| Arc::ptr_eq(a, b));
+    if !same {
+        tracing::info!(
+            upstream = &*u.name,
+            endpoints = next.len(),
+            "Upstream endpoints re-resolved"
+        );
+        b.endpoints.store(Arc::new(next));
+    }
+}
+
+/// Checks every endpoint at once and applies the thresholds.
+async fn check_all(b: &Balancer, h: &HealthCheck, u: &Upkeep) {
+    let eps = b.endpoints.load_full();
+    let mut checks = tokio::task::JoinSet::new();
+    for (i, ep) in eps.iter().enumerate() {
+        let ep = Arc::clone(ep);
+        let req = Request::get(h.path.clone())
+            .header(http::header::HOST, u.host.clone())
+            .header(
+                http::header::USER_AGENT,
+                HeaderValue::from_static("portcullis-health-check"),
+            )
+            .body(RequestBody::empty());
+        let (timeout, connect) = (h.timeout, u.connect_timeout.min(h.timeout));
+        checks.spawn(async move {
+            let Ok(req) = req else {
+                return (i, false);
+            };
+            let passed =
+                match tokio::time::timeout(timeout, ep.pool.send(req, connect, false)).await {
+                    Ok(Ok(resp)) => resp.status().is_success(),
+                    _ => false,
+                };
+            (i, passed)
+        });
+    }
+    while let Some(done) = checks.join_next().await {
+        let Ok((i, passed)) = done else {
+            continue;
+        };
+        if let Some(ep) = eps.get(i) {
+            apply(ep, passed, h, &u.name);
+        }
+    }
+}
+
+/// One check's result: a streak long enough flips the endpoint's health.
+fn apply(ep: &Endpoint, passed: bool, h: &HealthCheck, upstream: &str) {
+    let s = ep.streak.load(Ordering::Relaxed);
+    let s = match (passed, s) {
+        (true, s) if s < 0 => 1,
+        (true, s) => s.saturating_add(1).min(1_000),
+        (false, s) if s > 0 => -1,
+        (false, s) => s.saturating_sub(1).max(-1_000),
+    };
+    ep.streak.store(s, Ordering::Relaxed);
+    let healthy = ep.healthy.load(Ordering::Relaxed);
+    if passed && !healthy && s.unsigned_abs() >= h.healthy_threshold {
+        ep.healthy.store(true, Ordering::Relaxed);
+        tracing::info!(upstream, endpoint = %ep.addr, "Upstream endpoint healthy again");
+    } else if !passed && healthy && s.unsigned_abs() >= h.unhealthy_threshold {
+        ep.healthy.store(false, Ordering::Relaxed);
+        tracing::warn!(upstream, endpoint = %ep.addr, "Upstream endpoint failed its health checks");
+    }
+}

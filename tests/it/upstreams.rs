@@ -1,0 +1,780 @@
+//! Upstreams: several endpoints and their balancing, ejection and health checks, retries of
+//! stale connections, HTTP/2 and gRPC upstreams, upstream TLS, per-route timeouts and invalid
+//! upstream answers.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::support::{Setup, get, route_all_to, send};
+
+/// A raw HTTP/1.1 upstream that answers the first request on each connection (keep-alive,
+/// no `Connection: close`) and closes the connection, unanswered, when a second request
+/// arrives on it: what a pooled connection the upstream has just timed out looks like from
+/// the gateway. Records the method of every request it read.
+struct ClosingUpstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ClosingUpstream {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let s = Arc::clone(&s);
+                tokio::spawn(async move {
+                    let mut answered = false;
+                    while let Some(method) = read_request(&mut conn).await {
+                        s.lock().unwrap().push(method);
+                        if answered {
+                            return;
+                        }
+                        answered = true;
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                    }
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ClosingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one request head and its `Content-Length` body; its method, or `None` at the end.
+async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).await.ok()?;
+    Some(text.split(' ').next().unwrap_or("").to_ascii_uppercase())
+}
+
+/// Regression: an upstream that closes a pooled keep-alive connection as the next request
+/// goes out. A GET is retried once on a fresh connection and succeeds; a POST whose body may
+/// have reached the upstream is never sent twice and gets 502.
+#[tokio::test]
+async fn stale_pooled_connection_retried_for_get_never_for_post() {
+    let up = ClosingUpstream::start().await;
+    let gw = Setup {
+        upstreams: format!("  closing:\n    url: http://{}\n", up.addr),
+        policies: route_all_to("closing"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let (status, _, _) = get(gw.addr(), "/first").await;
+    assert_eq!(status, StatusCode::OK);
+    // The pooled connection idles (as long as an upstream's keep-alive timer would need),
+    // then the upstream closes it as the next request arrives.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, _, body) = get(gw.addr(), "/second").await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(up.seen(), ["GET", "GET", "GET"], "one retry, no more");
+
+    // Now a POST on the pooled connection left by the retry.
+    let post = Request::post("/order")
+        .body(Full::new(Bytes::from_static(b"{\"qty\":1}")))
+        .unwrap();
+    let (status, _, body) = send(gw.addr(), post).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+    let posts = up.seen().iter().filter(|m| *m == "POST").count();
+    assert_eq!(posts, 1, "the POST reached the upstream once");
+}
+
+/// A test upstream answering `name` as its body, counting requests; while `down`, every
+/// answer (health checks included) is a 503. Speaks HTTP/1.1 and HTTP/2 (prior knowledge).
+#[derive(Clone)]
+struct Backend {
+    addr: SocketAddr,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+    checks: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Backend {
+    async fn start(name: &'static str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = Self {
+            addr: listener.local_addr().unwrap(),
+            down: Arc::default(),
+            hits: Arc::default(),
+            checks: Arc::default(),
+        };
+        let state = b.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let st = state.clone();
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let st = st.clone();
+                    async move {
+                        if req.uri().path() == "/health" {
+                            st.checks.fetch_add(1, Ordering::SeqCst);
+                        } else {
+                            st.hits.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let status = if st.down.load(Ordering::SeqCst) {
+                            503
+                        } else {
+                            200
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from_static(name.as_bytes())))
+                                .unwrap(),
+                        )
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                });
+            }
+        });
+        b
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn checks(&self) -> usize {
+        self.checks.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A gateway whose `/**` goes to upstream `pool` over `backends`, with `extra` settings
+/// (each line indented four spaces).
+async fn pool_gateway(backends: &[&Backend], extra: &str) -> crate::support::TestGateway {
+    let endpoints: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    Setup {
+        upstreams: format!(
+            "  pool:\n    url: http://backend.test\n    endpoints: [{}]\n{extra}",
+            endpoints.join(", ")
+        ),
+        policies: route_all_to("pool"),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+#[tokio::test]
+async fn round_robin_spreads_evenly_and_keeps_the_urls_host() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let gw = pool_gateway(&[&a, &b, &c], "").await;
+    for _ in 0..30 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+    }
+    assert_eq!((a.hits(), b.hits(), c.hits()), (10, 10, 10));
+}
+
+#[tokio::test]
+async fn least_request_reaches_every_endpoint() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let gw = pool_gateway(&[&a, &b, &c], "    balance: least_request\n").await;
+    for _ in 0..60 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+    }
+    for (name, hits) in [("a", a.hits()), ("b", b.hits()), ("c", c.hits())] {
+        assert!(hits > 0, "{name} got no request");
+    }
+    assert_eq!(a.hits() + b.hits() + c.hits(), 60);
+}
+
+/// Consistent hashing on a header: one key always lands on one endpoint; keys spread.
+#[tokio::test]
+async fn hashing_on_a_header_sticks_a_key_to_an_endpoint() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let gw = pool_gateway(&[&a, &b, &c], "    hash: {header: x-tenant}\n").await;
+    let mut landed = std::collections::HashMap::new();
+    for tenant in 0..12 {
+        for _ in 0..3 {
+            let req = Request::get("/x")
+                .header("x-tenant", format!("tenant-{tenant}"))
+                .body(Full::default())
+                .unwrap();
+            let (status, _, body) = send(gw.addr(), req).await;
+            assert_eq!(status, StatusCode::OK);
+            let prev = landed.insert(tenant, body.clone());
+            assert!(prev.is_none_or(|p| p == body), "tenant-{tenant} moved");
+        }
+    }
+    let distinct: std::collections::HashSet<_> = landed.values().collect();
+    assert!(distinct.len() >= 2, "12 keys all on one endpoint");
+}
+
+/// Passive ejection: an endpoint answering 503 twice in a row is out of rotation for the
+/// back-off time, then gets traffic again once it is back.
+#[tokio::test]
+async fn failing_endpoint_ejected_then_readmitted() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let gw = pool_gateway(
+        &[&a, &b, &c],
+        "    ejection: {consecutive_failures: 2, base_time: 3s, max_time: 3s}\n",
+    )
+    .await;
+    b.set_down(true);
+    let mut failed = 0;
+    // Well within the 3 s of ejection, however loaded the machine.
+    for _ in 0..15 {
+        if get(gw.addr(), "/x").await.0 != StatusCode::OK {
+            failed += 1;
+        }
+    }
+    assert_eq!(b.hits(), 2, "ejected after two failures in a row");
+    assert_eq!(
+        failed, 2,
+        "the two failures reached the client as they were"
+    );
+    b.set_down(false);
+    let back = crate::support::eventually(Duration::from_secs(8), || async {
+        get(gw.addr(), "/x").await;
+        b.hits() > 2
+    })
+    .await;
+    assert!(back, "the endpoint never came back");
+}
+
+/// An unreachable endpoint costs no failed request: the request never left, so it goes to
+/// another endpoint, and the dead one is ejected.
+#[tokio::test]
+async fn unreachable_endpoint_retried_elsewhere_and_ejected() {
+    let a = Backend::start("a").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = Setup {
+        upstreams: format!(
+            "  pool:\n    url: http://backend.test\n    endpoints: [\"{}\", \"{dead}\"]\n    ejection: {{consecutive_failures: 1, base_time: 10s}}\n",
+            a.addr
+        ),
+        policies: route_all_to("pool"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for _ in 0..10 {
+        let post = Request::post("/x")
+            .body(Full::new(Bytes::from_static(b"body")))
+            .unwrap();
+        assert_eq!(send(gw.addr(), post).await.0, StatusCode::OK);
+    }
+    assert_eq!(a.hits(), 10);
+}
+
+/// Active health checks take a failing endpoint out of rotation and bring it back.
+#[tokio::test]
+async fn health_checks_remove_and_return_an_endpoint() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let gw = pool_gateway(
+        &[&a, &b],
+        "    ejection: {consecutive_failures: 0}\n    health_check: {path: /health, interval: 50ms, timeout: 500ms, healthy_threshold: 2, unhealthy_threshold: 2}\n",
+    )
+    .await;
+    assert!(
+        crate::support::eventually(Duration::from_secs(3), || async { b.checks() >= 2 }).await,
+        "no health checks"
+    );
+    b.set_down(true);
+    let checks = b.checks();
+    assert!(
+        crate::support::eventually(Duration::from_secs(3), || async {
+            b.checks() >= checks + 3
+        })
+        .await
+    );
+    let before = b.hits();
+    for _ in 0..10 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+    }
+    assert_eq!(b.hits(), before, "an unhealthy endpoint got traffic");
+    b.set_down(false);
+    let back = crate::support::eventually(Duration::from_secs(3), || async {
+        get(gw.addr(), "/x").await;
+        b.hits() > before
+    })
+    .await;
+    assert!(back, "the endpoint never came back");
+}
+
+/// A status past 599, or a 101 nobody asked for, is no answer: 502.
+#[tokio::test]
+async fn invalid_upstream_status_is_502() {
+    for answer in [
+        &b"HTTP/1.1 600 Weird\r\nContent-Length: 0\r\n\r\n"[..],
+        &b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: evil\r\n\r\n"[..],
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                if read_request(&mut conn).await.is_some() {
+                    let _ = conn.write_all(answer).await;
+                }
+                tokio::spawn(async move {
+                    let mut rest = Vec::new();
+                    let _ = conn.read_to_end(&mut rest).await;
+                });
+            }
+        });
+        let gw = Setup {
+            upstreams: format!("  odd:\n    url: http://{addr}\n"),
+            policies: route_all_to("odd"),
+            ..Setup::default()
+        }
+        .start()
+        .await;
+        let (status, _, body) = get(gw.addr(), "/x").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer:?}");
+        assert!(
+            String::from_utf8_lossy(&body).contains("upstream_invalid_response"),
+            "{body:?}"
+        );
+        server.abort();
+    }
+}
+
+/// A rule's timeouts override its upstream's: 504 at the rule's response timeout.
+#[tokio::test]
+async fn route_response_timeout_overrides_the_upstreams() {
+    let gw = Setup::with_policy(
+        "rules:\n  - name: slow\n    match: {paths: [\"/__echo/delay/1500\"]}\n    effect: allow\n    anonymous: true\n    upstream: echo\n    timeouts: {response: 200ms}\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: echo\n",
+    )
+    .start()
+    .await;
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(gw.addr(), "/__echo/delay/1500").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body:?}");
+    assert!(started.elapsed() < Duration::from_millis(1200));
+    // The upstream's own timeout (2 s) still holds elsewhere.
+    let (status, _, _) = get(gw.addr(), "/__echo/delay/300").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A gRPC client is answered in gRPC: HTTP 200, `grpc-status` and `grpc-message`.
+#[tokio::test]
+async fn grpc_client_denied_gets_grpc_status() {
+    let policy = "rules:\n  - name: admin\n    match: {paths: [\"/admin/**\"]}\n    effect: deny\n  - name: api\n    match: {paths: [\"/**\"]}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n";
+    let gw = Setup {
+        policies: vec![("p.yaml".into(), policy.into())],
+        files: vec![(
+            "hs.secret".into(),
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+        )],
+        extra: crate::support::hs256_users("{}"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let grpc = |path: &str| {
+        Request::post(path)
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap()
+    };
+    let (status, headers, body) = send(gw.addr(), grpc("/pkg.Svc/Call")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["grpc-status"], "16");
+    assert_eq!(headers["grpc-message"], "missing_credential");
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert!(headers.contains_key("www-authenticate"));
+    assert!(body.is_empty());
+    let (status, headers, _) = send(gw.addr(), grpc("/admin/x")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["grpc-status"], "7");
+    // A plain client still gets the HTTP answer.
+    assert_eq!(get(gw.addr(), "/admin/x").await.0, StatusCode::FORBIDDEN);
+}
+
+/// A gRPC-style upstream: answers every request with a body and `grpc-status` trailers,
+/// recording its version and `te`; over h2c, or over TLS with ALPN h2.
+async fn trailer_upstream(
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (SocketAddr, Arc<Mutex<Vec<(http::Version, Option<String>)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let s = Arc::clone(&s);
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let te = req
+                        .headers()
+                        .get("te")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    s.lock().unwrap().push((req.version(), te));
+                    async move {
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        trailers.insert("grpc-message", "fine".parse().unwrap());
+                        let frames = vec![
+                            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                Bytes::from_static(b"\0\0\0\0\x02hi"),
+                            )),
+                            Ok(hyper::body::Frame::trailers(trailers)),
+                        ];
+                        let body = http_body_util::StreamBody::new(tokio_stream_iter(frames));
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(body)
+                                .unwrap(),
+                        )
+                    }
+                });
+                let h2 =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                match tls {
+                    None => {
+                        let _ = h2
+                            .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                            .await;
+                    }
+                    Some(cfg) => {
+                        let Ok(stream) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await
+                        else {
+                            return;
+                        };
+                        let _ = h2
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A stream over a vector of frames (no `futures` in the tree).
+fn tokio_stream_iter<T: Unpin>(items: Vec<T>) -> IterStream<T> {
+    IterStream(items.into_iter())
+}
+
+struct IterStream<T>(std::vec::IntoIter<T>);
+
+impl<T: Unpin> futures_core::Stream for IterStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        std::task::Poll::Ready(self.0.next())
+    }
+}
+
+/// A gRPC call over HTTP/2 prior knowledge to the gateway: status, body and trailers.
+async fn grpc_call(gw: SocketAddr) -> (StatusCode, Bytes, Option<http::HeaderMap>) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(gw).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("http://{gw}/pkg.Svc/Call"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status();
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    (status, collected.to_bytes(), trailers)
+}
+
+#[tokio::test]
+async fn h2c_upstream_relays_trailers() {
+    let (addr, seen) = trailer_upstream(None).await;
+    let gw = Setup {
+        upstreams: format!("  grpc:\n    url: http://{addr}\n    protocol: h2c\n"),
+        policies: route_all_to("grpc"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let (status, body, trailers) = grpc_call(gw.addr()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"\0\0\0\0\x02hi");
+    let trailers = trailers.expect("trailers relayed");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "fine");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, [(http::Version::HTTP_2, Some("trailers".into()))]);
+}
+
+#[tokio::test]
+async fn h2_over_tls_upstream_relays_trailers() {
+    use portcullis::tls::{certs, server};
+    let (ca, leaf, key) = certs::ca_and_leaf(&["grpc.internal"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("leaf.crt"), &leaf).unwrap();
+    std::fs::write(dir.path().join("leaf.key"), &key).unwrap();
+    let tls = server::server_config(
+        &[server::CertEntry {
+            cert: dir.path().join("leaf.crt"),
+            key: dir.path().join("leaf.key"),
+            server_names: vec![],
+        }],
+        true,
+        None,
+    )
+    .unwrap();
+    let (addr, seen) = trailer_upstream(Some(tls)).await;
+    // The URL names the address; `server_name` the name the certificate holds.
+    let gw = Setup {
+        upstreams: format!(
+            "  grpc:\n    url: https://{addr}\n    protocol: h2\n    ca_file: ca.pem\n    server_name: grpc.internal\n"
+        ),
+        files: vec![("ca.pem".into(), ca.into_bytes())],
+        policies: route_all_to("grpc"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let (status, _, trailers) = grpc_call(gw.addr()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(trailers.expect("trailers relayed")["grpc-status"], "0");
+    assert_eq!(seen.lock().unwrap()[0].0, http::Version::HTTP_2);
+}
+
+/// An upstream that requires a client certificate from a private CA: refused (502) without
+/// one, reached (200) with the configured one.
+#[tokio::test]
+async fn upstream_mtls_with_a_private_ca() {
+    use portcullis::tls::server;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "services CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |name: &str, usage| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages = vec![usage];
+        p.use_authority_key_identifier_extension = true;
+        (p.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = leaf("gateway", ExtendedKeyUsagePurpose::ClientAuth);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("s.crt", &server_cert),
+        ("s.key", &server_key),
+        ("ca.pem", &ca.pem()),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let verifier = server::client_verifier(&dir.path().join("ca.pem"), true).unwrap();
+    let tls = server::server_config(
+        &[server::CertEntry {
+            cert: dir.path().join("s.crt"),
+            key: dir.path().join("s.key"),
+            server_names: vec![],
+        }],
+        false,
+        Some(verifier),
+    )
+    .unwrap();
+    let secure = portcullis::echo::Echo::start_tls("127.0.0.1:0".parse().unwrap(), tls)
+        .await
+        .unwrap();
+    let port = secure.addr.port();
+    let gw = Setup {
+        upstreams: format!(
+            "  with_cert:\n    url: https://localhost:{port}\n    ca_file: ca.pem\n    client_cert: gw.crt\n    client_key: gw.key\n  without:\n    url: https://localhost:{port}\n    ca_file: ca.pem\n"
+        ),
+        files: vec![
+            ("ca.pem".into(), ca.pem().into_bytes()),
+            ("gw.crt".into(), client_cert.into_bytes()),
+            ("gw.key".into(), client_key.into_bytes()),
+        ],
+        policies: vec![(
+            "p.yaml".into(),
+            "rules:\n  - name: bare\n    match: {paths: [\"/bare/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: without\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: with_cert\n".into(),
+        )],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert_eq!(get(gw.addr(), "/bare/x").await.0, StatusCode::BAD_GATEWAY);
+    assert_eq!(secure.count(), 0);
+    let (status, _, body) = get(gw.addr(), "/x").await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(secure.count(), 1);
+
+    // The client certificate files change (here to one the upstream does not trust): a
+    // reload rebuilds the connections with them, the pooled one is not kept.
+    let mut rogue_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    rogue_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let rogue = CertifiedIssuer::self_signed(rogue_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["gateway".to_owned()]).unwrap();
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    gw.write("gw.crt", p.signed_by(&key, &rogue).unwrap().pem());
+    gw.write("gw.key", key.serialize_pem());
+    assert_eq!(gw.admin_post("/reload").await.0, StatusCode::OK);
+    assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::BAD_GATEWAY);
+    assert_eq!(secure.count(), 1);
+}
+
+/// Upstream settings that cannot work are reported at their file, line and field.
+#[tokio::test]
+async fn bad_upstream_settings_name_file_line_and_field() {
+    let dir = crate::support::ConfigDir::new("");
+    dir.write(
+        "portcullis.yaml",
+        "listeners: [{name: http, address: \"127.0.0.1:0\"}]\nupstreams:\n  pool:\n    url: http://api.test\n    endpoints: [\"10.0.0.1:80\", \"nope\"]\n  grpc:\n    url: https://api.test\n    protocol: h2c\n  tenant:\n    url: http://api.test\n    hash: {}\npolicies: {dir: policies}\n",
+    );
+    let (code, out) = dir.run("check", &[]);
+    assert_ne!(code, Some(0));
+    assert!(out.contains("portcullis.yaml:5:"), "{out}");
+    assert!(out.contains("upstreams.pool.endpoints[1]"), "{out}");
+    assert!(out.contains("`nope`"), "{out}");
+    assert!(out.contains("upstreams.grpc.protocol"), "{out}");
+    assert!(out.contains("portcullis.yaml:11:"), "{out}");
+    assert!(out.contains("upstreams.tenant.hash"), "{out}");
+}
+
+/// A response body that stops arriving is cut at the rule's idle timeout instead of holding
+/// the client until it gives up.
+#[tokio::test]
+async fn stalled_response_body_cut_at_the_idle_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_request(&mut conn).await.is_some() {
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                        )
+                        .await;
+                    // Then nothing, with the connection open.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    let gw = Setup {
+        upstreams: format!("  stall:\n    url: http://{addr}\n"),
+        policies: vec![(
+            "p.yaml".into(),
+            "rules:\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: stall\n    timeouts: {idle: 300ms}\n".into(),
+        )],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let started = std::time::Instant::now();
+    let r = crate::support::raw_get(gw.addr(), "/x").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.body.contains("hello"), "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the stalled body was not cut"
+    );
+    server.abort();
+}
+
+/// An endpoint given by name is resolved (and re-resolved) into its addresses; requests
+/// reach the one that listens, whatever else the name resolves to.
+#[tokio::test]
+async fn endpoint_names_resolve_to_their_addresses() {
+    let a = Backend::start("a").await;
+    let gw = Setup {
+        upstreams: format!(
+            "  named:\n    url: http://backend.test\n    endpoints: [\"localhost:{}\"]\n    dns_refresh: 50ms\n",
+            a.addr.port()
+        ),
+        policies: route_all_to("named"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for _ in 0..10 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.hits(), 10);
+}
