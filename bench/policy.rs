@@ -48,6 +48,7 @@ fn rule(i: usize) -> Rule {
         rate_limit: None,
         delegate: None,
         case_insensitive: false,
+        edge: None,
     }
 }
 

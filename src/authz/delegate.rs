@@ -137,18 +137,20 @@ impl Delegate {
         self.fail_open
     }
 
-    /// Asks the delegate about a request the rule `rule` would allow, through the cache.
+    /// Asks the delegate about a request the rule `rule` would allow, through the cache
+    /// unless `fresh` (a live tunnel's re-check asks again, and caches the new answer).
     pub async fn check(
         &self,
         facts: &RequestFacts<'_>,
         principal: Option<&Principal>,
         rule: &str,
         now: u64,
+        fresh: bool,
     ) -> Result<Verdict, DelegateError> {
         let key = principal
             .filter(|_| !self.cache_ttl.is_zero())
             .map(|p| cache_key(rule, facts, p));
-        if let Some(k) = &key
+        if let Some(k) = key.as_ref().filter(|_| !fresh)
             && let Some(v) = self.cache.get(k)
         {
             return Ok(v);

@@ -55,6 +55,8 @@ pub struct Rule {
     /// An allow rule whose path literals match in any ASCII case (its policy file or its
     /// upstream says `case_insensitive_paths`); deny rules always do.
     pub case_insensitive: bool,
+    /// Its upgrades, tunnel re-checks and CORS, when it has any.
+    pub edge: Option<Arc<super::edge::Edge>>,
 }
 
 /// The ordered rules, and an index that finds the first match without trying every rule.
@@ -737,6 +739,7 @@ mod tests {
             rate_limit: None,
             delegate: None,
             case_insensitive: false,
+            edge: None,
         }
     }
 

@@ -58,6 +58,30 @@ pub trait Trace {
     fn counts(&self) -> bool {
         true
     }
+
+    /// Whether credentials are verified afresh, past the verified-token cache: the re-check
+    /// of a live tunnel (`reauthorize_every`), which must see a revoked token as revoked.
+    fn revalidates(&self) -> bool {
+        false
+    }
+}
+
+/// The trace of a live tunnel's re-check: records nothing, spends no rate-limit budget (the
+/// tunnel is not a new request) and verifies its credential afresh.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Recheck;
+
+impl Trace for Recheck {
+    #[inline]
+    fn record(&mut self, _event: TraceEvent) {}
+
+    fn counts(&self) -> bool {
+        false
+    }
+
+    fn revalidates(&self) -> bool {
+        true
+    }
 }
 
 /// The serving path's trace: records nothing.
@@ -108,7 +132,13 @@ pub async fn decide(
     let now = snapshot.clock.unix_secs();
     let (principal, authenticator) = match snapshot
         .authn
-        .authenticate(&rule.authenticators, rule.anonymous, facts, now)
+        .authenticate(
+            &rule.authenticators,
+            rule.anonymous,
+            facts,
+            now,
+            trace.revalidates(),
+        )
         .await
     {
         authn::Outcome::Authenticated {
@@ -183,7 +213,13 @@ pub async fn decide(
     if let Some(delegate) = &rule.delegate {
         use crate::authz::delegate::Verdict;
         match delegate
-            .check(facts, principal.as_deref(), &rule.id.0, now)
+            .check(
+                facts,
+                principal.as_deref(),
+                &rule.id.0,
+                now,
+                trace.revalidates(),
+            )
             .await
         {
             Ok(Verdict::Allow(headers)) => {
@@ -246,6 +282,7 @@ pub async fn decide(
             identity,
         ),
         identity_refused,
+        edge: rule.edge.clone(),
     })
 }
 
@@ -280,6 +317,7 @@ fn deny_with(
         redirect,
         principal: None,
         challenge,
+        edge: rule.edge.clone(),
     })
 }
 

@@ -43,6 +43,8 @@ pub struct Allow {
     pub mutation: super::HeaderMutation,
     /// Identity header values refused (CR, LF, non-visible characters): left out.
     pub identity_refused: usize,
+    /// The rule's upgrades, tunnel re-checks and CORS (proxy door).
+    pub edge: Option<Arc<crate::authz::edge::Edge>>,
 }
 
 /// Why a request was refused.
@@ -62,6 +64,8 @@ pub struct Deny {
     /// A challenge chosen by the rule or the authenticator instead of the kind's usual one:
     /// for a missing scope, the rule's naming its scopes; for API keys, the `ApiKey` scheme.
     pub challenge: Option<HeaderValue>,
+    /// The deciding rule's CORS and upgrade settings, so a browser can read the denial.
+    pub edge: Option<Arc<crate::authz::edge::Edge>>,
 }
 
 /// Every way a request is denied.
@@ -123,6 +127,7 @@ impl Deny {
             redirect: None,
             principal: None,
             challenge: None,
+            edge: None,
         }
     }
 
@@ -135,6 +140,7 @@ impl Deny {
             redirect: None,
             principal: None,
             challenge: None,
+            edge: None,
         }
     }
 
