@@ -212,6 +212,7 @@ impl Record {
                 rule: self.rule.as_ref().map(|r| &*r.0),
                 reason: self.reason,
                 request_id: request_id.to_str().unwrap_or("-"),
+                trace_id: None,
                 principal: self.principal.as_deref().map(|p| &*p.id),
                 client_ip: self.client_ip,
                 latency,
