@@ -40,12 +40,49 @@ pub struct Conn {
     pub info: ConnInfo,
     /// The peer's address as header text (`X-Forwarded-For`, `Forwarded`, `x-real-ip`).
     pub peer_text: HeaderValue,
+    /// A tunnel a door opened by answering `101`: run by the connection's own task once hyper
+    /// hands the connection over, so that it counts against `max_connections`, holds the
+    /// drain open and is closed when the gateway shuts down.
+    pub tunnel: TunnelSlot,
 }
+
+/// What a tunnel runs: relaying both ways until it ends or is closed.
+pub type Tunnel = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A connection's pending tunnel (at most one: the upgrade ends HTTP on the connection).
+#[derive(Default)]
+pub struct TunnelSlot(std::sync::Mutex<Option<Tunnel>>);
 
 impl Conn {
     /// A connection described by `info`.
     pub fn new(info: ConnInfo) -> Self {
         let peer_text = crate::request::facts::ip_header_value(info.peer.ip());
-        Self { info, peer_text }
+        Self {
+            info,
+            peer_text,
+            tunnel: TunnelSlot::default(),
+        }
+    }
+}
+
+// === impl TunnelSlot ===
+
+impl TunnelSlot {
+    /// Hands the connection's task a tunnel to run after the upgrade.
+    pub fn set(&self, tunnel: Tunnel) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(tunnel);
+        }
+    }
+
+    /// The tunnel, if a door opened one.
+    pub(crate) fn take(&self) -> Option<Tunnel> {
+        self.0.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+impl std::fmt::Debug for TunnelSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TunnelSlot")
     }
 }

@@ -132,6 +132,16 @@ impl Upstream {
         Some(Uri::from(pq))
     }
 
+    /// Sends an upgrade request (a WebSocket handshake) on a connection of its own, which
+    /// the upstream's `101` turns into the tunnel's upstream side. No timeout here: the
+    /// caller applies `response_timeout`.
+    pub async fn send_upgrade(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<hyper::body::Incoming>, SendError> {
+        self.pool.send_upgrade(req).await
+    }
+
     /// Sends a request over the pool. No timeout here: the caller applies
     /// `response_timeout`.
     pub async fn send(

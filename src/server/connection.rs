@@ -278,7 +278,12 @@ async fn serve_h1<I: ReadReady, H: Handler>(
     let mut svc = service(ctx);
     loop {
         // Boxed: parked, the connection's state and buffers are freed, not kept in this task.
-        let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), svc));
+        // With upgrades: a door that answers `101` gets the connection (a WebSocket tunnel).
+        let mut connection = Box::pin(
+            builder
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades(),
+        );
         // Boxed, as the connection is: the task keeps only what a parked connection needs.
         let ended = Box::pin(drive(
             connection.as_mut(),
@@ -288,9 +293,14 @@ async fn serve_h1<I: ReadReady, H: Handler>(
         ))
         .await;
         if let Ended::Closed = ended {
+            drop(connection);
+            run_tunnel(ctx).await;
             return;
         }
-        let parts = Pin::into_inner(connection).into_parts();
+        let Some(parts) = Pin::into_inner(connection).into_parts() else {
+            run_tunnel(ctx).await;
+            return;
+        };
         io = parts.io.into_inner();
         svc = parts.service;
         if !parts.read_buf.is_empty() {
@@ -306,6 +316,26 @@ async fn serve_h1<I: ReadReady, H: Handler>(
         ctx.shared.metrics.connections_parked.dec();
         if !woken {
             return;
+        }
+    }
+}
+
+/// Runs the tunnel a door opened on this connection, if any, until it ends or the gateway
+/// drains: a tunnel has no request boundary to finish at, so a drain closes it at once.
+/// Its own deadlines (idle, lifetime, credential expiry) are the door's.
+async fn run_tunnel<H>(ctx: &mut Ctx<'_, H>) {
+    let Some(tunnel) = ctx.conn.tunnel.take() else {
+        return;
+    };
+    if *ctx.shutdown.borrow() {
+        ctx.shared.metrics.limit("tunnel_drained");
+        return;
+    }
+    tokio::select! {
+        () = tunnel => {}
+        _ = ctx.shutdown.changed() => {
+            // Regression: tests (it) edge::tunnel_closes_on_shutdown
+            ctx.shared.metrics.limit("tunnel_drained");
         }
     }
 }
