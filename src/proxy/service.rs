@@ -85,9 +85,10 @@ pub fn upstream_headers(
     request_id: &HeaderValue,
     upstream: &crate::upstream::Upstream,
 ) {
-    // Room for what is added below (identity, five forwarding headers, request id), so the
-    // map grows once rather than once per insert past its parsed size.
-    headers.reserve(mutation.set.len() + 6);
+    // Room for what is added below (identity, five forwarding headers, request id) and the
+    // door's `traceparent`, so the map grows once rather than once per insert past its
+    // parsed size.
+    headers.reserve(mutation.set.len() + 7);
     mutation.apply(headers);
     forwarded::apply(headers, &origin);
     headers.insert(

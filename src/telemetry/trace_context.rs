@@ -133,6 +133,20 @@ impl TraceContext {
     }
 }
 
+/// The trace id (hex) of a request's valid `traceparent`, if it has one: for the logs of the
+/// doors whose peer owns the trace.
+pub fn trace_id_of(headers: &HeaderMap) -> Option<[u8; 32]> {
+    let mut values = headers.get_all(TRACEPARENT).iter();
+    let (first, second) = (values.next()?, values.next());
+    if second.is_some() {
+        return None;
+    }
+    let (trace_id, _, _) = parse(first.as_bytes())?;
+    let mut out = [0u8; 32];
+    hex(&trace_id, &mut out);
+    Some(out)
+}
+
 /// Parses a `traceparent`: (trace id, parent id, flags).
 fn parse(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     if v.len() < 55 {
