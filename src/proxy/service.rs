@@ -183,11 +183,23 @@ async fn forward(
         let origin = Origin::of(&facts, &parts, &conn.peer_text);
         (allow, uri, origin, upstream)
     };
-    // An upgrade the rule relays: a tunnel of its own (`proxy::tunnel`). Any other upgrade
-    // was stripped with the hop-by-hop headers and goes upstream as a plain request.
-    if let Some(asked) = ctx.upgrade.take()
-        && let Some(edge) = allow.edge.clone()
-        && let Some(relayed) = edge.upgrade.as_ref().filter(|u| u.allows(asked.as_bytes()))
+    // An upgrade the rule relays: a tunnel of its own (`proxy::tunnel`). Any other HTTP/1.1
+    // upgrade was stripped with the hop-by-hop headers and goes upstream as a plain request;
+    // an extended CONNECT has no plain request to become.
+    let asked = ctx.upgrade.take();
+    let edge = allow.edge.clone();
+    let relayed = asked.as_ref().and_then(|a| {
+        edge.as_ref()
+            .and_then(|e| e.upgrade.as_ref())
+            .filter(|u| u.allows(a.protocols.as_bytes()))
+    });
+    if asked.as_ref().is_some_and(|a| a.h2) && relayed.is_none() {
+        return Err(Failure::Failed(
+            StatusCode::FORBIDDEN,
+            "upgrade_not_allowed",
+        ));
+    }
+    if let (Some(asked), Some(relayed), Some(edge)) = (asked, relayed, &edge)
         && let Some(on_client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     {
         let bounds = upgrade::Bounds {
@@ -387,8 +399,8 @@ pub(super) struct Ctx<'a> {
     pub(super) reason: Option<&'static str>,
     /// This hop's trace context, when propagated or exported.
     pub(super) trace: Option<TraceContext>,
-    /// The `Upgrade` the client asked for (HTTP/1.1, `Connection: upgrade`).
-    pub(super) upgrade: Option<HeaderValue>,
+    /// The upgrade the client asked for (HTTP/1.1 `Upgrade`, HTTP/2 extended CONNECT).
+    pub(super) upgrade: Option<upgrade::Asked>,
     /// The deciding rule's CORS settings and the request's `Origin`, when it has both.
     pub(super) cors: Option<(Arc<Edge>, HeaderValue)>,
 }

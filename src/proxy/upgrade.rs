@@ -5,8 +5,13 @@
 //! `101` goes back to the client and hands both connections to [`super::tunnel`]; any other
 //! answer is relayed as a normal response.
 //!
-//! Only HTTP/1.1 upgrades: HTTP/2 has no `Upgrade` (RFC 9113 §8.6). WebSockets over HTTP/2
-//! (RFC 8441 extended CONNECT) are not served yet: see the README.
+//! WebSockets over HTTP/2 (RFC 8441): an extended `CONNECT` with `:protocol websocket` is
+//! decided as the `GET` it stands for, and goes upstream as an HTTP/1.1 WebSocket handshake
+//! with a key of the gateway's (`Sec-WebSocket-Key`, whose `Sec-WebSocket-Accept` the
+//! gateway checks); the upstream's `101` becomes the client's `200`, and the tunnel runs in
+//! the HTTP/2 stream, on a task of its own that the drain ends. A rule that does not relay
+//! WebSockets answers such a request 403 `upgrade_not_allowed`: unlike an HTTP/1.1 upgrade,
+//! it has no plain request to fall back to.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -20,10 +25,41 @@ use crate::server::hop_by_hop;
 use crate::upstream::{PooledBody, SendError, Upstream};
 
 const UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
+const WEBSOCKET: HeaderValue = HeaderValue::from_static("websocket");
+const SEC_WEBSOCKET_KEY: http::HeaderName = http::HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_ACCEPT: http::HeaderName =
+    http::HeaderName::from_static("sec-websocket-accept");
+const SEC_WEBSOCKET_VERSION: http::HeaderName =
+    http::HeaderName::from_static("sec-websocket-version");
 
-/// The protocols a request asks to switch to: its one `Upgrade` header, on HTTP/1.1 with
-/// `upgrade` named in `Connection`. Read before the hop-by-hop headers are removed.
-pub(super) fn asked(parts: &http::request::Parts) -> Option<HeaderValue> {
+/// An upgrade a request asks for.
+#[derive(Debug, Clone)]
+pub(super) struct Asked {
+    /// The protocols (`Upgrade`'s value; `websocket` for an extended CONNECT).
+    pub(super) protocols: HeaderValue,
+    /// An HTTP/2 extended CONNECT (RFC 8441) rather than an HTTP/1.1 `Upgrade`.
+    pub(super) h2: bool,
+}
+
+/// The upgrade a request asks for, read before the hop-by-hop headers are removed: its one
+/// `Upgrade` header on HTTP/1.1 with `upgrade` named in `Connection`, or an HTTP/2 extended
+/// CONNECT for `websocket`, whose method becomes the `GET` it stands for (RFC 8441 §5), so
+/// the rules decide it as the same request over HTTP/1.1.
+pub(super) fn asked(parts: &mut http::request::Parts) -> Option<Asked> {
+    if parts.version == Version::HTTP_2 && parts.method == http::Method::CONNECT {
+        let websocket = parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        if !websocket {
+            return None;
+        }
+        parts.method = http::Method::GET;
+        return Some(Asked {
+            protocols: WEBSOCKET,
+            h2: true,
+        });
+    }
     if parts.version != Version::HTTP_11 {
         return None;
     }
@@ -39,7 +75,10 @@ pub(super) fn asked(parts: &http::request::Parts) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    named.then(|| value.clone())
+    named.then(|| Asked {
+        protocols: value.clone(),
+        h2: false,
+    })
 }
 
 /// A copy of the request head as decided on (hop-by-hop headers already gone), to decide it
@@ -54,15 +93,20 @@ pub(super) fn head_copy(parts: &http::request::Parts) -> http::request::Parts {
 }
 
 /// Sends the upgrade request upstream; on `101`, leaves the tunnel with the client's
-/// connection and answers `101`.
+/// connection (HTTP/1.1: the connection's task runs it) or stream (HTTP/2: a task of its
+/// own) and answers `101` (HTTP/2: `200`).
 pub(super) async fn open(
     ctx: &mut Ctx<'_>,
     upstream: &Upstream,
     mut req: Request<RequestBody>,
-    asked: HeaderValue,
+    asked: Asked,
     on_client: OnUpgrade,
     bounds: Bounds,
 ) -> Result<Response<ResponseBody>, Failure> {
+    let Asked {
+        protocols: asked,
+        h2,
+    } = asked;
     // Why: bytes after the head of an upgrade request belong to the new protocol; a body
     // would be read as its first frames by the upstream but was never decided on.
     if !http_body::Body::is_end_stream(req.body()) {
@@ -74,6 +118,14 @@ pub(super) async fn open(
     let headers = req.headers_mut();
     headers.insert(header::CONNECTION, UPGRADE_TOKEN);
     headers.insert(header::UPGRADE, asked.clone());
+    // RFC 8441 has no key: the gateway makes the HTTP/1.1 handshake's, and checks its answer.
+    let key = h2.then(websocket_key);
+    if let Some(key) = &key {
+        headers.insert(SEC_WEBSOCKET_KEY, key.clone());
+        headers
+            .entry(SEC_WEBSOCKET_VERSION)
+            .or_insert(HeaderValue::from_static("13"));
+    }
     let sent = tokio::time::timeout(upstream.response_timeout, upstream.send_upgrade(req)).await;
     let mut resp = match sent {
         Ok(Ok(resp)) => resp,
@@ -99,6 +151,15 @@ pub(super) async fn open(
         }
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Why: a 2xx to an extended CONNECT opens the tunnel at the client's end; one the
+        // upstream did not switch for must not.
+        if h2 && resp.status().is_success() {
+            ctx.shared.metrics.upstream_error("upgrade_refused");
+            return Err(Failure::Failed(
+                StatusCode::BAD_GATEWAY,
+                "upstream_upgrade_refused",
+            ));
+        }
         // Declined (say 400 or 426): an ordinary answer.
         let (mut parts, body) = resp.into_parts();
         hop_by_hop::strip(&mut parts.headers);
@@ -123,7 +184,10 @@ pub(super) async fn open(
             })
         })
         .cloned();
-    let Some(agreed) = agreed else {
+    let accepted = key
+        .as_ref()
+        .is_none_or(|k| resp.headers().get(SEC_WEBSOCKET_ACCEPT) == Some(&websocket_accept(k)));
+    let (Some(agreed), true) = (agreed, accepted) else {
         ctx.shared.metrics.upstream_error("upgrade_mismatch");
         return Err(Failure::Failed(
             StatusCode::BAD_GATEWAY,
@@ -133,16 +197,73 @@ pub(super) async fn open(
     let on_upstream = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
     hop_by_hop::strip(&mut parts.headers);
-    parts.version = Version::HTTP_11;
-    parts.headers.insert(header::CONNECTION, UPGRADE_TOKEN);
-    parts.headers.insert(header::UPGRADE, agreed);
-    ctx.conn.tunnel.set(Box::pin(super::tunnel::run(
+    let tunnel = super::tunnel::run(
         on_client,
         on_upstream,
         bounds,
         ctx.snapshot.clock.clone(),
         std::sync::Arc::clone(ctx.shared),
         ctx.request_id.clone(),
-    )));
+    );
+    if h2 {
+        parts.status = StatusCode::OK;
+        parts.version = Version::HTTP_2;
+        parts.headers.remove(SEC_WEBSOCKET_ACCEPT);
+        let open = ctx.conn.tunnel.mark_open();
+        let shared = std::sync::Arc::clone(ctx.shared);
+        let mut shutdown = shared.shutdown.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            if *shutdown.borrow() {
+                shared.metrics.limit("tunnel_drained");
+                return;
+            }
+            tokio::select! {
+                () = tunnel => {}
+                _ = shutdown.changed() => shared.metrics.limit("tunnel_drained"),
+            }
+        });
+    } else {
+        parts.version = Version::HTTP_11;
+        parts.headers.insert(header::CONNECTION, UPGRADE_TOKEN);
+        parts.headers.insert(header::UPGRADE, agreed);
+        ctx.conn.tunnel.set(Box::pin(tunnel));
+    }
     Ok(Response::from_parts(parts, body::full(Bytes::new())))
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1).
+fn websocket_key() -> HeaderValue {
+    use base64::Engine as _;
+    let mut nonce = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut nonce).is_err() {
+        // Not a secret, only a nonce: the request-id generator will do.
+        nonce[..8].copy_from_slice(&crate::server::request_id::random_u64().to_le_bytes());
+        nonce[8..].copy_from_slice(&crate::server::request_id::random_u64().to_le_bytes());
+    }
+    let text = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
+}
+
+/// The `Sec-WebSocket-Accept` an upstream must answer `key` with (RFC 6455 §4.2.2).
+fn websocket_accept(key: &HeaderValue) -> HeaderValue {
+    use base64::Engine as _;
+    let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    d.update(key.as_bytes());
+    d.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let text = base64::engine::general_purpose::STANDARD.encode(d.finish().as_ref());
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_matches_rfc_6455_example() {
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(websocket_accept(&key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(websocket_key().len(), 24);
+        assert_ne!(websocket_key(), websocket_key());
+    }
 }

@@ -244,6 +244,9 @@ async fn serve_h2<I: ReadReady, H: Handler>(
     let mut builder = http2::Builder::new(exec);
     builder
         .timer(TokioTimer::new())
+        // WebSockets over HTTP/2 (RFC 8441): an extended CONNECT is decided, and relayed, only
+        // on a rule whose `upgrade` names `websocket` (`proxy::upgrade`).
+        .enable_connect_protocol()
         .max_concurrent_streams(s.max_concurrent_streams)
         .max_header_list_size(
             u32::try_from(s.max_header_bytes + s.max_target_bytes).unwrap_or(u32::MAX),
@@ -423,6 +426,10 @@ async fn drive<C: Future<Output = hyper::Result<()>>, H>(
                     } else {
                         Step::At(now + limits.period)
                     }
+                } else if ctx.conn.tunnel.is_open() {
+                    // An HTTP/2 stream carries a tunnel: not idle; the tunnel keeps its own
+                    // deadlines (`proxy::tunnel`).
+                    Step::At(now + limits.period)
                 } else {
                     activity.check(limits, io_quiet, now, parkable)
                 };

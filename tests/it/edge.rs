@@ -120,7 +120,10 @@ async fn connect(
 }
 
 /// Sends a text frame and expects it back.
-async fn echo_once(ws: &mut Ws, text: &str) {
+async fn echo_once<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     ws.send(Message::text(text)).await.unwrap();
     let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await
@@ -132,7 +135,13 @@ async fn echo_once(ws: &mut Ws, text: &str) {
 
 /// Waits up to `within` for the tunnel to end (closed, reset or a close frame); returns how
 /// long it took, or `None` if it is still open.
-async fn ends_within(ws: &mut Ws, within: Duration) -> Option<Duration> {
+async fn ends_within<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    within: Duration,
+) -> Option<Duration>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let start = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -211,6 +220,86 @@ async fn websocket_is_relayed_with_identity_set_and_spoofed_identity_stripped() 
     assert!(seen.contains_key("traceparent"));
     assert_eq!(seen.get("upgrade").unwrap(), "websocket");
     ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_over_http2_extended_connect_is_relayed_and_refused_where_not_opted_in() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let upstream = WsEcho::start().await;
+    let mut gw = ws_gateway(&upstream, "").await;
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // By the first answer, the gateway's SETTINGS (extended CONNECT enabled) have arrived.
+    let first = Request::get(format!("http://{}/http/x", gw.addr()))
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(first).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let connect = |path: &str, auth: Option<&str>| {
+        let mut req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{}{path}", gw.addr()))
+            .header("sec-websocket-version", "13")
+            .header("x-user-id", "mallory");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let mut req = req.body(Empty::<Bytes>::new()).unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        req
+    };
+    let mut resp = sender
+        .send_request(connect("/ws/room", Some(&auth)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    echo_once(&mut ws, "over h2").await;
+    echo_once(&mut ws, &"y".repeat(70_000)).await;
+    let seen = upstream.last();
+    let ids: Vec<_> = seen.get_all("x-user-id").iter().collect();
+    assert_eq!(ids, ["alice"]);
+    assert_eq!(seen.get("upgrade").unwrap(), "websocket");
+    // Refused: without a credential (401), and on a rule that relays no upgrade (403), with
+    // nothing sent upstream.
+    let handshakes = upstream.handshakes();
+    let resp = sender
+        .send_request(connect("/ws/room", None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = sender
+        .send_request(connect("/plain/room", Some(&auth)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("upgrade_not_allowed"));
+    assert_eq!(upstream.handshakes(), handshakes);
+    // The tunnel lives on beside other streams, and ends with the drain, which it does not
+    // hold to its grace period.
+    echo_once(&mut ws, "still here").await;
+    let app = gw.app.take().unwrap();
+    let drained = tokio::time::timeout(Duration::from_secs(5), app.shutdown())
+        .await
+        .expect("shutdown in time");
+    assert!(drained);
+    assert!(ends_within(&mut ws, Duration::from_secs(2)).await.is_some());
 }
 
 #[tokio::test]
