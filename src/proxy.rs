@@ -7,3 +7,4 @@ pub mod forwarded;
 pub mod service;
 mod tunnel;
 mod upgrade;
+mod watched;

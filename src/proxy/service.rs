@@ -210,6 +210,7 @@ async fn forward(
                 (
                     every,
                     upgrade::Recheckable {
+                        tunnel: true,
                         head: upgrade::head_copy(&parts),
                         conn: conn.info.clone(),
                         shared: Arc::clone(ctx.shared),
@@ -220,6 +221,22 @@ async fn forward(
         let (req, _) = upstream_request(ctx, allow, parts, body, uri, origin, &upstream).await?;
         return upgrade::open(ctx, &upstream, req, asked, on_client, bounds).await;
     }
+    // A rule that re-checks: its long responses are watched too (`proxy::watched`).
+    let watch = edge
+        .as_ref()
+        .and_then(|e| e.reauthorize_every)
+        .map(|every| {
+            (
+                every,
+                allow.principal.as_ref().and_then(|p| p.expires_at),
+                upgrade::Recheckable {
+                    tunnel: false,
+                    head: upgrade::head_copy(&parts),
+                    conn: conn.info.clone(),
+                    shared: Arc::clone(ctx.shared),
+                },
+            )
+        });
     let (req, client_fault) =
         upstream_request(ctx, allow, parts, body, uri, origin, &upstream).await?;
     let resp = send(ctx, &upstream, req, &client_fault).await?;
@@ -233,7 +250,20 @@ async fn forward(
             "upstream_unsolicited_upgrade",
         ));
     }
-    Ok(respond(resp))
+    let resp = respond(resp);
+    Ok(match watch {
+        None => resp,
+        Some((every, expires_at, recheck)) => resp.map(|body| {
+            super::watched::watch(
+                body,
+                expires_at,
+                every,
+                recheck,
+                snapshot.clock.clone(),
+                Arc::clone(&ctx.shared.metrics),
+            )
+        }),
+    })
 }
 
 /// Phase 1: the head within its limits, no h2c upgrade, hop-by-hop headers removed.

@@ -49,6 +49,8 @@ pub(super) struct Bounds {
 
 /// The request as it was decided on, kept to decide it again.
 pub(super) struct Recheckable {
+    /// For a tunnel: the rule allowing it must still relay upgrades.
+    pub(super) tunnel: bool,
     pub(super) head: http::request::Parts,
     pub(super) conn: ConnInfo,
     pub(super) shared: Arc<Shared>,
@@ -118,6 +120,50 @@ pub(super) async fn run(
         duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "Tunnel ended"
     );
+}
+
+/// Resolves, with the metric name of the reason, when the credential of a long response
+/// expires or a re-check denies its request (`watched`): the tunnel's watch without its
+/// byte-level bounds.
+pub(super) async fn credential_watch(
+    mut expires_at: Option<u64>,
+    rechecks: Option<(Duration, Recheckable)>,
+    clock: Clock,
+) -> &'static str {
+    let mut next_recheck = rechecks.as_ref().map(|(every, _)| Instant::now() + *every);
+    loop {
+        let now = Instant::now();
+        let clock_now = clock.unix_secs();
+        if expires_at.is_some_and(|exp| clock_now >= exp) {
+            return "stream_credential_expired";
+        }
+        if let (Some(at), Some((every, r))) = (next_recheck, &rechecks)
+            && now >= at
+        {
+            match recheck(r).await {
+                Verdict::Keep(exp) => {
+                    if exp.is_some() {
+                        expires_at = exp;
+                    }
+                }
+                Verdict::Close => return "stream_reauthorization_denied",
+                Verdict::Unknown => {}
+            }
+            next_recheck = Some(Instant::now() + *every);
+            continue;
+        }
+        let mut wake = now + MAX_CHECK;
+        if let Some(exp) = expires_at {
+            wake = wake.min(now + Duration::from_secs(exp.saturating_sub(clock_now)));
+            if clock.is_manual() {
+                wake = wake.min(now + Duration::from_millis(100));
+            }
+        }
+        if let Some(at) = next_recheck {
+            wake = wake.min(at);
+        }
+        tokio::time::sleep_until(wake.max(now + Duration::from_millis(10))).await;
+    }
 }
 
 /// Resolves when a bound closes the tunnel.
@@ -196,7 +242,7 @@ async fn recheck(r: &Recheckable) -> Verdict {
     };
     match decision::decide(&snapshot, &facts, &mut Recheck).await {
         Decision::Allow(a) => {
-            if a.edge.as_ref().and_then(|e| e.upgrade.as_ref()).is_none() {
+            if r.tunnel && a.edge.as_ref().and_then(|e| e.upgrade.as_ref()).is_none() {
                 tracing::info!(rule = %a.rule.0, "Tunnel closed: the rule allowing it now relays no upgrade");
                 return Verdict::Close;
             }

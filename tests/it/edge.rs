@@ -936,3 +936,116 @@ async fn spans_are_exported_over_otlp_with_decision_reason_rule_and_door() {
     );
     assert!(allowed.get("parentSpanId").is_none());
 }
+
+// === long responses ===
+
+/// An upstream answering every request with an endless event stream: a chunk every 100 ms.
+async fn event_stream_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                        let events = futures_util::stream::unfold(0u32, |i| async move {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let event = Bytes::from(format!("data: {i}\n\n"));
+                            Some((Ok::<_, std::convert::Infallible>(Frame::data(event)), i + 1))
+                        });
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "text/event-stream")
+                                .body(StreamBody::new(events))
+                                .unwrap(),
+                        )
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_long_response_is_cut_when_its_token_expires_on_a_rule_that_rechecks() {
+    let (events, task) = event_stream_upstream().await;
+    let policy = "rules:
+  - name: events
+    match: {paths: [\"/events/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: events
+    reauthorize_every: 1s
+  - name: plain
+    match: {paths: [\"/plain/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: events
+";
+    let gw = Setup {
+        upstreams: format!("  events:\n    url: http://{events}\n    response_timeout: 2s\n"),
+        policies: vec![("10-events.yaml".into(), policy.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: hs256_users("{}"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let auth = bearer(&hs256_token(SECRET, &json!({"exp": now() + 3})));
+    // How long the stream runs, at most `within`, and whether it ended in an error.
+    let stream_for = |path: &'static str, within: Duration| {
+        let auth = auth.clone();
+        let addr = gw.addr();
+        async move {
+            let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http();
+            let req = Request::get(format!("http://{addr}{path}"))
+                .header("authorization", &auth)
+                .body(Full::default())
+                .unwrap();
+            let resp = client.request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let mut body = resp.into_body();
+            let (mut chunks, start) = (0, std::time::Instant::now());
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                match tokio::time::timeout_at(deadline, body.frame()).await {
+                    Err(_) => return (chunks, start.elapsed(), false),
+                    Ok(Some(Ok(_))) => chunks += 1,
+                    Ok(Some(Err(_)) | None) => return (chunks, start.elapsed(), true),
+                }
+            }
+        }
+    };
+    let (watched, plain) = tokio::join!(
+        stream_for("/events/feed", Duration::from_secs(6)),
+        stream_for("/plain/feed", Duration::from_secs(5)),
+    );
+    let (chunks, took, ended) = watched;
+    assert!(ended, "cut at expiry");
+    // Kept by the re-check at 1 s (the token still valid), cut once it expired: by the
+    // expiry timer or by the re-check that finds it expired, whichever comes first.
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(took <= Duration::from_secs(5), "{took:?}");
+    assert!(chunks >= 10, "it streamed until then: {chunks}");
+    // A rule that does not re-check leaves its streams alone (the token's expiry bounds only
+    // the requests that start after it).
+    let (_, _, ended) = plain;
+    assert!(
+        !ended,
+        "the stream of a rule without reauthorize_every went on"
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("limit=\"stream_credential_expired\"} 1")
+            || metrics.contains("limit=\"stream_reauthorization_denied\"} 1"),
+        "{metrics}"
+    );
+    task.abort();
+}
