@@ -199,34 +199,29 @@ async fn forward(
             "upgrade_not_allowed",
         ));
     }
-    if let (Some(asked), Some(relayed), Some(edge)) = (asked, relayed, &edge)
+    if let (Some(asked), Some(_)) = (asked, relayed)
         && let Some(on_client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     {
-        let bounds = upgrade::Bounds {
-            idle: relayed.idle_timeout,
-            lifetime: relayed.max_lifetime,
-            expires_at: allow.principal.as_ref().and_then(|p| p.expires_at),
-            recheck: edge.reauthorize_every.map(|every| {
-                (
-                    every,
-                    upgrade::Recheckable {
-                        tunnel: true,
-                        head: upgrade::head_copy(&parts),
-                        conn: conn.info.clone(),
-                        shared: Arc::clone(ctx.shared),
-                    },
-                )
-            }),
+        // Boxed: the upgrade's state (what a re-check needs, the upgrades, a connect and maybe
+        // a TLS handshake) is large; inline, every request's future would carry it and be
+        // copied with it.
+        let upgrade = Upgrading {
+            asked,
+            on_client,
+            edge: edge.clone(),
         };
-        let (req, _) = upstream_request(ctx, allow, parts, body, uri, origin, &upstream).await?;
-        return upgrade::open(ctx, &upstream, req, asked, on_client, bounds).await;
+        return Box::pin(tunnel(
+            ctx, allow, parts, body, uri, origin, &upstream, upgrade,
+        ))
+        .await;
     }
     // A rule that re-checks: its long responses are watched too (`proxy::watched`).
     let watch = edge
         .as_ref()
         .and_then(|e| e.reauthorize_every)
         .map(|every| {
-            (
+            // Boxed: it lives across the exchange, and most requests have none to carry.
+            Box::new((
                 every,
                 allow.principal.as_ref().and_then(|p| p.expires_at),
                 upgrade::Recheckable {
@@ -235,7 +230,7 @@ async fn forward(
                     conn: conn.info.clone(),
                     shared: Arc::clone(ctx.shared),
                 },
-            )
+            ))
         });
     let (req, client_fault) =
         upstream_request(ctx, allow, parts, body, uri, origin, &upstream).await?;
@@ -253,7 +248,8 @@ async fn forward(
     let resp = respond(resp);
     Ok(match watch {
         None => resp,
-        Some((every, expires_at, recheck)) => resp.map(|body| {
+        Some(w) => resp.map(|body| {
+            let (every, expires_at, recheck) = *w;
             super::watched::watch(
                 body,
                 expires_at,
@@ -264,6 +260,64 @@ async fn forward(
             )
         }),
     })
+}
+
+/// What an upgrade the rule relays brings to [`tunnel`].
+struct Upgrading {
+    asked: upgrade::Asked,
+    on_client: hyper::upgrade::OnUpgrade,
+    edge: Option<Arc<Edge>>,
+}
+
+/// An upgrade the rule relays: the upgrade request upstream, then the tunnel
+/// (`proxy::upgrade`, `proxy::tunnel`).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site: the request's phases so far"
+)]
+async fn tunnel(
+    ctx: &mut Ctx<'_>,
+    allow: crate::decision::Allow,
+    parts: http::request::Parts,
+    body: Incoming,
+    uri: Option<http::Uri>,
+    origin: Origin,
+    upstream: &crate::upstream::Upstream,
+    upgrading: Upgrading,
+) -> Result<Response<ResponseBody>, Failure> {
+    let Upgrading {
+        asked,
+        on_client,
+        edge,
+    } = upgrading;
+    let relayed = edge
+        .as_ref()
+        .and_then(|e| e.upgrade.as_ref())
+        .ok_or(Failure::Failed(
+            StatusCode::FORBIDDEN,
+            "upgrade_not_allowed",
+        ))?;
+    let bounds = upgrade::Bounds {
+        idle: relayed.idle_timeout,
+        lifetime: relayed.max_lifetime,
+        expires_at: allow.principal.as_ref().and_then(|p| p.expires_at),
+        recheck: edge
+            .as_ref()
+            .and_then(|e| e.reauthorize_every)
+            .map(|every| {
+                (
+                    every,
+                    upgrade::Recheckable {
+                        tunnel: true,
+                        head: upgrade::head_copy(&parts),
+                        conn: ctx.conn.info.clone(),
+                        shared: Arc::clone(ctx.shared),
+                    },
+                )
+            }),
+    };
+    let (req, _) = upstream_request(ctx, allow, parts, body, uri, origin, upstream).await?;
+    upgrade::open(ctx, upstream, req, asked, on_client, bounds).await
 }
 
 /// Phase 1: the head within its limits, no h2c upgrade, hop-by-hop headers removed.

@@ -180,7 +180,7 @@ fn ws_rule(extra: &str) -> String {
     )
 }
 
-async fn ws_gateway(ws: &WsEcho, rule_extra: &str) -> TestGateway {
+fn ws_setup(ws: &WsEcho, rule_extra: &str) -> Setup {
     Setup {
         upstreams: format!("  ws:\n    url: http://{}\n", ws.addr),
         policies: vec![("10-ws.yaml".into(), ws_rule(rule_extra))],
@@ -188,8 +188,10 @@ async fn ws_gateway(ws: &WsEcho, rule_extra: &str) -> TestGateway {
         extra: hs256_users("{}"),
         ..Setup::default()
     }
-    .start()
-    .await
+}
+
+async fn ws_gateway(ws: &WsEcho, rule_extra: &str) -> TestGateway {
+    ws_setup(ws, rule_extra).start().await
 }
 
 fn bearer(token: &str) -> String {
@@ -361,16 +363,59 @@ async fn h2c_upgrade_is_refused_even_on_a_rule_that_relays_upgrades() {
 #[tokio::test]
 async fn tunnel_is_closed_when_its_token_expires() {
     let upstream = WsEcho::start().await;
-    let gw = ws_gateway(&upstream, "").await;
-    let auth = bearer(&hs256_token(SECRET, &json!({"exp": now() + 2})));
+    let clock = portcullis::clock::Clock::manual_now();
+    let mut setup = ws_setup(&upstream, "");
+    setup.clock = clock.clone();
+    let gw = setup.start().await;
+    let auth = bearer(&hs256_token(
+        SECRET,
+        &json!({"exp": clock.unix_secs() + 60}),
+    ));
     let mut ws = connect(&gw, "/ws/room", &[("authorization", &auth)])
         .await
         .expect("upgraded");
     echo_once(&mut ws, "before expiry").await;
-    let took = ends_within(&mut ws, Duration::from_secs(6))
+    clock.advance(Duration::from_secs(59));
+    echo_once(&mut ws, "a second before").await;
+    clock.advance(Duration::from_secs(1));
+    ends_within(&mut ws, Duration::from_secs(2))
         .await
         .expect("closed at expiry");
-    assert!(took <= Duration::from_secs(4), "{took:?}");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("limit=\"tunnel_credential_expired\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn tunnel_is_closed_at_its_max_lifetime_however_busy() {
+    let upstream = WsEcho::start().await;
+    let gw = ws_gateway(&upstream, "      max_lifetime: 1s\n").await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let mut ws = connect(&gw, "/ws/room", &[("authorization", &auth)])
+        .await
+        .expect("upgraded");
+    let start = std::time::Instant::now();
+    let mut i = 0;
+    let ended = loop {
+        i += 1;
+        if ws.send(Message::text(format!("ping {i}"))).await.is_err() {
+            break start.elapsed();
+        }
+        match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+            Ok(Some(Ok(m))) if m.is_text() => {}
+            _ => break start.elapsed(),
+        }
+        assert!(start.elapsed() < Duration::from_secs(4), "still open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(ended >= Duration::from_millis(900), "{ended:?}");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("limit=\"tunnel_max_lifetime\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
