@@ -205,7 +205,10 @@ fn benches(c: &mut Criterion) {
         });
     });
     c.bench_function("authenticator_verify_cached_rs256", |b| {
-        b.iter(|| rt.block_on(users.verify(black_box(rs256), now())).is_ok());
+        b.iter(|| {
+            rt.block_on(users.verify(black_box(rs256), now(), false))
+                .is_ok()
+        });
     });
     c.bench_function("token_digest_sha256_for_comparison", |b| {
         b.iter(|| portcullis::secret::sha256(black_box(rs256.as_bytes())));

@@ -50,6 +50,7 @@ fn rule(i: usize) -> Rule {
         delegate: None,
         case_insensitive: false,
         timeouts: None,
+        edge: None,
     }
 }
 

@@ -9,7 +9,9 @@
 # Env: DURATION (s per run, default 6), ROUNDS (default 3; the median is reported), CONNS
 # (default 50), WARMUP (s, default 1), SERVER_CPU (0),
 # LOAD_CPU (1), RESULTS (default bench/RESULTS.md; empty: do not record), PERF (a scenario name:
-# profile Portcullis with perf during it, report in target/perf-SCENARIO.txt).
+# profile Portcullis with perf during it, report in target/perf-SCENARIO.txt), BASE (another
+# portcullis binary, say a build of the commit before a change: it serves the same config as
+# the scenario portcullis-base, and the table compares the two in the same run).
 set -euo pipefail
 
 DURATION=${DURATION:-6}
@@ -71,10 +73,10 @@ BARE=$ROOT/target/perf/examples/bare-proxy
 
 # --- ports, certificate --------------------------------------------------------------------------
 # Bind all sockets at once so the ports are distinct, then release them.
-read -r P_UP P_NGX P_NGX_TLS P_PC P_PC_TLS P_ADMIN P_BARE < <(python3 - <<'EOF'
+read -r P_UP P_NGX P_NGX_TLS P_PC P_PC_TLS P_ADMIN P_BARE P_BASE P_BASE_TLS P_BASE_ADMIN < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(7):
+for _ in range(10):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
 print(*(s.getsockname()[1] for s in socks))
 EOF
@@ -249,6 +251,22 @@ wait_http "http://127.0.0.1:$P_ADMIN/readyz" "portcullis /readyz" ||
 
 # --- scenarios -----------------------------------------------------------------------------------
 SCENARIOS=(direct nginx hyper-bare portcullis portcullis-jwt nginx-tls portcullis-tls portcullis-full)
+BASE_PID=
+if [[ -n ${BASE:-} ]]; then
+    [[ -x $BASE ]] || die "BASE=$BASE is not an executable"
+    mkdir -p "$TMP/base"
+    ln -s "$TMP/portcullis/policies" "$TMP/base/policies"
+    sed -e "s/127.0.0.1:$P_PC_TLS\$/127.0.0.1:$P_BASE_TLS/" -e "s/127.0.0.1:$P_PC\$/127.0.0.1:$P_BASE/" \
+        -e "s/127.0.0.1:$P_ADMIN\$/127.0.0.1:$P_BASE_ADMIN/" \
+        "$TMP/portcullis/portcullis.yaml" >"$TMP/base/portcullis.yaml"
+    taskset -c "$SERVER_CPU" "$BASE" run -c "$TMP/base/portcullis.yaml" --no-watch \
+        >"$TMP/base/stdout.log" 2>&1 &
+    BASE_PID=$!
+    PIDS+=($!)
+    wait_http "http://127.0.0.1:$P_BASE_ADMIN/readyz" "base portcullis /readyz" ||
+        { cat "$TMP/base/stdout.log" >&2; exit 1; }
+    SCENARIOS+=(portcullis-base)
+fi
 declare -A URL=(
     [direct]="http://127.0.0.1:$P_UP/"
     [nginx]="http://127.0.0.1:$P_NGX/"
@@ -258,6 +276,7 @@ declare -A URL=(
     [nginx-tls]="https://127.0.0.1:$P_NGX_TLS/"
     [portcullis-tls]="https://127.0.0.1:$P_PC_TLS/"
     [portcullis-full]="https://127.0.0.1:$P_PC_TLS/full/acme/orders"
+    [portcullis-base]="http://127.0.0.1:$P_BASE/"
 )
 declare -A HEADER=([portcullis-jwt]="Authorization: Bearer $TOKEN" [portcullis-full]="Authorization: Bearer $TOKEN")
 declare -A RPS P50 P99 NON2XX SOCKERR UPCONN CPU INSTR
@@ -305,7 +324,8 @@ done
 UP_WORKER=$(pgrep -P "${PIDS[0]}" | head -1)
 NGX_WORKER=$(pgrep -P "${PIDS[1]}" | head -1)
 declare -A PROC=([direct]=$UP_WORKER [nginx]=$NGX_WORKER [nginx-tls]=$NGX_WORKER [hyper-bare]=$BARE_PID
-    [portcullis]=$PC_PID [portcullis-jwt]=$PC_PID [portcullis-tls]=$PC_PID [portcullis-full]=$PC_PID)
+    [portcullis]=$PC_PID [portcullis-jwt]=$PC_PID [portcullis-tls]=$PC_PID [portcullis-full]=$PC_PID
+    [portcullis-base]=$BASE_PID)
 COUNTERS=
 if perf stat -x, -e task-clock,instructions -o "$TMP/perf-probe.txt" true 2>/dev/null &&
     ! grep -q 'not supported\|not counted' "$TMP/perf-probe.txt"; then
@@ -423,6 +443,10 @@ table() {
     echo "- portcullis-jwt (cached RS256) / portcullis: **${r}×** (target ≥ 0.9×): **$(verdict "$r" 0.9)**$(cpu_note portcullis-jwt portcullis)"
     r=$(ratio "${RPS[portcullis-full]}" "${RPS[nginx]}")
     echo "- portcullis-full (TLS, cached RS256, claim check, CEL, rate limit, identity headers) / nginx (plain proxy_pass): **${r}×** (target ≥ 1.0×): **$(verdict "$r" 1.0)**$(cpu_note portcullis-full nginx)"
+    if [[ -n $BASE_PID ]]; then
+        r=$(ratio "${RPS[portcullis]}" "${RPS[portcullis-base]}")
+        echo "- portcullis / portcullis-base (this build against BASE, same config, same run): ${r}×$(cpu_note portcullis portcullis-base); instructions per request $(ratio "${INSTR[portcullis]:-0}" "${INSTR[portcullis-base]:-0}")×"
+    fi
 }
 
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)

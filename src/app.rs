@@ -116,12 +116,13 @@ impl App {
             snapshot,
             Arc::clone(&metrics),
         ));
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             current: Arc::clone(reloader.current()),
             metrics: Arc::clone(&metrics),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            shutdown: shutdown_rx.clone(),
         });
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connections = Arc::new(Semaphore::new(max_connections));
 

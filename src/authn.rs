@@ -328,12 +328,15 @@ impl Authn {
     }
 
     /// Authenticates a request for a rule accepting `accepted` (in order) and maybe anonymous.
+    /// `fresh`: verify past the verified-token cache (a live tunnel's re-check: a revoked
+    /// token must be seen as revoked, not as the cached answer); the new answer is cached.
     pub async fn authenticate(
         &self,
         accepted: &[usize],
         anonymous: bool,
         facts: &RequestFacts<'_>,
         now: u64,
+        fresh: bool,
     ) -> Outcome {
         for &i in accepted {
             let Some(a) = self.list.get(i) else { continue };
@@ -363,7 +366,7 @@ impl Authn {
                 }
             }
             let verified = match &token {
-                Some(t) => a.verify(t, now).await,
+                Some(t) => a.verify(t, now, fresh).await,
                 None => a.verify_request(facts),
             };
             return match verified {
@@ -447,15 +450,20 @@ impl Authenticator {
         Ok(Arc::new(principal))
     }
 
-    /// Verifies a token, through the cache.
-    pub async fn verify(&self, token: &str, now: u64) -> Result<Arc<Principal>, Failure> {
+    /// Verifies a token, through the cache unless `fresh`.
+    pub async fn verify(
+        &self,
+        token: &str,
+        now: u64,
+        fresh: bool,
+    ) -> Result<Arc<Principal>, Failure> {
         match &self.kind {
             Kind::Jwt(j) => {
                 if token.len() > j.max_token_bytes {
                     // Before hashing: a huge token costs nothing.
                     return Err(Failure::Invalid(TokenError::TooLarge));
                 }
-                if let Some(e) = self.cache.get(token, now) {
+                if !fresh && let Some(e) = self.cache.get(token, now) {
                     return e.result.clone().map_err(Failure::Invalid);
                 }
                 // Boxed: a miss may fetch keys, and its large future would otherwise be
@@ -484,7 +492,7 @@ impl Authenticator {
                 if token.len() > x.max_token_bytes {
                     return Err(Failure::Invalid(TokenError::TooLarge));
                 }
-                if let Some(e) = self.cache.get(token, now) {
+                if !fresh && let Some(e) = self.cache.get(token, now) {
                     return e.result.clone().map_err(Failure::Invalid);
                 }
                 // Boxed, like a JWT miss: the HTTP exchange is a large future.

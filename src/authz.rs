@@ -3,6 +3,7 @@
 pub mod assertion;
 pub mod delegate;
 pub mod denial;
+pub mod edge;
 pub mod expr;
 pub mod identity;
 pub mod require;

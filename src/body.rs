@@ -39,6 +39,15 @@ pub fn grpc(body: GrpcBody) -> ResponseBody {
     Either::Right(Either::Right(body))
 }
 
+/// Any other body, boxed (tonic's body type is a boxed body): a watched stream.
+pub fn boxed<B>(body: B) -> ResponseBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Either::Right(Either::Right(GrpcBody::new(body)))
+}
+
 /// Whether `err` (or anything it wraps) is a body that went over its size limit.
 pub fn is_length_limit(err: &(dyn StdError + 'static)) -> bool {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);

@@ -6,7 +6,7 @@ pub mod mutation;
 pub mod outcome;
 pub mod refusal;
 
-pub use engine::{NoTrace, Trace, TraceEvent, decide};
+pub use engine::{NoTrace, Recheck, Trace, TraceEvent, decide};
 pub use mutation::HeaderMutation;
 pub use outcome::{Allow, Decision, Deny, DenyKind};
 pub use refusal::{GrpcCode, Refusal};

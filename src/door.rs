@@ -123,6 +123,8 @@ pub struct Record {
     pub principal: Option<Arc<crate::authn::principal::Principal>>,
     /// The original client.
     pub client_ip: IpAddr,
+    /// The peer's trace (a valid `traceparent` it sent), for the log.
+    pub trace_id: Option<[u8; 32]>,
 }
 
 impl Record {
@@ -137,6 +139,7 @@ impl Record {
             rule: None,
             principal: None,
             client_ip: peer,
+            trace_id: None,
         }
     }
 
@@ -212,6 +215,10 @@ impl Record {
                 rule: self.rule.as_ref().map(|r| &*r.0),
                 reason: self.reason,
                 request_id: request_id.to_str().unwrap_or("-"),
+                trace_id: self
+                    .trace_id
+                    .as_ref()
+                    .and_then(|t| std::str::from_utf8(t).ok()),
                 principal: self.principal.as_deref().map(|p| &*p.id),
                 client_ip: self.client_ip,
                 latency,
@@ -234,6 +241,10 @@ async fn answer<D: HttpDoor>(
     let request_id =
         request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
     let mut record = Record::new(conn.info.peer.ip());
+    if snapshot.access_log {
+        // The peer owns the trace: its id is logged, no span of the door's own is started.
+        record.trace_id = crate::telemetry::trace_context::trace_id_of(&parts.headers);
+    }
     let settings = snapshot
         .listener(index)
         .map_or(&DoorSettings::Proxy, |l| &l.door);

@@ -6,9 +6,12 @@
 //!
 //! ```text
 //!  client ──TLS──▶ proxy door (server::listener → proxy::service)
-//!                     │ 1. load the snapshot once (arc-swap); the request keeps it
-//!                     │ 2. refuse h2c upgrades; strip hop-by-hop headers
-//!                     │ 3. RequestFacts: canonical path (ambiguous → 400), host, client ip
+//!                     │ 1. load the snapshot once (arc-swap); the request keeps it; the
+//!                     │    trace context (a new span id; the client's trace if valid)
+//!                     │ 2. refuse h2c upgrades; note a WebSocket upgrade (HTTP/1.1
+//!                     │    Upgrade, HTTP/2 extended CONNECT); strip hop-by-hop headers
+//!                     │ 3. RequestFacts: canonical path (ambiguous → 400), host, client ip;
+//!                     │    a CORS preflight for a rule with `cors` is answered here
 //!                     │ 4. decision::decide: match a rule (authz::route) → authenticate with
 //!                     │    the rule's authenticators (authn: credential → cache → verify →
 //!                     │    principal) → requirements, `when` (CEL) → the rule's rate limit
@@ -18,10 +21,12 @@
 //!                     │ 5. deny: Deny::refusal — status, WWW-Authenticate or Location,
 //!                     │    Retry-After, a short JSON body
 //!                     │ 6. allow: strip the credential if asked; X-Forwarded-*, x-real-ip,
-//!                     │    request id; canonical path + raw query to the upstream over its
-//!                     │    pool; 502 / 504 on failure
+//!                     │    request id, traceparent; canonical path + raw query to the
+//!                     │    upstream over its pool; 502 / 504 on failure. An upgrade the
+//!                     │    rule relays: its own connection, then proxy::tunnel (idle,
+//!                     │    lifetime, credential expiry, re-checks, drain)
 //!                     ▼
-//!                  access log + metrics
+//!                  CORS headers; access log (request and trace ids) + metrics; OTLP span
 //! ```
 //!
 //! Config flows files → [`config::load`] → [`config::raw`] → [`config::compile`] →

@@ -2,5 +2,9 @@
 //! decision core, and forwards allowed requests to their upstream. Connections are accepted and
 //! served by [`crate::server`], as for every door.
 
+mod cors;
 pub mod forwarded;
 pub mod service;
+mod tunnel;
+mod upgrade;
+mod watched;

@@ -30,6 +30,9 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Permits for requests in flight, over every door (`server.max_in_flight`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Becomes `true` when the gateway shuts down: what outlives a request (a tunnel in an
+    /// HTTP/2 stream) watches it.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A connection: the door-neutral facts the core reads, and the peer's address as header text,
@@ -40,12 +43,75 @@ pub struct Conn {
     pub info: ConnInfo,
     /// The peer's address as header text (`X-Forwarded-For`, `Forwarded`, `x-real-ip`).
     pub peer_text: HeaderValue,
+    /// A tunnel a door opened by answering `101`: run by the connection's own task once hyper
+    /// hands the connection over, so that it counts against `max_connections`, holds the
+    /// drain open and is closed when the gateway shuts down.
+    pub tunnel: TunnelSlot,
+}
+
+/// What a tunnel runs: relaying both ways until it ends or is closed.
+pub type Tunnel = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A connection's pending HTTP/1.1 tunnel (at most one: the upgrade ends HTTP on the
+/// connection), and how many HTTP/2 streams of it carry a tunnel (RFC 8441): while one does,
+/// the connection is not idle.
+#[derive(Default)]
+pub struct TunnelSlot {
+    pending: std::sync::Mutex<Option<Tunnel>>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Marks an HTTP/2 stream's tunnel open for as long as it lives.
+#[derive(Debug)]
+pub struct TunnelOpen(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for TunnelOpen {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Conn {
     /// A connection described by `info`.
     pub fn new(info: ConnInfo) -> Self {
         let peer_text = crate::request::facts::ip_header_value(info.peer.ip());
-        Self { info, peer_text }
+        Self {
+            info,
+            peer_text,
+            tunnel: TunnelSlot::default(),
+        }
+    }
+}
+
+// === impl TunnelSlot ===
+
+impl TunnelSlot {
+    /// Hands the connection's task a tunnel to run after the upgrade.
+    pub fn set(&self, tunnel: Tunnel) {
+        if let Ok(mut slot) = self.pending.lock() {
+            *slot = Some(tunnel);
+        }
+    }
+
+    /// The tunnel, if a door opened one.
+    pub(crate) fn take(&self) -> Option<Tunnel> {
+        self.pending.lock().ok().and_then(|mut s| s.take())
+    }
+
+    /// Counts an HTTP/2 stream's tunnel as open until the mark is dropped.
+    pub fn mark_open(&self) -> TunnelOpen {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TunnelOpen(Arc::clone(&self.open))
+    }
+
+    /// Whether an HTTP/2 stream of the connection carries a tunnel.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+}
+
+impl std::fmt::Debug for TunnelSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TunnelSlot")
     }
 }

@@ -49,6 +49,10 @@ pub struct Snapshot {
     pub spoofable: crate::authz::spoofable::Spoofable,
     /// Emit access-log lines.
     pub access_log: bool,
+    /// Propagate W3C trace context upstream (`tracing.propagate`).
+    pub trace_propagate: bool,
+    /// The OTLP span exporter, when `tracing.otlp` is set (and a runtime runs).
+    pub otlp: Option<Arc<crate::telemetry::otlp::Otlp>>,
     /// Files and directories whose change triggers a reload.
     pub watched: Vec<PathBuf>,
     /// Whether a reload may leave no rule (`policies.allow_empty`).

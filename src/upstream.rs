@@ -237,6 +237,32 @@ impl Upstream {
         }
     }
 
+    /// Sends an upgrade request (a WebSocket handshake) to one of the endpoints, on a
+    /// connection of its own, which the upstream's `101` turns into the tunnel's upstream
+    /// side. Never retried: the handshake may have reached the upstream. No response timeout
+    /// here: the caller applies `response_timeout`.
+    pub async fn send_upgrade(
+        &self,
+        req: Request<UpstreamBody>,
+        opts: SendOptions,
+    ) -> Result<Response<hyper::body::Incoming>, SendError> {
+        let b = &*self.balancer;
+        let Some(ep) = b.pick(opts.hash_key, None) else {
+            return Err(SendError::NoEndpoint);
+        };
+        let guard = ep.start(b.counts_in_flight());
+        let result = ep.pool.send_upgrade(req, opts.connect_timeout).await;
+        drop(guard);
+        let verdict = match &result {
+            Ok(resp) if resp.status().is_server_error() => Verdict::Failure,
+            Ok(_) => Verdict::Success,
+            Err(SendError::Http(e)) if e.is_user() => Verdict::Neutral,
+            Err(_) => Verdict::Failure,
+        };
+        b.record(&ep, verdict, &self.name);
+        result
+    }
+
     /// Sends a request to one of the endpoints, retrying once what is safe to retry (see the
     /// module docs). No response timeout here: the caller applies it to the whole.
     pub async fn send(

@@ -163,7 +163,8 @@ impl Delegate {
 
     /// Asks the delegate about a request the rule `rule` would allow, through the cache
     /// (keyed by `cache_key`): the request with its headers as the upstream will get them
-    /// (`upstream`: which client headers go, which the gateway sets; see `headers_sent`).
+    /// (`upstream`: which client headers go, which the gateway sets; see `headers_sent`),
+    /// unless `fresh` (a live tunnel's re-check asks again, and caches the new answer).
     pub async fn check(
         &self,
         facts: &RequestFacts<'_>,
@@ -171,6 +172,7 @@ impl Delegate {
         rule: &str,
         upstream: UpstreamHeaders<'_>,
         now: u64,
+        fresh: bool,
     ) -> Result<Verdict, DelegateError> {
         let request = check_request(facts, principal, upstream);
         // Why: the answer is cached for exactly what the delegate was told. Keyed by who the
@@ -186,7 +188,7 @@ impl Delegate {
         } else {
             cache_key(rule, &request)
         };
-        if let Some(k) = &key
+        if let Some(k) = key.as_ref().filter(|_| !fresh)
             && let Some(v) = self.cache.get(k)
         {
             return Ok(v);

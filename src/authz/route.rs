@@ -59,6 +59,8 @@ pub struct Rule {
     pub case_insensitive: bool,
     /// Upstream timeouts overriding the upstream's, for the requests it allows.
     pub timeouts: Option<Arc<RouteTimeouts>>,
+    /// Its upgrades, tunnel re-checks and CORS, when it has any.
+    pub edge: Option<Arc<super::edge::Edge>>,
 }
 
 /// A rule's upstream timeouts; `None` keeps the upstream's.
@@ -758,6 +760,7 @@ mod tests {
             delegate: None,
             case_insensitive: false,
             timeouts: None,
+            edge: None,
         }
     }
 

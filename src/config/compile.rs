@@ -127,6 +127,11 @@ pub fn compile(
             format!("no rules found in {dir}: every request will be denied"),
         );
     }
+    if let Some(otlp) = &cx.cfg().tracing.otlp
+        && let Err(e) = crate::telemetry::otlp::Otlp::check(otlp)
+    {
+        cx.error("tracing.otlp.endpoint", e.to_string());
+    }
     if cx.diags.iter().any(Diagnostic::is_error) {
         return Err(cx.diags);
     }
@@ -148,6 +153,14 @@ pub fn compile(
         challenges,
         spoofable: Spoofable::new(&spoofable_names, from_trusted),
         access_log: cx.cfg().logging.access_log,
+        trace_propagate: cx.cfg().tracing.propagate,
+        // Started only once the config compiled in full: a refused reload starts no task.
+        otlp: cx
+            .cfg()
+            .tracing
+            .otlp
+            .as_ref()
+            .and_then(crate::telemetry::otlp::Otlp::start),
         allow_empty: cx.cfg().policies.allow_empty,
         restart: RestartOnly::of(cx.cfg()),
         watched: cx.watched,

@@ -81,6 +81,59 @@ pub struct RawConfig {
     /// it.
     #[serde(default)]
     pub identity_assertion: Option<RawAssertion>,
+    /// W3C trace context and OpenTelemetry spans.
+    #[serde(default)]
+    pub tracing: RawTracing,
+}
+
+/// Trace context (W3C `traceparent`/`tracestate`) and span export.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTracing {
+    /// Propagate `traceparent` upstream with a new span id per hop: a client's well-formed
+    /// one keeps its trace id, an absent or malformed one is replaced by a new trace.
+    pub propagate: bool,
+    /// Export a span per request over OTLP (HTTP, JSON encoding). Off when absent.
+    pub otlp: Option<RawOtlp>,
+}
+
+impl Default for RawTracing {
+    fn default() -> Self {
+        Self {
+            propagate: true,
+            otlp: None,
+        }
+    }
+}
+
+/// An OTLP/HTTP collector.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    /// The collector's traces URL, `http://host:4318/v1/traces`.
+    pub endpoint: String,
+    /// `service.name` of the spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Spans are sent in batches at least this often.
+    #[serde(default = "default_otlp_interval", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub interval: Duration,
+    /// Spans waiting to be sent, at most; more are dropped (and counted) rather than held.
+    #[serde(default = "default_otlp_queue")]
+    pub max_queue: usize,
+}
+
+fn default_service_name() -> String {
+    "portcullis".to_owned()
+}
+
+fn default_otlp_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_otlp_queue() -> usize {
+    4096
 }
 
 /// The admin listener.

@@ -60,6 +60,30 @@ pub trait Trace {
     fn counts(&self) -> bool {
         true
     }
+
+    /// Whether credentials are verified afresh, past the verified-token cache: the re-check
+    /// of a live tunnel (`reauthorize_every`), which must see a revoked token as revoked.
+    fn revalidates(&self) -> bool {
+        false
+    }
+}
+
+/// The trace of a live tunnel's re-check: records nothing, spends no rate-limit budget (the
+/// tunnel is not a new request) and verifies its credential afresh.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Recheck;
+
+impl Trace for Recheck {
+    #[inline]
+    fn record(&mut self, _event: TraceEvent) {}
+
+    fn counts(&self) -> bool {
+        false
+    }
+
+    fn revalidates(&self) -> bool {
+        true
+    }
 }
 
 /// The serving path's trace: records nothing.
@@ -156,7 +180,13 @@ async fn decide_rule(
     let now = snapshot.clock.unix_secs();
     let (principal, authenticator) = match snapshot
         .authn
-        .authenticate(&rule.authenticators, rule.anonymous, facts, now)
+        .authenticate(
+            &rule.authenticators,
+            rule.anonymous,
+            facts,
+            now,
+            trace.revalidates(),
+        )
         .await
     {
         authn::Outcome::Authenticated {
@@ -284,7 +314,14 @@ async fn decide_rule(
             identity: &identity,
         };
         match delegate
-            .check(facts, principal.as_deref(), &rule.id.0, upstream, now)
+            .check(
+                facts,
+                principal.as_deref(),
+                &rule.id.0,
+                upstream,
+                now,
+                trace.revalidates(),
+            )
             .await
         {
             Ok(Verdict::Allow(headers)) => {
@@ -335,6 +372,7 @@ async fn decide_rule(
         mutation,
         identity_refused,
         timeouts: rule.timeouts.clone(),
+        edge: rule.edge.clone(),
     })
 }
 
@@ -369,6 +407,7 @@ fn deny_with(
         redirect,
         principal: None,
         challenge,
+        edge: rule.edge.clone(),
     })
 }
 

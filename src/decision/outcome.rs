@@ -45,6 +45,8 @@ pub struct Allow {
     pub identity_refused: usize,
     /// The rule's upstream timeouts, when it overrides the upstream's.
     pub timeouts: Option<Arc<crate::authz::route::RouteTimeouts>>,
+    /// The rule's upgrades, tunnel re-checks and CORS (proxy door).
+    pub edge: Option<Arc<crate::authz::edge::Edge>>,
 }
 
 /// Why a request was refused.
@@ -64,6 +66,8 @@ pub struct Deny {
     /// A challenge chosen by the rule or the authenticator instead of the kind's usual one:
     /// for a missing scope, the rule's naming its scopes; for API keys, the `ApiKey` scheme.
     pub challenge: Option<HeaderValue>,
+    /// The deciding rule's CORS and upgrade settings, so a browser can read the denial.
+    pub edge: Option<Arc<crate::authz::edge::Edge>>,
 }
 
 /// Every way a request is denied.
@@ -127,6 +131,7 @@ impl Deny {
             redirect: None,
             principal: None,
             challenge: None,
+            edge: None,
         }
     }
 
@@ -139,6 +144,7 @@ impl Deny {
             redirect: None,
             principal: None,
             challenge: None,
+            edge: None,
         }
     }
 

@@ -12,9 +12,10 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use super::forwarded;
 pub use super::forwarded::Origin;
+use super::{cors, forwarded, upgrade};
 use crate::authn::credential;
+use crate::authz::edge::Edge;
 use crate::body::{self, PrefetchError, RequestBody, ResponseBody};
 use crate::decision::{self, Decision, HeaderMutation, NoTrace, Refusal};
 use crate::request::RequestFacts;
@@ -23,11 +24,12 @@ use crate::server::{Conn, Shared, hop_by_hop, request_id};
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::{self, AccessRecord};
 use crate::telemetry::metrics::Outcome;
+use crate::telemetry::trace_context::TraceContext;
 use crate::upstream::SendError;
 
 /// Why a request does not get its upstream's answer. Every early exit of every phase is one
 /// of these, turned into a response in one place ([`Ctx::rescue`]).
-enum Failure {
+pub(super) enum Failure {
     /// Refused before any rule: the head or the body is malformed or over a limit. The
     /// connection is not reused.
     Malformed(StatusCode, &'static str),
@@ -40,12 +42,12 @@ enum Failure {
 /// What the access log learns as a request goes through the phases; copied out of the
 /// request only when a line will be written.
 #[derive(Default)]
-struct Log {
-    host: Box<str>,
-    path: Box<str>,
-    rule: Option<crate::authz::route::RuleId>,
-    principal: Option<Arc<crate::authn::principal::Principal>>,
-    client_ip: Option<IpAddr>,
+pub(super) struct Log {
+    pub(super) host: Box<str>,
+    pub(super) path: Box<str>,
+    pub(super) rule: Option<crate::authz::route::RuleId>,
+    pub(super) principal: Option<Arc<crate::authn::principal::Principal>>,
+    pub(super) client_ip: Option<IpAddr>,
 }
 
 /// The target forwarded upstream: the canonical path that was decided on plus the raw query,
@@ -83,9 +85,10 @@ pub fn upstream_headers(
     request_id: &HeaderValue,
     upstream: &crate::upstream::Upstream,
 ) {
-    // Room for what is added below (identity, five forwarding headers, request id), so the
-    // map grows once rather than once per insert past its parsed size.
-    headers.reserve(mutation.set.len() + 6);
+    // Room for what is added below (identity, five forwarding headers, request id) and the
+    // door's `traceparent`, so the map grows once rather than once per insert past its
+    // parsed size.
+    headers.reserve(mutation.set.len() + 7);
     mutation.apply(headers);
     forwarded::apply(headers, &origin);
     headers.insert(
@@ -104,7 +107,7 @@ pub fn upstream_headers(
 /// decision, [`upstream_request`] (target, headers, body), [`send`] and [`respond`]; any of
 /// them may end the request with a [`Failure`], which [`Ctx::rescue`] answers.
 pub async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     conn: &Conn,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
@@ -114,6 +117,9 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let request_id =
         request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
+    // A new span id for this hop; the client's trace kept when its `traceparent` is valid.
+    let trace = (snapshot.trace_propagate || snapshot.otlp.is_some())
+        .then(|| TraceContext::from_headers(&parts.headers, snapshot.otlp.is_some()).0);
     let mut ctx = Ctx {
         shared,
         snapshot: &snapshot,
@@ -127,6 +133,9 @@ pub async fn handle(
         log: Log::default(),
         outcome: Outcome::Allow,
         reason: None,
+        trace,
+        upgrade: None,
+        cors: None,
     };
     let resp = match forward(&mut ctx, parts, body).await {
         Ok(resp) => resp,
@@ -146,7 +155,20 @@ async fn forward(
     check_head(ctx, &mut parts)?;
     let (mut allow, uri, origin, upstream) = {
         let facts = facts(ctx, &parts, &conn.info)?;
-        let allow = match decision::decide(snapshot, &facts, &mut NoTrace).await {
+        if let Some(answer) = cors::preflight(ctx, &facts) {
+            return Ok(answer);
+        }
+        let decision = decision::decide(snapshot, &facts, &mut NoTrace).await;
+        let edge = match &decision {
+            Decision::Allow(a) => a.edge.as_ref(),
+            Decision::Deny(d) => d.edge.as_ref(),
+        };
+        if let Some(edge) = edge.filter(|e| e.cors.is_some())
+            && let Some(o) = parts.headers.get(header::ORIGIN)
+        {
+            ctx.cors = Some((Arc::clone(edge), o.clone()));
+        }
+        let allow = match decision {
             Decision::Deny(d) => return Err(Failure::Denied(Box::new(d))),
             Decision::Allow(a) => a,
         };
@@ -163,6 +185,55 @@ async fn forward(
         let origin = Origin::of(&facts, &parts, &conn.peer_text);
         (allow, uri, origin, upstream)
     };
+    // An upgrade the rule relays: a tunnel of its own (`proxy::tunnel`). Any other HTTP/1.1
+    // upgrade was stripped with the hop-by-hop headers and goes upstream as a plain request;
+    // an extended CONNECT has no plain request to become.
+    let asked = ctx.upgrade.take();
+    let edge = allow.edge.clone();
+    let relayed = asked.as_ref().and_then(|a| {
+        edge.as_ref()
+            .and_then(|e| e.upgrade.as_ref())
+            .filter(|u| u.allows(a.protocols.as_bytes()))
+    });
+    if asked.as_ref().is_some_and(|a| a.h2) && relayed.is_none() {
+        return Err(Failure::Failed(
+            StatusCode::FORBIDDEN,
+            "upgrade_not_allowed",
+        ));
+    }
+    if let (Some(asked), Some(_)) = (asked, relayed)
+        && let Some(on_client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    {
+        // Boxed: the upgrade's state (what a re-check needs, the upgrades, a connect and maybe
+        // a TLS handshake) is large; inline, every request's future would carry it and be
+        // copied with it.
+        let upgrade = Upgrading {
+            asked,
+            on_client,
+            edge: edge.clone(),
+        };
+        return Box::pin(tunnel(
+            ctx, allow, parts, body, uri, origin, &upstream, upgrade,
+        ))
+        .await;
+    }
+    // A rule that re-checks: its long responses are watched too (`proxy::watched`).
+    let watch = edge
+        .as_ref()
+        .and_then(|e| e.reauthorize_every)
+        .map(|every| {
+            // Boxed: it lives across the exchange, and most requests have none to carry.
+            Box::new((
+                every,
+                allow.principal.as_ref().and_then(|p| p.expires_at),
+                upgrade::Recheckable {
+                    tunnel: false,
+                    head: upgrade::head_copy(&parts),
+                    conn: conn.info.clone(),
+                    shared: Arc::clone(ctx.shared),
+                },
+            ))
+        });
     // What the decision adds to the client's response (a shadow-mode limit's header), as
     // the decision doors hand it to their peer.
     let to_client = std::mem::take(&mut allow.mutation.response);
@@ -180,12 +251,105 @@ async fn forward(
         hash_key: upstream.hash_key(req.headers(), principal.as_deref().map(|p| &*p.id)),
     };
     let response_timeout = route.response.unwrap_or(upstream.response_timeout);
+    // A `101` nobody asked for is refused by the pool (`upstream_invalid_response`): an
+    // upgrade the rule relays went to `tunnel` above, on a connection of its own.
     let resp = send(ctx, &upstream, req, opts, response_timeout, &client_fault).await?;
     let mut resp = respond(resp, route.idle.or(upstream.idle_timeout));
     for (name, value) in to_client {
         resp.headers_mut().append(name, value);
     }
-    Ok(resp)
+    Ok(match watch {
+        None => resp,
+        Some(w) => resp.map(|body| {
+            let (every, expires_at, recheck) = *w;
+            super::watched::watch(
+                body,
+                expires_at,
+                every,
+                recheck,
+                snapshot.clock.clone(),
+                Arc::clone(&ctx.shared.metrics),
+            )
+        }),
+    })
+}
+
+/// What an upgrade the rule relays brings to [`tunnel`].
+struct Upgrading {
+    asked: upgrade::Asked,
+    on_client: hyper::upgrade::OnUpgrade,
+    edge: Option<Arc<Edge>>,
+}
+
+/// An upgrade the rule relays: the upgrade request upstream, then the tunnel
+/// (`proxy::upgrade`, `proxy::tunnel`).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site: the request's phases so far"
+)]
+async fn tunnel(
+    ctx: &mut Ctx<'_>,
+    allow: crate::decision::Allow,
+    parts: http::request::Parts,
+    body: Incoming,
+    uri: Option<http::Uri>,
+    origin: Origin,
+    upstream: &crate::upstream::Upstream,
+    upgrading: Upgrading,
+) -> Result<Response<ResponseBody>, Failure> {
+    let Upgrading {
+        asked,
+        on_client,
+        edge,
+    } = upgrading;
+    let relayed = edge
+        .as_ref()
+        .and_then(|e| e.upgrade.as_ref())
+        .ok_or(Failure::Failed(
+            StatusCode::FORBIDDEN,
+            "upgrade_not_allowed",
+        ))?;
+    let bounds = upgrade::Bounds {
+        idle: relayed.idle_timeout,
+        lifetime: relayed.max_lifetime,
+        expires_at: allow.principal.as_ref().and_then(|p| p.expires_at),
+        recheck: edge
+            .as_ref()
+            .and_then(|e| e.reauthorize_every)
+            .map(|every| {
+                (
+                    every,
+                    upgrade::Recheckable {
+                        tunnel: true,
+                        head: upgrade::head_copy(&parts),
+                        conn: ctx.conn.info.clone(),
+                        shared: Arc::clone(ctx.shared),
+                    },
+                )
+            }),
+    };
+    let route = allow.timeouts.as_deref().copied().unwrap_or_default();
+    let principal = match upstream.hash {
+        Some(crate::upstream::HashOn::Principal) => allow.principal.clone(),
+        _ => None,
+    };
+    let (req, _) = upstream_request(ctx, allow, parts, body, uri, origin, upstream).await?;
+    let opts = crate::upstream::SendOptions {
+        connect_timeout: route.connect.unwrap_or(upstream.connect_timeout),
+        hash_key: upstream.hash_key(req.headers(), principal.as_deref().map(|p| &*p.id)),
+    };
+    let response_timeout = route.response.unwrap_or(upstream.response_timeout);
+    upgrade::open(
+        ctx,
+        upstream,
+        req,
+        asked,
+        on_client,
+        bounds,
+        opts,
+        response_timeout,
+    )
+    .await
 }
 
 /// Whether the client speaks gRPC: its denials and failures are then rendered as gRPC.
@@ -201,6 +365,8 @@ fn check_head(ctx: &mut Ctx<'_>, parts: &mut http::request::Parts) -> Result<(),
     if hop_by_hop::is_h2c_upgrade(&parts.headers) {
         return Err(ctx.malformed(parts, StatusCode::BAD_REQUEST, "h2c_upgrade"));
     }
+    // Remembered before the hop-by-hop headers go: relayed only if the rule allows it.
+    ctx.upgrade = upgrade::asked(parts);
     // Why: hyper reads heads up to both limits together, so that these answers carry the
     // usual refusal body (RFC 9112 §3: 414 for a long target) instead of hyper's bare 431.
     // Regression: tests (it) proxy::long_target_is_414_and_long_head_431_with_a_body
@@ -299,6 +465,9 @@ async fn upstream_request(
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    if let Some(trace) = &ctx.trace {
+        trace.apply(&mut parts.headers);
+    }
     parts.uri = uri;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     // Why: a body whose framing is already broken (bad chunk size, bare LF) is refused with
@@ -378,21 +547,27 @@ fn respond(
 }
 
 /// What every answer of one request is counted, logged and tagged with.
-struct Ctx<'a> {
-    shared: &'a Shared,
-    snapshot: &'a Snapshot,
-    conn: &'a Conn,
-    request_id: &'a HeaderValue,
-    start: Instant,
-    method: http::Method,
-    version: Version,
+pub(super) struct Ctx<'a> {
+    pub(super) shared: &'a Arc<Shared>,
+    pub(super) snapshot: &'a Snapshot,
+    pub(super) conn: &'a Conn,
+    pub(super) request_id: &'a HeaderValue,
+    pub(super) start: Instant,
+    pub(super) method: http::Method,
+    pub(super) version: Version,
+    pub(super) log: Log,
+    pub(super) outcome: Outcome,
+    pub(super) reason: Option<&'static str>,
+    /// This hop's trace context, when propagated or exported.
+    pub(super) trace: Option<TraceContext>,
+    /// The upgrade the client asked for (HTTP/1.1 `Upgrade`, HTTP/2 extended CONNECT).
+    pub(super) upgrade: Option<upgrade::Asked>,
+    /// The deciding rule's CORS settings and the request's `Origin`, when it has both.
+    pub(super) cors: Option<(Arc<Edge>, HeaderValue)>,
     /// The client speaks gRPC (`content-type: application/grpc…`).
-    grpc: bool,
+    pub(super) grpc: bool,
     /// The client said `TE: trailers`.
-    te_trailers: bool,
-    log: Log,
-    outcome: Outcome,
-    reason: Option<&'static str>,
+    pub(super) te_trailers: bool,
 }
 
 impl Ctx<'_> {
@@ -451,12 +626,36 @@ impl Ctx<'_> {
             self.snapshot.server.request_id_header.clone(),
             self.request_id.clone(),
         );
+        if let Some((edge, origin)) = &self.cors
+            && let Some(c) = &edge.cors
+        {
+            cors::decorate(c, origin, resp.headers_mut());
+        }
         let latency = self.start.elapsed();
         let status = resp.status().as_u16();
         self.shared
             .metrics
             .request(Door::Proxy, self.outcome, status, latency);
+        let decision = match self.outcome {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Error => "error",
+        };
+        if let (Some(otlp), Some(trace)) = (&self.snapshot.otlp, &self.trace)
+            && trace.is_sampled()
+        {
+            let mut span = crate::telemetry::otlp::Span::ending_now(trace, latency);
+            span.door = Door::Proxy.as_str();
+            span.method = self.method.clone();
+            span.status = status;
+            span.decision = decision;
+            span.reason = self.reason;
+            span.rule = self.log.rule.as_ref().map(|r| Arc::clone(&r.0));
+            span.request_id = self.request_id.clone();
+            otlp.record(span);
+        }
         if self.snapshot.access_log {
+            let trace_id = self.trace.as_ref().map(TraceContext::trace_id_hex);
             fn or_dash(s: &str) -> &str {
                 if s.is_empty() { "-" } else { s }
             }
@@ -467,14 +666,11 @@ impl Ctx<'_> {
                 host: or_dash(&self.log.host),
                 path: or_dash(&self.log.path),
                 status,
-                decision: match self.outcome {
-                    Outcome::Allow => "allow",
-                    Outcome::Deny => "deny",
-                    Outcome::Error => "error",
-                },
+                decision,
                 rule: self.log.rule.as_ref().map(|r| &*r.0),
                 reason: self.reason,
                 request_id: self.request_id.to_str().unwrap_or("-"),
+                trace_id: trace_id.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
                 principal: self.log.principal.as_deref().map(|p| &*p.id),
                 client_ip: self.log.client_ip.unwrap_or(self.conn.info.peer.ip()),
                 latency,

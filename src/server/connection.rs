@@ -244,6 +244,9 @@ async fn serve_h2<I: ReadReady, H: Handler>(
     let mut builder = http2::Builder::new(exec);
     builder
         .timer(TokioTimer::new())
+        // WebSockets over HTTP/2 (RFC 8441): an extended CONNECT is decided, and relayed, only
+        // on a rule whose `upgrade` names `websocket` (`proxy::upgrade`).
+        .enable_connect_protocol()
         .max_concurrent_streams(s.max_concurrent_streams)
         .max_header_list_size(
             u32::try_from(s.max_header_bytes + s.max_target_bytes).unwrap_or(u32::MAX),
@@ -278,7 +281,12 @@ async fn serve_h1<I: ReadReady, H: Handler>(
     let mut svc = service(ctx);
     loop {
         // Boxed: parked, the connection's state and buffers are freed, not kept in this task.
-        let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), svc));
+        // With upgrades: a door that answers `101` gets the connection (a WebSocket tunnel).
+        let mut connection = Box::pin(
+            builder
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades(),
+        );
         // Boxed, as the connection is: the task keeps only what a parked connection needs.
         let ended = Box::pin(drive(
             connection.as_mut(),
@@ -288,9 +296,14 @@ async fn serve_h1<I: ReadReady, H: Handler>(
         ))
         .await;
         if let Ended::Closed = ended {
+            drop(connection);
+            run_tunnel(ctx).await;
             return;
         }
-        let parts = Pin::into_inner(connection).into_parts();
+        let Some(parts) = Pin::into_inner(connection).into_parts() else {
+            run_tunnel(ctx).await;
+            return;
+        };
         io = parts.io.into_inner();
         svc = parts.service;
         if !parts.read_buf.is_empty() {
@@ -306,6 +319,26 @@ async fn serve_h1<I: ReadReady, H: Handler>(
         ctx.shared.metrics.connections_parked.dec();
         if !woken {
             return;
+        }
+    }
+}
+
+/// Runs the tunnel a door opened on this connection, if any, until it ends or the gateway
+/// drains: a tunnel has no request boundary to finish at, so a drain closes it at once.
+/// Its own deadlines (idle, lifetime, credential expiry) are the door's.
+async fn run_tunnel<H>(ctx: &mut Ctx<'_, H>) {
+    let Some(tunnel) = ctx.conn.tunnel.take() else {
+        return;
+    };
+    if *ctx.shutdown.borrow() {
+        ctx.shared.metrics.limit("tunnel_drained");
+        return;
+    }
+    tokio::select! {
+        () = tunnel => {}
+        _ = ctx.shutdown.changed() => {
+            // Regression: tests (it) edge::tunnel_closes_on_shutdown
+            ctx.shared.metrics.limit("tunnel_drained");
         }
     }
 }
@@ -393,6 +426,10 @@ async fn drive<C: Future<Output = hyper::Result<()>>, H>(
                     } else {
                         Step::At(now + limits.period)
                     }
+                } else if ctx.conn.tunnel.is_open() {
+                    // An HTTP/2 stream carries a tunnel: not idle; the tunnel keeps its own
+                    // deadlines (`proxy::tunnel`).
+                    Step::At(now + limits.period)
                 } else {
                     activity.check(limits, io_quiet, now, parkable)
                 };

@@ -38,6 +38,11 @@ pub fn generate() -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
+/// 64 bits from the same per-thread generator (trace and span ids). Not a secret.
+pub fn random_u64() -> u64 {
+    STATE.with(next)
+}
+
 fn next(s: &Cell<u64>) -> u64 {
     // splitmix64
     let x = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);

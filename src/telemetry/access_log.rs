@@ -1,7 +1,7 @@
 //! One access-log line per request, at target `access`.
 //!
 //! Fields: door, listener, method, host, path (canonical, without the query: queries may carry credentials),
-//! status, decision, rule, reason, latency, request id, principal id. Never a header value, token or cookie.
+//! status, decision, rule, reason, latency, request id, trace id, principal id. Never a header value, token or cookie.
 
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ pub struct AccessRecord<'a> {
     pub reason: Option<&'static str>,
     /// Request id.
     pub request_id: &'a str,
+    /// W3C trace id (32 hex digits), where the door traces.
+    pub trace_id: Option<&'a str>,
     /// The authenticated principal's id, if any.
     pub principal: Option<&'a str>,
     /// Client address as decided on.
@@ -50,6 +52,7 @@ pub fn log(r: &AccessRecord<'_>) {
         rule = r.rule.unwrap_or("-"),
         reason = r.reason.unwrap_or("-"),
         request_id = r.request_id,
+        trace_id = r.trace_id.unwrap_or("-"),
         principal = r.principal.unwrap_or("-"),
         client_ip = %r.client_ip,
         latency_us = u64::try_from(r.latency.as_micros()).unwrap_or(u64::MAX),

@@ -38,6 +38,8 @@ use tokio::net::TcpStream;
 
 use super::UpstreamBody;
 
+mod upgrade;
+
 /// Largest read buffer of an HTTP/1 upstream connection (hyper's default grows to 400 KiB);
 /// also the largest response head an upstream may send.
 const UPSTREAM_READ_BUF: usize = 32 * 1024;

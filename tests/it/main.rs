@@ -20,6 +20,7 @@ mod conformance;
 mod credentials;
 mod delegate;
 mod doors;
+mod edge;
 mod examples;
 mod grpc;
 mod identity;

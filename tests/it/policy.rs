@@ -343,14 +343,14 @@ fn policy_list_prints_the_rules_in_evaluation_order() {
         .collect();
     assert_eq!(
         names,
-        ["admin-denied", "health", "public", "api", "orders"],
+        ["admin-denied", "health", "public", "api", "orders", "live"],
         "{text}"
     );
     assert!(
         text.lines().next().unwrap().starts_with("#  NAME  "),
         "{text}"
     );
-    assert!(text.contains("5 rule(s)"), "{text}");
+    assert!(text.contains("6 rule(s)"), "{text}");
 }
 
 /// The seed policies (policies/examples/seed.yaml), served as written.

@@ -137,6 +137,7 @@ fn compile(i: usize, raw: &RawRule) -> Rule {
         rate_limit: None,
         guard: None,
         timeouts: None,
+        edge: None,
         delegate: None,
         case_insensitive: raw.case_insensitive,
     }

@@ -291,7 +291,35 @@ fn rule(
         env.delegates,
         cfg.delegates.keys(),
     );
+    let edge = match crate::authz::edge::Edge::compile(
+        r.upgrade.as_ref(),
+        r.reauthorize_every,
+        r.cors.as_ref(),
+        &r.matches.methods,
+    ) {
+        Ok(e) => e.map(Arc::new),
+        Err(es) => {
+            cx.diags.extend(es.into_iter().map(|e| at.field("", e)));
+            None
+        }
+    };
     if r.effect == Effect::Deny {
+        // Why: a deny rule never opens a tunnel, and a preflight answered for it would tell a
+        // browser that a request it refuses is welcome.
+        for (set, field) in [
+            (r.upgrade.is_some(), "upgrade"),
+            (r.reauthorize_every.is_some(), "reauthorize_every"),
+            (r.cors.is_some(), "cors"),
+        ] {
+            if set {
+                cx.diags.push(at.at(
+                    field,
+                    format!(
+                        "`{field}` applies to allow rules; a deny rule refuses whatever it matches"
+                    ),
+                ));
+            }
+        }
         if r.delegate.is_some() {
             cx.diags.push(at.at(
                 "delegate",
@@ -341,6 +369,7 @@ fn rule(
                 idle: t.idle,
             })
         }),
+        edge,
     })
 }
 

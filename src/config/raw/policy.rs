@@ -122,6 +122,22 @@ pub struct RawRule {
     /// Upstream timeouts for the requests this rule allows, overriding its upstream's.
     #[serde(default)]
     pub timeouts: Option<RawTimeouts>,
+    /// HTTP/1.1 upgrades (WebSockets) this allow rule relays (proxy door). Without it, a
+    /// client's `Upgrade` header is removed like any hop-by-hop header and the request goes
+    /// upstream as a plain request: no tunnel is ever opened. `Upgrade: h2c` is always refused.
+    #[serde(default)]
+    pub upgrade: Option<RawUpgrade>,
+    /// Re-decide a tunnel (WebSocket) this rule opened this often, against the current
+    /// policy and with a fresh verification of its credential (introspection asked again,
+    /// the delegate asked again, the token cache bypassed): a denial closes it. Whatever
+    /// this says, a tunnel closes when its credential expires (JWT or introspection `exp`).
+    #[serde(default, deserialize_with = "opt_duration")]
+    #[schemars(with = "Option<String>")]
+    pub reauthorize_every: Option<Duration>,
+    /// Cross-origin requests from browsers (CORS): the gateway answers the preflights of
+    /// allowed origins itself, and adds the CORS headers to real responses.
+    #[serde(default)]
+    pub cors: Option<RawCors>,
 }
 
 /// Upstream timeouts of a rule; each one given replaces the upstream's.
@@ -140,6 +156,59 @@ pub struct RawTimeouts {
     #[serde(default, deserialize_with = "opt_duration")]
     #[schemars(with = "Option<String>")]
     pub idle: Option<Duration>,
+}
+
+/// The upgrades a rule relays, and the bounds of the tunnels they open.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpgrade {
+    /// Protocols a client may ask for in `Upgrade`, case-insensitive: `websocket`. `h2c` is
+    /// refused.
+    pub protocols: Vec<String>,
+    /// A tunnel with no byte in either direction for this long is closed.
+    #[serde(default = "default_tunnel_idle", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub idle_timeout: Duration,
+    /// A tunnel is closed this long after it opened, whatever it carries.
+    #[serde(default = "default_tunnel_lifetime", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub max_lifetime: Duration,
+}
+
+fn default_tunnel_idle() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_tunnel_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// Cross-origin resource sharing for a rule's routes.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// Origins allowed, exactly as browsers send them (`https://app.example.com`, scheme,
+    /// host and port; no path). `*` is refused: the allowed origin is echoed, never a wildcard.
+    pub allowed_origins: Vec<String>,
+    /// Methods a preflight may ask for. Default: the rule's methods (GET, HEAD, POST when the
+    /// rule names none).
+    #[serde(default)]
+    pub allowed_methods: Vec<String>,
+    /// Request headers a preflight may ask for (`authorization`, `content-type`, …),
+    /// case-insensitive.
+    #[serde(default)]
+    pub allowed_headers: Vec<String>,
+    /// Response headers a browser script may read (`Access-Control-Expose-Headers`).
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true` (cookies and `Authorization` from the
+    /// browser).
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight's answer (`Access-Control-Max-Age`).
+    #[serde(default, deserialize_with = "opt_duration")]
+    #[schemars(with = "Option<String>")]
+    pub max_age: Option<Duration>,
 }
 
 /// The shape of a rule's denials. Without it: 401 with a challenge when a credential is

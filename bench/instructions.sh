@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Instructions per request of the plain proxy path, counted by callgrind: steady where req/s
+# is not (a shared 2-core machine). Compares this tree's perf build with another binary.
+#
+#   bench/instructions.sh BASE_BIN [N]     # N keep-alive requests (default 5000)
+#
+# Each binary serves the same config (one anonymous allow rule to an `ok` upstream,
+# worker_threads 1, access log off) under valgrind; after a warm-up, the counters are zeroed,
+# N sequential keep-alive GETs are sent by one curl, and the instructions the gateway ran are
+# dumped. Prints instructions per request of each and the ratio.
+set -euo pipefail
+BASE=${1:?usage: bench/instructions.sh BASE_BIN [N]}
+N=${2:-5000}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+# NEW=<binary> measures that binary instead of building this tree's; EXTRA=<yaml> is appended
+# to this one's config (say `tracing: {propagate: false}`, to see what a feature costs).
+if [[ -z ${NEW:-} ]]; then
+    cargo build --profile perf --locked --bin portcullis >&2
+    NEW=$ROOT/target/perf/portcullis
+fi
+TMP=$(mktemp -d -t portcullis-instr.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+read -r P_UP P_GW P_ADMIN < <(python3 -c 'import socket
+s=[socket.socket() for _ in range(3)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(*(x.getsockname()[1] for x in s))')
+# The upstream answers `ok` whatever it is sent (as bench/run.sh's nginx does), so a header
+# the gateway adds costs only what the gateway spends on it.
+python3 - "$P_UP" >/dev/null 2>&1 <<'PY' &
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-type", "text/plain")
+        self.send_header("content-length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+PIDS+=($!)
+mkdir -p "$TMP/policies"
+cat >"$TMP/policies/10-all.yaml" <<YAML
+rules:
+  - name: all
+    match: {paths: ["/**"]}
+    effect: allow
+    anonymous: true
+    upstream: app
+YAML
+cat >"$TMP/portcullis.yaml" <<YAML
+listeners: [{name: http, address: "127.0.0.1:$P_GW"}]
+admin: {address: "127.0.0.1:$P_ADMIN"}
+server: {worker_threads: 1}
+upstreams: {app: {url: "http://127.0.0.1:$P_UP"}}
+policies: {dir: policies}
+logging: {level: warn, access_log: false}
+YAML
+cp "$TMP/portcullis.yaml" "$TMP/base.yaml"
+printf '%s\n' "${EXTRA:-}" >>"$TMP/portcullis.yaml"
+measure() { # $1 binary, $2 label, $3 config
+    local out=$TMP/callgrind.$2
+    valgrind --tool=callgrind --callgrind-out-file="$out.%p" --dump-instr=no --collect-atstart=yes \
+        "$1" run -c "$3" --no-watch >"$TMP/$2.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 300); do curl -fs -o /dev/null "http://127.0.0.1:$P_ADMIN/readyz" && break; sleep 0.2; done
+    curl -fs -o /dev/null "http://127.0.0.1:$P_GW/warm/[1-500]"
+    callgrind_control -z "$pid" >/dev/null
+    curl -fs -o /dev/null "http://127.0.0.1:$P_GW/items/[1-$N]"
+    callgrind_control -d "$pid" >/dev/null
+    sleep 1
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    # The dump after the zeroing holds the measured window only.
+    local total
+    total=$(awk '/^summary:/ {print $2}' "$out.$pid.1")
+    [[ -z ${KEEP:-} ]] || cp "$out.$pid.1" "$KEEP.$2"
+    echo "$total"
+}
+B=$(measure "$BASE" base "$TMP/base.yaml")
+T=$(measure "$NEW" new "$TMP/portcullis.yaml")
+awk -v b="$B" -v t="$T" -v n="$N" 'BEGIN {
+    printf "base: %.0f instructions/request\nthis: %.0f instructions/request\nratio this/base: %.4f\n", b / n, t / n, t / b }'

@@ -1,0 +1,437 @@
+//! What a rule says about the edge of the proxy door beyond allow or deny: the upgrades
+//! (WebSockets) it relays and the bounds of their tunnels, how often a tunnel is re-decided,
+//! and its CORS settings. Compiled once per rule; an allowed or denied request carries the
+//! rule's [`Edge`] (an `Arc`, `None` for the rules that say nothing) to the door.
+//!
+//! Invariants: an upgrade protocol is a lowercase token and never `h2c`; an allowed origin
+//! is an exact `scheme://host[:port]`, never `*` or `null`, so the allowed origin the
+//! gateway echoes is always one the config names.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+
+use crate::config::FieldError;
+use crate::config::raw::{RawCors, RawUpgrade};
+
+/// A rule's edge settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Edge {
+    /// The upgrades it relays.
+    pub upgrade: Option<Upgrade>,
+    /// How often its tunnels are re-decided.
+    pub reauthorize_every: Option<Duration>,
+    /// Its CORS settings.
+    pub cors: Option<Cors>,
+}
+
+/// Upgrades a rule relays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// Lowercase protocol tokens (`websocket`).
+    pub protocols: Box<[Box<str>]>,
+    /// A tunnel with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// A tunnel is closed this long after it opened.
+    pub max_lifetime: Duration,
+}
+
+/// CORS settings, with their header values built once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// Allowed origins, exact and lowercase.
+    origins: Box<[Box<str>]>,
+    /// Methods a preflight may ask for.
+    methods: Box<[Method]>,
+    /// Request headers a preflight may ask for, lowercase.
+    headers: Box<[HeaderName]>,
+    /// `Access-Control-Allow-Methods`.
+    pub allow_methods: HeaderValue,
+    /// `Access-Control-Allow-Headers`, when any is allowed.
+    pub allow_headers: Option<HeaderValue>,
+    /// `Access-Control-Expose-Headers`, when any is.
+    pub expose_headers: Option<HeaderValue>,
+    /// `Access-Control-Allow-Credentials: true`.
+    pub allow_credentials: bool,
+    /// `Access-Control-Max-Age`, in seconds.
+    pub max_age: Option<HeaderValue>,
+}
+
+/// Why a preflight is not answered with the CORS headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreflightRefusal {
+    /// The origin is not allowed.
+    Origin,
+    /// The method asked for is not allowed.
+    Method,
+    /// A header asked for is not allowed.
+    Header,
+}
+
+// === impl Edge ===
+
+impl Edge {
+    /// Compiles a rule's settings; `None` when it has none. `rule_methods` are the rule's
+    /// own (the default allowed methods of its CORS).
+    pub fn compile(
+        upgrade: Option<&RawUpgrade>,
+        reauthorize_every: Option<Duration>,
+        cors: Option<&RawCors>,
+        rule_methods: &[String],
+    ) -> Result<Option<Self>, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let upgrade = upgrade.and_then(|u| match Upgrade::compile(u) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                errors.push(e.under("upgrade"));
+                None
+            }
+        });
+        if reauthorize_every.is_some_and(|d| d < Duration::from_secs(1)) {
+            errors.push(FieldError::new(
+                "reauthorize_every",
+                "must be at least 1s: each re-check verifies the credential afresh",
+            ));
+        }
+        let cors = cors.and_then(|c| match Cors::compile(c, rule_methods) {
+            Ok(c) => Some(c),
+            Err(es) => {
+                errors.extend(es.into_iter().map(|e| e.under("cors")));
+                None
+            }
+        });
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        if upgrade.is_none() && reauthorize_every.is_none() && cors.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            upgrade,
+            reauthorize_every,
+            cors,
+        }))
+    }
+}
+
+// === impl Upgrade ===
+
+impl Upgrade {
+    fn compile(raw: &RawUpgrade) -> Result<Self, FieldError> {
+        if raw.protocols.is_empty() {
+            return Err(FieldError::new("protocols", "name at least one protocol"));
+        }
+        let mut protocols = Vec::with_capacity(raw.protocols.len());
+        for (i, p) in raw.protocols.iter().enumerate() {
+            let p = p.trim().to_ascii_lowercase();
+            if p == "h2c" {
+                return Err(FieldError::new(
+                    format!("protocols[{i}]"),
+                    "`h2c` is never relayed: it would carry requests past the gateway's checks",
+                ));
+            }
+            if p.is_empty() || !p.bytes().all(is_token_byte) {
+                return Err(FieldError::new(
+                    format!("protocols[{i}]"),
+                    format!("`{p}` is not a protocol token"),
+                ));
+            }
+            protocols.push(p.into_boxed_str());
+        }
+        if raw.idle_timeout.is_zero() || raw.max_lifetime.is_zero() {
+            return Err(FieldError::new(
+                "idle_timeout",
+                "tunnel timeouts must be longer than zero",
+            ));
+        }
+        Ok(Self {
+            protocols: protocols.into(),
+            idle_timeout: raw.idle_timeout,
+            max_lifetime: raw.max_lifetime,
+        })
+    }
+
+    /// Whether every protocol the client asks for in `Upgrade` (comma-separated, maybe with
+    /// versions such as `websocket/13`) is one this rule relays. Nothing asked is `false`.
+    pub fn allows(&self, upgrade: &[u8]) -> bool {
+        let Ok(text) = std::str::from_utf8(upgrade) else {
+            return false;
+        };
+        let mut any = false;
+        for token in text.split(',').map(str::trim) {
+            let name = token.split('/').next().unwrap_or("");
+            if name.is_empty() || !self.protocols.iter().any(|p| p.eq_ignore_ascii_case(name)) {
+                return false;
+            }
+            any = true;
+        }
+        any
+    }
+}
+
+/// `tchar` of RFC 9110 §5.6.2.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+// === impl Cors ===
+
+impl Cors {
+    fn compile(raw: &RawCors, rule_methods: &[String]) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        if raw.allowed_origins.is_empty() {
+            errors.push(FieldError::new(
+                "allowed_origins",
+                "name at least one origin",
+            ));
+        }
+        let mut origins = Vec::new();
+        for (i, o) in raw.allowed_origins.iter().enumerate() {
+            match check_origin(o) {
+                Ok(o) => origins.push(o.into_boxed_str()),
+                Err(m) => errors.push(FieldError::new(format!("allowed_origins[{i}]"), m)),
+            }
+        }
+        let named: Vec<String> = if raw.allowed_methods.is_empty() {
+            if rule_methods.is_empty() {
+                vec!["GET".into(), "HEAD".into(), "POST".into()]
+            } else {
+                rule_methods.to_vec()
+            }
+        } else {
+            raw.allowed_methods.clone()
+        };
+        let mut methods = Vec::new();
+        for (i, m) in named.iter().enumerate() {
+            match Method::from_bytes(m.as_bytes()) {
+                Ok(method) if m.bytes().all(|b| !b.is_ascii_lowercase()) => methods.push(method),
+                _ => errors.push(FieldError::new(
+                    format!("allowed_methods[{i}]"),
+                    format!("`{m}` is not an upper-case method"),
+                )),
+            }
+        }
+        let mut headers = Vec::new();
+        for (i, h) in raw.allowed_headers.iter().enumerate() {
+            match HeaderName::from_bytes(h.trim().as_bytes()) {
+                Ok(n) => headers.push(n),
+                Err(_) => errors.push(FieldError::new(
+                    format!("allowed_headers[{i}]"),
+                    format!("`{h}` is not a header name"),
+                )),
+            }
+        }
+        let mut expose = Vec::new();
+        for (i, h) in raw.expose_headers.iter().enumerate() {
+            match HeaderName::from_bytes(h.trim().as_bytes()) {
+                Ok(n) => expose.push(n),
+                Err(_) => errors.push(FieldError::new(
+                    format!("expose_headers[{i}]"),
+                    format!("`{h}` is not a header name"),
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let join = |names: &mut dyn Iterator<Item = &str>| {
+            let text = names.collect::<Vec<_>>().join(", ");
+            HeaderValue::from_str(&text).ok()
+        };
+        let allow_methods = join(&mut methods.iter().map(Method::as_str))
+            .unwrap_or_else(|| HeaderValue::from_static("GET"));
+        let allow_headers = (!headers.is_empty())
+            .then(|| join(&mut headers.iter().map(HeaderName::as_str)))
+            .flatten();
+        let expose_headers = (!expose.is_empty())
+            .then(|| join(&mut expose.iter().map(HeaderName::as_str)))
+            .flatten();
+        Ok(Self {
+            origins: origins.into(),
+            methods: methods.into(),
+            headers: headers.into(),
+            allow_methods,
+            allow_headers,
+            expose_headers,
+            allow_credentials: raw.allow_credentials,
+            max_age: raw.max_age.map(|d| HeaderValue::from(d.as_secs())),
+        })
+    }
+
+    /// Whether `origin` (the request's `Origin`, as sent) is allowed: an exact match, ASCII
+    /// case aside.
+    pub fn allows_origin(&self, origin: &HeaderValue) -> bool {
+        let o = origin.as_bytes();
+        self.origins
+            .iter()
+            .any(|a| a.as_bytes().eq_ignore_ascii_case(o))
+    }
+
+    /// Checks a preflight: its origin, the method it asks for, and every header it names.
+    pub fn check_preflight(
+        &self,
+        origin: &HeaderValue,
+        method: &Method,
+        headers: Option<&HeaderValue>,
+    ) -> Result<(), PreflightRefusal> {
+        if !self.allows_origin(origin) {
+            return Err(PreflightRefusal::Origin);
+        }
+        if !self.methods.contains(method) {
+            return Err(PreflightRefusal::Method);
+        }
+        if let Some(asked) = headers {
+            let text = asked.to_str().map_err(|_| PreflightRefusal::Header)?;
+            for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if !self
+                    .headers
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(name))
+                {
+                    return Err(PreflightRefusal::Header);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PreflightRefusal {
+    /// The reason code for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Origin => "cors_origin_not_allowed",
+            Self::Method => "cors_method_not_allowed",
+            Self::Header => "cors_header_not_allowed",
+        }
+    }
+}
+
+/// An origin as browsers serialize it: `scheme://host[:port]`, lowercased.
+fn check_origin(o: &str) -> Result<String, String> {
+    let lower = o.trim().to_ascii_lowercase();
+    if lower == "*" || lower == "null" {
+        return Err(format!(
+            "`{o}` is refused: name each origin (the allowed one is echoed, never a wildcard)"
+        ));
+    }
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{o}` is not an origin: expected `https://host[:port]`"))?;
+    if rest.is_empty()
+        || rest.contains(['/', '?', '#', '@', ' ', '*'])
+        || HeaderValue::from_str(&lower).is_err()
+    {
+        return Err(format!(
+            "`{o}` is not an origin: expected `https://host[:port]` without a path"
+        ));
+    }
+    Ok(lower)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cors(origins: &[&str]) -> Cors {
+        Cors::compile(
+            &RawCors {
+                allowed_origins: origins.iter().map(|s| (*s).to_owned()).collect(),
+                allowed_methods: vec!["GET".into(), "PUT".into()],
+                allowed_headers: vec!["Authorization".into(), "content-type".into()],
+                expose_headers: vec!["x-request-id".into()],
+                allow_credentials: true,
+                max_age: Some(Duration::from_secs(600)),
+            },
+            &[],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn preflight_checks_origin_method_and_headers() {
+        let c = cors(&["https://app.example.com"]);
+        let origin = HeaderValue::from_static("https://app.example.com");
+        let hdrs = HeaderValue::from_static("authorization, Content-Type");
+        assert_eq!(
+            c.check_preflight(&origin, &Method::PUT, Some(&hdrs)),
+            Ok(())
+        );
+        for (o, m, h, want) in [
+            (
+                "https://evil.example.com",
+                Method::GET,
+                None,
+                PreflightRefusal::Origin,
+            ),
+            (
+                "https://app.example.com.evil.com",
+                Method::GET,
+                None,
+                PreflightRefusal::Origin,
+            ),
+            (
+                "https://app.example.com",
+                Method::DELETE,
+                None,
+                PreflightRefusal::Method,
+            ),
+            (
+                "https://app.example.com",
+                Method::GET,
+                Some("x-secret"),
+                PreflightRefusal::Header,
+            ),
+        ] {
+            let h = h.map(HeaderValue::from_static);
+            assert_eq!(
+                c.check_preflight(&HeaderValue::from_static(o), &m, h.as_ref()),
+                Err(want),
+                "{o} {m}"
+            );
+        }
+        assert_eq!(c.allow_methods, "GET, PUT");
+        assert_eq!(c.max_age.as_ref().unwrap(), "600");
+    }
+
+    #[test]
+    fn wildcard_null_and_paths_are_not_origins() {
+        for bad in [
+            "*",
+            "null",
+            "app.example.com",
+            "https://a.com/x",
+            "https://",
+        ] {
+            assert!(check_origin(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            check_origin("HTTPS://App.Example.com:8443").unwrap(),
+            "https://app.example.com:8443"
+        );
+    }
+
+    #[test]
+    fn upgrade_allows_only_named_protocols() {
+        let u = Upgrade::compile(&RawUpgrade {
+            protocols: vec!["WebSocket".into()],
+            idle_timeout: Duration::from_secs(1),
+            max_lifetime: Duration::from_secs(1),
+        })
+        .unwrap();
+        assert!(u.allows(b"websocket"));
+        assert!(u.allows(b"WebSocket/13"));
+        assert!(!u.allows(b"websocket, h2c"));
+        assert!(!u.allows(b""));
+        assert!(!u.allows(b"h2c"));
+        assert!(
+            Upgrade::compile(&RawUpgrade {
+                protocols: vec!["h2c".into()],
+                idle_timeout: Duration::from_secs(1),
+                max_lifetime: Duration::from_secs(1),
+            })
+            .is_err()
+        );
+    }
+}

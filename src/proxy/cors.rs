@@ -1,0 +1,114 @@
+//! CORS at the proxy door, for the rules that configure it.
+//!
+//! A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is answered by
+//! the gateway itself: the rule is the one the *real* request would match (its method is the
+//! one asked for), and the answer is 204 with the CORS headers for an allowed origin, method
+//! and headers, or 403 without any `Access-Control-Allow-*` header. Neither needs a credential
+//! (browsers send none with a preflight), and neither reaches the upstream: an answer made of
+//! the config's own values lets nothing through. The real request is decided as any other;
+//! its answer (allowed, denied or failed) carries the headers for an allowed origin, so a
+//! script can read a 401 too.
+//!
+//! Invariants: `Access-Control-Allow-Origin` is the request's origin echoed only when the
+//! rule names it exactly, never `*`; every answer of such a rule says `Vary: Origin`; an
+//! upstream's own `Access-Control-Allow-Origin` and `-Credentials` are replaced by the rule's
+//! word.
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+
+use super::service::Ctx;
+use crate::authz::edge::Cors;
+use crate::body::ResponseBody;
+use crate::config::raw::Effect;
+use crate::decision::Refusal;
+use crate::request::RequestFacts;
+use crate::request::facts::Door;
+use crate::telemetry::metrics::Outcome;
+
+const ORIGIN_VARY: HeaderValue = HeaderValue::from_static("origin");
+const TRUE: HeaderValue = HeaderValue::from_static("true");
+
+/// The gateway's answer to a preflight for a rule with CORS; `None` when the request is no
+/// preflight, or the rule it is for has no CORS (then it is decided as any request).
+pub(super) fn preflight(
+    ctx: &mut Ctx<'_>,
+    facts: &RequestFacts<'_>,
+) -> Option<Response<ResponseBody>> {
+    if *facts.method != Method::OPTIONS {
+        return None;
+    }
+    let origin = facts.headers.get(header::ORIGIN)?;
+    let asked = facts.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    let method = Method::from_bytes(asked.as_bytes()).ok()?;
+    // The rule of the request the browser means to send.
+    let probe = RequestFacts {
+        method: &method,
+        host: facts.host.clone(),
+        path: facts.path.clone(),
+        ..*facts
+    };
+    let rule = ctx.snapshot.routes.find(&probe)?;
+    if rule.effect != Effect::Allow {
+        return None;
+    }
+    let cors = rule.edge.as_ref()?.cors.as_ref()?;
+    ctx.log.rule = Some(rule.id.clone());
+    let checked = cors.check_preflight(
+        origin,
+        &method,
+        facts.headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS),
+    );
+    let mut resp = match checked {
+        Ok(()) => {
+            ctx.reason = Some("cors_preflight");
+            let mut resp = Response::new(crate::body::full(bytes::Bytes::new()));
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            let h = resp.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                cors.allow_methods.clone(),
+            );
+            if let Some(v) = &cors.allow_headers {
+                h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+            }
+            if cors.allow_credentials {
+                h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE);
+            }
+            if let Some(v) = &cors.max_age {
+                h.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
+            }
+            resp
+        }
+        Err(refused) => {
+            let reason = refused.as_str();
+            ctx.shared.metrics.denial(Door::Proxy, reason);
+            (ctx.outcome, ctx.reason) = (Outcome::Deny, Some(reason));
+            super::service::refusal_response(Refusal::error(
+                StatusCode::FORBIDDEN,
+                reason,
+                ctx.request_id,
+            ))
+        }
+    };
+    resp.headers_mut().append(header::VARY, ORIGIN_VARY);
+    Some(resp)
+}
+
+/// The CORS headers of a real response to a request from `origin`.
+pub(super) fn decorate(cors: &Cors, origin: &HeaderValue, headers: &mut HeaderMap) {
+    headers.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+    headers.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
+    headers.append(header::VARY, ORIGIN_VARY);
+    if !cors.allows_origin(origin) {
+        return;
+    }
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    if cors.allow_credentials {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE);
+    }
+    if let Some(v) = &cors.expose_headers {
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+    }
+}

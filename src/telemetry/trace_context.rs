@@ -1,0 +1,329 @@
+//! W3C trace context (`traceparent`, `tracestate`; Trace Context Level 1): each hop keeps the
+//! trace id and puts its own span id in `traceparent`, so a trace shows the gateway between
+//! the client and the upstream.
+//!
+//! Invariants: a `traceparent` is believed only when it is the request's only one and is
+//! well-formed (version not `ff`; version `00` exactly 55 characters, a later version at
+//! least 55 with a `-` after them; lowercase hex; trace id and parent id not all zeros);
+//! anything else starts a new trace, and its `tracestate` goes with it (a state without its
+//! parent means nothing). The span id is always new.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// `traceparent`.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `tracestate`.
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// Longest `tracestate` passed on (the specification's bound on what a vendor must pass).
+const MAX_TRACESTATE: usize = 512;
+
+/// The trace context of one hop through the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The trace: the client's, or new.
+    pub trace_id: [u8; 16],
+    /// The client's span, when it sent a valid `traceparent`.
+    pub parent_id: Option<[u8; 8]>,
+    /// The gateway's span for this request: always new.
+    pub span_id: [u8; 8],
+    /// `trace-flags` (bit 0: sampled).
+    pub flags: u8,
+    /// The client's `tracestate`, passed on with a valid `traceparent`.
+    pub state: Option<HeaderValue>,
+}
+
+/// What the client sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// A valid `traceparent`: the trace goes on.
+    Valid,
+    /// None: a new trace.
+    Absent,
+    /// One that is not valid, or several: replaced by a new trace.
+    Malformed,
+}
+
+// === impl TraceContext ===
+
+impl TraceContext {
+    /// The context for a request with `headers`; `sampled` is the flag of a new trace.
+    pub fn from_headers(headers: &HeaderMap, sampled: bool) -> (Self, Received) {
+        let mut values = headers.get_all(TRACEPARENT).iter();
+        let (first, second) = (values.next(), values.next());
+        let received = match (first, second) {
+            (None, _) => Received::Absent,
+            (Some(v), None) => match parse(v.as_bytes()) {
+                Some((trace_id, parent_id, flags)) => {
+                    let state = tracestate(headers);
+                    return (
+                        Self {
+                            trace_id,
+                            parent_id: Some(parent_id),
+                            span_id: new_span_id(),
+                            flags,
+                            state,
+                        },
+                        Received::Valid,
+                    );
+                }
+                None => Received::Malformed,
+            },
+            (Some(_), Some(_)) => Received::Malformed,
+        };
+        (Self::new(sampled), received)
+    }
+
+    /// A new trace.
+    pub fn new(sampled: bool) -> Self {
+        let mut trace_id = [0u8; 16];
+        loop {
+            trace_id[..8].copy_from_slice(&random_u64().to_be_bytes());
+            trace_id[8..].copy_from_slice(&random_u64().to_be_bytes());
+            if trace_id != [0; 16] {
+                break;
+            }
+        }
+        Self {
+            trace_id,
+            parent_id: None,
+            span_id: new_span_id(),
+            flags: u8::from(sampled),
+            state: None,
+        }
+    }
+
+    /// `traceparent` for the next hop: version 00, the trace, this hop's span, the flags.
+    pub fn traceparent(&self) -> HeaderValue {
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        hex(&self.trace_id, &mut out[3..35]);
+        out[35] = b'-';
+        hex(&self.span_id, &mut out[36..52]);
+        out[52] = b'-';
+        hex(&[self.flags], &mut out[53..55]);
+        // Lowercase hex and dashes: always a valid header value.
+        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+
+    /// The trace id in hex (the access log's `trace_id`).
+    pub fn trace_id_hex(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hex(&self.trace_id, &mut out);
+        out
+    }
+
+    /// Sets `traceparent` (and the client's `tracestate`, or none) on a request for the next
+    /// hop.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(TRACEPARENT, self.traceparent());
+        match &self.state {
+            Some(s) => {
+                headers.insert(TRACESTATE, s.clone());
+            }
+            None => {
+                headers.remove(TRACESTATE);
+            }
+        }
+    }
+
+    /// Whether the sampled flag is set.
+    pub fn is_sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+}
+
+/// The trace id (hex) of a request's valid `traceparent`, if it has one: for the logs of the
+/// doors whose peer owns the trace.
+pub fn trace_id_of(headers: &HeaderMap) -> Option<[u8; 32]> {
+    let mut values = headers.get_all(TRACEPARENT).iter();
+    let (first, second) = (values.next()?, values.next());
+    if second.is_some() {
+        return None;
+    }
+    let (trace_id, _, _) = parse(first.as_bytes())?;
+    let mut out = [0u8; 32];
+    hex(&trace_id, &mut out);
+    Some(out)
+}
+
+/// Parses a `traceparent`: (trace id, parent id, flags).
+fn parse(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
+    if v.len() < 55 {
+        return None;
+    }
+    let version = unhex::<1>(&v[0..2])?[0];
+    if version == 0xff || (version == 0 && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let trace_id = unhex::<16>(&v[3..35])?;
+    let parent_id = unhex::<8>(&v[36..52])?;
+    let flags = unhex::<1>(&v[53..55])?[0];
+    if trace_id == [0; 16] || parent_id == [0; 8] {
+        return None;
+    }
+    Some((trace_id, parent_id, flags))
+}
+
+/// The client's `tracestate` (several fields joined with `,`), if it is within
+/// [`MAX_TRACESTATE`] and visible ASCII.
+fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all(TRACESTATE).iter();
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return (first.len() <= MAX_TRACESTATE && first.to_str().is_ok()).then(|| first.clone());
+    };
+    let mut joined = Vec::with_capacity(first.len() + second.len() + 1);
+    for v in std::iter::once(first)
+        .chain(std::iter::once(second))
+        .chain(values)
+    {
+        if !joined.is_empty() {
+            joined.push(b',');
+        }
+        joined.extend_from_slice(v.as_bytes());
+        if joined.len() > MAX_TRACESTATE {
+            return None;
+        }
+    }
+    HeaderValue::from_bytes(&joined)
+        .ok()
+        .filter(|v| v.to_str().is_ok())
+}
+
+/// Lowercase hex only (the specification refuses uppercase).
+fn unhex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = digit(s[2 * i])? << 4 | digit(s[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+fn hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
+fn new_span_id() -> [u8; 8] {
+    loop {
+        let id = random_u64().to_be_bytes();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    crate::server::request_id::random_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn headers(tp: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in tp {
+            h.append(TRACEPARENT, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_valid_traceparent_keeps_its_trace_and_gets_a_new_span() {
+        let mut h = headers(&[VALID]);
+        h.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
+        let (cx, got) = TraceContext::from_headers(&h, false);
+        assert_eq!(got, Received::Valid);
+        let tp = cx.traceparent();
+        let tp = tp.to_str().unwrap();
+        assert!(
+            tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{tp}"
+        );
+        assert!(tp.ends_with("-01"));
+        assert_ne!(&tp[36..52], "00f067aa0ba902b7");
+        assert_eq!(cx.parent_id, Some(*b"\x00\xf0\x67\xaa\x0b\xa9\x02\xb7"));
+        assert_eq!(cx.state.as_ref().unwrap(), "congo=t61rcWkgMzE");
+        assert_eq!(
+            std::str::from_utf8(&cx.trace_id_hex()).unwrap(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+    }
+
+    #[test]
+    fn malformed_traceparents_start_a_new_trace() {
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "",
+        ] {
+            let mut h = headers(&[bad]);
+            h.insert(TRACESTATE, HeaderValue::from_static("a=b"));
+            let (cx, got) = TraceContext::from_headers(&h, false);
+            assert_eq!(got, Received::Malformed, "{bad}");
+            assert!(cx.parent_id.is_none() && cx.state.is_none(), "{bad}");
+            assert_ne!(&cx.trace_id_hex()[..], b"4bf92f3577b34da6a3ce929d0e0e4736");
+        }
+        // Two of them: which is meant cannot be told.
+        let (_, got) = TraceContext::from_headers(&headers(&[VALID, VALID]), false);
+        assert_eq!(got, Received::Malformed);
+        // A later version may carry more fields after a dash.
+        let (_, got) = TraceContext::from_headers(
+            &headers(&["01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more"]),
+            false,
+        );
+        assert_eq!(got, Received::Valid);
+    }
+
+    #[test]
+    fn a_new_trace_is_well_formed_and_round_trips() {
+        let (cx, got) = TraceContext::from_headers(&HeaderMap::new(), true);
+        assert_eq!(got, Received::Absent);
+        assert!(cx.is_sampled());
+        let tp = cx.traceparent();
+        assert_eq!(tp.len(), 55);
+        let (again, got) = TraceContext::from_headers(&headers(&[tp.to_str().unwrap()]), false);
+        assert_eq!(got, Received::Valid);
+        assert_eq!(again.trace_id, cx.trace_id);
+        assert_eq!(again.parent_id, Some(cx.span_id));
+    }
+
+    #[test]
+    fn oversized_tracestate_is_dropped() {
+        let mut h = headers(&[VALID]);
+        h.append(TRACESTATE, HeaderValue::from_str(&"a".repeat(300)).unwrap());
+        h.append(TRACESTATE, HeaderValue::from_str(&"b".repeat(300)).unwrap());
+        let (cx, _) = TraceContext::from_headers(&h, false);
+        assert!(cx.state.is_none());
+        let mut h = headers(&[VALID]);
+        h.append(TRACESTATE, HeaderValue::from_static("a=1"));
+        h.append(TRACESTATE, HeaderValue::from_static("b=2"));
+        let (cx, _) = TraceContext::from_headers(&h, false);
+        assert_eq!(cx.state.unwrap(), "a=1,b=2");
+    }
+}

@@ -1,0 +1,72 @@
+//! A connection of its own for an upgrade (a WebSocket): never taken from the pool nor
+//! returned to it, HTTP/1.1 with hyper's upgrade support, so the upstream's `101` hands the
+//! raw stream over. Kept apart from the pooled exchanges: a tunnel holds its connection for
+//! as long as it lives.
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{Addr, Io, Pool, PooledBody, SendError, UPSTREAM_READ_BUF};
+use crate::upstream::UpstreamBody;
+
+impl Pool {
+    /// Sends an upgrade request on a new connection; the response's upgrade
+    /// (`hyper::upgrade::on`) is the tunnel's upstream side.
+    pub(in crate::upstream) async fn send_upgrade(
+        &self,
+        mut req: Request<UpstreamBody>,
+        connect_timeout: std::time::Duration,
+    ) -> Result<Response<Incoming>, SendError> {
+        let t = &self.target;
+        let connect = async {
+            let tcp = match &t.addr {
+                Addr::Ip(a) => TcpStream::connect(a).await,
+                Addr::Name(n) => TcpStream::connect(&**n).await,
+            }
+            .map_err(SendError::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            match &t.tls {
+                None => Ok(Io::Plain(tcp)),
+                Some(tls) => {
+                    let tls = tls
+                        .connector
+                        .connect(tls.name.clone(), tcp)
+                        .await
+                        .map_err(SendError::Tls)?;
+                    // An upgrade is HTTP/1.1's: an upstream that picked h2 cannot take it.
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        return Err(SendError::Connect(std::io::Error::other(
+                            "the upstream negotiated HTTP/2; an upgrade needs HTTP/1.1",
+                        )));
+                    }
+                    Ok(Io::Tls(Box::new(tls)))
+                }
+            }
+        };
+        let io = tokio::time::timeout(connect_timeout, connect)
+            .await
+            .map_err(|_| SendError::ConnectTimeout)??;
+        let (mut sender, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_READ_BUF)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(SendError::Http)?;
+        tokio::spawn(conn.with_upgrades());
+        *req.version_mut() = http::Version::HTTP_11;
+        sender.send_request(req).await.map_err(SendError::Http)
+    }
+}
+
+impl PooledBody {
+    /// A body from a connection that is not the pool's (an upgrade the upstream declined).
+    pub fn unpooled(body: Incoming) -> Self {
+        Self {
+            body: Some(body),
+            back: None,
+            idle: None,
+        }
+    }
+}

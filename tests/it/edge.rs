@@ -1,0 +1,1096 @@
+//! The proxy door's edge: WebSocket tunnels (relay, identity headers, refusals, idle,
+//! expiry, re-checks, drain), CORS, W3C trace context and OTLP span export.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::support::{Setup, TestGateway, echoed_header, get, hs256_token, hs256_users, raw, send};
+
+const SECRET: &[u8] = b"edge-test-secret-of-32-bytes-min!";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+// === a WebSocket echo upstream ===
+
+/// A WebSocket echo server recording each handshake's request headers.
+struct WsEcho {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WsEcho {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let s = Arc::clone(&s);
+                tokio::spawn(async move {
+                    #[expect(
+                        clippy::result_large_err,
+                        reason = "tungstenite's handshake callback type"
+                    )]
+                    let record =
+                        |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                            s.lock().unwrap().push(req.headers().clone());
+                            Ok(resp)
+                        };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await
+                    else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_text() || msg.is_binary() {
+                            if ws.send(msg).await.is_err() {
+                                return;
+                            }
+                        } else if msg.is_close() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    fn last(&self) -> HeaderMap {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a handshake")
+    }
+
+    fn handshakes(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for WsEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// Opens a WebSocket to `path` through the gateway with extra headers.
+async fn connect(
+    gw: &TestGateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("ws://{}{path}", gw.addr())
+        .into_client_request()
+        .unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::client_async(req, tcp),
+    )
+    .await
+    .expect("handshake in time")
+    .map(|(ws, _)| ws)
+}
+
+/// Sends a text frame and expects it back.
+async fn echo_once<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::text(text)).await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .expect("a frame")
+        .expect("no error");
+    assert_eq!(back.into_text().unwrap().as_str(), text);
+}
+
+/// Waits up to `within` for the tunnel to end (closed, reset or a close frame); returns how
+/// long it took, or `None` if it is still open.
+async fn ends_within<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    within: Duration,
+) -> Option<Duration>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let start = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return None,
+            Ok(None | Some(Err(_))) => return Some(start.elapsed()),
+            Ok(Some(Ok(m))) if m.is_close() => return Some(start.elapsed()),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+fn ws_rule(extra: &str) -> String {
+    format!(
+        "rules:
+  - name: chat
+    match: {{paths: [\"/ws/**\"]}}
+    effect: allow
+    authenticators: [users]
+    upstream: ws
+    identity_headers: {{x-user-id: \"{{principal.id}}\"}}
+    upgrade:
+      protocols: [websocket]
+{extra}  - name: plain
+    match: {{paths: [\"/plain/**\"]}}
+    effect: allow
+    authenticators: [users]
+    upstream: ws
+    identity_headers: {{x-user-id: \"{{principal.id}}\"}}
+  - name: http
+    match: {{paths: [\"/http/**\"]}}
+    effect: allow
+    anonymous: true
+    upstream: echo
+"
+    )
+}
+
+fn ws_setup(ws: &WsEcho, rule_extra: &str) -> Setup {
+    Setup {
+        upstreams: format!("  ws:\n    url: http://{}\n", ws.addr),
+        policies: vec![("10-ws.yaml".into(), ws_rule(rule_extra))],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: hs256_users("{}"),
+        ..Setup::default()
+    }
+}
+
+async fn ws_gateway(ws: &WsEcho, rule_extra: &str) -> TestGateway {
+    ws_setup(ws, rule_extra).start().await
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn websocket_is_relayed_with_identity_set_and_spoofed_identity_stripped() {
+    let upstream = WsEcho::start().await;
+    let gw = ws_gateway(&upstream, "").await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let mut ws = connect(
+        &gw,
+        "/ws/room",
+        &[("authorization", &auth), ("x-user-id", "mallory")],
+    )
+    .await
+    .expect("upgraded");
+    echo_once(&mut ws, "hello").await;
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    let back = ws.next().await.unwrap().unwrap();
+    assert_eq!(back.into_data().as_ref(), [1, 2, 3]);
+    echo_once(&mut ws, &"x".repeat(100_000)).await;
+    let seen = upstream.last();
+    let ids: Vec<_> = seen.get_all("x-user-id").iter().collect();
+    assert_eq!(ids, ["alice"], "the gateway's identity, the client's gone");
+    assert!(seen.contains_key("x-request-id"));
+    assert!(seen.contains_key("traceparent"));
+    assert_eq!(seen.get("upgrade").unwrap(), "websocket");
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_over_http2_extended_connect_is_relayed_and_refused_where_not_opted_in() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let upstream = WsEcho::start().await;
+    let mut gw = ws_gateway(&upstream, "").await;
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // By the first answer, the gateway's SETTINGS (extended CONNECT enabled) have arrived.
+    let first = Request::get(format!("http://{}/http/x", gw.addr()))
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(first).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let connect = |path: &str, auth: Option<&str>| {
+        let mut req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{}{path}", gw.addr()))
+            .header("sec-websocket-version", "13")
+            .header("x-user-id", "mallory");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let mut req = req.body(Empty::<Bytes>::new()).unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        req
+    };
+    let mut resp = sender
+        .send_request(connect("/ws/room", Some(&auth)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    echo_once(&mut ws, "over h2").await;
+    echo_once(&mut ws, &"y".repeat(70_000)).await;
+    let seen = upstream.last();
+    let ids: Vec<_> = seen.get_all("x-user-id").iter().collect();
+    assert_eq!(ids, ["alice"]);
+    assert_eq!(seen.get("upgrade").unwrap(), "websocket");
+    // Refused: without a credential (401), and on a rule that relays no upgrade (403), with
+    // nothing sent upstream.
+    let handshakes = upstream.handshakes();
+    let resp = sender
+        .send_request(connect("/ws/room", None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = sender
+        .send_request(connect("/plain/room", Some(&auth)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("upgrade_not_allowed"));
+    assert_eq!(upstream.handshakes(), handshakes);
+    // The tunnel lives on beside other streams, and ends with the drain, which it does not
+    // hold to its grace period.
+    echo_once(&mut ws, "still here").await;
+    let app = gw.app.take().unwrap();
+    let drained = tokio::time::timeout(Duration::from_secs(5), app.shutdown())
+        .await
+        .expect("shutdown in time");
+    assert!(drained);
+    assert!(ends_within(&mut ws, Duration::from_secs(2)).await.is_some());
+}
+
+#[tokio::test]
+async fn websocket_without_a_credential_is_refused_and_never_reaches_the_upstream() {
+    let upstream = WsEcho::start().await;
+    let gw = ws_gateway(&upstream, "").await;
+    match connect(&gw, "/ws/room", &[]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        }
+        other => panic!("expected a 401, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(upstream.handshakes(), 0);
+}
+
+#[tokio::test]
+async fn upgrade_on_a_rule_without_opt_in_is_stripped_and_never_switches() {
+    let upstream = WsEcho::start().await;
+    let gw = ws_gateway(&upstream, "").await;
+    // The echo upstream answers a plain request: the client asked to switch, it gets a 200.
+    let r = raw(
+        gw.addr(),
+        b"GET /http/x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(echoed_header(&gw.echo, "upgrade").is_none());
+    // A WebSocket client on the rule without `upgrade` never gets its 101.
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    assert!(
+        connect(&gw, "/plain/room", &[("authorization", &auth)])
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn h2c_upgrade_is_refused_even_on_a_rule_that_relays_upgrades() {
+    let upstream = WsEcho::start().await;
+    let gw = ws_gateway(&upstream, "").await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let r = raw(
+        gw.addr(),
+        format!(
+            "GET /ws/room HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\n\
+             Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+             HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert!(r.body.contains("h2c_upgrade"));
+    assert_eq!(upstream.handshakes(), 0);
+}
+
+#[tokio::test]
+async fn tunnel_is_closed_when_its_token_expires() {
+    let upstream = WsEcho::start().await;
+    let clock = portcullis::clock::Clock::manual_now();
+    let mut setup = ws_setup(&upstream, "");
+    setup.clock = clock.clone();
+    let gw = setup.start().await;
+    let auth = bearer(&hs256_token(
+        SECRET,
+        &json!({"exp": clock.unix_secs() + 60}),
+    ));
+    let mut ws = connect(&gw, "/ws/room", &[("authorization", &auth)])
+        .await
+        .expect("upgraded");
+    echo_once(&mut ws, "before expiry").await;
+    clock.advance(Duration::from_secs(59));
+    echo_once(&mut ws, "a second before").await;
+    clock.advance(Duration::from_secs(1));
+    ends_within(&mut ws, Duration::from_secs(2))
+        .await
+        .expect("closed at expiry");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("limit=\"tunnel_credential_expired\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn tunnel_is_closed_at_its_max_lifetime_however_busy() {
+    let upstream = WsEcho::start().await;
+    let gw = ws_gateway(&upstream, "      max_lifetime: 1s\n").await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let mut ws = connect(&gw, "/ws/room", &[("authorization", &auth)])
+        .await
+        .expect("upgraded");
+    let start = std::time::Instant::now();
+    let mut i = 0;
+    let ended = loop {
+        i += 1;
+        if ws.send(Message::text(format!("ping {i}"))).await.is_err() {
+            break start.elapsed();
+        }
+        match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+            Ok(Some(Ok(m))) if m.is_text() => {}
+            _ => break start.elapsed(),
+        }
+        assert!(start.elapsed() < Duration::from_secs(4), "still open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(ended >= Duration::from_millis(900), "{ended:?}");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("limit=\"tunnel_max_lifetime\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn tunnel_is_closed_after_its_idle_timeout_and_kept_while_busy() {
+    let upstream = WsEcho::start().await;
+    let gw = ws_gateway(&upstream, "      idle_timeout: 800ms\n").await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let mut ws = connect(&gw, "/ws/room", &[("authorization", &auth)])
+        .await
+        .expect("upgraded");
+    // Busy for twice the idle timeout: kept.
+    for i in 0..8 {
+        echo_once(&mut ws, &format!("ping {i}")).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = ends_within(&mut ws, Duration::from_secs(4))
+        .await
+        .expect("closed when idle");
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("limit=\"tunnel_idle_timeout\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn tunnel_is_closed_on_shutdown() {
+    let upstream = WsEcho::start().await;
+    let mut gw = ws_gateway(&upstream, "").await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let mut ws = connect(&gw, "/ws/room", &[("authorization", &auth)])
+        .await
+        .expect("upgraded");
+    echo_once(&mut ws, "hi").await;
+    let app = gw.app.take().unwrap();
+    let drained = tokio::time::timeout(Duration::from_secs(5), app.shutdown())
+        .await
+        .expect("shutdown in time");
+    assert!(drained, "the tunnel did not hold the drain to its grace");
+    assert!(ends_within(&mut ws, Duration::from_secs(2)).await.is_some());
+}
+
+// === continuous authorization through introspection ===
+
+/// A loopback introspection endpoint: `{"active": true, …}` for the tokens marked active.
+struct Idp {
+    addr: SocketAddr,
+    active: Arc<Mutex<std::collections::HashSet<String>>>,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Idp {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let active = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, h) = (Arc::clone(&active), Arc::clone(&hits));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (a, h) = (Arc::clone(&a), Arc::clone(&h));
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: Request<hyper::body::Incoming>| {
+                            let (a, h) = (Arc::clone(&a), Arc::clone(&h));
+                            async move {
+                                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let body = String::from_utf8_lossy(&body).into_owned();
+                                let token = body
+                                    .split('&')
+                                    .find_map(|kv| kv.strip_prefix("token="))
+                                    .unwrap_or("")
+                                    .to_owned();
+                                let answer = if a.lock().unwrap().contains(&token) {
+                                    json!({"active": true, "sub": "bob", "aud": "api", "exp": now() + 300})
+                                } else {
+                                    json!({"active": false})
+                                };
+                                Ok::<_, std::convert::Infallible>(
+                                    http::Response::builder()
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from(answer.to_string())))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            active,
+            hits,
+            task,
+        }
+    }
+
+    fn set_active(&self, token: &str, active: bool) {
+        let mut a = self.active.lock().unwrap();
+        if active {
+            a.insert(token.into());
+        } else {
+            a.remove(token);
+        }
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn periodic_recheck_closes_the_tunnel_once_introspection_says_inactive() {
+    let upstream = WsEcho::start().await;
+    let idp = Idp::start().await;
+    idp.set_active("opaque-ws", true);
+    let policy = "rules:
+  - name: chat
+    match: {paths: [\"/ws/**\"]}
+    effect: allow
+    authenticators: [opaque]
+    upstream: ws
+    reauthorize_every: 1s
+    upgrade: {protocols: [websocket]}
+";
+    // A long cache: the re-check must ask the endpoint, not the cache.
+    let gw = Setup {
+        upstreams: format!("  ws:\n    url: http://{}\n", upstream.addr),
+        policies: vec![("10-ws.yaml".into(), policy.into())],
+        files: vec![("client.secret".into(), b"s3cret".to_vec())],
+        extra: format!(
+            "authenticators:
+  opaque:
+    introspection:
+      endpoint: http://{}/introspect
+      client_id: gateway
+      client_secret: {{file: client.secret}}
+      audiences: [api]
+      cache_ttl: 600s
+authn:
+  cache:
+    revalidate_after: 600s
+",
+            idp.addr
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut ws = connect(&gw, "/ws/room", &[("authorization", "Bearer opaque-ws")])
+        .await
+        .expect("upgraded");
+    echo_once(&mut ws, "while active").await;
+    // Still active: re-checks keep it.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    echo_once(&mut ws, "still active").await;
+    let checks = idp.hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(checks >= 2, "re-checks asked the endpoint: {checks}");
+    idp.set_active("opaque-ws", false);
+    let took = ends_within(&mut ws, Duration::from_secs(4))
+        .await
+        .expect("closed once revoked");
+    assert!(took <= Duration::from_millis(2500), "{took:?}");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("limit=\"tunnel_reauthorization_denied\"} 1"),
+        "{metrics}"
+    );
+}
+
+// === CORS ===
+
+fn cors_gateway_setup() -> Setup {
+    let policy = "rules:
+  - name: api
+    match: {paths: [\"/api/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: echo
+    cors:
+      allowed_origins: [\"https://app.example.com\"]
+      allowed_methods: [GET, PUT]
+      allowed_headers: [authorization, content-type]
+      expose_headers: [x-request-id]
+      allow_credentials: true
+      max_age: 600s
+";
+    Setup {
+        policies: vec![("10-api.yaml".into(), policy.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: hs256_users("{}"),
+        ..Setup::default()
+    }
+}
+
+async fn preflight(
+    gw: &TestGateway,
+    origin: &str,
+    method: &str,
+    headers: &str,
+) -> (StatusCode, HeaderMap, Bytes) {
+    send(
+        gw.addr(),
+        Request::options("/api/items/1")
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", headers)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn cors_preflight_from_an_allowed_origin_is_answered_without_credential_or_upstream() {
+    let gw = cors_gateway_setup().start().await;
+    let (status, h, _) = preflight(
+        &gw,
+        "https://app.example.com",
+        "PUT",
+        "Authorization, Content-Type",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(
+        h["access-control-allow-headers"],
+        "authorization, content-type"
+    );
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["access-control-max-age"], "600");
+    assert_eq!(h["vary"], "origin");
+    assert_eq!(gw.echo.count(), 0, "a preflight never reaches the upstream");
+}
+
+#[tokio::test]
+async fn cors_preflight_from_another_origin_method_or_header_gets_no_allow_origin() {
+    let gw = cors_gateway_setup().start().await;
+    for (origin, method, headers, reason) in [
+        (
+            "https://evil.example.com",
+            "PUT",
+            "authorization",
+            "cors_origin_not_allowed",
+        ),
+        (
+            "https://app.example.com.evil.com",
+            "GET",
+            "",
+            "cors_origin_not_allowed",
+        ),
+        (
+            "https://app.example.com",
+            "DELETE",
+            "",
+            "cors_method_not_allowed",
+        ),
+        (
+            "https://app.example.com",
+            "GET",
+            "x-admin",
+            "cors_header_not_allowed",
+        ),
+    ] {
+        let (status, h, body) = preflight(&gw, origin, method, headers).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{origin} {method} {headers}");
+        assert!(!h.contains_key("access-control-allow-origin"), "{origin}");
+        assert!(String::from_utf8_lossy(&body).contains(reason), "{reason}");
+    }
+    assert_eq!(gw.echo.count(), 0);
+}
+
+#[tokio::test]
+async fn cors_is_no_bypass_a_real_request_still_needs_its_credential() {
+    let gw = cors_gateway_setup().start().await;
+    // The real request (not a preflight: no Access-Control-Request-Method), as OPTIONS too.
+    for method in ["GET", "OPTIONS"] {
+        let (status, h, _) = send(
+            gw.addr(),
+            Request::builder()
+                .method(method)
+                .uri("/api/items/1")
+                .header("origin", "https://app.example.com")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method}");
+        // The browser may read the denial.
+        assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    }
+    assert_eq!(gw.echo.count(), 0);
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let (status, h, _) = send(
+        gw.addr(),
+        Request::get("/api/items/1")
+            .header("origin", "https://app.example.com")
+            .header("authorization", &auth)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["access-control-expose-headers"], "x-request-id");
+    assert_eq!(h["vary"], "origin");
+    // Another origin: the response, but nothing that lets its script read it.
+    let (status, h, _) = send(
+        gw.addr(),
+        Request::get("/api/items/1")
+            .header("origin", "https://evil.example.com")
+            .header("authorization", &auth)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!h.contains_key("access-control-allow-origin"));
+    assert!(!h.contains_key("access-control-allow-credentials"));
+}
+
+// === trace context ===
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn parse_traceparent(v: &str) -> (String, String, String) {
+    let parts: Vec<&str> = v.split('-').collect();
+    assert_eq!(parts.len(), 4, "{v}");
+    assert_eq!(parts[0], "00");
+    assert_eq!(parts[1].len(), 32);
+    assert_eq!(parts[2].len(), 16);
+    assert!(
+        v.bytes()
+            .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{v}"
+    );
+    assert_ne!(parts[1], "0".repeat(32));
+    assert_ne!(parts[2], "0".repeat(16));
+    (parts[1].into(), parts[2].into(), parts[3].into())
+}
+
+#[tokio::test]
+async fn traceparent_is_propagated_with_a_new_span_generated_when_absent_and_replaced_when_malformed()
+ {
+    let gw = Setup::default().start().await;
+    // Propagated: the same trace, a new span, the flags and the state kept.
+    let (status, _, _) = send(
+        gw.addr(),
+        Request::get("/a")
+            .header("traceparent", TRACEPARENT)
+            .header("tracestate", "congo=t61rcWkgMzE")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (trace, span, flags) = parse_traceparent(&echoed_header(&gw.echo, "traceparent").unwrap());
+    assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_ne!(span, "00f067aa0ba902b7");
+    assert_eq!(flags, "01");
+    assert_eq!(
+        echoed_header(&gw.echo, "tracestate").unwrap(),
+        "congo=t61rcWkgMzE"
+    );
+
+    // Absent: a new trace.
+    get(gw.addr(), "/b").await;
+    let (first, _, _) = parse_traceparent(&echoed_header(&gw.echo, "traceparent").unwrap());
+    get(gw.addr(), "/c").await;
+    let (second, _, _) = parse_traceparent(&echoed_header(&gw.echo, "traceparent").unwrap());
+    assert_ne!(
+        first, second,
+        "each request without one starts its own trace"
+    );
+
+    // Malformed (uppercase hex, all-zero ids, bad version, wrong length): replaced, and its
+    // state dropped with it.
+    for bad in [
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+    ] {
+        send(
+            gw.addr(),
+            Request::get("/d")
+                .header("traceparent", bad)
+                .header("tracestate", "congo=t61rcWkgMzE")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        let (trace, _, _) = parse_traceparent(&echoed_header(&gw.echo, "traceparent").unwrap());
+        assert_ne!(trace, "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
+        assert!(echoed_header(&gw.echo, "tracestate").is_none(), "{bad}");
+    }
+}
+
+// === OTLP ===
+
+/// A collector accepting `POST /v1/traces` and keeping each body.
+struct Collector {
+    addr: SocketAddr,
+    bodies: Arc<Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Collector {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let b = Arc::clone(&bodies);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let b = Arc::clone(&b);
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let b = Arc::clone(&b);
+                            async move {
+                                let path = req.uri().path().to_owned();
+                                let ct = req
+                                    .headers()
+                                    .get("content-type")
+                                    .map(|v| v.to_str().unwrap().to_owned())
+                                    .unwrap_or_default();
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let status = if path == "/v1/traces" { 200 } else { 404 };
+                                b.lock()
+                                    .unwrap()
+                                    .push((ct, String::from_utf8_lossy(&body).into_owned()));
+                                Ok::<_, std::convert::Infallible>(
+                                    http::Response::builder()
+                                        .status(status)
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from_static(b"{}")))
+                                        .unwrap(),
+                                )
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, bodies, task }
+    }
+
+    /// Every span received so far.
+    fn spans(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for (_, body) in self.bodies.lock().unwrap().iter() {
+            let v: Value = serde_json::from_str(body).unwrap();
+            for rs in v["resourceSpans"].as_array().unwrap() {
+                assert_eq!(
+                    rs["resource"]["attributes"][0]["value"]["stringValue"],
+                    "edge-test"
+                );
+                for ss in rs["scopeSpans"].as_array().unwrap() {
+                    out.extend(ss["spans"].as_array().unwrap().iter().cloned());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn attribute<'v>(span: &'v Value, key: &str) -> Option<&'v Value> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)
+        .map(|a| &a["value"])
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_with_decision_reason_rule_and_door() {
+    let collector = Collector::start().await;
+    let gw = Setup {
+        policies: vec![("10-all.yaml".into(), crate::support::ALLOW_ALL_BUT_ADMIN.into())],
+        extra: format!(
+            "tracing:\n  otlp:\n    endpoint: http://{}/v1/traces\n    service_name: edge-test\n    interval: 100ms\n",
+            collector.addr
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let (status, _, _) = send(
+        gw.addr(),
+        Request::get("/admin/users")
+            .header("traceparent", TRACEPARENT)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(get(gw.addr(), "/open").await.0, StatusCode::OK);
+    let found = crate::support::eventually(Duration::from_secs(5), || async {
+        collector.spans().len() >= 2
+    })
+    .await;
+    assert!(found, "spans exported");
+    assert!(
+        collector.bodies.lock().unwrap()[0]
+            .0
+            .starts_with("application/json")
+    );
+    let spans = collector.spans();
+    let denied = spans
+        .iter()
+        .find(|s| s["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736")
+        .expect("the denied request's span, in the client's trace");
+    assert_eq!(denied["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(denied["kind"], 2);
+    assert_eq!(
+        attribute(denied, "portcullis.door").unwrap()["stringValue"],
+        "proxy"
+    );
+    assert_eq!(
+        attribute(denied, "portcullis.decision").unwrap()["stringValue"],
+        "deny"
+    );
+    assert_eq!(
+        attribute(denied, "portcullis.reason").unwrap()["stringValue"],
+        "forbidden"
+    );
+    assert_eq!(
+        attribute(denied, "portcullis.rule").unwrap()["stringValue"],
+        "admin"
+    );
+    assert_eq!(
+        attribute(denied, "http.response.status_code").unwrap()["intValue"],
+        "403"
+    );
+    let allowed = spans
+        .iter()
+        .find(|s| attribute(s, "portcullis.decision").unwrap()["stringValue"] == "allow")
+        .expect("the allowed request's span");
+    assert_eq!(
+        attribute(allowed, "portcullis.rule").unwrap()["stringValue"],
+        "all"
+    );
+    assert!(allowed.get("parentSpanId").is_none());
+}
+
+// === long responses ===
+
+/// An upstream answering every request with an endless event stream: a chunk every 100 ms.
+async fn event_stream_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                        let events = futures_util::stream::unfold(0u32, |i| async move {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let event = Bytes::from(format!("data: {i}\n\n"));
+                            Some((Ok::<_, std::convert::Infallible>(Frame::data(event)), i + 1))
+                        });
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "text/event-stream")
+                                .body(StreamBody::new(events))
+                                .unwrap(),
+                        )
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_long_response_is_cut_when_its_token_expires_on_a_rule_that_rechecks() {
+    let (events, task) = event_stream_upstream().await;
+    let policy = "rules:
+  - name: events
+    match: {paths: [\"/events/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: events
+    reauthorize_every: 1s
+  - name: plain
+    match: {paths: [\"/plain/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: events
+";
+    let gw = Setup {
+        upstreams: format!("  events:\n    url: http://{events}\n    response_timeout: 2s\n"),
+        policies: vec![("10-events.yaml".into(), policy.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: hs256_users("{}"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let auth = bearer(&hs256_token(SECRET, &json!({"exp": now() + 3})));
+    // How long the stream runs, at most `within`, and whether it ended in an error.
+    let stream_for = |path: &'static str, within: Duration| {
+        let auth = auth.clone();
+        let addr = gw.addr();
+        async move {
+            let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http();
+            let req = Request::get(format!("http://{addr}{path}"))
+                .header("authorization", &auth)
+                .body(Full::default())
+                .unwrap();
+            let resp = client.request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let mut body = resp.into_body();
+            let (mut chunks, start) = (0, std::time::Instant::now());
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                match tokio::time::timeout_at(deadline, body.frame()).await {
+                    Err(_) => return (chunks, start.elapsed(), false),
+                    Ok(Some(Ok(_))) => chunks += 1,
+                    Ok(Some(Err(_)) | None) => return (chunks, start.elapsed(), true),
+                }
+            }
+        }
+    };
+    let (watched, plain) = tokio::join!(
+        stream_for("/events/feed", Duration::from_secs(6)),
+        stream_for("/plain/feed", Duration::from_secs(5)),
+    );
+    let (chunks, took, ended) = watched;
+    assert!(ended, "cut at expiry");
+    // Kept by the re-check at 1 s (the token still valid), cut once it expired: by the
+    // expiry timer or by the re-check that finds it expired, whichever comes first.
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(took <= Duration::from_secs(5), "{took:?}");
+    assert!(chunks >= 10, "it streamed until then: {chunks}");
+    // A rule that does not re-check leaves its streams alone (the token's expiry bounds only
+    // the requests that start after it).
+    let (_, _, ended) = plain;
+    assert!(
+        !ended,
+        "the stream of a rule without reauthorize_every went on"
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("limit=\"stream_credential_expired\"} 1")
+            || metrics.contains("limit=\"stream_reauthorization_denied\"} 1"),
+        "{metrics}"
+    );
+    task.abort();
+}
