@@ -262,6 +262,11 @@ impl App {
                 "Shutdown grace period over; closing remaining connections"
             );
         }
+        // The spans of the last requests, sent while the runtime still runs.
+        let otlp = self.reloader.current().load().otlp.clone();
+        if let Some(otlp) = otlp {
+            otlp.shutdown().await;
+        }
         drained
     }
 

@@ -154,7 +154,7 @@ pub fn compile(
         spoofable: Spoofable::new(&spoofable_names, from_trusted),
         access_log: cx.cfg().logging.access_log,
         trace_propagate: cx.cfg().tracing.propagate,
-        // Started only once the config compiled in full: a refused reload starts no task.
+        // Started only once the config compiled in full: a refused reload starts no exporter.
         otlp: cx
             .cfg()
             .tracing

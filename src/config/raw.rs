@@ -93,7 +93,7 @@ pub struct RawTracing {
     /// Propagate `traceparent` upstream with a new span id per hop: a client's well-formed
     /// one keeps its trace id, an absent or malformed one is replaced by a new trace.
     pub propagate: bool,
-    /// Export a span per request over OTLP (HTTP, JSON encoding). Off when absent.
+    /// Export a span per request over OTLP (HTTP, protobuf encoding). Off when absent.
     pub otlp: Option<RawOtlp>,
 }
 

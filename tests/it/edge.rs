@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -831,7 +831,7 @@ async fn traceparent_is_propagated_with_a_new_span_generated_when_absent_and_rep
 /// A collector accepting `POST /v1/traces` and keeping each body.
 struct Collector {
     addr: SocketAddr,
-    bodies: Arc<Mutex<Vec<(String, String)>>>,
+    bodies: Arc<Mutex<Vec<(String, Bytes)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -857,14 +857,13 @@ impl Collector {
                                     .unwrap_or_default();
                                 let body = req.into_body().collect().await.unwrap().to_bytes();
                                 let status = if path == "/v1/traces" { 200 } else { 404 };
-                                b.lock()
-                                    .unwrap()
-                                    .push((ct, String::from_utf8_lossy(&body).into_owned()));
+                                b.lock().unwrap().push((ct, body));
+                                // An empty ExportTraceServiceResponse: full success.
                                 Ok::<_, std::convert::Infallible>(
                                     http::Response::builder()
                                         .status(status)
-                                        .header("content-type", "application/json")
-                                        .body(Full::new(Bytes::from_static(b"{}")))
+                                        .header("content-type", "application/x-protobuf")
+                                        .body(Full::new(Bytes::new()))
                                         .unwrap(),
                                 )
                             }
@@ -879,17 +878,22 @@ impl Collector {
     }
 
     /// Every span received so far.
-    fn spans(&self) -> Vec<Value> {
+    fn spans(&self) -> Vec<OtlpSpan> {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message as _;
         let mut out = Vec::new();
         for (_, body) in self.bodies.lock().unwrap().iter() {
-            let v: Value = serde_json::from_str(body).unwrap();
-            for rs in v["resourceSpans"].as_array().unwrap() {
-                assert_eq!(
-                    rs["resource"]["attributes"][0]["value"]["stringValue"],
-                    "edge-test"
-                );
-                for ss in rs["scopeSpans"].as_array().unwrap() {
-                    out.extend(ss["spans"].as_array().unwrap().iter().cloned());
+            let export = ExportTraceServiceRequest::decode(body.clone()).unwrap();
+            for rs in export.resource_spans {
+                let resource = rs.resource.unwrap();
+                let name = resource
+                    .attributes
+                    .iter()
+                    .find(|a| a.key == "service.name")
+                    .and_then(|a| string_of(a.value.as_ref()));
+                assert_eq!(name, Some("edge-test"));
+                for ss in rs.scope_spans {
+                    out.extend(ss.spans);
                 }
             }
         }
@@ -903,16 +907,49 @@ impl Drop for Collector {
     }
 }
 
-fn attribute<'v>(span: &'v Value, key: &str) -> Option<&'v Value> {
-    span["attributes"]
-        .as_array()?
+type OtlpSpan = opentelemetry_proto::tonic::trace::v1::Span;
+
+fn string_of(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> Option<&str> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match v?.value.as_ref()? {
+        Value::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn attribute<'s>(span: &'s OtlpSpan, key: &str) -> Option<&'s str> {
+    string_of(
+        span.attributes
+            .iter()
+            .find(|a| a.key == key)?
+            .value
+            .as_ref(),
+    )
+}
+
+fn int_attribute(span: &OtlpSpan, key: &str) -> Option<i64> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match span
+        .attributes
         .iter()
-        .find(|a| a["key"] == key)
-        .map(|a| &a["value"])
+        .find(|a| a.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()?
+    {
+        Value::IntValue(i) => Some(*i),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test]
 async fn spans_are_exported_over_otlp_with_decision_reason_rule_and_door() {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
     let collector = Collector::start().await;
     let gw = Setup {
         policies: vec![("10-all.yaml".into(), crate::support::ALLOW_ALL_BUT_ADMIN.into())],
@@ -926,8 +963,10 @@ async fn spans_are_exported_over_otlp_with_decision_reason_rule_and_door() {
     .await;
     let (status, _, _) = send(
         gw.addr(),
-        Request::get("/admin/users")
+        Request::get("/admin/users-secret-path")
             .header("traceparent", TRACEPARENT)
+            .header("authorization", "Bearer not-a-real-token-in-spans")
+            .header("x-private", "header-value-never-exported")
             .body(Full::default())
             .unwrap(),
     )
@@ -939,47 +978,70 @@ async fn spans_are_exported_over_otlp_with_decision_reason_rule_and_door() {
     })
     .await;
     assert!(found, "spans exported");
-    assert!(
-        collector.bodies.lock().unwrap()[0]
-            .0
-            .starts_with("application/json")
-    );
+    for (content_type, body) in collector.bodies.lock().unwrap().iter() {
+        assert_eq!(content_type, "application/x-protobuf");
+        // Strings travel verbatim in protobuf: none of the request's own may be there.
+        for secret in [
+            "users-secret-path",
+            "not-a-real-token-in-spans",
+            "header-value-never-exported",
+        ] {
+            assert!(
+                !body.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} exported"
+            );
+        }
+    }
     let spans = collector.spans();
     let denied = spans
         .iter()
-        .find(|s| s["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736")
+        .find(|s| hex(&s.trace_id) == "4bf92f3577b34da6a3ce929d0e0e4736")
         .expect("the denied request's span, in the client's trace");
-    assert_eq!(denied["parentSpanId"], "00f067aa0ba902b7");
-    assert_eq!(denied["kind"], 2);
+    assert_eq!(hex(&denied.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(denied.span_id.len(), 8);
+    assert_ne!(hex(&denied.span_id), "00f067aa0ba902b7");
+    assert_eq!(denied.kind, SpanKind::Server as i32);
+    assert!(denied.end_time_unix_nano >= denied.start_time_unix_nano);
+    assert_eq!(attribute(denied, "portcullis.door"), Some("proxy"));
+    assert_eq!(attribute(denied, "portcullis.decision"), Some("deny"));
+    assert_eq!(attribute(denied, "portcullis.reason"), Some("forbidden"));
+    assert_eq!(attribute(denied, "portcullis.rule"), Some("admin"));
     assert_eq!(
-        attribute(denied, "portcullis.door").unwrap()["stringValue"],
-        "proxy"
-    );
-    assert_eq!(
-        attribute(denied, "portcullis.decision").unwrap()["stringValue"],
-        "deny"
-    );
-    assert_eq!(
-        attribute(denied, "portcullis.reason").unwrap()["stringValue"],
-        "forbidden"
-    );
-    assert_eq!(
-        attribute(denied, "portcullis.rule").unwrap()["stringValue"],
-        "admin"
-    );
-    assert_eq!(
-        attribute(denied, "http.response.status_code").unwrap()["intValue"],
-        "403"
+        int_attribute(denied, "http.response.status_code"),
+        Some(403)
     );
     let allowed = spans
         .iter()
-        .find(|s| attribute(s, "portcullis.decision").unwrap()["stringValue"] == "allow")
+        .find(|s| attribute(s, "portcullis.decision") == Some("allow"))
         .expect("the allowed request's span");
-    assert_eq!(
-        attribute(allowed, "portcullis.rule").unwrap()["stringValue"],
-        "all"
-    );
-    assert!(allowed.get("parentSpanId").is_none());
+    assert_eq!(attribute(allowed, "portcullis.rule"), Some("all"));
+    assert!(allowed.parent_span_id.is_empty());
+    assert_eq!(allowed.trace_id.len(), 16);
+}
+
+#[tokio::test]
+async fn queued_spans_are_sent_on_graceful_shutdown() {
+    let collector = Collector::start().await;
+    let mut gw = Setup {
+        policies: vec![("10-all.yaml".into(), crate::support::ALLOW_ALL_BUT_ADMIN.into())],
+        extra: format!(
+            "tracing:\n  otlp:\n    endpoint: http://{}/v1/traces\n    service_name: edge-test\n    interval: 1h\n",
+            collector.addr
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert_eq!(get(gw.addr(), "/open").await.0, StatusCode::OK);
+    // Batches go out hourly: the span waits in the queue.
+    assert!(collector.spans().is_empty());
+    let app = gw.app.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), app.shutdown())
+        .await
+        .expect("shutdown in time");
+    let spans = collector.spans();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(attribute(&spans[0], "portcullis.decision"), Some("allow"));
 }
 
 // === long responses ===
