@@ -275,7 +275,13 @@ impl Upstream {
         let Some(ep) = b.pick(opts.hash_key, None) else {
             return Err(SendError::NoEndpoint);
         };
-        let failed = match self.send_to(&ep, req, opts.connect_timeout, false).await {
+        // The first attempt inline (not through `send_to`): one async layer less for the
+        // response to be moved through on every request.
+        let guard = ep.start(b.counts_in_flight());
+        let result = ep.pool.send(req, opts.connect_timeout, false).await;
+        drop(guard);
+        b.record(&ep, verdict(&result), &self.name);
+        let failed = match result {
             Ok(resp) => return Ok(resp),
             Err(f) => f,
         };
@@ -302,7 +308,8 @@ impl Upstream {
             return Err(failed.error);
         }
         tracing::debug!(upstream = &*self.name, error = %failed.error, "Retrying upstream request");
-        self.send_to(&next, again, opts.connect_timeout, true)
+        // Boxed: the rare retry does not grow every request's future.
+        Box::pin(self.send_to(&next, again, opts.connect_timeout, true))
             .await
             .map_err(|f| f.error)
     }
@@ -319,18 +326,22 @@ impl Upstream {
         let guard = ep.start(b.counts_in_flight());
         let result = ep.pool.send(req, connect_timeout, fresh).await;
         drop(guard);
-        let verdict = match &result {
-            Ok(resp) if resp.status().is_server_error() => Verdict::Failure,
-            Ok(_) => Verdict::Success,
-            // The client's body failing says nothing about the endpoint.
-            Err(Failed {
-                error: SendError::Http(e),
-                ..
-            }) if e.is_user() => Verdict::Neutral,
-            Err(_) => Verdict::Failure,
-        };
-        b.record(ep, verdict, &self.name);
+        b.record(ep, verdict(&result), &self.name);
         result
+    }
+}
+
+/// What an exchange says about its endpoint.
+fn verdict(result: &Result<Response<PooledBody>, Failed>) -> Verdict {
+    match result {
+        Ok(resp) if resp.status().is_server_error() => Verdict::Failure,
+        Ok(_) => Verdict::Success,
+        // The client's body failing says nothing about the endpoint.
+        Err(Failed {
+            error: SendError::Http(e),
+            ..
+        }) if e.is_user() => Verdict::Neutral,
+        Err(_) => Verdict::Failure,
     }
 }
 

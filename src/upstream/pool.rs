@@ -202,9 +202,31 @@ enum Sender {
 }
 
 type Connect = Pin<Box<dyn Future<Output = Result<Sender, SendError>> + Send>>;
-/// An HTTP/1 exchange: the response, or the error and the request if it was never written.
-type Exchange = Pin<Box<dyn Future<Output = Result<Response<Incoming>, ExchangeError>> + Send>>;
+/// An HTTP/1 exchange: hyper's plain send, or the one that hands the request back when it was
+/// never written (no wrapper future around either: every request polls this).
+enum Exchange {
+    Plain(Pin<Box<dyn Future<Output = hyper::Result<Response<Incoming>>> + Send>>),
+    Recoverable(Pin<Box<dyn Future<Output = TrySendResult> + Send>>),
+}
+
+type TrySendResult = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>;
 type ExchangeError = (hyper::Error, Option<Box<Request<UpstreamBody>>>);
+
+impl Exchange {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response<Incoming>, ExchangeError>> {
+        match self {
+            Self::Plain(f) => f.as_mut().poll(cx).map_err(|e| (e, None)),
+            Self::Recoverable(f) => f.as_mut().poll(cx).map_err(|mut e| {
+                let unsent = e.take_message().map(Box::new);
+                (e.into_error(), unsent)
+            }),
+        }
+    }
+
+    async fn finish(mut self) -> Result<Response<Incoming>, ExchangeError> {
+        std::future::poll_fn(|cx| self.poll(cx)).await
+    }
+}
 
 /// A connect that, when its request is dropped first, completes in the background and leaves
 /// its connection in the pool.
@@ -234,8 +256,9 @@ pub struct PooledBody {
     /// Always `Some` until dropped (taken to drain it in the background) or cut.
     body: Option<Incoming>,
     back: Option<(Arc<Pool>, http1::SendRequest<UpstreamBody>)>,
-    /// The idle deadline between frames, when the route or upstream sets one.
-    idle: Option<BodyIdle>,
+    /// The idle deadline between frames, when the route or upstream sets one (boxed: every
+    /// response body is moved several times, and few have one).
+    idle: Option<Box<BodyIdle>>,
 }
 
 impl std::fmt::Debug for BodyIdle {
@@ -308,11 +331,10 @@ impl Pool {
                 // Why: dropping hyper's response future closes the connection; a client that
                 // resets its streams would then cost one upstream connection each.
                 // Regression: tests (it) abuse::paced_rapid_reset_reuses_upstream_connections
-                let fut: Exchange = if stale_prone {
-                    Box::pin(recoverable(s.try_send_request(req)))
+                let fut = if stale_prone {
+                    Exchange::Recoverable(Box::pin(s.try_send_request(req)))
                 } else {
-                    let sent = s.send_request(req);
-                    Box::pin(async move { sent.await.map_err(|e| (e, None)) })
+                    Exchange::Plain(Box::pin(s.send_request(req)))
                 };
                 let (resp, s) = InFlight {
                     fut: Some(fut),
@@ -513,16 +535,6 @@ impl Head {
     }
 }
 
-/// `try_send_request`'s outcome with the request, if handed back, boxed.
-async fn recoverable(
-    sent: impl Future<Output = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>>,
-) -> Result<Response<Incoming>, ExchangeError> {
-    sent.await.map_err(|mut e| {
-        let unsent = e.take_message().map(Box::new);
-        (e.into_error(), unsent)
-    })
-}
-
 /// An answer that is no HTTP answer to this request.
 fn check_status(status: http::StatusCode) -> Result<(), Failed> {
     let code = status.as_u16();
@@ -603,7 +615,7 @@ impl Future for InFlight {
         let Some(fut) = self.fut.as_mut() else {
             return Poll::Ready(Err((SendError::ConnectTimeout, None)));
         };
-        let out = std::task::ready!(fut.as_mut().poll(cx));
+        let out = std::task::ready!(fut.poll(cx));
         self.fut = None;
         let out = match (out, self.sender.take()) {
             (Ok(resp), Some(s)) => Ok((resp, s)),
@@ -621,7 +633,7 @@ impl Drop for InFlight {
             let deadline = pool.target.response_timeout.min(DRAIN_TIME);
             finish_in_background(async move {
                 let _ = tokio::time::timeout(deadline, async move {
-                    if let Ok(resp) = fut.await {
+                    if let Ok(resp) = fut.finish().await {
                         drain(pool, resp.into_body(), sender).await;
                     }
                 })
@@ -654,10 +666,10 @@ impl PooledBody {
     /// Cuts the body when no frame arrives for `limit` (a route's or upstream's idle
     /// timeout).
     pub fn with_idle_timeout(mut self, limit: Duration) -> Self {
-        self.idle = Some(BodyIdle {
+        self.idle = Some(Box::new(BodyIdle {
             limit,
             sleep: Box::pin(tokio::time::sleep(limit)),
-        });
+        }));
         self
     }
 }
