@@ -27,7 +27,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::body::ResponseBody;
 use crate::decision::{self, Allow, Decision, NoTrace, Refusal};
 use crate::request::RequestFacts;
 use crate::request::facts::{ConnInfo, Door, FactsError, Head, Scheme};
@@ -88,19 +87,15 @@ pub struct DoorHandler<D> {
 }
 
 impl<D: HttpDoor> crate::server::listener::Handler for DoorHandler<D> {
-    fn call(
-        &self,
-        conn: Arc<Conn>,
-        req: Request<Incoming>,
-    ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send + use<D> {
+    fn call(&self, conn: Arc<Conn>, req: Request<Incoming>) -> crate::server::listener::Answering {
         let door = Arc::clone(&self.door);
         let shared = Arc::clone(&self.shared);
         let index = self.index;
-        async move {
+        Box::pin(async move {
             answer(&*door, &shared, index, &conn, req)
                 .await
                 .map(http_body_util::Either::Left)
-        }
+        })
     }
 }
 

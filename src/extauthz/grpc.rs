@@ -44,7 +44,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use hyper::body::Incoming;
 use tonic::codegen::Service as _;
 
-use crate::body::ResponseBody;
 use crate::decision::{self, Allow, Decision, DenyKind, NoTrace, Refusal};
 use crate::door::{self, Record};
 use crate::request::RequestFacts;
@@ -109,7 +108,7 @@ impl crate::server::listener::Handler for GrpcHandler {
         &self,
         conn: Arc<Conn>,
         mut req: http::Request<Incoming>,
-    ) -> impl std::future::Future<Output = http::Response<ResponseBody>> + Send + use<> {
+    ) -> crate::server::listener::Answering {
         // Why: a Check request describes a request and is believed; only Envoy may send one,
         // and nobody else gets a message decoded (up to MAX_MESSAGE_BYTES) before that is
         // known. Regression: tests (it) grpc::peer_not_allowed
@@ -135,7 +134,7 @@ impl crate::server::listener::Handler for GrpcHandler {
         let health = req.uri().path().starts_with("/grpc.health.v1.Health/");
         let mut check = self.check.clone();
         let mut health_svc = self.health.clone();
-        async move {
+        Box::pin(async move {
             if let Some(resp) = refused {
                 return resp.map(crate::body::grpc);
             }
@@ -148,7 +147,7 @@ impl crate::server::listener::Handler for GrpcHandler {
                 Ok(resp) => resp.map(crate::body::grpc),
                 Err(never) => match never {},
             }
-        }
+        })
     }
 }
 

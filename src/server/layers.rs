@@ -74,8 +74,16 @@ impl<H> Clone for HandlerService<H> {
     }
 }
 
-/// A boxed answer: the doors' futures have no name to put in [`Service::Future`].
-type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+/// A door's boxed answer as a service's result, without a second box.
+pub struct Answer(super::listener::Answering);
+
+impl Future for Answer {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx).map(Ok)
+    }
+}
 
 impl<H: Handler> Service<Request> for HandlerService<H> {
     type Response = Response;
@@ -87,8 +95,7 @@ impl<H: Handler> Service<Request> for HandlerService<H> {
     }
 
     fn call(&mut self, req: Request) -> Answer {
-        let answer = self.handler.call(Arc::clone(&self.conn), req);
-        Box::pin(async move { Ok(answer.await) })
+        Answer(self.handler.call(Arc::clone(&self.conn), req))
     }
 }
 

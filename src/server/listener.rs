@@ -24,25 +24,28 @@ use crate::snapshot::ServerSettings;
 /// TLS, HTTP/1 and HTTP/2, deadlines, abuse limits, drain) is the same for every door.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request arriving on `conn`; never fails (every failure is a response).
-    fn call(
-        &self,
-        conn: Arc<Conn>,
-        req: hyper::Request<Incoming>,
-    ) -> impl std::future::Future<Output = hyper::Response<ResponseBody>> + Send + use<Self>;
+    fn call(&self, conn: Arc<Conn>, req: hyper::Request<Incoming>) -> Answering;
 }
+
+/// A door's answer in the making, boxed where it is made.
+///
+/// Why: a request's future is large (the proxy's about 19 KB: the decision, the upstream
+/// exchange); returned by value it was copied whole at every layer that wrapped it (the
+/// handler, the tower service, the box at the end), which cost more instructions per plain
+/// request than the gateway's own work. Boxed at the source, each layer moves a pointer.
+/// Regression: bench/instructions.sh (instructions per plain request).
+pub type Answering = std::pin::Pin<
+    Box<dyn std::future::Future<Output = hyper::Response<ResponseBody>> + Send + 'static>,
+>;
 
 /// The reverse proxy's handler.
 #[derive(Debug, Clone)]
 pub struct ProxyHandler(pub Arc<Shared>);
 
 impl Handler for ProxyHandler {
-    fn call(
-        &self,
-        conn: Arc<Conn>,
-        req: hyper::Request<Incoming>,
-    ) -> impl std::future::Future<Output = hyper::Response<ResponseBody>> + Send + use<> {
+    fn call(&self, conn: Arc<Conn>, req: hyper::Request<Incoming>) -> Answering {
         let shared = Arc::clone(&self.0);
-        async move { service::handle(&shared, &conn, req).await }
+        Box::pin(async move { service::handle(&shared, &conn, req).await })
     }
 }
 
