@@ -449,7 +449,9 @@ impl Pool {
         }
     }
 
-    async fn connect(self: Arc<Self>, connect_timeout: Duration) -> Result<Sender, SendError> {
+    /// A new connection to the target, TCP and TLS, within `connect_timeout`; `true` when it
+    /// speaks HTTP/2 (h2c by configuration, h2 by ALPN).
+    async fn open(&self, connect_timeout: Duration) -> Result<(Io, bool), SendError> {
         let t = &self.target;
         let connect = async {
             let tcp = match &t.addr {
@@ -471,9 +473,13 @@ impl Pool {
                 }
             }
         };
-        let (io, h2) = tokio::time::timeout(connect_timeout, connect)
+        tokio::time::timeout(connect_timeout, connect)
             .await
-            .map_err(|_| SendError::ConnectTimeout)??;
+            .map_err(|_| SendError::ConnectTimeout)?
+    }
+
+    async fn connect(self: Arc<Self>, connect_timeout: Duration) -> Result<Sender, SendError> {
+        let (io, h2) = self.open(connect_timeout).await?;
         if h2 {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())

@@ -7,9 +7,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
-use super::{Addr, Io, Pool, PooledBody, SendError, UPSTREAM_READ_BUF};
+use super::{Pool, PooledBody, SendError, UPSTREAM_READ_BUF};
 use crate::upstream::UpstreamBody;
 
 impl Pool {
@@ -20,35 +19,13 @@ impl Pool {
         mut req: Request<UpstreamBody>,
         connect_timeout: std::time::Duration,
     ) -> Result<Response<Incoming>, SendError> {
-        let t = &self.target;
-        let connect = async {
-            let tcp = match &t.addr {
-                Addr::Ip(a) => TcpStream::connect(a).await,
-                Addr::Name(n) => TcpStream::connect(&**n).await,
-            }
-            .map_err(SendError::Connect)?;
-            let _ = tcp.set_nodelay(true);
-            match &t.tls {
-                None => Ok(Io::Plain(tcp)),
-                Some(tls) => {
-                    let tls = tls
-                        .connector
-                        .connect(tls.name.clone(), tcp)
-                        .await
-                        .map_err(SendError::Tls)?;
-                    // An upgrade is HTTP/1.1's: an upstream that picked h2 cannot take it.
-                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        return Err(SendError::Connect(std::io::Error::other(
-                            "the upstream negotiated HTTP/2; an upgrade needs HTTP/1.1",
-                        )));
-                    }
-                    Ok(Io::Tls(Box::new(tls)))
-                }
-            }
-        };
-        let io = tokio::time::timeout(connect_timeout, connect)
-            .await
-            .map_err(|_| SendError::ConnectTimeout)??;
+        let (io, h2) = self.open(connect_timeout).await?;
+        // An upgrade is HTTP/1.1's: an upstream that speaks HTTP/2 cannot take it.
+        if h2 {
+            return Err(SendError::Connect(std::io::Error::other(
+                "the upstream speaks HTTP/2; an upgrade needs HTTP/1.1",
+            )));
+        }
         let (mut sender, conn) = http1::Builder::new()
             .max_buf_size(UPSTREAM_READ_BUF)
             .handshake(TokioIo::new(io))
