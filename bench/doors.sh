@@ -32,42 +32,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RESULTS=${RESULTS-$ROOT/bench/RESULTS.md}
 cd "$ROOT"
 
-log() { printf '[doors] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-PIDS=()
-LOAD_PID=
-TMP=$(mktemp -d -t portcullis-doors.XXXXXX)
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [[ -z $LOAD_PID ]] || PIDS+=("$LOAD_PID")
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ $rc -ne 0 && -n "${KEEP_LOGS:-}" ]]; then log "logs kept in $TMP"; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# --- tools ---------------------------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v curl >/dev/null || need+=(curl)
-command -v taskset >/dev/null || need+=(util-linux)
-if ((${#need[@]})); then
-    [[ $(id -u) -eq 0 ]] || die "missing ${need[*]}; run as root or install them"
-    log "installing ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null ||
-        { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null; }
-fi
+BENCH_NAME=doors
+BENCH_TMP=portcullis-doors
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+install_missing nginx:nginx-light wrk:wrk h2load:nghttp2-client curl:curl taskset:util-linux
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v python3 >/dev/null || die "python3 is needed to pick free ports"
 

@@ -26,43 +26,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RESULTS=${RESULTS-$ROOT/bench/RESULTS.md}
 cd "$ROOT"
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# --- cleanup: every process we start goes in PIDS; all files live in $TMP -------------------
-PIDS=()
-WRK_PID=
-TMP=$(mktemp -d -t portcullis-bench.XXXXXX)
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [[ -z $WRK_PID ]] || PIDS+=("$WRK_PID")
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ $rc -ne 0 && -n "${KEEP_LOGS:-}" ]]; then log "logs kept in $TMP"; else rm -rf "$TMP"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# --- tools ---------------------------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-command -v openssl >/dev/null || need+=(openssl)
-command -v curl >/dev/null || need+=(curl)
-command -v taskset >/dev/null || need+=(util-linux)
-if ((${#need[@]})); then
-    [[ $(id -u) -eq 0 ]] || die "missing ${need[*]}; run as root or install them"
-    log "installing ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null ||
-        { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null; }
-fi
+BENCH_NAME=bench
+BENCH_TMP=portcullis-bench
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+install_missing nginx:nginx-light wrk:wrk openssl:openssl curl:curl taskset:util-linux
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v python3 >/dev/null || die "python3 is needed to pick free ports"
 
@@ -298,9 +266,9 @@ run_wrk() { # $1 output file, rest: wrk arguments
     local outfile=$1
     shift
     taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNS" "$@" >"$outfile" &
-    WRK_PID=$!
-    wait "$WRK_PID" || die "wrk failed: $(cat "$outfile")"
-    WRK_PID=
+    LOAD_PID=$!
+    wait "$LOAD_PID" || die "wrk failed: $(cat "$outfile")"
+    LOAD_PID=
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
