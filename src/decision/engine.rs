@@ -313,16 +313,15 @@ async fn decide_rule(
             spoofable: &snapshot.spoofable,
             identity: &identity,
         };
-        match delegate
-            .check(
-                facts,
-                principal.as_deref(),
-                &rule.id.0,
-                upstream,
-                now,
-                trace.revalidates(),
-            )
-            .await
+        match Box::pin(delegate.check(
+            facts,
+            principal.as_deref(),
+            &rule.id.0,
+            upstream,
+            now,
+            trace.revalidates(),
+        ))
+        .await
         {
             Ok(Verdict::Allow(headers)) => {
                 trace.record(TraceEvent::DelegateAllowed(delegate.name.clone()));
