@@ -35,6 +35,7 @@ use crate::server::{hop_by_hop, request_id};
 use crate::snapshot::{DecisionDoor, DoorSettings, Snapshot};
 use crate::telemetry::access_log::{self, AccessRecord};
 use crate::telemetry::metrics::Outcome;
+use crate::telemetry::trace_context::TraceContext;
 
 /// The original request as a door's peer describes it.
 #[derive(Debug)]
@@ -118,8 +119,12 @@ pub struct Record {
     pub principal: Option<Arc<crate::authn::principal::Principal>>,
     /// The original client.
     pub client_ip: IpAddr,
-    /// The peer's trace (a valid `traceparent` it sent), for the log.
+    /// The trace id for the log: the peer's (a valid `traceparent` it sent), or the door
+    /// span's own when OTLP is configured.
     pub trace_id: Option<[u8; 32]>,
+    /// The door's span (OTLP configured): a child of the peer's span when it sent a valid
+    /// `traceparent`, or a new trace.
+    pub trace: Option<TraceContext>,
 }
 
 impl Record {
@@ -135,6 +140,20 @@ impl Record {
             principal: None,
             client_ip: peer,
             trace_id: None,
+            trace: None,
+        }
+    }
+
+    /// The trace of the request described by `headers`. The peer owns the trace and the
+    /// request it forwards: the door changes neither, and only records its own span in it
+    /// (OTLP configured), sampled as the peer says.
+    pub fn trace(&mut self, snapshot: &Snapshot, headers: &HeaderMap) {
+        if snapshot.otlp.is_some() {
+            let (cx, _) = TraceContext::from_headers(headers, true);
+            self.trace_id = Some(cx.trace_id_hex());
+            self.trace = Some(cx);
+        } else if snapshot.access_log {
+            self.trace_id = crate::telemetry::trace_context::trace_id_of(headers);
         }
     }
 
@@ -191,6 +210,29 @@ impl Record {
     ) {
         let latency = start.elapsed();
         shared.metrics.request(door, self.outcome, status, latency);
+        let decision = match self.outcome {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Error => "error",
+        };
+        if let Some(otlp) = &snapshot.otlp {
+            // A refusal before the description was read has no trace of the peer's: its own.
+            let cx = self
+                .trace
+                .clone()
+                .unwrap_or_else(|| TraceContext::new(true));
+            if cx.is_sampled() {
+                let mut span = crate::telemetry::otlp::Span::ending_now(&cx, latency);
+                span.door = door.as_str();
+                span.method.clone_from(&self.method);
+                span.status = status;
+                span.decision = decision;
+                span.reason = self.reason;
+                span.rule = self.rule.as_ref().map(|r| Arc::clone(&r.0));
+                span.request_id = request_id.clone();
+                otlp.record(span);
+            }
+        }
         if snapshot.access_log {
             fn or_dash(s: &str) -> &str {
                 if s.is_empty() { "-" } else { s }
@@ -202,11 +244,7 @@ impl Record {
                 host: or_dash(&self.host),
                 path: or_dash(&self.path),
                 status,
-                decision: match self.outcome {
-                    Outcome::Allow => "allow",
-                    Outcome::Deny => "deny",
-                    Outcome::Error => "error",
-                },
+                decision,
                 rule: self.rule.as_ref().map(|r| &*r.0),
                 reason: self.reason,
                 request_id: request_id.to_str().unwrap_or("-"),
@@ -236,10 +274,7 @@ async fn answer<D: HttpDoor>(
     let request_id =
         request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
     let mut record = Record::new(conn.info.peer.ip());
-    if snapshot.access_log {
-        // The peer owns the trace: its id is logged, no span of the door's own is started.
-        record.trace_id = crate::telemetry::trace_context::trace_id_of(&parts.headers);
-    }
+    record.trace(&snapshot, &parts.headers);
     let settings = snapshot
         .listener(index)
         .map_or(&DoorSettings::Proxy, |l| &l.door);

@@ -221,6 +221,7 @@ impl CheckService {
                 return Ok(denied(refusal));
             }
         };
+        record.trace(snapshot, &described.headers);
         let head = Head {
             method: &described.method,
             scheme: described.scheme,

@@ -646,7 +646,7 @@ impl Ctx<'_> {
         {
             let mut span = crate::telemetry::otlp::Span::ending_now(trace, latency);
             span.door = Door::Proxy.as_str();
-            span.method = self.method.clone();
+            span.method = Some(self.method.clone());
             span.status = status;
             span.decision = decision;
             span.reason = self.reason;

@@ -73,8 +73,9 @@ pub struct Span {
     pub span_id: [u8; 8],
     /// The door (`proxy`, `forward-auth`, …).
     pub door: &'static str,
-    /// Request method.
-    pub method: http::Method,
+    /// The method of the request decided on (unknown when a decision door refused the
+    /// description before reading it).
+    pub method: Option<http::Method>,
     /// Response status.
     pub status: u16,
     /// `allow`, `deny` or `error`.
@@ -221,13 +222,15 @@ impl Otlp {
         attributes.extend([
             KeyValue::new("portcullis.door", span.door),
             KeyValue::new("portcullis.decision", span.decision),
-            KeyValue::new("http.request.method", span.method.as_str().to_owned()),
             KeyValue::new("http.response.status_code", i64::from(span.status)),
             KeyValue::new(
                 "portcullis.request_id",
                 span.request_id.to_str().unwrap_or("-").to_owned(),
             ),
         ]);
+        if let Some(m) = &span.method {
+            attributes.push(KeyValue::new("http.request.method", m.as_str().to_owned()));
+        }
         if let Some(r) = span.reason {
             attributes.push(KeyValue::new("portcullis.reason", r));
         }
@@ -236,7 +239,10 @@ impl Otlp {
         }
         let builder = self
             .tracer
-            .span_builder(format!("{} {}", span.door, span.method))
+            .span_builder(match &span.method {
+                Some(m) => format!("{} {m}", span.door),
+                None => span.door.to_owned(),
+            })
             .with_kind(SpanKind::Server)
             .with_start_time(unix(span.start_unix_nanos))
             .with_attributes(attributes);
@@ -295,7 +301,7 @@ impl Span {
             parent_id: cx.parent_id,
             span_id: cx.span_id,
             door: "",
-            method: http::Method::GET,
+            method: None,
             status: 0,
             decision: "",
             reason: None,
@@ -414,6 +420,7 @@ mod tests {
         };
         let mut s = Span::ending_now(&cx, Duration::from_millis(3));
         s.door = "proxy";
+        s.method = Some(http::Method::GET);
         s.decision = "deny";
         s.reason = Some("missing_credential");
         s.rule = Some("api".into());

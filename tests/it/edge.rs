@@ -1019,6 +1019,81 @@ async fn spans_are_exported_over_otlp_with_decision_reason_rule_and_door() {
     assert_eq!(allowed.trace_id.len(), 16);
 }
 
+/// A decision door records its span in the peer's trace (a child of the span its
+/// `traceparent` names, sampled as it says), or in a trace of its own when the peer sent
+/// none; the door is an attribute, and the answer hands the peer no trace headers: the
+/// peer owns the request it forwards.
+#[tokio::test]
+async fn decision_doors_record_spans_in_the_peers_trace() {
+    let collector = Collector::start().await;
+    let gw = Setup {
+        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n".into(),
+        policies: vec![("10-all.yaml".into(), crate::support::ALLOW_ALL_BUT_ADMIN.into())],
+        extra: format!(
+            "tracing:\n  otlp:\n    endpoint: http://{}/v1/traces\n    service_name: edge-test\n    interval: 100ms\n",
+            collector.addr
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let ask = |uri: &'static str, traceparent: Option<&'static str>| {
+        let mut req = Request::get("/auth")
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-host", "app.test")
+            .header("x-forwarded-uri", uri)
+            .header("x-forwarded-for", "127.0.0.1");
+        if let Some(tp) = traceparent {
+            req = req.header("traceparent", tp);
+        }
+        send(gw.addr_of("doors"), req.body(Full::default()).unwrap())
+    };
+    let (status, h, _) = ask("/open", Some(TRACEPARENT)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        h.get("traceparent").is_none(),
+        "the peer's trace is left alone"
+    );
+    assert_eq!(ask("/admin/x", None).await.0, StatusCode::FORBIDDEN);
+    // Not sampled by the peer: no span.
+    let unsampled = "00-11111111111111111111111111111111-2222222222222222-00";
+    assert_eq!(ask("/open", Some(unsampled)).await.0, StatusCode::OK);
+    let found = crate::support::eventually(Duration::from_secs(5), || async {
+        collector.spans().len() >= 2
+    })
+    .await;
+    assert!(found, "spans exported");
+    let spans = collector.spans();
+    let allowed = spans
+        .iter()
+        .find(|s| hex(&s.trace_id) == "4bf92f3577b34da6a3ce929d0e0e4736")
+        .expect("the allowed request's span, in the peer's trace");
+    assert_eq!(hex(&allowed.parent_span_id), "00f067aa0ba902b7");
+    assert_ne!(hex(&allowed.span_id), "00f067aa0ba902b7");
+    assert_eq!(attribute(allowed, "portcullis.door"), Some("forward-auth"));
+    assert_eq!(attribute(allowed, "portcullis.decision"), Some("allow"));
+    assert_eq!(attribute(allowed, "portcullis.rule"), Some("all"));
+    assert_eq!(attribute(allowed, "http.request.method"), Some("GET"));
+    let denied = spans
+        .iter()
+        .find(|s| attribute(s, "portcullis.decision") == Some("deny"))
+        .expect("the denied request's span");
+    assert!(denied.parent_span_id.is_empty(), "a trace of its own");
+    assert_eq!(attribute(denied, "portcullis.door"), Some("forward-auth"));
+    assert_eq!(attribute(denied, "portcullis.reason"), Some("forbidden"));
+    assert_eq!(
+        int_attribute(denied, "http.response.status_code"),
+        Some(403)
+    );
+    assert!(
+        !spans
+            .iter()
+            .any(|s| hex(&s.trace_id) == "11111111111111111111111111111111"),
+        "an unsampled request is not recorded"
+    );
+    assert_eq!(spans.len(), 2, "{spans:?}");
+}
+
 #[tokio::test]
 async fn queued_spans_are_sent_on_graceful_shutdown() {
     let collector = Collector::start().await;
