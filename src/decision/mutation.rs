@@ -17,6 +17,9 @@
 //!   `X-Forwarded-For` and `-Proto` stay the peer's to write. The proxy door writes all of
 //!   them itself (`proxy::forwarded`).
 
+use std::fmt::Write as _;
+
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::authn::Authenticator;
@@ -84,7 +87,14 @@ impl HeaderMutation {
             }
             out.set.push((X_REAL_IP, ip_header_value(facts.client_ip)));
             let host = match facts.port {
-                Some(p) => HeaderValue::from_str(&format!("{}:{p}", facts.host)),
+                Some(p) => {
+                    let mut text = String::with_capacity(facts.host.len() + 6);
+                    text.push_str(&facts.host);
+                    text.push(':');
+                    // Writing to a String cannot fail.
+                    let _ = write!(text, "{p}");
+                    HeaderValue::from_maybe_shared(Bytes::from(text))
+                }
                 None => HeaderValue::from_str(&facts.host),
             };
             match host {
