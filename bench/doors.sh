@@ -125,6 +125,7 @@ auth_proxy() { # $1 upstream
 EOF
 }
 mkdir -p "$TMP/nginx" "$TMP/nginx204"
+declare -A MASTER
 cat >"$TMP/nginx/nginx.conf" <<EOF
 $([[ $(id -u) -eq 0 ]] && echo "user root;")
 worker_processes 1;
@@ -231,12 +232,19 @@ for n in nginx nginx204; do
     taskset -c "$SERVER_CPU" "$NGINX" -p "$TMP/$n" -e "$TMP/$n/error.log" -c "$TMP/$n/nginx.conf" \
         >"$TMP/$n/stdout.log" 2>&1 &
     PIDS+=($!)
+    MASTER[$n]=$!
 done
 wait_http "http://127.0.0.1:$P_STATIC/api/x" "nginx" || { cat "$TMP/nginx/error.log" >&2; exit 1; }
 wait_http "http://127.0.0.1:$P_PROXIED/api/x" "nginx → nginx204" ||
     { cat "$TMP/nginx/error.log" "$TMP/nginx204/error.log" >&2; exit 1; }
 taskset -c "$SERVER_CPU" "$TRIVIAL" serve "127.0.0.1:$P_TRIVIAL" >"$TMP/trivial.log" 2>&1 &
 PIDS+=($!)
+TRIVIAL_PID=$!
+# Each nginx's one worker (the master only supervises).
+worker_of() { cat /proc/"$1"/task/*/children 2>/dev/null | awk '{print $1; exit}'; }
+NGX_WORKER=$(worker_of "${MASTER[nginx]}")
+NGX204_WORKER=$(worker_of "${MASTER[nginx204]}")
+[[ -n $NGX_WORKER && -n $NGX204_WORKER ]] || die "cannot find the nginx workers"
 "$TRIVIAL" encode "$TOKEN" >"$TMP/check.bin"
 
 # --- sanity: each path decides what it should ------------------------------------------------
@@ -261,9 +269,19 @@ run_load() { # $1 output, rest: command
     wait "$LOAD_PID" || die "load failed: $(tail -5 "$outfile")"
     LOAD_PID=
 }
-# Requests per second of one run, checked for errors; sets R_RPS.
+# Requests per second of one run, checked for errors, and the CPU per request of the
+# authorizer (the door, or the trivial server) and of the nginx worker in front; sets R_RPS,
+# R_AUTH, R_NGXCPU.
 run_scenario() { # $1 scenario
-    local s=$1 out
+    local s=$1 out auth= ngx= t0 a0 n0 t1 a1 n1
+    case $s in
+    nginx-static) ngx=$NGX_WORKER ;;
+    nginx-proxied) auth=$NGX204_WORKER ngx=$NGX_WORKER ;;
+    nginx-door) auth=$PC_PID ngx=$NGX_WORKER ;;
+    grpc-trivial) auth=$TRIVIAL_PID ;;
+    grpc-door) auth=$PC_PID ;;
+    esac
+    t0=$(date +%s%N) a0=$(cpu_ns "$auth") n0=$(cpu_ns "$ngx")
     case $s in
     nginx-static | nginx-proxied | nginx-door)
         local port=$P_STATIC
@@ -290,9 +308,26 @@ run_scenario() { # $1 scenario
         ;;
     esac
     [[ -n $R_RPS ]] || die "$s: could not parse the load tool's output"
+    t1=$(date +%s%N) a1=$(cpu_ns "$auth") n1=$(cpu_ns "$ngx")
+    R_AUTH=$(per_request $((a1 - a0)) $((t1 - t0)) "$R_RPS")
+    R_NGXCPU=$(per_request $((n1 - n0)) $((t1 - t0)) "$R_RPS")
 }
 
-declare -A RUNS RPS
+# CPU time a process (all its threads) has run, in ns (schedstat; works where perf counters
+# do not). The servers share CPU $SERVER_CPU with each other and with anything else the machine
+# runs, so under load req/s ratios drift toward 1; CPU per request does not.
+cpu_ns() { # $1 pid, or empty for none
+    local sum=0 t a
+    [[ -n $1 ]] || { echo 0; return; }
+    for t in /proc/"$1"/task/*/schedstat; do
+        read -r a _ <"$t" 2>/dev/null && sum=$((sum + a))
+    done
+    echo "$sum"
+}
+# Microseconds of CPU per request: $1 CPU ns over $2 wall ns at $3 req/s.
+per_request() { awk -v c="$1" -v w="$2" -v r="$3" 'BEGIN { if (c > 0 && r > 0) printf "%.1f", c / 1000 / (r * w / 1e9); else print "-" }'; }
+
+declare -A RUNS RPS AUTH_CPU NGX_CPU
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((round = 1; round <= ROUNDS; round++)); do
     n=${#SCENARIOS[@]}
@@ -313,16 +348,22 @@ for ((round = 1; round <= ROUNDS; round++)); do
             cp "$TMP/perf.data" "$ROOT/target/perf-$s.data"
             log "profile of $s: target/perf-$s.txt, target/perf-$s.data"
         fi
-        RUNS[$s]+="$R_RPS"$'\n'
+        RUNS[$s]+="$R_RPS $R_AUTH $R_NGXCPU"$'\n'
     done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+median() { # $1 column of RUNS[$2]
+    awk -v c="$1" '$c != "-" {print $c}' <<<"${RUNS[$2]%$'\n'}" | sort -n |
+        awk '{v[NR] = $1} END {print NR ? v[int((NR + 1) / 2)] : "-"}'
+}
 for s in "${SCENARIOS[@]}"; do
-    RPS[$s]=$(sort -n <<<"${RUNS[$s]%$'\n'}" | awk -v m=$(((ROUNDS + 1) / 2)) 'NR == m')
+    RPS[$s]=$(median 1 "$s")
+    AUTH_CPU[$s]=$(median 2 "$s")
+    NGX_CPU[$s]=$(median 3 "$s")
 done
 kill -0 "$PC_PID" 2>/dev/null || { cat "$TMP/portcullis.log" >&2; die "portcullis exited"; }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r != "n/a" && r + 0 >= t) ? "PASS" : "FAIL" }'; }
 R_NGX=$(ratio "${RPS[nginx-door]:-0}" "${RPS[nginx-proxied]:-0}")
 R_NGX_STATIC=$(ratio "${RPS[nginx-door]:-0}" "${RPS[nginx-static]:-0}")
@@ -330,9 +371,11 @@ R_GRPC=$(ratio "${RPS[grpc-door]:-0}" "${RPS[grpc-trivial]:-0}")
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock bench 2>/dev/null || COMMIT+="+dirty"
 table() {
-    echo "| scenario | req/s (median of $ROUNDS) |"
-    echo "|---|---:|"
-    for s in "${SCENARIOS[@]}"; do echo "| $s | ${RPS[$s]} |"; done
+    echo "| scenario | req/s (median of $ROUNDS) | authorizer CPU µs/req | nginx worker CPU µs/req |"
+    echo "|---|---:|---:|---:|"
+    for s in "${SCENARIOS[@]}"; do
+        echo "| $s | ${RPS[$s]} | ${AUTH_CPU[$s]} | ${NGX_CPU[$s]} |"
+    done
     echo
     echo "- nginx auth_request → door / → proxied to a one-worker nginx answering 204 (the" \
         "subrequest proxied the same way: what the door costs beyond a trivial endpoint's" \
@@ -340,6 +383,11 @@ table() {
     echo "- nginx auth_request → door / → \`return 204\` inside the same nginx (no subrequest" \
         "proxying at all: the door's whole round trip against nothing): ${R_NGX_STATIC}×"
     echo "- gRPC Check door / trivial tonic server: **${R_GRPC}×** (target ≥ 0.85×: $(verdict "$R_GRPC" 0.85))"
+    echo "- CPU per request (lower is better): Portcullis's forward-auth door" \
+        "$(ratio "${AUTH_CPU[nginx-door]:--}" "${AUTH_CPU[nginx-proxied]:-0}")× the nginx 204" \
+        "server's, the nginx worker in front $(ratio "${NGX_CPU[nginx-door]:--}" "${NGX_CPU[nginx-proxied]:-0}")×" \
+        "its own with that server; Portcullis's gRPC door" \
+        "$(ratio "${AUTH_CPU[grpc-door]:--}" "${AUTH_CPU[grpc-trivial]:-0}")× the trivial tonic server's"
 }
 table
 if [[ -n $RESULTS ]]; then
