@@ -2,9 +2,14 @@
 # Decision-door benchmark (issue 11): the doors against what the same peer does with a
 # trivial authorizer, in one run, with the same pinning (servers on CPU 0, load on CPU 1).
 #
-#   nginx-static   wrk → nginx, auth_request → a static 204 location → a static file
+#   nginx-static   wrk → nginx, auth_request → a `return 204` location in the same nginx (no
+#                  subrequest proxying at all) → a static file
+#   nginx-proxied  wrk → nginx, auth_request proxied exactly as for the door (the same upstream
+#                  block with keepalive, the same headers) to a second one-worker nginx pinned
+#                  like Portcullis that answers `return 204` → the same file
 #   nginx-door     wrk → nginx, auth_request → Portcullis forward-auth door (a cached RS256
-#                  token, a rule, identity headers) → the same file       target ≥ 0.9×
+#                  token, a rule, identity headers) → the same file
+#                  target: door ≥ 0.9× proxied (the trivial endpoint behind the same peer)
 #   grpc-trivial   h2load → an always-allow tonic Check server (bench/trivial_check.rs)
 #   grpc-door      h2load → Portcullis envoy_grpc door, the same CheckRequest with the same
 #                  cached token                                          target ≥ 0.85×
@@ -17,7 +22,7 @@
 # per connection, default 4 and 32: Envoy multiplexes Checks over few connections),
 # SERVER_CPU (0), LOAD_CPU (1), RESULTS (default bench/RESULTS.md; empty: do not record),
 # PERF (a door scenario, nginx-door or grpc-door: profile Portcullis with perf during its first
-# run, report in target/perf-SCENARIO.txt).
+# run, report in target/perf-SCENARIO.txt), SCENARIOS (a space-separated subset, default all).
 set -euo pipefail
 
 DURATION=${DURATION:-6}
@@ -45,10 +50,10 @@ cargo build --profile perf --locked --bin portcullis --example trivial-check >&2
 BIN=$ROOT/target/perf/portcullis
 TRIVIAL=$ROOT/target/perf/examples/trivial-check
 
-read -r P_STATIC P_DOOR P_FA P_GRPC P_TRIVIAL P_ADMIN < <(python3 - <<'EOF'
+read -r P_STATIC P_DOOR P_FA P_GRPC P_TRIVIAL P_ADMIN P_PROXIED P_204 < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(6):
+for _ in range(8):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
 print(*(s.getsockname()[1] for s in socks))
 EOF
@@ -99,8 +104,28 @@ authenticators:
             - pem_file: {path: $TMP/keys/bench.pem, kid: bench, algorithms: [RS256]}
 EOF
 
-# --- nginx: one worker, two servers that differ only in what auth_request asks ----------------
-mkdir -p "$TMP/nginx"
+# --- nginx: one worker, three servers that differ only in what auth_request asks -------------
+# The auth subrequest's proxying, identical for the door and for the trivial 204 server.
+auth_proxy() { # $1 upstream
+    cat <<EOF
+            internal;
+            proxy_pass http://$1/auth;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URI \$request_uri;
+            proxy_set_header X-Original-Method \$request_method;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Uri "";
+            proxy_set_header X-Forwarded-Method "";
+            proxy_set_header Connection "";
+            proxy_http_version 1.1;
+EOF
+}
+mkdir -p "$TMP/nginx" "$TMP/nginx204"
+declare -A MASTER
 cat >"$TMP/nginx/nginx.conf" <<EOF
 $([[ $(id -u) -eq 0 ]] && echo "user root;")
 worker_processes 1;
@@ -121,6 +146,10 @@ http {
         server 127.0.0.1:$P_FA;
         keepalive 64;
     }
+    upstream trivial204 {
+        server 127.0.0.1:$P_204;
+        keepalive 64;
+    }
     # The content is a static file: \`return\` would answer before the access phase, where
     # auth_request runs.
     server {
@@ -134,6 +163,18 @@ http {
         location = /_auth { internal; return 204; }
     }
     server {
+        listen 127.0.0.1:$P_PROXIED;
+        root $TMP/www;
+        location /api/ {
+            auth_request /_trivial;
+            auth_request_set \$pc_user_id \$upstream_http_x_user_id;
+            add_header X-User-Id \$pc_user_id;
+        }
+        location = /_trivial {
+$(auth_proxy trivial204)
+        }
+    }
+    server {
         listen 127.0.0.1:$P_DOOR;
         root $TMP/www;
         location /api/ {
@@ -143,21 +184,30 @@ http {
         }
         # As examples/nginx/nginx.conf asks.
         location = /_portcullis {
-            internal;
-            proxy_pass http://portcullis/auth;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-URI \$request_uri;
-            proxy_set_header X-Original-Method \$request_method;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$http_host;
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Uri "";
-            proxy_set_header X-Forwarded-Method "";
-            proxy_set_header Connection "";
-            proxy_http_version 1.1;
+$(auth_proxy portcullis)
         }
+    }
+}
+EOF
+# The trivial endpoint behind the same peer: a second nginx, one worker, answering 204.
+cat >"$TMP/nginx204/nginx.conf" <<EOF
+$([[ $(id -u) -eq 0 ]] && echo "user root;")
+worker_processes 1;
+daemon off;
+pid $TMP/nginx204/nginx.pid;
+error_log $TMP/nginx204/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx204/client_body;
+    proxy_temp_path $TMP/nginx204/proxy;
+    fastcgi_temp_path $TMP/nginx204/fastcgi;
+    uwsgi_temp_path $TMP/nginx204/uwsgi;
+    scgi_temp_path $TMP/nginx204/scgi;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$P_204;
+        location = /auth { return 204; }
     }
 }
 EOF
@@ -176,14 +226,25 @@ taskset -c "$SERVER_CPU" "$BIN" run -c "$TMP/portcullis/portcullis.yaml" --no-wa
 PC_PID=$!
 PIDS+=($!)
 wait_http "http://127.0.0.1:$P_ADMIN/readyz" "portcullis /readyz" || { cat "$TMP/portcullis.log" >&2; exit 1; }
-"$NGINX" -t -q -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" ||
-    die "nginx config invalid"
-taskset -c "$SERVER_CPU" "$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
-    >"$TMP/nginx/stdout.log" 2>&1 &
-PIDS+=($!)
+for n in nginx nginx204; do
+    "$NGINX" -t -q -p "$TMP/$n" -e "$TMP/$n/error.log" -c "$TMP/$n/nginx.conf" ||
+        die "$n config invalid"
+    taskset -c "$SERVER_CPU" "$NGINX" -p "$TMP/$n" -e "$TMP/$n/error.log" -c "$TMP/$n/nginx.conf" \
+        >"$TMP/$n/stdout.log" 2>&1 &
+    PIDS+=($!)
+    MASTER[$n]=$!
+done
 wait_http "http://127.0.0.1:$P_STATIC/api/x" "nginx" || { cat "$TMP/nginx/error.log" >&2; exit 1; }
+wait_http "http://127.0.0.1:$P_PROXIED/api/x" "nginx → nginx204" ||
+    { cat "$TMP/nginx/error.log" "$TMP/nginx204/error.log" >&2; exit 1; }
 taskset -c "$SERVER_CPU" "$TRIVIAL" serve "127.0.0.1:$P_TRIVIAL" >"$TMP/trivial.log" 2>&1 &
 PIDS+=($!)
+TRIVIAL_PID=$!
+# Each nginx's one worker (the master only supervises).
+worker_of() { cat /proc/"$1"/task/*/children 2>/dev/null | awk '{print $1; exit}'; }
+NGX_WORKER=$(worker_of "${MASTER[nginx]}")
+NGX204_WORKER=$(worker_of "${MASTER[nginx204]}")
+[[ -n $NGX_WORKER && -n $NGX204_WORKER ]] || die "cannot find the nginx workers"
 "$TRIVIAL" encode "$TOKEN" >"$TMP/check.bin"
 
 # --- sanity: each path decides what it should ------------------------------------------------
@@ -199,7 +260,7 @@ for _ in $(seq 50); do "$TRIVIAL" ask "http://127.0.0.1:$P_TRIVIAL" "$TOKEN" && 
     die "grpc-door: Check with a bad token was OK"
 
 # --- load ----------------------------------------------------------------------------------------
-SCENARIOS=(nginx-static nginx-door grpc-trivial grpc-door)
+read -r -a SCENARIOS <<<"${SCENARIOS:-nginx-static nginx-proxied nginx-door grpc-trivial grpc-door}"
 run_load() { # $1 output, rest: command
     local outfile=$1
     shift
@@ -208,12 +269,23 @@ run_load() { # $1 output, rest: command
     wait "$LOAD_PID" || die "load failed: $(tail -5 "$outfile")"
     LOAD_PID=
 }
-# Requests per second of one run, checked for errors; sets R_RPS.
+# Requests per second of one run, checked for errors, and the CPU per request of the
+# authorizer (the door, or the trivial server) and of the nginx worker in front; sets R_RPS,
+# R_AUTH, R_NGXCPU.
 run_scenario() { # $1 scenario
-    local s=$1 out
+    local s=$1 out auth= ngx= t0 a0 n0 t1 a1 n1
     case $s in
-    nginx-static | nginx-door)
+    nginx-static) ngx=$NGX_WORKER ;;
+    nginx-proxied) auth=$NGX204_WORKER ngx=$NGX_WORKER ;;
+    nginx-door) auth=$PC_PID ngx=$NGX_WORKER ;;
+    grpc-trivial) auth=$TRIVIAL_PID ;;
+    grpc-door) auth=$PC_PID ;;
+    esac
+    t0=$(date +%s%N) a0=$(cpu_ns "$auth") n0=$(cpu_ns "$ngx")
+    case $s in
+    nginx-static | nginx-proxied | nginx-door)
         local port=$P_STATIC
+        [[ $s == nginx-proxied ]] && port=$P_PROXIED
         [[ $s == nginx-door ]] && port=$P_DOOR
         run_load "$TMP/$s.txt" wrk -t1 -c"$CONNS" -d"${DURATION}s" \
             -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/x"
@@ -236,9 +308,26 @@ run_scenario() { # $1 scenario
         ;;
     esac
     [[ -n $R_RPS ]] || die "$s: could not parse the load tool's output"
+    t1=$(date +%s%N) a1=$(cpu_ns "$auth") n1=$(cpu_ns "$ngx")
+    R_AUTH=$(per_request $((a1 - a0)) $((t1 - t0)) "$R_RPS")
+    R_NGXCPU=$(per_request $((n1 - n0)) $((t1 - t0)) "$R_RPS")
 }
 
-declare -A RUNS RPS
+# CPU time a process (all its threads) has run, in ns (schedstat; works where perf counters
+# do not). The servers share CPU $SERVER_CPU with each other and with anything else the machine
+# runs, so under load req/s ratios drift toward 1; CPU per request does not.
+cpu_ns() { # $1 pid, or empty for none
+    local sum=0 t a
+    [[ -n $1 ]] || { echo 0; return; }
+    for t in /proc/"$1"/task/*/schedstat; do
+        read -r a _ <"$t" 2>/dev/null && sum=$((sum + a))
+    done
+    echo "$sum"
+}
+# Microseconds of CPU per request: $1 CPU ns over $2 wall ns at $3 req/s.
+per_request() { awk -v c="$1" -v w="$2" -v r="$3" 'BEGIN { if (c > 0 && r > 0) printf "%.1f", c / 1000 / (r * w / 1e9); else print "-" }'; }
+
+declare -A RUNS RPS AUTH_CPU NGX_CPU
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((round = 1; round <= ROUNDS; round++)); do
     n=${#SCENARIOS[@]}
@@ -259,28 +348,46 @@ for ((round = 1; round <= ROUNDS; round++)); do
             cp "$TMP/perf.data" "$ROOT/target/perf-$s.data"
             log "profile of $s: target/perf-$s.txt, target/perf-$s.data"
         fi
-        RUNS[$s]+="$R_RPS"$'\n'
+        RUNS[$s]+="$R_RPS $R_AUTH $R_NGXCPU"$'\n'
     done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+median() { # $1 column of RUNS[$2]
+    awk -v c="$1" '$c != "-" {print $c}' <<<"${RUNS[$2]%$'\n'}" | sort -n |
+        awk '{v[NR] = $1} END {print NR ? v[int((NR + 1) / 2)] : "-"}'
+}
 for s in "${SCENARIOS[@]}"; do
-    RPS[$s]=$(sort -n <<<"${RUNS[$s]%$'\n'}" | awk -v m=$(((ROUNDS + 1) / 2)) 'NR == m')
+    RPS[$s]=$(median 1 "$s")
+    AUTH_CPU[$s]=$(median 2 "$s")
+    NGX_CPU[$s]=$(median 3 "$s")
 done
 kill -0 "$PC_PID" 2>/dev/null || { cat "$TMP/portcullis.log" >&2; die "portcullis exited"; }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r != "n/a" && r + 0 >= t) ? "PASS" : "FAIL" }'; }
-R_NGX=$(ratio "${RPS[nginx-door]}" "${RPS[nginx-static]}")
-R_GRPC=$(ratio "${RPS[grpc-door]}" "${RPS[grpc-trivial]}")
+R_NGX=$(ratio "${RPS[nginx-door]:-0}" "${RPS[nginx-proxied]:-0}")
+R_NGX_STATIC=$(ratio "${RPS[nginx-door]:-0}" "${RPS[nginx-static]:-0}")
+R_GRPC=$(ratio "${RPS[grpc-door]:-0}" "${RPS[grpc-trivial]:-0}")
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock bench 2>/dev/null || COMMIT+="+dirty"
 table() {
-    echo "| scenario | req/s (median of $ROUNDS) |"
-    echo "|---|---:|"
-    for s in "${SCENARIOS[@]}"; do echo "| $s | ${RPS[$s]} |"; done
+    echo "| scenario | req/s (median of $ROUNDS) | authorizer CPU µs/req | nginx worker CPU µs/req |"
+    echo "|---|---:|---:|---:|"
+    for s in "${SCENARIOS[@]}"; do
+        echo "| $s | ${RPS[$s]} | ${AUTH_CPU[$s]} | ${NGX_CPU[$s]} |"
+    done
     echo
-    echo "- nginx auth_request → door / → static 204: **${R_NGX}×** (target ≥ 0.9×: $(verdict "$R_NGX" 0.9))"
+    echo "- nginx auth_request → door / → proxied to a one-worker nginx answering 204 (the" \
+        "subrequest proxied the same way: what the door costs beyond a trivial endpoint's" \
+        "answer): **${R_NGX}×** (target ≥ 0.9×: $(verdict "$R_NGX" 0.9))"
+    echo "- nginx auth_request → door / → \`return 204\` inside the same nginx (no subrequest" \
+        "proxying at all: the door's whole round trip against nothing): ${R_NGX_STATIC}×"
     echo "- gRPC Check door / trivial tonic server: **${R_GRPC}×** (target ≥ 0.85×: $(verdict "$R_GRPC" 0.85))"
+    echo "- CPU per request (lower is better): Portcullis's forward-auth door" \
+        "$(ratio "${AUTH_CPU[nginx-door]:--}" "${AUTH_CPU[nginx-proxied]:-0}")× the nginx 204" \
+        "server's, the nginx worker in front $(ratio "${NGX_CPU[nginx-door]:--}" "${NGX_CPU[nginx-proxied]:-0}")×" \
+        "its own with that server; Portcullis's gRPC door" \
+        "$(ratio "${AUTH_CPU[grpc-door]:--}" "${AUTH_CPU[grpc-trivial]:-0}")× the trivial tonic server's"
 }
 table
 if [[ -n $RESULTS ]]; then

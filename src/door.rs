@@ -61,11 +61,12 @@ pub trait HttpDoor: Send + Sync + 'static {
     /// Which door.
     const DOOR: Door;
 
-    /// The original request, from the door's request (its head and headers).
+    /// The original request, from the door's request (its head and headers). Once described,
+    /// the door's request is not read again: its headers are taken, not copied.
     fn describe(
         &self,
         settings: &DoorSettings,
-        parts: &http::request::Parts,
+        parts: &mut http::request::Parts,
     ) -> Result<Described, Undescribed>;
 
     /// The answer for an allowed request: the mutation as response headers.
@@ -379,32 +380,47 @@ pub fn common(settings: &DoorSettings) -> Option<&DecisionDoor> {
 /// rate-limit bucket, networks and trusted-header rules met by all).
 /// Regression: tests (it) doors::client_address_at_the_http_doors, tests::vouched_hops
 pub fn vouched_hop(headers: &mut HeaderMap) -> Result<IpAddr, Undescribed> {
-    let mut chain = String::new();
-    for v in headers.get_all(XFF).iter() {
-        let v = v
-            .to_str()
-            .map_err(|_| Undescribed("invalid_forwarded_for"))?;
-        if !chain.is_empty() {
-            chain.push(',');
+    let (hop, kept) = {
+        fn text(v: &HeaderValue) -> Result<&str, Undescribed> {
+            v.to_str().map_err(|_| Undescribed("invalid_forwarded_for"))
         }
-        chain.push_str(v);
-    }
-    let (rest, last) = match chain.rsplit_once(',') {
-        Some((rest, last)) => (rest.trim(), last.trim()),
-        None => ("", chain.trim()),
+        // One value (what a peer sends) is read in place; several are joined first.
+        let mut values = headers.get_all(XFF).iter();
+        let chain: std::borrow::Cow<'_, str> = match (values.next(), values.next()) {
+            (None, _) => "".into(),
+            (Some(v), None) => text(v)?.into(),
+            (Some(first), Some(second)) => {
+                let mut chain = String::new();
+                for v in [first, second].into_iter().chain(values) {
+                    if !chain.is_empty() {
+                        chain.push(',');
+                    }
+                    chain.push_str(text(v)?);
+                }
+                chain.into()
+            }
+        };
+        let (rest, last) = match chain.rsplit_once(',') {
+            Some((rest, last)) => (rest.trim(), last.trim()),
+            None => ("", chain.trim()),
+        };
+        if last.is_empty() {
+            return Err(Undescribed("missing_client_address"));
+        }
+        let hop = last
+            .parse::<IpAddr>()
+            .map_err(|_| Undescribed("invalid_forwarded_for"))?
+            .to_canonical();
+        let kept = HeaderValue::from_str(rest)
+            .ok()
+            .filter(|_| !rest.is_empty());
+        (hop, kept)
     };
-    if last.is_empty() {
-        return Err(Undescribed("missing_client_address"));
-    }
-    let hop = last
-        .parse::<IpAddr>()
-        .map_err(|_| Undescribed("invalid_forwarded_for"))?
-        .to_canonical();
-    match HeaderValue::from_str(rest) {
-        Ok(v) if !rest.is_empty() => {
+    match kept {
+        Some(v) => {
             headers.insert(XFF, v);
         }
-        _ => {
+        None => {
             headers.remove(XFF);
         }
     }
@@ -438,16 +454,18 @@ pub const REMOVE_HEADER: HeaderName = HeaderName::from_static("x-portcullis-remo
 
 /// Header names as one comma-separated value; `None` for none.
 pub fn name_list(names: &[HeaderName]) -> Option<HeaderValue> {
-    let mut text = String::new();
+    // Sized once and handed over, not copied: the list is a few dozen names at every allow.
+    let mut text = String::with_capacity(names.iter().map(|n| n.as_str().len() + 1).sum());
     for n in names {
         if !text.is_empty() {
             text.push(',');
         }
         text.push_str(n.as_str());
     }
-    (!text.is_empty())
-        .then(|| HeaderValue::from_str(&text).ok())
-        .flatten()
+    if text.is_empty() {
+        return None;
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 /// Carries the real status when a door maps it for its peer.
@@ -460,6 +478,10 @@ pub const ERROR_HEADER: HeaderName = HeaderName::from_static("x-portcullis-error
 pub fn allow_response(allow: &Allow) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::new()));
     let h = resp.headers_mut();
+    // The identity headers, the response's, `cache-control`, and the door's own two (the
+    // request id, the names to remove): room for all at once rather than regrowing. (Past
+    // the map's limit the inserts below grow it as before.)
+    let _ = h.try_reserve(allow.mutation.set.len() + allow.mutation.response.len() + 3);
     for (name, value) in &allow.mutation.set {
         h.insert(name.clone(), value.clone());
     }

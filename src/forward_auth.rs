@@ -54,7 +54,7 @@ impl HttpDoor for ForwardAuth {
     fn describe(
         &self,
         _settings: &DoorSettings,
-        parts: &http::request::Parts,
+        parts: &mut http::request::Parts,
     ) -> Result<Described, Undescribed> {
         let h = &parts.headers;
         // Why: the subrequest's own method and host are the peer's, not the client's; a
@@ -80,7 +80,8 @@ impl HttpDoor for ForwardAuth {
         let authority =
             single(h, &X_FORWARDED_HOST)?.ok_or(Undescribed("missing_original_host"))?;
         let scheme = scheme(h)?;
-        let mut headers = h.clone();
+        let (target, authority) = (target.to_owned(), authority.to_owned());
+        let mut headers = std::mem::take(&mut parts.headers);
         for name in [
             X_FORWARDED_METHOD,
             X_ORIGINAL_METHOD,
@@ -92,8 +93,8 @@ impl HttpDoor for ForwardAuth {
         Ok(Described {
             method,
             scheme,
-            authority: Some(authority.to_owned()),
-            target: target.to_owned(),
+            authority: Some(authority),
+            target,
             headers,
         })
     }

@@ -315,7 +315,7 @@ async fn run_door(
     };
     let (described, render): (Result<crate::door::Described, &'static str>, Renderer) = match door {
         Door::ForwardAuth => {
-            let parts = peer_said(
+            let mut parts = peer_said(
                 "GET",
                 "/auth",
                 &[
@@ -325,7 +325,7 @@ async fn run_door(
                     ("x-forwarded-proto", &proto),
                 ],
             )?;
-            let d = crate::forward_auth::ForwardAuth.describe(&settings, &parts);
+            let d = crate::forward_auth::ForwardAuth.describe(&settings, &mut parts);
             (d.map_err(|u| u.0), Renderer::ForwardAuth)
         }
         Door::EnvoyHttp => {
@@ -335,12 +335,12 @@ async fn run_door(
                 }
                 _ => String::new(),
             };
-            let parts = peer_said(
+            let mut parts = peer_said(
                 args.method,
                 &format!("{prefix}{target}"),
                 &[("host", &authority), ("x-forwarded-proto", &proto)],
             )?;
-            let d = crate::extauthz::http::EnvoyHttp.describe(&settings, &parts);
+            let d = crate::extauthz::http::EnvoyHttp.describe(&settings, &mut parts);
             (d.map_err(|u| u.0), Renderer::EnvoyHttp)
         }
         Door::EnvoyGrpc => {

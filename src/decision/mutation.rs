@@ -17,6 +17,9 @@
 //!   `X-Forwarded-For` and `-Proto` stay the peer's to write. The proxy door writes all of
 //!   them itself (`proxy::forwarded`).
 
+use std::fmt::Write as _;
+
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::authn::Authenticator;
@@ -27,7 +30,6 @@ use crate::snapshot::Snapshot;
 
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// The change to an allowed request's headers (and to its response's).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,13 +75,26 @@ impl HeaderMutation {
             // Why: only the proxy door rewrites the forwarding headers; behind Envoy or nginx a
             // client's `X-Real-IP`, `X-Forwarded-Host` or `Forwarded` reached the upstream.
             // Regression: tests::decision_doors_name_every_family
-            for name in snapshot.spoofable.named_for_removal(facts.peer_trusted) {
-                out.push_remove(name.clone());
+            let named = snapshot.spoofable.door_removal(facts.peer_trusted);
+            let seen = out.remove.len();
+            out.remove.reserve(named.len() + 1);
+            for name in named {
+                // `named` has no repeats (built at load): only a name this request put in
+                // before it can be one.
+                if !out.remove.iter().take(seen).any(|n| n == name) {
+                    out.remove.push(name.clone());
+                }
             }
-            out.push_remove(FORWARDED);
             out.set.push((X_REAL_IP, ip_header_value(facts.client_ip)));
             let host = match facts.port {
-                Some(p) => HeaderValue::from_str(&format!("{}:{p}", facts.host)),
+                Some(p) => {
+                    let mut text = String::with_capacity(facts.host.len() + 6);
+                    text.push_str(&facts.host);
+                    text.push(':');
+                    // Writing to a String cannot fail.
+                    let _ = write!(text, "{p}");
+                    HeaderValue::from_maybe_shared(Bytes::from(text))
+                }
                 None => HeaderValue::from_str(&facts.host),
             };
             match host {

@@ -225,8 +225,8 @@ impl CheckService {
         let head = Head {
             method: &described.method,
             scheme: described.scheme,
-            authority: Some(&described.authority),
-            target: &described.target,
+            authority: Some(described.authority),
+            target: described.target,
             headers: &described.headers,
         };
         let facts = match RequestFacts::new(head, &described.conn, &snapshot.server.trusted_proxies)
@@ -267,23 +267,23 @@ impl CheckService {
     }
 }
 
-/// The original request, from a `CheckRequest`.
-struct Described {
+/// The original request, from a `CheckRequest` (whose text it borrows).
+struct Described<'a> {
     method: Method,
     scheme: Scheme,
-    authority: String,
-    target: String,
+    authority: &'a str,
+    target: &'a str,
     headers: HeaderMap,
     conn: ConnInfo,
 }
 
 /// Reads the attributes; each refusal names its reason code (400 for the client).
-fn describe(
-    check: &CheckRequest,
+fn describe<'a>(
+    check: &'a CheckRequest,
     snapshot: &Snapshot,
     conn: &Conn,
     client_certificates: bool,
-) -> Result<Described, &'static str> {
+) -> Result<Described<'a>, &'static str> {
     let attributes = check.attributes.as_ref().ok_or("missing_attributes")?;
     let http = attributes
         .request
@@ -306,10 +306,9 @@ fn describe(
         http.headers
             .get(":authority")
             .or_else(|| http.headers.get("host"))
-            .cloned()
             .ok_or("missing_host")?
     } else {
-        http.host.clone()
+        &http.host
     };
     let client = attributes
         .source
@@ -355,7 +354,7 @@ fn describe(
         method,
         scheme,
         authority,
-        target: http.path.clone(),
+        target: &http.path,
         headers,
         conn: ConnInfo::for_door(
             Door::EnvoyGrpc,
@@ -432,7 +431,8 @@ pub fn allowed(a: &Allow) -> CheckResponse {
         ..HeaderValueOption::default()
     };
     let m = &a.mutation;
-    let mut fields = std::collections::BTreeMap::new();
+    // Straight into the message's map (its order on the wire is unspecified anyway).
+    let mut fields = HashMap::with_capacity(3);
     let text = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_owned())),
     };
@@ -445,9 +445,7 @@ pub fn allowed(a: &Allow) -> CheckResponse {
         };
         fields.insert("principal_kind".to_owned(), text(kind));
     }
-    let metadata = Struct {
-        fields: fields.into_iter().collect(),
-    };
+    let metadata = Struct { fields };
     CheckResponse {
         status: Some(rpc::Status {
             code: decision::GrpcCode::Ok.as_i32(),

@@ -31,7 +31,7 @@ impl HttpDoor for EnvoyHttp {
     fn describe(
         &self,
         settings: &DoorSettings,
-        parts: &http::request::Parts,
+        parts: &mut http::request::Parts,
     ) -> Result<Described, Undescribed> {
         let prefix = match settings {
             DoorSettings::EnvoyHttp { path_prefix, .. } => &**path_prefix,
@@ -52,12 +52,14 @@ impl HttpDoor for EnvoyHttp {
             Some(a) => Some(a.as_str()),
             None => door::single(&parts.headers, &http::header::HOST)?,
         };
+        let scheme = door::scheme(&parts.headers)?;
+        let (authority, target) = (authority.map(str::to_owned), target.to_owned());
         Ok(Described {
             method: parts.method.clone(),
-            scheme: door::scheme(&parts.headers)?,
-            authority: authority.map(str::to_owned),
-            target: target.to_owned(),
-            headers: parts.headers.clone(),
+            scheme,
+            authority,
+            target,
+            headers: std::mem::take(&mut parts.headers),
         })
     }
 
