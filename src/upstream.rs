@@ -20,6 +20,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -68,6 +69,21 @@ pub struct Upstream {
     files: [u8; 32],
 }
 
+/// One endpoint as the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointStatus {
+    /// `ip:port`, or `name:port` until the name resolves.
+    pub address: String,
+    /// Passing its active health checks (always, without checks).
+    pub healthy: bool,
+    /// Out of rotation after failing requests, for now.
+    pub ejected: bool,
+    /// Times ejected since it was added.
+    pub ejections: u64,
+    /// Requests in flight (counted under `least_request` only).
+    pub in_flight: u32,
+}
+
 /// What consistent hashing hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashOn {
@@ -93,6 +109,33 @@ pub type UpstreamError = crate::config::FieldError;
 // === impl Upstream ===
 
 impl Upstream {
+    /// Every endpoint's state now, in config order, for the metrics.
+    pub fn endpoint_status(&self) -> Vec<EndpointStatus> {
+        let b = &*self.balancer;
+        let now = b.now_ms();
+        b.endpoints
+            .load()
+            .iter()
+            .map(|ep| EndpointStatus {
+                address: ep.addr.to_string(),
+                healthy: ep.healthy.load(Ordering::Relaxed),
+                ejected: ep.is_ejected(now),
+                ejections: ep.ejected_total.load(Ordering::Relaxed),
+                in_flight: ep.in_flight(),
+            })
+            .collect()
+    }
+
+    /// Retries sent, and retries the retry budget refused, since the upstream was built
+    /// (a reload that leaves it unchanged keeps the counts).
+    pub fn retries(&self) -> (u64, u64) {
+        let b = &*self.balancer;
+        (
+            b.retried.load(Ordering::Relaxed),
+            b.retries_refused.load(Ordering::Relaxed),
+        )
+    }
+
     /// Compiles an upstream, reusing `previous`'s endpoints and pools when nothing changed.
     pub fn build(
         name: &str,
@@ -304,9 +347,11 @@ impl Upstream {
             ep
         };
         if !b.budget.withdraw() {
+            b.retries_refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(upstream = &*self.name, "Retry budget spent");
             return Err(failed.error);
         }
+        b.retried.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(upstream = &*self.name, error = %failed.error, "Retrying upstream request");
         // Boxed: the rare retry does not grow every request's future.
         Box::pin(self.send_to(&next, again, opts.connect_timeout, true))

@@ -142,7 +142,7 @@ struct SnapshotSource(Arc<OnceLock<Arc<ArcSwap<Snapshot>>>>);
 /// Rate-limit and Redis metrics, read from the limits of the active snapshot at each scrape:
 /// their counters are atomics the decision core updates, carried across reloads by name.
 #[derive(Debug)]
-struct RateLimitCollector(SnapshotSource);
+struct SnapshotCollector(SnapshotSource);
 
 /// A latency histogram updated with atomics only (prometheus-client's own takes a lock per
 /// observation).
@@ -283,7 +283,7 @@ impl Metrics {
             identity_headers_refused.clone(),
         );
         let snapshot = SnapshotSource::default();
-        registry.register_collector(Box::new(RateLimitCollector(snapshot.clone())));
+        registry.register_collector(Box::new(SnapshotCollector(snapshot.clone())));
         Self {
             snapshot,
             registry,
@@ -381,9 +381,91 @@ impl Default for Metrics {
     }
 }
 
-// === impl RateLimitCollector ===
+// === impl SnapshotCollector ===
 
-impl Collector for RateLimitCollector {
+/// The upstreams' endpoints and retries, read at scrape time from the active snapshot.
+fn encode_upstreams(
+    snapshot: &Snapshot,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    if snapshot.upstreams.is_empty() {
+        return Ok(());
+    }
+    let endpoints: Vec<_> = snapshot
+        .upstreams
+        .iter()
+        .map(|u| (u, u.endpoint_status()))
+        .collect();
+    let mut m = encoder.encode_descriptor(
+        "upstream_endpoint_up",
+        "Whether an upstream endpoint is in rotation now (1): passing its health checks and not ejected",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (u, eps) in &endpoints {
+        for ep in eps {
+            let labels = [("upstream", &*u.name), ("endpoint", ep.address.as_str())];
+            m.encode_family(&labels)?
+                .encode_gauge(&i64::from(ep.healthy && !ep.ejected))?;
+        }
+    }
+    let mut m = encoder.encode_descriptor(
+        "upstream_endpoint_healthy",
+        "Whether an upstream endpoint passes its active health checks (1; always 1 without checks)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (u, eps) in &endpoints {
+        for ep in eps {
+            let labels = [("upstream", &*u.name), ("endpoint", ep.address.as_str())];
+            m.encode_family(&labels)?
+                .encode_gauge(&i64::from(ep.healthy))?;
+        }
+    }
+    let mut m = encoder.encode_descriptor(
+        "upstream_endpoint_ejections",
+        "Times an upstream endpoint was ejected after consecutive failures",
+        None,
+        MetricType::Counter,
+    )?;
+    for (u, eps) in &endpoints {
+        for ep in eps {
+            let labels = [("upstream", &*u.name), ("endpoint", ep.address.as_str())];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&ep.ejections, None)?;
+        }
+    }
+    let mut m = encoder.encode_descriptor(
+        "upstream_endpoint_in_flight",
+        "Requests in flight to an upstream endpoint (counted for balance: least_request)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (u, eps) in &endpoints {
+        for ep in eps {
+            let labels = [("upstream", &*u.name), ("endpoint", ep.address.as_str())];
+            m.encode_family(&labels)?
+                .encode_gauge(&i64::from(ep.in_flight))?;
+        }
+    }
+    let mut m = encoder.encode_descriptor(
+        "upstream_retries",
+        "Upstream requests retried, by outcome (sent, or refused by the retry budget)",
+        None,
+        MetricType::Counter,
+    )?;
+    for u in &snapshot.upstreams {
+        let (sent, refused) = u.retries();
+        for (outcome, v) in [("sent", sent), ("budget_refused", refused)] {
+            let labels = [("upstream", &*u.name), ("outcome", outcome)];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+    }
+    Ok(())
+}
+
+impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let Some(current) = self.0.0.get() else {
             return Ok(());
@@ -434,6 +516,7 @@ impl Collector for RateLimitCollector {
                     .encode_gauge(&i64::try_from(l.keys()).unwrap_or(i64::MAX))?;
             }
         }
+        encode_upstreams(&snapshot, &mut encoder)?;
         let Some(redis) = &snapshot.redis else {
             return Ok(());
         };

@@ -30,6 +30,10 @@ pub(super) struct Balancer {
     policy: RawBalance,
     pub(super) ejection: Ejection,
     pub(super) budget: RetryBudget,
+    /// Retries sent, and retries the budget refused, since the balancer was built (metrics).
+    pub(super) retried: AtomicU64,
+    /// See `retried`.
+    pub(super) retries_refused: AtomicU64,
     /// Time zero of the millisecond clocks below.
     pub(super) epoch: Instant,
     /// Builds the pool of a new address.
@@ -52,6 +56,8 @@ pub(super) struct Endpoint {
     ejections: AtomicU32,
     /// Out of rotation until this many milliseconds after the epoch.
     ejected_until: AtomicU64,
+    /// Times ejected since it was added (metrics).
+    pub(super) ejected_total: AtomicU64,
     /// The active checks' verdict (true without checks).
     pub(super) healthy: AtomicBool,
     /// Checks passed (positive) or failed (negative) in a row.
@@ -112,6 +118,8 @@ impl Balancer {
             policy,
             ejection,
             budget,
+            retried: AtomicU64::new(0),
+            retries_refused: AtomicU64::new(0),
             epoch: Instant::now(),
             template,
         }
@@ -205,6 +213,7 @@ impl Balancer {
                     .now_ms()
                     .saturating_add(u64::try_from(time.as_millis()).unwrap_or(u64::MAX));
                 ep.ejected_until.store(until, Ordering::Relaxed);
+                ep.ejected_total.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(upstream, endpoint = %ep.addr, failures, ejected_for = ?time, "Upstream endpoint ejected");
             }
         }
@@ -300,6 +309,7 @@ impl Endpoint {
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            ejected_total: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             streak: AtomicI32::new(0),
         }
@@ -307,7 +317,17 @@ impl Endpoint {
 
     /// In rotation: healthy and not ejected.
     pub(super) fn is_available(&self, now_ms: u64) -> bool {
-        self.healthy.load(Ordering::Relaxed) && self.ejected_until.load(Ordering::Relaxed) <= now_ms
+        self.healthy.load(Ordering::Relaxed) && !self.is_ejected(now_ms)
+    }
+
+    /// Out of rotation after failing (passive ejection).
+    pub(super) fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Requests in flight (counted under least request only).
+    pub(super) fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Counts a request in flight until the guard drops (least request only).

@@ -285,6 +285,23 @@ async fn failing_endpoint_ejected_then_readmitted() {
         failed, 2,
         "the two failures reached the client as they were"
     );
+    // What an operator sees: the endpoint out of rotation, one ejection, the others up.
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let endpoint = |name: &str, b: &Backend| {
+        format!(
+            "portcullis_{name}{{upstream=\"pool\",endpoint=\"{}\"}}",
+            b.addr
+        )
+    };
+    for line in [
+        format!("{} 0", endpoint("upstream_endpoint_up", &b)),
+        format!("{} 1", endpoint("upstream_endpoint_up", &a)),
+        format!("{} 1", endpoint("upstream_endpoint_healthy", &b)),
+        format!("{} 1", endpoint("upstream_endpoint_ejections_total", &b)),
+        format!("{} 0", endpoint("upstream_endpoint_ejections_total", &c)),
+    ] {
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
     b.set_down(false);
     let back = crate::support::eventually(Duration::from_secs(8), || async {
         get(gw.addr(), "/x").await;
@@ -320,6 +337,16 @@ async fn unreachable_endpoint_retried_elsewhere_and_ejected() {
         assert_eq!(send(gw.addr(), post).await.0, StatusCode::OK);
     }
     assert_eq!(a.hits(), 10);
+    // The first request was retried on `a`; the dead endpoint is ejected and seen as down.
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    for line in [
+        "portcullis_upstream_retries_total{upstream=\"pool\",outcome=\"sent\"} 1".to_owned(),
+        "portcullis_upstream_retries_total{upstream=\"pool\",outcome=\"budget_refused\"} 0"
+            .to_owned(),
+        format!("portcullis_upstream_endpoint_up{{upstream=\"pool\",endpoint=\"{dead}\"}} 0"),
+    ] {
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
 }
 
 /// Active health checks take a failing endpoint out of rotation and bring it back.
@@ -348,6 +375,12 @@ async fn health_checks_remove_and_return_an_endpoint() {
         assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
     }
     assert_eq!(b.hits(), before, "an unhealthy endpoint got traffic");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let line = format!(
+        "portcullis_upstream_endpoint_healthy{{upstream=\"pool\",endpoint=\"{}\"}} 0",
+        b.addr
+    );
+    assert!(metrics.contains(&line), "{line} in\n{metrics}");
     b.set_down(false);
     let back = crate::support::eventually(Duration::from_secs(3), || async {
         get(gw.addr(), "/x").await;
