@@ -133,7 +133,51 @@ pub struct Metrics {
     pub identity_headers_refused: Counter,
     /// The snapshot whose rate limits and Redis store are read at each scrape.
     snapshot: SnapshotSource,
+    /// Tells this instance's counters apart in the per-thread cache ([`cached`]).
+    id: u64,
 }
+
+/// Which labelled family a [`cached`] counter belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Labelled {
+    Denial(Door),
+    BadRequest,
+    Limit,
+    UpstreamError,
+}
+
+/// Cache key: the [`Metrics`] instance, the family, and the label's address and length (the
+/// labels are `&'static str`s from closed sets; two copies of one text are two keys for the
+/// same counter).
+type CacheKey = (u64, Labelled, usize, usize);
+
+thread_local! {
+    static COUNTERS: std::cell::RefCell<std::collections::HashMap<CacheKey, Counter>> =
+        std::cell::RefCell::default();
+}
+
+/// Increments the counter of a labelled family without taking the family's lock, after the
+/// first time on each thread: `Family::get_or_create` takes a read lock and hashes the labels
+/// on every call, and a flood of denials calls it on every request.
+fn cached(metrics: u64, family: Labelled, label: &'static str, get: impl FnOnce() -> Counter) {
+    let key = (metrics, family, label.as_ptr() as usize, label.len());
+    COUNTERS.with(|c| {
+        let mut c = c.borrow_mut();
+        match c.get(&key) {
+            Some(counter) => {
+                counter.inc();
+            }
+            None => {
+                let counter = get();
+                counter.inc();
+                c.insert(key, counter);
+            }
+        }
+    });
+}
+
+/// Ids of [`Metrics`] instances (several live in one test process).
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// Where the rate-limit collector finds the active snapshot (set once the reloader exists).
 #[derive(Debug, Default, Clone)]
@@ -286,6 +330,7 @@ impl Metrics {
         registry.register_collector(Box::new(SnapshotCollector(snapshot.clone())));
         Self {
             snapshot,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             duration,
@@ -336,29 +381,37 @@ impl Metrics {
 
     /// Counts a failed upstream exchange.
     pub fn upstream_error(&self, kind: &'static str) {
-        self.upstream_errors
-            .get_or_create(&KindLabel { kind })
-            .inc();
+        cached(self.id, Labelled::UpstreamError, kind, || {
+            self.upstream_errors
+                .get_or_create(&KindLabel { kind })
+                .clone()
+        });
     }
 
     /// Counts a request rejected before a decision.
     pub fn bad_request(&self, kind: &'static str) {
-        self.bad_requests.get_or_create(&KindLabel { kind }).inc();
+        cached(self.id, Labelled::BadRequest, kind, || {
+            self.bad_requests.get_or_create(&KindLabel { kind }).clone()
+        });
     }
 
     /// Counts a denial at `door` by its reason code.
     pub fn denial(&self, door: Door, reason: &'static str) {
-        self.denials
-            .get_or_create(&DenialLabels {
-                door: door.as_str(),
-                reason,
-            })
-            .inc();
+        cached(self.id, Labelled::Denial(door), reason, || {
+            self.denials
+                .get_or_create(&DenialLabels {
+                    door: door.as_str(),
+                    reason,
+                })
+                .clone()
+        });
     }
 
     /// Counts a connection or stream ended by a resource limit (a closed set of names).
     pub fn limit(&self, limit: &'static str) {
-        self.limits.get_or_create(&LimitLabel { limit }).inc();
+        cached(self.id, Labelled::Limit, limit, || {
+            self.limits.get_or_create(&LimitLabel { limit }).clone()
+        });
     }
 
     /// Reads rate-limit and Redis metrics from `current` at each scrape (set once).
@@ -656,5 +709,45 @@ mod tests {
         );
         assert!(text.contains(r#"portcullis_config_reloads_total{outcome="applied"} 1"#));
         assert!(text.contains(r#"portcullis_config_info{version="abc"} 1"#));
+    }
+
+    /// Labelled counters are found in a per-thread cache after their first use: each
+    /// instance keeps its own counts, from every thread, and the text shows each once.
+    #[test]
+    fn cached_labelled_counters_count_per_instance_from_every_thread() {
+        let (a, b) = (Arc::new(Metrics::new()), Metrics::new());
+        for _ in 0..3 {
+            a.denial(Door::Proxy, "forbidden");
+        }
+        b.denial(Door::Proxy, "forbidden");
+        b.denial(Door::ForwardAuth, "forbidden");
+        let other = Arc::clone(&a);
+        std::thread::spawn(move || {
+            other.denial(Door::Proxy, "forbidden");
+            other.bad_request("h2c_upgrade");
+            other.limit("idle_timeout");
+            other.upstream_error("connect");
+        })
+        .join()
+        .unwrap();
+        a.bad_request("h2c_upgrade");
+        let text = a.encode();
+        for line in [
+            r#"portcullis_denials_total{door="proxy",reason="forbidden"} 4"#,
+            r#"portcullis_bad_requests_total{kind="h2c_upgrade"} 2"#,
+            r#"portcullis_connection_limits_total{limit="idle_timeout"} 1"#,
+            r#"portcullis_upstream_errors_total{kind="connect"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(
+            !text.contains(r#"portcullis_denials_total{door="forward-auth""#),
+            "{text}"
+        );
+        let text = b.encode();
+        assert!(text.contains(r#"portcullis_denials_total{door="proxy",reason="forbidden"} 1"#));
+        assert!(
+            text.contains(r#"portcullis_denials_total{door="forward-auth",reason="forbidden"} 1"#)
+        );
     }
 }
