@@ -5,7 +5,7 @@
 //! called by its SHA-1 (`EVALSHA`), again after a Redis restart forgets it. One multiplexed
 //! connection pipelines every check and reconnects by itself: to one server (redis-rs
 //! `ConnectionManager`), to each master of a Redis Cluster, or to the master a Sentinel names
-//! ([`target`]).
+//! (`target.rs`).
 //!
 //! Invariants:
 //! - A call never takes longer than `redis.timeout`; then, or on any error or unexpected

@@ -37,9 +37,12 @@ async fn cli(bin: &Path, args: &[String]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `redis-cli -p PORT ARGS…`.
-async fn cli_at(bin: &Path, port: u16, args: &[&str]) -> String {
+/// `redis-cli -p PORT ARGS…`, with `password` when given.
+async fn cli_at(bin: &Path, port: u16, password: Option<&str>, args: &[&str]) -> String {
     let mut all = vec!["-p".to_owned(), port.to_string()];
+    if let Some(p) = password {
+        all.extend(["-a", p, "--no-auth-warning"].map(str::to_owned));
+    }
     all.extend(args.iter().map(|a| (*a).to_owned()));
     cli(bin, &all).await
 }
@@ -88,7 +91,7 @@ async fn cluster_two_gateway_processes_share_budgets_across_slots() {
     for n in &nodes {
         let (bin, port) = (&bin, n.port);
         let ok = eventually(Duration::from_secs(10), || async move {
-            cli_at(bin, port, &["CLUSTER", "INFO"])
+            cli_at(bin, port, None, &["CLUSTER", "INFO"])
                 .await
                 .contains("cluster_state:ok")
         })
@@ -153,7 +156,7 @@ async fn cluster_two_gateway_processes_share_budgets_across_slots() {
     let mut holding = 0;
     let mut keys = 0;
     for n in &nodes {
-        let size: u64 = cli_at(&bin, n.port, &["DBSIZE"])
+        let size: u64 = cli_at(&bin, n.port, None, &["DBSIZE"])
             .await
             .trim()
             .parse()
@@ -174,7 +177,8 @@ struct SentinelServer {
 
 impl SentinelServer {
     /// A sentinel watching the master at `master` as `limits`, quick to fail over: down
-    /// after 300 ms without an answer, a failover given up after 2 s.
+    /// after 300 ms without an answer, a failover given up after 2 s. Its clients need
+    /// [`SENTINELS`]' password; it uses [`SERVERS`]' with the servers.
     async fn start(master: SocketAddr) -> Option<Self> {
         let bin = crate::peers::tool(&["redis-server"], "redis-server")?;
         let dir = tempfile::tempdir().unwrap();
@@ -186,7 +190,11 @@ impl SentinelServer {
                 "port {port}\nbind 127.0.0.1\ndir {dir}\n\
                  sentinel monitor limits {ip} {mport} 1\n\
                  sentinel down-after-milliseconds limits 300\n\
-                 sentinel failover-timeout limits 2000\n",
+                 sentinel failover-timeout limits 2000\n\
+                 sentinel auth-pass limits {servers}\n\
+                 requirepass {sentinels}\n",
+                servers = SERVERS.unwrap_or_default(),
+                sentinels = SENTINELS.unwrap_or_default(),
                 dir = dir.path().display(),
                 ip = master.ip(),
                 mport = master.port(),
@@ -210,10 +218,13 @@ impl SentinelServer {
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let up = eventually(Duration::from_secs(10), || async move {
-            ping(addr).await.is_some_and(|r| r == "+PONG")
+            ping(addr).await.is_some_and(|r| r.starts_with("-NOAUTH"))
         })
         .await;
-        assert!(up, "sentinel answers PING on {addr}");
+        assert!(
+            up,
+            "sentinel answers PING (asking for its password) on {addr}"
+        );
         Some(server)
     }
 }
@@ -225,27 +236,39 @@ impl Drop for SentinelServer {
     }
 }
 
-/// One master, one replica and one sentinel. The gateway, given only the sentinel and the
-/// master's name, finds the master; the master is killed; once the sentinel has promoted the
-/// replica, the gateway checks there, and the budget spent before the failover stays spent.
+/// The Redis servers' password (master and replica alike), from a file at the gateway.
+const SERVERS: Option<&str> = Some("servers-s3cret");
+
+/// The sentinel's own password, from another file.
+const SENTINELS: Option<&str> = Some("sentinels-s3cret");
+
+/// One master, one replica and one sentinel, each requiring a password. The gateway, given
+/// only the sentinel and the master's name, finds the master; the master is killed; once the
+/// sentinel has promoted the replica, the gateway checks there, and the budget spent before
+/// the failover stays spent.
 #[tokio::test]
 async fn sentinel_finds_the_master_and_follows_a_failover() {
     let Some(bin) = redis_cli() else {
         return;
     };
     // A replica's first sync starts at once, not after the default 5 s wait for others.
-    let Some(mut master) = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]).await
+    let password = SERVERS.unwrap_or_default();
+    let auth = ["--requirepass", password, "--masterauth", password];
+    let Some(mut master) =
+        RedisServer::start_with(&[&auth[..], &["--repl-diskless-sync-delay", "0"]].concat()).await
     else {
         return;
     };
     let master_port = master.port.to_string();
-    let Some(replica) = RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port]).await
+    let Some(replica) =
+        RedisServer::start_with(&[&auth[..], &["--replicaof", "127.0.0.1", &master_port]].concat())
+            .await
     else {
         return;
     };
     let (b, rport) = (&bin, replica.port);
     let linked = eventually(Duration::from_secs(10), || async move {
-        cli_at(b, rport, &["INFO", "replication"])
+        cli_at(b, rport, SERVERS, &["INFO", "replication"])
             .await
             .contains("master_link_status:up")
     })
@@ -256,7 +279,7 @@ async fn sentinel_finds_the_master_and_follows_a_failover() {
     };
     let (b, sport) = (&bin, sentinel.port);
     let known = eventually(Duration::from_secs(10), || async move {
-        cli_at(b, sport, &["SENTINEL", "replicas", "limits"])
+        cli_at(b, sport, SENTINELS, &["SENTINEL", "replicas", "limits"])
             .await
             .lines()
             .any(|l| l.trim() == rport.to_string())
@@ -269,9 +292,17 @@ async fn sentinel_finds_the_master_and_follows_a_failover() {
             "10-p.yaml".into(),
             "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: l, upstream: echo}\n".into(),
         )],
+        files: vec![
+            ("redis.pass".into(), password.as_bytes().to_vec()),
+            (
+                "sentinel.pass".into(),
+                SENTINELS.unwrap_or_default().as_bytes().to_vec(),
+            ),
+        ],
         extra: format!(
             "redis:
-  sentinel: {{master: limits, urls: [\"redis://127.0.0.1:{sport}\"]}}
+  sentinel: {{master: limits, urls: [\"redis://127.0.0.1:{sport}\"], password: {{file: sentinel.pass}}}}
+  password: {{file: redis.pass}}
   timeout: 100ms
   connect_timeout: 200ms
   breaker_failures: 3
@@ -295,11 +326,11 @@ rate_limits:
     let (b, mport) = (&bin, master.port);
     let synced = eventually(Duration::from_secs(10), || async move {
         let m = info_field(
-            &cli_at(b, mport, &["INFO", "replication"]).await,
+            &cli_at(b, mport, SERVERS, &["INFO", "replication"]).await,
             "master_repl_offset",
         );
         let r = info_field(
-            &cli_at(b, rport, &["INFO", "replication"]).await,
+            &cli_at(b, rport, SERVERS, &["INFO", "replication"]).await,
             "slave_repl_offset",
         );
         m.is_some() && m == r
@@ -345,6 +376,7 @@ rate_limits:
     let now_master = cli_at(
         &bin,
         sport,
+        SENTINELS,
         &["SENTINEL", "get-master-addr-by-name", "limits"],
     )
     .await;
@@ -364,4 +396,8 @@ rate_limits:
         0,
         "{metrics}"
     );
+    for page in ["/config", "/metrics"] {
+        let (_, body) = gw.admin_get(page).await;
+        assert!(!body.contains("s3cret"), "{page}: {body}");
+    }
 }
