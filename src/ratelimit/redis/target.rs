@@ -29,7 +29,9 @@ use crate::config::raw::RawRedis;
 pub(super) enum Target {
     /// One server, reconnected by its `ConnectionManager`.
     Single {
+        /// The server, with its credentials.
         client: redis::Client,
+        /// Timeouts and reconnection back-off.
         config: ConnectionManagerConfig,
     },
     /// A Redis Cluster; its connection follows slots, `MOVED` and `ASK` by itself.
@@ -42,9 +44,13 @@ pub(super) enum Target {
 pub(super) struct SentinelTarget {
     /// Only the resolving task locks it.
     sentinel: tokio::sync::Mutex<Sentinel>,
+    /// The master's name.
     master: Box<str>,
+    /// How to reach the master: its credentials, TLS or not.
     node: SentinelNodeConnectionInfo,
+    /// The master's connection's timeouts and back-off.
     config: ConnectionManagerConfig,
+    /// Bounds one lookup and connection.
     connect_timeout: Duration,
     /// A resolving task is running.
     resolving: AtomicBool,
@@ -62,10 +68,15 @@ pub(super) enum Conn {
 /// The connection settings the forms share: credentials for the Redis servers, the sentinels'
 /// own, and the timeouts.
 pub(super) struct Settings<'a> {
+    /// The Redis servers' ACL user.
     pub username: Option<&'a str>,
+    /// The Redis servers' password.
     pub password: Option<&'a str>,
+    /// The sentinels' ACL user.
     pub sentinel_username: Option<&'a str>,
+    /// The sentinels' password.
     pub sentinel_password: Option<&'a str>,
+    /// Bounds connecting, and a stalled connection.
     pub connect_timeout: Duration,
 }
 
