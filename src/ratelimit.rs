@@ -2,8 +2,9 @@
 //! decision core so every door counts alike and answers alike (429 with `Retry-After` and
 //! `RateLimit-*`, or 503 `rate_limit_unavailable` when a fail-closed Redis limit cannot ask).
 //!
-//! A limit's budgets live in this process ([`local`]) or in Redis ([`redis`]), shared by every
-//! gateway of a fleet; both run the same algorithm ([`gcra`]). A limit may choose its rate by
+//! A limit's budgets live in this process ([`local`]) or in Redis ([`redis`]: one server, a
+//! Redis Cluster or a Sentinel's master), shared by every gateway of a fleet; both run the
+//! same algorithm ([`gcra`]). A limit may choose its rate by
 //! a tier (a claim, an API key's plan), add a long-window quota, run in shadow mode (counted,
 //! never refusing), or count refusals instead of admissions (a brute-force guard, checked
 //! before any credential is verified).

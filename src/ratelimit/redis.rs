@@ -3,7 +3,9 @@
 //!
 //! The script is sent once (`SCRIPT LOAD`, by the client on the first `NOSCRIPT`) and then
 //! called by its SHA-1 (`EVALSHA`), again after a Redis restart forgets it. One multiplexed
-//! connection (redis-rs `ConnectionManager`) pipelines every check and reconnects by itself.
+//! connection pipelines every check and reconnects by itself: to one server (redis-rs
+//! `ConnectionManager`), to each master of a Redis Cluster, or to the master a Sentinel names
+//! (`target.rs`).
 //!
 //! Invariants:
 //! - A call never takes longer than `redis.timeout`; then, or on any error or unexpected
@@ -19,14 +21,17 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use self::target::{Conn, Settings, Target};
 use super::gcra::{Mode, Plan, Wait};
 use crate::config::FieldError;
 use crate::config::raw::RawRedis;
 use crate::telemetry::metrics::Histogram;
 
-/// The GCRA of [`super::gcra`], step for step, in microseconds. KEYS[1]: the key. ARGV: mode
+mod target;
+
+/// The GCRA of [`super::gcra`], step for step, in microseconds. KEYS[1]: the key, the only
+/// one it touches (so a Redis Cluster runs it on the master of that key's slot). ARGV: mode
 /// (`spend` or `peek`), the rate's interval and tolerance, the quota's (0 0: none).
 /// Returns `{allowed, wait_us, refused_by_quota}`.
 pub const SCRIPT: &str = r"
@@ -75,13 +80,13 @@ const CALL_BOUNDS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
 ];
 
-/// The Redis server rate limits share, with its connection and breaker.
+/// The Redis rate limits share, with its connection and breaker.
 pub struct RedisStore {
     fingerprint: crate::config::Fingerprint,
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    /// Made on first use; dropped after a reply that makes no sense.
-    conn: ArcSwapOption<ConnectionManager>,
+    target: Target,
+    /// Made on first use; dropped after a reply that makes no sense (a Sentinel's master:
+    /// after any failure). Shared with the task that looks up a Sentinel's master.
+    conn: Arc<ArcSwapOption<Conn>>,
     script: redis::Script,
     timeout: Duration,
     connect_timeout: Duration,
@@ -148,6 +153,7 @@ pub enum BreakerState {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
+            .field("target", &self.target.kind())
             .field("timeout", &self.timeout)
             .field("prefix", &self.prefix)
             .field("breaker", &self.breaker_state())
@@ -185,82 +191,66 @@ impl RedisStore {
                 }
             },
         };
-        let fingerprint = crate::config::Fingerprint::of(&[
-            raw,
-            &password
-                .as_ref()
-                .map(|p| crate::secret::hex(&digest(p.expose()))),
-        ]);
+        let sentinel_password = match raw.sentinel.as_ref().and_then(|s| s.password.as_ref()) {
+            None => None,
+            Some(secret) => match crate::secret::read(secret, base_dir, watched) {
+                Ok(p) => Some(p),
+                Err(m) => {
+                    errors.push(FieldError::new("sentinel.password", m));
+                    None
+                }
+            },
+        };
+        let hex = |p: &Option<crate::secret::Secret<Vec<u8>>>| {
+            p.as_ref().map(|p| crate::secret::hex(&digest(p.expose())))
+        };
+        let fingerprint =
+            crate::config::Fingerprint::of(&[raw, &hex(&password), &hex(&sentinel_password)]);
         if let Some(p) = previous.filter(|p| p.fingerprint == fingerprint) {
             return Ok(Arc::clone(p));
         }
-        let scheme_ok = raw.url.starts_with("redis://") || raw.url.starts_with("rediss://");
-        if !scheme_ok {
-            errors.push(FieldError::new(
-                "url",
-                format!(
-                    "`{}`: expected redis://HOST:PORT or rediss://HOST:PORT",
-                    redacted_url(&raw.url)
-                ),
-            ));
-        } else if raw.url.contains('@') {
-            errors.push(FieldError::new(
-                "url",
-                "credentials do not belong in the URL: use `username` and `password` (from `env` or `file`)",
-            ));
-        }
+        let (password, sentinel_password) = match (
+            text(&password, "password"),
+            text(&sentinel_password, "sentinel.password"),
+        ) {
+            (Ok(p), Ok(s)) => (p, s),
+            (p, s) => {
+                errors.extend(p.err());
+                errors.extend(s.err());
+                (None, None)
+            }
+        };
+        let settings = Settings {
+            username: raw.username.as_deref(),
+            password,
+            sentinel_username: raw.sentinel.as_ref().and_then(|s| s.username.as_deref()),
+            sentinel_password,
+            connect_timeout: raw.connect_timeout,
+        };
+        let target = match Target::compile(raw, &settings) {
+            Ok(t) => Some(t),
+            Err(mut es) => {
+                errors.append(&mut es);
+                None
+            }
+        };
         if raw.timeout.is_zero() {
             errors.push(FieldError::new("timeout", "must be more than 0"));
         }
         if raw.breaker_failures == 0 {
             errors.push(FieldError::new("breaker_failures", "must be at least 1"));
         }
-        if !errors.is_empty() {
+        let Some(target) = target.filter(|_| errors.is_empty()) else {
             return Err(errors);
-        }
-        let info =
-            redis::IntoConnectionInfo::into_connection_info(raw.url.as_str()).map_err(|e| {
-                vec![FieldError::new(
-                    "url",
-                    format!(
-                        "`{}`: {}",
-                        redacted_url(&raw.url),
-                        e.detail().unwrap_or("invalid URL")
-                    ),
-                )]
-            })?;
-        let mut settings = info.redis_settings().clone();
-        if let Some(u) = &raw.username {
-            settings = settings.set_username(u);
-        }
-        if let Some(p) = &password {
-            let text = std::str::from_utf8(p.expose())
-                .map_err(|_| vec![FieldError::new("password", "must be UTF-8 text")])?;
-            settings = settings.set_password(text);
-        }
-        let info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| {
-            vec![FieldError::new(
-                "url",
-                e.detail().unwrap_or("invalid").to_owned(),
-            )]
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(raw.connect_timeout))
-            // Our own timeout bounds each check; this one frees a stalled connection.
-            .set_response_timeout(Some(raw.connect_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
+        };
         let metrics = match previous {
             Some(p) => RedisMetrics::carried(&p.metrics),
             None => RedisMetrics::new(),
         };
         Ok(Arc::new(Self {
             fingerprint,
-            client,
-            config,
-            conn: ArcSwapOption::empty(),
+            target,
+            conn: Arc::new(ArcSwapOption::empty()),
             script: redis::Script::new(SCRIPT),
             timeout: raw.timeout,
             connect_timeout: raw.connect_timeout,
@@ -297,7 +287,8 @@ impl RedisStore {
         }
         let store = Arc::clone(self);
         tokio::spawn(async move {
-            if let Some(mut conn) = store.connection() {
+            if let Some(conn) = store.connection() {
+                let mut conn = Conn::clone(&conn);
                 let loaded =
                     tokio::time::timeout(store.connect_timeout, store.script.load_async(&mut conn))
                         .await;
@@ -321,7 +312,7 @@ impl RedisStore {
             self.metrics.short_circuited.fetch_add(1, Ordering::Relaxed);
             return Err(RedisError::Open);
         }
-        let Some(mut conn) = self.connection() else {
+        let Some(used) = self.connection() else {
             self.breaker.failure(self.now());
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
             return Err(RedisError::Failed);
@@ -340,16 +331,25 @@ impl RedisStore {
         .arg(qi)
         .arg(qt);
         self.metrics.calls.fetch_add(1, Ordering::Relaxed);
+        let mut conn = Conn::clone(&used);
         let start = tokio::time::Instant::now();
         let reply =
             tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut conn)).await;
         let outcome = match reply {
-            Err(_) => Err(RedisError::Timeout),
+            Err(_) => {
+                if self.target.drops_on_failure() {
+                    self.reset(&used);
+                }
+                Err(RedisError::Timeout)
+            }
             Ok(Err(e)) => {
                 // A server or protocol error leaves a connection that may keep answering
-                // nonsense (a proxy, a wrong port): start afresh. IO errors reconnect anyway.
-                if !e.is_io_error() && !e.is_connection_dropped() {
-                    self.conn.store(None);
+                // nonsense (a proxy, a wrong port): start afresh. IO errors reconnect anyway,
+                // but to the same address: a Sentinel's master is looked up again.
+                if self.target.drops_on_failure()
+                    || (!e.is_io_error() && !e.is_connection_dropped())
+                {
+                    self.reset(&used);
                 }
                 Err(RedisError::Failed)
             }
@@ -367,7 +367,7 @@ impl RedisStore {
                 }
                 // Whatever answered is not running our script: start afresh.
                 _ => {
-                    self.conn.store(None);
+                    self.reset(&used);
                     Err(RedisError::Failed)
                 }
             },
@@ -397,14 +397,37 @@ impl RedisStore {
 
     /// The connection, made on first use (inside the runtime: a config is also compiled
     /// outside one) or after a reset.
-    fn connection(&self) -> Option<ConnectionManager> {
+    /// A Sentinel's master is looked up in the background: `None` until it is found.
+    fn connection(&self) -> Option<Arc<Conn>> {
         if let Some(c) = &*self.conn.load() {
-            return Some(ConnectionManager::clone(c));
+            return Some(Arc::clone(c));
         }
-        let c = ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
-            .ok()?;
-        self.conn.store(Some(Arc::new(c.clone())));
+        let c = Arc::new(self.target.connect(&self.conn)?);
+        self.conn.store(Some(Arc::clone(&c)));
         Some(c)
+    }
+
+    /// Drops `used`, unless another call already replaced it; a Sentinel's master is looked
+    /// up again at once (not only on the next call, which the breaker may hold back).
+    fn reset(&self, used: &Arc<Conn>) {
+        let was = self.conn.compare_and_swap(used, None);
+        let dropped = was.as_ref().is_some_and(|c| Arc::ptr_eq(c, used));
+        if dropped && self.target.drops_on_failure() {
+            let _ = self.target.connect(&self.conn);
+        }
+    }
+}
+
+/// A password as text, if any.
+fn text<'a>(
+    p: &'a Option<crate::secret::Secret<Vec<u8>>>,
+    field: &str,
+) -> Result<Option<&'a str>, FieldError> {
+    match p {
+        None => Ok(None),
+        Some(p) => std::str::from_utf8(p.expose())
+            .map(Some)
+            .map_err(|_| FieldError::new(field, "must be UTF-8 text")),
     }
 }
 

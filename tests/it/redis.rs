@@ -18,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{Setup, TestGateway, eventually, send};
 
+mod topologies;
+
 /// Each check's time budget in these tests: generous, so a busy CI machine never times out a
 /// healthy Redis; the latency bound asserted is this plus a margin.
 const TIMEOUT_MS: u64 = 100;
@@ -407,57 +409,18 @@ async fn two_gateway_processes_share_one_budget_exactly() {
     let echo = portcullis::echo::Echo::start(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
-    let mut gateways = Vec::new();
-    for _ in 0..2 {
-        let dir = tempfile::tempdir().unwrap();
-        let (listen, admin) = (free_port(), free_port());
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
-        std::fs::write(
-            dir.path().join("policies/p.yaml"),
-            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: shared, upstream: echo}\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("portcullis.yaml"),
-            format!(
-                "listeners: [{{name: http, address: \"{listen}\"}}]
-admin: {{address: \"{admin}\"}}
-upstreams: {{echo: {{url: \"http://{echo}\"}}}}
-policies: {{dir: policies}}
-logging: {{access_log: false}}
-redis: {{url: \"{url}\", timeout: 1s}}
+    let config = format!(
+        "redis: {{url: \"{url}\", timeout: 1s}}
 rate_limits:
   shared: {{key: client_ip, requests: 10, per: 1h, backend: redis, on_redis_failure: deny}}
 ",
-                echo = echo.addr,
-                url = redis.url()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .arg("run")
-            .arg("--no-watch")
-            .arg("-c")
-            .arg(dir.path().join("portcullis.yaml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        gateways.push(Gateway {
-            child,
-            listen,
-            _dir: dir,
-        });
-    }
-    for g in &gateways {
-        let addr = g.listen;
-        let up = eventually(Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
-        assert!(up, "gateway on {addr} listens");
-    }
+        url = redis.url()
+    );
+    let policy = "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: shared, upstream: echo}\n";
+    let gateways = [
+        Gateway::spawn(echo.addr, &config, policy).await,
+        Gateway::spawn(echo.addr, &config, policy).await,
+    ];
     // 30 requests at once, alternating between the gateways.
     let mut tasks = Vec::new();
     for i in 0..30 {
@@ -496,6 +459,50 @@ struct Gateway {
     child: Child,
     listen: SocketAddr,
     _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// The real binary with one listener, an admin listener, the upstream `echo` at `echo`,
+    /// `config` (its `redis:` and `rate_limits:`) and `policy`; returns once it listens.
+    async fn spawn(echo: SocketAddr, config: &str, policy: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (listen, admin) = (free_port(), free_port());
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("policies/p.yaml"), policy).unwrap();
+        std::fs::write(
+            dir.path().join("portcullis.yaml"),
+            format!(
+                "listeners: [{{name: http, address: \"{listen}\"}}]
+admin: {{address: \"{admin}\"}}
+upstreams: {{echo: {{url: \"http://{echo}\"}}}}
+policies: {{dir: policies}}
+logging: {{access_log: false}}
+{config}"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("run")
+            .arg("--no-watch")
+            .arg("-c")
+            .arg(dir.path().join("portcullis.yaml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let gateway = Self {
+            child,
+            listen,
+            _dir: dir,
+        };
+        let up = eventually(Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(listen).await.is_ok()
+        })
+        .await;
+        assert!(up, "gateway on {listen} listens");
+        gateway
+    }
 }
 
 impl Drop for Gateway {

@@ -189,17 +189,27 @@ fn default_max_keys() -> usize {
     100_000
 }
 
-/// The Redis server `backend: redis` limits share.
+/// The Redis `backend: redis` limits share: one server (`url`), a Redis Cluster (`cluster`)
+/// or the master a Sentinel names (`sentinel`); exactly one of the three.
 #[derive(Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
-    /// `redis://host:port[/db]` or `rediss://host:port[/db]` (TLS, rustls, the system's
-    /// roots). No credentials in the URL: use `username` and `password`.
-    pub url: String,
-    /// ACL user name, if not `default`.
+    /// One server: `redis://host:port[/db]` or `rediss://host:port[/db]` (TLS, rustls, the
+    /// system's roots). No credentials in the URL: use `username` and `password`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A Redis Cluster: some of its nodes, `redis://host:port` or `rediss://host:port` (all
+    /// alike); the others are found from them. Each key lives on the node of its slot.
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
+    /// The master a Redis Sentinel names, found again after a failover.
+    #[serde(default)]
+    pub sentinel: Option<RawRedisSentinel>,
+    /// ACL user name on the Redis servers (not the sentinels), if not `default`.
     #[serde(default)]
     pub username: Option<String>,
-    /// The password, from the environment or a file; never logged.
+    /// The Redis servers' password (not the sentinels'), from the environment or a file;
+    /// never logged.
     #[serde(default)]
     pub password: Option<RawSecret>,
     /// Time for one limit check (a round trip), after which the limit's `on_redis_failure`
@@ -232,7 +242,22 @@ impl fmt::Debug for RawRedis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The URL may carry a password despite the docs: never print it.
         f.debug_struct("RawRedis")
-            .field("url", &crate::ratelimit::redis::redacted_url(&self.url))
+            .field(
+                "url",
+                &self
+                    .url
+                    .as_deref()
+                    .map(crate::ratelimit::redis::redacted_url),
+            )
+            .field(
+                "cluster",
+                &self.cluster.as_ref().map(|urls| {
+                    urls.iter()
+                        .map(|u| crate::ratelimit::redis::redacted_url(u))
+                        .collect::<Vec<_>>()
+                }),
+            )
+            .field("sentinel", &self.sentinel)
             .field("username", &self.username)
             .field("password", &self.password)
             .field("timeout", &self.timeout)
@@ -240,6 +265,42 @@ impl fmt::Debug for RawRedis {
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_cool_down", &self.breaker_cool_down)
             .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// Where a Sentinel finds the master.
+#[derive(Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedisSentinel {
+    /// The master's name in the sentinels' configuration (`sentinel monitor NAME …`).
+    pub master: String,
+    /// Sentinels to ask, `redis://host:port` or `rediss://host:port` (all alike; `rediss`
+    /// also means TLS to the master). No credentials in the URLs.
+    pub urls: Vec<String>,
+    /// ACL user name on the sentinels, if they require one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The sentinels' password, if they require one (`requirepass` in sentinel.conf), from
+    /// the environment or a file; never logged.
+    #[serde(default)]
+    pub password: Option<RawSecret>,
+}
+
+impl fmt::Debug for RawRedisSentinel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawRedisSentinel")
+            .field("master", &self.master)
+            .field(
+                "urls",
+                &self
+                    .urls
+                    .iter()
+                    .map(|u| crate::ratelimit::redis::redacted_url(u))
+                    .collect::<Vec<_>>(),
+            )
+            .field("username", &self.username)
+            .field("password", &self.password)
             .finish()
     }
 }
