@@ -137,7 +137,8 @@ impl ReadReady for TcpStream {
     }
 }
 
-impl ReadReady for tokio_rustls::server::TlsStream<TcpStream> {
+/// Boxed once the handshake is done (`super::listener`).
+impl ReadReady for Box<tokio_rustls::server::TlsStream<TcpStream>> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // A parked connection's last read ended with the socket empty and rustls holding no
         // plaintext (hyper reads until it gets `Pending`), so the socket tells.
@@ -151,7 +152,7 @@ impl ReadReady for tokio_rustls::server::TlsStream<TcpStream> {
 #[expect(clippy::too_many_arguments, reason = "two call sites, all distinct")]
 pub(super) async fn serve<I: ReadReady, H: Handler>(
     io: I,
-    conn: Conn,
+    conn: Arc<Conn>,
     http2: bool,
     alpn_h2: Option<bool>,
     s: &ServerSettings,
@@ -166,7 +167,7 @@ pub(super) async fn serve<I: ReadReady, H: Handler>(
         shared,
         handler,
         activity,
-        conn: Arc::new(conn),
+        conn,
         shutdown,
     };
     let h2 = match alpn_h2 {
