@@ -1,11 +1,12 @@
 //! Memory per idle TLS keep-alive connection, on the real binary: starts it on a TLS listener
 //! (a fresh self-signed certificate, an in-process echo upstream), reads its RSS idle, opens
 //! `--conns` TLS connections that each make one request and stay open, reads the RSS again,
-//! closes them and reads it a last time. Linux only (`/proc`). Run by `bench/connections.sh`.
+//! closes them and reads it 3 s later, and once more after 2 s of light traffic. Linux only
+//! (`/proc`). Run by `bench/connections.sh`.
 //!
 //! ```sh
 //! cargo build --release && cargo run --release --example idle-conns -- \
-//!     --binary target/release/portcullis --conns 10000
+//!     --binary target/release/portcullis --conns 10000 [--hold SECS]
 //! ```
 
 #![expect(clippy::print_stdout, reason = "a benchmark prints its figures")]
@@ -39,6 +40,9 @@ async fn main() {
     };
     let binary = arg("--binary").unwrap_or_else(|| "target/release/portcullis".into());
     let conns: usize = arg("--conns").map_or(10_000, |n| n.parse().unwrap());
+    // Seconds to keep the gateway running once measured, with the connections open and again
+    // once they closed, for a look from outside (`/proc/<pid>/smaps`, a heap profiler).
+    let hold: u64 = arg("--hold").map_or(0, |n| n.parse().unwrap());
 
     let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (ca, leaf, key) = portcullis::tls::certs::ca_and_leaf(&["localhost"]).unwrap();
@@ -137,21 +141,48 @@ async fn main() {
     }
     let parked_now = parked(admin).await;
     let busy = rss(pid);
+    if hold > 0 {
+        println!("gateway {pid}: {conns} connections held for {hold} s");
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
     drop(open);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = rss(pid);
+    // mimalloc gives freed pages back lazily, as it next allocates and frees (and a second
+    // after they were freed): a gateway that is not idle afterwards, as one serving anything
+    // is not, gets its memory back. Two seconds of one client, a new connection per request.
+    let traffic_until = Instant::now() + Duration::from_secs(2);
+    let mut requests = 0;
+    while Instant::now() < traffic_until {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut s = connector.connect(name, tcp).await.unwrap();
+        s.write_all(b"GET /after HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink).await;
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let after_traffic = rss(pid);
+    if hold > 0 {
+        println!("gateway {pid}: closed, held for {hold} s");
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
     let _ = child.kill();
     let _ = child.wait();
 
     let mb = |b: u64| b as f64 / 1e6;
     let per_conn = busy.saturating_sub(idle) as f64 / conns as f64;
     println!(
-        "idle RSS {:.1} MB; {conns} idle TLS connections (opened in {:.1} s, {parked_now} parked): RSS {:.1} MB, {:.1} KB per connection; all closed: RSS {:.1} MB",
+        "idle RSS {:.1} MB; {conns} idle TLS connections (opened in {:.1} s, {parked_now} parked): RSS {:.1} MB, {:.1} KB per connection; all closed: RSS {:.1} MB; after {requests} more requests: RSS {:.1} MB",
         mb(idle),
         opened_in.as_secs_f64(),
         mb(busy),
         per_conn / 1e3,
         mb(after),
+        mb(after_traffic),
     );
 }
 

@@ -137,7 +137,8 @@ impl ReadReady for TcpStream {
     }
 }
 
-impl ReadReady for tokio_rustls::server::TlsStream<TcpStream> {
+/// Boxed once the handshake is done (`super::listener`).
+impl ReadReady for Box<tokio_rustls::server::TlsStream<TcpStream>> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // A parked connection's last read ended with the socket empty and rustls holding no
         // plaintext (hyper reads until it gets `Pending`), so the socket tells.
@@ -151,7 +152,7 @@ impl ReadReady for tokio_rustls::server::TlsStream<TcpStream> {
 #[expect(clippy::too_many_arguments, reason = "two call sites, all distinct")]
 pub(super) async fn serve<I: ReadReady, H: Handler>(
     io: I,
-    conn: Conn,
+    conn: Arc<Conn>,
     http2: bool,
     alpn_h2: Option<bool>,
     s: &ServerSettings,
@@ -166,7 +167,7 @@ pub(super) async fn serve<I: ReadReady, H: Handler>(
         shared,
         handler,
         activity,
-        conn: Arc::new(conn),
+        conn,
         shutdown,
     };
     let h2 = match alpn_h2 {
@@ -300,20 +301,21 @@ async fn serve_h1<I: ReadReady, H: Handler>(
             run_tunnel(ctx).await;
             return;
         }
-        let Some(parts) = Pin::into_inner(connection).into_parts() else {
+        // Taken apart outside the async fn: hyper's parts (the I/O, the service, the read
+        // buffer) get no slot of their own in the connection's task.
+        let Some((taken_io, taken_svc, read_buf)) = take_apart(connection) else {
             run_tunnel(ctx).await;
             return;
         };
-        io = parts.io.into_inner();
-        svc = parts.service;
-        if !parts.read_buf.is_empty() {
+        (io, svc) = (taken_io, taken_svc);
+        if !read_buf.is_empty() {
             // Bytes of a next request hyper had already read: serve them at once.
             ctx.shared.metrics.connections_parked.dec();
-            io.replay(parts.read_buf);
+            io.replay(read_buf);
             continue;
         }
         // Empty, but still hyper's whole read buffer: not kept while parked.
-        drop(parts.read_buf);
+        drop(read_buf);
         // Regression: tests (it) memory::idle_tls_connections_are_parked_and_cost_little
         let woken = park(&mut io, ctx).await;
         ctx.shared.metrics.connections_parked.dec();
@@ -321,6 +323,20 @@ async fn serve_h1<I: ReadReady, H: Handler>(
             return;
         }
     }
+}
+
+/// A parked HTTP/1.1 connection's I/O, service and unread bytes (`None`: upgraded).
+fn take_apart<I: ReadReady, S, B>(
+    connection: Pin<Box<http1::UpgradeableConnection<TokioIo<Tracked<I>>, S>>>,
+) -> Option<(Tracked<I>, S, bytes::Bytes)>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let parts = Pin::into_inner(connection).into_parts()?;
+    Some((parts.io.into_inner(), parts.service, parts.read_buf))
 }
 
 /// Runs the tunnel a door opened on this connection, if any, until it ends or the gateway
