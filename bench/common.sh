@@ -42,3 +42,60 @@ install_missing() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null ||
         { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null; }
 }
+
+# free_ports N: N distinct free loopback ports, on one line (all bound at once, then released).
+free_ports() {
+    python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(*(s.getsockname()[1] for s in socks))
+PY
+}
+
+# nginx_head DIR: the start of a one-worker nginx.conf whose files live in DIR, up to and
+# including `http {` with logging off and long keep-alives; the caller adds its servers and
+# the closing brace.
+nginx_head() {
+    local dir=$1
+    cat <<NGX
+$([[ $(id -u) -eq 0 ]] && echo "user root;")
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 1000000;
+NGX
+}
+
+# wait_http URL WHAT [curl arguments]: waits up to 10 s for URL to answer 2xx.
+wait_http() {
+    local url=$1 what=$2
+    shift 2
+    for _ in $(seq 100); do
+        curl -fs -o /dev/null --max-time 1 "$@" "$url" && return 0
+        sleep 0.1
+    done
+    log "$what did not answer at $url"
+    return 1
+}
+
+# run_load OUTPUT COMMAND...: runs the load tool on LOAD_CPU, its output to OUTPUT; dies if it
+# fails. Stopped with the rest if the script is interrupted.
+run_load() {
+    local outfile=$1
+    shift
+    taskset -c "$LOAD_CPU" "$@" >"$outfile" 2>&1 &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || die "load failed: $(tail -5 "$outfile")"
+    LOAD_PID=
+}

@@ -50,14 +50,7 @@ cargo build --profile perf --locked --bin portcullis --example trivial-check >&2
 BIN=$ROOT/target/perf/portcullis
 TRIVIAL=$ROOT/target/perf/examples/trivial-check
 
-read -r P_STATIC P_DOOR P_FA P_GRPC P_TRIVIAL P_ADMIN P_PROXIED P_204 < <(python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(8):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(*(s.getsockname()[1] for s in socks))
-EOF
-)
+read -r P_STATIC P_DOOR P_FA P_GRPC P_TRIVIAL P_ADMIN P_PROXIED P_204 < <(free_ports 8)
 
 # --- Portcullis: a forward-auth door and an Envoy gRPC door, one rule, a cached RS256 token ----
 mkdir -p "$TMP/portcullis/policies" "$TMP/www/api"
@@ -126,21 +119,7 @@ EOF
 }
 mkdir -p "$TMP/nginx" "$TMP/nginx204"
 declare -A MASTER
-cat >"$TMP/nginx/nginx.conf" <<EOF
-$([[ $(id -u) -eq 0 ]] && echo "user root;")
-worker_processes 1;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    keepalive_requests 1000000;
+{ nginx_head "$TMP/nginx"; cat <<EOF; } >"$TMP/nginx/nginx.conf"
     default_type text/plain;
     upstream portcullis {
         server 127.0.0.1:$P_FA;
@@ -190,21 +169,7 @@ $(auth_proxy portcullis)
 }
 EOF
 # The trivial endpoint behind the same peer: a second nginx, one worker, answering 204.
-cat >"$TMP/nginx204/nginx.conf" <<EOF
-$([[ $(id -u) -eq 0 ]] && echo "user root;")
-worker_processes 1;
-daemon off;
-pid $TMP/nginx204/nginx.pid;
-error_log $TMP/nginx204/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx204/client_body;
-    proxy_temp_path $TMP/nginx204/proxy;
-    fastcgi_temp_path $TMP/nginx204/fastcgi;
-    uwsgi_temp_path $TMP/nginx204/uwsgi;
-    scgi_temp_path $TMP/nginx204/scgi;
-    keepalive_requests 1000000;
+{ nginx_head "$TMP/nginx204"; cat <<EOF; } >"$TMP/nginx204/nginx.conf"
     server {
         listen 127.0.0.1:$P_204;
         location = /auth { return 204; }
@@ -212,14 +177,6 @@ http {
 }
 EOF
 
-wait_http() { # $1 url, $2 what
-    for _ in $(seq 100); do
-        curl -fs -o /dev/null --max-time 1 "$1" && return 0
-        sleep 0.1
-    done
-    log "$2 did not answer at $1"
-    return 1
-}
 
 taskset -c "$SERVER_CPU" "$BIN" run -c "$TMP/portcullis/portcullis.yaml" --no-watch \
     >"$TMP/portcullis.log" 2>&1 &
@@ -261,14 +218,6 @@ for _ in $(seq 50); do "$TRIVIAL" ask "http://127.0.0.1:$P_TRIVIAL" "$TOKEN" && 
 
 # --- load ----------------------------------------------------------------------------------------
 read -r -a SCENARIOS <<<"${SCENARIOS:-nginx-static nginx-proxied nginx-door grpc-trivial grpc-door}"
-run_load() { # $1 output, rest: command
-    local outfile=$1
-    shift
-    taskset -c "$LOAD_CPU" "$@" >"$outfile" 2>&1 &
-    LOAD_PID=$!
-    wait "$LOAD_PID" || die "load failed: $(tail -5 "$outfile")"
-    LOAD_PID=
-}
 # Requests per second of one run, checked for errors, and the CPU per request of the
 # authorizer (the door, or the trivial server) and of the nginx worker in front; sets R_RPS,
 # R_AUTH, R_NGXCPU.

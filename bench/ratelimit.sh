@@ -38,32 +38,11 @@ log "building target/$PROFILE/portcullis"
 cargo build --profile "$PROFILE" --locked --bin portcullis >&2
 BIN=$ROOT/target/$PROFILE/portcullis
 
-read -r P_UP P_PC P_ADMIN P_REDIS < <(python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(4):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(*(s.getsockname()[1] for s in socks))
-EOF
-)
+read -r P_UP P_PC P_ADMIN P_REDIS < <(free_ports 4)
 
 # --- the upstream: nginx answering 200 "ok" --------------------------------------------------
 mkdir -p "$TMP/upstream"
-cat >"$TMP/upstream/nginx.conf" <<EOF
-$([[ $(id -u) -eq 0 ]] && echo "user root;")
-worker_processes 1;
-daemon off;
-pid $TMP/upstream/nginx.pid;
-error_log $TMP/upstream/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/upstream/client_body;
-    proxy_temp_path $TMP/upstream/proxy;
-    fastcgi_temp_path $TMP/upstream/fastcgi;
-    uwsgi_temp_path $TMP/upstream/uwsgi;
-    scgi_temp_path $TMP/upstream/scgi;
-    keepalive_requests 1000000;
+{ nginx_head "$TMP/upstream"; cat <<EOF; } >"$TMP/upstream/nginx.conf"
     server {
         listen 127.0.0.1:$P_UP;
         location / { default_type text/plain; return 200 "ok\n"; }
@@ -130,16 +109,6 @@ authenticators:
             - pem_file: {path: $TMP/keys/bench.pem, kid: bench, algorithms: [RS256]}
 EOF
 
-wait_http() { # $1 url, $2 what, rest: curl arguments
-    local url=$1 what=$2
-    shift 2
-    for _ in $(seq 100); do
-        curl -fs -o /dev/null --max-time 1 "$@" "$url" && return 0
-        sleep 0.1
-    done
-    log "$what did not answer at $url"
-    return 1
-}
 wait_http "http://127.0.0.1:$P_UP/" "upstream nginx" || { cat "$TMP/upstream/error.log" >&2; exit 1; }
 taskset -c "$SERVER_CPU" "$BIN" run -c "$TMP/portcullis/portcullis.yaml" --no-watch \
     >"$TMP/portcullis/stdout.log" 2>&1 &

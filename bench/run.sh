@@ -41,14 +41,7 @@ BARE=$ROOT/target/perf/examples/bare-proxy
 
 # --- ports, certificate --------------------------------------------------------------------------
 # Bind all sockets at once so the ports are distinct, then release them.
-read -r P_UP P_NGX P_NGX_TLS P_PC P_PC_TLS P_ADMIN P_BARE P_BASE P_BASE_TLS P_BASE_ADMIN < <(python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(10):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(*(s.getsockname()[1] for s in socks))
-EOF
-)
+read -r P_UP P_NGX P_NGX_TLS P_PC P_PC_TLS P_ADMIN P_BARE P_BASE P_BASE_TLS P_BASE_ADMIN < <(free_ports 10)
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
@@ -57,21 +50,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 # --- nginx: upstream and proxy (one worker each) -------------------------------------------------
 nginx_conf() { # $1 name, $2 http{} body
     mkdir -p "$TMP/$1"
-    cat >"$TMP/$1/nginx.conf" <<EOF
-$([[ $(id -u) -eq 0 ]] && echo "user root;")
-worker_processes 1;
-daemon off;
-pid $TMP/$1/nginx.pid;
-error_log $TMP/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/$1/client_body;
-    proxy_temp_path $TMP/$1/proxy;
-    fastcgi_temp_path $TMP/$1/fastcgi;
-    uwsgi_temp_path $TMP/$1/uwsgi;
-    scgi_temp_path $TMP/$1/scgi;
-    keepalive_requests 1000000;
+    { nginx_head "$TMP/$1"; cat <<EOF; } >"$TMP/$1/nginx.conf"
 $2
 }
 EOF
@@ -193,14 +172,6 @@ authenticators:
 EOF
 
 # --- start and wait ------------------------------------------------------------------------------
-wait_http() { # $1 url, $2 what
-    for _ in $(seq 100); do
-        curl -fsk -o /dev/null --max-time 1 "$1" && return 0
-        sleep 0.1
-    done
-    log "$2 did not answer at $1"
-    return 1
-}
 
 start_nginx upstream
 wait_http "http://127.0.0.1:$P_UP/" "upstream nginx" || { cat "$TMP/upstream/error.log" >&2; exit 1; }

@@ -49,14 +49,7 @@ BIN=$ROOT/target/perf/portcullis
 TRIVIAL=$ROOT/target/perf/examples/trivial-check
 WS=$ROOT/target/perf/examples/ws-echo
 
-read -r P_GRPC_UP P_WS_UP P_NGX P_NGX_GRPC P_PC P_ADMIN < <(python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(6):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(*(s.getsockname()[1] for s in socks))
-EOF
-)
+read -r P_GRPC_UP P_WS_UP P_NGX P_NGX_GRPC P_PC P_ADMIN < <(free_ports 6)
 
 # --- Portcullis: one plain listener, an h2c gRPC upstream and a WebSocket upstream ------------
 mkdir -p "$TMP/portcullis/policies"
@@ -102,21 +95,7 @@ EOF
 
 # --- nginx: one worker; grpc_pass over h2c, and a WebSocket proxy ------------------------------
 mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx/nginx.conf" <<EOF
-$([[ $(id -u) -eq 0 ]] && echo "user root;")
-worker_processes 1;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    keepalive_requests 1000000;
+{ nginx_head "$TMP/nginx"; cat <<EOF; } >"$TMP/nginx/nginx.conf"
     upstream grpc_up {
         server 127.0.0.1:$P_GRPC_UP;
         keepalive 16;
@@ -143,14 +122,6 @@ http {
 }
 EOF
 
-wait_http() { # $1 url, $2 what
-    for _ in $(seq 100); do
-        curl -fs -o /dev/null --max-time 1 "$1" && return 0
-        sleep 0.1
-    done
-    log "$2 did not answer at $1"
-    return 1
-}
 
 taskset -c "$SERVER_CPU" "$TRIVIAL" serve "127.0.0.1:$P_GRPC_UP" >"$TMP/trivial.log" 2>&1 &
 PIDS+=($!)
@@ -185,14 +156,6 @@ SCENARIOS=(grpc-direct grpc-nginx grpc-portcullis ws-direct ws-nginx ws-portcull
 declare -A PORT=(
     [grpc-direct]=$P_GRPC_UP [grpc-nginx]=$P_NGX_GRPC [grpc-portcullis]=$P_PC
     [ws-direct]=$P_WS_UP [ws-nginx]=$P_NGX [ws-portcullis]=$P_PC)
-run_load() { # $1 output, rest: command
-    local outfile=$1
-    shift
-    taskset -c "$LOAD_CPU" "$@" >"$outfile" 2>&1 &
-    LOAD_PID=$!
-    wait "$LOAD_PID" || die "load failed: $(tail -5 "$outfile")"
-    LOAD_PID=
-}
 # Calls or messages per second of one run, checked for errors; sets R_RPS.
 run_scenario() { # $1 scenario
     local s=$1 out port=${PORT[$1]}

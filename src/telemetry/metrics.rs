@@ -13,6 +13,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::snapshot::Snapshot;
+use crate::upstream::EndpointStatus;
 use std::time::Duration;
 
 use crate::request::facts::Door;
@@ -436,6 +437,14 @@ impl Default for Metrics {
 
 // === impl SnapshotCollector ===
 
+/// One per-endpoint metric family: name, help, type and how to read it.
+type EndpointFamily = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&EndpointStatus) -> u64,
+);
+
 /// The upstreams' endpoints and retries, read at scrape time from the active snapshot.
 fn encode_upstreams(
     snapshot: &Snapshot,
@@ -449,56 +458,45 @@ fn encode_upstreams(
         .iter()
         .map(|u| (u, u.endpoint_status()))
         .collect();
-    let mut m = encoder.encode_descriptor(
-        "upstream_endpoint_up",
-        "Whether an upstream endpoint is in rotation now (1): passing its health checks and not ejected",
-        None,
-        MetricType::Gauge,
-    )?;
-    for (u, eps) in &endpoints {
-        for ep in eps {
-            let labels = [("upstream", &*u.name), ("endpoint", ep.address.as_str())];
-            m.encode_family(&labels)?
-                .encode_gauge(&i64::from(ep.healthy && !ep.ejected))?;
-        }
-    }
-    let mut m = encoder.encode_descriptor(
-        "upstream_endpoint_healthy",
-        "Whether an upstream endpoint passes its active health checks (1; always 1 without checks)",
-        None,
-        MetricType::Gauge,
-    )?;
-    for (u, eps) in &endpoints {
-        for ep in eps {
-            let labels = [("upstream", &*u.name), ("endpoint", ep.address.as_str())];
-            m.encode_family(&labels)?
-                .encode_gauge(&i64::from(ep.healthy))?;
-        }
-    }
-    let mut m = encoder.encode_descriptor(
-        "upstream_endpoint_ejections",
-        "Times an upstream endpoint was ejected after consecutive failures",
-        None,
-        MetricType::Counter,
-    )?;
-    for (u, eps) in &endpoints {
-        for ep in eps {
-            let labels = [("upstream", &*u.name), ("endpoint", ep.address.as_str())];
-            m.encode_family(&labels)?
-                .encode_counter::<NoLabelSet, _, u64>(&ep.ejections, None)?;
-        }
-    }
-    let mut m = encoder.encode_descriptor(
-        "upstream_endpoint_in_flight",
-        "Requests in flight to an upstream endpoint (counted for balance: least_request)",
-        None,
-        MetricType::Gauge,
-    )?;
-    for (u, eps) in &endpoints {
-        for ep in eps {
-            let labels = [("upstream", &*u.name), ("endpoint", ep.address.as_str())];
-            m.encode_family(&labels)?
-                .encode_gauge(&i64::from(ep.in_flight))?;
+    let per_endpoint: [EndpointFamily; 4] = [
+        (
+            "upstream_endpoint_up",
+            "Whether an upstream endpoint is in rotation now (1): passing its health checks and not ejected",
+            MetricType::Gauge,
+            |ep| u64::from(ep.healthy && !ep.ejected),
+        ),
+        (
+            "upstream_endpoint_healthy",
+            "Whether an upstream endpoint passes its active health checks (1; always 1 without checks)",
+            MetricType::Gauge,
+            |ep| u64::from(ep.healthy),
+        ),
+        (
+            "upstream_endpoint_ejections",
+            "Times an upstream endpoint was ejected after consecutive failures",
+            MetricType::Counter,
+            |ep| ep.ejections,
+        ),
+        (
+            "upstream_endpoint_in_flight",
+            "Requests in flight to an upstream endpoint (counted for balance: least_request)",
+            MetricType::Gauge,
+            |ep| u64::from(ep.in_flight),
+        ),
+    ];
+    for (name, help, kind, value) in per_endpoint {
+        let mut m = encoder.encode_descriptor(name, help, None, kind)?;
+        for (u, eps) in &endpoints {
+            for ep in eps {
+                let labels = [("upstream", &*u.name), ("endpoint", ep.address.as_str())];
+                let mut e = m.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => {
+                        e.encode_counter::<NoLabelSet, _, u64>(&value(ep), None)?;
+                    }
+                    _ => e.encode_gauge(&i64::try_from(value(ep)).unwrap_or(i64::MAX))?,
+                }
+            }
         }
     }
     let mut m = encoder.encode_descriptor(
