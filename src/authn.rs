@@ -498,7 +498,6 @@ impl Authenticator {
                 // Boxed, like a JWT miss: the HTTP exchange is a large future.
                 match Box::pin(x.introspect(token, &self.name, now)).await {
                     Ok(Answer::Active(p, exp)) => {
-                        let p = Arc::new(p);
                         self.cache
                             .insert(token, Entry::new(Arc::clone(&p), exp, None));
                         Ok(p)

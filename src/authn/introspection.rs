@@ -66,7 +66,7 @@ pub struct Introspector {
 #[derive(Debug)]
 pub enum Answer {
     /// Active: the principal, and the Unix second from which it stops being valid (`exp`).
-    Active(Principal, Option<u64>),
+    Active(Arc<Principal>, Option<u64>),
     /// Not active, or active but unusable here (expired, wrong audience, no subject).
     Inactive(TokenError),
 }
@@ -300,7 +300,7 @@ impl Introspector {
             .mapping
             .principal(claims, authenticator, self.issuer.clone(), exp)
         {
-            Ok(p) => Answer::Active(p, exp),
+            Ok(p) => Answer::Active(Arc::new(p), exp),
             Err(_) => Answer::Inactive(TokenError::NoPrincipal),
         }
     }

@@ -43,12 +43,24 @@ pub struct Principal {
     pub derived: Derived,
 }
 
-/// A slot for one value derived from a [`Principal`] the first time it is needed (the policy
-/// engine's CEL view of it), so that every later request with the same cached credential
-/// reuses it. Not part of the principal's identity: equality ignores it and a clone starts
-/// empty.
+/// Values derived from a [`Principal`] the first time they are needed (the policy engine's
+/// CEL view of it, a rule's identity headers), so that every later request with the same
+/// cached credential reuses them. Not part of the principal's identity: equality ignores them
+/// and a clone starts empty.
 #[derive(Default)]
-pub struct Derived(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+pub struct Derived {
+    /// The one value of its kind (the CEL view).
+    one: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+    /// Values told apart by a key (a rule's identity headers, by the headers' id), allocated
+    /// on first use: a principal no rule renders for pays one pointer.
+    keyed: std::sync::OnceLock<Box<[KeyedSlot; KEYED_SLOTS]>>,
+}
+
+/// How many keyed values a principal keeps: the rules one credential is mostly used with. A
+/// further key gets `None` and its caller computes the value each time.
+const KEYED_SLOTS: usize = 4;
+
+type KeyedSlot = std::sync::OnceLock<(u64, Box<dyn std::any::Any + Send + Sync>)>;
 
 impl Derived {
     /// The value, computed by `init` on first use; `None` only if a value of another type was
@@ -57,7 +69,32 @@ impl Derived {
         &self,
         init: impl FnOnce() -> T,
     ) -> Option<&T> {
-        self.0.get_or_init(|| Box::new(init())).downcast_ref()
+        self.one.get_or_init(|| Box::new(init())).downcast_ref()
+    }
+
+    /// The value for `key`, computed by `init` the first time; `None` when every slot holds
+    /// another key (or a value of another type), and the caller computes it itself.
+    pub fn keyed<T: std::any::Any + Send + Sync>(
+        &self,
+        key: u64,
+        init: impl FnOnce() -> T,
+    ) -> Option<&T> {
+        let slots = self.keyed.get_or_init(Box::default);
+        let mut init = Some(init);
+        for slot in slots.iter() {
+            let (k, v) = match slot.get() {
+                Some(kv) => kv,
+                None => {
+                    let f = init.take()?;
+                    // Another thread may fill the slot first, with its own key.
+                    slot.get_or_init(|| (key, Box::new(f())))
+                }
+            };
+            if *k == key {
+                return v.downcast_ref();
+            }
+        }
+        None
     }
 }
 

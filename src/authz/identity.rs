@@ -20,10 +20,33 @@ use serde_json::Value;
 use crate::authn::principal::{Principal, PrincipalKind, lookup};
 
 /// The identity headers of one rule: the global ones merged with the rule's overrides.
+///
+/// Why rendered once per principal: a cached credential's headers are the same on every
+/// request, and rendering (a string per header, its checks, a header value) was done on each.
+/// What depends only on the principal is kept with it ([`Principal::derived`], keyed by this
+/// set's `id`); `{client.ip}` and `{rule.name}` are rendered per request.
+/// Regression: tests::principal_parts_are_rendered_once_per_principal
 #[derive(Debug, Clone, Default)]
 pub struct IdentityHeaders {
     headers: Box<[(HeaderName, Template)]>,
+    /// Unique to this compiled set (never an address, which a later set could reuse).
+    id: u64,
+    /// Whether some template reads only the principal.
+    cacheable: bool,
 }
+
+/// One header's rendering.
+#[derive(Debug, Clone)]
+enum Rendered {
+    Set(HeaderValue),
+    /// Absent or empty: not set.
+    Unset,
+    /// A value with forbidden characters, or an ambiguous list element: left out, counted.
+    Refused,
+}
+
+/// Ids of compiled [`IdentityHeaders`].
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A compiled template: literal text and variables.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,6 +180,19 @@ impl Template {
             }
         }
         self.render(cx).ok().map(Value::String)
+    }
+
+    /// Whether it reads the principal and nothing of the request.
+    fn per_principal(&self) -> bool {
+        let mut reads_principal = false;
+        for part in &*self.parts {
+            match part {
+                Part::Literal(_) => {}
+                Part::Var(Var::ClientIp | Var::RuleName) => return false,
+                Part::Var(_) => reads_principal = true,
+            }
+        }
+        reads_principal
     }
 
     /// The value, or why there is none.
@@ -313,8 +349,13 @@ impl IdentityHeaders {
             }
         }
         if errors.is_empty() {
+            let cacheable = headers
+                .iter()
+                .any(|(_, t): &(_, Template)| t.per_principal());
             Ok(Self {
                 headers: headers.into(),
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                cacheable,
             })
         } else {
             Err(errors)
@@ -333,28 +374,50 @@ impl IdentityHeaders {
 
     /// Renders every header; returns the headers set and how many values were refused.
     pub fn render(&self, cx: &Context<'_>) -> (Vec<(HeaderName, HeaderValue)>, usize) {
+        let kept = match cx.principal {
+            Some(p) if self.cacheable => p.derived.keyed(self.id, || {
+                self.headers
+                    .iter()
+                    .map(|(_, t)| match t.per_principal() {
+                        true => render_one(t, cx),
+                        false => Rendered::Unset,
+                    })
+                    .collect::<Box<[Rendered]>>()
+            }),
+            _ => None,
+        };
         let mut out = Vec::with_capacity(self.headers.len());
         let mut refused = 0;
-        for (name, t) in &*self.headers {
-            let text = match t.render(cx) {
-                // Why: an empty value is no value; documented as not set.
-                // Regression: tests::empty_values_are_not_set
-                Ok(text) if text.is_empty() => continue,
-                Ok(text) => text,
-                Err(Miss::Absent) => continue,
-                Err(Miss::Ambiguous) => {
-                    refused += 1;
-                    continue;
-                }
+        for (i, (name, t)) in self.headers.iter().enumerate() {
+            let rendered = match kept.and_then(|k| k.get(i)) {
+                Some(r) if t.per_principal() => r.clone(),
+                _ => render_one(t, cx),
             };
-            // Visible ASCII and spaces only: no CR, LF, control or non-ASCII bytes upstream.
-            let clean = text.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
-            match HeaderValue::try_from(text) {
-                Ok(v) if clean => out.push((name.clone(), v)),
-                _ => refused += 1,
+            match rendered {
+                Rendered::Set(v) => out.push((name.clone(), v)),
+                Rendered::Unset => {}
+                Rendered::Refused => refused += 1,
             }
         }
         (out, refused)
+    }
+}
+
+/// One header's value for `cx`.
+fn render_one(t: &Template, cx: &Context<'_>) -> Rendered {
+    let text = match t.render(cx) {
+        // Why: an empty value is no value; documented as not set.
+        // Regression: tests::empty_values_are_not_set
+        Ok(text) if text.is_empty() => return Rendered::Unset,
+        Ok(text) => text,
+        Err(Miss::Absent) => return Rendered::Unset,
+        Err(Miss::Ambiguous) => return Rendered::Refused,
+    };
+    // Visible ASCII and spaces only: no CR, LF, control or non-ASCII bytes upstream.
+    let clean = text.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+    match HeaderValue::try_from(text) {
+        Ok(v) if clean => Rendered::Set(v),
+        _ => Rendered::Refused,
     }
 }
 
@@ -615,5 +678,67 @@ mod tests {
             assert!(check_name(n).is_err(), "{n}");
         }
         assert!(check_name("X-User-Id").is_ok());
+    }
+
+    /// What reads only the principal is rendered once per principal and kept with it; the
+    /// client address and the rule name are rendered per request; refusals are counted on
+    /// every request as before; each compiled set keeps its own values.
+    #[test]
+    fn principal_parts_are_rendered_once_per_principal() {
+        let h = IdentityHeaders::compile([
+            ("x-user-id", "{principal.id}"),
+            ("x-client", "{client.ip}"),
+            ("x-bad", "{claims.evil}"),
+            ("x-rule", "{rule.name}/{principal.tenant}"),
+        ])
+        .unwrap();
+        let p = principal();
+        let at = |ip: &str, rule: &'static str| Context {
+            principal: Some(&p),
+            client_ip: ip.parse().unwrap(),
+            rule,
+        };
+        let text = |v: Vec<(HeaderName, HeaderValue)>| {
+            v.into_iter()
+                .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let (first, refused) = h.render(&at("192.0.2.1", "a"));
+        assert_eq!(refused, 1);
+        assert_eq!(
+            text(first),
+            ["x-user-id=alice", "x-client=192.0.2.1", "x-rule=a/acme"]
+        );
+        // Kept: asking again does not render.
+        assert!(
+            p.derived
+                .keyed::<Box<[Rendered]>>(h.id, || panic!("rendered again"))
+                .is_some()
+        );
+        let (second, refused) = h.render(&at("198.51.100.7", "b"));
+        assert_eq!(refused, 1);
+        assert_eq!(
+            text(second),
+            ["x-user-id=alice", "x-client=198.51.100.7", "x-rule=b/acme"]
+        );
+        // Another set on the same principal keeps its own values; past the slots, each set
+        // is still rendered right, only not kept.
+        for i in 0..6 {
+            let other =
+                IdentityHeaders::compile([("x-id", "{principal.id}-{principal.kind}")]).unwrap();
+            let (v, _) = other.render(&at("192.0.2.1", "a"));
+            assert_eq!(text(v), ["x-id=alice-user"], "set {i}");
+        }
+        assert_eq!(
+            text(h.render(&at("192.0.2.1", "a")).0),
+            ["x-user-id=alice", "x-client=192.0.2.1", "x-rule=a/acme"]
+        );
+        // A clone of the principal starts with nothing kept.
+        let copy = p.clone();
+        assert!(
+            copy.derived
+                .keyed::<u8>(h.id, || 1)
+                .is_some_and(|v| *v == 1)
+        );
     }
 }
