@@ -56,3 +56,6 @@ pub mod snapshot;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+
+#[cfg(test)]
+mod testing;

@@ -770,20 +770,7 @@ pub fn refusal_response(r: Refusal) -> Response<ResponseBody> {
 mod tests {
     use super::*;
 
-    /// The size of what `f` returns when called with `Args`, without calling it.
-    trait ReturnSize<Args> {
-        fn return_size(&self) -> usize;
-    }
-    macro_rules! return_size {
-        ($($a:ident),*) => {
-            impl<F, R, $($a),*> ReturnSize<($($a,)*)> for F where F: Fn($($a),*) -> R {
-                fn return_size(&self) -> usize {
-                    std::mem::size_of::<R>()
-                }
-            }
-        };
-    }
-    return_size!(A, B, C);
+    use crate::testing::ReturnSize;
 
     /// A request's future is moved into its box whole, whatever state it is in: every byte
     /// of a rarely taken branch (a Redis call, a delegated check, an introspection) held

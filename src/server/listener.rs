@@ -217,22 +217,7 @@ async fn serve_stream<H: Handler>(
 mod tests {
     use super::*;
 
-    /// The size of the future `f` returns, without calling it.
-    fn returned_size<'a, F, Fut>(_: &F) -> usize
-    where
-        F: Fn(
-            TcpStream,
-            SocketAddr,
-            Endpoint,
-            Option<Arc<crate::tls::server::ListenerTls>>,
-            &'a ServerSettings,
-            &'a Arc<Shared>,
-            Arc<ProxyHandler>,
-            watch::Receiver<bool>,
-        ) -> Fut,
-    {
-        size_of::<Fut>()
-    }
+    use crate::testing::ReturnSize;
 
     /// A connection's task lives as long as the connection, parked or not: what its future
     /// holds inline is paid by every idle connection. The TLS session is boxed where the
@@ -240,7 +225,16 @@ mod tests {
     /// 11.3 KB in the release build; the future is about 1.7 KB in this debug build).
     #[test]
     fn connection_task_is_small() {
-        let size = returned_size(&serve_stream::<ProxyHandler>);
+        let size = ReturnSize::<(
+            TcpStream,
+            SocketAddr,
+            Endpoint,
+            Option<Arc<crate::tls::server::ListenerTls>>,
+            &ServerSettings,
+            &Arc<Shared>,
+            Arc<ProxyHandler>,
+            watch::Receiver<bool>,
+        )>::return_size(&serve_stream::<ProxyHandler>);
         assert!(size <= 2048, "the connection's future is {size} bytes");
     }
 }
