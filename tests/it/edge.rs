@@ -947,20 +947,27 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[tokio::test]
-async fn spans_are_exported_over_otlp_with_decision_reason_rule_and_door() {
-    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-    let collector = Collector::start().await;
-    let gw = Setup {
-        policies: vec![("10-all.yaml".into(), crate::support::ALLOW_ALL_BUT_ADMIN.into())],
+/// A gateway that allows everything but `/admin/**` and exports its spans to `collector`,
+/// batched every `interval`.
+fn traced(collector: &Collector, interval: &str) -> Setup {
+    Setup {
+        policies: vec![(
+            "10-all.yaml".into(),
+            crate::support::ALLOW_ALL_BUT_ADMIN.into(),
+        )],
         extra: format!(
-            "tracing:\n  otlp:\n    endpoint: http://{}/v1/traces\n    service_name: edge-test\n    interval: 100ms\n",
+            "tracing:\n  otlp:\n    endpoint: http://{}/v1/traces\n    service_name: edge-test\n    interval: {interval}\n",
             collector.addr
         ),
         ..Setup::default()
     }
-    .start()
-    .await;
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_with_decision_reason_rule_and_door() {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let collector = Collector::start().await;
+    let gw = traced(&collector, "100ms").start().await;
     let (status, _, _) = send(
         gw.addr(),
         Request::get("/admin/users-secret-path")
@@ -1028,12 +1035,7 @@ async fn decision_doors_record_spans_in_the_peers_trace() {
     let collector = Collector::start().await;
     let gw = Setup {
         listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n".into(),
-        policies: vec![("10-all.yaml".into(), crate::support::ALLOW_ALL_BUT_ADMIN.into())],
-        extra: format!(
-            "tracing:\n  otlp:\n    endpoint: http://{}/v1/traces\n    service_name: edge-test\n    interval: 100ms\n",
-            collector.addr
-        ),
-        ..Setup::default()
+        ..traced(&collector, "100ms")
     }
     .start()
     .await;
@@ -1097,16 +1099,7 @@ async fn decision_doors_record_spans_in_the_peers_trace() {
 #[tokio::test]
 async fn queued_spans_are_sent_on_graceful_shutdown() {
     let collector = Collector::start().await;
-    let mut gw = Setup {
-        policies: vec![("10-all.yaml".into(), crate::support::ALLOW_ALL_BUT_ADMIN.into())],
-        extra: format!(
-            "tracing:\n  otlp:\n    endpoint: http://{}/v1/traces\n    service_name: edge-test\n    interval: 1h\n",
-            collector.addr
-        ),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let mut gw = traced(&collector, "1h").start().await;
     assert_eq!(get(gw.addr(), "/open").await.0, StatusCode::OK);
     // Batches go out hourly: the span waits in the queue.
     assert!(collector.spans().is_empty());
