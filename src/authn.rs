@@ -443,11 +443,11 @@ impl Authenticator {
                     .as_ref()
                     .and_then(|t| t.client_cert.as_ref())
                     .ok_or(Failure::Missing)?;
-                m.principal(cert, &self.name).map_err(Failure::Invalid)?
+                Arc::new(m.principal(cert, &self.name).map_err(Failure::Invalid)?)
             }
             _ => return Err(Failure::Missing),
         };
-        Ok(Arc::new(principal))
+        Ok(principal)
     }
 
     /// Verifies a token, through the cache unless `fresh`.

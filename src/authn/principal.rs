@@ -46,7 +46,7 @@ pub struct Principal {
 /// Values derived from a [`Principal`] the first time they are needed (the policy engine's
 /// CEL view of it, a rule's identity headers), so that every later request with the same
 /// cached credential reuses them. Not part of the principal's identity: equality ignores them
-/// and a clone starts empty.
+/// and a clone starts empty. Counts the bytes it holds, for the token cache's memory bound.
 #[derive(Default)]
 pub struct Derived {
     /// The one value of its kind (the CEL view).
@@ -54,6 +54,14 @@ pub struct Derived {
     /// Values told apart by a key (a rule's identity headers, by the headers' id), allocated
     /// on first use: a principal no rule renders for pays one pointer.
     keyed: std::sync::OnceLock<Box<[KeyedSlot; KEYED_SLOTS]>>,
+    /// What the values above take, as their [`Weigh`] estimates it.
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+/// A derived value's estimate of the heap memory it holds, itself included.
+pub trait Weigh: std::any::Any + Send + Sync {
+    /// Bytes, allocator rounding included where it is known to matter.
+    fn weight(&self) -> usize;
 }
 
 /// How many keyed values a principal keeps: the rules one credential is mostly used with. A
@@ -62,24 +70,23 @@ const KEYED_SLOTS: usize = 4;
 
 type KeyedSlot = std::sync::OnceLock<(u64, Box<dyn std::any::Any + Send + Sync>)>;
 
+/// What boxing a value costs beside the value: the allocation's header and rounding.
+const BOX_OVERHEAD: usize = 16;
+
 impl Derived {
     /// The value, computed by `init` on first use; `None` only if a value of another type was
     /// stored first.
-    pub fn get_or_init<T: std::any::Any + Send + Sync>(
-        &self,
-        init: impl FnOnce() -> T,
-    ) -> Option<&T> {
-        self.one.get_or_init(|| Box::new(init())).downcast_ref()
+    pub fn get_or_init<T: Weigh>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        self.one.get_or_init(|| self.counted(init())).downcast_ref()
     }
 
     /// The value for `key`, computed by `init` the first time; `None` when every slot holds
     /// another key (or a value of another type), and the caller computes it itself.
-    pub fn keyed<T: std::any::Any + Send + Sync>(
-        &self,
-        key: u64,
-        init: impl FnOnce() -> T,
-    ) -> Option<&T> {
-        let slots = self.keyed.get_or_init(Box::default);
+    pub fn keyed<T: Weigh>(&self, key: u64, init: impl FnOnce() -> T) -> Option<&T> {
+        let slots = self.keyed.get_or_init(|| {
+            self.add(std::mem::size_of::<[KeyedSlot; KEYED_SLOTS]>() + BOX_OVERHEAD);
+            Box::default()
+        });
         let mut init = Some(init);
         for slot in slots.iter() {
             let (k, v) = match slot.get() {
@@ -87,7 +94,7 @@ impl Derived {
                 None => {
                     let f = init.take()?;
                     // Another thread may fill the slot first, with its own key.
-                    slot.get_or_init(|| (key, Box::new(f())))
+                    slot.get_or_init(|| (key, self.counted(f())))
                 }
             };
             if *k == key {
@@ -95,6 +102,28 @@ impl Derived {
             }
         }
         None
+    }
+
+    /// The bytes the derived values hold so far.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn counted<T: Weigh>(&self, v: T) -> Box<dyn std::any::Any + Send + Sync> {
+        self.add(v.weight() + BOX_OVERHEAD);
+        Box::new(v)
+    }
+
+    fn add(&self, n: usize) {
+        self.bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+impl Weigh for u8 {
+    fn weight(&self) -> usize {
+        1
     }
 }
 

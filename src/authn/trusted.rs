@@ -37,7 +37,7 @@ pub enum Seen {
     /// No id header, or a peer outside the trusted networks.
     Nothing,
     /// A principal.
-    Principal(Principal),
+    Principal(Arc<Principal>),
     /// Present but unusable.
     Invalid(TokenError),
 }
@@ -193,7 +193,7 @@ impl TrustedHeaders {
             })
         };
         match build() {
-            Ok(p) => Seen::Principal(p),
+            Ok(p) => Seen::Principal(Arc::new(p)),
             Err(e) => Seen::Invalid(e),
         }
     }

@@ -165,6 +165,14 @@ struct Vars<'a, 'r> {
 struct PrincipalVals {
     claims: Val<'static>,
     principal: Val<'static>,
+    /// What the two take on the heap (see [`view_weight`]).
+    weight: usize,
+}
+
+impl crate::authn::principal::Weigh for PrincipalVals {
+    fn weight(&self) -> usize {
+        self.weight
+    }
 }
 
 impl<'a, 'r> VariableResolver for Vars<'a, 'r> {
@@ -175,6 +183,7 @@ impl<'a, 'r> VariableResolver for Vars<'a, 'r> {
                     && let Some(v) = p.derived.get_or_init(|| PrincipalVals {
                         claims: json_map_owned(&p.claims),
                         principal: principal_owned(p),
+                        weight: view_weight(p),
                     })
                 {
                     let v = if name == "claims" {
@@ -339,6 +348,75 @@ fn request_value<'a>(facts: &'a RequestFacts<'_>) -> Val<'a> {
         ("query", Box::new(CelMap::from(query)) as Val<'a>),
         ("headers", Box::new(CelMap::from(headers))),
     ])
+}
+
+/// The heap bytes of a principal's CEL view ([`principal_owned`] and [`json_map_owned`]),
+/// reckoned from the principal the way those functions build it, for the token cache's
+/// memory bound. Regression: tests (it) memory::token_cache_max_bytes_bounds_real_memory
+fn view_weight(p: &Principal) -> usize {
+    use std::mem::size_of;
+    // One allocation: the allocator's 16-byte size classes.
+    fn alloc(n: usize) -> usize {
+        n.max(1).next_multiple_of(16)
+    }
+    // A boxed CEL string owning `len` bytes (`None`: borrowing them).
+    fn text(len: Option<usize>) -> usize {
+        alloc(size_of::<CelString<'static>>()) + len.map_or(0, alloc)
+    }
+    fn scalar() -> usize {
+        alloc(size_of::<CelInt>())
+    }
+    // A boxed map of `n` entries (hashbrown's buckets and control bytes), entries apart.
+    fn table(n: usize) -> usize {
+        let buckets = if n == 0 {
+            0
+        } else {
+            (n * 8 / 7).next_power_of_two().max(4)
+        };
+        let bucket = size_of::<(CelMapKey<'static>, Val<'static>)>() + 1;
+        alloc(size_of::<CelMap<'static>>())
+            + if n == 0 {
+                0
+            } else {
+                alloc(buckets * bucket + 16)
+            }
+    }
+    fn list(n: usize) -> usize {
+        alloc(size_of::<CelList<'static>>())
+            + if n == 0 {
+                0
+            } else {
+                alloc(n * size_of::<Val<'static>>())
+            }
+    }
+    fn json(v: &Value) -> usize {
+        match v {
+            Value::String(s) => text(Some(s.len())),
+            Value::Array(a) => list(a.len()) + a.iter().map(json).sum::<usize>(),
+            Value::Object(o) => claims(o),
+            _ => scalar(),
+        }
+    }
+    fn claims(m: &serde_json::Map<String, Value>) -> usize {
+        table(m.len())
+            + m.iter()
+                .map(|(k, v)| alloc(k.len()) + json(v))
+                .sum::<usize>()
+    }
+    let strings =
+        |v: &[Box<str>]| list(v.len()) + v.iter().map(|s| text(Some(s.len()))).sum::<usize>();
+    let opt = |v: Option<&str>| v.map_or_else(scalar, |s| text(Some(s.len())));
+    let principal = table(11)
+        + scalar()
+        + text(Some(p.id.len()))
+        + text(None)
+        + text(Some(p.authenticator.len()))
+        + opt(p.issuer.as_deref())
+        + opt(p.tenant.as_deref())
+        + opt(p.api_key_id.as_deref())
+        + strings(&p.scopes)
+        + strings(&p.roles);
+    size_of::<PrincipalVals>() + principal + claims(&p.claims)
 }
 
 /// Claims as CEL values owning their strings (kept with the principal).

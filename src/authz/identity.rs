@@ -45,6 +45,25 @@ enum Rendered {
     Refused,
 }
 
+/// A principal's rendered headers, kept with it.
+struct Kept(Box<[Rendered]>);
+
+impl crate::authn::principal::Weigh for Kept {
+    fn weight(&self) -> usize {
+        let alloc = |n: usize| n.max(1).next_multiple_of(16);
+        // A value's bytes and, once cloned into a request, the shared header of its buffer.
+        let values: usize = self
+            .0
+            .iter()
+            .map(|r| match r {
+                Rendered::Set(v) => alloc(v.len()) + alloc(32),
+                _ => 0,
+            })
+            .sum();
+        std::mem::size_of::<Self>() + alloc(std::mem::size_of_val(&*self.0)) + values
+    }
+}
+
 /// Ids of compiled [`IdentityHeaders`].
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -375,15 +394,20 @@ impl IdentityHeaders {
     /// Renders every header; returns the headers set and how many values were refused.
     pub fn render(&self, cx: &Context<'_>) -> (Vec<(HeaderName, HeaderValue)>, usize) {
         let kept = match cx.principal {
-            Some(p) if self.cacheable => p.derived.keyed(self.id, || {
-                self.headers
-                    .iter()
-                    .map(|(_, t)| match t.per_principal() {
-                        true => render_one(t, cx),
-                        false => Rendered::Unset,
-                    })
-                    .collect::<Box<[Rendered]>>()
-            }),
+            Some(p) if self.cacheable => p
+                .derived
+                .keyed(self.id, || {
+                    Kept(
+                        self.headers
+                            .iter()
+                            .map(|(_, t)| match t.per_principal() {
+                                true => render_one(t, cx),
+                                false => Rendered::Unset,
+                            })
+                            .collect(),
+                    )
+                })
+                .map(|k| &k.0),
             _ => None,
         };
         let mut out = Vec::with_capacity(self.headers.len());
@@ -712,7 +736,7 @@ mod tests {
         // Kept: asking again does not render.
         assert!(
             p.derived
-                .keyed::<Box<[Rendered]>>(h.id, || panic!("rendered again"))
+                .keyed::<Kept>(h.id, || panic!("rendered again"))
                 .is_some()
         );
         let (second, refused) = h.render(&at("198.51.100.7", "b"));

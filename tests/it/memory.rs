@@ -280,19 +280,24 @@ async fn token_cache_growth(
     max_bytes: u64,
     tokens: usize,
     claims: impl Fn(usize) -> serde_json::Value,
+    derived: Derived,
 ) -> f64 {
     let secret = b"an HS256 secret of at least 32 bytes!";
     let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let extra = format!(
-        "{}authn:\n  cache:\n    max_entries: 1000000\n    max_bytes: {max_bytes}\n",
-        crate::support::hs256_users("{}")
+        "{}authn:\n  cache:\n    max_entries: 1000000\n    max_bytes: {max_bytes}\n{}",
+        crate::support::hs256_users(derived.principal()),
+        derived.config(),
     );
     let bin = Binary::start_with(
         echo.addr,
         PLAIN,
         "",
         &extra,
-        "rules:\n  - name: users\n    match: {paths: [\"/**\"]}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n",
+        &format!(
+            "rules:\n  - name: users\n    match: {{paths: [\"/**\"]}}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n{}",
+            derived.rule(),
+        ),
         &[("hs.secret", secret)],
     );
     let addr = bin.addr("http");
@@ -317,19 +322,51 @@ async fn token_cache_growth(
     growth / max_bytes as f64
 }
 
+/// What a cached principal carries besides itself, made by the rule on first use.
+#[derive(Clone, Copy)]
+enum Derived {
+    /// Nothing: no identity headers, no CEL.
+    None,
+    /// The identity headers a typical config sets and a CEL condition on the claims (the
+    /// principal's CEL view).
+    HeadersAndCel,
+}
+
+impl Derived {
+    fn config(self) -> &'static str {
+        match self {
+            Self::None => "",
+            Self::HeadersAndCel => {
+                "identity_headers:\n  x-user-id: \"{principal.id}\"\n  x-user-kind: \"{principal.kind}\"\n  x-user-roles: \"{principal.roles}\"\n  x-user-scopes: \"{principal.scopes}\"\n  x-tenant-id: \"{principal.tenant}\"\n  x-user-email: \"{claims.email}\"\n"
+            }
+        }
+    }
+
+    fn principal(self) -> &'static str {
+        match self {
+            Self::None => "{}",
+            Self::HeadersAndCel => "{roles_claim: roles, tenant_claim: tenant}",
+        }
+    }
+
+    fn rule(self) -> &'static str {
+        match self {
+            Self::None => "",
+            Self::HeadersAndCel => {
+                "    when: \"'member' in principal.roles && claims.tenant == 'acme'\"\n"
+            }
+        }
+    }
+}
+
 /// The token cache's `max_bytes` bounds the memory it really takes, within 20%: a cache
-/// filled past its bound grows the process by about `max_bytes`, for a minimal token and for
-/// one with the claims identity providers usually add.
+/// filled past its bound grows the process by about `max_bytes`, for a minimal token, for
+/// one with the claims identity providers usually add, and for that one behind a rule that
+/// renders identity headers and reads the claims in CEL (views kept with the principal).
 #[tokio::test]
 async fn token_cache_max_bytes_bounds_real_memory() {
     const MAX_BYTES: u64 = 6 << 20;
-    let minimal = token_cache_growth(
-        MAX_BYTES,
-        6_000,
-        |i| serde_json::json!({"sub": format!("user-{i:08}")}),
-    )
-    .await;
-    let typical = token_cache_growth(MAX_BYTES, 4_000, |i| {
+    let typical_claims = |i: usize| {
         serde_json::json!({
             "sub": format!("user-{i:08}"),
             "scope": "orders:read orders:write profile",
@@ -338,9 +375,18 @@ async fn token_cache_max_bytes_bounds_real_memory() {
             "tenant": "acme",
             "jti": format!("{i:032x}"),
         })
-    })
+    };
+    let minimal = token_cache_growth(
+        MAX_BYTES,
+        6_000,
+        |i| serde_json::json!({"sub": format!("user-{i:08}")}),
+        Derived::None,
+    )
     .await;
-    for ratio in [minimal, typical] {
+    let typical = token_cache_growth(MAX_BYTES, 4_000, typical_claims, Derived::None).await;
+    let derived =
+        token_cache_growth(MAX_BYTES, 4_000, typical_claims, Derived::HeadersAndCel).await;
+    for ratio in [minimal, typical, derived] {
         assert!(
             (0.8..=1.2).contains(&ratio),
             "memory grew {ratio:.2} x max_bytes"
