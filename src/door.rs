@@ -453,9 +453,9 @@ pub fn render_refusal(
 pub const REMOVE_HEADER: HeaderName = HeaderName::from_static("x-portcullis-remove");
 
 /// Header names as one comma-separated value; `None` for none.
-pub fn name_list(names: &[HeaderName]) -> Option<HeaderValue> {
+pub fn name_list<'a>(names: impl Iterator<Item = &'a HeaderName> + Clone) -> Option<HeaderValue> {
     // Sized once and handed over, not copied: the list is a few dozen names at every allow.
-    let mut text = String::with_capacity(names.iter().map(|n| n.as_str().len() + 1).sum());
+    let mut text = String::with_capacity(names.clone().map(|n| n.as_str().len() + 1).sum());
     for n in names {
         if !text.is_empty() {
             text.push(',');

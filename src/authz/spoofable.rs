@@ -17,6 +17,7 @@
 //! spelling, and nothing outside these families is touched.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
 
@@ -32,9 +33,62 @@ pub struct Spoofable {
     from_trusted: Box<[NamePattern]>,
     /// What a decision door names for removal from an untrusted peer's requests
     /// ([`Self::door_removal`]), built once here.
-    door_untrusted: Box<[HeaderName]>,
+    door_untrusted: Arc<DoorList>,
     /// The same for a trusted peer.
-    door_trusted: Box<[HeaderName]>,
+    door_trusted: Arc<DoorList>,
+}
+
+/// The names a decision door asks its peer to remove from every allowed request, each once,
+/// shared by every answer of a snapshot (an answer holds the list, not copies of its names).
+#[derive(Debug, Default)]
+pub struct DoorList {
+    /// The identity and trusted-header names first, then the rest.
+    names: Box<[HeaderName]>,
+    /// How many of `names` are identity names, which an answer may set instead.
+    settable: usize,
+    /// The other names as one door renders them for every answer ([`Self::rendered`]).
+    rendered: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl PartialEq for DoorList {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names && self.settable == other.settable
+    }
+}
+
+impl Eq for DoorList {}
+
+// === impl DoorList ===
+
+impl DoorList {
+    /// Every name.
+    pub fn iter(&self) -> std::slice::Iter<'_, HeaderName> {
+        self.names.iter()
+    }
+
+    /// The identity names (which an answer may set instead of removing them) and the rest.
+    pub fn split(&self) -> (&[HeaderName], &[HeaderName]) {
+        self.names.split_at(self.settable)
+    }
+
+    /// The rest (the names never set) as `render` writes them, rendered once per list: what
+    /// a door that writes the list into every answer copies instead of writing it again.
+    pub fn rendered(&self, render: impl FnOnce(&[HeaderName]) -> bytes::Bytes) -> &bytes::Bytes {
+        self.rendered.get_or_init(|| render(self.split().1))
+    }
+
+    /// The names an answer removes when it sets `set`: an identity header it sets is not
+    /// also removed (Envoy removes after it sets).
+    pub fn except<'a>(
+        &'a self,
+        set: &'a [(HeaderName, http::HeaderValue)],
+    ) -> impl Iterator<Item = &'a HeaderName> + Clone + 'a {
+        self.names
+            .iter()
+            .enumerate()
+            .filter(move |(i, n)| *i >= self.settable || !set.iter().any(|(s, _)| s == *n))
+            .map(|(_, n)| n)
+    }
 }
 
 /// A header name, or a prefix (`x-envoy-*`), dashed.
@@ -83,8 +137,8 @@ impl Spoofable {
             dashed: dashed.into(),
             always,
             from_trusted: from_trusted.into(),
-            door_untrusted: Box::default(),
-            door_trusted: Box::default(),
+            door_untrusted: Arc::default(),
+            door_trusted: Arc::default(),
         };
         s.door_untrusted = s.door_list(false);
         s.door_trusted = s.door_list(true);
@@ -92,14 +146,20 @@ impl Spoofable {
     }
 
     /// [`Self::named_for_removal`] and `forwarded`, each name once, in that order.
-    fn door_list(&self, peer_trusted: bool) -> Box<[HeaderName]> {
+    fn door_list(&self, peer_trusted: bool) -> Arc<DoorList> {
         let mut list: Vec<HeaderName> = Vec::new();
         for name in self.named_for_removal(peer_trusted).chain([&FORWARDED]) {
             if !list.contains(name) {
                 list.push(name.clone());
             }
         }
-        list.into()
+        // `always` starts with the identity names, the first of the list.
+        let settable = self.always.len() - OVERRIDES.len();
+        Arc::new(DoorList {
+            names: list.into(),
+            settable,
+            rendered: std::sync::OnceLock::new(),
+        })
     }
 
     /// Removes every header a client must not hand the upstream (see the module docs);
@@ -137,7 +197,7 @@ impl Spoofable {
     ///
     /// Why built at load: none of it depends on the request, and rebuilding and
     /// de-duplicating these ~40 names per request was a few percent of the gRPC door's CPU.
-    pub fn door_removal(&self, peer_trusted: bool) -> &[HeaderName] {
+    pub fn door_removal(&self, peer_trusted: bool) -> &Arc<DoorList> {
         if peer_trusted {
             &self.door_trusted
         } else {

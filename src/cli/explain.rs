@@ -481,7 +481,7 @@ impl Renderer {
                 .filter(|(k, _)| *k != header::CACHE_CONTROL)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            remove: a.mutation.remove.clone(),
+            remove: a.mutation.removed().cloned().collect(),
         }
     }
 

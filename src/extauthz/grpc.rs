@@ -33,9 +33,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
-    HeaderAppendAction, HeaderValue as PbHeaderValue, HeaderValueOption, HttpResponse, HttpStatus,
-    OkHttpResponse,
+    CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+    HeaderValue as PbHeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
 };
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
@@ -50,6 +49,13 @@ use crate::request::RequestFacts;
 use crate::request::facts::{ClientCert, ConnInfo, Door, Head, Scheme, TlsInfo};
 use crate::server::{Conn, Shared};
 use crate::snapshot::{DoorSettings, Snapshot};
+
+mod answer;
+
+pub use self::answer::Answer;
+
+/// The one method of Envoy's `Authorization` service.
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 /// The `Check` service of one listener.
 #[derive(Debug, Clone)]
@@ -67,7 +73,7 @@ const MAX_MESSAGE_BYTES: usize = 1 << 20;
 pub struct GrpcHandler {
     shared: Arc<Shared>,
     index: usize,
-    check: AuthorizationServer<CheckService>,
+    check: CheckService,
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
 }
 
@@ -87,17 +93,16 @@ impl GrpcHandler {
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         reporter
-            .set_serving::<AuthorizationServer<CheckService>>()
+            .set_service_status(
+                "envoy.service.auth.v3.Authorization",
+                tonic_health::ServingStatus::Serving,
+            )
             .await;
         let health = tonic_health::server::HealthService::from_health_reporter(reporter);
         Self {
             shared: Arc::clone(&shared),
             index,
-            // A Check request is a request head (and at most the part of its body Envoy's
-            // `with_request_body` sends, which the door does not read): 1 MiB, not tonic's
-            // 4 MiB default, is what a message may take before it is refused.
-            check: AuthorizationServer::new(CheckService { shared, index })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            check: CheckService { shared, index },
             health: tonic_health::pb::health_server::HealthServer::new(health),
         }
     }
@@ -131,34 +136,63 @@ impl crate::server::listener::Handler for GrpcHandler {
             })
         };
         req.extensions_mut().insert(conn);
-        let health = req.uri().path().starts_with("/grpc.health.v1.Health/");
-        let mut check = self.check.clone();
-        let mut health_svc = self.health.clone();
+        let path = req.uri().path();
+        let (check, health) = if path == CHECK_PATH {
+            (Some(self.check.clone()), None)
+        } else if path.starts_with("/grpc.health.v1.Health/") {
+            (None, Some(self.health.clone()))
+        } else {
+            (None, None)
+        };
         Box::pin(async move {
             if let Some(resp) = refused {
                 return resp.map(crate::body::grpc);
             }
-            let resp = if health {
-                health_svc.call(req).await
-            } else {
-                check.call(req).await
+            let resp = match (check, health) {
+                (Some(check), _) => {
+                    // A Check request is a request head (and at most the part of its body
+                    // Envoy's `with_request_body` sends, which the door does not read): 1 MiB,
+                    // not tonic's 4 MiB default, is what a message may take before it is
+                    // refused.
+                    let codec = tonic_prost::ProstCodec::<Answer, CheckRequest>::default();
+                    tonic::server::Grpc::new(codec)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .unary(check, req)
+                        .await
+                }
+                (None, Some(mut health)) => match health.call(req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                },
+                (None, None) => tonic::Status::unimplemented("").into_http(),
             };
-            match resp {
-                Ok(resp) => resp.map(crate::body::grpc),
-                Err(never) => match never {},
-            }
+            resp.map(crate::body::grpc)
         })
     }
 }
 
 // === impl CheckService ===
 
-#[tonic::async_trait]
-impl Authorization for CheckService {
+impl tonic::server::UnaryService<CheckRequest> for CheckService {
+    type Response = Answer;
+    type Future = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<tonic::Response<Answer>, tonic::Status>> + Send,
+        >,
+    >;
+
+    fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move { service.check(request).await })
+    }
+}
+
+impl CheckService {
+    /// One Check, accounted.
     async fn check(
         &self,
         request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+    ) -> Result<tonic::Response<Answer>, tonic::Status> {
         let start = Instant::now();
         let snapshot = self.shared.current.load_full();
         let Some(conn) = request.extensions().get::<Arc<Conn>>().cloned() else {
@@ -183,16 +217,14 @@ impl Authorization for CheckService {
             .answer(&snapshot, &conn, &check, &request_id, &mut record)
             .await;
         let status = match &answer {
-            Ok(r) => http_status_of(r),
+            Ok(a) => a.http_status(),
             Err(_) => 503,
         };
         let at = (Door::EnvoyGrpc, &*conn.info.listener);
         record.account(&snapshot, &self.shared, at, start, &request_id, status);
         answer.map(tonic::Response::new)
     }
-}
 
-impl CheckService {
     /// Admission, the facts, the decision and its rendering.
     async fn answer(
         &self,
@@ -201,7 +233,7 @@ impl CheckService {
         check: &CheckRequest,
         request_id: &HeaderValue,
         record: &mut Record,
-    ) -> Result<CheckResponse, tonic::Status> {
+    ) -> Result<Answer, tonic::Status> {
         let settings = snapshot
             .listener(self.index)
             .map_or(&DoorSettings::Proxy, |l| &l.door);
@@ -218,7 +250,7 @@ impl CheckService {
             Err(reason) => {
                 record.failed(&self.shared, reason);
                 let refusal = Refusal::error(StatusCode::BAD_REQUEST, reason, request_id);
-                return Ok(denied(refusal));
+                return Ok(Answer::Message(denied(refusal)));
             }
         };
         record.trace(snapshot, &described.headers);
@@ -235,7 +267,8 @@ impl CheckService {
             Err(e) => {
                 record.client_ip = described.conn.peer.ip();
                 record.failed(&self.shared, e.as_str());
-                return Ok(denied(Refusal::error(e.status(), e.as_str(), request_id)));
+                let refusal = Refusal::error(e.status(), e.as_str(), request_id);
+                return Ok(Answer::Message(denied(refusal)));
             }
         };
         record.facts(snapshot, &facts);
@@ -250,7 +283,7 @@ impl CheckService {
         };
         record.decision(&self.shared, Door::EnvoyGrpc, &decision);
         match decision {
-            Decision::Allow(a) => Ok(allowed(&a)),
+            Decision::Allow(a) => Ok(Answer::allowed(a)),
             // The gateway cannot know the answer (keys never fetched, introspection down): an
             // error, so Envoy's `failure_mode_allow` and `status_on_error` apply, as operators
             // of Envoy expect of an authorization service that cannot decide.
@@ -262,7 +295,9 @@ impl CheckService {
             // `failure_mode_allow: true` turn it into an allow, so it goes back as a denied
             // response, which Envoy passes on whatever its failure mode.
             // Regression: tests (it) delegate::fail_closed_delegate_is_a_denial_at_the_grpc_door
-            Decision::Deny(d) => Ok(denied(d.refusal(&snapshot.challenges, request_id))),
+            Decision::Deny(d) => Ok(Answer::Message(denied(
+                d.refusal(&snapshot.challenges, request_id),
+            ))),
         }
     }
 }
@@ -419,7 +454,8 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// `OK` with the mutation and the principal as dynamic metadata.
+/// `OK` with the mutation and the principal as dynamic metadata: the message the door writes
+/// straight from the allow ([`Answer`]), for `explain` and the door's tests.
 pub fn allowed(a: &Allow) -> CheckResponse {
     let option = |(name, value): &(HeaderName, HeaderValue)| HeaderValueOption {
         header: Some(PbHeaderValue {
@@ -453,7 +489,7 @@ pub fn allowed(a: &Allow) -> CheckResponse {
         }),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers: m.set.iter().map(option).collect(),
-            headers_to_remove: m.remove.iter().map(|n| n.as_str().to_owned()).collect(),
+            headers_to_remove: m.removed().map(|n| n.as_str().to_owned()).collect(),
             response_headers_to_add: m.response.iter().map(option).collect(),
             ..OkHttpResponse::default()
         })),
@@ -514,10 +550,4 @@ fn http_status_of(r: &CheckResponse) -> u16 {
             .unwrap_or(403),
         _ => 200,
     }
-}
-
-/// A `Check` server for the listener at `index`, for tests and benchmarks that drive the
-/// door without a listener.
-pub fn check_service(shared: Arc<Shared>, index: usize) -> AuthorizationServer<CheckService> {
-    AuthorizationServer::new(CheckService { shared, index })
 }
