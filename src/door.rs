@@ -27,7 +27,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::decision::{self, Allow, Decision, NoTrace, Refusal};
+use crate::authz::spoofable::DoorList;
+use crate::decision::{self, Allow, Decision, HeaderMutation, NoTrace, Refusal};
 use crate::request::RequestFacts;
 use crate::request::facts::{ConnInfo, Door, FactsError, Head, Scheme};
 use crate::server::{Conn, Shared};
@@ -452,18 +453,32 @@ pub fn render_refusal(
 /// Names the headers the peer must remove before forwarding (forward-auth door).
 pub const REMOVE_HEADER: HeaderName = HeaderName::from_static("x-portcullis-remove");
 
-/// Header names as one comma-separated value; `None` for none.
-pub fn name_list<'a>(names: impl Iterator<Item = &'a HeaderName> + Clone) -> Option<HeaderValue> {
-    // Sized once and handed over, not copied: the list is a few dozen names at every allow.
-    let mut text = String::with_capacity(names.clone().map(|n| n.as_str().len() + 1).sum());
-    for n in names {
-        if !text.is_empty() {
-            text.push(',');
-        }
-        text.push_str(n.as_str());
+/// The names an allow removes ([`HeaderMutation::removed`]) as one comma-separated value, in
+/// that order; `None` for none.
+pub fn removal_list(m: &HeaderMutation) -> Option<HeaderValue> {
+    // Why: the door list's fixed part is most of it and the same for every answer: joined
+    // once per snapshot, and handed over whole when nothing else goes (a clone of its bytes).
+    let fixed = m.removed_fixed().and_then(DoorList::joined);
+    let variable = m.removed_variable();
+    if variable.clone().next().is_none() {
+        return fixed.cloned();
     }
-    if text.is_empty() {
-        return None;
+    // Sized once and handed over, not copied.
+    let len = variable
+        .clone()
+        .map(|n| n.as_str().len() + 1)
+        .sum::<usize>()
+        + fixed.map_or(0, HeaderValue::len);
+    let mut text = Vec::with_capacity(len);
+    for n in variable {
+        if !text.is_empty() {
+            text.push(b',');
+        }
+        text.extend_from_slice(n.as_str().as_bytes());
+    }
+    if let Some(f) = fixed {
+        text.push(b',');
+        text.extend_from_slice(f.as_bytes());
     }
     HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }

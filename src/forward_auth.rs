@@ -105,7 +105,7 @@ impl HttpDoor for ForwardAuth {
         // own configuration only clears the names written in it. The list lets a peer that
         // can act on it (the Kong plugin, an nginx `map`) strip exactly what the proxy door
         // would. Regression: tests (it) doors::forward_auth_names_what_to_remove
-        if let Some(v) = door::name_list(allow.mutation.removed()) {
+        if let Some(v) = door::removal_list(&allow.mutation) {
             resp.headers_mut().insert(door::REMOVE_HEADER, v);
         }
         resp

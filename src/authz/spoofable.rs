@@ -48,6 +48,8 @@ pub struct DoorList {
     settable: usize,
     /// The other names as one door renders them for every answer ([`Self::rendered`]).
     rendered: std::sync::OnceLock<bytes::Bytes>,
+    /// The other names comma-joined ([`Self::joined`]).
+    joined: std::sync::OnceLock<Option<http::HeaderValue>>,
 }
 
 impl PartialEq for DoorList {
@@ -75,6 +77,19 @@ impl DoorList {
     /// a door that writes the list into every answer copies instead of writing it again.
     pub fn rendered(&self, render: impl FnOnce(&[HeaderName]) -> bytes::Bytes) -> &bytes::Bytes {
         self.rendered.get_or_init(|| render(self.split().1))
+    }
+
+    /// The rest comma-joined, as the HTTP doors list names to remove; `None` if there are
+    /// none. Joined once per list.
+    pub fn joined(&self) -> Option<&http::HeaderValue> {
+        self.joined
+            .get_or_init(|| {
+                let names: Vec<&str> = self.split().1.iter().map(HeaderName::as_str).collect();
+                http::HeaderValue::from_str(&names.join(","))
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            })
+            .as_ref()
     }
 
     /// The names an answer removes when it sets `set`: an identity header it sets is not
@@ -159,6 +174,7 @@ impl Spoofable {
             names: list.into(),
             settable,
             rendered: std::sync::OnceLock::new(),
+            joined: std::sync::OnceLock::new(),
         })
     }
 

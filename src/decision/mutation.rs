@@ -153,6 +153,23 @@ impl HeaderMutation {
             .chain(self.named.iter().flat_map(|d| d.except(&self.set)))
     }
 
+    /// What [`Self::removed`] gives before the door list's fixed part: the request's own
+    /// names, then the list's identity names not set.
+    pub fn removed_variable(&self) -> impl Iterator<Item = &HeaderName> + Clone {
+        let identity = self.named.as_deref().map_or(&[][..], |d| d.split().0);
+        self.remove.iter().chain(
+            identity
+                .iter()
+                .filter(|n| !self.set.iter().any(|(s, _)| s == *n)),
+        )
+    }
+
+    /// The door list whose fixed part (names never set) ends [`Self::removed`], at a
+    /// decision door: the same for every answer of a snapshot, rendered once by the doors.
+    pub fn removed_fixed(&self) -> Option<&DoorList> {
+        self.named.as_deref()
+    }
+
     /// Applies the request side to `headers`: every removal, then every set.
     pub fn apply(self, headers: &mut HeaderMap) {
         for name in self.removed() {
@@ -367,5 +384,30 @@ mod tests {
         // A cookie that was the only one: the header goes.
         let m = mutation("192.0.2.1:1", &[("cookie", "session=t")], true);
         assert_eq!(m.removed().collect::<Vec<_>>(), [header::COOKIE]);
+    }
+
+    /// The HTTP doors' list (the fixed part joined once per snapshot) says exactly what
+    /// `removed` gives, in order, whatever varies: identity set or not, names the request
+    /// showed, a trusted peer, the proxy door (no list).
+    #[test]
+    fn the_joined_list_is_removed_in_order() {
+        let sent = [
+            ("x-original-url", "/admin"),
+            ("x_user_id", "root"),
+            ("x-kept", "1"),
+        ];
+        for door in Door::ALL {
+            for peer in ["192.0.2.1:1", "10.1.2.3:1"] {
+                for headers in [&sent[..], &[]] {
+                    for identity in [true, false] {
+                        let m = mutation_at(door, peer, headers, false, identity);
+                        let expected: Vec<&str> = m.removed().map(HeaderName::as_str).collect();
+                        let joined = crate::door::removal_list(&m);
+                        let got = joined.as_ref().map_or("", |v| v.to_str().unwrap());
+                        assert_eq!(got, expected.join(","), "{door:?} {peer} {identity}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -65,7 +65,7 @@ impl HttpDoor for EnvoyHttp {
 
     fn allow(&self, allow: &Allow) -> Response<Full<Bytes>> {
         let mut resp = door::allow_response(allow);
-        if let Some(v) = door::name_list(allow.mutation.removed()) {
+        if let Some(v) = door::removal_list(&allow.mutation) {
             resp.headers_mut().insert(HEADERS_TO_REMOVE, v);
         }
         resp

@@ -29,8 +29,6 @@ use prost::encoding::{
 use crate::authn::PrincipalKind;
 use crate::authz::spoofable::DoorList;
 use crate::decision::Allow;
-#[cfg(doc)]
-use crate::decision::HeaderMutation;
 
 /// What the door answers one Check with.
 #[derive(Debug)]
@@ -105,8 +103,10 @@ impl Answer {
             .iter()
             .map(|(n, v)| field_len(OK_HEADERS, option_len(n, v)))
             .sum::<usize>()
-            + removed(a, |n| field_len(OK_HEADERS_TO_REMOVE, n.as_str().len())).sum::<usize>()
-            + m.named.as_ref().map_or(0, |d| rest(d).len())
+            + m.removed_variable()
+                .map(|n| field_len(OK_HEADERS_TO_REMOVE, n.as_str().len()))
+                .sum::<usize>()
+            + m.removed_fixed().map_or(0, |d| rest(d).len())
             + m.response
                 .iter()
                 .map(|(n, v)| field_len(OK_RESPONSE_HEADERS_TO_ADD, option_len(n, v)))
@@ -133,10 +133,10 @@ impl prost::Message for Answer {
         for (n, v) in &m.set {
             put_option(OK_HEADERS, n, v, buf);
         }
-        for n in removed(a, |n| n) {
+        for n in m.removed_variable() {
             put_bytes(OK_HEADERS_TO_REMOVE, n.as_str().as_bytes(), buf);
         }
-        if let Some(d) = &m.named {
+        if let Some(d) = m.removed_fixed() {
             buf.put_slice(rest(d));
         }
         for (n, v) in &m.response {
@@ -179,24 +179,6 @@ impl prost::Message for Answer {
     fn clear(&mut self) {
         *self = Self::default();
     }
-}
-
-/// The names to remove but the door list's fixed part ([`rest`]): the request's own, then the
-/// identity names not set; what [`HeaderMutation::removed`] gives before that part.
-fn removed<'a, T>(
-    a: &'a Allow,
-    f: impl FnMut(&'a HeaderName) -> T + 'a,
-) -> impl Iterator<Item = T> + 'a {
-    let m = &a.mutation;
-    let identity = m.named.as_deref().map_or(&[][..], |d| d.split().0);
-    m.remove
-        .iter()
-        .chain(
-            identity
-                .iter()
-                .filter(|n| !m.set.iter().any(|(s, _)| s == *n)),
-        )
-        .map(f)
 }
 
 /// The door list's names that are never set, as `headers_to_remove` entries: written once
