@@ -11,7 +11,8 @@
 #   PROFILE=release DURATION=5 bench/ratelimit.sh
 #
 # Env: DURATION (6), ROUNDS (3), CONNS (50), WARMUP (1), PROFILE (perf), SERVER_CPU (0),
-# LOAD_CPU (1), REDIS_TIMEOUT (the per-check budget, 5ms).
+# LOAD_CPU (1), REDIS_TIMEOUT (the per-check budget, 5ms), RESULTS (default
+# bench/RESULTS.md; empty: do not record).
 set -euo pipefail
 
 DURATION=${DURATION:-6}
@@ -24,6 +25,7 @@ LOAD_CPU=${LOAD_CPU:-1}
 REDIS_TIMEOUT=${REDIS_TIMEOUT:-5ms}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RESULTS=${RESULTS-$ROOT/bench/RESULTS.md}
 cd "$ROOT"
 
 BENCH_NAME=bench
@@ -136,6 +138,7 @@ run_wrk() { # $1 output file, rest: wrk arguments
 }
 
 SCENARIOS=(none local redis)
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A RUNS
 for ((round = 1; round <= ROUNDS; round++)); do
     # Rotate the order every round, so a change in background load falls on all alike.
@@ -157,17 +160,41 @@ done
 median() { # stdin: runs "rps p50 p99 non2xx"; prints the run with the median rps
     sort -n -k1,1 | awk '{a[NR] = $0} END {print a[int((NR + 1) / 2)]}'
 }
-printf '\n| route | req/s | p50 ms | p99 ms | non-2xx |\n| --- | ---: | ---: | ---: | ---: |\n'
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A RPS
 for s in "${SCENARIOS[@]}"; do
-    read -r rps p50 p99 non2xx < <(printf '%s' "${RUNS[$s]}" | median)
-    RPS[$s]=$rps
-    printf '| %s | %s | %s | %s | %s |\n' "$s" "$rps" "$p50" "$p99" "$non2xx"
+    RPS[$s]=$(printf '%s' "${RUNS[$s]}" | median | awk '{print $1}')
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
-printf '\nlocal/none %s× (target >= 0.97)   redis/none %s×\n' \
-    "$(ratio "${RPS[local]}" "${RPS[none]}")" "$(ratio "${RPS[redis]}" "${RPS[none]}")"
 METRICS=$(curl -fs "http://127.0.0.1:$P_ADMIN/metrics")
-printf 'redis: %s calls, errors %s\n' \
-    "$(awk '/^portcullis_redis_calls_total/ {print $2}' <<<"$METRICS")" \
-    "$(awk '/^portcullis_redis_errors_total/ {printf "%s=%s ", $1, $2}' <<<"$METRICS")"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
+table() {
+    printf '| route | req/s | p50 ms | p99 ms | non-2xx |\n| --- | ---: | ---: | ---: | ---: |\n'
+    for s in "${SCENARIOS[@]}"; do
+        read -r rps p50 p99 non2xx < <(printf '%s' "${RUNS[$s]}" | median)
+        printf '| %s | %s | %s | %s | %s |\n' "$s" "$rps" "$p50" "$p99" "$non2xx"
+    done
+    printf '\n- local/none **%s×** (target >= 0.97); redis/none %s×\n' \
+        "$(ratio "${RPS[local]}" "${RPS[none]}")" "$(ratio "${RPS[redis]}" "${RPS[none]}")"
+    # A check past REDIS_TIMEOUT counts as a timeout and, repeated, opens the breaker: the
+    # Redis route's figure is then partly the fallback's.
+    printf -- '- redis: %s calls, errors %s\n' \
+        "$(awk '/^portcullis_redis_calls_total/ {print $2}' <<<"$METRICS")" \
+        "$(awk '/^portcullis_redis_errors_total/ {printf "%s=%s ", $1, $2}' <<<"$METRICS")"
+}
+echo
+table
+if [[ -n $RESULTS ]]; then
+    {
+        echo
+        commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+        git diff --quiet HEAD -- src Cargo.toml Cargo.lock bench 2>/dev/null || commit+="+dirty"
+        echo "## ratelimit: $(date -u '+%Y-%m-%d %H:%M UTC') — commit $commit"
+        echo
+        echo "$(nproc) CPUs; Portcullis, Redis and nginx on CPU $SERVER_CPU, wrk on CPU $LOAD_CPU; load" \
+            "average $LOAD_BEFORE before, $LOAD_AFTER after. wrk -t1 -c$CONNS -d${DURATION}s, median" \
+            "of $ROUNDS rounds; Redis budget $REDIS_TIMEOUT per check. bench/ratelimit.sh."
+        echo
+        table
+    } >>"$RESULTS"
+    log "appended to ${RESULTS#"$ROOT"/}"
+fi
