@@ -459,7 +459,12 @@ pub fn removal_list(m: &HeaderMutation) -> Option<HeaderValue> {
     // Why: the door list's fixed part is most of it and the same for every answer: joined
     // once per snapshot, and handed over whole when nothing else goes (a clone of its bytes).
     let fixed = m.removed_fixed().and_then(DoorList::joined);
-    let variable = m.removed_variable();
+    // Fail closed: were the fixed part ever not joined, its names are written one by one.
+    let unjoined = match (m.removed_fixed(), fixed) {
+        (Some(d), None) => d.split().1,
+        _ => &[],
+    };
+    let variable = m.removed_variable().chain(unjoined);
     if variable.clone().next().is_none() {
         return fixed.cloned();
     }

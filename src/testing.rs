@@ -19,3 +19,23 @@ macro_rules! return_size {
 }
 return_size!(A, B, C);
 return_size!(A, B, C, D, E, G, H, I);
+
+/// A principal with only an id and a kind: no issuer, scopes, roles, tenant or claims.
+pub(crate) fn principal(
+    id: &str,
+    kind: crate::authn::PrincipalKind,
+) -> crate::authn::principal::Principal {
+    crate::authn::principal::Principal {
+        id: id.into(),
+        kind,
+        authenticator: "users".into(),
+        issuer: None,
+        scopes: Box::default(),
+        roles: Box::default(),
+        tenant: None,
+        api_key_id: None,
+        claims: serde_json::Map::new(),
+        expires_at: None,
+        derived: Default::default(),
+    }
+}

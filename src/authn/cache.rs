@@ -253,19 +253,7 @@ mod tests {
     use crate::authn::principal::PrincipalKind;
 
     fn principal() -> Arc<Principal> {
-        Arc::new(Principal {
-            id: "u".into(),
-            kind: PrincipalKind::User,
-            authenticator: "a".into(),
-            issuer: None,
-            scopes: Box::default(),
-            roles: Box::default(),
-            tenant: None,
-            api_key_id: None,
-            claims: serde_json::Map::new(),
-            expires_at: None,
-            derived: Default::default(),
-        })
+        Arc::new(crate::testing::principal("u", PrincipalKind::User))
     }
 
     #[test]

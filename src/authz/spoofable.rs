@@ -38,6 +38,9 @@ pub struct Spoofable {
     door_trusted: Arc<DoorList>,
 }
 
+/// How a door writes a list of header names ([`DoorList::rendered`]).
+pub type Render = fn(&[HeaderName]) -> bytes::Bytes;
+
 /// The names a decision door asks its peer to remove from every allowed request, each once,
 /// shared by every answer of a snapshot (an answer holds the list, not copies of its names).
 #[derive(Debug, Default)]
@@ -46,8 +49,9 @@ pub struct DoorList {
     names: Box<[HeaderName]>,
     /// How many of `names` are identity names, which an answer may set instead.
     settable: usize,
-    /// The other names as one door renders them for every answer ([`Self::rendered`]).
-    rendered: std::sync::OnceLock<bytes::Bytes>,
+    /// The other names as one door renders them for every answer, and by what
+    /// ([`Self::rendered`]).
+    rendered: std::sync::OnceLock<(Render, bytes::Bytes)>,
     /// The other names comma-joined ([`Self::joined`]).
     joined: std::sync::OnceLock<Option<http::HeaderValue>>,
 }
@@ -75,12 +79,21 @@ impl DoorList {
 
     /// The rest (the names never set) as `render` writes them, rendered once per list: what
     /// a door that writes the list into every answer copies instead of writing it again.
-    pub fn rendered(&self, render: impl FnOnce(&[HeaderName]) -> bytes::Bytes) -> &bytes::Bytes {
-        self.rendered.get_or_init(|| render(self.split().1))
+    /// Kept for the first `render` asked; another one gets its own rendering, made each time.
+    pub fn rendered(&self, render: Render) -> bytes::Bytes {
+        let (by, bytes) = self
+            .rendered
+            .get_or_init(|| (render, render(self.split().1)));
+        if std::ptr::fn_addr_eq(*by, render) {
+            bytes.clone()
+        } else {
+            render(self.split().1)
+        }
     }
 
     /// The rest comma-joined, as the HTTP doors list names to remove; `None` if there are
-    /// none. Joined once per list.
+    /// none (or, should a name ever not make a header value, so that the caller writes them
+    /// one by one). Joined once per list.
     pub fn joined(&self) -> Option<&http::HeaderValue> {
         self.joined
             .get_or_init(|| {
@@ -465,6 +478,28 @@ mod tests {
             .map(HeaderName::as_str)
             .collect();
         assert_eq!(door.len(), OVERRIDES.len() + CLAIMS.len() + 1, "{door:?}");
+    }
+
+    /// Why an answer filters only the list's identity names against what it sets: nothing
+    /// that can be set is in the rest. Identity headers, the assertion's and a delegate's are
+    /// all checked by `identity::check_name`, which refuses those names; the door itself sets
+    /// only `x-real-ip`, `x-forwarded-host` and a cut `cookie`.
+    #[test]
+    fn nothing_settable_is_in_the_lists_fixed_part() {
+        let identity = [
+            HeaderName::from_static("x-user-id"),
+            HeaderName::from_static("x-original-url"),
+        ];
+        let s = Spoofable::new(&identity, Vec::new());
+        for trusted in [false, true] {
+            let (settable, rest) = s.door_removal(trusted).split();
+            assert_eq!(settable.len(), 2, "{settable:?}");
+            assert!(!rest.is_empty());
+            for n in rest {
+                assert!(crate::authz::identity::check_name(n.as_str()).is_err(), "{n}");
+                assert!(!["x-real-ip", "x-forwarded-host", "cookie"].contains(&n.as_str()));
+            }
+        }
     }
 
     #[test]

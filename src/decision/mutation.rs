@@ -83,10 +83,9 @@ impl HeaderMutation {
             // Regression: tests::decision_doors_name_every_family
             // Why shared: copying these ~40 names into every answer (and, at the gRPC door,
             // each into a string) was a tenth of the door's CPU per Check.
-            let named = snapshot.spoofable.door_removal(facts.peer_trusted);
-            // A name the request showed is named once, in the list.
-            out.remove.retain(|n| !named.iter().any(|d| d == n));
-            out.named = Some(Arc::clone(named));
+            out.named = Some(Arc::clone(
+                snapshot.spoofable.door_removal(facts.peer_trusted),
+            ));
             out.set.push((X_REAL_IP, ip_header_value(facts.client_ip)));
             let host = match facts.port {
                 Some(p) => {
@@ -102,6 +101,11 @@ impl HeaderMutation {
             match host {
                 Ok(h) => out.set.push((X_FORWARDED_HOST, h)),
                 Err(_) => out.push_remove(X_FORWARDED_HOST),
+            }
+            // A name the request showed (or the door pushed) that is on the list is named
+            // once, in the list. Regression: tests::decision_doors_name_every_family
+            if let Some(named) = &out.named {
+                out.remove.retain(|n| !named.iter().any(|d| d == n));
             }
         }
         // Why: Envoy removes after it sets; a name in both lists reached the upstream empty,

@@ -19,7 +19,7 @@
 
 use std::borrow::Cow;
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes};
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction};
 use http::{HeaderName, HeaderValue};
 use prost::encoding::{
@@ -33,15 +33,20 @@ use crate::decision::Allow;
 /// What the door answers one Check with.
 #[derive(Debug)]
 pub enum Answer {
-    /// `OK`: the allow's header mutation and its principal as dynamic metadata ([`Self::allowed`]).
-    Allowed {
-        /// What is answered.
-        allow: Allow,
-        /// The `OkHttpResponse`'s length, and the dynamic metadata's: reckoned once.
-        lens: (usize, usize),
-    },
+    /// `OK`: the allow's header mutation and its principal as dynamic metadata
+    /// ([`Self::allowed`]).
+    Allowed(Allowed),
     /// Any other answer (a denial), as the message.
     Message(CheckResponse),
+}
+
+/// An allow with the lengths its encoding needs, reckoned once from it; private, so that the
+/// two cannot disagree.
+#[derive(Debug)]
+pub struct Allowed {
+    allow: Allow,
+    /// The `OkHttpResponse`'s length, and the dynamic metadata's.
+    lens: (usize, usize),
 }
 
 const STATUS: u32 = 1;
@@ -74,13 +79,13 @@ impl Answer {
     /// The answer to an allowed request.
     pub fn allowed(allow: Allow) -> Self {
         let lens = (Self::ok_len(&allow), Self::metadata_len(&allow));
-        Self::Allowed { allow, lens }
+        Self::Allowed(Allowed { allow, lens })
     }
 
     /// The HTTP status it stands for, for metrics and the log.
     pub fn http_status(&self) -> u16 {
         match self {
-            Self::Allowed { .. } => 200,
+            Self::Allowed(_) => 200,
             Self::Message(m) => super::http_status_of(m),
         }
     }
@@ -123,7 +128,7 @@ impl Answer {
 impl prost::Message for Answer {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         let (a, (ok_len, metadata_len)) = match self {
-            Self::Allowed { allow, lens } => (allow, *lens),
+            Self::Allowed(Allowed { allow, lens }) => (allow, *lens),
             Self::Message(m) => return m.encode_raw(buf),
         };
         // `status`: code 0 (OK), every field at its default.
@@ -137,7 +142,7 @@ impl prost::Message for Answer {
             put_bytes(OK_HEADERS_TO_REMOVE, n.as_str().as_bytes(), buf);
         }
         if let Some(d) = m.removed_fixed() {
-            buf.put_slice(rest(d));
+            buf.put_slice(&rest(d));
         }
         for (n, v) in &m.response {
             put_option(OK_RESPONSE_HEADERS_TO_ADD, n, v, buf);
@@ -164,10 +169,10 @@ impl prost::Message for Answer {
 
     fn encoded_len(&self) -> usize {
         match self {
-            Self::Allowed {
+            Self::Allowed(Allowed {
                 lens: (ok, metadata),
                 ..
-            } => {
+            }) => {
                 field_len(STATUS, 0)
                     + field_len(OK_RESPONSE, *ok)
                     + field_len(DYNAMIC_METADATA, *metadata)
@@ -183,14 +188,16 @@ impl prost::Message for Answer {
 
 /// The door list's names that are never set, as `headers_to_remove` entries: written once
 /// per snapshot, copied into every answer.
-fn rest(d: &DoorList) -> &[u8] {
-    d.rendered(|names| {
-        let mut buf = Vec::new();
-        for n in names {
-            put_bytes(OK_HEADERS_TO_REMOVE, n.as_str().as_bytes(), &mut buf);
-        }
-        buf.into()
-    })
+fn rest(d: &DoorList) -> Bytes {
+    d.rendered(render_rest)
+}
+
+fn render_rest(names: &[HeaderName]) -> Bytes {
+    let mut buf = Vec::new();
+    for n in names {
+        put_bytes(OK_HEADERS_TO_REMOVE, n.as_str().as_bytes(), &mut buf);
+    }
+    buf.into()
 }
 
 /// A length-delimited field of `len` bytes, key and length included.
@@ -286,19 +293,7 @@ mod tests {
     }
 
     fn principal(kind: PrincipalKind) -> Principal {
-        Principal {
-            id: "alice".into(),
-            kind,
-            authenticator: "users".into(),
-            issuer: None,
-            scopes: Box::default(),
-            roles: Box::default(),
-            tenant: None,
-            api_key_id: None,
-            claims: serde_json::Map::new(),
-            expires_at: None,
-            derived: Default::default(),
-        }
+        crate::testing::principal("alice", kind)
     }
 
     fn header(n: &'static str, v: &'static str) -> (HeaderName, HeaderValue) {
