@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Instructions per decision at the doors, counted by callgrind: steady where req/s is not (a
+# shared 2-core machine; bench/doors.sh measures req/s). Same config and token as doors.sh (a
+# cached RS256 token, one rule, two identity headers).
+#
+#   bench/door_instructions.sh [N]     # N decisions per measurement (default 2000)
+#
+# Prints instructions per Check of the gRPC door and of the trivial always-OK tonic server
+# (bench/trivial_check.rs, the baseline doors.sh compares with) and their ratio, and
+# instructions per request of the forward-auth door as nginx's `auth_request` asks. Each
+# process runs under valgrind with instrumentation off until a warm-up of 500 decisions is
+# done; then N are counted. NEW=<binary> measures that build instead of this tree's.
+set -euo pipefail
+N=${1:-2000}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+BENCH_NAME=door-instructions
+BENCH_TMP=portcullis-door-instr
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+install_missing valgrind:valgrind h2load:nghttp2-client curl:curl
+log "building target/perf/portcullis and trivial-check (profile perf)"
+cargo build --profile perf --locked --bin portcullis --example trivial-check >&2
+BIN=${NEW:-$ROOT/target/perf/portcullis}
+TRIVIAL=$ROOT/target/perf/examples/trivial-check
+
+read -r P_GRPC P_FA P_ADMIN P_TRIVIAL < <(free_ports 4)
+mkdir -p "$TMP/policies"
+"$BIN" keys new --alg RS256 --kid bench --out "$TMP/keys" >/dev/null
+TOKEN=$("$BIN" token mint --key "$TMP/keys/bench.key" --alg RS256 --kid bench \
+    --iss https://bench.portcullis --aud bench --sub bench-user --ttl 2h --claim tenant=acme)
+cat >"$TMP/policies/10-api.yaml" <<'EOF'
+rules:
+  - name: api
+    match:
+      paths: ["/api/**"]
+      methods: [GET]
+    effect: allow
+    authenticators: [bench]
+EOF
+cat >"$TMP/portcullis.yaml" <<EOF
+listeners:
+  - name: grpc
+    address: 127.0.0.1:$P_GRPC
+    door: {envoy_grpc: {}}
+  - name: forward-auth
+    address: 127.0.0.1:$P_FA
+    door: {forward_auth: {}}
+admin:
+  address: 127.0.0.1:$P_ADMIN
+server:
+  worker_threads: 1
+policies:
+  dir: policies
+logging:
+  level: warn
+  access_log: false
+identity_headers:
+  x-user-id: "{principal.id}"
+  x-tenant-id: "{claims.tenant}"
+authenticators:
+  bench:
+    jwt:
+      providers:
+        - issuer: https://bench.portcullis
+          audiences: [bench]
+          keys:
+            - pem_file: {path: $TMP/keys/bench.pem, kid: bench, algorithms: [RS256]}
+EOF
+"$TRIVIAL" encode "$TOKEN" >"$TMP/check.bin"
+
+# $1 port, $2 requests: Checks over one connection, 8 streams at a time.
+grpc_load() {
+    h2load -t1 -c1 -m8 -n"$2" -d "$TMP/check.bin" -H 'content-type: application/grpc' \
+        -H 'te: trailers' "http://127.0.0.1:$1/envoy.service.auth.v3.Authorization/Check" |
+        awk '/^requests:/ {exit !($8 == $2 && $10 == 0 && $12 == 0)}' ||
+        die "Checks failed on port $1"
+}
+# $1 port, $2 requests: what nginx's auth_request sends, over 4 kept-alive connections.
+fa_load() {
+    h2load --h1 -t1 -c4 -n"$2" -H "Authorization: Bearer $TOKEN" -H "X-Original-URI: /api/x" \
+        -H "X-Original-Method: GET" -H "X-Forwarded-Proto: http" \
+        -H "X-Forwarded-Host: app.example" -H "X-Forwarded-For: 127.0.0.1" \
+        "http://127.0.0.1:$1/auth" | grep -q '^status codes: [0-9]* 2xx, 0 3xx, 0 4xx, 0 5xx' ||
+        die "forward-auth requests failed on port $1"
+}
+wait_port() { for _ in $(seq 300); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.2; done; die "nothing on port $1"; }
+# $1 label, $2 load function, $3 port, then the command to run under valgrind. Prints the
+# instructions per decision.
+measure() {
+    local label=$1 load=$2 port=$3 out=$TMP/callgrind.$1
+    shift 3
+    valgrind --tool=callgrind --instr-atstart=no --dump-instr=no --callgrind-out-file="$out" \
+        "$@" >"$TMP/$label.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    wait_port "$port"
+    "$load" "$port" 500
+    callgrind_control -i on "$pid" >/dev/null
+    "$load" "$port" "$N"
+    callgrind_control -i off "$pid" >/dev/null
+    callgrind_control -d "$pid" >/dev/null
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    awk -v n="$N" '/^totals:/ {printf "%.0f", $2 / n}' "$out".1
+}
+log "trivial tonic server: $N Checks"
+TRIV=$(measure trivial grpc_load "$P_TRIVIAL" "$TRIVIAL" serve "127.0.0.1:$P_TRIVIAL")
+log "gRPC door: $N Checks"
+GRPC=$(measure grpc grpc_load "$P_GRPC" "$BIN" run -c "$TMP/portcullis.yaml" --no-watch)
+log "forward-auth door: $N requests"
+FA=$(measure fa fa_load "$P_FA" "$BIN" run -c "$TMP/portcullis.yaml" --no-watch)
+awk -v t="$TRIV" -v g="$GRPC" -v f="$FA" 'BEGIN {
+    printf "trivial tonic server: %d instructions/Check\n", t
+    printf "gRPC door:            %d instructions/Check (%.2fx the trivial server)\n", g, g / t
+    printf "forward-auth door:    %d instructions/request\n", f }'
