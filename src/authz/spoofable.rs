@@ -496,7 +496,10 @@ mod tests {
             assert_eq!(settable.len(), 2, "{settable:?}");
             assert!(!rest.is_empty());
             for n in rest {
-                assert!(crate::authz::identity::check_name(n.as_str()).is_err(), "{n}");
+                assert!(
+                    crate::authz::identity::check_name(n.as_str()).is_err(),
+                    "{n}"
+                );
                 assert!(!["x-real-ip", "x-forwarded-host", "cookie"].contains(&n.as_str()));
             }
         }
