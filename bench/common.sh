@@ -99,3 +99,53 @@ run_load() {
     wait "$LOAD_PID" || die "load failed: $(tail -5 "$outfile")"
     LOAD_PID=
 }
+
+# door_gateway BIN DIR P_FA P_GRPC P_ADMIN: the decision doors' benchmark gateway in DIR (what
+# bench/doors.sh and bench/door_instructions.sh measure): a forward-auth and an Envoy gRPC
+# door, one rule, two identity headers, an RS256 key in DIR/keys; sets TOKEN to a token it
+# accepts (cached after its first use).
+door_gateway() {
+    local bin=$1 dir=$2 p_fa=$3 p_grpc=$4 p_admin=$5
+    mkdir -p "$dir/policies"
+    "$bin" keys new --alg RS256 --kid bench --out "$dir/keys" >/dev/null
+    TOKEN=$("$bin" token mint --key "$dir/keys/bench.key" --alg RS256 --kid bench \
+        --iss https://bench.portcullis --aud bench --sub bench-user --ttl 2h --claim tenant=acme)
+    cat >"$dir/policies/10-api.yaml" <<'EOF'
+rules:
+  - name: api
+    match:
+      paths: ["/api/**"]
+      methods: [GET]
+    effect: allow
+    authenticators: [bench]
+EOF
+    cat >"$dir/portcullis.yaml" <<EOF
+listeners:
+  - name: forward-auth
+    address: 127.0.0.1:$p_fa
+    door: {forward_auth: {}}
+  - name: grpc
+    address: 127.0.0.1:$p_grpc
+    door: {envoy_grpc: {}}
+admin:
+  address: 127.0.0.1:$p_admin
+server:
+  worker_threads: 1
+policies:
+  dir: policies
+logging:
+  level: warn
+  access_log: false
+identity_headers:
+  x-user-id: "{principal.id}"
+  x-tenant-id: "{claims.tenant}"
+authenticators:
+  bench:
+    jwt:
+      providers:
+        - issuer: https://bench.portcullis
+          audiences: [bench]
+          keys:
+            - pem_file: {path: $dir/keys/bench.pem, kid: bench, algorithms: [RS256]}
+EOF
+}

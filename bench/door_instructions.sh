@@ -25,48 +25,7 @@ BIN=${NEW:-$ROOT/target/perf/portcullis}
 TRIVIAL=$ROOT/target/perf/examples/trivial-check
 
 read -r P_GRPC P_FA P_ADMIN P_TRIVIAL < <(free_ports 4)
-mkdir -p "$TMP/policies"
-"$BIN" keys new --alg RS256 --kid bench --out "$TMP/keys" >/dev/null
-TOKEN=$("$BIN" token mint --key "$TMP/keys/bench.key" --alg RS256 --kid bench \
-    --iss https://bench.portcullis --aud bench --sub bench-user --ttl 2h --claim tenant=acme)
-cat >"$TMP/policies/10-api.yaml" <<'EOF'
-rules:
-  - name: api
-    match:
-      paths: ["/api/**"]
-      methods: [GET]
-    effect: allow
-    authenticators: [bench]
-EOF
-cat >"$TMP/portcullis.yaml" <<EOF
-listeners:
-  - name: grpc
-    address: 127.0.0.1:$P_GRPC
-    door: {envoy_grpc: {}}
-  - name: forward-auth
-    address: 127.0.0.1:$P_FA
-    door: {forward_auth: {}}
-admin:
-  address: 127.0.0.1:$P_ADMIN
-server:
-  worker_threads: 1
-policies:
-  dir: policies
-logging:
-  level: warn
-  access_log: false
-identity_headers:
-  x-user-id: "{principal.id}"
-  x-tenant-id: "{claims.tenant}"
-authenticators:
-  bench:
-    jwt:
-      providers:
-        - issuer: https://bench.portcullis
-          audiences: [bench]
-          keys:
-            - pem_file: {path: $TMP/keys/bench.pem, kid: bench, algorithms: [RS256]}
-EOF
+door_gateway "$BIN" "$TMP/gw" "$P_FA" "$P_GRPC" "$P_ADMIN"
 "$TRIVIAL" encode "$TOKEN" >"$TMP/check.bin"
 
 # $1 port, $2 requests: Checks over one connection, 8 streams at a time.
@@ -106,9 +65,9 @@ measure() {
 log "trivial tonic server: $N Checks"
 TRIV=$(measure trivial grpc_load "$P_TRIVIAL" "$TRIVIAL" serve "127.0.0.1:$P_TRIVIAL")
 log "gRPC door: $N Checks"
-GRPC=$(measure grpc grpc_load "$P_GRPC" "$BIN" run -c "$TMP/portcullis.yaml" --no-watch)
+GRPC=$(measure grpc grpc_load "$P_GRPC" "$BIN" run -c "$TMP/gw/portcullis.yaml" --no-watch)
 log "forward-auth door: $N requests"
-FA=$(measure fa fa_load "$P_FA" "$BIN" run -c "$TMP/portcullis.yaml" --no-watch)
+FA=$(measure fa fa_load "$P_FA" "$BIN" run -c "$TMP/gw/portcullis.yaml" --no-watch)
 awk -v t="$TRIV" -v g="$GRPC" -v f="$FA" 'BEGIN {
     printf "trivial tonic server: %d instructions/Check\n", t
     printf "gRPC door:            %d instructions/Check (%.2fx the trivial server)\n", g, g / t

@@ -53,49 +53,9 @@ TRIVIAL=$ROOT/target/perf/examples/trivial-check
 read -r P_STATIC P_DOOR P_FA P_GRPC P_TRIVIAL P_ADMIN P_PROXIED P_204 < <(free_ports 8)
 
 # --- Portcullis: a forward-auth door and an Envoy gRPC door, one rule, a cached RS256 token ----
-mkdir -p "$TMP/portcullis/policies" "$TMP/www/api"
+mkdir -p "$TMP/www/api"
 echo ok >"$TMP/www/api/x"
-"$BIN" keys new --alg RS256 --kid bench --out "$TMP/keys" >/dev/null
-TOKEN=$("$BIN" token mint --key "$TMP/keys/bench.key" --alg RS256 --kid bench \
-    --iss https://bench.portcullis --aud bench --sub bench-user --ttl 2h --claim tenant=acme)
-cat >"$TMP/portcullis/policies/10-api.yaml" <<'EOF'
-rules:
-  - name: api
-    match:
-      paths: ["/api/**"]
-      methods: [GET]
-    effect: allow
-    authenticators: [bench]
-EOF
-cat >"$TMP/portcullis/portcullis.yaml" <<EOF
-listeners:
-  - name: forward-auth
-    address: 127.0.0.1:$P_FA
-    door: {forward_auth: {}}
-  - name: grpc
-    address: 127.0.0.1:$P_GRPC
-    door: {envoy_grpc: {}}
-admin:
-  address: 127.0.0.1:$P_ADMIN
-server:
-  worker_threads: 1
-policies:
-  dir: policies
-logging:
-  level: warn
-  access_log: false
-identity_headers:
-  x-user-id: "{principal.id}"
-  x-tenant-id: "{claims.tenant}"
-authenticators:
-  bench:
-    jwt:
-      providers:
-        - issuer: https://bench.portcullis
-          audiences: [bench]
-          keys:
-            - pem_file: {path: $TMP/keys/bench.pem, kid: bench, algorithms: [RS256]}
-EOF
+door_gateway "$BIN" "$TMP/portcullis" "$P_FA" "$P_GRPC" "$P_ADMIN"
 
 # --- nginx: one worker, three servers that differ only in what auth_request asks -------------
 # The auth subrequest's proxying, identical for the door and for the trivial 204 server.
