@@ -44,8 +44,9 @@ fa_load() {
         die "forward-auth requests failed on port $1"
 }
 wait_port() { for _ in $(seq 300); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.2; done; die "nothing on port $1"; }
-# $1 label, $2 load function, $3 port, then the command to run under valgrind. Prints the
-# instructions per decision.
+# $1 label, $2 load function, $3 port, then the command to run under valgrind. Sets RESULT to
+# the instructions per decision. (Not in a subshell: a failure must leave the process in PIDS
+# for common.sh's cleanup to stop.)
 measure() {
     local label=$1 load=$2 port=$3 out=$TMP/callgrind.$1
     shift 3
@@ -60,14 +61,17 @@ measure() {
     callgrind_control -i off "$pid" >/dev/null
     callgrind_control -d "$pid" >/dev/null
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    awk -v n="$N" '/^totals:/ {printf "%.0f", $2 / n}' "$out".1
+    RESULT=$(awk -v n="$N" '/^totals:/ {printf "%.0f", $2 / n}' "$out".1)
 }
 log "trivial tonic server: $N Checks"
-TRIV=$(measure trivial grpc_load "$P_TRIVIAL" "$TRIVIAL" serve "127.0.0.1:$P_TRIVIAL")
+measure trivial grpc_load "$P_TRIVIAL" "$TRIVIAL" serve "127.0.0.1:$P_TRIVIAL"
+TRIV=$RESULT
 log "gRPC door: $N Checks"
-GRPC=$(measure grpc grpc_load "$P_GRPC" "$BIN" run -c "$TMP/gw/portcullis.yaml" --no-watch)
+measure grpc grpc_load "$P_GRPC" "$BIN" run -c "$TMP/gw/portcullis.yaml" --no-watch
+GRPC=$RESULT
 log "forward-auth door: $N requests"
-FA=$(measure fa fa_load "$P_FA" "$BIN" run -c "$TMP/gw/portcullis.yaml" --no-watch)
+measure fa fa_load "$P_FA" "$BIN" run -c "$TMP/gw/portcullis.yaml" --no-watch
+FA=$RESULT
 awk -v t="$TRIV" -v g="$GRPC" -v f="$FA" 'BEGIN {
     printf "trivial tonic server: %d instructions/Check\n", t
     printf "gRPC door:            %d instructions/Check (%.2fx the trivial server)\n", g, g / t
