@@ -31,8 +31,9 @@ pub struct IdentityHeaders {
     headers: Box<[(HeaderName, Template)]>,
     /// Unique to this compiled set (never an address, which a later set could reuse).
     id: u64,
-    /// Whether some template reads only the principal.
-    cacheable: bool,
+    /// Per header, whether its template reads the principal and nothing of the request
+    /// (decided at compile time).
+    per_principal: Box<[bool]>,
 }
 
 /// One header's rendering.
@@ -368,13 +369,14 @@ impl IdentityHeaders {
             }
         }
         if errors.is_empty() {
-            let cacheable = headers
+            let per_principal = headers
                 .iter()
-                .any(|(_, t): &(_, Template)| t.per_principal());
+                .map(|(_, t): &(_, Template)| t.per_principal())
+                .collect();
             Ok(Self {
                 headers: headers.into(),
                 id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                cacheable,
+                per_principal,
             })
         } else {
             Err(errors)
@@ -394,13 +396,14 @@ impl IdentityHeaders {
     /// Renders every header; returns the headers set and how many values were refused.
     pub fn render(&self, cx: &Context<'_>) -> (Vec<(HeaderName, HeaderValue)>, usize) {
         let kept = match cx.principal {
-            Some(p) if self.cacheable => p
+            Some(p) if self.per_principal.contains(&true) => p
                 .derived
                 .keyed(self.id, || {
                     Kept(
                         self.headers
                             .iter()
-                            .map(|(_, t)| match t.per_principal() {
+                            .zip(&self.per_principal)
+                            .map(|((_, t), &kept)| match kept {
                                 true => render_one(t, cx),
                                 false => Rendered::Unset,
                             })
@@ -412,9 +415,11 @@ impl IdentityHeaders {
         };
         let mut out = Vec::with_capacity(self.headers.len());
         let mut refused = 0;
-        for (i, (name, t)) in self.headers.iter().enumerate() {
+        for (i, ((name, t), &per_principal)) in
+            self.headers.iter().zip(&self.per_principal).enumerate()
+        {
             let rendered = match kept.and_then(|k| k.get(i)) {
-                Some(r) if t.per_principal() => r.clone(),
+                Some(r) if per_principal => r.clone(),
                 _ => render_one(t, cx),
             };
             match rendered {

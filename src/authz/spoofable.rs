@@ -104,19 +104,6 @@ impl DoorList {
             })
             .as_ref()
     }
-
-    /// The names an answer removes when it sets `set`: an identity header it sets is not
-    /// also removed (Envoy removes after it sets).
-    pub fn except<'a>(
-        &'a self,
-        set: &'a [(HeaderName, http::HeaderValue)],
-    ) -> impl Iterator<Item = &'a HeaderName> + Clone + 'a {
-        self.names
-            .iter()
-            .enumerate()
-            .filter(move |(i, n)| *i >= self.settable || !set.iter().any(|(s, _)| s == *n))
-            .map(|(_, n)| n)
-    }
 }
 
 /// A header name, or a prefix (`x-envoy-*`), dashed.

@@ -152,9 +152,8 @@ impl HeaderMutation {
     /// Every header to remove, each once: the request's own, then (at a decision door) the
     /// names the door list adds, less those set.
     pub fn removed(&self) -> impl Iterator<Item = &HeaderName> + Clone {
-        self.remove
-            .iter()
-            .chain(self.named.iter().flat_map(|d| d.except(&self.set)))
+        self.removed_variable()
+            .chain(self.removed_fixed().into_iter().flat_map(|d| d.split().1))
     }
 
     /// What [`Self::removed`] gives before the door list's fixed part: the request's own

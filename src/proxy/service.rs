@@ -786,7 +786,6 @@ mod tests {
             &mut NoTrace,
         )>::return_size(&decision::decide);
         let handle = ReturnSize::<(&Arc<Shared>, &Conn, Request<Incoming>)>::return_size(&handle);
-        eprintln!("futures: decide {decide} bytes, handle {handle} bytes");
         assert!(decide <= 1024, "the decision's future is {decide} bytes");
         assert!(handle <= 6144, "a request's future is {handle} bytes");
     }
