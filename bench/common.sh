@@ -100,6 +100,22 @@ run_load() {
     LOAD_PID=
 }
 
+# bench_authenticator KEYS: the `authenticators:` block of every benchmark config: `bench`,
+# verifying the RS256 tokens `keys new --kid bench --out KEYS` signs for the issuer
+# https://bench.portcullis and the audience bench.
+bench_authenticator() {
+    cat <<EOF
+authenticators:
+  bench:
+    jwt:
+      providers:
+        - issuer: https://bench.portcullis
+          audiences: [bench]
+          keys:
+            - pem_file: {path: $1/bench.pem, kid: bench, algorithms: [RS256]}
+EOF
+}
+
 # door_gateway BIN DIR P_FA P_GRPC P_ADMIN: the decision doors' benchmark gateway in DIR (what
 # bench/doors.sh and bench/door_instructions.sh measure): a forward-auth and an Envoy gRPC
 # door, one rule, two identity headers, an RS256 key in DIR/keys; sets TOKEN to a token it
@@ -139,13 +155,6 @@ logging:
 identity_headers:
   x-user-id: "{principal.id}"
   x-tenant-id: "{claims.tenant}"
-authenticators:
-  bench:
-    jwt:
-      providers:
-        - issuer: https://bench.portcullis
-          audiences: [bench]
-          keys:
-            - pem_file: {path: $dir/keys/bench.pem, kid: bench, algorithms: [RS256]}
+$(bench_authenticator "$dir/keys")
 EOF
 }

@@ -101,14 +101,7 @@ rate_limits:
     per: 1s
     backend: redis
     on_redis_failure: deny
-authenticators:
-  bench:
-    jwt:
-      providers:
-        - issuer: https://bench.portcullis
-          audiences: [bench]
-          keys:
-            - pem_file: {path: $TMP/keys/bench.pem, kid: bench, algorithms: [RS256]}
+$(bench_authenticator "$TMP/keys")
 EOF
 
 wait_http "http://127.0.0.1:$P_UP/" "upstream nginx" || { cat "$TMP/upstream/error.log" >&2; exit 1; }

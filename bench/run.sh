@@ -161,14 +161,7 @@ rate_limits:
     key: principal
     requests: 100000000
     per: 1s
-authenticators:
-  bench:
-    jwt:
-      providers:
-        - issuer: https://bench.portcullis
-          audiences: [bench]
-          keys:
-            - pem_file: {path: $TMP/keys/bench.pem, kid: bench, algorithms: [RS256]}
+$(bench_authenticator "$TMP/keys")
 EOF
 
 # --- start and wait ------------------------------------------------------------------------------
