@@ -222,9 +222,9 @@ impl Reserve {
             return 0;
         };
         // Why 5/4: the values' own estimates count their allocations in 16-byte steps, but
-        // mimalloc's bins past 64 bytes step by an eighth of a power of two and a CEL map's
-        // table is sized by hashbrown's load factor; measured, what they took exceeded their
-        // estimates by about a fifth. Regression: tests (it)
+        // the allocator's size classes past 128 bytes step by a quarter of a power of two
+        // (jemalloc's) and a CEL map's table is sized by hashbrown's load factor; measured,
+        // what they took exceeded their estimates by about a fifth. Regression: tests (it)
         // memory::token_cache_max_bytes_bounds_real_memory
         let seen = last.derived.bytes() * 5 / 4;
         let old = self.bytes.load(Relaxed);

@@ -249,6 +249,56 @@ async fn idle_tls_connections_are_parked_and_cost_little() {
     drop(conns);
 }
 
+/// Memory a burst of connections took goes back to the system once they close, while the
+/// gateway stays wholly idle: no request afterwards wakes its threads to give it back.
+/// Regression: with mimalloc, freed pages stayed resident until the thread that owned them
+/// next allocated (a gateway left idle after a burst kept its peak; issue 15, finding 5).
+#[tokio::test]
+async fn memory_returns_after_a_burst_while_idle() {
+    const CONNS: usize = 2000;
+    use portcullis::tls::certs;
+    let (ca, leaf, key) = certs::ca_and_leaf(&["localhost"]).unwrap();
+    let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let bin = Binary::start(
+        echo.addr,
+        "  - name: https\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n        - cert: leaf.crt\n          key: leaf.key\n",
+        "",
+        &[("leaf.crt", leaf.as_bytes()), ("leaf.key", key.as_bytes())],
+    );
+    let addr = bin.addr("https");
+    let connector =
+        tokio_rustls::TlsConnector::from(crate::support::tls_client(&[&ca], &[b"http/1.1"]));
+    let connect = || {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await.unwrap()
+        }
+    };
+    drop(idle_connections(20, connect).await);
+    let before = settled_rss(&bin).await;
+    let conns = idle_connections(CONNS, connect).await;
+    let peak = settled_rss(&bin).await;
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown >= CONNS as u64 * 4 * 1024,
+        "the burst grew the RSS by only {grown} bytes"
+    );
+    drop(conns);
+    let mut now = peak;
+    let returned = crate::support::eventually(Duration::from_secs(30), || {
+        now = bin.rss();
+        async move { now <= before + grown / 3 }
+    })
+    .await;
+    eprintln!("RSS {before} idle, {peak} with {CONNS} TLS connections, {now} after they closed");
+    assert!(
+        returned,
+        "RSS {now} bytes 30 s after the burst closed: idle {before}, peak {peak}"
+    );
+}
+
 /// Sends one `GET /` per token over one kept-alive connection; every answer must be 200.
 async fn authenticated_gets(addr: SocketAddr, tokens: impl Iterator<Item = String>) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
