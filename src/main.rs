@@ -11,6 +11,7 @@ use clap::Parser as _;
 /// Why: mimalloc, used before, gave freed pages back only when the thread that owned them next
 /// allocated: a gateway left idle after a burst kept its peak.
 /// Regression: tests::it::memory::memory_returns_after_a_burst_while_idle
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
