@@ -197,13 +197,9 @@ where
     conns
 }
 
-/// Idle kept-alive TLS connections are parked (hyper's buffers freed) and cost a bounded
-/// amount each. The target is 15 KB on the release binary (`bench/connections.sh` measures
-/// it at 10,000 connections); this debug build's futures are larger, about 14 KB here.
-#[tokio::test]
-async fn idle_tls_connections_are_parked_and_cost_little() {
-    const CONNS: usize = 500;
-    const BATCH: usize = 50;
+/// The real binary on one TLS listener (a fresh certificate for `localhost`) in front of an
+/// echo upstream (kept alive by the returned handle), and a client for it.
+async fn tls_gateway() -> (Binary, Echo, TlsClient) {
     use portcullis::tls::certs;
     let (ca, leaf, key) = certs::ca_and_leaf(&["localhost"]).unwrap();
     let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -213,17 +209,39 @@ async fn idle_tls_connections_are_parked_and_cost_little() {
         "",
         &[("leaf.crt", leaf.as_bytes()), ("leaf.key", key.as_bytes())],
     );
-    let addr = bin.addr("https");
-    let connector =
-        tokio_rustls::TlsConnector::from(crate::support::tls_client(&[&ca], &[b"http/1.1"]));
-    let connect = || {
-        let connector = connector.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            connector.connect(name, tcp).await.unwrap()
-        }
+    let client = TlsClient {
+        addr: bin.addr("https"),
+        connector: tokio_rustls::TlsConnector::from(crate::support::tls_client(
+            &[&ca],
+            &[b"http/1.1"],
+        )),
     };
+    (bin, echo, client)
+}
+
+/// Opens TLS connections to [`tls_gateway`]'s listener.
+struct TlsClient {
+    addr: SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl TlsClient {
+    async fn connect(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        self.connector.connect(name, tcp).await.unwrap()
+    }
+}
+
+/// Idle kept-alive TLS connections are parked (hyper's buffers freed) and cost a bounded
+/// amount each. The target is 15 KB on the release binary (`bench/connections.sh` measures
+/// it at 10,000 connections); this debug build's futures are larger, about 14 KB here.
+#[tokio::test]
+async fn idle_tls_connections_are_parked_and_cost_little() {
+    const CONNS: usize = 500;
+    const BATCH: usize = 50;
+    let (bin, _echo, tls) = tls_gateway().await;
+    let connect = || tls.connect();
     // Warm up: the first handshakes build lazily initialised state.
     drop(idle_connections(20, connect).await);
     let before = settled_rss(&bin).await;
@@ -256,26 +274,8 @@ async fn idle_tls_connections_are_parked_and_cost_little() {
 #[tokio::test]
 async fn memory_returns_after_a_burst_while_idle() {
     const CONNS: usize = 2000;
-    use portcullis::tls::certs;
-    let (ca, leaf, key) = certs::ca_and_leaf(&["localhost"]).unwrap();
-    let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let bin = Binary::start(
-        echo.addr,
-        "  - name: https\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n        - cert: leaf.crt\n          key: leaf.key\n",
-        "",
-        &[("leaf.crt", leaf.as_bytes()), ("leaf.key", key.as_bytes())],
-    );
-    let addr = bin.addr("https");
-    let connector =
-        tokio_rustls::TlsConnector::from(crate::support::tls_client(&[&ca], &[b"http/1.1"]));
-    let connect = || {
-        let connector = connector.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            connector.connect(name, tcp).await.unwrap()
-        }
-    };
+    let (bin, _echo, tls) = tls_gateway().await;
+    let connect = || tls.connect();
     drop(idle_connections(20, connect).await);
     let before = settled_rss(&bin).await;
     let conns = idle_connections(CONNS, connect).await;
