@@ -9,7 +9,9 @@
 # (bench/trivial_check.rs, the baseline doors.sh compares with) and their ratio, and
 # instructions per request of the forward-auth door as nginx's `auth_request` asks. Each
 # process runs under valgrind with instrumentation off until a warm-up of 500 decisions is
-# done; then N are counted. NEW=<binary> measures that build instead of this tree's.
+# done; then N are counted. NEW=<binary> measures that build instead of this tree's;
+# KEEP=<prefix> keeps the callgrind profiles as <prefix>.trivial, <prefix>.grpc and <prefix>.fa
+# (callgrind_annotate reads them).
 set -euo pipefail
 N=${1:-2000}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,6 +64,7 @@ measure() {
     callgrind_control -d "$pid" >/dev/null
     kill "$pid"; wait "$pid" 2>/dev/null || true
     RESULT=$(awk -v n="$N" '/^totals:/ {printf "%.0f", $2 / n}' "$out".1)
+    if [[ -n ${KEEP:-} ]]; then cp "$out".1 "$KEEP.$label"; fi
 }
 log "trivial tonic server: $N Checks"
 measure trivial grpc_load "$P_TRIVIAL" "$TRIVIAL" serve "127.0.0.1:$P_TRIVIAL"

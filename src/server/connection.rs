@@ -233,7 +233,7 @@ fn service<H: Handler>(
 }
 
 async fn serve_h2<I: ReadReady, H: Handler>(
-    io: Tracked<I>,
+    mut io: Tracked<I>,
     s: &ServerSettings,
     ctx: &mut Ctx<'_, H>,
 ) {
@@ -242,6 +242,7 @@ async fn serve_h2<I: ReadReady, H: Handler>(
         send_timeout: s.send_timeout,
         metrics: Arc::clone(&ctx.shared.metrics),
     };
+    io.gather_writes();
     let mut builder = http2::Builder::new(exec);
     builder
         .timer(TokioTimer::new())

@@ -20,6 +20,8 @@ pub(super) struct Tracked<I> {
     /// Bytes already read that hyper reads (again) first: the ones that told HTTP/2 from
     /// HTTP/1, or the next request's that a parked hyper connection had read.
     replay: Bytes,
+    /// Whether writers are told the stream takes vectored writes (when the socket does).
+    vectored: bool,
 }
 
 impl<I> Tracked<I> {
@@ -30,7 +32,20 @@ impl<I> Tracked<I> {
             meter,
             shut: false,
             replay: Bytes::new(),
+            vectored: true,
         }
+    }
+
+    /// Tells writers to gather small writes rather than hand them over as slices.
+    ///
+    /// Why: h2 copies a DATA frame into its write buffer only below a threshold (256 bytes
+    /// when the stream takes vectored writes, 1 KiB when it does not) and chains a larger one,
+    /// after which it must write before it can buffer the next frame: an allowed Check's
+    /// answer (some 600 bytes, the door's `headers_to_remove` list) then cost a `writev` per
+    /// answer instead of one per batch of streams. Frames past 1 KiB are still chained.
+    /// Regression: bench/door_instructions.sh and bench/doors.sh (writes per Check)
+    pub(super) fn gather_writes(&mut self) {
+        self.vectored = false;
     }
 
     /// Hands `bytes` to the next reader before anything from the socket.
@@ -237,7 +252,7 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWr
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.vectored && self.inner.is_write_vectored()
     }
 
     fn poll_flush(
