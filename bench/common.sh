@@ -158,3 +158,15 @@ identity_headers:
 $(bench_authenticator "$dir/keys")
 EOF
 }
+
+# CPU time a process (all its threads) has run, in ns (schedstat; works where perf counters
+# do not). The servers share one CPU with each other and with anything else the machine runs,
+# so under load req/s ratios drift toward 1; CPU per request does not.
+cpu_ns() { # $1 pid, or empty for none
+    local sum=0 t a
+    [[ -n $1 ]] || { echo 0; return; }
+    for t in /proc/"$1"/task/*/schedstat; do
+        read -r a _ <"$t" 2>/dev/null && sum=$((sum + a))
+    done
+    echo "$sum"
+}

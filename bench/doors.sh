@@ -222,17 +222,6 @@ run_scenario() { # $1 scenario
     R_NGXCPU=$(per_request $((n1 - n0)) $((t1 - t0)) "$R_RPS")
 }
 
-# CPU time a process (all its threads) has run, in ns (schedstat; works where perf counters
-# do not). The servers share CPU $SERVER_CPU with each other and with anything else the machine
-# runs, so under load req/s ratios drift toward 1; CPU per request does not.
-cpu_ns() { # $1 pid, or empty for none
-    local sum=0 t a
-    [[ -n $1 ]] || { echo 0; return; }
-    for t in /proc/"$1"/task/*/schedstat; do
-        read -r a _ <"$t" 2>/dev/null && sum=$((sum + a))
-    done
-    echo "$sum"
-}
 # Microseconds of CPU per request: $1 CPU ns over $2 wall ns at $3 req/s.
 per_request() { awk -v c="$1" -v w="$2" -v r="$3" 'BEGIN { if (c > 0 && r > 0) printf "%.1f", c / 1000 / (r * w / 1e9); else print "-" }'; }
 
