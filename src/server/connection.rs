@@ -498,7 +498,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 // === impl Activity ===
 
 impl Activity {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),

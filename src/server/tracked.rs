@@ -43,7 +43,8 @@ impl<I> Tracked<I> {
     /// after which it must write before it can buffer the next frame: an allowed Check's
     /// answer (some 600 bytes, the door's `headers_to_remove` list) then cost a `writev` per
     /// answer instead of one per batch of streams. Frames past 1 KiB are still chained.
-    /// Regression: bench/door_instructions.sh and bench/doors.sh (writes per Check)
+    /// Regression: tests::gathering_streams_say_they_take_no_vectored_writes; the writes per
+    /// Check, with `strace -c` during bench/doors.sh
     pub(super) fn gather_writes(&mut self) {
         self.vectored = false;
     }
@@ -277,5 +278,36 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWr
             return std::task::Poll::Ready(Ok(()));
         }
         std::pin::Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWrite as _;
+
+    use super::*;
+    use crate::snapshot::Http2Limits;
+
+    /// A socket takes vectored writes; an HTTP/2 connection's stream says it does not, so
+    /// that h2 gathers frames of up to 1 KiB (an allowed Check's answer) into one write.
+    #[tokio::test]
+    async fn gathering_streams_say_they_take_no_vectored_writes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (_client, (socket, _)) = (client.unwrap(), accepted.unwrap());
+        assert!(socket.is_write_vectored());
+        let limits = Http2Limits {
+            max_resets: 10,
+            max_control_frames: 10,
+            window: Duration::from_secs(1),
+        };
+        let mut io = Tracked::new(socket, Arc::new(Activity::new()), FrameMeter::new(limits));
+        assert!(io.is_write_vectored(), "what the socket says, by default");
+        io.gather_writes();
+        assert!(!io.is_write_vectored());
     }
 }
