@@ -24,7 +24,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::frames::{Abuse, FrameMeter};
@@ -74,10 +74,9 @@ pub(super) struct Activity {
     /// When the first byte of an HTTP/1 request head arrived with no request in flight (ms
     /// since `epoch`, plus one; 0: none): the header deadline counts from it.
     head_started: AtomicU64,
-    /// An HTTP/2 limit the client went past (0 until then); `abused` wakes the
-    /// connection's loop when it is.
+    /// An HTTP/2 limit the client went past (0 until then). The connection's stream sets it
+    /// while the connection's own task reads, and wakes that task ([`Tracked`]).
     abuse: AtomicU8,
-    abused: Notify,
     /// The progress of the newest response: an HTTP/2 stream's is taken by [`StreamExec`]
     /// as hyper spawns it; an HTTP/1.1 connection's loop watches it.
     next: Arc<std::sync::Mutex<Option<Arc<Progress>>>>,
@@ -415,16 +414,18 @@ async fn drive<C: Future<Output = hyper::Result<()>>, H>(
                 }
                 return Ended::Closed;
             }
-            () = activity.abused.notified() => {
+            // Why: a flag read on each wake, not a `Notify`, whose waiting future takes a lock
+            // on every poll: this loop is polled a few times per request.
+            // Regression: tests (it) abuse::paced_rapid_reset_gets_goaway,
+            // abuse::ping_and_settings_floods_get_goaway
+            () = activity.abuse_flagged(), if abuse_deadline.is_none() => {
                 // Not closed at once when the GOAWAY is written: with the client's bytes
                 // unread, a close would reset the connection and could lose the GOAWAY. The
                 // client closes on reading it, or the linger ends it.
-                if abuse_deadline.is_none() {
-                    let limit = activity.abuse_name();
-                    ctx.shared.metrics.limit(limit);
-                    tracing::debug!(peer = %ctx.conn.info.peer, limit, "HTTP/2 limit passed: GOAWAY ENHANCE_YOUR_CALM");
-                    abuse_deadline = Some(Instant::now() + ABUSE_LINGER);
-                }
+                let limit = activity.abuse_name();
+                ctx.shared.metrics.limit(limit);
+                tracing::debug!(peer = %ctx.conn.info.peer, limit, "HTTP/2 limit passed: GOAWAY ENHANCE_YOUR_CALM");
+                abuse_deadline = Some(Instant::now() + ABUSE_LINGER);
             }
             () = sleep_until_opt(abuse_deadline) => return Ended::Closed,
             _ = ctx.shutdown.changed(), if !draining => {
@@ -507,7 +508,6 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             abuse: AtomicU8::new(0),
-            abused: Notify::new(),
             next: Arc::default(),
         }
     }
@@ -549,7 +549,17 @@ impl Activity {
             Abuse::ControlFrames => ABUSE_CONTROL,
         };
         self.abuse.store(code, Ordering::Relaxed);
-        self.abused.notify_one();
+    }
+
+    /// Ready once an HTTP/2 limit is passed.
+    fn abuse_flagged(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|_| {
+            if self.abuse.load(Ordering::Relaxed) == 0 {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
     }
 
     /// The metric name of the limit passed.

@@ -184,6 +184,9 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRe
             // abuse::ping_and_settings_floods_get_goaway
             if let Some(abuse) = this.meter.on_read(&buf.filled()[before..]) {
                 this.activity.abused(abuse);
+                // The connection's loop sees the flag when its task next runs: hyper reads in
+                // that task, so this is its waker.
+                cx.waker().wake_by_ref();
                 // The client's bytes are never handed to h2 again.
                 buf.set_filled(before);
                 return this.poll_read_abused(cx, buf);
