@@ -8,7 +8,7 @@
 //! |---|---|
 //! | method, host, target | `request.http.method`, `.host` (or `:authority`), `.path` (raw, with the query; canonicalised exactly as the proxy does, ambiguous paths refused the same way) |
 //! | scheme | `request.http.scheme` (`http` or `https`) |
-//! | headers | `request.http.headers`, pseudo-headers left out |
+//! | headers | `request.http.headers`, or `request.http.header_map` (raw values) when Envoy's `encode_raw_headers` is on; pseudo-headers left out |
 //! | client | `source.address` (Envoy's downstream peer), believed because only the door's `peers` are served |
 //! | client certificate | `source.certificate` (URL-encoded PEM; `include_peer_certificate: true`), only with the door's `client_certificates: true`; `tls_session.sni` |
 //!
@@ -24,8 +24,9 @@
 //! call fails with `UNAVAILABLE`, so Envoy's `failure_mode_allow` and `status_on_error` apply.
 //! A delegate configured to fail closed is a decision, not a failure: its 503
 //! `delegate_unavailable` is a denied response, which no failure mode of Envoy's turns into an
-//! allow. Bad input (no attributes, a header over the limits or not text, an absolute or empty
-//! path) is `INVALID_ARGUMENT` with a 400 for the client; nothing panics.
+//! allow. Bad input (a message that does not decode, invalid UTF-8 in a string field among
+//! them; no attributes; a header over the limits or not text; an absolute or empty path) is
+//! `INVALID_ARGUMENT` with a 400 for the client, never a failed call; nothing panics.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -37,6 +38,7 @@ use envoy_types::ext_authz::v3::pb::{
     HeaderValue as PbHeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
 };
 use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -154,8 +156,7 @@ impl crate::server::listener::Handler for GrpcHandler {
                     // Envoy's `with_request_body` sends, which the door does not read): 1 MiB,
                     // not tonic's 4 MiB default, is what a message may take before it is
                     // refused.
-                    let codec = tonic_prost::ProstCodec::<Answer, CheckRequest>::default();
-                    tonic::server::Grpc::new(codec)
+                    tonic::server::Grpc::new(CheckCodec)
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
                         .unary(check, req)
                         .await
@@ -171,9 +172,68 @@ impl crate::server::listener::Handler for GrpcHandler {
     }
 }
 
+/// A Check's message as decoded: the request, or bytes that are not one.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Boxed: a `CheckRequest` is a kilobyte, moved through tonic.
+    Check(Box<CheckRequest>),
+    /// Not a `CheckRequest` (invalid UTF-8 in a string field, a truncated or malformed
+    /// message).
+    Undecodable,
+}
+
+/// prost's encoding for the answer; a decoding that never fails the call.
+#[derive(Debug, Clone, Copy, Default)]
+struct CheckCodec;
+
+/// Decodes a `CheckRequest`, or says that the bytes are not one.
+#[derive(Debug, Clone, Copy, Default)]
+struct CheckDecoder;
+
+impl tonic::codec::Codec for CheckCodec {
+    type Encode = Answer;
+    type Decode = Decoded;
+    type Encoder = tonic_prost::ProstEncoder<Answer>;
+    type Decoder = CheckDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        CheckDecoder
+    }
+}
+
+impl tonic::codec::Decoder for CheckDecoder {
+    type Item = Decoded;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Decoded>, tonic::Status> {
+        use bytes::Buf as _;
+        use prost::Message as _;
+        // Why: a message prost refuses (a header value or path with bytes that are not UTF-8,
+        // which Envoy may pass on from the client) failed the call with INTERNAL, and Envoy's
+        // `failure_mode_allow: true` turns a failed call into an allow: a client could choose
+        // to be let through. It is bad input, denied like any other.
+        // Regression: tests (it) grpc::undecodable_check_is_denied_not_failed
+        Ok(Some(match CheckRequest::decode(&mut *buf) {
+            Ok(check) => Decoded::Check(Box::new(check)),
+            Err(_) => {
+                // What prost left of this message is not read as the next one.
+                buf.advance(buf.remaining());
+                Decoded::Undecodable
+            }
+        }))
+    }
+}
+
 // === impl CheckService ===
 
-impl tonic::server::UnaryService<CheckRequest> for CheckService {
+impl tonic::server::UnaryService<Decoded> for CheckService {
     type Response = Answer;
     type Future = std::pin::Pin<
         Box<
@@ -181,7 +241,7 @@ impl tonic::server::UnaryService<CheckRequest> for CheckService {
         >,
     >;
 
-    fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
+    fn call(&mut self, request: tonic::Request<Decoded>) -> Self::Future {
         let service = self.clone();
         Box::pin(async move { service.check(request).await })
     }
@@ -191,14 +251,17 @@ impl CheckService {
     /// One Check, accounted.
     async fn check(
         &self,
-        request: tonic::Request<CheckRequest>,
+        request: tonic::Request<Decoded>,
     ) -> Result<tonic::Response<Answer>, tonic::Status> {
         let start = Instant::now();
         let snapshot = self.shared.current.load_full();
         let Some(conn) = request.extensions().get::<Arc<Conn>>().cloned() else {
             return Err(tonic::Status::internal("no connection"));
         };
-        let check = request.into_inner();
+        let check = match request.into_inner() {
+            Decoded::Check(check) => check,
+            Decoded::Undecodable => return Ok(self.undecodable(&snapshot, &conn, start)),
+        };
         let request_id = check
             .attributes
             .as_ref()
@@ -223,6 +286,30 @@ impl CheckService {
         let at = (Door::EnvoyGrpc, &*conn.info.listener);
         record.account(&snapshot, &self.shared, at, start, &request_id, status);
         answer.map(tonic::Response::new)
+    }
+
+    /// The answer to bytes that are not a `CheckRequest`, from an admitted peer: 400
+    /// `invalid_check_request`, accounted.
+    fn undecodable(
+        &self,
+        snapshot: &Snapshot,
+        conn: &Conn,
+        start: Instant,
+    ) -> tonic::Response<Answer> {
+        let request_id = crate::server::request_id::take_or_generate(
+            &HeaderMap::new(),
+            &snapshot.server.request_id_header,
+        );
+        let mut record = Record::new(conn.info.peer.ip());
+        record.failed(&self.shared, "invalid_check_request");
+        let refusal = Refusal::error(
+            StatusCode::BAD_REQUEST,
+            "invalid_check_request",
+            &request_id,
+        );
+        let at = (Door::EnvoyGrpc, &*conn.info.listener);
+        record.account(snapshot, &self.shared, at, start, &request_id, 400);
+        tonic::Response::new(Answer::Message(denied(refusal)))
     }
 
     /// Admission, the facts, the decision and its rendering.
@@ -336,11 +423,16 @@ fn describe<'a>(
     if !http.path.starts_with('/') {
         return Err("invalid_path");
     }
-    let mut headers = header_map(&http.headers, &snapshot.server)?;
+    let raw = RawHeaders::of(http);
+    let mut headers = header_map(raw.clone(), &snapshot.server)?;
     let authority = if http.host.is_empty() {
-        http.headers
-            .get(":authority")
-            .or_else(|| http.headers.get("host"))
+        let named = |name: &str| {
+            raw.clone()
+                .find(|(k, _)| *k == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        };
+        named(":authority")
+            .or_else(|| named("host"))
             .ok_or("missing_host")?
     } else {
         &http.host
@@ -400,25 +492,69 @@ fn describe<'a>(
     })
 }
 
+/// The request's headers as Envoy sent them: `headers` (one value per name, text), or, with
+/// Envoy's `encode_raw_headers`, `header_map` (a name may repeat; `raw_value`, the bytes the
+/// client sent).
+#[derive(Clone)]
+enum RawHeaders<'a> {
+    Map(std::collections::hash_map::Iter<'a, String, String>),
+    List(std::slice::Iter<'a, PbHeaderValue>),
+}
+
+impl<'a> RawHeaders<'a> {
+    fn of(http: &'a HttpRequest) -> Self {
+        match &http.header_map {
+            Some(m) if http.headers.is_empty() => Self::List(m.headers.iter()),
+            _ => Self::Map(http.headers.iter()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Map(i) => i.len(),
+            Self::List(i) => i.len(),
+        }
+    }
+}
+
+impl<'a> Iterator for RawHeaders<'a> {
+    type Item = (&'a str, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Map(i) => i.next().map(|(k, v)| (k.as_str(), v.as_bytes())),
+            Self::List(i) => i.next().map(|h| {
+                let value = if h.raw_value.is_empty() {
+                    h.value.as_bytes()
+                } else {
+                    &h.raw_value[..]
+                };
+                (h.key.as_str(), value)
+            }),
+        }
+    }
+}
+
 /// The request headers as a map, pseudo-headers left out, within the server's limits.
 fn header_map(
-    headers: &HashMap<String, String>,
+    headers: RawHeaders<'_>,
     limits: &crate::snapshot::ServerSettings,
 ) -> Result<HeaderMap, &'static str> {
-    if headers.len() > limits.max_headers {
+    let count = headers.len();
+    if count > limits.max_headers {
         return Err("headers_too_many");
     }
-    let size: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    let size: usize = headers.clone().map(|(k, v)| k.len() + v.len() + 4).sum();
     if size > limits.max_header_bytes + limits.max_target_bytes {
         return Err("headers_too_large");
     }
-    let mut map = HeaderMap::with_capacity(headers.len());
+    let mut map = HeaderMap::with_capacity(count);
     for (k, v) in headers {
         if k.starts_with(':') {
             continue;
         }
         let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| "invalid_header")?;
-        let value = HeaderValue::from_str(v).map_err(|_| "invalid_header")?;
+        let value = HeaderValue::from_bytes(v).map_err(|_| "invalid_header")?;
         map.append(name, value);
     }
     Ok(map)

@@ -272,6 +272,146 @@ async fn bad_check_requests() {
     assert_eq!(code(&ok), 0);
 }
 
+/// Sends `bytes` as the Check message, as they are: what Envoy would send were a string
+/// field not UTF-8.
+async fn raw_check(gw: &TestGateway, bytes: Vec<u8>) -> CheckResponse {
+    /// Writes the message's bytes as given; reads the answer as a `CheckResponse`.
+    #[derive(Clone, Copy)]
+    struct Raw;
+    struct RawEncoder;
+    impl tonic::codec::Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(
+            &mut self,
+            item: Vec<u8>,
+            buf: &mut tonic::codec::EncodeBuf<'_>,
+        ) -> Result<(), tonic::Status> {
+            bytes::BufMut::put_slice(buf, &item);
+            Ok(())
+        }
+    }
+    impl tonic::codec::Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = CheckResponse;
+        type Encoder = RawEncoder;
+        type Decoder = tonic_prost::ProstDecoder<CheckResponse>;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> Self::Decoder {
+            tonic_prost::ProstDecoder::default()
+        }
+    }
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr_of("grpc")))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = http::uri::PathAndQuery::from_static("/envoy.service.auth.v3.Authorization/Check");
+    grpc.unary(tonic::Request::new(bytes), path, Raw)
+        .await
+        .expect("an answer, not a failed call (Envoy's failure_mode_allow would allow it)")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn undecodable_check_is_denied_not_failed() {
+    use prost::Message as _;
+    let gw = gateway("{envoy_grpc: {}}").await;
+    // A header value whose bytes are not UTF-8 (the client's, passed on), the rest intact;
+    // the rule is anonymous, so only the bad bytes can refuse it.
+    let mut bytes = check("/open/x", "198.51.100.9", &[("x-note", "MARKmark")]).encode_to_vec();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == b"MARKmark")
+        .expect("the value is in the message");
+    bytes[at] = 0xff;
+    bytes[at + 1] = 0xfe;
+    let truncated = check("/open/x", "198.51.100.9", &[]).encode_to_vec()[..20].to_vec();
+    for (what, bytes) in [
+        ("not UTF-8", bytes),
+        ("truncated", truncated),
+        ("garbage", vec![0xff; 16]),
+    ] {
+        let resp = raw_check(&gw, bytes).await;
+        assert_eq!(code(&resp), 3, "{what}: INVALID_ARGUMENT: {resp:?}");
+        let (status, _, body) = denied(&resp);
+        assert_eq!(status, 400, "{what}");
+        assert!(
+            body.contains("\"error\":\"invalid_check_request\""),
+            "{what}: {body}"
+        );
+    }
+    // The same message with the value intact is allowed, on the same gateway.
+    let ok = raw_check(
+        &gw,
+        check("/open/x", "198.51.100.9", &[("x-note", "MARKmark")]).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(code(&ok), 0, "{ok:?}");
+}
+
+/// Envoy's `encode_raw_headers: true`: the headers come in `header_map`, values as raw bytes,
+/// and `headers` is empty; the credential there is read as from `headers`.
+#[tokio::test]
+async fn raw_header_map_is_read() {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap as PbHeaderMap, HeaderValue};
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let mut c = client(&gw).await;
+    let token = hs256_token(SECRET, &json!({"scope": "orders:read"}));
+    let raw = |headers: &[(&str, String)]| {
+        let mut req = check("/api/orders", "198.51.100.9", &[]);
+        let http = req
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .expect("http attributes");
+        http.headers.clear();
+        http.host.clear();
+        http.header_map = Some(PbHeaderMap {
+            headers: headers
+                .iter()
+                .map(|(k, v)| HeaderValue {
+                    key: (*k).to_owned(),
+                    raw_value: v.clone().into_bytes(),
+                    ..HeaderValue::default()
+                })
+                .collect(),
+        });
+        req
+    };
+    let with = raw(&[
+        (":authority", "app.test".into()),
+        (":path", "/api/orders".into()),
+        ("authorization", format!("Bearer {token}")),
+        ("x-user-id", "root".into()),
+    ]);
+    let resp = c.check(with).await.expect("an answer").into_inner();
+    assert_eq!(code(&resp), 0, "{resp:?}");
+    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
+        panic!("{resp:?}");
+    };
+    let user = ok
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .find(|h| h.key == "x-user-id")
+        .map(|h| h.value.clone());
+    assert_eq!(user.as_deref(), Some("alice"));
+    // Without the credential, the same request is refused as at every door.
+    let without = raw(&[
+        (":authority", "app.test".into()),
+        (":path", "/api/orders".into()),
+    ]);
+    let resp = c.check(without).await.expect("an answer").into_inner();
+    assert_eq!(code(&resp), 16, "{resp:?}");
+    assert_eq!(denied(&resp).0, 401);
+}
+
 #[tokio::test]
 async fn peer_not_allowed() {
     let gw = gateway("{envoy_grpc: {peers: [10.0.0.0/8]}}").await;
