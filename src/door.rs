@@ -28,7 +28,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::authz::spoofable::DoorList;
-use crate::decision::{self, Allow, Decision, HeaderMutation, NoTrace, Refusal};
+use crate::decision::{self, Allow, Decision, DenyKind, HeaderMutation, NoTrace, Refusal};
 use crate::request::RequestFacts;
 use crate::request::facts::{ConnInfo, Door, FactsError, Head, Scheme};
 use crate::server::{Conn, Shared};
@@ -315,7 +315,7 @@ async fn decide_for<D: HttpDoor>(
     parts: &mut http::request::Parts,
     record: &mut Record,
 ) -> Result<Decision, (StatusCode, &'static str)> {
-    let common = common(settings).ok_or((StatusCode::SERVICE_UNAVAILABLE, "no_listener"))?;
+    let common = common(settings).ok_or((StatusCode::SERVICE_UNAVAILABLE, NO_LISTENER))?;
     // Why: the peer's headers describe the request and are believed; anyone else could
     // describe any request they like. Regression: tests (it) doors::*_peer_not_allowed
     if !admits(common, conn.info.peer.ip()) {
@@ -352,7 +352,7 @@ async fn decide_for<D: HttpDoor>(
         decision::decide(snapshot, &facts, &mut NoTrace),
     )
     .await
-    .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "decision_timeout"))
+    .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, DECISION_TIMEOUT))
 }
 
 /// Whether the door's peers include `peer`.
@@ -449,6 +449,20 @@ pub fn render_refusal(
     }
     resp
 }
+
+/// Whether a refusal says the answer could not be known (keys never fetched, introspection
+/// down, the door's deadline passed, the listener gone in a reload) rather than a decision:
+/// Envoy's doors leave those to Envoy's failure mode.
+pub fn undecided(refusal: &Refusal) -> bool {
+    refusal.code == DenyKind::AuthnUnavailable.public_code()
+        || refusal.code == DECISION_TIMEOUT
+        || refusal.code == NO_LISTENER
+}
+
+/// The door's deadline passed before the decision.
+const DECISION_TIMEOUT: &str = "decision_timeout";
+/// The listener left the config while the request was in flight.
+const NO_LISTENER: &str = "no_listener";
 
 /// Names the headers the peer must remove before forwarding (forward-auth door).
 pub const REMOVE_HEADER: HeaderName = HeaderName::from_static("x-portcullis-remove");

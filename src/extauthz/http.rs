@@ -6,11 +6,18 @@
 //! `x-envoy-auth-headers-to-remove` names every header Envoy must remove from the upstream
 //! request: the client's copies of identity and other spoofable headers, and the verified
 //! credential when its authenticator strips it. On deny, the status, `WWW-Authenticate` and
-//! the JSON body are the proxy's (list `www-authenticate`, `location`, `retry-after` and
-//! `ratelimit-*` in `allowed_client_headers`).
+//! the JSON body are the proxy's (list `www-authenticate`, `location`, `retry-after`,
+//! `ratelimit-*`, `x-portcullis-status` and `x-portcullis-error` in `allowed_client_headers`).
+//!
+//! Envoy takes any 5xx answer for a failed call, which its `failure_mode_allow: true` turns
+//! into an allow. So a refusal the gateway decided never goes out as a 5xx here: a delegate or
+//! the shared rate limit failing closed (503 `delegate_unavailable`, `rate_limit_unavailable`)
+//! is a 403, its real status in `x-portcullis-status`. What could not be decided (keys never
+//! fetched, introspection down, the door's deadline) stays a 503, as the gRPC door's
+//! `UNAVAILABLE`, for Envoy's failure mode and `status_on_error` to decide.
 
 use bytes::Bytes;
-use http::{HeaderName, Response};
+use http::{HeaderName, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::decision::{Allow, Refusal};
@@ -72,6 +79,14 @@ impl HttpDoor for EnvoyHttp {
     }
 
     fn deny(&self, _settings: &DoorSettings, refusal: Refusal) -> Response<Full<Bytes>> {
+        // Why: Envoy's HTTP client takes a 5xx for a failed call, and `failure_mode_allow:
+        // true` allows a failed call: a delegate configured to fail closed would let
+        // everyone through. Regression: tests (it)
+        // delegate::fail_closed_delegate_is_a_denial_at_the_envoy_http_door
+        if refusal.status.is_server_error() && !door::undecided(&refusal) {
+            let status = refusal.status;
+            return door::render_refusal(refusal, &[(status, StatusCode::FORBIDDEN)]);
+        }
         door::render_refusal(refusal, &[])
     }
 }

@@ -288,6 +288,57 @@ async fn fail_closed_delegate_is_a_denial_at_the_grpc_door() {
     }
 }
 
+/// At Envoy's HTTP door, a delegate that fails closed is a 403 with the real status in
+/// `x-portcullis-status`: Envoy takes any 5xx answer for a failed call, which
+/// `failure_mode_allow: true` turns into an allow. What cannot be decided (keys never
+/// fetched) stays a 503, for Envoy's failure mode, as at the gRPC door.
+#[tokio::test]
+async fn fail_closed_delegate_is_a_denial_at_the_envoy_http_door() {
+    let policy = "rules:\n  - name: reports\n    match: {paths: [\"/reports/**\"]}\n    effect: allow\n    authenticators: [users]\n    delegate: opa\n  - name: remote\n    match: {paths: [\"/remote/**\"]}\n    effect: allow\n    authenticators: [remote]\n";
+    let gw = Setup {
+        listeners: "  - name: envoy\n    address: 127.0.0.1:0\n    door: {envoy_http: {}}\n".into(),
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: format!(
+            "{}  remote:\n    jwt:\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{{jwks_url: {{url: \"http://127.0.0.1:9/jwks.json\"}}}}]\n          fetch: {{timeout: 200ms, startup_timeout: 200ms}}\ndelegates:\n  opa:\n    grpc: http://127.0.0.1:9\n    timeout: 300ms\n    failure_mode: deny\n",
+            crate::support::hs256_users("{}")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let ask = |path: &str, bearer: String| {
+        Request::get(path)
+            .header("host", "app.test")
+            .header("x-forwarded-for", "198.51.100.9")
+            .header("authorization", bearer)
+            .body(Full::default())
+            .unwrap()
+    };
+    let bearer = format!("Bearer {}", hs256_token(SECRET, &json!({"sub": "alice"})));
+    let (status, headers, body) = send(gw.addr_of("envoy"), ask("/reports/q1", bearer)).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::FORBIDDEN, "not a 5xx: {body}");
+    assert_eq!(headers["x-portcullis-status"], "503");
+    assert_eq!(headers["x-portcullis-error"], "delegate_unavailable");
+    assert!(body.contains("delegate_unavailable"), "{body}");
+    // Keys that were never fetched: the answer cannot be known, a 503 for Envoy to handle.
+    let es256 = "eyJhbGciOiJFUzI1NiIsImtpZCI6InJlbW90ZSJ9.eyJpc3MiOiJodHRwczovL2lzcy50ZXN0IiwiYXVkIjoiYXBpIiwic3ViIjoiYm9iIn0.c2lnbmF0dXJl";
+    let (status, headers, body) = send(
+        gw.addr_of("envoy"),
+        ask("/remote/x", format!("Bearer {es256}")),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(headers["x-portcullis-error"], "authentication_unavailable");
+    assert!(headers.get("x-portcullis-status").is_none());
+}
+
 /// Regression (L6): the rate limit is checked before the delegate, so requests over it (each
 /// to a path the cache has not seen) never cost a delegate call.
 #[tokio::test]
