@@ -234,6 +234,18 @@ async fn forward(
                 },
             ))
         });
+    // A rule without re-checks: its long responses are still cut at the credential's
+    // expiry (`PooledBody::with_expiry`). A token accepted within its verifier's leeway
+    // (already past `exp`) is not cut at once: its answer is the one the leeway allowed.
+    // Regression: tests (it) jwt::expired_and_future_tokens_rejected
+    let expires_at = match watch {
+        None => allow
+            .principal
+            .as_ref()
+            .and_then(|p| p.expires_at)
+            .filter(|&exp| exp > snapshot.clock.unix_secs()),
+        Some(_) => None,
+    };
     // What the decision adds to the client's response (a shadow-mode limit's header), as
     // the decision doors hand it to their peer.
     let to_client = std::mem::take(&mut allow.mutation.response);
@@ -254,7 +266,8 @@ async fn forward(
     // A `101` nobody asked for is refused by the pool (`upstream_invalid_response`): an
     // upgrade the rule relays went to `tunnel` above, on a connection of its own.
     let resp = send(ctx, &upstream, req, opts, response_timeout, &client_fault).await?;
-    let mut resp = respond(resp, route.idle.or(upstream.idle_timeout));
+    let expiry = expires_at.map(|at| (at, snapshot.clock.clone(), Arc::clone(&ctx.shared.metrics)));
+    let mut resp = respond(resp, route.idle.or(upstream.idle_timeout), expiry);
     for (name, value) in to_client {
         resp.headers_mut().append(name, value);
     }
@@ -536,10 +549,18 @@ async fn send(
 fn respond(
     resp: Response<crate::upstream::PooledBody>,
     idle: Option<std::time::Duration>,
+    expiry: Option<(
+        u64,
+        crate::clock::Clock,
+        Arc<crate::telemetry::metrics::Metrics>,
+    )>,
 ) -> Response<ResponseBody> {
     let (mut parts, mut body) = resp.into_parts();
     if let Some(idle) = idle {
         body = body.with_idle_timeout(idle);
+    }
+    if let Some((at, clock, metrics)) = expiry {
+        body = body.with_expiry(at, clock, metrics);
     }
     hop_by_hop::strip(&mut parts.headers);
     parts.version = Version::HTTP_11;

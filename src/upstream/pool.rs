@@ -259,7 +259,37 @@ pub struct PooledBody {
     /// The idle deadline between frames, when the route or upstream sets one (boxed: every
     /// response body is moved several times, and few have one).
     idle: Option<Box<BodyIdle>>,
+    /// The credential's expiry, past which no frame goes to the client (boxed, as `idle`).
+    expiry: Option<Box<BodyExpiry>>,
 }
+
+/// When a response's credential expires, and how to see it.
+struct BodyExpiry {
+    /// Unix second.
+    at: u64,
+    clock: crate::clock::Clock,
+    /// A frame went out: waiting now makes the response a stream, worth a timer.
+    streaming: bool,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
+}
+
+impl std::fmt::Debug for BodyExpiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyExpiry")
+            .field("at", &self.at)
+            .field("streaming", &self.streaming)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A response still streaming when its credential expired.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("response cut: its credential expired")]
+pub(super) struct CredentialExpired;
+
+/// The limit a response cut at its credential's expiry counts in.
+const STREAM_EXPIRED: &str = "stream_credential_expired";
 
 impl std::fmt::Debug for BodyIdle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -360,6 +390,7 @@ impl Pool {
                     body: Some(body),
                     back: Some((pool, s)),
                     idle: None,
+                    expiry: None,
                 }))
             }
             Sender::H2(mut s) => {
@@ -386,6 +417,7 @@ impl Pool {
                     body: Some(body),
                     back: None,
                     idle: None,
+                    expiry: None,
                 }))
             }
         }
@@ -669,6 +701,31 @@ impl Drop for PooledBody {
 }
 
 impl PooledBody {
+    /// Cuts the body once its credential has expired (Unix second `at`, by `clock`): no
+    /// frame goes out past it, and a stream waiting for its next frame is cut at it.
+    ///
+    /// Why: a long response (server-sent events, a gRPC stream, a long download) went on past
+    /// its credential's expiry on a rule without re-checks; a long-lived stream is closed
+    /// when its credential expires (issue 14). Cheap for a short response: the clock is read
+    /// on each frame, and a timer is armed only when the body waits after its first frame.
+    /// Regression: tests (it)
+    /// edge::a_long_response_is_cut_when_its_token_expires_with_or_without_rechecks
+    pub fn with_expiry(
+        mut self,
+        at: u64,
+        clock: crate::clock::Clock,
+        metrics: Arc<crate::telemetry::metrics::Metrics>,
+    ) -> Self {
+        self.expiry = Some(Box::new(BodyExpiry {
+            at,
+            clock,
+            streaming: false,
+            timer: None,
+            metrics,
+        }));
+        self
+    }
+
     /// Cuts the body when no frame arrives for `limit` (a route's or upstream's idle
     /// timeout).
     pub fn with_idle_timeout(mut self, limit: Duration) -> Self {
@@ -692,7 +749,39 @@ impl Body for PooledBody {
         let Some(body) = this.body.as_mut() else {
             return Poll::Ready(None);
         };
+        if let Some(expiry) = this.expiry.as_mut()
+            && expiry.clock.unix_secs() >= expiry.at
+        {
+            expiry.metrics.limit(STREAM_EXPIRED);
+            // The response was not read to its end: the connection is closed, never pooled.
+            this.expiry = None;
+            this.back = None;
+            this.body = None;
+            return Poll::Ready(Some(Err(Box::new(CredentialExpired))));
+        }
         let polled = Pin::new(body).poll_frame(cx);
+        if let Some(expiry) = this.expiry.as_mut() {
+            match &polled {
+                Poll::Ready(Some(_)) => expiry.streaming = true,
+                Poll::Pending if expiry.streaming => {
+                    let mut wait =
+                        Duration::from_secs(expiry.at.saturating_sub(expiry.clock.unix_secs()));
+                    if expiry.clock.is_manual() {
+                        wait = wait.min(Duration::from_millis(100));
+                    }
+                    let timer = expiry
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        // Polled again at once: the clock decides (a manual clock's time may
+                        // not have come yet; the timer is then armed again).
+                        expiry.timer = None;
+                        cx.waker().wake_by_ref();
+                    }
+                }
+                _ => {}
+            }
+        }
         if let Some(idle) = this.idle.as_mut() {
             match &polled {
                 Poll::Pending if idle.sleep.as_mut().poll(cx).is_ready() => {

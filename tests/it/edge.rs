@@ -1147,7 +1147,7 @@ async fn event_stream_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 }
 
 #[tokio::test]
-async fn a_long_response_is_cut_when_its_token_expires_on_a_rule_that_rechecks() {
+async fn a_long_response_is_cut_when_its_token_expires_with_or_without_rechecks() {
     let (events, task) = event_stream_upstream().await;
     let policy = "rules:
   - name: events
@@ -1209,17 +1209,28 @@ async fn a_long_response_is_cut_when_its_token_expires_on_a_rule_that_rechecks()
     assert!(took >= Duration::from_millis(1500), "{took:?}");
     assert!(took <= Duration::from_secs(5), "{took:?}");
     assert!(chunks >= 10, "it streamed until then: {chunks}");
-    // A rule that does not re-check leaves its streams alone (the token's expiry bounds only
-    // the requests that start after it).
-    let (_, _, ended) = plain;
+    // A rule that does not re-check cuts its streams at the credential's expiry too (issue
+    // 14: a long-lived stream is closed when its credential expires).
+    let (chunks, took, ended) = plain;
     assert!(
-        !ended,
-        "the stream of a rule without reauthorize_every went on"
+        ended,
+        "the stream of a rule without reauthorize_every was cut at expiry"
     );
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(took <= Duration::from_secs(5), "{took:?}");
+    assert!(chunks >= 10, "it streamed until then: {chunks}");
     let (_, metrics) = gw.admin_get("/metrics").await;
-    assert!(
-        metrics.contains("limit=\"stream_credential_expired\"} 1")
-            || metrics.contains("limit=\"stream_reauthorization_denied\"} 1"),
+    let count = |limit: &str| {
+        metrics
+            .lines()
+            .find(|l| l.contains(&format!("limit=\"{limit}\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        count("stream_credential_expired") + count("stream_reauthorization_denied"),
+        2,
         "{metrics}"
     );
     task.abort();

@@ -44,6 +44,7 @@ impl PooledBody {
             body: Some(body),
             back: None,
             idle: None,
+            expiry: None,
         }
     }
 }
