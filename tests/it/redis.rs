@@ -465,43 +465,56 @@ impl Gateway {
     /// The real binary with one listener, an admin listener, the upstream `echo` at `echo`,
     /// `config` (its `redis:` and `rate_limits:`) and `policy`; returns once it listens.
     async fn spawn(echo: SocketAddr, config: &str, policy: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (listen, admin) = (free_port(), free_port());
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
-        std::fs::write(dir.path().join("policies/p.yaml"), policy).unwrap();
-        std::fs::write(
-            dir.path().join("portcullis.yaml"),
-            format!(
-                "listeners: [{{name: http, address: \"{listen}\"}}]
+        // Why: a port found free can be taken (as a client connection's local port, by a
+        // test running alongside) before the gateway binds it; the gateway then exits, and
+        // is started again on other ports rather than waited for.
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let (listen, admin) = (free_port(), free_port());
+            std::fs::create_dir(dir.path().join("policies")).unwrap();
+            std::fs::write(dir.path().join("policies/p.yaml"), policy).unwrap();
+            std::fs::write(
+                dir.path().join("portcullis.yaml"),
+                format!(
+                    "listeners: [{{name: http, address: \"{listen}\"}}]
 admin: {{address: \"{admin}\"}}
 upstreams: {{echo: {{url: \"http://{echo}\"}}}}
 policies: {{dir: policies}}
 logging: {{access_log: false}}
 {config}"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .arg("run")
-            .arg("--no-watch")
-            .arg("-c")
-            .arg(dir.path().join("portcullis.yaml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+                ),
+            )
             .unwrap();
-        let gateway = Self {
-            child,
-            listen,
-            _dir: dir,
-        };
-        let up = eventually(Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(listen).await.is_ok()
-        })
-        .await;
-        assert!(up, "gateway on {listen} listens");
-        gateway
+            let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .arg("run")
+                .arg("--no-watch")
+                .arg("-c")
+                .arg(dir.path().join("portcullis.yaml"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if tokio::net::TcpStream::connect(listen).await.is_ok() {
+                    return Self {
+                        child,
+                        listen,
+                        _dir: dir,
+                    };
+                }
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "gateway on {listen} listens"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("the gateway exited at start three times");
     }
 }
 
