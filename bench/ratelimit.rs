@@ -98,19 +98,19 @@ fn benches(c: &mut Criterion) {
     c.bench_function("check_local", |b| {
         b.iter(|| {
             let r = rt.block_on(local.check(black_box(&facts), None, "all", Mode::Spend));
-            assert_eq!(r, Checked::Allowed);
+            assert!(matches!(r, Checked::Allowed(Some(_))));
         });
     });
     if let Some(remote) = snapshot.rate_limits.get("remote") {
         // Connected and the script loaded before measuring.
-        assert_eq!(
+        assert!(matches!(
             rt.block_on(remote.check(&facts, None, "all", Mode::Spend)),
-            Checked::Allowed
-        );
+            Checked::Allowed(Some(_))
+        ));
         c.bench_function("check_redis", |b| {
             b.iter(|| {
                 let r = rt.block_on(remote.check(black_box(&facts), None, "all", Mode::Spend));
-                assert_eq!(r, Checked::Allowed);
+                assert!(matches!(r, Checked::Allowed(Some(_))));
             });
         });
     }

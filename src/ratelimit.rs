@@ -32,7 +32,7 @@ use crate::config::FieldError;
 use crate::config::raw::{RawBackend, RawCount, RawRateLimit, RawRedisFailure};
 use crate::request::RequestFacts;
 
-use self::gcra::{Mode, Plan, Rate, Wait};
+use self::gcra::{Mode, Plan, Rate, Room, Wait};
 use self::key::{CountBy, Sha256};
 use self::local::LocalStore;
 use self::redis::RedisStore;
@@ -55,6 +55,8 @@ pub struct Limit {
     local: Arc<LocalStore>,
     /// Counted, never refusing.
     pub shadow: bool,
+    /// `RateLimit-*` on allowed requests (never in shadow mode).
+    pub headers: bool,
     /// Response header naming the limit on requests shadow mode would have refused.
     pub shadow_header: Option<HeaderName>,
     /// What it counts.
@@ -97,8 +99,8 @@ pub struct Throttle {
 /// The answer of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Checked {
-    /// Within the limit.
-    Allowed,
+    /// Within the limit, with what is left (`None`: a Redis failure let it through).
+    Allowed(Option<Room>),
     /// Over it, in shadow mode: let through.
     ShadowLimited,
     /// Over it.
@@ -253,6 +255,7 @@ impl Limit {
             on_failure: raw.on_redis_failure,
             local,
             shadow: raw.shadow,
+            headers: raw.headers && !raw.shadow,
             shadow_header,
             count: raw.count,
             counters: previous
@@ -295,7 +298,9 @@ impl Limit {
     ) -> Checked {
         let plan = self.plan_for(principal);
         let result = match &self.backend {
-            Backend::Local => self.check_local(facts, principal, rule, plan, mode),
+            Backend::Local => self
+                .check_local(facts, principal, rule, plan, mode)
+                .map(Some),
             Backend::Redis(store) => {
                 let mut key = String::with_capacity(store.prefix().len() + self.name.len() + 33);
                 key.push_str(store.prefix());
@@ -305,7 +310,7 @@ impl Limit {
                 self.key.write(&mut h, facts, principal, rule);
                 h.finish_hex(&mut key);
                 match Box::pin(store.check(&key, plan, mode)).await {
-                    Ok(r) => r,
+                    Ok(r) => r.map(Some),
                     Err(e) => {
                         // Allow, Deny, Local: the order of `fallback` and of its labels.
                         let slot = self.on_failure as usize;
@@ -314,10 +319,10 @@ impl Limit {
                         }
                         self.warn_now_and_then(e);
                         match self.on_failure {
-                            RawRedisFailure::Allow => Ok(()),
-                            RawRedisFailure::Local => {
-                                self.check_local(facts, principal, rule, plan, mode)
-                            }
+                            RawRedisFailure::Allow => Ok(None),
+                            RawRedisFailure::Local => self
+                                .check_local(facts, principal, rule, plan, mode)
+                                .map(Some),
                             RawRedisFailure::Deny if self.shadow => {
                                 self.counters.shadow_limited.fetch_add(1, Ordering::Relaxed);
                                 return Checked::ShadowLimited;
@@ -329,11 +334,11 @@ impl Limit {
             }
         };
         match result {
-            Ok(()) => {
+            Ok(room) => {
                 if mode == Mode::Spend {
                     self.counters.allowed.fetch_add(1, Ordering::Relaxed);
                 }
-                Checked::Allowed
+                Checked::Allowed(room)
             }
             Err(_) if self.shadow => {
                 self.counters.shadow_limited.fetch_add(1, Ordering::Relaxed);
@@ -358,7 +363,7 @@ impl Limit {
         rule: &str,
         plan: &Plan,
         mode: Mode,
-    ) -> Result<(), Wait> {
+    ) -> Result<Room, Wait> {
         let mut h = self.local.key_hasher();
         self.key.write(&mut h, facts, principal, rule);
         self.local.check(h.finish(), plan, mode)

@@ -141,7 +141,7 @@ pub async fn decide(
             return deny(rule, DenyKind::RateLimited(t), None);
         }
         Checked::Unavailable => return deny(rule, DenyKind::RateLimitUnavailable, None),
-        Checked::Allowed | Checked::ShadowLimited => {}
+        Checked::Allowed(_) | Checked::ShadowLimited => {}
     }
     let decision = decide_rule(snapshot, rule, facts, trace).await;
     if let Decision::Deny(d) = &decision
@@ -263,6 +263,7 @@ async fn decide_rule(
     // as any request that gets this far does.
     // Regression: tests (it) delegate::rate_limited_request_never_reaches_the_delegate
     let mut shadowed = None;
+    let mut room = None;
     if let Some(limit) = &rule.rate_limit {
         if !trace.counts() {
             trace.record(TraceEvent::RateLimitApplies(limit.name.clone()));
@@ -271,7 +272,7 @@ async fn decide_rule(
                 .check(facts, principal.as_deref(), &rule.id.0, Mode::Spend)
                 .await
             {
-                Checked::Allowed => {}
+                Checked::Allowed(left) => room = left.filter(|_| limit.headers),
                 Checked::ShadowLimited => {
                     shadowed = limit.shadow_header.as_ref().map(|h| (h, limit))
                 }
@@ -362,6 +363,11 @@ async fn decide_rule(
     {
         mutation.response.push((header.clone(), v));
     }
+    // Why: a client told how much is left slows down before it is refused; every door hands
+    // these to the client's response. Regression: tests (it) ratelimit::allowed_answers_say_what_is_left
+    if let Some(room) = room {
+        mutation.response.extend(room_headers(&room));
+    }
     Decision::Allow(Allow {
         rule: rule.id.clone(),
         upstream: rule.upstream,
@@ -373,6 +379,25 @@ async fn decide_rule(
         timeouts: rule.timeouts.clone(),
         edge: rule.edge.clone(),
     })
+}
+
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` (whole seconds, rounded up) of an allowed
+/// request, as a 429 carries them (draft-ietf-httpapi-ratelimit-headers).
+fn room_headers(room: &crate::ratelimit::gcra::Room) -> [(http::HeaderName, http::HeaderValue); 3] {
+    [
+        (
+            http::HeaderName::from_static("ratelimit-limit"),
+            http::HeaderValue::from(room.requests),
+        ),
+        (
+            http::HeaderName::from_static("ratelimit-remaining"),
+            http::HeaderValue::from(room.remaining),
+        ),
+        (
+            http::HeaderName::from_static("ratelimit-reset"),
+            http::HeaderValue::from(room.reset.div_ceil(1_000_000_000)),
+        ),
+    ]
 }
 
 /// A denial by a rule, in the rule's shape.

@@ -60,6 +60,18 @@ pub struct Wait {
     pub requests: u32,
 }
 
+/// What is left after an allowed request: the `RateLimit-*` of its answer, for whichever of
+/// the plan's rates has fewer requests left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// That rate's `requests` (`RateLimit-Limit`).
+    pub requests: u32,
+    /// Requests that would pass now, at once (`RateLimit-Remaining`).
+    pub remaining: u32,
+    /// Nanoseconds until that rate's budget is whole again (`RateLimit-Reset`).
+    pub reset: u64,
+}
+
 /// Whether a check spends the budget or only looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -108,6 +120,14 @@ impl Rate {
         })
     }
 
+    /// How many requests would pass at once with `debt` nanoseconds of TAT ahead of now.
+    fn remaining(&self, debt: u64) -> u32 {
+        if debt > self.tolerance {
+            return 0;
+        }
+        u32::try_from((self.tolerance - debt) / self.interval + 1).unwrap_or(u32::MAX)
+    }
+
     /// The cell's TAT as this rate sees it at `now`: at least `now`, its debt rescaled when
     /// it was counted in another interval.
     fn tat(&self, cell: Cell, now: u64) -> u64 {
@@ -126,8 +146,32 @@ impl Rate {
 // === impl Plan ===
 
 impl Plan {
-    /// Checks one request at `now`; on success (and [`Mode::Spend`]) `state` is spent.
-    pub fn check(&self, state: &mut State, now: u64, mode: Mode) -> Result<(), Wait> {
+    /// What is left with these debts (nanoseconds of TAT ahead of now, after the request
+    /// was spent), the quota's when the plan has one.
+    // Why: the Redis backend hands back its debts and this turns them into the same answer
+    // as the local one. Regression: tests::room_counts_down_and_the_quota_binds
+    pub fn room(&self, rate_debt: u64, quota_debt: u64) -> Room {
+        let mut room = Room {
+            requests: self.rate.requests,
+            remaining: self.rate.remaining(rate_debt),
+            reset: rate_debt,
+        };
+        if let Some(q) = self.quota {
+            let left = q.remaining(quota_debt);
+            if left < room.remaining {
+                room = Room {
+                    requests: q.requests,
+                    remaining: left,
+                    reset: quota_debt,
+                };
+            }
+        }
+        room
+    }
+
+    /// Checks one request at `now`; on success (and [`Mode::Spend`]) `state` is spent, and
+    /// the [`Room`] left is returned.
+    pub fn check(&self, state: &mut State, now: u64, mode: Mode) -> Result<Room, Wait> {
         let rate_tat = self.rate.tat(state.rate, now);
         let mut wait = Wait {
             nanos: rate_tat
@@ -149,6 +193,7 @@ impl Plan {
         if wait.nanos > 0 {
             return Err(wait);
         }
+        let mut quota_debt = 0;
         if mode == Mode::Spend {
             state.rate = Cell {
                 tat: rate_tat + self.rate.interval,
@@ -159,9 +204,15 @@ impl Plan {
                     tat: tat + q.interval,
                     interval: q.interval,
                 };
+                quota_debt = state.quota.tat - now;
             }
+            Ok(self.room(state.rate.tat - now, quota_debt))
+        } else {
+            if let Some((_, tat)) = quota_tat {
+                quota_debt = tat - now;
+            }
+            Ok(self.room(rate_tat - now, quota_debt))
         }
-        Ok(())
     }
 }
 
@@ -199,19 +250,19 @@ mod tests {
         let mut s = State::default();
         let t0 = 100 * S;
         for _ in 0..3 {
-            assert_eq!(p.check(&mut s, t0, Mode::Spend), Ok(()));
+            assert!(p.check(&mut s, t0, Mode::Spend).is_ok());
         }
         assert_eq!(p.check(&mut s, t0, Mode::Spend).unwrap_err().nanos, 10 * S);
         assert_eq!(
             p.check(&mut s, t0 + 4 * S, Mode::Spend).unwrap_err().nanos,
             6 * S
         );
-        assert_eq!(p.check(&mut s, t0 + 10 * S, Mode::Spend), Ok(()));
+        assert!(p.check(&mut s, t0 + 10 * S, Mode::Spend).is_ok());
         assert!(p.check(&mut s, t0 + 10 * S, Mode::Spend).is_err());
         // Peeking never spends.
         let mut fresh = State::default();
         for _ in 0..10 {
-            assert_eq!(p.check(&mut fresh, t0, Mode::Peek), Ok(()));
+            assert!(p.check(&mut fresh, t0, Mode::Peek).is_ok());
         }
         assert_eq!(fresh, State::default());
     }
@@ -258,9 +309,37 @@ mod tests {
         }
         let wide = plan(20, 60, None);
         for i in 0..10 {
-            assert_eq!(wide.check(&mut s2, t0, Mode::Spend), Ok(()), "{i}");
+            assert!(wide.check(&mut s2, t0, Mode::Spend).is_ok(), "{i}");
         }
         assert!(wide.check(&mut s2, t0, Mode::Spend).is_err());
+    }
+
+    #[test]
+    fn room_counts_down_and_the_quota_binds() {
+        // 6 a minute, 3 at once: 2, 1, 0 left, the budget whole 10, 20, 30 s later.
+        let p = plan(6, 60, Some(3));
+        let mut s = State::default();
+        let t0 = 100 * S;
+        for (left, reset) in [(2, 10), (1, 20), (0, 30)] {
+            let room = p.check(&mut s, t0, Mode::Spend).unwrap();
+            assert_eq!(
+                (room.requests, room.remaining, room.reset),
+                (6, left, reset * S)
+            );
+        }
+        // 10 s on, one came back; peeking says so and spends nothing.
+        let peek = p.check(&mut s, t0 + 10 * S, Mode::Peek).unwrap();
+        assert_eq!((peek.remaining, peek.reset), (1, 20 * S));
+        // A quota with less left than the rate describes the answer.
+        let q = Plan {
+            rate: Rate::new(10, Duration::from_secs(1), None).unwrap(),
+            quota: Some(Rate::new(3, Duration::from_secs(300), None).unwrap()),
+        };
+        let mut s = State::default();
+        let room = q.check(&mut s, t0, Mode::Spend).unwrap();
+        assert_eq!((room.requests, room.remaining, room.reset), (3, 2, 100 * S));
+        // The Redis backend's debts give the same answer.
+        assert_eq!(q.room(S / 10, 100 * S), room);
     }
 
     #[test]

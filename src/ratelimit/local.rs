@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::gcra::{Mode, Plan, State, Wait};
+use super::gcra::{Mode, Plan, Room, State, Wait};
 use crate::clock::Clock;
 
 /// Shards: enough that two cores (or sixty-four) rarely meet on one lock.
@@ -85,10 +85,10 @@ impl LocalStore {
     }
 
     /// Checks (and with [`Mode::Spend`] spends) one request of `key` under `plan`.
-    pub fn check(&self, key: u64, plan: &Plan, mode: Mode) -> Result<(), Wait> {
+    pub fn check(&self, key: u64, plan: &Plan, mode: Mode) -> Result<Room, Wait> {
         let now = self.now();
         let Some(shard) = self.shards.get(shard_of(key)) else {
-            return Ok(());
+            return plan.check(&mut State::default(), now, mode);
         };
         // A poisoned shard only means a panic elsewhere mid-update; its data is plain numbers.
         let mut map = shard

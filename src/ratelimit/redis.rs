@@ -23,7 +23,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 
 use self::target::{Conn, Settings, Target};
-use super::gcra::{Mode, Plan, Wait};
+use super::gcra::{Mode, Plan, Room, Wait};
 use crate::config::FieldError;
 use crate::config::raw::RawRedis;
 use crate::telemetry::metrics::Histogram;
@@ -33,7 +33,9 @@ mod target;
 /// The GCRA of [`super::gcra`], step for step, in microseconds. KEYS[1]: the key, the only
 /// one it touches (so a Redis Cluster runs it on the master of that key's slot). ARGV: mode
 /// (`spend` or `peek`), the rate's interval and tolerance, the quota's (0 0: none).
-/// Returns `{allowed, wait_us, refused_by_quota}`.
+/// Returns `{0, wait_us, refused_by_quota}` when refused, else `{1, rate_debt_us,
+/// quota_debt_us}`: how far each TAT is ahead of now once the request is spent (for
+/// `RateLimit-Remaining` and `-Reset`, [`Plan::room`]).
 pub const SCRIPT: &str = r"
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
@@ -61,7 +63,10 @@ if qi > 0 then
   end
 end
 if wait > 0 then return {0, wait, by_quota} end
+local rd, qd = r - now, q - now
 if ARGV[1] == 'spend' then
+  rd = rd + ri
+  if qi > 0 then qd = qd + qi end
   -- Microseconds since 1970 are 16 digits: written as integers, never in exponent form.
   local function int(x) return string.format('%.0f', x) end
   redis.call('HSET', KEYS[1], 'r', int(r + ri), 'ri', int(ri))
@@ -72,7 +77,7 @@ if ARGV[1] == 'spend' then
   end
   redis.call('PEXPIRE', KEYS[1], math.ceil(until_idle / 1000) + 1)
 end
-return {1, 0, 0}
+return {1, rd, qd}
 ";
 
 /// Latency buckets of a Redis call, seconds.
@@ -307,7 +312,7 @@ impl RedisStore {
         key: &str,
         plan: &Plan,
         mode: Mode,
-    ) -> Result<Result<(), Wait>, RedisError> {
+    ) -> Result<Result<Room, Wait>, RedisError> {
         if !self.breaker.admit(self.now()) {
             self.metrics.short_circuited.fetch_add(1, Ordering::Relaxed);
             return Err(RedisError::Open);
@@ -354,7 +359,10 @@ impl RedisStore {
                 Err(RedisError::Failed)
             }
             Ok(Ok(v)) => match v.as_slice() {
-                [1, _, _] => Ok(Ok(())),
+                [1, rate_debt, quota_debt] if *rate_debt >= 0 && *quota_debt >= 0 => {
+                    let ns = |us: &i64| u64::try_from(*us).unwrap_or(0).saturating_mul(1_000);
+                    Ok(Ok(plan.room(ns(rate_debt), ns(quota_debt))))
+                }
                 [0, wait, by_quota] if *wait > 0 => {
                     let requests = match (by_quota, plan.quota) {
                         (1, Some(q)) => q.requests,

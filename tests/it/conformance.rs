@@ -146,7 +146,12 @@ struct Answer {
     reason: Option<String>,
     /// Identity headers the upstream gets (allowed requests).
     identity: BTreeMap<String, String>,
+    /// The `RateLimit-*` headers the client gets (allowed requests; a 429's are its own).
+    limits: BTreeMap<String, String>,
 }
+
+/// What an allowed request under a limit is told at every door.
+const LIMIT_HEADERS: [&str; 3] = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -389,6 +394,17 @@ fn header_of(head: &str, name: &str) -> Option<String> {
     })
 }
 
+/// The `RateLimit-*` headers of an allowed answer.
+fn limits_of(head: &str, status: u16) -> BTreeMap<String, String> {
+    if status != 200 {
+        return BTreeMap::new();
+    }
+    LIMIT_HEADERS
+        .iter()
+        .filter_map(|n| Some(((*n).to_owned(), header_of(head, n)?)))
+        .collect()
+}
+
 fn reason_of_body(body: &str) -> Option<String> {
     serde_json::from_str::<Value>(body.trim())
         .ok()?
@@ -421,6 +437,7 @@ async fn via_proxy(gw: &TestGateway, case: &Case, headers: &[(String, String)]) 
             reason_of_body(&r.body)
         },
         identity,
+        limits: limits_of(&r.head, r.status),
     }
 }
 
@@ -472,6 +489,7 @@ async fn via_http_door(
             header_of(&r.head, "x-portcullis-error")
         },
         identity,
+        limits: limits_of(&r.head, r.status),
     }
 }
 
@@ -526,6 +544,14 @@ async fn via_grpc(gw: &TestGateway, case: &Case, headers: &[(String, String)]) -
                 .filter(|h| IDENTITY.contains(&h.key.as_str()))
                 .map(|h| (h.key.clone(), h.value.clone()))
                 .collect(),
+            // What Envoy adds to the client's response.
+            limits: ok
+                .response_headers_to_add
+                .iter()
+                .filter_map(|o| o.header.as_ref())
+                .filter(|h| LIMIT_HEADERS.contains(&h.key.as_str()))
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect(),
         },
         Some(HttpResponse::DeniedResponse(d)) => Answer {
             status: d
@@ -534,6 +560,7 @@ async fn via_grpc(gw: &TestGateway, case: &Case, headers: &[(String, String)]) -
                 .unwrap_or(403),
             reason: resp.status.map(|s| s.message),
             identity: BTreeMap::new(),
+            limits: BTreeMap::new(),
         },
         other => panic!("{}: no answer: {other:?}", case.name),
     }
@@ -548,6 +575,7 @@ async fn every_door_gives_the_same_decision() {
     // The proxy's answers for a few cases, so that agreement is on the right answer.
     let pinned: HashMap<&str, (u16, Option<&str>)> = [
         ("public", (200, None)),
+        ("limited first", (200, None)),
         ("public canonical", (200, None)),
         ("deny rule dots", (403, Some("forbidden"))),
         ("lowercase method", (400, Some("invalid_method"))),
@@ -567,6 +595,18 @@ async fn every_door_gives_the_same_decision() {
                 case.name
             );
         }
+        // An allowed request under a limit says what is left; under none, nothing.
+        let told: Vec<&str> = reference.limits.values().map(String::as_str).collect();
+        let expected_told: &[&str] = if case.name == "limited first" {
+            &["1", "0", "3600"]
+        } else {
+            &[]
+        };
+        assert_eq!(
+            told, expected_told,
+            "{}: the proxy's RateLimit-*",
+            case.name
+        );
         for door in Door::ALL.into_iter().filter(|d| *d != Door::Proxy) {
             let answer = ask(&gw, door, case).await;
             // The proxy forwards the canonical path; the peer of a decision door forwards the
@@ -576,6 +616,7 @@ async fn every_door_gives_the_same_decision() {
                     status: 400,
                     reason: Some("non_canonical_path".into()),
                     identity: BTreeMap::new(),
+                    limits: BTreeMap::new(),
                 }
             } else {
                 reference.clone()

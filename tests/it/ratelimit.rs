@@ -23,6 +23,11 @@ const LIMITS: &str = "rate_limits:
     key: header:x-team
     requests: 1
     per: 1h
+  quiet:
+    key: client_ip
+    requests: 5
+    per: 1h
+    headers: false
 ";
 
 fn policy(extra_rule: &str) -> String {
@@ -46,6 +51,12 @@ fn policy(extra_rule: &str) -> String {
     effect: allow
     anonymous: true
     rate_limit: per-team
+    upstream: echo
+  - name: quiet
+    match: {{paths: [\"/quiet/**\"]}}
+    effect: allow
+    anonymous: true
+    rate_limit: quiet
     upstream: echo
 {extra_rule}"
     )
@@ -78,6 +89,34 @@ async fn get(
         headers,
         serde_json::from_slice(&body).unwrap_or(Value::Null),
     )
+}
+
+#[tokio::test]
+async fn allowed_answers_say_what_is_left() {
+    let gw = gateway().await;
+    // 3 an hour: one request every 20 minutes, so each spent one puts the whole budget 20
+    // minutes further off.
+    for (left, reset) in [("2", 1200), ("1", 2400), ("0", 3600)] {
+        let (status, h, _) = get(&gw, "/api/x", Some("carol")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(h["ratelimit-limit"], "3", "{h:?}");
+        assert_eq!(h["ratelimit-remaining"], left, "{h:?}");
+        let got: u64 = h["ratelimit-reset"].to_str().unwrap().parse().unwrap();
+        assert!(
+            (reset - 2..=reset).contains(&got),
+            "reset {got}, about {reset}"
+        );
+        // The client is told; the upstream is not handed the gateway's count.
+        let seen = gw.echo.last().unwrap();
+        assert!(
+            seen.headers.get("ratelimit-remaining").is_none(),
+            "{seen:?}"
+        );
+    }
+    // A limit with `headers: false` says nothing (the conformance test: nor a rule without one).
+    let (status, h, _) = get(&gw, "/quiet/x", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(h.get("ratelimit-remaining").is_none(), "{h:?}");
 }
 
 #[tokio::test]

@@ -568,8 +568,8 @@ async fn tightened_redis_limit_after_reload_grants_no_fresh_burst() {
     assert!((5300..=5400).contains(&retry), "retry-after {retry}");
 }
 
-/// The same Redis limit refuses alike through the proxy and the forward-auth door: 429 with
-/// `Retry-After` and `RateLimit-*`.
+/// The same Redis limit counts and refuses alike through the proxy and the forward-auth door:
+/// `RateLimit-*` on each allowed answer, then 429 with `Retry-After` and `RateLimit-*`.
 #[tokio::test]
 async fn every_door_carries_the_redis_verdict() {
     let Some(redis) = RedisServer::start().await else {
@@ -598,8 +598,23 @@ async fn every_door_carries_the_redis_verdict() {
             .body(Full::default())
             .unwrap()
     };
-    assert_eq!(timed(&gw, "/x").await.0, StatusCode::OK);
-    assert_eq!(send(gw.addr_of("doors"), door()).await.0, StatusCode::OK);
+    // The shared budget counts down through both doors, and each allowed answer says so.
+    let (status, first, _) =
+        send(gw.addr(), Request::get("/x").body(Full::default()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, second, _) = send(gw.addr_of("doors"), door()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(first["ratelimit-limit"], "2");
+    assert_eq!(first["ratelimit-remaining"], "1");
+    assert_eq!(second["ratelimit-remaining"], "0");
+    // 2 a minute: each spent request puts the whole budget 30 s further off.
+    for (h, about) in [(&first, 30), (&second, 60)] {
+        let reset: u64 = h["ratelimit-reset"].to_str().unwrap().parse().unwrap();
+        assert!(
+            (about - 2..=about).contains(&reset),
+            "reset {reset}, about {about}"
+        );
+    }
     let (proxy_status, proxy, _) =
         send(gw.addr(), Request::get("/x").body(Full::default()).unwrap()).await;
     let (door_status, at_door, _) = send(gw.addr_of("doors"), door()).await;

@@ -91,6 +91,12 @@ pub struct RawRateLimit {
     /// budget for the same limit, as if the backend were `local`).
     #[serde(default)]
     pub on_redis_failure: RawRedisFailure,
+    /// Tell allowed requests what is left: `RateLimit-Limit`, `RateLimit-Remaining` and
+    /// `RateLimit-Reset` on their responses, as a 429 has them (at every door: the decision
+    /// doors hand them to their peer for the client's response). Default `true`; a
+    /// shadow-mode limit never sends them.
+    #[serde(default = "yes")]
+    pub headers: bool,
     /// Shadow mode: requests over the limit are counted (`portcullis_ratelimit_total` with
     /// `outcome="shadow_limited"`) and logged, never refused, so a limit can be tried on live
     /// traffic first.
