@@ -542,10 +542,12 @@ pub fn single<'h>(h: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>
 
 /// `X-Forwarded-Proto`: `http` (also when absent) or `https`.
 pub fn scheme(h: &HeaderMap) -> Result<Scheme, Undescribed> {
-    match single(
-        h,
-        &http::header::HeaderName::from_static("x-forwarded-proto"),
-    )? {
+    scheme_in(h, &HeaderName::from_static("x-forwarded-proto"))
+}
+
+/// The scheme in header `name`: `http` (also when absent) or `https`.
+pub fn scheme_in(h: &HeaderMap, name: &HeaderName) -> Result<Scheme, Undescribed> {
+    match single(h, name)? {
         None => Ok(Scheme::Http),
         Some(p) if p.eq_ignore_ascii_case("http") => Ok(Scheme::Http),
         Some(p) if p.eq_ignore_ascii_case("https") => Ok(Scheme::Https),

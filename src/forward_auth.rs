@@ -14,6 +14,9 @@
 //! | scheme | `X-Forwarded-Proto` (`http` or `https`), else `http` |
 //! | client | `X-Forwarded-For`, read through the door's peers and `server.trusted_proxies` |
 //!
+//! A door's `headers:` names other headers for the method, target, host or scheme (a peer set
+//! up to send, say, `X-Auth-Uri`); a part named there is read from that header only.
+//!
 //! An allowed request's answer carries the identity headers to set (and `x-real-ip`,
 //! `x-forwarded-host`), and `x-portcullis-remove`: the comma-separated names of the headers
 //! the upstream must not get (spoofable ones, a stripped credential). The door cannot remove
@@ -34,7 +37,7 @@ use http::{HeaderMap, HeaderName, Method, Response};
 use http_body_util::Full;
 
 use crate::decision::{Allow, Refusal};
-use crate::door::{self, Described, HttpDoor, Undescribed, scheme, single};
+use crate::door::{self, Described, HttpDoor, Undescribed, single};
 use crate::request::facts::Door;
 use crate::snapshot::DoorSettings;
 
@@ -47,47 +50,117 @@ const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The headers that describe the original request (a door's `headers:`): for each part, the
+/// names read, all of which must agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescriptionHeaders {
+    /// The method.
+    pub method: Box<[HeaderName]>,
+    /// The path and query.
+    pub uri: Box<[HeaderName]>,
+    /// The host.
+    pub host: Box<[HeaderName]>,
+    /// The scheme.
+    pub proto: HeaderName,
+}
+
+impl Default for DescriptionHeaders {
+    fn default() -> Self {
+        Self {
+            method: Box::new([X_FORWARDED_METHOD, X_ORIGINAL_METHOD]),
+            uri: Box::new([X_FORWARDED_URI, X_ORIGINAL_URI]),
+            host: Box::new([X_FORWARDED_HOST]),
+            proto: X_FORWARDED_PROTO,
+        }
+    }
+}
+
+impl DescriptionHeaders {
+    /// The usual names, each part replaced by the configured name where there is one;
+    /// `Err((part, message))` for a name that is not a header name or is given twice.
+    pub fn configured(
+        raw: &crate::config::raw::RawDescriptionHeaders,
+    ) -> Result<Self, Vec<(&'static str, String)>> {
+        let mut out = Self::default();
+        let mut errors = Vec::new();
+        let mut seen: Vec<HeaderName> = Vec::new();
+        let mut parse = |part: &'static str, name: &Option<String>| -> Option<HeaderName> {
+            let name = name.as_deref()?;
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) if seen.contains(&h) => {
+                    errors.push((part, format!("`{name}` already describes another part")));
+                    None
+                }
+                Ok(h) => {
+                    seen.push(h.clone());
+                    Some(h)
+                }
+                Err(_) => {
+                    errors.push((part, format!("`{name}` is not a header name")));
+                    None
+                }
+            }
+        };
+        if let Some(h) = parse("method", &raw.method) {
+            out.method = Box::new([h]);
+        }
+        if let Some(h) = parse("uri", &raw.uri) {
+            out.uri = Box::new([h]);
+        }
+        if let Some(h) = parse("host", &raw.host) {
+            out.host = Box::new([h]);
+        }
+        if let Some(h) = parse("proto", &raw.proto) {
+            out.proto = h;
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// The usual names, for a door compiled without any.
+static USUAL: std::sync::LazyLock<DescriptionHeaders> =
+    std::sync::LazyLock::new(DescriptionHeaders::default);
 
 impl HttpDoor for ForwardAuth {
     const DOOR: Door = Door::ForwardAuth;
 
     fn describe(
         &self,
-        _settings: &DoorSettings,
+        settings: &DoorSettings,
         parts: &mut http::request::Parts,
     ) -> Result<Described, Undescribed> {
+        let names = match settings {
+            DoorSettings::ForwardAuth { headers, .. } => &**headers,
+            _ => &*USUAL,
+        };
         let h = &parts.headers;
         // Why: the subrequest's own method and host are the peer's, not the client's; a
         // DELETE judged by GET-only allow rules, or a request for a `hosts:`-scoped deny rule
         // judged under the door's own host, passed. Regression: tests (it)
         // doors::forward_auth_bad_descriptions (missing_original_method, missing_original_host)
-        let method = one_of(
-            h,
-            &X_FORWARDED_METHOD,
-            &X_ORIGINAL_METHOD,
-            "ambiguous_method",
-        )?
-        .ok_or(Undescribed("missing_original_method"))?;
+        let method = one_of(h, &names.method, "ambiguous_method")?
+            .ok_or(Undescribed("missing_original_method"))?;
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|_| Undescribed("invalid_original_method"))?;
-        let target = one_of(h, &X_FORWARDED_URI, &X_ORIGINAL_URI, "ambiguous_uri")?
-            .ok_or(Undescribed("missing_original_uri"))?;
+        let target =
+            one_of(h, &names.uri, "ambiguous_uri")?.ok_or(Undescribed("missing_original_uri"))?;
         // Why: an absolute or empty target would be read differently by the peer's upstream
         // than by the rules. Regression: tests (it) doors::forward_auth_bad_descriptions
         if !target.starts_with('/') {
             return Err(Undescribed("invalid_original_uri"));
         }
-        let authority =
-            single(h, &X_FORWARDED_HOST)?.ok_or(Undescribed("missing_original_host"))?;
-        let scheme = scheme(h)?;
+        let authority = one_of(h, &names.host, "ambiguous_host")?
+            .ok_or(Undescribed("missing_original_host"))?;
+        let scheme = door::scheme_in(h, &names.proto)?;
         let (target, authority) = (target.to_owned(), authority.to_owned());
         let mut headers = std::mem::take(&mut parts.headers);
-        for name in [
-            X_FORWARDED_METHOD,
-            X_ORIGINAL_METHOD,
-            X_FORWARDED_URI,
-            X_ORIGINAL_URI,
-        ] {
+        for name in names.method.iter().chain(&*names.uri) {
             headers.remove(name);
         }
         Ok(Described {
@@ -120,16 +193,20 @@ impl HttpDoor for ForwardAuth {
     }
 }
 
-/// The value of `first` or `second` (at most one value each; equal when both are present).
+/// The value of the first of `names` present (at most one value each; equal when several are
+/// present).
 fn one_of<'h>(
     h: &'h HeaderMap,
-    first: &HeaderName,
-    second: &HeaderName,
+    names: &[HeaderName],
     ambiguous: &'static str,
 ) -> Result<Option<&'h str>, Undescribed> {
-    match (single(h, first)?, single(h, second)?) {
-        (Some(a), Some(b)) if a != b => Err(Undescribed(ambiguous)),
-        (Some(a), _) | (None, Some(a)) => Ok(Some(a)),
-        (None, None) => Ok(None),
+    let mut found = None;
+    for name in names {
+        match (found, single(h, name)?) {
+            (Some(a), Some(b)) if a != b => return Err(Undescribed(ambiguous)),
+            (None, Some(b)) => found = Some(b),
+            _ => {}
+        }
     }
+    Ok(found)
 }

@@ -165,6 +165,8 @@ pub enum DoorSettings {
         common: DecisionDoor,
         /// Statuses the peer cannot pass through, and what to answer instead.
         status_map: Arc<[(http::StatusCode, http::StatusCode)]>,
+        /// The headers that describe the original request.
+        headers: Arc<crate::forward_auth::DescriptionHeaders>,
     },
 }
 

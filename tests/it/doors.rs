@@ -247,6 +247,81 @@ async fn forward_auth_bad_descriptions() {
 }
 
 #[tokio::test]
+async fn forward_auth_reads_the_headers_it_is_configured_with() {
+    let gw = gateway(
+        "{forward_auth: {headers: {method: X-Auth-Method, uri: X-Auth-Uri, host: X-Auth-Host, proto: X-Auth-Scheme}}}",
+    )
+    .await;
+    let described = |uri: &'static str| {
+        [
+            ("x-auth-method", "GET"),
+            ("x-auth-uri", uri),
+            ("x-auth-host", "app.test"),
+            ("x-auth-scheme", "https"),
+            ("x-forwarded-for", "127.0.0.1"),
+        ]
+    };
+    assert_eq!(
+        ask_exactly(&gw, "/auth", &described("/open/x")).await.0,
+        StatusCode::OK
+    );
+    // The configured header is the request: a usual one naming another path is not read,
+    // in either direction.
+    let mut to_admin = described("/admin/x").to_vec();
+    to_admin.push(("x-forwarded-uri", "/open/x"));
+    to_admin.push(("x-original-uri", "/open/x"));
+    let (status, h, _) = ask_exactly(&gw, "/auth", &to_admin).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(h["x-portcullis-error"], "forbidden");
+    // Without it, the request is not described, whatever the usual headers say.
+    let usual = [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/open/x"),
+        ("x-forwarded-host", "app.test"),
+        ("x-forwarded-for", "127.0.0.1"),
+    ];
+    let (status, h, _) = ask_exactly(&gw, "/auth", &usual).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(h["x-portcullis-error"], "missing_original_method");
+    // A scheme other than http or https is refused as from the usual header.
+    let mut bad = described("/open/x").to_vec();
+    bad[3] = ("x-auth-scheme", "gopher");
+    let (status, h, _) = ask_exactly(&gw, "/auth", &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(h["x-portcullis-error"], "invalid_forwarded_proto");
+}
+
+#[test]
+fn forward_auth_headers_must_be_header_names_each_once() {
+    for (headers, bad) in [
+        ("{uri: \"X Auth Uri\"}", Some("headers.uri")),
+        ("{method: X-Auth, uri: x-auth}", Some("headers.uri")),
+        ("{host: X-Auth-Host}", None),
+    ] {
+        let cfg = crate::support::ConfigDir::new("");
+        cfg.write(
+            "portcullis.yaml",
+            format!(
+                "listeners:\n  - name: doors\n    address: 127.0.0.1:0\n    door: {{forward_auth: {{headers: {headers}}}}}\npolicies: {{dir: policies}}\n"
+            ),
+        );
+        cfg.write(
+            "policies/p.yaml",
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true}\n",
+        );
+        let (code, text) = cfg.run("check", &[]);
+        match bad {
+            None => assert_eq!(code, Some(0), "{headers}: {text}"),
+            Some(field) => {
+                assert_ne!(code, Some(0), "{headers}: {text}");
+                assert!(text.contains(field), "{headers}: {text}");
+                assert!(text.contains("portcullis.yaml"), "{headers}: {text}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn forward_auth_peer_not_allowed() {
     let gw = gateway("{forward_auth: {peers: [10.0.0.0/8]}}").await;
     let (status, h, _) = ask(&gw, "/auth", &[("x-forwarded-uri", "/open/x")]).await;

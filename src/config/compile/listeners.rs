@@ -164,9 +164,17 @@ fn compile_door(
                     ),
                 }
             }
+            let headers = crate::forward_auth::DescriptionHeaders::configured(&d.headers)
+                .unwrap_or_else(|errors| {
+                    for (part, message) in errors {
+                        error(&format!("forward_auth.headers.{part}"), message);
+                    }
+                    crate::forward_auth::DescriptionHeaders::default()
+                });
             DoorSettings::ForwardAuth {
                 common: common(&d.peers, d.timeout),
                 status_map: map.into(),
+                headers: Arc::new(headers),
             }
         }
     }

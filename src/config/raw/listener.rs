@@ -102,6 +102,30 @@ pub struct RawForwardAuth {
     /// Kong pass any status through).
     #[serde(default)]
     pub status_map: BTreeMap<u16, u16>,
+    /// The headers that describe the original request, when the peer is configured to send
+    /// others than the usual ones (say an nginx with `proxy_set_header X-Auth-Uri
+    /// $request_uri`). A name given here is the only one read for its part; a part not given
+    /// keeps its usual headers.
+    #[serde(default)]
+    pub headers: RawDescriptionHeaders,
+}
+
+/// The headers a forward-auth peer describes the original request in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDescriptionHeaders {
+    /// The method. Default `X-Forwarded-Method` or `X-Original-Method` (equal when both).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// The path and query, in origin form. Default `X-Forwarded-Uri` or `X-Original-URI`.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// The host. Default `X-Forwarded-Host`.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The scheme, `http` or `https` (`http` when absent). Default `X-Forwarded-Proto`.
+    #[serde(default)]
+    pub proto: Option<String>,
 }
 
 /// TLS settings of a listener.
