@@ -34,6 +34,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// Body length.
     pub body_len: u64,
+    /// The client's certificate (DER) when it presented one over TLS.
+    pub client_certificate: Option<Bytes>,
 }
 
 /// A running echo server.
@@ -87,19 +89,28 @@ impl Echo {
                 let records = Arc::clone(&records);
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let records = Arc::clone(&records);
-                        async move { Ok::<_, Infallible>(answer(req, &records).await) }
-                    });
+                    let svc = |cert: Option<Bytes>| {
+                        service_fn(move |req| {
+                            let records = Arc::clone(&records);
+                            let cert = cert.clone();
+                            async move { Ok::<_, Infallible>(answer(req, &records, cert).await) }
+                        })
+                    };
                     let mut b = auto::Builder::new(TokioExecutor::new());
                     b.http1().timer(TokioTimer::new());
                     match acceptor {
                         None => {
-                            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+                            let _ = b.serve_connection(TokioIo::new(stream), svc(None)).await;
                         }
                         Some(acceptor) => {
                             if let Ok(tls) = acceptor.accept(stream).await {
-                                let _ = b.serve_connection(TokioIo::new(tls), svc).await;
+                                let cert = tls
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .map(|c| Bytes::copy_from_slice(c.as_ref()));
+                                let _ = b.serve_connection(TokioIo::new(tls), svc(cert)).await;
                             }
                         }
                     }
@@ -130,7 +141,11 @@ impl Echo {
     }
 }
 
-async fn answer(req: Request<Incoming>, records: &Mutex<Vec<Recorded>>) -> Response<EchoBody> {
+async fn answer(
+    req: Request<Incoming>,
+    records: &Mutex<Vec<Recorded>>,
+    client_certificate: Option<Bytes>,
+) -> Response<EchoBody> {
     let (parts, mut body) = req.into_parts();
     let mut body_len = 0u64;
     while let Some(frame) = body.frame().await {
@@ -155,6 +170,7 @@ async fn answer(req: Request<Incoming>, records: &Mutex<Vec<Recorded>>) -> Respo
             version: parts.version,
             headers: parts.headers.clone(),
             body_len,
+            client_certificate,
         });
     }
     let path = parts.uri.path();

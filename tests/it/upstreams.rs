@@ -119,24 +119,36 @@ async fn stale_pooled_connection_retried_for_get_never_for_post() {
 /// answer (health checks included) is a 503. Speaks HTTP/1.1 and HTTP/2 (prior knowledge).
 #[derive(Clone)]
 struct Backend {
+    name: &'static str,
     addr: SocketAddr,
     down: Arc<std::sync::atomic::AtomicBool>,
     hits: Arc<std::sync::atomic::AtomicUsize>,
     checks: Arc<std::sync::atomic::AtomicUsize>,
+    /// The accept loop; aborting it closes every connection it served.
+    server: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Backend {
     async fn start(name: &'static str) -> Self {
-        use std::sync::atomic::Ordering;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let b = Self {
+            name,
             addr: listener.local_addr().unwrap(),
             down: Arc::default(),
             hits: Arc::default(),
             checks: Arc::default(),
+            server: Arc::default(),
         };
-        let state = b.clone();
-        tokio::spawn(async move {
+        b.serve(listener);
+        b
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        use std::sync::atomic::Ordering;
+        let state = self.clone();
+        let task = tokio::spawn(async move {
+            // Connections live in the set: dropped (aborted) with the accept loop.
+            let mut connections = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 let st = state.clone();
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -155,12 +167,12 @@ impl Backend {
                         Ok::<_, std::convert::Infallible>(
                             http::Response::builder()
                                 .status(status)
-                                .body(Full::new(Bytes::from_static(name.as_bytes())))
+                                .body(Full::new(Bytes::from_static(st.name.as_bytes())))
                                 .unwrap(),
                         )
                     }
                 });
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     )
@@ -169,7 +181,21 @@ impl Backend {
                 });
             }
         });
-        b
+        *self.server.lock().unwrap() = Some(task);
+    }
+
+    /// Stops the server: the port refuses connections, and the ones open are closed.
+    async fn stop(&self) {
+        let task = self.server.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Serves again on the same port.
+    async fn restart(&self) {
+        self.serve(TcpListener::bind(self.addr).await.unwrap());
     }
 
     fn hits(&self) -> usize {
@@ -311,6 +337,59 @@ async fn failing_endpoint_ejected_then_readmitted() {
     assert!(back, "the endpoint never came back");
 }
 
+/// One of three endpoints sharing the load is stopped: the requests it would have had go to
+/// the others, it is ejected, and once it serves again it is readmitted.
+#[tokio::test]
+async fn stopped_endpoint_ejected_then_readmitted() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let gw = pool_gateway(
+        &[&a, &b, &c],
+        "    ejection: {consecutive_failures: 2, base_time: 3s, max_time: 3s}\n",
+    )
+    .await;
+    // All three share the load, each with pooled connections open.
+    for _ in 0..9 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+    }
+    assert_eq!((a.hits(), b.hits(), c.hits()), (3, 3, 3));
+    b.stop().await;
+    // Well within the 3 s of ejection, however loaded the machine. A GET that meets the
+    // stopped endpoint (a pooled connection closed, then a refused one) goes elsewhere.
+    for i in 0..12 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK, "request {i}");
+    }
+    assert_eq!(b.hits(), 3, "the stopped endpoint served nothing");
+    assert_eq!(a.hits() + c.hits(), 6 + 12);
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    for line in [
+        format!(
+            "portcullis_upstream_endpoint_up{{upstream=\"pool\",endpoint=\"{}\"}} 0",
+            b.addr
+        ),
+        format!(
+            "portcullis_upstream_endpoint_ejections_total{{upstream=\"pool\",endpoint=\"{}\"}} 1",
+            b.addr
+        ),
+        format!(
+            "portcullis_upstream_endpoint_up{{upstream=\"pool\",endpoint=\"{}\"}} 1",
+            a.addr
+        ),
+    ] {
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    b.restart().await;
+    let back = crate::support::eventually(Duration::from_secs(8), || async {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+        b.hits() > 3
+    })
+    .await;
+    assert!(back, "the endpoint never came back");
+}
+
 /// An unreachable endpoint costs no failed request: the request never left, so it goes to
 /// another endpoint, and the dead one is ejected.
 #[tokio::test]
@@ -442,6 +521,54 @@ async fn route_response_timeout_overrides_the_upstreams() {
     // The upstream's own timeout (2 s) still holds elsewhere.
     let (status, _, _) = get(gw.addr(), "/__echo/delay/300").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// A rule's `timeouts.connect` replaces the upstream's: against an upstream that accepts TCP
+/// and never answers the TLS handshake, the rule with 200ms gives up at once (504), the
+/// upstream's own 1500ms holds for the other rule.
+#[tokio::test]
+async fn route_connect_timeout_overrides_the_upstreams() {
+    let mute = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = mute.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = mute.accept().await {
+            open.push(conn);
+        }
+    });
+    let gw = Setup {
+        upstreams: format!(
+            "  mute:\n    url: https://localhost:{port}\n    connect_timeout: 1500ms\n"
+        ),
+        policies: vec![(
+            "p.yaml".into(),
+            "rules:\n  - name: hasty\n    match: {paths: [\"/hasty/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: mute\n    timeouts: {connect: 200ms}\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: mute\n".into(),
+        )],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(gw.addr(), "/hasty/x").await;
+    let hasty = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("upstream_connect_timeout"),
+        "{body:?}"
+    );
+    let started = std::time::Instant::now();
+    let (status, _, _) = get(gw.addr(), "/other").await;
+    let other = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        hasty >= Duration::from_millis(200) && hasty < Duration::from_millis(1200),
+        "the rule's 200ms: {hasty:?}"
+    );
+    assert!(
+        other >= Duration::from_millis(1500),
+        "the upstream's 1500ms: {other:?}"
+    );
+    held.abort();
 }
 
 /// A gRPC client is answered in gRPC: HTTP 200, `grpc-status` and `grpc-message`.
@@ -665,10 +792,12 @@ async fn upstream_mtls_with_a_private_ca() {
         p.distinguished_name.push(DnType::CommonName, name);
         p.extended_key_usages = vec![usage];
         p.use_authority_key_identifier_extension = true;
-        (p.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
+        let cert = p.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
     };
-    let (server_cert, server_key) = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth);
-    let (client_cert, client_key) = leaf("gateway", ExtendedKeyUsagePurpose::ClientAuth);
+    let (server_cert, server_key, _) = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key, client_der) =
+        leaf("gateway", ExtendedKeyUsagePurpose::ClientAuth);
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in [
         ("s.crt", &server_cert),
@@ -714,6 +843,13 @@ async fn upstream_mtls_with_a_private_ca() {
     let (status, _, body) = get(gw.addr(), "/x").await;
     assert_eq!(status, StatusCode::OK, "{body:?}");
     assert_eq!(secure.count(), 1);
+    // The upstream saw the configured certificate, `CN=gateway` from the private CA.
+    let seen = secure.last().unwrap().client_certificate;
+    assert_eq!(
+        seen.as_deref(),
+        Some(&client_der[..]),
+        "the configured client certificate"
+    );
 
     // The client certificate files change (here to one the upstream does not trust): a
     // reload rebuilds the connections with them, the pooled one is not kept.
