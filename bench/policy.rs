@@ -31,6 +31,7 @@ use serde_json::json;
 
 fn rule(i: usize) -> Rule {
     Rule {
+        context: Box::default(),
         id: RuleId(format!("r{i}").into()),
         file: "bench.yaml".into(),
         hosts: Vec::new(),

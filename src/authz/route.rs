@@ -29,6 +29,8 @@ pub struct Rule {
     pub paths: Vec<PathPattern>,
     /// Methods it applies to.
     pub methods: MethodSet,
+    /// Envoy `context_extensions` a Check must carry, with these values; empty = none asked.
+    pub context: Box<[(Box<str>, Box<str>)]>,
     /// Allow or deny.
     pub effect: Effect,
     /// Index into the snapshot's upstreams.
@@ -251,6 +253,15 @@ impl Rule {
     /// Whether every criterion of the rule holds for the request.
     pub fn matches(&self, facts: &RequestFacts<'_>) -> bool {
         self.methods.contains(facts.method)
+            && (self.context.is_empty() || {
+                // Only the gRPC door's Checks carry them; a rule asking for one never matches
+                // a request without. Regression: tests::context_extensions_narrow_a_rule
+                facts.context.is_some_and(|c| {
+                    self.context
+                        .iter()
+                        .all(|(k, v)| c.get(&**k).is_some_and(|got| **got == **v))
+                })
+            })
             && (self.hosts.is_empty()
                 || self
                     .hosts
@@ -293,7 +304,12 @@ impl Rule {
                     .paths
                     .iter()
                     .all(|b| earlier.paths.iter().any(|a| a.covers(b, fold))));
-        hosts && methods && paths
+        // Every context value `earlier` asks for, this rule asks for too.
+        let context = earlier
+            .context
+            .iter()
+            .all(|pair| self.context.contains(pair));
+        hosts && methods && paths && context
     }
 
     /// Whether some request could match both this rule and `other` (lint: an earlier allow
@@ -316,7 +332,12 @@ impl Rule {
                 .paths
                 .iter()
                 .any(|a| other.paths.iter().any(|b| a.intersects(b, fold)));
-        hosts && methods && paths
+        // No name asked with two different values.
+        let context = self
+            .context
+            .iter()
+            .all(|(k, v)| other.context.iter().all(|(ok, ov)| ok != k || ov == v));
+        hosts && methods && paths && context
     }
 
     /// Named parameters of the first path pattern matching `path` (empty without patterns).
@@ -634,6 +655,7 @@ mod tests {
     #[test]
     fn case_insensitive_allow_rules() {
         let admin = |ci: bool| Rule {
+            context: Box::default(),
             case_insensitive: ci,
             timeouts: None,
             ..rule("admin", &["/admin/{id}/**"], Effect::Allow, &[])
@@ -719,6 +741,46 @@ mod tests {
     }
 
     #[test]
+    fn context_extensions_narrow_a_rule() {
+        use std::collections::HashMap;
+        let mut narrow = rule("narrow", &["/**"], Effect::Deny, &[]);
+        narrow.context = Box::new([("svc".into(), "billing".into())]);
+        let wide = rule("wide", &["/**"], Effect::Allow, &[]);
+        let conn =
+            crate::request::facts::ConnInfo::new("192.0.2.1:1".parse().unwrap(), "l".into(), None);
+        let parts = http::Request::get("/x")
+            .header("host", "h")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+        assert!(!narrow.matches(&facts), "no extensions: no match");
+        let billing: HashMap<String, String> = [("svc".into(), "billing".into())].into();
+        let other: HashMap<String, String> = [("svc".into(), "shop".into())].into();
+        for (context, expected) in [(&billing, true), (&other, false)] {
+            let with = RequestFacts {
+                context: Some(context),
+                ..RequestFacts::from_parts(&parts, &conn, &[]).unwrap()
+            };
+            assert_eq!(narrow.matches(&with), expected, "{context:?}");
+        }
+        // A rule asking for more is shadowed by one asking for less, not the other way.
+        let mut narrower = rule("narrower", &["/**"], Effect::Deny, &[]);
+        narrower.context = Box::new([
+            ("svc".into(), "billing".into()),
+            ("stage".into(), "prod".into()),
+        ]);
+        assert!(narrower.shadowed_by(&narrow));
+        assert!(!narrow.shadowed_by(&narrower));
+        assert!(narrow.shadowed_by(&wide));
+        let mut shop = rule("shop", &["/**"], Effect::Allow, &[]);
+        shop.context = Box::new([("svc".into(), "shop".into())]);
+        assert!(!shop.overlaps(&narrow), "one name, two values");
+        assert!(narrower.overlaps(&narrow));
+    }
+
+    #[test]
     fn methods() {
         let m = MethodSet::parse(&["GET".into(), "PURGE".into()]).unwrap();
         assert!(m.contains(&Method::GET));
@@ -737,6 +799,7 @@ mod tests {
 
     fn rule(name: &str, paths: &[&str], effect: Effect, methods: &[&str]) -> Rule {
         Rule {
+            context: Box::default(),
             id: RuleId(name.into()),
             file: "f".into(),
             hosts: Vec::new(),

@@ -12,8 +12,10 @@
 //! | client | `source.address` (Envoy's downstream peer), believed because only the door's `peers` are served |
 //! | client certificate | `source.certificate` (URL-encoded PEM; `include_peer_certificate: true`), only with the door's `client_certificates: true`; `tls_session.sni` |
 //!
-//! `context_extensions` are not read: every request is decided by the one rule set, as at
-//! every other door.
+//! `context_extensions` (Envoy's per-route `check_settings`) narrow rules: a rule with
+//! `match.context_extensions` matches only Checks carrying each of those names with that
+//! value. No other door has them, so such a rule decides nothing elsewhere, and a request
+//! matched by no such rule is decided by the same rules as at every other door.
 //!
 //! Answers: allow is `OK` with an `OkHttpResponse` (identity headers set, overwriting;
 //! `headers_to_remove` for every spoofed header and a stripped credential; response headers
@@ -350,7 +352,16 @@ impl CheckService {
         };
         let facts = match RequestFacts::new(head, &described.conn, &snapshot.server.trusted_proxies)
         {
-            Ok(f) => f,
+            // Why: Envoy's per-route `context_extensions` may narrow rules
+            // (`match.context_extensions`). Regression: tests (it) grpc::context_extensions_select_rules
+            Ok(f) => RequestFacts {
+                context: check
+                    .attributes
+                    .as_ref()
+                    .map(|a| &a.context_extensions)
+                    .filter(|c| !c.is_empty()),
+                ..f
+            },
             Err(e) => {
                 record.client_ip = described.conn.peer.ip();
                 record.failed(&self.shared, e.as_str());

@@ -240,6 +240,8 @@ pub struct RequestFacts<'a> {
     pub peer_trusted: bool,
     /// The connection it arrived on.
     pub conn: &'a ConnInfo,
+    /// Envoy's `context_extensions` of a Check at the gRPC door; `None` at every other door.
+    pub context: Option<&'a std::collections::HashMap<String, String>>,
 }
 
 /// Why a request cannot be turned into facts; each is a 400.
@@ -331,6 +333,7 @@ impl<'a> RequestFacts<'a> {
             client_ip: client_ip(conn.peer.ip(), head.headers, trusted_proxies),
             peer_trusted: trusted_proxies.iter().any(|n| n.contains(&conn.peer.ip())),
             conn,
+            context: None,
         })
     }
 

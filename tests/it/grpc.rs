@@ -412,6 +412,72 @@ async fn raw_header_map_is_read() {
     assert_eq!(denied(&resp).0, 401);
 }
 
+/// `match.context_extensions` narrows a rule to the Checks Envoy sends with those values (a
+/// route or virtual host's `check_settings`); other Checks, and other doors, go on to the
+/// next rule.
+#[tokio::test]
+async fn context_extensions_select_rules() {
+    let policy = "rules:
+  - name: billing-closed
+    match: {paths: [\"/**\"], context_extensions: {service: billing, stage: prod}}
+    effect: deny
+  - name: everything
+    match: {paths: [\"/**\"]}
+    effect: allow
+    anonymous: true
+";
+    let gw = Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n  - name: http\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n".into(),
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut c = client(&gw).await;
+    let with = |pairs: &[(&str, &str)]| {
+        let mut req = check("/invoices/1", "127.0.0.1", &[]);
+        if let Some(a) = req.attributes.as_mut() {
+            a.context_extensions = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+        }
+        req
+    };
+    let resp = c
+        .check(with(&[
+            ("service", "billing"),
+            ("stage", "prod"),
+            ("x", "y"),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&resp), 7, "PERMISSION_DENIED: {resp:?}");
+    let (status, _, body) = denied(&resp);
+    assert_eq!(status, 403);
+    assert!(body.contains("forbidden"), "{body}");
+    // A value that differs, a name missing, no extensions at all: the next rule.
+    for pairs in [
+        &[("service", "billing"), ("stage", "test")][..],
+        &[("service", "billing")][..],
+        &[][..],
+    ] {
+        let resp = c.check(with(pairs)).await.unwrap().into_inner();
+        assert_eq!(code(&resp), 0, "{pairs:?}: {resp:?}");
+    }
+    // Another door has no context extensions: the rule never matches there.
+    let req = http::Request::get("/auth")
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/invoices/1")
+        .header("x-forwarded-host", "app.test")
+        .header("x-forwarded-for", "127.0.0.1")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let (status, _, _) = crate::support::send(gw.addr_of("http"), req).await;
+    assert_eq!(status, http::StatusCode::OK);
+}
+
 #[tokio::test]
 async fn peer_not_allowed() {
     let gw = gateway("{envoy_grpc: {peers: [10.0.0.0/8]}}").await;

@@ -108,6 +108,7 @@ fn request() -> impl Strategy<Value = RawRequest> {
 fn compile(i: usize, raw: &RawRule) -> Rule {
     let methods: Vec<String> = raw.methods.iter().map(|m| (*m).to_owned()).collect();
     Rule {
+        context: Box::default(),
         id: RuleId(format!("r{i}").into()),
         file: "f".into(),
         hosts: raw

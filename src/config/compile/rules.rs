@@ -340,6 +340,12 @@ fn rule(
         }
     }
     Some(Rule {
+        context: r
+            .matches
+            .context_extensions
+            .iter()
+            .map(|(k, v)| (Box::from(k.as_str()), Box::from(v.as_str())))
+            .collect(),
         id: RuleId(r.name.as_str().into()),
         file: Arc::clone(file_name),
         hosts,

@@ -301,6 +301,12 @@ pub struct RawMatch {
     /// Methods, upper case.
     #[serde(default)]
     pub methods: Vec<String>,
+    /// Envoy's `context_extensions` (set per route or virtual host in Envoy's
+    /// `ExtAuthzPerRoute.check_settings`), each name with this exact value: the rule matches
+    /// only Checks at the `envoy_grpc` door that carry them all. No other door has them, so
+    /// such a rule never matches there.
+    #[serde(default)]
+    pub context_extensions: BTreeMap<String, String>,
 }
 
 /// What a matching rule does.
