@@ -1,9 +1,11 @@
 //! One decision through every door. One gateway serves the proxy, the gRPC ext_authz, the
 //! Envoy HTTP and the forward-auth doors on one snapshot; one corpus of requests (allowed;
-//! denied for each reason code; rate limited; every path trick the proxy refuses; spoofed
-//! identity headers in every spelling; missing, expired, wrong-audience and doubled
-//! credentials; API keys) is replayed through each, and every door must give the same
-//! status, reason code and identity headers.
+//! denied for each reason code, a delegate's and the outages that fail closed among them;
+//! rate limited; a login redirect; every path trick the proxy refuses; spoofed identity headers
+//! in every spelling; missing, expired, wrong-audience and doubled credentials; API keys) is
+//! replayed through each, and every door must give the same status, reason code, identity
+//! headers, `RateLimit-*` and `Location`. Client certificates are compared where a door can
+//! carry one (the proxy and the gRPC door).
 //!
 //! A door is added to `Door::ALL` and to [`ask`]'s `match`, which has no wildcard arm: a new
 //! door does not compile until this test asks it too.
@@ -70,6 +72,35 @@ const POLICY: &str = "rules:
     anonymous: true
     require: {networks: [10.0.0.0/8]}
     upstream: echo
+  - name: keys-unreachable
+    match: {paths: [\"/remote/**\"]}
+    effect: allow
+    authenticators: [remote]
+    upstream: echo
+  - name: judged
+    match: {paths: [\"/judged/**\"]}
+    effect: allow
+    anonymous: true
+    delegate: judge
+    upstream: echo
+  - name: judge-away
+    match: {paths: [\"/judge-away/**\"]}
+    effect: allow
+    anonymous: true
+    delegate: absent
+    upstream: echo
+  - name: shared-limit
+    match: {paths: [\"/shared/**\"]}
+    effect: allow
+    anonymous: true
+    rate_limit: shared
+    upstream: echo
+  - name: app
+    match: {paths: [\"/app/**\"]}
+    effect: allow
+    authenticators: [users]
+    denial: {login_url: \"https://login.example/start\"}
+    upstream: echo
   - name: public
     match: {paths: [\"/public/**\"]}
     effect: allow
@@ -80,18 +111,92 @@ const POLICY: &str = "rules:
 /// Identity headers the config sets; compared at every door.
 const IDENTITY: [&str; 4] = ["x-user-id", "x-user-roles", "x-api-key-id", "x-rule"];
 
+/// A delegate (an ext_authz gRPC service) that allows a request carrying `x-judge: yes` and
+/// denies every other one.
+#[derive(Clone, Default)]
+struct Judge;
+
+#[tonic::async_trait]
+impl envoy_types::ext_authz::v3::pb::Authorization for Judge {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<envoy_types::ext_authz::v3::pb::CheckResponse>, tonic::Status> {
+        use envoy_types::ext_authz::v3::pb::{
+            CheckResponse, DeniedHttpResponse, HttpStatus, OkHttpResponse,
+        };
+        use envoy_types::pb::google::rpc;
+        let yes = request
+            .into_inner()
+            .attributes
+            .and_then(|a| a.request)
+            .and_then(|r| r.http)
+            .is_some_and(|h| h.headers.get("x-judge").map(String::as_str) == Some("yes"));
+        let (code, http_response) = if yes {
+            (0, HttpResponse::OkResponse(OkHttpResponse::default()))
+        } else {
+            (
+                7,
+                HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus { code: 403 }),
+                    ..DeniedHttpResponse::default()
+                }),
+            )
+        };
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(rpc::Status {
+                code,
+                ..rpc::Status::default()
+            }),
+            http_response: Some(http_response),
+            ..CheckResponse::default()
+        }))
+    }
+}
+
+/// Serves the [`Judge`] on 127.0.0.1:0 until the test ends.
+async fn judge() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper_util::service::TowerToHyperService::new(
+                envoy_types::ext_authz::v3::pb::AuthorizationServer::new(Judge),
+            );
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
 async fn gateway() -> TestGateway {
+    let judge = judge().await;
     let extra = format!(
         "{}  partners:
     api_key:
       keys: [{{id: k-1, hash: \"{}\", owner: svc-1, kind: machine, scopes: [orders:read]}}]
+  remote:
+    jwt:
+      providers:
+        - issuer: https://iss.test
+          audiences: [api]
+          keys: [{{jwks_url: {{url: \"http://127.0.0.1:9/jwks.json\"}}}}]
+          fetch: {{timeout: 200ms, startup_timeout: 200ms}}
 identity_headers:
   x-user-id: \"{{principal.id}}\"
   x-user-roles: \"{{principal.roles}}\"
   x-api-key-id: \"{{apikey.id}}\"
   x-rule: \"{{rule.name}}\"
+delegates:
+  judge: {{grpc: \"http://{judge}\", timeout: 2s}}
+  absent: {{grpc: \"http://127.0.0.1:9\", timeout: 300ms, failure_mode: deny}}
+redis: {{url: \"redis://127.0.0.1:9\", timeout: 200ms}}
 rate_limits:
   one: {{key: header:x-bucket, requests: 1, per: 1h}}
+  shared: {{key: route, requests: 100, per: 1m, backend: redis, on_redis_failure: deny}}
 ",
         crate::support::hs256_users("{roles_claim: roles}"),
         hash_of(API_KEY),
@@ -148,6 +253,8 @@ struct Answer {
     identity: BTreeMap<String, String>,
     /// The `RateLimit-*` headers the client gets (allowed requests; a 429's are its own).
     limits: BTreeMap<String, String>,
+    /// Where a refusal sends the client (a login page).
+    location: Option<String>,
 }
 
 /// What an allowed request under a limit is told at every door.
@@ -163,6 +270,10 @@ fn now() -> u64 {
 fn token(claims: &Value) -> String {
     hs256_token(SECRET, claims)
 }
+
+/// An ES256 token for the `remote` authenticator, whose keys are never fetched (the
+/// signature is never checked).
+const REMOTE_TOKEN: &str = "eyJhbGciOiJFUzI1NiIsImtpZCI6InJlbW90ZSJ9.eyJpc3MiOiJodHRwczovL2lzcy50ZXN0IiwiYXVkIjoiYXBpIiwic3ViIjoiYm9iIn0.c2lnbmF0dXJl";
 
 fn corpus() -> Vec<Case> {
     let good = token(&json!({"scope": "orders:read", "roles": ["staff", "dev"]}));
@@ -324,6 +435,30 @@ fn corpus() -> Vec<Case> {
                 ("x-http-method-override", "DELETE"),
             ]),
         ),
+        // A delegate's answers, and the outages that fail closed.
+        (
+            "delegate allows",
+            "GET",
+            "/judged/x",
+            h(&[("x-judge", "yes")]),
+        ),
+        ("delegate denies", "GET", "/judged/x", vec![]),
+        ("delegate unavailable", "GET", "/judge-away/x", vec![]),
+        (
+            "keys never fetched",
+            "GET",
+            "/remote/x",
+            bearer(REMOTE_TOKEN),
+        ),
+        ("shared limit unavailable", "GET", "/shared/x", vec![]),
+        // A browser without a credential goes to the login page; an API client gets 401.
+        (
+            "login redirect",
+            "GET",
+            "/app/home?tab=2",
+            h(&[("accept", "text/html,*/*;q=0.8")]),
+        ),
+        ("login rule api client", "GET", "/app/home", vec![]),
     ];
     // Every path trick the proxy refuses.
     for (name, path) in [
@@ -362,12 +497,18 @@ async fn ask(gw: &TestGateway, door: Door, case: &Case) -> Answer {
         "x-bucket".into(),
         format!("{}-{}", door.as_str(), case.name),
     ));
-    match door {
+    let mut answer = match door {
         Door::Proxy => via_proxy(gw, case, &headers).await,
         Door::EnvoyGrpc => via_grpc(gw, case, &headers).await,
         Door::EnvoyHttp => via_http_door(gw, "envoy", case, &headers).await,
         Door::ForwardAuth => via_http_door(gw, "forward", case, &headers).await,
+    };
+    // A redirect at the proxy has no body to name its reason (the decision doors name it for
+    // their peer's log); its `Location` is compared instead.
+    if (300..400).contains(&answer.status) {
+        answer.reason = None;
     }
+    answer
 }
 
 /// A raw request (paths go out exactly as written) and its parsed answer.
@@ -438,6 +579,7 @@ async fn via_proxy(gw: &TestGateway, case: &Case, headers: &[(String, String)]) 
         },
         identity,
         limits: limits_of(&r.head, r.status),
+        location: header_of(&r.head, "location"),
     }
 }
 
@@ -481,8 +623,13 @@ async fn via_http_door(
             }
         }
     }
+    // A door that may not pass a status to its peer (a 5xx the gateway decided, at Envoy's
+    // HTTP door) names the real one.
+    let status = header_of(&r.head, "x-portcullis-status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(r.status);
     Answer {
-        status: r.status,
+        status,
         reason: if r.status == 200 {
             None
         } else {
@@ -490,6 +637,7 @@ async fn via_http_door(
         },
         identity,
         limits: limits_of(&r.head, r.status),
+        location: header_of(&r.head, "location"),
     }
 }
 
@@ -532,7 +680,20 @@ async fn via_grpc(gw: &TestGateway, case: &Case, headers: &[(String, String)]) -
     let mut client = AuthorizationClient::connect(format!("http://{}", gw.addr_of("grpc")))
         .await
         .unwrap();
-    let resp = client.check(request).await.unwrap().into_inner();
+    let resp = match client.check(request).await {
+        Ok(r) => r.into_inner(),
+        // What cannot be decided fails the call, for Envoy's failure mode: the proxy's 503.
+        Err(e) if e.code() == tonic::Code::Unavailable => {
+            return Answer {
+                status: 503,
+                reason: Some(e.message().to_owned()),
+                identity: BTreeMap::new(),
+                limits: BTreeMap::new(),
+                location: None,
+            };
+        }
+        Err(e) => panic!("{}: the call failed: {e}", case.name),
+    };
     match resp.http_response {
         Some(HttpResponse::OkResponse(ok)) => Answer {
             status: 200,
@@ -552,12 +713,19 @@ async fn via_grpc(gw: &TestGateway, case: &Case, headers: &[(String, String)]) -
                 .filter(|h| LIMIT_HEADERS.contains(&h.key.as_str()))
                 .map(|h| (h.key.clone(), h.value.clone()))
                 .collect(),
+            location: None,
         },
         Some(HttpResponse::DeniedResponse(d)) => Answer {
             status: d
                 .status
                 .and_then(|s| u16::try_from(s.code).ok())
                 .unwrap_or(403),
+            location: d
+                .headers
+                .iter()
+                .filter_map(|o| o.header.as_ref())
+                .find(|h| h.key == "location")
+                .map(|h| h.value.clone()),
             reason: resp.status.map(|s| s.message),
             identity: BTreeMap::new(),
             limits: BTreeMap::new(),
@@ -576,6 +744,19 @@ async fn every_door_gives_the_same_decision() {
     let pinned: HashMap<&str, (u16, Option<&str>)> = [
         ("public", (200, None)),
         ("limited first", (200, None)),
+        ("delegate allows", (200, None)),
+        ("delegate denies", (403, Some("delegate_denied"))),
+        ("delegate unavailable", (503, Some("delegate_unavailable"))),
+        (
+            "keys never fetched",
+            (503, Some("authentication_unavailable")),
+        ),
+        (
+            "shared limit unavailable",
+            (503, Some("rate_limit_unavailable")),
+        ),
+        ("login redirect", (302, None)),
+        ("login rule api client", (401, Some("missing_credential"))),
         ("public canonical", (200, None)),
         ("deny rule dots", (403, Some("forbidden"))),
         ("lowercase method", (400, Some("invalid_method"))),
@@ -617,6 +798,7 @@ async fn every_door_gives_the_same_decision() {
                     reason: Some("non_canonical_path".into()),
                     identity: BTreeMap::new(),
                     limits: BTreeMap::new(),
+                    location: None,
                 }
             } else {
                 reference.clone()
@@ -652,4 +834,161 @@ async fn every_door_gives_the_same_decision() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// mTLS where a door can carry a client certificate: the proxy (its own TLS listener asking
+/// for one) and the gRPC door (Envoy's `source.certificate`, believed with
+/// `client_certificates: true`). The HTTP doors cannot be told one. The same certificate (or
+/// none) gets the same status, reason code and principal at both.
+#[tokio::test]
+async fn client_certificates_decide_alike_where_a_door_carries_them() {
+    let pki = crate::credentials::pki();
+    let policy = "rules:
+  - name: billing-only
+    match: {paths: [\"/ledger/**\"]}
+    effect: allow
+    authenticators: [devices]
+    when: principal.id == 'spiffe://corp.test/shipping'
+    upstream: echo
+  - name: devices
+    match: {paths: [\"/devices/**\"]}
+    effect: allow
+    authenticators: [devices]
+    upstream: echo
+  - name: open
+    match: {paths: [\"/open/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+";
+    let gw = Setup {
+        listeners: "  - name: https
+    address: 127.0.0.1:0
+    tls:
+      certificates:
+        - {cert: server.crt, key: server.key}
+      client_auth: {ca_file: clients.pem}
+  - name: grpc
+    address: 127.0.0.1:0
+    door: {envoy_grpc: {client_certificates: true}}
+"
+        .into(),
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        files: vec![
+            ("server.crt".into(), pki.server_cert.clone().into_bytes()),
+            ("server.key".into(), pki.server_key.clone().into_bytes()),
+            ("clients.pem".into(), pki.ca.clone().into_bytes()),
+        ],
+        extra: "authenticators:\n  devices:\n    mtls: {}\nidentity_headers:\n  x-user-id: \"{principal.id}\"\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    // Envoy URL-encodes the PEM of the certificate it verified.
+    let encoded: String = pki
+        .client
+        .0
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (name, path, with_cert, expected) in [
+        ("certificate", "/devices/x", true, (200, None)),
+        (
+            "no certificate",
+            "/devices/x",
+            false,
+            (401, Some("missing_credential")),
+        ),
+        (
+            "certificate of another service",
+            "/ledger/x",
+            true,
+            (403, Some("condition_failed")),
+        ),
+        ("certificate on an open route", "/open/x", true, (200, None)),
+    ] {
+        let before = gw.echo.count();
+        let client = with_cert.then_some(&pki.client);
+        let (status, body) = crate::credentials::mtls_exchange(
+            gw.addr_of("https"),
+            &pki.ca,
+            client,
+            "localhost",
+            "app.test",
+            path,
+        )
+        .await
+        .expect("the handshake");
+        let user = (gw.echo.count() > before)
+            .then(|| crate::support::echoed_header(&gw.echo, "x-user-id"))
+            .flatten();
+        let proxy = Answer {
+            status: status.as_u16(),
+            reason: if status.is_success() {
+                None
+            } else {
+                reason_of_body(&String::from_utf8_lossy(&body))
+            },
+            identity: user.into_iter().map(|u| ("x-user-id".into(), u)).collect(),
+            limits: BTreeMap::new(),
+            location: None,
+        };
+        assert_eq!(
+            (proxy.status, proxy.reason.as_deref()),
+            expected,
+            "{name}: the proxy's answer"
+        );
+        if name == "certificate" {
+            assert_eq!(
+                proxy.identity.get("x-user-id").map(String::as_str),
+                Some("spiffe://corp.test/billing"),
+                "the certificate's principal"
+            );
+        }
+        let mut check = crate::grpc::check(path, "127.0.0.1", &[]);
+        if with_cert && let Some(source) = check.attributes.as_mut().and_then(|a| a.source.as_mut())
+        {
+            source.certificate.clone_from(&encoded);
+        }
+        let mut c = AuthorizationClient::connect(format!("http://{}", gw.addr_of("grpc")))
+            .await
+            .unwrap();
+        let resp = c.check(check).await.unwrap().into_inner();
+        let grpc = match resp.http_response {
+            Some(HttpResponse::OkResponse(ok)) => Answer {
+                status: 200,
+                reason: None,
+                identity: ok
+                    .headers
+                    .iter()
+                    .filter_map(|o| o.header.as_ref())
+                    .filter(|h| h.key == "x-user-id")
+                    .map(|h| (h.key.clone(), h.value.clone()))
+                    .collect(),
+                limits: BTreeMap::new(),
+                location: None,
+            },
+            Some(HttpResponse::DeniedResponse(d)) => Answer {
+                status: d
+                    .status
+                    .and_then(|s| u16::try_from(s.code).ok())
+                    .unwrap_or(403),
+                reason: resp.status.map(|s| s.message),
+                identity: BTreeMap::new(),
+                limits: BTreeMap::new(),
+                location: None,
+            },
+            other => panic!("{name}: no answer: {other:?}"),
+        };
+        if grpc != proxy {
+            failures.push(format!("{name}: proxy {proxy:?}, envoy-grpc {grpc:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

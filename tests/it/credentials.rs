@@ -779,16 +779,18 @@ async fn an_introspected_token_grants_only_routes_that_accept_its_authenticator(
 
 // === mTLS ===
 
-struct Pki {
-    ca: String,
-    server_cert: String,
-    server_key: String,
-    client: (String, String),
+pub(crate) struct Pki {
+    pub(crate) ca: String,
+    pub(crate) server_cert: String,
+    pub(crate) server_key: String,
+    /// `CN=billing`, `URI:spiffe://corp.test/billing`, from `ca`.
+    pub(crate) client: (String, String),
     rogue_ca: String,
     rogue_client: (String, String),
 }
 
-fn pki() -> Pki {
+/// A clients CA with a server and a client certificate, and a rogue CA with a client.
+pub(crate) fn pki() -> Pki {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
         IsCa, KeyPair, KeyUsagePurpose, SanType,
@@ -885,6 +887,20 @@ async fn mtls_request(
     host: &str,
     path: &str,
 ) -> Result<StatusCode, String> {
+    mtls_exchange(addr, trusted, client, sni, host, path)
+        .await
+        .map(|(status, _)| status)
+}
+
+/// [`mtls_request`], with the response body.
+pub(crate) async fn mtls_exchange(
+    addr: SocketAddr,
+    trusted: &str,
+    client: Option<&(String, String)>,
+    sni: &str,
+    host: &str,
+    path: &str,
+) -> Result<(StatusCode, Bytes), String> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
@@ -928,7 +944,12 @@ async fn mtls_request(
             )
             .await
             .map_err(|e| e.to_string())?;
-        Ok(resp.status())
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
