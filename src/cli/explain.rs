@@ -344,21 +344,68 @@ async fn run_door(
             (d.map_err(|u| u.0), Renderer::EnvoyHttp)
         }
         Door::EnvoyGrpc => {
-            let method = http::Method::from_bytes(args.method.as_bytes())
-                .map_err(|_| "invalid method".to_owned())?;
-            let scheme = if proto == "https" {
-                Scheme::Https
-            } else {
-                Scheme::Http
+            // The Check Envoy would send, read by the door's own code (header limits, the
+            // path, the host, the source address).
+            use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+            use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+            use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+                HttpRequest, Peer, Request as AttrRequest,
             };
-            let described = crate::door::Described {
-                method,
-                scheme,
-                authority: Some(authority.clone()),
-                target: target.clone(),
-                headers: headers.clone(),
+            let mut sent: std::collections::HashMap<String, String> =
+                std::collections::HashMap::new();
+            for (k, v) in &headers {
+                // Envoy lower-cases names and joins repeated headers with a comma.
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                sent.entry(k.as_str().to_owned())
+                    .and_modify(|e| {
+                        e.push(',');
+                        e.push_str(&v);
+                    })
+                    .or_insert(v);
+            }
+            sent.insert(":authority".into(), authority.clone());
+            sent.insert(":path".into(), target.clone());
+            sent.insert(":method".into(), args.method.to_owned());
+            let check = envoy_types::ext_authz::v3::pb::CheckRequest {
+                attributes: Some(AttributeContext {
+                    source: Some(Peer {
+                        address: Some(Address {
+                            address: Some(address::Address::SocketAddress(SocketAddress {
+                                address: client_ip.to_string(),
+                                ..SocketAddress::default()
+                            })),
+                        }),
+                        ..Peer::default()
+                    }),
+                    request: Some(AttrRequest {
+                        http: Some(HttpRequest {
+                            method: args.method.to_owned(),
+                            host: authority.clone(),
+                            path: target.clone(),
+                            scheme: proto.clone(),
+                            headers: sent,
+                            ..HttpRequest::default()
+                        }),
+                        ..AttrRequest::default()
+                    }),
+                    ..AttributeContext::default()
+                }),
             };
-            (Ok(described), Renderer::EnvoyGrpc)
+            let client_certificates = matches!(&settings, crate::snapshot::DoorSettings::EnvoyGrpc(c) if c.client_certificates);
+            let d = crate::extauthz::grpc::describe(
+                &check,
+                snapshot,
+                &listener_name,
+                client_certificates,
+            )
+            .map(|d| crate::door::Described {
+                method: d.method,
+                scheme: d.scheme,
+                authority: Some(d.authority.to_owned()),
+                target: d.target.to_owned(),
+                headers: d.headers,
+            });
+            (d, Renderer::EnvoyGrpc)
         }
         Door::Proxy => return run(snapshot, args).await,
     };

@@ -334,7 +334,12 @@ impl CheckService {
             record.failed(&self.shared, "peer_not_allowed");
             return Err(tonic::Status::permission_denied("peer_not_allowed"));
         }
-        let described = match describe(check, snapshot, conn, common.client_certificates) {
+        let described = match describe(
+            check,
+            snapshot,
+            &conn.info.listener,
+            common.client_certificates,
+        ) {
             Ok(d) => d,
             Err(reason) => {
                 record.failed(&self.shared, reason);
@@ -401,20 +406,21 @@ impl CheckService {
 }
 
 /// The original request, from a `CheckRequest` (whose text it borrows).
-struct Described<'a> {
-    method: Method,
-    scheme: Scheme,
-    authority: &'a str,
-    target: &'a str,
-    headers: HeaderMap,
-    conn: ConnInfo,
+pub(crate) struct Described<'a> {
+    pub(crate) method: Method,
+    pub(crate) scheme: Scheme,
+    pub(crate) authority: &'a str,
+    pub(crate) target: &'a str,
+    pub(crate) headers: HeaderMap,
+    pub(crate) conn: ConnInfo,
 }
 
-/// Reads the attributes; each refusal names its reason code (400 for the client).
-fn describe<'a>(
+/// Reads the attributes of a Check arriving on `listener`; each refusal names its reason code
+/// (400 for the client). `explain --door envoy-grpc` runs it too.
+pub(crate) fn describe<'a>(
     check: &'a CheckRequest,
     snapshot: &Snapshot,
-    conn: &Conn,
+    listener: &Arc<str>,
     client_certificates: bool,
 ) -> Result<Described<'a>, &'static str> {
     let attributes = check.attributes.as_ref().ok_or("missing_attributes")?;
@@ -497,7 +503,7 @@ fn describe<'a>(
         conn: ConnInfo::for_door(
             Door::EnvoyGrpc,
             SocketAddr::new(client, 0),
-            Arc::clone(&conn.info.listener),
+            Arc::clone(listener),
             tls,
         ),
     })

@@ -543,4 +543,25 @@ fn explain_runs_each_doors_code() {
             assert_eq!(v["answer"]["grpc_code"], 16);
         }
     }
+    // What only the gRPC door's reading of a Check refuses (a scheme Envoy never sends), as
+    // the door itself would.
+    let (code, text) = cfg.run(
+        "explain",
+        &[
+            "--door",
+            "envoy-grpc",
+            "--url",
+            "ftp://app.test/api/x",
+            "-H",
+            &token,
+            "--json",
+        ],
+    );
+    assert_eq!(code, Some(1), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (v["status"].as_u64(), v["reason"].as_str()),
+        (Some(400), Some("invalid_scheme")),
+        "{text}"
+    );
 }
