@@ -70,6 +70,7 @@ fn principal() -> Principal {
             .unwrap()
             .clone(),
         expires_at: None,
+        valid_until: None,
         derived: Default::default(),
     }
 }

@@ -36,6 +36,7 @@ pub(crate) fn principal(
         api_key_id: None,
         claims: serde_json::Map::new(),
         expires_at: None,
+        valid_until: None,
         derived: Default::default(),
     }
 }

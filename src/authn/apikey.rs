@@ -292,6 +292,7 @@ fn compile_key(
         api_key_id: Some(k.id.as_str().into()),
         claims,
         expires_at,
+        valid_until: expires_at,
         derived: Default::default(),
     };
     Ok(Key {

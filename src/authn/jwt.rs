@@ -181,7 +181,7 @@ impl JwtAuthenticator {
             .await?;
         let exp = verify::check_claims(&parsed.claims, &provider.rules, now).map_err(bad)?;
         let valid_until = exp.map(|exp| exp.saturating_add(provider.rules.leeway));
-        let principal = provider
+        let mut principal = provider
             .mapping
             .principal(
                 parsed.claims,
@@ -190,6 +190,7 @@ impl JwtAuthenticator {
                 exp,
             )
             .map_err(|_| bad(TokenError::NoPrincipal))?;
+        principal.valid_until = valid_until;
         Ok(Verified {
             principal,
             valid_until,

@@ -93,6 +93,7 @@ impl Mtls {
             api_key_id: None,
             claims,
             expires_at: Some(cert.not_after),
+            valid_until: Some(cert.not_after),
             derived: Default::default(),
         })
     }

@@ -39,6 +39,9 @@ pub struct Principal {
     pub claims: Map<String, Value>,
     /// Unix time after which the credential is no longer valid, if it expires.
     pub expires_at: Option<u64>,
+    /// Unix second from which the gateway refuses the credential: `expires_at` plus the
+    /// verifier's leeway (a JWT), else `expires_at`.
+    pub valid_until: Option<u64>,
     /// Views of this principal computed on first use and kept for as long as it is cached.
     pub derived: Derived,
 }
@@ -297,8 +300,26 @@ impl Mapping {
             api_key_id: None,
             claims,
             expires_at,
+            valid_until: expires_at,
             derived: Default::default(),
         })
+    }
+}
+
+impl Principal {
+    /// When what its request opened (a long response, a tunnel, an identity assertion) ends
+    /// with the credential, seen at `now`: `exp`, or, for a credential accepted within its
+    /// verifier's leeway (already past `exp`), the end of that leeway, when a new request
+    /// with it would be refused.
+    // Why: a tunnel or stream opened with a token inside its leeway was closed the moment it
+    // opened (or, for a plain response, never cut), and its identity assertion was minted
+    // already expired. Regression: tests (it) edge::a_tunnel_opened_within_the_leeway_ends_with_it
+    pub fn ends_at(&self, now: u64) -> Option<u64> {
+        match self.expires_at {
+            Some(exp) if exp > now => Some(exp),
+            Some(exp) => Some(self.valid_until.unwrap_or(exp)),
+            None => None,
+        }
     }
 }
 

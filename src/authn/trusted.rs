@@ -189,6 +189,7 @@ impl TrustedHeaders {
                 api_key_id: None,
                 claims,
                 expires_at: None,
+                valid_until: None,
                 derived: Default::default(),
             })
         };

@@ -167,7 +167,7 @@ impl Assertion {
         // Never outliving the credential it vouches for. A capped expiry is part of the
         // cache key, so a reuse never carries another credential's later one.
         let capped = principal
-            .expires_at
+            .ends_at(now)
             .filter(|&e| e < now + self.ttl.as_secs());
         let exp = capped.unwrap_or(now + self.ttl.as_secs());
         claims.insert("iss".into(), self.issuer.clone());

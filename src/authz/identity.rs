@@ -495,6 +495,7 @@ mod tests {
                 .unwrap()
                 .clone(),
             expires_at: None,
+            valid_until: None,
             derived: Default::default(),
         }
     }

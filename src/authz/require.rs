@@ -274,6 +274,7 @@ mod tests {
             api_key_id: None,
             claims: claims.as_object().unwrap().clone(),
             expires_at: None,
+            valid_until: None,
             derived: Default::default(),
         }
     }

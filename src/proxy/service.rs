@@ -225,7 +225,7 @@ async fn forward(
             // Boxed: it lives across the exchange, and most requests have none to carry.
             Box::new((
                 every,
-                allow.principal.as_ref().and_then(|p| p.expires_at),
+                live_expiry(&allow, &snapshot.clock),
                 upgrade::Recheckable {
                     tunnel: false,
                     head: upgrade::head_copy(&parts),
@@ -235,15 +235,9 @@ async fn forward(
             ))
         });
     // A rule without re-checks: its long responses are still cut at the credential's
-    // expiry (`PooledBody::with_expiry`). A token accepted within its verifier's leeway
-    // (already past `exp`) is not cut at once: its answer is the one the leeway allowed.
-    // Regression: tests (it) jwt::expired_and_future_tokens_rejected
+    // expiry (`PooledBody::with_expiry`).
     let expires_at = match watch {
-        None => allow
-            .principal
-            .as_ref()
-            .and_then(|p| p.expires_at)
-            .filter(|&exp| exp > snapshot.clock.unix_secs()),
+        None => live_expiry(&allow, &snapshot.clock),
         Some(_) => None,
     };
     // What the decision adds to the client's response (a shadow-mode limit's header), as
@@ -296,6 +290,18 @@ struct Upgrading {
 
 /// An upgrade the rule relays: the upgrade request upstream, then the tunnel
 /// (`proxy::upgrade`, `proxy::tunnel`).
+/// When what the request is allowed to open (a long response, a tunnel) ends with its
+/// credential ([`crate::authn::principal::Principal::ends_at`]).
+pub(super) fn live_expiry(
+    allow: &crate::decision::Allow,
+    clock: &crate::clock::Clock,
+) -> Option<u64> {
+    allow
+        .principal
+        .as_ref()
+        .and_then(|p| p.ends_at(clock.unix_secs()))
+}
+
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site: the request's phases so far"
@@ -325,7 +331,7 @@ async fn tunnel(
     let bounds = upgrade::Bounds {
         idle: relayed.idle_timeout,
         lifetime: relayed.max_lifetime,
-        expires_at: allow.principal.as_ref().and_then(|p| p.expires_at),
+        expires_at: live_expiry(&allow, &ctx.snapshot.clock),
         recheck: edge
             .as_ref()
             .and_then(|e| e.reauthorize_every)

@@ -246,7 +246,7 @@ async fn recheck(r: &Recheckable) -> Verdict {
                 tracing::info!(rule = %a.rule.0, "Tunnel closed: the rule allowing it now relays no upgrade");
                 return Verdict::Close;
             }
-            Verdict::Keep(a.principal.as_ref().and_then(|p| p.expires_at))
+            Verdict::Keep(super::service::live_expiry(&a, &snapshot.clock))
         }
         Decision::Deny(d) => {
             use crate::decision::DenyKind;

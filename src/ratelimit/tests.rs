@@ -52,6 +52,7 @@ fn principal(claims: &serde_json::Value) -> Principal {
         api_key_id: None,
         claims: claims.as_object().unwrap().clone(),
         expires_at: None,
+        valid_until: None,
         derived: Default::default(),
     }
 }

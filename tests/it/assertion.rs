@@ -240,6 +240,27 @@ async fn assertion_verifies_against_the_published_jwks() {
         "exp {exp}, token's {}",
         now + 30
     );
+
+    // A token already past `exp`, accepted within the verifier's 30 s leeway: the assertion
+    // lives until the leeway ends, not minted already expired.
+    let late = crate::support::hs256_token(
+        SECRET,
+        &json!({"sub": "alice", "roles": ["admin", "ops"], "exp": now - 10}),
+    );
+    assert_eq!(
+        request(&gw, "/api/x", &format!("Authorization: Bearer {late}\r\n")).await,
+        200
+    );
+    let minted = echoed_header(&gw.echo, "x-portcullis-assertion").unwrap();
+    let claims = decode::<Value>(&minted, &DecodingKey::from_jwk(jwk).unwrap(), &v)
+        .unwrap()
+        .claims;
+    let exp = claims["exp"].as_u64().unwrap();
+    assert!(
+        (now + 19..=now + 21).contains(&exp),
+        "exp {exp}, the leeway's end {}",
+        now + 20
+    );
 }
 
 #[tokio::test]

@@ -388,6 +388,43 @@ async fn tunnel_is_closed_when_its_token_expires() {
     );
 }
 
+/// A token already past `exp` but within its verifier's leeway (30 s) opens the tunnel, which
+/// then lives until the leeway ends (when the same token would be refused), not a moment
+/// less and not for ever.
+#[tokio::test]
+async fn a_tunnel_opened_within_the_leeway_ends_with_it() {
+    let upstream = WsEcho::start().await;
+    let clock = portcullis::clock::Clock::manual_now();
+    let mut setup = ws_setup(&upstream, "");
+    setup.clock = clock.clone();
+    let gw = setup.start().await;
+    let auth = bearer(&hs256_token(
+        SECRET,
+        &json!({"exp": clock.unix_secs() - 10}),
+    ));
+    let mut ws = connect(&gw, "/ws/room", &[("authorization", &auth)])
+        .await
+        .expect("upgraded within the leeway");
+    echo_once(&mut ws, "opened").await;
+    clock.advance(Duration::from_secs(19));
+    echo_once(&mut ws, "a second before the leeway ends").await;
+    clock.advance(Duration::from_secs(1));
+    ends_within(&mut ws, Duration::from_secs(2))
+        .await
+        .expect("closed when the leeway ends");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("limit=\"tunnel_credential_expired\"} 1"),
+        "{metrics}"
+    );
+    // The same token is refused now.
+    assert!(
+        connect(&gw, "/ws/room", &[("authorization", &auth)])
+            .await
+            .is_err()
+    );
+}
+
 #[tokio::test]
 async fn tunnel_is_closed_at_its_max_lifetime_however_busy() {
     let upstream = WsEcho::start().await;
