@@ -6,23 +6,22 @@
 //! The optional public admin listener (`admin.public_address`) serves the read-only subset
 //! that other machines need, `GET`/`HEAD` `/healthz`, `/readyz` and the JWKS (other methods
 //! there: 405), and no other path (404): the upstreams that verify identity assertions can
-//! reach it without reaching `POST /reload`. Each admin listener serves at most
-//! 64 connections at once, each for at most a minute.
+//! reach it without reaching `POST /reload`. Each admin listener serves at most 64 connections
+//! and 64 requests at once, on the connection loop every door uses (its deadlines and limits).
+//! On shutdown the admin listeners go on answering (`/readyz` says not ready) until the doors
+//! have drained, then drain too.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::body::{self, ResponseBody};
 use crate::config::reload::{ReloadOutcome, Reloader, Trigger};
+use crate::server::Conn;
+use crate::server::listener::{Answering, Handler};
 use crate::telemetry::metrics::Metrics;
 
 /// State the admin endpoints read.
@@ -48,51 +47,26 @@ pub enum Scope {
     Public,
 }
 
-/// Connections one admin listener serves at once; more are closed on accept.
-const MAX_CONNECTIONS: usize = 64;
-/// How long an admin connection may live, whatever it does: health checks, scrapes and key
-/// fetches are short, and a client that pipelines requests without reading the answers (which
-/// no header timeout notices) lets go of its connection by then.
-const MAX_CONNECTION_LIFE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Connections one admin listener serves at once, and requests it answers at once.
+pub const MAX_CONNECTIONS: usize = 64;
 
-/// Serves an admin listener until shutdown.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AdminState>,
-    scope: Scope,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        // Why: the public listener faces other machines; however many connections they
-        // open, this one's (and the proxy's) file descriptors are not theirs to exhaust.
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            drop(stream);
-            continue;
-        };
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let _slot = slot;
-            let svc = service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&state, scope, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc);
-            let _ = tokio::time::timeout(MAX_CONNECTION_LIFE, conn).await;
-        });
+/// An admin listener's [`Handler`]: served by the connection loop every door uses
+/// ([`crate::server::listener::AcceptLoop`]: the server's header, idle and slow-reader
+/// deadlines, the drain), with connection and in-flight limits of its own, so that a flood
+/// on a door never keeps a health check or a scrape out.
+#[derive(Debug)]
+pub struct AdminHandler {
+    /// What the endpoints read.
+    pub state: Arc<AdminState>,
+    /// Which endpoints it serves.
+    pub scope: Scope,
+}
+
+impl Handler for AdminHandler {
+    fn call(&self, _conn: Arc<Conn>, req: Request<Incoming>) -> Answering {
+        let state = Arc::clone(&self.state);
+        let scope = self.scope;
+        Box::pin(async move { route(&state, scope, req).await })
     }
 }
 

@@ -16,7 +16,7 @@ use crate::config::{self, Diagnostic};
 use crate::door::DoorHandler;
 use crate::request::facts::Door;
 use crate::server::Shared;
-use crate::server::listener::{AcceptLoop, Handler, ProxyHandler};
+use crate::server::listener::{AcceptLoop, Handler, Place, ProxyHandler};
 use crate::telemetry::metrics::Metrics;
 
 /// A started gateway.
@@ -30,6 +30,10 @@ pub struct App {
     shutdown: watch::Sender<bool>,
     drain_tx: Option<mpsc::Sender<()>>,
     drain_rx: mpsc::Receiver<()>,
+    /// Stops the admin listeners, once the doors have drained.
+    admin_shutdown: watch::Sender<bool>,
+    /// Held by every admin connection (the sender, dropped at shutdown) and awaited.
+    admin_drain: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
 }
 
 /// Why the gateway could not start.
@@ -168,6 +172,21 @@ impl App {
             }
         }
 
+        // Why: the admin listeners outlive the doors' drain, so health checks and scrapes are
+        // answered (`/readyz`: not ready) while the doors finish their requests; they are
+        // drained after. Their requests count against limits of their own, never the doors'.
+        let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
+        let (admin_drain_tx, admin_drain_rx) = mpsc::channel(1);
+        let admin_loop = AdminLoop {
+            shared: Arc::new(Shared {
+                current: Arc::clone(reloader.current()),
+                metrics: Arc::clone(&metrics),
+                in_flight: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
+                shutdown: admin_shutdown_rx.clone(),
+            }),
+            shutdown: admin_shutdown_rx,
+            drain: admin_drain_tx,
+        };
         let admin = Arc::new(AdminState {
             reloader: Arc::clone(&reloader),
             metrics,
@@ -177,20 +196,17 @@ impl App {
         tracing::info!(addr = %admin_addr, "Admin listening");
         let public_addr = public_tcp.map(|(tcp, addr)| {
             tracing::info!(%addr, "Public admin listening (health and JWKS only)");
-            tokio::spawn(admin::serve(
+            admin_listener(
+                &admin_loop,
+                "admin public",
                 tcp,
-                Arc::clone(&admin),
+                &admin,
                 admin::Scope::Public,
-                shutdown_rx.clone(),
-            ));
+            );
             addr
         });
-        tokio::spawn(admin::serve(
-            admin_tcp,
-            Arc::clone(&admin),
-            admin::Scope::Full,
-            shutdown_rx,
-        ));
+        admin_listener(&admin_loop, "admin", admin_tcp, &admin, admin::Scope::Full);
+        drop(shutdown_rx);
 
         if options.watch
             && let Err(e) =
@@ -208,6 +224,8 @@ impl App {
             shutdown,
             drain_tx: Some(drain_tx),
             drain_rx,
+            admin_shutdown,
+            admin_drain: Some((admin_loop.drain, admin_drain_rx)),
         })
     }
 
@@ -262,6 +280,12 @@ impl App {
                 "Shutdown grace period over; closing remaining connections"
             );
         }
+        // Then the admin listeners: a request being answered (a reload, a scrape) finishes.
+        let _ = self.admin_shutdown.send(true);
+        if let Some((tx, mut rx)) = self.admin_drain.take() {
+            drop(tx);
+            let _ = tokio::time::timeout(ADMIN_DRAIN, rx.recv()).await;
+        }
         // The spans of the last requests, sent while the runtime still runs.
         let otlp = self.reloader.current().load().otlp.clone();
         if let Some(otlp) = otlp {
@@ -296,6 +320,43 @@ impl App {
     }
 }
 
+/// Longest wait for the admin listeners' last requests once the doors have drained.
+const ADMIN_DRAIN: Duration = Duration::from_secs(5);
+
+/// What every admin listener's accept loop shares.
+struct AdminLoop {
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    drain: mpsc::Sender<()>,
+}
+
+/// Serves an admin listener on the connection loop every door uses, with its own limit of
+/// connections.
+fn admin_listener(
+    admin_loop: &AdminLoop,
+    name: &str,
+    listener: TcpListener,
+    state: &Arc<AdminState>,
+    scope: admin::Scope,
+) {
+    tokio::spawn(
+        AcceptLoop {
+            handler: Arc::new(admin::AdminHandler {
+                state: Arc::clone(state),
+                scope,
+            }),
+            place: Place::Admin,
+            name: name.into(),
+            listener,
+            shared: Arc::clone(&admin_loop.shared),
+            connections: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
+            shutdown: admin_loop.shutdown.clone(),
+            drain: admin_loop.drain.clone(),
+        }
+        .run(),
+    );
+}
+
 /// What an accept loop needs besides its door's handler.
 struct Spawn {
     index: usize,
@@ -313,8 +374,10 @@ impl Spawn {
         tokio::spawn(
             AcceptLoop {
                 handler: Arc::new(handler),
-                door,
-                index: self.index,
+                place: Place::Door {
+                    door,
+                    index: self.index,
+                },
                 name: self.name,
                 listener: self.listener,
                 shared: self.shared,

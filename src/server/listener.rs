@@ -49,14 +49,29 @@ impl Handler for ProxyHandler {
     }
 }
 
+/// What a listener is, for its loop: where its settings come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A door's listener: the door (what its connections' [`ConnInfo`] say) and the
+    /// listener's position in the config (and the snapshot, which holds its TLS and HTTP/2
+    /// settings).
+    Door {
+        /// The door it serves.
+        door: crate::request::facts::Door,
+        /// Its position.
+        index: usize,
+    },
+    /// An admin listener: plain HTTP/1.1 with the server's deadlines, its connections left
+    /// out of the doors' connection metrics. Its requests read no facts of the connection.
+    Admin,
+}
+
 /// Everything an accept loop needs.
 pub struct AcceptLoop<H> {
-    /// The door's handler.
+    /// The listener's handler.
     pub handler: Arc<H>,
-    /// The door this listener serves (what its connections' [`ConnInfo`] say).
-    pub door: crate::request::facts::Door,
-    /// Position of the listener in the config (and the snapshot).
-    pub index: usize,
+    /// What the listener is.
+    pub place: Place,
     /// Its name.
     pub name: Arc<str>,
     /// The bound socket.
@@ -103,11 +118,17 @@ impl<H: Handler> AcceptLoop<H> {
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
             let _ = stream.set_nodelay(true);
             let snapshot = self.shared.current.load();
-            let Some(settings) = snapshot.listener(self.index) else {
-                continue;
+            let (door, tls, http2) = match self.place {
+                Place::Door { door, index } => {
+                    let Some(settings) = snapshot.listener(index) else {
+                        continue;
+                    };
+                    (door, settings.tls.clone(), settings.http2)
+                }
+                // Its requests read nothing of the connection but the request itself.
+                Place::Admin => (crate::request::facts::Door::Proxy, None, false),
             };
-            let tls = settings.tls.clone();
-            let http2 = settings.http2;
+            let counted = self.place != Place::Admin;
             let server = snapshot.server.clone();
             drop(snapshot);
             let shared = Arc::clone(&self.shared);
@@ -115,10 +136,11 @@ impl<H: Handler> AcceptLoop<H> {
             let shutdown = self.shutdown.clone();
             let drain = self.drain.clone();
             let handler = Arc::clone(&self.handler);
-            let door = self.door;
             tokio::spawn(async move {
-                shared.metrics.connections_total.inc();
-                shared.metrics.connections_open.inc();
+                if counted {
+                    shared.metrics.connections_total.inc();
+                    shared.metrics.connections_open.inc();
+                }
                 let endpoint = Endpoint {
                     door,
                     listener: name,
@@ -128,7 +150,9 @@ impl<H: Handler> AcceptLoop<H> {
                     stream, peer, endpoint, tls, &server, &shared, handler, shutdown,
                 )
                 .await;
-                shared.metrics.connections_open.dec();
+                if counted {
+                    shared.metrics.connections_open.dec();
+                }
                 drop(permit);
                 drop(drain);
             });

@@ -36,6 +36,48 @@ async fn graceful_shutdown_drains_in_flight_request() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// While the doors drain, the admin listener still answers, on new connections too: alive,
+/// not ready. Once the doors are drained it stops and drains as well.
+#[tokio::test]
+async fn admin_answers_while_the_doors_drain_then_stops() {
+    let mut gw = Setup::default()
+        .server("  shutdown_grace: 5s\n")
+        .start()
+        .await;
+    let addr = gw.addr();
+    let admin = gw.app().admin_addr();
+    let in_flight = tokio::spawn(async move { get(addr, "/__echo/delay/1500").await });
+    let echo = gw.echo.clone();
+    assert!(
+        crate::support::eventually(Duration::from_secs(3), || {
+            let echo = echo.clone();
+            async move { echo.count() == 1 }
+        })
+        .await
+    );
+    let app = gw.app.take().unwrap();
+    let shutdown = tokio::spawn(app.shutdown());
+    // The doors no longer accept; the admin does, and says so.
+    assert!(
+        crate::support::eventually(Duration::from_secs(2), || async move {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await
+    );
+    assert_eq!(
+        get(admin, "/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(get(admin, "/healthz").await.0, StatusCode::OK);
+    assert!(
+        !shutdown.is_finished(),
+        "the slow request still holds the drain"
+    );
+    assert!(shutdown.await.unwrap(), "drained within the grace period");
+    assert_eq!(in_flight.await.unwrap().0, StatusCode::OK);
+    assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+}
+
 /// The binary's log lines, collected as they are written.
 type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
