@@ -694,6 +694,11 @@ async fn via_grpc(gw: &TestGateway, case: &Case, headers: &[(String, String)]) -
         }
         Err(e) => panic!("{}: the call failed: {e}", case.name),
     };
+    grpc_answer(resp, case.name)
+}
+
+/// A `CheckResponse` in door-neutral terms.
+fn grpc_answer(resp: envoy_types::ext_authz::v3::pb::CheckResponse, name: &str) -> Answer {
     match resp.http_response {
         Some(HttpResponse::OkResponse(ok)) => Answer {
             status: 200,
@@ -730,7 +735,7 @@ async fn via_grpc(gw: &TestGateway, case: &Case, headers: &[(String, String)]) -
             identity: BTreeMap::new(),
             limits: BTreeMap::new(),
         },
-        other => panic!("{}: no answer: {other:?}", case.name),
+        other => panic!("{name}: no answer: {other:?}"),
     }
 }
 
@@ -884,18 +889,7 @@ async fn client_certificates_decide_alike_where_a_door_carries_them() {
     }
     .start()
     .await;
-    // Envoy URL-encodes the PEM of the certificate it verified.
-    let encoded: String = pki
-        .client
-        .0
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let encoded = crate::grpc::envoy_pem(&pki.client.0);
     let mut failures = Vec::new();
     for (name, path, with_cert, expected) in [
         ("certificate", "/devices/x", true, (200, None)),
@@ -959,33 +953,7 @@ async fn client_certificates_decide_alike_where_a_door_carries_them() {
         let mut c = AuthorizationClient::connect(format!("http://{}", gw.addr_of("grpc")))
             .await
             .unwrap();
-        let resp = c.check(check).await.unwrap().into_inner();
-        let grpc = match resp.http_response {
-            Some(HttpResponse::OkResponse(ok)) => Answer {
-                status: 200,
-                reason: None,
-                identity: ok
-                    .headers
-                    .iter()
-                    .filter_map(|o| o.header.as_ref())
-                    .filter(|h| h.key == "x-user-id")
-                    .map(|h| (h.key.clone(), h.value.clone()))
-                    .collect(),
-                limits: BTreeMap::new(),
-                location: None,
-            },
-            Some(HttpResponse::DeniedResponse(d)) => Answer {
-                status: d
-                    .status
-                    .and_then(|s| u16::try_from(s.code).ok())
-                    .unwrap_or(403),
-                reason: resp.status.map(|s| s.message),
-                identity: BTreeMap::new(),
-                limits: BTreeMap::new(),
-                location: None,
-            },
-            other => panic!("{name}: no answer: {other:?}"),
-        };
+        let grpc = grpc_answer(c.check(check).await.unwrap().into_inner(), name);
         if grpc != proxy {
             failures.push(format!("{name}: proxy {proxy:?}, envoy-grpc {grpc:?}"));
         }

@@ -90,6 +90,18 @@ pub(crate) fn check(path: &str, source: &str, headers: &[(&str, &str)]) -> Check
     }
 }
 
+/// A certificate as Envoy puts it in `source.certificate`: its PEM, URL-encoded.
+pub(crate) fn envoy_pem(pem: &str) -> String {
+    pem.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn code(r: &CheckResponse) -> i32 {
     r.status.as_ref().map_or(0, |s| s.code)
 }
@@ -621,16 +633,7 @@ async fn source_certificate_only_when_configured() {
         .distinguished_name
         .push(rcgen::DnType::CommonName, "device-1");
     let pem = params.self_signed(&key).unwrap().pem();
-    // Envoy URL-encodes the PEM.
-    let encoded: String = pem
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let encoded = envoy_pem(&pem);
     for (door, want) in [
         ("{envoy_grpc: {}}", 16),
         ("{envoy_grpc: {client_certificates: true}}", 0),
