@@ -7,7 +7,8 @@
 //! that other machines need, `GET`/`HEAD` `/healthz`, `/readyz` and the JWKS (other methods
 //! there: 405), and no other path (404): the upstreams that verify identity assertions can
 //! reach it without reaching `POST /reload`. Each admin listener serves at most 64 connections
-//! and 64 requests at once, on the connection loop every door uses (its deadlines and limits).
+//! and 64 requests at once, each connection for at most a minute, on the connection loop every
+//! door uses (its deadlines and limits).
 //! On shutdown the admin listeners go on answering (`/readyz` says not ready) until the doors
 //! have drained, then drain too.
 
@@ -49,6 +50,10 @@ pub enum Scope {
 
 /// Connections one admin listener serves at once, and requests it answers at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// How long an admin connection may live, whatever it does: health checks, scrapes and key
+/// fetches are short, and a client holding connections open (each busy just often enough
+/// for the idle timeout never to pass) lets go of them by then.
+pub const MAX_CONNECTION_LIFE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An admin listener's [`Handler`]: served by the connection loop every door uses
 /// ([`crate::server::listener::AcceptLoop`]: the server's header, idle and slow-reader

@@ -178,12 +178,8 @@ impl App {
         let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
         let (admin_drain_tx, admin_drain_rx) = mpsc::channel(1);
         let admin_loop = AdminLoop {
-            shared: Arc::new(Shared {
-                current: Arc::clone(reloader.current()),
-                metrics: Arc::clone(&metrics),
-                in_flight: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
-                shutdown: admin_shutdown_rx.clone(),
-            }),
+            current: Arc::clone(reloader.current()),
+            metrics: Arc::clone(&metrics),
             shutdown: admin_shutdown_rx,
             drain: admin_drain_tx,
         };
@@ -325,13 +321,14 @@ const ADMIN_DRAIN: Duration = Duration::from_secs(5);
 
 /// What every admin listener's accept loop shares.
 struct AdminLoop {
-    shared: Arc<Shared>,
+    current: Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>,
+    metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     drain: mpsc::Sender<()>,
 }
 
-/// Serves an admin listener on the connection loop every door uses, with its own limit of
-/// connections.
+/// Serves an admin listener on the connection loop every door uses, with its own limits of
+/// connections and requests in flight.
 fn admin_listener(
     admin_loop: &AdminLoop,
     name: &str,
@@ -345,10 +342,18 @@ fn admin_listener(
                 state: Arc::clone(state),
                 scope,
             }),
-            place: Place::Admin,
+            place: Place::Admin {
+                max_life: admin::MAX_CONNECTION_LIFE,
+            },
             name: name.into(),
             listener,
-            shared: Arc::clone(&admin_loop.shared),
+            // Its own limit of requests in flight, as of connections.
+            shared: Arc::new(Shared {
+                current: Arc::clone(&admin_loop.current),
+                metrics: Arc::clone(&admin_loop.metrics),
+                in_flight: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
+                shutdown: admin_loop.shutdown.clone(),
+            }),
             connections: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
             shutdown: admin_loop.shutdown.clone(),
             drain: admin_loop.drain.clone(),

@@ -367,7 +367,7 @@ impl Authn {
             }
             let verified = match &token {
                 Some(t) => a.verify(t, now, fresh).await,
-                None => a.verify_request(facts),
+                None => a.verify_request(facts, now),
             };
             return match verified {
                 Ok(principal) => Outcome::Authenticated {
@@ -427,7 +427,11 @@ impl Authenticator {
 
     /// Verifies a credential that is part of the request itself (client certificate, trusted
     /// headers).
-    fn verify_request(&self, facts: &RequestFacts<'_>) -> Result<Arc<Principal>, Failure> {
+    fn verify_request(
+        &self,
+        facts: &RequestFacts<'_>,
+        now: u64,
+    ) -> Result<Arc<Principal>, Failure> {
         let principal = match &self.kind {
             Kind::TrustedHeaders(t) => {
                 match t.read(facts.headers, facts.conn.peer.ip(), &self.name) {
@@ -443,7 +447,10 @@ impl Authenticator {
                     .as_ref()
                     .and_then(|t| t.client_cert.as_ref())
                     .ok_or(Failure::Missing)?;
-                Arc::new(m.principal(cert, &self.name).map_err(Failure::Invalid)?)
+                Arc::new(
+                    m.principal(cert, &self.name, now)
+                        .map_err(Failure::Invalid)?,
+                )
             }
             _ => return Err(Failure::Missing),
         };

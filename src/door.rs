@@ -520,7 +520,7 @@ pub fn allow_response(allow: &Allow) -> Response<Full<Bytes>> {
         h.insert(name.clone(), value.clone());
     }
     for (name, value) in &allow.mutation.response {
-        h.append(name.clone(), value.clone());
+        h.insert(name.clone(), value.clone());
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp

@@ -93,6 +93,17 @@ impl DescriptionHeaders {
                     errors.push((part, format!("`{name}` already describes another part")));
                     None
                 }
+                // Why: `Host` is the subrequest's own (the door's host), and hop-by-hop
+                // headers never reach a door's description: either would describe every
+                // request alike, or none. Regression: tests (it)
+                // doors::forward_auth_headers_must_be_header_names_each_once
+                Ok(h) if h == http::header::HOST || crate::server::hop_by_hop::is_fixed(&h) => {
+                    errors.push((
+                        part,
+                        format!("`{name}` is not the peer's to describe the request with"),
+                    ));
+                    None
+                }
                 Ok(h) => {
                     seen.push(h.clone());
                     Some(h)
@@ -115,11 +126,38 @@ impl DescriptionHeaders {
         if let Some(h) = parse("proto", &raw.proto) {
             out.proto = h;
         }
+        // A configured name may not be another part's usual one (`host: X-Forwarded-Uri`).
+        let parts: [(&'static str, &[HeaderName]); 4] = [
+            ("method", &out.method),
+            ("uri", &out.uri),
+            ("host", &out.host),
+            ("proto", std::slice::from_ref(&out.proto)),
+        ];
+        for (i, (part, names)) in parts.iter().enumerate() {
+            for (other, theirs) in &parts[i + 1..] {
+                if let Some(n) = names.iter().find(|n| theirs.contains(n)) {
+                    errors.push((
+                        if raw_names(raw, part) { part } else { other },
+                        format!("`{n}` already describes the {other} or the {part}"),
+                    ));
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(out)
         } else {
             Err(errors)
         }
+    }
+}
+
+/// Whether the config names the header of `part` itself.
+fn raw_names(raw: &crate::config::raw::RawDescriptionHeaders, part: &str) -> bool {
+    match part {
+        "method" => raw.method.is_some(),
+        "uri" => raw.uri.is_some(),
+        "host" => raw.host.is_some(),
+        _ => raw.proto.is_some(),
     }
 }
 

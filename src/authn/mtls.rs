@@ -52,12 +52,20 @@ impl Mtls {
         self.listeners.is_empty() || self.listeners.iter().any(|l| **l == *listener)
     }
 
-    /// The principal a verified certificate speaks for.
+    /// The principal a verified certificate speaks for, at `now`.
     pub fn principal(
         &self,
         cert: &ClientCert,
         authenticator: &Arc<str>,
+        now: u64,
     ) -> Result<Principal, TokenError> {
+        // Why: the certificate was verified at the handshake; a connection kept open past its
+        // `notAfter` (or a Check carrying it) went on authenticating requests, and what they
+        // opened was cut only after the upstream had served them.
+        // Regression: tests::an_expired_certificate_is_refused
+        if now >= cert.not_after {
+            return Err(TokenError::Expired);
+        }
         let id = self
             .id
             .iter()
@@ -109,6 +117,7 @@ mod tests {
             subject: "CN=billing".into(),
             subject_cn: Some("billing".into()),
             san_uri: vec!["spiffe://corp/billing".into()].into(),
+            not_after: 100,
             ..ClientCert::default()
         };
         let name: Arc<str> = "m".into();
@@ -119,7 +128,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            &*m.principal(&cert, &name).unwrap().id,
+            &*m.principal(&cert, &name, 0).unwrap().id,
             "spiffe://corp/billing"
         );
         let m = Mtls::compile(&RawMtls {
@@ -128,7 +137,7 @@ mod tests {
             listeners: vec!["internal".into()],
         })
         .unwrap();
-        assert_eq!(&*m.principal(&cert, &name).unwrap().id, "billing");
+        assert_eq!(&*m.principal(&cert, &name, 0).unwrap().id, "billing");
         assert!(m.accepts_listener("internal"));
         assert!(!m.accepts_listener("partners"));
         let m = Mtls::compile(&RawMtls {
@@ -137,6 +146,25 @@ mod tests {
             listeners: vec![],
         })
         .unwrap();
-        assert_eq!(m.principal(&cert, &name), Err(TokenError::NoPrincipal));
+        assert_eq!(m.principal(&cert, &name, 0), Err(TokenError::NoPrincipal));
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused() {
+        let cert = ClientCert {
+            subject_cn: Some("billing".into()),
+            not_after: 100,
+            ..ClientCert::default()
+        };
+        let m = Mtls::compile(&RawMtls {
+            id: vec![RawCertName::SubjectCn],
+            kind: RawPrincipalKind::Machine,
+            listeners: vec![],
+        })
+        .unwrap();
+        let name: Arc<str> = "m".into();
+        let p = m.principal(&cert, &name, 99).unwrap();
+        assert_eq!((p.expires_at, p.valid_until), (Some(100), Some(100)));
+        assert_eq!(m.principal(&cert, &name, 100), Err(TokenError::Expired));
     }
 }

@@ -315,14 +315,27 @@ async fn run_door(
     };
     let (described, render): (Result<crate::door::Described, &'static str>, Renderer) = match door {
         Door::ForwardAuth => {
+            // In the headers the door reads (its `headers:`, else the usual ones).
+            let usual = crate::forward_auth::DescriptionHeaders::default();
+            let names = match &settings {
+                crate::snapshot::DoorSettings::ForwardAuth { headers, .. } => &**headers,
+                _ => &usual,
+            };
+            let first = |n: &[HeaderName]| n.first().map_or("", HeaderName::as_str).to_owned();
+            let (m, u, h, p) = (
+                first(&names.method),
+                first(&names.uri),
+                first(&names.host),
+                names.proto.as_str().to_owned(),
+            );
             let mut parts = peer_said(
                 "GET",
                 "/auth",
                 &[
-                    ("x-forwarded-method", args.method),
-                    ("x-forwarded-uri", &target),
-                    ("x-forwarded-host", &authority),
-                    ("x-forwarded-proto", &proto),
+                    (&m, args.method),
+                    (&u, &target),
+                    (&h, &authority),
+                    (&p, &proto),
                 ],
             )?;
             let d = crate::forward_auth::ForwardAuth.describe(&settings, &mut parts);

@@ -262,8 +262,10 @@ async fn forward(
     let resp = send(ctx, &upstream, req, opts, response_timeout, &client_fault).await?;
     let expiry = expires_at.map(|at| (at, snapshot.clock.clone(), Arc::clone(&ctx.shared.metrics)));
     let mut resp = respond(resp, route.idle.or(upstream.idle_timeout), expiry);
+    // Replacing the upstream's own: two `RateLimit-Remaining` would leave the client to
+    // guess which counts.
     for (name, value) in to_client {
-        resp.headers_mut().append(name, value);
+        resp.headers_mut().insert(name, value);
     }
     Ok(match watch {
         None => resp,

@@ -10,7 +10,7 @@ const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Always hop-by-hop, whether named in `Connection` or not (a `match` on the text compiles
 /// to a length switch and one compare).
-fn is_fixed(name: &HeaderName) -> bool {
+pub fn is_fixed(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"

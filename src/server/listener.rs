@@ -62,8 +62,12 @@ pub enum Place {
         index: usize,
     },
     /// An admin listener: plain HTTP/1.1 with the server's deadlines, its connections left
-    /// out of the doors' connection metrics. Its requests read no facts of the connection.
-    Admin,
+    /// out of the doors' connection metrics and each closed after `max_life` whatever it
+    /// does. Its requests read no facts of the connection.
+    Admin {
+        /// How long a connection may live.
+        max_life: Duration,
+    },
 }
 
 /// Everything an accept loop needs.
@@ -126,9 +130,12 @@ impl<H: Handler> AcceptLoop<H> {
                     (door, settings.tls.clone(), settings.http2)
                 }
                 // Its requests read nothing of the connection but the request itself.
-                Place::Admin => (crate::request::facts::Door::Proxy, None, false),
+                Place::Admin { .. } => (crate::request::facts::Door::Proxy, None, false),
             };
-            let counted = self.place != Place::Admin;
+            let (counted, max_life) = match self.place {
+                Place::Door { .. } => (true, None),
+                Place::Admin { max_life } => (false, Some(max_life)),
+            };
             let server = snapshot.server.clone();
             drop(snapshot);
             let shared = Arc::clone(&self.shared);
@@ -146,10 +153,18 @@ impl<H: Handler> AcceptLoop<H> {
                     listener: name,
                     http2,
                 };
-                serve_stream(
+                let served = serve_stream(
                     stream, peer, endpoint, tls, &server, &shared, handler, shutdown,
-                )
-                .await;
+                );
+                match max_life {
+                    None => served.await,
+                    // Why: the public admin listener faces other machines; a client keeping
+                    // its connections busy (a health check every few seconds on each) holds
+                    // them no longer than this. Regression: admin::MAX_CONNECTION_LIFE
+                    Some(life) => {
+                        let _ = tokio::time::timeout(life, served).await;
+                    }
+                }
                 if counted {
                     shared.metrics.connections_open.dec();
                 }

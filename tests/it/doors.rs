@@ -292,10 +292,43 @@ async fn forward_auth_reads_the_headers_it_is_configured_with() {
 }
 
 #[test]
+fn explain_describes_in_the_headers_the_door_reads() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write(
+        "portcullis.yaml",
+        "listeners:\n  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {headers: {method: X-Auth-Method, uri: X-Auth-Uri}}}\npolicies: {dir: policies}\n",
+    );
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: open, match: {paths: [\"/open/**\"]}, effect: allow, anonymous: true}\n",
+    );
+    let (code, text) = cfg.run(
+        "explain",
+        &[
+            "--door",
+            "forward-auth",
+            "--url",
+            "http://app.test/open/x",
+            "--json",
+        ],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (v["decision"].as_str(), v["status"].as_u64()),
+        (Some("allow"), Some(200)),
+        "{text}"
+    );
+}
+
+#[test]
 fn forward_auth_headers_must_be_header_names_each_once() {
     for (headers, bad) in [
         ("{uri: \"X Auth Uri\"}", Some("headers.uri")),
         ("{method: X-Auth, uri: x-auth}", Some("headers.uri")),
+        ("{host: X-Forwarded-Uri}", Some("headers.host")),
+        ("{uri: Host}", Some("headers.uri")),
+        ("{method: Connection}", Some("headers.method")),
         ("{host: X-Auth-Host}", None),
     ] {
         let cfg = crate::support::ConfigDir::new("");
