@@ -490,6 +490,23 @@ async fn context_extensions_select_rules() {
     assert_eq!(status, http::StatusCode::OK);
 }
 
+/// `check` warns about a deny rule narrowed by context extensions when another door serves
+/// requests it will never match there.
+#[test]
+fn check_warns_of_a_narrowed_deny_rule_beside_other_doors() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: closed, match: {paths: [\"/**\"], context_extensions: {svc: billing}}, effect: deny}\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "a warning, not an error: {text}");
+    assert!(
+        text.contains("never matches at `http`") && text.contains("match.context_extensions"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn peer_not_allowed() {
     let gw = gateway("{envoy_grpc: {peers: [10.0.0.0/8]}}").await;

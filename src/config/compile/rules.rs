@@ -144,6 +144,30 @@ fn rule(
                 .push(at.at(&format!("match.paths[{j}]"), format!("`{p}`: {e}"))),
         }
     }
+    // Why: only the gRPC door's Checks carry context extensions; at any other door a deny
+    // rule asking for them never matches and a later rule decides what it meant to refuse.
+    // Regression: tests (it) grpc::context_extensions_select_rules
+    if r.effect == Effect::Deny && !r.matches.context_extensions.is_empty() {
+        let elsewhere: Vec<String> = cfg
+            .listeners
+            .iter()
+            .filter(|l| !matches!(l.door, crate::config::raw::RawDoor::EnvoyGrpc(_)))
+            .map(|l| format!("`{}`", l.name))
+            .collect();
+        if !elsewhere.is_empty() {
+            cx.diags.push(
+                at.at(
+                    "match.context_extensions",
+                    format!(
+                        "deny rule `{}` never matches at {}: only the envoy_grpc door's Checks carry context extensions, so later rules decide those requests",
+                        r.name,
+                        elsewhere.join(", ")
+                    ),
+                )
+                .warning(),
+            );
+        }
+    }
     let methods = match MethodSet::parse(&r.matches.methods) {
         Ok(m) => m,
         Err((j, e)) => {
