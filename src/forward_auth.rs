@@ -79,7 +79,8 @@ impl Default for DescriptionHeaders {
 
 impl DescriptionHeaders {
     /// The usual names, each part replaced by the configured name where there is one;
-    /// `Err((part, message))` for a name that is not a header name or is given twice.
+    /// `Err((part, message))` for a name that is not a header name, is given twice, is
+    /// another part's usual one, or is `Host` or hop-by-hop.
     pub fn configured(
         raw: &crate::config::raw::RawDescriptionHeaders,
     ) -> Result<Self, Vec<(&'static str, String)>> {

@@ -663,17 +663,7 @@ mod tests {
         let table =
             |ci: bool| RouteTable::new(vec![admin(ci), rule("all", &["/**"], Effect::Allow, &[])]);
         let decided = |t: &RouteTable, path: &str| {
-            let conn = crate::request::facts::ConnInfo::new(
-                "192.0.2.1:1".parse().unwrap(),
-                "l".into(),
-                None,
-            );
-            let parts = http::Request::get(path)
-                .header("host", "h")
-                .body(())
-                .unwrap()
-                .into_parts()
-                .0;
+            let (parts, conn) = get(path);
             let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
             t.find(&facts).map(|r| r.id.0.to_string())
         };
@@ -740,20 +730,26 @@ mod tests {
         assert!(HostPattern::parse("a.com:99999").is_err());
     }
 
+    /// A GET of `path` for host `h`, and the connection it came on.
+    fn get(path: &str) -> (http::request::Parts, crate::request::facts::ConnInfo) {
+        let conn =
+            crate::request::facts::ConnInfo::new("192.0.2.1:1".parse().unwrap(), "l".into(), None);
+        let parts = http::Request::get(path)
+            .header("host", "h")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        (parts, conn)
+    }
+
     #[test]
     fn context_extensions_narrow_a_rule() {
         use std::collections::HashMap;
         let mut narrow = rule("narrow", &["/**"], Effect::Deny, &[]);
         narrow.context = Box::new([("svc".into(), "billing".into())]);
         let wide = rule("wide", &["/**"], Effect::Allow, &[]);
-        let conn =
-            crate::request::facts::ConnInfo::new("192.0.2.1:1".parse().unwrap(), "l".into(), None);
-        let parts = http::Request::get("/x")
-            .header("host", "h")
-            .body(())
-            .unwrap()
-            .into_parts()
-            .0;
+        let (parts, conn) = get("/x");
         let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
         assert!(!narrow.matches(&facts), "no extensions: no match");
         let billing: HashMap<String, String> = [("svc".into(), "billing".into())].into();
