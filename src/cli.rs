@@ -74,6 +74,10 @@ pub enum Command {
         /// Run the code of this door: how it reads the request and hands back the answer.
         #[arg(long, value_enum, default_value = "proxy")]
         door: DoorArg,
+        /// An Envoy `context_extensions` entry `name=value` of the Check (`--door
+        /// envoy-grpc` only); repeatable.
+        #[arg(long = "context", value_name = "NAME=VALUE")]
+        context: Vec<String>,
     },
     /// Run policy test files: requests and their expected decisions, statuses and headers.
     /// Exit 1 with a diff when one differs.
@@ -266,6 +270,7 @@ pub fn main(cli: Cli) -> ExitCode {
             client_ip,
             json,
             door,
+            context,
         } => explain::explain(&explain::ExplainArgs {
             config: &config,
             method: &method,
@@ -279,6 +284,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 DoorArg::EnvoyHttp => crate::request::facts::Door::EnvoyHttp,
                 DoorArg::ForwardAuth => crate::request::facts::Door::ForwardAuth,
             },
+            context: &context,
         }),
         Command::Demo { port, admin_port } => demo::demo(port, admin_port),
         Command::Keys {

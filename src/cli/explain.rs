@@ -2,6 +2,7 @@
 //! recording trace: the rule that matched, each step with its result, the decision and
 //! status, and the exact headers the upstream would receive (credentials redacted).
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -37,6 +38,8 @@ pub struct ExplainArgs<'a> {
     pub json: bool,
     /// Which door's code to run (the proxy by default).
     pub door: Door,
+    /// `name=value` context extensions of the Check (the Envoy gRPC door only).
+    pub context: &'a [String],
 }
 
 /// Runs `explain`; exit 0 when the request would be allowed, 1 when denied, 2 on bad input.
@@ -61,10 +64,22 @@ pub fn explain(args: &ExplainArgs<'_>) -> ExitCode {
         headers: args.headers,
         client_ip: args.client_ip,
     };
+    // Why: only Envoy's Check carries context extensions; given for another door they would
+    // be silently ignored, and the explanation would not be of the request meant.
+    if !args.context.is_empty() && args.door != Door::EnvoyGrpc {
+        return fail("--context is Envoy's context_extensions: only with --door envoy-grpc");
+    }
+    let mut context = HashMap::new();
+    for c in args.context {
+        let Some((name, value)) = c.split_once('=') else {
+            return fail(&format!("context `{c}` is not `name=value`"));
+        };
+        context.insert(name.to_owned(), value.to_owned());
+    }
     let evaluated = if args.door == Door::Proxy {
         rt.block_on(run(&snapshot, &request))
     } else {
-        rt.block_on(run_door(&snapshot, &request, args.door))
+        rt.block_on(run_door(&snapshot, &request, args.door, &context))
     };
     match evaluated {
         Ok((report, allowed)) => {
@@ -271,6 +286,7 @@ async fn run_door(
     snapshot: &Snapshot,
     args: &Request1<'_>,
     door: Door,
+    context: &HashMap<String, String>,
 ) -> Result<(Value, bool), String> {
     use crate::door::HttpDoor as _;
     let url: Uri = args
@@ -401,6 +417,7 @@ async fn run_door(
                         }),
                         ..AttrRequest::default()
                     }),
+                    context_extensions: context.clone(),
                     ..AttributeContext::default()
                 }),
             };
@@ -452,7 +469,13 @@ async fn run_door(
         headers: &described.headers,
     };
     let facts = match RequestFacts::new(head, &conn, &snapshot.server.trusted_proxies) {
-        Ok(f) => f,
+        Ok(mut f) => {
+            // As the gRPC door sets them (`extauthz::grpc`): its Checks always carry a map.
+            if door == Door::EnvoyGrpc {
+                f.context = Some(context);
+            }
+            f
+        }
         Err(e) => {
             report["decision"] = json!("deny");
             report["status"] = json!(e.status().as_u16());

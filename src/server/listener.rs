@@ -61,9 +61,9 @@ pub enum Place {
         /// Its position.
         index: usize,
     },
-    /// An admin listener: plain HTTP/1.1 with the server's deadlines, its connections left
-    /// out of the doors' connection metrics and each closed after `max_life` whatever it
-    /// does. Its requests read no facts of the connection.
+    /// An admin listener: plain HTTP/1.1 with the server's deadlines, each connection closed
+    /// after `max_life` whatever it does. Its requests read no facts of the connection; its
+    /// `Shared` counts its connections apart from the doors' metrics.
     Admin {
         /// How long a connection may live.
         max_life: Duration,
@@ -132,9 +132,9 @@ impl<H: Handler> AcceptLoop<H> {
                 // Its requests read nothing of the connection but the request itself.
                 Place::Admin { .. } => (crate::request::facts::Door::Proxy, None, false),
             };
-            let (counted, max_life) = match self.place {
-                Place::Door { .. } => (true, None),
-                Place::Admin { max_life } => (false, Some(max_life)),
+            let max_life = match self.place {
+                Place::Door { .. } => None,
+                Place::Admin { max_life } => Some(max_life),
             };
             let server = snapshot.server.clone();
             drop(snapshot);
@@ -144,10 +144,8 @@ impl<H: Handler> AcceptLoop<H> {
             let drain = self.drain.clone();
             let handler = Arc::clone(&self.handler);
             tokio::spawn(async move {
-                if counted {
-                    shared.metrics.connections_total.inc();
-                    shared.metrics.connections_open.inc();
-                }
+                shared.metrics.connections_total.inc();
+                shared.metrics.connections_open.inc();
                 let endpoint = Endpoint {
                     door,
                     listener: name,
@@ -165,9 +163,7 @@ impl<H: Handler> AcceptLoop<H> {
                         let _ = tokio::time::timeout(life, served).await;
                     }
                 }
-                if counted {
-                    shared.metrics.connections_open.dec();
-                }
+                shared.metrics.connections_open.dec();
                 drop(permit);
                 drop(drain);
             });

@@ -598,3 +598,53 @@ fn explain_runs_each_doors_code() {
         "{text}"
     );
 }
+
+/// `explain --door envoy-grpc --context name=value` sends the Check with those context
+/// extensions, so a rule narrowed by `match.context_extensions` is explained as Envoy's route
+/// would meet it; other doors carry none and refuse the flag.
+#[test]
+fn explain_passes_context_extensions_to_the_grpc_door() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: billing, match: {paths: [\"/**\"], context_extensions: {service: billing}}, effect: deny}\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["--url", "https://app.test/x", "--json"];
+        args.extend_from_slice(extra);
+        let (code, text) = cfg.run("explain", &args);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        (code, v["rule"]["name"].as_str().map(str::to_owned), text)
+    };
+    let grpc = ["--door", "envoy-grpc"];
+    let (code, rule, text) = explain(&[&grpc[..], &["--context", "service=billing"]].concat());
+    assert_eq!(
+        (code, rule.as_deref()),
+        (Some(1), Some("billing")),
+        "{text}"
+    );
+    let (code, rule, text) = explain(&[&grpc[..], &["--context", "service=orders"]].concat());
+    assert_eq!((code, rule.as_deref()), (Some(0), Some("all")), "{text}");
+    let (code, rule, text) = explain(&grpc);
+    assert_eq!((code, rule.as_deref()), (Some(0), Some("all")), "{text}");
+    // Given to a door that carries none, or not as `name=value`: bad input, said so.
+    let refused = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["explain", "-c"])
+            .arg(cfg.dir.path().join("portcullis.yaml"))
+            .args(["--url", "https://app.test/x"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, text) = refused(&["--context", "service=billing"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("only with --door envoy-grpc"), "{text}");
+    let (code, text) = refused(&["--door", "envoy-grpc", "--context", "service"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("`service` is not `name=value`"), "{text}");
+}

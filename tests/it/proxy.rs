@@ -717,3 +717,60 @@ async fn long_target_is_414_and_long_head_431_with_a_body() {
     let r = raw_get(gw.addr(), &format!("/{}", "a".repeat(8000))).await;
     assert_eq!(r.status, 200, "{}", r.head);
 }
+
+/// The connection metrics are the doors': idle keep-alive connections to the admin listener
+/// (a scraper's, a health checker's) are neither open nor parked client connections.
+#[tokio::test]
+async fn admin_connections_stay_out_of_the_doors_metrics() {
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let gw = Setup::default().start().await;
+    // Each client keeps its connection idle in its pool once its request is answered.
+    let keep_alive = |addr: std::net::SocketAddr, path: &'static str| async move {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let resp = client
+            .get(format!("http://{addr}{path}").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        resp.into_body().collect().await.unwrap();
+        client
+    };
+    let admin = gw.app().admin_addr();
+    let _admin_idle = [
+        keep_alive(admin, "/healthz").await,
+        keep_alive(admin, "/readyz").await,
+        keep_alive(admin, "/metrics").await,
+    ];
+    let _door_idle = keep_alive(gw.addr(), "/x").await;
+    let metric = |text: &str, name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    // The door's idle connection is parked; the admin's, idle as long, count nowhere.
+    let parked = crate::support::eventually(Duration::from_secs(5), || async {
+        let (_, text) = gw.admin_get("/metrics").await;
+        metric(&text, "portcullis_connections_parked") == Some(1.0)
+    })
+    .await;
+    assert!(parked, "the door's idle connection was never parked");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, text) = gw.admin_get("/metrics").await;
+    assert_eq!(
+        metric(&text, "portcullis_connections_parked"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "portcullis_connections_open"),
+        Some(1.0),
+        "{text}"
+    );
+}
