@@ -16,6 +16,9 @@ cd "$ROOT"
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 # NEW=<binary> measures that binary instead of building this tree's; EXTRA=<yaml> is appended
 # to this one's config (say `tracing: {propagate: false}`, to see what a feature costs).
+# BARE=<binary> also measures the hyper-bare proxy (`cargo build --profile perf --example
+# bare-proxy`, bench/bare_proxy.rs) under the same load: the floor of the HTTP stack, as
+# bench/run.sh's `hyper-bare` row, in instructions.
 if [[ -z ${NEW:-} ]]; then
     cargo build --profile perf --locked --bin portcullis >&2
     NEW=$ROOT/target/perf/portcullis
@@ -24,8 +27,8 @@ TMP=$(mktemp -d -t portcullis-instr.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
-read -r P_UP P_GW P_ADMIN < <(python3 -c 'import socket
-s=[socket.socket() for _ in range(3)]
+read -r P_UP P_GW P_ADMIN P_BARE < <(python3 -c 'import socket
+s=[socket.socket() for _ in range(4)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(*(x.getsockname()[1] for x in s))')
 # The upstream answers `ok` whatever it is sent (as bench/run.sh's nginx does), so a header
@@ -83,7 +86,27 @@ measure() { # $1 binary, $2 label, $3 config
     [[ -z ${KEEP:-} ]] || cp "$out.$pid.1" "$KEEP.$2"
     echo "$total"
 }
+# The same window of the same load, through the hyper-bare proxy.
+measure_bare() { # $1 binary
+    local out=$TMP/callgrind.bare
+    valgrind --tool=callgrind --callgrind-out-file="$out.%p" --dump-instr=no --collect-atstart=yes \
+        "$1" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP" >"$TMP/bare.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 300); do curl -fs -o /dev/null "http://127.0.0.1:$P_BARE/" && break; sleep 0.2; done
+    curl -fs -o /dev/null "http://127.0.0.1:$P_BARE/warm/[1-500]"
+    callgrind_control -z "$pid" >/dev/null
+    curl -fs -o /dev/null "http://127.0.0.1:$P_BARE/items/[1-$N]"
+    callgrind_control -d "$pid" >/dev/null
+    sleep 1
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    awk '/^summary:/ {print $2}' "$out.$pid.1"
+}
 B=$(measure "$BASE" base "$TMP/base.yaml")
 T=$(measure "$NEW" new "$TMP/portcullis.yaml")
 awk -v b="$B" -v t="$T" -v n="$N" 'BEGIN {
     printf "base: %.0f instructions/request\nthis: %.0f instructions/request\nratio this/base: %.4f\n", b / n, t / n, t / b }'
+if [[ -n ${BARE:-} ]]; then
+    H=$(measure_bare "$BARE")
+    awk -v h="$H" -v t="$T" -v n="$N" 'BEGIN {
+        printf "hyper-bare: %.0f instructions/request\nratio this/hyper-bare: %.4f\n", h / n, t / h }'
+fi
