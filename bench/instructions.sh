@@ -68,45 +68,35 @@ logging: {level: warn, access_log: false}
 YAML
 cp "$TMP/portcullis.yaml" "$TMP/base.yaml"
 printf '%s\n' "${EXTRA:-}" >>"$TMP/portcullis.yaml"
-measure() { # $1 binary, $2 label, $3 config
-    local out=$TMP/callgrind.$2
+# Under valgrind, the command after $1 (a label), once $2 (a URL) answers: the warm-up, then
+# N keep-alive GETs to port $3 counted. Prints the window's instructions.
+measure() { # $1 label, $2 ready URL, $3 port, then the command
+    local label=$1 ready=$2 port=$3 out=$TMP/callgrind.$1
+    shift 3
     valgrind --tool=callgrind --callgrind-out-file="$out.%p" --dump-instr=no --collect-atstart=yes \
-        "$1" run -c "$3" --no-watch >"$TMP/$2.log" 2>&1 &
+        "$@" >"$TMP/$label.log" 2>&1 &
     local pid=$!
-    for _ in $(seq 300); do curl -fs -o /dev/null "http://127.0.0.1:$P_ADMIN/readyz" && break; sleep 0.2; done
-    curl -fs -o /dev/null "http://127.0.0.1:$P_GW/warm/[1-500]"
+    for _ in $(seq 300); do curl -fs -o /dev/null "$ready" && break; sleep 0.2; done
+    curl -fs -o /dev/null "http://127.0.0.1:$port/warm/[1-500]"
     callgrind_control -z "$pid" >/dev/null
-    curl -fs -o /dev/null "http://127.0.0.1:$P_GW/items/[1-$N]"
+    curl -fs -o /dev/null "http://127.0.0.1:$port/items/[1-$N]"
     callgrind_control -d "$pid" >/dev/null
     sleep 1
     kill "$pid"; wait "$pid" 2>/dev/null || true
     # The dump after the zeroing holds the measured window only.
-    local total
-    total=$(awk '/^summary:/ {print $2}' "$out.$pid.1")
-    [[ -z ${KEEP:-} ]] || cp "$out.$pid.1" "$KEEP.$2"
-    echo "$total"
-}
-# The same window of the same load, through the hyper-bare proxy.
-measure_bare() { # $1 binary
-    local out=$TMP/callgrind.bare
-    valgrind --tool=callgrind --callgrind-out-file="$out.%p" --dump-instr=no --collect-atstart=yes \
-        "$1" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP" >"$TMP/bare.log" 2>&1 &
-    local pid=$!
-    for _ in $(seq 300); do curl -fs -o /dev/null "http://127.0.0.1:$P_BARE/" && break; sleep 0.2; done
-    curl -fs -o /dev/null "http://127.0.0.1:$P_BARE/warm/[1-500]"
-    callgrind_control -z "$pid" >/dev/null
-    curl -fs -o /dev/null "http://127.0.0.1:$P_BARE/items/[1-$N]"
-    callgrind_control -d "$pid" >/dev/null
-    sleep 1
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    [[ -z ${KEEP:-} ]] || cp "$out.$pid.1" "$KEEP.$label"
     awk '/^summary:/ {print $2}' "$out.$pid.1"
 }
-B=$(measure "$BASE" base "$TMP/base.yaml")
-T=$(measure "$NEW" new "$TMP/portcullis.yaml")
+gateway() { # $1 binary, $2 label, $3 config
+    measure "$2" "http://127.0.0.1:$P_ADMIN/readyz" "$P_GW" "$1" run -c "$3" --no-watch
+}
+B=$(gateway "$BASE" base "$TMP/base.yaml")
+T=$(gateway "$NEW" new "$TMP/portcullis.yaml")
 awk -v b="$B" -v t="$T" -v n="$N" 'BEGIN {
     printf "base: %.0f instructions/request\nthis: %.0f instructions/request\nratio this/base: %.4f\n", b / n, t / n, t / b }'
 if [[ -n ${BARE:-} ]]; then
-    H=$(measure_bare "$BARE")
+    # The same window of the same load, through the hyper-bare proxy.
+    H=$(measure bare "http://127.0.0.1:$P_BARE/" "$P_BARE" "$BARE" "127.0.0.1:$P_BARE" "127.0.0.1:$P_UP")
     awk -v h="$H" -v t="$T" -v n="$N" 'BEGIN {
         printf "hyper-bare: %.0f instructions/request\nratio this/hyper-bare: %.4f\n", h / n, t / h }'
 fi
