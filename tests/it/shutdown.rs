@@ -10,6 +10,26 @@ use portcullis::echo::Echo;
 
 use crate::support::{ALLOW_ALL, Setup, get};
 
+/// A request for `path` through the gateway, in flight: returned once the upstream has it, so
+/// a shutdown after this finds it there.
+async fn reaching_upstream(
+    gw: &crate::support::TestGateway,
+    path: &'static str,
+) -> tokio::task::JoinHandle<(StatusCode, http::HeaderMap, bytes::Bytes)> {
+    let addr = gw.addr();
+    let in_flight = tokio::spawn(async move { get(addr, path).await });
+    let echo = gw.echo.clone();
+    assert!(
+        crate::support::eventually(Duration::from_secs(3), || {
+            let echo = echo.clone();
+            async move { echo.count() == 1 }
+        })
+        .await,
+        "the request never reached the upstream"
+    );
+    in_flight
+}
+
 #[tokio::test]
 async fn graceful_shutdown_drains_in_flight_request() {
     let mut gw = Setup::default()
@@ -17,16 +37,7 @@ async fn graceful_shutdown_drains_in_flight_request() {
         .start()
         .await;
     let addr = gw.addr();
-    let in_flight = tokio::spawn(async move { get(addr, "/__echo/delay/700").await });
-    // Let the request reach the upstream before shutting down.
-    let echo = gw.echo.clone();
-    assert!(
-        crate::support::eventually(Duration::from_secs(3), || {
-            let echo = echo.clone();
-            async move { echo.count() == 1 }
-        })
-        .await
-    );
+    let in_flight = reaching_upstream(&gw, "/__echo/delay/700").await;
     let app = gw.app.take().unwrap();
     let drained = app.shutdown().await;
     assert!(drained, "drained within the grace period");
@@ -46,15 +57,7 @@ async fn admin_answers_while_the_doors_drain_then_stops() {
         .await;
     let addr = gw.addr();
     let admin = gw.app().admin_addr();
-    let in_flight = tokio::spawn(async move { get(addr, "/__echo/delay/1500").await });
-    let echo = gw.echo.clone();
-    assert!(
-        crate::support::eventually(Duration::from_secs(3), || {
-            let echo = echo.clone();
-            async move { echo.count() == 1 }
-        })
-        .await
-    );
+    let in_flight = reaching_upstream(&gw, "/__echo/delay/1500").await;
     let app = gw.app.take().unwrap();
     let shutdown = tokio::spawn(app.shutdown());
     // The doors no longer accept; the admin does, and says so.
