@@ -136,7 +136,7 @@ impl crate::server::listener::Handler for GrpcHandler {
                 );
                 let at = (Door::EnvoyGrpc, &*conn.info.listener);
                 record.account(&snapshot, &self.shared, at, Instant::now(), &id, 403);
-                tonic::Status::permission_denied("peer_not_allowed").into_http()
+                Refusal::error(StatusCode::FORBIDDEN, "peer_not_allowed", &id)
             })
         };
         req.extensions_mut().insert(conn);
@@ -149,7 +149,21 @@ impl crate::server::listener::Handler for GrpcHandler {
             (None, None)
         };
         Box::pin(async move {
-            if let Some(resp) = refused {
+            if let Some(refusal) = refused {
+                // Why: a failed call is what Envoy's `failure_mode_allow: true` turns into an
+                // allow, so a Check from a peer left out of `peers` (Envoy's own address
+                // missing from the list after a change) would have let every request through.
+                // A Check is answered with a denial (403, PERMISSION_DENIED), its message
+                // skipped unread; anything else fails the call.
+                // Regression: tests (it) grpc::peer_not_allowed
+                let resp = if check.is_some() {
+                    tonic::server::Grpc::new(SkipCodec)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .unary(Refused(Some(refusal)), req)
+                        .await
+                } else {
+                    tonic::Status::permission_denied("peer_not_allowed").into_http()
+                };
                 return resp.map(crate::body::grpc);
             }
             let resp = match (check, health) {
@@ -230,6 +244,54 @@ impl tonic::codec::Decoder for CheckDecoder {
                 Decoded::Undecodable
             }
         }))
+    }
+}
+
+/// The codec of a Check from a refused peer: its message is skipped, not decoded.
+#[derive(Debug, Clone, Copy, Default)]
+struct SkipCodec;
+
+impl tonic::codec::Codec for SkipCodec {
+    type Encode = Answer;
+    type Decode = ();
+    type Encoder = tonic_prost::ProstEncoder<Answer>;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Self
+    }
+}
+
+impl tonic::codec::Decoder for SkipCodec {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        use bytes::Buf as _;
+        buf.advance(buf.remaining());
+        Ok(Some(()))
+    }
+}
+
+/// The answer to a Check from a peer the door does not serve: its refusal, whatever it asked.
+struct Refused(Option<Refusal>);
+
+impl tonic::server::UnaryService<()> for Refused {
+    type Response = Answer;
+    type Future = std::future::Ready<Result<tonic::Response<Answer>, tonic::Status>>;
+
+    fn call(&mut self, _: tonic::Request<()>) -> Self::Future {
+        std::future::ready(match self.0.take() {
+            Some(refusal) => Ok(tonic::Response::new(Answer::Message(denied(refusal)))),
+            None => Err(tonic::Status::permission_denied("peer_not_allowed")),
+        })
     }
 }
 
@@ -332,7 +394,8 @@ impl CheckService {
         // Regression: tests (it) grpc::peer_not_allowed
         if !door::admits(common, conn.info.peer.ip()) {
             record.failed(&self.shared, "peer_not_allowed");
-            return Err(tonic::Status::permission_denied("peer_not_allowed"));
+            let refusal = Refusal::error(StatusCode::FORBIDDEN, "peer_not_allowed", request_id);
+            return Ok(Answer::Message(denied(refusal)));
         }
         let described = match describe(
             check,

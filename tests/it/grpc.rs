@@ -511,8 +511,27 @@ fn check_warns_of_a_narrowed_deny_rule_beside_other_doors() {
 async fn peer_not_allowed() {
     let gw = gateway("{envoy_grpc: {peers: [10.0.0.0/8]}}").await;
     let mut c = client(&gw).await;
-    let err = c
+    // A denial, not a failed call: Envoy's `failure_mode_allow: true` turns a failed call into
+    // an allow, so a peers list that leaves Envoy out would have let everything through.
+    let resp = c
         .check(check("/open/x", "198.51.100.9", &[]))
+        .await
+        .expect("a Check from a refused peer is answered")
+        .into_inner();
+    assert_eq!(code(&resp), 7, "PERMISSION_DENIED: {resp:?}");
+    let (status, headers, body) = denied(&resp);
+    assert_eq!(status, 403);
+    assert!(body.contains("\"peer_not_allowed\""), "{body}");
+    assert!(!headers.contains_key("www-authenticate"), "{headers:?}");
+    // Anything else from that peer (the health service) fails the call.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr_of("grpc")))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let err = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
         .await
         .expect_err("refused");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
