@@ -324,7 +324,7 @@ async fn decide_for<D: HttpDoor>(
     hop_by_hop::strip(&mut parts.headers);
     let described = door
         .describe(settings, parts)
-        .map_err(|Undescribed(reason)| (StatusCode::BAD_REQUEST, reason))?;
+        .map_err(|Undescribed(reason)| (undescribed_status(reason), reason))?;
     let mut described = described;
     let hop = vouched_hop(&mut described.headers)
         .map_err(|Undescribed(reason)| (StatusCode::BAD_REQUEST, reason))?;
@@ -343,6 +343,11 @@ async fn decide_for<D: HttpDoor>(
         target: &described.target,
         headers: &described.headers,
     };
+    head.within(
+        snapshot.server.max_target_bytes,
+        snapshot.server.max_header_bytes,
+    )
+    .map_err(|e: FactsError| (e.status(), e.as_str()))?;
     let facts = RequestFacts::new(head, &info, &snapshot.server.trusted_proxies)
         .map_err(|e: FactsError| (e.status(), e.as_str()))?;
     record.client_ip = facts.client_ip;
@@ -353,6 +358,16 @@ async fn decide_for<D: HttpDoor>(
     )
     .await
     .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, DECISION_TIMEOUT))
+}
+
+/// The status of a description a door cannot read: 431 for one over the header limits, as the
+/// proxy answers such a head, 414 for a target over its limit, otherwise 400.
+pub fn undescribed_status(reason: &str) -> StatusCode {
+    match reason {
+        "headers_too_large" | "headers_too_many" => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "uri_too_long" => StatusCode::URI_TOO_LONG,
+        _ => StatusCode::BAD_REQUEST,
+    }
 }
 
 /// Whether the door's peers include `peer`.

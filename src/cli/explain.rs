@@ -453,7 +453,7 @@ async fn run_door(
         Ok(d) => d,
         Err(reason) => {
             report["decision"] = json!("deny");
-            report["status"] = json!(400);
+            report["status"] = json!(crate::door::undescribed_status(reason).as_u16());
             report["reason"] = json!(reason);
             report["trace"] =
                 json!(["the door cannot read the request from its peer's description"]);
@@ -468,7 +468,13 @@ async fn run_door(
         target: &described.target,
         headers: &described.headers,
     };
-    let facts = match RequestFacts::new(head, &conn, &snapshot.server.trusted_proxies) {
+    let facts = match head
+        .within(
+            snapshot.server.max_target_bytes,
+            snapshot.server.max_header_bytes,
+        )
+        .and_then(|()| RequestFacts::new(head, &conn, &snapshot.server.trusted_proxies))
+    {
         Ok(mut f) => {
             // As the gRPC door sets them (`extauthz::grpc`): its Checks always carry a map.
             if door == Door::EnvoyGrpc {

@@ -27,8 +27,10 @@
 //! A delegate configured to fail closed is a decision, not a failure: its 503
 //! `delegate_unavailable` is a denied response, which no failure mode of Envoy's turns into an
 //! allow. Bad input (a message that does not decode, invalid UTF-8 in a string field among
-//! them; no attributes; a header over the limits or not text; an absolute or empty path) is
-//! `INVALID_ARGUMENT` with a 400 for the client, never a failed call; nothing panics.
+//! them; no attributes; a header that is not text; an absolute or empty path) is
+//! `INVALID_ARGUMENT` with a 400 for the client, never a failed call; nothing panics. A head
+//! over `server.max_header_bytes` or a target over `max_target_bytes`, counted as the proxy
+//! counts them, gets the proxy's 431 `headers_too_large` or 414 `uri_too_long`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -406,7 +408,8 @@ impl CheckService {
             Ok(d) => d,
             Err(reason) => {
                 record.failed(&self.shared, reason);
-                let refusal = Refusal::error(StatusCode::BAD_REQUEST, reason, request_id);
+                let status = door::undescribed_status(reason);
+                let refusal = Refusal::error(status, reason, request_id);
                 return Ok(Answer::Message(denied(refusal)));
             }
         };
@@ -418,8 +421,14 @@ impl CheckService {
             target: described.target,
             headers: &described.headers,
         };
-        let facts = match RequestFacts::new(head, &described.conn, &snapshot.server.trusted_proxies)
-        {
+        let facts = match head
+            .within(
+                snapshot.server.max_target_bytes,
+                snapshot.server.max_header_bytes,
+            )
+            .and_then(|()| {
+                RequestFacts::new(head, &described.conn, &snapshot.server.trusted_proxies)
+            }) {
             // Why: Envoy's per-route `context_extensions` may narrow rules
             // (`match.context_extensions`). Regression: tests (it) grpc::context_extensions_select_rules
             Ok(f) => RequestFacts {

@@ -748,10 +748,7 @@ fn over_head_limits(
     if target > s.max_target_bytes {
         return Some((StatusCode::URI_TOO_LONG, "uri_too_long"));
     }
-    let mut head = target + parts.method.as_str().len() + 12;
-    for (name, value) in &parts.headers {
-        head += name.as_str().len() + value.len() + 4;
-    }
+    let head = crate::request::facts::head_bytes(&parts.method, target, &parts.headers);
     (head > s.max_header_bytes).then_some((
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "headers_too_large",

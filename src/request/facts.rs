@@ -270,6 +270,12 @@ pub enum FactsError {
     /// chose: 421, the client retries on a connection of its own.
     #[error("misdirected request")]
     Misdirected,
+    /// A target over `server.max_target_bytes` (414).
+    #[error("request target too long")]
+    UriTooLong,
+    /// A head over `server.max_header_bytes` (431).
+    #[error("request head too large")]
+    HeadersTooLarge,
 }
 
 // === impl RequestFacts ===
@@ -288,6 +294,45 @@ pub struct Head<'a> {
     pub target: &'a str,
     /// The request headers as received (hop-by-hop ones already removed).
     pub headers: &'a HeaderMap,
+}
+
+impl Head<'_> {
+    /// Refuses a head over the server's limits, counted as the proxy door counts the heads it
+    /// reads ([`head_bytes`]): a target over `max_target_bytes` (414 `uri_too_long`), a head
+    /// over `max_header_bytes` (431 `headers_too_large`). The authority counts as a `Host`
+    /// line when the headers have none (a Check's `:authority`, a forwarded host).
+    ///
+    /// Why: the decision doors read what their peer describes, within looser limits of their
+    /// own (a door's request carries the description besides the original head), so a 20 KB
+    /// header the proxy refused with 431 was decided, and allowed, behind Envoy and nginx.
+    /// Regression: tests (it) conformance::every_door_gives_the_same_decision (`header over the limit`)
+    pub fn within(
+        &self,
+        max_target_bytes: usize,
+        max_header_bytes: usize,
+    ) -> Result<(), FactsError> {
+        if self.target.len() > max_target_bytes {
+            return Err(FactsError::UriTooLong);
+        }
+        let mut size = head_bytes(self.method, self.target.len(), self.headers);
+        if !self.headers.contains_key(header::HOST) {
+            size += self.authority.map_or(0, |a| "host".len() + a.len() + 4);
+        }
+        if size > max_header_bytes {
+            return Err(FactsError::HeadersTooLarge);
+        }
+        Ok(())
+    }
+}
+
+/// A head's size against `server.max_header_bytes`, the same at every door: the request line
+/// (`target_len` bytes of target) and the `name: value` lines, with their line ends.
+pub fn head_bytes(method: &Method, target_len: usize, headers: &HeaderMap) -> usize {
+    let mut size = target_len + method.as_str().len() + 12;
+    for (name, value) in headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    size
 }
 
 impl<'a> RequestFacts<'a> {
@@ -381,6 +426,8 @@ impl FactsError {
             Self::UnsupportedTarget => "unsupported_target",
             Self::LowercaseMethod => "invalid_method",
             Self::Misdirected => "misdirected_request",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
         }
     }
 
@@ -389,7 +436,8 @@ impl FactsError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             Self::Misdirected => http::StatusCode::MISDIRECTED_REQUEST,
-            Self::Path(PathError::TooLong) => http::StatusCode::URI_TOO_LONG,
+            Self::Path(PathError::TooLong) | Self::UriTooLong => http::StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             _ => http::StatusCode::BAD_REQUEST,
         }
     }

@@ -317,6 +317,21 @@ fn corpus() -> Vec<Case> {
         ("trace named by its rule", "TRACE", "/trace/x", vec![]),
         ("limited first", "GET", "/limited/x", vec![]),
         ("public trailing slash", "GET", "/public/", vec![]),
+        // A head within `server.max_header_bytes` (16 KiB by default) and one past it: the
+        // decision doors read what their peer describes within limits of their own, and
+        // decided, and allowed, a head the proxy refused.
+        (
+            "header under the limit",
+            "GET",
+            "/public/x",
+            vec![("x-big".to_owned(), "a".repeat(15_000))],
+        ),
+        (
+            "header over the limit",
+            "GET",
+            "/public/x",
+            vec![("x-big".to_owned(), "a".repeat(20_000))],
+        ),
         (
             "public encoded dot in a name",
             "GET",
@@ -768,6 +783,8 @@ async fn every_door_gives_the_same_decision() {
         ("trace refused", (405, Some("method_not_allowed"))),
         ("encoded slash", (400, Some("encoded_slash"))),
         ("missing credential", (401, Some("missing_credential"))),
+        ("header under the limit", (200, None)),
+        ("header over the limit", (431, Some("headers_too_large"))),
     ]
     .into_iter()
     .collect();
