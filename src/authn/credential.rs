@@ -145,6 +145,13 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Found<'a> {
         return Found::Conflict;
     }
     match value.to_str() {
+        // Why: Envoy (and other proxies) join repeated headers with a comma, so two
+        // `X-Api-Key` fields, a conflict at the proxy, reached the gRPC door as one key that
+        // failed to verify (401) instead. No credential a header carries alone has a comma
+        // (API keys, tokens).
+        // Regression: tests::joined_header_credential_is_a_conflict, tests (it) conformance
+        // (`two api keys`)
+        Ok(v) if v.contains(',') => Found::Conflict,
         Ok(v) if !v.trim().is_empty() => Found::Token(Cow::Borrowed(v.trim())),
         _ => Found::Malformed,
     }
@@ -345,6 +352,18 @@ mod tests {
                 "{v}"
             );
         }
+    }
+
+    #[test]
+    fn joined_header_credential_is_a_conflict() {
+        let name = HeaderName::from_static("x-api-key");
+        let source = [CredentialSource::Header(name)];
+        for v in ["pck_a,pck_b", "pck_a, pck_a", ","] {
+            let h = headers(&[("x-api-key", v)]);
+            assert_eq!(find(&source, &h, None), Found::Conflict, "{v}");
+        }
+        let h = headers(&[("x-api-key", "pck_a")]);
+        assert_eq!(find(&source, &h, None), tok("pck_a"));
     }
 
     #[test]

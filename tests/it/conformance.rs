@@ -379,6 +379,15 @@ fn corpus() -> Vec<Case> {
             ],
         ),
         (
+            "two api keys",
+            "GET",
+            "/orders/7",
+            vec![
+                ("x-api-key".into(), API_KEY.into()),
+                ("x-api-key".into(), API_KEY.into()),
+            ],
+        ),
+        (
             "two bearer tokens",
             "GET",
             "/orders/7",
@@ -785,6 +794,7 @@ async fn every_door_gives_the_same_decision() {
         ("missing credential", (401, Some("missing_credential"))),
         ("header under the limit", (200, None)),
         ("header over the limit", (431, Some("headers_too_large"))),
+        ("two api keys", (400, Some("invalid_request"))),
     ]
     .into_iter()
     .collect();
