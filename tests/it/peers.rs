@@ -53,6 +53,11 @@ const POLICY: &str = "rules:
     match: {paths: [\"/open/**\"]}
     effect: allow
     anonymous: true
+  - name: scoped
+    match: {paths: [\"/scoped/**\"]}
+    effect: allow
+    authenticators: [users]
+    require: {scopes: {all_of: [orders:read]}}
   - name: passthrough
     match: {paths: [\"/passthrough/**\"]}
     effect: allow
@@ -272,6 +277,20 @@ async fn through_the_peer(peer: &Peer, gw: &TestGateway) {
         peer.name
     );
     refusal_body(peer, &h, &body, "invalid_token");
+
+    // A token without the scope the rule needs: 403 with RFC 6750's challenge naming it
+    // (nginx copies WWW-Authenticate onto a 401 only: the example copies it onto a 403).
+    let (status, h, body) = peer.ask("/scoped/x", &[("authorization", &bearer)]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{}", peer.failed(&body));
+    let challenge = h.get("www-authenticate").map(|v| v.to_str().unwrap());
+    assert!(
+        challenge
+            .is_some_and(|c| c.contains("error=\"insufficient_scope\"")
+                && c.contains("scope=\"orders:read\"")),
+        "{}: {h:?}",
+        peer.name
+    );
+    refusal_body(peer, &h, &body, "insufficient_scope");
 
     // Spoofed identity and overrides change no decision: no credential is 401, a denied
     // path 403, whatever the client claims to be.
