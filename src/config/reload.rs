@@ -228,9 +228,11 @@ impl Reloader {
 /// recomputed after every reload, as a reload may reference new files.
 pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<()> {
     let (tx, mut rx) = mpsc::channel::<()>(16);
+    let current = Arc::clone(&reloader);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
             && !matches!(ev.kind, EventKind::Access(_))
+            && concerns(&ev.paths, &current.current.load().watched)
         {
             // A full channel already holds a pending wake-up.
             let _ = tx.try_send(());
@@ -268,6 +270,39 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: Duration) -> notify::Res
     Ok(())
 }
 
+/// Whether an event on `paths` may change what a reload reads (`watched`): a watched file or
+/// directory itself, an entry of a watched directory (a policy file), or an entry whose name
+/// starts with `..` beside a watched file (Kubernetes swaps a mounted ConfigMap by renaming
+/// `..data`). An event without paths (the watcher lost track) counts.
+///
+/// Why: every other file in those directories woke the watcher too. A log file written beside
+/// the config made a loop: each reload logged a line, whose write woke the next reload, five
+/// times a second for as long as the gateway ran; with an access log there, every request
+/// re-read and recompiled the policies. Regression: tests::only_what_a_reload_reads_wakes_it
+fn concerns(paths: &[PathBuf], watched: &[PathBuf]) -> bool {
+    if paths.is_empty() {
+        return true;
+    }
+    let watched: Vec<PathBuf> = watched
+        .iter()
+        .filter_map(|p| std::path::absolute(p).ok())
+        .collect();
+    paths.iter().any(|p| {
+        let Ok(p) = std::path::absolute(p) else {
+            return true;
+        };
+        let parent = p.parent();
+        let swap = p
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b".."));
+        watched.iter().any(|w| {
+            *w == p
+                || parent == Some(w.as_path())
+                || (swap && parent.is_some() && w.parent() == parent)
+        })
+    })
+}
+
 /// Directories to watch: each watched directory itself and each watched file's parent.
 fn watch_dirs(paths: &[PathBuf]) -> BTreeSet<PathBuf> {
     paths
@@ -281,4 +316,42 @@ fn watch_dirs(paths: &[PathBuf]) -> BTreeSet<PathBuf> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_a_reload_reads_wakes_it() {
+        let watched = [
+            PathBuf::from("/srv/pc/portcullis.yaml"),
+            PathBuf::from("/srv/pc/policies"),
+            PathBuf::from("/srv/keys/hs.secret"),
+        ];
+        for (path, wakes) in [
+            ("/srv/pc/portcullis.yaml", true),
+            ("/srv/pc/policies/20-new.yaml", true),
+            ("/srv/pc/policies", true),
+            ("/srv/keys/hs.secret", true),
+            // Kubernetes' ConfigMap swap beside a watched file.
+            ("/srv/pc/..data", true),
+            ("/srv/pc/..data_tmp", true),
+            ("/srv/pc/..2026_12_02_10_00_00.123", true),
+            // Everything else in the watched directories.
+            ("/srv/pc/gateway.log", false),
+            ("/srv/pc/portcullis.yaml.swp", false),
+            ("/srv/keys/other.pem", false),
+            ("/srv/pc/policies/sub/x.yaml", false),
+            ("/elsewhere/..data", false),
+        ] {
+            assert_eq!(concerns(&[PathBuf::from(path)], &watched), wakes, "{path}");
+        }
+        assert!(concerns(&[], &watched), "an event without paths");
+        let both = [
+            PathBuf::from("/srv/pc/.portcullis.yaml.tmp"),
+            PathBuf::from("/srv/pc/portcullis.yaml"),
+        ];
+        assert!(concerns(&both, &watched), "a rename over a watched file");
+    }
 }

@@ -94,6 +94,42 @@ async fn watched_policy_change_takes_effect() {
     assert_eq!(get(gw.addr(), "/other").await.0, StatusCode::OK);
 }
 
+/// A file the config does not read, beside it (a log), wakes no reload; a watched change
+/// after it still applies.
+#[tokio::test]
+async fn unrelated_files_beside_the_config_wake_no_reload() {
+    let gw = Setup {
+        watch: true,
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for i in 0..5 {
+        gw.write("gateway.log", format!("line {i}\n"));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    gw.write(
+        "policies/05-block.yaml",
+        "rules:\n  - name: block\n    match: {paths: [\"/blocked/**\"]}\n    effect: deny\n",
+    );
+    let addr = gw.addr();
+    let applied = eventually(Duration::from_secs(5), || async move {
+        get(addr, "/blocked/x").await.0 == StatusCode::FORBIDDEN
+    })
+    .await;
+    assert!(applied, "the watched change applied");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let reloads: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("portcullis_config_reloads_total{"))
+        .collect();
+    assert_eq!(
+        reloads,
+        [r#"portcullis_config_reloads_total{outcome="applied"} 1"#],
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn restart_only_change_fails_reload() {
     let gw = Setup::default().start().await;
