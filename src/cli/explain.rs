@@ -709,6 +709,9 @@ fn describe(e: &TraceEvent) -> String {
         TraceEvent::DelegateFailed(name) => {
             format!("delegate `{name}` gave no answer; its failure mode decided")
         }
+        TraceEvent::ForwardedAsSent => "allowed on the canonical path, but the door's peer \
+             forwards the path as sent (`.`, `..` or empty segments): refused"
+            .into(),
     }
 }
 

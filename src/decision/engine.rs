@@ -48,6 +48,8 @@ pub enum TraceEvent {
     DelegateDenied(std::sync::Arc<str>),
     /// The rule's delegate (named) gave no answer; its failure mode decided.
     DelegateFailed(std::sync::Arc<str>),
+    /// Allowed on the canonical path, but the door's peer forwards the path as sent.
+    ForwardedAsSent,
 }
 
 /// Receives the steps of a decision.
@@ -256,6 +258,17 @@ async fn decide_rule(
                 return deny_principal(rule, DenyKind::Unmet(unmet), principal.as_ref());
             }
         }
+    }
+    // Why: a decision door's peer forwards the path as sent, and an upstream that does not
+    // resolve `..` itself would serve `/admin/../public/x` from another handler than the one
+    // allowed. Refused only here, once everything else allowed it: a request the canonical
+    // path denies gets the proxy's own answer (403 for `/public/../admin/x`) at every door.
+    // Before the limit and the delegate, which it never reaches.
+    // Regression: tests (it) conformance::every_door_gives_the_same_decision (`deny rule
+    // dots`, `public canonical`)
+    if facts.forwarded_as_sent {
+        trace.record(TraceEvent::ForwardedAsSent);
+        return deny_principal(rule, DenyKind::NonCanonicalPath, principal.as_ref());
     }
     // Why: the limit comes before the delegate, so a throttled request never reaches it; after
     // it, every request over the limit to a path or query the cache has not seen was a

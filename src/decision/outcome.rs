@@ -97,6 +97,10 @@ pub enum DenyKind {
     DelegateUnavailable,
     /// The rule's rate limit could not ask Redis and fails closed (503).
     RateLimitUnavailable,
+    /// Allowed on its canonical path at a decision door whose peer forwards the path as sent,
+    /// with `.`, `..` or empty segments (400, `non_canonical_path`): the upstream would get
+    /// another path than the one decided on.
+    NonCanonicalPath,
 }
 
 // === impl Decision ===
@@ -266,7 +270,7 @@ impl DenyKind {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::MissingCredential | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-            Self::AmbiguousCredential => StatusCode::BAD_REQUEST,
+            Self::AmbiguousCredential | Self::NonCanonicalPath => StatusCode::BAD_REQUEST,
             Self::AuthnUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -296,6 +300,7 @@ impl DenyKind {
             Self::DelegateDenied => "delegate_denied",
             Self::DelegateUnavailable => "delegate_unavailable",
             Self::RateLimitUnavailable => "rate_limit_unavailable",
+            Self::NonCanonicalPath => "non_canonical_path",
         }
     }
 
@@ -315,7 +320,8 @@ impl DenyKind {
             | Self::MethodNotAllowed
             | Self::DelegateDenied
             | Self::DelegateUnavailable
-            | Self::RateLimitUnavailable => None,
+            | Self::RateLimitUnavailable
+            | Self::NonCanonicalPath => None,
         }
     }
 }

@@ -242,6 +242,12 @@ pub struct RequestFacts<'a> {
     pub conn: &'a ConnInfo,
     /// Envoy's `context_extensions` of a Check at the gRPC door; `None` at every other door.
     pub context: Option<&'a std::collections::HashMap<String, String>>,
+    /// The door's peer forwards the path as sent, and canonicalisation changed its segments
+    /// (a `.`, `..` or empty one): the request is decided on its canonical path like at the
+    /// proxy, but an allow would be for another path than the upstream gets, so it is refused
+    /// instead (400 `non_canonical_path`; [`crate::request::path::check_forwarded_as_is`]).
+    /// Never set at the proxy, which forwards the canonical path.
+    pub forwarded_as_sent: bool,
 }
 
 /// Why a request cannot be turned into facts; each is a 400.
@@ -364,9 +370,8 @@ impl<'a> RequestFacts<'a> {
             None => (head.target, None),
         };
         let path = path::canonicalize(raw_path)?;
-        if conn.door != Door::Proxy {
-            path::check_forwarded_as_is(raw_path)?;
-        }
+        let forwarded_as_sent =
+            conn.door != Door::Proxy && path::check_forwarded_as_is(raw_path).is_err();
         Ok(Self {
             method: head.method,
             scheme: head.scheme,
@@ -379,6 +384,7 @@ impl<'a> RequestFacts<'a> {
             peer_trusted: trusted_proxies.iter().any(|n| n.contains(&conn.peer.ip())),
             conn,
             context: None,
+            forwarded_as_sent,
         })
     }
 

@@ -45,8 +45,10 @@
 //! doors cannot: the peer in front (Envoy, nginx, Caddy, Traefik) forwards the path as the
 //! client sent it, and an upstream that does not resolve `..` itself (Flask, Express) would
 //! serve `/admin/../public/x` from its admin handler while the gateway allowed `/public/x`.
-//! [`check_forwarded_as_is`] refuses, for those doors, a path whose segments canonicalisation
-//! would change: a `.` or `..` segment, or an empty one (`//`). Decoding an unreserved
+//! [`check_forwarded_as_is`] finds, for those doors, a path whose segments canonicalisation
+//! would change: a `.` or `..` segment, or an empty one (`//`). The request is still decided
+//! on its canonical path (a denial is the proxy's answer); an allow becomes 400
+//! `non_canonical_path` (`RequestFacts::forwarded_as_sent`). Decoding an unreserved
 //! character (`/%61dmin`) changes no segment and every upstream decodes it alike, so it stays.
 
 use std::borrow::Cow;

@@ -155,6 +155,12 @@ async fn forward_auth_allows_with_identity_headers_and_denies_like_the_proxy() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
         assert_eq!(h["x-portcullis-error"], "non_canonical_path", "{uri}");
     }
+    // Denied on its canonical path: the proxy's own answer, not the 400.
+    for uri in ["/open/../admin/x", "//admin/x", "/open/./../admin/x"] {
+        let (status, h, _) = ask(&gw, "/auth", &[("x-forwarded-uri", uri)]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}");
+        assert_eq!(h["x-portcullis-error"], "forbidden", "{uri}");
+    }
     assert_eq!(
         ask(&gw, "/auth", &[("x-forwarded-uri", "/open/x")]).await.0,
         StatusCode::OK

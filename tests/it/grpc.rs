@@ -214,10 +214,10 @@ async fn check_denials_carry_grpc_codes_status_challenge_and_body() {
         "/open;x",
         "http://app.test/open/x",
         "",
-        // Envoy forwards the path as sent (unless its `normalize_path` is on): one that
-        // canonicalisation would change is refused.
-        "//admin/x",
-        "/open/../admin/x",
+        // Envoy forwards the path as sent (unless its `normalize_path` is on): one allowed
+        // only once canonicalisation changed it is refused.
+        "//open/x",
+        "/admin/../open/x",
     ] {
         let resp = c
             .check(check(path, "198.51.100.9", &[]))
@@ -226,6 +226,18 @@ async fn check_denials_carry_grpc_codes_status_challenge_and_body() {
             .into_inner();
         assert_eq!(code(&resp), 3, "{path}: {resp:?}");
         assert_eq!(denied(&resp).0, 400, "{path}");
+    }
+    // Denied on its canonical path: the proxy's answer.
+    for path in ["//admin/x", "/open/../admin/x"] {
+        let resp = c
+            .check(check(path, "198.51.100.9", &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(code(&resp), 7, "{path}: {resp:?}");
+        let (status, _, body) = denied(&resp);
+        assert_eq!(status, 403, "{path}");
+        assert!(body.contains("\"forbidden\""), "{path}: {body}");
     }
     // The client address is Envoy's source address.
     let office = c

@@ -345,9 +345,20 @@ async fn through_the_peer(peer: &Peer, gw: &TestGateway) {
             refusal_body(peer, &h, &body, error);
         }
     }
-    // The peer forwards the path as sent: one the gateway would decide in another form is
-    // refused, or the app would serve `/admin/../open/x` from its admin handler.
-    for target in ["/admin/../open/x", "//admin/users", "/open/./x"] {
+    // The peer forwards the path as sent: one the gateway would allow in another form is
+    // refused, or the app would serve `/admin/../open/x` from its admin handler. One the
+    // canonical path denies gets the proxy's answer.
+    for target in ["//admin/users", "/open/../admin/users"] {
+        let (status, h, body) = peer.ask(target, &[]).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{target}: {}",
+            peer.failed(&body)
+        );
+        refusal_body(peer, &h, &body, "forbidden");
+    }
+    for target in ["/admin/../open/x", "//open/x", "/open/./x"] {
         let (status, h, body) = peer.ask(target, &[]).await;
         assert_eq!(
             status,
