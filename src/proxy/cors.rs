@@ -96,14 +96,15 @@ pub(super) fn preflight(
     Some(resp)
 }
 
-/// The CORS headers of a real response to a request from `origin`.
-pub(super) fn decorate(cors: &Cors, origin: &HeaderValue, headers: &mut HeaderMap) {
+/// The CORS headers of a real response on a CORS rule, to a request from `origin` (`None`:
+/// it named none, and gets none, but still `Vary: Origin`).
+pub(super) fn decorate(cors: &Cors, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
     headers.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
     headers.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
     headers.append(header::VARY, ORIGIN_VARY);
-    if !cors.allows_origin(origin) {
+    let Some(origin) = origin.filter(|o| cors.allows_origin(o)) else {
         return;
-    }
+    };
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     if cors.allow_credentials {
         headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE);

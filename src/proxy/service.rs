@@ -163,10 +163,12 @@ async fn forward(
             Decision::Allow(a) => a.edge.as_ref(),
             Decision::Deny(d) => d.edge.as_ref(),
         };
-        if let Some(edge) = edge.filter(|e| e.cors.is_some())
-            && let Some(o) = parts.headers.get(header::ORIGIN)
-        {
-            ctx.cors = Some((Arc::clone(edge), o.clone()));
+        // Why: an answer without `Origin` is cached too, and served to the next page that
+        // asks: it must say that it varies with `Origin`, and carry no upstream's own
+        // `Access-Control-Allow-Origin: *` past the rule's word.
+        // Regression: tests (it) edge::cors_rule_answers_without_origin_vary_and_carry_no_upstream_acao
+        if let Some(edge) = edge.filter(|e| e.cors.is_some()) {
+            ctx.cors = Some((Arc::clone(edge), parts.headers.get(header::ORIGIN).cloned()));
         }
         let allow = match decision {
             Decision::Deny(d) => return Err(Failure::Denied(Box::new(d))),
@@ -591,8 +593,8 @@ pub(super) struct Ctx<'a> {
     pub(super) trace: Option<TraceContext>,
     /// The upgrade the client asked for (HTTP/1.1 `Upgrade`, HTTP/2 extended CONNECT).
     pub(super) upgrade: Option<upgrade::Asked>,
-    /// The deciding rule's CORS settings and the request's `Origin`, when it has both.
-    pub(super) cors: Option<(Arc<Edge>, HeaderValue)>,
+    /// The deciding rule's CORS settings, when it has some, and the request's `Origin`.
+    pub(super) cors: Option<(Arc<Edge>, Option<HeaderValue>)>,
     /// The client speaks gRPC (`content-type: application/grpc…`).
     pub(super) grpc: bool,
     /// The client said `TE: trailers`.
@@ -658,7 +660,7 @@ impl Ctx<'_> {
         if let Some((edge, origin)) = &self.cors
             && let Some(c) = &edge.cors
         {
-            cors::decorate(c, origin, resp.headers_mut());
+            cors::decorate(c, origin.as_ref(), resp.headers_mut());
         }
         let latency = self.start.elapsed();
         let status = resp.status().as_u16();

@@ -785,6 +785,69 @@ async fn cors_is_no_bypass_a_real_request_still_needs_its_credential() {
     assert!(!h.contains_key("access-control-allow-credentials"));
 }
 
+/// An answer on a CORS rule to a request without `Origin` is cached like any other: it says
+/// that it varies with `Origin`, and an upstream's own `Access-Control-Allow-Origin: *`
+/// never passes the rule's word, with or without `Origin`.
+#[tokio::test]
+async fn cors_rule_answers_without_origin_vary_and_carry_no_upstream_acao() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let resp = http::Response::builder()
+                        .header("access-control-allow-origin", "*")
+                        .header("access-control-allow-credentials", "true")
+                        .body(Full::new(Bytes::from_static(b"ok")))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
+                    .await;
+            });
+        }
+    });
+    let mut setup = cors_gateway_setup();
+    setup.upstreams = format!("  open:\n    url: http://{addr}\n");
+    setup.policies[0].1 = setup.policies[0]
+        .1
+        .replace("upstream: echo", "upstream: open");
+    let gw = setup.start().await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    for (origin, auth) in [
+        (None, Some(auth.as_str())),
+        (None, None),
+        (Some("https://evil.example.com"), Some(auth.as_str())),
+    ] {
+        let mut req = Request::get("/api/items/1");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let (status, h, _) = send(gw.addr(), req.body(Full::default()).unwrap()).await;
+        let expected = if auth.is_some() { 200 } else { 401 };
+        assert_eq!(status.as_u16(), expected, "{origin:?}");
+        assert_eq!(
+            h.get("vary").map(|v| v.to_str().unwrap()),
+            Some("origin"),
+            "{origin:?}: {h:?}"
+        );
+        assert!(
+            !h.contains_key("access-control-allow-origin"),
+            "{origin:?}: {h:?}"
+        );
+        assert!(
+            !h.contains_key("access-control-allow-credentials"),
+            "{origin:?}: {h:?}"
+        );
+    }
+    server.abort();
+}
+
 // === trace context ===
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
