@@ -100,12 +100,15 @@ pub(super) async fn run(
             return;
         }
     };
-    let moves = Arc::new(AtomicU64::new(0));
-    let mut client = Counted::new(client, Arc::clone(&moves));
-    let mut upstream = Counted::new(upstream, Arc::clone(&moves));
+    let moved = Arc::new(Moved {
+        opened: started,
+        last_ms: AtomicU64::new(0),
+    });
+    let mut client = Counted::new(client, Arc::clone(&moved));
+    let mut upstream = Counted::new(upstream, Arc::clone(&moved));
     let relay = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     tokio::pin!(relay);
-    let watch = watchdog(&bounds, &clock, &moves, started);
+    let watch = watchdog(&bounds, &clock, &moved, started);
     tokio::pin!(watch);
     let end = tokio::select! {
         r = &mut relay => if r.is_ok() { End::Closed } else { End::Failed },
@@ -167,12 +170,10 @@ pub(super) async fn credential_watch(
 }
 
 /// Resolves when a bound closes the tunnel.
-async fn watchdog(bounds: &Bounds, clock: &Clock, moves: &AtomicU64, started: Instant) -> End {
+async fn watchdog(bounds: &Bounds, clock: &Clock, moved: &Moved, started: Instant) -> End {
     let lifetime_end = started + bounds.lifetime;
     let mut expires_at = bounds.expires_at;
     let mut next_recheck = bounds.recheck.as_ref().map(|(every, _)| started + *every);
-    let mut seen = moves.load(Ordering::Relaxed);
-    let mut quiet_since = started;
     loop {
         let now = Instant::now();
         let clock_now = clock.unix_secs();
@@ -182,11 +183,12 @@ async fn watchdog(bounds: &Bounds, clock: &Clock, moves: &AtomicU64, started: In
         if now >= lifetime_end {
             return End::Lifetime;
         }
-        let count = moves.load(Ordering::Relaxed);
-        if count != seen {
-            seen = count;
-            quiet_since = now;
-        } else if now.duration_since(quiet_since) >= bounds.idle {
+        // Why: the idle deadline counts from the last byte that moved, not from the watchdog's
+        // last look: a look that only saw that bytes had moved restarted the count then, so a
+        // tunnel quiet for up to twice `idle_timeout` stayed open.
+        // Regression: tests (it) edge::websocket_idle_timeout_counts_from_the_last_frame
+        let quiet_since = moved.last();
+        if now.duration_since(quiet_since) >= bounds.idle {
             return End::Idle;
         }
         if let (Some(at), Some((every, r))) = (next_recheck, &bounds.recheck)
@@ -271,17 +273,38 @@ async fn recheck(r: &Recheckable) -> Verdict {
     }
 }
 
-/// An upgraded stream that counts the reads and writes that move bytes (the idle deadline).
+/// When bytes last moved through a tunnel, either way (the idle deadline).
+struct Moved {
+    /// When the tunnel opened.
+    opened: Instant,
+    /// Milliseconds from `opened` to the last read or write that moved bytes.
+    last_ms: AtomicU64,
+}
+
+impl Moved {
+    /// Bytes moved now.
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When bytes last moved (the opening, if none has).
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// An upgraded stream that records when its reads and writes move bytes.
 struct Counted {
     io: TokioIo<Upgraded>,
-    moves: Arc<AtomicU64>,
+    moved: Arc<Moved>,
 }
 
 impl Counted {
-    fn new(io: Upgraded, moves: Arc<AtomicU64>) -> Self {
+    fn new(io: Upgraded, moved: Arc<Moved>) -> Self {
         Self {
             io: TokioIo::new(io),
-            moves,
+            moved,
         }
     }
 }
@@ -295,7 +318,7 @@ impl AsyncRead for Counted {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.moves.fetch_add(1, Ordering::Relaxed);
+            self.moved.touch();
         }
         polled
     }
@@ -309,7 +332,7 @@ impl AsyncWrite for Counted {
     ) -> Poll<std::io::Result<usize>> {
         let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.moves.fetch_add(1, Ordering::Relaxed);
+            self.moved.touch();
         }
         polled
     }

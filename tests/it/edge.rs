@@ -479,6 +479,29 @@ async fn tunnel_is_closed_after_its_idle_timeout_and_kept_while_busy() {
     );
 }
 
+/// The idle deadline counts from the last frame: one echo, then silence, closes the tunnel
+/// `idle_timeout` after that echo, not up to twice as late.
+#[tokio::test]
+async fn websocket_idle_timeout_counts_from_the_last_frame() {
+    let upstream = WsEcho::start().await;
+    let gw = ws_gateway(&upstream, "      idle_timeout: 1s\n").await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let mut ws = connect(&gw, "/ws/room", &[("authorization", &auth)])
+        .await
+        .expect("upgraded");
+    // Past the watchdog's first look (at the idle deadline from the opening), which sees that
+    // bytes moved.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    echo_once(&mut ws, "the last frame").await;
+    let took = ends_within(&mut ws, Duration::from_secs(3))
+        .await
+        .expect("closed when idle");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1600),
+        "closed {took:?} after the last frame, with idle_timeout 1s"
+    );
+}
+
 #[tokio::test]
 async fn tunnel_is_closed_on_shutdown() {
     let upstream = WsEcho::start().await;
