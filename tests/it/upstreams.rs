@@ -115,6 +115,34 @@ async fn stale_pooled_connection_retried_for_get_never_for_post() {
     assert_eq!(posts, 1, "the POST reached the upstream once");
 }
 
+/// The same without the pause: a connection reused at once (an upstream closing soon after an
+/// answer, a graceful restart closing idle connections) is retried for a GET too.
+#[tokio::test]
+async fn connection_closed_right_after_an_answer_is_retried_for_get() {
+    let up = ClosingUpstream::start().await;
+    let gw = Setup {
+        upstreams: format!("  closing:\n    url: http://{}\n", up.addr),
+        policies: route_all_to("closing"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for (i, path) in ["/a", "/b", "/c"].into_iter().enumerate() {
+        let (status, _, body) = get(gw.addr(), path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body:?}");
+        // The first on a new connection; each next one fails on the reused connection and
+        // goes again on a fresh one.
+        assert_eq!(up.seen().len(), 1 + 2 * i, "{path}: {:?}", up.seen());
+    }
+    let post = Request::post("/order")
+        .body(Full::new(Bytes::from_static(b"{\"qty\":1}")))
+        .unwrap();
+    let (status, _, body) = send(gw.addr(), post).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+    let posts = up.seen().iter().filter(|m| *m == "POST").count();
+    assert_eq!(posts, 1, "the POST reached the upstream once");
+}
+
 /// A test upstream answering `name` as its body, counting requests; while `down`, every
 /// answer (health checks included) is a 503. Speaks HTTP/1.1 and HTTP/2 (prior knowledge).
 #[derive(Clone)]
