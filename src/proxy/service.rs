@@ -376,10 +376,13 @@ async fn tunnel(
 }
 
 /// Whether the client speaks gRPC: its denials and failures are then rendered as gRPC.
+/// Media types are case-insensitive (RFC 9110 §8.3.1): `Application/GRPC` is gRPC too.
 fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .get(..16)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
+    })
 }
 
 /// Phase 1: the head within its limits, no h2c upgrade, no transfer coding but `chunked`,
@@ -806,6 +809,21 @@ mod tests {
     ///
     /// Regression: the decision's future was 9.3 KB (a Redis script call and a gRPC delegate
     /// call inline), and copying the request's future was 28% of the proxy's instructions.
+    #[test]
+    fn grpc_content_types_in_any_case() {
+        for (ct, grpc) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("Application/GRPC", true),
+            ("application/json", false),
+            ("application/grp", false),
+        ] {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
+            assert_eq!(is_grpc(&h), grpc, "{ct}");
+        }
+    }
+
     #[test]
     fn request_futures_stay_small() {
         let decide = ReturnSize::<(

@@ -144,10 +144,11 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let grpc = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let grpc = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+            v.as_bytes()
+                .get(..16)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
+        });
         // Kept (a reference count) in case the request is shed; checked only then.
         let sent_id = req.headers().get(&self.id_header).cloned();
         ShedFuture {
