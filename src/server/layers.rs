@@ -32,6 +32,7 @@ use super::listener::Handler;
 use super::{Conn, Shared};
 use crate::body::ResponseBody;
 use crate::decision::Refusal;
+use crate::request::grpc::Grpc;
 
 /// A request, and what a door answers.
 type Request = hyper::Request<Incoming>;
@@ -144,11 +145,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let grpc = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
-            v.as_bytes()
-                .get(..16)
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
-        });
+        let grpc = Grpc::of(req.headers());
         // Kept (a reference count) in case the request is shed; checked only then.
         let sent_id = req.headers().get(&self.id_header).cloned();
         ShedFuture {
@@ -166,7 +163,7 @@ where
 pub struct ShedFuture<F> {
     inner: F,
     /// What the 503 needs, should the request be shed.
-    grpc: bool,
+    grpc: Option<Grpc>,
     sent_id: Option<HeaderValue>,
     shared: Arc<Shared>,
     id_header: http::HeaderName,
@@ -198,11 +195,20 @@ where
 }
 
 /// 503 `overloaded`, in the client's protocol.
-fn overloaded(grpc: bool, id_header: &http::HeaderName, request_id: HeaderValue) -> Response {
-    let mut resp = if grpc {
-        tonic::Status::unavailable("overloaded")
+fn overloaded(
+    grpc: Option<Grpc>,
+    id_header: &http::HeaderName,
+    request_id: HeaderValue,
+) -> Response {
+    let mut resp = if let Some(grpc) = grpc {
+        let mut resp = tonic::Status::unavailable("overloaded")
             .into_http()
-            .map(crate::body::grpc)
+            .map(crate::body::grpc);
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(grpc.content_type()),
+        );
+        resp
     } else {
         Refusal::error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", &request_id)
             .into_response()

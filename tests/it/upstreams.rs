@@ -614,12 +614,13 @@ async fn grpc_client_denied_gets_grpc_status() {
     }
     .start()
     .await;
-    let grpc = |path: &str| {
+    let flavour = |path: &str, ct: &str| {
         Request::post(path)
-            .header("content-type", "application/grpc")
+            .header("content-type", ct)
             .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
             .unwrap()
     };
+    let grpc = |path: &str| flavour(path, "application/grpc");
     let (status, headers, body) = send(gw.addr(), grpc("/pkg.Svc/Call")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["grpc-status"], "16");
@@ -630,6 +631,20 @@ async fn grpc_client_denied_gets_grpc_status() {
     let (status, headers, _) = send(gw.addr(), grpc("/admin/x")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["grpc-status"], "7");
+    // A gRPC-Web client rejects an answer labelled `application/grpc`: it gets its own label.
+    for (sent, label) in [
+        ("application/grpc-web+proto", "application/grpc-web+proto"),
+        ("application/grpc-web", "application/grpc-web+proto"),
+        (
+            "application/grpc-web-text",
+            "application/grpc-web-text+proto",
+        ),
+    ] {
+        let (status, headers, _) = send(gw.addr(), flavour("/admin/x", sent)).await;
+        assert_eq!(status, StatusCode::OK, "{sent}");
+        assert_eq!(headers["grpc-status"], "7", "{sent}");
+        assert_eq!(headers["content-type"], label, "{sent}");
+    }
     // A plain client still gets the HTTP answer.
     assert_eq!(get(gw.addr(), "/admin/x").await.0, StatusCode::FORBIDDEN);
 }
@@ -793,6 +808,94 @@ async fn h2_over_tls_upstream_relays_trailers() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(trailers.expect("trailers relayed")["grpc-status"], "0");
     assert_eq!(seen.lock().unwrap()[0].0, http::Version::HTTP_2);
+}
+
+/// An HTTP/1.1 upstream answering in chunks with an `x-checksum` trailer it declares in
+/// `Trailer` (hyper sends it only to a request that said `TE: trailers`).
+async fn h1_trailer_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_: Request<hyper::body::Incoming>| async {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("x-checksum", "c0ffee".parse().unwrap());
+                    let frames = vec![
+                        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                            Bytes::from_static(b"chunked"),
+                        )),
+                        Ok(hyper::body::Frame::trailers(trailers)),
+                    ];
+                    let body = http_body_util::StreamBody::new(tokio_stream_iter(frames));
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("trailer", "x-checksum")
+                            .body(body)
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/1.1 client that says `TE: trailers` gets the upstream's trailers after the last
+/// chunk, from an HTTP/1.1 upstream (its `Trailer` declaration kept) and from a gRPC one over
+/// h2c (which declares none: the gateway declares the status fields); a client that did not
+/// say it gets none.
+#[tokio::test]
+async fn http1_client_asking_for_trailers_gets_them() {
+    let h1 = h1_trailer_upstream().await;
+    let (h2, _) = trailer_upstream(None).await;
+    let gw = Setup {
+        upstreams: format!(
+            "  h1:\n    url: http://{h1}\n  grpc:\n    url: http://{h2}\n    protocol: h2c\n"
+        ),
+        policies: vec![(
+            "p.yaml".into(),
+            "rules:\n  - {name: grpc, match: {paths: [\"/pkg.Svc/**\"]}, effect: allow, anonymous: true, upstream: grpc}\n  - {name: rest, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: h1}\n"
+                .into(),
+        )],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let ask =
+        |te: &str| format!("GET /file HTTP/1.1\r\nHost: app.test\r\n{te}Connection: close\r\n\r\n");
+    let r = crate::support::raw(gw.addr(), ask("TE: trailers\r\n").as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(
+        r.head.to_ascii_lowercase().contains("trailer: x-checksum"),
+        "{}",
+        r.head
+    );
+    assert!(r.body.contains("chunked"), "{}", r.body);
+    assert!(
+        r.body.ends_with("0\r\nx-checksum: c0ffee\r\n\r\n"),
+        "{:?}",
+        r.body
+    );
+
+    let r = crate::support::raw(gw.addr(), ask("").as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(!r.body.contains("c0ffee"), "{:?}", r.body);
+    assert!(
+        !r.head.to_ascii_lowercase().contains("trailer:"),
+        "{}",
+        r.head
+    );
+
+    let grpc = "POST /pkg.Svc/Call HTTP/1.1\r\nHost: app.test\r\nContent-Type: application/grpc\r\n\
+                TE: trailers\r\nContent-Length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0";
+    let r = crate::support::raw(gw.addr(), grpc.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.body.contains("grpc-status: 0\r\n"), "{:?}", r.body);
+    assert!(r.body.contains("grpc-message: fine\r\n"), "{:?}", r.body);
 }
 
 /// An upstream that requires a client certificate from a private CA: refused (502) without
