@@ -99,7 +99,7 @@ async fn run(weak: Weak<Balancer>, u: Upkeep) {
 }
 
 /// Resolves every endpoint name; an address that stays keeps its endpoint, a name that fails
-/// to resolve keeps its last addresses.
+/// to resolve keeps its last addresses, and one that never resolved is out of rotation.
 async fn resolve(b: &Balancer, u: &Upkeep) {
     let current = b.endpoints.load_full();
     let mut next: Vec<Arc<Endpoint>> = Vec::with_capacity(current.len());
@@ -127,7 +127,17 @@ async fn resolve(b: &Balancer, u: &Upkeep) {
         };
         addrs.dedup();
         if addrs.is_empty() {
-            next.extend(kept);
+            // Why: a name that has never resolved is an endpoint nobody can reach; in rotation,
+            // it cost a failed lookup and a retry elsewhere for each of its turns until
+            // passive ejection took it out, and again after each back-off. Out of rotation
+            // (as unhealthy) until it resolves, when its addresses replace it, in rotation.
+            // Regression: tests (it) upstreams::unresolvable_endpoint_name_is_out_of_rotation
+            for e in kept {
+                if matches!(e.addr, Addr::Name(_)) {
+                    e.healthy.store(false, Ordering::Relaxed);
+                }
+                next.push(e);
+            }
             continue;
         }
         for a in addrs {

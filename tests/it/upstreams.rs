@@ -392,6 +392,16 @@ async fn stopped_endpoint_ejected_then_readmitted() {
     }
     assert_eq!(b.hits(), 3, "the stopped endpoint served nothing");
     assert_eq!(a.hits() + c.hits(), 6 + 12);
+    // The stopped endpoint's turns are shared by the others, not all given to its successor.
+    let (a0, c0) = (a.hits(), c.hits());
+    for _ in 0..20 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        (a.hits() - a0, c.hits() - c0),
+        (10, 10),
+        "the share after an ejection"
+    );
     let (_, metrics) = gw.admin_get("/metrics").await;
     for line in [
         format!(
@@ -1059,6 +1069,41 @@ async fn stalled_response_body_cut_at_the_idle_timeout() {
 
 /// An endpoint given by name is resolved (and re-resolved) into its addresses; requests
 /// reach the one that listens, whatever else the name resolves to.
+/// A name that does not resolve (`.invalid` never does, RFC 6761) is out of rotation once
+/// its first lookup fails: no request is sent its way, so none is retried or fails.
+#[tokio::test]
+async fn unresolvable_endpoint_name_is_out_of_rotation() {
+    let a = Backend::start("a").await;
+    let gw = Setup {
+        upstreams: format!(
+            "  pool:\n    url: http://backend.test\n    endpoints: [\"{}\", \"nowhere.invalid:80\"]\n    dns_refresh: 50ms\n",
+            a.addr
+        ),
+        policies: route_all_to("pool"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let healthy =
+        "portcullis_upstream_endpoint_healthy{upstream=\"pool\",endpoint=\"nowhere.invalid:80\"} 0";
+    let out = crate::support::eventually(Duration::from_secs(10), || async {
+        gw.admin_get("/metrics").await.1.contains(healthy)
+    })
+    .await;
+    assert!(out, "the name never left rotation");
+    for _ in 0..10 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+    }
+    assert_eq!(a.hits(), 10);
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    for line in [
+        "portcullis_upstream_retries_total{upstream=\"pool\",outcome=\"sent\"} 0",
+        "portcullis_upstream_endpoint_ejections_total{upstream=\"pool\",endpoint=\"nowhere.invalid:80\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+}
+
 #[tokio::test]
 async fn endpoint_names_resolve_to_their_addresses() {
     let a = Backend::start("a").await;
