@@ -252,8 +252,10 @@ async fn forward(
         Some(crate::upstream::HashOn::Principal) => allow.principal.clone(),
         _ => None,
     };
-    let (req, client_fault) =
-        upstream_request(ctx, allow, parts, body, uri, origin, &upstream).await?;
+    upstream_head(ctx, allow, &mut parts, uri, origin, &upstream)?;
+    let body = upstream_body(snapshot, body).await?;
+    let client_fault = body.fault();
+    let req = Request::from_parts(parts, body);
     let route = timeouts.as_deref().copied().unwrap_or_default();
     let opts = crate::upstream::SendOptions {
         connect_timeout: route.connect.unwrap_or(upstream.connect_timeout),
@@ -440,17 +442,34 @@ fn facts<'p>(
 }
 
 /// Phase 3: the request for the upstream: the target decided on, the headers the core's
-/// mutation and the forwarding headers make, the body within its limit (what arrived with the
-/// head read first).
+/// mutation and the forwarding headers make ([`upstream_head`]), the body within its limit,
+/// what arrived with the head read first ([`upstream_body`]).
 async fn upstream_request(
     ctx: &mut Ctx<'_>,
-    mut allow: crate::decision::Allow,
+    allow: crate::decision::Allow,
     mut parts: http::request::Parts,
     body: Incoming,
     uri: Option<http::Uri>,
     origin: Origin,
     upstream: &crate::upstream::Upstream,
 ) -> Result<(Request<RequestBody>, Arc<std::sync::atomic::AtomicBool>), Failure> {
+    upstream_head(ctx, allow, &mut parts, uri, origin, upstream)?;
+    let body = upstream_body(ctx.snapshot, body).await?;
+    let client_fault = body.fault();
+    Ok((Request::from_parts(parts, body), client_fault))
+}
+
+/// Phase 3, the head: target and headers for the upstream. Not `async`: on the plain path the
+/// head and the body are made apart, so that no future holds both (a request's future is
+/// copied whole at each layer that moves it).
+fn upstream_head(
+    ctx: &mut Ctx<'_>,
+    mut allow: crate::decision::Allow,
+    parts: &mut http::request::Parts,
+    uri: Option<http::Uri>,
+    origin: Origin,
+    upstream: &crate::upstream::Upstream,
+) -> Result<(), Failure> {
     let snapshot = ctx.snapshot;
     if allow.identity_refused > 0 {
         ctx.shared
@@ -490,11 +509,16 @@ async fn upstream_request(
         trace.apply(&mut parts.headers);
     }
     parts.uri = uri;
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    Ok(())
+}
+
+/// Phase 3, the body: what arrived with the head read first, within the size limit.
+async fn upstream_body(snapshot: &Snapshot, body: Incoming) -> Result<RequestBody, Failure> {
+    let limit = usize::try_from(snapshot.server.max_body_bytes).unwrap_or(usize::MAX);
     // Why: a body whose framing is already broken (bad chunk size, bare LF) is refused with
     // nothing sent upstream, rather than half-forwarded and reported as a 502.
     // Regression: tests (it) proxy::malformed_chunked_body_is_400_and_never_reaches_the_upstream
-    let body = RequestBody::prefetch(body, limit, snapshot.server.header_read_timeout)
+    RequestBody::prefetch(body, limit, snapshot.server.header_read_timeout)
         .await
         .map_err(|e| match e {
             PrefetchError::Malformed => Failure::Malformed(StatusCode::BAD_REQUEST, "invalid_body"),
@@ -504,9 +528,7 @@ async fn upstream_request(
             PrefetchError::Timeout => {
                 Failure::Malformed(StatusCode::REQUEST_TIMEOUT, "body_timeout")
             }
-        })?;
-    let client_fault = body.fault();
-    Ok((Request::from_parts(parts, body), client_fault))
+        })
 }
 
 /// Phase 4: the exchange with the upstream, within its response timeout. The one place
@@ -519,7 +541,10 @@ async fn send(
     response_timeout: std::time::Duration,
     client_fault: &std::sync::atomic::AtomicBool,
 ) -> Result<Response<crate::upstream::PooledBody>, Failure> {
-    let result = tokio::time::timeout(response_timeout, upstream.send(req, opts)).await;
+    // Boxed: the exchange's state (the pool's send, a retry's, hyper's response future) is
+    // the largest part of a request's future, which is copied whole at each layer that moves
+    // it; behind one allocation it is not (54.8 k -> 54.5 k instructions per plain request).
+    let result = tokio::time::timeout(response_timeout, Box::pin(upstream.send(req, opts))).await;
     let e = match result {
         Ok(Ok(resp)) => return Ok(resp),
         Err(_) => {
@@ -832,6 +857,6 @@ mod tests {
         )>::return_size(&decision::decide);
         let handle = ReturnSize::<(&Arc<Shared>, &Conn, Request<Incoming>)>::return_size(&handle);
         assert!(decide <= 1024, "the decision's future is {decide} bytes");
-        assert!(handle <= 6144, "a request's future is {handle} bytes");
+        assert!(handle <= 3584, "a request's future is {handle} bytes");
     }
 }
