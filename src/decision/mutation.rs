@@ -45,6 +45,11 @@ pub struct HeaderMutation {
     pub named: Option<Arc<DoorList>>,
     /// Headers to add to the response the client gets.
     pub response: Vec<(HeaderName, HeaderValue)>,
+    /// At a decision door, the query parameters carrying a credential the authenticator
+    /// strips, each as configured and, if the request spelled it otherwise (`api%5Fkey`), as
+    /// spelled: the proxy door cuts them from the target it forwards; of the decision doors
+    /// only the gRPC door can have its peer remove them (`query_parameters_to_remove`).
+    pub query_remove: Vec<Box<str>>,
 }
 
 // === impl HeaderMutation ===
@@ -63,6 +68,7 @@ impl HeaderMutation {
             remove: Vec::new(),
             named: None,
             response: Vec::new(),
+            query_remove: Vec::new(),
         };
         // Why: one walk over the names present; no allocation unless a header goes.
         // Regression: tests::spoofed_and_credential_headers_are_removed
@@ -75,6 +81,14 @@ impl HeaderMutation {
         if let Some(a) = authenticator.filter(|a| a.strip) {
             for source in &*a.sources {
                 out.strip_credential(source, facts.headers);
+                // Why: only the proxy door forwards a target of its own; behind Envoy a
+                // verified `?api_key=` reached the upstream although the authenticator strips.
+                // Regression: tests (it) grpc::query_credential_removed_by_envoy
+                if let (CredentialSource::Query(name), Some(query)) = (source, facts.query)
+                    && facts.conn.door != Door::Proxy
+                {
+                    out.query_remove_credential(name, query);
+                }
             }
         }
         if facts.conn.door != Door::Proxy {
@@ -139,6 +153,21 @@ impl HeaderMutation {
         };
         if headers.contains_key(&name) {
             self.push_remove(name);
+        }
+    }
+
+    /// Names the query parameter `name` for removal, in each spelling the request used.
+    fn query_remove_credential(&mut self, name: &str, query: &str) {
+        for pair in query.split('&') {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            if crate::authn::credential::decode(key).is_none_or(|k| *k != *name) {
+                continue;
+            }
+            for spelled in [name, key] {
+                if !self.query_remove.iter().any(|q| **q == *spelled) {
+                    self.query_remove.push(spelled.into());
+                }
+            }
         }
     }
 

@@ -716,6 +716,7 @@ pub fn allowed(a: &Allow) -> CheckResponse {
             headers: m.set.iter().map(option).collect(),
             headers_to_remove: m.removed().map(|n| n.as_str().to_owned()).collect(),
             response_headers_to_add: m.response.iter().map(option).collect(),
+            query_parameters_to_remove: m.query_remove.iter().map(|q| q.to_string()).collect(),
             ..OkHttpResponse::default()
         })),
         dynamic_metadata: Some(metadata),

@@ -502,6 +502,97 @@ async fn context_extensions_select_rules() {
     assert_eq!(status, http::StatusCode::OK);
 }
 
+/// A credential the authenticator strips is named to Envoy when it came in the query (Envoy
+/// removes it from the path it forwards), in the configured spelling and the one sent; a
+/// parameter that merely looks like it stays.
+#[tokio::test]
+async fn query_credential_removed_by_envoy() {
+    let gw = Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
+        policies: vec![("10-p.yaml".into(), POLICY.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: crate::support::hs256_users("{}").replace(
+            "    jwt:\n",
+            "    jwt:\n      from: [bearer, {query: access_token}]\n",
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut c = client(&gw).await;
+    let token = hs256_token(SECRET, &json!({"scope": "orders:read"}));
+    for (query, removed) in [
+        (
+            format!("a=1&access_token={token}&b=2"),
+            vec!["access_token"],
+        ),
+        (
+            format!("access%5Ftoken={token}&access_token_hint=x"),
+            vec!["access_token", "access%5Ftoken"],
+        ),
+    ] {
+        let resp = c
+            .check(check(&format!("/api/orders?{query}"), "198.51.100.9", &[]))
+            .await
+            .expect("an answer")
+            .into_inner();
+        assert_eq!(code(&resp), 0, "{resp:?}");
+        let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
+            panic!("{resp:?}");
+        };
+        assert_eq!(ok.query_parameters_to_remove, removed, "{query}");
+    }
+    // A bearer credential leaves the query alone.
+    let bearer = format!("Bearer {token}");
+    let resp = c
+        .check(check(
+            "/api/orders?access_token_hint=x",
+            "198.51.100.9",
+            &[("authorization", &bearer)],
+        ))
+        .await
+        .expect("an answer")
+        .into_inner();
+    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
+        panic!("{resp:?}");
+    };
+    assert!(ok.query_parameters_to_remove.is_empty(), "{ok:?}");
+}
+
+/// A query credential an authenticator strips cannot be removed behind Envoy's HTTP mode or
+/// forward auth: `check` says so (a warning), and is silent without such a door.
+#[test]
+fn query_credential_behind_an_http_door_is_a_warning() {
+    let users = crate::support::hs256_users("{}").replace(
+        "    jwt:\n",
+        "    jwt:\n      from: [bearer, {query: access_token}]\n",
+    );
+    let cfg = crate::support::ConfigDir::new(&users);
+    cfg.write("hs.secret", SECRET);
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users], upstream: echo}\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("access_token"), "{text}");
+    let yaml = std::fs::read_to_string(cfg.dir.path().join("portcullis.yaml")).unwrap();
+    cfg.write(
+        "portcullis.yaml",
+        yaml.replace(
+            "listeners: [{name: http, address: \"127.0.0.1:0\"}]",
+            "listeners: [{name: http, address: \"127.0.0.1:0\"}, {name: nginx, address: \"127.0.0.1:0\", door: {forward_auth: {}}}]",
+        ),
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "a warning, not an error: {text}");
+    assert!(
+        text.contains("authenticators.users.jwt.from[1]")
+            && text.contains("`access_token` is not stripped behind `nginx`"),
+        "{text}"
+    );
+}
+
 /// `check` warns about a deny rule narrowed by context extensions when another door serves
 /// requests it will never match there.
 #[test]

@@ -34,7 +34,47 @@ pub(super) fn authenticators(cx: &mut Cx<'_>) -> Authn {
     };
     published_dev_key(cx);
     mtls_listeners(cx);
+    query_credentials_at_http_doors(cx);
     authn
+}
+
+/// Why: a query credential an authenticator strips is cut from the target by the proxy door
+/// and named to Envoy by the gRPC door (`query_parameters_to_remove`), but Envoy's HTTP mode
+/// and the forward-auth peers (nginx, Traefik, Caddy, APISIX, Kong) have no way to be told:
+/// behind them the upstream receives the credential. Said, since it cannot be done.
+/// Regression: tests (it) grpc::query_credential_behind_an_http_door_is_a_warning
+fn query_credentials_at_http_doors(cx: &mut Cx<'_>) {
+    use crate::config::raw::{RawCredentialSource, RawDoor};
+    let loaded = cx.loaded;
+    let cfg = &loaded.raw;
+    let doors: Vec<String> = cfg
+        .listeners
+        .iter()
+        .filter(|l| matches!(l.door, RawDoor::EnvoyHttp(_) | RawDoor::ForwardAuth(_)))
+        .map(|l| format!("`{}`", l.name))
+        .collect();
+    if doors.is_empty() {
+        return;
+    }
+    for (name, a) in &cfg.authenticators {
+        let (kind, strip, from) = match a {
+            RawAuthenticator::Jwt(j) => ("jwt", j.strip, &j.from),
+            RawAuthenticator::ApiKey(k) => ("api_key", k.strip, &k.from),
+            RawAuthenticator::Introspection(i) => ("introspection", i.strip, &i.from),
+            _ => continue,
+        };
+        for (i, source) in from.iter().enumerate() {
+            if let (true, RawCredentialSource::Query(q)) = (strip, source) {
+                cx.warn(
+                    &format!("authenticators.{name}.{kind}.from[{i}]"),
+                    format!(
+                        "the credential in query parameter `{q}` is not stripped behind {}: Envoy's HTTP mode and forward-auth peers cannot remove a query parameter, so their upstream receives it (the proxy and envoy_grpc doors remove it)",
+                        doors.join(", ")
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// Why: the development key pair ships with Portcullis, private half included; a gateway

@@ -12,7 +12,8 @@
 //! ```text
 //! CheckResponse     status 1 (google.rpc.Status: code 1, empty for OK), ok_response 3,
 //!                   dynamic_metadata 4 (google.protobuf.Struct)
-//! OkHttpResponse    headers 2, headers_to_remove 5, response_headers_to_add 6
+//! OkHttpResponse    headers 2, headers_to_remove 5, response_headers_to_add 6,
+//!                   query_parameters_to_remove 8
 //! HeaderValueOption header 1 (HeaderValue: key 1, value 2), append_action 3
 //! Struct            fields 1: map entries (key 1, value 2: Value, string_value 3)
 //! ```
@@ -55,6 +56,7 @@ const DYNAMIC_METADATA: u32 = 4;
 const OK_HEADERS: u32 = 2;
 const OK_HEADERS_TO_REMOVE: u32 = 5;
 const OK_RESPONSE_HEADERS_TO_ADD: u32 = 6;
+const OK_QUERY_PARAMETERS_TO_REMOVE: u32 = 8;
 const OPTION_HEADER: u32 = 1;
 const OPTION_APPEND_ACTION: u32 = 3;
 const HEADER_KEY: u32 = 1;
@@ -116,6 +118,10 @@ impl Answer {
                 .iter()
                 .map(|(n, v)| field_len(OK_RESPONSE_HEADERS_TO_ADD, option_len(n, v)))
                 .sum::<usize>()
+            + m.query_remove
+                .iter()
+                .map(|q| field_len(OK_QUERY_PARAMETERS_TO_REMOVE, q.len()))
+                .sum::<usize>()
     }
 
     fn metadata_len(a: &Allow) -> usize {
@@ -146,6 +152,9 @@ impl prost::Message for Answer {
         }
         for (n, v) in &m.response {
             put_option(OK_RESPONSE_HEADERS_TO_ADD, n, v, buf);
+        }
+        for q in &m.query_remove {
+            put_bytes(OK_QUERY_PARAMETERS_TO_REMOVE, q.as_bytes(), buf);
         }
         head(DYNAMIC_METADATA, metadata_len, buf);
         for (k, v) in Self::metadata(a) {
@@ -331,6 +340,7 @@ mod tests {
                     remove: vec![HeaderName::from_static("x_user_id")],
                     named: Some(Arc::clone(spoofable.door_removal(false))),
                     response: vec![header("ratelimit-remaining", "9")],
+                    query_remove: vec!["api_key".into(), "api%5Fkey".into()],
                 },
             ),
             allow(
@@ -343,6 +353,7 @@ mod tests {
                     remove: Vec::new(),
                     named: Some(Arc::clone(spoofable.door_removal(true))),
                     response: Vec::new(),
+                    query_remove: Vec::new(),
                 },
             ),
             allow(
