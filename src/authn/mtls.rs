@@ -66,6 +66,13 @@ impl Mtls {
         if now >= cert.not_after {
             return Err(TokenError::Expired);
         }
+        // Why: a certificate Envoy hands the gRPC door in a Check is believed as Envoy
+        // verified it; one not valid yet (issued ahead, or a clock skewed at the peer) was
+        // accepted, where the handshake's own verification refuses it.
+        // Regression: tests::a_certificate_not_yet_valid_is_refused
+        if now < cert.not_before {
+            return Err(TokenError::NotYetValid);
+        }
         let id = self
             .id
             .iter()
@@ -166,5 +173,24 @@ mod tests {
         let p = m.principal(&cert, &name, 99).unwrap();
         assert_eq!((p.expires_at, p.valid_until), (Some(100), Some(100)));
         assert_eq!(m.principal(&cert, &name, 100), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn a_certificate_not_yet_valid_is_refused() {
+        let cert = ClientCert {
+            subject_cn: Some("billing".into()),
+            not_before: 50,
+            not_after: 100,
+            ..ClientCert::default()
+        };
+        let m = Mtls::compile(&RawMtls {
+            id: vec![RawCertName::SubjectCn],
+            kind: RawPrincipalKind::Machine,
+            listeners: vec![],
+        })
+        .unwrap();
+        let name: Arc<str> = "m".into();
+        assert_eq!(m.principal(&cert, &name, 49), Err(TokenError::NotYetValid));
+        assert!(m.principal(&cert, &name, 50).is_ok());
     }
 }

@@ -176,6 +176,8 @@ pub struct ClientCert {
     pub san_email: Box<[Box<str>]>,
     /// SHA-256 of the DER certificate, lowercase hex.
     pub fingerprint: Box<str>,
+    /// Unix time the certificate becomes valid (0 for any time before 1970).
+    pub not_before: u64,
     /// Unix time the certificate expires.
     pub not_after: u64,
 }
@@ -212,6 +214,7 @@ impl ClientCert {
             san_uri: uri.into(),
             san_email: email.into(),
             fingerprint: fingerprint.into(),
+            not_before: u64::try_from(cert.not_before()).unwrap_or(0),
             not_after: u64::try_from(cert.not_after()).unwrap_or(0),
         })
     }

@@ -137,6 +137,7 @@ const ATTRIBUTE_NAMES: &[(&[u8], &str)] = &[
 pub struct Certificate<'a> {
     subject: Name<'a>,
     spki: Spki<'a>,
+    not_before: i64,
     not_after: i64,
     /// The contents of the SAN's `GeneralNames`, validated.
     san: Option<&'a [u8]>,
@@ -205,7 +206,7 @@ impl<'a> Certificate<'a> {
         tbs.expect(SEQUENCE)?; // signature
         Name::new(tbs.expect(SEQUENCE)?)?; // issuer
         let mut validity = Reader(tbs.expect(SEQUENCE)?);
-        time(validity.next()?)?; // notBefore
+        let not_before = time(validity.next()?)?;
         let not_after = time(validity.next()?)?;
         validity.finish()?;
         let subject = Name::new(tbs.expect(SEQUENCE)?)?;
@@ -220,6 +221,7 @@ impl<'a> Certificate<'a> {
         Some(Self {
             subject,
             spki,
+            not_before,
             not_after,
             san,
         })
@@ -233,6 +235,11 @@ impl<'a> Certificate<'a> {
     /// The public key.
     pub fn public_key(&self) -> Spki<'a> {
         self.spki
+    }
+
+    /// `notBefore` as Unix time (negative before 1970).
+    pub fn not_before(&self) -> i64 {
+        self.not_before
     }
 
     /// `notAfter` as Unix time (negative before 1970).

@@ -92,6 +92,7 @@ fn everything_cert() -> Vec<u8> {
             )),
             SanType::DnsName("b.example.test".try_into().unwrap()),
         ];
+        p.not_before = rcgen::date_time_ymd(2024, 3, 1);
         p.not_after = rcgen::date_time_ymd(2030, 1, 1);
     })
 }
@@ -118,7 +119,8 @@ fn rcgen_certificate_with_every_san_kind() {
             GeneralName::Dns("b.example.test"),
         ]
     );
-    // 2030-01-01T00:00:00Z, a UTCTime.
+    // 2024-03-01T00:00:00Z and 2030-01-01T00:00:00Z, UTCTimes.
+    assert_eq!(cert.not_before(), 1_709_251_200);
     assert_eq!(cert.not_after(), 1_893_456_000);
     assert_eq!(cert.public_key().algorithm, OID_EC_PUBLIC_KEY);
     assert_eq!(cert.public_key().parameter_oid, Some(OID_P256));
