@@ -217,6 +217,11 @@ macro_rules! single_key_enum {
                     #[allow(clippy::allow_attributes, unreachable_code, reason = "enums without unit variants")]
                     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
                         $(if v == $uname { return Ok($ty::$uvar); })*
+                        // Why: the bare name of a variant that takes a value was "unknown",
+                        // with the very name listed as expected.
+                        $(if v == $name {
+                            return Err(E::custom(format!("`{v}` needs a value: {}", $expecting)));
+                        })*
                         Err(E::unknown_variant(v, VARIANTS))
                     }
                     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<$ty, A::Error> {
@@ -226,6 +231,10 @@ macro_rules! single_key_enum {
                         };
                         let out = match key.as_str() {
                             $($name => $ty::$var(m.next_value::<$inner>()?),)*
+                            // A variant without a value, given one (`bearer: {}`).
+                            $($uname => return Err(A::Error::custom(format!(
+                                "`{0}` takes no value: write `{0}` alone", $uname
+                            ))),)*
                             other => return Err(A::Error::unknown_variant(other, VARIANTS)),
                         };
                         if m.next_key::<String>()?.is_some() {
@@ -370,4 +379,31 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
 
 fn default_true() -> bool {
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A variant written in the other form is named as such, not as "unknown" while listed
+    /// as expected (`unknown variant `bearer`, expected one of `bearer`, …`).
+    #[test]
+    fn a_variant_in_the_wrong_form_says_so() {
+        let err = |yaml: &str| {
+            serde_yaml::from_str::<Vec<RawCredentialSource>>(yaml)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("[{bearer: {}}]").contains("`bearer` takes no value: write `bearer` alone"));
+        assert!(err("[header]").contains("`header` needs a value: `bearer`, `header: NAME`"));
+        assert!(err("[{headr: x}]").contains("unknown variant `headr`"));
+        let ok: Vec<RawCredentialSource> = serde_yaml::from_str("[bearer, {query: t}]").unwrap();
+        assert_eq!(
+            ok,
+            [
+                RawCredentialSource::Bearer,
+                RawCredentialSource::Query("t".into())
+            ]
+        );
+    }
 }
