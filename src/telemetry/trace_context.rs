@@ -17,6 +17,10 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Longest `tracestate` passed on (the specification's bound on what a vendor must pass).
 const MAX_TRACESTATE: usize = 512;
+/// Members longer than this go first when a `tracestate` is cut to [`MAX_TRACESTATE`].
+const LONG_MEMBER: usize = 128;
+/// The `trace-flags` bits Trace Context Level 1 defines (sampled); the others are zeroed.
+const KNOWN_FLAGS: u8 = 0x01;
 
 /// The trace context of one hop through the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +65,8 @@ impl TraceContext {
                             trace_id,
                             parent_id: Some(parent_id),
                             span_id: new_span_id(),
-                            flags,
+                            // "Vendors MUST set unknown flags to zero" (version 00).
+                            flags: flags & KNOWN_FLAGS,
                             state,
                         },
                         Received::Valid,
@@ -168,30 +173,66 @@ fn parse(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     Some((trace_id, parent_id, flags))
 }
 
-/// The client's `tracestate` (several fields joined with `,`), if it is within
-/// [`MAX_TRACESTATE`] and visible ASCII.
+/// The client's `tracestate` (several fields joined with `,`), visible ASCII, with no empty
+/// list member, within [`MAX_TRACESTATE`]; `None` when nothing is left.
+///
+/// Why: a state over the bound was dropped whole, and an empty one passed on. The
+/// specification cuts it instead: members over [`LONG_MEMBER`] characters first, then members
+/// from the end, until it fits; and a vendor should not send an empty one.
+/// Regression: tests::tracestate_is_cut_as_the_specification_says
 fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
     let mut values = headers.get_all(TRACESTATE).iter();
     let first = values.next()?;
-    let Some(second) = values.next() else {
-        return (first.len() <= MAX_TRACESTATE && first.to_str().is_ok()).then(|| first.clone());
-    };
-    let mut joined = Vec::with_capacity(first.len() + second.len() + 1);
-    for v in std::iter::once(first)
-        .chain(std::iter::once(second))
-        .chain(values)
+    let second = values.next();
+    // The usual case: one field, within the bound, no empty member.
+    if second.is_none()
+        && first.len() <= MAX_TRACESTATE
+        && first.to_str().is_ok()
+        && first
+            .as_bytes()
+            .split(|&b| b == b',')
+            .all(|m| !trim(m).is_empty())
     {
-        if !joined.is_empty() {
-            joined.push(b',');
-        }
-        joined.extend_from_slice(v.as_bytes());
-        if joined.len() > MAX_TRACESTATE {
-            return None;
-        }
+        return Some(first.clone());
     }
-    HeaderValue::from_bytes(&joined)
+    let mut members: Vec<&[u8]> = std::iter::once(first)
+        .chain(second)
+        .chain(values)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(trim)
+        .filter(|m| !m.is_empty())
+        .collect();
+    let len = |ms: &[&[u8]]| {
+        ms.iter()
+            .map(|m| m.len() + 1)
+            .sum::<usize>()
+            .saturating_sub(1)
+    };
+    if len(&members) > MAX_TRACESTATE {
+        members.retain(|m| m.len() <= LONG_MEMBER);
+    }
+    while len(&members) > MAX_TRACESTATE {
+        members.pop();
+    }
+    if members.is_empty() {
+        return None;
+    }
+    HeaderValue::from_bytes(&members.join(&b","[..]))
         .ok()
         .filter(|v| v.to_str().is_ok())
+}
+
+/// A list member without the optional whitespace around it.
+fn trim(m: &[u8]) -> &[u8] {
+    let start = m
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(m.len());
+    let end = m
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |e| e + 1);
+    &m[start..end]
 }
 
 /// Lowercase hex only (the specification refuses uppercase).
@@ -314,16 +355,58 @@ mod tests {
     }
 
     #[test]
-    fn oversized_tracestate_is_dropped() {
-        let mut h = headers(&[VALID]);
-        h.append(TRACESTATE, HeaderValue::from_str(&"a".repeat(300)).unwrap());
-        h.append(TRACESTATE, HeaderValue::from_str(&"b".repeat(300)).unwrap());
-        let (cx, _) = TraceContext::from_headers(&h, false);
-        assert!(cx.state.is_none());
-        let mut h = headers(&[VALID]);
-        h.append(TRACESTATE, HeaderValue::from_static("a=1"));
-        h.append(TRACESTATE, HeaderValue::from_static("b=2"));
-        let (cx, _) = TraceContext::from_headers(&h, false);
-        assert_eq!(cx.state.unwrap(), "a=1,b=2");
+    fn tracestate_is_cut_as_the_specification_says() {
+        let state = |fields: &[&str]| {
+            let mut h = headers(&[VALID]);
+            for f in fields {
+                h.append(TRACESTATE, HeaderValue::from_str(f).unwrap());
+            }
+            TraceContext::from_headers(&h, false)
+                .0
+                .state
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        // Fields join; optional whitespace and empty members go.
+        assert_eq!(state(&["a=1", "b=2"]).unwrap(), "a=1,b=2");
+        assert_eq!(state(&["a=1 ,, b=2"]).unwrap(), "a=1,b=2");
+        assert_eq!(state(&["congo=t61rcWkgMzE"]).unwrap(), "congo=t61rcWkgMzE");
+        // Nothing in it: not passed on.
+        assert_eq!(state(&[""]), None);
+        assert_eq!(state(&[" , "]), None);
+        // Over 512: members over 128 characters go first, then members from the end.
+        let long = format!("big={}", "x".repeat(200));
+        let small: Vec<String> = (0..40).map(|i| format!("k{i:02}=vvvvvvv")).collect();
+        let mut fields = vec![long.as_str()];
+        fields.extend(small.iter().map(String::as_str));
+        let cut = state(&fields).unwrap();
+        assert!(!cut.contains("big="), "{cut}");
+        assert!(cut.len() <= 512, "{}", cut.len());
+        assert!(cut.starts_with("k00=vvvvvvv,k01="), "{cut}");
+        // 40 members of 11 characters: 479 with the commas, all kept.
+        assert_eq!(cut.split(',').count(), 40);
+        let many: Vec<String> = (0..60).map(|i| format!("k{i:02}=vvvvvvv")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let cut = state(&many).unwrap();
+        // 42 members fit (42 * 12 - 1 = 503), the 18 last go.
+        assert_eq!(cut.split(',').count(), 42);
+        assert!(cut.ends_with("k41=vvvvvvv"), "{cut}");
+    }
+
+    #[test]
+    fn unknown_flags_are_zeroed() {
+        let h = headers(&["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff"]);
+        let (cx, got) = TraceContext::from_headers(&h, false);
+        assert_eq!(got, Received::Valid);
+        assert!(cx.is_sampled());
+        assert!(cx.traceparent().to_str().unwrap().ends_with("-01"));
+        let h = headers(&["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-fe"]);
+        assert!(
+            TraceContext::from_headers(&h, false)
+                .0
+                .traceparent()
+                .to_str()
+                .unwrap()
+                .ends_with("-00")
+        );
     }
 }
