@@ -213,6 +213,9 @@ impl Upstream {
                     balance::RetryBudget::new(raw.retry_budget.percent, raw.retry_budget.minimum),
                     template,
                 ));
+                if let Some(p) = previous {
+                    balancer.inherit(&p.balancer, health.is_some());
+                }
                 // The URL's own host is resolved at each connect, as it always was; only
                 // names listed as endpoints are resolved into one endpoint per address.
                 let specs = if raw.endpoints.is_empty() {
@@ -293,9 +296,9 @@ impl Upstream {
         let Some(ep) = b.pick(opts.hash_key, None) else {
             return Err(SendError::NoEndpoint);
         };
-        let guard = ep.start(b.counts_in_flight());
+        let counted = balance::in_flight(&ep, b.counts_in_flight());
         let result = ep.pool.send_upgrade(req, opts.connect_timeout).await;
-        drop(guard);
+        drop(counted);
         let verdict = match &result {
             Ok(resp) if resp.status().is_server_error() => Verdict::Failure,
             Ok(_) => Verdict::Success,
@@ -320,14 +323,18 @@ impl Upstream {
         };
         // The first attempt inline (not through `send_to`): one async layer less for the
         // response to be moved through on every request.
-        let guard = ep.start(b.counts_in_flight());
+        // Why: counted until the response head only, a stream (server-sent events, a gRPC
+        // stream) was never in flight to least request, which then piled streams onto one
+        // endpoint by chance. The count goes with the response's body.
+        // Regression: tests (it) upstreams::least_request_counts_a_stream_until_it_ends
+        let counted = balance::in_flight(&ep, b.counts_in_flight());
         let result = ep.pool.send(req, opts.connect_timeout, false).await;
-        drop(guard);
         b.record(&ep, verdict(&result), &self.name);
         let failed = match result {
-            Ok(resp) => return Ok(resp),
+            Ok(resp) => return Ok(with_in_flight(resp, counted)),
             Err(f) => f,
         };
+        drop(counted);
         let unreachable = matches!(
             failed.error,
             SendError::Connect(_) | SendError::ConnectTimeout | SendError::Tls(_)
@@ -368,11 +375,21 @@ impl Upstream {
         fresh: bool,
     ) -> Result<Response<PooledBody>, Failed> {
         let b = &*self.balancer;
-        let guard = ep.start(b.counts_in_flight());
+        let counted = balance::in_flight(ep, b.counts_in_flight());
         let result = ep.pool.send(req, connect_timeout, fresh).await;
-        drop(guard);
         b.record(ep, verdict(&result), &self.name);
-        result
+        result.map(|resp| with_in_flight(resp, counted))
+    }
+}
+
+/// The response, its body counted in flight on its endpoint while it lasts.
+fn with_in_flight(
+    resp: Response<PooledBody>,
+    counted: Option<balance::InFlight>,
+) -> Response<PooledBody> {
+    match counted {
+        None => resp,
+        Some(c) => resp.map(|body| body.with_in_flight(c)),
     }
 }
 

@@ -271,6 +271,7 @@ async fn forward(
         route.idle.or(upstream.idle_timeout),
         expiry,
         ctx.te_trailers,
+        &ctx.shared.metrics,
     );
     // Replacing the upstream's own: two `RateLimit-Remaining` would leave the client to
     // guess which counts.
@@ -589,6 +590,7 @@ fn respond(
         Arc<crate::telemetry::metrics::Metrics>,
     )>,
     trailers: bool,
+    metrics: &Arc<crate::telemetry::metrics::Metrics>,
 ) -> Response<ResponseBody> {
     let (mut parts, mut body) = resp.into_parts();
     // Why: `Trailer` is hop-by-hop to the stripping below, and hyper's HTTP/1.1 server sends
@@ -606,7 +608,7 @@ fn respond(
         }
     };
     if let Some(idle) = idle {
-        body = body.with_idle_timeout(idle);
+        body = body.with_idle_timeout(idle, Arc::clone(metrics));
     }
     if let Some((at, clock, metrics)) = expiry {
         body = body.with_expiry(at, clock, metrics);

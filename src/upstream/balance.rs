@@ -125,6 +125,43 @@ impl Balancer {
         }
     }
 
+    /// Takes over what `previous` (the same upstream before a reload changed it) learnt of
+    /// the endpoints both have at one address: the active checks' verdict and streak when
+    /// this one checks too, an ejection under way (and its back-off) when this one ejects.
+    ///
+    /// Why: every endpoint of a rebuilt upstream started in rotation, so any edit to the
+    /// upstream (a health check's timeout, a renewed CA file) sent requests to endpoints
+    /// known to be dead until the checks found them again.
+    /// Regression: tests (it) upstreams::a_reload_keeps_what_health_checks_learnt
+    pub(super) fn inherit(&self, previous: &Self, checks: bool) {
+        let (before, now) = (previous.now_ms(), self.now_ms());
+        let old = previous.endpoints.load();
+        for ep in self.endpoints.load().iter() {
+            let Some(was) = old.iter().find(|o| o.addr == ep.addr) else {
+                continue;
+            };
+            if checks {
+                ep.healthy
+                    .store(was.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
+                ep.streak
+                    .store(was.streak.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            if self.ejection.consecutive > 0 {
+                let until = was.ejected_until.load(Ordering::Relaxed);
+                if until > before {
+                    ep.ejected_until
+                        .store(now.saturating_add(until - before), Ordering::Relaxed);
+                }
+                ep.ejections
+                    .store(was.ejections.load(Ordering::Relaxed), Ordering::Relaxed);
+                ep.failures
+                    .store(was.failures.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            ep.ejected_total
+                .store(was.ejected_total.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
     /// Milliseconds since the epoch (at least 1, so 0 means "never").
     pub(super) fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis())
@@ -145,43 +182,47 @@ impl Balancer {
         let now = self.now_ms();
         let usable =
             |e: &Endpoint| e.is_available(now) && avoid.is_none_or(|a| !std::ptr::eq(a, e));
-        let chosen = match key {
-            Some(k) => rendezvous(&eps, k, &usable),
-            None => match self.policy {
-                RawBalance::RoundRobin => self.round_robin(&eps, &usable),
-                RawBalance::LeastRequest => least_request(&eps, &usable),
-            },
+        // Why: a retry took a round-robin turn of its own (and the fallback below a third),
+        // so with one endpoint of two dead, the cursor moved two per request and every first
+        // attempt met the dead one. One turn per request: a retry reads the cursor without
+        // moving it, and rotates over the endpoints other than the one that failed.
+        // Regression: tests (it) upstreams::a_retry_takes_no_round_robin_turn
+        let turn = match (key, self.policy, avoid) {
+            (None, RawBalance::RoundRobin, None) => self.next.fetch_add(1, Ordering::Relaxed),
+            (None, RawBalance::RoundRobin, Some(_)) => self.next.load(Ordering::Relaxed),
+            _ => 0,
+        };
+        let choose = |usable: &dyn Fn(&Endpoint) -> bool| match (key, self.policy) {
+            (Some(k), _) => rendezvous(&eps, k, usable),
+            (None, RawBalance::RoundRobin) => round_robin(&eps, usable, turn),
+            (None, RawBalance::LeastRequest) => least_request(&eps, usable),
         };
         // Every endpoint out of rotation: all of them, rather than none.
-        chosen.or_else(|| {
-            let any = |e: &Endpoint| avoid.is_none_or(|a| !std::ptr::eq(a, e));
-            match key {
-                Some(k) => rendezvous(&eps, k, &any),
-                None => self.round_robin(&eps, &any),
-            }
-        })
+        choose(&usable).or_else(|| choose(&|e| avoid.is_none_or(|a| !std::ptr::eq(a, e))))
     }
+}
 
-    fn round_robin(
-        &self,
-        eps: &[Arc<Endpoint>],
-        usable: &dyn Fn(&Endpoint) -> bool,
-    ) -> Option<Arc<Endpoint>> {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        // Why: the first usable endpoint from the cursor on gave an ejected endpoint's turns
-        // to the one after it: with one of three out, its successor took two requests in
-        // three and the third endpoint one. The turn counts over the usable endpoints only.
-        // Regression: tests (it) upstreams::stopped_endpoint_ejected_then_readmitted
-        let usable_now = eps.iter().filter(|e| usable(e)).count();
-        if usable_now == 0 {
-            return None;
-        }
-        eps.iter()
-            .filter(|e| usable(e))
-            .nth(turn % usable_now)
-            .cloned()
+/// Turn `turn` of a rotation over the endpoints `usable`.
+fn round_robin(
+    eps: &[Arc<Endpoint>],
+    usable: &dyn Fn(&Endpoint) -> bool,
+    turn: usize,
+) -> Option<Arc<Endpoint>> {
+    // Why: the first usable endpoint from the cursor on gave an ejected endpoint's turns
+    // to the one after it: with one of three out, its successor took two requests in
+    // three and the third endpoint one. The turn counts over the usable endpoints only.
+    // Regression: tests (it) upstreams::stopped_endpoint_ejected_then_readmitted
+    let usable_now = eps.iter().filter(|e| usable(e)).count();
+    if usable_now == 0 {
+        return None;
     }
+    eps.iter()
+        .filter(|e| usable(e))
+        .nth(turn % usable_now)
+        .cloned()
+}
 
+impl Balancer {
     /// Whether requests in flight are counted (only least request reads them).
     pub(super) fn counts_in_flight(&self) -> bool {
         self.policy == RawBalance::LeastRequest
@@ -337,29 +378,31 @@ impl Endpoint {
     pub(super) fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
-
-    /// Counts a request in flight until the guard drops (least request only).
-    pub(super) fn start(&self, counted: bool) -> InFlightGuard<'_> {
-        if counted {
-            self.in_flight.fetch_add(1, Ordering::Relaxed);
-        }
-        InFlightGuard {
-            ep: counted.then_some(self),
-        }
-    }
 }
 
-/// Ends a request in flight on drop.
-pub(super) struct InFlightGuard<'a> {
-    ep: Option<&'a Endpoint>,
-}
+/// A request in flight on its endpoint (least request), until dropped: it goes with the
+/// response's body, so a stream (server-sent events, a gRPC stream, a long download) counts
+/// for as long as it streams.
+pub(super) struct InFlight(Arc<Endpoint>);
 
-impl Drop for InFlightGuard<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(ep) = self.ep {
-            ep.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("InFlight").field(&self.0.addr).finish()
+    }
+}
+
+/// Counts a request in flight on `ep` until the token drops, if `counted` (least request).
+pub(super) fn in_flight(ep: &Arc<Endpoint>, counted: bool) -> Option<InFlight> {
+    counted.then(|| {
+        ep.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(ep))
+    })
 }
 
 impl std::fmt::Display for Addr {

@@ -241,6 +241,8 @@ struct BodyIdle {
     /// Longest wait for the next frame.
     limit: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Counts the cut (`upstream_errors_total{kind="idle_timeout"}`).
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
 
 /// An HTTP/1 exchange that, when its request is dropped first, is finished in the background
@@ -262,6 +264,8 @@ pub struct PooledBody {
     idle: Option<Box<BodyIdle>>,
     /// The credential's expiry, past which no frame goes to the client (boxed, as `idle`).
     expiry: Option<Box<BodyExpiry>>,
+    /// The request counted in flight on its endpoint (least request), until the body goes.
+    in_flight: Option<super::balance::InFlight>,
 }
 
 /// When a response's credential expires, and how to see it.
@@ -399,6 +403,7 @@ impl Pool {
                     back: Some((pool, s)),
                     idle: None,
                     expiry: None,
+                    in_flight: None,
                 }))
             }
             Sender::H2(mut s) => {
@@ -426,6 +431,7 @@ impl Pool {
                     back: None,
                     idle: None,
                     expiry: None,
+                    in_flight: None,
                 }))
             }
         }
@@ -758,12 +764,23 @@ impl PooledBody {
         self
     }
 
+    /// Counts the request in flight on its endpoint until the body goes.
+    pub(super) fn with_in_flight(mut self, counted: super::balance::InFlight) -> Self {
+        self.in_flight = Some(counted);
+        self
+    }
+
     /// Cuts the body when no frame arrives for `limit` (a route's or upstream's idle
     /// timeout).
-    pub fn with_idle_timeout(mut self, limit: Duration) -> Self {
+    pub fn with_idle_timeout(
+        mut self,
+        limit: Duration,
+        metrics: Arc<crate::telemetry::metrics::Metrics>,
+    ) -> Self {
         self.idle = Some(Box::new(BodyIdle {
             limit,
             sleep: Box::pin(tokio::time::sleep(limit)),
+            metrics,
         }));
         self
     }
@@ -820,6 +837,11 @@ impl Body for PooledBody {
                     // The connection is in an unknown state: closed, never pooled.
                     this.back = None;
                     this.body = None;
+                    // Why: the answer's head (and its access-log line, status 200) went out
+                    // before the cut; uncounted, a response cut short was seen as a success.
+                    // Regression: tests (it) upstreams::stalled_response_body_cut_at_the_idle_timeout
+                    idle.metrics.upstream_error("idle_timeout");
+                    tracing::info!(idle = ?idle.limit, "Upstream response idle past its timeout: cut");
                     return Poll::Ready(Some(Err(Box::new(BodyIdleTimeout))));
                 }
                 Poll::Ready(Some(_)) => {

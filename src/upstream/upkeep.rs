@@ -83,19 +83,31 @@ async fn run(weak: Weak<Balancer>, u: Upkeep) {
         let now = Instant::now();
         if now >= next_roll {
             b.budget.roll();
-            next_roll = now + BUDGET_WINDOW;
+            next_roll = next_due(next_roll, BUDGET_WINDOW, Instant::now());
         }
         if has_names && now >= next_dns {
             resolve(&b, &u).await;
-            next_dns = Instant::now() + u.dns_refresh;
+            next_dns = next_due(next_dns, u.dns_refresh, Instant::now());
         }
         if let Some(h) = &u.health
             && now >= next_health
         {
             check_all(&b, h, &u).await;
-            next_health = Instant::now() + h.interval;
+            next_health = next_due(next_health, h.interval, Instant::now());
         }
     }
+}
+
+/// When a task due at `due` and run every `every` is next due, `now` being after its run:
+/// counted from when it was due, not from when its run ended.
+///
+/// Why: counted from the end of the run, the next time fell just after the tick that should
+/// have run it, so a `1s` health check ran every 2 s and a `3s` one every 4 s (the tick is
+/// the shortest period), and a sick endpoint left rotation late.
+/// Regression: tests::runs_are_counted_from_when_they_were_due
+fn next_due(due: Instant, every: Duration, now: Instant) -> Instant {
+    // A run that took longer than its period is not followed by a burst of catching up.
+    (due + every).max(now)
 }
 
 /// Resolves every endpoint name; an address that stays keeps its endpoint, a name that fails
@@ -219,5 +231,21 @@ fn apply(ep: &Endpoint, passed: bool, h: &HealthCheck, upstream: &str) {
     } else if !passed && healthy && s.unsigned_abs() >= h.unhealthy_threshold {
         ep.healthy.store(false, Ordering::Relaxed);
         tracing::warn!(upstream, endpoint = %ep.addr, "Upstream endpoint failed its health checks");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_counted_from_when_they_were_due() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        // A run that ended 20 ms after it was due is next due a period after it was due.
+        assert_eq!(next_due(t0, s, t0 + Duration::from_millis(20)), t0 + s);
+        // One that overran its period is due at once, not for each period it missed.
+        let late = t0 + Duration::from_millis(3500);
+        assert_eq!(next_due(t0, s, late), late);
     }
 }

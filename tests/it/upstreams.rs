@@ -428,6 +428,149 @@ async fn stopped_endpoint_ejected_then_readmitted() {
     assert!(back, "the endpoint never came back");
 }
 
+/// A retry takes no round-robin turn: with a dead endpoint beside live ones (ejection off),
+/// every third first attempt meets it and is retried on a live one, the live ones share the
+/// load evenly, and the dead one is never everybody's first attempt.
+#[tokio::test]
+async fn a_retry_takes_no_round_robin_turn() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = Setup {
+        upstreams: format!(
+            "  pool:\n    url: http://backend.test\n    endpoints: [\"{dead}\", \"{}\", \"{}\"]\n    ejection: {{consecutive_failures: 0}}\n    retry_budget: {{percent: 0, minimum: 100}}\n",
+            a.addr, b.addr
+        ),
+        policies: route_all_to("pool"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for i in 0..30 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK, "request {i}");
+    }
+    assert_eq!((a.hits(), b.hits()), (15, 15));
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let line = "portcullis_upstream_retries_total{upstream=\"pool\",outcome=\"sent\"} 10";
+    assert!(metrics.contains(line), "{line} in\n{metrics}");
+}
+
+/// An edit to an upstream rebuilds it, and what its health checks learnt survives: an
+/// endpoint found down stays out of rotation across the reload, with no request sent its way.
+#[tokio::test]
+async fn a_reload_keeps_what_health_checks_learnt() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let setup = |timeout: &str| Setup {
+        upstreams: format!(
+            "  pool:\n    url: http://backend.test\n    endpoints: [\"{}\", \"{}\"]\n    ejection: {{consecutive_failures: 0}}\n    health_check: {{path: /health, interval: 2s, timeout: {timeout}, healthy_threshold: 1, unhealthy_threshold: 1}}\n",
+            a.addr, b.addr
+        ),
+        policies: route_all_to("pool"),
+        ..Setup::default()
+    };
+    b.set_down(true);
+    let gw = setup("500ms").start().await;
+    let down = format!(
+        "portcullis_upstream_endpoint_healthy{{upstream=\"pool\",endpoint=\"{}\"}} 0",
+        b.addr
+    );
+    let out = crate::support::eventually(Duration::from_secs(5), || async {
+        gw.admin_get("/metrics").await.1.contains(&down)
+    })
+    .await;
+    assert!(out, "the checks never found the endpoint down");
+    gw.write(
+        "portcullis.yaml",
+        crate::support::render_config(&setup("400ms"), gw.echo.addr),
+    );
+    gw.app().reload().await.unwrap();
+    // The next check is up to 2 s away: until then, only what the last one learnt counts.
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(metrics.contains(&down), "{down} in\n{metrics}");
+    let before = b.hits();
+    for _ in 0..10 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        b.hits(),
+        before,
+        "an endpoint known to be down got traffic after a reload"
+    );
+}
+
+/// Least request counts a streamed response in flight for as long as it streams, not only
+/// until its head: an open stream is on its endpoint's count, and off it once it ends.
+#[tokio::test]
+async fn least_request_counts_a_stream_until_it_ends() {
+    // Two upstreams that answer with a first chunk, then hold the stream open until the
+    // gateway goes away.
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                        )
+                        .await;
+                    let _ = conn.read(&mut buf).await;
+                });
+            }
+        });
+    }
+    let gw = Setup {
+        upstreams: format!(
+            "  pool:\n    url: http://backend.test\n    endpoints: [\"{}\", \"{}\"]\n    balance: least_request\n",
+            addrs[0], addrs[1]
+        ),
+        policies: route_all_to("pool"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let in_flight = |metrics: &str| -> u32 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("portcullis_upstream_endpoint_in_flight{upstream=\"pool\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u32>().ok())
+            .sum()
+    };
+    let mut client = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    client
+        .write_all(b"GET /events HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("hello") {
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("the first chunk in time")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert_eq!(
+        in_flight(&metrics),
+        1,
+        "the open stream in flight:\n{metrics}"
+    );
+    drop(client);
+    let ended = crate::support::eventually(Duration::from_secs(5), || async {
+        in_flight(&gw.admin_get("/metrics").await.1) == 0
+    })
+    .await;
+    assert!(ended, "the stream ended, its count stayed");
+}
+
 /// An unreachable endpoint costs no failed request: the request never left, so it goes to
 /// another endpoint, and the dead one is ejected.
 #[tokio::test]
@@ -1026,7 +1169,7 @@ async fn bad_upstream_settings_name_file_line_and_field() {
 }
 
 /// A response body that stops arriving is cut at the rule's idle timeout instead of holding
-/// the client until it gives up.
+/// the client until it gives up, and the cut is counted.
 #[tokio::test]
 async fn stalled_response_body_cut_at_the_idle_timeout() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1064,11 +1207,13 @@ async fn stalled_response_body_cut_at_the_idle_timeout() {
         started.elapsed() < Duration::from_secs(3),
         "the stalled body was not cut"
     );
+    // Its head said 200: the cut is counted where an operator sees it.
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let line = "portcullis_upstream_errors_total{kind=\"idle_timeout\"} 1";
+    assert!(metrics.contains(line), "{line} in\n{metrics}");
     server.abort();
 }
 
-/// An endpoint given by name is resolved (and re-resolved) into its addresses; requests
-/// reach the one that listens, whatever else the name resolves to.
 /// A name that does not resolve (`.invalid` never does, RFC 6761) is out of rotation once
 /// its first lookup fails: no request is sent its way, so none is retried or fails.
 #[tokio::test]
@@ -1104,6 +1249,8 @@ async fn unresolvable_endpoint_name_is_out_of_rotation() {
     }
 }
 
+/// An endpoint given by name is resolved (and re-resolved) into its addresses; requests
+/// reach the one that listens, whatever else the name resolves to.
 #[tokio::test]
 async fn endpoint_names_resolve_to_their_addresses() {
     let a = Backend::start("a").await;

@@ -45,6 +45,7 @@ impl PooledBody {
             back: None,
             idle: None,
             expiry: None,
+            in_flight: None,
         }
     }
 }
