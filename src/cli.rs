@@ -71,9 +71,14 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// Run the code of this door: how it reads the request and hands back the answer.
-        #[arg(long, value_enum, default_value = "proxy")]
-        door: DoorArg,
+        /// Run the code of this door: how it reads the request and hands back the answer
+        /// (default: the proxy, or the door of `--listener`).
+        #[arg(long, value_enum)]
+        door: Option<DoorArg>,
+        /// Run as this listener: its door with its own settings (a forward-auth listener's
+        /// `status_map` and description headers); default: the first listener of the door.
+        #[arg(long)]
+        listener: Option<String>,
         /// An Envoy `context_extensions` entry `name=value` of the Check (`--door
         /// envoy-grpc` only); repeatable.
         #[arg(long = "context", value_name = "NAME=VALUE")]
@@ -270,6 +275,7 @@ pub fn main(cli: Cli) -> ExitCode {
             client_ip,
             json,
             door,
+            listener,
             context,
         } => explain::explain(&explain::ExplainArgs {
             config: &config,
@@ -278,12 +284,13 @@ pub fn main(cli: Cli) -> ExitCode {
             headers: &headers,
             client_ip,
             json,
-            door: match door {
+            door: door.map(|d| match d {
                 DoorArg::Proxy => crate::request::facts::Door::Proxy,
                 DoorArg::EnvoyGrpc => crate::request::facts::Door::EnvoyGrpc,
                 DoorArg::EnvoyHttp => crate::request::facts::Door::EnvoyHttp,
                 DoorArg::ForwardAuth => crate::request::facts::Door::ForwardAuth,
-            },
+            }),
+            listener: listener.as_deref(),
             context: &context,
         }),
         Command::Demo { port, admin_port } => demo::demo(port, admin_port),

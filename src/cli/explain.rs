@@ -36,8 +36,10 @@ pub struct ExplainArgs<'a> {
     pub client_ip: Option<IpAddr>,
     /// Print JSON.
     pub json: bool,
-    /// Which door's code to run (the proxy by default).
-    pub door: Door,
+    /// Which door's code to run (the proxy, or `listener`'s door, by default).
+    pub door: Option<Door>,
+    /// Which listener of the door (the first by default).
+    pub listener: Option<&'a str>,
     /// `name=value` context extensions of the Check (the Envoy gRPC door only).
     pub context: &'a [String],
 }
@@ -64,9 +66,26 @@ pub fn explain(args: &ExplainArgs<'_>) -> ExitCode {
         headers: args.headers,
         client_ip: args.client_ip,
     };
+    // Why: with two listeners of a door (the shipped config has `nginx`, with a status map,
+    // and `forward-auth`), the first one's answer was the only one explain could give.
+    // Regression: tests (it) doors::explain_runs_the_listener_named
+    let (door, listener) = match args.listener {
+        None => (args.door.unwrap_or(Door::Proxy), None),
+        Some(name) => match snapshot.listeners.iter().find(|l| &*l.name == name) {
+            None => return fail(&format!("no listener `{name}` in the config")),
+            Some(l) if args.door.is_some_and(|d| d != l.door.door()) => {
+                return fail(&format!(
+                    "listener `{name}` serves the {} door, not {}",
+                    l.door.door().as_str(),
+                    args.door.map_or("", |d| d.as_str())
+                ));
+            }
+            Some(l) => (l.door.door(), Some(name)),
+        },
+    };
     // Why: only Envoy's Check carries context extensions; given for another door they would
     // be silently ignored, and the explanation would not be of the request meant.
-    if !args.context.is_empty() && args.door != Door::EnvoyGrpc {
+    if !args.context.is_empty() && door != Door::EnvoyGrpc {
         return fail("--context is Envoy's context_extensions: only with --door envoy-grpc");
     }
     let mut context = HashMap::new();
@@ -76,10 +95,10 @@ pub fn explain(args: &ExplainArgs<'_>) -> ExitCode {
         };
         context.insert(name.to_owned(), value.to_owned());
     }
-    let evaluated = if args.door == Door::Proxy {
+    let evaluated = if door == Door::Proxy {
         rt.block_on(run(&snapshot, &request))
     } else {
-        rt.block_on(run_door(&snapshot, &request, args.door, &context))
+        rt.block_on(run_door(&snapshot, &request, door, listener, &context))
     };
     match evaluated {
         Ok((report, allowed)) => {
@@ -286,6 +305,7 @@ async fn run_door(
     snapshot: &Snapshot,
     args: &Request1<'_>,
     door: Door,
+    listener: Option<&str>,
     context: &HashMap<String, String>,
 ) -> Result<(Value, bool), String> {
     use crate::door::HttpDoor as _;
@@ -308,7 +328,10 @@ async fn run_door(
             .map_err(|_| format!("invalid header value for `{name}`"))?;
         headers.append(name, value);
     }
-    let listener = snapshot.listeners.iter().find(|l| l.door.door() == door);
+    let listener = snapshot.listeners.iter().find(|l| match listener {
+        Some(name) => &*l.name == name,
+        None => l.door.door() == door,
+    });
     let settings = listener.map_or(crate::snapshot::DoorSettings::Proxy, |l| l.door.clone());
     let listener_name: Arc<str> = listener.map_or_else(|| Arc::from("-"), |l| Arc::clone(&l.name));
     let mut report = json!({

@@ -532,6 +532,55 @@ async fn decision_only_config_needs_no_upstream() {
     );
 }
 
+/// `explain --listener` runs as that listener, with its own settings: of two forward-auth
+/// listeners, the one with a status map answers through it; a listener of another door than
+/// `--door`, or none of that name, is bad input.
+#[test]
+fn explain_runs_the_listener_named() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: hidden, match: {paths: [\"/hidden/**\"]}, effect: deny, denial: {status: 404}}\n",
+    );
+    let yaml = std::fs::read_to_string(cfg.dir.path().join("portcullis.yaml")).unwrap();
+    cfg.write(
+        "portcullis.yaml",
+        yaml.replace(
+            "listeners: [{name: http, address: \"127.0.0.1:0\"}]",
+            "listeners: [{name: http, address: \"127.0.0.1:0\"}, {name: nginx, address: \"127.0.0.1:0\", door: {forward_auth: {status_map: {404: 403}}}}, {name: plain, address: \"127.0.0.1:0\", door: {forward_auth: {}}}]",
+        ),
+    );
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["--url", "https://app.test/hidden/x", "--json"];
+        args.extend_from_slice(extra);
+        let (code, text) = cfg.run("explain", &args);
+        (code, text)
+    };
+    let answer = |extra: &[&str]| {
+        let (code, text) = explain(extra);
+        assert_eq!(code, Some(1), "{extra:?}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (
+            v["answer"]["status"].clone(),
+            v["answer"]["headers"].to_string(),
+        )
+    };
+    let (status, headers) = answer(&["--listener", "nginx"]);
+    assert_eq!(status, 403, "{headers}");
+    assert!(
+        headers.contains("x-portcullis-status") && headers.contains("404"),
+        "{headers}"
+    );
+    let (status, _) = answer(&["--listener", "plain", "--door", "forward-auth"]);
+    assert_eq!(status, 404);
+    // Without `--listener`, the first of the door.
+    assert_eq!(answer(&["--door", "forward-auth"]).0, 403);
+    let (code, text) = explain(&["--listener", "plain", "--door", "envoy-grpc"]);
+    assert_eq!(code, Some(2), "{text}");
+    let (code, text) = explain(&["--listener", "missing"]);
+    assert_eq!(code, Some(2), "{text}");
+}
+
 /// `explain --door` runs that door's code: its reading of the request and its answer.
 #[test]
 fn explain_runs_each_doors_code() {
