@@ -542,13 +542,8 @@ fn explain_runs_the_listener_named() {
         "policies/p.yaml",
         "rules:\n  - {name: hidden, match: {paths: [\"/hidden/**\"]}, effect: deny, denial: {status: 404}}\n",
     );
-    let yaml = std::fs::read_to_string(cfg.dir.path().join("portcullis.yaml")).unwrap();
-    cfg.write(
-        "portcullis.yaml",
-        yaml.replace(
-            "listeners: [{name: http, address: \"127.0.0.1:0\"}]",
-            "listeners: [{name: http, address: \"127.0.0.1:0\"}, {name: nginx, address: \"127.0.0.1:0\", door: {forward_auth: {status_map: {404: 403}}}}, {name: plain, address: \"127.0.0.1:0\", door: {forward_auth: {}}}]",
-        ),
+    cfg.add_listeners(
+        "{name: nginx, address: \"127.0.0.1:0\", door: {forward_auth: {status_map: {404: 403}}}}, {name: plain, address: \"127.0.0.1:0\", door: {forward_auth: {}}}",
     );
     let explain = |extra: &[&str]| {
         let mut args = vec!["--url", "https://app.test/hidden/x", "--json"];

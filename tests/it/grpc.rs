@@ -576,14 +576,7 @@ fn query_credential_behind_an_http_door_is_a_warning() {
     let (code, text) = cfg.run("check", &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(!text.contains("access_token"), "{text}");
-    let yaml = std::fs::read_to_string(cfg.dir.path().join("portcullis.yaml")).unwrap();
-    cfg.write(
-        "portcullis.yaml",
-        yaml.replace(
-            "listeners: [{name: http, address: \"127.0.0.1:0\"}]",
-            "listeners: [{name: http, address: \"127.0.0.1:0\"}, {name: nginx, address: \"127.0.0.1:0\", door: {forward_auth: {}}}]",
-        ),
-    );
+    cfg.add_listeners("{name: nginx, address: \"127.0.0.1:0\", door: {forward_auth: {}}}");
     let (code, text) = cfg.run("check", &[]);
     assert_eq!(code, Some(0), "a warning, not an error: {text}");
     assert!(

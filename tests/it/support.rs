@@ -509,6 +509,16 @@ impl ConfigDir {
         Self { dir }
     }
 
+    /// Adds listeners (YAML flow mappings, `, `-separated) after the `http` one.
+    pub fn add_listeners(&self, more: &str) -> &Self {
+        let path = self.dir.path().join("portcullis.yaml");
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        let first = "listeners: [{name: http, address: \"127.0.0.1:0\"}";
+        assert!(yaml.contains(first), "{yaml}");
+        std::fs::write(&path, yaml.replace(first, &format!("{first}, {more}"))).unwrap();
+        self
+    }
+
     /// Writes a file relative to the config.
     pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> &Self {
         std::fs::write(self.dir.path().join(rel), contents).unwrap();

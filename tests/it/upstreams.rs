@@ -823,16 +823,10 @@ async fn trailer_upstream(
                         .map(|v| v.to_str().unwrap().to_owned());
                     s.lock().unwrap().push((req.version(), te));
                     async move {
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("grpc-status", "0".parse().unwrap());
-                        trailers.insert("grpc-message", "fine".parse().unwrap());
-                        let frames = vec![
-                            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
-                                Bytes::from_static(b"\0\0\0\0\x02hi"),
-                            )),
-                            Ok(hyper::body::Frame::trailers(trailers)),
-                        ];
-                        let body = http_body_util::StreamBody::new(tokio_stream_iter(frames));
+                        let body = trailed(
+                            b"\0\0\0\0\x02hi",
+                            &[("grpc-status", "0"), ("grpc-message", "fine")],
+                        );
                         Ok::<_, std::convert::Infallible>(
                             http::Response::builder()
                                 .header("content-type", "application/grpc")
@@ -863,6 +857,23 @@ async fn trailer_upstream(
         }
     });
     (addr, seen)
+}
+
+/// A body of one data frame, then `trailers`.
+fn trailed(
+    data: &'static [u8],
+    trailers: &[(&'static str, &'static str)],
+) -> http_body_util::StreamBody<
+    IterStream<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>,
+> {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in trailers {
+        map.insert(*name, http::HeaderValue::from_static(value));
+    }
+    http_body_util::StreamBody::new(tokio_stream_iter(vec![
+        Ok(hyper::body::Frame::data(Bytes::from_static(data))),
+        Ok(hyper::body::Frame::trailers(map)),
+    ]))
 }
 
 /// A stream over a vector of frames (no `futures` in the tree).
@@ -972,15 +983,7 @@ async fn h1_trailer_upstream() -> SocketAddr {
         while let Ok((tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|_: Request<hyper::body::Incoming>| async {
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("x-checksum", "c0ffee".parse().unwrap());
-                    let frames = vec![
-                        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
-                            Bytes::from_static(b"chunked"),
-                        )),
-                        Ok(hyper::body::Frame::trailers(trailers)),
-                    ];
-                    let body = http_body_util::StreamBody::new(tokio_stream_iter(frames));
+                    let body = trailed(b"chunked", &[("x-checksum", "c0ffee")]);
                     Ok::<_, std::convert::Infallible>(
                         http::Response::builder()
                             .header("trailer", "x-checksum")
