@@ -286,19 +286,23 @@ impl Upstream {
     /// Sends an upgrade request (a WebSocket handshake) to one of the endpoints, on a
     /// connection of its own, which the upstream's `101` turns into the tunnel's upstream
     /// side. Never retried: the handshake may have reached the upstream. No response timeout
-    /// here: the caller applies `response_timeout`.
+    /// here: the caller applies `response_timeout`. The exchange counts in flight on its
+    /// endpoint (least request) for as long as the [`Counted`] returned lives: the caller
+    /// keeps it with the tunnel, or with the body of a declined upgrade's answer.
     pub async fn send_upgrade(
         &self,
         req: Request<UpstreamBody>,
         opts: SendOptions,
-    ) -> Result<Response<hyper::body::Incoming>, SendError> {
+    ) -> Result<(Response<hyper::body::Incoming>, Counted), SendError> {
         let b = &*self.balancer;
         let Some(ep) = b.pick(opts.hash_key, None) else {
             return Err(SendError::NoEndpoint);
         };
-        let counted = balance::in_flight(&ep, b.counts_in_flight());
+        // Why: counted until the `101` only, a WebSocket was never in flight to least
+        // request, which then piled long-lived tunnels onto one endpoint by chance.
+        // Regression: tests (it) edge::least_request_counts_a_websocket_until_it_closes
+        let counted = Counted(balance::in_flight(&ep, b.counts_in_flight()));
         let result = ep.pool.send_upgrade(req, opts.connect_timeout).await;
-        drop(counted);
         let verdict = match &result {
             Ok(resp) if resp.status().is_server_error() => Verdict::Failure,
             Ok(_) => Verdict::Success,
@@ -306,7 +310,7 @@ impl Upstream {
             Err(_) => Verdict::Failure,
         };
         b.record(&ep, verdict, &self.name);
-        result
+        result.map(|resp| (resp, counted))
     }
 
     /// Sends a request to one of the endpoints, retrying once what is safe to retry (see the
@@ -379,6 +383,20 @@ impl Upstream {
         let result = ep.pool.send(req, connect_timeout, fresh).await;
         b.record(ep, verdict(&result), &self.name);
         result.map(|resp| with_in_flight(resp, counted))
+    }
+}
+
+/// An upgrade's exchange in flight on its endpoint (least request) until dropped.
+#[derive(Debug)]
+pub struct Counted(Option<balance::InFlight>);
+
+impl Counted {
+    /// A declined upgrade's answer, counted until its body ends, as any response is.
+    pub fn follow(self, body: PooledBody) -> PooledBody {
+        match self.0 {
+            None => body,
+            Some(c) => body.with_in_flight(c),
+        }
     }
 }
 

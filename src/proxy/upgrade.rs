@@ -133,8 +133,8 @@ pub(super) async fn open(
             .or_insert(HeaderValue::from_static("13"));
     }
     let sent = tokio::time::timeout(response_timeout, upstream.send_upgrade(req, opts)).await;
-    let mut resp = match sent {
-        Ok(Ok(resp)) => resp,
+    let (mut resp, counted) = match sent {
+        Ok(Ok(sent)) => sent,
         Err(_) => {
             ctx.shared.metrics.upstream_error("timeout");
             return Err(Failure::Failed(
@@ -176,7 +176,7 @@ pub(super) async fn open(
         parts.version = Version::HTTP_11;
         return Ok(Response::from_parts(
             parts,
-            body::streamed(PooledBody::unpooled(body)),
+            body::streamed(counted.follow(PooledBody::unpooled(body))),
         ));
     }
     // The upstream must switch to what the client asked for, nothing else.
@@ -215,6 +215,11 @@ pub(super) async fn open(
         std::sync::Arc::clone(ctx.shared),
         ctx.request_id.clone(),
     );
+    // In flight on its endpoint until the tunnel closes.
+    let tunnel = async move {
+        let _counted = counted;
+        tunnel.await;
+    };
     if h2 {
         parts.status = StatusCode::OK;
         parts.version = Version::HTTP_2;

@@ -502,6 +502,47 @@ async fn websocket_idle_timeout_counts_from_the_last_frame() {
     );
 }
 
+/// Under least request, an open WebSocket counts in flight on its endpoint until it closes,
+/// as a streamed response does: tunnels are what least request must spread.
+#[tokio::test]
+async fn least_request_counts_a_websocket_until_it_closes() {
+    let (a, b) = (WsEcho::start().await, WsEcho::start().await);
+    let gw = Setup {
+        upstreams: format!(
+            "  ws:\n    url: http://ws.test\n    endpoints: [\"{}\", \"{}\"]\n    balance: least_request\n",
+            a.addr, b.addr
+        ),
+        ..ws_setup(&a, "")
+    }
+    .start()
+    .await;
+    let in_flight = |metrics: &str| -> u32 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("portcullis_upstream_endpoint_in_flight{upstream=\"ws\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u32>().ok())
+            .sum()
+    };
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let mut ws = connect(&gw, "/ws/room", &[("authorization", &auth)])
+        .await
+        .expect("upgraded");
+    echo_once(&mut ws, "hi").await;
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert_eq!(
+        in_flight(&metrics),
+        1,
+        "the open tunnel in flight:\n{metrics}"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let ended = crate::support::eventually(Duration::from_secs(5), || async {
+        in_flight(&gw.admin_get("/metrics").await.1) == 0
+    })
+    .await;
+    assert!(ended, "the tunnel closed, its count stayed");
+}
+
 #[tokio::test]
 async fn tunnel_is_closed_on_shutdown() {
     let upstream = WsEcho::start().await;
