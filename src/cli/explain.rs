@@ -220,13 +220,7 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
     let steps: Vec<String> = trace.iter().map(describe).collect();
     report["trace"] = json!(steps);
     if let Some(rule) = decision.rule() {
-        let file = snapshot
-            .routes
-            .rules()
-            .iter()
-            .find(|r| &*r.id.0 == rule)
-            .map(|r| r.file.to_string());
-        report["rule"] = json!({"name": rule, "file": file});
+        report["rule"] = json!({"name": rule, "file": rule_file(snapshot, rule)});
     }
     match decision {
         Decision::Deny(d) => {
@@ -266,6 +260,7 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
             let origin = service::Origin::of(&facts, &parts, &peer_text);
             drop(facts);
             let mutation = std::mem::take(&mut allow.mutation);
+
             let request_id = HeaderValue::from_static("(generated per request)");
             service::upstream_headers(
                 &mut parts.headers,
@@ -523,7 +518,7 @@ async fn run_door(
     let decision = decision::decide(snapshot, &facts, &mut trace).await;
     report["trace"] = json!(trace.iter().map(describe).collect::<Vec<_>>());
     if let Some(rule) = decision.rule() {
-        report["rule"] = json!({"name": rule, "file": null});
+        report["rule"] = json!({"name": rule, "file": rule_file(snapshot, rule)});
     }
     let request_id = HeaderValue::from_static("(generated per request)");
     let redact = redacted_names(snapshot);
@@ -557,15 +552,44 @@ async fn run_door(
         "headers": answer.headers.iter().map(|(k, v)| json!([k.as_str(), shown(k, v)])).collect::<Vec<_>>(),
         "headers_to_remove": answer.remove.iter().map(HeaderName::as_str).collect::<Vec<_>>(),
     });
+    if let Some(metadata) = answer.metadata {
+        report["answer"]["dynamic_metadata"] = metadata;
+    }
     Ok((report, allowed))
 }
 
 /// A door's answer, as explain shows it.
+#[derive(Default)]
 struct DoorAnswer {
     status: u16,
     grpc_code: Option<i32>,
     headers: Vec<(HeaderName, HeaderValue)>,
     remove: Vec<HeaderName>,
+    /// The gRPC door's `dynamic_metadata`.
+    metadata: Option<Value>,
+}
+
+/// A protobuf `Struct` (the gRPC door's `dynamic_metadata`) as JSON.
+fn struct_json(s: &envoy_types::pb::google::protobuf::Struct) -> Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    fn value(v: &envoy_types::pb::google::protobuf::Value) -> Value {
+        match &v.kind {
+            None | Some(Kind::NullValue(_)) => Value::Null,
+            Some(Kind::NumberValue(n)) => json!(n),
+            Some(Kind::StringValue(s)) => json!(s),
+            Some(Kind::BoolValue(b)) => json!(b),
+            Some(Kind::StructValue(s)) => struct_json(s),
+            Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value).collect()),
+        }
+    }
+    let mut fields: Vec<_> = s.fields.iter().collect();
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    Value::Object(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.clone(), value(v)))
+            .collect(),
+    )
 }
 
 /// Which door's rendering.
@@ -594,6 +618,7 @@ impl Renderer {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             remove: a.mutation.removed().cloned().collect(),
+            ..DoorAnswer::default()
         }
     }
 
@@ -616,7 +641,7 @@ impl Renderer {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            remove: Vec::new(),
+            ..DoorAnswer::default()
         }
     }
 }
@@ -637,6 +662,7 @@ fn grpc_answer(r: &envoy_types::ext_authz::v3::pb::CheckResponse) -> DoorAnswer 
             .collect()
     };
     let code = r.status.as_ref().map_or(0, |s| s.code);
+    let metadata = r.dynamic_metadata.as_ref().map(struct_json);
     match &r.http_response {
         Some(HttpResponse::DeniedResponse(d)) => DoorAnswer {
             status: d
@@ -646,7 +672,8 @@ fn grpc_answer(r: &envoy_types::ext_authz::v3::pb::CheckResponse) -> DoorAnswer 
                 .unwrap_or(403),
             grpc_code: Some(code),
             headers: pairs(&d.headers),
-            remove: Vec::new(),
+            metadata,
+            ..DoorAnswer::default()
         },
         Some(HttpResponse::OkResponse(ok)) => DoorAnswer {
             status: 200,
@@ -657,14 +684,25 @@ fn grpc_answer(r: &envoy_types::ext_authz::v3::pb::CheckResponse) -> DoorAnswer 
                 .iter()
                 .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
                 .collect(),
+            metadata,
         },
         _ => DoorAnswer {
             status: 200,
             grpc_code: Some(code),
-            headers: Vec::new(),
-            remove: Vec::new(),
+            metadata,
+            ..DoorAnswer::default()
         },
     }
+}
+
+/// The policy file that holds `rule`.
+fn rule_file(snapshot: &Snapshot, rule: &str) -> Option<String> {
+    snapshot
+        .routes
+        .rules()
+        .iter()
+        .find(|r| &*r.id.0 == rule)
+        .map(|r| r.file.to_string())
 }
 
 /// Header names whose values are credentials: never printed.
@@ -804,7 +842,13 @@ fn render_text(r: &Value) -> String {
         for h in a["headers_to_remove"].as_array().into_iter().flatten() {
             out.push_str(&format!("  remove {}\n", s(h)));
         }
+        if let Some(m) = a["dynamic_metadata"].as_object() {
+            for (k, v) in m {
+                out.push_str(&format!("  metadata {k}: {}\n", s(v)));
+            }
+        }
     }
+
     out
 }
 

@@ -580,7 +580,7 @@ fn explain_runs_the_listener_named() {
 #[test]
 fn explain_runs_each_doors_code() {
     let cfg = crate::support::ConfigDir::new(&format!(
-        "{}identity_headers:\n  x-user-id: \"{{principal.id}}\"\n",
+        "{}identity_headers:\n  x-user-id: \"{{principal.id}}\"",
         crate::support::hs256_users("{}")
     ));
     cfg.write("hs.secret", SECRET);
@@ -606,6 +606,21 @@ fn explain_runs_each_doors_code() {
         assert_eq!(code, Some(0), "{door}: {text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["decision"], "allow", "{door}");
+        assert_eq!(v["rule"]["name"], "api", "{door}");
+        assert!(
+            v["rule"]["file"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("p.yaml")),
+            "{door}: the rule's file: {text}"
+        );
+        if door == "envoy-grpc" {
+            let meta = &v["answer"]["dynamic_metadata"];
+            assert_eq!(
+                (&meta["principal_id"], &meta["rule"]),
+                (&serde_json::json!("alice"), &serde_json::json!("api")),
+                "{text}"
+            );
+        }
         if door != "proxy" {
             assert_eq!(v["answer"]["status"], 200, "{door}");
             let headers = v["answer"]["headers"].to_string();
