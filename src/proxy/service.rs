@@ -597,14 +597,21 @@ fn respond(
     // only the trailer fields the response declares: an HTTP/1.1 client that asked for
     // trailers lost every one (a gRPC-Web or chunked upstream's checksums, `grpc-status`).
     // Regression: tests (it) upstreams::http1_client_asking_for_trailers_gets_them
-    let declared = match trailers {
-        false => None,
+    // Every `Trailer` line: `remove` would return the first only.
+    // Regression: tests (it) upstreams::every_trailer_line_is_declared_to_the_client
+    let declared: Vec<HeaderValue> = match trailers {
+        false => Vec::new(),
         true => {
-            let grpc = Grpc::of(&parts.headers) == Some(Grpc::Native);
-            parts
+            let mut declared: Vec<HeaderValue> = parts
                 .headers
-                .remove(header::TRAILER)
-                .or_else(|| grpc.then(|| HeaderValue::from_static("grpc-status, grpc-message")))
+                .get_all(header::TRAILER)
+                .iter()
+                .cloned()
+                .collect();
+            if declared.is_empty() && Grpc::of(&parts.headers) == Some(Grpc::Native) {
+                declared.push(HeaderValue::from_static("grpc-status, grpc-message"));
+            }
+            declared
         }
     };
     if let Some(idle) = idle {
@@ -614,8 +621,8 @@ fn respond(
         body = body.with_expiry(at, clock, metrics);
     }
     hop_by_hop::strip(&mut parts.headers);
-    if let Some(declared) = declared {
-        parts.headers.insert(header::TRAILER, declared);
+    for declared in declared {
+        parts.headers.append(header::TRAILER, declared);
     }
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, body::streamed(body))

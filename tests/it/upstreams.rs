@@ -1054,6 +1054,54 @@ async fn http1_client_asking_for_trailers_gets_them() {
     assert!(r.body.contains("grpc-message: fine\r\n"), "{:?}", r.body);
 }
 
+/// An upstream that declares its trailers on two `Trailer` lines: an HTTP/1.1 client asking
+/// for trailers gets both fields, not only the first line's.
+#[tokio::test]
+async fn every_trailer_line_is_declared_to_the_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nTrailer: x-checksum\r\nTrailer: x-signature\r\n\
+                          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                          7\r\nchunked\r\n0\r\nx-checksum: c0ffee\r\nx-signature: 5ea1\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    let gw = Setup {
+        upstreams: format!("  raw:\n    url: http://{addr}\n"),
+        policies: route_all_to("raw"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let r = crate::support::raw(
+        gw.addr(),
+        b"GET /file HTTP/1.1\r\nHost: app.test\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(
+        r.head
+            .to_ascii_lowercase()
+            .contains("trailer: x-checksum, x-signature"),
+        "{}",
+        r.head
+    );
+    assert!(
+        r.body.contains("x-checksum: c0ffee\r\n") && r.body.contains("x-signature: 5ea1\r\n"),
+        "every declared field: {:?}",
+        r.body
+    );
+}
+
 /// An upstream that requires a client certificate from a private CA: refused (502) without
 /// one, reached (200) with the configured one.
 #[tokio::test]
