@@ -27,6 +27,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::authz::edge::Preflight;
 use crate::authz::spoofable::DoorList;
 use crate::decision::{self, Allow, Decision, DenyKind, HeaderMutation, NoTrace, Refusal};
 use crate::request::RequestFacts;
@@ -61,6 +62,13 @@ pub struct Undescribed(pub &'static str);
 pub trait HttpDoor: Send + Sync + 'static {
     /// Which door.
     const DOOR: Door;
+
+    /// Whether the door answers a CORS preflight for a rule with CORS itself (a `204` with
+    /// the CORS headers, or a `403`), as the proxy door does. Only a door whose peer sends
+    /// such an answer to the client as it is, without reaching the upstream, can: Envoy passes
+    /// any status but 200 on. A forward-auth peer forwards on any 2xx (and a preflight needs
+    /// one), so there a preflight is decided as any request.
+    const ANSWERS_PREFLIGHTS: bool = false;
 
     /// The original request, from the door's request (its head and headers). Once described,
     /// the door's request is not read again: its headers are taken, not copied.
@@ -282,14 +290,19 @@ async fn answer<D: HttpDoor>(
         .map_or(&DoorSettings::Proxy, |l| &l.door);
     let decided = decide_for(door, settings, &snapshot, conn, &mut parts, &mut record).await;
     let mut resp = match decided {
-        Ok(decision) => {
+        Ok(Decided::Decision(decision, origin)) => {
             record.decision(shared, D::DOOR, &decision);
             match decision {
                 Decision::Allow(a) => door.allow(&a),
-                Decision::Deny(d) => {
-                    door.deny(settings, d.refusal(&snapshot.challenges, &request_id))
-                }
+                Decision::Deny(d) => door.deny(
+                    settings,
+                    refusal(&d, &snapshot, &request_id, origin.as_ref()),
+                ),
             }
+        }
+        Ok(Decided::Preflight(rule, checked)) => {
+            record.rule = Some(rule);
+            preflight_answer(door, settings, shared, &mut record, checked, &request_id)
         }
         Err((status, reason)) => {
             record.failed(shared, reason);
@@ -306,6 +319,69 @@ async fn answer<D: HttpDoor>(
     resp
 }
 
+/// What a decision door has to answer.
+enum Decided {
+    /// The decision, and the request's `Origin` (for a denial on a rule with CORS).
+    Decision(Decision, Option<HeaderValue>),
+    /// A CORS preflight the door answers itself ([`HttpDoor::ANSWERS_PREFLIGHTS`]).
+    Preflight(crate::authz::route::RuleId, Preflight),
+}
+
+/// A denial's refusal at a decision door: on a rule with CORS, with the CORS headers for the
+/// client's origin, so that a script from an allowed origin can read its 401 or 403 (the
+/// proxy door adds them to every answer as it sends it).
+// Regression: tests (it) doors::envoy_doors_answer_cors_preflights_and_label_denials
+pub fn refusal(
+    d: &crate::decision::Deny,
+    snapshot: &Snapshot,
+    request_id: &HeaderValue,
+    origin: Option<&HeaderValue>,
+) -> Refusal {
+    let mut r = d.refusal(&snapshot.challenges, request_id);
+    if let Some(cors) = d.edge.as_ref().and_then(|e| e.cors.as_ref()) {
+        r.cors = cors.response_headers(origin);
+    }
+    r
+}
+
+/// The door's answer to a preflight it answers itself: `204` with the rule's CORS headers, or
+/// `403` (the door's refusal) with none but `Vary: Origin`.
+fn preflight_answer<D: HttpDoor>(
+    door: &D,
+    settings: &DoorSettings,
+    shared: &Shared,
+    record: &mut Record,
+    checked: Preflight,
+    request_id: &HeaderValue,
+) -> Response<Full<Bytes>> {
+    match checked {
+        Ok(headers) => {
+            record.outcome = Outcome::Allow;
+            record.reason = Some(CORS_PREFLIGHT);
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            let h = resp.headers_mut();
+            for (name, value) in headers {
+                h.insert(name, value);
+            }
+            h.append(header::VARY, HeaderValue::from_static("origin"));
+            resp
+        }
+        Err(refused) => {
+            let reason = refused.as_str();
+            record.outcome = Outcome::Deny;
+            record.reason = Some(reason);
+            shared.metrics.denial(D::DOOR, reason);
+            let mut r = Refusal::error(StatusCode::FORBIDDEN, reason, request_id);
+            r.cors = vec![(header::VARY, HeaderValue::from_static("origin"))];
+            door.deny(settings, r)
+        }
+    }
+}
+
+/// The reason code of a preflight the gateway answered (`204`), in logs and spans.
+pub const CORS_PREFLIGHT: &str = "cors_preflight";
+
 /// Admission, the original request's facts and the decision, within the door's deadline.
 async fn decide_for<D: HttpDoor>(
     door: &D,
@@ -314,7 +390,7 @@ async fn decide_for<D: HttpDoor>(
     conn: &Conn,
     parts: &mut http::request::Parts,
     record: &mut Record,
-) -> Result<Decision, (StatusCode, &'static str)> {
+) -> Result<Decided, (StatusCode, &'static str)> {
     let common = common(settings).ok_or((StatusCode::SERVICE_UNAVAILABLE, NO_LISTENER))?;
     // Why: the peer's headers describe the request and are believed; anyone else could
     // describe any request they like. Regression: tests (it) doors::*_peer_not_allowed
@@ -352,12 +428,27 @@ async fn decide_for<D: HttpDoor>(
         .map_err(|e: FactsError| (e.status(), e.as_str()))?;
     record.client_ip = facts.client_ip;
     record.facts(snapshot, &facts);
-    tokio::time::timeout(
+    // Why: a browser sends its preflight without a credential, so a rule with CORS refused it
+    // with 401 behind Envoy while the proxy door answered it. Regression: tests (it)
+    // doors::envoy_doors_answer_cors_preflights_and_label_denials
+    if D::ANSWERS_PREFLIGHTS
+        && let Some((rule, checked)) = crate::authz::edge::preflight(snapshot, &facts)
+    {
+        return Ok(Decided::Preflight(rule, checked));
+    }
+    let decision = tokio::time::timeout(
         common.timeout,
         decision::decide(snapshot, &facts, &mut NoTrace),
     )
     .await
-    .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, DECISION_TIMEOUT))
+    .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, DECISION_TIMEOUT))?;
+    let origin = match &decision {
+        Decision::Deny(d) if d.edge.as_ref().is_some_and(|e| e.cors.is_some()) => {
+            described.headers.get(header::ORIGIN).cloned()
+        }
+        _ => None,
+    };
+    Ok(Decided::Decision(decision, origin))
 }
 
 /// The status of a description a door cannot read: 431 for one over the header limits, as the

@@ -1,6 +1,7 @@
 //! What a rule says about the edge of the proxy door beyond allow or deny: the upgrades
 //! (WebSockets) it relays and the bounds of their tunnels, how often a tunnel is re-decided,
-//! and its CORS settings. Compiled once per rule; an allowed or denied request carries the
+//! and its CORS settings (which the Envoy doors apply too: [`preflight`],
+//! [`Cors::response_headers`]). Compiled once per rule; an allowed or denied request carries the
 //! rule's [`Edge`] (an `Arc`, `None` for the rules that say nothing) to the door.
 //!
 //! Invariants: an upgrade protocol is a lowercase token and never `h2c`; an allowed origin
@@ -9,7 +10,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method, header};
 
 use crate::config::FieldError;
 use crate::config::raw::{RawCors, RawUpgrade};
@@ -294,6 +295,91 @@ impl Cors {
         }
         Ok(())
     }
+}
+
+const ORIGIN_VARY: HeaderValue = HeaderValue::from_static("origin");
+const TRUE: HeaderValue = HeaderValue::from_static("true");
+
+impl Cors {
+    /// The headers of the gateway's `204` to a preflight from `origin` that
+    /// [`Self::check_preflight`] allowed (`Vary: Origin` aside: every answer of the rule
+    /// carries it).
+    pub fn preflight_headers(&self, origin: &HeaderValue) -> Vec<(HeaderName, HeaderValue)> {
+        let mut h = Vec::with_capacity(5);
+        h.push((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
+        h.push((
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            self.allow_methods.clone(),
+        ));
+        if let Some(v) = &self.allow_headers {
+            h.push((header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone()));
+        }
+        if self.allow_credentials {
+            h.push((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE));
+        }
+        if let Some(v) = &self.max_age {
+            h.push((header::ACCESS_CONTROL_MAX_AGE, v.clone()));
+        }
+        h
+    }
+
+    /// The CORS headers of a real answer on the rule to a request from `origin`, for a
+    /// decision door's peer to add to the client's response: `Vary: Origin` always (an
+    /// answer without `Origin` is cached too), and for an allowed origin that origin echoed,
+    /// `Access-Control-Allow-Credentials` and `-Expose-Headers` as configured.
+    pub fn response_headers(&self, origin: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
+        let mut h = vec![(header::VARY, ORIGIN_VARY)];
+        let Some(origin) = origin.filter(|o| self.allows_origin(o)) else {
+            return h;
+        };
+        h.push((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
+        if self.allow_credentials {
+            h.push((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE));
+        }
+        if let Some(v) = &self.expose_headers {
+            h.push((header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone()));
+        }
+        h
+    }
+}
+
+/// A checked preflight: the `204`'s headers, or why it is refused (`403`).
+pub type Preflight = Result<Vec<(HeaderName, HeaderValue)>, PreflightRefusal>;
+
+/// A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) for a rule
+/// with CORS, checked for the rule the *real* request would match (its method is the one
+/// asked for): the rule, and the `204`'s headers or why it is refused (`403`). `None` when
+/// the request is no preflight, or that rule allows nothing or has no CORS: then it is
+/// decided as any request. Every door that can answer a preflight itself asks this first.
+pub fn preflight(
+    snapshot: &crate::snapshot::Snapshot,
+    facts: &crate::request::RequestFacts<'_>,
+) -> Option<(crate::authz::route::RuleId, Preflight)> {
+    if *facts.method != Method::OPTIONS {
+        return None;
+    }
+    let origin = facts.headers.get(header::ORIGIN)?;
+    let asked = facts.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    let method = Method::from_bytes(asked.as_bytes()).ok()?;
+    let probe = crate::request::RequestFacts {
+        method: &method,
+        host: facts.host.clone(),
+        path: facts.path.clone(),
+        ..*facts
+    };
+    let rule = snapshot.routes.find(&probe)?;
+    if rule.effect != crate::config::raw::Effect::Allow {
+        return None;
+    }
+    let cors = rule.edge.as_ref()?.cors.as_ref()?;
+    let checked = cors
+        .check_preflight(
+            origin,
+            &method,
+            facts.headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS),
+        )
+        .map(|()| cors.preflight_headers(origin));
+    Some((rule.id.clone(), checked))
 }
 
 impl PreflightRefusal {

@@ -381,6 +381,16 @@ async fn decide_rule(
     if let Some(room) = room {
         mutation.response.extend(room_headers(&room));
     }
+    // Why: behind Envoy the upstream's answer never passes the gateway, so a rule's CORS
+    // headers go back for the peer to add to it (the proxy door adds them as it answers).
+    // Regression: tests (it) grpc::cors_preflight_and_answers_at_the_grpc_door
+    if facts.conn.door != crate::request::facts::Door::Proxy
+        && let Some(cors) = rule.edge.as_ref().and_then(|e| e.cors.as_ref())
+    {
+        mutation
+            .response
+            .extend(cors.response_headers(facts.headers.get(http::header::ORIGIN)));
+    }
     Decision::Allow(Allow {
         rule: rule.id.clone(),
         upstream: rule.upstream,

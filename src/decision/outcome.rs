@@ -188,6 +188,7 @@ impl Deny {
                 body: None,
                 code: self.public_code(),
                 throttle: None,
+                cors: Vec::new(),
             };
         }
         // A rule that hides the route (say 404) does not announce a scope it lacks.
@@ -216,6 +217,7 @@ impl Deny {
                 DenyKind::RateLimited(t) => Some(t),
                 _ => None,
             },
+            cors: Vec::new(),
         }
     }
 }

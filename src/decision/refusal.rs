@@ -24,6 +24,9 @@ pub struct Refusal {
     pub code: &'static str,
     /// Over a rate limit: `Retry-After` and `RateLimit-*`.
     pub throttle: Option<Throttle>,
+    /// The CORS headers of a refusal on a rule with CORS, at a decision door (the proxy door
+    /// adds its own as it answers): a script from an allowed origin can read a 401 too.
+    pub cors: Vec<(HeaderName, HeaderValue)>,
 }
 
 // === impl Refusal ===
@@ -55,6 +58,7 @@ impl Refusal {
             .map(|c| (header::WWW_AUTHENTICATE, c.clone()))
             .chain(self.location.iter().map(|l| (header::LOCATION, l.clone())))
             .chain(throttle)
+            .chain(self.cors.iter().cloned())
     }
 }
 
@@ -91,6 +95,7 @@ impl Refusal {
             body: Some(super::outcome::error_body(reason, request_id, None)),
             code: reason,
             throttle: None,
+            cors: Vec::new(),
         }
     }
 

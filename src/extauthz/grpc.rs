@@ -17,6 +17,10 @@
 //! value. No other door has them, so such a rule decides nothing elsewhere, and a request
 //! matched by no such rule is decided by the same rules as at every other door.
 //!
+//! A CORS preflight for a rule with CORS is answered by the door, as by the proxy
+//! ([`crate::authz::edge::preflight`]): a `DeniedHttpResponse` of 204 with the CORS headers
+//! (or 403), which Envoy sends the client without reaching the upstream.
+//!
 //! Answers: allow is `OK` with an `OkHttpResponse` (identity headers set, overwriting;
 //! `headers_to_remove` for every spoofed header and a stripped credential; response headers
 //! to add) and `dynamic_metadata` (`principal_id`, `principal_kind`, `rule`). A denial is the
@@ -447,6 +451,30 @@ impl CheckService {
             }
         };
         record.facts(snapshot, &facts);
+        // Why: a browser sends its preflight without a credential, so a rule with CORS refused
+        // it with 401 behind Envoy while the proxy door answered it. A denied response is what
+        // Envoy sends the client as it is, without the upstream: the gateway's 204.
+        // Regression: tests (it) grpc::cors_preflight_and_answers_at_the_grpc_door
+        if let Some((rule, checked)) = crate::authz::edge::preflight(snapshot, &facts) {
+            record.rule = Some(rule);
+            let refusal = match checked {
+                Ok(headers) => {
+                    record.outcome = crate::telemetry::metrics::Outcome::Allow;
+                    record.reason = Some(door::CORS_PREFLIGHT);
+                    return Ok(Answer::Message(preflight_answered(&headers)));
+                }
+                Err(refused) => {
+                    let reason = refused.as_str();
+                    record.outcome = crate::telemetry::metrics::Outcome::Deny;
+                    record.reason = Some(reason);
+                    self.shared.metrics.denial(Door::EnvoyGrpc, reason);
+                    let mut r = Refusal::error(StatusCode::FORBIDDEN, reason, request_id);
+                    r.cors = vec![(http::header::VARY, HeaderValue::from_static("origin"))];
+                    r
+                }
+            };
+            return Ok(Answer::Message(denied(refusal)));
+        }
         let decided = tokio::time::timeout(
             common.timeout,
             decision::decide(snapshot, &facts, &mut NoTrace),
@@ -470,9 +498,12 @@ impl CheckService {
             // `failure_mode_allow: true` turn it into an allow, so it goes back as a denied
             // response, which Envoy passes on whatever its failure mode.
             // Regression: tests (it) delegate::fail_closed_delegate_is_a_denial_at_the_grpc_door
-            Decision::Deny(d) => Ok(Answer::Message(denied(
-                d.refusal(&snapshot.challenges, request_id),
-            ))),
+            Decision::Deny(d) => Ok(Answer::Message(denied(door::refusal(
+                &d,
+                snapshot,
+                request_id,
+                facts.headers.get(http::header::ORIGIN),
+            )))),
         }
     }
 }
@@ -688,7 +719,7 @@ pub fn allowed(a: &Allow) -> CheckResponse {
             value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
             ..PbHeaderValue::default()
         }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        append_action: append_action(name) as i32,
         ..HeaderValueOption::default()
     };
     let m = &a.mutation;
@@ -720,6 +751,55 @@ pub fn allowed(a: &Allow) -> CheckResponse {
             ..OkHttpResponse::default()
         })),
         dynamic_metadata: Some(metadata),
+    }
+}
+
+/// How a header of an answer is applied: set over what was there, but `Vary`, which adds to
+/// the upstream's own (`Vary: Origin` must not erase its `Accept-Encoding`).
+pub fn append_action(name: &HeaderName) -> HeaderAppendAction {
+    if name == http::header::VARY {
+        HeaderAppendAction::AppendIfExistsOrAdd
+    } else {
+        HeaderAppendAction::OverwriteIfExistsOrAdd
+    }
+}
+
+/// A preflight the gateway answers: a denied response (Envoy sends it to the client as it is,
+/// without the upstream) of `204` with the CORS headers.
+fn preflight_answered(headers: &[(HeaderName, HeaderValue)]) -> CheckResponse {
+    let option = |key: &str, value: String| HeaderValueOption {
+        header: Some(PbHeaderValue {
+            key: key.to_owned(),
+            value,
+            ..PbHeaderValue::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..HeaderValueOption::default()
+    };
+    let headers = headers
+        .iter()
+        .map(|(n, v)| {
+            option(
+                n.as_str(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .chain([option("vary", "origin".to_owned())])
+        .collect();
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: decision::GrpcCode::PermissionDenied.as_i32(),
+            message: door::CORS_PREFLIGHT.to_owned(),
+            ..rpc::Status::default()
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(StatusCode::NO_CONTENT.as_u16()),
+            }),
+            headers,
+            body: String::new(),
+        })),
+        dynamic_metadata: None,
     }
 }
 

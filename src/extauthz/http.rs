@@ -34,6 +34,7 @@ pub struct EnvoyHttp;
 
 impl HttpDoor for EnvoyHttp {
     const DOOR: Door = Door::EnvoyHttp;
+    const ANSWERS_PREFLIGHTS: bool = true;
 
     fn describe(
         &self,

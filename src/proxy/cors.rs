@@ -1,4 +1,6 @@
-//! CORS at the proxy door, for the rules that configure it.
+//! CORS at the proxy door, for the rules that configure it. (The preflight check itself is
+//! door-neutral, [`crate::authz::edge::preflight`]: the Envoy doors answer preflights the same
+//! way, see `door` and `extauthz::grpc`.)
 //!
 //! A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is answered by
 //! the gateway itself: the rule is the one the *real* request would match (its method is the
@@ -15,12 +17,11 @@
 //! word.
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Response, StatusCode};
+use http::{Response, StatusCode};
 
 use super::service::Ctx;
 use crate::authz::edge::Cors;
 use crate::body::ResponseBody;
-use crate::config::raw::Effect;
 use crate::decision::Refusal;
 use crate::request::RequestFacts;
 use crate::request::facts::Door;
@@ -35,49 +36,16 @@ pub(super) fn preflight(
     ctx: &mut Ctx<'_>,
     facts: &RequestFacts<'_>,
 ) -> Option<Response<ResponseBody>> {
-    if *facts.method != Method::OPTIONS {
-        return None;
-    }
-    let origin = facts.headers.get(header::ORIGIN)?;
-    let asked = facts.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
-    let method = Method::from_bytes(asked.as_bytes()).ok()?;
-    // The rule of the request the browser means to send.
-    let probe = RequestFacts {
-        method: &method,
-        host: facts.host.clone(),
-        path: facts.path.clone(),
-        ..*facts
-    };
-    let rule = ctx.snapshot.routes.find(&probe)?;
-    if rule.effect != Effect::Allow {
-        return None;
-    }
-    let cors = rule.edge.as_ref()?.cors.as_ref()?;
-    ctx.log.rule = Some(rule.id.clone());
-    let checked = cors.check_preflight(
-        origin,
-        &method,
-        facts.headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS),
-    );
+    let (rule, checked) = crate::authz::edge::preflight(ctx.snapshot, facts)?;
+    ctx.log.rule = Some(rule);
     let mut resp = match checked {
-        Ok(()) => {
+        Ok(headers) => {
             ctx.reason = Some("cors_preflight");
             let mut resp = Response::new(crate::body::full(bytes::Bytes::new()));
             *resp.status_mut() = StatusCode::NO_CONTENT;
             let h = resp.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                cors.allow_methods.clone(),
-            );
-            if let Some(v) = &cors.allow_headers {
-                h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
-            }
-            if cors.allow_credentials {
-                h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE);
-            }
-            if let Some(v) = &cors.max_age {
-                h.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
+            for (name, value) in headers {
+                h.insert(name, value);
             }
             resp
         }

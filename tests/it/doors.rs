@@ -713,3 +713,90 @@ fn explain_passes_context_extensions_to_the_grpc_door() {
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("`service` is not `name=value`"), "{text}");
 }
+
+/// A rule with CORS: Envoy's HTTP mode gets the gateway's own answer to a preflight (204 with
+/// the CORS headers, or 403), which Envoy passes on as any status but 200, without the
+/// upstream; a denial there carries the CORS headers for the allowed origin. A forward-auth
+/// peer would forward a preflight on any 2xx, so there a preflight is decided as any request
+/// (here: no credential, 401).
+#[tokio::test]
+async fn envoy_doors_answer_cors_preflights_and_label_denials() {
+    let policy = "rules:
+  - name: api
+    match: {paths: [\"/api/**\"]}
+    effect: allow
+    authenticators: [users]
+    cors:
+      allowed_origins: [\"https://app.example.com\"]
+      allowed_methods: [GET, PUT]
+";
+    let start = |door: &'static str| {
+        Setup {
+            listeners: format!("  - name: doors\n    address: 127.0.0.1:0\n    door: {door}\n"),
+            policies: vec![("10-p.yaml".into(), policy.into())],
+            files: vec![("hs.secret".into(), SECRET.to_vec())],
+            extra: crate::support::hs256_users("{}"),
+            ..Setup::default()
+        }
+        .start()
+    };
+    let preflight =
+        |origin: &'static str, target: &'static str, extra: &[(&'static str, &'static str)]| {
+            let mut req = Request::options(target)
+                .header("host", "app.test")
+                .header("x-forwarded-for", "127.0.0.1")
+                .header("origin", origin)
+                .header("access-control-request-method", "PUT");
+            for (k, v) in extra {
+                req = req.header(*k, *v);
+            }
+            req.body(Full::default()).unwrap()
+        };
+    let gw = start("{envoy_http: {}}").await;
+    let (status, h, _) = send(
+        gw.addr_of("doors"),
+        preflight("https://app.example.com", "/api/items/1", &[]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(h["vary"], "origin");
+    let (status, h, body) = send(
+        gw.addr_of("doors"),
+        preflight("https://evil.example", "/api/items/1", &[]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("cors_origin_not_allowed"),
+        "{body:?}"
+    );
+    let (status, h, _) = ask(
+        &gw,
+        "/api/items/1",
+        &[("host", "app.test"), ("origin", "https://app.example.com")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["vary"], "origin");
+
+    let gw = start("{forward_auth: {}}").await;
+    let (status, h, _) = send(
+        gw.addr_of("doors"),
+        preflight(
+            "https://app.example.com",
+            "/auth",
+            &[
+                ("x-forwarded-method", "OPTIONS"),
+                ("x-forwarded-uri", "/api/items/1"),
+                ("x-forwarded-host", "app.test"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+}

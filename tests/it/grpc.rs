@@ -802,3 +802,149 @@ async fn source_certificate_only_when_configured() {
         }
     }
 }
+
+/// A rule with CORS behind Envoy: a preflight is answered by the door (a denied response of
+/// 204 with the CORS headers, which Envoy sends the client without the upstream), one from
+/// another origin gets 403 without them; a real request's denial carries them for the
+/// allowed origin, and an allow hands them back to add to the upstream's answer (`Vary`
+/// appended to the upstream's own, the rest set over it).
+#[tokio::test]
+async fn cors_preflight_and_answers_at_the_grpc_door() {
+    use envoy_types::ext_authz::v3::pb::HeaderAppendAction;
+    let gw = Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:
+  - name: api
+    match: {paths: [\"/api/**\"]}
+    effect: allow
+    authenticators: [users]
+    cors:
+      allowed_origins: [\"https://app.example.com\"]
+      allowed_methods: [GET, PUT]
+      allowed_headers: [authorization]
+      allow_credentials: true
+"
+            .into(),
+        )],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: crate::support::hs256_users("{}"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut c = client(&gw).await;
+    let options = |origin: &str| {
+        let mut req = check(
+            "/api/items/1",
+            "198.51.100.9",
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "PUT"),
+                ("access-control-request-headers", "Authorization"),
+            ],
+        );
+        let http = req
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .unwrap();
+        http.method = "OPTIONS".into();
+        http.headers.insert(":method".into(), "OPTIONS".into());
+        req
+    };
+    let resp = c
+        .check(options("https://app.example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, headers, body) = denied(&resp);
+    assert_eq!((status, code(&resp)), (204, 7), "{resp:?}");
+    assert_eq!(
+        headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        headers
+            .get("access-control-allow-methods")
+            .map(String::as_str),
+        Some("GET, PUT")
+    );
+    assert_eq!(
+        headers
+            .get("access-control-allow-credentials")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(headers.get("vary").map(String::as_str), Some("origin"));
+    assert!(body.is_empty(), "{body}");
+
+    let resp = c
+        .check(options("https://evil.example"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, headers, body) = denied(&resp);
+    assert_eq!(status, 403, "{resp:?}");
+    assert!(
+        !headers.contains_key("access-control-allow-origin"),
+        "{headers:?}"
+    );
+    assert!(body.contains("cors_origin_not_allowed"), "{body}");
+
+    // A real request without its credential: still refused, readable by the allowed origin.
+    let resp = c
+        .check(check(
+            "/api/items/1",
+            "198.51.100.9",
+            &[("origin", "https://app.example.com")],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, headers, _) = denied(&resp);
+    assert_eq!((status, code(&resp)), (401, 16), "{resp:?}");
+    assert_eq!(
+        headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("https://app.example.com")
+    );
+
+    // Allowed: the CORS headers for the client's response.
+    let bearer = format!("Bearer {}", hs256_token(SECRET, &json!({})));
+    let resp = c
+        .check(check(
+            "/api/items/1",
+            "198.51.100.9",
+            &[
+                ("origin", "https://app.example.com"),
+                ("authorization", &bearer),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&resp), 0, "{resp:?}");
+    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
+        panic!("{resp:?}");
+    };
+    let added: HashMap<&str, (&str, i32)> = ok
+        .response_headers_to_add
+        .iter()
+        .filter_map(|o| Some((o.header.as_ref()?, o.append_action)))
+        .map(|(h, a)| (h.key.as_str(), (h.value.as_str(), a)))
+        .collect();
+    let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
+    let append = HeaderAppendAction::AppendIfExistsOrAdd as i32;
+    assert_eq!(
+        added.get("access-control-allow-origin"),
+        Some(&("https://app.example.com", overwrite)),
+        "{added:?}"
+    );
+    assert_eq!(added.get("vary"), Some(&("origin", append)), "{added:?}");
+}

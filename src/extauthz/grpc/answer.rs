@@ -21,7 +21,7 @@
 use std::borrow::Cow;
 
 use bytes::{Buf, BufMut, Bytes};
-use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction};
+use envoy_types::ext_authz::v3::pb::CheckResponse;
 use http::{HeaderName, HeaderValue};
 use prost::encoding::{
     DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len,
@@ -65,9 +65,6 @@ const STRUCT_FIELDS: u32 = 1;
 const ENTRY_KEY: u32 = 1;
 const ENTRY_VALUE: u32 = 2;
 const VALUE_STRING: u32 = 3;
-
-/// Every header is set over what the request had.
-const OVERWRITE: u64 = HeaderAppendAction::OverwriteIfExistsOrAdd as u64;
 
 // === impl Answer ===
 
@@ -240,11 +237,23 @@ fn header_len(name: &HeaderName, value: &str) -> usize {
     string_len(HEADER_KEY, name.as_str().len()) + string_len(HEADER_VALUE, value.len())
 }
 
-/// A `HeaderValueOption` message's body: the header, overwriting.
+/// A `HeaderValueOption` message's body: the header, overwriting (`Vary` appending: see
+/// [`super::append_action`]).
 fn option_len(name: &HeaderName, value: &HeaderValue) -> usize {
-    field_len(OPTION_HEADER, header_len(name, &text(value)))
-        + key_len(OPTION_APPEND_ACTION)
-        + encoded_len_varint(OVERWRITE)
+    field_len(OPTION_HEADER, header_len(name, &text(value))) + action_len(name)
+}
+
+/// The append action of `name`, as [`super::allowed`] sets it.
+fn action(name: &HeaderName) -> u64 {
+    super::append_action(name) as u64
+}
+
+/// The append action field (proto3: left out when 0, `APPEND_IF_EXISTS_OR_ADD`).
+fn action_len(name: &HeaderName) -> usize {
+    match action(name) {
+        0 => 0,
+        a => key_len(OPTION_APPEND_ACTION) + encoded_len_varint(a),
+    }
 }
 
 fn put_option(tag: u32, name: &HeaderName, value: &HeaderValue, buf: &mut impl BufMut) {
@@ -252,9 +261,7 @@ fn put_option(tag: u32, name: &HeaderName, value: &HeaderValue, buf: &mut impl B
     let header = header_len(name, &value);
     head(
         tag,
-        field_len(OPTION_HEADER, header)
-            + key_len(OPTION_APPEND_ACTION)
-            + encoded_len_varint(OVERWRITE),
+        field_len(OPTION_HEADER, header) + action_len(name),
         buf,
     );
     head(OPTION_HEADER, header, buf);
@@ -264,8 +271,13 @@ fn put_option(tag: u32, name: &HeaderName, value: &HeaderValue, buf: &mut impl B
     if !value.is_empty() {
         put_bytes(HEADER_VALUE, value.as_bytes(), buf);
     }
-    encode_key(OPTION_APPEND_ACTION, WireType::Varint, buf);
-    encode_varint(OVERWRITE, buf);
+    match action(name) {
+        0 => {}
+        a => {
+            encode_key(OPTION_APPEND_ACTION, WireType::Varint, buf);
+            encode_varint(a, buf);
+        }
+    }
 }
 
 /// A `Struct` map entry's body: its key, and a `Value` holding a string (a oneof member:
@@ -339,7 +351,12 @@ mod tests {
                     ],
                     remove: vec![HeaderName::from_static("x_user_id")],
                     named: Some(Arc::clone(spoofable.door_removal(false))),
-                    response: vec![header("ratelimit-remaining", "9")],
+                    // `vary` is appended, every other header set over what was there.
+                    response: vec![
+                        header("ratelimit-remaining", "9"),
+                        header("vary", "origin"),
+                        header("access-control-allow-origin", "https://app.example"),
+                    ],
                     query_remove: vec!["api_key".into(), "api%5Fkey".into()],
                 },
             ),
