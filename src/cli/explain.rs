@@ -209,6 +209,9 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
         }
     };
     report["request"]["canonical_path"] = json!(facts.path.as_ref());
+    if let Some((rule, checked)) = crate::authz::edge::preflight(snapshot, &facts) {
+        return Ok(preflight_report(report, snapshot, &rule, checked, None));
+    }
     // Remote keys: fetched as when serving, within their startup timeout.
     snapshot.authn.start();
     let started = Instant::now();
@@ -509,6 +512,18 @@ async fn run_door(
         }
     };
     report["request"]["canonical_path"] = json!(facts.path.as_ref());
+    // As the doors that answer preflights do (`door::HttpDoor::ANSWERS_PREFLIGHTS`).
+    if door != Door::ForwardAuth
+        && let Some((rule, checked)) = crate::authz::edge::preflight(snapshot, &facts)
+    {
+        return Ok(preflight_report(
+            report,
+            snapshot,
+            &rule,
+            checked,
+            Some(door),
+        ));
+    }
     snapshot.authn.start();
     let started = Instant::now();
     while !snapshot.authn.keys_settled() && started.elapsed() < Duration::from_secs(30) {
@@ -693,6 +708,42 @@ fn grpc_answer(r: &envoy_types::ext_authz::v3::pb::CheckResponse) -> DoorAnswer 
             ..DoorAnswer::default()
         },
     }
+}
+
+/// A CORS preflight the door answers itself, without a decision: 204 with the rule's CORS
+/// headers, or 403. At the gRPC door, the denied response Envoy passes on.
+fn preflight_report(
+    mut report: Value,
+    snapshot: &Snapshot,
+    rule: &crate::authz::route::RuleId,
+    checked: crate::authz::edge::Preflight,
+    door: Option<Door>,
+) -> (Value, bool) {
+    report["rule"] = json!({"name": &*rule.0, "file": rule_file(snapshot, &rule.0)});
+    report["trace"] = json!([format!(
+        "CORS preflight for rule `{}`: answered by the gateway, without a credential or the upstream",
+        rule.0
+    )]);
+    let (status, reason, headers) = match checked {
+        Ok(headers) => (204, "cors_preflight", headers),
+        Err(refused) => (403, refused.as_str(), Vec::new()),
+    };
+    let mut headers: Vec<Value> = headers
+        .iter()
+        .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
+        .collect();
+    headers.push(json!(["vary", "origin"]));
+    report["decision"] = json!(if status == 204 { "allow" } else { "deny" });
+    report["status"] = json!(status);
+    report["reason"] = json!(reason);
+    report["answer"] = json!({
+        "status": status,
+        "grpc_code": (door == Some(Door::EnvoyGrpc)).then_some(crate::decision::GrpcCode::PermissionDenied.as_i32()),
+        "headers": headers,
+        "headers_to_remove": [],
+    });
+    report["door"] = json!(door.unwrap_or(Door::Proxy).as_str());
+    (report, status == 204)
 }
 
 /// The policy file that holds `rule`.

@@ -800,3 +800,49 @@ async fn envoy_doors_answer_cors_preflights_and_label_denials() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
 }
+
+/// `explain` answers a CORS preflight as each door does: the gateway's 204 at the proxy and
+/// Envoy doors, a decision (here 401, no credential) at forward auth.
+#[test]
+fn explain_answers_a_preflight_as_the_door_does() {
+    let cfg = crate::support::ConfigDir::new(&crate::support::hs256_users("{}"));
+    cfg.write("hs.secret", SECRET);
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: api, match: {paths: [\"/api/**\"]}, effect: allow, authenticators: [users], upstream: echo, cors: {allowed_origins: [\"https://app.example.com\"], allowed_methods: [GET, PUT]}}\n",
+    );
+    for (door, status, code) in [
+        ("proxy", 204, 0),
+        ("envoy-grpc", 204, 0),
+        ("envoy-http", 204, 0),
+        ("forward-auth", 401, 1),
+    ] {
+        let (exit, text) = cfg.run(
+            "explain",
+            &[
+                "--door",
+                door,
+                "--method",
+                "OPTIONS",
+                "--url",
+                "https://app.test/api/x",
+                "-H",
+                "Origin: https://app.example.com",
+                "-H",
+                "Access-Control-Request-Method: PUT",
+                "--json",
+            ],
+        );
+        assert_eq!(exit, Some(code), "{door}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["status"], status, "{door}: {text}");
+        if status == 204 {
+            let headers = v["answer"]["headers"].to_string();
+            assert!(
+                headers.contains("access-control-allow-origin")
+                    && headers.contains("https://app.example.com"),
+                "{door}: {text}"
+            );
+        }
+    }
+}
