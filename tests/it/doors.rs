@@ -721,19 +721,10 @@ fn explain_passes_context_extensions_to_the_grpc_door() {
 /// (here: no credential, 401).
 #[tokio::test]
 async fn envoy_doors_answer_cors_preflights_and_label_denials() {
-    let policy = "rules:
-  - name: api
-    match: {paths: [\"/api/**\"]}
-    effect: allow
-    authenticators: [users]
-    cors:
-      allowed_origins: [\"https://app.example.com\"]
-      allowed_methods: [GET, PUT]
-";
     let start = |door: &'static str| {
         Setup {
             listeners: format!("  - name: doors\n    address: 127.0.0.1:0\n    door: {door}\n"),
-            policies: vec![("10-p.yaml".into(), policy.into())],
+            policies: vec![("10-p.yaml".into(), crate::support::CORS_API.into())],
             files: vec![("hs.secret".into(), SECRET.to_vec())],
             extra: crate::support::hs256_users("{}"),
             ..Setup::default()

@@ -516,13 +516,7 @@ async fn least_request_counts_a_websocket_until_it_closes() {
     }
     .start()
     .await;
-    let in_flight = |metrics: &str| -> u32 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("portcullis_upstream_endpoint_in_flight{upstream=\"ws\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u32>().ok())
-            .sum()
-    };
+    let in_flight = |metrics: &str| crate::support::in_flight(metrics, "ws");
     let auth = bearer(&hs256_token(SECRET, &json!({})));
     let mut ws = connect(&gw, "/ws/room", &[("authorization", &auth)])
         .await

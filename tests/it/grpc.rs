@@ -813,21 +813,7 @@ async fn cors_preflight_and_answers_at_the_grpc_door() {
     use envoy_types::ext_authz::v3::pb::HeaderAppendAction;
     let gw = Setup {
         listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
-        policies: vec![(
-            "10-p.yaml".into(),
-            "rules:
-  - name: api
-    match: {paths: [\"/api/**\"]}
-    effect: allow
-    authenticators: [users]
-    cors:
-      allowed_origins: [\"https://app.example.com\"]
-      allowed_methods: [GET, PUT]
-      allowed_headers: [authorization]
-      allow_credentials: true
-"
-            .into(),
-        )],
+        policies: vec![("10-p.yaml".into(), crate::support::CORS_API.into())],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
         extra: crate::support::hs256_users("{}"),
         ..Setup::default()

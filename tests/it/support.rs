@@ -49,6 +49,31 @@ rules:
     upstream: echo
 ";
 
+/// A decision-only policy: `/api/**` for `users` tokens, with CORS for one origin (GET and
+/// PUT, the `authorization` header, credentials).
+pub const CORS_API: &str = "\
+rules:
+  - name: api
+    match: {paths: [\"/api/**\"]}
+    effect: allow
+    authenticators: [users]
+    cors:
+      allowed_origins: [\"https://app.example.com\"]
+      allowed_methods: [GET, PUT]
+      allowed_headers: [authorization]
+      allow_credentials: true
+";
+
+/// The requests in flight on `upstream`'s endpoints, summed, from a Prometheus scrape.
+pub fn in_flight(metrics: &str, upstream: &str) -> u32 {
+    let prefix = format!("portcullis_upstream_endpoint_in_flight{{upstream=\"{upstream}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u32>().ok())
+        .sum()
+}
+
 /// One policy file sending every request to `upstream`.
 pub fn route_all_to(upstream: &str) -> Vec<(String, String)> {
     vec![(

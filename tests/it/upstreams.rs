@@ -535,13 +535,7 @@ async fn least_request_counts_a_stream_until_it_ends() {
     }
     .start()
     .await;
-    let in_flight = |metrics: &str| -> u32 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("portcullis_upstream_endpoint_in_flight{upstream=\"pool\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u32>().ok())
-            .sum()
-    };
+    let in_flight = |metrics: &str| crate::support::in_flight(metrics, "pool");
     let mut client = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     client
         .write_all(b"GET /events HTTP/1.1\r\nHost: app.test\r\n\r\n")
