@@ -569,7 +569,9 @@ async fn send(
         SendError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
         SendError::Tls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls"),
         SendError::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
-        SendError::InvalidStatus(_) => (StatusCode::BAD_GATEWAY, "upstream_invalid_response"),
+        SendError::InvalidStatus(_) | SendError::InvalidFraming => {
+            (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
+        }
         SendError::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "upstream_no_endpoint"),
     };
     ctx.shared.metrics.upstream_error(kind);

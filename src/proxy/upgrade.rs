@@ -150,7 +150,7 @@ pub(super) async fn open(
                 SendError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
                 SendError::Tls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls"),
                 SendError::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
-                SendError::InvalidStatus(_) => {
+                SendError::InvalidStatus(_) | SendError::InvalidFraming => {
                     (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
                 }
                 SendError::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "upstream_no_endpoint"),

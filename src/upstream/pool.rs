@@ -72,6 +72,10 @@ pub enum SendError {
     /// The upstream answered with a status outside 100–599, or switched protocols unasked.
     #[error("invalid response status {0}")]
     InvalidStatus(u16),
+    /// The upstream's answer is framed with a transfer coding other than `chunked` alone,
+    /// which the gateway cannot pass on.
+    #[error("unsupported transfer coding in the response")]
+    InvalidFraming,
     /// No endpoint to send to (every name unresolved).
     #[error("no endpoint")]
     NoEndpoint,
@@ -397,6 +401,8 @@ impl Pool {
                 // the connection is not reused.
                 // Regression: tests (it) upstreams::invalid_upstream_status_is_502
                 check_status(resp.status())?;
+                let mut resp = resp;
+                check_framing(resp.headers_mut())?;
                 let pool = Arc::clone(self);
                 Ok(resp.map(|body| PooledBody {
                     body: Some(body),
@@ -621,6 +627,31 @@ fn check_status(status: http::StatusCode) -> Result<(), Failed> {
             repeat: None,
         });
     }
+    Ok(())
+}
+
+/// An HTTP/1.1 answer's framing, made fit to pass on: with `Transfer-Encoding: chunked` (which
+/// hyper has decoded, and the gateway re-frames), any `Content-Length` goes (RFC 9112 §6.3:
+/// the coding overrides it, and a forwarder must remove it); any other coding is refused, as
+/// nginx does: hyper decodes only `chunked`, so the client would get the coded bytes as the
+/// body once the hop-by-hop header is gone.
+///
+/// Why: an answer with both headers reached the client with the upstream's `Content-Length`
+/// and the decoded, shorter body (every client saw a truncated answer), and a `gzip, chunked`
+/// one as gzip bytes with nothing saying so.
+/// Regression: tests (it) upstreams::upstream_transfer_codings_are_framed_or_refused
+fn check_framing(headers: &mut http::HeaderMap) -> Result<(), Failed> {
+    if !headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Ok(());
+    }
+    if crate::server::hop_by_hop::has_unsupported_transfer_coding(headers) {
+        return Err(Failed {
+            error: SendError::InvalidFraming,
+            unsent: None,
+            repeat: None,
+        });
+    }
+    headers.remove(http::header::CONTENT_LENGTH);
     Ok(())
 }
 

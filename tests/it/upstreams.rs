@@ -1315,3 +1315,124 @@ async fn endpoint_names_resolve_to_their_addresses() {
     }
     assert_eq!(a.hits(), 10);
 }
+
+/// An HTTP/1.1 answer framed with `Transfer-Encoding: chunked` and a `Content-Length` reaches
+/// the client whole, without the stale length; one with another transfer coding (which hyper
+/// does not decode) is no answer the gateway can pass on: 502.
+#[tokio::test]
+async fn upstream_transfer_codings_are_framed_or_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let n = tcp.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let coding = if head.starts_with("GET /both ") {
+                    "Content-Length: 20\r\nTransfer-Encoding: chunked"
+                } else {
+                    "Transfer-Encoding: gzip, chunked"
+                };
+                let _ = tcp
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\n{coding}\r\nConnection: close\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    let gw = Setup {
+        upstreams: format!("  raw:\n    url: http://{addr}\n"),
+        policies: route_all_to("raw"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let (status, h, body) = crate::support::get(gw.addr(), "/both").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"ok");
+    assert!(
+        h.get("content-length").is_none_or(|v| v == "2"),
+        "the upstream's stale length: {h:?}"
+    );
+    let (status, _, body) = crate::support::get(gw.addr(), "/gzip").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        String::from_utf8_lossy(&body).contains("upstream_invalid_response"),
+        "{body:?}"
+    );
+}
+
+/// Trailer fields a client sends with its request never reach the upstream: the decision never
+/// saw them, and an upstream that merges them into its headers would take a spoofed identity
+/// for the gateway's. The body before them goes through whole.
+#[tokio::test]
+async fn request_trailers_are_not_forwarded() {
+    use http_body_util::BodyExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Each request's body and trailers, as the upstream got them.
+    type Seen = Vec<(Bytes, Option<http::HeaderMap>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let s = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let s = Arc::clone(&s);
+                    async move {
+                        let collected = req.into_body().collect().await.unwrap();
+                        let trailers = collected.trailers().cloned();
+                        s.lock().unwrap().push((collected.to_bytes(), trailers));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from_static(b"seen"),
+                        )))
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+            });
+        }
+    });
+    let gw = Setup {
+        upstreams: format!("  h2:\n    url: http://{addr}\n    protocol: h2c\n"),
+        policies: route_all_to("h2"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("http://{}/upload", gw.addr()))
+        .body(trailed(
+            b"payload",
+            &[("x-user-id", "admin"), ("authorization", "Bearer forged")],
+        ))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(&seen[0].0[..], b"payload");
+    assert!(
+        seen[0].1.as_ref().is_none_or(http::HeaderMap::is_empty),
+        "trailers reached the upstream: {:?}",
+        seen[0].1
+    );
+}
