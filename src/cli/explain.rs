@@ -473,12 +473,10 @@ async fn run_door(
     let (described, client) = match described {
         Ok(d) => d,
         Err(reason) => {
-            report["decision"] = json!("deny");
-            report["status"] = json!(crate::door::undescribed_status(reason).as_u16());
-            report["reason"] = json!(reason);
             report["trace"] =
                 json!(["the door cannot read the request from its peer's description"]);
-            return Ok((report, false));
+            let status = crate::door::undescribed_status(reason);
+            return Ok(refused_report(report, render, &settings, status, reason));
         }
     };
     let conn = ConnInfo::for_door(door, SocketAddr::new(client, 0), listener_name, None);
@@ -504,11 +502,14 @@ async fn run_door(
             f
         }
         Err(e) => {
-            report["decision"] = json!("deny");
-            report["status"] = json!(e.status().as_u16());
-            report["reason"] = json!(e.as_str());
             report["trace"] = json!(["the request is refused before any rule: malformed"]);
-            return Ok((report, false));
+            return Ok(refused_report(
+                report,
+                render,
+                &settings,
+                e.status(),
+                e.as_str(),
+            ));
         }
     };
     report["request"]["canonical_path"] = json!(facts.path.as_ref());
@@ -708,6 +709,33 @@ fn grpc_answer(r: &envoy_types::ext_authz::v3::pb::CheckResponse) -> DoorAnswer 
             ..DoorAnswer::default()
         },
     }
+}
+
+/// A request a decision door refuses before any rule (its description unreadable, the
+/// request malformed), with the answer that door gives: its status map applied, its gRPC code.
+// Regression: tests (it) doors::explain_shows_the_door_answer_to_a_malformed_request
+fn refused_report(
+    mut report: Value,
+    render: Renderer,
+    settings: &crate::snapshot::DoorSettings,
+    status: http::StatusCode,
+    reason: &'static str,
+) -> (Value, bool) {
+    let request_id = HeaderValue::from_static("(generated per request)");
+    let answer = render.deny(
+        settings,
+        crate::decision::Refusal::error(status, reason, &request_id),
+    );
+    report["decision"] = json!("deny");
+    report["reason"] = json!(reason);
+    report["status"] = json!(answer.status);
+    report["answer"] = json!({
+        "status": answer.status,
+        "grpc_code": answer.grpc_code,
+        "headers": answer.headers.iter().map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())])).collect::<Vec<_>>(),
+        "headers_to_remove": [],
+    });
+    (report, false)
 }
 
 /// A CORS preflight the door answers itself, without a decision: 204 with the rule's CORS

@@ -468,6 +468,24 @@ async fn status_map_targets_are_refusals() {
             assert!(text.contains("status_map"), "{map}: {text}");
         }
     }
+    // A rule's own denial status that a door's map leaves out: the peer that needs the map
+    // would answer 500. A warning, naming the rule, the status and the listener.
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write(
+        "portcullis.yaml",
+        "listeners:\n  - name: nginx\n    address: 127.0.0.1:0\n    door: {forward_auth: {status_map: {404: 403}}}\npolicies: {dir: policies}\n",
+    );
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: gone, match: {paths: [\"/old/**\"]}, effect: deny, denial: {status: 410}}\n  - {name: hidden, match: {paths: [\"/h/**\"]}, effect: deny, denial: {status: 404}}\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "a warning, not an error: {text}");
+    assert!(
+        text.contains("rule `gone` refuses with 410") && text.contains("`nginx`"),
+        "{text}"
+    );
+    assert!(!text.contains("rule `hidden`"), "404 is mapped: {text}");
 }
 
 #[tokio::test]
@@ -836,4 +854,42 @@ fn explain_answers_a_preflight_as_the_door_does() {
             );
         }
     }
+}
+
+/// `explain` shows a door's own answer to a request it refuses before any rule, as for a
+/// decided one: the forward-auth door's status map applied (nginx gets 403 and the real 400
+/// in `x-portcullis-status`), the gRPC door's INVALID_ARGUMENT.
+#[test]
+fn explain_shows_the_door_answer_to_a_malformed_request() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.add_listeners(
+        "{name: nginx, address: \"127.0.0.1:0\", door: {forward_auth: {status_map: {400: 403}}}}",
+    );
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: open, match: {paths: [\"/open/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["--url", "https://app.test/open/%2e%2e/x", "--json"];
+        args.extend_from_slice(extra);
+        let (code, text) = cfg.run("explain", &args);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        (code, v, text)
+    };
+    let (code, v, text) = explain(&["--listener", "nginx"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(v["status"], 403, "{text}");
+    assert_eq!(v["answer"]["status"], 403, "{text}");
+    let headers = v["answer"]["headers"].to_string();
+    assert!(
+        headers.contains("\"x-portcullis-status\",\"400\""),
+        "the real status for nginx's error_page: {text}"
+    );
+    let (code, v, text) = explain(&["--door", "envoy-grpc"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(
+        (&v["answer"]["status"], &v["answer"]["grpc_code"]),
+        (&serde_json::json!(400), &serde_json::json!(3)),
+        "{text}"
+    );
 }

@@ -343,11 +343,14 @@ fn envoy_http_ext_authz() {
     };
     let ids = identity_headers("config/compose.yaml");
     let upstream = exact(&svc["authorization_response"]["allowed_upstream_headers"]);
-    let decided: BTreeSet<String> = ["x-real-ip", "x-forwarded-host"].map(str::to_owned).into();
+    let decided: BTreeSet<String> = ["x-real-ip", "x-forwarded-host", "cookie"]
+        .map(str::to_owned)
+        .into();
     assert_eq!(
         upstream,
         &ids | &decided,
-        "allowed_upstream_headers: the identity headers and the decided forwarding ones"
+        "allowed_upstream_headers: the identity headers, the decided forwarding ones, and what \
+         is left of `Cookie` once a cookie credential is cut out"
     );
     // The door needs the client's address, and sees client copies of the identity,
     // forwarding and infrastructure headers, to name them for removal (the override and
@@ -378,6 +381,28 @@ fn envoy_http_ext_authz() {
         .collect();
     for p in clearing::INFRASTRUCTURE_PREFIXES {
         assert!(prefixes.contains(p), "allowed_headers lacks {p}*");
+    }
+    // A browser's preflight reaches the door, which answers it for a rule with `cors`; its
+    // answers, and the CORS headers of denials and allows, reach the browser.
+    assert!(sent.contains("origin"), "allowed_headers lacks origin");
+    assert!(
+        prefixes.contains("access-control-request-"),
+        "allowed_headers lacks access-control-request-*"
+    );
+    for list in [
+        "allowed_client_headers",
+        "allowed_client_headers_on_success",
+    ] {
+        let l = &svc["authorization_response"][list];
+        assert!(exact(l).contains("vary"), "{list} lacks vary");
+        assert!(
+            l["patterns"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|p| p["prefix"].as_str() == Some("access-control-")),
+            "{list} lacks access-control-*"
+        );
     }
     let client = &svc["authorization_response"]["allowed_client_headers"];
     let exact_client = exact(client);

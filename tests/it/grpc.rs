@@ -565,7 +565,7 @@ async fn query_credential_removed_by_envoy() {
 fn query_credential_behind_an_http_door_is_a_warning() {
     let users = crate::support::hs256_users("{}").replace(
         "    jwt:\n",
-        "    jwt:\n      from: [bearer, {query: access_token}]\n",
+        "    jwt:\n      from: [bearer, {query: access_token}, {cookie: session}]\n",
     );
     let cfg = crate::support::ConfigDir::new(&users);
     cfg.write("hs.secret", SECRET);
@@ -582,6 +582,12 @@ fn query_credential_behind_an_http_door_is_a_warning() {
     assert!(
         text.contains("authenticators.users.jwt.from[1]")
             && text.contains("`access_token` is not stripped behind `nginx`"),
+        "{text}"
+    );
+    // A cookie is cut out of `Cookie` only if the forward-auth peer applies the answer.
+    assert!(
+        text.contains("authenticators.users.jwt.from[2]")
+            && text.contains("cookie `session` is stripped behind `nginx` only if"),
         "{text}"
     );
 }

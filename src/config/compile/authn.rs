@@ -53,6 +53,12 @@ fn query_credentials_at_http_doors(cx: &mut Cx<'_>) {
         .filter(|l| matches!(l.door, RawDoor::EnvoyHttp(_) | RawDoor::ForwardAuth(_)))
         .map(|l| format!("`{}`", l.name))
         .collect();
+    let forward_auth: Vec<String> = cfg
+        .listeners
+        .iter()
+        .filter(|l| matches!(l.door, RawDoor::ForwardAuth(_)))
+        .map(|l| format!("`{}`", l.name))
+        .collect();
     if doors.is_empty() {
         return;
     }
@@ -70,6 +76,23 @@ fn query_credentials_at_http_doors(cx: &mut Cx<'_>) {
                     format!(
                         "the credential in query parameter `{q}` is not stripped behind {}: Envoy's HTTP mode and forward-auth peers cannot remove a query parameter, so their upstream receives it (the proxy and envoy_grpc doors remove it)",
                         doors.join(", ")
+                    ),
+                );
+            }
+            // Why: a cookie credential is cut out of `Cookie`, which the door hands back as a
+            // `cookie` answer header (or names in `x-portcullis-remove` when it was the only
+            // cookie); no shipped forward-auth peer config applies either, so the app behind
+            // nginx received the verified session cookie. Envoy's HTTP mode applies both when
+            // `allowed_upstream_headers` names `cookie` (examples/envoy/envoy-http.yaml).
+            // Regression: tests (it) grpc::query_credential_behind_an_http_door_is_a_warning
+            if let (true, RawCredentialSource::Cookie(c), false) =
+                (strip, source, forward_auth.is_empty())
+            {
+                cx.warn(
+                    &format!("authenticators.{name}.{kind}.from[{i}]"),
+                    format!(
+                        "the credential in cookie `{c}` is stripped behind {} only if the peer replaces the request's `Cookie` with the door's `cookie` answer header, and drops it when `x-portcullis-remove` names `cookie`; the shipped nginx, Traefik and Caddy examples do not",
+                        forward_auth.join(", ")
                     ),
                 );
             }

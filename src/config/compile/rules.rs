@@ -168,6 +168,38 @@ fn rule(
             );
         }
     }
+    // Why: a forward-auth door with a `status_map` serves a peer that turns unmapped
+    // statuses into errors (nginx's auth_request: anything but 2xx, 401 and 403 is a 500),
+    // and a rule's own denial status was mapped by nobody: the client got 500.
+    // Regression: tests (it) doors::status_map_targets_are_refusals
+    if let Some(status) = r.denial.as_ref().and_then(|d| d.status)
+        && !matches!(status, 401 | 403)
+    {
+        let unmapped: Vec<String> = cfg
+            .listeners
+            .iter()
+            .filter(|l| match &l.door {
+                crate::config::raw::RawDoor::ForwardAuth(d) => {
+                    !d.status_map.is_empty() && !d.status_map.contains_key(&status)
+                }
+                _ => false,
+            })
+            .map(|l| format!("`{}`", l.name))
+            .collect();
+        if !unmapped.is_empty() {
+            cx.diags.push(
+                at.at(
+                    "denial.status",
+                    format!(
+                        "rule `{}` refuses with {status}, which the status_map of {} does not map: a peer that needs the map (nginx's auth_request passes only 2xx, 401 and 403) answers 500; add `{status}: 403` to it",
+                        r.name,
+                        unmapped.join(", ")
+                    ),
+                )
+                .warning(),
+            );
+        }
+    }
     let methods = match MethodSet::parse(&r.matches.methods) {
         Ok(m) => m,
         Err((j, e)) => {
