@@ -341,6 +341,18 @@ async fn tunnel(
             StatusCode::FORBIDDEN,
             "upgrade_not_allowed",
         ))?;
+    // Why: browsers apply no CORS to a WebSocket: a page from any origin could open one with
+    // the user's cookies (cross-site WebSocket hijacking). On a rule that names its origins,
+    // an upgrade from another origin is refused; one without `Origin` (not a browser's) is
+    // not. Regression: tests (it) edge::websocket_from_an_origin_the_rule_does_not_name_is_refused
+    if let Some(cors) = edge.as_ref().and_then(|e| e.cors.as_ref())
+        && let Some(origin) = parts.headers.get(header::ORIGIN)
+        && !cors.allows_origin(origin)
+    {
+        let reason = crate::authz::edge::PreflightRefusal::Origin.as_str();
+        ctx.shared.metrics.denial(Door::Proxy, reason);
+        return Err(Failure::Failed(StatusCode::FORBIDDEN, reason));
+    }
     let bounds = upgrade::Bounds {
         idle: relayed.idle_timeout,
         lifetime: relayed.max_lifetime,

@@ -641,17 +641,47 @@ fn check_status(status: http::StatusCode) -> Result<(), Failed> {
 /// one as gzip bytes with nothing saying so.
 /// Regression: tests (it) upstreams::upstream_transfer_codings_are_framed_or_refused
 fn check_framing(headers: &mut http::HeaderMap) -> Result<(), Failed> {
-    if !headers.contains_key(http::header::TRANSFER_ENCODING) {
+    let invalid = || Failed {
+        error: SendError::InvalidFraming,
+        unsent: None,
+        repeat: None,
+    };
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        if crate::server::hop_by_hop::has_unsupported_transfer_coding(headers) {
+            return Err(invalid());
+        }
+        headers.remove(http::header::CONTENT_LENGTH);
         return Ok(());
     }
-    if crate::server::hop_by_hop::has_unsupported_transfer_coding(headers) {
-        return Err(Failed {
-            error: SendError::InvalidFraming,
-            unsent: None,
-            repeat: None,
-        });
-    }
-    headers.remove(http::header::CONTENT_LENGTH);
+    // Why: hyper reads a `Content-Length` repeated with one value (two lines, or `2, 2`) as
+    // that length (RFC 9110 §8.6) but keeps every line, and an HTTP/2 client must refuse a
+    // response carrying them (RFC 9113 §8.1.1): every HTTP/2 client got a stream error. One
+    // value goes on.
+    // Regression: tests (it) upstreams::upstream_transfer_codings_are_framed_or_refused
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let one = match (lengths.next(), lengths.next()) {
+        (None, _) => return Ok(()),
+        (Some(v), None) if !v.as_bytes().contains(&b',') => return Ok(()),
+        (Some(first), _) => {
+            let mut all = headers
+                .get_all(http::header::CONTENT_LENGTH)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii);
+            let first = first
+                .as_bytes()
+                .split(|&b| b == b',')
+                .next()
+                .map(<[u8]>::trim_ascii);
+            match first {
+                Some(n) if !n.is_empty() && all.all(|v| v == n) => {
+                    http::HeaderValue::from_bytes(n).map_err(|_| invalid())?
+                }
+                _ => return Err(invalid()),
+            }
+        }
+    };
+    headers.insert(http::header::CONTENT_LENGTH, one);
     Ok(())
 }
 

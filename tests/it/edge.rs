@@ -537,6 +537,41 @@ async fn least_request_counts_a_websocket_until_it_closes() {
     assert!(ended, "the tunnel closed, its count stayed");
 }
 
+/// On a rule with CORS, a WebSocket opened from an origin the rule does not name is refused
+/// (browsers apply no CORS to WebSockets: cross-site WebSocket hijacking); from a named one, or
+/// without `Origin` (not a browser), it opens.
+#[tokio::test]
+async fn websocket_from_an_origin_the_rule_does_not_name_is_refused() {
+    let upstream = WsEcho::start().await;
+    let gw = ws_gateway(
+        &upstream,
+        "    cors:\n      allowed_origins: [\"https://app.example.com\"]\n",
+    )
+    .await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let refused = connect(
+        &gw,
+        "/ws/room",
+        &[("authorization", &auth), ("origin", "https://evil.example")],
+    )
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        }
+        other => panic!("expected a 403, got {other:?}"),
+    }
+    assert_eq!(upstream.handshakes(), 0, "the upstream was never asked");
+    for origin in [Some("https://app.example.com"), None] {
+        let mut headers = vec![("authorization", auth.as_str())];
+        headers.extend(origin.map(|o| ("origin", o)));
+        let mut ws = connect(&gw, "/ws/room", &headers)
+            .await
+            .unwrap_or_else(|e| panic!("{origin:?}: {e}"));
+        echo_once(&mut ws, "hi").await;
+    }
+}
+
 #[tokio::test]
 async fn tunnel_is_closed_on_shutdown() {
     let upstream = WsEcho::start().await;

@@ -1329,17 +1329,16 @@ async fn upstream_transfer_codings_are_framed_or_refused() {
                 let mut buf = [0u8; 4096];
                 let n = tcp.read(&mut buf).await.unwrap_or(0);
                 let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let coding = if head.starts_with("GET /both ") {
-                    "Content-Length: 20\r\nTransfer-Encoding: chunked"
+                let answer = if head.starts_with("GET /both ") {
+                    "Content-Length: 20\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                } else if head.starts_with("GET /twice ") {
+                    "Content-Length: 2\r\nContent-Length: 2, 2\r\n\r\nok"
                 } else {
-                    "Transfer-Encoding: gzip, chunked"
+                    "Transfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
                 };
                 let _ = tcp
                     .write_all(
-                        format!(
-                            "HTTP/1.1 200 OK\r\n{coding}\r\nConnection: close\r\n\r\n2\r\nok\r\n0\r\n\r\n"
-                        )
-                        .as_bytes(),
+                        format!("HTTP/1.1 200 OK\r\nConnection: close\r\n{answer}").as_bytes(),
                     )
                     .await;
             });
@@ -1359,12 +1358,43 @@ async fn upstream_transfer_codings_are_framed_or_refused() {
         h.get("content-length").is_none_or(|v| v == "2"),
         "the upstream's stale length: {h:?}"
     );
+    // One length repeated: one `Content-Length` goes on, which an HTTP/2 client accepts.
+    let (status, h, body) = h2_get(gw.addr(), "/twice").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"ok");
+    assert_eq!(
+        h.get_all("content-length").iter().collect::<Vec<_>>(),
+        ["2"]
+    );
     let (status, _, body) = crate::support::get(gw.addr(), "/gzip").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(
         String::from_utf8_lossy(&body).contains("upstream_invalid_response"),
         "{body:?}"
     );
+}
+
+/// A GET over HTTP/2 (prior knowledge) to the gateway: status, headers, body.
+async fn h2_get(gw: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(gw).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://{gw}{path}"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .unwrap()
+        .expect("a valid HTTP/2 answer");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("the whole body").to_bytes();
+    (parts.status, parts.headers, body)
 }
 
 /// Trailer fields a client sends with its request never reach the upstream: the decision never
