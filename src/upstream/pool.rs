@@ -374,6 +374,15 @@ impl Pool {
         match sender {
             Sender::H1(mut s) => {
                 *req.version_mut() = http::Version::HTTP_11;
+                // RFC 9110 §10.1.4: a `TE` is for this connection only, and says so in
+                // `Connection` (over HTTP/2, where `Connection` is illegal, hyper would strip
+                // `TE` with it: only here).
+                if req.headers().contains_key(http::header::TE) {
+                    req.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("te"),
+                    );
+                }
                 // Why: dropping hyper's response future closes the connection; a client that
                 // resets its streams would then cost one upstream connection each.
                 // Regression: tests (it) abuse::paced_rapid_reset_reuses_upstream_connections

@@ -29,8 +29,10 @@ async fn hop_by_hop_headers_removed_including_connection_named() {
         assert!(!seen.contains_key(gone), "{gone} reached the upstream");
     }
     assert_eq!(seen.get("x-kept").unwrap(), "yes");
-    // The client's codings stay with it; that it takes trailers is the gateway's to say.
+    // The client's codings stay with it; that it takes trailers is the gateway's to say, with
+    // the `Connection` option a `TE` needs (RFC 9110 §10.1.4).
     assert_eq!(seen.get("te").unwrap(), "trailers");
+    assert_eq!(seen.get("connection").unwrap(), "te");
     // Hyper's client speaks keep-alive to the upstream; the client's `close` is not forwarded.
     assert_ne!(
         seen.get("connection")
