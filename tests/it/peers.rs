@@ -62,12 +62,26 @@ const POLICY: &str = "rules:
     match: {paths: [\"/passthrough/**\"]}
     effect: allow
     authenticators: [forwarding]
+  - name: session
+    match: {paths: [\"/session/**\"]}
+    effect: allow
+    authenticators: [session]
 ";
 
 /// A second authenticator, `forwarding`: the same tokens as `users`, not stripped.
 const FORWARDING: &str = "  forwarding:
     jwt:
       strip: false
+      providers:
+        - issuer: https://iss.test
+          audiences: [api]
+          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]
+";
+
+/// A third, `session`: the same tokens in cookie `session`, stripped (the default).
+const SESSION: &str = "  session:
+    jwt:
+      from: [{cookie: session}]
       providers:
         - issuer: https://iss.test
           audiences: [api]
@@ -152,6 +166,43 @@ async fn nginx_auth_request_in_front_of_the_forward_auth_door() {
     );
     let peer = Peer::start("nginx", Command::new(&nginx).args(args(false)), dir, listen).await;
     through_the_peer(&peer, &gw).await;
+    cookie_credential_cut_out(&peer, &gw).await;
+}
+
+/// A cookie credential the door verified and strips never reaches the app behind the peer:
+/// the other cookies do, and a request without one keeps its cookies.
+// Regression: this session's audit saw the verified session cookie reach the app behind the
+// shipped nginx config.
+async fn cookie_credential_cut_out(peer: &Peer, gw: &TestGateway) {
+    let token = hs256_token(SECRET, &json!({}));
+    let cases = [
+        (
+            "/session/x",
+            format!("theme=dark; session={token}"),
+            Some("theme=dark"),
+        ),
+        ("/session/x", format!("session={token}"), None),
+        ("/open/x", "theme=dark".to_owned(), Some("theme=dark")),
+    ];
+    for (path, cookie, kept) in cases {
+        let (status, _, body) = peer.ask(path, &[("cookie", &cookie)]).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}: {}",
+            peer.name,
+            peer.failed(&body)
+        );
+        let got = gw.echo.last().unwrap();
+        assert_eq!(got.target, path);
+        assert_eq!(
+            got.headers.get("cookie").map(|v| v.to_str().unwrap()),
+            kept,
+            "{}: {path} with `{}`",
+            peer.name,
+            cookie.replace(&token, "<token>")
+        );
+    }
 }
 
 #[tokio::test]
@@ -576,7 +627,10 @@ async fn gateway(example_listener: &str) -> TestGateway {
         ),
         policies: vec![("10-p.yaml".into(), POLICY.into())],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
-        extra: format!("{}{FORWARDING}{LIMITS}", crate::support::hs256_users("{}")),
+        extra: format!(
+            "{}{FORWARDING}{SESSION}{LIMITS}",
+            crate::support::hs256_users("{}")
+        ),
         ..Setup::default()
     }
     .start()

@@ -81,9 +81,9 @@ fn query_credentials_at_http_doors(cx: &mut Cx<'_>) {
             }
             // Why: a cookie credential is cut out of `Cookie`, which the door hands back as a
             // `cookie` answer header (or names in `x-portcullis-remove` when it was the only
-            // cookie); no shipped forward-auth peer config applies either, so the app behind
-            // nginx received the verified session cookie. Envoy's HTTP mode applies both when
-            // `allowed_upstream_headers` names `cookie` (examples/envoy/envoy-http.yaml).
+            // cookie); a peer config that applies neither (Traefik's, Caddy's; nginx's did not
+            // either) hands the app the verified session cookie. Envoy's HTTP mode applies both
+            // when `allowed_upstream_headers` names `cookie` (examples/envoy/envoy-http.yaml).
             // Regression: tests (it) grpc::query_credential_behind_an_http_door_is_a_warning
             if let (true, RawCredentialSource::Cookie(c), false) =
                 (strip, source, forward_auth.is_empty())
@@ -91,7 +91,7 @@ fn query_credentials_at_http_doors(cx: &mut Cx<'_>) {
                 cx.warn(
                     &format!("authenticators.{name}.{kind}.from[{i}]"),
                     format!(
-                        "the credential in cookie `{c}` is stripped behind {} only if the peer replaces the request's `Cookie` with the door's `cookie` answer header, and drops it when `x-portcullis-remove` names `cookie`; the shipped nginx, Traefik and Caddy examples do not",
+                        "the credential in cookie `{c}` is stripped behind {} only if the peer replaces the request's `Cookie` with the door's `cookie` answer header, and drops it when `x-portcullis-remove` names `cookie`: the shipped nginx example does, the Traefik and Caddy ones do not",
                         forward_auth.join(", ")
                     ),
                 );
