@@ -1048,33 +1048,42 @@ async fn http1_client_asking_for_trailers_gets_them() {
     assert!(r.body.contains("grpc-message: fine\r\n"), "{:?}", r.body);
 }
 
-/// An upstream that declares its trailers on two `Trailer` lines: an HTTP/1.1 client asking
-/// for trailers gets both fields, not only the first line's.
-#[tokio::test]
-async fn every_trailer_line_is_declared_to_the_client() {
+/// A raw HTTP/1.1 upstream behind a gateway that routes everything to it: each connection's
+/// request head goes to `answer`, whose bytes are written back as they are (the answers a
+/// well-behaved server library would never send). Returns the gateway.
+async fn gateway_to_raw_upstream(answer: fn(&str) -> Vec<u8>) -> crate::support::TestGateway {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
-                let _ = tcp.read(&mut buf).await;
+                let n = tcp.read(&mut buf).await.unwrap_or(0);
                 let _ = tcp
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nTrailer: x-checksum\r\nTrailer: x-signature\r\n\
-                          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
-                          7\r\nchunked\r\n0\r\nx-checksum: c0ffee\r\nx-signature: 5ea1\r\n\r\n",
-                    )
+                    .write_all(&answer(&String::from_utf8_lossy(&buf[..n])))
                     .await;
             });
         }
     });
-    let gw = Setup {
+    Setup {
         upstreams: format!("  raw:\n    url: http://{addr}\n"),
         policies: route_all_to("raw"),
         ..Setup::default()
     }
     .start()
+    .await
+}
+
+/// An upstream that declares its trailers on two `Trailer` lines: an HTTP/1.1 client asking
+/// for trailers gets both fields, not only the first line's.
+#[tokio::test]
+async fn every_trailer_line_is_declared_to_the_client() {
+    let gw = gateway_to_raw_upstream(|_| {
+        b"HTTP/1.1 200 OK\r\nTrailer: x-checksum\r\nTrailer: x-signature\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          7\r\nchunked\r\n0\r\nx-checksum: c0ffee\r\nx-signature: 5ea1\r\n\r\n"
+            .to_vec()
+    })
     .await;
     let r = crate::support::raw(
         gw.addr(),
@@ -1321,35 +1330,16 @@ async fn endpoint_names_resolve_to_their_addresses() {
 /// does not decode) is no answer the gateway can pass on: 502.
 #[tokio::test]
 async fn upstream_transfer_codings_are_framed_or_refused() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let n = tcp.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let answer = if head.starts_with("GET /both ") {
-                    "Content-Length: 20\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
-                } else if head.starts_with("GET /twice ") {
-                    "Content-Length: 2\r\nContent-Length: 2, 2\r\n\r\nok"
-                } else {
-                    "Transfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
-                };
-                let _ = tcp
-                    .write_all(
-                        format!("HTTP/1.1 200 OK\r\nConnection: close\r\n{answer}").as_bytes(),
-                    )
-                    .await;
-            });
-        }
-    });
-    let gw = Setup {
-        upstreams: format!("  raw:\n    url: http://{addr}\n"),
-        policies: route_all_to("raw"),
-        ..Setup::default()
-    }
-    .start()
+    let gw = gateway_to_raw_upstream(|head| {
+        let answer = if head.starts_with("GET /both ") {
+            "Content-Length: 20\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        } else if head.starts_with("GET /twice ") {
+            "Content-Length: 2\r\nContent-Length: 2, 2\r\n\r\nok"
+        } else {
+            "Transfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        };
+        format!("HTTP/1.1 200 OK\r\nConnection: close\r\n{answer}").into_bytes()
+    })
     .await;
     let (status, h, body) = crate::support::get(gw.addr(), "/both").await;
     assert_eq!(status, StatusCode::OK);
@@ -1374,9 +1364,12 @@ async fn upstream_transfer_codings_are_framed_or_refused() {
     );
 }
 
-/// A GET over HTTP/2 (prior knowledge) to the gateway: status, headers, body.
-async fn h2_get(gw: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
-    use http_body_util::BodyExt;
+/// Sends `req` to the gateway over a new HTTP/2 connection (prior knowledge).
+async fn h2_send<B>(gw: SocketAddr, req: Request<B>) -> http::Response<hyper::body::Incoming>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = tokio::net::TcpStream::connect(gw).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -1385,13 +1378,19 @@ async fn h2_get(gw: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, Byt
     .await
     .unwrap();
     tokio::spawn(conn);
+    tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .unwrap()
+        .expect("a valid HTTP/2 answer")
+}
+
+/// A GET over HTTP/2 (prior knowledge) to the gateway: status, headers, body.
+async fn h2_get(gw: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+    use http_body_util::BodyExt;
     let req = Request::get(format!("http://{gw}{path}"))
         .body(Full::<Bytes>::default())
         .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
-        .await
-        .unwrap()
-        .expect("a valid HTTP/2 answer");
+    let resp = h2_send(gw, req).await;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("the whole body").to_bytes();
     (parts.status, parts.headers, body)
@@ -1438,24 +1437,13 @@ async fn request_trailers_are_not_forwarded() {
     }
     .start()
     .await;
-    let stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
     let req = Request::post(format!("http://{}/upload", gw.addr()))
         .body(trailed(
             b"payload",
             &[("x-user-id", "admin"), ("authorization", "Bearer forged")],
         ))
         .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
+    let resp = h2_send(gw.addr(), req).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
