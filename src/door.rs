@@ -201,6 +201,29 @@ impl Record {
         }
     }
 
+    /// A preflight the door answers itself: the rule, and allowed (`cors_preflight`) or
+    /// refused (a denial, counted).
+    pub fn preflight(
+        &mut self,
+        shared: &Shared,
+        door: Door,
+        rule: crate::authz::route::RuleId,
+        checked: &Preflight,
+    ) {
+        self.rule = Some(rule);
+        match checked {
+            Ok(_) => {
+                self.outcome = Outcome::Allow;
+                self.reason = Some(CORS_PREFLIGHT);
+            }
+            Err(refused) => {
+                self.outcome = Outcome::Deny;
+                self.reason = Some(refused.as_str());
+                shared.metrics.denial(door, refused.as_str());
+            }
+        }
+    }
+
     /// A refusal that is not a decision (malformed, not admitted, too slow).
     pub fn failed(&mut self, shared: &Shared, reason: &'static str) {
         self.outcome = Outcome::Error;
@@ -301,8 +324,8 @@ async fn answer<D: HttpDoor>(
             }
         }
         Ok(Decided::Preflight(rule, checked)) => {
-            record.rule = Some(rule);
-            preflight_answer(door, settings, shared, &mut record, checked, &request_id)
+            record.preflight(shared, D::DOOR, rule, &checked);
+            preflight_answer(door, settings, checked, &request_id)
         }
         Err((status, reason)) => {
             record.failed(shared, reason);
@@ -349,31 +372,19 @@ pub fn refusal(
 fn preflight_answer<D: HttpDoor>(
     door: &D,
     settings: &DoorSettings,
-    shared: &Shared,
-    record: &mut Record,
     checked: Preflight,
     request_id: &HeaderValue,
 ) -> Response<Full<Bytes>> {
     match checked {
         Ok(headers) => {
-            record.outcome = Outcome::Allow;
-            record.reason = Some(CORS_PREFLIGHT);
             let mut resp = Response::new(Full::new(Bytes::new()));
             *resp.status_mut() = StatusCode::NO_CONTENT;
-            let h = resp.headers_mut();
-            for (name, value) in headers {
-                h.insert(name, value);
-            }
-            h.append(header::VARY, HeaderValue::from_static("origin"));
+            resp.headers_mut().extend(headers);
             resp
         }
         Err(refused) => {
-            let reason = refused.as_str();
-            record.outcome = Outcome::Deny;
-            record.reason = Some(reason);
-            shared.metrics.denial(D::DOOR, reason);
-            let mut r = Refusal::error(StatusCode::FORBIDDEN, reason, request_id);
-            r.cors = vec![(header::VARY, HeaderValue::from_static("origin"))];
+            let mut r = Refusal::error(StatusCode::FORBIDDEN, refused.as_str(), request_id);
+            r.cors = vec![crate::authz::edge::VARY_ORIGIN];
             door.deny(settings, r)
         }
     }

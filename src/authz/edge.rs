@@ -297,15 +297,16 @@ impl Cors {
     }
 }
 
-const ORIGIN_VARY: HeaderValue = HeaderValue::from_static("origin");
+/// `Vary: Origin`, on every answer of a rule with CORS (and every preflight answer).
+pub const VARY_ORIGIN: (HeaderName, HeaderValue) =
+    (header::VARY, HeaderValue::from_static("origin"));
 const TRUE: HeaderValue = HeaderValue::from_static("true");
 
 impl Cors {
     /// The headers of the gateway's `204` to a preflight from `origin` that
-    /// [`Self::check_preflight`] allowed (`Vary: Origin` aside: every answer of the rule
-    /// carries it).
+    /// [`Self::check_preflight`] allowed, [`VARY_ORIGIN`] last.
     pub fn preflight_headers(&self, origin: &HeaderValue) -> Vec<(HeaderName, HeaderValue)> {
-        let mut h = Vec::with_capacity(5);
+        let mut h = Vec::with_capacity(6);
         h.push((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
         h.push((
             header::ACCESS_CONTROL_ALLOW_METHODS,
@@ -320,6 +321,7 @@ impl Cors {
         if let Some(v) = &self.max_age {
             h.push((header::ACCESS_CONTROL_MAX_AGE, v.clone()));
         }
+        h.push(VARY_ORIGIN);
         h
     }
 
@@ -328,7 +330,7 @@ impl Cors {
     /// answer without `Origin` is cached too), and for an allowed origin that origin echoed,
     /// `Access-Control-Allow-Credentials` and `-Expose-Headers` as configured.
     pub fn response_headers(&self, origin: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
-        let mut h = vec![(header::VARY, ORIGIN_VARY)];
+        let mut h = vec![VARY_ORIGIN];
         let Some(origin) = origin.filter(|o| self.allows_origin(o)) else {
             return h;
         };

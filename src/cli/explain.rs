@@ -753,14 +753,13 @@ fn preflight_report(
         rule.0
     )]);
     let (status, reason, headers) = match checked {
-        Ok(headers) => (204, "cors_preflight", headers),
-        Err(refused) => (403, refused.as_str(), Vec::new()),
+        Ok(headers) => (204, crate::door::CORS_PREFLIGHT, headers),
+        Err(refused) => (403, refused.as_str(), vec![crate::authz::edge::VARY_ORIGIN]),
     };
-    let mut headers: Vec<Value> = headers
+    let headers: Vec<Value> = headers
         .iter()
         .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
         .collect();
-    headers.push(json!(["vary", "origin"]));
     report["decision"] = json!(if status == 204 { "allow" } else { "deny" });
     report["status"] = json!(status);
     report["reason"] = json!(reason);

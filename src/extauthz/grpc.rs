@@ -456,24 +456,15 @@ impl CheckService {
         // Envoy sends the client as it is, without the upstream: the gateway's 204.
         // Regression: tests (it) grpc::cors_preflight_and_answers_at_the_grpc_door
         if let Some((rule, checked)) = crate::authz::edge::preflight(snapshot, &facts) {
-            record.rule = Some(rule);
-            let refusal = match checked {
-                Ok(headers) => {
-                    record.outcome = crate::telemetry::metrics::Outcome::Allow;
-                    record.reason = Some(door::CORS_PREFLIGHT);
-                    return Ok(Answer::Message(preflight_answered(&headers)));
-                }
+            record.preflight(&self.shared, Door::EnvoyGrpc, rule, &checked);
+            return Ok(Answer::Message(match checked {
+                Ok(headers) => preflight_answered(&headers),
                 Err(refused) => {
-                    let reason = refused.as_str();
-                    record.outcome = crate::telemetry::metrics::Outcome::Deny;
-                    record.reason = Some(reason);
-                    self.shared.metrics.denial(Door::EnvoyGrpc, reason);
-                    let mut r = Refusal::error(StatusCode::FORBIDDEN, reason, request_id);
-                    r.cors = vec![(http::header::VARY, HeaderValue::from_static("origin"))];
-                    r
+                    let mut r = Refusal::error(StatusCode::FORBIDDEN, refused.as_str(), request_id);
+                    r.cors = vec![crate::authz::edge::VARY_ORIGIN];
+                    denied(r)
                 }
-            };
-            return Ok(Answer::Message(denied(refusal)));
+            }));
         }
         let decided = tokio::time::timeout(
             common.timeout,
@@ -765,7 +756,7 @@ pub fn append_action(name: &HeaderName) -> HeaderAppendAction {
 }
 
 /// A preflight the gateway answers: a denied response (Envoy sends it to the client as it is,
-/// without the upstream) of `204` with the CORS headers.
+/// without the upstream) of `204` with the CORS headers (`Vary` among them).
 fn preflight_answered(headers: &[(HeaderName, HeaderValue)]) -> CheckResponse {
     let option = |key: &str, value: String| HeaderValueOption {
         header: Some(PbHeaderValue {
@@ -784,7 +775,6 @@ fn preflight_answered(headers: &[(HeaderName, HeaderValue)]) -> CheckResponse {
                 String::from_utf8_lossy(v.as_bytes()).into_owned(),
             )
         })
-        .chain([option("vary", "origin".to_owned())])
         .collect();
     CheckResponse {
         status: Some(rpc::Status {

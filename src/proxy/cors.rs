@@ -20,15 +20,12 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
 use super::service::Ctx;
-use crate::authz::edge::Cors;
+use crate::authz::edge::{Cors, VARY_ORIGIN};
 use crate::body::ResponseBody;
 use crate::decision::Refusal;
 use crate::request::RequestFacts;
 use crate::request::facts::Door;
 use crate::telemetry::metrics::Outcome;
-
-const ORIGIN_VARY: HeaderValue = HeaderValue::from_static("origin");
-const TRUE: HeaderValue = HeaderValue::from_static("true");
 
 /// The gateway's answer to a preflight for a rule with CORS; `None` when the request is no
 /// preflight, or the rule it is for has no CORS (then it is decided as any request).
@@ -38,9 +35,9 @@ pub(super) fn preflight(
 ) -> Option<Response<ResponseBody>> {
     let (rule, checked) = crate::authz::edge::preflight(ctx.snapshot, facts)?;
     ctx.log.rule = Some(rule);
-    let mut resp = match checked {
+    Some(match checked {
         Ok(headers) => {
-            ctx.reason = Some("cors_preflight");
+            ctx.reason = Some(crate::door::CORS_PREFLIGHT);
             let mut resp = Response::new(crate::body::full(bytes::Bytes::new()));
             *resp.status_mut() = StatusCode::NO_CONTENT;
             let h = resp.headers_mut();
@@ -53,15 +50,16 @@ pub(super) fn preflight(
             let reason = refused.as_str();
             ctx.shared.metrics.denial(Door::Proxy, reason);
             (ctx.outcome, ctx.reason) = (Outcome::Deny, Some(reason));
-            super::service::refusal_response(Refusal::error(
+            let mut resp = super::service::refusal_response(Refusal::error(
                 StatusCode::FORBIDDEN,
                 reason,
                 ctx.request_id,
-            ))
+            ));
+            let (name, value) = VARY_ORIGIN;
+            resp.headers_mut().append(name, value);
+            resp
         }
-    };
-    resp.headers_mut().append(header::VARY, ORIGIN_VARY);
-    Some(resp)
+    })
 }
 
 /// The CORS headers of a real response on a CORS rule, to a request from `origin` (`None`:
@@ -69,15 +67,12 @@ pub(super) fn preflight(
 pub(super) fn decorate(cors: &Cors, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
     headers.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
     headers.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
-    headers.append(header::VARY, ORIGIN_VARY);
-    let Some(origin) = origin.filter(|o| cors.allows_origin(o)) else {
-        return;
-    };
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-    if cors.allow_credentials {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE);
-    }
-    if let Some(v) = &cors.expose_headers {
-        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+    for (name, value) in cors.response_headers(origin) {
+        // `Vary` adds to the upstream's own; the rest is the rule's word over the upstream's.
+        if name == header::VARY {
+            headers.append(name, value);
+        } else {
+            headers.insert(name, value);
+        }
     }
 }

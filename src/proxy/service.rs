@@ -349,9 +349,15 @@ async fn tunnel(
         && let Some(origin) = parts.headers.get(header::ORIGIN)
         && !cors.allows_origin(origin)
     {
+        // A denial, logged and counted as the refused preflight is (`proxy::cors`).
         let reason = crate::authz::edge::PreflightRefusal::Origin.as_str();
         ctx.shared.metrics.denial(Door::Proxy, reason);
-        return Err(Failure::Failed(StatusCode::FORBIDDEN, reason));
+        (ctx.outcome, ctx.reason) = (Outcome::Deny, Some(reason));
+        return Ok(refusal_response(Refusal::error(
+            StatusCode::FORBIDDEN,
+            reason,
+            ctx.request_id,
+        )));
     }
     let bounds = upgrade::Bounds {
         idle: relayed.idle_timeout,

@@ -562,6 +562,13 @@ async fn websocket_from_an_origin_the_rule_does_not_name_is_refused() {
         other => panic!("expected a 403, got {other:?}"),
     }
     assert_eq!(upstream.handshakes(), 0, "the upstream was never asked");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(
+            "portcullis_denials_total{door=\"proxy\",reason=\"cors_origin_not_allowed\"} 1"
+        ),
+        "counted as a denial:\n{metrics}"
+    );
     for origin in [Some("https://app.example.com"), None] {
         let mut headers = vec![("authorization", auth.as_str())];
         headers.extend(origin.map(|o| ("origin", o)));

@@ -34,16 +34,19 @@ pub(super) fn authenticators(cx: &mut Cx<'_>) -> Authn {
     };
     published_dev_key(cx);
     mtls_listeners(cx);
-    query_credentials_at_http_doors(cx);
+    credentials_at_http_doors(cx);
     authn
 }
 
+/// Credentials an authenticator strips that a decision door's peer may forward anyway.
+///
 /// Why: a query credential an authenticator strips is cut from the target by the proxy door
 /// and named to Envoy by the gRPC door (`query_parameters_to_remove`), but Envoy's HTTP mode
 /// and the forward-auth peers (nginx, Traefik, Caddy, APISIX, Kong) have no way to be told:
-/// behind them the upstream receives the credential. Said, since it cannot be done.
+/// behind them the upstream receives the credential. Said, since it cannot be done. A cookie
+/// credential depends on the forward-auth peer's config (below).
 /// Regression: tests (it) grpc::query_credential_behind_an_http_door_is_a_warning
-fn query_credentials_at_http_doors(cx: &mut Cx<'_>) {
+fn credentials_at_http_doors(cx: &mut Cx<'_>) {
     use crate::config::raw::{RawCredentialSource, RawDoor};
     let loaded = cx.loaded;
     let cfg = &loaded.raw;
