@@ -124,6 +124,9 @@ enum Credential<'a> {
     Nothing,
     /// A token that is forwarded with the request unless stripped.
     Token(std::borrow::Cow<'a, str>),
+    /// An `Authorization: Bearer` token whose syntax is not checked yet
+    /// ([`credential::find_deferred`]).
+    Unchecked(&'a [u8]),
     /// A credential of the connection or of trusted headers.
     Present,
     Conflict,
@@ -338,11 +341,29 @@ impl Authn {
         now: u64,
         fresh: bool,
     ) -> Outcome {
+        // One authenticator: no other to conflict with, so a bearer token may be looked up
+        // in its cache before its syntax is checked (`credential::find_deferred`).
+        let lone = accepted.len() == 1;
         for &i in accepted {
             let Some(a) = self.list.get(i) else { continue };
-            let token = match a.find(facts) {
+            let token = match a.find(facts, lone) {
                 Credential::Nothing => continue,
                 Credential::Token(t) => Some(t),
+                Credential::Unchecked(bytes) => {
+                    if !fresh && let Some(e) = a.cached_bearer(bytes, now) {
+                        return settle(e.result.clone().map_err(Failure::Invalid), i);
+                    }
+                    match credential::check_bearer(bytes) {
+                        Found::Token(t) => Some(t),
+                        Found::Conflict => return Outcome::Failed(Failure::Ambiguous, Some(i)),
+                        _ => {
+                            return Outcome::Failed(
+                                Failure::Invalid(TokenError::Malformed),
+                                Some(i),
+                            );
+                        }
+                    }
+                }
                 Credential::Present => None,
                 Credential::Conflict => return Outcome::Failed(Failure::Ambiguous, Some(i)),
                 Credential::Malformed => {
@@ -369,19 +390,24 @@ impl Authn {
                 Some(t) => a.verify(t, now, fresh).await,
                 None => a.verify_request(facts, now),
             };
-            return match verified {
-                Ok(principal) => Outcome::Authenticated {
-                    principal,
-                    authenticator: i,
-                },
-                Err(f) => Outcome::Failed(f, Some(i)),
-            };
+            return settle(verified, i);
         }
         if anonymous {
             Outcome::Anonymous
         } else {
             Outcome::Failed(Failure::Missing, None)
         }
+    }
+}
+
+/// The outcome of authenticator `i`'s verification.
+fn settle(verified: Result<Arc<Principal>, Failure>, i: usize) -> Outcome {
+    match verified {
+        Ok(principal) => Outcome::Authenticated {
+            principal,
+            authenticator: i,
+        },
+        Err(f) => Outcome::Failed(f, Some(i)),
     }
 }
 
@@ -395,7 +421,9 @@ impl Authenticator {
         matches!(self.kind, Kind::ApiKey(_)) && !self.sources.contains(&CredentialSource::Bearer)
     }
 
-    fn find<'a>(&self, facts: &'a RequestFacts<'_>) -> Credential<'a> {
+    /// The credential in the request; `defer`: a lone bearer source's token comes back
+    /// [`Credential::Unchecked`].
+    fn find<'a>(&self, facts: &'a RequestFacts<'_>, defer: bool) -> Credential<'a> {
         match &self.kind {
             Kind::TrustedHeaders(t) => {
                 if t.present(facts.headers, facts.conn.peer.ip()) {
@@ -416,9 +444,14 @@ impl Authenticator {
                     Credential::Nothing
                 }
             }
-            _ => match credential::find(&self.sources, facts.headers, facts.query) {
+            _ => match if defer {
+                credential::find_deferred(&self.sources, facts.headers, facts.query)
+            } else {
+                credential::find(&self.sources, facts.headers, facts.query)
+            } {
                 Found::Nothing => Credential::Nothing,
                 Found::Token(t) => Credential::Token(t),
+                Found::Unchecked(t) => Credential::Unchecked(t),
                 Found::Conflict => Credential::Conflict,
                 Found::Malformed => Credential::Malformed,
             },
@@ -455,6 +488,19 @@ impl Authenticator {
             _ => return Err(Failure::Missing),
         };
         Ok(principal)
+    }
+
+    /// A cached answer for a bearer token whose syntax is not checked yet
+    /// ([`TokenCache::get_bearer`]).
+    fn cached_bearer(&self, token: &[u8], now: u64) -> Option<Arc<Entry>> {
+        let max = match &self.kind {
+            Kind::Jwt(j) => j.max_token_bytes,
+            Kind::Introspection(x) => x.max_token_bytes,
+            _ => return None,
+        };
+        (token.len() <= max)
+            .then(|| self.cache.get_bearer(token, now))
+            .flatten()
     }
 
     /// Verifies a token, through the cache unless `fresh`.

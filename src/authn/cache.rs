@@ -61,6 +61,9 @@ pub struct Entry {
     key: Option<Arc<VerifyKey>>,
     /// What its principal's derived values are expected to take ([`Reserve`]).
     reserve: usize,
+    /// Whether the token is token68 ([`super::credential::is_token68`]): only then may a
+    /// bearer token whose syntax was not checked hit it ([`TokenCache::get_bearer`]).
+    token68: bool,
 }
 
 /// A bounded cache of verified credentials.
@@ -102,6 +105,7 @@ impl Entry {
             verified_at: Instant::now(),
             key,
             reserve: 0,
+            token68: false,
         }
     }
 
@@ -114,6 +118,7 @@ impl Entry {
             verified_at: Instant::now(),
             key: None,
             reserve: 0,
+            token68: false,
         }
     }
 
@@ -165,16 +170,27 @@ impl TokenCache {
         }
     }
 
-    fn key(&self, token: &str) -> Key {
-        self.hasher.hash_one(token.as_bytes())
+    fn key(&self, token: &[u8]) -> Key {
+        self.hasher.hash_one(token)
     }
 
     /// A still-valid entry for exactly this token.
     pub fn get(&self, token: &str, now: u64) -> Option<Arc<Entry>> {
+        self.lookup(token.as_bytes(), now)
+    }
+
+    /// A still-valid entry for exactly these bytes, an `Authorization: Bearer` token whose
+    /// syntax is not checked yet: a hit only on a token68 entry, which vouches for it (the
+    /// bytes are the same). Regression: tests::an_unchecked_bearer_hits_only_a_token68_entry
+    pub fn get_bearer(&self, token: &[u8], now: u64) -> Option<Arc<Entry>> {
+        self.lookup(token, now).filter(|e| e.token68)
+    }
+
+    fn lookup(&self, token: &[u8], now: u64) -> Option<Arc<Entry>> {
         let cache = self.inner.as_ref()?;
         let key = self.key(token);
         let e = cache.get(&key)?;
-        if !crate::secret::ct_eq(e.token.expose(), token.as_bytes()) {
+        if !crate::secret::ct_eq(e.token.expose(), token) {
             // Another token with the same hash: a miss (its entry stays).
             return None;
         }
@@ -193,10 +209,11 @@ impl TokenCache {
     pub fn insert(&self, token: &str, mut entry: Entry) {
         if let Some(c) = &self.inner {
             entry.token = crate::secret::Secret::new(token.as_bytes().into());
+            entry.token68 = super::credential::is_token68(token.as_bytes());
             if let Ok(p) = &entry.result {
                 entry.reserve = self.reserve.learn(Arc::clone(p));
             }
-            c.insert(self.key(token), Arc::new(entry));
+            c.insert(self.key(token.as_bytes()), Arc::new(entry));
         }
     }
 
@@ -296,8 +313,23 @@ mod tests {
         let inner = c.inner.as_ref().unwrap();
         let mut forged = Entry::new(principal(), None, None);
         forged.token = crate::secret::Secret::new(b"token-b".to_vec().into());
-        inner.insert(c.key("token-a"), Arc::new(forged));
+        inner.insert(c.key(b"token-a"), Arc::new(forged));
         assert!(c.get("token-a", 0).is_none(), "a colliding entry is a miss");
+    }
+
+    #[test]
+    fn an_unchecked_bearer_hits_only_a_token68_entry() {
+        let c = TokenCache::new(10, 1 << 20, Duration::from_secs(60));
+        c.insert("abc.def-_~+/==", Entry::new(principal(), None, None));
+        // Verified from a header or cookie source, which do not ask for token68.
+        c.insert("a b,c", Entry::new(principal(), None, None));
+        assert!(c.get_bearer(b"abc.def-_~+/==", 0).is_some());
+        assert!(c.get("a b,c", 0).is_some());
+        assert!(
+            c.get_bearer(b"a b,c", 0).is_none(),
+            "a bearer token that is not token68 is checked, and refused, whatever is cached"
+        );
+        assert!(c.get_bearer(b"abc.def", 0).is_none());
     }
 
     /// A derived value of the given weight.

@@ -42,10 +42,31 @@ pub enum Found<'a> {
     Nothing,
     /// One credential (possibly found in several places, always with the same value).
     Token(Cow<'a, str>),
+    /// An `Authorization: Bearer` token whose token68 syntax is not checked yet (only from
+    /// [`find_deferred`]): [`check_bearer`] checks it.
+    Unchecked(&'a [u8]),
     /// Two different credentials, or a repeated `Authorization` header.
     Conflict,
     /// `Authorization: Bearer` with no token or a value outside the token68 syntax.
     Malformed,
+}
+
+/// As [`find`], but a lone `Authorization: Bearer` source leaves its token's syntax unchecked
+/// ([`Found::Unchecked`]), for a caller that looks it up in the verified-token cache first.
+///
+/// Why: the token68 scan and the UTF-8 check of a kilobyte token were a twentieth of a cached
+/// decision at the doors, and a token the cache holds passed both when it was cached
+/// ([`super::cache::TokenCache::get_bearer`]). Lone source only: with several, which failure
+/// comes first (malformed, conflict) depends on checking each as it is found.
+pub fn find_deferred<'a>(
+    sources: &[CredentialSource],
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Found<'a> {
+    match sources {
+        [CredentialSource::Bearer] => bearer_unchecked(headers),
+        _ => find(sources, headers, query),
+    }
 }
 
 /// Looks for a credential in every configured place.
@@ -57,7 +78,7 @@ pub fn find<'a>(
     let mut found: Option<Cow<'a, str>> = None;
     for source in sources {
         let here = match source {
-            CredentialSource::Bearer => bearer(headers),
+            CredentialSource::Bearer => bearer_unchecked(headers).checked(),
             CredentialSource::Header(name) => single_header(headers, name),
             CredentialSource::Cookie(name) => cookie(headers, name),
             CredentialSource::Query(name) => query_param(query, name),
@@ -71,17 +92,25 @@ pub fn find<'a>(
                 Some(prev) if *prev != t => return Found::Conflict,
                 Some(_) => {}
             },
-            other @ (Found::Conflict | Found::Malformed) => return other,
+            other @ (Found::Conflict | Found::Malformed | Found::Unchecked(_)) => return other,
         }
     }
     found.map_or(Found::Nothing, Found::Token)
 }
 
-/// `Authorization: Bearer <token68>`; the scheme is case-insensitive (RFC 9110 §11.1).
-///
-/// Works on bytes in one pass over the token (this runs on every request, and a token is
-/// often a kilobyte): the token68 check implies visible ASCII, so no separate `to_str` pass.
-fn bearer(headers: &HeaderMap) -> Found<'_> {
+impl Found<'_> {
+    /// An unchecked bearer token checked ([`check_bearer`]); anything else as it is.
+    pub fn checked(self) -> Self {
+        match self {
+            Self::Unchecked(token) => check_bearer(token),
+            other => other,
+        }
+    }
+}
+
+/// `Authorization: Bearer <token68>`; the scheme is case-insensitive (RFC 9110 §11.1). The
+/// token comes back [`Found::Unchecked`].
+fn bearer_unchecked(headers: &HeaderMap) -> Found<'_> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Found::Nothing;
@@ -108,7 +137,14 @@ fn bearer(headers: &HeaderMap) -> Found<'_> {
     let Some((b' ' | b'\t', rest)) = bytes.get(6..).and_then(<[u8]>::split_first) else {
         return Found::Malformed;
     };
-    let token = trim_blanks(rest);
+    Found::Unchecked(trim_blanks(rest))
+}
+
+/// A bearer token's syntax: token68, or a conflict or a malformed credential.
+///
+/// Works on bytes in one pass over the token (a token is often a kilobyte): the token68 check
+/// implies visible ASCII, so no separate `to_str` pass.
+pub fn check_bearer(token: &[u8]) -> Found<'_> {
     if !is_token68(token) {
         // Why: token68 has no comma, so `Bearer a, Bearer b` is two Authorization headers
         // joined (as Envoy and other proxies merge repeated headers): the same conflict as
@@ -246,7 +282,7 @@ pub fn decode(s: &str) -> Option<Cow<'_, str>> {
 }
 
 /// token68 (RFC 9110 §11.2): `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
-fn is_token68(b: &[u8]) -> bool {
+pub fn is_token68(b: &[u8]) -> bool {
     let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
     let body = &b[..b.len() - pad];
     // Bitwise, without early exit, so the loop vectorises.
@@ -349,6 +385,41 @@ mod tests {
             assert_eq!(
                 find(&[CredentialSource::Bearer], &h, None),
                 Found::Conflict,
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lone_bearer_source_defers_only_the_syntax() {
+        let bearer = [CredentialSource::Bearer];
+        let both = [
+            CredentialSource::Bearer,
+            CredentialSource::Header(HeaderName::from_static("x-token")),
+        ];
+        for (v, checked) in [
+            ("Bearer abc.def", tok("abc.def")),
+            ("Bearer a,b", Found::Conflict),
+            ("Bearer a b", Found::Malformed),
+            ("Bearer ", Found::Malformed),
+        ] {
+            let h = headers(&[("authorization", v)]);
+            let deferred = find_deferred(&bearer, &h, None);
+            assert!(matches!(deferred, Found::Unchecked(_)), "{v}");
+            assert_eq!(deferred.checked(), checked, "{v}");
+            assert_eq!(find(&bearer, &h, None), checked, "{v}");
+            assert_eq!(
+                find_deferred(&both, &h, None),
+                checked,
+                "{v}: several sources"
+            );
+        }
+        // What is decided before the token is read is decided as `find` does.
+        for v in ["Bearertoken", "Basic eA=="] {
+            let h = headers(&[("authorization", v)]);
+            assert_eq!(
+                find_deferred(&bearer, &h, None),
+                find(&bearer, &h, None),
                 "{v}"
             );
         }

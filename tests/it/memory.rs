@@ -422,7 +422,10 @@ impl Derived {
 /// renders identity headers and reads the claims in CEL (views kept with the principal).
 #[tokio::test]
 async fn token_cache_max_bytes_bounds_real_memory() {
-    const MAX_BYTES: u64 = 6 << 20;
+    // Why 12 MiB: what the allocator keeps besides the entries (thread caches, arena
+    // metadata) varies by about a megabyte from run to run; against 6 MiB that alone read
+    // 0.83x to 1.2x (one gate run failed).
+    const MAX_BYTES: u64 = 12 << 20;
     let typical_claims = |i: usize| {
         serde_json::json!({
             "sub": format!("user-{i:08}"),
@@ -435,14 +438,14 @@ async fn token_cache_max_bytes_bounds_real_memory() {
     };
     let minimal = token_cache_growth(
         MAX_BYTES,
-        6_000,
+        12_000,
         |i| serde_json::json!({"sub": format!("user-{i:08}")}),
         Derived::None,
     )
     .await;
-    let typical = token_cache_growth(MAX_BYTES, 4_000, typical_claims, Derived::None).await;
+    let typical = token_cache_growth(MAX_BYTES, 8_000, typical_claims, Derived::None).await;
     let derived =
-        token_cache_growth(MAX_BYTES, 4_000, typical_claims, Derived::HeadersAndCel).await;
+        token_cache_growth(MAX_BYTES, 8_000, typical_claims, Derived::HeadersAndCel).await;
     for ratio in [minimal, typical, derived] {
         assert!(
             (0.8..=1.2).contains(&ratio),
