@@ -191,17 +191,45 @@ impl Upstream {
             Some(p) if p.fingerprint == fingerprint && p.files == files => Arc::clone(&p.balancer),
             _ => {
                 let template = template(raw, base_dir, &scheme, &authority)?;
-                let endpoints = specs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, spec)| {
-                        let addr = match spec {
-                            Spec::Ip(a) => Addr::Ip(*a),
-                            Spec::Name(n) => Addr::Name(Arc::clone(n)),
-                        };
-                        Arc::new(Endpoint::new(addr.clone(), i, template.pool(addr)))
-                    })
-                    .collect();
+                let mut endpoints = Vec::with_capacity(specs.len());
+                for (i, spec) in specs.iter().enumerate() {
+                    let addr = match spec {
+                        Spec::Ip(a) => Addr::Ip(*a),
+                        Spec::Name(n) => {
+                            // Why: a rebuilt upstream's names started unresolved, and their
+                            // first resolution made new endpoints of every address, so what
+                            // the previous one learnt of them (a health check's verdict, an
+                            // ejection) was lost and a dead address got traffic again. The
+                            // addresses the name last resolved to start as its endpoints
+                            // (with this config's connections) and inherit that below.
+                            // Regression: tests (it) upstreams::a_reload_keeps_what_was_learnt_of_a_names_addresses
+                            let resolved = previous.into_iter().flat_map(|p| {
+                                p.balancer
+                                    .endpoints
+                                    .load()
+                                    .iter()
+                                    .filter(|e| e.resolved_from.as_ref() == Some(n))
+                                    .map(|e| e.addr.clone())
+                                    .collect::<Vec<_>>()
+                            });
+                            let before = endpoints.len();
+                            for a in resolved {
+                                let pool = template.pool(a.clone());
+                                endpoints
+                                    .push(Arc::new(Endpoint::new(a, i, pool).resolved_from(n)));
+                            }
+                            if endpoints.len() > before {
+                                continue;
+                            }
+                            Addr::Name(Arc::clone(n))
+                        }
+                    };
+                    endpoints.push(Arc::new(Endpoint::new(
+                        addr.clone(),
+                        i,
+                        template.pool(addr),
+                    )));
+                }
                 let balancer = Arc::new(Balancer::new(
                     endpoints,
                     raw.balance,

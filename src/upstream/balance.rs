@@ -45,6 +45,8 @@ pub(super) struct Endpoint {
     pub(super) addr: Addr,
     /// Which configured endpoint it came from.
     pub(super) source: usize,
+    /// The configured name it is an address of, once resolved.
+    pub(super) resolved_from: Option<Arc<str>>,
     pub(super) pool: Arc<Pool>,
     /// Stable across processes: the rendezvous-hash identity.
     id_hash: u64,
@@ -352,6 +354,7 @@ impl Endpoint {
         Self {
             addr,
             source,
+            resolved_from: None,
             pool,
             id_hash,
             in_flight: AtomicU32::new(0),
@@ -362,6 +365,12 @@ impl Endpoint {
             healthy: AtomicBool::new(true),
             streak: AtomicI32::new(0),
         }
+    }
+
+    /// The endpoint, as an address `name` resolved to.
+    pub(super) fn resolved_from(mut self, name: &Arc<str>) -> Self {
+        self.resolved_from = Some(Arc::clone(name));
+        self
     }
 
     /// In rotation: healthy and not ejected.

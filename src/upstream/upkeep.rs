@@ -158,7 +158,7 @@ async fn resolve(b: &Balancer, u: &Upkeep) {
                 Some(e) => next.push(Arc::clone(e)),
                 None => {
                     let pool = b.template.pool(addr.clone());
-                    next.push(Arc::new(Endpoint::new(addr, i, pool)));
+                    next.push(Arc::new(Endpoint::new(addr, i, pool).resolved_from(name)));
                 }
             }
         }

@@ -500,6 +500,52 @@ async fn a_reload_keeps_what_health_checks_learnt() {
     );
 }
 
+/// The same across a reload for an endpoint given by name: what the checks learnt of the
+/// addresses it resolved to is kept, and the one found down gets no request.
+#[tokio::test]
+async fn a_reload_keeps_what_was_learnt_of_a_names_addresses() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let named = format!("localhost:{}", b.addr.port());
+    let setup = |timeout: &str| Setup {
+        upstreams: format!(
+            "  pool:\n    url: http://backend.test\n    endpoints: [\"{}\", \"{named}\"]\n    ejection: {{consecutive_failures: 0}}\n    health_check: {{path: /health, interval: 2s, timeout: {timeout}, healthy_threshold: 1, unhealthy_threshold: 1}}\n",
+            a.addr
+        ),
+        policies: route_all_to("pool"),
+        ..Setup::default()
+    };
+    b.set_down(true);
+    let gw = setup("500ms").start().await;
+    let down = format!(
+        "portcullis_upstream_endpoint_healthy{{upstream=\"pool\",endpoint=\"{}\"}} 0",
+        b.addr
+    );
+    let out = crate::support::eventually(Duration::from_secs(5), || async {
+        gw.admin_get("/metrics").await.1.contains(&down)
+    })
+    .await;
+    assert!(
+        out,
+        "the checks never found the named endpoint's address down"
+    );
+    gw.write(
+        "portcullis.yaml",
+        crate::support::render_config(&setup("400ms"), gw.echo.addr),
+    );
+    gw.app().reload().await.unwrap();
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(metrics.contains(&down), "{down} in\n{metrics}");
+    let before = b.hits();
+    for _ in 0..10 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        b.hits(),
+        before,
+        "an address known to be down got traffic after a reload"
+    );
+}
+
 /// Least request counts a streamed response in flight for as long as it streams, not only
 /// until its head: an open stream is on its endpoint's count, and off it once it ends.
 #[tokio::test]
