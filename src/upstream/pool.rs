@@ -947,6 +947,7 @@ enum Io {
 }
 
 impl tokio::io::AsyncRead for Io {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -960,6 +961,7 @@ impl tokio::io::AsyncRead for Io {
 }
 
 impl tokio::io::AsyncWrite for Io {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -971,6 +973,7 @@ impl tokio::io::AsyncWrite for Io {
         }
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -982,6 +985,7 @@ impl tokio::io::AsyncWrite for Io {
         }
     }
 
+    #[inline]
     fn is_write_vectored(&self) -> bool {
         match self {
             Self::Plain(s) => s.is_write_vectored(),
@@ -989,6 +993,7 @@ impl tokio::io::AsyncWrite for Io {
         }
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
@@ -996,6 +1001,7 @@ impl tokio::io::AsyncWrite for Io {
         }
     }
 
+    #[inline]
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
