@@ -40,11 +40,15 @@ use crate::config::FieldError;
 use crate::config::raw::{RawDelegate, RawFailureMode};
 use crate::request::RequestFacts;
 
+mod connect;
+
 /// A compiled delegate.
 pub struct Delegate {
     /// Its name in the config.
     pub name: Arc<str>,
     endpoint: tonic::transport::Endpoint,
+    /// TCP, and TLS for an `https://` delegate ([`connect`]).
+    connector: connect::Connector,
     /// Made on first use: a channel needs the runtime, and `check` has none.
     client: std::sync::OnceLock<AuthorizationClient<tonic::transport::Channel>>,
     timeout: Duration,
@@ -109,6 +113,7 @@ impl Delegate {
     pub fn compile(
         name: &str,
         raw: &RawDelegate,
+        base_dir: &std::path::Path,
         previous: Option<&Self>,
     ) -> Result<Self, FieldError> {
         let endpoint = tonic::transport::Endpoint::from_shared(raw.grpc.clone()).map_err(|_| {
@@ -123,6 +128,22 @@ impl Delegate {
         if raw.timeout.is_zero() {
             return Err(FieldError::new("timeout", "must be more than zero"));
         }
+        let tls = if raw.grpc.starts_with("https://") {
+            let ca = raw.ca_file.as_ref().map(|p| base_dir.join(p));
+            let config = crate::tls::server::client_config(ca.as_deref(), true)
+                .map_err(|e| FieldError::new("ca_file", e.to_string()))?;
+            let mut config = (*config).clone();
+            // gRPC is HTTP/2: offered alone.
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            Some(Arc::new(config))
+        } else if raw.ca_file.is_some() {
+            return Err(FieldError::new(
+                "ca_file",
+                "only an https:// delegate uses TLS settings",
+            ));
+        } else {
+            None
+        };
         let mut headers = Vec::with_capacity(raw.headers.len());
         for h in &raw.headers {
             headers.push(
@@ -141,6 +162,7 @@ impl Delegate {
         Ok(Self {
             name: name.into(),
             endpoint,
+            connector: connect::Connector::new(tls),
             client: std::sync::OnceLock::new(),
             timeout: raw.timeout,
             cache_ttl: raw.cache_ttl,
@@ -196,7 +218,12 @@ impl Delegate {
         // Lazy: the first call connects, so a delegate that is down does not fail a reload.
         let mut client = self
             .client
-            .get_or_init(|| AuthorizationClient::new(self.endpoint.connect_lazy()))
+            .get_or_init(|| {
+                AuthorizationClient::new(
+                    self.endpoint
+                        .connect_with_connector_lazy(self.connector.clone()),
+                )
+            })
             .clone();
         let answer = tokio::time::timeout(self.timeout, client.check(request))
             .await

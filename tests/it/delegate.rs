@@ -117,6 +117,125 @@ async fn serve(opa: Opa) -> std::net::SocketAddr {
     addr
 }
 
+/// Serves `opa` over TLS (ALPN `h2`) with `tls` on 127.0.0.1:0; returns its address.
+async fn serve_tls(opa: Opa, tls: Arc<rustls::ServerConfig>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (opa, tls) = (opa.clone(), Arc::clone(&tls));
+            tokio::spawn(async move {
+                let Ok(stream) = tokio_rustls::TlsAcceptor::from(tls).accept(stream).await else {
+                    return;
+                };
+                let svc =
+                    hyper_util::service::TowerToHyperService::new(AuthorizationServer::new(opa));
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A private CA's PEM, and a TLS server config (ALPN `h2`) with its certificate for
+/// `localhost`.
+fn private_ca_server() -> (String, Arc<rustls::ServerConfig>) {
+    use portcullis::tls::server;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "policy CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    p.use_authority_key_identifier_extension = true;
+    let cert = p.signed_by(&key, &ca).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("s.key"), key.serialize_pem()).unwrap();
+    let tls = server::server_config(
+        &[server::CertEntry {
+            cert: dir.path().join("s.crt"),
+            key: dir.path().join("s.key"),
+            server_names: vec![],
+        }],
+        true,
+        None,
+    )
+    .unwrap();
+    (ca.pem(), tls)
+}
+
+/// An `https://` delegate is spoken to over TLS, its certificate checked: a Check server
+/// with a certificate from the configured private CA is asked and believed; a plaintext
+/// server behind the same `https://` URL is never sent a check (and so never sees the
+/// token), nor is one whose certificate the roots do not vouch for: both fail closed (503).
+#[tokio::test]
+async fn https_delegate_is_reached_over_tls_only() {
+    let (ca_pem, tls) = private_ca_server();
+    let gateway_to = |port: u16, ca: bool| {
+        let ca_line = if ca { "    ca_file: ca.pem\n" } else { "" };
+        Setup {
+            policies: vec![(
+                "10-p.yaml".into(),
+                "rules:\n  - name: reports\n    match: {paths: [\"/reports/**\"]}\n    effect: allow\n    authenticators: [users]\n    delegate: opa\n    upstream: echo\n".into(),
+            )],
+            files: vec![
+                ("hs.secret".into(), SECRET.to_vec()),
+                ("ca.pem".into(), ca_pem.clone().into_bytes()),
+            ],
+            extra: format!(
+                "{}delegates:\n  opa:\n    grpc: https://localhost:{port}\n{ca_line}    timeout: 1s\n    failure_mode: deny\n",
+                crate::support::hs256_users("{}")
+            ),
+            ..Setup::default()
+        }
+    };
+    let secure = Opa::default();
+    let secure_port = serve_tls(secure.clone(), tls).await.port();
+    let gw = gateway_to(secure_port, true).start().await;
+    assert_eq!(
+        get(&gw, "/reports/1", "yes", "alice").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(secure.calls.load(Ordering::SeqCst), 1);
+
+    // Regression: the check went out in cleartext to whatever listened there.
+    let plain = Opa::default();
+    let port = serve(plain.clone()).await.port();
+    let gw = gateway_to(port, true).start().await;
+    let (status, body) = get(&gw, "/reports/2", "yes", "alice").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("delegate_unavailable"), "{body}");
+    assert_eq!(
+        plain.calls.load(Ordering::SeqCst),
+        0,
+        "a check sent in cleartext"
+    );
+
+    // Without `ca_file`, the webpki roots, which do not vouch for the private CA.
+    let gw = gateway_to(secure_port, false).start().await;
+    let (status, _) = get(&gw, "/reports/3", "yes", "alice").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        secure.calls.load(Ordering::SeqCst),
+        1,
+        "an unverified server was asked"
+    );
+}
+
 /// Rules: `reports` (users, delegated), `public` (anonymous, delegated), `limited` (users,
 /// delegated, over a rate limit of one request a minute per principal).
 async fn gateway(grpc: &str, failure_mode: &str) -> TestGateway {

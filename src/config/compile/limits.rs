@@ -65,7 +65,12 @@ pub(super) fn delegates(
             .previous
             .and_then(|p| p.delegates.get(name))
             .map(|d| &**d);
-        match Delegate::compile(name, raw, before) {
+        // A renewed CA reloads.
+        if let Some(ca) = &raw.ca_file {
+            let path = cx.path(ca);
+            cx.watched.push(path);
+        }
+        match Delegate::compile(name, raw, &loaded.base_dir, before) {
             Ok(d) => {
                 spoofable.extend(d.header_names().iter().cloned());
                 out.insert(name.clone(), Arc::new(d));

@@ -335,8 +335,13 @@ fn default_redis_prefix() -> String {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDelegate {
-    /// Its ext_authz gRPC endpoint: `http://host:port` (h2c) or `https://host:port`.
+    /// Its ext_authz gRPC endpoint: `http://host:port` (h2c) or `https://host:port` (TLS,
+    /// ALPN `h2`, the certificate checked against the host).
     pub grpc: String,
+    /// PEM CA certificates an `https://` delegate's certificate must chain to, instead of the
+    /// webpki roots: a private CA. Relative to the config file; watched.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Each call's deadline, connection included. Default 200ms.
     #[schemars(with = "String")]
     #[serde(default = "default_delegate_timeout", deserialize_with = "duration")]
