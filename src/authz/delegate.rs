@@ -8,7 +8,8 @@
 //! - The delegate judges the request the upstream will get: its headers are the client's
 //!   minus every one a client must not hand an upstream ([`Spoofable`]; forwarding headers
 //!   from a peer that is not a trusted proxy too, its address being `source.address`), each
-//!   name once with its values joined in order, plus the identity headers the gateway sets.
+//!   name once with its values joined in order, plus the identity headers the gateway sets;
+//!   never the request's own identifiers (`traceparent`, `tracestate`, the request id).
 //!   The credential stays (policies read the JWT); the signed assertion, minted after the
 //!   answer, is not sent.
 //! - Every call is bounded by the delegate's `timeout`.
@@ -39,6 +40,7 @@ use crate::authz::spoofable::{Family, Spoofable, family};
 use crate::config::FieldError;
 use crate::config::raw::{RawDelegate, RawFailureMode};
 use crate::request::RequestFacts;
+use crate::telemetry::trace_context::{TRACEPARENT, TRACESTATE};
 
 mod connect;
 
@@ -77,6 +79,8 @@ pub struct UpstreamHeaders<'a> {
     pub spoofable: &'a Spoofable,
     /// The identity headers the gateway sets for this request.
     pub identity: &'a [(HeaderName, HeaderValue)],
+    /// The request-id header (`server.request_id_header`), never sent ([`headers_sent`]).
+    pub request_id: &'a HeaderName,
 }
 
 /// Why a delegate gave no verdict.
@@ -400,6 +404,14 @@ fn headers_sent(
         if upstream.spoofable.is_doomed(name, facts.peer_trusted)
             || (!facts.peer_trusted && family(name.as_str()) == Some(Family::Forwarding))
         {
+            continue;
+        }
+        // Why: a request's own identifiers (its trace context, its request id) are not what
+        // a policy judges, and in the cache key they made every request from an instrumented
+        // client a miss (a fresh `traceparent` each time); the client's `traceparent` is not
+        // even what the upstream gets (the gateway sends its own).
+        // Regression: tests (it) delegate::trace_context_and_request_id_do_not_defeat_the_cache
+        if *name == TRACEPARENT || *name == TRACESTATE || name == upstream.request_id {
             continue;
         }
         // Why: collecting pairs into a map kept the last of a repeated header, so with

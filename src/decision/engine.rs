@@ -326,6 +326,7 @@ async fn decide_rule(
         let upstream = UpstreamHeaders {
             spoofable: &snapshot.spoofable,
             identity: &identity,
+            request_id: &snapshot.server.request_id_header,
         };
         match Box::pin(delegate.check(
             facts,

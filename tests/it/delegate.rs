@@ -293,6 +293,45 @@ async fn get(gw: &TestGateway, path: &str, says: &str, sub: &str) -> (StatusCode
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// A request's own identifiers are not sent to the delegate: requests that differ only in
+/// their `traceparent`, `tracestate` or request id (an instrumented client sends a fresh one
+/// each time; a malformed one is replaced before the upstream) are one request to the
+/// delegate, answered once and then from the cache.
+#[tokio::test]
+async fn trace_context_and_request_id_do_not_defeat_the_cache() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+    let token = token(&json!({"sub": "alice"}));
+    for i in 0..4 {
+        let req = Request::get("/reports/traced")
+            .header("authorization", format!("Bearer {token}"))
+            .header("x-delegate-says", "yes")
+            .header(
+                "traceparent",
+                format!("00-4bf92f3577b34da6a3ce929d0e0e47{i:02x}-00f067aa0ba902b7-01"),
+            )
+            .header("tracestate", format!("vendor=v{i}"))
+            .header("x-request-id", format!("request-{i}"))
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(send(gw.addr(), req).await.0, StatusCode::OK, "request {i}");
+    }
+    assert_eq!(
+        opa.calls.load(Ordering::SeqCst),
+        1,
+        "asked once, then cached"
+    );
+    let seen = opa.seen.lock().unwrap().clone();
+    for name in ["traceparent", "tracestate", "x-request-id"] {
+        assert!(
+            !seen.contains_key(name),
+            "{name} sent to the delegate: {seen:?}"
+        );
+    }
+    assert_eq!(seen["x-delegate-says"], "yes", "other headers still are");
+}
+
 #[tokio::test]
 async fn delegate_allows_denies_and_caches() {
     let opa = Opa::default();

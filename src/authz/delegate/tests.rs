@@ -29,6 +29,7 @@ fn with_request<T>(
     let upstream = UpstreamHeaders {
         spoofable: &spoofable,
         identity: &identity,
+        request_id: &http::HeaderName::from_static("x-request-id"),
     };
     f(&facts, upstream)
 }
