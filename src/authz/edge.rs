@@ -72,6 +72,27 @@ pub enum PreflightRefusal {
 // === impl Edge ===
 
 impl Edge {
+    /// Whether it relays an upgrade to `protocols` (the request's `Upgrade` value).
+    pub fn relays(&self, protocols: &[u8]) -> bool {
+        self.upgrade.as_ref().is_some_and(|u| u.allows(protocols))
+    }
+
+    /// Whether it refuses an upgrade with these headers for its origin: its `cors` names
+    /// origins and the request's `Origin` is not one of them.
+    ///
+    /// Why: browsers apply no CORS to a WebSocket: a page from any origin could open one with
+    /// the user's cookies (cross-site WebSocket hijacking). An upgrade without `Origin` (not a
+    /// browser's) is not refused. Regression: tests (it)
+    /// edge::websocket_from_an_origin_the_rule_does_not_name_is_refused,
+    /// edge::a_recheck_closes_a_websocket_the_current_rule_would_refuse
+    pub fn refuses_upgrade_origin(&self, headers: &http::HeaderMap) -> bool {
+        self.cors.as_ref().is_some_and(|cors| {
+            headers
+                .get(http::header::ORIGIN)
+                .is_some_and(|o| !cors.allows_origin(o))
+        })
+    }
+
     /// Compiles a rule's settings; `None` when it has none. `rule_methods` are the rule's
     /// own (the default allowed methods of its CORS).
     pub fn compile(

@@ -195,8 +195,8 @@ async fn forward(
     let edge = allow.edge.clone();
     let relayed = asked.as_ref().and_then(|a| {
         edge.as_ref()
+            .filter(|e| e.relays(a.protocols.as_bytes()))
             .and_then(|e| e.upgrade.as_ref())
-            .filter(|u| u.allows(a.protocols.as_bytes()))
     });
     if asked.as_ref().is_some_and(|a| a.h2) && relayed.is_none() {
         return Err(Failure::Failed(
@@ -230,7 +230,7 @@ async fn forward(
                 every,
                 live_expiry(&allow, &snapshot.clock),
                 upgrade::Recheckable {
-                    tunnel: false,
+                    tunnel: None,
                     head: upgrade::head_copy(&parts),
                     conn: conn.info.clone(),
                     shared: Arc::clone(ctx.shared),
@@ -341,13 +341,10 @@ async fn tunnel(
             StatusCode::FORBIDDEN,
             "upgrade_not_allowed",
         ))?;
-    // Why: browsers apply no CORS to a WebSocket: a page from any origin could open one with
-    // the user's cookies (cross-site WebSocket hijacking). On a rule that names its origins,
-    // an upgrade from another origin is refused; one without `Origin` (not a browser's) is
-    // not. Regression: tests (it) edge::websocket_from_an_origin_the_rule_does_not_name_is_refused
-    if let Some(cors) = edge.as_ref().and_then(|e| e.cors.as_ref())
-        && let Some(origin) = parts.headers.get(header::ORIGIN)
-        && !cors.allows_origin(origin)
+    // Browsers apply no CORS to a WebSocket (`Edge::refuses_upgrade_origin`).
+    if edge
+        .as_ref()
+        .is_some_and(|e| e.refuses_upgrade_origin(&parts.headers))
     {
         // A denial, logged and counted as the refused preflight is (`proxy::cors`).
         let reason = crate::authz::edge::PreflightRefusal::Origin.as_str();
@@ -370,7 +367,7 @@ async fn tunnel(
                 (
                     every,
                     upgrade::Recheckable {
-                        tunnel: true,
+                        tunnel: Some(asked.protocols.clone()),
                         head: upgrade::head_copy(&parts),
                         conn: ctx.conn.info.clone(),
                         shared: Arc::clone(ctx.shared),

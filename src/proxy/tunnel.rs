@@ -7,7 +7,8 @@
 //! - the credential's expiry (JWT or introspection `exp`), read from the snapshot's clock;
 //! - `reauthorize_every`: the request is decided again against the *current* snapshot with a
 //!   fresh verification of its credential ([`crate::decision::Recheck`]); a denial, or an
-//!   allow by a rule that no longer relays upgrades, closes it. A re-check that cannot decide
+//!   allow by a rule that would refuse the tunnel now (no longer relaying its protocol, or
+//!   refusing its origin), closes it. A re-check that cannot decide
 //!   (key server or introspection endpoint down, delegate failing closed) keeps the tunnel
 //!   until the next one: it is no denial, and the credential's expiry still applies;
 //! - the gateway's drain (the connection's task drops the tunnel: see `server::connection`).
@@ -49,8 +50,9 @@ pub(super) struct Bounds {
 
 /// The request as it was decided on, kept to decide it again.
 pub(super) struct Recheckable {
-    /// For a tunnel: the rule allowing it must still relay upgrades.
-    pub(super) tunnel: bool,
+    /// For a tunnel, the protocols it was opened for: the rule allowing it must still relay
+    /// them, to its origin.
+    pub(super) tunnel: Option<http::HeaderValue>,
     pub(super) head: http::request::Parts,
     pub(super) conn: ConnInfo,
     pub(super) shared: Arc<Shared>,
@@ -244,9 +246,20 @@ async fn recheck(r: &Recheckable) -> Verdict {
     };
     match decision::decide(&snapshot, &facts, &mut Recheck).await {
         Decision::Allow(a) => {
-            if r.tunnel && a.edge.as_ref().and_then(|e| e.upgrade.as_ref()).is_none() {
-                tracing::info!(rule = %a.rule.0, "Tunnel closed: the rule allowing it now relays no upgrade");
-                return Verdict::Close;
+            // Why: the re-check asked only whether the rule relayed some upgrade, so a tunnel
+            // the current rules refuse (its protocol no longer relayed, its origin no longer
+            // named by the rule's `cors`) stayed open.
+            // Regression: tests (it) edge::a_recheck_closes_a_websocket_the_current_rule_would_refuse
+            if let Some(protocols) = &r.tunnel {
+                let edge = a.edge.as_deref();
+                if !edge.is_some_and(|e| e.relays(protocols.as_bytes())) {
+                    tracing::info!(rule = %a.rule.0, "Tunnel closed: the rule allowing it now relays no such upgrade");
+                    return Verdict::Close;
+                }
+                if edge.is_some_and(|e| e.refuses_upgrade_origin(&r.head.headers)) {
+                    tracing::info!(rule = %a.rule.0, "Tunnel closed: the rule allowing it now refuses its origin");
+                    return Verdict::Close;
+                }
             }
             Verdict::Keep(super::service::live_expiry(&a, &snapshot.clock))
         }

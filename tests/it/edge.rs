@@ -579,6 +579,61 @@ async fn websocket_from_an_origin_the_rule_does_not_name_is_refused() {
     }
 }
 
+/// A re-check decides the tunnel as the current rules would decide its opening: an edit
+/// that stops relaying its protocol, or adds a `cors` that does not name its origin, closes
+/// it; an edit that leaves both alone does not.
+#[tokio::test]
+async fn a_recheck_closes_a_websocket_the_current_rule_would_refuse() {
+    let upstream = WsEcho::start().await;
+    let every = "    reauthorize_every: 1s\n";
+    let gw = ws_gateway(&upstream, every).await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("origin", "https://app.example.com"),
+    ];
+    // Unchanged in what matters (another origin added): kept.
+    let mut ws = connect(&gw, "/ws/room", &headers).await.expect("upgraded");
+    echo_once(&mut ws, "hi").await;
+    let cors = |origins: &str| format!("{every}    cors:\n      allowed_origins: [{origins}]\n");
+    edit_ws_rule(
+        &gw,
+        &cors("\"https://app.example.com\", \"https://b.example\""),
+        "websocket",
+    )
+    .await;
+    assert_eq!(
+        ends_within(&mut ws, Duration::from_millis(2500)).await,
+        None
+    );
+    echo_once(&mut ws, "still").await;
+    // Its origin no longer named.
+    edit_ws_rule(&gw, &cors("\"https://b.example\""), "websocket").await;
+    assert!(
+        ends_within(&mut ws, Duration::from_secs(4)).await.is_some(),
+        "a tunnel from an origin the rule refuses stayed open"
+    );
+    // Its protocol no longer relayed (the rule still relays another).
+    edit_ws_rule(&gw, every, "websocket").await;
+    let mut ws = connect(&gw, "/ws/room", &headers).await.expect("upgraded");
+    echo_once(&mut ws, "hi").await;
+    edit_ws_rule(&gw, every, "chat-v2").await;
+    assert!(
+        ends_within(&mut ws, Duration::from_secs(4)).await.is_some(),
+        "a tunnel whose protocol the rule no longer relays stayed open"
+    );
+}
+
+/// Rewrites the WebSocket rule with `extra` and the upgrade `protocols`, and reloads.
+async fn edit_ws_rule(gw: &TestGateway, extra: &str, protocols: &str) {
+    let policy = ws_rule(extra).replace(
+        "protocols: [websocket]",
+        &format!("protocols: [{protocols}]"),
+    );
+    gw.write("policies/10-ws.yaml", policy);
+    gw.app().reload().await.unwrap();
+}
+
 #[tokio::test]
 async fn tunnel_is_closed_on_shutdown() {
     let upstream = WsEcho::start().await;
