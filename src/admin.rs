@@ -110,11 +110,9 @@ async fn route(state: &AdminState, scope: Scope, req: Request<Incoming>) -> Resp
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            crate::telemetry::authn_metrics::encode(
-                &mut text,
-                &state.reloader.current().load().authn,
-                now,
-            );
+            let snapshot = state.reloader.current().load_full();
+            crate::telemetry::authn_metrics::encode(&mut text, &snapshot.authn, now);
+            crate::telemetry::authn_metrics::encode_delegates(&mut text, &snapshot.delegates);
             let mut r = Response::new(body::full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -26,6 +26,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
@@ -61,6 +62,25 @@ pub struct Delegate {
     headers: Arc<[HeaderName]>,
     /// The definition as written: a reload that leaves it alone keeps the cached verdicts.
     fingerprint: crate::config::Fingerprint,
+    /// Its answers and failures so far, carried across reloads under its name.
+    pub counts: Arc<Counts>,
+}
+
+/// What a delegate's checks came to (`portcullis_delegate_checks_total`).
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Allowed, asked.
+    pub allowed: AtomicU64,
+    /// Denied, asked.
+    pub denied: AtomicU64,
+    /// Answered from the cache.
+    pub cached: AtomicU64,
+    /// No answer within the timeout.
+    pub timeouts: AtomicU64,
+    /// The call failed (unreachable, TLS, an error status).
+    pub errors: AtomicU64,
+    /// An answer that is neither OK nor a denial.
+    pub garbage: AtomicU64,
 }
 
 /// What a delegate said.
@@ -154,7 +174,8 @@ impl Delegate {
                 crate::authz::identity::check_name(h).map_err(|m| FieldError::new("headers", m))?,
             );
         }
-        let endpoint = endpoint.connect_timeout(raw.timeout).timeout(raw.timeout);
+        // The whole call's deadline is `check`'s own, so a timeout is told from a failure.
+        let endpoint = endpoint.connect_timeout(raw.timeout);
         let fingerprint = crate::config::Fingerprint::of(&[raw]);
         let cache = match previous.filter(|p| p.fingerprint == fingerprint) {
             Some(p) => p.cache.clone(),
@@ -174,6 +195,7 @@ impl Delegate {
             cache,
             headers: headers.into(),
             fingerprint,
+            counts: previous.map_or_else(Arc::default, |p| Arc::clone(&p.counts)),
         })
     }
 
@@ -217,8 +239,33 @@ impl Delegate {
         if let Some(k) = key.as_ref().filter(|_| !fresh)
             && let Some(v) = self.cache.get(k)
         {
+            self.counts.cached.fetch_add(1, Ordering::Relaxed);
             return Ok(v);
         }
+        let verdict = self.ask(request).await;
+        let counter = match &verdict {
+            Ok(Verdict::Allow(_)) => &self.counts.allowed,
+            Ok(Verdict::Deny) => &self.counts.denied,
+            Err(DelegateError::Timeout) => &self.counts.timeouts,
+            Err(DelegateError::Call) => &self.counts.errors,
+            Err(DelegateError::Garbage) => &self.counts.garbage,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let verdict = verdict?;
+        // Never past the credential's expiry.
+        let fresh = principal
+            .and_then(|p| p.expires_at)
+            .is_none_or(|exp| exp > now + self.cache_ttl.as_secs());
+        if let Some(k) = key
+            && fresh
+        {
+            self.cache.insert(k, verdict.clone());
+        }
+        Ok(verdict)
+    }
+
+    /// One Check call, within the timeout.
+    async fn ask(&self, request: CheckRequest) -> Result<Verdict, DelegateError> {
         // Lazy: the first call connects, so a delegate that is down does not fail a reload.
         let mut client = self
             .client
@@ -234,17 +281,7 @@ impl Delegate {
             .map_err(|_| DelegateError::Timeout)?
             .map_err(|_| DelegateError::Call)?
             .into_inner();
-        let verdict = verdict(&answer, &self.headers)?;
-        // Never past the credential's expiry.
-        let fresh = principal
-            .and_then(|p| p.expires_at)
-            .is_none_or(|exp| exp > now + self.cache_ttl.as_secs());
-        if let Some(k) = key
-            && fresh
-        {
-            self.cache.insert(k, verdict.clone());
-        }
-        Ok(verdict)
+        verdict(&answer, &self.headers)
     }
 }
 

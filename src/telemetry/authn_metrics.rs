@@ -1,5 +1,6 @@
-//! Authenticator metrics, read from the current snapshot at scrape time: key set fetches and
-//! their age, introspection calls, verified-token cache sizes and API key counts.
+//! Authenticator and delegate metrics, read from the current snapshot at scrape time: key set
+//! fetches and their age, introspection calls, verified-token cache sizes, API key counts,
+//! delegate checks.
 //!
 //! Rendered by hand in the OpenMetrics text format because the authenticators (and so the
 //! label sets) change with every reload; nothing here runs on the request path. Labels are the
@@ -9,6 +10,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use crate::authn::{Authn, Kind};
+use crate::authz::delegate::Delegate;
 
 /// Appends the authenticator metric families to `out` (before its `# EOF`).
 pub fn encode(out: &mut String, authn: &Authn, now: u64) {
@@ -79,40 +81,85 @@ pub fn encode(out: &mut String, authn: &Authn, now: u64) {
             );
         }
     }
+    append(
+        out,
+        &[
+            (
+                "portcullis_key_fetches",
+                "counter",
+                "Remote key set (JWKS, OIDC discovery) fetches by result",
+                &fetches,
+            ),
+            (
+                "portcullis_key_set_age_seconds",
+                "gauge",
+                "Seconds since the key set was last fetched successfully",
+                &age,
+            ),
+            (
+                "portcullis_key_set_keys",
+                "gauge",
+                "Keys in the current remote key set",
+                &keys,
+            ),
+            (
+                "portcullis_introspection_requests",
+                "counter",
+                "Token introspection calls by result",
+                &introspection,
+            ),
+            (
+                "portcullis_token_cache_entries",
+                "gauge",
+                "Entries in the verified-token cache (approximate)",
+                &cache,
+            ),
+            ("portcullis_api_keys", "gauge", "API keys loaded", &api_keys),
+        ],
+    );
+}
+
+/// Appends the delegates' family to `out` (before its `# EOF`): each delegate's checks by
+/// result (`allow`, `deny`, `cached`, and the failures its `failure_mode` decides on:
+/// `timeout`, `error`, `invalid`).
+pub fn encode_delegates(
+    out: &mut String,
+    delegates: &std::collections::BTreeMap<String, std::sync::Arc<Delegate>>,
+) {
+    let mut checks = String::new();
+    for (name, d) in delegates {
+        let name = escape(name);
+        let c = &d.counts;
+        for (result, v) in [
+            ("allow", &c.allowed),
+            ("deny", &c.denied),
+            ("cached", &c.cached),
+            ("timeout", &c.timeouts),
+            ("error", &c.errors),
+            ("invalid", &c.garbage),
+        ] {
+            let _ = writeln!(
+                checks,
+                "portcullis_delegate_checks_total{{delegate=\"{name}\",result=\"{result}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+    append(
+        out,
+        &[(
+            "portcullis_delegate_checks",
+            "counter",
+            "Delegate checks by result",
+            &checks,
+        )],
+    );
+}
+
+/// Appends each non-empty family (name, type, help, samples) before `out`'s `# EOF`.
+fn append(out: &mut String, families: &[(&str, &str, &str, &String)]) {
     let tail = out.rfind("# EOF").map(|i| out.split_off(i));
-    for (name, kind, help, body) in [
-        (
-            "portcullis_key_fetches",
-            "counter",
-            "Remote key set (JWKS, OIDC discovery) fetches by result",
-            &fetches,
-        ),
-        (
-            "portcullis_key_set_age_seconds",
-            "gauge",
-            "Seconds since the key set was last fetched successfully",
-            &age,
-        ),
-        (
-            "portcullis_key_set_keys",
-            "gauge",
-            "Keys in the current remote key set",
-            &keys,
-        ),
-        (
-            "portcullis_introspection_requests",
-            "counter",
-            "Token introspection calls by result",
-            &introspection,
-        ),
-        (
-            "portcullis_token_cache_entries",
-            "gauge",
-            "Entries in the verified-token cache (approximate)",
-            &cache,
-        ),
-        ("portcullis_api_keys", "gauge", "API keys loaded", &api_keys),
-    ] {
+    for (name, kind, help, body) in families {
         if body.is_empty() {
             continue;
         }

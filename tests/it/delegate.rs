@@ -322,6 +322,13 @@ async fn trace_context_and_request_id_do_not_defeat_the_cache() {
         1,
         "asked once, then cached"
     );
+    let metrics = gw.admin_get("/metrics").await.1;
+    for want in [
+        "portcullis_delegate_checks_total{delegate=\"opa\",result=\"allow\"} 1",
+        "portcullis_delegate_checks_total{delegate=\"opa\",result=\"cached\"} 3",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
     let seen = opa.seen.lock().unwrap().clone();
     for name in ["traceparent", "tracestate", "x-request-id"] {
         assert!(
@@ -397,11 +404,23 @@ async fn delegate_failures_follow_the_failure_mode() {
         StatusCode::OK
     );
     // Nobody listening: fail closed.
-    let gw = gateway("http://127.0.0.1:9", "deny").await;
+    let down = gateway("http://127.0.0.1:9", "deny").await;
     assert_eq!(
-        get(&gw, "/reports/q1", "yes", "alice").await.0,
+        get(&down, "/reports/q1", "yes", "alice").await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
+    // Each counted as what it was: a timeout (the fail-open gateway), an error.
+    let line = |result: &str, n: u32| {
+        format!("portcullis_delegate_checks_total{{delegate=\"opa\",result=\"{result}\"}} {n}")
+    };
+    let metrics = gw.admin_get("/metrics").await.1;
+    for want in [line("timeout", 1), line("error", 0), line("allow", 0)] {
+        assert!(metrics.contains(&want), "{want} in\n{metrics}");
+    }
+    let metrics = down.admin_get("/metrics").await.1;
+    for want in [line("error", 1), line("timeout", 0)] {
+        assert!(metrics.contains(&want), "{want} in\n{metrics}");
+    }
 }
 
 /// At the gRPC door, a delegate that fails closed is a denied response (503), not a failed
