@@ -626,7 +626,11 @@ fn respond(
                 .cloned()
                 .collect();
             if declared.is_empty() && Grpc::of(&parts.headers) == Some(Grpc::Native) {
-                declared.push(HeaderValue::from_static("grpc-status, grpc-message"));
+                // What a gRPC server ends with (its status, message and rich details);
+                // other trailing metadata is not known before it arrives.
+                declared.push(HeaderValue::from_static(
+                    "grpc-status, grpc-message, grpc-status-details-bin",
+                ));
             }
             declared
         }

@@ -865,7 +865,11 @@ async fn trailer_upstream(
                     async move {
                         let body = trailed(
                             b"\0\0\0\0\x02hi",
-                            &[("grpc-status", "0"), ("grpc-message", "fine")],
+                            &[
+                                ("grpc-status", "0"),
+                                ("grpc-message", "fine"),
+                                ("grpc-status-details-bin", "CAA"),
+                            ],
                         );
                         Ok::<_, std::convert::Infallible>(
                             http::Response::builder()
@@ -1092,6 +1096,12 @@ async fn http1_client_asking_for_trailers_gets_them() {
     assert_eq!(r.status, 200, "{}", r.head);
     assert!(r.body.contains("grpc-status: 0\r\n"), "{:?}", r.body);
     assert!(r.body.contains("grpc-message: fine\r\n"), "{:?}", r.body);
+    // The rich error details of gRPC's status (google.rpc.Status) too.
+    assert!(
+        r.body.contains("grpc-status-details-bin: CAA\r\n"),
+        "{:?}",
+        r.body
+    );
 }
 
 /// A raw HTTP/1.1 upstream behind a gateway that routes everything to it: each connection's
