@@ -467,6 +467,16 @@ fn headers_sent(
         }
         out.insert(name.as_str().to_owned(), joined);
     }
+    // Why: an HTTP/2 request names its host in `:authority`, with no `Host` field, so the
+    // delegate was told a `host` header for HTTP/1.1 requests only (policies read it).
+    // Regression: tests::host_is_sent_whatever_the_http_version
+    if !out.contains_key("host") {
+        let host = match facts.port {
+            Some(port) => format!("{}:{port}", facts.host),
+            None => facts.host.to_string(),
+        };
+        out.insert("host".to_owned(), host);
+    }
     // Set, replacing, as `HeaderMutation::apply` does (their names were removed above).
     for (name, value) in upstream.identity {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();

@@ -92,6 +92,28 @@ fn forwarding_headers_only_from_trusted_proxies() {
 }
 
 #[test]
+fn host_is_sent_whatever_the_http_version() {
+    // HTTP/2: the authority in the target (`:authority`), no `Host` field.
+    let (parts, ()) = http::Request::get("https://api.example:8443/x")
+        .version(http::Version::HTTP_2)
+        .body(())
+        .unwrap()
+        .into_parts();
+    let conn = ConnInfo::new("192.0.2.1:1".parse().unwrap(), Arc::from("l"), None);
+    let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+    let spoofable = Spoofable::new([], Vec::new());
+    let upstream = UpstreamHeaders {
+        spoofable: &spoofable,
+        identity: &[],
+        request_id: &http::HeaderName::from_static("x-request-id"),
+    };
+    let h2 = headers_sent(&facts, upstream);
+    assert_eq!(h2["host"], "api.example:8443");
+    // HTTP/1.1: its `Host`, as sent.
+    assert_eq!(sent("192.0.2.1:1", &[])["host"], "h");
+}
+
+#[test]
 fn identity_replaces_and_odd_bytes_are_kept() {
     let h = sent(
         "192.0.2.1:1",
