@@ -80,7 +80,7 @@ pub struct Counts {
     /// The call failed (unreachable, TLS, an error status).
     pub errors: AtomicU64,
     /// An answer that is neither OK nor a denial.
-    pub garbage: AtomicU64,
+    pub invalid: AtomicU64,
 }
 
 /// What a delegate said.
@@ -159,7 +159,12 @@ impl Delegate {
             let mut config = (*config).clone();
             // gRPC is HTTP/2: offered alone.
             config.alpn_protocols = vec![b"h2".to_vec()];
-            Some(Arc::new(config))
+            let host = endpoint.uri().host().unwrap_or_default();
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls_pki_types::ServerName::try_from(bare.to_owned()).map_err(|_| {
+                FieldError::new("grpc", format!("`{host}` is not a valid TLS server name"))
+            })?;
+            Some((Arc::new(config), name))
         } else if raw.ca_file.is_some() {
             return Err(FieldError::new(
                 "ca_file",
@@ -248,7 +253,7 @@ impl Delegate {
             Ok(Verdict::Deny) => &self.counts.denied,
             Err(DelegateError::Timeout) => &self.counts.timeouts,
             Err(DelegateError::Call) => &self.counts.errors,
-            Err(DelegateError::Garbage) => &self.counts.garbage,
+            Err(DelegateError::Garbage) => &self.counts.invalid,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let verdict = verdict?;
@@ -471,11 +476,7 @@ fn headers_sent(
     // delegate was told a `host` header for HTTP/1.1 requests only (policies read it).
     // Regression: tests::host_is_sent_whatever_the_http_version
     if !out.contains_key("host") {
-        let host = match facts.port {
-            Some(port) => format!("{}:{port}", facts.host),
-            None => facts.host.to_string(),
-        };
-        out.insert("host".to_owned(), host);
+        out.insert("host".to_owned(), facts.authority());
     }
     // Set, replacing, as `HeaderMutation::apply` does (their names were removed above).
     for (name, value) in upstream.identity {

@@ -52,14 +52,8 @@ impl Origin {
             {
                 h.clone()
             }
-            _ => {
-                let text = match facts.port {
-                    Some(p) => format!("{}:{p}", facts.host),
-                    None => facts.host.clone().into_owned(),
-                };
-                HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
-                    .unwrap_or_else(|_| HeaderValue::from_static(""))
-            }
+            _ => HeaderValue::from_maybe_shared(bytes::Bytes::from(facts.authority()))
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
         };
         Self {
             peer: facts.conn.peer.ip(),

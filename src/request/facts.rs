@@ -345,6 +345,14 @@ pub fn head_bytes(method: &Method, target_len: usize, headers: &HeaderMap) -> us
 }
 
 impl<'a> RequestFacts<'a> {
+    /// The decided authority as text: the normalised host, and the port when one was given.
+    pub fn authority(&self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.host.clone().into_owned(),
+        }
+    }
+
     /// Builds the facts from door-neutral inputs: every door ends here, so one request gets one
     /// canonical path, host and client address whichever door it took.
     pub fn new(

@@ -136,7 +136,7 @@ pub fn encode_delegates(
             ("cached", &c.cached),
             ("timeout", &c.timeouts),
             ("error", &c.errors),
-            ("invalid", &c.garbage),
+            ("invalid", &c.invalid),
         ] {
             let _ = writeln!(
                 checks,

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 
 use http::Uri;
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -25,13 +26,14 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 /// Connects to the delegate a URI names.
 #[derive(Clone)]
 pub(super) struct Connector {
-    /// For `https://`: the client config (`None`: cleartext HTTP/2).
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// For `https://`: the client config and the name its certificate must show, made at
+    /// config load (`None`: cleartext HTTP/2).
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 impl Connector {
     /// A connector for a delegate: TLS with `tls` when given.
-    pub(super) fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+    pub(super) fn new(tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>) -> Self {
         Self { tls }
     }
 }
@@ -48,26 +50,19 @@ impl tower::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let tls = self.tls.clone();
         Box::pin(async move {
-            let invalid =
-                |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_owned());
-            let host = uri.host().ok_or_else(|| invalid("no host"))?;
-            // `[::1]` in a URI, `::1` to connect to and to check a certificate against.
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let https = uri.scheme_str() == Some("https");
-            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            let host = uri
+                .host()
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no host"))?;
+            // `[::1]` in a URI, `::1` to connect to.
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = uri
+                .port_u16()
+                .unwrap_or(if tls.is_some() { 443 } else { 80 });
+            let tcp = TcpStream::connect((host, port)).await?;
             tcp.set_nodelay(true)?;
-            let Some(config) = tls.filter(|_| https) else {
-                if https {
-                    return Err(invalid("https delegate without TLS settings"));
-                }
+            let Some((config, name)) = tls else {
                 return Ok(TokioIo::new(Box::new(tcp) as Box<dyn Stream>));
             };
-            let name = rustls_pki_types::ServerName::try_from(host)
-                .map_err(|_| invalid("host is not a valid TLS server name"))?;
             let stream = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await?;
