@@ -5,13 +5,16 @@
 //! Contract: never panics; a token found is non-empty, and a bearer token is token68; a token
 //! found through several places is the one found through each; after `strip` (headers) or
 //! `strip_query` (query) nothing is found in that place any more: what was verified is never
-//! forwarded.
+//! forwarded; `find` never leaves a token unchecked, and `find_deferred`'s answer, once
+//! checked, is `find`'s.
 
 #![no_main]
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use portcullis::authn::credential::{CredentialSource, Found, find, strip, strip_query};
+use portcullis::authn::credential::{
+    CredentialSource, Found, find, find_deferred, strip, strip_query,
+};
 
 fuzz_target!(|data: &[u8]| {
     let mut lines = data.split(|&b| b == b'\n');
@@ -43,7 +46,13 @@ fuzz_target!(|data: &[u8]| {
     let mut tokens = Vec::new();
     let mut undecided = false;
     for source in &sources {
-        match find(std::slice::from_ref(source), &headers, query) {
+        let one = std::slice::from_ref(source);
+        assert_eq!(
+            find_deferred(one, &headers, query).checked(),
+            find(one, &headers, query),
+            "{source:?}: the deferred check differs"
+        );
+        match find(one, &headers, query) {
             Found::Token(t) => {
                 assert!(!t.is_empty(), "{source:?}: empty token");
                 if *source == CredentialSource::Bearer {
@@ -57,6 +66,7 @@ fuzz_target!(|data: &[u8]| {
             }
             Found::Conflict | Found::Malformed => undecided = true,
             Found::Nothing => {}
+            Found::Unchecked(_) => panic!("{source:?}: find left a token unchecked"),
         }
     }
     match find(&sources, &headers, query) {
@@ -69,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
             let differ = tokens.windows(2).any(|w| w[0] != w[1]);
             assert!(undecided || differ, "{tokens:?}: refused for no reason");
         }
+        Found::Unchecked(_) => panic!("find left a token unchecked"),
     }
 
     // What is stripped is gone.
