@@ -138,14 +138,35 @@ fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A file that is not UTF-8 text, located at its first invalid byte (a binary file, or one
+/// saved in Latin-1).
+///
+/// Regression: tests/fixtures/invalid/policy-not-utf8 (it was reported at line 0).
+fn not_text(display: &str, bytes: &[u8], error: std::str::Utf8Error) -> Diagnostic {
+    let valid = &bytes[..error.valid_up_to()];
+    let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    // The valid prefix is UTF-8: its column counts characters, as the YAML parser's do.
+    let column = std::str::from_utf8(&valid[line_start..]).map_or(0, |l| l.chars().count()) + 1;
+    Diagnostic {
+        severity: super::Severity::Error,
+        file: display.to_owned(),
+        line: valid.iter().filter(|&&b| b == b'\n').count() + 1,
+        column,
+        path: String::new(),
+        message: "not UTF-8 text: YAML files must be UTF-8".into(),
+    }
+}
+
 /// Reads one YAML file into `T`, keeping its text and field locations for diagnostics (also
 /// used for files a config points to, such as API key files).
 pub fn read_yaml<T: serde::de::DeserializeOwned>(
     path: &Path,
     display: String,
 ) -> Result<(Source, T), Diagnostic> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| Diagnostic::file_error(&display, format!("cannot read file: {e}")))?;
+    let text =
+        String::from_utf8(bytes).map_err(|e| not_text(&display, e.as_bytes(), e.utf8_error()))?;
     let index = LocationIndex::build(&text).map_err(|(line, column, message)| {
         // Prefer libyaml's wording and position (serde_yaml parsing to an untyped value
         // reports syntax only); fall back to the indexer's, which alone places a repeated key.
