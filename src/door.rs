@@ -435,8 +435,14 @@ async fn decide_for<D: HttpDoor>(
         snapshot.server.max_header_bytes,
     )
     .map_err(|e: FactsError| (e.status(), e.as_str()))?;
-    let facts = RequestFacts::new(head, &info, &snapshot.server.trusted_proxies)
-        .map_err(|e: FactsError| (e.status(), e.as_str()))?;
+    // The door's own span (OTLP configured) is the delegate's parent; a clone, as the record
+    // is written while the facts are alive.
+    let trace = record.trace.clone();
+    let facts = RequestFacts {
+        trace: trace.as_ref(),
+        ..RequestFacts::new(head, &info, &snapshot.server.trusted_proxies)
+            .map_err(|e: FactsError| (e.status(), e.as_str()))?
+    };
     record.client_ip = facts.client_ip;
     record.facts(snapshot, &facts);
     // Why: a browser sends its preflight without a credential, so a rule with CORS refused it

@@ -10,6 +10,8 @@
 //!   from a peer that is not a trusted proxy too, its address being `source.address`), each
 //!   name once with its values joined in order, plus the identity headers the gateway sets;
 //!   never the request's own identifiers (`traceparent`, `tracestate`, the request id).
+//!   The call is a hop of the request's trace: its metadata carries this hop's
+//!   `traceparent` (the one the upstream gets) when the door keeps a trace.
 //!   The credential stays (policies read the JWT); the signed assertion, minted after the
 //!   answer, is not sent.
 //! - Every call is bounded by the delegate's `timeout`.
@@ -41,7 +43,7 @@ use crate::authz::spoofable::{Family, Spoofable, family};
 use crate::config::FieldError;
 use crate::config::raw::{RawDelegate, RawFailureMode};
 use crate::request::RequestFacts;
-use crate::telemetry::trace_context::{TRACEPARENT, TRACESTATE};
+use crate::telemetry::trace_context::{TRACEPARENT, TRACESTATE, TraceContext};
 
 mod connect;
 
@@ -247,7 +249,7 @@ impl Delegate {
             self.counts.cached.fetch_add(1, Ordering::Relaxed);
             return Ok(v);
         }
-        let verdict = self.ask(request).await;
+        let verdict = self.ask(request, facts.trace).await;
         let counter = match &verdict {
             Ok(Verdict::Allow(_)) => &self.counts.allowed,
             Ok(Verdict::Deny) => &self.counts.denied,
@@ -269,8 +271,12 @@ impl Delegate {
         Ok(verdict)
     }
 
-    /// One Check call, within the timeout.
-    async fn ask(&self, request: CheckRequest) -> Result<Verdict, DelegateError> {
+    /// One Check call, within the timeout, in the request's trace (`trace`, this hop's).
+    async fn ask(
+        &self,
+        request: CheckRequest,
+        trace: Option<&TraceContext>,
+    ) -> Result<Verdict, DelegateError> {
         // Lazy: the first call connects, so a delegate that is down does not fail a reload.
         let mut client = self
             .client
@@ -281,6 +287,16 @@ impl Delegate {
                 )
             })
             .clone();
+        let mut request = tonic::Request::new(request);
+        // Why: the delegate is a hop of the request: its spans join the trace as children of
+        // the gateway's span, with the `traceparent` the upstream gets, never the client's own
+        // (kept out of the CheckRequest's headers). Regression: tests (it)
+        // delegate::trace_context_and_request_id_do_not_defeat_the_cache
+        if let Some(trace) = trace {
+            let mut headers = http::HeaderMap::new();
+            trace.apply(&mut headers);
+            *request.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
+        }
         let answer = tokio::time::timeout(self.timeout, client.check(request))
             .await
             .map_err(|_| DelegateError::Timeout)?

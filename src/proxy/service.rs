@@ -155,10 +155,11 @@ async fn forward(
     let conn = ctx.conn;
     check_head(ctx, &mut parts)?;
     let (mut allow, uri, origin, upstream) = {
-        let facts = facts(ctx, &parts, &conn.info)?;
+        let mut facts = facts(ctx, &parts, &conn.info)?;
         if let Some(answer) = cors::preflight(ctx, &facts) {
             return Ok(answer);
         }
+        facts.trace = ctx.trace.as_ref();
         let decision = decision::decide(snapshot, &facts, &mut NoTrace).await;
         let edge = match &decision {
             Decision::Allow(a) => a.edge.as_ref(),

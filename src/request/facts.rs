@@ -251,6 +251,9 @@ pub struct RequestFacts<'a> {
     /// instead (400 `non_canonical_path`; [`crate::request::path::check_forwarded_as_is`]).
     /// Never set at the proxy, which forwards the canonical path.
     pub forwarded_as_sent: bool,
+    /// This hop's trace context, when the door keeps one: what the calls the decision makes
+    /// on the request's behalf (a delegate's Check) carry, as the upstream does.
+    pub trace: Option<&'a crate::telemetry::trace_context::TraceContext>,
 }
 
 /// Why a request cannot be turned into facts; each is a 400.
@@ -396,6 +399,7 @@ impl<'a> RequestFacts<'a> {
             conn,
             context: None,
             forwarded_as_sent,
+            trace: None,
         })
     }
 

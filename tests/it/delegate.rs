@@ -31,6 +31,8 @@ struct Opa {
     principal: Arc<std::sync::Mutex<Option<String>>>,
     /// The headers of the last request it was asked about.
     seen: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    /// The `traceparent` and `tracestate` of the last call's gRPC metadata.
+    metadata_trace: Arc<std::sync::Mutex<(Option<String>, Option<String>)>>,
 }
 
 #[tonic::async_trait]
@@ -42,6 +44,11 @@ impl Authorization for Opa {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let delay = *self.delay.lock().unwrap();
         tokio::time::sleep(delay).await;
+        let text = |k: &str| {
+            let v = request.metadata().get(k)?;
+            v.to_str().ok().map(str::to_owned)
+        };
+        *self.metadata_trace.lock().unwrap() = (text("traceparent"), text("tracestate"));
         let attributes = request.into_inner().attributes.unwrap_or_default();
         *self.principal.lock().unwrap() =
             attributes.context_extensions.get("principal_id").cloned();
@@ -296,7 +303,9 @@ async fn get(gw: &TestGateway, path: &str, says: &str, sub: &str) -> (StatusCode
 /// A request's own identifiers are not sent to the delegate: requests that differ only in
 /// their `traceparent`, `tracestate` or request id (an instrumented client sends a fresh one
 /// each time; a malformed one is replaced before the upstream) are one request to the
-/// delegate, answered once and then from the cache.
+/// delegate, answered once and then from the cache. The call itself is a hop of the trace:
+/// its gRPC metadata carries the `traceparent` the upstream gets (the client's trace, the
+/// gateway's span), never the client's own.
 #[tokio::test]
 async fn trace_context_and_request_id_do_not_defeat_the_cache() {
     let opa = Opa::default();
@@ -316,6 +325,19 @@ async fn trace_context_and_request_id_do_not_defeat_the_cache() {
             .body(Full::default())
             .unwrap();
         assert_eq!(send(gw.addr(), req).await.0, StatusCode::OK, "request {i}");
+        if i == 0 {
+            let upstream = crate::support::echoed_header(&gw.echo, "traceparent")
+                .expect("the upstream gets a traceparent");
+            let (parent, state) = opa.metadata_trace.lock().unwrap().clone();
+            let parent = parent.expect("the Check call carries a traceparent");
+            assert_eq!(parent, upstream, "the delegate's parent is the upstream's");
+            assert!(
+                parent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4700-")
+                    && !parent.contains("00f067aa0ba902b7"),
+                "the client's trace, the gateway's span: {parent}"
+            );
+            assert_eq!(state.as_deref(), Some("vendor=v0"));
+        }
     }
     assert_eq!(
         opa.calls.load(Ordering::SeqCst),
