@@ -741,3 +741,28 @@ async fn anonymous_answers_are_cached_under_the_full_request() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(opa.calls.load(Ordering::SeqCst), 2);
 }
+
+/// `check` warns about a delegate header the gateway owns: an identity header (an allowing
+/// delegate's value replaces the gateway's, so the upstream believes the delegate's identity)
+/// or one the gateway sets after the answer (the delegate's value never arrives). The config
+/// still loads, and a header of the delegate's own draws no warning.
+#[test]
+fn check_warns_about_delegate_headers_the_gateway_owns() {
+    let cfg = crate::support::ConfigDir::new(
+        "identity_headers: {x-user-id: \"{principal.id}\"}\nserver: {request_id_header: x-trace-id}\ndelegates:\n  opa:\n    grpc: http://127.0.0.1:9191\n    headers: [x-opa-note, X-User-Id, traceparent, x-trace-id]\n",
+    );
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    delegate: opa\n    upstream: echo\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    for expected in [
+        "warning: delegates.opa.headers: `x-user-id` is also an identity header: an allowing delegate's value replaces the gateway's",
+        "warning: delegates.opa.headers: `traceparent` is set by the gateway after the delegate answers",
+        "warning: delegates.opa.headers: `x-trace-id` is set by the gateway after the delegate answers",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+    assert!(!text.contains("`x-opa-note`"), "{text}");
+}

@@ -10,6 +10,7 @@ use super::Cx;
 use crate::authz::delegate::Delegate;
 use crate::ratelimit::Limit;
 use crate::ratelimit::redis::RedisStore;
+use crate::telemetry::trace_context::{TRACEPARENT, TRACESTATE};
 
 /// The Redis server `backend: redis` limits share; an unchanged section keeps its
 /// connection, breaker and counters.
@@ -72,6 +73,11 @@ pub(super) fn delegates(
         }
         match Delegate::compile(name, raw, &loaded.base_dir, before) {
             Ok(d) => {
+                for h in d.header_names() {
+                    if let Some(why) = delegate_header_clash(h, &loaded.raw) {
+                        cx.warn(&format!("delegates.{name}.headers"), format!("`{h}` {why}"));
+                    }
+                }
                 spoofable.extend(d.header_names().iter().cloned());
                 out.insert(name.clone(), Arc::new(d));
             }
@@ -79,4 +85,26 @@ pub(super) fn delegates(
         }
     }
     out
+}
+
+/// Why a header a delegate's answer may set deserves a word in `check`: an identity header
+/// (the delegate's value replaces the gateway's, so the identity the upstream believes comes
+/// from the delegate), or one the gateway sets afterwards (the delegate's value never arrives).
+fn delegate_header_clash(
+    h: &HeaderName,
+    raw: &crate::config::raw::RawConfig,
+) -> Option<&'static str> {
+    let named = |n: &str| HeaderName::from_bytes(n.as_bytes()).is_ok_and(|n| n == *h);
+    if raw.identity_headers.keys().any(|k| named(k)) {
+        return Some(
+            "is also an identity header: an allowing delegate's value replaces the gateway's",
+        );
+    }
+    let traced = raw.tracing.propagate || raw.tracing.otlp.is_some();
+    if (traced && (*h == TRACEPARENT || *h == TRACESTATE)) || named(&raw.server.request_id_header) {
+        return Some(
+            "is set by the gateway after the delegate answers: its value never reaches the upstream",
+        );
+    }
+    None
 }
