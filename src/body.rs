@@ -60,6 +60,32 @@ pub fn is_length_limit(err: &(dyn StdError + 'static)) -> bool {
     false
 }
 
+/// A response the gateway cut on purpose (its credential expired, a re-check denied it):
+/// hyper resets an HTTP/2 stream with the reason it finds in a body error's sources, so this
+/// one carries `CANCEL` (RFC 9113 §8.1's "the stream is no longer needed", the code the
+/// slow-reader cut uses too), where any other error would be `INTERNAL_ERROR`, which says the
+/// gateway failed. HTTP/1.1 closes the connection either way.
+///
+/// Regression: tests (it) edge::an_h2_stream_cut_by_its_credential_is_reset_with_cancel
+#[derive(Debug, thiserror::Error)]
+#[error("response cut: {reason}")]
+pub struct Cut {
+    /// Why (the limit it is counted in).
+    pub reason: &'static str,
+    #[source]
+    code: h2::Error,
+}
+
+impl Cut {
+    /// A cut for `reason`, boxed as a body error.
+    pub fn boxed(reason: &'static str) -> BoxError {
+        Box::new(Self {
+            reason,
+            code: h2::Error::from(h2::Reason::CANCEL),
+        })
+    }
+}
+
 /// A request body over `server.max_body_bytes`.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("request body over the size limit")]

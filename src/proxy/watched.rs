@@ -1,8 +1,9 @@
 //! Continuous authorization of a long response (a server-sent event stream, a long download):
 //! on a rule with `reauthorize_every`, the response body is cut when the credential expires,
 //! or when a re-check of the request ([`super::tunnel::recheck`]) denies it. Cutting ends the
-//! stream with an error: HTTP/2 resets it, HTTP/1.1 closes the connection, and the client
-//! sees an incomplete response, never a complete one that was not authorized to its end.
+//! stream with an error ([`Cut`]): HTTP/2 resets it (`CANCEL`), HTTP/1.1 closes the
+//! connection, and the client sees an incomplete response, never a complete one that was not
+//! authorized to its end.
 //!
 //! The watch is a task of its own that ends with the body (its channel closes), so a
 //! finished response costs nothing more; responses of rules without `reauthorize_every` are
@@ -18,7 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
 use super::tunnel::{Recheckable, credential_watch};
-use crate::body::{BoxError, ResponseBody};
+use crate::body::{BoxError, Cut, ResponseBody};
 use crate::clock::Clock;
 use crate::telemetry::metrics::Metrics;
 
@@ -27,11 +28,6 @@ pub(super) struct Watched {
     inner: ResponseBody,
     cut: Option<oneshot::Receiver<&'static str>>,
 }
-
-/// Why a watched response was cut.
-#[derive(Debug, thiserror::Error)]
-#[error("response cut: {0}")]
-struct Cut(&'static str);
 
 /// Wraps `body` in a watch of its credential (`expires_at`) and of re-checks every `every`.
 pub(super) fn watch(
@@ -75,7 +71,7 @@ impl Body for Watched {
         {
             self.cut = None;
             if let Ok(reason) = r {
-                return Poll::Ready(Some(Err(Box::new(Cut(reason)))));
+                return Poll::Ready(Some(Err(Cut::boxed(reason))));
             }
         }
         Pin::new(&mut self.inner).poll_frame(cx)

@@ -292,11 +292,6 @@ impl std::fmt::Debug for BodyExpiry {
     }
 }
 
-/// A response still streaming when its credential expired.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("response cut: its credential expired")]
-pub(super) struct CredentialExpired;
-
 /// The limit a response cut at its credential's expiry counts in.
 const STREAM_EXPIRED: &str = "stream_credential_expired";
 
@@ -876,7 +871,7 @@ impl Body for PooledBody {
             this.expiry = None;
             this.back = None;
             this.body = None;
-            return Poll::Ready(Some(Err(Box::new(CredentialExpired))));
+            return Poll::Ready(Some(Err(crate::body::Cut::boxed(STREAM_EXPIRED))));
         }
         let polled = Pin::new(body).poll_frame(cx);
         if let Some(expiry) = this.expiry.as_mut() {

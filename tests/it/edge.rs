@@ -1401,6 +1401,78 @@ async fn event_stream_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
+/// Over HTTP/2, a stream the gateway cuts on purpose (its credential expired, with or without
+/// re-checks) is reset with `CANCEL`, as a slow reader's is, never `INTERNAL_ERROR` (which
+/// says the gateway failed); the connection and its other streams go on.
+#[tokio::test]
+async fn an_h2_stream_cut_by_its_credential_is_reset_with_cancel() {
+    let (events, task) = event_stream_upstream().await;
+    let policy = "rules:
+  - name: events
+    match: {paths: [\"/events/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: events
+    reauthorize_every: 1s
+  - name: plain
+    match: {paths: [\"/plain/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: events
+";
+    let gw = Setup {
+        upstreams: format!("  events:\n    url: http://{events}\n    response_timeout: 2s\n"),
+        policies: vec![("10-events.yaml".into(), policy.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: hs256_users("{}"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let auth = bearer(&hs256_token(SECRET, &json!({"exp": now() + 2})));
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for path in ["/events/feed", "/plain/feed"] {
+        let req = Request::get(format!("http://{}{path}", gw.addr()))
+            .header("authorization", &auth)
+            .body(())
+            .unwrap();
+        send = send.ready().await.unwrap();
+        streams.push((path, send.send_request(req, true).unwrap().0));
+    }
+    for (path, resp) in streams {
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("response head")
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let mut body = resp.into_body();
+        let mut chunks = 0;
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(6), body.data())
+                .await
+                .expect("cut within its credential's life")
+            {
+                Some(Ok(_)) => chunks += 1,
+                Some(Err(e)) => break e,
+                None => panic!("{path}: ended as if complete"),
+            }
+        };
+        assert!(chunks >= 3, "{path}: it streamed until then: {chunks}");
+        assert_eq!(end.reason(), Some(h2::Reason::CANCEL), "{path}: {end:?}");
+    }
+    // The connection goes on.
+    let req = Request::get(format!("http://{}/events/again", gw.addr()))
+        .body(())
+        .unwrap();
+    send = send.ready().await.unwrap();
+    let resp = send.send_request(req, true).unwrap().0.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    task.abort();
+}
+
 #[tokio::test]
 async fn a_long_response_is_cut_when_its_token_expires_with_or_without_rechecks() {
     let (events, task) = event_stream_upstream().await;
