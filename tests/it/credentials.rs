@@ -792,19 +792,9 @@ pub(crate) struct Pki {
 /// A clients CA with a server and a client certificate, and a rogue CA with a client.
 pub(crate) fn pki() -> Pki {
     use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose, SanType,
+        CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, KeyPair, SanType,
     };
-    let ca = |name: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-    };
+    let ca = crate::support::private_ca;
     let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>, cn: &str, san: SanType, usage| {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();

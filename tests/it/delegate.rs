@@ -151,20 +151,8 @@ async fn serve_tls(opa: Opa, tls: Arc<rustls::ServerConfig>) -> std::net::Socket
 /// `localhost`.
 fn private_ca_server() -> (String, Arc<rustls::ServerConfig>) {
     use portcullis::tls::server;
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "policy CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    use rcgen::{CertificateParams, KeyPair};
+    let ca = crate::support::private_ca("policy CA");
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
     p.use_authority_key_identifier_extension = true;

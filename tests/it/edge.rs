@@ -1401,12 +1401,9 @@ async fn event_stream_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
-/// Over HTTP/2, a stream the gateway cuts on purpose (its credential expired, with or without
-/// re-checks) is reset with `CANCEL`, as a slow reader's is, never `INTERNAL_ERROR` (which
-/// says the gateway failed); the connection and its other streams go on.
-#[tokio::test]
-async fn an_h2_stream_cut_by_its_credential_is_reset_with_cancel() {
-    let (events, task) = event_stream_upstream().await;
+/// A gateway in front of `events` ([`event_stream_upstream`]): `/events/**` re-checked every
+/// second, `/plain/**` not, both for the `users` authenticator.
+async fn events_gateway(events: SocketAddr) -> TestGateway {
     let policy = "rules:
   - name: events
     match: {paths: [\"/events/**\"]}
@@ -1420,7 +1417,7 @@ async fn an_h2_stream_cut_by_its_credential_is_reset_with_cancel() {
     authenticators: [users]
     upstream: events
 ";
-    let gw = Setup {
+    Setup {
         upstreams: format!("  events:\n    url: http://{events}\n    response_timeout: 2s\n"),
         policies: vec![("10-events.yaml".into(), policy.into())],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
@@ -1428,7 +1425,16 @@ async fn an_h2_stream_cut_by_its_credential_is_reset_with_cancel() {
         ..Setup::default()
     }
     .start()
-    .await;
+    .await
+}
+
+/// Over HTTP/2, a stream the gateway cuts on purpose (its credential expired, with or without
+/// re-checks) is reset with `CANCEL`, as a slow reader's is, never `INTERNAL_ERROR` (which
+/// says the gateway failed); the connection and its other streams go on.
+#[tokio::test]
+async fn an_h2_stream_cut_by_its_credential_is_reset_with_cancel() {
+    let (events, task) = event_stream_upstream().await;
+    let gw = events_gateway(events).await;
     let auth = bearer(&hs256_token(SECRET, &json!({"exp": now() + 2})));
     let tcp = TcpStream::connect(gw.addr()).await.unwrap();
     let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
@@ -1476,28 +1482,7 @@ async fn an_h2_stream_cut_by_its_credential_is_reset_with_cancel() {
 #[tokio::test]
 async fn a_long_response_is_cut_when_its_token_expires_with_or_without_rechecks() {
     let (events, task) = event_stream_upstream().await;
-    let policy = "rules:
-  - name: events
-    match: {paths: [\"/events/**\"]}
-    effect: allow
-    authenticators: [users]
-    upstream: events
-    reauthorize_every: 1s
-  - name: plain
-    match: {paths: [\"/plain/**\"]}
-    effect: allow
-    authenticators: [users]
-    upstream: events
-";
-    let gw = Setup {
-        upstreams: format!("  events:\n    url: http://{events}\n    response_timeout: 2s\n"),
-        policies: vec![("10-events.yaml".into(), policy.into())],
-        files: vec![("hs.secret".into(), SECRET.to_vec())],
-        extra: hs256_users("{}"),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = events_gateway(events).await;
     let auth = bearer(&hs256_token(SECRET, &json!({"exp": now() + 3})));
     // How long the stream runs, at most `within`, and whether it ended in an error.
     let stream_for = |path: &'static str, within: Duration| {

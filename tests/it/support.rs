@@ -613,3 +613,17 @@ pub async fn raw_status(addr: SocketAddr, path: &str, headers: &str) -> u16 {
     .await
     .status
 }
+
+/// A private certificate authority named `name` (a self-signed CA that signs certificates,
+/// with a new key), for the tests' TLS peers and client certificates.
+pub fn private_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    rcgen::CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+}

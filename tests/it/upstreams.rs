@@ -1134,20 +1134,8 @@ async fn every_trailer_line_is_declared_to_the_client() {
 #[tokio::test]
 async fn upstream_mtls_with_a_private_ca() {
     use portcullis::tls::server;
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "services CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let ca = crate::support::private_ca("services CA");
     let leaf = |name: &str, usage| {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(vec![name.to_owned()]).unwrap();
@@ -1215,9 +1203,7 @@ async fn upstream_mtls_with_a_private_ca() {
 
     // The client certificate files change (here to one the upstream does not trust): a
     // reload rebuilds the connections with them, the pooled one is not kept.
-    let mut rogue_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    rogue_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let rogue = CertifiedIssuer::self_signed(rogue_params, KeyPair::generate().unwrap()).unwrap();
+    let rogue = crate::support::private_ca("rogue CA");
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(vec!["gateway".to_owned()]).unwrap();
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
