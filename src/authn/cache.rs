@@ -238,12 +238,13 @@ impl Reserve {
         let Some(last) = self.last.swap(Some(next)) else {
             return 0;
         };
-        // Why 5/4: the values' own estimates count their allocations in 16-byte steps, but
+        // Why 7/5: the values' own estimates count their allocations in 16-byte steps, but
         // the allocator's size classes past 128 bytes step by a quarter of a power of two
-        // (jemalloc's) and a CEL map's table is sized by hashbrown's load factor; measured,
-        // what they took exceeded their estimates by about a fifth. Regression: tests (it)
-        // memory::token_cache_max_bytes_bounds_real_memory
-        let seen = last.derived.bytes() * 5 / 4;
+        // (jemalloc's) and a CEL map's table is sized by hashbrown's load factor. Measured
+        // (a cache behind identity headers and CEL filled past 12 MiB, three runs each): 5/4
+        // grew the process 1.14x to 1.21x its bound, 3/2 0.82x to 1.02x, 7/5 0.91x to 1.13x.
+        // Regression: tests (it) memory::token_cache_max_bytes_bounds_real_memory
+        let seen = last.derived.bytes() * 7 / 5;
         let old = self.bytes.load(Relaxed);
         // Concurrent inserts may lose one another's step: an estimate either way.
         let new = old - old / 8 + seen / 8;
@@ -353,8 +354,8 @@ mod tests {
         let first = c.get("t00", 0).unwrap();
         let last = c.get("t59", 0).unwrap();
         assert_eq!(first.reserve, 0, "nothing learned yet");
-        // The average approaches 5/4 of the 1,016 bytes each value took (its box included).
-        assert!((1190..=1270).contains(&last.reserve), "{}", last.reserve);
+        // The average approaches 7/5 of the 1,016 bytes each value took (its box included).
+        assert!((1330..=1422).contains(&last.reserve), "{}", last.reserve);
         assert_eq!(last.weight(), first.weight() + last.reserve);
     }
 }
