@@ -529,6 +529,13 @@ fn verdict(
     r: &envoy_types::ext_authz::v3::pb::CheckResponse,
     allowed: &[HeaderName],
 ) -> Result<Verdict, DelegateError> {
+    // Why: proto3 reads an absent `status` as OK (Envoy allows on it), so an empty answer,
+    // what a delegate that fails to fill its response sends, would open every delegated
+    // route. An answer must say something: a status, or an OK or denied response.
+    // Regression: tests::an_empty_answer_is_no_verdict
+    if r.status.is_none() && r.http_response.is_none() {
+        return Err(DelegateError::Garbage);
+    }
     match (r.status.as_ref().map_or(0, |s| s.code), &r.http_response) {
         (0, Some(HttpResponse::DeniedResponse(_))) => Err(DelegateError::Garbage),
         (0, ok) => {

@@ -225,3 +225,34 @@ fn key_skips_unread_fields() {
         assert_eq!(cache_key("r", &r), None, "{what} is not read: never cached");
     }
 }
+
+#[test]
+fn an_empty_answer_is_no_verdict() {
+    use envoy_types::ext_authz::v3::pb::{CheckResponse, OkHttpResponse};
+    use envoy_types::pb::google::rpc;
+    let ok = |status: Option<i32>, http: Option<HttpResponse>| {
+        verdict(
+            &CheckResponse {
+                status: status.map(|code| rpc::Status {
+                    code,
+                    ..rpc::Status::default()
+                }),
+                http_response: http,
+                ..CheckResponse::default()
+            },
+            &[],
+        )
+    };
+    // Nothing said: the failure mode decides, never an allow.
+    assert_eq!(ok(None, None), Err(DelegateError::Garbage));
+    // A status alone, or an OK response alone, is an answer.
+    assert!(matches!(ok(Some(0), None), Ok(Verdict::Allow(_))));
+    assert!(matches!(
+        ok(
+            None,
+            Some(HttpResponse::OkResponse(OkHttpResponse::default()))
+        ),
+        Ok(Verdict::Allow(_))
+    ));
+    assert!(matches!(ok(Some(7), None), Ok(Verdict::Deny)));
+}
