@@ -147,39 +147,13 @@ async fn serve_tls(opa: Opa, tls: Arc<rustls::ServerConfig>) -> std::net::Socket
     addr
 }
 
-/// A private CA's PEM, and a TLS server config (ALPN `h2`) with its certificate for
-/// `localhost`.
-fn private_ca_server() -> (String, Arc<rustls::ServerConfig>) {
-    use portcullis::tls::server;
-    use rcgen::{CertificateParams, KeyPair};
-    let ca = crate::support::private_ca("policy CA");
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    p.use_authority_key_identifier_extension = true;
-    let cert = p.signed_by(&key, &ca).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("s.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.path().join("s.key"), key.serialize_pem()).unwrap();
-    let tls = server::server_config(
-        &[server::CertEntry {
-            cert: dir.path().join("s.crt"),
-            key: dir.path().join("s.key"),
-            server_names: vec![],
-        }],
-        true,
-        None,
-    )
-    .unwrap();
-    (ca.pem(), tls)
-}
-
 /// An `https://` delegate is spoken to over TLS, its certificate checked: a Check server
 /// with a certificate from the configured private CA is asked and believed; a plaintext
 /// server behind the same `https://` URL is never sent a check (and so never sees the
 /// token), nor is one whose certificate the roots do not vouch for: both fail closed (503).
 #[tokio::test]
 async fn https_delegate_is_reached_over_tls_only() {
-    let (ca_pem, tls) = private_ca_server();
+    let (ca_pem, tls) = crate::support::tls_peer(&["localhost"], true);
     let gateway_to = |port: u16, ca: bool| {
         let ca_line = if ca { "    ca_file: ca.pem\n" } else { "" };
         Setup {

@@ -338,21 +338,7 @@ async fn admin_endpoints_and_metrics() {
 /// name checked; the same upstream without that CA is refused with 502.
 #[tokio::test]
 async fn https_upstream_with_ca_file() {
-    use portcullis::tls::{certs, server};
-    let (ca, leaf, key) = certs::ca_and_leaf(&["localhost"]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("leaf.crt"), &leaf).unwrap();
-    std::fs::write(dir.path().join("leaf.key"), &key).unwrap();
-    let tls = server::server_config(
-        &[server::CertEntry {
-            cert: dir.path().join("leaf.crt"),
-            key: dir.path().join("leaf.key"),
-            server_names: vec![],
-        }],
-        false,
-        None,
-    )
-    .unwrap();
+    let (ca, tls) = crate::support::tls_peer(&["localhost"], false);
     let secure = portcullis::echo::Echo::start_tls("127.0.0.1:0".parse().unwrap(), tls)
         .await
         .unwrap();

@@ -627,3 +627,24 @@ pub fn private_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair>
     ];
     rcgen::CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
 }
+
+/// A private CA's PEM and a TLS server config holding a certificate it signed for `names`
+/// (`portcullis::tls::certs::ca_and_leaf`); `http2`: ALPN offers `h2`.
+pub fn tls_peer(names: &[&str], http2: bool) -> (String, Arc<rustls::ServerConfig>) {
+    use portcullis::tls::{certs, server};
+    let (ca, leaf, key) = certs::ca_and_leaf(names).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("leaf.crt"), &leaf).unwrap();
+    std::fs::write(dir.path().join("leaf.key"), &key).unwrap();
+    let tls = server::server_config(
+        &[server::CertEntry {
+            cert: dir.path().join("leaf.crt"),
+            key: dir.path().join("leaf.key"),
+            server_names: vec![],
+        }],
+        http2,
+        None,
+    )
+    .unwrap();
+    (ca, tls)
+}

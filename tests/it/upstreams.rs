@@ -953,21 +953,7 @@ async fn h2c_upstream_relays_trailers() {
 
 #[tokio::test]
 async fn h2_over_tls_upstream_relays_trailers() {
-    use portcullis::tls::{certs, server};
-    let (ca, leaf, key) = certs::ca_and_leaf(&["grpc.internal"]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("leaf.crt"), &leaf).unwrap();
-    std::fs::write(dir.path().join("leaf.key"), &key).unwrap();
-    let tls = server::server_config(
-        &[server::CertEntry {
-            cert: dir.path().join("leaf.crt"),
-            key: dir.path().join("leaf.key"),
-            server_names: vec![],
-        }],
-        true,
-        None,
-    )
-    .unwrap();
+    let (ca, tls) = crate::support::tls_peer(&["grpc.internal"], true);
     let (addr, seen) = trailer_upstream(Some(tls)).await;
     // The URL names the address; `server_name` the name the certificate holds.
     let gw = Setup {
