@@ -152,7 +152,7 @@ fn benches(c: &mut Criterion) {
         rule: "r",
     };
     c.bench_function("identity_headers_4", |b| {
-        b.iter(|| identity.render(black_box(&cx)).0.len());
+        b.iter(|| identity.render(black_box(&cx), 0).0.len());
     });
 
     // The signed assertion: a reuse (the serving case) against a fresh ES256 signature.

@@ -179,28 +179,37 @@ impl HttpDoor for ForwardAuth {
             _ => &*USUAL,
         };
         let h = &parts.headers;
+        // Which of the method's and target's names the request carried, for their removal
+        // below (removing an absent name still costs a lookup).
+        let mut present = [false; 4];
+        let (method_present, uri_present) = present.split_at_mut(2);
         // Why: the subrequest's own method and host are the peer's, not the client's; a
         // DELETE judged by GET-only allow rules, or a request for a `hosts:`-scoped deny rule
         // judged under the door's own host, passed. Regression: tests (it)
         // doors::forward_auth_bad_descriptions (missing_original_method, missing_original_host)
-        let method = one_of(h, &names.method, "ambiguous_method")?
+        let method = one_of(h, &names.method, "ambiguous_method", method_present)?
             .ok_or(Undescribed("missing_original_method"))?;
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|_| Undescribed("invalid_original_method"))?;
-        let target =
-            one_of(h, &names.uri, "ambiguous_uri")?.ok_or(Undescribed("missing_original_uri"))?;
+        let target = one_of(h, &names.uri, "ambiguous_uri", uri_present)?
+            .ok_or(Undescribed("missing_original_uri"))?;
         // Why: an absolute or empty target would be read differently by the peer's upstream
         // than by the rules. Regression: tests (it) doors::forward_auth_bad_descriptions
         if !target.starts_with('/') {
             return Err(Undescribed("invalid_original_uri"));
         }
-        let authority = one_of(h, &names.host, "ambiguous_host")?
+        let authority = one_of(h, &names.host, "ambiguous_host", &mut [])?
             .ok_or(Undescribed("missing_original_host"))?;
         let scheme = door::scheme_in(h, &names.proto)?;
         let (target, authority) = (target.to_owned(), authority.to_owned());
         let mut headers = std::mem::take(&mut parts.headers);
-        for name in names.method.iter().chain(&*names.uri) {
-            headers.remove(name);
+        // Fail closed: a name without a place in `present` is removed as if it were there.
+        for (names, present) in [(&names.method, &present[..2]), (&names.uri, &present[2..])] {
+            for (i, name) in names.iter().enumerate() {
+                if present.get(i) != Some(&false) {
+                    headers.remove(name);
+                }
+            }
         }
         Ok(Described {
             method,
@@ -233,19 +242,133 @@ impl HttpDoor for ForwardAuth {
 }
 
 /// The value of the first of `names` present (at most one value each; equal when several are
-/// present).
+/// present); `present[i]` (where there is one) says whether `names[i]` was.
 fn one_of<'h>(
     h: &'h HeaderMap,
     names: &[HeaderName],
     ambiguous: &'static str,
+    present: &mut [bool],
 ) -> Result<Option<&'h str>, Undescribed> {
     let mut found = None;
-    for name in names {
-        match (found, single(h, name)?) {
+    for (i, name) in names.iter().enumerate() {
+        let value = single(h, name)?;
+        if let Some(p) = present.get_mut(i) {
+            *p = value.is_some();
+        }
+        match (found, value) {
             (Some(a), Some(b)) if a != b => return Err(Undescribed(ambiguous)),
             (None, Some(b)) => found = Some(b),
             _ => {}
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn describe(headers: &[(&str, &str)]) -> Result<Described, &'static str> {
+        let mut req = http::Request::get("/auth");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let (mut parts, ()) = req.body(()).unwrap().into_parts();
+        ForwardAuth
+            .describe(&DoorSettings::Proxy, &mut parts)
+            .map_err(|Undescribed(reason)| reason)
+    }
+
+    #[test]
+    fn descriptions() {
+        const HOST: (&str, &str) = ("x-forwarded-host", "app.example");
+        // (headers besides the host, the method and target described, or the refusal)
+        type Case<'a> = (
+            &'a [(&'a str, &'a str)],
+            Result<(&'a str, &'a str), &'a str>,
+        );
+        let cases: [Case<'_>; 9] = [
+            (
+                &[("x-original-method", "GET"), ("x-original-uri", "/a?b")],
+                Ok(("GET", "/a?b")),
+            ),
+            (
+                &[("x-forwarded-method", "PUT"), ("x-forwarded-uri", "/p")],
+                Ok(("PUT", "/p")),
+            ),
+            (
+                &[
+                    ("x-forwarded-method", "PUT"),
+                    ("x-original-method", "PUT"),
+                    ("x-original-uri", "/p"),
+                ],
+                Ok(("PUT", "/p")),
+            ),
+            (
+                &[
+                    ("x-forwarded-method", "PUT"),
+                    ("x-original-method", "GET"),
+                    ("x-original-uri", "/p"),
+                ],
+                Err("ambiguous_method"),
+            ),
+            (
+                &[
+                    ("x-original-method", "GET"),
+                    ("x-original-method", "GET"),
+                    ("x-original-uri", "/"),
+                ],
+                Err("repeated_description_header"),
+            ),
+            (&[("x-original-uri", "/")], Err("missing_original_method")),
+            (&[("x-original-method", "GET")], Err("missing_original_uri")),
+            (
+                &[
+                    ("x-original-method", "GET"),
+                    ("x-original-uri", "http://evil/"),
+                ],
+                Err("invalid_original_uri"),
+            ),
+            (
+                &[
+                    ("x-original-method", "GET"),
+                    ("x-original-uri", "/"),
+                    ("x-forwarded-proto", "ftp"),
+                ],
+                Err("invalid_forwarded_proto"),
+            ),
+        ];
+        for (headers, want) in cases {
+            let all: Vec<_> = headers.iter().copied().chain([HOST]).collect();
+            let got = describe(&all);
+            let got = got.as_ref().map(|d| (d.method.as_str(), d.target.as_str()));
+            assert_eq!(got.map_err(|e| *e), want, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn describing_headers_leave_the_request_others_stay() {
+        let d = describe(&[
+            ("x-forwarded-method", "GET"),
+            ("x-original-uri", "/a"),
+            ("x-forwarded-host", "app.example"),
+            ("x-forwarded-proto", "https"),
+            ("authorization", "Bearer t"),
+            ("x-custom", "1"),
+        ])
+        .unwrap();
+        assert_eq!(d.scheme, crate::request::facts::Scheme::Https);
+        assert_eq!(d.authority.as_deref(), Some("app.example"));
+        for gone in ["x-forwarded-method", "x-original-uri"] {
+            assert!(!d.headers.contains_key(gone), "{gone} kept");
+        }
+        for kept in [
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "authorization",
+            "x-custom",
+        ] {
+            assert!(d.headers.contains_key(kept), "{kept} lost");
+        }
+    }
 }

@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = tpl.render_json(&cx);
     let headers = IdentityHeaders::compile([("x-fuzz", template)])
         .expect("a template that parses compiles under a valid name");
-    let (set, _refused) = headers.render(&cx);
+    let (set, _refused) = headers.render(&cx, 0);
     for (name, value) in set {
         let bytes = value.as_bytes();
         assert!(!bytes.is_empty(), "{name}: empty value set");

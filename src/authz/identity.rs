@@ -393,8 +393,13 @@ impl IdentityHeaders {
         self.headers.is_empty()
     }
 
-    /// Renders every header; returns the headers set and how many values were refused.
-    pub fn render(&self, cx: &Context<'_>) -> (Vec<(HeaderName, HeaderValue)>, usize) {
+    /// Renders every header; returns the headers set (with room for `headroom` more) and how
+    /// many values were refused.
+    pub fn render(
+        &self,
+        cx: &Context<'_>,
+        headroom: usize,
+    ) -> (Vec<(HeaderName, HeaderValue)>, usize) {
         let kept = match cx.principal {
             Some(p) if self.per_principal.contains(&true) => p
                 .derived
@@ -413,7 +418,7 @@ impl IdentityHeaders {
                 .map(|k| &k.0),
             _ => None,
         };
-        let mut out = Vec::with_capacity(self.headers.len());
+        let mut out = Vec::with_capacity(self.headers.len() + headroom);
         let mut refused = 0;
         for (i, ((name, t), &per_principal)) in
             self.headers.iter().zip(&self.per_principal).enumerate()
@@ -512,11 +517,14 @@ mod tests {
     }
 
     fn render_headers(h: &IdentityHeaders, p: &Principal) -> (Vec<(String, String)>, usize) {
-        let (set, refused) = h.render(&Context {
-            principal: Some(p),
-            client_ip: "192.0.2.1".parse().unwrap(),
-            rule: "r",
-        });
+        let (set, refused) = h.render(
+            &Context {
+                principal: Some(p),
+                client_ip: "192.0.2.1".parse().unwrap(),
+                rule: "r",
+            },
+            0,
+        );
         let set = set
             .into_iter()
             .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
@@ -683,11 +691,14 @@ mod tests {
         ])
         .unwrap();
         let p = principal();
-        let (set, refused) = h.render(&Context {
-            principal: Some(&p),
-            client_ip: "192.0.2.1".parse().unwrap(),
-            rule: "r",
-        });
+        let (set, refused) = h.render(
+            &Context {
+                principal: Some(&p),
+                client_ip: "192.0.2.1".parse().unwrap(),
+                rule: "r",
+            },
+            0,
+        );
         assert_eq!(refused, 2);
         assert_eq!(set.len(), 1);
         assert_eq!(set[0].0.as_str(), "x-user-id");
@@ -733,7 +744,7 @@ mod tests {
                 .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
                 .collect::<Vec<_>>()
         };
-        let (first, refused) = h.render(&at("192.0.2.1", "a"));
+        let (first, refused) = h.render(&at("192.0.2.1", "a"), 0);
         assert_eq!(refused, 1);
         assert_eq!(
             text(first),
@@ -745,7 +756,7 @@ mod tests {
                 .keyed::<Kept>(h.id, || panic!("rendered again"))
                 .is_some()
         );
-        let (second, refused) = h.render(&at("198.51.100.7", "b"));
+        let (second, refused) = h.render(&at("198.51.100.7", "b"), 0);
         assert_eq!(refused, 1);
         assert_eq!(
             text(second),
@@ -756,11 +767,11 @@ mod tests {
         for i in 0..6 {
             let other =
                 IdentityHeaders::compile([("x-id", "{principal.id}-{principal.kind}")]).unwrap();
-            let (v, _) = other.render(&at("192.0.2.1", "a"));
+            let (v, _) = other.render(&at("192.0.2.1", "a"), 0);
             assert_eq!(text(v), ["x-id=alice-user"], "set {i}");
         }
         assert_eq!(
-            text(h.render(&at("192.0.2.1", "a")).0),
+            text(h.render(&at("192.0.2.1", "a"), 0).0),
             ["x-user-id=alice", "x-client=192.0.2.1", "x-rule=a/acme"]
         );
         // A clone of the principal starts with nothing kept.

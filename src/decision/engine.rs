@@ -313,10 +313,14 @@ async fn decide_rule(
         client_ip: facts.client_ip,
         rule: &rule.id.0,
     };
+    // Room for what is added to the list below (the assertion, a decision door's forwarding
+    // headers), so that it is not regrown on the way: a realloc per request.
+    let headroom =
+        super::HeaderMutation::set_headroom(facts) + usize::from(snapshot.assertion.is_some());
     let (mut identity, identity_refused) = if rule.identity.is_empty() {
-        (Vec::new(), 0)
+        (Vec::with_capacity(headroom), 0)
     } else {
-        rule.identity.render(&cx)
+        rule.identity.render(&cx, headroom)
     };
     if let Some(delegate) = &rule.delegate {
         use crate::authz::delegate::{UpstreamHeaders, Verdict};
