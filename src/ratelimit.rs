@@ -283,6 +283,30 @@ impl Limit {
         &self.plan
     }
 
+    /// What it allows, as `explain` shows it: `30 per 1m (burst 10), 1000 per 1d, by
+    /// principal`, then tiers, where it counts, and what.
+    pub fn summary(&self) -> String {
+        let mut out = plan_text(&self.plan);
+        out.push_str(", by ");
+        out.push_str(&key_text(&self.key));
+        if let Some(path) = &self.tier {
+            for (name, plan) in &*self.tiers {
+                out.push_str(&format!("; tier `{name}` (claim {}): ", path.join(".")));
+                out.push_str(&plan_text(plan));
+            }
+        }
+        if self.is_redis() {
+            out.push_str("; shared in Redis");
+        }
+        if self.count == RawCount::Failures {
+            out.push_str("; counts refusals");
+        }
+        if self.shadow {
+            out.push_str("; shadow mode: never refuses");
+        }
+        out
+    }
+
     /// Whether its budgets are in Redis.
     pub fn is_redis(&self) -> bool {
         matches!(self.backend, Backend::Redis(_))
@@ -468,6 +492,33 @@ impl RateLimits {
                 r.start();
             }
         }
+    }
+}
+
+/// A plan as its config says it: `30 per 1m (burst 10)`, and the quota (`1000 per 1d`).
+fn plan_text(plan: &Plan) -> String {
+    let per = |r: &Rate| humantime::format_duration(r.per).to_string();
+    let mut out = format!(
+        "{} per {} (burst {})",
+        plan.rate.requests,
+        per(&plan.rate),
+        plan.rate.burst
+    );
+    if let Some(q) = &plan.quota {
+        out.push_str(&format!(", {} per {}", q.requests, per(q)));
+    }
+    out
+}
+
+/// What a limit counts by, as `key:` says it.
+fn key_text(key: &CountBy) -> String {
+    match key {
+        CountBy::Principal => "principal".into(),
+        CountBy::ApiKey => "api_key".into(),
+        CountBy::ClientIp => "client_ip".into(),
+        CountBy::Route => "route".into(),
+        CountBy::Header(h) => format!("header:{h}"),
+        CountBy::Claim(path) => format!("claim:{}", path.join(".")),
     }
 }
 

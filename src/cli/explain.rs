@@ -220,7 +220,7 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
     }
     let mut trace: Vec<TraceEvent> = Vec::new();
     let decision = decision::decide(snapshot, &facts, &mut trace).await;
-    let steps: Vec<String> = trace.iter().map(describe).collect();
+    let steps: Vec<String> = trace.iter().map(|e| describe(e, snapshot)).collect();
     report["trace"] = json!(steps);
     if let Some(rule) = decision.rule() {
         report["rule"] = json!({"name": rule, "file": rule_file(snapshot, rule)});
@@ -532,7 +532,12 @@ async fn run_door(
     }
     let mut trace: Vec<TraceEvent> = Vec::new();
     let decision = decision::decide(snapshot, &facts, &mut trace).await;
-    report["trace"] = json!(trace.iter().map(describe).collect::<Vec<_>>());
+    report["trace"] = json!(
+        trace
+            .iter()
+            .map(|e| describe(e, snapshot))
+            .collect::<Vec<_>>()
+    );
     if let Some(rule) = decision.rule() {
         report["rule"] = json!({"name": rule, "file": rule_file(snapshot, rule)});
     }
@@ -822,7 +827,7 @@ fn redact_query(url: &str, snapshot: &Snapshot) -> String {
     format!("{base}?{}", parts.join("&"))
 }
 
-fn describe(e: &TraceEvent) -> String {
+fn describe(e: &TraceEvent, snapshot: &Snapshot) -> String {
     match e {
         TraceEvent::RuleMatched(id) => format!("rule `{}` matched (first match wins)", id.0),
         TraceEvent::NoRuleMatched => "no rule matched: denied by default".into(),
@@ -840,9 +845,13 @@ fn describe(e: &TraceEvent) -> String {
         TraceEvent::ConditionHeld => "the `when` condition holds".into(),
         TraceEvent::ConditionFailed(why) => format!("the `when` condition failed: {why}"),
         TraceEvent::RateLimited(name) => format!("over rate limit `{name}`"),
-        TraceEvent::RateLimitApplies(name) => {
-            format!("rate limit `{name}` applies (explain does not spend its budget)")
-        }
+        TraceEvent::RateLimitApplies(name) => match snapshot.rate_limits.get(name) {
+            Some(limit) => format!(
+                "rate limit `{name}` applies: {} (explain does not spend its budget)",
+                limit.summary()
+            ),
+            None => format!("rate limit `{name}` applies (explain does not spend its budget)"),
+        },
         TraceEvent::DelegateAllowed(name) => format!("delegate `{name}` allowed"),
         TraceEvent::DelegateDenied(name) => format!("delegate `{name}` denied"),
         TraceEvent::DelegateFailed(name) => {

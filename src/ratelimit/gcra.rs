@@ -22,6 +22,10 @@ pub struct Rate {
     pub interval: u64,
     /// `interval × (burst − 1)`, nanoseconds.
     pub tolerance: u64,
+    /// The configured `per` (for `explain`).
+    pub per: Duration,
+    /// The configured `burst`, or its default, `requests` (for `explain`).
+    pub burst: u32,
 }
 
 /// One rate's state for one key.
@@ -117,6 +121,8 @@ impl Rate {
             requests,
             interval,
             tolerance,
+            per,
+            burst: burst.get(),
         })
     }
 

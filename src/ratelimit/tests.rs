@@ -234,3 +234,39 @@ async fn a_changed_definition_keeps_the_budget_spent() {
     ));
     assert!(Arc::ptr_eq(&a.counters, &tight.counters));
 }
+
+/// `explain` shows a limit as its config says it.
+#[test]
+fn summaries() {
+    let cases = [
+        (
+            "{key: client_ip, requests: 1, per: 1h}",
+            "1 per 1h (burst 1), by client_ip",
+        ),
+        (
+            "{key: principal, requests: 30, per: 1m, burst: 10, quota: {requests: 1000, per: 1d}}",
+            "30 per 1m (burst 10), 1000 per 1day, by principal",
+        ),
+        (
+            "{key: 'header:X-Tenant', requests: 5, per: 1s, shadow: true}",
+            "5 per 1s (burst 5), by header:x-tenant; shadow mode: never refuses",
+        ),
+        (
+            "{key: route, requests: 7, per: 1m}",
+            "7 per 1m (burst 7), by route",
+        ),
+        (
+            "{key: client_ip, requests: 3, per: 90s, count: failures}",
+            "3 per 1m 30s (burst 3), by client_ip; counts refusals",
+        ),
+        (
+            "{key: 'claim:org.id', requests: 10, per: 1m, tier: 'claim:plan', tiers: {gold: {requests: 100, per: 1m, burst: 20}}}",
+            "10 per 1m (burst 10), by claim:org.id; tier `gold` (claim plan): 100 per 1m (burst 20)",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let def: RawRateLimit = serde_yaml::from_str(yaml).unwrap();
+        let limit = compile(&def, None).unwrap_or_else(|e| panic!("{yaml}: {e:?}"));
+        assert_eq!(limit.summary(), want, "{yaml}");
+    }
+}

@@ -529,8 +529,10 @@ fn explain_names_the_guard_without_spending_it() {
         let (code, text) = cfg.run("explain", &["--url", "http://app.test/login"]);
         assert_eq!(code, Some(0), "{text}");
         for expected in [
-            "rate limit `tries` applies (explain does not spend its budget)",
-            "rate limit `one` applies (explain does not spend its budget)",
+            "rate limit `tries` applies: 1 per 1h (burst 1), by client_ip; counts refusals \
+             (explain does not spend its budget)",
+            "rate limit `one` applies: 1 per 1h (burst 1), by client_ip (explain does not \
+             spend its budget)",
         ] {
             assert!(text.contains(expected), "{expected}\n{text}");
         }
