@@ -311,7 +311,17 @@ async fn answer<D: HttpDoor>(
     let settings = snapshot
         .listener(index)
         .map_or(&DoorSettings::Proxy, |l| &l.door);
-    let decided = decide_for(door, settings, &snapshot, conn, &mut parts, &mut record).await;
+    let due = deadline(start, settings);
+    let decided = decide_for(
+        door,
+        settings,
+        &snapshot,
+        conn,
+        &mut parts,
+        &mut record,
+        due,
+    )
+    .await;
     let mut resp = match decided {
         Ok(Decided::Decision(decision, origin)) => {
             record.decision(shared, D::DOOR, &decision);
@@ -401,6 +411,7 @@ async fn decide_for<D: HttpDoor>(
     conn: &Conn,
     parts: &mut http::request::Parts,
     record: &mut Record,
+    due: tokio::time::Instant,
 ) -> Result<Decided, (StatusCode, &'static str)> {
     let common = common(settings).ok_or((StatusCode::SERVICE_UNAVAILABLE, NO_LISTENER))?;
     // Why: the peer's headers describe the request and are believed; anyone else could
@@ -453,12 +464,9 @@ async fn decide_for<D: HttpDoor>(
     {
         return Ok(Decided::Preflight(rule, checked));
     }
-    let decision = tokio::time::timeout(
-        common.timeout,
-        decision::decide(snapshot, &facts, &mut NoTrace),
-    )
-    .await
-    .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, DECISION_TIMEOUT))?;
+    let decision = tokio::time::timeout_at(due, decision::decide(snapshot, &facts, &mut NoTrace))
+        .await
+        .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, DECISION_TIMEOUT))?;
     let origin = match &decision {
         Decision::Deny(d) if d.edge.as_ref().is_some_and(|e| e.cors.is_some()) => {
             described.headers.get(header::ORIGIN).cloned()
@@ -476,6 +484,18 @@ pub fn undescribed_status(reason: &str) -> StatusCode {
         "uri_too_long" => StatusCode::URI_TOO_LONG,
         _ => StatusCode::BAD_REQUEST,
     }
+}
+
+/// When a decision door's answer is due: its `timeout` after the request arrived. The
+/// deadline counts from `start`, which the door has read already: a clock read fewer per
+/// request than a timeout counted from the decision's own start.
+pub fn deadline(start: Instant, settings: &DoorSettings) -> tokio::time::Instant {
+    let timeout = common(settings).map_or(std::time::Duration::ZERO, |c| c.timeout);
+    // A timeout too long to add is as good as none (tokio's `timeout` does the same).
+    let at = start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + std::time::Duration::from_secs(30 * 365 * 86_400));
+    tokio::time::Instant::from_std(at)
 }
 
 /// Whether the door's peers include `peer`.

@@ -347,7 +347,7 @@ impl CheckService {
             });
         let mut record = Record::new(conn.info.peer.ip());
         let answer = self
-            .answer(&snapshot, &conn, &check, &request_id, &mut record)
+            .answer(&snapshot, &conn, &check, &request_id, &mut record, start)
             .await;
         let status = match &answer {
             Ok(a) => a.http_status(),
@@ -390,6 +390,7 @@ impl CheckService {
         check: &CheckRequest,
         request_id: &HeaderValue,
         record: &mut Record,
+        start: Instant,
     ) -> Result<Answer, tonic::Status> {
         let settings = snapshot
             .listener(self.index)
@@ -466,8 +467,8 @@ impl CheckService {
                 }
             }));
         }
-        let decided = tokio::time::timeout(
-            common.timeout,
+        let decided = tokio::time::timeout_at(
+            door::deadline(start, settings),
             decision::decide(snapshot, &facts, &mut NoTrace),
         )
         .await;
