@@ -256,6 +256,23 @@ pub fn client_verifier(
     })
 }
 
+/// The certificates in `ca_file` that are not CA certificates (basicConstraints), by their
+/// place in the file (from 1) and subject: for `check` to warn about; empty when the file does
+/// not read (`client_verifier` says why).
+pub fn non_ca_anchors(ca_file: &Path) -> Vec<(usize, String)> {
+    let Ok(certs) = read_certs(ca_file, TlsField::CaFile) else {
+        return Vec::new();
+    };
+    certs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, der)| {
+            let cert = crate::tls::x509::Certificate::from_der(der)?;
+            (!cert.is_ca()).then(|| (i + 1, cert.subject().to_string()))
+        })
+        .collect()
+}
+
 /// Client config for https upstreams: webpki roots, or only the CA certificates in `ca_file`
 /// when given; ALPN `http/1.1` (plus `h2` first when `http2`).
 pub fn client_config(ca_file: Option<&Path>, http2: bool) -> Result<Arc<ClientConfig>, TlsError> {

@@ -18,7 +18,8 @@
 //!   rather than read as "no SAN".
 //! - Not read, so never refused for: the signature, extensions other than subjectAltName,
 //!   the contents of `otherName`, `x400Address`, `directoryName`, `ediPartyName` and
-//!   `registeredID` SAN entries.
+//!   `registeredID` SAN entries. basicConstraints is read only by [`Certificate::is_ca`], which
+//!   answers `false` when it does not read rather than refusing the certificate.
 //!
 //! # Subject string ([`Name`]'s `Display`)
 //!
@@ -66,6 +67,8 @@ pub const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
 pub const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
 /// subjectAltName, 2.5.29.17.
 const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+/// basicConstraints, 2.5.29.19.
+const OID_BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
 /// The first CN of a name is the subject's common name.
 const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
 
@@ -141,6 +144,8 @@ pub struct Certificate<'a> {
     not_after: i64,
     /// The contents of the SAN's `GeneralNames`, validated.
     san: Option<&'a [u8]>,
+    /// The contents of the `extensions` list, each extension's outer structure validated.
+    extensions: &'a [u8],
 }
 
 /// An X.501 name (the contents of its `RDNSequence`), validated.
@@ -213,10 +218,11 @@ impl<'a> Certificate<'a> {
         let spki = Spki::from_contents(tbs.expect(SEQUENCE)?)?;
         tbs.optional(TBS_ISSUER_UID)?;
         tbs.optional(TBS_SUBJECT_UID)?;
-        let san = match tbs.optional(TBS_EXTENSIONS)? {
-            Some(extensions) => subject_alt_name(Reader::single(extensions, SEQUENCE)?)?,
-            None => None,
+        let extensions = match tbs.optional(TBS_EXTENSIONS)? {
+            Some(extensions) => Reader::single(extensions, SEQUENCE)?,
+            None => &[],
         };
+        let san = subject_alt_name(extensions)?;
         tbs.finish()?;
         Some(Self {
             subject,
@@ -224,6 +230,7 @@ impl<'a> Certificate<'a> {
             not_before,
             not_after,
             san,
+            extensions,
         })
     }
 
@@ -252,6 +259,32 @@ impl<'a> Certificate<'a> {
         let mut names = Reader(self.san.unwrap_or_default());
         // Validated in `from_der`: every element reads.
         std::iter::from_fn(move || names.next().and_then(general_name))
+    }
+
+    /// Whether basicConstraints says this is a CA (`cA` TRUE). `false` without the extension
+    /// or when it does not read: for telling a CA from a leaf in a config's trust anchors,
+    /// never for deciding trust (rustls does that).
+    pub fn is_ca(&self) -> bool {
+        let mut extensions = Reader(self.extensions);
+        // Validated in `from_der`: each extension is an OID, an optional BOOLEAN and an
+        // OCTET STRING.
+        while let Some(extension) = extensions.expect(SEQUENCE) {
+            let mut extension = Reader(extension);
+            if extension.expect(OID) != Some(OID_BASIC_CONSTRAINTS) {
+                continue;
+            }
+            let _critical = extension.optional(BOOLEAN);
+            let Some(value) = extension.expect(OCTET_STRING) else {
+                return false;
+            };
+            // BasicConstraints ::= SEQUENCE { cA BOOLEAN DEFAULT FALSE, pathLen INTEGER OPTIONAL }
+            let mut constraints = match Reader::single(value, SEQUENCE) {
+                Some(c) => Reader(c),
+                None => return false,
+            };
+            return matches!(constraints.optional(BOOLEAN), Some(Some([0xff])));
+        }
+        false
     }
 }
 

@@ -834,6 +834,33 @@ pub(crate) fn pki() -> Pki {
     }
 }
 
+/// A client's certificate in `ca_file` (beside or instead of its CA): rustls takes it as a
+/// trust anchor, and any certificate its key signs passes, whatever subject it names. `check`
+/// warns and names it; the listener still loads; the CA alone draws no warning.
+#[test]
+fn client_auth_ca_file_that_is_not_a_ca_warns() {
+    let pki = pki();
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write("server.crt", &pki.server_cert)
+        .write("server.key", &pki.server_key)
+        .write("clients.pem", &pki.ca);
+    cfg.add_listeners(
+        "{name: mtls, address: \"127.0.0.1:0\", tls: {certificates: [{cert: server.crt, key: server.key}], client_auth: {ca_file: clients.pem}}}",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("not a CA certificate"), "{text}");
+    cfg.write("clients.pem", format!("{}{}", pki.ca, pki.client.0));
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "a warning, not an error: {text}");
+    assert!(
+        text.contains("warning: listeners[1].tls.client_auth.ca_file: certificate 2 in ")
+            && text.contains("clients.pem (`CN=billing`) is not a CA certificate: clients are accepted with any certificate its key signs"),
+        "{text}"
+    );
+    assert_eq!(text.matches("not a CA certificate").count(), 1, "{text}");
+}
+
 async fn mtls_gateway(pki: &Pki, required: bool) -> TestGateway {
     mtls_gateway_with(pki, required, "{}").await
 }

@@ -76,7 +76,23 @@ fn listener_tls(
         let path = cx.path(&ca.ca_file);
         cx.watched.push(path.clone());
         match tls::server::client_verifier(&path, ca.required) {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                // Why: rustls takes any certificate here as a trust anchor, a CA or not, and
+                // accepts every client certificate its key signs, whatever subject it names.
+                // A leaf put here by mistake (the client's own, to pin it) lets its holder
+                // sign itself any identity; a CA's certificate is what belongs here.
+                // Regression: tests (it) credentials::client_auth_ca_file_that_is_not_a_ca_warns
+                for (n, subject) in tls::server::non_ca_anchors(&path) {
+                    cx.warn(
+                        &field,
+                        format!(
+                            "certificate {n} in {} (`{subject}`) is not a CA certificate: clients are accepted with any certificate its key signs, whatever subject they name; give the CA that issues the client certificates",
+                            path.display()
+                        ),
+                    );
+                }
+                Some(v)
+            }
             Err(e) => {
                 cx.error(&field, e.to_string());
                 None

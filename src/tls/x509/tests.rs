@@ -475,3 +475,60 @@ fn first_element_ignores_what_follows() {
     assert_eq!(first_element(b"\x30\x01"), None);
     assert_eq!(first_element(b""), None);
 }
+
+#[test]
+fn basic_constraints() {
+    use rcgen::{BasicConstraints, CustomExtension, IsCa};
+    let basic = |content: &[u8]| {
+        let mut e = CustomExtension::from_oid_content(&[2, 5, 29, 19], content.to_vec());
+        e.set_criticality(true);
+        e
+    };
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "CA, no path length",
+            rcgen_cert(|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)),
+            true,
+        ),
+        (
+            "CA, path length 0",
+            rcgen_cert(|p| p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0))),
+            true,
+        ),
+        ("no basicConstraints", rcgen_cert(|_| {}), false),
+        (
+            "cA explicitly FALSE",
+            rcgen_cert(|p| p.is_ca = IsCa::ExplicitNoCa),
+            false,
+        ),
+        (
+            "cA absent (DEFAULT FALSE)",
+            rcgen_cert(|p| p.custom_extensions = vec![basic(&tlv(SEQUENCE, &[]))]),
+            false,
+        ),
+        (
+            "basicConstraints that does not read",
+            rcgen_cert(|p| p.custom_extensions = vec![basic(&[0x30, 0x05, 0x01])]),
+            false,
+        ),
+        (
+            "cA TRUE written as 0x01 (not DER)",
+            rcgen_cert(|p| {
+                p.custom_extensions = vec![basic(&tlv(SEQUENCE, &tlv(BOOLEAN, &[0x01])))]
+            }),
+            false,
+        ),
+        (
+            "after a SAN",
+            rcgen_cert(|p| {
+                p.subject_alt_names = vec![SanType::DnsName("ca.test".try_into().unwrap())];
+                p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            }),
+            true,
+        ),
+    ];
+    for (what, der, ca) in cases {
+        let cert = Certificate::from_der(&der).unwrap_or_else(|| panic!("{what}: reads"));
+        assert_eq!(cert.is_ca(), ca, "{what}");
+    }
+}
