@@ -419,7 +419,11 @@ async fn decide_for<D: HttpDoor>(
     if !admits(common, conn.info.peer.ip()) {
         return Err((StatusCode::FORBIDDEN, "peer_not_allowed"));
     }
-    hop_by_hop::strip(&mut parts.headers);
+    let upgrade = asked_upgrade(&parts.headers).map_err(|r| (StatusCode::BAD_REQUEST, r))?;
+    // Why: the proxy door counts the head as the client sent it, hop-by-hop headers included;
+    // a 20 KB `Keep-Alive` passed the doors. Regression: tests (it)
+    // conformance::every_door_gives_the_same_decision (`hop-by-hop header over the limit`)
+    let stripped = strip_counted(&mut parts.headers);
     let described = door
         .describe(settings, parts)
         .map_err(|Undescribed(reason)| (undescribed_status(reason), reason))?;
@@ -443,7 +447,7 @@ async fn decide_for<D: HttpDoor>(
     };
     head.within(
         snapshot.server.max_target_bytes,
-        snapshot.server.max_header_bytes,
+        snapshot.server.max_header_bytes.saturating_sub(stripped),
     )
     .map_err(|e: FactsError| (e.status(), e.as_str()))?;
     // The door's own span (OTLP configured) is the delegate's parent; a clone, as the record
@@ -467,6 +471,11 @@ async fn decide_for<D: HttpDoor>(
     let decision = tokio::time::timeout_at(due, decision::decide(snapshot, &facts, &mut NoTrace))
         .await
         .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, DECISION_TIMEOUT))?;
+    if let Decision::Allow(a) = &decision
+        && let Some(reason) = upgrade_refusal(upgrade.as_ref(), a, &described.headers)
+    {
+        return Err((StatusCode::FORBIDDEN, reason));
+    }
     let origin = match &decision {
         Decision::Deny(d) if d.edge.as_ref().is_some_and(|e| e.cors.is_some()) => {
             described.headers.get(header::ORIGIN).cloned()
@@ -474,6 +483,71 @@ async fn decide_for<D: HttpDoor>(
         _ => None,
     };
     Ok(Decided::Decision(decision, origin))
+}
+
+/// The upgrade a described request asks for, as its peer would relay it: the values of its
+/// `Upgrade` headers (joined), whether or not `Connection` still names it, since a peer may
+/// drop `Connection` from what it describes and still relay the upgrade. `Err` with
+/// `h2c_upgrade` (400) for cleartext HTTP/2, which the proxy door refuses too.
+///
+/// Why: the proxy door relays an upgrade only for a rule that opts in, refuses a WebSocket
+/// from an origin the rule's CORS does not name, and refuses h2c; the decision doors answered
+/// all of these 200 and their peer (Caddy, Envoy) opened the tunnel.
+/// Regression: tests (it) doors::upgrades_at_the_decision_doors_as_at_the_proxy
+pub fn asked_upgrade(headers: &HeaderMap) -> Result<Option<HeaderValue>, &'static str> {
+    if hop_by_hop::is_h2c_upgrade(headers) {
+        return Err("h2c_upgrade");
+    }
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    Ok(match (values.next(), values.next()) {
+        (None, _) => None,
+        (Some(one), None) => Some(one.clone()),
+        (Some(first), Some(second)) => {
+            let mut joined = first.as_bytes().to_vec();
+            for v in std::iter::once(second).chain(values) {
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(v.as_bytes());
+            }
+            // Joined header values are a valid value.
+            HeaderValue::from_bytes(&joined).ok()
+        }
+    })
+}
+
+/// Why an allowed request that asks for `upgrade` is refused at a decision door (403): its
+/// rule does not relay that protocol (`upgrade_not_allowed`; the proxy door would send it on
+/// as a plain request, which a door cannot make its peer do), or the rule's CORS does not name
+/// the page's origin (`cors_origin_not_allowed`, as at the proxy door).
+pub fn upgrade_refusal(
+    upgrade: Option<&HeaderValue>,
+    allow: &Allow,
+    headers: &HeaderMap,
+) -> Option<&'static str> {
+    let upgrade = upgrade?;
+    let edge = allow.edge.as_deref();
+    if !edge.is_some_and(|e| e.relays(upgrade.as_bytes())) {
+        return Some("upgrade_not_allowed");
+    }
+    edge.filter(|e| e.refuses_upgrade_origin(headers))
+        .map(|_| crate::authz::edge::PreflightRefusal::Origin.as_str())
+}
+
+/// Removes the door request's hop-by-hop headers ([`hop_by_hop::strip`]) and answers how
+/// many bytes of head they took: the head limits count them, as the proxy door counts the
+/// head as it arrived.
+fn strip_counted(headers: &mut HeaderMap) -> usize {
+    if !headers.keys().any(hop_by_hop::is_fixed) {
+        // Nothing to remove: only a fixed name (`Connection`) can name others.
+        return 0;
+    }
+    let size = |h: &HeaderMap| {
+        h.iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+    };
+    let before = size(headers);
+    hop_by_hop::strip(headers);
+    before - size(headers)
 }
 
 /// The status of a description a door cannot read: 431 for one over the header limits, as the
@@ -701,6 +775,53 @@ pub fn scheme_in(h: &HeaderMap, name: &HeaderName) -> Result<Scheme, Undescribed
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrades_asked_and_hop_by_hop_bytes() {
+        // (headers, what is asked)
+        type Case<'a> = (&'a [(&'a str, &'a str)], Result<Option<&'a str>, &'a str>);
+        let cases: [Case<'_>; 7] = [
+            (&[], Ok(None)),
+            (&[("upgrade", "websocket")], Ok(Some("websocket"))),
+            // A peer may have dropped `Connection`: the upgrade is still asked.
+            (
+                &[("connection", "upgrade"), ("upgrade", "websocket")],
+                Ok(Some("websocket")),
+            ),
+            (
+                &[("upgrade", "websocket"), ("upgrade", "foo")],
+                Ok(Some("websocket, foo")),
+            ),
+            (&[("upgrade", "websocket, h2c")], Err("h2c_upgrade")),
+            (&[("upgrade", "H2C")], Err("h2c_upgrade")),
+            (
+                &[("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")],
+                Err("h2c_upgrade"),
+            ),
+        ];
+        for (headers, want) in cases {
+            let mut h = HeaderMap::new();
+            for (k, v) in headers {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            let got = asked_upgrade(&h);
+            let got = got
+                .as_ref()
+                .map(|u| u.as_ref().map(|v| v.to_str().unwrap()))
+                .map_err(|e| *e);
+            assert_eq!(got, want, "{headers:?}");
+        }
+        // The bytes the head limits still count: every removed line, `name: value` and its end.
+        let mut h = HeaderMap::new();
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert_eq!(strip_counted(&mut h), 0);
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("connection", HeaderValue::from_static("x-named"));
+        h.insert("x-named", HeaderValue::from_static("abc"));
+        let removed = ("keep-alive".len() + 9 + 4) + ("connection".len() + 7 + 4) + (7 + 3 + 4);
+        assert_eq!(strip_counted(&mut h), removed);
+        assert_eq!(h.len(), 1);
+    }
 
     #[test]
     fn vouched_hops() {

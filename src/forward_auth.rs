@@ -33,7 +33,7 @@
 //! config turns back into the real answer.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, Method, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
 use http_body_util::Full;
 
 use crate::decision::{Allow, Refusal};
@@ -211,6 +211,13 @@ impl HttpDoor for ForwardAuth {
                 }
             }
         }
+        // Why: the subrequest's own `Host` is the door's (Traefik, APISIX and the Kong plugin
+        // send it), and a rule or delegate reading `request.headers['host']` judged the door's
+        // host, not the client's. The described host replaces it, as the proxy door reads the
+        // client's own. Regression: tests (it) doors::forward_auth_rules_read_the_described_host
+        let host =
+            HeaderValue::from_str(&authority).map_err(|_| Undescribed("invalid_original_host"))?;
+        headers.insert(http::header::HOST, host);
         Ok(Described {
             method,
             scheme,

@@ -479,6 +479,16 @@ async fn run_door(
             return Ok(refused_report(report, render, &settings, status, reason));
         }
     };
+    // As every decision door reads an upgrade (`door::asked_upgrade`).
+    let upgrade = match crate::door::asked_upgrade(&described.headers) {
+        Ok(u) => u,
+        Err(reason) => {
+            report["trace"] =
+                json!(["the request is refused before any rule: it asks for cleartext HTTP/2"]);
+            let status = http::StatusCode::BAD_REQUEST;
+            return Ok(refused_report(report, render, &settings, status, reason));
+        }
+    };
     let conn = ConnInfo::for_door(door, SocketAddr::new(client, 0), listener_name, None);
     let head = crate::request::facts::Head {
         method: &described.method,
@@ -540,6 +550,18 @@ async fn run_door(
     );
     if let Some(rule) = decision.rule() {
         report["rule"] = json!({"name": rule, "file": rule_file(snapshot, rule)});
+    }
+    // As the door refuses an upgrade its rule does not relay (`door::upgrade_refusal`).
+    if let Decision::Allow(a) = &decision
+        && let Some(reason) = crate::door::upgrade_refusal(upgrade.as_ref(), a, &described.headers)
+    {
+        if let Some(steps) = report["trace"].as_array_mut() {
+            steps.push(json!(format!(
+                "the rule allows the request but refuses the upgrade it asks for: {reason}"
+            )));
+        }
+        let status = http::StatusCode::FORBIDDEN;
+        return Ok(refused_report(report, render, &settings, status, reason));
     }
     let request_id = HeaderValue::from_static("(generated per request)");
     let redact = redacted_names(snapshot);

@@ -419,6 +419,15 @@ impl CheckService {
             }
         };
         record.trace(snapshot, &described.headers);
+        // As at the HTTP doors (`door::asked_upgrade`): Envoy relays the upgrade it allows.
+        let upgrade = match door::asked_upgrade(&described.headers) {
+            Ok(u) => u,
+            Err(reason) => {
+                record.failed(&self.shared, reason);
+                let refusal = Refusal::error(StatusCode::BAD_REQUEST, reason, request_id);
+                return Ok(Answer::Message(denied(refusal)));
+            }
+        };
         let head = Head {
             method: &described.method,
             scheme: described.scheme,
@@ -476,6 +485,13 @@ impl CheckService {
             record.failed(&self.shared, "decision_timeout");
             return Err(tonic::Status::unavailable("decision_timeout"));
         };
+        if let Decision::Allow(a) = &decision
+            && let Some(reason) = door::upgrade_refusal(upgrade.as_ref(), a, &described.headers)
+        {
+            record.failed(&self.shared, reason);
+            let refusal = Refusal::error(StatusCode::FORBIDDEN, reason, request_id);
+            return Ok(Answer::Message(denied(refusal)));
+        }
         record.decision(&self.shared, Door::EnvoyGrpc, &decision);
         match decision {
             Decision::Allow(a) => Ok(Answer::allowed(a)),

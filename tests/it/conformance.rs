@@ -334,6 +334,14 @@ fn corpus() -> Vec<Case> {
             "/public/x",
             vec![("x-big".to_owned(), "a".repeat(20_000))],
         ),
+        // Why: the decision doors counted the head after removing hop-by-hop headers, the
+        // proxy as it arrived. Regression: the hop-by-hop header case below.
+        (
+            "hop-by-hop header over the limit",
+            "GET",
+            "/public/x",
+            vec![("keep-alive".to_owned(), "a".repeat(20_000))],
+        ),
         (
             "public encoded dot in a name",
             "GET",
@@ -796,6 +804,10 @@ async fn every_door_gives_the_same_decision() {
         ("missing credential", (401, Some("missing_credential"))),
         ("header under the limit", (200, None)),
         ("header over the limit", (431, Some("headers_too_large"))),
+        (
+            "hop-by-hop header over the limit",
+            (431, Some("headers_too_large")),
+        ),
         ("two api keys", (400, Some("invalid_request"))),
     ]
     .into_iter()

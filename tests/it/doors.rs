@@ -893,3 +893,175 @@ fn explain_shows_the_door_answer_to_a_malformed_request() {
         "{text}"
     );
 }
+
+/// A rule that relays WebSockets from one origin, and one that relays nothing.
+pub(crate) const UPGRADE_POLICY: &str = "rules:
+  - name: live
+    match: {paths: [\"/live/**\"]}
+    effect: allow
+    anonymous: true
+    upgrade: {protocols: [websocket]}
+    cors:
+      allowed_origins: [\"https://app.example.com\"]
+  - name: open
+    match: {paths: [\"/open/**\"]}
+    effect: allow
+    anonymous: true
+";
+
+/// Upgrades asked of a decision door, with what each door must answer (status, reason): as
+/// the proxy door decides them, except that an upgrade the rule does not relay is refused
+/// rather than sent on as a plain request, which a door cannot make its peer do.
+/// (what, path, headers, status, reason).
+pub(crate) type UpgradeCase = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    u16,
+    Option<&'static str>,
+);
+
+pub(crate) const UPGRADE_CASES: &[UpgradeCase] = &[
+    (
+        "websocket from the rule's origin",
+        "/live/x",
+        &[WS, WS_KEY, ("origin", "https://app.example.com")],
+        200,
+        None,
+    ),
+    (
+        "websocket without an origin",
+        "/live/x",
+        &[WS, WS_KEY],
+        200,
+        None,
+    ),
+    (
+        "websocket from another origin",
+        "/live/x",
+        &[WS, WS_KEY, ("origin", "https://evil.example")],
+        403,
+        Some("cors_origin_not_allowed"),
+    ),
+    (
+        "websocket the rule does not relay",
+        "/open/x",
+        &[WS, WS_KEY],
+        403,
+        Some("upgrade_not_allowed"),
+    ),
+    (
+        "another protocol",
+        "/live/x",
+        &[("upgrade", "foo/1"), WS_KEY],
+        403,
+        Some("upgrade_not_allowed"),
+    ),
+    (
+        "h2c",
+        "/open/x",
+        &[
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+        ],
+        400,
+        Some("h2c_upgrade"),
+    ),
+    ("no upgrade", "/open/x", &[], 200, None),
+];
+const WS: (&str, &str) = ("upgrade", "websocket");
+const WS_KEY: (&str, &str) = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+
+/// Upgrades at the HTTP decision doors (Caddy and Envoy relay what the door allows).
+#[tokio::test]
+async fn upgrades_at_the_decision_doors_as_at_the_proxy() {
+    for door in ["{forward_auth: {}}", "{envoy_http: {}}"] {
+        let gw = Setup {
+            listeners: format!("  - name: doors\n    address: 127.0.0.1:0\n    door: {door}\n"),
+            policies: vec![("10-p.yaml".into(), UPGRADE_POLICY.into())],
+            ..Setup::default()
+        }
+        .start()
+        .await;
+        for (name, path, headers, status, reason) in UPGRADE_CASES {
+            let mut all: Vec<(&str, &str)> = headers.to_vec();
+            all.push(("connection", "upgrade"));
+            let target = if door.contains("forward") {
+                all.push(("x-forwarded-uri", path));
+                "/auth"
+            } else {
+                all.push(("host", "app.test"));
+                path
+            };
+            let (got, _, body) = ask(&gw, target, &all).await;
+            assert_eq!(got.as_u16(), *status, "{door} {name}: {body}");
+            if let Some(reason) = reason {
+                assert!(body.contains(reason), "{door} {name}: {body}");
+            }
+        }
+    }
+}
+
+/// Rules and delegates reading `request.headers['host']` at the forward-auth door see the
+/// host the peer describes, as the proxy door's rules see the client's own: not the `Host`
+/// of the peer's subrequest (Traefik, APISIX and the Kong plugin send the door's).
+#[tokio::test]
+async fn forward_auth_rules_read_the_described_host() {
+    let policy = "rules:
+  - name: not-internal
+    match: {paths: [\"/cel/**\"]}
+    effect: allow
+    anonymous: true
+    when: request.headers['host'] != 'internal.example'
+";
+    let gw = Setup {
+        listeners: "  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n"
+            .into(),
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let at = |host: &'static str| {
+        [
+            ("host", "portcullis"),
+            ("x-forwarded-uri", "/cel/x"),
+            ("x-forwarded-host", host),
+        ]
+    };
+    let (status, _, body) = ask(&gw, "/auth", &at("internal.example")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("condition_failed"), "{body}");
+    let (status, _, body) = ask(&gw, "/auth", &at("app.test")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// `explain --door` refuses an upgrade as the door does (`UPGRADE_CASES`).
+#[test]
+fn explain_refuses_upgrades_as_the_doors_do() {
+    let cfg = crate::support::ConfigDir::new("");
+    // The config has a proxy listener: its allow rules need an upstream.
+    cfg.write(
+        "policies/p.yaml",
+        UPGRADE_POLICY.replace(
+            "    anonymous: true\n",
+            "    anonymous: true\n    upstream: echo\n",
+        ),
+    );
+    for door in ["envoy-grpc", "envoy-http", "forward-auth"] {
+        for (name, path, headers, status, reason) in UPGRADE_CASES {
+            let url = format!("http://app.test{path}");
+            let mut args = vec!["--door", door, "--url", &url, "--json"];
+            let lines: Vec<String> = headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            for l in &lines {
+                args.extend(["-H", l]);
+            }
+            let (_, text) = cfg.run("explain", &args);
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["answer"]["status"], *status, "{door} {name}: {text}");
+            if let Some(reason) = reason {
+                assert_eq!(v["reason"], *reason, "{door} {name}: {text}");
+            }
+        }
+    }
+}

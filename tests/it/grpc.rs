@@ -940,3 +940,33 @@ async fn cors_preflight_and_answers_at_the_grpc_door() {
     );
     assert_eq!(added.get("vary"), Some(&("origin", append)), "{added:?}");
 }
+
+/// Upgrades at the gRPC door: as at the HTTP doors (`doors::UPGRADE_CASES`); Envoy relays
+/// what the door allows.
+#[tokio::test]
+async fn upgrades_at_the_grpc_door_as_at_the_proxy() {
+    let gw = Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
+        policies: vec![("10-p.yaml".into(), crate::doors::UPGRADE_POLICY.into())],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut c = client(&gw).await;
+    for (name, path, headers, status, reason) in crate::doors::UPGRADE_CASES {
+        let mut all = headers.to_vec();
+        all.push(("connection", "upgrade"));
+        let r = c
+            .check(check(path, "198.51.100.9", &all))
+            .await
+            .expect("answers")
+            .into_inner();
+        if *status == 200 {
+            assert_eq!(code(&r), 0, "{name}: {r:?}");
+            continue;
+        }
+        let (got, _, body) = denied(&r);
+        assert_eq!(got, i32::from(*status), "{name}: {body}");
+        assert!(body.contains(reason.unwrap()), "{name}: {body}");
+    }
+}

@@ -32,6 +32,9 @@ const SECRET: &[u8] = b"peers-test-secret-peers-test-secret-0123456789";
 /// too, and sends browsers to a login page; `/limited/**` allows one request a minute;
 /// `/open/**` is anonymous; `/passthrough/**` needs a token that goes on to the upstream.
 const POLICY: &str = "rules:
+  - name: internal
+    match: {hosts: [internal.example], paths: [\"/**\"]}
+    effect: deny
   - name: admin
     match: {paths: [\"/admin/**\"]}
     effect: deny
@@ -304,6 +307,21 @@ async fn through_the_peer(peer: &Peer, gw: &TestGateway) {
     let got = gw.echo.last().unwrap();
     assert_eq!(got.target, "/open/x");
     only_what_was_decided(peer, &got.headers, None);
+
+    // An absolute-form target naming another host than `Host`: the peer routes on the
+    // target's (RFC 9112 §3.2.2), and the door must judge that host, as the proxy door does.
+    // Regression: nginx described the `Host` header (`$http_host`) and a `hosts:` deny rule
+    // was passed by.
+    let r = raw(
+        peer.addr,
+        format!(
+            "GET http://internal.example/open/x HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            peer.addr.port()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}: {}", peer.name, peer.failed(&r.head));
 
     let forwarded = gw.echo.records().len();
 
