@@ -419,11 +419,18 @@ async fn decide_for<D: HttpDoor>(
     if !admits(common, conn.info.peer.ip()) {
         return Err((StatusCode::FORBIDDEN, "peer_not_allowed"));
     }
-    let upgrade = asked_upgrade(&parts.headers).map_err(|r| (StatusCode::BAD_REQUEST, r))?;
-    // Why: the proxy door counts the head as the client sent it, hop-by-hop headers included;
-    // a 20 KB `Keep-Alive` passed the doors. Regression: tests (it)
-    // conformance::every_door_gives_the_same_decision (`hop-by-hop header over the limit`)
-    let stripped = strip_counted(&mut parts.headers);
+    // Only a fixed hop-by-hop name (`Upgrade`, `HTTP2-Settings`, `Connection`, which alone
+    // can name others) asks for an upgrade or has anything to remove: one walk over the names
+    // finds none in the usual request.
+    let (upgrade, stripped) = if parts.headers.keys().any(hop_by_hop::is_fixed) {
+        let upgrade = asked_upgrade(&parts.headers).map_err(|r| (StatusCode::BAD_REQUEST, r))?;
+        // Why: the proxy door counts the head as the client sent it, hop-by-hop headers
+        // included; a 20 KB `Keep-Alive` passed the doors. Regression: tests (it)
+        // conformance::every_door_gives_the_same_decision (`hop-by-hop header over the limit`)
+        (upgrade, strip_counted(&mut parts.headers))
+    } else {
+        (None, 0)
+    };
     let described = door
         .describe(settings, parts)
         .map_err(|Undescribed(reason)| (undescribed_status(reason), reason))?;
@@ -495,14 +502,21 @@ async fn decide_for<D: HttpDoor>(
 /// all of these 200 and their peer (Caddy, Envoy) opened the tunnel.
 /// Regression: tests (it) doors::upgrades_at_the_decision_doors_as_at_the_proxy
 pub fn asked_upgrade(headers: &HeaderMap) -> Result<Option<HeaderValue>, &'static str> {
+    const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    let Some(first) = values.next() else {
+        // The usual request: two lookups.
+        return match headers.contains_key(HTTP2_SETTINGS) {
+            true => Err("h2c_upgrade"),
+            false => Ok(None),
+        };
+    };
     if hop_by_hop::is_h2c_upgrade(headers) {
         return Err("h2c_upgrade");
     }
-    let mut values = headers.get_all(header::UPGRADE).iter();
-    Ok(match (values.next(), values.next()) {
-        (None, _) => None,
-        (Some(one), None) => Some(one.clone()),
-        (Some(first), Some(second)) => {
+    Ok(match (first, values.next()) {
+        (one, None) => Some(one.clone()),
+        (first, Some(second)) => {
             let mut joined = first.as_bytes().to_vec();
             for v in std::iter::once(second).chain(values) {
                 joined.extend_from_slice(b", ");
@@ -536,10 +550,6 @@ pub fn upgrade_refusal(
 /// many bytes of head they took: the head limits count them, as the proxy door counts the
 /// head as it arrived.
 fn strip_counted(headers: &mut HeaderMap) -> usize {
-    if !headers.keys().any(hop_by_hop::is_fixed) {
-        // Nothing to remove: only a fixed name (`Connection`) can name others.
-        return 0;
-    }
     let size = |h: &HeaderMap| {
         h.iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 4)
