@@ -126,10 +126,24 @@ fn bearer_unchecked(headers: &HeaderMap) -> Found<'_> {
     {
         // Another scheme (Basic, Digest…): not ours to judge, unless the value is not even
         // visible text.
-        return if value.to_str().is_ok() {
-            Found::Nothing
+        if value.to_str().is_err() {
+            return Found::Malformed;
+        }
+        // Why: `Basic eHl6,Bearer forged` is two Authorization fields joined (Envoy merges
+        // repeated headers so): a conflict at the proxy door, it passed the gRPC door as
+        // "another scheme", the bearer token unread and forwarded.
+        // Regression: tests::joined_authorization_is_a_conflict
+        let joined_bearer = bytes.split(|&b| b == b',').skip(1).any(|element| {
+            let element = trim_blanks(element);
+            element
+                .get(..6)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"bearer"))
+                && matches!(element.get(6), Some(b' ' | b'\t'))
+        });
+        return if joined_bearer {
+            Found::Conflict
         } else {
-            Found::Malformed
+            Found::Nothing
         };
     }
     // Why: `Bearertoken` or `Bearer\u{b}token` must not pass as "another scheme" and reach
@@ -198,7 +212,10 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Found<'a> {
     let mut found: Option<&'a str> = None;
     for value in headers.get_all(header::COOKIE) {
         // Parsed as bytes: one non-ASCII byte elsewhere in the header must not hide our cookie.
-        for pair in value.as_bytes().split(|b| *b == b';') {
+        // Why: Envoy joins repeated `Cookie` fields with a comma, which no cookie value may
+        // hold (RFC 6265 §4.1.1): a second field's credential hid behind the first at the gRPC
+        // door. Regression: tests::joined_cookie_fields_are_read
+        for pair in value.as_bytes().split(|b| *b == b';' || *b == b',') {
             let Some(eq) = pair.iter().position(|b| *b == b'=') else {
                 continue;
             };
@@ -328,12 +345,24 @@ pub fn strip(source: &CredentialSource, headers: &mut HeaderMap) {
 /// The `Cookie` header value without the cookie `name` (every `Cookie` field joined), or
 /// `None` when no other cookie is left.
 pub fn without_cookie(headers: &HeaderMap, name: &str) -> Option<http::HeaderValue> {
+    let named = |pair: &str| pair.split_once('=').is_some_and(|(k, _)| k.trim() == name);
     let kept: Vec<String> = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter(|pair| pair.split_once('=').is_none_or(|(k, _)| k.trim() != name))
+        // As `cookie` reads them: a piece holding the cookie after a comma (fields Envoy
+        // joined) is taken apart; any other piece stays whole, commas and all.
+        .flat_map(|piece| {
+            let joined = piece.contains(',') && piece.split(',').any(named);
+            let parts: Vec<&str> = if joined {
+                piece.split(',').collect()
+            } else {
+                vec![piece]
+            };
+            parts
+        })
+        .filter(|pair| !named(pair))
         .map(|pair| pair.trim().to_owned())
         .filter(|pair| !pair.is_empty())
         .collect();
@@ -380,7 +409,14 @@ mod tests {
 
     #[test]
     fn joined_authorization_is_a_conflict() {
-        for v in ["Bearer a, Bearer b", "Bearer a,b", "Bearer a, Basic eA=="] {
+        for v in [
+            "Bearer a, Bearer b",
+            "Bearer a,b",
+            "Bearer a, Basic eA==",
+            "Basic eHl6,Bearer forged",
+            "Basic eHl6, bearer\tforged",
+            "Digest username=\"a\", Bearer x",
+        ] {
             let h = headers(&[("authorization", v)]);
             assert_eq!(
                 find(&[CredentialSource::Bearer], &h, None),
@@ -388,6 +424,42 @@ mod tests {
                 "{v}"
             );
         }
+    }
+
+    #[test]
+    fn other_schemes_are_not_ours() {
+        for v in [
+            "Basic eHl6",
+            "Digest username=\"a\", realm=\"b\", nonce=\"c\"",
+            "Basic eHl6, Bearerx",
+            "Negotiate YII=",
+        ] {
+            let h = headers(&[("authorization", v)]);
+            assert_eq!(
+                find(&[CredentialSource::Bearer], &h, None),
+                Found::Nothing,
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn joined_cookie_fields_are_read() {
+        let session = [CredentialSource::Cookie("session".into())];
+        for (v, want) in [
+            ("a=1,session=tok", tok("tok")),
+            ("a=1, session=tok; b=2", tok("tok")),
+            ("session=tok,session=other", Found::Conflict),
+            ("pref=x,y; b=2", Found::Nothing),
+        ] {
+            let h = headers(&[("cookie", v)]);
+            assert_eq!(find(&session, &h, None), want, "{v}");
+        }
+        // Cut out as it was read; a piece without it keeps its commas.
+        let h = headers(&[("cookie", "a=1,session=tok; pref=x,y")]);
+        assert_eq!(without_cookie(&h, "session").unwrap(), "a=1; pref=x,y");
+        let h = headers(&[("cookie", "session=tok")]);
+        assert_eq!(without_cookie(&h, "session"), None);
     }
 
     #[test]

@@ -516,6 +516,20 @@ impl CheckService {
     }
 }
 
+/// The client's address in a `source` socket address: an IP, maybe bracketed (`[2001:db8::1]`)
+/// or with a zone (`fe80::1%eth0`, which no rule can name: the zone is dropped); anything
+/// else is `invalid_source_address`.
+fn source_ip(address: &str) -> Result<IpAddr, &'static str> {
+    let bare = address
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(address);
+    let bare = bare.split_once('%').map_or(bare, |(ip, _zone)| ip);
+    bare.parse::<IpAddr>()
+        .map(|ip| ip.to_canonical())
+        .map_err(|_| "invalid_source_address")
+}
+
 /// The original request, from a `CheckRequest` (whose text it borrows).
 pub(crate) struct Described<'a> {
     pub(crate) method: Method,
@@ -565,18 +579,20 @@ pub(crate) fn describe<'a>(
     } else {
         &http.host
     };
-    let client = attributes
+    // Why: a socket address that did not parse fell through to the forwarded-for chain, whose
+    // last entry Envoy had not written for it: the client chose its own address.
+    // Regression: tests (it) grpc::source_addresses
+    let client = match attributes
         .source
         .as_ref()
         .and_then(|s| s.address.as_ref())
         .and_then(|a| a.address.as_ref())
-        .and_then(|a| match a {
-            Address::SocketAddress(s) => s.address.parse::<IpAddr>().ok(),
-            _ => None,
-        })
-        .map(|ip| ip.to_canonical());
-    // Without a source address, the hop Envoy's forwarded-for chain vouches for, as at the
-    // HTTP doors.
+    {
+        Some(Address::SocketAddress(s)) => Some(source_ip(&s.address)?),
+        _ => None,
+    };
+    // Without an IP source (none, a pipe, an internal listener), the hop the forwarded-for
+    // chain vouches for, as at the HTTP doors: the proxy in front of Envoy appended it.
     let client = match client {
         Some(ip) => ip,
         None => door::vouched_hop(&mut headers).map_err(|u| u.0)?,

@@ -388,6 +388,17 @@ fn corpus() -> Vec<Case> {
                 ("x-api-key".into(), API_KEY.into()),
             ],
         ),
+        // Why: Envoy joins the two fields into `Basic …,Bearer …`, which the gRPC door read as
+        // another scheme. Regression: this case.
+        (
+            "basic then a forged bearer",
+            "GET",
+            "/orders/7",
+            vec![
+                ("authorization".into(), "Basic eHl6".into()),
+                ("authorization".into(), "Bearer forged.jwt.x".into()),
+            ],
+        ),
         (
             "two api keys",
             "GET",
@@ -808,6 +819,7 @@ async fn every_door_gives_the_same_decision() {
             "hop-by-hop header over the limit",
             (431, Some("headers_too_large")),
         ),
+        ("basic then a forged bearer", (400, Some("invalid_request"))),
         ("two api keys", (400, Some("invalid_request"))),
     ]
     .into_iter()

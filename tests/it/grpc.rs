@@ -970,3 +970,48 @@ async fn upgrades_at_the_grpc_door_as_at_the_proxy() {
         assert!(body.contains(reason.unwrap()), "{name}: {body}");
     }
 }
+
+/// The client is Envoy's `source` address: read bracketed or with a zone, never replaced by
+/// the forwarded-for chain when it does not parse (400 `invalid_source_address`); without an
+/// IP source (a pipe), the chain's last hop, which the proxy in front of Envoy appended.
+#[tokio::test]
+async fn source_addresses() {
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let mut c = client(&gw).await;
+    // `/office/**` requires 203.0.113.0/24; every Check claims to be from it in the chain.
+    let xff = [("x-forwarded-for", "203.0.113.9")];
+    let at = |source: &str| check("/office/x", source, &xff);
+    for (source, want) in [
+        ("203.0.113.5", 200),
+        ("fe80::1%eth0", 403),
+        ("[2001:db8::1]", 403),
+        ("::ffff:203.0.113.5", 200),
+        ("198.51.100.9", 403),
+        ("not-an-address", 400),
+        ("203.0.113.5:8080", 400),
+    ] {
+        let r = c.check(at(source)).await.unwrap().into_inner();
+        if want == 200 {
+            assert_eq!(code(&r), 0, "{source}: {r:?}");
+            continue;
+        }
+        let (status, _, body) = denied(&r);
+        assert_eq!(status, want, "{source}: {body}");
+        if want == 400 {
+            assert!(body.contains("invalid_source_address"), "{source}: {body}");
+        }
+    }
+    // A pipe has no client address: the chain's last hop decides.
+    let mut piped = at("unused");
+    let source = piped.attributes.as_mut().unwrap().source.as_mut().unwrap();
+    source.address = Some(Address {
+        address: Some(address::Address::Pipe(
+            envoy_types::pb::envoy::config::core::v3::Pipe {
+                path: "/run/envoy.sock".into(),
+                ..Default::default()
+            },
+        )),
+    });
+    let r = c.check(piped).await.unwrap().into_inner();
+    assert_eq!(code(&r), 0, "{r:?}");
+}
