@@ -256,10 +256,20 @@ pub fn client_verifier(
     })
 }
 
-/// The certificates in `ca_file` that are not CA certificates (basicConstraints), by their
-/// place in the file (from 1) and subject: for `check` to warn about; empty when the file does
-/// not read (`client_verifier` says why).
-pub fn non_ca_anchors(ca_file: &Path) -> Vec<(usize, String)> {
+/// A certificate in a `ca_file` that is not a CA certificate (basicConstraints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonCaAnchor {
+    /// Its place in the file, from 1.
+    pub place: usize,
+    /// Its subject.
+    pub subject: String,
+    /// Whether it names itself as its issuer (a self-signed leaf, pinned).
+    pub self_issued: bool,
+}
+
+/// The certificates in `ca_file` that are not CA certificates: for `check` to warn about;
+/// empty when the file does not read (loading it says why).
+pub fn non_ca_anchors(ca_file: &Path) -> Vec<NonCaAnchor> {
     let Ok(certs) = read_certs(ca_file, TlsField::CaFile) else {
         return Vec::new();
     };
@@ -268,7 +278,11 @@ pub fn non_ca_anchors(ca_file: &Path) -> Vec<(usize, String)> {
         .enumerate()
         .filter_map(|(i, der)| {
             let cert = crate::tls::x509::Certificate::from_der(der)?;
-            (!cert.is_ca()).then(|| (i + 1, cert.subject().to_string()))
+            (!cert.is_ca()).then(|| NonCaAnchor {
+                place: i + 1,
+                subject: cert.subject().to_string(),
+                self_issued: cert.is_self_issued(),
+            })
         })
         .collect()
 }

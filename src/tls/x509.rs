@@ -139,6 +139,7 @@ const ATTRIBUTE_NAMES: &[(&[u8], &str)] = &[
 #[derive(Debug, Clone, Copy)]
 pub struct Certificate<'a> {
     subject: Name<'a>,
+    issuer: Name<'a>,
     spki: Spki<'a>,
     not_before: i64,
     not_after: i64,
@@ -209,7 +210,7 @@ impl<'a> Certificate<'a> {
         }
         tbs.expect(INTEGER)?; // serialNumber: any length or sign, as CAs issue them
         tbs.expect(SEQUENCE)?; // signature
-        Name::new(tbs.expect(SEQUENCE)?)?; // issuer
+        let issuer = Name::new(tbs.expect(SEQUENCE)?)?;
         let mut validity = Reader(tbs.expect(SEQUENCE)?);
         let not_before = time(validity.next()?)?;
         let not_after = time(validity.next()?)?;
@@ -226,6 +227,7 @@ impl<'a> Certificate<'a> {
         tbs.finish()?;
         Some(Self {
             subject,
+            issuer,
             spki,
             not_before,
             not_after,
@@ -259,6 +261,12 @@ impl<'a> Certificate<'a> {
         let mut names = Reader(self.san.unwrap_or_default());
         // Validated in `from_der`: every element reads.
         std::iter::from_fn(move || names.next().and_then(general_name))
+    }
+
+    /// Whether the issuer is the subject (byte for byte): a self-signed certificate, as far
+    /// as names tell (the signature is not checked).
+    pub fn is_self_issued(&self) -> bool {
+        self.issuer.0 == self.subject.0
     }
 
     /// Whether basicConstraints says this is a CA (`cA` TRUE). `false` without the extension

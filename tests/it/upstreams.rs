@@ -1450,3 +1450,40 @@ async fn request_trailers_are_not_forwarded() {
         seen[0].1
     );
 }
+
+/// An upstream `ca_file` holding a leaf that is not self-signed verifies no server (every
+/// request would be a 502 `upstream_tls`): `check` warns. A CA, or a self-signed leaf pinned
+/// as its own anchor, draws no warning.
+#[test]
+fn upstream_ca_file_that_verifies_nothing_warns() {
+    let pki = crate::credentials::pki();
+    let pinned = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["up.test".to_owned()]).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "pinned upstream");
+        p.self_signed(&key).unwrap().pem()
+    };
+    let cfg = crate::support::ConfigDir::new("");
+    let yaml = cfg.dir.path().join("portcullis.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap().replace(
+        "upstreams: {echo: {url: \"http://127.0.0.1:9\"}}",
+        "upstreams: {echo: {url: \"https://127.0.0.1:9\", ca_file: up.pem}}",
+    );
+    std::fs::write(&yaml, text).unwrap();
+    for (what, pem, warned) in [
+        ("the CA", pki.ca.clone(), false),
+        ("a self-signed leaf", pinned, false),
+        ("a CA-signed leaf", pki.server_cert, true),
+    ] {
+        cfg.write("up.pem", pem);
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(0), "{what}: a warning at most: {text}");
+        assert_eq!(
+            text.contains("warning: upstreams.echo.ca_file: certificate 1 in ")
+                && text.contains("(`CN=localhost`) is neither a CA certificate nor self-signed"),
+            warned,
+            "{what}: {text}"
+        );
+    }
+}

@@ -82,12 +82,14 @@ fn listener_tls(
                 // A leaf put here by mistake (the client's own, to pin it) lets its holder
                 // sign itself any identity; a CA's certificate is what belongs here.
                 // Regression: tests (it) credentials::client_auth_ca_file_that_is_not_a_ca_warns
-                for (n, subject) in tls::server::non_ca_anchors(&path) {
+                for a in tls::server::non_ca_anchors(&path) {
                     cx.warn(
                         &field,
                         format!(
-                            "certificate {n} in {} (`{subject}`) is not a CA certificate: clients are accepted with any certificate its key signs, whatever subject they name; give the CA that issues the client certificates",
-                            path.display()
+                            "certificate {} in {} (`{}`) is not a CA certificate: clients are accepted with any certificate its key signs, whatever subject they name; give the CA that issues the client certificates",
+                            a.place,
+                            path.display(),
+                            a.subject
                         ),
                     );
                 }

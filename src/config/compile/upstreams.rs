@@ -38,6 +38,26 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
             let path = cx.path(file);
             cx.watched.push(path);
         }
+        // Why: a leaf that is not self-signed verifies no server as a trust anchor (its own
+        // issuer is another name), so every request to the upstream failed with 502
+        // `upstream_tls` and nothing said why at load. A self-signed leaf is a pin, and works.
+        // Regression: tests (it) upstreams::upstream_ca_file_that_verifies_nothing_warns
+        if let Some(ca) = &raw.ca_file {
+            let path = cx.path(ca);
+            for a in crate::tls::server::non_ca_anchors(&path) {
+                if !a.self_issued {
+                    cx.warn(
+                        &format!("upstreams.{name}.ca_file"),
+                        format!(
+                            "certificate {} in {} (`{}`) is neither a CA certificate nor self-signed: it verifies no server, and requests to `{name}` would fail with 502 `upstream_tls`; give the CA that issued the upstream's certificate",
+                            a.place,
+                            path.display(),
+                            a.subject
+                        ),
+                    );
+                }
+            }
+        }
         match Upstream::build(name, raw, &loaded.base_dir, prev.map(|u| &**u)) {
             Ok(u) => {
                 out.index.insert(name.clone(), out.list.len());

@@ -264,3 +264,28 @@ async fn client_trusts_ca_file_for_upstream_leaf() {
     assert_eq!(conn.peer_certificates().unwrap()[0], leaf(&upstream));
     assert_eq!(conn.alpn_protocol(), Some(ALPN_HTTP11));
 }
+
+/// A self-signed upstream leaf given as its own `ca_file` is a pin rustls accepts (so `check`
+/// does not warn about it; it does about a leaf that is not self-signed).
+#[tokio::test]
+async fn client_trusts_a_pinned_self_signed_upstream_leaf() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["upstream.test".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let upstream = CertEntry {
+        cert: d.join("leaf.pem"),
+        key: d.join("leaf.key"),
+        server_names: Vec::new(),
+    };
+    fs::write(&upstream.cert, cert.pem()).unwrap();
+    fs::write(&upstream.key, key.serialize_pem()).unwrap();
+    let server = server_config(std::slice::from_ref(&upstream), false, None).unwrap();
+    let client = client_config(Some(&upstream.cert), false).unwrap();
+    let tls = handshake(server, client, "upstream.test").await;
+    assert_eq!(
+        tls.get_ref().1.peer_certificates().unwrap()[0],
+        leaf(&upstream)
+    );
+}

@@ -532,3 +532,24 @@ fn basic_constraints() {
         assert_eq!(cert.is_ca(), ca, "{what}");
     }
 }
+
+#[test]
+fn self_issued() {
+    let ca = rcgen_cert(|p| {
+        p.distinguished_name.push(DnType::CommonName, "ca");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    });
+    assert!(Certificate::from_der(&ca).unwrap().is_self_issued());
+    let issuer_key = KeyPair::generate().unwrap();
+    let mut ip = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ip.distinguished_name.push(DnType::CommonName, "issuer");
+    ip.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer = rcgen::Issuer::new(ip, issuer_key);
+    let key = KeyPair::generate().unwrap();
+    let mut lp = CertificateParams::new(Vec::<String>::new()).unwrap();
+    lp.distinguished_name.push(DnType::CommonName, "leaf");
+    let leaf = lp.signed_by(&key, &issuer).unwrap().der().to_vec();
+    let leaf = Certificate::from_der(&leaf).unwrap();
+    assert!(!leaf.is_self_issued());
+    assert!(!leaf.is_ca());
+}
