@@ -3,7 +3,8 @@
 //! Variables: `claims` (the principal's claims; empty when anonymous), `principal` (`id`,
 //! `kind`, `authenticator`, `issuer`, `tenant`, `scopes`, `roles`, `api_key_id`,
 //! `authenticated`), `request` (`method`, `host`, `path`, `query` as a map of first values,
-//! `headers` as a map of lowercase names to first values), `params` (named path parameters of
+//! `headers` as a map of lowercase names to first values; a name the expression reads that the
+//! request repeats denies, see [`RequestReads`]), `params` (named path parameters of
 //! the matching path pattern) and `action` (`create` = POST, `read` = GET/HEAD, `read_mine` =
 //! GET/HEAD with a `mine` query parameter, `update` = PUT/PATCH, `delete` = DELETE, otherwise
 //! the method in lower case).
@@ -46,6 +47,35 @@ pub struct Condition {
     source: Box<str>,
     /// Whether the expression reads `params` (the caller then extracts path parameters).
     uses_params: bool,
+    /// Which keys of `request.query` and `request.headers` it reads.
+    reads: RequestReads,
+}
+
+/// Which keys of one of the request's maps an expression reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Keys {
+    /// None.
+    #[default]
+    None,
+    /// These (`request.query.k`, `request.query['k']`), lower-cased for headers.
+    Some(Vec<String>),
+    /// Any: the map is read as a whole (`size(…)`, `'k' in …`, a key computed at run time).
+    All,
+}
+
+/// Which keys of `request.query` and `request.headers` an expression reads.
+///
+/// Why: the maps hold one value per key, and the upstream gets every value a request
+/// repeats: `?author_id=alice&author_id=bob` met `request.query.author_id == principal.id` and
+/// the upstream, reading the last (Django, PHP, Rails) or all of them (Spring), served bob's.
+/// A key the expression reads that the request repeats makes it an error (a denial).
+/// Regression: tests::repeated_keys_an_expression_reads_deny
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestReads {
+    /// `request.query`'s keys (decoded names).
+    pub query: Keys,
+    /// `request.headers`' keys.
+    pub headers: Keys,
 }
 
 /// Why a condition did not allow.
@@ -95,11 +125,14 @@ impl Condition {
         // `roles.exists(r, …)`) as if they were ours; the check walks scopes instead.
         // Regression: tests::comprehension_macros_and_their_variables
         let checked = budget::check(program.expression(), &VARIABLES)?;
+        let mut reads = RequestReads::default();
+        request_reads(program.expression(), &mut reads);
         Ok(Self {
             expr: checked.expr,
             metered: checked.metered,
             budget,
             uses_params: checked.uses_params,
+            reads,
             source: source.into(),
         })
     }
@@ -124,6 +157,9 @@ impl Condition {
         principal: Option<&Principal>,
         params: &[(Box<str>, String)],
     ) -> Result<(), ConditionError> {
+        if let Some(repeated) = self.repeated_read(facts) {
+            return Err(ConditionError::Error(repeated));
+        }
         let root: &Context<'_, '_> =
             ROOT.get_or_init(|| Context::with_env(Arc::new(budget::env())));
         let vars = Vars {
@@ -148,6 +184,142 @@ impl Condition {
             Ok(_) => Err(ConditionError::False),
             Err(e) => Err(ConditionError::Error(e.to_string())),
         }
+    }
+}
+
+impl Condition {
+    /// Which keys of `request.query` and `request.headers` the expression reads.
+    pub fn reads(&self) -> &RequestReads {
+        &self.reads
+    }
+
+    /// A key the expression reads that the request repeats (or a query name that does not
+    /// decode, which could be any key), as the error that denies.
+    fn repeated_read(&self, facts: &RequestFacts<'_>) -> Option<String> {
+        if self.reads.query != Keys::None
+            && let Some(q) = facts.query
+        {
+            let mut seen: Vec<std::borrow::Cow<'_, str>> = Vec::new();
+            for kv in q.split('&').filter(|kv| !kv.is_empty()) {
+                let raw = kv.split_once('=').map_or(kv, |(k, _)| k);
+                let Some(k) = crate::authn::credential::decode(raw) else {
+                    return Some("a query parameter name does not decode".to_owned());
+                };
+                if !self.reads.query.has(&k) {
+                    continue;
+                }
+                if seen.contains(&k) {
+                    return Some(format!(
+                        "query parameter `{k}` is repeated: the upstream may read another value"
+                    ));
+                }
+                seen.push(k);
+            }
+        }
+        let repeated = |name: &str| facts.headers.get_all(name).iter().nth(1).is_some();
+        let header = match &self.reads.headers {
+            Keys::None => None,
+            Keys::Some(keys) => keys.iter().find(|k| repeated(k)).cloned(),
+            Keys::All => facts
+                .headers
+                .keys()
+                .find(|n| repeated(n.as_str()))
+                .map(|n| n.as_str().to_owned()),
+        };
+        header.map(|h| format!("header `{h}` is repeated: the upstream may read another value"))
+    }
+}
+
+impl Keys {
+    fn add(&mut self, key: String) {
+        match self {
+            Self::None => *self = Self::Some(vec![key]),
+            Self::Some(keys) if !keys.contains(&key) => keys.push(key),
+            _ => {}
+        }
+    }
+
+    fn has(&self, key: &str) -> bool {
+        match self {
+            Self::None => false,
+            Self::Some(keys) => keys.iter().any(|k| k == key),
+            Self::All => true,
+        }
+    }
+}
+
+/// Finds what `e` reads of `request.query` and `request.headers` (see [`RequestReads`]):
+/// `request.<map>.k`, `request.<map>['k']` and `has(request.<map>.k)` read `k`; any other use
+/// of the map, or of `request` as a whole, reads every key.
+fn request_reads(e: &IdedExpr, out: &mut RequestReads) {
+    use cel::common::ast::{Expr, LiteralValue, operators};
+    // `request.query` or `request.headers`, as the map it names.
+    fn map_of<'o>(e: &IdedExpr, out: &'o mut RequestReads) -> Option<&'o mut Keys> {
+        let Expr::Select(s) = &e.expr else {
+            return None;
+        };
+        if !matches!(&s.operand.expr, Expr::Ident(n) if n == "request") {
+            return None;
+        }
+        match s.field.as_str() {
+            "query" => Some(&mut out.query),
+            "headers" => Some(&mut out.headers),
+            _ => None,
+        }
+    }
+    let lower = |k: &str, headers: bool| {
+        if headers {
+            k.to_ascii_lowercase()
+        } else {
+            k.to_owned()
+        }
+    };
+    match &e.expr {
+        Expr::Select(s) => {
+            let headers = matches!(&s.operand.expr, Expr::Select(m) if m.field == "headers");
+            if let Some(keys) = map_of(&s.operand, out) {
+                keys.add(lower(&s.field, headers));
+                return;
+            }
+            if let Expr::Ident(n) = &s.operand.expr
+                && n == "request"
+            {
+                match s.field.as_str() {
+                    // The map itself, not one key of it.
+                    "query" => out.query = Keys::All,
+                    "headers" => out.headers = Keys::All,
+                    _ => {}
+                }
+                return;
+            }
+        }
+        Expr::Call(c)
+            if c.func_name == operators::INDEX && c.target.is_none() && c.args.len() == 2 =>
+        {
+            let headers = matches!(&c.args[0].expr, Expr::Select(m) if m.field == "headers");
+            let key = match &c.args[1].expr {
+                Expr::Literal(LiteralValue::String(k)) => Some(lower(k.inner(), headers)),
+                _ => None,
+            };
+            if let Some(keys) = map_of(&c.args[0], out) {
+                match key {
+                    Some(k) => keys.add(k),
+                    None => *keys = Keys::All,
+                }
+                request_reads(&c.args[1], out);
+                return;
+            }
+        }
+        // `request` itself, handed whole to something.
+        Expr::Ident(n) if n == "request" => {
+            out.query = Keys::All;
+            out.headers = Keys::All;
+            return;
+        }
+        _ => {}
+    }
+    for child in budget::children(e) {
+        request_reads(child, out);
     }
 }
 

@@ -924,3 +924,29 @@ fn policy_tests_spend_no_rate_limit_budget() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("rate limit `once` applies"), "{text}");
 }
+
+/// A `when` reading a query parameter or header the request repeats denies: the rule saw one
+/// value, the upstream may read another (the last, or all of them joined).
+#[tokio::test]
+async fn when_refuses_a_repeated_key_it_reads() {
+    let gw = gateway(
+        "  - name: mine\n    match: {paths: [\"/comments\"]}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n    when: request.query.author_id == principal.id\n",
+    )
+    .await;
+    let alice = token(&json!({}));
+    let (status, _, _) = get(&gw, "/comments?author_id=alice", Some(&alice)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = get(&gw, "/comments?author_id=bob", Some(&alice)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for attack in [
+        "/comments?author_id=alice&author_id=bob",
+        "/comments?author_id=alice&author%5Fid=bob",
+    ] {
+        let (status, _, body) = get(&gw, attack, Some(&alice)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{attack}");
+        assert!(body.contains("condition_failed"), "{attack}: {body}");
+    }
+    // A parameter the condition does not read may repeat.
+    let (status, _, _) = get(&gw, "/comments?author_id=alice&tag=a&tag=b", Some(&alice)).await;
+    assert_eq!(status, StatusCode::OK);
+}

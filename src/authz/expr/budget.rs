@@ -243,7 +243,7 @@ fn nesting(root: &IdedExpr) -> usize {
 }
 
 /// The nodes right under `e`.
-fn children(e: &IdedExpr) -> Vec<&IdedExpr> {
+pub(super) fn children(e: &IdedExpr) -> Vec<&IdedExpr> {
     fn entry(x: &EntryExpr) -> Vec<&IdedExpr> {
         match x {
             EntryExpr::StructField(f) => vec![&f.value],

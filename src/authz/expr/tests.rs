@@ -409,3 +409,96 @@ fn budget_limits_come_from_the_config() {
         );
     }
 }
+
+#[test]
+fn what_an_expression_reads_of_the_request() {
+    let some = |k: &[&str]| Keys::Some(k.iter().map(|s| (*s).to_owned()).collect());
+    for (expr, query, headers) in [
+        ("action == 'read'", Keys::None, Keys::None),
+        (
+            "request.method == 'GET' && request.path == '/x'",
+            Keys::None,
+            Keys::None,
+        ),
+        ("request.query.a == 'x'", some(&["a"]), Keys::None),
+        (
+            "request.query['a'] == 'x' || has(request.query.b)",
+            some(&["a", "b"]),
+            Keys::None,
+        ),
+        (
+            "request.headers['X-Team'] == 'blue'",
+            Keys::None,
+            some(&["x-team"]),
+        ),
+        ("size(request.query) > 0", Keys::All, Keys::None),
+        ("'a' in request.query", Keys::All, Keys::None),
+        ("request.query[request.path] == 'x'", Keys::All, Keys::None),
+        ("request.headers.exists(h, h == 'x')", Keys::None, Keys::All),
+        ("[request].size() == 1", Keys::All, Keys::All),
+    ] {
+        let c = Condition::compile(expr, Budget::default()).unwrap();
+        assert_eq!(
+            c.reads(),
+            &RequestReads {
+                query: query.clone(),
+                headers: headers.clone()
+            },
+            "{expr}"
+        );
+    }
+}
+
+#[test]
+fn repeated_keys_an_expression_reads_deny() {
+    let p = principal();
+    let mine = "request.query.author_id == principal.id";
+    assert_eq!(eval(mine, "GET", "/c?author_id=u1", Some(&p)), Ok(()));
+    for target in [
+        "/c?author_id=u1&author_id=bob",
+        "/c?author_id=u1&author%5Fid=bob",
+        "/c?author_id=u1&%ZZ=bob",
+    ] {
+        assert!(
+            matches!(
+                eval(mine, "GET", target, Some(&p)),
+                Err(ConditionError::Error(_))
+            ),
+            "{target}"
+        );
+    }
+    // A key the expression does not read may repeat.
+    assert_eq!(
+        eval(mine, "GET", "/c?author_id=u1&tag=a&tag=b", Some(&p)),
+        Ok(())
+    );
+    // Headers: the same, by lower-cased name.
+    let header = |values: &[&str], expr: &str| {
+        let mut req = Request::builder().uri("/c").header("host", "api.test");
+        for v in values {
+            req = req.header("x-team", *v);
+        }
+        let (parts, ()) = req
+            .header("accept", "a")
+            .header("accept", "b")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), "l".into(), None);
+        let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+        Condition::compile(expr, Budget::default())
+            .unwrap()
+            .eval(&facts, None, &[])
+    };
+    let team = "request.headers['x-team'] == 'blue'";
+    assert_eq!(header(&["blue"], team), Ok(()));
+    assert!(matches!(
+        header(&["blue", "red"], team),
+        Err(ConditionError::Error(_))
+    ));
+    // `accept` repeats, unread; read as a whole, every repeat counts.
+    assert!(matches!(
+        header(&["blue"], "size(request.headers) > 0"),
+        Err(ConditionError::Error(_))
+    ));
+}
