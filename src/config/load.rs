@@ -89,8 +89,26 @@ fn read_policies(dir: &Path) -> (Vec<(Source, RawPolicyFile)>, Vec<Diagnostic>) 
     let mut policies = Vec::new();
     match policy_files(dir) {
         Ok(files) => {
-            for path in files {
+            for (path, regular) in files {
                 let display = path.display().to_string();
+                // Why: a `*.yaml` entry that is a dangling link or a directory was skipped, and
+                // its rules (a deny among them) silently went; a file truncated to be
+                // rewritten was read as no rules while it stayed empty.
+                // Regression: tests (it) reload::unreadable_or_empty_policy_file_keeps_the_running_policies
+                if !regular {
+                    diagnostics.push(Diagnostic::file_error(
+                        &display,
+                        "not a file (a dangling link, or a directory): its rules cannot be read",
+                    ));
+                    continue;
+                }
+                if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                    diagnostics.push(Diagnostic::file_error(
+                        &display,
+                        "empty policy file: taken for one being written (write policy files whole, renaming a finished file into place); a file without rules says `rules: []`",
+                    ));
+                    continue;
+                }
                 match read_yaml::<RawPolicyFile>(&path, display) {
                     Ok(p) => policies.push(p),
                     Err(d) => diagnostics.push(d),
@@ -121,8 +139,9 @@ pub fn read_config(path: &Path) -> Result<RawConfig, Diagnostic> {
     read_yaml::<RawConfig>(path, path.display().to_string()).map(|(_, raw)| raw)
 }
 
-/// `*.yaml` and `*.yml` files directly in `dir`, sorted by file name.
-fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The `*.yaml` and `*.yml` entries directly in `dir`, sorted by file name, each with whether
+/// it is a regular file (followed through links).
+fn policy_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -130,8 +149,9 @@ fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml")
         );
-        if is_yaml && path.is_file() {
-            files.push(path);
+        if is_yaml {
+            let regular = path.is_file();
+            files.push((path, regular));
         }
     }
     files.sort();

@@ -410,15 +410,14 @@ async fn reload_to_zero_rules_is_refused_unless_allowed() {
     gw.write("policies/10-all.yaml", "");
     let (status, body) = gw.admin_post("/reload").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(body.contains("hold no rule"), "{body}");
-    assert!(body.contains("allow_empty"), "{body}");
+    assert!(body.contains("empty policy file"), "{body}");
     assert_eq!(gw.app().version(), before, "running rules stay");
     assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
     gw.write("policies/10-all.yaml", "rules: []\n");
-    assert_eq!(
-        gw.admin_post("/reload").await.0,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("hold no rule"), "{body}");
+    assert!(body.contains("allow_empty"), "{body}");
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(
         metrics.contains(r#"portcullis_config_reloads_total{outcome="failed"} 2"#),
@@ -437,4 +436,62 @@ async fn reload_to_zero_rules_is_refused_unless_allowed() {
     let (status, body) = gw.admin_post("/reload").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::FORBIDDEN);
+}
+
+/// A policy file truncated to be rewritten, or a `*.yaml` entry that cannot be read (a dangling
+/// link, a directory), is an error: the running policies, the deny rule among them, stay.
+#[tokio::test]
+async fn unreadable_or_empty_policy_file_keeps_the_running_policies() {
+    let deny = "rules:\n  - {name: admin, match: {paths: [\"/admin/**\"]}, effect: deny}\n";
+    let gw = Setup {
+        policies: vec![
+            ("10-deny.yaml".into(), deny.into()),
+            ("90-all.yaml".into(), "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n".into()),
+        ],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert_eq!(get(gw.addr(), "/admin/x").await.0, StatusCode::FORBIDDEN);
+    let deny_path = gw.path("policies/10-deny.yaml");
+    type BreakIt<'a> = Box<dyn Fn() + 'a>;
+    let attempts: [(&str, BreakIt<'_>); 3] = [
+        (
+            "truncated",
+            Box::new(|| std::fs::write(&deny_path, "").unwrap()),
+        ),
+        (
+            "a dangling link",
+            Box::new(|| {
+                std::fs::remove_file(&deny_path).unwrap();
+                std::os::unix::fs::symlink("..data/10-deny.yaml", &deny_path).unwrap();
+            }),
+        ),
+        (
+            "a directory",
+            Box::new(|| {
+                std::fs::remove_file(&deny_path).unwrap();
+                std::fs::create_dir(&deny_path).unwrap();
+            }),
+        ),
+    ];
+    for (what, break_it) in attempts {
+        break_it();
+        let (status, body) = gw.admin_post("/reload").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {body}");
+        assert!(body.contains("10-deny.yaml"), "{what}: {body}");
+        assert_eq!(
+            get(gw.addr(), "/admin/x").await.0,
+            StatusCode::FORBIDDEN,
+            "{what}"
+        );
+        // Whole again, for the next.
+        if deny_path.is_dir() {
+            std::fs::remove_dir(&deny_path).unwrap();
+        } else {
+            std::fs::remove_file(&deny_path).unwrap();
+        }
+        std::fs::write(&deny_path, deny).unwrap();
+        assert_eq!(gw.admin_post("/reload").await.0, StatusCode::OK, "{what}");
+    }
 }
