@@ -517,6 +517,14 @@ fn upstream_head(
         ctx.request_id,
         upstream,
     );
+    // Why: an HTTP/2 client splits `Cookie` into crumbs, one field each, which went to an
+    // HTTP/1.1 upstream as several `Cookie` lines: servers that read the first lose the rest,
+    // and those that join with a comma garble them. RFC 9113 §8.2.3 joins them with `; `
+    // (one field suits an HTTP/2 upstream as well). An HTTP/1.1 client sends one.
+    // Regression: tests (it) proxy::http2_cookie_crumbs_reach_the_upstream_as_one_field
+    if ctx.version == http::Version::HTTP_2 {
+        join_cookie_crumbs(&mut parts.headers);
+    }
     if ctx.te_trailers {
         parts
             .headers
@@ -527,6 +535,23 @@ fn upstream_head(
     }
     parts.uri = uri;
     Ok(())
+}
+
+/// Several `Cookie` fields as one, joined with `; `.
+fn join_cookie_crumbs(headers: &mut http::HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (crumbs.next(), crumbs.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for crumb in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Joined valid values are a valid value.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// Phase 3, the body: what arrived with the head read first, within the size limit.

@@ -418,6 +418,32 @@ async fn h2_prior_knowledge_on_plain_listener() {
     assert_eq!(gw.echo.last().unwrap().version, http::Version::HTTP_11);
 }
 
+/// An HTTP/2 client's cookie crumbs (one field each) reach an HTTP/1.1 upstream as one
+/// `Cookie` field joined with `; ` (RFC 9113 §8.2.3).
+#[tokio::test]
+async fn http2_cookie_crumbs_reach_the_upstream_as_one_field() {
+    let gw = Setup::default().start().await;
+    let stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/crumbs", gw.addr()))
+        .header("cookie", "a=1")
+        .header("cookie", "csrf=xyz")
+        .header("cookie", "b=2")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = gw.echo.last().unwrap();
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; csrf=xyz; b=2"]);
+}
+
 /// HTTP/2 PINGs move bytes but are no request: a client pinging every 100 ms still has its
 /// connection closed once no request has run for the idle timeout.
 #[tokio::test]
