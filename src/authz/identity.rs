@@ -346,6 +346,16 @@ fn claim_text(v: &Value, out: &mut String) -> Result<(), Miss> {
     Ok(())
 }
 
+/// A header name as frameworks read it: lower case, `_` as `-`.
+pub fn fold_name(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'_' => '-',
+            b => char::from(b.to_ascii_lowercase()),
+        })
+        .collect()
+}
+
 // === impl IdentityHeaders ===
 
 impl IdentityHeaders {
@@ -355,6 +365,7 @@ impl IdentityHeaders {
     ) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut headers = Vec::new();
+        let mut folded: Vec<(String, &str)> = Vec::new();
         for (name, template) in pairs {
             let header = match check_name(name) {
                 Ok(h) => h,
@@ -363,6 +374,20 @@ impl IdentityHeaders {
                     continue;
                 }
             };
+            // Why: `X-User` and `x_user` are one header to the frameworks that fold `_` and
+            // case; both were accepted, one value picked silently and the other spelling sent
+            // as well. Regression: tests::spellings_of_one_name_are_an_error
+            let fold = fold_name(name);
+            if let Some((_, first)) = folded.iter().find(|(f, _)| *f == fold) {
+                errors.push(FieldError::new(
+                    name.to_owned(),
+                    format!(
+                        "the same header as `{first}` to an upstream that folds `_` and case: name it once"
+                    ),
+                ));
+                continue;
+            }
+            folded.push((fold, name));
             match Template::parse(template) {
                 Ok(t) => headers.push((header, t)),
                 Err(m) => errors.push(FieldError::new(name.to_owned(), m)),
@@ -530,6 +555,24 @@ mod tests {
             .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
             .collect();
         (set, refused)
+    }
+
+    #[test]
+    fn spellings_of_one_name_are_an_error() {
+        let errors = IdentityHeaders::compile([
+            ("X-User", "{principal.id}"),
+            ("x-user", "{principal.id}"),
+            ("x_user", "{principal.id}"),
+            ("x-user-roles", "{principal.roles}"),
+        ])
+        .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["x-user", "x_user"]);
+        assert!(
+            errors[1].message.contains("the same header as `X-User`"),
+            "{errors:?}"
+        );
+        assert!(IdentityHeaders::compile([("x-user", "a"), ("x-users", "b")]).is_ok());
     }
 
     #[test]

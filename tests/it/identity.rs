@@ -161,6 +161,8 @@ async fn bad_identity_headers_are_config_errors_with_their_line() {
         "identity_headers:
   x-user-id: \"{principal.email}\"
   host: \"{principal.id}\"
+  X-Tenant: \"{claims.tenant}\"
+  x_tenant: \"{claims.org}\"
 ",
     );
     cfg.write(
@@ -181,6 +183,7 @@ async fn bad_identity_headers_are_config_errors_with_their_line() {
         "portcullis.yaml:5:3: error: identity_headers.x-user-id: unknown variable `{principal.email}`",
         "portcullis.yaml:6:3: error: identity_headers.host: `host` is set by the gateway",
         "p.yaml:8:7: error: rules[0].identity_headers.x-a: unknown variable `{claims.}`",
+        "error: identity_headers.x_tenant: the same header as `X-Tenant` to an upstream that folds `_` and case",
     ] {
         assert!(text.contains(expected), "{expected} in {text}");
     }

@@ -507,7 +507,9 @@ fn identity(
         .collect();
     for (k, v) in &r.identity_headers {
         let k = k.to_ascii_lowercase();
-        merged.retain(|(n, _)| *n != k);
+        // The rule's spelling replaces the global one it folds to (`x_user` over `x-user`).
+        let fold = crate::authz::identity::fold_name(&k);
+        merged.retain(|(n, _)| crate::authz::identity::fold_name(n) != fold);
         if let Some(v) = v {
             merged.push((k, v.as_str()));
         }
