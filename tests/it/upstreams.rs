@@ -1487,3 +1487,56 @@ fn upstream_ca_file_that_verifies_nothing_warns() {
         );
     }
 }
+
+/// An upgrade the upstream declines is an ordinary answer, checked as any: a status past 599
+/// or a body framed two ways is a 502 `upstream_invalid_response`; a plain refusal goes on.
+#[tokio::test]
+async fn declined_upgrade_answers_are_checked_as_any_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let n = tcp.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let answer: &[u8] = if head.starts_with("GET /ws/weird ") {
+                    b"HTTP/1.1 999 Weird\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else if head.starts_with("GET /ws/gzip ") {
+                    b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n2\r\nno\r\n0\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno"
+                };
+                let _ = tcp.write_all(answer).await;
+            });
+        }
+    });
+    let gw = Setup {
+        upstreams: format!("  raw:\n    url: http://{addr}\n"),
+        policies: vec![(
+            "10-ws.yaml".into(),
+            "rules:\n  - {name: ws, match: {paths: [\"/ws/**\"]}, effect: allow, anonymous: true, upstream: raw, upgrade: {protocols: [websocket]}}\n".into(),
+        )],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let ask = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    for path in ["/ws/weird", "/ws/gzip"] {
+        let r = crate::support::raw(gw.addr(), ask(path).as_bytes()).await;
+        assert_eq!(r.status, 502, "{path}: {}", r.head);
+        assert!(
+            r.body.contains("upstream_invalid_response"),
+            "{path}: {}",
+            r.body
+        );
+    }
+    let r = crate::support::raw(gw.addr(), ask("/ws/declined").as_bytes()).await;
+    assert_eq!(r.status, 426, "{}", r.head);
+    assert_eq!(r.body, "no");
+}

@@ -6,8 +6,8 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicies {
-    /// Directory of `*.yaml` policy files, relative to the config file. Files are read in name
-    /// order; rules are evaluated in that order, first match wins.
+    /// Directory of `*.yaml` (and `*.yml`) policy files, relative to the config file. Files
+    /// are read in name order; rules are evaluated in that order, first match wins.
     #[serde(default = "default_policy_dir")]
     pub dir: PathBuf,
     /// Whether a reload may leave no rule at all (every request then denied). Off by default:

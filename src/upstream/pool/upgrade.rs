@@ -33,7 +33,16 @@ impl Pool {
             .map_err(SendError::Http)?;
         tokio::spawn(conn.with_upgrades());
         *req.version_mut() = http::Version::HTTP_11;
-        sender.send_request(req).await.map_err(SendError::Http)
+        let mut resp = sender.send_request(req).await.map_err(SendError::Http)?;
+        // Why: a declined upgrade (400, 426) is an ordinary answer, and was relayed unchecked:
+        // a status past 599, or a body framed two ways, reached the client as the pooled
+        // exchanges no longer let one. Checked as they are, so 502 `upstream_invalid_response`.
+        // Regression: tests (it) upstreams::declined_upgrade_answers_are_checked_as_any_answer
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            super::check_status(resp.status()).map_err(|f| f.error)?;
+            super::check_framing(resp.headers_mut()).map_err(|f| f.error)?;
+        }
+        Ok(resp)
     }
 }
 
