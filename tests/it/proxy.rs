@@ -397,17 +397,23 @@ async fn idle_connection_closed_after_idle_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
 
-#[tokio::test]
-async fn h2_prior_knowledge_on_plain_listener() {
-    let gw = Setup::default().start().await;
-    let stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+/// An HTTP/2 connection to `addr` with prior knowledge.
+async fn h2c(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
     )
     .await
     .unwrap();
     tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test]
+async fn h2_prior_knowledge_on_plain_listener() {
+    let gw = Setup::default().start().await;
+    let mut sender = h2c(gw.addr()).await;
     let req = Request::get(format!("http://{}/h2c", gw.addr()))
         .body(Full::<Bytes>::default())
         .unwrap();
@@ -423,14 +429,7 @@ async fn h2_prior_knowledge_on_plain_listener() {
 #[tokio::test]
 async fn http2_cookie_crumbs_reach_the_upstream_as_one_field() {
     let gw = Setup::default().start().await;
-    let stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2c(gw.addr()).await;
     let req = Request::get(format!("http://{}/crumbs", gw.addr()))
         .header("cookie", "a=1")
         .header("cookie", "csrf=xyz")

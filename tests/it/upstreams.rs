@@ -1062,6 +1062,19 @@ async fn http1_client_asking_for_trailers_gets_them() {
 /// request head goes to `answer`, whose bytes are written back as they are (the answers a
 /// well-behaved server library would never send). Returns the gateway.
 async fn gateway_to_raw_upstream(answer: fn(&str) -> Vec<u8>) -> crate::support::TestGateway {
+    let addr = raw_upstream(answer).await;
+    Setup {
+        upstreams: format!("  raw:\n    url: http://{addr}\n"),
+        policies: route_all_to("raw"),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+/// An upstream on 127.0.0.1 answering each connection's first read (its head) with
+/// `answer(head)`, as written.
+async fn raw_upstream(answer: fn(&str) -> Vec<u8>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -1075,13 +1088,7 @@ async fn gateway_to_raw_upstream(answer: fn(&str) -> Vec<u8>) -> crate::support:
             });
         }
     });
-    Setup {
-        upstreams: format!("  raw:\n    url: http://{addr}\n"),
-        policies: route_all_to("raw"),
-        ..Setup::default()
-    }
-    .start()
-    .await
+    addr
 }
 
 /// An upstream that declares its trailers on two `Trailer` lines: an HTTP/1.1 client asking
@@ -1492,25 +1499,17 @@ fn upstream_ca_file_that_verifies_nothing_warns() {
 /// or a body framed two ways is a 502 `upstream_invalid_response`; a plain refusal goes on.
 #[tokio::test]
 async fn declined_upgrade_answers_are_checked_as_any_answer() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let n = tcp.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let answer: &[u8] = if head.starts_with("GET /ws/weird ") {
-                    b"HTTP/1.1 999 Weird\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                } else if head.starts_with("GET /ws/gzip ") {
-                    b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n2\r\nno\r\n0\r\n\r\n"
-                } else {
-                    b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno"
-                };
-                let _ = tcp.write_all(answer).await;
-            });
-        }
-    });
+    let addr = raw_upstream(|head| {
+        let answer: &[u8] = if head.starts_with("GET /ws/weird ") {
+            b"HTTP/1.1 999 Weird\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        } else if head.starts_with("GET /ws/gzip ") {
+            b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n2\r\nno\r\n0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno"
+        };
+        answer.to_vec()
+    })
+    .await;
     let gw = Setup {
         upstreams: format!("  raw:\n    url: http://{addr}\n"),
         policies: vec![(
