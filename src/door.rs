@@ -550,14 +550,10 @@ pub fn upgrade_refusal(
 /// many bytes of head they took: the head limits count them, as the proxy door counts the
 /// head as it arrived.
 fn strip_counted(headers: &mut HeaderMap) -> usize {
-    let size = |h: &HeaderMap| {
-        h.iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum::<usize>()
-    };
-    let before = size(headers);
+    use crate::request::facts::header_lines_bytes;
+    let before = header_lines_bytes(headers);
     hop_by_hop::strip(headers);
-    before - size(headers)
+    before - header_lines_bytes(headers)
 }
 
 /// The status of a description a door cannot read: 431 for one over the header limits, as the
@@ -755,6 +751,14 @@ pub fn allow_response(allow: &Allow) -> Response<Full<Bytes>> {
 
 /// A header's only value as text, or `None`; repeated or non-text values are refused.
 pub fn single<'h>(h: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, Undescribed> {
+    Ok(single_value(h, name)?.and_then(|v| v.to_str().ok()))
+}
+
+/// [`single`]'s value itself (visible text, checked), for a door that passes it on.
+pub fn single_value<'h>(
+    h: &'h HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'h HeaderValue>, Undescribed> {
     let mut values = h.get_all(name).iter();
     let Some(v) = values.next() else {
         return Ok(None);
@@ -763,7 +767,7 @@ pub fn single<'h>(h: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>
         return Err(Undescribed("repeated_description_header"));
     }
     v.to_str()
-        .map(Some)
+        .map(|_| Some(v))
         .map_err(|_| Undescribed("invalid_description_header"))
 }
 

@@ -37,7 +37,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
 use http_body_util::Full;
 
 use crate::decision::{Allow, Refusal};
-use crate::door::{self, Described, HttpDoor, Undescribed, single};
+use crate::door::{self, Described, HttpDoor, Undescribed};
 use crate::request::facts::Door;
 use crate::snapshot::DoorSettings;
 
@@ -191,17 +191,22 @@ impl HttpDoor for ForwardAuth {
             .ok_or(Undescribed("missing_original_method"))?;
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|_| Undescribed("invalid_original_method"))?;
+        // `one_of` checked that each value is visible text.
         let target = one_of(h, &names.uri, "ambiguous_uri", uri_present)?
+            .and_then(|v| v.to_str().ok())
             .ok_or(Undescribed("missing_original_uri"))?;
         // Why: an absolute or empty target would be read differently by the peer's upstream
         // than by the rules. Regression: tests (it) doors::forward_auth_bad_descriptions
         if !target.starts_with('/') {
             return Err(Undescribed("invalid_original_uri"));
         }
-        let authority = one_of(h, &names.host, "ambiguous_host", &mut [])?
+        // Kept as the peer sent it (a reference count, no copy): the `Host` it replaces below.
+        let host = one_of(h, &names.host, "ambiguous_host", &mut [])?
+            .cloned()
             .ok_or(Undescribed("missing_original_host"))?;
         let scheme = door::scheme_in(h, &names.proto)?;
-        let (target, authority) = (target.to_owned(), authority.to_owned());
+        let authority = host.to_str().unwrap_or_default().to_owned();
+        let target = target.to_owned();
         let mut headers = std::mem::take(&mut parts.headers);
         // Fail closed: a name without a place in `present` is removed as if it were there.
         for (names, present) in [(&names.method, &present[..2]), (&names.uri, &present[2..])] {
@@ -215,8 +220,6 @@ impl HttpDoor for ForwardAuth {
         // send it), and a rule or delegate reading `request.headers['host']` judged the door's
         // host, not the client's. The described host replaces it, as the proxy door reads the
         // client's own. Regression: tests (it) doors::forward_auth_rules_read_the_described_host
-        let host =
-            HeaderValue::from_str(&authority).map_err(|_| Undescribed("invalid_original_host"))?;
         headers.insert(http::header::HOST, host);
         Ok(Described {
             method,
@@ -255,10 +258,10 @@ fn one_of<'h>(
     names: &[HeaderName],
     ambiguous: &'static str,
     present: &mut [bool],
-) -> Result<Option<&'h str>, Undescribed> {
-    let mut found = None;
+) -> Result<Option<&'h HeaderValue>, Undescribed> {
+    let mut found: Option<&HeaderValue> = None;
     for (i, name) in names.iter().enumerate() {
-        let value = single(h, name)?;
+        let value = door::single_value(h, name)?;
         if let Some(p) = present.get_mut(i) {
             *p = value.is_some();
         }

@@ -355,12 +355,8 @@ pub fn without_cookie(headers: &HeaderMap, name: &str) -> Option<http::HeaderVal
         // joined) is taken apart; any other piece stays whole, commas and all.
         .flat_map(|piece| {
             let joined = piece.contains(',') && piece.split(',').any(named);
-            let parts: Vec<&str> = if joined {
-                piece.split(',').collect()
-            } else {
-                vec![piece]
-            };
-            parts
+            // A piece has no `;` left: split on it, it stays whole.
+            piece.split(if joined { ',' } else { ';' })
         })
         .filter(|pair| !named(pair))
         .map(|pair| pair.trim().to_owned())

@@ -348,10 +348,10 @@ fn claim_text(v: &Value, out: &mut String) -> Result<(), Miss> {
 
 /// A header name as frameworks read it: lower case, `_` as `-`.
 pub fn fold_name(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'_' => '-',
-            b => char::from(b.to_ascii_lowercase()),
+    name.chars()
+        .map(|c| match c {
+            '_' => '-',
+            c => c.to_ascii_lowercase(),
         })
         .collect()
 }
@@ -484,7 +484,7 @@ fn render_one(t: &Template, cx: &Context<'_>) -> Rendered {
 pub fn check_name(name: &str) -> Result<HeaderName, String> {
     let h = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("`{name}` is not a valid header name"))?;
-    let dashed = h.as_str().replace('_', "-");
+    let dashed = fold_name(h.as_str());
     if RESERVED.contains(&dashed.as_str()) || dashed.starts_with(':') {
         return Err(format!(
             "`{name}` is set by the gateway or the protocol; choose another name"

@@ -253,7 +253,7 @@ impl Spoofable {
 impl NamePattern {
     /// `name` or `prefix*`; lowercase, `_` read as `-`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let lower = s.to_ascii_lowercase().replace('_', "-");
+        let lower = crate::authz::identity::fold_name(s);
         let (text, prefix) = match lower.strip_suffix('*') {
             Some(p) => (p, true),
             None => (lower.as_str(), false),

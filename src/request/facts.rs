@@ -340,11 +340,15 @@ impl Head<'_> {
 /// A head's size against `server.max_header_bytes`, the same at every door: the request line
 /// (`target_len` bytes of target) and the `name: value` lines, with their line ends.
 pub fn head_bytes(method: &Method, target_len: usize, headers: &HeaderMap) -> usize {
-    let mut size = target_len + method.as_str().len() + 12;
-    for (name, value) in headers {
-        size += name.as_str().len() + value.len() + 4;
-    }
-    size
+    target_len + method.as_str().len() + 12 + header_lines_bytes(headers)
+}
+
+/// The `name: value` lines of `headers`, with their line ends, as [`head_bytes`] counts them.
+pub fn header_lines_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
 impl<'a> RequestFacts<'a> {

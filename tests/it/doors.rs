@@ -40,6 +40,17 @@ async fn gateway(door: &str) -> TestGateway {
     .await
 }
 
+/// A gateway with one decision door, `door` (its YAML), and one policy file.
+async fn one_door(door: &str, policy: &str) -> TestGateway {
+    Setup {
+        listeners: format!("  - name: doors\n    address: 127.0.0.1:0\n    door: {door}\n"),
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
 /// Asks the door as its peer would: the given headers, and what every shipped peer sends
 /// that the test did not set (the client as the last `X-Forwarded-For` entry; for forward
 /// auth, the method and host). Returns status, headers and body text.
@@ -385,14 +396,7 @@ async fn forward_auth_status_map_for_nginx() {
 async fn forward_auth_client_address_comes_from_the_peer() {
     // `require.networks` sees the original client the peer names, not the peer.
     let policy = "rules:\n  - name: office\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    require: {networks: [203.0.113.0/24]}\n";
-    let gw = Setup {
-        listeners: "  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n"
-            .into(),
-        policies: vec![("10-p.yaml".into(), policy.into())],
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = one_door("{forward_auth: {}}", policy).await;
     let office = [
         ("x-forwarded-uri", "/x"),
         ("x-forwarded-for", "203.0.113.7"),
@@ -532,17 +536,10 @@ async fn envoy_http_path_prefix() {
 
 #[tokio::test]
 async fn decision_only_config_needs_no_upstream() {
-    let gw = Setup {
-        listeners: "  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n"
-            .into(),
-        policies: vec![(
-            "10-p.yaml".into(),
-            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true}\n"
-                .into(),
-        )],
-        ..Setup::default()
-    }
-    .start()
+    let gw = one_door(
+        "{forward_auth: {}}",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true}\n",
+    )
     .await;
     assert_eq!(
         ask(&gw, "/auth", &[("x-forwarded-uri", "/x")]).await.0,
@@ -976,13 +973,7 @@ const WS_KEY: (&str, &str) = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
 #[tokio::test]
 async fn upgrades_at_the_decision_doors_as_at_the_proxy() {
     for door in ["{forward_auth: {}}", "{envoy_http: {}}"] {
-        let gw = Setup {
-            listeners: format!("  - name: doors\n    address: 127.0.0.1:0\n    door: {door}\n"),
-            policies: vec![("10-p.yaml".into(), UPGRADE_POLICY.into())],
-            ..Setup::default()
-        }
-        .start()
-        .await;
+        let gw = one_door(door, UPGRADE_POLICY).await;
         for (name, path, headers, status, reason) in UPGRADE_CASES {
             let mut all: Vec<(&str, &str)> = headers.to_vec();
             all.push(("connection", "upgrade"));
@@ -1014,14 +1005,7 @@ async fn forward_auth_rules_read_the_described_host() {
     anonymous: true
     when: request.headers['host'] != 'internal.example'
 ";
-    let gw = Setup {
-        listeners: "  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n"
-            .into(),
-        policies: vec![("10-p.yaml".into(), policy.into())],
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = one_door("{forward_auth: {}}", policy).await;
     let at = |host: &'static str| {
         [
             ("host", "portcullis"),
