@@ -5,7 +5,7 @@
 //! snapshot stays, the error is logged, counted and kept for the admin listener.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -259,7 +259,14 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: Duration) -> notify::Res
             for d in dirs.difference(&now) {
                 let _ = watcher.unwatch(d);
             }
-            for d in now.difference(&dirs) {
+            // Why: a watch follows the directory it was set on, not its path. A policies
+            // directory replaced whole (a symlink swapped to a new release, or removed and
+            // made again) left the watch on the old one, and no later edit was seen. Every
+            // directory is watched again after each reload, at its path as it is now (a few
+            // directories, once per settled change).
+            // Regression: tests (it) reload::a_replaced_policies_directory_is_still_watched
+            for d in &now {
+                let _ = watcher.unwatch(d);
                 if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
                     tracing::warn!(dir = %d.display(), error = %e, "Cannot watch directory");
                 }
@@ -303,19 +310,22 @@ fn concerns(paths: &[PathBuf], watched: &[PathBuf]) -> bool {
     })
 }
 
-/// Directories to watch: each watched directory itself and each watched file's parent.
+/// Directories to watch: each watched file's parent, and each watched directory with its
+/// parent (where the directory itself is renamed, replaced or swapped).
 fn watch_dirs(paths: &[PathBuf]) -> BTreeSet<PathBuf> {
-    paths
-        .iter()
-        .filter_map(|p| {
-            let p = std::path::absolute(p).ok()?;
-            if p.is_dir() {
-                Some(p)
-            } else {
-                p.parent().map(Path::to_path_buf)
-            }
-        })
-        .collect()
+    let mut dirs = BTreeSet::new();
+    for p in paths {
+        let Ok(p) = std::path::absolute(p) else {
+            continue;
+        };
+        if let Some(parent) = p.parent() {
+            dirs.insert(parent.to_path_buf());
+        }
+        if p.is_dir() {
+            dirs.insert(p);
+        }
+    }
+    dirs
 }
 
 #[cfg(test)]

@@ -94,6 +94,51 @@ async fn watched_policy_change_takes_effect() {
     assert_eq!(get(gw.addr(), "/other").await.0, StatusCode::OK);
 }
 
+/// The policies directory replaced whole, as a release swaps it (a new directory renamed
+/// into place), is read, and the new directory's later edits are watched too.
+#[tokio::test]
+async fn a_replaced_policies_directory_is_still_watched() {
+    let gw = Setup {
+        watch: true,
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert_eq!(get(gw.addr(), "/blocked/x").await.0, StatusCode::OK);
+    let dir = gw.path("policies");
+    let next = gw.path("policies.next");
+    std::fs::create_dir(&next).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), next.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        next.join("05-block.yaml"),
+        "rules:\n  - name: block\n    match: {paths: [\"/blocked/**\"]}\n    effect: deny\n",
+    )
+    .unwrap();
+    std::fs::rename(&dir, gw.path("policies.old")).unwrap();
+    std::fs::rename(&next, &dir).unwrap();
+    let addr = gw.addr();
+    let applied = eventually(Duration::from_secs(5), || async move {
+        get(addr, "/blocked/x").await.0 == StatusCode::FORBIDDEN
+    })
+    .await;
+    assert!(applied, "the swapped-in directory was read");
+
+    // An edit inside the new directory.
+    gw.write(
+        "policies/06-block.yaml",
+        "rules:\n  - name: block2\n    match: {paths: [\"/also/**\"]}\n    effect: deny\n",
+    );
+    let applied = eventually(Duration::from_secs(5), || async move {
+        get(addr, "/also/x").await.0 == StatusCode::FORBIDDEN
+    })
+    .await;
+    assert!(applied, "an edit in the swapped-in directory was seen");
+    assert_eq!(get(gw.addr(), "/other").await.0, StatusCode::OK);
+}
+
 /// A file the config does not read, beside it (a log), wakes no reload; a watched change
 /// after it still applies.
 #[tokio::test]
