@@ -17,6 +17,10 @@ pub fn is_fixed(name: &HeaderName) -> bool {
             | "keep-alive"
             | "proxy-connection"
             | "proxy-authorization"
+            // An upstream's challenge is for the gateway, the next client on the response
+            // chain (RFC 2616 §13.5.1 listed it so). Regression: tests (it)
+            // upstreams::upstream_proxy_authenticate_does_not_reach_the_client
+            | "proxy-authenticate"
             | "te"
             | "trailer"
             | "transfer-encoding"
@@ -59,6 +63,35 @@ pub fn strip(headers: &mut HeaderMap) {
         }
     }
     remove_where(headers, is_fixed);
+}
+
+/// Removes from a trailer section what one may not carry: the hop-by-hop fields (which make
+/// an HTTP/2 stream malformed) and the fields RFC 9110 §6.5.1 keeps out of trailers (framing,
+/// routing, authentication, cookies, content and caching controls), as hyper's HTTP/1.1
+/// encoder leaves them out.
+///
+/// Why: an HTTP/1.1 upstream's `keep-alive` trailer reset the stream of an HTTP/2 client, its
+/// gRPC status lost; and its `set-cookie` or `authorization` trailers reached the client.
+/// Regression: tests (it) upstreams::forbidden_trailer_fields_do_not_reach_http2_clients
+pub fn strip_trailers(trailers: &mut HeaderMap) {
+    strip(trailers);
+    remove_where(trailers, |n| {
+        matches!(
+            n.as_str(),
+            "authorization"
+                | "cache-control"
+                | "content-encoding"
+                | "content-length"
+                | "content-range"
+                | "content-type"
+                | "cookie"
+                | "expect"
+                | "host"
+                | "max-forwards"
+                | "set-cookie"
+                | "www-authenticate"
+        )
+    });
 }
 
 /// Removes every header whose name `doomed` accepts, by walking the names present: cheaper
@@ -119,11 +152,12 @@ mod tests {
     use super::*;
 
     /// Always hop-by-hop, whether named in `Connection` or not.
-    const HOP_BY_HOP: [HeaderName; 8] = [
+    const HOP_BY_HOP: [HeaderName; 9] = [
         header::CONNECTION,
         HeaderName::from_static("keep-alive"),
         HeaderName::from_static("proxy-connection"),
         header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
         header::TE,
         header::TRAILER,
         header::TRANSFER_ENCODING,

@@ -916,12 +916,21 @@ impl Body for PooledBody {
                 _ => {}
             }
         }
-        if let Poll::Ready(None) = polled
-            && let Some((pool, sender)) = this.back.take()
-        {
-            pool.checkin(sender);
+        match polled {
+            Poll::Ready(None) => {
+                if let Some((pool, sender)) = this.back.take() {
+                    pool.checkin(sender);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    crate::server::hop_by_hop::strip_trailers(trailers);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            polled => polled.map(|o| o.map(|r| r.map_err(Into::into))),
         }
-        polled.map(|o| o.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1091,6 +1091,45 @@ async fn raw_upstream(answer: fn(&str) -> Vec<u8>) -> SocketAddr {
     addr
 }
 
+/// An upstream's trailer fields that a trailer section may not carry (RFC 9110 §6.5.1:
+/// framing, authentication, cookies, connection-specific fields) do not reach an HTTP/2
+/// client; the others (a gRPC status) do, and the stream ends cleanly.
+#[tokio::test]
+async fn forbidden_trailer_fields_do_not_reach_http2_clients() {
+    let gw = gateway_to_raw_upstream(|_| {
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          7\r\n\0\0\0\0\x02hi\r\n0\r\ngrpc-status: 0\r\nset-cookie: sid=upstream\r\n\
+          authorization: Bearer leaked\r\ncontent-length: 99\r\nkeep-alive: timeout=5\r\n\
+          proxy-authenticate: Basic realm=x\r\nx-checksum: c0ffee\r\n\r\n"
+            .to_vec()
+    })
+    .await;
+    let (status, body, trailers) = grpc_call(gw.addr()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"\0\0\0\0\x02hi");
+    let trailers = trailers.expect("trailers relayed");
+    let mut names: Vec<&str> = trailers.keys().map(http::HeaderName::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["grpc-status", "x-checksum"], "{trailers:?}");
+}
+
+/// An upstream's `Proxy-Authenticate` is for the gateway, the next client on the response
+/// chain, never the user's (hop-by-hop, as RFC 2616 listed it): a browser shown it would
+/// prompt for proxy credentials on the upstream's behalf.
+#[tokio::test]
+async fn upstream_proxy_authenticate_does_not_reach_the_client() {
+    let gw = gateway_to_raw_upstream(|_| {
+        b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=corp\r\n\
+          Content-Length: 0\r\nConnection: close\r\n\r\n"
+            .to_vec()
+    })
+    .await;
+    let (status, headers, _) = get(gw.addr(), "/x").await;
+    assert_eq!(status, StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+    assert!(!headers.contains_key("proxy-authenticate"), "{headers:?}");
+}
+
 /// An upstream that declares its trailers on two `Trailer` lines: an HTTP/1.1 client asking
 /// for trailers gets both fields, not only the first line's.
 #[tokio::test]
