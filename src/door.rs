@@ -224,6 +224,15 @@ impl Record {
         }
     }
 
+    /// A request its rule allows, refused for what it asks beyond itself (an upgrade the rule
+    /// does not relay, a WebSocket from a foreign origin): a denial, as the proxy door counts
+    /// it.
+    pub fn refused(&mut self, shared: &Shared, door: Door, reason: &'static str) {
+        self.outcome = Outcome::Deny;
+        self.reason = Some(reason);
+        shared.metrics.denial(door, reason);
+    }
+
     /// A refusal that is not a decision (malformed, not admitted, too slow).
     pub fn failed(&mut self, shared: &Shared, reason: &'static str) {
         self.outcome = Outcome::Error;
@@ -337,6 +346,12 @@ async fn answer<D: HttpDoor>(
             record.preflight(shared, D::DOOR, rule, &checked);
             preflight_answer(door, settings, checked, &request_id)
         }
+        Ok(Decided::Refused(rule, reason)) => {
+            record.rule = Some(rule);
+            record.refused(shared, D::DOOR, reason);
+            let refusal = Refusal::error(StatusCode::FORBIDDEN, reason, &request_id);
+            door.deny(settings, refusal)
+        }
         Err((status, reason)) => {
             record.failed(shared, reason);
             door.deny(settings, Refusal::error(status, reason, &request_id))
@@ -358,6 +373,8 @@ enum Decided {
     Decision(Decision, Option<HeaderValue>),
     /// A CORS preflight the door answers itself ([`HttpDoor::ANSWERS_PREFLIGHTS`]).
     Preflight(crate::authz::route::RuleId, Preflight),
+    /// Allowed by this rule, which refuses the upgrade it asks for ([`upgrade_refusal`]).
+    Refused(crate::authz::route::RuleId, &'static str),
 }
 
 /// A denial's refusal at a decision door: on a rule with CORS, with the CORS headers for the
@@ -481,7 +498,7 @@ async fn decide_for<D: HttpDoor>(
     if let Decision::Allow(a) = &decision
         && let Some(reason) = upgrade_refusal(upgrade.as_ref(), a, &described.headers)
     {
-        return Err((StatusCode::FORBIDDEN, reason));
+        return Ok(Decided::Refused(a.rule.clone(), reason));
     }
     let origin = match &decision {
         Decision::Deny(d) if d.edge.as_ref().is_some_and(|e| e.cors.is_some()) => {

@@ -488,7 +488,8 @@ impl CheckService {
         if let Decision::Allow(a) = &decision
             && let Some(reason) = door::upgrade_refusal(upgrade.as_ref(), a, &described.headers)
         {
-            record.failed(&self.shared, reason);
+            record.rule = Some(a.rule.clone());
+            record.refused(&self.shared, Door::EnvoyGrpc, reason);
             let refusal = Refusal::error(StatusCode::FORBIDDEN, reason, request_id);
             return Ok(Answer::Message(denied(refusal)));
         }

@@ -38,6 +38,10 @@ pub(super) enum Failure {
     Denied(Box<crate::decision::Deny>),
     /// Allowed, but it could not be forwarded or answered (the upstream, its timeout).
     Failed(StatusCode, &'static str),
+    /// Allowed, but the rule refuses what the request asks beyond itself (an upgrade it does
+    /// not relay, a WebSocket from an origin its CORS does not name): a 403 denial, counted
+    /// as one at every door.
+    Refused(&'static str),
 }
 
 /// What the access log learns as a request goes through the phases; copied out of the
@@ -200,10 +204,7 @@ async fn forward(
             .and_then(|e| e.upgrade.as_ref())
     });
     if asked.as_ref().is_some_and(|a| a.h2) && relayed.is_none() {
-        return Err(Failure::Failed(
-            StatusCode::FORBIDDEN,
-            "upgrade_not_allowed",
-        ));
+        return Err(Failure::Refused("upgrade_not_allowed"));
     }
     if let (Some(asked), Some(_)) = (asked, relayed)
         && let Some(on_client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -338,24 +339,16 @@ async fn tunnel(
     let relayed = edge
         .as_ref()
         .and_then(|e| e.upgrade.as_ref())
-        .ok_or(Failure::Failed(
-            StatusCode::FORBIDDEN,
-            "upgrade_not_allowed",
-        ))?;
+        .ok_or(Failure::Refused("upgrade_not_allowed"))?;
     // Browsers apply no CORS to a WebSocket (`Edge::refuses_upgrade_origin`).
     if edge
         .as_ref()
         .is_some_and(|e| e.refuses_upgrade_origin(&parts.headers))
     {
         // A denial, logged and counted as the refused preflight is (`proxy::cors`).
-        let reason = crate::authz::edge::PreflightRefusal::Origin.as_str();
-        ctx.shared.metrics.denial(Door::Proxy, reason);
-        (ctx.outcome, ctx.reason) = (Outcome::Deny, Some(reason));
-        return Ok(refusal_response(Refusal::error(
-            StatusCode::FORBIDDEN,
-            reason,
-            ctx.request_id,
-        )));
+        return Err(Failure::Refused(
+            crate::authz::edge::PreflightRefusal::Origin.as_str(),
+        ));
     }
     let bounds = upgrade::Bounds {
         idle: relayed.idle_timeout,
@@ -734,6 +727,11 @@ impl Ctx<'_> {
             Failure::Failed(status, reason) => {
                 (self.outcome, self.reason) = (Outcome::Error, Some(reason));
                 (Refusal::error(status, reason, id), false)
+            }
+            Failure::Refused(reason) => {
+                self.shared.metrics.denial(Door::Proxy, reason);
+                (self.outcome, self.reason) = (Outcome::Deny, Some(reason));
+                (Refusal::error(StatusCode::FORBIDDEN, reason, id), false)
             }
         };
         let resp = if let Some(grpc) = self.grpc {

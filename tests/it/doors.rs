@@ -990,6 +990,27 @@ async fn upgrades_at_the_decision_doors_as_at_the_proxy() {
                 assert!(body.contains(reason), "{door} {name}: {body}");
             }
         }
+        // The refusals of a rule that allows the request are denials, as the proxy door
+        // counts them; h2c is a malformed request.
+        let (_, metrics) = gw.admin_get("/metrics").await;
+        let label = if door.contains("forward") {
+            "forward-auth"
+        } else {
+            "envoy-http"
+        };
+        for (reason, n) in [("upgrade_not_allowed", 2), ("cors_origin_not_allowed", 1)] {
+            let line =
+                format!("portcullis_denials_total{{door=\"{label}\",reason=\"{reason}\"}} {n}");
+            assert!(metrics.contains(&line), "{line} in {metrics}");
+        }
+        assert!(
+            !metrics.contains(r#"portcullis_bad_requests_total{kind="upgrade_not_allowed"}"#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"portcullis_bad_requests_total{kind="h2c_upgrade"} 1"#),
+            "{metrics}"
+        );
     }
 }
 
