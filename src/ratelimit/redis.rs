@@ -140,8 +140,10 @@ struct Breaker {
     failures: AtomicU32,
     /// Nanoseconds (of [`RedisStore::now`]) until which it is open; 0: closed.
     open_until: AtomicU64,
-    /// A probe is in flight (half-open).
-    probing: AtomicBool,
+    /// When (as `open_until`) the half-open breaker's probe was let through; 0: none.
+    probe_since: AtomicU64,
+    /// How long a probe holds the half-open breaker: past it, another is let through.
+    probe_lease: u64,
 }
 
 /// The breaker's state, for the gauge.
@@ -262,7 +264,11 @@ impl RedisStore {
             epoch: tokio::time::Instant::now(),
             started: AtomicBool::new(false),
             prefix: raw.key_prefix.as_str().into(),
-            breaker: Breaker::new(raw.breaker_failures, raw.breaker_cool_down),
+            breaker: Breaker::new(
+                raw.breaker_failures,
+                raw.breaker_cool_down,
+                raw.timeout.saturating_mul(2),
+            ),
             metrics,
         }))
     }
@@ -475,17 +481,28 @@ impl RedisMetrics {
 // === impl Breaker ===
 
 impl Breaker {
-    fn new(threshold: u32, cool_down: Duration) -> Self {
+    /// `lease`: how long a probe may take (the call's timeout, with room) before it counts as
+    /// abandoned.
+    fn new(threshold: u32, cool_down: Duration, lease: Duration) -> Self {
         Self {
             threshold,
             cool_down,
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
+            probe_since: AtomicU64::new(0),
+            probe_lease: u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX).max(1),
         }
     }
 
     /// Whether a call may be made at `now`.
+    ///
+    /// Why: half-open, one probe goes at a time, and only its answer closed or reopened the
+    /// breaker. A probe whose request was dropped on the way (the client gone, a door's
+    /// deadline, Envoy cancelling the Check) never answered, and the breaker stayed half-open
+    /// with a probe "in flight" until a restart: no call to Redis again, every `allow` limit
+    /// off. A probe now holds the breaker for its lease only (twice the call's timeout, which
+    /// bounds a real probe); then another goes.
+    /// Regression: tests::an_abandoned_probe_does_not_hold_the_breaker
     fn admit(&self, now: u64) -> bool {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
@@ -494,20 +511,26 @@ impl Breaker {
         if now < until {
             return false;
         }
-        // Half-open: exactly one probe.
-        !self.probing.swap(true, Ordering::AcqRel)
+        // Half-open: one probe at a time.
+        let since = self.probe_since.load(Ordering::Acquire);
+        if since != 0 && now.saturating_sub(since) < self.probe_lease {
+            return false;
+        }
+        self.probe_since
+            .compare_exchange(since, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     fn success(&self) {
         self.failures.store(0, Ordering::Relaxed);
         self.open_until.store(0, Ordering::Release);
-        self.probing.store(false, Ordering::Release);
+        self.probe_since.store(0, Ordering::Release);
     }
 
     /// Counts a failure at `now`; true when it opened the breaker.
     fn failure(&self, now: u64) -> bool {
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        let probe_failed = self.probing.swap(false, Ordering::AcqRel);
+        let probe_failed = self.probe_since.swap(0, Ordering::AcqRel) != 0;
         if probe_failed || n >= self.threshold {
             let until = now
                 .saturating_add(u64::try_from(self.cool_down.as_nanos()).unwrap_or(u64::MAX))
@@ -537,7 +560,7 @@ mod tests {
     #[test]
     fn breaker_opens_probes_once_and_recovers() {
         const MS: u64 = 1_000_000;
-        let b = Breaker::new(3, Duration::from_secs(1));
+        let b = Breaker::new(3, Duration::from_secs(1), Duration::from_millis(10));
         let t = 5_000 * MS;
         for _ in 0..2 {
             assert!(b.admit(t));
@@ -562,6 +585,23 @@ mod tests {
         b.success();
         assert_eq!(b.state(again), BreakerState::Closed);
         assert!(b.admit(again) && b.admit(again));
+    }
+
+    #[test]
+    fn an_abandoned_probe_does_not_hold_the_breaker() {
+        const MS: u64 = 1_000_000;
+        let b = Breaker::new(1, Duration::from_secs(1), Duration::from_millis(10));
+        let t = 5_000 * MS;
+        assert!(b.admit(t));
+        assert!(b.failure(t));
+        let later = t + 1_001 * MS;
+        assert!(b.admit(later), "a probe");
+        // Its request is dropped: no success, no failure.
+        assert!(!b.admit(later + 9 * MS), "within its lease, no other");
+        assert!(b.admit(later + 10 * MS), "past it, another probe");
+        assert!(!b.admit(later + 11 * MS), "one at a time still");
+        b.success();
+        assert_eq!(b.state(later + 11 * MS), BreakerState::Closed);
     }
 
     #[test]

@@ -358,6 +358,34 @@ async fn redis_stopped_mid_test_each_mode_then_recovery() {
     recovers(&gw, "stopped").await;
 }
 
+/// The half-open breaker's probe belongs to a request its client abandons before Redis
+/// answers: the breaker still recovers once Redis is back (it stayed half-open for good,
+/// with every `allow` limit off, until a restart).
+#[tokio::test]
+async fn an_abandoned_probe_does_not_keep_the_breaker_open() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let gw = modes_gateway(&redis.url()).await;
+    connected(&gw).await;
+    redis.pause();
+    for _ in 0..3 {
+        timed(&gw, "/deny/x").await;
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "portcullis_redis_breaker_state"),
+        1,
+        "open:\n{metrics}"
+    );
+    // Past the cool-down, the next request is the probe: its client gives up at once.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let probe = tokio::time::timeout(Duration::from_millis(20), timed(&gw, "/allow/x")).await;
+    assert!(probe.is_err(), "the probe waits on the stopped Redis");
+    redis.resume();
+    recovers(&gw, "probe abandoned").await;
+}
+
 #[tokio::test]
 async fn redis_killed_mid_test_each_mode_then_recovery() {
     let Some(mut redis) = RedisServer::start().await else {
