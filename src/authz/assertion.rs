@@ -102,10 +102,17 @@ impl Assertion {
         }
         // `sub` alone does not tell principals apart: an API key's owner `alice` and a
         // token's `sub: alice` are different callers. `authenticator` says whose it is.
+        // Why: and within one authenticator, `idp` (the token's issuer: one `jwt`
+        // authenticator may trust several) and `kind` (a machine's `client_id` may spell a
+        // user's `sub`). Without them a partner issuer's `alice` got the very assertion the
+        // main issuer's alice gets. Regression: tests (it)
+        // assertion::assertions_tell_issuers_and_kinds_apart
         let mut claims: Vec<(Box<str>, Template)> = Vec::new();
         for (name, default) in [
             ("sub", "{principal.id}"),
             ("authenticator", "{principal.authenticator}"),
+            ("idp", "{principal.issuer}"),
+            ("kind", "{principal.kind}"),
         ] {
             if !raw.claims.contains_key(name)
                 && let Ok(t) = Template::parse(default)

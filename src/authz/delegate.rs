@@ -392,7 +392,7 @@ fn cache_key(rule: &str, request: &CheckRequest) -> Option<[u8; 32]> {
 
 /// The `CheckRequest` for a request: what the gateway decided on, its headers as the
 /// upstream will get them ([`headers_sent`]), the principal in `context_extensions`
-/// (`principal_id`, `principal_kind`, `authenticator`).
+/// (`principal_id`, `principal_kind`, `authenticator`, `principal_issuer` when it has one).
 fn check_request(
     facts: &RequestFacts<'_>,
     principal: Option<&Principal>,
@@ -412,6 +412,10 @@ fn check_request(
         };
         context.insert("principal_kind".to_owned(), kind.to_owned());
         context.insert("authenticator".to_owned(), p.authenticator.to_string());
+        // An id is unique only within its issuer too (one authenticator may trust several).
+        if let Some(issuer) = &p.issuer {
+            context.insert("principal_issuer".to_owned(), issuer.to_string());
+        }
     }
     CheckRequest {
         attributes: Some(AttributeContext {

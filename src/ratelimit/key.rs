@@ -79,14 +79,28 @@ impl CountBy {
                 p.authenticator.hash(h);
                 p.api_key_id.hash(h);
             }
+            // Why: an id is unique only within its authenticator, issuer and kind. One
+            // `jwt` authenticator may trust several issuers, and a machine's `client_id` may
+            // spell a user's `sub`: a partner issuer's `alice` spent the main issuer's
+            // alice's budget. Regression: tests::principal_keys_tell_issuers_and_kinds_apart
             (Self::Principal | Self::ApiKey, Some(p)) => {
                 3u8.hash(h);
                 p.authenticator.hash(h);
+                p.issuer.hash(h);
+                matches!(p.kind, crate::authn::PrincipalKind::Machine).hash(h);
                 p.id.hash(h);
             }
             // A header is believed only from a trusted proxy: a client choosing a new value
-            // per request would get a new budget each time.
-            (Self::Header(name), _) => match facts.headers.get(name).filter(|_| facts.peer_trusted)
+            // per request would get a new budget each time. Why the last value: a proxy that
+            // appends its own (as to `X-Forwarded-For`) leaves the client's copy first, which
+            // then chose the budget. Regression: tests (it)
+            // ratelimit::header_key_counts_the_trusted_proxys_value
+            (Self::Header(name), _) => match facts
+                .headers
+                .get_all(name)
+                .iter()
+                .next_back()
+                .filter(|_| facts.peer_trusted)
             {
                 Some(v) => {
                     4u8.hash(h);

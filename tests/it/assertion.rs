@@ -284,3 +284,77 @@ async fn a_client_cannot_send_its_own_assertion() {
         );
     }
 }
+
+/// One `jwt` authenticator trusting two issuers, and a machine whose `client_id` spells a
+/// user's `sub`: three callers named `alice`, three assertions, told apart by `idp` and
+/// `kind` (the partner issuer's alice got the main issuer's alice's assertion, byte for byte).
+#[tokio::test]
+async fn assertions_tell_issuers_and_kinds_apart() {
+    const PARTNER: &[u8] = b"partner-secret-partner-secret-partner-secret-01";
+    let signing = SigningKey::generate(Algorithm::ES256, "gw-2").unwrap();
+    let assertion = "identity_assertion:
+  key_file: assertion.key
+  algorithm: ES256
+  kid: gw-2
+  issuer: https://gateway.test
+";
+    let users = "authenticators:
+  users:
+    jwt:
+      providers:
+        - issuer: https://iss.test
+          audiences: [api]
+          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]
+        - issuer: https://partner.test
+          audiences: [api]
+          keys: [{hmac: {secret: {file: partner.secret}, kid: k, algorithms: [HS256]}}]
+";
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: api, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users], upstream: echo}\n".into(),
+        )],
+        files: vec![
+            ("hs.secret".into(), SECRET.to_vec()),
+            ("partner.secret".into(), PARTNER.to_vec()),
+            (
+                "assertion.key".into(),
+                signing.private_pem.expose().as_bytes().to_vec(),
+            ),
+        ],
+        extra: format!("{users}{assertion}"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut seen = Vec::new();
+    for (secret, claims) in [
+        (SECRET, json!({"sub": "alice"})),
+        (
+            PARTNER,
+            json!({"sub": "alice", "iss": "https://partner.test"}),
+        ),
+        (SECRET, json!({"sub": null, "client_id": "alice"})),
+    ] {
+        let t = crate::support::hs256_token(secret, &claims);
+        let status = request(&gw, "/x", &format!("Authorization: Bearer {t}\r\n")).await;
+        assert_eq!(status, 200, "{claims}");
+        let token = echoed_header(&gw.echo, "x-portcullis-assertion").expect("assertion sent");
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["sub"], "alice");
+        seen.push((claims["idp"].clone(), claims["kind"].clone()));
+    }
+    assert_eq!(
+        seen,
+        [
+            (json!("https://iss.test"), json!("user")),
+            (json!("https://partner.test"), json!("user")),
+            (json!("https://iss.test"), json!("machine")),
+        ]
+    );
+}

@@ -50,8 +50,14 @@ impl Authorization for Opa {
         };
         *self.metadata_trace.lock().unwrap() = (text("traceparent"), text("tracestate"));
         let attributes = request.into_inner().attributes.unwrap_or_default();
-        *self.principal.lock().unwrap() =
-            attributes.context_extensions.get("principal_id").cloned();
+        // Who, as the delegate reads it: the id and the issuer it is unique within.
+        let context = |k: &str| attributes.context_extensions.get(k).cloned();
+        *self.principal.lock().unwrap() = context("principal_id").map(|id| {
+            format!(
+                "{id} of {}",
+                context("principal_issuer").unwrap_or_default()
+            )
+        });
         let headers = attributes
             .request
             .and_then(|r| r.http)
@@ -340,7 +346,10 @@ async fn delegate_allows_denies_and_caches() {
         !seen.contains_key("x-sneaky"),
         "only configured headers pass"
     );
-    assert_eq!(opa.principal.lock().unwrap().as_deref(), Some("alice"));
+    assert_eq!(
+        opa.principal.lock().unwrap().as_deref(),
+        Some("alice of https://iss.test")
+    );
 
     // The same rule, request and credential: answered from the cache.
     assert_eq!(

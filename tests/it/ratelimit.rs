@@ -457,6 +457,70 @@ async fn a_header_key_from_an_untrusted_client_counts_by_address() {
     );
 }
 
+/// From a trusted proxy that appends its value to the client's own (as proxies append to
+/// `X-Forwarded-For`), the header key is the proxy's value, the last: the client's copy, first,
+/// chooses no budget.
+#[tokio::test]
+async fn header_key_counts_the_trusted_proxys_value() {
+    let gw = Setup {
+        policies: vec![("10-p.yaml".into(), policy(""))],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        server: "  trusted_proxies: [127.0.0.0/8]\n".into(),
+        extra: format!("{}{LIMITS}", crate::support::hs256_users("{}")),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let team = |forged: &str, set: &str| {
+        Request::get("/team/x")
+            .header("x-team", forged)
+            .header("x-team", set)
+            .body(Full::default())
+            .unwrap()
+    };
+    assert_eq!(send(gw.addr(), team("a", "red")).await.0, StatusCode::OK);
+    for forged in ["b", "c"] {
+        assert_eq!(
+            send(gw.addr(), team(forged, "red")).await.0,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{forged}"
+        );
+    }
+    // Another team's budget is its own.
+    assert_eq!(send(gw.addr(), team("a", "blue")).await.0, StatusCode::OK);
+}
+
+/// Two issuers of one authenticator, and a machine and a user, may share an id: each has a
+/// budget of its own under a `principal` key.
+#[tokio::test]
+async fn principal_keys_tell_issuers_and_kinds_apart() {
+    let gw = gateway().await;
+    let ask = |claims: Value| {
+        let t = crate::support::hs256_token(SECRET, &claims);
+        Request::get("/api/x")
+            .header("authorization", format!("Bearer {t}"))
+            .body(Full::default())
+            .unwrap()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            send(gw.addr(), ask(json!({"sub": "carol"}))).await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        send(gw.addr(), ask(json!({"sub": "carol"}))).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A machine token whose `client_id` spells the user's id.
+    assert_eq!(
+        send(gw.addr(), ask(json!({"sub": null, "client_id": "carol"})))
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
 /// GCRA on the gateway's clock, moved by the test: the burst, then the steady rate, with
 /// `Retry-After` right to the second.
 #[tokio::test]

@@ -33,8 +33,10 @@ pub struct RawAssertion {
     pub ttl: Duration,
     /// Claims from templates (the identity header variables). A template that is a single
     /// variable keeps its JSON shape (arrays stay arrays). `sub` defaults to
-    /// `{principal.id}` and `authenticator` to `{principal.authenticator}` (an id is unique
-    /// only within its authenticator); `iss`, `aud`, `iat` and `exp` are the gateway's, and
+    /// `{principal.id}`, `authenticator` to `{principal.authenticator}`, `idp` to
+    /// `{principal.issuer}` (absent for API keys) and `kind` to `{principal.kind}`: an id is
+    /// unique only within its authenticator, issuer and kind; `iss`, `aud`, `iat` and `exp`
+    /// are the gateway's, and
     /// `exp` is never later than the credential's own expiry.
     #[serde(default)]
     pub claims: BTreeMap<String, String>,
