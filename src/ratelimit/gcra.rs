@@ -85,6 +85,9 @@ pub enum Mode {
     Peek,
 }
 
+/// How far ahead of now a TAT may run, nanoseconds (2^62: 146 years).
+const HORIZON: u64 = 1 << 62;
+
 // === impl Rate ===
 
 impl Rate {
@@ -114,9 +117,17 @@ impl Rate {
                 ),
             ));
         }
+        // Why: TAT runs up to `now + tolerance + interval`, in u64 nanoseconds. `requests: 2,
+        // per: 1000y` passed `check`, then overflowed on the second request (a panic in a
+        // debug build, a wrapped TAT that refused nothing in release). A horizon of 2^62 ns
+        // (146 years) keeps every sum in range. Regression: tests::rates_past_the_horizon_refused
         let tolerance = interval
             .checked_mul(u64::from(burst.get() - 1))
-            .ok_or(("burst", "is too large for the period".to_owned()))?;
+            .filter(|t| t.checked_add(interval).is_some_and(|h| h <= HORIZON))
+            .ok_or((
+                if burst.get() > 1 { "burst" } else { "per" },
+                "is too large for the period: one request's interval times the burst must stay under 146 years".to_owned(),
+            ))?;
         Ok(Self {
             requests,
             interval,
@@ -202,22 +213,22 @@ impl Plan {
         let mut quota_debt = 0;
         if mode == Mode::Spend {
             state.rate = Cell {
-                tat: rate_tat + self.rate.interval,
+                tat: rate_tat.saturating_add(self.rate.interval),
                 interval: self.rate.interval,
             };
             if let Some((q, tat)) = quota_tat {
                 state.quota = Cell {
-                    tat: tat + q.interval,
+                    tat: tat.saturating_add(q.interval),
                     interval: q.interval,
                 };
-                quota_debt = state.quota.tat - now;
+                quota_debt = state.quota.tat.saturating_sub(now);
             }
-            Ok(self.room(state.rate.tat - now, quota_debt))
+            Ok(self.room(state.rate.tat.saturating_sub(now), quota_debt))
         } else {
             if let Some((_, tat)) = quota_tat {
-                quota_debt = tat - now;
+                quota_debt = tat.saturating_sub(now);
             }
-            Ok(self.room(rate_tat - now, quota_debt))
+            Ok(self.room(rate_tat.saturating_sub(now), quota_debt))
         }
     }
 }
@@ -247,6 +258,22 @@ mod tests {
             rate: Rate::new(requests, Duration::from_secs(per), burst).unwrap(),
             quota: None,
         }
+    }
+
+    #[test]
+    fn rates_past_the_horizon_refused() {
+        const YEAR: u64 = 365 * 24 * 3600;
+        assert!(Rate::new(2, Duration::from_secs(1000 * YEAR), None).is_err());
+        assert!(Rate::new(1, Duration::from_secs(YEAR), Some(585)).is_err());
+        // A long but sane one passes, and counts.
+        let p = Plan {
+            rate: Rate::new(2, Duration::from_secs(100 * YEAR), None).unwrap(),
+            quota: None,
+        };
+        let mut s = State::default();
+        assert!(p.check(&mut s, S, Mode::Spend).is_ok());
+        assert!(p.check(&mut s, S, Mode::Spend).is_ok());
+        assert!(p.check(&mut s, S, Mode::Spend).is_err());
     }
 
     #[test]

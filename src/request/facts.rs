@@ -72,7 +72,11 @@ impl ConnInfo {
     ) -> Self {
         Self {
             door,
-            peer,
+            // Why: a dual-stack listener sees an IPv4 client as `::ffff:a.b.c.d`, which no
+            // IPv4 network (`trusted_proxies`, `require.networks`) contains, and which a
+            // limit counting IPv6 by /64 put in one budget with every other IPv4 client.
+            // Regression: tests::mapped_addresses_are_ipv4
+            peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
             listener,
             tls,
         }
@@ -553,6 +557,7 @@ pub fn parse_host(raw: &str) -> Result<(Cow<'_, str>, Option<u16>), FactsError> 
 /// `X-Forwarded-For` entry that is not itself a trusted proxy. A malformed entry stops the walk
 /// at the last address known good, so garbage never becomes the client address.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -567,6 +572,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         let Ok(ip) = entry.trim().parse::<IpAddr>() else {
             return client;
         };
+        // As the peer's (`ConnInfo::for_door`): a proxy may write `::ffff:a.b.c.d`.
+        let ip = ip.to_canonical();
         client = ip;
         if !is_trusted(&ip) {
             return ip;
@@ -696,6 +703,25 @@ mod tests {
             RequestFacts::from_parts(&p, &conn(), &[]).unwrap_err(),
             FactsError::MultipleHosts
         );
+    }
+
+    #[test]
+    fn mapped_addresses_are_ipv4() {
+        let v4: IpAddr = "203.0.113.7".parse().unwrap();
+        let conn = ConnInfo::new(
+            "[::ffff:203.0.113.7]:5000".parse().unwrap(),
+            "l".into(),
+            None,
+        );
+        assert_eq!(conn.peer.ip(), v4);
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "::ffff:203.0.113.7".parse().unwrap());
+        let proxy: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(proxy.to_canonical(), &h, &trusted), v4);
+        // A mapped trusted hop is trusted, and skipped.
+        h.append("x-forwarded-for", "::ffff:10.0.0.2".parse().unwrap());
+        assert_eq!(client_ip(proxy.to_canonical(), &h, &trusted), v4);
     }
 
     #[test]
