@@ -312,7 +312,13 @@ impl Limit {
         matches!(self.backend, Backend::Redis(_))
     }
 
-    /// Counts one request (or, with [`Mode::Peek`], only looks).
+    /// A guard's attempt failed: the request it spent stays spent, counted as `allowed` (what
+    /// the guard let through to be checked).
+    pub fn failed(&self) {
+        self.counters.allowed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one request (with [`Mode::Peek`] only looks, with [`Mode::Refund`] gives one back).
     pub async fn check(
         &self,
         facts: &RequestFacts<'_>,
@@ -359,7 +365,8 @@ impl Limit {
         };
         match result {
             Ok(room) => {
-                if mode == Mode::Spend {
+                // A guard's spend is an attempt, counted once it failed ([`Self::failed`]).
+                if mode == Mode::Spend && self.count != RawCount::Failures {
                     self.counters.allowed.fetch_add(1, Ordering::Relaxed);
                 }
                 Checked::Allowed(room)

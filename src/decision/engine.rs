@@ -137,7 +137,13 @@ pub async fn decide(
     // Why: a client that keeps failing is refused before any credential is verified, so
     // guessing keys or passwords costs it a 429 per try and the gateway nothing.
     // Regression: tests (it) ratelimit::brute_force_guard_refuses_before_verifying
-    match guard.check(facts, None, &rule.id.0, Mode::Peek).await {
+    //
+    // Why each attempt spends first: the guard only looked, and spent after a failure, so
+    // every attempt sent before the first failure was counted went through (100 concurrent
+    // wrong keys: 80 checked against a budget of 3; with a slow authenticator, all of them).
+    // An attempt that does not fail gives its request back.
+    // Regression: tests (it) ratelimit::concurrent_attempts_spend_the_guard
+    match guard.check(facts, None, &rule.id.0, Mode::Spend).await {
         Checked::Limited(t) => {
             trace.record(TraceEvent::RateLimited(guard.name.clone()));
             return deny(rule, DenyKind::RateLimited(t), None);
@@ -146,11 +152,10 @@ pub async fn decide(
         Checked::Allowed(_) | Checked::ShadowLimited => {}
     }
     let decision = decide_rule(snapshot, rule, facts, trace).await;
-    if let Decision::Deny(d) = &decision
-        && counts_as_failure(d.kind)
-    {
-        // The refusal spends the guard; its own answer was given by the peek.
-        let _ = guard.check(facts, None, &rule.id.0, Mode::Spend).await;
+    if matches!(&decision, Decision::Deny(d) if counts_as_failure(d.kind)) {
+        guard.failed();
+    } else {
+        let _ = guard.check(facts, None, &rule.id.0, Mode::Refund).await;
     }
     decision
 }

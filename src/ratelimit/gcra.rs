@@ -81,8 +81,12 @@ pub struct Room {
 pub enum Mode {
     /// Spend one request when allowed.
     Spend,
-    /// Only say whether one would be allowed (a brute-force guard, before verifying).
+    /// Only say whether one would be allowed.
     Peek,
+    /// Give back one request spent before: a brute-force guard spends one per attempt
+    /// before verifying, and gives it back when the attempt did not fail. Never past a full
+    /// budget; always `Ok`.
+    Refund,
 }
 
 /// How far ahead of now a TAT may run, nanoseconds (2^62: 146 years).
@@ -190,6 +194,23 @@ impl Plan {
     /// the [`Room`] left is returned.
     pub fn check(&self, state: &mut State, now: u64, mode: Mode) -> Result<Room, Wait> {
         let rate_tat = self.rate.tat(state.rate, now);
+        if mode == Mode::Refund {
+            // One interval back on each TAT, never behind now (a full budget stays full).
+            state.rate = Cell {
+                tat: rate_tat.saturating_sub(self.rate.interval).max(now),
+                interval: self.rate.interval,
+            };
+            let mut quota_debt = 0;
+            if let Some(q) = self.quota {
+                let tat = q.tat(state.quota, now);
+                state.quota = Cell {
+                    tat: tat.saturating_sub(q.interval).max(now),
+                    interval: q.interval,
+                };
+                quota_debt = state.quota.tat - now;
+            }
+            return Ok(self.room(state.rate.tat - now, quota_debt));
+        }
         let mut wait = Wait {
             nanos: rate_tat
                 .saturating_sub(self.rate.tolerance)
@@ -258,6 +279,32 @@ mod tests {
             rate: Rate::new(requests, Duration::from_secs(per), burst).unwrap(),
             quota: None,
         }
+    }
+
+    #[test]
+    fn a_refund_gives_back_one_request_never_past_full() {
+        let p = plan(3, 60, None);
+        let mut s = State::default();
+        let t0 = 100 * S;
+        for _ in 0..3 {
+            assert!(p.check(&mut s, t0, Mode::Spend).is_ok());
+        }
+        assert!(p.check(&mut s, t0, Mode::Peek).is_err());
+        assert!(p.check(&mut s, t0, Mode::Refund).is_ok());
+        assert!(
+            p.check(&mut s, t0, Mode::Spend).is_ok(),
+            "the one given back"
+        );
+        assert!(p.check(&mut s, t0, Mode::Peek).is_err());
+        // Refunds on a full budget add nothing.
+        let mut full = State::default();
+        for _ in 0..5 {
+            assert!(p.check(&mut full, t0, Mode::Refund).is_ok());
+        }
+        for _ in 0..3 {
+            assert!(p.check(&mut full, t0, Mode::Spend).is_ok());
+        }
+        assert!(p.check(&mut full, t0, Mode::Spend).is_err());
     }
 
     #[test]

@@ -84,7 +84,8 @@ impl LocalStore {
         u64::try_from(self.clock.monotonic().as_nanos()).unwrap_or(u64::MAX - 1) + 1
     }
 
-    /// Checks (and with [`Mode::Spend`] spends) one request of `key` under `plan`.
+    /// Checks (and with [`Mode::Spend`] spends, with [`Mode::Refund`] gives back) one request
+    /// of `key` under `plan`. A key not held is at a full budget: a refund leaves it out.
     pub fn check(&self, key: u64, plan: &Plan, mode: Mode) -> Result<Room, Wait> {
         let now = self.now();
         let Some(shard) = self.shards.get(shard_of(key)) else {

@@ -32,7 +32,8 @@ mod target;
 
 /// The GCRA of [`super::gcra`], step for step, in microseconds. KEYS[1]: the key, the only
 /// one it touches (so a Redis Cluster runs it on the master of that key's slot). ARGV: mode
-/// (`spend` or `peek`), the rate's interval and tolerance, the quota's (0 0: none).
+/// (`spend`, `peek` or `refund`: one interval back on each TAT, never behind now), the rate's
+/// interval and tolerance, the quota's (0 0: none).
 /// Returns `{0, wait_us, refused_by_quota}` when refused, else `{1, rate_debt_us,
 /// quota_debt_us}`: how far each TAT is ahead of now once the request is spent (for
 /// `RateLimit-Remaining` and `-Reset`, [`Plan::room`]).
@@ -51,11 +52,26 @@ end
 local ri, rt = tonumber(ARGV[2]), tonumber(ARGV[3])
 local qi, qt = tonumber(ARGV[4]), tonumber(ARGV[5])
 local r = tat(s[1], s[2], ri)
+local q = now
+if qi > 0 then q = tat(s[3], s[4], qi) end
+-- Microseconds since 1970 are 16 digits: written as integers, never in exponent form.
+local function int(x) return string.format('%.0f', x) end
+if ARGV[1] == 'refund' then
+  if r <= now and q <= now then return {1, 0, 0} end
+  r = math.max(r - ri, now)
+  redis.call('HSET', KEYS[1], 'r', int(r), 'ri', int(ri))
+  local until_idle = r - now
+  if qi > 0 then
+    q = math.max(q - qi, now)
+    redis.call('HSET', KEYS[1], 'q', int(q), 'qi', int(qi))
+    until_idle = math.max(until_idle, q - now)
+  end
+  redis.call('PEXPIRE', KEYS[1], math.ceil(until_idle / 1000) + 1)
+  return {1, r - now, q - now}
+end
 local wait = r - rt - now
 local by_quota = 0
-local q = now
 if qi > 0 then
-  q = tat(s[3], s[4], qi)
   local qw = q - qt - now
   if qw > wait then
     wait = qw
@@ -67,8 +83,6 @@ local rd, qd = r - now, q - now
 if ARGV[1] == 'spend' then
   rd = rd + ri
   if qi > 0 then qd = qd + qi end
-  -- Microseconds since 1970 are 16 digits: written as integers, never in exponent form.
-  local function int(x) return string.format('%.0f', x) end
   redis.call('HSET', KEYS[1], 'r', int(r + ri), 'ri', int(ri))
   local until_idle = r + ri - now
   if qi > 0 then
@@ -336,6 +350,7 @@ impl RedisStore {
         call.arg(match mode {
             Mode::Spend => "spend",
             Mode::Peek => "peek",
+            Mode::Refund => "refund",
         })
         .arg(us(plan.rate.interval))
         .arg(us(plan.rate.tolerance))

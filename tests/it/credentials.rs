@@ -672,6 +672,61 @@ async fn introspection_client_secret_post() {
     );
 }
 
+/// A brute-force guard holds against concurrent guesses: with an authenticator that takes
+/// a while (introspection, 200 ms), twenty wrong tokens sent at once get three checks and
+/// seventeen 429s, and the endpoint is asked three times. (The guard only looked before
+/// verifying and spent after each failure: every guess sent before the first failure came
+/// back was checked.) A valid token after them is refused too, before verifying.
+#[tokio::test]
+async fn concurrent_attempts_spend_the_guard() {
+    let idp = Idp::start().await;
+    idp.mode(Mode::Slow(Duration::from_millis(200)));
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: api, match: {paths: [\"/**\"]}, effect: allow, authenticators: [opaque], guard: tries, upstream: echo}\n".into(),
+        )],
+        files: vec![("client.secret".into(), b"s3cret:with&odd=chars".to_vec())],
+        extra: format!(
+            "{}rate_limits:\n  tries: {{key: client_ip, requests: 3, per: 1h, count: failures}}\n",
+            introspection(&idp, "")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let addr = gw.addr();
+        guesses.spawn(async move {
+            let req = Request::get("/api/x")
+                .header("authorization", bearer(&format!("guess-{i}")))
+                .body(Full::default())
+                .unwrap();
+            send(addr, req).await.0.as_u16()
+        });
+    }
+    let mut statuses: Vec<u16> = guesses.join_all().await;
+    statuses.sort_unstable();
+    let checked = statuses.iter().filter(|&&s| s == 401).count();
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!((checked, limited), (3, 17), "{statuses:?}");
+    assert_eq!(idp.hits(), 3, "the endpoint asked once per allowed guess");
+    idp.mode(Mode::Serve);
+    idp.answer(
+        "valid",
+        json!({"active": true, "sub": "alice", "aud": "api"}),
+    );
+    refused(
+        &gw,
+        "/api/x",
+        &[("authorization", &bearer("valid"))],
+        StatusCode::TOO_MANY_REQUESTS,
+    )
+    .await;
+    assert_eq!(idp.hits(), 3, "refused before verifying");
+}
+
 #[tokio::test]
 async fn introspection_server_down_slow_failing_or_garbage_gives_503_then_recovers() {
     let mut idp = Idp::start().await;

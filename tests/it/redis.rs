@@ -386,6 +386,68 @@ async fn an_abandoned_probe_does_not_keep_the_breaker_open() {
     recovers(&gw, "probe abandoned").await;
 }
 
+/// A guard in Redis: attempts that succeed give back what they spent (any number pass),
+/// twenty wrong tokens sent at once get three checks, and then even a valid token is refused
+/// before verifying.
+#[tokio::test]
+async fn a_redis_guard_holds_against_concurrent_guesses() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    const SECRET: &[u8] = b"redis-guard-secret-redis-guard-secret-0123456789";
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: api, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users], guard: tries, upstream: echo}\n".into(),
+        )],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: format!(
+            "{}redis:\n  url: {}\n  timeout: {TIMEOUT_MS}ms\nrate_limits:\n  tries: {{key: client_ip, requests: 3, per: 1h, count: failures, backend: redis, on_redis_failure: deny}}\n",
+            crate::support::hs256_users("{}"),
+            redis.url()
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let with = |auth: String| {
+        Request::get("/x")
+            .header("authorization", auth)
+            .body(Full::default())
+            .unwrap()
+    };
+    let good = format!(
+        "Bearer {}",
+        crate::support::hs256_token(SECRET, &serde_json::json!({"sub": "alice"}))
+    );
+    let up = eventually(Duration::from_secs(10), || async {
+        send(gw.addr(), with(good.clone())).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(up, "the gateway reaches Redis");
+    for i in 0..5 {
+        assert_eq!(
+            send(gw.addr(), with(good.clone())).await.0,
+            StatusCode::OK,
+            "{i}"
+        );
+    }
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let addr = gw.addr();
+        let req = with(format!("Bearer not.a.token{i}"));
+        guesses.spawn(async move { send(addr, req).await.0.as_u16() });
+    }
+    let statuses = guesses.join_all().await;
+    let checked = statuses.iter().filter(|&&s| s == 401).count();
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!((checked, limited), (3, 17), "{statuses:?}");
+    assert_eq!(
+        send(gw.addr(), with(good.clone())).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
 #[tokio::test]
 async fn redis_killed_mid_test_each_mode_then_recovery() {
     let Some(mut redis) = RedisServer::start().await else {
