@@ -233,7 +233,7 @@ impl Authn {
                 continue;
             };
             let keys_id = match &kind {
-                Kind::Jwt(j) => j.static_keys_fingerprint(),
+                Kind::Jwt(j) => j.keys_fingerprint(),
                 _ => [0; 32],
             };
             let fingerprint = crate::config::Fingerprint::of(&[a, &settings.cache, &keys_id]);

@@ -127,13 +127,22 @@ impl JwtAuthenticator {
         &self.providers
     }
 
-    /// A digest of every statically configured key: a cache is carried across a reload only
-    /// when this is unchanged, so a key removed from a file stops its cached tokens at once.
-    pub fn static_keys_fingerprint(&self) -> [u8; 32] {
+    /// A digest of every statically configured key, and of the CA each key URL is fetched
+    /// under: a cache is carried across a reload only when this is unchanged, so a key removed
+    /// from a file stops its cached tokens at once.
+    ///
+    /// Why the CA: a changed CA file makes a new remote key set, fetched afresh, which never
+    /// learns what the old one had. A token cached under a key the identity provider had
+    /// since dropped stayed valid until `revalidate_after`, where a refetch of the same set
+    /// revokes it at once. Regression: tests (it) jwt::a_changed_jwks_ca_drops_cached_tokens
+    pub fn keys_fingerprint(&self) -> [u8; 32] {
         let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         for p in &self.providers {
             d.update(p.issuer.as_bytes());
             p.static_keys.fingerprint(&mut d);
+            if let Some(ca) = p.remote.as_ref().and_then(|r| r.ca_digest()) {
+                d.update(ca);
+            }
         }
         let mut out = [0u8; 32];
         out.copy_from_slice(d.finish().as_ref());

@@ -1289,6 +1289,46 @@ async fn rotated_keys_new_kid_picked_up_removed_kid_stops_verifying() {
     assert_rejected(&gw, &old_token, "removed kid").await;
 }
 
+/// A key URL's CA file changed on a reload makes a new key set, fetched afresh: a token
+/// cached under a key the identity provider dropped meanwhile is refused at once, as a
+/// refetch of the same set refuses it (it stayed valid until `revalidate_after`).
+#[tokio::test]
+async fn a_changed_jwks_ca_drops_cached_tokens() {
+    let k = keys();
+    let server = KeyServer::start(&jwks([&k.rs256, &k.es256])).await;
+    let (ca_one, _) = crate::support::tls_peer(&["idp.test"], false);
+    let (ca_two, _) = crate::support::tls_peer(&["idp.test"], false);
+    let gw = gateway_with(
+        authenticators(
+            &provider(
+                ISS,
+                &format!(
+                    "- jwks_url: {{url: \"{}\", ca_file: ca.pem}}\n",
+                    server.url("/jwks.json")
+                ),
+                "",
+            ),
+            "",
+        ),
+        vec![("ca.pem".into(), ca_one.into_bytes())],
+    )
+    .await;
+    wait_ready(&gw).await;
+    let t = k.rs256.sign(&claims(&json!({}))).unwrap();
+    assert_accepted(&gw, &t, "before").await;
+    // The identity provider drops the key; the CA the keys are fetched under changes.
+    server.set_jwks(&jwks([&k.es256]));
+    gw.write("ca.pem", ca_two);
+    gw.app().reload().await.unwrap();
+    assert_rejected(&gw, &t, "cached token of the dropped key").await;
+    assert_accepted(
+        &gw,
+        &k.es256.sign(&claims(&json!({}))).unwrap(),
+        "a key still there",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn unknown_kid_refetch_is_rate_limited() {
     let k = keys();

@@ -132,6 +132,11 @@ impl RemoteKeys {
             && self.ca.as_ref() == ca
     }
 
+    /// The digest of the CA file it fetches under, when it has one.
+    pub fn ca_digest(&self) -> Option<&[u8; 32]> {
+        self.ca.as_ref().map(|(_, digest)| digest)
+    }
+
     /// The current keys.
     pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
         self.keys.load()
