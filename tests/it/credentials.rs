@@ -889,6 +889,30 @@ pub(crate) fn pki() -> Pki {
     }
 }
 
+/// An introspection authenticator without `audiences` takes a token issued for any client
+/// of the authorization server: `check` says so; with them, nothing is said.
+#[test]
+fn introspection_without_audiences_warns() {
+    let authn = |audiences: &str| {
+        format!(
+            "authenticators:\n  opaque:\n    introspection:\n      endpoint: http://127.0.0.1:9/introspect\n      client_id: gateway\n      client_secret: {{file: client.secret}}\n{audiences}"
+        )
+    };
+    let cfg = crate::support::ConfigDir::new(&authn(""));
+    cfg.write("client.secret", "s3cret");
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "a warning, not an error: {text}");
+    assert!(
+        text.contains("warning: authenticators.opaque.introspection: no `audiences`"),
+        "{text}"
+    );
+    let cfg = crate::support::ConfigDir::new(&authn("      audiences: [api]\n"));
+    cfg.write("client.secret", "s3cret");
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("no `audiences`"), "{text}");
+}
+
 /// A client's certificate in `ca_file` (beside or instead of its CA): rustls takes it as a
 /// trust anchor, and any certificate its key signs passes, whatever subject it names. `check`
 /// warns and names it; the listener still loads; the CA alone draws no warning.

@@ -33,6 +33,7 @@ pub(super) fn authenticators(cx: &mut Cx<'_>) -> Authn {
         }
     };
     published_dev_key(cx);
+    introspection_audiences(cx);
     mtls_listeners(cx);
     credentials_at_http_doors(cx);
     authn
@@ -126,6 +127,27 @@ fn published_dev_key(cx: &mut Cx<'_>) {
                     );
                 }
             }
+        }
+    }
+}
+
+/// An introspection authenticator without `audiences` accepts a token the authorization
+/// server issued for any of its clients.
+///
+/// Why: a `jwt` provider must name its audiences, for that reason; an introspection
+/// authenticator may not (RFC 7662 answers need not carry `aud`), and one without them took
+/// a token minted for another service as its own. Said, since some servers never send `aud`.
+/// Regression: tests (it) check::introspection_without_audiences_warns
+fn introspection_audiences(cx: &mut Cx<'_>) {
+    let loaded = cx.loaded;
+    for (name, a) in &loaded.raw.authenticators {
+        if let RawAuthenticator::Introspection(x) = a
+            && x.audiences.is_empty()
+        {
+            cx.warn(
+                &format!("authenticators.{name}.introspection"),
+                "no `audiences`: an active token issued for any client of the authorization server is accepted, one meant for another service included; list the audiences this gateway's tokens carry".into(),
+            );
         }
     }
 }
