@@ -148,6 +148,22 @@ impl Diagnostic {
         }
     }
 
+    /// [`Self::from_yaml`] for an error in `text`: one serde_yaml gives no position for (a
+    /// second document) is placed where it starts.
+    ///
+    /// Why: `rules: …` then `---` and more rules was `file:0:0`, naming no line, in a file
+    /// an operator may have concatenated from two. Regression: tests::second_document_is_located
+    pub fn from_yaml_in(file: &str, text: &str, error: &serde_yaml::Error) -> Self {
+        let mut d = Self::from_yaml(file, error);
+        if d.line == 0
+            && let Some(line) = second_document(text)
+        {
+            (d.line, d.column) = (line, 1);
+            d.message = "a second YAML document (`---`): a file holds one".into();
+        }
+        d
+    }
+
     /// Whether this diagnostic rejects the config.
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
@@ -166,6 +182,29 @@ impl fmt::Display for Diagnostic {
         }
         f.write_str(&self.message)
     }
+}
+
+/// The line (from 1) where a second YAML document starts, if `text` has one: its `---`
+/// after the first document's content, or a second `---`.
+fn second_document(text: &str) -> Option<usize> {
+    let mut started = false;
+    for (i, line) in text.lines().enumerate() {
+        let marker = line
+            .strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']));
+        if marker {
+            if started {
+                return Some(i + 1);
+            }
+            started = true;
+            continue;
+        }
+        let t = line.trim();
+        if !t.is_empty() && !t.starts_with('#') && !t.starts_with('%') {
+            started = true;
+        }
+    }
+    None
 }
 
 /// serde names Rust types in its messages; say what a config author writes instead.
@@ -451,6 +490,26 @@ mod tests {
         }
         let two = plain_types("expected struct A, expected struct B");
         assert_eq!(two, "expected a mapping, expected a mapping");
+    }
+
+    #[test]
+    fn second_document_is_located() {
+        for (text, line) in [
+            ("rules: []\n---\nrules: []\n", Some(2)),
+            ("# head\n---\nrules: []\n--- # more\nrules: []\n", Some(4)),
+            ("---\n---\n", Some(2)),
+            ("---\nrules: []\n", None),
+            ("rules: ['---']\n", None),
+        ] {
+            assert_eq!(second_document(text), line, "{text:?}");
+        }
+        let text = "rules: []\n---\nrules: []\n";
+        let err = serde_yaml::from_str::<serde_yaml::Value>(text).unwrap_err();
+        let d = Diagnostic::from_yaml_in("p.yaml", text, &err);
+        assert_eq!(
+            d.to_string(),
+            "p.yaml:2:1: error: a second YAML document (`---`): a file holds one"
+        );
     }
 
     #[test]

@@ -213,7 +213,7 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
     } else {
         serde_yaml::from_str(&text)
     }
-    .map_err(|e| Diagnostic::from_yaml(&display, &e))?;
+    .map_err(|e| Diagnostic::from_yaml_in(&display, &text, &e))?;
     Ok((
         Source {
             display,
