@@ -280,6 +280,11 @@ impl LocationIndex {
         })
     }
 
+    /// Whether the file spells `path` itself (a field written, even as `[]`).
+    pub fn has(&self, path: &str) -> bool {
+        self.entries.iter().any(|(k, _, _)| k == path)
+    }
+
     /// Line and column (1-based) of `path`, or of its closest indexed ancestor, or (0, 0).
     pub fn locate(&self, path: &str) -> (usize, usize) {
         let mut p = path;

@@ -223,6 +223,33 @@ async fn contradictory_requirements_are_config_errors() {
     }
 }
 
+/// `paths: []` (or `hosts: []`, `methods: []`) matches everything, as leaving the field out
+/// does: written out, it is said, with its line; left out, nothing is said.
+#[tokio::test]
+async fn explicit_empty_match_lists_warn() {
+    let cfg = ConfigDir::new(&authn());
+    cfg.write("hs.secret", SECRET).write(
+        "policies/p.yaml",
+        "rules:\n  - name: reports\n    match:\n      paths: []\n      methods: [GET]\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n  - name: rest\n    match: {hosts: []}\n    effect: deny\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "warnings, not errors: {text}");
+    for expected in [
+        "p.yaml:4:7: warning: rules[0].match.paths: an empty list matches every request, as leaving `paths` out does: this allow rule applies to all paths",
+        "p.yaml:10:13: warning: rules[1].match.hosts: an empty list matches every request",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+    assert!(!text.contains("match.methods"), "{text}");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - name: reports\n    match: {methods: [GET]}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("an empty list"), "{text}");
+}
+
 #[tokio::test]
 async fn check_warns_when_two_authenticators_read_one_credential() {
     let authn = format!(

@@ -135,6 +135,24 @@ fn rule(
                 .push(at.at(&format!("match.hosts[{j}]"), format!("`{h}`: {e}"))),
         }
     }
+    // Why: an empty list matches everything, as a field left out does; written `[]` (a
+    // template's empty variable, a list emptied by hand) it reads as "nothing", and an
+    // allow rule meant for a few paths then allowed every request it saw.
+    // Regression: tests (it) policy::explicit_empty_match_lists_warn
+    for (field, empty) in [
+        ("hosts", r.matches.hosts.is_empty()),
+        ("paths", r.matches.paths.is_empty()),
+        ("methods", r.matches.methods.is_empty()),
+    ] {
+        let path = format!("{}.match.{field}", at.base);
+        if empty && at.file.index.has(&path) {
+            let d = at.at(
+                &format!("match.{field}"),
+                format!("an empty list matches every request, as leaving `{field}` out does: this {} rule applies to all {field}", if r.effect == Effect::Deny { "deny" } else { "allow" }),
+            );
+            cx.diags.push(d.warning());
+        }
+    }
     let mut paths = Vec::new();
     for (j, p) in r.matches.paths.iter().enumerate() {
         match PathPattern::parse(p) {
