@@ -143,27 +143,50 @@ fn forwarded_element(peer: IpAddr, peer_text: &str, proto: &str, host: &str) -> 
     s
 }
 
-/// Joins every existing value of `name` and `item` into one comma-separated value.
+/// Joins every existing value of `name` and `item` into one comma-separated value, each as
+/// its bytes.
+///
+/// Why bytes: a line that is not visible ASCII (one `\xff`) was dropped whole, and with it
+/// the client address the trusted proxy had appended to the client's own line: the upstream
+/// saw the proxy as the client. Regression: tests::unreadable_lines_are_kept
 fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
-    let mut joined = String::new();
+    let mut joined: Vec<u8> = Vec::new();
     for v in headers.get_all(&name) {
-        if let Ok(s) = v.to_str() {
-            if !joined.is_empty() {
-                joined.push_str(", ");
-            }
-            joined.push_str(s);
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
         }
+        joined.extend_from_slice(v.as_bytes());
     }
     if !joined.is_empty() {
-        joined.push_str(", ");
+        joined.extend_from_slice(b", ");
     }
-    joined.push_str(item);
-    set_owned(headers, name, joined);
+    joined.extend_from_slice(item.as_bytes());
+    // Header value bytes joined by `, ` are header value bytes.
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        Ok(v) => {
+            headers.insert(name, v);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreadable_lines_are_kept() {
+        let mut h = HeaderMap::new();
+        h.append(XFF, HeaderValue::from_bytes(b"\xff, 203.0.113.5").unwrap());
+        h.append(XFF, HeaderValue::from_static("198.51.100.1"));
+        append_list(&mut h, XFF, "127.0.0.3");
+        assert_eq!(
+            h[&XFF].as_bytes(),
+            b"\xff, 203.0.113.5, 198.51.100.1, 127.0.0.3"
+        );
+    }
 
     fn origin(peer: IpAddr, peer_trusted: bool, client_ip: IpAddr, host: &'static str) -> Origin {
         Origin {

@@ -563,13 +563,22 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         return peer;
     }
     let mut client = peer;
-    let values: Vec<&str> = headers
+    // Why every line, as bytes: a line that was not visible ASCII (one `\xff` from the
+    // client, to which nginx and Envoy append the real address) was skipped whole, and the
+    // walk ended at the trusted proxy itself: any client passed `require.networks` naming
+    // the proxy's network, and counted as the proxy in limits. An entry that does not read
+    // as an address stops the walk, as garbage always has.
+    // Regression: tests::unreadable_forwarded_for_lines_are_walked
+    let values: Vec<&[u8]> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(HeaderValue::as_bytes)
         .collect();
-    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
-        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(|&b| b == b',')) {
+        let Some(ip) = std::str::from_utf8(entry)
+            .ok()
+            .and_then(|e| e.trim().parse::<IpAddr>().ok())
+        else {
             return client;
         };
         // As the peer's (`ConnInfo::for_door`): a proxy may write `::ffff:a.b.c.d`.
@@ -703,6 +712,27 @@ mod tests {
             RequestFacts::from_parts(&p, &conn(), &[]).unwrap_err(),
             FactsError::MultipleHosts
         );
+    }
+
+    #[test]
+    fn unreadable_forwarded_for_lines_are_walked() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.3/32".parse().unwrap()];
+        let proxy: IpAddr = "127.0.0.3".parse().unwrap();
+        let client: IpAddr = "203.0.113.5".parse().unwrap();
+        for line in [
+            &b"\xff, 203.0.113.5"[..],
+            b"a\x80b, 203.0.113.5",
+            b"203.0.113.5",
+        ] {
+            let mut h = HeaderMap::new();
+            h.append("x-forwarded-for", HeaderValue::from_bytes(line).unwrap());
+            assert_eq!(client_ip(proxy, &h, &trusted), client, "{line:?}");
+        }
+        // The client's own unreadable line, the proxy's appended on its own line.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.5"));
+        assert_eq!(client_ip(proxy, &h, &trusted), client);
     }
 
     #[test]

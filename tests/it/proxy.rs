@@ -83,6 +83,39 @@ async fn spoofed_forwarding_headers_replaced_from_untrusted_client() {
     );
 }
 
+/// Behind a trusted proxy that appends the client's address to the client's own
+/// `X-Forwarded-For` line (nginx's `$proxy_add_x_forwarded_for`, Envoy), a client that
+/// makes its part unreadable (one `\xff`) is still itself: refused by a rule for the proxy's
+/// network, and named to the upstream. (The line was dropped whole, and the client passed
+/// as the proxy.)
+#[tokio::test]
+async fn an_unreadable_forwarded_for_line_does_not_make_the_client_the_proxy() {
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: internal, match: {paths: [\"/internal/**\"]}, effect: allow, anonymous: true, require: {networks: [127.0.0.1/32]}, upstream: echo}\n  - {name: open, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n".into(),
+        )],
+        ..Setup::default()
+    }
+    .server("  trusted_proxies: [\"127.0.0.1/32\"]\n")
+    .start()
+    .await;
+    let ask = |path: &str| {
+        let mut r =
+            format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: ").into_bytes();
+        r.extend_from_slice(b"\xff, 203.0.113.5\r\nConnection: close\r\n\r\n");
+        r
+    };
+    let r = raw(gw.addr(), &ask("/internal/x")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("network_not_allowed"), "{r:?}");
+    let r = raw(gw.addr(), &ask("/open/x")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(echoed_header(&gw.echo, "x-real-ip").unwrap(), "203.0.113.5");
+    let xff = gw.echo.last().unwrap().headers["x-forwarded-for"].clone();
+    assert_eq!(xff.as_bytes(), b"\xff, 203.0.113.5, 127.0.0.1");
+}
+
 #[tokio::test]
 async fn trusted_proxy_chain_gives_real_client_ip() {
     let gw = Setup::default()
