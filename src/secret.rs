@@ -8,6 +8,38 @@ use std::path::Path;
 
 use subtle::ConstantTimeEq;
 
+/// A URL as it may be shown (an error, a log line): its user information (`user:pass@`),
+/// with or without a scheme, and its query (`?apikey=…`) replaced by `***`.
+///
+/// Why: a URL written with credentials in it (refused, but named in the refusal), or an
+/// endpoint keyed by its query, reached `check`, `POST /reload` answers, `GET /config` and
+/// the log as written. Regression: tests::urls_are_redacted
+pub fn redacted_url(url: &str) -> String {
+    let (head, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let mut out = String::with_capacity(url.len());
+    out.push_str(head);
+    match authority.rfind('@') {
+        Some(at) => {
+            out.push_str("***@");
+            out.push_str(&authority[at + 1..]);
+        }
+        None => out.push_str(authority),
+    }
+    match tail.find('?') {
+        Some(q) => {
+            out.push_str(&tail[..q]);
+            out.push_str("?***");
+        }
+        None => out.push_str(tail),
+    }
+    out
+}
+
 /// A secret value: redacted `Debug`, constant-time `==`.
 #[derive(Clone, Default)]
 pub struct Secret<T>(T);
@@ -116,6 +148,30 @@ pub fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        for (url, shown) in [
+            ("redis://u:secret@h:1/0", "redis://***@h:1/0"),
+            ("rediss://h:1", "rediss://h:1"),
+            (
+                "default:RedisPass@redis.internal:6379",
+                "***@redis.internal:6379",
+            ),
+            (
+                "https://u:p@idp.test/jwks?x=1#f",
+                "https://***@idp.test/jwks?***",
+            ),
+            (
+                "http://127.0.0.1:1/introspect?apikey=K",
+                "http://127.0.0.1:1/introspect?***",
+            ),
+            ("https://idp.test/a@b", "https://idp.test/a@b"),
+            ("https://idp.test?k=v", "https://idp.test?***"),
+        ] {
+            assert_eq!(redacted_url(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn debug_is_redacted() {

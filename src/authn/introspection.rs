@@ -92,16 +92,6 @@ impl Introspector {
         let endpoint = RemoteSource::parse_url(&raw.endpoint)
             .map_err(|m| errors.push(FieldError::new("endpoint", m)))
             .ok();
-        if endpoint
-            .as_ref()
-            .and_then(Uri::authority)
-            .is_some_and(|a| a.as_str().contains('@'))
-        {
-            errors.push(FieldError::new(
-                "endpoint",
-                "credentials in the URL are refused; use client_id and client_secret",
-            ));
-        }
         if raw.max_in_flight == 0 {
             errors.push(FieldError::new("max_in_flight", "must be at least 1"));
         }
@@ -216,7 +206,9 @@ impl Introspector {
                 self.calls_failed.fetch_add(1, Ordering::Relaxed);
                 // At most one line a second: an outage must not flood the logs.
                 if self.last_warned.swap(now, Ordering::Relaxed) != now {
-                    tracing::warn!(endpoint = %self.endpoint, error = %e, "Token introspection failed");
+                    // Redacted: an endpoint may be keyed by its query (`?apikey=…`).
+                    let endpoint = crate::secret::redacted_url(&self.endpoint.to_string());
+                    tracing::warn!(endpoint, error = %e, "Token introspection failed");
                 }
             }
         }

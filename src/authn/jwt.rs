@@ -312,6 +312,13 @@ impl Provider {
                     }
                 }
                 RawKey::Jwk(t) => match keys::from_jwk_json(&t.text, false) {
+                    // Why: an `oct` JWK written in the config is an HMAC secret in the config
+                    // (shown by `GET /config`'s readers, kept in repositories), which the
+                    // `hmac` source exists to keep out. Regression: tests::inline_hmac_jwk_refused
+                    Ok(k) if k.family == keys::KeyFamily::Hmac => errors.push(FieldError::new(
+                        at("jwk.text"),
+                        "an `oct` (HMAC) key is a secret: give it as `hmac: {secret: {file: PATH}}` or `{env: VARIABLE}`, never in the config",
+                    )),
                     Ok(k) => static_keys.push(k),
                     Err(e) => errors.push(key_err("jwk.text", e)),
                 },

@@ -286,9 +286,57 @@ maps {
     "one_of" => OneOf(Vec<serde_json::Value>),
     "contains" => Contains(serde_json::Value),
 });
-single_key_enum!(RawSecret, "`env: VARIABLE` or `file: PATH`",
-    units {},
-    maps { "env" => Env(String), "file" => File(PathBuf) });
+// Why its own: the macro's errors quote what was written (`unknown variant `s3cr3t``, serde's
+// `invalid type: integer `8675309``), and a secret written inline where `{env:}` or `{file:}`
+// belongs then reached `check`, the `POST /reload` answer, `GET /config` and the log.
+// Nothing written in a secret's place is ever shown. Regression: tests::inline_secrets_are_not_shown
+impl<'de> Deserialize<'de> for RawSecret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const INLINE: &str = "a secret is `env: VARIABLE` or `file: PATH`, never written inline (what was written is not shown)";
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawSecret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(INLINE)
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<RawSecret, E> {
+                Err(E::custom(INLINE))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<RawSecret, E> {
+                Err(E::custom(INLINE))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<RawSecret, E> {
+                Err(E::custom(INLINE))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<RawSecret, E> {
+                Err(E::custom(INLINE))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<RawSecret, E> {
+                Err(E::custom(INLINE))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<RawSecret, A::Error> {
+                use serde::de::Error as _;
+                let key = m.next_key::<String>()?;
+                let out = match key.as_deref() {
+                    Some("env") => RawSecret::Env(m.next_value()?),
+                    Some("file") => RawSecret::File(m.next_value()?),
+                    // The key itself may be the secret (`{s3cr3t: x}`): not shown either.
+                    _ => return Err(A::Error::custom(INLINE)),
+                };
+                if m.next_key::<String>()?.is_some() {
+                    return Err(A::Error::custom(
+                        "exactly one key expected: `env: VARIABLE` or `file: PATH`",
+                    ));
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 single_key_enum!(RawMachineRule, "`client_id_without_sub`, `claim_present: CLAIM` or `claim_equals: {claim, value}`",
     units { "client_id_without_sub" => ClientIdWithoutSub },
     maps { "claim_present" => ClaimPresent(String), "claim_equals" => ClaimEquals(RawClaimEquals) });
@@ -384,6 +432,35 @@ fn default_true() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inline_secrets_are_not_shown() {
+        for text in [
+            "SuperSecretClientValue123",
+            "8675309112233",
+            "-8675309112233",
+            "86753.09112233",
+            "{SuperSecretClientValue123: x}",
+            "{env: A, SuperSecretClientValue123: x}",
+            "[SuperSecretClientValue123]",
+        ] {
+            let err = serde_yaml::from_str::<RawSecret>(text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                !err.contains("SuperSecret") && !err.contains("8675309") && !err.contains("86753"),
+                "{text}: {err}"
+            );
+        }
+        assert_eq!(
+            serde_yaml::from_str::<RawSecret>("{env: X}").unwrap(),
+            RawSecret::Env("X".into())
+        );
+        assert_eq!(
+            serde_yaml::from_str::<RawSecret>("{file: s.txt}").unwrap(),
+            RawSecret::File("s.txt".into())
+        );
+    }
 
     /// A variant written in the other form is named as such, not as "unknown" while listed
     /// as expected (`unknown variant `bearer`, expected one of `bearer`, …`).

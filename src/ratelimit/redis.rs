@@ -182,13 +182,7 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// The URL with anything between `://` and `@` hidden.
-pub fn redacted_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
+pub use crate::secret::redacted_url;
 
 // === impl RedisStore ===
 
@@ -617,11 +611,5 @@ mod tests {
         assert!(!b.admit(later + 11 * MS), "one at a time still");
         b.success();
         assert_eq!(b.state(later + 11 * MS), BreakerState::Closed);
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(redacted_url("redis://u:secret@h:1/0"), "redis://***@h:1/0");
-        assert_eq!(redacted_url("rediss://h:1"), "rediss://h:1");
     }
 }

@@ -889,6 +889,21 @@ pub(crate) fn pki() -> Pki {
     }
 }
 
+/// Secrets written inline where `{env:}`/`{file:}` belongs, and URLs with credentials in
+/// them, are refused without being shown: `check` names the field, never the value.
+#[test]
+fn inline_secrets_and_url_credentials_are_never_shown() {
+    let cfg = crate::support::ConfigDir::new(
+        "authenticators:\n  opaque:\n    introspection:\n      endpoint: https://idp.example/introspect\n      client_id: gateway\n      client_secret: SuperSecretClientValue123\n      audiences: [api]\n  remote:\n    jwt:\n      providers:\n        - issuer: https://idp.example\n          audiences: [api]\n          keys: [{jwks_url: {url: \"https://u:JwksPassGHI@idp.example/jwks\"}}]\nredis:\n  url: \"default:RedisPassCCC@redis.internal:6379\"\n  password: 8675309112233\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    for secret in ["SuperSecret", "JwksPass", "RedisPass", "8675309"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert!(text.contains("client_secret"), "{text}");
+}
+
 /// An introspection authenticator without `audiences` takes a token issued for any client
 /// of the authorization server: `check` says so; with them, nothing is said.
 #[test]

@@ -53,17 +53,25 @@ pub struct RemoteKeys {
 
 impl RemoteSource {
     /// Parses and checks a URL: https, or http to loopback only.
+    ///
+    /// Why the URL is shown redacted, and credentials in it refused: a key URL written with
+    /// `user:pass@` passed, and its errors showed the password (`check`, `POST /reload`,
+    /// `GET /config`, the log). Regression: jwt::tests::key_urls_with_credentials_are_refused_unshown
     pub fn parse_url(url: &str) -> Result<Uri, String> {
+        let shown = crate::secret::redacted_url(url);
         let uri: Uri = url
             .parse()
-            .map_err(|_| format!("`{url}` is not a valid URL"))?;
+            .map_err(|_| format!("`{shown}` is not a valid URL"))?;
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(format!("`{shown}`: credentials in the URL are refused"));
+        }
         match uri.scheme_str() {
             Some("https") => Ok(uri),
             Some("http") if is_loopback(&uri) => Ok(uri),
             Some("http") => Err(format!(
-                "`{url}`: plain http is only allowed to loopback addresses; use https"
+                "`{shown}`: plain http is only allowed to loopback addresses; use https"
             )),
-            _ => Err(format!("`{url}` must be an https URL")),
+            _ => Err(format!("`{shown}` must be an https URL")),
         }
     }
 

@@ -58,12 +58,14 @@ async fn unfetched_remote_keys_are_not_masked_by_static_keys() {
     let untagged = SigningKey::generate(Algorithm::ES256, "plain").unwrap();
     let other_es = SigningKey::generate(Algorithm::ES256, "x").unwrap();
     let rs = SigningKey::generate(Algorithm::RS256, "rs").unwrap();
-    let hs = SigningKey::hmac(&[7; 32], Algorithm::HS256, "hs").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hs.secret");
+    std::fs::write(&secret, [7; 32]).unwrap();
     let a = authenticator(
         &json!([
             pem_key(&es, Some("es")),
             pem_key(&untagged, None),
-            {"jwk": {"text": hs.jwk.to_string()}},
+            {"hmac": {"secret": {"file": secret}, "kid": "hs", "algorithms": ["HS256"]}},
             unreachable(false),
         ]),
         &json!({"fetch": {"startup_timeout": "0s"}}),
@@ -238,4 +240,40 @@ async fn token_type_is_checked_where_required() {
             "providers[0].token_types[3]"
         ]
     );
+}
+
+#[test]
+fn inline_hmac_jwk_refused() {
+    let oct =
+        r#"{"kty":"oct","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0x","alg":"HS256"}"#;
+    let raw: RawJwt = serde_json::from_value(json!({"providers": [{
+        "issuer": ISS, "audiences": ["api"], "keys": [{"jwk": {"text": oct}}],
+    }]}))
+    .unwrap();
+    let errors =
+        JwtAuthenticator::compile(&raw, Path::new("."), None, &mut Vec::new()).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "providers[0].keys[0].jwk.text");
+    assert!(errors[0].message.contains("is a secret"), "{errors:?}");
+    assert!(!errors[0].message.contains("c2VjcmV0"), "{errors:?}");
+}
+
+#[test]
+fn key_urls_with_credentials_are_refused_unshown() {
+    for (source, url) in [
+        ("jwks_url", "https://jwksuser:JwksPassGHI@idp.example/jwks"),
+        ("oidc_discovery", "https://u:JwksPassGHI@idp.example"),
+        ("jwks_url", "http://u:JwksPassGHI@idp.example/jwks"),
+        ("jwks_url", "ftp://u:JwksPassGHI@idp.example/jwks"),
+    ] {
+        let raw: RawJwt = serde_json::from_value(json!({"providers": [{
+            "issuer": ISS, "audiences": ["api"], "keys": [{source: {"url": url}}],
+        }]}))
+        .unwrap();
+        let errors =
+            JwtAuthenticator::compile(&raw, Path::new("."), None, &mut Vec::new()).unwrap_err();
+        assert_eq!(errors.len(), 1, "{url}: {errors:?}");
+        assert!(!errors[0].message.contains("JwksPass"), "{errors:?}");
+        assert!(errors[0].message.contains("***@idp.example"), "{errors:?}");
+    }
 }
