@@ -50,6 +50,13 @@ pub enum Scope {
 
 /// Connections one admin listener serves at once, and requests it answers at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections one client address may hold on one admin listener.
+///
+/// Why: the 64 were shared by everyone, and a connection that sends nothing is held until the
+/// idle timeout: one client opening 64 and reopening them once a minute kept `/readyz`
+/// unanswered (a load balancer takes the gateway out) and the assertion keys unreachable on
+/// the public listener. Regression: tests (it) assertion::one_client_cannot_hold_the_admin_listener
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 8;
 /// How long an admin connection may live, whatever it does: health checks, scrapes and key
 /// fetches are short, and a client holding connections open (each busy just often enough
 /// for the idle timeout never to pass) lets go of them by then.

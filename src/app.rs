@@ -360,6 +360,9 @@ fn admin_listener(
                 shutdown: admin_loop.shutdown.clone(),
             }),
             connections: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
+            per_client: Some(crate::server::listener::PerClient::new(
+                admin::MAX_CONNECTIONS_PER_CLIENT,
+            )),
             shutdown: admin_loop.shutdown.clone(),
             drain: admin_loop.drain.clone(),
         }
@@ -392,6 +395,7 @@ impl Spawn {
                 listener: self.listener,
                 shared: self.shared,
                 connections: self.connections,
+                per_client: None,
                 shutdown: self.shutdown,
                 drain: self.drain,
             }

@@ -84,6 +84,8 @@ pub struct AcceptLoop<H> {
     pub shared: Arc<Shared>,
     /// Permits for open connections, across all listeners.
     pub connections: Arc<Semaphore>,
+    /// At most this many connections from one client address (the admin listeners).
+    pub per_client: Option<Arc<PerClient>>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// Held by every connection; the drain completes when all are dropped.
@@ -120,6 +122,14 @@ impl<H: Handler> AcceptLoop<H> {
             // network check (trusted proxies, trusted headers, `require.networks`) and the
             // logs see the IPv4 address it really is.
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+            let held = match &self.per_client {
+                None => None,
+                Some(p) => match p.enter(peer.ip()) {
+                    Some(held) => Some(held),
+                    // Closed at once: its share is taken.
+                    None => continue,
+                },
+            };
             let _ = stream.set_nodelay(true);
             let snapshot = self.shared.current.load();
             let (door, tls, http2) = match self.place {
@@ -164,9 +174,66 @@ impl<H: Handler> AcceptLoop<H> {
                     }
                 }
                 shared.metrics.connections_open.dec();
+                drop(held);
                 drop(permit);
                 drop(drain);
             });
+        }
+    }
+}
+
+/// Connections held per client address, bounded.
+#[derive(Debug)]
+pub struct PerClient {
+    max: usize,
+    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection counted for its client until dropped.
+pub struct Held {
+    of: Arc<PerClient>,
+    ip: std::net::IpAddr,
+}
+
+impl PerClient {
+    /// At most `max` connections per address.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            held: std::sync::Mutex::default(),
+        })
+    }
+
+    /// Counts a connection from `ip`, or `None` when it holds `max` already.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Held> {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = held.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Held {
+            of: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = self
+            .of
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
         }
     }
 }

@@ -358,3 +358,43 @@ async fn assertions_tell_issuers_and_kinds_apart() {
         ]
     );
 }
+
+/// One client holding idle connections to the public admin listener (64 of them, the
+/// listener's whole share) keeps no other client from its health checks and keys; its own
+/// connections past its share are closed at once.
+#[tokio::test]
+async fn one_client_cannot_hold_the_admin_listener() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let signing = SigningKey::generate(Algorithm::ES256, "gw-2").unwrap();
+    let retired = SigningKey::generate(Algorithm::EdDSA, "gw-1").unwrap();
+    let gw = gateway_with(&signing, &retired, "  public_address: 127.0.0.1:0\n").await;
+    let public = gw.app().public_admin_addr().expect("public admin listener");
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(public).await.unwrap());
+    }
+    // Past its share, this client's connections are closed without an answer.
+    let mut extra = idle.pop().unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "{closed:?}");
+    // Another client is answered.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(public).await.unwrap();
+    other
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), other.read_to_end(&mut answer))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(idle);
+}
