@@ -227,3 +227,20 @@ fn shipped_config_checks_and_warns_about_the_development_key() {
     assert!(text.contains("decision  allow"), "{text}");
     assert!(text.contains("principal alice"), "{text}");
 }
+
+/// Two listeners on one address (or one port, one of them the wildcard), the admin ones
+/// included, are refused by `check`: `run` could not bind them.
+#[test]
+fn listeners_on_one_address_are_refused() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.add_listeners(
+        "{name: a, address: \"127.0.0.1:18090\"}, {name: b, address: \"0.0.0.0:18090\"}, {name: c, address: \"127.0.0.1:18091\"}",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("listeners[2].address: `0.0.0.0:18090` is bound by listeners[1].address too"),
+        "{text}"
+    );
+    assert!(!text.contains("18091"), "{text}");
+}

@@ -42,7 +42,44 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Vec<ListenerSettings> {
             door,
         });
     }
+    one_socket_per_address(cx);
     listeners
+}
+
+/// Two listeners (the admin ones included) on one address, or on one port where either is
+/// the wildcard of the other's family, cannot both bind.
+///
+/// Why: `check` said `ok` to a config that `run` could not start ("Address already in
+/// use"). Regression: tests (it) check::listeners_on_one_address_are_refused
+fn one_socket_per_address(cx: &mut Cx<'_>) {
+    let loaded = cx.loaded;
+    let cfg = &loaded.raw;
+    let mut bound: Vec<(String, std::net::SocketAddr)> = cfg
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("listeners[{i}].address"), l.address))
+        .collect();
+    bound.push(("admin.address".into(), cfg.admin.address));
+    if let Some(public) = cfg.admin.public_address {
+        bound.push(("admin.public_address".into(), public));
+    }
+    let clash = |a: &std::net::SocketAddr, b: &std::net::SocketAddr| {
+        a.port() != 0
+            && a.port() == b.port()
+            && a.is_ipv4() == b.is_ipv4()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    for (j, (field, addr)) in bound.iter().enumerate() {
+        if let Some((first, _)) = bound[..j].iter().find(|(_, a)| clash(a, addr)) {
+            cx.error(
+                field,
+                format!(
+                    "`{addr}` is bound by {first} too: each listener needs an address of its own"
+                ),
+            );
+        }
+    }
 }
 
 /// A listener's TLS: its certificates and the client CAs each verifies against.
