@@ -22,6 +22,18 @@ pub fn build(
     build_with_clock(path, previous, clock)
 }
 
+/// [`build`], which on failure leaves in `referenced` the files the refused config reads, as
+/// far as it was read.
+pub fn build_watching(
+    path: &Path,
+    previous: Option<&Snapshot>,
+    referenced: &mut Vec<std::path::PathBuf>,
+) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let clock = previous.map_or_else(crate::clock::Clock::system, |p| p.clock.clone());
+    let loaded = load::load(path)?;
+    compile::compile_watching(&loaded, previous, clock, referenced)
+}
+
 /// [`build`] with a given clock (tests move a manual one).
 pub fn build_with_clock(
     path: &Path,

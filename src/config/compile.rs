@@ -94,6 +94,17 @@ pub fn compile(
     previous: Option<&Snapshot>,
     clock: crate::clock::Clock,
 ) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
+    compile_watching(loaded, previous, clock, &mut Vec::new())
+}
+
+/// [`compile`], which on failure leaves in `referenced` every file the refused config reads
+/// (the watcher waits on them: a file it names may not exist yet).
+pub fn compile_watching(
+    loaded: &Loaded,
+    previous: Option<&Snapshot>,
+    clock: crate::clock::Clock,
+    referenced: &mut Vec<std::path::PathBuf>,
+) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut cx = Cx {
         loaded,
         previous,
@@ -133,6 +144,7 @@ pub fn compile(
         cx.error("tracing.otlp.endpoint", e.to_string());
     }
     if cx.diags.iter().any(Diagnostic::is_error) {
+        *referenced = cx.watched;
         return Err(cx.diags);
     }
     let version = version(&cx);

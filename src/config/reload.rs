@@ -69,6 +69,9 @@ pub struct Reloader {
     status: Mutex<ReloadStatus>,
     serial: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
+    /// The files the last reload's config reads, when it was refused: watched too, until a
+    /// reload succeeds.
+    refused_reads: Mutex<Vec<PathBuf>>,
 }
 
 // === impl Reloader ===
@@ -85,7 +88,23 @@ impl Reloader {
             status: Mutex::new(ReloadStatus::default()),
             serial: tokio::sync::Mutex::new(()),
             metrics,
+            refused_reads: Mutex::new(Vec::new()),
         }
+    }
+
+    /// What the watcher watches: what the running config reads and, after a refused reload,
+    /// what the refused config reads.
+    ///
+    /// Why: a config naming a file not there yet (a new certificate, a secret) is refused;
+    /// the file, made next, was no file of the running config, and its arrival woke nothing:
+    /// the fix applied only on SIGHUP or `POST /reload`.
+    /// Regression: tests (it) reload::a_file_a_refused_config_names_is_watched
+    fn watched(&self) -> Vec<PathBuf> {
+        let mut all = self.current.load().watched.clone();
+        if let Ok(refused) = self.refused_reads.lock() {
+            all.extend(refused.iter().cloned());
+        }
+        all
     }
 
     /// The shared handle requests load the snapshot from.
@@ -104,15 +123,23 @@ impl Reloader {
         let previous = self.current.load_full();
         let path = self.config_path.clone();
         let prev = Arc::clone(&previous);
-        let built = tokio::task::spawn_blocking(move || super::build(&path, Some(&prev)))
-            .await
-            .map_err(|e| {
-                let display = self.config_path.display().to_string();
-                ReloadError(vec![Diagnostic::file_error(
-                    &display,
-                    format!("reload task failed: {e}"),
-                )])
-            })?;
+        let built = tokio::task::spawn_blocking(move || {
+            let mut referenced = Vec::new();
+            let built = super::build_watching(&path, Some(&prev), &mut referenced);
+            (built, referenced)
+        })
+        .await
+        .map_err(|e| {
+            let display = self.config_path.display().to_string();
+            ReloadError(vec![Diagnostic::file_error(
+                &display,
+                format!("reload task failed: {e}"),
+            )])
+        })?;
+        let (built, referenced) = built;
+        if let Ok(mut refused) = self.refused_reads.lock() {
+            *refused = referenced;
+        }
         let result = match built {
             Err(diags) => Err(ReloadError(
                 diags.into_iter().filter(Diagnostic::is_error).collect(),
@@ -232,13 +259,13 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: Duration) -> notify::Res
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
             && !matches!(ev.kind, EventKind::Access(_))
-            && concerns(&ev.paths, &current.current.load().watched)
+            && concerns(&ev.paths, &current.watched())
         {
             // A full channel already holds a pending wake-up.
             let _ = tx.try_send(());
         }
     })?;
-    let mut dirs = watch_dirs(&reloader.current.load().watched);
+    let mut dirs = watch_dirs(&reloader.watched());
     for d in &dirs {
         if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
             tracing::warn!(dir = %d.display(), error = %e, "Cannot watch directory");
@@ -255,7 +282,7 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: Duration) -> notify::Res
                 }
             }
             let _ = reloader.reload(Trigger::Watch).await;
-            let now = watch_dirs(&reloader.current.load().watched);
+            let now = watch_dirs(&reloader.watched());
             for d in dirs.difference(&now) {
                 let _ = watcher.unwatch(d);
             }
@@ -303,7 +330,9 @@ fn concerns(paths: &[PathBuf], watched: &[PathBuf]) -> bool {
             .file_name()
             .is_some_and(|n| n.as_encoded_bytes().starts_with(b".."));
         watched.iter().any(|w| {
-            *w == p
+            // `w` itself, or a directory on its way made or replaced (`keys/` of a
+            // `keys/new.secret` not there yet).
+            w.starts_with(&p)
                 || parent == Some(w.as_path())
                 || (swap && parent.is_some() && w.parent() == parent)
         })
@@ -318,8 +347,10 @@ fn watch_dirs(paths: &[PathBuf]) -> BTreeSet<PathBuf> {
         let Ok(p) = std::path::absolute(p) else {
             continue;
         };
-        if let Some(parent) = p.parent() {
-            dirs.insert(parent.to_path_buf());
+        // The parent, or the nearest directory on the way that exists (a file a refused
+        // config names may be in a directory not made yet).
+        if let Some(dir) = p.ancestors().skip(1).find(|d| d.is_dir()) {
+            dirs.insert(dir.to_path_buf());
         }
         if p.is_dir() {
             dirs.insert(p);
@@ -344,6 +375,8 @@ mod tests {
             ("/srv/pc/policies/20-new.yaml", true),
             ("/srv/pc/policies", true),
             ("/srv/keys/hs.secret", true),
+            // A directory on the way to a watched file, made or replaced.
+            ("/srv/keys", true),
             // Kubernetes' ConfigMap swap beside a watched file.
             ("/srv/pc/..data", true),
             ("/srv/pc/..data_tmp", true),

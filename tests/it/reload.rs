@@ -139,6 +139,52 @@ async fn a_replaced_policies_directory_is_still_watched() {
     assert_eq!(get(gw.addr(), "/other").await.0, StatusCode::OK);
 }
 
+/// A config that names a file not there yet is refused; the file, made next, is watched
+/// (it was no file of the running config) and its arrival applies the config.
+#[tokio::test]
+async fn a_file_a_refused_config_names_is_watched() {
+    let old_secret = b"the-first-secret-of-thirty-two-bytes-or-more";
+    let new_secret = b"the-second-secret-of-thirty-two-bytes-or-more";
+    let gw = Setup {
+        watch: true,
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: api, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users], upstream: echo}\n".into(),
+        )],
+        files: vec![("hs.secret".into(), old_secret.to_vec())],
+        extra: crate::support::hs256_users("{}"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let addr = gw.addr();
+    let with = |secret: &'static [u8]| async move {
+        let t = crate::support::hs256_token(secret, &serde_json::json!({"sub": "alice"}));
+        crate::support::raw_status(addr, "/x", &format!("Authorization: Bearer {t}\r\n")).await
+    };
+    assert_eq!(with(old_secret).await, 200);
+    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
+    gw.write(
+        "portcullis.yaml",
+        config.replace("file: hs.secret", "file: keys/new.secret"),
+    );
+    let refused = eventually(Duration::from_secs(5), || async {
+        let (_, metrics) = gw.admin_get("/metrics").await;
+        metrics.contains(r#"portcullis_config_reloads_total{outcome="failed"} 1"#)
+    })
+    .await;
+    assert!(refused, "the config naming a missing file is refused");
+    assert_eq!(with(old_secret).await, 200, "the running config stays");
+    std::fs::create_dir(gw.path("keys")).unwrap();
+    crate::support::write_atomic(&gw.path("keys/new.secret"), new_secret);
+    let applied = eventually(Duration::from_secs(5), || async {
+        with(new_secret).await == 200
+    })
+    .await;
+    assert!(applied, "the file's arrival applied the config");
+    assert_eq!(with(old_secret).await, 401);
+}
+
 /// A file the config does not read, beside it (a log), wakes no reload; a watched change
 /// after it still applies.
 #[tokio::test]
