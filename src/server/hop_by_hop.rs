@@ -43,14 +43,14 @@ pub fn strip(headers: &mut HeaderMap) {
     };
     if !only_fixed {
         // `close` and the fixed set need no entry of their own.
+        // As bytes: a line that is not visible ASCII still names the others on it.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.eq_ignore_ascii_case("close"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(trim_ows)
+            .filter(|t| !t.eq_ignore_ascii_case(b"close"))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             // Why: the forwarding chain is the gateway's to rewrite; a peer naming it in
             // `Connection` must not make the gateway lose the real client address.
             .filter(|n| !is_fixed(n) && n != "x-forwarded-for" && n != "forwarded")
@@ -111,9 +111,9 @@ pub fn is_h2c_upgrade(headers: &HeaderMap) -> bool {
         || headers
             .get_all(header::UPGRADE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+            // As bytes: another byte on the line must not hide the `h2c` on it.
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|t| trim_ows(t).eq_ignore_ascii_case(b"h2c"))
 }
 
 /// Whether a request's `Transfer-Encoding` is anything but exactly one `chunked` (any case,
@@ -190,6 +190,26 @@ mod tests {
         left.sort_unstable();
         assert_eq!(left, ["x-forwarded-for", "x-kept"]);
         assert_eq!(h.len(), 2, "every value of a removed name goes");
+    }
+
+    #[test]
+    fn a_connection_line_with_other_bytes_still_names_headers() {
+        let mut up = HeaderMap::new();
+        up.append(
+            "upgrade",
+            http::HeaderValue::from_bytes(b"h2c, \xff").unwrap(),
+        );
+        assert!(is_h2c_upgrade(&up));
+        let mut h = HeaderMap::new();
+        h.append(
+            "connection",
+            http::HeaderValue::from_bytes(b"x-secret, \xff").unwrap(),
+        );
+        h.append("x-secret", "1".parse().unwrap());
+        h.append("x-kept", "1".parse().unwrap());
+        strip(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]
