@@ -173,28 +173,24 @@ fn parse(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     Some((trace_id, parent_id, flags))
 }
 
-/// The client's `tracestate` (several fields joined with `,`), visible ASCII, with no empty
-/// list member, within [`MAX_TRACESTATE`]; `None` when nothing is left.
+/// The client's `tracestate` (several fields joined with `,`), with no empty list member, at
+/// most [`MAX_MEMBERS`] members within [`MAX_TRACESTATE`]; `None` when nothing is left or
+/// when a member is not one (see below).
 ///
 /// Why: a state over the bound was dropped whole, and an empty one passed on. The
 /// specification cuts it instead: members over [`LONG_MEMBER`] characters first, then members
 /// from the end, until it fits; and a vendor should not send an empty one.
 /// Regression: tests::tracestate_is_cut_as_the_specification_says
+///
+/// Why the members are read: a list of 40 members, a member `not valid`, or one key twice
+/// (two fields `a=1` and `a=2`) went upstream as sent. The specification allows 32 members,
+/// each `key=value` by its grammar, each key once: a list that breaks it is dropped, and one
+/// longer than 32 members is cut from the end.
+/// Regression: tests::tracestate_members_are_read_as_the_specification_says
 fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
     let mut values = headers.get_all(TRACESTATE).iter();
     let first = values.next()?;
     let second = values.next();
-    // The usual case: one field, within the bound, no empty member.
-    if second.is_none()
-        && first.len() <= MAX_TRACESTATE
-        && first.to_str().is_ok()
-        && first
-            .as_bytes()
-            .split(|&b| b == b',')
-            .all(|m| !trim(m).is_empty())
-    {
-        return Some(first.clone());
-    }
     let mut members: Vec<&[u8]> = std::iter::once(first)
         .chain(second)
         .chain(values)
@@ -202,6 +198,23 @@ fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
         .map(trim)
         .filter(|m| !m.is_empty())
         .collect();
+    if !members.iter().all(|m| member_key(m).is_some()) {
+        return None;
+    }
+    for (i, m) in members.iter().enumerate() {
+        let key = member_key(m);
+        if members[..i].iter().any(|o| member_key(o) == key) {
+            return None;
+        }
+    }
+    members.truncate(MAX_MEMBERS);
+    // The usual case: one field, as sent.
+    if second.is_none()
+        && first.len() <= MAX_TRACESTATE
+        && members.len() == first.as_bytes().split(|&b| b == b',').count()
+    {
+        return Some(first.clone());
+    }
     let len = |ms: &[&[u8]]| {
         ms.iter()
             .map(|m| m.len() + 1)
@@ -220,6 +233,43 @@ fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&members.join(&b","[..]))
         .ok()
         .filter(|v| v.to_str().is_ok())
+}
+
+/// Most list members a `tracestate` may hold.
+const MAX_MEMBERS: usize = 32;
+
+/// A list member's key, when the member is `key=value` as the specification writes them: a
+/// key of lowercase letters, digits and `_-*/` (starting with a letter; a multi-tenant
+/// `tenant@system`, the tenant may start with a digit), a value of 1 to 256 printable
+/// characters other than `,` and `=`, not ending in a space.
+fn member_key(m: &[u8]) -> Option<&[u8]> {
+    let eq = m.iter().position(|&b| b == b'=')?;
+    let (key, value) = (&m[..eq], &m[eq + 1..]);
+    let key_char = |b: &u8| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/');
+    let key_ok = match key.iter().position(|&b| b == b'@') {
+        None => {
+            key.len() <= 256
+                && key.first().is_some_and(u8::is_ascii_lowercase)
+                && key.iter().all(key_char)
+        }
+        Some(at) => {
+            let (tenant, system) = (&key[..at], &key[at + 1..]);
+            (1..=241).contains(&tenant.len())
+                && tenant
+                    .first()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && tenant.iter().all(key_char)
+                && (1..=14).contains(&system.len())
+                && system.first().is_some_and(u8::is_ascii_lowercase)
+                && system.iter().all(key_char)
+        }
+    };
+    let value_ok = (1..=256).contains(&value.len())
+        && value
+            .iter()
+            .all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
+        && value.last() != Some(&b' ');
+    (key_ok && value_ok).then_some(key)
 }
 
 /// A list member without the optional whitespace around it.
@@ -375,21 +425,58 @@ mod tests {
         assert_eq!(state(&[" , "]), None);
         // Over 512: members over 128 characters go first, then members from the end.
         let long = format!("big={}", "x".repeat(200));
-        let small: Vec<String> = (0..40).map(|i| format!("k{i:02}=vvvvvvv")).collect();
+        let small: Vec<String> = (0..30)
+            .map(|i| format!("k{i:02}={}", "v".repeat(14)))
+            .collect();
         let mut fields = vec![long.as_str()];
         fields.extend(small.iter().map(String::as_str));
         let cut = state(&fields).unwrap();
         assert!(!cut.contains("big="), "{cut}");
         assert!(cut.len() <= 512, "{}", cut.len());
-        assert!(cut.starts_with("k00=vvvvvvv,k01="), "{cut}");
-        // 40 members of 11 characters: 479 with the commas, all kept.
-        assert_eq!(cut.split(',').count(), 40);
-        let many: Vec<String> = (0..60).map(|i| format!("k{i:02}=vvvvvvv")).collect();
+        assert!(cut.starts_with("k00=vvvvvvvvvvvvvv,k01="), "{cut}");
+        // 30 members of 18 characters: 569 with the commas; 27 fit (27 * 19 - 1 = 512).
+        assert_eq!(cut.split(',').count(), 27);
+        // At most 32 members: the rest, from the end, go.
+        let many: Vec<String> = (0..60).map(|i| format!("k{i:02}=v")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let cut = state(&many).unwrap();
-        // 42 members fit (42 * 12 - 1 = 503), the 18 last go.
-        assert_eq!(cut.split(',').count(), 42);
-        assert!(cut.ends_with("k41=vvvvvvv"), "{cut}");
+        assert_eq!(cut.split(',').count(), 32);
+        assert!(cut.ends_with("k31=v"), "{cut}");
+    }
+
+    #[test]
+    fn tracestate_members_are_read_as_the_specification_says() {
+        let state = |fields: &[&str]| {
+            let mut h = headers(&[VALID]);
+            for f in fields {
+                h.append(TRACESTATE, HeaderValue::from_str(f).unwrap());
+            }
+            TraceContext::from_headers(&h, false)
+                .0
+                .state
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        for ok in [
+            "rojo=00f067aa0ba902b7",
+            "congo=t61rcWkgMzE,rojo=x",
+            "fw529a3039@dt=abc",
+            "a-b_c*d/e=1 2",
+        ] {
+            assert_eq!(state(&[ok]).as_deref(), Some(ok), "{ok}");
+        }
+        for bad in [
+            "not valid member",
+            "Upper=1",
+            "1abc=1",
+            "a=",
+            "=b",
+            "a=b=c",
+            "a@Sys=1",
+            "a=1,a=2",
+        ] {
+            assert_eq!(state(&[bad]), None, "{bad}");
+        }
+        assert_eq!(state(&["a=1", "a=2"]), None, "one key in two fields");
     }
 
     #[test]
