@@ -85,11 +85,15 @@ impl Edge {
     /// browser's) is not refused. Regression: tests (it)
     /// edge::websocket_from_an_origin_the_rule_does_not_name_is_refused,
     /// edge::a_recheck_closes_a_websocket_the_current_rule_would_refuse
+    ///
+    /// Every `Origin` line is read: with two, only the first was checked, and an upstream
+    /// reading the last saw one the rule does not name. Regression: tests::every_origin_line_is_checked
     pub fn refuses_upgrade_origin(&self, headers: &http::HeaderMap) -> bool {
         self.cors.as_ref().is_some_and(|cors| {
             headers
-                .get(http::header::ORIGIN)
-                .is_some_and(|o| !cors.allows_origin(o))
+                .get_all(http::header::ORIGIN)
+                .iter()
+                .any(|o| !cors.allows_origin(o))
         })
     }
 
@@ -456,6 +460,30 @@ mod tests {
             &[],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn every_origin_line_is_checked() {
+        let edge = Edge {
+            upgrade: None,
+            reauthorize_every: None,
+            cors: Some(cors(&["https://app.example.com"])),
+        };
+        let headers = |origins: &[&'static str]| {
+            let mut h = http::HeaderMap::new();
+            for o in origins {
+                h.append(http::header::ORIGIN, http::HeaderValue::from_static(o));
+            }
+            h
+        };
+        assert!(!edge.refuses_upgrade_origin(&headers(&[])));
+        assert!(!edge.refuses_upgrade_origin(&headers(&["https://app.example.com"])));
+        for two in [
+            ["https://app.example.com", "https://evil.example"],
+            ["https://evil.example", "https://app.example.com"],
+        ] {
+            assert!(edge.refuses_upgrade_origin(&headers(&two)), "{two:?}");
+        }
     }
 
     #[test]
