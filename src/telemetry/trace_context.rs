@@ -404,18 +404,20 @@ mod tests {
         assert_eq!(again.parent_id, Some(cx.span_id));
     }
 
+    /// The `tracestate` passed on for a valid `traceparent` and these `tracestate` fields.
+    fn state(fields: &[&str]) -> Option<String> {
+        let mut h = headers(&[VALID]);
+        for f in fields {
+            h.append(TRACESTATE, HeaderValue::from_str(f).unwrap());
+        }
+        TraceContext::from_headers(&h, false)
+            .0
+            .state
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
     #[test]
     fn tracestate_is_cut_as_the_specification_says() {
-        let state = |fields: &[&str]| {
-            let mut h = headers(&[VALID]);
-            for f in fields {
-                h.append(TRACESTATE, HeaderValue::from_str(f).unwrap());
-            }
-            TraceContext::from_headers(&h, false)
-                .0
-                .state
-                .map(|v| v.to_str().unwrap().to_owned())
-        };
         // Fields join; optional whitespace and empty members go.
         assert_eq!(state(&["a=1", "b=2"]).unwrap(), "a=1,b=2");
         assert_eq!(state(&["a=1 ,, b=2"]).unwrap(), "a=1,b=2");
@@ -446,16 +448,6 @@ mod tests {
 
     #[test]
     fn tracestate_members_are_read_as_the_specification_says() {
-        let state = |fields: &[&str]| {
-            let mut h = headers(&[VALID]);
-            for f in fields {
-                h.append(TRACESTATE, HeaderValue::from_str(f).unwrap());
-            }
-            TraceContext::from_headers(&h, false)
-                .0
-                .state
-                .map(|v| v.to_str().unwrap().to_owned())
-        };
         for ok in [
             "rojo=00f067aa0ba902b7",
             "congo=t61rcWkgMzE,rojo=x",

@@ -86,10 +86,7 @@ async fn watched_policy_change_takes_effect() {
         "rules:\n  - name: block\n    match: {paths: [\"/blocked/**\"]}\n    effect: deny\n",
     );
     let addr = gw.addr();
-    let applied = eventually(Duration::from_secs(5), || async move {
-        get(addr, "/blocked/x").await.0 == StatusCode::FORBIDDEN
-    })
-    .await;
+    let applied = answers_soon(addr, "/blocked/x", StatusCode::FORBIDDEN).await;
     assert!(applied, "new rule applied from the file watcher");
     assert_eq!(get(gw.addr(), "/other").await.0, StatusCode::OK);
 }
@@ -120,10 +117,7 @@ async fn a_replaced_policies_directory_is_still_watched() {
     std::fs::rename(&dir, gw.path("policies.old")).unwrap();
     std::fs::rename(&next, &dir).unwrap();
     let addr = gw.addr();
-    let applied = eventually(Duration::from_secs(5), || async move {
-        get(addr, "/blocked/x").await.0 == StatusCode::FORBIDDEN
-    })
-    .await;
+    let applied = answers_soon(addr, "/blocked/x", StatusCode::FORBIDDEN).await;
     assert!(applied, "the swapped-in directory was read");
 
     // An edit inside the new directory.
@@ -131,10 +125,7 @@ async fn a_replaced_policies_directory_is_still_watched() {
         "policies/06-block.yaml",
         "rules:\n  - name: block2\n    match: {paths: [\"/also/**\"]}\n    effect: deny\n",
     );
-    let applied = eventually(Duration::from_secs(5), || async move {
-        get(addr, "/also/x").await.0 == StatusCode::FORBIDDEN
-    })
-    .await;
+    let applied = answers_soon(addr, "/also/x", StatusCode::FORBIDDEN).await;
     assert!(applied, "an edit in the swapped-in directory was seen");
     assert_eq!(get(gw.addr(), "/other").await.0, StatusCode::OK);
 }
@@ -204,10 +195,7 @@ async fn unrelated_files_beside_the_config_wake_no_reload() {
         "rules:\n  - name: block\n    match: {paths: [\"/blocked/**\"]}\n    effect: deny\n",
     );
     let addr = gw.addr();
-    let applied = eventually(Duration::from_secs(5), || async move {
-        get(addr, "/blocked/x").await.0 == StatusCode::FORBIDDEN
-    })
-    .await;
+    let applied = answers_soon(addr, "/blocked/x", StatusCode::FORBIDDEN).await;
     assert!(applied, "the watched change applied");
     let (_, metrics) = gw.admin_get("/metrics").await;
     let reloads: Vec<&str> = metrics
@@ -585,4 +573,12 @@ async fn unreadable_or_empty_policy_file_keeps_the_running_policies() {
         std::fs::write(&deny_path, deny).unwrap();
         assert_eq!(gw.admin_post("/reload").await.0, StatusCode::OK, "{what}");
     }
+}
+
+/// Whether `GET path` answers `status` within 5 s (a watched change applied).
+async fn answers_soon(addr: std::net::SocketAddr, path: &'static str, status: StatusCode) -> bool {
+    eventually(Duration::from_secs(5), || async move {
+        get(addr, path).await.0 == status
+    })
+    .await
 }
