@@ -143,18 +143,20 @@ pub async fn decide(
     // wrong keys: 80 checked against a budget of 3; with a slow authenticator, all of them).
     // An attempt that does not fail gives its request back.
     // Regression: tests (it) ratelimit::concurrent_attempts_spend_the_guard
-    match guard.check(facts, None, &rule.id.0, Mode::Spend).await {
+    let spent = match guard.check(facts, None, &rule.id.0, Mode::Spend).await {
         Checked::Limited(t) => {
             trace.record(TraceEvent::RateLimited(guard.name.clone()));
             return deny(rule, DenyKind::RateLimited(t), None);
         }
         Checked::Unavailable => return deny(rule, DenyKind::RateLimitUnavailable, None),
-        Checked::Allowed(_) | Checked::ShadowLimited => {}
-    }
+        Checked::Allowed(_) => true,
+        // Over a shadow guard: let through, nothing spent to give back.
+        Checked::ShadowLimited => false,
+    };
     let decision = decide_rule(snapshot, rule, facts, trace).await;
     if matches!(&decision, Decision::Deny(d) if counts_as_failure(d.kind)) {
         guard.failed();
-    } else {
+    } else if spent {
         let _ = guard.check(facts, None, &rule.id.0, Mode::Refund).await;
     }
     decision
