@@ -98,6 +98,8 @@ pub enum HashOn {
 pub struct SendOptions {
     /// Time to connect, when a new connection is needed.
     pub connect_timeout: Duration,
+    /// Time to the response head, for the whole exchange (a retry included).
+    pub response_timeout: Duration,
     /// The consistent-hashing key (see [`Upstream::hash_key`]).
     pub hash_key: Option<u64>,
 }
@@ -342,7 +344,13 @@ impl Upstream {
     }
 
     /// Sends a request to one of the endpoints, retrying once what is safe to retry (see the
-    /// module docs). No response timeout here: the caller applies it to the whole.
+    /// module docs), within `opts.response_timeout` in all.
+    ///
+    /// Why the timeout is here: applied by the caller around the whole, it dropped the
+    /// exchange before its outcome was recorded, so an endpoint that accepted and never
+    /// answered was never ejected: a share of every request waited the full timeout for a
+    /// 504, for good. A timed-out exchange is now a failure of its endpoint.
+    /// Regression: tests (it) upstreams::an_endpoint_that_never_answers_is_ejected
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
@@ -353,6 +361,11 @@ impl Upstream {
         let Some(ep) = b.pick(opts.hash_key, None) else {
             return Err(SendError::NoEndpoint);
         };
+        let now = tokio::time::Instant::now();
+        // A timeout too long to add is as good as none.
+        let deadline = now
+            .checked_add(opts.response_timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         // The first attempt inline (not through `send_to`): one async layer less for the
         // response to be moved through on every request.
         // Why: counted until the response head only, a stream (server-sent events, a gRPC
@@ -360,7 +373,12 @@ impl Upstream {
         // endpoint by chance. The count goes with the response's body.
         // Regression: tests (it) upstreams::least_request_counts_a_stream_until_it_ends
         let counted = balance::in_flight(&ep, b.counts_in_flight());
-        let result = ep.pool.send(req, opts.connect_timeout, false).await;
+        let Ok(result) =
+            tokio::time::timeout_at(deadline, ep.pool.send(req, opts.connect_timeout, false)).await
+        else {
+            b.record(&ep, Verdict::Failure, &self.name);
+            return Err(SendError::Timeout);
+        };
         b.record(&ep, verdict(&result), &self.name);
         let failed = match result {
             Ok(resp) => return Ok(with_in_flight(resp, counted)),
@@ -393,22 +411,32 @@ impl Upstream {
         b.retried.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(upstream = &*self.name, error = %failed.error, "Retrying upstream request");
         // Boxed: the rare retry does not grow every request's future.
-        Box::pin(self.send_to(&next, again, opts.connect_timeout, true))
+        Box::pin(self.send_to(&next, again, opts.connect_timeout, deadline))
             .await
             .map_err(|f| f.error)
     }
 
-    /// One exchange with one endpoint, its outcome recorded for ejection.
+    /// One exchange with one endpoint on a fresh connection, by `deadline`, its outcome
+    /// recorded for ejection.
     async fn send_to(
         &self,
         ep: &Arc<Endpoint>,
         req: Request<UpstreamBody>,
         connect_timeout: Duration,
-        fresh: bool,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<PooledBody>, Failed> {
         let b = &*self.balancer;
         let counted = balance::in_flight(ep, b.counts_in_flight());
-        let result = ep.pool.send(req, connect_timeout, fresh).await;
+        let Ok(result) =
+            tokio::time::timeout_at(deadline, ep.pool.send(req, connect_timeout, true)).await
+        else {
+            b.record(ep, Verdict::Failure, &self.name);
+            return Err(Failed {
+                error: SendError::Timeout,
+                unsent: None,
+                repeat: None,
+            });
+        };
         b.record(ep, verdict(&result), &self.name);
         result.map(|resp| with_in_flight(resp, counted))
     }

@@ -261,12 +261,12 @@ async fn forward(
     let route = timeouts.as_deref().copied().unwrap_or_default();
     let opts = crate::upstream::SendOptions {
         connect_timeout: route.connect.unwrap_or(upstream.connect_timeout),
+        response_timeout: route.response.unwrap_or(upstream.response_timeout),
         hash_key: upstream.hash_key(req.headers(), principal.as_deref().map(|p| &*p.id)),
     };
-    let response_timeout = route.response.unwrap_or(upstream.response_timeout);
     // A `101` nobody asked for is refused by the pool (`upstream_invalid_response`): an
     // upgrade the rule relays went to `tunnel` above, on a connection of its own.
-    let resp = send(ctx, &upstream, req, opts, response_timeout, &client_fault).await?;
+    let resp = send(ctx, &upstream, req, opts, &client_fault).await?;
     let expiry = expires_at.map(|at| (at, snapshot.clock.clone(), Arc::clone(&ctx.shared.metrics)));
     let mut resp = respond(
         resp,
@@ -375,11 +375,12 @@ async fn tunnel(
         _ => None,
     };
     let (req, _) = upstream_request(ctx, allow, parts, body, uri, origin, upstream).await?;
+    let response_timeout = route.response.unwrap_or(upstream.response_timeout);
     let opts = crate::upstream::SendOptions {
         connect_timeout: route.connect.unwrap_or(upstream.connect_timeout),
+        response_timeout,
         hash_key: upstream.hash_key(req.headers(), principal.as_deref().map(|p| &*p.id)),
     };
-    let response_timeout = route.response.unwrap_or(upstream.response_timeout);
     upgrade::open(
         ctx,
         upstream,
@@ -573,23 +574,21 @@ async fn send(
     upstream: &crate::upstream::Upstream,
     req: Request<RequestBody>,
     opts: crate::upstream::SendOptions,
-    response_timeout: std::time::Duration,
     client_fault: &std::sync::atomic::AtomicBool,
 ) -> Result<Response<crate::upstream::PooledBody>, Failure> {
     // Boxed: the exchange's state (the pool's send, a retry's, hyper's response future) is
     // the largest part of a request's future, which is copied whole at each layer that moves
     // it; behind one allocation it is not (54.8 k -> 54.5 k instructions per plain request).
-    let result = tokio::time::timeout(response_timeout, Box::pin(upstream.send(req, opts))).await;
-    let e = match result {
-        Ok(Ok(resp)) => return Ok(resp),
-        Err(_) => {
+    let e = match Box::pin(upstream.send(req, opts)).await {
+        Ok(resp) => return Ok(resp),
+        Err(SendError::Timeout) => {
             ctx.shared.metrics.upstream_error("timeout");
             return Err(Failure::Failed(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
             ));
         }
-        Ok(Err(e)) => e,
+        Err(e) => e,
     };
     let (status, kind) = match &e {
         SendError::Http(h) if body::is_length_limit(h) => {
@@ -607,6 +606,7 @@ async fn send(
             (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
         }
         SendError::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "upstream_no_endpoint"),
+        SendError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
     };
     ctx.shared.metrics.upstream_error(kind);
     tracing::debug!(upstream = &*upstream.name, error = %e, reason = kind, "Upstream request failed");

@@ -154,6 +154,7 @@ pub(super) async fn open(
                     (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
                 }
                 SendError::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "upstream_no_endpoint"),
+                SendError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             };
             ctx.shared.metrics.upstream_error(kind);
             tracing::debug!(upstream = &*upstream.name, error = %e, reason = kind, "Upgrade request failed");

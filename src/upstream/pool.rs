@@ -79,6 +79,9 @@ pub enum SendError {
     /// No endpoint to send to (every name unresolved).
     #[error("no endpoint")]
     NoEndpoint,
+    /// No response head within the response timeout.
+    #[error("no response in time")]
+    Timeout,
 }
 
 /// A failed exchange, and what the caller needs to decide on a retry.

@@ -255,6 +255,46 @@ async fn pool_gateway(backends: &[&Backend], extra: &str) -> crate::support::Tes
     .await
 }
 
+/// An endpoint that accepts and never answers is ejected after its timeouts, as one that
+/// refuses connections is: its share no longer waits the response timeout for a 504.
+#[tokio::test]
+async fn an_endpoint_that_never_answers_is_ejected() {
+    let hang = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = hang.accept().await {
+            held.push(tcp);
+        }
+    });
+    let b = Backend::start("b").await;
+    let gw = Setup {
+        upstreams: format!(
+            "  pool:\n    url: http://backend.test\n    endpoints: [\"{hang_addr}\", \"{}\"]\n    response_timeout: 300ms\n    ejection: {{consecutive_failures: 2, base_time: 30s, max_time: 30s}}\n",
+            b.addr
+        ),
+        policies: route_all_to("pool"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(get(gw.addr(), "/x").await.0.as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 504).count(),
+        2,
+        "two timeouts eject it: {statuses:?}"
+    );
+    assert!(statuses[4..].iter().all(|&s| s == 200), "{statuses:?}");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let line = format!(
+        "portcullis_upstream_endpoint_ejections_total{{upstream=\"pool\",endpoint=\"{hang_addr}\"}} 1"
+    );
+    assert!(metrics.contains(&line), "{line} in\n{metrics}");
+}
+
 #[tokio::test]
 async fn round_robin_spreads_evenly_and_keeps_the_urls_host() {
     let (a, b, c) = (
