@@ -601,6 +601,10 @@ async fn send(
         SendError::ConnectTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout"),
         SendError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
         SendError::Tls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls"),
+        // A status below 100: hyper refuses it before `check_status` sees it.
+        SendError::Http(h) if h.is_parse_status() => {
+            (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
+        }
         SendError::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
         SendError::InvalidStatus(_) | SendError::InvalidFraming => {
             (StatusCode::BAD_GATEWAY, "upstream_invalid_response")

@@ -703,6 +703,7 @@ async fn health_checks_remove_and_return_an_endpoint() {
 async fn invalid_upstream_status_is_502() {
     for answer in [
         &b"HTTP/1.1 600 Weird\r\nContent-Length: 0\r\n\r\n"[..],
+        &b"HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n"[..],
         &b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: evil\r\n\r\n"[..],
     ] {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1168,6 +1169,53 @@ async fn upstream_proxy_authenticate_does_not_reach_the_client() {
     let (status, headers, _) = get(gw.addr(), "/x").await;
     assert_eq!(status, StatusCode::PROXY_AUTHENTICATION_REQUIRED);
     assert!(!headers.contains_key("proxy-authenticate"), "{headers:?}");
+}
+
+/// A bodiless idempotent request met on a reused connection by an answer that does not parse
+/// is not sent again (that is the upstream's answer, not a connection it closed): the
+/// upstream sees it once, the client gets 502.
+#[tokio::test]
+async fn a_garbled_answer_is_not_sent_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let deletes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&deletes);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    if buf[..n].starts_with(b"DELETE") {
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let _ = tcp.write_all(b"BLAH BLAH\r\n\r\n").await;
+                        return;
+                    }
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    let gw = Setup {
+        upstreams: format!("  raw:\n    url: http://{addr}\n"),
+        policies: route_all_to("raw"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert_eq!(get(gw.addr(), "/a").await.0, StatusCode::OK);
+    let (status, _, _) = send(
+        gw.addr(),
+        Request::delete("/del").body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(deletes.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 /// An upstream that declares its trailers on two `Trailer` lines: an HTTP/1.1 client asking
