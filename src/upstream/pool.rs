@@ -202,6 +202,10 @@ pub(super) struct Pool {
     target: Target,
     idle: Mutex<VecDeque<(http1::SendRequest<UpstreamBody>, Instant)>>,
     h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    /// The upstream speaks HTTP/2 (h2c, or ALPN chose it once): one connection serves all.
+    speaks_h2: std::sync::atomic::AtomicBool,
+    /// Held while that one connection is being made.
+    h2_connecting: tokio::sync::Mutex<()>,
 }
 
 enum Sender {
@@ -315,10 +319,13 @@ pub struct BodyIdleTimeout;
 
 impl Pool {
     pub(super) fn new(target: Target) -> Self {
+        let h2c = matches!(target.protocol, Protocol::H2c);
         Self {
             target,
+            speaks_h2: std::sync::atomic::AtomicBool::new(h2c),
             idle: Mutex::new(VecDeque::new()),
             h2: Mutex::new(None),
+            h2_connecting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -361,6 +368,17 @@ impl Pool {
                 },
             },
             Some(s) => s,
+            // Why: the shared HTTP/2 connection is stored once its handshake is done, and
+            // every request arriving meanwhile opened its own: 50 at once to a fresh h2c
+            // upstream opened 27 connections, again each time the connection is replaced
+            // (an upstream's restart, GOAWAY). They now wait for the one being made.
+            // Regression: tests (it) upstreams::h2c_upstream_gets_one_connection_under_a_burst
+            None if !fresh && self.speaks_h2.load(std::sync::atomic::Ordering::Relaxed) => {
+                match Box::pin(self.h2_connect_once(connect_timeout)).await {
+                    Ok(s) => s,
+                    Err(e) => return Err(Failed::unsent(e, req)),
+                }
+            }
             // Boxed: a new connection is rare, and its TLS and HTTP/2 handshake futures are
             // large; inline, every request's future would carry and move them.
             None => match self.connect_or_finish(connect_timeout).await {
@@ -450,6 +468,19 @@ impl Pool {
                 }))
             }
         }
+    }
+
+    /// The shared HTTP/2 connection: the one another request made while this one waited its
+    /// turn, or a new one.
+    async fn h2_connect_once(
+        self: &Arc<Self>,
+        connect_timeout: Duration,
+    ) -> Result<Sender, SendError> {
+        let _one_at_a_time = self.h2_connecting.lock().await;
+        if let Some((s @ Sender::H2(_), _)) = self.checkout() {
+            return Ok(s);
+        }
+        self.connect_or_finish(connect_timeout).await
     }
 
     /// Opens a new connection; when the request is dropped first, it still joins the pool.
@@ -548,6 +579,8 @@ impl Pool {
                 .await
                 .map_err(SendError::Http)?;
             tokio::spawn(conn);
+            self.speaks_h2
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             if let Ok(mut slot) = self.h2.lock() {
                 *slot = Some(sender.clone());
             }

@@ -972,6 +972,51 @@ async fn grpc_call(gw: SocketAddr) -> (StatusCode, Bytes, Option<http::HeaderMap
     (status, collected.to_bytes(), trailers)
 }
 
+/// Fifty requests at once to a fresh gateway share one connection to an h2c upstream: the
+/// ones arriving while it is being made wait for it (each opened its own).
+#[tokio::test]
+async fn h2c_upstream_gets_one_connection_under_a_burst() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_: Request<hyper::body::Incoming>| async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        Bytes::from_static(b"ok"),
+                    )))
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+            });
+        }
+    });
+    let gw = Setup {
+        upstreams: format!("  grpc:\n    url: http://{addr}\n    protocol: h2c\n"),
+        policies: route_all_to("grpc"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let gw = gw.addr();
+        burst.spawn(async move { get(gw, "/x").await.0 });
+    }
+    let statuses = burst.join_all().await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn h2c_upstream_relays_trailers() {
     let (addr, seen) = trailer_upstream(None).await;
