@@ -86,6 +86,17 @@ impl Clock {
     }
 }
 
+/// `start + timeout`, or, for a timeout too long to add, a deadline 30 years on: as good as
+/// none (tokio's `timeout` does the same).
+pub fn deadline_after(
+    start: tokio::time::Instant,
+    timeout: std::time::Duration,
+) -> tokio::time::Instant {
+    start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + std::time::Duration::from_secs(30 * 365 * 86_400))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -588,11 +588,7 @@ pub fn undescribed_status(reason: &str) -> StatusCode {
 /// request than a timeout counted from the decision's own start.
 pub fn deadline(start: Instant, settings: &DoorSettings) -> tokio::time::Instant {
     let timeout = common(settings).map_or(std::time::Duration::ZERO, |c| c.timeout);
-    // A timeout too long to add is as good as none (tokio's `timeout` does the same).
-    let at = start
-        .checked_add(timeout)
-        .unwrap_or_else(|| start + std::time::Duration::from_secs(30 * 365 * 86_400));
-    tokio::time::Instant::from_std(at)
+    crate::clock::deadline_after(tokio::time::Instant::from_std(start), timeout)
 }
 
 /// Whether the door's peers include `peer`.

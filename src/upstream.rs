@@ -361,11 +361,8 @@ impl Upstream {
         let Some(ep) = b.pick(opts.hash_key, None) else {
             return Err(SendError::NoEndpoint);
         };
-        let now = tokio::time::Instant::now();
-        // A timeout too long to add is as good as none.
-        let deadline = now
-            .checked_add(opts.response_timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        let deadline =
+            crate::clock::deadline_after(tokio::time::Instant::now(), opts.response_timeout);
         // The first attempt inline (not through `send_to`): one async layer less for the
         // response to be moved through on every request.
         // Why: counted until the response head only, a stream (server-sent events, a gRPC

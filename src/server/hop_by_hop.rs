@@ -137,7 +137,7 @@ pub fn has_unsupported_transfer_coding(headers: &HeaderMap) -> bool {
 }
 
 /// Without the optional whitespace (SP, HTAB) around a list element.
-fn trim_ows(mut b: &[u8]) -> &[u8] {
+pub fn trim_ows(mut b: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = b {
         b = rest;
     }

@@ -195,19 +195,21 @@ fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
         .chain(second)
         .chain(values)
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(trim)
+        .map(crate::server::hop_by_hop::trim_ows)
         .filter(|m| !m.is_empty())
         .collect();
     if !members.iter().all(|m| member_key(m).is_some()) {
         return None;
     }
+    // Cut first: the repeated-key check compares pairs, at most 32 × 32 of them whatever the
+    // client sent (thousands of one-letter members fit in a header).
+    members.truncate(MAX_MEMBERS);
     for (i, m) in members.iter().enumerate() {
         let key = member_key(m);
         if members[..i].iter().any(|o| member_key(o) == key) {
             return None;
         }
     }
-    members.truncate(MAX_MEMBERS);
     // The usual case: one field, as sent.
     if second.is_none()
         && first.len() <= MAX_TRACESTATE
@@ -270,19 +272,6 @@ fn member_key(m: &[u8]) -> Option<&[u8]> {
             .all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
         && value.last() != Some(&b' ');
     (key_ok && value_ok).then_some(key)
-}
-
-/// A list member without the optional whitespace around it.
-fn trim(m: &[u8]) -> &[u8] {
-    let start = m
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(m.len());
-    let end = m
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(start, |e| e + 1);
-    &m[start..end]
 }
 
 /// Lowercase hex only (the specification refuses uppercase).

@@ -74,13 +74,7 @@ async fn semantic_error_in_config_reload_is_reported_with_line() {
 
 #[tokio::test]
 async fn watched_policy_change_takes_effect() {
-    let gw = Setup {
-        watch: true,
-        ..Setup::default()
-    }
-    .start()
-    .await;
-    assert_eq!(get(gw.addr(), "/blocked/x").await.0, StatusCode::OK);
+    let gw = watched_gateway().await;
     gw.write(
         "policies/05-block.yaml",
         "rules:\n  - name: block\n    match: {paths: [\"/blocked/**\"]}\n    effect: deny\n",
@@ -95,13 +89,7 @@ async fn watched_policy_change_takes_effect() {
 /// into place), is read, and the new directory's later edits are watched too.
 #[tokio::test]
 async fn a_replaced_policies_directory_is_still_watched() {
-    let gw = Setup {
-        watch: true,
-        ..Setup::default()
-    }
-    .start()
-    .await;
-    assert_eq!(get(gw.addr(), "/blocked/x").await.0, StatusCode::OK);
+    let gw = watched_gateway().await;
     let dir = gw.path("policies");
     let next = gw.path("policies.next");
     std::fs::create_dir(&next).unwrap();
@@ -581,4 +569,16 @@ async fn answers_soon(addr: std::net::SocketAddr, path: &'static str, status: St
         get(addr, path).await.0 == status
     })
     .await
+}
+
+/// A gateway whose files are watched, serving `/blocked/x` (no rule refuses it yet).
+async fn watched_gateway() -> crate::support::TestGateway {
+    let gw = Setup {
+        watch: true,
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert_eq!(get(gw.addr(), "/blocked/x").await.0, StatusCode::OK);
+    gw
 }

@@ -972,10 +972,13 @@ async fn grpc_call(gw: SocketAddr) -> (StatusCode, Bytes, Option<http::HeaderMap
     (status, collected.to_bytes(), trailers)
 }
 
-/// Fifty requests at once to a fresh gateway share one connection to an h2c upstream: the
-/// ones arriving while it is being made wait for it (each opened its own).
-#[tokio::test]
-async fn h2c_upstream_gets_one_connection_under_a_burst() {
+/// An h2c upstream on 127.0.0.1 answering every request with `answer`, and the count of
+/// connections it accepted.
+async fn h2c_upstream<F, Fut>(answer: F) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -983,12 +986,11 @@ async fn h2c_upstream_gets_one_connection_under_a_burst() {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answer = answer.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_: Request<hyper::body::Incoming>| async {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                        Bytes::from_static(b"ok"),
-                    )))
+                let svc = hyper::service::service_fn(move |req| {
+                    let answer = answer.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(req).await) }
                 });
                 let _ =
                     hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -997,13 +999,30 @@ async fn h2c_upstream_gets_one_connection_under_a_burst() {
             });
         }
     });
-    let gw = Setup {
-        upstreams: format!("  grpc:\n    url: http://{addr}\n    protocol: h2c\n"),
-        policies: route_all_to("grpc"),
+    (addr, accepted)
+}
+
+/// A gateway routing everything to the h2c upstream at `addr`.
+async fn h2c_gateway(addr: SocketAddr) -> crate::support::TestGateway {
+    Setup {
+        upstreams: format!("  h2:\n    url: http://{addr}\n    protocol: h2c\n"),
+        policies: route_all_to("h2"),
         ..Setup::default()
     }
     .start()
+    .await
+}
+
+/// Fifty requests at once to a fresh gateway share one connection to an h2c upstream: the
+/// ones arriving while it is being made wait for it (each opened its own).
+#[tokio::test]
+async fn h2c_upstream_gets_one_connection_under_a_burst() {
+    let (addr, accepted) = h2c_upstream(|_| async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        http::Response::new(Full::new(Bytes::from_static(b"ok")))
+    })
     .await;
+    let gw = h2c_gateway(addr).await;
     let mut burst = tokio::task::JoinSet::new();
     for _ in 0..50 {
         let gw = gw.addr();
@@ -1577,41 +1596,21 @@ async fn h2_get(gw: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, Byt
 #[tokio::test]
 async fn request_trailers_are_not_forwarded() {
     use http_body_util::BodyExt;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     // Each request's body and trailers, as the upstream got them.
     type Seen = Vec<(Bytes, Option<http::HeaderMap>)>;
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let s = Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let s = Arc::clone(&s);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let s = Arc::clone(&s);
-                    async move {
-                        let collected = req.into_body().collect().await.unwrap();
-                        let trailers = collected.trailers().cloned();
-                        s.lock().unwrap().push((collected.to_bytes(), trailers));
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from_static(b"seen"),
-                        )))
-                    }
-                });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
-            });
+    let (addr, _) = h2c_upstream(move |req| {
+        let s = Arc::clone(&s);
+        async move {
+            let collected = req.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().cloned();
+            s.lock().unwrap().push((collected.to_bytes(), trailers));
+            http::Response::new(Full::new(Bytes::from_static(b"seen")))
         }
-    });
-    let gw = Setup {
-        upstreams: format!("  h2:\n    url: http://{addr}\n    protocol: h2c\n"),
-        policies: route_all_to("h2"),
-        ..Setup::default()
-    }
-    .start()
+    })
     .await;
+    let gw = h2c_gateway(addr).await;
     let req = Request::post(format!("http://{}/upload", gw.addr()))
         .body(trailed(
             b"payload",
