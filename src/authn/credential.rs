@@ -280,7 +280,11 @@ pub fn decode(s: &str) -> Option<Cow<'_, str>> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
+                // Two hex digits exactly: `from_str_radix` alone would take a sign (`%+5`).
                 let hex = bytes.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
                 let hex = std::str::from_utf8(hex).ok()?;
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
@@ -387,6 +391,14 @@ mod tests {
     use http::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn decode_takes_two_hex_digits_exactly() {
+        assert_eq!(decode("a%41+b").as_deref(), Some("aA b"));
+        for bad in ["%+5", "%-1", "%4", "%G0", "%", "%FF"] {
+            assert_eq!(decode(bad), None, "{bad}");
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -216,7 +216,13 @@ impl Condition {
                 seen.push(k);
             }
         }
-        let repeated = |name: &str| facts.headers.get_all(name).iter().nth(1).is_some();
+        // `host` is the decided authority and `cookie` the joined crumbs (see
+        // `request_value`): one value each, whatever the client sent.
+        let repeated = |name: &str| {
+            name != "host"
+                && name != "cookie"
+                && facts.headers.get_all(name).iter().nth(1).is_some()
+        };
         let header = match &self.reads.headers {
             Keys::None => None,
             Keys::Some(keys) => keys.iter().find(|k| repeated(k)).cloned(),
@@ -396,9 +402,15 @@ impl<'a, 'r> VariableResolver for Vars<'a, 'r> {
 pub fn action(facts: &RequestFacts<'_>) -> &'static str {
     let m = facts.method;
     if *m == Method::GET || *m == Method::HEAD {
+        // Why: the upstream decodes names, so `?m%69ne` is its "mine": classified on the
+        // decoded name, and a name that does not decode (which a lenient upstream may read as
+        // anything) as the narrower `read_mine`.
+        // Regression: expr::tests::action_reads_decoded_query_names
         let mine = facts.query.is_some_and(|q| {
-            q.split('&')
-                .any(|kv| kv.split_once('=').map_or(kv, |(k, _)| k) == "mine")
+            q.split('&').any(|kv| {
+                crate::authn::credential::decode(kv.split_once('=').map_or(kv, |(k, _)| k))
+                    .is_none_or(|k| k == "mine")
+            })
         });
         if mine { "read_mine" } else { "read" }
     } else if *m == Method::POST {
@@ -506,6 +518,32 @@ fn request_value<'a>(facts: &'a RequestFacts<'_>) -> Val<'a> {
         }
     }
     let mut headers: HashMap<CelMapKey<'a>, Val<'a>> = HashMap::new();
+    // Why: `host` is the authority the rules were matched on and the upstream is sent (an
+    // absolute-form target or HTTP/2 `:authority` wins over a `Host` field), never the
+    // client's own `Host` line: `request.headers['host'] == 'good.example'` passed for
+    // `GET http://evil.example/` with `Host: good.example`, and failed for every HTTP/2
+    // request, which has no `host` field.
+    // Regression: expr::tests::host_header_is_the_decided_authority
+    headers.insert(CelMapKey::from("host"), owned(facts.authority()));
+    // Why: HTTP/2 browsers split `cookie` into one field per crumb, which the proxy joins
+    // (RFC 9113 8.2.3) before forwarding; read as one value, never as a repeated header.
+    // Regression: expr::tests::cookie_crumbs_are_one_header
+    if facts
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        let joined = facts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join("; ");
+        headers.insert(CelMapKey::from("cookie"), owned(joined));
+    }
     for (name, value) in facts.headers {
         if let Ok(v) = value.to_str() {
             headers

@@ -163,6 +163,80 @@ fn actions_from_methods() {
     }
 }
 
+/// Regression: `?m%69ne` was `read`, and the upstream, decoding names, read it as "mine":
+/// the seed's `posts-public-except-mine` let anyone read another user's "my posts".
+#[test]
+fn action_reads_decoded_query_names() {
+    for (target, want) in [
+        ("/x?m%69ne", "read_mine"),
+        ("/x?%6D%69%6E%65=1", "read_mine"),
+        ("/x?a=1&mi%6ee&b", "read_mine"),
+        ("/x?m%FFine", "read_mine"),
+        ("/x?m%69nes", "read"),
+        ("/x?q=m%69ne", "read"),
+    ] {
+        assert_eq!(
+            eval(&format!("action == '{want}'"), "GET", target, None),
+            Ok(()),
+            "{target}"
+        );
+    }
+}
+
+fn eval_request(expr: &str, req: Request<()>) -> Result<(), ConditionError> {
+    let (parts, ()) = req.into_parts();
+    let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), "l".into(), None);
+    let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+    Condition::compile(expr, Budget::default())
+        .unwrap()
+        .eval(&facts, None, &[])
+}
+
+/// Regression: `host` was the client's `Host` line, not the authority decided on and sent.
+#[test]
+fn host_header_is_the_decided_authority() {
+    let expr = "request.headers['host'] == 'good.example'";
+    let absolute = Request::get("http://evil.example/x")
+        .header("host", "good.example")
+        .body(())
+        .unwrap();
+    assert_eq!(eval_request(expr, absolute), Err(ConditionError::False));
+    let h2 = Request::get("http://good.example/x")
+        .version(http::Version::HTTP_2)
+        .body(())
+        .unwrap();
+    assert_eq!(eval_request(expr, h2), Ok(()));
+    let ported = Request::get("/x")
+        .header("host", "good.example:8443")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        eval_request("request.headers.host == 'good.example:8443'", ported),
+        Ok(())
+    );
+}
+
+/// Regression: HTTP/2 cookie crumbs were a repeated header, denying every such browser request.
+#[test]
+fn cookie_crumbs_are_one_header() {
+    let crumbs = || {
+        Request::get("/x")
+            .header("host", "a.test")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(())
+            .unwrap()
+    };
+    assert_eq!(
+        eval_request("!('x-debug' in request.headers)", crumbs()),
+        Ok(())
+    );
+    assert_eq!(
+        eval_request("request.headers.cookie == 'a=1; b=2'", crumbs()),
+        Ok(())
+    );
+}
+
 #[test]
 fn only_true_allows() {
     let p = principal();
