@@ -95,6 +95,20 @@ impl ApiKeys {
             let display = path.display().to_string();
             match crate::config::load::read_yaml::<RawApiKeyFile>(&path, display) {
                 Err(d) => errors.push(CompileError::File(d)),
+                // Why: an emptied file (a `>` where `>>` was meant, a truncated write) was
+                // applied live and revoked every key; policy files are refused the same way.
+                // Regression: tests (it)
+                // credentials::api_key_file_edits_apply_on_reload_and_a_broken_file_keeps_the_old_keys
+                Ok((src, parsed)) if parsed.keys.is_empty() => {
+                    errors.push(CompileError::File(Diagnostic::at(
+                        &src.display,
+                        &src.index,
+                        "keys",
+                        "the key file holds no key; an empty file is refused so that a \
+                         truncated one never revokes every key (to accept none, remove \
+                         `keys_file`)",
+                    )));
+                }
                 Ok((src, parsed)) => {
                     for (i, k) in parsed.keys.iter().enumerate() {
                         let diag = |e: FieldError| {

@@ -138,6 +138,9 @@ pub fn compile_watching(
             format!("no rules found in {dir}: every request will be denied"),
         );
     }
+    if let Err(e) = crate::telemetry::logging::check_level(&cx.cfg().logging.level) {
+        cx.error("logging.level", e);
+    }
     if let Some(otlp) = &cx.cfg().tracing.otlp
         && let Err(e) = crate::telemetry::otlp::Otlp::check(otlp)
     {

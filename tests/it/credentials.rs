@@ -193,6 +193,27 @@ async fn api_key_file_edits_apply_on_reload_and_a_broken_file_keeps_the_old_keys
         StatusCode::OK
     );
 
+    // An emptied file (`>` where `>>` was meant) or one with an empty list is refused: the
+    // running keys stay, rather than every key being revoked at once.
+    for emptied in ["", "# nothing yet\n", "[]\n", "keys: []\n"] {
+        gw.write("apikeys.yaml", emptied);
+        let (status, body) = gw.admin_post("/reload").await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{emptied:?}: {body}"
+        );
+        assert!(
+            body.contains("holds no key") || body.contains("expected a list of keys"),
+            "{body}"
+        );
+        assert!(body.contains("apikeys.yaml"), "{body}");
+        assert_eq!(
+            call(&gw, "/api/x", &[("x-api-key", &b)]).await,
+            StatusCode::OK
+        );
+    }
+
     // Duplicate ids are refused.
     gw.write("apikeys.yaml", key_file(&[("b", &b, ""), ("b", &a, "")]));
     let (status, body) = gw.admin_post("/reload").await;

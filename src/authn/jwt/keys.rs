@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::config::raw::RawAlgorithm;
@@ -90,7 +92,7 @@ pub enum KeyError {
     #[error("invalid JWK: {0}")]
     Jwk(String),
     /// The JWK is for encryption.
-    #[error("JWK `use` is not `sig`")]
+    #[error("JWK `use` is not `sig`, or its `key_ops` do not include `verify`")]
     NotForSignatures,
     /// A symmetric key in a remote JWKS.
     #[error("symmetric (`oct`) keys are not accepted from a JWKS URL")]
@@ -401,6 +403,17 @@ pub fn from_jwk(jwk: &Jwk, remote: bool) -> Result<VerifyKey, KeyError> {
         jwk.common.public_key_use,
         Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
     ) {
+        return Err(KeyError::NotForSignatures);
+    }
+    // RFC 7517 4.3: a key whose `key_ops` are given is for those operations only; one not
+    // listing `verify` (an encryption key, a wrapping key) never verifies a signature.
+    // Regression: jwt::keys::tests::key_ops_without_verify_refused
+    if jwk
+        .common
+        .key_operations
+        .as_ref()
+        .is_some_and(|ops| !ops.iter().any(|o| matches!(o, KeyOperations::Verify)))
+    {
         return Err(KeyError::NotForSignatures);
     }
     let (family, material): (KeyFamily, Vec<u8>) = match &jwk.algorithm {

@@ -175,3 +175,27 @@ fn public_keys_in_der_are_not_hmac_secrets() {
         b"\x30\x05 0123456789abcdef0123456789"
     ));
 }
+
+/// Regression: `key_ops` was ignored, so a key published for `encrypt` or `wrapKey` only
+/// verified signatures.
+#[test]
+fn key_ops_without_verify_refused() {
+    // RFC 8037's Ed25519 example key.
+    let jwk = |extra: &str| {
+        format!(
+            r#"{{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"{extra}}}"#
+        )
+    };
+    assert!(from_jwk_json(&jwk(""), true).is_ok());
+    assert!(from_jwk_json(&jwk(r#","key_ops":["verify"]"#), true).is_ok());
+    assert!(from_jwk_json(&jwk(r#","key_ops":["sign","verify"]"#), true).is_ok());
+    for ops in [r#"["encrypt"]"#, r#"["wrapKey","unwrapKey"]"#, "[]"] {
+        assert!(
+            matches!(
+                from_jwk_json(&jwk(&format!(r#","key_ops":{ops}"#)), true),
+                Err(KeyError::NotForSignatures)
+            ),
+            "{ops}"
+        );
+    }
+}
