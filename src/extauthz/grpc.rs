@@ -163,9 +163,21 @@ impl crate::server::listener::Handler for GrpcHandler {
                 // skipped unread; anything else fails the call.
                 // Regression: tests (it) grpc::peer_not_allowed
                 let resp = if check.is_some() {
+                    // Why: tonic reads a whole message before the service runs, so a refused
+                    // peer announcing a 1 MiB message and sending it slowly held a megabyte
+                    // and an in-flight permit per stream until it chose to finish: 60 such
+                    // streams made every door answer 503. The refusal depends on nothing the
+                    // message says: its body is dropped unread, and the codec is handed one
+                    // empty message in its place.
+                    // Regression: tests (it) grpc::a_refused_peers_message_is_never_read
+                    let (parts, _unread) = req.into_parts();
+                    let empty = http_body_util::Full::new(bytes::Bytes::from_static(&[0; 5]));
                     tonic::server::Grpc::new(SkipCodec)
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                        .unary(Refused(Some(refusal)), req)
+                        .unary(
+                            Refused(Some(refusal)),
+                            http::Request::from_parts(parts, empty),
+                        )
                         .await
                 } else {
                     tonic::Status::permission_denied("peer_not_allowed").into_http()

@@ -639,6 +639,60 @@ async fn peer_not_allowed() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 }
 
+/// Regression: a refused peer's Check message was read in full before the refusal: a stream
+/// announcing a 1 MiB message and sending a few bytes of it waited, holding an in-flight
+/// permit and up to a megabyte, for as long as the peer liked (60 of them: every door 503).
+/// The refusal now comes without a byte of the message read.
+#[tokio::test]
+async fn a_refused_peers_message_is_never_read() {
+    let gw = gateway("{envoy_grpc: {peers: [10.0.0.0/8]}}").await;
+    let addr = gw.addr_of("grpc");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::post(format!(
+        "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (resp, mut stream) = send.send_request(req, false).unwrap();
+    // A message of 1 MiB - 16 announced; 100 bytes of it sent; the stream left open.
+    let mut frame = vec![0u8, 0x00, 0x0f, 0xff, 0xf0];
+    frame.extend_from_slice(&[0x0a; 100]);
+    stream.send_data(bytes::Bytes::from(frame), false).unwrap();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(5), resp)
+        .await
+        .expect("answered without waiting for the message")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(std::time::Duration::from_secs(5), body.data())
+        .await
+        .expect("the answer ends")
+    {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    let trailers = tokio::time::timeout(std::time::Duration::from_secs(5), body.trailers())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
+    // The CheckResponse: its denial is the refusal's (PERMISSION_DENIED, 403).
+    let resp: CheckResponse = prost::Message::decode(&got[5..]).unwrap();
+    assert_eq!(code(&resp), 7, "{resp:?}");
+    let (status, _, body) = denied(&resp);
+    assert_eq!(status, 403);
+    assert!(body.contains("\"peer_not_allowed\""), "{body}");
+    conn.abort();
+}
+
 #[tokio::test]
 async fn keys_never_fetched_is_unavailable_for_envoys_failure_mode() {
     // A JWKS URL nobody serves: the decision cannot be known, so the call itself fails
