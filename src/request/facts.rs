@@ -275,9 +275,13 @@ pub enum FactsError {
     /// `Host` is not a valid host name or address.
     #[error("invalid host")]
     InvalidHost,
-    /// CONNECT and `*` targets are not proxied.
+    /// `*` targets are not proxied.
     #[error("unsupported request target")]
     UnsupportedTarget,
+    /// `CONNECT` (but an HTTP/2 WebSocket's extended CONNECT, decided as its `GET`): the
+    /// gateway opens no tunnels, at any door (405).
+    #[error("CONNECT is not served")]
+    Connect,
     /// A method with a lowercase letter (`delete`): rules name methods in uppercase, and some
     /// upstreams read methods without regard to case.
     #[error("invalid method")]
@@ -378,6 +382,14 @@ impl<'a> RequestFacts<'a> {
         if head.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
             return Err(FactsError::LowercaseMethod);
         }
+        // Why: the proxy refused CONNECT as a target it cannot serve (400), while the doors
+        // decided it by the rules (405, or an allow where a rule named it): one request, two
+        // answers. The gateway tunnels nothing: 405 at every door.
+        // Regression: tests (it) paths::connect_and_asterisk_targets_rejected,
+        // conformance (the CONNECT case)
+        if *head.method == Method::CONNECT {
+            return Err(FactsError::Connect);
+        }
         let (host, port) = parse_host(head.authority.ok_or(FactsError::MissingHost)?)?;
         // Why: with per-host client CAs, a connection made for a.example (certificate from
         // CA-A) must not carry requests for b.example, which requires CA-B.
@@ -417,7 +429,10 @@ impl<'a> RequestFacts<'a> {
         conn: &'a ConnInfo,
         trusted_proxies: &[IpNet],
     ) -> Result<Self, FactsError> {
-        if parts.method == Method::CONNECT || parts.uri.path() == "*" {
+        if parts.method == Method::CONNECT {
+            return Err(FactsError::Connect);
+        }
+        if parts.uri.path() == "*" {
             return Err(FactsError::UnsupportedTarget);
         }
         let target = match parts.uri.path_and_query() {
@@ -453,6 +468,7 @@ impl FactsError {
             Self::MultipleHosts => "multiple_hosts",
             Self::InvalidHost => "invalid_host",
             Self::UnsupportedTarget => "unsupported_target",
+            Self::Connect => "method_not_allowed",
             Self::LowercaseMethod => "invalid_method",
             Self::Misdirected => "misdirected_request",
             Self::UriTooLong => "uri_too_long",
@@ -460,13 +476,14 @@ impl FactsError {
         }
     }
 
-    /// The status the client gets: 400, 414 for a path over the limit, 421 for a misdirected
-    /// request.
+    /// The status the client gets: 400, 405 for CONNECT, 414 for a path over the limit, 421
+    /// for a misdirected request.
     pub fn status(&self) -> http::StatusCode {
         match self {
             Self::Misdirected => http::StatusCode::MISDIRECTED_REQUEST,
             Self::Path(PathError::TooLong) | Self::UriTooLong => http::StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Connect => http::StatusCode::METHOD_NOT_ALLOWED,
             _ => http::StatusCode::BAD_REQUEST,
         }
     }

@@ -35,6 +35,11 @@ const POLICY: &str = "rules:
     effect: allow
     anonymous: true
     upstream: echo
+  - name: tunnel
+    match: {paths: [\"/tunnel/**\"], methods: [CONNECT]}
+    effect: allow
+    anonymous: true
+    upstream: echo
   - name: orders
     match: {paths: [\"/orders/**\"]}
     effect: allow
@@ -364,6 +369,8 @@ fn corpus() -> Vec<Case> {
         ("deny rule encoded", "GET", "/%61dmin/users", vec![]),
         ("trace refused", "TRACE", "/public/x", vec![]),
         ("track refused", "TRACK", "/public/x", vec![]),
+        ("connect refused", "CONNECT", "/public/x", vec![]),
+        ("connect named by its rule", "CONNECT", "/tunnel/x", vec![]),
         ("lowercase method", "delete", "/public/x", vec![]),
         // Credentials.
         ("missing credential", "GET", "/orders/7", vec![]),
@@ -811,6 +818,12 @@ async fn every_door_gives_the_same_decision() {
         ("deny rule dots", (403, Some("forbidden"))),
         ("lowercase method", (400, Some("invalid_method"))),
         ("trace refused", (405, Some("method_not_allowed"))),
+        // The gateway tunnels nothing: 405 at every door, even where a rule names CONNECT.
+        ("connect refused", (405, Some("method_not_allowed"))),
+        (
+            "connect named by its rule",
+            (405, Some("method_not_allowed")),
+        ),
         ("encoded slash", (400, Some("encoded_slash"))),
         ("missing credential", (401, Some("missing_credential"))),
         ("header under the limit", (200, None)),
