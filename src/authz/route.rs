@@ -580,6 +580,14 @@ impl MethodSet {
             }
             out.push(Method::from_bytes(n.as_bytes()).map_err(|_| (i, PatternError::BadMethod))?);
         }
+        // Why: a HEAD is the GET without its body (RFC 9110 9.3.2), and servers answer it
+        // from the GET's handler: a `methods: [GET]` deny rule let `HEAD /secret` through to
+        // a catch-all allow, telling the caller what exists and its length. GET includes
+        // HEAD, as in nginx's `limit_except` and Go's ServeMux.
+        // Regression: tests::get_includes_head
+        if out.contains(&Method::GET) && !out.contains(&Method::HEAD) {
+            out.push(Method::HEAD);
+        }
         Ok(Self(out.into()))
     }
 
@@ -608,6 +616,15 @@ mod proptests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn get_includes_head() {
+        let get = MethodSet::parse(&["GET".into()]).unwrap();
+        assert!(get.contains(&Method::GET) && get.contains(&Method::HEAD));
+        assert!(!get.contains(&Method::POST));
+        let post = MethodSet::parse(&["POST".into()]).unwrap();
+        assert!(!post.contains(&Method::HEAD));
+    }
 
     #[test]
     fn explicit_only_methods() {
