@@ -24,6 +24,7 @@ use portcullis::authz::expr::{Budget, Condition, ConditionError};
 use portcullis::authz::identity::{Context, IdentityHeaders};
 use portcullis::authz::require::Requirements;
 use portcullis::authz::route::{MethodSet, PathPattern, RouteTable, Rule, RuleId};
+use portcullis::authz::spoofable::Spoofable;
 use portcullis::config::raw::{Effect, RawAssertion};
 use portcullis::request::RequestFacts;
 use portcullis::request::facts::ConnInfo;
@@ -102,14 +103,18 @@ fn benches(c: &mut Criterion) {
         .into_parts();
     let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
     let params = vec![("user_id".into(), "alice".to_owned())];
+    let spoofable = Spoofable::new([], Vec::new());
     let when = Condition::compile(
         "params.user_id == principal.id && claims.tenant == 'acme' && action == 'read_mine'",
         Budget::default(),
     )
     .unwrap();
-    assert!(when.eval(&facts, Some(&p), &params).is_ok());
+    assert!(when.eval(&facts, Some(&p), &params, &spoofable).is_ok());
     c.bench_function("cel_when", |b| {
-        b.iter(|| when.eval(black_box(&facts), Some(&p), &params).is_ok());
+        b.iter(|| {
+            when.eval(black_box(&facts), Some(&p), &params, &spoofable)
+                .is_ok()
+        });
     });
 
     // Comprehensions: a small one (the usual case, metered), and about the most one
@@ -117,9 +122,13 @@ fn benches(c: &mut Criterion) {
     // after some 20000 steps (two passes over the inner list).
     let roles =
         Condition::compile("principal.roles.exists(r, r == 'admin')", Budget::default()).unwrap();
-    assert!(roles.eval(&facts, Some(&p), &params).is_ok());
+    assert!(roles.eval(&facts, Some(&p), &params, &spoofable).is_ok());
     c.bench_function("cel_exists_roles", |b| {
-        b.iter(|| roles.eval(black_box(&facts), Some(&p), &params).is_ok());
+        b.iter(|| {
+            roles
+                .eval(black_box(&facts), Some(&p), &params, &spoofable)
+                .is_ok()
+        });
     });
     let mut big = principal();
     big.claims
@@ -132,11 +141,15 @@ fn benches(c: &mut Criterion) {
     )
     .unwrap();
     assert_eq!(
-        worst.eval(&facts, Some(&big), &params),
+        worst.eval(&facts, Some(&big), &params, &spoofable),
         Err(ConditionError::BudgetExceeded)
     );
     c.bench_function("cel_budget_spent", |b| {
-        b.iter(|| worst.eval(black_box(&facts), Some(&big), &params).is_err());
+        b.iter(|| {
+            worst
+                .eval(black_box(&facts), Some(&big), &params, &spoofable)
+                .is_err()
+        });
     });
 
     let identity = IdentityHeaders::compile([

@@ -33,6 +33,7 @@ use http::Method;
 use serde_json::Value;
 
 use crate::authn::principal::{Principal, PrincipalKind};
+use crate::authz::spoofable::Spoofable;
 use crate::request::RequestFacts;
 
 pub use self::budget::{Budget, MAX_COMPREHENSION_DEPTH, MAX_NESTING, MAX_NODES, MAX_SOURCE_BYTES};
@@ -151,11 +152,15 @@ impl Condition {
     /// reads it, at most once; `claims` and `principal` are built once per principal and kept
     /// with it (a cached credential's later requests reuse them); the request's variables
     /// borrow from the request (no string is copied but decoded query values).
+    /// `spoofable`: the headers the gateway removes before the upstream sees the request
+    /// (identity and trusted-header spellings, the override family), absent from
+    /// `request.headers`.
     pub fn eval(
         &self,
         facts: &RequestFacts<'_>,
         principal: Option<&Principal>,
         params: &[(Box<str>, String)],
+        spoofable: &Spoofable,
     ) -> Result<(), ConditionError> {
         if let Some(repeated) = self.repeated_read(facts) {
             return Err(ConditionError::Error(repeated));
@@ -166,6 +171,7 @@ impl Condition {
             facts,
             principal,
             params,
+            spoofable,
             built: Default::default(),
         };
         let mut cx = root.new_inner_scope();
@@ -334,6 +340,7 @@ struct Vars<'a, 'r> {
     facts: &'a RequestFacts<'r>,
     principal: Option<&'a Principal>,
     params: &'a [(Box<str>, String)],
+    spoofable: &'a Spoofable,
     /// `claims`, `principal`, `request`, `params`, `action`; the first two only when not kept
     /// with the principal (anonymous).
     built: [OnceLock<Val<'a>>; 5],
@@ -385,7 +392,7 @@ impl<'a, 'r> VariableResolver for Vars<'a, 'r> {
                     })
                 }
             }
-            "request" => (2, |v| request_value(v.facts)),
+            "request" => (2, |v| request_value(v.facts, v.spoofable)),
             "params" => (3, |v| {
                 map(v.params.iter().map(|(k, val)| (&**k, string(val))))
             }),
@@ -501,7 +508,7 @@ fn principal_owned(p: &Principal) -> Val<'static> {
     ])
 }
 
-fn request_value<'a>(facts: &'a RequestFacts<'_>) -> Val<'a> {
+fn request_value<'a>(facts: &'a RequestFacts<'_>, spoofable: &Spoofable) -> Val<'a> {
     let mut query: HashMap<CelMapKey<'a>, Val<'a>> = HashMap::new();
     if let Some(q) = facts.query {
         for kv in q.split('&').filter(|kv| !kv.is_empty()) {
@@ -545,6 +552,20 @@ fn request_value<'a>(facts: &'a RequestFacts<'_>) -> Val<'a> {
         headers.insert(CelMapKey::from("cookie"), owned(joined));
     }
     for (name, value) in facts.headers {
+        // Why: the policy must decide on what the upstream will see. A header the gateway
+        // strips (an identity header's spelling, `X-Real-IP`, ...) or overwrites is the
+        // client's word: `request.headers['x-user-id'] == params.user` passed with a sent
+        // `X-User-Id: bob` while the upstream got alice's. Such names are absent here, so a
+        // condition reading one fails closed. The forwarding family (`X-Forwarded-For`,
+        // `X-Real-IP`, ...) is rewritten from the connection: `require.networks` decides on
+        // the client's address, never these lines.
+        // Regression: expr::tests::stripped_headers_are_not_in_the_view
+        if spoofable.is_doomed(name, facts.peer_trusted)
+            || crate::authz::spoofable::family(name.as_str())
+                == Some(crate::authz::spoofable::Family::Forwarding)
+        {
+            continue;
+        }
         if let Ok(v) = value.to_str() {
             headers
                 .entry(CelMapKey::from(name.as_str()))

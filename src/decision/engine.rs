@@ -247,7 +247,7 @@ async fn decide_rule(
         } else {
             Vec::new()
         };
-        match when.eval(facts, principal.as_deref(), &params) {
+        match when.eval(facts, principal.as_deref(), &params, &snapshot.spoofable) {
             Ok(()) => trace.record(TraceEvent::ConditionHeld),
             Err(e) => {
                 let (why, unmet) = match e {

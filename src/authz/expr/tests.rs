@@ -55,9 +55,12 @@ fn eval_within(
     let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), "l".into(), None);
     let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
     let params = [("user_id".into(), "u1".to_owned())];
-    Condition::compile(expr, budget)
-        .unwrap()
-        .eval(&facts, p, &params)
+    Condition::compile(expr, budget).unwrap().eval(
+        &facts,
+        p,
+        &params,
+        &Spoofable::new([], Vec::new()),
+    )
 }
 
 #[test]
@@ -187,9 +190,12 @@ fn eval_request(expr: &str, req: Request<()>) -> Result<(), ConditionError> {
     let (parts, ()) = req.into_parts();
     let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), "l".into(), None);
     let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
-    Condition::compile(expr, Budget::default())
-        .unwrap()
-        .eval(&facts, None, &[])
+    Condition::compile(expr, Budget::default()).unwrap().eval(
+        &facts,
+        None,
+        &[],
+        &Spoofable::new([], Vec::new()),
+    )
 }
 
 /// Regression: `host` was the client's `Host` line, not the authority decided on and sent.
@@ -214,6 +220,33 @@ fn host_header_is_the_decided_authority() {
         eval_request("request.headers.host == 'good.example:8443'", ported),
         Ok(())
     );
+}
+
+/// Regression: a condition read a header the gateway then stripped or overwrote, so it
+/// decided on the client's word: `X-User-Id: bob` passed `== params.user` while the upstream
+/// got alice's id.
+#[test]
+fn stripped_headers_are_not_in_the_view() {
+    let req = Request::get("/x")
+        .header("host", "a.test")
+        .header("x-user-id", "bob")
+        .header("x-real-ip", "10.9.9.9")
+        .header("x-team", "blue")
+        .body(())
+        .unwrap();
+    let (parts, ()) = req.into_parts();
+    let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), "l".into(), None);
+    let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+    let spoofable = Spoofable::new([&http::HeaderName::from_static("x-user-id")], Vec::new());
+    let eval = |expr: &str| {
+        Condition::compile(expr, Budget::default())
+            .unwrap()
+            .eval(&facts, None, &[], &spoofable)
+    };
+    assert!(eval("request.headers['x-user-id'] == 'bob'").is_err());
+    assert!(eval("request.headers['x-real-ip'] == '10.9.9.9'").is_err());
+    assert_eq!(eval("!('x-user-id' in request.headers)"), Ok(()));
+    assert_eq!(eval("request.headers['x-team'] == 'blue'"), Ok(()));
 }
 
 /// Regression: HTTP/2 cookie crumbs were a repeated header, denying every such browser request.
@@ -560,9 +593,12 @@ fn repeated_keys_an_expression_reads_deny() {
             .into_parts();
         let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), "l".into(), None);
         let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
-        Condition::compile(expr, Budget::default())
-            .unwrap()
-            .eval(&facts, None, &[])
+        Condition::compile(expr, Budget::default()).unwrap().eval(
+            &facts,
+            None,
+            &[],
+            &Spoofable::new([], Vec::new()),
+        )
     };
     let team = "request.headers['x-team'] == 'blue'";
     assert_eq!(header(&["blue"], team), Ok(()));
