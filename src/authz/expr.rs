@@ -162,7 +162,7 @@ impl Condition {
         params: &[(Box<str>, String)],
         spoofable: &Spoofable,
     ) -> Result<(), ConditionError> {
-        if let Some(repeated) = self.repeated_read(facts) {
+        if let Some(repeated) = self.repeated_read(facts, spoofable) {
             return Err(ConditionError::Error(repeated));
         }
         let root: &Context<'_, '_> =
@@ -201,7 +201,7 @@ impl Condition {
 
     /// A key the expression reads that the request repeats (or a query name that does not
     /// decode, which could be any key), as the error that denies.
-    fn repeated_read(&self, facts: &RequestFacts<'_>) -> Option<String> {
+    fn repeated_read(&self, facts: &RequestFacts<'_>, spoofable: &Spoofable) -> Option<String> {
         if self.reads.query != Keys::None
             && let Some(q) = facts.query
         {
@@ -224,10 +224,13 @@ impl Condition {
         }
         // `host` is the decided authority and `cookie` the joined crumbs (see
         // `request_value`): one value each, whatever the client sent.
+        // Names hidden from the view are never read, repeated or not.
         let repeated = |name: &str| {
             name != "host"
                 && name != "cookie"
                 && facts.headers.get_all(name).iter().nth(1).is_some()
+                && !http::HeaderName::from_bytes(name.as_bytes())
+                    .is_ok_and(|n| hidden(&n, facts, spoofable))
         };
         let header = match &self.reads.headers {
             Keys::None => None,
@@ -508,6 +511,14 @@ fn principal_owned(p: &Principal) -> Val<'static> {
     ])
 }
 
+/// Whether `request.headers` leaves `name` out: a header the gateway removes
+/// ([`Spoofable::is_doomed`]) or rewrites from the connection (the forwarding family).
+fn hidden(name: &http::HeaderName, facts: &RequestFacts<'_>, spoofable: &Spoofable) -> bool {
+    spoofable.is_doomed(name, facts.peer_trusted)
+        || crate::authz::spoofable::family(name.as_str())
+            == Some(crate::authz::spoofable::Family::Forwarding)
+}
+
 fn request_value<'a>(facts: &'a RequestFacts<'_>, spoofable: &Spoofable) -> Val<'a> {
     let mut query: HashMap<CelMapKey<'a>, Val<'a>> = HashMap::new();
     if let Some(q) = facts.query {
@@ -560,10 +571,7 @@ fn request_value<'a>(facts: &'a RequestFacts<'_>, spoofable: &Spoofable) -> Val<
         // `X-Real-IP`, ...) is rewritten from the connection: `require.networks` decides on
         // the client's address, never these lines.
         // Regression: expr::tests::stripped_headers_are_not_in_the_view
-        if spoofable.is_doomed(name, facts.peer_trusted)
-            || crate::authz::spoofable::family(name.as_str())
-                == Some(crate::authz::spoofable::Family::Forwarding)
-        {
+        if hidden(name, facts, spoofable) {
             continue;
         }
         if let Ok(v) = value.to_str() {
