@@ -95,11 +95,15 @@ struct Node {
 /// Deepest trie level: longer literal prefixes are indexed by their first segments only.
 const MAX_DEPTH: usize = 12;
 
-/// A host criterion: exact or one-label wildcard, optionally with a port.
+/// A host criterion: exact or wildcard, never with a port.
+///
+/// Why no port: the port in `Host` (or `:authority`) is the client's to write, and upstreams
+/// route on the name alone, so `admin.example:8443` as a deny rule was passed by writing
+/// `Host: admin.example`, and as an allow rule was reached from any listener by writing the
+/// port. Split traffic by listener instead. Regression: tests::host_patterns
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPattern {
     kind: HostKind,
-    port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +153,11 @@ pub enum PatternError {
     /// Host names.
     #[error("invalid host pattern")]
     BadHost,
+    /// A port in a host pattern: the client writes it.
+    #[error(
+        "a host pattern cannot name a port: the port in `Host` is the client's to write and upstreams ignore it; match the name alone"
+    )]
+    HostPort,
     /// Methods are tokens.
     #[error("invalid method")]
     BadMethod,
@@ -262,11 +271,15 @@ impl Rule {
                         .all(|(k, v)| c.get(&**k).is_some_and(|got| **got == **v))
                 })
             })
-            && (self.hosts.is_empty()
-                || self
-                    .hosts
+            && (self.hosts.is_empty() || {
+                // Why: `*.internal.example` read as one label let a deny rule be passed by
+                // `a.b.internal.example`, which the same upstream serves; a deny rule takes the
+                // wider reading, as it does for path case. Regression: tests::deny_rules_take_the_wide_reading_of_a_host_wildcard
+                let any_depth = self.effect == Effect::Deny;
+                self.hosts
                     .iter()
-                    .any(|h| h.matches(&facts.host, facts.port)))
+                    .any(|h| h.matches_at_depth(&facts.host, any_depth))
+            })
             && (self.paths.is_empty() || {
                 // Why: upstreams disagree on path case (Express, IIS and ASP.NET ignore it), so a
                 // deny rule catches every case variant while an allow rule grants only the exact
@@ -353,17 +366,17 @@ impl Rule {
 // === impl HostPattern ===
 
 impl HostPattern {
-    /// Parses `example.com`, `*.example.com`, `example.com:8443` or `*`.
+    /// Parses `example.com`, `*.example.com` or `*`; a port is refused ([`PatternError::HostPort`]).
     pub fn parse(s: &str) -> Result<Self, PatternError> {
         let s = s.trim().to_ascii_lowercase();
-        let (host, port) = match s.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_owned(),
-                Some(p.parse::<u16>().map_err(|_| PatternError::BadHost)?),
-            ),
-            None => (s, None),
-        };
-        let host = host.strip_suffix('.').unwrap_or(&host);
+        if let Some((_, p)) = s.rsplit_once(':') {
+            return Err(if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+                PatternError::HostPort
+            } else {
+                PatternError::BadHost
+            });
+        }
+        let host = s.strip_suffix('.').unwrap_or(&s);
         let valid = |h: &str| {
             !h.is_empty()
                 && h.split('.').all(|l| {
@@ -382,38 +395,36 @@ impl HostPattern {
         } else {
             return Err(PatternError::BadHost);
         };
-        Ok(Self { kind, port })
+        Ok(Self { kind })
     }
 
-    /// Whether some host (and port) matches both patterns.
+    /// Whether some host matches both patterns (one-label wildcards, the narrower reading).
     pub fn intersects(&self, other: &Self) -> bool {
-        if matches!((self.port, other.port), (Some(a), Some(b)) if a != b) {
-            return false;
-        }
         match (&self.kind, &other.kind) {
             (HostKind::Any, _) | (_, HostKind::Any) => true,
             (HostKind::Exact(a), HostKind::Exact(b)) => a == b,
             (HostKind::Wildcard(a), HostKind::Wildcard(b)) => a == b,
             (HostKind::Exact(h), w @ HostKind::Wildcard(_))
-            | (w @ HostKind::Wildcard(_), HostKind::Exact(h)) => Self {
-                kind: w.clone(),
-                port: None,
+            | (w @ HostKind::Wildcard(_), HostKind::Exact(h)) => {
+                Self { kind: w.clone() }.matches(h)
             }
-            .matches(h, None),
         }
     }
 
-    /// `host` is already lowercase without a trailing dot (see [`RequestFacts`]).
-    pub fn matches(&self, host: &str, port: Option<u16>) -> bool {
-        if self.port.is_some() && self.port != port {
-            return false;
-        }
+    /// `host` is already lowercase without a trailing dot (see [`RequestFacts`]). A wildcard
+    /// stands for exactly one label.
+    pub fn matches(&self, host: &str) -> bool {
+        self.matches_at_depth(host, false)
+    }
+
+    /// As [`Self::matches`]; with `any_depth`, a wildcard stands for one label or more.
+    pub fn matches_at_depth(&self, host: &str, any_depth: bool) -> bool {
         match &self.kind {
             HostKind::Any => true,
             HostKind::Exact(h) => **h == *host,
             HostKind::Wildcard(suffix) => host
                 .strip_suffix(&**suffix)
-                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+                .is_some_and(|label| !label.is_empty() && (any_depth || !label.contains('.'))),
         }
     }
 }
@@ -727,24 +738,62 @@ mod tests {
 
     #[test]
     fn host_patterns() {
-        let cases: &[(&str, &str, Option<u16>, bool)] = &[
-            ("example.com", "example.com", None, true),
-            ("Example.COM.", "example.com", Some(443), true),
-            ("example.com", "www.example.com", None, false),
-            ("*.example.com", "www.example.com", None, true),
-            ("*.example.com", "a.b.example.com", None, false),
-            ("*.example.com", "example.com", None, false),
-            ("example.com:8443", "example.com", Some(8443), true),
-            ("example.com:8443", "example.com", Some(443), false),
-            ("example.com:8443", "example.com", None, false),
-            ("*", "anything", None, true),
+        let cases: &[(&str, &str, bool)] = &[
+            ("example.com", "example.com", true),
+            ("Example.COM.", "example.com", true),
+            ("example.com", "www.example.com", false),
+            ("*.example.com", "www.example.com", true),
+            ("*.example.com", "a.b.example.com", false),
+            ("*.example.com", "example.com", false),
+            ("*", "anything", true),
         ];
-        for (pat, host, port, want) in cases {
+        for (pat, host, want) in cases {
             let p = HostPattern::parse(pat).unwrap();
-            assert_eq!(p.matches(host, *port), *want, "{pat} vs {host}:{port:?}");
+            assert_eq!(p.matches(host), *want, "{pat} vs {host}");
         }
+        // A deny rule's wildcard stands for any depth.
+        let w = HostPattern::parse("*.example.com").unwrap();
+        assert!(w.matches_at_depth("a.b.example.com", true));
+        assert!(!w.matches_at_depth("example.com", true));
+        assert!(!w.matches_at_depth("badexample.com", true));
         assert!(HostPattern::parse("exa mple.com").is_err());
-        assert!(HostPattern::parse("a.com:99999").is_err());
+        assert_eq!(
+            HostPattern::parse("admin.example:8443"),
+            Err(PatternError::HostPort)
+        );
+        assert_eq!(
+            HostPattern::parse("a.com:99999"),
+            Err(PatternError::HostPort)
+        );
+        assert_eq!(HostPattern::parse("a.com:"), Err(PatternError::BadHost));
+        assert_eq!(HostPattern::parse("[::1]"), Err(PatternError::BadHost));
+    }
+
+    /// Regression: a deny rule on `*.internal.example` was passed by a deeper name, and a
+    /// port-qualified one by leaving the port out (see [`HostPattern`]).
+    #[test]
+    fn deny_rules_take_the_wide_reading_of_a_host_wildcard() {
+        let deny = Rule {
+            hosts: vec![HostPattern::parse("*.internal.example").unwrap()],
+            ..rule("deny", &["/**"], Effect::Deny, &[])
+        };
+        let allow = Rule {
+            hosts: vec![HostPattern::parse("*.internal.example").unwrap()],
+            ..rule("allow", &["/**"], Effect::Allow, &[])
+        };
+        for (host, denied, allowed) in [
+            ("a.internal.example", true, true),
+            ("a.b.internal.example", true, false),
+            ("internal.example", false, false),
+        ] {
+            let (mut parts, conn) = get("/x");
+            parts
+                .headers
+                .insert("host", http::HeaderValue::from_static(host));
+            let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+            assert_eq!(deny.matches(&facts), denied, "{host}");
+            assert_eq!(allow.matches(&facts), allowed, "{host}");
+        }
     }
 
     /// A GET of `path` for host `h`, and the connection it came on.

@@ -250,6 +250,23 @@ async fn explicit_empty_match_lists_warn() {
     assert!(!text.contains("an empty list"), "{text}");
 }
 
+/// A host pattern with a port is refused, naming the field: the client writes the port, so a
+/// deny rule on `admin.example:8443` was passed by `Host: admin.example`.
+#[tokio::test]
+async fn a_port_in_a_host_pattern_is_refused() {
+    let cfg = ConfigDir::new(&authn());
+    cfg.write("hs.secret", SECRET).write(
+        "policies/p.yaml",
+        "rules:\n  - name: admin\n    match: {hosts: [\"admin.example:8443\"]}\n    effect: deny\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("p.yaml:3:21: error: rules[0].match.hosts[0]: `admin.example:8443`: a host pattern cannot name a port"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn check_warns_when_two_authenticators_read_one_credential() {
     let authn = format!(
