@@ -479,6 +479,7 @@ async fn decide_for<D: HttpDoor>(
     let trace = record.trace.clone();
     let facts = RequestFacts {
         trace: trace.as_ref(),
+        deadline: Some(due),
         ..RequestFacts::new(head, &info, &snapshot.server.trusted_proxies)
             .map_err(|e: FactsError| (e.status(), e.as_str()))?
     };

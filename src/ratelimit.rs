@@ -339,7 +339,7 @@ impl Limit {
                 let mut h = Sha256::default();
                 self.key.write(&mut h, facts, principal, rule);
                 h.finish_hex(&mut key);
-                match Box::pin(store.check(&key, plan, mode)).await {
+                match Box::pin(store.check(&key, plan, mode, facts.deadline)).await {
                     Ok(r) => r.map(Some),
                     Err(e) => {
                         // Allow, Deny, Local: the order of `fallback` and of its labels.

@@ -249,7 +249,7 @@ impl Delegate {
             self.counts.cached.fetch_add(1, Ordering::Relaxed);
             return Ok(v);
         }
-        let verdict = self.ask(request, facts.trace).await;
+        let verdict = self.ask(request, facts.trace, facts.deadline).await;
         let counter = match &verdict {
             Ok(Verdict::Allow(_)) => &self.counts.allowed,
             Ok(Verdict::Deny) => &self.counts.denied,
@@ -276,6 +276,7 @@ impl Delegate {
         &self,
         request: CheckRequest,
         trace: Option<&TraceContext>,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Verdict, DelegateError> {
         // Lazy: the first call connects, so a delegate that is down does not fail a reload.
         let mut client = self
@@ -297,7 +298,8 @@ impl Delegate {
             trace.apply(&mut headers);
             *request.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
         }
-        let answer = tokio::time::timeout(self.timeout, client.check(request))
+        let budget = crate::request::facts::call_budget(self.timeout, deadline);
+        let answer = tokio::time::timeout(budget, client.check(request))
             .await
             .map_err(|_| DelegateError::Timeout)?
             .map_err(|_| DelegateError::Call)?

@@ -409,6 +409,7 @@ impl CheckService {
             .map_or(&DoorSettings::Proxy, |l| &l.door);
         let common =
             door::common(settings).ok_or_else(|| tonic::Status::unavailable("no listener"))?;
+        let due = door::deadline(start, settings);
         // Why: a Check request describes a request and is believed; only Envoy may send one.
         // Regression: tests (it) grpc::peer_not_allowed
         if !door::admits(common, conn.info.peer.ip()) {
@@ -458,6 +459,7 @@ impl CheckService {
             // Why: Envoy's per-route `context_extensions` may narrow rules
             // (`match.context_extensions`). Regression: tests (it) grpc::context_extensions_select_rules
             Ok(f) => RequestFacts {
+                deadline: Some(due),
                 context: check
                     .attributes
                     .as_ref()
@@ -488,11 +490,8 @@ impl CheckService {
                 }
             }));
         }
-        let decided = tokio::time::timeout_at(
-            door::deadline(start, settings),
-            decision::decide(snapshot, &facts, &mut NoTrace),
-        )
-        .await;
+        let decided =
+            tokio::time::timeout_at(due, decision::decide(snapshot, &facts, &mut NoTrace)).await;
         let Ok(decision) = decided else {
             record.failed(&self.shared, "decision_timeout");
             return Err(tonic::Status::unavailable("decision_timeout"));

@@ -326,6 +326,7 @@ impl RedisStore {
         key: &str,
         plan: &Plan,
         mode: Mode,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Result<Room, Wait>, RedisError> {
         if !self.breaker.admit(self.now()) {
             self.metrics.short_circuited.fetch_add(1, Ordering::Relaxed);
@@ -353,8 +354,11 @@ impl RedisStore {
         self.metrics.calls.fetch_add(1, Ordering::Relaxed);
         let mut conn = Conn::clone(&used);
         let start = tokio::time::Instant::now();
-        let reply =
-            tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut conn)).await;
+        let reply = tokio::time::timeout(
+            crate::request::facts::call_budget(self.timeout, deadline),
+            call.invoke_async::<Vec<i64>>(&mut conn),
+        )
+        .await;
         let outcome = match reply {
             Err(_) => {
                 if self.target.drops_on_failure() {

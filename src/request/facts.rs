@@ -224,6 +224,27 @@ impl ClientCert {
     }
 }
 
+/// The time a call out may take: `own` (its configured timeout), cut to end a tenth of the
+/// remaining time before `deadline`, so what it decides on failure still reaches the client.
+///
+/// Why: at the Envoy doors a passed deadline answers UNAVAILABLE (gRPC) or 503
+/// `decision_timeout`, which Envoy's `failure_mode_allow: true` turns into an allow; a
+/// delegate or Redis limit configured to fail closed, with a timeout at least the door's, let
+/// everyone through when it hung. Regression: tests (it)
+/// delegate::a_hung_fail_closed_delegate_is_a_denial_within_the_door_deadline
+pub fn call_budget(
+    own: std::time::Duration,
+    deadline: Option<tokio::time::Instant>,
+) -> std::time::Duration {
+    match deadline {
+        None => own,
+        Some(d) => {
+            let left = d.saturating_duration_since(tokio::time::Instant::now());
+            own.min(left - left / 10)
+        }
+    }
+}
+
 /// The door-independent facts about one request.
 #[derive(Debug)]
 pub struct RequestFacts<'a> {
@@ -258,6 +279,11 @@ pub struct RequestFacts<'a> {
     /// This hop's trace context, when the door keeps one: what the calls the decision makes
     /// on the request's behalf (a delegate's Check) carry, as the upstream does.
     pub trace: Option<&'a crate::telemetry::trace_context::TraceContext>,
+    /// When a decision door must have answered; `None` at the proxy. Calls the decision makes
+    /// on the request's behalf (a delegate's Check, a Redis limit) end before it
+    /// ([`Self::call_budget`]), so their rule's failure mode decides rather than the door's
+    /// deadline.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// Why a request cannot be turned into facts; each is a 400.
@@ -420,6 +446,7 @@ impl<'a> RequestFacts<'a> {
             context: None,
             forwarded_as_sent,
             trace: None,
+            deadline: None,
         })
     }
 

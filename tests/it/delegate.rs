@@ -458,6 +458,78 @@ async fn fail_closed_delegate_is_a_denial_at_the_grpc_door() {
     }
 }
 
+/// A fail-closed delegate that hangs, with a timeout longer than the door's: the call is cut
+/// to end before the door's deadline, so the rule's failure mode answers (a denial) rather
+/// than the deadline (UNAVAILABLE, or a 503 `decision_timeout`), which Envoy's
+/// `failure_mode_allow: true` turns into an allow.
+#[tokio::test]
+async fn a_hung_fail_closed_delegate_is_a_denial_within_the_door_deadline() {
+    use envoy_types::ext_authz::v3::pb::HttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+    // Accepts connections and never says a word: not even the HTTP/2 preface.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            open.push(s);
+        }
+    });
+    let policy = "rules:\n  - name: reports\n    match: {paths: [\"/reports/**\"]}\n    effect: allow\n    authenticators: [users]\n    delegate: opa\n";
+    let gw = Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {timeout: 400ms}}\n  - name: envoy\n    address: 127.0.0.1:0\n    door: {envoy_http: {timeout: 400ms}}\n".into(),
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: format!(
+            "{}delegates:\n  opa:\n    grpc: http://{hung_addr}\n    timeout: 10s\n    failure_mode: deny\n",
+            crate::support::hs256_users("{}")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let bearer = format!("Bearer {}", hs256_token(SECRET, &json!({"sub": "alice"})));
+    let mut client = AuthorizationClient::connect(format!("http://{}", gw.addr_of("grpc")))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let resp = client
+        .check(crate::grpc::check(
+            "/reports/q1",
+            "198.51.100.9",
+            &[("authorization", &bearer)],
+        ))
+        .await
+        .expect("a denial, not a failed call")
+        .into_inner();
+    match resp.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => {
+            assert_eq!(d.status.map(|s| s.code), Some(503), "{d:?}");
+            assert!(d.body.contains("delegate_unavailable"), "{}", d.body);
+        }
+        other => panic!("expected a denied response, got {other:?}"),
+    }
+    // Bounded by the door's deadline, not the delegate's 10 s (generous for a loaded machine).
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let req = Request::get("/reports/q2")
+        .header("host", "app.test")
+        .header("x-forwarded-for", "198.51.100.9")
+        .header("authorization", &bearer)
+        .body(Full::default())
+        .unwrap();
+    let (status, headers, body) = send(gw.addr_of("envoy"), req).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::FORBIDDEN, "not a 5xx: {body}");
+    assert_eq!(headers["x-portcullis-status"], "503");
+    assert_eq!(headers["x-portcullis-error"], "delegate_unavailable");
+    held.abort();
+}
+
 /// At Envoy's HTTP door, a delegate that fails closed is a 403 with the real status in
 /// `x-portcullis-status`: Envoy takes any 5xx answer for a failed call, which
 /// `failure_mode_allow: true` turns into an allow. What cannot be decided (keys never
