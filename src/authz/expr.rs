@@ -225,10 +225,26 @@ impl Condition {
         // `host` is the decided authority and `cookie` the joined crumbs (see
         // `request_value`): one value each, whatever the client sent.
         // Names hidden from the view are never read, repeated or not.
+        // Why: CGI-style upstreams (Rack, PHP, WSGI) read `x_tenant` as `X-Tenant`, so
+        // `X-Tenant: acme` with `x_tenant: evil` passed `request.headers['x-tenant'] == 'acme'`
+        // while such an upstream may read evil: another `_`/`-` spelling is a repeat too.
+        // Regression: tests::repeated_keys_an_expression_reads_deny
+        let same = |a: &str, b: &str| {
+            a.len() == b.len()
+                && a.bytes()
+                    .zip(b.bytes())
+                    .all(|(x, y)| x == y || matches!((x, y), (b'_', b'-') | (b'-', b'_')))
+        };
         let repeated = |name: &str| {
             name != "host"
                 && name != "cookie"
-                && facts.headers.get_all(name).iter().nth(1).is_some()
+                && facts
+                    .headers
+                    .keys()
+                    .filter(|n| same(n.as_str(), name))
+                    .flat_map(|n| facts.headers.get_all(n))
+                    .nth(1)
+                    .is_some()
                 && !http::HeaderName::from_bytes(name.as_bytes())
                     .is_ok_and(|n| hidden(&n, facts, spoofable))
         };

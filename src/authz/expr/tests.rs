@@ -616,6 +616,24 @@ fn repeated_keys_an_expression_reads_deny() {
         header(&["blue", "red"], team),
         Err(ConditionError::Error(_))
     ));
+    // Another `_`/`-` spelling of the name is a repeat: a CGI-style upstream reads it as one.
+    let aliased = Request::get("/c")
+        .header("host", "api.test")
+        .header("x-team", "blue")
+        .header("x_team", "red")
+        .body(())
+        .unwrap();
+    assert!(matches!(
+        eval_request(team, aliased),
+        Err(ConditionError::Error(_))
+    ));
+    let other = Request::get("/c")
+        .header("host", "api.test")
+        .header("x-team", "blue")
+        .header("x_teams", "red")
+        .body(())
+        .unwrap();
+    assert_eq!(eval_request(team, other), Ok(()));
     // `accept` repeats, unread; read as a whole, every repeat counts.
     assert!(matches!(
         header(&["blue"], "size(request.headers) > 0"),
