@@ -97,7 +97,21 @@ pub struct DoorHandler<D> {
     pub index: usize,
 }
 
+/// Header fields a decision door's HTTP listener takes beyond `server.max_headers`: those its
+/// peer adds to describe the request (nginx's `X-Original-*`, `Host`, `X-Forwarded-*`,
+/// `Connection`; Envoy's `x-envoy-*`, `x-forwarded-*`). The door counts the client's own.
+///
+/// Why: hyper counted them with the client's, so a request carrying close to the limit got
+/// a bare 431 from the door, which nginx's `auth_request` turns into a 500, where the proxy
+/// door accepted it. Regression: tests (it)
+/// peers::nginx_auth_request_in_front_of_the_forward_auth_door (97 client fields)
+pub const DESCRIBING_ALLOWANCE: usize = 24;
+
 impl<D: HttpDoor> crate::server::listener::Handler for DoorHandler<D> {
+    fn header_allowance(&self) -> usize {
+        DESCRIBING_ALLOWANCE
+    }
+
     fn call(&self, conn: Arc<Conn>, req: Request<Incoming>) -> crate::server::listener::Answering {
         let door = Arc::clone(&self.door);
         let shared = Arc::clone(&self.shared);
@@ -456,6 +470,23 @@ async fn decide_for<D: HttpDoor>(
         .map_err(|Undescribed(reason)| (StatusCode::BAD_REQUEST, reason))?;
     record.client_ip = hop;
     record.method = Some(described.method.clone());
+    // The client's own fields against `server.max_headers`, as the proxy door counts them:
+    // the names a peer adds to describe the request (host, the forwarding and override
+    // families) come on top (see [`DESCRIBING_ALLOWANCE`]). Counted only past the limit.
+    if described.headers.len() > snapshot.server.max_headers
+        && described
+            .headers
+            .keys()
+            .filter(|n| *n != header::HOST && crate::authz::spoofable::family(n.as_str()).is_none())
+            .map(|n| described.headers.get_all(n).iter().count())
+            .sum::<usize>()
+            > snapshot.server.max_headers
+    {
+        return Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_many",
+        ));
+    }
     let info = ConnInfo::for_door(
         D::DOOR,
         SocketAddr::new(hop, 0),

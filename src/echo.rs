@@ -97,7 +97,8 @@ impl Echo {
                         })
                     };
                     let mut b = auto::Builder::new(TokioExecutor::new());
-                    b.http1().timer(TokioTimer::new());
+                    // Room for what a gateway or its peer adds to a client's 100 fields.
+                    b.http1().timer(TokioTimer::new()).max_headers(200);
                     match acceptor {
                         None => {
                             let _ = b.serve_connection(TokioIo::new(stream), svc(None)).await;

@@ -25,6 +25,12 @@ use crate::snapshot::ServerSettings;
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request arriving on `conn`; never fails (every failure is a response).
     fn call(&self, conn: Arc<Conn>, req: hyper::Request<Incoming>) -> Answering;
+
+    /// Header fields an HTTP/1 request may carry beyond `server.max_headers`: a decision
+    /// door's peer adds its own to describe the request (`door::DESCRIBING_ALLOWANCE`).
+    fn header_allowance(&self) -> usize {
+        0
+    }
 }
 
 /// A door's answer in the making, boxed where it is made.
