@@ -567,9 +567,11 @@ pub(crate) fn describe<'a>(
         .and_then(|r| r.http.as_ref())
         .ok_or("missing_http_attributes")?;
     let method = Method::from_bytes(http.method.as_bytes()).map_err(|_| "invalid_method")?;
+    // Schemes are case-insensitive (RFC 3986 3.1), as the HTTP doors read `X-Forwarded-Proto`.
     let scheme = match http.scheme.as_str() {
-        "" | "http" => Scheme::Http,
-        "https" => Scheme::Https,
+        "" => Scheme::Http,
+        s if s.eq_ignore_ascii_case("http") => Scheme::Http,
+        s if s.eq_ignore_ascii_case("https") => Scheme::Https,
         _ => return Err("invalid_scheme"),
     };
     // Why: an absolute or empty target would be read differently upstream than by the rules.

@@ -416,6 +416,12 @@ impl<'a> RequestFacts<'a> {
         if *head.method == Method::CONNECT {
             return Err(FactsError::Connect);
         }
+        // Why: two `host` fields in a gRPC Check's header map were decided on the Check's
+        // `host`, while the proxy door refuses the request (400 `multiple_hosts`) and an
+        // upstream may read either. Regression: tests::multiple_hosts_refused_at_every_door
+        if head.headers.get_all(header::HOST).iter().nth(1).is_some() {
+            return Err(FactsError::MultipleHosts);
+        }
         let (host, port) = parse_host(head.authority.ok_or(FactsError::MissingHost)?)?;
         // Why: with per-host client CAs, a connection made for a.example (certificate from
         // CA-A) must not carry requests for b.example, which requires CA-B.
@@ -754,6 +760,26 @@ mod tests {
         p.headers.append("host", "b".parse().unwrap());
         assert_eq!(
             RequestFacts::from_parts(&p, &conn(), &[]).unwrap_err(),
+            FactsError::MultipleHosts
+        );
+    }
+
+    /// Every door's facts refuse two `host` fields: a gRPC Check's header map takes its
+    /// authority from `host` apart from its headers, and was decided on with two.
+    #[test]
+    fn multiple_hosts_refused_at_every_door() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::HOST, HeaderValue::from_static("a.example"));
+        headers.append(header::HOST, HeaderValue::from_static("b.example"));
+        let head = Head {
+            method: &Method::GET,
+            scheme: Scheme::Https,
+            authority: Some("a.example"),
+            target: "/",
+            headers: &headers,
+        };
+        assert_eq!(
+            RequestFacts::new(head, &conn(), &[]).unwrap_err(),
             FactsError::MultipleHosts
         );
     }

@@ -434,6 +434,34 @@ async fn raw_header_map_is_read() {
     let resp = c.check(without).await.expect("an answer").into_inner();
     assert_eq!(code(&resp), 16, "{resp:?}");
     assert_eq!(denied(&resp).0, 401);
+    // Two `host` fields: refused, as the proxy door refuses them, whatever `:authority` says.
+    let hosts = raw(&[
+        (":authority", "app.test".into()),
+        (":path", "/api/orders".into()),
+        ("host", "app.test".into()),
+        ("host", "admin.test".into()),
+        ("authorization", format!("Bearer {token}")),
+    ]);
+    let resp = c.check(hosts).await.expect("an answer").into_inner();
+    let (status, _, body) = denied(&resp);
+    assert_eq!(status, 400, "{resp:?}");
+    assert!(body.contains("multiple_hosts"), "{body}");
+    // The scheme in any case, as the HTTP doors read `X-Forwarded-Proto`.
+    let mut upper = check(
+        "/api/orders",
+        "198.51.100.9",
+        &[("authorization", &format!("Bearer {token}"))],
+    );
+    if let Some(http) = upper
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        http.scheme = "HTTPS".into();
+    }
+    let resp = c.check(upper).await.expect("an answer").into_inner();
+    assert_eq!(code(&resp), 0, "{resp:?}");
 }
 
 /// `match.context_extensions` narrows a rule to the Checks Envoy sends with those values (a
