@@ -92,6 +92,11 @@ async fn route(state: &AdminState, scope: Scope, req: Request<Incoming>) -> Resp
         // Not even a hint that more exists here.
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
+    if scope == Scope::Full
+        && let Some(refused) = cross_site(&req, &state.reloader.current().load().admin_hosts)
+    {
+        return text(StatusCode::FORBIDDEN, refused);
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {
@@ -183,6 +188,52 @@ async fn route(state: &AdminState, scope: Scope, req: Request<Incoming>) -> Resp
     }
 }
 
+/// Why the full admin listener refuses a request a browser made for a web page, if it does.
+///
+/// Why: the listener has no authentication, and loopback is no defence against a browser on
+/// the same machine. A page could `POST /reload` (a form needs no preflight), and a page whose
+/// name was rebound to 127.0.0.1 (DNS rebinding) could read `/config` and `/metrics` as its
+/// own origin. Tools (curl, Prometheus, probes) send no `Origin` and name the listener by its
+/// address or a configured name; a browser sends `Origin` on every POST and the page's name
+/// in `Host`. Regression: tests (it) reload::admin_refuses_what_a_web_page_sends
+fn cross_site(req: &Request<Incoming>, allowed: &[Box<str>]) -> Option<&'static str> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD)
+        && req.headers().contains_key(header::ORIGIN)
+    {
+        return Some("cross-origin request refused\n");
+    }
+    let host = match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .map(|h| h.to_str().unwrap_or("\u{fffd}")),
+    };
+    match host {
+        Some(h) if !admin_host(h, allowed) => Some(
+            "host not allowed: name the listener by its address or list the name in admin.allowed_hosts\n",
+        ),
+        _ => None,
+    }
+}
+
+/// Whether `host` (`name[:port]`) is an IP literal, `localhost`, or a name in `allowed`.
+fn admin_host(host: &str, allowed: &[Box<str>]) -> bool {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
 fn config_status(state: &AdminState) -> serde_json::Value {
     let snap = state.reloader.current().load();
     let status = state.reloader.status();
@@ -220,4 +271,29 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<ResponseBody> {
         http::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn admin_hosts() {
+        let allowed: Vec<Box<str>> = vec!["admin.svc".into()];
+        for (host, ok) in [
+            ("127.0.0.1", true),
+            ("127.0.0.1:9901", true),
+            ("[::1]:9901", true),
+            ("[::1]", true),
+            ("localhost", true),
+            ("LOCALHOST.:1", true),
+            ("admin.svc:9901", true),
+            ("Admin.Svc", true),
+            ("evil.example", false),
+            ("127.0.0.1.nip.io", false),
+            ("[evil]:1", false),
+            ("localhost.evil.example", false),
+            ("", false),
+        ] {
+            assert_eq!(super::admin_host(host, &allowed), ok, "{host}");
+        }
+    }
 }

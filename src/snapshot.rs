@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerSettings>,
     /// The admin listener's address.
     pub admin_address: SocketAddr,
+    /// Names the admin listener answers to besides IP literals and `localhost`, lowercase.
+    pub admin_hosts: Arc<[Box<str>]>,
     /// Connection and request limits.
     pub server: ServerSettings,
     /// Upstreams; rules refer to them by index.

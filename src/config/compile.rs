@@ -156,6 +156,13 @@ pub fn compile_watching(
         loaded_at: SystemTime::now(),
         listeners,
         admin_address: cx.cfg().admin.address,
+        admin_hosts: cx
+            .cfg()
+            .admin
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase().into())
+            .collect(),
         server,
         upstreams: upstreams.list,
         routes: RouteTable::new(rules),

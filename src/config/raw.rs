@@ -152,6 +152,11 @@ pub struct RawAdmin {
     #[serde(default, deserialize_with = "opt_socket_addr")]
     #[schemars(with = "Option<String>")]
     pub public_address: Option<SocketAddr>,
+    /// Host names the admin listener answers to besides IP literals and `localhost` (a
+    /// Service name a scraper uses, say). Any other `Host` is refused (403), so a web page
+    /// whose name was rebound to the gateway's address cannot read `/config` or `/metrics`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for RawAdmin {
@@ -159,6 +164,7 @@ impl Default for RawAdmin {
         Self {
             address: default_admin_address(),
             public_address: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }

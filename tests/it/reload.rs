@@ -582,3 +582,69 @@ async fn watched_gateway() -> crate::support::TestGateway {
     assert_eq!(get(gw.addr(), "/blocked/x").await.0, StatusCode::OK);
     gw
 }
+
+/// What a web page can make a browser send to the admin listener is refused: a cross-origin
+/// `POST /reload` (a form needs no preflight), and any request naming the listener by a name
+/// other than its address, `localhost` or `admin.allowed_hosts` (a page whose name was rebound
+/// to 127.0.0.1). Tools that name it by address, and listed names, are served.
+#[tokio::test]
+async fn admin_refuses_what_a_web_page_sends() {
+    let gw = Setup {
+        admin: "  allowed_hosts: [portcullis-admin.svc]\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let admin = gw.app().admin_addr();
+    let reloads = |text: String| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("portcullis_config_reloads_total"))
+            .map(str::to_owned)
+            .collect()
+    };
+    // A reload from a tool, so the counter has a line to compare.
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = reloads(gw.admin_get("/metrics").await.1);
+    assert!(!before.is_empty());
+    let ask = |method: http::Method, path: &str, headers: &[(&str, &str)]| {
+        let mut req = http::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        crate::support::send(admin, req.body(http_body_util::Full::default()).unwrap())
+    };
+    let (status, _, body) = ask(
+        http::Method::POST,
+        "/reload",
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body:?}");
+    assert_eq!(&body[..], b"cross-origin request refused\n");
+    for host in [
+        "evil.example",
+        "evil.example:9901",
+        "127.0.0.1.evil.example",
+    ] {
+        let (status, _, body) = ask(http::Method::GET, "/config", &[("host", host)]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{host}: {body:?}");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("version"),
+            "{host}"
+        );
+        let (status, _, _) = ask(http::Method::POST, "/reload", &[("host", host)]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{host}");
+    }
+    // Nothing above reloaded.
+    assert_eq!(reloads(gw.admin_get("/metrics").await.1), before);
+    for host in [
+        "127.0.0.1",
+        "localhost:9901",
+        "[::1]:9901",
+        "Portcullis-Admin.svc:9901",
+    ] {
+        let (status, _, body) = ask(http::Method::GET, "/config", &[("host", host)]).await;
+        assert_eq!(status, StatusCode::OK, "{host}: {body:?}");
+    }
+}
