@@ -16,9 +16,11 @@ RUN mkdir -p src bench tests/it \
     && cargo build --release --locked --bin portcullis \
     && rm -rf src
 
-# The real sources (and the published development key, which `check` recognises).
+# The real sources (and the published development key and example secret, which `check`
+# recognises).
 COPY src src
 COPY config/dev config/dev
+COPY config/examples/seed.secret config/examples/seed.secret
 # Newer than the placeholders' build, whatever the context's timestamps.
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin portcullis

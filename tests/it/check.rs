@@ -177,6 +177,23 @@ fn schemas_are_printed() {
 
 /// The shipped config checks, and warns that its `dev` authenticator trusts the published
 /// development key; the README's tour token (minted with that key) is allowed by `explain`.
+/// The example config's HMAC secret is published with Portcullis: `check` says so, as for the
+/// development key pair.
+#[test]
+fn published_example_secret_warns() {
+    let out = portcullis(&["check", "-c", "config/examples/seed.yaml"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(".hmac.secret: this is the example secret published with Portcullis"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(include_str!("../../config/examples/seed.secret").trim()),
+        "the secret itself is never printed"
+    );
+}
+
 #[test]
 fn shipped_config_checks_and_warns_about_the_development_key() {
     let out = portcullis(&["check", "-c", "config/portcullis.yaml"]).unwrap();

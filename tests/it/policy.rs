@@ -250,6 +250,28 @@ async fn explicit_empty_match_lists_warn() {
     assert!(!text.contains("an empty list"), "{text}");
 }
 
+/// A policy file holding no rules is said, with its line, while the others still load.
+#[tokio::test]
+async fn a_policy_file_without_rules_warns() {
+    let cfg = ConfigDir::new(&authn());
+    cfg.write("hs.secret", SECRET)
+        .write("policies/10-empty.yaml", "# emptied by a template\nrules: []\n")
+        .write(
+            "policies/20-open.yaml",
+            "rules:\n  - name: open\n    match: {paths: [\"/open/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: echo\n",
+        );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "a warning, not an error: {text}");
+    assert!(
+        text.contains("10-empty.yaml:2:1: warning: rules: this policy file holds no rules"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 rule(s) in 1 policy file(s), 1 warning(s)"),
+        "{text}"
+    );
+}
+
 /// A host pattern with a port is refused, naming the field: the client writes the port, so a
 /// deny rule on `admin.example:8443` was passed by `Host: admin.example`.
 #[tokio::test]

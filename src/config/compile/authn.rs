@@ -115,16 +115,36 @@ fn published_dev_key(cx: &mut Cx<'_>) {
         };
         for (i, p) in j.providers.iter().enumerate() {
             for (k, key) in p.keys.iter().enumerate() {
-                let RawKey::PemFile(f) = key else {
-                    continue;
-                };
-                let published = std::fs::read_to_string(cx.path(&f.path))
-                    .is_ok_and(|t| t.trim() == PUBLISHED_DEV_KEY.trim());
-                if published {
-                    cx.warn(
-                        &format!("authenticators.{name}.jwt.providers[{i}].keys[{k}]"),
-                        "this is the development key published with Portcullis: anyone can mint tokens it verifies; replace it before deploying".into(),
-                    );
+                let field = format!("authenticators.{name}.jwt.providers[{i}].keys[{k}]");
+                match key {
+                    RawKey::PemFile(f) => {
+                        let published = std::fs::read_to_string(cx.path(&f.path))
+                            .is_ok_and(|t| t.trim() == PUBLISHED_DEV_KEY.trim());
+                        if published {
+                            cx.warn(
+                                &field,
+                                "this is the development key published with Portcullis: anyone can mint tokens it verifies; replace it before deploying".into(),
+                            );
+                        }
+                    }
+                    // Why: the example HMAC secret ships with Portcullis too; a gateway
+                    // using it accepts tokens anyone can mint. Regression: tests (it)
+                    // check::published_example_secret_warns
+                    RawKey::Hmac(h) => {
+                        let value = match &h.secret {
+                            crate::config::raw::RawSecret::File(p) => {
+                                std::fs::read_to_string(cx.path(p)).ok()
+                            }
+                            crate::config::raw::RawSecret::Env(var) => std::env::var(var).ok(),
+                        };
+                        if value.is_some_and(|v| v.trim() == PUBLISHED_EXAMPLE_SECRET.trim()) {
+                            cx.warn(
+                                &format!("{field}.hmac.secret"),
+                                "this is the example secret published with Portcullis: anyone can mint tokens it verifies; replace it before deploying".into(),
+                            );
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -235,3 +255,5 @@ pub(super) fn identity_headers(cx: &mut Cx<'_>) {
 
 /// The public half of `config/dev/dev-1.key`, which ships with Portcullis.
 const PUBLISHED_DEV_KEY: &str = include_str!("../../../config/dev/dev-1.pem");
+/// The example HMAC secret `config/examples/seed.yaml` reads.
+const PUBLISHED_EXAMPLE_SECRET: &str = include_str!("../../../config/examples/seed.secret");

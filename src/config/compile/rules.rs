@@ -70,6 +70,20 @@ pub(super) fn compile(
     let mut linter = Linter::default();
     for (file, policy) in &loaded.policies {
         let file_name: Arc<str> = file.display.as_str().into();
+        // Why: a file emptied by a template or by hand (`rules: []`) passed `check` silently,
+        // counted as no file at all, while every request it used to allow was now refused.
+        // Regression: tests (it) policy::a_policy_file_without_rules_warns
+        if policy.rules.is_empty() {
+            cx.diags.push(
+                Diagnostic::at(
+                    &file.display,
+                    &file.index,
+                    "rules",
+                    "this policy file holds no rules: it decides nothing".to_owned(),
+                )
+                .warning(),
+            );
+        }
         for (i, r) in policy.rules.iter().enumerate() {
             let at = At {
                 file,
