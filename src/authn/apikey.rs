@@ -94,6 +94,13 @@ impl ApiKeys {
             watched.push(path.clone());
             let display = path.display().to_string();
             match crate::config::load::read_yaml::<RawApiKeyFile>(&path, display) {
+                // Why: a file that cannot be read has no line to point at: the error names
+                // the config's `keys_file` field that names it (it said `nope.yaml:0:0`).
+                // Regression: tests (it) check::unreadable_files_name_the_field_that_names_them
+                Err(d) if d.line == 0 => errors.push(CompileError::Field(FieldError::new(
+                    "keys_file",
+                    format!("`{}`: {}", d.file, d.message),
+                ))),
                 Err(d) => errors.push(CompileError::File(d)),
                 // Why: an emptied file (a `>` where `>>` was meant, a truncated write) was
                 // applied live and revoked every key; policy files are refused the same way.

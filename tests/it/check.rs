@@ -261,3 +261,24 @@ fn listeners_on_one_address_are_refused() {
     );
     assert!(!text.contains("18091"), "{text}");
 }
+
+/// A file the config names that cannot be read is reported at the config's field naming it,
+/// never at a line of the missing file (`nope.yaml:0:0`).
+#[test]
+fn unreadable_files_name_the_field_that_names_them() {
+    let cfg = crate::support::ConfigDir::new(
+        "authenticators:\n  keys:\n    api_key:\n      from: [bearer]\n      keys_file: nope.yaml\n",
+    );
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, authenticators: [keys], upstream: echo}\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("portcullis.yaml:8:7: error: authenticators.keys.api_key.keys_file: `")
+            && text.contains("nope.yaml`: cannot read file"),
+        "{text}"
+    );
+    assert!(!text.contains(":0:0"), "{text}");
+}

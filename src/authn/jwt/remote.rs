@@ -212,7 +212,20 @@ impl RemoteKeys {
             }
             Err(e) => {
                 self.fetches_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(issuer = &*self.issuer, error = %e, "Key fetch failed; keeping the last good keys");
+                // Which source of the issuer's failed (it may have several), without what a URL
+                // may carry that is a secret: user info and query.
+                let (kind, u) = match &self.source {
+                    RemoteSource::Jwks(u) => ("jwks_url", u),
+                    RemoteSource::Discovery(u) => ("oidc_discovery", u),
+                };
+                let source = format!(
+                    "{kind} {}://{}{}{}",
+                    u.scheme_str().unwrap_or("https"),
+                    u.host().unwrap_or_default(),
+                    u.port().map(|p| format!(":{p}")).unwrap_or_default(),
+                    u.path()
+                );
+                tracing::warn!(issuer = &*self.issuer, source = %source, error = %e, "Key fetch failed; keeping the last good keys");
             }
         }
         result
