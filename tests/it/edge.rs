@@ -1547,3 +1547,24 @@ async fn a_long_response_is_cut_when_its_token_expires_with_or_without_rechecks(
     );
     task.abort();
 }
+
+/// `check` warns when a rule's CORS allows a method its `match.methods` never matches (GET
+/// brings HEAD), naming the field; a method the rule matches is not said.
+#[test]
+fn cors_methods_the_rule_never_matches_warn() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - name: app\n    match: {paths: [\"/api/**\"], methods: [GET, POST]}\n    effect: allow\n    anonymous: true\n    upstream: echo\n    cors:\n      allowed_origins: [\"https://app.example.com\"]\n      allowed_methods: [GET, HEAD, DELETE]\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "a warning, not an error: {text}");
+    assert!(
+        text.contains("p.yaml:9:36: warning: rules[0].cors.allowed_methods[2]: `DELETE` is not among the rule's `match.methods`"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("allowed_methods[0]") && !text.contains("allowed_methods[1]"),
+        "{text}"
+    );
+}

@@ -379,6 +379,28 @@ fn rule(
         env.delegates,
         cfg.delegates.keys(),
     );
+    // Why: a preflight answered for a method the rule never matches tells a browser the
+    // request is welcome, and the request itself then meets another rule (or the default
+    // deny). Regression: tests (it) edge::cors_methods_the_rule_never_matches_warn
+    if let Some(cors) = &r.cors
+        && !r.matches.methods.is_empty()
+    {
+        let matched = |m: &str| {
+            r.matches.methods.iter().any(|x| x == m)
+                || (m == "HEAD" && r.matches.methods.iter().any(|x| x == "GET"))
+        };
+        for (i, m) in cors.allowed_methods.iter().enumerate() {
+            if !matched(m) {
+                cx.diags.push(
+                    at.at(
+                        &format!("cors.allowed_methods[{i}]"),
+                        format!("`{m}` is not among the rule's `match.methods`: a preflight would allow what this rule never decides"),
+                    )
+                    .warning(),
+                );
+            }
+        }
+    }
     let edge = match crate::authz::edge::Edge::compile(
         r.upgrade.as_ref(),
         r.reauthorize_every,
