@@ -107,6 +107,13 @@ pub struct DoorHandler<D> {
 /// peers::nginx_auth_request_in_front_of_the_forward_auth_door (97 client fields)
 pub const DESCRIBING_ALLOWANCE: usize = 24;
 
+/// Whether a decision door's peer may add a field of this (lowercase) name to describe the
+/// request: pseudo-headers, `host`, and the forwarding, override and infrastructure families
+/// ([`crate::authz::spoofable::family`]). Not counted against `server.max_headers`.
+pub fn peer_may_add(name: &str) -> bool {
+    name.starts_with(':') || name == "host" || crate::authz::spoofable::family(name).is_some()
+}
+
 impl<D: HttpDoor> crate::server::listener::Handler for DoorHandler<D> {
     fn header_allowance(&self) -> usize {
         DESCRIBING_ALLOWANCE
@@ -470,14 +477,14 @@ async fn decide_for<D: HttpDoor>(
         .map_err(|Undescribed(reason)| (StatusCode::BAD_REQUEST, reason))?;
     record.client_ip = hop;
     record.method = Some(described.method.clone());
-    // The client's own fields against `server.max_headers`, as the proxy door counts them:
-    // the names a peer adds to describe the request (host, the forwarding and override
-    // families) come on top (see [`DESCRIBING_ALLOWANCE`]). Counted only past the limit.
+    // The fields against `server.max_headers`, less those a peer may add to describe the
+    // request ([`peer_may_add`]), which the client may then send too: up to
+    // [`DESCRIBING_ALLOWANCE`] more than the proxy door takes. Counted only past the limit.
     if described.headers.len() > snapshot.server.max_headers
         && described
             .headers
             .keys()
-            .filter(|n| *n != header::HOST && crate::authz::spoofable::family(n.as_str()).is_none())
+            .filter(|n| !peer_may_add(n.as_str()))
             .map(|n| described.headers.get_all(n).iter().count())
             .sum::<usize>()
             > snapshot.server.max_headers

@@ -100,7 +100,7 @@ const MAX_DEPTH: usize = 12;
 /// Why no port: the port in `Host` (or `:authority`) is the client's to write, and upstreams
 /// route on the name alone, so `admin.example:8443` as a deny rule was passed by writing
 /// `Host: admin.example`, and as an allow rule was reached from any listener by writing the
-/// port. Split traffic by listener instead. Regression: tests::host_patterns
+/// port: a port in a pattern never restricted anything. Regression: tests::host_patterns
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPattern {
     kind: HostKind,
@@ -305,8 +305,20 @@ impl Rule {
     /// Whether every request this rule could match is matched by `earlier` first, so this
     /// rule never decides (lint). Conservative: `true` only when it is certain.
     pub fn shadowed_by(&self, earlier: &Self) -> bool {
+        // A wildcard reads wider in a deny rule: the same pattern in an earlier allow rule
+        // does not cover it. Regression: tests::lints_read_a_deny_wildcard_at_any_depth
+        let (deep, earlier_deep) = (self.effect == Effect::Deny, earlier.effect == Effect::Deny);
         let hosts = earlier.hosts.is_empty()
-            || (!self.hosts.is_empty() && self.hosts.iter().all(|h| earlier.hosts.contains(h)));
+            || (!self.hosts.is_empty()
+                && self.hosts.iter().all(|h| {
+                    earlier.hosts.iter().any(|e| {
+                        e.kind == HostKind::Any
+                            || (e == h
+                                && !(matches!(h.kind, HostKind::Wildcard(_))
+                                    && deep
+                                    && !earlier_deep))
+                    })
+                }));
         let methods = earlier.methods.0.is_empty()
             || (!self.methods.0.is_empty()
                 && self.methods.0.iter().all(|m| earlier.methods.0.contains(m)));
@@ -329,12 +341,15 @@ impl Rule {
     /// rule deciding part of what a later deny rule matches). Literal segments are compared
     /// case-insensitively when either rule is a deny rule, as deny rules match.
     pub fn overlaps(&self, other: &Self) -> bool {
+        let (deep, other_deep) = (self.effect == Effect::Deny, other.effect == Effect::Deny);
         let hosts = self.hosts.is_empty()
             || other.hosts.is_empty()
-            || self
-                .hosts
-                .iter()
-                .any(|a| other.hosts.iter().any(|b| a.intersects(b)));
+            || self.hosts.iter().any(|a| {
+                other
+                    .hosts
+                    .iter()
+                    .any(|b| a.intersects_at_depth(deep, b, other_deep))
+            });
         let methods = self.methods.0.is_empty()
             || other.methods.0.is_empty()
             || self.methods.0.iter().any(|m| other.methods.0.contains(m));
@@ -400,13 +415,21 @@ impl HostPattern {
 
     /// Whether some host matches both patterns (one-label wildcards, the narrower reading).
     pub fn intersects(&self, other: &Self) -> bool {
+        self.intersects_at_depth(false, other, false)
+    }
+
+    /// Whether some host matches both patterns, each wildcard read at any depth when its flag
+    /// says so (a deny rule's, [`Self::matches_at_depth`]).
+    pub fn intersects_at_depth(&self, deep: bool, other: &Self, other_deep: bool) -> bool {
         match (&self.kind, &other.kind) {
             (HostKind::Any, _) | (_, HostKind::Any) => true,
             (HostKind::Exact(a), HostKind::Exact(b)) => a == b,
-            (HostKind::Wildcard(a), HostKind::Wildcard(b)) => a == b,
-            (HostKind::Exact(h), w @ HostKind::Wildcard(_))
-            | (w @ HostKind::Wildcard(_), HostKind::Exact(h)) => {
-                Self { kind: w.clone() }.matches(h)
+            (HostKind::Exact(h), HostKind::Wildcard(_)) => other.matches_at_depth(h, other_deep),
+            (HostKind::Wildcard(_), HostKind::Exact(h)) => self.matches_at_depth(h, deep),
+            // `x.a` (one label before suffix `a`) meets a deeper reading of suffix `b` when `a`
+            // ends with `b`; two one-label readings only when the suffixes are equal.
+            (HostKind::Wildcard(a), HostKind::Wildcard(b)) => {
+                a == b || (other_deep && a.ends_with(&**b)) || (deep && b.ends_with(&**a))
             }
         }
     }
@@ -767,6 +790,36 @@ mod tests {
         );
         assert_eq!(HostPattern::parse("a.com:"), Err(PatternError::BadHost));
         assert_eq!(HostPattern::parse("[::1]"), Err(PatternError::BadHost));
+    }
+
+    /// Regression: the lints read every wildcard as one label after deny rules' became any
+    /// depth: an allow rule deciding part of a later deny rule went unsaid, and a deny rule
+    /// after an allow rule with the same wildcard was called dead.
+    #[test]
+    fn lints_read_a_deny_wildcard_at_any_depth() {
+        let with_hosts = |name: &str, effect: Effect, host: &str| Rule {
+            hosts: vec![HostPattern::parse(host).unwrap()],
+            ..rule(name, &["/**"], effect, &[])
+        };
+        let partners = with_hosts("partners", Effect::Allow, "*.partners.internal.example");
+        let internal = with_hosts("internal", Effect::Deny, "*.internal.example");
+        assert!(partners.overlaps(&internal));
+        assert!(internal.overlaps(&partners));
+        let allow = with_hosts("svc-allow", Effect::Allow, "*.svc.example");
+        let deny = with_hosts("svc-deny", Effect::Deny, "*.svc.example");
+        assert!(
+            !deny.shadowed_by(&allow),
+            "the deny rule decides a.b.svc.example"
+        );
+        assert!(deny.shadowed_by(&with_hosts("d", Effect::Deny, "*.svc.example")));
+        assert!(deny.shadowed_by(&with_hosts("any", Effect::Allow, "*")));
+        // One-label readings on both sides meet only on equal suffixes.
+        let a = with_hosts("a", Effect::Allow, "*.p.example");
+        let b = with_hosts("b", Effect::Allow, "*.example");
+        assert!(!a.overlaps(&b));
+        let exact = with_hosts("e", Effect::Allow, "a.b.internal.example");
+        assert!(exact.overlaps(&internal));
+        assert!(!exact.overlaps(&with_hosts("w", Effect::Allow, "*.internal.example")));
     }
 
     /// Regression: a deny rule on `*.internal.example` was passed by a deeper name, and a

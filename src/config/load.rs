@@ -105,7 +105,7 @@ fn read_policies(dir: &Path) -> (Vec<(Source, RawPolicyFile)>, Vec<Diagnostic>) 
                 if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
                     diagnostics.push(Diagnostic::file_error(
                         &display,
-                        "empty policy file: taken for one being written (write policy files whole, renaming a finished file into place); a file without rules says `rules: []`",
+                        "empty policy file: taken for one being written (write policy files whole, renaming a finished file into place); a file meant to hold no rules says `rules: []` (which `check` notes)",
                     ));
                     continue;
                 }

@@ -192,6 +192,21 @@ fn published_example_secret_warns() {
         !text.contains(include_str!("../../config/examples/seed.secret").trim()),
         "the secret itself is never printed"
     );
+    // The development key pair as a JWKS file, too.
+    let cfg = crate::support::ConfigDir::new(
+        "authenticators:\n  users:\n    jwt:\n      providers:\n        - issuer: https://dev.example\n          audiences: [my-api]\n          keys: [{jwks_file: {path: dev.jwks.json}}]\n",
+    );
+    cfg.write("dev.jwks.json", include_str!("../../config/dev/dev-1.jwks.json"))
+        .write(
+            "policies/p.yaml",
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users], upstream: echo}\n",
+        );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("warning: authenticators.users.jwt.providers[0].keys[0]: this is the development key published"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -281,4 +296,26 @@ fn unreadable_files_name_the_field_that_names_them() {
         "{text}"
     );
     assert!(!text.contains(":0:0"), "{text}");
+}
+
+/// An `admin.allowed_hosts` entry the listener could never match is refused, naming it.
+#[test]
+fn admin_allowed_hosts_are_bare_names() {
+    let cfg = crate::support::ConfigDir::new(
+        "admin:\n  allowed_hosts: [portcullis-admin.svc, \"portcullis-admin.svc:9901\", \"*.svc\", \"http://x\"]\n",
+    );
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: deny}\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    for i in 1..=3 {
+        assert!(
+            text.contains(&format!("error: admin.allowed_hosts[{i}]: `")),
+            "{i}: {text}"
+        );
+    }
+    assert!(!text.contains("allowed_hosts[0]"), "{text}");
+    assert!(text.contains("3 error(s)"), "{text}");
 }

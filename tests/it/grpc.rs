@@ -1097,3 +1097,37 @@ async fn source_addresses() {
     let r = c.check(piped).await.unwrap().into_inner();
     assert_eq!(code(&r), 0, "{r:?}");
 }
+
+/// Envoy's pseudo-headers and the fields it adds (`x-forwarded-proto`, `x-request-id`, ...)
+/// are not the client's: a request within `server.max_headers` at the proxy door is within it
+/// here too, and one past it is refused with 431 as there.
+#[tokio::test]
+async fn envoys_own_fields_do_not_count_against_max_headers() {
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let mut c = client(&gw).await;
+    let bearer = format!(
+        "Bearer {}",
+        hs256_token(SECRET, &json!({"scope": "orders:read"}))
+    );
+    let ask = |pads: usize| {
+        let mut fields: Vec<(String, String)> = (0..pads)
+            .map(|i| (format!("x-pad-{i}"), "v".to_owned()))
+            .collect();
+        fields.push(("authorization".into(), bearer.clone()));
+        fields.push(("x-forwarded-proto".into(), "https".into()));
+        fields.push(("x-request-id".into(), "r-1".into()));
+        fields.push(("x-envoy-expected-rq-timeout-ms".into(), "15000".into()));
+        let refs: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        check("/api/orders", "198.51.100.9", &refs)
+    };
+    // 98 client fields (with `authorization`) plus four pseudo-headers and three of Envoy's.
+    let resp = c.check(ask(97)).await.expect("an answer").into_inner();
+    assert_eq!(code(&resp), 0, "{resp:?}");
+    let resp = c.check(ask(105)).await.expect("an answer").into_inner();
+    let (status, _, body) = denied(&resp);
+    assert_eq!(status, 431, "{resp:?}");
+    assert!(body.contains("headers_too_many"), "{body}");
+}

@@ -127,6 +127,20 @@ fn published_dev_key(cx: &mut Cx<'_>) {
                             );
                         }
                     }
+                    // The same key pair as a JWKS (`config/dev/dev-1.jwks.json`).
+                    RawKey::JwksFile(f) => {
+                        let read = |t: &str| serde_json::from_str::<serde_json::Value>(t).ok();
+                        let published = std::fs::read_to_string(cx.path(&f.path))
+                            .ok()
+                            .and_then(|t| read(&t))
+                            .is_some_and(|v| Some(v) == read(PUBLISHED_DEV_JWKS));
+                        if published {
+                            cx.warn(
+                                &field,
+                                "this is the development key published with Portcullis: anyone can mint tokens it verifies; replace it before deploying".into(),
+                            );
+                        }
+                    }
                     // Why: the example HMAC secret ships with Portcullis too; a gateway
                     // using it accepts tokens anyone can mint. Regression: tests (it)
                     // check::published_example_secret_warns
@@ -255,5 +269,7 @@ pub(super) fn identity_headers(cx: &mut Cx<'_>) {
 
 /// The public half of `config/dev/dev-1.key`, which ships with Portcullis.
 const PUBLISHED_DEV_KEY: &str = include_str!("../../../config/dev/dev-1.pem");
+/// The development key pair's public half as a JWKS.
+const PUBLISHED_DEV_JWKS: &str = include_str!("../../../config/dev/dev-1.jwks.json");
 /// The example HMAC secret `config/examples/seed.yaml` reads.
 const PUBLISHED_EXAMPLE_SECRET: &str = include_str!("../../../config/examples/seed.secret");

@@ -74,15 +74,18 @@ pub(super) fn compile(
         // counted as no file at all, while every request it used to allow was now refused.
         // Regression: tests (it) policy::a_policy_file_without_rules_warns
         if policy.rules.is_empty() {
-            cx.diags.push(
-                Diagnostic::at(
-                    &file.display,
-                    &file.index,
-                    "rules",
-                    "this policy file holds no rules: it decides nothing".to_owned(),
-                )
-                .warning(),
-            );
+            let mut d = Diagnostic::at(
+                &file.display,
+                &file.index,
+                "rules",
+                "this policy file holds no rules: it decides nothing".to_owned(),
+            )
+            .warning();
+            // A file of comments only has no `rules` line: its first.
+            if d.line == 0 {
+                (d.line, d.column) = (1, 1);
+            }
+            cx.diags.push(d);
         }
         for (i, r) in policy.rules.iter().enumerate() {
             let at = At {

@@ -291,8 +291,8 @@ pub enum RawClaimCheck {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
-    /// Host names, case-insensitive; `*.example.com` matches one label; `host:port` also
-    /// checks the port.
+    /// Host names, case-insensitive, never with a port (refused: the client writes it);
+    /// `*.example.com` stands for one label in an allow rule, one or more in a deny rule.
     #[serde(default)]
     pub hosts: Vec<String>,
     /// Canonical paths: exact `/a/b`, prefix `/api/**`, one segment `*`.
