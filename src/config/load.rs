@@ -109,9 +109,13 @@ fn read_policies(dir: &Path) -> (Vec<(Source, RawPolicyFile)>, Vec<Diagnostic>) 
                     ));
                     continue;
                 }
-                match read_yaml::<RawPolicyFile>(&path, display) {
+                match read_yaml::<RawPolicyFile>(&path, display.clone()) {
                     Ok(p) => policies.push(p),
-                    Err(d) => diagnostics.push(d),
+                    Err(d) => {
+                        let more = other_rules_errors(&path, &display, &d);
+                        diagnostics.push(d);
+                        diagnostics.extend(more);
+                    }
                 }
             }
         }
@@ -121,6 +125,53 @@ fn read_policies(dir: &Path) -> (Vec<(Source, RawPolicyFile)>, Vec<Diagnostic>) 
         )),
     }
     (policies, diagnostics)
+}
+
+/// The errors of a policy file's other rules, after the first error `first` (serde stops at
+/// it): each rule read on its own, located at its field (or the rule).
+///
+/// Why: `check` showed one error per file, so fixing a file took one run per mistake.
+/// Regression: tests (it) policy::check_reports_an_error_in_every_rule
+fn other_rules_errors(path: &Path, display: &str, first: &Diagnostic) -> Vec<Diagnostic> {
+    let Some(text) = std::fs::read_to_string(path).ok() else {
+        return Vec::new();
+    };
+    let (Ok(index), Ok(value)) = (
+        LocationIndex::build(&text),
+        serde_yaml::from_str::<serde_yaml::Value>(&text),
+    ) else {
+        return Vec::new();
+    };
+    let Some(rules) = value.get("rules").and_then(serde_yaml::Value::as_sequence) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let base = format!("rules[{i}]");
+        let reported = first.path == base
+            || first
+                .path
+                .strip_prefix(&base)
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['));
+        if reported {
+            continue;
+        }
+        // Through text again, for serde_yaml's field path (`match.paths: …`); its position is
+        // in that text, so the field is located in the file instead.
+        let Ok(alone) = serde_yaml::to_string(rule) else {
+            continue;
+        };
+        if let Err(e) = serde_yaml::from_str::<super::raw::RawRule>(&alone) {
+            let d = Diagnostic::from_yaml(display, &e);
+            let field = if d.path.is_empty() {
+                base
+            } else {
+                format!("{base}.{}", d.path)
+            };
+            out.push(Diagnostic::at(display, &index, &field, d.message));
+        }
+    }
+    out
 }
 
 /// The policy directory a config file that failed to load names, when it can still be read

@@ -272,6 +272,28 @@ async fn a_policy_file_without_rules_warns() {
     );
 }
 
+/// `check` reports the error of every rule in a file, not only the first (serde stops there),
+/// each at its field.
+#[tokio::test]
+async fn check_reports_an_error_in_every_rule() {
+    let cfg = ConfigDir::new(&authn());
+    cfg.write("hs.secret", SECRET).write(
+        "policies/p.yaml",
+        "rules:\n  - name: one\n    match: {paths: [\"/a/**\"]}\n    effect: alow\n  - name: two\n    match: {pathz: [\"/b/**\"]}\n    effect: deny\n  - name: fine\n    match: {paths: [\"/c/**\"]}\n    effect: deny\n  - name: four\n    match: {paths: [\"/d/**\"], methods: GET}\n    effect: deny\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    for expected in [
+        "p.yaml:4:13: error: rules[0].effect: unknown variant `alow`",
+        "p.yaml:6:5: error: rules[1].match: unknown field `pathz`",
+        "p.yaml:12:31: error: rules[3].match.methods: invalid type: string \"GET\", expected a sequence",
+        "3 error(s)",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+    assert!(!text.contains("rules[2]"), "{text}");
+}
+
 /// A host pattern with a port is refused, naming the field: the client writes the port, so a
 /// deny rule on `admin.example:8443` was passed by `Host: admin.example`.
 #[tokio::test]
