@@ -420,9 +420,6 @@ async fn delegate_failures_follow_the_failure_mode() {
 /// call: Envoy's `failure_mode_allow: true` would turn a failed call into an allow.
 #[tokio::test]
 async fn fail_closed_delegate_is_a_denial_at_the_grpc_door() {
-    use envoy_types::ext_authz::v3::pb::HttpResponse;
-    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-
     let policy = "rules:\n  - name: reports\n    match: {paths: [\"/reports/**\"]}\n    effect: allow\n    authenticators: [users]\n    delegate: opa\n";
     let gw = Setup {
         listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
@@ -436,15 +433,24 @@ async fn fail_closed_delegate_is_a_denial_at_the_grpc_door() {
     }
     .start()
     .await;
+    let bearer = format!("Bearer {}", hs256_token(SECRET, &json!({"sub": "alice"})));
+    grpc_denies_delegate_unavailable(&gw, &bearer).await;
+}
+
+/// A Check of `/reports/q1` with `bearer` at the gateway's `grpc` door is a denied response
+/// (503 `delegate_unavailable`), never a failed call.
+async fn grpc_denies_delegate_unavailable(gw: &TestGateway, bearer: &str) {
+    use envoy_types::ext_authz::v3::pb::HttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
     let mut client = AuthorizationClient::connect(format!("http://{}", gw.addr_of("grpc")))
         .await
         .unwrap();
-    let bearer = format!("Bearer {}", hs256_token(SECRET, &json!({"sub": "alice"})));
     let resp = client
         .check(crate::grpc::check(
             "/reports/q1",
             "198.51.100.9",
-            &[("authorization", &bearer)],
+            &[("authorization", bearer)],
         ))
         .await
         .expect("a denial, not a failed call")
@@ -464,9 +470,6 @@ async fn fail_closed_delegate_is_a_denial_at_the_grpc_door() {
 /// `failure_mode_allow: true` turns into an allow.
 #[tokio::test]
 async fn a_hung_fail_closed_delegate_is_a_denial_within_the_door_deadline() {
-    use envoy_types::ext_authz::v3::pb::HttpResponse;
-    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-
     // Accepts connections and never says a word: not even the HTTP/2 preface.
     let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hung_addr = hung.local_addr().unwrap();
@@ -490,26 +493,8 @@ async fn a_hung_fail_closed_delegate_is_a_denial_within_the_door_deadline() {
     .start()
     .await;
     let bearer = format!("Bearer {}", hs256_token(SECRET, &json!({"sub": "alice"})));
-    let mut client = AuthorizationClient::connect(format!("http://{}", gw.addr_of("grpc")))
-        .await
-        .unwrap();
     let started = std::time::Instant::now();
-    let resp = client
-        .check(crate::grpc::check(
-            "/reports/q1",
-            "198.51.100.9",
-            &[("authorization", &bearer)],
-        ))
-        .await
-        .expect("a denial, not a failed call")
-        .into_inner();
-    match resp.http_response {
-        Some(HttpResponse::DeniedResponse(d)) => {
-            assert_eq!(d.status.map(|s| s.code), Some(503), "{d:?}");
-            assert!(d.body.contains("delegate_unavailable"), "{}", d.body);
-        }
-        other => panic!("expected a denied response, got {other:?}"),
-    }
+    grpc_denies_delegate_unavailable(&gw, &bearer).await;
     // Bounded by the door's deadline, not the delegate's 10 s (generous for a loaded machine).
     assert!(
         started.elapsed() < Duration::from_secs(5),
