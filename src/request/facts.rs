@@ -231,7 +231,8 @@ impl ClientCert {
 /// `decision_timeout`, which Envoy's `failure_mode_allow: true` turns into an allow; a
 /// delegate or Redis limit configured to fail closed, with a timeout at least the door's, let
 /// everyone through when it hung. Regression: tests (it)
-/// delegate::a_hung_fail_closed_delegate_is_a_denial_within_the_door_deadline
+/// delegate::a_hung_fail_closed_delegate_is_a_denial_within_the_door_deadline,
+/// redis::a_hung_redis_failing_closed_is_a_denial_within_the_door_deadline
 pub fn call_budget(
     own: std::time::Duration,
     deadline: Option<tokio::time::Instant>,

@@ -776,3 +776,57 @@ async fn password_from_a_file_authenticates() {
         (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_unavailable")
     );
 }
+
+/// A hung Redis (stopped: connections open, nothing answers) under a limit that fails closed,
+/// with a Redis timeout longer than the Envoy doors' deadline: the call is cut to end before
+/// the deadline, so the limit's own failure mode answers (`rate_limit_unavailable`, a
+/// decision) rather than the door's deadline, which Envoy's `failure_mode_allow: true` would
+/// turn into an allow.
+#[tokio::test]
+async fn a_hung_redis_failing_closed_is_a_denial_within_the_door_deadline() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let gw = Setup {
+        listeners: "  - name: envoy\n    address: 127.0.0.1:0\n    door: {envoy_http: {timeout: 400ms}}\n".into(),
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: l}\n".into(),
+        )],
+        extra: format!(
+            "redis: {{url: \"{}\", timeout: 10s}}\nrate_limits:\n  l: {{key: route, requests: 100, per: 1m, backend: redis, on_redis_failure: deny}}\n",
+            redis.url()
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let ask = || {
+        Request::get("/x")
+            .header("host", "app.test")
+            .header("x-forwarded-for", "198.51.100.9")
+            .body(Full::default())
+            .unwrap()
+    };
+    // Connected, the script loaded: the next call is the one that hangs.
+    let up = eventually(Duration::from_secs(10), || async {
+        send(gw.addr_of("envoy"), ask()).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(up, "allowed through Redis before it hangs");
+    redis.pause();
+    let started = std::time::Instant::now();
+    let (status, headers, body) = send(gw.addr_of("envoy"), ask()).await;
+    let elapsed = started.elapsed();
+    redis.resume();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a decision, not a 5xx: {body}"
+    );
+    assert_eq!(headers["x-portcullis-status"], "503");
+    assert_eq!(headers["x-portcullis-error"], "rate_limit_unavailable");
+    // Bounded by the door's deadline, not Redis's 10 s (generous for a loaded machine).
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+}
