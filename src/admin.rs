@@ -219,14 +219,17 @@ fn cross_site(req: &Request<Incoming>, allowed: &[Box<str>]) -> Option<&'static 
 
 /// Whether `host` (`name[:port]`) is an IP literal, `localhost`, or a name in `allowed`.
 fn admin_host(host: &str, allowed: &[Box<str>]) -> bool {
+    let port_ok = |p: &str| p.parse::<u16>().is_ok();
     if let Some(rest) = host.strip_prefix('[') {
-        return rest
-            .split_once(']')
-            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        return rest.split_once(']').is_some_and(|(ip, after)| {
+            ip.parse::<std::net::Ipv6Addr>().is_ok()
+                && (after.is_empty() || after.strip_prefix(':').is_some_and(port_ok))
+        });
     }
     let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
+        Some((name, port)) if port_ok(port) => name,
+        Some(_) => return false,
+        None => host,
     };
     let name = name.strip_suffix('.').unwrap_or(name);
     name.parse::<std::net::Ipv4Addr>().is_ok()
@@ -290,6 +293,11 @@ mod tests {
             ("evil.example", false),
             ("127.0.0.1.nip.io", false),
             ("[evil]:1", false),
+            ("[::1]evil", false),
+            ("[::1]:", false),
+            ("localhost:", false),
+            ("localhost:99999", false),
+            ("localhost:x", false),
             ("localhost.evil.example", false),
             ("", false),
         ] {
