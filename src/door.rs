@@ -114,6 +114,14 @@ pub fn peer_may_add(name: &str) -> bool {
     name.starts_with(':') || name == "host" || crate::authz::spoofable::family(name).is_some()
 }
 
+/// Whether a described request of `total` fields carries more than `max` of the client's
+/// own: `names` yields one name per field, walked only past `max`; past `max` and the
+/// [`DESCRIBING_ALLOWANCE`], refused outright. Every decision door counts with this.
+pub fn too_many_fields<'n>(total: usize, names: impl Iterator<Item = &'n str>, max: usize) -> bool {
+    total > max
+        && (total > max + DESCRIBING_ALLOWANCE || names.filter(|n| !peer_may_add(n)).count() > max)
+}
+
 impl<D: HttpDoor> crate::server::listener::Handler for DoorHandler<D> {
     fn header_allowance(&self) -> usize {
         DESCRIBING_ALLOWANCE
@@ -480,15 +488,11 @@ async fn decide_for<D: HttpDoor>(
     // The fields against `server.max_headers`, less those a peer may add to describe the
     // request ([`peer_may_add`]), which the client may then send too: up to
     // [`DESCRIBING_ALLOWANCE`] more than the proxy door takes. Counted only past the limit.
-    if described.headers.len() > snapshot.server.max_headers
-        && described
-            .headers
-            .keys()
-            .filter(|n| !peer_may_add(n.as_str()))
-            .map(|n| described.headers.get_all(n).iter().count())
-            .sum::<usize>()
-            > snapshot.server.max_headers
-    {
+    if too_many_fields(
+        described.headers.len(),
+        described.headers.iter().map(|(n, _)| n.as_str()),
+        snapshot.server.max_headers,
+    ) {
         return Err((
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_many",

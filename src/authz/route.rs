@@ -378,6 +378,14 @@ impl Rule {
     }
 }
 
+/// Whether `h` is a bare DNS name: dot-separated non-empty labels of letters, digits and `-`
+/// (no port, scheme, wildcard or trailing dot).
+pub fn is_host_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
 // === impl HostPattern ===
 
 impl HostPattern {
@@ -392,20 +400,14 @@ impl HostPattern {
             });
         }
         let host = s.strip_suffix('.').unwrap_or(&s);
-        let valid = |h: &str| {
-            !h.is_empty()
-                && h.split('.').all(|l| {
-                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                })
-        };
         let kind = if host == "*" {
             HostKind::Any
         } else if let Some(rest) = host.strip_prefix("*.") {
-            if !valid(rest) {
+            if !is_host_name(rest) {
                 return Err(PatternError::BadHost);
             }
             HostKind::Wildcard(format!(".{rest}").into())
-        } else if valid(host) {
+        } else if is_host_name(host) {
             HostKind::Exact(host.into())
         } else {
             return Err(PatternError::BadHost);

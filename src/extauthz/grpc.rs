@@ -702,14 +702,7 @@ fn header_map(
     // it adds to describe the request are not the client's. Regression: tests (it)
     // grpc::envoys_own_fields_do_not_count_against_max_headers
     let count = headers.len();
-    if count > limits.max_headers
-        && (count > limits.max_headers + door::DESCRIBING_ALLOWANCE
-            || headers
-                .clone()
-                .filter(|(k, _)| !door::peer_may_add(k))
-                .count()
-                > limits.max_headers)
-    {
+    if door::too_many_fields(count, headers.clone().map(|(k, _)| k), limits.max_headers) {
         return Err("headers_too_many");
     }
     let size: usize = headers.clone().map(|(k, v)| k.len() + v.len() + 4).sum();

@@ -282,7 +282,7 @@ pub struct RequestFacts<'a> {
     pub trace: Option<&'a crate::telemetry::trace_context::TraceContext>,
     /// When a decision door must have answered; `None` at the proxy. Calls the decision makes
     /// on the request's behalf (a delegate's Check, a Redis limit) end before it
-    /// ([`Self::call_budget`]), so their rule's failure mode decides rather than the door's
+    /// ([`call_budget`]), so their rule's failure mode decides rather than the door's
     /// deadline.
     pub deadline: Option<tokio::time::Instant>,
 }
@@ -524,16 +524,14 @@ impl FactsError {
 }
 
 /// The authority as sent: the URI's when the request has one (absolute-form, HTTP/2
-/// `:authority`), which RFC 9112 §3.2.2 says wins over `Host`; otherwise the single `Host`.
+/// `:authority`), which RFC 9112 §3.2.2 says wins over `Host`; otherwise `Host` (a second one
+/// is refused by [`RequestFacts::new`], for every door).
 fn authority_of(parts: &Parts) -> Result<Option<&str>, FactsError> {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    let first = hosts.next();
-    if hosts.next().is_some() {
-        return Err(FactsError::MultipleHosts);
-    }
     match parts.uri.authority() {
         Some(a) => Ok(Some(a.as_str())),
-        None => first
+        None => parts
+            .headers
+            .get(header::HOST)
             .map(|h| h.to_str().map_err(|_| FactsError::InvalidHost))
             .transpose(),
     }

@@ -121,10 +121,7 @@ fn published_dev_key(cx: &mut Cx<'_>) {
                         let published = std::fs::read_to_string(cx.path(&f.path))
                             .is_ok_and(|t| t.trim() == PUBLISHED_DEV_KEY.trim());
                         if published {
-                            cx.warn(
-                                &field,
-                                "this is the development key published with Portcullis: anyone can mint tokens it verifies; replace it before deploying".into(),
-                            );
+                            cx.warn(&field, PUBLISHED_DEV_KEY_WARNING.into());
                         }
                     }
                     // The same key pair as a JWKS (`config/dev/dev-1.jwks.json`).
@@ -135,10 +132,7 @@ fn published_dev_key(cx: &mut Cx<'_>) {
                             .and_then(|t| read(&t))
                             .is_some_and(|v| Some(v) == read(PUBLISHED_DEV_JWKS));
                         if published {
-                            cx.warn(
-                                &field,
-                                "this is the development key published with Portcullis: anyone can mint tokens it verifies; replace it before deploying".into(),
-                            );
+                            cx.warn(&field, PUBLISHED_DEV_KEY_WARNING.into());
                         }
                     }
                     // Why: the example HMAC secret ships with Portcullis too; a gateway
@@ -269,6 +263,8 @@ pub(super) fn identity_headers(cx: &mut Cx<'_>) {
 
 /// The public half of `config/dev/dev-1.key`, which ships with Portcullis.
 const PUBLISHED_DEV_KEY: &str = include_str!("../../../config/dev/dev-1.pem");
+/// What `check` says of a key source holding the development key pair.
+const PUBLISHED_DEV_KEY_WARNING: &str = "this is the development key published with Portcullis: anyone can mint tokens it verifies; replace it before deploying";
 /// The development key pair's public half as a JWKS.
 const PUBLISHED_DEV_JWKS: &str = include_str!("../../../config/dev/dev-1.jwks.json");
 /// The example HMAC secret `config/examples/seed.yaml` reads.
