@@ -624,6 +624,26 @@ fn template(
         _ => Protocol::Negotiated,
     };
     let h2 = raw.http2 || raw.protocol == Some(RawProtocol::H2);
+    let h2_keepalive = match &raw.http2_keepalive {
+        None => None,
+        Some(_) if !h2 && protocol != Protocol::H2c => {
+            return Err(UpstreamError {
+                field: "http2_keepalive".into(),
+                message: "PINGs are HTTP/2's: set `protocol: h2` (https) or `protocol: h2c`".into(),
+            });
+        }
+        Some(k) if k.interval < Duration::from_secs(1) || k.timeout.is_zero() => {
+            return Err(UpstreamError {
+                field: "http2_keepalive".into(),
+                message: "`interval` must be at least 1s and `timeout` more than 0s".into(),
+            });
+        }
+        Some(k) => Some(pool::H2Keepalive {
+            interval: k.interval,
+            timeout: k.timeout,
+            while_idle: k.while_idle,
+        }),
+    };
     let tls_only = |field: &'static str| UpstreamError {
         field: field.into(),
         message: "only an https upstream uses TLS settings".into(),
@@ -699,5 +719,6 @@ fn template(
         idle_timeout: raw.pool_idle_timeout,
         max_idle: raw.pool_max_idle,
         response_timeout: raw.response_timeout,
+        h2_keepalive,
     })
 }

@@ -157,6 +157,16 @@ pub(super) struct Target {
     pub(super) max_idle: usize,
     /// Bounds the background completion of an abandoned exchange (with [`DRAIN_TIME`]).
     pub(super) response_timeout: Duration,
+    /// HTTP/2 keep-alive PINGs, when configured.
+    pub(super) h2_keepalive: Option<H2Keepalive>,
+}
+
+/// HTTP/2 keep-alive PINGs on an upstream connection.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct H2Keepalive {
+    pub(super) interval: Duration,
+    pub(super) timeout: Duration,
+    pub(super) while_idle: bool,
 }
 
 /// What every endpoint's pool of an upstream shares; only the address differs.
@@ -169,6 +179,7 @@ pub(super) struct Template {
     pub(super) idle_timeout: Duration,
     pub(super) max_idle: usize,
     pub(super) response_timeout: Duration,
+    pub(super) h2_keepalive: Option<H2Keepalive>,
 }
 
 impl Template {
@@ -183,6 +194,7 @@ impl Template {
             idle_timeout: self.idle_timeout,
             max_idle: self.max_idle,
             response_timeout: self.response_timeout,
+            h2_keepalive: self.h2_keepalive,
         }))
     }
 }
@@ -573,8 +585,15 @@ impl Pool {
     async fn connect(self: Arc<Self>, connect_timeout: Duration) -> Result<Sender, SendError> {
         let (io, h2) = self.open(connect_timeout).await?;
         if h2 {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            if let Some(k) = self.target.h2_keepalive {
+                builder
+                    .keep_alive_interval(k.interval)
+                    .keep_alive_timeout(k.timeout)
+                    .keep_alive_while_idle(k.while_idle);
+            }
+            let (sender, conn) = builder
                 .handshake(TokioIo::new(io))
                 .await
                 .map_err(SendError::Http)?;

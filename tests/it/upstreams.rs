@@ -1056,6 +1056,83 @@ async fn h2c_upstream_relays_trailers() {
     assert_eq!(seen, [(http::Version::HTTP_2, Some("trailers".into()))]);
 }
 
+/// A TCP relay on 127.0.0.1 to `to` that, once its flag is set, passes no more bytes either
+/// way and keeps both connections open: a peer gone without a FIN (a dropped NAT entry, a
+/// host powered off).
+async fn blackholing_relay(to: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let blackhole = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&blackhole);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut into) in [(cr, sw), (sr, cw)] {
+                let flag = Arc::clone(&flag);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) if flag.load(Ordering::SeqCst) => {}
+                            Ok(n) => {
+                                if into.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    // Keep the write half open while blackholed: no FIN reaches the peer.
+                    while flag.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                });
+            }
+        }
+    });
+    (addr, blackhole)
+}
+
+/// An h2c upstream that vanishes without a FIN: with `http2_keepalive`, the unanswered PING
+/// closes the connection, so the request waiting on it fails (502) long before the response
+/// timeout, and the next request opens a new connection. Without it, the request waited the
+/// whole `response_timeout` (504).
+#[tokio::test]
+async fn h2_keepalive_closes_a_connection_to_a_vanished_upstream() {
+    use std::sync::atomic::Ordering;
+    let (upstream, accepted) =
+        h2c_upstream(|_| async { http::Response::new(Full::new(Bytes::from_static(b"ok"))) }).await;
+    let (relay, blackhole) = blackholing_relay(upstream).await;
+    let gw = Setup {
+        upstreams: format!(
+            "  h2:\n    url: http://{relay}\n    protocol: h2c\n    response_timeout: 20s\n    http2_keepalive: {{interval: 1s, timeout: 1s}}\n"
+        ),
+        policies: route_all_to("h2"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert_eq!(get(gw.addr(), "/first").await.0, StatusCode::OK);
+    blackhole.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(gw.addr(), "/second").await;
+    let waited = started.elapsed();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+    assert!(waited < Duration::from_secs(8), "answered after {waited:?}");
+    blackhole.store(false, Ordering::SeqCst);
+    assert_eq!(get(gw.addr(), "/third").await.0, StatusCode::OK);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a new connection replaced the dead one"
+    );
+}
+
 #[tokio::test]
 async fn h2_over_tls_upstream_relays_trailers() {
     let (ca, tls) = crate::support::tls_peer(&["grpc.internal"], true);

@@ -195,6 +195,14 @@ pub struct RawUpstream {
     /// with prior knowledge, as gRPC services without TLS speak).
     #[serde(default)]
     pub protocol: Option<RawProtocol>,
+    /// HTTP/2 keep-alive PINGs to an `h2` or `h2c` upstream: a connection whose PING goes
+    /// unanswered is closed, its requests fail (502) and the next ones open a new connection,
+    /// instead of waiting on a peer that vanished (a dropped NAT entry, a host gone without a
+    /// FIN). Off by default: gRPC servers limit PINGs (grpc-go's default allows one per five
+    /// minutes, and none without a request in flight, and answers more with GOAWAY
+    /// `too_many_pings`), so set `interval` to what the upstream permits.
+    #[serde(default)]
+    pub http2_keepalive: Option<RawHttp2Keepalive>,
     /// Idle keep-alive connections kept per endpoint.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle: usize,
@@ -281,6 +289,28 @@ pub struct RawHealthCheck {
     /// Failed checks in a row that take an endpoint out of rotation.
     #[serde(default = "default_three")]
     pub unhealthy_threshold: u32,
+}
+
+/// HTTP/2 keep-alive PINGs to an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp2Keepalive {
+    /// Time between PINGs on a connection (at least one second).
+    #[serde(deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub interval: Duration,
+    /// A PING not acknowledged within this time closes the connection.
+    #[serde(default = "default_keepalive_timeout", deserialize_with = "duration")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// PING a connection with no request in flight too (off: only while requests are in
+    /// flight, as most gRPC servers require).
+    #[serde(default)]
+    pub while_idle: bool,
+}
+
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(20)
 }
 
 /// How many retries an upstream allows: at most `percent` of its requests plus `minimum`,
