@@ -331,16 +331,18 @@ impl Upstream {
         // Why: counted until the `101` only, a WebSocket was never in flight to least
         // request, which then piled long-lived tunnels onto one endpoint by chance.
         // Regression: tests (it) edge::least_request_counts_a_websocket_until_it_closes
-        let counted = Counted(balance::in_flight(&ep, b.counts_in_flight()));
+        let in_flight = balance::in_flight(&ep, b.counts_in_flight());
         let result = ep.pool.send_upgrade(req, opts.connect_timeout).await;
         let verdict = match &result {
-            Ok(resp) if resp.status().is_server_error() => Verdict::Failure,
+            Ok((resp, _)) if resp.status().is_server_error() => Verdict::Failure,
             Ok(_) => Verdict::Success,
             Err(SendError::Http(e)) if e.is_user() => Verdict::Neutral,
+            Err(SendError::Busy) => Verdict::Neutral,
             Err(_) => Verdict::Failure,
         };
         b.record(&ep, verdict, &self.name);
-        result.map(|resp| (resp, counted))
+        // The tunnel keeps its connection's slot (`max_connections`) with its count.
+        result.map(|(resp, slot)| (resp, Counted(in_flight, slot)))
     }
 
     /// Sends a request to one of the endpoints, retrying once what is safe to retry (see the
@@ -382,9 +384,10 @@ impl Upstream {
             Err(f) => f,
         };
         drop(counted);
+        // A busy endpoint is tried no more than an unreachable one: another may have room.
         let unreachable = matches!(
             failed.error,
-            SendError::Connect(_) | SendError::ConnectTimeout | SendError::Tls(_)
+            SendError::Connect(_) | SendError::ConnectTimeout | SendError::Tls(_) | SendError::Busy
         );
         let again = match (failed.unsent, failed.repeat) {
             (Some(req), _) | (None, Some(req)) => *req,
@@ -441,10 +444,18 @@ impl Upstream {
 
 /// An upgrade's exchange in flight on its endpoint (least request) until dropped.
 #[derive(Debug)]
-pub struct Counted(Option<balance::InFlight>);
+pub struct Counted(
+    Option<balance::InFlight>,
+    #[expect(
+        dead_code,
+        reason = "held for its drop, which frees the connection's slot"
+    )]
+    Option<pool::Slot>,
+);
 
 impl Counted {
-    /// A declined upgrade's answer, counted until its body ends, as any response is.
+    /// A declined upgrade's answer, counted until its body ends, as any response is. (Its
+    /// connection slot is freed now: the connection serves nothing after this answer.)
     pub fn follow(self, body: PooledBody) -> PooledBody {
         match self.0 {
             None => body,
@@ -474,6 +485,11 @@ fn verdict(result: &Result<Response<PooledBody>, Failed>) -> Verdict {
             error: SendError::Http(e),
             ..
         }) if e.is_user() => Verdict::Neutral,
+        // Its own connection cap: the endpoint is busy, not failing.
+        Err(Failed {
+            error: SendError::Busy,
+            ..
+        }) => Verdict::Neutral,
         Err(_) => Verdict::Failure,
     }
 }
@@ -720,5 +736,14 @@ fn template(
         max_idle: raw.pool_max_idle,
         response_timeout: raw.response_timeout,
         h2_keepalive,
+        max_connections: match raw.max_connections {
+            Some(0) => {
+                return Err(UpstreamError {
+                    field: "max_connections".into(),
+                    message: "at least 1 connection per endpoint".into(),
+                });
+            }
+            n => n,
+        },
     })
 }

@@ -598,19 +598,7 @@ async fn send(
         SendError::Http(_) if client_fault.load(std::sync::atomic::Ordering::Relaxed) => {
             (StatusCode::BAD_REQUEST, "invalid_body")
         }
-        SendError::ConnectTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout"),
-        SendError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
-        SendError::Tls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls"),
-        // A status below 100: hyper refuses it before `check_status` sees it.
-        SendError::Http(h) if h.is_parse_status() => {
-            (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
-        }
-        SendError::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
-        SendError::InvalidStatus(_) | SendError::InvalidFraming => {
-            (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
-        }
-        SendError::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "upstream_no_endpoint"),
-        SendError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+        e => e.status_and_kind(),
     };
     ctx.shared.metrics.upstream_error(kind);
     tracing::debug!(upstream = &*upstream.name, error = %e, reason = kind, "Upstream request failed");

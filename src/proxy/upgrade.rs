@@ -22,7 +22,7 @@ use super::service::{Ctx, Failure};
 pub(super) use super::tunnel::{Bounds, Recheckable};
 use crate::body::{self, RequestBody, ResponseBody};
 use crate::server::hop_by_hop;
-use crate::upstream::{PooledBody, SendError, Upstream};
+use crate::upstream::{PooledBody, Upstream};
 
 const UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
 const WEBSOCKET: HeaderValue = HeaderValue::from_static("websocket");
@@ -143,19 +143,7 @@ pub(super) async fn open(
             ));
         }
         Ok(Err(e)) => {
-            let (status, kind) = match &e {
-                SendError::ConnectTimeout => {
-                    (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout")
-                }
-                SendError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
-                SendError::Tls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls"),
-                SendError::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
-                SendError::InvalidStatus(_) | SendError::InvalidFraming => {
-                    (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
-                }
-                SendError::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "upstream_no_endpoint"),
-                SendError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-            };
+            let (status, kind) = e.status_and_kind();
             ctx.shared.metrics.upstream_error(kind);
             tracing::debug!(upstream = &*upstream.name, error = %e, reason = kind, "Upgrade request failed");
             return Err(Failure::Failed(status, kind));

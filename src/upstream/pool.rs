@@ -82,6 +82,33 @@ pub enum SendError {
     /// No response head within the response timeout.
     #[error("no response in time")]
     Timeout,
+    /// The endpoint has its `max_connections` open, and none came free within the connect
+    /// timeout.
+    #[error("every connection the endpoint may have is busy")]
+    Busy,
+}
+
+impl SendError {
+    /// The client's status and the reason code (`upstream_errors_total{kind}`).
+    pub fn status_and_kind(&self) -> (http::StatusCode, &'static str) {
+        use http::StatusCode;
+        match self {
+            Self::ConnectTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout"),
+            Self::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
+            Self::Tls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls"),
+            // A status below 100: hyper refuses it before `check_status` sees it.
+            Self::Http(h) if h.is_parse_status() => {
+                (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
+            }
+            Self::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            Self::InvalidStatus(_) | Self::InvalidFraming => {
+                (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
+            }
+            Self::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "upstream_no_endpoint"),
+            Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "upstream_busy"),
+        }
+    }
 }
 
 /// A failed exchange, and what the caller needs to decide on a retry.
@@ -159,6 +186,8 @@ pub(super) struct Target {
     pub(super) response_timeout: Duration,
     /// HTTP/2 keep-alive PINGs, when configured.
     pub(super) h2_keepalive: Option<H2Keepalive>,
+    /// The most connections open to this address at once (pooled, busy and tunnels).
+    pub(super) max_connections: Option<usize>,
 }
 
 /// HTTP/2 keep-alive PINGs on an upstream connection.
@@ -180,6 +209,7 @@ pub(super) struct Template {
     pub(super) max_idle: usize,
     pub(super) response_timeout: Duration,
     pub(super) h2_keepalive: Option<H2Keepalive>,
+    pub(super) max_connections: Option<usize>,
 }
 
 impl Template {
@@ -195,6 +225,7 @@ impl Template {
             max_idle: self.max_idle,
             response_timeout: self.response_timeout,
             h2_keepalive: self.h2_keepalive,
+            max_connections: self.max_connections,
         }))
     }
 }
@@ -218,6 +249,37 @@ pub(super) struct Pool {
     speaks_h2: std::sync::atomic::AtomicBool,
     /// Held while that one connection is being made.
     h2_connecting: tokio::sync::Mutex<()>,
+    /// Connection slots, when `max_connections` caps them.
+    slots: Option<Slots>,
+}
+
+/// The connections an address may have open at once: a permit per connection, held by its
+/// task, and a signal when one is freed or a connection returns to the pool.
+#[derive(Debug)]
+struct Slots {
+    permits: Arc<tokio::sync::Semaphore>,
+    freed: Arc<tokio::sync::Notify>,
+}
+
+/// One connection's slot; gives it back, and says so, when the connection ends.
+#[derive(Debug)]
+pub(in crate::upstream) struct Slot {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    freed: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.freed.notify_one();
+    }
+}
+
+/// What waiting for a connection slot gives: a slot for a new connection, or a pooled one
+/// that came back meanwhile.
+enum Waited {
+    Slot(Option<Slot>),
+    Pooled(Sender),
 }
 
 enum Sender {
@@ -333,11 +395,58 @@ impl Pool {
     pub(super) fn new(target: Target) -> Self {
         let h2c = matches!(target.protocol, Protocol::H2c);
         Self {
-            target,
             speaks_h2: std::sync::atomic::AtomicBool::new(h2c),
             idle: Mutex::new(VecDeque::new()),
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
+            slots: target.max_connections.map(|n| Slots {
+                permits: Arc::new(tokio::sync::Semaphore::new(n)),
+                freed: Arc::new(tokio::sync::Notify::new()),
+            }),
+            target,
+        }
+    }
+
+    /// A slot for a new connection, waiting up to `wait` for one to free when the address
+    /// has its `max_connections` open; or, while waiting, a pooled connection that came back
+    /// (`pooled`: a request that can take one). `Busy` when the wait is over.
+    async fn slot(&self, wait: Duration, pooled: bool) -> Result<Waited, SendError> {
+        let Some(slots) = &self.slots else {
+            return Ok(Waited::Slot(None));
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let freed = slots.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Ok(permit) = Arc::clone(&slots.permits).try_acquire_owned() {
+                return Ok(Waited::Slot(Some(Slot {
+                    permit: Some(permit),
+                    freed: Arc::clone(&slots.freed),
+                })));
+            }
+            if pooled {
+                if let Some((sender, _)) = self.checkout() {
+                    match sender {
+                        Sender::H1(mut s) => {
+                            if s.ready().await.is_ok() {
+                                return Ok(Waited::Pooled(Sender::H1(s)));
+                            }
+                        }
+                        h2 => return Ok(Waited::Pooled(h2)),
+                    }
+                    continue;
+                }
+            } else if let Ok(mut idle) = self.idle.lock()
+                && let Some((s, _)) = idle.pop_front()
+            {
+                // A connection of its own (a tunnel) cannot use a pooled one: closing an idle
+                // one frees its slot.
+                drop(s);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(SendError::Busy);
+            }
         }
     }
 
@@ -551,6 +660,9 @@ impl Pool {
         {
             idle.push_back((s, Instant::now()));
         }
+        if let Some(slots) = &self.slots {
+            slots.freed.notify_one();
+        }
     }
 
     /// A new connection to the target, TCP and TLS, within `connect_timeout`; `true` when it
@@ -583,6 +695,10 @@ impl Pool {
     }
 
     async fn connect(self: Arc<Self>, connect_timeout: Duration) -> Result<Sender, SendError> {
+        let slot = match self.slot(connect_timeout, true).await? {
+            Waited::Slot(slot) => slot,
+            Waited::Pooled(sender) => return Ok(sender),
+        };
         let (io, h2) = self.open(connect_timeout).await?;
         if h2 {
             let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -597,7 +713,10 @@ impl Pool {
                 .handshake(TokioIo::new(io))
                 .await
                 .map_err(SendError::Http)?;
-            tokio::spawn(conn);
+            tokio::spawn(async move {
+                let _slot = slot;
+                let _ = conn.await;
+            });
             self.speaks_h2
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             if let Ok(mut slot) = self.h2.lock() {
@@ -614,7 +733,10 @@ impl Pool {
                 .handshake(TokioIo::new(io))
                 .await
                 .map_err(SendError::Http)?;
-            tokio::spawn(conn);
+            tokio::spawn(async move {
+                let _slot = slot;
+                let _ = conn.await;
+            });
             Ok(Sender::H1(sender))
         }
     }

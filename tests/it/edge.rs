@@ -1568,3 +1568,46 @@ fn cors_methods_the_rule_never_matches_warn() {
         "{text}"
     );
 }
+
+/// A tunnel holds one of its endpoint's `max_connections` while it lives: a second WebSocket
+/// past the cap is refused (503 `upstream_busy`) after the connect timeout, and opens once the
+/// first has closed.
+#[tokio::test]
+async fn a_tunnel_counts_against_max_connections() {
+    let upstream = WsEcho::start().await;
+    let gw = Setup {
+        upstreams: format!(
+            "  ws:\n    url: http://{}\n    max_connections: 1\n    connect_timeout: 300ms\n",
+            upstream.addr
+        ),
+        ..ws_setup(&upstream, "")
+    }
+    .start()
+    .await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let mut first = connect(&gw, "/ws/a", &[("authorization", &auth)])
+        .await
+        .expect("upgraded");
+    echo_once(&mut first, "one").await;
+    match connect(&gw, "/ws/b", &[("authorization", &auth)]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default());
+            assert!(body.contains("upstream_busy"), "{body}");
+        }
+        other => panic!(
+            "a second tunnel past the cap: {:?}",
+            other.map(|_| "opened")
+        ),
+    }
+    assert_eq!(upstream.handshakes(), 1);
+    first.close(None).await.unwrap();
+    drop(first);
+    let reopened = crate::support::eventually(Duration::from_secs(5), || async {
+        connect(&gw, "/ws/c", &[("authorization", &auth)])
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(reopened, "the slot came back when the tunnel closed");
+}

@@ -1056,6 +1056,103 @@ async fn h2c_upstream_relays_trailers() {
     assert_eq!(seen, [(http::Version::HTTP_2, Some("trailers".into()))]);
 }
 
+/// An HTTP/1.1 upstream answering after the delay its path names (`/slow`: 3 s, any other:
+/// 200 ms), and the most connections it had open at once.
+async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&most);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            let open = Arc::clone(&open);
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let ms = if req.uri().path() == "/slow" {
+                            3000
+                        } else {
+                            200
+                        };
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// With `max_connections`, a burst beyond it waits for a connection to come back instead of
+/// opening more: six requests at once over two connections, all answered.
+#[tokio::test]
+async fn max_connections_queues_a_burst_on_the_capped_connections() {
+    let (addr, most) = counting_upstream().await;
+    let gw = Setup {
+        upstreams: format!("  capped:\n    url: http://{addr}\n    max_connections: 2\n"),
+        policies: route_all_to("capped"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let gw = gw.addr();
+        burst.spawn(async move { get(gw, &format!("/r{i}")).await.0 });
+    }
+    let statuses = burst.join_all().await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// A request finding every allowed connection busy past `connect_timeout` gets 503
+/// `upstream_busy`, and the endpoint is not ejected for it.
+#[tokio::test]
+async fn max_connections_busy_past_the_connect_timeout_is_503() {
+    let (addr, most) = counting_upstream().await;
+    let gw = Setup {
+        upstreams: format!(
+            "  capped:\n    url: http://{addr}\n    max_connections: 1\n    connect_timeout: 300ms\n    ejection: {{consecutive_failures: 1, base_time: 30s, max_time: 30s}}\n"
+        ),
+        policies: route_all_to("capped"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let gw_addr = gw.addr();
+    let slow = tokio::spawn(async move { get(gw_addr, "/slow").await.0 });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(gw.addr(), "/x").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("upstream_busy"),
+        "{body:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    // Not ejected (one failure would have): the next request is served on the freed connection.
+    assert_eq!(get(gw.addr(), "/y").await.0, StatusCode::OK);
+    assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 /// A TCP relay on 127.0.0.1 to `to` that, once its flag is set, passes no more bytes either
 /// way and keeps both connections open: a peer gone without a FIN (a dropped NAT entry, a
 /// host powered off).

@@ -203,6 +203,11 @@ pub struct RawUpstream {
     /// `too_many_pings`), so set `interval` to what the upstream permits.
     #[serde(default)]
     pub http2_keepalive: Option<RawHttp2Keepalive>,
+    /// The most connections open to each endpoint at once (busy, pooled and WebSocket
+    /// tunnels). A request finding them all busy waits up to `connect_timeout` for one to
+    /// come back or close, then gets 503 `upstream_busy`. Unlimited by default.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
     /// Idle keep-alive connections kept per endpoint.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle: usize,

@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use super::{Pool, PooledBody, SendError, UPSTREAM_READ_BUF};
+use super::{Pool, PooledBody, SendError, Slot, UPSTREAM_READ_BUF};
 use crate::upstream::UpstreamBody;
 
 impl Pool {
@@ -18,7 +18,12 @@ impl Pool {
         &self,
         mut req: Request<UpstreamBody>,
         connect_timeout: std::time::Duration,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<(Response<Incoming>, Option<Slot>), SendError> {
+        let slot = match self.slot(connect_timeout, false).await? {
+            super::Waited::Slot(slot) => slot,
+            // Never: a tunnel takes no pooled connection.
+            super::Waited::Pooled(_) => return Err(SendError::Busy),
+        };
         let (io, h2) = self.open(connect_timeout).await?;
         // An upgrade is HTTP/1.1's: an upstream that speaks HTTP/2 cannot take it.
         if h2 {
@@ -31,6 +36,8 @@ impl Pool {
             .handshake(TokioIo::new(io))
             .await
             .map_err(SendError::Http)?;
+        // The connection's task ends at the `101`, handing the stream to the tunnel: the slot
+        // goes with the tunnel (in `Counted`), not with the task.
         tokio::spawn(conn.with_upgrades());
         *req.version_mut() = http::Version::HTTP_11;
         let mut resp = sender.send_request(req).await.map_err(SendError::Http)?;
@@ -42,7 +49,7 @@ impl Pool {
             super::check_status(resp.status()).map_err(|f| f.error)?;
             super::check_framing(resp.headers_mut()).map_err(|f| f.error)?;
         }
-        Ok(resp)
+        Ok((resp, slot))
     }
 }
 
