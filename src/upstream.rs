@@ -640,6 +640,29 @@ fn template(
         _ => Protocol::Negotiated,
     };
     let h2 = raw.http2 || raw.protocol == Some(RawProtocol::H2);
+    // Why: a zero timeout passed `check` and failed every request (504), or cut every
+    // streamed body at once. Regression: tests (it) check golden case zero-timeouts
+    for (field, zero) in [
+        ("connect_timeout", raw.connect_timeout.is_zero()),
+        ("response_timeout", raw.response_timeout.is_zero()),
+        (
+            "idle_timeout",
+            raw.idle_timeout.is_some_and(|d| d.is_zero()),
+        ),
+    ] {
+        if zero {
+            return Err(UpstreamError {
+                field: field.into(),
+                message: "must be more than 0".into(),
+            });
+        }
+    }
+    if raw.retry_budget.percent > 100 {
+        return Err(UpstreamError {
+            field: "retry_budget.percent".into(),
+            message: "at most 100: a request is retried once at most".into(),
+        });
+    }
     let h2_keepalive = match &raw.http2_keepalive {
         None => None,
         Some(_) if !h2 && protocol != Protocol::H2c => {

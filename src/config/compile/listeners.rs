@@ -178,6 +178,17 @@ fn compile_door(
             timeout,
             client_certificates: false,
         };
+    // Why: a zero deadline passed `check` and answered every decision "cannot decide".
+    // Regression: tests (it) check golden case zero-timeouts
+    let (kind, timeout) = match raw {
+        RawDoor::Proxy => ("", None),
+        RawDoor::EnvoyGrpc(d) => ("envoy_grpc", Some(d.timeout)),
+        RawDoor::EnvoyHttp(d) => ("envoy_http", Some(d.timeout)),
+        RawDoor::ForwardAuth(d) => ("forward_auth", Some(d.timeout)),
+    };
+    if timeout.is_some_and(|t| t.is_zero()) {
+        error(&format!("{kind}.timeout"), "must be more than 0".into());
+    }
     match raw {
         RawDoor::Proxy => DoorSettings::Proxy,
         RawDoor::EnvoyGrpc(d) => DoorSettings::EnvoyGrpc(DecisionDoor {

@@ -452,6 +452,19 @@ fn rule(
             ));
         }
     }
+    if let Some(t) = &r.timeouts {
+        // Why: a zero timeout passed `check` and failed every request (504), or cut every
+        // streamed body at once. Regression: tests (it) check golden case zero-timeouts
+        for (field, value) in [
+            ("timeouts.connect", t.connect),
+            ("timeouts.response", t.response),
+            ("timeouts.idle", t.idle),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                cx.diags.push(at.at(field, "must be more than 0".into()));
+            }
+        }
+    }
     Some(Rule {
         context: r
             .matches

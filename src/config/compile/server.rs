@@ -43,8 +43,16 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> (ServerSettings, Vec<NamePattern>) {
             Err(m) => cx.error(&format!("server.trusted_proxy_headers[{i}]"), m),
         }
     }
-    if s.send_timeout.is_zero() {
-        cx.error("server.send_timeout", "must be more than 0".into());
+    // Why: a zero timeout passed `check` and closed every connection at once.
+    // Regression: tests (it) check golden case zero-timeouts
+    for (field, t) in [
+        ("server.header_read_timeout", s.header_read_timeout),
+        ("server.idle_timeout", s.idle_timeout),
+        ("server.send_timeout", s.send_timeout),
+    ] {
+        if t.is_zero() {
+            cx.error(field, "must be more than 0".into());
+        }
     }
     if s.http2.window.is_zero() {
         cx.error("server.http2.window", "must be more than 0".into());
