@@ -273,6 +273,7 @@ async fn forward(
         route.idle.or(upstream.idle_timeout),
         expiry,
         ctx.te_trailers,
+        ctx.version == Version::HTTP_2,
         &ctx.shared.metrics,
     );
     // Replacing the upstream's own: two `RateLimit-Remaining` would leave the client to
@@ -608,7 +609,8 @@ async fn send(
 /// Phase 5: the upstream's answer for the client: hop-by-hop headers removed, HTTP/1.1, the
 /// body cut if it idles past `idle`. (The request id is added by [`Ctx::finish`], as to every
 /// answer.) `trailers`: the client said `TE: trailers`, so the fields the upstream declares in
-/// `Trailer` are announced to it (and a gRPC answer's status fields when it declares none).
+/// `Trailer` are announced to it (and, to an HTTP/1.1 client, a gRPC answer's status fields
+/// when it declares none: `client_h2` clients read trailers undeclared).
 fn respond(
     resp: Response<crate::upstream::PooledBody>,
     idle: Option<std::time::Duration>,
@@ -618,6 +620,7 @@ fn respond(
         Arc<crate::telemetry::metrics::Metrics>,
     )>,
     trailers: bool,
+    client_h2: bool,
     metrics: &Arc<crate::telemetry::metrics::Metrics>,
 ) -> Response<ResponseBody> {
     let (mut parts, mut body) = resp.into_parts();
@@ -636,7 +639,10 @@ fn respond(
                 .iter()
                 .cloned()
                 .collect();
-            if declared.is_empty() && Grpc::of(&parts.headers) == Some(Grpc::Native) {
+            // Why: sent to HTTP/2 clients too, the made-up declaration reached gRPC callers as
+            // response metadata (grpcio shows a `trailer` entry), trailers-only answers
+            // included. Regression: tests (it) upstreams::h2c_upstream_relays_trailers
+            if !client_h2 && declared.is_empty() && Grpc::of(&parts.headers) == Some(Grpc::Native) {
                 // What a gRPC server ends with (its status, message and rich details);
                 // other trailing metadata is not known before it arrives.
                 declared.push(HeaderValue::from_static(

@@ -100,6 +100,7 @@ impl SendError {
             Self::Http(h) if h.is_parse_status() => {
                 (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
             }
+            Self::Http(h) if is_tls_alert(h) => (StatusCode::BAD_GATEWAY, "upstream_tls"),
             Self::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
             Self::InvalidStatus(_) | Self::InvalidFraming => {
                 (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
@@ -109,6 +110,28 @@ impl SendError {
             Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "upstream_busy"),
         }
     }
+}
+
+/// Whether an exchange failed on a TLS alert from the upstream.
+///
+/// Why: in TLS 1.3 the client's handshake is over before the server checks its certificate,
+/// so an upstream refusing the gateway's (none sent, an untrusted one) says so at the first
+/// read, as an exchange error: it was reported `upstream_error`, not the `upstream_tls` a
+/// wrong CA or name gets. Regression: tests (it) upstreams::upstream_mtls_with_a_private_ca
+fn is_tls_alert(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let tls = s.downcast_ref::<rustls::Error>().or_else(|| {
+            s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if tls.is_some() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A failed exchange, and what the caller needs to decide on a retry.
