@@ -385,7 +385,11 @@ pub fn preflight(
     if *facts.method != Method::OPTIONS {
         return None;
     }
-    let origin = facts.headers.get(header::ORIGIN)?;
+    let mut origins = facts.headers.get_all(header::ORIGIN).iter();
+    let origin = origins.next()?;
+    // Why: with two `Origin` lines the first decided, an allowed one before another.
+    // Regression: tests (it) edge::cors_preflight_from_another_origin_method_or_header_gets_no_allow_origin
+    let repeated = origins.next().is_some();
     let asked = facts.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
     let method = Method::from_bytes(asked.as_bytes()).ok()?;
     let probe = crate::request::RequestFacts {
@@ -399,13 +403,16 @@ pub fn preflight(
         return None;
     }
     let cors = rule.edge.as_ref()?.cors.as_ref()?;
-    let checked = cors
-        .check_preflight(
+    let checked = if repeated {
+        Err(PreflightRefusal::Origin)
+    } else {
+        cors.check_preflight(
             origin,
             &method,
             facts.headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS),
         )
-        .map(|()| cors.preflight_headers(origin));
+    }
+    .map(|()| cors.preflight_headers(origin));
     Some((rule.id.clone(), checked))
 }
 

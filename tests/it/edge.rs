@@ -887,6 +887,21 @@ async fn cors_preflight_from_another_origin_method_or_header_gets_no_allow_origi
         assert!(!h.contains_key("access-control-allow-origin"), "{origin}");
         assert!(String::from_utf8_lossy(&body).contains(reason), "{reason}");
     }
+    // Two `Origin` lines, an allowed one first: no browser sends them, and which one a
+    // reader takes is a guess.
+    let (status, h, body) = send(
+        gw.addr(),
+        Request::options("/api/items/1")
+            .header("origin", "https://app.example.com")
+            .header("origin", "https://evil.example.com")
+            .header("access-control-request-method", "GET")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!h.contains_key("access-control-allow-origin"));
+    assert!(String::from_utf8_lossy(&body).contains("cors_origin_not_allowed"));
     assert_eq!(gw.echo.count(), 0);
 }
 
