@@ -25,8 +25,10 @@ const SECRET: &[u8] = b"delegate-test-secret-delegate-test-secret-0123";
 /// not `low`, setting `x-opa-note` (allowed by the config) and `x-sneaky` (not allowed);
 /// counts calls; may be slow.
 #[derive(Clone, Default)]
-struct Opa {
+pub(crate) struct Opa {
     calls: Arc<AtomicUsize>,
+    /// Denies everything while set (access revoked).
+    pub(crate) revoked: Arc<std::sync::atomic::AtomicBool>,
     delay: Arc<std::sync::Mutex<Duration>>,
     principal: Arc<std::sync::Mutex<Option<String>>>,
     /// The headers of the last request it was asked about.
@@ -76,7 +78,8 @@ impl Authorization for Opa {
             .get("authorization")
             .is_some_and(|a| claims(a)["scope"] == "low");
         let says_yes = headers.get("x-delegate-says").map(String::as_str) == Some("yes");
-        let resp = if says_yes && !low_scope {
+        let revoked = self.revoked.load(Ordering::SeqCst);
+        let resp = if says_yes && !low_scope && !revoked {
             CheckResponse {
                 status: Some(rpc::Status::default()),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
@@ -113,7 +116,7 @@ fn claims(authorization: &str) -> serde_json::Value {
 }
 
 /// Serves `opa` on 127.0.0.1:0 until the test ends; returns its address.
-async fn serve(opa: Opa) -> std::net::SocketAddr {
+pub(crate) async fn serve(opa: Opa) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -1626,3 +1626,47 @@ async fn a_tunnel_counts_against_max_connections() {
     .await;
     assert!(reopened, "the slot came back when the tunnel closed");
 }
+
+/// A tunnel on a rule with a delegate and `reauthorize_every` is closed once the delegate's
+/// answer turns to deny (access revoked there), not only when the token does; the re-check
+/// asks the delegate afresh, past its answer cache.
+#[tokio::test]
+async fn periodic_recheck_closes_the_tunnel_once_the_delegate_denies() {
+    let opa = crate::delegate::Opa::default();
+    let opa_addr = crate::delegate::serve(opa.clone()).await;
+    let upstream = WsEcho::start().await;
+    let gw = Setup {
+        extra: format!(
+            "{}delegates:\n  opa:\n    grpc: http://{opa_addr}\n    timeout: 1s\n    cache_ttl: 60s\n    failure_mode: deny\n",
+            hs256_users("{}")
+        ),
+        ..ws_setup(&upstream, "    reauthorize_every: 1s\n    delegate: opa\n")
+    }
+    .start()
+    .await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let headers = [("authorization", auth.as_str()), ("x-delegate-says", "yes")];
+    let mut ws = connect(&gw, "/ws/room", &headers).await.expect("upgraded");
+    echo_once(&mut ws, "hi").await;
+    // Still allowed: re-checks keep it.
+    assert_eq!(
+        ends_within(&mut ws, Duration::from_millis(2500)).await,
+        None
+    );
+    echo_once(&mut ws, "still").await;
+    opa.revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        ends_within(&mut ws, Duration::from_secs(4)).await.is_some(),
+        "a tunnel the delegate now denies stayed open"
+    );
+    // A new one is refused outright.
+    match connect(&gw, "/ws/room", &headers).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        }
+        other => panic!(
+            "a tunnel the delegate denies: {:?}",
+            other.map(|_| "opened")
+        ),
+    }
+}
