@@ -975,6 +975,19 @@ async fn grpc_call(gw: SocketAddr) -> (StatusCode, Bytes, Option<http::HeaderMap
     (status, collected.to_bytes(), trailers)
 }
 
+/// GETs of `paths` through the gateway at `gw`, all at once; each must be answered 200.
+async fn all_answered_at_once(gw: SocketAddr, paths: impl Iterator<Item = String>) {
+    let mut burst = tokio::task::JoinSet::new();
+    for path in paths {
+        burst.spawn(async move { get(gw, &path).await.0 });
+    }
+    let statuses = burst.join_all().await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+}
+
 /// An h2c upstream on 127.0.0.1 answering every request with `answer`, and the count of
 /// connections it accepted.
 async fn h2c_upstream<F, Fut>(answer: F) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
@@ -1026,16 +1039,7 @@ async fn h2c_upstream_gets_one_connection_under_a_burst() {
     })
     .await;
     let gw = h2c_gateway(addr).await;
-    let mut burst = tokio::task::JoinSet::new();
-    for _ in 0..50 {
-        let gw = gw.addr();
-        burst.spawn(async move { get(gw, "/x").await.0 });
-    }
-    let statuses = burst.join_all().await;
-    assert!(
-        statuses.iter().all(|s| *s == StatusCode::OK),
-        "{statuses:?}"
-    );
+    all_answered_at_once(gw.addr(), (0..50).map(|_| "/x".to_owned())).await;
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
@@ -1108,16 +1112,7 @@ async fn max_connections_queues_a_burst_on_the_capped_connections() {
     }
     .start()
     .await;
-    let mut burst = tokio::task::JoinSet::new();
-    for i in 0..6 {
-        let gw = gw.addr();
-        burst.spawn(async move { get(gw, &format!("/r{i}")).await.0 });
-    }
-    let statuses = burst.join_all().await;
-    assert!(
-        statuses.iter().all(|s| *s == StatusCode::OK),
-        "{statuses:?}"
-    );
+    all_answered_at_once(gw.addr(), (0..6).map(|i| format!("/r{i}"))).await;
     assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
