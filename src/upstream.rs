@@ -372,8 +372,11 @@ impl Upstream {
         // endpoint by chance. The count goes with the response's body.
         // Regression: tests (it) upstreams::least_request_counts_a_stream_until_it_ends
         let counted = balance::in_flight(&ep, b.counts_in_flight());
-        let Ok(result) =
-            tokio::time::timeout_at(deadline, ep.pool.send(req, opts.connect_timeout, false)).await
+        let Ok(result) = tokio::time::timeout_at(
+            deadline,
+            ep.pool.send(req, opts.connect_timeout, deadline, false),
+        )
+        .await
         else {
             b.record(&ep, Verdict::Failure, &self.name);
             return Err(SendError::Timeout);
@@ -428,7 +431,8 @@ impl Upstream {
         let b = &*self.balancer;
         let counted = balance::in_flight(ep, b.counts_in_flight());
         let Ok(result) =
-            tokio::time::timeout_at(deadline, ep.pool.send(req, connect_timeout, true)).await
+            tokio::time::timeout_at(deadline, ep.pool.send(req, connect_timeout, deadline, true))
+                .await
         else {
             b.record(ep, Verdict::Failure, &self.name);
             return Err(Failed {
@@ -454,8 +458,8 @@ pub struct Counted(
 );
 
 impl Counted {
-    /// A declined upgrade's answer, counted until its body ends, as any response is. (Its
-    /// connection slot is freed now: the connection serves nothing after this answer.)
+    /// A declined upgrade's answer, counted until its body ends, as any response is (its
+    /// connection's task holds its slot).
     pub fn follow(self, body: PooledBody) -> PooledBody {
         match self.0 {
             None => body,
@@ -760,10 +764,10 @@ fn template(
         response_timeout: raw.response_timeout,
         h2_keepalive,
         max_connections: match raw.max_connections {
-            Some(0) => {
+            Some(n) if !(1..=1_000_000).contains(&n) => {
                 return Err(UpstreamError {
                     field: "max_connections".into(),
-                    message: "at least 1 connection per endpoint".into(),
+                    message: "from 1 to 1000000 connections per endpoint".into(),
                 });
             }
             n => n,

@@ -112,6 +112,23 @@ impl SendError {
     }
 }
 
+/// How long a request may wait for a connection slot at an endpoint's `max_connections`:
+/// `connect_timeout`, and never up to the response deadline.
+///
+/// Why: a wait reaching the deadline answered 504 `upstream_timeout` and ejected the busy
+/// endpoint. Regression: tests (it) upstreams::max_connections_wait_ends_before_the_response_deadline
+pub(super) fn slot_wait_until(
+    connect_timeout: Duration,
+    deadline: tokio::time::Instant,
+) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let before_deadline = deadline
+        .checked_sub(Duration::from_millis(20))
+        .unwrap_or(now)
+        .max(now);
+    (now + connect_timeout).min(before_deadline)
+}
+
 /// Whether an exchange failed on a TLS alert from the upstream.
 ///
 /// Why: in TLS 1.3 the client's handshake is over before the server checks its certificate,
@@ -299,10 +316,22 @@ impl Drop for Slot {
 }
 
 /// What waiting for a connection slot gives: a slot for a new connection, or a pooled one
-/// that came back meanwhile.
+/// that came back meanwhile (with whether it idled long enough to be stale).
 enum Waited {
     Slot(Option<Slot>),
-    Pooled(Sender),
+    Pooled(Sender, bool),
+}
+
+/// What a request waiting for a connection slot may take instead of a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Seek {
+    /// Any pooled connection: an idle HTTP/1 one, or the shared HTTP/2 one.
+    Pooled,
+    /// A new connection, or the shared HTTP/2 one (a retry on a fresh connection, the HTTP/2
+    /// connect): idle HTTP/1 connections are closed to make room.
+    Fresh,
+    /// A connection of its own (a tunnel): idle HTTP/1 connections are closed to make room.
+    Own,
 }
 
 enum Sender {
@@ -430,64 +459,106 @@ impl Pool {
         }
     }
 
-    /// A slot for a new connection, waiting up to `wait` for one to free when the address
-    /// has its `max_connections` open; or, while waiting, a pooled connection that came back
-    /// (`pooled`: a request that can take one). `Busy` when the wait is over.
-    async fn slot(&self, wait: Duration, pooled: bool) -> Result<Waited, SendError> {
+    /// A slot for a new connection when the address has fewer than `max_connections` open;
+    /// else, until `until`, whichever comes first: a slot freed (slots go to waiters in the
+    /// order they asked), or what `seek` may take instead. `Busy` when `until` passes.
+    ///
+    /// Why in order (tokio's semaphore serves its waiters first come, first served): a tunnel
+    /// closed an idle connection to make room, and the slot went to whichever request asked
+    /// next; under steady load tunnels waited out their timeout (found by review; no test
+    /// drives that load).
+    async fn slot(&self, until: tokio::time::Instant, seek: Seek) -> Result<Waited, SendError> {
         let Some(slots) = &self.slots else {
             return Ok(Waited::Slot(None));
         };
-        let deadline = tokio::time::Instant::now() + wait;
+        let slot = |permit| {
+            Waited::Slot(Some(Slot {
+                permit: Some(permit),
+                freed: Arc::clone(&slots.freed),
+            }))
+        };
+        if let Ok(permit) = Arc::clone(&slots.permits).try_acquire_owned() {
+            return Ok(slot(permit));
+        }
+        // One place in the queue for the whole wait.
+        let acquire = Arc::clone(&slots.permits).acquire_owned();
+        tokio::pin!(acquire);
+        let expired = tokio::time::sleep_until(until);
+        tokio::pin!(expired);
         loop {
+            // Registered before looking, so a connection coming back meanwhile wakes it.
             let freed = slots.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Ok(permit) = Arc::clone(&slots.permits).try_acquire_owned() {
-                return Ok(Waited::Slot(Some(Slot {
-                    permit: Some(permit),
-                    freed: Arc::clone(&slots.freed),
-                })));
-            }
-            if pooled {
-                if let Some((sender, _)) = self.checkout() {
-                    match sender {
-                        Sender::H1(mut s) => {
-                            if s.ready().await.is_ok() {
-                                return Ok(Waited::Pooled(Sender::H1(s)));
-                            }
-                        }
-                        h2 => return Ok(Waited::Pooled(h2)),
+            match seek {
+                Seek::Pooled => {
+                    if let Some((sender, stale)) = self.checkout() {
+                        return Ok(Waited::Pooled(sender, stale));
                     }
-                    continue;
                 }
-            } else if let Ok(mut idle) = self.idle.lock()
-                && let Some((s, _)) = idle.pop_front()
-            {
-                // A connection of its own (a tunnel) cannot use a pooled one: closing an idle
-                // one frees its slot.
-                drop(s);
+                Seek::Fresh | Seek::Own => {
+                    if seek == Seek::Fresh
+                        && let Some((s @ Sender::H2(_), _)) = self.checkout_h2()
+                    {
+                        return Ok(Waited::Pooled(s, false));
+                    }
+                    // Closing an idle connection frees its slot (when its task ends).
+                    if let Ok(mut idle) = self.idle.lock() {
+                        drop(idle.pop_front());
+                    }
+                }
             }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return Err(SendError::Busy);
+            tokio::select! {
+                biased;
+                permit = &mut acquire => {
+                    return permit.map(slot).map_err(|_| SendError::Busy);
+                }
+                () = freed.as_mut() => {}
+                () = &mut expired => return Err(SendError::Busy),
             }
         }
     }
 
     /// Sends a request (origin-form URI) and returns the response head with its body. With
     /// `fresh`, a new connection is opened rather than a pooled one taken.
+    ///
+    /// At the address's `max_connections`, the wait for a slot ends before `deadline` (the
+    /// response's) and within `connect_timeout` ([`slot_wait_until`]), then `Busy`; the connect
+    /// has `connect_timeout` of its own.
     pub(super) async fn send(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
         connect_timeout: Duration,
+        deadline: tokio::time::Instant,
         fresh: bool,
     ) -> Result<Response<PooledBody>, Failed> {
-        let (checked_out, stale_prone) = match fresh {
+        // Read only at the cap: no clock read per request otherwise.
+        let until = || slot_wait_until(connect_timeout, deadline);
+        let (mut checked_out, mut stale_prone) = match fresh {
             true => (None, false),
             false => match self.checkout() {
                 Some((s, stale_prone)) => (Some(s), stale_prone),
                 None => (None, false),
             },
         };
+        // At the cap, a pooled connection coming back is taken as one found in the pool
+        // (the stale-connection retry below applies to it), else a slot freed.
+        // Why: one handed over without its head's copy went out with no retry, at the moment
+        // a connection most often turns out closed: 86 of 180 GETs failed (502) under a cap
+        // of 2 where none did without it.
+        // Regression: tests (it) upstreams::max_connections_keeps_the_stale_connection_retry
+        let mut slot = None;
+        if checked_out.is_none()
+            && self.slots.is_some()
+            && !self.speaks_h2.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let seek = if fresh { Seek::Fresh } else { Seek::Pooled };
+            match self.slot(until(), seek).await {
+                Ok(Waited::Pooled(s, stale)) => (checked_out, stale_prone) = (Some(s), stale),
+                Ok(Waited::Slot(s)) => slot = s,
+                Err(e) => return Err(Failed::unsent(e, req)),
+            }
+        }
         // Why: a pooled connection the upstream closed just as the request went out fails
         // after the request was written, and hyper cannot hand it back; a bodiless
         // idempotent request is rebuilt from this copy of its head to go once more. Any
@@ -506,7 +577,7 @@ impl Pool {
         let sender = match checked_out {
             Some(Sender::H1(mut s)) if !s.is_ready() => match s.ready().await {
                 Ok(()) => Sender::H1(s),
-                Err(_) => match self.connect_or_finish(connect_timeout).await {
+                Err(_) => match self.connect_or_finish(connect_timeout, until(), None).await {
                     Ok(s) => s,
                     Err(e) => return Err(Failed::unsent(e, req)),
                 },
@@ -518,14 +589,14 @@ impl Pool {
             // (an upstream's restart, GOAWAY). They now wait for the one being made.
             // Regression: tests (it) upstreams::h2c_upstream_gets_one_connection_under_a_burst
             None if !fresh && self.speaks_h2.load(std::sync::atomic::Ordering::Relaxed) => {
-                match Box::pin(self.h2_connect_once(connect_timeout)).await {
+                match Box::pin(self.h2_connect_once(connect_timeout, until())).await {
                     Ok(s) => s,
                     Err(e) => return Err(Failed::unsent(e, req)),
                 }
             }
             // Boxed: a new connection is rare, and its TLS and HTTP/2 handshake futures are
             // large; inline, every request's future would carry and move them.
-            None => match self.connect_or_finish(connect_timeout).await {
+            None => match self.connect_or_finish(connect_timeout, until(), slot).await {
                 Ok(s) => s,
                 Err(e) => return Err(Failed::unsent(e, req)),
             },
@@ -619,33 +690,45 @@ impl Pool {
     async fn h2_connect_once(
         self: &Arc<Self>,
         connect_timeout: Duration,
+        until: tokio::time::Instant,
     ) -> Result<Sender, SendError> {
         let _one_at_a_time = self.h2_connecting.lock().await;
         if let Some((s @ Sender::H2(_), _)) = self.checkout() {
             return Ok(s);
         }
-        self.connect_or_finish(connect_timeout).await
+        self.connect_or_finish(connect_timeout, until, None).await
     }
 
-    /// Opens a new connection; when the request is dropped first, it still joins the pool.
+    /// Opens a new connection (with `slot`, or one waited for until `until` at the cap);
+    /// when the request is dropped first, it still joins the pool.
     async fn connect_or_finish(
         self: &Arc<Self>,
         connect_timeout: Duration,
+        until: tokio::time::Instant,
+        slot: Option<Slot>,
     ) -> Result<Sender, SendError> {
         Connecting {
-            fut: Some(Box::pin(Arc::clone(self).connect(connect_timeout))),
+            fut: Some(Box::pin(Arc::clone(self).connect(
+                connect_timeout,
+                until,
+                slot,
+            ))),
             pool: Arc::clone(self),
         }
         .await
     }
 
+    /// The shared HTTP/2 connection, when it is open.
+    fn checkout_h2(&self) -> Option<(Sender, bool)> {
+        let h2 = self.h2.lock().ok()?;
+        let s = h2.as_ref().filter(|s| !s.is_closed())?;
+        Some((Sender::H2(s.clone()), false))
+    }
+
     /// A pooled connection, and whether it idled for [`STALE_AFTER`] or more.
     fn checkout(&self) -> Option<(Sender, bool)> {
-        if let Ok(h2) = self.h2.lock()
-            && let Some(s) = h2.as_ref()
-            && !s.is_closed()
-        {
-            return Some((Sender::H2(s.clone()), false));
+        if let Some(h2) = self.checkout_h2() {
+            return Some(h2);
         }
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
@@ -717,10 +800,18 @@ impl Pool {
             .map_err(|_| SendError::ConnectTimeout)?
     }
 
-    async fn connect(self: Arc<Self>, connect_timeout: Duration) -> Result<Sender, SendError> {
-        let slot = match self.slot(connect_timeout, true).await? {
-            Waited::Slot(slot) => slot,
-            Waited::Pooled(sender) => return Ok(sender),
+    async fn connect(
+        self: Arc<Self>,
+        connect_timeout: Duration,
+        until: tokio::time::Instant,
+        slot: Option<Slot>,
+    ) -> Result<Sender, SendError> {
+        let slot = match slot {
+            Some(slot) => Some(slot),
+            None => match self.slot(until, Seek::Fresh).await? {
+                Waited::Slot(slot) => slot,
+                Waited::Pooled(sender, _) => return Ok(sender),
+            },
         };
         let (io, h2) = self.open(connect_timeout).await?;
         if h2 {
@@ -744,6 +835,10 @@ impl Pool {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             if let Ok(mut slot) = self.h2.lock() {
                 *slot = Some(sender.clone());
+            }
+            // Requests waiting for a slot can all take it.
+            if let Some(slots) = &self.slots {
+                slots.freed.notify_waiters();
             }
             Ok(Sender::H2(sender))
         } else {

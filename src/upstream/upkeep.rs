@@ -194,18 +194,24 @@ async fn check_all(b: &Balancer, h: &HealthCheck, u: &Upkeep) {
         let (timeout, connect) = (h.timeout, u.connect_timeout.min(h.timeout));
         checks.spawn(async move {
             let Ok(req) = req else {
-                return (i, false);
+                return (i, Some(false));
             };
+            // Why: a probe waited for a slot like a request, so an endpoint with its
+            // `max_connections` busy failed its checks and left rotation. It does not wait:
+            // finding every slot busy says nothing of the endpoint's health.
+            // Regression: tests (it) upstreams::health_checks_skip_an_endpoint_at_its_connection_cap
+            let now = tokio::time::Instant::now();
             let passed =
-                match tokio::time::timeout(timeout, ep.pool.send(req, connect, false)).await {
-                    Ok(Ok(resp)) => resp.status().is_success(),
-                    _ => false,
+                match tokio::time::timeout(timeout, ep.pool.send(req, connect, now, false)).await {
+                    Ok(Ok(resp)) => Some(resp.status().is_success()),
+                    Ok(Err(f)) if matches!(f.error, super::SendError::Busy) => None,
+                    _ => Some(false),
                 };
             (i, passed)
         });
     }
     while let Some(done) = checks.join_next().await {
-        let Ok((i, passed)) = done else {
+        let Ok((i, Some(passed))) = done else {
             continue;
         };
         if let Some(ep) = eps.get(i) {

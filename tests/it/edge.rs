@@ -1670,3 +1670,77 @@ async fn periodic_recheck_closes_the_tunnel_once_the_delegate_denies() {
         ),
     }
 }
+
+/// An upstream that declines every WebSocket upgrade with a 200 whose chunked body streams
+/// for `secs` seconds (the upgrade ignored), one request per connection.
+async fn declining_upstream(secs: u64) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await;
+                for _ in 0..secs * 10 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if conn.write_all(b"1\r\nx\r\n").await.is_err() {
+                        return;
+                    }
+                }
+                let _ = conn.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    addr
+}
+
+/// The status line of an upgrade request sent through the gateway on a connection kept open
+/// (returned with it, so its answer's body may go on streaming).
+async fn upgrade_status(gw: &TestGateway, auth: &str) -> (String, TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let req = format!(
+        "GET /ws/room HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    (text, tcp)
+}
+
+/// A declined upgrade's answer holds its connection's slot while its body streams: a second
+/// upgrade past a cap of one is refused (503 `upstream_busy`). The slot went with the
+/// answer's head, and any number of such answers streamed at once past the cap.
+#[tokio::test]
+async fn a_declined_upgrade_keeps_its_connection_slot_while_its_body_streams() {
+    let addr = declining_upstream(3).await;
+    let ws = WsEcho::start().await;
+    let gw = Setup {
+        upstreams: format!(
+            "  ws:\n    url: http://{addr}\n    max_connections: 1\n    connect_timeout: 300ms\n"
+        ),
+        ..ws_setup(&ws, "")
+    }
+    .start()
+    .await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let (first, _streaming) = upgrade_status(&gw, &auth).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let (second, _) = upgrade_status(&gw, &auth).await;
+    assert!(second.starts_with("HTTP/1.1 503"), "{second}");
+    assert!(second.contains("upstream_busy"), "{second}");
+}

@@ -1151,6 +1151,96 @@ async fn max_connections_busy_past_the_connect_timeout_is_503() {
     assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
+/// At the cap, a request handed a connection that came back is still retried when the
+/// upstream closes it as the request goes out: six GETs at once over one connection to an
+/// upstream that answers once per connection all get 200. Handed over without its head's
+/// copy, every GET after the first failed (502).
+#[tokio::test]
+async fn max_connections_keeps_the_stale_connection_retry() {
+    let up = ClosingUpstream::start().await;
+    let gw = Setup {
+        upstreams: format!(
+            "  closing:\n    url: http://{}\n    max_connections: 1\n    connect_timeout: 5s\n",
+            up.addr
+        ),
+        policies: route_all_to("closing"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    all_answered_at_once(gw.addr(), (0..6).map(|i| format!("/r{i}"))).await;
+}
+
+/// A policy with `/slow/**` allowed 10 s for its answer and everything else 1 s, over
+/// upstream `capped` with `upstream_extra` (lines indented four spaces).
+async fn capped_gateway(addr: SocketAddr, upstream_extra: &str) -> crate::support::TestGateway {
+    Setup {
+        upstreams: format!("  capped:\n    url: http://{addr}\n    max_connections: 1\n{upstream_extra}"),
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - name: slow\n    match: {paths: [\"/slow\"]}\n    effect: allow\n    anonymous: true\n    upstream: capped\n    timeouts: {response: 10s}\n  - name: rest\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: capped\n    timeouts: {response: 1s}\n".into(),
+        )],
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+/// A wait for a slot ends before the response deadline: 503 `upstream_busy`, the endpoint
+/// kept in rotation. Reaching the deadline, it was 504 `upstream_timeout` and an ejection.
+#[tokio::test]
+async fn max_connections_wait_ends_before_the_response_deadline() {
+    let (addr, _) = counting_upstream().await;
+    let gw = capped_gateway(
+        addr,
+        "    connect_timeout: 3s\n    ejection: {consecutive_failures: 1, base_time: 30s, max_time: 30s}\n",
+    )
+    .await;
+    let gw_addr = gw.addr();
+    let slow = tokio::spawn(async move { get(gw_addr, "/slow").await.0 });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(gw.addr(), "/x").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("upstream_busy"),
+        "{body:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        get(gw.addr(), "/y").await.0,
+        StatusCode::OK,
+        "the endpoint was ejected"
+    );
+}
+
+/// Health checks do not wait for a slot: an endpoint whose connections are all busy is not
+/// failed for it. (Probes waited like requests and timed out: the endpoint left rotation.)
+#[tokio::test]
+async fn health_checks_skip_an_endpoint_at_its_connection_cap() {
+    let (addr, _) = counting_upstream().await;
+    let gw = capped_gateway(
+        addr,
+        "    health_check: {path: /health, interval: 100ms, timeout: 400ms, healthy_threshold: 1, unhealthy_threshold: 2}\n",
+    )
+    .await;
+    let gw_addr = gw.addr();
+    let slow = tokio::spawn(async move { get(gw_addr, "/slow").await.0 });
+    // Several probe intervals while the one connection is busy.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let line = format!(
+        "portcullis_upstream_endpoint_healthy{{upstream=\"capped\",endpoint=\"{addr}\"}} 1"
+    );
+    assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+}
+
 /// A TCP relay on 127.0.0.1 to `to` that, once its flag is set, passes no more bytes either
 /// way and keeps both connections open: a peer gone without a FIN (a dropped NAT entry, a
 /// host powered off).

@@ -8,7 +8,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use super::{Pool, PooledBody, SendError, Slot, UPSTREAM_READ_BUF};
+use std::sync::Arc;
+
+use super::{Pool, PooledBody, Seek, SendError, Slot, UPSTREAM_READ_BUF, Waited};
 use crate::upstream::UpstreamBody;
 
 impl Pool {
@@ -19,26 +21,43 @@ impl Pool {
         mut req: Request<UpstreamBody>,
         connect_timeout: std::time::Duration,
     ) -> Result<(Response<Incoming>, Option<Slot>), SendError> {
-        let slot = match self.slot(connect_timeout, false).await? {
-            super::Waited::Slot(slot) => slot,
+        // An upgrade is HTTP/1.1's: an upstream that speaks HTTP/2 cannot take it (known
+        // before waiting for a slot, when it is).
+        let speaks_h2 = || {
+            SendError::Connect(std::io::Error::other(
+                "the upstream speaks HTTP/2; an upgrade needs HTTP/1.1",
+            ))
+        };
+        if self.speaks_h2.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(speaks_h2());
+        }
+        let until = tokio::time::Instant::now() + connect_timeout;
+        let slot = match self.slot(until, Seek::Own).await? {
+            Waited::Slot(slot) => slot,
             // Never: a tunnel takes no pooled connection.
-            super::Waited::Pooled(_) => return Err(SendError::Busy),
+            Waited::Pooled(..) => return Err(SendError::Busy),
         };
         let (io, h2) = self.open(connect_timeout).await?;
-        // An upgrade is HTTP/1.1's: an upstream that speaks HTTP/2 cannot take it.
         if h2 {
-            return Err(SendError::Connect(std::io::Error::other(
-                "the upstream speaks HTTP/2; an upgrade needs HTTP/1.1",
-            )));
+            return Err(speaks_h2());
         }
         let (mut sender, conn) = http1::Builder::new()
             .max_buf_size(UPSTREAM_READ_BUF)
             .handshake(TokioIo::new(io))
             .await
             .map_err(SendError::Http)?;
-        // The connection's task ends at the `101`, handing the stream to the tunnel: the slot
-        // goes with the tunnel (in `Counted`), not with the task.
-        tokio::spawn(conn.with_upgrades());
+        // The connection's task ends at the `101`, handing the stream over: the slot then goes
+        // with the tunnel (in `Counted`). A declined upgrade's answer streams its body on the
+        // connection, whose task keeps the slot until it ends.
+        // Why: the slot went with the answer's head, so declined upgrades with long bodies
+        // opened connections past the cap. Regression: tests (it)
+        // edge::a_declined_upgrade_keeps_its_connection_slot_while_its_body_streams
+        let held = Arc::new(std::sync::Mutex::new(slot));
+        let task_holds = Arc::clone(&held);
+        tokio::spawn(async move {
+            let _slot = task_holds;
+            let _ = conn.with_upgrades().await;
+        });
         *req.version_mut() = http::Version::HTTP_11;
         let mut resp = sender.send_request(req).await.map_err(SendError::Http)?;
         // Why: a declined upgrade (400, 426) is an ordinary answer, and was relayed unchecked:
@@ -49,6 +68,10 @@ impl Pool {
             super::check_status(resp.status()).map_err(|f| f.error)?;
             super::check_framing(resp.headers_mut()).map_err(|f| f.error)?;
         }
+        let slot = match resp.status() {
+            http::StatusCode::SWITCHING_PROTOCOLS => held.lock().ok().and_then(|mut s| s.take()),
+            _ => None,
+        };
         Ok((resp, slot))
     }
 }
