@@ -553,7 +553,8 @@ impl Pool {
             && !self.speaks_h2.load(std::sync::atomic::Ordering::Relaxed)
         {
             let seek = if fresh { Seek::Fresh } else { Seek::Pooled };
-            match self.slot(until(), seek).await {
+            // Boxed: only at the cap; inline, every request's future would carry the wait.
+            match Box::pin(self.slot(until(), seek)).await {
                 Ok(Waited::Pooled(s, stale)) => (checked_out, stale_prone) = (Some(s), stale),
                 Ok(Waited::Slot(s)) => slot = s,
                 Err(e) => return Err(Failed::unsent(e, req)),
@@ -700,19 +701,24 @@ impl Pool {
     }
 
     /// Opens a new connection (with `slot`, or one waited for until `until` at the cap);
-    /// when the request is dropped first, it still joins the pool.
+    /// when the request is dropped once the connect began, it still joins the pool.
     async fn connect_or_finish(
         self: &Arc<Self>,
         connect_timeout: Duration,
         until: tokio::time::Instant,
         slot: Option<Slot>,
     ) -> Result<Sender, SendError> {
+        // Why here, not in the background part: a request dropped while it waited for a slot
+        // went on waiting, then opened a connection nobody had asked for.
+        let slot = match slot {
+            Some(slot) => Some(slot),
+            None => match Box::pin(self.slot(until, Seek::Fresh)).await? {
+                Waited::Slot(slot) => slot,
+                Waited::Pooled(sender, _) => return Ok(sender),
+            },
+        };
         Connecting {
-            fut: Some(Box::pin(Arc::clone(self).connect(
-                connect_timeout,
-                until,
-                slot,
-            ))),
+            fut: Some(Box::pin(Arc::clone(self).connect(connect_timeout, slot))),
             pool: Arc::clone(self),
         }
         .await
@@ -800,19 +806,12 @@ impl Pool {
             .map_err(|_| SendError::ConnectTimeout)?
     }
 
+    /// A new connection, holding `slot` (at the cap) while it lives.
     async fn connect(
         self: Arc<Self>,
         connect_timeout: Duration,
-        until: tokio::time::Instant,
         slot: Option<Slot>,
     ) -> Result<Sender, SendError> {
-        let slot = match slot {
-            Some(slot) => Some(slot),
-            None => match self.slot(until, Seek::Fresh).await? {
-                Waited::Slot(slot) => slot,
-                Waited::Pooled(sender, _) => return Ok(sender),
-            },
-        };
         let (io, h2) = self.open(connect_timeout).await?;
         if h2 {
             let mut builder = http2::Builder::new(TokioExecutor::new());
