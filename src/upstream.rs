@@ -336,9 +336,7 @@ impl Upstream {
         let verdict = match &result {
             Ok((resp, _)) if resp.status().is_server_error() => Verdict::Failure,
             Ok(_) => Verdict::Success,
-            Err(SendError::Http(e)) if e.is_user() => Verdict::Neutral,
-            Err(SendError::Busy) => Verdict::Neutral,
-            Err(_) => Verdict::Failure,
+            Err(e) => error_verdict(e),
         };
         b.record(&ep, verdict, &self.name);
         // The tunnel keeps its connection's slot (`max_connections`) with its count.
@@ -484,17 +482,18 @@ fn verdict(result: &Result<Response<PooledBody>, Failed>) -> Verdict {
     match result {
         Ok(resp) if resp.status().is_server_error() => Verdict::Failure,
         Ok(_) => Verdict::Success,
+        Err(f) => error_verdict(&f.error),
+    }
+}
+
+/// What a failed exchange says about its endpoint.
+fn error_verdict(e: &SendError) -> Verdict {
+    match e {
         // The client's body failing says nothing about the endpoint.
-        Err(Failed {
-            error: SendError::Http(e),
-            ..
-        }) if e.is_user() => Verdict::Neutral,
+        SendError::Http(e) if e.is_user() => Verdict::Neutral,
         // Its own connection cap: the endpoint is busy, not failing.
-        Err(Failed {
-            error: SendError::Busy,
-            ..
-        }) => Verdict::Neutral,
-        Err(_) => Verdict::Failure,
+        SendError::Busy => Verdict::Neutral,
+        _ => Verdict::Failure,
     }
 }
 

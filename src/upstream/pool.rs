@@ -82,8 +82,8 @@ pub enum SendError {
     /// No response head within the response timeout.
     #[error("no response in time")]
     Timeout,
-    /// The endpoint has its `max_connections` open, and none came free within the connect
-    /// timeout.
+    /// The endpoint has its `max_connections` open, and none came free in time (the connect
+    /// timeout, or before the response deadline).
     #[error("every connection the endpoint may have is busy")]
     Busy,
 }

@@ -204,8 +204,10 @@ pub struct RawUpstream {
     #[serde(default)]
     pub http2_keepalive: Option<RawHttp2Keepalive>,
     /// The most connections open to each endpoint at once (busy, pooled and WebSocket
-    /// tunnels). A request finding them all busy waits up to `connect_timeout` for one to
-    /// come back or close, then gets 503 `upstream_busy`. Unlimited by default.
+    /// tunnels), from 1 to 1,000,000. A request finding them all busy waits up to
+    /// `connect_timeout` (and never up to its response timeout) for one to come back or
+    /// close, then another endpoint is tried, then it gets 503 `upstream_busy`. Unlimited by
+    /// default.
     #[serde(default)]
     pub max_connections: Option<usize>,
     /// Idle keep-alive connections kept per endpoint.

@@ -3,12 +3,12 @@
 //! raw stream over. Kept apart from the pooled exchanges: a tunnel holds its connection for
 //! as long as it lives.
 
+use std::sync::Arc;
+
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-
-use std::sync::Arc;
 
 use super::{Pool, PooledBody, Seek, SendError, Slot, UPSTREAM_READ_BUF, Waited};
 use crate::upstream::UpstreamBody;
