@@ -660,12 +660,17 @@ pub fn common(settings: &DoorSettings) -> Option<&DecisionDoor> {
 /// rate-limit bucket, networks and trusted-header rules met by all).
 /// Regression: tests (it) doors::client_address_at_the_http_doors, tests::vouched_hops
 pub fn vouched_hop(headers: &mut HeaderMap) -> Result<IpAddr, Undescribed> {
+    fn text(v: &HeaderValue) -> Result<&str, Undescribed> {
+        v.to_str().map_err(|_| Undescribed("invalid_forwarded_for"))
+    }
+    // One hash and probe for the read and the rewrite.
+    // (`try_entry` fails only for a map past http's size limit, which hyper never builds.)
+    let Ok(http::header::Entry::Occupied(mut entry)) = headers.try_entry(XFF) else {
+        return Err(Undescribed("missing_client_address"));
+    };
     let (hop, kept) = {
-        fn text(v: &HeaderValue) -> Result<&str, Undescribed> {
-            v.to_str().map_err(|_| Undescribed("invalid_forwarded_for"))
-        }
         // One value (what a peer sends) is read in place; several are joined first.
-        let mut values = headers.get_all(XFF).iter();
+        let mut values = entry.iter();
         let chain: std::borrow::Cow<'_, str> = match (values.next(), values.next()) {
             (None, _) => "".into(),
             (Some(v), None) => text(v)?.into(),
@@ -698,10 +703,10 @@ pub fn vouched_hop(headers: &mut HeaderMap) -> Result<IpAddr, Undescribed> {
     };
     match kept {
         Some(v) => {
-            headers.insert(XFF, v);
+            entry.insert(v);
         }
         None => {
-            headers.remove(XFF);
+            entry.remove();
         }
     }
     Ok(hop)
@@ -761,24 +766,30 @@ pub fn removal_list(m: &HeaderMutation) -> Option<HeaderValue> {
     if variable.clone().next().is_none() {
         return fixed.cloned();
     }
-    // Sized once and handed over, not copied.
-    let len = variable
-        .clone()
-        .map(|n| n.as_str().len() + 1)
-        .sum::<usize>()
-        + fixed.map_or(0, HeaderValue::len);
-    let mut text = Vec::with_capacity(len);
-    for n in variable {
-        if !text.is_empty() {
-            text.push(b',');
+    let join = || {
+        // Sized once and handed over, not copied.
+        let len = variable
+            .clone()
+            .map(|n| n.as_str().len() + 1)
+            .sum::<usize>()
+            + fixed.map_or(0, HeaderValue::len);
+        let mut text = Vec::with_capacity(len);
+        for n in variable.clone() {
+            if !text.is_empty() {
+                text.push(b',');
+            }
+            text.extend_from_slice(n.as_str().as_bytes());
         }
-        text.extend_from_slice(n.as_str().as_bytes());
+        if let Some(f) = fixed {
+            text.push(b',');
+            text.extend_from_slice(f.as_bytes());
+        }
+        HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
+    };
+    match (m.removed_fixed(), fixed) {
+        (Some(list), Some(_)) => list.joined_after(variable.clone(), join),
+        _ => join(),
     }
-    if let Some(f) = fixed {
-        text.push(b',');
-        text.extend_from_slice(f.as_bytes());
-    }
-    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 /// Carries the real status when a door maps it for its peer.

@@ -178,44 +178,34 @@ impl HttpDoor for ForwardAuth {
             DoorSettings::ForwardAuth { headers, .. } => &**headers,
             _ => &*USUAL,
         };
-        let h = &parts.headers;
-        // Which of the method's and target's names the request carried, for their removal
-        // below (removing an absent name still costs a lookup).
-        let mut present = [false; 4];
-        let (method_present, uri_present) = present.split_at_mut(2);
+        // The method's and target's headers leave the request as they are read (one hash and
+        // probe for each, where a read and a removal took two): the described request is the
+        // client's, without its description.
+        let mut headers = std::mem::take(&mut parts.headers);
         // Why: the subrequest's own method and host are the peer's, not the client's; a
         // DELETE judged by GET-only allow rules, or a request for a `hosts:`-scoped deny rule
         // judged under the door's own host, passed. Regression: tests (it)
         // doors::forward_auth_bad_descriptions (missing_original_method, missing_original_host)
-        let method = one_of(h, &names.method, "ambiguous_method", method_present)?
+        let method = take_one_of(&mut headers, &names.method, "ambiguous_method")?
             .ok_or(Undescribed("missing_original_method"))?;
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|_| Undescribed("invalid_original_method"))?;
-        // `one_of` checked that each value is visible text.
-        let target = one_of(h, &names.uri, "ambiguous_uri", uri_present)?
-            .and_then(|v| v.to_str().ok())
+        // `take_one_of` checked that each value is visible text.
+        let target = take_one_of(&mut headers, &names.uri, "ambiguous_uri")?
             .ok_or(Undescribed("missing_original_uri"))?;
+        let target = target.to_str().unwrap_or_default();
         // Why: an absolute or empty target would be read differently by the peer's upstream
         // than by the rules. Regression: tests (it) doors::forward_auth_bad_descriptions
         if !target.starts_with('/') {
             return Err(Undescribed("invalid_original_uri"));
         }
+        let target = target.to_owned();
         // Kept as the peer sent it (a reference count, no copy): the `Host` it replaces below.
-        let host = one_of(h, &names.host, "ambiguous_host", &mut [])?
+        let host = one_of(&headers, &names.host, "ambiguous_host")?
             .cloned()
             .ok_or(Undescribed("missing_original_host"))?;
-        let scheme = door::scheme_in(h, &names.proto)?;
+        let scheme = door::scheme_in(&headers, &names.proto)?;
         let authority = host.to_str().unwrap_or_default().to_owned();
-        let target = target.to_owned();
-        let mut headers = std::mem::take(&mut parts.headers);
-        // Fail closed: a name without a place in `present` is removed as if it were there.
-        for (names, present) in [(&names.method, &present[..2]), (&names.uri, &present[2..])] {
-            for (i, name) in names.iter().enumerate() {
-                if present.get(i) != Some(&false) {
-                    headers.remove(name);
-                }
-            }
-        }
         // Why: the subrequest's own `Host` is the door's (Traefik, APISIX and the Kong plugin
         // send it), and a rule or delegate reading `request.headers['host']` judged the door's
         // host, not the client's. The described host replaces it, as the proxy door reads the
@@ -252,23 +242,50 @@ impl HttpDoor for ForwardAuth {
 }
 
 /// The value of the first of `names` present (at most one value each; equal when several are
-/// present); `present[i]` (where there is one) says whether `names[i]` was.
+/// present).
 fn one_of<'h>(
     h: &'h HeaderMap,
     names: &[HeaderName],
     ambiguous: &'static str,
-    present: &mut [bool],
 ) -> Result<Option<&'h HeaderValue>, Undescribed> {
     let mut found: Option<&HeaderValue> = None;
-    for (i, name) in names.iter().enumerate() {
-        let value = door::single_value(h, name)?;
-        if let Some(p) = present.get_mut(i) {
-            *p = value.is_some();
-        }
-        match (found, value) {
+    for name in names {
+        match (found, door::single_value(h, name)?) {
             (Some(a), Some(b)) if a != b => return Err(Undescribed(ambiguous)),
             (None, Some(b)) => found = Some(b),
             _ => {}
+        }
+    }
+    Ok(found)
+}
+
+/// [`one_of`], each of `names` present taken out of `h` as it is read.
+fn take_one_of(
+    h: &mut HeaderMap,
+    names: &[HeaderName],
+    ambiguous: &'static str,
+) -> Result<Option<HeaderValue>, Undescribed> {
+    let mut found: Option<HeaderValue> = None;
+    for name in names {
+        // `try_entry` fails only for a map past http's size limit, which hyper never builds:
+        // refused rather than read.
+        let Ok(entry) = h.try_entry(name) else {
+            return Err(Undescribed("repeated_description_header"));
+        };
+        let http::header::Entry::Occupied(entry) = entry else {
+            continue;
+        };
+        if entry.iter().nth(1).is_some() {
+            return Err(Undescribed("repeated_description_header"));
+        }
+        let value = entry.remove();
+        if value.to_str().is_err() {
+            return Err(Undescribed("invalid_description_header"));
+        }
+        match &found {
+            Some(a) if *a != value => return Err(Undescribed(ambiguous)),
+            Some(_) => {}
+            None => found = Some(value),
         }
     }
     Ok(found)

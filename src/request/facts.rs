@@ -539,7 +539,8 @@ fn authority_of(parts: &Parts) -> Result<Option<&str>, FactsError> {
 
 /// Splits and normalises `host[:port]` / `[v6]:port`.
 pub fn parse_host(raw: &str) -> Result<(Cow<'_, str>, Option<u16>), FactsError> {
-    if raw.is_empty() || raw.contains('@') {
+    // Byte searches: `str`'s char patterns cost a tenth of a door's facts per request.
+    if raw.is_empty() || raw.as_bytes().contains(&b'@') {
         return Err(FactsError::InvalidHost);
     }
     let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
@@ -552,8 +553,9 @@ pub fn parse_host(raw: &str) -> Result<(Cow<'_, str>, Option<u16>), FactsError> 
         };
         (&raw[..v6.len() + 2], port)
     } else {
-        match raw.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
+        // `:` is ASCII: the slices split at it are on char boundaries.
+        match raw.bytes().rposition(|b| b == b':') {
+            Some(i) => (&raw[..i], Some(&raw[i + 1..])),
             None => (raw, None),
         }
     };
