@@ -263,6 +263,17 @@ mod tests {
         identity: bool,
     ) -> HeaderMutation {
         let (snap, _dir) = snapshot();
+        mutation_in(&snap, door, peer, headers, strip, identity)
+    }
+
+    fn mutation_in(
+        snap: &Snapshot,
+        door: Door,
+        peer: &str,
+        headers: &[(&str, &str)],
+        strip: bool,
+        identity: bool,
+    ) -> HeaderMutation {
         let mut req = http::Request::get("/x").header("host", "h");
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -280,7 +291,7 @@ mod tests {
         } else {
             Vec::new()
         };
-        HeaderMutation::compute(&snap, &facts, authenticator, set)
+        HeaderMutation::compute(snap, &facts, authenticator, set)
     }
 
     #[test]
@@ -445,6 +456,36 @@ mod tests {
                         assert_eq!(got, expected.join(","), "{door:?} {peer} {identity}");
                     }
                 }
+            }
+        }
+    }
+
+    /// The list remembered after the last answer's variable names ([`DoorList::joined_after`])
+    /// is handed over only for the same names: answers with different ones, in turns, from one
+    /// snapshot, each get their own.
+    #[test]
+    fn a_remembered_list_is_only_reused_for_the_same_names() {
+        let (snap, _dir) = snapshot();
+        let cases: [(&[(&str, &str)], bool); 4] = [
+            (&[("authorization", "Bearer t")], true),
+            (&[("x-original-url", "/admin"), ("x_user_id", "root")], true),
+            (&[], false),
+            (&[("x_user_id", "root")], false),
+        ];
+        for round in 0..3 {
+            for (headers, strip) in cases.iter().chain(cases.iter().rev()) {
+                let m = mutation_in(
+                    &snap,
+                    Door::ForwardAuth,
+                    "192.0.2.1:1",
+                    headers,
+                    *strip,
+                    true,
+                );
+                let expected: Vec<&str> = m.removed().map(HeaderName::as_str).collect();
+                let joined = crate::door::removal_list(&m);
+                let got = joined.as_ref().map_or("", |v| v.to_str().unwrap());
+                assert_eq!(got, expected.join(","), "round {round}: {headers:?}");
             }
         }
     }
