@@ -74,8 +74,98 @@ pub struct CheckService {
     index: usize,
 }
 
-/// Largest Check (or health) message decoded.
+/// Largest Check (or health) message decoded from a refused peer (whose message is skipped)
+/// or for the health service.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// What a Check message may hold besides the described request's head and body: addresses,
+/// certificates, context extensions, metadata.
+const CHECK_OVERHEAD_BYTES: usize = 256 << 10;
+
+/// The largest Check message taken: the largest request the proxy door takes (head, target
+/// and body, which Envoy's `with_request_body` may send), plus [`CHECK_OVERHEAD_BYTES`].
+fn check_limit(snapshot: &Snapshot) -> usize {
+    let s = &snapshot.server;
+    usize::try_from(s.max_body_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(s.max_header_bytes)
+        .saturating_add(s.max_target_bytes)
+        .saturating_add(CHECK_OVERHEAD_BYTES)
+}
+
+/// When the Check's call started (its deadline counts from there, the message's reading
+/// included).
+#[derive(Debug, Clone, Copy)]
+struct Started(Instant);
+
+/// Why a Check's message was not handed to the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unread {
+    /// Longer than [`check_limit`]: 413 `check_too_large`.
+    TooLarge,
+    /// Not one whole uncompressed gRPC message (none, truncated, two, compressed, a broken
+    /// stream): 400 `invalid_check_request`.
+    Malformed,
+    /// Not all there by the door's deadline: 408 `check_timeout`.
+    Late,
+}
+
+impl Unread {
+    fn refusal(self, request_id: &HeaderValue) -> Refusal {
+        let (status, reason) = match self {
+            Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "check_too_large"),
+            Self::Malformed => (StatusCode::BAD_REQUEST, "invalid_check_request"),
+            Self::Late => (StatusCode::REQUEST_TIMEOUT, "check_timeout"),
+        };
+        Refusal::error(status, reason, request_id)
+    }
+}
+
+/// A Check's one message, framed (the 5-byte prefix and the message), read whole before the
+/// decoder sees it: at most `limit` bytes of message, by `due`.
+///
+/// Why read here rather than by tonic: tonic fails the call (`OUT_OF_RANGE`, `INTERNAL`,
+/// `UNIMPLEMENTED`) on a message over its limit, a truncated or missing one, or a compressed
+/// one, and waits for a stalled one without end; Envoy's `failure_mode_allow: true` turns a
+/// failed call into an allow, so a client whose body pushed the message past 1 MiB was let
+/// through. Each of these is now a denial. Regression: tests (it)
+/// grpc::an_unreadable_check_message_is_denied_not_failed
+async fn read_check(
+    mut body: Incoming,
+    limit: usize,
+    due: tokio::time::Instant,
+) -> Result<bytes::Bytes, Unread> {
+    use http_body_util::BodyExt as _;
+    let read = async {
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| Unread::Malformed)?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit.saturating_add(5) {
+                    return Err(Unread::TooLarge);
+                }
+                buf.extend_from_slice(&data);
+                // An announced length past the limit is refused before the rest arrives.
+                if let [_, a, b, c, d, ..] = buf[..]
+                    && u32::from_be_bytes([a, b, c, d]) as usize > limit
+                {
+                    return Err(Unread::TooLarge);
+                }
+            }
+        }
+        Ok(buf.freeze())
+    };
+    let framed = tokio::time::timeout_at(due, read)
+        .await
+        .map_err(|_| Unread::Late)??;
+    // One uncompressed message, exactly as long as its prefix says.
+    match framed[..] {
+        [0, a, b, c, d, ..] if u32::from_be_bytes([a, b, c, d]) as usize == framed.len() - 5 => {
+            Ok(framed)
+        }
+        _ => Err(Unread::Malformed),
+    }
+}
 
 /// The gRPC door's [`crate::server::listener::Handler`]: `Check` and the health service,
 /// routed by path.
@@ -170,13 +260,15 @@ impl crate::server::listener::Handler for GrpcHandler {
                     // message says: its body is dropped unread, and the codec is handed one
                     // empty message in its place.
                     // Regression: tests (it) grpc::a_refused_peers_message_is_never_read
-                    let (parts, _unread) = req.into_parts();
-                    let empty = http_body_util::Full::new(bytes::Bytes::from_static(&[0; 5]));
+                    let (mut parts, _unread) = req.into_parts();
+                    // (An encoding named for the unread message would make tonic refuse the
+                    // call: a failed call.)
+                    parts.headers.remove("grpc-encoding");
                     tonic::server::Grpc::new(SkipCodec)
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
                         .unary(
                             Refused(Some(refusal)),
-                            http::Request::from_parts(parts, empty),
+                            http::Request::from_parts(parts, empty_message()),
                         )
                         .await
                 } else {
@@ -186,14 +278,42 @@ impl crate::server::listener::Handler for GrpcHandler {
             }
             let resp = match (check, health) {
                 (Some(check), _) => {
-                    // A Check request is a request head (and at most the part of its body
-                    // Envoy's `with_request_body` sends, which the door does not read): 1 MiB,
-                    // not tonic's 4 MiB default, is what a message may take before it is
-                    // refused.
-                    tonic::server::Grpc::new(CheckCodec)
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                        .unary(check, req)
-                        .await
+                    let start = Instant::now();
+                    let (mut parts, body) = req.into_parts();
+                    // The message was checked to be uncompressed: an encoding named for it
+                    // would make tonic refuse the call unread.
+                    parts.headers.remove("grpc-encoding");
+                    let (limit, due) = {
+                        let snapshot = check.shared.current.load();
+                        let settings = snapshot
+                            .listener(check.index)
+                            .map_or(&DoorSettings::Proxy, |l| &l.door);
+                        (check_limit(&snapshot), door::deadline(start, settings))
+                    };
+                    match read_check(body, limit, due).await {
+                        Ok(framed) => {
+                            parts.extensions.insert(Started(start));
+                            tonic::server::Grpc::new(CheckCodec)
+                                .max_decoding_message_size(limit)
+                                .unary(
+                                    check,
+                                    http::Request::from_parts(
+                                        parts,
+                                        http_body_util::Full::new(framed),
+                                    ),
+                                )
+                                .await
+                        }
+                        Err(unread) => {
+                            let refusal = check.unread(&parts, unread, start);
+                            tonic::server::Grpc::new(SkipCodec)
+                                .unary(
+                                    Refused(Some(refusal)),
+                                    http::Request::from_parts(parts, empty_message()),
+                                )
+                                .await
+                        }
+                    }
                 }
                 (None, Some(mut health)) => match health.call(req).await {
                     Ok(resp) => resp,
@@ -204,6 +324,11 @@ impl crate::server::listener::Handler for GrpcHandler {
             resp.map(crate::body::grpc)
         })
     }
+}
+
+/// One empty gRPC message: what the codec of a Check whose message is not read is handed.
+fn empty_message() -> http_body_util::Full<bytes::Bytes> {
+    http_body_util::Full::new(bytes::Bytes::from_static(&[0; 5]))
 }
 
 /// A Check's message as decoded: the request, or bytes that are not one.
@@ -335,7 +460,10 @@ impl CheckService {
         &self,
         request: tonic::Request<Decoded>,
     ) -> Result<tonic::Response<Answer>, tonic::Status> {
-        let start = Instant::now();
+        let start = request
+            .extensions()
+            .get::<Started>()
+            .map_or_else(Instant::now, |s| s.0);
         let snapshot = self.shared.current.load_full();
         let Some(conn) = request.extensions().get::<Arc<Conn>>().cloned() else {
             return Err(tonic::Status::internal("no connection"));
@@ -368,6 +496,28 @@ impl CheckService {
         let at = (Door::EnvoyGrpc, &*conn.info.listener);
         record.account(&snapshot, &self.shared, at, start, &request_id, status);
         answer.map(tonic::Response::new)
+    }
+
+    /// The refusal of a Check whose message was not read whole ([`read_check`]), accounted.
+    fn unread(&self, parts: &http::request::Parts, unread: Unread, start: Instant) -> Refusal {
+        let snapshot = self.shared.current.load_full();
+        let request_id = crate::server::request_id::take_or_generate(
+            &HeaderMap::new(),
+            &snapshot.server.request_id_header,
+        );
+        let refusal = unread.refusal(&request_id);
+        let peer = parts
+            .extensions
+            .get::<Arc<Conn>>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.info.peer.ip());
+        let mut record = Record::new(peer);
+        record.failed(&self.shared, refusal.code);
+        if let Some(conn) = parts.extensions.get::<Arc<Conn>>() {
+            let at = (Door::EnvoyGrpc, &*conn.info.listener);
+            let status = refusal.status.as_u16();
+            record.account(&snapshot, &self.shared, at, start, &request_id, status);
+        }
+        refusal
     }
 
     /// The answer to bytes that are not a `CheckRequest`, from an admitted peer: 400

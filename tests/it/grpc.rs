@@ -1131,3 +1131,197 @@ async fn envoys_own_fields_do_not_count_against_max_headers() {
     assert_eq!(status, 431, "{resp:?}");
     assert!(body.contains("headers_too_many"), "{body}");
 }
+
+/// Sends `body` (written in `chunks` pieces) as a Check call's request body over a raw
+/// HTTP/2 stream with `headers` added, the stream ended after it unless `open`; the call's
+/// `grpc-status` and its `CheckResponse` (when it has one), within 5 s.
+async fn h2_check(
+    gw: &TestGateway,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    open: bool,
+) -> (String, Option<CheckResponse>) {
+    let addr = gw.addr_of("grpc");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let mut req = http::Request::post(format!(
+        "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (resp, mut stream) = send.send_request(req.body(()).unwrap(), false).unwrap();
+    stream.send_data(bytes::Bytes::from(body), !open).unwrap();
+    let five = std::time::Duration::from_secs(5);
+    let resp = tokio::time::timeout(five, resp)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let grpc_status = resp
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(five, body.data())
+        .await
+        .expect("the answer ends")
+    {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    let status = match grpc_status {
+        Some(s) => s,
+        None => tokio::time::timeout(five, body.trailers())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("trailers")["grpc-status"]
+            .to_str()
+            .unwrap()
+            .to_owned(),
+    };
+    conn.abort();
+    let message = (got.len() > 5).then(|| prost::Message::decode(&got[5..]).unwrap());
+    (status, message)
+}
+
+/// A message framed as gRPC sends it: uncompressed, its length first.
+fn framed(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// A Check for the anonymous `/open/x` carrying a request body of `len` bytes (Envoy's
+/// `with_request_body`).
+fn check_with_body(len: usize) -> Vec<u8> {
+    use prost::Message as _;
+    let mut c = check("/open/x", "198.51.100.9", &[]);
+    if let Some(h) = c
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        h.body = "a".repeat(len);
+    }
+    c.encode_to_vec()
+}
+
+/// Regression: tonic failed the call on a Check message over 1 MiB (`OUT_OF_RANGE`), an
+/// empty or truncated one (`INTERNAL`), a compressed one (`UNIMPLEMENTED`), and never
+/// answered one that stalled; Envoy's `failure_mode_allow: true` turns a failed call into an
+/// allow, so a client whose body (`with_request_body`) pushed the Check past 1 MiB was let
+/// through. Each is now a denial, within the door's timeout; a Check as large as the largest
+/// request the proxy takes is decided like any other.
+#[tokio::test]
+async fn an_unreadable_check_message_is_denied_not_failed() {
+    let gw = Setup {
+        listeners:
+            "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {timeout: 1s}}\n"
+                .into(),
+        server: "  max_body_bytes: 65536\n".into(),
+        policies: vec![("10-p.yaml".into(), POLICY.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: crate::support::hs256_users("{}"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let ok = framed(&check_with_body(10));
+    let mut two = ok.clone();
+    two.extend_from_slice(&ok);
+    let mut compressed = ok.clone();
+    compressed[0] = 1;
+    let stalled = ok[..ok.len() - 3].to_vec();
+    /// What is sent (headers, body, the stream left open) and the denial wanted (gRPC code,
+    /// HTTP status, reason code).
+    type Case<'a> = (
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        Vec<u8>,
+        bool,
+        (i32, i32, &'a str),
+    );
+    let cases: [Case<'_>; 6] = [
+        (
+            "over the limit",
+            &[],
+            framed(&check_with_body(600_000)),
+            false,
+            (3, 413, "check_too_large"),
+        ),
+        (
+            "no message",
+            &[],
+            Vec::new(),
+            false,
+            (3, 400, "invalid_check_request"),
+        ),
+        (
+            "truncated frame",
+            &[],
+            ok[..ok.len() - 3].to_vec(),
+            false,
+            (3, 400, "invalid_check_request"),
+        ),
+        (
+            "two messages",
+            &[],
+            two,
+            false,
+            (3, 400, "invalid_check_request"),
+        ),
+        (
+            "compressed",
+            &[("grpc-encoding", "gzip")],
+            compressed,
+            false,
+            (3, 400, "invalid_check_request"),
+        ),
+        ("stalled", &[], stalled, true, (7, 408, "check_timeout")),
+    ];
+    for (what, headers, body, open, (want_code, want_status, want_error)) in cases {
+        let started = std::time::Instant::now();
+        let (status, resp) = h2_check(&gw, headers, body, open).await;
+        assert_eq!(status, "0", "{what}: a denial, not a failed call");
+        let resp = resp.unwrap_or_else(|| panic!("{what}: no CheckResponse"));
+        assert_eq!(code(&resp), want_code, "{what}: {resp:?}");
+        let (status, _, body) = denied(&resp);
+        assert_eq!(status, want_status, "{what}");
+        assert!(
+            body.contains(&format!("\"error\":\"{want_error}\"")),
+            "{what}: {body}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{what}: answered late"
+        );
+    }
+    // An uncompressed message naming an encoding, and one within the limit, are decided.
+    for (what, headers, body) in [
+        (
+            "grpc-encoding named",
+            &[("grpc-encoding", "gzip")][..],
+            ok.clone(),
+        ),
+        ("within the limit", &[], framed(&check_with_body(60_000))),
+    ] {
+        let (status, resp) = h2_check(&gw, headers, body, false).await;
+        assert_eq!(status, "0", "{what}");
+        assert_eq!(code(&resp.expect("a CheckResponse")), 0, "{what}: allowed");
+    }
+    // With the default limits (a 10 MiB body), a 1.1 MB Check is decided like any other.
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let (status, resp) = h2_check(&gw, &[], framed(&check_with_body(1_100_000)), false).await;
+    assert_eq!(status, "0");
+    assert_eq!(code(&resp.expect("a CheckResponse")), 0, "allowed");
+}
