@@ -34,9 +34,10 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// False once shutdown begins, so load balancers stop sending traffic.
     pub ready: AtomicBool,
-    /// Set the first time `/readyz` answers ready: from then on a reload that adds a key
-    /// source not yet fetched does not take the gateway out of rotation.
-    pub was_ready: AtomicBool,
+    /// Set the first time `/readyz` (or the gRPC door's health service) answers ready: from
+    /// then on a reload that adds a key source not yet fetched does not take the gateway out
+    /// of rotation.
+    pub was_ready: Arc<AtomicBool>,
 }
 
 /// Which endpoints a listener serves.

@@ -129,6 +129,7 @@ impl App {
         });
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connections = Arc::new(Semaphore::new(max_connections));
+        let was_ready = Arc::new(AtomicBool::new(false));
 
         let mut listeners = Vec::with_capacity(bound.len());
         for (index, ((tcp, addr), (name, door))) in bound
@@ -166,7 +167,12 @@ impl App {
                     door,
                 ),
                 Door::EnvoyGrpc => spawn.run(
-                    crate::extauthz::grpc::GrpcHandler::new(Arc::clone(&shared), index).await,
+                    crate::extauthz::grpc::GrpcHandler::new(
+                        Arc::clone(&shared),
+                        index,
+                        Arc::clone(&was_ready),
+                    )
+                    .await,
                     door,
                 ),
             }
@@ -187,7 +193,7 @@ impl App {
             reloader: Arc::clone(&reloader),
             metrics,
             ready: AtomicBool::new(true),
-            was_ready: AtomicBool::new(false),
+            was_ready,
         });
         tracing::info!(addr = %admin_addr, "Admin listening");
         let public_addr = public_tcp.map(|(tcp, addr)| {

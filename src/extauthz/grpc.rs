@@ -175,6 +175,7 @@ pub struct GrpcHandler {
     index: usize,
     check: CheckService,
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    readiness: Arc<Readiness>,
 }
 
 impl std::fmt::Debug for GrpcHandler {
@@ -183,27 +184,100 @@ impl std::fmt::Debug for GrpcHandler {
     }
 }
 
+/// What the health service reports: `/readyz`'s answer, kept current.
+///
+/// Why: the service said SERVING from start to end, so Envoy's `grpc_health_check` (or a
+/// Kubernetes gRPC probe) kept sending Checks to a gateway whose `/readyz` said not ready
+/// (key sets never fetched, shutting down), which could only answer UNAVAILABLE.
+/// Regression: tests (it) grpc::health_follows_readiness
+struct Readiness {
+    reporter: tonic_health::server::HealthReporter,
+    shared: Arc<Shared>,
+    /// `/readyz`'s memo ([`crate::admin::AdminState::was_ready`]), shared.
+    was_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// What was last reported: 0 nothing yet, 1 serving, 2 not serving.
+    reported: std::sync::atomic::AtomicU8,
+}
+
+/// The names the health service answers for.
+const HEALTH_NAMES: [&str; 2] = ["", "envoy.service.auth.v3.Authorization"];
+
+impl Readiness {
+    /// `/readyz`'s rule: not shutting down, and every remote key set not marked optional
+    /// fetched once (or the gateway was ready once before).
+    fn ready(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if *self.shared.shutdown.borrow() {
+            return false;
+        }
+        if self.was_ready.load(Ordering::Relaxed) || self.shared.current.load().authn.is_ready() {
+            self.was_ready.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Reports the current state, when it changed.
+    async fn update(&self) {
+        use std::sync::atomic::Ordering;
+        let (now, status) = if self.ready() {
+            (1, tonic_health::ServingStatus::Serving)
+        } else {
+            (2, tonic_health::ServingStatus::NotServing)
+        };
+        if self.reported.swap(now, Ordering::Relaxed) != now {
+            for name in HEALTH_NAMES {
+                self.reporter.set_service_status(name, status).await;
+            }
+        }
+    }
+}
+
 // === impl GrpcHandler ===
 
 impl GrpcHandler {
-    /// The door of the listener at `index`, serving `SERVING` on the health service.
-    pub async fn new(shared: Arc<Shared>, index: usize) -> Self {
+    /// The door of the listener at `index`; its health service says what `/readyz` says
+    /// (`was_ready` is `/readyz`'s memo), checked on every health call and every second for
+    /// `Watch` streams.
+    pub async fn new(
+        shared: Arc<Shared>,
+        index: usize,
+        was_ready: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
         let reporter = tonic_health::server::HealthReporter::new();
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
-        reporter
-            .set_service_status(
-                "envoy.service.auth.v3.Authorization",
-                tonic_health::ServingStatus::Serving,
-            )
-            .await;
-        let health = tonic_health::server::HealthService::from_health_reporter(reporter);
+        let health = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
+        let readiness = Arc::new(Readiness {
+            reporter,
+            shared: Arc::clone(&shared),
+            was_ready,
+            reported: std::sync::atomic::AtomicU8::new(0),
+        });
+        readiness.update().await;
+        let watcher = Arc::downgrade(&readiness);
+        let mut shutdown = shared.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut watching = true;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    // (A dropped sender is not watched again: `changed` would return at once.)
+                    changed = shutdown.changed(), if watching => watching = changed.is_ok(),
+                }
+                // Ends with the door (its handler dropped).
+                let Some(readiness) = watcher.upgrade() else {
+                    return;
+                };
+                readiness.update().await;
+            }
+        });
         Self {
             shared: Arc::clone(&shared),
             index,
             check: CheckService { shared, index },
             health: tonic_health::pb::health_server::HealthServer::new(health),
+            readiness,
         }
     }
 }
@@ -244,6 +318,7 @@ impl crate::server::listener::Handler for GrpcHandler {
         } else {
             (None, None)
         };
+        let readiness = Arc::clone(&self.readiness);
         Box::pin(async move {
             if let Some(refusal) = refused {
                 // Why: a failed call is what Envoy's `failure_mode_allow: true` turns into an
@@ -315,10 +390,13 @@ impl crate::server::listener::Handler for GrpcHandler {
                         }
                     }
                 }
-                (None, Some(mut health)) => match health.call(req).await {
-                    Ok(resp) => resp,
-                    Err(never) => match never {},
-                },
+                (None, Some(mut health)) => {
+                    readiness.update().await;
+                    match health.call(req).await {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    }
+                }
                 (None, None) => tonic::Status::unimplemented("").into_http(),
             };
             resp.map(crate::body::grpc)

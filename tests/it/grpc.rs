@@ -783,6 +783,43 @@ async fn health_service_answers_serving() {
     );
 }
 
+/// Regression: the health service said SERVING from start to end, so Envoy's
+/// `grpc_health_check` kept sending Checks to a gateway whose `/readyz` said not ready (here:
+/// a key set never fetched), which could only answer UNAVAILABLE. It now says what `/readyz`
+/// says, for the server and for the Authorization service.
+#[tokio::test]
+async fn health_follows_readiness() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let gw = Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n"
+            .into(),
+        policies: vec![("10-p.yaml".into(), POLICY.replace("    require: {scopes: {all_of: [orders:read]}}\n", ""))],
+        extra: "authenticators:\n  users:\n    jwt:\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{jwks_url: {url: \"http://127.0.0.1:9/jwks.json\"}}]\n          fetch: {timeout: 200ms, startup_timeout: 200ms}\n"
+            .into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let (ready, _) = gw.admin_get("/readyz").await;
+    assert_eq!(ready, 503, "/readyz: not ready");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr_of("grpc")))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["", "envoy.service.auth.v3.Authorization"] {
+        let resp = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.status, ServingStatus::NotServing as i32, "{service:?}");
+    }
+}
+
 /// A client built from Envoy's own protos (Python envoy-data-plane + grpcio), independent of
 /// our code, gets the same answers. Skipped (with a message) when the package is missing,
 /// unless `PORTCULLIS_REQUIRE_PEERS` is set, as `.ci/run` does after installing it.
