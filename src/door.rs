@@ -122,9 +122,23 @@ pub fn too_many_fields<'n>(total: usize, names: impl Iterator<Item = &'n str>, m
         && (total > max + DESCRIBING_ALLOWANCE || names.filter(|n| !peer_may_add(n)).count() > max)
 }
 
+/// The header fields a decision door's HTTP/1 listener parses, `server.max_headers` being
+/// `configured`: the peer's describing fields ([`DESCRIBING_ALLOWANCE`]) and room past them,
+/// so that the door itself answers a request over the limit (431 `headers_too_many`, mapped
+/// by the door's `status_map`): up to 4 times `configured`, within 448 (hyper's buffers for
+/// them then stay in the allocator's small sizes).
+///
+/// Why: past the allowance hyper answered a bare 431, which nginx's `auth_request` turns into
+/// a 500 (nginx passes only 2xx, 401 and 403), where the proxy door answers 431; the shipped
+/// nginx config surfaces the door's mapped 431. Regression: tests (it)
+/// peers::nginx_auth_request_in_front_of_the_forward_auth_door (130 client fields)
+pub fn parse_fields(configured: usize) -> usize {
+    (configured + DESCRIBING_ALLOWANCE).max(configured.saturating_mul(4).min(448))
+}
+
 impl<D: HttpDoor> crate::server::listener::Handler for DoorHandler<D> {
-    fn header_allowance(&self) -> usize {
-        DESCRIBING_ALLOWANCE
+    fn max_headers(&self, configured: usize) -> usize {
+        parse_fields(configured)
     }
 
     fn call(&self, conn: Arc<Conn>, req: Request<Incoming>) -> crate::server::listener::Answering {

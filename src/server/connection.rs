@@ -277,7 +277,7 @@ async fn serve_h1<I: ReadReady, H: Handler>(
         // Room for a head over the limits to be read whole, so the service answers it with
         // its own 414 or 431 and a body; beyond this hyper answers a bare 431.
         .max_buf_size(s.max_header_bytes + s.max_target_bytes)
-        .max_headers(s.max_headers + ctx.handler.header_allowance())
+        .max_headers(ctx.handler.max_headers(s.max_headers))
         .keep_alive(true);
     let mut svc = service(ctx);
     loop {

@@ -26,10 +26,11 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers one request arriving on `conn`; never fails (every failure is a response).
     fn call(&self, conn: Arc<Conn>, req: hyper::Request<Incoming>) -> Answering;
 
-    /// Header fields an HTTP/1 request may carry beyond `server.max_headers`: a decision
-    /// door's peer adds its own to describe the request (`door::DESCRIBING_ALLOWANCE`).
-    fn header_allowance(&self) -> usize {
-        0
+    /// The most header fields hyper parses in an HTTP/1 request, `server.max_headers` being
+    /// `configured`; past it hyper answers a bare 431 itself. A decision door parses more and
+    /// answers past its own count ([`crate::door::parse_fields`]).
+    fn max_headers(&self, configured: usize) -> usize {
+        configured
     }
 }
 
