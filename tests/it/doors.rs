@@ -532,6 +532,21 @@ async fn envoy_http_path_prefix() {
     let (status, h, _) = ask(&gw, "/other/api", &[("host", "app.test")]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(h["x-portcullis-error"], "outside_path_prefix");
+    // A prefix written with a trailing slash (or `/` alone): Envoy puts it before the path as
+    // it is. Regression: stored trimmed, every request (`/authz//open/x`) was refused 400
+    // `non_canonical_path`.
+    for (prefix, sent) in [("/authz/", "/authz//open/x"), ("/", "//open/x")] {
+        let gw = gateway(&format!("{{envoy_http: {{path_prefix: \"{prefix}\"}}}}")).await;
+        let (status, _, body) = ask(&gw, sent, &[("host", "app.test")]).await;
+        assert_eq!(status, StatusCode::OK, "{prefix}: {body}");
+        let (status, _, _) = ask(
+            &gw,
+            &sent.replace("/open/", "/admin/"),
+            &[("host", "app.test")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{prefix}");
+    }
 }
 
 #[tokio::test]

@@ -332,7 +332,7 @@ async fn check_warns_when_two_authenticators_read_one_credential() {
     assert!(ok_text.contains("1 rule(s)"), "{ok_text}");
     for expected in [
         "p.yaml:5:29: warning: rules[0].authenticators[1]: `keys` reads the same credential (bearer) as `users`",
-        "error: authenticators.devices.mtls.listeners[0]: no listener `http` with `tls.client_auth`",
+        "error: authenticators.devices.mtls.listeners[0]: no listener `http` with `tls.client_auth` (nor an `envoy_grpc` door with `client_certificates: true`)",
     ] {
         assert!(text.contains(expected), "{expected} in {text}");
     }
@@ -1037,4 +1037,42 @@ async fn when_refuses_a_repeated_key_it_reads() {
     // A parameter the condition does not read may repeat.
     let (status, _, _) = get(&gw, "/comments?author_id=alice&tag=a&tag=b", Some(&alice)).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Regression: `check` warned that an mTLS authenticator never found a certificate when the
+/// only listener carrying them was an `envoy_grpc` door with `client_certificates: true`
+/// (Envoy's `source.certificate`), where it does find them. Without that setting the warning
+/// stays; naming a forward-auth listener (its TLS client certificate is the peer's) is an
+/// error.
+#[tokio::test]
+async fn mtls_through_the_grpc_door_is_not_warned_about() {
+    const NEVER: &str = "this authenticator never finds one";
+    let policy = "rules:\n  - name: d\n    match: {paths: [\"/**\"]}\n    effect: allow\n    authenticators: [devices]\n    upstream: echo\n";
+    for (carries, expect_warning) in [("true", false), ("false", true)] {
+        let cfg = ConfigDir::new(&format!(
+            "{}  devices:\n    mtls: {{id: [san_uri, subject_cn]}}\n",
+            authn()
+        ));
+        cfg.write("hs.secret", SECRET)
+            .write("policies/p.yaml", policy)
+            .add_listeners(&format!(
+                "{{name: g1, address: \"127.0.0.1:0\", door: {{envoy_grpc: {{client_certificates: {carries}}}}}}}"
+            ));
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(0), "{carries}: {text}");
+        assert_eq!(text.contains(NEVER), expect_warning, "{carries}: {text}");
+    }
+    let cfg = ConfigDir::new(&format!(
+        "{}  devices:\n    mtls: {{listeners: [fa]}}\n",
+        authn()
+    ));
+    cfg.write("hs.secret", SECRET)
+        .write("policies/p.yaml", policy)
+        .add_listeners("{name: fa, address: \"127.0.0.1:0\", door: {forward_auth: {}}}");
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("mtls.listeners[0]: no listener `fa`"),
+        "{text}"
+    );
 }

@@ -6,7 +6,7 @@ use super::Cx;
 use crate::authn::{Authn, CompileError};
 use crate::authz::assertion::Assertion;
 use crate::authz::identity::IdentityHeaders;
-use crate::config::raw::{RawAuthenticator, RawKey};
+use crate::config::raw::{RawAuthenticator, RawDoor, RawKey};
 use crate::snapshot::Challenges;
 
 /// The authenticators; an unchanged one keeps its cache and fetched keys.
@@ -180,17 +180,28 @@ fn introspection_audiences(cx: &mut Cx<'_>) {
     }
 }
 
-/// mTLS authenticators name listeners that ask for client certificates.
+/// mTLS authenticators name listeners that carry the client's certificate: a proxy listener
+/// asking for one (`tls.client_auth`), or an `envoy_grpc` door passing on Envoy's
+/// (`client_certificates: true`). A decision door's own TLS client certificate is its peer's,
+/// never the client's.
+///
+/// Why the gRPC door: `check` warned that no listener asked for client certificates where the
+/// gRPC door carried them and the authenticator found them.
+/// Regression: tests (it) policy::mtls_through_the_grpc_door_is_not_warned_about
 fn mtls_listeners(cx: &mut Cx<'_>) {
     let loaded = cx.loaded;
     let cfg = &loaded.raw;
     let asks_certs = |name: &str| {
         cfg.listeners.iter().any(|l| {
             l.name == name
-                && l.tls.as_ref().is_some_and(|t| {
-                    t.client_auth.is_some()
-                        || t.certificates.iter().any(|c| c.client_auth.is_some())
-                })
+                && match &l.door {
+                    RawDoor::Proxy => l.tls.as_ref().is_some_and(|t| {
+                        t.client_auth.is_some()
+                            || t.certificates.iter().any(|c| c.client_auth.is_some())
+                    }),
+                    RawDoor::EnvoyGrpc(d) => d.client_certificates,
+                    _ => false,
+                }
         })
     };
     for (name, a) in &cfg.authenticators {
@@ -201,14 +212,16 @@ fn mtls_listeners(cx: &mut Cx<'_>) {
             if !asks_certs(l) {
                 cx.error(
                     &format!("authenticators.{name}.mtls.listeners[{j}]"),
-                    format!("no listener `{l}` with `tls.client_auth`"),
+                    format!(
+                        "no listener `{l}` with `tls.client_auth` (nor an `envoy_grpc` door with `client_certificates: true`)"
+                    ),
                 );
             }
         }
         if m.listeners.is_empty() && !cfg.listeners.iter().any(|l| asks_certs(&l.name)) {
             cx.warn(
                 &format!("authenticators.{name}"),
-                "no listener asks for client certificates (`tls.client_auth`): this authenticator never finds one".into(),
+                "no listener carries client certificates (a proxy listener's `tls.client_auth`, an `envoy_grpc` door's `client_certificates: true`): this authenticator never finds one".into(),
             );
         }
     }

@@ -196,6 +196,11 @@ fn compile_door(
             ..common(&d.peers, d.timeout)
         }),
         RawDoor::EnvoyHttp(d) => {
+            // Why kept as written: Envoy puts the prefix before the path as it is, so with
+            // `/authz/` every request came as `/authz//b/x`, and a prefix stored trimmed left
+            // `//b/x`, refused as `non_canonical_path`: every request refused. The prefix less
+            // its trailing slashes must still be canonical.
+            // Regression: tests (it) doors::envoy_http_path_prefix
             let prefix = d.path_prefix.trim_end_matches('/');
             if !prefix.is_empty()
                 && (!prefix.starts_with('/')
@@ -208,7 +213,7 @@ fn compile_door(
             }
             DoorSettings::EnvoyHttp {
                 common: common(&d.peers, d.timeout),
-                path_prefix: prefix.into(),
+                path_prefix: d.path_prefix.as_str().into(),
             }
         }
         RawDoor::ForwardAuth(d) => {
