@@ -306,7 +306,8 @@ impl crate::server::listener::Handler for GrpcHandler {
                 );
                 let at = (Door::EnvoyGrpc, &*conn.info.listener);
                 record.account(&snapshot, &self.shared, at, Instant::now(), &id, 403);
-                Refusal::error(StatusCode::FORBIDDEN, "peer_not_allowed", &id)
+                let refusal = Refusal::error(StatusCode::FORBIDDEN, "peer_not_allowed", &id);
+                denied_with_id(refusal, &snapshot.server.request_id_header, &id)
             })
         };
         req.extensions_mut().insert(conn);
@@ -502,7 +503,7 @@ impl tonic::codec::Decoder for SkipCodec {
 }
 
 /// The answer to a Check from a peer the door does not serve: its refusal, whatever it asked.
-struct Refused(Option<Refusal>);
+struct Refused(Option<CheckResponse>);
 
 impl tonic::server::UnaryService<()> for Refused {
     type Response = Answer;
@@ -510,7 +511,7 @@ impl tonic::server::UnaryService<()> for Refused {
 
     fn call(&mut self, _: tonic::Request<()>) -> Self::Future {
         std::future::ready(match self.0.take() {
-            Some(refusal) => Ok(tonic::Response::new(Answer::Message(denied(refusal)))),
+            Some(denial) => Ok(tonic::Response::new(Answer::Message(denial))),
             None => Err(tonic::Status::permission_denied("peer_not_allowed")),
         })
     }
@@ -573,11 +574,21 @@ impl CheckService {
         };
         let at = (Door::EnvoyGrpc, &*conn.info.listener);
         record.account(&snapshot, &self.shared, at, start, &request_id, status);
+        let mut answer = answer;
+        // A denial carries the request id, as every other door's refusal.
+        if let Ok(Answer::Message(m)) = &mut answer {
+            add_request_id(m, &snapshot.server.request_id_header, &request_id);
+        }
         answer.map(tonic::Response::new)
     }
 
-    /// The refusal of a Check whose message was not read whole ([`read_check`]), accounted.
-    fn unread(&self, parts: &http::request::Parts, unread: Unread, start: Instant) -> Refusal {
+    /// The denial of a Check whose message was not read whole ([`read_check`]), accounted.
+    fn unread(
+        &self,
+        parts: &http::request::Parts,
+        unread: Unread,
+        start: Instant,
+    ) -> CheckResponse {
         let snapshot = self.shared.current.load_full();
         let request_id = crate::server::request_id::take_or_generate(
             &HeaderMap::new(),
@@ -595,7 +606,7 @@ impl CheckService {
             let status = refusal.status.as_u16();
             record.account(&snapshot, &self.shared, at, start, &request_id, status);
         }
-        refusal
+        denied_with_id(refusal, &snapshot.server.request_id_header, &request_id)
     }
 
     /// The answer to bytes that are not a `CheckRequest`, from an admitted peer: 400
@@ -619,7 +630,8 @@ impl CheckService {
         );
         let at = (Door::EnvoyGrpc, &*conn.info.listener);
         record.account(snapshot, &self.shared, at, start, &request_id, 400);
-        tonic::Response::new(Answer::Message(denied(refusal)))
+        let name = &snapshot.server.request_id_header;
+        tonic::Response::new(Answer::Message(denied_with_id(refusal, name, &request_id)))
     }
 
     /// Admission, the facts, the decision and its rendering.
@@ -943,10 +955,23 @@ fn header_map(
             continue;
         }
         let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| "invalid_header")?;
-        let value = HeaderValue::from_bytes(v).map_err(|_| "invalid_header")?;
+        let value = HeaderValue::from_bytes(trim_ows(v)).map_err(|_| "invalid_header")?;
         map.append(name, value);
     }
     Ok(map)
+}
+
+/// A field value without its leading and trailing spaces and tabs, as an HTTP/1 parser reads
+/// it (RFC 9110 §5.5).
+///
+/// Why: a value Envoy passed on as sent (`raw_value`) kept them, so `Authorization: ␠Bearer
+/// …` was 401 `missing_credential` here and allowed at every other door.
+/// Regression: tests (it) grpc::header_values_lose_surrounding_whitespace
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let ows = |b: &u8| matches!(b, b' ' | b'\t');
+    let start = v.iter().position(|b| !ows(b)).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    &v[start..end]
 }
 
 /// The client certificate Envoy verified: URL-encoded PEM, leaf first.
@@ -1071,6 +1096,29 @@ fn preflight_answered(headers: &[(HeaderName, HeaderValue)]) -> CheckResponse {
     }
 }
 
+/// [`denied`] with the request id header the other doors' refusals carry
+/// (`server.request_id_header`).
+fn denied_with_id(refusal: Refusal, name: &HeaderName, request_id: &HeaderValue) -> CheckResponse {
+    let mut resp = denied(refusal);
+    add_request_id(&mut resp, name, request_id);
+    resp
+}
+
+/// Adds the request id header to a denied response.
+fn add_request_id(resp: &mut CheckResponse, name: &HeaderName, request_id: &HeaderValue) {
+    if let Some(HttpResponse::DeniedResponse(d)) = &mut resp.http_response {
+        d.headers.push(HeaderValueOption {
+            header: Some(PbHeaderValue {
+                key: name.as_str().to_owned(),
+                value: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+                ..PbHeaderValue::default()
+            }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..HeaderValueOption::default()
+        });
+    }
+}
+
 /// The denial's gRPC code with the HTTP answer Envoy gives the client.
 pub fn denied(refusal: Refusal) -> CheckResponse {
     let code = refusal.grpc_code().as_i32();
@@ -1091,6 +1139,17 @@ pub fn denied(refusal: Refusal) -> CheckResponse {
             header: Some(PbHeaderValue {
                 key: "content-type".to_owned(),
                 value: "application/json".to_owned(),
+                ..PbHeaderValue::default()
+            }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..HeaderValueOption::default()
+        }))
+        // As every other door's refusal: never cached (a 401 or 403 for one caller, in a
+        // shared cache, would be served to the next).
+        .chain(std::iter::once(HeaderValueOption {
+            header: Some(PbHeaderValue {
+                key: "cache-control".to_owned(),
+                value: "no-store".to_owned(),
                 ..PbHeaderValue::default()
             }),
             append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,

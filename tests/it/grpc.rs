@@ -184,6 +184,12 @@ async fn check_denials_carry_grpc_codes_status_challenge_and_body() {
     assert_eq!(status, 401);
     assert_eq!(headers["www-authenticate"], "Bearer realm=\"portcullis\"");
     assert!(body.contains("\"error\":\"missing_credential\""), "{body}");
+    // As every door's refusal: not cached, and its request id (the body's) in a header.
+    assert_eq!(headers["cache-control"], "no-store", "{headers:?}");
+    assert!(
+        body.contains(&format!("\"request_id\":\"{}\"", headers["x-request-id"])),
+        "{headers:?} {body}"
+    );
     // A scope missing: PERMISSION_DENIED, 403 naming the scope.
     let weak = format!("Bearer {}", hs256_token(SECRET, &json!({"scope": "other"})));
     let resp = c
@@ -1361,4 +1367,30 @@ async fn an_unreadable_check_message_is_denied_not_failed() {
     let (status, resp) = h2_check(&gw, &[], framed(&check_with_body(1_100_000)), false).await;
     assert_eq!(status, "0");
     assert_eq!(code(&resp.expect("a CheckResponse")), 0, "allowed");
+}
+
+/// Regression: header values Envoy passed on as sent kept their surrounding spaces and tabs,
+/// so `Authorization: ␠Bearer …` was 401 `missing_credential` here and allowed at every other
+/// door (an HTTP/1 parser drops them, RFC 9110 §5.5).
+#[tokio::test]
+async fn header_values_lose_surrounding_whitespace() {
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let mut c = client(&gw).await;
+    let token = hs256_token(SECRET, &json!({"scope": "orders:read"}));
+    for bearer in [
+        format!(" Bearer {token}"),
+        format!("\tBearer {token} "),
+        format!("Bearer {token}\t"),
+    ] {
+        let resp = c
+            .check(check(
+                "/api/orders",
+                "198.51.100.9",
+                &[("authorization", &bearer)],
+            ))
+            .await
+            .expect("an answer")
+            .into_inner();
+        assert_eq!(code(&resp), 0, "{bearer:?}: {resp:?}");
+    }
 }
