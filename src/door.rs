@@ -119,7 +119,8 @@ pub fn peer_may_add(name: &str) -> bool {
 /// [`DESCRIBING_ALLOWANCE`], refused outright. Every decision door counts with this.
 pub fn too_many_fields<'n>(total: usize, names: impl Iterator<Item = &'n str>, max: usize) -> bool {
     total > max
-        && (total > max + DESCRIBING_ALLOWANCE || names.filter(|n| !peer_may_add(n)).count() > max)
+        && (total > max.saturating_add(DESCRIBING_ALLOWANCE)
+            || names.filter(|n| !peer_may_add(n)).count() > max)
 }
 
 /// The header fields a decision door's HTTP/1 listener parses, `server.max_headers` being
@@ -133,7 +134,9 @@ pub fn too_many_fields<'n>(total: usize, names: impl Iterator<Item = &'n str>, m
 /// nginx config surfaces the door's mapped 431. Regression: tests (it)
 /// peers::nginx_auth_request_in_front_of_the_forward_auth_door (130 client fields)
 pub fn parse_fields(configured: usize) -> usize {
-    (configured + DESCRIBING_ALLOWANCE).max(configured.saturating_mul(4).min(448))
+    configured
+        .saturating_add(DESCRIBING_ALLOWANCE)
+        .max(configured.saturating_mul(4).min(448))
 }
 
 impl<D: HttpDoor> crate::server::listener::Handler for DoorHandler<D> {

@@ -82,8 +82,17 @@ const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// certificates, context extensions, metadata.
 const CHECK_OVERHEAD_BYTES: usize = 256 << 10;
 
+/// The most a Check message may take whatever the limits: gRPC's usual receive limit.
+/// Envoy's `with_request_body` (`max_request_bytes`) sends a part of the body, usually KiB.
+///
+/// Why a bound of its own: the door holds the whole message until it is decided, where the
+/// proxy streams a body; derived from `server.max_body_bytes` alone (10 MiB, or whatever an
+/// operator raised it to for uploads), one stream could hold that much.
+const CHECK_MAX_BYTES: usize = 4 << 20;
+
 /// The largest Check message taken: the largest request the proxy door takes (head, target
-/// and body, which Envoy's `with_request_body` may send), plus [`CHECK_OVERHEAD_BYTES`].
+/// and body, which Envoy's `with_request_body` may send), plus [`CHECK_OVERHEAD_BYTES`],
+/// within [`CHECK_MAX_BYTES`].
 fn check_limit(snapshot: &Snapshot) -> usize {
     let s = &snapshot.server;
     usize::try_from(s.max_body_bytes)
@@ -91,6 +100,7 @@ fn check_limit(snapshot: &Snapshot) -> usize {
         .saturating_add(s.max_header_bytes)
         .saturating_add(s.max_target_bytes)
         .saturating_add(CHECK_OVERHEAD_BYTES)
+        .min(CHECK_MAX_BYTES)
 }
 
 /// When the Check's call started (its deadline counts from there, the message's reading
@@ -195,8 +205,10 @@ struct Readiness {
     shared: Arc<Shared>,
     /// `/readyz`'s memo ([`crate::admin::AdminState::was_ready`]), shared.
     was_ready: Arc<std::sync::atomic::AtomicBool>,
-    /// What was last reported: 0 nothing yet, 1 serving, 2 not serving.
-    reported: std::sync::atomic::AtomicU8,
+    /// What was last reported: 0 nothing yet, 1 serving, 2 not serving. Held across the
+    /// report, and written after it, so that updates never interleave and a report cut short
+    /// (a health call dropped) is made again by the next update.
+    reported: tokio::sync::Mutex<u8>,
 }
 
 /// The names the health service answers for.
@@ -219,16 +231,17 @@ impl Readiness {
 
     /// Reports the current state, when it changed.
     async fn update(&self) {
-        use std::sync::atomic::Ordering;
+        let mut reported = self.reported.lock().await;
         let (now, status) = if self.ready() {
             (1, tonic_health::ServingStatus::Serving)
         } else {
             (2, tonic_health::ServingStatus::NotServing)
         };
-        if self.reported.swap(now, Ordering::Relaxed) != now {
+        if *reported != now {
             for name in HEALTH_NAMES {
                 self.reporter.set_service_status(name, status).await;
             }
+            *reported = now;
         }
     }
 }
@@ -250,7 +263,7 @@ impl GrpcHandler {
             reporter,
             shared: Arc::clone(&shared),
             was_ready,
-            reported: std::sync::atomic::AtomicU8::new(0),
+            reported: tokio::sync::Mutex::new(0),
         });
         readiness.update().await;
         let watcher = Arc::downgrade(&readiness);
@@ -276,7 +289,8 @@ impl GrpcHandler {
             shared: Arc::clone(&shared),
             index,
             check: CheckService { shared, index },
-            health: tonic_health::pb::health_server::HealthServer::new(health),
+            health: tonic_health::pb::health_server::HealthServer::new(health)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             readiness,
         }
     }
@@ -320,6 +334,7 @@ impl crate::server::listener::Handler for GrpcHandler {
             (None, None)
         };
         let readiness = Arc::clone(&self.readiness);
+        let (shared, index) = (Arc::clone(&self.shared), self.index);
         Box::pin(async move {
             if let Some(refusal) = refused {
                 // Why: a failed call is what Envoy's `failure_mode_allow: true` turns into an
@@ -392,10 +407,27 @@ impl crate::server::listener::Handler for GrpcHandler {
                     }
                 }
                 (None, Some(mut health)) => {
-                    readiness.update().await;
-                    match health.call(req).await {
-                        Ok(resp) => resp,
-                        Err(never) => match never {},
+                    // Why a deadline: a health call whose message stalled held its in-flight
+                    // permit for as long as the peer kept the stream open (enough of them:
+                    // every door 503). It ends at the door's `timeout` as a failed call,
+                    // which for a health check is what it is.
+                    // Regression: tests (it) grpc::a_stalled_health_call_ends_at_the_deadline
+                    let due = {
+                        let snapshot = shared.current.load();
+                        let settings = snapshot
+                            .listener(index)
+                            .map_or(&DoorSettings::Proxy, |l| &l.door);
+                        door::deadline(Instant::now(), settings)
+                    };
+                    let answered = tokio::time::timeout_at(due, async {
+                        readiness.update().await;
+                        health.call(req).await
+                    })
+                    .await;
+                    match answered {
+                        Ok(Ok(resp)) => resp,
+                        Ok(Err(never)) => match never {},
+                        Err(_) => tonic::Status::deadline_exceeded("health_timeout").into_http(),
                     }
                 }
                 (None, None) => tonic::Status::unimplemented("").into_http(),

@@ -1184,16 +1184,28 @@ async fn h2_check(
     body: Vec<u8>,
     open: bool,
 ) -> (String, Option<CheckResponse>) {
+    let path = "/envoy.service.auth.v3.Authorization/Check";
+    let (status, got) = h2_call(gw, path, headers, body, open).await;
+    let message = (got.len() > 5).then(|| prost::Message::decode(&got[5..]).unwrap());
+    (status, message)
+}
+
+/// [`h2_check`] for any gRPC method: the `grpc-status` and the response body's bytes.
+async fn h2_call(
+    gw: &TestGateway,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    open: bool,
+) -> (String, Vec<u8>) {
     let addr = gw.addr_of("grpc");
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (send, conn) = h2::client::handshake(tcp).await.unwrap();
     let conn = tokio::spawn(conn);
     let mut send = send.ready().await.unwrap();
-    let mut req = http::Request::post(format!(
-        "http://{addr}/envoy.service.auth.v3.Authorization/Check"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers");
+    let mut req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -1231,8 +1243,7 @@ async fn h2_check(
             .to_owned(),
     };
     conn.abort();
-    let message = (got.len() > 5).then(|| prost::Message::decode(&got[5..]).unwrap());
-    (status, message)
+    (status, got)
 }
 
 /// A message framed as gRPC sends it: uncompressed, its length first.
@@ -1393,4 +1404,21 @@ async fn header_values_lose_surrounding_whitespace() {
             .into_inner();
         assert_eq!(code(&resp), 0, "{bearer:?}: {resp:?}");
     }
+}
+
+/// Regression: a health call whose message stalled was never answered and held its in-flight
+/// permit for as long as the peer kept the stream open (with `max_in_flight` of them, every
+/// door answered 503). It now ends at the door's timeout.
+#[tokio::test]
+async fn a_stalled_health_call_ends_at_the_deadline() {
+    let gw = gateway("{envoy_grpc: {timeout: 1s}}").await;
+    let started = std::time::Instant::now();
+    // A message of 5 bytes announced, 2 sent, the stream left open.
+    let path = "/grpc.health.v1.Health/Check";
+    let (status, _) = h2_call(&gw, path, &[], vec![0, 0, 0, 0, 5, 0x0a, 0x00], true).await;
+    assert_eq!(status, "4", "DEADLINE_EXCEEDED");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    // A whole one is answered.
+    let (status, _) = h2_call(&gw, path, &[], vec![0, 0, 0, 0, 0], false).await;
+    assert_eq!(status, "0");
 }

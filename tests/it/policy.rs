@@ -1072,7 +1072,7 @@ async fn mtls_through_the_grpc_door_is_not_warned_about() {
     let (code, text) = cfg.run("check", &[]);
     assert_eq!(code, Some(1), "{text}");
     assert!(
-        text.contains("mtls.listeners[0]: no listener `fa`"),
+        text.contains("mtls.listeners[0]: listener `fa` is a decision door"),
         "{text}"
     );
 }

@@ -210,11 +210,20 @@ fn mtls_listeners(cx: &mut Cx<'_>) {
         };
         for (j, l) in m.listeners.iter().enumerate() {
             if !asks_certs(l) {
+                let decision_door = cfg.listeners.iter().any(|x| {
+                    x.name == *l && !matches!(x.door, RawDoor::Proxy | RawDoor::EnvoyGrpc(_))
+                });
                 cx.error(
                     &format!("authenticators.{name}.mtls.listeners[{j}]"),
-                    format!(
-                        "no listener `{l}` with `tls.client_auth` (nor an `envoy_grpc` door with `client_certificates: true`)"
-                    ),
+                    if decision_door {
+                        format!(
+                            "listener `{l}` is a decision door: its TLS client certificate is its peer's, never the client's"
+                        )
+                    } else {
+                        format!(
+                            "no listener `{l}` with `tls.client_auth` (nor an `envoy_grpc` door with `client_certificates: true`)"
+                        )
+                    },
                 );
             }
         }
