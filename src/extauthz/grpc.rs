@@ -147,23 +147,36 @@ async fn read_check(
 ) -> Result<bytes::Bytes, Unread> {
     use http_body_util::BodyExt as _;
     let read = async {
-        let mut buf = bytes::BytesMut::new();
+        // The usual message comes in one DATA frame, kept as it is; more are joined.
+        let mut first: Option<bytes::Bytes> = None;
+        let mut joined = bytes::BytesMut::new();
+        let mut len = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| Unread::Malformed)?;
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > limit.saturating_add(5) {
-                    return Err(Unread::TooLarge);
-                }
-                buf.extend_from_slice(&data);
-                // An announced length past the limit is refused before the rest arrives.
-                if let [_, a, b, c, d, ..] = buf[..]
-                    && u32::from_be_bytes([a, b, c, d]) as usize > limit
-                {
-                    return Err(Unread::TooLarge);
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            len = len.saturating_add(data.len());
+            if len > limit.saturating_add(5) {
+                return Err(Unread::TooLarge);
+            }
+            match first.take() {
+                None if joined.is_empty() => first = Some(data),
+                None => joined.extend_from_slice(&data),
+                Some(f) => {
+                    joined.extend_from_slice(&f);
+                    joined.extend_from_slice(&data);
                 }
             }
+            // An announced length past the limit is refused before the rest arrives.
+            let head = first.as_deref().unwrap_or(&joined[..]);
+            if let [_, a, b, c, d, ..] = *head
+                && u32::from_be_bytes([a, b, c, d]) as usize > limit
+            {
+                return Err(Unread::TooLarge);
+            }
         }
-        Ok(buf.freeze())
+        Ok(first.unwrap_or_else(|| joined.freeze()))
     };
     let framed = tokio::time::timeout_at(due, read)
         .await
