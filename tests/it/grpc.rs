@@ -49,6 +49,33 @@ async fn gateway(door: &str) -> TestGateway {
     .await
 }
 
+/// A gRPC door whose `users` authenticator needs a JWKS nobody serves: never ready, and
+/// any token needing the set cannot be decided.
+async fn unfetched_keys_gateway() -> TestGateway {
+    Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n"
+            .into(),
+        policies: vec![("10-p.yaml".into(), POLICY.replace("    require: {scopes: {all_of: [orders:read]}}\n", ""))],
+        extra: "authenticators:\n  users:\n    jwt:\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{jwks_url: {url: \"http://127.0.0.1:9/jwks.json\"}}]\n          fetch: {timeout: 200ms, startup_timeout: 200ms}\n"
+            .into(),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
+/// A client of the gRPC door's health service.
+async fn health_client(
+    gw: &TestGateway,
+) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr_of("grpc")))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(channel)
+}
+
 async fn client(gw: &TestGateway) -> AuthorizationClient<tonic::transport::Channel> {
     let url = format!("http://{}", gw.addr_of("grpc"));
     AuthorizationClient::connect(url).await.expect("connects")
@@ -660,12 +687,7 @@ async fn peer_not_allowed() {
     assert!(body.contains("\"peer_not_allowed\""), "{body}");
     assert!(!headers.contains_key("www-authenticate"), "{headers:?}");
     // Anything else from that peer (the health service) fails the call.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr_of("grpc")))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut health = health_client(&gw).await;
     let err = health
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await
@@ -731,16 +753,7 @@ async fn a_refused_peers_message_is_never_read() {
 async fn keys_never_fetched_is_unavailable_for_envoys_failure_mode() {
     // A JWKS URL nobody serves: the decision cannot be known, so the call itself fails
     // UNAVAILABLE (Envoy's failure_mode_allow / status_on_error decide), not a denial.
-    let gw = Setup {
-        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n"
-            .into(),
-        policies: vec![("10-p.yaml".into(), POLICY.replace("    require: {scopes: {all_of: [orders:read]}}\n", ""))],
-        extra: "authenticators:\n  users:\n    jwt:\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{jwks_url: {url: \"http://127.0.0.1:9/jwks.json\"}}]\n          fetch: {timeout: 200ms, startup_timeout: 200ms}\n"
-            .into(),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = unfetched_keys_gateway().await;
     let mut c = client(&gw).await;
     // An ES256 token only the remote set could verify.
     let key =
@@ -770,12 +783,7 @@ async fn keys_never_fetched_is_unavailable_for_envoys_failure_mode() {
 #[tokio::test]
 async fn health_service_answers_serving() {
     let gw = gateway("{envoy_grpc: {}}").await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr_of("grpc")))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut health = health_client(&gw).await;
     let resp = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
@@ -796,24 +804,10 @@ async fn health_service_answers_serving() {
 #[tokio::test]
 async fn health_follows_readiness() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let gw = Setup {
-        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n"
-            .into(),
-        policies: vec![("10-p.yaml".into(), POLICY.replace("    require: {scopes: {all_of: [orders:read]}}\n", ""))],
-        extra: "authenticators:\n  users:\n    jwt:\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{jwks_url: {url: \"http://127.0.0.1:9/jwks.json\"}}]\n          fetch: {timeout: 200ms, startup_timeout: 200ms}\n"
-            .into(),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = unfetched_keys_gateway().await;
     let (ready, _) = gw.admin_get("/readyz").await;
     assert_eq!(ready, 503, "/readyz: not ready");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr_of("grpc")))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut health = health_client(&gw).await;
     for service in ["", "envoy.service.auth.v3.Authorization"] {
         let resp = health
             .check(tonic_health::pb::HealthCheckRequest {
