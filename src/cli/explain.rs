@@ -314,6 +314,13 @@ async fn run_door(
     let proto = url.scheme_str().unwrap_or("http").to_owned();
     let authority = url.authority().ok_or("the URL needs a host")?.to_string();
     let target = url.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    // The target with the URL's fragment, as a peer that passes the raw target on hands it
+    // to the forward-auth and gRPC doors (nginx's `$request_uri`), which refuse it; the URL
+    // parser drops it. Regression: tests (it) doors::explain_runs_each_doors_code (fragment)
+    let raw_target = match args.url.find('#') {
+        Some(i) => format!("{target}{}", &args.url[i..]),
+        None => target.clone(),
+    };
     let client_ip = args.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let mut headers = http::HeaderMap::new();
     for h in args.headers {
@@ -370,7 +377,7 @@ async fn run_door(
                 "/auth",
                 &[
                     (&m, args.method),
-                    (&u, &target),
+                    (&u, &raw_target),
                     (&h, &authority),
                     (&p, &proto),
                 ],
@@ -414,7 +421,7 @@ async fn run_door(
                     .or_insert(v);
             }
             sent.insert(":authority".into(), authority.clone());
-            sent.insert(":path".into(), target.clone());
+            sent.insert(":path".into(), raw_target.clone());
             sent.insert(":method".into(), args.method.to_owned());
             let check = envoy_types::ext_authz::v3::pb::CheckRequest {
                 attributes: Some(AttributeContext {
@@ -431,7 +438,7 @@ async fn run_door(
                         http: Some(HttpRequest {
                             method: args.method.to_owned(),
                             host: authority.clone(),
-                            path: target.clone(),
+                            path: raw_target.clone(),
                             scheme: proto.clone(),
                             headers: sent,
                             ..HttpRequest::default()

@@ -692,6 +692,34 @@ fn explain_runs_each_doors_code() {
         (Some(400), Some("invalid_scheme")),
         "{text}"
     );
+    // A fragment: the forward-auth and gRPC doors get the raw target (nginx's `$request_uri`)
+    // and refuse it, as `explain` now says; the proxy drops it. Regression: the URL parser
+    // dropped it, so `explain` allowed what the doors refuse.
+    for (door, refused) in [
+        ("forward-auth", true),
+        ("envoy-grpc", true),
+        ("proxy", false),
+    ] {
+        let (_, text) = cfg.run(
+            "explain",
+            &[
+                "--door",
+                door,
+                "--url",
+                "https://app.test/api/x#frag",
+                "-H",
+                &token,
+                "--json",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let status = v["status"].as_u64().or(v["answer"]["status"].as_u64());
+        if refused {
+            assert_eq!(status, Some(400), "{door}: {text}");
+        } else {
+            assert_eq!(v["decision"], "allow", "{door}: {text}");
+        }
+    }
 }
 
 /// `explain --door envoy-grpc --context name=value` sends the Check with those context
