@@ -103,6 +103,16 @@ fn check_limit(snapshot: &Snapshot) -> usize {
         .min(CHECK_MAX_BYTES)
 }
 
+/// The deadline of a call to the listener at `index` that started at `start`: its door's
+/// `timeout`.
+fn call_deadline(shared: &Shared, index: usize, start: Instant) -> tokio::time::Instant {
+    let snapshot = shared.current.load();
+    let settings = snapshot
+        .listener(index)
+        .map_or(&DoorSettings::Proxy, |l| &l.door);
+    door::deadline(start, settings)
+}
+
 /// When the Check's call started (its deadline counts from there, the message's reading
 /// included).
 #[derive(Debug, Clone, Copy)]
@@ -387,13 +397,8 @@ impl crate::server::listener::Handler for GrpcHandler {
                     // The message was checked to be uncompressed: an encoding named for it
                     // would make tonic refuse the call unread.
                     parts.headers.remove("grpc-encoding");
-                    let (limit, due) = {
-                        let snapshot = check.shared.current.load();
-                        let settings = snapshot
-                            .listener(check.index)
-                            .map_or(&DoorSettings::Proxy, |l| &l.door);
-                        (check_limit(&snapshot), door::deadline(start, settings))
-                    };
+                    let limit = check_limit(&shared.current.load());
+                    let due = call_deadline(&shared, index, start);
                     match read_check(body, limit, due).await {
                         Ok(framed) => {
                             parts.extensions.insert(Started(start));
@@ -425,13 +430,7 @@ impl crate::server::listener::Handler for GrpcHandler {
                     // every door 503). It ends at the door's `timeout` as a failed call,
                     // which for a health check is what it is.
                     // Regression: tests (it) grpc::a_stalled_health_call_ends_at_the_deadline
-                    let due = {
-                        let snapshot = shared.current.load();
-                        let settings = snapshot
-                            .listener(index)
-                            .map_or(&DoorSettings::Proxy, |l| &l.door);
-                        door::deadline(Instant::now(), settings)
-                    };
+                    let due = call_deadline(&shared, index, Instant::now());
                     let answered = tokio::time::timeout_at(due, async {
                         readiness.update().await;
                         health.call(req).await
@@ -640,13 +639,10 @@ impl CheckService {
             &snapshot.server.request_id_header,
         );
         let refusal = unread.refusal(&request_id);
-        let peer = parts
-            .extensions
-            .get::<Arc<Conn>>()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.info.peer.ip());
-        let mut record = Record::new(peer);
-        record.failed(&self.shared, refusal.code);
+        // (The connection is always there: the handler puts it in before the door runs.)
         if let Some(conn) = parts.extensions.get::<Arc<Conn>>() {
+            let mut record = Record::new(conn.info.peer.ip());
+            record.failed(&self.shared, refusal.code);
             let at = (Door::EnvoyGrpc, &*conn.info.listener);
             let status = refusal.status.as_u16();
             record.account(&snapshot, &self.shared, at, start, &request_id, status);
@@ -1106,23 +1102,9 @@ pub fn append_action(name: &HeaderName) -> HeaderAppendAction {
 /// A preflight the gateway answers: a denied response (Envoy sends it to the client as it is,
 /// without the upstream) of `204` with the CORS headers (`Vary` among them).
 fn preflight_answered(headers: &[(HeaderName, HeaderValue)]) -> CheckResponse {
-    let option = |key: &str, value: String| HeaderValueOption {
-        header: Some(PbHeaderValue {
-            key: key.to_owned(),
-            value,
-            ..PbHeaderValue::default()
-        }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..HeaderValueOption::default()
-    };
     let headers = headers
         .iter()
-        .map(|(n, v)| {
-            option(
-                n.as_str(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(n, v)| overwrite(n.as_str(), v.as_bytes()))
         .collect();
     CheckResponse {
         status: Some(rpc::Status {
@@ -1141,6 +1123,19 @@ fn preflight_answered(headers: &[(HeaderName, HeaderValue)]) -> CheckResponse {
     }
 }
 
+/// A header a denied response sets, overwriting any of that name.
+fn overwrite(key: &str, value: &[u8]) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(PbHeaderValue {
+            key: key.to_owned(),
+            value: String::from_utf8_lossy(value).into_owned(),
+            ..PbHeaderValue::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..HeaderValueOption::default()
+    }
+}
+
 /// [`denied`] with the request id header the other doors' refusals carry
 /// (`server.request_id_header`).
 fn denied_with_id(refusal: Refusal, name: &HeaderName, request_id: &HeaderValue) -> CheckResponse {
@@ -1152,15 +1147,8 @@ fn denied_with_id(refusal: Refusal, name: &HeaderName, request_id: &HeaderValue)
 /// Adds the request id header to a denied response.
 fn add_request_id(resp: &mut CheckResponse, name: &HeaderName, request_id: &HeaderValue) {
     if let Some(HttpResponse::DeniedResponse(d)) = &mut resp.http_response {
-        d.headers.push(HeaderValueOption {
-            header: Some(PbHeaderValue {
-                key: name.as_str().to_owned(),
-                value: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-                ..PbHeaderValue::default()
-            }),
-            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-            ..HeaderValueOption::default()
-        });
+        d.headers
+            .push(overwrite(name.as_str(), request_id.as_bytes()));
     }
 }
 
@@ -1171,35 +1159,16 @@ pub fn denied(refusal: Refusal) -> CheckResponse {
     let status = refusal.status.as_u16();
     let headers = refusal
         .headers()
-        .map(|(name, value)| HeaderValueOption {
-            header: Some(PbHeaderValue {
-                key: name.as_str().to_owned(),
-                value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                ..PbHeaderValue::default()
-            }),
-            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-            ..HeaderValueOption::default()
-        })
-        .chain(refusal.body.is_some().then(|| HeaderValueOption {
-            header: Some(PbHeaderValue {
-                key: "content-type".to_owned(),
-                value: "application/json".to_owned(),
-                ..PbHeaderValue::default()
-            }),
-            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-            ..HeaderValueOption::default()
-        }))
+        .map(|(name, value)| overwrite(name.as_str(), value.as_bytes()))
+        .chain(
+            refusal
+                .body
+                .is_some()
+                .then(|| overwrite("content-type", b"application/json")),
+        )
         // As every other door's refusal: never cached (a 401 or 403 for one caller, in a
         // shared cache, would be served to the next).
-        .chain(std::iter::once(HeaderValueOption {
-            header: Some(PbHeaderValue {
-                key: "cache-control".to_owned(),
-                value: "no-store".to_owned(),
-                ..PbHeaderValue::default()
-            }),
-            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-            ..HeaderValueOption::default()
-        }))
+        .chain(std::iter::once(overwrite("cache-control", b"no-store")))
         .collect();
     CheckResponse {
         status: Some(rpc::Status {
