@@ -18,6 +18,7 @@
 //! refers to are built for a request.
 
 mod budget;
+mod fast;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -50,6 +51,8 @@ pub struct Condition {
     uses_params: bool,
     /// Which keys of `request.query` and `request.headers` it reads.
     reads: RequestReads,
+    /// The expression without CEL values, when it is one of the common ones (see [`fast`]).
+    fast: Option<fast::Fast>,
 }
 
 /// Which keys of one of the request's maps an expression reads.
@@ -128,7 +131,9 @@ impl Condition {
         let checked = budget::check(program.expression(), &VARIABLES)?;
         let mut reads = RequestReads::default();
         request_reads(program.expression(), &mut reads);
+        let fast = fast::Fast::compile(&checked.expr);
         Ok(Self {
+            fast,
             expr: checked.expr,
             metered: checked.metered,
             budget,
@@ -165,6 +170,31 @@ impl Condition {
         if let Some(repeated) = self.repeated_read(facts, spoofable) {
             return Err(ConditionError::Error(repeated));
         }
+        if let Some(fast) = &self.fast {
+            let input = fast::Input {
+                facts,
+                principal,
+                params,
+            };
+            if let Some(allowed) = fast.eval(&input) {
+                return if allowed {
+                    Ok(())
+                } else {
+                    Err(ConditionError::False)
+                };
+            }
+        }
+        self.interpret(facts, principal, params, spoofable)
+    }
+
+    /// Evaluates the condition with the `cel` crate's interpreter, whatever the expression.
+    fn interpret(
+        &self,
+        facts: &RequestFacts<'_>,
+        principal: Option<&Principal>,
+        params: &[(Box<str>, String)],
+        spoofable: &Spoofable,
+    ) -> Result<(), ConditionError> {
         let root: &Context<'_, '_> =
             ROOT.get_or_init(|| Context::with_env(Arc::new(budget::env())));
         let vars = Vars {

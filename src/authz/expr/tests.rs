@@ -640,3 +640,129 @@ fn repeated_keys_an_expression_reads_deny() {
         Err(ConditionError::Error(_))
     ));
 }
+
+/// Regression: the compiled subset (`fast`) must decide as the interpreter does, error
+/// absorption, nulls, floats, mixed lists and absent keys included; where it cannot say, the
+/// interpreter does.
+#[test]
+fn the_fast_subset_decides_as_the_interpreter() {
+    let p = principal();
+    let mut odd = principal();
+    odd.issuer = Some("https://idp.test".into());
+    odd.api_key_id = Some("k1".into());
+    odd.kind = PrincipalKind::Machine;
+    odd.claims = json!({
+        "sub": "u1", "n": null, "f": 1.5, "big": u64::MAX, "mixed": ["a", 1], "flag": true,
+        "s": "x", "obj": {"k": "v", "t": 2}, "groups": []
+    })
+    .as_object()
+    .unwrap()
+    .clone();
+    // (expression, whether it compiles to the subset)
+    let cases = [
+        ("params.user_id == principal.id", true),
+        ("claims.sub == 'u1' && action == 'read'", true),
+        (
+            "claims['sub'] == principal.id || principal.kind == 'machine'",
+            true,
+        ),
+        ("!(claims.org.tier == 2)", true),
+        ("claims.org['tier'] != 3", true),
+        ("'b' in claims.groups", true),
+        ("'a' in claims.mixed", true),
+        (
+            "'admin' in principal.roles && !('write' in principal.scopes)",
+            true,
+        ),
+        ("principal.tenant in ['acme', 'other']", true),
+        ("action in ['read', 'read_mine']", true),
+        ("action in ['read', claims.missing]", true),
+        ("has(claims.org) && has(claims.org.tier)", true),
+        ("has(claims.missing)", true),
+        ("has(claims.s.x)", true),
+        ("claims.missing == 'x'", true),
+        ("claims.missing == 'x' && false", true),
+        ("claims.missing == 'x' || true", true),
+        ("false && claims.missing == 'x'", true),
+        ("true || claims.missing == 'x'", true),
+        ("claims.f == 1", true),
+        ("claims.big == 1", true),
+        ("claims.obj.t == 2 && claims.obj.k == 'v'", true),
+        ("claims.obj == 'v'", true),
+        ("claims.sub == 1", true),
+        ("claims.groups == 'a'", true),
+        ("claims.flag", true),
+        ("!claims.flag || claims.flag == false", true),
+        ("claims.s", true),
+        (
+            "principal.authenticated && principal.issuer == 'https://idp.test'",
+            true,
+        ),
+        (
+            "principal.api_key_id == 'k1' || principal.authenticator == 'users'",
+            true,
+        ),
+        ("principal.tenant == 'acme'", true),
+        (
+            "request.method == 'GET' && request.host == 'api.test'",
+            true,
+        ),
+        ("request.path == '/users/u1'", true),
+        ("params.nope == 'x'", true),
+        ("1 == 1 && 'a' != 'b' && true", true),
+        ("claims.n == null", false),
+        ("principal.scopes == ['read']", false),
+        ("request.query.page == '2'", false),
+        ("request.headers['x-team'] == 'blue'", false),
+        ("claims.groups.exists(g, g == 'a')", false),
+        ("size(claims.sub) == 2", false),
+        ("claims.sub.startsWith('u')", false),
+    ];
+    let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), "l".into(), None);
+    let params = [("user_id".into(), "u1".to_owned())];
+    let spoofable = Spoofable::new([], Vec::new());
+    let mut decided = 0;
+    for (expr, in_subset) in cases {
+        let c = Condition::compile(expr, Budget::default()).unwrap();
+        assert_eq!(c.fast.is_some(), in_subset, "{expr}");
+        for (method, target) in [("GET", "/users/u1?page=2"), ("POST", "/users/u2")] {
+            let (parts, ()) = Request::builder()
+                .method(method)
+                .uri(target)
+                .header("host", "api.test")
+                .header("x-team", "blue")
+                .body(())
+                .unwrap()
+                .into_parts();
+            let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+            for who in [Some(&p), Some(&odd), None] {
+                let want = c.interpret(&facts, who, &params, &spoofable);
+                assert_eq!(
+                    c.eval(&facts, who, &params, &spoofable),
+                    want,
+                    "{expr} {method} {target} {:?}",
+                    who.map(|p| &p.claims)
+                );
+                let input = fast::Input {
+                    facts: &facts,
+                    principal: who,
+                    params: &params,
+                };
+                if let Some(b) = c.fast.as_ref().and_then(|f| f.eval(&input)) {
+                    assert_eq!(
+                        want,
+                        if b {
+                            Ok(())
+                        } else {
+                            Err(ConditionError::False)
+                        },
+                        "{expr}"
+                    );
+                    decided += 1;
+                }
+            }
+        }
+    }
+    // Most of the cases are decided without the interpreter (not a subset that never runs).
+    assert!(decided >= 90, "decided {decided}");
+}
