@@ -107,6 +107,68 @@ pub struct RequestBody {
     /// Bytes the limit still allows from `inner`.
     remaining: usize,
     fault: Arc<AtomicBool>,
+    /// How the client's side is getting on, while it has more to send.
+    progress: Option<Arc<Progress>>,
+}
+
+/// How a streamed request body is moving, for the upstream exchange's clock (see
+/// `Upstream::send`): when the client last gave a piece of it, whether it has given all of
+/// it, and whether the body is waiting on the client (rather than the upstream on it).
+///
+/// Why: the response timeout ran from the request's start, upload included: a 30-second
+/// upload through a healthy upstream got 504 `upstream_timeout`, and counted as a failure of
+/// its endpoint, so a few slow uploads (or one client trickling bodies) ejected healthy
+/// endpoints. The response timeout now starts when the body has all gone (as Envoy's route
+/// timeout does), and a pause of the client's is its own fault (408), never the endpoint's.
+/// Regression: tests (it) upstreams::a_slow_upload_is_not_an_upstream_timeout
+#[derive(Debug)]
+pub struct Progress {
+    start: tokio::time::Instant,
+    /// Milliseconds from `start` to the client's last piece (or the body's end).
+    last: std::sync::atomic::AtomicU64,
+    /// The body has ended (or failed): nothing more is awaited from the client.
+    done: AtomicBool,
+    /// The body's last read found nothing yet from the client.
+    waiting: AtomicBool,
+}
+
+/// Where a streamed request body stands (see [`Progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stand {
+    /// All of it read, at this instant.
+    Done(tokio::time::Instant),
+    /// Waiting on the client since its last piece, at this instant.
+    Client(tokio::time::Instant),
+    /// Its last piece, at this instant, not yet taken by the upstream's side.
+    Upstream(tokio::time::Instant),
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last: Default::default(),
+            done: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
+        }
+    }
+
+    fn moved(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// Where the body stands now.
+    pub fn stand(&self) -> Stand {
+        let last = self.start + std::time::Duration::from_millis(self.last.load(Ordering::Relaxed));
+        if self.done.load(Ordering::Relaxed) {
+            Stand::Done(last)
+        } else if self.waiting.load(Ordering::Relaxed) {
+            Stand::Client(last)
+        } else {
+            Stand::Upstream(last)
+        }
+    }
 }
 
 /// Why a request body could not be read before forwarding.
@@ -139,7 +201,11 @@ impl RequestBody {
             inner: (!body.is_end_stream()).then_some(body),
             remaining: limit,
             fault: Arc::default(),
+            progress: None,
         };
+        if this.inner.is_some() {
+            this.progress = Some(Arc::new(Progress::new()));
+        }
         let mut first = true;
         while this.inner.is_some() && this.buffered < PREFETCH_MAX {
             let step = poll_fn(|cx| match this.poll_inner(cx) {
@@ -179,6 +245,7 @@ impl RequestBody {
             inner: None,
             remaining: 0,
             fault: Arc::default(),
+            progress: None,
         }
     }
 
@@ -187,19 +254,41 @@ impl RequestBody {
         Arc::clone(&self.fault)
     }
 
+    /// How the client's side is moving, if it has more to send (`None`: all of it is here).
+    pub fn progress(&self) -> Option<Arc<Progress>> {
+        self.progress
+            .as_ref()
+            .filter(|p| !p.done.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    /// The client's side has ended (or failed): nothing more is awaited from it.
+    fn ended(&mut self) {
+        self.inner = None;
+        if let Some(p) = &self.progress {
+            p.moved();
+            p.done.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// The next frame of the client's body, with the size limit applied.
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let Some(p) = &self.progress {
+            p.waiting.store(polled.is_pending(), Ordering::Relaxed);
+        }
+        match polled {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
-                self.inner = None;
+                self.ended();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 self.fault.store(true, Ordering::Relaxed);
+                self.ended();
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             // Why: the decision never saw the client's trailer fields, and an upstream that
@@ -208,7 +297,7 @@ impl RequestBody {
             // end the body here and are not forwarded.
             // Regression: tests (it) upstreams::request_trailers_are_not_forwarded
             Poll::Ready(Some(Ok(f))) if f.is_trailers() => {
-                self.inner = None;
+                self.ended();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(f))) => {
@@ -216,10 +305,13 @@ impl RequestBody {
                 match self.remaining.checked_sub(len) {
                     Some(r) => {
                         self.remaining = r;
+                        if let Some(p) = &self.progress {
+                            p.moved();
+                        }
                         Poll::Ready(Some(Ok(f)))
                     }
                     None => {
-                        self.inner = None;
+                        self.ended();
                         Poll::Ready(Some(Err(Box::new(TooLarge))))
                     }
                 }

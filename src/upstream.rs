@@ -54,7 +54,8 @@ pub struct Upstream {
     pub host_header: HeaderValue,
     /// Forward the client's `Host`.
     pub preserve_host: bool,
-    /// Time from sending the request to the response head.
+    /// Time from the end of the request body to the response head, and longest pause in
+    /// the body (see [`crate::body::Progress`]).
     pub response_timeout: Duration,
     /// Time to connect, when a new connection is needed.
     pub connect_timeout: Duration,
@@ -370,14 +371,17 @@ impl Upstream {
         // endpoint by chance. The count goes with the response's body.
         // Regression: tests (it) upstreams::least_request_counts_a_stream_until_it_ends
         let counted = balance::in_flight(&ep, b.counts_in_flight());
-        let Ok(result) = tokio::time::timeout_at(
-            deadline,
+        let body = req.body().progress();
+        let result = match within(
             ep.pool.send(req, opts.connect_timeout, deadline, false),
+            deadline,
+            opts.response_timeout,
+            body.as_deref(),
         )
         .await
-        else {
-            b.record(&ep, Verdict::Failure, &self.name);
-            return Err(SendError::Timeout);
+        {
+            Ok(result) => result,
+            Err(late) => return Err(self.late(&ep, late)),
         };
         b.record(&ep, verdict(&result), &self.name);
         let failed = match result {
@@ -412,9 +416,21 @@ impl Upstream {
         b.retried.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(upstream = &*self.name, error = %failed.error, "Retrying upstream request");
         // Boxed: the rare retry does not grow every request's future.
-        Box::pin(self.send_to(&next, again, opts.connect_timeout, deadline))
+        Box::pin(self.send_to(&next, again, opts, deadline, body.as_deref()))
             .await
             .map_err(|f| f.error)
+    }
+
+    /// A timed-out exchange: the endpoint's failure when it is the upstream's side that is
+    /// late, the client's error (`BodyStalled`) when its body is.
+    fn late(&self, ep: &Endpoint, late: Late) -> SendError {
+        match late {
+            Late::Upstream => {
+                self.balancer.record(ep, Verdict::Failure, &self.name);
+                SendError::Timeout
+            }
+            Late::Client => SendError::BodyStalled,
+        }
     }
 
     /// One exchange with one endpoint on a fresh connection, by `deadline`, its outcome
@@ -423,24 +439,74 @@ impl Upstream {
         &self,
         ep: &Arc<Endpoint>,
         req: Request<UpstreamBody>,
-        connect_timeout: Duration,
+        opts: SendOptions,
         deadline: tokio::time::Instant,
+        body: Option<&crate::body::Progress>,
     ) -> Result<Response<PooledBody>, Failed> {
         let b = &*self.balancer;
         let counted = balance::in_flight(ep, b.counts_in_flight());
-        let Ok(result) =
-            tokio::time::timeout_at(deadline, ep.pool.send(req, connect_timeout, deadline, true))
-                .await
-        else {
-            b.record(ep, Verdict::Failure, &self.name);
-            return Err(Failed {
-                error: SendError::Timeout,
-                unsent: None,
-                repeat: None,
-            });
+        let result = match within(
+            ep.pool.send(req, opts.connect_timeout, deadline, true),
+            deadline,
+            opts.response_timeout,
+            body,
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(late) => {
+                return Err(Failed {
+                    error: self.late(ep, late),
+                    unsent: None,
+                    repeat: None,
+                });
+            }
         };
         b.record(ep, verdict(&result), &self.name);
         result.map(|resp| with_in_flight(resp, counted))
+    }
+}
+
+/// Which side an exchange that timed out was waiting on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Late {
+    /// The upstream (its answer, or its taking the body).
+    Upstream,
+    /// The client, for more of its body.
+    Client,
+}
+
+/// `exchange` by `deadline`; with a body still streaming (`body`), the deadline moves with
+/// it: `timeout` after the client's last piece while the body streams (a longer pause of the
+/// client's is its own lateness, one of the upstream's side the upstream's), and `timeout`
+/// after the body's end for the response head (see [`crate::body::Progress`]).
+async fn within<F: std::future::Future>(
+    exchange: F,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    body: Option<&crate::body::Progress>,
+) -> Result<F::Output, Late> {
+    use crate::body::Stand;
+    let Some(body) = body else {
+        return tokio::time::timeout_at(deadline, exchange)
+            .await
+            .map_err(|_| Late::Upstream);
+    };
+    let mut exchange = std::pin::pin!(exchange);
+    let mut deadline = deadline;
+    loop {
+        if let Ok(out) = tokio::time::timeout_at(deadline, exchange.as_mut()).await {
+            return Ok(out);
+        }
+        let (since, late) = match body.stand() {
+            Stand::Done(t) | Stand::Upstream(t) => (t, Late::Upstream),
+            Stand::Client(t) => (t, Late::Client),
+        };
+        let next = crate::clock::deadline_after(since, timeout);
+        if next <= tokio::time::Instant::now() {
+            return Err(late);
+        }
+        deadline = next;
     }
 }
 
@@ -493,6 +559,8 @@ fn error_verdict(e: &SendError) -> Verdict {
         SendError::Http(e) if e.is_user() => Verdict::Neutral,
         // Its own connection cap: the endpoint is busy, not failing.
         SendError::Busy => Verdict::Neutral,
+        // The client's pause, not the endpoint's.
+        SendError::BodyStalled => Verdict::Neutral,
         _ => Verdict::Failure,
     }
 }

@@ -589,6 +589,13 @@ async fn send(
                 "upstream_timeout",
             ));
         }
+        // The client's own pause, mid-body: not the upstream's error.
+        Err(SendError::BodyStalled) => {
+            return Err(Failure::Malformed(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+            ));
+        }
         Err(e) => e,
     };
     let (status, kind) = match &e {

@@ -86,6 +86,10 @@ pub enum SendError {
     /// timeout, or before the response deadline).
     #[error("every connection the endpoint may have is busy")]
     Busy,
+    /// The client paused its request body longer than the response timeout: its own
+    /// lateness, not the endpoint's.
+    #[error("the client's request body stalled")]
+    BodyStalled,
 }
 
 impl SendError {
@@ -108,6 +112,7 @@ impl SendError {
             Self::NoEndpoint => (StatusCode::SERVICE_UNAVAILABLE, "upstream_no_endpoint"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "upstream_busy"),
+            Self::BodyStalled => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
         }
     }
 }

@@ -1971,3 +1971,88 @@ async fn declined_upgrade_answers_are_checked_as_any_answer() {
     assert_eq!(r.status, 426, "{}", r.head);
     assert_eq!(r.body, "no");
 }
+
+/// An upstream that reads each request's whole body before it answers with its length.
+async fn body_reading_upstream() -> SocketAddr {
+    use http_body_util::BodyExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
+                let len = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_or(0, |b| b.to_bytes().len());
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                    len.to_string(),
+                ))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+/// The response timeout runs from the end of the request body: an upload longer than it,
+/// through healthy endpoints, reaches them whole; a client pausing its body longer than it
+/// gets 408 `body_timeout`; neither is an endpoint's failure (none is ejected, though one
+/// failure would eject).
+#[tokio::test]
+async fn a_slow_upload_is_not_an_upstream_timeout() {
+    let (a, b) = (body_reading_upstream().await, body_reading_upstream().await);
+    let gw = Setup {
+        upstreams: format!(
+            "  pool:\n    url: http://backend.test\n    endpoints: [\"{a}\", \"{b}\"]\n    response_timeout: 400ms\n    ejection: {{consecutive_failures: 1, base_time: 30s, max_time: 30s}}\n"
+        ),
+        policies: route_all_to("pool"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let head =
+        b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 6\r\nConnection: close\r\n\r\n";
+    let read = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        crate::support::RawResponse::parse(&buf)
+    };
+    // Twice, so each endpoint gets one: 1.5 s of upload, no pause as long as the timeout.
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(head).await.unwrap();
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            s.write_all(b"x").await.unwrap();
+        }
+        let r = read(s).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "6"), "{}", r.head);
+    }
+    // A client that stops mid-body.
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(head).await.unwrap();
+    s.write_all(b"xx").await.unwrap();
+    let started = std::time::Instant::now();
+    let r = read(s).await;
+    assert_eq!(r.status, 408, "{}", r.head);
+    assert!(r.body.contains("body_timeout"), "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        !metrics.lines().any(
+            |l| l.starts_with("portcullis_upstream_endpoint_ejections_total") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    for _ in 0..4 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+    }
+}

@@ -148,7 +148,8 @@ pub struct RawTimeouts {
     #[serde(default, deserialize_with = "opt_duration")]
     #[schemars(with = "Option<String>")]
     pub connect: Option<Duration>,
-    /// Time from sending the request to the response head; 504 beyond it.
+    /// Time from the end of the request body to the response head (and longest pause
+    /// within the body); 504 beyond it.
     #[serde(default, deserialize_with = "opt_duration")]
     #[schemars(with = "Option<String>")]
     pub response: Option<Duration>,

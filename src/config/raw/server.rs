@@ -161,8 +161,9 @@ pub struct RawUpstream {
     #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
     #[schemars(with = "String")]
     pub connect_timeout: Duration,
-    /// Time from sending the request to receiving the response head; 504 beyond it. A rule's
-    /// `timeouts.response` overrides it.
+    /// Time from the end of the request body to the response head; 504 beyond it. While the
+    /// body streams, no pause in it may be longer: the client's gets 408 `body_timeout`, the
+    /// upstream's 504. A rule's `timeouts.response` overrides it.
     #[serde(default = "default_response_timeout", deserialize_with = "duration")]
     #[schemars(with = "String")]
     pub response_timeout: Duration,
