@@ -780,6 +780,10 @@ impl Ctx<'_> {
             span.door = Door::Proxy.as_str();
             span.method = Some(self.method.clone());
             span.status = status;
+            span.grpc_status = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()?.parse().ok());
             span.decision = decision;
             span.reason = self.reason;
             span.rule = self.log.rule.as_ref().map(|r| Arc::clone(&r.0));

@@ -78,6 +78,9 @@ pub struct Span {
     pub method: Option<http::Method>,
     /// Response status.
     pub status: u16,
+    /// The `grpc-status` of a gRPC answer the gateway made (a refusal, an upstream failure:
+    /// HTTP 200 with the code in its head).
+    pub grpc_status: Option<i32>,
     /// `allow`, `deny` or `error`.
     pub decision: &'static str,
     /// Reason code of a denial or error.
@@ -237,6 +240,9 @@ impl Otlp {
         if let Some(r) = span.rule {
             attributes.push(KeyValue::new("portcullis.rule", r));
         }
+        if let Some(code) = span.grpc_status {
+            attributes.push(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+        }
         let builder = self
             .tracer
             .span_builder(match &span.method {
@@ -254,7 +260,12 @@ impl Otlp {
         });
         // An error status for the gateway's own failures; unset otherwise (a denial is the
         // gateway working).
-        if span.status >= 500 {
+        // Why: a gRPC client's failure is HTTP 200 with its code in `grpc-status`: an
+        // upstream timeout (UNAVAILABLE) left the span unmarked, and trace-based alerting
+        // missed every gRPC upstream failure. The codes OpenTelemetry's gRPC conventions call
+        // server errors mark it too.
+        // Regression: tests::spans_carry_the_gateways_ids_times_and_attributes
+        if span.status >= 500 || span.grpc_status.is_some_and(grpc_server_error) {
             otel.set_status(Status::error(span.reason.unwrap_or("error")));
         }
         otel.end_with_timestamp(unix(span.end_unix_nanos));
@@ -303,6 +314,7 @@ impl Span {
             door: "",
             method: None,
             status: 0,
+            grpc_status: None,
             decision: "",
             reason: None,
             rule: None,
@@ -311,6 +323,12 @@ impl Span {
             end_unix_nanos: nanos(end),
         }
     }
+}
+
+/// Whether a gRPC status code is a server's error (OpenTelemetry's gRPC semantic
+/// conventions: UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
+fn grpc_server_error(code: i32) -> bool {
+    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
 // === impl GatewayIds ===
@@ -438,10 +456,36 @@ mod tests {
         root.status = 502;
         root.reason = Some("upstream_unavailable");
         otlp.record(root);
+        // gRPC answers: UNAVAILABLE (an upstream's failure) is an error, UNAUTHENTICATED (a
+        // denial) is not; both carry their code.
+        for (code, id) in [(14, 4), (16, 5)] {
+            let mut g = Span::ending_now(
+                &TraceContext {
+                    span_id: [id; 8],
+                    state: None,
+                    ..cx
+                },
+                Duration::from_millis(1),
+            );
+            g.status = 200;
+            g.grpc_status = Some(code);
+            otlp.record(g);
+        }
         otlp.provider.force_flush().unwrap();
 
         let spans = kept.spans.lock().unwrap();
-        assert_eq!(spans.len(), 2);
+        assert_eq!(spans.len(), 4);
+        assert_eq!(attribute(&spans[0], "rpc.grpc.status_code"), None);
+        assert_eq!(
+            attribute(&spans[2], "rpc.grpc.status_code"),
+            Some(&Value::I64(14))
+        );
+        assert!(matches!(spans[2].status, Status::Error { .. }));
+        assert_eq!(
+            attribute(&spans[3], "rpc.grpc.status_code"),
+            Some(&Value::I64(16))
+        );
+        assert_eq!(spans[3].status, Status::Unset);
         let s = &spans[0];
         assert_eq!(s.span_context.trace_id(), TraceId::from_bytes([0xab; 16]));
         assert_eq!(s.span_context.span_id(), SpanId::from_bytes([2; 8]));
