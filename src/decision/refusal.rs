@@ -70,12 +70,17 @@ pub enum GrpcCode {
     Ok = 0,
     /// 3: a malformed request (400).
     InvalidArgument = 3,
+    /// 4: the request (its body, a Check message) did not arrive in time (408).
+    DeadlineExceeded = 4,
     /// 5: a rule hiding its route (404).
     NotFound = 5,
     /// 7: denied by policy (403, 405, other 4xx).
     PermissionDenied = 7,
-    /// 8: over a rate limit (429).
+    /// 8: over a rate limit (429), or a message larger than allowed (413), as gRPC
+    /// libraries answer one.
     ResourceExhausted = 8,
+    /// 12: a method the gateway does not serve (405, 501).
+    Unimplemented = 12,
     /// 14: what is needed to decide is unavailable (502, 503, 504).
     Unavailable = 14,
     /// 16: no valid credential (401, or a login redirect).
@@ -132,13 +137,20 @@ impl Refusal {
 
 impl GrpcCode {
     /// The code for an HTTP status, as Envoy's ext_authz maps them back.
+    ///
+    /// Why 408, 413, 405 and 501 have their own: a gRPC client's over-large message got
+    /// INVALID_ARGUMENT where gRPC libraries answer RESOURCE_EXHAUSTED, a stalled body and a
+    /// refused method PERMISSION_DENIED, which says the caller lacks a right.
+    /// Regression: tests::grpc_codes_follow_the_status
     pub fn for_status(status: StatusCode) -> Self {
         match status.as_u16() {
             200..=299 => Self::Ok,
             300..=399 | 401 => Self::Unauthenticated,
-            400 | 413 | 414 | 421 | 431 => Self::InvalidArgument,
+            400 | 414 | 421 | 431 => Self::InvalidArgument,
             404 => Self::NotFound,
-            429 => Self::ResourceExhausted,
+            408 => Self::DeadlineExceeded,
+            413 | 429 => Self::ResourceExhausted,
+            405 | 501 => Self::Unimplemented,
             500..=599 => Self::Unavailable,
             _ => Self::PermissionDenied,
         }
@@ -163,10 +175,15 @@ mod tests {
             (401, GrpcCode::Unauthenticated),
             (403, GrpcCode::PermissionDenied),
             (404, GrpcCode::NotFound),
-            (405, GrpcCode::PermissionDenied),
+            (405, GrpcCode::Unimplemented),
+            (408, GrpcCode::DeadlineExceeded),
+            (409, GrpcCode::PermissionDenied),
+            (413, GrpcCode::ResourceExhausted),
             (414, GrpcCode::InvalidArgument),
             (429, GrpcCode::ResourceExhausted),
+            (501, GrpcCode::Unimplemented),
             (503, GrpcCode::Unavailable),
+            (504, GrpcCode::Unavailable),
         ] {
             assert_eq!(
                 GrpcCode::for_status(StatusCode::from_u16(status).unwrap()),

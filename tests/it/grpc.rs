@@ -1305,7 +1305,7 @@ async fn an_unreadable_check_message_is_denied_not_failed() {
             &[],
             framed(&check_with_body(600_000)),
             false,
-            (3, 413, "check_too_large"),
+            (8, 413, "check_too_large"),
         ),
         (
             "no message",
@@ -1335,7 +1335,7 @@ async fn an_unreadable_check_message_is_denied_not_failed() {
             false,
             (3, 400, "invalid_check_request"),
         ),
-        ("stalled", &[], stalled, true, (7, 408, "check_timeout")),
+        ("stalled", &[], stalled, true, (4, 408, "check_timeout")),
     ];
     for (what, headers, body, open, (want_code, want_status, want_error)) in cases {
         let started = std::time::Instant::now();
