@@ -48,6 +48,18 @@ where
     Either::Right(Either::Right(GrpcBody::new(body)))
 }
 
+/// The reason of the [`Cut`] `err` is or wraps (a boxed body wraps its inner body's error).
+pub fn cut_reason(err: &(dyn StdError + 'static)) -> Option<&'static str> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<Cut>() {
+            return Some(c.reason);
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// Whether `err` (or anything it wraps) is a body that went over its size limit.
 pub fn is_length_limit(err: &(dyn StdError + 'static)) -> bool {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);

@@ -267,6 +267,9 @@ async fn forward(
     // A `101` nobody asked for is refused by the pool (`upstream_invalid_response`): an
     // upgrade the rule relays went to `tunnel` above, on a connection of its own.
     let resp = send(ctx, &upstream, req, opts, &client_fault).await?;
+    let cut_as_grpc = (expires_at.is_some() || watch.is_some())
+        && ctx.grpc == Some(Grpc::Native)
+        && ctx.version == Version::HTTP_2;
     let expiry = expires_at.map(|at| (at, snapshot.clock.clone(), Arc::clone(&ctx.shared.metrics)));
     let mut resp = respond(
         resp,
@@ -281,7 +284,7 @@ async fn forward(
     for (name, value) in to_client {
         resp.headers_mut().insert(name, value);
     }
-    Ok(match watch {
+    let resp = match watch {
         None => resp,
         Some(w) => resp.map(|body| {
             let (every, expires_at, recheck) = *w;
@@ -294,6 +297,10 @@ async fn forward(
                 Arc::clone(&ctx.shared.metrics),
             )
         }),
+    };
+    Ok(match cut_as_grpc {
+        true => resp.map(super::watched::grpc_ending),
+        false => resp,
     })
 }
 

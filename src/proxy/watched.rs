@@ -58,6 +58,68 @@ pub(super) fn watch(
     })
 }
 
+/// A gRPC client's response (HTTP/2, `application/grpc`) that, cut for its credential,
+/// ends with trailers saying why instead of a reset: `grpc-status` 16 (UNAUTHENTICATED) when
+/// the credential expired, 7 (PERMISSION_DENIED) when a re-check denied it, and the reason as
+/// `grpc-message`.
+///
+/// Why: reset with `CANCEL`, the cut reached a gRPC client as CANCELLED ("Received
+/// RST_STREAM"), which no client takes for an expired token: it neither refreshed it nor
+/// retried. Any other error (the upstream's, an idle cut) is still a reset.
+/// Regression: tests (it) edge::a_grpc_stream_cut_by_its_credential_ends_with_its_status
+pub(super) fn grpc_ending(body: ResponseBody) -> ResponseBody {
+    crate::body::boxed(GrpcEnding {
+        inner: body,
+        ended: false,
+    })
+}
+
+struct GrpcEnding {
+    inner: ResponseBody,
+    /// Its trailers were sent.
+    ended: bool,
+}
+
+impl Body for GrpcEnding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                let reason = crate::body::cut_reason(&*e);
+                let code = match reason {
+                    Some("stream_credential_expired") => 16,
+                    Some("stream_reauthorization_denied") => 7,
+                    _ => return Poll::Ready(Some(Err(e))),
+                };
+                self.ended = true;
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from(code));
+                if let Some(r) = reason {
+                    trailers.insert("grpc-message", http::HeaderValue::from_static(r));
+                }
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl Body for Watched {
     type Data = Bytes;
     type Error = BoxError;

@@ -1494,6 +1494,57 @@ async fn an_h2_stream_cut_by_its_credential_is_reset_with_cancel() {
     task.abort();
 }
 
+/// A gRPC client's stream cut for its credential (with or without re-checks) ends with
+/// `grpc-status: 16` and the reason in trailers, not a reset the client reads as CANCELLED:
+/// it can tell an expired token, refresh it and call again.
+#[tokio::test]
+async fn a_grpc_stream_cut_by_its_credential_ends_with_its_status() {
+    let (events, task) = event_stream_upstream().await;
+    let gw = events_gateway(events).await;
+    let auth = bearer(&hs256_token(SECRET, &json!({"exp": now() + 2})));
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for path in ["/events/feed.Svc/Watch", "/plain/feed.Svc/Watch"] {
+        let req = Request::post(format!("http://{}{path}", gw.addr()))
+            .header("authorization", &auth)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        send = send.ready().await.unwrap();
+        streams.push((path, send.send_request(req, true).unwrap().0));
+    }
+    for (path, resp) in streams {
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("response head")
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let mut body = resp.into_body();
+        let mut chunks = 0;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(6), body.data())
+                .await
+                .expect("cut within its credential's life")
+            {
+                Some(Ok(_)) => chunks += 1,
+                Some(Err(e)) => panic!("{path}: reset ({e:?}), not ended with a status"),
+                None => break,
+            }
+        }
+        assert!(chunks >= 3, "{path}: it streamed until then: {chunks}");
+        let trailers = body.trailers().await.unwrap().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "16", "{path}");
+        assert_eq!(
+            trailers["grpc-message"], "stream_credential_expired",
+            "{path}"
+        );
+    }
+    task.abort();
+}
+
 #[tokio::test]
 async fn a_long_response_is_cut_when_its_token_expires_with_or_without_rechecks() {
     let (events, task) = event_stream_upstream().await;
