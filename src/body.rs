@@ -142,7 +142,20 @@ pub struct Progress {
     done: AtomicBool,
     /// The body's last read found nothing yet from the client.
     waiting: AtomicBool,
+    /// Bytes the client has given.
+    bytes: std::sync::atomic::AtomicU64,
 }
+
+/// The slowest average a streaming request body may keep once its first `timeout` has
+/// passed: each byte buys 2 ms (500 bytes a second, Apache `mod_reqtimeout`'s default
+/// `MinRate`).
+///
+/// Why: with only a bound on each pause, a client sending a byte every 29 s held its
+/// upstream exchange (a connection, a `max_connections` slot, an upstream worker) for as long
+/// as it liked; before the timeout moved with the body, the whole exchange was capped at the
+/// timeout, which failed every long upload.
+/// Regression: tests (it) upstreams::a_slow_upload_is_not_an_upstream_timeout
+const MICROS_PER_BYTE: u64 = 2_000;
 
 /// Where a streamed request body stands (see [`Progress`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +175,21 @@ impl Progress {
             last: Default::default(),
             done: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
+            bytes: Default::default(),
         }
+    }
+
+    /// When the body must have ended at the slowest rate allowed ([`MICROS_PER_BYTE`]), for
+    /// a first allowance of `timeout`.
+    pub fn rate_floor(&self, timeout: std::time::Duration) -> tokio::time::Instant {
+        let earned = self
+            .bytes
+            .load(Ordering::Relaxed)
+            .saturating_mul(MICROS_PER_BYTE);
+        crate::clock::deadline_after(
+            crate::clock::deadline_after(self.start, timeout),
+            std::time::Duration::from_micros(earned),
+        )
     }
 
     fn moved(&self) {
@@ -172,10 +199,13 @@ impl Progress {
 
     /// Where the body stands now.
     pub fn stand(&self) -> Stand {
+        // The flags first: a body ending meanwhile leaves a later `last`, never an earlier.
+        let done = self.done.load(Ordering::Relaxed);
+        let waiting = self.waiting.load(Ordering::Relaxed);
         let last = self.start + std::time::Duration::from_millis(self.last.load(Ordering::Relaxed));
-        if self.done.load(Ordering::Relaxed) {
+        if done {
             Stand::Done(last)
-        } else if self.waiting.load(Ordering::Relaxed) {
+        } else if waiting {
             Stand::Client(last)
         } else {
             Stand::Upstream(last)
@@ -244,6 +274,13 @@ impl RequestBody {
                     this.ready.push_back(f);
                 }
             }
+        }
+        // Why: a prefetch ending on the client's pause left `waiting` set while the upstream's
+        // side took the frames read ahead, so a stuck upstream's lateness was blamed on the
+        // client (408, the endpoint's failure unrecorded). `waiting` is what the consumer's
+        // own polls find.
+        if let Some(p) = &this.progress {
+            p.waiting.store(false, Ordering::Relaxed);
         }
         Ok(this)
     }
@@ -319,6 +356,7 @@ impl RequestBody {
                         self.remaining = r;
                         if let Some(p) = &self.progress {
                             p.moved();
+                            p.bytes.fetch_add(len as u64, Ordering::Relaxed);
                         }
                         Poll::Ready(Some(Ok(f)))
                     }
@@ -343,6 +381,10 @@ impl http_body::Body for RequestBody {
         let this = self.get_mut();
         if let Some(f) = this.ready.pop_front() {
             this.buffered -= f.data_ref().map_or(0, |d| d.len() as u64);
+            if let Some(p) = &this.progress {
+                p.waiting.store(false, Ordering::Relaxed);
+                p.moved();
+            }
             return Poll::Ready(Some(Ok(f)));
         }
         this.poll_inner(cx)

@@ -478,8 +478,9 @@ enum Late {
 
 /// `exchange` by `deadline`; with a body still streaming (`body`), the deadline moves with
 /// it: `timeout` after the client's last piece while the body streams (a longer pause of the
-/// client's is its own lateness, one of the upstream's side the upstream's), and `timeout`
-/// after the body's end for the response head (see [`crate::body::Progress`]).
+/// client's is its own lateness, one of the upstream's side the upstream's), but never past
+/// the slowest average rate allowed (`Progress::rate_floor`), and `timeout` after the body's
+/// end for the response head (see [`crate::body::Progress`]).
 async fn within<F: std::future::Future>(
     exchange: F,
     deadline: tokio::time::Instant,
@@ -498,11 +499,15 @@ async fn within<F: std::future::Future>(
         if let Ok(out) = tokio::time::timeout_at(deadline, exchange.as_mut()).await {
             return Ok(out);
         }
-        let (since, late) = match body.stand() {
+        let stand = body.stand();
+        let (since, late) = match stand {
             Stand::Done(t) | Stand::Upstream(t) => (t, Late::Upstream),
             Stand::Client(t) => (t, Late::Client),
         };
-        let next = crate::clock::deadline_after(since, timeout);
+        let mut next = crate::clock::deadline_after(since, timeout);
+        if !matches!(stand, Stand::Done(_)) {
+            next = next.min(body.rate_floor(timeout));
+        }
         if next <= tokio::time::Instant::now() {
             return Err(late);
         }

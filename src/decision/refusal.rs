@@ -74,7 +74,7 @@ pub enum GrpcCode {
     DeadlineExceeded = 4,
     /// 5: a rule hiding its route (404).
     NotFound = 5,
-    /// 7: denied by policy (403, 405, other 4xx).
+    /// 7: denied by policy (403, other 4xx).
     PermissionDenied = 7,
     /// 8: over a rate limit (429), or a message larger than allowed (413), as gRPC
     /// libraries answer one.

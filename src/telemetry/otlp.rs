@@ -262,8 +262,7 @@ impl Otlp {
         // gateway working).
         // Why: a gRPC client's failure is HTTP 200 with its code in `grpc-status`: an
         // upstream timeout (UNAVAILABLE) left the span unmarked, and trace-based alerting
-        // missed every gRPC upstream failure. The codes OpenTelemetry's gRPC conventions call
-        // server errors mark it too.
+        // missed every gRPC upstream failure. The server-error codes mark it too.
         // Regression: tests::spans_carry_the_gateways_ids_times_and_attributes
         if span.status >= 500 || span.grpc_status.is_some_and(grpc_server_error) {
             otel.set_status(Status::error(span.reason.unwrap_or("error")));
@@ -325,10 +324,12 @@ impl Span {
     }
 }
 
-/// Whether a gRPC status code is a server's error (OpenTelemetry's gRPC semantic
-/// conventions: UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
+/// Whether a gRPC status code in a gateway-made answer is a server's error: UNKNOWN,
+/// INTERNAL, UNAVAILABLE, DATA_LOSS. Not DEADLINE_EXCEEDED or UNIMPLEMENTED, which
+/// OpenTelemetry's conventions also list: the gateway renders those for the client's own
+/// 408 and 405/501, which over HTTP leave the span unset too.
 fn grpc_server_error(code: i32) -> bool {
-    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
+    matches!(code, 2 | 13 | 14 | 15)
 }
 
 // === impl GatewayIds ===

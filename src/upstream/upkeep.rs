@@ -122,17 +122,23 @@ async fn resolve(b: &Balancer, u: &Upkeep) {
             continue;
         };
         let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&**name)).await;
+        // What a failure leaves: the name's last addresses, or (never resolved) nothing.
+        let left = if kept.clone().next().is_some() {
+            "keeping its last addresses"
+        } else {
+            "out of rotation until it resolves"
+        };
         let mut addrs: Vec<SocketAddr> = match found {
             Ok(Ok(addrs)) => addrs.collect(),
             Ok(Err(e)) => {
-                tracing::warn!(upstream = &*u.name, endpoint = &**name, error = %e, "Endpoint name did not resolve; keeping its last addresses");
+                tracing::warn!(upstream = &*u.name, endpoint = &**name, error = %e, "Endpoint name did not resolve; {left}");
                 Vec::new()
             }
             Err(_) => {
                 tracing::warn!(
                     upstream = &*u.name,
                     endpoint = &**name,
-                    "Endpoint name resolution timed out; keeping its last addresses"
+                    "Endpoint name resolution timed out; {left}"
                 );
                 Vec::new()
             }

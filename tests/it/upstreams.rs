@@ -1999,9 +1999,9 @@ async fn body_reading_upstream() -> SocketAddr {
 }
 
 /// The response timeout runs from the end of the request body: an upload longer than it,
-/// through healthy endpoints, reaches them whole; a client pausing its body longer than it
-/// gets 408 `body_timeout`; neither is an endpoint's failure (none is ejected, though one
-/// failure would eject).
+/// through healthy endpoints, reaches them whole; a client pausing its body longer than it,
+/// or trickling it slower than 500 bytes a second on average, gets 408 `body_timeout`; none is
+/// an endpoint's failure (none is ejected, though one failure would eject).
 #[tokio::test]
 async fn a_slow_upload_is_not_an_upstream_timeout() {
     let (a, b) = (body_reading_upstream().await, body_reading_upstream().await);
@@ -2015,22 +2015,23 @@ async fn a_slow_upload_is_not_an_upstream_timeout() {
     .start()
     .await;
     let head =
-        b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 6\r\nConnection: close\r\n\r\n";
+        b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1200\r\nConnection: close\r\n\r\n";
     let read = |mut s: tokio::net::TcpStream| async move {
         let mut buf = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
         crate::support::RawResponse::parse(&buf)
     };
-    // Twice, so each endpoint gets one: 1.5 s of upload, no pause as long as the timeout.
+    // Twice, so each endpoint gets one: 1.5 s of upload at 800 bytes a second, no pause as
+    // long as the timeout.
     for _ in 0..2 {
         let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
         s.write_all(head).await.unwrap();
         for _ in 0..6 {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            s.write_all(b"x").await.unwrap();
+            s.write_all(&[b'x'; 200]).await.unwrap();
         }
         let r = read(s).await;
-        assert_eq!((r.status, r.body.as_str()), (200, "6"), "{}", r.head);
+        assert_eq!((r.status, r.body.as_str()), (200, "1200"), "{}", r.head);
     }
     // A client that stops mid-body.
     let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
@@ -2045,6 +2046,28 @@ async fn a_slow_upload_is_not_an_upstream_timeout() {
         "{:?}",
         started.elapsed()
     );
+    // One that trickles a byte every 100 ms: no pause near the timeout, but 10 bytes a
+    // second is far below the slowest rate allowed.
+    let s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(head).await.unwrap();
+    let started = std::time::Instant::now();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if wr.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut buf)).await;
+    let elapsed = started.elapsed();
+    trickle.abort();
+    let r = crate::support::RawResponse::parse(&buf);
+    assert_eq!(r.status, 408, "{}", r.head);
+    assert!(r.body.contains("body_timeout"), "{}", r.body);
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(
         !metrics.lines().any(

@@ -311,11 +311,15 @@ impl Operand {
                     Value::Null | Value::Object(_) => return None,
                 }
             }
+            // Why: a pattern may name a parameter twice (`/t/{id}/u/{id}`); the interpreter's
+            // map keeps the last value, and reading the first allowed `/t/alice/u/bob` for
+            // alice where the interpreter denies it.
+            // Regression: expr::tests::the_fast_subset_decides_as_the_interpreter
             Self::Param(name) => Read::Str(
                 input
                     .params
                     .iter()
-                    .find(|(k, _)| k == name)
+                    .rfind(|(k, _)| k == name)
                     .map(|(_, v)| v.as_str())?,
             ),
             Self::Action => Read::Str(super::action(input.facts)),

@@ -719,7 +719,11 @@ fn the_fast_subset_decides_as_the_interpreter() {
         ("claims.sub.startsWith('u')", false),
     ];
     let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), "l".into(), None);
-    let params = [("user_id".into(), "u1".to_owned())];
+    // A name the pattern repeats: the last value is the one read.
+    let params = [
+        ("user_id".into(), "u2".to_owned()),
+        ("user_id".into(), "u1".to_owned()),
+    ];
     let spoofable = Spoofable::new([], Vec::new());
     let mut decided = 0;
     for (expr, in_subset) in cases {

@@ -162,7 +162,8 @@ pub struct RawUpstream {
     #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// Time from the end of the request body to the response head; 504 beyond it. While the
-    /// body streams, no pause in it may be longer: the client's gets 408 `body_timeout`, the
+    /// body streams, no pause in it may be longer, nor its average fall below 500 bytes a
+    /// second after the first timeout: the client's lateness gets 408 `body_timeout`, the
     /// upstream's 504. A rule's `timeouts.response` overrides it.
     #[serde(default = "default_response_timeout", deserialize_with = "duration")]
     #[schemars(with = "String")]
