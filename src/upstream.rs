@@ -372,14 +372,26 @@ impl Upstream {
         // Regression: tests (it) upstreams::least_request_counts_a_stream_until_it_ends
         let counted = balance::in_flight(&ep, b.counts_in_flight());
         let body = req.body().progress();
-        let result = match within(
-            ep.pool.send(req, opts.connect_timeout, deadline, false),
-            deadline,
-            opts.response_timeout,
-            body.as_deref(),
-        )
-        .await
-        {
+        // A body still streaming moves the deadline (`within`, boxed: rare, and the plain
+        // path's future stays as small as it was).
+        let result = match &body {
+            None => tokio::time::timeout_at(
+                deadline,
+                ep.pool.send(req, opts.connect_timeout, deadline, false),
+            )
+            .await
+            .map_err(|_| Late::Upstream),
+            Some(p) => {
+                Box::pin(within(
+                    ep.pool.send(req, opts.connect_timeout, deadline, false),
+                    deadline,
+                    opts.response_timeout,
+                    p,
+                ))
+                .await
+            }
+        };
+        let result = match result {
             Ok(result) => result,
             Err(late) => return Err(self.late(&ep, late)),
         };
@@ -445,14 +457,14 @@ impl Upstream {
     ) -> Result<Response<PooledBody>, Failed> {
         let b = &*self.balancer;
         let counted = balance::in_flight(ep, b.counts_in_flight());
-        let result = match within(
-            ep.pool.send(req, opts.connect_timeout, deadline, true),
-            deadline,
-            opts.response_timeout,
-            body,
-        )
-        .await
-        {
+        let exchange = ep.pool.send(req, opts.connect_timeout, deadline, true);
+        let result = match body {
+            None => tokio::time::timeout_at(deadline, exchange)
+                .await
+                .map_err(|_| Late::Upstream),
+            Some(p) => within(exchange, deadline, opts.response_timeout, p).await,
+        };
+        let result = match result {
             Ok(result) => result,
             Err(late) => {
                 return Err(Failed {
@@ -476,8 +488,8 @@ enum Late {
     Client,
 }
 
-/// `exchange` by `deadline`; with a body still streaming (`body`), the deadline moves with
-/// it: `timeout` after the client's last piece while the body streams (a longer pause of the
+/// `exchange` by `deadline`, its request's body still streaming (`body`): the deadline moves
+/// with it: `timeout` after the client's last piece while the body streams (a longer pause of the
 /// client's is its own lateness, one of the upstream's side the upstream's), but never past
 /// the slowest average rate allowed (`Progress::rate_floor`), and `timeout` after the body's
 /// end for the response head (see [`crate::body::Progress`]).
@@ -485,14 +497,9 @@ async fn within<F: std::future::Future>(
     exchange: F,
     deadline: tokio::time::Instant,
     timeout: Duration,
-    body: Option<&crate::body::Progress>,
+    body: &crate::body::Progress,
 ) -> Result<F::Output, Late> {
     use crate::body::Stand;
-    let Some(body) = body else {
-        return tokio::time::timeout_at(deadline, exchange)
-            .await
-            .map_err(|_| Late::Upstream);
-    };
     let mut exchange = std::pin::pin!(exchange);
     let mut deadline = deadline;
     loop {
