@@ -67,10 +67,15 @@ pub(super) fn watch(
 /// RST_STREAM"), which no client takes for an expired token: it neither refreshed it nor
 /// retried. Any other error (the upstream's, an idle cut) is still a reset.
 /// Regression: tests (it) edge::a_grpc_stream_cut_by_its_credential_ends_with_its_status
+///
+/// Only between two messages: the client would read a message cut short and then the status
+/// as a broken stream (grpc-go reports INTERNAL, "unexpected EOF"), so a cut that lands inside
+/// one (an upstream's message spanning several DATA frames) is still a reset.
 pub(super) fn grpc_ending(body: ResponseBody) -> ResponseBody {
     crate::body::boxed(GrpcEnding {
         inner: body,
         ended: false,
+        framing: Framing::default(),
     })
 }
 
@@ -78,6 +83,44 @@ struct GrpcEnding {
     inner: ResponseBody,
     /// Its trailers were sent.
     ended: bool,
+    framing: Framing,
+}
+
+/// Where a gRPC body stands in its length-prefixed messages (a flag byte, a 4-byte
+/// big-endian length, the payload).
+#[derive(Debug, Default)]
+struct Framing {
+    /// Prefix bytes read of the next message (0 to 4; at 5 its payload begins).
+    prefix: [u8; 5],
+    seen: usize,
+    /// Payload bytes of the current message still to come.
+    left: u64,
+}
+
+impl Framing {
+    fn pass(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.left > 0 {
+                let n = usize::try_from(self.left).map_or(data.len(), |l| l.min(data.len()));
+                self.left -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            self.prefix[self.seen] = data[0];
+            self.seen += 1;
+            data = &data[1..];
+            if self.seen == 5 {
+                let [_, a, b, c, d] = self.prefix;
+                self.left = u64::from(u32::from_be_bytes([a, b, c, d]));
+                self.seen = 0;
+            }
+        }
+    }
+
+    /// No message begun and unfinished.
+    fn between(&self) -> bool {
+        self.seen == 0 && self.left == 0
+    }
 }
 
 impl Body for GrpcEnding {
@@ -92,11 +135,17 @@ impl Body for GrpcEnding {
             return Poll::Ready(None);
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.framing.pass(d);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
             Poll::Ready(Some(Err(e))) => {
                 let reason = crate::body::cut_reason(&*e);
                 let code = match reason {
-                    Some("stream_credential_expired") => 16,
-                    Some("stream_reauthorization_denied") => 7,
+                    Some("stream_credential_expired") if self.framing.between() => 16,
+                    Some("stream_reauthorization_denied") if self.framing.between() => 7,
                     _ => return Poll::Ready(Some(Err(e))),
                 };
                 self.ended = true;
@@ -145,5 +194,44 @@ impl Body for Watched {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Framing;
+
+    /// Message boundaries found whatever the DATA frames' split: an empty message, a prefix
+    /// cut in two, a payload over several frames, two messages in one frame.
+    #[test]
+    fn grpc_framing_knows_where_messages_end() {
+        let msg = |payload: &[u8]| {
+            let mut m = vec![0];
+            m.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+            m.extend_from_slice(payload);
+            m
+        };
+        let two = [msg(b"hello"), msg(b"")].concat();
+        for (frames, between) in [
+            (vec![msg(b"hello")], true),
+            (vec![msg(b"")], true),
+            (vec![two.clone()], true),
+            (vec![two[..3].to_vec()], false),
+            (vec![two[..3].to_vec(), two[3..].to_vec()], true),
+            (vec![two[..7].to_vec()], false),
+            (vec![two[..7].to_vec(), two[7..10].to_vec()], true),
+            (vec![two[..11].to_vec()], false),
+            (
+                vec![[msg(&[7; 70_000]), msg(b"x")].concat()[..70_004].to_vec()],
+                false,
+            ),
+            (Vec::new(), true),
+        ] {
+            let mut f = Framing::default();
+            for d in &frames {
+                f.pass(d);
+            }
+            assert_eq!(f.between(), between, "{frames:?}");
+        }
     }
 }

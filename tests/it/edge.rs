@@ -1394,10 +1394,21 @@ async fn event_stream_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let svc =
-                    hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
-                        let events = futures_util::stream::unfold(0u32, |i| async move {
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        // A gRPC client gets each event as one length-prefixed message.
+                        let grpc = req.headers().get("content-type")
+                            == Some(&http::HeaderValue::from_static("application/grpc"));
+                        let events = futures_util::stream::unfold(0u32, move |i| async move {
                             tokio::time::sleep(Duration::from_millis(100)).await;
-                            let event = Bytes::from(format!("data: {i}\n\n"));
+                            let event = format!("data: {i}\n\n");
+                            let event = if grpc {
+                                let mut m = vec![0];
+                                m.extend_from_slice(&(event.len() as u32).to_be_bytes());
+                                m.extend_from_slice(event.as_bytes());
+                                Bytes::from(m)
+                            } else {
+                                Bytes::from(event)
+                            };
                             Some((Ok::<_, std::convert::Infallible>(Frame::data(event)), i + 1))
                         });
                         Ok::<_, std::convert::Infallible>(
