@@ -187,6 +187,15 @@ impl Upstream {
         let hash = hash_on(raw)?;
         let specs = specs(raw, &scheme, &authority)?;
         let health = health_check(raw)?;
+        // Why: `0s` (or `1ms`) was taken, and the upkeep's 10 ms tick then looked every name
+        // up a hundred times a second, against the operator's DNS server.
+        // Regression: tests (it) upstreams::bad_upstream_settings_name_file_line_and_field
+        if raw.dns_refresh < MIN_DNS_REFRESH {
+            return Err(UpstreamError {
+                field: "dns_refresh".into(),
+                message: format!("must be at least {} ms", MIN_DNS_REFRESH.as_millis()),
+            });
+        }
         let files = files_digest(raw, base_dir)?;
         let fingerprint = crate::config::Fingerprint::of(&[raw]);
 
@@ -576,6 +585,9 @@ fn error_verdict(e: &SendError) -> Verdict {
         _ => Verdict::Failure,
     }
 }
+
+/// The shortest `dns_refresh`.
+const MIN_DNS_REFRESH: Duration = Duration::from_millis(100);
 
 /// The consistent-hashing key.
 fn hash_on(raw: &RawUpstream) -> Result<Option<HashOn>, UpstreamError> {

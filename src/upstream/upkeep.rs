@@ -123,7 +123,7 @@ async fn resolve(b: &Balancer, u: &Upkeep) {
         };
         let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(&**name)).await;
         // What a failure leaves: the name's last addresses, or (never resolved) nothing.
-        let left = if kept.clone().next().is_some() {
+        let left = if kept.clone().any(|e| matches!(e.addr, Addr::Ip(_))) {
             "keeping its last addresses"
         } else {
             "out of rotation until it resolves"
@@ -143,7 +143,7 @@ async fn resolve(b: &Balancer, u: &Upkeep) {
                 Vec::new()
             }
         };
-        addrs.dedup();
+        distinct(&mut addrs);
         if addrs.is_empty() {
             // Why: a name that has never resolved is an endpoint nobody can reach; in rotation,
             // it cost a failed lookup and a retry elsewhere for each of its turns until
@@ -182,6 +182,17 @@ async fn resolve(b: &Balancer, u: &Upkeep) {
         );
         b.endpoints.store(Arc::new(next));
     }
+}
+
+/// Keeps the first of each address, in order.
+///
+/// Why: a resolver may list an address twice, not side by side (`/etc/hosts` with the same
+/// line twice gave [.2, .3, .2]): two endpoints for one address took twice its share, and
+/// its metrics series appeared twice.
+/// Regression: tests::an_address_listed_twice_is_one_endpoint
+fn distinct(addrs: &mut Vec<SocketAddr>) {
+    let mut seen = std::collections::HashSet::with_capacity(addrs.len());
+    addrs.retain(|a| seen.insert(*a));
 }
 
 /// Checks every endpoint at once and applies the thresholds.
@@ -249,6 +260,14 @@ fn apply(ep: &Endpoint, passed: bool, h: &HealthCheck, upstream: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_listed_twice_is_one_endpoint() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let mut addrs = vec![a("127.0.0.2:80"), a("127.0.0.3:80"), a("127.0.0.2:80")];
+        distinct(&mut addrs);
+        assert_eq!(addrs, [a("127.0.0.2:80"), a("127.0.0.3:80")]);
+    }
 
     #[test]
     fn runs_are_counted_from_when_they_were_due() {

@@ -1665,7 +1665,7 @@ async fn bad_upstream_settings_name_file_line_and_field() {
     let dir = crate::support::ConfigDir::new("");
     dir.write(
         "portcullis.yaml",
-        "listeners: [{name: http, address: \"127.0.0.1:0\"}]\nupstreams:\n  pool:\n    url: http://api.test\n    endpoints: [\"10.0.0.1:80\", \"nope\"]\n  grpc:\n    url: https://api.test\n    protocol: h2c\n  tenant:\n    url: http://api.test\n    hash: {}\npolicies: {dir: policies}\n",
+        "listeners: [{name: http, address: \"127.0.0.1:0\"}]\nupstreams:\n  pool:\n    url: http://api.test\n    endpoints: [\"10.0.0.1:80\", \"nope\"]\n  grpc:\n    url: https://api.test\n    protocol: h2c\n  tenant:\n    url: http://api.test\n    hash: {}\n  names:\n    url: http://api.test\n    endpoints: [\"api.test:80\"]\n    dns_refresh: 0s\npolicies: {dir: policies}\n",
     );
     let (code, out) = dir.run("check", &[]);
     assert_ne!(code, Some(0));
@@ -1675,6 +1675,9 @@ async fn bad_upstream_settings_name_file_line_and_field() {
     assert!(out.contains("upstreams.grpc.protocol"), "{out}");
     assert!(out.contains("portcullis.yaml:11:"), "{out}");
     assert!(out.contains("upstreams.tenant.hash"), "{out}");
+    // Regression: `0s` was taken, and names were looked up a hundred times a second.
+    assert!(out.contains("upstreams.names.dns_refresh"), "{out}");
+    assert!(out.contains("at least 100 ms"), "{out}");
 }
 
 /// A response body that stops arriving is cut at the rule's idle timeout instead of holding
@@ -1730,7 +1733,7 @@ async fn unresolvable_endpoint_name_is_out_of_rotation() {
     let a = Backend::start("a").await;
     let gw = Setup {
         upstreams: format!(
-            "  pool:\n    url: http://backend.test\n    endpoints: [\"{}\", \"nowhere.invalid:80\"]\n    dns_refresh: 50ms\n",
+            "  pool:\n    url: http://backend.test\n    endpoints: [\"{}\", \"nowhere.invalid:80\"]\n    dns_refresh: 100ms\n",
             a.addr
         ),
         policies: route_all_to("pool"),
@@ -1765,7 +1768,7 @@ async fn endpoint_names_resolve_to_their_addresses() {
     let a = Backend::start("a").await;
     let gw = Setup {
         upstreams: format!(
-            "  named:\n    url: http://backend.test\n    endpoints: [\"localhost:{}\"]\n    dns_refresh: 50ms\n",
+            "  named:\n    url: http://backend.test\n    endpoints: [\"localhost:{}\"]\n    dns_refresh: 100ms\n",
             a.addr.port()
         ),
         policies: route_all_to("named"),

@@ -148,7 +148,7 @@ pub struct RawUpstream {
     /// counts as healthy. Off by default.
     #[serde(default)]
     pub health_check: Option<RawHealthCheck>,
-    /// How often endpoint names are resolved again.
+    /// How often endpoint names are resolved again (at least 100 ms).
     #[serde(default = "default_dns_refresh", deserialize_with = "duration")]
     #[schemars(with = "String")]
     pub dns_refresh: Duration,
