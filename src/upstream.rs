@@ -348,7 +348,10 @@ impl Upstream {
             Ok(_) => Verdict::Success,
             Err(e) => error_verdict(e),
         };
-        b.record(&ep, verdict, &self.name);
+        self.record(&ep, verdict, || match &result {
+            Ok((resp, _)) => format!("answered {}", resp.status()),
+            Err(e) => cause_chain(e),
+        });
         // The tunnel keeps its connection's slot (`max_connections`) with its count.
         result.map(|(resp, slot)| (resp, Counted(in_flight, slot)))
     }
@@ -404,7 +407,7 @@ impl Upstream {
             Ok(result) => result,
             Err(late) => return Err(self.late(&ep, late)),
         };
-        b.record(&ep, verdict(&result), &self.name);
+        self.record(&ep, verdict(&result), || failure_text(&result));
         let failed = match result {
             Ok(resp) => return Ok(with_in_flight(resp, counted)),
             Err(f) => f,
@@ -442,12 +445,25 @@ impl Upstream {
             .map_err(|f| f.error)
     }
 
+    /// Records an exchange's outcome for its endpoint. The first failure of a streak is logged
+    /// with its cause (`cause`, made only then); the next ones are counted, and an ejection
+    /// logged, but not each failure: a failing upstream under load would flood the log.
+    ///
+    /// Why: the cause (an unknown issuer, a name mismatch, HTTP/1 to an h2-only server) was
+    /// logged at debug only; at the default level an operator saw `upstream_tls` or
+    /// `upstream_error` in the access log and nothing that said why.
+    fn record(&self, ep: &Endpoint, verdict: Verdict, cause: impl FnOnce() -> String) {
+        if self.balancer.record(ep, verdict, &self.name) == 1 {
+            tracing::warn!(upstream = &*self.name, endpoint = %ep.addr, cause = %cause(), "Upstream endpoint failing");
+        }
+    }
+
     /// A timed-out exchange: the endpoint's failure when it is the upstream's side that is
     /// late, the client's error (`BodyStalled`) when its body is.
     fn late(&self, ep: &Endpoint, late: Late) -> SendError {
         match late {
             Late::Upstream => {
-                self.balancer.record(ep, Verdict::Failure, &self.name);
+                self.record(ep, Verdict::Failure, || SendError::Timeout.to_string());
                 SendError::Timeout
             }
             Late::Client => SendError::BodyStalled,
@@ -483,7 +499,7 @@ impl Upstream {
                 });
             }
         };
-        b.record(ep, verdict(&result), &self.name);
+        self.record(ep, verdict(&result), || failure_text(&result));
         result.map(|resp| with_in_flight(resp, counted))
     }
 }
@@ -571,6 +587,29 @@ fn verdict(result: &Result<Response<PooledBody>, Failed>) -> Verdict {
         Ok(_) => Verdict::Success,
         Err(f) => error_verdict(&f.error),
     }
+}
+
+/// What went wrong with an exchange its endpoint failed, for the log.
+fn failure_text(result: &Result<Response<PooledBody>, Failed>) -> String {
+    match result {
+        Ok(resp) => format!("answered {}", resp.status()),
+        Err(f) => cause_chain(&f.error),
+    }
+}
+
+/// An error and what it wraps, each part once (an error's text often includes its source's).
+fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cur = s.source();
+    }
+    text
 }
 
 /// What a failed exchange says about its endpoint.

@@ -231,9 +231,10 @@ impl Balancer {
     }
 
     /// Records what an exchange said about `ep`; may eject it.
-    pub(super) fn record(&self, ep: &Endpoint, verdict: Verdict, upstream: &str) {
+    /// Returns the failure's place in its streak (1 for the first), 0 for anything else.
+    pub(super) fn record(&self, ep: &Endpoint, verdict: Verdict, upstream: &str) -> u32 {
         match verdict {
-            Verdict::Neutral => {}
+            Verdict::Neutral => 0,
             Verdict::Success => {
                 // Reads first: the common case writes nothing.
                 if ep.failures.load(Ordering::Relaxed) != 0 {
@@ -242,6 +243,7 @@ impl Balancer {
                 if ep.ejections.load(Ordering::Relaxed) != 0 {
                     ep.ejections.store(0, Ordering::Relaxed);
                 }
+                0
             }
             Verdict::Failure => {
                 let limit = self.ejection.consecutive;
@@ -250,7 +252,7 @@ impl Balancer {
                     .fetch_add(1, Ordering::Relaxed)
                     .saturating_add(1);
                 if limit == 0 || failures < limit {
-                    return;
+                    return failures;
                 }
                 ep.failures.store(0, Ordering::Relaxed);
                 let n = ep.ejections.fetch_add(1, Ordering::Relaxed);
@@ -266,6 +268,7 @@ impl Balancer {
                 ep.ejected_until.store(until, Ordering::Relaxed);
                 ep.ejected_total.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(upstream, endpoint = %ep.addr, failures, ejected_for = ?time, "Upstream endpoint ejected");
+                failures
             }
         }
     }

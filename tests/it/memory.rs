@@ -20,6 +20,8 @@ pub struct Binary {
     child: Child,
     pub addrs: Vec<(String, SocketAddr)>,
     pub admin: SocketAddr,
+    /// Its log lines after the start.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -81,13 +83,26 @@ impl Binary {
             }
         }
         let admin = admin.unwrap();
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        let log = std::sync::Arc::<std::sync::Mutex<Vec<String>>>::default();
+        let kept = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
         Self {
             child,
             addrs,
             admin,
+            log,
             _dir: dir,
         }
+    }
+
+    /// The log lines written since the start that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
     }
 
     pub fn addr(&self, name: &str) -> SocketAddr {

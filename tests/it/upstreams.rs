@@ -2082,3 +2082,31 @@ async fn a_slow_upload_is_not_an_upstream_timeout() {
         assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
     }
 }
+
+/// The cause of an endpoint's failures is logged at the default level, once per streak of
+/// failures (not once per request, which a failing upstream under load would flood).
+#[tokio::test]
+async fn an_endpoints_failure_is_logged_with_its_cause_once_per_streak() {
+    // A port nobody listens on.
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let bin =
+        crate::memory::Binary::start(gone, "  - name: http\n    address: 127.0.0.1:0\n", "", &[]);
+    for _ in 0..3 {
+        assert_eq!(get(bin.addr("http"), "/x").await.0, StatusCode::BAD_GATEWAY);
+    }
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = bin.log_lines("Upstream endpoint failing");
+        if !lines.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("connect failed"), "{}", lines[0]);
+    assert!(lines[0].contains(&gone.to_string()), "{}", lines[0]);
+}
