@@ -1454,6 +1454,50 @@ async fn events_gateway(events: SocketAddr) -> TestGateway {
     .await
 }
 
+/// Opens `/events/feed` and `/plain/feed` on one HTTP/2 connection to `gw`, with a token
+/// living 2 s (as gRPC calls when `grpc`); returns the connection and each feed's body once
+/// its head said 200.
+async fn two_feeds(
+    gw: &TestGateway,
+    grpc: bool,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    Vec<(&'static str, h2::RecvStream)>,
+) {
+    let auth = bearer(&hs256_token(SECRET, &json!({"exp": now() + 2})));
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for path in ["/events/feed", "/plain/feed"] {
+        let mut req = Request::get(format!("http://{}{path}", gw.addr()))
+            .header("authorization", &auth)
+            .body(())
+            .unwrap();
+        if grpc {
+            *req.method_mut() = http::Method::POST;
+            let h = req.headers_mut();
+            h.insert(
+                "content-type",
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("te", http::HeaderValue::from_static("trailers"));
+        }
+        send = send.ready().await.unwrap();
+        streams.push((path, send.send_request(req, true).unwrap().0));
+    }
+    let mut bodies = Vec::new();
+    for (path, resp) in streams {
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("response head")
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        bodies.push((path, resp.into_body()));
+    }
+    (send, bodies)
+}
+
 /// Over HTTP/2, a stream the gateway cuts on purpose (its credential expired, with or without
 /// re-checks) is reset with `CANCEL`, as a slow reader's is, never `INTERNAL_ERROR` (which
 /// says the gateway failed); the connection and its other streams go on.
@@ -1461,26 +1505,8 @@ async fn events_gateway(events: SocketAddr) -> TestGateway {
 async fn an_h2_stream_cut_by_its_credential_is_reset_with_cancel() {
     let (events, task) = event_stream_upstream().await;
     let gw = events_gateway(events).await;
-    let auth = bearer(&hs256_token(SECRET, &json!({"exp": now() + 2})));
-    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let mut streams = Vec::new();
-    for path in ["/events/feed", "/plain/feed"] {
-        let req = Request::get(format!("http://{}{path}", gw.addr()))
-            .header("authorization", &auth)
-            .body(())
-            .unwrap();
-        send = send.ready().await.unwrap();
-        streams.push((path, send.send_request(req, true).unwrap().0));
-    }
-    for (path, resp) in streams {
-        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
-            .await
-            .expect("response head")
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        let mut body = resp.into_body();
+    let (mut send, feeds) = two_feeds(&gw, false).await;
+    for (path, mut body) in feeds {
         let mut chunks = 0;
         let end = loop {
             match tokio::time::timeout(Duration::from_secs(6), body.data())
@@ -1512,28 +1538,8 @@ async fn an_h2_stream_cut_by_its_credential_is_reset_with_cancel() {
 async fn a_grpc_stream_cut_by_its_credential_ends_with_its_status() {
     let (events, task) = event_stream_upstream().await;
     let gw = events_gateway(events).await;
-    let auth = bearer(&hs256_token(SECRET, &json!({"exp": now() + 2})));
-    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let mut streams = Vec::new();
-    for path in ["/events/feed.Svc/Watch", "/plain/feed.Svc/Watch"] {
-        let req = Request::post(format!("http://{}{path}", gw.addr()))
-            .header("authorization", &auth)
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-        send = send.ready().await.unwrap();
-        streams.push((path, send.send_request(req, true).unwrap().0));
-    }
-    for (path, resp) in streams {
-        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
-            .await
-            .expect("response head")
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        let mut body = resp.into_body();
+    let (_send, feeds) = two_feeds(&gw, true).await;
+    for (path, mut body) in feeds {
         let mut chunks = 0;
         loop {
             match tokio::time::timeout(Duration::from_secs(6), body.data())
