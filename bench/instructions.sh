@@ -8,6 +8,10 @@
 # worker_threads 1, access log off) under valgrind; after a warm-up, the counters are zeroed,
 # N sequential keep-alive GETs are sent by one curl, and the instructions the gateway ran are
 # dumped. Prints instructions per request of each and the ratio.
+#
+# FULL=1 measures bench/run.sh's full rule instead, over plain HTTP (no TLS): a cached RS256
+# token, a scope and a claim requirement, a CEL condition over a path parameter, a rate limit
+# far above the load and identity headers. Both binaries serve it.
 set -euo pipefail
 BASE=${1:?usage: bench/instructions.sh BASE_BIN [N]}
 N=${2:-5000}
@@ -66,6 +70,49 @@ upstreams: {app: {url: "http://127.0.0.1:$P_UP"}}
 policies: {dir: policies}
 logging: {level: warn, access_log: false}
 YAML
+PREFIX=
+AUTH=()
+if [[ -n ${FULL:-} ]]; then
+    "$NEW" keys new --alg RS256 --kid bench --out "$TMP/keys" >/dev/null
+    TOKEN=$("$NEW" token mint --key "$TMP/keys/bench.key" --alg RS256 --kid bench \
+        --iss https://bench.portcullis --aud bench --sub bench-user --ttl 2h \
+        --scope "orders:read" --claim tenant=acme --claim 'roles=["admin","ops"]')
+    AUTH=(-H "Authorization: Bearer $TOKEN")
+    PREFIX=/full/acme
+    cat >"$TMP/policies/05-full.yaml" <<'YAML'
+rules:
+  - name: full
+    match:
+      paths: ["/full/{tenant}/**"]
+      methods: [GET]
+    effect: allow
+    authenticators: [bench]
+    require:
+      scopes: {all_of: ["orders:read"]}
+      claims: {tenant: {equals: acme}}
+    when: params.tenant == claims.tenant && action == 'read'
+    rate_limit: per-user
+    identity_headers:
+      x-user-roles: "{claims.roles}"
+    upstream: app
+YAML
+    cat >>"$TMP/portcullis.yaml" <<YAML
+identity_headers:
+  x-user-id: "{principal.id}"
+  x-tenant-id: "{claims.tenant}"
+  x-real-client: "{client.ip}"
+rate_limits:
+  per-user: {key: principal, requests: 100000000, per: 1s}
+authenticators:
+  bench:
+    jwt:
+      providers:
+        - issuer: https://bench.portcullis
+          audiences: [bench]
+          keys:
+            - pem_file: {path: $TMP/keys/bench.pem, kid: bench, algorithms: [RS256]}
+YAML
+fi
 cp "$TMP/portcullis.yaml" "$TMP/base.yaml"
 printf '%s\n' "${EXTRA:-}" >>"$TMP/portcullis.yaml"
 # Under valgrind, the command after $1 (a label), once $2 (a URL) answers: the warm-up, then
@@ -77,9 +124,9 @@ measure() { # $1 label, $2 ready URL, $3 port, then the command
         "$@" >"$TMP/$label.log" 2>&1 &
     local pid=$!
     for _ in $(seq 300); do curl -fs -o /dev/null "$ready" && break; sleep 0.2; done
-    curl -fs -o /dev/null "http://127.0.0.1:$port/warm/[1-500]"
+    curl -fs -o /dev/null "${AUTH[@]}" "http://127.0.0.1:$port$PREFIX/warm/[1-500]"
     callgrind_control -z "$pid" >/dev/null
-    curl -fs -o /dev/null "http://127.0.0.1:$port/items/[1-$N]"
+    curl -fs -o /dev/null "${AUTH[@]}" "http://127.0.0.1:$port$PREFIX/items/[1-$N]"
     callgrind_control -d "$pid" >/dev/null
     sleep 1
     kill "$pid"; wait "$pid" 2>/dev/null || true
