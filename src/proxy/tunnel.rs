@@ -274,10 +274,17 @@ async fn recheck(r: &Recheckable) -> Verdict {
                     Verdict::Unknown
                 }
                 kind => {
+                    // A tunnel's or a long response's (`proxy::watched`).
+                    let closed = if r.tunnel.is_some() {
+                        "tunnel"
+                    } else {
+                        "response"
+                    };
                     tracing::info!(
                         reason = kind.as_str(),
                         rule = d.rule.as_ref().map_or("-", |r| &*r.0),
-                        "Tunnel closed: its request is denied now"
+                        closed,
+                        "Closed: its request is denied now"
                     );
                     Verdict::Close
                 }
