@@ -562,7 +562,7 @@ async fn decide_for<D: HttpDoor>(
     }
     let origin = match &decision {
         Decision::Deny(d) if d.edge.as_ref().is_some_and(|e| e.cors.is_some()) => {
-            described.headers.get(header::ORIGIN).cloned()
+            crate::authz::edge::sole_origin(&described.headers).cloned()
         }
         _ => None,
     };

@@ -416,6 +416,19 @@ pub fn preflight(
     Some((rule.id.clone(), checked))
 }
 
+/// The request's `Origin` when it sends exactly one, for the CORS headers of an answer to a
+/// real request: with two (no browser sends that), none is echoed.
+///
+/// Why: the first was echoed, whatever the second said, where an upstream may read the last.
+/// Regression: tests (it) edge::cors_rule_answers_without_origin_vary_and_carry_no_upstream_acao
+pub fn sole_origin(headers: &http::HeaderMap) -> Option<&HeaderValue> {
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    match (origins.next(), origins.next()) {
+        (Some(o), None) => Some(o),
+        _ => None,
+    }
+}
+
 impl PreflightRefusal {
     /// The reason code for logs and metrics.
     pub fn as_str(self) -> &'static str {

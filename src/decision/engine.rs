@@ -401,7 +401,7 @@ async fn decide_rule(
     {
         mutation
             .response
-            .extend(cors.response_headers(facts.headers.get(http::header::ORIGIN)));
+            .extend(cors.response_headers(crate::authz::edge::sole_origin(facts.headers)));
     }
     Decision::Allow(Allow {
         rule: rule.id.clone(),

@@ -803,7 +803,7 @@ impl CheckService {
                 &d,
                 snapshot,
                 request_id,
-                facts.headers.get(http::header::ORIGIN),
+                crate::authz::edge::sole_origin(facts.headers),
             )))),
         }
     }

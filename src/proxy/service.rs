@@ -174,7 +174,8 @@ async fn forward(
         // `Access-Control-Allow-Origin: *` past the rule's word.
         // Regression: tests (it) edge::cors_rule_answers_without_origin_vary_and_carry_no_upstream_acao
         if let Some(edge) = edge.filter(|e| e.cors.is_some()) {
-            ctx.cors = Some((Arc::clone(edge), parts.headers.get(header::ORIGIN).cloned()));
+            let origin = crate::authz::edge::sole_origin(&parts.headers).cloned();
+            ctx.cors = Some((Arc::clone(edge), origin));
         }
         let allow = match decision {
             Decision::Deny(d) => return Err(Failure::Denied(Box::new(d))),
