@@ -116,6 +116,53 @@ authenticators:
 EOF
 }
 
+# bench_token BIN KEYS: an RS256 token for `bench_authenticator`'s provider, living 2 h, for
+# bench-user of tenant acme, with the scope and roles `full_rule` asks for.
+bench_token() {
+    "$1" token mint --key "$2/bench.key" --alg RS256 --kid bench \
+        --iss https://bench.portcullis --aud bench --sub bench-user --ttl 2h \
+        --scope "orders:read" --claim tenant=acme --claim 'roles=["admin","ops"]'
+}
+
+# full_rule: the full gateway's rule (issue 4's load row), one entry of a `rules:` list: the
+# cached RS256 token, a scope and a claim requirement, a CEL condition over a path parameter,
+# a rate limit far above the load and identity headers, under /full/{tenant}/.
+full_rule() {
+    cat <<'EOF'
+  - name: full
+    match:
+      paths: ["/full/{tenant}/**"]
+      methods: [GET]
+    effect: allow
+    authenticators: [bench]
+    require:
+      scopes: {all_of: ["orders:read"]}
+      claims: {tenant: {equals: acme}}
+    when: params.tenant == claims.tenant && action == 'read'
+    rate_limit: per-user
+    identity_headers:
+      x-user-roles: "{claims.roles}"
+    upstream: app
+EOF
+}
+
+# full_settings KEYS: what `full_rule` needs in the config: identity headers, the `per-user`
+# limit and `bench_authenticator`.
+full_settings() {
+    cat <<EOF
+identity_headers:
+  x-user-id: "{principal.id}"
+  x-tenant-id: "{claims.tenant}"
+  x-real-client: "{client.ip}"
+rate_limits:
+  per-user:
+    key: principal
+    requests: 100000000
+    per: 1s
+EOF
+    bench_authenticator "$1"
+}
+
 # door_gateway BIN DIR P_FA P_GRPC P_ADMIN: the decision doors' benchmark gateway in DIR (what
 # bench/doors.sh and bench/door_instructions.sh measure): a forward-auth and an Envoy gRPC
 # door, one rule, two identity headers, an RS256 key in DIR/keys; sets TOKEN to a token it

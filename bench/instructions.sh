@@ -27,10 +27,10 @@ if [[ -z ${NEW:-} ]]; then
     cargo build --profile perf --locked --bin portcullis >&2
     NEW=$ROOT/target/perf/portcullis
 fi
-TMP=$(mktemp -d -t portcullis-instr.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
+BENCH_NAME=instructions
+BENCH_TMP=portcullis-instr
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
 read -r P_UP P_GW P_ADMIN P_BARE < <(python3 -c 'import socket
 s=[socket.socket() for _ in range(4)]
 [x.bind(("127.0.0.1",0)) for x in s]
@@ -74,44 +74,10 @@ PREFIX=
 AUTH=()
 if [[ -n ${FULL:-} ]]; then
     "$NEW" keys new --alg RS256 --kid bench --out "$TMP/keys" >/dev/null
-    TOKEN=$("$NEW" token mint --key "$TMP/keys/bench.key" --alg RS256 --kid bench \
-        --iss https://bench.portcullis --aud bench --sub bench-user --ttl 2h \
-        --scope "orders:read" --claim tenant=acme --claim 'roles=["admin","ops"]')
-    AUTH=(-H "Authorization: Bearer $TOKEN")
+    AUTH=(-H "Authorization: Bearer $(bench_token "$NEW" "$TMP/keys")")
     PREFIX=/full/acme
-    cat >"$TMP/policies/05-full.yaml" <<'YAML'
-rules:
-  - name: full
-    match:
-      paths: ["/full/{tenant}/**"]
-      methods: [GET]
-    effect: allow
-    authenticators: [bench]
-    require:
-      scopes: {all_of: ["orders:read"]}
-      claims: {tenant: {equals: acme}}
-    when: params.tenant == claims.tenant && action == 'read'
-    rate_limit: per-user
-    identity_headers:
-      x-user-roles: "{claims.roles}"
-    upstream: app
-YAML
-    cat >>"$TMP/portcullis.yaml" <<YAML
-identity_headers:
-  x-user-id: "{principal.id}"
-  x-tenant-id: "{claims.tenant}"
-  x-real-client: "{client.ip}"
-rate_limits:
-  per-user: {key: principal, requests: 100000000, per: 1s}
-authenticators:
-  bench:
-    jwt:
-      providers:
-        - issuer: https://bench.portcullis
-          audiences: [bench]
-          keys:
-            - pem_file: {path: $TMP/keys/bench.pem, kid: bench, algorithms: [RS256]}
-YAML
+    { echo "rules:"; full_rule; } >"$TMP/policies/05-full.yaml"
+    full_settings "$TMP/keys" >>"$TMP/portcullis.yaml"
 fi
 cp "$TMP/portcullis.yaml" "$TMP/base.yaml"
 printf '%s\n' "${EXTRA:-}" >>"$TMP/portcullis.yaml"

@@ -96,27 +96,12 @@ mkdir -p "$TMP/portcullis/policies"
 # A JWT-protected route: RS256, key from a PEM file; every request carries the same token,
 # so after the first one it is a cached verification.
 "$BIN" keys new --alg RS256 --kid bench --out "$TMP/keys" >/dev/null
-TOKEN=$("$BIN" token mint --key "$TMP/keys/bench.key" --alg RS256 --kid bench \
-    --iss https://bench.portcullis --aud bench --sub bench-user --ttl 2h \
-    --scope "orders:read" --claim tenant=acme --claim 'roles=["admin","ops"]')
-# The full gateway (issue 4's load row): TLS, the cached RS256 token, a claim requirement, a
-# CEL condition over a path parameter, a rate limit far above the load, and identity headers.
-cat >"$TMP/portcullis/policies/10-all.yaml" <<'EOF'
-rules:
-  - name: full
-    match:
-      paths: ["/full/{tenant}/**"]
-      methods: [GET]
-    effect: allow
-    authenticators: [bench]
-    require:
-      scopes: {all_of: ["orders:read"]}
-      claims: {tenant: {equals: acme}}
-    when: params.tenant == claims.tenant && action == 'read'
-    rate_limit: per-user
-    identity_headers:
-      x-user-roles: "{claims.roles}"
-    upstream: app
+TOKEN=$(bench_token "$BIN" "$TMP/keys")
+# The full gateway (issue 4's load row): TLS and `full_rule` (bench/common.sh).
+{
+    echo "rules:"
+    full_rule
+    cat <<'EOF'
   - name: jwt
     match:
       paths: ["/jwt/**"]
@@ -130,6 +115,7 @@ rules:
     anonymous: true
     upstream: app
 EOF
+} >"$TMP/portcullis/policies/10-all.yaml"
 cat >"$TMP/portcullis/portcullis.yaml" <<EOF
 listeners:
   - name: http
@@ -152,16 +138,7 @@ policies:
 logging:
   level: warn
   access_log: false
-identity_headers:
-  x-user-id: "{principal.id}"
-  x-tenant-id: "{claims.tenant}"
-  x-real-client: "{client.ip}"
-rate_limits:
-  per-user:
-    key: principal
-    requests: 100000000
-    per: 1s
-$(bench_authenticator "$TMP/keys")
+$(full_settings "$TMP/keys")
 EOF
 
 # --- start and wait ------------------------------------------------------------------------------
