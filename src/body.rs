@@ -50,26 +50,13 @@ where
 
 /// The reason of the [`Cut`] `err` is or wraps (a boxed body wraps its inner body's error).
 pub fn cut_reason(err: &(dyn StdError + 'static)) -> Option<&'static str> {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(c) = e.downcast_ref::<Cut>() {
-            return Some(c.reason);
-        }
-        cur = e.source();
-    }
-    None
+    crate::errors::sources(err).find_map(|e| e.downcast_ref::<Cut>().map(|c| c.reason))
 }
 
 /// Whether `err` (or anything it wraps) is a body that went over its size limit.
 pub fn is_length_limit(err: &(dyn StdError + 'static)) -> bool {
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if e.is::<http_body_util::LengthLimitError>() || e.is::<TooLarge>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
+    crate::errors::sources(err)
+        .any(|e| e.is::<http_body_util::LengthLimitError>() || e.is::<TooLarge>())
 }
 
 /// A response the gateway cut on purpose (its credential expired, a re-check denied it):
@@ -135,9 +122,8 @@ pub struct RequestBody {
 /// Regression: tests (it) upstreams::a_slow_upload_is_not_an_upstream_timeout
 #[derive(Debug)]
 pub struct Progress {
-    start: tokio::time::Instant,
-    /// Milliseconds from `start` to the client's last piece (or the body's end).
-    last: std::sync::atomic::AtomicU64,
+    /// Since the request's start, the client's last piece (or the body's end).
+    moved: crate::clock::Activity,
     /// The body has ended (or failed): nothing more is awaited from the client.
     done: AtomicBool,
     /// The body's last read found nothing yet from the client.
@@ -171,8 +157,7 @@ pub enum Stand {
 impl Progress {
     fn new() -> Self {
         Self {
-            start: tokio::time::Instant::now(),
-            last: Default::default(),
+            moved: crate::clock::Activity::since(tokio::time::Instant::now()),
             done: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
             bytes: Default::default(),
@@ -187,14 +172,9 @@ impl Progress {
             .load(Ordering::Relaxed)
             .saturating_mul(MICROS_PER_BYTE);
         crate::clock::deadline_after(
-            crate::clock::deadline_after(self.start, timeout),
+            crate::clock::deadline_after(self.moved.start(), timeout),
             std::time::Duration::from_micros(earned),
         )
-    }
-
-    fn moved(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Ordering::Relaxed);
     }
 
     /// Where the body stands now.
@@ -202,7 +182,7 @@ impl Progress {
         // The flags first: a body ending meanwhile leaves a later `last`, never an earlier.
         let done = self.done.load(Ordering::Relaxed);
         let waiting = self.waiting.load(Ordering::Relaxed);
-        let last = self.start + std::time::Duration::from_millis(self.last.load(Ordering::Relaxed));
+        let last = self.moved.last();
         if done {
             Stand::Done(last)
         } else if waiting {
@@ -315,7 +295,7 @@ impl RequestBody {
     fn ended(&mut self) {
         self.inner = None;
         if let Some(p) = &self.progress {
-            p.moved();
+            p.moved.touch();
             p.done.store(true, Ordering::Relaxed);
         }
     }
@@ -355,7 +335,7 @@ impl RequestBody {
                     Some(r) => {
                         self.remaining = r;
                         if let Some(p) = &self.progress {
-                            p.moved();
+                            p.moved.touch();
                             p.bytes.fetch_add(len as u64, Ordering::Relaxed);
                         }
                         Poll::Ready(Some(Ok(f)))
@@ -383,7 +363,7 @@ impl http_body::Body for RequestBody {
             this.buffered -= f.data_ref().map_or(0, |d| d.len() as u64);
             if let Some(p) = &this.progress {
                 p.waiting.store(false, Ordering::Relaxed);
-                p.moved();
+                p.moved.touch();
             }
             return Poll::Ready(Some(Ok(f)));
         }

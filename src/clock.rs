@@ -125,3 +125,39 @@ mod tests {
         assert!(c.monotonic() >= a);
     }
 }
+
+/// When something last happened (bytes moved through a tunnel, a piece of a request body
+/// arrived), readable from another task without a lock: the milliseconds from its start in
+/// one atomic.
+#[derive(Debug)]
+pub struct Activity {
+    start: tokio::time::Instant,
+    /// Milliseconds from `start` to the latest `touch`.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    /// Started `start`, nothing happened since.
+    pub fn since(start: tokio::time::Instant) -> Self {
+        Self {
+            start,
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// When it started.
+    pub fn start(&self) -> tokio::time::Instant {
+        self.start
+    }
+
+    /// Something happened now.
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When it last happened (the start, if nothing has).
+    pub fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}

@@ -45,6 +45,7 @@ pub mod config;
 pub mod decision;
 pub mod door;
 pub mod echo;
+pub mod errors;
 pub mod extauthz;
 pub mod forward_auth;
 pub mod proxy;

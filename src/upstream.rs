@@ -350,7 +350,7 @@ impl Upstream {
         };
         self.record(&ep, verdict, || match &result {
             Ok((resp, _)) => format!("answered {}", resp.status()),
-            Err(e) => cause_chain(e),
+            Err(e) => crate::errors::text(e),
         });
         // The tunnel keeps its connection's slot (`max_connections`) with its count.
         result.map(|(resp, slot)| (resp, Counted(in_flight, slot)))
@@ -593,23 +593,8 @@ fn verdict(result: &Result<Response<PooledBody>, Failed>) -> Verdict {
 fn failure_text(result: &Result<Response<PooledBody>, Failed>) -> String {
     match result {
         Ok(resp) => format!("answered {}", resp.status()),
-        Err(f) => cause_chain(&f.error),
+        Err(f) => crate::errors::text(&f.error),
     }
-}
-
-/// An error and what it wraps, each part once (an error's text often includes its source's).
-fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cur = s.source();
-    }
-    text
 }
 
 /// What a failed exchange says about its endpoint.

@@ -130,7 +130,7 @@ impl HttpClient {
             .client
             .request(req)
             .await
-            .map_err(|e| FetchError::Transport(error_chain(&e)))?;
+            .map_err(|e| FetchError::Transport(crate::errors::text(&e)))?;
         let (parts, mut body) = resp.into_parts();
         if !parts.status.is_success() {
             return Err(FetchError::Status(parts.status));
@@ -159,17 +159,6 @@ impl HttpClient {
             body: buf.freeze(),
         })
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 /// `max-age` from `Cache-Control`, if any (`no-store`/`no-cache` count as 0).

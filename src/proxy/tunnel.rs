@@ -18,7 +18,6 @@
 //! can be written without risking one in the middle of another.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::clock::Clock;
+use crate::clock::{Activity, Clock};
 use crate::decision::{self, Decision, Recheck};
 use crate::request::RequestFacts;
 use crate::request::facts::ConnInfo;
@@ -102,10 +101,7 @@ pub(super) async fn run(
             return;
         }
     };
-    let moved = Arc::new(Moved {
-        opened: started,
-        last_ms: AtomicU64::new(0),
-    });
+    let moved = Arc::new(Activity::since(started));
     let mut client = Counted::new(client, Arc::clone(&moved));
     let mut upstream = Counted::new(upstream, Arc::clone(&moved));
     let relay = tokio::io::copy_bidirectional(&mut client, &mut upstream);
@@ -172,7 +168,7 @@ pub(super) async fn credential_watch(
 }
 
 /// Resolves when a bound closes the tunnel.
-async fn watchdog(bounds: &Bounds, clock: &Clock, moved: &Moved, started: Instant) -> End {
+async fn watchdog(bounds: &Bounds, clock: &Clock, moved: &Activity, started: Instant) -> End {
     let lifetime_end = started + bounds.lifetime;
     let mut expires_at = bounds.expires_at;
     let mut next_recheck = bounds.recheck.as_ref().map(|(every, _)| started + *every);
@@ -293,35 +289,14 @@ async fn recheck(r: &Recheckable) -> Verdict {
     }
 }
 
-/// When bytes last moved through a tunnel, either way (the idle deadline).
-struct Moved {
-    /// When the tunnel opened.
-    opened: Instant,
-    /// Milliseconds from `opened` to the last read or write that moved bytes.
-    last_ms: AtomicU64,
-}
-
-impl Moved {
-    /// Bytes moved now.
-    fn touch(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.fetch_max(ms, Ordering::Relaxed);
-    }
-
-    /// When bytes last moved (the opening, if none has).
-    fn last(&self) -> Instant {
-        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
 /// An upgraded stream that records when its reads and writes move bytes.
 struct Counted {
     io: TokioIo<Upgraded>,
-    moved: Arc<Moved>,
+    moved: Arc<Activity>,
 }
 
 impl Counted {
-    fn new(io: Upgraded, moved: Arc<Moved>) -> Self {
+    fn new(io: Upgraded, moved: Arc<Activity>) -> Self {
         Self {
             io: TokioIo::new(io),
             moved,

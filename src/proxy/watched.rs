@@ -142,18 +142,19 @@ impl Body for GrpcEnding {
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => {
-                let reason = crate::body::cut_reason(&*e);
-                let code = match reason {
-                    Some("stream_credential_expired") if self.framing.between() => 16,
-                    Some("stream_reauthorization_denied") if self.framing.between() => 7,
-                    _ => return Poll::Ready(Some(Err(e))),
+                let code = match crate::body::cut_reason(&*e) {
+                    _ if !self.framing.between() => None,
+                    Some(r @ "stream_credential_expired") => Some((16, r)),
+                    Some(r @ "stream_reauthorization_denied") => Some((7, r)),
+                    _ => None,
+                };
+                let Some((code, reason)) = code else {
+                    return Poll::Ready(Some(Err(e)));
                 };
                 self.ended = true;
                 let mut trailers = http::HeaderMap::new();
                 trailers.insert("grpc-status", http::HeaderValue::from(code));
-                if let Some(r) = reason {
-                    trailers.insert("grpc-message", http::HeaderValue::from_static(r));
-                }
+                trailers.insert("grpc-message", http::HeaderValue::from_static(reason));
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
             other => other,

@@ -141,19 +141,12 @@ pub(super) fn slot_wait_until(
 /// read, as an exchange error: it was reported `upstream_error`, not the `upstream_tls` a
 /// wrong CA or name gets. Regression: tests (it) upstreams::upstream_mtls_with_a_private_ca
 fn is_tls_alert(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let tls = s.downcast_ref::<rustls::Error>().or_else(|| {
-            s.downcast_ref::<std::io::Error>()
+    crate::errors::sources(e).skip(1).any(|s| {
+        s.is::<rustls::Error>()
+            || s.downcast_ref::<std::io::Error>()
                 .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if tls.is_some() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+    })
 }
 
 /// A failed exchange, and what the caller needs to decide on a retry.
@@ -1099,20 +1092,19 @@ fn closed_before_an_answer(e: &hyper::Error) -> bool {
     if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
         return true;
     }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
+    // The first I/O error in the chain decides.
+    crate::errors::sources(e)
+        .skip(1)
+        .find_map(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
                 io.kind(),
                 std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::ConnectionAborted
                     | std::io::ErrorKind::BrokenPipe
                     | std::io::ErrorKind::UnexpectedEof
-            );
-        }
-        source = s.source();
-    }
-    false
+            )
+        })
 }
 
 // === impl PooledBody ===
