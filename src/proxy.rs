@@ -8,3 +8,4 @@ pub mod service;
 mod tunnel;
 mod upgrade;
 mod watched;
+mod wsframe;

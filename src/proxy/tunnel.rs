@@ -13,19 +13,29 @@
 //!   until the next one: it is no denial, and the credential's expiry still applies;
 //! - the gateway's drain (the connection's task drops the tunnel: see `server::connection`).
 //!
-//! Closing drops both streams: the client sees the TCP connection end (a WebSocket client
-//! reports close code 1006). The relay copies bytes without parsing frames, so no close frame
-//! can be written without risking one in the middle of another.
+//! A WebSocket tunnel the gateway closes ends with a close frame to each side, as a server
+//! going away would: 1008 (policy violation) when its credential expired or a re-check denied
+//! it, 1001 (going away) at its idle timeout, its lifetime or the drain, with the reason code
+//! as the close reason (`tunnel_credential_expired`, …), so a client can tell an expired
+//! token from a broken network, refresh it and reconnect. The relay follows the frames
+//! written each way ([`super::wsframe`]); when it closes, each side takes bytes only up to the
+//! end of the frame it is in, then gets its close frame (masked to the upstream, as from a
+//! client), then the TCP connection's end after the other's close (or `CLOSE_GRACE`). A side
+//! still inside a frame after `CLOSE_GRACE` is cut without one (1006), as are tunnels of
+//! other protocols, whose framing the gateway does not know.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::wsframe::{self, Frames};
 use crate::clock::{Activity, Clock};
 use crate::decision::{self, Decision, Recheck};
 use crate::request::RequestFacts;
@@ -34,6 +44,10 @@ use crate::server::Shared;
 
 /// How often a tunnel with nothing else due looks at its idle deadline, at most.
 const MAX_CHECK: Duration = Duration::from_secs(5);
+
+/// How long a WebSocket tunnel the gateway closes waits for each side to reach the end of the
+/// frame it is in, and then for the close handshake, before it drops both connections.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What a tunnel needs besides its two streams.
 pub(super) struct Bounds {
@@ -66,6 +80,7 @@ enum End {
     Lifetime,
     Expired,
     Denied,
+    Drained,
 }
 
 // === impl End ===
@@ -79,15 +94,47 @@ impl End {
             Self::Lifetime => "tunnel_max_lifetime",
             Self::Expired => "tunnel_credential_expired",
             Self::Denied => "tunnel_reauthorization_denied",
+            Self::Drained => "tunnel_drained",
+        }
+    }
+
+    /// The WebSocket close code a tunnel the gateway closes for this reason ends with.
+    fn close_code(self) -> Option<u16> {
+        match self {
+            Self::Closed | Self::Failed => None,
+            // Policy violation: the client may no longer use the tunnel.
+            Self::Expired | Self::Denied => Some(1008),
+            // Going away: the gateway ends it, for no fault of the client's credential.
+            Self::Idle | Self::Lifetime | Self::Drained => Some(1001),
         }
     }
 }
 
-/// Relays between the client's and the upstream's upgraded streams within `bounds`.
+/// What the relay's two sides share with the tunnel's watch.
+struct Relay {
+    moved: Activity,
+    /// Set when the gateway closes a WebSocket tunnel: each side then takes bytes only up to
+    /// the end of the frame it is in.
+    closing: AtomicBool,
+    /// For each side (`TO_CLIENT`, `TO_UPSTREAM`), whether what it was written so far ends
+    /// inside a frame.
+    mid_frame: [AtomicBool; 2],
+    /// Woken when a closing side reaches the end of its frame.
+    settled: Notify,
+}
+
+/// The side the client reads, and the side the upstream reads.
+const TO_CLIENT: usize = 0;
+const TO_UPSTREAM: usize = 1;
+
+/// Relays between the client's and the upstream's upgraded streams within `bounds`, until
+/// either side closes, a bound closes it, or the gateway drains. A `websocket` tunnel the
+/// gateway closes ends with close frames.
 pub(super) async fn run(
     client: OnUpgrade,
     upstream: OnUpgrade,
     bounds: Bounds,
+    websocket: bool,
     clock: Clock,
     shared: Arc<Shared>,
     request_id: http::HeaderValue,
@@ -101,19 +148,64 @@ pub(super) async fn run(
             return;
         }
     };
-    let moved = Arc::new(Activity::since(started));
-    let mut client = Counted::new(client, Arc::clone(&moved));
-    let mut upstream = Counted::new(upstream, Arc::clone(&moved));
-    let relay = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    tokio::pin!(relay);
-    let watch = watchdog(&bounds, &clock, &moved, started);
-    tokio::pin!(watch);
-    let end = tokio::select! {
-        r = &mut relay => if r.is_ok() { End::Closed } else { End::Failed },
-        end = &mut watch => end,
+    let relay = Arc::new(Relay {
+        moved: Activity::since(started),
+        closing: AtomicBool::new(false),
+        mid_frame: [AtomicBool::new(false), AtomicBool::new(false)],
+        settled: Notify::new(),
+    });
+    let framed = |side| websocket.then_some(side);
+    let mut client = Counted::new(client, Arc::clone(&relay), framed(TO_CLIENT));
+    let mut upstream = Counted::new(upstream, Arc::clone(&relay), framed(TO_UPSTREAM));
+    let mut shutdown = shared.shutdown.clone();
+    let (end, open) = {
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        let watch = async {
+            if *shutdown.borrow_and_update() {
+                return End::Drained;
+            }
+            tokio::select! {
+                end = watchdog(&bounds, &clock, &relay.moved, started) => end,
+                _ = shutdown.changed() => End::Drained,
+            }
+        };
+        tokio::pin!(watch);
+        let end = tokio::select! {
+            r = &mut copy => if r.is_ok() { End::Closed } else { End::Failed },
+            end = &mut watch => end,
+        };
+        let mut open = end.close_code().is_some();
+        if open && websocket {
+            // Why: a tunnel cut without a close frame is 1006 at the client, which no
+            // WebSocket client tells from a network failure: an expired token was retried
+            // as it was, not refreshed. A close frame may only go between two frames, so
+            // each side first finishes the one it is in.
+            // Regression: tests (it) edge::tunnel_is_closed_when_its_token_expires
+            relay.closing.store(true, Relaxed);
+            let grace = tokio::time::sleep(CLOSE_GRACE);
+            tokio::pin!(grace);
+            while relay.mid_frame.iter().any(|m| m.load(Relaxed)) {
+                tokio::select! {
+                    _ = &mut copy => {
+                        open = false;
+                        break;
+                    }
+                    () = relay.settled.notified() => {}
+                    () = &mut grace => break,
+                }
+            }
+        }
+        (end, open)
     };
     if !matches!(end, End::Closed | End::Failed) {
         shared.metrics.limit(end.as_str());
+    }
+    if let (true, true, Some(code)) = (open, websocket, end.close_code()) {
+        let reason = end.as_str();
+        let closing =
+            async { tokio::join!(client.close(code, reason), upstream.close(code, reason)) };
+        let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
     }
     tracing::debug!(
         reason = end.as_str(),
@@ -289,18 +381,41 @@ async fn recheck(r: &Recheckable) -> Verdict {
     }
 }
 
-/// An upgraded stream that records when its reads and writes move bytes.
+/// An upgraded stream that records when its reads and writes move bytes and, in a WebSocket
+/// tunnel, follows the frames written to it.
 struct Counted {
     io: TokioIo<Upgraded>,
-    moved: Arc<Activity>,
+    relay: Arc<Relay>,
+    /// `TO_CLIENT` or `TO_UPSTREAM` in a WebSocket tunnel.
+    side: Option<usize>,
+    frames: Frames,
 }
 
 impl Counted {
-    fn new(io: Upgraded, moved: Arc<Activity>) -> Self {
+    fn new(io: Upgraded, relay: Arc<Relay>, side: Option<usize>) -> Self {
         Self {
             io: TokioIo::new(io),
-            moved,
+            relay,
+            side,
+            frames: Frames::default(),
         }
+    }
+
+    /// Ends this side of a WebSocket tunnel the gateway closes: its close frame (if what it
+    /// was written ends between frames), the end of the stream, then whatever it still sends
+    /// (its own close frame) read and dropped until it closes too, so that the connection
+    /// does not end in a reset that could discard the close frame before it is read.
+    async fn close(&mut self, code: u16, reason: &str) {
+        let Some(side) = self.side else { return };
+        if !self.frames.at_boundary() {
+            return;
+        }
+        let frame = wsframe::close_frame(code, reason, side == TO_UPSTREAM);
+        if self.io.write_all(&frame).await.is_err() || self.io.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 512];
+        while matches!(self.io.read(&mut sink).await, Ok(n) if n > 0) {}
     }
 }
 
@@ -313,7 +428,7 @@ impl AsyncRead for Counted {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.moved.touch();
+            self.relay.moved.touch();
         }
         polled
     }
@@ -321,13 +436,41 @@ impl AsyncRead for Counted {
 
 impl AsyncWrite for Counted {
     fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.moved.touch();
+        let this = self.get_mut();
+        let Some(side) = this.side else {
+            let polled = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+            if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+                this.relay.moved.touch();
+            }
+            return polled;
+        };
+        // Closing: no byte past the end of the current frame (the close frame goes there).
+        let closing = this.relay.closing.load(Relaxed);
+        let mut limit = buf.len();
+        if closing {
+            let mut ahead = this.frames;
+            limit = ahead.advance(buf, true);
+            if limit == 0 {
+                // Never woken: the relay is dropped once every side is here.
+                this.relay.settled.notify_one();
+                return Poll::Pending;
+            }
+        }
+        let polled = std::pin::Pin::new(&mut this.io).poll_write(cx, &buf[..limit]);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            this.frames.advance(&buf[..n], false);
+            let inside = !this.frames.at_boundary();
+            this.relay.mid_frame[side].store(inside, Relaxed);
+            this.relay.moved.touch();
+            if closing && !inside {
+                this.relay.settled.notify_one();
+            }
         }
         polled
     }

@@ -9,7 +9,7 @@
 //! decided as the `GET` it stands for, and goes upstream as an HTTP/1.1 WebSocket handshake
 //! with a key of the gateway's (`Sec-WebSocket-Key`, whose `Sec-WebSocket-Accept` the
 //! gateway checks); the upstream's `101` becomes the client's `200`, and the tunnel runs in
-//! the HTTP/2 stream, on a task of its own that the drain ends. A rule that does not relay
+//! the HTTP/2 stream, on a task of its own, which ends it on the drain. A rule that does not relay
 //! WebSockets answers such a request 403 `upgrade_not_allowed`: unlike an HTTP/1.1 upgrade,
 //! it has no plain request to fall back to.
 
@@ -196,10 +196,14 @@ pub(super) async fn open(
     let on_upstream = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
     hop_by_hop::strip(&mut parts.headers);
+    // The tunnel's framing is WebSocket's when both ends agreed on it (an extended CONNECT is
+    // one by definition): its close frames are then the gateway's to write.
+    let websocket = h2 || agreed.as_bytes().eq_ignore_ascii_case(b"websocket");
     let tunnel = super::tunnel::run(
         on_client,
         on_upstream,
         bounds,
+        websocket,
         ctx.snapshot.clock.clone(),
         std::sync::Arc::clone(ctx.shared),
         ctx.request_id.clone(),
@@ -214,18 +218,10 @@ pub(super) async fn open(
         parts.version = Version::HTTP_2;
         parts.headers.remove(SEC_WEBSOCKET_ACCEPT);
         let open = ctx.conn.tunnel.mark_open();
-        let shared = std::sync::Arc::clone(ctx.shared);
-        let mut shutdown = shared.shutdown.clone();
+        // The tunnel ends itself on the drain, with its close frames.
         tokio::spawn(async move {
             let _open = open;
-            if *shutdown.borrow() {
-                shared.metrics.limit("tunnel_drained");
-                return;
-            }
-            tokio::select! {
-                () = tunnel => {}
-                _ = shutdown.changed() => shared.metrics.limit("tunnel_drained"),
-            }
+            tunnel.await;
         });
     } else {
         parts.version = Version::HTTP_11;

@@ -339,23 +339,13 @@ where
     Some((parts.io.into_inner(), parts.service, parts.read_buf))
 }
 
-/// Runs the tunnel a door opened on this connection, if any, until it ends or the gateway
-/// drains: a tunnel has no request boundary to finish at, so a drain closes it at once.
-/// Its own deadlines (idle, lifetime, credential expiry) are the door's.
+/// Runs the tunnel a door opened on this connection, if any, until it ends. A tunnel has no
+/// request boundary to finish at: it watches the drain itself and ends at once then (a
+/// WebSocket's with its close frames, `proxy::tunnel`), as it keeps its own deadlines (idle,
+/// lifetime, credential expiry). Regression: tests (it) edge::tunnel_is_closed_on_shutdown
 async fn run_tunnel<H>(ctx: &mut Ctx<'_, H>) {
-    let Some(tunnel) = ctx.conn.tunnel.take() else {
-        return;
-    };
-    if *ctx.shutdown.borrow() {
-        ctx.shared.metrics.limit("tunnel_drained");
-        return;
-    }
-    tokio::select! {
-        () = tunnel => {}
-        _ = ctx.shutdown.changed() => {
-            // Regression: tests (it) edge::tunnel_closes_on_shutdown
-            ctx.shared.metrics.limit("tunnel_drained");
-        }
+    if let Some(tunnel) = ctx.conn.tunnel.take() {
+        tunnel.await;
     }
 }
 

@@ -27,10 +27,12 @@ fn now() -> u64 {
 
 // === a WebSocket echo upstream ===
 
-/// A WebSocket echo server recording each handshake's request headers.
+/// A WebSocket echo server recording each handshake's request headers, and the binary
+/// messages and close frames it receives (`binary N`, `close CODE REASON`).
 struct WsEcho {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<HeaderMap>>>,
+    got: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -39,10 +41,11 @@ impl WsEcho {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let s = Arc::clone(&seen);
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (s, g) = (Arc::clone(&seen), Arc::clone(&got));
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let s = Arc::clone(&s);
+                let (s, g) = (Arc::clone(&s), Arc::clone(&g));
                 tokio::spawn(async move {
                     #[expect(
                         clippy::result_large_err,
@@ -58,18 +61,42 @@ impl WsEcho {
                         return;
                     };
                     while let Some(Ok(msg)) = ws.next().await {
+                        if let Message::Binary(b) = &msg {
+                            g.lock().unwrap().push(format!("binary {}", b.len()));
+                        }
                         if msg.is_text() || msg.is_binary() {
                             if ws.send(msg).await.is_err() {
                                 return;
                             }
-                        } else if msg.is_close() {
+                        } else if let Message::Close(frame) = msg {
+                            let said = frame.map_or("close".to_owned(), |f| {
+                                format!("close {} {}", u16::from(f.code), f.reason)
+                            });
+                            g.lock().unwrap().push(said);
                             return;
                         }
                     }
                 });
             }
         });
-        Self { addr, seen, task }
+        Self {
+            addr,
+            seen,
+            got,
+            task,
+        }
+    }
+
+    /// What it received, once `settled` says it is all there (within 3 s).
+    async fn got_when(&self, settled: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let got = self.got.lock().unwrap().clone();
+            if settled(&got) || std::time::Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn last(&self) -> HeaderMap {
@@ -149,6 +176,29 @@ where
             Err(_) => return None,
             Ok(None | Some(Err(_))) => return Some(start.elapsed()),
             Ok(Some(Ok(m))) if m.is_close() => return Some(start.elapsed()),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Waits up to `within` for the tunnel to end, and returns the close frame it ended with
+/// (code and reason); fails if it stays open or ends without one.
+async fn close_frame_within<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    within: Duration,
+) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("still open after {within:?}"),
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                return (u16::from(f.code), f.reason.to_string());
+            }
+            Ok(Some(Ok(Message::Close(None)))) => panic!("a close frame without a code"),
+            Ok(None | Some(Err(_))) => panic!("ended without a close frame"),
             Ok(Some(Ok(_))) => {}
         }
     }
@@ -378,14 +428,111 @@ async fn tunnel_is_closed_when_its_token_expires() {
     clock.advance(Duration::from_secs(59));
     echo_once(&mut ws, "a second before").await;
     clock.advance(Duration::from_secs(1));
-    ends_within(&mut ws, Duration::from_secs(2))
-        .await
-        .expect("closed at expiry");
+    // A close frame each way, so that the client can tell an expired token from a broken
+    // network (1006): 1008, the reason code as its reason. The upstream's is masked, as a
+    // client's must be (tungstenite refuses an unmasked one).
+    let said = (1008, "tunnel_credential_expired".to_owned());
+    assert_eq!(
+        close_frame_within(&mut ws, Duration::from_secs(2)).await,
+        said
+    );
+    let got = upstream.got_when(|g| !g.is_empty()).await;
+    assert_eq!(got, ["close 1008 tunnel_credential_expired"]);
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(
         metrics.contains("limit=\"tunnel_credential_expired\"} 1"),
         "{metrics}"
     );
+}
+
+/// A raw WebSocket client through the gateway: the handshake, then bytes as written.
+async fn raw_ws(gw: &TestGateway, auth: &str) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let head = format!(
+        "GET /ws/room HTTP/1.1\r\nHost: chat.example\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nAuthorization: {auth}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "{answer:?}");
+        answer.push(byte[0]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    tcp
+}
+
+/// What a raw client reads until the gateway closes the connection (within 4 s).
+async fn read_to_end(tcp: &mut TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(4), tcp.read_to_end(&mut all))
+        .await
+        .expect("closed in time")
+        .expect("closed without a reset");
+    all
+}
+
+/// A close frame goes only between two frames: a frame the client is still sending when its
+/// token expires is let through to its end first, and a frame never finished leaves that
+/// side without a close frame (cut after a second), while the other side still gets its own.
+#[tokio::test]
+async fn a_frame_in_flight_at_expiry_is_finished_before_the_close_frame() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = WsEcho::start().await;
+    let clock = portcullis::clock::Clock::manual_now();
+    let mut setup = ws_setup(&upstream, "");
+    setup.clock = clock.clone();
+    let gw = setup.start().await;
+    let auth = bearer(&hs256_token(
+        SECRET,
+        &json!({"exp": clock.unix_secs() + 60}),
+    ));
+    // A masked binary frame of 1000 bytes (mask key 0: the payload as it is).
+    let mut frame = vec![0x82, 0x80 | 126, 0x03, 0xe8, 0, 0, 0, 0];
+    frame.resize(frame.len() + 1000, b'a');
+    let server_close = [&[0x88, 27, 0x03, 0xf0][..], b"tunnel_credential_expired"].concat();
+
+    // Finished within the grace: the upstream gets the whole frame, then the close frame.
+    let mut tcp = raw_ws(&gw, &auth).await;
+    tcp.write_all(&frame[..400]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    clock.advance(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    tcp.write_all(&frame[400..]).await.unwrap();
+    assert_eq!(read_to_end(&mut tcp).await, server_close);
+    let got = upstream.got_when(|g| g.len() == 2).await;
+    assert_eq!(got, ["binary 1000", "close 1008 tunnel_credential_expired"]);
+
+    // Never finished: the client still gets its close frame; the upstream only the cut.
+    upstream.got.lock().unwrap().clear();
+    let mut tcp = raw_ws(
+        &gw,
+        &bearer(&hs256_token(
+            SECRET,
+            &json!({"exp": clock.unix_secs() + 60}),
+        )),
+    )
+    .await;
+    tcp.write_all(&frame[..400]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    clock.advance(Duration::from_secs(60));
+    let started = std::time::Instant::now();
+    assert_eq!(read_to_end(&mut tcp).await, server_close);
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(upstream.got.lock().unwrap().clone(), Vec::<String>::new());
 }
 
 /// A token already past `exp` but within its verifier's leeway (30 s) opens the tunnel, which
@@ -468,9 +615,10 @@ async fn tunnel_is_closed_after_its_idle_timeout_and_kept_while_busy() {
         echo_once(&mut ws, &format!("ping {i}")).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let took = ends_within(&mut ws, Duration::from_secs(4))
-        .await
-        .expect("closed when idle");
+    let start = std::time::Instant::now();
+    let said = close_frame_within(&mut ws, Duration::from_secs(4)).await;
+    assert_eq!(said, (1001, "tunnel_idle_timeout".to_owned()));
+    let took = start.elapsed();
     assert!(took >= Duration::from_millis(500), "{took:?}");
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(
@@ -609,10 +757,8 @@ async fn a_recheck_closes_a_websocket_the_current_rule_would_refuse() {
     echo_once(&mut ws, "still").await;
     // Its origin no longer named.
     edit_ws_rule(&gw, &cors("\"https://b.example\""), "websocket").await;
-    assert!(
-        ends_within(&mut ws, Duration::from_secs(4)).await.is_some(),
-        "a tunnel from an origin the rule refuses stayed open"
-    );
+    let said = close_frame_within(&mut ws, Duration::from_secs(4)).await;
+    assert_eq!(said, (1008, "tunnel_reauthorization_denied".to_owned()));
     // Its protocol no longer relayed (the rule still relays another).
     edit_ws_rule(&gw, every, "websocket").await;
     let mut ws = connect(&gw, "/ws/room", &headers).await.expect("upgraded");
@@ -648,7 +794,10 @@ async fn tunnel_is_closed_on_shutdown() {
         .await
         .expect("shutdown in time");
     assert!(drained, "the tunnel did not hold the drain to its grace");
-    assert!(ends_within(&mut ws, Duration::from_secs(2)).await.is_some());
+    let said = close_frame_within(&mut ws, Duration::from_secs(2)).await;
+    assert_eq!(said, (1001, "tunnel_drained".to_owned()));
+    let got = upstream.got_when(|g| !g.is_empty()).await;
+    assert_eq!(got, ["close 1001 tunnel_drained"]);
 }
 
 // === continuous authorization through introspection ===
