@@ -19,13 +19,14 @@
 //! as the close reason (`tunnel_credential_expired`, …), so a client can tell an expired
 //! token from a broken network, refresh it and reconnect. The relay follows the frames
 //! written each way ([`super::wsframe`]); when it closes, each side takes bytes only up to the
-//! end of the frame it is in, then gets its close frame (masked to the upstream, as from a
+//! end of the frame it is in (and at most `FINISH_ALLOWANCE` of them: a frame's length is the
+//! peer's to choose), then gets its close frame (masked to the upstream, as from a
 //! client), then the TCP connection's end after the other's close (or `CLOSE_GRACE`). A side
 //! still inside a frame after `CLOSE_GRACE` is cut without one (1006), as are tunnels of
 //! other protocols, whose framing the gateway does not know.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -48,6 +49,15 @@ const MAX_CHECK: Duration = Duration::from_secs(5);
 /// How long a WebSocket tunnel the gateway closes waits for each side to reach the end of the
 /// frame it is in, and then for the close handshake, before it drops both connections.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How many bytes a side of a WebSocket tunnel the gateway closes may still take to finish
+/// the frame it is in; past them it is cut without a close frame.
+const FINISH_ALLOWANCE: usize = 64 * 1024;
+
+/// Where a side of a closing WebSocket tunnel is (`Relay::sides`).
+const AT_BOUNDARY: u8 = 0;
+const MID_FRAME: u8 = 1;
+const GIVEN_UP: u8 = 2;
 
 /// What a tunnel needs besides its two streams.
 pub(super) struct Bounds {
@@ -117,9 +127,11 @@ struct Relay {
     /// the end of the frame it is in.
     closing: AtomicBool,
     /// For each side (`TO_CLIENT`, `TO_UPSTREAM`), whether what it was written so far ends
-    /// inside a frame.
-    mid_frame: [AtomicBool; 2],
-    /// Woken when a closing side reaches the end of its frame.
+    /// between frames (`AT_BOUNDARY`), inside one (`MID_FRAME`), or inside one it may no
+    /// longer finish (`GIVEN_UP`: closing, its allowance spent).
+    sides: [AtomicU8; 2],
+    /// Woken (once by each side) when a closing side is done: at the end of its frame, or
+    /// given up.
     settled: Notify,
 }
 
@@ -151,7 +163,7 @@ pub(super) async fn run(
     let relay = Arc::new(Relay {
         moved: Activity::since(started),
         closing: AtomicBool::new(false),
-        mid_frame: [AtomicBool::new(false), AtomicBool::new(false)],
+        sides: [AtomicU8::new(AT_BOUNDARY), AtomicU8::new(AT_BOUNDARY)],
         settled: Notify::new(),
     });
     let framed = |side| websocket.then_some(side);
@@ -180,12 +192,15 @@ pub(super) async fn run(
             // Why: a tunnel cut without a close frame is 1006 at the client, which no
             // WebSocket client tells from a network failure: an expired token was retried
             // as it was, not refreshed. A close frame may only go between two frames, so
-            // each side first finishes the one it is in.
-            // Regression: tests (it) edge::tunnel_is_closed_when_its_token_expires
+            // each side first finishes the one it is in, within `FINISH_ALLOWANCE` bytes and
+            // `CLOSE_GRACE`: a frame's length is the peer's to choose (up to 2^63), and a
+            // revoked credential must not buy an unbounded transfer.
+            // Regression: tests (it) edge::tunnel_is_closed_when_its_token_expires,
+            // edge::a_frame_in_flight_at_expiry_is_finished_before_the_close_frame
             relay.closing.store(true, Relaxed);
             let grace = tokio::time::sleep(CLOSE_GRACE);
             tokio::pin!(grace);
-            while relay.mid_frame.iter().any(|m| m.load(Relaxed)) {
+            while relay.sides.iter().any(|s| s.load(Relaxed) == MID_FRAME) {
                 tokio::select! {
                     _ = &mut copy => {
                         open = false;
@@ -389,6 +404,10 @@ struct Counted {
     /// `TO_CLIENT` or `TO_UPSTREAM` in a WebSocket tunnel.
     side: Option<usize>,
     frames: Frames,
+    /// Bytes it may still take, once closing, to finish its frame.
+    allowance: usize,
+    /// Whether it told the relay's watch that it is done closing (it tells once).
+    told: bool,
 }
 
 impl Counted {
@@ -398,6 +417,16 @@ impl Counted {
             relay,
             side,
             frames: Frames::default(),
+            allowance: FINISH_ALLOWANCE,
+            told: false,
+        }
+    }
+
+    /// Tells the watch, once, that this closing side is done (its state already stored).
+    fn tell(&mut self) {
+        if !self.told {
+            self.told = true;
+            self.relay.settled.notify_one();
         }
     }
 
@@ -448,15 +477,23 @@ impl AsyncWrite for Counted {
             }
             return polled;
         };
-        // Closing: no byte past the end of the current frame (the close frame goes there).
+        // Closing: no byte past the end of the current frame (the close frame goes there),
+        // and no more than the allowance to get there.
         let closing = this.relay.closing.load(Relaxed);
         let mut limit = buf.len();
         if closing {
             let mut ahead = this.frames;
-            limit = ahead.advance(buf, true);
+            limit = ahead.advance(buf, true).min(this.allowance);
             if limit == 0 {
-                // Never woken: the relay is dropped once every side is here.
-                this.relay.settled.notify_one();
+                if !this.frames.at_boundary() {
+                    this.relay.sides[side].store(GIVEN_UP, Relaxed);
+                }
+                // Why no waker: this side takes no more bytes, ever; the watch drops the relay
+                // once no side is still finishing a frame, or at `CLOSE_GRACE`. It is told
+                // once: told at every poll, it was woken again at once, and the relay spun a
+                // core for the whole grace while the other side finished a frame.
+                // Regression: tests (it) edge::a_frame_in_flight_at_expiry_is_finished_before_the_close_frame
+                this.tell();
                 return Poll::Pending;
             }
         }
@@ -465,11 +502,18 @@ impl AsyncWrite for Counted {
             && n > 0
         {
             this.frames.advance(&buf[..n], false);
-            let inside = !this.frames.at_boundary();
-            this.relay.mid_frame[side].store(inside, Relaxed);
+            let state = match (this.frames.at_boundary(), closing && this.allowance == n) {
+                (true, _) => AT_BOUNDARY,
+                (false, false) => MID_FRAME,
+                (false, true) => GIVEN_UP,
+            };
+            this.relay.sides[side].store(state, Relaxed);
             this.relay.moved.touch();
-            if closing && !inside {
-                this.relay.settled.notify_one();
+            if closing {
+                this.allowance -= n;
+                if state != MID_FRAME {
+                    this.tell();
+                }
             }
         }
         polled

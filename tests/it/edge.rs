@@ -480,6 +480,122 @@ async fn read_to_end(tcp: &mut TcpStream) -> Vec<u8> {
     all
 }
 
+/// A WebSocket upstream that accepts one handshake and counts the bytes it then receives,
+/// until the gateway ends the connection (`done` is set then).
+async fn counting_ws_upstream() -> (
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    use base64::Engine as _;
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c, d) = (Arc::clone(&count), Arc::clone(&done));
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let key = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| value.trim().to_owned())
+            })
+            .expect("a key");
+        let mut sha = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+        sha.update(key.as_bytes());
+        sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+        let accept = base64::engine::general_purpose::STANDARD.encode(sha.finish().as_ref());
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        tcp.write_all(answer.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+            c.fetch_add(n, SeqCst);
+        }
+        d.store(true, SeqCst);
+    });
+    (addr, count, done)
+}
+
+/// A frame's length is the client's to choose: one declared huge and still streaming when
+/// its token expires may send at most 64 KiB more, and is then cut (no close frame can
+/// follow it), not relayed for the whole grace.
+#[tokio::test]
+async fn a_huge_frame_in_flight_at_expiry_gets_no_more_than_its_allowance() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::AsyncWriteExt;
+    let (up, count, done) = counting_ws_upstream().await;
+    let clock = portcullis::clock::Clock::manual_now();
+    let mut setup = Setup {
+        upstreams: format!("  ws:\n    url: http://{up}\n"),
+        policies: vec![("10-ws.yaml".into(), ws_rule(""))],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: hs256_users("{}"),
+        ..Setup::default()
+    };
+    setup.clock = clock.clone();
+    let gw = setup.start().await;
+    let auth = bearer(&hs256_token(
+        SECRET,
+        &json!({"exp": clock.unix_secs() + 60}),
+    ));
+    let mut tcp = raw_ws(&gw, &auth).await;
+    // A masked binary frame of 2^40 bytes (mask key 0), of which 200 KB go before expiry.
+    let mut head = vec![0x82, 0x80 | 127];
+    head.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    head.extend_from_slice(&[0; 4]);
+    tcp.write_all(&head).await.unwrap();
+    let chunk = vec![b'a'; 8192];
+    for _ in 0..25 {
+        tcp.write_all(&chunk).await.unwrap();
+    }
+    let before = head.len() + 25 * chunk.len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while count.load(SeqCst) < before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "relayed before expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    clock.advance(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // 2 MB more, as fast as the gateway takes them (it soon takes none).
+    let more = async {
+        for _ in 0..256 {
+            if tcp.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), more).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !done.load(SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream was never cut"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = count.load(SeqCst) - before;
+    assert!(after <= 64 * 1024, "{after} bytes relayed after expiry");
+}
+
 /// A close frame goes only between two frames: a frame the client is still sending when its
 /// token expires is let through to its end first, and a frame never finished leaves that
 /// side without a close frame (cut after a second), while the other side still gets its own.
