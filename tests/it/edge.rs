@@ -344,14 +344,22 @@ async fn websocket_over_http2_extended_connect_is_relayed_and_refused_where_not_
     assert!(String::from_utf8_lossy(&body).contains("upgrade_not_allowed"));
     assert_eq!(upstream.handshakes(), handshakes);
     // The tunnel lives on beside other streams, and ends with the drain, which it does not
-    // hold to its grace period.
+    // hold to its grace period, with a close frame each way in the stream.
     echo_once(&mut ws, "still here").await;
     let app = gw.app.take().unwrap();
     let drained = tokio::time::timeout(Duration::from_secs(5), app.shutdown())
         .await
         .expect("shutdown in time");
     assert!(drained);
-    assert!(ends_within(&mut ws, Duration::from_secs(2)).await.is_some());
+    let said = close_frame_within(&mut ws, Duration::from_secs(2)).await;
+    assert_eq!(said, (1001, "tunnel_drained".to_owned()));
+    let got = upstream
+        .got_when(|g| g.iter().any(|e| e.starts_with("close")))
+        .await;
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some("close 1001 tunnel_drained")
+    );
 }
 
 #[tokio::test]
