@@ -626,7 +626,7 @@ pub fn upgrade_refusal(
 /// Removes the door request's hop-by-hop headers ([`hop_by_hop::strip`]) and answers how
 /// many bytes of head they took: the head limits count them, as the proxy door counts the
 /// head as it arrived.
-fn strip_counted(headers: &mut HeaderMap) -> usize {
+pub(crate) fn strip_counted(headers: &mut HeaderMap) -> usize {
     use crate::request::facts::header_lines_bytes;
     let before = header_lines_bytes(headers);
     hop_by_hop::strip(headers);

@@ -698,7 +698,7 @@ impl CheckService {
             let refusal = Refusal::error(StatusCode::FORBIDDEN, "peer_not_allowed", request_id);
             return Ok(Answer::Message(denied(refusal)));
         }
-        let described = match describe(
+        let mut described = match describe(
             check,
             snapshot,
             &conn.info.listener,
@@ -722,6 +722,20 @@ impl CheckService {
                 return Ok(Answer::Message(denied(refusal)));
             }
         };
+        // Why: the proxy and the HTTP doors read a request without its hop-by-hop headers,
+        // those its `Connection` names included; a credential named there was honoured by
+        // this door only (200 here, 401 at the others). Regression: tests (it)
+        // conformance::every_door_gives_the_same_decision (`credential named in Connection`)
+        // The head limits count them, as the HTTP doors do.
+        let stripped = if described
+            .headers
+            .keys()
+            .any(crate::server::hop_by_hop::is_fixed)
+        {
+            door::strip_counted(&mut described.headers)
+        } else {
+            0
+        };
         let head = Head {
             method: &described.method,
             scheme: described.scheme,
@@ -732,7 +746,7 @@ impl CheckService {
         let facts = match head
             .within(
                 snapshot.server.max_target_bytes,
-                snapshot.server.max_header_bytes,
+                snapshot.server.max_header_bytes.saturating_sub(stripped),
             )
             .and_then(|()| {
                 RequestFacts::new(head, &described.conn, &snapshot.server.trusted_proxies)

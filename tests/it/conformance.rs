@@ -313,6 +313,16 @@ fn corpus() -> Vec<Case> {
         ("public canonical", "GET", "//public/./a/../x", vec![]),
         ("public encoded unreserved", "GET", "/%70ublic/x", vec![]),
         ("orders with token", "GET", "/orders/7", bearer(&good)),
+        // Why: a header `Connection` names is hop-by-hop, gone before the decision; the gRPC
+        // door alone honoured a credential named there.
+        ("credential named in Connection", "GET", "/orders/7", {
+            let mut v = bearer(&good);
+            v.push((
+                "connection".to_owned(),
+                "keep-alive, Authorization".to_owned(),
+            ));
+            v
+        }),
         (
             "orders with api key",
             "GET",
@@ -826,6 +836,10 @@ async fn every_door_gives_the_same_decision() {
         ),
         ("encoded slash", (400, Some("encoded_slash"))),
         ("missing credential", (401, Some("missing_credential"))),
+        (
+            "credential named in Connection",
+            (401, Some("missing_credential")),
+        ),
         ("header under the limit", (200, None)),
         ("header over the limit", (431, Some("headers_too_large"))),
         (
