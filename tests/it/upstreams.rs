@@ -2083,6 +2083,86 @@ async fn a_slow_upload_is_not_an_upstream_timeout() {
     }
 }
 
+/// An h2c upstream that takes 16 KiB of a request body and no more (its windows, never
+/// replenished: the body is never read) and never answers.
+async fn h2c_upstream_taking_no_body() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        // Held, unread, until the gateway gives up on the exchange.
+                        let _body = req.into_body();
+                        std::future::pending::<()>().await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::new(),
+                        )))
+                    });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .initial_stream_window_size(16 * 1024)
+                        .initial_connection_window_size(16 * 1024)
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A client that pauses briefly after the part of its body read ahead of forwarding, then
+/// sends the rest as fast as it is taken, while the upstream takes almost none of it: the
+/// upstream is late, not the client (504, the endpoint's failure), although the read ahead
+/// ended waiting on the client. (A client that stops for longer than the timeout is late
+/// itself: 408, `a_slow_upload_is_not_an_upstream_timeout`.)
+#[tokio::test]
+async fn an_upstream_that_takes_no_body_is_late_though_the_read_ahead_waited() {
+    let up = h2c_upstream_taking_no_body().await;
+    let gw = Setup {
+        upstreams: format!(
+            "  h2:\n    url: http://{up}\n    protocol: h2c\n    response_timeout: 400ms\n"
+        ),
+        policies: route_all_to("h2"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let sender = tokio::spawn(async move {
+        wr.write_all(
+            b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4000000\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        wr.write_all(&[b'x'; 40_000]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..(3_960_000 / 8_000) {
+            if wr.write_all(&[b'x'; 8_000]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut buf)).await;
+    sender.abort();
+    let r = crate::support::RawResponse::parse(&buf);
+    assert_eq!(r.status, 504, "{}", r.head);
+    assert!(r.body.contains("upstream_timeout"), "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Counted as the upstream's failure.
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let line = "portcullis_upstream_errors_total{kind=\"timeout\"} 1";
+    assert!(metrics.lines().any(|l| l == line), "{metrics}");
+}
+
 /// The cause of an endpoint's failures is logged at the default level, once per streak of
 /// failures (not once per request, which a failing upstream under load would flood).
 #[tokio::test]
