@@ -319,6 +319,8 @@ fn corpus() -> Vec<Case> {
             "/public/x#/../../admin",
             vec![],
         ),
+        // As nginx's `$request_uri` carries it: the raw UTF-8 bytes.
+        ("raw utf-8 path", "GET", "/public/caf\u{e9}", vec![]),
         ("public query", "GET", "/public/x?a=1&b=2", vec![]),
         ("public head", "HEAD", "/public/x", vec![]),
         ("public post", "POST", "/public/form", vec![]),
@@ -823,6 +825,7 @@ async fn every_door_gives_the_same_decision() {
     let pinned: HashMap<&str, (u16, Option<&str>)> = [
         ("public", (200, None)),
         ("fragment with dot segments", (200, None)),
+        ("raw utf-8 path", (400, Some("non_ascii"))),
         ("limited first", (200, None)),
         ("delegate allows", (200, None)),
         ("delegate denies", (403, Some("delegate_denied"))),
