@@ -231,13 +231,33 @@ fn ws_rule(extra: &str) -> String {
 }
 
 fn ws_setup(ws: &WsEcho, rule_extra: &str) -> Setup {
+    ws_setup_at(ws.addr, rule_extra)
+}
+
+fn ws_setup_at(upstream: SocketAddr, rule_extra: &str) -> Setup {
     Setup {
-        upstreams: format!("  ws:\n    url: http://{}\n", ws.addr),
+        upstreams: format!("  ws:\n    url: http://{upstream}\n"),
         policies: vec![("10-ws.yaml".into(), ws_rule(rule_extra))],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
         extra: hs256_users("{}"),
         ..Setup::default()
     }
+}
+
+/// A gateway relaying WebSockets to `upstream` on a manual clock, and an `Authorization`
+/// value whose token expires a minute from the clock's now.
+async fn ws_gateway_expiring(
+    upstream: SocketAddr,
+) -> (TestGateway, portcullis::clock::Clock, String) {
+    let clock = portcullis::clock::Clock::manual_now();
+    let mut setup = ws_setup_at(upstream, "");
+    setup.clock = clock.clone();
+    let gw = setup.start().await;
+    let auth = bearer(&hs256_token(
+        SECRET,
+        &json!({"exp": clock.unix_secs() + 60}),
+    ));
+    (gw, clock, auth)
 }
 
 async fn ws_gateway(ws: &WsEcho, rule_extra: &str) -> TestGateway {
@@ -421,14 +441,7 @@ async fn h2c_upgrade_is_refused_even_on_a_rule_that_relays_upgrades() {
 #[tokio::test]
 async fn tunnel_is_closed_when_its_token_expires() {
     let upstream = WsEcho::start().await;
-    let clock = portcullis::clock::Clock::manual_now();
-    let mut setup = ws_setup(&upstream, "");
-    setup.clock = clock.clone();
-    let gw = setup.start().await;
-    let auth = bearer(&hs256_token(
-        SECRET,
-        &json!({"exp": clock.unix_secs() + 60}),
-    ));
+    let (gw, clock, auth) = ws_gateway_expiring(upstream.addr).await;
     let mut ws = connect(&gw, "/ws/room", &[("authorization", &auth)])
         .await
         .expect("upgraded");
@@ -548,20 +561,7 @@ async fn a_huge_frame_in_flight_at_expiry_gets_no_more_than_its_allowance() {
     use std::sync::atomic::Ordering::SeqCst;
     use tokio::io::AsyncWriteExt;
     let (up, count, done) = counting_ws_upstream().await;
-    let clock = portcullis::clock::Clock::manual_now();
-    let mut setup = Setup {
-        upstreams: format!("  ws:\n    url: http://{up}\n"),
-        policies: vec![("10-ws.yaml".into(), ws_rule(""))],
-        files: vec![("hs.secret".into(), SECRET.to_vec())],
-        extra: hs256_users("{}"),
-        ..Setup::default()
-    };
-    setup.clock = clock.clone();
-    let gw = setup.start().await;
-    let auth = bearer(&hs256_token(
-        SECRET,
-        &json!({"exp": clock.unix_secs() + 60}),
-    ));
+    let (gw, clock, auth) = ws_gateway_expiring(up).await;
     let mut tcp = raw_ws(&gw, &auth).await;
     // A masked binary frame of 2^40 bytes (mask key 0), of which 200 KB go before expiry.
     let mut head = vec![0x82, 0x80 | 127];
@@ -611,14 +611,7 @@ async fn a_huge_frame_in_flight_at_expiry_gets_no_more_than_its_allowance() {
 async fn a_frame_in_flight_at_expiry_is_finished_before_the_close_frame() {
     use tokio::io::AsyncWriteExt;
     let upstream = WsEcho::start().await;
-    let clock = portcullis::clock::Clock::manual_now();
-    let mut setup = ws_setup(&upstream, "");
-    setup.clock = clock.clone();
-    let gw = setup.start().await;
-    let auth = bearer(&hs256_token(
-        SECRET,
-        &json!({"exp": clock.unix_secs() + 60}),
-    ));
+    let (gw, clock, auth) = ws_gateway_expiring(upstream.addr).await;
     // A masked binary frame of 1000 bytes (mask key 0: the payload as it is).
     let mut frame = vec![0x82, 0x80 | 126, 0x03, 0xe8, 0, 0, 0, 0];
     frame.resize(frame.len() + 1000, b'a');
