@@ -354,9 +354,27 @@ impl RedisStore {
         self.metrics.calls.fetch_add(1, Ordering::Relaxed);
         let mut conn = Conn::clone(&used);
         let start = tokio::time::Instant::now();
+        // Why: a healthy Redis closes idle connections (its `timeout`, a load balancer's idle
+        // cut, a failover's `CLIENT KILL`), and the first call on such a connection failed:
+        // a spurious 503 on a limit failing closed, an unchecked pass on one failing open,
+        // after every quiet spell. A call whose connection was found dropped is made once
+        // more, on the connection the manager makes anew, within the same budget. A repeat
+        // can at worst spend twice (stricter, never looser); a refund is not repeated, as
+        // a second one would give back a try that was not spent. A Sentinel's connection
+        // is dropped on failure and looked up again instead (`reset`).
+        // Regression: tests (it) redis::a_connection_redis_closed_is_replaced_without_a_failure
+        let again = mode != Mode::Refund && !self.target.drops_on_failure();
         let reply = tokio::time::timeout(
             crate::request::facts::call_budget(self.timeout, deadline),
-            call.invoke_async::<Vec<i64>>(&mut conn),
+            async {
+                match call.invoke_async::<Vec<i64>>(&mut conn).await {
+                    Err(e) if again && e.is_connection_dropped() => {
+                        self.metrics.calls.fetch_add(1, Ordering::Relaxed);
+                        call.invoke_async::<Vec<i64>>(&mut conn).await
+                    }
+                    first => first,
+                }
+            },
         )
         .await;
         let outcome = match reply {

@@ -448,6 +448,50 @@ async fn a_redis_guard_holds_against_concurrent_guesses() {
     );
 }
 
+/// Closes every client connection but its own (`CLIENT KILL TYPE normal`), as a Redis
+/// `timeout`, a load balancer's idle cut or a failover does to an idle pooled connection.
+async fn drop_clients(addr: SocketAddr) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"*4\r\n$6\r\nCLIENT\r\n$4\r\nKILL\r\n$4\r\nTYPE\r\n$6\r\nnormal\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    // `:N`, the number of connections closed.
+    assert!(
+        buf[..n].starts_with(b":"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+/// A healthy Redis that closed the gateway's idle connection: the next request is checked
+/// on a fresh one, not refused (a limit failing closed) nor let through unchecked (one
+/// failing open).
+#[tokio::test]
+async fn a_connection_redis_closed_is_replaced_without_a_failure() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let gw = modes_gateway(&redis.url()).await;
+    connected(&gw).await;
+    for _ in 0..3 {
+        drop_clients(redis.addr()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (status, reason, _) = timed(&gw, "/deny/x").await;
+        assert_eq!((status, reason.as_str()), (StatusCode::OK, ""));
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "portcullis_redis_errors_total{kind=\"error\"}"),
+        0,
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn redis_killed_mid_test_each_mode_then_recovery() {
     let Some(mut redis) = RedisServer::start().await else {
