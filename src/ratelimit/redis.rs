@@ -311,10 +311,16 @@ impl RedisStore {
                 let loaded =
                     tokio::time::timeout(store.connect_timeout, store.script.load_async(&mut conn))
                         .await;
-                if !matches!(loaded, Ok(Ok(_))) {
-                    tracing::warn!(
+                match loaded {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(
+                        kind = ?e.kind(),
+                        code = e.code().unwrap_or("-"),
+                        "Redis refused the gateway at startup; limits use their on_redis_failure until it answers"
+                    ),
+                    Err(_) => tracing::warn!(
                         "Redis not reachable at startup; limits use their on_redis_failure until it is"
-                    );
+                    ),
                 }
             }
         });
@@ -385,6 +391,19 @@ impl RedisStore {
                 Err(RedisError::Timeout)
             }
             Ok(Err(e)) => {
+                // Why: a wrong password, an ACL refusal or a read-only replica were all "redis
+                // call failed" (counted as errors, or as timeouts while reconnecting): the
+                // operator could not tell them from an outage. The first failure of a streak
+                // is logged with the error's kind and Redis's code (`WRONGPASS`, `NOPERM`,
+                // `READONLY`), never its text, which may echo an address or a name.
+                // Regression: tests (it) redis::a_wrong_redis_password_is_logged_as_such
+                if self.breaker.failures.load(Ordering::Relaxed) == 0 {
+                    tracing::warn!(
+                        kind = ?e.kind(),
+                        code = e.code().unwrap_or("-"),
+                        "Redis call failed; limits use their on_redis_failure"
+                    );
+                }
                 // A server or protocol error leaves a connection that may keep answering
                 // nonsense (a proxy, a wrong port): start afresh. IO errors reconnect anyway,
                 // but to the same address: a Sentinel's master is looked up again.

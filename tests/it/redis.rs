@@ -492,6 +492,46 @@ async fn a_connection_redis_closed_is_replaced_without_a_failure() {
     );
 }
 
+/// A gateway given the wrong Redis password says so in its log (the error's kind and Redis's
+/// code), once, and never writes the password.
+#[tokio::test]
+async fn a_wrong_redis_password_is_logged_as_such() {
+    let Some(redis) = RedisServer::start_with(&["--requirepass", "the-right-redis-password"]).await
+    else {
+        return;
+    };
+    let extra = format!(
+        "redis: {{url: \"{}\", password: {{file: redis.pass}}, timeout: 300ms}}\nrate_limits:\n  l: {{key: client_ip, requests: 10, per: 1h, backend: redis, on_redis_failure: deny}}\n",
+        redis.url()
+    );
+    let policy = "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: l, upstream: echo}\n";
+    let bin = crate::memory::Binary::start_with(
+        redis.addr(),
+        "  - name: http\n    address: 127.0.0.1:0\n",
+        "",
+        &extra,
+        policy,
+        &[("redis.pass", b"a-wrong-redis-password")],
+        &[],
+    );
+    for _ in 0..3 {
+        let (status, _, _) = crate::support::get(bin.addr("http"), "/x").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let said = eventually(Duration::from_secs(5), || async {
+        !bin.log_lines("AuthenticationFailed").is_empty()
+    })
+    .await;
+    let lines = bin.log_lines("Redis");
+    assert!(said, "{lines:?}");
+    assert!(
+        lines.iter().all(|l| !l.contains("redis-password")),
+        "{lines:?}"
+    );
+    // Once for the streak, not once per request.
+    assert!(bin.log_lines("Redis call failed").len() <= 1, "{lines:?}");
+}
+
 #[tokio::test]
 async fn redis_killed_mid_test_each_mode_then_recovery() {
     let Some(mut redis) = RedisServer::start().await else {
