@@ -141,6 +141,14 @@ impl Rate {
         })
     }
 
+    /// `RateLimit-Limit`: the most requests the budget holds, `requests` or a larger `burst`.
+    ///
+    /// Why: with `requests: 2, burst: 4` a fresh client was told `RateLimit-Limit: 2` and
+    /// `RateLimit-Remaining: 3`, more left than the limit. Regression: tests::limit_covers_the_burst
+    pub fn limit(&self) -> u32 {
+        self.requests.max(self.burst)
+    }
+
     /// How many requests would pass at once with `debt` nanoseconds of TAT ahead of now.
     fn remaining(&self, debt: u64) -> u32 {
         if debt > self.tolerance {
@@ -173,7 +181,7 @@ impl Plan {
     // as the local one. Regression: tests::room_counts_down_and_the_quota_binds
     pub fn room(&self, rate_debt: u64, quota_debt: u64) -> Room {
         let mut room = Room {
-            requests: self.rate.requests,
+            requests: self.rate.limit(),
             remaining: self.rate.remaining(rate_debt),
             reset: rate_debt,
         };
@@ -181,7 +189,7 @@ impl Plan {
             let left = q.remaining(quota_debt);
             if left < room.remaining {
                 room = Room {
-                    requests: q.requests,
+                    requests: q.limit(),
                     remaining: left,
                     reset: quota_debt,
                 };
@@ -215,7 +223,7 @@ impl Plan {
             nanos: rate_tat
                 .saturating_sub(self.rate.tolerance)
                 .saturating_sub(now),
-            requests: self.rate.requests,
+            requests: self.rate.limit(),
         };
         let quota_tat = self.quota.map(|q| {
             let tat = q.tat(state.quota, now);
@@ -223,7 +231,7 @@ impl Plan {
             if w > wait.nanos {
                 wait = Wait {
                     nanos: w,
-                    requests: q.requests,
+                    requests: q.limit(),
                 };
             }
             (q, tat)
@@ -420,6 +428,24 @@ mod tests {
         assert_eq!((room.requests, room.remaining, room.reset), (3, 2, 100 * S));
         // The Redis backend's debts give the same answer.
         assert_eq!(q.room(S / 10, 100 * S), room);
+    }
+
+    #[test]
+    fn limit_covers_the_burst() {
+        // 2 a second, 4 at once: a fresh client has 3 left of a limit of 4, never of 2; the
+        // refusal after the burst names the same limit.
+        let p = plan(2, 1, Some(4));
+        let mut s = State::default();
+        let t0 = 100 * S;
+        let first = p.check(&mut s, t0, Mode::Spend).unwrap();
+        assert_eq!((first.requests, first.remaining), (4, 3));
+        for _ in 0..3 {
+            let room = p.check(&mut s, t0, Mode::Spend).unwrap();
+            assert!(room.remaining <= room.requests);
+        }
+        assert_eq!(p.check(&mut s, t0, Mode::Spend).unwrap_err().requests, 4);
+        // A burst below the rate leaves the rate as the limit.
+        assert_eq!(plan(6, 60, Some(3)).rate.limit(), 6);
     }
 
     #[test]

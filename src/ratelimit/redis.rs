@@ -421,8 +421,8 @@ impl RedisStore {
                 }
                 [0, wait, by_quota] if *wait > 0 => {
                     let requests = match (by_quota, plan.quota) {
-                        (1, Some(q)) => q.requests,
-                        _ => plan.rate.requests,
+                        (1, Some(q)) => q.limit(),
+                        _ => plan.rate.limit(),
                     };
                     Ok(Err(Wait {
                         nanos: u64::try_from(*wait).unwrap_or(0).saturating_mul(1_000),
