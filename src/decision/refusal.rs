@@ -53,10 +53,17 @@ impl Refusal {
                 ),
             ]
         });
+        // Why: a 503 of the gateway's (keys, introspection, Redis or a delegate unavailable,
+        // no decision in time) is temporary, as the overloaded 503 says with its
+        // `Retry-After: 1`; these said nothing, so clients retried at once or gave up.
+        // Regression: tests::unavailable_refusals_say_when_to_retry
+        let retry = (self.status == StatusCode::SERVICE_UNAVAILABLE && self.throttle.is_none())
+            .then_some((header::RETRY_AFTER, HeaderValue::from_static("1")));
         self.challenge
             .iter()
             .map(|c| (header::WWW_AUTHENTICATE, c.clone()))
             .chain(self.location.iter().map(|l| (header::LOCATION, l.clone())))
+            .chain(retry)
             .chain(throttle)
             .chain(self.cors.iter().cloned())
     }
@@ -165,6 +172,22 @@ impl GrpcCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unavailable_refusals_say_when_to_retry() {
+        let id = HeaderValue::from_static("req-1");
+        let retry = |status: u16| {
+            let r = Refusal::error(StatusCode::from_u16(status).unwrap(), "x", &id);
+            r.headers()
+                .filter(|(n, _)| *n == header::RETRY_AFTER)
+                .map(|(_, v)| v)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(retry(503), [HeaderValue::from_static("1")]);
+        for status in [400, 401, 403, 502, 504] {
+            assert!(retry(status).is_empty(), "{status}");
+        }
+    }
 
     #[test]
     fn grpc_codes_follow_the_status() {
