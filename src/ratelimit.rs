@@ -90,7 +90,7 @@ pub struct LimitCounters {
 /// A request over its limit: what the client is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Throttle {
-    /// The refusing rate's `requests` (`RateLimit-Limit`).
+    /// The refusing rate's [`gcra::Rate::limit`] (`RateLimit-Limit`).
     pub limit: u32,
     /// Seconds until a request would pass (`Retry-After`, `RateLimit-Reset`), at least 1.
     pub retry_after: u64,

@@ -15,7 +15,7 @@ use std::time::Duration;
 /// One rate: `requests` per period, as an emission interval and a burst tolerance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
-    /// The configured `requests` (for `RateLimit-Limit`).
+    /// The configured `requests` (`RateLimit-Limit` is [`Rate::limit`]).
     pub requests: u32,
     /// Time per request, nanoseconds (at least 1; at least 1 µs in Redis, which counts in
     /// microseconds).
@@ -60,7 +60,7 @@ pub struct State {
 pub struct Wait {
     /// Nanoseconds.
     pub nanos: u64,
-    /// The refusing rate's `requests`.
+    /// The refusing rate's [`Rate::limit`].
     pub requests: u32,
 }
 
@@ -68,7 +68,7 @@ pub struct Wait {
 /// the plan's rates has fewer requests left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Room {
-    /// That rate's `requests` (`RateLimit-Limit`).
+    /// That rate's [`Rate::limit`] (`RateLimit-Limit`).
     pub requests: u32,
     /// Requests that would pass now, at once (`RateLimit-Remaining`).
     pub remaining: u32,

@@ -99,6 +99,9 @@ const CALL_BOUNDS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
 ];
 
+/// How often the same kind of failed call is logged again.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// The Redis rate limits share, with its connection and breaker.
 pub struct RedisStore {
     fingerprint: crate::config::Fingerprint,
@@ -113,6 +116,9 @@ pub struct RedisStore {
     started: AtomicBool,
     prefix: Box<str>,
     breaker: Breaker,
+    /// When (as [`Self::now`]) a failed call was last logged, and a digest of its kind.
+    warned_at: AtomicU64,
+    warned_what: AtomicU64,
     /// Calls, failures and latency.
     pub metrics: RedisMetrics,
 }
@@ -271,6 +277,8 @@ impl RedisStore {
             connect_timeout: raw.connect_timeout,
             epoch: tokio::time::Instant::now(),
             started: AtomicBool::new(false),
+            warned_at: AtomicU64::new(0),
+            warned_what: AtomicU64::new(0),
             prefix: raw.key_prefix.as_str().into(),
             breaker: Breaker::new(
                 raw.breaker_failures,
@@ -313,12 +321,12 @@ impl RedisStore {
                         .await;
                 match loaded {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(
+                    Ok(Err(e)) if !e.is_io_error() => tracing::warn!(
                         kind = ?e.kind(),
                         code = e.code().unwrap_or("-"),
                         "Redis refused the gateway at startup; limits use their on_redis_failure until it answers"
                     ),
-                    Err(_) => tracing::warn!(
+                    _ => tracing::warn!(
                         "Redis not reachable at startup; limits use their on_redis_failure until it is"
                     ),
                 }
@@ -388,22 +396,11 @@ impl RedisStore {
                 if self.target.drops_on_failure() {
                     self.reset(&used);
                 }
+                self.warn_failure("Timeout", "-");
                 Err(RedisError::Timeout)
             }
             Ok(Err(e)) => {
-                // Why: a wrong password, an ACL refusal or a read-only replica were all "redis
-                // call failed" (counted as errors, or as timeouts while reconnecting): the
-                // operator could not tell them from an outage. The first failure of a streak
-                // is logged with the error's kind and Redis's code (`WRONGPASS`, `NOPERM`,
-                // `READONLY`), never its text, which may echo an address or a name.
-                // Regression: tests (it) redis::a_wrong_redis_password_is_logged_as_such
-                if self.breaker.failures.load(Ordering::Relaxed) == 0 {
-                    tracing::warn!(
-                        kind = ?e.kind(),
-                        code = e.code().unwrap_or("-"),
-                        "Redis call failed; limits use their on_redis_failure"
-                    );
-                }
+                self.warn_failure(&format!("{:?}", e.kind()), e.code().unwrap_or("-"));
                 // A server or protocol error leaves a connection that may keep answering
                 // nonsense (a proxy, a wrong port): start afresh. IO errors reconnect anyway,
                 // but to the same address: a Sentinel's master is looked up again.
@@ -457,6 +454,42 @@ impl RedisStore {
             }
         }
         outcome
+    }
+
+    /// Logs a failed call: the first of each kind at once, then at most one every
+    /// [`WARN_EVERY`].
+    ///
+    /// Why: a wrong password, an ACL refusal or a read-only replica were all "redis call
+    /// failed" (counted as errors, or as timeouts while reconnecting): the operator could not
+    /// tell them from an outage. The log names the error's kind and Redis's code
+    /// (`WRONGPASS`, `NOPERM`, `READONLY`), never its text, which may echo an address or a
+    /// name. Once per streak of failures was not enough: the streak of a wrong password
+    /// starts with the reconnect's timeouts, and a success on another node of a cluster ends
+    /// one at every request. Regression: tests (it) redis::a_wrong_redis_password_is_logged_as_such
+    fn warn_failure(&self, kind: &str, code: &str) {
+        let what = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (kind, code).hash(&mut h);
+            h.finish() | 1
+        };
+        let now = self.now();
+        let last = self.warned_at.load(Ordering::Relaxed);
+        let due = self.warned_what.load(Ordering::Relaxed) != what
+            || now.saturating_sub(last) >= u64::try_from(WARN_EVERY.as_nanos()).unwrap_or(u64::MAX);
+        if due
+            && self
+                .warned_at
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.warned_what.store(what, Ordering::Relaxed);
+            tracing::warn!(
+                kind,
+                code,
+                "Redis call failed; limits use their on_redis_failure (logged once per kind, then every 10 s)"
+            );
+        }
     }
 
     /// The connection, made on first use (inside the runtime: a config is also compiled
