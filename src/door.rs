@@ -485,14 +485,14 @@ async fn decide_for<D: HttpDoor>(
     // Only a fixed hop-by-hop name (`Upgrade`, `HTTP2-Settings`, `Connection`, which alone
     // can name others) asks for an upgrade or has anything to remove: one walk over the names
     // finds none in the usual request.
-    let (upgrade, stripped) = if parts.headers.keys().any(hop_by_hop::is_fixed) {
+    let (upgrade, (stripped, unseen)) = if parts.headers.keys().any(hop_by_hop::is_fixed) {
         let upgrade = asked_upgrade(&parts.headers).map_err(|r| (StatusCode::BAD_REQUEST, r))?;
         // Why: the proxy door counts the head as the client sent it, hop-by-hop headers
         // included; a 20 KB `Keep-Alive` passed the doors. Regression: tests (it)
         // conformance::every_door_gives_the_same_decision (`hop-by-hop header over the limit`)
         (upgrade, strip_counted(&mut parts.headers))
     } else {
-        (None, 0)
+        (None, (0, Vec::new()))
     };
     let described = door
         .describe(settings, parts)
@@ -552,9 +552,15 @@ async fn decide_for<D: HttpDoor>(
     {
         return Ok(Decided::Preflight(rule, checked));
     }
-    let decision = tokio::time::timeout_at(due, decision::decide(snapshot, &facts, &mut NoTrace))
-        .await
-        .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, DECISION_TIMEOUT))?;
+    let mut decision =
+        tokio::time::timeout_at(due, decision::decide(snapshot, &facts, &mut NoTrace))
+            .await
+            .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, DECISION_TIMEOUT))?;
+    if let Decision::Allow(a) = &mut decision
+        && !unseen.is_empty()
+    {
+        a.mutation.remove_unseen(unseen);
+    }
     if let Decision::Allow(a) = &decision
         && let Some(reason) = upgrade_refusal(upgrade.as_ref(), a, &described.headers)
     {
@@ -623,14 +629,14 @@ pub fn upgrade_refusal(
         .map(|_| crate::authz::edge::PreflightRefusal::Origin.as_str())
 }
 
-/// Removes the door request's hop-by-hop headers ([`hop_by_hop::strip`]) and answers how
-/// many bytes of head they took: the head limits count them, as the proxy door counts the
-/// head as it arrived.
-pub(crate) fn strip_counted(headers: &mut HeaderMap) -> usize {
+/// Removes the door request's hop-by-hop headers ([`hop_by_hop::strip_named`]) and answers
+/// how many bytes of head they took (the head limits count them, as the proxy door counts the
+/// head as it arrived) and the headers `Connection` named (for the peer to remove as well).
+pub(crate) fn strip_counted(headers: &mut HeaderMap) -> (usize, Vec<HeaderName>) {
     use crate::request::facts::header_lines_bytes;
     let before = header_lines_bytes(headers);
-    hop_by_hop::strip(headers);
-    before - header_lines_bytes(headers)
+    let named = hop_by_hop::strip_named(headers);
+    (before - header_lines_bytes(headers), named)
 }
 
 /// The status of a description a door cannot read: 431 for one over the header limits, as the
@@ -912,12 +918,12 @@ mod tests {
         // The bytes the head limits still count: every removed line, `name: value` and its end.
         let mut h = HeaderMap::new();
         h.insert("x-kept", HeaderValue::from_static("1"));
-        assert_eq!(strip_counted(&mut h), 0);
+        assert_eq!(strip_counted(&mut h).0, 0);
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("connection", HeaderValue::from_static("x-named"));
         h.insert("x-named", HeaderValue::from_static("abc"));
         let removed = ("keep-alive".len() + 9 + 4) + ("connection".len() + 7 + 4) + (7 + 3 + 4);
-        assert_eq!(strip_counted(&mut h), removed);
+        assert_eq!(strip_counted(&mut h).0, removed);
         assert_eq!(h.len(), 1);
     }
 

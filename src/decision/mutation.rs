@@ -177,6 +177,26 @@ impl HeaderMutation {
         }
     }
 
+    /// Names `names` for removal too, unless set or already listed: headers the request's
+    /// `Connection` named, which a decision door left out of the decision as the proxy door
+    /// does.
+    ///
+    /// Why: the proxy door forwards none of them; a decision door's peer that does not honour
+    /// `Connection` would forward them, and a rule denying on a header's presence was decided
+    /// without it. Regression: tests (it) doors::headers_named_in_connection_are_removed_too
+    pub fn remove_unseen(&mut self, names: Vec<HeaderName>) {
+        for name in names {
+            let set = self.set.iter().any(|(s, _)| *s == name);
+            let listed = self
+                .named
+                .as_ref()
+                .is_some_and(|d| d.iter().any(|d| *d == name));
+            if !set && !listed {
+                self.push_remove(name);
+            }
+        }
+    }
+
     fn push_remove(&mut self, name: HeaderName) {
         // The lists are a few names long: a scan beats hashing.
         if !self.remove.contains(&name) {

@@ -727,14 +727,14 @@ impl CheckService {
         // this door only (200 here, 401 at the others). Regression: tests (it)
         // conformance::every_door_gives_the_same_decision (`credential named in Connection`)
         // The head limits count them, as the HTTP doors do.
-        let stripped = if described
+        let (stripped, unseen) = if described
             .headers
             .keys()
             .any(crate::server::hop_by_hop::is_fixed)
         {
             door::strip_counted(&mut described.headers)
         } else {
-            0
+            (0, Vec::new())
         };
         let head = Head {
             method: &described.method,
@@ -787,10 +787,15 @@ impl CheckService {
         }
         let decided =
             tokio::time::timeout_at(due, decision::decide(snapshot, &facts, &mut NoTrace)).await;
-        let Ok(decision) = decided else {
+        let Ok(mut decision) = decided else {
             record.failed(&self.shared, "decision_timeout");
             return Err(tonic::Status::unavailable("decision_timeout"));
         };
+        if let Decision::Allow(a) = &mut decision
+            && !unseen.is_empty()
+        {
+            a.mutation.remove_unseen(unseen);
+        }
         if let Decision::Allow(a) = &decision
             && let Some(reason) = door::upgrade_refusal(upgrade.as_ref(), a, &described.headers)
         {

@@ -31,6 +31,13 @@ pub fn is_fixed(name: &HeaderName) -> bool {
 
 /// Removes the fixed hop-by-hop set and every header named in `Connection`.
 pub fn strip(headers: &mut HeaderMap) {
+    let _ = strip_named(headers);
+}
+
+/// [`strip`], answering the headers `Connection` named that were there (besides the fixed
+/// set): a decision door, which decides without them, names them to its peer for removal.
+pub fn strip_named(headers: &mut HeaderMap) -> Vec<HeaderName> {
+    let mut gone = Vec::new();
     let mut connection = headers.get_all(header::CONNECTION).iter();
     let only_fixed = match (connection.next(), connection.next()) {
         (None, _) => true,
@@ -59,10 +66,13 @@ pub fn strip(headers: &mut HeaderMap) {
         // token list, after each removal, is quadratic in what the client controls (a 16 KB
         // request held a core for 20 ms). Regression: tests::huge_connection_list
         for name in named {
-            headers.remove(name);
+            if headers.remove(&name).is_some() {
+                gone.push(name);
+            }
         }
     }
     remove_where(headers, is_fixed);
+    gone
 }
 
 /// Removes from a trailer section what one may not carry: the hop-by-hop fields (which make

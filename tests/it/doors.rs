@@ -1113,3 +1113,41 @@ fn explain_refuses_upgrades_as_the_doors_do() {
         }
     }
 }
+
+/// A header the request's `Connection` names is left out of the decision, as at the proxy
+/// door, which forwards none of them; a decision door names it to its peer for removal too,
+/// so a peer that does not honour `Connection` does not forward what was not decided on.
+/// A name the answer sets stays set, never also removed.
+#[tokio::test]
+async fn headers_named_in_connection_are_removed_too() {
+    let gw = gateway("{forward_auth: {}}").await;
+    let (status, h, body) = ask(
+        &gw,
+        "/auth",
+        &[
+            ("x-forwarded-uri", "/open/x"),
+            ("connection", "x-probe, x-real-ip"),
+            ("x-probe", "1"),
+            ("x-real-ip", "203.0.113.9"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let remove: Vec<&str> = h["x-portcullis-remove"]
+        .to_str()
+        .unwrap()
+        .split(',')
+        .collect();
+    assert!(remove.contains(&"x-probe"), "{remove:?}");
+    assert!(!remove.contains(&"x-real-ip"), "{remove:?}");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    // Nothing named: nothing more.
+    let (_, h, _) = ask(
+        &gw,
+        "/auth",
+        &[("x-forwarded-uri", "/open/x"), ("x-probe", "1")],
+    )
+    .await;
+    let remove = h["x-portcullis-remove"].to_str().unwrap().to_owned();
+    assert!(!remove.split(',').any(|n| n == "x-probe"), "{remove}");
+}

@@ -196,6 +196,37 @@ async fn check_allows_with_identity_headers_and_metadata() {
     assert_eq!(field("rule"), "api");
 }
 
+/// A header the request's `Connection` names is left out of the decision and named in
+/// `headers_to_remove`, as at the HTTP doors (doors::headers_named_in_connection_are_removed_too).
+#[tokio::test]
+async fn headers_named_in_connection_are_removed_too() {
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let mut c = client(&gw).await;
+    let token = hs256_token(SECRET, &json!({"scope": "orders:read"}));
+    let bearer = format!("Bearer {token}");
+    let resp = c
+        .check(check(
+            "/api/orders",
+            "198.51.100.9",
+            &[
+                ("authorization", &bearer),
+                ("connection", "x-probe"),
+                ("x-probe", "1"),
+            ],
+        ))
+        .await
+        .expect("an answer")
+        .into_inner();
+    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
+        panic!("{resp:?}");
+    };
+    assert!(
+        ok.headers_to_remove.iter().any(|r| r == "x-probe"),
+        "{:?}",
+        ok.headers_to_remove
+    );
+}
+
 #[tokio::test]
 async fn check_denials_carry_grpc_codes_status_challenge_and_body() {
     let gw = gateway("{envoy_grpc: {}}").await;
