@@ -556,9 +556,7 @@ async fn decide_for<D: HttpDoor>(
         tokio::time::timeout_at(due, decision::decide(snapshot, &facts, &mut NoTrace))
             .await
             .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, DECISION_TIMEOUT))?;
-    if let Decision::Allow(a) = &mut decision
-        && !unseen.is_empty()
-    {
+    if let Decision::Allow(a) = &mut decision {
         a.mutation.remove_unseen(unseen);
     }
     if let Decision::Allow(a) = &decision
@@ -634,6 +632,11 @@ pub fn upgrade_refusal(
 /// head as it arrived) and the headers `Connection` named (for the peer to remove as well).
 pub(crate) fn strip_counted(headers: &mut HeaderMap) -> (usize, Vec<HeaderName>) {
     use crate::request::facts::header_lines_bytes;
+    // Only a fixed hop-by-hop name (`Connection` among them) has anything to remove: one walk
+    // over the names finds none in the usual request.
+    if !headers.keys().any(hop_by_hop::is_fixed) {
+        return (0, Vec::new());
+    }
     let before = header_lines_bytes(headers);
     let named = hop_by_hop::strip_named(headers);
     (before - header_lines_bytes(headers), named)

@@ -727,15 +727,7 @@ impl CheckService {
         // this door only (200 here, 401 at the others). Regression: tests (it)
         // conformance::every_door_gives_the_same_decision (`credential named in Connection`)
         // The head limits count them, as the HTTP doors do.
-        let (stripped, unseen) = if described
-            .headers
-            .keys()
-            .any(crate::server::hop_by_hop::is_fixed)
-        {
-            door::strip_counted(&mut described.headers)
-        } else {
-            (0, Vec::new())
-        };
+        let (stripped, unseen) = door::strip_counted(&mut described.headers);
         let head = Head {
             method: &described.method,
             scheme: described.scheme,
@@ -791,9 +783,7 @@ impl CheckService {
             record.failed(&self.shared, "decision_timeout");
             return Err(tonic::Status::unavailable("decision_timeout"));
         };
-        if let Decision::Allow(a) = &mut decision
-            && !unseen.is_empty()
-        {
+        if let Decision::Allow(a) = &mut decision {
             a.mutation.remove_unseen(unseen);
         }
         if let Decision::Allow(a) = &decision

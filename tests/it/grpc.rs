@@ -148,25 +148,30 @@ fn denied(r: &CheckResponse) -> (i32, HashMap<String, String>, String) {
     }
 }
 
+/// The door's answer to a Check for `path` from 198.51.100.9 with a token allowed to read
+/// orders and the `extra` headers.
+async fn check_as_reader(gw: &TestGateway, path: &str, extra: &[(&str, &str)]) -> CheckResponse {
+    let token = hs256_token(SECRET, &json!({"scope": "orders:read"}));
+    let bearer = format!("Bearer {token}");
+    let mut headers = vec![("authorization", bearer.as_str())];
+    headers.extend_from_slice(extra);
+    client(gw)
+        .await
+        .check(check(path, "198.51.100.9", &headers))
+        .await
+        .expect("an answer")
+        .into_inner()
+}
+
 #[tokio::test]
 async fn check_allows_with_identity_headers_and_metadata() {
     let gw = gateway("{envoy_grpc: {}}").await;
-    let mut c = client(&gw).await;
-    let token = hs256_token(SECRET, &json!({"scope": "orders:read"}));
-    let bearer = format!("Bearer {token}");
-    let resp = c
-        .check(check(
-            "/api/orders?x=1",
-            "198.51.100.9",
-            &[
-                ("authorization", &bearer),
-                ("x-user-id", "root"),
-                ("x_user_id", "root"),
-            ],
-        ))
-        .await
-        .expect("an answer")
-        .into_inner();
+    let resp = check_as_reader(
+        &gw,
+        "/api/orders?x=1",
+        &[("x-user-id", "root"), ("x_user_id", "root")],
+    )
+    .await;
     assert_eq!(code(&resp), 0, "{resp:?}");
     let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
         panic!("{resp:?}");
@@ -201,22 +206,12 @@ async fn check_allows_with_identity_headers_and_metadata() {
 #[tokio::test]
 async fn headers_named_in_connection_are_removed_too() {
     let gw = gateway("{envoy_grpc: {}}").await;
-    let mut c = client(&gw).await;
-    let token = hs256_token(SECRET, &json!({"scope": "orders:read"}));
-    let bearer = format!("Bearer {token}");
-    let resp = c
-        .check(check(
-            "/api/orders",
-            "198.51.100.9",
-            &[
-                ("authorization", &bearer),
-                ("connection", "x-probe"),
-                ("x-probe", "1"),
-            ],
-        ))
-        .await
-        .expect("an answer")
-        .into_inner();
+    let resp = check_as_reader(
+        &gw,
+        "/api/orders",
+        &[("connection", "x-probe"), ("x-probe", "1")],
+    )
+    .await;
     let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
         panic!("{resp:?}");
     };
