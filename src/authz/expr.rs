@@ -235,21 +235,29 @@ impl Condition {
         if self.reads.query != Keys::None
             && let Some(q) = facts.query
         {
-            let mut seen: Vec<std::borrow::Cow<'_, str>> = Vec::new();
-            for kv in q.split('&').filter(|kv| !kv.is_empty()) {
+            // Why: upstream frameworks read other spellings as the same parameter:
+            // `author_id[]=bob` and `author_id[0]=bob` (qs, PHP and Rails arrays),
+            // `author.id`, `author id` and `author[id` (PHP turns `.`, space and `[` into `_`),
+            // `AUTHOR_ID` (ASP.NET ignores case), and pairs after `;` (Rack before 3, CGI.pm).
+            // `?author_id=alice&author_id%5B%5D=bob` passed `request.query.author_id ==
+            // principal.id` for alice while Express read [bob, alice]. Such spellings are
+            // repeats too. Regression: tests::repeated_keys_an_expression_reads_deny
+            let mut seen: Vec<String> = Vec::new();
+            for kv in q.split(['&', ';']).filter(|kv| !kv.is_empty()) {
                 let raw = kv.split_once('=').map_or(kv, |(k, _)| k);
                 let Some(k) = crate::authn::credential::decode(raw) else {
                     return Some("a query parameter name does not decode".to_owned());
                 };
-                if !self.reads.query.has(&k) {
+                let folded = fold_query_name(&k);
+                if !self.reads.query.has_folded(&folded) {
                     continue;
                 }
-                if seen.contains(&k) {
+                if seen.contains(&folded) {
                     return Some(format!(
                         "query parameter `{k}` is repeated: the upstream may read another value"
                     ));
                 }
-                seen.push(k);
+                seen.push(folded);
             }
         }
         // `host` is the decided authority and `cookie` the joined crumbs (see
@@ -300,13 +308,31 @@ impl Keys {
         }
     }
 
-    fn has(&self, key: &str) -> bool {
+    /// Whether a key read has `folded` as its [`fold_query_name`].
+    fn has_folded(&self, folded: &str) -> bool {
         match self {
             Self::None => false,
-            Self::Some(keys) => keys.iter().any(|k| k == key),
+            Self::Some(keys) => keys.iter().any(|k| fold_query_name(k) == folded),
             Self::All => true,
         }
     }
+}
+
+/// A query parameter name as the most lenient upstream frameworks read it: an array suffix
+/// (`name[]`, `name[0]`, `name[k]`) cut, ASCII case folded, and `.`, space, `+` and an
+/// unmatched `[` read as `_` (PHP). Two names with the same fold may be one parameter to
+/// the upstream.
+fn fold_query_name(name: &str) -> String {
+    let base = match name.find('[') {
+        Some(i) if name[i..].contains(']') => &name[..i],
+        _ => name,
+    };
+    base.chars()
+        .map(|c| match c {
+            '.' | ' ' | '+' | '[' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
 }
 
 /// Finds what `e` reads of `request.query` and `request.headers` (see [`RequestReads`]):

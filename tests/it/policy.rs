@@ -1029,6 +1029,13 @@ async fn when_refuses_a_repeated_key_it_reads() {
     for attack in [
         "/comments?author_id=alice&author_id=bob",
         "/comments?author_id=alice&author%5Fid=bob",
+        // Express (qs) reads [bob, alice]; PHP reads `author.id` as `author_id`; Rack before
+        // 3 splits on `;`; ASP.NET ignores case.
+        "/comments?author_id%5B%5D=bob&author_id=alice",
+        "/comments?author_id=alice&author_id%5B0%5D=bob",
+        "/comments?author_id=alice&author.id=bob",
+        "/comments?author_id=alice;author_id=bob",
+        "/comments?author_id=alice&AUTHOR_ID=bob",
     ] {
         let (status, _, body) = get(&gw, attack, Some(&alice)).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{attack}");
