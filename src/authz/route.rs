@@ -164,6 +164,11 @@ pub enum PatternError {
     /// Methods are case-sensitive and written in upper case.
     #[error("methods are written in upper case (`GET`, `POST`)")]
     LowercaseMethod,
+    /// A method a letter or two from a common one, and no registered method.
+    #[error(
+        "`{0}` is not a method clients send: did you mean `{1}`? (a misspelled method never matches: a deny rule naming it denies nothing)"
+    )]
+    MisspelledMethod(Box<str>, &'static str),
 }
 
 // === impl RouteTable ===
@@ -601,6 +606,87 @@ fn parse_segment(seg: &str) -> Result<Segment, PatternError> {
     Ok(Segment::Literal(seg.into()))
 }
 
+/// Methods of the IANA HTTP Method Registry that `parse` accepts (upper-case letters only),
+/// and the cache-purge extensions proxies use.
+const KNOWN_METHODS: &[&str] = &[
+    "ACL",
+    "BIND",
+    "CHECKIN",
+    "CHECKOUT",
+    "CONNECT",
+    "COPY",
+    "DELETE",
+    "GET",
+    "HEAD",
+    "LABEL",
+    "LINK",
+    "LOCK",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MKREDIRECTREF",
+    "MKWORKSPACE",
+    "MOVE",
+    "OPTIONS",
+    "ORDERPATCH",
+    "PATCH",
+    "POST",
+    "PRI",
+    "PROPFIND",
+    "PROPPATCH",
+    "PUT",
+    "QUERY",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "TRACE",
+    "UNBIND",
+    "UNCHECKOUT",
+    "UNLINK",
+    "UNLOCK",
+    "UPDATE",
+    "UPDATEREDIRECTREF",
+    "PURGE",
+    "BAN",
+];
+
+/// The common method `name` misspells, if it is no known method and within one edit of one
+/// (two for names of five letters or more), as `DELET`, `GTE` or `OPTINOS` are.
+fn misspelled_method(name: &str) -> Option<&'static str> {
+    const COMMON: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    if KNOWN_METHODS.contains(&name) {
+        return None;
+    }
+    let most = if name.len() >= 5 { 2 } else { 1 };
+    COMMON
+        .into_iter()
+        .map(|c| (edit_distance(name.as_bytes(), c.as_bytes()), c))
+        .filter(|(d, _)| *d <= most)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Edits (insertions, deletions, substitutions and swaps of neighbours) from `a` to `b`.
+fn edit_distance(a: &[u8], b: &[u8]) -> usize {
+    let mut prev2: Vec<usize> = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(prev2[j - 2] + 1);
+            }
+        }
+        prev2 = std::mem::replace(&mut prev, cur);
+    }
+    prev[b.len()]
+}
+
 // === impl MethodSet ===
 
 impl MethodSet {
@@ -613,6 +699,13 @@ impl MethodSet {
             }
             if n.is_empty() || n.bytes().any(|b| !b.is_ascii_uppercase()) {
                 return Err((i, PatternError::BadMethod));
+            }
+            // Why: any token is a method, so `methods: [DELET]` in a deny rule was accepted
+            // and denied nothing: DELETE reached the allow rule after it. A name close to a
+            // common method and in no registry is a typo; other extension methods (`PURGE`)
+            // stay. Regression: tests::methods
+            if let Some(meant) = misspelled_method(n) {
+                return Err((i, PatternError::MisspelledMethod(n.as_str().into(), meant)));
             }
             out.push(Method::from_bytes(n.as_bytes()).map_err(|_| (i, PatternError::BadMethod))?);
         }
@@ -912,6 +1005,35 @@ mod tests {
             MethodSet::parse(&["GE T".into()]),
             Err((0, PatternError::BadMethod))
         );
+        // Typos of common methods are refused; registered and extension methods are not.
+        for (typo, meant) in [
+            ("DELET", "DELETE"),
+            ("DELTE", "DELETE"),
+            ("GTE", "GET"),
+            ("GETT", "GET"),
+            ("POTS", "POST"),
+            ("PTACH", "PATCH"),
+            ("OPTINOS", "OPTIONS"),
+            ("HAED", "HEAD"),
+        ] {
+            assert_eq!(
+                MethodSet::parse(&["GET".into(), typo.into()]),
+                Err((1, PatternError::MisspelledMethod(typo.into(), meant))),
+                "{typo}"
+            );
+        }
+        for ok in [
+            "PURGE",
+            "PROPFIND",
+            "MKCOL",
+            "REPORT",
+            "QUERY",
+            "PUT",
+            "BAN",
+            "FROBNICATE",
+        ] {
+            assert!(MethodSet::parse(&[ok.into()]).is_ok(), "{ok}");
+        }
     }
 
     fn rule(name: &str, paths: &[&str], effect: Effect, methods: &[&str]) -> Rule {

@@ -190,8 +190,8 @@ pub fn read_config(path: &Path) -> Result<RawConfig, Diagnostic> {
     read_yaml::<RawConfig>(path, path.display().to_string()).map(|(_, raw)| raw)
 }
 
-/// The `*.yaml` and `*.yml` entries directly in `dir`, sorted by file name, each with whether
-/// it is a regular file (followed through links).
+/// The `*.yaml` and `*.yml` entries directly in `dir` but hidden ones (a name starting with
+/// `.`), sorted by file name, each with whether it is a regular file (followed through links).
 fn policy_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -200,7 +200,15 @@ fn policy_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml")
         );
-        if is_yaml {
+        // Why: editors keep their own files beside the one being edited: Emacs's lock
+        // `.#10-routes.yaml` (a dangling link while a buffer has unsaved changes) failed
+        // every reload, and a `.10-routes.yaml.swp.yaml` copy doubled every rule name.
+        // Hidden files are not policies, as shell globs and Kubernetes' `..data` agree.
+        // Regression: tests (it) reload::hidden_files_are_not_policies
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+        if is_yaml && !hidden {
             let regular = path.is_file();
             files.push((path, regular));
         }

@@ -563,6 +563,33 @@ async fn unreadable_or_empty_policy_file_keeps_the_running_policies() {
     }
 }
 
+/// Files an editor keeps beside a policy (Emacs's lock, a dangling link while a buffer has
+/// unsaved changes; a hidden backup copy) are not read: reloads go on, and the rules are not
+/// doubled.
+#[tokio::test]
+async fn hidden_files_are_not_policies() {
+    let deny = "rules:\n  - {name: admin, match: {paths: [\"/admin/**\"]}, effect: deny}\n";
+    let gw = Setup {
+        policies: vec![
+            ("10-deny.yaml".into(), deny.into()),
+            ("90-all.yaml".into(), "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n".into()),
+        ],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    std::os::unix::fs::symlink("root@host.1234:1", gw.path("policies/.#10-deny.yaml")).unwrap();
+    std::fs::write(gw.path("policies/.10-deny.yaml.swp.yaml"), deny).unwrap();
+    let stricter =
+        "rules:\n  - {name: admin, match: {paths: [\"/admin/**\", \"/ops/**\"]}, effect: deny}\n";
+    std::fs::write(gw.path("policies/10-deny.yaml"), stricter).unwrap();
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(get(gw.addr(), "/ops/x").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(get(gw.addr(), "/admin/x").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+}
+
 /// Whether `GET path` answers `status` within 5 s (a watched change applied).
 async fn answers_soon(addr: std::net::SocketAddr, path: &'static str, status: StatusCode) -> bool {
     eventually(Duration::from_secs(5), || async move {
