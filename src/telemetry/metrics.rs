@@ -45,8 +45,12 @@ const STATUSES: &[(u16, &str)] = &[
     (405, "405"),
     (408, "408"),
     (409, "409"),
+    (411, "411"),
     (413, "413"),
+    (414, "414"),
     (415, "415"),
+    (417, "417"),
+    (421, "421"),
     (422, "422"),
     (429, "429"),
     (431, "431"),
@@ -55,6 +59,7 @@ const STATUSES: &[(u16, &str)] = &[
     (502, "502"),
     (503, "503"),
     (504, "504"),
+    (505, "505"),
     (0, "other"),
 ];
 
@@ -324,7 +329,7 @@ impl Metrics {
         let identity_headers_refused = Counter::default();
         registry.register(
             "identity_headers_refused",
-            "Identity header values left out because they held CR, LF or non-visible characters",
+            "Identity header values left out: CR, LF or non-visible characters, or a list element that is empty, has whitespace at its ends or holds the separator",
             identity_headers_refused.clone(),
         );
         let snapshot = SnapshotSource::default();

@@ -760,6 +760,14 @@ async fn long_target_is_414_and_long_head_431_with_a_body() {
         r.body
     );
     assert_eq!(gw.echo.count(), 0);
+    // Counted under their own statuses, not `other`.
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    for line in [
+        "portcullis_requests_total{door=\"proxy\",decision=\"error\",status=\"414\"} 3",
+        "portcullis_requests_total{door=\"proxy\",decision=\"error\",status=\"431\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
     // Just under both limits: served.
     let r = raw_get(gw.addr(), &format!("/{}", "a".repeat(8000))).await;
     assert_eq!(r.status, 200, "{}", r.head);
