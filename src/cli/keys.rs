@@ -59,10 +59,16 @@ pub fn new(alg: &str, kid: &str, out: &Path, force: bool) -> ExitCode {
     let text = format!(
         "Wrote {private} (private: keep it secret), {public} and {set}.\n\n\
 Trust it in the gateway config:\n\
-authenticators:\n  dev:\n    jwt:\n      providers:\n        - issuer: https://dev.example\n          audiences: [my-api]\n          keys:\n            - pem_file: {{path: {public}, kid: {kid}, algorithms: [{alg}]}}\n\n\
+authenticators:\n  dev:\n    jwt:\n      providers:\n        - issuer: https://dev.example\n          audiences: [my-api]\n          keys:\n            - pem_file: {{path: {public_abs}, kid: {kid}, algorithms: [{alg}]}}\n\n\
 Mint a token:\n  portcullis token mint --key {private} --alg {alg} --kid {kid} --iss https://dev.example --aud my-api --sub alice\n",
         private = private.display(),
         public = public.display(),
+        // Why: a config resolves paths from its own directory, not from where `keys new`
+        // ran: the relative path pasted into `config/portcullis.yaml` named
+        // `config/./k9.pem`. Regression: tests (it) credentials::keys_new_snippet_path_is_absolute
+        public_abs = std::fs::canonicalize(&public)
+            .unwrap_or_else(|_| public.clone())
+            .display(),
         set = set.display(),
         alg = alg_name(alg),
     );

@@ -1394,6 +1394,31 @@ async fn apikey_new_appended_to_a_new_file_makes_a_valid_file() {
     );
 }
 
+/// The config snippet `keys new` prints names the public key by an absolute path: a config
+/// reads relative paths from its own directory, not from where the command ran.
+#[tokio::test]
+async fn keys_new_snippet_path_is_absolute() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["keys", "new", "--kid", "k9", "--out", "."])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let path = text
+        .split("pem_file: {path: ")
+        .nth(1)
+        .and_then(|rest| rest.split(", kid:").next())
+        .unwrap_or_else(|| panic!("no pem_file path: {text}"));
+    let path = std::path::Path::new(path);
+    assert!(path.is_absolute(), "{text}");
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        std::fs::read(dir.path().join("k9.pem")).unwrap()
+    );
+}
+
 /// `keys new` never overwrites a key pair of the same id unless told to.
 #[tokio::test]
 async fn keys_new_refuses_to_overwrite_without_force() {
