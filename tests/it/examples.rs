@@ -189,7 +189,15 @@ fn apisix_forward_auth_plugin() {
     let fa = &route["plugins"]["forward-auth"];
     assert_eq!(fa["uri"].as_str(), Some(&*forward_auth_door_url()));
     let sent = lower(strings(&fa["request_headers"]));
-    for name in ["authorization", "cookie", "accept", "x-api-key"] {
+    // Origin and Upgrade: without them a cross-site WebSocket is decided as a plain GET.
+    for name in [
+        "authorization",
+        "cookie",
+        "accept",
+        "x-api-key",
+        "origin",
+        "upgrade",
+    ] {
         assert!(sent.contains(name), "request_headers lacks {name}");
     }
     let upstream = lower(strings(&fa["upstream_headers"]));
