@@ -98,8 +98,10 @@ impl Challenges {
                 "Bearer realm=\"portcullis\", error=\"insufficient_scope\", error_description=\"The access token lacks a required scope\"",
             ),
             api_key_missing: http::HeaderValue::from_static("ApiKey realm=\"portcullis\""),
+            // Why: the refusal's body says `invalid_token` for every invalid credential; a
+            // challenge saying `invalid_key` gave one refusal two codes.
             api_key_invalid: http::HeaderValue::from_static(
-                "ApiKey realm=\"portcullis\", error=\"invalid_key\"",
+                "ApiKey realm=\"portcullis\", error=\"invalid_token\"",
             ),
             missing_any: http::HeaderValue::from_static(
                 "Bearer realm=\"portcullis\", ApiKey realm=\"portcullis\"",
@@ -124,7 +126,7 @@ impl Challenges {
                 "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"The access token lacks a required scope\""
             ))?,
             api_key_missing: v(format!("ApiKey realm=\"{realm}\""))?,
-            api_key_invalid: v(format!("ApiKey realm=\"{realm}\", error=\"invalid_key\""))?,
+            api_key_invalid: v(format!("ApiKey realm=\"{realm}\", error=\"invalid_token\""))?,
             missing_any: v(format!(
                 "Bearer realm=\"{realm}\", ApiKey realm=\"{realm}\""
             ))?,

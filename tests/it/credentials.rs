@@ -1317,7 +1317,8 @@ async fn api_key_challenges_name_their_scheme_and_keys_are_stripped_by_default()
         challenge("/keys/x", vec![("x-api-key", "pk_wrong".into())]).await,
         (
             StatusCode::UNAUTHORIZED,
-            Some("ApiKey realm=\"portcullis\", error=\"invalid_key\"".into())
+            // The body's code (`invalid_token`): one refusal, one code.
+            Some("ApiKey realm=\"portcullis\", error=\"invalid_token\"".into())
         )
     );
     assert_eq!(
