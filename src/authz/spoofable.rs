@@ -10,8 +10,8 @@
 //! | identity | configured identity headers, trusted-header names, the assertion | removed | removed |
 //! | path or method override | `X-Original-URL`, `X-Original-URI`, `X-Forwarded-Uri`, `X-Forwarded-Path`, `X-Envoy-Original-Path`, `X-HTTP-Method-Override` | removed | removed |
 //! | forwarding | `X-Forwarded-For/-Host/-Proto`, `X-Real-IP`, `Forwarded` | extended by the door (dashed); other spellings removed | replaced by the door; other spellings removed |
-//! | address and scheme claims | `X-Forwarded-Port`, `True-Client-IP`, `X-Client-IP` | kept (dashed) | removed |
-//! | infrastructure | `X-Forwarded-Client-Cert`, `X-Client-Cert-*`, `X-SSL-Client-*`, `X-Envoy-*`, `X-Portcullis-*` | kept only when `server.trusted_proxy_headers` names them (dashed) | removed |
+//! | address, scheme and host claims | `X-Forwarded-Port`, `True-Client-IP`, `X-Client-IP`, `Client-IP`, `X-Original-Host` | kept (dashed) | removed |
+//! | infrastructure | `X-Forwarded-Client-Cert`, `X-Client-Cert-*`, `X-SSL-Client-*`, `X-Envoy-*`, `X-Portcullis-*`; other auth proxies' identity headers (`X-Forwarded-User`, `Remote-User`, `X-Auth-Request-*`, `X-Amzn-Oidc-*`, `X-MS-Client-Principal*`) | kept only when `server.trusted_proxy_headers` names them (dashed) | removed |
 //!
 //! Invariant: after [`Spoofable::strip`], no header of a removed family is left in any
 //! spelling, and nothing outside these families is touched.
@@ -330,7 +330,7 @@ static OVERRIDES: [HeaderName; 13] = [
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// The claim family's names (see [`family`]).
-static CLAIMS: [HeaderName; 10] = [
+static CLAIMS: [HeaderName; 23] = [
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("x-forwarded-ssl"),
     HeaderName::from_static("x-forwarded-scheme"),
@@ -341,6 +341,19 @@ static CLAIMS: [HeaderName; 10] = [
     HeaderName::from_static("cf-connecting-ip"),
     HeaderName::from_static("fastly-client-ip"),
     HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("x-remote-ip"),
+    HeaderName::from_static("x-remote-addr"),
+    HeaderName::from_static("x-originating-ip"),
+    HeaderName::from_static("x-proxyuser-ip"),
+    HeaderName::from_static("x-original-forwarded-for"),
+    HeaderName::from_static("x-forwarded-protocol"),
+    HeaderName::from_static("x-scheme"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-arr-ssl"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-http-host-override"),
 ];
 
 /// The family of a dashed, lowercase header name. (A `match` on the text compiles to a length
@@ -371,18 +384,57 @@ pub fn family(dashed: &str) -> Option<Family> {
         | "x-cluster-client-ip"
         | "cf-connecting-ip"
         | "fastly-client-ip"
-        | "x-forwarded-server" => Some(Family::Claim),
+        | "x-forwarded-server"
+        // Why: other names frameworks and CDNs read the client address, scheme or host from
+        // (PHP's `HTTP_CLIENT_IP`, IIS ARR's `X-ARR-SSL`, Azure's `X-Original-Host`) reached
+        // the upstream as the client wrote them. Regression: tests::every_family_in_every_spelling
+        | "client-ip"
+        | "x-remote-ip"
+        | "x-remote-addr"
+        | "x-originating-ip"
+        | "x-proxyuser-ip"
+        | "x-original-forwarded-for"
+        | "x-forwarded-protocol"
+        | "x-scheme"
+        | "front-end-https"
+        | "x-arr-ssl"
+        | "x-original-host"
+        | "x-host"
+        | "x-http-host-override" => Some(Family::Claim),
         "x-forwarded-client-cert"
         | "x-client-cert"
         | "ssl-client-cert"
         | "x-ssl-cert"
         | "x-client-verify"
-        | "x-client-dn" => Some(Family::Infrastructure),
+        | "x-client-dn"
+        // Why: the identity headers of the auth proxies Portcullis replaces (oauth2-proxy's
+        // X-Forwarded-User and X-Auth-Request-*, Apache's and Authelia's Remote-User,
+        // Grafana's X-WEBAUTH-USER, AWS ALB's X-Amzn-Oidc-*, Google IAP's, Azure App
+        // Service's X-MS-CLIENT-PRINCIPAL*, Pomerium's): an app moved from behind one of them
+        // still believes them, and a client's copy reached it.
+        // Regression: tests::every_family_in_every_spelling
+        | "remote-user"
+        | "x-remote-user"
+        | "x-forwarded-user"
+        | "x-forwarded-email"
+        | "x-forwarded-preferred-username"
+        | "x-forwarded-groups"
+        | "x-forwarded-access-token"
+        | "x-webauth-user"
+        | "x-goog-iap-jwt-assertion"
+        | "x-arr-clientcert"
+        | "x-ms-client-principal" => Some(Family::Infrastructure),
         _ if dashed.starts_with("x-")
             && (dashed.starts_with("x-envoy-")
                 || dashed.starts_with("x-portcullis-")
                 || dashed.starts_with("x-client-cert-")
-                || dashed.starts_with("x-ssl-client-")) =>
+                || dashed.starts_with("x-ssl-client-")
+                || dashed.starts_with("x-auth-request-")
+                || dashed.starts_with("x-amzn-oidc-")
+                || dashed.starts_with("x-goog-authenticated-user-")
+                || dashed.starts_with("x-ms-client-principal-")
+                || dashed.starts_with("x-ms-token-")
+                || dashed.starts_with("x-pomerium-")) =>
         {
             Some(Family::Infrastructure)
         }
@@ -442,6 +494,11 @@ mod tests {
         ("true-client-ip", true, false),
         ("true_client_ip", true, true),
         ("x-forwarded-port", true, false),
+        ("client-ip", true, false),
+        ("X_Client_IP", true, true),
+        ("x-original-host", true, false),
+        ("x-forwarded-protocol", true, false),
+        ("front-end-https", true, false),
         // Infrastructure: configured names from trusted proxies only.
         ("x-forwarded-client-cert", true, false),
         ("x_forwarded_client_cert", true, true),
@@ -450,6 +507,20 @@ mod tests {
         ("x-envoy-expected-rq-timeout-ms", true, false),
         ("x-envoy-internal", true, false),
         ("x-portcullis-user", true, true),
+        // Other auth proxies' identity headers: infrastructure (X-Forwarded-User is named
+        // in the trusted proxy headers here).
+        ("x-forwarded-user", true, false),
+        ("x_forwarded_user", true, true),
+        ("Remote_User", true, true),
+        ("remote-user", true, true),
+        ("x-webauth-user", true, true),
+        ("x-auth-request-email", true, true),
+        ("x-amzn-oidc-identity", true, true),
+        ("x-ms-client-principal-name", true, true),
+        ("x-ms-client-principal", true, true),
+        ("x-goog-authenticated-user-email", true, true),
+        ("x-pomerium-jwt-assertion", true, true),
+        ("x-arr-clientcert", true, true),
         ("X_Portcullis_Decision", true, true),
         // Untouched.
         ("x-kept", false, false),
@@ -525,6 +596,7 @@ mod tests {
             vec![
                 NamePattern::parse("X-Forwarded-Client-Cert").unwrap(),
                 NamePattern::parse("x-envoy-*").unwrap(),
+                NamePattern::parse("X-Forwarded-User").unwrap(),
             ],
         );
         for &(name, untrusted, trusted) in CASES {

@@ -599,6 +599,15 @@ const SPOOFED: &[(&str, &str)] = &[
     ("True-Client-IP", "10.0.0.2"),
     ("X-Client-IP", "10.0.0.2"),
     ("CF-Connecting-IP", "10.0.0.2"),
+    ("Client-IP", "10.0.0.2"),
+    ("X-Original-Host", "admin.internal"),
+    ("X-Forwarded-Protocol", "https"),
+    // Other auth proxies' identity headers, which an app moved from behind one may believe.
+    ("X-Forwarded-User", "admin"),
+    ("Remote-User", "admin"),
+    ("X-Auth-Request-Email", "admin@example.com"),
+    ("X-Amzn-Oidc-Identity", "admin"),
+    ("X-MS-CLIENT-PRINCIPAL-NAME", "admin"),
     // Infrastructure: client certificates, Envoy, the gateway's own namespace.
     ("X-Forwarded-Client-Cert", "Hash=0;Subject=\"CN=admin\""),
     ("X-Client-Cert", "x"),

@@ -14,21 +14,38 @@ use super::{identity_headers, lower, strings, yaml};
 use crate::peers::{example, tool};
 
 /// The infrastructure family's exact names (the door names them only when it sees them).
-pub const INFRASTRUCTURE: [&str; 6] = [
+pub const INFRASTRUCTURE: [&str; 17] = [
     "x-forwarded-client-cert",
     "x-client-cert",
     "ssl-client-cert",
     "x-ssl-cert",
     "x-client-verify",
     "x-client-dn",
+    "remote-user",
+    "x-remote-user",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-groups",
+    "x-forwarded-access-token",
+    "x-webauth-user",
+    "x-goog-iap-jwt-assertion",
+    "x-arr-clientcert",
+    "x-ms-client-principal",
 ];
 
 /// The infrastructure family's prefixes.
-pub const INFRASTRUCTURE_PREFIXES: [&str; 4] = [
+pub const INFRASTRUCTURE_PREFIXES: [&str; 10] = [
     "x-envoy-",
     "x-portcullis-",
     "x-client-cert-",
     "x-ssl-client-",
+    "x-auth-request-",
+    "x-amzn-oidc-",
+    "x-goog-authenticated-user-",
+    "x-ms-client-principal-",
+    "x-ms-token-",
+    "x-pomerium-",
 ];
 
 /// Every name a peer in front of the forward-auth door clears by name, lowercase: the

@@ -42,8 +42,20 @@ local DECIDED_HEADERS = { "X-Real-IP", "X-Forwarded-Host" }
 local INFRASTRUCTURE = {
   ["x-forwarded-client-cert"] = true, ["x-client-cert"] = true, ["ssl-client-cert"] = true,
   ["x-ssl-cert"] = true, ["x-client-verify"] = true, ["x-client-dn"] = true,
+  -- Other auth proxies' identity headers, which an app moved from behind one may believe.
+  ["remote-user"] = true,
+  ["x-remote-user"] = true,
+  ["x-forwarded-user"] = true,
+  ["x-forwarded-email"] = true,
+  ["x-forwarded-preferred-username"] = true,
+  ["x-forwarded-groups"] = true,
+  ["x-forwarded-access-token"] = true,
+  ["x-webauth-user"] = true,
+  ["x-goog-iap-jwt-assertion"] = true,
+  ["x-arr-clientcert"] = true,
+  ["x-ms-client-principal"] = true,
 }
-local INFRASTRUCTURE_PREFIXES = { "x-envoy-", "x-portcullis-", "x-client-cert-", "x-ssl-client-" }
+local INFRASTRUCTURE_PREFIXES = { "x-envoy-", "x-portcullis-", "x-client-cert-", "x-ssl-client-", "x-auth-request-", "x-amzn-oidc-", "x-goog-authenticated-user-", "x-ms-client-principal-", "x-ms-token-", "x-pomerium-" }
 
 -- The forwarding family. Kong's template writes the dashed X-Forwarded-* and X-Real-IP over
 -- the client's, but neither other spellings (X_Forwarded_For) nor Forwarded, which the door
