@@ -128,6 +128,7 @@ impl Condition {
         // Why: the crate's reference list names a comprehension's own variables (`r` in
         // `roles.exists(r, …)`) as if they were ours; the check walks scopes instead.
         // Regression: tests::comprehension_macros_and_their_variables
+        check_shapes(program.expression())?;
         let checked = budget::check(program.expression(), &VARIABLES)?;
         let mut reads = RequestReads::default();
         request_reads(program.expression(), &mut reads);
@@ -316,6 +317,153 @@ impl Keys {
             Self::All => true,
         }
     }
+}
+
+/// `principal`'s fields.
+const PRINCIPAL_FIELDS: [&str; 9] = [
+    "authenticated",
+    "id",
+    "kind",
+    "authenticator",
+    "issuer",
+    "tenant",
+    "api_key_id",
+    "scopes",
+    "roles",
+];
+
+/// `request`'s fields.
+const REQUEST_FIELDS: [&str; 5] = ["method", "host", "path", "query", "headers"];
+
+/// Every value `action` takes ([`action`]).
+const ACTIONS: [&str; 7] = [
+    "create",
+    "read",
+    "read_mine",
+    "update",
+    "delete",
+    "options",
+    "other",
+];
+
+/// Every value `principal.kind` takes.
+const KINDS: [&str; 3] = ["user", "machine", "anonymous"];
+
+/// Refuses what can never be true of the variables with a fixed shape: a field `principal`
+/// or `request` does not have (`principal.idd`), an `action` or `principal.kind` compared
+/// with a value it never takes (`action == 'raed'`), and a misspelled comprehension macro
+/// (`roles.exsts(r, …)`, which would otherwise be reported as the unknown variable `r`).
+///
+/// Why: such a typo passed `check` and a hot reload, and the rule then failed closed for
+/// every request: an outage shipped by an edit `check` had called ok. `claims` is the
+/// issuer's to shape, and is not checked. Regression: tests::typos_in_fixed_shapes_are_refused
+fn check_shapes(root: &IdedExpr) -> Result<(), String> {
+    use cel::common::ast::{Expr, LiteralValue, operators};
+    // A comprehension may bind one of our names (`[1].all(action, …)`): its reads are then
+    // of the bound value, and that name is not checked anywhere.
+    let mut shadowed: Vec<&str> = Vec::new();
+    let mut stack = vec![root];
+    while let Some(e) = stack.pop() {
+        if let Expr::Comprehension(c) = &e.expr {
+            shadowed.push(&c.iter_var);
+            shadowed.extend(c.iter_var2.as_deref());
+            shadowed.push(&c.accu_var);
+        }
+        stack.extend(budget::children(e));
+    }
+    let ident = |e: &IdedExpr, name: &str| {
+        matches!(&e.expr, Expr::Ident(n) if n == name) && !shadowed.contains(&name)
+    };
+    let text = |e: &IdedExpr| match &e.expr {
+        Expr::Literal(LiteralValue::String(s)) => Some(s.inner().to_owned()),
+        _ => None,
+    };
+    let field = |var: &str, f: &str, fields: &[&str]| -> Result<(), String> {
+        if fields.contains(&f) {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{var}.{f}`: {var} has no field `{f}` (it has {})",
+                fields.join(", ")
+            ))
+        }
+    };
+    // `x` compared with the literal `v`: `v` must be one of `values`.
+    let value = |what: &str, v: &str, values: &[&str]| -> Result<(), String> {
+        if values.contains(&v) {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{what}` is never '{v}' (it is one of {})",
+                values.join(", ")
+            ))
+        }
+    };
+    let is_kind = |e: &IdedExpr| matches!(&e.expr, Expr::Select(s) if !s.test && s.field == "kind" && ident(&s.operand, "principal"));
+    let mut stack = vec![root];
+    while let Some(e) = stack.pop() {
+        match &e.expr {
+            Expr::Select(s) => {
+                if ident(&s.operand, "principal") {
+                    field("principal", &s.field, &PRINCIPAL_FIELDS)?;
+                } else if ident(&s.operand, "request") {
+                    field("request", &s.field, &REQUEST_FIELDS)?;
+                }
+            }
+            Expr::Call(c) if c.func_name == operators::INDEX && c.args.len() == 2 => {
+                if let Some(f) = text(&c.args[1]) {
+                    if ident(&c.args[0], "principal") {
+                        field("principal", &f, &PRINCIPAL_FIELDS)?;
+                    } else if ident(&c.args[0], "request") {
+                        field("request", &f, &REQUEST_FIELDS)?;
+                    }
+                }
+            }
+            Expr::Call(c)
+                if (c.func_name == operators::EQUALS || c.func_name == operators::NOT_EQUALS)
+                    && c.args.len() == 2 =>
+            {
+                for (a, b) in [(&c.args[0], &c.args[1]), (&c.args[1], &c.args[0])] {
+                    if let Some(v) = text(b) {
+                        if ident(a, "action") {
+                            value("action", &v, &ACTIONS)?;
+                        } else if is_kind(a) {
+                            value("principal.kind", &v, &KINDS)?;
+                        }
+                    }
+                }
+            }
+            Expr::Call(c) if c.func_name == operators::IN && c.args.len() == 2 => {
+                let what = if ident(&c.args[0], "action") {
+                    Some(("action", &ACTIONS[..]))
+                } else if is_kind(&c.args[0]) {
+                    Some(("principal.kind", &KINDS[..]))
+                } else {
+                    None
+                };
+                if let (Some((what, values)), Expr::List(l)) = (what, &c.args[1].expr) {
+                    for v in l.elements.iter().filter_map(text) {
+                        value(what, &v, values)?;
+                    }
+                }
+            }
+            // A macro the parser did not know is left a call whose first argument is the
+            // variable it meant to bind.
+            Expr::Call(c)
+                if c.target.is_some()
+                    && c.args.len() >= 2
+                    && matches!(&c.args[0].expr, Expr::Ident(n) if !VARIABLES.contains(&n.as_str())) =>
+            {
+                return Err(format!(
+                    "unknown function `{}`: the macros are all, exists, exists_one, map and filter",
+                    c.func_name
+                ));
+            }
+            _ => {}
+        }
+        stack.extend(budget::children(e));
+    }
+    Ok(())
 }
 
 /// A query parameter name as the most lenient upstream frameworks read it: an array suffix

@@ -569,6 +569,18 @@ async fn when_expressions_are_compiled_at_load() {
     authenticators: [users]
     upstream: echo
     when: \"user.id == 'x'\"
+  - name: field
+    match: {paths: [\"/c/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: echo
+    when: \"principal.idd == 'x'\"
+  - name: action
+    match: {paths: [\"/d/**\"]}
+    effect: allow
+    authenticators: [users]
+    upstream: echo
+    when: \"action == 'raed'\"
 ",
     );
     let (code, text) = cfg.run("check", &[]);
@@ -576,6 +588,8 @@ async fn when_expressions_are_compiled_at_load() {
     for expected in [
         "p.yaml:7:5: error: rules[0].when: invalid CEL",
         "p.yaml:13:5: error: rules[1].when: unknown variable `user`",
+        "p.yaml:19:5: error: rules[2].when: `principal.idd`: principal has no field `idd`",
+        "p.yaml:25:5: error: rules[3].when: `action` is never 'raed'",
     ] {
         assert!(text.contains(expected), "{expected} in {text}");
     }

@@ -789,3 +789,49 @@ fn the_fast_subset_decides_as_the_interpreter() {
     // Most of the cases are decided without the interpreter (not a subset that never runs).
     assert!(decided >= 90, "decided {decided}");
 }
+
+/// Regression: typos in what has a fixed shape (`principal`'s and `request`'s fields, the
+/// values of `action` and `principal.kind`, the macros) passed `check` and a hot reload,
+/// and the rule then failed closed for every request.
+#[test]
+fn typos_in_fixed_shapes_are_refused() {
+    for (expr, says) in [
+        ("principal.idd == 'alice'", "principal has no field `idd`"),
+        ("request.methd == 'GET'", "request has no field `methd`"),
+        ("'admin' in principal.role", "principal has no field `role`"),
+        ("has(principal.tenantt)", "principal has no field `tenantt`"),
+        ("principal['idd'] == 'x'", "principal has no field `idd`"),
+        ("action == 'raed'", "`action` is never 'raed'"),
+        ("'raed' != action", "`action` is never 'raed'"),
+        ("action in ['read', 'raed']", "`action` is never 'raed'"),
+        ("principal.kind == 'usr'", "`principal.kind` is never 'usr'"),
+        (
+            "principal.roles.exsts(r, r == 'a')",
+            "unknown function `exsts`",
+        ),
+    ] {
+        let e = Condition::compile(expr, Budget::default())
+            .err()
+            .unwrap_or_else(|| panic!("{expr} compiled"));
+        assert!(e.contains(says), "{expr}: {e}");
+    }
+    for expr in [
+        "principal.id == 'alice' && request.method == 'GET'",
+        "principal.authenticated && principal.authenticator == 'users'",
+        "has(principal.tenant) && principal.issuer != null && principal.api_key_id == null",
+        "'admin' in principal.roles || 'write' in principal.scopes",
+        "action in ['read', 'read_mine'] || action == 'other' || action == 'options'",
+        "action == 'create' || action == 'update' || action == 'delete'",
+        "principal.kind != 'machine' && principal.kind != 'anonymous' || principal.kind == 'user'",
+        "claims.whatever == 1 && claims['x'] == 'y'",
+        "principal.roles.exists(r, r == 'a') && principal.roles.all(r, r != 'b')",
+        "request.headers['x-a'] == 'b' && request.query.q == 'c' && request.host != '' && request.path != ''",
+        "params.id == principal.id",
+    ] {
+        assert!(
+            Condition::compile(expr, Budget::default()).is_ok(),
+            "{expr}: {:?}",
+            Condition::compile(expr, Budget::default()).err()
+        );
+    }
+}
