@@ -296,6 +296,27 @@ async fn case_insensitive_paths_keep_requirements_on_case_variants() {
     for p in variants {
         assert_eq!(raw_get(gw.addr(), p).await.status, 401, "{p}");
     }
+
+    // A condition on such a rule reads the path as the rule matched it: lowercase.
+    let guarded = "rules:
+  - name: all
+    match: {paths: [\"/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: iis
+    when: \"!request.path.startsWith('/secret')\"
+";
+    let gw = start(
+        guarded.into(),
+        "  iis:\n    url: http://{echo}\n    case_insensitive_paths: true\n",
+    )
+    .await;
+    for p in ["/secret/x", "/Secret/x", "/SECRET/x"] {
+        let r = raw_get(gw.addr(), p).await;
+        assert_eq!(r.status, 403, "{p}: {}", r.head);
+    }
+    assert_eq!(raw_get(gw.addr(), "/public/X").await.status, 200);
+    assert_eq!(gw.echo.count(), 1);
 }
 
 /// Methods are case-sensitive: a deny rule on `DELETE` does not match `delete`, which an
