@@ -12,6 +12,10 @@
 //!   long enough for the upstream's keep-alive timer to close it, broke as the request went
 //!   out (the stale keep-alive race): on a fresh connection.
 //!
+//! A retry on a fresh connection that the endpoint refuses (it is shutting down) goes once
+//! more, to another endpoint: the request never left the gateway that time. Each retry is
+//! drawn from the budget.
+//!
 //! Nothing else is retried: a request whose body may have reached the upstream never goes
 //! twice.
 //!
@@ -425,24 +429,63 @@ impl Upstream {
         // An unreachable endpoint is not tried again at once; a stale connection's endpoint is,
         // on a fresh connection.
         let next = if unreachable {
-            match b.pick(opts.hash_key, Some(&*ep)) {
-                Some(other) if !Arc::ptr_eq(&other, &ep) => other,
-                _ => return Err(failed.error),
+            match self.other_than(&ep, opts.hash_key) {
+                Some(other) => other,
+                None => return Err(failed.error),
             }
         } else {
             ep
         };
+        if !self.withdraw(&failed.error) {
+            return Err(failed.error);
+        }
+        // Boxed: the rare retry does not grow every request's future.
+        let retried = Box::pin(self.send_to(&next, again, opts, deadline, body.as_deref())).await;
+        match retried {
+            Ok(resp) => Ok(resp),
+            // Why: a stale connection's request goes again to its endpoint on a fresh
+            // connection; an endpoint shutting down gracefully (it closes its listener, then
+            // its idle connections) refuses that connect, and the request, which never left
+            // the gateway the second time, got a 502 while other endpoints were healthy.
+            // Unsent, it moves on once more, as nginx's `proxy_next_upstream error` does.
+            // Regression: tests (it) upstreams::a_retry_its_endpoint_refuses_moves_on
+            Err(Failed {
+                error,
+                unsent: Some(req),
+                ..
+            }) if !unreachable => {
+                let Some(other) = self.other_than(&next, opts.hash_key) else {
+                    return Err(error);
+                };
+                if !self.withdraw(&error) {
+                    return Err(error);
+                }
+                Box::pin(self.send_to(&other, *req, opts, deadline, body.as_deref()))
+                    .await
+                    .map_err(|f| f.error)
+            }
+            Err(f) => Err(f.error),
+        }
+    }
+
+    /// An endpoint in rotation other than `ep`, if there is one.
+    fn other_than(&self, ep: &Arc<Endpoint>, key: Option<u64>) -> Option<Arc<Endpoint>> {
+        self.balancer
+            .pick(key, Some(ep))
+            .filter(|other| !Arc::ptr_eq(other, ep))
+    }
+
+    /// Takes a retry from the budget (counted either way); whether one was left.
+    fn withdraw(&self, error: &SendError) -> bool {
+        let b = &*self.balancer;
         if !b.budget.withdraw() {
             b.retries_refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(upstream = &*self.name, "Retry budget spent");
-            return Err(failed.error);
+            return false;
         }
         b.retried.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(upstream = &*self.name, error = %failed.error, "Retrying upstream request");
-        // Boxed: the rare retry does not grow every request's future.
-        Box::pin(self.send_to(&next, again, opts, deadline, body.as_deref()))
-            .await
-            .map_err(|f| f.error)
+        tracing::debug!(upstream = &*self.name, error = %error, "Retrying upstream request");
+        true
     }
 
     /// Records an exchange's outcome for its endpoint. The first failure of a streak is logged

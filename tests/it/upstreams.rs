@@ -405,6 +405,86 @@ async fn failing_endpoint_ejected_then_readmitted() {
     assert!(back, "the endpoint never came back");
 }
 
+/// An endpoint shutting down gracefully: it answers the first request of each connection;
+/// when a second arrives on one, it stops listening (new connections are refused), then
+/// closes that connection unanswered. Counts the requests it answered and whether it stopped.
+async fn shutting_down_endpoint() -> (
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (stop, mut stops) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>(4);
+    let (a, st) = (Arc::clone(&answered), Arc::clone(&stopped));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((mut conn, _)) = accepted else { return };
+                    let (stop, a) = (stop.clone(), Arc::clone(&a));
+                    tokio::spawn(async move {
+                        let mut first = true;
+                        while read_request(&mut conn).await.is_some() {
+                            if !first {
+                                let (done, listening) = tokio::sync::oneshot::channel();
+                                let _ = stop.send(done).await;
+                                let _ = listening.await;
+                                return;
+                            }
+                            first = false;
+                            a.fetch_add(1, Ordering::SeqCst);
+                            let _ = conn
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                                .await;
+                        }
+                    });
+                }
+                Some(done) = stops.recv() => {
+                    drop(listener);
+                    st.store(true, Ordering::SeqCst);
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+    });
+    (addr, answered, stopped)
+}
+
+/// An endpoint shutting down gracefully closes a pooled connection as a GET goes out on it,
+/// and refuses the fresh connection the retry opens: the GET, which never left the gateway
+/// the second time, goes to another endpoint instead of getting a 502.
+#[tokio::test]
+async fn a_retry_its_endpoint_refuses_moves_on() {
+    let (closing, answered, stopped) = shutting_down_endpoint().await;
+    let b = Backend::start("b").await;
+    let gw = Setup {
+        upstreams: format!(
+            "  pool:\n    url: http://backend.test\n    endpoints: [\"{closing}\", \"{}\"]\n",
+            b.addr
+        ),
+        policies: route_all_to("pool"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    // Round robin: each endpoint serves one, the closing one keeping a pooled connection.
+    for i in 0..4 {
+        let (status, _, body) = get(gw.addr(), "/x").await;
+        assert_eq!(status, StatusCode::OK, "request {i}: {body:?}");
+    }
+    assert!(
+        stopped.load(std::sync::atomic::Ordering::SeqCst),
+        "the endpoint never met its second request"
+    );
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(b.hits(), 3, "the retry went to the other endpoint");
+}
+
 /// One of three endpoints sharing the load is stopped: the requests it would have had go to
 /// the others, it is ejected, and once it serves again it is readmitted.
 #[tokio::test]
@@ -1926,6 +2006,37 @@ fn upstream_ca_file_that_verifies_nothing_warns() {
                 && text.contains("(`CN=localhost`) is neither a CA certificate nor self-signed"),
             warned,
             "{what}: {text}"
+        );
+    }
+}
+
+/// `dns_refresh` re-resolves the names in `endpoints` only: on an upstream without them,
+/// `check` says it does nothing.
+#[test]
+fn dns_refresh_without_endpoints_warns() {
+    let cfg = crate::support::ConfigDir::new("");
+    let yaml = cfg.dir.path().join("portcullis.yaml");
+    let original = std::fs::read_to_string(&yaml).unwrap();
+    for (upstream, warned) in [
+        ("{url: \"http://localhost:9\", dns_refresh: 5s}", true),
+        (
+            "{url: \"http://backend.test\", endpoints: [\"localhost:9\"], dns_refresh: 5s}",
+            false,
+        ),
+        ("{url: \"http://localhost:9\"}", false),
+    ] {
+        let text = original.replace(
+            "upstreams: {echo: {url: \"http://127.0.0.1:9\"}}",
+            &format!("upstreams: {{echo: {upstream}}}"),
+        );
+        assert_ne!(text, original);
+        std::fs::write(&yaml, text).unwrap();
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(0), "{upstream}: a warning at most: {text}");
+        assert_eq!(
+            text.contains("warning: upstreams.echo.dns_refresh: has no effect without `endpoints`"),
+            warned,
+            "{upstream}: {text}"
         );
     }
 }
