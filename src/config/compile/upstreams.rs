@@ -58,6 +58,18 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
                 }
             }
         }
+        // Why: `dns_refresh` re-resolves the names in `endpoints`; the URL's own host is
+        // looked up at each connect instead (first address only, pooled connections kept),
+        // so on an upstream without `endpoints` the setting did nothing, silently.
+        // Regression: tests (it) upstreams::dns_refresh_without_endpoints_warns
+        if raw.endpoints.is_empty() && raw.dns_refresh != crate::config::raw::default_dns_refresh()
+        {
+            cx.warn(
+                &format!("upstreams.{name}.dns_refresh"),
+                "has no effect without `endpoints`: the URL's host is looked up at each new connection (its first address); list the name in `endpoints` (`endpoints: [\"host:port\"]`) to balance over its addresses and re-resolve them every `dns_refresh`"
+                    .to_owned(),
+            );
+        }
         match Upstream::build(name, raw, &loaded.base_dir, prev.map(|u| &**u)) {
             Ok(u) => {
                 out.index.insert(name.clone(), out.list.len());

@@ -354,7 +354,8 @@ pub enum RawProtocol {
     H2c,
 }
 
-fn default_dns_refresh() -> Duration {
+/// `dns_refresh` when not given.
+pub(crate) fn default_dns_refresh() -> Duration {
     Duration::from_secs(30)
 }
 
