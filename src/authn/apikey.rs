@@ -117,9 +117,13 @@ impl ApiKeys {
                     )));
                 }
                 Ok((src, parsed)) => {
+                    // Why: a file that is the list alone (what `apikey new … >>` makes) has no
+                    // `keys` field, so every error was located at 1:1 instead of its entry.
+                    // Regression: tests (it) credentials::api_key_file_errors_point_at_their_entry
+                    let list = if src.index.has("keys") { "keys" } else { "" };
                     for (i, k) in parsed.keys.iter().enumerate() {
                         let diag = |e: FieldError| {
-                            let e = e.under(&format!("keys[{i}]"));
+                            let e = e.under(&format!("{list}[{i}]"));
                             CompileError::File(Diagnostic::at(
                                 &src.display,
                                 &src.index,
@@ -136,7 +140,7 @@ impl ApiKeys {
                         }
                         match compile_key(k, authenticator, None) {
                             Ok(key) => {
-                                let place = format!("{}: keys[{i}]", src.display);
+                                let place = format!("{}: {list}[{i}]", src.display);
                                 if let Some(e) = out.add(key, &k.id, &place, &mut ids) {
                                     errors.push(diag(e));
                                 }

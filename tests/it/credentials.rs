@@ -219,6 +219,47 @@ async fn api_key_file_edits_apply_on_reload_and_a_broken_file_keeps_the_old_keys
     let (status, body) = gw.admin_post("/reload").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.contains("duplicate api key id `b`"), "{body}");
+    assert!(body.contains("apikeys.yaml:5:"), "{body}");
+}
+
+/// Regression: in a file that is the list alone (what `apikey new … >>` makes), errors were
+/// all located at line 1: they point at their entry, as in a `keys:` file.
+#[tokio::test]
+async fn api_key_file_errors_point_at_their_entry() {
+    let (a, b) = (generate().unwrap(), generate().unwrap());
+    let gw = start(
+        "partners",
+        API_KEYS.into(),
+        vec![("apikeys.yaml".into(), key_file(&[("a", &a, "")]))],
+    )
+    .await;
+    let bare = |entries: &[(&str, &str)]| {
+        let mut out = String::new();
+        for (id, hash) in entries {
+            out.push_str(&format!("- id: {id}\n  hash: {hash}\n  owner: o\n"));
+        }
+        out
+    };
+    for (text, line, field) in [
+        (
+            bare(&[("a", &hash_of(&a)), ("a", &hash_of(&b))]),
+            4,
+            "[1].id",
+        ),
+        (
+            bare(&[("a", &hash_of(&a)), ("b", "sha256:zz")]),
+            5,
+            "[1].hash",
+        ),
+    ] {
+        gw.write("apikeys.yaml", &text);
+        let (status, body) = gw.admin_post("/reload").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(
+            body.contains(&format!("apikeys.yaml:{line}:")) && body.contains(field),
+            "{line} {field}: {body}"
+        );
+    }
 }
 
 #[tokio::test]
