@@ -4,7 +4,7 @@
 //! An upstream is a URL (scheme, `Host`, TLS name, base path) and its endpoints (addresses
 //! to connect to; the URL's own host by default). [`Upstream::send`] picks an endpoint
 //! ([`balance`]), sends over its pool ([`pool`]), records the outcome for passive ejection,
-//! and retries once what is safe to retry, within the upstream's retry budget:
+//! and retries what is safe to retry, within the upstream's retry budget:
 //! - a request that never left the gateway (connect refused, a pooled connection found
 //!   closed before the request was written): any method, on another endpoint if the
 //!   endpoint was unreachable, else on a fresh connection;
@@ -360,7 +360,7 @@ impl Upstream {
         result.map(|(resp, slot)| (resp, Counted(in_flight, slot)))
     }
 
-    /// Sends a request to one of the endpoints, retrying once what is safe to retry (see the
+    /// Sends a request to one of the endpoints, retrying what is safe to retry (see the
     /// module docs), within `opts.response_timeout` in all.
     ///
     /// Why the timeout is here: applied by the caller around the whole, it dropped the
@@ -822,7 +822,7 @@ fn template(
     if raw.retry_budget.percent > 100 {
         return Err(UpstreamError {
             field: "retry_budget.percent".into(),
-            message: "at most 100: a request is retried once at most".into(),
+            message: "at most 100: a request is retried at most once, or twice when the second try never left the gateway".into(),
         });
     }
     let h2_keepalive = match &raw.http2_keepalive {

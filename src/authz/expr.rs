@@ -6,8 +6,8 @@
 //! `headers` as a map of lowercase names to first values; a name the expression reads that the
 //! request repeats denies, see [`RequestReads`]), `params` (named path parameters of
 //! the matching path pattern) and `action` (`create` = POST, `read` = GET/HEAD, `read_mine` =
-//! GET/HEAD with a `mine` query parameter, `update` = PUT/PATCH, `delete` = DELETE, otherwise
-//! the method in lower case).
+//! GET/HEAD with a `mine` query parameter, `update` = PUT/PATCH, `delete` = DELETE, `options` =
+//! OPTIONS, `other` for any other method).
 //!
 //! The comprehension macros (`all`, `exists`, `exists_one`, `map`, `filter`) work with the
 //! variables they bind (`claims.roles.exists(r, r == 'admin')`); what they may cost is bounded
@@ -51,6 +51,11 @@ pub struct Condition {
     uses_params: bool,
     /// Which keys of `request.query` and `request.headers` it reads.
     reads: RequestReads,
+    /// Whether it reads `request.path` (or `request` as a whole).
+    reads_path: bool,
+    /// The query keys it reads, as written and as an upstream reads them; `None` when it
+    /// reads the whole map (or none).
+    query_keys: Option<Vec<(Box<str>, QueryName)>>,
     /// The expression without CEL values, when it is one of the common ones (see [`fast`]).
     fast: Option<fast::Fast>,
 }
@@ -139,6 +144,15 @@ impl Condition {
             metered: checked.metered,
             budget,
             uses_params: checked.uses_params,
+            reads_path: reads_path(program.expression()),
+            query_keys: match &reads.query {
+                Keys::Some(keys) => Some(
+                    keys.iter()
+                        .map(|k| (k.as_str().into(), QueryName::of(k)))
+                        .collect(),
+                ),
+                Keys::None | Keys::All => None,
+            },
             reads,
             source: source.into(),
         })
@@ -152,6 +166,11 @@ impl Condition {
     /// Whether `params` is used (the caller then extracts path parameters).
     pub fn uses_params(&self) -> bool {
         self.uses_params
+    }
+
+    /// Whether it reads `request.path` (or `request` as a whole, which holds it).
+    pub fn reads_path(&self) -> bool {
+        self.reads_path
     }
 
     /// Evaluates the condition for a request. A variable is built only if the expression
@@ -238,27 +257,62 @@ impl Condition {
         {
             // Why: upstream frameworks read other spellings as the same parameter:
             // `author_id[]=bob` and `author_id[0]=bob` (qs, PHP and Rails arrays),
-            // `author.id`, `author id` and `author[id` (PHP turns `.`, space and `[` into `_`),
-            // `AUTHOR_ID` (ASP.NET ignores case), and pairs after `;` (Rack before 3, CGI.pm).
+            // `[author_id]` and `author_id]` (qs, Rack 2), `author.id`, `author id`, ` author_id`
+            // and `author[id` (PHP), `author_id%00x` (PHP cuts names at NUL), `AUTHOR_ID`
+            // (ASP.NET ignores case), and pairs after `;` (Rack before 3, CGI.pm).
             // `?author_id=alice&author_id%5B%5D=bob` passed `request.query.author_id ==
-            // principal.id` for alice while Express read [bob, alice]. Such spellings are
-            // repeats too. Regression: tests::repeated_keys_an_expression_reads_deny
-            let mut seen: Vec<String> = Vec::new();
-            for kv in q.split(['&', ';']).filter(|kv| !kv.is_empty()) {
-                let raw = kv.split_once('=').map_or(kv, |(k, _)| k);
-                let Some(k) = crate::authn::credential::decode(raw) else {
-                    return Some("a query parameter name does not decode".to_owned());
-                };
-                let folded = fold_query_name(&k);
-                if !self.reads.query.has_folded(&folded) {
-                    continue;
+            // principal.id` for alice while Express read [bob, alice]; `?IMPERSONATE=bob`
+            // passed `!has(request.query.impersonate)` while ASP.NET read it. A name the
+            // expression reads must be spelled exactly and once; a whole-map read refuses two
+            // names that may be one parameter. Keyed children (`filter[owner]`,
+            // `filter[status]`) are other parameters.
+            // Regression: tests::repeated_keys_an_expression_reads_deny
+            let mut seen: Vec<QueryName> = Vec::new();
+            let mut exact = vec![0u8; self.query_keys.as_ref().map_or(0, Vec::len)];
+            for pair in q.split('&').filter(|p| !p.is_empty()) {
+                for (n, kv) in pair.split(';').enumerate() {
+                    let raw = kv.split_once('=').map_or(kv, |(k, _)| k);
+                    let Some(k) = crate::authn::credential::decode(raw) else {
+                        // After a `;` it may be part of a value: only a name after `&`
+                        // must decode.
+                        if n == 0 {
+                            return Some("a query parameter name does not decode".to_owned());
+                        }
+                        continue;
+                    };
+                    if n > 0 && k.is_empty() {
+                        continue;
+                    }
+                    let name = QueryName::of(&k);
+                    match &self.query_keys {
+                        None => {
+                            if seen.iter().any(|s| s.may_be(&name)) {
+                                return Some(format!(
+                                    "query parameter `{k}` is repeated: the upstream may read another value"
+                                ));
+                            }
+                            seen.push(name);
+                        }
+                        Some(keys) => {
+                            for ((key, read), count) in keys.iter().zip(&mut exact) {
+                                if !name.is_read_as(read) {
+                                    continue;
+                                }
+                                if n > 0 || *k != **key {
+                                    return Some(format!(
+                                        "query parameter `{k}` may be read as `{key}` by the upstream"
+                                    ));
+                                }
+                                *count += 1;
+                                if *count > 1 {
+                                    return Some(format!(
+                                        "query parameter `{k}` is repeated: the upstream may read another value"
+                                    ));
+                                }
+                            }
+                        }
+                    }
                 }
-                if seen.contains(&folded) {
-                    return Some(format!(
-                        "query parameter `{k}` is repeated: the upstream may read another value"
-                    ));
-                }
-                seen.push(folded);
             }
         }
         // `host` is the decided authority and `cookie` the joined crumbs (see
@@ -308,14 +362,22 @@ impl Keys {
             _ => {}
         }
     }
+}
 
-    /// Whether a key read has `folded` as its [`fold_query_name`].
-    fn has_folded(&self, folded: &str) -> bool {
-        match self {
-            Self::None => false,
-            Self::Some(keys) => keys.iter().any(|k| fold_query_name(k) == folded),
-            Self::All => true,
+/// Whether `e` reads `request.path`: `request.path`, `request['path']`, or `request` other
+/// than through one of its fields.
+fn reads_path(e: &IdedExpr) -> bool {
+    use cel::common::ast::{Expr, LiteralValue, operators};
+    let is_request = |e: &IdedExpr| matches!(&e.expr, Expr::Ident(n) if n == "request");
+    match &e.expr {
+        Expr::Select(s) if is_request(&s.operand) => s.field == "path",
+        Expr::Call(c)
+            if c.func_name == operators::INDEX && c.args.len() == 2 && is_request(&c.args[0]) =>
+        {
+            !matches!(&c.args[1].expr, Expr::Literal(LiteralValue::String(k)) if k.inner() != "path")
         }
+        Expr::Ident(n) => n == "request",
+        _ => budget::children(e).into_iter().any(reads_path),
     }
 }
 
@@ -454,10 +516,18 @@ fn check_shapes(root: &IdedExpr) -> Result<(), String> {
                     && c.args.len() >= 2
                     && matches!(&c.args[0].expr, Expr::Ident(n) if !VARIABLES.contains(&n.as_str())) =>
             {
-                return Err(format!(
-                    "unknown function `{}`: the macros are all, exists, exists_one, map and filter",
-                    c.func_name
-                ));
+                const MACROS: [&str; 5] = ["all", "exists", "exists_one", "map", "filter"];
+                return Err(if MACROS.contains(&c.func_name.as_str()) {
+                    format!(
+                        "`{}` takes one variable and an expression (`{}(x, …)`; `map` may add a filter: `map(x, cond, value)`)",
+                        c.func_name, c.func_name
+                    )
+                } else {
+                    format!(
+                        "unknown function `{}`: the macros are all, exists, exists_one, map and filter",
+                        c.func_name
+                    )
+                });
             }
             _ => {}
         }
@@ -466,21 +536,55 @@ fn check_shapes(root: &IdedExpr) -> Result<(), String> {
     Ok(())
 }
 
-/// A query parameter name as the most lenient upstream frameworks read it: an array suffix
-/// (`name[]`, `name[0]`, `name[k]`) cut, ASCII case folded, and `.`, space, `+` and an
-/// unmatched `[` read as `_` (PHP). Two names with the same fold may be one parameter to
-/// the upstream.
-fn fold_query_name(name: &str) -> String {
-    let base = match name.find('[') {
-        Some(i) if name[i..].contains(']') => &name[..i],
-        _ => name,
-    };
-    base.chars()
-        .map(|c| match c {
-            '.' | ' ' | '+' | '[' => '_',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
+/// A query parameter name as the most lenient upstream frameworks read it: its base and
+/// its bracket path (`filter[owner][]` is `filter` and `[owner][]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct QueryName {
+    /// Cut at a NUL (PHP's C strings), leading spaces and brackets dropped (PHP, qs, Rack 2),
+    /// ASCII case folded (ASP.NET), and `.`, space, `+` and an unmatched `[` read as `_`
+    /// (PHP).
+    base: String,
+    /// The brackets after the base, lower case, a run of `]` right after it dropped (Rack 2).
+    path: String,
+}
+
+impl QueryName {
+    fn of(name: &str) -> Self {
+        let name = name.split('\0').next().unwrap_or_default();
+        let name = name
+            .trim_start_matches([' ', '+'])
+            .trim_start_matches(['[', ']']);
+        let (mut base, mut path) = match name.find(['[', ']']) {
+            Some(i) => (&name[..i], &name[i..]),
+            None => (name, ""),
+        };
+        // PHP: a `[` with no `]` after it is read as `_`, and the name goes on.
+        if path.starts_with('[') && !path.contains(']') {
+            (base, path) = (name, "");
+        }
+        Self {
+            base: base
+                .chars()
+                .map(|c| match c {
+                    '.' | ' ' | '+' | '[' => '_',
+                    c => c.to_ascii_lowercase(),
+                })
+                .collect(),
+            path: path.trim_start_matches(']').to_ascii_lowercase(),
+        }
+    }
+
+    /// Whether the upstream may read this name as part of `key`: the same base, and `key`'s
+    /// brackets (none, for a plain key) leading this name's (`ids[]`, `ids[0]` and `ids`
+    /// are read as `ids`; `filter[status]` is not `filter[owner]`).
+    fn is_read_as(&self, key: &Self) -> bool {
+        self.base == key.base && self.path.starts_with(&key.path)
+    }
+
+    /// Whether the upstream may read the two names as one parameter.
+    fn may_be(&self, other: &Self) -> bool {
+        self.is_read_as(other) || other.is_read_as(self)
+    }
 }
 
 /// Finds what `e` reads of `request.query` and `request.headers` (see [`RequestReads`]):

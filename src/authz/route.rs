@@ -164,11 +164,6 @@ pub enum PatternError {
     /// Methods are case-sensitive and written in upper case.
     #[error("methods are written in upper case (`GET`, `POST`)")]
     LowercaseMethod,
-    /// A method a letter or two from a common one, and no registered method.
-    #[error(
-        "`{0}` is not a method clients send: did you mean `{1}`? (a misspelled method never matches: a deny rule naming it denies nothing)"
-    )]
-    MisspelledMethod(Box<str>, &'static str),
 }
 
 // === impl RouteTable ===
@@ -649,11 +644,17 @@ const KNOWN_METHODS: &[&str] = &[
     "UPDATEREDIRECTREF",
     "PURGE",
     "BAN",
+    "TRACK",
 ];
 
-/// The common method `name` misspells, if it is no known method and within one edit of one
-/// (two for names of five letters or more), as `DELET`, `GTE` or `OPTINOS` are.
-fn misspelled_method(name: &str) -> Option<&'static str> {
+/// The common method `name` may misspell, if it is no known method and within one edit of
+/// one (two for names of five letters or more), as `DELET`, `GTE` or `OPTINOS` are.
+///
+/// Why: any token is a method, so `methods: [DELET]` in a deny rule was accepted and denied
+/// nothing: DELETE reached the allow rule after it. A warning, not an error: extension
+/// methods close to a common one exist (`BATCH`, `FETCH`), and a heuristic must not stop a
+/// gateway from starting. Regression: tests::methods
+pub fn misspelled_method(name: &str) -> Option<&'static str> {
     const COMMON: [&str; 9] = [
         "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
     ];
@@ -699,13 +700,6 @@ impl MethodSet {
             }
             if n.is_empty() || n.bytes().any(|b| !b.is_ascii_uppercase()) {
                 return Err((i, PatternError::BadMethod));
-            }
-            // Why: any token is a method, so `methods: [DELET]` in a deny rule was accepted
-            // and denied nothing: DELETE reached the allow rule after it. A name close to a
-            // common method and in no registry is a typo; other extension methods (`PURGE`)
-            // stay. Regression: tests::methods
-            if let Some(meant) = misspelled_method(n) {
-                return Err((i, PatternError::MisspelledMethod(n.as_str().into(), meant)));
             }
             out.push(Method::from_bytes(n.as_bytes()).map_err(|_| (i, PatternError::BadMethod))?);
         }
@@ -1005,7 +999,7 @@ mod tests {
             MethodSet::parse(&["GE T".into()]),
             Err((0, PatternError::BadMethod))
         );
-        // Typos of common methods are refused; registered and extension methods are not.
+        // Typos of common methods are named; registered and extension methods are not.
         for (typo, meant) in [
             ("DELET", "DELETE"),
             ("DELTE", "DELETE"),
@@ -1016,10 +1010,10 @@ mod tests {
             ("OPTINOS", "OPTIONS"),
             ("HAED", "HEAD"),
         ] {
-            assert_eq!(
-                MethodSet::parse(&["GET".into(), typo.into()]),
-                Err((1, PatternError::MisspelledMethod(typo.into(), meant))),
-                "{typo}"
+            assert_eq!(misspelled_method(typo), Some(meant), "{typo}");
+            assert!(
+                MethodSet::parse(&[typo.into()]).is_ok(),
+                "{typo}: a warning only"
             );
         }
         for ok in [
@@ -1030,9 +1024,11 @@ mod tests {
             "QUERY",
             "PUT",
             "BAN",
+            "TRACK",
+            "TRACE",
             "FROBNICATE",
         ] {
-            assert!(MethodSet::parse(&[ok.into()]).is_ok(), "{ok}");
+            assert_eq!(misspelled_method(ok), None, "{ok}");
         }
     }
 

@@ -247,19 +247,6 @@ async fn decide_rule(
         } else {
             Vec::new()
         };
-        // Why: a rule whose upstream serves paths in any case matched `/Secret/x` as
-        // `/secret/x`, but its condition read the path as sent: `!request.path.startsWith(
-        // '/secret')` let `/Secret/x` through to an upstream serving `/secret/x`. The
-        // condition reads `request.path` as the rule matched it, lowercase. (Path parameters
-        // keep their case: the upstream reads them as sent.)
-        // Regression: tests (it) paths::case_insensitive_paths_keep_requirements_on_case_variants
-        let lowered;
-        let facts = if rule.folds_case() && facts.path.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = facts.with_path(facts.path.to_ascii_lowercase());
-            &lowered
-        } else {
-            facts
-        };
         match when.eval(facts, principal.as_deref(), &params, &snapshot.spoofable) {
             Ok(()) => trace.record(TraceEvent::ConditionHeld),
             Err(e) => {

@@ -387,26 +387,6 @@ pub fn header_lines_bytes(headers: &HeaderMap) -> usize {
 }
 
 impl<'a> RequestFacts<'a> {
-    /// The same facts about another path (what a case-folding rule's condition reads).
-    pub fn with_path(&self, path: String) -> Self {
-        Self {
-            method: self.method,
-            scheme: self.scheme,
-            host: self.host.clone(),
-            port: self.port,
-            path: Cow::Owned(path),
-            query: self.query,
-            headers: self.headers,
-            client_ip: self.client_ip,
-            peer_trusted: self.peer_trusted,
-            conn: self.conn,
-            context: self.context,
-            forwarded_as_sent: self.forwarded_as_sent,
-            trace: self.trace,
-            deadline: self.deadline,
-        }
-    }
-
     /// The decided authority as text: the normalised host, and the port when one was given.
     pub fn authority(&self) -> String {
         match self.port {

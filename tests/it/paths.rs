@@ -296,27 +296,57 @@ async fn case_insensitive_paths_keep_requirements_on_case_variants() {
     for p in variants {
         assert_eq!(raw_get(gw.addr(), p).await.status, 401, "{p}");
     }
+}
 
-    // A condition on such a rule reads the path as the rule matched it: lowercase.
-    let guarded = "rules:
-  - name: all
-    match: {paths: [\"/**\"]}
-    effect: allow
-    anonymous: true
-    upstream: iis
-    when: \"!request.path.startsWith('/secret')\"
-";
-    let gw = start(
-        guarded.into(),
-        "  iis:\n    url: http://{echo}\n    case_insensitive_paths: true\n",
-    )
-    .await;
-    for p in ["/secret/x", "/Secret/x", "/SECRET/x"] {
-        let r = raw_get(gw.addr(), p).await;
-        assert_eq!(r.status, 403, "{p}: {}", r.head);
+/// A condition on `request.path` compares the path as sent, while a case-folding rule's
+/// upstream serves `/Secret/x` as `/secret/x`: `check` warns about such a condition.
+#[test]
+fn a_path_condition_on_a_case_folding_rule_warns() {
+    let rule = |when: &str| {
+        format!(
+            "case_insensitive_paths: true\nrules:\n  - name: all\n    match: {{paths: [\"/**\"]}}\n    effect: allow\n    anonymous: true\n    upstream: echo\n    when: \"{when}\"\n"
+        )
+    };
+    for (when, warned) in [
+        ("!request.path.startsWith('/secret')", true),
+        ("request['path'] != '/x'", true),
+        ("size(request) > 0", true),
+        ("request.method == 'GET'", false),
+    ] {
+        let cfg = crate::support::ConfigDir::new("");
+        cfg.write("policies/p.yaml", rule(when));
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(0), "{when}: a warning at most: {text}");
+        assert_eq!(
+            text.contains("reads `request.path`, which keeps the case the client sent"),
+            warned,
+            "{when}: {text}"
+        );
     }
-    assert_eq!(raw_get(gw.addr(), "/public/X").await.status, 200);
-    assert_eq!(gw.echo.count(), 1);
+}
+
+/// A method that looks like a typo of a common one gets a warning from `check` (a deny rule
+/// naming `DELET` denies nothing); extension methods such as `TRACK` do not.
+#[test]
+fn a_misspelled_method_is_warned_about() {
+    for (methods, warned) in [("[DELET]", true), ("[TRACE, TRACK]", false)] {
+        let cfg = crate::support::ConfigDir::new("");
+        cfg.write(
+            "policies/p.yaml",
+            format!(
+                "rules:\n  - name: no\n    match: {{paths: [\"/**\"], methods: {methods}}}\n    effect: deny\n  - name: all\n    match: {{paths: [\"/**\"]}}\n    effect: allow\n    anonymous: true\n    upstream: echo\n"
+            ),
+        );
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(0), "{methods}: a warning at most: {text}");
+        assert_eq!(
+            text.contains(
+                "rules[0].match.methods[0]: `DELET` is no registered method: did you mean `DELETE`?"
+            ),
+            warned,
+            "{methods}: {text}"
+        );
+    }
 }
 
 /// Methods are case-sensitive: a deny rule on `DELETE` does not match `delete`, which an

@@ -594,6 +594,16 @@ fn repeated_keys_an_expression_reads_deny() {
         "/c?author_id=u1&AUTHOR_ID=bob",
         "/c?author_id=u1;author_id=bob",
         "/c?author_id=u1&x=1;author_id=bob",
+        // qs reads `[author_id]` as `author_id`; PHP drops leading spaces and cuts at NUL;
+        // Rack 2 drops brackets around the base.
+        "/c?%5Bauthor_id%5D=bob&author_id=u1",
+        "/c?author_id=u1&%20author_id=bob",
+        "/c?author_id=u1&+author_id=bob",
+        "/c?author_id=u1&author_id%00=bob",
+        "/c?author_id=u1&author_id%5D=bob",
+        // Another spelling alone: the upstream may read it, the expression does not.
+        "/c?AUTHOR_ID=u1",
+        "/c?author_id%5B%5D=u1",
     ] {
         assert!(
             matches!(
@@ -612,8 +622,62 @@ fn repeated_keys_an_expression_reads_deny() {
         "/c?author_id=u1&authorid=bob",
         "/c?author_id=u1&author-id=bob",
         "/c?author_id=u1&x=a;b",
+        "/c?author_id=u1&next=a;%E9t%E9",
     ] {
         assert_eq!(eval(mine, "GET", target, Some(&p)), Ok(()), "{target}");
+    }
+    // A negative condition: the name alone, in another spelling, is refused.
+    let never = "!has(request.query.impersonate)";
+    assert_eq!(eval(never, "GET", "/c?x=1", Some(&p)), Ok(()));
+    for target in [
+        "/c?IMPERSONATE=bob",
+        "/c?impersonate%5B%5D=bob",
+        "/c?x=1;impersonate=bob",
+    ] {
+        assert!(
+            matches!(
+                eval(never, "GET", target, Some(&p)),
+                Err(ConditionError::Error(_))
+            ),
+            "{target}"
+        );
+    }
+    // Keyed children are other parameters, for a keyed read and a whole-map read alike.
+    let owner = "request.query['filter[owner]'] == 'u1'";
+    assert_eq!(
+        eval(
+            owner,
+            "GET",
+            "/c?filter[owner]=u1&filter[status]=open",
+            Some(&p)
+        ),
+        Ok(())
+    );
+    assert!(matches!(
+        eval(
+            owner,
+            "GET",
+            "/c?filter[owner]=u1&Filter[Owner]=bob",
+            Some(&p)
+        ),
+        Err(ConditionError::Error(_))
+    ));
+    let whole = "!('debug' in request.query)";
+    for target in [
+        "/c?page[number]=2&page[size]=10",
+        "/c?ids[0]=1&ids[1]=2",
+        "/c?next=a;%E9t%E9",
+    ] {
+        assert_eq!(eval(whole, "GET", target, Some(&p)), Ok(()), "{target}");
+    }
+    for target in ["/c?sort=name&Sort=x", "/c?a=1&a[]=2", "/c?a=1;a=2"] {
+        assert!(
+            matches!(
+                eval(whole, "GET", target, Some(&p)),
+                Err(ConditionError::Error(_))
+            ),
+            "{target}"
+        );
     }
     // Headers: the same, by lower-cased name.
     let header = |values: &[&str], expr: &str| {
@@ -808,6 +872,10 @@ fn typos_in_fixed_shapes_are_refused() {
         (
             "principal.roles.exsts(r, r == 'a')",
             "unknown function `exsts`",
+        ),
+        (
+            "claims.m.all(k, v, v == 'a')",
+            "`all` takes one variable and an expression",
         ),
     ] {
         let e = Condition::compile(expr, Budget::default())

@@ -235,6 +235,19 @@ fn rule(
             );
         }
     }
+    for (j, m) in r.matches.methods.iter().enumerate() {
+        if let Some(meant) = crate::authz::route::misspelled_method(m) {
+            cx.diags.push(
+                at.at(
+                    &format!("match.methods[{j}]"),
+                    format!(
+                        "`{m}` is no registered method: did you mean `{meant}`? (a misspelled method never matches: a deny rule naming it denies nothing)"
+                    ),
+                )
+                .warning(),
+            );
+        }
+    }
     let methods = match MethodSet::parse(&r.matches.methods) {
         Ok(m) => m,
         Err((j, e)) => {
@@ -326,6 +339,25 @@ fn rule(
             }
         },
     };
+    let case_insensitive = policy.case_insensitive_paths
+        || r.upstream
+            .as_ref()
+            .and_then(|u| cfg.upstreams.get(u))
+            .is_some_and(|u| u.case_insensitive_paths);
+    // Why: such a rule matches `/Secret/x` as `/secret/x`, but its condition compares the
+    // path as sent: `!request.path.startsWith('/secret')` let `/Secret/x` through to an
+    // upstream that serves it as `/secret/x`. Lowering the path for the condition broke
+    // conditions written in the app's own case, so it is said here instead.
+    // Regression: tests (it) paths::case_insensitive_paths_keep_requirements_on_case_variants
+    if case_insensitive && when.as_ref().is_some_and(|w| w.reads_path()) {
+        cx.diags.push(
+            at.at(
+                "when",
+                "reads `request.path`, which keeps the case the client sent, while the rule's upstream ignores case (`case_insensitive_paths`): `/Secret/x` does not start with `/secret` but is served as it. Decide on paths with `match.paths` (a deny rule matches in any case) rather than in the condition".into(),
+            )
+            .warning(),
+        );
+    }
     let denial =
         r.denial
             .as_ref()
@@ -489,11 +521,7 @@ fn rule(
         rate_limit,
         guard,
         delegate,
-        case_insensitive: policy.case_insensitive_paths
-            || r.upstream
-                .as_ref()
-                .and_then(|u| cfg.upstreams.get(u))
-                .is_some_and(|u| u.case_insensitive_paths),
+        case_insensitive,
         timeouts: r.timeouts.as_ref().map(|t| {
             Arc::new(crate::authz::route::RouteTimeouts {
                 connect: t.connect,
