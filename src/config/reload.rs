@@ -173,7 +173,19 @@ impl Reloader {
                     Err(ReloadError(
                         restart
                             .into_iter()
-                            .map(|(field, m)| Diagnostic::at(&display, &index, field, m))
+                            // Why: an operator who changed the log level "for the next
+                            // restart" saw policy edits silently not applied: every later
+                            // reload is refused while the change stays. Each error says so.
+                            .map(|(field, m)| {
+                                Diagnostic::at(
+                                    &display,
+                                    &index,
+                                    field,
+                                    format!(
+                                        "{m}; nothing of this reload is applied (policies and other edits included) until the gateway restarts or this field is set back"
+                                    ),
+                                )
+                            })
                             .collect(),
                     ))
                 } else if next.version == previous.version {

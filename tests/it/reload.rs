@@ -209,6 +209,10 @@ async fn restart_only_change_fails_reload() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.contains("restart required"), "{body}");
     assert!(
+        body.contains("nothing of this reload is applied (policies and other edits included)"),
+        "{body}"
+    );
+    assert!(
         body.contains("portcullis.yaml:1:1: error: listeners:"),
         "file:line:field in {body}"
     );
