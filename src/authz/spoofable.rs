@@ -423,7 +423,19 @@ pub fn family(dashed: &str) -> Option<Family> {
         | "x-webauth-user"
         | "x-goog-iap-jwt-assertion"
         | "x-arr-clientcert"
-        | "x-ms-client-principal" => Some(Family::Infrastructure),
+        | "x-ms-client-principal"
+        | "remote-groups"
+        | "remote-email"
+        | "remote-name"
+        | "x-auth-userid"
+        | "x-auth-subject"
+        | "x-auth-username"
+        | "x-auth-email"
+        | "x-auth-roles"
+        | "x-auth-groups"
+        | "x-auth-audience"
+        | "oidc-access-token"
+        | "oidc-id-token" => Some(Family::Infrastructure),
         _ if dashed.starts_with("x-")
             && (dashed.starts_with("x-envoy-")
                 || dashed.starts_with("x-portcullis-")
@@ -434,8 +446,14 @@ pub fn family(dashed: &str) -> Option<Family> {
                 || dashed.starts_with("x-goog-authenticated-user-")
                 || dashed.starts_with("x-ms-client-principal-")
                 || dashed.starts_with("x-ms-token-")
-                || dashed.starts_with("x-pomerium-")) =>
+                || dashed.starts_with("x-pomerium-")
+                || dashed.starts_with("x-authentik-")
+                || dashed.starts_with("x-vouch-")) =>
         {
+            Some(Family::Infrastructure)
+        }
+        // Cloudflare Access's and mod_auth_openidc's identity headers.
+        _ if dashed.starts_with("cf-access-") || dashed.starts_with("oidc-claim-") => {
             Some(Family::Infrastructure)
         }
         _ => None,
@@ -521,6 +539,12 @@ mod tests {
         ("x-goog-authenticated-user-email", true, true),
         ("x-pomerium-jwt-assertion", true, true),
         ("x-arr-clientcert", true, true),
+        ("Remote-Groups", true, true),
+        ("x-auth-roles", true, true),
+        ("x-authentik-groups", true, true),
+        ("cf-access-authenticated-user-email", true, true),
+        ("OIDC_CLAIM_email", true, true),
+        ("x-auth-token", false, false),
         ("X_Portcullis_Decision", true, true),
         // Untouched.
         ("x-kept", false, false),

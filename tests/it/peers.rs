@@ -608,6 +608,9 @@ const SPOOFED: &[(&str, &str)] = &[
     ("X-Auth-Request-Email", "admin@example.com"),
     ("X-Amzn-Oidc-Identity", "admin"),
     ("X-MS-CLIENT-PRINCIPAL-NAME", "admin"),
+    ("Remote-Groups", "admins"),
+    ("X-Auth-Roles", "admin"),
+    ("Cf-Access-Authenticated-User-Email", "admin@example.com"),
     // Infrastructure: client certificates, Envoy, the gateway's own namespace.
     ("X-Forwarded-Client-Cert", "Hash=0;Subject=\"CN=admin\""),
     ("X-Client-Cert", "x"),

@@ -14,7 +14,7 @@ use super::{identity_headers, lower, strings, yaml};
 use crate::peers::{example, tool};
 
 /// The infrastructure family's exact names (the door names them only when it sees them).
-pub const INFRASTRUCTURE: [&str; 17] = [
+pub const INFRASTRUCTURE: [&str; 29] = [
     "x-forwarded-client-cert",
     "x-client-cert",
     "ssl-client-cert",
@@ -32,10 +32,22 @@ pub const INFRASTRUCTURE: [&str; 17] = [
     "x-goog-iap-jwt-assertion",
     "x-arr-clientcert",
     "x-ms-client-principal",
+    "remote-groups",
+    "remote-email",
+    "remote-name",
+    "x-auth-userid",
+    "x-auth-subject",
+    "x-auth-username",
+    "x-auth-email",
+    "x-auth-roles",
+    "x-auth-groups",
+    "x-auth-audience",
+    "oidc-access-token",
+    "oidc-id-token",
 ];
 
 /// The infrastructure family's prefixes.
-pub const INFRASTRUCTURE_PREFIXES: [&str; 10] = [
+pub const INFRASTRUCTURE_PREFIXES: [&str; 14] = [
     "x-envoy-",
     "x-portcullis-",
     "x-client-cert-",
@@ -46,6 +58,10 @@ pub const INFRASTRUCTURE_PREFIXES: [&str; 10] = [
     "x-ms-client-principal-",
     "x-ms-token-",
     "x-pomerium-",
+    "x-authentik-",
+    "x-vouch-",
+    "cf-access-",
+    "oidc-claim-",
 ];
 
 /// Every name a peer in front of the forward-auth door clears by name, lowercase: the
