@@ -283,24 +283,50 @@ impl Condition {
                     if n > 0 && k.is_empty() {
                         continue;
                     }
-                    let name = QueryName::of(&k);
+                    let names = QueryName::readings(&k);
+                    let k = k.escape_debug();
+                    // Why: `request.query` leaves out a pair whose value does not decode, so
+                    // `?impersonate=%ZZ` passed `!has(request.query.impersonate)` while qs
+                    // and PHP read the raw value. Regression: tests::repeated_keys_an_expression_reads_deny
+                    let undecodable = || {
+                        kv.split_once('=')
+                            .is_some_and(|(_, v)| crate::authn::credential::decode(v).is_none())
+                    };
                     match &self.query_keys {
                         None => {
-                            if seen.iter().any(|s| s.may_be(&name)) {
+                            if undecodable() {
+                                return Some(format!(
+                                    "query parameter `{k}` has a value that does not decode"
+                                ));
+                            }
+                            if seen
+                                .iter()
+                                .any(|s| names.iter().flatten().any(|n| s.may_be(n)))
+                            {
                                 return Some(format!(
                                     "query parameter `{k}` is repeated: the upstream may read another value"
                                 ));
                             }
-                            seen.push(name);
+                            seen.extend(names.into_iter().flatten());
                         }
                         Some(keys) => {
                             for ((key, read), count) in keys.iter().zip(&mut exact) {
-                                if !name.is_read_as(read) {
+                                if !names.iter().flatten().any(|n| n.is_read_as(read)) {
                                     continue;
                                 }
-                                if n > 0 || *k != **key {
+                                if n > 0 {
+                                    return Some(format!(
+                                        "query parameter `{k}` after a `;` may be read as `{key}` by the upstream"
+                                    ));
+                                }
+                                if k.to_string() != **key {
                                     return Some(format!(
                                         "query parameter `{k}` may be read as `{key}` by the upstream"
+                                    ));
+                                }
+                                if undecodable() {
+                                    return Some(format!(
+                                        "query parameter `{k}` has a value that does not decode"
                                     ));
                                 }
                                 *count += 1;
@@ -362,6 +388,24 @@ impl Keys {
             _ => {}
         }
     }
+}
+
+/// A bracket path as Rack 2 reads it: lower case, runs of `[` or `]` as one, a `]` right
+/// after the base dropped, and a last child closed (`[[owner]]`, `][owner]` and `[owner`
+/// are all `[owner]`).
+fn bracket_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 1);
+    for c in path.trim_start_matches(']').chars() {
+        if (c == '[' || c == ']') && out.ends_with(c) {
+            continue;
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    // `Some(i) > None`: a `[` with no `]` after it.
+    if out.rfind('[') > out.rfind(']') {
+        out.push(']');
+    }
+    out
 }
 
 /// Whether `e` reads `request.path`: `request.path`, `request['path']`, or `request` other
@@ -549,29 +593,49 @@ struct QueryName {
 }
 
 impl QueryName {
-    fn of(name: &str) -> Self {
+    /// The name as frameworks read it, and a second reading when they disagree: a `[` with no
+    /// `]` after it is `_` to PHP (`author[id` is `author_id`) but opens a child to qs and
+    /// Rack 2 (`author` and `[id`).
+    fn readings(name: &str) -> [Option<Self>; 2] {
         let name = name.split('\0').next().unwrap_or_default();
+        // Spring binds `!name` as `name`'s default value.
         let name = name
-            .trim_start_matches([' ', '+'])
+            .trim_start_matches([' ', '+', '!'])
             .trim_start_matches(['[', ']']);
-        let (mut base, mut path) = match name.find(['[', ']']) {
+        let (base, path) = match name.find(['[', ']']) {
             Some(i) => (&name[..i], &name[i..]),
             None => (name, ""),
         };
-        // PHP: a `[` with no `]` after it is read as `_`, and the name goes on.
-        if path.starts_with('[') && !path.contains(']') {
-            (base, path) = (name, "");
-        }
-        Self {
-            base: base
-                .chars()
+        let fold = |base: &str| -> String {
+            base.chars()
                 .map(|c| match c {
                     '.' | ' ' | '+' | '[' => '_',
                     c => c.to_ascii_lowercase(),
                 })
-                .collect(),
-            path: path.trim_start_matches(']').to_ascii_lowercase(),
+                .collect()
+        };
+        let nested = Self {
+            base: fold(base),
+            path: bracket_path(path),
+        };
+        if path.starts_with('[') && !path.contains(']') {
+            let flat = Self {
+                base: fold(name),
+                path: String::new(),
+            };
+            [Some(flat), Some(nested)]
+        } else {
+            [Some(nested), None]
         }
+    }
+
+    /// The first reading (a key as an expression names it).
+    fn of(name: &str) -> Self {
+        let [first, _] = Self::readings(name);
+        first.unwrap_or(Self {
+            base: String::new(),
+            path: String::new(),
+        })
     }
 
     /// Whether the upstream may read this name as part of `key`: the same base, and `key`'s
@@ -647,6 +711,22 @@ fn request_reads(e: &IdedExpr, out: &mut RequestReads) {
                 }
                 request_reads(&c.args[1], out);
                 return;
+            }
+        }
+        // `'k' in request.<map>` asks for one key, as `has(request.<map>.k)` does.
+        // Why: read as the whole map, the exact-spelling rule never applied to it:
+        // `?DEBUG=1` passed `!('debug' in request.query)` while ASP.NET read `debug`.
+        // Regression: tests::repeated_keys_an_expression_reads_deny
+        Expr::Call(c)
+            if c.func_name == operators::IN && c.target.is_none() && c.args.len() == 2 =>
+        {
+            if let Expr::Literal(LiteralValue::String(k)) = &c.args[0].expr {
+                let headers = matches!(&c.args[1].expr, Expr::Select(m) if m.field == "headers");
+                let key = lower(k.inner(), headers);
+                if let Some(keys) = map_of(&c.args[1], out) {
+                    keys.add(key);
+                    return;
+                }
             }
         }
         // `request` itself, handed whole to something.

@@ -556,7 +556,11 @@ fn what_an_expression_reads_of_the_request() {
             some(&["x-team"]),
         ),
         ("size(request.query) > 0", Keys::All, Keys::None),
-        ("'a' in request.query", Keys::All, Keys::None),
+        (
+            "'a' in request.query",
+            Keys::Some(vec!["a".into()]),
+            Keys::None,
+        ),
         ("request.query[request.path] == 'x'", Keys::All, Keys::None),
         ("request.headers.exists(h, h == 'x')", Keys::None, Keys::All),
         ("[request].size() == 1", Keys::All, Keys::All),
@@ -633,6 +637,11 @@ fn repeated_keys_an_expression_reads_deny() {
         "/c?IMPERSONATE=bob",
         "/c?impersonate%5B%5D=bob",
         "/c?x=1;impersonate=bob",
+        // A value that does not decode leaves the key out of `request.query`; qs reads it.
+        "/c?impersonate=%ZZ",
+        // qs and Rack 2 nest `impersonate[x` under `impersonate`; Spring binds `!name`.
+        "/c?impersonate[x=bob",
+        "/c?!impersonate=bob",
     ] {
         assert!(
             matches!(
@@ -653,16 +662,40 @@ fn repeated_keys_an_expression_reads_deny() {
         ),
         Ok(())
     );
-    assert!(matches!(
-        eval(
-            owner,
-            "GET",
-            "/c?filter[owner]=u1&Filter[Owner]=bob",
-            Some(&p)
-        ),
-        Err(ConditionError::Error(_))
-    ));
-    let whole = "!('debug' in request.query)";
+    for target in [
+        "/c?filter[owner]=u1&Filter[Owner]=bob",
+        // Rack 2 reads runs of brackets as one.
+        "/c?filter[owner]=u1&filter[[owner]]=bob",
+        "/c?filter[owner]=u1&filter[owner=bob",
+    ] {
+        assert!(
+            matches!(
+                eval(owner, "GET", target, Some(&p)),
+                Err(ConditionError::Error(_))
+            ),
+            "{target}"
+        );
+    }
+    // `'k' in request.query` reads one key: arrays of others pass, spellings of it do not.
+    let debug = "!('debug' in request.query)";
+    for target in ["/c?ids[]=1&ids[]=2", "/c?tags=a&tags=b", "/c?x=1"] {
+        assert_eq!(eval(debug, "GET", target, Some(&p)), Ok(()), "{target}");
+    }
+    for target in [
+        "/c?DEBUG=1",
+        "/c?debug%5B%5D=1",
+        "/c?x=1;debug=1",
+        "/c?%20debug=1",
+    ] {
+        assert!(
+            matches!(
+                eval(debug, "GET", target, Some(&p)),
+                Err(ConditionError::Error(_))
+            ),
+            "{target}"
+        );
+    }
+    let whole = "size(request.query) >= 0";
     for target in [
         "/c?page[number]=2&page[size]=10",
         "/c?ids[0]=1&ids[1]=2",
