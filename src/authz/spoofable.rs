@@ -301,7 +301,8 @@ impl NamePattern {
         })
     }
 
-    fn matches(&self, dashed: &str) -> bool {
+    /// Whether it names `dashed` (a lowercase name, `_` read as `-`).
+    pub fn matches(&self, dashed: &str) -> bool {
         match self {
             Self::Exact(n) => **n == *dashed,
             Self::Prefix(p) => dashed.starts_with(&**p),
@@ -430,12 +431,9 @@ pub fn family(dashed: &str) -> Option<Family> {
         | "x-auth-userid"
         | "x-auth-subject"
         | "x-auth-username"
-        | "x-auth-email"
         | "x-auth-roles"
         | "x-auth-groups"
-        | "x-auth-audience"
-        | "oidc-access-token"
-        | "oidc-id-token" => Some(Family::Infrastructure),
+        | "x-auth-audience" => Some(Family::Infrastructure),
         _ if dashed.starts_with("x-")
             && (dashed.starts_with("x-envoy-")
                 || dashed.starts_with("x-portcullis-")
@@ -452,8 +450,10 @@ pub fn family(dashed: &str) -> Option<Family> {
         {
             Some(Family::Infrastructure)
         }
-        // Cloudflare Access's and mod_auth_openidc's identity headers.
-        _ if dashed.starts_with("cf-access-") || dashed.starts_with("oidc-claim-") => {
+        // Cloudflare Access's identity (not its JWT or service-token credentials, which an
+        // origin verifies) and mod_auth_openidc's claims and tokens (`OIDC_CLAIM_*`,
+        // `OIDC_access_token`, `OIDC_id_token_payload`…).
+        _ if dashed.starts_with("cf-access-authenticated-user-") || dashed.starts_with("oidc-") => {
             Some(Family::Infrastructure)
         }
         _ => None,
@@ -545,6 +545,10 @@ mod tests {
         ("cf-access-authenticated-user-email", true, true),
         ("OIDC_CLAIM_email", true, true),
         ("x-auth-token", false, false),
+        ("x-auth-email", false, false),
+        ("cf-access-jwt-assertion", false, false),
+        ("cf-access-client-secret", false, false),
+        ("OIDC_id_token_payload", true, true),
         ("X_Portcullis_Decision", true, true),
         // Untouched.
         ("x-kept", false, false),

@@ -679,6 +679,39 @@ fn query_credential_behind_an_http_door_is_a_warning() {
     );
 }
 
+/// A credential header kept for the upstream (`strip: false`) that the gateway removes as
+/// another proxy's identity header (ALB's signed `X-Amzn-Oidc-Data`): `check` says the
+/// upstream never gets it, unless `server.trusted_proxy_headers` passes it.
+#[test]
+fn a_kept_credential_the_gateway_strips_is_a_warning() {
+    let users = crate::support::hs256_users("{}").replace(
+        "    jwt:\n",
+        "    jwt:\n      strip: false\n      from: [{header: x-amzn-oidc-data}, {header: x-token}]\n",
+    );
+    let policy = "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users], upstream: echo}\n";
+    const SAID: &str =
+        "`x-amzn-oidc-data` is kept for the upstream (`strip: false`), but the gateway removes it";
+    for (server, warned) in [
+        ("", true),
+        (
+            "server: {trusted_proxies: [10.0.0.0/8], trusted_proxy_headers: [\"x-amzn-oidc-*\"]}\n",
+            false,
+        ),
+    ] {
+        let cfg = crate::support::ConfigDir::new(&format!("{server}{users}"));
+        cfg.write("hs.secret", SECRET);
+        cfg.write("policies/p.yaml", policy);
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(0), "a warning at most: {text}");
+        assert_eq!(
+            text.contains("authenticators.users.jwt.from[0]") && text.contains(SAID),
+            warned,
+            "{server}: {text}"
+        );
+        assert!(!text.contains("from[1]"), "{text}");
+    }
+}
+
 /// `check` warns about a deny rule narrowed by context extensions when another door serves
 /// requests it will never match there.
 #[test]

@@ -36,7 +36,53 @@ pub(super) fn authenticators(cx: &mut Cx<'_>) -> Authn {
     introspection_audiences(cx);
     mtls_listeners(cx);
     credentials_at_http_doors(cx);
+    credentials_the_gateway_strips(cx);
     authn
+}
+
+/// A credential header, kept for the upstream (`strip: false`), that the gateway removes from
+/// client requests as another proxy's identity header (`X-Amzn-Oidc-Data`, ALB's signed
+/// JWT, which an app may verify itself).
+///
+/// Why: the authenticator verified it, but the upstream never got it, and nothing said why.
+/// Regression: tests (it) grpc::a_kept_credential_the_gateway_strips_is_a_warning
+fn credentials_the_gateway_strips(cx: &mut Cx<'_>) {
+    use crate::authz::spoofable::{Family, NamePattern, family};
+    use crate::config::raw::RawCredentialSource;
+    let loaded = cx.loaded;
+    let cfg = &loaded.raw;
+    let passed: Vec<NamePattern> = cfg
+        .server
+        .trusted_proxy_headers
+        .iter()
+        .filter_map(|p| NamePattern::parse(p).ok())
+        .collect();
+    for (name, a) in &cfg.authenticators {
+        let (kind, strip, from) = match a {
+            RawAuthenticator::Jwt(j) => ("jwt", j.strip, &j.from),
+            RawAuthenticator::ApiKey(k) => ("api_key", k.strip, &k.from),
+            RawAuthenticator::Introspection(i) => ("introspection", i.strip, &i.from),
+            _ => continue,
+        };
+        for (i, source) in from.iter().enumerate() {
+            let RawCredentialSource::Header(h) = source else {
+                continue;
+            };
+            let dashed = h.to_ascii_lowercase().replace('_', "-");
+            if strip
+                || family(&dashed) != Some(Family::Infrastructure)
+                || passed.iter().any(|p| p.matches(&dashed))
+            {
+                continue;
+            }
+            cx.warn(
+                &format!("authenticators.{name}.{kind}.from[{i}]"),
+                format!(
+                    "`{h}` is kept for the upstream (`strip: false`), but the gateway removes it from every request as a header only infrastructure may set: the upstream never gets it. If a trusted proxy sets it, name it in `server.trusted_proxy_headers`"
+                ),
+            );
+        }
+    }
 }
 
 /// Credentials an authenticator strips that a decision door's peer may forward anyway.

@@ -14,7 +14,7 @@ use super::{identity_headers, lower, strings, yaml};
 use crate::peers::{example, tool};
 
 /// The infrastructure family's exact names (the door names them only when it sees them).
-pub const INFRASTRUCTURE: [&str; 29] = [
+pub const INFRASTRUCTURE: [&str; 26] = [
     "x-forwarded-client-cert",
     "x-client-cert",
     "ssl-client-cert",
@@ -38,12 +38,9 @@ pub const INFRASTRUCTURE: [&str; 29] = [
     "x-auth-userid",
     "x-auth-subject",
     "x-auth-username",
-    "x-auth-email",
     "x-auth-roles",
     "x-auth-groups",
     "x-auth-audience",
-    "oidc-access-token",
-    "oidc-id-token",
 ];
 
 /// The infrastructure family's prefixes.
@@ -60,8 +57,8 @@ pub const INFRASTRUCTURE_PREFIXES: [&str; 14] = [
     "x-pomerium-",
     "x-authentik-",
     "x-vouch-",
-    "cf-access-",
-    "oidc-claim-",
+    "cf-access-authenticated-user-",
+    "oidc-",
 ];
 
 /// Every name a peer in front of the forward-auth door clears by name, lowercase: the

@@ -60,14 +60,11 @@ local INFRASTRUCTURE = {
   ["x-auth-userid"] = true,
   ["x-auth-subject"] = true,
   ["x-auth-username"] = true,
-  ["x-auth-email"] = true,
   ["x-auth-roles"] = true,
   ["x-auth-groups"] = true,
   ["x-auth-audience"] = true,
-  ["oidc-access-token"] = true,
-  ["oidc-id-token"] = true,
 }
-local INFRASTRUCTURE_PREFIXES = { "x-envoy-", "x-portcullis-", "x-client-cert-", "x-ssl-client-", "x-auth-request-", "x-amzn-oidc-", "x-goog-authenticated-user-", "x-ms-client-principal-", "x-ms-token-", "x-pomerium-", "x-authentik-", "x-vouch-", "cf-access-", "oidc-claim-" }
+local INFRASTRUCTURE_PREFIXES = { "x-envoy-", "x-portcullis-", "x-client-cert-", "x-ssl-client-", "x-auth-request-", "x-amzn-oidc-", "x-goog-authenticated-user-", "x-ms-client-principal-", "x-ms-token-", "x-pomerium-", "x-authentik-", "x-vouch-", "cf-access-authenticated-user-", "oidc-" }
 
 -- The forwarding family. Kong's template writes the dashed X-Forwarded-* and X-Real-IP over
 -- the client's, but neither other spellings (X_Forwarded_For) nor Forwarded, which the door
