@@ -40,6 +40,23 @@ pub(super) fn authenticators(cx: &mut Cx<'_>) -> Authn {
     authn
 }
 
+/// An authenticator's kind, whether it strips its credential, and where it reads it: `None`
+/// for those that read no credential (mTLS, trusted headers).
+fn credential_sources(
+    a: &RawAuthenticator,
+) -> Option<(
+    &'static str,
+    bool,
+    &[crate::config::raw::RawCredentialSource],
+)> {
+    match a {
+        RawAuthenticator::Jwt(j) => Some(("jwt", j.strip, &j.from)),
+        RawAuthenticator::ApiKey(k) => Some(("api_key", k.strip, &k.from)),
+        RawAuthenticator::Introspection(i) => Some(("introspection", i.strip, &i.from)),
+        _ => None,
+    }
+}
+
 /// A credential header, kept for the upstream (`strip: false`), that the gateway removes from
 /// client requests as another proxy's identity header (`X-Amzn-Oidc-Data`, ALB's signed
 /// JWT, which an app may verify itself).
@@ -58,11 +75,8 @@ fn credentials_the_gateway_strips(cx: &mut Cx<'_>) {
         .filter_map(|p| NamePattern::parse(p).ok())
         .collect();
     for (name, a) in &cfg.authenticators {
-        let (kind, strip, from) = match a {
-            RawAuthenticator::Jwt(j) => ("jwt", j.strip, &j.from),
-            RawAuthenticator::ApiKey(k) => ("api_key", k.strip, &k.from),
-            RawAuthenticator::Introspection(i) => ("introspection", i.strip, &i.from),
-            _ => continue,
+        let Some((kind, strip, from)) = credential_sources(a) else {
+            continue;
         };
         for (i, source) in from.iter().enumerate() {
             let RawCredentialSource::Header(h) = source else {
@@ -113,11 +127,8 @@ fn credentials_at_http_doors(cx: &mut Cx<'_>) {
         return;
     }
     for (name, a) in &cfg.authenticators {
-        let (kind, strip, from) = match a {
-            RawAuthenticator::Jwt(j) => ("jwt", j.strip, &j.from),
-            RawAuthenticator::ApiKey(k) => ("api_key", k.strip, &k.from),
-            RawAuthenticator::Introspection(i) => ("introspection", i.strip, &i.from),
-            _ => continue,
+        let Some((kind, strip, from)) = credential_sources(a) else {
+            continue;
         };
         for (i, source) in from.iter().enumerate() {
             if let (true, RawCredentialSource::Query(q)) = (strip, source) {
