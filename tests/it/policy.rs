@@ -595,6 +595,57 @@ async fn when_expressions_are_compiled_at_load() {
     }
 }
 
+/// A condition reading a header the gateway removes or rewrites fails for every request:
+/// `check` says so (a warning), and is silent for a header the view holds.
+#[test]
+fn a_condition_reading_a_removed_header_is_a_warning() {
+    let rule = |when: &str| {
+        format!(
+            "rules:\n  - name: r\n    match: {{paths: [\"/**\"]}}\n    effect: allow\n    anonymous: true\n    upstream: echo\n    when: \"{when}\"\n"
+        )
+    };
+    for (server, when, said) in [
+        (
+            "",
+            "request.headers['x-forwarded-for'] == '10.0.0.1'",
+            Some("require.networks"),
+        ),
+        (
+            "",
+            "request.headers['x-original-url'] == '/'",
+            Some("fails for every request"),
+        ),
+        (
+            "",
+            "request.headers['cf-access-authenticated-user-email'] != ''",
+            Some("`server.trusted_proxy_headers` names it"),
+        ),
+        (
+            "",
+            "request.headers['true-client-ip'] != ''",
+            Some("names none"),
+        ),
+        (
+            "server: {trusted_proxies: [10.0.0.0/8]}\n",
+            "request.headers['true-client-ip'] != ''",
+            None,
+        ),
+        ("", "request.headers['x-team'] == 'blue'", None),
+    ] {
+        let cfg = ConfigDir::new(server);
+        cfg.write("policies/p.yaml", rule(when));
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(0), "{when}: a warning at most: {text}");
+        match said {
+            Some(said) => assert!(
+                text.contains("rules[0].when: reads `request.headers[") && text.contains(said),
+                "{when}: {text}"
+            ),
+            None => assert!(!text.contains("reads `request.headers["), "{when}: {text}"),
+        }
+    }
+}
+
 fn when_rule(name: &str, path: &str, when: &str) -> String {
     format!(
         "  - name: {name}\n    match: {{paths: [\"{path}\"]}}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n    when: \"{when}\"\n"

@@ -339,6 +339,15 @@ fn rule(
             }
         },
     };
+    if let Some(w) = &when {
+        hidden_header_reads(
+            cx,
+            at,
+            w,
+            &cfg.server.trusted_proxy_headers,
+            !cfg.server.trusted_proxies.is_empty(),
+        );
+    }
     let case_insensitive = policy.case_insensitive_paths
         || r.upstream
             .as_ref()
@@ -643,4 +652,57 @@ fn named<'k, T>(
             .push(at.at(field, unknown_name(kind, name, configured)));
     }
     None
+}
+
+/// Warns about a condition reading a header `request.headers` never holds, or holds only
+/// from a trusted proxy: one the gateway removes or rewrites (see `authz::spoofable`).
+///
+/// Why: such a read fails closed for every request, or for every request from anyone but a
+/// trusted proxy (`request.headers['x-forwarded-for']`, `['cf-access-authenticated-user-
+/// email']` without `trusted_proxy_headers`), and `check` said nothing.
+/// Regression: tests (it) policy::a_condition_reading_a_removed_header_is_a_warning
+fn hidden_header_reads(
+    cx: &mut Cx<'_>,
+    at: &At<'_>,
+    when: &crate::authz::expr::Condition,
+    passed: &[String],
+    has_trusted_proxies: bool,
+) {
+    use crate::authz::expr::Keys;
+    use crate::authz::spoofable::{Family, NamePattern, family};
+    let Keys::Some(keys) = &when.reads().headers else {
+        return;
+    };
+    let passed: Vec<NamePattern> = passed
+        .iter()
+        .filter_map(|p| NamePattern::parse(p).ok())
+        .collect();
+    for key in keys {
+        let dashed = key.replace('_', "-");
+        let never = "the gateway removes or rewrites it, so the condition fails for every request";
+        let why = match family(&dashed) {
+            _ if key.contains('_') && family(&dashed).is_some() => never,
+            Some(Family::Override | Family::Forwarding) => never,
+            Some(Family::Infrastructure) if !passed.iter().any(|p| p.matches(&dashed)) => {
+                "the gateway removes it unless a trusted proxy sends it and `server.trusted_proxy_headers` names it, so the condition fails for every request"
+            }
+            Some(Family::Claim | Family::Infrastructure) if !has_trusted_proxies => {
+                "only a trusted proxy's copy is kept, and `server.trusted_proxies` names none, so the condition fails for every request"
+            }
+            Some(Family::Claim | Family::Infrastructure) => continue,
+            None => continue,
+        };
+        let hint = if family(&dashed) == Some(Family::Forwarding) {
+            " (decide on the client address with `require.networks`)"
+        } else {
+            ""
+        };
+        cx.diags.push(
+            at.at(
+                "when",
+                format!("reads `request.headers['{key}']`: {why}{hint}"),
+            )
+            .warning(),
+        );
+    }
 }
