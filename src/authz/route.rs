@@ -184,7 +184,7 @@ impl RouteTable {
                     let Segment::Literal(l) = seg else { break };
                     node = node
                         .children
-                        .entry(l.to_ascii_lowercase().into())
+                        .entry(windows_name(&l.to_ascii_lowercase()).into())
                         .or_default();
                 }
                 // One pattern per rule per node is enough.
@@ -218,9 +218,9 @@ impl RouteTable {
                 lower.clear();
                 lower.push_str(seg);
                 lower.make_ascii_lowercase();
-                &lower
+                windows_name(&lower)
             } else {
-                seg
+                windows_name(seg)
             };
             let Some(next) = node.children.get(key) else {
                 break;
@@ -553,8 +553,17 @@ impl PathPattern {
         let mut segs = path.strip_prefix('/').unwrap_or(path).split('/');
         for pat in &*self.segments {
             let ok = match (segs.next(), pat) {
+                // Why: Windows and IIS drop trailing dots and spaces from a name, so an
+                // IIS upstream serves `/admin./x` and `/admin%20/x` as `/admin/x`; they slipped
+                // past a `/admin/**` deny rule to a catch-all. Where case folds (deny rules,
+                // and allow rules whose upstream ignores case), so do they.
+                // Regression: tests::deny_rules_ignore_path_case
                 (Some(s), Segment::Literal(l)) => {
-                    !s.is_empty() && (**l == *s || (fold_case && l.eq_ignore_ascii_case(s)))
+                    !s.is_empty()
+                        && (**l == *s
+                            || (fold_case
+                                && !windows_name(s).is_empty()
+                                && windows_name(l).eq_ignore_ascii_case(windows_name(s))))
                 }
                 (Some(s), Segment::Any(_)) => !s.is_empty(),
                 (None, _) => false,
@@ -571,6 +580,20 @@ impl PathPattern {
             // The root pattern `/` matches the root path.
             Some("") => self.segments.is_empty() && segs.next().is_none(),
             Some(_) => false,
+        }
+    }
+}
+
+/// A path segment as Windows and IIS read a name: trailing dots and spaces (`%20`) dropped.
+fn windows_name(seg: &str) -> &str {
+    let mut s = seg;
+    loop {
+        if let Some(t) = s.strip_suffix('.') {
+            s = t;
+        } else if let Some(t) = s.strip_suffix("%20") {
+            s = t;
+        } else {
+            return s;
         }
     }
 }
@@ -819,6 +842,15 @@ mod tests {
             assert_eq!(decided(&t, p).as_deref(), Some("admin"), "{p}");
         }
         assert_eq!(decided(&t, "/ADMINS/7").as_deref(), Some("all"));
+        // Through the index too: trailing dots and spaces, as Windows reads names.
+        for p in ["/admin./7/x", "/ADMIN%20/7/"] {
+            assert_eq!(decided(&t, p).as_deref(), Some("admin"), "{p}");
+        }
+        assert_eq!(
+            decided(&table(false), "/admin./7/x").as_deref(),
+            Some("all"),
+            "exact by default"
+        );
         let params = admin(true).params("/ADMIN/Seven/x");
         assert_eq!(params, [("id".into(), "Seven".to_owned())]);
     }
@@ -830,6 +862,21 @@ mod tests {
         assert!(p.matches_case("/Admin", true));
         assert!(!p.matches_case("/ADMIN/users", false));
         assert!(!p.matches_case("/ADMINS", true));
+        // Windows and IIS drop trailing dots and spaces from a name.
+        for path in [
+            "/admin./users",
+            "/ADMIN%20/users",
+            "/admin..",
+            "/Admin.%20./x",
+        ] {
+            assert!(p.matches_case(path, true), "{path}");
+            assert!(!p.matches_case(path, false), "{path}");
+        }
+        assert!(!p.matches_case("/admin.x/users", true));
+        assert!(!p.matches_case("/.../users", true));
+        let dotted = PathPattern::parse("/v1./x").unwrap();
+        assert!(dotted.matches_case("/v1./x", false));
+        assert!(dotted.matches_case("/V1/x", true));
     }
 
     #[test]

@@ -66,6 +66,10 @@ async fn admin_path_tricks_denied() {
         "/public/../admin",
         "/public/..//admin/users",
         "/x/../admin/users",
+        // Windows and IIS drop trailing dots and spaces from a name.
+        "/admin./users",
+        "/admin%20/users",
+        "/ADMIN.%20",
     ] {
         let r = raw_get(gw.addr(), sent).await;
         assert_eq!(r.status, 403, "{sent}: {}", r.head);
