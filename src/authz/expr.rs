@@ -283,7 +283,9 @@ impl Condition {
                     if n > 0 && k.is_empty() {
                         continue;
                     }
-                    let names = QueryName::readings(&k);
+                    let (first, second) = QueryName::readings(&k);
+                    let names = || std::iter::once(&first).chain(second.as_ref());
+                    let exactly = |key: &str| *k == *key;
                     let k = k.escape_debug();
                     // Why: `request.query` leaves out a pair whose value does not decode, so
                     // `?impersonate=%ZZ` passed `!has(request.query.impersonate)` while qs
@@ -299,19 +301,17 @@ impl Condition {
                                     "query parameter `{k}` has a value that does not decode"
                                 ));
                             }
-                            if seen
-                                .iter()
-                                .any(|s| names.iter().flatten().any(|n| s.may_be(n)))
-                            {
+                            if seen.iter().any(|s| names().any(|n| s.may_be(n))) {
                                 return Some(format!(
                                     "query parameter `{k}` is repeated: the upstream may read another value"
                                 ));
                             }
-                            seen.extend(names.into_iter().flatten());
+                            seen.push(first);
+                            seen.extend(second);
                         }
                         Some(keys) => {
                             for ((key, read), count) in keys.iter().zip(&mut exact) {
-                                if !names.iter().flatten().any(|n| n.is_read_as(read)) {
+                                if !names().any(|n| n.is_read_as(read)) {
                                     continue;
                                 }
                                 if n > 0 {
@@ -319,7 +319,7 @@ impl Condition {
                                         "query parameter `{k}` after a `;` may be read as `{key}` by the upstream"
                                     ));
                                 }
-                                if k.to_string() != **key {
+                                if !exactly(key) {
                                     return Some(format!(
                                         "query parameter `{k}` may be read as `{key}` by the upstream"
                                     ));
@@ -596,7 +596,7 @@ impl QueryName {
     /// The name as frameworks read it, and a second reading when they disagree: a `[` with no
     /// `]` after it is `_` to PHP (`author[id` is `author_id`) but opens a child to qs and
     /// Rack 2 (`author` and `[id`).
-    fn readings(name: &str) -> [Option<Self>; 2] {
+    fn readings(name: &str) -> (Self, Option<Self>) {
         let name = name.split('\0').next().unwrap_or_default();
         // Spring binds `!name` as `name`'s default value.
         let name = name
@@ -623,19 +623,15 @@ impl QueryName {
                 base: fold(name),
                 path: String::new(),
             };
-            [Some(flat), Some(nested)]
+            (flat, Some(nested))
         } else {
-            [Some(nested), None]
+            (nested, None)
         }
     }
 
     /// The first reading (a key as an expression names it).
     fn of(name: &str) -> Self {
-        let [first, _] = Self::readings(name);
-        first.unwrap_or(Self {
-            base: String::new(),
-            path: String::new(),
-        })
+        Self::readings(name).0
     }
 
     /// Whether the upstream may read this name as part of `key`: the same base, and `key`'s

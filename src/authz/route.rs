@@ -625,7 +625,7 @@ fn parse_segment(seg: &str) -> Result<Segment, PatternError> {
 }
 
 /// Methods of the IANA HTTP Method Registry that `parse` accepts (upper-case letters only),
-/// and the cache-purge extensions proxies use.
+/// the cache-purge extensions proxies use, and `TRACK` (IIS's `TRACE`).
 const KNOWN_METHODS: &[&str] = &[
     "ACL",
     "BIND",

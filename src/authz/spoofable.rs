@@ -301,8 +301,7 @@ impl NamePattern {
         })
     }
 
-    /// Whether it names `dashed` (a lowercase name, `_` read as `-`).
-    pub fn matches(&self, dashed: &str) -> bool {
+    fn matches(&self, dashed: &str) -> bool {
         match self {
             Self::Exact(n) => **n == *dashed,
             Self::Prefix(p) => dashed.starts_with(&**p),

@@ -113,8 +113,15 @@ pub fn compile_watching(
     };
     let listeners = listeners::compile(&mut cx);
     let (server, from_trusted) = server::compile(&mut cx);
+    // What any request loses whoever its rules are (the families and what trusted proxies
+    // may pass), for the warnings about reading or keeping such a header.
+    let families = Spoofable::new(
+        std::iter::empty::<&http::HeaderName>(),
+        from_trusted.clone(),
+    );
     let upstreams = upstreams::compile(&mut cx);
     let authn = authn::authenticators(&mut cx);
+    authn::credentials_the_gateway_strips(&mut cx, &families);
     let assertion = authn::assertion(&mut cx);
     let challenges = authn::challenges(&mut cx);
     authn::identity_headers(&mut cx);
@@ -129,6 +136,7 @@ pub fn compile_watching(
         challenges: &challenges,
         rate_limits: &rate_limits,
         delegates: &delegates,
+        families: &families,
     };
     let rules = rules::compile(&mut cx, &env, &mut spoofable_names);
     if rules.is_empty() && cx.diags.is_empty() {

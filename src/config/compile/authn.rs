@@ -36,7 +36,6 @@ pub(super) fn authenticators(cx: &mut Cx<'_>) -> Authn {
     introspection_audiences(cx);
     mtls_listeners(cx);
     credentials_at_http_doors(cx);
-    credentials_the_gateway_strips(cx);
     authn
 }
 
@@ -63,17 +62,14 @@ fn credential_sources(
 ///
 /// Why: the authenticator verified it, but the upstream never got it, and nothing said why.
 /// Regression: tests (it) grpc::a_kept_credential_the_gateway_strips_is_a_warning
-fn credentials_the_gateway_strips(cx: &mut Cx<'_>) {
-    use crate::authz::spoofable::{Family, NamePattern, family};
+/// `families`: what the gateway removes whoever the rules are.
+pub(super) fn credentials_the_gateway_strips(
+    cx: &mut Cx<'_>,
+    families: &crate::authz::spoofable::Spoofable,
+) {
     use crate::config::raw::RawCredentialSource;
     let loaded = cx.loaded;
     let cfg = &loaded.raw;
-    let passed: Vec<NamePattern> = cfg
-        .server
-        .trusted_proxy_headers
-        .iter()
-        .filter_map(|p| NamePattern::parse(p).ok())
-        .collect();
     for (name, a) in &cfg.authenticators {
         let Some((kind, strip, from)) = credential_sources(a) else {
             continue;
@@ -82,11 +78,10 @@ fn credentials_the_gateway_strips(cx: &mut Cx<'_>) {
             let RawCredentialSource::Header(h) = source else {
                 continue;
             };
-            let dashed = h.to_ascii_lowercase().replace('_', "-");
-            if strip
-                || family(&dashed) != Some(Family::Infrastructure)
-                || passed.iter().any(|p| p.matches(&dashed))
-            {
+            // Removed even from a trusted proxy: not one `trusted_proxy_headers` passes.
+            let removed = http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                .is_ok_and(|n| families.is_doomed(&n, true));
+            if strip || !removed {
                 continue;
             }
             cx.warn(

@@ -25,6 +25,9 @@ pub(super) struct Env<'e> {
     pub challenges: &'e Challenges,
     pub rate_limits: &'e BTreeMap<String, Arc<Limit>>,
     pub delegates: &'e BTreeMap<String, Arc<Delegate>>,
+    /// What the gateway removes from any request whoever the rules are (the families and
+    /// `server.trusted_proxy_headers`).
+    pub families: &'e crate::authz::spoofable::Spoofable,
 }
 
 /// A field of one rule, for diagnostics: `file:line:col: rules[i].field`.
@@ -344,7 +347,7 @@ fn rule(
             cx,
             at,
             w,
-            &cfg.server.trusted_proxy_headers,
+            env.families,
             !cfg.server.trusted_proxies.is_empty(),
         );
     }
@@ -665,34 +668,34 @@ fn hidden_header_reads(
     cx: &mut Cx<'_>,
     at: &At<'_>,
     when: &crate::authz::expr::Condition,
-    passed: &[String],
+    families: &crate::authz::spoofable::Spoofable,
     has_trusted_proxies: bool,
 ) {
     use crate::authz::expr::Keys;
-    use crate::authz::spoofable::{Family, NamePattern, family};
+    use crate::authz::spoofable::{Family, family};
     let Keys::Some(keys) = &when.reads().headers else {
         return;
     };
-    let passed: Vec<NamePattern> = passed
-        .iter()
-        .filter_map(|p| NamePattern::parse(p).ok())
-        .collect();
     for key in keys {
-        let dashed = key.replace('_', "-");
-        let never = "the gateway removes or rewrites it, so the condition fails for every request";
-        let why = match family(&dashed) {
-            _ if key.contains('_') && family(&dashed).is_some() => never,
-            Some(Family::Override | Family::Forwarding) => never,
-            Some(Family::Infrastructure) if !passed.iter().any(|p| p.matches(&dashed)) => {
-                "the gateway removes it unless a trusted proxy sends it and `server.trusted_proxy_headers` names it, so the condition fails for every request"
-            }
-            Some(Family::Claim | Family::Infrastructure) if !has_trusted_proxies => {
-                "only a trusted proxy's copy is kept, and `server.trusted_proxies` names none, so the condition fails for every request"
-            }
-            Some(Family::Claim | Family::Infrastructure) => continue,
-            None => continue,
+        let Ok(name) = HeaderName::from_bytes(key.as_bytes()) else {
+            continue;
         };
-        let hint = if family(&dashed) == Some(Family::Forwarding) {
+        // The view leaves out what `is_doomed` removes and the forwarding family the
+        // gateway rewrites (`expr::hidden`).
+        let kind = family(&key.replace('_', "-"));
+        let forwarding = kind == Some(Family::Forwarding);
+        let why = if forwarding || families.is_doomed(&name, true) {
+            if kind == Some(Family::Infrastructure) && !key.contains('_') {
+                "the gateway removes it unless a trusted proxy sends it and `server.trusted_proxy_headers` names it, so the condition fails for every request"
+            } else {
+                "the gateway removes or rewrites it, so the condition fails for every request"
+            }
+        } else if families.is_doomed(&name, false) && !has_trusted_proxies {
+            "only a trusted proxy's copy is kept, and `server.trusted_proxies` names none, so the condition fails for every request"
+        } else {
+            continue;
+        };
+        let hint = if forwarding {
             " (decide on the client address with `require.networks`)"
         } else {
             ""

@@ -62,10 +62,10 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
         // looked up at each connect instead (first address only, pooled connections kept),
         // so on an upstream without `endpoints` the setting did nothing, silently.
         // Regression: tests (it) upstreams::dns_refresh_without_endpoints_warns
-        if raw.endpoints.is_empty() && raw.dns_refresh != crate::config::raw::default_dns_refresh()
-        {
+        let field = format!("upstreams.{name}.dns_refresh");
+        if raw.endpoints.is_empty() && loaded.config.index.has(&field) {
             cx.warn(
-                &format!("upstreams.{name}.dns_refresh"),
+                &field,
                 "has no effect without `endpoints`: the URL's host is looked up at each new connection (its first address); list the name in `endpoints` (`endpoints: [\"host:port\"]`) to balance over its addresses and re-resolve them every `dns_refresh`"
                     .to_owned(),
             );

@@ -354,8 +354,7 @@ pub enum RawProtocol {
     H2c,
 }
 
-/// `dns_refresh` when not given.
-pub(crate) fn default_dns_refresh() -> Duration {
+fn default_dns_refresh() -> Duration {
     Duration::from_secs(30)
 }
 
