@@ -437,6 +437,18 @@ impl<'a> RequestFacts<'a> {
             None => (head.target, None),
         };
         let path = path::canonicalize(raw_path)?;
+        // Why: the gRPC and forward-auth doors' peers send the target as the client wrote it.
+        // `?x=1#&owner=alice` was decided on `owner=alice` (and a token after `#`
+        // authenticated), while the proxy door, and an upstream that cuts at `#`, read
+        // `x=1`. What hyper refuses in a query (controls, space, `"`, `<`, `>`, DEL) is
+        // refused at every door; a `#` too: a request target never carries a fragment.
+        // Regression: tests::query_characters_refused_at_every_door
+        if let Some(q) = query
+            && q.bytes()
+                .any(|b| matches!(b, 0..=0x20 | b'"' | b'#' | b'<' | b'>' | 0x7F))
+        {
+            return Err(FactsError::Path(path::PathError::InvalidCharacter));
+        }
         let forwarded_as_sent =
             conn.door != Door::Proxy && path::check_forwarded_as_is(raw_path).is_err();
         Ok(Self {
@@ -783,6 +795,45 @@ mod tests {
             RequestFacts::new(head, &conn(), &[]).unwrap_err(),
             FactsError::MultipleHosts
         );
+    }
+
+    /// What hyper refuses in a query, and a `#`, are refused whichever door the target came
+    /// through (the gRPC and forward-auth doors get it as the client wrote it).
+    #[test]
+    fn query_characters_refused_at_every_door() {
+        let headers = HeaderMap::new();
+        let facts = |target: &str| {
+            let head = Head {
+                method: &Method::GET,
+                scheme: Scheme::Https,
+                authority: Some("a.example"),
+                target,
+                headers: &headers,
+            };
+            RequestFacts::new(head, &conn(), &[]).map(|f| f.query.map(str::to_owned))
+        };
+        let refused = Err(FactsError::Path(path::PathError::InvalidCharacter));
+        for target in [
+            "/docs/x?x=1#&owner=alice",
+            "/docs/x?owner=alice#",
+            "/x?q=\"",
+            "/x?q=<script>",
+            "/x?q=a>b",
+            "/x?q=a b",
+            "/x?q=\x7f",
+            "/x?q=\t",
+            "/x?q=\0",
+        ] {
+            assert_eq!(facts(target), refused, "{target:?}");
+        }
+        for (target, query) in [
+            ("/x?a=1&b=%23&c", "a=1&b=%23&c"),
+            ("/x?q=caf\u{e9}", "q=caf\u{e9}"),
+            ("/x?q={}|^`[]\\!$'()*+,;:@/?", "q={}|^`[]\\!$'()*+,;:@/?"),
+            ("/x?", ""),
+        ] {
+            assert_eq!(facts(target), Ok(Some(query.to_owned())), "{target:?}");
+        }
     }
 
     #[test]

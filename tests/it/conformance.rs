@@ -235,7 +235,9 @@ rate_limits:
 /// drops a fragment, as Envoy does by default), while the gRPC and forward-auth doors get it
 /// from a peer that forwards it as sent, and refuse it (400 `invalid_character`): an upstream
 /// reading it as part of the path (Go's `path.Clean`) would serve `/admin`.
-const FRAGMENTS: &[&str] = &["fragment with dot segments"];
+/// A `#` in the query is refused alike: `?a=1#&owner=alice` was decided on `owner`, which the
+/// proxy (and an upstream cutting at `#`) never reads.
+const FRAGMENTS: &[&str] = &["fragment with dot segments", "fragment in the query"];
 
 /// Cases whose path has a `.`, `..` or empty segment: every door decides the canonical path;
 /// the proxy forwards it, while a decision door's peer would forward the path as sent, so
@@ -319,6 +321,7 @@ fn corpus() -> Vec<Case> {
             "/public/x#/../../admin",
             vec![],
         ),
+        ("fragment in the query", "GET", "/public/x?a=1#&b=2", vec![]),
         // As nginx's `$request_uri` carries it: the raw UTF-8 bytes.
         ("raw utf-8 path", "GET", "/public/caf\u{e9}", vec![]),
         ("public query", "GET", "/public/x?a=1&b=2", vec![]),
@@ -825,6 +828,7 @@ async fn every_door_gives_the_same_decision() {
     let pinned: HashMap<&str, (u16, Option<&str>)> = [
         ("public", (200, None)),
         ("fragment with dot segments", (200, None)),
+        ("fragment in the query", (200, None)),
         ("raw utf-8 path", (400, Some("non_ascii"))),
         ("limited first", (200, None)),
         ("delegate allows", (200, None)),
