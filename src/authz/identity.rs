@@ -279,6 +279,19 @@ fn push_element(out: &mut String, item: &str, sep: char) -> Result<(), Miss> {
     Ok(())
 }
 
+/// Appends a principal's or claim's text, refusing one with whitespace at its ends. Why: HTTP
+/// and most parsers trim it, so a token whose `sub` is ` alice` reached the upstream as
+/// `alice` (and `user  alice` read as `user alice`), while the gateway itself
+/// (`params.id == principal.id`) held it to be someone else.
+/// Regression: tests::values_with_spaces_at_their_ends_are_refused
+fn push_scalar(out: &mut String, text: &str) -> Result<(), Miss> {
+    if text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace) {
+        return Err(Miss::Ambiguous);
+    }
+    out.push_str(text);
+    Ok(())
+}
+
 fn render_var(v: &Var, cx: &Context<'_>, out: &mut String) -> Result<(), Miss> {
     let join = |items: &[Box<str>], sep: char, out: &mut String| {
         if items.is_empty() {
@@ -298,17 +311,17 @@ fn render_var(v: &Var, cx: &Context<'_>, out: &mut String) -> Result<(), Miss> {
         v => {
             let p = cx.principal.ok_or(Miss::Absent)?;
             match v {
-                Var::PrincipalId => out.push_str(&p.id),
+                Var::PrincipalId => push_scalar(out, &p.id)?,
                 Var::PrincipalKind => out.push_str(match p.kind {
                     PrincipalKind::User => "user",
                     PrincipalKind::Machine => "machine",
                 }),
                 Var::PrincipalAuthenticator => out.push_str(&p.authenticator),
-                Var::PrincipalIssuer => out.push_str(p.issuer.as_deref().ok_or(Miss::Absent)?),
-                Var::PrincipalTenant => out.push_str(p.tenant.as_deref().ok_or(Miss::Absent)?),
+                Var::PrincipalIssuer => push_scalar(out, p.issuer.as_deref().ok_or(Miss::Absent)?)?,
+                Var::PrincipalTenant => push_scalar(out, p.tenant.as_deref().ok_or(Miss::Absent)?)?,
                 Var::PrincipalScopes => join(&p.scopes, ' ', out)?,
                 Var::PrincipalRoles => join(&p.roles, ',', out)?,
-                Var::ApiKeyId => out.push_str(p.api_key_id.as_deref().ok_or(Miss::Absent)?),
+                Var::ApiKeyId => push_scalar(out, p.api_key_id.as_deref().ok_or(Miss::Absent)?)?,
                 Var::Claim(path) => claim_text(lookup(&p.claims, path).ok_or(Miss::Absent)?, out)?,
                 Var::ClientIp | Var::RuleName => {}
             }
@@ -321,7 +334,7 @@ fn render_var(v: &Var, cx: &Context<'_>, out: &mut String) -> Result<(), Miss> {
 /// element unambiguous, see [`push_element`]).
 fn claim_text(v: &Value, out: &mut String) -> Result<(), Miss> {
     match v {
-        Value::String(s) => out.push_str(s),
+        Value::String(s) => push_scalar(out, s)?,
         Value::Number(n) => {
             let _ = write!(out, "{n}");
         }
@@ -473,7 +486,10 @@ fn render_one(t: &Template, cx: &Context<'_>) -> Rendered {
         Err(Miss::Ambiguous) => return Rendered::Refused,
     };
     // Visible ASCII and spaces only: no CR, LF, control or non-ASCII bytes upstream.
-    let clean = text.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+    // No space at the ends either (HTTP trims them; see `push_scalar`).
+    let clean = !text.starts_with(' ')
+        && !text.ends_with(' ')
+        && text.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
     match HeaderValue::try_from(text) {
         Ok(v) if clean => Rendered::Set(v),
         _ => Rendered::Refused,
@@ -639,6 +655,47 @@ mod tests {
                 .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
                 .collect();
             assert_eq!((set, n), (want, *refused), "{roles:?} {scopes:?} {groups}");
+        }
+    }
+
+    /// A value HTTP would trim is refused: the upstream would read another principal than the
+    /// one the gateway decided on.
+    #[test]
+    fn values_with_spaces_at_their_ends_are_refused() {
+        let h = IdentityHeaders::compile([
+            ("x-user-id", "{principal.id}"),
+            ("x-tenant-id", "{claims.tenant}"),
+            ("x-who", "user {principal.id}"),
+        ])
+        .unwrap();
+        for (id, tenant, want, refused) in [
+            (" alice", "acme", &[("x-tenant-id", "acme")][..], 2),
+            ("alice ", "acme", &[("x-tenant-id", "acme")][..], 2),
+            (
+                "alice",
+                "acme ",
+                &[("x-user-id", "alice"), ("x-who", "user alice")][..],
+                1,
+            ),
+            (
+                "al ice",
+                " acme",
+                &[("x-user-id", "al ice"), ("x-who", "user al ice")][..],
+                1,
+            ),
+        ] {
+            let mut p = principal();
+            p.id = id.into();
+            p.claims.insert("tenant".into(), json!(tenant));
+            let (set, n) = render_headers(&h, &p);
+            let mut set: Vec<_> = set;
+            set.sort();
+            let mut want: Vec<(String, String)> = want
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            want.sort();
+            assert_eq!((set, n), (want, refused), "{id:?} {tenant:?}");
         }
     }
 
