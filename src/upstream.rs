@@ -47,6 +47,14 @@ use upkeep::{HealthCheck, Spec, Upkeep};
 /// Request body sent upstream: the client's body, streamed, with the size limit applied.
 pub type UpstreamBody = crate::body::RequestBody;
 
+/// The longest pause inside a response body when neither the upstream nor the rule sets one:
+/// Envoy's `stream_idle_timeout` default (nginx's `proxy_read_timeout` is 60 s).
+///
+/// Why: with no bound unless configured, an upstream that sent a head and then stalled held
+/// the client's connection and a pooled upstream connection for ever.
+/// Regression: tests::a_stalled_body_is_cut_by_default
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A compiled upstream.
 #[derive(Debug)]
 pub struct Upstream {
@@ -63,8 +71,8 @@ pub struct Upstream {
     pub response_timeout: Duration,
     /// Time to connect, when a new connection is needed.
     pub connect_timeout: Duration,
-    /// Longest wait between two pieces of a response body.
-    pub idle_timeout: Option<Duration>,
+    /// Longest wait between two pieces of a response body ([`BODY_IDLE_TIMEOUT`] unless set).
+    pub idle_timeout: Duration,
     /// The consistent-hashing key, if any.
     pub hash: Option<HashOn>,
     balancer: Arc<Balancer>,
@@ -288,7 +296,7 @@ impl Upstream {
             preserve_host: raw.preserve_host,
             response_timeout: raw.response_timeout,
             connect_timeout: raw.connect_timeout,
-            idle_timeout: raw.idle_timeout,
+            idle_timeout: raw.idle_timeout.unwrap_or(BODY_IDLE_TIMEOUT),
             hash,
             balancer,
             fingerprint,
@@ -390,13 +398,22 @@ impl Upstream {
         let body = req.body().progress();
         // A body still streaming moves the deadline (`within`, boxed: rare, and the plain
         // path's future stays as small as it was).
+        let mut timer = None;
         let result = match &body {
-            None => tokio::time::timeout_at(
-                deadline,
-                ep.pool.send(req, opts.connect_timeout, deadline, false),
-            )
-            .await
-            .map_err(|_| Late::Upstream),
+            None => {
+                // The head's timer goes on with the response, as its body's idle timer: one
+                // timer in the wheel per request, not two.
+                let t = timer.insert(Box::pin(tokio::time::sleep_until(deadline)));
+                let mut exchange =
+                    std::pin::pin!(ep.pool.send(req, opts.connect_timeout, deadline, false));
+                std::future::poll_fn(|cx| {
+                    if let std::task::Poll::Ready(out) = exchange.as_mut().poll(cx) {
+                        return std::task::Poll::Ready(Ok(out));
+                    }
+                    t.as_mut().poll(cx).map(|()| Err(Late::Upstream))
+                })
+                .await
+            }
             Some(p) => {
                 Box::pin(within(
                     ep.pool.send(req, opts.connect_timeout, deadline, false),
@@ -413,7 +430,13 @@ impl Upstream {
         };
         self.record(&ep, verdict(&result), || failure_text(&result));
         let failed = match result {
-            Ok(resp) => return Ok(with_in_flight(resp, counted)),
+            Ok(resp) => {
+                let resp = with_in_flight(resp, counted);
+                return Ok(match timer {
+                    Some(t) => resp.map(|body| body.with_timer(t)),
+                    None => resp,
+                });
+            }
             Err(f) => f,
         };
         drop(counted);
@@ -931,4 +954,31 @@ fn template(
             n => n,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream without `idle_timeout` still bounds a pause inside a response body; one
+    /// with it keeps its own.
+    #[test]
+    fn a_stalled_body_is_cut_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(
+            dir.path().join("c.yaml"),
+            "listeners: [{name: l, address: \"127.0.0.1:0\"}]\nupstreams:\n  plain: {url: \"http://127.0.0.1:9\"}\n  set: {url: \"http://127.0.0.1:9\", idle_timeout: 2s}\npolicies: {dir: policies}\n",
+        )
+        .unwrap();
+        let (snap, _) = crate::config::build(&dir.path().join("c.yaml"), None).unwrap();
+        let idle = |name: &str| {
+            snap.upstreams
+                .iter()
+                .find(|u| &*u.name == name)
+                .map(|u| u.idle_timeout)
+        };
+        assert_eq!(idle("plain"), Some(BODY_IDLE_TIMEOUT));
+        assert_eq!(idle("set"), Some(Duration::from_secs(2)));
+    }
 }

@@ -274,7 +274,7 @@ async fn forward(
     let expiry = expires_at.map(|at| (at, snapshot.clock.clone(), Arc::clone(&ctx.shared.metrics)));
     let mut resp = respond(
         resp,
-        route.idle.or(upstream.idle_timeout),
+        route.idle.unwrap_or(upstream.idle_timeout),
         expiry,
         ctx.te_trailers,
         ctx.version == Version::HTTP_2,
@@ -628,7 +628,7 @@ async fn send(
 /// when it declares none: `client_h2` clients read trailers undeclared).
 fn respond(
     resp: Response<crate::upstream::PooledBody>,
-    idle: Option<std::time::Duration>,
+    idle: std::time::Duration,
     expiry: Option<(
         u64,
         crate::clock::Clock,
@@ -667,9 +667,7 @@ fn respond(
             declared
         }
     };
-    if let Some(idle) = idle {
-        body = body.with_idle_timeout(idle, Arc::clone(metrics));
-    }
+    body = body.with_idle_timeout(idle, Arc::clone(metrics));
     if let Some((at, clock, metrics)) = expiry {
         body = body.with_expiry(at, clock, metrics);
     }

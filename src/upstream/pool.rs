@@ -375,9 +375,48 @@ struct Connecting {
 struct BodyIdle {
     /// Longest wait for the next frame.
     limit: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The response's head timer, handed on (already in the timer wheel: no second timer for
+    /// the body), or one made the first time the body waits.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// What the wait is measured from: the body's first wait, then its latest frame. The
+    /// timer is moved on only when it fires, never at each frame (a timer reset per frame cost
+    /// a stream more than its frames).
+    /// Regression: tests (it) upstreams::a_streaming_body_lives_while_pieces_come_and_is_cut_when_they_stop
+    from: Option<tokio::time::Instant>,
     /// Counts the cut (`upstream_errors_total{kind="idle_timeout"}`).
     metrics: Arc<crate::telemetry::metrics::Metrics>,
+}
+
+impl BodyIdle {
+    /// The body waits: whether no frame has come for `limit`.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let limit = self.limit;
+        let from = *self.from.get_or_insert_with(tokio::time::Instant::now);
+        let due = crate::clock::deadline_after(from, limit);
+        let sleep = match &mut self.sleep {
+            // A timer due later than this wait's end is brought forward; one due earlier is
+            // moved on when it fires.
+            Some(sleep) => {
+                if sleep.deadline() > due {
+                    sleep.as_mut().reset(due);
+                }
+                sleep
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep_until(due))),
+        };
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self
+                .from
+                .map_or(due, |from| crate::clock::deadline_after(from, limit));
+            if due <= tokio::time::Instant::now() {
+                return true;
+            }
+            sleep.as_mut().reset(due);
+        }
+    }
 }
 
 /// An HTTP/1 exchange that, when its request is dropped first, is finished in the background
@@ -401,6 +440,8 @@ pub struct PooledBody {
     expiry: Option<Box<BodyExpiry>>,
     /// The request counted in flight on its endpoint (least request), until the body goes.
     in_flight: Option<super::balance::InFlight>,
+    /// The response's head timer, for `idle` to take on ([`PooledBody::with_timer`]).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// When a response's credential expires, and how to see it.
@@ -651,6 +692,7 @@ impl Pool {
                     idle: None,
                     expiry: None,
                     in_flight: None,
+                    timer: None,
                 }))
             }
             Sender::H2(mut s) => {
@@ -679,6 +721,7 @@ impl Pool {
                     idle: None,
                     expiry: None,
                     in_flight: None,
+                    timer: None,
                 }))
             }
         }
@@ -1158,6 +1201,13 @@ impl PooledBody {
         self
     }
 
+    /// Hands on the response's head timer, for the idle timeout to use rather than making
+    /// a timer of its own.
+    pub(crate) fn with_timer(mut self, timer: Pin<Box<tokio::time::Sleep>>) -> Self {
+        self.timer = Some(timer);
+        self
+    }
+
     /// Cuts the body when no frame arrives for `limit` (a route's or upstream's idle
     /// timeout).
     pub fn with_idle_timeout(
@@ -1167,7 +1217,8 @@ impl PooledBody {
     ) -> Self {
         self.idle = Some(Box::new(BodyIdle {
             limit,
-            sleep: Box::pin(tokio::time::sleep(limit)),
+            sleep: self.timer.take(),
+            from: None,
             metrics,
         }));
         self
@@ -1221,7 +1272,7 @@ impl Body for PooledBody {
         }
         if let Some(idle) = this.idle.as_mut() {
             match &polled {
-                Poll::Pending if idle.sleep.as_mut().poll(cx).is_ready() => {
+                Poll::Pending if idle.expired(cx) => {
                     // The connection is in an unknown state: closed, never pooled.
                     this.back = None;
                     this.body = None;
@@ -1232,9 +1283,8 @@ impl Body for PooledBody {
                     tracing::info!(idle = ?idle.limit, "Upstream response idle past its timeout: cut");
                     return Poll::Ready(Some(Err(Box::new(BodyIdleTimeout))));
                 }
-                Poll::Ready(Some(_)) => {
-                    let next = tokio::time::Instant::now() + idle.limit;
-                    idle.sleep.as_mut().reset(next);
+                Poll::Ready(Some(_)) if idle.from.is_some() => {
+                    idle.from = Some(tokio::time::Instant::now());
                 }
                 _ => {}
             }

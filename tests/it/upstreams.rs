@@ -1806,6 +1806,68 @@ async fn stalled_response_body_cut_at_the_idle_timeout() {
     server.abort();
 }
 
+/// The idle timer moves on with each piece of the body: a stream whose pieces come more often
+/// than the timeout lives on, however long it lasts in all, and is cut once they stop.
+#[tokio::test]
+async fn a_streaming_body_lives_while_pieces_come_and_is_cut_when_they_stop() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_request(&mut conn).await.is_none() {
+                    return;
+                }
+                let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                let _ = conn.write_all(head).await;
+                // Eight pieces 150 ms apart: 1.2 s in all, four times the timeout.
+                for i in 0..8 {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    let piece = format!("6\r\npiece{i}\r\n");
+                    if conn.write_all(piece.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                // Then nothing, with the connection open.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    // The idle timeout shorter than the response timeout, and longer (the head's timer,
+    // handed on to the body, fires first and is moved on).
+    for timeouts in [
+        "idle_timeout: 300ms",
+        "idle_timeout: 450ms, response_timeout: 200ms",
+    ] {
+        let gw = Setup {
+            upstreams: format!("  slow: {{url: \"http://{addr}\", {timeouts}}}\n"),
+            policies: route_all_to("slow"),
+            ..Setup::default()
+        }
+        .start()
+        .await;
+        let started = std::time::Instant::now();
+        let r = crate::support::raw_get(gw.addr(), "/x").await;
+        assert_eq!(r.status, 200, "{timeouts}: {}", r.head);
+        for i in 0..8 {
+            let piece = format!("piece{i}");
+            assert!(
+                r.body.contains(&piece),
+                "{timeouts}: {piece} lost: {}",
+                r.body
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{timeouts}: the stalled body was not cut"
+        );
+        let (_, metrics) = gw.admin_get("/metrics").await;
+        let line = "portcullis_upstream_errors_total{kind=\"idle_timeout\"} 1";
+        assert!(metrics.contains(line), "{timeouts}: {line} in\n{metrics}");
+    }
+    server.abort();
+}
+
 /// A name that does not resolve (`.invalid` never does, RFC 6761) is out of rotation once
 /// its first lookup fails: no request is sent its way, so none is retried or fails.
 #[tokio::test]

@@ -168,8 +168,9 @@ pub struct RawUpstream {
     #[serde(default = "default_response_timeout", deserialize_with = "duration")]
     #[schemars(with = "String")]
     pub response_timeout: Duration,
-    /// Longest wait for the next piece of a response body once it streams; the response is
-    /// cut beyond it. None by default. A rule's `timeouts.idle` overrides it.
+    /// Longest wait for the next piece of a response body; the response is cut beyond it.
+    /// Default 5m; a long watch stream that may stay silent longer sets a longer one. A
+    /// rule's `timeouts.idle` overrides it.
     #[serde(default, deserialize_with = "opt_duration")]
     #[schemars(with = "Option<String>")]
     pub idle_timeout: Option<Duration>,

@@ -85,6 +85,7 @@ impl PooledBody {
             idle: None,
             expiry: None,
             in_flight: None,
+            timer: None,
         }
     }
 }
