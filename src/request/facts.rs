@@ -481,11 +481,20 @@ impl<'a> RequestFacts<'a> {
         if parts.uri.path() == "*" {
             return Err(FactsError::UnsupportedTarget);
         }
-        let target = match parts.uri.path_and_query() {
-            Some(pq) => pq.as_str(),
-            None => parts.uri.path(),
+        // Why: hyper takes any scheme in an absolute-form target: `GET ftp://a.example/x` was
+        // decided for that host as if it were HTTP. Regression: tests::absolute_form_targets
+        if !matches!(parts.uri.scheme_str(), None | Some("http" | "https")) {
+            return Err(FactsError::UnsupportedTarget);
+        }
+        // An absolute-form target with an empty path and a query (`http://a.example?x=1`)
+        // asks for `/` (RFC 9112 §3.2.2, RFC 3986 §6.2.3), as the other doors read it; it was
+        // refused as `not_absolute`. Regression: tests::absolute_form_targets
+        let (target, empty_path_query) = match parts.uri.path_and_query() {
+            Some(pq) if pq.as_str().starts_with('?') => ("/", pq.query()),
+            Some(pq) => (pq.as_str(), None),
+            None => (parts.uri.path(), None),
         };
-        Self::new(
+        let mut facts = Self::new(
             Head {
                 method: &parts.method,
                 scheme: if conn.tls.is_some() {
@@ -499,7 +508,11 @@ impl<'a> RequestFacts<'a> {
             },
             conn,
             trusted_proxies,
-        )
+        )?;
+        if empty_path_query.is_some() {
+            facts.query = empty_path_query;
+        }
+        Ok(facts)
     }
 }
 
@@ -795,6 +808,40 @@ mod tests {
             RequestFacts::new(head, &conn(), &[]).unwrap_err(),
             FactsError::MultipleHosts
         );
+    }
+
+    #[test]
+    fn absolute_form_targets() {
+        let facts = |uri: &str| {
+            let (p, _) = http::Request::get(uri).body(()).unwrap().into_parts();
+            RequestFacts::from_parts(&p, &conn(), &[]).map(|f| {
+                (
+                    f.host.into_owned(),
+                    f.path.into_owned(),
+                    f.query.map(str::to_owned),
+                )
+            })
+        };
+        let ok = |host: &str, path: &str, query: Option<&str>| {
+            Ok((host.to_owned(), path.to_owned(), query.map(str::to_owned)))
+        };
+        assert_eq!(
+            facts("http://a.example?x=1"),
+            ok("a.example", "/", Some("x=1"))
+        );
+        assert_eq!(
+            facts("https://a.example/p?x=1"),
+            ok("a.example", "/p", Some("x=1"))
+        );
+        assert_eq!(facts("HTTP://a.example/p"), ok("a.example", "/p", None));
+        assert_eq!(facts("http://a.example"), ok("a.example", "/", None));
+        for uri in [
+            "ftp://a.example/x",
+            "ws://a.example/x",
+            "file://a.example/x",
+        ] {
+            assert_eq!(facts(uri), Err(FactsError::UnsupportedTarget), "{uri}");
+        }
     }
 
     /// What hyper refuses in a query, and a `#`, are refused whichever door the target came

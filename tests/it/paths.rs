@@ -183,7 +183,23 @@ async fn admin_host_spellings_denied() {
     )
     .await;
     assert_eq!(r.status, 403, "{}", r.head);
+    // Another scheme is no HTTP request for that host (hyper takes any).
+    let r = send(
+        "GET ftp://www.example.com/x HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n"
+            .to_owned(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert!(r.body.contains("unsupported_target"), "{}", r.body);
     assert_eq!(gw.echo.count(), 0, "nothing reached the upstream");
+    // An empty absolute-form path asks for `/`.
+    let r = send(
+        "GET http://www.example.com?x=1 HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n"
+            .to_owned(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(gw.echo.last().expect("upstream saw it").target, "/?x=1");
     // Another host passes: the rule is not simply denying everything.
     let r =
         send("GET /x HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n".to_owned())
