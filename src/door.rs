@@ -686,9 +686,6 @@ pub fn common(settings: &DoorSettings) -> Option<&DecisionDoor> {
 /// rate-limit bucket, networks and trusted-header rules met by all).
 /// Regression: tests (it) doors::client_address_at_the_http_doors, tests::vouched_hops
 pub fn vouched_hop(headers: &mut HeaderMap) -> Result<IpAddr, Undescribed> {
-    fn text(v: &HeaderValue) -> Result<&str, Undescribed> {
-        v.to_str().map_err(|_| Undescribed("invalid_forwarded_for"))
-    }
     // One hash and probe for the read and the rewrite.
     // (`try_entry` fails only for a map past http's size limit, which hyper never builds.)
     let Ok(http::header::Entry::Occupied(mut entry)) = headers.try_entry(XFF) else {
@@ -696,33 +693,39 @@ pub fn vouched_hop(headers: &mut HeaderMap) -> Result<IpAddr, Undescribed> {
     };
     let (hop, kept) = {
         // One value (what a peer sends) is read in place; several are joined first.
+        // Why bytes: the client's own entries before the hop are read as the proxy door
+        // reads them ([`crate::request::facts::client_ip`]); one that was not text (`\xff`,
+        // to which nginx's `$proxy_add_x_forwarded_for` appends the real address) refused
+        // the request here (400) while the proxy door decided it.
+        // Regression: tests::vouched_hops (`\xff, 10.0.0.2`)
         let mut values = entry.iter();
-        let chain: std::borrow::Cow<'_, str> = match (values.next(), values.next()) {
-            (None, _) => "".into(),
-            (Some(v), None) => text(v)?.into(),
+        let chain: std::borrow::Cow<'_, [u8]> = match (values.next(), values.next()) {
+            (None, _) => (&b""[..]).into(),
+            (Some(v), None) => v.as_bytes().into(),
             (Some(first), Some(second)) => {
-                let mut chain = String::new();
+                let mut chain = Vec::new();
                 for v in [first, second].into_iter().chain(values) {
                     if !chain.is_empty() {
-                        chain.push(',');
+                        chain.push(b',');
                     }
-                    chain.push_str(text(v)?);
+                    chain.extend_from_slice(v.as_bytes());
                 }
                 chain.into()
             }
         };
-        let (rest, last) = match chain.rsplit_once(',') {
-            Some((rest, last)) => (rest.trim(), last.trim()),
-            None => ("", chain.trim()),
+        let (rest, last) = match chain.iter().rposition(|b| *b == b',') {
+            Some(i) => (chain[..i].trim_ascii(), chain[i + 1..].trim_ascii()),
+            None => (&b""[..], chain.trim_ascii()),
         };
         if last.is_empty() {
             return Err(Undescribed("missing_client_address"));
         }
-        let hop = last
-            .parse::<IpAddr>()
-            .map_err(|_| Undescribed("invalid_forwarded_for"))?
+        let hop = std::str::from_utf8(last)
+            .ok()
+            .and_then(|t| t.parse::<IpAddr>().ok())
+            .ok_or(Undescribed("invalid_forwarded_for"))?
             .to_canonical();
-        let kept = HeaderValue::from_str(rest)
+        let kept = HeaderValue::from_bytes(rest)
             .ok()
             .filter(|_| !rest.is_empty());
         (hop, kept)
@@ -933,26 +936,35 @@ mod tests {
     #[test]
     fn vouched_hops() {
         // (X-Forwarded-For values, the hop, what stays of the chain)
-        type Case<'a> = (&'a [&'a str], Result<&'a str, &'a str>, Option<&'a str>);
-        let cases: [Case<'_>; 8] = [
-            (&["203.0.113.9"], Ok("203.0.113.9"), None),
-            (&["1.1.1.1, 10.0.0.2"], Ok("10.0.0.2"), Some("1.1.1.1")),
-            (&["1.1.1.1", "10.0.0.2"], Ok("10.0.0.2"), Some("1.1.1.1")),
-            (&["::ffff:192.0.2.1"], Ok("192.0.2.1"), None),
-            (&["2001:db8::1"], Ok("2001:db8::1"), None),
+        type Case<'a> = (&'a [&'a [u8]], Result<&'a str, &'a str>, Option<&'a [u8]>);
+        let cases: [Case<'_>; 11] = [
+            (&[b"203.0.113.9"], Ok("203.0.113.9"), None),
+            (&[b"1.1.1.1, 10.0.0.2"], Ok("10.0.0.2"), Some(b"1.1.1.1")),
+            (&[b"1.1.1.1", b"10.0.0.2"], Ok("10.0.0.2"), Some(b"1.1.1.1")),
+            (&[b"::ffff:192.0.2.1"], Ok("192.0.2.1"), None),
+            (&[b"2001:db8::1"], Ok("2001:db8::1"), None),
             (&[], Err("missing_client_address"), None),
-            (&["1.1.1.1, "], Err("missing_client_address"), None),
-            (&["1.1.1.1, evil"], Err("invalid_forwarded_for"), None),
+            (&[b"1.1.1.1, "], Err("missing_client_address"), None),
+            (&[b"1.1.1.1, evil"], Err("invalid_forwarded_for"), None),
+            // The client's entries are its own: kept as they are, read by `client_ip`.
+            (&[b"\xff, 10.0.0.2"], Ok("10.0.0.2"), Some(b"\xff")),
+            (&[b"\xe9", b"10.0.0.2"], Ok("10.0.0.2"), Some(b"\xe9")),
+            // The hop itself must read as an address.
+            (
+                &[b"1.1.1.1, 10.0.0.\xff"],
+                Err("invalid_forwarded_for"),
+                None,
+            ),
         ];
         for (values, want, rest) in cases {
             let mut h = HeaderMap::new();
             for v in values {
-                h.append(XFF, HeaderValue::from_str(v).unwrap());
+                h.append(XFF, HeaderValue::from_bytes(v).unwrap());
             }
             let got = vouched_hop(&mut h).map(|ip| ip.to_string());
             assert_eq!(got.as_deref().map_err(|u| u.0), want, "{values:?}");
             if want.is_ok() {
-                assert_eq!(h.get(XFF).map(|v| v.to_str().unwrap()), rest, "{values:?}");
+                assert_eq!(h.get(XFF).map(HeaderValue::as_bytes), rest, "{values:?}");
             }
         }
     }
