@@ -324,6 +324,7 @@ fn corpus() -> Vec<Case> {
         ("fragment in the query", "GET", "/public/x?a=1#&b=2", vec![]),
         // As nginx's `$request_uri` carries it: the raw UTF-8 bytes.
         ("raw utf-8 path", "GET", "/public/caf\u{e9}", vec![]),
+        ("raw utf-8 query", "GET", "/public/x?q=caf\u{e9}", vec![]),
         ("public query", "GET", "/public/x?a=1&b=2", vec![]),
         ("public head", "HEAD", "/public/x", vec![]),
         ("public post", "POST", "/public/form", vec![]),
@@ -830,6 +831,7 @@ async fn every_door_gives_the_same_decision() {
         ("fragment with dot segments", (200, None)),
         ("fragment in the query", (200, None)),
         ("raw utf-8 path", (400, Some("non_ascii"))),
+        ("raw utf-8 query", (200, None)),
         ("limited first", (200, None)),
         ("delegate allows", (200, None)),
         ("delegate denies", (403, Some("delegate_denied"))),
