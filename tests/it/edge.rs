@@ -1168,6 +1168,21 @@ async fn cors_preflight_from_another_origin_method_or_header_gets_no_allow_origi
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(!h.contains_key("access-control-allow-origin"));
     assert!(String::from_utf8_lossy(&body).contains("cors_origin_not_allowed"));
+    // Two `Access-Control-Request-Method` lines, an allowed one first: no preflight (the
+    // first decided; Envoy joins them into `GET,DELETE`, no method), so an `OPTIONS` that
+    // needs its credential like any request.
+    let (status, h, _) = send(
+        gw.addr(),
+        Request::options("/api/items/1")
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-method", "DELETE")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!h.contains_key("access-control-allow-methods"));
     assert_eq!(gw.echo.count(), 0);
 }
 
