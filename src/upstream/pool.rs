@@ -378,9 +378,11 @@ struct BodyIdle {
     /// The response's head timer, handed on (already in the timer wheel: no second timer for
     /// the body), or one made the first time the body waits.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// What the wait is measured from: the body's first wait, then its latest frame. The
-    /// timer is moved on only when it fires, never at each frame (a timer reset per frame cost
-    /// a stream more than its frames).
+    /// When the body began to wait for its next frame: its first wait, then its first wait
+    /// after each frame (`None` once a frame came). Not the frame's own arrival: a client
+    /// slow to take a frame delays the next ask, and that pause is not the upstream's
+    /// (`server.send_timeout` bounds it). The timer is moved on only when it fires, never at
+    /// each frame (a timer reset per frame cost a stream more than its frames).
     /// Regression: tests (it) upstreams::a_streaming_body_lives_while_pieces_come_and_is_cut_when_they_stop
     from: Option<tokio::time::Instant>,
     /// Counts the cut (`upstream_errors_total{kind="idle_timeout"}`).
@@ -408,9 +410,6 @@ impl BodyIdle {
             if sleep.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            let due = self
-                .from
-                .map_or(due, |from| crate::clock::deadline_after(from, limit));
             if due <= tokio::time::Instant::now() {
                 return true;
             }
@@ -1283,9 +1282,7 @@ impl Body for PooledBody {
                     tracing::info!(idle = ?idle.limit, "Upstream response idle past its timeout: cut");
                     return Poll::Ready(Some(Err(Box::new(BodyIdleTimeout))));
                 }
-                Poll::Ready(Some(_)) if idle.from.is_some() => {
-                    idle.from = Some(tokio::time::Instant::now());
-                }
+                Poll::Ready(Some(_)) => idle.from = None,
                 _ => {}
             }
         }

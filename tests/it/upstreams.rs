@@ -1868,6 +1868,69 @@ async fn a_streaming_body_lives_while_pieces_come_and_is_cut_when_they_stop() {
     server.abort();
 }
 
+/// A client that stops reading for longer than the idle timeout is not the upstream's pause:
+/// the wait is measured from when the gateway asks for the next piece, and the whole body
+/// arrives.
+#[tokio::test]
+async fn a_client_slow_to_read_is_not_an_upstream_idle() {
+    const LEN: usize = 64 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_request(&mut conn).await.is_none() {
+                    return;
+                }
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n");
+                let _ = conn.write_all(head.as_bytes()).await;
+                let chunk = vec![b'x'; 64 << 10];
+                for _ in 0..LEN / chunk.len() {
+                    if conn.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Setup {
+        upstreams: format!("  big: {{url: \"http://{addr}\", idle_timeout: 300ms}}\n"),
+        policies: route_all_to("big"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(
+        first[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &first[..n.min(64)]
+    );
+    // Every buffer between fills, then the gateway waits on this client, not the upstream.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut rest = Vec::with_capacity(LEN);
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest))
+        .await
+        .expect("the body ends")
+        .unwrap();
+    let head_end = first[..n]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |i| i + 4);
+    assert_eq!(n - head_end + rest.len(), LEN, "the body was cut");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        !metrics.contains("portcullis_upstream_errors_total{kind=\"idle_timeout\"} 1"),
+        "counted as an upstream idle"
+    );
+    server.abort();
+}
+
 /// A name that does not resolve (`.invalid` never does, RFC 6761) is out of rotation once
 /// its first lookup fails: no request is sent its way, so none is retried or fails.
 #[tokio::test]
