@@ -184,7 +184,12 @@ impl Template {
 
     /// The value as JSON, for a signed assertion: a template that is one variable keeps the
     /// variable's shape (a claim as it is, scopes and roles as arrays); anything else is the
-    /// rendered string. `None` when a variable is absent.
+    /// rendered string. `None` when a variable is absent, or a value in a longer template is
+    /// ambiguous ([`push_element`], [`push_scalar`]).
+    ///
+    /// Why one variable is taken as it is: JSON trims nothing, and the whitespace check meant
+    /// for headers dropped `sub` from the assertion of a principal ` alice` (and every such
+    /// principal got the same token). Regression: tests::assertion_values_are_exact
     pub fn render_json(&self, cx: &Context<'_>) -> Option<Value> {
         if let [Part::Var(v)] = &*self.parts
             && let Some(p) = cx.principal
@@ -194,6 +199,10 @@ impl Template {
             };
             match v {
                 Var::Claim(path) => return lookup(&p.claims, path).cloned(),
+                Var::PrincipalId => return Some(Value::from(&*p.id)),
+                Var::PrincipalIssuer => return p.issuer.as_deref().map(Value::from),
+                Var::PrincipalTenant => return p.tenant.as_deref().map(Value::from),
+                Var::ApiKeyId => return p.api_key_id.as_deref().map(Value::from),
                 Var::PrincipalScopes => return Some(strings(&p.scopes)),
                 Var::PrincipalRoles => return Some(strings(&p.roles)),
                 _ => {}
@@ -697,6 +706,24 @@ mod tests {
             want.sort();
             assert_eq!((set, n), (want, refused), "{id:?} {tenant:?}");
         }
+    }
+
+    #[test]
+    fn assertion_values_are_exact() {
+        let mut p = principal();
+        p.id = " alice".into();
+        p.claims.insert("tenant".into(), json!("acme "));
+        let cx = Context {
+            principal: Some(&p),
+            client_ip: "192.0.2.1".parse().unwrap(),
+            rule: "r",
+        };
+        let json = |t: &str| Template::parse(t).unwrap().render_json(&cx);
+        assert_eq!(json("{principal.id}"), Some(json!(" alice")));
+        assert_eq!(json("{claims.tenant}"), Some(json!("acme ")));
+        assert_eq!(json("{principal.issuer}"), Some(json!("https://iss")));
+        // In a longer template the value would be read trimmed: left out, as in a header.
+        assert_eq!(json("user {principal.id}"), None);
     }
 
     #[test]
