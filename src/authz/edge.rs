@@ -400,6 +400,16 @@ pub fn preflight(
     let (Some(asked), None) = (asked.next(), asked.next()) else {
         return None;
     };
+    // Two `Access-Control-Request-Headers` lines alike: the first was checked, while Envoy
+    // joins them (`content-type,x-evil`) and the second is refused there.
+    // Regression: tests (it) edge::cors_preflight_from_another_origin_method_or_header_gets_no_allow_origin
+    let mut asked_headers = facts
+        .headers
+        .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .iter();
+    let (asked_headers, None) = (asked_headers.next(), asked_headers.next()) else {
+        return None;
+    };
     let method = Method::from_bytes(asked.as_bytes()).ok()?;
     let probe = crate::request::RequestFacts {
         method: &method,
@@ -415,11 +425,7 @@ pub fn preflight(
     let checked = if repeated {
         Err(PreflightRefusal::Origin)
     } else {
-        cors.check_preflight(
-            origin,
-            &method,
-            facts.headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS),
-        )
+        cors.check_preflight(origin, &method, asked_headers)
     }
     .map(|()| cors.preflight_headers(origin));
     Some((rule.id.clone(), checked))

@@ -1183,6 +1183,20 @@ async fn cors_preflight_from_another_origin_method_or_header_gets_no_allow_origi
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(!h.contains_key("access-control-allow-methods"));
+    // Two `Access-Control-Request-Headers` lines alike.
+    let (status, h, _) = send(
+        gw.addr(),
+        Request::options("/api/items/1")
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .header("access-control-request-headers", "x-admin")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!h.contains_key("access-control-allow-headers"));
     assert_eq!(gw.echo.count(), 0);
 }
 
