@@ -50,8 +50,9 @@ pub type UpstreamBody = crate::body::RequestBody;
 /// The longest pause inside a response body when neither the upstream nor the rule sets one:
 /// Envoy's `stream_idle_timeout` default (nginx's `proxy_read_timeout` is 60 s).
 ///
-/// Why: with no bound unless configured, an upstream that sent a head and then stalled held
-/// the client's connection and a pooled upstream connection for ever.
+/// Why: with no bound unless configured, an upstream stream that stalled on an HTTP/2
+/// connection its other streams kept busy (where `server.idle_timeout` never fires) held its
+/// upstream connection and stream for ever.
 /// Regression: tests::a_stalled_body_is_cut_by_default
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 

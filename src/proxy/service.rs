@@ -267,6 +267,8 @@ async fn forward(
     };
     // A `101` nobody asked for is refused by the pool (`upstream_invalid_response`): an
     // upgrade the rule relays went to `tunnel` above, on a connection of its own.
+    // The client's body still streaming, as activity the response's idle timer counts.
+    let upload = req.body().progress();
     let resp = send(ctx, &upstream, req, opts, &client_fault).await?;
     let cut_as_grpc = (expires_at.is_some() || watch.is_some())
         && ctx.grpc == Some(Grpc::Native)
@@ -274,7 +276,7 @@ async fn forward(
     let expiry = expires_at.map(|at| (at, snapshot.clock.clone(), Arc::clone(&ctx.shared.metrics)));
     let mut resp = respond(
         resp,
-        route.idle.unwrap_or(upstream.idle_timeout),
+        (route.idle.unwrap_or(upstream.idle_timeout), upload),
         expiry,
         ctx.te_trailers,
         ctx.version == Version::HTTP_2,
@@ -622,13 +624,13 @@ async fn send(
 }
 
 /// Phase 5: the upstream's answer for the client: hop-by-hop headers removed, HTTP/1.1, the
-/// body cut if it idles past `idle`. (The request id is added by [`Ctx::finish`], as to every
+/// body cut if it idles past `idle` (while the client's body, `upload`, moves, it does not). (The request id is added by [`Ctx::finish`], as to every
 /// answer.) `trailers`: the client said `TE: trailers`, so the fields the upstream declares in
 /// `Trailer` are announced to it (and, to an HTTP/1.1 client, a gRPC answer's status fields
 /// when it declares none: `client_h2` clients read trailers undeclared).
 fn respond(
     resp: Response<crate::upstream::PooledBody>,
-    idle: std::time::Duration,
+    (idle, upload): (std::time::Duration, Option<Arc<crate::body::Progress>>),
     expiry: Option<(
         u64,
         crate::clock::Clock,
@@ -667,7 +669,7 @@ fn respond(
             declared
         }
     };
-    body = body.with_idle_timeout(idle, Arc::clone(metrics));
+    body = body.with_idle_timeout(idle, upload, Arc::clone(metrics));
     if let Some((at, clock, metrics)) = expiry {
         body = body.with_expiry(at, clock, metrics);
     }

@@ -385,6 +385,13 @@ struct BodyIdle {
     /// each frame (a timer reset per frame cost a stream more than its frames).
     /// Regression: tests (it) upstreams::a_streaming_body_lives_while_pieces_come_and_is_cut_when_they_stop
     from: Option<tokio::time::Instant>,
+    /// The client's body, while it streams: a piece of it is activity too.
+    ///
+    /// Why: only response frames counted, so a long upload (or a client-streaming gRPC call)
+    /// whose response stays silent until the end was cut, as Envoy's `stream_idle_timeout`,
+    /// which counts either direction, does not. Regression: tests (it)
+    /// upstreams::an_upload_keeps_a_silent_response_alive
+    upload: Option<Arc<crate::body::Progress>>,
     /// Counts the cut (`upstream_errors_total{kind="idle_timeout"}`).
     metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
@@ -410,7 +417,17 @@ impl BodyIdle {
             if sleep.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            if due <= tokio::time::Instant::now() {
+            let now = tokio::time::Instant::now();
+            let moved = self.upload.as_ref().map(|up| match up.stand() {
+                crate::body::Stand::Done(t)
+                | crate::body::Stand::Client(t)
+                | crate::body::Stand::Upstream(t) => t,
+            });
+            let due = match moved {
+                Some(t) if t > from => crate::clock::deadline_after(t, limit),
+                _ => due,
+            };
+            if due <= now {
                 return true;
             }
             sleep.as_mut().reset(due);
@@ -432,8 +449,8 @@ pub struct PooledBody {
     /// Always `Some` until dropped (taken to drain it in the background) or cut.
     body: Option<Incoming>,
     back: Option<(Arc<Pool>, http1::SendRequest<UpstreamBody>)>,
-    /// The idle deadline between frames, when the route or upstream sets one (boxed: every
-    /// response body is moved several times, and few have one).
+    /// The idle deadline between frames (boxed: every response body is moved several times,
+    /// and its state is needed only when the body waits).
     idle: Option<Box<BodyIdle>>,
     /// The credential's expiry, past which no frame goes to the client (boxed, as `idle`).
     expiry: Option<Box<BodyExpiry>>,
@@ -1212,12 +1229,14 @@ impl PooledBody {
     pub fn with_idle_timeout(
         mut self,
         limit: Duration,
+        upload: Option<Arc<crate::body::Progress>>,
         metrics: Arc<crate::telemetry::metrics::Metrics>,
     ) -> Self {
         self.idle = Some(Box::new(BodyIdle {
             limit,
             sleep: self.timer.take(),
             from: None,
+            upload,
             metrics,
         }));
         self

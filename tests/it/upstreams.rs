@@ -1868,6 +1868,84 @@ async fn a_streaming_body_lives_while_pieces_come_and_is_cut_when_they_stop() {
     server.abort();
 }
 
+/// A client's body still streaming is activity: an upstream that answers its head at once and
+/// stays silent until the upload ends (a long upload, a client-streaming gRPC call) is not
+/// cut by the response's idle timeout.
+#[tokio::test]
+async fn an_upload_keeps_a_silent_response_alive() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let _ = conn
+            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await;
+        // Silent until the whole upload is in.
+        let mut body = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !body.ends_with(b"0\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = conn.write_all(b"4\r\ndone\r\n0\r\n\r\n").await;
+        let _ = got_tx.send(body);
+    });
+    let gw = Setup {
+        upstreams: format!("  up: {{url: \"http://{addr}\", idle_timeout: 1s}}\n"),
+        policies: route_all_to("up"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Eight pieces 400 ms apart: 3.2 s in all, three times the idle timeout.
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(format!("6\r\npiece{i}\r\n").as_bytes())
+            .await
+            .expect("the gateway still takes the upload");
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("the answer ends")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("done"), "the response was cut: {answer}");
+    let got = tokio::time::timeout(Duration::from_secs(5), got_rx)
+        .await
+        .expect("the upstream got the upload")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    for i in 0..8 {
+        assert!(got.contains(&format!("piece{i}")), "piece{i} lost: {got}");
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        !metrics.contains("portcullis_upstream_errors_total{kind=\"idle_timeout\"} 1"),
+        "counted as an upstream idle"
+    );
+    server.abort();
+}
+
 /// A client that stops reading for longer than the idle timeout is not the upstream's pause:
 /// the wait is measured from when the gateway asks for the next piece, and the whole body
 /// arrives.

@@ -168,9 +168,10 @@ pub struct RawUpstream {
     #[serde(default = "default_response_timeout", deserialize_with = "duration")]
     #[schemars(with = "String")]
     pub response_timeout: Duration,
-    /// Longest wait for the next piece of a response body; the response is cut beyond it.
-    /// Default 5m; a long watch stream that may stay silent longer sets a longer one. A
-    /// rule's `timeouts.idle` overrides it.
+    /// Longest wait for the next piece of a response body while the client's body does not
+    /// move either; the response is cut beyond it. Default 5m. A watch stream that may stay
+    /// silent longer sets a longer one (and a longer `server.idle_timeout`, which closes a
+    /// connection on which nothing moves). A rule's `timeouts.idle` overrides it.
     #[serde(default, deserialize_with = "opt_duration")]
     #[schemars(with = "Option<String>")]
     pub idle_timeout: Option<Duration>,
