@@ -361,7 +361,9 @@ async fn tunnel(
             crate::authz::edge::PreflightRefusal::Origin.as_str(),
         ));
     }
+    let route = allow.timeouts.as_deref().copied().unwrap_or_default();
     let bounds = upgrade::Bounds {
+        answer_idle: route.idle.unwrap_or(upstream.idle_timeout),
         idle: relayed.idle_timeout,
         lifetime: relayed.max_lifetime,
         expires_at: live_expiry(&allow, &ctx.snapshot.clock),
@@ -380,7 +382,6 @@ async fn tunnel(
                 )
             }),
     };
-    let route = allow.timeouts.as_deref().copied().unwrap_or_default();
     let principal = match upstream.hash {
         Some(crate::upstream::HashOn::Principal) => allow.principal.clone(),
         _ => None,

@@ -69,6 +69,9 @@ pub(super) struct Bounds {
     pub(super) expires_at: Option<u64>,
     /// Re-decided this often, with what it takes.
     pub(super) recheck: Option<(Duration, Recheckable)>,
+    /// A declined upgrade's answer (an ordinary response): the longest pause in its body, as
+    /// any response's (the rule's or upstream's `idle_timeout`).
+    pub(super) answer_idle: Duration,
 }
 
 /// The request as it was decided on, kept to decide it again.

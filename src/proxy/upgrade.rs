@@ -163,9 +163,16 @@ pub(super) async fn open(
         let (mut parts, body) = resp.into_parts();
         hop_by_hop::strip(&mut parts.headers);
         parts.version = Version::HTTP_11;
+        // Why: its body had no idle timeout, as every other response's has.
+        // Regression: tests (it) edge::a_declined_upgrades_stalled_answer_is_cut
+        let body = PooledBody::unpooled(body).with_idle_timeout(
+            bounds.answer_idle,
+            None,
+            std::sync::Arc::clone(&ctx.shared.metrics),
+        );
         return Ok(Response::from_parts(
             parts,
-            body::streamed(counted.follow(PooledBody::unpooled(body))),
+            body::streamed(counted.follow(body)),
         ));
     }
     // The upstream must switch to what the client asked for, nothing else.

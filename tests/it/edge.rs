@@ -2088,6 +2088,51 @@ async fn upgrade_status(gw: &TestGateway, auth: &str) -> (String, TcpStream) {
     (text, tcp)
 }
 
+/// A declined upgrade's answer is an ordinary response: a body that stalls is cut at the
+/// rule's idle timeout, and counted.
+#[tokio::test]
+async fn a_declined_upgrades_stalled_answer_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 426 Upgrade Required\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n")
+                    .await;
+                // Then nothing, with the connection open.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let gw = ws_setup_at(addr, "    timeouts: {idle: 300ms}\n")
+        .start()
+        .await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let started = std::time::Instant::now();
+    let (first, mut tcp) = upgrade_status(&gw, &auth).await;
+    assert!(first.starts_with("HTTP/1.1 426"), "{first}");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the stalled answer was not cut"
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let line = "portcullis_upstream_errors_total{kind=\"idle_timeout\"} 1";
+    assert!(metrics.contains(line), "{line} in\n{metrics}");
+    server.abort();
+}
+
 /// A declined upgrade's answer holds its connection's slot while its body streams: a second
 /// upgrade past a cap of one is refused (503 `upstream_busy`). The slot went with the
 /// answer's head, and any number of such answers streamed at once past the cap.
