@@ -70,11 +70,17 @@ async fn cluster_two_gateway_processes_share_budgets_across_slots() {
     };
     let mut nodes = Vec::new();
     for _ in 0..3 {
+        // Why the bus port is chosen too: by default it is the port + 10000, past 65535 for a
+        // free port high in the ephemeral range, or taken by another test's socket; the node
+        // then never answered (a CI run failed so).
+        let bus = free_port().port().to_string();
         let Some(node) = RedisServer::start_with(&[
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
             "nodes.conf",
+            "--cluster-port",
+            &bus,
         ])
         .await
         else {
