@@ -393,23 +393,11 @@ pub fn preflight(
     // Why: with two lines the first was asked for, while Envoy joins them (`GET,DELETE`, no
     // method at all): one preflight, two answers. Two are no preflight at any door.
     // Regression: tests (it) edge::cors_preflight_from_another_origin_method_or_header_gets_no_allow_origin
-    let mut asked = facts
-        .headers
-        .get_all(header::ACCESS_CONTROL_REQUEST_METHOD)
-        .iter();
-    let (Some(asked), None) = (asked.next(), asked.next()) else {
-        return None;
-    };
+    let asked = at_most_one(facts.headers, header::ACCESS_CONTROL_REQUEST_METHOD)??;
     // Two `Access-Control-Request-Headers` lines alike: the first was checked, while Envoy
     // joins them (`content-type,x-evil`) and the second is refused there.
     // Regression: tests (it) edge::cors_preflight_from_another_origin_method_or_header_gets_no_allow_origin
-    let mut asked_headers = facts
-        .headers
-        .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .iter();
-    let (asked_headers, None) = (asked_headers.next(), asked_headers.next()) else {
-        return None;
-    };
+    let asked_headers = at_most_one(facts.headers, header::ACCESS_CONTROL_REQUEST_HEADERS)?;
     let method = Method::from_bytes(asked.as_bytes()).ok()?;
     let probe = crate::request::RequestFacts {
         method: &method,
@@ -437,10 +425,16 @@ pub fn preflight(
 /// Why: the first was echoed, whatever the second said, where an upstream may read the last.
 /// Regression: tests (it) edge::cors_rule_answers_without_origin_vary_and_carry_no_upstream_acao
 pub fn sole_origin(headers: &http::HeaderMap) -> Option<&HeaderValue> {
-    let mut origins = headers.get_all(header::ORIGIN).iter();
-    match (origins.next(), origins.next()) {
-        (Some(o), None) => Some(o),
-        _ => None,
+    at_most_one(headers, header::ORIGIN).flatten()
+}
+
+/// A header's one value (`Some(None)` when absent), or `None` when it is repeated: no browser
+/// repeats the CORS headers, and which line a reader takes is a guess.
+fn at_most_one(headers: &http::HeaderMap, name: HeaderName) -> Option<Option<&HeaderValue>> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (first, None) => Some(first),
+        (Some(_), Some(_)) | (None, Some(_)) => None,
     }
 }
 

@@ -185,6 +185,17 @@ pub fn render_config(s: &Setup, echo: SocketAddr) -> String {
 }
 
 impl TestGateway {
+    /// Response bodies cut at their idle timeout, as `/metrics` counts them.
+    pub async fn idle_cuts(&self) -> u64 {
+        let (_, metrics) = self.admin_get("/metrics").await;
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("portcullis_upstream_errors_total{kind=\"idle_timeout\"} ")
+            })
+            .map_or(0, |v| v.trim().parse().expect("a count"))
+    }
+
     pub fn app(&self) -> &App {
         self.app.as_ref().expect("running")
     }
