@@ -116,7 +116,11 @@ pub struct RawOtlp {
     #[serde(default = "default_service_name")]
     pub service_name: String,
     /// Spans are sent in batches at least this often.
-    #[serde(default = "default_otlp_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "default_otlp_interval",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub interval: Duration,
     /// Spans waiting to be sent, at most; more are dropped (and counted) rather than held.
@@ -373,6 +377,29 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_str(Visitor)
 }
 
+/// A default duration as the schema shows it: in the words a config takes (`90s`, `5m`,
+/// `24h`), not serde's `{secs, nanos}`, which the loader refuses.
+///
+/// Why: `schema config` offered `{"secs": 60, "nanos": 0}` as each duration's default, and an
+/// editor filling defaults in wrote a config that `check` refused.
+/// Regression: config::raw::tests::schema_defaults_are_values_the_loader_takes
+fn duration_text<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    let nanos = d.as_nanos();
+    let text = if !nanos.is_multiple_of(1_000_000) {
+        humantime::format_duration(*d).to_string()
+    } else if !nanos.is_multiple_of(1_000_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        match d.as_secs() {
+            0 => "0s".to_owned(),
+            s if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+            s if s.is_multiple_of(60) => format!("{}m", s / 60),
+            s => format!("{s}s"),
+        }
+    };
+    s.serialize_str(&text)
+}
+
 /// `ip:port`.
 fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     struct Visitor;
@@ -488,5 +515,71 @@ mod tests {
                 RawCredentialSource::Query("t".into())
             ]
         );
+    }
+
+    /// Every default the schema offers has the type it declares, and a section written out
+    /// from its defaults reads back as its defaults.
+    #[test]
+    fn schema_defaults_are_values_the_loader_takes() {
+        fn kind(v: &serde_json::Value) -> &'static str {
+            match v {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Bool(_) => "boolean",
+                serde_json::Value::Number(n) if n.is_f64() => "number",
+                serde_json::Value::Number(_) => "integer",
+                serde_json::Value::String(_) => "string",
+                serde_json::Value::Array(_) => "array",
+                serde_json::Value::Object(_) => "object",
+            }
+        }
+        fn walk(at: &str, v: &serde_json::Value, wrong: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let (Some(default), Some(ty)) = (m.get("default"), m.get("type")) {
+                        let declared: Vec<&str> = match ty {
+                            serde_json::Value::Array(a) => {
+                                a.iter().filter_map(|t| t.as_str()).collect()
+                            }
+                            t => t.as_str().into_iter().collect(),
+                        };
+                        let k = kind(default);
+                        let fits = declared.contains(&k)
+                            || (k == "integer" && declared.contains(&"number"));
+                        if !fits {
+                            wrong.push(format!("{at}: {declared:?} but default {default}"));
+                        }
+                    }
+                    for (key, inner) in m {
+                        walk(&format!("{at}/{key}"), inner, wrong);
+                    }
+                }
+                serde_json::Value::Array(a) => {
+                    for (i, inner) in a.iter().enumerate() {
+                        walk(&format!("{at}[{i}]"), inner, wrong);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let config = serde_json::to_value(schemars::schema_for!(RawConfig)).unwrap();
+        let policy = serde_json::to_value(schemars::schema_for!(RawPolicyFile)).unwrap();
+        let mut wrong = Vec::new();
+        walk("config", &config, &mut wrong);
+        walk("policy", &policy, &mut wrong);
+        assert!(wrong.is_empty(), "{wrong:#?}");
+
+        // `server:` written out from the schema's defaults is the default section.
+        let props = &config["$defs"]["RawServer"]["properties"];
+        let defaults: serde_json::Map<_, _> = props
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.get("default")?.clone())))
+            .collect();
+        assert!(defaults.contains_key("idle_timeout"), "{defaults:?}");
+        assert_eq!(defaults["idle_timeout"], "1m");
+        let text = serde_yaml::to_string(&defaults).unwrap();
+        let read: RawServer = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(read, RawServer::default());
     }
 }

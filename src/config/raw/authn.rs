@@ -35,7 +35,7 @@ pub struct RawTokenCache {
     pub max_bytes: u64,
     /// A cached verification is redone after this long, even if the token is still valid.
     #[schemars(with = "String")]
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub revalidate_after: Duration,
 }
 
@@ -114,7 +114,11 @@ pub struct RawProvider {
     /// Where the verification keys come from.
     pub keys: Vec<RawKey>,
     /// Clock skew tolerated for `exp`, `nbf` and `iat`.
-    #[serde(default = "default_leeway", deserialize_with = "duration")]
+    #[serde(
+        default = "default_leeway",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub leeway: Duration,
     /// Refuse tokens without `exp`. Default true.
@@ -364,34 +368,34 @@ pub struct RawClaimEquals {
 pub struct RawFetch {
     /// Time for one fetch, connection included.
     #[schemars(with = "String")]
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub timeout: Duration,
     /// Largest response accepted, in bytes.
     pub max_bytes: usize,
     /// Refresh interval when the server sends no `Cache-Control: max-age`.
     #[schemars(with = "String")]
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub refresh: Duration,
     /// Lower bound on the refresh interval, whatever `Cache-Control` says.
     #[schemars(with = "String")]
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub min_refresh: Duration,
     /// Upper bound on the refresh interval.
     #[schemars(with = "String")]
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub max_refresh: Duration,
     /// Retry interval after a failed fetch.
     #[schemars(with = "String")]
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub retry: Duration,
     /// A token with an unknown `kid` triggers at most one refetch per this interval.
     #[schemars(with = "String")]
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub unknown_kid_cooldown: Duration,
     /// How long `/readyz` waits for the keys of an `optional` remote source; a source not
     /// marked optional keeps the gateway not ready until its first successful fetch.
     #[schemars(with = "String")]
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub startup_timeout: Duration,
 }
 
@@ -589,7 +593,8 @@ pub struct RawIntrospection {
     /// Time for one introspection call, connection included.
     #[serde(
         default = "default_introspection_timeout",
-        deserialize_with = "duration"
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
     )]
     #[schemars(with = "String")]
     pub timeout: Duration,
@@ -599,7 +604,8 @@ pub struct RawIntrospection {
     /// An active result is reused for at most this long (and never past the token's `exp`).
     #[serde(
         default = "default_introspection_cache_ttl",
-        deserialize_with = "duration"
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
     )]
     #[schemars(with = "String")]
     pub cache_ttl: Duration,
@@ -607,7 +613,8 @@ pub struct RawIntrospection {
     /// repeated bad tokens.
     #[serde(
         default = "default_introspection_inactive_ttl",
-        deserialize_with = "duration"
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
     )]
     #[schemars(with = "String")]
     pub inactive_ttl: Duration,

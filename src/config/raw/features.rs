@@ -28,7 +28,11 @@ pub struct RawAssertion {
     pub audience: Option<String>,
     /// Lifetime (`exp - iat`), whole seconds. Default 60s; at most 1h. An assertion is
     /// reused for the same identity during the first half of its life.
-    #[serde(default = "default_assertion_ttl", deserialize_with = "duration")]
+    #[serde(
+        default = "default_assertion_ttl",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub ttl: Duration,
     /// Claims from templates (the identity header variables). A template that is a single
@@ -72,7 +76,7 @@ pub struct RawRateLimit {
     /// Requests allowed per `per`, on average.
     pub requests: u32,
     /// The period `requests` are counted over: `1s`, `1m`, `1h`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     #[schemars(with = "String")]
     pub per: Duration,
     /// How many requests may come at once. Default: `requests`.
@@ -135,7 +139,7 @@ pub struct RawQuota {
     /// Requests per `per`.
     pub requests: u32,
     /// The window: `1d`, `30d`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     #[schemars(with = "String")]
     pub per: Duration,
 }
@@ -147,7 +151,7 @@ pub struct RawTier {
     /// Requests allowed per `per`, on average.
     pub requests: u32,
     /// The period.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     #[schemars(with = "String")]
     pub per: Duration,
     /// How many requests may come at once. Default: `requests`.
@@ -222,13 +226,18 @@ pub struct RawRedis {
     pub password: Option<RawSecret>,
     /// Time for one limit check (a round trip), after which the limit's `on_redis_failure`
     /// decides. Default 5ms.
-    #[serde(default = "default_redis_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_redis_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub timeout: Duration,
     /// Time for (re)connecting, in the background. Default 1s.
     #[serde(
         default = "default_redis_connect_timeout",
-        deserialize_with = "duration"
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
     )]
     #[schemars(with = "String")]
     pub connect_timeout: Duration,
@@ -238,7 +247,11 @@ pub struct RawRedis {
     #[serde(default = "default_breaker_failures")]
     pub breaker_failures: u32,
     /// How long the breaker stays open before a probe. Default 1s.
-    #[serde(default = "default_breaker_cool_down", deserialize_with = "duration")]
+    #[serde(
+        default = "default_breaker_cool_down",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub breaker_cool_down: Duration,
     /// Prefix of every key written. Default `portcullis:rl:`.
@@ -346,14 +359,22 @@ pub struct RawDelegate {
     pub ca_file: Option<std::path::PathBuf>,
     /// Each call's deadline, connection included. Default 200ms.
     #[schemars(with = "String")]
-    #[serde(default = "default_delegate_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_delegate_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub timeout: Duration,
     /// How long an answer is reused for the same rule and the same request as the delegate
     /// was told it: client address, method, host, path and query, scheme, every header sent
     /// (the credential among them), principal (never past the credential's expiry). 0
     /// disables. Default 30s.
     #[schemars(with = "String")]
-    #[serde(default = "default_delegate_cache_ttl", deserialize_with = "duration")]
+    #[serde(
+        default = "default_delegate_cache_ttl",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub cache_ttl: Duration,
     /// Most answers cached. Default 10000.
     #[serde(default = "default_delegate_cache_entries")]

@@ -54,7 +54,11 @@ pub struct RawEnvoyGrpc {
     pub peers: Vec<Network>,
     /// Answer deadline; default 2s.
     #[schemars(with = "String")]
-    #[serde(default = "default_decision_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_decision_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub timeout: Duration,
     /// Believe `attributes.source.certificate` (Envoy's `include_peer_certificate: true`) as
     /// a client certificate the `mtls` authenticators may verify. Only when Envoy itself
@@ -74,7 +78,11 @@ pub struct RawEnvoyHttp {
     pub peers: Vec<Network>,
     /// Answer deadline; default 2s.
     #[schemars(with = "String")]
-    #[serde(default = "default_decision_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_decision_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub timeout: Duration,
     /// The `http_service.path_prefix` Envoy puts before the original path (`/authz`); empty
     /// by default.
@@ -92,7 +100,11 @@ pub struct RawForwardAuth {
     pub peers: Vec<Network>,
     /// Answer deadline; default 2s.
     #[schemars(with = "String")]
-    #[serde(default = "default_decision_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_decision_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     pub timeout: Duration,
     /// Statuses the peer cannot pass through, and the status to answer instead; the real
     /// one goes in `x-portcullis-status`. nginx turns anything but 2xx, 401 and 403 into

@@ -167,11 +167,19 @@ pub struct RawUpgrade {
     /// refused.
     pub protocols: Vec<String>,
     /// A tunnel with no byte in either direction for this long is closed.
-    #[serde(default = "default_tunnel_idle", deserialize_with = "duration")]
+    #[serde(
+        default = "default_tunnel_idle",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub idle_timeout: Duration,
     /// A tunnel is closed this long after it opened, whatever it carries.
-    #[serde(default = "default_tunnel_lifetime", deserialize_with = "duration")]
+    #[serde(
+        default = "default_tunnel_lifetime",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub max_lifetime: Duration,
 }

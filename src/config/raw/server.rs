@@ -9,20 +9,20 @@ pub struct RawServer {
     /// Time a client has to finish the TLS handshake, and to complete an HTTP/1 request head
     /// from its first byte. Bounds slowloris clients.
     #[schemars(with = "String")]
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed: a kept-alive
     /// connection waiting for its next request, a new one (plain or after its TLS handshake)
     /// waiting for its first, an HTTP/2 connection however many PINGs it sends.
     #[schemars(with = "String")]
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub idle_timeout: Duration,
     /// A response chunk (16 KiB at most) the client has not taken within this time ends the
     /// response: its HTTP/2 stream is reset, an HTTP/1.1 connection is closed. A client must
     /// read about 16 KiB per `send_timeout`; control frames and tiny flow-control windows
     /// are no progress. Time spent waiting for the upstream does not count.
     #[schemars(with = "String")]
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub send_timeout: Duration,
     /// Largest request head accepted, in bytes (431 beyond it). At least 8192.
     pub max_header_bytes: usize,
@@ -44,7 +44,7 @@ pub struct RawServer {
     pub max_concurrent_streams: u32,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     #[schemars(with = "String")]
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub shutdown_grace: Duration,
     /// Networks of proxies in front of the gateway whose `X-Forwarded-*` and `Forwarded`
     /// headers are believed. Empty (the default) trusts nobody.
@@ -79,7 +79,7 @@ pub struct RawHttp2 {
     pub max_control_frames: u32,
     /// The window over which frames are counted.
     #[schemars(with = "String")]
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub window: Duration,
 }
 
@@ -149,7 +149,11 @@ pub struct RawUpstream {
     #[serde(default)]
     pub health_check: Option<RawHealthCheck>,
     /// How often endpoint names are resolved again (at least 100 ms).
-    #[serde(default = "default_dns_refresh", deserialize_with = "duration")]
+    #[serde(
+        default = "default_dns_refresh",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub dns_refresh: Duration,
     /// Retries of requests that never reached an upstream, or that found a pooled connection
@@ -158,14 +162,22 @@ pub struct RawUpstream {
     pub retry_budget: RawRetryBudget,
     /// Time to establish a TCP (and TLS) connection; 504 beyond it. A rule's
     /// `timeouts.connect` overrides it.
-    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// Time from the end of the request body to the response head; 504 beyond it. While the
     /// body streams, no pause in it may be longer, nor its average fall below 500 bytes a
     /// second after the first timeout: the client's lateness gets 408 `body_timeout`, the
     /// upstream's 504. A rule's `timeouts.response` overrides it.
-    #[serde(default = "default_response_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_response_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub response_timeout: Duration,
     /// Longest wait for the next piece of a response body while the client's body does not
@@ -218,7 +230,11 @@ pub struct RawUpstream {
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle: usize,
     /// An idle pooled connection is closed after this long.
-    #[serde(default = "default_pool_idle_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_pool_idle_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub pool_idle_timeout: Duration,
     /// The upstream serves paths in any case (IIS, ASP.NET, Express by default): every allow
@@ -261,11 +277,11 @@ pub struct RawEjection {
     /// Time out of rotation after the first ejection; doubled by each further one in a row,
     /// up to `max_time`. An endpoint comes back on its own when it is over; if every endpoint
     /// is ejected, all of them are tried rather than none.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     #[schemars(with = "String")]
     pub base_time: Duration,
     /// Longest time out of rotation.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     #[schemars(with = "String")]
     pub max_time: Duration,
 }
@@ -287,11 +303,19 @@ pub struct RawHealthCheck {
     /// Path asked with `GET`, starting with `/`.
     pub path: String,
     /// Time between two checks of an endpoint.
-    #[serde(default = "default_health_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "default_health_interval",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub interval: Duration,
     /// A check not answered within this time failed.
-    #[serde(default = "default_health_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_health_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub timeout: Duration,
     /// Passed checks in a row that return an unhealthy endpoint to rotation.
@@ -307,11 +331,15 @@ pub struct RawHealthCheck {
 #[serde(deny_unknown_fields)]
 pub struct RawHttp2Keepalive {
     /// Time between PINGs on a connection (at least one second).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     #[schemars(with = "String")]
     pub interval: Duration,
     /// A PING not acknowledged within this time closes the connection.
-    #[serde(default = "default_keepalive_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_keepalive_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
     #[schemars(with = "String")]
     pub timeout: Duration,
     /// PING a connection with no request in flight too (off: only while requests are in
