@@ -202,7 +202,10 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
         Ok(f) => f,
         Err(e) => {
             report["decision"] = json!("deny");
-            report["status"] = json!(400);
+            // Why: every refusal here was shown as 400, while the proxy answers `CONNECT`
+            // with 405, a misdirected host with 421, a long target with 414.
+            // Regression: tests (it) doors::explain_shows_the_door_answer_to_a_malformed_request
+            report["status"] = json!(e.status().as_u16());
             report["reason"] = json!(e.as_str());
             report["trace"] = json!(["the request is refused before any rule: malformed"]);
             return Ok((report, false));

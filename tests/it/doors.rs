@@ -932,6 +932,17 @@ fn explain_shows_the_door_answer_to_a_malformed_request() {
         (&serde_json::json!(400), &serde_json::json!(3)),
         "{text}"
     );
+    // The proxy door's refusals have their own statuses too, as the proxy answers them.
+    let (code, v, text) = explain(&["--method", "CONNECT"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(
+        (&v["status"], &v["reason"]),
+        (
+            &serde_json::json!(405),
+            &serde_json::json!("method_not_allowed")
+        ),
+        "{text}"
+    );
 }
 
 /// A rule that relays WebSockets from one origin, and one that relays nothing.
