@@ -176,7 +176,12 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}:{}:{}: {level}: ", self.file, self.line, self.column)?;
+        // A whole file's problem has no position: `file: error: …`, as compilers write it,
+        // rather than a line 0 no editor can go to.
+        match self.line {
+            0 => write!(f, "{}: {level}: ", self.file)?,
+            line => write!(f, "{}:{line}:{}: {level}: ", self.file, self.column)?,
+        }
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }
@@ -418,6 +423,21 @@ impl MarkedEventReceiver for IndexBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_file_problem_names_no_position() {
+        let d = Diagnostic::file_error("policies/20-x.yaml", "empty policy file");
+        assert_eq!(
+            d.to_string(),
+            "policies/20-x.yaml: error: empty policy file"
+        );
+        let mut d = d;
+        (d.line, d.column) = (3, 5);
+        assert_eq!(
+            d.to_string(),
+            "policies/20-x.yaml:3:5: error: empty policy file"
+        );
+    }
 
     #[test]
     fn field_errors_nest_under_their_section() {
