@@ -79,6 +79,10 @@ pub struct Challenges {
     pub api_key_missing: http::HeaderValue,
     /// An API key that does not verify.
     pub api_key_invalid: http::HeaderValue,
+    /// Two API keys.
+    pub api_key_invalid_request: http::HeaderValue,
+    /// A valid API key without a scope the rule requires.
+    pub api_key_insufficient_scope: http::HeaderValue,
     /// No credential, on a rule accepting API keys and bearer tokens: both challenges.
     pub missing_any: http::HeaderValue,
 }
@@ -102,6 +106,12 @@ impl Challenges {
             // challenge saying `invalid_key` gave one refusal two codes.
             api_key_invalid: http::HeaderValue::from_static(
                 "ApiKey realm=\"portcullis\", error=\"invalid_token\"",
+            ),
+            api_key_invalid_request: http::HeaderValue::from_static(
+                "ApiKey realm=\"portcullis\", error=\"invalid_request\"",
+            ),
+            api_key_insufficient_scope: http::HeaderValue::from_static(
+                "ApiKey realm=\"portcullis\", error=\"insufficient_scope\"",
             ),
             missing_any: http::HeaderValue::from_static(
                 "Bearer realm=\"portcullis\", ApiKey realm=\"portcullis\"",
@@ -127,6 +137,12 @@ impl Challenges {
             ))?,
             api_key_missing: v(format!("ApiKey realm=\"{realm}\""))?,
             api_key_invalid: v(format!("ApiKey realm=\"{realm}\", error=\"invalid_token\""))?,
+            api_key_invalid_request: v(format!(
+                "ApiKey realm=\"{realm}\", error=\"invalid_request\""
+            ))?,
+            api_key_insufficient_scope: v(format!(
+                "ApiKey realm=\"{realm}\", error=\"insufficient_scope\""
+            ))?,
             missing_any: v(format!(
                 "Bearer realm=\"{realm}\", ApiKey realm=\"{realm}\""
             ))?,

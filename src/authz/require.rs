@@ -24,6 +24,8 @@ pub struct Requirements {
     /// `WWW-Authenticate` for a missing scope, naming the scopes this rule requires
     /// (RFC 6750 §3 `scope`), built once at load.
     scope_challenge: Option<http::HeaderValue>,
+    /// The same, in the `ApiKey` scheme, for a principal an API key authenticated.
+    api_key_scope_challenge: Option<http::HeaderValue>,
 }
 
 /// A dotted claim path, split.
@@ -146,6 +148,7 @@ impl Requirements {
                 networks: raw.networks.iter().map(|n| n.0).collect(),
                 mtls: raw.mtls,
                 scope_challenge: None,
+                api_key_scope_challenge: None,
             })
         } else {
             Err(errors)
@@ -170,15 +173,23 @@ impl Requirements {
         if scopes.is_empty() {
             return self;
         }
-        let base = challenges.insufficient_scope.to_str().unwrap_or_default();
-        self.scope_challenge =
-            http::HeaderValue::from_str(&format!("{base}, scope=\"{}\"", scopes.join(" "))).ok();
+        let with_scopes = |base: &http::HeaderValue| {
+            let base = base.to_str().unwrap_or_default();
+            http::HeaderValue::from_str(&format!("{base}, scope=\"{}\"", scopes.join(" "))).ok()
+        };
+        self.scope_challenge = with_scopes(&challenges.insufficient_scope);
+        self.api_key_scope_challenge = with_scopes(&challenges.api_key_insufficient_scope);
         self
     }
 
     /// The `insufficient_scope` challenge naming this rule's scopes, when it has some.
     pub fn scope_challenge(&self) -> Option<&http::HeaderValue> {
         self.scope_challenge.as_ref()
+    }
+
+    /// [`Self::scope_challenge`] in the `ApiKey` scheme.
+    pub fn api_key_scope_challenge(&self) -> Option<&http::HeaderValue> {
+        self.api_key_scope_challenge.as_ref()
     }
 
     /// Whether there are no requirements.

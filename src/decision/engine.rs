@@ -236,7 +236,20 @@ async fn decide_rule(
         && let Err(unmet) = rule.require.check_principal(p)
     {
         trace.record(TraceEvent::RequirementFailed(unmet));
-        return deny_principal(rule, DenyKind::Unmet(unmet), principal.as_ref());
+        let mut denied = deny_principal(rule, DenyKind::Unmet(unmet), principal.as_ref());
+        // Why: a valid API key short of a scope was challenged `Bearer`, a scheme its client
+        // never sent. Regression: tests (it)
+        // credentials::api_key_challenges_name_their_scheme_and_keys_are_stripped_by_default
+        let by_api_key = authenticator
+            .and_then(|i| snapshot.authn.at(i))
+            .is_some_and(crate::authn::Authenticator::challenges_api_key);
+        if let (Decision::Deny(d), Unmet::Scope, true) = (&mut denied, unmet, by_api_key) {
+            d.challenge = Some(rule.require.api_key_scope_challenge().map_or_else(
+                || snapshot.challenges.api_key_insufficient_scope.clone(),
+                Clone::clone,
+            ));
+        }
+        return denied;
     }
     if !rule.require.is_empty() {
         trace.record(TraceEvent::RequirementsMet);
@@ -470,9 +483,10 @@ fn deny_with(
     })
 }
 
-/// The 401's challenge when API keys are involved: an invalid API key gets `ApiKey`, not a
-/// `Bearer` challenge about tokens; a missing credential names every scheme the rule accepts.
-/// `None`: the kind's usual `Bearer` challenge.
+/// The 401's (and the two-credential 400's) challenge when API keys are involved: an invalid
+/// or doubled API key gets `ApiKey`, not a `Bearer` challenge about tokens; a missing
+/// credential names every scheme the rule accepts. `None`: the kind's usual `Bearer`
+/// challenge.
 fn api_key_challenge(
     snapshot: &Snapshot,
     rule: &Rule,
@@ -488,6 +502,9 @@ fn api_key_challenge(
     let c = &snapshot.challenges;
     match kind {
         DenyKind::InvalidToken(_) if by.is_some_and(api_key) => Some(c.api_key_invalid.clone()),
+        DenyKind::AmbiguousCredential if by.is_some_and(api_key) => {
+            Some(c.api_key_invalid_request.clone())
+        }
         DenyKind::MissingCredential => {
             let keys = rule.authenticators.iter().filter(|&&i| api_key(i)).count();
             if keys == 0 {

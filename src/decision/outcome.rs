@@ -199,6 +199,7 @@ impl Deny {
             DenyKind::Unmet(Unmet::Scope)
             | DenyKind::MissingCredential
             | DenyKind::InvalidToken(_)
+            | DenyKind::AmbiguousCredential
                 if self.challenge.is_some() =>
             {
                 self.challenge.clone()

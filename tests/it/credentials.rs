@@ -1301,8 +1301,9 @@ async fn client_ca_per_host() {
 }
 
 /// An API key sent in its own header is not a bearer token: a 401 challenges with the
-/// `ApiKey` scheme (both schemes when the rule also takes bearer tokens), and the verified
-/// key is stripped before forwarding unless the authenticator says `strip: false`.
+/// `ApiKey` scheme (both schemes when the rule also takes bearer tokens), as do a 403 for a
+/// missing scope and a 400 for two keys; the verified key is stripped before forwarding
+/// unless the authenticator says `strip: false`.
 #[tokio::test]
 async fn api_key_challenges_name_their_scheme_and_keys_are_stripped_by_default() {
     let key = generate().unwrap();
@@ -1320,6 +1321,12 @@ async fn api_key_challenges_name_their_scheme_and_keys_are_stripped_by_default()
     match: {paths: [\"/both/**\"]}
     effect: allow
     authenticators: [users, partners]
+    upstream: echo
+  - name: admin
+    match: {paths: [\"/admin/**\"]}
+    effect: allow
+    authenticators: [partners]
+    require: {scopes: {all_of: [admin]}}
     upstream: echo
 ";
     let gw = Setup {
@@ -1360,6 +1367,27 @@ async fn api_key_challenges_name_their_scheme_and_keys_are_stripped_by_default()
             StatusCode::UNAUTHORIZED,
             // The body's code (`invalid_token`): one refusal, one code.
             Some("ApiKey realm=\"portcullis\", error=\"invalid_token\"".into())
+        )
+    );
+    // Regression: a valid key short of a scope, and two keys, were challenged `Bearer`.
+    assert_eq!(
+        challenge("/admin/x", vec![("x-api-key", key.clone())]).await,
+        (
+            StatusCode::FORBIDDEN,
+            Some(
+                "ApiKey realm=\"portcullis\", error=\"insufficient_scope\", scope=\"admin\"".into()
+            )
+        )
+    );
+    assert_eq!(
+        challenge(
+            "/keys/x",
+            vec![("x-api-key", key.clone()), ("x-api-key", "pk_other".into())]
+        )
+        .await,
+        (
+            StatusCode::BAD_REQUEST,
+            Some("ApiKey realm=\"portcullis\", error=\"invalid_request\"".into())
         )
     );
     assert_eq!(
