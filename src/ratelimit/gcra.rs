@@ -141,7 +141,8 @@ impl Rate {
         })
     }
 
-    /// `RateLimit-Limit`: the most requests the budget holds, `requests` or a larger `burst`.
+    /// `RateLimit-Limit`: the quota, `requests` per period, or a larger `burst` (the most
+    /// `RateLimit-Remaining` can say).
     ///
     /// Why: with `requests: 2, burst: 4` a fresh client was told `RateLimit-Limit: 2` and
     /// `RateLimit-Remaining: 3`, more left than the limit. Regression: tests::limit_covers_the_burst
