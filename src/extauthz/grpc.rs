@@ -864,6 +864,14 @@ pub(crate) fn describe<'a>(
         s if s.eq_ignore_ascii_case("https") => Scheme::Https,
         _ => return Err("invalid_scheme"),
     };
+    // What the proxy refuses before reading a target (conformance, "connect authority form",
+    // "asterisk target"): a `CONNECT` (405), whatever it names, and `OPTIONS *`.
+    if method == Method::CONNECT {
+        return Err("method_not_allowed");
+    }
+    if http.path == "*" {
+        return Err("unsupported_target");
+    }
     // Why: an absolute or empty target would be read differently upstream than by the rules.
     // Regression: tests (it) grpc::bad_check_requests
     if !http.path.starts_with('/') {

@@ -400,6 +400,8 @@ fn corpus() -> Vec<Case> {
         ("connect refused", "CONNECT", "/public/x", vec![]),
         ("connect named by its rule", "CONNECT", "/tunnel/x", vec![]),
         ("lowercase method", "delete", "/public/x", vec![]),
+        ("asterisk target", "OPTIONS", "*", vec![]),
+        ("connect authority form", "CONNECT", "app.test:443", vec![]),
         // Credentials.
         ("missing credential", "GET", "/orders/7", vec![]),
         ("malformed bearer", "GET", "/orders/7", bearer("not-a-jwt")),
@@ -856,6 +858,8 @@ async fn every_door_gives_the_same_decision() {
             "connect named by its rule",
             (405, Some("method_not_allowed")),
         ),
+        ("connect authority form", (405, Some("method_not_allowed"))),
+        ("asterisk target", (400, Some("unsupported_target"))),
         ("encoded slash", (400, Some("encoded_slash"))),
         ("missing credential", (401, Some("missing_credential"))),
         (
