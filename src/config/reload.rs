@@ -285,13 +285,8 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: Duration) -> notify::Res
     }
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            // Debounce: wait until no event arrived for `debounce`.
-            loop {
-                match tokio::time::timeout(debounce, rx.recv()).await {
-                    Ok(Some(())) => continue,
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
+            if !settle(&mut rx, debounce).await {
+                return;
             }
             let _ = reloader.reload(Trigger::Watch).await;
             let now = watch_dirs(&reloader.watched());
@@ -314,6 +309,32 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: Duration) -> notify::Res
         }
     });
     Ok(())
+}
+
+/// The longest a change waits for the files around it to settle: a change takes effect
+/// within a second however busy the directory is.
+const SETTLE_AT_MOST: Duration = Duration::from_millis(700);
+
+/// After a first change: waits until no other arrived for `debounce` (a file written in
+/// several steps, an editor's save), but no longer than [`SETTLE_AT_MOST`] (or `debounce`,
+/// if longer) in all. `false`: the watcher is gone.
+///
+/// Why the bound: a file changing more often than every `debounce` anywhere in a watched
+/// directory (a sync tool's state file, a generator rewriting a policy every 100 ms) put the
+/// reload off for as long as it went on; a deny written meanwhile waited 10 s, and 960
+/// requests it refuses were allowed. Regression: tests::a_busy_directory_still_settles
+async fn settle(rx: &mut mpsc::Receiver<()>, debounce: Duration) -> bool {
+    let until = tokio::time::Instant::now() + SETTLE_AT_MOST.max(debounce);
+    loop {
+        match tokio::time::timeout_at(until.min(tokio::time::Instant::now() + debounce), rx.recv())
+            .await
+        {
+            Ok(Some(())) if tokio::time::Instant::now() < until => continue,
+            Ok(Some(())) => return true,
+            Ok(None) => return false,
+            Err(_) => return true,
+        }
+    }
 }
 
 /// Whether an event on `paths` may change what a reload reads (`watched`): a watched file or
@@ -374,6 +395,43 @@ fn watch_dirs(paths: &[PathBuf]) -> BTreeSet<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Changes every 20 ms for 3 s: the reload still comes within the bound, not after the
+    /// churn; a lone change settles after `debounce`.
+    #[tokio::test]
+    async fn a_busy_directory_still_settles() {
+        let (tx, mut rx) = mpsc::channel::<()>(16);
+        let churn = tokio::spawn(async move {
+            for _ in 0..150 {
+                let _ = tx.try_send(());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let started = std::time::Instant::now();
+        assert!(settle(&mut rx, Duration::from_millis(100)).await);
+        let waited = started.elapsed();
+        assert!(
+            waited >= SETTLE_AT_MOST && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        assert!(!churn.is_finished(), "settled during the churn");
+        churn.abort();
+
+        let (tx, mut rx) = mpsc::channel::<()>(16);
+        tx.try_send(()).unwrap();
+        let started = std::time::Instant::now();
+        assert!(settle(&mut rx, Duration::from_millis(100)).await);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(100) && waited < SETTLE_AT_MOST,
+            "{waited:?}"
+        );
+        drop(tx);
+        assert!(
+            !settle(&mut rx, Duration::from_millis(100)).await,
+            "watcher gone"
+        );
+    }
 
     #[test]
     fn only_what_a_reload_reads_wakes_it() {

@@ -85,6 +85,45 @@ async fn watched_policy_change_takes_effect() {
     assert_eq!(get(gw.addr(), "/other").await.0, StatusCode::OK);
 }
 
+/// A deny written while another file in the policies directory changes faster than the
+/// watcher's debounce (every 20 ms here, against the tests' 50 ms; a sync tool's state file)
+/// takes effect during the churn, not after it: the wait for quiet is bounded. Before, the
+/// deny waited as long as the churn lasted.
+#[tokio::test]
+async fn a_deny_applies_while_the_directory_keeps_changing() {
+    let gw = watched_gateway().await;
+    let notes = gw.path("policies/notes.txt");
+    let churning = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let churn = {
+        let churning = std::sync::Arc::clone(&churning);
+        tokio::spawn(async move {
+            // 8 s at most, ended early once the deny is seen.
+            for i in 0..400 {
+                if !churning.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                std::fs::write(&notes, format!("{i}\n")).unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.write(
+        "policies/05-block.yaml",
+        "rules:\n  - name: block\n    match: {paths: [\"/blocked/**\"]}\n    effect: deny\n",
+    );
+    let addr = gw.addr();
+    let applied = eventually(Duration::from_secs(3), || async move {
+        get(addr, "/blocked/x").await.0 == StatusCode::FORBIDDEN
+    })
+    .await;
+    let still_churning = !churn.is_finished();
+    churning.store(false, std::sync::atomic::Ordering::Relaxed);
+    churn.await.unwrap();
+    assert!(applied, "the deny waited for the churn to end");
+    assert!(still_churning, "the churn outlasted the wait");
+}
+
 /// The policies directory replaced whole, as a release swaps it (a new directory renamed
 /// into place), is read, and the new directory's later edits are watched too.
 #[tokio::test]
