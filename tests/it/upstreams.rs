@@ -737,6 +737,38 @@ async fn unreachable_endpoint_retried_elsewhere_and_ejected() {
     }
 }
 
+/// An upstream whose only endpoint is down is ejected once: the requests still tried (every
+/// endpoint out, all are tried) fail without ejecting it again, so its time out is
+/// `base_time`, not doubled with every five failures up to `max_time`.
+#[tokio::test]
+async fn failures_while_ejected_do_not_extend_it() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = Setup {
+        upstreams: format!(
+            "  pool:\n    url: http://backend.test\n    endpoints: [\"{dead}\"]\n    ejection: {{consecutive_failures: 2, base_time: 10s, max_time: 5m}}\n"
+        ),
+        policies: route_all_to("pool"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for _ in 0..12 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::BAD_GATEWAY);
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    for line in [
+        format!(
+            "portcullis_upstream_endpoint_ejections_total{{upstream=\"pool\",endpoint=\"{dead}\"}} 1"
+        ),
+        format!("portcullis_upstream_endpoint_up{{upstream=\"pool\",endpoint=\"{dead}\"}} 0"),
+    ] {
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+}
+
 /// Active health checks take a failing endpoint out of rotation and bring it back.
 #[tokio::test]
 async fn health_checks_remove_and_return_an_endpoint() {
