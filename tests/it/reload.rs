@@ -87,8 +87,8 @@ async fn watched_policy_change_takes_effect() {
 
 /// A deny written while another file in the policies directory changes faster than the
 /// watcher's debounce (every 20 ms here, against the tests' 50 ms; a sync tool's state file)
-/// takes effect during the churn, not after it: the wait for quiet is bounded. Before, the
-/// deny waited as long as the churn lasted.
+/// takes effect during the churn, not after it: a file the loader does not read wakes no
+/// reload and holds none back. Before, the deny waited as long as the churn lasted.
 #[tokio::test]
 async fn a_deny_applies_while_the_directory_keeps_changing() {
     let gw = watched_gateway().await;
