@@ -380,10 +380,14 @@ impl Authn {
                 if other.sources.is_empty() {
                     continue;
                 }
+                // The refusal names the authenticator whose own credential is doubled or
+                // unreadable; two readable credentials of two authenticators are no one's
+                // (its challenge is then the generic one, not the first listed's scheme).
                 match credential::find(&other.sources, facts.headers, facts.query) {
                     Found::Nothing => {}
                     Found::Token(t) if token.as_ref() == Some(&t) => {}
-                    _ => return Outcome::Failed(Failure::Ambiguous, Some(i)),
+                    Found::Token(_) => return Outcome::Failed(Failure::Ambiguous, None),
+                    _ => return Outcome::Failed(Failure::Ambiguous, Some(j)),
                 }
             }
             let verified = match &token {

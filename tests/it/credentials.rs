@@ -1328,6 +1328,11 @@ async fn api_key_challenges_name_their_scheme_and_keys_are_stripped_by_default()
     authenticators: [partners]
     require: {scopes: {all_of: [admin]}}
     upstream: echo
+  - name: keys-first
+    match: {paths: [\"/either/**\"]}
+    effect: allow
+    authenticators: [partners, users]
+    upstream: echo
 ";
     let gw = Setup {
         policies: vec![("10-p.yaml".into(), policy.into())],
@@ -1389,6 +1394,32 @@ async fn api_key_challenges_name_their_scheme_and_keys_are_stripped_by_default()
             StatusCode::BAD_REQUEST,
             Some("ApiKey realm=\"portcullis\", error=\"invalid_request\"".into())
         )
+    );
+    // Two credentials of two schemes are neither's: the generic challenge, whichever
+    // authenticator the rule lists first; a doubled bearer beside a key is the bearer's.
+    let bearer_request = "Bearer realm=\"portcullis\", error=\"invalid_request\", error_description=\"The request carries more than one credential\"";
+    assert_eq!(
+        challenge(
+            "/either/x",
+            vec![
+                ("x-api-key", key.clone()),
+                ("authorization", "Bearer a.b.c".into())
+            ]
+        )
+        .await,
+        (StatusCode::BAD_REQUEST, Some(bearer_request.into()))
+    );
+    assert_eq!(
+        challenge(
+            "/either/x",
+            vec![
+                ("x-api-key", key.clone()),
+                ("authorization", "Bearer a.b.c".into()),
+                ("authorization", "Bearer d.e.f".into())
+            ]
+        )
+        .await,
+        (StatusCode::BAD_REQUEST, Some(bearer_request.into()))
     );
     assert_eq!(
         challenge("/both/x", vec![]).await,
