@@ -648,7 +648,6 @@ pub fn undescribed_status(reason: &str) -> StatusCode {
     match reason {
         "headers_too_large" | "headers_too_many" => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "uri_too_long" => StatusCode::URI_TOO_LONG,
-        "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
         _ => StatusCode::BAD_REQUEST,
     }
 }

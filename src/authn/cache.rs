@@ -229,7 +229,7 @@ impl TokenCache {
         })
     }
 
-    /// Whether it holds nothing (approximate).
+    /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

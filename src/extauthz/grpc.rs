@@ -864,17 +864,13 @@ pub(crate) fn describe<'a>(
         s if s.eq_ignore_ascii_case("https") => Scheme::Https,
         _ => return Err("invalid_scheme"),
     };
-    // What the proxy refuses before reading a target (conformance, "connect authority form",
-    // "asterisk target"): a `CONNECT` (405), whatever it names, and `OPTIONS *`.
-    if method == Method::CONNECT {
-        return Err("method_not_allowed");
-    }
-    if http.path == "*" {
-        return Err("unsupported_target");
-    }
     // Why: an absolute or empty target would be read differently upstream than by the rules.
     // Regression: tests (it) grpc::bad_check_requests
-    if !http.path.starts_with('/') {
+    // A `CONNECT` (whatever it names) and `OPTIONS *` go on, for the facts to refuse as the
+    // proxy does (405, 400 `unsupported_target`) once the head's limits are checked; they
+    // were refused here as `invalid_path`. Regression: tests (it) conformance ("connect
+    // authority form", "asterisk target")
+    if !http.path.starts_with('/') && method != Method::CONNECT && http.path != "*" {
         return Err("invalid_path");
     }
     let raw = RawHeaders::of(http);

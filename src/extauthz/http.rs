@@ -52,20 +52,13 @@ impl HttpDoor for EnvoyHttp {
         // Why: Envoy puts `path_prefix` before the original path; what follows it is the
         // request, and anything else was not sent by Envoy's http_service.
         // Regression: tests (it) doors::envoy_http_path_prefix
-        // What the proxy refuses before reading a target (conformance, "connect authority
-        // form", "asterisk target"): a `CONNECT` (405), whatever it names, and `OPTIONS *`.
-        if parts.method == http::Method::CONNECT {
-            return Err(Undescribed("method_not_allowed"));
-        }
+        // A `CONNECT` (whatever it names) and `OPTIONS *` go on, for the facts to refuse as
+        // the proxy does (405, 400 `unsupported_target`) once the head's limits are checked.
+        // Regression: tests (it) conformance ("connect authority form", "asterisk target")
         let target = full
             .strip_prefix(prefix)
+            .filter(|t| t.starts_with('/') || *t == "*" || parts.method == http::Method::CONNECT)
             .ok_or(Undescribed("outside_path_prefix"))?;
-        if target == "*" {
-            return Err(Undescribed("unsupported_target"));
-        }
-        if !target.starts_with('/') {
-            return Err(Undescribed("outside_path_prefix"));
-        }
         let authority = match parts.uri.authority() {
             Some(a) => Some(a.as_str()),
             None => door::single(&parts.headers, &http::header::HOST)?,

@@ -417,6 +417,10 @@ impl<'a> RequestFacts<'a> {
         if *head.method == Method::CONNECT {
             return Err(FactsError::Connect);
         }
+        // `OPTIONS *` asks about the server, not a resource: no rule decides it, at any door.
+        if head.target == "*" {
+            return Err(FactsError::UnsupportedTarget);
+        }
         // Why: two `host` fields in a gRPC Check's header map were decided on the Check's
         // `host`, while the proxy door refuses the request (400 `multiple_hosts`) and an
         // upstream may read either. Regression: tests::multiple_hosts_refused_at_every_door
@@ -477,9 +481,6 @@ impl<'a> RequestFacts<'a> {
     ) -> Result<Self, FactsError> {
         if parts.method == Method::CONNECT {
             return Err(FactsError::Connect);
-        }
-        if parts.uri.path() == "*" {
-            return Err(FactsError::UnsupportedTarget);
         }
         // Why: hyper takes any scheme in an absolute-form target: `GET ftp://a.example/x` was
         // decided for that host as if it were HTTP. Regression: tests::absolute_form_targets

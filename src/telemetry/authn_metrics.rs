@@ -111,7 +111,7 @@ pub fn encode(out: &mut String, authn: &Authn, now: u64) {
             (
                 "portcullis_token_cache_entries",
                 "gauge",
-                "Entries in the verified-token cache (approximate)",
+                "Entries in the verified-token cache",
                 &cache,
             ),
             ("portcullis_api_keys", "gauge", "API keys loaded", &api_keys),
