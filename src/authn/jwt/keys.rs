@@ -3,7 +3,8 @@
 //!
 //! Invariants: a key's algorithms always belong to its key type's family, so an RSA, EC or
 //! Ed25519 public key can never be used as an HMAC secret (algorithm confusion); private keys
-//! are refused as verification keys; symmetric keys never come from a remote JWKS.
+//! are refused as verification keys (PEM or JWK); RSA keys under 2048 bits are refused;
+//! symmetric keys never come from a remote JWKS.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -97,6 +98,81 @@ pub enum KeyError {
     /// A symmetric key in a remote JWKS.
     #[error("symmetric (`oct`) keys are not accepted from a JWKS URL")]
     RemoteSymmetric,
+    /// A JWK with private members.
+    #[error(
+        "a JWK holding a private key (`d`): only public keys verify, and a published private key lets anyone sign tokens"
+    )]
+    PrivateJwk,
+    /// An RSA modulus under [`MIN_RSA_BITS`].
+    #[error("RSA key of {0} bits: at least 2048 are required")]
+    WeakRsa(usize),
+}
+
+/// The smallest RSA modulus accepted (NIST SP 800-131A). The verifier refuses smaller ones
+/// anyway: such a key failed every token as a bad signature while its set read as usable.
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// The bits of a big-endian unsigned integer (leading zero bytes ignored).
+fn bit_length(n: &[u8]) -> usize {
+    let n = &n[n.iter().position(|&b| b != 0).unwrap_or(n.len())..];
+    n.first()
+        .map_or(0, |&b| n.len() * 8 - b.leading_zeros() as usize)
+}
+
+/// Refuses an RSA modulus under [`MIN_RSA_BITS`].
+fn check_rsa_modulus(n: &[u8]) -> Result<(), KeyError> {
+    match bit_length(n) {
+        bits if bits < MIN_RSA_BITS => Err(KeyError::WeakRsa(bits)),
+        _ => Ok(()),
+    }
+}
+
+/// The modulus of a PKCS#1 `RSAPublicKey` (`SEQUENCE { INTEGER n, INTEGER e }`, DER).
+fn pkcs1_modulus(der: &[u8]) -> Option<&[u8]> {
+    // One DER header: the tag, then the length (short or long form); the content after it.
+    fn tlv(der: &[u8], tag: u8) -> Option<&[u8]> {
+        let (&t, rest) = der.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        if t != tag {
+            return None;
+        }
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+            (len, &rest[n..])
+        };
+        rest.get(..len)
+    }
+    tlv(tlv(der, 0x30)?, 0x02)
+}
+
+/// The members only a private JWK has (RFC 7518 §6.2.2, §6.3.2; RFC 8037 §2).
+const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "oth"];
+
+/// Refuses a JWK holding private key material (an `oct` key's `k` is its secret, and is
+/// judged elsewhere).
+///
+/// Why: the parsed JWK drops these members, so a JWKS publishing the private half of its
+/// keys (anyone reading it can then mint tokens) was trusted without a word, while a PEM
+/// private key is refused. Regression: jwt::keys::tests::private_jwks_refused
+fn refuse_private(v: &serde_json::Value) -> Result<(), KeyError> {
+    let Some(o) = v.as_object() else {
+        return Ok(());
+    };
+    if o.get("kty").and_then(serde_json::Value::as_str) == Some("oct") {
+        return Ok(());
+    }
+    match PRIVATE_MEMBERS.iter().any(|m| o.contains_key(*m)) {
+        true => Err(KeyError::PrivateJwk),
+        false => Ok(()),
+    }
 }
 
 // === impl AlgSet ===
@@ -274,11 +350,14 @@ pub fn from_pem(
             spki(&cert.public_key())?
         }
         "PUBLIC KEY" => spki(&Spki::from_der(pem.contents()).ok_or(KeyError::Malformed)?)?,
-        "RSA PUBLIC KEY" => (
-            KeyFamily::Rsa,
-            DecodingKey::from_rsa_der(pem.contents()),
-            pem.contents().to_vec(),
-        ),
+        "RSA PUBLIC KEY" => {
+            check_rsa_modulus(pkcs1_modulus(pem.contents()).ok_or(KeyError::Malformed)?)?;
+            (
+                KeyFamily::Rsa,
+                DecodingKey::from_rsa_der(pem.contents()),
+                pem.contents().to_vec(),
+            )
+        }
         l if l.contains("PRIVATE") => return Err(KeyError::PrivateKey),
         _ => return Err(KeyError::NotPem),
     };
@@ -290,6 +369,7 @@ fn spki(info: &Spki<'_>) -> Result<(KeyFamily, DecodingKey, Vec<u8>), KeyError> 
     let oid = info.algorithm;
     let bits = info.key;
     if oid == x509::OID_RSA_ENCRYPTION {
+        check_rsa_modulus(pkcs1_modulus(bits).ok_or(KeyError::Malformed)?)?;
         Ok((
             KeyFamily::Rsa,
             DecodingKey::from_rsa_der(bits),
@@ -393,7 +473,10 @@ fn is_der_sequence(b: &[u8]) -> bool {
 
 /// One JWK as JSON text (inline config or a JWKS file entry).
 pub fn from_jwk_json(text: &str, remote: bool) -> Result<VerifyKey, KeyError> {
-    let jwk: Jwk = serde_json::from_str(text).map_err(|e| KeyError::Jwk(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| KeyError::Jwk(e.to_string()))?;
+    refuse_private(&v)?;
+    let jwk: Jwk = serde_json::from_value(v).map_err(|e| KeyError::Jwk(e.to_string()))?;
     from_jwk(&jwk, remote)
 }
 
@@ -417,7 +500,14 @@ pub fn from_jwk(jwk: &Jwk, remote: bool) -> Result<VerifyKey, KeyError> {
         return Err(KeyError::NotForSignatures);
     }
     let (family, material): (KeyFamily, Vec<u8>) = match &jwk.algorithm {
-        AlgorithmParameters::RSA(p) => (KeyFamily::Rsa, format!("{}.{}", p.n, p.e).into_bytes()),
+        AlgorithmParameters::RSA(p) => {
+            use base64::Engine as _;
+            let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p.n.trim_end_matches('='))
+                .map_err(|_| KeyError::Malformed)?;
+            check_rsa_modulus(&n)?;
+            (KeyFamily::Rsa, format!("{}.{}", p.n, p.e).into_bytes())
+        }
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
             EllipticCurve::P256 => (KeyFamily::EcP256, format!("{}.{}", p.x, p.y).into_bytes()),
             EllipticCurve::P384 => (KeyFamily::EcP384, format!("{}.{}", p.x, p.y).into_bytes()),
@@ -502,7 +592,9 @@ fn jwk_alg(alg: &KeyAlgorithm) -> Option<Algorithm> {
 }
 
 /// A JWKS document: every usable key, and how many were skipped (unsupported, encryption
-/// keys and the like are skipped, not fatal: IdPs publish them beside signing keys).
+/// keys, weak RSA keys and the like are skipped, not fatal: IdPs publish them beside signing
+/// keys). A document holding any private key is refused whole: whoever published it has
+/// leaked it, and every key beside it is suspect.
 pub fn parse_jwks(text: &[u8], remote: bool) -> Result<(Vec<VerifyKey>, usize), KeyError> {
     #[derive(serde::Deserialize)]
     struct Doc {
@@ -511,6 +603,9 @@ pub fn parse_jwks(text: &[u8], remote: bool) -> Result<(Vec<VerifyKey>, usize), 
     let doc: Doc = serde_json::from_slice(text).map_err(|e| KeyError::Jwk(e.to_string()))?;
     let mut keys = Vec::with_capacity(doc.keys.len());
     let mut skipped = 0;
+    for v in &doc.keys {
+        refuse_private(v)?;
+    }
     for v in doc.keys {
         match serde_json::from_value::<Jwk>(v)
             .map_err(|e| KeyError::Jwk(e.to_string()))

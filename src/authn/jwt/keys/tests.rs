@@ -199,3 +199,133 @@ fn key_ops_without_verify_refused() {
         );
     }
 }
+
+/// Regression: a JWK's private members were dropped by the parser, so a JWKS publishing the
+/// private half of its keys was trusted without a word (PEM private keys were refused).
+#[test]
+fn private_jwks_refused() {
+    // RFC 8037's Ed25519 example key, public and private.
+    let public =
+        r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+    let private = r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"}"#;
+    assert!(from_jwk_json(public, true).is_ok());
+    for remote in [true, false] {
+        assert_eq!(
+            from_jwk_json(private, remote).err(),
+            Some(KeyError::PrivateJwk),
+            "remote {remote}"
+        );
+        let doc = format!(r#"{{"keys":[{public},{private}]}}"#);
+        assert_eq!(
+            parse_jwks(doc.as_bytes(), remote).err(),
+            Some(KeyError::PrivateJwk),
+            "a document with one private key is refused whole"
+        );
+    }
+    // RSA's and EC's private members too, whatever else the key says.
+    for member in ["p", "q", "dp", "dq", "qi", "oth"] {
+        let rsa = format!(r#"{{"kty":"RSA","n":"AQAB","e":"AQAB","{member}":"AQAB"}}"#);
+        assert_eq!(
+            from_jwk_json(&rsa, false).err(),
+            Some(KeyError::PrivateJwk),
+            "{member}"
+        );
+    }
+    // An `oct` key's `k` is its secret: judged as an HMAC key, not as a leaked private key.
+    let oct = r#"{"kty":"oct","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}"#;
+    assert_ne!(from_jwk_json(oct, false).err(), Some(KeyError::PrivateJwk));
+}
+
+/// Regression: a 1024-bit RSA key was kept as usable, and every token it signed failed as a
+/// bad signature (the verifier refuses it) while the set read as ready.
+#[test]
+fn weak_rsa_keys_refused() {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let modulus = |bits: usize| {
+        let mut n = vec![0xd5u8; bits / 8];
+        n[0] = 0xc1;
+        n
+    };
+    let jwk = |bits: usize| {
+        format!(
+            r#"{{"kty":"RSA","n":"{}","e":"AQAB"}}"#,
+            b64(&modulus(bits))
+        )
+    };
+    assert_eq!(
+        from_jwk_json(&jwk(1024), true).err(),
+        Some(KeyError::WeakRsa(1024))
+    );
+    assert_eq!(
+        from_jwk_json(&jwk(2040), true).err(),
+        Some(KeyError::WeakRsa(2040))
+    );
+    assert!(from_jwk_json(&jwk(2048), true).is_ok());
+    assert!(from_jwk_json(&jwk(4096), true).is_ok());
+    // In a JWKS the weak key is skipped, as other unusable keys are.
+    let doc = format!(r#"{{"keys":[{},{}]}}"#, jwk(1024), jwk(2048));
+    let (keys, skipped) = parse_jwks(doc.as_bytes(), true).unwrap();
+    assert_eq!((keys.len(), skipped), (1, 1));
+    // PEM: PKCS#1 and SPKI (rsaEncryption).
+    let pkcs1 = |bits: usize| {
+        let n = [&[0u8][..], &modulus(bits)].concat();
+        let int = |v: &[u8]| {
+            let mut out = vec![0x02];
+            match v.len() {
+                l if l < 0x80 => out.push(l as u8),
+                l if l < 0x100 => out.extend([0x81, l as u8]),
+                l => out.extend([0x82, (l >> 8) as u8, l as u8]),
+            }
+            out.extend_from_slice(v);
+            out
+        };
+        let body = [int(&n), int(&[1, 0, 1])].concat();
+        let mut out = vec![0x30, 0x82, (body.len() >> 8) as u8, body.len() as u8];
+        out.extend(body);
+        out
+    };
+    assert_eq!(
+        from_pem(
+            pem("RSA PUBLIC KEY", &pkcs1(1024)).as_bytes(),
+            None,
+            &[A::RS256]
+        )
+        .err(),
+        Some(KeyError::WeakRsa(1024))
+    );
+    assert!(
+        from_pem(
+            pem("RSA PUBLIC KEY", &pkcs1(2048)).as_bytes(),
+            None,
+            &[A::RS256]
+        )
+        .is_ok()
+    );
+    let rsa_oid = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    let spki_long = |key: &[u8]| {
+        // `spki_der` writes short-form lengths only; a 1024-bit key needs the long form.
+        let tlv = |tag: u8, v: &[u8]| {
+            let mut out = vec![tag];
+            match v.len() {
+                l if l < 0x80 => out.push(l as u8),
+                l if l < 0x100 => out.extend([0x81, l as u8]),
+                l => out.extend([0x82, (l >> 8) as u8, l as u8]),
+            }
+            out.extend_from_slice(v);
+            out
+        };
+        let id = tlv(0x30, &[tlv(0x06, &rsa_oid), vec![0x05, 0x00]].concat());
+        let bits = tlv(0x03, &[&[0][..], key].concat());
+        tlv(0x30, &[id, bits].concat())
+    };
+    assert_eq!(
+        from_pem(
+            pem("PUBLIC KEY", &spki_long(&pkcs1(1024))).as_bytes(),
+            None,
+            &[A::RS256]
+        )
+        .err(),
+        Some(KeyError::WeakRsa(1024))
+    );
+}
