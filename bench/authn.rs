@@ -206,8 +206,13 @@ fn benches(c: &mut Criterion) {
     });
     c.bench_function("authenticator_verify_cached_rs256", |b| {
         b.iter(|| {
-            rt.block_on(users.verify(black_box(rs256), now(), false))
-                .is_ok()
+            rt.block_on(users.verify(
+                black_box(rs256),
+                now(),
+                false,
+                std::net::IpAddr::from([127, 0, 0, 1]),
+            ))
+            .is_ok()
         });
     });
     c.bench_function("token_digest_sha256_for_comparison", |b| {

@@ -391,7 +391,7 @@ impl Authn {
                 }
             }
             let verified = match &token {
-                Some(t) => a.verify(t, now, fresh).await,
+                Some(t) => a.verify(t, now, fresh, facts.client_ip).await,
                 None => a.verify_request(facts, now),
             };
             return settle(verified, i);
@@ -507,12 +507,14 @@ impl Authenticator {
             .flatten()
     }
 
-    /// Verifies a token, through the cache unless `fresh`.
+    /// Verifies a token, through the cache unless `fresh`; `client` is the request's client
+    /// address (an introspection call counts against its share).
     pub async fn verify(
         &self,
         token: &str,
         now: u64,
         fresh: bool,
+        client: std::net::IpAddr,
     ) -> Result<Arc<Principal>, Failure> {
         match &self.kind {
             Kind::Jwt(j) => {
@@ -553,7 +555,7 @@ impl Authenticator {
                     return e.result.clone().map_err(Failure::Invalid);
                 }
                 // Boxed, like a JWT miss: the HTTP exchange is a large future.
-                match Box::pin(x.introspect(token, &self.name, now)).await {
+                match Box::pin(x.introspect_once(token, &self.name, now, client)).await {
                     Ok(Answer::Active(p, exp)) => {
                         self.cache
                             .insert(token, Entry::new(Arc::clone(&p), exp, None));

@@ -12,6 +12,7 @@
 //!   principal, never a decision: every route checks its own requirements on it.
 
 use crate::config::FieldError;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -60,10 +61,24 @@ pub struct Introspector {
     pub calls_failed: AtomicU64,
     /// Calls refused because `max_in_flight` were already running.
     pub calls_shed: AtomicU64,
+    /// The calls under way, by the token's SHA-256: a request for a token already being asked
+    /// about waits for that answer ([`Self::introspect_once`]).
+    pending: std::sync::Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<Shared>>>>,
+    /// Calls in flight per client address (IPv6 by /64), at most `max_per_client` each.
+    per_client: std::sync::Mutex<HashMap<u128, usize>>,
+    max_per_client: usize,
 }
 
+/// One call's answer as every request waiting on it gets it; `Err`: the call failed (logged
+/// once by the caller that made it).
+pub type Shared = Result<Answer, Unavailable>;
+
+/// An introspection call that failed (timed out, refused, shed, an unreadable answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
 /// What the server said about a token.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Answer {
     /// Active: the principal, and the Unix second from which it stops being valid (`exp`).
     Active(Arc<Principal>, Option<u64>),
@@ -94,6 +109,12 @@ impl Introspector {
             .ok();
         if raw.max_in_flight == 0 {
             errors.push(FieldError::new("max_in_flight", "must be at least 1"));
+        }
+        if raw.max_in_flight_per_client == 0 {
+            errors.push(FieldError::new(
+                "max_in_flight_per_client",
+                "must be at least 1",
+            ));
         }
         if raw.token_types.iter().any(String::is_empty) {
             errors.push(FieldError::new(
@@ -181,7 +202,56 @@ impl Introspector {
             calls_ok: AtomicU64::new(0),
             calls_failed: AtomicU64::new(0),
             calls_shed: AtomicU64::new(0),
+            pending: std::sync::Mutex::default(),
+            per_client: std::sync::Mutex::default(),
+            max_per_client: raw.max_in_flight_per_client,
         })
+    }
+
+    /// [`Self::introspect`], once for all the requests asking about one token at the same
+    /// time: the first makes the call, the others wait for its answer.
+    ///
+    /// Why: 60 requests at once with one uncached token made 60 calls, each holding one of
+    /// the `max_in_flight` slots: a page loading its assets with a fresh token could shed
+    /// its own requests (503). Regression: tests (it)
+    /// credentials::concurrent_requests_with_one_token_make_one_call
+    ///
+    /// The call counts against `client`'s share of the slots (`max_in_flight_per_client`);
+    /// requests waiting on another's call take none.
+    pub async fn introspect_once(
+        &self,
+        token: &str,
+        authenticator: &Arc<str>,
+        now: u64,
+        client: std::net::IpAddr,
+    ) -> Shared {
+        // By SHA-256, never a short hash: a collision would hand one token's principal to
+        // another.
+        let key = crate::secret::sha256(token.as_bytes());
+        let cell = match self.pending.lock() {
+            Ok(mut pending) => Arc::clone(pending.entry(key).or_default()),
+            // A poisoned map (a panic while it was held): no sharing, the call is still made.
+            Err(_) => Arc::new(tokio::sync::OnceCell::new()),
+        };
+        let _leave = Leave {
+            pending: &self.pending,
+            key,
+            cell: &cell,
+        };
+        cell.get_or_init(|| async {
+            // Why: every made-up token is a call; 110 of them at once from one client filled
+            // the 64 slots, and a valid token arriving meanwhile got 503.
+            // Regression: tests (it) credentials::one_client_cannot_fill_the_introspection_slots
+            let Some(_share) = ClientShare::take(self, client) else {
+                self.calls_shed.fetch_add(1, Ordering::Relaxed);
+                return Err(Unavailable);
+            };
+            self.introspect(token, authenticator, now)
+                .await
+                .map_err(|_| Unavailable)
+        })
+        .await
+        .clone()
     }
 
     /// Asks the server about `token` (no cache here). `now` is Unix seconds.
@@ -241,13 +311,7 @@ impl Introspector {
                 .insert(header::AUTHORIZATION, b.expose().clone());
         }
         let fetched = self.client.send(req, self.timeout, self.max_bytes).await?;
-        match serde_json::from_slice::<Value>(&fetched.body) {
-            Ok(Value::Object(m)) => match m.get("active") {
-                Some(Value::Bool(_)) => Ok(m),
-                _ => Err(FetchError::Invalid("`active` is not a boolean".into())),
-            },
-            _ => Err(FetchError::Invalid("not a JSON object".into())),
-        }
+        read_answer(&fetched.body)
     }
 
     /// What an answer means for this gateway.
@@ -298,6 +362,92 @@ impl Introspector {
     }
 }
 
+/// One of a client's calls in flight, given back when dropped.
+struct ClientShare<'a> {
+    introspector: &'a Introspector,
+    client: u128,
+}
+
+impl<'a> ClientShare<'a> {
+    /// A share for `client`, unless it has `max_per_client` calls in flight already.
+    fn take(introspector: &'a Introspector, client: std::net::IpAddr) -> Option<Self> {
+        // IPv6 by /64, as rate limits count: a site holds more addresses than anyone could
+        // track.
+        let client = match client {
+            std::net::IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+            std::net::IpAddr::V6(v6) => u128::from(v6) >> 64 << 64,
+        };
+        let mut counts = introspector.per_client.lock().ok()?;
+        let n = counts.entry(client).or_insert(0);
+        if *n >= introspector.max_per_client {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            introspector,
+            client,
+        })
+    }
+}
+
+impl Drop for ClientShare<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.introspector.per_client.lock()
+            && let Some(n) = counts.get_mut(&self.client)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Takes a call off the pending map once it is answered, or once its last waiter is gone
+/// (every one of them cancelled: the next request makes the call again).
+struct Leave<'a> {
+    pending: &'a std::sync::Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<Shared>>>>,
+    key: [u8; 32],
+    cell: &'a Arc<tokio::sync::OnceCell<Shared>>,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        // Under the lock, every other holder took its reference from the map: the map's and
+        // this one are the last two when no one else waits.
+        let done = self.cell.initialized() || Arc::strong_count(self.cell) <= 2;
+        if done
+            && pending
+                .get(&self.key)
+                .is_some_and(|c| Arc::ptr_eq(c, self.cell))
+        {
+            pending.remove(&self.key);
+        }
+    }
+}
+
+/// An introspection answer: a JSON object with a boolean `active`, no member name repeated
+/// at any depth (else a failure: 503, never cached).
+///
+/// Why strict: serde_json keeps the last of two equal names, other parsers the first;
+/// `{"active":false,"active":true}` was taken as active, `"sub":"admin","sub":"u1"` as `u1`.
+/// Tokens are held to this (`verify::b64_json`); an answer deciding as much is too.
+/// Regression: tests::answers_repeating_a_member_are_refused
+fn read_answer(body: &[u8]) -> Result<Map<String, Value>, FetchError> {
+    match serde_json::from_slice::<super::jwt::verify::Strict>(body) {
+        Ok(super::jwt::verify::Strict(Value::Object(m))) => match m.get("active") {
+            Some(Value::Bool(_)) => Ok(m),
+            _ => Err(FetchError::Invalid("`active` is not a boolean".into())),
+        },
+        // The visitor accepts every JSON value: a data error is the repeated name.
+        Err(e) if e.is_data() => Err(FetchError::Invalid("a member name repeated".into())),
+        _ => Err(FetchError::Invalid("not a JSON object".into())),
+    }
+}
+
 /// `application/x-www-form-urlencoded` encoding of one value.
 fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -321,6 +471,23 @@ fn form_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_repeating_a_member_are_refused() {
+        let ok = read_answer(br#"{"active":true,"sub":"u1","ext":{"a":1}}"#).unwrap();
+        assert_eq!(ok["sub"], "u1");
+        for body in [
+            &br#"{"active":false,"active":true,"sub":"u1"}"#[..],
+            br#"{"active":true,"sub":"admin","sub":"u1"}"#,
+            br#"{"active":true,"sub":"u1","ext":{"role":"a","role":"b"}}"#,
+        ] {
+            let e = read_answer(body).unwrap_err();
+            assert!(e.to_string().contains("repeated"), "{e}");
+        }
+        for body in [&b"[]"[..], b"{\"active\":\"true\"}", b"{}", b"not json"] {
+            assert!(read_answer(body).is_err());
+        }
+    }
 
     #[test]
     fn form_encoding() {

@@ -632,6 +632,72 @@ async fn introspection_active_token_is_accepted_and_cached() {
     );
 }
 
+/// Requests arriving together with one uncached token make one call, and all get its
+/// answer; another token makes its own. Before, 20 requests made 20 calls (each holding one
+/// of the `max_in_flight` slots).
+#[tokio::test]
+async fn concurrent_requests_with_one_token_make_one_call() {
+    let idp = Idp::start().await;
+    for t in ["shared-1", "shared-2"] {
+        idp.answer(
+            t,
+            json!({"active": true, "sub": t, "aud": "api", "exp": now() + 300}),
+        );
+    }
+    idp.mode(Mode::Slow(Duration::from_millis(150)));
+    let gw = opaque_gateway(&idp, "").await;
+    let gw = &gw;
+    let asks = (0..20).map(|i| async move {
+        let t = bearer(if i % 10 == 0 { "shared-2" } else { "shared-1" });
+        call(gw, "/api/x", &[("authorization", &t)]).await
+    });
+    let statuses = futures_util::future::join_all(asks).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(idp.hits(), 2, "one call per token");
+}
+
+/// Made-up tokens from one client take at most `max_in_flight_per_client` calls at once; the
+/// rest of that client's requests needing a call get 503, and the shares come back.
+/// Before, one client's 110 made-up tokens filled the 64 slots and everyone got 503.
+#[tokio::test]
+async fn one_client_cannot_fill_the_introspection_slots() {
+    let idp = Idp::start().await;
+    idp.answer(
+        "valid-1",
+        json!({"active": true, "sub": "alice", "aud": "api", "exp": now() + 300}),
+    );
+    idp.mode(Mode::Slow(Duration::from_millis(200)));
+    let gw = opaque_gateway(&idp, "      max_in_flight_per_client: 2\n").await;
+    let gw = &gw;
+    let asks = (0..6).map(|i| async move {
+        let t = bearer(&format!("made-up-{i}"));
+        call(gw, "/api/x", &[("authorization", &t)]).await
+    });
+    let mut statuses = futures_util::future::join_all(asks).await;
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ]
+    );
+    assert_eq!(idp.hits(), 2, "two calls for this client at once");
+    // The shares are back: the client's next call is made.
+    assert_eq!(
+        call(gw, "/api/x", &[("authorization", &bearer("valid-1"))]).await,
+        StatusCode::OK
+    );
+    assert_eq!(idp.hits(), 3);
+}
+
 #[tokio::test]
 async fn introspection_inactive_and_unusable_answers_are_refused() {
     let idp = Idp::start().await;

@@ -240,7 +240,7 @@ fn b64_json(part: &str) -> Result<Map<String, Value>, TokenError> {
 }
 
 /// A JSON value in which no object repeats a member name.
-struct Strict(Value);
+pub(crate) struct Strict(pub(crate) Value);
 
 impl<'de> Deserialize<'de> for Strict {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

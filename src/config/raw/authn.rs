@@ -587,6 +587,11 @@ pub struct RawIntrospection {
     /// than piling up on the authorization server.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Most of those calls made for one client address (IPv6 by /64) at once: made-up tokens
+    /// from one client cannot fill `max_in_flight` and get everyone else 503. Beyond it, that
+    /// client's requests needing a call get 503.
+    #[serde(default = "default_max_in_flight_per_client")]
+    pub max_in_flight_per_client: usize,
     /// How the principal is read from the response.
     #[serde(default)]
     pub principal: RawPrincipalMapping,
@@ -720,6 +725,10 @@ fn default_token_types() -> Vec<String> {
 
 fn default_max_in_flight() -> usize {
     64
+}
+
+fn default_max_in_flight_per_client() -> usize {
+    16
 }
 
 fn default_cert_ids() -> Vec<RawCertName> {
