@@ -386,7 +386,12 @@ impl Authn {
                 match credential::find(&other.sources, facts.headers, facts.query) {
                     Found::Nothing => {}
                     Found::Token(t) if token.as_ref() == Some(&t) => {}
-                    Found::Token(_) => return Outcome::Failed(Failure::Ambiguous, None),
+                    Found::Token(_) => {
+                        // Two API keys (both `ApiKey` authenticators) are still the ApiKey
+                        // scheme's to challenge.
+                        let keys = a.challenges_api_key() && other.challenges_api_key();
+                        return Outcome::Failed(Failure::Ambiguous, keys.then_some(i));
+                    }
                     _ => return Outcome::Failed(Failure::Ambiguous, Some(j)),
                 }
             }
@@ -555,7 +560,7 @@ impl Authenticator {
                     return e.result.clone().map_err(Failure::Invalid);
                 }
                 // Boxed, like a JWT miss: the HTTP exchange is a large future.
-                match Box::pin(x.introspect_once(token, &self.name, now, client)).await {
+                match Box::pin(x.introspect_once(token, &self.name, now, client, fresh)).await {
                     Ok(Answer::Active(p, exp)) => {
                         self.cache
                             .insert(token, Entry::new(Arc::clone(&p), exp, None));

@@ -77,6 +77,10 @@ pub type Shared = Result<Answer, Unavailable>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unavailable;
 
+/// A caller over its client's share of the calls: refused, its call not made.
+#[derive(Debug, Clone, Copy)]
+struct Shed;
+
 /// What the server said about a token.
 #[derive(Debug, Clone)]
 pub enum Answer {
@@ -224,34 +228,53 @@ impl Introspector {
         authenticator: &Arc<str>,
         now: u64,
         client: std::net::IpAddr,
+        fresh: bool,
     ) -> Shared {
+        // Why: every made-up token is a call; 110 of them at once from one client filled
+        // the 64 slots, and a valid token arriving meanwhile got 503.
+        // Regression: tests (it) credentials::one_client_cannot_fill_the_introspection_slots
+        let call = || async {
+            let Some(_share) = ClientShare::take(self, client) else {
+                self.calls_shed.fetch_add(1, Ordering::Relaxed);
+                return Err(Shed);
+            };
+            Ok(self
+                .introspect(token, authenticator, now)
+                .await
+                .map_err(|_| Unavailable))
+        };
+        // A re-check (`fresh`) looks for a revocation: it joins no call that began before it.
+        if fresh {
+            return call().await.unwrap_or(Err(Unavailable));
+        }
         // By SHA-256, never a short hash: a collision would hand one token's principal to
         // another.
         let key = crate::secret::sha256(token.as_bytes());
-        let cell = match self.pending.lock() {
-            Ok(mut pending) => Arc::clone(pending.entry(key).or_default()),
-            // A poisoned map (a panic while it was held): no sharing, the call is still made.
-            Err(_) => Arc::new(tokio::sync::OnceCell::new()),
-        };
-        let _leave = Leave {
+        let mut leave = Leave {
             pending: &self.pending,
             key,
-            cell: &cell,
+            cell: match self.pending.lock() {
+                Ok(mut pending) => Some(Arc::clone(pending.entry(key).or_default())),
+                // A poisoned map (a panic while it was held): no sharing.
+                Err(_) => None,
+            },
         };
-        cell.get_or_init(|| async {
-            // Why: every made-up token is a call; 110 of them at once from one client filled
-            // the 64 slots, and a valid token arriving meanwhile got 503.
-            // Regression: tests (it) credentials::one_client_cannot_fill_the_introspection_slots
-            let Some(_share) = ClientShare::take(self, client) else {
-                self.calls_shed.fetch_add(1, Ordering::Relaxed);
-                return Err(Unavailable);
-            };
-            self.introspect(token, authenticator, now)
-                .await
-                .map_err(|_| Unavailable)
-        })
-        .await
-        .clone()
+        let cell = leave
+            .cell
+            .get_or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()));
+        // A caller over its share is refused alone: `Shed` leaves the cell empty, and the
+        // next waiter makes the call with its own share.
+        let answer = match cell.get_or_try_init(call).await {
+            Ok(shared) => shared.clone(),
+            Err(Shed) => return Err(Unavailable),
+        };
+        // Judged at the first caller's clock: a later waiter's own may be past `exp`.
+        match answer {
+            Ok(Answer::Active(_, Some(exp))) if exp <= now => {
+                Ok(Answer::Inactive(TokenError::Expired))
+            }
+            other => other,
+        }
     }
 
     /// Asks the server about `token` (no cache here). `now` is Unix seconds.
@@ -405,27 +428,34 @@ impl Drop for ClientShare<'_> {
 
 /// Takes a call off the pending map once it is answered, or once its last waiter is gone
 /// (every one of them cancelled: the next request makes the call again).
+///
+/// Every reference to a pending cell is taken from the map and given back under its lock
+/// (here), so the count read under the lock is exact: the map's and this one's are the last
+/// two when no one else waits. Regression: tests::a_pending_call_leaves_no_entry
 struct Leave<'a> {
     pending: &'a std::sync::Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<Shared>>>>,
     key: [u8; 32],
-    cell: &'a Arc<tokio::sync::OnceCell<Shared>>,
+    cell: Option<Arc<tokio::sync::OnceCell<Shared>>>,
 }
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
+        let Some(cell) = self.cell.take() else {
+            return;
+        };
         let Ok(mut pending) = self.pending.lock() else {
             return;
         };
-        // Under the lock, every other holder took its reference from the map: the map's and
-        // this one are the last two when no one else waits.
-        let done = self.cell.initialized() || Arc::strong_count(self.cell) <= 2;
+        let done = cell.initialized() || Arc::strong_count(&cell) <= 2;
         if done
             && pending
                 .get(&self.key)
-                .is_some_and(|c| Arc::ptr_eq(c, self.cell))
+                .is_some_and(|c| Arc::ptr_eq(c, &cell))
         {
             pending.remove(&self.key);
         }
+        // Given back while the lock is held.
+        drop(cell);
     }
 }
 
@@ -471,6 +501,41 @@ fn form_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two waiters cancelled together leave no entry behind, nor does an answered call.
+    #[test]
+    fn a_pending_call_leaves_no_entry() {
+        let pending = std::sync::Mutex::new(HashMap::new());
+        let key = [7u8; 32];
+        let join = || Leave {
+            pending: &pending,
+            key,
+            cell: Some(Arc::clone(pending.lock().unwrap().entry(key).or_default())),
+        };
+        let (first, second) = (join(), join());
+        drop(first);
+        assert_eq!(pending.lock().unwrap().len(), 1, "the second still waits");
+        drop(second);
+        assert!(
+            pending.lock().unwrap().is_empty(),
+            "the last waiter took it off"
+        );
+
+        let answered = join();
+        let waiting = join();
+        assert!(
+            answered
+                .cell
+                .as_ref()
+                .unwrap()
+                .set(Err(Unavailable))
+                .is_ok()
+        );
+        drop(answered);
+        assert!(pending.lock().unwrap().is_empty(), "answered: off at once");
+        drop(waiting);
+        assert!(pending.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn answers_repeating_a_member_are_refused() {

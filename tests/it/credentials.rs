@@ -1374,7 +1374,7 @@ async fn client_ca_per_host() {
 async fn api_key_challenges_name_their_scheme_and_keys_are_stripped_by_default() {
     let key = generate().unwrap();
     let extra = format!(
-        "{}  partners:\n    api_key: {{keys_file: apikeys.yaml}}\n",
+        "{}  partners:\n    api_key: {{keys_file: apikeys.yaml}}\n  internal:\n    api_key: {{keys_file: apikeys.yaml, from: [{{header: x-internal-key}}]}}\n",
         crate::support::hs256_users("{}")
     );
     let policy = "rules:
@@ -1398,6 +1398,11 @@ async fn api_key_challenges_name_their_scheme_and_keys_are_stripped_by_default()
     match: {paths: [\"/either/**\"]}
     effect: allow
     authenticators: [partners, users]
+    upstream: echo
+  - name: two-keys
+    match: {paths: [\"/keys2/**\"]}
+    effect: allow
+    authenticators: [partners, internal]
     upstream: echo
 ";
     let gw = Setup {
@@ -1486,6 +1491,21 @@ async fn api_key_challenges_name_their_scheme_and_keys_are_stripped_by_default()
         )
         .await,
         (StatusCode::BAD_REQUEST, Some(bearer_request.into()))
+    );
+    // Two keys for two API-key authenticators: still the ApiKey scheme's.
+    assert_eq!(
+        challenge(
+            "/keys2/x",
+            vec![
+                ("x-api-key", key.clone()),
+                ("x-internal-key", "pk_other".into())
+            ]
+        )
+        .await,
+        (
+            StatusCode::BAD_REQUEST,
+            Some("ApiKey realm=\"portcullis\", error=\"invalid_request\"".into())
+        )
     );
     assert_eq!(
         challenge("/both/x", vec![]).await,
