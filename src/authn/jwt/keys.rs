@@ -618,6 +618,36 @@ pub fn parse_jwks(text: &[u8], remote: bool) -> Result<(Vec<VerifyKey>, usize), 
     Ok((keys, skipped))
 }
 
+/// A leaked key: its `kid`, and its fingerprint when its public part parses.
+pub type Leaked = (Option<Box<str>>, Option<[u8; 32]>);
+
+/// The keys a JWKS document published the private half of, as public keys (`kid`, and the
+/// fingerprint when the key parses): whoever read the document can sign with them.
+pub fn leaked(text: &[u8]) -> Vec<Leaked> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        keys: Vec<serde_json::Value>,
+    }
+    let Ok(doc) = serde_json::from_slice::<Doc>(text) else {
+        return Vec::new();
+    };
+    doc.keys
+        .into_iter()
+        .filter(|v| refuse_private(v).is_err())
+        .map(|v| {
+            let kid = v
+                .get("kid")
+                .and_then(serde_json::Value::as_str)
+                .map(Into::into);
+            let fingerprint = serde_json::from_value::<Jwk>(v)
+                .ok()
+                .and_then(|jwk| from_jwk(&jwk, true).ok())
+                .map(|k| k.fingerprint);
+            (kid, fingerprint)
+        })
+        .collect()
+}
+
 // === impl KeySet ===
 
 impl std::fmt::Debug for KeySet {
@@ -663,6 +693,28 @@ impl KeySet {
             }
         }
         next
+    }
+
+    /// This set without the keys `leaked` names (by `kid` or by fingerprint), which are
+    /// marked revoked (cached verifications under them included); `None` if it holds none.
+    pub fn without_leaked(&self, leaked: &[Leaked]) -> Option<Self> {
+        let hit = |k: &VerifyKey| {
+            leaked.iter().any(|(kid, fp)| {
+                (kid.is_some() && *kid == k.kid) || fp.is_some_and(|f| f == k.fingerprint)
+            })
+        };
+        if !self.keys.iter().any(|k| hit(k)) {
+            return None;
+        }
+        let mut kept = Vec::with_capacity(self.keys.len());
+        for k in &self.keys {
+            if hit(k) {
+                k.revoked.store(true, Ordering::Release);
+            } else {
+                kept.push(Arc::clone(k));
+            }
+        }
+        Some(Self::from_arcs(kept))
     }
 
     /// How many keys.

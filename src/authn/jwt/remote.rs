@@ -261,8 +261,26 @@ impl RemoteKeys {
             }
         };
         let fetched = self.client.get(&jwks_uri, s.timeout, s.max_bytes).await?;
-        let (fresh, skipped) =
-            parse_jwks(&fetched.body, true).map_err(|e| FetchError::Invalid(e.to_string()))?;
+        let (fresh, skipped) = match parse_jwks(&fetched.body, true) {
+            Ok(parsed) => parsed,
+            // Why: refusing the document kept the set held, so a key whose private half the
+            // IdP had just published went on verifying tokens anyone could now sign. The
+            // keys it leaked leave the set; the rest stay until a clean document comes.
+            // Regression: jwt::keys::tests::a_leaked_key_stops_verifying
+            Err(e @ super::keys::KeyError::PrivateJwk) => {
+                let leaked = super::keys::leaked(&fetched.body);
+                if let Some(next) = self.keys.load().without_leaked(&leaked) {
+                    self.keys.store(Arc::new(next));
+                }
+                tracing::error!(
+                    issuer = &*self.issuer,
+                    leaked = leaked.len(),
+                    "The key set publishes private keys: those keys no longer verify"
+                );
+                return Err(FetchError::Invalid(e.to_string()));
+            }
+            Err(e) => return Err(FetchError::Invalid(e.to_string())),
+        };
         if fresh.is_empty() {
             return Err(FetchError::Invalid(format!(
                 "no usable signing keys ({skipped} skipped)"

@@ -329,3 +329,28 @@ fn weak_rsa_keys_refused() {
         Some(KeyError::WeakRsa(1024))
     );
 }
+
+/// Regression: a refused document (it published a private key) left the set as it was, and
+/// the leaked key went on verifying tokens anyone could now sign.
+#[test]
+fn a_leaked_key_stops_verifying() {
+    // RFC 8037's Ed25519 key (public, then with `d`), and a second, kid-less, P-256 key.
+    let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    let public = format!(r#"{{"kty":"OKP","crv":"Ed25519","kid":"k1","x":"{x}"}}"#);
+    let ec = KeyPair::generate().unwrap();
+    let other = from_pem(ec.public_key_pem().as_bytes(), Some("k2"), &[A::ES256]).unwrap();
+    let held = KeySet::new(vec![from_jwk_json(&public, true).unwrap(), other]);
+    let k1 = Arc::clone(held.by_kid("k1").unwrap());
+    // Published again with its private half, under another kid: found by its fingerprint.
+    let doc = format!(
+        r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","kid":"renamed","x":"{x}","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"}}]}}"#
+    );
+    let leaked = leaked(doc.as_bytes());
+    assert_eq!(leaked.len(), 1);
+    let next = held.without_leaked(&leaked).expect("a held key leaked");
+    assert!(k1.is_revoked(), "cached verifications under it end too");
+    assert!(next.by_kid("k1").is_none());
+    assert!(next.by_kid("k2").is_some(), "the others stay");
+    // A document leaking a key the set does not hold changes nothing.
+    assert!(next.without_leaked(&leaked).is_none());
+}
