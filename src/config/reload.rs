@@ -320,14 +320,28 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: Duration) -> notify::Res
 /// files churning in the policies directory) no longer wakes the watcher ([`concerns`]).
 /// Regression: tests::a_change_settles_once_quiet
 async fn settle(rx: &mut mpsc::Receiver<()>, debounce: Duration) -> bool {
+    let started = tokio::time::Instant::now();
+    let mut warned = false;
     loop {
         match tokio::time::timeout(debounce, rx.recv()).await {
-            Ok(Some(())) => {}
+            Ok(Some(())) => {
+                // Said once, so that a tool rewriting a policy file forever is not silent.
+                if !warned && started.elapsed() >= CHURN_WARNING {
+                    warned = true;
+                    tracing::warn!(
+                        waited_secs = started.elapsed().as_secs(),
+                        "Watched files keep changing; the reload waits until they are quiet"
+                    );
+                }
+            }
             Ok(None) => return false,
             Err(_) => return true,
         }
     }
 }
+
+/// How long a change may wait for quiet before the wait is logged.
+const CHURN_WARNING: Duration = Duration::from_secs(5);
 
 /// Whether an event on `paths` may change what a reload reads (`watched`): a watched file or
 /// directory itself, an entry of a watched directory that the loader reads (a `*.yaml` or

@@ -482,6 +482,17 @@ impl<'a> RequestFacts<'a> {
         if parts.method == Method::CONNECT {
             return Err(FactsError::Connect);
         }
+        // As `new` refuses it, but before the host is read: a `*` with an unreadable `Host`
+        // is `unsupported_target` here as at the other doors.
+        if parts.uri.path() == "*"
+            && parts
+                .method
+                .as_str()
+                .bytes()
+                .all(|b| !b.is_ascii_lowercase())
+        {
+            return Err(FactsError::UnsupportedTarget);
+        }
         // Why: hyper takes any scheme in an absolute-form target: `GET ftp://a.example/x` was
         // decided for that host as if it were HTTP. Regression: tests::absolute_form_targets
         if !matches!(parts.uri.scheme_str(), None | Some("http" | "https")) {
