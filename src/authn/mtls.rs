@@ -73,14 +73,20 @@ impl Mtls {
         if now < cert.not_before {
             return Err(TokenError::NotYetValid);
         }
+        // Why: with the default order (URI SAN, DNS SAN, CN), a certificate without a URI SAN
+        // and `CN=spiffe://corp/admin` (or that text as a DNS SAN) was the principal
+        // `spiffe://corp/admin`, where a CA lets requesters choose their CN but not their
+        // URI SANs. A name that is not a URI SAN and holds `:` (which every URI has, and no
+        // DNS name or mailbox does) is passed over, so no name passes for another kind.
+        // Regression: tests::a_name_cannot_pass_for_a_uri
         let id = self
             .id
             .iter()
             .find_map(|n| match n {
                 RawCertName::SanUri => cert.san_uri.first(),
-                RawCertName::SanDns => cert.san_dns.first(),
-                RawCertName::SanEmail => cert.san_email.first(),
-                RawCertName::SubjectCn => cert.subject_cn.as_ref(),
+                RawCertName::SanDns => cert.san_dns.first().filter(|v| !v.contains(':')),
+                RawCertName::SanEmail => cert.san_email.first().filter(|v| !v.contains(':')),
+                RawCertName::SubjectCn => cert.subject_cn.as_ref().filter(|v| !v.contains(':')),
             })
             .filter(|s| !s.is_empty() && !s.chars().any(char::is_control))
             .ok_or(TokenError::NoPrincipal)?;
@@ -154,6 +160,44 @@ mod tests {
         })
         .unwrap();
         assert_eq!(m.principal(&cert, &name, 0), Err(TokenError::NoPrincipal));
+    }
+
+    #[test]
+    fn a_name_cannot_pass_for_a_uri() {
+        let name: Arc<str> = "m".into();
+        let m = Mtls::compile(&RawMtls {
+            id: vec![
+                RawCertName::SanUri,
+                RawCertName::SanDns,
+                RawCertName::SubjectCn,
+            ],
+            kind: RawPrincipalKind::Machine,
+            listeners: vec![],
+        })
+        .unwrap();
+        let cert = |cn: &str, dns: &[&str]| ClientCert {
+            subject_cn: Some(cn.into()),
+            san_dns: dns.iter().map(|d| (*d).into()).collect(),
+            not_after: 100,
+            ..ClientCert::default()
+        };
+        assert_eq!(
+            m.principal(&cert("spiffe://corp/admin", &[]), &name, 0),
+            Err(TokenError::NoPrincipal)
+        );
+        assert_eq!(
+            &*m.principal(&cert("billing", &["spiffe://corp/admin"]), &name, 0)
+                .unwrap()
+                .id,
+            "billing",
+            "a DNS SAN holding a URI is passed over"
+        );
+        assert_eq!(
+            &*m.principal(&cert("billing", &["billing.corp"]), &name, 0)
+                .unwrap()
+                .id,
+            "billing.corp"
+        );
     }
 
     #[test]

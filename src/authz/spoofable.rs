@@ -11,7 +11,7 @@
 //! | path or method override | `X-Original-URL`, `X-Original-URI`, `X-Forwarded-Uri`, `X-Forwarded-Path`, `X-Envoy-Original-Path`, `X-HTTP-Method-Override` | removed | removed |
 //! | forwarding | `X-Forwarded-For/-Host/-Proto`, `X-Real-IP`, `Forwarded` | extended by the door (dashed); other spellings removed | replaced by the door; other spellings removed |
 //! | address, scheme and host claims | `X-Forwarded-Port`, `True-Client-IP`, `X-Client-IP`, `Client-IP`, `X-Original-Host` | kept (dashed) | removed |
-//! | infrastructure | `X-Forwarded-Client-Cert`, `X-Client-Cert-*`, `X-SSL-Client-*`, `X-Envoy-*`, `X-Portcullis-*`; other auth proxies' identity headers (`X-Forwarded-User`, `Remote-User`, `X-Auth-Request-*`, `X-Amzn-Oidc-*`, `X-MS-Client-Principal*`) | kept only when `server.trusted_proxy_headers` names them (dashed) | removed |
+//! | infrastructure | `X-Forwarded-Client-Cert`, `Client-Cert` (RFC 9440), `X-Client-Cert-*`, `X-SSL-Client-*`, `SSL-Client-*`, `X-Forwarded-Tls-Client-Cert*`, `X-Amzn-Mtls-*`, `X-Envoy-*`, `X-Portcullis-*`; other auth proxies' identity headers (`X-Forwarded-User`, `Remote-User`, `X-Auth-Request-*`, `X-Amzn-Oidc-*`, `X-MS-Client-Principal*`) | kept only when `server.trusted_proxy_headers` names them (dashed) | removed |
 //!
 //! Invariant: after [`Spoofable::strip`], no header of a removed family is left in any
 //! spelling, and nothing outside these families is touched.
@@ -407,6 +407,17 @@ pub fn family(dashed: &str) -> Option<Family> {
         | "x-ssl-cert"
         | "x-client-verify"
         | "x-client-dn"
+        // Why: more names TLS terminators pass a client certificate in (RFC 9440's
+        // `Client-Cert`, Traefik's `X-Forwarded-Tls-Client-Cert`, HAProxy's and others'
+        // subject and issuer) reached the upstream from any client; an app behind one of
+        // them believes them. Regression: tests::every_family_in_every_spelling
+        | "client-cert"
+        | "client-cert-chain"
+        | "x-client-certificate"
+        | "x-client-subject"
+        | "x-client-issuer"
+        | "x-ssl-subject"
+        | "x-ssl-issuer"
         // Why: the identity headers of the auth proxies Portcullis replaces (oauth2-proxy's
         // X-Forwarded-User and X-Auth-Request-*, Apache's and Authelia's Remote-User,
         // Grafana's X-WEBAUTH-USER, AWS ALB's X-Amzn-Oidc-*, Google IAP's, Azure App
@@ -438,6 +449,8 @@ pub fn family(dashed: &str) -> Option<Family> {
                 || dashed.starts_with("x-portcullis-")
                 || dashed.starts_with("x-client-cert-")
                 || dashed.starts_with("x-ssl-client-")
+                || dashed.starts_with("x-forwarded-tls-client-cert")
+                || dashed.starts_with("x-amzn-mtls-")
                 || dashed.starts_with("x-auth-request-")
                 || dashed.starts_with("x-amzn-oidc-")
                 || dashed.starts_with("x-goog-authenticated-user-")
@@ -452,7 +465,11 @@ pub fn family(dashed: &str) -> Option<Family> {
         // Cloudflare Access's identity (not its JWT or service-token credentials, which an
         // origin verifies) and mod_auth_openidc's claims and tokens (`OIDC_CLAIM_*`,
         // `OIDC_access_token`, `OIDC_id_token_payload`…).
-        _ if dashed.starts_with("cf-access-authenticated-user-") || dashed.starts_with("oidc-") => {
+        _ if dashed.starts_with("cf-access-authenticated-user-")
+            || dashed.starts_with("oidc-")
+            // nginx ingress's and Apache's `SSL-Client-Verify`, `SSL-Client-S-DN`…
+            || dashed.starts_with("ssl-client-") =>
+        {
             Some(Family::Infrastructure)
         }
         _ => None,
@@ -538,6 +555,15 @@ mod tests {
         ("x-goog-authenticated-user-email", true, true),
         ("x-pomerium-jwt-assertion", true, true),
         ("x-arr-clientcert", true, true),
+        ("client-cert", true, true),
+        ("Client_Cert_Chain", true, true),
+        ("x-forwarded-tls-client-cert", true, true),
+        ("x-forwarded-tls-client-cert-info", true, true),
+        ("x-amzn-mtls-clientcert-subject", true, true),
+        ("ssl-client-verify", true, true),
+        ("SSL_Client_S_DN", true, true),
+        ("x-client-certificate", true, true),
+        ("x-ssl-subject", true, true),
         ("Remote-Groups", true, true),
         ("x-auth-roles", true, true),
         ("x-authentik-groups", true, true),

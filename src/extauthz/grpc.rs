@@ -1037,7 +1037,11 @@ fn client_certificate(encoded: &str) -> Result<ClientCert, &'static str> {
         .next()
         .and_then(Result::ok)
         .ok_or("invalid_certificate")?;
-    Ok(ClientCert::parse(&der).unwrap_or_else(|| ClientCert::unreadable(&der)))
+    // Why: PEM around bytes that are no certificate (`MAMCAQA=`) was taken as a client
+    // certificate present, met `require: {mtls: true}`, and reached the mtls authenticator
+    // as one expired in 1970. Envoy verified what it sends: what does not parse is refused.
+    // Regression: tests (it) grpc::source_certificate_only_when_configured
+    ClientCert::parse(&der).ok_or("invalid_certificate")
 }
 
 /// `%XX` decoding (Envoy URL-encodes the PEM); `None` for a malformed escape.

@@ -401,7 +401,11 @@ impl<'a> Name<'a> {
 
     /// The first common name, when it is a NumericString, PrintableString, UTF8String or
     /// IA5String in UTF-8 (as x509-parser's `as_str` read it); a later CN is never tried.
-    pub fn common_name(&self) -> Option<&'a str> {
+    ///
+    /// Why every string type the subject's text reads: a CN in a `BMPString` or
+    /// `TeletexString` (older CAs write them) was no name, and the certificate no principal,
+    /// while the subject showed it. Regression: tests::common_name
+    pub fn common_name(&self) -> Option<std::borrow::Cow<'a, str>> {
         let mut first = None;
         self.walk(|_, oid, value| {
             if first.is_none() && oid == OID_COMMON_NAME {
@@ -409,11 +413,7 @@ impl<'a> Name<'a> {
             }
             Some(())
         })?;
-        let value = first?;
-        match value.tag {
-            0x12 | 0x13 | 0x0c | 0x16 => std::str::from_utf8(value.value).ok(),
-            _ => None,
-        }
+        decode_string(first?)
     }
 
     /// Calls `f(first_of_its_rdn, type_oid, value)` for each attribute in order; `None` when

@@ -983,6 +983,15 @@ async fn source_certificate_only_when_configured() {
                 .find(|h| h.key == "x-user-id")
                 .map(|h| h.value.clone());
             assert!(id.is_some_and(|v| v.contains("device-1")), "{ok:?}");
+            // PEM around bytes that are no certificate is refused, not taken as one present.
+            let garbage =
+                envoy_pem("-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n");
+            let mut req = check("/devices/x", "198.51.100.9", &[]);
+            if let Some(source) = req.attributes.as_mut().and_then(|a| a.source.as_mut()) {
+                source.certificate = garbage;
+            }
+            let resp = c.check(req).await.unwrap().into_inner();
+            assert_eq!(code(&resp), 3, "{resp:?}");
         }
     }
 }

@@ -106,7 +106,7 @@ fn rcgen_certificate_with_every_san_kind() {
         "C=DE, O=Example\\, Inc., OU=Grüße, CN=alice, uid=alice, DC=example, \
          Email=alice@example.test, serialNumber=42, title=Dr, 2.5.4.97=VATDE-123"
     );
-    assert_eq!(cert.subject().common_name(), Some("alice"));
+    assert_eq!(cert.subject().common_name().as_deref(), Some("alice"));
     assert_eq!(
         cert.subject_alt_names().collect::<Vec<_>>(),
         [
@@ -241,13 +241,23 @@ fn common_name() {
             name(&[&[(CN, INTEGER, b"\x01")], &[(CN, UTF8, b"b")]]),
             None,
         ),
-        ("BMPString", name(&[&[(CN, BMP_STRING, b"\0a")]]), None),
+        ("BMPString", name(&[&[(CN, BMP_STRING, b"\0a")]]), Some("a")),
+        (
+            "odd BMPString",
+            name(&[&[(CN, BMP_STRING, b"\0a\0")]]),
+            None,
+        ),
+        ("TeletexString", name(&[&[(CN, 0x14, b"a")]]), Some("a")),
         ("invalid UTF-8", name(&[&[(CN, UTF8, b"\xff")]]), None),
         // Not escaped: the CN is the value itself.
         ("specials", name(&[&[(CN, UTF8, b" a,b ")]]), Some(" a,b ")),
     ];
     for (what, der, want) in cases {
-        assert_eq!(Name::new(der).unwrap().common_name(), *want, "{what}");
+        assert_eq!(
+            Name::new(der).unwrap().common_name().as_deref(),
+            *want,
+            "{what}"
+        );
     }
 }
 
