@@ -554,10 +554,7 @@ async fn stopped_endpoint_ejected_then_readmitted() {
 #[tokio::test]
 async fn a_retry_takes_no_round_robin_turn() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = closed_port();
     let gw = Setup {
         upstreams: format!(
             "  pool:\n    url: http://backend.test\n    endpoints: [\"{dead}\", \"{}\", \"{}\"]\n    ejection: {{consecutive_failures: 0}}\n    retry_budget: {{percent: 0, minimum: 100}}\n",
@@ -704,10 +701,7 @@ async fn least_request_counts_a_stream_until_it_ends() {
 #[tokio::test]
 async fn unreachable_endpoint_retried_elsewhere_and_ejected() {
     let a = Backend::start("a").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = closed_port();
     let gw = Setup {
         upstreams: format!(
             "  pool:\n    url: http://backend.test\n    endpoints: [\"{}\", \"{dead}\"]\n    ejection: {{consecutive_failures: 1, base_time: 10s}}\n",
@@ -742,10 +736,7 @@ async fn unreachable_endpoint_retried_elsewhere_and_ejected() {
 /// `base_time`, not doubled with every five failures up to `max_time`.
 #[tokio::test]
 async fn failures_while_ejected_do_not_extend_it() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = closed_port();
     let gw = Setup {
         upstreams: format!(
             "  pool:\n    url: http://backend.test\n    endpoints: [\"{dead}\"]\n    ejection: {{consecutive_failures: 2, base_time: 10s, max_time: 5m}}\n"
@@ -2519,4 +2510,12 @@ async fn an_endpoints_failure_is_logged_with_its_cause_once_per_streak() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("connect failed"), "{}", lines[0]);
     assert!(lines[0].contains(&gone.to_string()), "{}", lines[0]);
+}
+
+/// A loopback address nobody listens on (bound, then closed): connects to it are refused.
+fn closed_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }

@@ -6,8 +6,8 @@ use rcgen::{
 
 use super::*;
 
-/// A DER element.
-fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+/// A DER element (short or long form length; other tests build DER with it too).
+pub(crate) fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     match value.len() {
         n if n < 0x80 => out.push(n as u8),

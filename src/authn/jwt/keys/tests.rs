@@ -268,22 +268,10 @@ fn weak_rsa_keys_refused() {
     let (keys, skipped) = parse_jwks(doc.as_bytes(), true).unwrap();
     assert_eq!((keys.len(), skipped), (1, 1));
     // PEM: PKCS#1 and SPKI (rsaEncryption).
+    use crate::tls::x509::tests::tlv;
     let pkcs1 = |bits: usize| {
         let n = [&[0u8][..], &modulus(bits)].concat();
-        let int = |v: &[u8]| {
-            let mut out = vec![0x02];
-            match v.len() {
-                l if l < 0x80 => out.push(l as u8),
-                l if l < 0x100 => out.extend([0x81, l as u8]),
-                l => out.extend([0x82, (l >> 8) as u8, l as u8]),
-            }
-            out.extend_from_slice(v);
-            out
-        };
-        let body = [int(&n), int(&[1, 0, 1])].concat();
-        let mut out = vec![0x30, 0x82, (body.len() >> 8) as u8, body.len() as u8];
-        out.extend(body);
-        out
+        tlv(0x30, &[tlv(0x02, &n), tlv(0x02, &[1, 0, 1])].concat())
     };
     assert_eq!(
         from_pem(
@@ -305,16 +293,6 @@ fn weak_rsa_keys_refused() {
     let rsa_oid = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
     let spki_long = |key: &[u8]| {
         // `spki_der` writes short-form lengths only; a 1024-bit key needs the long form.
-        let tlv = |tag: u8, v: &[u8]| {
-            let mut out = vec![tag];
-            match v.len() {
-                l if l < 0x80 => out.push(l as u8),
-                l if l < 0x100 => out.extend([0x81, l as u8]),
-                l => out.extend([0x82, (l >> 8) as u8, l as u8]),
-            }
-            out.extend_from_slice(v);
-            out
-        };
         let id = tlv(0x30, &[tlv(0x06, &rsa_oid), vec![0x05, 0x00]].concat());
         let bits = tlv(0x03, &[&[0][..], key].concat());
         tlv(0x30, &[id, bits].concat())
