@@ -856,6 +856,34 @@ mod tests {
         }
     }
 
+    /// `OPTIONS *` is `unsupported_target` at the proxy whatever its `Host`, as at the other
+    /// doors (checked before the host is read); a lowercase method is `invalid_method` first.
+    #[test]
+    fn asterisk_refused_before_the_host() {
+        let facts = |method: &str, host: &[u8]| {
+            let (p, _) = http::Request::builder()
+                .method(method)
+                .uri("*")
+                .header(http::header::HOST, HeaderValue::from_bytes(host).unwrap())
+                .body(())
+                .unwrap()
+                .into_parts();
+            RequestFacts::from_parts(&p, &conn(), &[]).map(|_| ())
+        };
+        assert_eq!(
+            facts("OPTIONS", b"a.example"),
+            Err(FactsError::UnsupportedTarget)
+        );
+        assert_eq!(
+            facts("OPTIONS", b"\xff"),
+            Err(FactsError::UnsupportedTarget)
+        );
+        assert_eq!(
+            facts("options", b"a.example"),
+            Err(FactsError::LowercaseMethod)
+        );
+    }
+
     /// What hyper refuses in a query, and a `#`, are refused whichever door the target came
     /// through (the gRPC and forward-auth doors get it as the client wrote it).
     #[test]

@@ -1289,6 +1289,46 @@ async fn rotated_keys_new_kid_picked_up_removed_kid_stops_verifying() {
     assert_rejected(&gw, &old_token, "removed kid").await;
 }
 
+/// A key set that starts publishing a key's private half (`d`) is refused, and the key it
+/// leaked stops verifying at once, a cached token under it included; the other keys go on.
+#[tokio::test]
+async fn a_key_whose_private_half_is_published_stops_verifying() {
+    let leaked = SigningKey::generate(Algorithm::ES256, "leaked").unwrap();
+    let kept = SigningKey::generate(Algorithm::ES256, "kept").unwrap();
+    let server = KeyServer::start(&jwks([&leaked, &kept])).await;
+    let gw = gateway_with(
+        remote_gateway_extra(&server, "unknown_kid_cooldown: 1s"),
+        vec![],
+    )
+    .await;
+    wait_ready(&gw).await;
+    let leaked_token = leaked.sign(&claims(&json!({}))).unwrap();
+    assert_accepted(&gw, &leaked_token, "before the leak").await;
+    // The IdP now publishes the private half (the value does not matter to the check).
+    let mut doc = jwks([&leaked, &kept]);
+    doc["keys"][0]["d"] = json!("bGVha2VkLXByaXZhdGUtc2NhbGFy");
+    server.set_jwks(&doc);
+    // A token naming an unknown kid makes the gateway fetch again (once per cooldown).
+    let stranger = SigningKey::generate(Algorithm::ES256, "stranger").unwrap();
+    let probe = stranger.sign(&claims(&json!({}))).unwrap();
+    let gw_ref = &gw;
+    let (probe_ref, leaked_ref) = (&probe, &leaked_token);
+    assert!(
+        eventually(Duration::from_secs(5), || async move {
+            let _ = call(gw_ref, "/api/x", Some(probe_ref)).await;
+            call(gw_ref, "/api/x", Some(leaked_ref)).await.0 == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "the leaked key still verifies"
+    );
+    assert_accepted(
+        &gw,
+        &kept.sign(&claims(&json!({"jti": "kept"}))).unwrap(),
+        "the other key",
+    )
+    .await;
+}
+
 /// A key URL's CA file changed on a reload makes a new key set, fetched afresh: a token
 /// cached under a key the identity provider dropped meanwhile is refused at once, as a
 /// refetch of the same set refuses it (it stayed valid until `revalidate_after`).

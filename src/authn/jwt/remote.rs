@@ -266,7 +266,8 @@ impl RemoteKeys {
             // Why: refusing the document kept the set held, so a key whose private half the
             // IdP had just published went on verifying tokens anyone could now sign. The
             // keys it leaked leave the set; the rest stay until a clean document comes.
-            // Regression: jwt::keys::tests::a_leaked_key_stops_verifying
+            // Regression: jwt::keys::tests::a_leaked_key_stops_verifying, tests (it)
+            // jwt::a_key_whose_private_half_is_published_stops_verifying
             Err(e @ super::keys::KeyError::PrivateJwk) => {
                 let leaked = super::keys::leaked(&fetched.body);
                 if let Some(next) = self.keys.load().without_leaked(&leaked) {
