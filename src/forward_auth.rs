@@ -199,7 +199,7 @@ impl HttpDoor for ForwardAuth {
         // A `CONNECT` (whatever it names) and `OPTIONS *` go on, for the facts to refuse as
         // the proxy does (405, 400 `unsupported_target`) once the head's limits are checked.
         // Regression: tests (it) conformance ("connect authority form", "asterisk target")
-        if !target.starts_with('/') && method != Method::CONNECT && target != "*" {
+        if !crate::request::facts::door_takes_target(&method, target) {
             return Err(Undescribed("invalid_original_uri"));
         }
         let target = target.to_owned();

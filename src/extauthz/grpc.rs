@@ -870,7 +870,7 @@ pub(crate) fn describe<'a>(
     // proxy does (405, 400 `unsupported_target`) once the head's limits are checked; they
     // were refused here as `invalid_path`. Regression: tests (it) conformance ("connect
     // authority form", "asterisk target")
-    if !http.path.starts_with('/') && method != Method::CONNECT && http.path != "*" {
+    if !crate::request::facts::door_takes_target(&method, &http.path) {
         return Err("invalid_path");
     }
     let raw = RawHeaders::of(http);

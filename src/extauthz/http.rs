@@ -57,7 +57,7 @@ impl HttpDoor for EnvoyHttp {
         // Regression: tests (it) conformance ("connect authority form", "asterisk target")
         let target = full
             .strip_prefix(prefix)
-            .filter(|t| t.starts_with('/') || *t == "*" || parts.method == http::Method::CONNECT)
+            .filter(|t| crate::request::facts::door_takes_target(&parts.method, t))
             .ok_or(Undescribed("outside_path_prefix"))?;
         let authority = match parts.uri.authority() {
             Some(a) => Some(a.as_str()),

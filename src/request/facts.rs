@@ -83,6 +83,37 @@ impl ConnInfo {
     }
 }
 
+/// What every door refuses before reading a target, in this order: a lowercase method, a
+/// `CONNECT` (405) and `OPTIONS *` (400 `unsupported_target`).
+///
+/// Why: methods are case-sensitive, so a `methods: [DELETE]` deny rule does not match
+/// `delete`, which a rule allowing any method then let through to an upstream that reads it
+/// as DELETE (Jetty's legacy mode, some frameworks). The proxy refused CONNECT as a target it
+/// cannot serve (400) while the doors decided it by the rules: the gateway tunnels nothing,
+/// 405 at every door. `*` asks about the server, not a resource: no rule decides it.
+/// Regression: tests (it) paths::lowercase_methods_refused,
+/// paths::connect_and_asterisk_targets_rejected, conformance ("connect authority form",
+/// "asterisk target"), tests::asterisk_refused_before_the_host
+fn refuse_before_the_target(method: &Method, target: &str) -> Result<(), FactsError> {
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(FactsError::LowercaseMethod);
+    }
+    if *method == Method::CONNECT {
+        return Err(FactsError::Connect);
+    }
+    if target == "*" {
+        return Err(FactsError::UnsupportedTarget);
+    }
+    Ok(())
+}
+
+/// Whether a decision door passes a described target on to the facts: an origin-form one,
+/// or one [`RequestFacts::new`] refuses as the proxy does (`*`, any target of a `CONNECT`);
+/// every other shape (absolute, empty) is the door's own refusal.
+pub fn door_takes_target(method: &Method, target: &str) -> bool {
+    target.starts_with('/') || target == "*" || *method == Method::CONNECT
+}
+
 /// An address's text as a header value (`X-Forwarded-For`, `Forwarded`, `x-real-ip`).
 pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
     let mut text = String::with_capacity(15);
@@ -402,25 +433,7 @@ impl<'a> RequestFacts<'a> {
         conn: &'a ConnInfo,
         trusted_proxies: &[IpNet],
     ) -> Result<Self, FactsError> {
-        // Why: methods are case-sensitive, so a `methods: [DELETE]` deny rule does not match
-        // `delete`, which a rule allowing any method then let through to an upstream that
-        // reads it as DELETE (Jetty's legacy mode, some frameworks). Regression: tests (it)
-        // paths::lowercase_methods_refused, tests::lowercase_methods_refused
-        if head.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-            return Err(FactsError::LowercaseMethod);
-        }
-        // Why: the proxy refused CONNECT as a target it cannot serve (400), while the doors
-        // decided it by the rules (405, or an allow where a rule named it): one request, two
-        // answers. The gateway tunnels nothing: 405 at every door.
-        // Regression: tests (it) paths::connect_and_asterisk_targets_rejected,
-        // conformance (the CONNECT case)
-        if *head.method == Method::CONNECT {
-            return Err(FactsError::Connect);
-        }
-        // `OPTIONS *` asks about the server, not a resource: no rule decides it, at any door.
-        if head.target == "*" {
-            return Err(FactsError::UnsupportedTarget);
-        }
+        refuse_before_the_target(head.method, head.target)?;
         // Why: two `host` fields in a gRPC Check's header map were decided on the Check's
         // `host`, while the proxy door refuses the request (400 `multiple_hosts`) and an
         // upstream may read either. Regression: tests::multiple_hosts_refused_at_every_door
@@ -479,20 +492,9 @@ impl<'a> RequestFacts<'a> {
         conn: &'a ConnInfo,
         trusted_proxies: &[IpNet],
     ) -> Result<Self, FactsError> {
-        if parts.method == Method::CONNECT {
-            return Err(FactsError::Connect);
-        }
-        // As `new` refuses it, but before the host is read: a `*` with an unreadable `Host`
-        // is `unsupported_target` here as at the other doors.
-        if parts.uri.path() == "*"
-            && parts
-                .method
-                .as_str()
-                .bytes()
-                .all(|b| !b.is_ascii_lowercase())
-        {
-            return Err(FactsError::UnsupportedTarget);
-        }
+        // Before the host is read, as `new` does: a `*` with an unreadable `Host` is
+        // `unsupported_target` here as at the other doors.
+        refuse_before_the_target(&parts.method, parts.uri.path())?;
         // Why: hyper takes any scheme in an absolute-form target: `GET ftp://a.example/x` was
         // decided for that host as if it were HTTP. Regression: tests::absolute_form_targets
         if !matches!(parts.uri.scheme_str(), None | Some("http" | "https")) {

@@ -596,17 +596,13 @@ fn jwk_alg(alg: &KeyAlgorithm) -> Option<Algorithm> {
 /// keys). A document holding any private key is refused whole: whoever published it has
 /// leaked it, and every key beside it is suspect.
 pub fn parse_jwks(text: &[u8], remote: bool) -> Result<(Vec<VerifyKey>, usize), KeyError> {
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        keys: Vec<serde_json::Value>,
-    }
-    let doc: Doc = serde_json::from_slice(text).map_err(|e| KeyError::Jwk(e.to_string()))?;
-    let mut keys = Vec::with_capacity(doc.keys.len());
-    let mut skipped = 0;
-    for v in &doc.keys {
+    let members = jwks_members(text)?;
+    for v in &members {
         refuse_private(v)?;
     }
-    for v in doc.keys {
+    let mut keys = Vec::with_capacity(members.len());
+    let mut skipped = 0;
+    for v in members {
         match serde_json::from_value::<Jwk>(v)
             .map_err(|e| KeyError::Jwk(e.to_string()))
             .and_then(|jwk| from_jwk(&jwk, remote))
@@ -618,20 +614,24 @@ pub fn parse_jwks(text: &[u8], remote: bool) -> Result<(Vec<VerifyKey>, usize), 
     Ok((keys, skipped))
 }
 
+/// The `keys` of a JWKS document, each as JSON.
+fn jwks_members(text: &[u8]) -> Result<Vec<serde_json::Value>, KeyError> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        keys: Vec<serde_json::Value>,
+    }
+    let doc: Doc = serde_json::from_slice(text).map_err(|e| KeyError::Jwk(e.to_string()))?;
+    Ok(doc.keys)
+}
+
 /// A leaked key: its `kid`, and its fingerprint when its public part parses.
 pub type Leaked = (Option<Box<str>>, Option<[u8; 32]>);
 
 /// The keys a JWKS document published the private half of, as public keys (`kid`, and the
 /// fingerprint when the key parses): whoever read the document can sign with them.
 pub fn leaked(text: &[u8]) -> Vec<Leaked> {
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        keys: Vec<serde_json::Value>,
-    }
-    let Ok(doc) = serde_json::from_slice::<Doc>(text) else {
-        return Vec::new();
-    };
-    doc.keys
+    jwks_members(text)
+        .unwrap_or_default()
         .into_iter()
         .filter(|v| refuse_private(v).is_err())
         .map(|v| {
