@@ -16,6 +16,7 @@
 //!   rate, so tightening a limit never hands out a fresh burst.
 //! - Nothing here logs a key's value (a principal, an address): only limit names.
 
+pub mod attempts;
 pub mod gcra;
 pub mod key;
 pub mod local;
@@ -63,6 +64,8 @@ pub struct Limit {
     pub count: RawCount,
     /// Outcomes, kept across reloads.
     pub counters: Arc<LimitCounters>,
+    /// A guard's attempts being checked, kept across reloads.
+    attempts: Arc<attempts::Attempts>,
 }
 
 /// Where a limit's budgets live.
@@ -261,6 +264,9 @@ impl Limit {
             counters: previous
                 .map(|p| Arc::clone(&p.counters))
                 .unwrap_or_default(),
+            attempts: previous
+                .map(|p| Arc::clone(&p.attempts))
+                .unwrap_or_default(),
         }))
     }
 
@@ -316,6 +322,39 @@ impl Limit {
     /// the guard let through to be checked).
     pub fn failed(&self) {
         self.counters.allowed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A guard's spend for one attempt: [`Self::check`] with [`Mode::Spend`], except that a
+    /// refusal while attempts of the same key are being checked here waits for them and asks
+    /// again ([`attempts`]). Allowed, it also returns the attempt, to settle once decided.
+    pub async fn attempt(
+        &self,
+        facts: &RequestFacts<'_>,
+        rule: &str,
+    ) -> (Checked, Option<attempts::Attempt<'_>>) {
+        let key = {
+            let mut h = self.local.key_hasher();
+            self.key.write(&mut h, facts, None, rule);
+            h.finish()
+        };
+        let until = tokio::time::Instant::now() + attempts::Attempts::wait_bound(facts.deadline);
+        loop {
+            let wake = self.attempts.waiter(key);
+            let checked = self.check(facts, None, rule, Mode::Spend).await;
+            match (checked, wake) {
+                (Checked::Allowed(room), _) => {
+                    return (Checked::Allowed(room), Some(self.attempts.begin(key)));
+                }
+                (Checked::Limited(t), Some(wake)) => {
+                    if tokio::time::timeout_at(until, wake).await.is_err() {
+                        return (Checked::Limited(t), None);
+                    }
+                    // Not a refusal after all: it asks again.
+                    self.counters.limited.fetch_sub(1, Ordering::Relaxed);
+                }
+                (checked, _) => return (checked, None),
+            }
+        }
     }
 
     /// Counts one request (with [`Mode::Peek`] only looks, with [`Mode::Refund`] gives one back).

@@ -142,8 +142,14 @@ pub async fn decide(
     // every attempt sent before the first failure was counted went through (100 concurrent
     // wrong keys: 80 checked against a budget of 3; with a slow authenticator, all of them).
     // An attempt that does not fail gives its request back.
-    // Regression: tests (it) ratelimit::concurrent_attempts_spend_the_guard
-    let spent = match guard.check(facts, None, &rule.id.0, Mode::Spend).await {
+    // Regression: tests (it) credentials::concurrent_attempts_spend_the_guard
+    //
+    // Why a refusal waits for the attempts still being checked: held budget looked spent, so
+    // valid requests sent together from one address (an office behind NAT) got 429 with a
+    // `Retry-After` of a whole interval, though the budget came back milliseconds later.
+    // Regression: tests (it) credentials::valid_requests_sent_together_pass_the_guard
+    let (checked, attempt) = guard.attempt(facts, &rule.id.0).await;
+    let spent = match checked {
         Checked::Limited(t) => {
             trace.record(TraceEvent::RateLimited(guard.name.clone()));
             return deny(rule, DenyKind::RateLimited(t), None);
@@ -158,6 +164,9 @@ pub async fn decide(
         guard.failed();
     } else if spent {
         let _ = guard.check(facts, None, &rule.id.0, Mode::Refund).await;
+        if let Some(attempt) = attempt {
+            attempt.given_back();
+        }
     }
     decision
 }

@@ -351,18 +351,20 @@ impl RedisStore {
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
             return Err(RedisError::Failed);
         };
-        let us = |ns: u64| ns / 1_000;
-        let (qi, qt) = plan
-            .quota
-            .map_or((0, 0), |q| (us(q.interval), us(q.tolerance)));
+        // Why: Redis counts in whole microseconds, and rounding the interval down admitted
+        // more than the limit (600,000 a second with a burst of 10 ran as 1,000,000 with a
+        // burst of 15). Rounded up, with the burst kept: never more than asked.
+        // Regression: tests ratelimit::redis::tests::microseconds_never_admit_more
+        let (ri, rt) = in_micros(&plan.rate);
+        let (qi, qt) = plan.quota.as_ref().map_or((0, 0), in_micros);
         let mut call = self.script.key(key);
         call.arg(match mode {
             Mode::Spend => "spend",
             Mode::Peek => "peek",
             Mode::Refund => "refund",
         })
-        .arg(us(plan.rate.interval))
-        .arg(us(plan.rate.tolerance))
+        .arg(ri)
+        .arg(rt)
         .arg(qi)
         .arg(qt);
         self.metrics.calls.fetch_add(1, Ordering::Relaxed);
@@ -636,9 +638,42 @@ impl Breaker {
     }
 }
 
+/// A rate's interval and tolerance in whole microseconds, as the script counts: the interval
+/// rounded up, the tolerance the same number of intervals (the burst kept).
+fn in_micros(rate: &super::gcra::Rate) -> (u64, u64) {
+    let interval = rate.interval.div_ceil(1_000);
+    let intervals = rate.tolerance.checked_div(rate.interval).unwrap_or(0);
+    (interval, interval.saturating_mul(intervals))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn microseconds_never_admit_more() {
+        use super::super::gcra::Rate;
+        let rate = |requests, per, burst| Rate::new(requests, per, burst).unwrap();
+        // 600,000 a second, burst 10: 1,667 ns, up to 2 µs (500,000 a second), burst kept.
+        assert_eq!(
+            in_micros(&rate(600_000, Duration::from_secs(1), Some(10))),
+            (2, 18)
+        );
+        // Whole microseconds stay as they are.
+        assert_eq!(
+            in_micros(&rate(10, Duration::from_secs(1), None)),
+            (100_000, 900_000)
+        );
+        assert_eq!(
+            in_micros(&rate(1, Duration::from_secs(60), None)),
+            (60_000_000, 0)
+        );
+        // A third of a second: 333,333,333 ns, 333,334 µs.
+        assert_eq!(
+            in_micros(&rate(3, Duration::from_secs(1), Some(2))),
+            (333_334, 333_334)
+        );
+    }
 
     #[test]
     fn breaker_opens_probes_once_and_recovers() {

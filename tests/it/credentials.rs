@@ -855,6 +855,68 @@ async fn concurrent_attempts_spend_the_guard() {
     assert_eq!(idp.hits(), 3, "refused before verifying");
 }
 
+/// Valid requests sent together from one address all pass a guard whose budget is smaller
+/// than their number: each holds one request of the budget while it is checked (200 ms
+/// here), and the others wait for it to come back instead of getting 429 with a
+/// `Retry-After` of a whole interval. (They were refused: twelve valid tokens at once, three
+/// 200s and nine 429s.) Nothing was spent: three wrong guesses after them are still checked.
+#[tokio::test]
+async fn valid_requests_sent_together_pass_the_guard() {
+    let idp = Idp::start().await;
+    idp.mode(Mode::Slow(Duration::from_millis(200)));
+    for i in 0..12 {
+        idp.answer(
+            &format!("valid-{i}"),
+            json!({"active": true, "sub": format!("user-{i}"), "aud": "api"}),
+        );
+    }
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: api, match: {paths: [\"/**\"]}, effect: allow, authenticators: [opaque], guard: tries, upstream: echo}\n".into(),
+        )],
+        files: vec![("client.secret".into(), b"s3cret:with&odd=chars".to_vec())],
+        extra: format!(
+            "{}rate_limits:\n  tries: {{key: client_ip, requests: 3, per: 1h, count: failures}}\n",
+            introspection(&idp, "")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut valid = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let addr = gw.addr();
+        valid.spawn(async move {
+            let req = Request::get("/api/x")
+                .header("authorization", bearer(&format!("valid-{i}")))
+                .body(Full::default())
+                .unwrap();
+            send(addr, req).await.0.as_u16()
+        });
+    }
+    let statuses: Vec<u16> = valid.join_all().await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(idp.hits(), 12, "each token checked once");
+    idp.mode(Mode::Serve);
+    for i in 0..3 {
+        refused(
+            &gw,
+            "/api/x",
+            &[("authorization", &bearer(&format!("guess-{i}")))],
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+    }
+    refused(
+        &gw,
+        "/api/x",
+        &[("authorization", &bearer("valid-0"))],
+        StatusCode::TOO_MANY_REQUESTS,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn introspection_server_down_slow_failing_or_garbage_gives_503_then_recovers() {
     let mut idp = Idp::start().await;
