@@ -622,6 +622,9 @@ impl CheckService {
         // A denial carries the request id, as every other door's refusal.
         if let Ok(Answer::Message(m)) = &mut answer {
             add_request_id(m, &snapshot.server.request_id_header, &request_id);
+            if speaks_grpc(&check) {
+                add_grpc_status(m);
+            }
         }
         answer.map(tonic::Response::new)
     }
@@ -1166,6 +1169,42 @@ fn add_request_id(resp: &mut CheckResponse, name: &HeaderName, request_id: &Head
     if let Some(HttpResponse::DeniedResponse(d)) = &mut resp.http_response {
         d.headers
             .push(overwrite(name.as_str(), request_id.as_bytes()));
+    }
+}
+
+/// Whether the described request is a gRPC call (`content-type: application/grpc[+codec]`),
+/// as Envoy tells one when it makes a local reply.
+fn speaks_grpc(check: &CheckRequest) -> bool {
+    let Some(http) = check
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+    else {
+        return false;
+    };
+    RawHeaders::of(http)
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .and_then(|(_, value)| HeaderValue::from_bytes(value).ok())
+        .is_some_and(|ct| {
+            let mut h = HeaderMap::with_capacity(1);
+            h.insert(http::header::CONTENT_TYPE, ct);
+            crate::request::grpc::Grpc::of(&h) == Some(crate::request::grpc::Grpc::Native)
+        })
+}
+
+/// Names the denial's gRPC code in its headers, for a gRPC client behind Envoy.
+///
+/// Why: Envoy answers a gRPC client's denial as gRPC, with the `grpc-status` the denied
+/// headers carry, or else one it derives from the HTTP status: 429 became 14 UNAVAILABLE
+/// (which clients retry at once) and 400 became 13 INTERNAL, where the proxy door answers 8
+/// RESOURCE_EXHAUSTED and 3 INVALID_ARGUMENT. Regression: tests (it)
+/// grpc::a_grpc_client_is_denied_with_the_grpc_status_the_proxy_gives
+fn add_grpc_status(resp: &mut CheckResponse) {
+    let code = resp.status.as_ref().map_or(0, |s| s.code);
+    if let Some(HttpResponse::DeniedResponse(d)) = &mut resp.http_response {
+        d.headers
+            .push(overwrite("grpc-status", code.to_string().as_bytes()));
     }
 }
 

@@ -320,6 +320,50 @@ async fn check_denials_carry_grpc_codes_status_challenge_and_body() {
     );
 }
 
+/// A gRPC call's denial names its gRPC code in a `grpc-status` header, which Envoy's local
+/// reply keeps: without it Envoy derives one from the HTTP status, and a 400 reached the
+/// client as 13 INTERNAL (a 429 as 14 UNAVAILABLE, which clients retry at once), where the
+/// proxy door answers 3 INVALID_ARGUMENT and 8 RESOURCE_EXHAUSTED. A call that is not gRPC
+/// gets no such header.
+#[tokio::test]
+async fn a_grpc_client_is_denied_with_the_grpc_status_the_proxy_gives() {
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let mut c = client(&gw).await;
+    for (path, status, grpc) in [
+        ("/api/orders", 401, "16"),
+        ("/admin/x", 403, "7"),
+        ("/a%2Fb", 400, "3"),
+    ] {
+        for ct in ["application/grpc", "application/grpc+proto"] {
+            let resp = c
+                .check(check(path, "198.51.100.9", &[("content-type", ct)]))
+                .await
+                .unwrap()
+                .into_inner();
+            let (got, headers, _) = denied(&resp);
+            assert_eq!(got, status, "{path} {ct}");
+            assert_eq!(
+                headers.get("grpc-status").map(String::as_str),
+                Some(grpc),
+                "{path} {ct}"
+            );
+            assert_eq!(code(&resp).to_string(), grpc, "{path} {ct}");
+        }
+        for ct in ["application/json", "application/grpc-web"] {
+            let resp = c
+                .check(check(path, "198.51.100.9", &[("content-type", ct)]))
+                .await
+                .unwrap()
+                .into_inner();
+            let (_, headers, _) = denied(&resp);
+            assert!(
+                !headers.contains_key("grpc-status"),
+                "{path} {ct}: {headers:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn bad_check_requests() {
     let gw = gateway("{envoy_grpc: {}}").await;
