@@ -565,10 +565,27 @@ async fn unreadable_or_empty_policy_file_keeps_the_running_policies() {
     assert_eq!(get(gw.addr(), "/admin/x").await.0, StatusCode::FORBIDDEN);
     let deny_path = gw.path("policies/10-deny.yaml");
     type BreakIt<'a> = Box<dyn Fn() + 'a>;
-    let attempts: [(&str, BreakIt<'_>); 3] = [
+    let attempts: [(&str, BreakIt<'_>); 7] = [
         (
             "truncated",
             Box::new(|| std::fs::write(&deny_path, "").unwrap()),
+        ),
+        // Read as no rules, these dropped the deny (an outside tester's finding).
+        (
+            "blank lines",
+            Box::new(|| std::fs::write(&deny_path, "\n\n   \n").unwrap()),
+        ),
+        (
+            "only a comment",
+            Box::new(|| std::fs::write(&deny_path, "# the admin rule\n").unwrap()),
+        ),
+        (
+            "`rules:` with nothing after it",
+            Box::new(|| std::fs::write(&deny_path, "rules:\n").unwrap()),
+        ),
+        (
+            "no `rules` key",
+            Box::new(|| std::fs::write(&deny_path, "case_insensitive_paths: true\n").unwrap()),
         ),
         (
             "a dangling link",
