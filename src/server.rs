@@ -59,11 +59,17 @@ pub type Tunnel = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>
 pub struct TunnelSlot {
     pending: std::sync::Mutex<Option<Tunnel>>,
     open: Arc<std::sync::atomic::AtomicUsize>,
+    /// The listeners' `max_connections` permits: an HTTP/2 stream's tunnel holds one.
+    connections: Option<Arc<tokio::sync::Semaphore>>,
 }
 
-/// Marks an HTTP/2 stream's tunnel open for as long as it lives.
+/// Marks an HTTP/2 stream's tunnel open for as long as it lives, holding its permit.
 #[derive(Debug)]
-pub struct TunnelOpen(Arc<std::sync::atomic::AtomicUsize>);
+pub struct TunnelOpen(
+    Arc<std::sync::atomic::AtomicUsize>,
+    #[expect(dead_code, reason = "held, given back when dropped")]
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
 
 impl Drop for TunnelOpen {
     fn drop(&mut self) {
@@ -80,6 +86,14 @@ impl Conn {
             peer_text,
             tunnel: TunnelSlot::default(),
         }
+    }
+
+    /// A connection accepted under `connections` (`server.max_connections`): each HTTP/2
+    /// tunnel it opens holds one more permit.
+    pub fn counted(info: ConnInfo, connections: Arc<tokio::sync::Semaphore>) -> Self {
+        let mut conn = Self::new(info);
+        conn.tunnel.connections = Some(connections);
+        conn
     }
 }
 
@@ -98,10 +112,19 @@ impl TunnelSlot {
         self.pending.lock().ok().and_then(|mut s| s.take())
     }
 
-    /// Counts an HTTP/2 stream's tunnel as open until the mark is dropped.
-    pub fn mark_open(&self) -> TunnelOpen {
+    /// Counts an HTTP/2 stream's tunnel as open until the mark is dropped, with a
+    /// `max_connections` permit of its own; `None` when none is free.
+    ///
+    /// Why: a tunnel counts as a connection while it lives, and one HTTP/2 connection
+    /// carried a hundred tunnels (each an upstream socket and a task) past a
+    /// `max_connections` of 5. Regression: tests (it) edge::http2_tunnels_count_against_max_connections
+    pub fn mark_open(&self) -> Option<TunnelOpen> {
+        let permit = match &self.connections {
+            Some(c) => Some(Arc::clone(c).try_acquire_owned().ok()?),
+            None => None,
+        };
         self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        TunnelOpen(Arc::clone(&self.open))
+        Some(TunnelOpen(Arc::clone(&self.open), permit))
     }
 
     /// Whether an HTTP/2 stream of the connection carries a tunnel.

@@ -239,13 +239,22 @@ impl Introspector {
                 return Err(Shed);
             };
             Ok(self
-                .introspect(token, authenticator, now)
+                .introspect(token, authenticator, now, Slot::Try)
                 .await
                 .map_err(|_| Unavailable))
         };
         // A re-check (`fresh`) looks for a revocation: it joins no call that began before it.
+        //
+        // Why it takes no share and waits for a slot: shed, a re-check kept the tunnel ("could
+        // not decide"), so a client whose token was revoked kept its tunnel open by sending
+        // made-up tokens from its own address, filling its share (23 s past revocation under
+        // a tester's flood). Re-checks are bounded by the streams open, not by what clients
+        // send. Regression: tests (it) edge::a_client_cannot_shed_its_own_recheck
         if fresh {
-            return call().await.unwrap_or(Err(Unavailable));
+            return self
+                .introspect(token, authenticator, now, Slot::Wait)
+                .await
+                .map_err(|_| Unavailable);
         }
         // By SHA-256, never a short hash: a collision would hand one token's principal to
         // another.
@@ -277,14 +286,24 @@ impl Introspector {
         }
     }
 
-    /// Asks the server about `token` (no cache here). `now` is Unix seconds.
+    /// Asks the server about `token` (no cache here), in one of the `max_in_flight` slots
+    /// (`slot` says whether to wait for one). `now` is Unix seconds.
     pub async fn introspect(
         &self,
         token: &str,
         authenticator: &Arc<str>,
         now: u64,
+        slot: Slot,
     ) -> Result<Answer, FetchError> {
-        let Ok(_permit) = self.in_flight.try_acquire() else {
+        let permit = match slot {
+            Slot::Try => self.in_flight.try_acquire().ok(),
+            // Freed slots go to waiters first: callers that only try do not jump the queue.
+            Slot::Wait => tokio::time::timeout(self.timeout, self.in_flight.acquire())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        let Some(_permit) = permit else {
             self.calls_shed.fetch_add(1, Ordering::Relaxed);
             return Err(FetchError::Transport(
                 "too many introspection calls in flight".into(),
@@ -383,6 +402,15 @@ impl Introspector {
             Err(_) => Answer::Inactive(TokenError::NoPrincipal),
         }
     }
+}
+
+/// Whether a call waits for one of the `max_in_flight` slots or is shed when none is free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// A request's call: shed (503) when the slots are full.
+    Try,
+    /// A re-check of an open stream: waits, up to the call's timeout.
+    Wait,
 }
 
 /// One of a client's calls in flight, given back when dropped.

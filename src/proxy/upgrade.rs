@@ -121,11 +121,44 @@ pub(super) async fn open(
             "upgrade_with_body",
         ));
     }
+    // An HTTP/2 stream's tunnel counts as a connection (`server.max_connections`), before
+    // anything is asked of the upstream.
+    let open = match h2 {
+        false => None,
+        true => match ctx.conn.tunnel.mark_open() {
+            Some(open) => Some(open),
+            None => {
+                ctx.shared.metrics.limit("max_connections");
+                return Err(Failure::Failed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                ));
+            }
+        },
+    };
     let headers = req.headers_mut();
     headers.insert(header::CONNECTION, UPGRADE_TOKEN);
     headers.insert(header::UPGRADE, asked.clone());
     // RFC 8441 has no key: the gateway makes the HTTP/1.1 handshake's, and checks its answer.
-    let key = h2.then(websocket_key);
+    // An HTTP/1.1 WebSocket handshake keeps the client's one key (or gets the gateway's).
+    //
+    // Why the answer to every WebSocket handshake is checked: a `101` naming `websocket`
+    // opened the tunnel, so an upstream endpoint whose status an attacker can influence
+    // answered `101` without switching, and the bytes after the handshake reached it as
+    // requests nobody decided on (WebSocket smuggling). A real switch proves itself with
+    // `Sec-WebSocket-Accept` (RFC 6455 §4.2.2).
+    // Regression: tests (it) edge::a_101_without_the_websocket_accept_opens_no_tunnel
+    let asks_websocket = h2
+        || asked
+            .as_bytes()
+            .split(|b| *b == b',')
+            .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
+    let clients_key = match (keys.next(), keys.next()) {
+        (Some(one), None) if !h2 => Some(one.clone()),
+        _ => None,
+    };
+    let key = asks_websocket.then(|| clients_key.unwrap_or_else(websocket_key));
     if let Some(key) = &key {
         headers.insert(SEC_WEBSOCKET_KEY, key.clone());
         headers
@@ -190,9 +223,14 @@ pub(super) async fn open(
             })
         })
         .cloned();
-    let accepted = key
-        .as_ref()
-        .is_none_or(|k| resp.headers().get(SEC_WEBSOCKET_ACCEPT) == Some(&websocket_accept(k)));
+    let switched_to_websocket = h2
+        || agreed
+            .as_ref()
+            .is_some_and(|a| a.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let accepted = !switched_to_websocket
+        || key.as_ref().is_some_and(|k| {
+            resp.headers().get(SEC_WEBSOCKET_ACCEPT) == Some(&websocket_accept(k))
+        });
     let (Some(agreed), true) = (agreed, accepted) else {
         ctx.shared.metrics.upstream_error("upgrade_mismatch");
         return Err(Failure::Failed(
@@ -224,7 +262,6 @@ pub(super) async fn open(
         parts.status = StatusCode::OK;
         parts.version = Version::HTTP_2;
         parts.headers.remove(SEC_WEBSOCKET_ACCEPT);
-        let open = ctx.conn.tunnel.mark_open();
         // The tunnel ends itself on the drain, with its close frames.
         tokio::spawn(async move {
             let _open = open;

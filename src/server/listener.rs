@@ -160,6 +160,7 @@ impl<H: Handler> AcceptLoop<H> {
             let shutdown = self.shutdown.clone();
             let drain = self.drain.clone();
             let handler = Arc::clone(&self.handler);
+            let connections = Arc::clone(&self.connections);
             tokio::spawn(async move {
                 shared.metrics.connections_total.inc();
                 shared.metrics.connections_open.inc();
@@ -167,6 +168,7 @@ impl<H: Handler> AcceptLoop<H> {
                     door,
                     listener: name,
                     http2,
+                    connections,
                 };
                 let served = serve_stream(
                     stream, peer, endpoint, tls, &server, &shared, handler, shutdown,
@@ -250,6 +252,8 @@ struct Endpoint {
     door: crate::request::facts::Door,
     listener: Arc<str>,
     http2: bool,
+    /// The `max_connections` permits (an HTTP/2 tunnel takes one).
+    connections: Arc<Semaphore>,
 }
 
 #[expect(clippy::too_many_arguments, reason = "one call site, all distinct")]
@@ -267,9 +271,11 @@ async fn serve_stream<H: Handler>(
         door,
         listener,
         http2,
+        connections,
     } = endpoint;
     let Some(tls) = tls else {
-        let conn = Arc::new(Conn::new(ConnInfo::for_door(door, peer, listener, None)));
+        let info = ConnInfo::for_door(door, peer, listener, None);
+        let conn = Arc::new(Conn::counted(info, connections));
         connection::serve(stream, conn, http2, None, server, shared, handler, shutdown).await;
         return;
     };
@@ -309,12 +315,8 @@ async fn serve_stream<H: Handler>(
             .map(|c| Arc::new(ClientCert::parse(c).unwrap_or_else(|| ClientCert::unreadable(c)))),
         binding,
     };
-    let conn = Arc::new(Conn::new(ConnInfo::for_door(
-        door,
-        peer,
-        listener,
-        Some(info),
-    )));
+    let info = ConnInfo::for_door(door, peer, listener, Some(info));
+    let conn = Arc::new(Conn::counted(info, connections));
     let alpn_h2 = Some(alpn.as_deref() == Some(b"h2"));
     connection::serve(
         stream, conn, http2, alpn_h2, server, shared, handler, shutdown,

@@ -382,6 +382,88 @@ async fn websocket_over_http2_extended_connect_is_relayed_and_refused_where_not_
     );
 }
 
+/// An HTTP/2 stream's tunnel counts against `server.max_connections` while it lives, as an
+/// HTTP/1.1 one does: with a cap of 4 (one permit waits in the accept loop for the next
+/// connection, one is the HTTP/2 connection's), that connection opens two tunnels, and the
+/// third is refused with 503 `overloaded` before the upstream is asked; one closed, another
+/// opens. (One connection opened a hundred, each an upstream socket and a task.)
+#[tokio::test]
+async fn http2_tunnels_count_against_max_connections() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let upstream = WsEcho::start().await;
+    let mut setup = ws_setup(&upstream, "");
+    setup.server = "  max_connections: 4\n".into();
+    let gw = setup.start().await;
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let first = Request::get(format!("http://{}/http/x", gw.addr()))
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(first).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let connect = || {
+        let mut req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{}/ws/room", gw.addr()))
+            .header("sec-websocket-version", "13")
+            .header("authorization", &auth)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        req
+    };
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let mut resp = sender.send_request(connect()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
+        tunnels.push(
+            tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Client,
+                None,
+            )
+            .await,
+        );
+    }
+    let handshakes = upstream.handshakes();
+    let resp = sender.send_request(connect()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("overloaded"));
+    assert_eq!(
+        upstream.handshakes(),
+        handshakes,
+        "the upstream was not asked"
+    );
+    for ws in &mut tunnels {
+        echo_once(ws, "still open").await;
+    }
+    // One closed: its permit is back.
+    let mut gone = tunnels.pop().unwrap();
+    gone.close(None).await.unwrap();
+    drop(gone);
+    let mut opened = false;
+    for _ in 0..50 {
+        let resp = sender.send_request(connect()).await.unwrap();
+        if resp.status() == StatusCode::OK {
+            opened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(opened, "a closed tunnel gives its permit back");
+}
+
 #[tokio::test]
 async fn websocket_without_a_credential_is_refused_and_never_reaches_the_upstream() {
     let upstream = WsEcho::start().await;
@@ -950,6 +1032,10 @@ impl Idp {
                                     .find_map(|kv| kv.strip_prefix("token="))
                                     .unwrap_or("")
                                     .to_owned();
+                                // Made-up tokens are slow: they hold the caller's slots.
+                                if token.starts_with("junk-") {
+                                    tokio::time::sleep(Duration::from_millis(300)).await;
+                                }
                                 let answer = if a.lock().unwrap().contains(&token) {
                                     json!({"active": true, "sub": "bob", "aud": "api", "exp": now() + 300})
                                 } else {
@@ -1051,6 +1137,81 @@ authn:
         metrics.contains("limit=\"tunnel_reauthorization_denied\"} 1"),
         "{metrics}"
     );
+}
+
+/// A client whose token was revoked cannot keep its tunnel open by filling the introspection
+/// slots with made-up tokens from its own address: re-checks take no share of the client's
+/// and wait for a slot. (Shed, a re-check "could not decide" and kept the tunnel for as long
+/// as the flood lasted.)
+#[tokio::test]
+async fn a_client_cannot_shed_its_own_recheck() {
+    let upstream = WsEcho::start().await;
+    let idp = Idp::start().await;
+    idp.set_active("opaque-ws", true);
+    let policy = "rules:
+  - name: chat
+    match: {paths: [\"/ws/**\"]}
+    effect: allow
+    authenticators: [opaque]
+    upstream: ws
+    reauthorize_every: 1s
+    upgrade: {protocols: [websocket]}
+";
+    let gw = Setup {
+        upstreams: format!("  ws:\n    url: http://{}\n", upstream.addr),
+        policies: vec![("10-ws.yaml".into(), policy.into())],
+        files: vec![("client.secret".into(), b"s3cret".to_vec())],
+        extra: format!(
+            "authenticators:
+  opaque:
+    introspection:
+      endpoint: http://{}/introspect
+      client_id: gateway
+      client_secret: {{file: client.secret}}
+      audiences: [api]
+      cache_ttl: 600s
+      inactive_ttl: 0s
+      max_in_flight: 1
+      max_in_flight_per_client: 1
+authn:
+  cache:
+    revalidate_after: 600s
+",
+            idp.addr
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut ws = connect(&gw, "/ws/room", &[("authorization", "Bearer opaque-ws")])
+        .await
+        .expect("upgraded");
+    echo_once(&mut ws, "while active").await;
+    // The flood: four callers from the tunnel's own address, each always waiting on a
+    // made-up token (300 ms at the endpoint), so the one slot is never free for long.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = tokio::task::JoinSet::new();
+    for n in 0..4 {
+        let (addr, stop) = (gw.addr(), Arc::clone(&stop));
+        flood.spawn(async move {
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let req = Request::get("/ws/x")
+                    .header("authorization", format!("Bearer junk-{n}-{i}"))
+                    .body(Full::default())
+                    .unwrap();
+                let _ = send(addr, req).await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    idp.set_active("opaque-ws", false);
+    let took = ends_within(&mut ws, Duration::from_secs(5)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join_all().await;
+    let took = took.expect("closed during the flood");
+    assert!(took <= Duration::from_millis(3000), "{took:?}");
 }
 
 // === CORS ===
@@ -2095,6 +2256,66 @@ async fn upgrade_status(gw: &TestGateway, auth: &str) -> (String, TcpStream) {
         .unwrap();
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
     (text, tcp)
+}
+
+/// An upstream answering `101 Upgrade: websocket` without `Sec-WebSocket-Accept` (a status an
+/// attacker could reflect, say) opens no tunnel: the client gets 502, and the request the
+/// client sent after the handshake never reaches the upstream undecided. (It opened one, and
+/// a pipelined `GET /admin` with a spoofed identity reached the upstream.) One answering with
+/// the right accept for the client's key still opens it.
+#[tokio::test]
+async fn a_101_without_the_websocket_accept_opens_no_tunnel() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let upstream_seen = Arc::clone(&seen);
+    let server = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let seen = Arc::clone(&upstream_seen);
+            tokio::spawn(async move {
+                if !read_head(&mut conn).await {
+                    return;
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+                    .await;
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                    seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    let gw = ws_setup_at(addr, "").start().await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let mut tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let req = format!(
+        "GET /ws/room HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /admin/secret HTTP/1.1\r\nHost: gw\r\nx-user-id: root\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(text.contains("upstream_upgrade_mismatch"), "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(
+        !seen.contains("/admin/secret"),
+        "reached the upstream: {seen}"
+    );
+    server.abort();
+    // A real WebSocket upstream (its accept matches the client's key) still opens.
+    let ws = WsEcho::start().await;
+    let gw = ws_setup_at(ws.addr, "").start().await;
+    let mut client = connect(&gw, "/ws/room", &[("authorization", &auth)])
+        .await
+        .expect("upgraded");
+    echo_once(&mut client, "through").await;
 }
 
 /// A declined upgrade's answer is an ordinary response: a body that stalls is cut at the
