@@ -130,23 +130,44 @@ pub fn read(
             // Regression: tests (it) reload::rotated_*_secret_file_*
             watched.push(path.clone());
             match std::fs::read(&path) {
-                Ok(mut b) => {
-                    if b.ends_with(b"\n") {
-                        b.pop();
-                        if b.ends_with(b"\r") {
-                            b.pop();
-                        }
-                    }
-                    Ok(Secret::new(b))
-                }
+                Ok(b) => Ok(Secret::new(file_secret(b))),
                 Err(e) => Err(format!("cannot read {}: {e}", path.display())),
             }
         }
     }
 }
 
+/// A secret file's bytes as the secret: one line ending (`\n` or `\r\n`) dropped, as an
+/// editor or `echo` leaves it. Every reader of an HMAC secret file (the gateway, `token
+/// mint`, `portcullis test`) takes it so: a token the tools sign, the gateway verifies.
+///
+/// Why: the tools dropped `\n` only, so a secret written with `\r\n` signed tokens the
+/// gateway refused. Regression: tests::a_secret_file_loses_one_line_ending
+pub fn file_secret(mut bytes: Vec<u8>) -> Vec<u8> {
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_secret_file_loses_one_line_ending() {
+        for (file, secret) in [
+            (&b"s3cret\n"[..], &b"s3cret"[..]),
+            (b"s3cret\r\n", b"s3cret"),
+            (b"s3cret", b"s3cret"),
+            (b"s3cret\n\n", b"s3cret\n"),
+            (b"s3cret\r", b"s3cret\r"),
+        ] {
+            assert_eq!(super::file_secret(file.to_vec()), secret, "{file:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

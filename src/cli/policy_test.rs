@@ -268,10 +268,7 @@ fn mint(spec: &TokenSpec, base: &Path) -> Result<String, String> {
         std::fs::read(&key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
     let kid = spec.kid.as_str();
     let key = if spec.alg.starts_with("HS") {
-        let mut secret = bytes;
-        if secret.ends_with(b"\n") {
-            secret.pop();
-        }
+        let secret = crate::secret::file_secret(bytes);
         SigningKey::hmac(&secret, alg, kid)
     } else {
         SigningKey::from_private_key(&bytes, alg, kid)

@@ -44,10 +44,7 @@ pub fn mint(a: &MintArgs<'_>) -> ExitCode {
         Err(e) => return fail(&format!("cannot read {}: {e}", a.key.display())),
     };
     let key = if alg_name(alg).starts_with("HS") {
-        let mut secret = bytes;
-        if secret.ends_with(b"\n") {
-            secret.pop();
-        }
+        let secret = crate::secret::file_secret(bytes);
         SigningKey::hmac(&secret, alg, a.kid)
     } else {
         SigningKey::from_private_key(&bytes, alg, a.kid)
