@@ -210,19 +210,34 @@ pub fn compile_watching(
 /// certificates, secrets, key files) and every policy file with its name. Any change to any of
 /// them is a new version.
 fn version(cx: &Cx<'_>) -> String {
+    let watched: Vec<Vec<u8>> = cx
+        .watched
+        .iter()
+        .filter(|p| p.is_file())
+        .filter_map(|p| std::fs::read(p).ok())
+        .collect();
+    let policies = cx
+        .loaded
+        .policies
+        .iter()
+        .flat_map(|(file, _)| [file.display.as_bytes(), file.text.as_bytes()]);
+    version_of(
+        std::iter::once(cx.loaded.config.text.as_bytes())
+            .chain(watched.iter().map(Vec::as_slice))
+            .chain(policies),
+    )
+}
+
+/// The version of a config made of `parts`, each length-prefixed.
+///
+/// Why: a policy file's name and text ran together, so text moved from the end of one file
+/// to the start of the next (a different policy) gave the same version, and the reload was
+/// dropped as "nothing changed". Regression: tests::versions_tell_apart_text_moved_between_parts
+fn version_of<'a>(parts: impl Iterator<Item = &'a [u8]>) -> String {
     let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    digest.update(cx.loaded.config.text.as_bytes());
-    for p in &cx.watched {
-        if p.is_file()
-            && let Ok(bytes) = std::fs::read(p)
-        {
-            digest.update(&(bytes.len() as u64).to_le_bytes());
-            digest.update(&bytes);
-        }
-    }
-    for (file, _) in &cx.loaded.policies {
-        digest.update(file.display.as_bytes());
-        digest.update(file.text.as_bytes());
+    for part in parts {
+        digest.update(&(part.len() as u64).to_le_bytes());
+        digest.update(part);
     }
     crate::secret::hex(digest.finish().as_ref().get(..6).unwrap_or_default())
 }
@@ -234,5 +249,19 @@ fn unknown_name<'a>(kind: &str, name: &str, known: impl Iterator<Item = &'a Stri
         format!("unknown {kind} `{name}`: none is configured")
     } else {
         format!("unknown {kind} `{name}` (configured: {})", known.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_tell_apart_text_moved_between_parts() {
+        let v = |parts: &[&str]| super::version_of(parts.iter().map(|p| p.as_bytes()));
+        assert_ne!(
+            v(&["p/a.yaml", "rules: []\n# p/b.yaml", "rules: [x]"]),
+            v(&["p/a.yaml", "rules: []\n# ", "p/b.yaml", "rules: [x]"])
+        );
+        assert_ne!(v(&["ab", "c"]), v(&["a", "bc"]));
+        assert_eq!(v(&["a", "bc"]), v(&["a", "bc"]));
     }
 }
