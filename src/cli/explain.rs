@@ -193,11 +193,20 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
         listener,
         (scheme == Scheme::Https).then(TlsInfo::default),
     );
-    hop_by_hop::strip(&mut parts.headers);
     let redact = redacted_names(snapshot);
     let mut report = json!({
-        "request": {"method": parts.method.as_str(), "url": args.url, "client_ip": client_ip.to_string()},
+        // Why: a query credential was echoed whole, where `-H` ones never are.
+        // Regression: tests (it) policy::explain_never_echoes_a_query_credential
+        "request": {"method": parts.method.as_str(), "url": redact_query(args.url, snapshot), "client_ip": client_ip.to_string()},
     });
+    if let Some((status, reason)) = crate::proxy::service::head_refusal(&parts, &snapshot.server) {
+        report["decision"] = json!("deny");
+        report["status"] = json!(status.as_u16());
+        report["reason"] = json!(reason);
+        report["trace"] = json!(["the request is refused before any rule: malformed"]);
+        return Ok((report, false));
+    }
+    hop_by_hop::strip(&mut parts.headers);
     let facts = match RequestFacts::from_parts(&parts, &conn, &snapshot.server.trusted_proxies) {
         Ok(f) => f,
         Err(e) => {
@@ -343,7 +352,7 @@ async fn run_door(
     let settings = listener.map_or(crate::snapshot::DoorSettings::Proxy, |l| l.door.clone());
     let listener_name: Arc<str> = listener.map_or_else(|| Arc::from("-"), |l| Arc::clone(&l.name));
     let mut report = json!({
-        "request": {"method": args.method, "url": args.url, "client_ip": client_ip.to_string()},
+        "request": {"method": args.method, "url": redact_query(args.url, snapshot), "client_ip": client_ip.to_string()},
         "door": door.as_str(),
     });
     // What the peer sends the door: the description its configuration gives.

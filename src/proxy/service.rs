@@ -409,28 +409,11 @@ async fn tunnel(
 /// Phase 1: the head within its limits, no h2c upgrade, no transfer coding but `chunked`,
 /// hop-by-hop headers removed.
 fn check_head(ctx: &mut Ctx<'_>, parts: &mut http::request::Parts) -> Result<(), Failure> {
-    if hop_by_hop::is_h2c_upgrade(&parts.headers) {
-        return Err(ctx.malformed(parts, StatusCode::BAD_REQUEST, "h2c_upgrade"));
+    if let Some((status, reason)) = head_refusal(parts, &ctx.snapshot.server) {
+        return Err(ctx.malformed(parts, status, reason));
     }
     // Remembered before the hop-by-hop headers go: relayed only if the rule allows it.
     ctx.upgrade = upgrade::asked(parts);
-    // Why: hyper reads heads up to both limits together, so that these answers carry the
-    // usual refusal body (RFC 9112 §3: 414 for a long target) instead of hyper's bare 431.
-    // Regression: tests (it) proxy::long_target_is_414_and_long_head_431_with_a_body
-    if let Some((status, reason)) = over_head_limits(parts, &ctx.snapshot.server) {
-        return Err(ctx.malformed(parts, status, reason));
-    }
-    // Why: hyper de-chunks when the last coding is `chunked`, and stripping the header as
-    // hop-by-hop below would drop the other codings on the way upstream: `gzip, chunked`
-    // reached the upstream with gzip-coded bytes passed off as the body.
-    // Regression: tests (it) smuggling::transfer_codings_other_than_chunked_refused
-    if hop_by_hop::has_unsupported_transfer_coding(&parts.headers) {
-        return Err(ctx.malformed(
-            parts,
-            StatusCode::NOT_IMPLEMENTED,
-            "unsupported_transfer_coding",
-        ));
-    }
     // `TE: trailers` is hop-by-hop but says the client takes trailers (gRPC needs it said):
     // the gateway relays trailers, so it says the same upstream, and keeps the upstream's
     // `Trailer` declaration, without which hyper sends an HTTP/1.1 client no trailer.
@@ -855,10 +838,57 @@ fn loggable_host(parts: &http::request::Parts) -> &str {
 
 /// A target over `max_target_bytes` (414) or a head over `max_header_bytes` (431): the head's
 /// size counted as the request line and `name: value` lines with their line ends.
+/// The proxy door's refusal of a head before anything else is read of it (an h2c upgrade, a
+/// head over the limits, a transfer coding but `chunked`), as `explain` shows it too.
+///
+/// Why `explain` runs it: it said "forwarded" for requests the proxy refuses here (400
+/// `h2c_upgrade`, 501, 431). Regression: tests (it) policy::explain_refuses_the_heads_the_proxy_refuses
+pub fn head_refusal(
+    parts: &http::request::Parts,
+    server: &crate::snapshot::ServerSettings,
+) -> Option<(StatusCode, &'static str)> {
+    if hop_by_hop::is_h2c_upgrade(&parts.headers) {
+        return Some((StatusCode::BAD_REQUEST, "h2c_upgrade"));
+    }
+    // Why: hyper reads heads up to both limits together, so that these answers carry the
+    // usual refusal body (RFC 9112 §3: 414 for a long target) instead of hyper's bare 431.
+    // Regression: tests (it) proxy::long_target_is_414_and_long_head_431_with_a_body
+    if let Some(refused) = over_head_limits(parts, server) {
+        return Some(refused);
+    }
+    // Why: hyper de-chunks when the last coding is `chunked`, and stripping the header as
+    // hop-by-hop below would drop the other codings on the way upstream: `gzip, chunked`
+    // reached the upstream with gzip-coded bytes passed off as the body.
+    // Regression: tests (it) smuggling::transfer_codings_other_than_chunked_refused
+    if hop_by_hop::has_unsupported_transfer_coding(&parts.headers) {
+        return Some((StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_coding"));
+    }
+    None
+}
+
 fn over_head_limits(
     parts: &http::request::Parts,
     s: &crate::snapshot::ServerSettings,
 ) -> Option<(StatusCode, &'static str)> {
+    // Why: hyper bounds an HTTP/1 head's fields (`max_headers`), h2 only its bytes: 500
+    // fields over HTTP/2 reached the upstream past a `max_headers` of 100.
+    // Regression: tests (it) proxy::http2_requests_get_the_header_count_limit
+    // Cookie crumbs (RFC 9113 §8.2.3) are one field, as they reach the upstream.
+    if parts.headers.len() > s.max_headers
+        && parts.headers.len()
+            - parts
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .count()
+                .saturating_sub(1)
+            > s.max_headers
+    {
+        return Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_many",
+        ));
+    }
     let target = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len())
         + parts.uri.authority().map_or(0, |a| a.as_str().len());
     if target > s.max_target_bytes {

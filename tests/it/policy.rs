@@ -415,6 +415,70 @@ async fn explain_shows_the_rule_trace_status_and_upstream_headers_without_creden
     }
 }
 
+/// A credential in the query is never echoed by `explain`, in text or JSON, as one in a
+/// header never is. (The request line showed the whole URL, key included.)
+#[test]
+fn explain_never_echoes_a_query_credential() {
+    let cfg = ConfigDir::new(
+        "authenticators:\n  keys:\n    api_key:\n      from: [{query: api_key}]\n      keys: []\n",
+    );
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: k, match: {paths: [\"/k/**\"]}, effect: allow, authenticators: [keys], upstream: echo}\n",
+    );
+    let secret = "pk_live_do_not_echo_0123456789";
+    let url = format!("http://a.test/k/1?x=1&api_key={secret}");
+    for json in [false, true] {
+        let mut args = vec!["--url", url.as_str()];
+        if json {
+            args.push("--json");
+        }
+        let (code, text) = cfg.run("explain", &args);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(!text.contains(secret), "echoed: {text}");
+        assert!(text.contains("api_key=[redacted]"), "{text}");
+        assert!(text.contains("x=1"), "{text}");
+    }
+}
+
+/// `explain` refuses the heads the proxy door refuses before any rule, with its status: an
+/// h2c upgrade (400), a transfer coding but `chunked` (501), a head over the limits (431).
+/// (It said "forwarded".)
+#[test]
+fn explain_refuses_the_heads_the_proxy_refuses() {
+    let cfg = ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    let big = format!("X-Big: {}", "b".repeat(17_000));
+    for (headers, status, reason) in [
+        (
+            vec!["Upgrade: h2c", "Connection: Upgrade, HTTP2-Settings"],
+            400,
+            "h2c_upgrade",
+        ),
+        (
+            vec!["Transfer-Encoding: gzip, chunked"],
+            501,
+            "unsupported_transfer_coding",
+        ),
+        (vec![big.as_str()], 431, "headers_too_large"),
+    ] {
+        let mut args = vec!["--url", "http://a.test/public/x", "--json"];
+        for h in &headers {
+            args.extend(["-H", h]);
+        }
+        let (code, text) = cfg.run("explain", &args);
+        assert_eq!(code, Some(1), "{headers:?}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["status"], status, "{headers:?}");
+        assert_eq!(v["reason"], reason, "{headers:?}");
+    }
+    let (code, text) = cfg.run("explain", &["--url", "http://a.test/public/x"]);
+    assert_eq!(code, Some(0), "{text}");
+}
+
 #[test]
 fn policy_list_prints_the_rules_in_evaluation_order() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))

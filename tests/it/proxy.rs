@@ -476,6 +476,35 @@ async fn http2_cookie_crumbs_reach_the_upstream_as_one_field() {
     assert_eq!(cookies, ["a=1; csrf=xyz; b=2"]);
 }
 
+/// `server.max_headers` bounds an HTTP/2 request's fields as it bounds an HTTP/1.1 one's
+/// (hyper counts only HTTP/1 fields): 431 `headers_too_many`, nothing upstream. Cookie
+/// crumbs count as the one field they become. (500 fields reached the upstream.)
+#[tokio::test]
+async fn http2_requests_get_the_header_count_limit() {
+    let gw = Setup::default().server("  max_headers: 20\n").start().await;
+    let mut sender = h2c(gw.addr()).await;
+    let with = |n: usize, name: &str| {
+        let mut req = Request::get(format!("http://{}/many", gw.addr()));
+        for i in 0..n {
+            req = req.header(name, format!("v{i}"));
+        }
+        req.body(Full::<Bytes>::default()).unwrap()
+    };
+    let before = gw.echo.count();
+    let resp = sender.send_request(with(30, "x-many")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("headers_too_many"));
+    assert_eq!(gw.echo.count(), before, "nothing reached the upstream");
+    let resp = sender.send_request(with(30, "cookie")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "crumbs are one field");
+    let resp = sender.send_request(with(15, "x-few")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
 /// HTTP/2 PINGs move bytes but are no request: a client pinging every 100 ms still has its
 /// connection closed once no request has run for the idle timeout.
 #[tokio::test]
