@@ -305,6 +305,36 @@ async fn h1_started_head_gets_the_header_timeout() {
     );
 }
 
+/// The start of a next request sent with the one before it (pipelined), then nothing: the
+/// header timeout cuts it, not the idle timeout plus the drain. (Read while the first was in
+/// flight, it started no header clock, and the connection spun, parked and replayed every
+/// 100 ms, for 120 s.)
+#[tokio::test]
+async fn a_pipelined_unfinished_head_gets_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Setup::default()
+        .server(HEADER_300MS_IDLE_1500MS)
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nX-Partial: ")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let closed_after = time_to_close(&mut s, Duration::from_secs(4)).await;
+    assert!(
+        closed_after < Duration::from_millis(1400),
+        "closed after {closed_after:?}"
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="header_read_timeout"} 1"#),
+        "{metrics}"
+    );
+}
+
 /// A connection that sends nothing, plain or after its TLS handshake, waits for its first
 /// request for the idle timeout (the header timeout bounds the handshake and a started head).
 #[tokio::test]
