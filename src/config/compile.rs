@@ -168,6 +168,7 @@ pub fn compile_watching(
     {
         cx.error("tracing.otlp.endpoint", e.to_string());
     }
+    follow_links(&mut cx.watched, loaded);
     if cx.diags.iter().any(Diagnostic::is_error) {
         *referenced = cx.watched;
         return Err(cx.diags);
@@ -204,6 +205,31 @@ pub fn compile_watching(
         watched: cx.watched,
     };
     Ok((snapshot, cx.diags))
+}
+
+/// Adds to `watched` where its symlinks lead, and where the policy files that are symlinks
+/// lead: an edit made there changes what a reload reads.
+///
+/// Why: the watcher watches directories, those of the paths it was given: a policy file or
+/// config file linked from elsewhere (`policies/05-ext.yaml -> ../../ext/05.yaml`) was
+/// edited at its target unseen, and only SIGHUP applied it.
+/// Regression: tests (it) reload::an_edit_at_a_linked_files_target_is_seen
+fn follow_links(watched: &mut Vec<PathBuf>, loaded: &Loaded) {
+    let is_link = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+    };
+    let links: Vec<PathBuf> = watched
+        .iter()
+        .map(PathBuf::as_path)
+        .chain(loaded.policies.iter().map(|(file, _)| file.path.as_path()))
+        .filter(|p| is_link(p))
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    for target in links {
+        if !watched.contains(&target) {
+            watched.push(target);
+        }
+    }
 }
 
 /// A short digest of every input: the config file, every watched file's contents (keys,

@@ -157,6 +157,40 @@ async fn a_replaced_policies_directory_is_still_watched() {
     assert_eq!(get(gw.addr(), "/other").await.0, StatusCode::OK);
 }
 
+/// A policy file that is a symlink to a file elsewhere: an edit made at the target applies
+/// without a signal. (Only the link's directory was watched: the edit went unseen until
+/// SIGHUP.)
+#[tokio::test]
+async fn an_edit_at_a_linked_files_target_is_seen() {
+    let gw = watched_gateway().await;
+    let ext = gw.path("ext");
+    std::fs::create_dir(&ext).unwrap();
+    let target = ext.join("05.yaml");
+    std::fs::write(
+        &target,
+        "rules:\n  - name: ext\n    match: {paths: [\"/ext/**\"]}\n    effect: deny\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../ext/05.yaml", gw.path("policies/05-ext.yaml")).unwrap();
+    let addr = gw.addr();
+    assert!(
+        answers_soon(addr, "/ext/x", StatusCode::FORBIDDEN).await,
+        "the link was read"
+    );
+    // Edited where it lives, renamed over as editors do.
+    let next = ext.join(".05.yaml.tmp");
+    std::fs::write(
+        &next,
+        "rules:\n  - name: ext\n    match: {paths: [\"/ext/**\"]}\n    effect: deny\n  - name: ext2\n    match: {paths: [\"/ext2/**\"]}\n    effect: deny\n",
+    )
+    .unwrap();
+    std::fs::rename(&next, &target).unwrap();
+    assert!(
+        answers_soon(addr, "/ext2/x", StatusCode::FORBIDDEN).await,
+        "the edit at the target was seen"
+    );
+}
+
 /// A config that names a file not there yet is refused; the file, made next, is watched
 /// (it was no file of the running config) and its arrival applies the config.
 #[tokio::test]
