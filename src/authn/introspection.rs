@@ -111,13 +111,14 @@ impl Introspector {
         let endpoint = RemoteSource::parse_url(&raw.endpoint)
             .map_err(|m| errors.push(FieldError::new("endpoint", m)))
             .ok();
-        if raw.max_in_flight == 0 {
-            errors.push(FieldError::new("max_in_flight", "must be at least 1"));
+        // A semaphore of more permits than tokio allows panics: bounded as `server`'s are.
+        if !(1..=1_000_000).contains(&raw.max_in_flight) {
+            errors.push(FieldError::new("max_in_flight", "from 1 to 1000000"));
         }
-        if raw.max_in_flight_per_client == 0 {
+        if !(1..=1_000_000).contains(&raw.max_in_flight_per_client) {
             errors.push(FieldError::new(
                 "max_in_flight_per_client",
-                "must be at least 1",
+                "from 1 to 1000000",
             ));
         }
         if raw.token_types.iter().any(String::is_empty) {
@@ -424,10 +425,7 @@ impl<'a> ClientShare<'a> {
     fn take(introspector: &'a Introspector, client: std::net::IpAddr) -> Option<Self> {
         // IPv6 by /64, as rate limits count: a site holds more addresses than anyone could
         // track.
-        let client = match client {
-            std::net::IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-            std::net::IpAddr::V6(v6) => u128::from(v6) >> 64 << 64,
-        };
+        let client = crate::request::facts::client_site(client);
         let mut counts = introspector.per_client.lock().ok()?;
         let n = counts.entry(client).or_insert(0);
         if *n >= introspector.max_per_client {

@@ -319,3 +319,32 @@ fn admin_allowed_hosts_are_bare_names() {
     assert!(!text.contains("allowed_hosts[0]"), "{text}");
     assert!(text.contains("3 error(s)"), "{text}");
 }
+
+/// Sizes `run` cannot honour are refused by `check`, naming the field: more permits than a
+/// semaphore holds panicked at start, 100,000 worker threads aborted.
+#[test]
+fn server_sizes_are_bounded() {
+    for (line, field) in [
+        (
+            "  max_in_flight: 18446744073709551615\n",
+            "server.max_in_flight: from 1 to 1000000",
+        ),
+        (
+            "  max_connections: 18446744073709551615\n",
+            "server.max_connections: from 1 to 1000000",
+        ),
+        (
+            "  worker_threads: 100000\n",
+            "server.worker_threads: at most 1024",
+        ),
+    ] {
+        let cfg = crate::support::ConfigDir::new(&format!("server:\n{line}"));
+        cfg.write(
+            "policies/p.yaml",
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+        );
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(1), "{line}: {text}");
+        assert!(text.contains(field), "{field} in {text}");
+    }
+}

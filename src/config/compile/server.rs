@@ -8,6 +8,12 @@ use crate::authz::spoofable::NamePattern;
 use crate::snapshot::ServerSettings;
 
 /// The server settings and the infrastructure headers trusted proxies may pass on.
+/// The most connections or requests a setting may count: more than any machine serves.
+const MAX_COUNT: usize = 1_000_000;
+
+/// The most worker threads.
+const MAX_WORKERS: usize = 1024;
+
 pub(super) fn compile(cx: &mut Cx<'_>) -> (ServerSettings, Vec<NamePattern>) {
     let loaded = cx.loaded;
     let s = &loaded.raw.server;
@@ -20,11 +26,20 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> (ServerSettings, Vec<NamePattern>) {
             "must be between 1024 and 65535".into(),
         );
     }
-    if s.max_connections == 0 {
-        cx.error("server.max_connections", "must be at least 1".into());
+    // Why the upper bounds: `check` passed values `run` died of (a semaphore of more permits
+    // than tokio allows panicked; 100,000 worker threads aborted after 10 s and 480 MB).
+    // Regression: tests (it) check::server_sizes_are_bounded
+    if !(1..=MAX_COUNT).contains(&s.max_connections) {
+        cx.error("server.max_connections", format!("from 1 to {MAX_COUNT}"));
     }
-    if s.max_in_flight == 0 {
-        cx.error("server.max_in_flight", "must be at least 1".into());
+    if !(1..=MAX_COUNT).contains(&s.max_in_flight) {
+        cx.error("server.max_in_flight", format!("from 1 to {MAX_COUNT}"));
+    }
+    if s.worker_threads > MAX_WORKERS {
+        cx.error(
+            "server.worker_threads",
+            format!("at most {MAX_WORKERS} (0: one per core)"),
+        );
     }
     let request_id_header = match HeaderName::from_bytes(s.request_id_header.as_bytes()) {
         Ok(h) => h,
