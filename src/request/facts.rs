@@ -255,6 +255,16 @@ impl ClientCert {
     }
 }
 
+/// A client address as the unit a per-client bound counts: an IPv4 address (as its mapped
+/// IPv6 form), an IPv6 address by its /64. One site holds a /64; counting each address of it
+/// would hand one client endless shares.
+pub fn client_site(ip: std::net::IpAddr) -> u128 {
+    match ip {
+        std::net::IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        std::net::IpAddr::V6(v6) => u128::from(v6) >> 64 << 64,
+    }
+}
+
 /// The time a call out may take: `own` (its configured timeout), cut to end a tenth of the
 /// remaining time before `deadline`, so what it decides on failure still reaches the client.
 ///

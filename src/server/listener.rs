@@ -195,13 +195,13 @@ impl<H: Handler> AcceptLoop<H> {
 #[derive(Debug)]
 pub struct PerClient {
     max: usize,
-    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    held: std::sync::Mutex<std::collections::HashMap<u128, usize>>,
 }
 
 /// One connection counted for its client until dropped.
 pub struct Held {
     of: Arc<PerClient>,
-    ip: std::net::IpAddr,
+    site: u128,
 }
 
 impl PerClient {
@@ -213,20 +213,24 @@ impl PerClient {
         })
     }
 
-    /// Counts a connection from `ip`, or `None` when it holds `max` already.
+    /// Counts a connection from `ip`, or `None` when its site holds `max` already.
+    ///
+    /// Why by site (IPv6 by /64): one host holds a whole /64, and 8 connections from each of
+    /// a few addresses kept every health check out. Regression: tests::a_site_shares_its_cap
     fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Held> {
+        let site = crate::request::facts::client_site(ip);
         let mut held = self
             .held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = held.entry(ip).or_insert(0);
+        let n = held.entry(site).or_insert(0);
         if *n >= self.max {
             return None;
         }
         *n += 1;
         Some(Held {
             of: Arc::clone(self),
-            ip,
+            site,
         })
     }
 }
@@ -238,10 +242,10 @@ impl Drop for Held {
             .held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = held.get_mut(&self.ip) {
+        if let Some(n) = held.get_mut(&self.site) {
             *n -= 1;
             if *n == 0 {
-                held.remove(&self.ip);
+                held.remove(&self.site);
             }
         }
     }
@@ -327,6 +331,30 @@ async fn serve_stream<H: Handler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_site_shares_its_cap() {
+        let cap = PerClient::new(2);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let a = cap.enter(ip("2001:db8:1:2::1")).expect("first");
+        let _b = cap
+            .enter(ip("2001:db8:1:2:ffff::9"))
+            .expect("second, same /64");
+        assert!(
+            cap.enter(ip("2001:db8:1:2::77")).is_none(),
+            "the /64 is full"
+        );
+        assert!(cap.enter(ip("2001:db8:1:3::1")).is_some(), "another /64");
+        let _c = cap.enter(ip("192.0.2.1")).expect("IPv4");
+        let _d = cap.enter(ip("192.0.2.1")).expect("IPv4");
+        assert!(cap.enter(ip("192.0.2.1")).is_none());
+        assert!(
+            cap.enter(ip("192.0.2.2")).is_some(),
+            "each IPv4 address its own"
+        );
+        drop(a);
+        assert!(cap.enter(ip("2001:db8:1:2::77")).is_some(), "a share back");
+    }
 
     use crate::testing::ReturnSize;
 
