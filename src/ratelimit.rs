@@ -339,20 +339,20 @@ impl Limit {
         };
         let until = tokio::time::Instant::now() + attempts::Attempts::wait_bound(facts.deadline);
         loop {
-            let wake = self.attempts.waiter(key);
-            let checked = self.check(facts, None, rule, Mode::Spend).await;
-            match (checked, wake) {
-                (Checked::Allowed(room), _) => {
-                    return (Checked::Allowed(room), Some(self.attempts.begin(key)));
-                }
-                (Checked::Limited(t), Some(wake)) => {
+            let attempt = self.attempts.begin(key);
+            match self.check(facts, None, rule, Mode::Spend).await {
+                Checked::Allowed(room) => return (Checked::Allowed(room), Some(attempt)),
+                Checked::Limited(t) => {
+                    let Some(wake) = attempt.refused() else {
+                        return (Checked::Limited(t), None);
+                    };
                     if tokio::time::timeout_at(until, wake).await.is_err() {
                         return (Checked::Limited(t), None);
                     }
                     // Not a refusal after all: it asks again.
                     self.counters.limited.fetch_sub(1, Ordering::Relaxed);
                 }
-                (checked, _) => return (checked, None),
+                checked => return (checked, None),
             }
         }
     }

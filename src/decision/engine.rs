@@ -163,10 +163,13 @@ pub async fn decide(
     if matches!(&decision, Decision::Deny(d) if counts_as_failure(d.kind)) {
         guard.failed();
     } else if spent {
-        let _ = guard.check(facts, None, &rule.id.0, Mode::Refund).await;
-        if let Some(attempt) = attempt {
-            attempt.given_back();
+        let mut attempt = attempt;
+        if let Some(a) = &mut attempt {
+            a.giving_back();
         }
+        let _ = guard.check(facts, None, &rule.id.0, Mode::Refund).await;
+        // Settled once the request is back: a waiter woken now finds it.
+        drop(attempt);
     }
     decision
 }

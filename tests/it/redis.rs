@@ -386,8 +386,8 @@ async fn an_abandoned_probe_does_not_keep_the_breaker_open() {
     recovers(&gw, "probe abandoned").await;
 }
 
-/// A guard in Redis: attempts that succeed give back what they spent (any number pass),
-/// twenty wrong tokens sent at once get three checks, and then even a valid token is refused
+/// A guard in Redis: attempts that succeed give back what they spent (any number pass, one
+/// by one or sent together), twenty wrong tokens sent at once get three checks, and then even a valid token is refused
 /// before verifying.
 #[tokio::test]
 async fn a_redis_guard_holds_against_concurrent_guesses() {
@@ -432,6 +432,17 @@ async fn a_redis_guard_holds_against_concurrent_guesses() {
             "{i}"
         );
     }
+    // Valid requests sent together all pass: each refused while others hold the budget
+    // (their spends and refunds are Redis round trips) waits for them. (Registered only once
+    // its spend came back, an attempt was unseen by those sent with it: 429s.)
+    let mut together = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let addr = gw.addr();
+        let req = with(good.clone());
+        together.spawn(async move { send(addr, req).await.0.as_u16() });
+    }
+    let statuses = together.join_all().await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     let mut guesses = tokio::task::JoinSet::new();
     for i in 0..20 {
         let addr = gw.addr();
