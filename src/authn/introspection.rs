@@ -63,7 +63,11 @@ pub struct Introspector {
     pub calls_shed: AtomicU64,
     /// The calls under way, by the token's SHA-256: a request for a token already being asked
     /// about waits for that answer ([`Self::introspect_once`]).
-    pending: std::sync::Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<Shared>>>>,
+    pending: Pending,
+    /// Re-checks under way, by token (never shared with requests' calls).
+    pending_rechecks: Pending,
+    /// The re-checks' own slots, as many as `max_in_flight`.
+    rechecks: tokio::sync::Semaphore,
     /// Calls in flight per client address (IPv6 by /64), at most `max_per_client` each.
     per_client: std::sync::Mutex<HashMap<u128, usize>>,
     max_per_client: usize,
@@ -208,6 +212,8 @@ impl Introspector {
             calls_failed: AtomicU64::new(0),
             calls_shed: AtomicU64::new(0),
             pending: std::sync::Mutex::default(),
+            pending_rechecks: std::sync::Mutex::default(),
+            rechecks: tokio::sync::Semaphore::new(raw.max_in_flight),
             per_client: std::sync::Mutex::default(),
             max_per_client: raw.max_in_flight_per_client,
         })
@@ -244,39 +250,37 @@ impl Introspector {
                 .await
                 .map_err(|_| Unavailable))
         };
-        // A re-check (`fresh`) looks for a revocation: it joins no call that began before it.
-        //
-        // Why it takes no share and waits for a slot: shed, a re-check kept the tunnel ("could
-        // not decide"), so a client whose token was revoked kept its tunnel open by sending
-        // made-up tokens from its own address, filling its share (23 s past revocation under
-        // a tester's flood). Re-checks are bounded by the streams open, not by what clients
-        // send. Regression: tests (it) edge::a_client_cannot_shed_its_own_recheck
-        if fresh {
-            return self
-                .introspect(token, authenticator, now, Slot::Wait)
-                .await
-                .map_err(|_| Unavailable);
-        }
         // By SHA-256, never a short hash: a collision would hand one token's principal to
         // another.
         let key = crate::secret::sha256(token.as_bytes());
-        let mut leave = Leave {
-            pending: &self.pending,
-            key,
-            cell: match self.pending.lock() {
-                Ok(mut pending) => Some(Arc::clone(pending.entry(key).or_default())),
-                // A poisoned map (a panic while it was held): no sharing.
-                Err(_) => None,
-            },
+        // A re-check (`fresh`) looks for a revocation: it joins no request's call (which may
+        // have begun long before), only another re-check of the same token under way (begun
+        // at most `timeout` before it).
+        //
+        // Why re-checks have slots of their own, and wait for one: shed, a re-check kept the
+        // tunnel ("could not decide"), so a client whose token was revoked kept its tunnel
+        // open by sending made-up tokens from its own address, filling its share (23 s past
+        // revocation under a tester's flood). Regression: tests (it)
+        // edge::a_client_cannot_shed_its_own_recheck
+        //
+        // Why they share one call per token: in the requests' slots, and ahead of them, a
+        // client with a thousand streams re-checked every second would have shed everyone
+        // else's calls. Regression: tests (it) edge::rechecks_of_one_token_share_a_call
+        let answer = if fresh {
+            let call = || async {
+                Ok(self
+                    .introspect(token, authenticator, now, Slot::Recheck)
+                    .await
+                    .map_err(|_| Unavailable))
+            };
+            once(&self.pending_rechecks, key, call).await
+        } else {
+            once(&self.pending, key, call).await
         };
-        let cell = leave
-            .cell
-            .get_or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()));
         // A caller over its share is refused alone: `Shed` leaves the cell empty, and the
         // next waiter makes the call with its own share.
-        let answer = match cell.get_or_try_init(call).await {
-            Ok(shared) => shared.clone(),
-            Err(Shed) => return Err(Unavailable),
+        let Ok(answer) = answer else {
+            return Err(Unavailable);
         };
         // Judged at the first caller's clock: a later waiter's own may be past `exp`.
         match answer {
@@ -298,8 +302,7 @@ impl Introspector {
     ) -> Result<Answer, FetchError> {
         let permit = match slot {
             Slot::Try => self.in_flight.try_acquire().ok(),
-            // Freed slots go to waiters first: callers that only try do not jump the queue.
-            Slot::Wait => tokio::time::timeout(self.timeout, self.in_flight.acquire())
+            Slot::Recheck => tokio::time::timeout(self.timeout, self.rechecks.acquire())
                 .await
                 .ok()
                 .and_then(Result::ok),
@@ -408,10 +411,11 @@ impl Introspector {
 /// Whether a call waits for one of the `max_in_flight` slots or is shed when none is free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
-    /// A request's call: shed (503) when the slots are full.
+    /// A request's call: shed (503) when the `max_in_flight` slots are full.
     Try,
-    /// A re-check of an open stream: waits, up to the call's timeout.
-    Wait,
+    /// A re-check of an open stream: in the re-checks' own `max_in_flight` slots, waiting
+    /// for one up to the call's timeout.
+    Recheck,
 }
 
 /// One of a client's calls in flight, given back when dropped.
@@ -458,8 +462,32 @@ impl Drop for ClientShare<'_> {
 /// Every reference to a pending cell is taken from the map and given back under its lock
 /// (here), so the count read under the lock is exact: the map's and this one's are the last
 /// two when no one else waits. Regression: tests::a_pending_call_leaves_no_entry
+/// Calls under way, by token digest: who asks meanwhile waits for the same answer.
+type Pending = std::sync::Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<Shared>>>>;
+
+/// `call`'s answer, made once for all who ask about the token `key` in `pending` meanwhile.
+async fn once<F, Fut>(pending: &Pending, key: [u8; 32], call: F) -> Result<Shared, Shed>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Shared, Shed>>,
+{
+    let mut leave = Leave {
+        pending,
+        key,
+        cell: match pending.lock() {
+            Ok(mut pending) => Some(Arc::clone(pending.entry(key).or_default())),
+            // A poisoned map (a panic while it was held): no sharing.
+            Err(_) => None,
+        },
+    };
+    let cell = leave
+        .cell
+        .get_or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()));
+    cell.get_or_try_init(call).await.cloned()
+}
+
 struct Leave<'a> {
-    pending: &'a std::sync::Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<Shared>>>>,
+    pending: &'a Pending,
     key: [u8; 32],
     cell: Option<Arc<tokio::sync::OnceCell<Shared>>>,
 }

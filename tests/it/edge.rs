@@ -1033,7 +1033,7 @@ impl Idp {
                                     .unwrap_or("")
                                     .to_owned();
                                 // Made-up tokens are slow: they hold the caller's slots.
-                                if token.starts_with("junk-") {
+                                if token.starts_with("junk-") || token.starts_with("slow-") {
                                     tokio::time::sleep(Duration::from_millis(300)).await;
                                 }
                                 let answer = if a.lock().unwrap().contains(&token) {
@@ -1212,6 +1212,66 @@ authn:
     flood.join_all().await;
     let took = took.expect("closed during the flood");
     assert!(took <= Duration::from_millis(3000), "{took:?}");
+}
+
+/// Re-checks of one token due together share one introspection call: five tunnels of one
+/// client, re-checked every second, ask the endpoint once a round, not five times.
+/// (In the requests' slots, and ahead of them, a client with many streams re-checked often
+/// would have shed everyone else's calls.)
+#[tokio::test]
+async fn rechecks_of_one_token_share_a_call() {
+    let upstream = WsEcho::start().await;
+    let idp = Idp::start().await;
+    idp.set_active("slow-shared", true);
+    let policy = "rules:
+  - name: chat
+    match: {paths: [\"/ws/**\"]}
+    effect: allow
+    authenticators: [opaque]
+    upstream: ws
+    reauthorize_every: 1s
+    upgrade: {protocols: [websocket]}
+";
+    let gw = Setup {
+        upstreams: format!("  ws:\n    url: http://{}\n", upstream.addr),
+        policies: vec![("10-ws.yaml".into(), policy.into())],
+        files: vec![("client.secret".into(), b"s3cret".to_vec())],
+        extra: format!(
+            "authenticators:
+  opaque:
+    introspection:
+      endpoint: http://{}/introspect
+      client_id: gateway
+      client_secret: {{file: client.secret}}
+      audiences: [api]
+      cache_ttl: 600s
+authn:
+  cache:
+    revalidate_after: 600s
+",
+            idp.addr
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let opened = futures_util::future::join_all(
+        (0..5).map(|_| connect(&gw, "/ws/room", &[("authorization", "Bearer slow-shared")])),
+    )
+    .await;
+    let mut tunnels: Vec<_> = opened.into_iter().map(|t| t.expect("upgraded")).collect();
+    let before = idp.hits.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let rechecks = idp.hits.load(std::sync::atomic::Ordering::SeqCst) - before;
+    for ws in &mut tunnels {
+        echo_once(ws, "still open").await;
+    }
+    // Two rounds of re-checks (each 1 s after the last ended, the call taking 300 ms), one
+    // call each (a round may split in two at worst); unshared, ten.
+    assert!(
+        (2..=4).contains(&rechecks),
+        "{rechecks} calls for 10 re-checks"
+    );
 }
 
 // === CORS ===
