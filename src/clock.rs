@@ -76,6 +76,21 @@ impl Clock {
         }
     }
 
+    /// Time from now until the start of the Unix second `unix` (zero once there).
+    ///
+    /// Why: waits computed from whole seconds (`unix - unix_secs()`) woke up to a second
+    /// late, so a tunnel closed at its credential's expiry relayed for most of a second more.
+    /// Regression: tests::time_until_counts_from_the_fraction_of_the_second
+    pub fn time_until(&self, unix: u64) -> Duration {
+        let now = match &self.0 {
+            None => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+            Some(m) => Duration::from_nanos(m.unix_nanos.load(Ordering::SeqCst)),
+        };
+        Duration::from_secs(unix).saturating_sub(now)
+    }
+
     /// Monotonic time since a fixed point (the process's first reading, or the manual clock's
     /// creation).
     pub fn monotonic(&self) -> Duration {
@@ -111,6 +126,15 @@ mod tests {
         assert_eq!(c.unix_secs(), 1_001);
         assert_eq!(c.monotonic(), Duration::from_millis(1_500));
         assert!(c.is_manual() && !Clock::system().is_manual());
+    }
+
+    #[test]
+    fn time_until_counts_from_the_fraction_of_the_second() {
+        let c = Clock::manual(1_000);
+        c.advance(Duration::from_millis(700));
+        assert_eq!(c.time_until(1_001), Duration::from_millis(300));
+        assert_eq!(c.time_until(1_000), Duration::ZERO);
+        assert_eq!(c.time_until(1_003), Duration::from_millis(2_300));
     }
 
     #[test]

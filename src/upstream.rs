@@ -338,8 +338,11 @@ impl Upstream {
 
     /// Sends an upgrade request (a WebSocket handshake) to one of the endpoints, on a
     /// connection of its own, which the upstream's `101` turns into the tunnel's upstream
-    /// side. Never retried: the handshake may have reached the upstream. No response timeout
-    /// here: the caller applies `response_timeout`. The exchange counts in flight on its
+    /// side. Never retried: the handshake may have reached the upstream. Within
+    /// `opts.response_timeout`: a handshake unanswered by then is a failure of its endpoint
+    /// (as in [`Self::send`]: applied by the caller, it was never recorded, and an endpoint
+    /// that accepted and never answered was never ejected; regression: tests (it)
+    /// edge::an_endpoint_that_never_answers_upgrades_is_ejected). The exchange counts in flight on its
     /// endpoint (least request) for as long as the [`Counted`] returned lives: the caller
     /// keeps it with the tunnel, or with the body of a declined upgrade's answer.
     pub async fn send_upgrade(
@@ -355,7 +358,12 @@ impl Upstream {
         // request, which then piled long-lived tunnels onto one endpoint by chance.
         // Regression: tests (it) edge::least_request_counts_a_websocket_until_it_closes
         let in_flight = balance::in_flight(&ep, b.counts_in_flight());
-        let result = ep.pool.send_upgrade(req, opts.connect_timeout).await;
+        let result = tokio::time::timeout(
+            opts.response_timeout,
+            ep.pool.send_upgrade(req, opts.connect_timeout),
+        )
+        .await
+        .unwrap_or(Err(SendError::Timeout));
         let verdict = match &result {
             Ok((resp, _)) if resp.status().is_server_error() => Verdict::Failure,
             Ok(_) => Verdict::Success,
@@ -673,6 +681,10 @@ fn error_verdict(e: &SendError) -> Verdict {
         SendError::Busy => Verdict::Neutral,
         // The client's pause, not the endpoint's.
         SendError::BodyStalled => Verdict::Neutral,
+        // Why: an upgrade for an HTTP/2 upstream failed as a connect failure, so clients
+        // asking for WebSockets ejected every healthy endpoint of a gRPC upstream.
+        // Regression: tests::an_upgrade_over_h2_fails_no_endpoint
+        SendError::UpgradeOverH2 => Verdict::Neutral,
         _ => Verdict::Failure,
     }
 }
@@ -960,6 +972,18 @@ fn template(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upgrade_over_h2_fails_no_endpoint() {
+        assert!(matches!(
+            error_verdict(&SendError::UpgradeOverH2),
+            Verdict::Neutral
+        ));
+        assert!(matches!(
+            error_verdict(&SendError::Timeout),
+            Verdict::Failure
+        ));
+    }
 
     /// An upstream without `idle_timeout` still bounds a pause inside a response body; one
     /// with it keeps its own.

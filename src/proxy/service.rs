@@ -393,17 +393,7 @@ async fn tunnel(
         response_timeout,
         hash_key: upstream.hash_key(req.headers(), principal.as_deref().map(|p| &*p.id)),
     };
-    upgrade::open(
-        ctx,
-        upstream,
-        req,
-        asked,
-        on_client,
-        bounds,
-        opts,
-        response_timeout,
-    )
-    .await
+    upgrade::open(ctx, upstream, req, asked, on_client, bounds, opts).await
 }
 
 /// Phase 1: the head within its limits, no h2c upgrade, no transfer coding but `chunked`,

@@ -265,7 +265,7 @@ pub(super) async fn credential_watch(
         }
         let mut wake = now + MAX_CHECK;
         if let Some(exp) = expires_at {
-            wake = wake.min(now + Duration::from_secs(exp.saturating_sub(clock_now)));
+            wake = wake.min(now + clock.time_until(exp));
             if clock.is_manual() {
                 wake = wake.min(now + Duration::from_millis(100));
             }
@@ -320,7 +320,7 @@ async fn watchdog(bounds: &Bounds, clock: &Clock, moved: &Activity, started: Ins
             .min(lifetime_end)
             .min(now + MAX_CHECK);
         if let Some(exp) = expires_at {
-            wake = wake.min(now + Duration::from_secs(exp.saturating_sub(clock_now)));
+            wake = wake.min(now + clock.time_until(exp));
             // A manual clock (tests) does not move with real time: look at it often.
             if clock.is_manual() {
                 wake = wake.min(now + Duration::from_millis(100));

@@ -95,10 +95,6 @@ pub(super) fn head_copy(parts: &http::request::Parts) -> http::request::Parts {
 /// Sends the upgrade request upstream; on `101`, leaves the tunnel with the client's
 /// connection (HTTP/1.1: the connection's task runs it) or stream (HTTP/2: a task of its
 /// own) and answers `101` (HTTP/2: `200`).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site: the tunnel's phases so far"
-)]
 pub(super) async fn open(
     ctx: &mut Ctx<'_>,
     upstream: &Upstream,
@@ -107,7 +103,6 @@ pub(super) async fn open(
     on_client: OnUpgrade,
     bounds: Bounds,
     opts: crate::upstream::SendOptions,
-    response_timeout: std::time::Duration,
 ) -> Result<Response<ResponseBody>, Failure> {
     let Asked {
         protocols: asked,
@@ -153,29 +148,43 @@ pub(super) async fn open(
             .as_bytes()
             .split(|b| *b == b',')
             .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"));
-    let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
-    let clients_key = match (keys.next(), keys.next()) {
-        (Some(one), None) if !h2 => Some(one.clone()),
-        _ => None,
+    let key = match (asks_websocket, h2) {
+        (false, _) => None,
+        (true, true) => Some(websocket_key()),
+        // The client's key, sent once or repeated alike; none, or two that differ, is no
+        // handshake the client could check (RFC 6455 §4.2.1: refused).
+        (true, false) => {
+            let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
+            let first = keys.next().cloned();
+            match first {
+                Some(k) if keys.all(|other| *other == k) => Some(k),
+                _ => {
+                    return Err(Failure::Malformed(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_websocket_key",
+                    ));
+                }
+            }
+        }
     };
-    let key = asks_websocket.then(|| clients_key.unwrap_or_else(websocket_key));
     if let Some(key) = &key {
         headers.insert(SEC_WEBSOCKET_KEY, key.clone());
         headers
             .entry(SEC_WEBSOCKET_VERSION)
             .or_insert(HeaderValue::from_static("13"));
     }
-    let sent = tokio::time::timeout(response_timeout, upstream.send_upgrade(req, opts)).await;
-    let (mut resp, counted) = match sent {
-        Ok(Ok(sent)) => sent,
-        Err(_) => {
+    // Within the response timeout (`Upstream::send_upgrade`, which records a timeout
+    // against its endpoint).
+    let (mut resp, counted) = match upstream.send_upgrade(req, opts).await {
+        Ok(sent) => sent,
+        Err(crate::upstream::SendError::Timeout) => {
             ctx.shared.metrics.upstream_error("timeout");
             return Err(Failure::Failed(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
             ));
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             let (status, kind) = e.status_and_kind();
             ctx.shared.metrics.upstream_error(kind);
             tracing::debug!(upstream = &*upstream.name, error = %e, reason = kind, "Upgrade request failed");

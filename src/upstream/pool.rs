@@ -90,6 +90,10 @@ pub enum SendError {
     /// lateness, not the endpoint's.
     #[error("the client's request body stalled")]
     BodyStalled,
+    /// An upgrade for an upstream that speaks HTTP/2 (an upgrade needs HTTP/1.1): the
+    /// endpoint is healthy, the route cannot be served.
+    #[error("the upstream speaks HTTP/2; an upgrade needs HTTP/1.1")]
+    UpgradeOverH2,
 }
 
 impl SendError {
@@ -113,6 +117,7 @@ impl SendError {
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "upstream_busy"),
             Self::BodyStalled => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            Self::UpgradeOverH2 => (StatusCode::BAD_GATEWAY, "upstream_upgrade_unsupported"),
         }
     }
 }
@@ -1270,8 +1275,7 @@ impl Body for PooledBody {
             match &polled {
                 Poll::Ready(Some(_)) => expiry.streaming = true,
                 Poll::Pending if expiry.streaming => {
-                    let mut wait =
-                        Duration::from_secs(expiry.at.saturating_sub(expiry.clock.unix_secs()));
+                    let mut wait = expiry.clock.time_until(expiry.at);
                     if expiry.clock.is_manual() {
                         wait = wait.min(Duration::from_millis(100));
                     }

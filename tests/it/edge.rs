@@ -2378,6 +2378,61 @@ async fn a_101_without_the_websocket_accept_opens_no_tunnel() {
     echo_once(&mut client, "through").await;
 }
 
+/// An HTTP/1.1 WebSocket handshake goes upstream with the client's own key, so the accept
+/// the client gets is the one it can check: a key sent twice alike is one key; none, or two
+/// that differ, is refused (400 `invalid_websocket_key`) before the upstream is asked.
+#[tokio::test]
+async fn websocket_keys_are_the_clients_own() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = WsEcho::start().await;
+    let gw = ws_gateway(&upstream, "").await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let handshake = |keys: &[&str]| {
+        let keys: String = keys
+            .iter()
+            .map(|k| format!("Sec-WebSocket-Key: {k}\r\n"))
+            .collect();
+        format!(
+            "GET /ws/room HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n{keys}\r\n"
+        )
+    };
+    let answer = |req: String| {
+        let addr = gw.addr();
+        async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }
+    };
+    // RFC 6455's example: this key's accept is `s3pPLMBiTxaQ9kYGzzhZRbK+xOo=`.
+    for keys in [vec![key], vec![key, key]] {
+        let text = answer(handshake(&keys)).await;
+        assert!(text.starts_with("HTTP/1.1 101"), "{keys:?}: {text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{keys:?}: {text}"
+        );
+    }
+    let handshakes = upstream.handshakes();
+    for keys in [vec![], vec![key, "AAAAAAAAAAAAAAAAAAAAAA=="]] {
+        let text = answer(handshake(&keys)).await;
+        assert!(text.starts_with("HTTP/1.1 400"), "{keys:?}: {text}");
+        assert!(text.contains("invalid_websocket_key"), "{keys:?}: {text}");
+    }
+    assert_eq!(
+        upstream.handshakes(),
+        handshakes,
+        "refused before the upstream"
+    );
+}
+
 /// A declined upgrade's answer is an ordinary response: a body that stalls is cut at the
 /// rule's idle timeout, and counted.
 #[tokio::test]

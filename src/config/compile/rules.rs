@@ -460,6 +460,20 @@ fn rule(
             None
         }
     };
+    // Why: an upgrade is sent upstream as HTTP/1.1; an `h2c` upstream (HTTP/2 with prior
+    // knowledge) cannot take one, so every upgrade got 502 and counted against the healthy
+    // endpoints until they were ejected. Regression: tests (it) check golden case upgrade-to-h2c
+    if r.upgrade.is_some()
+        && r.upstream
+            .as_ref()
+            .and_then(|u| cfg.upstreams.get(u))
+            .is_some_and(|u| u.protocol == Some(crate::config::raw::RawProtocol::H2c))
+    {
+        cx.diags.push(at.at(
+            "upgrade",
+            "the rule's upstream speaks `h2c` (HTTP/2 only); an upgrade is relayed over HTTP/1.1".into(),
+        ));
+    }
     if r.effect == Effect::Deny {
         // Why: a deny rule never opens a tunnel, and a preflight answered for it would tell a
         // browser that a request it refuses is welcome.

@@ -23,11 +23,7 @@ impl Pool {
     ) -> Result<(Response<Incoming>, Option<Slot>), SendError> {
         // An upgrade is HTTP/1.1's: an upstream that speaks HTTP/2 cannot take it (known
         // before waiting for a slot, when it is).
-        let speaks_h2 = || {
-            SendError::Connect(std::io::Error::other(
-                "the upstream speaks HTTP/2; an upgrade needs HTTP/1.1",
-            ))
-        };
+        let speaks_h2 = || SendError::UpgradeOverH2;
         if self.speaks_h2.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(speaks_h2());
         }
