@@ -60,8 +60,8 @@ impl Default for RawConditionLimits {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicyFile {
-    /// Rules, evaluated in order; the first whose `match` fits the request decides.
-    #[serde(default)]
+    /// Rules, evaluated in order; the first whose `match` fits the request decides. Required
+    /// (`rules: []` for none): a file without it is taken for one being written.
     pub rules: Vec<RawRule>,
     /// The allow rules of this file match path literals in any ASCII case (`/ADMIN/x` meets
     /// the rule for `/admin/**`), for upstreams that serve `/ADMIN` as `/admin` (IIS,
