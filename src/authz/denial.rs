@@ -113,8 +113,17 @@ impl Denial {
 impl Login {
     /// The `Location` of a redirect for this request, if it is a browser navigation: a `GET`
     /// or `HEAD` whose `Accept` names `text/html`. The return address is the URL that was
-    /// decided on (canonical path and raw query), percent-encoded as one query value.
-    pub fn location(&self, facts: &RequestFacts<'_>) -> Option<HeaderValue> {
+    /// decided on (canonical path and raw query, without the parameters named in
+    /// `query_credentials`), percent-encoded as one query value.
+    ///
+    /// Why without them: the return address carried a query credential (an API key in
+    /// `?api_key=`) to the login page, its logs and the browser's history.
+    /// Regression: tests::a_query_credential_never_goes_to_the_login_page
+    pub fn location(
+        &self,
+        facts: &RequestFacts<'_>,
+        query_credentials: Option<&[Box<str>]>,
+    ) -> Option<HeaderValue> {
         if !is_navigation(facts) {
             return None;
         }
@@ -132,9 +141,13 @@ impl Login {
             out.push_str(&port.to_string());
         }
         encode_into(&mut out, &facts.path);
-        if let Some(q) = facts.query {
+        let query = match (facts.query, query_credentials) {
+            (Some(q), Some(names)) => crate::authn::credential::strip_query(q, names),
+            (q, _) => q.map(std::borrow::Cow::Borrowed),
+        };
+        if let Some(q) = query {
             out.push_str("%3F");
-            encode_into(&mut out, q);
+            encode_into(&mut out, &q);
         }
         HeaderValue::from_str(&out).ok()
     }

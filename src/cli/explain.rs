@@ -861,7 +861,13 @@ fn redact_query(url: &str, snapshot: &Snapshot) -> String {
     let parts: Vec<String> = query
         .split('&')
         .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if names.contains(&k) => format!("{k}=[redacted]"),
+            // As the gateway reads a name: percent-decoded (`api%5Fkey` is `api_key`).
+            Some((k, _))
+                if crate::authn::credential::decode(k)
+                    .is_some_and(|d| names.iter().any(|n| **n == *d)) =>
+            {
+                format!("{k}=[redacted]")
+            }
             _ => kv.to_owned(),
         })
         .collect();

@@ -237,7 +237,7 @@ async fn decide_rule(
                     .denial
                     .as_ref()
                     .and_then(|d| d.login.as_ref())
-                    .and_then(|l| l.location(facts)),
+                    .and_then(|l| l.location(facts, rule.query_credentials.as_deref())),
                 _ => None,
             };
             let challenge = api_key_challenge(snapshot, rule, kind, by);

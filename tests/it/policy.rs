@@ -416,7 +416,9 @@ async fn explain_shows_the_rule_trace_status_and_upstream_headers_without_creden
 }
 
 /// A credential in the query is never echoed by `explain`, in text or JSON, as one in a
-/// header never is. (The request line showed the whole URL, key included.)
+/// header never is, nor sent to the login page in a redirect's return address (the
+/// gateway's too). (The request line showed the whole URL, key included; the return address
+/// carried the key to the login page.)
 #[test]
 fn explain_never_echoes_a_query_credential() {
     let cfg = ConfigDir::new(
@@ -424,20 +426,35 @@ fn explain_never_echoes_a_query_credential() {
     );
     cfg.write(
         "policies/p.yaml",
-        "rules:\n  - {name: k, match: {paths: [\"/k/**\"]}, effect: allow, authenticators: [keys], upstream: echo}\n",
+        "rules:\n  - {name: k, match: {paths: [\"/k/**\"]}, effect: allow, authenticators: [keys], upstream: echo, denial: {login_url: \"https://login.example/start\"}}\n",
     );
     let secret = "pk_live_do_not_echo_0123456789";
-    let url = format!("http://a.test/k/1?x=1&api_key={secret}");
-    for json in [false, true] {
-        let mut args = vec!["--url", url.as_str()];
-        if json {
-            args.push("--json");
+    // Its name percent-encoded is still its name (as the gateway reads it); a browser sent to
+    // log in carries no credential to the login page in its return address.
+    for name in ["api_key", "api%5Fkey"] {
+        let url = format!("http://a.test/k/1?x=1&{name}={secret}");
+        for (json, browser) in [(false, false), (true, false), (false, true), (true, true)] {
+            let mut args = vec!["--url", url.as_str()];
+            if json {
+                args.push("--json");
+            }
+            if browser {
+                args.extend(["-H", "Accept: text/html"]);
+            }
+            let (code, text) = cfg.run("explain", &args);
+            assert_eq!(code, Some(1), "{text}");
+            assert!(!text.contains(secret), "echoed: {text}");
+            assert!(text.contains(&format!("{name}=[redacted]")), "{text}");
+            assert!(text.contains("x=1"), "{text}");
+            if browser {
+                assert!(
+                    text.contains(
+                        "https://login.example/start?rd=http%3A%2F%2Fa.test%2Fk%2F1%3Fx%3D1"
+                    ),
+                    "{text}"
+                );
+            }
         }
-        let (code, text) = cfg.run("explain", &args);
-        assert_eq!(code, Some(1), "{text}");
-        assert!(!text.contains(secret), "echoed: {text}");
-        assert!(text.contains("api_key=[redacted]"), "{text}");
-        assert!(text.contains("x=1"), "{text}");
     }
 }
 
