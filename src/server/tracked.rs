@@ -169,7 +169,11 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRe
         if !this.replay.is_empty() {
             // Already metered and counted when first read.
             let n = this.replay.len().min(buf.remaining());
-            buf.put_slice(this.replay.get(..n).unwrap_or_default());
+            let replayed = this.replay.get(..n).unwrap_or_default();
+            buf.put_slice(replayed);
+            // Empty lines before a request are ignored (RFC 9112 §2.2): a client's stray CRLF
+            // after a body starts no head.
+            let starts_a_head = replayed.iter().any(|b| !matches!(b, b'\r' | b'\n'));
             this.replay.advance(n);
             // Why: the start of a next request, read while the one before was in flight,
             // started no header clock; replayed after a park it still started none, so the
@@ -177,7 +181,7 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRe
             // timeout (2,000 such connections: 2.35 s of CPU every 10 s, none parked).
             // Its head now runs from the replay.
             // Regression: tests (it) abuse::a_pipelined_unfinished_head_gets_the_header_timeout
-            if this.meter.is_http1() {
+            if starts_a_head && this.meter.is_http1() {
                 this.activity.h1_read();
             }
             return std::task::Poll::Ready(Ok(()));

@@ -333,6 +333,19 @@ async fn a_pipelined_unfinished_head_gets_the_header_timeout() {
         metrics.contains(r#"portcullis_connection_limits_total{limit="header_read_timeout"} 1"#),
         "{metrics}"
     );
+    // A stray CRLF after a request (RFC 9112 §2.2: ignored) starts no head: the connection
+    // stays for the idle timeout.
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"POST /one HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok\r\n")
+        .await
+        .unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let closed_after = time_to_close(&mut s, Duration::from_secs(4)).await;
+    assert!(
+        closed_after >= Duration::from_millis(1200),
+        "a stray CRLF was taken for a head: closed after {closed_after:?}"
+    );
 }
 
 /// A connection that sends nothing, plain or after its TLS handshake, waits for its first
