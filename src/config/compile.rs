@@ -139,7 +139,9 @@ pub fn compile_watching(
         families: &families,
     };
     let rules = rules::compile(&mut cx, &env, &mut spoofable_names);
-    if rules.is_empty() && cx.diags.is_empty() {
+    // Said whatever other warnings there are (the development key's, say): it was dropped
+    // then. Not with errors: a broken file's rules are not counted.
+    if rules.is_empty() && !cx.diags.iter().any(Diagnostic::is_error) {
         let dir = loaded.policy_dir.display().to_string();
         cx.warn(
             "policies.dir",

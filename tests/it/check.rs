@@ -348,3 +348,20 @@ fn server_sizes_are_bounded() {
         assert!(text.contains(field), "{field} in {text}");
     }
 }
+
+/// An empty policy directory is warned about whatever other warnings there are (it was
+/// dropped as soon as any other diagnostic existed, the development key's say).
+#[test]
+fn no_rules_is_warned_beside_other_warnings() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write(
+        "portcullis.yaml",
+        "listeners: [{name: http, address: \"127.0.0.1:0\"}]\nupstreams: {echo: {url: \"http://127.0.0.1:9\", dns_refresh: 30s}}\npolicies: {dir: policies}\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert!(text.contains("warning"), "another warning: {text}");
+    assert!(
+        text.contains("every request will be denied"),
+        "{code:?}: {text}"
+    );
+}

@@ -100,6 +100,14 @@ pub(super) fn compile(
             if r.name.trim().is_empty() {
                 cx.diags
                     .push(at.at("name", "rule name must not be empty".into()));
+            } else if r.name.chars().any(char::is_control) {
+                // Why: a name is printed in logs, metrics labels, `policy list` and `explain`;
+                // a newline broke the table, an escape sequence reached the terminal.
+                // Regression: tests (it) check golden case rule-name-control
+                cx.diags.push(at.at(
+                    "name",
+                    "rule name must not hold control characters (a newline, an escape)".into(),
+                ));
             } else if let Some(other) = names.insert(r.name.clone(), file.display.clone()) {
                 cx.diags.push(at.at(
                     "name",
