@@ -506,6 +506,26 @@ fn check_shapes(root: &IdedExpr) -> Result<(), String> {
         }
     };
     let is_kind = |e: &IdedExpr| matches!(&e.expr, Expr::Select(s) if !s.test && s.field == "kind" && ident(&s.operand, "principal"));
+    let is_request = |e: &IdedExpr, f: &str| matches!(&e.expr, Expr::Select(s) if !s.test && s.field == f && ident(&s.operand, "request"));
+    // Why: these passed `check` and could never be true: a header read by a name with
+    // capitals (the map is keyed in lower case), a method compared in lower case (a
+    // lowercase method is refused before any rule), a condition that is not a boolean.
+    // Regression: tests::typos_in_fixed_shapes_are_refused
+    let header_name = |name: &str| -> Result<(), String> {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Err(format!(
+                "`request.headers['{name}']`: header names are keyed in lower case ('{}')",
+                name.to_ascii_lowercase()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    if let Expr::Literal(l) = &root.expr
+        && !matches!(l, LiteralValue::Boolean(_))
+    {
+        return Err("a condition must be true or false; this is a constant of another type".into());
+    }
     let mut stack = vec![root];
     while let Some(e) = stack.pop() {
         match &e.expr {
@@ -518,7 +538,9 @@ fn check_shapes(root: &IdedExpr) -> Result<(), String> {
             }
             Expr::Call(c) if c.func_name == operators::INDEX && c.args.len() == 2 => {
                 if let Some(f) = text(&c.args[1]) {
-                    if ident(&c.args[0], "principal") {
+                    if is_request(&c.args[0], "headers") {
+                        header_name(&f)?;
+                    } else if ident(&c.args[0], "principal") {
                         field("principal", &f, &PRINCIPAL_FIELDS)?;
                     } else if ident(&c.args[0], "request") {
                         field("request", &f, &REQUEST_FIELDS)?;
@@ -531,6 +553,12 @@ fn check_shapes(root: &IdedExpr) -> Result<(), String> {
             {
                 for (a, b) in [(&c.args[0], &c.args[1]), (&c.args[1], &c.args[0])] {
                     if let Some(v) = text(b) {
+                        if is_request(a, "method") && v.bytes().any(|b| b.is_ascii_lowercase()) {
+                            return Err(format!(
+                                "`request.method` is never '{v}': methods are upper case ('{}'; a lowercase one is refused before any rule)",
+                                v.to_ascii_uppercase()
+                            ));
+                        }
                         if ident(a, "action") {
                             value("action", &v, &ACTIONS)?;
                         } else if is_kind(a) {
@@ -540,6 +568,11 @@ fn check_shapes(root: &IdedExpr) -> Result<(), String> {
                 }
             }
             Expr::Call(c) if c.func_name == operators::IN && c.args.len() == 2 => {
+                if is_request(&c.args[1], "headers")
+                    && let Some(name) = text(&c.args[0])
+                {
+                    header_name(&name)?;
+                }
                 let what = if ident(&c.args[0], "action") {
                     Some(("action", &ACTIONS[..]))
                 } else if is_kind(&c.args[0]) {

@@ -294,8 +294,9 @@ fn only_true_allows() {
         eval("false", "GET", "/", Some(&p)),
         Err(ConditionError::False)
     );
+    // Not a boolean (a constant of another type is refused at load).
     assert_eq!(
-        eval("'yes'", "GET", "/", Some(&p)),
+        eval("principal.id", "GET", "/", Some(&p)),
         Err(ConditionError::False)
     );
     assert!(matches!(
@@ -551,7 +552,7 @@ fn what_an_expression_reads_of_the_request() {
             Keys::None,
         ),
         (
-            "request.headers['X-Team'] == 'blue'",
+            "request.headers['x-team'] == 'blue'",
             Keys::None,
             some(&["x-team"]),
         ),
@@ -910,6 +911,21 @@ fn typos_in_fixed_shapes_are_refused() {
             "claims.m.all(k, v, v == 'a')",
             "`all` takes one variable and an expression",
         ),
+        (
+            "request.headers['X-Foo'] == 'a'",
+            "header names are keyed in lower case ('x-foo')",
+        ),
+        (
+            "'X-Tenant' in request.headers",
+            "keyed in lower case ('x-tenant')",
+        ),
+        ("request.method == 'get'", "`request.method` is never 'get'"),
+        (
+            "'Post' != request.method",
+            "`request.method` is never 'Post'",
+        ),
+        ("'a'", "a condition must be true or false"),
+        ("1", "a condition must be true or false"),
     ] {
         let e = Condition::compile(expr, Budget::default())
             .err()
@@ -928,6 +944,8 @@ fn typos_in_fixed_shapes_are_refused() {
         "principal.roles.exists(r, r == 'a') && principal.roles.all(r, r != 'b')",
         "request.headers['x-a'] == 'b' && request.query.q == 'c' && request.host != '' && request.path != ''",
         "params.id == principal.id",
+        "request.method == 'GET' && 'x-tenant' in request.headers && request.headers['x-b'] == 'B'",
+        "true",
     ] {
         assert!(
             Condition::compile(expr, Budget::default()).is_ok(),
