@@ -90,6 +90,21 @@ const CHECK_OVERHEAD_BYTES: usize = 256 << 10;
 /// operator raised it to for uploads), one stream could hold that much.
 const CHECK_MAX_BYTES: usize = 4 << 20;
 
+/// Bytes of a Check message read before it counts against its listener's
+/// [`CHECK_BUFFER_BYTES`]: more than any usual Check (a request's head and a little body),
+/// so those never wait on the budget.
+const CHECK_FREE_BYTES: usize = 64 << 10;
+
+/// The most a listener holds at once of its Check messages past their first
+/// [`CHECK_FREE_BYTES`].
+///
+/// Why: [`CHECK_MAX_BYTES`] bounds one message; a peer with many streams held that much on
+/// each (128 streams a connection, any number of connections) for up to the door's
+/// deadline: 828 MB under a tester's load. A message that would pass this budget is denied
+/// (503 `overloaded`), as a shed request is. Regression: tests (it)
+/// grpc::large_check_messages_share_a_budget
+const CHECK_BUFFER_BYTES: usize = 64 << 20;
+
 /// The largest Check message taken: the largest request the proxy door takes (head, target
 /// and body, which Envoy's `with_request_body` may send), plus [`CHECK_OVERHEAD_BYTES`],
 /// within [`CHECK_MAX_BYTES`].
@@ -128,6 +143,8 @@ enum Unread {
     Malformed,
     /// Not all there by the door's deadline: 408 `check_timeout`.
     Late,
+    /// Past the listener's budget of large messages ([`CHECK_BUFFER_BYTES`]): 503 `overloaded`.
+    Busy,
 }
 
 impl Unread {
@@ -136,6 +153,7 @@ impl Unread {
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "check_too_large"),
             Self::Malformed => (StatusCode::BAD_REQUEST, "invalid_check_request"),
             Self::Late => (StatusCode::REQUEST_TIMEOUT, "check_timeout"),
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         };
         Refusal::error(status, reason, request_id)
     }
@@ -154,8 +172,10 @@ async fn read_check(
     mut body: Incoming,
     limit: usize,
     due: tokio::time::Instant,
-) -> Result<bytes::Bytes, Unread> {
+    budget: &Arc<tokio::sync::Semaphore>,
+) -> Result<(bytes::Bytes, Option<tokio::sync::OwnedSemaphorePermit>), Unread> {
     use http_body_util::BodyExt as _;
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let read = async {
         // The usual message comes in one DATA frame, kept as it is; more are joined.
         let mut first: Option<bytes::Bytes> = None;
@@ -169,6 +189,19 @@ async fn read_check(
             len = len.saturating_add(data.len());
             if len > limit.saturating_add(5) {
                 return Err(Unread::TooLarge);
+            }
+            // Past the free bytes, each KiB held counts against the listener's budget.
+            let kib = len.saturating_sub(CHECK_FREE_BYTES).div_ceil(1024);
+            let more = kib.saturating_sub(held.as_ref().map_or(0, |h| h.num_permits()));
+            if more > 0 {
+                let got = u32::try_from(more)
+                    .ok()
+                    .and_then(|n| Arc::clone(budget).try_acquire_many_owned(n).ok())
+                    .ok_or(Unread::Busy)?;
+                match &mut held {
+                    Some(h) => h.merge(got),
+                    None => held = Some(got),
+                }
             }
             match first.take() {
                 None if joined.is_empty() => first = Some(data),
@@ -194,7 +227,7 @@ async fn read_check(
     // One uncompressed message, exactly as long as its prefix says.
     match framed[..] {
         [0, a, b, c, d, ..] if u32::from_be_bytes([a, b, c, d]) as usize == framed.len() - 5 => {
-            Ok(framed)
+            Ok((framed, held))
         }
         _ => Err(Unread::Malformed),
     }
@@ -209,6 +242,8 @@ pub struct GrpcHandler {
     check: CheckService,
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     readiness: Arc<Readiness>,
+    /// KiB of large Check messages held ([`CHECK_BUFFER_BYTES`]).
+    buffered: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for GrpcHandler {
@@ -315,6 +350,7 @@ impl GrpcHandler {
             health: tonic_health::pb::health_server::HealthServer::new(health)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             readiness,
+            buffered: Arc::new(tokio::sync::Semaphore::new(CHECK_BUFFER_BYTES / 1024)),
         }
     }
 }
@@ -357,6 +393,7 @@ impl crate::server::listener::Handler for GrpcHandler {
             (None, None)
         };
         let readiness = Arc::clone(&self.readiness);
+        let buffered = Arc::clone(&self.buffered);
         let (shared, index) = (Arc::clone(&self.shared), self.index);
         Box::pin(async move {
             if let Some(refusal) = refused {
@@ -399,8 +436,8 @@ impl crate::server::listener::Handler for GrpcHandler {
                     parts.headers.remove("grpc-encoding");
                     let limit = check_limit(&shared.current.load());
                     let due = call_deadline(&shared, index, start);
-                    match read_check(body, limit, due).await {
-                        Ok(framed) => {
+                    match read_check(body, limit, due, &buffered).await {
+                        Ok((framed, _held_until_answered)) => {
                             parts.extensions.insert(Started(start));
                             tonic::server::Grpc::new(CheckCodec)
                                 .max_decoding_message_size(limit)

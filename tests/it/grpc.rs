@@ -1376,6 +1376,76 @@ fn check_with_body(len: usize) -> Vec<u8> {
     c.encode_to_vec()
 }
 
+/// Large Check messages share a budget per listener (64 MiB past each message's first
+/// 64 KiB): twenty streams each holding 3.9 MB of a 4 MB message, stalled, get the budget's
+/// worth read (seventeen, answered 408 at the deadline) and the rest denied at once with 503
+/// `overloaded` (UNAVAILABLE). (Each stream held its 4 MiB: 828 MB under a tester's load.)
+#[tokio::test]
+async fn large_check_messages_share_a_budget() {
+    let gw = Setup {
+        listeners:
+            "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {timeout: 3s}}\n"
+                .into(),
+        policies: vec![("10-p.yaml".into(), POLICY.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: crate::support::hs256_users("{}"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let addr = gw.addr_of("grpc");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    // A message announcing 4,000,000 bytes, of which 3,900,000 are sent.
+    let mut partial = vec![0u8];
+    partial.extend_from_slice(&4_000_000u32.to_be_bytes());
+    partial.resize(3_900_005, b'a');
+    let partial = bytes::Bytes::from(partial);
+    let mut calls = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let req = http::Request::post(format!(
+            "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+        let (resp, mut stream) = send.send_request(req, false).unwrap();
+        stream.reserve_capacity(partial.len());
+        stream.send_data(partial.clone(), false).unwrap();
+        streams.push(stream);
+        calls.push(async move {
+            let resp = tokio::time::timeout(std::time::Duration::from_secs(10), resp)
+                .await
+                .expect("answered")
+                .unwrap();
+            let mut body = resp.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+                got.extend_from_slice(&chunk);
+            }
+            let m: CheckResponse = prost::Message::decode(&got[5..]).unwrap();
+            denied(&m).0
+        });
+        send = send.ready().await.unwrap();
+    }
+    let statuses = futures_util::future::join_all(calls).await;
+    let busy = statuses.iter().filter(|&&s| s == 503).count();
+    let late = statuses.iter().filter(|&&s| s == 408).count();
+    assert_eq!(busy + late, 20, "{statuses:?}");
+    assert!((3..=6).contains(&busy), "{statuses:?}");
+    drop(streams);
+}
+
 /// Regression: tonic failed the call on a Check message over 1 MiB (`OUT_OF_RANGE`), an
 /// empty or truncated one (`INTERNAL`), a compressed one (`UNIMPLEMENTED`), and never
 /// answered one that stalled; Envoy's `failure_mode_allow: true` turns a failed call into an
