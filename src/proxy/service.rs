@@ -135,6 +135,7 @@ pub async fn handle(
         version: parts.version,
         grpc: Grpc::of(&parts.headers),
         te_trailers: false,
+        finished: false,
         log: Log::default(),
         outcome: Outcome::Allow,
         reason: None,
@@ -677,7 +678,27 @@ pub(super) struct Ctx<'a> {
     pub(super) grpc: Option<Grpc>,
     /// The client said `TE: trailers`.
     pub(super) te_trailers: bool,
+    /// Counted and logged ([`Ctx::finish`]); if not when dropped, the client went away first.
+    pub(super) finished: bool,
 }
+
+/// A request whose client went away before its answer (the connection closed, the stream
+/// reset) is still counted and logged, as 499 `client_closed`.
+///
+/// Why: the upstream may have acted on it (a POST, sent before the client hung up), and it
+/// left no access-log line and no count at the gateway.
+/// Regression: tests (it) shutdown::a_request_whose_client_leaves_is_still_logged
+impl Drop for Ctx<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.reason.get_or_insert("client_closed");
+            self.account(CLIENT_CLOSED, None);
+        }
+    }
+}
+
+/// The status logged for a request whose client went away before its answer (nginx's).
+const CLIENT_CLOSED: u16 = 499;
 
 impl Ctx<'_> {
     /// A request refused before any rule; its host and path are logged as sent.
@@ -734,7 +755,7 @@ impl Ctx<'_> {
     }
 
     /// Counts, logs and returns the response.
-    fn finish(&self, mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
+    fn finish(&mut self, mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
         // Every answer, forwarded or generated, names the request id.
         resp.headers_mut().insert(
             self.snapshot.server.request_id_header.clone(),
@@ -745,8 +766,18 @@ impl Ctx<'_> {
         {
             cors::decorate(c, origin.as_ref(), resp.headers_mut());
         }
+        let grpc_status = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        self.account(resp.status().as_u16(), grpc_status);
+        self.finished = true;
+        resp
+    }
+
+    /// Counts the request, exports its span and writes its access-log line.
+    fn account(&self, status: u16, grpc_status: Option<i32>) {
         let latency = self.start.elapsed();
-        let status = resp.status().as_u16();
         self.shared
             .metrics
             .request(Door::Proxy, self.outcome, status, latency);
@@ -762,10 +793,7 @@ impl Ctx<'_> {
             span.door = Door::Proxy.as_str();
             span.method = Some(self.method.clone());
             span.status = status;
-            span.grpc_status = resp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok()?.parse().ok());
+            span.grpc_status = grpc_status;
             span.decision = decision;
             span.reason = self.reason;
             span.rule = self.log.rule.as_ref().map(|r| Arc::clone(&r.0));
@@ -794,7 +822,6 @@ impl Ctx<'_> {
                 latency,
             });
         }
-        resp
     }
 }
 
@@ -814,16 +841,21 @@ fn loggable(s: &str) -> &str {
     &s[..end]
 }
 
-/// A refused request's raw host for the log: the authority, else a visible-ASCII `Host`.
+/// A refused request's raw host for the log: the authority, else a visible-ASCII `Host`;
+/// never a userinfo (`alice:S3cret@`), which is a credential.
+///
+/// Why: `GET http://alice:S3cretPW@host/` was refused (400 `invalid_host`) and logged with the
+/// password. Regression: tests (it) shutdown::a_request_whose_client_leaves_is_still_logged
 fn loggable_host(parts: &http::request::Parts) -> &str {
-    match parts.uri.authority() {
-        Some(a) => loggable(a.as_str()),
+    let raw = match parts.uri.authority() {
+        Some(a) => a.as_str(),
         None => parts
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map_or("-", loggable),
-    }
+            .unwrap_or("-"),
+    };
+    loggable(raw.rsplit_once('@').map_or(raw, |(_, host)| host))
 }
 
 /// A target over `max_target_bytes` (414) or a head over `max_header_bytes` (431): the head's

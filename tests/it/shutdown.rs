@@ -368,3 +368,60 @@ async fn throttled_requests_log_their_principal() {
     signal(&child, "-TERM");
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }
+
+/// A request whose client leaves before the answer (the upstream has it, and is slow) is
+/// still counted and logged, as 499 `client_closed`; a userinfo in a refused request's
+/// authority (`alice:S3cret@`) is never logged. (The first left no line at all: a POST the
+/// upstream acted on, unseen at the gateway; the second logged the password.)
+#[tokio::test]
+async fn a_request_whose_client_leaves_is_still_logged() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that reads and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = silent.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = silent.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, log) = spawn_binary(dir.path(), upstream);
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /left HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET http://alice:S3cretPW@127.0.0.1:1/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 400"));
+    let logged = crate::support::eventually(Duration::from_secs(5), || {
+        let log = log.clone();
+        async move {
+            let lines = log.lock().unwrap();
+            lines.iter().any(|l| l.contains("/left")) && lines.iter().any(|l| l.contains("/x"))
+        }
+    })
+    .await;
+    assert!(logged, "both requests logged: {:?}", log.lock().unwrap());
+    {
+        let lines = log.lock().unwrap();
+        let left = lines.iter().find(|l| l.contains("/left")).unwrap();
+        assert!(left.contains("\"status\":499"), "{left}");
+        assert!(left.contains("client_closed"), "{left}");
+        assert!(
+            lines.iter().all(|l| !l.contains("S3cretPW")),
+            "password logged"
+        );
+    }
+    signal(&child, "-TERM");
+    let _ = child.wait();
+    holder.abort();
+}
