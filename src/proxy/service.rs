@@ -251,11 +251,14 @@ async fn forward(
     // the decision doors hand it to their peer.
     let to_client = std::mem::take(&mut allow.mutation.response);
     let timeouts = allow.timeouts.clone();
-    // Only hashing on the principal needs it past this point.
-    let principal = match upstream.hash {
-        Some(crate::upstream::HashOn::Principal) => allow.principal.clone(),
-        _ => None,
-    };
+    // Why here: the key is the header as the client sent it; hashed after the head was
+    // rewritten, `hash: {header: host}` saw the upstream's own Host (every request to one
+    // endpoint) and `authorization` the stripped credential (no key: round robin).
+    // Regression: tests (it) upstreams::hashing_reads_the_header_the_client_sent
+    let hash_key = upstream.hash.as_ref().and_then(|_| {
+        let principal = allow.principal.as_deref().map(|p| &*p.id);
+        upstream.hash_key(&parts.headers, principal)
+    });
     upstream_head(ctx, allow, &mut parts, uri, origin, &upstream)?;
     let body = upstream_body(snapshot, body).await?;
     let client_fault = body.fault();
@@ -264,7 +267,7 @@ async fn forward(
     let opts = crate::upstream::SendOptions {
         connect_timeout: route.connect.unwrap_or(upstream.connect_timeout),
         response_timeout: route.response.unwrap_or(upstream.response_timeout),
-        hash_key: upstream.hash_key(req.headers(), principal.as_deref().map(|p| &*p.id)),
+        hash_key,
     };
     // A `101` nobody asked for is refused by the pool (`upstream_invalid_response`): an
     // upgrade the rule relays went to `tunnel` above, on a connection of its own.
@@ -383,16 +386,17 @@ async fn tunnel(
                 )
             }),
     };
-    let principal = match upstream.hash {
-        Some(crate::upstream::HashOn::Principal) => allow.principal.clone(),
-        _ => None,
-    };
+    // The header as the client sent it (see `forward`).
+    let hash_key = upstream.hash.as_ref().and_then(|_| {
+        let principal = allow.principal.as_deref().map(|p| &*p.id);
+        upstream.hash_key(&parts.headers, principal)
+    });
     let (req, _) = upstream_request(ctx, allow, parts, body, uri, origin, upstream).await?;
     let response_timeout = route.response.unwrap_or(upstream.response_timeout);
     let opts = crate::upstream::SendOptions {
         connect_timeout: route.connect.unwrap_or(upstream.connect_timeout),
         response_timeout,
-        hash_key: upstream.hash_key(req.headers(), principal.as_deref().map(|p| &*p.id)),
+        hash_key,
     };
     upgrade::open(ctx, upstream, req, asked, on_client, bounds, opts).await
 }

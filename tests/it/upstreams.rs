@@ -352,6 +352,34 @@ async fn hashing_on_a_header_sticks_a_key_to_an_endpoint() {
     assert!(distinct.len() >= 2, "12 keys all on one endpoint");
 }
 
+/// Hashing reads the header as the client sent it, before the gateway rewrites the head:
+/// `Host` keys spread over the endpoints (hashed after, every key was the upstream's own
+/// Host: one endpoint), and one Host sticks.
+#[tokio::test]
+async fn hashing_reads_the_header_the_client_sent() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let gw = pool_gateway(&[&a, &b, &c], "    hash: {header: host}\n").await;
+    let mut landed = std::collections::HashMap::new();
+    for site in 0..12 {
+        for _ in 0..3 {
+            let req = Request::get("/x")
+                .header("host", format!("site-{site}.example"))
+                .body(Full::default())
+                .unwrap();
+            let (status, _, body) = send(gw.addr(), req).await;
+            assert_eq!(status, StatusCode::OK);
+            let prev = landed.insert(site, body.clone());
+            assert!(prev.is_none_or(|p| p == body), "site-{site} moved");
+        }
+    }
+    let distinct: std::collections::HashSet<_> = landed.values().collect();
+    assert!(distinct.len() >= 2, "12 hosts all on one endpoint");
+}
+
 /// Passive ejection: an endpoint answering 503 twice in a row is out of rotation for the
 /// back-off time, then gets traffic again once it is back.
 #[tokio::test]
