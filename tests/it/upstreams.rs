@@ -255,6 +255,61 @@ async fn pool_gateway(backends: &[&Backend], extra: &str) -> crate::support::Tes
     .await
 }
 
+/// An HTTP/2 endpoint whose connects hang (its backlog full: SYNs dropped) costs each request
+/// at most one connect timeout before it moves to another endpoint, however many arrive
+/// together. (They waited in line for the one connecting, each then trying on its own: the
+/// k-th waited k timeouts.)
+#[tokio::test]
+async fn a_dead_h2_endpoint_costs_each_request_one_connect_timeout() {
+    let a = Backend::start("a").await;
+    // A listener that never accepts, its backlog of one already taken.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = socket.listen(0).unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..4 {
+        fill.push(tokio::spawn(async move {
+            let held = tokio::net::TcpStream::connect(dead_addr).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(held);
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let gw = Setup {
+        upstreams: format!(
+            "  pool:\n    url: http://backend.test\n    protocol: h2c\n    endpoints: [\"{dead_addr}\", \"{}\"]\n    connect_timeout: 300ms\n    response_timeout: 10s\n",
+            a.addr
+        ),
+        policies: route_all_to("pool"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let started = std::time::Instant::now();
+    let calls = (0..10).map(|_| {
+        let addr = gw.addr();
+        async move {
+            let asked = std::time::Instant::now();
+            let status = get(addr, "/x").await.0;
+            (status, asked.elapsed())
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    for (status, took) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{answers:?}");
+        assert!(*took < Duration::from_millis(1200), "{answers:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{answers:?}"
+    );
+    for f in fill {
+        f.abort();
+    }
+    drop(dead);
+}
+
 /// An endpoint that accepts and never answers is ejected after its timeouts, as one that
 /// refuses connections is: its share no longer waits the response timeout for a 504.
 #[tokio::test]
