@@ -317,7 +317,16 @@ fn least_request(
         }
         (true, false) => a,
         (false, true) => b,
-        (false, false) => return eps.iter().find(|e| usable(e)).cloned(),
+        // Why at random: the first usable in config order took most of the load whenever
+        // both picks were out of rotation (with 3 of 10 usable, 64%).
+        // Regression: tests::least_request_spreads_when_most_are_out
+        // Uniformly among the usable ones (a random start then the next usable would favour
+        // an endpoint after a run of unusable ones).
+        (false, false) => {
+            let k = eps.iter().filter(|e| usable(e)).count() as u64;
+            let nth = usize::try_from(random() % k.max(1)).unwrap_or(0);
+            return eps.iter().filter(|e| usable(e)).nth(nth).cloned();
+        }
     };
     Some(Arc::clone(pick))
 }
