@@ -365,3 +365,27 @@ fn no_rules_is_warned_beside_other_warnings() {
         "{code:?}: {text}"
     );
 }
+
+/// `reauthorize_every` with decision doors only is warned about: the peer relays the stream
+/// and the door decides once. With a proxy listener, no such warning.
+#[test]
+fn stream_bounds_are_the_proxy_doors() {
+    let policy = "rules:\n  - {name: chat, match: {paths: [\"/ws/**\"]}, effect: allow, anonymous: true, upstream: echo, reauthorize_every: 30s, upgrade: {protocols: [websocket]}}\n";
+    let doors_only = crate::support::ConfigDir::new("");
+    doors_only.write(
+        "portcullis.yaml",
+        "listeners: [{name: fa, address: \"127.0.0.1:0\", door: {forward_auth: {}}}]\nupstreams: {echo: {url: \"http://127.0.0.1:9\"}}\npolicies: {dir: policies}\n",
+    );
+    doors_only.write("policies/p.yaml", policy);
+    let (code, text) = doors_only.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("rules[0].reauthorize_every: re-checks streams the proxy door relays"),
+        "{text}"
+    );
+    let proxy = crate::support::ConfigDir::new("");
+    proxy.write("policies/p.yaml", policy);
+    let (code, text) = proxy.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("reauthorize_every"), "{text}");
+}

@@ -482,6 +482,19 @@ fn rule(
             "the rule's upstream speaks `h2c` (HTTP/2 only); an upgrade is relayed over HTTP/1.1".into(),
         ));
     }
+    // Why: a tunnel or long response behind Envoy, nginx, Traefik or Caddy is theirs to
+    // relay; the door decides once, at the upgrade, and enforces none of these. A config
+    // with decision doors alone passed `check` as if they held.
+    // Regression: tests (it) check::stream_bounds_are_the_proxy_doors
+    if r.effect == Effect::Allow && proxy_listeners.is_empty() && r.reauthorize_every.is_some() {
+        cx.diags.push(
+            at.at(
+                "reauthorize_every",
+                "re-checks streams the proxy door relays; with decision doors only, the peer (Envoy, nginx, Traefik, Caddy) relays them and the door decides once, at the request".into(),
+            )
+            .warning(),
+        );
+    }
     if r.effect == Effect::Deny {
         // Why: a deny rule never opens a tunnel, and a preflight answered for it would tell a
         // browser that a request it refuses is welcome.
