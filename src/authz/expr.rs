@@ -163,6 +163,40 @@ impl Condition {
         &self.source
     }
 
+    /// The path parameters it reads by name (`params.id`, `params['id']`; not `has(…)`), or
+    /// `None` when it reads `params` in another way (whole, or by a computed key).
+    pub fn params_named(&self) -> Option<Vec<&str>> {
+        use cel::common::ast::{Expr, LiteralValue, operators};
+        let mut named = Vec::new();
+        let mut stack = vec![&self.expr];
+        let is_params = |e: &IdedExpr| matches!(&e.expr, Expr::Ident(n) if n == "params");
+        while let Some(e) = stack.pop() {
+            match &e.expr {
+                Expr::Select(s) if is_params(&s.operand) => {
+                    if !s.test {
+                        named.push(s.field.as_str());
+                    }
+                    continue;
+                }
+                Expr::Call(c)
+                    if c.func_name == operators::INDEX
+                        && c.args.len() == 2
+                        && is_params(&c.args[0]) =>
+                {
+                    match &c.args[1].expr {
+                        Expr::Literal(LiteralValue::String(k)) => named.push(k.inner()),
+                        _ => return None,
+                    }
+                    continue;
+                }
+                Expr::Ident(n) if n == "params" => return None,
+                _ => {}
+            }
+            stack.extend(budget::children(e));
+        }
+        Some(named)
+    }
+
     /// Whether `params` is used (the caller then extracts path parameters).
     pub fn uses_params(&self) -> bool {
         self.uses_params

@@ -122,6 +122,16 @@ pub struct PathPattern {
     prefix: bool,
 }
 
+impl PathPattern {
+    /// The names its `{name}` segments bind.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Any(Some(name)) => Some(&**name),
+            _ => None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(Box<str>),

@@ -350,6 +350,31 @@ fn rule(
             }
         },
     };
+    // Why: `params.nosuch` (a name no path pattern of the rule binds) passed `check` and
+    // failed every request (fail closed: an outage `check` had called ok).
+    // Regression: tests (it) check golden case params-unbound
+    if let Some(named) = when.as_ref().and_then(|w| w.params_named()) {
+        for name in named {
+            // Bound by one pattern only is fine: `has(params.id)` may guard the read.
+            let unbound = !paths.iter().any(|p| p.names().any(|n| n == name));
+            if unbound {
+                let bound: Vec<String> = paths
+                    .iter()
+                    .flat_map(|p| p.names())
+                    .map(|n| format!("`{n}`"))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                cx.diags.push(at.at(
+                    "when",
+                    format!(
+                        "`params.{name}`: no path pattern of the rule binds `{{{name}}}` (they bind {})",
+                        if bound.is_empty() { "none".to_owned() } else { bound.join(", ") }
+                    ),
+                ));
+            }
+        }
+    }
     if let Some(w) = &when {
         hidden_header_reads(
             cx,
