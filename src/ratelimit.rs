@@ -338,10 +338,14 @@ impl Limit {
             h.finish()
         };
         let until = tokio::time::Instant::now() + attempts::Attempts::wait_bound(facts.deadline);
+        let mut first = true;
         loop {
-            let attempt = self.attempts.begin(key);
+            let mut attempt = self.attempts.begin(key, first);
             match self.check(facts, None, rule, Mode::Spend).await {
-                Checked::Allowed(room) => return (Checked::Allowed(room), Some(attempt)),
+                Checked::Allowed(room) => {
+                    attempt.allowed();
+                    return (Checked::Allowed(room), Some(attempt));
+                }
                 Checked::Limited(t) => {
                     let Some(wake) = attempt.refused() else {
                         return (Checked::Limited(t), None);
@@ -351,6 +355,7 @@ impl Limit {
                     }
                     // Not a refusal after all: it asks again.
                     self.counters.limited.fetch_sub(1, Ordering::Relaxed);
+                    first = false;
                 }
                 checked => return (checked, None),
             }

@@ -4,29 +4,35 @@
 //! checked, and gives it back when the attempt did not fail (`decision::engine`). Held
 //! budget looks spent: with a budget of 3, a fourth valid request sent while three are being
 //! checked was refused with 429 and a `Retry-After` of a whole interval, though the budget
-//! came back milliseconds later. So each attempt is counted here from before its spend
-//! ([`Attempts::begin`]) until it settles, and a request the guard refuses while other
-//! attempts of its key are under way waits for them (bounded by [`Attempts::wait_bound`])
-//! and asks again:
-//! - an attempt given back wakes one waiter, which may now spend it;
-//! - the last attempt of a key settling wakes every waiter: what is spent now is spent by
-//!   failures, and they are refused at once.
+//! came back milliseconds later. So a request the guard refuses while budget may be held by
+//! attempts of its key waits for them (bounded by [`Attempts::wait_bound`]) and asks again.
+//! Per key, two counts:
+//! - `held`: attempts whose spend was allowed, not settled yet. An attempt given back wakes
+//!   one waiter, which may now spend it.
+//! - `pending`: first tries whose spend is still on its way (a Redis round trip): one of
+//!   them may be about to hold budget, so a first try refused meanwhile waits too.
+//!
+//! A retry (a waiter woken) waits again only while budget is held, and never counts as
+//! pending. Once nothing is held or pending, every waiter is woken: what is spent now is
+//! spent by failures, and each is refused at its retry.
 //!
 //! Invariants:
-//! - Counted before the spend is asked: requests sent together see each other even while
-//!   their spends are still on their way (a Redis round trip).
 //! - A waiter never gets past the guard without spending: waiting only delays a refusal, so
 //!   guesses sent at once get no more checks than guesses sent one by one.
+//! - Guesses sent at once against a spent budget cost at most two spends each (their first
+//!   try and one retry), never one per other guess.
 //! - An attempt is settled when its [`Attempt`] is dropped, even if the request is: a
 //!   cancelled check never leaves waiters waiting on it.
 //! - Attempts under way in other gateways (a guard in Redis) are not seen here: a refusal
 //!   they cause is answered at once.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 
 /// Shards of the table: attempts of different clients rarely share a lock.
 const SHARDS: usize = 16;
@@ -35,20 +41,34 @@ const SHARDS: usize = 16;
 pub const WAIT_AT_MOST: Duration = Duration::from_secs(2);
 
 /// One shard of the table: the slots of the keys hashed to it.
-type Shard = Mutex<HashMap<u64, Arc<Slot>>>;
+type Shard = Mutex<HashMap<u64, Slot>>;
 
-/// Attempts being checked, by key (the guard's key hash).
+/// A wake-up for when another attempt of the key settles, registered already.
+pub type Wake = Pin<Box<OwnedNotified>>;
+
+/// Attempts under way, by key (the guard's key hash).
 #[derive(Debug)]
 pub struct Attempts {
     shards: Box<[Shard]>,
 }
 
-/// The attempts of one key.
+/// The attempts of one key; the slot leaves the table when both counts are 0.
 #[derive(Debug, Default)]
 struct Slot {
-    /// Attempts not settled; the slot leaves the table at 0. Changed under the shard's lock.
-    count: std::sync::atomic::AtomicUsize,
+    held: usize,
+    pending: usize,
     settled: Arc<Notify>,
+}
+
+/// Where an attempt is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Its spend is on its way (`first`: counted as pending).
+    Asking { first: bool },
+    /// Its spend was allowed: it holds budget.
+    Holding,
+    /// Settled.
+    Done,
 }
 
 /// One attempt under way; settled when dropped (or when [`Attempt::refused`]).
@@ -56,9 +76,8 @@ struct Slot {
 pub struct Attempt<'a> {
     attempts: &'a Attempts,
     key: u64,
+    state: State,
     given_back: bool,
-    /// Settled already (refused).
-    settled: bool,
 }
 
 impl Default for Attempts {
@@ -72,7 +91,7 @@ impl Default for Attempts {
 // === impl Attempts ===
 
 impl Attempts {
-    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
         let i = usize::try_from(key % SHARDS as u64).unwrap_or(0);
         // A poisoned shard only means a panic elsewhere mid-update; its data is plain counts.
         self.shards[i]
@@ -80,21 +99,21 @@ impl Attempts {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// An attempt of `key` begins: counted from before its spend is asked.
-    pub fn begin(&self, key: u64) -> Attempt<'_> {
-        let mut shard = self.shard(key);
-        let slot = shard.entry(key).or_default();
-        slot.count
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// An attempt of `key` asks to spend: its first try (counted as pending until its spend
+    /// comes back), or a retry after a wait (not counted).
+    pub fn begin(&self, key: u64, first: bool) -> Attempt<'_> {
+        if first {
+            self.shard(key).entry(key).or_default().pending += 1;
+        }
         Attempt {
             attempts: self,
             key,
+            state: State::Asking { first },
             given_back: false,
-            settled: false,
         }
     }
 
-    /// Keys with attempts being checked now (tests).
+    /// Keys with attempts under way now (tests).
     #[cfg(test)]
     fn keys(&self) -> usize {
         self.shards
@@ -108,49 +127,68 @@ impl Attempts {
         crate::request::facts::call_budget(WAIT_AT_MOST, deadline)
     }
 
-    /// Settles one attempt of `key`; with `wait`, registers a wake-up for the next one to
-    /// settle, unless none is left under way.
+    /// Moves one attempt of `key` from `from` to `to`; with `wait` (a refused attempt),
+    /// registers a wake-up if budget may still be held for it to wait on.
     fn settle(
         &self,
         key: u64,
+        from: State,
+        to: State,
         given_back: bool,
         wait: bool,
-    ) -> Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>> {
+    ) -> Option<Wake> {
         let mut shard = self.shard(key);
-        let slot = shard.get(&key)?;
-        let left = slot
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
-            .saturating_sub(1);
-        if left == 0 {
-            // Nothing under way any more: whoever waits is refused or admitted by what is
-            // spent.
-            if let Some(slot) = shard.remove(&key) {
-                slot.settled.notify_waiters();
-            }
-            return None;
+        let slot = shard.entry(key).or_default();
+        match from {
+            State::Asking { first: true } => slot.pending = slot.pending.saturating_sub(1),
+            State::Holding => slot.held = slot.held.saturating_sub(1),
+            State::Asking { first: false } | State::Done => {}
         }
-        if given_back {
+        if to == State::Holding {
+            slot.held += 1;
+        }
+        if from == State::Holding && given_back {
             // One request back: one waiter may spend it.
             slot.settled.notify_one();
         }
-        wait.then(|| {
+        // A first try waits for the other first tries too; a retry only for held budget.
+        let worth_waiting =
+            slot.held > 0 || (from == (State::Asking { first: true }) && slot.pending > 0);
+        if wait && worth_waiting {
             let mut wake = Box::pin(Arc::clone(&slot.settled).notified_owned());
             // Registered under the lock every settling takes: none is missed.
             wake.as_mut().enable();
-            wake
-        })
+            return Some(wake);
+        }
+        if slot.held == 0 && slot.pending == 0 {
+            // Nothing under way any more: whoever waits is refused or admitted by what is
+            // spent, at its retry.
+            if let Some(slot) = shard.remove(&key) {
+                slot.settled.notify_waiters();
+            }
+        }
+        None
     }
 }
 
 // === impl Attempt ===
 
 impl Attempt<'_> {
-    /// The attempt's spend was refused: it holds nothing. A wake-up for when another attempt
-    /// of its key settles, or `None` when none is under way (the refusal stands).
-    pub fn refused(mut self) -> Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>> {
-        self.settled = true;
-        self.attempts.settle(self.key, false, true)
+    /// The attempt's spend was allowed: it holds budget until it settles.
+    pub fn allowed(&mut self) {
+        let from = self.state;
+        self.state = State::Holding;
+        self.attempts
+            .settle(self.key, from, State::Holding, false, false);
+    }
+
+    /// The attempt's spend was refused: it holds nothing. A wake-up for when budget may be
+    /// back, or `None` when none may be (the refusal stands).
+    pub fn refused(mut self) -> Option<Wake> {
+        let from = self.state;
+        self.state = State::Done;
+        self.attempts
+            .settle(self.key, from, State::Done, false, true)
     }
 
     /// The attempt did not fail: its request is being given back. Said before the refund is
@@ -163,8 +201,9 @@ impl Attempt<'_> {
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        if !self.settled {
-            self.attempts.settle(self.key, self.given_back, false);
+        if self.state != State::Done {
+            self.attempts
+                .settle(self.key, self.state, State::Done, self.given_back, false);
         }
     }
 }
@@ -176,13 +215,17 @@ mod tests {
     #[tokio::test]
     async fn a_refused_attempt_waits_for_one_given_back() {
         let a = Attempts::default();
-        // Three under way before any spend came back (a Redis round trip).
-        let mut first = a.begin(7);
-        let second = a.begin(7);
-        let refused = a.begin(7);
-        let wake = refused.refused().expect("others under way");
-        let alone = a.begin(8);
-        assert!(alone.refused().is_none(), "another key has none under way");
+        // Three first tries before any spend came back (a Redis round trip).
+        let mut first = a.begin(7, true);
+        let mut second = a.begin(7, true);
+        let refused = a.begin(7, true);
+        first.allowed();
+        second.allowed();
+        let wake = refused.refused().expect("budget held");
+        assert!(
+            a.begin(8, true).refused().is_none(),
+            "another key has nothing under way"
+        );
         first.giving_back();
         drop(first);
         tokio::time::timeout(Duration::from_secs(1), wake)
@@ -193,17 +236,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_first_try_waits_for_first_tries_a_retry_does_not() {
+        let a = Attempts::default();
+        let pending = a.begin(7, true);
+        let wake = a
+            .begin(7, true)
+            .refused()
+            .expect("a first try is still asking");
+        assert!(
+            a.begin(7, false).refused().is_none(),
+            "a retry waits for held budget only"
+        );
+        // The last first try refused: nothing held or pending; the waiter is woken.
+        assert!(pending.refused().is_none());
+        tokio::time::timeout(Duration::from_secs(1), wake)
+            .await
+            .expect("woken when nothing is under way");
+        assert_eq!(a.keys(), 0);
+    }
+
+    #[tokio::test]
     async fn a_failed_attempt_wakes_nobody_until_the_last_settles() {
         let a = Attempts::default();
-        let first = a.begin(7);
-        let second = a.begin(7);
-        let mut wake = a.begin(7).refused().expect("attempts under way");
+        let mut first = a.begin(7, true);
+        let mut second = a.begin(7, true);
+        first.allowed();
+        second.allowed();
+        let mut wake = a.begin(7, true).refused().expect("budget held");
         drop(first);
         assert!(
             tokio::time::timeout(Duration::from_millis(50), wake.as_mut())
                 .await
                 .is_err(),
-            "a failure gives nothing back while another attempt is under way"
+            "a failure gives nothing back while budget is still held"
         );
         drop(second);
         tokio::time::timeout(Duration::from_secs(1), wake)

@@ -457,6 +457,32 @@ async fn a_redis_guard_holds_against_concurrent_guesses() {
         send(gw.addr(), with(good.clone())).await.0,
         StatusCode::TOO_MANY_REQUESTS
     );
+    // Guesses sent at once against the spent budget cost at most two Redis calls each (a
+    // first try and one retry), and are answered at once. (Each waited on the others and
+    // retried at every settling: N²/2 calls, 2 s per answer at 800.)
+    let calls = |m: &str| -> u64 {
+        m.lines()
+            .find(|l| l.starts_with("portcullis_redis_calls_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = calls(&gw.admin_get("/metrics").await.1);
+    let started = std::time::Instant::now();
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let addr = gw.addr();
+        let req = with(format!("Bearer burst.{i}"));
+        burst.spawn(async move { send(addr, req).await.0.as_u16() });
+    }
+    let statuses = burst.join_all().await;
+    assert!(statuses.iter().all(|&s| s == 429), "{statuses:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let made = calls(&gw.admin_get("/metrics").await.1) - before;
+    assert!(made <= 200, "{made} Redis calls for 100 guesses");
 }
 
 /// Closes every client connection but its own (`CLIENT KILL TYPE normal`), as a Redis
