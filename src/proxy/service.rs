@@ -136,6 +136,7 @@ pub async fn handle(
         grpc: Grpc::of(&parts.headers),
         te_trailers: false,
         finished: false,
+        allowed: false,
         log: Log::default(),
         outcome: Outcome::Allow,
         reason: None,
@@ -182,6 +183,7 @@ async fn forward(
             Decision::Deny(d) => return Err(Failure::Denied(Box::new(d))),
             Decision::Allow(a) => a,
         };
+        ctx.allowed = true;
         ctx.log.rule = Some(allow.rule.clone());
         ctx.log.principal.clone_from(&allow.principal);
         // Compile guarantees allow rules have an upstream; answer safely if not.
@@ -682,27 +684,36 @@ pub(super) struct Ctx<'a> {
     pub(super) grpc: Option<Grpc>,
     /// The client said `TE: trailers`.
     pub(super) te_trailers: bool,
-    /// Counted and logged ([`Ctx::finish`]); if not when dropped, the client went away first.
+    /// Counted and logged ([`Ctx::finish`]); if not when dropped, the connection went first.
     pub(super) finished: bool,
+    /// The decision allowed the request (until then its outcome is undecided).
+    pub(super) allowed: bool,
 }
 
-/// A request whose client went away before its answer (the connection closed, the stream
-/// reset) is still counted and logged, as 499 `client_closed`.
+/// A request whose connection went before its answer (the client closed it or reset the
+/// stream, or the gateway cut it: a drain, a stall) is still counted and logged, as 499
+/// `connection_closed`: `allow` if the decision had allowed it, `error` if it had not
+/// decided yet.
 ///
 /// Why: the upstream may have acted on it (a POST, sent before the client hung up), and it
 /// left no access-log line and no count at the gateway.
 /// Regression: tests (it) shutdown::a_request_whose_client_leaves_is_still_logged
 impl Drop for Ctx<'_> {
     fn drop(&mut self) {
-        if !self.finished {
-            self.reason.get_or_insert("client_closed");
-            self.account(CLIENT_CLOSED, None);
+        // A panic is a bug, logged as one where it is caught, not a closed connection.
+        if !self.finished && !std::thread::panicking() {
+            if !self.allowed {
+                self.outcome = Outcome::Error;
+            }
+            self.reason.get_or_insert("connection_closed");
+            self.account(CONNECTION_CLOSED, None);
         }
     }
 }
 
-/// The status logged for a request whose client went away before its answer (nginx's).
-const CLIENT_CLOSED: u16 = 499;
+/// The status logged for a request whose connection went before its answer (nginx's
+/// "client closed request").
+const CONNECTION_CLOSED: u16 = 499;
 
 impl Ctx<'_> {
     /// A request refused before any rule; its host and path are logged as sent.
@@ -770,9 +781,12 @@ impl Ctx<'_> {
         {
             cors::decorate(c, origin.as_ref(), resp.headers_mut());
         }
-        let grpc_status = resp
-            .headers()
-            .get("grpc-status")
+        // Read only for an exported span: a string lookup per response otherwise.
+        let grpc_status = self
+            .snapshot
+            .otlp
+            .as_ref()
+            .and_then(|_| resp.headers().get("grpc-status"))
             .and_then(|v| v.to_str().ok()?.parse().ok());
         self.account(resp.status().as_u16(), grpc_status);
         self.finished = true;

@@ -370,7 +370,7 @@ async fn throttled_requests_log_their_principal() {
 }
 
 /// A request whose client leaves before the answer (the upstream has it, and is slow) is
-/// still counted and logged, as 499 `client_closed`; a userinfo in a refused request's
+/// still counted and logged, as 499 `connection_closed` (and `allow`: it had been); a userinfo in a refused request's
 /// authority (`alice:S3cret@`) is never logged. (The first left no line at all: a POST the
 /// upstream acted on, unseen at the gateway; the second logged the password.)
 #[tokio::test]
@@ -415,7 +415,11 @@ async fn a_request_whose_client_leaves_is_still_logged() {
         let lines = log.lock().unwrap();
         let left = lines.iter().find(|l| l.contains("/left")).unwrap();
         assert!(left.contains("\"status\":499"), "{left}");
-        assert!(left.contains("client_closed"), "{left}");
+        assert!(left.contains("connection_closed"), "{left}");
+        assert!(
+            left.contains("\"decision\":\"allow\""),
+            "allowed, then left: {left}"
+        );
         assert!(
             lines.iter().all(|l| !l.contains("S3cretPW")),
             "password logged"
