@@ -327,6 +327,17 @@ impl Upstream {
 
     /// The consistent-hashing key of a request: its header's value or the principal's id;
     /// `None` without hashing or without the key (the request is then balanced as usual).
+    /// The key of `hash: {header: host}`: the host the client asked for, which the upstream
+    /// request's `Host` (the upstream's own, unless `preserve_host`) no longer says.
+    pub fn host_hash_key(&self, host: Option<&str>) -> Option<u64> {
+        match self.hash.as_ref()? {
+            HashOn::Header(name) if name == http::header::HOST => {
+                host.map(|h| balance::stable_hash(h.as_bytes()))
+            }
+            _ => None,
+        }
+    }
+
     pub fn hash_key(&self, headers: &http::HeaderMap, principal: Option<&str>) -> Option<u64> {
         match self.hash.as_ref()? {
             HashOn::Header(name) => headers

@@ -253,14 +253,15 @@ async fn forward(
     // the decision doors hand it to their peer.
     let to_client = std::mem::take(&mut allow.mutation.response);
     let timeouts = allow.timeouts.clone();
-    // Why here: the key is the header as the client sent it; hashed after the head was
-    // rewritten, `hash: {header: host}` saw the upstream's own Host (every request to one
-    // endpoint) and `authorization` the stripped credential (no key: round robin).
+    // The hash key is the header as the upstream receives it (an identity header the
+    // gateway set, never a client's copy of it), but for `host`: the host the client asked
+    // for, which the rewritten head no longer says (every request went to one endpoint).
     // Regression: tests (it) upstreams::hashing_reads_the_header_the_client_sent
-    let hash_key = upstream.hash.as_ref().and_then(|_| {
-        let principal = allow.principal.as_deref().map(|p| &*p.id);
-        upstream.hash_key(&parts.headers, principal)
-    });
+    let host_key = upstream.host_hash_key(client_host(&parts));
+    let principal = match upstream.hash {
+        Some(crate::upstream::HashOn::Principal) => allow.principal.clone(),
+        _ => None,
+    };
     upstream_head(ctx, allow, &mut parts, uri, origin, &upstream)?;
     let body = upstream_body(snapshot, body).await?;
     let client_fault = body.fault();
@@ -269,7 +270,8 @@ async fn forward(
     let opts = crate::upstream::SendOptions {
         connect_timeout: route.connect.unwrap_or(upstream.connect_timeout),
         response_timeout: route.response.unwrap_or(upstream.response_timeout),
-        hash_key,
+        hash_key: host_key
+            .or_else(|| upstream.hash_key(req.headers(), principal.as_deref().map(|p| &*p.id))),
     };
     // A `101` nobody asked for is refused by the pool (`upstream_invalid_response`): an
     // upgrade the rule relays went to `tunnel` above, on a connection of its own.
@@ -388,19 +390,30 @@ async fn tunnel(
                 )
             }),
     };
-    // The header as the client sent it (see `forward`).
-    let hash_key = upstream.hash.as_ref().and_then(|_| {
-        let principal = allow.principal.as_deref().map(|p| &*p.id);
-        upstream.hash_key(&parts.headers, principal)
-    });
+    // As in `forward`: the upstream's header, but the client's host.
+    let host_key = upstream.host_hash_key(client_host(&parts));
+    let principal = match upstream.hash {
+        Some(crate::upstream::HashOn::Principal) => allow.principal.clone(),
+        _ => None,
+    };
     let (req, _) = upstream_request(ctx, allow, parts, body, uri, origin, upstream).await?;
     let response_timeout = route.response.unwrap_or(upstream.response_timeout);
     let opts = crate::upstream::SendOptions {
         connect_timeout: route.connect.unwrap_or(upstream.connect_timeout),
         response_timeout,
-        hash_key,
+        hash_key: host_key
+            .or_else(|| upstream.hash_key(req.headers(), principal.as_deref().map(|p| &*p.id))),
     };
     upgrade::open(ctx, upstream, req, asked, on_client, bounds, opts).await
+}
+
+/// The host the client asked for: the target's authority (HTTP/2, absolute form), else
+/// `Host`.
+fn client_host(parts: &http::request::Parts) -> Option<&str> {
+    match parts.uri.authority() {
+        Some(a) => Some(a.as_str()),
+        None => parts.headers.get(header::HOST)?.to_str().ok(),
+    }
 }
 
 /// Phase 1: the head within its limits, no h2c upgrade, no transfer coding but `chunked`,
