@@ -369,9 +369,11 @@ impl Upstream {
         // request, which then piled long-lived tunnels onto one endpoint by chance.
         // Regression: tests (it) edge::least_request_counts_a_websocket_until_it_closes
         let in_flight = balance::in_flight(&ep, b.counts_in_flight());
-        let result = tokio::time::timeout(
-            opts.response_timeout,
-            ep.pool.send_upgrade(req, opts.connect_timeout),
+        let deadline =
+            crate::clock::deadline_after(tokio::time::Instant::now(), opts.response_timeout);
+        let result = tokio::time::timeout_at(
+            deadline,
+            ep.pool.send_upgrade(req, opts.connect_timeout, deadline),
         )
         .await
         .unwrap_or(Err(SendError::Timeout));

@@ -20,6 +20,7 @@ impl Pool {
         &self,
         mut req: Request<UpstreamBody>,
         connect_timeout: std::time::Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<(Response<Incoming>, Option<Slot>), SendError> {
         // An upgrade is HTTP/1.1's: an upstream that speaks HTTP/2 cannot take it (known
         // before waiting for a slot, when it is).
@@ -27,7 +28,10 @@ impl Pool {
         if self.speaks_h2.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(speaks_h2());
         }
-        let until = tokio::time::Instant::now() + connect_timeout;
+        // Why never up to the response deadline: a wait for a slot that reached it was a
+        // timeout, counted against an endpoint that was only at its cap (as plain requests
+        // were once: `slot_wait_until`).
+        let until = super::slot_wait_until(connect_timeout, deadline);
         let slot = match self.slot(until, Seek::Own).await? {
             Waited::Slot(slot) => slot,
             // Never: a tunnel takes no pooled connection.
