@@ -456,12 +456,6 @@ impl Drop for ClientShare<'_> {
     }
 }
 
-/// Takes a call off the pending map once it is answered, or once its last waiter is gone
-/// (every one of them cancelled: the next request makes the call again).
-///
-/// Every reference to a pending cell is taken from the map and given back under its lock
-/// (here), so the count read under the lock is exact: the map's and this one's are the last
-/// two when no one else waits. Regression: tests::a_pending_call_leaves_no_entry
 /// Calls under way, by token digest: who asks meanwhile waits for the same answer.
 type Pending = std::sync::Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<Shared>>>>;
 
@@ -486,6 +480,12 @@ where
     cell.get_or_try_init(call).await.cloned()
 }
 
+/// Takes a call off the pending map once it is answered, or once its last waiter is gone
+/// (every one of them cancelled: the next request makes the call again).
+///
+/// Every reference to a pending cell is taken from the map and given back under its lock
+/// (here), so the count read under the lock is exact: the map's and this one's are the last
+/// two when no one else waits. Regression: tests::a_pending_call_leaves_no_entry
 struct Leave<'a> {
     pending: &'a Pending,
     key: [u8; 32],

@@ -118,7 +118,7 @@ impl Login {
     ///
     /// Why without them: the return address carried a query credential (an API key in
     /// `?api_key=`) to the login page, its logs and the browser's history.
-    /// Regression: tests::a_query_credential_never_goes_to_the_login_page
+    /// Regression: tests (it) policy::explain_never_echoes_a_query_credential
     pub fn location(
         &self,
         facts: &RequestFacts<'_>,

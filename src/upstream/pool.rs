@@ -9,9 +9,9 @@
 //!
 //! A failed exchange says what may be sent again: a request that never left (connect failure,
 //! a connection closed before it was written) comes back in [`Failed::unsent`]; a bodiless
-//! idempotent request that went out on a connection idle for [`STALE_AFTER`] or more, which
-//! the upstream may have closed as the request arrived, comes back rebuilt in
-//! [`Failed::repeat`]. The caller decides whether to retry.
+//! idempotent request that went out on a reused connection, which the upstream may have
+//! closed as the request arrived, comes back rebuilt in [`Failed::repeat`]. The caller
+//! decides whether to retry.
 //!
 //! A client that gives up (an HTTP/2 stream reset, a closed connection) drops its request at
 //! any point; that must not cost an upstream connection. A connect under way finishes in the
@@ -47,12 +47,6 @@ const UPSTREAM_READ_BUF: usize = 32 * 1024;
 const DRAIN_BYTES: usize = 64 * 1024;
 /// Time an abandoned exchange gets (response head and drained body) to keep its connection.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
-/// A pooled HTTP/1 connection idle this long may be closed by the upstream's keep-alive
-/// timer just as a request goes out (no common server times out faster than a second): a
-/// request sent on one asks hyper for it back if it was never written, whatever its method.
-/// Busy connections are reused far sooner, so the loaded path never pays for that. (A
-/// bodiless idempotent request on any reused connection keeps a copy of its head: [`Head`].)
-const STALE_AFTER: Duration = Duration::from_millis(100);
 
 /// Why an exchange with the upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -319,10 +313,10 @@ impl Drop for Slot {
 }
 
 /// What waiting for a connection slot gives: a slot for a new connection, or a pooled one
-/// that came back meanwhile (with whether it idled long enough to be stale).
+/// that came back meanwhile.
 enum Waited {
     Slot(Option<Slot>),
-    Pooled(Sender, bool),
+    Pooled(Sender),
 }
 
 /// What a request waiting for a connection slot may take instead of a new connection.
@@ -550,15 +544,15 @@ impl Pool {
             freed.as_mut().enable();
             match seek {
                 Seek::Pooled => {
-                    if let Some((sender, stale)) = self.checkout() {
-                        return Ok(Waited::Pooled(sender, stale));
+                    if let Some(sender) = self.checkout() {
+                        return Ok(Waited::Pooled(sender));
                     }
                 }
                 Seek::Fresh | Seek::Own => {
                     if seek == Seek::Fresh
-                        && let Some((s @ Sender::H2(_), _)) = self.checkout_h2()
+                        && let Some(s @ Sender::H2(_)) = self.checkout_h2()
                     {
-                        return Ok(Waited::Pooled(s, false));
+                        return Ok(Waited::Pooled(s));
                     }
                     // Closing an idle connection frees its slot (when its task ends).
                     if let Ok(mut idle) = self.idle.lock() {
@@ -592,12 +586,9 @@ impl Pool {
     ) -> Result<Response<PooledBody>, Failed> {
         // Read only at the cap: no clock read per request otherwise.
         let until = || slot_wait_until(connect_timeout, deadline);
-        let (mut checked_out, mut stale_prone) = match fresh {
-            true => (None, false),
-            false => match self.checkout() {
-                Some((s, stale_prone)) => (Some(s), stale_prone),
-                None => (None, false),
-            },
+        let mut checked_out = match fresh {
+            true => None,
+            false => self.checkout(),
         };
         // At the cap, a pooled connection coming back is taken as one found in the pool
         // (the stale-connection retry below applies to it), else a slot freed.
@@ -613,7 +604,7 @@ impl Pool {
             let seek = if fresh { Seek::Fresh } else { Seek::Pooled };
             // Boxed: only at the cap; inline, every request's future would carry the wait.
             match Box::pin(self.slot(until(), seek)).await {
-                Ok(Waited::Pooled(s, stale)) => (checked_out, stale_prone) = (Some(s), stale),
+                Ok(Waited::Pooled(s)) => checked_out = Some(s),
                 Ok(Waited::Slot(s)) => slot = s,
                 Err(e) => return Err(Failed::unsent(e, req)),
             }
@@ -679,7 +670,6 @@ impl Pool {
                 // 300 POSTs got 502 without reaching the upstream. Handed back, it goes to a
                 // fresh connection whatever its method. (A race of the upstream's close with
                 // the write: no deterministic test; the outside tester's loop showed it.)
-                let _ = stale_prone;
                 let fut = Exchange::Recoverable(Box::pin(s.try_send_request(req)));
                 let (resp, s) = InFlight {
                     fut: Some(fut),
@@ -764,7 +754,7 @@ impl Pool {
         else {
             return Err(SendError::ConnectTimeout);
         };
-        if let Some((s @ Sender::H2(_), _)) = self.checkout() {
+        if let Some(s @ Sender::H2(_)) = self.checkout() {
             return Ok(s);
         }
         let left = connect_timeout.saturating_sub(started.elapsed());
@@ -788,7 +778,7 @@ impl Pool {
             Some(slot) => Some(slot),
             None => match Box::pin(self.slot(until, Seek::Fresh)).await? {
                 Waited::Slot(slot) => slot,
-                Waited::Pooled(sender, _) => return Ok(sender),
+                Waited::Pooled(sender) => return Ok(sender),
             },
         };
         Connecting {
@@ -799,14 +789,14 @@ impl Pool {
     }
 
     /// The shared HTTP/2 connection, when it is open.
-    fn checkout_h2(&self) -> Option<(Sender, bool)> {
+    fn checkout_h2(&self) -> Option<Sender> {
         let h2 = self.h2.lock().ok()?;
         let s = h2.as_ref().filter(|s| !s.is_closed())?;
-        Some((Sender::H2(s.clone()), false))
+        Some(Sender::H2(s.clone()))
     }
 
-    /// A pooled connection, and whether it idled for [`STALE_AFTER`] or more.
-    fn checkout(&self) -> Option<(Sender, bool)> {
+    /// A pooled connection.
+    fn checkout(&self) -> Option<Sender> {
         if let Some(h2) = self.checkout_h2() {
             return Some(h2);
         }
@@ -826,7 +816,7 @@ impl Pool {
                 if let Some(other) = settling {
                     idle.push_front(other);
                 }
-                return Some((Sender::H1(s), now.duration_since(since) >= STALE_AFTER));
+                return Some(Sender::H1(s));
             }
             if settling.is_none() {
                 settling = Some((s, since));
@@ -834,7 +824,7 @@ impl Pool {
                 idle.push_back((s, since));
             }
         }
-        settling.map(|(s, since)| (Sender::H1(s), now.duration_since(since) >= STALE_AFTER))
+        settling.map(|(s, _)| Sender::H1(s))
     }
 
     fn checkin(&self, s: http1::SendRequest<UpstreamBody>) {

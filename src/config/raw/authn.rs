@@ -583,8 +583,9 @@ pub struct RawIntrospection {
     /// `[access_token, Bearer]`, so a refresh token some servers call active is refused.
     #[serde(default = "default_token_types")]
     pub token_types: Vec<String>,
-    /// Most introspection calls in flight at once; beyond it requests get 503 at once rather
-    /// than piling up on the authorization server.
+    /// Most introspection calls for requests in flight at once; beyond it requests get 503
+    /// at once rather than piling up on the authorization server. Re-checks of open streams
+    /// (`reauthorize_every`) have as many slots of their own, and wait for one.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// Most of those calls made for one client address (IPv6 by /64) at once: made-up tokens
