@@ -1222,11 +1222,9 @@ fn speaks_grpc(check: &CheckRequest) -> bool {
     };
     RawHeaders::of(http)
         .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-        .and_then(|(_, value)| HeaderValue::from_bytes(value).ok())
-        .is_some_and(|ct| {
-            let mut h = HeaderMap::with_capacity(1);
-            h.insert(http::header::CONTENT_TYPE, ct);
-            crate::request::grpc::Grpc::of(&h) == Some(crate::request::grpc::Grpc::Native)
+        .is_some_and(|(_, ct)| {
+            crate::request::grpc::Grpc::of_content_type(ct)
+                == Some(crate::request::grpc::Grpc::Native)
         })
 }
 

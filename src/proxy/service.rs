@@ -889,8 +889,6 @@ fn loggable_host(parts: &http::request::Parts) -> &str {
     loggable(raw.rsplit_once('@').map_or(raw, |(_, host)| host))
 }
 
-/// A target over `max_target_bytes` (414) or a head over `max_header_bytes` (431): the head's
-/// size counted as the request line and `name: value` lines with their line ends.
 /// The proxy door's refusal of a head before anything else is read of it (an h2c upgrade, a
 /// head over the limits, a transfer coding but `chunked`), as `explain` shows it too.
 ///
@@ -919,6 +917,9 @@ pub fn head_refusal(
     None
 }
 
+/// A target over `max_target_bytes` (414), more fields than `max_headers` or a head over
+/// `max_header_bytes` (431): the head's size counted as the request line and `name: value`
+/// lines with their line ends.
 fn over_head_limits(
     parts: &http::request::Parts,
     s: &crate::snapshot::ServerSettings,

@@ -24,7 +24,12 @@ pub enum Grpc {
 impl Grpc {
     /// The flavour `headers` announce, if any.
     pub fn of(headers: &HeaderMap) -> Option<Self> {
-        let ct = headers.get(header::CONTENT_TYPE)?.as_bytes();
+        Self::of_content_type(headers.get(header::CONTENT_TYPE)?.as_bytes())
+    }
+
+    /// The flavour a `content-type` value announces, if any (a door that reads headers from
+    /// elsewhere than a `HeaderMap`: Envoy's Check attributes).
+    pub fn of_content_type(ct: &[u8]) -> Option<Self> {
         let rest = ct
             .get(..16)
             .filter(|p| p.eq_ignore_ascii_case(b"application/grpc"))

@@ -800,6 +800,25 @@ async fn introspection_client_secret_post() {
     );
 }
 
+/// A gateway whose one rule takes tokens `idp` introspects, behind a guard of three
+/// failures an hour per client address.
+async fn guarded_gateway(idp: &Idp) -> TestGateway {
+    Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: api, match: {paths: [\"/**\"]}, effect: allow, authenticators: [opaque], guard: tries, upstream: echo}\n".into(),
+        )],
+        files: vec![("client.secret".into(), b"s3cret:with&odd=chars".to_vec())],
+        extra: format!(
+            "{}rate_limits:\n  tries: {{key: client_ip, requests: 3, per: 1h, count: failures}}\n",
+            introspection(idp, "")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await
+}
+
 /// A brute-force guard holds against concurrent guesses: with an authenticator that takes
 /// a while (introspection, 200 ms), twenty wrong tokens sent at once get three checks and
 /// seventeen 429s, and the endpoint is asked three times. (The guard only looked before
@@ -809,20 +828,7 @@ async fn introspection_client_secret_post() {
 async fn concurrent_attempts_spend_the_guard() {
     let idp = Idp::start().await;
     idp.mode(Mode::Slow(Duration::from_millis(200)));
-    let gw = Setup {
-        policies: vec![(
-            "10-p.yaml".into(),
-            "rules:\n  - {name: api, match: {paths: [\"/**\"]}, effect: allow, authenticators: [opaque], guard: tries, upstream: echo}\n".into(),
-        )],
-        files: vec![("client.secret".into(), b"s3cret:with&odd=chars".to_vec())],
-        extra: format!(
-            "{}rate_limits:\n  tries: {{key: client_ip, requests: 3, per: 1h, count: failures}}\n",
-            introspection(&idp, "")
-        ),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = guarded_gateway(&idp).await;
     let mut guesses = tokio::task::JoinSet::new();
     for i in 0..20 {
         let addr = gw.addr();
@@ -870,20 +876,7 @@ async fn valid_requests_sent_together_pass_the_guard() {
             json!({"active": true, "sub": format!("user-{i}"), "aud": "api"}),
         );
     }
-    let gw = Setup {
-        policies: vec![(
-            "10-p.yaml".into(),
-            "rules:\n  - {name: api, match: {paths: [\"/**\"]}, effect: allow, authenticators: [opaque], guard: tries, upstream: echo}\n".into(),
-        )],
-        files: vec![("client.secret".into(), b"s3cret:with&odd=chars".to_vec())],
-        extra: format!(
-            "{}rate_limits:\n  tries: {{key: client_ip, requests: 3, per: 1h, count: failures}}\n",
-            introspection(&idp, "")
-        ),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = guarded_gateway(&idp).await;
     let mut valid = tokio::task::JoinSet::new();
     for i in 0..12 {
         let addr = gw.addr();

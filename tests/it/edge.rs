@@ -1080,11 +1080,10 @@ impl Drop for Idp {
     }
 }
 
-#[tokio::test]
-async fn periodic_recheck_closes_the_tunnel_once_introspection_says_inactive() {
-    let upstream = WsEcho::start().await;
-    let idp = Idp::start().await;
-    idp.set_active("opaque-ws", true);
+/// A gateway relaying WebSockets on `/ws/**` to `upstream` for tokens `idp` introspects,
+/// re-checked every second; its verified-token cache long, so a re-check asks the endpoint.
+/// `introspection` adds lines to the authenticator (six spaces in).
+async fn rechecked_gateway(upstream: &WsEcho, idp: &Idp, introspection: &str) -> TestGateway {
     let policy = "rules:
   - name: chat
     match: {paths: [\"/ws/**\"]}
@@ -1094,8 +1093,7 @@ async fn periodic_recheck_closes_the_tunnel_once_introspection_says_inactive() {
     reauthorize_every: 1s
     upgrade: {protocols: [websocket]}
 ";
-    // A long cache: the re-check must ask the endpoint, not the cache.
-    let gw = Setup {
+    Setup {
         upstreams: format!("  ws:\n    url: http://{}\n", upstream.addr),
         policies: vec![("10-ws.yaml".into(), policy.into())],
         files: vec![("client.secret".into(), b"s3cret".to_vec())],
@@ -1108,7 +1106,7 @@ async fn periodic_recheck_closes_the_tunnel_once_introspection_says_inactive() {
       client_secret: {{file: client.secret}}
       audiences: [api]
       cache_ttl: 600s
-authn:
+{introspection}authn:
   cache:
     revalidate_after: 600s
 ",
@@ -1117,7 +1115,16 @@ authn:
         ..Setup::default()
     }
     .start()
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn periodic_recheck_closes_the_tunnel_once_introspection_says_inactive() {
+    let upstream = WsEcho::start().await;
+    let idp = Idp::start().await;
+    idp.set_active("opaque-ws", true);
+    // A long cache: the re-check must ask the endpoint, not the cache.
+    let gw = rechecked_gateway(&upstream, &idp, "").await;
     let mut ws = connect(&gw, "/ws/room", &[("authorization", "Bearer opaque-ws")])
         .await
         .expect("upgraded");
@@ -1148,40 +1155,11 @@ async fn a_client_cannot_shed_its_own_recheck() {
     let upstream = WsEcho::start().await;
     let idp = Idp::start().await;
     idp.set_active("opaque-ws", true);
-    let policy = "rules:
-  - name: chat
-    match: {paths: [\"/ws/**\"]}
-    effect: allow
-    authenticators: [opaque]
-    upstream: ws
-    reauthorize_every: 1s
-    upgrade: {protocols: [websocket]}
-";
-    let gw = Setup {
-        upstreams: format!("  ws:\n    url: http://{}\n", upstream.addr),
-        policies: vec![("10-ws.yaml".into(), policy.into())],
-        files: vec![("client.secret".into(), b"s3cret".to_vec())],
-        extra: format!(
-            "authenticators:
-  opaque:
-    introspection:
-      endpoint: http://{}/introspect
-      client_id: gateway
-      client_secret: {{file: client.secret}}
-      audiences: [api]
-      cache_ttl: 600s
-      inactive_ttl: 0s
-      max_in_flight: 1
-      max_in_flight_per_client: 1
-authn:
-  cache:
-    revalidate_after: 600s
-",
-            idp.addr
-        ),
-        ..Setup::default()
-    }
-    .start()
+    let gw = rechecked_gateway(
+        &upstream,
+        &idp,
+        "      inactive_ttl: 0s\n      max_in_flight: 1\n      max_in_flight_per_client: 1\n",
+    )
     .await;
     let mut ws = connect(&gw, "/ws/room", &[("authorization", "Bearer opaque-ws")])
         .await
@@ -1223,38 +1201,7 @@ async fn rechecks_of_one_token_share_a_call() {
     let upstream = WsEcho::start().await;
     let idp = Idp::start().await;
     idp.set_active("slow-shared", true);
-    let policy = "rules:
-  - name: chat
-    match: {paths: [\"/ws/**\"]}
-    effect: allow
-    authenticators: [opaque]
-    upstream: ws
-    reauthorize_every: 1s
-    upgrade: {protocols: [websocket]}
-";
-    let gw = Setup {
-        upstreams: format!("  ws:\n    url: http://{}\n", upstream.addr),
-        policies: vec![("10-ws.yaml".into(), policy.into())],
-        files: vec![("client.secret".into(), b"s3cret".to_vec())],
-        extra: format!(
-            "authenticators:
-  opaque:
-    introspection:
-      endpoint: http://{}/introspect
-      client_id: gateway
-      client_secret: {{file: client.secret}}
-      audiences: [api]
-      cache_ttl: 600s
-authn:
-  cache:
-    revalidate_after: 600s
-",
-            idp.addr
-        ),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = rechecked_gateway(&upstream, &idp, "").await;
     let opened = futures_util::future::join_all(
         (0..5).map(|_| connect(&gw, "/ws/room", &[("authorization", "Bearer slow-shared")])),
     )
