@@ -356,8 +356,80 @@ static CLAIMS: [HeaderName; 23] = [
     HeaderName::from_static("x-http-host-override"),
 ];
 
+/// Defines [`INFRASTRUCTURE_NAMES`] and the `match` that tests a name against them, from one
+/// list: the peers' example configs and their tests read the constant, the hot path the
+/// `match` (a length switch and one compare).
+macro_rules! infrastructure_names {
+    ($($(#[$why:meta])* $($name:literal)|+;)+) => {
+        /// The infrastructure family's exact names (see the module docs), dashed: what the
+        /// example configs of the peers in front of a decision door clear by name.
+        pub const INFRASTRUCTURE_NAMES: &[&str] = &[$($($name),+),+];
+
+        fn is_infrastructure_name(dashed: &str) -> bool {
+            matches!(dashed, $($($name)|+)|+)
+        }
+    };
+}
+
+infrastructure_names! {
+    "x-forwarded-client-cert" | "x-client-cert" | "ssl-client-cert" | "x-ssl-cert"
+        | "x-client-verify" | "x-client-dn";
+    // Why: more names TLS terminators pass a client certificate in (RFC 9440's `Client-Cert`,
+    // HAProxy's and others' subject and issuer) reached the upstream from any client; an app
+    // behind one of them believes them. Regression: tests::every_family_in_every_spelling
+    "client-cert" | "client-cert-chain" | "x-client-certificate" | "x-client-subject"
+        | "x-client-issuer" | "x-ssl-subject" | "x-ssl-issuer";
+    // Why: the identity headers of the auth proxies Portcullis replaces (oauth2-proxy's
+    // X-Forwarded-User, Apache's and Authelia's Remote-User, Grafana's X-WEBAUTH-USER, Google
+    // IAP's, Azure App Service's X-MS-CLIENT-PRINCIPAL): an app moved from behind one of them
+    // still believes them, and a client's copy reached it.
+    // Regression: tests::every_family_in_every_spelling
+    "remote-user" | "x-remote-user" | "x-forwarded-user" | "x-forwarded-email"
+        | "x-forwarded-preferred-username" | "x-forwarded-groups" | "x-forwarded-access-token"
+        | "x-webauth-user" | "x-goog-iap-jwt-assertion" | "x-arr-clientcert"
+        | "x-ms-client-principal" | "remote-groups" | "remote-email" | "remote-name"
+        | "x-auth-userid" | "x-auth-subject" | "x-auth-username" | "x-auth-roles"
+        | "x-auth-groups" | "x-auth-audience";
+}
+
+/// The infrastructure family's prefixes that start with `x-` (tested only for such names).
+/// Envoy's, ours, client certificates (Traefik's `X-Forwarded-Tls-Client-Cert*`, AWS ALB's
+/// `X-Amzn-Mtls-*`), and the auth proxies' (oauth2-proxy's `X-Auth-Request-*`, AWS ALB's
+/// `X-Amzn-Oidc-*`, Google IAP's, Azure's, Pomerium's, authentik's, Vouch's).
+pub const INFRASTRUCTURE_X_PREFIXES: &[&str] = &[
+    "x-envoy-",
+    "x-portcullis-",
+    "x-client-cert-",
+    "x-ssl-client-",
+    "x-forwarded-tls-client-cert",
+    "x-amzn-mtls-",
+    "x-auth-request-",
+    "x-amzn-oidc-",
+    "x-goog-authenticated-user-",
+    "x-ms-client-principal-",
+    "x-ms-token-",
+    "x-pomerium-",
+    "x-authentik-",
+    "x-vouch-",
+];
+
+/// The infrastructure family's other prefixes: Cloudflare Access's identity (not its JWT or
+/// service-token credentials, which an origin verifies), mod_auth_openidc's claims and tokens
+/// (`OIDC_CLAIM_*`, `OIDC_access_token`…), and nginx ingress's and Apache's client
+/// certificate (`SSL-Client-Verify`, `SSL-Client-S-DN`…).
+pub const INFRASTRUCTURE_OTHER_PREFIXES: &[&str] =
+    &["cf-access-authenticated-user-", "oidc-", "ssl-client-"];
+
+/// Every prefix of the infrastructure family: what the example configs clear by prefix.
+pub fn infrastructure_prefixes() -> impl Iterator<Item = &'static str> {
+    INFRASTRUCTURE_X_PREFIXES
+        .iter()
+        .chain(INFRASTRUCTURE_OTHER_PREFIXES)
+        .copied()
+}
+
 /// The family of a dashed, lowercase header name. (A `match` on the text compiles to a length
-/// switch and one compare; the prefixes are tested only for names starting `x-`.)
+/// switch and one compare; the `x-` prefixes are tested only for names starting `x-`.)
 pub fn family(dashed: &str) -> Option<Family> {
     match dashed {
         "x-original-url"
@@ -401,74 +473,9 @@ pub fn family(dashed: &str) -> Option<Family> {
         | "x-original-host"
         | "x-host"
         | "x-http-host-override" => Some(Family::Claim),
-        "x-forwarded-client-cert"
-        | "x-client-cert"
-        | "ssl-client-cert"
-        | "x-ssl-cert"
-        | "x-client-verify"
-        | "x-client-dn"
-        // Why: more names TLS terminators pass a client certificate in (RFC 9440's
-        // `Client-Cert`, Traefik's `X-Forwarded-Tls-Client-Cert`, HAProxy's and others'
-        // subject and issuer) reached the upstream from any client; an app behind one of
-        // them believes them. Regression: tests::every_family_in_every_spelling
-        | "client-cert"
-        | "client-cert-chain"
-        | "x-client-certificate"
-        | "x-client-subject"
-        | "x-client-issuer"
-        | "x-ssl-subject"
-        | "x-ssl-issuer"
-        // Why: the identity headers of the auth proxies Portcullis replaces (oauth2-proxy's
-        // X-Forwarded-User and X-Auth-Request-*, Apache's and Authelia's Remote-User,
-        // Grafana's X-WEBAUTH-USER, AWS ALB's X-Amzn-Oidc-*, Google IAP's, Azure App
-        // Service's X-MS-CLIENT-PRINCIPAL*, Pomerium's): an app moved from behind one of them
-        // still believes them, and a client's copy reached it.
-        // Regression: tests::every_family_in_every_spelling
-        | "remote-user"
-        | "x-remote-user"
-        | "x-forwarded-user"
-        | "x-forwarded-email"
-        | "x-forwarded-preferred-username"
-        | "x-forwarded-groups"
-        | "x-forwarded-access-token"
-        | "x-webauth-user"
-        | "x-goog-iap-jwt-assertion"
-        | "x-arr-clientcert"
-        | "x-ms-client-principal"
-        | "remote-groups"
-        | "remote-email"
-        | "remote-name"
-        | "x-auth-userid"
-        | "x-auth-subject"
-        | "x-auth-username"
-        | "x-auth-roles"
-        | "x-auth-groups"
-        | "x-auth-audience" => Some(Family::Infrastructure),
-        _ if dashed.starts_with("x-")
-            && (dashed.starts_with("x-envoy-")
-                || dashed.starts_with("x-portcullis-")
-                || dashed.starts_with("x-client-cert-")
-                || dashed.starts_with("x-ssl-client-")
-                || dashed.starts_with("x-forwarded-tls-client-cert")
-                || dashed.starts_with("x-amzn-mtls-")
-                || dashed.starts_with("x-auth-request-")
-                || dashed.starts_with("x-amzn-oidc-")
-                || dashed.starts_with("x-goog-authenticated-user-")
-                || dashed.starts_with("x-ms-client-principal-")
-                || dashed.starts_with("x-ms-token-")
-                || dashed.starts_with("x-pomerium-")
-                || dashed.starts_with("x-authentik-")
-                || dashed.starts_with("x-vouch-")) =>
-        {
-            Some(Family::Infrastructure)
-        }
-        // Cloudflare Access's identity (not its JWT or service-token credentials, which an
-        // origin verifies) and mod_auth_openidc's claims and tokens (`OIDC_CLAIM_*`,
-        // `OIDC_access_token`, `OIDC_id_token_payload`…).
-        _ if dashed.starts_with("cf-access-authenticated-user-")
-            || dashed.starts_with("oidc-")
-            // nginx ingress's and Apache's `SSL-Client-Verify`, `SSL-Client-S-DN`…
-            || dashed.starts_with("ssl-client-") =>
+        _ if is_infrastructure_name(dashed) => Some(Family::Infrastructure),
+        _ if (dashed.starts_with("x-") && INFRASTRUCTURE_X_PREFIXES.iter().any(|p| dashed.starts_with(p)))
+            || INFRASTRUCTURE_OTHER_PREFIXES.iter().any(|p| dashed.starts_with(p)) =>
         {
             Some(Family::Infrastructure)
         }

@@ -178,6 +178,10 @@ async fn nginx_auth_request_in_front_of_the_forward_auth_door() {
 // shipped nginx config.
 async fn cookie_credential_cut_out(peer: &Peer, gw: &TestGateway) {
     let token = hs256_token(SECRET, &json!({}));
+    let jar = (0..40)
+        .map(|i| format!("pref{i}={}", "v".repeat(100)))
+        .collect::<Vec<_>>()
+        .join("; ");
     let cases = [
         (
             "/session/x",
@@ -186,6 +190,13 @@ async fn cookie_credential_cut_out(peer: &Peer, gw: &TestGateway) {
         ),
         ("/session/x", format!("session={token}"), None),
         ("/open/x", "theme=dark".to_owned(), Some("theme=dark")),
+        // Regression: the door's answer repeats the other cookies; past nginx's default
+        // proxy_buffer_size (4 KiB) the shipped config answered 500.
+        (
+            "/session/x",
+            format!("{jar}; session={token}"),
+            Some(jar.as_str()),
+        ),
     ];
     for (path, cookie, kept) in cases {
         let (status, _, body) = peer.ask(path, &[("cookie", &cookie)]).await;
@@ -617,6 +628,13 @@ const SPOOFED: &[(&str, &str)] = &[
     ("X-Client-Cert-Chain", "x"),
     ("X-SSL-Client-Verify", "SUCCESS"),
     ("X-SSL-Client-S-DN", "CN=admin"),
+    ("SSL-Client-Verify", "SUCCESS"),
+    ("SSL-Client-S-DN", "CN=admin"),
+    ("Client-Cert", ":MIIB:"),
+    ("X-Ssl-Subject", "CN=admin"),
+    ("X-Forwarded-Tls-Client-Cert", "x"),
+    ("X-Forwarded-Tls-Client-Cert-Info", "Subject=\"CN=admin\""),
+    ("X-Amzn-Mtls-Clientcert", "x"),
     ("X-Envoy-Original-Path", "/admin/users"),
     ("X-Envoy-Internal", "true"),
     ("X-Portcullis-User", "admin"),

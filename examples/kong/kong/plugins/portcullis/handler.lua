@@ -42,6 +42,13 @@ local DECIDED_HEADERS = { "X-Real-IP", "X-Forwarded-Host" }
 local INFRASTRUCTURE = {
   ["x-forwarded-client-cert"] = true, ["x-client-cert"] = true, ["ssl-client-cert"] = true,
   ["x-ssl-cert"] = true, ["x-client-verify"] = true, ["x-client-dn"] = true,
+  ["client-cert"] = true,
+  ["client-cert-chain"] = true,
+  ["x-client-certificate"] = true,
+  ["x-client-subject"] = true,
+  ["x-client-issuer"] = true,
+  ["x-ssl-subject"] = true,
+  ["x-ssl-issuer"] = true,
   -- Other auth proxies' identity headers, which an app moved from behind one may believe.
   ["remote-user"] = true,
   ["x-remote-user"] = true,
@@ -64,7 +71,7 @@ local INFRASTRUCTURE = {
   ["x-auth-groups"] = true,
   ["x-auth-audience"] = true,
 }
-local INFRASTRUCTURE_PREFIXES = { "x-envoy-", "x-portcullis-", "x-client-cert-", "x-ssl-client-", "x-auth-request-", "x-amzn-oidc-", "x-goog-authenticated-user-", "x-ms-client-principal-", "x-ms-token-", "x-pomerium-", "x-authentik-", "x-vouch-", "cf-access-authenticated-user-", "oidc-" }
+local INFRASTRUCTURE_PREFIXES = { "x-envoy-", "x-portcullis-", "x-client-cert-", "x-ssl-client-", "x-forwarded-tls-client-cert", "x-amzn-mtls-", "x-auth-request-", "x-amzn-oidc-", "x-goog-authenticated-user-", "x-ms-client-principal-", "x-ms-token-", "x-pomerium-", "x-authentik-", "x-vouch-", "cf-access-authenticated-user-", "oidc-", "ssl-client-" }
 
 -- The forwarding family. Kong's template writes the dashed X-Forwarded-* and X-Real-IP over
 -- the client's, but neither other spellings (X_Forwarded_For) nor Forwarded, which the door
