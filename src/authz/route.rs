@@ -487,7 +487,7 @@ impl PathPattern {
     }
 
     /// Whether the canonical `path` matches. A trailing slash is a segment of its own: `/a/`
-    /// matches `/a/**` but not the exact `/a`.
+    /// matches `/a/**` but not the exact `/a` (unless case folds: [`Self::matches_case`]).
     pub fn matches(&self, path: &str) -> bool {
         self.matches_case(path, false)
     }
@@ -558,7 +558,9 @@ impl PathPattern {
             .collect()
     }
 
-    /// [`Self::matches`], comparing literal segments ASCII-case-insensitively when `fold_case`.
+    /// [`Self::matches`], comparing literal segments ASCII-case-insensitively when `fold_case`
+    /// (deny rules, and allow rules for an upstream that ignores case), and then also reading
+    /// names as Windows does and an exact pattern with one trailing slash.
     pub fn matches_case(&self, path: &str, fold_case: bool) -> bool {
         let mut segs = path.strip_prefix('/').unwrap_or(path).split('/');
         for pat in &*self.segments {
@@ -587,8 +589,12 @@ impl PathPattern {
         }
         match segs.next() {
             None => true,
-            // The root pattern `/` matches the root path.
-            Some("") => self.segments.is_empty() && segs.next().is_none(),
+            // The root pattern `/` matches the root path. Why the other exact patterns take
+            // one trailing slash where case folds: Express, ASP.NET Core, Rails and older
+            // Spring serve `/admin/` from `/admin`'s handler, and `/admin/` slipped past a
+            // deny rule for `/admin` to a catch-all allow.
+            // Regression: tests::deny_rules_take_a_trailing_slash
+            Some("") => segs.next().is_none() && (self.segments.is_empty() || fold_case),
             Some(_) => false,
         }
     }
@@ -887,6 +893,27 @@ mod tests {
         let dotted = PathPattern::parse("/v1./x").unwrap();
         assert!(dotted.matches_case("/v1./x", false));
         assert!(dotted.matches_case("/V1/x", true));
+    }
+
+    #[test]
+    fn deny_rules_take_a_trailing_slash() {
+        let cases: &[(&str, &str, bool, bool)] = &[
+            // pattern, path, matches when folding, when not
+            ("/admin", "/admin", true, true),
+            ("/admin", "/admin/", true, false),
+            ("/admin", "/ADMIN/", true, false),
+            ("/admin", "/admin./", true, false),
+            ("/admin", "/admin//", false, false),
+            ("/admin", "/admin/x", false, false),
+            ("/users/{id}", "/users/7/", true, false),
+            ("/", "/", true, true),
+            ("/admin/**", "/admin/", true, true),
+        ];
+        for &(pattern, path, folding, exact) in cases {
+            let p = PathPattern::parse(pattern).unwrap();
+            assert_eq!(p.matches_case(path, true), folding, "{pattern} {path}");
+            assert_eq!(p.matches_case(path, false), exact, "{pattern} {path}");
+        }
     }
 
     #[test]
