@@ -497,9 +497,11 @@ fn headers_sent(
     // Why: an HTTP/2 request names its host in `:authority`, with no `Host` field, so the
     // delegate was told a `host` header for HTTP/1.1 requests only (policies read it).
     // Regression: tests::host_is_sent_whatever_the_http_version
-    if !out.contains_key("host") {
-        out.insert("host".to_owned(), facts.authority());
-    }
+    // And always the host the rules were matched on, which the upstream gets: for an
+    // absolute-form target (`GET http://evil.example/`) or HTTP/2 with both `:authority` and
+    // `host`, the client's `Host` line named another, and the delegate judged that one.
+    // Regression: tests::host_is_the_decided_one
+    out.insert("host".to_owned(), facts.authority());
     // Set, replacing, as `HeaderMutation::apply` does (their names were removed above).
     for (name, value) in upstream.identity {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();

@@ -114,6 +114,27 @@ fn host_is_sent_whatever_the_http_version() {
 }
 
 #[test]
+fn host_is_the_decided_one() {
+    // An absolute-form target names another host than the `Host` line: the rules, the
+    // upstream and the delegate all go by the target's.
+    let (parts, ()) = http::Request::get("http://evil.example/secret")
+        .header("host", "good.example")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let conn = ConnInfo::new("192.0.2.1:1".parse().unwrap(), Arc::from("l"), None);
+    let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+    assert_eq!(facts.authority(), "evil.example");
+    let spoofable = Spoofable::new([], Vec::new());
+    let upstream = UpstreamHeaders {
+        spoofable: &spoofable,
+        identity: &[],
+        request_id: &http::HeaderName::from_static("x-request-id"),
+    };
+    assert_eq!(headers_sent(&facts, upstream)["host"], "evil.example");
+}
+
+#[test]
 fn identity_replaces_and_odd_bytes_are_kept() {
     let h = sent(
         "192.0.2.1:1",
