@@ -404,6 +404,7 @@ async fn decide_rule(
         snapshot,
         facts,
         authenticator.and_then(|i| snapshot.authn.at(i)),
+        rule.query_credentials.as_deref(),
         identity,
     );
     // Shadow mode tells the client (and the operator's logs downstream) which limit it would

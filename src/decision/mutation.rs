@@ -61,6 +61,7 @@ impl HeaderMutation {
         snapshot: &Snapshot,
         facts: &RequestFacts<'_>,
         authenticator: Option<&Authenticator>,
+        query_credentials: Option<&[Box<str>]>,
         set: Vec<(HeaderName, HeaderValue)>,
     ) -> Self {
         let mut out = Self {
@@ -81,14 +82,19 @@ impl HeaderMutation {
         if let Some(a) = authenticator.filter(|a| a.strip) {
             for source in &*a.sources {
                 out.strip_credential(source, facts.headers);
-                // Why: only the proxy door forwards a target of its own; behind Envoy a
-                // verified `?api_key=` reached the upstream although the authenticator strips.
-                // Regression: tests (it) grpc::query_credential_removed_by_envoy
-                if let (CredentialSource::Query(name), Some(query)) = (source, facts.query)
-                    && facts.conn.door != Door::Proxy
-                {
-                    out.query_remove_credential(name, query);
-                }
+            }
+        }
+        // Why: only the proxy door forwards a target of its own; behind Envoy a verified
+        // `?api_key=` reached the upstream although the authenticator strips. And, as the
+        // proxy door does, every query credential of the rule goes, whichever authenticator
+        // verified and whatever its `strip` (a URL ends up in logs): behind Envoy one with
+        // `strip: false` reached the upstream that the proxy door cuts.
+        // Regression: tests (it) grpc::query_credential_removed_by_envoy
+        if let (Some(names), Some(query)) = (query_credentials, facts.query)
+            && facts.conn.door != Door::Proxy
+        {
+            for name in names {
+                out.query_remove_credential(name, query);
             }
         }
         if facts.conn.door != Door::Proxy {
@@ -311,7 +317,7 @@ mod tests {
         } else {
             Vec::new()
         };
-        HeaderMutation::compute(snap, &facts, authenticator, set)
+        HeaderMutation::compute(snap, &facts, authenticator, None, set)
     }
 
     #[test]

@@ -690,6 +690,59 @@ async fn query_credential_removed_by_envoy() {
     assert!(ok.query_parameters_to_remove.is_empty(), "{ok:?}");
 }
 
+/// An authenticator that keeps its credential for the upstream (`strip: false`) keeps a
+/// header, but never a query credential: the proxy door cuts it from the target, and the
+/// gRPC door names it for removal alike.
+#[tokio::test]
+async fn query_credential_removed_by_envoy_even_unstripped() {
+    let gw = Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
+        policies: vec![("10-p.yaml".into(), POLICY.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: crate::support::hs256_users("{}").replace(
+            "    jwt:\n",
+            "    jwt:\n      strip: false\n      from: [bearer, {query: access_token}]\n",
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut c = client(&gw).await;
+    let token = hs256_token(SECRET, &json!({"scope": "orders:read"}));
+    let resp = c
+        .check(check(
+            &format!("/api/orders?a=1&access_token={token}"),
+            "198.51.100.9",
+            &[],
+        ))
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(code(&resp), 0, "{resp:?}");
+    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
+        panic!("{resp:?}");
+    };
+    assert_eq!(ok.query_parameters_to_remove, ["access_token"], "{ok:?}");
+    // A header credential is kept.
+    let bearer = format!("Bearer {token}");
+    let resp = c
+        .check(check(
+            "/api/orders",
+            "198.51.100.9",
+            &[("authorization", &bearer)],
+        ))
+        .await
+        .expect("an answer")
+        .into_inner();
+    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
+        panic!("{resp:?}");
+    };
+    assert!(
+        !ok.headers_to_remove.iter().any(|h| h == "authorization"),
+        "{ok:?}"
+    );
+}
+
 /// A query credential an authenticator strips cannot be removed behind Envoy's HTTP mode or
 /// forward auth: `check` says so (a warning), and is silent without such a door.
 #[test]
