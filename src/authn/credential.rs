@@ -202,9 +202,40 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Found<'a> {
         // Regression: tests::joined_header_credential_is_a_conflict, tests (it) conformance
         // (`two api keys`)
         Ok(v) if v.contains(',') => Found::Conflict,
+        // Why: CGI-style upstreams (PHP, Rack, WSGI) read `X_Api_Key` as `X-Api-Key`: with
+        // `x-api-key: K1` and `x_api_key: FORGED` the gateway verified K1 and named its owner
+        // while the upstream could read FORGED (which no strip removes). Another spelling
+        // beside the credential is a second credential. Regression:
+        // tests::credentials_in_other_spellings_conflict
+        _ if headers.keys().any(|k| {
+            k != name && k.as_str().contains('_') && same_dashed(k.as_str(), name.as_str())
+        }) =>
+        {
+            Found::Conflict
+        }
         Ok(v) if !v.trim().is_empty() => Found::Token(Cow::Borrowed(v.trim())),
         _ => Found::Malformed,
     }
+}
+
+/// Whether two header names are one once every `_` is read as `-`.
+fn same_dashed(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| x == y || matches!((x, y), (b'_', b'-') | (b'-', b'_') | (b'_', b'_')))
+}
+
+/// Whether some upstream reads the cookie named `k` (as sent) as the cookie `name`, though
+/// `k` is not `name`: the same name in another case (ASP.NET Core) or percent-encoded (PHP).
+fn cookie_read_as(k: &[u8], name: &str) -> bool {
+    if k == name.as_bytes() {
+        return false;
+    }
+    let Ok(k) = std::str::from_utf8(k) else {
+        return false;
+    };
+    decode(k).is_some_and(|d| d.eq_ignore_ascii_case(name))
 }
 
 /// Every `name=value` pair over all `Cookie` headers (RFC 6265 §5.4); repeated names must agree.
@@ -237,6 +268,22 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Found<'a> {
             }
         }
     }
+    // Why: ASP.NET Core reads cookie names in any case and PHP decodes them, so with
+    // `session=K1; SESSION=FORGED` the gateway verified K1 while the upstream could read
+    // FORGED (and only `session` is stripped). Another spelling beside the credential is a
+    // second credential; looked for only once one is found.
+    // Regression: tests::credentials_in_other_spellings_conflict
+    if found.is_some()
+        && headers.get_all(header::COOKIE).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|b| *b == b';' || *b == b',')
+                .filter_map(|pair| pair.iter().position(|b| *b == b'=').map(|eq| &pair[..eq]))
+                .any(|k| cookie_read_as(k.trim_ascii(), name))
+        })
+    {
+        return Found::Conflict;
+    }
     match found {
         None => Found::Nothing,
         Some("") => Found::Malformed,
@@ -261,6 +308,23 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Found<'a> {
             Some(prev) if *prev != v => return Found::Conflict,
             _ => found = Some(v),
         }
+    }
+    // Why: frameworks read other spellings as the same parameter (PHP `api.key` and
+    // `api key` as `api_key`, arrays `api_key[]`, ASP.NET any case), so with
+    // `?api_key=K1&api.key=FORGED` the gateway verified K1 while the upstream could read
+    // FORGED. Another spelling beside the credential is a second credential (an undecodable
+    // name could be any); looked for only once one is found.
+    // Regression: tests::credentials_in_other_spellings_conflict
+    if found.is_some()
+        && query.split('&').any(|pair| {
+            let k = pair.split_once('=').map_or(pair, |(k, _)| k);
+            match decode(k) {
+                None => true,
+                Some(k) => *k != *name && crate::authz::expr::query_names_may_be_one(&k, name),
+            }
+        })
+    {
+        return Found::Conflict;
     }
     match found {
         None => Found::Nothing,
@@ -515,6 +579,98 @@ mod tests {
         }
         let h = headers(&[("x-api-key", "pck_a")]);
         assert_eq!(find(&source, &h, None), tok("pck_a"));
+    }
+
+    /// Sources, headers, query, and what is found.
+    type Case<'a> = (
+        &'a [CredentialSource],
+        &'a [(&'a str, &'a str)],
+        Option<&'a str>,
+        Found<'a>,
+    );
+
+    #[test]
+    fn credentials_in_other_spellings_conflict() {
+        let header = [CredentialSource::Header(HeaderName::from_static(
+            "x-api-key",
+        ))];
+        let cookie = [CredentialSource::Cookie("session".into())];
+        let query = [CredentialSource::Query("api_key".into())];
+        // (sources, headers, query, found)
+        let cases: &[Case<'_>] = &[
+            (
+                &header,
+                &[("x-api-key", "k1"), ("x_api_key", "f")],
+                None,
+                Found::Conflict,
+            ),
+            (
+                &header,
+                &[("x-api-key", "k1"), ("X_API-KEY", "k1")],
+                None,
+                Found::Conflict,
+            ),
+            (
+                &header,
+                &[("x-api-key", "k1"), ("x-api-keys", "f")],
+                None,
+                tok("k1"),
+            ),
+            (
+                &header,
+                &[("x-api-key", "k1"), ("x_other", "f")],
+                None,
+                tok("k1"),
+            ),
+            // Alone, another spelling is not the credential.
+            (&header, &[("x_api_key", "f")], None, Found::Nothing),
+            (
+                &cookie,
+                &[("cookie", "session=k1; SESSION=f")],
+                None,
+                Found::Conflict,
+            ),
+            (
+                &cookie,
+                &[("cookie", "session=k1; %73ession=f")],
+                None,
+                Found::Conflict,
+            ),
+            (
+                &cookie,
+                &[("cookie", "session=k1"), ("cookie", "Session=k1")],
+                None,
+                Found::Conflict,
+            ),
+            (
+                &cookie,
+                &[("cookie", "session=k1; sessions=x; theme=dark")],
+                None,
+                tok("k1"),
+            ),
+            (&cookie, &[("cookie", "SESSION=f")], None, Found::Nothing),
+            (&query, &[], Some("api_key=k1&api.key=f"), Found::Conflict),
+            (&query, &[], Some("api_key=k1&api%20key=f"), Found::Conflict),
+            (&query, &[], Some("api_key=k1&API_KEY=f"), Found::Conflict),
+            (
+                &query,
+                &[],
+                Some("api_key=k1&api_key%5B%5D=f"),
+                Found::Conflict,
+            ),
+            (&query, &[], Some("api_key=k1&%zz=1"), Found::Conflict),
+            (
+                &query,
+                &[],
+                Some("api_key=k1&api_key_hint=x&a=1"),
+                tok("k1"),
+            ),
+            (&query, &[], Some("api.key=f"), Found::Nothing),
+        ];
+        for (sources, pairs, q, want) in cases {
+            let h = headers(pairs);
+            assert_eq!(&find(sources, &h, *q), want, "{pairs:?} {q:?}");
+        }
     }
 
     #[test]

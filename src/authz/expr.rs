@@ -714,6 +714,18 @@ impl QueryName {
     }
 }
 
+/// Whether some upstream framework may read the (decoded) query names `a` and `b` as one
+/// parameter: the folds of [`QueryName`] (PHP's `.` and space, arrays, ASP.NET's case…).
+pub fn query_names_may_be_one(a: &str, b: &str) -> bool {
+    let (a1, a2) = QueryName::readings(a);
+    let (b1, b2) = QueryName::readings(b);
+    let bs = [Some(&b1), b2.as_ref()];
+    [Some(&a1), a2.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|x| bs.into_iter().flatten().any(|y| x.may_be(y)))
+}
+
 /// Finds what `e` reads of `request.query` and `request.headers` (see [`RequestReads`]):
 /// `request.<map>.k`, `request.<map>['k']` and `has(request.<map>.k)` read `k`; any other use
 /// of the map, or of `request` as a whole, reads every key.
