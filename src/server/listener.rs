@@ -139,21 +139,33 @@ impl<H: Handler> AcceptLoop<H> {
             };
             let _ = stream.set_nodelay(true);
             let snapshot = self.shared.current.load();
-            let (door, tls, http2) = match self.place {
+            let (door, tls, http2, door_peer) = match self.place {
                 Place::Door { door, index } => {
                     let Some(settings) = snapshot.listener(index) else {
                         continue;
                     };
-                    (door, settings.tls.clone(), settings.http2)
+                    let door_peer = crate::door::common(&settings.door)
+                        .is_some_and(|c| crate::door::admits(c, peer.ip()));
+                    (door, settings.tls.clone(), settings.http2, door_peer)
                 }
                 // Its requests read nothing of the connection but the request itself.
-                Place::Admin { .. } => (crate::request::facts::Door::Proxy, None, false),
+                Place::Admin { .. } => (crate::request::facts::Door::Proxy, None, false, false),
             };
             let max_life = match self.place {
                 Place::Door { .. } => None,
                 Place::Admin { max_life } => Some(max_life),
             };
-            let server = snapshot.server.clone();
+            let mut server = snapshot.server.clone();
+            // Why: a decision door's peer (Envoy) carries every client's Checks over one
+            // connection and resets a Check when its timeout fires or its client leaves; past
+            // `max_resets` the GOAWAY dropped every other Check in flight on it (Envoy then
+            // applies `status_on_error`, or allows with `failure_mode_allow`), and a client of
+            // Envoy's could cause it by resetting its own requests. The peer bounds its own
+            // clients' resets; everyone else keeps the limit.
+            // Regression: tests (it) abuse::a_door_peer_may_reset_many_checks
+            if door_peer {
+                server.http2.max_resets = u32::MAX;
+            }
             drop(snapshot);
             let shared = Arc::clone(&self.shared);
             let name = Arc::clone(&self.name);

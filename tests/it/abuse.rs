@@ -109,6 +109,38 @@ async fn paced_rapid_reset_gets_goaway() {
     assert_eq!(get(addr, "/fine").await.0, http::StatusCode::OK);
 }
 
+/// A decision door's peer (Envoy) resets a Check when its timeout fires or its client
+/// leaves, over the one connection that carries everyone's Checks: past `max_resets` that is
+/// not abuse, and the connection goes on serving (the proxy door's clients keep the limit:
+/// `paced_rapid_reset_gets_goaway`).
+#[tokio::test]
+async fn a_door_peer_may_reset_many_checks() {
+    let gw = Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    http2: true\n    door: {envoy_grpc: {}}\n".into(),
+        ..Setup::default()
+    }
+    .server("  http2: {max_resets: 50, window: 10s}\n")
+    .start()
+    .await;
+    let addr = gw.addr_of("grpc");
+    let (mut send, _conn) = h2_client(addr).await;
+    paced_rapid_reset(&mut send, addr, 20, 10)
+        .await
+        .expect("no GOAWAY");
+    let req = Request::post(format!(
+        "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+    ))
+    .header("content-type", "application/grpc")
+    .body(())
+    .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("answered")
+        .expect("the connection still serves");
+    assert_eq!(resp.status(), 200);
+}
+
 /// An HTTP/2 client that grants no flow-control window (and keeps pinging) has each of its
 /// responses reset once a chunk has waited `send_timeout`; the connection goes on.
 #[tokio::test]

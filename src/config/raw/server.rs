@@ -72,7 +72,8 @@ pub struct RawServer {
 pub struct RawHttp2 {
     /// Stream resets (RST_STREAM) a client may send per `window`; one more ends the
     /// connection with GOAWAY `ENHANCE_YOUR_CALM`. Each reset stream may have started a
-    /// decision and an upstream exchange.
+    /// decision and an upstream exchange. Not counted for a decision door's own `peers`
+    /// (Envoy resets Checks as its timeouts fire, over the connection every client shares).
     pub max_resets: u32,
     /// PING and SETTINGS frames (not acknowledgements) a client may send per `window`; one
     /// more ends the connection with GOAWAY `ENHANCE_YOUR_CALM`. h2 answers each one.
