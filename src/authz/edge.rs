@@ -222,7 +222,14 @@ impl Cors {
             if rule_methods.is_empty() {
                 vec!["GET".into(), "HEAD".into(), "POST".into()]
             } else {
-                rule_methods.to_vec()
+                // Why: a rule's `GET` matches `HEAD` too, and a browser's preflight for a
+                // `HEAD` it was allowed to send was refused. Regression:
+                // tests::preflight_checks_origin_method_and_headers
+                let mut m = rule_methods.to_vec();
+                if m.iter().any(|m| m == "GET") && !m.iter().any(|m| m == "HEAD") {
+                    m.push("HEAD".into());
+                }
+                m
             }
         } else {
             raw.allowed_methods.clone()
@@ -450,6 +457,13 @@ impl PreflightRefusal {
 }
 
 /// An origin as browsers serialize it: `scheme://host[:port]`, lowercased.
+/// An allowed origin as browsers send it (RFC 6454 §6.1): `scheme://host[:port]`, lower
+/// case, without the scheme's default port (browsers leave it out, so `https://a.com:443`
+/// could never match).
+///
+/// Why the host and port are checked: `https://app.example.com:443`, `:abc`, `:99999` or a
+/// `\` were accepted and never matched any browser's `Origin`, silently refusing the real app.
+/// Regression: tests::wildcard_null_and_paths_are_not_origins
 fn check_origin(o: &str) -> Result<String, String> {
     let lower = o.trim().to_ascii_lowercase();
     if lower == "*" || lower == "null" {
@@ -457,19 +471,56 @@ fn check_origin(o: &str) -> Result<String, String> {
             "`{o}` is refused: name each origin (the allowed one is echoed, never a wildcard)"
         ));
     }
-    let rest = lower
-        .strip_prefix("https://")
-        .or_else(|| lower.strip_prefix("http://"))
-        .ok_or_else(|| format!("`{o}` is not an origin: expected `https://host[:port]`"))?;
-    if rest.is_empty()
-        || rest.contains(['/', '?', '#', '@', ' ', '*'])
-        || HeaderValue::from_str(&lower).is_err()
-    {
+    let not_origin = || format!("`{o}` is not an origin: expected `https://host[:port]`");
+    let (scheme, rest, default_port) = if let Some(r) = lower.strip_prefix("https://") {
+        ("https", r, "443")
+    } else if let Some(r) = lower.strip_prefix("http://") {
+        ("http", r, "80")
+    } else {
+        return Err(not_origin());
+    };
+    // `[v6]` or a name; then `:port`, if any.
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or_else(not_origin)?;
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(not_origin());
+        }
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(not_origin)?),
+        };
+        (&rest[..addr.len() + 2], port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    let name_ok = host.starts_with('[')
+        || (!host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+    if !name_ok {
         return Err(format!(
-            "`{o}` is not an origin: expected `https://host[:port]` without a path"
+            "`{o}` is not an origin: expected `https://host[:port]` without a path (a name in \
+             letters, digits, `-` and `.`; an international name in its `xn--` form)"
         ));
     }
-    Ok(lower)
+    let port = match port {
+        None => None,
+        Some(p) if p == default_port => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) && !p.starts_with('0') => {
+                Some(p)
+            }
+            _ => return Err(format!("`{o}` has no valid port (1 to 65535)")),
+        },
+    };
+    Ok(match port {
+        Some(p) => format!("{scheme}://{host}:{p}"),
+        None => format!("{scheme}://{host}"),
+    })
 }
 
 #[cfg(test)]
@@ -559,6 +610,27 @@ mod tests {
         }
         assert_eq!(c.allow_methods, "GET, PUT");
         assert_eq!(c.max_age.as_ref().unwrap(), "600");
+        // Without `allowed_methods`, the rule's methods, `HEAD` with `GET` (as the rule
+        // matches it).
+        let raw = RawCors {
+            allowed_origins: vec!["https://app.example.com".into()],
+            allowed_methods: Vec::new(),
+            allowed_headers: Vec::new(),
+            expose_headers: Vec::new(),
+            allow_credentials: false,
+            max_age: None,
+        };
+        let c = Cors::compile(&raw, &["GET".into(), "POST".into()]).unwrap();
+        assert_eq!(c.check_preflight(&origin, &Method::HEAD, None), Ok(()));
+        assert_eq!(
+            c.check_preflight(&origin, &Method::PUT, None),
+            Err(PreflightRefusal::Method)
+        );
+        let c = Cors::compile(&raw, &["POST".into()]).unwrap();
+        assert_eq!(
+            c.check_preflight(&origin, &Method::HEAD, None),
+            Err(PreflightRefusal::Method)
+        );
     }
 
     #[test]
@@ -569,13 +641,36 @@ mod tests {
             "app.example.com",
             "https://a.com/x",
             "https://",
+            "https://app.example.com:",
+            "https://app.example.com:99999",
+            "https://app.example.com:abc",
+            "https://app.example.com:0",
+            "https://app.example.com:+443",
+            "https://app.example.com\\evil",
+            "https://user@app.example.com",
+            "https://app.example.com?x",
+            "https://[::1",
+            "https://[zz]",
+            "https://[::1]x",
+            "https://bücher.example",
         ] {
             assert!(check_origin(bad).is_err(), "{bad}");
         }
-        assert_eq!(
-            check_origin("HTTPS://App.Example.com:8443").unwrap(),
-            "https://app.example.com:8443"
-        );
+        for (good, want) in [
+            (
+                "HTTPS://App.Example.com:8443",
+                "https://app.example.com:8443",
+            ),
+            // Browsers leave the default port out.
+            ("https://app.example.com:443", "https://app.example.com"),
+            ("http://h.test:80", "http://h.test"),
+            ("http://h.test:443", "http://h.test:443"),
+            ("https://[::1]:8443", "https://[::1]:8443"),
+            ("https://[::1]", "https://[::1]"),
+            ("http://localhost:8080", "http://localhost:8080"),
+        ] {
+            assert_eq!(check_origin(good).unwrap(), want, "{good}");
+        }
     }
 
     #[test]
