@@ -177,9 +177,12 @@ fn benches(c: &mut Criterion) {
     )
     .unwrap();
     let assertion = Assertion::compile(&raw, dir.path()).unwrap();
-    assert!(matches!(assertion.mint(&cx, 1_700_000_000), Ok(Some(_))));
+    assert!(matches!(
+        assertion.mint(&cx, 1_700_000_000, None),
+        Ok(Some(_))
+    ));
     c.bench_function("assertion_reused", |b| {
-        b.iter(|| assertion.mint(black_box(&cx), 1_700_000_000).is_ok());
+        b.iter(|| assertion.mint(black_box(&cx), 1_700_000_000, None).is_ok());
     });
     c.bench_function("assertion_sign_es256", |b| {
         b.iter(|| {

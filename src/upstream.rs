@@ -67,6 +67,8 @@ pub struct Upstream {
     pub host_header: HeaderValue,
     /// Forward the client's `Host`.
     pub preserve_host: bool,
+    /// The `aud` of the identity assertions sent to it, when not the global one.
+    pub assertion_audience: Option<Arc<str>>,
     /// Time from the end of the request body to the response head, and longest pause in
     /// the body (see [`crate::body::Progress`]).
     pub response_timeout: Duration,
@@ -295,6 +297,7 @@ impl Upstream {
             base_path: base_path.into(),
             host_header,
             preserve_host: raw.preserve_host,
+            assertion_audience: raw.assertion_audience.as_deref().map(Arc::from),
             response_timeout: raw.response_timeout,
             connect_timeout: raw.connect_timeout,
             idle_timeout: raw.idle_timeout.unwrap_or(BODY_IDLE_TIMEOUT),

@@ -68,6 +68,13 @@ impl Assertion {
     pub fn compile(raw: &RawAssertion, base_dir: &Path) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
         let header = match check_name(raw.header.as_deref().unwrap_or(DEFAULT_HEADER)) {
+            Ok(h)
+                if let Some(why) =
+                    super::identity::gateway_owned(&h).filter(|_| h != DEFAULT_HEADER) =>
+            {
+                errors.push(FieldError::new("header", format!("`{h}` {why}")));
+                None
+            }
             Ok(h) => Some(h),
             Err(m) => {
                 errors.push(FieldError::new("header", m));
@@ -161,7 +168,13 @@ impl Assertion {
     /// The assertion for an authenticated request (`Ok(None)` for an anonymous one).
     /// `Err` when it cannot be signed (logged): the request must not go upstream without
     /// the assertion an upstream may rely on.
-    pub fn mint(&self, cx: &Context<'_>, now: u64) -> Result<Option<HeaderValue>, MintFailed> {
+    /// `audience` replaces the configured one (an upstream's own `assertion_audience`).
+    pub fn mint(
+        &self,
+        cx: &Context<'_>,
+        now: u64,
+        audience: Option<&str>,
+    ) -> Result<Option<HeaderValue>, MintFailed> {
         let Some(principal) = cx.principal else {
             return Ok(None);
         };
@@ -178,7 +191,11 @@ impl Assertion {
             .filter(|&e| e < now + self.ttl.as_secs());
         let exp = capped.unwrap_or(now + self.ttl.as_secs());
         claims.insert("iss".into(), self.issuer.clone());
-        if let Some(aud) = &self.audience {
+        // The audience is part of the cache key (it is in `text`): an assertion minted for
+        // one upstream is never reused for another.
+        if let Some(aud) = audience {
+            claims.insert("aud".into(), Value::from(aud));
+        } else if let Some(aud) = &self.audience {
             claims.insert("aud".into(), aud.clone());
         }
         // A map of JSON values always serializes.

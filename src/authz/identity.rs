@@ -129,6 +129,24 @@ const RESERVED: &[&str] = &[
     "x-request-id",
 ];
 
+/// Why a name is the gateway's own to write, for an identity header or the assertion's:
+/// its namespace (the assertion, the doors' answers) or the trace context it writes after
+/// the identity headers. A delegate's header may be one (`check` warns instead).
+///
+/// Why: an assertion named `traceparent` never reached the upstream, and an identity header
+/// `x-portcullis-assertion` lost to the assertion, both silently.
+/// Regression: tests::reserved_names_are_refused
+pub fn gateway_owned(h: &HeaderName) -> Option<&'static str> {
+    let dashed = fold_name(h.as_str());
+    if dashed.starts_with("x-portcullis-") {
+        Some("is in the gateway's own namespace (x-portcullis-*); choose another name")
+    } else if dashed == "traceparent" || dashed == "tracestate" {
+        Some("is the trace context the gateway writes; choose another name")
+    } else {
+        None
+    }
+}
+
 // === impl Template ===
 
 impl Template {
@@ -390,6 +408,13 @@ impl IdentityHeaders {
         let mut folded: Vec<(String, &str)> = Vec::new();
         for (name, template) in pairs {
             let header = match check_name(name) {
+                // Why: the gateway's own names (the identity assertion, the doors' answers)
+                // won over an identity header spelled like them, silently.
+                // Regression: tests::reserved_names_are_refused
+                Ok(h) if let Some(why) = gateway_owned(&h) => {
+                    errors.push(FieldError::new(name.to_owned(), format!("`{name}` {why}")));
+                    continue;
+                }
                 Ok(h) => h,
                 Err(m) => {
                     errors.push(FieldError::new(name.to_owned(), m));
@@ -846,6 +871,16 @@ mod tests {
             assert!(check_name(n).is_err(), "{n}");
         }
         assert!(check_name("X-User-Id").is_ok());
+        for n in [
+            "x-portcullis-assertion",
+            "X_Portcullis_Status",
+            "traceparent",
+        ] {
+            assert!(
+                IdentityHeaders::compile([(n, "{principal.id}")]).is_err(),
+                "{n}"
+            );
+        }
     }
 
     /// What reads only the principal is rendered once per principal and kept with it; the

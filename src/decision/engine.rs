@@ -392,7 +392,14 @@ async fn decide_rule(
         }
     }
     if let Some(a) = &snapshot.assertion {
-        match a.mint(&cx, now) {
+        // Why: with one audience for all, an upstream could replay the assertion it was
+        // handed to every other upstream within its life. Regression: tests (it)
+        // assertion::each_upstream_gets_its_own_audience
+        let audience = rule
+            .upstream
+            .and_then(|i| snapshot.upstreams.get(i))
+            .and_then(|u| u.assertion_audience.as_deref());
+        match a.mint(&cx, now, audience) {
             Ok(Some(signed)) => identity.push((a.header.clone(), signed)),
             Ok(None) => {}
             // Fail closed: an upstream relying on the assertion must never see the request

@@ -398,3 +398,126 @@ async fn one_client_cannot_hold_the_admin_listener() {
     );
     drop(idle);
 }
+
+/// The assertion's header is no identity header (global or a rule's), and no identity header
+/// takes the gateway's own names (`x-portcullis-*`, trace context): `check` says which field,
+/// where the gateway's value won silently before.
+#[test]
+fn assertion_header_is_no_identity_header() {
+    let signing = SigningKey::generate(Algorithm::ES256, "gw-2").unwrap();
+    let assertion = |header: &str| {
+        format!(
+            "identity_assertion:\n  key_file: assertion.key\n  algorithm: ES256\n  kid: gw-2\n  issuer: https://gateway.test\n  audience: backend\n  header: {header}\n"
+        )
+    };
+    let policy = |identity: &str| {
+        format!(
+            "rules:\n  - {{name: all, match: {{paths: [\"/**\"]}}, effect: allow, anonymous: true, upstream: echo{identity}}}\n"
+        )
+    };
+    let cases = [
+        (
+            format!(
+                "{}identity_headers: {{x-user-id: \"{{principal.id}}\"}}\n",
+                assertion("x-user-id")
+            ),
+            policy(""),
+            "identity_assertion.header",
+        ),
+        (
+            assertion("x-user-id"),
+            policy(", identity_headers: {X_User_Id: \"{principal.id}\"}"),
+            "identity_headers.X_User_Id",
+        ),
+        (
+            assertion("traceparent"),
+            policy(""),
+            "identity_assertion.header",
+        ),
+        (
+            format!(
+                "{}identity_headers: {{x-portcullis-assertion: \"{{principal.id}}\"}}\n",
+                assertion("x-assertion")
+            ),
+            policy(""),
+            "identity_headers.x-portcullis-assertion",
+        ),
+        (
+            "identity_headers: {traceparent: \"{claims.tp}\"}\n".to_owned(),
+            policy(""),
+            "identity_headers.traceparent",
+        ),
+    ];
+    for (config, policy, field) in cases {
+        let cfg = crate::support::ConfigDir::new(&config);
+        cfg.write("assertion.key", signing.private_pem.expose().as_bytes());
+        cfg.write("policies/p.yaml", &policy);
+        let (code, text) = cfg.run("check", &[]);
+        assert_ne!(code, Some(0), "{config}{policy}: {text}");
+        assert!(text.contains(field), "{field}: {text}");
+    }
+    // Apart, they are fine.
+    let cfg = crate::support::ConfigDir::new(&format!(
+        "{}identity_headers: {{x-user-id: \"{{principal.id}}\"}}\n",
+        assertion("x-assertion")
+    ));
+    cfg.write("assertion.key", signing.private_pem.expose().as_bytes());
+    cfg.write("policies/p.yaml", policy(""));
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+}
+
+/// An upstream with its own `assertion_audience` gets assertions minted for it alone: the
+/// same caller's assertion for another upstream has the global audience, so neither upstream
+/// can replay what it was handed to the other.
+#[tokio::test]
+async fn each_upstream_gets_its_own_audience() {
+    let signing = SigningKey::generate(Algorithm::ES256, "gw-2").unwrap();
+    let policy = "rules:
+  - {name: orders, match: {paths: [\"/orders/**\"]}, effect: allow, authenticators: [users], upstream: orders}
+  - {name: api, match: {paths: [\"/api/**\"]}, effect: allow, authenticators: [users], upstream: echo}
+";
+    let gw = Setup {
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        files: vec![
+            ("hs.secret".into(), SECRET.to_vec()),
+            (
+                "assertion.key".into(),
+                signing.private_pem.expose().as_bytes().to_vec(),
+            ),
+        ],
+        upstreams: "  orders:\n    url: http://{echo}\n    assertion_audience: orders-api\n".into(),
+        extra: format!(
+            "{}identity_assertion:\n  key_file: assertion.key\n  algorithm: ES256\n  kid: gw-2\n  issuer: https://gateway.test\n  audience: backend\n",
+            crate::support::hs256_users("{}")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let (_, body) = gw.admin_get("/.well-known/jwks.json").await;
+    let set: JwkSet = serde_json::from_str(&body).unwrap();
+    let key = DecodingKey::from_jwk(set.find("gw-2").unwrap()).unwrap();
+    let t = crate::support::hs256_token(SECRET, &json!({"sub": "alice"}));
+    let auth = format!("Authorization: Bearer {t}\r\n");
+    let mut minted = Vec::new();
+    for (path, audience, other) in [
+        ("/orders/1", "orders-api", "backend"),
+        ("/api/1", "backend", "orders-api"),
+    ] {
+        assert_eq!(request(&gw, path, &auth).await, 200, "{path}");
+        let token = echoed_header(&gw.echo, "x-portcullis-assertion").expect("assertion sent");
+        let mut v = Validation::new(Algorithm::ES256);
+        v.set_issuer(&["https://gateway.test"]);
+        v.set_audience(&[audience]);
+        let claims = decode::<Value>(&token, &key, &v).expect(path).claims;
+        assert_eq!(claims["sub"], "alice");
+        v.set_audience(&[other]);
+        assert!(
+            decode::<Value>(&token, &key, &v).is_err(),
+            "{path}: accepted by an upstream expecting {other}"
+        );
+        minted.push(token);
+    }
+    assert_ne!(minted[0], minted[1]);
+}

@@ -298,6 +298,25 @@ pub(super) fn assertion(cx: &mut Cx<'_>) -> Option<Assertion> {
         let key = cx.path(&r.key_file);
         cx.watched.push(key);
     }
+    // Why: an assertion header that is also an identity header was overwritten by the
+    // identity value (or overwrote it), silently. Rules' identity headers: `rules::identity`.
+    // Regression: tests (it) assertion::assertion_header_is_no_identity_header
+    let header = raw
+        .header
+        .as_deref()
+        .unwrap_or(crate::authz::assertion::DEFAULT_HEADER);
+    let fold = crate::authz::identity::fold_name(header);
+    if loaded
+        .raw
+        .identity_headers
+        .keys()
+        .any(|k| crate::authz::identity::fold_name(k) == fold)
+    {
+        cx.error(
+            "identity_assertion.header",
+            format!("`{header}` is also an identity header: name the assertion's header apart"),
+        );
+    }
     match Assertion::compile(raw, &loaded.base_dir) {
         Ok(a) => Some(a),
         Err(es) => {

@@ -669,6 +669,21 @@ fn identity(
         cx.diags
             .extend(es.into_iter().map(|e| at.field("identity_headers", e)));
     }
+    if let Some(a) = &loaded.raw.identity_assertion {
+        let header = a
+            .header
+            .as_deref()
+            .unwrap_or(crate::authz::assertion::DEFAULT_HEADER);
+        let fold = crate::authz::identity::fold_name(header);
+        for k in r.identity_headers.keys() {
+            if crate::authz::identity::fold_name(k) == fold {
+                cx.diags.push(at.at(
+                    &format!("identity_headers.{k}"),
+                    format!("`{k}` is the identity assertion's header: choose another name"),
+                ));
+            }
+        }
+    }
     let mut merged: Vec<(String, &str)> = loaded
         .raw
         .identity_headers

@@ -70,6 +70,17 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
                     .to_owned(),
             );
         }
+        if let Some(aud) = &raw.assertion_audience {
+            let field = format!("upstreams.{name}.assertion_audience");
+            if aud.trim().is_empty() {
+                cx.error(&field, "must not be empty".into());
+            } else if loaded.raw.identity_assertion.is_none() {
+                cx.warn(
+                    &field,
+                    "has no effect without `identity_assertion`".to_owned(),
+                );
+            }
+        }
         match Upstream::build(name, raw, &loaded.base_dir, prev.map(|u| &**u)) {
             Ok(u) => {
                 out.index.insert(name.clone(), out.list.len());

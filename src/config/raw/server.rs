@@ -191,6 +191,11 @@ pub struct RawUpstream {
     /// Forward the client's `Host` instead of the upstream's authority.
     #[serde(default)]
     pub preserve_host: bool,
+    /// The `aud` of the identity assertions sent to this upstream, instead of
+    /// `identity_assertion.audience`: an upstream that checks it cannot be handed an
+    /// assertion minted for another (which it could replay within the assertion's life).
+    #[serde(default)]
+    pub assertion_audience: Option<String>,
     /// PEM file of CA certificates trusted for an https upstream (instead of the public
     /// roots): a private CA. Watched: a change reconnects with the new trust.
     #[serde(default)]
