@@ -333,12 +333,18 @@ impl Rule {
             || (!self.methods.0.is_empty()
                 && self.methods.0.iter().all(|m| earlier.methods.0.contains(m)));
         let fold = earlier.folds_case();
+        // Why: a rule whose literals fold (a deny rule) matches `/REPORTS` where an earlier
+        // exact `/reports` does not: `check` called such a deny rule dead, and an operator
+        // deleting it lost that denial. Regression: tests::a_folding_rule_is_not_shadowed_by_an_exact_one
+        let wider = self.folds_case() && !fold;
         let paths = earlier.paths.is_empty()
             || (!self.paths.is_empty()
-                && self
-                    .paths
-                    .iter()
-                    .all(|b| earlier.paths.iter().any(|a| a.covers(b, fold))));
+                && self.paths.iter().all(|b| {
+                    earlier
+                        .paths
+                        .iter()
+                        .any(|a| a.covers(b, fold) && !(wider && a.has_literal()))
+                }));
         // Every context value `earlier` asks for, this rule asks for too.
         let context = earlier
             .context
@@ -486,10 +492,17 @@ impl PathPattern {
         })
     }
 
-    /// Whether the canonical `path` matches. A trailing slash is a segment of its own: `/a/`
-    /// matches `/a/**` but not the exact `/a` (unless case folds: [`Self::matches_case`]).
+    /// Whether the canonical `path` matches. An exact pattern takes one trailing slash (`/a`
+    /// matches `/a/`, as many frameworks serve it); `/a/**` matches `/a` and `/a/` too.
     pub fn matches(&self, path: &str) -> bool {
         self.matches_case(path, false)
+    }
+
+    /// Whether some segment is a literal.
+    pub fn has_literal(&self) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s, Segment::Literal(_)))
     }
 
     /// The first segment when it is a literal, ASCII-lowercased (lint bucketing).
@@ -560,7 +573,7 @@ impl PathPattern {
 
     /// [`Self::matches`], comparing literal segments ASCII-case-insensitively when `fold_case`
     /// (deny rules, and allow rules for an upstream that ignores case), and then also reading
-    /// names as Windows does and an exact pattern with one trailing slash.
+    /// names as Windows does.
     pub fn matches_case(&self, path: &str, fold_case: bool) -> bool {
         let mut segs = path.strip_prefix('/').unwrap_or(path).split('/');
         for pat in &*self.segments {
@@ -590,11 +603,11 @@ impl PathPattern {
         match segs.next() {
             None => true,
             // The root pattern `/` matches the root path. Why the other exact patterns take
-            // one trailing slash where case folds: Express, ASP.NET Core, Rails and older
-            // Spring serve `/admin/` from `/admin`'s handler, and `/admin/` slipped past a
-            // deny rule for `/admin` to a catch-all allow.
-            // Regression: tests::deny_rules_take_a_trailing_slash
-            Some("") => segs.next().is_none() && (self.segments.is_empty() || fold_case),
+            // one trailing slash: Express, ASP.NET Core, Rails and older Spring serve
+            // `/admin/` from `/admin`'s handler, and `/admin/` slipped past a deny rule for
+            // `/admin`, or an allow rule's requirements, to a catch-all allow.
+            // Regression: tests::exact_patterns_take_a_trailing_slash
+            Some("") => segs.next().is_none(),
             Some(_) => false,
         }
     }
@@ -806,7 +819,8 @@ mod tests {
     fn path_patterns() {
         let cases: &[(&str, &str, bool)] = &[
             ("/a", "/a", true),
-            ("/a", "/a/", false),
+            ("/a", "/a/", true),
+            ("/a", "/a//", false),
             ("/a", "/ab", false),
             ("/a", "/a/b", false),
             ("/a/**", "/a", true),
@@ -896,16 +910,17 @@ mod tests {
     }
 
     #[test]
-    fn deny_rules_take_a_trailing_slash() {
+    fn exact_patterns_take_a_trailing_slash() {
         let cases: &[(&str, &str, bool, bool)] = &[
             // pattern, path, matches when folding, when not
             ("/admin", "/admin", true, true),
-            ("/admin", "/admin/", true, false),
+            ("/admin", "/admin/", true, true),
             ("/admin", "/ADMIN/", true, false),
             ("/admin", "/admin./", true, false),
-            ("/admin", "/admin//", false, false),
             ("/admin", "/admin/x", false, false),
-            ("/users/{id}", "/users/7/", true, false),
+            ("/admin", "/adminx", false, false),
+            ("/users/{id}", "/users/7/", true, true),
+            ("/users/{id}", "/users/", false, false),
             ("/", "/", true, true),
             ("/admin/**", "/admin/", true, true),
         ];
@@ -993,6 +1008,16 @@ mod tests {
         let exact = with_hosts("e", Effect::Allow, "a.b.internal.example");
         assert!(exact.overlaps(&internal));
         assert!(!exact.overlaps(&with_hosts("w", Effect::Allow, "*.internal.example")));
+    }
+
+    #[test]
+    fn a_folding_rule_is_not_shadowed_by_an_exact_one() {
+        let allow = rule("reports", &["/reports"], Effect::Allow, &[]);
+        let deny = rule("reports-deny", &["/reports"], Effect::Deny, &[]);
+        assert!(!deny.shadowed_by(&allow), "the deny rule decides /REPORTS");
+        assert!(deny.shadowed_by(&rule("d", &["/reports"], Effect::Deny, &[])));
+        assert!(deny.shadowed_by(&rule("any", &["/**"], Effect::Allow, &[])));
+        assert!(allow.shadowed_by(&rule("a", &["/reports"], Effect::Allow, &[])));
     }
 
     /// Regression: a deny rule on `*.internal.example` was passed by a deeper name, and a
