@@ -6,6 +6,7 @@
 //! read the other one); a malformed `Authorization: Bearer` value is a credential that fails,
 //! never an absent one, so it cannot fall through to anonymous access.
 
+use crate::authz::expr::QueryNameReadings;
 use std::borrow::Cow;
 
 use http::{HeaderMap, HeaderName, header};
@@ -207,9 +208,9 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Found<'a> {
         // while the upstream could read FORGED (which no strip removes). Another spelling
         // beside the credential is a second credential. Regression:
         // tests::credentials_in_other_spellings_conflict
-        _ if headers.keys().any(|k| {
-            k != name && k.as_str().contains('_') && same_dashed(k.as_str(), name.as_str())
-        }) =>
+        _ if headers
+            .keys()
+            .any(|k| k != name && same_dashed(k.as_str(), name.as_str())) =>
         {
             Found::Conflict
         }
@@ -227,15 +228,17 @@ fn same_dashed(a: &str, b: &str) -> bool {
 }
 
 /// Whether some upstream reads the cookie named `k` (as sent) as the cookie `name`, though
-/// `k` is not `name`: the same name in another case (ASP.NET Core) or percent-encoded (PHP).
-fn cookie_read_as(k: &[u8], name: &str) -> bool {
-    if k == name.as_bytes() {
+/// `k` is not `name`: the same name in another case (ASP.NET Core), percent-encoded, or with
+/// PHP's folds (`laravel.session` and `laravel session` are `laravel_session`, `name[a]` an
+/// array), as query names fold.
+fn cookie_read_as(k: &[u8], name: &QueryNameReadings<'_>) -> bool {
+    if k == name.name().as_bytes() {
         return false;
     }
     let Ok(k) = std::str::from_utf8(k) else {
         return false;
     };
-    decode(k).is_some_and(|d| d.eq_ignore_ascii_case(name))
+    decode(k).is_some_and(|d| name.may_be(&d))
 }
 
 /// Every `name=value` pair over all `Cookie` headers (RFC 6265 §5.4); repeated names must agree.
@@ -273,15 +276,16 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Found<'a> {
     // FORGED (and only `session` is stripped). Another spelling beside the credential is a
     // second credential; looked for only once one is found.
     // Regression: tests::credentials_in_other_spellings_conflict
-    if found.is_some()
-        && headers.get_all(header::COOKIE).iter().any(|value| {
+    if found.is_some() && {
+        let readings = QueryNameReadings::of(name);
+        headers.get_all(header::COOKIE).iter().any(|value| {
             value
                 .as_bytes()
                 .split(|b| *b == b';' || *b == b',')
                 .filter_map(|pair| pair.iter().position(|b| *b == b'=').map(|eq| &pair[..eq]))
-                .any(|k| cookie_read_as(k.trim_ascii(), name))
+                .any(|k| cookie_read_as(k.trim_ascii(), &readings))
         })
-    {
+    } {
         return Found::Conflict;
     }
     match found {
@@ -312,18 +316,23 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Found<'a> {
     // Why: frameworks read other spellings as the same parameter (PHP `api.key` and
     // `api key` as `api_key`, arrays `api_key[]`, ASP.NET any case), so with
     // `?api_key=K1&api.key=FORGED` the gateway verified K1 while the upstream could read
-    // FORGED. Another spelling beside the credential is a second credential (an undecodable
-    // name could be any); looked for only once one is found.
+    // FORGED. Another spelling beside the credential is a second credential (a name that
+    // does not decode is read as itself, never as an ASCII name); looked for only once one
+    // is found.
     // Regression: tests::credentials_in_other_spellings_conflict
-    if found.is_some()
-        && query.split('&').any(|pair| {
-            let k = pair.split_once('=').map_or(pair, |(k, _)| k);
-            match decode(k) {
-                None => true,
-                Some(k) => *k != *name && crate::authz::expr::query_names_may_be_one(&k, name),
-            }
+    // And Rack 2 and older Python split on `;` as well: `?a=1;api_key=F&api_key=K1` carries a
+    // second credential the `&` reading does not see.
+    if found.is_some() && {
+        let readings = QueryNameReadings::of(name);
+        query.split('&').any(|pair| {
+            pair.split(';').enumerate().any(|(i, piece)| {
+                let k = piece.split_once('=').map_or(piece, |(k, _)| k);
+                // The first piece's exact name is the credential read above.
+                decode(k)
+                    .is_some_and(|k| (i > 0 && *k == *name) || (*k != *name && readings.may_be(&k)))
+            })
         })
-    {
+    } {
         return Found::Conflict;
     }
     match found {
@@ -596,6 +605,10 @@ mod tests {
         ))];
         let cookie = [CredentialSource::Cookie("session".into())];
         let query = [CredentialSource::Query("api_key".into())];
+        let php = [CredentialSource::Cookie("laravel_session".into())];
+        let underscored = [CredentialSource::Header(HeaderName::from_static(
+            "x_api_key",
+        ))];
         // (sources, headers, query, found)
         let cases: &[Case<'_>] = &[
             (
@@ -649,6 +662,42 @@ mod tests {
                 tok("k1"),
             ),
             (&cookie, &[("cookie", "SESSION=f")], None, Found::Nothing),
+            (
+                &cookie,
+                &[("cookie", "session.=f; session=k1")],
+                None,
+                tok("k1"),
+            ),
+            (
+                &php,
+                &[("cookie", "laravel.session=f; laravel_session=k1")],
+                None,
+                Found::Conflict,
+            ),
+            (
+                &php,
+                &[("cookie", "laravel session=f; laravel_session=k1")],
+                None,
+                Found::Conflict,
+            ),
+            (
+                &php,
+                &[("cookie", "laravel_session[a]=f; laravel_session=k1")],
+                None,
+                Found::Conflict,
+            ),
+            (
+                &php,
+                &[("cookie", "laravel_session=k1; a%zz=1")],
+                None,
+                tok("k1"),
+            ),
+            (
+                &underscored,
+                &[("x_api_key", "k1"), ("x-api-key", "f")],
+                None,
+                Found::Conflict,
+            ),
             (&query, &[], Some("api_key=k1&api.key=f"), Found::Conflict),
             (&query, &[], Some("api_key=k1&api%20key=f"), Found::Conflict),
             (&query, &[], Some("api_key=k1&API_KEY=f"), Found::Conflict),
@@ -658,7 +707,21 @@ mod tests {
                 Some("api_key=k1&api_key%5B%5D=f"),
                 Found::Conflict,
             ),
-            (&query, &[], Some("api_key=k1&%zz=1"), Found::Conflict),
+            (
+                &query,
+                &[],
+                Some("a=1;api_key=f&api_key=k1"),
+                Found::Conflict,
+            ),
+            (
+                &query,
+                &[],
+                Some("api_key=k1&x=1;API.KEY=f"),
+                Found::Conflict,
+            ),
+            // Read as themselves: never `api_key`.
+            (&query, &[], Some("api_key=k1&%zz=1&caf%E9=1"), tok("k1")),
+            (&query, &[], Some("api_key=k1;x=1"), tok("k1;x=1")),
             (
                 &query,
                 &[],

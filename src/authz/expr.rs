@@ -714,16 +714,38 @@ impl QueryName {
     }
 }
 
-/// Whether some upstream framework may read the (decoded) query names `a` and `b` as one
-/// parameter: the folds of [`QueryName`] (PHP's `.` and space, arrays, ASP.NET's case…).
-pub fn query_names_may_be_one(a: &str, b: &str) -> bool {
-    let (a1, a2) = QueryName::readings(a);
-    let (b1, b2) = QueryName::readings(b);
-    let bs = [Some(&b1), b2.as_ref()];
-    [Some(&a1), a2.as_ref()]
-        .into_iter()
-        .flatten()
-        .any(|x| bs.into_iter().flatten().any(|y| x.may_be(y)))
+/// A (decoded) query name as upstream frameworks may read it ([`QueryName`]: PHP's `.` and
+/// space, arrays, ASP.NET's case…), read once to compare with many names.
+#[derive(Debug)]
+pub struct QueryNameReadings<'a> {
+    name: &'a str,
+    readings: (QueryName, Option<QueryName>),
+}
+
+impl<'a> QueryNameReadings<'a> {
+    /// The readings of `name`.
+    pub fn of(name: &'a str) -> Self {
+        Self {
+            name,
+            readings: QueryName::readings(name),
+        }
+    }
+
+    /// The name as given.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// Whether some framework may read `other` (decoded) and this name as one parameter.
+    pub fn may_be(&self, other: &str) -> bool {
+        let (b1, b2) = QueryName::readings(other);
+        let (a1, a2) = &self.readings;
+        let bs = [Some(&b1), b2.as_ref()];
+        [Some(a1), a2.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|x| bs.into_iter().flatten().any(|y| x.may_be(y)))
+    }
 }
 
 /// Finds what `e` reads of `request.query` and `request.headers` (see [`RequestReads`]):
