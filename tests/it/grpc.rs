@@ -765,13 +765,27 @@ fn query_credential_behind_an_http_door_is_a_warning() {
     assert_eq!(code, Some(0), "a warning, not an error: {text}");
     assert!(
         text.contains("authenticators.users.jwt.from[1]")
-            && text.contains("`access_token` is not stripped behind `nginx`"),
+            && text.contains("`access_token` is not removed behind `nginx`"),
         "{text}"
     );
     // A cookie is cut out of `Cookie` only if the forward-auth peer applies the answer.
     assert!(
         text.contains("authenticators.users.jwt.from[2]")
             && text.contains("cookie `session` is stripped behind `nginx` only if"),
+        "{text}"
+    );
+    // A query credential is never forwarded by the gateway, whatever `strip` says; the peer
+    // forwards it all the same.
+    let yaml = std::fs::read_to_string(cfg.dir.path().join("portcullis.yaml")).unwrap();
+    std::fs::write(
+        cfg.dir.path().join("portcullis.yaml"),
+        yaml.replace("    jwt:\n", "    jwt:\n      strip: false\n"),
+    )
+    .unwrap();
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("`access_token` is not removed behind `nginx`"),
         "{text}"
     );
 }

@@ -126,11 +126,13 @@ fn credentials_at_http_doors(cx: &mut Cx<'_>) {
             continue;
         };
         for (i, source) in from.iter().enumerate() {
-            if let (true, RawCredentialSource::Query(q)) = (strip, source) {
+            // Whatever `strip` says: the rule's query credentials never leave the gateway's
+            // own target, but these peers forward theirs.
+            if let RawCredentialSource::Query(q) = source {
                 cx.warn(
                     &format!("authenticators.{name}.{kind}.from[{i}]"),
                     format!(
-                        "the credential in query parameter `{q}` is not stripped behind {}: Envoy's HTTP mode and forward-auth peers cannot remove a query parameter, so their upstream receives it (the proxy and envoy_grpc doors remove it)",
+                        "the credential in query parameter `{q}` is not removed behind {}: Envoy's HTTP mode and forward-auth peers cannot remove a query parameter, so their upstream receives it (the proxy and envoy_grpc doors remove it)",
                         doors.join(", ")
                     ),
                 );
