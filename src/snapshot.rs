@@ -248,6 +248,8 @@ pub struct ServerSettings {
 pub struct Http2Limits {
     /// Client RST_STREAM frames per window.
     pub max_resets: u32,
+    /// The same from a decision door's configured peers.
+    pub max_peer_resets: u32,
     /// Client PING and SETTINGS frames (not acknowledgements) per window.
     pub max_control_frames: u32,
     /// The counting window.

@@ -275,6 +275,7 @@ mod tests {
     fn limits(max_resets: u32) -> Http2Limits {
         Http2Limits {
             max_resets,
+            max_peer_resets: max_resets,
             max_control_frames: 3,
             window: Duration::from_secs(60),
         }

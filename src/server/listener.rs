@@ -160,11 +160,12 @@ impl<H: Handler> AcceptLoop<H> {
             // connection and resets a Check when its timeout fires or its client leaves; past
             // `max_resets` the GOAWAY dropped every other Check in flight on it (Envoy then
             // applies `status_on_error`, or allows with `failure_mode_allow`), and a client of
-            // Envoy's could cause it by resetting its own requests. The peer bounds its own
-            // clients' resets; everyone else keeps the limit.
+            // Envoy's could cause it by resetting its own requests. A peer has a limit of its
+            // own, far higher (a process that is not Envoy but shares its address is still
+            // bounded); everyone else keeps `max_resets`.
             // Regression: tests (it) abuse::a_door_peer_may_reset_many_checks
             if door_peer {
-                server.http2.max_resets = u32::MAX;
+                server.http2.max_resets = server.http2.max_peer_resets;
             }
             drop(snapshot);
             let shared = Arc::clone(&self.shared);

@@ -318,6 +318,7 @@ mod tests {
         assert!(socket.is_write_vectored());
         let limits = Http2Limits {
             max_resets: 10,
+            max_peer_resets: 10,
             max_control_frames: 10,
             window: Duration::from_secs(1),
         };

@@ -29,15 +29,27 @@ async fn paced_rapid_reset(
     addr: std::net::SocketAddr,
     batches: usize,
     batch: usize,
+    check: bool,
 ) -> Result<(), h2::Error> {
     for _ in 0..batches {
         let mut streams = Vec::with_capacity(batch);
         for _ in 0..batch {
             *send = send.clone().ready().await?;
-            let req = Request::get(format!("http://{addr}/reset"))
+            // At a decision door, a Check whose message has not arrived: in flight until
+            // reset, never answered first.
+            let req = if check {
+                Request::post(format!(
+                    "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+                ))
+                .header("content-type", "application/grpc")
                 .body(())
-                .unwrap();
-            let (_resp, stream) = send.send_request(req, true)?;
+                .unwrap()
+            } else {
+                Request::get(format!("http://{addr}/reset"))
+                    .body(())
+                    .unwrap()
+            };
+            let (_resp, stream) = send.send_request(req, !check)?;
             streams.push(stream);
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -60,7 +72,9 @@ async fn paced_rapid_reset_reuses_upstream_connections() {
         .await;
     let addr = gw.addr();
     let (mut send, _conn) = h2_client(addr).await;
-    paced_rapid_reset(&mut send, addr, 40, 10).await.unwrap();
+    paced_rapid_reset(&mut send, addr, 40, 10, false)
+        .await
+        .unwrap();
     // The connection still serves.
     let req = Request::get(format!("http://{addr}/after"))
         .body(())
@@ -92,7 +106,7 @@ async fn paced_rapid_reset_gets_goaway() {
     let addr = gw.addr();
     let (mut send, conn) = h2_client(addr).await;
     // 200 resets; the client's sends fail once the GOAWAY has arrived.
-    let _ = paced_rapid_reset(&mut send, addr, 20, 10).await;
+    let _ = paced_rapid_reset(&mut send, addr, 20, 10, false).await;
     let ended = tokio::time::timeout(Duration::from_secs(5), conn)
         .await
         .expect("connection closed by the gateway")
@@ -112,7 +126,7 @@ async fn paced_rapid_reset_gets_goaway() {
 /// A decision door's peer (Envoy) resets a Check when its timeout fires or its client
 /// leaves, over the one connection that carries everyone's Checks: past `max_resets` that is
 /// not abuse, and the connection goes on serving (the proxy door's clients keep the limit:
-/// `paced_rapid_reset_gets_goaway`).
+/// `paced_rapid_reset_gets_goaway`); past `max_peer_resets`, it is.
 #[tokio::test]
 async fn a_door_peer_may_reset_many_checks() {
     let gw = Setup {
@@ -124,7 +138,7 @@ async fn a_door_peer_may_reset_many_checks() {
     .await;
     let addr = gw.addr_of("grpc");
     let (mut send, _conn) = h2_client(addr).await;
-    paced_rapid_reset(&mut send, addr, 20, 10)
+    paced_rapid_reset(&mut send, addr, 20, 10, true)
         .await
         .expect("no GOAWAY");
     let req = Request::post(format!(
@@ -139,6 +153,23 @@ async fn a_door_peer_may_reset_many_checks() {
         .expect("answered")
         .expect("the connection still serves");
     assert_eq!(resp.status(), 200);
+    // A peer has its own limit all the same: past `max_peer_resets`, GOAWAY.
+    let gw = Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    http2: true\n    door: {envoy_grpc: {}}\n".into(),
+        ..Setup::default()
+    }
+    .server("  http2: {max_resets: 10, max_peer_resets: 50, window: 10s}\n")
+    .start()
+    .await;
+    let addr = gw.addr_of("grpc");
+    let (mut send, _conn) = h2_client(addr).await;
+    let _ = paced_rapid_reset(&mut send, addr, 20, 10, true).await;
+    let tripped = crate::support::eventually(Duration::from_secs(5), || async {
+        let (_, metrics) = gw.admin_get("/metrics").await;
+        metrics.contains(r#"portcullis_connection_limits_total{limit="http2_resets"} 1"#)
+    })
+    .await;
+    assert!(tripped, "no GOAWAY past max_peer_resets");
 }
 
 /// An HTTP/2 client that grants no flow-control window (and keeps pinging) has each of its

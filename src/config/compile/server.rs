@@ -86,6 +86,7 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> (ServerSettings, Vec<NamePattern>) {
         request_id_header,
         http2: crate::snapshot::Http2Limits {
             max_resets: s.http2.max_resets,
+            max_peer_resets: s.http2.max_peer_resets,
             max_control_frames: s.http2.max_control_frames,
             window: s.http2.window,
         },

@@ -72,9 +72,13 @@ pub struct RawServer {
 pub struct RawHttp2 {
     /// Stream resets (RST_STREAM) a client may send per `window`; one more ends the
     /// connection with GOAWAY `ENHANCE_YOUR_CALM`. Each reset stream may have started a
-    /// decision and an upstream exchange. Not counted for a decision door's own `peers`
-    /// (Envoy resets Checks as its timeouts fire, over the connection every client shares).
+    /// decision and an upstream exchange. A decision door's own `peers` have
+    /// `max_peer_resets` instead.
     pub max_resets: u32,
+    /// Stream resets per `window` from a decision door's configured `peers`: Envoy resets a
+    /// Check when its timeout fires or its client leaves, over the one connection every
+    /// client's Checks share, so `max_resets` would drop them all with the GOAWAY.
+    pub max_peer_resets: u32,
     /// PING and SETTINGS frames (not acknowledgements) a client may send per `window`; one
     /// more ends the connection with GOAWAY `ENHANCE_YOUR_CALM`. h2 answers each one.
     pub max_control_frames: u32,
@@ -88,6 +92,7 @@ impl Default for RawHttp2 {
     fn default() -> Self {
         Self {
             max_resets: 200,
+            max_peer_resets: 20_000,
             max_control_frames: 1000,
             window: Duration::from_secs(10),
         }
