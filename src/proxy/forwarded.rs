@@ -2,7 +2,7 @@
 //!
 //! Invariant: from a peer that is not a trusted proxy, every such header the client sent is
 //! replaced, so a client can never choose the address or scheme an upstream believes. From a
-//! trusted proxy the chain is extended.
+//! trusted proxy the chain is extended, but the host is always the one the rules matched.
 
 use std::net::IpAddr;
 
@@ -81,9 +81,14 @@ pub fn apply(headers: &mut HeaderMap, origin: &Origin) {
         if !headers.contains_key(&XFP) {
             headers.insert(XFP, HeaderValue::from_static(proto));
         }
-        if !headers.contains_key(&XFH) {
-            headers.insert(XFH, host.clone());
-        }
+        // Why: the rules matched the request's own host; a trusted proxy that passes its
+        // client's `X-Forwarded-Host: admin.example` (or `Forwarded: host=`) on had the
+        // upstream's framework (Django's USE_X_FORWARDED_HOST, Express's trust proxy,
+        // Spring's ForwardedHeaderFilter) act on a host no rule decided. The host is the
+        // decided one, as the decision doors already say. Regression:
+        // tests::trusted_peer_hosts_are_the_decided_one
+        headers.insert(XFH, host.clone());
+        without_hosts(headers);
         let element = forwarded_element(origin.peer, peer_text, proto, host_text);
         append_list(headers, FORWARDED, &element);
     } else {
@@ -104,6 +109,79 @@ pub fn apply(headers: &mut HeaderMap, origin: &Origin) {
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
     };
     headers.insert(X_REAL_IP, real_ip);
+}
+
+/// Drops every `host=` parameter from the `Forwarded` elements (RFC 7239 §4: elements by
+/// `,`, pairs by `;`, values may be quoted strings holding either); one it cannot read whole
+/// (an unterminated quote) is dropped entirely.
+fn without_hosts(headers: &mut HeaderMap) {
+    if !headers.contains_key(&FORWARDED) {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in headers.get_all(&FORWARDED) {
+        if !joined.is_empty() {
+            joined.push(b',');
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    let kept = split_unquoted(&joined, b',').and_then(|elements| {
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for element in elements {
+            let pairs = split_unquoted(element, b';')?;
+            let pairs: Vec<&[u8]> = pairs
+                .into_iter()
+                .map(<[u8]>::trim_ascii)
+                .filter(|p| {
+                    !p.is_empty()
+                        && !p
+                            .split(|b| *b == b'=')
+                            .next()
+                            .is_some_and(|n| n.trim_ascii().eq_ignore_ascii_case(b"host"))
+                })
+                .collect();
+            if !pairs.is_empty() {
+                out.push(pairs.join(&b';'));
+            }
+        }
+        Some(out.join(&b", "[..]))
+    });
+    match kept.filter(|k| !k.is_empty()) {
+        Some(k) => match HeaderValue::from_maybe_shared(bytes::Bytes::from(k)) {
+            Ok(v) => {
+                headers.insert(FORWARDED, v);
+            }
+            Err(_) => {
+                headers.remove(FORWARDED);
+            }
+        },
+        None => {
+            headers.remove(FORWARDED);
+        }
+    }
+}
+
+/// `bytes` split at `sep` outside quoted strings (`\` escapes inside them); `None` when a
+/// quote is left open.
+fn split_unquoted(bytes: &[u8], sep: u8) -> Option<Vec<&[u8]>> {
+    let (mut out, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        } else if b == sep && !quoted {
+            out.push(&bytes[start..i]);
+            start = i + 1;
+        }
+    }
+    if quoted {
+        return None;
+    }
+    out.push(&bytes[start..]);
+    Some(out)
 }
 
 /// Sets a header from an owned string without copying it again.
@@ -217,6 +295,34 @@ mod tests {
             "for=192.0.2.1;proto=http;host=\"app.example\""
         );
         assert_eq!(h[&X_REAL_IP], "192.0.2.1");
+    }
+
+    #[test]
+    fn trusted_peer_hosts_are_the_decided_one() {
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let client: IpAddr = "1.1.1.1".parse().unwrap();
+        for (sent, want) in [
+            (
+                "for=1.1.1.1;host=admin.example;proto=https",
+                "for=1.1.1.1;proto=https, for=10.0.0.1;proto=http;host=\"app\"",
+            ),
+            (
+                "for=\"[::1]\";HOST=\"a;b,c\", host=x",
+                "for=\"[::1]\", for=10.0.0.1;proto=http;host=\"app\"",
+            ),
+            // Unreadable: nothing of it is kept.
+            (
+                "for=1.1.1.1;host=\"admin",
+                "for=10.0.0.1;proto=http;host=\"app\"",
+            ),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(XFH, "admin.example".parse().unwrap());
+            h.insert(FORWARDED, sent.parse().unwrap());
+            apply(&mut h, &origin(peer, true, client, "app"));
+            assert_eq!(h[&XFH], "app", "{sent}");
+            assert_eq!(h[&FORWARDED], want, "{sent}");
+        }
     }
 
     #[test]
