@@ -182,6 +182,7 @@ fn counts_as_failure(kind: DenyKind) -> bool {
             | DenyKind::RateLimitUnavailable
             | DenyKind::AuthnUnavailable
             | DenyKind::DelegateUnavailable
+            | DenyKind::AssertionUnavailable
     )
 }
 
@@ -403,8 +404,13 @@ async fn decide_rule(
             Ok(Some(signed)) => identity.push((a.header.clone(), signed)),
             Ok(None) => {}
             // Fail closed: an upstream relying on the assertion must never see the request
-            // without it.
-            Err(_) => return deny_principal(rule, DenyKind::AuthnUnavailable, principal.as_ref()),
+            // without it. Why its own kind: as `AuthnUnavailable` the gRPC door answered a
+            // gRPC error, which Envoy's `failure_mode_allow` turns into an allow, without the
+            // assertion. (No test makes a loaded key fail to sign; the gRPC door's match on
+            // `AuthnUnavailable` alone is what keeps this a denied response.)
+            Err(_) => {
+                return deny_principal(rule, DenyKind::AssertionUnavailable, principal.as_ref());
+            }
         }
     }
     let mut mutation = super::HeaderMutation::compute(

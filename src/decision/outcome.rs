@@ -97,6 +97,10 @@ pub enum DenyKind {
     DelegateUnavailable,
     /// The rule's rate limit could not ask Redis and fails closed (503).
     RateLimitUnavailable,
+    /// The identity assertion an upstream may rely on could not be signed (503). A denial
+    /// the gateway made, never "could not decide": at the gRPC door Envoy's
+    /// `failure_mode_allow` must not let the request on without it.
+    AssertionUnavailable,
     /// Allowed on its canonical path at a decision door whose peer forwards the path as sent,
     /// with `.`, `..` or empty segments (400, `non_canonical_path`): the upstream would get
     /// another path than the one decided on.
@@ -269,7 +273,7 @@ impl DenyKind {
             Self::NoRule | Self::Forbidden | Self::Unmet(_) | Self::DelegateDenied => {
                 StatusCode::FORBIDDEN
             }
-            Self::DelegateUnavailable | Self::RateLimitUnavailable => {
+            Self::DelegateUnavailable | Self::RateLimitUnavailable | Self::AssertionUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::MissingCredential | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
@@ -303,6 +307,7 @@ impl DenyKind {
             Self::DelegateDenied => "delegate_denied",
             Self::DelegateUnavailable => "delegate_unavailable",
             Self::RateLimitUnavailable => "rate_limit_unavailable",
+            Self::AssertionUnavailable => "assertion_unavailable",
             Self::NonCanonicalPath => "non_canonical_path",
         }
     }
@@ -324,6 +329,7 @@ impl DenyKind {
             | Self::DelegateDenied
             | Self::DelegateUnavailable
             | Self::RateLimitUnavailable
+            | Self::AssertionUnavailable
             | Self::NonCanonicalPath => None,
         }
     }

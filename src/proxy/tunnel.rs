@@ -372,7 +372,9 @@ async fn recheck(r: &Recheckable) -> Verdict {
         Decision::Deny(d) => {
             use crate::decision::DenyKind;
             match d.kind {
-                DenyKind::AuthnUnavailable | DenyKind::DelegateUnavailable => {
+                DenyKind::AuthnUnavailable
+                | DenyKind::DelegateUnavailable
+                | DenyKind::AssertionUnavailable => {
                     tracing::warn!(
                         reason = d.kind.as_str(),
                         "Tunnel re-check could not decide; kept until the next one"
