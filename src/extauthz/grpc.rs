@@ -968,6 +968,7 @@ pub(crate) fn describe<'a>(
             alpn: None,
             client_cert: certificate.map(Arc::new),
             binding: None,
+            client_auth: None,
         });
     Ok(Described {
         method,

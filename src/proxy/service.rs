@@ -444,6 +444,27 @@ fn facts<'p>(
     conn: &'p ConnInfo,
 ) -> Result<RequestFacts<'p>, Failure> {
     let snapshot = ctx.snapshot;
+    // Why: a client certificate is verified once, at the handshake. After a reload that drops
+    // or replaces a client CA (a partner's, compromised), kept-alive connections went on
+    // authenticating with certificates it had verified. Such a connection's requests are
+    // misdirected (421): the client retries on a new connection, verified anew.
+    // Regression: tests (it) credentials::a_client_ca_change_ends_old_connections_authentication
+    if let Some(tls) = &conn.tls
+        && tls.client_cert.is_some()
+        && snapshot
+            .listeners
+            .iter()
+            .find(|l| *l.name == *conn.listener)
+            .is_some_and(|l| {
+                l.tls.as_ref().and_then(|t| t.client_auth()) != tls.client_auth.as_ref()
+            })
+    {
+        return Err(ctx.malformed(
+            parts,
+            http::StatusCode::MISDIRECTED_REQUEST,
+            "misdirected_request",
+        ));
+    }
     match RequestFacts::from_parts(parts, conn, &snapshot.server.trusted_proxies) {
         Ok(facts) => {
             ctx.log.client_ip = Some(facts.client_ip);

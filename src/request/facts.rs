@@ -193,6 +193,8 @@ pub struct TlsInfo {
     /// On a listener whose certificates have their own client CAs: the certificate entry the
     /// SNI chose, which every request's host must also choose (else 421).
     pub binding: Option<crate::tls::server::HostBinding>,
+    /// What verified `client_cert` ([`crate::tls::server::ListenerTls::client_auth`]).
+    pub client_auth: Option<[u8; 32]>,
 }
 
 /// A verified client certificate's names, read once per connection.

@@ -302,6 +302,7 @@ async fn serve_stream<H: Handler>(
     // down through would keep a copy of its own in the connection's task, for as long as the
     // connection lives.
     // Regression: tests::connection_task_is_small
+    let verified_by = tls.client_auth().copied();
     let accept = async move {
         let (stream, binding) = tls.accept(stream).await?;
         Ok::<_, std::io::Error>((Box::new(stream), binding))
@@ -322,6 +323,11 @@ async fn serve_stream<H: Handler>(
     };
     let (_, session) = stream.get_ref();
     let alpn = session.alpn_protocol().map(Arc::<[u8]>::from);
+    let client_auth = session
+        .peer_certificates()
+        .is_some()
+        .then_some(verified_by)
+        .flatten();
     let info = TlsInfo {
         sni: session.server_name().map(Arc::from),
         alpn: alpn.clone(),
@@ -331,6 +337,7 @@ async fn serve_stream<H: Handler>(
             .and_then(|c| c.first())
             .map(|c| Arc::new(ClientCert::parse(c).unwrap_or_else(|| ClientCert::unreadable(c)))),
         binding,
+        client_auth,
     };
     let info = ConnInfo::for_door(door, peer, listener, Some(info));
     let conn = Arc::new(Conn::counted(info, connections));

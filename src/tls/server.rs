@@ -63,6 +63,9 @@ pub struct ListenerTls {
     /// `[shared]`, or one per entry.
     configs: Box<[Arc<ServerConfig>]>,
     names: Arc<SniResolver>,
+    /// A digest of what verifies client certificates (every CA file's bytes, whether one is
+    /// required), when something does: what a connection's certificate was verified by.
+    client_auth: Option<[u8; 32]>,
 }
 
 /// The certificate entry a connection's SNI selected, on a listener whose entries have their
@@ -108,7 +111,11 @@ pub fn listener_tls(
         }
         configs.into()
     };
-    Ok(ListenerTls { configs, names })
+    Ok(ListenerTls {
+        configs,
+        names,
+        client_auth: None,
+    })
 }
 
 fn build(
@@ -170,6 +177,19 @@ impl ListenerTls {
             entry,
         };
         Ok((stream, Some(binding)))
+    }
+
+    /// The same, with `digest` naming what verifies its client certificates
+    /// ([`Self::client_auth`]).
+    pub fn with_client_auth(mut self, digest: Option<[u8; 32]>) -> Self {
+        self.client_auth = digest;
+        self
+    }
+
+    /// What verifies its client certificates, as a digest: a connection whose certificate
+    /// was verified under another one must not go on authenticating with it.
+    pub fn client_auth(&self) -> Option<&[u8; 32]> {
+        self.client_auth.as_ref()
     }
 
     /// The shared config (tests, and listeners whose entries share their client CAs).

@@ -1250,6 +1250,79 @@ pub(crate) async fn mtls_exchange(
         .expect("in time")
 }
 
+/// A reload that replaces the client CA ends the authentication of connections whose
+/// certificate the old one verified: their next request is misdirected (421, nothing reaches
+/// the upstream), and a new connection is verified by the new CA. A reload that leaves the CA
+/// alone leaves them be.
+#[tokio::test]
+async fn a_client_ca_change_ends_old_connections_authentication() {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let pki = pki();
+    let gw = mtls_gateway(&pki, true).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca.as_bytes()).unwrap())
+        .unwrap();
+    let (cert, key) = &pki.client;
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+        PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut get = async |path: &str| {
+        let resp = send
+            .send_request(
+                Request::get(path)
+                    .header("host", "localhost")
+                    .body(Full::<Bytes>::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+        status
+    };
+    assert_eq!(get("/api/1").await, StatusCode::OK);
+    // A reload that changes nothing of the client CA.
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(get("/api/2").await, StatusCode::OK);
+    // The partner's CA is replaced by another.
+    gw.write("clients.pem", pki.rogue_ca.as_bytes());
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = gw.echo.count();
+    assert_eq!(get("/api/3").await, StatusCode::MISDIRECTED_REQUEST);
+    assert_eq!(gw.echo.count(), before, "nothing reached the upstream");
+    // A new connection: the old CA's client is refused, the new CA's accepted.
+    assert!(
+        mtls_get(gw.addr(), &pki.ca, Some(&pki.client), "/api/4")
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        mtls_get(gw.addr(), &pki.ca, Some(&pki.rogue_client), "/api/5").await,
+        Ok(StatusCode::OK)
+    );
+}
+
 #[tokio::test]
 async fn client_certificate_is_a_credential() {
     let pki = pki();

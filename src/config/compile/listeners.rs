@@ -153,8 +153,28 @@ fn listener_tls(
             None => listener_auth.clone(),
         });
     }
+    // What verifies client certificates, as a digest: a reload that changes it ends the
+    // authentication of connections verified under the old one (`proxy::service::facts`).
+    let client_auth = {
+        let mut parts: Vec<u8> = Vec::new();
+        let mut any = false;
+        let cas = std::iter::once(t.client_auth.as_ref())
+            .chain(t.certificates.iter().map(|c| c.client_auth.as_ref()));
+        for ca in cas {
+            match ca {
+                Some(ca) => {
+                    any = true;
+                    let bytes = std::fs::read(cx.path(&ca.ca_file)).unwrap_or_default();
+                    parts.push(u8::from(ca.required));
+                    parts.extend_from_slice(&crate::secret::sha256(&bytes));
+                }
+                None => parts.push(2),
+            }
+        }
+        any.then(|| crate::secret::sha256(&parts))
+    };
     match tls::server::listener_tls(&entries, http2, &per_entry) {
-        Ok(c) => Some(Arc::new(c)),
+        Ok(c) => Some(Arc::new(c.with_client_auth(client_auth))),
         Err((j, e)) => {
             cx.error(
                 &format!("listeners[{i}].tls.certificates[{j}].{}", e.field()),
