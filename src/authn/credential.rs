@@ -448,15 +448,44 @@ pub fn without_cookie(headers: &HeaderMap, name: &str) -> Option<http::HeaderVal
 /// The query without any `name=…` pair for the given names (`None` when nothing is left);
 /// borrowed when none is present.
 pub fn strip_query<'q>(query: &'q str, names: &[Box<str>]) -> Option<Cow<'q, str>> {
-    let is_credential = |pair: &&str| {
-        let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
-        decode(k).is_some_and(|k| names.iter().any(|n| **n == *k))
-    };
-    if !query.split('&').any(|p| is_credential(&p)) {
+    strip_query_where(query, |k| is_named(k, names))
+}
+
+/// Whether the raw query key `k` decodes to one of `names`.
+pub fn is_named(k: &str, names: &[Box<str>]) -> bool {
+    decode(k).is_some_and(|k| names.iter().any(|n| **n == *k))
+}
+
+/// The query without the pairs whose raw key is `doomed` (`None` when nothing is left);
+/// borrowed when none is.
+pub fn strip_query_where<'q>(
+    query: &'q str,
+    doomed: impl Fn(&str) -> bool,
+) -> Option<Cow<'q, str>> {
+    let gone = |pair: &&str| doomed(pair.split_once('=').map_or(*pair, |(k, _)| k));
+    if !query.split('&').any(|p| gone(&p)) {
         return Some(Cow::Borrowed(query));
     }
-    let kept: Vec<&str> = query.split('&').filter(|p| !is_credential(p)).collect();
+    let kept: Vec<&str> = query.split('&').filter(|p| !gone(p)).collect();
     (!kept.is_empty()).then(|| Cow::Owned(kept.join("&")))
+}
+
+/// Whether the query may hold a method override (`_method=DELETE`), read cheaply: it names
+/// `method` in some case, or has an escape that could spell it. [`is_method_override`] tells
+/// which keys are one.
+pub fn may_override_method(query: &str) -> bool {
+    query.as_bytes().contains(&b'%')
+        || query
+            .as_bytes()
+            .windows(6)
+            .any(|w| w.eq_ignore_ascii_case(b"method"))
+}
+
+/// Whether some framework reads the raw query key `k` as `_method`, the method override of
+/// Symfony (and Laravel), Express's method-override and others: an upstream serving
+/// `POST /users/1?_method=DELETE` deletes, where a rule denying `DELETE` decided a POST.
+pub fn is_method_override(k: &str) -> bool {
+    decode(k).is_some_and(|d| QueryNameReadings::of("_method").may_be(&d))
 }
 
 #[cfg(test)]
@@ -734,6 +763,29 @@ mod tests {
             let h = headers(pairs);
             assert_eq!(&find(sources, &h, *q), want, "{pairs:?} {q:?}");
         }
+    }
+
+    #[test]
+    fn method_overrides_in_the_query() {
+        for (k, want) in [
+            ("_method", true),
+            ("_METHOD", true),
+            ("%5Fmethod", true),
+            ("_m%65thod", true),
+            ("_method[]", true),
+            (" _method", true),
+            ("method", false),
+            ("_methods", false),
+            ("x_method", false),
+        ] {
+            assert_eq!(is_method_override(k), want, "{k}");
+        }
+        assert!(!may_override_method("a=1&b=2"));
+        assert!(may_override_method("a=1&_Method=PUT"));
+        assert_eq!(
+            strip_query_where("_method=DELETE&a=1&method=x", is_method_override).as_deref(),
+            Some("a=1&method=x")
+        );
     }
 
     #[test]

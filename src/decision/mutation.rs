@@ -97,6 +97,24 @@ impl HeaderMutation {
                 out.query_remove_credential(name, query);
             }
         }
+        // And a method override in the query (`_method=DELETE`), which the proxy door cuts.
+        if let Some(query) = facts.query
+            && facts.conn.door != Door::Proxy
+            && crate::authn::credential::may_override_method(query)
+        {
+            for pair in query.split('&') {
+                let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                if !crate::authn::credential::is_method_override(key) {
+                    continue;
+                }
+                let decoded = crate::authn::credential::decode(key).unwrap_or_default();
+                for spelled in [key, &*decoded] {
+                    if !out.query_remove.iter().any(|q| **q == *spelled) {
+                        out.query_remove.push(spelled.into());
+                    }
+                }
+            }
+        }
         if facts.conn.door != Door::Proxy {
             // Why: only the proxy door rewrites the forwarding headers; behind Envoy or nginx a
             // client's `X-Real-IP`, `X-Forwarded-Host` or `Forwarded` reached the upstream.

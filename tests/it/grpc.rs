@@ -723,6 +723,24 @@ async fn query_credential_removed_by_envoy_even_unstripped() {
         panic!("{resp:?}");
     };
     assert_eq!(ok.query_parameters_to_remove, ["access_token"], "{ok:?}");
+    // A method override in the query goes as the proxy door cuts it.
+    let resp = c
+        .check(check(
+            &format!("/api/orders?access_token={token}&%5Fmethod=DELETE"),
+            "198.51.100.9",
+            &[],
+        ))
+        .await
+        .expect("an answer")
+        .into_inner();
+    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
+        panic!("{resp:?}");
+    };
+    assert_eq!(
+        ok.query_parameters_to_remove,
+        ["access_token", "%5Fmethod", "_method"],
+        "{ok:?}"
+    );
     // A header credential is kept.
     let bearer = format!("Bearer {token}");
     let resp = c

@@ -858,3 +858,32 @@ async fn admin_connections_stay_out_of_the_doors_metrics() {
         "{text}"
     );
 }
+
+/// A method override in the query (`_method=DELETE`, which Symfony, Laravel and Express's
+/// method-override honour) never reaches the upstream, in any spelling they read: the upstream
+/// serves the method that was decided on, as with the header forms.
+#[tokio::test]
+async fn query_method_override_never_reaches_the_upstream() {
+    let gw = Setup::default().start().await;
+    for (target, forwarded) in [
+        ("/users/1?_method=DELETE&a=1", "/users/1?a=1"),
+        ("/users/1?a=1&_METHOD=DELETE", "/users/1?a=1"),
+        ("/users/1?%5Fmethod=DELETE&b=2", "/users/1?b=2"),
+        ("/users/1?_method[]=DELETE&c=3", "/users/1?c=3"),
+        ("/users/1?_method=DELETE", "/users/1"),
+        // Other names stay.
+        (
+            "/users/1?method=x&payment_method=card",
+            "/users/1?method=x&payment_method=card",
+        ),
+    ] {
+        let r = raw(
+            gw.addr(),
+            format!("POST {target} HTTP/1.1\r\nHost: app.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{target}: {}", r.head);
+        assert_eq!(gw.echo.last().unwrap().target, forwarded, "{target}");
+    }
+}
