@@ -235,10 +235,41 @@ fn cookie_read_as(k: &[u8], name: &QueryNameReadings<'_>) -> bool {
     if k == name.name().as_bytes() {
         return false;
     }
-    let Ok(k) = std::str::from_utf8(k) else {
-        return false;
-    };
-    decode(k).is_some_and(|d| name.may_be(&d))
+    name.may_be(&decode_lenient(k))
+}
+
+/// A query or cookie name as a lenient framework decodes it: each valid `%XX` as its byte,
+/// anything else kept as it is, then read as UTF-8 with replacement characters.
+///
+/// Why not [`decode`]: it gives up on a name with one bad escape or one byte that is not
+/// UTF-8, and `access_token%00%ff` was then never compared, while PHP cuts the name at the
+/// NUL and reads `access_token`. Regression: tests::credentials_in_other_spellings_conflict
+pub fn decode_lenient(k: &[u8]) -> String {
+    let mut out = Vec::with_capacity(k.len());
+    let mut i = 0;
+    while i < k.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            k[i],
+            k.get(i + 1).copied().and_then(hex),
+            k.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                // Two hex digits: one byte.
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b'+', ..) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, ..) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Every `name=value` pair over all `Cookie` headers (RFC 6265 §5.4); repeated names must agree.
@@ -328,8 +359,12 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Found<'a> {
             pair.split(';').enumerate().any(|(i, piece)| {
                 let k = piece.split_once('=').map_or(piece, |(k, _)| k);
                 // The first piece's exact name is the credential read above.
-                decode(k)
-                    .is_some_and(|k| (i > 0 && *k == *name) || (*k != *name && readings.may_be(&k)))
+                let exact = decode(k).is_some_and(|d| *d == *name);
+                if exact {
+                    i > 0
+                } else {
+                    readings.may_be(&decode_lenient(k.as_bytes()))
+                }
             })
         })
     } {
@@ -485,7 +520,7 @@ pub fn may_override_method(query: &str) -> bool {
 /// Symfony (and Laravel), Express's method-override and others: an upstream serving
 /// `POST /users/1?_method=DELETE` deletes, where a rule denying `DELETE` decided a POST.
 pub fn is_method_override(k: &str) -> bool {
-    decode(k).is_some_and(|d| QueryNameReadings::of("_method").may_be(&d))
+    QueryNameReadings::of("_method").may_be(&decode_lenient(k.as_bytes()))
 }
 
 #[cfg(test)]
@@ -722,6 +757,12 @@ mod tests {
                 tok("k1"),
             ),
             (
+                &php,
+                &[("cookie", "laravel_session%00%ff=f; laravel_session=k1")],
+                None,
+                Found::Conflict,
+            ),
+            (
                 &underscored,
                 &[("x_api_key", "k1"), ("x-api-key", "f")],
                 None,
@@ -750,6 +791,19 @@ mod tests {
             ),
             // Read as themselves: never `api_key`.
             (&query, &[], Some("api_key=k1&%zz=1&caf%E9=1"), tok("k1")),
+            // PHP cuts a name at NUL, whatever follows.
+            (
+                &query,
+                &[],
+                Some("api_key=k1&api_key%00%ff=f"),
+                Found::Conflict,
+            ),
+            (
+                &query,
+                &[],
+                Some("api_key=k1&api_key%00x=f"),
+                Found::Conflict,
+            ),
             (&query, &[], Some("api_key=k1;x=1"), tok("k1;x=1")),
             (
                 &query,
@@ -774,6 +828,7 @@ mod tests {
             ("_m%65thod", true),
             ("_method[]", true),
             (" _method", true),
+            ("_method%00%ff", true),
             ("method", false),
             ("_methods", false),
             ("x_method", false),
