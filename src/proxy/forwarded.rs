@@ -88,7 +88,7 @@ pub fn apply(headers: &mut HeaderMap, origin: &Origin) {
         // decided one, as the decision doors already say. Regression:
         // tests::trusted_peer_hosts_are_the_decided_one
         headers.insert(XFH, host.clone());
-        without_hosts(headers);
+        without_hosts(headers, origin.client_ip);
         let element = forwarded_element(origin.peer, peer_text, proto, host_text);
         append_list(headers, FORWARDED, &element);
     } else {
@@ -111,10 +111,12 @@ pub fn apply(headers: &mut HeaderMap, origin: &Origin) {
     headers.insert(X_REAL_IP, real_ip);
 }
 
-/// Drops every `host=` parameter from the `Forwarded` elements (RFC 7239 §4: elements by
-/// `,`, pairs by `;`, values may be quoted strings holding either); one it cannot read whole
-/// (an unterminated quote) is dropped entirely.
-fn without_hosts(headers: &mut HeaderMap) {
+/// Drops every `Forwarded` element that names a host anywhere in it (`host=` in any case,
+/// as a parameter, inside a quoted value or as part of another name: Spring finds the first
+/// `host=` in the header with an unanchored search). A chain it cannot read whole (an
+/// unterminated quote) becomes one element for the client the gateway resolved, so the
+/// client is never lost and never the trusted proxy.
+fn without_hosts(headers: &mut HeaderMap, client_ip: IpAddr) {
     if !headers.contains_key(&FORWARDED) {
         return;
     }
@@ -125,37 +127,34 @@ fn without_hosts(headers: &mut HeaderMap) {
         }
         joined.extend_from_slice(v.as_bytes());
     }
-    let kept = split_unquoted(&joined, b',').and_then(|elements| {
-        let mut out: Vec<Vec<u8>> = Vec::new();
-        for element in elements {
-            let pairs = split_unquoted(element, b';')?;
-            let pairs: Vec<&[u8]> = pairs
-                .into_iter()
-                .map(<[u8]>::trim_ascii)
-                .filter(|p| {
-                    !p.is_empty()
-                        && !p
-                            .split(|b| *b == b'=')
-                            .next()
-                            .is_some_and(|n| n.trim_ascii().eq_ignore_ascii_case(b"host"))
-                })
-                .collect();
-            if !pairs.is_empty() {
-                out.push(pairs.join(&b';'));
-            }
-        }
-        Some(out.join(&b", "[..]))
-    });
-    match kept.filter(|k| !k.is_empty()) {
-        Some(k) => match HeaderValue::from_maybe_shared(bytes::Bytes::from(k)) {
-            Ok(v) => {
-                headers.insert(FORWARDED, v);
-            }
-            Err(_) => {
-                headers.remove(FORWARDED);
-            }
-        },
+    let names_host = |e: &[u8]| e.windows(5).any(|w| w.eq_ignore_ascii_case(b"host="));
+    if !names_host(&joined) {
+        return;
+    }
+    let kept = match split_unquoted(&joined, b',') {
+        Some(elements) => elements
+            .into_iter()
+            .map(<[u8]>::trim_ascii)
+            .filter(|e| !e.is_empty() && !names_host(e))
+            .collect::<Vec<_>>()
+            .join(&b", "[..]),
         None => {
+            let mut s = String::from("for=");
+            if client_ip.is_ipv4() {
+                push_ip(&mut s, client_ip);
+            } else {
+                s.push_str("\"[");
+                push_ip(&mut s, client_ip);
+                s.push_str("]\"");
+            }
+            s.into_bytes()
+        }
+    };
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
+        Ok(v) if !v.is_empty() => {
+            headers.insert(FORWARDED, v);
+        }
+        _ => {
             headers.remove(FORWARDED);
         }
     }
@@ -303,17 +302,32 @@ mod tests {
         let client: IpAddr = "1.1.1.1".parse().unwrap();
         for (sent, want) in [
             (
-                "for=1.1.1.1;host=admin.example;proto=https",
+                "for=1.1.1.1;host=admin.example;proto=https, for=2.2.2.2",
+                "for=2.2.2.2, for=10.0.0.1;proto=http;host=\"app\"",
+            ),
+            (
+                "for=\"[::1]\";HOST=\"a;b,c\", for=3.3.3.3",
+                "for=3.3.3.3, for=10.0.0.1;proto=http;host=\"app\"",
+            ),
+            // Wherever it hides, as Spring's unanchored search finds it.
+            (
+                "for=1.1.1.1;xhost=admin.example",
+                "for=10.0.0.1;proto=http;host=\"app\"",
+            ),
+            (
+                "for=\"1.1.1.1;host=admin.example\", for=4.4.4.4",
+                "for=4.4.4.4, for=10.0.0.1;proto=http;host=\"app\"",
+            ),
+            ("by=\"a,host=evil\"", "for=10.0.0.1;proto=http;host=\"app\""),
+            // No host: kept as it is.
+            (
+                "for=1.1.1.1;proto=https",
                 "for=1.1.1.1;proto=https, for=10.0.0.1;proto=http;host=\"app\"",
             ),
-            (
-                "for=\"[::1]\";HOST=\"a;b,c\", host=x",
-                "for=\"[::1]\", for=10.0.0.1;proto=http;host=\"app\"",
-            ),
-            // Unreadable: nothing of it is kept.
+            // Unreadable: the client the gateway resolved, never nobody.
             (
                 "for=1.1.1.1;host=\"admin",
-                "for=10.0.0.1;proto=http;host=\"app\"",
+                "for=1.1.1.1, for=10.0.0.1;proto=http;host=\"app\"",
             ),
         ] {
             let mut h = HeaderMap::new();
