@@ -229,7 +229,7 @@ impl Spoofable {
     /// `X-Original-URL` or `True-Client-IP` through. Regression: decision::mutation::tests::
     /// decision_doors_name_every_family
     pub fn named_for_removal(&self, peer_trusted: bool) -> impl Iterator<Item = &HeaderName> {
-        let claims: &[HeaderName] = if peer_trusted { &[] } else { &CLAIMS };
+        let claims: &[HeaderName] = if peer_trusted { &HOST_CLAIMS } else { &CLAIMS };
         self.always.iter().chain(claims)
     }
 
@@ -264,7 +264,11 @@ impl Spoofable {
             Some(Family::Override) => true,
             // The door rewrites the dashed spelling; any other is a second, unchecked value.
             Some(Family::Forwarding) => underscored,
-            Some(Family::Claim) => underscored || !peer_trusted,
+            // Why the host claims go whoever sent them: the rules matched the request's own
+            // host, and a trusted proxy passing its client's `X-Original-Host: admin.example`
+            // on had the upstream act on a host no rule decided (as `X-Forwarded-Host`, which
+            // the door writes). Regression: tests::every_family_in_every_spelling
+            Some(Family::Claim) => underscored || !peer_trusted || HOST_CLAIMS.contains(name),
             Some(Family::Infrastructure) => {
                 underscored
                     || !peer_trusted
@@ -328,6 +332,14 @@ static OVERRIDES: [HeaderName; 13] = [
 ];
 
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// The claims that name a host, removed from trusted proxies' requests too (see
+/// [`Spoofable::is_doomed`]); also in [`CLAIMS`].
+static HOST_CLAIMS: [HeaderName; 3] = [
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-http-host-override"),
+];
 
 /// The claim family's names (see [`family`]).
 static CLAIMS: [HeaderName; 23] = [
@@ -537,7 +549,10 @@ mod tests {
         ("x-forwarded-port", true, false),
         ("client-ip", true, false),
         ("X_Client_IP", true, true),
-        ("x-original-host", true, false),
+        ("x-original-host", true, true),
+        ("x-host", true, true),
+        ("x-http-host-override", true, true),
+        ("x-forwarded-server", true, false),
         ("x-forwarded-protocol", true, false),
         ("front-end-https", true, false),
         // Infrastructure: configured names from trusted proxies only.
