@@ -218,22 +218,20 @@ impl Cors {
                 Err(m) => errors.push(FieldError::new(format!("allowed_origins[{i}]"), m)),
             }
         }
-        let named: Vec<String> = if raw.allowed_methods.is_empty() {
+        let mut named: Vec<String> = if raw.allowed_methods.is_empty() {
             if rule_methods.is_empty() {
                 vec!["GET".into(), "HEAD".into(), "POST".into()]
             } else {
-                // Why: a rule's `GET` matches `HEAD` too, and a browser's preflight for a
-                // `HEAD` it was allowed to send was refused. Regression:
-                // tests::preflight_checks_origin_method_and_headers
-                let mut m = rule_methods.to_vec();
-                if m.iter().any(|m| m == "GET") && !m.iter().any(|m| m == "HEAD") {
-                    m.push("HEAD".into());
-                }
-                m
+                rule_methods.to_vec()
             }
         } else {
             raw.allowed_methods.clone()
         };
+        // A `GET` the rule serves is a `HEAD` too (as `match.methods` reads it), whichever
+        // list named it. Regression: tests::preflight_checks_origin_method_and_headers
+        if named.iter().any(|m| m == "GET") && !named.iter().any(|m| m == "HEAD") {
+            named.push("HEAD".into());
+        }
         let mut methods = Vec::new();
         for (i, m) in named.iter().enumerate() {
             match Method::from_bytes(m.as_bytes()) {
@@ -482,8 +480,15 @@ fn check_origin(o: &str) -> Result<String, String> {
     // `[v6]` or a name; then `:port`, if any.
     let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
         let (addr, after) = v6.split_once(']').ok_or_else(not_origin)?;
-        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+        // Browsers write the address compressed (`[::1]`), hence so is it here; one with an
+        // IPv4 tail they write in hex, which this does not: refused, to be written as they do.
+        let Ok(ip) = addr.parse::<std::net::Ipv6Addr>() else {
             return Err(not_origin());
+        };
+        if ip.to_string() != addr || addr.contains('.') {
+            return Err(format!(
+                "`{o}` is not written as browsers send it: write `[{ip}]`, compressed, the IPv4 part in hex"
+            ));
         }
         let port = match after {
             "" => None,
@@ -498,9 +503,12 @@ fn check_origin(o: &str) -> Result<String, String> {
     };
     let name_ok = host.starts_with('[')
         || (!host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }));
     if !name_ok {
         return Err(format!(
             "`{o}` is not an origin: expected `https://host[:port]` without a path (a name in \
@@ -608,7 +616,7 @@ mod tests {
                 "{o} {m}"
             );
         }
-        assert_eq!(c.allow_methods, "GET, PUT");
+        assert_eq!(c.allow_methods, "GET, PUT, HEAD");
         assert_eq!(c.max_age.as_ref().unwrap(), "600");
         // Without `allowed_methods`, the rule's methods, `HEAD` with `GET` (as the rule
         // matches it).
@@ -653,6 +661,11 @@ mod tests {
             "https://[zz]",
             "https://[::1]x",
             "https://bücher.example",
+            "https://.",
+            "https://a..b",
+            "https://a.",
+            "https://[0:0:0:0:0:0:0:1]",
+            "https://[::ffff:127.0.0.1]",
         ] {
             assert!(check_origin(bad).is_err(), "{bad}");
         }

@@ -165,7 +165,7 @@ impl<H: Handler> AcceptLoop<H> {
             // bounded); everyone else keeps `max_resets`.
             // Regression: tests (it) abuse::a_door_peer_may_reset_many_checks
             if door_peer {
-                server.http2.max_resets = server.http2.max_peer_resets;
+                server.http2.max_resets = server.http2.max_peer_resets.max(server.http2.max_resets);
             }
             drop(snapshot);
             let shared = Arc::clone(&self.shared);

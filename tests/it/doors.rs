@@ -809,7 +809,7 @@ async fn envoy_doors_answer_cors_preflights_and_label_denials() {
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
-    assert_eq!(h["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(h["access-control-allow-methods"], "GET, PUT, HEAD");
     assert_eq!(h["vary"], "origin");
     let (status, h, body) = send(
         gw.addr_of("doors"),

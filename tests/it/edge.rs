@@ -1276,7 +1276,7 @@ async fn cors_preflight_from_an_allowed_origin_is_answered_without_credential_or
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
-    assert_eq!(h["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(h["access-control-allow-methods"], "GET, PUT, HEAD");
     assert_eq!(
         h["access-control-allow-headers"],
         "authorization, content-type"

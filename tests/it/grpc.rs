@@ -1180,7 +1180,7 @@ async fn cors_preflight_and_answers_at_the_grpc_door() {
         headers
             .get("access-control-allow-methods")
             .map(String::as_str),
-        Some("GET, PUT")
+        Some("GET, PUT, HEAD")
     );
     assert_eq!(
         headers
