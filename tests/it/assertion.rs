@@ -447,6 +447,16 @@ fn assertion_header_is_no_identity_header() {
             policy(""),
             "identity_headers.traceparent",
         ),
+        (
+            "server: {request_id_header: x-correlation-id}\nidentity_headers: {x-correlation-id: \"{principal.id}\"}\n".to_owned(),
+            policy(""),
+            "identity_headers.x-correlation-id",
+        ),
+        (
+            format!("server: {{request_id_header: x-correlation-id}}\n{}", assertion("X_Correlation_Id")),
+            policy(""),
+            "identity_assertion.header",
+        ),
     ];
     for (config, policy, field) in cases {
         let cfg = crate::support::ConfigDir::new(&config);

@@ -889,9 +889,19 @@ fn check_warns_about_rules_that_can_never_match() {
     effect: allow
     anonymous: true
     upstream: echo
+  - name: items
+    match: {paths: [\"/items/{item}\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+    when: \"request.path != '/items/secret'\"
 ",
     );
     let (code, text) = cfg.run("check", &[]);
+    assert!(
+        text.contains("warning: rules[6].when: reads `request.path`, which keeps a trailing slash"),
+        "{text}"
+    );
     assert_eq!(code, Some(0), "warnings only: {text}");
     assert!(
         // Not dead: it decides `/API/admin/x`, which the case-sensitive allow rule does not
@@ -909,7 +919,7 @@ fn check_warns_about_rules_that_can_never_match() {
         !text.contains("`writes` can never"),
         "another method: {text}"
     );
-    assert!(text.contains("2 warning(s)"), "{text}");
+    assert!(text.contains("3 warning(s)"), "{text}");
 }
 
 #[test]

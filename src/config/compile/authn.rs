@@ -308,6 +308,12 @@ pub(super) fn assertion(cx: &mut Cx<'_>) -> Option<Assertion> {
         .as_deref()
         .unwrap_or(crate::authz::assertion::DEFAULT_HEADER);
     let fold = crate::authz::identity::fold_name(header);
+    if is_request_id_header(cx, header) {
+        cx.error(
+            "identity_assertion.header",
+            format!("`{header}` is `server.request_id_header`, which the gateway sets; choose another name"),
+        );
+    }
     if loaded
         .raw
         .identity_headers
@@ -342,9 +348,24 @@ pub(super) fn challenges(cx: &mut Cx<'_>) -> Challenges {
     }
 }
 
+/// Whether `name` is the configured request id header, which the gateway writes after the
+/// identity headers and the assertion (so either would be lost).
+pub(super) fn is_request_id_header(cx: &Cx<'_>, name: &str) -> bool {
+    crate::authz::identity::fold_name(name)
+        == crate::authz::identity::fold_name(&cx.loaded.raw.server.request_id_header)
+}
+
 /// The global identity headers, checked alone (rules merge their own over them).
 pub(super) fn identity_headers(cx: &mut Cx<'_>) {
     let loaded = cx.loaded;
+    for k in loaded.raw.identity_headers.keys() {
+        if is_request_id_header(cx, k) {
+            cx.error(
+                &format!("identity_headers.{k}"),
+                format!("`{k}` is `server.request_id_header`, which the gateway sets; choose another name"),
+            );
+        }
+    }
     if let Err(es) = IdentityHeaders::compile(
         loaded
             .raw

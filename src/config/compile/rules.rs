@@ -402,6 +402,22 @@ fn rule(
             )
             .warning(),
         );
+    } else if when.as_ref().is_some_and(|w| w.reads_path())
+        && r.matches
+            .paths
+            .iter()
+            .any(|p| p != "/" && !p.ends_with("**"))
+    {
+        // Why: an exact pattern matches `/x` and `/x/` alike, but the condition compares the
+        // path as sent: `request.path != '/api/admin'` let `/api/admin/` through.
+        // Regression: tests (it) policy::check_warns_about_rules_that_can_never_match
+        cx.diags.push(
+            at.at(
+                "when",
+                "reads `request.path`, which keeps a trailing slash the client sent, while the rule's exact paths match `/x/` as `/x`: `/api/admin/` is not `/api/admin` but is served as it. Decide on paths with `match.paths` rather than in the condition".into(),
+            )
+            .warning(),
+        );
     }
     let denial =
         r.denial
@@ -668,6 +684,14 @@ fn identity(
     ) {
         cx.diags
             .extend(es.into_iter().map(|e| at.field("identity_headers", e)));
+    }
+    for k in r.identity_headers.keys() {
+        if super::authn::is_request_id_header(cx, k) {
+            cx.diags.push(at.at(
+                &format!("identity_headers.{k}"),
+                format!("`{k}` is `server.request_id_header`, which the gateway sets; choose another name"),
+            ));
+        }
     }
     if let Some(a) = &loaded.raw.identity_assertion {
         let header = a
