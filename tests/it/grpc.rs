@@ -633,23 +633,29 @@ async fn context_extensions_select_rules() {
     assert_eq!(status, http::StatusCode::OK);
 }
 
-/// A credential the authenticator strips is named to Envoy when it came in the query (Envoy
-/// removes it from the path it forwards), in the configured spelling and the one sent; a
-/// parameter that merely looks like it stays.
-#[tokio::test]
-async fn query_credential_removed_by_envoy() {
-    let gw = Setup {
+/// A gRPC door whose `users` take a bearer token or `?access_token=`, with `more` settings
+/// (each line indented six spaces) for the authenticator.
+async fn query_credential_gateway(more: &str) -> TestGateway {
+    Setup {
         listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
         policies: vec![("10-p.yaml".into(), POLICY.into())],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
         extra: crate::support::hs256_users("{}").replace(
             "    jwt:\n",
-            "    jwt:\n      from: [bearer, {query: access_token}]\n",
+            &format!("    jwt:\n{more}      from: [bearer, {{query: access_token}}]\n"),
         ),
         ..Setup::default()
     }
     .start()
-    .await;
+    .await
+}
+
+/// A credential the authenticator strips is named to Envoy when it came in the query (Envoy
+/// removes it from the path it forwards), in the configured spelling and the one sent; a
+/// parameter that merely looks like it stays.
+#[tokio::test]
+async fn query_credential_removed_by_envoy() {
+    let gw = query_credential_gateway("").await;
     let mut c = client(&gw).await;
     let token = hs256_token(SECRET, &json!({"scope": "orders:read"}));
     for (query, removed) in [
@@ -695,18 +701,7 @@ async fn query_credential_removed_by_envoy() {
 /// gRPC door names it for removal alike.
 #[tokio::test]
 async fn query_credential_removed_by_envoy_even_unstripped() {
-    let gw = Setup {
-        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
-        policies: vec![("10-p.yaml".into(), POLICY.into())],
-        files: vec![("hs.secret".into(), SECRET.to_vec())],
-        extra: crate::support::hs256_users("{}").replace(
-            "    jwt:\n",
-            "    jwt:\n      strip: false\n      from: [bearer, {query: access_token}]\n",
-        ),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = query_credential_gateway("      strip: false\n").await;
     let mut c = client(&gw).await;
     let token = hs256_token(SECRET, &json!({"scope": "orders:read"}));
     let resp = c
