@@ -520,7 +520,9 @@ pub fn may_override_method(query: &str) -> bool {
 /// Symfony (and Laravel), Express's method-override and others: an upstream serving
 /// `POST /users/1?_method=DELETE` deletes, where a rule denying `DELETE` decided a POST.
 pub fn is_method_override(k: &str) -> bool {
-    QueryNameReadings::of("_method").may_be(&decode_lenient(k.as_bytes()))
+    static METHOD: std::sync::LazyLock<QueryNameReadings<'static>> =
+        std::sync::LazyLock::new(|| QueryNameReadings::of("_method"));
+    METHOD.may_be(&decode_lenient(k.as_bytes()))
 }
 
 #[cfg(test)]

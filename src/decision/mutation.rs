@@ -104,13 +104,11 @@ impl HeaderMutation {
         {
             for pair in query.split('&') {
                 let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-                if !crate::authn::credential::is_method_override(key) {
-                    continue;
-                }
-                let decoded = crate::authn::credential::decode(key).unwrap_or_default();
-                for spelled in [key, &*decoded] {
-                    if !out.query_remove.iter().any(|q| **q == *spelled) {
-                        out.query_remove.push(spelled.into());
+                if crate::authn::credential::is_method_override(key) {
+                    out.push_query_remove(key);
+                    // A name that does not decode (`_method%00%ff`) is named as sent only.
+                    if let Some(decoded) = crate::authn::credential::decode(key) {
+                        out.push_query_remove(&decoded);
                     }
                 }
             }
@@ -193,11 +191,15 @@ impl HeaderMutation {
             if crate::authn::credential::decode(key).is_none_or(|k| *k != *name) {
                 continue;
             }
-            for spelled in [name, key] {
-                if !self.query_remove.iter().any(|q| **q == *spelled) {
-                    self.query_remove.push(spelled.into());
-                }
-            }
+            self.push_query_remove(name);
+            self.push_query_remove(key);
+        }
+    }
+
+    /// Names the query parameter spelled `spelled` for removal, once.
+    fn push_query_remove(&mut self, spelled: &str) {
+        if !self.query_remove.iter().any(|q| **q == *spelled) {
+            self.query_remove.push(spelled.into());
         }
     }
 

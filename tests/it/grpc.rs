@@ -736,6 +736,24 @@ async fn query_credential_removed_by_envoy_even_unstripped() {
         ["access_token", "%5Fmethod", "_method"],
         "{ok:?}"
     );
+    // One that does not decode is named as sent, never as an empty name.
+    let resp = c
+        .check(check(
+            &format!("/api/orders?access_token={token}&_method%00%ff=DELETE"),
+            "198.51.100.9",
+            &[],
+        ))
+        .await
+        .expect("an answer")
+        .into_inner();
+    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
+        panic!("{resp:?}");
+    };
+    assert_eq!(
+        ok.query_parameters_to_remove,
+        ["access_token", "_method%00%ff"],
+        "{ok:?}"
+    );
     // A header credential is kept.
     let bearer = format!("Bearer {token}");
     let resp = c
