@@ -315,24 +315,28 @@ async fn time_to_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: Durat
     started.elapsed()
 }
 
+/// A raw connection to `gw` that sent `bytes` and was answered 200 (to the first request).
+async fn served_once(gw: &TestGateway, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s
+}
+
 const HEADER_300MS_IDLE_1500MS: &str = "  header_read_timeout: 300ms\n  idle_timeout: 1500ms\n";
 
 /// A kept-alive HTTP/1.1 connection waiting for its next request is closed at the idle
 /// timeout, not at the (shorter) header timeout.
 #[tokio::test]
 async fn h1_keep_alive_waits_for_the_idle_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Setup::default()
         .server(HEADER_300MS_IDLE_1500MS)
         .start()
         .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 64 * 1024];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut s = served_once(&gw, b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n").await;
     let closed_after = time_to_close(&mut s, Duration::from_secs(4)).await;
     assert!(
         closed_after >= Duration::from_millis(1400),
@@ -343,18 +347,12 @@ async fn h1_keep_alive_waits_for_the_idle_timeout() {
 /// Once a request head has started, the header timeout applies.
 #[tokio::test]
 async fn h1_started_head_gets_the_header_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let gw = Setup::default()
         .server(HEADER_300MS_IDLE_1500MS)
         .start()
         .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 64 * 1024];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut s = served_once(&gw, b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n").await;
     s.write_all(b"GET /two HTTP/1.1\r\nHo").await.unwrap();
     let closed_after = time_to_close(&mut s, Duration::from_secs(4)).await;
     assert!(
@@ -374,18 +372,15 @@ async fn h1_started_head_gets_the_header_timeout() {
 /// 100 ms, for 120 s.)
 #[tokio::test]
 async fn a_pipelined_unfinished_head_gets_the_header_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Setup::default()
         .server(HEADER_300MS_IDLE_1500MS)
         .start()
         .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nX-Partial: ")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 64 * 1024];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut s = served_once(
+        &gw,
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nX-Partial: ",
+    )
+    .await;
     let closed_after = time_to_close(&mut s, Duration::from_secs(4)).await;
     assert!(
         closed_after < Duration::from_millis(1400),
@@ -398,12 +393,11 @@ async fn a_pipelined_unfinished_head_gets_the_header_timeout() {
     );
     // A stray CRLF after a request (RFC 9112 §2.2: ignored) starts no head: the connection
     // stays for the idle timeout.
-    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"POST /one HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok\r\n")
-        .await
-        .unwrap();
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut s = served_once(
+        &gw,
+        b"POST /one HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok\r\n",
+    )
+    .await;
     let closed_after = time_to_close(&mut s, Duration::from_secs(4)).await;
     assert!(
         closed_after >= Duration::from_millis(1200),
