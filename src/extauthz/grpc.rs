@@ -28,6 +28,8 @@
 //! `DeniedHttpResponse` carrying the proxy's status, `WWW-Authenticate` and JSON body. When the
 //! answer cannot be known (keys never fetched, introspection down, the deadline passed) the
 //! call fails with `UNAVAILABLE`, so Envoy's `failure_mode_allow` and `status_on_error` apply.
+//! The deadline is the door's `timeout` or the caller's `grpc-timeout`, the earlier (past the
+//! caller's, the call fails with `DEADLINE_EXCEEDED`).
 //! A delegate configured to fail closed is a decision, not a failure: its 503
 //! `delegate_unavailable` is a denied response, which no failure mode of Envoy's turns into an
 //! allow. Bad input (a message that does not decode, invalid UTF-8 in a string field among
@@ -129,9 +131,42 @@ fn call_deadline(shared: &Shared, index: usize, start: Instant) -> tokio::time::
 }
 
 /// When the Check's call started (its deadline counts from there, the message's reading
-/// included).
+/// included), and the deadline its caller set (`grpc-timeout`), if any.
 #[derive(Debug, Clone, Copy)]
-struct Started(Instant);
+struct Started(Instant, Option<tokio::time::Instant>);
+
+/// The deadline a caller set with `grpc-timeout` (gRPC over HTTP/2: up to eight digits and a
+/// unit, `H`, `M`, `S`, `m`, `u` or `n`), counted from `start`; `None` when absent or not
+/// in that form (the door's own `timeout` still bounds the call).
+///
+/// Why: Envoy sends its ext_authz `timeout` (200 ms by default) as `grpc-timeout` and stops
+/// waiting then, applying `failure_mode_allow` or `status_on_error`. A Check it gave up on
+/// went on to the door's longer deadline, holding an in-flight permit and an introspection
+/// or delegate call for an answer nobody reads.
+/// Regression: tests::grpc_timeout_parses_as_grpc_says
+fn peer_deadline(headers: &HeaderMap, start: Instant) -> Option<tokio::time::Instant> {
+    let v = headers.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = v.split_last().map(|(u, d)| (d, *u))?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    let timeout = match unit {
+        b'H' => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        b'M' => std::time::Duration::from_secs(n.saturating_mul(60)),
+        b'S' => std::time::Duration::from_secs(n),
+        b'm' => std::time::Duration::from_millis(n),
+        b'u' => std::time::Duration::from_micros(n),
+        b'n' => std::time::Duration::from_nanos(n),
+        _ => return None,
+    };
+    Some(crate::clock::deadline_after(
+        tokio::time::Instant::from_std(start),
+        timeout,
+    ))
+}
 
 /// Why a Check's message was not handed to the decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -435,10 +470,12 @@ impl crate::server::listener::Handler for GrpcHandler {
                     // would make tonic refuse the call unread.
                     parts.headers.remove("grpc-encoding");
                     let limit = check_limit(&shared.current.load());
+                    let asked = peer_deadline(&parts.headers, start);
                     let due = call_deadline(&shared, index, start);
+                    let due = asked.map_or(due, |a| a.min(due));
                     match read_check(body, limit, due, &buffered).await {
                         Ok((framed, _held_until_answered)) => {
-                            parts.extensions.insert(Started(start));
+                            parts.extensions.insert(Started(start, asked));
                             tonic::server::Grpc::new(CheckCodec)
                                 .max_decoding_message_size(limit)
                                 .unary(
@@ -620,10 +657,10 @@ impl CheckService {
         &self,
         request: tonic::Request<Decoded>,
     ) -> Result<tonic::Response<Answer>, tonic::Status> {
-        let start = request
+        let (start, asked) = request
             .extensions()
             .get::<Started>()
-            .map_or_else(Instant::now, |s| s.0);
+            .map_or_else(|| (Instant::now(), None), |s| (s.0, s.1));
         let snapshot = self.shared.current.load_full();
         let Some(conn) = request.extensions().get::<Arc<Conn>>().cloned() else {
             return Err(tonic::Status::internal("no connection"));
@@ -647,7 +684,14 @@ impl CheckService {
             });
         let mut record = Record::new(conn.info.peer.ip());
         let answer = self
-            .answer(&snapshot, &conn, &check, &request_id, &mut record, start)
+            .answer(
+                &snapshot,
+                &conn,
+                &check,
+                &request_id,
+                &mut record,
+                (start, asked),
+            )
             .await;
         let status = match &answer {
             Ok(a) => a.http_status(),
@@ -723,7 +767,7 @@ impl CheckService {
         check: &CheckRequest,
         request_id: &HeaderValue,
         record: &mut Record,
-        start: Instant,
+        (start, asked): (Instant, Option<tokio::time::Instant>),
     ) -> Result<Answer, tonic::Status> {
         let settings = snapshot
             .listener(self.index)
@@ -731,6 +775,10 @@ impl CheckService {
         let common =
             door::common(settings).ok_or_else(|| tonic::Status::unavailable("no listener"))?;
         let due = door::deadline(start, settings);
+        // The caller's deadline, when earlier, ends the call (`DEADLINE_EXCEEDED`, as gRPC
+        // servers answer a deadline the caller set).
+        let callers = asked.is_some_and(|a| a < due);
+        let due = asked.map_or(due, |a| a.min(due));
         // Why: a Check request describes a request and is believed; only Envoy may send one.
         // Regression: tests (it) grpc::peer_not_allowed
         if !door::admits(common, conn.info.peer.ip()) {
@@ -821,7 +869,11 @@ impl CheckService {
             tokio::time::timeout_at(due, decision::decide(snapshot, &facts, &mut NoTrace)).await;
         let Ok(mut decision) = decided else {
             record.failed(&self.shared, "decision_timeout");
-            return Err(tonic::Status::unavailable("decision_timeout"));
+            return Err(if callers {
+                tonic::Status::deadline_exceeded("decision_timeout")
+            } else {
+                tonic::Status::unavailable("decision_timeout")
+            });
         };
         if let Decision::Allow(a) = &mut decision {
             a.mutation.remove_unseen(unseen);
@@ -1288,5 +1340,44 @@ fn http_status_of(r: &CheckResponse) -> u16 {
             .and_then(|s| u16::try_from(s.code).ok())
             .unwrap_or(403),
         _ => 200,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_parses_as_grpc_says() {
+        let start = Instant::now();
+        let at = |d: Duration| Some(tokio::time::Instant::from_std(start) + d);
+        let cases: &[(&str, Option<tokio::time::Instant>)] = &[
+            ("200m", at(Duration::from_millis(200))),
+            ("1S", at(Duration::from_secs(1))),
+            ("2M", at(Duration::from_secs(120))),
+            ("1H", at(Duration::from_secs(3600))),
+            ("5000u", at(Duration::from_millis(5))),
+            ("99999999n", at(Duration::from_nanos(99_999_999))),
+            ("0m", at(Duration::ZERO)),
+            // Not the specification's form: the door's own deadline alone.
+            ("", None),
+            ("m", None),
+            ("200", None),
+            ("123456789m", None),
+            ("-1S", None),
+            ("+1S", None),
+            ("1.5S", None),
+            ("1s", None),
+            ("1 S", None),
+            ("1SS", None),
+        ];
+        for (value, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_str(value).unwrap());
+            assert_eq!(peer_deadline(&h, start), *want, "{value:?}");
+        }
+        assert_eq!(peer_deadline(&HeaderMap::new(), start), None);
     }
 }

@@ -518,6 +518,64 @@ async fn a_hung_fail_closed_delegate_is_a_denial_within_the_door_deadline() {
     held.abort();
 }
 
+/// Envoy sends its ext_authz `timeout` as `grpc-timeout` and stops waiting then: the door's
+/// deadline is the earlier of its own and the caller's, so a hung fail-closed delegate is cut
+/// to answer (a denial) while Envoy still listens, not when the door's 10 s run out.
+#[tokio::test]
+async fn the_callers_grpc_timeout_bounds_the_check() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            open.push(s);
+        }
+    });
+    let policy = "rules:\n  - name: reports\n    match: {paths: [\"/reports/**\"]}\n    effect: allow\n    authenticators: [users]\n    delegate: opa\n";
+    let gw = Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {timeout: 10s}}\n".into(),
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: format!(
+            "{}delegates:\n  opa:\n    grpc: http://{hung_addr}\n    timeout: 10s\n    failure_mode: deny\n",
+            crate::support::hs256_users("{}")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let bearer = format!("Bearer {}", hs256_token(SECRET, &json!({"sub": "alice"})));
+    let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+        format!("http://{}", gw.addr_of("grpc")),
+    )
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(crate::grpc::check(
+        "/reports/q1",
+        "198.51.100.9",
+        &[("authorization", &bearer)],
+    ));
+    // Envoy's default ext_authz timeout is 200 ms; a little more for a loaded machine.
+    req.set_timeout(Duration::from_millis(600));
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.check(req))
+        .await
+        .expect("answered")
+        .expect("a denial, not a failed call")
+        .into_inner();
+    let took = started.elapsed();
+    match resp.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => {
+            assert_eq!(d.status.map(|s| s.code), Some(503), "{d:?}");
+            assert!(d.body.contains("delegate_unavailable"), "{}", d.body);
+        }
+        other => panic!("expected a denied response, got {other:?}"),
+    }
+    // Within the caller's 600 ms (with slack for a loaded machine), not the door's 10 s.
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    held.abort();
+}
+
 /// At Envoy's HTTP door, a delegate that fails closed is a 403 with the real status in
 /// `x-portcullis-status`: Envoy takes any 5xx answer for a failed call, which
 /// `failure_mode_allow: true` turns into an allow. What cannot be decided (keys never
