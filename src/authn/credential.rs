@@ -525,6 +525,14 @@ pub fn is_method_override(k: &str) -> bool {
     METHOD.may_be(&decode_lenient(k.as_bytes()))
 }
 
+/// Whether a raw query holds a method override ([`is_method_override`]) under any name.
+pub fn query_overrides_method(query: &str) -> bool {
+    may_override_method(query)
+        && query
+            .split('&')
+            .any(|pair| is_method_override(pair.split_once('=').map_or(pair, |(k, _)| k)))
+}
+
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;
@@ -839,6 +847,9 @@ mod tests {
         }
         assert!(!may_override_method("a=1&b=2"));
         assert!(may_override_method("a=1&_Method=PUT"));
+        assert!(query_overrides_method("a=1&_Method=PUT"));
+        assert!(query_overrides_method("%5Fmethod"));
+        assert!(!query_overrides_method("a=%41&method=PUT&_methods=x"));
         assert_eq!(
             strip_query_where("_method=DELETE&a=1&method=x", is_method_override).as_deref(),
             Some("a=1&method=x")

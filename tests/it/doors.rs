@@ -1162,3 +1162,67 @@ async fn headers_named_in_connection_are_removed_too() {
     let remove = h["x-portcullis-remove"].to_str().unwrap().to_owned();
     assert!(!remove.split(',').any(|n| n == "x-probe"), "{remove}");
 }
+
+/// A method override in the query (`POST /forms/1?_method=DELETE`, a DELETE to Symfony,
+/// Laravel and Express's method-override) cannot be removed by an HTTP door's peer, which
+/// forwards the query as the client sent it: the request is refused (400), never allowed
+/// past a rule that denies DELETE. The proxy door cuts it; the gRPC door names it for removal.
+#[tokio::test]
+async fn query_method_override_refused_at_http_doors() {
+    const FORMS: &str = "rules:
+  - {name: no-delete, match: {paths: [\"/forms/**\"], methods: [DELETE]}, effect: deny}
+  - {name: forms, match: {paths: [\"/forms/**\"]}, effect: allow, anonymous: true}
+";
+    for door in ["{forward_auth: {}}", "{envoy_http: {}}"] {
+        let gw = one_door(door, FORMS).await;
+        let ask_post = |target: &'static str| {
+            let gw = &gw;
+            async move {
+                let mut req = Request::post(if door.contains("forward") {
+                    "/auth"
+                } else {
+                    target
+                })
+                .header("x-forwarded-for", "127.0.0.1");
+                if door.contains("forward") {
+                    req = req
+                        .header("x-forwarded-method", "POST")
+                        .header("x-forwarded-host", "app.test")
+                        .header("x-forwarded-uri", target);
+                } else {
+                    req = req.header("host", "app.test");
+                }
+                let (status, h, body) =
+                    send(gw.addr_of("doors"), req.body(Full::default()).unwrap()).await;
+                (status, h, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        for target in [
+            "/forms/1?_method=DELETE",
+            "/forms/1?a=1&%5Fmethod=DELETE",
+            "/forms/1?_METHOD=delete",
+            "/forms/1?_method[]=DELETE",
+        ] {
+            let (status, h, body) = ask_post(target).await;
+            let (status, reason) = if door.contains("envoy") {
+                (status, body.clone())
+            } else {
+                (
+                    status,
+                    h.get("x-portcullis-error")
+                        .map_or(String::new(), |v| v.to_str().unwrap().to_owned()),
+                )
+            };
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{door} {target}: {body}");
+            assert!(
+                reason.contains("method_override_in_query"),
+                "{door} {target}: {reason} {body}"
+            );
+        }
+        // Names that no framework reads as the override pass as before.
+        for target in ["/forms/1?method=DELETE&payment_method=card", "/forms/1"] {
+            let (status, _, body) = ask_post(target).await;
+            assert_eq!(status, StatusCode::OK, "{door} {target}: {body}");
+        }
+    }
+}
