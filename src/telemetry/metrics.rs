@@ -527,6 +527,19 @@ impl Collector for SnapshotCollector {
             return Ok(());
         };
         let snapshot = current.load_full();
+        let spans = crate::telemetry::otlp::span_counts();
+        if snapshot.otlp.is_some() || spans.iter().any(|(_, n)| *n > 0) {
+            let mut m = encoder.encode_descriptor(
+                "otlp_spans",
+                "Spans for the OTLP collector by outcome: exported, failed (the collector refused or never got their batch), dropped (the queue, tracing.otlp.max_queue, was full)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, n) in spans {
+                m.encode_family(&[("outcome", outcome)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
         let limits: Vec<_> = snapshot.rate_limits.iter().collect();
         if !limits.is_empty() {
             let mut m = encoder.encode_descriptor(

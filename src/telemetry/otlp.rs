@@ -14,10 +14,14 @@
 //! synchronous `build_with_context` call.
 //!
 //! Invariants:
-//! - recording never blocks a request: the processor's queue is bounded (`max_queue`) and a
-//!   full queue drops the span (the SDK counts the drops and reports them at shutdown);
+//! - recording never blocks a request: at most `max_queue` spans wait for export, and a span
+//!   past them is dropped before it is built (counted here: the SDK's processor keeps its own
+//!   count of drops to itself, so the queue is counted in front of it, with the same bound,
+//!   and the processor's own queue never fills);
 //! - a failing collector costs the batch, on the processor's own thread, never a request;
 //!   the export itself runs on the gateway's runtime, where the hyper client has its reactor;
+//! - what became of each span is counted ([`span_counts`]: exported, failed, dropped, for
+//!   `/metrics`), and a failed export is a warning, at most one a minute;
 //! - no header value, token or path reaches a span: only low-cardinality labels, the rule's
 //!   name and the request id;
 //! - the config is the source of truth: the resource is built from it alone (no
@@ -26,6 +30,7 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -55,11 +60,46 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// Deadline of one export attempt (and of the exporter's retries together).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long [`Otlp::shutdown`] waits for the last export (README: "waiting at most 5 s").
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// Failed exports are warned about at most once in this many seconds.
+const WARN_EVERY_SECS: u64 = 60;
+
+/// Spans exported, failed (their batch refused or not delivered) and dropped (the queue
+/// full), since the process started, over every exporter reloads made.
+static SPANS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+const EXPORTED: usize = 0;
+const FAILED: usize = 1;
+const DROPPED: usize = 2;
+/// When a failed export was last warned about (seconds since the epoch; 0 never).
+static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
+
+/// What became of the spans recorded since the process started: `exported`, `failed`,
+/// `dropped`.
+pub fn span_counts() -> [(&'static str, u64); 3] {
+    [
+        ("exported", SPANS[EXPORTED].load(Ordering::Relaxed)),
+        ("failed", SPANS[FAILED].load(Ordering::Relaxed)),
+        ("dropped", SPANS[DROPPED].load(Ordering::Relaxed)),
+    ]
+}
+
 /// The exporter: the SDK's tracer, whose provider owns the batch processor.
 #[derive(Debug)]
 pub struct Otlp {
     tracer: SdkTracer,
     provider: SdkTracerProvider,
+    /// Spans recorded and not yet handed to an export: the queue, counted in front of the
+    /// processor's (see the module doc).
+    queued: Arc<AtomicUsize>,
+    max_queue: usize,
+}
+
+/// The exporter, counting what becomes of each batch and keeping [`Otlp::queued`].
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    queued: Arc<AtomicUsize>,
 }
 
 /// One finished request, as a span.
@@ -178,6 +218,11 @@ impl Otlp {
 
     /// The tracer over `exporter`, batched as `raw` says.
     fn with_exporter(exporter: impl SpanExporter + 'static, raw: &RawOtlp) -> Self {
+        let queued = Arc::new(AtomicUsize::new(0));
+        let exporter = Counted {
+            inner: exporter,
+            queued: Arc::clone(&queued),
+        };
         let batch = BatchConfigBuilder::default()
             .with_max_queue_size(raw.max_queue)
             .with_max_export_batch_size(MAX_BATCH.min(raw.max_queue))
@@ -204,11 +249,26 @@ impl Otlp {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
         );
-        Self { tracer, provider }
+        Self {
+            tracer,
+            provider,
+            queued,
+            max_queue: raw.max_queue,
+        }
     }
 
     /// Queues a span; never waits (a full queue drops it).
     pub fn record(&self, span: Span) {
+        // Why counted here: the processor drops a span a full queue has no room for and
+        // only says so at shutdown (to a log this build does not route), so an operator saw
+        // traces go missing with nothing on `/metrics`. The same bound, kept in front of the
+        // processor, counts each drop, and spares building a span that would be dropped.
+        // Regression: tests::a_full_queue_drops_spans_without_waiting
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queue {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            SPANS[DROPPED].fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let trace_id = TraceId::from_bytes(span.trace_id);
         let parent = match span.parent_id {
             Some(p) => Context::new().with_remote_span_context(SpanContext::new(
@@ -270,13 +330,23 @@ impl Otlp {
         otel.end_with_timestamp(unix(span.end_unix_nanos));
     }
 
-    /// Exports what is queued and stops the processor, waiting at most a few seconds (the
-    /// SDK's shutdown timeout); for a graceful shutdown, once connections have drained.
+    /// Exports what is queued and stops the processor, waiting at most [`SHUTDOWN_WAIT`]
+    /// (a collector that does not answer is not waited for longer); for a graceful
+    /// shutdown, once connections have drained.
     pub async fn shutdown(&self) {
         let provider = self.provider.clone();
-        let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
-        if let Ok(Err(e)) = done {
-            tracing::debug!(error = %e, "OTLP exporter shutdown");
+        let done = tokio::time::timeout(
+            SHUTDOWN_WAIT,
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_WAIT)),
+        )
+        .await;
+        match done {
+            Ok(Ok(Err(e))) => tracing::debug!(error = %e, "OTLP exporter shutdown"),
+            Err(_) => tracing::warn!(
+                queued = self.queued.load(Ordering::Relaxed),
+                "OTLP: the last spans were not exported within 5 s of shutdown"
+            ),
+            _ => {}
         }
     }
 }
@@ -345,6 +415,59 @@ impl IdGenerator for GatewayIds {
         BUILDING
             .get()
             .map_or_else(|| RandomIdGenerator::default().new_span_id(), |ids| ids.1)
+    }
+}
+
+// === impl Counted ===
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let n = batch.len();
+        // Out of the queue once handed over, whatever the export's fate.
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+        let done = self.inner.export(batch).await;
+        let n = n as u64;
+        match &done {
+            Ok(()) => {
+                SPANS[EXPORTED].fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                SPANS[FAILED].fetch_add(n, Ordering::Relaxed);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let last = LAST_WARNED.load(Ordering::Relaxed);
+                if now >= last.saturating_add(WARN_EVERY_SECS)
+                    && LAST_WARNED
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        spans = n,
+                        error = %e,
+                        "OTLP export failed; its spans are lost (portcullis_otlp_spans_total{{outcome=\"failed\"}} counts them; next warning in a minute at the earliest)"
+                    );
+                } else {
+                    tracing::debug!(spans = n, error = %e, "OTLP export failed");
+                }
+            }
+        }
+        done
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
@@ -547,6 +670,15 @@ mod tests {
         // queue behind it got through; the rest were dropped, and recording went on.
         let n = kept.spans.lock().unwrap().len();
         assert!((10..=20).contains(&n), "{n} exported");
+        // Every drop was counted (other tests record too: at least these).
+        let dropped = span_counts()[DROPPED].1;
+        assert!(dropped >= 100 - n as u64, "{dropped} dropped, {n} exported");
+        // The count of queued spans came back down: recording goes on after a stall.
+        assert_eq!(otlp.queued.load(Ordering::Relaxed), 0);
+        let before = kept.spans.lock().unwrap().len();
+        otlp.record(Span::ending_now(&cx, Duration::ZERO));
+        otlp.provider.force_flush().unwrap();
+        assert_eq!(kept.spans.lock().unwrap().len(), before + 1);
     }
 
     #[test]

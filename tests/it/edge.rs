@@ -1760,6 +1760,58 @@ async fn spans_are_exported_over_otlp_with_decision_reason_rule_and_door() {
     assert_eq!(attribute(allowed, "portcullis.rule"), Some("all"));
     assert!(allowed.parent_span_id.is_empty());
     assert_eq!(allowed.trace_id.len(), 16);
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let exported = metric(
+        &metrics,
+        "portcullis_otlp_spans_total{outcome=\"exported\"}",
+    );
+    assert!(exported >= 2, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "portcullis_otlp_spans_total{outcome=\"failed\"}"),
+        0
+    );
+}
+
+/// The value of the sample `name` (with its labels) in a Prometheus exposition.
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {metrics}"))
+}
+
+/// A collector that refuses every batch (404: a wrong endpoint path) costs spans, not
+/// requests, and says so: the spans are counted as failed on `/metrics`.
+#[tokio::test]
+async fn spans_a_collector_refuses_are_counted_as_failed() {
+    let collector = Collector::start().await;
+    let mut setup = traced(&collector, "100ms");
+    setup.extra = setup.extra.replace("/v1/traces", "/v1/wrong");
+    let gw = setup.start().await;
+    for _ in 0..3 {
+        assert_eq!(get(gw.addr(), "/open").await.0, StatusCode::OK);
+    }
+    let mut failed = 0;
+    for _ in 0..100 {
+        let (_, metrics) = gw.admin_get("/metrics").await;
+        failed = metric(&metrics, "portcullis_otlp_spans_total{outcome=\"failed\"}");
+        if failed >= 3 {
+            assert_eq!(
+                metric(
+                    &metrics,
+                    "portcullis_otlp_spans_total{outcome=\"exported\"}"
+                ),
+                0
+            );
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(failed, 3, "the refused batch's spans counted");
+    assert!(
+        !collector.bodies.lock().unwrap().is_empty(),
+        "the collector was asked"
+    );
 }
 
 /// A decision door records its span in the peer's trace (a child of the span its
