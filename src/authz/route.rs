@@ -190,11 +190,12 @@ impl RouteTable {
             }
             for p in &rule.paths {
                 let mut node = &mut index;
+                let mut key = String::new();
                 for seg in p.segments.iter().take(MAX_DEPTH) {
                     let Segment::Literal(l) = seg else { break };
                     node = node
                         .children
-                        .entry(windows_name(&l.to_ascii_lowercase()).into())
+                        .entry(index_key(l, &mut key).into())
                         .or_default();
                 }
                 // One pattern per rule per node is enough.
@@ -224,14 +225,7 @@ impl RouteTable {
             .split('/')
             .take(MAX_DEPTH)
         {
-            let key: &str = if seg.bytes().any(|b| b.is_ascii_uppercase()) {
-                lower.clear();
-                lower.push_str(seg);
-                lower.make_ascii_lowercase();
-                windows_name(&lower)
-            } else {
-                windows_name(seg)
-            };
+            let key = index_key(seg, &mut lower);
             let Some(next) = node.children.get(key) else {
                 break;
             };
@@ -298,10 +292,10 @@ impl Rule {
                 // An allow rule for an upstream that ignores case folds too, or `/ADMIN/x`
                 // would pass its requirements by to a catch-all rule.
                 // Regression: tests::case_insensitive_allow_rules
-                let fold_case = self.folds_case();
-                self.paths
-                    .iter()
-                    .any(|p| p.matches_case(&facts.path, fold_case))
+                // A deny rule also reads the letters Java, Go and others fold to ASCII
+                // (`/%C5%BFecrets` is `/secrets` to `equalsIgnoreCase`).
+                let fold = self.fold();
+                self.paths.iter().any(|p| p.matches_fold(&facts.path, fold))
             })
     }
 }
@@ -310,6 +304,17 @@ impl Rule {
     /// Whether its path literals match in any ASCII case.
     pub fn folds_case(&self) -> bool {
         self.effect == Effect::Deny || self.case_insensitive
+    }
+
+    /// How its path literals compare with a request's.
+    pub fn fold(&self) -> Fold {
+        if self.effect == Effect::Deny {
+            Fold::Wide
+        } else if self.case_insensitive {
+            Fold::Ascii
+        } else {
+            Fold::None
+        }
     }
 
     /// Whether every request this rule could match is matched by `earlier` first, so this
@@ -388,7 +393,7 @@ impl Rule {
     pub fn params(&self, path: &str) -> Vec<(Box<str>, String)> {
         self.paths
             .iter()
-            .find(|p| p.matches_case(path, self.folds_case()))
+            .find(|p| p.matches_fold(path, self.fold()))
             .map(|p| p.captures(path))
             .unwrap_or_default()
     }
@@ -575,6 +580,12 @@ impl PathPattern {
     /// (deny rules, and allow rules for an upstream that ignores case), and then also reading
     /// names as Windows does.
     pub fn matches_case(&self, path: &str, fold_case: bool) -> bool {
+        self.matches_fold(path, if fold_case { Fold::Ascii } else { Fold::None })
+    }
+
+    /// [`Self::matches_case`], with the folding `fold` says.
+    pub fn matches_fold(&self, path: &str, fold: Fold) -> bool {
+        let fold_case = fold != Fold::None;
         let mut segs = path.strip_prefix('/').unwrap_or(path).split('/');
         for pat in &*self.segments {
             let ok = match (segs.next(), pat) {
@@ -588,7 +599,10 @@ impl PathPattern {
                         && (**l == *s
                             || (fold_case
                                 && !windows_name(s).is_empty()
-                                && windows_name(l).eq_ignore_ascii_case(windows_name(s))))
+                                && (windows_name(l).eq_ignore_ascii_case(windows_name(s))
+                                    || (fold == Fold::Wide
+                                        && s.contains('%')
+                                        && wide_fold_eq(windows_name(l), windows_name(s))))))
                 }
                 (Some(s), Segment::Any(_)) => !s.is_empty(),
                 (None, _) => false,
@@ -611,6 +625,81 @@ impl PathPattern {
             Some(_) => false,
         }
     }
+}
+
+/// How a path pattern's literal segments compare with a request's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fold {
+    /// Exactly.
+    None,
+    /// In any ASCII case, and with Windows' trailing dots and spaces.
+    Ascii,
+    /// As `Ascii`, and with the four non-ASCII letters whose simple case mapping is ASCII read
+    /// as that letter (deny rules: see [`wide_fold_eq`]).
+    Wide,
+}
+
+/// The non-ASCII letters whose simple case mapping is an ASCII letter, as a canonical path
+/// spells them (escaped UTF-8, uppercase hex), and that letter: `ſ` (U+017F) and `ı`
+/// (U+0131) uppercase to `S` and `I`, `İ` (U+0130) and the Kelvin sign (U+212A) lowercase to
+/// `i` and `k`.
+const WIDE_FOLDS: [(&[u8], u8); 4] = [
+    (b"%C5%BF", b's'),
+    (b"%C4%B1", b'i'),
+    (b"%C4%B0", b'i'),
+    (b"%E2%84%AA", b'k'),
+];
+
+/// Whether two canonical segments are one name to an upstream that folds case as Java's
+/// `equalsIgnoreCase`, Go's `EqualFold` or Spring's case-insensitive matching do.
+///
+/// Why: deny rules compared names in ASCII case only, so `/%C5%BFecrets/x` (`ſecrets`),
+/// `/adm%C4%B1n/x` (`admın`) and `/%E2%84%AAeys/x` (Kelvin sign) passed deny rules for
+/// `/secrets`, `/admin` and `/keys` to a catch-all allow, and an upstream folding as Java
+/// does serves them from those handlers.
+/// Regression: tests::deny_rules_fold_the_letters_that_case_map_to_ascii
+fn wide_fold_eq(a: &str, b: &str) -> bool {
+    fn units(seg: &str) -> impl Iterator<Item = u8> + '_ {
+        let b = seg.as_bytes();
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            let c = *b.get(i)?;
+            if c == b'%'
+                && let Some((esc, letter)) = WIDE_FOLDS.iter().find(|(e, _)| b[i..].starts_with(e))
+            {
+                i += esc.len();
+                return Some(*letter);
+            }
+            i += 1;
+            Some(c.to_ascii_lowercase())
+        })
+    }
+    units(a).eq(units(b))
+}
+
+/// A segment's key in the route index: the coarsest reading any rule gives it (Windows'
+/// name, ASCII-lowercased, [`WIDE_FOLDS`] read as their letter), so that every rule that may
+/// match a segment is listed under its key. Borrowed when the segment is its own key.
+fn index_key<'s>(seg: &'s str, buf: &'s mut String) -> &'s str {
+    let name = windows_name(seg);
+    if !name.bytes().any(|b| b.is_ascii_uppercase() || b == b'%') {
+        return name;
+    }
+    buf.clear();
+    let b = name.as_bytes();
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if c == b'%'
+            && let Some((esc, letter)) = WIDE_FOLDS.iter().find(|(e, _)| b[i..].starts_with(e))
+        {
+            buf.push(char::from(*letter));
+            i += esc.len();
+            continue;
+        }
+        buf.push(char::from(c.to_ascii_lowercase()));
+        i += 1;
+    }
+    buf
 }
 
 /// A path segment as Windows and IIS read a name: trailing dots and spaces (`%20`) dropped.
@@ -910,6 +999,32 @@ mod tests {
     }
 
     #[test]
+    fn deny_rules_fold_the_letters_that_case_map_to_ascii() {
+        let cases: &[(&str, &str, bool)] = &[
+            // pattern, path, matches with the wide fold
+            ("/secrets/**", "/%C5%BFecrets/x", true),
+            ("/secrets/**", "/%C5%BFECRETS/x", true),
+            ("/keys/**", "/%E2%84%AAeys/x", true),
+            ("/admin/**", "/adm%C4%B1n/x", true),
+            ("/admin/**", "/ADM%C4%B0N/x", true),
+            ("/admin/**", "/adm%C4%B1n./x", true),
+            ("/admin", "/adm%C4%B1n/", true),
+            // Other letters are other names.
+            ("/admin/**", "/adm%C3%AEn/x", false),
+            ("/secrets/**", "/%C5%BF%C5%BFecrets/x", false),
+            ("/admin/**", "/adm%C4%B1/x", false),
+            ("/admin/**", "/adm%C4n/x", false),
+        ];
+        for &(pattern, path, wide) in cases {
+            let p = PathPattern::parse(pattern).unwrap();
+            assert_eq!(p.matches_fold(path, Fold::Wide), wide, "{pattern} {path}");
+            // Allow rules, even for an upstream that ignores case, read ASCII case only.
+            assert!(!p.matches_fold(path, Fold::Ascii), "{pattern} {path}");
+            assert!(!p.matches_fold(path, Fold::None), "{pattern} {path}");
+        }
+    }
+
+    #[test]
     fn exact_patterns_take_a_trailing_slash() {
         let cases: &[(&str, &str, bool, bool)] = &[
             // pattern, path, matches when folding, when not
@@ -1175,6 +1290,8 @@ mod tests {
     fn the_index_finds_what_trying_every_rule_in_order_finds() {
         let rules = vec![
             rule("deny-admin", &["/admin/**"], Effect::Deny, &[]),
+            rule("deny-secrets", &["/secrets"], Effect::Deny, &["POST"]),
+            rule("long-s", &["/%C5%BFecrets"], Effect::Allow, &[]),
             rule("users-exact", &["/api/users"], Effect::Allow, &["GET"]),
             rule("user", &["/api/users/{id}"], Effect::Allow, &[]),
             rule(
@@ -1219,6 +1336,10 @@ mod tests {
             "/zzz",
             "/api/",
             "/x/",
+            "/adm%C4%B1n/x",
+            "/%C5%BFecrets",
+            "/api/%C3%A9",
+            "/ADMIN./x",
         ];
         for method in ["GET", "POST", "DELETE", "PUT"] {
             for path in paths {

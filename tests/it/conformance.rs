@@ -392,6 +392,7 @@ fn corpus() -> Vec<Case> {
         ("no rule", "GET", "/nowhere", vec![]),
         ("deny rule", "GET", "/admin/users", vec![]),
         ("deny rule case", "GET", "/ADMIN/users", vec![]),
+        ("deny rule dotless i", "GET", "/adm%C4%B1n/users", vec![]),
         ("deny rule slashes", "GET", "//admin/users", vec![]),
         ("deny rule dots", "GET", "/public/../admin/users", vec![]),
         ("deny rule encoded", "GET", "/%61dmin/users", vec![]),

@@ -70,6 +70,9 @@ async fn admin_path_tricks_denied() {
         "/admin./users",
         "/admin%20/users",
         "/ADMIN.%20",
+        // Java's equalsIgnoreCase and Go's EqualFold read `ı` (U+0131) and `İ` (U+0130) as `i`.
+        "/adm%C4%B1n/users",
+        "/ADM%C4%B0N",
     ] {
         let r = raw_get(gw.addr(), sent).await;
         assert_eq!(r.status, 403, "{sent}: {}", r.head);
