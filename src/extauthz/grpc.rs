@@ -23,7 +23,8 @@
 //!
 //! Answers: allow is `OK` with an `OkHttpResponse` (identity headers set, overwriting;
 //! `headers_to_remove` for every spoofed header and a stripped credential; response headers
-//! to add) and `dynamic_metadata` (`principal_id`, `principal_kind`, `rule`). A denial is the
+//! to add) and `dynamic_metadata` (`principal_id`, `principal_kind`, `rule`; a denial's has
+//! `reason`, and `rule` and the principal when known). A denial is the
 //! matching gRPC code (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, …) with a
 //! `DeniedHttpResponse` carrying the proxy's status, `WWW-Authenticate` and JSON body. When the
 //! answer cannot be known (keys never fetched, introspection down, the deadline passed) the
@@ -900,12 +901,23 @@ impl CheckService {
             // `failure_mode_allow: true` turn it into an allow, so it goes back as a denied
             // response, which Envoy passes on whatever its failure mode.
             // Regression: tests (it) delegate::fail_closed_delegate_is_a_denial_at_the_grpc_door
-            Decision::Deny(d) => Ok(Answer::Message(denied(door::refusal(
-                &d,
-                snapshot,
-                request_id,
-                crate::authz::edge::sole_origin(facts.headers),
-            )))),
+            Decision::Deny(d) => {
+                let mut answer = denied(door::refusal(
+                    &d,
+                    snapshot,
+                    request_id,
+                    crate::authz::edge::sole_origin(facts.headers),
+                ));
+                if let Some(fields) = answer.dynamic_metadata.as_mut().map(|m| &mut m.fields) {
+                    if let Some(rule) = &d.rule {
+                        fields.insert("rule".to_owned(), text_value(&rule.0));
+                    }
+                    if let Some(p) = &d.principal {
+                        principal_metadata(fields, p);
+                    }
+                }
+                Ok(Answer::Message(answer))
+            }
         }
     }
 }
@@ -1170,17 +1182,9 @@ pub fn allowed(a: &Allow) -> CheckResponse {
     let m = &a.mutation;
     // Straight into the message's map (its order on the wire is unspecified anyway).
     let mut fields = HashMap::with_capacity(3);
-    let text = |s: &str| Value {
-        kind: Some(Kind::StringValue(s.to_owned())),
-    };
-    fields.insert("rule".to_owned(), text(&a.rule.0));
+    fields.insert("rule".to_owned(), text_value(&a.rule.0));
     if let Some(p) = &a.principal {
-        fields.insert("principal_id".to_owned(), text(&p.id));
-        let kind = match p.kind {
-            crate::authn::PrincipalKind::User => "user",
-            crate::authn::PrincipalKind::Machine => "machine",
-        };
-        fields.insert("principal_kind".to_owned(), text(kind));
+        principal_metadata(&mut fields, p);
     }
     let metadata = Struct { fields };
     CheckResponse {
@@ -1197,6 +1201,23 @@ pub fn allowed(a: &Allow) -> CheckResponse {
         })),
         dynamic_metadata: Some(metadata),
     }
+}
+
+/// A string as a protobuf `Value`.
+fn text_value(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    }
+}
+
+/// `principal_id` and `principal_kind` in an answer's dynamic metadata.
+fn principal_metadata(fields: &mut HashMap<String, Value>, p: &crate::authn::principal::Principal) {
+    fields.insert("principal_id".to_owned(), text_value(&p.id));
+    let kind = match p.kind {
+        crate::authn::PrincipalKind::User => "user",
+        crate::authn::PrincipalKind::Machine => "machine",
+    };
+    fields.insert("principal_kind".to_owned(), text_value(kind));
 }
 
 /// How a header of an answer is applied: set over what was there, but `Vary`, which adds to
@@ -1327,7 +1348,12 @@ pub fn denied(refusal: Refusal) -> CheckResponse {
             headers,
             body: refusal.body.unwrap_or_default(),
         })),
-        dynamic_metadata: None,
+        // Why: Envoy emits a denial's metadata too (for its access log and later filters);
+        // without it a log could not tell an expired token from a missing scope.
+        // Regression: tests (it) grpc::denials_carry_their_reason_as_dynamic_metadata
+        dynamic_metadata: Some(Struct {
+            fields: HashMap::from([("reason".to_owned(), text_value(refusal.code))]),
+        }),
     }
 }
 

@@ -201,6 +201,66 @@ async fn check_allows_with_identity_headers_and_metadata() {
     assert_eq!(field("rule"), "api");
 }
 
+/// A denial's dynamic metadata (which Envoy emits for its access log and later filters) names
+/// its reason code, and the rule and the principal when they are known.
+#[tokio::test]
+async fn denials_carry_their_reason_as_dynamic_metadata() {
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let field = |resp: &CheckResponse, k: &str| {
+        let meta = resp.dynamic_metadata.as_ref().expect("metadata");
+        match meta.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => Some(s.clone()),
+            None => None,
+            other => panic!("{k}: {other:?}"),
+        }
+    };
+    // Authenticated, without the scope: the rule and who was refused.
+    let token = hs256_token(SECRET, &json!({"scope": "orders:write"}));
+    let bearer = format!("Bearer {token}");
+    let resp = client(&gw)
+        .await
+        .check(check(
+            "/api/orders",
+            "198.51.100.9",
+            &[("authorization", &bearer)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&resp), 7, "{resp:?}");
+    assert_eq!(
+        field(&resp, "reason").as_deref(),
+        Some("insufficient_scope")
+    );
+    assert_eq!(field(&resp, "rule").as_deref(), Some("api"));
+    assert_eq!(field(&resp, "principal_id").as_deref(), Some("alice"));
+    assert_eq!(field(&resp, "principal_kind").as_deref(), Some("user"));
+    // No credential: the rule, nobody.
+    let resp = client(&gw)
+        .await
+        .check(check("/api/orders", "198.51.100.9", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&resp), 16, "{resp:?}");
+    assert_eq!(
+        field(&resp, "reason").as_deref(),
+        Some("missing_credential")
+    );
+    assert_eq!(field(&resp, "rule").as_deref(), Some("api"));
+    assert_eq!(field(&resp, "principal_id"), None);
+    // No rule at all; and a request refused before any decision.
+    let resp = check_as_reader(&gw, "/nowhere", &[]).await;
+    assert_eq!(field(&resp, "reason").as_deref(), Some("no_matching_rule"));
+    assert_eq!(field(&resp, "rule"), None);
+    let resp = check_as_reader(&gw, "/api/%2e%2e/admin", &[]).await;
+    assert_eq!(code(&resp), 3, "{resp:?}");
+    assert!(
+        field(&resp, "reason").is_some_and(|r| !r.is_empty()),
+        "{resp:?}"
+    );
+}
+
 /// A header the request's `Connection` names is left out of the decision and named in
 /// `headers_to_remove`, as at the HTTP doors (doors::headers_named_in_connection_are_removed_too).
 #[tokio::test]
