@@ -306,15 +306,31 @@ impl Rule {
         self.effect == Effect::Deny || self.case_insensitive
     }
 
-    /// How its path literals compare with a request's.
+    /// How its path literals compare with a request's: widely where case folds (deny rules,
+    /// and allow rules for an upstream that ignores case: see [`Self::matches_only_widely`]).
     pub fn fold(&self) -> Fold {
-        if self.effect == Effect::Deny {
+        if self.folds_case() {
             Fold::Wide
-        } else if self.case_insensitive {
-            Fold::Ascii
         } else {
             Fold::None
         }
+    }
+
+    /// Whether this allow rule matches `path` only by reading one of [`WIDE_FOLDS`] as its
+    /// ASCII letter: such a request is refused rather than allowed or passed on.
+    ///
+    /// Why: an allow rule for an upstream that ignores case matched in ASCII case only, so
+    /// `/adm%C4%B1n/x` (`admın`) missed its `/admin/**` and slipped to a catch-all, while an
+    /// upstream folding as Java's `equalsIgnoreCase` serves it from the admin handler. Matching
+    /// it widely would grant what the rule grants to a name an upstream folding ASCII alone
+    /// reads as another; neither reading is safe, so the request is refused.
+    /// Regression: tests::case_insensitive_allow_rules_refuse_what_only_folds_widely
+    pub fn matches_only_widely(&self, path: &str) -> bool {
+        self.effect == Effect::Allow
+            && self.case_insensitive
+            && path.contains('%')
+            && !self.paths.is_empty()
+            && !self.paths.iter().any(|p| p.matches_fold(path, Fold::Ascii))
     }
 
     /// Whether every request this rule could match is matched by `earlier` first, so this
@@ -338,6 +354,7 @@ impl Rule {
             || (!self.methods.0.is_empty()
                 && self.methods.0.iter().all(|m| earlier.methods.0.contains(m)));
         let fold = earlier.folds_case();
+        // (Every rule that folds folds as widely: [`Self::fold`].)
         // Why: a rule whose literals fold (a deny rule) matches `/REPORTS` where an earlier
         // exact `/reports` does not: `check` called such a deny rule dead, and an operator
         // deleting it lost that denial. Regression: tests::a_folding_rule_is_not_shadowed_by_an_exact_one
@@ -651,7 +668,7 @@ const WIDE_FOLDS: [(&[u8], u8); 4] = [
 ];
 
 /// Whether two canonical segments are one name to an upstream that folds case as Java's
-/// `equalsIgnoreCase`, Go's `EqualFold` or Spring's case-insensitive matching do.
+/// `equalsIgnoreCase` does (all four; Go's `EqualFold` folds `ſ` and the Kelvin sign).
 ///
 /// Why: deny rules compared names in ASCII case only, so `/%C5%BFecrets/x` (`ſecrets`),
 /// `/adm%C4%B1n/x` (`admın`) and `/%E2%84%AAeys/x` (Kelvin sign) passed deny rules for
@@ -975,6 +992,45 @@ mod tests {
     }
 
     #[test]
+    fn case_insensitive_allow_rules_refuse_what_only_folds_widely() {
+        let admin = |ci: bool| Rule {
+            context: Box::default(),
+            case_insensitive: ci,
+            timeouts: None,
+            ..rule("admin", &["/admin/**"], Effect::Allow, &[])
+        };
+        let table =
+            |ci: bool| RouteTable::new(vec![admin(ci), rule("all", &["/**"], Effect::Allow, &[])]);
+        let decided = |t: &RouteTable, path: &str| {
+            let (parts, conn) = get(path);
+            let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+            t.find(&facts)
+                .map(|r| (r.id.0.to_string(), r.matches_only_widely(&facts.path)))
+        };
+        // For an upstream that ignores case: the admin rule, refusing what only folds widely.
+        let t = table(true);
+        for (path, widely) in [
+            ("/adm%C4%B1n/x", true),
+            ("/ADM%C4%B0N/", true),
+            ("/ADMIN/x", false),
+            ("/admin/%C4%B1", false),
+        ] {
+            assert_eq!(
+                decided(&t, path),
+                Some(("admin".to_owned(), widely)),
+                "{path}"
+            );
+        }
+        // Exact by default: another name, for the catch-all.
+        assert_eq!(
+            decided(&table(false), "/adm%C4%B1n/x"),
+            Some(("all".to_owned(), false))
+        );
+        // A deny rule denies anyway.
+        assert!(!rule("d", &["/admin/**"], Effect::Deny, &[]).matches_only_widely("/adm%C4%B1n"));
+    }
+
+    #[test]
     fn deny_rules_ignore_path_case() {
         let p = PathPattern::parse("/admin/**").unwrap();
         assert!(p.matches_case("/ADMIN/users", true));
@@ -1018,7 +1074,7 @@ mod tests {
         for &(pattern, path, wide) in cases {
             let p = PathPattern::parse(pattern).unwrap();
             assert_eq!(p.matches_fold(path, Fold::Wide), wide, "{pattern} {path}");
-            // Allow rules, even for an upstream that ignores case, read ASCII case only.
+            // The ASCII reading alone does not.
             assert!(!p.matches_fold(path, Fold::Ascii), "{pattern} {path}");
             assert!(!p.matches_fold(path, Fold::None), "{pattern} {path}");
         }

@@ -123,8 +123,9 @@ pub async fn decide(
         return Decision::Deny(Deny::no_rule());
     };
     trace.record(TraceEvent::RuleMatched(rule.id.clone()));
-    if rule.effect == Effect::Deny {
-        // A deny rule needs no identity: refusing before verifying costs nothing.
+    // A deny rule needs no identity: refusing before verifying costs nothing. Nor does a
+    // path an allow rule matches only by a wide case fold ([`Rule::matches_only_widely`]).
+    if rule.effect == Effect::Deny || rule.matches_only_widely(&facts.path) {
         return deny(rule, DenyKind::Forbidden, None);
     }
     let Some(guard) = rule.guard.as_ref().filter(|_| trace.counts()) else {
