@@ -519,10 +519,15 @@ pub fn may_override_method(query: &str) -> bool {
 /// Whether some framework reads the raw query key `k` as `_method`, the method override of
 /// Symfony (and Laravel), Express's method-override and others: an upstream serving
 /// `POST /users/1?_method=DELETE` deletes, where a rule denying `DELETE` decided a POST.
+///
+/// Also `X-HTTP-Method-Override` in any case: ASP.NET MVC 5 and Web Pages read it from the
+/// query of a POST (after the header and the form), so `?X-HTTP-Method-Override=DELETE`
+/// reached `[HttpDelete]` actions past a rule denying DELETE.
 pub fn is_method_override(k: &str) -> bool {
     static METHOD: std::sync::LazyLock<QueryNameReadings<'static>> =
         std::sync::LazyLock::new(|| QueryNameReadings::of("_method"));
-    METHOD.may_be(&decode_lenient(k.as_bytes()))
+    let name = decode_lenient(k.as_bytes());
+    METHOD.may_be(&name) || name.trim().eq_ignore_ascii_case("x-http-method-override")
 }
 
 /// Whether a raw query holds a method override ([`is_method_override`]) under any name.
@@ -839,7 +844,11 @@ mod tests {
             ("_method[]", true),
             (" _method", true),
             ("_method%00%ff", true),
+            ("X-HTTP-Method-Override", true),
+            ("x-http-method-override", true),
+            ("X%2DHTTP-Method-Override", true),
             ("method", false),
+            ("x-http-method", false),
             ("_methods", false),
             ("x_method", false),
         ] {
