@@ -137,8 +137,9 @@ fn call_deadline(shared: &Shared, index: usize, start: Instant) -> tokio::time::
 struct Started(Instant, Option<tokio::time::Instant>);
 
 /// The deadline a caller set with `grpc-timeout` (gRPC over HTTP/2: up to eight digits and a
-/// unit, `H`, `M`, `S`, `m`, `u` or `n`), counted from `start`; `None` when absent or not
-/// in that form (the door's own `timeout` still bounds the call).
+/// unit, `H`, `M`, `S`, `m`, `u` or `n`), counted from `start`, less the answer's way back
+/// ([`transit_margin`]); `None` when absent or not in that form (the door's own `timeout`
+/// still bounds the call).
 ///
 /// Why: Envoy sends its ext_authz `timeout` (200 ms by default) as `grpc-timeout` and stops
 /// waiting then, applying `failure_mode_allow` or `status_on_error`. A Check it gave up on
@@ -165,8 +166,20 @@ fn peer_deadline(headers: &HeaderMap, start: Instant) -> Option<tokio::time::Ins
     };
     Some(crate::clock::deadline_after(
         tokio::time::Instant::from_std(start),
-        timeout,
+        timeout.saturating_sub(transit_margin(timeout)),
     ))
+}
+
+/// What is kept of a caller's `timeout` for the answer's way back and the caller's clock,
+/// which started a hop before the door's: a tenth, at least 20 ms, at most half.
+///
+/// Why: a fail-closed delegate cut to the caller's whole deadline answered its denial a few
+/// milliseconds before Envoy gave up, and Envoy's `failure_mode_allow: true` turns a late
+/// answer into an allow. Regression: tests::grpc_timeout_parses_as_grpc_says
+fn transit_margin(timeout: std::time::Duration) -> std::time::Duration {
+    (timeout / 10)
+        .max(std::time::Duration::from_millis(20))
+        .min(timeout / 2)
 }
 
 /// Why a Check's message was not handed to the decoder.
@@ -1379,14 +1392,20 @@ mod tests {
     fn grpc_timeout_parses_as_grpc_says() {
         let start = Instant::now();
         let at = |d: Duration| Some(tokio::time::Instant::from_std(start) + d);
+        // Less the way back: a tenth, at least 20 ms, at most half.
         let cases: &[(&str, Option<tokio::time::Instant>)] = &[
-            ("200m", at(Duration::from_millis(200))),
-            ("1S", at(Duration::from_secs(1))),
-            ("2M", at(Duration::from_secs(120))),
-            ("1H", at(Duration::from_secs(3600))),
-            ("5000u", at(Duration::from_millis(5))),
-            ("99999999n", at(Duration::from_nanos(99_999_999))),
+            ("200m", at(Duration::from_millis(180))),
+            ("1S", at(Duration::from_millis(900))),
+            ("2M", at(Duration::from_secs(108))),
+            ("1H", at(Duration::from_secs(3240))),
+            ("5000u", at(Duration::from_micros(2500))),
+            ("99999999n", at(Duration::from_nanos(79_999_999))),
+            ("100m", at(Duration::from_millis(80))),
             ("0m", at(Duration::ZERO)),
+            (
+                "99999999H",
+                at(Duration::from_secs(99_999_999 * 3600 / 10 * 9)),
+            ),
             // Not the specification's form: the door's own deadline alone.
             ("", None),
             ("m", None),
