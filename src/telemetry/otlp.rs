@@ -71,8 +71,11 @@ static SPANS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64:
 const EXPORTED: usize = 0;
 const FAILED: usize = 1;
 const DROPPED: usize = 2;
-/// When a failed export was last warned about (seconds since the epoch; 0 never).
+/// When a failed export was last warned about: seconds since [`EPOCH`], plus one (0 never).
 static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
+/// The monotonic origin of [`LAST_WARNED`] (a wall clock stepped back would silence it).
+static EPOCH: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
 
 /// What became of the spans recorded since the process started: `exported`, `failed`,
 /// `dropped`.
@@ -340,13 +343,19 @@ impl Otlp {
             tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_WAIT)),
         )
         .await;
+        // (The SDK's own wait ends at the same time: its timeout is a failure too.)
         match done {
-            Ok(Ok(Err(e))) => tracing::debug!(error = %e, "OTLP exporter shutdown"),
-            Err(_) => tracing::warn!(
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(opentelemetry_sdk::error::OTelSdkError::AlreadyShutdown))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(
+                error = %e,
+                queued = self.queued.load(Ordering::Relaxed),
+                "OTLP: the last spans were not all exported at shutdown"
+            ),
+            Ok(Err(_)) | Err(_) => tracing::warn!(
                 queued = self.queued.load(Ordering::Relaxed),
                 "OTLP: the last spans were not exported within 5 s of shutdown"
             ),
-            _ => {}
         }
     }
 }
@@ -436,14 +445,13 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
             }
             Err(e) => {
                 SPANS[FAILED].fetch_add(n, Ordering::Relaxed);
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let now = EPOCH.elapsed().as_secs() + 1;
                 let last = LAST_WARNED.load(Ordering::Relaxed);
-                if now >= last.saturating_add(WARN_EVERY_SECS)
-                    && LAST_WARNED
-                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
+                if last == 0
+                    || now >= last.saturating_add(WARN_EVERY_SECS)
+                        && LAST_WARNED
+                            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
                 {
                     tracing::warn!(
                         spans = n,

@@ -1760,16 +1760,13 @@ async fn spans_are_exported_over_otlp_with_decision_reason_rule_and_door() {
     assert_eq!(attribute(allowed, "portcullis.rule"), Some("all"));
     assert!(allowed.parent_span_id.is_empty());
     assert_eq!(allowed.trace_id.len(), 16);
+    // (Counted for the process: `cargo test` runs the other gateways in it too.)
     let (_, metrics) = gw.admin_get("/metrics").await;
     let exported = metric(
         &metrics,
         "portcullis_otlp_spans_total{outcome=\"exported\"}",
     );
     assert!(exported >= 2, "{metrics}");
-    assert_eq!(
-        metric(&metrics, "portcullis_otlp_spans_total{outcome=\"failed\"}"),
-        0
-    );
 }
 
 /// The value of the sample `name` (with its labels) in a Prometheus exposition.
@@ -1791,23 +1788,18 @@ async fn spans_a_collector_refuses_are_counted_as_failed() {
     for _ in 0..3 {
         assert_eq!(get(gw.addr(), "/open").await.0, StatusCode::OK);
     }
+    // (Counted for the process: `cargo test` runs the other gateways in it too, so at least
+    // these three.)
     let mut failed = 0;
     for _ in 0..100 {
         let (_, metrics) = gw.admin_get("/metrics").await;
         failed = metric(&metrics, "portcullis_otlp_spans_total{outcome=\"failed\"}");
         if failed >= 3 {
-            assert_eq!(
-                metric(
-                    &metrics,
-                    "portcullis_otlp_spans_total{outcome=\"exported\"}"
-                ),
-                0
-            );
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(failed, 3, "the refused batch's spans counted");
+    assert!(failed >= 3, "the refused batch's spans counted: {failed}");
     assert!(
         !collector.bodies.lock().unwrap().is_empty(),
         "the collector was asked"
