@@ -82,6 +82,7 @@ impl App {
     pub async fn start(config_path: &Path, options: Options) -> Result<Self, StartError> {
         let path: PathBuf = config_path.to_path_buf();
         let clock = options.clock.clone();
+        let loaded_at = std::time::SystemTime::now();
         let (snapshot, warnings) =
             tokio::task::spawn_blocking(move || config::build_with_clock(&path, None, clock))
                 .await
@@ -92,6 +93,7 @@ impl App {
                     )])
                 })?
                 .map_err(StartError::Config)?;
+        let loaded = config::reload::Loaded::now(loaded_at, &snapshot.watched);
         for w in &warnings {
             tracing::warn!(diagnostic = %w, "Config warning");
         }
@@ -211,8 +213,11 @@ impl App {
         drop(shutdown_rx);
 
         if options.watch
-            && let Err(e) =
-                config::reload::spawn_watcher(Arc::clone(&reloader), options.watch_debounce)
+            && let Err(e) = config::reload::spawn_watcher(
+                Arc::clone(&reloader),
+                options.watch_debounce,
+                &loaded,
+            )
         {
             tracing::warn!(error = %e, "File watching unavailable; reload with SIGHUP or POST /reload");
         }

@@ -137,6 +137,7 @@ impl Reloader {
             )])
         })?;
         let (built, referenced) = built;
+        let mut kept_warnings = Vec::new();
         if let Ok(mut refused) = self.refused_reads.lock() {
             *refused = referenced;
         }
@@ -145,9 +146,10 @@ impl Reloader {
                 diags.into_iter().filter(Diagnostic::is_error).collect(),
             )),
             Ok((next, warnings)) => {
-                for w in &warnings {
-                    tracing::warn!(diagnostic = %w, "Config warning");
-                }
+                // Said once the reload is known to stand (logged below): a refused one's
+                // warnings described a config that never ran ("every request will be denied"
+                // before the refusal of an emptied policy set kept the old rules).
+                kept_warnings = warnings;
                 let restart = restart_only_changes(&previous, &next);
                 let emptied = next.routes.rules().is_empty()
                     && !previous.routes.rules().is_empty()
@@ -215,6 +217,11 @@ impl Reloader {
                 }
             }
         }
+        if result.is_ok() {
+            for w in &kept_warnings {
+                tracing::warn!(diagnostic = %w, "Config warning");
+            }
+        }
         match &result {
             Ok(ReloadOutcome::Applied { version }) => {
                 self.metrics.reload("applied");
@@ -265,8 +272,16 @@ impl Reloader {
 /// changes settle. Directories are watched rather than files, so editors that replace a file
 /// (write to a temporary, rename over) and Kubernetes' symlink swaps are seen; the set is
 /// recomputed after every reload, as a reload may reference new files.
-pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<()> {
+///
+/// `loaded`: how the running config's files were when it was read; a file changed since,
+/// before the watches were set, is reloaded at once.
+pub fn spawn_watcher(
+    reloader: Arc<Reloader>,
+    debounce: Duration,
+    loaded: &Loaded,
+) -> notify::Result<()> {
     let (tx, mut rx) = mpsc::channel::<()>(16);
+    let again = tx.clone();
     let current = Arc::clone(&reloader);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
@@ -283,11 +298,20 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: Duration) -> notify::Res
             tracing::warn!(dir = %d.display(), error = %e, "Cannot watch directory");
         }
     }
+    // Why: the running config was read before the watches were set, and a file written in
+    // between (a ConfigMap or git-sync update landing as the gateway starts) woke nothing:
+    // the old policy ran until some later edit. Regression: tests (it)
+    // reload::a_file_written_while_the_gateway_starts_is_applied
+    let watched = reloader.watched();
+    if disk_state(&watched) != loaded.state || changed_since(&watched, loaded.started) {
+        let _ = again.try_send(());
+    }
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             if !settle(&mut rx, debounce).await {
                 return;
             }
+            let read = disk_state(&reloader.watched());
             let _ = reloader.reload(Trigger::Watch).await;
             let now = watch_dirs(&reloader.watched());
             for d in dirs.difference(&now) {
@@ -306,9 +330,109 @@ pub fn spawn_watcher(reloader: Arc<Reloader>, debounce: Duration) -> notify::Res
                 }
             }
             dirs = now;
+            // Why: a directory replaced whole is unwatched from its replacement until the
+            // watch above; a file added to it meanwhile (while a large policy set compiled)
+            // woke nothing and was never applied, with nothing reported. What a reload reads
+            // is compared as it was before this one and as it is now that every watch is set:
+            // any difference is reloaded. Regression: tests (it)
+            // reload::a_file_added_while_a_replaced_directory_reloads_is_applied
+            if disk_state(&reloader.watched()) != read {
+                let _ = again.try_send(());
+            }
         }
     });
     Ok(())
+}
+
+/// How the files of the config read at start were: when the reading started, and their
+/// [`disk_state`] once it was done.
+#[derive(Debug)]
+pub struct Loaded {
+    started: SystemTime,
+    state: Vec<EntryState>,
+}
+
+impl Loaded {
+    /// The files `watched` of a config whose reading began at `started` and is done now.
+    pub fn now(started: SystemTime, watched: &[PathBuf]) -> Self {
+        Self {
+            started,
+            state: disk_state(watched),
+        }
+    }
+}
+
+/// One entry of [`disk_state`]: a path, and what `stat` and `lstat` say of it (inode, size,
+/// modification and change times), or nothing for a path not there.
+type EntryState = (PathBuf, Option<[i64; 6]>, Option<[i64; 6]>);
+
+/// What a reload of `watched` would read, as the file system has it now: each watched path,
+/// and in a watched directory, or beside a watched file, each entry [`concerns`] would be woken
+/// by (a policy file, a `..` swap entry). Two states differ when something a reload reads was
+/// made, removed, replaced or written between them.
+fn disk_state(watched: &[PathBuf]) -> Vec<EntryState> {
+    use std::os::unix::fs::MetadataExt as _;
+    let stamp = |m: std::fs::Metadata| {
+        [
+            i64::try_from(m.ino()).unwrap_or(i64::MAX),
+            i64::try_from(m.size()).unwrap_or(i64::MAX),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        ]
+    };
+    let entry = |p: PathBuf| {
+        let followed = std::fs::metadata(&p).ok().map(stamp);
+        let own = std::fs::symlink_metadata(&p).ok().map(stamp);
+        (p, followed, own)
+    };
+    let mut out = Vec::new();
+    let mut dirs = BTreeSet::new();
+    for w in watched {
+        out.push(entry(w.clone()));
+        if w.is_dir() {
+            dirs.insert((w.clone(), true));
+        }
+        if let Some(parent) = w.parent() {
+            dirs.insert((parent.to_path_buf(), false));
+        }
+    }
+    for (dir, policies) in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let n = name.as_encoded_bytes();
+            let swap = n.starts_with(b"..");
+            let policy = !n.starts_with(b".") && (n.ends_with(b".yaml") || n.ends_with(b".yml"));
+            if swap || (policies && policy) {
+                out.push(entry(e.path()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether anything [`disk_state`] looks at was made, written or replaced at `since` or later.
+/// (A file system's clock is coarse and lags: a file written a few milliseconds after `since`
+/// may be stamped before it; such a file was read by the load, which reads policy files last.
+/// No slack the other way: a file written before the start, as every deployment's are, must
+/// not cost a reload.)
+fn changed_since(watched: &[PathBuf], since: SystemTime) -> bool {
+    let since = since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
+    let at = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+    disk_state(watched).iter().any(|(_, followed, own)| {
+        [followed, own]
+            .into_iter()
+            .flatten()
+            .any(|m| at(m[2], m[3]) >= since || at(m[4], m[5]) >= since)
+    })
 }
 
 /// After a first change: waits until no other arrived for `debounce` (a file written in

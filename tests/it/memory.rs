@@ -22,7 +22,7 @@ pub struct Binary {
     pub admin: SocketAddr,
     /// Its log lines after the start.
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl Binary {
@@ -95,7 +95,7 @@ impl Binary {
             addrs,
             admin,
             log,
-            _dir: dir,
+            dir,
         }
     }
 

@@ -157,6 +157,114 @@ async fn a_replaced_policies_directory_is_still_watched() {
     assert_eq!(get(gw.addr(), "/other").await.0, StatusCode::OK);
 }
 
+/// Rules enough that compiling them takes a while (a large deployment's policy set).
+fn many_rules(n: usize) -> String {
+    let mut p = String::from("rules:\n");
+    for i in 0..n {
+        p.push_str(&format!(
+            "  - name: r{i}\n    match: {{paths: [\"/svc{i}/**\"], methods: [GET]}}\n    effect: allow\n    anonymous: true\n    upstream: echo\n    when: \"request.path.startsWith('/svc{i}/')\"\n"
+        ));
+    }
+    p
+}
+
+/// A deny rule for `/blocked/**`.
+const BLOCK: &str =
+    "rules:\n  - name: block\n    match: {paths: [\"/blocked/**\"]}\n    effect: deny\n";
+
+/// A policy file written while the gateway reads its config at start (a ConfigMap or
+/// git-sync update landing as the pod starts), before its files are watched, is applied.
+/// (It was not: the old policy ran until some later edit.)
+#[tokio::test]
+async fn a_file_written_while_the_gateway_starts_is_applied() {
+    let started = std::time::Instant::now();
+    let gw = Setup {
+        watch: true,
+        policies: vec![
+            ("05-many.yaml".into(), many_rules(3000)),
+            ("10-all.yaml".into(), ALLOW_ALL.into()),
+        ],
+        ..Setup::default()
+    }
+    .start_while(|dir| {
+        std::thread::sleep(Duration::from_millis(30));
+        std::fs::write(dir.join("policies/01-block.yaml"), BLOCK).unwrap();
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        answers_soon(gw.addr(), "/blocked/x", StatusCode::FORBIDDEN).await,
+        "the file written at start was applied (start took {took:?})"
+    );
+    assert_eq!(get(gw.addr(), "/other").await.0, StatusCode::OK);
+}
+
+/// A policies directory replaced whole, then given a file while the reload it caused is still
+/// compiling (before the new directory is watched): the file is applied, by a reload after
+/// the watch is set. (It was lost: the rules stayed stale, with nothing reported.)
+#[tokio::test]
+async fn a_file_added_while_a_replaced_directory_reloads_is_applied() {
+    let gw = watched_gateway().await;
+    let dir = gw.path("policies");
+    let next = gw.path("policies.next");
+    std::fs::create_dir(&next).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), next.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(next.join("05-many.yaml"), many_rules(3000)).unwrap();
+    std::fs::rename(&dir, gw.path("policies.old")).unwrap();
+    std::fs::rename(&next, &dir).unwrap();
+    // After the 50 ms debounce, while the 3,000 rules compile.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    std::fs::write(dir.join("01-block.yaml"), BLOCK).unwrap();
+    let addr = gw.addr();
+    assert!(
+        eventually(Duration::from_secs(15), || async move {
+            get(addr, "/blocked/x").await.0 == StatusCode::FORBIDDEN
+        })
+        .await,
+        "the file added during the reload was applied"
+    );
+    assert_eq!(get(gw.addr(), "/svc7/x").await.0, StatusCode::OK);
+}
+
+/// A reload refused for emptying the policy set logs the refusal, not the warning its config
+/// would have earned ("every request will be denied"), which described rules that never ran.
+#[tokio::test]
+async fn a_refused_reloads_warnings_are_not_logged() {
+    let echo = portcullis::echo::Echo::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let bin = crate::memory::Binary::start_with(
+        echo.addr,
+        "  - name: http\n    address: 127.0.0.1:0\n",
+        "",
+        "",
+        ALLOW_ALL,
+        &[],
+        &[],
+    );
+    std::fs::write(bin.dir.path().join("policies/10-all.yaml"), "rules: []\n").unwrap();
+    let req = http::Request::post("/reload")
+        .header("host", bin.admin.to_string())
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let (status, _, _) = crate::support::send(bin.admin, req).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let refused = eventually(Duration::from_secs(5), || async {
+        !bin.log_lines("Config reload failed").is_empty()
+    })
+    .await;
+    assert!(refused);
+    assert!(
+        bin.log_lines("no rules found").is_empty(),
+        "{:?}",
+        bin.log_lines("rules")
+    );
+    assert_eq!(get(bin.addr("http"), "/x").await.0, StatusCode::OK);
+}
+
 /// A policy file that is a symlink to a file elsewhere: an edit made at the target applies
 /// without a signal. (Only the link's directory was watched: the edit went unseen until
 /// SIGHUP.)

@@ -139,6 +139,15 @@ impl Setup {
     }
 
     pub async fn start(self) -> TestGateway {
+        self.start_while(|_| {}).await
+    }
+
+    /// [`Self::start`], running `during` on a thread of its own, given the gateway's
+    /// directory, as the gateway starts (its files written, its config being read).
+    pub async fn start_while(
+        self,
+        during: impl FnOnce(std::path::PathBuf) + Send + 'static,
+    ) -> TestGateway {
         let echo = Echo::start(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .expect("echo starts");
@@ -157,9 +166,12 @@ impl Setup {
             watch_debounce: Duration::from_millis(50),
             clock: self.clock.clone(),
         };
+        let root = dir.path().to_path_buf();
+        let during = std::thread::spawn(move || during(root));
         let app = App::start(&dir.path().join("portcullis.yaml"), options)
             .await
             .unwrap_or_else(|e| panic!("gateway starts: {e}"));
+        during.join().expect("the start's companion ran");
         TestGateway {
             app: Some(app),
             dir,
