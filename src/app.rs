@@ -82,18 +82,18 @@ impl App {
     pub async fn start(config_path: &Path, options: Options) -> Result<Self, StartError> {
         let path: PathBuf = config_path.to_path_buf();
         let clock = options.clock.clone();
-        let loaded_at = std::time::SystemTime::now();
-        let (snapshot, warnings) =
-            tokio::task::spawn_blocking(move || config::build_with_clock(&path, None, clock))
-                .await
-                .map_err(|e| {
-                    StartError::Config(vec![Diagnostic::file_error(
-                        &config_path.display().to_string(),
-                        format!("config task failed: {e}"),
-                    )])
-                })?
-                .map_err(StartError::Config)?;
-        let loaded = config::reload::Loaded::now(loaded_at, &snapshot.watched);
+        let (loaded, built) = tokio::task::spawn_blocking(move || {
+            let loaded = config::reload::Loaded::before(&path);
+            (loaded, config::build_with_clock(&path, None, clock))
+        })
+        .await
+        .map_err(|e| {
+            StartError::Config(vec![Diagnostic::file_error(
+                &config_path.display().to_string(),
+                format!("config task failed: {e}"),
+            )])
+        })?;
+        let (snapshot, warnings) = built.map_err(StartError::Config)?;
         for w in &warnings {
             tracing::warn!(diagnostic = %w, "Config warning");
         }

@@ -199,7 +199,7 @@ fn other_rules_errors(path: &Path, display: &str, first: &Diagnostic) -> Vec<Dia
 
 /// The policy directory a config file that failed to load names, when it can still be read
 /// as YAML (`policies.dir`), or the default when it cannot say.
-fn policy_dir_hint(config_path: &Path) -> Option<PathBuf> {
+pub(crate) fn policy_dir_hint(config_path: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(config_path).ok()?;
     let named = serde_yaml::from_str::<serde_yaml::Value>(&text)
         .ok()

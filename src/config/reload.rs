@@ -217,7 +217,7 @@ impl Reloader {
                 }
             }
         }
-        if result.is_ok() {
+        if matches!(result, Ok(ReloadOutcome::Applied { .. })) {
             for w in &kept_warnings {
                 tracing::warn!(diagnostic = %w, "Config warning");
             }
@@ -282,6 +282,7 @@ pub fn spawn_watcher(
 ) -> notify::Result<()> {
     let (tx, mut rx) = mpsc::channel::<()>(16);
     let again = tx.clone();
+    let tx_again = tx.clone();
     let current = Arc::clone(&reloader);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
@@ -302,16 +303,26 @@ pub fn spawn_watcher(
     // between (a ConfigMap or git-sync update landing as the gateway starts) woke nothing:
     // the old policy ran until some later edit. Regression: tests (it)
     // reload::a_file_written_while_the_gateway_starts_is_applied
-    let watched = reloader.watched();
-    if disk_state(&watched) != loaded.state || changed_since(&watched, loaded.started) {
-        let _ = again.try_send(());
-    }
+    let (before, started) = (loaded.before.clone(), loaded.started);
+    let startup = Arc::clone(&reloader);
+    let check_start = tokio::task::spawn_blocking(move || {
+        let watched = startup.watched();
+        disk_state(&before.0) != before.1 || changed_since(&watched, &before.1, started)
+    });
+    tokio::spawn(async move {
+        if check_start.await.unwrap_or(true) {
+            let _ = again.try_send(());
+        }
+    });
+    let again = tx_again;
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             if !settle(&mut rx, debounce).await {
                 return;
             }
-            let read = disk_state(&reloader.watched());
+            let set = reloader.watched();
+            let started = SystemTime::now();
+            let (set, read) = blocking_state(set).await;
             let _ = reloader.reload(Trigger::Watch).await;
             let now = watch_dirs(&reloader.watched());
             for d in dirs.difference(&now) {
@@ -336,7 +347,16 @@ pub fn spawn_watcher(
             // is compared as it was before this one and as it is now that every watch is set:
             // any difference is reloaded. Regression: tests (it)
             // reload::a_file_added_while_a_replaced_directory_reloads_is_applied
-            if disk_state(&reloader.watched()) != read {
+            // Compared over the same paths (a reload may watch others: a Kubernetes volume's
+            // links resolve to a new `..2026_…` directory at each update, which must not cost
+            // a second reload), and what the reload newly watches, by change time.
+            let now_watched = reloader.watched();
+            let changed = tokio::task::spawn_blocking(move || {
+                disk_state(&set) != read || changed_since(&now_watched, &read, started)
+            })
+            .await
+            .unwrap_or(false);
+            if changed {
                 let _ = again.try_send(());
             }
         }
@@ -344,20 +364,39 @@ pub fn spawn_watcher(
     Ok(())
 }
 
-/// How the files of the config read at start were: when the reading started, and their
-/// [`disk_state`] once it was done.
-#[derive(Debug)]
+/// [`disk_state`] of `set` off the runtime's threads (a stat per file, a network round trip
+/// each on NFS), with `set` back.
+async fn blocking_state(set: Vec<PathBuf>) -> (Vec<PathBuf>, Vec<EntryState>) {
+    tokio::task::spawn_blocking(move || {
+        let state = disk_state(&set);
+        (set, state)
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// How the files the config at start reads were before it was read: the config file and its
+/// policies directory ([`disk_state`]), and when the reading began (for the files the config
+/// names, unknown until it is read).
+#[derive(Debug, Clone)]
 pub struct Loaded {
     started: SystemTime,
-    state: Vec<EntryState>,
+    before: (Vec<PathBuf>, Vec<EntryState>),
 }
 
 impl Loaded {
-    /// The files `watched` of a config whose reading began at `started` and is done now.
-    pub fn now(started: SystemTime, watched: &[PathBuf]) -> Self {
+    /// Taken before the config at `config_path` is read (blocking: a few `stat` calls).
+    pub fn before(config_path: &std::path::Path) -> Self {
+        let started = SystemTime::now();
+        let mut set = vec![config_path.to_path_buf()];
+        if let Some(dir) = super::load::policy_dir_hint(config_path) {
+            let base = config_path.parent().unwrap_or(std::path::Path::new("."));
+            set.push(base.join(dir));
+        }
+        let state = disk_state(&set);
         Self {
             started,
-            state: disk_state(watched),
+            before: (set, state),
         }
     }
 }
@@ -372,7 +411,15 @@ type EntryState = (PathBuf, Option<[i64; 6]>, Option<[i64; 6]>);
 /// made, removed, replaced or written between them.
 fn disk_state(watched: &[PathBuf]) -> Vec<EntryState> {
     use std::os::unix::fs::MetadataExt as _;
+    // Why a directory is its inode alone: its size and times change with every entry made,
+    // renamed or removed, hidden ones and other files included (a sync tool's state file
+    // rewritten every 150 ms): each reload then saw a change, and reloaded again, for as
+    // long as the tool ran. The entries a reload reads are listed on their own.
+    // Regression: tests::a_directorys_other_entries_change_no_state
     let stamp = |m: std::fs::Metadata| {
+        if m.is_dir() {
+            return [i64::try_from(m.ino()).unwrap_or(i64::MAX), 0, 0, 0, 0, 0];
+        }
         [
             i64::try_from(m.ino()).unwrap_or(i64::MAX),
             i64::try_from(m.size()).unwrap_or(i64::MAX),
@@ -417,22 +464,27 @@ fn disk_state(watched: &[PathBuf]) -> Vec<EntryState> {
     out
 }
 
-/// Whether anything [`disk_state`] looks at was made, written or replaced at `since` or later.
-/// (A file system's clock is coarse and lags: a file written a few milliseconds after `since`
-/// may be stamped before it; such a file was read by the load, which reads policy files last.
-/// No slack the other way: a file written before the start, as every deployment's are, must
-/// not cost a reload.)
-fn changed_since(watched: &[PathBuf], since: SystemTime) -> bool {
+/// Whether a file of `watched` that `known` does not list (one a reload newly reads: a key
+/// file a config names) changed at `since` or later, by its change time (`cp -p` and `tar`
+/// set modification times, even ahead; directories are left out, as in [`disk_state`]).
+/// No slack: a file written before, as every deployment's are, must not cost a reload; a
+/// file system's coarse clock may stamp a change a few milliseconds after `since` before it,
+/// which the files `known` lists, compared whole, do not depend on.
+fn changed_since(watched: &[PathBuf], known: &[EntryState], since: SystemTime) -> bool {
     let since = since
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX));
     let at = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
-    disk_state(watched).iter().any(|(_, followed, own)| {
-        [followed, own]
-            .into_iter()
-            .flatten()
-            .any(|m| at(m[2], m[3]) >= since || at(m[4], m[5]) >= since)
-    })
+    disk_state(watched)
+        .iter()
+        .filter(|(p, _, _)| !known.iter().any(|(k, _, _)| k == p))
+        .any(|(_, followed, own)| {
+            // (A directory's stamp has no times: it never counts here.)
+            [followed, own]
+                .into_iter()
+                .flatten()
+                .any(|m| at(m[4], m[5]) >= since)
+        })
 }
 
 /// After a first change: waits until no other arrived for `debounce` (a file written in
@@ -535,6 +587,46 @@ fn watch_dirs(paths: &[PathBuf]) -> BTreeSet<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directorys_other_entries_change_no_state() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("policies");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("10.yaml"), "rules: []\n").unwrap();
+        let set = vec![root.path().join("portcullis.yaml"), dir.clone()];
+        std::fs::write(&set[0], "x: 1\n").unwrap();
+        let first = disk_state(&set);
+        // What a reload does not read: hidden files, other names, renames among them.
+        std::fs::write(dir.join(".sync-state"), "1").unwrap();
+        std::fs::write(dir.join(".sync-state.tmp"), "2").unwrap();
+        std::fs::rename(dir.join(".sync-state.tmp"), dir.join(".sync-state")).unwrap();
+        std::fs::write(dir.join("notes.txt"), "n").unwrap();
+        std::fs::write(root.path().join("gateway.log"), "line\n").unwrap();
+        assert_eq!(disk_state(&set), first);
+        // What it reads: a policy file added, one rewritten, a swap entry, the config.
+        std::fs::write(dir.join("20.yaml"), "rules: []\n").unwrap();
+        let added = disk_state(&set);
+        assert_ne!(added, first);
+        std::fs::write(dir.join("20.yaml"), "rules: [ ]\n").unwrap();
+        assert_ne!(disk_state(&set), added);
+        let again = disk_state(&set);
+        std::fs::create_dir(root.path().join("..data")).unwrap();
+        assert_ne!(disk_state(&set), again);
+        let again = disk_state(&set);
+        std::fs::write(&set[0], "x: 2\n").unwrap();
+        assert_ne!(disk_state(&set), again);
+        // A file the config newly names, written since: by its change time.
+        let since = SystemTime::now();
+        let key = root.path().join("k.pem");
+        assert!(!changed_since(std::slice::from_ref(&key), &[], since));
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&key, "k").unwrap();
+        assert!(changed_since(std::slice::from_ref(&key), &[], since));
+        // Unless it is among the known ones (compared whole instead).
+        let known = disk_state(std::slice::from_ref(&key));
+        assert!(!changed_since(&[key], &known, since));
+    }
 
     /// Changes every 20 ms for 1 s (a file streamed in pieces, a set deployed file by file)
     /// are waited out: the reload reads what they left, never a part of it; a lone change
