@@ -114,7 +114,12 @@ pub fn encode(out: &mut String, authn: &Authn, now: u64) {
                 "Entries in the verified-token cache",
                 &cache,
             ),
-            ("portcullis_api_keys", "gauge", "API keys loaded", &api_keys),
+            (
+                "portcullis_api_keys",
+                "gauge",
+                "API key entries loaded, disabled and expired ones included",
+                &api_keys,
+            ),
         ],
     );
 }

@@ -77,6 +77,15 @@ static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
 static EPOCH: std::sync::LazyLock<std::time::Instant> =
     std::sync::LazyLock::new(std::time::Instant::now);
 
+/// Whether a failed export at `now` is warned about, the last warning having been at `last`
+/// (seconds from [`EPOCH`] plus one; 0: never).
+///
+/// Why a function: `last == 0 || due && swapped` skipped the swap on the first warning, so
+/// `LAST_WARNED` stayed 0 and every failed batch warned. Regression: tests::failed_exports_warn_once_a_minute
+fn should_warn(last: u64, now: u64) -> bool {
+    last == 0 || now >= last.saturating_add(WARN_EVERY_SECS)
+}
+
 /// What became of the spans recorded since the process started: `exported`, `failed`,
 /// `dropped`.
 pub fn span_counts() -> [(&'static str, u64); 3] {
@@ -447,11 +456,10 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
                 SPANS[FAILED].fetch_add(n, Ordering::Relaxed);
                 let now = EPOCH.elapsed().as_secs() + 1;
                 let last = LAST_WARNED.load(Ordering::Relaxed);
-                if last == 0
-                    || now >= last.saturating_add(WARN_EVERY_SECS)
-                        && LAST_WARNED
-                            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                            .is_ok()
+                if should_warn(last, now)
+                    && LAST_WARNED
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
                 {
                     tracing::warn!(
                         spans = n,
@@ -687,6 +695,27 @@ mod tests {
         otlp.record(Span::ending_now(&cx, Duration::ZERO));
         otlp.provider.force_flush().unwrap();
         assert_eq!(kept.spans.lock().unwrap().len(), before + 1);
+    }
+
+    #[test]
+    fn failed_exports_warn_once_a_minute() {
+        assert!(should_warn(0, 1));
+        assert!(!should_warn(1, 1));
+        assert!(!should_warn(1, 60));
+        assert!(should_warn(1, 61));
+        // The swap happens for the first warning too: the next one waits.
+        let last = AtomicU64::new(0);
+        let warned = |now: u64| {
+            let seen = last.load(Ordering::Relaxed);
+            should_warn(seen, now)
+                && last
+                    .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+        };
+        assert!(warned(5));
+        assert!(!warned(6));
+        assert!(!warned(64));
+        assert!(warned(65));
     }
 
     #[test]
