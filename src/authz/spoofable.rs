@@ -151,6 +151,10 @@ pub enum Family {
     Claim,
     /// Set by infrastructure in front of the gateway (client certificates, Envoy, ours).
     Infrastructure,
+    /// A message's framing and hop-by-hop fields (`Content-Length`, `Transfer-Encoding`,
+    /// `Connection`, …): their dashed spelling is the HTTP stack's to read and write; any
+    /// other is a second framing an upstream that reads `_` as `-` may follow.
+    Framing,
 }
 
 // === impl Spoofable ===
@@ -274,6 +278,12 @@ impl Spoofable {
                     || !peer_trusted
                     || !self.from_trusted.iter().any(|p| p.matches(&dashed))
             }
+            // Why: `Transfer_Encoding: chunked` beside `Content-Length: 51` reached the
+            // upstream; the gateway framed the body by its length, an upstream reading `_` as
+            // `-` (Mongrel-style parsers) by chunks, and ran the request hidden in the body
+            // (`GET /admin/secret`) with no decision, or answered the next client's request
+            // with it. Regression: tests::every_family_in_every_spelling
+            Some(Family::Framing) => underscored,
         }
     }
 }
@@ -485,6 +495,10 @@ pub fn family(dashed: &str) -> Option<Family> {
         | "x-original-host"
         | "x-host"
         | "x-http-host-override" => Some(Family::Claim),
+        "content-length" | "transfer-encoding" | "connection" | "keep-alive"
+        | "proxy-connection" | "te" | "trailer" | "upgrade" | "host" | "expect" => {
+            Some(Family::Framing)
+        }
         _ if is_infrastructure_name(dashed) => Some(Family::Infrastructure),
         _ if (dashed.starts_with("x-") && INFRASTRUCTURE_X_PREFIXES.iter().any(|p| dashed.starts_with(p)))
             || INFRASTRUCTURE_OTHER_PREFIXES.iter().any(|p| dashed.starts_with(p)) =>
@@ -519,6 +533,13 @@ mod tests {
     /// Name, removed from an untrusted peer, removed from a trusted one (which may pass
     /// `x-forwarded-client-cert` and `x-envoy-*`).
     const CASES: &[(&str, bool, bool)] = &[
+        // Framing in another spelling, from anyone; the dashed one is the HTTP stack's.
+        ("Transfer_Encoding", true, true),
+        ("content_length", true, true),
+        ("keep_alive", true, true),
+        ("Proxy_Connection", true, true),
+        ("content-length", false, false),
+        ("expect", false, false),
         // Identity (configured).
         ("x-user-id", true, true),
         ("X_User_Id", true, true),

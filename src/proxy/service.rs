@@ -538,6 +538,20 @@ fn upstream_head(
             "body_too_large",
         ));
     }
+    // Why: `Content-Length: 056` went upstream as sent; the gateway read 56, an upstream
+    // reading a leading zero as octal (46) would frame the body elsewhere. The length the
+    // gateway framed by is written in plain decimal.
+    // Regression: tests (it) smuggling::framing_fields_in_another_spelling_never_reach_the_upstream
+    if let Some(n) = announced
+        && parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.len() > 1 && v.as_bytes()[0] == b'0')
+    {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     upstream_headers(
         &mut parts.headers,
         snapshot,

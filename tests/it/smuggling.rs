@@ -309,3 +309,55 @@ async fn whitespace_before_colon_is_400() {
     )
     .await;
 }
+
+/// A framing field in another spelling (`Transfer_Encoding`, `Content_Length`) is no framing
+/// to the gateway, which frames by `Content-Length`, but one to an upstream that reads `_` as
+/// `-`: there the body `0\r\n\r\n` ended a chunked message and `GET /admin/secret` ran with no
+/// decision. Such fields never reach the upstream; the body arrives as one, by its length.
+#[tokio::test]
+async fn framing_fields_in_another_spelling_never_reach_the_upstream() {
+    let gw = Setup::with_policy(crate::support::ALLOW_ALL_BUT_ADMIN)
+        .start()
+        .await;
+    let body = "0\r\n\r\nGET /admin/secret HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer_Encoding: chunked\r\nContent_Length: 5\r\nKeep_Alive: 1\r\nContent-Length: {}\r\n\r\n{body}{NEXT}",
+        body.len()
+    );
+    let (statuses, text) = exchange(gw.addr(), request.as_bytes()).await;
+    assert_eq!(statuses, [200, 200], "{text}");
+    let records = gw.echo.records();
+    assert_eq!(
+        seen(&gw),
+        [
+            ("/upload".to_owned(), body.len() as u64),
+            ("/second".to_owned(), 0)
+        ]
+    );
+    for name in [
+        "transfer_encoding",
+        "content_length",
+        "keep_alive",
+        "transfer-encoding",
+    ] {
+        assert!(
+            !records[0].headers.contains_key(name),
+            "{name} reached the upstream: {:?}",
+            records[0].headers
+        );
+    }
+    // A length with leading zeros goes upstream in plain decimal (an upstream reading
+    // `056` as octal would take 46 bytes).
+    let request = format!(
+        "POST /zeros HTTP/1.1\r\nHost: app.test\r\nContent-Length: 0{}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (statuses, text) = exchange(gw.addr(), request.as_bytes()).await;
+    assert_eq!(statuses, [200], "{text}");
+    let last = gw.echo.last().expect("forwarded");
+    assert_eq!(
+        last.headers["content-length"],
+        body.len().to_string().as_str()
+    );
+    assert_eq!(last.body_len, body.len() as u64);
+}
