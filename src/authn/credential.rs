@@ -527,7 +527,40 @@ pub fn is_method_override(k: &str) -> bool {
     static METHOD: std::sync::LazyLock<QueryNameReadings<'static>> =
         std::sync::LazyLock::new(|| QueryNameReadings::of("_method"));
     let name = decode_lenient(k.as_bytes());
-    METHOD.may_be(&name) || name.trim().eq_ignore_ascii_case("x-http-method-override")
+    METHOD.may_be(&name) || read_as_aspnet(&name).eq_ignore_ascii_case("x-http-method-override")
+}
+
+/// A decoded query key as ASP.NET (System.Web) compares it: `%uXXXX` escapes decoded too, and
+/// the letters whose invariant case mapping is ASCII (`ı`, `İ`, `ſ`, the Kelvin sign) read as
+/// that letter (`OrdinalIgnoreCase`).
+///
+/// Why: `?%u0058-HTTP-Method-Override=DELETE` and `?X-HTTP-Method-Overr%C4%B1de=DELETE` were
+/// not taken for the override that MVC 5 reads them as. Regression: tests::method_overrides_in_the_query
+fn read_as_aspnet(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name.trim();
+    while let Some(c) = rest.chars().next() {
+        if let Some(hex) = rest
+            .strip_prefix("%u")
+            .or_else(|| rest.strip_prefix("%U"))
+            .and_then(|r| r.get(..4))
+            && let Some(decoded) = u32::from_str_radix(hex, 16).ok().and_then(char::from_u32)
+        {
+            out.push(decoded);
+            rest = &rest[6..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out.chars()
+        .map(|c| match c {
+            '\u{131}' | '\u{130}' => 'i',
+            '\u{17F}' => 's',
+            '\u{212A}' => 'k',
+            c => c,
+        })
+        .collect()
 }
 
 /// Whether a raw query holds a method override ([`is_method_override`]) under any name.
@@ -847,6 +880,11 @@ mod tests {
             ("X-HTTP-Method-Override", true),
             ("x-http-method-override", true),
             ("X%2DHTTP-Method-Override", true),
+            ("%u0058-HTTP-Method-Override", true),
+            ("X-HTTP-Method-Overr%C4%B1de", true),
+            ("X-HTTP-Method-Overr%u0131de", true),
+            ("%u00", false),
+            ("%uZZZZ-method", false),
             ("method", false),
             ("x-http-method", false),
             ("_methods", false),

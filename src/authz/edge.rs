@@ -411,7 +411,8 @@ pub fn preflight(
         ..*facts
     };
     let rule = snapshot.routes.find(&probe)?;
-    if rule.effect != crate::config::raw::Effect::Allow {
+    // (A path the rule matches only by a wide case fold is refused: no preflight for it.)
+    if rule.effect != crate::config::raw::Effect::Allow || rule.matches_only_widely(&facts.path) {
         return None;
     }
     let cors = rule.edge.as_ref()?.cors.as_ref()?;

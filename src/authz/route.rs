@@ -328,7 +328,6 @@ impl Rule {
     pub fn matches_only_widely(&self, path: &str) -> bool {
         self.effect == Effect::Allow
             && self.case_insensitive
-            && path.contains('%')
             && !self.paths.is_empty()
             && !self.paths.iter().any(|p| p.matches_fold(path, Fold::Ascii))
     }
@@ -618,7 +617,7 @@ impl PathPattern {
                                 && !windows_name(s).is_empty()
                                 && (windows_name(l).eq_ignore_ascii_case(windows_name(s))
                                     || (fold == Fold::Wide
-                                        && s.contains('%')
+                                        && (s.contains('%') || l.contains('%'))
                                         && wide_fold_eq(windows_name(l), windows_name(s))))))
                 }
                 (Some(s), Segment::Any(_)) => !s.is_empty(),
@@ -1070,6 +1069,9 @@ mod tests {
             ("/secrets/**", "/%C5%BF%C5%BFecrets/x", false),
             ("/admin/**", "/adm%C4%B1/x", false),
             ("/admin/**", "/adm%C4n/x", false),
+            // The letter in the pattern (`İdare`, Turkish for administration).
+            ("/%C4%B0dare/**", "/idare/x", true),
+            ("/%C4%B0dare/**", "/IDARE/x", true),
         ];
         for &(pattern, path, wide) in cases {
             let p = PathPattern::parse(pattern).unwrap();
