@@ -168,6 +168,11 @@ fn traefik_forward_auth_middleware() {
         Some(false),
         "Traefik at the edge must not believe client X-Forwarded-*"
     );
+    assert_eq!(
+        fa["preserveLocationHeader"].as_bool(),
+        Some(true),
+        "a relative login redirect is resolved against the door's address otherwise"
+    );
     let copied = lower(strings(&fa["authResponseHeaders"]));
     for name in identity_headers("examples/portcullis/portcullis.yaml") {
         assert!(copied.contains(&name), "authResponseHeaders lacks {name}");

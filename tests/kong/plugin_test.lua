@@ -52,9 +52,13 @@ package.loaded["kong.db.schema.typedefs"] = {
 
 local EXIT = {}
 
-ngx = { var = setmetatable({}, { __index = function(_, k)
-  if k == "request_uri" then return scenario.request_uri end
-end }) }
+ngx = { var = setmetatable({}, {
+  __index = function(_, k)
+    if k == "request_uri" then return scenario.request_uri end
+    return scenario.vars[k]
+  end,
+  __newindex = function(_, k, v) scenario.vars[k] = v end,
+}) }
 
 kong = {
   request = {
@@ -66,6 +70,7 @@ kong = {
     -- The request's headers as they stand (ngx.req.get_headers: what clear_header left),
     -- with "truncated" past `max`.
     get_headers = function(max)
+      max = max or 100
       local out, n = {}, 0
       for k, v in pairs(scenario.upstream) do
         n = n + 1
@@ -110,6 +115,7 @@ local function run(s)
   s.method = s.method or "GET"
   s.host, s.port, s.scheme = s.host or "app.example", s.port or 443, s.scheme or "https"
   s.client_headers = s.client_headers or {}
+  s.vars = {}
   -- The upstream request starts as the client's.
   s.upstream = {}
   for k, v in pairs(s.client_headers) do s.upstream[k] = v end
@@ -220,6 +226,40 @@ s = run {
 check(s.door_request.headers["Accept"] == "text/html", "forwards Accept")
 check(s.exit and s.exit.status == 302, "answers the login redirect")
 check(s.exit and s.exit.headers["Location"] == "https://login.example/start?rd=x", "with its Location")
+
+-- A WebSocket: the door sees the upgrade and the origin (Kong relays the upgrade itself).
+s = run {
+  request_uri = "/ws",
+  client_headers = { upgrade = "websocket", origin = "https://evil.example",
+                     ["access-control-request-method"] = "GET" },
+  door = { status = 403, headers = {}, body = "{}" },
+}
+check(s.door_request.headers["Upgrade"] == "websocket", "forwards Upgrade")
+check(s.door_request.headers["Origin"] == "https://evil.example", "forwards Origin")
+check(s.door_request.headers["Access-Control-Request-Method"] == "GET", "forwards a preflight's method")
+check(s.exit and s.exit.status == 403, "answers the door's refusal of the upgrade")
+
+-- A stripped cookie credential among others: the door's `cookie` replaces the client's.
+s = run {
+  request_uri = "/api/orders",
+  client_headers = { cookie = "session=K1; theme=dark" },
+  door = { status = 200, headers = { cookie = "theme=dark" } },
+}
+check(s.upstream["cookie"] == "theme=dark", "replaces Cookie with the door's rest")
+-- And a repeated credential reaches the door whole.
+s = run {
+  request_uri = "/api/orders",
+  client_headers = { authorization = { "Bearer a", "Bearer b" } },
+  door = { status = 400, headers = {}, body = "{}" },
+}
+check(type(s.door_request.headers["Authorization"]) == "table", "forwards every Authorization")
+-- X-Forwarded-For: the client address, not appended to the client's.
+s = run {
+  request_uri = "/api/orders",
+  client_headers = { ["x-forwarded-for"] = "6.6.6.6" },
+  door = { status = 200, headers = {} },
+}
+check(s.vars.upstream_x_forwarded_for == "203.0.113.7", "sets $upstream_x_forwarded_for")
 
 -- The door unreachable: 503, never through.
 s = run { request_uri = "/api/orders", client_headers = { ["x-user-id"] = "root" }, door = nil }

@@ -149,7 +149,7 @@ fn credentials_at_http_doors(cx: &mut Cx<'_>) {
                 cx.warn(
                     &format!("authenticators.{name}.{kind}.from[{i}]"),
                     format!(
-                        "the credential in cookie `{c}` is stripped behind {} only if the peer replaces the request's `Cookie` with the door's `cookie` answer header, and drops it when `x-portcullis-remove` names `cookie`: the shipped nginx example does, the Traefik and Caddy ones do not",
+                        "the credential in cookie `{c}` is stripped behind {} only if the peer replaces the request's `Cookie` with the door's `cookie` answer header, and drops it when `x-portcullis-remove` names `cookie`: the shipped nginx and Kong examples do, the Traefik, Caddy and APISIX ones do not",
                         forward_auth.join(", ")
                     ),
                 );

@@ -7,9 +7,11 @@
 --
 -- Kong turns nginx's underscores_in_headers on, so the plugin removes a name in every `_`/`-`
 -- spelling: PHP, CGI, WSGI and Puma read X_User_Id and X-User_Id as X-User-Id.
--- Kong's own template writes X-Real-IP ($remote_addr), X-Forwarded-For, -Proto, -Host, -Port,
--- -Path and -Prefix over whatever the request holds, from the client address and host its
--- trusted_ips settings resolve: the same ones the plugin describes the request with.
+-- Kong's own template writes X-Real-IP ($remote_addr), X-Forwarded-Proto, -Host, -Port,
+-- -Path and -Prefix from what its trusted_ips settings resolve, after the plugin runs (so
+-- those come from Kong, not the door, and agree with how the plugin describes the request);
+-- X-Forwarded-For it extends, the client's own value first, so the plugin sets
+-- $upstream_x_forwarded_for (which the template sends) to the client address alone.
 --
 -- Untested against a live Kong (it cannot be installed where Portcullis is built); the tests
 -- check its syntax with Lua 5.1 and run it against stand-ins for Kong's PDK and resty.http.
@@ -33,8 +35,10 @@ local REFUSAL_HEADERS = {
   "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "X-Request-Id",
 }
 
--- Set on an allowed request from the door's answer, besides the identity headers.
-local DECIDED_HEADERS = { "X-Real-IP", "X-Forwarded-Host" }
+-- Set on an allowed request from the door's answer, besides the identity headers. `Cookie`:
+-- when the door strips a cookie credential and other cookies remain, it answers the rest
+-- in `cookie`, which replaces the client's (a lone cookie credential is named for removal).
+local DECIDED_HEADERS = { "X-Real-IP", "X-Forwarded-Host", "Cookie" }
 
 -- Headers only infrastructure in front of the app may set (client certificates, Envoy,
 -- Portcullis). The door names them only when it saw them, and it sees only the
@@ -150,8 +154,11 @@ function PortcullisHandler:access(conf)
     -- The client's address as Kong's trusted_ips and real_ip settings resolve it.
     ["X-Forwarded-For"] = kong.client.get_forwarded_ip(),
   }
+  -- Every value of a repeated field (kong.request.get_header keeps the first): the door
+  -- refuses two credentials, which the upstream would otherwise get both of.
+  local all = kong.request.get_headers()
   for _, name in ipairs(conf.forward_headers) do
-    local value = kong.request.get_header(name)
+    local value = all[name:lower()]
     if value then
       headers[name] = value
     end
@@ -202,6 +209,8 @@ function PortcullisHandler:access(conf)
         end
       end
     end
+    -- The client address alone, not appended to the client's X-Forwarded-For.
+    ngx.var.upstream_x_forwarded_for = kong.client.get_forwarded_ip()
     return
   end
 

@@ -21,7 +21,12 @@ return {
           { forward_headers = {
               type = "array",
               elements = typedefs.header_name,
-              default = { "Authorization", "Cookie", "Accept", "X-Api-Key", "X-Request-Id" },
+              -- Upgrade and Origin: Kong relays a WebSocket by itself, so the door must see
+              -- the upgrade asked for (and from which origin) to refuse it for a rule that
+              -- does not relay one; the preflight fields let it answer CORS preflights.
+              default = { "Authorization", "Cookie", "Accept", "X-Api-Key", "X-Request-Id",
+                          "Origin", "Upgrade", "Access-Control-Request-Method",
+                          "Access-Control-Request-Headers" },
           } },
           -- Identity headers: removed from every request, then set from the door's answer
           -- to an allowed one. List every name Portcullis's identity_headers configures.
