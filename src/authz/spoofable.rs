@@ -283,7 +283,10 @@ impl Spoofable {
             // `-` (Mongrel-style parsers) by chunks, and ran the request hidden in the body
             // (`GET /admin/secret`) with no decision, or answered the next client's request
             // with it. Regression: tests::every_family_in_every_spelling
-            Some(Family::Framing) => underscored,
+            // And `Expect` in any spelling: the gateway answered the client's
+            // `100-continue` itself and sends the body at once; passed on, it invited the
+            // upstream to answer before reading the body, leaving it on a pooled connection.
+            Some(Family::Framing) => underscored || dashed == "expect",
         }
     }
 }
@@ -539,7 +542,7 @@ mod tests {
         ("keep_alive", true, true),
         ("Proxy_Connection", true, true),
         ("content-length", false, false),
-        ("expect", false, false),
+        ("expect", true, true),
         // Identity (configured).
         ("x-user-id", true, true),
         ("X_User_Id", true, true),

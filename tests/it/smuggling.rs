@@ -361,3 +361,26 @@ async fn framing_fields_in_another_spelling_never_reach_the_upstream() {
     );
     assert_eq!(last.body_len, body.len() as u64);
 }
+
+/// `Expect: 100-continue` is the gateway's to answer: it sends the client its 100 and the
+/// body upstream at once, without the field (an upstream told to expect it may answer before
+/// reading the body and leave the body on a pooled connection).
+#[tokio::test]
+async fn expect_is_answered_by_the_gateway_and_not_forwarded() {
+    let gw = Setup::default().start().await;
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: app.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello{NEXT}"
+    );
+    let (statuses, text) = exchange(gw.addr(), request.as_bytes()).await;
+    assert!(statuses.ends_with(&[200, 200]), "{text}");
+    let records = gw.echo.records();
+    assert_eq!(
+        seen(&gw),
+        [("/upload".to_owned(), 5), ("/second".to_owned(), 0)]
+    );
+    assert!(
+        !records[0].headers.contains_key("expect"),
+        "{:?}",
+        records[0].headers
+    );
+}
