@@ -543,7 +543,7 @@ pub fn check_name(name: &str) -> Result<HeaderName, String> {
     use crate::authz::spoofable::{Family, family};
     if matches!(
         family(&dashed),
-        Some(Family::Override | Family::Forwarding | Family::Claim)
+        Some(Family::Override | Family::Forwarding | Family::Claim | Family::Framing)
     ) {
         return Err(format!(
             "`{name}` is a forwarding or override header upstreams already read; choose another name"

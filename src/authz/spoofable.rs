@@ -283,10 +283,7 @@ impl Spoofable {
             // `-` (Mongrel-style parsers) by chunks, and ran the request hidden in the body
             // (`GET /admin/secret`) with no decision, or answered the next client's request
             // with it. Regression: tests::every_family_in_every_spelling
-            // And `Expect` in any spelling: the gateway answered the client's
-            // `100-continue` itself and sends the body at once; passed on, it invited the
-            // upstream to answer before reading the body, leaving it on a pooled connection.
-            Some(Family::Framing) => underscored || dashed == "expect",
+            Some(Family::Framing) => underscored,
         }
     }
 }
@@ -469,7 +466,10 @@ pub fn family(dashed: &str) -> Option<Family> {
         | "x-forwarded-method"
         | "x-http-method-override"
         | "x-http-method"
-        | "x-method-override" => Some(Family::Override),
+        | "x-method-override"
+        // httpoxy: CGI, PHP and Go's net/http/cgi set `HTTP_PROXY` from it, the outgoing
+        // proxy many HTTP clients then use.
+        | "proxy" => Some(Family::Override),
         "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto" | "x-real-ip"
         | "forwarded" => Some(Family::Forwarding),
         "x-forwarded-port"
@@ -499,7 +499,8 @@ pub fn family(dashed: &str) -> Option<Family> {
         | "x-host"
         | "x-http-host-override" => Some(Family::Claim),
         "content-length" | "transfer-encoding" | "connection" | "keep-alive"
-        | "proxy-connection" | "te" | "trailer" | "upgrade" | "host" | "expect" => {
+        | "proxy-connection" | "te" | "trailer" | "upgrade" | "host" | "expect"
+        | "proxy-authorization" | "proxy-authenticate" | "http2-settings" => {
             Some(Family::Framing)
         }
         _ if is_infrastructure_name(dashed) => Some(Family::Infrastructure),
@@ -542,7 +543,11 @@ mod tests {
         ("keep_alive", true, true),
         ("Proxy_Connection", true, true),
         ("content-length", false, false),
-        ("expect", true, true),
+        ("expect", false, false),
+        ("Proxy_Authorization", true, true),
+        ("HTTP2_Settings", true, true),
+        // httpoxy: CGI and PHP read `Proxy` as `HTTP_PROXY`, an outgoing proxy.
+        ("proxy", true, true),
         // Identity (configured).
         ("x-user-id", true, true),
         ("X_User_Id", true, true),

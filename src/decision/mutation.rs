@@ -74,7 +74,14 @@ impl HeaderMutation {
         // Why: one walk over the names present; no allocation unless a header goes.
         // Regression: tests::spoofed_and_credential_headers_are_removed
         for name in facts.headers.keys() {
-            if snapshot.spoofable.is_doomed(name, facts.peer_trusted) {
+            // Why `Expect` at the proxy door: the gateway answered the client's
+            // `100-continue` itself and sends the body at once; passed on, it invited the
+            // upstream to answer before reading the body, which then sat on a pooled
+            // connection. (Behind Envoy with `proxy_100_continue` the upstream must see it.)
+            // Regression: tests (it) smuggling::expect_is_answered_by_the_gateway_and_not_forwarded
+            if snapshot.spoofable.is_doomed(name, facts.peer_trusted)
+                || (name == http::header::EXPECT && facts.conn.door == Door::Proxy)
+            {
                 out.remove.push(name.clone());
             }
         }

@@ -542,11 +542,14 @@ fn upstream_head(
     // reading a leading zero as octal (46) would frame the body elsewhere. The length the
     // gateway framed by is written in plain decimal.
     // Regression: tests (it) smuggling::framing_fields_in_another_spelling_never_reach_the_upstream
+    // (Every value: an HTTP/2 client may send `56` and `056`, equal numbers h2 accepts.)
     if let Some(n) = announced
         && parts
             .headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.len() > 1 && v.as_bytes()[0] == b'0')
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .enumerate()
+            .any(|(i, v)| i > 0 || (v.len() > 1 && v.as_bytes()[0] == b'0'))
     {
         parts
             .headers

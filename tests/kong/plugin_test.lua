@@ -253,6 +253,13 @@ s = run {
   door = { status = 400, headers = {}, body = "{}" },
 }
 check(type(s.door_request.headers["Authorization"]) == "table", "forwards every Authorization")
+-- Past Kong's default of 100 fields too.
+local crowded = { authorization = { "Bearer a", "Bearer b" } }
+for i = 1, 150 do crowded["x-f" .. i] = "v" end
+s = run { request_uri = "/api/orders", client_headers = crowded,
+          door = { status = 400, headers = {}, body = "{}" } }
+check(type(s.door_request.headers["Authorization"]) == "table",
+  "forwards every Authorization past 100 fields")
 -- X-Forwarded-For: the client address, not appended to the client's.
 s = run {
   request_uri = "/api/orders",

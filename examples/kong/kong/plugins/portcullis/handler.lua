@@ -155,8 +155,12 @@ function PortcullisHandler:access(conf)
     ["X-Forwarded-For"] = kong.client.get_forwarded_ip(),
   }
   -- Every value of a repeated field (kong.request.get_header keeps the first): the door
-  -- refuses two credentials, which the upstream would otherwise get both of.
-  local all = kong.request.get_headers()
+  -- refuses two credentials, which the upstream would otherwise get both of. All of them:
+  -- past the default 100 fields a second credential would go unseen.
+  local all, err = kong.request.get_headers(MAX_HEADERS)
+  if err == "truncated" then
+    return too_many_headers()
+  end
   for _, name in ipairs(conf.forward_headers) do
     local value = all[name:lower()]
     if value then

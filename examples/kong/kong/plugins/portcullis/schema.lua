@@ -23,7 +23,8 @@ return {
               elements = typedefs.header_name,
               -- Upgrade and Origin: Kong relays a WebSocket by itself, so the door must see
               -- the upgrade asked for (and from which origin) to refuse it for a rule that
-              -- does not relay one; the preflight fields let it answer CORS preflights.
+              -- does not relay one. The preflight fields describe a preflight as the client
+              -- sent it (the door decides it as any request; it answers none itself).
               default = { "Authorization", "Cookie", "Accept", "X-Api-Key", "X-Request-Id",
                           "Origin", "Upgrade", "Access-Control-Request-Method",
                           "Access-Control-Request-Headers" },
