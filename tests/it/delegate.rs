@@ -467,13 +467,10 @@ async fn grpc_denies_delegate_unavailable(gw: &TestGateway, bearer: &str) {
     }
 }
 
-/// A fail-closed delegate that hangs, with a timeout longer than the door's: the call is cut
-/// to end before the door's deadline, so the rule's failure mode answers (a denial) rather
-/// than the deadline (UNAVAILABLE, or a 503 `decision_timeout`), which Envoy's
-/// `failure_mode_allow: true` turns into an allow.
-#[tokio::test]
-async fn a_hung_fail_closed_delegate_is_a_denial_within_the_door_deadline() {
-    // Accepts connections and never says a word: not even the HTTP/2 preface.
+/// A gateway with `listeners` whose `/reports/**` rule asks a fail-closed delegate (timeout
+/// 10 s) that accepts connections and never says a word, not even the HTTP/2 preface; and the
+/// task holding those connections.
+async fn hung_delegate_gateway(listeners: &str) -> (TestGateway, tokio::task::JoinHandle<()>) {
     let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hung_addr = hung.local_addr().unwrap();
     let held = tokio::spawn(async move {
@@ -484,7 +481,7 @@ async fn a_hung_fail_closed_delegate_is_a_denial_within_the_door_deadline() {
     });
     let policy = "rules:\n  - name: reports\n    match: {paths: [\"/reports/**\"]}\n    effect: allow\n    authenticators: [users]\n    delegate: opa\n";
     let gw = Setup {
-        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {timeout: 400ms}}\n  - name: envoy\n    address: 127.0.0.1:0\n    door: {envoy_http: {timeout: 400ms}}\n".into(),
+        listeners: listeners.into(),
         policies: vec![("10-p.yaml".into(), policy.into())],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
         extra: format!(
@@ -494,6 +491,19 @@ async fn a_hung_fail_closed_delegate_is_a_denial_within_the_door_deadline() {
         ..Setup::default()
     }
     .start()
+    .await;
+    (gw, held)
+}
+
+/// A fail-closed delegate that hangs, with a timeout longer than the door's: the call is cut
+/// to end before the door's deadline, so the rule's failure mode answers (a denial) rather
+/// than the deadline (UNAVAILABLE, or a 503 `decision_timeout`), which Envoy's
+/// `failure_mode_allow: true` turns into an allow.
+#[tokio::test]
+async fn a_hung_fail_closed_delegate_is_a_denial_within_the_door_deadline() {
+    let (gw, held) = hung_delegate_gateway(
+        "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {timeout: 400ms}}\n  - name: envoy\n    address: 127.0.0.1:0\n    door: {envoy_http: {timeout: 400ms}}\n",
+    )
     .await;
     let bearer = format!("Bearer {}", hs256_token(SECRET, &json!({"sub": "alice"})));
     let started = std::time::Instant::now();
@@ -523,26 +533,9 @@ async fn a_hung_fail_closed_delegate_is_a_denial_within_the_door_deadline() {
 /// to answer (a denial) while Envoy still listens, not when the door's 10 s run out.
 #[tokio::test]
 async fn the_callers_grpc_timeout_bounds_the_check() {
-    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hung_addr = hung.local_addr().unwrap();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((s, _)) = hung.accept().await {
-            open.push(s);
-        }
-    });
-    let policy = "rules:\n  - name: reports\n    match: {paths: [\"/reports/**\"]}\n    effect: allow\n    authenticators: [users]\n    delegate: opa\n";
-    let gw = Setup {
-        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {timeout: 10s}}\n".into(),
-        policies: vec![("10-p.yaml".into(), policy.into())],
-        files: vec![("hs.secret".into(), SECRET.to_vec())],
-        extra: format!(
-            "{}delegates:\n  opa:\n    grpc: http://{hung_addr}\n    timeout: 10s\n    failure_mode: deny\n",
-            crate::support::hs256_users("{}")
-        ),
-        ..Setup::default()
-    }
-    .start()
+    let (gw, held) = hung_delegate_gateway(
+        "  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {timeout: 10s}}\n",
+    )
     .await;
     let bearer = format!("Bearer {}", hs256_token(SECRET, &json!({"sub": "alice"})));
     let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(

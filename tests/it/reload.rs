@@ -129,13 +129,7 @@ async fn a_deny_applies_while_the_directory_keeps_changing() {
 #[tokio::test]
 async fn a_replaced_policies_directory_is_still_watched() {
     let gw = watched_gateway().await;
-    let dir = gw.path("policies");
-    let next = gw.path("policies.next");
-    std::fs::create_dir(&next).unwrap();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), next.join(entry.file_name())).unwrap();
-    }
+    let (dir, next) = next_policies(&gw);
     std::fs::write(
         next.join("05-block.yaml"),
         "rules:\n  - name: block\n    match: {paths: [\"/blocked/**\"]}\n    effect: deny\n",
@@ -205,13 +199,7 @@ async fn a_file_written_while_the_gateway_starts_is_applied() {
 #[tokio::test]
 async fn a_file_added_while_a_replaced_directory_reloads_is_applied() {
     let gw = watched_gateway().await;
-    let dir = gw.path("policies");
-    let next = gw.path("policies.next");
-    std::fs::create_dir(&next).unwrap();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), next.join(entry.file_name())).unwrap();
-    }
+    let (dir, next) = next_policies(&gw);
     std::fs::write(next.join("05-many.yaml"), many_rules(3000)).unwrap();
     std::fs::rename(&dir, gw.path("policies.old")).unwrap();
     std::fs::rename(&next, &dir).unwrap();
@@ -798,6 +786,19 @@ async fn answers_soon(addr: std::net::SocketAddr, path: &'static str, status: St
         get(addr, path).await.0 == status
     })
     .await
+}
+
+/// The gateway's `policies` directory, and `policies.next` made beside it holding a copy of
+/// its files (a release being prepared, to be renamed into place).
+fn next_policies(gw: &crate::support::TestGateway) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = gw.path("policies");
+    let next = gw.path("policies.next");
+    std::fs::create_dir(&next).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), next.join(entry.file_name())).unwrap();
+    }
+    (dir, next)
 }
 
 /// A gateway whose files are watched, serving `/blocked/x` (no rule refuses it yet).
