@@ -526,6 +526,11 @@ pub fn may_override_method(query: &str) -> bool {
 pub fn is_method_override(k: &str) -> bool {
     static METHOD: std::sync::LazyLock<QueryNameReadings<'static>> =
         std::sync::LazyLock::new(|| QueryNameReadings::of("_method"));
+    // Every spelling read as an override names `method` or holds an escape: any other key
+    // (the usual query, `page=2`) is told apart without decoding or allocating.
+    if !may_override_method(k) {
+        return false;
+    }
     let name = decode_lenient(k.as_bytes());
     METHOD.may_be(&name) || read_as_aspnet(&name).eq_ignore_ascii_case("x-http-method-override")
 }

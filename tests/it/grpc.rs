@@ -710,6 +710,25 @@ async fn query_credential_gateway(more: &str) -> TestGateway {
     .await
 }
 
+/// The door's `OkHttpResponse` to a Check for `target` from 198.51.100.9 with `headers`,
+/// which must be an allow.
+async fn allowed_ok(
+    c: &mut AuthorizationClient<tonic::transport::Channel>,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> envoy_types::ext_authz::v3::pb::OkHttpResponse {
+    let resp = c
+        .check(check(target, "198.51.100.9", headers))
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(code(&resp), 0, "{target}: {resp:?}");
+    match resp.http_response {
+        Some(HttpResponse::OkResponse(ok)) => ok,
+        other => panic!("{target}: {other:?}"),
+    }
+}
+
 /// A credential the authenticator strips is named to Envoy when it came in the query (Envoy
 /// removes it from the path it forwards), in the configured spelling and the one sent; a
 /// parameter that merely looks like it stays.
@@ -728,31 +747,17 @@ async fn query_credential_removed_by_envoy() {
             vec!["access_token", "access%5Ftoken"],
         ),
     ] {
-        let resp = c
-            .check(check(&format!("/api/orders?{query}"), "198.51.100.9", &[]))
-            .await
-            .expect("an answer")
-            .into_inner();
-        assert_eq!(code(&resp), 0, "{resp:?}");
-        let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
-            panic!("{resp:?}");
-        };
+        let ok = allowed_ok(&mut c, &format!("/api/orders?{query}"), &[]).await;
         assert_eq!(ok.query_parameters_to_remove, removed, "{query}");
     }
     // A bearer credential leaves the query alone.
     let bearer = format!("Bearer {token}");
-    let resp = c
-        .check(check(
-            "/api/orders?access_token_hint=x",
-            "198.51.100.9",
-            &[("authorization", &bearer)],
-        ))
-        .await
-        .expect("an answer")
-        .into_inner();
-    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
-        panic!("{resp:?}");
-    };
+    let ok = allowed_ok(
+        &mut c,
+        "/api/orders?access_token_hint=x",
+        &[("authorization", &bearer)],
+    )
+    .await;
     assert!(ok.query_parameters_to_remove.is_empty(), "{ok:?}");
 }
 
@@ -764,70 +769,25 @@ async fn query_credential_removed_by_envoy_even_unstripped() {
     let gw = query_credential_gateway("      strip: false\n").await;
     let mut c = client(&gw).await;
     let token = hs256_token(SECRET, &json!({"scope": "orders:read"}));
-    let resp = c
-        .check(check(
-            &format!("/api/orders?a=1&access_token={token}"),
-            "198.51.100.9",
-            &[],
-        ))
-        .await
-        .expect("an answer")
-        .into_inner();
-    assert_eq!(code(&resp), 0, "{resp:?}");
-    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
-        panic!("{resp:?}");
-    };
-    assert_eq!(ok.query_parameters_to_remove, ["access_token"], "{ok:?}");
-    // A method override in the query goes as the proxy door cuts it.
-    let resp = c
-        .check(check(
-            &format!("/api/orders?access_token={token}&%5Fmethod=DELETE"),
-            "198.51.100.9",
-            &[],
-        ))
-        .await
-        .expect("an answer")
-        .into_inner();
-    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
-        panic!("{resp:?}");
-    };
-    assert_eq!(
-        ok.query_parameters_to_remove,
-        ["access_token", "%5Fmethod", "_method"],
-        "{ok:?}"
-    );
-    // One that does not decode is named as sent, never as an empty name.
-    let resp = c
-        .check(check(
-            &format!("/api/orders?access_token={token}&_method%00%ff=DELETE"),
-            "198.51.100.9",
-            &[],
-        ))
-        .await
-        .expect("an answer")
-        .into_inner();
-    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
-        panic!("{resp:?}");
-    };
-    assert_eq!(
-        ok.query_parameters_to_remove,
-        ["access_token", "_method%00%ff"],
-        "{ok:?}"
-    );
+    for (query, removed) in [
+        (format!("a=1&access_token={token}"), vec!["access_token"]),
+        // A method override in the query goes as the proxy door cuts it.
+        (
+            format!("access_token={token}&%5Fmethod=DELETE"),
+            vec!["access_token", "%5Fmethod", "_method"],
+        ),
+        // One that does not decode is named as sent, never as an empty name.
+        (
+            format!("access_token={token}&_method%00%ff=DELETE"),
+            vec!["access_token", "_method%00%ff"],
+        ),
+    ] {
+        let ok = allowed_ok(&mut c, &format!("/api/orders?{query}"), &[]).await;
+        assert_eq!(ok.query_parameters_to_remove, removed, "{query}");
+    }
     // A header credential is kept.
     let bearer = format!("Bearer {token}");
-    let resp = c
-        .check(check(
-            "/api/orders",
-            "198.51.100.9",
-            &[("authorization", &bearer)],
-        ))
-        .await
-        .expect("an answer")
-        .into_inner();
-    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
-        panic!("{resp:?}");
-    };
+    let ok = allowed_ok(&mut c, "/api/orders", &[("authorization", &bearer)]).await;
     assert!(
         !ok.headers_to_remove.iter().any(|h| h == "authorization"),
         "{ok:?}"
