@@ -37,6 +37,8 @@ pub(super) struct Cx<'a> {
     pub diags: Vec<Diagnostic>,
     /// Files and directories whose change reloads (their contents are in the version).
     pub watched: Vec<PathBuf>,
+    /// What the files could hold before this compile read them.
+    pub before: Before,
 }
 
 impl Cx<'_> {
@@ -110,6 +112,7 @@ pub fn compile_watching(
         previous,
         diags: loaded.errors.clone(),
         watched: vec![loaded.config.path.clone(), loaded.policy_dir.clone()],
+        before: Before::read(previous.map_or(&[][..], |p| &p.watched[..])),
     };
     let listeners = listeners::compile(&mut cx);
     let (server, from_trusted) = server::compile(&mut cx);
@@ -237,12 +240,29 @@ fn follow_links(watched: &mut Vec<PathBuf>, loaded: &Loaded) {
 /// A short digest of every input: the config file, every watched file's contents (keys,
 /// certificates, secrets, key files) and every policy file with its name. Any change to any of
 /// them is a new version.
+///
+/// The watched files are read here again, after the sections read them: a file rewritten in
+/// between would give the version of what the snapshot does not hold. Such a version is made
+/// unique, so that the reload its write triggers applies it.
+///
+/// Why: a key file rotated while a reload compiled gave a snapshot with the old key under the
+/// new key's version; the reload the rotation triggered found the version unchanged, and the
+/// old key stayed until the next edit. Regression:
+/// tests::a_file_rewritten_while_compiling_is_seen_as_changed
 fn version(cx: &Cx<'_>) -> String {
     let watched: Vec<Vec<u8>> = cx
         .watched
         .iter()
         .filter(|p| p.is_file())
-        .filter_map(|p| std::fs::read(p).ok())
+        .filter_map(|p| std::fs::read(p).ok().map(|bytes| (p, bytes)))
+        .map(|(p, bytes)| {
+            let mut part = bytes;
+            if cx.before.may_have_changed(p, &part) {
+                part.extend_from_slice(&crate::server::request_id::random_u64().to_le_bytes());
+                part.extend_from_slice(b"rewritten while compiling");
+            }
+            part
+        })
         .collect();
     let policies = cx
         .loaded
@@ -254,6 +274,64 @@ fn version(cx: &Cx<'_>) -> String {
             .chain(watched.iter().map(Vec::as_slice))
             .chain(policies),
     )
+}
+
+/// The watched files of the running snapshot as they were when a compile began, to tell
+/// whether one changed while the compile read it.
+pub(super) struct Before {
+    /// When the compile began.
+    started: SystemTime,
+    /// Each file and what it held (`None`: unreadable).
+    files: Vec<(PathBuf, Option<Vec<u8>>)>,
+}
+
+/// How far a file's timestamp may lag the write that set it (filesystems stamp with a coarse
+/// clock, a jiffy or more).
+const STAMP_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Before {
+    /// Reads `watched` (directories are skipped: their entries are compiled from what was
+    /// loaded, not read again).
+    fn read(watched: &[PathBuf]) -> Self {
+        let started = SystemTime::now();
+        let files = watched
+            .iter()
+            .filter(|p| p.is_file())
+            .map(|p| (p.clone(), std::fs::read(p).ok()))
+            .collect();
+        Self { started, files }
+    }
+
+    /// Whether `path`, which holds `now`, may have held something else when a section read
+    /// it. A file read before the compile began is compared by content; one the running
+    /// snapshot did not read (newly named, or the first compile) by its timestamps, since the
+    /// compile began.
+    fn may_have_changed(&self, path: &std::path::Path, now: &[u8]) -> bool {
+        if let Some((_, held)) = self.files.iter().find(|(p, _)| p == path) {
+            return held.as_deref() != Some(now);
+        }
+        let since = self
+            .started
+            .checked_sub(STAMP_SLACK)
+            .unwrap_or(self.started);
+        stamped_since(path, since)
+    }
+}
+
+/// Whether `path`'s content, inode or name (any link on the way) changed at or after `since`.
+fn stamped_since(path: &std::path::Path, since: SystemTime) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let changed = |m: std::fs::Metadata| {
+        let ctime = std::time::UNIX_EPOCH
+            + std::time::Duration::new(
+                u64::try_from(m.ctime()).unwrap_or(0),
+                u32::try_from(m.ctime_nsec()).unwrap_or(0),
+            );
+        m.modified().is_ok_and(|t| t >= since) || ctime >= since
+    };
+    // Unreadable stamps: assume the worst (the cost is one more reload that applies).
+    std::fs::metadata(path).map_or(true, changed)
+        || std::fs::symlink_metadata(path).map_or(true, changed)
 }
 
 /// The version of a config made of `parts`, each length-prefixed.
@@ -282,6 +360,34 @@ fn unknown_name<'a>(kind: &str, name: &str, known: impl Iterator<Item = &'a Stri
 
 #[cfg(test)]
 mod tests {
+    use super::Before;
+
+    #[test]
+    fn a_file_rewritten_while_compiling_is_seen_as_changed() {
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-before-{}-{}",
+            std::process::id(),
+            crate::server::request_id::random_u64()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key.pem");
+        let fresh = dir.join("fresh.pem");
+        std::fs::write(&key, b"old").unwrap();
+        let before = Before::read(std::slice::from_ref(&key));
+        // Read by the running snapshot: compared by content.
+        assert!(!before.may_have_changed(&key, b"old"));
+        assert!(before.may_have_changed(&key, b"new"));
+        // Named for the first time and written as the compile ran: by its stamps.
+        std::fs::write(&fresh, b"x").unwrap();
+        assert!(before.may_have_changed(&fresh, b"x"));
+        let settled = Before {
+            started: std::time::SystemTime::now() + std::time::Duration::from_secs(5),
+            files: Vec::new(),
+        };
+        assert!(!settled.may_have_changed(&fresh, b"x"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn versions_tell_apart_text_moved_between_parts() {
         let v = |parts: &[&str]| super::version_of(parts.iter().map(|p| p.as_bytes()));
