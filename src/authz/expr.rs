@@ -401,6 +401,34 @@ impl Condition {
                 && !http::HeaderName::from_bytes(name.as_bytes())
                     .is_ok_and(|n| hidden(&n, facts, spoofable))
         };
+        // Why: a value that is not text (bytes 0x80-0xFF, which HTTP/1.1 carries as obs-text)
+        // is left out of `request.headers`, so `X-Impersonate: b\xE9b` passed
+        // `!('x-impersonate' in request.headers)` while the upstream got the header. A name
+        // the expression reads, in any `_`/`-` spelling, must be text.
+        // Regression: tests::header_values_that_are_not_text_deny
+        let unreadable = |name: &str| {
+            name != "host"
+                && facts
+                    .headers
+                    .iter()
+                    .any(|(n, v)| v.to_str().is_err() && same(n.as_str(), name))
+                && !http::HeaderName::from_bytes(name.as_bytes())
+                    .is_ok_and(|n| hidden(&n, facts, spoofable))
+        };
+        let not_text = match &self.reads.headers {
+            Keys::None => None,
+            Keys::Some(keys) => keys.iter().find(|k| unreadable(k)).cloned(),
+            Keys::All => facts
+                .headers
+                .keys()
+                .find(|n| unreadable(n.as_str()))
+                .map(|n| n.as_str().to_owned()),
+        };
+        if let Some(h) = not_text {
+            return Some(format!(
+                "header `{h}` has a value that is not text: the upstream may read it"
+            ));
+        }
         let header = match &self.reads.headers {
             Keys::None => None,
             Keys::Some(keys) => keys.iter().find(|k| repeated(k)).cloned(),

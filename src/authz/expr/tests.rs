@@ -758,6 +758,45 @@ fn repeated_keys_an_expression_reads_deny() {
     ));
 }
 
+#[test]
+fn header_values_that_are_not_text_deny() {
+    let with = |name: &str, value: &[u8], expr: &str| {
+        let req = Request::get("/c")
+            .header("host", "api.test")
+            .header(name, http::HeaderValue::from_bytes(value).unwrap())
+            .body(())
+            .unwrap();
+        eval_request(expr, req)
+    };
+    let never = "!('x-impersonate' in request.headers)";
+    assert_eq!(with("x-other", b"b\xe9b", never), Ok(()));
+    assert_eq!(
+        with("x-impersonate", b"bob", never),
+        Err(ConditionError::False)
+    );
+    for name in ["x-impersonate", "x_impersonate"] {
+        assert!(
+            matches!(with(name, b"b\xe9b", never), Err(ConditionError::Error(_))),
+            "{name}"
+        );
+    }
+    // Read as a whole, any such value counts; a `cookie` too.
+    let whole = "size(request.headers) > 0";
+    assert_eq!(with("x-other", b"fine", whole), Ok(()));
+    assert!(matches!(
+        with("x-other", b"\xff", whole),
+        Err(ConditionError::Error(_))
+    ));
+    assert!(matches!(
+        with(
+            "cookie",
+            b"sid=\xe9",
+            "!request.headers.cookie.contains('admin')"
+        ),
+        Err(ConditionError::Error(_))
+    ));
+}
+
 /// Regression: the compiled subset (`fast`) must decide as the interpreter does, error
 /// absorption, nulls, floats, mixed lists and absent keys included; where it cannot say, the
 /// interpreter does.
