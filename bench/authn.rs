@@ -137,7 +137,7 @@ fn benches(c: &mut Criterion) {
     for (alg, token) in &f.tokens {
         g.bench_function(*alg, |b| {
             b.iter(|| {
-                rt.block_on(jwt.verify(black_box(token), &name, now()))
+                rt.block_on(jwt.verify(black_box(token), &name, now(), None))
                     .unwrap()
             });
         });
@@ -211,6 +211,7 @@ fn benches(c: &mut Criterion) {
                 now(),
                 false,
                 std::net::IpAddr::from([127, 0, 0, 1]),
+                None,
             ))
             .is_ok()
         });

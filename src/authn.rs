@@ -396,7 +396,10 @@ impl Authn {
                 }
             }
             let verified = match &token {
-                Some(t) => a.verify(t, now, fresh, facts.client_ip).await,
+                Some(t) => {
+                    a.verify(t, now, fresh, facts.client_ip, facts.deadline)
+                        .await
+                }
                 None => a.verify_request(facts, now),
             };
             return settle(verified, i);
@@ -513,13 +516,15 @@ impl Authenticator {
     }
 
     /// Verifies a token, through the cache unless `fresh`; `client` is the request's client
-    /// address (an introspection call counts against its share).
+    /// address (an introspection call counts against its share); a refetch of keys for an
+    /// unknown `kid` is waited for until `deadline` (the door's) is near.
     pub async fn verify(
         &self,
         token: &str,
         now: u64,
         fresh: bool,
         client: std::net::IpAddr,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Arc<Principal>, Failure> {
         match &self.kind {
             Kind::Jwt(j) => {
@@ -532,7 +537,7 @@ impl Authenticator {
                 }
                 // Boxed: a miss may fetch keys, and its large future would otherwise be
                 // carried, and moved, by every request's future.
-                match Box::pin(j.verify(token, &self.name, now)).await {
+                match Box::pin(j.verify(token, &self.name, now, deadline)).await {
                     Ok(v) => {
                         let p = Arc::new(v.principal);
                         self.cache.insert(

@@ -155,6 +155,7 @@ impl JwtAuthenticator {
         token: &str,
         authenticator: &Arc<str>,
         now: u64,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Verified, VerifyError> {
         let bad = VerifyError::Token;
         if token.len() > self.max_token_bytes {
@@ -186,6 +187,7 @@ impl JwtAuthenticator {
                 parsed.kid.as_deref(),
                 parsed.message,
                 parsed.signature,
+                deadline,
             )
             .await?;
         let exp = verify::check_claims(&parsed.claims, &provider.rules, now).map_err(bad)?;
@@ -448,20 +450,24 @@ impl Provider {
     }
 
     /// Finds the key that verifies the signature. An unknown `kid` triggers one rate-limited
-    /// refetch of the remote keys.
+    /// refetch of the remote keys, waited for until the request's `deadline` is near.
     async fn find_key(
         &self,
         alg: Algorithm,
         kid: Option<&str>,
         message: &str,
         signature: &str,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Arc<VerifyKey>, VerifyError> {
         let mut lookup = self.try_keys(alg, kid, message, signature);
         if let Some(remote) = &self.remote
             && matches!(lookup, Lookup::NoKey | Lookup::NoneVerified)
         {
             // A new `kid` (rotation) or no keys yet: one refetch, rate-limited inside.
-            if (kid.is_some() || !remote.has_keys()) && remote.refetch_for_unknown_kid().await {
+            let budget = deadline
+                .map(|d| crate::request::facts::call_budget(std::time::Duration::MAX, Some(d)));
+            if (kid.is_some() || !remote.has_keys()) && remote.refetch_for_unknown_kid(budget).await
+            {
                 lookup = self.try_keys(alg, kid, message, signature);
             }
             // Why: until the remote set has been fetched once, no answer but "verified" is

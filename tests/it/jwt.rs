@@ -1393,6 +1393,78 @@ async fn unknown_kid_refetch_is_rate_limited() {
     );
 }
 
+/// A token with a new `kid` while the key source is slow: the refetch is waited for only
+/// until the door's deadline is near, then the token is judged on the keys at hand (401). A
+/// deadline passing instead answers UNAVAILABLE (503 at the HTTP door), which Envoy's
+/// `failure_mode_allow: true` turns into an allow.
+#[tokio::test]
+async fn an_unknown_kid_during_a_slow_refetch_is_refused_within_the_door_deadline() {
+    use envoy_types::ext_authz::v3::pb::HttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+    let k = keys();
+    let server = KeyServer::start(&jwks([&k.rs256])).await;
+    let gw = Setup {
+        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {timeout: 400ms}}\n  - name: envoy\n    address: 127.0.0.1:0\n    door: {envoy_http: {timeout: 400ms}}\n".into(),
+        policies: vec![("10-p.yaml".into(), POLICY.into())],
+        extra: remote_gateway_extra(&server, "timeout: 10s, unknown_kid_cooldown: 1h"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    wait_ready(&gw).await;
+    server.set_mode(KeyMode::Slow(Duration::from_secs(10)));
+    let forged = format!(
+        "Bearer {}",
+        rsa(Algorithm::RS256, "rotated")
+            .sign(&claims(&json!({})))
+            .unwrap()
+    );
+    let started = std::time::Instant::now();
+    let mut client = AuthorizationClient::connect(format!("http://{}", gw.addr_of("grpc")))
+        .await
+        .unwrap();
+    let resp = client
+        .check(crate::grpc::check(
+            "/api/x",
+            "198.51.100.9",
+            &[("authorization", &forged)],
+        ))
+        .await
+        .expect("a denial, not a failed call")
+        .into_inner();
+    assert_eq!(resp.status.map(|s| s.code), Some(16), "UNAUTHENTICATED");
+    match resp.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => {
+            assert_eq!(d.status.map(|s| s.code), Some(401), "{d:?}");
+            assert!(d.body.contains("invalid_token"), "{}", d.body);
+        }
+        other => panic!("expected a denied response, got {other:?}"),
+    }
+    let req = Request::get("/api/y")
+        .header("host", "app.test")
+        .header("x-forwarded-for", "198.51.100.9")
+        .header("authorization", &forged)
+        .body(Full::default())
+        .unwrap();
+    let (status, _, body) = send(gw.addr_of("envoy"), req).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // Bounded by the doors' deadlines, not the fetch's 10 s (generous for a loaded machine).
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The valid token still passes on the keys at hand.
+    let (status, _, _) = call(&gw, "/api/z", Some(&valid())).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn cache_never_serves_a_token_past_exp() {
     // The gateway's clock is moved, not waited for.

@@ -36,7 +36,7 @@ pub struct RemoteKeys {
     has_keys: AtomicBool,
     started: AtomicBool,
     created: Instant,
-    refetch: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    refetch: Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>,
     /// One fetch at a time, so an older answer never overwrites a newer one.
     fetching: tokio::sync::Mutex<()>,
     /// CA file and a digest of its contents, when one is configured.
@@ -117,7 +117,7 @@ impl RemoteKeys {
             has_keys: AtomicBool::new(false),
             started: AtomicBool::new(false),
             created: Instant::now(),
-            refetch: tokio::sync::Mutex::new(None),
+            refetch: Arc::new(tokio::sync::Mutex::new(None)),
             fetching: tokio::sync::Mutex::new(()),
             ca,
             fetches_ok: AtomicU64::new(0),
@@ -183,19 +183,40 @@ impl RemoteKeys {
 
     /// Called for a token whose `kid` is unknown: refetches unless another refetch is running
     /// (then waits for it) or one ran within the cooldown. Returns whether keys were fetched
-    /// (by this call or the one it waited for).
-    pub async fn refetch_for_unknown_kid(&self) -> bool {
+    /// (by this call or the one it waited for) within `budget` (`None`: however long the
+    /// fetch takes).
+    ///
+    /// Why: at the Envoy doors a passed deadline answers UNAVAILABLE, which Envoy's
+    /// `failure_mode_allow: true` turns into an allow: a forged token with a new `kid`, sent
+    /// while the key source was slow, waited out the door's deadline and was let through. The
+    /// wait ends within the request's budget; the token is then judged on the keys at hand.
+    /// Regression: tests (it)
+    /// jwt::an_unknown_kid_during_a_slow_refetch_is_refused_within_the_door_deadline
+    pub async fn refetch_for_unknown_kid(self: &Arc<Self>, budget: Option<Duration>) -> bool {
         let called = Instant::now();
-        let mut last = self.refetch.lock().await;
-        if let Some((at, fetched)) = *last
-            && at.elapsed() < self.settings.unknown_kid_cooldown
-        {
-            // A refetch we queued behind counts; an older one does not.
-            return fetched && at >= called;
+        let this = Arc::clone(self);
+        let wait = async move {
+            let mut last = Arc::clone(&this.refetch).lock_owned().await;
+            if let Some((at, fetched)) = *last
+                && at.elapsed() < this.settings.unknown_kid_cooldown
+            {
+                // A refetch we queued behind counts; an older one does not.
+                return fetched && at >= called;
+            }
+            // Why: its own task, holding the lock: a caller whose budget ends must not cancel
+            // the fetch, or the next unknown `kid` would start another at once, and the
+            // cooldown would never hold.
+            let fetch = tokio::spawn(async move {
+                let fetched = this.fetch().await.is_ok();
+                *last = Some((Instant::now(), fetched));
+                fetched
+            });
+            fetch.await.unwrap_or(false)
+        };
+        match budget {
+            Some(budget) => tokio::time::timeout(budget, wait).await.unwrap_or(false),
+            None => wait.await,
         }
-        let fetched = self.fetch().await.is_ok();
-        *last = Some((Instant::now(), fetched));
-        fetched
     }
 
     /// Fetches once; on success swaps in the new set and returns when to refresh next.

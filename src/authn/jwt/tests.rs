@@ -44,7 +44,9 @@ fn token(key: &SigningKey, kid: Option<&str>) -> String {
 }
 
 async fn verify(a: &JwtAuthenticator, token: &str) -> Result<(), VerifyError> {
-    a.verify(token, &Arc::from("users"), NOW).await.map(|_| ())
+    a.verify(token, &Arc::from("users"), NOW, None)
+        .await
+        .map(|_| ())
 }
 
 /// A remote key source nobody answers: connection refused at once.
