@@ -390,15 +390,22 @@ impl Provider {
                         remote = Some(Arc::clone(prev));
                         continue;
                     }
+                    let carried = previous
+                        .and_then(|p| p.remote.as_ref())
+                        .filter(|prev| prev.same_origin(&source, &issuer, ca_id.as_ref()));
                     match crate::tls::server::client_config(ca.as_deref(), false) {
                         Ok(tls) => {
-                            remote = Some(Arc::new(RemoteKeys::new(
-                                source,
-                                Arc::clone(&issuer),
-                                HttpClient::new(&tls),
-                                raw.fetch.clone(),
-                                ca_id,
-                            )));
+                            let client = HttpClient::new(&tls);
+                            remote = Some(Arc::new(match carried {
+                                Some(prev) => prev.retuned(client, raw.fetch.clone()),
+                                None => RemoteKeys::new(
+                                    source,
+                                    Arc::clone(&issuer),
+                                    client,
+                                    raw.fetch.clone(),
+                                    ca_id,
+                                ),
+                            }));
                         }
                         Err(e) => errors.push(FieldError::new(
                             at(&format!("{field}.ca_file")),

@@ -1327,6 +1327,61 @@ async fn a_key_whose_private_half_is_published_stops_verifying() {
         "the other key",
     )
     .await;
+    // The IdP's likeliest fix: the same key, without its private half. Whoever read the
+    // leaked document can still sign with it: it stays untrusted.
+    server.set_jwks(&jwks([&leaked, &kept]));
+    // Another unknown kid, once the cooldown has passed, makes it fetch the clean document.
+    let fetched = server.hits();
+    let other = SigningKey::generate(Algorithm::ES256, "another-stranger").unwrap();
+    let probe = other.sign(&claims(&json!({}))).unwrap();
+    let (server_ref, probe_ref) = (&server, &probe);
+    assert!(
+        eventually(Duration::from_secs(5), || async move {
+            let _ = call(gw_ref, "/api/x", Some(probe_ref)).await;
+            server_ref.hits() > fetched
+        })
+        .await,
+        "refetched"
+    );
+    let forged = leaked
+        .sign(&claims(&json!({"jti": "forged-after-the-fix"})))
+        .unwrap();
+    assert_rejected(&gw, &forged, "a leaked key served clean again").await;
+}
+
+/// A change to a remote source's fetch settings alone (a timeout, the refresh interval)
+/// keeps the keys already fetched: made while the IdP is down, it must not turn every token
+/// into a 503.
+#[tokio::test]
+async fn a_fetch_tuning_change_keeps_the_keys_held() {
+    let k = keys();
+    let server = KeyServer::start(&jwks([&k.rs256])).await;
+    let gw = gateway_with(
+        remote_gateway_extra(&server, "timeout: 2s, unknown_kid_cooldown: 1s"),
+        vec![],
+    )
+    .await;
+    wait_ready(&gw).await;
+    assert_accepted(&gw, &valid(), "before").await;
+    server.set_mode(KeyMode::Status(500));
+    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
+    assert!(config.contains("timeout: 2s"), "{config}");
+    gw.write(
+        "portcullis.yaml",
+        config.replace("timeout: 2s", "timeout: 3s"),
+    );
+    gw.app().reload().await.unwrap();
+    assert_accepted(
+        &gw,
+        &k.rs256.sign(&claims(&json!({"jti": "new"}))).unwrap(),
+        "a token never seen, after the change",
+    )
+    .await;
+    assert_eq!(
+        gw.admin_get("/readyz").await.0,
+        StatusCode::OK,
+        "still ready"
+    );
 }
 
 /// A key URL's CA file changed on a reload makes a new key set, fetched afresh: a token

@@ -648,6 +648,39 @@ pub fn leaked(text: &[u8]) -> Vec<Leaked> {
         .collect()
 }
 
+/// The fingerprints of keys whose private half a key document published, for the life of the
+/// process (at most [`MAX_LEAKED`]).
+static LEAKED: std::sync::Mutex<std::collections::BTreeSet<[u8; 32]>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// How many leaked fingerprints are remembered.
+const MAX_LEAKED: usize = 4096;
+
+/// Remembers the keys `leaked` names by fingerprint: no key document is trusted with them
+/// again ([`is_leaked`]).
+///
+/// Why: a leaked key left the set, but the next clean document (the IdP's likeliest fix:
+/// remove `d`, keep the key) put it back, and anyone who had read the leaked document could
+/// sign tokens again. Regression: jwt::keys::tests::a_leaked_key_is_never_trusted_again
+pub fn remember_leaked(leaked: &[Leaked]) {
+    let mut set = LEAKED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for fp in leaked.iter().filter_map(|(_, fp)| *fp) {
+        if set.len() < MAX_LEAKED {
+            set.insert(fp);
+        }
+    }
+}
+
+/// Whether a key document once published `key`'s private half.
+pub fn is_leaked(key: &VerifyKey) -> bool {
+    LEAKED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(&key.fingerprint)
+}
+
 // === impl KeySet ===
 
 impl std::fmt::Debug for KeySet {

@@ -126,6 +126,40 @@ impl RemoteKeys {
         }
     }
 
+    /// This set under other fetch `settings` (a tuning change): the keys fetched so far, and
+    /// the state of the refetch cooldown, are kept.
+    ///
+    /// Why: any change to `fetch` made a new set that had never fetched, so a tuning edit
+    /// (a timeout, the refresh interval) made while the IdP was down turned every token of
+    /// the issuer into a 503 until it answered again.
+    /// Regression: tests (it) jwt::a_fetch_tuning_change_keeps_the_keys_held
+    pub fn retuned(&self, client: HttpClient, settings: RawFetch) -> Self {
+        let carried = Self::new(
+            self.source.clone(),
+            Arc::clone(&self.issuer),
+            client,
+            settings,
+            self.ca.clone(),
+        );
+        carried.keys.store(self.keys.load_full());
+        carried.has_keys.store(self.has_keys(), Ordering::Release);
+        carried
+            .last_success
+            .store(self.last_success.load(Ordering::Relaxed), Ordering::Relaxed);
+        carried
+    }
+
+    /// Whether this set fetches from `source` for `issuer` under the CA `ca` (its settings
+    /// apart).
+    pub fn same_origin(
+        &self,
+        source: &RemoteSource,
+        issuer: &str,
+        ca: Option<&(std::path::PathBuf, [u8; 32])>,
+    ) -> bool {
+        self.source == *source && *self.issuer == *issuer && self.ca.as_ref() == ca
+    }
+
     /// Whether this set can be carried into a new snapshot for the same settings.
     pub fn same_source(
         &self,
@@ -282,7 +316,7 @@ impl RemoteKeys {
             }
         };
         let fetched = self.client.get(&jwks_uri, s.timeout, s.max_bytes).await?;
-        let (fresh, skipped) = match parse_jwks(&fetched.body, true) {
+        let (mut fresh, mut skipped) = match parse_jwks(&fetched.body, true) {
             Ok(parsed) => parsed,
             // Why: refusing the document kept the set held, so a key whose private half the
             // IdP had just published went on verifying tokens anyone could now sign. The
@@ -291,6 +325,7 @@ impl RemoteKeys {
             // jwt::a_key_whose_private_half_is_published_stops_verifying
             Err(e @ super::keys::KeyError::PrivateJwk) => {
                 let leaked = super::keys::leaked(&fetched.body);
+                super::keys::remember_leaked(&leaked);
                 if let Some(next) = self.keys.load().without_leaked(&leaked) {
                     self.keys.store(Arc::new(next));
                 }
@@ -303,6 +338,18 @@ impl RemoteKeys {
             }
             Err(e) => return Err(FetchError::Invalid(e.to_string())),
         };
+        // A key whose private half a document once published stays out, however clean this
+        // one is. Regression: tests (it) jwt::a_key_whose_private_half_is_published_stops_verifying
+        let published = fresh.len();
+        fresh.retain(|k| !super::keys::is_leaked(k));
+        if fresh.len() < published {
+            skipped += published - fresh.len();
+            tracing::error!(
+                issuer = &*self.issuer,
+                leaked = published - fresh.len(),
+                "The key set publishes keys whose private half was published before: they stay untrusted until restart"
+            );
+        }
         if fresh.is_empty() {
             return Err(FetchError::Invalid(format!(
                 "no usable signing keys ({skipped} skipped)"

@@ -311,6 +311,18 @@ fn weak_rsa_keys_refused() {
 /// Regression: a refused document (it published a private key) left the set as it was, and
 /// the leaked key went on verifying tokens anyone could now sign.
 #[test]
+fn a_leaked_key_is_never_trusted_again() {
+    let ec = KeyPair::generate().unwrap();
+    let key = || from_pem(ec.public_key_pem().as_bytes(), Some("k9"), &[A::ES256]).unwrap();
+    let other = KeyPair::generate().unwrap();
+    assert!(!is_leaked(&key()));
+    remember_leaked(&[(Some("k9".into()), Some(key().fingerprint))]);
+    assert!(is_leaked(&key()), "under any kid, from any later document");
+    let other = from_pem(other.public_key_pem().as_bytes(), Some("k9"), &[A::ES256]).unwrap();
+    assert!(!is_leaked(&other), "another key under the same kid is not");
+}
+
+#[test]
 fn a_leaked_key_stops_verifying() {
     // RFC 8037's Ed25519 key (public, then with `d`), and a second, kid-less, P-256 key.
     let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
