@@ -164,10 +164,19 @@ async fn route(state: &AdminState, scope: Scope, req: Request<Incoming>) -> Resp
             }
         }
         (&Method::POST, "/reload") => match state.reloader.reload(Trigger::Admin).await {
-            Ok(ReloadOutcome::Applied { version }) => json(
-                StatusCode::OK,
-                &serde_json::json!({"outcome": "applied", "version": &*version}),
-            ),
+            Ok(ReloadOutcome::Applied { version }) => {
+                let warnings: Vec<String> = state
+                    .reloader
+                    .status()
+                    .last_diagnostics
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"outcome": "applied", "version": &*version, "warnings": warnings}),
+                )
+            }
             Ok(ReloadOutcome::Unchanged { version }) => json(
                 StatusCode::OK,
                 &serde_json::json!({"outcome": "unchanged", "version": &*version}),

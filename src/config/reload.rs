@@ -14,7 +14,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::Diagnostic;
-use super::compile::restart_only_changes;
+use super::compile::{only_listeners_block, restart_only_changes};
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
 
@@ -57,7 +57,7 @@ pub struct ReloadStatus {
     pub last_attempt: Option<SystemTime>,
     /// The last failed reload's diagnostics, one per line, cleared by a successful one.
     pub last_error: Option<String>,
-    /// The same diagnostics, structured.
+    /// The same diagnostics, structured; after an applied reload, its warnings.
     pub last_diagnostics: Vec<Diagnostic>,
 }
 
@@ -145,12 +145,30 @@ impl Reloader {
             Err(diags) => Err(ReloadError(
                 diags.into_iter().filter(Diagnostic::is_error).collect(),
             )),
-            Ok((next, warnings)) => {
+            Ok((mut next, warnings)) => {
                 // Said once the reload is known to stand (logged below): a refused one's
                 // warnings described a config that never ran ("every request will be denied"
                 // before the refusal of an emptied policy set kept the old rules).
                 kept_warnings = warnings;
-                let restart = restart_only_changes(&previous, &next);
+                let (restart, waiting): (Vec<_>, Vec<_>) = restart_only_changes(&previous, &next)
+                    .into_iter()
+                    .partition(|(field, _)| only_listeners_block(field));
+                if !waiting.is_empty() {
+                    // The running values stay what later reloads compare with: the warning
+                    // holds until a restart or the field is set back.
+                    next.restart = previous.restart.clone();
+                    next.admin_address = previous.admin_address;
+                    let (display, index) = self.config_index();
+                    kept_warnings.extend(waiting.into_iter().map(|(field, m)| {
+                        Diagnostic::at(
+                            &display,
+                            &index,
+                            field,
+                            format!("{m}; the running value stays until then, the rest of this reload is applied"),
+                        )
+                        .warning()
+                    }));
+                }
                 let emptied = next.routes.rules().is_empty()
                     && !previous.routes.rules().is_empty()
                     && !next.allow_empty;
@@ -207,9 +225,14 @@ impl Reloader {
         if let Ok(mut status) = self.status.lock() {
             status.last_attempt = Some(SystemTime::now());
             match &result {
-                Ok(_) => {
+                Ok(outcome) => {
                     status.last_error = None;
                     status.last_diagnostics.clear();
+                    // An applied reload's warnings (a setting waiting for a restart) are
+                    // shown until the next reload.
+                    if matches!(outcome, ReloadOutcome::Applied { .. }) {
+                        status.last_diagnostics.clone_from(&kept_warnings);
+                    }
                 }
                 Err(e) => {
                     status.last_error = Some(e.to_string());

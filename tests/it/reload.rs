@@ -388,6 +388,52 @@ async fn restart_only_change_fails_reload() {
     assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
 }
 
+/// A restart-only setting other than the listeners (the log level raised to troubleshoot)
+/// waits for the restart with a warning, and the rest of the reload applies: an emergency
+/// deny rule added beside it is in force, as `check` and `explain` say.
+#[tokio::test]
+async fn a_restart_only_setting_waits_while_the_rest_applies() {
+    let gw = Setup::default().start().await;
+    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
+    assert!(
+        config.contains("logging:\n  access_log: false\n"),
+        "{config}"
+    );
+    gw.write(
+        "portcullis.yaml",
+        config.replace(
+            "logging:\n  access_log: false\n",
+            "logging:\n  access_log: false\n  level: debug\n",
+        ),
+    );
+    gw.write(
+        "policies/01-lockdown.yaml",
+        "rules:\n  - name: lockdown\n    match: {paths: [\"/reports/**\"]}\n    effect: deny\n",
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("\"outcome\":\"applied\""), "{body}");
+    assert!(
+        body.contains(
+            "logging: format or level changed: restart required; the running value stays until then"
+        ),
+        "{body}"
+    );
+    assert_eq!(get(gw.addr(), "/reports/q3").await.0, StatusCode::FORBIDDEN);
+    let (_, shown) = gw.admin_get("/config").await;
+    assert!(shown.contains("restart required"), "{shown}");
+    // Still waiting at the next reload, which applies too.
+    gw.write(
+        "policies/02-more.yaml",
+        "rules:\n  - name: more\n    match: {paths: [\"/more/**\"]}\n    effect: deny\n",
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("restart required"), "{body}");
+    assert_eq!(get(gw.addr(), "/more/x").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn twenty_reloads_under_load_drop_nothing() {
     let gw = Setup::default().start().await;

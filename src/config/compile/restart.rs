@@ -1,5 +1,8 @@
-//! Settings a running gateway cannot change: a reload that changes any fails, naming the
-//! field, and the running config stays. Kept as their own typed values in the snapshot.
+//! Settings a running gateway cannot change. A reload that changes the listeners fails,
+//! naming the field, and the running config stays (rules may name listeners: a rule for a
+//! listener that is not running yet would never match, a deny rule included). A reload that
+//! changes any other applies the rest and warns that the field waits for a restart. Kept as
+//! their own typed values in the snapshot.
 
 use std::net::SocketAddr;
 
@@ -58,8 +61,9 @@ impl RestartOnly {
     }
 }
 
-/// Settings that a running gateway cannot change, as (field path, message); a reload that
-/// changes any fails with them.
+/// Settings that a running gateway cannot change, as (field path, message): a reload that
+/// changes the listeners fails with theirs; one that changes others applies, and warns with
+/// theirs (see [`only_listeners_block`]).
 pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(&'static str, &'static str)> {
     let (o, n) = (&old.restart, &new.restart);
     let mut out = Vec::new();
@@ -88,4 +92,14 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(&'static str
         out.push(("logging", "format or level changed: restart required"));
     }
     out
+}
+
+/// Whether a restart-only change of `field` refuses the whole reload: only the listeners'.
+///
+/// Why: any restart-only change refused every reload while it stayed, so an operator who
+/// raised the log level to troubleshoot froze every policy edit, an emergency deny rule
+/// included, while `check` and `explain` said the rule was in force.
+/// Regression: tests (it) reload::a_restart_only_setting_waits_while_the_rest_applies
+pub fn only_listeners_block(field: &str) -> bool {
+    field == "listeners"
 }
