@@ -19,17 +19,18 @@ pub fn redacted_url(url: &str) -> String {
         Some(i) => url.split_at(i + 3),
         None => ("", url),
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
+    // Up to the last `@` before the query: a password may hold `/` (in a URL refused as
+    // invalid, which is still named), so the authority's end is not known.
+    let stop = rest.find(['?', '#']).unwrap_or(rest.len());
     let mut out = String::with_capacity(url.len());
     out.push_str(head);
-    match authority.rfind('@') {
+    let tail = match rest[..stop].rfind('@') {
         Some(at) => {
             out.push_str("***@");
-            out.push_str(&authority[at + 1..]);
+            &rest[at + 1..]
         }
-        None => out.push_str(authority),
-    }
+        None => rest,
+    };
     match tail.find('?') {
         Some(q) => {
             out.push_str(&tail[..q]);
@@ -111,6 +112,14 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     diff.ct_eq(&0).into()
 }
 
+/// Whether `name` is written as an environment variable's name: letters, digits and `_`, not
+/// starting with a digit, at most 128 bytes.
+fn is_variable_name(name: &str) -> bool {
+    name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+}
+
 /// Reads a secret from the environment or a file (one trailing newline dropped). A file is
 /// added to `watched`, so the config version hashes its content and a rotation reloads.
 pub fn read(
@@ -121,7 +130,13 @@ pub fn read(
     match raw {
         crate::config::raw::RawSecret::Env(name) => match std::env::var_os(name) {
             Some(v) if !v.is_empty() => Ok(Secret::new(v.into_encoded_bytes())),
-            _ => Err(format!("environment variable `{name}` is not set")),
+            // Why: a secret pasted where the variable's name belongs was echoed in the
+            // refusal (log, `check`, `GET /config`). Only a name that looks like one is shown.
+            // Regression: tests::a_pasted_secret_is_not_named_as_a_variable
+            _ if is_variable_name(name) => {
+                Err(format!("environment variable `{name}` is not set"))
+            }
+            _ => Err("`env` names no environment variable (letters, digits and `_`; what was written is not shown: a secret belongs in the variable, not here)".to_owned()),
         },
         crate::config::raw::RawSecret::File(p) => {
             let path = base_dir.join(p);
@@ -171,9 +186,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pasted_secret_is_not_named_as_a_variable() {
+        let read = |name: &str| {
+            super::read(
+                &crate::config::raw::RawSecret::Env(name.into()),
+                Path::new("."),
+                &mut Vec::new(),
+            )
+            .map(|_| ())
+            .unwrap_err()
+        };
+        assert!(
+            read("PORTCULLIS_TEST_UNSET_VAR").contains("`PORTCULLIS_TEST_UNSET_VAR` is not set")
+        );
+        for pasted in ["hunter2-LEAKME", "s3cr3t/+=", "9abc"] {
+            let e = read(pasted);
+            assert!(!e.contains(pasted), "{e}");
+        }
+    }
+
+    #[test]
     fn urls_are_redacted() {
         for (url, shown) in [
             ("redis://u:secret@h:1/0", "redis://***@h:1/0"),
+            ("http://u:pa/ss@h:1:99", "http://***@h:1:99"),
+            ("http://u:pa?ss@h", "http://u:pa?***"),
             ("rediss://h:1", "rediss://h:1"),
             (
                 "default:RedisPass@redis.internal:6379",
@@ -187,7 +224,8 @@ mod tests {
                 "http://127.0.0.1:1/introspect?apikey=K",
                 "http://127.0.0.1:1/introspect?***",
             ),
-            ("https://idp.test/a@b", "https://idp.test/a@b"),
+            // An `@` in the path hides what comes before it too: a password may hold `/`.
+            ("https://idp.test/a@b", "https://***@b"),
             ("https://idp.test?k=v", "https://idp.test?***"),
         ] {
             assert_eq!(redacted_url(url), shown, "{url}");

@@ -169,7 +169,7 @@ impl Upstream {
             field: "url".into(),
             message: format!(
                 "`{}` is not a valid URL: expected `http://host:port` or `https://host:port/base`",
-                raw.url
+                crate::secret::redacted_url(&raw.url)
             ),
         })?;
         let scheme = uri

@@ -153,6 +153,15 @@ pub fn compile_watching(
     }
     // A name the admin listener could never match (a port, a wildcard, a URL) would only give
     // an unexplained 403. Regression: tests (it) check::admin_allowed_hosts_are_bare_names
+    // Regression: tests (it) check::trusting_every_address_and_an_exposed_admin_warn
+    // (`admin.public_address` serves only health and the assertion keys, for the network.)
+    let admin = cx.cfg().admin.address;
+    if !admin.ip().is_loopback() {
+        cx.warn(
+            "admin.address",
+            format!("`{admin}` is not a loopback address: the admin listener (`POST /reload`, `/config`, `/metrics`) has no authentication of its own; keep it on loopback or a private network, and serve health to the network with `admin.public_address`"),
+        );
+    }
     let mut admin_hosts: Vec<Box<str>> = Vec::new();
     for (i, raw) in cx.cfg().admin.allowed_hosts.clone().iter().enumerate() {
         let h = raw.trim().trim_end_matches('.').to_ascii_lowercase();

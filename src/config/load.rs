@@ -213,16 +213,17 @@ pub fn read_config(path: &Path) -> Result<RawConfig, Diagnostic> {
     read_yaml::<RawConfig>(path, path.display().to_string()).map(|(_, raw)| raw)
 }
 
-/// The `*.yaml` and `*.yml` entries directly in `dir` but hidden ones (a name starting with
+/// The `*.yaml` and `*.yml` entries (in any case) directly in `dir` but hidden ones (a name starting with
 /// `.`), sorted by file name, each with whether it is a regular file (followed through links).
 fn policy_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let is_yaml = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        );
+        // Any case: `30-routes.YAML` was skipped without a word.
+        let is_yaml = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
         // Why: editors keep their own files beside the one being edited: Emacs's lock
         // `.#10-routes.yaml` (a dangling link while a buffer has unsaved changes) failed
         // every reload, and a `.10-routes.yaml.swp.yaml` copy doubled every rule name.
@@ -269,6 +270,13 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
         .map_err(|e| Diagnostic::file_error(&display, format!("cannot read file: {e}")))?;
     let text =
         String::from_utf8(bytes).map_err(|e| not_text(&display, e.as_bytes(), e.utf8_error()))?;
+    // Why: a byte-order mark (Windows editors write one) made the config file "more than one
+    // document", with no line, and the gateway would not start. Regression: tests (it)
+    // check::a_byte_order_mark_is_read_as_nothing
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    };
     let index = LocationIndex::build(&text).map_err(|(line, column, message)| {
         // Prefer libyaml's wording and position (serde_yaml parsing to an untyped value
         // reports syntax only); fall back to the indexer's, which alone places a repeated key.

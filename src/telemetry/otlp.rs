@@ -175,10 +175,12 @@ thread_local! {
 impl Otlp {
     /// Checks the settings; `Ok` means [`Otlp::start`] will succeed.
     pub fn check(raw: &RawOtlp) -> Result<Uri, OtlpError> {
-        let uri: Uri = raw
-            .endpoint
-            .parse()
-            .map_err(|_| OtlpError(format!("`{}` is not a URL", raw.endpoint)))?;
+        let uri: Uri = raw.endpoint.parse().map_err(|_| {
+            OtlpError(format!(
+                "`{}` is not a URL",
+                crate::secret::redacted_url(&raw.endpoint)
+            ))
+        })?;
         match uri.scheme_str() {
             Some("http" | "https") if uri.authority().is_some() => {}
             _ => {

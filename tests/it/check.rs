@@ -277,6 +277,58 @@ fn listeners_on_one_address_are_refused() {
     assert!(!text.contains("18091"), "{text}");
 }
 
+/// Settings that open the gateway wider than an operator may mean pass with a warning: a
+/// trusted proxy network holding every address, an admin listener off loopback. A policy
+/// file whose extension is in capitals is read.
+#[test]
+fn trusting_every_address_and_an_exposed_admin_warn() {
+    let cfg = crate::support::ConfigDir::new(
+        "server: {trusted_proxies: [10.0.0.0/8, 0.0.0.0/0]}\nadmin: {address: \"0.0.0.0:19999\"}\n",
+    );
+    cfg.write(
+        "policies/30-UPPER.YAML",
+        "rules:\n  - {name: upper, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("warning: server.trusted_proxies[1]: `0.0.0.0/0` trusts every address"),
+        "{text}"
+    );
+    assert!(!text.contains("trusted_proxies[0]"), "{text}");
+    assert!(
+        text.contains("warning: admin.address: `0.0.0.0:19999` is not a loopback address"),
+        "{text}"
+    );
+    assert!(text.contains("1 rule(s)"), "{text}");
+}
+
+/// A byte-order mark (Windows editors write one) at the start of the config or a policy file
+/// is read as nothing; a mistake after it is still placed at its line.
+#[test]
+fn a_byte_order_mark_is_read_as_nothing() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "\u{feff}rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    let path = cfg.dir.path().join("portcullis.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("\u{feff}{text}")).unwrap();
+    let (code, out) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{out}");
+    std::fs::write(&path, format!("\u{feff}{text}loging: {{}}\n")).unwrap();
+    let (code, out) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{out}");
+    let line = text.lines().count() + 1;
+    assert!(
+        out.contains(&format!(
+            "portcullis.yaml:{line}:1: error: unknown field `loging`"
+        )),
+        "{out}"
+    );
+}
+
 /// A file the config names that cannot be read is reported at the config's field naming it,
 /// never at a line of the missing file (`nope.yaml:0:0`).
 #[test]

@@ -277,3 +277,22 @@ fn an_empty_answer_is_no_verdict() {
     ));
     assert!(matches!(ok(Some(7), None), Ok(Verdict::Deny)));
 }
+
+#[tokio::test]
+async fn credentials_in_the_url_are_refused() {
+    let compile = |url: &str| {
+        let raw: crate::config::raw::RawDelegate =
+            serde_yaml::from_str(&format!("grpc: \"{url}\"")).unwrap();
+        Delegate::compile("opa", &raw, std::path::Path::new("."), None).map(|_| ())
+    };
+    assert!(compile("http://127.0.0.1:9191").is_ok());
+    let e = compile("http://u:hunter2@127.0.0.1:9191").unwrap_err();
+    assert!(
+        e.message.contains("credentials in the URL are refused"),
+        "{e:?}"
+    );
+    assert!(!e.message.contains("hunter2"), "{e:?}");
+    // A URL that does not parse is named without them.
+    let e = compile("http://u:hunter2@127.0.0.1:9191:99").unwrap_err();
+    assert!(!e.message.contains("hunter2"), "{e:?}");
+}

@@ -72,6 +72,17 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> (ServerSettings, Vec<NamePattern>) {
     if s.http2.window.is_zero() {
         cx.error("server.http2.window", "must be more than 0".into());
     }
+    // Why: `0.0.0.0/0` passed without a word, and let any client set the address that
+    // `require.networks`, rate limits and the logs read. Regression: tests (it)
+    // check::trusting_every_address_and_an_exposed_admin_warn
+    for (i, n) in s.trusted_proxies.iter().enumerate() {
+        if n.0.prefix_len() == 0 {
+            cx.warn(
+                &format!("server.trusted_proxies[{i}]"),
+                format!("`{}` trusts every address: any client can choose the address `require.networks`, rate limits and the access log read (`X-Forwarded-For`); list the proxies' own networks", n.0),
+            );
+        }
+    }
     let server = ServerSettings {
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
