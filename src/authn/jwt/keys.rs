@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
@@ -49,6 +49,8 @@ pub struct VerifyKey {
     pub algorithms: AlgSet,
     /// Set when a refresh dropped the key: cached verifications by it stop counting.
     revoked: AtomicBool,
+    /// The [`LEAK_GENERATION`] it was last found not leaked at.
+    leak_checked: AtomicU64,
     /// Fingerprint of the key material, to keep the same `Arc` across refreshes.
     fingerprint: [u8; 32],
 }
@@ -327,13 +329,28 @@ impl VerifyKey {
             family,
             algorithms,
             revoked: AtomicBool::new(false),
+            leak_checked: AtomicU64::new(0),
             fingerprint: fp,
         }
     }
 
-    /// Whether a key refresh dropped this key.
+    /// Whether a key refresh dropped this key, or some key document (of any issuer, read by
+    /// any authenticator) published its private half: it verifies nothing, cached
+    /// verifications included. The leak memory is read once per key after each leak found:
+    /// no lock otherwise.
     pub fn is_revoked(&self) -> bool {
-        self.revoked.load(Ordering::Acquire)
+        if self.revoked.load(Ordering::Acquire) {
+            return true;
+        }
+        let generation = LEAK_GENERATION.load(Ordering::Acquire);
+        if generation != 0 && self.leak_checked.load(Ordering::Acquire) != generation {
+            if is_leaked(self) {
+                self.revoked.store(true, Ordering::Release);
+                return true;
+            }
+            self.leak_checked.store(generation, Ordering::Release);
+        }
+        false
     }
 }
 
@@ -653,23 +670,37 @@ pub fn leaked(text: &[u8]) -> Vec<Leaked> {
 static LEAKED: std::sync::Mutex<std::collections::BTreeSet<[u8; 32]>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
-/// How many leaked fingerprints are remembered.
-const MAX_LEAKED: usize = 4096;
+/// Bumped whenever [`LEAKED`] grows: a key checked at an older generation is checked again.
+static LEAK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// Remembers the keys `leaked` names by fingerprint: no key document is trusted with them
-/// again ([`is_leaked`]).
+/// How many leaked fingerprints are remembered.
+const MAX_LEAKED: usize = 65_536;
+
+/// Remembers the keys `leaked` names by fingerprint: no key verifies with them again, in
+/// any key set (static ones included: a pinned copy of a leaked key is as leaked), and no key
+/// document is trusted with them ([`is_leaked`], [`VerifyKey::is_revoked`]).
 ///
 /// Why: a leaked key left the set, but the next clean document (the IdP's likeliest fix:
 /// remove `d`, keep the key) put it back, and anyone who had read the leaked document could
-/// sign tokens again. Regression: jwt::keys::tests::a_leaked_key_is_never_trusted_again
+/// sign tokens again; another authenticator fetching the same document went on trusting it.
+/// Regression: jwt::keys::tests::a_leaked_key_is_never_trusted_again,
+/// jwt::keys::tests::a_key_held_anywhere_stops_verifying_once_found_leaked
 pub fn remember_leaked(leaked: &[Leaked]) {
     let mut set = LEAKED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let before = set.len();
     for fp in leaked.iter().filter_map(|(_, fp)| *fp) {
         if set.len() < MAX_LEAKED {
             set.insert(fp);
+        } else if !set.contains(&fp) {
+            tracing::error!(
+                "More than {MAX_LEAKED} leaked keys: this one is not remembered past its removal from the set that found it"
+            );
         }
+    }
+    if set.len() > before {
+        LEAK_GENERATION.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -134,19 +134,23 @@ impl RemoteKeys {
     /// the issuer into a 503 until it answered again.
     /// Regression: tests (it) jwt::a_fetch_tuning_change_keeps_the_keys_held
     pub fn retuned(&self, client: HttpClient, settings: RawFetch) -> Self {
-        let carried = Self::new(
-            self.source.clone(),
-            Arc::clone(&self.issuer),
+        Self {
+            source: self.source.clone(),
+            issuer: Arc::clone(&self.issuer),
             client,
             settings,
-            self.ca.clone(),
-        );
-        carried.keys.store(self.keys.load_full());
-        carried.has_keys.store(self.has_keys(), Ordering::Release);
-        carried
-            .last_success
-            .store(self.last_success.load(Ordering::Relaxed), Ordering::Relaxed);
-        carried
+            keys: ArcSwap::new(self.keys.load_full()),
+            has_keys: AtomicBool::new(self.has_keys()),
+            started: AtomicBool::new(false),
+            created: self.created,
+            // Shared: an unknown `kid` right after the reload waits out the cooldown.
+            refetch: Arc::clone(&self.refetch),
+            fetching: tokio::sync::Mutex::new(()),
+            ca: self.ca.clone(),
+            fetches_ok: AtomicU64::new(self.fetches_ok.load(Ordering::Relaxed)),
+            fetches_failed: AtomicU64::new(self.fetches_failed.load(Ordering::Relaxed)),
+            last_success: AtomicU64::new(self.last_success.load(Ordering::Relaxed)),
+        }
     }
 
     /// Whether this set fetches from `source` for `issuer` under the CA `ca` (its settings

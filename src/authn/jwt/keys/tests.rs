@@ -320,6 +320,25 @@ fn a_leaked_key_is_never_trusted_again() {
     assert!(is_leaked(&key()), "under any kid, from any later document");
     let other = from_pem(other.public_key_pem().as_bytes(), Some("k9"), &[A::ES256]).unwrap();
     assert!(!is_leaked(&other), "another key under the same kid is not");
+    assert!(!other.is_revoked());
+}
+
+#[test]
+fn a_key_held_anywhere_stops_verifying_once_found_leaked() {
+    // Two sets holding the same key, as two authenticators fetching one JWKS do, and a
+    // pinned copy: a leak one of them finds revokes it in all.
+    let ec = KeyPair::generate().unwrap();
+    let key = || from_pem(ec.public_key_pem().as_bytes(), Some("k7"), &[A::ES256]).unwrap();
+    let (one, two, pinned) = (
+        KeySet::new(vec![key()]),
+        KeySet::new(vec![key()]),
+        Arc::new(key()),
+    );
+    assert!(one.by_kid("k7").is_some() && !pinned.is_revoked());
+    remember_leaked(&[(None, Some(key().fingerprint))]);
+    assert!(one.by_kid("k7").is_none());
+    assert!(two.by_kid("k7").is_none());
+    assert!(pinned.is_revoked());
 }
 
 #[test]
