@@ -1,8 +1,9 @@
 //! Trusted identity headers: an inner proxy that already authenticated the caller says who it
 //! is in request headers (dauth's `trust://`).
 //!
-//! Invariants: the headers are read only when the TCP peer (never `X-Forwarded-For`) is inside
-//! a configured network, and only the configured names are read. From any other peer they are
+//! Invariants: the headers are read only when the peer is inside a configured network: the
+//! TCP peer at the proxy door, the address a decision door's peer vouches for at the others
+//! ([`crate::request::facts::ConnInfo`]), never an address the client wrote; and only the configured names are read. From any other peer they are
 //! not a credential at all, and the proxy removes every configured name (and its `_` spelling)
 //! from every request before forwarding, whatever the decision, so a client can never pass one
 //! to the upstream.

@@ -644,7 +644,11 @@ pub enum RawClientAuthMethod {
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTrustedHeaders {
-    /// Peers (TCP source addresses, never `X-Forwarded-For`) whose headers are believed.
+    /// Peers whose headers are believed, by the address the door vouches for (never an
+    /// address a client wrote): at the proxy door the TCP source; at the Envoy HTTP and
+    /// forward-auth doors the address the door's peer received the request from (the last
+    /// `X-Forwarded-For` entry, which the peer must set itself, as the shipped examples do);
+    /// at the gRPC door the source address Envoy reports.
     pub networks: Vec<Network>,
     /// Header carrying the principal id; its presence is the credential.
     pub id: String,
