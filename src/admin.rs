@@ -164,7 +164,13 @@ async fn route(state: &AdminState, scope: Scope, req: Request<Incoming>) -> Resp
             }
         }
         (&Method::POST, "/reload") => match state.reloader.reload(Trigger::Admin).await {
-            Ok(ReloadOutcome::Applied { version }) => {
+            Ok(outcome) => {
+                let (outcome, version) = match outcome {
+                    ReloadOutcome::Applied { version } => ("applied", version),
+                    ReloadOutcome::Unchanged { version } => ("unchanged", version),
+                };
+                // Warnings of this reload: an applied one's, or the restart-only settings
+                // still waiting.
                 let warnings: Vec<String> = state
                     .reloader
                     .status()
@@ -174,13 +180,9 @@ async fn route(state: &AdminState, scope: Scope, req: Request<Incoming>) -> Resp
                     .collect();
                 json(
                     StatusCode::OK,
-                    &serde_json::json!({"outcome": "applied", "version": &*version, "warnings": warnings}),
+                    &serde_json::json!({"outcome": outcome, "version": &*version, "warnings": warnings}),
                 )
             }
-            Ok(ReloadOutcome::Unchanged { version }) => json(
-                StatusCode::OK,
-                &serde_json::json!({"outcome": "unchanged", "version": &*version}),
-            ),
             Err(e) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &serde_json::json!({

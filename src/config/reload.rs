@@ -138,6 +138,8 @@ impl Reloader {
         })?;
         let (built, referenced) = built;
         let mut kept_warnings = Vec::new();
+        // Restart-only settings changed in the file, which keep their running value.
+        let mut waiting: Vec<Diagnostic> = Vec::new();
         if let Ok(mut refused) = self.refused_reads.lock() {
             *refused = referenced;
         }
@@ -150,24 +152,27 @@ impl Reloader {
                 // warnings described a config that never ran ("every request will be denied"
                 // before the refusal of an emptied policy set kept the old rules).
                 kept_warnings = warnings;
-                let (restart, waiting): (Vec<_>, Vec<_>) = restart_only_changes(&previous, &next)
+                let (restart, changed): (Vec<_>, Vec<_>) = restart_only_changes(&previous, &next)
                     .into_iter()
                     .partition(|(field, _)| only_listeners_block(field));
-                if !waiting.is_empty() {
+                if !changed.is_empty() {
                     // The running values stay what later reloads compare with: the warning
                     // holds until a restart or the field is set back.
                     next.restart = previous.restart.clone();
-                    next.admin_address = previous.admin_address;
                     let (display, index) = self.config_index();
-                    kept_warnings.extend(waiting.into_iter().map(|(field, m)| {
-                        Diagnostic::at(
-                            &display,
-                            &index,
-                            field,
-                            format!("{m}; the running value stays until then, the rest of this reload is applied"),
-                        )
-                        .warning()
-                    }));
+                    waiting = changed
+                        .into_iter()
+                        .map(|(field, m)| {
+                            Diagnostic::at(
+                                &display,
+                                &index,
+                                field,
+                                format!("{m}; the running value stays until then, the rest of this reload is applied"),
+                            )
+                            .warning()
+                        })
+                        .collect();
+                    kept_warnings.extend(waiting.iter().cloned());
                 }
                 let emptied = next.routes.rules().is_empty()
                     && !previous.routes.rules().is_empty()
@@ -228,10 +233,15 @@ impl Reloader {
                 Ok(outcome) => {
                     status.last_error = None;
                     status.last_diagnostics.clear();
-                    // An applied reload's warnings (a setting waiting for a restart) are
-                    // shown until the next reload.
-                    if matches!(outcome, ReloadOutcome::Applied { .. }) {
-                        status.last_diagnostics.clone_from(&kept_warnings);
+                    // An applied reload's warnings are shown until the next reload; a setting
+                    // still waiting for a restart, after any that stands.
+                    match outcome {
+                        ReloadOutcome::Applied { .. } => {
+                            status.last_diagnostics.clone_from(&kept_warnings);
+                        }
+                        ReloadOutcome::Unchanged { .. } => {
+                            status.last_diagnostics.clone_from(&waiting);
+                        }
                     }
                 }
                 Err(e) => {

@@ -140,15 +140,15 @@ async fn public_admin_listener_serves_only_health_and_jwks() {
         "served again once they close"
     );
 
-    // Where it listens is fixed for the life of the process: a reload says so, and it goes
-    // on listening where it did.
+    // Where it listens is fixed for the life of the process: a reload that moves it is
+    // refused, and it goes on listening where it did.
     let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
     gw.write(
         "portcullis.yaml",
         config.replace("public_address: 127.0.0.1:0", "public_address: 127.0.0.1:1"),
     );
     let (status, body) = gw.admin_post("/reload").await;
-    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert_eq!(status, http::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(
         body.contains("admin.public_address: changed: restart required"),
         "{body}"

@@ -432,6 +432,13 @@ async fn a_restart_only_setting_waits_while_the_rest_applies() {
     assert!(body.contains("restart required"), "{body}");
     assert_eq!(get(gw.addr(), "/more/x").await.0, StatusCode::FORBIDDEN);
     assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+    // A reload that finds nothing else changed still says so.
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("\"outcome\":\"unchanged\""), "{body}");
+    assert!(body.contains("restart required"), "{body}");
+    let (_, shown) = gw.admin_get("/config").await;
+    assert!(shown.contains("restart required"), "{shown}");
 }
 
 #[tokio::test]

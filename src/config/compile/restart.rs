@@ -1,8 +1,9 @@
-//! Settings a running gateway cannot change. A reload that changes the listeners fails,
-//! naming the field, and the running config stays (rules may name listeners: a rule for a
-//! listener that is not running yet would never match, a deny rule included). A reload that
-//! changes any other applies the rest and warns that the field waits for a restart. Kept as
-//! their own typed values in the snapshot.
+//! Settings a running gateway cannot change. A reload that changes where it listens (the
+//! listeners, the admin addresses) fails, naming the field, and the running config stays:
+//! rules may name listeners (a deny rule for a listener not running yet would never match),
+//! and an operator moving the unauthenticated admin listener off the network must not be told
+//! "applied" while it stays there. A reload that changes any other applies the rest and warns
+//! that the field waits for a restart. Kept as their own typed values in the snapshot.
 
 use std::net::SocketAddr;
 
@@ -94,12 +95,16 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(&'static str
     out
 }
 
-/// Whether a restart-only change of `field` refuses the whole reload: only the listeners'.
+/// Whether a restart-only change of `field` refuses the whole reload: only where the gateway
+/// listens.
 ///
 /// Why: any restart-only change refused every reload while it stayed, so an operator who
 /// raised the log level to troubleshoot froze every policy edit, an emergency deny rule
 /// included, while `check` and `explain` said the rule was in force.
 /// Regression: tests (it) reload::a_restart_only_setting_waits_while_the_rest_applies
 pub fn only_listeners_block(field: &str) -> bool {
-    field == "listeners"
+    matches!(
+        field,
+        "listeners" | "admin.address" | "admin.public_address"
+    )
 }
