@@ -588,6 +588,25 @@ fn check_shapes(root: &IdedExpr) -> Result<(), String> {
     {
         return Err("a condition must be true or false; this is a constant of another type".into());
     }
+    // Why: `principal.id + 'x'` passed `check` and denied every request (403
+    // `condition_failed`). What arithmetic, a list or a map gives is never a boolean.
+    // Regression: tests::typos_in_fixed_shapes_are_refused
+    let arithmetic = [
+        operators::ADD,
+        operators::SUBSTRACT,
+        operators::MULTIPLY,
+        operators::DIVIDE,
+        operators::MODULO,
+        operators::NEGATE,
+    ];
+    if matches!(&root.expr, Expr::List(_) | Expr::Map(_))
+        || matches!(&root.expr, Expr::Call(c) if arithmetic.contains(&c.func_name.as_str()))
+    {
+        return Err(
+            "a condition must be true or false; this gives a number, a string, a list or a map"
+                .into(),
+        );
+    }
     let mut stack = vec![root];
     while let Some(e) = stack.pop() {
         match &e.expr {
@@ -627,6 +646,23 @@ fn check_shapes(root: &IdedExpr) -> Result<(), String> {
                             value("principal.kind", &v, &KINDS)?;
                         }
                     }
+                }
+            }
+            // Why: `principal.id.matches('[a-')` passed `check` and denied every request,
+            // with the regex error only in `explain`. Regression: tests::typos_in_fixed_shapes_are_refused
+            Expr::Call(c) if c.func_name == "matches" => {
+                let pattern = match (&c.target, c.args.as_slice()) {
+                    (Some(_), [p]) | (None, [_, p]) => text(p),
+                    _ => None,
+                };
+                if let Some(p) = pattern
+                    && let Err(e) = regex::Regex::new(&p)
+                {
+                    let e = e.to_string();
+                    let why = e.lines().last().unwrap_or_default().trim();
+                    return Err(format!(
+                        "`matches('{p}')`: not a valid regular expression: {why}"
+                    ));
                 }
             }
             Expr::Call(c) if c.func_name == operators::IN && c.args.len() == 2 => {

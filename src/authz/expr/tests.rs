@@ -965,6 +965,17 @@ fn typos_in_fixed_shapes_are_refused() {
         ),
         ("'a'", "a condition must be true or false"),
         ("1", "a condition must be true or false"),
+        ("principal.id + 'x'", "a condition must be true or false"),
+        ("claims.n * 2", "a condition must be true or false"),
+        ("[true]", "a condition must be true or false"),
+        (
+            "principal.id.matches('[a-')",
+            "`matches('[a-')`: not a valid regular expression: error: unclosed character class",
+        ),
+        (
+            "matches(principal.id, '(x')",
+            "not a valid regular expression",
+        ),
     ] {
         let e = Condition::compile(expr, Budget::default())
             .err()
@@ -985,6 +996,8 @@ fn typos_in_fixed_shapes_are_refused() {
         "params.id == principal.id",
         "request.method == 'GET' && 'x-tenant' in request.headers && request.headers['x-b'] == 'B'",
         "true",
+        "principal.id.matches('^[a-z]+$') && request.path.matches(principal.id)",
+        "claims.n + 1 == 2",
     ] {
         assert!(
             Condition::compile(expr, Budget::default()).is_ok(),
