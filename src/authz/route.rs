@@ -526,12 +526,14 @@ impl PathPattern {
             .any(|s| matches!(s, Segment::Literal(_)))
     }
 
-    /// The first segment when it is a literal, ASCII-lowercased (lint bucketing).
-    pub fn first_literal(&self) -> Option<String> {
-        match self.segments.first() {
-            Some(Segment::Literal(l)) => Some(l.to_ascii_lowercase()),
-            _ => None,
-        }
+    /// The literal segments before the first wildcard, ASCII-lowercased (lint bucketing: a
+    /// pattern covering or meeting this one has literals that agree with these as far as
+    /// both go, as [`Self::covers`] and [`Self::intersects`] compare them).
+    pub fn literal_prefix(&self) -> impl Iterator<Item = String> + '_ {
+        self.segments.iter().map_while(|s| match s {
+            Segment::Literal(l) => Some(l.to_ascii_lowercase()),
+            Segment::Any(_) => None,
+        })
     }
 
     /// Whether every path `other` matches, this matches too (literals compared

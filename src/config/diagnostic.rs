@@ -46,9 +46,14 @@ pub struct FieldError {
 
 /// Field paths of a YAML document mapped to where each value starts, so that problems found
 /// after deserialisation (unknown upstream, unreadable file) still point at a line.
+///
+/// Why a map: every rule asks it whether a field is written, and a scan of every entry made
+/// loading quadratic (8,000 rules took seconds to check and to reload).
+/// Regression: tests::location_lookups_stay_fast_as_files_grow
 #[derive(Debug, Default)]
 pub struct LocationIndex {
-    entries: Vec<(String, usize, usize)>,
+    /// Each path at its first place in the file.
+    entries: std::collections::HashMap<String, (usize, usize)>,
 }
 
 // === impl FieldError ===
@@ -280,22 +285,24 @@ impl LocationIndex {
         if let Some((line, column, key)) = builder.duplicate {
             return Err((line, column, format!("{DUPLICATE_KEY} `{key}`")));
         }
-        Ok(Self {
-            entries: builder.entries,
-        })
+        let mut entries = std::collections::HashMap::with_capacity(builder.entries.len());
+        for (path, line, column) in builder.entries {
+            entries.entry(path).or_insert((line, column));
+        }
+        Ok(Self { entries })
     }
 
     /// Whether the file spells `path` itself (a field written, even as `[]`).
     pub fn has(&self, path: &str) -> bool {
-        self.entries.iter().any(|(k, _, _)| k == path)
+        self.entries.contains_key(path)
     }
 
     /// Line and column (1-based) of `path`, or of its closest indexed ancestor, or (0, 0).
     pub fn locate(&self, path: &str) -> (usize, usize) {
         let mut p = path;
         loop {
-            if let Some((_, l, c)) = self.entries.iter().find(|(k, _, _)| k == p) {
-                return (*l, *c);
+            if let Some(&(l, c)) = self.entries.get(p) {
+                return (l, c);
             }
             match p.rfind(['.', '[']) {
                 Some(i) if i > 0 => p = &p[..i],
