@@ -19,12 +19,11 @@ pub fn redacted_url(url: &str) -> String {
         Some(i) => url.split_at(i + 3),
         None => ("", url),
     };
-    // Up to the last `@` before the query: a password may hold `/` (in a URL refused as
-    // invalid, which is still named), so the authority's end is not known.
-    let stop = rest.find(['?', '#']).unwrap_or(rest.len());
+    // Up to the last `@`: a password may hold `/`, `?` or `#` (in a URL refused, which is
+    // still named), so where the authority ends is not known.
     let mut out = String::with_capacity(url.len());
     out.push_str(head);
-    let tail = match rest[..stop].rfind('@') {
+    let tail = match rest.rfind('@') {
         Some(at) => {
             out.push_str("***@");
             &rest[at + 1..]
@@ -38,6 +37,50 @@ pub fn redacted_url(url: &str) -> String {
         }
         None => out.push_str(tail),
     }
+    out
+}
+
+/// Whether `url` may carry credentials: it holds an `@` anywhere. A password may hold `/`,
+/// `?` or `#`, where a parser ends the authority, so the `@` after them is not in the
+/// authority it reads (`http://u:p#w@host` parses with the host `u`). A literal `@`
+/// elsewhere is written `%40`.
+///
+/// Why: URLs were checked for credentials in their parsed authority, and one whose password
+/// held `#` passed, then was shown whole. Regression: tests::urls_are_redacted,
+/// authz::delegate::tests::credentials_in_the_url_are_refused
+pub fn may_hold_credentials(url: &str) -> bool {
+    url.contains('@')
+}
+
+/// A parser's message about a file that holds secrets, without the values it quotes: a
+/// string (`invalid type: string "…"`) and the name of an unknown field or variant.
+///
+/// Why: an API key pasted into the key file as a bare string was echoed by the parser's
+/// message at `error` in the log, in `check`, `POST /reload` and `GET /config`.
+/// Regression: tests::quoted_values_are_cut_from_messages
+pub fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    loop {
+        let quote = rest.find('"');
+        let named = ["unknown field `", "unknown variant `"]
+            .iter()
+            .filter_map(|p| rest.find(p).map(|i| i + p.len() - 1))
+            .min();
+        let (open, close) = match (quote, named) {
+            (Some(q), Some(n)) if n < q => (n, '`'),
+            (None, Some(n)) => (n, '`'),
+            (Some(q), _) => (q, '"'),
+            (None, None) => break,
+        };
+        let Some(len) = rest[open + 1..].find(close) else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        out.push_str("(a value, not shown)");
+        rest = &rest[open + 1 + len + 1..];
+    }
+    out.push_str(rest);
     out
 }
 
@@ -186,6 +229,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn quoted_values_are_cut_from_messages() {
+        for (message, shown) in [
+            (
+                r#"keys[0]: invalid type: string "pck_SECRET", expected a mapping"#,
+                "keys[0]: invalid type: string (a value, not shown), expected a mapping",
+            ),
+            (
+                "keys[0]: unknown field `pck_SECRET`, expected one of `id`, `hash`",
+                "keys[0]: unknown field (a value, not shown), expected one of `id`, `hash`",
+            ),
+            (
+                r#"unknown variant `x"y`, expected `user`"#,
+                "unknown variant (a value, not shown), expected `user`",
+            ),
+            ("did not find expected key", "did not find expected key"),
+            (r#"a "dangling"#, r#"a "dangling"#),
+        ] {
+            assert_eq!(without_values(message), shown, "{message}");
+        }
+    }
+
+    #[test]
     fn a_pasted_secret_is_not_named_as_a_variable() {
         let read = |name: &str| {
             super::read(
@@ -210,7 +275,11 @@ mod tests {
         for (url, shown) in [
             ("redis://u:secret@h:1/0", "redis://***@h:1/0"),
             ("http://u:pa/ss@h:1:99", "http://***@h:1:99"),
-            ("http://u:pa?ss@h", "http://u:pa?***"),
+            ("http://u:pa?ss@h", "http://***@h"),
+            (
+                "http://u:JW#KS@127.0.0.1:2/jwks",
+                "http://***@127.0.0.1:2/jwks",
+            ),
             ("rediss://h:1", "rediss://h:1"),
             (
                 "default:RedisPass@redis.internal:6379",

@@ -165,6 +165,9 @@ impl Upstream {
             field: "url".into(),
             message: message.to_owned(),
         };
+        if crate::secret::may_hold_credentials(&raw.url) {
+            return Err(url_error("credentials in the URL are not allowed"));
+        }
         let uri: Uri = raw.url.parse().map_err(|_| UpstreamError {
             field: "url".into(),
             message: format!(
@@ -183,9 +186,6 @@ impl Upstream {
             .authority()
             .cloned()
             .ok_or_else(|| url_error("URL needs a host"))?;
-        if authority.as_str().contains('@') {
-            return Err(url_error("credentials in the URL are not allowed"));
-        }
         if uri.query().is_some() {
             return Err(url_error("URL must not have a query"));
         }

@@ -142,6 +142,15 @@ impl Delegate {
         base_dir: &std::path::Path,
         previous: Option<&Self>,
     ) -> Result<Self, FieldError> {
+        // Why: `http://u:pass@host` was accepted and sent the credentials as the HTTP/2
+        // `:authority`, in clear text (and RFC 9113 forbids user information there).
+        // Regression: authz::delegate::tests::credentials_in_the_url_are_refused
+        if crate::secret::may_hold_credentials(&raw.grpc) {
+            return Err(FieldError::new(
+                "grpc",
+                "credentials in the URL are refused: the delegate is called without them",
+            ));
+        }
         let endpoint = tonic::transport::Endpoint::from_shared(raw.grpc.clone()).map_err(|_| {
             FieldError::new(
                 "grpc",
@@ -153,19 +162,6 @@ impl Delegate {
         })?;
         if !(raw.grpc.starts_with("http://") || raw.grpc.starts_with("https://")) {
             return Err(FieldError::new("grpc", "an http:// or https:// URL"));
-        }
-        // Why: `http://u:pass@host` was accepted and sent the credentials as the HTTP/2
-        // `:authority`, in clear text (and RFC 9113 forbids user information there).
-        // Regression: authz::delegate::tests::credentials_in_the_url_are_refused
-        if endpoint
-            .uri()
-            .authority()
-            .is_some_and(|a| a.as_str().contains('@'))
-        {
-            return Err(FieldError::new(
-                "grpc",
-                "credentials in the URL are refused: the delegate is called without them",
-            ));
         }
         if raw.timeout.is_zero() {
             return Err(FieldError::new("timeout", "must be more than zero"));

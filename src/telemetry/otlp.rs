@@ -175,6 +175,9 @@ thread_local! {
 impl Otlp {
     /// Checks the settings; `Ok` means [`Otlp::start`] will succeed.
     pub fn check(raw: &RawOtlp) -> Result<Uri, OtlpError> {
+        if crate::secret::may_hold_credentials(&raw.endpoint) {
+            return Err(OtlpError("credentials in the URL are refused".to_owned()));
+        }
         let uri: Uri = raw.endpoint.parse().map_err(|_| {
             OtlpError(format!(
                 "`{}` is not a URL",
@@ -188,9 +191,6 @@ impl Otlp {
                     "expected `http(s)://host:port/v1/traces`".to_owned(),
                 ));
             }
-        }
-        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err(OtlpError("credentials in the URL are refused".to_owned()));
         }
         if raw.max_queue == 0 || raw.interval.is_zero() {
             return Err(OtlpError(

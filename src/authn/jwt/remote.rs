@@ -59,12 +59,14 @@ impl RemoteSource {
     /// `GET /config`, the log). Regression: jwt::tests::key_urls_with_credentials_are_refused_unshown
     pub fn parse_url(url: &str) -> Result<Uri, String> {
         let shown = crate::secret::redacted_url(url);
+        if crate::secret::may_hold_credentials(url) {
+            return Err(format!(
+                "`{shown}`: credentials in the URL are refused (a literal `@` is written `%40`)"
+            ));
+        }
         let uri: Uri = url
             .parse()
             .map_err(|_| format!("`{shown}` is not a valid URL"))?;
-        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err(format!("`{shown}`: credentials in the URL are refused"));
-        }
         match uri.scheme_str() {
             Some("https") => Ok(uri),
             Some("http") if is_loopback(&uri) => Ok(uri),
