@@ -101,7 +101,11 @@ impl ApiKeys {
                     "keys_file",
                     format!("`{}`: {}", d.file, d.message),
                 ))),
-                Err(d) => errors.push(CompileError::File(d)),
+                // The parser quotes what it could not read: here, maybe a key.
+                Err(mut d) => {
+                    d.message = crate::secret::without_values(&d.message);
+                    errors.push(CompileError::File(d));
+                }
                 // Why: an emptied file (a `>` where `>>` was meant, a truncated write) was
                 // applied live and revoked every key; policy files are refused the same way.
                 // Regression: tests (it)

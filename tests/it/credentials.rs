@@ -262,6 +262,45 @@ async fn api_key_file_errors_point_at_their_entry() {
     }
 }
 
+/// A key pasted into the key file where an entry belongs (after `apikey new` printed it) is
+/// refused without being shown: not in the reload's answer, `GET /config` or `check`.
+#[tokio::test]
+async fn a_key_pasted_into_the_key_file_is_never_shown() {
+    let a = generate().unwrap();
+    let gw = start(
+        "partners",
+        API_KEYS.into(),
+        vec![("apikeys.yaml".into(), key_file(&[("a", &a, "")]))],
+    )
+    .await;
+    let pasted = generate().unwrap();
+    for text in [
+        format!("keys:\n  - {pasted}\n"),
+        format!("{pasted}\n"),
+        format!("keys:\n  - {{{pasted}: 1}}\n"),
+    ] {
+        gw.write("apikeys.yaml", &text);
+        let (status, body) = gw.admin_post("/reload").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.contains("apikeys.yaml:"), "{body}");
+        assert!(!body.contains(&pasted), "{body}");
+        let (_, shown) = gw.admin_get("/config").await;
+        assert!(!shown.contains(&pasted), "{shown}");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["check", "-c"])
+            .arg(gw.path("portcullis.yaml"))
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(printed.contains("apikeys.yaml:"), "{printed}");
+        assert!(!printed.contains(&pasted), "{printed}");
+    }
+}
+
 #[tokio::test]
 async fn shared_secret_maps_to_a_fixed_identity() {
     let extra = "authenticators:
