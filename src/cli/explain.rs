@@ -849,9 +849,17 @@ fn redacted_names(snapshot: &Snapshot) -> Vec<HeaderName> {
 }
 
 /// Query credentials are stripped before forwarding; any left would be shown: redact anyway.
-fn redact_query(url: &str, snapshot: &Snapshot) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_owned();
+/// User information (`user:pass@`) too.
+pub(super) fn redact_query(url: &str, snapshot: &Snapshot) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = match (base.find("://"), base.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***@{}", &base[..s + 3], &base[at + 1..]),
+        _ => base.to_owned(),
+    };
+    let Some(query) = query else {
+        return base;
     };
     let names: Vec<&str> = snapshot
         .authn

@@ -188,9 +188,12 @@ async fn run_file(file: &Path, out: &mut String) -> Result<(usize, usize), Strin
             out.push_str(&format!("  ok    {}\n", case.name));
         } else {
             failed += 1;
+            // As `explain` shows it: no query credential, no user information.
             out.push_str(&format!(
                 "  FAIL  {}  ({} {})\n",
-                case.name, case.request.method, case.request.url
+                case.name,
+                case.request.method,
+                super::explain::redact_query(&case.request.url, &snapshot)
             ));
             for d in diffs {
                 out.push_str(&format!("          {d}\n"));

@@ -234,12 +234,23 @@ async fn decide_rule(
             };
             trace.record(TraceEvent::AuthnFailed(kind));
             // A browser without a valid credential is sent to log in, when the rule says where.
+            // Why: the return address cut only this rule's query credentials, so another
+            // authenticator's (`?api_key=` beside a JWT rule) went to the login host and its
+            // logs. Every configured one is cut. Regression: tests (it)
+            // policy::explain_never_echoes_a_query_credential
             let redirect = match kind {
                 DenyKind::MissingCredential | DenyKind::InvalidToken(_) => rule
                     .denial
                     .as_ref()
                     .and_then(|d| d.login.as_ref())
-                    .and_then(|l| l.location(facts, rule.query_credentials.as_deref())),
+                    .and_then(|l| {
+                        let every: Vec<Box<str>> = snapshot
+                            .authn
+                            .iter()
+                            .flat_map(|a| a.query_sources().map(Box::from))
+                            .collect();
+                        l.location(facts, Some(&every))
+                    }),
                 _ => None,
             };
             let challenge = api_key_challenge(snapshot, rule, kind, by);

@@ -422,7 +422,7 @@ async fn explain_shows_the_rule_trace_status_and_upstream_headers_without_creden
 #[test]
 fn explain_never_echoes_a_query_credential() {
     let cfg = ConfigDir::new(
-        "authenticators:\n  keys:\n    api_key:\n      from: [{query: api_key}]\n      keys: []\n",
+        "authenticators:\n  keys:\n    api_key:\n      from: [{query: api_key}]\n      keys: []\n  others:\n    api_key:\n      from: [{query: other_key}]\n      keys: []\n",
     );
     cfg.write(
         "policies/p.yaml",
@@ -431,8 +431,10 @@ fn explain_never_echoes_a_query_credential() {
     let secret = "pk_live_do_not_echo_0123456789";
     // Its name percent-encoded is still its name (as the gateway reads it); a browser sent to
     // log in carries no credential to the login page in its return address.
+    // Another authenticator's query credential is cut from the return address too, and user
+    // information is never shown.
     for name in ["api_key", "api%5Fkey"] {
-        let url = format!("http://a.test/k/1?x=1&{name}={secret}");
+        let url = format!("http://a.test/k/1?x=1&{name}={secret}&other_key={secret}");
         for (json, browser) in [(false, false), (true, false), (false, true), (true, true)] {
             let mut args = vec!["--url", url.as_str()];
             if json {
@@ -453,9 +455,16 @@ fn explain_never_echoes_a_query_credential() {
                     ),
                     "{text}"
                 );
+                assert!(!text.contains("other_key%3D"), "{text}");
             }
         }
     }
+    // A target with user information is refused (400), and it is not shown either.
+    let url = format!("http://u:{secret}@a.test/k/1");
+    let (code, text) = cfg.run("explain", &["--url", url.as_str()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(!text.contains(secret), "echoed: {text}");
+    assert!(text.contains("http://***@a.test/k/1"), "{text}");
 }
 
 /// `explain` refuses the heads the proxy door refuses before any rule, with its status: an
