@@ -415,6 +415,43 @@ async fn explain_shows_the_rule_trace_status_and_upstream_headers_without_creden
     }
 }
 
+/// A requirement written with nothing in it (`scopes:` from a template's empty variable)
+/// would require nothing: refused, naming the field; left out, it is fine.
+#[test]
+fn a_requirement_written_empty_is_refused() {
+    let cfg = ConfigDir::new(
+        "authenticators:\n  keys:\n    api_key:\n      from: [bearer]\n      keys: []\n",
+    );
+    let rule = |require: &str| {
+        format!(
+            "rules:\n  - name: admin\n    match: {{paths: [\"/admin/**\"]}}\n    effect: allow\n    authenticators: [keys]\n    upstream: echo\n    require:\n{require}"
+        )
+    };
+    for (require, field) in [
+        ("      scopes:\n", "scopes"),
+        ("      roles: ~\n", "roles"),
+        ("      claims: {}\n", "claims"),
+        ("      networks: []\n", "networks"),
+        ("      kind:\n      mtls: true\n", "kind"),
+    ] {
+        cfg.write("policies/p.yaml", rule(require));
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(1), "{require}: {text}");
+        assert!(
+            text.contains(&format!(
+                "error: rules[0].require.{field}: `require.{field}` is written with nothing in it"
+            )),
+            "{text}"
+        );
+    }
+    cfg.write(
+        "policies/p.yaml",
+        rule("      scopes: {all_of: [admin]}\n      mtls: false\n"),
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+}
+
 /// A credential in the query is never echoed by `explain`, in text or JSON, as one in a
 /// header never is, nor sent to the login page in a redirect's return address (the
 /// gateway's too). (The request line showed the whole URL, key included; the return address

@@ -309,6 +309,24 @@ fn rule(
         .flat_map(|a| a.query_sources().map(Into::into).collect::<Vec<Box<str>>>())
         .collect();
     let query_credentials = (!query.is_empty()).then(|| query.into());
+    // Why: `scopes:` with no value (a template's empty variable) read as "no requirement",
+    // and the rule let every authenticated principal through. A requirement written must
+    // say what it requires. Regression: tests (it) policy::a_requirement_written_empty_is_refused
+    let rq = &r.require;
+    for (field, empty) in [
+        ("scopes", rq.scopes.is_none()),
+        ("roles", rq.roles.is_none()),
+        ("claims", rq.claims.is_empty()),
+        ("kind", rq.kind.is_none()),
+        ("networks", rq.networks.is_empty()),
+    ] {
+        if empty && at.file.index.has(&format!("{}.require.{field}", at.base)) {
+            cx.diags.push(at.at(
+                &format!("require.{field}"),
+                format!("`require.{field}` is written with nothing in it, which would require nothing: write what it requires, or remove it"),
+            ));
+        }
+    }
     let require = match crate::authz::require::Requirements::compile(&r.require) {
         Ok(q) => q.with_scope_challenge(env.challenges),
         Err(es) => {
