@@ -418,11 +418,17 @@ impl Provider {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let static_keys = KeySet::new(
+            static_keys
+                .into_iter()
+                .map(|k| k.for_issuer(&issuer))
+                .collect(),
+        );
         Ok(Self {
             issuer,
             algorithms,
             types: types.into(),
-            static_keys: KeySet::new(static_keys),
+            static_keys,
             remote,
             remote_optional,
             rules: ClaimRules {

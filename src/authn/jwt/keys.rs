@@ -51,6 +51,8 @@ pub struct VerifyKey {
     revoked: AtomicBool,
     /// The [`LEAK_GENERATION`] it was last found not leaked at.
     leak_checked: AtomicU64,
+    /// The issuer whose tokens it verifies (its leaks are that issuer's: [`remember_leaked`]).
+    issuer: Option<Arc<str>>,
     /// Fingerprint of the key material, to keep the same `Arc` across refreshes.
     fingerprint: [u8; 32],
 }
@@ -330,8 +332,16 @@ impl VerifyKey {
             algorithms,
             revoked: AtomicBool::new(false),
             leak_checked: AtomicU64::new(0),
+            issuer: None,
             fingerprint: fp,
         }
+    }
+
+    /// This key, verifying `issuer`'s tokens.
+    #[must_use]
+    pub fn for_issuer(mut self, issuer: &Arc<str>) -> Self {
+        self.issuer = Some(Arc::clone(issuer));
+        self
     }
 
     /// Whether a key refresh dropped this key, or some key document (of any issuer, read by
@@ -665,9 +675,9 @@ pub fn leaked(text: &[u8]) -> Vec<Leaked> {
         .collect()
 }
 
-/// The fingerprints of keys whose private half a key document published, for the life of the
-/// process (at most [`MAX_LEAKED`]).
-static LEAKED: std::sync::Mutex<std::collections::BTreeSet<[u8; 32]>> =
+/// The keys whose private half an issuer's key document published, by issuer and
+/// fingerprint, for the life of the process (at most [`MAX_LEAKED`]).
+static LEAKED: std::sync::Mutex<std::collections::BTreeSet<(Arc<str>, [u8; 32])>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
 /// Bumped whenever [`LEAKED`] grows: a key checked at an older generation is checked again.
@@ -676,24 +686,28 @@ static LEAK_GENERATION: AtomicU64 = AtomicU64::new(0);
 /// How many leaked fingerprints are remembered.
 const MAX_LEAKED: usize = 65_536;
 
-/// Remembers the keys `leaked` names by fingerprint: no key verifies with them again, in
-/// any key set (static ones included: a pinned copy of a leaked key is as leaked), and no key
-/// document is trusted with them ([`is_leaked`], [`VerifyKey::is_revoked`]).
+/// Remembers the keys `leaked` names by fingerprint as leaked for `issuer`: none of its key
+/// sets verifies with them again (another authenticator's, a statically configured copy in
+/// the same encoding), and none of its key documents is trusted with them ([`is_leaked`],
+/// [`VerifyKey::is_revoked`]).
 ///
 /// Why: a leaked key left the set, but the next clean document (the IdP's likeliest fix:
 /// remove `d`, keep the key) put it back, and anyone who had read the leaked document could
 /// sign tokens again; another authenticator fetching the same document went on trusting it.
+/// Why by issuer: a `d` is not checked against the key it sits beside, so any issuer's
+/// document could name another issuer's public key "leaked" and switch it off.
 /// Regression: jwt::keys::tests::a_leaked_key_is_never_trusted_again,
 /// jwt::keys::tests::a_key_held_anywhere_stops_verifying_once_found_leaked
-pub fn remember_leaked(leaked: &[Leaked]) {
+pub fn remember_leaked(issuer: &Arc<str>, leaked: &[Leaked]) {
     let mut set = LEAKED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let before = set.len();
     for fp in leaked.iter().filter_map(|(_, fp)| *fp) {
+        let entry = (Arc::clone(issuer), fp);
         if set.len() < MAX_LEAKED {
-            set.insert(fp);
-        } else if !set.contains(&fp) {
+            set.insert(entry);
+        } else if !set.contains(&entry) {
             tracing::error!(
                 "More than {MAX_LEAKED} leaked keys: this one is not remembered past its removal from the set that found it"
             );
@@ -706,10 +720,12 @@ pub fn remember_leaked(leaked: &[Leaked]) {
 
 /// Whether a key document once published `key`'s private half.
 pub fn is_leaked(key: &VerifyKey) -> bool {
-    LEAKED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .contains(&key.fingerprint)
+    key.issuer.as_ref().is_some_and(|issuer| {
+        LEAKED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&(Arc::clone(issuer), key.fingerprint))
+    })
 }
 
 // === impl KeySet ===

@@ -323,7 +323,12 @@ impl RemoteKeys {
         };
         let fetched = self.client.get(&jwks_uri, s.timeout, s.max_bytes).await?;
         let (mut fresh, mut skipped) = match parse_jwks(&fetched.body, true) {
-            Ok(parsed) => parsed,
+            Ok((keys, skipped)) => (
+                keys.into_iter()
+                    .map(|k| k.for_issuer(&self.issuer))
+                    .collect::<Vec<_>>(),
+                skipped,
+            ),
             // Why: refusing the document kept the set held, so a key whose private half the
             // IdP had just published went on verifying tokens anyone could now sign. The
             // keys it leaked leave the set; the rest stay until a clean document comes.
@@ -331,7 +336,7 @@ impl RemoteKeys {
             // jwt::a_key_whose_private_half_is_published_stops_verifying
             Err(e @ super::keys::KeyError::PrivateJwk) => {
                 let leaked = super::keys::leaked(&fetched.body);
-                super::keys::remember_leaked(&leaked);
+                super::keys::remember_leaked(&self.issuer, &leaked);
                 if let Some(next) = self.keys.load().without_leaked(&leaked) {
                     self.keys.store(Arc::new(next));
                 }

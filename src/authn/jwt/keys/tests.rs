@@ -312,13 +312,20 @@ fn weak_rsa_keys_refused() {
 /// the leaked key went on verifying tokens anyone could now sign.
 #[test]
 fn a_leaked_key_is_never_trusted_again() {
+    let issuer: Arc<str> = Arc::from("https://never-again.example");
     let ec = KeyPair::generate().unwrap();
-    let key = || from_pem(ec.public_key_pem().as_bytes(), Some("k9"), &[A::ES256]).unwrap();
+    let key = || {
+        from_pem(ec.public_key_pem().as_bytes(), Some("k9"), &[A::ES256])
+            .unwrap()
+            .for_issuer(&issuer)
+    };
     let other = KeyPair::generate().unwrap();
     assert!(!is_leaked(&key()));
-    remember_leaked(&[(Some("k9".into()), Some(key().fingerprint))]);
+    remember_leaked(&issuer, &[(Some("k9".into()), Some(key().fingerprint))]);
     assert!(is_leaked(&key()), "under any kid, from any later document");
-    let other = from_pem(other.public_key_pem().as_bytes(), Some("k9"), &[A::ES256]).unwrap();
+    let other = from_pem(other.public_key_pem().as_bytes(), Some("k9"), &[A::ES256])
+        .unwrap()
+        .for_issuer(&issuer);
     assert!(!is_leaked(&other), "another key under the same kid is not");
     assert!(!other.is_revoked());
 }
@@ -326,19 +333,28 @@ fn a_leaked_key_is_never_trusted_again() {
 #[test]
 fn a_key_held_anywhere_stops_verifying_once_found_leaked() {
     // Two sets holding the same key, as two authenticators fetching one JWKS do, and a
-    // pinned copy: a leak one of them finds revokes it in all.
+    // pinned copy: a leak one of them finds revokes it in all, for its issuer only.
+    let issuer: Arc<str> = Arc::from("https://held-anywhere.example");
+    let elsewhere: Arc<str> = Arc::from("https://another-issuer.example");
     let ec = KeyPair::generate().unwrap();
-    let key = || from_pem(ec.public_key_pem().as_bytes(), Some("k7"), &[A::ES256]).unwrap();
-    let (one, two, pinned) = (
-        KeySet::new(vec![key()]),
-        KeySet::new(vec![key()]),
-        Arc::new(key()),
+    let key = |iss: &Arc<str>| {
+        from_pem(ec.public_key_pem().as_bytes(), Some("k7"), &[A::ES256])
+            .unwrap()
+            .for_issuer(iss)
+    };
+    let (one, two, pinned, theirs) = (
+        KeySet::new(vec![key(&issuer)]),
+        KeySet::new(vec![key(&issuer)]),
+        Arc::new(key(&issuer)),
+        KeySet::new(vec![key(&elsewhere)]),
     );
     assert!(one.by_kid("k7").is_some() && !pinned.is_revoked());
-    remember_leaked(&[(None, Some(key().fingerprint))]);
+    remember_leaked(&issuer, &[(None, Some(key(&issuer).fingerprint))]);
     assert!(one.by_kid("k7").is_none());
     assert!(two.by_kid("k7").is_none());
     assert!(pinned.is_revoked());
+    // Another issuer's document cannot switch off a key it does not own by naming it.
+    assert!(theirs.by_kid("k7").is_some());
 }
 
 #[test]
