@@ -19,37 +19,54 @@ pub fn redacted_url(url: &str) -> String {
         Some(i) => url.split_at(i + 3),
         None => ("", url),
     };
-    // Up to the last `@`: a password may hold `/`, `?` or `#` (in a URL refused, which is
-    // still named), so where the authority ends is not known.
+    let q = rest.find(['?', '#']);
+    // An `@` after a `?` or `#` is a password holding one, or an address in the query: what
+    // is where cannot be told, so nothing after the scheme is shown.
+    if let Some(q) = q
+        && rest[q..].contains('@')
+    {
+        return format!("{head}***");
+    }
+    let before = &rest[..q.unwrap_or(rest.len())];
     let mut out = String::with_capacity(url.len());
     out.push_str(head);
-    let tail = match rest.rfind('@') {
+    // Up to the last `@` before the query: a password may hold `/`, so where the authority
+    // ends is not known (an `@` in a path is masked with it, harmlessly).
+    match before.rfind('@') {
         Some(at) => {
             out.push_str("***@");
-            &rest[at + 1..]
+            out.push_str(&before[at + 1..]);
         }
-        None => rest,
-    };
-    match tail.find('?') {
-        Some(q) => {
-            out.push_str(&tail[..q]);
-            out.push_str("?***");
-        }
-        None => out.push_str(tail),
+        None => out.push_str(before),
+    }
+    if let Some(q) = q {
+        out.push_str(&rest[q..=q]);
+        out.push_str("***");
     }
     out
 }
 
-/// Whether `url` may carry credentials: it holds an `@` anywhere. A password may hold `/`,
-/// `?` or `#`, where a parser ends the authority, so the `@` after them is not in the
-/// authority it reads (`http://u:p#w@host` parses with the host `u`). A literal `@`
-/// elsewhere is written `%40`.
+/// Whether `url` may carry credentials: an `@` in its authority, or a `#` anywhere. A
+/// password may hold `#`, where a parser ends the authority, so the `@` after it is not in
+/// the authority it reads (`http://u:p#w@host`); none of these URLs has a use for a fragment.
+/// (One holding `?` or `/` fails to parse, or parses with another host, and is shown
+/// redacted.) An `@` in a path is fine: Google's service-account key URLs have one.
 ///
 /// Why: URLs were checked for credentials in their parsed authority, and one whose password
 /// held `#` passed, then was shown whole. Regression: tests::urls_are_redacted,
+/// tests::credentials_are_told_from_an_at_in_a_path,
 /// authz::delegate::tests::credentials_in_the_url_are_refused
 pub fn may_hold_credentials(url: &str) -> bool {
-    url.contains('@')
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    url.contains('#') || authority.contains('@')
+}
+
+/// [`may_hold_credentials`] for URLs with no use for an `@` anywhere (an upstream, a
+/// delegate, an OTLP collector): any `@` or `#` refuses, wherever a password holding `/`
+/// would have put it.
+pub fn may_hold_credentials_anywhere(url: &str) -> bool {
+    url.contains(['@', '#'])
 }
 
 /// A parser's message about a file that holds secrets, without the values it quotes: a
@@ -63,7 +80,7 @@ pub fn without_values(message: &str) -> String {
     let mut rest = message;
     loop {
         let quote = rest.find('"');
-        let named = ["unknown field `", "unknown variant `"]
+        let named = ["unknown field `", "unknown variant `", "duplicate key `"]
             .iter()
             .filter_map(|p| rest.find(p).map(|i| i + p.len() - 1))
             .min();
@@ -155,11 +172,14 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     diff.ct_eq(&0).into()
 }
 
-/// Whether `name` is written as an environment variable's name: letters, digits and `_`, not
-/// starting with a digit, at most 128 bytes.
+/// Whether `name` is written as environment variables' names are by convention: capitals,
+/// digits and `_`, not starting with a digit, at most 64 bytes. (Letters, digits and `_`
+/// alone would pass many generated secrets: `ghp_…`, half of `pck_…` keys.)
 fn is_variable_name(name: &str) -> bool {
-    name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
         && name.bytes().next().is_some_and(|b| !b.is_ascii_digit())
 }
 
@@ -179,7 +199,7 @@ pub fn read(
             _ if is_variable_name(name) => {
                 Err(format!("environment variable `{name}` is not set"))
             }
-            _ => Err("`env` names no environment variable (letters, digits and `_`; what was written is not shown: a secret belongs in the variable, not here)".to_owned()),
+            _ => Err("`env` names no environment variable that is set (the name is not shown: written other than in capitals, digits and `_`, it may be a secret pasted where the variable's name belongs)".to_owned()),
         },
         crate::config::raw::RawSecret::File(p) => {
             let path = base_dir.join(p);
@@ -229,6 +249,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentials_are_told_from_an_at_in_a_path() {
+        for (url, refused) in [
+            ("https://u:p@idp.test/jwks", true),
+            ("http://u:p#w@127.0.0.1:2/jwks", true),
+            ("https://idp.test/jwks#x", true),
+            (
+                "https://www.googleapis.com/v1/jwk/securetoken@system.gserviceaccount.com",
+                false,
+            ),
+            ("http://127.0.0.1:8080/@scope/pkg", false),
+            ("https://idp.test/jwks?login=a@b", false),
+            ("u:p@redis.internal:6379", true),
+        ] {
+            assert_eq!(may_hold_credentials(url), refused, "{url}");
+        }
+    }
+
+    #[test]
     fn quoted_values_are_cut_from_messages() {
         for (message, shown) in [
             (
@@ -244,6 +282,10 @@ mod tests {
                 "unknown variant (a value, not shown), expected `user`",
             ),
             ("did not find expected key", "did not find expected key"),
+            (
+                "duplicate key `keys[0].pck_SECRET`",
+                "duplicate key (a value, not shown)",
+            ),
             (r#"a "dangling"#, r#"a "dangling"#),
         ] {
             assert_eq!(without_values(message), shown, "{message}");
@@ -264,7 +306,13 @@ mod tests {
         assert!(
             read("PORTCULLIS_TEST_UNSET_VAR").contains("`PORTCULLIS_TEST_UNSET_VAR` is not set")
         );
-        for pasted in ["hunter2-LEAKME", "s3cr3t/+=", "9abc"] {
+        for pasted in [
+            "hunter2-LEAKME",
+            "s3cr3t/+=",
+            "9abc",
+            "pck_weMfAT1fF3iE3kutpAa90zzvNl_74e91xK8jvl80mSg",
+            "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+        ] {
             let e = read(pasted);
             assert!(!e.contains(pasted), "{e}");
         }
@@ -275,11 +323,17 @@ mod tests {
         for (url, shown) in [
             ("redis://u:secret@h:1/0", "redis://***@h:1/0"),
             ("http://u:pa/ss@h:1:99", "http://***@h:1:99"),
-            ("http://u:pa?ss@h", "http://***@h"),
+            ("http://u:pa?ss@h", "http://***"),
+            ("http://u:JW#KS@127.0.0.1:2/jwks", "http://***"),
             (
-                "http://u:JW#KS@127.0.0.1:2/jwks",
-                "http://***@127.0.0.1:2/jwks",
+                "https://idp.example/jwks?login=ops@corp.example&apikey=K",
+                "https://***",
             ),
+            (
+                "https://www.googleapis.com/v1/jwk/securetoken@system.gserviceaccount.com",
+                "https://***@system.gserviceaccount.com",
+            ),
+            ("https://idp.test/a#frag", "https://idp.test/a#***"),
             ("rediss://h:1", "rediss://h:1"),
             (
                 "default:RedisPass@redis.internal:6379",

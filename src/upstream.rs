@@ -165,7 +165,7 @@ impl Upstream {
             field: "url".into(),
             message: message.to_owned(),
         };
-        if crate::secret::may_hold_credentials(&raw.url) {
+        if crate::secret::may_hold_credentials_anywhere(&raw.url) {
             return Err(url_error("credentials in the URL are not allowed"));
         }
         let uri: Uri = raw.url.parse().map_err(|_| UpstreamError {

@@ -145,7 +145,7 @@ impl Delegate {
         // Why: `http://u:pass@host` was accepted and sent the credentials as the HTTP/2
         // `:authority`, in clear text (and RFC 9113 forbids user information there).
         // Regression: authz::delegate::tests::credentials_in_the_url_are_refused
-        if crate::secret::may_hold_credentials(&raw.grpc) {
+        if crate::secret::may_hold_credentials_anywhere(&raw.grpc) {
             return Err(FieldError::new(
                 "grpc",
                 "credentials in the URL are refused: the delegate is called without them",

@@ -49,7 +49,7 @@ pub struct FieldError {
 ///
 /// Why a map: every rule asks it whether a field is written, and a scan of every entry made
 /// loading quadratic (8,000 rules took seconds to check and to reload).
-/// Regression: tests::location_lookups_stay_fast_as_files_grow
+/// Regression: bench/policy.rs `config_compile` (a speed, so a benchmark, not a test)
 #[derive(Debug, Default)]
 pub struct LocationIndex {
     /// Each path at its first place in the file.

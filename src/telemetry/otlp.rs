@@ -175,7 +175,7 @@ thread_local! {
 impl Otlp {
     /// Checks the settings; `Ok` means [`Otlp::start`] will succeed.
     pub fn check(raw: &RawOtlp) -> Result<Uri, OtlpError> {
-        if crate::secret::may_hold_credentials(&raw.endpoint) {
+        if crate::secret::may_hold_credentials_anywhere(&raw.endpoint) {
             return Err(OtlpError("credentials in the URL are refused".to_owned()));
         }
         let uri: Uri = raw.endpoint.parse().map_err(|_| {

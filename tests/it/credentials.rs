@@ -278,6 +278,7 @@ async fn a_key_pasted_into_the_key_file_is_never_shown() {
         format!("keys:\n  - {pasted}\n"),
         format!("{pasted}\n"),
         format!("keys:\n  - {{{pasted}: 1}}\n"),
+        format!("{pasted}: 1\n{pasted}: 2\n"),
     ] {
         gw.write("apikeys.yaml", &text);
         let (status, body) = gw.admin_post("/reload").await;

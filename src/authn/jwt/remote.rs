@@ -64,6 +64,17 @@ impl RemoteSource {
                 "`{shown}`: credentials in the URL are refused (a literal `@` is written `%40`)"
             ));
         }
+        // A port that is not a number is no URL: `https://u:pa/ss@host` (a password holding
+        // `/`, `?`) would read `pa` as one, and fetch from the host `u`.
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let port = match authority.rfind(']') {
+            Some(end) => authority[end + 1..].strip_prefix(':'),
+            None => authority.rsplit_once(':').map(|(_, p)| p),
+        };
+        if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(format!("`{shown}` is not a valid URL"));
+        }
         let uri: Uri = url
             .parse()
             .map_err(|_| format!("`{shown}` is not a valid URL"))?;

@@ -278,4 +278,17 @@ fn key_urls_with_credentials_are_refused_unshown() {
         assert!(!errors[0].message.contains("JwksPass"), "{errors:?}");
         assert!(errors[0].message.contains("***@idp.example"), "{errors:?}");
     }
+    // A password holding `#`, `?` or `/`, wherever a parser ends the authority.
+    for url in [
+        "https://u:Jwks#PassGHI@idp.example/jwks",
+        "https://u:Jwks?PassGHI@idp.example/jwks",
+        "https://u:Jwks/PassGHI@idp.example/jwks",
+    ] {
+        let e = RemoteSource::parse_url(url).unwrap_err();
+        assert!(!e.contains("PassGHI"), "{url}: {e}");
+    }
+    // An `@` in a path is no credential: Google's service-account key URLs have one.
+    let google =
+        "https://www.googleapis.com/service_accounts/v1/jwk/securetoken@system.gserviceaccount.com";
+    assert!(RemoteSource::parse_url(google).is_ok());
 }
