@@ -51,7 +51,8 @@ pub enum Scope {
 
 /// Connections one admin listener serves at once, and requests it answers at once.
 pub const MAX_CONNECTIONS: usize = 64;
-/// Connections one client address may hold on one admin listener.
+/// Connections one client address may hold on one admin listener; past it a new one closes
+/// the oldest with no request in flight ([`crate::server::listener::PerClient`]).
 ///
 /// Why: the 64 were shared by everyone, and a connection that sends nothing is held until the
 /// idle timeout: one client opening 64 and reopening them once a minute kept `/readyz`
@@ -76,10 +77,16 @@ pub struct AdminHandler {
 }
 
 impl Handler for AdminHandler {
-    fn call(&self, _conn: Arc<Conn>, req: Request<Incoming>) -> Answering {
+    fn call(&self, conn: Arc<Conn>, req: Request<Incoming>) -> Answering {
         let state = Arc::clone(&self.state);
         let scope = self.scope;
-        Box::pin(async move { route(&state, scope, req).await })
+        // Not closed for a newer connection of its client while it answers.
+        let busy = conn.client_slot.as_ref().map(|s| s.busy());
+        Box::pin(async move {
+            let answer = route(&state, scope, req).await;
+            drop(busy);
+            answer
+        })
     }
 }
 

@@ -47,6 +47,9 @@ pub struct Conn {
     /// hands the connection over, so that it counts against `max_connections`, holds the
     /// drain open and is closed when the gateway shuts down.
     pub tunnel: TunnelSlot,
+    /// Its place among its client's connections, where they are bounded (admin listeners):
+    /// marked busy while answering, so a newer connection does not close it then.
+    pub client_slot: Option<Arc<listener::ClientSlot>>,
 }
 
 /// What a tunnel runs: relaying both ways until it ends or is closed.
@@ -85,7 +88,15 @@ impl Conn {
             info,
             peer_text,
             tunnel: TunnelSlot::default(),
+            client_slot: None,
         }
+    }
+
+    /// This connection, in its client's `slot`.
+    #[must_use]
+    pub fn in_slot(mut self, slot: Option<Arc<listener::ClientSlot>>) -> Self {
+        self.client_slot = slot;
+        self
     }
 
     /// A connection accepted under `connections` (`server.max_connections`): each HTTP/2
