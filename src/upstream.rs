@@ -757,10 +757,13 @@ fn specs(
             a.port_u16().is_some() && !a.as_str().contains('@') && !a.host().is_empty()
         });
         if !ok {
+            // Why: `svc:S3cret@10.0.0.5:8080` was echoed whole.
+            // Regression: tests::endpoints_with_credentials_are_refused_unshown
+            let shown = crate::secret::redacted_url(e);
             return Err(UpstreamError {
                 field: format!("endpoints[{i}]"),
                 message: format!(
-                    "`{e}` is not `ip:port` or `name:port` (such as `10.0.0.5:8080` or `api-1.internal:8080`)"
+                    "`{shown}` is not `ip:port` or `name:port` (such as `10.0.0.5:8080` or `api-1.internal:8080`; credentials are refused)"
                 ),
             });
         }
@@ -999,6 +1002,23 @@ mod tests {
             error_verdict(&SendError::Timeout),
             Verdict::Failure
         ));
+    }
+
+    #[test]
+    fn endpoints_with_credentials_are_refused_unshown() {
+        let raw: RawUpstream = serde_yaml::from_str(
+            "{url: \"http://app.internal:8080\", endpoints: [\"10.0.0.5:8080\", \"svc:S3cretPw@10.0.0.6:8080\"]}",
+        )
+        .unwrap();
+        let authority = Authority::from_static("app.internal:8080");
+        let e = specs(&raw, &Scheme::HTTP, &authority).err().unwrap();
+        assert_eq!(e.field, "endpoints[1]");
+        assert!(!e.message.contains("S3cretPw"), "{}", e.message);
+        assert!(
+            e.message.contains("credentials are refused"),
+            "{}",
+            e.message
+        );
     }
 
     /// An upstream without `idle_timeout` still bounds a pause inside a response body; one

@@ -75,6 +75,18 @@ impl RemoteSource {
         if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
             return Err(format!("`{shown}` is not a valid URL"));
         }
+        // A password that starts with digits and holds `/` reads as a port and a path:
+        // `https://ops:8443/S3cret@idp.example/jwks` would fetch from the host `ops`, and
+        // the path (the password's end) would be logged. A port with an `@` in the path is
+        // refused: an `@` a path needs is written `%40` then.
+        // Regression: jwt::tests::key_urls_with_credentials_are_refused_unshown
+        let path = &rest[authority.len()..];
+        let path = &path[..path.find(['?', '#']).unwrap_or(path.len())];
+        if port.is_some() && path.contains('@') {
+            return Err(format!(
+                "`{shown}`: credentials in the URL are refused (a port and an `@` in the path: write a path's `@` as `%40`)"
+            ));
+        }
         let uri: Uri = url
             .parse()
             .map_err(|_| format!("`{shown}` is not a valid URL"))?;
