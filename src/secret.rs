@@ -76,22 +76,34 @@ pub fn may_hold_credentials_anywhere(url: &str) -> bool {
 /// message at `error` in the log, in `check`, `POST /reload` and `GET /config`.
 /// Regression: tests::quoted_values_are_cut_from_messages
 pub fn without_values(message: &str) -> String {
+    // Where serde quotes a value: a string in `"…"` (its own `"` escaped), the rest in
+    // backticks, closed by a backtick that ends the message or comes before `,` or ` as`.
+    const NAMED: [&str; 5] = [
+        "unknown field `",
+        "unknown variant `",
+        "duplicate key `",
+        "integer `",
+        "floating point `",
+    ];
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     loop {
         let quote = rest.find('"');
-        let named = ["unknown field `", "unknown variant `", "duplicate key `"]
+        let named = NAMED
             .iter()
             .filter_map(|p| rest.find(p).map(|i| i + p.len() - 1))
             .min();
-        let (open, close) = match (quote, named) {
-            (Some(q), Some(n)) if n < q => (n, '`'),
-            (None, Some(n)) => (n, '`'),
-            (Some(q), _) => (q, '"'),
+        let (open, end) = match (quote, named) {
+            (Some(q), Some(n)) if n < q => (n, backtick_end(&rest[n + 1..])),
+            (None, Some(n)) => (n, backtick_end(&rest[n + 1..])),
+            (Some(q), _) => (q, quote_end(&rest[q + 1..])),
             (None, None) => break,
         };
-        let Some(len) = rest[open + 1..].find(close) else {
-            break;
+        let Some(len) = end else {
+            // Unclosed: nothing after the opening is shown.
+            out.push_str(&rest[..open]);
+            out.push_str("(a value, not shown)");
+            return out;
         };
         out.push_str(&rest[..open]);
         out.push_str("(a value, not shown)");
@@ -99,6 +111,33 @@ pub fn without_values(message: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Where a `"`-quoted value (after its opening quote) ends: its first unescaped `"`.
+fn quote_end(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Where a backtick-quoted value (after its opening backtick) ends: the last backtick that
+/// ends the message or is followed by `,` or ` as` (serde's wording), before a newline.
+fn backtick_end(s: &str) -> Option<usize> {
+    let line = &s[..s.find('\n').unwrap_or(s.len())];
+    line.match_indices('`')
+        .map(|(i, _)| i)
+        .filter(|&i| {
+            let after = &line[i + 1..];
+            after.is_empty() || after.starts_with(',') || after.starts_with(" as")
+        })
+        .min()
 }
 
 /// A secret value: redacted `Debug`, constant-time `==`.
@@ -283,10 +322,22 @@ mod tests {
             ),
             ("did not find expected key", "did not find expected key"),
             (
+                r#"enabled: invalid type: string "a\"SECRET", expected a boolean"#,
+                "enabled: invalid type: string (a value, not shown), expected a boolean",
+            ),
+            (
+                "unknown field `a`SECRET`, expected one of `id`",
+                "unknown field (a value, not shown), expected one of `id`",
+            ),
+            (
+                "invalid type: integer `123456789`, expected a string",
+                "invalid type: integer (a value, not shown), expected a string",
+            ),
+            (
                 "duplicate key `keys[0].pck_SECRET`",
                 "duplicate key (a value, not shown)",
             ),
-            (r#"a "dangling"#, r#"a "dangling"#),
+            (r#"a "dangling"#, "a (a value, not shown)"),
         ] {
             assert_eq!(without_values(message), shown, "{message}");
         }

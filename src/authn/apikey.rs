@@ -283,9 +283,10 @@ fn compile_key(
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs())
+                // Not quoted: this file holds keys, and a value in the wrong place may be one.
                 .ok_or(FieldError::new(
                     "expires",
-                    format!("`{t}` is not an RFC 3339 time such as 2027-06-30T00:00:00Z"),
+                    "not an RFC 3339 time such as 2027-06-30T00:00:00Z",
                 ))?,
         ),
     };

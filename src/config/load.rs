@@ -241,6 +241,23 @@ fn policy_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
     Ok(files)
 }
 
+/// Whether a field at `path` may hold a secret: API keys, shared secrets, passwords, tokens.
+fn may_hold_a_secret(path: &str) -> bool {
+    path.split(['.', '[']).any(|seg| {
+        let seg = seg.trim_end_matches(']');
+        [
+            "keys",
+            "secret",
+            "password",
+            "token",
+            "hmac",
+            "client_secret",
+            "api_key",
+        ]
+        .contains(&seg)
+    })
+}
+
 /// A file that is not UTF-8 text, located at its first invalid byte (a binary file, or one
 /// saved in Latin-1).
 ///
@@ -303,7 +320,17 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
     } else {
         serde_yaml::from_str(&text)
     }
-    .map_err(|e| Diagnostic::from_yaml_in(&display, &text, &e))?;
+    .map_err(|e| {
+        let mut d = Diagnostic::from_yaml_in(&display, &text, &e);
+        // Why: an API key pasted into the config's inline `keys` (or a secret where a
+        // field's name belongs) was quoted by the parser's message in the log, `check`,
+        // `POST /reload` and `GET /config`. Where secrets live, the value is not shown.
+        // Regression: tests::a_value_where_secrets_live_is_not_quoted
+        if may_hold_a_secret(&d.path) {
+            d.message = crate::secret::without_values(&d.message);
+        }
+        d
+    })?;
     Ok((
         Source {
             display,
@@ -313,4 +340,28 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
         },
         value,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A key pasted into the config's inline `keys` is refused without being quoted; a
+    /// mistake elsewhere still shows what was written.
+    #[test]
+    fn a_value_where_secrets_live_is_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |text: &str| {
+            let path = dir.path().join("c.yaml");
+            std::fs::write(&path, text).unwrap();
+            super::read_yaml::<crate::config::raw::RawConfig>(&path, "c.yaml".into())
+                .err()
+                .unwrap()
+        };
+        let d = read(
+            "listeners: [{name: l, address: \"127.0.0.1:0\"}]\nauthenticators:\n  k:\n    api_key:\n      keys: [pck_PASTEDSECRET]\n",
+        );
+        assert!(d.path.contains("keys"), "{d:?}");
+        assert!(!d.message.contains("PASTEDSECRET"), "{d:?}");
+        let d = read("listeners: [{name: l, address: \"nowhere\"}]\n");
+        assert!(d.message.contains("nowhere"), "{d:?}");
+    }
 }
