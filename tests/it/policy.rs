@@ -444,6 +444,17 @@ fn a_requirement_written_empty_is_refused() {
             "{text}"
         );
     }
+    // `require:` alone, or `{}`.
+    for written in ["    require:\n", "    require: {}\n"] {
+        let policy = rule("").replace("    require:\n", written);
+        cfg.write("policies/p.yaml", policy);
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(1), "{written}: {text}");
+        assert!(
+            text.contains("error: rules[0].require: `require` is written with nothing in it"),
+            "{text}"
+        );
+    }
     cfg.write(
         "policies/p.yaml",
         rule("      scopes: {all_of: [admin]}\n      mtls: false\n"),

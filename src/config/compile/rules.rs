@@ -313,6 +313,15 @@ fn rule(
     // and the rule let every authenticated principal through. A requirement written must
     // say what it requires. Regression: tests (it) policy::a_requirement_written_empty_is_refused
     let rq = &r.require;
+    // `require:` alone, or `{}`: no field written at all.
+    const FIELDS: [&str; 6] = ["scopes", "roles", "claims", "kind", "networks", "mtls"];
+    let written = |field: &str| at.file.index.has(&format!("{}.require.{field}", at.base));
+    if at.file.index.has(&format!("{}.require", at.base)) && !FIELDS.iter().any(|f| written(f)) {
+        cx.diags.push(at.at(
+            "require",
+            "`require` is written with nothing in it, which would require nothing: write what it requires, or remove it".into(),
+        ));
+    }
     for (field, empty) in [
         ("scopes", rq.scopes.is_none()),
         ("roles", rq.roles.is_none()),
@@ -320,7 +329,7 @@ fn rule(
         ("kind", rq.kind.is_none()),
         ("networks", rq.networks.is_empty()),
     ] {
-        if empty && at.file.index.has(&format!("{}.require.{field}", at.base)) {
+        if empty && written(field) {
             cx.diags.push(at.at(
                 &format!("require.{field}"),
                 format!("`require.{field}` is written with nothing in it, which would require nothing: write what it requires, or remove it"),
