@@ -131,7 +131,7 @@ impl App {
         });
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connections = Arc::new(Semaphore::new(max_connections));
-        let was_ready = Arc::new(AtomicBool::new(false));
+        let was_ready = Arc::clone(reloader.ready_latch());
 
         let mut listeners = Vec::with_capacity(bound.len());
         for (index, ((tcp, addr), (name, door))) in bound

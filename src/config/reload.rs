@@ -72,6 +72,9 @@ pub struct Reloader {
     /// The files the last reload's config reads, when it was refused: watched too, until a
     /// reload succeeds.
     refused_reads: Mutex<Vec<PathBuf>>,
+    /// Set once the gateway's key sources were all fetched: `/readyz` stays ready from then
+    /// ([`crate::admin::AdminState::was_ready`]).
+    ready_latch: Arc<std::sync::atomic::AtomicBool>,
 }
 
 // === impl Reloader ===
@@ -89,7 +92,13 @@ impl Reloader {
             serial: tokio::sync::Mutex::new(()),
             metrics,
             refused_reads: Mutex::new(Vec::new()),
+            ready_latch: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
+    }
+
+    /// The latch `/readyz` keeps once every key source was fetched.
+    pub fn ready_latch(&self) -> &Arc<std::sync::atomic::AtomicBool> {
+        &self.ready_latch
     }
 
     /// What the watcher watches: what the running config reads and, after a refused reload,
@@ -219,6 +228,14 @@ impl Reloader {
                     })
                 } else {
                     let version = next.version.clone();
+                    // Why: the latch was set only when `/readyz` was asked while every key
+                    // source was fetched; a reload adding an unreachable source before the
+                    // next probe took the replica out of rotation, against the README.
+                    // Regression: tests (it) jwt::readyz_waits_for_every_remote_key_source_unless_optional
+                    if previous.authn.is_ready() {
+                        self.ready_latch
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     next.authn.start();
                     next.rate_limits.start();
                     self.current.store(Arc::new(next));

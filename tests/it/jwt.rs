@@ -1193,7 +1193,15 @@ async fn readyz_waits_for_every_remote_key_source_unless_optional() {
     );
     assert_unavailable(&optional, &valid(), "optional, never fetched").await;
     server.set_mode(KeyMode::Serve);
-    wait_ready(&gw).await;
+    // Ready, without asking `/readyz` (its answer once latched it): the keys verify.
+    let (gw_ref, token) = (&gw, valid());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            call(gw_ref, "/api/x", Some(&token)).await.0 == StatusCode::OK
+        })
+        .await,
+        "keys fetched"
+    );
 
     // Once ready, a reload adding an issuer whose keys cannot be fetched yet keeps the
     // gateway in rotation; only that issuer's tokens wait.
