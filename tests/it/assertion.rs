@@ -116,8 +116,9 @@ async fn public_admin_listener_serves_only_health_and_jwks() {
     // The admin listener itself still serves everything.
     assert_eq!(gw.admin_get("/config").await.0, http::StatusCode::OK);
 
-    // Past 64 open connections (8 clients holding their share of 8 each), new ones wait
-    // unanswered in the kernel's queue, and the admin listener proper is unaffected.
+    // Loopback is one client, whichever 127.0.0.x it uses: 64 silent connections from 8
+    // of them (enough to fill the listener) keep no health check out, on the public
+    // listener or the admin listener proper.
     let mut held = Vec::new();
     for client in 2..10u8 {
         for _ in 0..8 {
@@ -129,13 +130,7 @@ async fn public_admin_listener_serves_only_health_and_jwks() {
         }
     }
     let health = "GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            raw(public, health.as_bytes()).await.status == 0
-        })
-        .await,
-        "a 65th connection is not answered"
-    );
+    assert_eq!(raw(public, health.as_bytes()).await.status, 200);
     assert_eq!(gw.admin_get("/healthz").await.0, http::StatusCode::OK);
     drop(held);
     assert!(
