@@ -241,21 +241,18 @@ fn policy_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
     Ok(files)
 }
 
-/// Whether a field at `path` may hold a secret: API keys, shared secrets, passwords, tokens.
+/// Whether a field at `path` may hold a secret: an API key authenticator's inline keys, a
+/// shared secret, a password, a token. (A JWT provider's `keys` list holds key sources,
+/// whose mistakes are worth showing.)
 fn may_hold_a_secret(path: &str) -> bool {
-    path.split(['.', '[']).any(|seg| {
-        let seg = seg.trim_end_matches(']');
-        [
-            "keys",
-            "secret",
-            "password",
-            "token",
-            "hmac",
-            "client_secret",
-            "api_key",
-        ]
-        .contains(&seg)
-    })
+    let segs: Vec<&str> = path
+        .split(['.', '['])
+        .map(|s| s.trim_end_matches(']'))
+        .collect();
+    segs.windows(2).any(|w| w[0] == "api_key" && w[1] == "keys")
+        || segs
+            .iter()
+            .any(|seg| ["secret", "password", "token", "hmac", "client_secret"].contains(seg))
 }
 
 /// A file that is not UTF-8 text, located at its first invalid byte (a binary file, or one
@@ -363,5 +360,10 @@ mod tests {
         assert!(!d.message.contains("PASTEDSECRET"), "{d:?}");
         let d = read("listeners: [{name: l, address: \"nowhere\"}]\n");
         assert!(d.message.contains("nowhere"), "{d:?}");
+        // A JWT provider's key sources are no secrets: a typo there is shown.
+        let d = read(
+            "listeners: [{name: l, address: \"127.0.0.1:0\"}]\nauthenticators:\n  u:\n    jwt:\n      providers:\n        - issuer: https://i.example\n          audiences: [a]\n          keys: [{jwks_uri: {url: \"https://i.example/k\"}}]\n",
+        );
+        assert!(d.message.contains("jwks_uri"), "{d:?}");
     }
 }

@@ -444,20 +444,31 @@ fn a_requirement_written_empty_is_refused() {
             "{text}"
         );
     }
-    // `require:` alone, or `{}`.
-    for written in ["    require:\n", "    require: {}\n"] {
+    // `require:` alone, `{}`, or only `mtls: false`.
+    for written in [
+        "    require:\n",
+        "    require: {}\n",
+        "    require: {mtls: false}\n",
+    ] {
         let policy = rule("").replace("    require:\n", written);
         cfg.write("policies/p.yaml", policy);
         let (code, text) = cfg.run("check", &[]);
         assert_eq!(code, Some(1), "{written}: {text}");
         assert!(
-            text.contains("error: rules[0].require: `require` is written with nothing in it"),
+            text.contains("error: rules[0].require: `require` as written requires nothing"),
             "{text}"
         );
     }
     cfg.write(
         "policies/p.yaml",
         rule("      scopes: {all_of: [admin]}\n      mtls: false\n"),
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    // One requirement shared through a YAML alias is written in full.
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: a, match: {paths: [\"/a/**\"]}, effect: allow, authenticators: [keys], upstream: echo, require: &ops {roles: {any_of: [admin]}}}\n  - {name: b, match: {paths: [\"/b/**\"]}, effect: allow, authenticators: [keys], upstream: echo, require: *ops}\n",
     );
     let (code, text) = cfg.run("check", &[]);
     assert_eq!(code, Some(0), "{text}");

@@ -313,13 +313,15 @@ fn rule(
     // and the rule let every authenticated principal through. A requirement written must
     // say what it requires. Regression: tests (it) policy::a_requirement_written_empty_is_refused
     let rq = &r.require;
-    // `require:` alone, or `{}`: no field written at all.
-    const FIELDS: [&str; 6] = ["scopes", "roles", "claims", "kind", "networks", "mtls"];
+    // `require:` alone, `{}` or `{mtls: false}`: written, requiring nothing. (By its value:
+    // a YAML alias's fields are not in the file's index.)
     let written = |field: &str| at.file.index.has(&format!("{}.require.{field}", at.base));
-    if at.file.index.has(&format!("{}.require", at.base)) && !FIELDS.iter().any(|f| written(f)) {
+    if at.file.index.has(&format!("{}.require", at.base))
+        && *rq == crate::config::raw::RawRequire::default()
+    {
         cx.diags.push(at.at(
             "require",
-            "`require` is written with nothing in it, which would require nothing: write what it requires, or remove it".into(),
+            "`require` as written requires nothing: write what it requires, or remove it".into(),
         ));
     }
     for (field, empty) in [
