@@ -77,16 +77,12 @@ pub struct AdminHandler {
 }
 
 impl Handler for AdminHandler {
-    fn call(&self, conn: Arc<Conn>, req: Request<Incoming>) -> Answering {
+    fn call(&self, _conn: Arc<Conn>, req: Request<Incoming>) -> Answering {
         let state = Arc::clone(&self.state);
         let scope = self.scope;
-        // Not closed for a newer connection of its client while it answers.
-        let busy = conn.client_slot.as_ref().map(|s| s.busy());
-        Box::pin(async move {
-            let answer = route(&state, scope, req).await;
-            drop(busy);
-            answer
-        })
+        // (Its connection is marked busy, not closed for a newer one of its client, from
+        // the head to the last byte of the answer: `server::connection`.)
+        Box::pin(async move { route(&state, scope, req).await })
     }
 }
 

@@ -125,8 +125,12 @@ struct Ctx<'a, H> {
     shutdown: watch::Receiver<bool>,
 }
 
-/// Marks a request in flight for as long as it lives.
-struct InFlight(Arc<Activity>);
+/// Marks a request in flight for as long as it lives (and, on an admin listener, its
+/// connection busy: not closed for a newer one of its client).
+struct InFlight(
+    Arc<Activity>,
+    #[expect(dead_code, reason = "held")] Option<super::listener::Busy>,
+);
 
 // === impl ReadReady ===
 
@@ -207,6 +211,7 @@ fn service<H: Handler>(
 > + Clone
 + use<H> {
     let activity = Arc::clone(&ctx.activity);
+    let slot = ctx.conn.client_slot.clone();
     // The layers every door shares (`super::layers`), around this door's handler.
     let stack = super::layers::stack(
         Arc::clone(&ctx.handler),
@@ -222,7 +227,12 @@ fn service<H: Handler>(
         }
         // Dropped when the response's last byte is handed to hyper, or when the client goes
         // away first.
-        let in_flight = InFlight::new(Arc::clone(&activity));
+        // Why the slot too: a newer connection of an admin client closed this one while it
+        // still wrote a response (the busy mark ended with the handler, before the body).
+        let in_flight = InFlight::new(
+            Arc::clone(&activity),
+            slot.as_ref().map(super::listener::ClientSlot::busy),
+        );
         let answer = tower::ServiceExt::oneshot(stack.clone(), req);
         async move {
             let Ok(resp) = answer.await;
@@ -647,10 +657,10 @@ impl Quiet {
 // === impl InFlight ===
 
 impl InFlight {
-    fn new(activity: Arc<Activity>) -> Self {
+    fn new(activity: Arc<Activity>, busy: Option<super::listener::Busy>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.head_started.store(0, Ordering::Relaxed);
-        Self(activity)
+        Self(activity, busy)
     }
 }
 
