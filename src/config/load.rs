@@ -241,18 +241,24 @@ fn policy_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
     Ok(files)
 }
 
-/// Whether a field at `path` may hold a secret: an API key authenticator's inline keys, a
-/// shared secret, a password, a token. (A JWT provider's `keys` list holds key sources,
-/// whose mistakes are worth showing.)
+/// Whether a field at `path` may hold a secret: anything under an API key or introspection
+/// authenticator, a key list or a JWK, a shared secret, a password, a token. (A message still
+/// lists what was expected: `expected one of `jwks_url`, …` says what a typo meant.)
 fn may_hold_a_secret(path: &str) -> bool {
-    let segs: Vec<&str> = path
-        .split(['.', '['])
-        .map(|s| s.trim_end_matches(']'))
-        .collect();
-    segs.windows(2).any(|w| w[0] == "api_key" && w[1] == "keys")
-        || segs
-            .iter()
-            .any(|seg| ["secret", "password", "token", "hmac", "client_secret"].contains(seg))
+    path.split(['.', '[']).any(|seg| {
+        [
+            "api_key",
+            "introspection",
+            "keys",
+            "jwk",
+            "secret",
+            "password",
+            "token",
+            "hmac",
+            "client_secret",
+        ]
+        .contains(&seg.trim_end_matches(']'))
+    })
 }
 
 /// A file that is not UTF-8 text, located at its first invalid byte (a binary file, or one
@@ -360,10 +366,22 @@ mod tests {
         assert!(!d.message.contains("PASTEDSECRET"), "{d:?}");
         let d = read("listeners: [{name: l, address: \"nowhere\"}]\n");
         assert!(d.message.contains("nowhere"), "{d:?}");
-        // A JWT provider's key sources are no secrets: a typo there is shown.
+        // Wherever else a key may be pasted.
+        let head = "listeners: [{name: l, address: \"127.0.0.1:0\"}]\nauthenticators:\n  k:\n";
+        for body in [
+            "    api_key:\n      pck_PASTEDSECRET: 1\n",
+            "    api_key: pck_PASTEDSECRET\n",
+            "    api_key:\n      from: [pck_PASTEDSECRET]\n",
+            "    jwt:\n      providers:\n        - issuer: https://i.example\n          audiences: [a]\n          keys: [pck_PASTEDSECRET]\n",
+            "    jwt:\n      providers:\n        - issuer: https://i.example\n          audiences: [a]\n          keys: [{jwk: '{\"kty\":\"oct\",\"k\":\"pck_PASTEDSECRET\"}'}]\n",
+        ] {
+            let d = read(&format!("{head}{body}"));
+            assert!(!d.message.contains("PASTEDSECRET"), "{body}: {d:?}");
+        }
+        // A typo among a JWT provider's key sources still says what was expected.
         let d = read(
             "listeners: [{name: l, address: \"127.0.0.1:0\"}]\nauthenticators:\n  u:\n    jwt:\n      providers:\n        - issuer: https://i.example\n          audiences: [a]\n          keys: [{jwks_uri: {url: \"https://i.example/k\"}}]\n",
         );
-        assert!(d.message.contains("jwks_uri"), "{d:?}");
+        assert!(d.message.contains("jwks_url"), "{d:?}");
     }
 }

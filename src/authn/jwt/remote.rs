@@ -80,11 +80,16 @@ impl RemoteSource {
         // the path (the password's end) would be logged. A port with an `@` in the path is
         // refused: an `@` a path needs is written `%40` then.
         // Regression: jwt::tests::key_urls_with_credentials_are_refused_unshown
-        // (The query too: `https://ops:8443?S3cret@idp.example` sends it to `ops`.)
+        // (The query too: `https://ops:8443?S3cret@idp.example` sends it to `ops`.) So is a
+        // token holding `/` or `?` with no password (`https://dGVzd/Bhc3M=@idp.example`):
+        // its start reads as a one-label host. Real key URLs with an `@` in the path
+        // (Google's) name a dotted host and no port.
         let path = &rest[authority.len()..];
-        if port.is_some() && path.contains('@') {
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        let one_label = !host.contains('.') && !host.starts_with('[');
+        if path.contains('@') && (port.is_some() || one_label) {
             return Err(format!(
-                "`{shown}`: credentials in the URL are refused (a port and an `@` after it: write a path's or query's `@` as `%40`)"
+                "`{shown}`: credentials in the URL are refused (an `@` after a port or a one-label host: write a path's or query's `@` as `%40`)"
             ));
         }
         let uri: Uri = url

@@ -285,6 +285,8 @@ fn key_urls_with_credentials_are_refused_unshown() {
         "https://u:Jwks/PassGHI@idp.example/jwks",
         "https://ops:8443/PassGHI@idp.example/jwks",
         "https://ops:8443?PassGHI@idp.example/jwks",
+        "https://dGVzd/PassGHI=@idp.example/jwks",
+        "https://ghp_tok?PassGHI@idp.example/jwks",
     ] {
         let e = RemoteSource::parse_url(url).unwrap_err();
         assert!(!e.contains("PassGHI"), "{url}: {e}");
