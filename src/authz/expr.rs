@@ -415,30 +415,24 @@ impl Condition {
                 && !http::HeaderName::from_bytes(name.as_bytes())
                     .is_ok_and(|n| hidden(&n, facts, spoofable))
         };
-        let not_text = match &self.reads.headers {
+        // The first header the expression reads (every one, for a whole-map read) for which
+        // `bad` holds.
+        let first_read = |bad: &dyn Fn(&str) -> bool| match &self.reads.headers {
             Keys::None => None,
-            Keys::Some(keys) => keys.iter().find(|k| unreadable(k)).cloned(),
+            Keys::Some(keys) => keys.iter().find(|k| bad(k)).cloned(),
             Keys::All => facts
                 .headers
                 .keys()
-                .find(|n| unreadable(n.as_str()))
+                .find(|n| bad(n.as_str()))
                 .map(|n| n.as_str().to_owned()),
         };
-        if let Some(h) = not_text {
+        if let Some(h) = first_read(&unreadable) {
             return Some(format!(
                 "header `{h}` has a value that is not text: the upstream may read it"
             ));
         }
-        let header = match &self.reads.headers {
-            Keys::None => None,
-            Keys::Some(keys) => keys.iter().find(|k| repeated(k)).cloned(),
-            Keys::All => facts
-                .headers
-                .keys()
-                .find(|n| repeated(n.as_str()))
-                .map(|n| n.as_str().to_owned()),
-        };
-        header.map(|h| format!("header `{h}` is repeated: the upstream may read another value"))
+        first_read(&repeated)
+            .map(|h| format!("header `{h}` is repeated: the upstream may read another value"))
     }
 }
 

@@ -168,18 +168,13 @@ impl Reloader {
                     // The running values stay what later reloads compare with: the warning
                     // holds until a restart or the field is set back.
                     next.restart = previous.restart.clone();
-                    let (display, index) = self.config_index();
-                    waiting = changed
+                    waiting = self
+                        .at_fields(
+                            changed,
+                            "the running value stays until then, the rest of this reload is applied",
+                        )
                         .into_iter()
-                        .map(|(field, m)| {
-                            Diagnostic::at(
-                                &display,
-                                &index,
-                                field,
-                                format!("{m}; the running value stays until then, the rest of this reload is applied"),
-                            )
-                            .warning()
-                        })
+                        .map(Diagnostic::warning)
                         .collect();
                     kept_warnings.extend(waiting.iter().cloned());
                 }
@@ -202,26 +197,13 @@ impl Reloader {
                         ),
                     )]))
                 } else if !restart.is_empty() {
-                    // Point at the changed fields in the file as it is now.
-                    let (display, index) = self.config_index();
-                    Err(ReloadError(
-                        restart
-                            .into_iter()
-                            // Why: an operator who changed the log level "for the next
-                            // restart" saw policy edits silently not applied: every later
-                            // reload is refused while the change stays. Each error says so.
-                            .map(|(field, m)| {
-                                Diagnostic::at(
-                                    &display,
-                                    &index,
-                                    field,
-                                    format!(
-                                        "{m}; nothing of this reload is applied (policies and other edits included) until the gateway restarts or this field is set back"
-                                    ),
-                                )
-                            })
-                            .collect(),
-                    ))
+                    // Why: an operator who changed a listener "for the next restart" saw
+                    // policy edits silently not applied: every later reload is refused while
+                    // the change stays. Each error says so.
+                    Err(ReloadError(self.at_fields(
+                        restart,
+                        "nothing of this reload is applied (policies and other edits included) until the gateway restarts or this field is set back",
+                    )))
                 } else if next.version == previous.version {
                     Ok(ReloadOutcome::Unchanged {
                         version: previous.version.clone(),
@@ -305,6 +287,22 @@ impl Reloader {
             }
         }
         result
+    }
+
+    /// A diagnostic per changed restart-only field, `(field, message)`, at the field in the
+    /// config file as it is now, its message followed by `consequence`.
+    fn at_fields(
+        &self,
+        changed: Vec<(&'static str, &'static str)>,
+        consequence: &str,
+    ) -> Vec<Diagnostic> {
+        let (display, index) = self.config_index();
+        changed
+            .into_iter()
+            .map(|(field, m)| {
+                Diagnostic::at(&display, &index, field, format!("{m}; {consequence}"))
+            })
+            .collect()
     }
 
     /// The config file's display name and location index, as it is now on disk.
