@@ -46,6 +46,25 @@ pub fn redacted_url(url: &str) -> String {
     out
 }
 
+/// A file's path as an error may show it: as written, unless its name does not look like a
+/// file's (a newline or other control character, a space, no `.` in it, over 128 bytes),
+/// which is likely a secret or a key pasted where its file's name belongs.
+///
+/// Why: `key: "-----BEGIN PRIVATE KEY-----…"`, `secret: {file: S3cret}` and
+/// `keys_file: pck_…` printed the key or secret in "cannot read …" (log, `check`,
+/// `POST /reload`, `GET /config`). Regression: tests::pasted_secrets_are_no_file_names
+pub fn shown_path(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy());
+    let looks_like_a_file = name.is_some_and(|n| {
+        n.len() <= 128 && n.contains('.') && !n.chars().any(|c| c.is_control() || c.is_whitespace())
+    });
+    if looks_like_a_file && !path.to_string_lossy().contains(['\n', '\r']) {
+        path.display().to_string()
+    } else {
+        "the file named there (its name is not shown: it does not look like a file's, and may be a pasted secret)".to_owned()
+    }
+}
+
 /// Whether `url` may carry credentials: an `@` in its authority, or a `#` anywhere. A
 /// password may hold `#`, where a parser ends the authority, so the `@` after it is not in
 /// the authority it reads (`http://u:p#w@host`); none of these URLs has a use for a fragment.
@@ -248,7 +267,7 @@ pub fn read(
             watched.push(path.clone());
             match std::fs::read(&path) {
                 Ok(b) => Ok(Secret::new(file_secret(b))),
-                Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+                Err(e) => Err(format!("cannot read {}: {e}", shown_path(&path))),
             }
         }
     }
@@ -302,6 +321,27 @@ mod tests {
             ("u:p@redis.internal:6379", true),
         ] {
             assert_eq!(may_hold_credentials(url), refused, "{url}");
+        }
+    }
+
+    #[test]
+    fn pasted_secrets_are_no_file_names() {
+        for (path, shown) in [
+            ("config/hmac.secret", true),
+            ("/etc/portcullis/tls/key.pem", true),
+            (
+                "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMG\n-----END PRIVATE KEY-----",
+                false,
+            ),
+            ("config/S3cretValue", false),
+            ("pck_live_abcdefghijklmnopqrstuvwxyz", false),
+            ("config/a b.pem", false),
+        ] {
+            let out = shown_path(Path::new(path));
+            assert_eq!(out == path, shown, "{path}: {out}");
+            if !shown {
+                assert!(!out.contains("S3cret") && !out.contains("pck_") && !out.contains("MIG"));
+            }
         }
     }
 

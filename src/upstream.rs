@@ -820,7 +820,7 @@ fn files_digest(raw: &RawUpstream, base_dir: &Path) -> Result<[u8; 32], Upstream
             let p = base_dir.join(p);
             let bytes = std::fs::read(&p).map_err(|e| UpstreamError {
                 field: field.into(),
-                message: format!("cannot read {}: {e}", p.display()),
+                message: format!("cannot read {}: {e}", crate::secret::shown_path(&p)),
             })?;
             digest.update(&(bytes.len() as u64).to_le_bytes());
             digest.update(&bytes);

@@ -99,7 +99,7 @@ impl ApiKeys {
                 // Regression: tests (it) check::unreadable_files_name_the_field_that_names_them
                 Err(d) if d.line == 0 => errors.push(CompileError::Field(FieldError::new(
                     "keys_file",
-                    format!("`{}`: {}", d.file, d.message),
+                    format!("`{}`: {}", crate::secret::shown_path(&path), d.message),
                 ))),
                 // The parser quotes what it could not read: here, maybe a key.
                 Err(mut d) => {

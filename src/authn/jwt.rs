@@ -309,7 +309,7 @@ impl Provider {
                         },
                         Err(e) => errors.push(FieldError::new(
                             at("pem_file.path"),
-                            format!("cannot read {}: {e}", path.display()),
+                            format!("cannot read {}: {e}", crate::secret::shown_path(&path)),
                         )),
                     }
                 }
@@ -338,7 +338,7 @@ impl Provider {
                         },
                         Err(e) => errors.push(FieldError::new(
                             at("jwks_file.path"),
-                            format!("cannot read {}: {e}", path.display()),
+                            format!("cannot read {}: {e}", crate::secret::shown_path(&path)),
                         )),
                     }
                 }

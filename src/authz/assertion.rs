@@ -252,8 +252,16 @@ fn load_key(base_dir: &Path, file: &Path, alg: &str, kid: &str) -> Result<Signin
         ));
     }
     let path = base_dir.join(file);
-    let bytes = std::fs::read(&path)
-        .map_err(|e| FieldError::new("key_file", format!("cannot read {}: {e}", file.display())))?;
-    SigningKey::from_private_key(&bytes, alg, kid)
-        .map_err(|e| FieldError::new("key_file", format!("{}: {e}", file.display())))
+    let bytes = std::fs::read(&path).map_err(|e| {
+        FieldError::new(
+            "key_file",
+            format!("cannot read {}: {e}", crate::secret::shown_path(file)),
+        )
+    })?;
+    SigningKey::from_private_key(&bytes, alg, kid).map_err(|e| {
+        FieldError::new(
+            "key_file",
+            format!("{}: {e}", crate::secret::shown_path(file)),
+        )
+    })
 }

@@ -50,7 +50,7 @@ pub enum TlsField {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {source}", crate::secret::shown_path(path))]
     Read {
         /// Which field named the file.
         field: TlsField,

@@ -303,6 +303,26 @@ fn trusting_every_address_and_an_exposed_admin_warn() {
     assert!(text.contains("1 rule(s)"), "{text}");
 }
 
+/// A secret or key pasted where its file's name belongs is not printed in "cannot read".
+#[test]
+fn a_secret_pasted_as_a_file_name_is_not_shown() {
+    let cfg = crate::support::ConfigDir::new(
+        "authenticators:\n  cron:\n    api_key:\n      keys:\n        - {id: c, secret: {file: S3cretPastedValue}, owner: o}\n",
+    );
+    cfg.add_listeners(
+        "{name: tls, address: \"127.0.0.1:0\", tls: {certificates: [{cert: c.pem, key: \"-----BEGIN PRIVATE KEY-----\\nMIGHPastedKeyBody\\n-----END PRIVATE KEY-----\"}]}}",
+    );
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("cannot read the file named there"), "{text}");
+    assert!(!text.contains("S3cretPasted"), "{text}");
+    assert!(!text.contains("MIGHPasted"), "{text}");
+}
+
 /// A byte-order mark (Windows editors write one) at the start of the config or a policy file
 /// is read as nothing; a mistake after it is still placed at its line.
 #[test]
