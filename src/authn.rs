@@ -45,6 +45,9 @@ pub struct Authn {
     /// Header names of every trusted-headers authenticator, removed from every forwarded
     /// request whatever the decision.
     spoofable: Box<[HeaderName]>,
+    /// Every authenticator's query credential names, cut from a login redirect's return
+    /// address whichever rule redirects.
+    query_credentials: Box<[Box<str>]>,
 }
 
 /// One named authenticator.
@@ -267,6 +270,11 @@ impl Authn {
         spoofable.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         spoofable.dedup();
         out.spoofable = spoofable.into();
+        out.query_credentials = out
+            .list
+            .iter()
+            .flat_map(|a| a.query_sources().map(Box::from))
+            .collect();
         if errors.is_empty() {
             Ok(out)
         } else {
@@ -322,6 +330,11 @@ impl Authn {
             Kind::Jwt(j) => j.providers().iter().all(jwt::Provider::keys_settled),
             _ => true,
         })
+    }
+
+    /// Every authenticator's query credential names (built once, at config load).
+    pub fn query_credentials(&self) -> &[Box<str>] {
+        &self.query_credentials
     }
 
     /// Header names of every trusted-headers authenticator: removed from every forwarded

@@ -65,20 +65,38 @@ pub fn shown_path(path: &Path) -> String {
     }
 }
 
-/// Whether `url` may carry credentials: an `@` in its authority, or a `#` anywhere. A
-/// password may hold `#`, where a parser ends the authority, so the `@` after it is not in
-/// the authority it reads (`http://u:p#w@host`); none of these URLs has a use for a fragment.
-/// (One holding `?` or `/` fails to parse, or parses with another host, and is shown
-/// redacted.) An `@` in a path is fine: Google's service-account key URLs have one.
+/// A URL's authority as a parser reads it (up to the first `/`, `?` or `#` after the
+/// scheme), and what follows it.
+pub fn split_authority(url: &str) -> (&str, &str) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()))
+}
+
+/// Whether `url` may carry credentials: an `@` in its authority; a `#` anywhere; or an `@`
+/// after an authority with a port or a one-label host. A password may hold `#`, `/` or `?`,
+/// where a parser ends the authority: `http://u:p#w@host`; `https://ops:8443/S3cret@idp`
+/// (a password starting with digits reads as a port); `https://dGVzd/Bhc3M=@idp` (a token
+/// with no password reads as a one-label host). None of these URLs has a use for a fragment,
+/// and an `@` a path or query needs is written `%40` then. Real key URLs with an `@` in the
+/// path (Google's service-account keys) name a dotted host and no port, and pass.
 ///
 /// Why: URLs were checked for credentials in their parsed authority, and one whose password
-/// held `#` passed, then was shown whole. Regression: tests::urls_are_redacted,
+/// held `#` passed, then was shown whole; one whose password held `/` was fetched from the
+/// wrong host with the password's end in its path. Regression: tests::urls_are_redacted,
 /// tests::credentials_are_told_from_an_at_in_a_path,
-/// authz::delegate::tests::credentials_in_the_url_are_refused
+/// authn::jwt::tests::key_urls_with_credentials_are_refused_unshown
 pub fn may_hold_credentials(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    url.contains('#') || authority.contains('@')
+    let (authority, after) = split_authority(url);
+    let (host, port) = match authority.rfind(']') {
+        Some(end) => (&authority[..=end], authority[end + 1..].strip_prefix(':')),
+        None => authority
+            .rsplit_once(':')
+            .map_or((authority, None), |(h, p)| (h, Some(p))),
+    };
+    let one_label = !host.contains('.') && !host.starts_with('[');
+    url.contains('#')
+        || authority.contains('@')
+        || (after.contains('@') && (port.is_some() || one_label))
 }
 
 /// [`may_hold_credentials`] for URLs with no use for an `@` anywhere (an upstream, a
@@ -311,12 +329,18 @@ mod tests {
         for (url, refused) in [
             ("https://u:p@idp.test/jwks", true),
             ("http://u:p#w@127.0.0.1:2/jwks", true),
+            ("https://ops:8443/S3cret@idp.example/jwks", true),
+            ("https://ops:8443?S3cret@idp.example/jwks", true),
+            ("https://dGVzd/Bhc3M=@idp.example/jwks", true),
+            ("https://[::1]:8443/jwks", false),
             ("https://idp.test/jwks#x", true),
             (
                 "https://www.googleapis.com/v1/jwk/securetoken@system.gserviceaccount.com",
                 false,
             ),
-            ("http://127.0.0.1:8080/@scope/pkg", false),
+            // A port, then an `@`: written `%40` (a password could read so).
+            ("http://127.0.0.1:8080/@scope/pkg", true),
+            ("http://127.0.0.1:8080/%40scope/pkg", false),
             ("https://idp.test/jwks?login=a@b", false),
             ("u:p@redis.internal:6379", true),
         ] {

@@ -411,7 +411,7 @@ impl Condition {
                 && facts
                     .headers
                     .iter()
-                    .any(|(n, v)| v.to_str().is_err() && same(n.as_str(), name))
+                    .any(|(n, v)| same(n.as_str(), name) && v.to_str().is_err())
                 && !http::HeaderName::from_bytes(name.as_bytes())
                     .is_ok_and(|n| hidden(&n, facts, spoofable))
         };

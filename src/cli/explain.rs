@@ -854,10 +854,8 @@ pub(super) fn redact_query(url: &str, snapshot: &Snapshot) -> String {
     let (base, query) = url
         .split_once('?')
         .map_or((url, None), |(b, q)| (b, Some(q)));
-    let base = match (base.find("://"), base.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***@{}", &base[..s + 3], &base[at + 1..]),
-        _ => base.to_owned(),
-    };
+    // (No query left in `base`: only its user information is masked.)
+    let base = crate::secret::redacted_url(base);
     let Some(query) = query else {
         return base;
     };

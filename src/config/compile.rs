@@ -25,7 +25,7 @@ use crate::authz::route::RouteTable;
 use crate::authz::spoofable::Spoofable;
 use crate::snapshot::Snapshot;
 
-pub use restart::{RestartOnly, only_listeners_block, restart_only_changes};
+pub use restart::{RestartOnly, refuses_the_reload, restart_only_changes};
 
 /// What every section compiles against and reports into.
 pub(super) struct Cx<'a> {

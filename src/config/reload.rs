@@ -14,7 +14,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::Diagnostic;
-use super::compile::{only_listeners_block, restart_only_changes};
+use super::compile::{refuses_the_reload, restart_only_changes};
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
 
@@ -163,7 +163,7 @@ impl Reloader {
                 kept_warnings = warnings;
                 let (restart, changed): (Vec<_>, Vec<_>) = restart_only_changes(&previous, &next)
                     .into_iter()
-                    .partition(|(field, _)| only_listeners_block(field));
+                    .partition(|(field, _)| refuses_the_reload(field));
                 if !changed.is_empty() {
                     // The running values stay what later reloads compare with: the warning
                     // holds until a restart or the field is set back.

@@ -243,14 +243,7 @@ async fn decide_rule(
                     .denial
                     .as_ref()
                     .and_then(|d| d.login.as_ref())
-                    .and_then(|l| {
-                        let every: Vec<Box<str>> = snapshot
-                            .authn
-                            .iter()
-                            .flat_map(|a| a.query_sources().map(Box::from))
-                            .collect();
-                        l.location(facts, Some(&every))
-                    }),
+                    .and_then(|l| l.location(facts, Some(snapshot.authn.query_credentials()))),
                 _ => None,
             };
             let challenge = api_key_challenge(snapshot, rule, kind, by);

@@ -344,9 +344,9 @@ impl VerifyKey {
         self
     }
 
-    /// Whether a key refresh dropped this key, or some key document (of any issuer, read by
-    /// any authenticator) published its private half: it verifies nothing, cached
-    /// verifications included. The leak memory is read once per key after each leak found:
+    /// Whether a key refresh dropped this key, or a key document of its issuer (read by any
+    /// authenticator) published its private half: it verifies nothing, cached verifications
+    /// included. The leak memory is read once per key after each leak found:
     /// no lock otherwise.
     pub fn is_revoked(&self) -> bool {
         if self.revoked.load(Ordering::Acquire) {

@@ -64,7 +64,7 @@ impl RestartOnly {
 
 /// Settings that a running gateway cannot change, as (field path, message): a reload that
 /// changes the listeners fails with theirs; one that changes others applies, and warns with
-/// theirs (see [`only_listeners_block`]).
+/// theirs (see [`refuses_the_reload`]).
 pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(&'static str, &'static str)> {
     let (o, n) = (&old.restart, &new.restart);
     let mut out = Vec::new();
@@ -102,7 +102,7 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(&'static str
 /// raised the log level to troubleshoot froze every policy edit, an emergency deny rule
 /// included, while `check` and `explain` said the rule was in force.
 /// Regression: tests (it) reload::a_restart_only_setting_waits_while_the_rest_applies
-pub fn only_listeners_block(field: &str) -> bool {
+pub fn refuses_the_reload(field: &str) -> bool {
     matches!(
         field,
         "listeners" | "admin.address" | "admin.public_address"
