@@ -908,17 +908,21 @@ fn template(
         let ca = raw.ca_file.as_ref().map(|p| base_dir.join(p));
         let client = match (&raw.client_cert, &raw.client_key) {
             (Some(c), Some(k)) => Some(
-                tls::certs::load_cert(&base_dir.join(c), &base_dir.join(k))
-                    .map_err(|e| UpstreamError {
-                        field: if e.field() == "key" {
-                            "client_key"
-                        } else {
-                            "client_cert"
-                        }
-                        .into(),
-                        message: e.to_string(),
-                    })?
-                    .key,
+                tls::certs::load_cert_for(
+                    &base_dir.join(c),
+                    &base_dir.join(k),
+                    tls::certs::Purpose::Client,
+                )
+                .map_err(|e| UpstreamError {
+                    field: if e.field() == "key" {
+                        "client_key"
+                    } else {
+                        "client_cert"
+                    }
+                    .into(),
+                    message: e.to_string(),
+                })?
+                .key,
             ),
             (Some(_), None) => {
                 return Err(UpstreamError {

@@ -1046,6 +1046,7 @@ pub(crate) fn describe<'a>(
             client_cert: certificate.map(Arc::new),
             binding: None,
             client_auth: None,
+            client_chain: None,
         });
     Ok(Described {
         method,

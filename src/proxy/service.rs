@@ -456,16 +456,22 @@ fn facts<'p>(
     // Why: a client certificate is verified once, at the handshake. After a reload that drops
     // or replaces a client CA (a partner's, compromised), kept-alive connections went on
     // authenticating with certificates it had verified. Such a connection's requests are
-    // misdirected (421): the client retries on a new connection, verified anew.
+    // misdirected (421) once the new CAs refuse its certificate: the client retries on a new
+    // connection, verified anew.
     // Regression: tests (it) credentials::a_client_ca_change_ends_old_connections_authentication
     if let Some(tls) = &conn.tls
         && tls.client_cert.is_some()
-        && snapshot
+        && let Some(listener) = snapshot
             .listeners
             .iter()
             .find(|l| *l.name == *conn.listener)
-            .is_some_and(|l| {
-                l.tls.as_ref().and_then(|t| t.client_auth()) != tls.client_auth.as_ref()
+        && listener.tls.as_ref().and_then(|t| t.client_auth()) != tls.client_auth.as_ref()
+        && !listener
+            .tls
+            .as_ref()
+            .zip(tls.client_chain.as_deref())
+            .is_some_and(|(t, chain)| {
+                t.still_trusts(tls.sni.as_deref(), chain, tls.client_auth.as_ref())
             })
     {
         return Err(ctx.malformed(

@@ -195,6 +195,8 @@ pub struct TlsInfo {
     pub binding: Option<crate::tls::server::HostBinding>,
     /// What verified `client_cert` ([`crate::tls::server::ListenerTls::client_auth`]).
     pub client_auth: Option<[u8; 32]>,
+    /// The chain `client_cert` came with, to verify again after a client-CA change.
+    pub client_chain: Option<Arc<crate::tls::server::PresentedChain>>,
 }
 
 /// A verified client certificate's names, read once per connection.

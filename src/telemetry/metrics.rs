@@ -113,6 +113,11 @@ struct KindLabel {
     kind: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// All metrics of one gateway process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -133,8 +138,8 @@ pub struct Metrics {
     pub connections_total: Counter,
     /// Idle HTTP/1.1 client connections holding no HTTP buffers now.
     pub connections_parked: Gauge,
-    /// TLS handshakes that failed or timed out.
-    pub tls_handshake_errors: Counter,
+    /// TLS handshakes that failed or timed out, by reason.
+    tls_handshake_errors: Family<ReasonLabel, Counter>,
     /// Identity header values left out for forbidden characters.
     pub identity_headers_refused: Counter,
     /// The snapshot whose rate limits and Redis store are read at each scrape.
@@ -320,10 +325,10 @@ impl Metrics {
             "Client connections accepted",
             connections_total.clone(),
         );
-        let tls_handshake_errors = Counter::default();
+        let tls_handshake_errors = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "tls_handshake_errors",
-            "TLS handshakes that failed or timed out",
+            "TLS handshakes that failed or timed out, by reason: timeout, io, client_cert_missing, client_cert_expired, client_cert_unknown_ca, client_cert_revoked, client_cert_invalid, peer_alert (the client refused the gateway's certificate or gave up), no_common_protocol, protocol",
             tls_handshake_errors.clone(),
         );
         let identity_headers_refused = Counter::default();
@@ -383,6 +388,13 @@ impl Metrics {
                 version: version.to_owned(),
             })
             .set(1);
+    }
+
+    /// Counts a failed TLS handshake (`reason`: one of the fixed set in the metric's help).
+    pub fn tls_handshake_error(&self, reason: &'static str) {
+        self.tls_handshake_errors
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts a failed upstream exchange.

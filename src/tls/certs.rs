@@ -96,6 +96,15 @@ pub enum TlsError {
         /// The key file.
         path: PathBuf,
     },
+    /// The key file holds an encrypted private key only.
+    #[error(
+        "{}: the private key is encrypted; give it unencrypted (`openssl pkey -in KEY -out NEW`) and keep the file readable by the gateway only",
+        path.display()
+    )]
+    EncryptedKey {
+        /// The key file.
+        path: PathBuf,
+    },
     /// The private key is of a type or curve the crypto provider does not support.
     #[error("{}: unsupported private key: {reason}", path.display())]
     UnsupportedKey {
@@ -191,9 +200,10 @@ impl TlsError {
             | Self::InvalidPem { field, .. }
             | Self::NoCertificate { field, .. }
             | Self::InvalidCertificate { field, .. } => *field,
-            Self::NoPrivateKey { .. } | Self::UnsupportedKey { .. } | Self::KeyMismatch { .. } => {
-                TlsField::Key
-            }
+            Self::NoPrivateKey { .. }
+            | Self::EncryptedKey { .. }
+            | Self::UnsupportedKey { .. }
+            | Self::KeyMismatch { .. } => TlsField::Key,
             Self::InvalidServerName { .. }
             | Self::AddressNotDefault { .. }
             | Self::NoServerNames { .. }
@@ -241,24 +251,66 @@ impl TlsError {
 
 // === functions ===
 
-/// Loads a certificate chain (leaf first) and its private key from PEM files.
+/// What a loaded certificate is presented as: a listener's, to clients, or a client's, to an
+/// upstream that asks for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A listener's certificate (`serverAuth`).
+    Server,
+    /// A client certificate for an upstream (`clientAuth`).
+    Client,
+}
+
+/// How far a certificate's `notBefore` may be ahead of this machine's clock: a certificate
+/// issued a moment ago by a CA whose clock runs ahead still loads.
+const NOT_BEFORE_GRACE_SECS: i64 = 300;
+
+/// Loads a listener's certificate chain (leaf first) and its private key from PEM files.
 ///
 /// Fails when either file is unreadable or malformed, the chain is empty, the key type is
-/// unsupported, or the key does not match the leaf.
+/// unsupported, the key does not match the leaf, or the leaf cannot serve now (outside its
+/// validity, or its extended key usage leaves out `serverAuth`).
 pub fn load_cert(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, TlsError> {
+    load_cert_for(cert_path, key_path, Purpose::Server)
+}
+
+/// [`load_cert`] for a certificate presented as `purpose`.
+pub fn load_cert_for(
+    cert_path: &Path,
+    key_path: &Path,
+    purpose: Purpose,
+) -> Result<LoadedCert, TlsError> {
     let chain = read_certs(cert_path, TlsField::Cert)?;
     let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate {
         field: TlsField::Cert,
         path: cert_path.to_path_buf(),
     })?;
-    let names = leaf_names(leaf).map_err(|reason| TlsError::InvalidCertificate {
+    let invalid = |reason| TlsError::InvalidCertificate {
         field: TlsField::Cert,
         path: cert_path.to_path_buf(),
         reason,
-    })?;
+    };
+    let names = leaf_names(leaf).map_err(invalid)?;
+    // Why: an expired certificate, or one issued for clients only, loaded and replaced the
+    // working one on a reload: every new client then refused the listener's handshake. A
+    // certificate no client accepts is a broken file, refused like one.
+    // Regression: tls::certs::tests::a_certificate_clients_refuse_is_not_loaded
+    if let Some(cert) = Certificate::from_der(leaf)
+        && let Some(reason) = unusable(
+            &cert,
+            purpose,
+            i64::try_from(crate::clock::Clock::system().unix_secs()).unwrap_or(i64::MAX),
+        )
+    {
+        return Err(invalid(reason));
+    }
 
-    let key_der = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|e| TlsError::pem(TlsField::Key, key_path, e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key_path).map_err(|e| match e {
+        pem::Error::NoItemsFound if holds_encrypted_key(key_path) => TlsError::EncryptedKey {
+            path: key_path.to_path_buf(),
+        },
+        e => TlsError::pem(TlsField::Key, key_path, e),
+    })?;
     let signing_key = rustls::crypto::aws_lc_rs::default_provider()
         .key_provider
         .load_private_key(key_der)
@@ -273,6 +325,19 @@ pub fn load_cert(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, TlsErr
         // too (`CertifiedKey::from_der`), and aws-lc-rs keys always can.
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(rustls::Error::InconsistentKeys(_)) => {
+            // The key may belong to a certificate further down the file: a chain written
+            // intermediate first.
+            let place = key.cert.iter().skip(1).position(|c| {
+                CertifiedKey::new(vec![c.clone()], Arc::clone(&key.key))
+                    .keys_match()
+                    .is_ok()
+            });
+            if let Some(place) = place {
+                return Err(invalid(format!(
+                    "the key matches certificate {} of the file, not the first: put the leaf (the server's own certificate) first, then its issuers",
+                    place + 2
+                )));
+            }
             return Err(TlsError::KeyMismatch {
                 cert_path: cert_path.to_path_buf(),
                 key_path: key_path.to_path_buf(),
@@ -289,6 +354,45 @@ pub fn load_cert(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, TlsErr
     Ok(LoadedCert {
         key: Arc::new(key),
         names,
+    })
+}
+
+/// Why a leaf cannot serve as `purpose` at `now` (Unix seconds), if it cannot.
+fn unusable(cert: &Certificate<'_>, purpose: Purpose, now: i64) -> Option<String> {
+    let date = |t: i64| match u64::try_from(t) {
+        Ok(secs) => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        )
+        .to_string(),
+        Err(_) => "before 1970".into(),
+    };
+    if cert.not_after() < now {
+        return Some(format!(
+            "expired at {}: clients refuse it; renew it",
+            date(cert.not_after())
+        ));
+    }
+    if cert.not_before() > now.saturating_add(NOT_BEFORE_GRACE_SECS) {
+        return Some(format!(
+            "not valid before {}: clients refuse it until then (or this machine's clock is behind)",
+            date(cert.not_before())
+        ));
+    }
+    let (oid, usage, role) = match purpose {
+        Purpose::Server => (super::x509::OID_KP_SERVER_AUTH, "serverAuth", "a server's"),
+        Purpose::Client => (super::x509::OID_KP_CLIENT_AUTH, "clientAuth", "a client's"),
+    };
+    (!cert.allows_purpose(oid)).then(|| {
+        format!("its extended key usage leaves out {usage}: peers refuse it as {role} certificate")
+    })
+}
+
+/// Whether a key file holds only an encrypted private key (`ENCRYPTED PRIVATE KEY`, or a
+/// legacy PEM with `Proc-Type: 4,ENCRYPTED`), which rustls cannot read.
+fn holds_encrypted_key(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| {
+        let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        has(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || has(b"Proc-Type: 4,ENCRYPTED")
     })
 }
 
@@ -414,6 +518,76 @@ mod tests {
         assert_eq!(loaded.names, ["a.test", "127.0.0.1", "::1"]);
         assert_eq!(loaded.key.cert.len(), 1);
         assert!(!format!("{loaded:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn a_certificate_clients_refuse_is_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let load = |params: CertificateParams, purpose: Purpose| {
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            let c = write(d, "c.pem", &cert.pem());
+            let k = write(d, "k.pem", &key.serialize_pem());
+            load_cert_for(&c, &k, purpose)
+        };
+        let params = || leaf_params(&["a.test"]).unwrap();
+        load(params(), Purpose::Server).unwrap();
+        load(params(), Purpose::Client).unwrap();
+        // Expired, and not yet valid (past the grace for clocks apart).
+        let mut expired = params();
+        expired.not_after = rcgen::date_time_ymd(2021, 3, 4);
+        let err = load(expired, Purpose::Server).unwrap_err();
+        assert_eq!(err.field(), "cert");
+        assert!(err.to_string().contains("expired at 2021-03-04"), "{err}");
+        let mut early = params();
+        early.not_before = rcgen::date_time_ymd(2999, 1, 1);
+        let err = load(early, Purpose::Server).unwrap_err();
+        assert!(
+            err.to_string().contains("not valid before 2999-01-01"),
+            "{err}"
+        );
+        // Issued for one purpose only.
+        let mut clients_only = params();
+        clients_only.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let err = load(clients_only.clone(), Purpose::Server).unwrap_err();
+        assert!(err.to_string().contains("leaves out serverAuth"), "{err}");
+        load(clients_only, Purpose::Client).unwrap();
+        let mut servers_only = params();
+        servers_only.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let err = load(servers_only.clone(), Purpose::Client).unwrap_err();
+        assert!(err.to_string().contains("leaves out clientAuth"), "{err}");
+        load(servers_only, Purpose::Server).unwrap();
+        let mut any = params();
+        any.extended_key_usages = vec![ExtendedKeyUsagePurpose::Any];
+        load(any, Purpose::Server).unwrap();
+    }
+
+    #[test]
+    fn key_errors_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // A chain written issuer first: the key matches the second certificate.
+        let (ca, leaf, key) = ca_and_leaf(&["up.test"]).unwrap();
+        let err = load_cert(
+            &write(d, "c.pem", &format!("{ca}{leaf}")),
+            &write(d, "k.pem", &key),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("matches certificate 2 of the file"),
+            "{err}"
+        );
+        // An encrypted key is named as such, and none of it is printed.
+        let encrypted = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkq\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let err = load_cert(&write(d, "c.pem", &leaf), &write(d, "k.pem", encrypted)).unwrap_err();
+        assert_eq!(err.field(), "key");
+        assert!(
+            err.to_string().contains("the private key is encrypted"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("MIIB"), "{err}");
     }
 
     #[test]

@@ -52,6 +52,9 @@ struct SniResolver {
     exact: HashMap<Box<str>, usize>,
     /// Wildcards keyed by their parent: `*.example.com` is stored as `example.com`.
     wildcard: HashMap<Box<str>, usize>,
+    /// Configured `server_names` the entry's certificate does not cover (entry, name, the
+    /// certificate's names): clients that verify it refuse connections for them.
+    uncovered: Vec<(usize, String, String)>,
 }
 
 /// A listener's TLS: one rustls config for every certificate, or, when certificate entries
@@ -66,6 +69,35 @@ pub struct ListenerTls {
     /// A digest of what verifies client certificates (every CA file's bytes, whether one is
     /// required), when something does: what a connection's certificate was verified by.
     client_auth: Option<[u8; 32]>,
+    /// What verifies each entry's client certificates (entry order), to judge again a
+    /// connection's certificate verified under another config ([`Self::still_trusts`]).
+    verifiers: Box<[Option<Arc<dyn ClientCertVerifier>>]>,
+}
+
+/// The certificate chain a client presented at the handshake, kept to be verified again
+/// when a reload changes the client CAs ([`ListenerTls::still_trusts`]).
+pub struct PresentedChain {
+    certs: Box<[rustls_pki_types::CertificateDer<'static>]>,
+    /// The last verification under a later config: that config's digest and its verdict.
+    verdict: std::sync::Mutex<Option<([u8; 32], bool)>>,
+}
+
+impl PresentedChain {
+    /// The chain as the handshake got it, leaf first.
+    pub fn new(certs: &[rustls_pki_types::CertificateDer<'_>]) -> Self {
+        Self {
+            certs: certs.iter().map(|c| c.clone().into_owned()).collect(),
+            verdict: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl fmt::Debug for PresentedChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresentedChain")
+            .field("certs", &self.certs.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The certificate entry a connection's SNI selected, on a listener whose entries have their
@@ -115,6 +147,7 @@ pub fn listener_tls(
         configs,
         names,
         client_auth: None,
+        verifiers: client_auth.into(),
     })
 }
 
@@ -190,6 +223,59 @@ impl ListenerTls {
     /// was verified under another one must not go on authenticating with it.
     pub fn client_auth(&self) -> Option<&[u8; 32]> {
         self.client_auth.as_ref()
+    }
+
+    /// Whether a connection's client certificate, verified at its handshake by `verified_by`
+    /// ([`Self::client_auth`] of the config then), is trusted by this config too: the same
+    /// verifiers, or this config's verifier for the entry `sni` selects accepts `chain` now.
+    /// A verdict under a later config is kept with the chain: each connection pays one
+    /// verification per client-CA change, not one per request.
+    pub fn still_trusts(
+        &self,
+        sni: Option<&str>,
+        chain: &PresentedChain,
+        verified_by: Option<&[u8; 32]>,
+    ) -> bool {
+        let Some(digest) = self.client_auth else {
+            return false;
+        };
+        if verified_by == Some(&digest) {
+            return true;
+        }
+        let mut verdict = chain
+            .verdict
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((seen, ok)) = *verdict
+            && seen == digest
+        {
+            return ok;
+        }
+        // Why: any change of a listener's client CAs (a CA added for a rollover, another
+        // host's bundle edited, the same file reordered) ended every open mTLS connection
+        // with 421, still-trusted clients included. Only a certificate the new CAs refuse
+        // ends its connection's authentication.
+        // Regression: tests (it) credentials::a_client_ca_change_ends_old_connections_authentication
+        let ok = match (
+            self.verifiers
+                .get(self.names.select(sni))
+                .cloned()
+                .flatten(),
+            chain.certs.split_first(),
+        ) {
+            (Some(v), Some((leaf, intermediates))) => v
+                .verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now())
+                .is_ok(),
+            _ => false,
+        };
+        *verdict = Some((digest, ok));
+        ok
+    }
+
+    /// Each `server_names` entry its certificate does not cover: `(entry, name, the
+    /// certificate's names)`, for `check` and the reload to warn about.
+    pub fn uncovered_names(&self) -> &[(usize, String, String)] {
+        &self.names.uncovered
     }
 
     /// The shared config (tests, and listeners whose entries share their client CAs).
@@ -420,6 +506,24 @@ impl ServerNamePattern {
     }
 }
 
+/// Whether a certificate whose subject alternative names are `sans` ([`crate::tls::certs::LoadedCert::names`])
+/// is valid for `name` as written in `server_names`: the same address, the same DNS name, or
+/// a wildcard SAN one label above it (a wildcard name needs the same wildcard SAN).
+fn san_covers(sans: &[String], name: &str) -> bool {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return sans.iter().any(|s| s.parse::<IpAddr>().ok() == Some(ip));
+    }
+    let name = normalize_dns_name(name);
+    sans.iter().any(|san| {
+        *san == name
+            || (!name.starts_with("*.")
+                && san.strip_prefix("*.").is_some_and(|parent| {
+                    name.split_once('.')
+                        .is_some_and(|(label, rest)| !label.is_empty() && rest == parent)
+                }))
+    })
+}
+
 // === impl SniResolver ===
 
 impl SniResolver {
@@ -428,8 +532,14 @@ impl SniResolver {
         let mut keys = Vec::with_capacity(entries.len());
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
+        let mut uncovered = Vec::new();
         for (index, entry) in entries.iter().enumerate() {
             let loaded = load_cert(&entry.cert, &entry.key).map_err(|e| (index, e))?;
+            for name in &entry.server_names {
+                if !san_covers(&loaded.names, name) {
+                    uncovered.push((index, name.clone(), loaded.names.join(", ")));
+                }
+            }
             let patterns = if entry.server_names.is_empty() {
                 loaded
                     .names
@@ -472,6 +582,7 @@ impl SniResolver {
             keys: keys.into(),
             exact,
             wildcard,
+            uncovered,
         })
     }
 

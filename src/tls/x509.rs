@@ -69,6 +69,14 @@ pub const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
 const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
 /// basicConstraints, 2.5.29.19.
 const OID_BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
+/// extendedKeyUsage (2.5.29.37).
+const OID_EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
+/// anyExtendedKeyUsage (2.5.29.37.0).
+const OID_ANY_EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25, 0x00];
+/// id-kp-serverAuth (1.3.6.1.5.5.7.3.1).
+pub const OID_KP_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+/// id-kp-clientAuth (1.3.6.1.5.5.7.3.2).
+pub const OID_KP_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
 /// The first CN of a name is the subject's common name.
 const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
 
@@ -293,6 +301,36 @@ impl<'a> Certificate<'a> {
             return matches!(constraints.optional(BOOLEAN), Some(Some([0xff])));
         }
         false
+    }
+
+    /// Whether extendedKeyUsage allows `purpose` (an id-kp OID's content bytes, such as
+    /// [`OID_KP_SERVER_AUTH`]): without the extension, or when it lists `purpose` or
+    /// anyExtendedKeyUsage. `true` when the extension does not read: for telling an operator
+    /// a certificate is unusable, never for deciding trust (rustls does that).
+    pub fn allows_purpose(&self, purpose: &[u8]) -> bool {
+        let mut extensions = Reader(self.extensions);
+        while let Some(extension) = extensions.expect(SEQUENCE) {
+            let mut extension = Reader(extension);
+            if extension.expect(OID) != Some(OID_EXT_KEY_USAGE) {
+                continue;
+            }
+            let _critical = extension.optional(BOOLEAN);
+            // ExtKeyUsageSyntax ::= SEQUENCE SIZE (1..MAX) OF KeyPurposeId
+            let Some(mut purposes) = extension
+                .expect(OCTET_STRING)
+                .and_then(|v| Reader::single(v, SEQUENCE))
+                .map(Reader)
+            else {
+                return true;
+            };
+            while let Some(oid) = purposes.expect(OID) {
+                if oid == purpose || oid == OID_ANY_EXT_KEY_USAGE {
+                    return true;
+                }
+            }
+            return false;
+        }
+        true
     }
 }
 

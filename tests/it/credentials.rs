@@ -12,7 +12,7 @@ use http_body_util::{BodyExt as _, Full};
 use portcullis::authn::apikey::{generate, hash_of};
 use serde_json::{Value, json};
 
-use crate::support::{Setup, TestGateway, raw, send};
+use crate::support::{Setup, TestGateway, eventually, raw, send};
 
 fn now() -> u64 {
     SystemTime::now()
@@ -1344,6 +1344,16 @@ async fn a_client_ca_change_ends_old_connections_authentication() {
     let (status, body) = gw.admin_post("/reload").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(get("/api/2").await, StatusCode::OK);
+    // A rollover: a second CA added beside the partner's. The connection's certificate is
+    // still trusted, so the connection keeps working (no 421 for a still-trusted client).
+    gw.write(
+        "clients.pem",
+        format!("{}{}", pki.rogue_ca, pki.ca).as_bytes(),
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(get("/api/2b").await, StatusCode::OK);
+    assert_eq!(get("/api/2c").await, StatusCode::OK);
     // The partner's CA is replaced by another.
     gw.write("clients.pem", pki.rogue_ca.as_bytes());
     let (status, body) = gw.admin_post("/reload").await;
@@ -1360,6 +1370,33 @@ async fn a_client_ca_change_ends_old_connections_authentication() {
     assert_eq!(
         mtls_get(gw.addr(), &pki.ca, Some(&pki.rogue_client), "/api/5").await,
         Ok(StatusCode::OK)
+    );
+}
+
+#[tokio::test]
+async fn a_refused_client_certificate_is_counted_by_reason() {
+    let pki = pki();
+    let gw = mtls_gateway(&pki, true).await;
+    // A certificate from an unknown CA, then none where one is required.
+    assert!(
+        mtls_get(gw.addr(), &pki.ca, Some(&pki.rogue_client), "/api/x")
+            .await
+            .is_err()
+    );
+    assert!(mtls_get(gw.addr(), &pki.ca, None, "/api/x").await.is_err());
+    let counted = |metrics: &str, reason: &str| {
+        metrics.contains(&format!(
+            "portcullis_tls_handshake_errors_total{{reason=\"{reason}\"}} 1"
+        ))
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let (_, metrics) = gw.admin_get("/metrics").await;
+            counted(&metrics, "client_cert_unknown_ca") && counted(&metrics, "client_cert_missing")
+        })
+        .await,
+        "{}",
+        gw.admin_get("/metrics").await.1
     );
 }
 

@@ -174,7 +174,21 @@ fn listener_tls(
         any.then(|| crate::secret::sha256(&parts))
     };
     match tls::server::listener_tls(&entries, http2, &per_entry) {
-        Ok(c) => Some(Arc::new(c.with_client_auth(client_auth))),
+        Ok(c) => {
+            // Why: a name the certificate does not cover loaded silently, and every client
+            // that verifies the certificate refused the connections for it.
+            // Regression: tls::server::tests::server_names_outside_the_certificate_are_reported
+            for (j, name, sans) in c.uncovered_names() {
+                cx.warn(
+                    &format!("listeners[{i}].tls.certificates[{j}].server_names"),
+                    format!(
+                        "`{name}` is not among the certificate's subject alternative names ({}): clients that verify the certificate refuse connections for it",
+                        if sans.is_empty() { "none" } else { sans }
+                    ),
+                );
+            }
+            Some(Arc::new(c.with_client_auth(client_auth)))
+        }
         Err((j, e)) => {
             cx.error(
                 &format!("listeners[{i}].tls.certificates[{j}].{}", e.field()),

@@ -289,3 +289,41 @@ async fn client_trusts_a_pinned_self_signed_upstream_leaf() {
         leaf(&upstream)
     );
 }
+
+#[test]
+fn server_names_outside_the_certificate_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let entries = [
+        entry(
+            d,
+            "default",
+            &["default.test", "10.0.0.1"],
+            &["10.0.0.1", "Default.Test.", "10.0.0.2"],
+        ),
+        entry(
+            d,
+            "wild",
+            &["*.wild.test"],
+            &["x.wild.test", "*.wild.test", "a.b.wild.test", "wild.test"],
+        ),
+        entry(d, "over", &["ignored.test"], &["*.o.test"]),
+        entry(d, "own", &["own.test"], &[]),
+    ];
+    let tls = listener_tls(&entries, true, &[None, None, None, None]).unwrap();
+    let uncovered: Vec<_> = tls
+        .uncovered_names()
+        .iter()
+        .map(|(i, name, _)| (*i, name.as_str()))
+        .collect();
+    assert_eq!(
+        uncovered,
+        [
+            (0, "10.0.0.2"),
+            (1, "a.b.wild.test"),
+            (1, "wild.test"),
+            (2, "*.o.test")
+        ]
+    );
+    assert_eq!(tls.uncovered_names()[3].2, "ignored.test");
+}
