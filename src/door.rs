@@ -467,6 +467,21 @@ fn preflight_answer<D: HttpDoor>(
 /// its query (`?_method=DELETE`), which that door's peer cannot remove.
 pub const METHOD_OVERRIDE: &str = "method_override_in_query";
 
+/// What an HTTP decision door refuses once it has the facts, before any rule (a preflight
+/// it answers aside). `explain --door` calls it too, so the tool cannot say otherwise.
+pub fn refused_before_rules(facts: &RequestFacts<'_>) -> Option<(StatusCode, &'static str)> {
+    // Why: the proxy door cuts a method override from the query, and the gRPC door names it
+    // in `query_parameters_to_remove`; an HTTP door's peer (nginx, Traefik, Caddy, APISIX,
+    // Kong, Envoy's HTTP mode) has no way to be told to remove a query parameter, so it
+    // forwarded `POST /forms/1?_method=DELETE`, which Symfony, Laravel and Express's
+    // method-override serve as the DELETE a rule denied. Refused here, as the peer cannot
+    // carry it safely. Regression: tests (it) doors::query_method_override_refused_at_http_doors
+    facts
+        .query
+        .is_some_and(crate::authn::credential::query_overrides_method)
+        .then_some((StatusCode::BAD_REQUEST, METHOD_OVERRIDE))
+}
+
 /// The reason code of a preflight the gateway answered (`204`), in logs and spans.
 pub const CORS_PREFLIGHT: &str = "cors_preflight";
 
@@ -556,17 +571,8 @@ async fn decide_for<D: HttpDoor>(
     {
         return Ok(Decided::Preflight(rule, checked));
     }
-    // Why: the proxy door cuts a method override from the query, and the gRPC door names it
-    // in `query_parameters_to_remove`; an HTTP door's peer (nginx, Traefik, Caddy, APISIX,
-    // Kong, Envoy's HTTP mode) has no way to be told to remove a query parameter, so it
-    // forwarded `POST /forms/1?_method=DELETE`, which Symfony, Laravel and Express's
-    // method-override serve as the DELETE a rule denied. Refused here, as the peer cannot
-    // carry it safely. Regression: tests (it) doors::query_method_override_refused_at_http_doors
-    if facts
-        .query
-        .is_some_and(crate::authn::credential::query_overrides_method)
-    {
-        return Err((StatusCode::BAD_REQUEST, METHOD_OVERRIDE));
+    if let Some(refused) = refused_before_rules(&facts) {
+        return Err(refused);
     }
     let mut decision =
         tokio::time::timeout_at(due, decision::decide(snapshot, &facts, &mut NoTrace))

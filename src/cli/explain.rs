@@ -554,6 +554,16 @@ async fn run_door(
             Some(door),
         ));
     }
+    // As the HTTP decision doors refuse before any rule (`door::refused_before_rules`).
+    // Regression: tests (it) doors::explain_door_refuses_a_method_override_in_the_query
+    if door != Door::EnvoyGrpc
+        && let Some((status, reason)) = crate::door::refused_before_rules(&facts)
+    {
+        report["trace"] = json!([format!(
+            "the request is refused before any rule: {reason} (the door's peer cannot remove it)"
+        )]);
+        return Ok(refused_report(report, render, &settings, status, reason));
+    }
     snapshot.authn.start();
     let started = Instant::now();
     while !snapshot.authn.keys_settled() && started.elapsed() < Duration::from_secs(30) {

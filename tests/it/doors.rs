@@ -606,6 +606,45 @@ fn explain_runs_the_listener_named() {
     assert_eq!(code, Some(2), "{text}");
 }
 
+/// `explain --door` refuses a method override in the query where the HTTP doors do, and
+/// allows it where the door removes it (the proxy cuts it, the gRPC door names it).
+#[test]
+fn explain_door_refuses_a_method_override_in_the_query() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: forms, match: {paths: [\"/forms/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    for (door, refused) in [
+        ("forward-auth", true),
+        ("envoy-http", true),
+        ("envoy-grpc", false),
+        ("proxy", false),
+    ] {
+        let (code, text) = cfg.run(
+            "explain",
+            &[
+                "--door",
+                door,
+                "--method",
+                "POST",
+                "--url",
+                "http://app.test/forms/1?_method=DELETE",
+                "--json",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if refused {
+            assert_eq!(code, Some(1), "{door}: {text}");
+            assert_eq!(v["answer"]["status"], 400, "{door}: {text}");
+            assert!(text.contains("method_override_in_query"), "{door}: {text}");
+        } else {
+            assert_eq!(code, Some(0), "{door}: {text}");
+            assert_eq!(v["decision"], "allow", "{door}: {text}");
+        }
+    }
+}
+
 /// `explain --door` runs that door's code: its reading of the request and its answer.
 #[test]
 fn explain_runs_each_doors_code() {
