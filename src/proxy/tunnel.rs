@@ -251,14 +251,16 @@ pub(super) async fn credential_watch(
         if let (Some(at), Some((every, r))) = (next_recheck, &rechecks)
             && now >= at
         {
-            match recheck(r).await {
-                Verdict::Keep(exp) => {
+            match recheck_before(r, expiry_instant(expires_at, &clock, now)).await {
+                Some(Verdict::Keep(exp)) => {
                     if exp.is_some() {
                         expires_at = exp;
                     }
                 }
-                Verdict::Close => return "stream_reauthorization_denied",
-                Verdict::Unknown => {}
+                Some(Verdict::Close) => return "stream_reauthorization_denied",
+                Some(Verdict::Unknown) => {}
+                // The credential expired while the re-check waited.
+                None => continue,
             }
             next_recheck = Some(Instant::now() + *every);
             continue;
@@ -302,14 +304,23 @@ async fn watchdog(bounds: &Bounds, clock: &Clock, moved: &Activity, started: Ins
         if let (Some(at), Some((every, r))) = (next_recheck, &bounds.recheck)
             && now >= at
         {
-            match recheck(r).await {
-                Verdict::Keep(exp) => {
+            // The hard bounds hold while the re-check waits (an introspection endpoint that
+            // hangs): the expiry, the lifetime, the idle deadline as it stands now.
+            let due = expiry_instant(expires_at, clock, now)
+                .unwrap_or(lifetime_end)
+                .min(lifetime_end)
+                .min(quiet_since + bounds.idle);
+            match recheck_before(r, Some(due)).await {
+                Some(Verdict::Keep(exp)) => {
                     if exp.is_some() {
                         expires_at = exp;
                     }
                 }
-                Verdict::Close => return End::Denied,
-                Verdict::Unknown => {}
+                Some(Verdict::Close) => return End::Denied,
+                Some(Verdict::Unknown) => {}
+                // A bound came due while the re-check waited: the loop says which (an idle
+                // deadline that bytes moved past re-checks at once).
+                None => continue,
             }
             next_recheck = Some(Instant::now() + *every);
             continue;
@@ -341,6 +352,30 @@ enum Verdict {
     Close,
     /// No answer (keys, introspection or delegate unavailable): keep until the next check.
     Unknown,
+}
+
+/// When `expires_at` (Unix seconds) comes, as an instant (`None` without one). A manual clock
+/// (tests) does not move with real time: its expiry is looked at every 100 ms.
+fn expiry_instant(expires_at: Option<u64>, clock: &Clock, now: Instant) -> Option<Instant> {
+    let exp = expires_at?;
+    let mut at = now + clock.time_until(exp);
+    if clock.is_manual() {
+        at = at.min(now + Duration::from_millis(100));
+    }
+    Some(at)
+}
+
+/// [`recheck`], given up at `due` (`None` then).
+///
+/// Why: a re-check waited for the introspection endpoint (up to its timeout) with every other
+/// bound paused: a tunnel or long response whose credential expired during the wait stayed
+/// open until the endpoint answered, 9 s past `exp` with a 10 s timeout.
+/// Regression: tests (it) edge::a_credential_expires_on_time_while_its_recheck_waits
+async fn recheck_before(r: &Recheckable, due: Option<Instant>) -> Option<Verdict> {
+    match due {
+        Some(due) => tokio::time::timeout_at(due, recheck(r)).await.ok(),
+        None => Some(recheck(r).await),
+    }
 }
 
 /// Decides the tunnel's request again, against the current snapshot.

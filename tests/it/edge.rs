@@ -1006,6 +1006,10 @@ struct Idp {
     addr: SocketAddr,
     active: Arc<Mutex<std::collections::HashSet<String>>>,
     hits: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set: the endpoint holds each answer 10 s (down, as seen from a client with a timeout).
+    hang: Arc<std::sync::atomic::AtomicBool>,
+    /// The `exp` of active tokens, when not 0 (else five minutes on).
+    exp: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1015,16 +1019,28 @@ impl Idp {
         let addr = listener.local_addr().unwrap();
         let active = Arc::new(Mutex::new(std::collections::HashSet::new()));
         let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let exp = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (a, h) = (Arc::clone(&active), Arc::clone(&hits));
+        let (hg, ex) = (Arc::clone(&hang), Arc::clone(&exp));
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (a, h) = (Arc::clone(&a), Arc::clone(&h));
+                let (hg, ex) = (Arc::clone(&hg), Arc::clone(&ex));
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: Request<hyper::body::Incoming>| {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let (a, h) = (Arc::clone(&a), Arc::clone(&h));
+                            let (hg, ex) = (Arc::clone(&hg), Arc::clone(&ex));
                             async move {
                                 h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                if hg.load(std::sync::atomic::Ordering::SeqCst) {
+                                    tokio::time::sleep(Duration::from_secs(10)).await;
+                                }
+                                let exp = match ex.load(std::sync::atomic::Ordering::SeqCst) {
+                                    0 => now() + 300,
+                                    at => at,
+                                };
                                 let body = req.into_body().collect().await.unwrap().to_bytes();
                                 let body = String::from_utf8_lossy(&body).into_owned();
                                 let token = body
@@ -1037,7 +1053,7 @@ impl Idp {
                                     tokio::time::sleep(Duration::from_millis(300)).await;
                                 }
                                 let answer = if a.lock().unwrap().contains(&token) {
-                                    json!({"active": true, "sub": "bob", "aud": "api", "exp": now() + 300})
+                                    json!({"active": true, "sub": "bob", "aud": "api", "exp": exp})
                                 } else {
                                     json!({"active": false})
                                 };
@@ -1048,8 +1064,7 @@ impl Idp {
                                         .unwrap(),
                                 )
                             }
-                        },
-                    );
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                         .await;
@@ -1060,6 +1075,8 @@ impl Idp {
             addr,
             active,
             hits,
+            hang,
+            exp,
             task,
         }
     }
@@ -1144,6 +1161,28 @@ async fn periodic_recheck_closes_the_tunnel_once_introspection_says_inactive() {
         metrics.contains("limit=\"tunnel_reauthorization_denied\"} 1"),
         "{metrics}"
     );
+}
+
+/// A credential's expiry holds while a re-check waits on an introspection endpoint that has
+/// stopped answering: the tunnel is closed at `exp`, not when the call times out.
+#[tokio::test]
+async fn a_credential_expires_on_time_while_its_recheck_waits() {
+    let upstream = WsEcho::start().await;
+    let idp = Idp::start().await;
+    idp.set_active("opaque-ws", true);
+    let exp = now() + 3;
+    idp.exp.store(exp, std::sync::atomic::Ordering::SeqCst);
+    let gw = rechecked_gateway(&upstream, &idp, "      timeout: 10s\n").await;
+    let mut ws = connect(&gw, "/ws/room", &[("authorization", "Bearer opaque-ws")])
+        .await
+        .expect("upgraded");
+    echo_once(&mut ws, "while answered").await;
+    // The endpoint stops answering: the next re-check waits up to its 10 s timeout.
+    idp.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (code, reason) = close_frame_within(&mut ws, Duration::from_secs(6)).await;
+    assert_eq!((code, reason.as_str()), (1008, "tunnel_credential_expired"));
+    let late = now().saturating_sub(exp);
+    assert!(late <= 1, "closed {late} s after exp");
 }
 
 /// A client whose token was revoked cannot keep its tunnel open by filling the introspection
