@@ -150,6 +150,10 @@ pub enum RedisError {
     /// The breaker is open: not asked.
     #[error("redis circuit breaker open")]
     Open,
+    /// Redis refused this limit's key (an ACL without it, a key of another type): the
+    /// server is well and other limits' keys may pass, so the breaker is not told.
+    #[error("redis refused the limit's key")]
+    KeyRefused,
 }
 
 /// Consecutive-failure circuit breaker.
@@ -246,7 +250,9 @@ impl RedisStore {
             password,
             sentinel_username: raw.sentinel.as_ref().and_then(|s| s.username.as_deref()),
             sentinel_password,
-            connect_timeout: raw.connect_timeout,
+            // Why: the connection's stall bound cut every call at `connect_timeout` (1 s by
+            // default) whatever the check's own `timeout` said (5 s was cut at 1 s).
+            connect_timeout: raw.connect_timeout.max(raw.timeout),
         };
         let target = match Target::compile(raw, &settings) {
             Ok(t) => Some(t),
@@ -316,9 +322,11 @@ impl RedisStore {
         tokio::spawn(async move {
             if let Some(conn) = store.connection() {
                 let mut conn = Conn::clone(&conn);
-                let loaded =
-                    tokio::time::timeout(store.connect_timeout, store.script.load_async(&mut conn))
-                        .await;
+                let loaded = tokio::time::timeout(
+                    store.connect_timeout,
+                    load_script(&store.script, &mut conn),
+                )
+                .await;
                 match loaded {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) if !e.is_io_error() => tracing::warn!(
@@ -357,16 +365,19 @@ impl RedisStore {
         // Regression: tests ratelimit::redis::tests::microseconds_never_admit_more
         let (ri, rt) = in_micros(&plan.rate);
         let (qi, qt) = plan.quota.as_ref().map_or((0, 0), in_micros);
-        let mut call = self.script.key(key);
-        call.arg(match mode {
-            Mode::Spend => "spend",
-            Mode::Peek => "peek",
-            Mode::Refund => "refund",
-        })
-        .arg(ri)
-        .arg(rt)
-        .arg(qi)
-        .arg(qt);
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(self.script.get_hash())
+            .arg(1)
+            .arg(key)
+            .arg(match mode {
+                Mode::Spend => "spend",
+                Mode::Peek => "peek",
+                Mode::Refund => "refund",
+            })
+            .arg(ri)
+            .arg(rt)
+            .arg(qi)
+            .arg(qt);
         self.metrics.calls.fetch_add(1, Ordering::Relaxed);
         let mut conn = Conn::clone(&used);
         let start = tokio::time::Instant::now();
@@ -383,10 +394,10 @@ impl RedisStore {
         let reply = tokio::time::timeout(
             crate::request::facts::call_budget(self.timeout, deadline),
             async {
-                match call.invoke_async::<Vec<i64>>(&mut conn).await {
+                match invoke(&self.script, &call, &mut conn).await {
                     Err(e) if again && e.is_connection_dropped() => {
                         self.metrics.calls.fetch_add(1, Ordering::Relaxed);
-                        call.invoke_async::<Vec<i64>>(&mut conn).await
+                        invoke(&self.script, &call, &mut conn).await
                     }
                     first => first,
                 }
@@ -400,6 +411,16 @@ impl RedisStore {
                 }
                 self.warn_failure("Timeout", "-");
                 Err(RedisError::Timeout)
+            }
+            // Why: the breaker is the whole Redis's, and a refusal of one key (an ACL that
+            // leaves a limit's keys out) counted toward it: anyone could send requests to
+            // that limit until the breaker opened and switched every other limit off (30 of
+            // 30 let through a limit of 5, failing open). Such a refusal answers this limit
+            // by its `on_redis_failure`, and keeps the connection and the breaker as they are.
+            // Regression: tests (it) redis::a_refused_key_does_not_open_the_breaker_for_other_limits
+            Ok(Err(e)) if refuses_the_key(&e) => {
+                self.warn_failure(&format!("{:?}", e.kind()), e.code().unwrap_or("-"));
+                Err(RedisError::KeyRefused)
             }
             Ok(Err(e)) => {
                 self.warn_failure(&format!("{:?}", e.kind()), e.code().unwrap_or("-"));
@@ -439,6 +460,9 @@ impl RedisStore {
             Ok(_) => {
                 self.metrics.latency.observe(start.elapsed());
                 self.breaker.success();
+            }
+            Err(RedisError::KeyRefused) => {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 if e == RedisError::Timeout {
@@ -560,6 +584,54 @@ impl RedisMetrics {
             short_circuited: n(&previous.short_circuited),
             latency: previous.latency.clone(),
         }
+    }
+}
+
+/// Whether Redis refused the call for its key rather than for its own state: an ACL that
+/// leaves the key out (`NOPERM`), a key holding another type (`WRONGTYPE`), keys of
+/// different slots (`CROSSSLOT`). Another limit's key may well pass.
+fn refuses_the_key(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        e.kind(),
+        ErrorKind::Server(ServerErrorKind::NoPerm | ServerErrorKind::CrossSlot)
+    ) || e.code() == Some("WRONGTYPE")
+}
+
+/// `SCRIPT LOAD`, its answer checked: Redis names a script by its SHA-1, and an answer naming
+/// another comes from something that is not running it (a proxy, an impostor).
+///
+/// Why not `redis::Script::load_async`: it checks the answer with a debug assertion, so in a
+/// debug build such an answer panicked every limited request (the connection dropped, a gRPC
+/// Check cancelled, which Envoy's `failure_mode_allow` lets through), and in a release build
+/// it was taken as loaded. Regression: tests (it) redis::a_wrong_script_hash_is_a_redis_failure
+async fn load_script(script: &redis::Script, conn: &mut Conn) -> redis::RedisResult<()> {
+    let hash: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(SCRIPT)
+        .query_async(conn)
+        .await?;
+    if hash != script.get_hash() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "SCRIPT LOAD named another script",
+        )));
+    }
+    Ok(())
+}
+
+/// `call` (an `EVALSHA` of `script`), loading the script once if Redis has forgotten it.
+async fn invoke(
+    script: &redis::Script,
+    call: &redis::Cmd,
+    conn: &mut Conn,
+) -> redis::RedisResult<Vec<i64>> {
+    match call.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            load_script(script, conn).await?;
+            call.query_async(conn).await
+        }
+        first => first,
     }
 }
 

@@ -955,3 +955,168 @@ async fn a_hung_redis_failing_closed_is_a_denial_within_the_door_deadline() {
     // Bounded by the door's deadline, not Redis's 10 s (generous for a loaded machine).
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 }
+
+/// One command over raw RESP: the first reply line.
+async fn command(addr: SocketAddr, args: &[&str]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()
+}
+
+/// An ACL that leaves one limit's keys out: requests to that limit get its
+/// `on_redis_failure`, and no number of them opens the breaker that every other limit's
+/// verdict depends on (before, 30 of 30 passed a limit of 5 failing open).
+#[tokio::test]
+async fn a_refused_key_does_not_open_the_breaker_for_other_limits() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let ok = command(
+        redis.addr(),
+        &[
+            "ACL",
+            "SETUSER",
+            "limited",
+            "on",
+            ">limited-pass",
+            "~portcullis:rl:open:*",
+            "+@all",
+        ],
+    )
+    .await;
+    assert_eq!(ok, "+OK");
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:
+  - {name: blocked, match: {paths: [\"/blocked/**\"]}, effect: allow, anonymous: true, rate_limit: blocked, upstream: echo}
+  - {name: open, match: {paths: [\"/open/**\"]}, effect: allow, anonymous: true, rate_limit: open, upstream: echo}
+"
+            .into(),
+        )],
+        files: vec![("redis.pass".into(), b"limited-pass".to_vec())],
+        extra: format!(
+            "redis:
+  url: {}
+  username: limited
+  password: {{file: redis.pass}}
+  timeout: 2s
+  breaker_failures: 3
+  breaker_cool_down: 10s
+rate_limits:
+  blocked: {{key: client_ip, requests: 1000, per: 1h, backend: redis, on_redis_failure: deny}}
+  open: {{key: client_ip, requests: 5, per: 1h, backend: redis, on_redis_failure: allow}}
+",
+            redis.url()
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for i in 0..10 {
+        let (status, reason, _) = timed(&gw, "/blocked/x").await;
+        assert_eq!(
+            (status, reason.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_unavailable"),
+            "request {i} to the limit whose keys Redis refuses"
+        );
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(timed(&gw, "/open/x").await.0);
+    }
+    assert_eq!(
+        statuses,
+        [
+            [StatusCode::OK; 5].as_slice(),
+            [StatusCode::TOO_MANY_REQUESTS; 3].as_slice()
+        ]
+        .concat(),
+        "the other limit still counts in Redis"
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "portcullis_redis_breaker_state"),
+        0,
+        "{metrics}"
+    );
+}
+
+/// A server speaking enough RESP to pass for Redis, but never running the script: `EVALSHA`
+/// answers NOSCRIPT, `SCRIPT LOAD` names another script, anything else `+OK`.
+async fn scriptless(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            connections.spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    // Each complete command (an array of bulk strings) gets its reply.
+                    while let Some((name, used)) = resp_command(&pending) {
+                        pending.drain(..used);
+                        let reply: &[u8] = match name.to_ascii_uppercase().as_str() {
+                            "EVALSHA" => b"-NOSCRIPT No matching script.\r\n",
+                            "SCRIPT" => b"$40\r\n0000000000000000000000000000000000000000\r\n",
+                            _ => b"+OK\r\n",
+                        };
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// The name of the first complete RESP command in `buf` and the bytes it takes.
+fn resp_command(buf: &[u8]) -> Option<(String, usize)> {
+    let line = |at: usize| {
+        buf[at..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|i| (std::str::from_utf8(&buf[at..at + i]).ok(), at + i + 2))
+    };
+    let (head, mut at) = line(0)?;
+    let count: usize = head?.strip_prefix('*')?.parse().ok()?;
+    let mut name = String::new();
+    for i in 0..count {
+        let (len, next) = line(at)?;
+        let len: usize = len?.strip_prefix('$')?.parse().ok()?;
+        if buf.len() < next + len + 2 {
+            return None;
+        }
+        if i == 0 {
+            name = String::from_utf8_lossy(&buf[next..next + len]).into_owned();
+        }
+        at = next + len + 2;
+    }
+    Some((name, at))
+}
+
+/// A Redis that never runs the script (a proxy, an impostor) is a Redis failure: each limit
+/// answers by its `on_redis_failure`, never a dropped connection (a debug build panicked on
+/// the redis crate's assertion, at every request).
+#[tokio::test]
+async fn a_wrong_script_hash_is_a_redis_failure() {
+    let addr = free_port();
+    let server = scriptless(addr).await;
+    let gw = modes_gateway(&format!("redis://{addr}")).await;
+    each_mode_while_failing(&gw, "a server that never runs the script").await;
+    server.abort();
+}
