@@ -405,6 +405,22 @@ impl GrpcHandler {
 }
 
 impl crate::server::listener::Handler for GrpcHandler {
+    /// A Check answered with a denial (500 `internal_error`, the CheckResponse's status not
+    /// OK), which Envoy applies whatever its `failure_mode_allow`.
+    fn panicked() -> crate::server::listener::Answering {
+        Box::pin(async {
+            let id = crate::server::request_id::generate();
+            let refusal = Refusal::error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", &id);
+            tonic::server::Grpc::new(SkipCodec)
+                .unary(
+                    Refused(Some(denied(refusal))),
+                    http::Request::new(empty_message()),
+                )
+                .await
+                .map(crate::body::grpc)
+        })
+    }
+
     fn call(
         &self,
         conn: Arc<Conn>,

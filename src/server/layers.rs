@@ -75,14 +75,45 @@ impl<H> Clone for HandlerService<H> {
     }
 }
 
-/// A door's boxed answer as a service's result, without a second box.
-pub struct Answer(super::listener::Answering);
+/// A door's boxed answer as a service's result, without a second box; a panic while it is
+/// made gives the door's [`Handler::panicked`] answer instead.
+pub struct Answer {
+    answering: super::listener::Answering,
+    /// The door's answer to a panic; taken once (a second panic: a bare 500).
+    panicked: Option<fn() -> super::listener::Answering>,
+}
 
 impl Future for Answer {
     type Output = Result<Response, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.as_mut().poll(cx).map(Ok)
+        let this = &mut *self;
+        loop {
+            // Why: a panic in a request's handling (a bug, or a dependency's assertion on
+            // what a peer answered, as the redis crate's on a script's hash) dropped the
+            // connection: at the gRPC door every Check on it failed, which Envoy's
+            // `failure_mode_allow` turns into allows. It is answered as a denial instead.
+            // Regression: tests::a_panic_is_answered_as_a_denial
+            let poll = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                this.answering.as_mut().poll(cx)
+            }));
+            match poll {
+                Ok(p) => return p.map(Ok),
+                Err(_) => {
+                    tracing::error!(
+                        "A request's handling panicked (a bug; please report it): answered as an internal error"
+                    );
+                    match this.panicked.take() {
+                        Some(answer) => this.answering = answer(),
+                        None => {
+                            let mut resp = Response::new(crate::body::full(bytes::Bytes::new()));
+                            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                            return Poll::Ready(Ok(resp));
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -96,7 +127,10 @@ impl<H: Handler> Service<Request> for HandlerService<H> {
     }
 
     fn call(&mut self, req: Request) -> Answer {
-        Answer(self.handler.call(Arc::clone(&self.conn), req))
+        Answer {
+            answering: self.handler.call(Arc::clone(&self.conn), req),
+            panicked: Some(H::panicked),
+        }
     }
 }
 
@@ -218,4 +252,77 @@ fn overloaded(
     h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     h.insert(id_header.clone(), request_id);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::server::listener::{Answering, ProxyHandler};
+
+    fn panicking() -> Answering {
+        Box::pin(async { panic!("a bug") })
+    }
+
+    /// The body's bytes and its trailers.
+    async fn read(resp: Response) -> (Vec<u8>, Option<http::HeaderMap>) {
+        let mut body = resp.into_body();
+        let (mut data, mut trailers) = (Vec::new(), None);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap();
+            match frame.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        (data, trailers)
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_answered_as_a_denial() {
+        // The default: 500 `internal_error` in the JSON every door's refusal has.
+        let answer = Answer {
+            answering: panicking(),
+            panicked: Some(<ProxyHandler as Handler>::panicked),
+        };
+        let resp = answer.await.unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let (body, _) = read(resp).await;
+        assert!(
+            String::from_utf8_lossy(&body).contains("\"error\":\"internal_error\""),
+            "{body:?}"
+        );
+        // The door's own answer panics too: a bare 500.
+        let answer = Answer {
+            answering: panicking(),
+            panicked: Some(panicking),
+        };
+        assert_eq!(
+            answer.await.unwrap().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        // The gRPC door: a call that succeeds (grpc-status 0) with a CheckResponse that
+        // denies (its status not OK, the denied response 500), which Envoy applies whatever
+        // its `failure_mode_allow`.
+        let answer = Answer {
+            answering: panicking(),
+            panicked: Some(<crate::extauthz::grpc::GrpcHandler as Handler>::panicked),
+        };
+        let resp = answer.await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let (body, trailers) = read(resp).await;
+        let trailers = trailers.expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        let check =
+            envoy_types::pb::envoy::service::auth::v3::CheckResponse::decode(&body[5..]).unwrap();
+        assert_ne!(check.status.map(|s| s.code), Some(0));
+        match check.http_response {
+            Some(envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse::DeniedResponse(d)) => {
+                assert_eq!(d.status.map(|s| s.code), Some(500));
+            }
+            other => panic!("not denied: {other:?}"),
+        }
+    }
 }

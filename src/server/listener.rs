@@ -32,6 +32,23 @@ pub trait Handler: Send + Sync + 'static {
     fn max_headers(&self, configured: usize) -> usize {
         configured
     }
+
+    /// The answer to a request whose handling panicked (a bug): a denial in the door's
+    /// protocol, never a failed call, which a peer may turn into an allow (Envoy's
+    /// `failure_mode_allow`). By default 500 `internal_error`.
+    fn panicked() -> Answering
+    where
+        Self: Sized,
+    {
+        Box::pin(async {
+            let id = crate::server::request_id::generate();
+            crate::proxy::service::refusal_response(crate::decision::Refusal::error(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                &id,
+            ))
+        })
+    }
 }
 
 /// A door's answer in the making, boxed where it is made.
