@@ -1,6 +1,6 @@
 //! Upgraded connections (WebSockets): after the decision allowed the upgrade request and the
-//! upstream answered `101`, bytes are relayed both ways until either side closes, or the
-//! tunnel is closed by one of its bounds:
+//! upstream answered `101`, bytes are relayed both ways until either side closes (the other
+//! then has `HALF_CLOSED_GRACE` to finish), or the tunnel is closed by one of its bounds:
 //!
 //! - `idle_timeout`: no byte either way for that long;
 //! - `max_lifetime`: that long after it opened;
@@ -49,6 +49,11 @@ const MAX_CHECK: Duration = Duration::from_secs(5);
 /// How long a WebSocket tunnel the gateway closes waits for each side to reach the end of the
 /// frame it is in, and then for the close handshake, before it drops both connections.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a tunnel one side has ended (its end of the TCP connection closed) stays open for
+/// the other to finish: the close the gateway passes on is answered in that time, or the
+/// tunnel is dropped.
+const HALF_CLOSED_GRACE: Duration = Duration::from_secs(5);
 
 /// How many bytes a side of a WebSocket tunnel the gateway closes may still take to finish
 /// the frame it is in; past them it is cut without a close frame.
@@ -136,6 +141,8 @@ struct Relay {
     /// Woken (once by each side) when a closing side is done: at the end of its frame, or
     /// given up.
     settled: Notify,
+    /// Woken when either side's stream has ended (read its end of file).
+    ended: Notify,
 }
 
 /// The side the client reads, and the side the upstream reads.
@@ -168,6 +175,7 @@ pub(super) async fn run(
         closing: AtomicBool::new(false),
         sides: [AtomicU8::new(AT_BOUNDARY), AtomicU8::new(AT_BOUNDARY)],
         settled: Notify::new(),
+        ended: Notify::new(),
     });
     let framed = |side| websocket.then_some(side);
     let mut client = Counted::new(client, Arc::clone(&relay), framed(TO_CLIENT));
@@ -186,9 +194,20 @@ pub(super) async fn run(
             }
         };
         tokio::pin!(watch);
+        // Why: once a side had ended, the relay only half-closed the other and waited for it
+        // to end too: a client gone (its socket closed, an HTTP/2 stream reset) left the
+        // tunnel holding the upstream connection and a `max_connections` slot until an
+        // upstream that never reads gave up, or the tunnel's idle timeout (5 minutes).
+        // Regression: tests (it) edge::a_tunnel_the_client_left_frees_its_upstream_and_slot
+        let half_closed = async {
+            relay.ended.notified().await;
+            tokio::time::sleep(HALF_CLOSED_GRACE).await;
+        };
+        tokio::pin!(half_closed);
         let end = tokio::select! {
             r = &mut copy => if r.is_ok() { End::Closed } else { End::Failed },
             end = &mut watch => end,
+            () = &mut half_closed => End::Closed,
         };
         let mut open = end.close_code().is_some();
         if open && websocket {
@@ -498,6 +517,9 @@ impl AsyncRead for Counted {
         let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.relay.moved.touch();
+        } else if matches!(polled, Poll::Ready(Ok(()))) && buf.remaining() > 0 {
+            // Its end of file: the tunnel has `HALF_CLOSED_GRACE` left.
+            self.relay.ended.notify_one();
         }
         polled
     }

@@ -14,7 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{Setup, TestGateway, echoed_header, get, hs256_token, hs256_users, raw, send};
+use crate::support::{
+    Setup, TestGateway, echoed_header, eventually, get, hs256_token, hs256_users, raw, send,
+};
 
 const SECRET: &[u8] = b"edge-test-secret-of-32-bytes-min!";
 
@@ -824,6 +826,56 @@ async fn tunnel_is_closed_after_its_idle_timeout_and_kept_while_busy() {
         metrics.contains("limit=\"tunnel_idle_timeout\"} 1"),
         "{metrics}"
     );
+}
+
+/// A client that leaves its tunnel (its socket closed, no close frame) frees the tunnel's
+/// client connection slot within a few seconds, though the upstream neither reads, writes nor
+/// closes (before, the slot and the upstream connection stayed until the 5-minute idle
+/// timeout).
+#[tokio::test]
+async fn a_tunnel_the_client_left_frees_its_upstream_and_slot() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            // A sleeping backend: the handshake, then nothing at all.
+            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                held.push(ws);
+            }
+        }
+    });
+    let gw = ws_setup_at(upstream, "").start().await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let ws = connect(&gw, "/ws/room", &[("authorization", &auth)])
+        .await
+        .expect("upgraded");
+    let open = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("portcullis_connections_open "))
+            .map(|v| v.trim().to_owned())
+    };
+    assert_eq!(
+        open(&gw.admin_get("/metrics").await.1).as_deref(),
+        Some("1")
+    );
+    // The client goes, without a close frame.
+    drop(ws);
+    let start = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            open(&gw.admin_get("/metrics").await.1).as_deref() == Some("0")
+        })
+        .await,
+        "the client connection's slot is free"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        start.elapsed()
+    );
+    task.abort();
 }
 
 /// The idle deadline counts from the last frame: one echo, then silence, closes the tunnel
