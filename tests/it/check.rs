@@ -438,6 +438,50 @@ fn no_rules_is_warned_beside_other_warnings() {
     );
 }
 
+/// A rule relaying WebSockets on a cookie credential without `cors` is warned about (any
+/// site's page could open them in the user's name); with `cors`, or a bearer token, not.
+#[test]
+fn cookie_websockets_without_cors_warn() {
+    let auth = "authenticators:\n  web:\n    jwt:\n      from: [{cookie: session}]\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]\n  api:\n    jwt:\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]\n";
+    for (rule, warned) in [
+        (
+            "authenticators: [web], upgrade: {protocols: [websocket]}",
+            true,
+        ),
+        (
+            "authenticators: [api, web], upgrade: {protocols: [WebSocket]}",
+            true,
+        ),
+        (
+            "authenticators: [web], upgrade: {protocols: [websocket]}, cors: {allowed_origins: [\"https://app.test\"]}",
+            false,
+        ),
+        (
+            "authenticators: [api], upgrade: {protocols: [websocket]}",
+            false,
+        ),
+        ("authenticators: [web]", false),
+    ] {
+        let cfg = crate::support::ConfigDir::new(auth);
+        cfg.write("hs.secret", "a-secret-of-at-least-32-bytes-long!!");
+        cfg.write(
+            "policies/p.yaml",
+            format!(
+                "rules:\n  - {{name: chat, match: {{paths: [\"/ws/**\"]}}, effect: allow, upstream: echo, {rule}}}\n"
+            ),
+        );
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(0), "{rule}: {text}");
+        assert_eq!(
+            text.contains(
+                "rules[0].upgrade: WebSockets authenticated by cookie `session` from any origin"
+            ),
+            warned,
+            "{rule}: {text}"
+        );
+    }
+}
+
 /// `reauthorize_every` with decision doors only is warned about: the peer relays the stream
 /// and the door decides once. With a proxy listener, no such warning.
 #[test]

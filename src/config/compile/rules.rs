@@ -552,6 +552,35 @@ fn rule(
             "the rule's upstream speaks `h2c` (HTTP/2 only); an upgrade is relayed over HTTP/1.1".into(),
         ));
     }
+    // Why: a browser sends a page's cookies with a WebSocket it opens to any site, and only
+    // the `Origin` header tells the page's site. A rule relaying WebSockets on a cookie
+    // credential, without `cors` to name the origins, let any site's page open them in the
+    // user's name (cross-site WebSocket hijacking), and `check` said nothing.
+    // Regression: tests (it) check::cookie_websockets_without_cors_warn
+    if r.effect == Effect::Allow
+        && r.cors.is_none()
+        && r.upgrade.as_ref().is_some_and(|u| {
+            u.protocols
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case("websocket"))
+        })
+        && let Some(cookie) = authenticators.iter().find_map(|&i| {
+            env.authn.at(i)?.sources.iter().find_map(|s| match s {
+                crate::authn::credential::CredentialSource::Cookie(c) => Some(c.clone()),
+                _ => None,
+            })
+        })
+    {
+        cx.diags.push(
+            at.at(
+                "upgrade",
+                format!(
+                    "WebSockets authenticated by cookie `{cookie}` from any origin: a browser sends the cookie with a WebSocket any site's page opens (cross-site WebSocket hijacking); add `cors` with the origins allowed to open them"
+                ),
+            )
+            .warning(),
+        );
+    }
     // Why: a tunnel or long response behind Envoy, nginx, Traefik or Caddy is theirs to
     // relay; the door decides once, at the upgrade, and enforces none of these. A config
     // with decision doors alone passed `check` as if they held.
