@@ -144,6 +144,21 @@ impl<D: HttpDoor> crate::server::listener::Handler for DoorHandler<D> {
         parse_fields(configured)
     }
 
+    /// 403 `internal_error`: Envoy's HTTP mode takes a 5xx from its authorization service for
+    /// a failed call, which `failure_mode_allow` turns into an allow; a 403 is a denial at
+    /// every HTTP door's peer.
+    /// Regression: server::layers::tests::a_panic_is_answered_as_a_denial
+    fn panicked() -> crate::server::listener::Answering {
+        Box::pin(async {
+            let id = crate::server::request_id::generate();
+            crate::proxy::service::refusal_response(Refusal::error(
+                StatusCode::FORBIDDEN,
+                "internal_error",
+                &id,
+            ))
+        })
+    }
+
     fn call(&self, conn: Arc<Conn>, req: Request<Incoming>) -> crate::server::listener::Answering {
         let door = Arc::clone(&self.door);
         let shared = Arc::clone(&self.shared);

@@ -453,11 +453,16 @@ fn facts<'p>(
     conn: &'p ConnInfo,
 ) -> Result<RequestFacts<'p>, Failure> {
     let snapshot = ctx.snapshot;
+    let facts = match RequestFacts::from_parts(parts, conn, &snapshot.server.trusted_proxies) {
+        Ok(facts) => facts,
+        Err(e) => return Err(ctx.malformed(parts, e.status(), e.as_str())),
+    };
     // Why: a client certificate is verified once, at the handshake. After a reload that drops
     // or replaces a client CA (a partner's, compromised), kept-alive connections went on
     // authenticating with certificates it had verified. Such a connection's requests are
-    // misdirected (421) once the new CAs refuse its certificate: the client retries on a new
-    // connection, verified anew.
+    // misdirected (421) once the new CAs refuse its certificate, or the new config gives the
+    // request's host another entry's CAs: the client retries on a new connection, verified
+    // anew.
     // Regression: tests (it) credentials::a_client_ca_change_ends_old_connections_authentication
     if let Some(tls) = &conn.tls
         && tls.client_cert.is_some()
@@ -471,7 +476,12 @@ fn facts<'p>(
             .as_ref()
             .zip(tls.client_chain.as_deref())
             .is_some_and(|(t, chain)| {
-                t.still_trusts(tls.sni.as_deref(), chain, tls.client_auth.as_ref())
+                t.still_trusts(
+                    tls.sni.as_deref(),
+                    &facts.host,
+                    chain,
+                    tls.client_auth.as_ref(),
+                )
             })
     {
         return Err(ctx.malformed(
@@ -480,17 +490,12 @@ fn facts<'p>(
             "misdirected_request",
         ));
     }
-    match RequestFacts::from_parts(parts, conn, &snapshot.server.trusted_proxies) {
-        Ok(facts) => {
-            ctx.log.client_ip = Some(facts.client_ip);
-            if snapshot.access_log {
-                ctx.log.host = facts.host.as_ref().into();
-                ctx.log.path = facts.path.as_ref().into();
-            }
-            Ok(facts)
-        }
-        Err(e) => Err(ctx.malformed(parts, e.status(), e.as_str())),
+    ctx.log.client_ip = Some(facts.client_ip);
+    if snapshot.access_log {
+        ctx.log.host = facts.host.as_ref().into();
+        ctx.log.path = facts.path.as_ref().into();
     }
+    Ok(facts)
 }
 
 /// Phase 3: the request for the upstream: the target decided on, the headers the core's

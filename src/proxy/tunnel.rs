@@ -50,9 +50,9 @@ const MAX_CHECK: Duration = Duration::from_secs(5);
 /// frame it is in, and then for the close handshake, before it drops both connections.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// How long a tunnel one side has ended (its end of the TCP connection closed) stays open for
-/// the other to finish: the close the gateway passes on is answered in that time, or the
-/// tunnel is dropped.
+/// How long a tunnel one side has ended (its end of the TCP connection closed) stays open
+/// with no byte moving for the other to finish: the close the gateway passes on is answered
+/// in that time, or the tunnel is dropped.
 const HALF_CLOSED_GRACE: Duration = Duration::from_secs(5);
 
 /// How many bytes a side of a WebSocket tunnel the gateway closes may still take to finish
@@ -201,7 +201,16 @@ pub(super) async fn run(
         // Regression: tests (it) edge::a_tunnel_the_client_left_frees_its_upstream_and_slot
         let half_closed = async {
             relay.ended.notified().await;
-            tokio::time::sleep(HALF_CLOSED_GRACE).await;
+            // Quiet for the grace, not merely that long after the end: a half-closed stream
+            // may still be sending (`docker attach` ends its input, then reads the output).
+            // Regression: tests (it) edge::a_half_closed_tunnel_still_sending_stays_open
+            loop {
+                let due = relay.moved.last() + HALF_CLOSED_GRACE;
+                if Instant::now() >= due {
+                    break;
+                }
+                tokio::time::sleep_until(due).await;
+            }
         };
         tokio::pin!(half_closed);
         let end = tokio::select! {
@@ -324,11 +333,13 @@ async fn watchdog(bounds: &Bounds, clock: &Clock, moved: &Activity, started: Ins
             && now >= at
         {
             // The hard bounds hold while the re-check waits (an introspection endpoint that
-            // hangs): the expiry, the lifetime, the idle deadline as it stands now.
+            // hangs): the expiry and the lifetime. Not the idle deadline: with an idle timeout
+            // shorter than the endpoint's answer, every re-check of a busy tunnel was given up
+            // and started again, and a revocation never applied; the idle deadline is looked at
+            // once the re-check is done.
             let due = expiry_instant(expires_at, clock, now)
                 .unwrap_or(lifetime_end)
-                .min(lifetime_end)
-                .min(quiet_since + bounds.idle);
+                .min(lifetime_end);
             match recheck_before(r, Some(due)).await {
                 Some(Verdict::Keep(exp)) => {
                     if exp.is_some() {
@@ -337,8 +348,7 @@ async fn watchdog(bounds: &Bounds, clock: &Clock, moved: &Activity, started: Ins
                 }
                 Some(Verdict::Close) => return End::Denied,
                 Some(Verdict::Unknown) => {}
-                // A bound came due while the re-check waited: the loop says which (an idle
-                // deadline that bytes moved past re-checks at once).
+                // The expiry or the lifetime came while the re-check waited: the loop ends it.
                 None => continue,
             }
             next_recheck = Some(Instant::now() + *every);

@@ -463,6 +463,9 @@ impl RedisStore {
             }
             Err(RedisError::KeyRefused) => {
                 self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                // Redis answered, at once: it is well. (A probe's refusal held the half-open
+                // breaker for its lease, and a flood of refused keys won most probes.)
+                self.breaker.success();
             }
             Err(e) => {
                 if e == RedisError::Timeout {

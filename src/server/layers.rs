@@ -303,6 +303,24 @@ mod tests {
             answer.await.unwrap().status(),
             StatusCode::INTERNAL_SERVER_ERROR
         );
+        // The HTTP decision doors: 403, a denial at every peer (Envoy's HTTP mode takes a 5xx
+        // for a failed call, which `failure_mode_allow` lets through).
+        for panicked in [
+            <crate::door::DoorHandler<crate::extauthz::http::EnvoyHttp> as Handler>::panicked,
+            <crate::door::DoorHandler<crate::forward_auth::ForwardAuth> as Handler>::panicked,
+        ] {
+            let answer = Answer {
+                answering: panicking(),
+                panicked: Some(panicked),
+            };
+            let resp = answer.await.unwrap();
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+            let (body, _) = read(resp).await;
+            assert!(
+                String::from_utf8_lossy(&body).contains("internal_error"),
+                "{body:?}"
+            );
+        }
         // The gRPC door: a call that succeeds (grpc-status 0) with a CheckResponse that
         // denies (its status not OK, the denied response 500), which Envoy applies whatever
         // its `failure_mode_allow`.

@@ -423,9 +423,9 @@ async fn serve_stream<H: Handler>(
             shared.metrics.tls_handshake_error(reason);
             // Why: a partner's expired or wrongly issued client certificate left no trace at
             // the default level, and the counter said nothing of why. A refused client
-            // certificate is logged like a refused request: one line per attempt.
+            // certificate is logged at `info`, at most one line every 10 s.
             // Regression: tests (it) credentials::a_refused_client_certificate_is_counted_by_reason
-            if reason.starts_with("client_cert") {
+            if reason.starts_with("client_cert") && log_refusal_now() {
                 tracing::info!(%peer, %listener, reason, error = %e, "TLS handshake refused the client certificate");
             } else {
                 tracing::debug!(%peer, reason, error = %e, "TLS handshake failed");
@@ -467,6 +467,20 @@ async fn serve_stream<H: Handler>(
         stream, conn, http2, alpn_h2, server, shared, handler, shutdown,
     )
     .await;
+}
+
+/// Whether a refused client certificate is logged at `info` now: at most one line every 10 s
+/// (the counter counts every one), so a client presenting bad certificates in a loop cannot
+/// flood the log; the others go to `debug`.
+fn log_refusal_now() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let base = BASE.get_or_init(std::time::Instant::now);
+    // Seconds since the first refusal, from 10: the first one is logged.
+    let now = base.elapsed().as_secs().saturating_add(10);
+    let last = LAST.load(Relaxed);
+    now >= last.saturating_add(10) && LAST.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
 }
 
 /// Why a TLS handshake failed, as the `reason` label of

@@ -598,6 +598,29 @@ impl Collector for SnapshotCollector {
             }
         }
         encode_upstreams(&snapshot, &mut encoder)?;
+        // Why: a certificate that expires ends every handshake; operators alert on this
+        // (cert-manager, Prometheus `... - time() < 14 * 86400`) rather than learn it from
+        // the clients. Regression: tests (it) tls::certificate_expiry_is_a_metric
+        let expiring: Vec<_> = snapshot
+            .listeners
+            .iter()
+            .filter_map(|l| Some((&l.name, l.tls.as_ref()?.expiries())))
+            .collect();
+        if !expiring.is_empty() {
+            let mut m = encoder.encode_descriptor(
+                "tls_certificate_expiry_timestamp_seconds",
+                "When each listener certificate served now expires (notAfter, Unix seconds), by listener and certificate entry (its place in tls.certificates, from 0)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (listener, expiries) in expiring {
+                for (entry, at) in expiries.iter().enumerate() {
+                    let entry = entry.to_string();
+                    let labels = [("listener", &**listener), ("entry", entry.as_str())];
+                    m.encode_family(&labels)?.encode_gauge(at)?;
+                }
+            }
+        }
         let Some(redis) = &snapshot.redis else {
             return Ok(());
         };

@@ -27,6 +27,12 @@ pub struct LoadedCert {
     /// The leaf's subject alternative names: DNS names (lowercased, without a trailing dot) and
     /// IP addresses as text, in certificate order.
     pub names: Vec<String>,
+    /// The leaf's `notAfter`, Unix seconds.
+    pub not_after: i64,
+    /// Why clients would refuse the leaf now (outside its validity, or its extended key usage
+    /// leaves out the purpose), if they would: the caller decides whether that refuses the
+    /// config ([`crate::config`]: a reload replacing a certificate served now) or warns.
+    pub unusable: Option<String>,
 }
 
 /// The configuration field a [`TlsError`] is about, so diagnostics can point at it.
@@ -268,8 +274,9 @@ const NOT_BEFORE_GRACE_SECS: i64 = 300;
 /// Loads a listener's certificate chain (leaf first) and its private key from PEM files.
 ///
 /// Fails when either file is unreadable or malformed, the chain is empty, the key type is
-/// unsupported, the key does not match the leaf, or the leaf cannot serve now (outside its
-/// validity, or its extended key usage leaves out `serverAuth`).
+/// unsupported, or the key does not match the leaf. A leaf clients would refuse now (outside
+/// its validity, or its extended key usage leaving out `serverAuth`) loads, with
+/// [`LoadedCert::unusable`] saying why.
 pub fn load_cert(cert_path: &Path, key_path: &Path) -> Result<LoadedCert, TlsError> {
     load_cert_for(cert_path, key_path, Purpose::Server)
 }
@@ -291,19 +298,14 @@ pub fn load_cert_for(
         reason,
     };
     let names = leaf_names(leaf).map_err(invalid)?;
-    // Why: an expired certificate, or one issued for clients only, loaded and replaced the
-    // working one on a reload: every new client then refused the listener's handshake. A
-    // certificate no client accepts is a broken file, refused like one.
-    // Regression: tls::certs::tests::a_certificate_clients_refuse_is_not_loaded
-    if let Some(cert) = Certificate::from_der(leaf)
-        && let Some(reason) = unusable(
+    let not_after = Certificate::from_der(leaf).map_or(0, |c| c.not_after());
+    let unusable = Certificate::from_der(leaf).and_then(|cert| {
+        unusable(
             &cert,
             purpose,
             i64::try_from(crate::clock::Clock::system().unix_secs()).unwrap_or(i64::MAX),
         )
-    {
-        return Err(invalid(reason));
-    }
+    });
 
     let key_der = PrivateKeyDer::from_pem_file(key_path).map_err(|e| match e {
         pem::Error::NoItemsFound if holds_encrypted_key(key_path) => TlsError::EncryptedKey {
@@ -354,7 +356,21 @@ pub fn load_cert_for(
     Ok(LoadedCert {
         key: Arc::new(key),
         names,
+        not_after,
+        unusable,
     })
+}
+
+/// Why peers would refuse the leaf of the chain in `path` as `purpose` now, if they would;
+/// `None` too when the file does not read (loading it says why).
+pub fn unusable_leaf(path: &Path, purpose: Purpose) -> Option<String> {
+    let chain = read_certs(path, TlsField::Cert).ok()?;
+    let cert = Certificate::from_der(chain.first()?)?;
+    unusable(
+        &cert,
+        purpose,
+        i64::try_from(crate::clock::Clock::system().unix_secs()).unwrap_or(i64::MAX),
+    )
 }
 
 /// Why a leaf cannot serve as `purpose` at `now` (Unix seconds), if it cannot.
@@ -521,7 +537,7 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_clients_refuse_is_not_loaded() {
+    fn a_certificate_clients_refuse_says_why() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let load = |params: CertificateParams, purpose: Purpose| {
@@ -529,38 +545,36 @@ mod tests {
             let cert = params.self_signed(&key).unwrap();
             let c = write(d, "c.pem", &cert.pem());
             let k = write(d, "k.pem", &key.serialize_pem());
-            load_cert_for(&c, &k, purpose)
+            let loaded = load_cert_for(&c, &k, purpose).unwrap();
+            assert_eq!(loaded.unusable, unusable_leaf(&c, purpose));
+            loaded.unusable.unwrap_or_default()
         };
         let params = || leaf_params(&["a.test"]).unwrap();
-        load(params(), Purpose::Server).unwrap();
-        load(params(), Purpose::Client).unwrap();
+        assert_eq!(load(params(), Purpose::Server), "");
+        assert_eq!(load(params(), Purpose::Client), "");
         // Expired, and not yet valid (past the grace for clocks apart).
         let mut expired = params();
         expired.not_after = rcgen::date_time_ymd(2021, 3, 4);
-        let err = load(expired, Purpose::Server).unwrap_err();
-        assert_eq!(err.field(), "cert");
-        assert!(err.to_string().contains("expired at 2021-03-04"), "{err}");
+        let why = load(expired, Purpose::Server);
+        assert!(why.contains("expired at 2021-03-04"), "{why}");
         let mut early = params();
         early.not_before = rcgen::date_time_ymd(2999, 1, 1);
-        let err = load(early, Purpose::Server).unwrap_err();
-        assert!(
-            err.to_string().contains("not valid before 2999-01-01"),
-            "{err}"
-        );
+        let why = load(early, Purpose::Server);
+        assert!(why.contains("not valid before 2999-01-01"), "{why}");
         // Issued for one purpose only.
         let mut clients_only = params();
         clients_only.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let err = load(clients_only.clone(), Purpose::Server).unwrap_err();
-        assert!(err.to_string().contains("leaves out serverAuth"), "{err}");
-        load(clients_only, Purpose::Client).unwrap();
+        let why = load(clients_only.clone(), Purpose::Server);
+        assert!(why.contains("leaves out serverAuth"), "{why}");
+        assert_eq!(load(clients_only, Purpose::Client), "");
         let mut servers_only = params();
         servers_only.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let err = load(servers_only.clone(), Purpose::Client).unwrap_err();
-        assert!(err.to_string().contains("leaves out clientAuth"), "{err}");
-        load(servers_only, Purpose::Server).unwrap();
+        let why = load(servers_only.clone(), Purpose::Client);
+        assert!(why.contains("leaves out clientAuth"), "{why}");
+        assert_eq!(load(servers_only, Purpose::Server), "");
         let mut any = params();
         any.extended_key_usages = vec![ExtendedKeyUsagePurpose::Any];
-        load(any, Purpose::Server).unwrap();
+        assert_eq!(load(any, Purpose::Server), "");
     }
 
     #[test]

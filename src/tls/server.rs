@@ -55,6 +55,10 @@ struct SniResolver {
     /// Configured `server_names` the entry's certificate does not cover (entry, name, the
     /// certificate's names): clients that verify it refuse connections for them.
     uncovered: Vec<(usize, String, String)>,
+    /// Each entry's certificate's `notAfter` (Unix seconds), in entry order.
+    not_after: Box<[i64]>,
+    /// Entries whose certificate clients would refuse now, and why.
+    unusable: Vec<(usize, String)>,
 }
 
 /// A listener's TLS: one rustls config for every certificate, or, when certificate entries
@@ -225,14 +229,16 @@ impl ListenerTls {
         self.client_auth.as_ref()
     }
 
-    /// Whether a connection's client certificate, verified at its handshake by `verified_by`
-    /// ([`Self::client_auth`] of the config then), is trusted by this config too: the same
-    /// verifiers, or this config's verifier for the entry `sni` selects accepts `chain` now.
-    /// A verdict under a later config is kept with the chain: each connection pays one
-    /// verification per client-CA change, not one per request.
+    /// Whether a request for `host` on a connection whose client certificate was verified at
+    /// its handshake by `verified_by` ([`Self::client_auth`] of the config then) is trusted
+    /// by this config too: the same client CAs and host mapping, or this config's verifier
+    /// for the entry `sni` selects accepts `chain` now and `host` selects that same entry. A
+    /// verdict under a later config is kept with the chain: each connection pays one
+    /// verification per change, not one per request.
     pub fn still_trusts(
         &self,
         sni: Option<&str>,
+        host: &str,
         chain: &PresentedChain,
         verified_by: Option<&[u8; 32]>,
     ) -> bool {
@@ -246,10 +252,16 @@ impl ListenerTls {
             .verdict
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Why: the connection's host binding is the old config's: a request for a host the
+        // new config gives another entry's client CA (or gives its own CA where the old one
+        // shared one) passed on a connection opened before the reload.
+        // Regression: tests (it) credentials::a_reload_that_splits_client_cas_binds_old_connections
+        let bound =
+            self.configs.len() == 1 || self.names.select_host(host) == self.names.select(sni);
         if let Some((seen, ok)) = *verdict
             && seen == digest
         {
-            return ok;
+            return ok && bound;
         }
         // Why: any change of a listener's client CAs (a CA added for a rollover, another
         // host's bundle edited, the same file reordered) ended every open mTLS connection
@@ -269,7 +281,32 @@ impl ListenerTls {
             _ => false,
         };
         *verdict = Some((digest, ok));
-        ok
+        ok && bound
+    }
+
+    /// The entries whose certificate clients would refuse now (expired, not valid yet, not
+    /// for servers), and why.
+    pub fn unusable_certificates(&self) -> &[(usize, String)] {
+        &self.names.unusable
+    }
+
+    /// Whether one of its entries serves the leaf certificate `der`.
+    pub fn serves(&self, der: &[u8]) -> bool {
+        self.names
+            .keys
+            .iter()
+            .any(|k| k.cert.first().is_some_and(|c| c.as_ref() == der))
+    }
+
+    /// The leaf certificate entry `entry` serves.
+    pub fn leaf(&self, entry: usize) -> Option<&[u8]> {
+        self.names.keys.get(entry)?.cert.first().map(AsRef::as_ref)
+    }
+
+    /// When each certificate entry's certificate expires (`notAfter`, Unix seconds), in
+    /// entry order: the `portcullis_tls_certificate_expiry_timestamp_seconds` gauge.
+    pub fn expiries(&self) -> &[i64] {
+        &self.names.not_after
     }
 
     /// Each `server_names` entry its certificate does not cover: `(entry, name, the
@@ -305,11 +342,7 @@ impl HostBinding {
         // Why: hosts keep an IPv6 literal's brackets; names are stored without them, so
         // `[::1]` fell to the default entry (and its client CA) while `127.0.0.1` did not.
         // Regression: tests::ipv6_hosts_bind_like_ipv4
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        self.names.select(Some(host)) == self.entry
+        self.names.select_host(host) == self.entry
     }
 }
 
@@ -533,8 +566,14 @@ impl SniResolver {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         let mut uncovered = Vec::new();
+        let mut unusable = Vec::new();
+        let mut not_after = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let loaded = load_cert(&entry.cert, &entry.key).map_err(|e| (index, e))?;
+            not_after.push(loaded.not_after);
+            if let Some(reason) = loaded.unusable {
+                unusable.push((index, reason));
+            }
             for name in &entry.server_names {
                 if !san_covers(&loaded.names, name) {
                     uncovered.push((index, name.clone(), loaded.names.join(", ")));
@@ -583,7 +622,19 @@ impl SniResolver {
             exact,
             wildcard,
             uncovered,
+            not_after: not_after.into(),
+            unusable,
         })
+    }
+
+    /// The entry for a request's host (lowercase, without port; an IPv6 literal may keep its
+    /// brackets), or the default one (0).
+    fn select_host(&self, host: &str) -> usize {
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        self.select(Some(host))
     }
 
     /// The entry for a client's SNI (or a request's host), or the default one (0).

@@ -1571,6 +1571,102 @@ async fn client_ca_per_host() {
     );
 }
 
+/// A reload that gives each host its own client CA (where one CA bundle was shared) binds the
+/// connections opened before it too: a connection made for a.test with a CA-A certificate
+/// may no longer carry requests for b.test, which now requires CA-B (421), though its
+/// certificate is still trusted for a.test.
+#[tokio::test]
+async fn a_reload_that_splits_client_cas_binds_old_connections() {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let pki = pki();
+    let (a_cert, a_key) = portcullis::tls::certs::self_signed(&["a.test"]).unwrap();
+    let (b_cert, b_key) = portcullis::tls::certs::self_signed(&["b.test"]).unwrap();
+    let shared = "        - {cert: a.crt, key: a.key}
+        - {cert: b.crt, key: b.key}
+      client_auth: {ca_file: both.pem, required: true}
+";
+    let split =
+        "        - {cert: a.crt, key: a.key, client_auth: {ca_file: ca-a.pem, required: true}}
+        - {cert: b.crt, key: b.key, client_auth: {ca_file: ca-b.pem, required: true}}
+";
+    let gw = Setup {
+        listeners: format!(
+            "  - name: http\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n{shared}"
+        ),
+        policies: vec![("10-p.yaml".into(), policy("devices"))],
+        files: vec![
+            ("a.crt".into(), a_cert.clone().into_bytes()),
+            ("a.key".into(), a_key.into_bytes()),
+            ("b.crt".into(), b_cert.clone().into_bytes()),
+            ("b.key".into(), b_key.into_bytes()),
+            (
+                "both.pem".into(),
+                format!("{}{}", pki.ca, pki.rogue_ca).into_bytes(),
+            ),
+            ("ca-a.pem".into(), pki.ca.clone().into_bytes()),
+            ("ca-b.pem".into(), pki.rogue_ca.clone().into_bytes()),
+        ],
+        extra: "authenticators:\n  devices:\n    mtls: {}\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in [&a_cert, &b_cert] {
+        roots
+            .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+            .unwrap();
+    }
+    let (cert, key) = &pki.client;
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+        PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut get = async |host: &str| {
+        let resp = send
+            .send_request(
+                Request::get("/api/x")
+                    .header("host", host)
+                    .body(Full::<Bytes>::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+        status
+    };
+    // One CA for every host: the connection may carry either host.
+    assert_eq!(get("a.test").await, StatusCode::OK);
+    assert_eq!(get("b.test").await, StatusCode::OK);
+    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
+    gw.write("portcullis.yaml", config.replace(shared, split));
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Its own host still passes (CA-A still trusted for a.test); b.test now requires CA-B.
+    assert_eq!(get("a.test").await, StatusCode::OK);
+    let before = gw.echo.count();
+    assert_eq!(get("b.test").await, StatusCode::MISDIRECTED_REQUEST);
+    assert_eq!(gw.echo.count(), before, "nothing reached the upstream");
+}
+
 /// An API key sent in its own header is not a bearer token: a 401 challenges with the
 /// `ApiKey` scheme (both schemes when the rule also takes bearer tokens), as do a 403 for a
 /// missing scope and a 400 for two keys; the verified key is stripped before forwarding

@@ -878,6 +878,56 @@ async fn a_tunnel_the_client_left_frees_its_upstream_and_slot() {
     task.abort();
 }
 
+/// A tunnel whose client has ended its sending half stays open while the upstream still sends:
+/// the half-closed grace counts from the last byte that moved.
+#[tokio::test]
+async fn a_half_closed_tunnel_still_sending_stays_open() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                // Output for 8 s, a line a second, whatever the client does.
+                for i in 0..8 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if ws.send(Message::text(format!("line {i}"))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = ws_setup_at(upstream, "").start().await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    let mut tcp = raw_ws(&gw, &auth).await;
+    // The client's input ends: its sending half closes.
+    tokio::io::AsyncWriteExt::shutdown(&mut tcp).await.unwrap();
+    let start = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(Ok(n)) = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+    )
+    .await
+    {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("line 7"),
+        "cut after {:?}: {text:?}",
+        start.elapsed()
+    );
+    task.abort();
+}
+
 /// The idle deadline counts from the last frame: one echo, then silence, closes the tunnel
 /// `idle_timeout` after that echo, not up to twice as late.
 #[tokio::test]

@@ -295,6 +295,27 @@ async fn sni_selects_certificate() {
     );
 }
 
+/// Each listener certificate's expiry is a gauge, by listener and entry, for alerts.
+#[tokio::test]
+async fn certificate_expiry_is_a_metric() {
+    let (a_cert, a_key) = self_signed(&["a.test"]).expect("certificate");
+    let (b_cert, b_key) = self_signed(&["b.test"]).expect("certificate");
+    let gw = start_tls(&[("a", &a_cert, &a_key), ("b", &b_cert, &b_key)], false).await;
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let expected = |pem: &str| {
+        portcullis::tls::x509::Certificate::from_der(&der(pem))
+            .unwrap()
+            .not_after()
+    };
+    for (entry, pem) in [("0", &a_cert), ("1", &b_cert)] {
+        let line = format!(
+            "portcullis_tls_certificate_expiry_timestamp_seconds{{listener=\"https\",entry=\"{entry}\"}} {}",
+            expected(pem)
+        );
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
+}
+
 #[tokio::test]
 async fn tls12_and_tls13_both_accepted() {
     let (cert, key) = self_signed(&["a.test"]).expect("certificate");
@@ -369,6 +390,52 @@ async fn certificate_reload_failure_keeps_old_cert() {
     assert!(
         error.contains("listeners[0].tls.certificates[0].key"),
         "{error}"
+    );
+}
+
+/// A self-signed certificate for `name` that expired in 2021.
+fn expired(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 3, 4);
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A reload never puts a certificate clients refuse (here an expired one) in place of the one
+/// served; the one served, once expired, refuses no reload (a policy change still applies) and
+/// only warns, as it does at the start.
+#[tokio::test]
+async fn a_certificate_clients_refuse_never_replaces_a_served_one() {
+    let (cert, key) = self_signed(&["a.test"]).expect("certificate");
+    let gw = start_tls(&[("a", &cert, &key)], false).await;
+    let addr = gw.addr_of("https");
+    let cfg = tls_client(&[&cert], &[b"http/1.1"]);
+    let (old_cert, old_key) = expired("a.test");
+    gw.write("a.crt", &old_cert);
+    gw.write("a.key", &old_key);
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.contains("listeners[0].tls.certificates[0].cert")
+            && body.contains("expired at 2021-03-04"),
+        "{body}"
+    );
+    assert_eq!(served_leaf(addr, &cfg, "a.test").await, der(&cert));
+
+    // Started with it (it expired while served): it starts, says so, and reloads go on.
+    let gw = start_tls(&[("a", &old_cert, &old_key)], false).await;
+    gw.write(
+        "policies/20-more.yaml",
+        "rules:\n  - {name: more, match: {paths: [\"/more/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("expired at 2021-03-04"), "a warning: {body}");
+    assert_eq!(
+        served_leaf(gw.addr_of("https"), &accept_any_client(), "a.test").await,
+        der(&old_cert)
     );
 }
 

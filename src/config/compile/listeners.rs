@@ -29,7 +29,7 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Vec<ListenerSettings> {
         }
         let tls = match &l.tls {
             None => None,
-            Some(t) => listener_tls(cx, i, t, l.http2),
+            Some(t) => listener_tls(cx, i, &l.name, t, l.http2),
         };
         let door = compile_door(&l.door, &mut |field: &str, m: String| {
             cx.error(&format!("listeners[{i}].door.{field}"), m);
@@ -86,6 +86,7 @@ fn one_socket_per_address(cx: &mut Cx<'_>) {
 fn listener_tls(
     cx: &mut Cx<'_>,
     i: usize,
+    name: &str,
     t: &crate::config::raw::RawListenerTls,
     http2: bool,
 ) -> Option<Arc<tls::server::ListenerTls>> {
@@ -171,6 +172,17 @@ fn listener_tls(
                 None => parts.push(2),
             }
         }
+        // Which host selects which entry (its certificate's names, or its `server_names`):
+        // a change re-checks the hosts of connections opened before it (`still_trusts`).
+        for (c, e) in t.certificates.iter().zip(&entries) {
+            let cert = std::fs::read(&e.cert).unwrap_or_default();
+            parts.extend_from_slice(&crate::secret::sha256(&cert));
+            for name in &c.server_names {
+                parts.extend_from_slice(name.as_bytes());
+                parts.push(0);
+            }
+            parts.push(1);
+        }
         any.then(|| crate::secret::sha256(&parts))
     };
     match tls::server::listener_tls(&entries, http2, &per_entry) {
@@ -186,6 +198,35 @@ fn listener_tls(
                         if sans.is_empty() { "none" } else { sans }
                     ),
                 );
+            }
+            // Why: an expired certificate, or one issued for clients only, loaded on a reload
+            // with a plain "reloaded" line and replaced the working one: every new client then
+            // refused the handshake. A reload that would put such a certificate in place of a
+            // served one is refused, as a broken file is. The one served already (it expired
+            // while running) only warns: refusing it would refuse every reload, an emergency
+            // policy change included; so does a first load (`check`, the start), as a web
+            // server starts with one.
+            // Regression: tests (it) tls::a_certificate_clients_refuse_never_replaces_a_served_one
+            let previous = cx
+                .previous
+                .and_then(|p| p.listeners.iter().find(|l| *l.name == *name))
+                .and_then(|l| l.tls.clone());
+            for (j, reason) in c.unusable_certificates() {
+                let field = format!("listeners[{i}].tls.certificates[{j}].cert");
+                let served = c
+                    .leaf(*j)
+                    .is_some_and(|leaf| previous.as_ref().is_some_and(|p| p.serves(leaf)));
+                if cx.previous.is_some() && !served {
+                    cx.error(
+                        &field,
+                        format!(
+                            "{}: {reason}; the certificate served now is kept",
+                            entries[*j].cert.display()
+                        ),
+                    );
+                } else {
+                    cx.warn(&field, format!("{}: {reason}", entries[*j].cert.display()));
+                }
             }
             Some(Arc::new(c.with_client_auth(client_auth)))
         }

@@ -38,6 +38,21 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
             let path = cx.path(file);
             cx.watched.push(path);
         }
+        // Why: an expired client certificate, or one not issued for clients, is refused by
+        // the upstream at every handshake (502 `upstream_tls`); nothing said so at load. A
+        // warning, not an error: refusing it would refuse every reload once it expired.
+        // Regression: tls::certs::tests::a_certificate_clients_refuse_says_why
+        if let Some(cert) = &raw.client_cert {
+            let path = cx.path(cert);
+            if let Some(reason) =
+                crate::tls::certs::unusable_leaf(&path, crate::tls::certs::Purpose::Client)
+            {
+                cx.warn(
+                    &format!("upstreams.{name}.client_cert"),
+                    format!("{}: {reason}", path.display()),
+                );
+            }
+        }
         // Why: a leaf that is not self-signed verifies no server as a trust anchor (its own
         // issuer is another name), so every request to the upstream failed with 502
         // `upstream_tls` and nothing said why at load. A self-signed leaf is a pin, and works.
