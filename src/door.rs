@@ -757,9 +757,8 @@ pub fn vouched_hop(headers: &mut HeaderMap) -> Result<IpAddr, Undescribed> {
         if last.is_empty() {
             return Err(Undescribed("missing_client_address"));
         }
-        let hop = std::str::from_utf8(last)
-            .ok()
-            .and_then(|t| t.parse::<IpAddr>().ok())
+        // As the proxy door reads an entry (`203.0.113.7:51234` too).
+        let hop = crate::request::facts::forwarded_addr(last)
             .ok_or(Undescribed("invalid_forwarded_for"))?
             .to_canonical();
         let kept = HeaderValue::from_bytes(rest)

@@ -2,7 +2,8 @@
 //!
 //! Invariant: from a peer that is not a trusted proxy, every such header the client sent is
 //! replaced, so a client can never choose the address or scheme an upstream believes. From a
-//! trusted proxy the chain is extended, but the host is always the one the rules matched.
+//! trusted proxy the `X-Forwarded-For` chain is extended, `Forwarded` is written anew from
+//! what the gateway resolved, and the host is always the one the rules matched.
 
 use std::net::IpAddr;
 
@@ -88,9 +89,31 @@ pub fn apply(headers: &mut HeaderMap, origin: &Origin) {
         // decided one, as the decision doors already say. Regression:
         // tests::trusted_peer_hosts_are_the_decided_one
         headers.insert(XFH, host.clone());
-        without_hosts(headers, origin.client_ip);
+        // Why: the gateway finds the client in `X-Forwarded-For` and never reads `Forwarded`,
+        // yet it extended the chain a trusted proxy passed on, which that proxy (nginx, a
+        // cloud load balancer) never checked: `Forwarded: for=203.0.113.9;proto=https` from
+        // the client told an RFC 7239 upstream another client and scheme than the gateway
+        // resolved (and `host=` another host than the rules matched). It is written anew:
+        // the client the gateway resolved, then the peer.
+        // Regression: tests::trusted_peer_forwarded_is_what_the_gateway_resolved
         let element = forwarded_element(origin.peer, peer_text, proto, host_text);
-        append_list(headers, FORWARDED, &element);
+        let value = if origin.client_ip == origin.peer {
+            element
+        } else {
+            let mut s = String::with_capacity(element.len() + 48);
+            s.push_str("for=");
+            if origin.client_ip.is_ipv4() {
+                push_ip(&mut s, origin.client_ip);
+            } else {
+                s.push_str("\"[");
+                push_ip(&mut s, origin.client_ip);
+                s.push_str("]\"");
+            }
+            s.push_str(", ");
+            s.push_str(&element);
+            s
+        };
+        set_owned(headers, FORWARDED, value);
     } else {
         headers.insert(XFP, HeaderValue::from_static(proto));
         headers.insert(XFH, host.clone());
@@ -109,78 +132,6 @@ pub fn apply(headers: &mut HeaderMap, origin: &Origin) {
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
     };
     headers.insert(X_REAL_IP, real_ip);
-}
-
-/// Drops every `Forwarded` element that names a host anywhere in it (`host=` in any case,
-/// as a parameter, inside a quoted value or as part of another name: Spring finds the first
-/// `host=` in the header with an unanchored search). A chain it cannot read whole (an
-/// unterminated quote) becomes one element for the client the gateway resolved, so the
-/// client is never lost and never the trusted proxy.
-fn without_hosts(headers: &mut HeaderMap, client_ip: IpAddr) {
-    if !headers.contains_key(&FORWARDED) {
-        return;
-    }
-    let mut joined: Vec<u8> = Vec::new();
-    for v in headers.get_all(&FORWARDED) {
-        if !joined.is_empty() {
-            joined.push(b',');
-        }
-        joined.extend_from_slice(v.as_bytes());
-    }
-    let names_host = |e: &[u8]| e.windows(5).any(|w| w.eq_ignore_ascii_case(b"host="));
-    if !names_host(&joined) {
-        return;
-    }
-    let kept = match split_unquoted(&joined, b',') {
-        Some(elements) => elements
-            .into_iter()
-            .map(<[u8]>::trim_ascii)
-            .filter(|e| !e.is_empty() && !names_host(e))
-            .collect::<Vec<_>>()
-            .join(&b", "[..]),
-        None => {
-            let mut s = String::from("for=");
-            if client_ip.is_ipv4() {
-                push_ip(&mut s, client_ip);
-            } else {
-                s.push_str("\"[");
-                push_ip(&mut s, client_ip);
-                s.push_str("]\"");
-            }
-            s.into_bytes()
-        }
-    };
-    match HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
-        Ok(v) if !v.is_empty() => {
-            headers.insert(FORWARDED, v);
-        }
-        _ => {
-            headers.remove(FORWARDED);
-        }
-    }
-}
-
-/// `bytes` split at `sep` outside quoted strings (`\` escapes inside them); `None` when a
-/// quote is left open.
-fn split_unquoted(bytes: &[u8], sep: u8) -> Option<Vec<&[u8]>> {
-    let (mut out, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
-    for (i, &b) in bytes.iter().enumerate() {
-        if escaped {
-            escaped = false;
-        } else if quoted && b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            quoted = !quoted;
-        } else if b == sep && !quoted {
-            out.push(&bytes[start..i]);
-            start = i + 1;
-        }
-    }
-    if quoted {
-        return None;
-    }
-    out.push(&bytes[start..]);
-    Some(out)
 }
 
 /// Sets a header from an owned string without copying it again.
@@ -297,46 +248,39 @@ mod tests {
     }
 
     #[test]
-    fn trusted_peer_hosts_are_the_decided_one() {
+    fn trusted_peer_forwarded_is_what_the_gateway_resolved() {
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let client: IpAddr = "1.1.1.1".parse().unwrap();
-        for (sent, want) in [
-            (
-                "for=1.1.1.1;host=admin.example;proto=https, for=2.2.2.2",
-                "for=2.2.2.2, for=10.0.0.1;proto=http;host=\"app\"",
-            ),
-            (
-                "for=\"[::1]\";HOST=\"a;b,c\", for=3.3.3.3",
-                "for=3.3.3.3, for=10.0.0.1;proto=http;host=\"app\"",
-            ),
-            // Wherever it hides, as Spring's unanchored search finds it.
-            (
-                "for=1.1.1.1;xhost=admin.example",
-                "for=10.0.0.1;proto=http;host=\"app\"",
-            ),
-            (
-                "for=\"1.1.1.1;host=admin.example\", for=4.4.4.4",
-                "for=4.4.4.4, for=10.0.0.1;proto=http;host=\"app\"",
-            ),
-            ("by=\"a,host=evil\"", "for=10.0.0.1;proto=http;host=\"app\""),
-            // No host: kept as it is.
-            (
-                "for=1.1.1.1;proto=https",
-                "for=1.1.1.1;proto=https, for=10.0.0.1;proto=http;host=\"app\"",
-            ),
-            // Unreadable: the client the gateway resolved, never nobody.
-            (
-                "for=1.1.1.1;host=\"admin",
-                "for=1.1.1.1, for=10.0.0.1;proto=http;host=\"app\"",
-            ),
+        let resolved = "for=1.1.1.1, for=10.0.0.1;proto=http;host=\"app\"";
+        for sent in [
+            // A client's own element (another address, scheme, host), passed on by the proxy.
+            "for=203.0.113.9;proto=https",
+            "for=1.1.1.1;host=admin.example;proto=https, for=2.2.2.2",
+            "for=\"[::1]\";HOST=\"a;b,c\", for=3.3.3.3",
+            "for=1.1.1.1;xhost=admin.example",
+            "by=\"a,host=evil\"",
+            "for=1.1.1.1;host=\"admin",
         ] {
             let mut h = HeaderMap::new();
             h.insert(XFH, "admin.example".parse().unwrap());
             h.insert(FORWARDED, sent.parse().unwrap());
             apply(&mut h, &origin(peer, true, client, "app"));
             assert_eq!(h[&XFH], "app", "{sent}");
-            assert_eq!(h[&FORWARDED], want, "{sent}");
+            assert_eq!(h[&FORWARDED], resolved, "{sent}");
         }
+        // None sent: the same.
+        let mut h = HeaderMap::new();
+        apply(&mut h, &origin(peer, true, client, "app"));
+        assert_eq!(h[&FORWARDED], resolved);
+        // The client is the peer (no X-Forwarded-For): one element; IPv6 quoted.
+        apply(&mut h, &origin(peer, true, peer, "app"));
+        assert_eq!(h[&FORWARDED], "for=10.0.0.1;proto=http;host=\"app\"");
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        apply(&mut h, &origin(peer, true, v6, "app"));
+        assert_eq!(
+            h[&FORWARDED],
+            "for=\"[2001:db8::7]\", for=10.0.0.1;proto=http;host=\"app\""
+        );
     }
 
     #[test]

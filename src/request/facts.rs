@@ -368,6 +368,9 @@ pub enum FactsError {
     /// A head over `server.max_header_bytes` (431).
     #[error("request head too large")]
     HeadersTooLarge,
+    /// A trusted proxy's `X-Forwarded-For` names the client in a form that is no address.
+    #[error("invalid X-Forwarded-For")]
+    InvalidForwardedFor,
 }
 
 // === impl RequestFacts ===
@@ -490,7 +493,7 @@ impl<'a> RequestFacts<'a> {
             path,
             query,
             headers: head.headers,
-            client_ip: client_ip(conn.peer.ip(), head.headers, trusted_proxies),
+            client_ip: client_ip(conn.peer.ip(), head.headers, trusted_proxies)?,
             peer_trusted: trusted_proxies.iter().any(|n| n.contains(&conn.peer.ip())),
             conn,
             context: None,
@@ -560,6 +563,7 @@ impl FactsError {
             Self::Misdirected => "misdirected_request",
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::InvalidForwardedFor => "invalid_forwarded_for",
         }
     }
 
@@ -658,13 +662,23 @@ pub fn parse_host(raw: &str) -> Result<(Cow<'_, str>, Option<u16>), FactsError> 
 }
 
 /// The client address: the peer, or when the peer is a trusted proxy, the rightmost
-/// `X-Forwarded-For` entry that is not itself a trusted proxy. A malformed entry stops the walk
-/// at the last address known good, so garbage never becomes the client address.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+/// `X-Forwarded-For` entry that is not itself a trusted proxy ([`forwarded_addr`]'s forms). An
+/// entry that is no address, reached while the walk is still at a trusted proxy, refuses the
+/// request (`invalid_forwarded_for`): the trusted proxy names a client nobody can read.
+///
+/// Why not the last address known good: that is a trusted proxy, so a proxy writing
+/// `203.0.113.7:51234` (Azure Application Gateway) made every client the proxy, passing
+/// `require.networks` meant for internal callers and sharing one rate-limit bucket.
+/// Regression: tests::client_ip_trusts_only_configured_proxies, tests::forwarded_addresses
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Result<IpAddr, FactsError> {
     let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
-        return peer;
+        return Ok(peer);
     }
     let mut client = peer;
     // Why every line, as bytes: a line that was not visible ASCII (one `\xff` from the
@@ -679,20 +693,44 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         .map(HeaderValue::as_bytes)
         .collect();
     for entry in values.iter().rev().flat_map(|v| v.rsplit(|&b| b == b',')) {
-        let Some(ip) = std::str::from_utf8(entry)
-            .ok()
-            .and_then(|e| e.trim().parse::<IpAddr>().ok())
-        else {
-            return client;
-        };
+        let ip = forwarded_addr(entry).ok_or(FactsError::InvalidForwardedFor)?;
         // As the peer's (`ConnInfo::for_door`): a proxy may write `::ffff:a.b.c.d`.
         let ip = ip.to_canonical();
         client = ip;
         if !is_trusted(&ip) {
-            return ip;
+            return Ok(ip);
         }
     }
-    client
+    Ok(client)
+}
+
+/// An `X-Forwarded-For` entry as proxies write it: an address (`203.0.113.7`, `2001:db8::7`),
+/// with a port (`203.0.113.7:51234`, `[2001:db8::7]:443`, as Azure Application Gateway writes
+/// it) or bracketed (`[2001:db8::7]`), spaces around it ignored. `None` for anything else
+/// (a name, `unknown`, a zone, leading zeros).
+pub fn forwarded_addr(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let is_port = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok()
+    };
+    if let Some(rest) = text.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        return ip.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    let (ip, port) = text.rsplit_once(':')?;
+    if !is_port(port) {
+        return None;
+    }
+    ip.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 #[cfg(test)]
@@ -951,13 +989,13 @@ mod tests {
         ] {
             let mut h = HeaderMap::new();
             h.append("x-forwarded-for", HeaderValue::from_bytes(line).unwrap());
-            assert_eq!(client_ip(proxy, &h, &trusted), client, "{line:?}");
+            assert_eq!(client_ip(proxy, &h, &trusted), Ok(client), "{line:?}");
         }
         // The client's own unreadable line, the proxy's appended on its own line.
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
         h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.5"));
-        assert_eq!(client_ip(proxy, &h, &trusted), client);
+        assert_eq!(client_ip(proxy, &h, &trusted), Ok(client));
     }
 
     #[test]
@@ -973,10 +1011,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", "::ffff:203.0.113.7".parse().unwrap());
         let proxy: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(proxy.to_canonical(), &h, &trusted), v4);
+        assert_eq!(client_ip(proxy.to_canonical(), &h, &trusted), Ok(v4));
         // A mapped trusted hop is trusted, and skipped.
         h.append("x-forwarded-for", "::ffff:10.0.0.2".parse().unwrap());
-        assert_eq!(client_ip(proxy.to_canonical(), &h, &trusted), v4);
+        assert_eq!(client_ip(proxy.to_canonical(), &h, &trusted), Ok(v4));
     }
 
     #[test]
@@ -986,25 +1024,81 @@ mod tests {
         h.append("x-forwarded-for", "10.0.0.6".parse().unwrap());
         let peer: IpAddr = "10.0.0.9".parse().unwrap();
         // Nobody trusted: the peer.
-        assert_eq!(client_ip(peer, &h, &[]), peer);
+        assert_eq!(client_ip(peer, &h, &[]), Ok(peer));
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         assert_eq!(
             client_ip(peer, &h, &trusted),
-            "1.1.1.1".parse::<IpAddr>().unwrap()
+            Ok("1.1.1.1".parse::<IpAddr>().unwrap())
         );
         // A spoofed entry left of an untrusted one is never used.
         let mut h2 = HeaderMap::new();
         h2.append("x-forwarded-for", "6.6.6.6, 2.2.2.2".parse().unwrap());
         assert_eq!(
             client_ip(peer, &h2, &trusted),
-            "2.2.2.2".parse::<IpAddr>().unwrap()
+            Ok("2.2.2.2".parse::<IpAddr>().unwrap())
         );
-        // Garbage stops the walk at the last good address.
-        let mut h3 = HeaderMap::new();
-        h3.append("x-forwarded-for", "evil, 10.0.0.4".parse().unwrap());
+        // Garbage where a trusted proxy names the client: refused, never the proxy itself.
+        for garbage in [
+            "evil, 10.0.0.4",
+            "10.0.0.4, evil",
+            "unknown",
+            "203.0.113.9:x",
+        ] {
+            let mut h3 = HeaderMap::new();
+            h3.append("x-forwarded-for", garbage.parse().unwrap());
+            assert_eq!(
+                client_ip(peer, &h3, &trusted),
+                Err(FactsError::InvalidForwardedFor),
+                "{garbage}"
+            );
+        }
+        // Garbage left of the client is the client's own: never read.
+        let mut h4 = HeaderMap::new();
+        h4.append("x-forwarded-for", "evil, 203.0.113.9".parse().unwrap());
         assert_eq!(
-            client_ip(peer, &h3, &trusted),
-            "10.0.0.4".parse::<IpAddr>().unwrap()
+            client_ip(peer, &h4, &trusted),
+            Ok("203.0.113.9".parse::<IpAddr>().unwrap())
         );
+        // With a port, as Azure Application Gateway writes it: the address.
+        let mut h5 = HeaderMap::new();
+        h5.append("x-forwarded-for", "203.0.113.7:51234".parse().unwrap());
+        assert_eq!(
+            client_ip(peer, &h5, &trusted),
+            Ok("203.0.113.7".parse::<IpAddr>().unwrap())
+        );
+    }
+
+    #[test]
+    fn forwarded_addresses() {
+        for (entry, want) in [
+            ("203.0.113.7", Some("203.0.113.7")),
+            (" 203.0.113.7 ", Some("203.0.113.7")),
+            ("203.0.113.7:51234", Some("203.0.113.7")),
+            ("203.0.113.7:0", Some("203.0.113.7")),
+            ("2001:db8::7", Some("2001:db8::7")),
+            ("[2001:db8::7]", Some("2001:db8::7")),
+            ("[2001:db8::7]:443", Some("2001:db8::7")),
+            ("::ffff:192.0.2.1", Some("::ffff:192.0.2.1")),
+            ("203.0.113.7:65536", None),
+            ("203.0.113.7:", None),
+            ("203.0.113.7:+1", None),
+            ("203.0.113.7:123456", None),
+            ("2001:db8::7:443x", None),
+            ("[203.0.113.7]:443", None),
+            ("[2001:db8::7]443", None),
+            ("[2001:db8::7", None),
+            ("fe80::1%eth0", None),
+            ("010.0.0.1", None),
+            ("unknown", None),
+            ("_hidden", None),
+            ("", None),
+            ("host.example:80", None),
+        ] {
+            assert_eq!(
+                forwarded_addr(entry.as_bytes()),
+                want.map(|w| w.parse::<IpAddr>().unwrap()),
+                "{entry:?}"
+            );
+        }
     }
 }

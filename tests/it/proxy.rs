@@ -116,6 +116,48 @@ async fn an_unreadable_forwarded_for_line_does_not_make_the_client_the_proxy() {
     assert_eq!(xff.as_bytes(), b"\xff, 203.0.113.5, 127.0.0.1");
 }
 
+/// A trusted proxy that writes the client with a port (Azure Application Gateway) names that
+/// client, not itself; one whose entry is no address gets 400, never the proxy's own
+/// address (before, both passed a networks rule naming the proxy's network); a client's own
+/// `Forwarded` never reaches the upstream past a trusted proxy.
+#[tokio::test]
+async fn a_trusted_proxys_client_entry_is_read_or_refused_never_taken_for_the_proxy() {
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: internal, match: {paths: [\"/internal/**\"]}, effect: allow, anonymous: true, require: {networks: [127.0.0.1/32]}, upstream: echo}\n  - {name: open, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n".into(),
+        )],
+        ..Setup::default()
+    }
+    .server("  trusted_proxies: [\"127.0.0.1/32\"]\n")
+    .start()
+    .await;
+    let ask = |path: &str, xff: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: {xff}\r\nForwarded: for=198.51.100.1;proto=https\r\nConnection: close\r\n\r\n"
+        )
+    };
+    for xff in ["203.0.113.9:1234", "[2001:db8::9]:443"] {
+        let r = raw(gw.addr(), ask("/internal/x", xff).as_bytes()).await;
+        assert_eq!(r.status, 403, "{xff}: {r:?}");
+        assert!(r.body.contains("network_not_allowed"), "{r:?}");
+    }
+    let r = raw(gw.addr(), ask("/open/x", "203.0.113.9:1234").as_bytes()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(echoed_header(&gw.echo, "x-real-ip").unwrap(), "203.0.113.9");
+    assert_eq!(
+        echoed_header(&gw.echo, "forwarded").unwrap(),
+        "for=203.0.113.9, for=127.0.0.1;proto=http;host=\"app.test\""
+    );
+    for xff in ["unknown", "evil, 203.0.113.9:x"] {
+        let before = gw.echo.count();
+        let r = raw(gw.addr(), ask("/internal/x", xff).as_bytes()).await;
+        assert_eq!(r.status, 400, "{xff}: {r:?}");
+        assert!(r.body.contains("invalid_forwarded_for"), "{r:?}");
+        assert_eq!(gw.echo.count(), before);
+    }
+}
+
 #[tokio::test]
 async fn trusted_proxy_chain_gives_real_client_ip() {
     let gw = Setup::default()
