@@ -973,12 +973,15 @@ pub fn action(facts: &RequestFacts<'_>) -> &'static str {
     if *m == Method::GET || *m == Method::HEAD {
         // Why: the upstream decodes names, so `?m%69ne` is its "mine": classified on the
         // decoded name, and a name that does not decode (which a lenient upstream may read as
-        // anything) as the narrower `read_mine`.
+        // anything) as the narrower `read_mine`. And as frameworks read names: `MINE`
+        // (ASP.NET), `mine[]` (PHP, Express), `;mine` (Rack 2), `mine\0x` (PHP) were `read`,
+        // so an anonymous caller got "my posts" of any user_id through the seed policy.
         // Regression: expr::tests::action_reads_decoded_query_names
         let mine = facts.query.is_some_and(|q| {
-            q.split('&').any(|kv| {
+            let mine = QueryNameReadings::of("mine");
+            q.split(['&', ';']).any(|kv| {
                 crate::authn::credential::decode(kv.split_once('=').map_or(kv, |(k, _)| k))
-                    .is_none_or(|k| k == "mine")
+                    .is_none_or(|k| mine.may_be(&k))
             })
         });
         if mine { "read_mine" } else { "read" }

@@ -122,6 +122,25 @@ impl Requirements {
                 continue;
             }
             let split: Box<[Box<str>]> = path.split('.').map(Into::into).collect();
+            // Why: scopes and roles refused empty values, claims did not: `contains: ""`
+            // passed a token whose `groups` held a double space, `equals:` left empty (YAML
+            // null) one whose claim was null. An empty template variable writes exactly these.
+            // Regression: tests::empty_claim_values_are_refused
+            let blank = |v: &serde_json::Value| {
+                v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty())
+            };
+            let (field, values): (&str, Vec<&serde_json::Value>) = match check {
+                RawClaimCheck::Equals(v) => ("equals", vec![v]),
+                RawClaimCheck::OneOf(vs) => ("one_of", vs.iter().collect()),
+                RawClaimCheck::Contains(v) => ("contains", vec![v]),
+            };
+            if values.into_iter().any(blank) {
+                errors.push(FieldError::new(
+                    format!("claims.{path}.{field}"),
+                    "values must not be empty or null",
+                ));
+                continue;
+            }
             let check = match check {
                 RawClaimCheck::Equals(v) => ClaimCheck::Equals(v.clone()),
                 RawClaimCheck::OneOf(vs) if vs.is_empty() => {
@@ -292,6 +311,55 @@ mod tests {
 
     fn req(yaml: Value) -> Requirements {
         Requirements::compile(&serde_json::from_value(yaml).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn empty_claim_values_are_refused() {
+        for (yaml, field) in [
+            (
+                json!({"claims": {"groups": {"contains": ""}}}),
+                "claims.groups.contains",
+            ),
+            (
+                json!({"claims": {"groups": {"contains": " "}}}),
+                "claims.groups.contains",
+            ),
+            (
+                json!({"claims": {"tenant": {"equals": null}}}),
+                "claims.tenant.equals",
+            ),
+            (
+                json!({"claims": {"tenant": {"equals": ""}}}),
+                "claims.tenant.equals",
+            ),
+            (
+                json!({"claims": {"tenant": {"one_of": ["acme", ""]}}}),
+                "claims.tenant.one_of",
+            ),
+            (
+                json!({"claims": {"tenant": {"one_of": [null]}}}),
+                "claims.tenant.one_of",
+            ),
+        ] {
+            let errors = Requirements::compile(&serde_json::from_value(yaml.clone()).unwrap())
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {yaml}"));
+            assert!(
+                errors.iter().any(|e| e.field == field),
+                "{yaml}: {errors:?}"
+            );
+        }
+        // Values that are not strings stand for themselves.
+        for yaml in [
+            json!({"claims": {"age": {"equals": 0}}}),
+            json!({"claims": {"admin": {"equals": false}}}),
+            json!({"claims": {"groups": {"contains": "ops"}}}),
+        ] {
+            assert!(
+                Requirements::compile(&serde_json::from_value(yaml.clone()).unwrap()).is_ok(),
+                "{yaml}"
+            );
+        }
     }
 
     #[test]

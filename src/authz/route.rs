@@ -160,6 +160,11 @@ pub enum PatternError {
     /// `{name}` must be a whole segment.
     #[error("`{{name}}` parameters must be a whole segment with a non-empty name")]
     BadParameter,
+    /// A `{name}` bound twice: only one value could be read.
+    #[error(
+        "parameter `{{{0}}}` is named twice: each `{{name}}` binds one segment, so name them apart"
+    )]
+    RepeatedParameter(Box<str>),
     /// Host names.
     #[error("invalid host pattern")]
     BadHost,
@@ -501,10 +506,21 @@ impl PathPattern {
             Some(r) if r.is_empty() || r.ends_with('/') => (r.trim_end_matches('/'), true),
             _ => (rest, false),
         };
-        let mut segments = Vec::new();
+        let mut segments: Vec<Segment> = Vec::new();
         if !rest.is_empty() {
             for seg in rest.split('/') {
-                segments.push(parse_segment(seg)?);
+                let seg = parse_segment(seg)?;
+                // Why: `/t/{id}/u/{id}` bound `params.id` to the last segment only, so a
+                // condition `params.id == principal.id` let `/t/bob/u/alice` through for alice.
+                // Regression: tests::a_parameter_named_twice_is_refused
+                if let Segment::Any(Some(name)) = &seg
+                    && segments
+                        .iter()
+                        .any(|s| matches!(s, Segment::Any(Some(n)) if n == name))
+                {
+                    return Err(PatternError::RepeatedParameter(name.clone()));
+                }
+                segments.push(seg);
             }
         }
         Ok(Self {
@@ -898,6 +914,20 @@ mod proptests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_named_twice_is_refused() {
+        assert_eq!(
+            PathPattern::parse("/t/{id}/u/{id}"),
+            Err(PatternError::RepeatedParameter("id".into()))
+        );
+        assert_eq!(
+            PathPattern::parse("/t/{id}/u/{id}/**"),
+            Err(PatternError::RepeatedParameter("id".into()))
+        );
+        assert!(PathPattern::parse("/t/{id}/u/{uid}").is_ok());
+        assert!(PathPattern::parse("/t/*/u/*").is_ok());
+    }
 
     #[test]
     fn get_includes_head() {

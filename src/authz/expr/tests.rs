@@ -177,6 +177,15 @@ fn action_reads_decoded_query_names() {
         ("/x?m%FFine", "read_mine"),
         ("/x?m%69nes", "read"),
         ("/x?q=m%69ne", "read"),
+        // As frameworks read names: case, arrays, `;` separators, NUL, leading spaces.
+        ("/x?MINE&user_id=bob", "read_mine"),
+        ("/x?mine%5B%5D=1&user_id=bob", "read_mine"),
+        ("/x?mine[0]=1", "read_mine"),
+        ("/x?x=1;mine&user_id=bob", "read_mine"),
+        ("/x?mine%00x=1", "read_mine"),
+        ("/x?%20mine=1", "read_mine"),
+        ("/x?mined=1&user_id=bob", "read"),
+        ("/x?x=mine;y=1", "read"),
     ] {
         assert_eq!(
             eval(&format!("action == '{want}'"), "GET", target, None),

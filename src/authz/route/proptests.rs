@@ -35,7 +35,7 @@ struct RawRequest {
     path: String,
 }
 
-/// A path pattern: `/`, `/**`, or segments (literal, `*`, `{id}`), then maybe `/**`.
+/// A path pattern: `/`, `/**`, or segments (literal, `*`, `{idN}`), then maybe `/**`.
 fn pattern() -> impl Strategy<Value = String> {
     let segment = prop_oneof![
         4 => prop::sample::select(LITERALS).prop_map(str::to_owned),
@@ -44,9 +44,16 @@ fn pattern() -> impl Strategy<Value = String> {
     ];
     (prop::collection::vec(segment, 0..15), any::<bool>()).prop_map(|(segments, prefix)| {
         let mut p = String::new();
+        // Each parameter named apart (a name bound twice is refused).
+        let mut params = 0;
         for s in &segments {
             p.push('/');
-            p.push_str(s);
+            if s == "{id}" {
+                params += 1;
+                p.push_str(&format!("{{id{params}}}"));
+            } else {
+                p.push_str(s);
+            }
         }
         match (prefix, p.is_empty()) {
             (true, _) => p.push_str("/**"),
