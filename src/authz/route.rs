@@ -321,8 +321,8 @@ impl Rule {
         }
     }
 
-    /// Whether this allow rule matches `path` only by reading one of [`WIDE_FOLDS`] as its
-    /// ASCII letter: such a request is refused rather than allowed or passed on.
+    /// Whether this allow rule matches `path` only by folding a letter that is not ASCII
+    /// ([`wide_key`]): such a request is refused rather than allowed or passed on.
     ///
     /// Why: an allow rule for an upstream that ignores case matched in ASCII case only, so
     /// `/adm%C4%B1n/x` (`admın`) missed its `/admin/**` and slipped to a catch-all, while an
@@ -668,72 +668,105 @@ pub enum Fold {
     None,
     /// In any ASCII case, and with Windows' trailing dots and spaces.
     Ascii,
-    /// As `Ascii`, and with the four non-ASCII letters whose simple case mapping is ASCII read
-    /// as that letter (deny rules: see [`wide_fold_eq`]).
+    /// As `Ascii`, and with every letter folded as Java's `equalsIgnoreCase` folds it (deny
+    /// rules: see [`wide_key`]).
     Wide,
 }
 
-/// The non-ASCII letters whose simple case mapping is an ASCII letter, as a canonical path
-/// spells them (escaped UTF-8, uppercase hex), and that letter: `ſ` (U+017F) and `ı`
-/// (U+0131) uppercase to `S` and `I`, `İ` (U+0130) and the Kelvin sign (U+212A) lowercase to
-/// `i` and `k`.
-const WIDE_FOLDS: [(&[u8], u8); 4] = [
-    (b"%C5%BF", b's'),
-    (b"%C4%B1", b'i'),
-    (b"%C4%B0", b'i'),
-    (b"%E2%84%AA", b'k'),
-];
-
-/// Whether two canonical segments are one name to an upstream that folds case as Java's
-/// `equalsIgnoreCase` does (all four; Go's `EqualFold` folds `ſ` and the Kelvin sign).
-///
-/// Why: deny rules compared names in ASCII case only, so `/%C5%BFecrets/x` (`ſecrets`),
-/// `/adm%C4%B1n/x` (`admın`) and `/%E2%84%AAeys/x` (Kelvin sign) passed deny rules for
-/// `/secrets`, `/admin` and `/keys` to a catch-all allow, and an upstream folding as Java
-/// does serves them from those handlers.
-/// Regression: tests::deny_rules_fold_the_letters_that_case_map_to_ascii
-fn wide_fold_eq(a: &str, b: &str) -> bool {
-    fn units(seg: &str) -> impl Iterator<Item = u8> + '_ {
-        let b = seg.as_bytes();
-        let mut i = 0;
-        std::iter::from_fn(move || {
-            let c = *b.get(i)?;
-            if c == b'%'
-                && let Some((esc, letter)) = WIDE_FOLDS.iter().find(|(e, _)| b[i..].starts_with(e))
-            {
-                i += esc.len();
-                return Some(*letter);
-            }
-            i += 1;
-            Some(c.to_ascii_lowercase())
-        })
+/// A letter as Java's `equalsIgnoreCase` compares it: its simple uppercase, then that
+/// uppercase's simple lowercase. `ſ` (U+017F) and `ı` (U+0131) are `s` and `i`, `İ` (U+0130)
+/// `i`, the Kelvin sign `k`, `É` `é`; a letter whose uppercase is several (`ß`) is itself.
+fn fold_letter(c: char) -> char {
+    fn one(mut it: impl Iterator<Item = char>) -> Option<char> {
+        let first = it.next()?;
+        it.next().is_none().then_some(first)
     }
-    units(a).eq(units(b))
+    let upper = one(c.to_uppercase()).unwrap_or(c);
+    if upper == '\u{130}' {
+        return 'i';
+    }
+    one(upper.to_lowercase()).unwrap_or(upper)
 }
 
-/// A segment's key in the route index: the coarsest reading any rule gives it (Windows'
-/// name, ASCII-lowercased, [`WIDE_FOLDS`] read as their letter), so that every rule that may
-/// match a segment is listed under its key. Borrowed when the segment is its own key.
-fn index_key<'s>(seg: &'s str, buf: &'s mut String) -> &'s str {
+/// A canonical segment as an upstream folding case as Java's `equalsIgnoreCase` reads it
+/// (Windows' name first, [`windows_name`]): ASCII lowercased, each escaped UTF-8 letter
+/// decoded, folded ([`fold_letter`]) and escaped again (or the ASCII letter it folds to);
+/// escaped ASCII and bytes that are no UTF-8 letter kept as written. Borrowed when the name
+/// is its own key.
+///
+/// Why every letter: deny rules compared names in ASCII case, and four letters besides, so
+/// `/CAF%C3%89/x` passed a deny rule for `/caf%C3%A9/**` (and a case-insensitive allow rule's
+/// requirements) to a catch-all, while Java, .NET and Windows serve it from that handler.
+/// Regression: tests::deny_rules_fold_the_letters_that_case_map_to_ascii,
+/// tests::deny_rules_fold_every_letter
+fn wide_key(seg: &str) -> std::borrow::Cow<'_, str> {
     let name = windows_name(seg);
     if !name.bytes().any(|b| b.is_ascii_uppercase() || b == b'%') {
-        return name;
+        return name.into();
     }
-    buf.clear();
     let b = name.as_bytes();
+    let hex = |i: usize| -> Option<u8> {
+        let t = b.get(i..i + 3)?;
+        if t[0] != b'%' {
+            return None;
+        }
+        u8::from_str_radix(std::str::from_utf8(&t[1..]).ok()?, 16).ok()
+    };
+    let mut out = String::with_capacity(name.len());
     let mut i = 0;
     while let Some(&c) = b.get(i) {
         if c == b'%'
-            && let Some((esc, letter)) = WIDE_FOLDS.iter().find(|(e, _)| b[i..].starts_with(e))
+            && let Some(lead) = hex(i)
+            && lead >= 0xC2
         {
-            buf.push(char::from(*letter));
-            i += esc.len();
-            continue;
+            let len = match lead {
+                0xC2..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF4 => 4,
+                _ => 0,
+            };
+            let bytes: Option<Vec<u8>> = (0..len).map(|k| hex(i + 3 * k)).collect();
+            if let Some(letter) = bytes
+                .as_deref()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|t| t.chars().next())
+            {
+                let folded = fold_letter(letter);
+                if folded.is_ascii() {
+                    out.push(folded);
+                } else {
+                    let mut buf = [0u8; 4];
+                    for byte in folded.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("%{byte:02X}"));
+                    }
+                }
+                i += 3 * len;
+                continue;
+            }
         }
-        buf.push(char::from(c.to_ascii_lowercase()));
+        out.push(char::from(c.to_ascii_lowercase()));
         i += 1;
     }
-    buf
+    out.into()
+}
+
+/// Whether two canonical segments are one name to an upstream that folds case as Java's
+/// `equalsIgnoreCase` does ([`wide_key`]).
+fn wide_fold_eq(a: &str, b: &str) -> bool {
+    wide_key(a) == wide_key(b)
+}
+
+/// A segment's key in the route index: the coarsest reading any rule gives it
+/// ([`wide_key`]), so that every rule that may match a segment is listed under its key.
+/// Borrowed when the segment is its own key.
+fn index_key<'s>(seg: &'s str, buf: &'s mut String) -> &'s str {
+    match wide_key(seg) {
+        std::borrow::Cow::Borrowed(k) => k,
+        std::borrow::Cow::Owned(k) => {
+            *buf = k;
+            buf
+        }
+    }
 }
 
 /// A path segment as Windows and IIS read a name: trailing dots and spaces (`%20`) dropped.
@@ -1112,6 +1145,39 @@ mod tests {
             assert!(!p.matches_fold(path, Fold::Ascii), "{pattern} {path}");
             assert!(!p.matches_fold(path, Fold::None), "{pattern} {path}");
         }
+    }
+
+    #[test]
+    fn deny_rules_fold_every_letter() {
+        let cases: &[(&str, &str, bool)] = &[
+            // pattern, path, matches with the wide fold
+            ("/caf%C3%A9/**", "/CAF%C3%89/x", true),
+            ("/CAF%C3%89/**", "/caf%C3%A9/x", true),
+            (
+                "/%D0%B0%D0%B4%D0%BC%D0%B8%D0%BD/**",
+                "/%D0%90%D0%94%D0%9C%D0%98%D0%9D/x",
+                true,
+            ),
+            ("/stra%C3%9Fe/**", "/STRA%C3%9FE/x", true),
+            // `ß` is not `ss` to `equalsIgnoreCase`; other letters are other names.
+            ("/strasse/**", "/stra%C3%9Fe/x", false),
+            ("/caf%C3%A9/**", "/caf%C3%A8/x", false),
+            ("/caf%C3%A9/**", "/cafe/x", false),
+            // Escaped ASCII is kept as written.
+            ("/a%20b/**", "/A%20B/x", true),
+            ("/100%25/**", "/100%25/x", true),
+        ];
+        for &(pattern, path, wide) in cases {
+            let p = PathPattern::parse(pattern).unwrap();
+            assert_eq!(p.matches_fold(path, Fold::Wide), wide, "{pattern} {path}");
+        }
+        // The index finds the rule under the folded key.
+        let mut a = String::new();
+        let mut b = String::new();
+        assert_eq!(
+            index_key("CAF%C3%89", &mut a),
+            index_key("caf%C3%A9", &mut b)
+        );
     }
 
     #[test]
