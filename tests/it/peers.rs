@@ -298,6 +298,34 @@ async fn through_the_peer(peer: &Peer, gw: &TestGateway) {
         got.headers
     );
 
+    // A client's `Connection` naming the identity headers: hop-by-hop to the peer, which
+    // must not remove the door's values with them (Caddy's reverse_proxy removed them after
+    // forward_auth copied them in).
+    let r = raw(
+        peer.addr,
+        format!(
+            "GET /api/orders HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close, X-User-Id, X-Real-Ip, X-Request-Id\r\nAuthorization: {bearer}\r\n\r\n",
+            peer.addr.port()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}: {}", peer.name, peer.failed(&r.head));
+    let got = gw.echo.last().expect("the upstream got the request");
+    assert_eq!(
+        got.headers.get("x-user-id").map(|v| v.as_bytes()),
+        Some(&b"alice"[..]),
+        "{}: {:?}",
+        peer.name,
+        got.headers
+    );
+    assert!(
+        got.headers.contains_key("x-real-ip"),
+        "{}: {:?}",
+        peer.name,
+        got.headers
+    );
+
     // An authenticator that does not strip: the credential goes on.
     let (status, _, body) = peer
         .ask("/passthrough/x", &[("authorization", &bearer)])
