@@ -243,8 +243,14 @@ impl Mapping {
         expires_at: Option<u64>,
     ) -> Result<Principal, PrincipalError> {
         let machine = self.machine_when.iter().any(|rule| match rule {
+            // Why `username` too: RFC 7662 names the resource owner of a user's token
+            // `username` (`sub` is optional), and `{"username": "carol", "client_id":
+            // "svc-batch"}` became the machine principal `svc-batch`, with the client's
+            // `kind: machine` rules and its budget. Such a token names no id here: refused.
+            // Regression: tests::machine_by_client_id_without_sub
             MachineRule::ClientIdWithoutSub => {
                 !claims.contains_key("sub")
+                    && !claims.contains_key("username")
                     && (claims.contains_key("client_id") || claims.contains_key("azp"))
             }
             MachineRule::Present(path) => lookup(&claims, path).is_some(),
@@ -396,6 +402,13 @@ mod tests {
         assert_eq!(&*p.id, "svc");
         assert_eq!(p.kind, PrincipalKind::Machine);
         assert!(p.has_scope("b"));
+        // A user's introspected token: `username` names its owner. Not the client's machine
+        // principal; it names no id here, so it is refused.
+        let user = build(
+            &RawPrincipalMapping::default(),
+            json!({"username": "carol", "client_id": "svc-batch", "scope": "orders:read"}),
+        );
+        assert!(user.is_err(), "{user:?}");
     }
 
     #[test]

@@ -93,6 +93,20 @@ impl Assertion {
                 ));
                 continue;
             }
+            // Why: two retired keys with one `kid` were both published, and a verifier
+            // picking a key by `kid` may take either: assertions signed with one fail (or,
+            // with a lenient verifier, are checked against the wrong key).
+            // Regression: tests (it) assertion::a_kid_is_published_once
+            if let Some(j) = raw.retired_keys[..i].iter().position(|p| p.kid == r.kid) {
+                errors.push(FieldError::new(
+                    format!("retired_keys[{i}].kid"),
+                    format!(
+                        "`{}` is retired_keys[{j}]'s id too: each published key needs its own",
+                        r.kid
+                    ),
+                ));
+                continue;
+            }
             match load_key(base_dir, &r.key_file, &r.algorithm, &r.kid) {
                 Ok(k) => published.push(k.jwk),
                 Err(e) => errors.push(e.under(&format!("retired_keys[{i}]"))),

@@ -109,6 +109,21 @@ pub fn apply(headers: &mut HeaderMap, origin: &Origin) {
                 push_ip(&mut s, origin.client_ip);
                 s.push_str("]\"");
             }
+            // The scheme the trusted proxy says its client used, as `X-Forwarded-Proto`
+            // (kept) says it: an upstream reading `Forwarded` first (Spring) must not see
+            // another.
+            if let Some(p) = headers
+                .get(&XFP)
+                .map(HeaderValue::as_bytes)
+                .and_then(|p| match p {
+                    b"http" => Some("http"),
+                    b"https" => Some("https"),
+                    _ => None,
+                })
+            {
+                s.push_str(";proto=");
+                s.push_str(p);
+            }
             s.push_str(", ");
             s.push_str(&element);
             s
@@ -251,7 +266,9 @@ mod tests {
     fn trusted_peer_forwarded_is_what_the_gateway_resolved() {
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let client: IpAddr = "1.1.1.1".parse().unwrap();
-        let resolved = "for=1.1.1.1, for=10.0.0.1;proto=http;host=\"app\"";
+        // The client's scheme is X-Forwarded-Proto's, as sent upstream (the peer's scheme
+        // when the proxy sent none).
+        let resolved = "for=1.1.1.1;proto=http, for=10.0.0.1;proto=http;host=\"app\"";
         for sent in [
             // A client's own element (another address, scheme, host), passed on by the proxy.
             "for=203.0.113.9;proto=https",
@@ -272,6 +289,15 @@ mod tests {
         let mut h = HeaderMap::new();
         apply(&mut h, &origin(peer, true, client, "app"));
         assert_eq!(h[&FORWARDED], resolved);
+        // The client's scheme, as the trusted proxy's X-Forwarded-Proto says it.
+        let mut h = HeaderMap::new();
+        h.insert(XFP, "https".parse().unwrap());
+        apply(&mut h, &origin(peer, true, client, "app"));
+        assert_eq!(
+            h[&FORWARDED],
+            "for=1.1.1.1;proto=https, for=10.0.0.1;proto=http;host=\"app\""
+        );
+        assert_eq!(h[&XFP], "https");
         // The client is the peer (no X-Forwarded-For): one element; IPv6 quoted.
         apply(&mut h, &origin(peer, true, peer, "app"));
         assert_eq!(h[&FORWARDED], "for=10.0.0.1;proto=http;host=\"app\"");
@@ -279,7 +305,7 @@ mod tests {
         apply(&mut h, &origin(peer, true, v6, "app"));
         assert_eq!(
             h[&FORWARDED],
-            "for=\"[2001:db8::7]\", for=10.0.0.1;proto=http;host=\"app\""
+            "for=\"[2001:db8::7]\";proto=https, for=10.0.0.1;proto=http;host=\"app\""
         );
     }
 

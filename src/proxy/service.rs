@@ -490,6 +490,25 @@ fn facts<'p>(
             "misdirected_request",
         ));
     }
+    // Why: a connection made without a client certificate, before a reload that requires
+    // one (for the listener, or for this host's entry), went on being served: the
+    // certificate check above reads only connections that presented one.
+    // Regression: tests (it) credentials::a_reload_requiring_certificates_binds_old_connections
+    if let Some(tls) = &conn.tls
+        && tls.client_cert.is_none()
+        && snapshot
+            .listeners
+            .iter()
+            .find(|l| *l.name == *conn.listener)
+            .and_then(|l| l.tls.as_ref())
+            .is_some_and(|t| t.requires_client_cert(&facts.host))
+    {
+        return Err(ctx.malformed(
+            parts,
+            http::StatusCode::MISDIRECTED_REQUEST,
+            "misdirected_request",
+        ));
+    }
     ctx.log.client_ip = Some(facts.client_ip);
     if snapshot.access_log {
         ctx.log.host = facts.host.as_ref().into();

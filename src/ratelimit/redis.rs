@@ -463,9 +463,13 @@ impl RedisStore {
             }
             Err(RedisError::KeyRefused) => {
                 self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                // Redis answered, at once: it is well. (A probe's refusal held the half-open
-                // breaker for its lease, and a flood of refused keys won most probes.)
-                self.breaker.success();
+                // Redis answered, at once: a probe's answer closes a half-open breaker (its
+                // refusal held the breaker for the probe's lease, and a flood of refused keys
+                // won most probes). Otherwise the count of failures in a row stands: a refusal
+                // between timeouts must not keep the breaker from opening.
+                if self.breaker.state(self.now()) == BreakerState::HalfOpen {
+                    self.breaker.success();
+                }
             }
             Err(e) => {
                 if e == RedisError::Timeout {

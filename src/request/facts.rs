@@ -368,9 +368,6 @@ pub enum FactsError {
     /// A head over `server.max_header_bytes` (431).
     #[error("request head too large")]
     HeadersTooLarge,
-    /// A trusted proxy's `X-Forwarded-For` names the client in a form that is no address.
-    #[error("invalid X-Forwarded-For")]
-    InvalidForwardedFor,
 }
 
 // === impl RequestFacts ===
@@ -493,7 +490,7 @@ impl<'a> RequestFacts<'a> {
             path,
             query,
             headers: head.headers,
-            client_ip: client_ip(conn.peer.ip(), head.headers, trusted_proxies)?,
+            client_ip: client_ip(conn.peer.ip(), head.headers, trusted_proxies),
             peer_trusted: trusted_proxies.iter().any(|n| n.contains(&conn.peer.ip())),
             conn,
             context: None,
@@ -563,7 +560,6 @@ impl FactsError {
             Self::Misdirected => "misdirected_request",
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
-            Self::InvalidForwardedFor => "invalid_forwarded_for",
         }
     }
 
@@ -662,23 +658,23 @@ pub fn parse_host(raw: &str) -> Result<(Cow<'_, str>, Option<u16>), FactsError> 
 }
 
 /// The client address: the peer, or when the peer is a trusted proxy, the rightmost
-/// `X-Forwarded-For` entry that is not itself a trusted proxy ([`forwarded_addr`]'s forms). An
-/// entry that is no address, reached while the walk is still at a trusted proxy, refuses the
-/// request (`invalid_forwarded_for`): the trusted proxy names a client nobody can read.
+/// `X-Forwarded-For` entry that is not itself a trusted proxy ([`forwarded_addr`]'s forms).
+/// Empty entries (nginx appending to an empty header) are passed over. An entry that is no
+/// address (`unknown`, `unix:`, junk), reached while the walk is still at a trusted proxy,
+/// makes the client unknown: [`UNKNOWN_CLIENT`], which no network rule meant for a proxy's
+/// own network holds.
 ///
 /// Why not the last address known good: that is a trusted proxy, so a proxy writing
-/// `203.0.113.7:51234` (Azure Application Gateway) made every client the proxy, passing
-/// `require.networks` meant for internal callers and sharing one rate-limit bucket.
+/// `203.0.113.7:51234` (Azure Application Gateway) or `unknown` (Squid) made every client the
+/// proxy, passing `require.networks` meant for internal callers and sharing one rate-limit
+/// bucket. Why not a refusal: an internal client's own junk, or an empty header nginx appends
+/// to, are everyday traffic.
 /// Regression: tests::client_ip_trusts_only_configured_proxies, tests::forwarded_addresses
-pub fn client_ip(
-    peer: IpAddr,
-    headers: &HeaderMap,
-    trusted: &[IpNet],
-) -> Result<IpAddr, FactsError> {
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
-        return Ok(peer);
+        return peer;
     }
     let mut client = peer;
     // Why every line, as bytes: a line that was not visible ASCII (one `\xff` from the
@@ -693,16 +689,26 @@ pub fn client_ip(
         .map(HeaderValue::as_bytes)
         .collect();
     for entry in values.iter().rev().flat_map(|v| v.rsplit(|&b| b == b',')) {
-        let ip = forwarded_addr(entry).ok_or(FactsError::InvalidForwardedFor)?;
+        if entry.trim_ascii().is_empty() {
+            continue;
+        }
+        let Some(ip) = forwarded_addr(entry) else {
+            return UNKNOWN_CLIENT;
+        };
         // As the peer's (`ConnInfo::for_door`): a proxy may write `::ffff:a.b.c.d`.
         let ip = ip.to_canonical();
         client = ip;
         if !is_trusted(&ip) {
-            return Ok(ip);
+            return ip;
         }
     }
-    Ok(client)
+    client
 }
+
+/// The client address when a trusted proxy names a client in a form that is no address:
+/// `0.0.0.0`, which only a rule for every address (`0.0.0.0/0`) holds, and one rate-limit
+/// bucket for every such client.
+pub const UNKNOWN_CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
 /// An `X-Forwarded-For` entry as proxies write it: an address (`203.0.113.7`, `2001:db8::7`),
 /// with a port (`203.0.113.7:51234`, `[2001:db8::7]:443`, as Azure Application Gateway writes
@@ -989,13 +995,13 @@ mod tests {
         ] {
             let mut h = HeaderMap::new();
             h.append("x-forwarded-for", HeaderValue::from_bytes(line).unwrap());
-            assert_eq!(client_ip(proxy, &h, &trusted), Ok(client), "{line:?}");
+            assert_eq!(client_ip(proxy, &h, &trusted), client, "{line:?}");
         }
         // The client's own unreadable line, the proxy's appended on its own line.
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
         h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.5"));
-        assert_eq!(client_ip(proxy, &h, &trusted), Ok(client));
+        assert_eq!(client_ip(proxy, &h, &trusted), client);
     }
 
     #[test]
@@ -1011,10 +1017,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", "::ffff:203.0.113.7".parse().unwrap());
         let proxy: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(proxy.to_canonical(), &h, &trusted), Ok(v4));
+        assert_eq!(client_ip(proxy.to_canonical(), &h, &trusted), v4);
         // A mapped trusted hop is trusted, and skipped.
         h.append("x-forwarded-for", "::ffff:10.0.0.2".parse().unwrap());
-        assert_eq!(client_ip(proxy.to_canonical(), &h, &trusted), Ok(v4));
+        assert_eq!(client_ip(proxy.to_canonical(), &h, &trusted), v4);
     }
 
     #[test]
@@ -1024,32 +1030,40 @@ mod tests {
         h.append("x-forwarded-for", "10.0.0.6".parse().unwrap());
         let peer: IpAddr = "10.0.0.9".parse().unwrap();
         // Nobody trusted: the peer.
-        assert_eq!(client_ip(peer, &h, &[]), Ok(peer));
+        assert_eq!(client_ip(peer, &h, &[]), peer);
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         assert_eq!(
             client_ip(peer, &h, &trusted),
-            Ok("1.1.1.1".parse::<IpAddr>().unwrap())
+            "1.1.1.1".parse::<IpAddr>().unwrap()
         );
         // A spoofed entry left of an untrusted one is never used.
         let mut h2 = HeaderMap::new();
         h2.append("x-forwarded-for", "6.6.6.6, 2.2.2.2".parse().unwrap());
         assert_eq!(
             client_ip(peer, &h2, &trusted),
-            Ok("2.2.2.2".parse::<IpAddr>().unwrap())
+            "2.2.2.2".parse::<IpAddr>().unwrap()
         );
-        // Garbage where a trusted proxy names the client: refused, never the proxy itself.
+        // Garbage where a trusted proxy names the client: an unknown client, never the
+        // proxy itself.
         for garbage in [
             "evil, 10.0.0.4",
             "10.0.0.4, evil",
             "unknown",
             "203.0.113.9:x",
+            "unix:",
         ] {
             let mut h3 = HeaderMap::new();
             h3.append("x-forwarded-for", garbage.parse().unwrap());
+            assert_eq!(client_ip(peer, &h3, &trusted), UNKNOWN_CLIENT, "{garbage}");
+        }
+        // Empty entries (nginx appending to an empty header) are passed over.
+        for empty in [", 10.0.0.4", "10.0.0.4,", " , 10.0.0.4"] {
+            let mut h3 = HeaderMap::new();
+            h3.append("x-forwarded-for", empty.parse().unwrap());
             assert_eq!(
                 client_ip(peer, &h3, &trusted),
-                Err(FactsError::InvalidForwardedFor),
-                "{garbage}"
+                "10.0.0.4".parse::<IpAddr>().unwrap(),
+                "{empty:?}"
             );
         }
         // Garbage left of the client is the client's own: never read.
@@ -1057,14 +1071,14 @@ mod tests {
         h4.append("x-forwarded-for", "evil, 203.0.113.9".parse().unwrap());
         assert_eq!(
             client_ip(peer, &h4, &trusted),
-            Ok("203.0.113.9".parse::<IpAddr>().unwrap())
+            "203.0.113.9".parse::<IpAddr>().unwrap()
         );
         // With a port, as Azure Application Gateway writes it: the address.
         let mut h5 = HeaderMap::new();
         h5.append("x-forwarded-for", "203.0.113.7:51234".parse().unwrap());
         assert_eq!(
             client_ip(peer, &h5, &trusted),
-            Ok("203.0.113.7".parse::<IpAddr>().unwrap())
+            "203.0.113.7".parse::<IpAddr>().unwrap()
         );
     }
 

@@ -76,6 +76,8 @@ pub struct ListenerTls {
     /// What verifies each entry's client certificates (entry order), to judge again a
     /// connection's certificate verified under another config ([`Self::still_trusts`]).
     verifiers: Box<[Option<Arc<dyn ClientCertVerifier>>]>,
+    /// Which entries require a client certificate (entry order; empty: none does).
+    required: Box<[bool]>,
 }
 
 /// The certificate chain a client presented at the handshake, kept to be verified again
@@ -152,6 +154,7 @@ pub fn listener_tls(
         names,
         client_auth: None,
         verifiers: client_auth.into(),
+        required: Box::new([]),
     })
 }
 
@@ -223,6 +226,27 @@ impl ListenerTls {
         self
     }
 
+    /// The same, with `required[i]` saying whether entry `i` requires a client certificate.
+    pub fn with_required(mut self, required: Vec<bool>) -> Self {
+        self.required = if required.contains(&true) {
+            required.into()
+        } else {
+            Box::new([])
+        };
+        self
+    }
+
+    /// Whether a request for `host` needs a client certificate: the entry it selects requires
+    /// one. A connection made without one (before a reload that requires it) may not carry it.
+    pub fn requires_client_cert(&self, host: &str) -> bool {
+        !self.required.is_empty()
+            && self
+                .required
+                .get(self.names.select_host(host))
+                .copied()
+                .unwrap_or(false)
+    }
+
     /// What verifies its client certificates, as a digest: a connection whose certificate
     /// was verified under another one must not go on authenticating with it.
     pub fn client_auth(&self) -> Option<&[u8; 32]> {
@@ -288,14 +312,6 @@ impl ListenerTls {
     /// for servers), and why.
     pub fn unusable_certificates(&self) -> &[(usize, String)] {
         &self.names.unusable
-    }
-
-    /// Whether one of its entries serves the leaf certificate `der`.
-    pub fn serves(&self, der: &[u8]) -> bool {
-        self.names
-            .keys
-            .iter()
-            .any(|k| k.cert.first().is_some_and(|c| c.as_ref() == der))
     }
 
     /// The leaf certificate entry `entry` serves.

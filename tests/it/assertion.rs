@@ -527,6 +527,77 @@ fn assertion_header_is_no_identity_header() {
     assert_eq!(code, Some(0), "{text}");
 }
 
+/// An assertion without an audience is warned about (any upstream could replay another's),
+/// unless every upstream names its own.
+#[test]
+fn an_assertion_without_audience_warns() {
+    let signing = SigningKey::generate(Algorithm::ES256, "gw-3").unwrap();
+    for (audience, upstream, warned) in [
+        ("", "", true),
+        ("  audience: backend\n", "", false),
+        (
+            "",
+            "upstreams:\n  echo: {url: \"http://127.0.0.1:9\", assertion_audience: echo}\n",
+            false,
+        ),
+    ] {
+        let cfg = crate::support::ConfigDir::new(&format!(
+            "identity_assertion:\n  key_file: assertion.key\n  algorithm: ES256\n  kid: gw-3\n  issuer: https://gateway.test\n{audience}"
+        ));
+        if !upstream.is_empty() {
+            let main = std::fs::read_to_string(cfg.dir.path().join("portcullis.yaml")).unwrap();
+            cfg.write(
+                "portcullis.yaml",
+                main.replace(
+                    "upstreams: {echo: {url: \"http://127.0.0.1:9\"}}\n",
+                    upstream,
+                ),
+            );
+        }
+        cfg.write("assertion.key", signing.private_pem.expose().as_bytes());
+        cfg.write(
+            "policies/p.yaml",
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+        );
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(0), "{text}");
+        assert_eq!(
+            text.contains("identity_assertion.audience"),
+            warned,
+            "{audience}{upstream}: {text}"
+        );
+    }
+}
+
+/// Two retired keys with one `kid` are refused: a verifier picking a key by `kid` may take
+/// either.
+#[test]
+fn a_kid_is_published_once() {
+    let signing = SigningKey::generate(Algorithm::ES256, "gw-3").unwrap();
+    let old1 = SigningKey::generate(Algorithm::ES256, "gw-1").unwrap();
+    let old2 = SigningKey::generate(Algorithm::ES256, "gw-1").unwrap();
+    let config = |second: &str| {
+        format!(
+            "identity_assertion:\n  key_file: assertion.key\n  algorithm: ES256\n  kid: gw-3\n  issuer: https://gateway.test\n  audience: backend\n  retired_keys:\n    - {{key_file: old1.key, algorithm: ES256, kid: gw-1}}\n    - {{key_file: old2.key, algorithm: ES256, kid: {second}}}\n"
+        )
+    };
+    for (second, ok) in [("gw-1", false), ("gw-2", true)] {
+        let cfg = crate::support::ConfigDir::new(&config(second));
+        cfg.write("assertion.key", signing.private_pem.expose().as_bytes());
+        cfg.write("old1.key", old1.private_pem.expose().as_bytes());
+        cfg.write("old2.key", old2.private_pem.expose().as_bytes());
+        cfg.write(
+            "policies/p.yaml",
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+        );
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code == Some(0), ok, "{second}: {text}");
+        if !ok {
+            assert!(text.contains("retired_keys[1].kid"), "{text}");
+        }
+    }
+}
+
 /// An upstream with its own `assertion_audience` gets assertions minted for it alone: the
 /// same caller's assertion for another upstream has the global audience, so neither upstream
 /// can replay what it was handed to the other.

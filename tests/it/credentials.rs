@@ -1667,6 +1667,75 @@ async fn a_reload_that_splits_client_cas_binds_old_connections() {
     assert_eq!(gw.echo.count(), before, "nothing reached the upstream");
 }
 
+/// A reload that requires client certificates binds the connections made without one: their
+/// next request is misdirected (421), as a new connection would fail its handshake.
+#[tokio::test]
+async fn a_reload_requiring_certificates_binds_old_connections() {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let pki = pki();
+    let (a_cert, a_key) = portcullis::tls::certs::self_signed(&["a.test"]).unwrap();
+    let open = "        - {cert: a.crt, key: a.key}\n";
+    let required = "        - {cert: a.crt, key: a.key}\n      client_auth: {ca_file: clients.pem, required: true}\n";
+    let gw = Setup {
+        listeners: format!(
+            "  - name: http\n    address: 127.0.0.1:0\n    tls:\n      certificates:\n{open}"
+        ),
+        policies: vec![("10-p.yaml".into(), policy("devices"))],
+        files: vec![
+            ("a.crt".into(), a_cert.clone().into_bytes()),
+            ("a.key".into(), a_key.into_bytes()),
+            ("clients.pem".into(), pki.ca.clone().into_bytes()),
+        ],
+        extra: "authenticators:\n  devices:\n    mtls: {}\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(a_cert.as_bytes()).unwrap())
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut get = async || {
+        let resp = send
+            .send_request(
+                Request::get("/open/x")
+                    .header("host", "a.test")
+                    .body(Full::<Bytes>::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+        status
+    };
+    assert_eq!(get().await, StatusCode::OK);
+    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
+    gw.write("portcullis.yaml", config.replace(open, required));
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = gw.echo.count();
+    assert_eq!(get().await, StatusCode::MISDIRECTED_REQUEST);
+    assert_eq!(gw.echo.count(), before, "nothing reached the upstream");
+}
+
 /// An API key sent in its own header is not a bearer token: a 401 challenges with the
 /// `ApiKey` scheme (both schemes when the rule also takes bearer tokens), as do a 403 for a
 /// missing scope and a 400 for two keys; the verified key is stripped before forwarding

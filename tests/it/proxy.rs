@@ -117,11 +117,11 @@ async fn an_unreadable_forwarded_for_line_does_not_make_the_client_the_proxy() {
 }
 
 /// A trusted proxy that writes the client with a port (Azure Application Gateway) names that
-/// client, not itself; one whose entry is no address gets 400, never the proxy's own
-/// address (before, both passed a networks rule naming the proxy's network); a client's own
-/// `Forwarded` never reaches the upstream past a trusted proxy.
+/// client, not itself; one whose entry is no address names an unknown client, never the
+/// proxy's own address (before, both passed a networks rule naming the proxy's network); a
+/// client's own `Forwarded` never reaches the upstream past a trusted proxy.
 #[tokio::test]
-async fn a_trusted_proxys_client_entry_is_read_or_refused_never_taken_for_the_proxy() {
+async fn a_trusted_proxys_client_entry_is_read_or_unknown_never_taken_for_the_proxy() {
     let gw = Setup {
         policies: vec![(
             "10-p.yaml".into(),
@@ -147,14 +147,19 @@ async fn a_trusted_proxys_client_entry_is_read_or_refused_never_taken_for_the_pr
     assert_eq!(echoed_header(&gw.echo, "x-real-ip").unwrap(), "203.0.113.9");
     assert_eq!(
         echoed_header(&gw.echo, "forwarded").unwrap(),
-        "for=203.0.113.9, for=127.0.0.1;proto=http;host=\"app.test\""
+        "for=203.0.113.9;proto=http, for=127.0.0.1;proto=http;host=\"app.test\""
     );
-    for xff in ["unknown", "evil, 203.0.113.9:x"] {
+    // No address where the trusted proxy names the client: an unknown client (0.0.0.0),
+    // outside the proxy's network; the request itself goes on.
+    for xff in ["unknown", "evil, 203.0.113.9:x", "unix:"] {
         let before = gw.echo.count();
         let r = raw(gw.addr(), ask("/internal/x", xff).as_bytes()).await;
-        assert_eq!(r.status, 400, "{xff}: {r:?}");
-        assert!(r.body.contains("invalid_forwarded_for"), "{r:?}");
+        assert_eq!(r.status, 403, "{xff}: {r:?}");
+        assert!(r.body.contains("network_not_allowed"), "{r:?}");
         assert_eq!(gw.echo.count(), before);
+        let r = raw(gw.addr(), ask("/open/x", xff).as_bytes()).await;
+        assert_eq!(r.status, 200, "{xff}: {r:?}");
+        assert_eq!(echoed_header(&gw.echo, "x-real-ip").unwrap(), "0.0.0.0");
     }
 }
 

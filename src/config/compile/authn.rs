@@ -300,6 +300,21 @@ pub(super) fn assertion(cx: &mut Cx<'_>) -> Option<Assertion> {
         let key = cx.path(&r.key_file);
         cx.watched.push(key);
     }
+    // Why: without an audience, an assertion minted for one upstream verifies at every other
+    // that trusts this gateway's keys: one service can replay what it was handed to another.
+    // Regression: tests (it) assertion::an_assertion_without_audience_warns
+    if raw.audience.is_none()
+        && loaded
+            .raw
+            .upstreams
+            .values()
+            .any(|u| u.assertion_audience.is_none())
+    {
+        cx.warn(
+            "identity_assertion.audience",
+            "no `audience`: an assertion minted for one upstream verifies at any other that trusts this gateway's keys; set `audience` (or each upstream's `assertion_audience`)".into(),
+        );
+    }
     // Why: an assertion header that is also an identity header was overwritten by the
     // identity value (or overwrote it), silently. Rules' identity headers: `rules::identity`.
     // Regression: tests (it) assertion::assertion_header_is_no_identity_header

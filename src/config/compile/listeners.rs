@@ -144,6 +144,16 @@ fn listener_tls(
         .as_ref()
         .and_then(|ca| verifier(cx, ca, format!("listeners[{i}].tls.client_auth.ca_file")));
     let mut per_entry = Vec::with_capacity(t.certificates.len());
+    let required: Vec<bool> = t
+        .certificates
+        .iter()
+        .map(|c| {
+            c.client_auth
+                .as_ref()
+                .or(t.client_auth.as_ref())
+                .is_some_and(|a| a.required)
+        })
+        .collect();
     for (j, c) in t.certificates.iter().enumerate() {
         per_entry.push(match &c.client_auth {
             Some(ca) => verifier(
@@ -213,9 +223,11 @@ fn listener_tls(
                 .and_then(|l| l.tls.clone());
             for (j, reason) in c.unusable_certificates() {
                 let field = format!("listeners[{i}].tls.certificates[{j}].cert");
+                // The same entry's: a certificate another entry served (expired there too)
+                // is still new for the names this entry serves.
                 let served = c
                     .leaf(*j)
-                    .is_some_and(|leaf| previous.as_ref().is_some_and(|p| p.serves(leaf)));
+                    .is_some_and(|leaf| previous.as_ref().and_then(|p| p.leaf(*j)) == Some(leaf));
                 if cx.previous.is_some() && !served {
                     cx.error(
                         &field,
@@ -228,7 +240,9 @@ fn listener_tls(
                     cx.warn(&field, format!("{}: {reason}", entries[*j].cert.display()));
                 }
             }
-            Some(Arc::new(c.with_client_auth(client_auth)))
+            Some(Arc::new(
+                c.with_client_auth(client_auth).with_required(required),
+            ))
         }
         Err((j, e)) => {
             cx.error(

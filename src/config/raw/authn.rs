@@ -344,7 +344,8 @@ impl Default for RawPrincipalMapping {
 #[derive(Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RawMachineRule {
-    /// The token has `client_id` (or `azp`) but no `sub`.
+    /// The token has `client_id` (or `azp`) but neither `sub` nor `username` (RFC 7662's
+    /// resource owner: a user's token).
     ClientIdWithoutSub,
     /// A claim (dotted path) is present.
     ClaimPresent(String),
