@@ -1294,42 +1294,58 @@ pub(crate) async fn mtls_exchange(
 /// certificate the old one verified: their next request is misdirected (421, nothing reaches
 /// the upstream), and a new connection is verified by the new CA. A reload that leaves the CA
 /// alone leaves them be.
-#[tokio::test]
-async fn a_client_ca_change_ends_old_connections_authentication() {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let pki = pki();
-    let gw = mtls_gateway(&pki, true).await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.ca.as_bytes()).unwrap())
-        .unwrap();
-    let (cert, key) = &pki.client;
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
-        vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-        PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-    )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut get = async |path: &str| {
-        let resp = send
+/// One kept-alive HTTP/1.1 connection over TLS with `sni`, trusting `trusted` (PEMs),
+/// presenting `client` (cert, key) if any: `get(host, path)` sends on it.
+struct KeptAlive(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
+
+impl KeptAlive {
+    async fn open(
+        addr: SocketAddr,
+        trusted: &[&str],
+        client: Option<&(String, String)>,
+        sni: &str,
+    ) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        for pem in trusted {
+            roots
+                .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+                .unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let cfg = match client {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+            .await
+            .unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self(send)
+    }
+
+    async fn get(&mut self, host: &str, path: &str) -> StatusCode {
+        let resp = self
+            .0
             .send_request(
                 Request::get(path)
-                    .header("host", "localhost")
+                    .header("host", host)
                     .body(Full::<Bytes>::default())
                     .unwrap(),
             )
@@ -1338,7 +1354,15 @@ async fn a_client_ca_change_ends_old_connections_authentication() {
         let status = resp.status();
         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
         status
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_client_ca_change_ends_old_connections_authentication() {
+    let pki = pki();
+    let gw = mtls_gateway(&pki, true).await;
+    let mut conn = KeptAlive::open(gw.addr(), &[&pki.ca], Some(&pki.client), "localhost").await;
+    let mut get = async |path: &str| conn.get("localhost", path).await;
     assert_eq!(get("/api/1").await, StatusCode::OK);
     // A reload that changes nothing of the client CA.
     let (status, body) = gw.admin_post("/reload").await;
@@ -1577,8 +1601,6 @@ async fn client_ca_per_host() {
 /// certificate is still trusted for a.test.
 #[tokio::test]
 async fn a_reload_that_splits_client_cas_binds_old_connections() {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let pki = pki();
     let (a_cert, a_key) = portcullis::tls::certs::self_signed(&["a.test"]).unwrap();
     let (b_cert, b_key) = portcullis::tls::certs::self_signed(&["b.test"]).unwrap();
@@ -1612,47 +1634,9 @@ async fn a_reload_that_splits_client_cas_binds_old_connections() {
     }
     .start()
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    for pem in [&a_cert, &b_cert] {
-        roots
-            .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
-            .unwrap();
-    }
-    let (cert, key) = &pki.client;
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
-        vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-        PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-    )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("a.test").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut get = async |host: &str| {
-        let resp = send
-            .send_request(
-                Request::get("/api/x")
-                    .header("host", host)
-                    .body(Full::<Bytes>::default())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let status = resp.status();
-        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-        status
-    };
+    let mut conn =
+        KeptAlive::open(gw.addr(), &[&a_cert, &b_cert], Some(&pki.client), "a.test").await;
+    let mut get = async |host: &str| conn.get(host, "/api/x").await;
     // One CA for every host: the connection may carry either host.
     assert_eq!(get("a.test").await, StatusCode::OK);
     assert_eq!(get("b.test").await, StatusCode::OK);
@@ -1671,8 +1655,6 @@ async fn a_reload_that_splits_client_cas_binds_old_connections() {
 /// next request is misdirected (421), as a new connection would fail its handshake.
 #[tokio::test]
 async fn a_reload_requiring_certificates_binds_old_connections() {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, ServerName};
     let pki = pki();
     let (a_cert, a_key) = portcullis::tls::certs::self_signed(&["a.test"]).unwrap();
     let open = "        - {cert: a.crt, key: a.key}\n";
@@ -1692,40 +1674,8 @@ async fn a_reload_requiring_certificates_binds_old_connections() {
     }
     .start()
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(a_cert.as_bytes()).unwrap())
-        .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("a.test").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut get = async || {
-        let resp = send
-            .send_request(
-                Request::get("/open/x")
-                    .header("host", "a.test")
-                    .body(Full::<Bytes>::default())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let status = resp.status();
-        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-        status
-    };
+    let mut conn = KeptAlive::open(gw.addr(), &[&a_cert], None, "a.test").await;
+    let mut get = async || conn.get("a.test", "/open/x").await;
     assert_eq!(get().await, StatusCode::OK);
     let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
     gw.write("portcullis.yaml", config.replace(open, required));

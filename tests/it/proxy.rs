@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
-use crate::support::{Setup, echoed_header, get, raw, raw_get, route_all_to, send};
+use crate::support::{Setup, TestGateway, echoed_header, get, raw, raw_get, route_all_to, send};
 
 #[tokio::test]
 async fn hop_by_hop_headers_removed_including_connection_named() {
@@ -88,9 +88,10 @@ async fn spoofed_forwarding_headers_replaced_from_untrusted_client() {
 /// makes its part unreadable (one `\xff`) is still itself: refused by a rule for the proxy's
 /// network, and named to the upstream. (The line was dropped whole, and the client passed
 /// as the proxy.)
-#[tokio::test]
-async fn an_unreadable_forwarded_for_line_does_not_make_the_client_the_proxy() {
-    let gw = Setup {
+/// A gateway behind a trusted proxy on 127.0.0.1: `/internal/**` for the proxy's own
+/// address only, anything else open.
+async fn behind_a_trusted_proxy() -> TestGateway {
+    Setup {
         policies: vec![(
             "10-p.yaml".into(),
             "rules:\n  - {name: internal, match: {paths: [\"/internal/**\"]}, effect: allow, anonymous: true, require: {networks: [127.0.0.1/32]}, upstream: echo}\n  - {name: open, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n".into(),
@@ -99,7 +100,12 @@ async fn an_unreadable_forwarded_for_line_does_not_make_the_client_the_proxy() {
     }
     .server("  trusted_proxies: [\"127.0.0.1/32\"]\n")
     .start()
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn an_unreadable_forwarded_for_line_does_not_make_the_client_the_proxy() {
+    let gw = behind_a_trusted_proxy().await;
     let ask = |path: &str| {
         let mut r =
             format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: ").into_bytes();
@@ -122,16 +128,7 @@ async fn an_unreadable_forwarded_for_line_does_not_make_the_client_the_proxy() {
 /// client's own `Forwarded` never reaches the upstream past a trusted proxy.
 #[tokio::test]
 async fn a_trusted_proxys_client_entry_is_read_or_unknown_never_taken_for_the_proxy() {
-    let gw = Setup {
-        policies: vec![(
-            "10-p.yaml".into(),
-            "rules:\n  - {name: internal, match: {paths: [\"/internal/**\"]}, effect: allow, anonymous: true, require: {networks: [127.0.0.1/32]}, upstream: echo}\n  - {name: open, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n".into(),
-        )],
-        ..Setup::default()
-    }
-    .server("  trusted_proxies: [\"127.0.0.1/32\"]\n")
-    .start()
-    .await;
+    let gw = behind_a_trusted_proxy().await;
     let ask = |path: &str, xff: &str| {
         format!(
             "GET {path} HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: {xff}\r\nForwarded: for=198.51.100.1;proto=https\r\nConnection: close\r\n\r\n"
