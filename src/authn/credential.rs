@@ -190,6 +190,17 @@ fn trim_blanks(mut b: &[u8]) -> &[u8] {
 fn single_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Found<'a> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
+        // Why: alone, another spelling (`X_Api_Key`) is still the credential to a CGI-style
+        // upstream; on a request another authenticator allowed it went on unverified, next
+        // to identity headers naming someone else. It is a credential nobody verified:
+        // ambiguous, as beside the credential.
+        // Regression: tests::credentials_in_other_spellings_conflict
+        if headers
+            .keys()
+            .any(|k| same_dashed(k.as_str(), name.as_str()))
+        {
+            return Found::Conflict;
+        }
         return Found::Nothing;
     };
     if values.next().is_some() {
@@ -352,22 +363,24 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Found<'a> {
     // is found.
     // Regression: tests::credentials_in_other_spellings_conflict
     // And Rack 2 and older Python split on `;` as well: `?a=1;api_key=F&api_key=K1` carries a
-    // second credential the `&` reading does not see.
-    if found.is_some() && {
-        let readings = QueryNameReadings::of(name);
-        query.split('&').any(|pair| {
-            pair.split(';').enumerate().any(|(i, piece)| {
-                let k = piece.split_once('=').map_or(piece, |(k, _)| k);
-                // The first piece's exact name is the credential read above.
-                let exact = decode(k).is_some_and(|d| *d == *name);
-                if exact {
-                    i > 0
-                } else {
-                    readings.may_be(&decode_lenient(k.as_bytes()))
-                }
-            })
+    // second credential the `&` reading does not see. Alone, another spelling is still the
+    // credential to those upstreams, and went on unverified beside another authenticator's
+    // principal: ambiguous too (a cookie is left alone: another app's `SESSION` cookie on the
+    // same site is everyday traffic).
+    let readings = QueryNameReadings::of(name);
+    let another_spelling = query.split('&').any(|pair| {
+        pair.split(';').enumerate().any(|(i, piece)| {
+            let k = piece.split_once('=').map_or(piece, |(k, _)| k);
+            // The first piece's exact name is the credential read above.
+            let exact = decode(k).is_some_and(|d| *d == *name);
+            if exact {
+                i > 0
+            } else {
+                readings.may_be(&decode_lenient(k.as_bytes()))
+            }
         })
-    } {
+    });
+    if another_spelling {
         return Found::Conflict;
     }
     match found {
@@ -752,8 +765,9 @@ mod tests {
                 None,
                 tok("k1"),
             ),
-            // Alone, another spelling is not the credential.
-            (&header, &[("x_api_key", "f")], None, Found::Nothing),
+            // Alone, another spelling is a credential nobody verified.
+            (&header, &[("x_api_key", "f")], None, Found::Conflict),
+            (&header, &[("x-api-keys", "f")], None, Found::Nothing),
             (
                 &cookie,
                 &[("cookie", "session=k1; SESSION=f")],
@@ -864,7 +878,10 @@ mod tests {
                 Some("api_key=k1&api_key_hint=x&a=1"),
                 tok("k1"),
             ),
-            (&query, &[], Some("api.key=f"), Found::Nothing),
+            (&query, &[], Some("api.key=f"), Found::Conflict),
+            (&query, &[], Some("API_KEY=f"), Found::Conflict),
+            (&query, &[], Some("x=1;api_key=f"), Found::Conflict),
+            (&query, &[], Some("api_key_hint=x"), Found::Nothing),
         ];
         for (sources, pairs, q, want) in cases {
             let h = headers(pairs);

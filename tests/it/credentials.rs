@@ -1786,6 +1786,26 @@ async fn api_key_challenges_name_their_scheme_and_keys_are_stripped_by_default()
             Some("ApiKey realm=\"portcullis\", error=\"invalid_request\"".into())
         )
     );
+    // A key in another spelling (`X_Api_Key`, which CGI-style upstreams read as
+    // X-Api-Key) beside a valid bearer token: a credential nobody verified, refused before it
+    // rides along with alice's identity. The token alone passes.
+    let token = format!(
+        "Bearer {}",
+        crate::support::hs256_token(&[b's'; 32], &json!({}))
+    );
+    let before = gw.echo.count();
+    let (status, _) = challenge(
+        "/both/x",
+        vec![
+            ("authorization", token.clone()),
+            ("x_api_key", "pk_forged".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(gw.echo.count(), before, "nothing reached the upstream");
+    let (status, _) = challenge("/both/x", vec![("authorization", token)]).await;
+    assert_eq!(status, StatusCode::OK);
     // Two credentials of two schemes are neither's: the generic challenge, whichever
     // authenticator the rule lists first; a doubled bearer beside a key is the bearer's.
     let bearer_request = "Bearer realm=\"portcullis\", error=\"invalid_request\", error_description=\"The request carries more than one credential\"";
