@@ -453,7 +453,15 @@ pub fn strip(source: &CredentialSource, headers: &mut HeaderMap) {
             headers.remove(header::AUTHORIZATION);
         }
         CredentialSource::Header(name) => {
-            headers.remove(name);
+            // Its other spellings too (`x_api_key`): upstreams read them as the credential.
+            let spellings: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| same_dashed(k.as_str(), name.as_str()))
+                .cloned()
+                .collect();
+            for k in spellings {
+                headers.remove(k);
+            }
         }
         CredentialSource::Cookie(name) => match without_cookie(headers, name) {
             None => {
@@ -493,10 +501,23 @@ pub fn without_cookie(headers: &HeaderMap, name: &str) -> Option<http::HeaderVal
     http::HeaderValue::from_str(&kept.join("; ")).ok()
 }
 
-/// The query without any `name=…` pair for the given names (`None` when nothing is left);
-/// borrowed when none is present.
+/// The query without any pair that carries one of the names as frameworks read it
+/// ([`carries_named`]); `None` when nothing is left, borrowed when none is present.
 pub fn strip_query<'q>(query: &'q str, names: &[Box<str>]) -> Option<Cow<'q, str>> {
-    strip_query_where(query, |k| is_named(k, names))
+    strip_query_pairs(query, |pair| carries_named(pair, names))
+}
+
+/// Whether the raw query pair `pair` carries one of `names`: its key, or the key of a piece
+/// after a `;` (Rack 2), decoded, or read as the name the way frameworks read names (case,
+/// brackets, PHP's folds: [`QueryNameReadings`]).
+pub fn carries_named(pair: &str, names: &[Box<str>]) -> bool {
+    pair.split(';').any(|piece| {
+        let k = piece.split_once('=').map_or(piece, |(k, _)| k);
+        let lenient = decode_lenient(k.as_bytes());
+        names.iter().any(|n| {
+            decode(k).is_some_and(|d| *d == **n) || QueryNameReadings::of(n).may_be(&lenient)
+        })
+    })
 }
 
 /// Whether the raw query key `k` decodes to one of `names`.
@@ -510,7 +531,18 @@ pub fn strip_query_where<'q>(
     query: &'q str,
     doomed: impl Fn(&str) -> bool,
 ) -> Option<Cow<'q, str>> {
-    let gone = |pair: &&str| doomed(pair.split_once('=').map_or(*pair, |(k, _)| k));
+    strip_query_pairs(query, |pair| {
+        doomed(pair.split_once('=').map_or(pair, |(k, _)| k))
+    })
+}
+
+/// The query without the raw pairs `doomed` (`None` when nothing is left); borrowed when none
+/// is.
+pub fn strip_query_pairs<'q>(
+    query: &'q str,
+    doomed: impl Fn(&str) -> bool,
+) -> Option<Cow<'q, str>> {
+    let gone = |pair: &&str| doomed(pair);
     if !query.split('&').any(|p| gone(&p)) {
         return Some(Cow::Borrowed(query));
     }
@@ -1038,5 +1070,21 @@ mod tests {
             strip_query("a=1", &["access_token".into()]),
             Some(Cow::Borrowed("a=1"))
         ));
+        // Other spellings go too: upstreams read them as the credential.
+        assert_eq!(
+            strip_query(
+                "a=1&API_KEY=x&api.key=y&b=2;api_key=z&api_key_hint=h",
+                &["api_key".into()]
+            )
+            .as_deref(),
+            Some("a=1&api_key_hint=h")
+        );
+        let mut h = headers(&[("x-api-key", "k"), ("x_api_key", "f"), ("x-api-keys", "o")]);
+        strip(
+            &CredentialSource::Header(HeaderName::from_static("x-api-key")),
+            &mut h,
+        );
+        assert!(h.get("x-api-key").is_none() && h.get("x_api_key").is_none());
+        assert_eq!(h.get("x-api-keys").unwrap(), "o");
     }
 }

@@ -70,10 +70,17 @@ pub fn upstream_uri(
     // proxy::query_method_override_never_reaches_the_upstream
     let overrides = facts.query.is_some_and(credential::may_override_method);
     let query = match (&allow.query_credentials, facts.query) {
-        (names, Some(q)) if names.is_some() || overrides => credential::strip_query_where(q, |k| {
-            names.as_deref().is_some_and(|n| credential::is_named(k, n))
-                || (overrides && credential::is_method_override(k))
-        }),
+        (names, Some(q)) if names.is_some() || overrides => {
+            credential::strip_query_pairs(q, |pair| {
+                names
+                    .as_deref()
+                    .is_some_and(|n| credential::carries_named(pair, n))
+                    || (overrides
+                        && credential::is_method_override(
+                            pair.split_once('=').map_or(pair, |(k, _)| k),
+                        ))
+            })
+        }
         (_, q) => q.map(std::borrow::Cow::Borrowed),
     };
     // Usually the client's origin-form target is already exactly that: share it, no copy.
