@@ -504,19 +504,25 @@ pub fn without_cookie(headers: &HeaderMap, name: &str) -> Option<http::HeaderVal
 /// The query without any pair that carries one of the names as frameworks read it
 /// ([`carries_named`]); `None` when nothing is left, borrowed when none is present.
 pub fn strip_query<'q>(query: &'q str, names: &[Box<str>]) -> Option<Cow<'q, str>> {
-    strip_query_pairs(query, |pair| carries_named(pair, names))
+    let readings = readings_of(names);
+    strip_query_pairs(query, |pair| carries_named(pair, &readings))
+}
+
+/// How frameworks read each of `names` ([`QueryNameReadings`]), read once for every pair.
+pub fn readings_of(names: &[Box<str>]) -> Vec<QueryNameReadings<'_>> {
+    names.iter().map(|n| QueryNameReadings::of(n)).collect()
 }
 
 /// Whether the raw query pair `pair` carries one of `names`: its key, or the key of a piece
 /// after a `;` (Rack 2), decoded, or read as the name the way frameworks read names (case,
 /// brackets, PHP's folds: [`QueryNameReadings`]).
-pub fn carries_named(pair: &str, names: &[Box<str>]) -> bool {
+pub fn carries_named(pair: &str, names: &[QueryNameReadings<'_>]) -> bool {
     pair.split(';').any(|piece| {
         let k = piece.split_once('=').map_or(piece, |(k, _)| k);
         let lenient = decode_lenient(k.as_bytes());
-        names.iter().any(|n| {
-            decode(k).is_some_and(|d| *d == **n) || QueryNameReadings::of(n).may_be(&lenient)
-        })
+        names
+            .iter()
+            .any(|n| decode(k).is_some_and(|d| *d == *n.name()) || n.may_be(&lenient))
     })
 }
 

@@ -71,10 +71,12 @@ pub fn upstream_uri(
     let overrides = facts.query.is_some_and(credential::may_override_method);
     let query = match (&allow.query_credentials, facts.query) {
         (names, Some(q)) if names.is_some() || overrides => {
+            let readings = names
+                .as_deref()
+                .map(credential::readings_of)
+                .unwrap_or_default();
             credential::strip_query_pairs(q, |pair| {
-                names
-                    .as_deref()
-                    .is_some_and(|n| credential::carries_named(pair, n))
+                credential::carries_named(pair, &readings)
                     || (overrides
                         && credential::is_method_override(
                             pair.split_once('=').map_or(pair, |(k, _)| k),
@@ -465,50 +467,23 @@ fn facts<'p>(
         Err(e) => return Err(ctx.malformed(parts, e.status(), e.as_str())),
     };
     // Why: a client certificate is verified once, at the handshake. After a reload that drops
-    // or replaces a client CA (a partner's, compromised), kept-alive connections went on
-    // authenticating with certificates it had verified. Such a connection's requests are
-    // misdirected (421) once the new CAs refuse its certificate, or the new config gives the
-    // request's host another entry's CAs: the client retries on a new connection, verified
-    // anew.
-    // Regression: tests (it) credentials::a_client_ca_change_ends_old_connections_authentication
+    // or replaces a client CA (a partner's, compromised), or that requires certificates,
+    // kept-alive connections went on as the old config had admitted them. Such a
+    // connection's request is misdirected (421) unless the current config admits it too
+    // (`ListenerTls::still_admits`): the client retries on a new connection, verified anew.
+    // Regression: tests (it) credentials::a_client_ca_change_ends_old_connections_authentication,
+    // credentials::a_reload_requiring_certificates_binds_old_connections
     if let Some(tls) = &conn.tls
-        && tls.client_cert.is_some()
         && let Some(listener) = snapshot
             .listeners
             .iter()
             .find(|l| *l.name == *conn.listener)
-        && listener.tls.as_ref().and_then(|t| t.client_auth()) != tls.client_auth.as_ref()
         && !listener
             .tls
             .as_ref()
-            .zip(tls.client_chain.as_deref())
-            .is_some_and(|(t, chain)| {
-                t.still_trusts(
-                    tls.sni.as_deref(),
-                    &facts.host,
-                    chain,
-                    tls.client_auth.as_ref(),
-                )
+            .map_or(tls.client_cert.is_none(), |t| {
+                t.still_admits(tls, &facts.host)
             })
-    {
-        return Err(ctx.malformed(
-            parts,
-            http::StatusCode::MISDIRECTED_REQUEST,
-            "misdirected_request",
-        ));
-    }
-    // Why: a connection made without a client certificate, before a reload that requires
-    // one (for the listener, or for this host's entry), went on being served: the
-    // certificate check above reads only connections that presented one.
-    // Regression: tests (it) credentials::a_reload_requiring_certificates_binds_old_connections
-    if let Some(tls) = &conn.tls
-        && tls.client_cert.is_none()
-        && snapshot
-            .listeners
-            .iter()
-            .find(|l| *l.name == *conn.listener)
-            .and_then(|l| l.tls.as_ref())
-            .is_some_and(|t| t.requires_client_cert(&facts.host))
     {
         return Err(ctx.malformed(
             parts,

@@ -236,9 +236,26 @@ impl ListenerTls {
         self
     }
 
+    /// Whether this config admits a request for `host` on a connection whose TLS session,
+    /// made under an earlier config, is `tls`: its client certificate is still trusted for
+    /// that host ([`Self::still_trusts`]), or, without one, the host requires none.
+    pub fn still_admits(&self, tls: &crate::request::facts::TlsInfo, host: &str) -> bool {
+        if tls.client_cert.is_none() {
+            return !self.requires_client_cert(host);
+        }
+        match tls.client_chain.as_deref() {
+            Some(chain) => {
+                self.still_trusts(tls.sni.as_deref(), host, chain, tls.client_auth.as_ref())
+            }
+            None => {
+                self.client_auth.is_some() && self.client_auth.as_ref() == tls.client_auth.as_ref()
+            }
+        }
+    }
+
     /// Whether a request for `host` needs a client certificate: the entry it selects requires
     /// one. A connection made without one (before a reload that requires it) may not carry it.
-    pub fn requires_client_cert(&self, host: &str) -> bool {
+    fn requires_client_cert(&self, host: &str) -> bool {
         !self.required.is_empty()
             && self
                 .required

@@ -1226,17 +1226,11 @@ async fn mtls_request(
         .map(|(status, _)| status)
 }
 
-/// [`mtls_request`], with the response body.
-pub(crate) async fn mtls_exchange(
-    addr: SocketAddr,
-    trusted: &str,
-    client: Option<&(String, String)>,
-    sni: &str,
-    host: &str,
-    path: &str,
-) -> Result<(StatusCode, Bytes), String> {
+/// A TLS client trusting the certificates in `trusted` (PEM, one or more), presenting
+/// `client` (cert, key) if any.
+fn client_tls(trusted: &str, client: Option<&(String, String)>) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(trusted.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -1247,7 +1241,7 @@ pub(crate) async fn mtls_exchange(
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots);
-    let cfg = match client {
+    Arc::new(match client {
         Some((cert, key)) => builder
             .with_client_auth_cert(
                 vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
@@ -1255,12 +1249,25 @@ pub(crate) async fn mtls_exchange(
             )
             .unwrap(),
         None => builder.with_no_client_auth(),
-    };
+    })
+}
+
+/// [`mtls_request`], with the response body.
+pub(crate) async fn mtls_exchange(
+    addr: SocketAddr,
+    trusted: &str,
+    client: Option<&(String, String)>,
+    sni: &str,
+    host: &str,
+    path: &str,
+) -> Result<(StatusCode, Bytes), String> {
+    use rustls::pki_types::ServerName;
+    let cfg = client_tls(trusted, client);
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        let tls = tokio_rustls::TlsConnector::from(cfg)
             .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
             .await
             .map_err(|e| e.to_string())?;
@@ -1305,31 +1312,10 @@ impl KeptAlive {
         client: Option<&(String, String)>,
         sni: &str,
     ) -> Self {
-        use rustls::pki_types::pem::PemObject as _;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-        let mut roots = rustls::RootCertStore::empty();
-        for pem in trusted {
-            roots
-                .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
-                .unwrap();
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-        let cfg = match client {
-            Some((cert, key)) => builder
-                .with_client_auth_cert(
-                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-                )
-                .unwrap(),
-            None => builder.with_no_client_auth(),
-        };
+        use rustls::pki_types::ServerName;
+        let cfg = client_tls(&trusted.concat(), client);
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        let tls = tokio_rustls::TlsConnector::from(cfg)
             .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
             .await
             .unwrap();
