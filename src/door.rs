@@ -253,11 +253,19 @@ impl Record {
                 }
             }
             Decision::Deny(d) => {
-                self.outcome = Outcome::Deny;
                 self.reason = Some(d.kind.as_str());
                 self.rule.clone_from(&d.rule);
                 self.principal.clone_from(&d.principal);
-                shared.metrics.denial(door, d.kind.as_str());
+                // Why: the Envoy doors answer a decision that could not be made with a failed
+                // call; logged and counted as a denial, it said the gateway refused what
+                // Envoy's `failure_mode_allow` may have let through.
+                // Regression: tests (it) grpc::keys_never_fetched_is_unavailable_for_envoys_failure_mode
+                if d.kind.undecided() {
+                    self.outcome = Outcome::Error;
+                } else {
+                    self.outcome = Outcome::Deny;
+                    shared.metrics.denial(door, d.kind.as_str());
+                }
             }
         }
     }
@@ -363,6 +371,76 @@ impl Record {
     }
 }
 
+/// The status logged for a request whose peer went before its answer (nginx's "client closed
+/// request"), as the proxy door logs it.
+const CONNECTION_CLOSED: u16 = 499;
+
+/// A decision door's [`Record`] of one request, accounted exactly once: with its answer
+/// ([`Pending::account`]), or, when the peer goes first (nginx or Envoy gave up, the
+/// subrequest's client left), when the request is dropped, as 499 `connection_closed`.
+///
+/// Why: a request the peer abandoned while the decision waited (on introspection, on a
+/// delegate) left no access-log line and no count at the decision doors, where the proxy door
+/// logs one; a scanner that times its requests out was invisible.
+/// Regression: tests (it) doors::a_request_the_peer_abandons_is_still_logged
+pub struct Pending<'a> {
+    /// What is known so far.
+    pub record: Record,
+    snapshot: &'a Snapshot,
+    shared: &'a Shared,
+    at: (Door, &'a str),
+    start: Instant,
+    request_id: &'a HeaderValue,
+    done: bool,
+}
+
+impl<'a> Pending<'a> {
+    /// A request from `peer` at `at` (door, listener) that began at `start`.
+    pub fn new(
+        peer: IpAddr,
+        (snapshot, shared): (&'a Snapshot, &'a Shared),
+        at: (Door, &'a str),
+        start: Instant,
+        request_id: &'a HeaderValue,
+    ) -> Self {
+        Self {
+            record: Record::new(peer),
+            snapshot,
+            shared,
+            at,
+            start,
+            request_id,
+            done: false,
+        }
+    }
+
+    /// Counts the answer and writes its access-log line.
+    pub fn account(mut self, status: u16) {
+        self.done = true;
+        let s = &self;
+        s.record
+            .account(s.snapshot, s.shared, s.at, s.start, s.request_id, status);
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        // A panic is a bug, logged as one where it is caught, not a closed connection.
+        if !self.done && !std::thread::panicking() {
+            self.record.reason.get_or_insert("connection_closed");
+            let s = &*self;
+            s.record.account(
+                s.snapshot,
+                s.shared,
+                s.at,
+                s.start,
+                s.request_id,
+                CONNECTION_CLOSED,
+            );
+        }
+    }
+}
+
 /// One request through an HTTP decision door.
 async fn answer<D: HttpDoor>(
     door: &D,
@@ -376,22 +454,21 @@ async fn answer<D: HttpDoor>(
     let (mut parts, _body) = req.into_parts();
     let request_id =
         request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
-    let mut record = Record::new(conn.info.peer.ip());
+    let at = (D::DOOR, &*conn.info.listener);
+    let mut pending = Pending::new(
+        conn.info.peer.ip(),
+        (&snapshot, shared),
+        at,
+        start,
+        &request_id,
+    );
+    let record = &mut pending.record;
     record.trace(&snapshot, &parts.headers);
     let settings = snapshot
         .listener(index)
         .map_or(&DoorSettings::Proxy, |l| &l.door);
     let due = deadline(start, settings);
-    let decided = decide_for(
-        door,
-        settings,
-        &snapshot,
-        conn,
-        &mut parts,
-        &mut record,
-        due,
-    )
-    .await;
+    let decided = decide_for(door, settings, &snapshot, conn, &mut parts, record, due).await;
     let mut resp = match decided {
         Ok(Decided::Decision(decision, origin)) => {
             record.decision(shared, D::DOOR, &decision);
@@ -422,9 +499,7 @@ async fn answer<D: HttpDoor>(
         snapshot.server.request_id_header.clone(),
         request_id.clone(),
     );
-    let status = resp.status().as_u16();
-    let at = (D::DOOR, &*conn.info.listener);
-    record.account(&snapshot, shared, at, start, &request_id, status);
+    pending.account(resp.status().as_u16());
     resp
 }
 

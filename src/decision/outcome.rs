@@ -284,6 +284,15 @@ impl DenyKind {
         }
     }
 
+    /// Whether the gateway could not know the answer (keys never fetched, introspection
+    /// down), rather than refusing: logged and counted as `error`, not as a denial, at every
+    /// door, as the Envoy doors answer it with a failed call (Envoy's failure mode decides).
+    /// A limit, delegate or assertion configured to fail closed is a refusal the gateway
+    /// chose.
+    pub fn undecided(self) -> bool {
+        matches!(self, Self::AuthnUnavailable)
+    }
+
     /// Low-cardinality reason code for logs and metrics (token failures name their cause).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -699,27 +699,33 @@ impl CheckService {
             Decoded::Check(check) => check,
             Decoded::Undecodable => return Ok(self.undecodable(&snapshot, &conn, start)),
         };
-        let request_id = check
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-            .and_then(|h| HeaderValue::from_str(&h.id).ok())
-            .filter(|id| !id.is_empty())
-            .unwrap_or_else(|| {
-                crate::server::request_id::take_or_generate(
-                    &HeaderMap::new(),
-                    &snapshot.server.request_id_header,
-                )
-            });
-        let mut record = Record::new(conn.info.peer.ip());
+        // Why: Envoy's id is the client's `x-request-id` unless Envoy was told to generate
+        // one: taken as sent, a megabyte of it went into the log line and the answer, and an
+        // id with a non-ASCII letter reached the client but not the log.
+        // Regression: tests (it) grpc::a_peers_request_id_is_checked_as_a_headers
+        let request_id = crate::server::request_id::take_or_generate_text(
+            check
+                .attributes
+                .as_ref()
+                .and_then(|a| a.request.as_ref())
+                .and_then(|r| r.http.as_ref())
+                .map(|h| h.id.as_str()),
+        );
+        // Accounted when answered, or as 499 if Envoy resets the call first.
+        let mut pending = door::Pending::new(
+            conn.info.peer.ip(),
+            (&snapshot, &self.shared),
+            (Door::EnvoyGrpc, &conn.info.listener),
+            start,
+            &request_id,
+        );
         let answer = self
             .answer(
                 &snapshot,
                 &conn,
                 &check,
                 &request_id,
-                &mut record,
+                &mut pending.record,
                 (start, asked),
             )
             .await;
@@ -727,8 +733,7 @@ impl CheckService {
             Ok(a) => a.http_status(),
             Err(_) => 503,
         };
-        let at = (Door::EnvoyGrpc, &*conn.info.listener);
-        record.account(&snapshot, &self.shared, at, start, &request_id, status);
+        pending.account(status);
         let mut answer = answer;
         // A denial carries the request id, as every other door's refusal.
         if let Ok(Answer::Message(m)) = &mut answer {

@@ -813,8 +813,14 @@ impl Ctx<'_> {
                 (Refusal::error(status, reason, id), true)
             }
             Failure::Denied(d) => {
-                self.shared.metrics.denial(Door::Proxy, d.kind.as_str());
-                (self.outcome, self.reason) = (Outcome::Deny, Some(d.kind.as_str()));
+                // Counted and logged as every door does (`door::Record::decision`).
+                if d.kind.undecided() {
+                    self.outcome = Outcome::Error;
+                } else {
+                    self.shared.metrics.denial(Door::Proxy, d.kind.as_str());
+                    self.outcome = Outcome::Deny;
+                }
+                self.reason = Some(d.kind.as_str());
                 self.log.rule.clone_from(&d.rule);
                 self.log.principal.clone_from(&d.principal);
                 (d.refusal(&self.snapshot.challenges, id), false)

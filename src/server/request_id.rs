@@ -8,17 +8,27 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 /// The request's id, taken from `name` when well-formed (1–128 of `[A-Za-z0-9._:-]`) or
 /// generated.
 pub fn take_or_generate(headers: &HeaderMap, name: &HeaderName) -> HeaderValue {
-    if let Some(v) = headers.get(name) {
-        let b = v.as_bytes();
-        if !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
-        {
-            return v.clone();
-        }
+    match headers.get(name) {
+        Some(v) if well_formed(v.as_bytes()) => v.clone(),
+        _ => generate(),
     }
-    generate()
+}
+
+/// The id a peer gave in another form than a header (the Envoy Check's
+/// `attributes.request.http.id`), when well-formed, as [`take_or_generate`] takes one; else a
+/// fresh one.
+pub fn take_or_generate_text(id: Option<&str>) -> HeaderValue {
+    id.filter(|id| well_formed(id.as_bytes()))
+        .and_then(|id| HeaderValue::from_str(id).ok())
+        .unwrap_or_else(generate)
+}
+
+/// 1–128 of `[A-Za-z0-9._:-]`: safe in a log line and a header, and short.
+fn well_formed(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
 }
 
 thread_local! {

@@ -1265,3 +1265,82 @@ async fn query_method_override_refused_at_http_doors() {
         }
     }
 }
+
+/// A request its peer abandons while the decision waits (here on an introspection endpoint
+/// that never answers) is still counted and logged, as 499 `connection_closed`, at each
+/// decision door, as at the proxy door: nginx, Envoy and their clients give up, and a scanner
+/// that times its requests out must not be invisible.
+#[tokio::test]
+async fn a_request_the_peer_abandons_is_still_logged() {
+    use tokio::io::AsyncWriteExt;
+    // An introspection endpoint that reads and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idp = silent.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let gw = Setup {
+        listeners: "  - name: fa\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n  - name: eh\n    address: 127.0.0.1:0\n    door: {envoy_http: {}}\n  - name: eg\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - name: intro\n    match: {paths: [\"/intro/**\"]}\n    effect: allow\n    authenticators: [opaque]\n".into(),
+        )],
+        files: vec![("client.secret".into(), b"s3cret".to_vec())],
+        extra: format!(
+            "authenticators:\n  opaque:\n    introspection:\n      endpoint: http://{idp}/introspect\n      client_id: gateway\n      client_secret: {{file: client.secret}}\n      timeout: 10s\n      audiences: [api]\n"
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let heads = [
+        (
+            "fa",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Method: GET\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: app.test\r\nX-Forwarded-Uri: /intro/a\r\nX-Forwarded-For: 198.51.100.9\r\nAuthorization: Bearer opaque-token-1\r\n\r\n",
+        ),
+        (
+            "eh",
+            "GET /intro/a HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 198.51.100.9\r\nAuthorization: Bearer opaque-token-2\r\n\r\n",
+        ),
+    ];
+    for (listener, head) in heads {
+        let mut s = tokio::net::TcpStream::connect(gw.addr_of(listener))
+            .await
+            .unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(s);
+    }
+    // Envoy resets the call: the Check's future is dropped.
+    let url = format!("http://{}", gw.addr_of("eg"));
+    let mut c = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(url)
+        .await
+        .unwrap();
+    let call = tokio::spawn(async move {
+        let req = crate::grpc::check(
+            "/intro/a",
+            "198.51.100.9",
+            &[("authorization", "Bearer opaque-token-3")],
+        );
+        let _ = c.check(req).await;
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    call.abort();
+    let _ = call.await;
+    for door in ["forward-auth", "envoy-http", "envoy-grpc"] {
+        let series = format!(
+            r#"portcullis_requests_total{{door="{door}",decision="error",status="other"}} 1"#
+        );
+        let counted = crate::support::eventually(std::time::Duration::from_secs(5), || {
+            let series = series.clone();
+            let gw = &gw;
+            async move { gw.admin_get("/metrics").await.1.contains(&series) }
+        })
+        .await;
+        assert!(counted, "{series}: {}", gw.admin_get("/metrics").await.1);
+    }
+    holder.abort();
+}

@@ -282,6 +282,48 @@ async fn headers_named_in_connection_are_removed_too() {
     );
 }
 
+/// Envoy's `id` is the client's `x-request-id` unless Envoy generates one: the door takes it
+/// only as a header's is taken (1–128 of `[A-Za-z0-9._:-]`), and answers with a fresh one
+/// otherwise.
+#[tokio::test]
+async fn a_peers_request_id_is_checked_as_a_headers() {
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let mut c = client(&gw).await;
+    let long = "R".repeat(129);
+    for (sent, kept) in [
+        ("abc-123.x:y_z", true),
+        (&*"R".repeat(128), true),
+        (&*long, false),
+        ("id\u{e9}", false),
+        ("x\" status=500", false),
+        ("a\tb", false),
+        ("", false),
+    ] {
+        let mut req = check("/api/orders", "198.51.100.9", &[]);
+        if let Some(h) = req
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+        {
+            h.id = sent.into();
+        }
+        let resp = c.check(req).await.unwrap().into_inner();
+        let (status, headers, body) = denied(&resp);
+        assert_eq!(status, 401, "{sent:?}");
+        let id = &headers["x-request-id"];
+        if kept {
+            assert_eq!(id, sent);
+        } else {
+            assert!(
+                id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{sent:?} answered with {id:?}"
+            );
+        }
+        assert!(body.contains(&format!("\"request_id\":\"{id}\"")), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn check_denials_carry_grpc_codes_status_challenge_and_body() {
     let gw = gateway("{envoy_grpc: {}}").await;
@@ -999,6 +1041,27 @@ async fn keys_never_fetched_is_unavailable_for_envoys_failure_mode() {
         Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
         Ok(r) => panic!("expected UNAVAILABLE, got {:?}", r.into_inner()),
     }
+    // Reported as what it was: a call that could not be decided, not a denial.
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let counted = |prefix: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let grpc = r#"portcullis_requests_total{door="envoy-grpc","#;
+    assert_eq!(
+        counted(&format!(r#"{grpc}decision="error","#)),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        counted(&format!(r#"{grpc}decision="deny","#)),
+        0,
+        "{metrics}"
+    );
+    assert_eq!(counted("portcullis_denials_total{"), 0, "{metrics}");
 }
 
 #[tokio::test]

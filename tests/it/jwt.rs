@@ -1126,6 +1126,19 @@ async fn assert_unavailable(gw: &TestGateway, token: &str, what: &str) {
     );
     assert!(headers.get("www-authenticate").is_none(), "{what}");
     assert_eq!(gw.echo.count(), before, "{what}: upstream saw the request");
+    // Counted as a request the gateway could not decide, as every door counts it.
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics
+            .contains(r#"portcullis_requests_total{door="proxy",decision="error",status="503"} "#)
+            && !metrics.contains(r#"reason="authentication_unavailable""#),
+        "{what}: {metrics}"
+    );
+    assert!(
+        !metrics
+            .contains(r#"portcullis_requests_total{door="proxy",decision="error",status="503"} 0"#),
+        "{what}: {metrics}"
+    );
 }
 
 /// A provider with a static ES256 key (`ec256`) and a JWKS URL.
