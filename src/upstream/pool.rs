@@ -705,6 +705,8 @@ impl Pool {
                 }))
             }
             Sender::H2(mut s) => {
+                // Taken before the head becomes HTTP/2's (`Host` into `:authority`).
+                let head = Head::of(&req);
                 *req.version_mut() = http::Version::HTTP_2;
                 let mut parts = req.uri().clone().into_parts();
                 parts.scheme = Some(self.target.scheme.clone());
@@ -718,10 +720,24 @@ impl Pool {
                 if let Ok(uri) = http::Uri::from_parts(parts) {
                     *req.uri_mut() = uri;
                 }
-                let resp = s.try_send_request(req).await.map_err(|mut e| Failed {
-                    unsent: e.take_message().map(Box::new),
-                    error: SendError::Http(e.into_error()),
-                    repeat: None,
+                // Why: a stream the upstream refused unprocessed (`REFUSED_STREAM`, or one past
+                // a graceful GOAWAY's last stream: RFC 9113 §8.7), or whose connection closed
+                // before an answer, failed with 502 even for a GET, where the same GET over
+                // HTTP/1 went once more: a bodiless idempotent request is rebuilt to go again.
+                // Regression: tests (it) upstreams::an_h2_stream_the_upstream_refused_is_retried
+                let resp = s.try_send_request(req).await.map_err(|mut e| {
+                    let unsent = e.take_message().map(Box::new);
+                    let error = e.into_error();
+                    Failed {
+                        repeat: match unsent {
+                            None if unprocessed(&error) || closed_before_an_answer(&error) => {
+                                head.and_then(Head::into_request)
+                            }
+                            _ => None,
+                        },
+                        unsent,
+                        error: SendError::Http(error),
+                    }
                 })?;
                 check_status(resp.status())?;
                 Ok(resp.map(|body| PooledBody {
@@ -1142,6 +1158,20 @@ impl Drop for InFlight {
             });
         }
     }
+}
+
+/// Whether an HTTP/2 upstream said it did not process the stream: reset with
+/// `REFUSED_STREAM`, or past the last stream of a graceful GOAWAY (RFC 9113 §8.7).
+fn unprocessed(e: &hyper::Error) -> bool {
+    crate::errors::sources(e)
+        .find_map(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|e| {
+            e.is_remote()
+                && ((e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM))
+                    // A graceful GOAWAY fails only the streams past its last one; the others
+                    // go on, and a later close fails them otherwise.
+                    || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)))
+        })
 }
 
 /// Whether a failed exchange on a reused connection ended as a connection the upstream

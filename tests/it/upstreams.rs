@@ -1272,6 +1272,46 @@ async fn h2c_upstream_gets_one_connection_under_a_burst() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
+/// An h2c upstream that refuses every other stream unprocessed (`REFUSED_STREAM`, as a server
+/// at its stream limit does) and answers the rest: a GET it refused goes once more and gets
+/// its answer, as over HTTP/1 a GET whose pooled connection closed does; a POST with a body,
+/// which cannot be rebuilt, gets 502 and reaches the upstream once. Counted at the upstream.
+#[tokio::test]
+async fn an_h2_stream_the_upstream_refused_is_retried() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&streams);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let streams = Arc::clone(&streams);
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    if streams.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    } else {
+                        let _ = respond.send_response(http::Response::new(()), true);
+                    }
+                }
+            });
+        }
+    });
+    let gw = h2c_gateway(addr).await;
+    let (status, _, _) = get(gw.addr(), "/x").await;
+    assert_eq!(status, StatusCode::OK, "the refused GET went once more");
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+    let post = Request::post("/order")
+        .body(Full::new(Bytes::from_static(b"{\"qty\":1}")))
+        .unwrap();
+    let (status, _, _) = send(gw.addr(), post).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(seen.load(Ordering::SeqCst), 3, "the POST went once");
+}
+
 #[tokio::test]
 async fn h2c_upstream_relays_trailers() {
     let (addr, seen) = trailer_upstream(None).await;
