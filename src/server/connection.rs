@@ -410,6 +410,12 @@ async fn drive<C: Future<Output = hyper::Result<()>>, H>(
         tokio::select! {
             res = connection.as_mut() => {
                 if let Err(e) = res {
+                    // Why: hyper answers a head it cannot read (400, 431) itself, before any
+                    // door sees a request: a scanner's flood left no count at all.
+                    // Regression: tests (it) abuse::an_unreadable_head_is_counted
+                    if let Some(kind) = unreadable_head(&e) {
+                        ctx.shared.metrics.bad_request(kind);
+                    }
                     tracing::debug!(error = %e, "Connection ended with an error");
                 }
                 return Ended::Closed;
@@ -486,6 +492,19 @@ fn h1_owed_for(activity: &Activity) -> Duration {
         .ok()
         .and_then(|p| p.as_ref().and_then(|p| p.owed_since()))
         .map_or(Duration::ZERO, |since| since.elapsed())
+}
+
+/// The `bad_requests_total` kind of a request head hyper refused and answered itself: one
+/// over the size limits (`head_too_large`, 431 or 414) or one that does not parse
+/// (`unparsable_head`, 400 or 505).
+fn unreadable_head(e: &hyper::Error) -> Option<&'static str> {
+    if e.is_parse_too_large() {
+        Some("head_too_large")
+    } else if e.is_parse() {
+        Some("unparsable_head")
+    } else {
+        None
+    }
 }
 
 /// Sleeps until `deadline`, or forever without one.

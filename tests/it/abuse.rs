@@ -500,3 +500,32 @@ async fn in_flight_cap_sheds_load_at_every_door() {
         "{metrics}"
     );
 }
+
+/// A head hyper refuses and answers itself (a control byte in a field, a head over the size
+/// limit), before any door sees a request, is still counted: a scanner's flood shows.
+#[tokio::test]
+async fn an_unreadable_head_is_counted() {
+    let gw = Setup::default().start().await;
+    let r = raw(
+        gw.addr(),
+        b"GET /x HTTP/1.1\r\nHost: a\r\nUser-Agent: a\x01b\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    let big = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(200 * 1024)
+    );
+    let r = raw(gw.addr(), big.as_bytes()).await;
+    assert_eq!(r.status, 431, "{}", r.head);
+    for kind in ["unparsable_head", "head_too_large"] {
+        let series = format!(r#"portcullis_bad_requests_total{{kind="{kind}"}} 1"#);
+        let counted = eventually(Duration::from_secs(5), || {
+            let series = series.clone();
+            let gw = &gw;
+            async move { gw.admin_get("/metrics").await.1.contains(&series) }
+        })
+        .await;
+        assert!(counted, "{series}");
+    }
+}
