@@ -495,11 +495,11 @@ fn h1_owed_for(activity: &Activity) -> Duration {
 }
 
 /// The `bad_requests_total` kind of a request head hyper refused and answered itself: one
-/// over the size limits (`head_too_large`, 431 or 414) or one that does not parse
+/// over the size limits (`headers_too_large`, 431 or 414, as the gateway names its own 431) or one that does not parse
 /// (`unparsable_head`, 400 or 505).
 fn unreadable_head(e: &hyper::Error) -> Option<&'static str> {
     if e.is_parse_too_large() {
-        Some("head_too_large")
+        Some("headers_too_large")
     } else if e.is_parse() {
         Some("unparsable_head")
     } else {
