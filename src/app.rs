@@ -302,13 +302,13 @@ impl App {
     }
 
     /// Serves until SIGTERM or SIGINT (then drains); SIGHUP reloads.
-    pub async fn run_until_signal(self) -> bool {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
+    pub async fn run_until_signal(self, signals: Option<Signals>) -> bool {
+        let Some(Signals {
+            mut term,
+            mut int,
+            mut hup,
+        }) = signals
+        else {
             tracing::error!("Cannot install signal handlers");
             return self.shutdown().await;
         };
@@ -324,6 +324,32 @@ impl App {
         }
         tracing::info!("Shutting down");
         self.shutdown().await
+    }
+}
+
+/// The handlers of SIGTERM, SIGINT and SIGHUP, installed before [`App::start`] binds anything.
+///
+/// Why: a signal's default action ends the process. Installed only once the gateway was
+/// serving, a SIGHUP sent as soon as "Listening" was logged (a supervisor's reload, a deploy
+/// script's) killed the gateway with its first connections unanswered (reset). Installed
+/// first, it is queued until the gateway serves, then reloads.
+/// Regression: tests (it) shutdown::a_sighup_as_the_gateway_starts_reloads_it
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the three handlers; `None` when the system refuses one (logged when serving).
+    /// Must run inside the runtime.
+    pub fn install() -> Option<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Some(Self {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+        })
     }
 }
 

@@ -68,6 +68,8 @@ pub fn demo(port: u16, admin_port: u16) -> ExitCode {
 }
 
 async fn serve(dir: &Path, port: u16, admin_port: u16) -> ExitCode {
+    // Before anything is bound: a signal's default action would end the demo.
+    let signals = crate::app::Signals::install();
     let echo = match Echo::start(SocketAddr::from(([127, 0, 0, 1], 0))).await {
         Ok(e) => e,
         Err(e) => {
@@ -164,7 +166,7 @@ Mint more tokens with the demo key:
         let _ = out.write_all(text.as_bytes());
         let _ = out.flush();
     }
-    if app.run_until_signal().await {
+    if app.run_until_signal(signals).await {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::app::{App, Options};
+use crate::app::{App, Options, Signals};
 use crate::config::load;
 use crate::telemetry::logging;
 
@@ -27,13 +27,15 @@ pub fn run(config: &Path, watch: bool) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let signals = Signals::install();
+        tracing::info!(config = %config.display(), "Starting");
         let options = Options {
             watch,
             ..Options::default()
         };
         match App::start(config, options).await {
             Ok(app) => {
-                if app.run_until_signal().await {
+                if app.run_until_signal(signals).await {
                     ExitCode::SUCCESS
                 } else {
                     ExitCode::FAILURE

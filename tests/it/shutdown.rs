@@ -97,6 +97,18 @@ fn spawn_binary_with(
     policy: &str,
     extra: &str,
 ) -> (std::process::Child, SocketAddr, Log) {
+    spawn_binary_seeing(dir, echo, policy, extra, |_, _| {})
+}
+
+/// [`spawn_binary_with`], calling `seen` with the child and each log line written before it
+/// listens.
+fn spawn_binary_seeing(
+    dir: &std::path::Path,
+    echo: SocketAddr,
+    policy: &str,
+    extra: &str,
+    mut seen: impl FnMut(&std::process::Child, &str),
+) -> (std::process::Child, SocketAddr, Log) {
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::write(dir.join("policies/10-all.yaml"), policy).unwrap();
     std::fs::write(
@@ -118,6 +130,7 @@ fn spawn_binary_with(
     let mut lines = BufReader::new(stderr).lines();
     let addr = loop {
         let line = lines.next().expect("log line").unwrap();
+        seen(&child, &line);
         if line.contains("\"Listening\"") {
             let start = line.find("\"addr\":\"").unwrap() + 8;
             let end = line[start..].find('"').unwrap() + start;
@@ -231,6 +244,43 @@ async fn binary_reloads_on_sighup_and_drains_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "clean exit after drain: {exit:?}");
+}
+
+/// A supervisor's reload sent while the gateway starts is queued, not fatal: SIGHUP's default
+/// action ends the process, and the gateway installs its handler before it binds anything.
+#[tokio::test]
+async fn a_sighup_as_the_gateway_starts_reloads_it() {
+    let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sent = false;
+    let (mut child, addr, log) =
+        spawn_binary_seeing(dir.path(), echo.addr, ALLOW_ALL, "", |child, line| {
+            // The first line, written before the config is loaded and the listeners bound.
+            if !sent && line.contains("\"Starting\"") {
+                signal(child, "-HUP");
+                sent = true;
+            }
+        });
+    assert!(sent, "the start is logged before the listeners");
+    assert_eq!(get(addr, "/x").await.0, StatusCode::OK);
+    let reloaded = crate::support::eventually(Duration::from_secs(5), || {
+        let log = log.clone();
+        async move {
+            log.lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("SIGHUP: reloading"))
+        }
+    })
+    .await;
+    assert!(reloaded, "the SIGHUP reloaded the config");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    signal(&child, "-TERM");
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "clean exit: {exit:?}");
 }
 
 #[tokio::test]
