@@ -10,6 +10,7 @@
 //! | identity | configured identity headers, trusted-header names, the assertion | removed | removed |
 //! | path or method override | `X-Original-URL`, `X-Original-URI`, `X-Forwarded-Uri`, `X-Forwarded-Path`, `X-Envoy-Original-Path`, `X-HTTP-Method-Override` | removed | removed |
 //! | forwarding | `X-Forwarded-For/-Host/-Proto`, `X-Real-IP`, `Forwarded` | extended by the door (dashed); other spellings removed | replaced by the door; other spellings removed |
+//! | request id | `server.request_id_header` ([`Spoofable::rewriting`]) | replaced by the door (dashed); other spellings removed | the same |
 //! | address, scheme and host claims | `X-Forwarded-Port`, `True-Client-IP`, `X-Client-IP`, `Client-IP`, `X-Original-Host` | kept (dashed) | removed |
 //! | infrastructure | `X-Forwarded-Client-Cert`, `Client-Cert` (RFC 9440), `X-Client-Cert-*`, `X-SSL-Client-*`, `SSL-Client-*`, `X-Forwarded-Tls-Client-Cert*`, `X-Amzn-Mtls-*`, `X-Envoy-*`, `X-Portcullis-*`; other auth proxies' identity headers (`X-Forwarded-User`, `Remote-User`, `X-Auth-Request-*`, `X-Amzn-Oidc-*`, `X-MS-Client-Principal*`) | kept only when `server.trusted_proxy_headers` names them (dashed) | removed |
 //!
@@ -26,6 +27,9 @@ use http::{HeaderMap, HeaderName};
 pub struct Spoofable {
     /// Identity and trusted-header names, dashed, sorted.
     dashed: Box<[Box<str>]>,
+    /// The request-id header (`server.request_id_header`), dashed: the gateway writes that
+    /// spelling, and removes the others ([`Self::rewriting`]).
+    rewritten: Option<Box<str>>,
     /// The same names and the override family's, as header names: what a decision door asks
     /// its peer to remove whether or not the door saw them ([`Self::named_for_removal`]).
     always: Box<[HeaderName]>,
@@ -179,6 +183,7 @@ impl Spoofable {
             .collect();
         let mut s = Self {
             dashed: dashed.into(),
+            rewritten: None,
             always,
             from_trusted: from_trusted.into(),
             door_untrusted: Arc::default(),
@@ -187,6 +192,19 @@ impl Spoofable {
         s.door_untrusted = s.door_list(false);
         s.door_trusted = s.door_list(true);
         s
+    }
+
+    /// Also removes every spelling of `name` but its dashed one, which the gateway writes
+    /// itself (the request id).
+    ///
+    /// Why: the door sets `x-request-id`, but a client's `X_Request_Id: forged` went on beside
+    /// it, and an upstream that reads `_` as `-` (CGI, PHP, Rack, WSGI) took the client's id
+    /// for the gateway's: the forwarding family's flaw, for the header that ties the
+    /// upstream's logs to the gateway's. Regression: tests::the_request_ids_other_spellings_go
+    #[must_use]
+    pub fn rewriting(mut self, name: &HeaderName) -> Self {
+        self.rewritten = Some(name.as_str().replace('_', "-").into());
+        self
     }
 
     /// [`Self::named_for_removal`] and `forwarded`, each name once, in that order.
@@ -261,6 +279,9 @@ impl Spoofable {
             Cow::Borrowed(raw)
         };
         if self.dashed.iter().any(|s| **s == *dashed) {
+            return true;
+        }
+        if underscored && self.rewritten.as_deref() == Some(&*dashed) {
             return true;
         }
         match family(&dashed) {
@@ -633,6 +654,31 @@ mod tests {
         ("x-forwarded", false, false),
         ("x-envoyish", false, false),
     ];
+
+    #[test]
+    fn the_request_ids_other_spellings_go() {
+        let s = Spoofable::new([], Vec::new()).rewriting(&HeaderName::from_static("x-request-id"));
+        for (name, doomed) in [
+            ("x_request_id", true),
+            ("x_request-id", true),
+            // The gateway's own spelling: replaced where it is written, not removed.
+            ("x-request-id", false),
+            ("x-request-ids", false),
+            ("x_correlation_id", false),
+        ] {
+            let name = HeaderName::from_static(name);
+            for trusted in [false, true] {
+                assert_eq!(
+                    s.is_doomed(&name, trusted),
+                    doomed,
+                    "{name} (trusted: {trusted})"
+                );
+            }
+        }
+        // Not configured: nothing of the name's is touched.
+        let plain = Spoofable::new([], Vec::new());
+        assert!(!plain.is_doomed(&HeaderName::from_static("x_request_id"), false));
+    }
 
     #[test]
     fn named_lists_agree_with_the_families() {

@@ -188,6 +188,8 @@ pub fn compile_watching(
         return Err(cx.diags);
     }
     let version = version(&cx);
+    let spoofable =
+        Spoofable::new(&spoofable_names, from_trusted).rewriting(&server.request_id_header);
     let snapshot = Snapshot {
         version: version.into(),
         loaded_at: SystemTime::now(),
@@ -204,7 +206,7 @@ pub fn compile_watching(
         clock,
         assertion,
         challenges,
-        spoofable: Spoofable::new(&spoofable_names, from_trusted),
+        spoofable,
         access_log: cx.cfg().logging.access_log,
         trace_propagate: cx.cfg().tracing.propagate,
         // Started only once the config compiled in full: a refused reload starts no exporter.

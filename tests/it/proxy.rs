@@ -689,6 +689,10 @@ async fn forwarding_override_and_infrastructure_headers_in_every_spelling_stripp
         "X-Envoy-Expected-Rq-Timeout-Ms",
         "X-Portcullis-User",
         "x_portcullis_decision",
+        // The request id: the gateway writes `x-request-id`; another spelling beside it would
+        // be a second id, the client's.
+        "X_Request_Id",
+        "x_request-id",
     ];
     let mut request =
         String::from("GET /public HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n");
