@@ -154,7 +154,7 @@ pub enum PatternError {
     InnerDoubleStar,
     /// Patterns are written in canonical form.
     #[error(
-        "path pattern is not canonical (no `//`, `.`, `..`, `;`, `\\` or percent-encoded unreserved characters)"
+        "path pattern is not canonical (no `//`, `.`, `..`, `;`, `\\`, nor an escape of a character a path may carry as it is: `a` not `%61`, `:` not `%3A`)"
     )]
     NotCanonical,
     /// `{name}` must be a whole segment.

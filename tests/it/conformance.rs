@@ -28,7 +28,7 @@ const API_KEY: &str = "pck_conformance_key_0123456789abcdefghijklmnop";
 
 const POLICY: &str = "rules:
   - name: admin
-    match: {paths: [\"/admin/**\"]}
+    match: {paths: [\"/admin/**\", \"/v1/users:purge\", \"/@root/**\"]}
     effect: deny
   - name: trace
     match: {paths: [\"/trace/**\"], methods: [TRACE]}
@@ -396,6 +396,13 @@ fn corpus() -> Vec<Case> {
         ("deny rule slashes", "GET", "//admin/users", vec![]),
         ("deny rule dots", "GET", "/public/../admin/users", vec![]),
         ("deny rule encoded", "GET", "/%61dmin/users", vec![]),
+        (
+            "deny rule escaped colon",
+            "GET",
+            "/v1/users%3Apurge",
+            vec![],
+        ),
+        ("deny rule escaped at", "GET", "/%40root/x", vec![]),
         ("trace refused", "TRACE", "/public/x", vec![]),
         ("track refused", "TRACK", "/public/x", vec![]),
         ("connect refused", "CONNECT", "/public/x", vec![]),
@@ -851,6 +858,8 @@ async fn every_door_gives_the_same_decision() {
         ("login rule api client", (401, Some("missing_credential"))),
         ("public canonical", (200, None)),
         ("deny rule dots", (403, Some("forbidden"))),
+        ("deny rule escaped colon", (403, Some("forbidden"))),
+        ("deny rule escaped at", (403, Some("forbidden"))),
         ("lowercase method", (400, Some("invalid_method"))),
         ("trace refused", (405, Some("method_not_allowed"))),
         // The gateway tunnels nothing: 405 at every door, even where a rule names CONNECT.

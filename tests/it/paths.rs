@@ -103,6 +103,52 @@ async fn admin_path_tricks_denied() {
     assert_eq!(gw.echo.count(), 0);
 }
 
+/// A sub-delimiter, `:` or `@` sent escaped meets the rules written for it raw, as nginx,
+/// Caddy and Go decode it before they route: `/v1/users%3Adelete` was allowed by a catch-all
+/// while the upstream served the denied `/v1/users:delete`. An allowed one is forwarded in the
+/// spelling it was decided on.
+#[tokio::test]
+async fn an_escaped_delimiter_is_decided_as_the_upstream_routes_it() {
+    let policy = "\
+rules:
+  - name: verbs
+    match:
+      paths: [\"/v1/users:delete\", \"/@admin/**\", \"/a+b/**\", \"/x=y/**\", \"/it's/**\", \"/run!/**\"]
+    effect: deny
+  - name: all
+    match:
+      paths: [\"/**\"]
+    effect: allow
+    anonymous: true
+    upstream: echo
+";
+    let gw = Setup::with_policy(policy).start().await;
+    for sent in [
+        "/v1/users:delete",
+        "/v1/users%3Adelete",
+        "/v1/users%3adelete",
+        "/%40admin/x",
+        "/a%2Bb/x",
+        "/x%3Dy/z",
+        "/it%27s/x",
+        "/run%21/x",
+    ] {
+        let r = raw_get(gw.addr(), sent).await;
+        assert_eq!(r.status, 403, "{sent}: {}", r.head);
+    }
+    assert_eq!(gw.echo.count(), 0, "nothing denied reached the upstream");
+    for (sent, want) in [
+        ("/users/a%40b.example", "/users/a@b.example"),
+        ("/v1/users%3Aundelete", "/v1/users:undelete"),
+        ("/tags/a%2Cb%2A", "/tags/a,b*"),
+        ("/a%5Bb%5D", "/a%5Bb%5D"),
+    ] {
+        let r = raw_get(gw.addr(), sent).await;
+        assert_eq!(r.status, 200, "{sent}: {}", r.head);
+        assert_eq!(gw.echo.last().unwrap().target, want, "sent {sent}");
+    }
+}
+
 #[tokio::test]
 async fn connect_and_asterisk_targets_rejected() {
     let gw = Setup::default().start().await;

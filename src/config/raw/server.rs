@@ -248,7 +248,8 @@ pub struct RawUpstream {
     )]
     #[schemars(with = "String")]
     pub pool_idle_timeout: Duration,
-    /// The upstream serves paths in any case (IIS, ASP.NET, Express by default): every allow
+    /// The upstream serves paths in any case (IIS, ASP.NET, Express by default, Caddy's `path`
+    /// matcher and `handle` blocks): every allow
     /// rule forwarding here matches path literals in any ASCII case, so `/ADMIN/x` meets the
     /// requirements of the rule for `/admin/**` instead of passing to a catch-all rule.
     #[serde(default)]

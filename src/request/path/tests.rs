@@ -72,7 +72,15 @@ const CASES: &[(&str, Result<&str, PathError>)] = &[
     ("/a%25g0", Ok("/a%25g0")),
     ("/a%255", Ok("/a%255")),
     ("/a%25%7e", Ok("/a%25~")),
-    ("/%26%2B%3D", Ok("/%26%2B%3D")),
+    // Sub-delimiters, `:` and `@` are decoded: every upstream routes them decoded.
+    ("/%26%2B%3D", Ok("/&+=")),
+    ("/v1/users%3Adelete", Ok("/v1/users:delete")),
+    ("/v1/users%3adelete", Ok("/v1/users:delete")),
+    ("/%40admin/x", Ok("/@admin/x")),
+    ("/%21%24%27%28%29%2A%2C", Ok("/!$'()*,")),
+    ("/a%2bb", Ok("/a+b")),
+    // Not the gen-delimiters a path cannot carry raw.
+    ("/a%5B%5D", Ok("/a%5B%5D")),
     // Encoded delimiters an upstream decoding again would act on.
     ("/admin%3Bx", Err(EncodedDelimiter)),
     ("/admin%3bx", Err(EncodedDelimiter)),
@@ -308,6 +316,11 @@ const ACCEPTED_PIECES: &[&str] = &[
     "%7e",
     "%20",
     "%2b",
+    "%3a",
+    "%40",
+    "%2A",
+    "%3D",
+    "%5B",
     "%25",
     "%25z",
     "%C3%A9",
@@ -453,7 +466,10 @@ fn assert_canonical(raw: &str, out: &str) {
         );
         let byte = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();
         assert!(
-            !super::is_unreserved(byte) && byte != b'/' && byte != b'\\',
+            !super::is_unreserved(byte)
+                && !super::is_raw_delimiter(byte)
+                && byte != b'/'
+                && byte != b'\\',
             "{context}"
         );
         assert!(byte >= 0x20 && byte != 0x7F, "{context}");
