@@ -302,23 +302,34 @@ impl App {
     }
 
     /// Serves until SIGTERM or SIGINT (then drains); SIGHUP reloads.
-    pub async fn run_until_signal(self, signals: Option<Signals>) -> bool {
-        let Some(Signals {
+    ///
+    /// Why a reload runs beside the signals rather than before the next one is read: a
+    /// reload stuck reading a file (a hung mount, a secret fed through a named pipe) held
+    /// SIGTERM and SIGINT unread, and only SIGKILL ended the gateway. A stop signal now
+    /// abandons the reload (its reading thread is left behind; the process ends anyway).
+    /// Regression: tests (it) shutdown::a_stop_signal_ends_a_stuck_reload
+    pub async fn run_until_signal(self, signals: Signals) -> bool {
+        let Signals {
             mut term,
             mut int,
             mut hup,
-        }) = signals
-        else {
-            tracing::error!("Cannot install signal handlers");
-            return self.shutdown().await;
-        };
+        } = signals;
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the config");
-                    let _ = self.reloader.reload(Trigger::Signal).await;
+                    let reload = self.reloader.reload(Trigger::Signal);
+                    let stopped = tokio::select! {
+                        _ = reload => false,
+                        _ = term.recv() => true,
+                        _ = int.recv() => true,
+                    };
+                    if stopped {
+                        tracing::warn!("Stop signal during a reload: the reload is abandoned");
+                        break;
+                    }
                 }
             }
         }
@@ -327,7 +338,8 @@ impl App {
     }
 }
 
-/// The handlers of SIGTERM, SIGINT and SIGHUP, installed before [`App::start`] binds anything.
+/// The handlers of SIGTERM, SIGINT and SIGHUP, installed before [`App::start`] reads the
+/// config or binds anything.
 ///
 /// Why: a signal's default action ends the process. Installed only once the gateway was
 /// serving, a SIGHUP sent as soon as "Listening" was logged (a supervisor's reload, a deploy
@@ -341,8 +353,8 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// Installs the three handlers; `None` when the system refuses one (logged when serving).
-    /// Must run inside the runtime.
+    /// Installs the three handlers; `None` when the system refuses one. Must run inside the
+    /// runtime.
     pub fn install() -> Option<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Some(Self {
@@ -350,6 +362,14 @@ impl Signals {
             int: signal(SignalKind::interrupt()).ok()?,
             hup: signal(SignalKind::hangup()).ok()?,
         })
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT.
+    pub async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

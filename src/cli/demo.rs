@@ -69,7 +69,10 @@ pub fn demo(port: u16, admin_port: u16) -> ExitCode {
 
 async fn serve(dir: &Path, port: u16, admin_port: u16) -> ExitCode {
     // Before anything is bound: a signal's default action would end the demo.
-    let signals = crate::app::Signals::install();
+    let Some(signals) = crate::app::Signals::install() else {
+        tracing::error!("Cannot install the signal handlers");
+        return ExitCode::FAILURE;
+    };
     let echo = match Echo::start(SocketAddr::from(([127, 0, 0, 1], 0))).await {
         Ok(e) => e,
         Err(e) => {

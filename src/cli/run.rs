@@ -26,14 +26,27 @@ pub fn run(config: &Path, watch: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        let signals = Signals::install();
+    let code = runtime.block_on(async {
+        let Some(mut signals) = Signals::install() else {
+            tracing::error!("Cannot install the signal handlers");
+            return ExitCode::FAILURE;
+        };
         tracing::info!(config = %config.display(), "Starting");
         let options = Options {
             watch,
             ..Options::default()
         };
-        match App::start(config, options).await {
+        // Why: a start stuck reading a file (a hung mount, a named pipe nobody writes) left
+        // SIGTERM and SIGINT unread, and only SIGKILL ended the process.
+        // Regression: tests (it) shutdown::a_stop_signal_ends_a_stuck_start
+        let started = tokio::select! {
+            started = App::start(config, options) => started,
+            () = signals.stop() => {
+                tracing::error!("Stop signal while starting: the gateway did not start");
+                return ExitCode::FAILURE;
+            }
+        };
+        match started {
             Ok(app) => {
                 if app.run_until_signal(signals).await {
                     ExitCode::SUCCESS
@@ -46,8 +59,16 @@ pub fn run(config: &Path, watch: bool) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Why not a plain drop: it waits for every blocking thread, and one still reading a file
+    // for an abandoned start or reload would hold the process forever.
+    runtime.shutdown_timeout(LEFT_BEHIND);
+    code
 }
+
+/// How long the runtime's end waits for blocking work left behind (a file read that never
+/// returns) before the process exits anyway.
+const LEFT_BEHIND: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The runtime: `threads` workers (0: one per core). One worker runs on the current-thread
 /// scheduler, which has no work-stealing machinery to pay for.

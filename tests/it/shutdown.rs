@@ -156,6 +156,113 @@ fn signal(child: &std::process::Child, sig: &str) {
     assert!(status.success());
 }
 
+/// Makes `path` a named pipe nobody writes: a read of it blocks (a hung mount, a secret fed
+/// through a pipe).
+fn fifo(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo");
+}
+
+/// Waits up to `within` for `child` to exit; kills it (and fails) if it does not.
+fn exits_within(mut child: std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running {within:?} after the stop signal");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A reload stuck reading a file holds no stop signal: SIGTERM ends the gateway (it drains
+/// and exits) instead of waiting for SIGKILL.
+#[tokio::test]
+async fn a_stop_signal_ends_a_stuck_reload() {
+    let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hs.secret"),
+        "a shared HS256 secret of at least 32 bytes",
+    )
+    .unwrap();
+    let policy = "rules:\n  - name: api\n    match: {paths: [\"/api/**\"]}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: echo\n";
+    let (child, addr, log) = spawn_binary_with(
+        dir.path(),
+        echo.addr,
+        policy,
+        &crate::support::hs256_users("{}"),
+    );
+    assert_eq!(get(addr, "/x").await.0, StatusCode::OK);
+    // The key file becomes a pipe: the reload blocks reading it.
+    fifo(&dir.path().join("hs.secret"));
+    signal(&child, "-HUP");
+    let seen = |needle: &'static str| {
+        let log = log.clone();
+        crate::support::eventually(Duration::from_secs(5), move || {
+            let log = log.clone();
+            async move { log.lock().unwrap().iter().any(|l| l.contains(needle)) }
+        })
+    };
+    assert!(seen("SIGHUP: reloading").await);
+    // The reload is reading the pipe; the running config still serves.
+    assert_eq!(get(addr, "/x").await.0, StatusCode::OK);
+    signal(&child, "-TERM");
+    let exit = tokio::task::spawn_blocking(move || exits_within(child, Duration::from_secs(8)))
+        .await
+        .unwrap();
+    assert!(exit.success(), "drained and exited: {exit:?}");
+    assert!(seen("the reload is abandoned").await);
+}
+
+/// A start stuck reading a file (a key behind a pipe) ends at SIGTERM, said so, with a
+/// failure.
+#[tokio::test]
+async fn a_stop_signal_ends_a_stuck_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/10-all.yaml"),
+        "rules:\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("portcullis.yaml"),
+        format!(
+            "listeners:\n  - name: http\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    url: http://127.0.0.1:9\npolicies:\n  dir: policies\nlogging:\n  format: json\n{}",
+            crate::support::hs256_users("{}")
+        ),
+    )
+    .unwrap();
+    fifo(&dir.path().join("hs.secret"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--no-watch", "-c"])
+        .arg(dir.path().join("portcullis.yaml"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = lines.next().expect("a log line").unwrap();
+    assert!(started.contains("\"Starting\""), "{started}");
+    // The start is now stuck on the pipe; give it the time to get there.
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "-TERM");
+    let exit = tokio::task::spawn_blocking(move || exits_within(child, Duration::from_secs(8)))
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(1), "{exit:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("did not start")), "{rest:?}");
+    assert!(!rest.iter().any(|l| l.contains("Listening")), "{rest:?}");
+}
+
 #[tokio::test]
 async fn binary_reloads_on_sighup_and_drains_on_sigterm() {
     let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
