@@ -34,6 +34,8 @@ pub struct App {
     admin_shutdown: watch::Sender<bool>,
     /// Held by every admin connection (the sender, dropped at shutdown) and awaited.
     admin_drain: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+    /// Set once the shutdown's grace is over (`Shared::grace_over`).
+    grace_over: Arc<AtomicBool>,
 }
 
 /// Why the gateway could not start.
@@ -123,11 +125,13 @@ impl App {
             Arc::clone(&metrics),
         ));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let grace_over = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             current: Arc::clone(reloader.current()),
             metrics: Arc::clone(&metrics),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             shutdown: shutdown_rx.clone(),
+            grace_over: Arc::clone(&grace_over),
         });
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connections = Arc::new(Semaphore::new(max_connections));
@@ -233,6 +237,7 @@ impl App {
             drain_rx,
             admin_shutdown,
             admin_drain: Some((admin_loop.drain, admin_drain_rx)),
+            grace_over,
         })
     }
 
@@ -282,6 +287,7 @@ impl App {
         if drained {
             tracing::info!("All connections drained");
         } else {
+            self.grace_over.store(true, Ordering::Relaxed);
             tracing::warn!(
                 grace_secs = grace.as_secs(),
                 "Shutdown grace period over; closing remaining connections"
@@ -415,6 +421,7 @@ fn admin_listener(
                 metrics: Arc::clone(&admin_loop.uncounted),
                 in_flight: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
                 shutdown: admin_loop.shutdown.clone(),
+                grace_over: Arc::default(),
             }),
             connections: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
             per_client: Some(crate::server::listener::PerClient::new(

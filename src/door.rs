@@ -427,7 +427,9 @@ impl Drop for Pending<'_> {
     fn drop(&mut self) {
         // A panic is a bug, logged as one where it is caught, not a closed connection.
         if !self.done && !std::thread::panicking() {
-            self.record.reason.get_or_insert("connection_closed");
+            self.record
+                .reason
+                .get_or_insert(self.shared.closed_reason());
             let s = &*self;
             s.record.account(
                 s.snapshot,

@@ -33,6 +33,26 @@ pub struct Shared {
     /// Becomes `true` when the gateway shuts down: what outlives a request (a tunnel in an
     /// HTTP/2 stream) watches it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Becomes `true` when the shutdown's grace is over: a request still open then is cut by
+    /// the gateway, and logged so ([`Shared::closed_reason`]).
+    pub grace_over: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Shared {
+    /// The reason logged for a request whose connection went before its answer: the client
+    /// left (`connection_closed`), or the gateway cut it once the shutdown's grace was over
+    /// (`shutdown_grace`).
+    ///
+    /// Why: both read `connection_closed`, which the README gives as the client's leaving;
+    /// after a deploy, requests the gateway cut looked like clients giving up.
+    /// Regression: tests (it) shutdown::requests_cut_at_the_end_of_the_grace_say_so
+    pub fn closed_reason(&self) -> &'static str {
+        if self.grace_over.load(std::sync::atomic::Ordering::Relaxed) {
+            "shutdown_grace"
+        } else {
+            "connection_closed"
+        }
+    }
 }
 
 /// A connection: the door-neutral facts the core reads, and the peer's address as header text,

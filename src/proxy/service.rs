@@ -763,8 +763,9 @@ pub(super) struct Ctx<'a> {
 }
 
 /// A request whose connection went before its answer (the client closed it or reset the
-/// stream, or the gateway cut it: a drain, a stall) is still counted and logged, as 499
-/// `connection_closed`: `allow` if the decision had allowed it, `error` if it had not
+/// stream, or the gateway cut it: a stall, the end of the shutdown's grace) is still counted
+/// and logged, as 499 `connection_closed` (`shutdown_grace` for the last,
+/// [`Shared::closed_reason`]): `allow` if the decision had allowed it, `error` if it had not
 /// decided yet.
 ///
 /// Why: the upstream may have acted on it (a POST, sent before the client hung up), and it
@@ -777,7 +778,7 @@ impl Drop for Ctx<'_> {
             if !self.allowed {
                 self.outcome = Outcome::Error;
             }
-            self.reason.get_or_insert("connection_closed");
+            self.reason.get_or_insert(self.shared.closed_reason());
             self.account(CONNECTION_CLOSED, None);
         }
     }

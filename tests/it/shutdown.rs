@@ -220,6 +220,68 @@ async fn a_stop_signal_ends_a_stuck_reload() {
     assert!(seen("the reload is abandoned").await);
 }
 
+/// A request still open when the shutdown's grace runs out is cut by the gateway, and its log
+/// line says so (`shutdown_grace`), not that its client left (`connection_closed`).
+#[tokio::test]
+async fn requests_cut_at_the_end_of_the_grace_say_so() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr, log) = spawn_binary(dir.path(), echo.addr);
+    let config = dir.path().join("portcullis.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("shutdown_grace: 5s", "shutdown_grace: 1s"),
+    )
+    .unwrap();
+    signal(&child, "-HUP");
+    let seen = |needle: &'static str| {
+        let log = log.clone();
+        crate::support::eventually(Duration::from_secs(5), move || {
+            let log = log.clone();
+            async move { log.lock().unwrap().iter().any(|l| l.contains(needle)) }
+        })
+    };
+    assert!(seen("Config reloaded").await, "the 1 s grace applied");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /__echo/delay/6000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let e = echo.clone();
+    assert!(
+        crate::support::eventually(Duration::from_secs(3), || {
+            let e = e.clone();
+            async move {
+                e.records()
+                    .iter()
+                    .any(|r| r.target.starts_with("/__echo/delay"))
+            }
+        })
+        .await
+    );
+    signal(&child, "-TERM");
+    let exit = tokio::task::spawn_blocking(move || exits_within(child, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(1), "the grace ran out: {exit:?}");
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut got)).await;
+    assert!(
+        got.is_empty(),
+        "no answer: {}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(seen("/__echo/delay/6000").await);
+    let lines = log.lock().unwrap();
+    let cut = lines
+        .iter()
+        .find(|l| l.contains("/__echo/delay/6000"))
+        .unwrap();
+    assert!(cut.contains("\"reason\":\"shutdown_grace\""), "{cut}");
+    assert!(cut.contains("\"status\":499"), "{cut}");
+}
+
 /// A start stuck reading a file (a key behind a pipe) ends at SIGTERM, said so, with a
 /// failure.
 #[tokio::test]
