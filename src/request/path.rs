@@ -54,6 +54,10 @@
 //! on its canonical path (a denial is the proxy's answer); an allow becomes 400
 //! `non_canonical_path` (`RequestFacts::forwarded_as_sent`). Decoding an unreserved
 //! character (`/%61dmin`) changes no segment and every upstream decodes it alike, so it stays.
+//! An escaped sub-delimiter, `:` or `@` is decided decoded too, as nginx, Caddy, Go, Spring and
+//! WSGI route it; an upstream that routes on the raw path (Envoy's route table, Express) reads
+//! `/%40x` as another name than `/@x`, and a policy telling such names apart is read the
+//! decoding way there (a known limit: deciding on both readings is the fix).
 
 use std::borrow::Cow;
 
