@@ -191,7 +191,12 @@ impl Upstream {
         }
         // The base path is prepended to canonical paths, so it must be canonical itself.
         let path = uri.path();
-        if crate::request::path::canonicalize(path).ok().as_deref() != Some(path) {
+        // (Escaped sub-delimiters may stay, as they are forwarded: `canonicalize_as_sent`.)
+        if crate::request::path::canonicalize_as_sent(path)
+            .ok()
+            .as_deref()
+            != Some(path)
+        {
             return Err(url_error(
                 "URL path must be canonical (no `//`, `.`, `..`, `;` or needless escapes)",
             ));

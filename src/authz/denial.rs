@@ -140,7 +140,7 @@ impl Login {
             out.push_str("%3A");
             out.push_str(&port.to_string());
         }
-        encode_into(&mut out, &facts.path);
+        encode_into(&mut out, facts.forwarded_path());
         let query = match (facts.query, query_credentials) {
             (Some(q), Some(names)) => crate::authn::credential::strip_query(q, names),
             (q, _) => q.map(std::borrow::Cow::Borrowed),

@@ -408,6 +408,7 @@ pub fn preflight(
         method: &method,
         host: facts.host.clone(),
         path: facts.path.clone(),
+        path_as_sent: facts.path_as_sent.clone(),
         ..*facts
     };
     let rule = snapshot.routes.find(&probe)?;

@@ -923,6 +923,12 @@ fn describe(e: &TraceEvent, snapshot: &Snapshot) -> String {
         TraceEvent::ForwardedAsSent => "allowed on the canonical path, but the door's peer \
              forwards the path as sent (`.`, `..` or empty segments): refused"
             .into(),
+        TraceEvent::ReadsTwoWays(other) => format!(
+            "allowed on the decoded path, but read with its escapes as sent it meets {}: refused",
+            other
+                .as_ref()
+                .map_or("no rule".to_owned(), |r| format!("rule `{r}`"))
+        ),
     }
 }
 

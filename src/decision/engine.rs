@@ -50,6 +50,9 @@ pub enum TraceEvent {
     DelegateFailed(std::sync::Arc<str>),
     /// Allowed on the canonical path, but the door's peer forwards the path as sent.
     ForwardedAsSent,
+    /// Allowed on the decoded path, but read with its escapes as sent (`/%40x`, not `/@x`)
+    /// the path meets another rule (named, or none).
+    ReadsTwoWays(Option<std::sync::Arc<str>>),
 }
 
 /// Receives the steps of a decision.
@@ -307,6 +310,25 @@ async fn decide_rule(
     if facts.forwarded_as_sent {
         trace.record(TraceEvent::ForwardedAsSent);
         return deny_principal(rule, DenyKind::NonCanonicalPath, principal.as_ref());
+    }
+    // Why: an escaped sub-delimiter, `:` or `@` is decided decoded, as nginx, Caddy and Go route
+    // it; an upstream routing on the raw path (Envoy's route table, Express) reads `/%40public`
+    // as another name than `/@public`, and the escape was forwarded as sent. An allow holds
+    // only if the path read as sent meets the same rule; otherwise the two readings may be
+    // two decisions, and the request is refused as the other unclear paths are.
+    // Regression: tests (it) paths::an_escaped_delimiter_is_decided_as_the_upstream_routes_it
+    if let Some(sent) = &facts.path_as_sent {
+        let as_sent = RequestFacts {
+            path: std::borrow::Cow::Borrowed(sent),
+            path_as_sent: None,
+            host: std::borrow::Cow::Borrowed(&facts.host),
+            ..*facts
+        };
+        let other = snapshot.routes.find(&as_sent);
+        if other.map(|r| &r.id) != Some(&rule.id) {
+            trace.record(TraceEvent::ReadsTwoWays(other.map(|r| r.id.0.clone())));
+            return deny_principal(rule, DenyKind::NonCanonicalPath, principal.as_ref());
+        }
     }
     // Why: the limit comes before the delegate, so a throttled request never reaches it; after
     // it, every request over the limit to a path or query the cache has not seen was a

@@ -88,12 +88,12 @@ pub fn upstream_uri(
     // Usually the client's origin-form target is already exactly that: share it, no copy.
     if upstream.uri_is_path_and_query()
         && original.scheme().is_none()
-        && original.path() == facts.path
+        && original.path() == facts.forwarded_path()
         && original.query() == query.as_deref()
     {
         return Some(original.clone());
     }
-    upstream.uri(&facts.path, query.as_deref())
+    upstream.uri(facts.forwarded_path(), query.as_deref())
 }
 
 /// Rewrites the (hop-by-hop-stripped) headers of an allowed request for its upstream: the

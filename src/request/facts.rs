@@ -302,8 +302,14 @@ pub struct RequestFacts<'a> {
     pub host: Cow<'a, str>,
     /// Port given in the authority or `Host`, if any.
     pub port: Option<u16>,
-    /// The canonical path.
+    /// The canonical path: what the rules read.
     pub path: Cow<'a, str>,
+    /// The canonical path with its escaped sub-delimiters, `:` and `@` as the client wrote them
+    /// ([`crate::request::path::canonicalize_as_sent`]), when that is another path than
+    /// [`Self::path`] (`/%40x` against `/@x`): what the proxy forwards, and how an upstream
+    /// routing on the raw path (Envoy's route table, Express) reads it. An allow must hold
+    /// under this reading too (the decision engine).
+    pub path_as_sent: Option<Cow<'a, str>>,
     /// The raw query (without `?`), forwarded unchanged.
     pub query: Option<&'a str>,
     /// Request headers as received.
@@ -432,6 +438,12 @@ pub fn header_lines_bytes(headers: &HeaderMap) -> usize {
 }
 
 impl<'a> RequestFacts<'a> {
+    /// The path the proxy forwards: [`Self::path_as_sent`] when there is one, else the
+    /// canonical path.
+    pub fn forwarded_path(&self) -> &str {
+        self.path_as_sent.as_deref().unwrap_or(&self.path)
+    }
+
     /// The decided authority as text: the normalised host, and the port when one was given.
     pub fn authority(&self) -> String {
         match self.port {
@@ -468,6 +480,11 @@ impl<'a> RequestFacts<'a> {
             None => (head.target, None),
         };
         let path = path::canonicalize(raw_path)?;
+        // Only a path with an escape can read two ways.
+        let path_as_sent = match raw_path.contains('%') {
+            true => Some(path::canonicalize_as_sent(raw_path)?).filter(|sent| *sent != path),
+            false => None,
+        };
         // Why: the gRPC and forward-auth doors' peers send the target as the client wrote it.
         // `?x=1#&owner=alice` was decided on `owner=alice` (and a token after `#`
         // authenticated), while the proxy door, and an upstream that cuts at `#`, read
@@ -488,6 +505,7 @@ impl<'a> RequestFacts<'a> {
             host,
             port,
             path,
+            path_as_sent,
             query,
             headers: head.headers,
             client_ip: client_ip(conn.peer.ip(), head.headers, trusted_proxies),

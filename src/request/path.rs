@@ -45,7 +45,8 @@
 //!
 //! # Doors that do not forward
 //!
-//! The proxy forwards the canonical path, so the path decided is the path served. The decision
+//! The proxy forwards the canonical path (its escaped sub-delimiters, `:` and `@` as sent, see
+//! below), so the path decided is the path served. The decision
 //! doors cannot: the peer in front (Envoy, nginx, Caddy, Traefik) forwards the path as the
 //! client sent it, and an upstream that does not resolve `..` itself (Flask, Express) would
 //! serve `/admin/../public/x` from its admin handler while the gateway allowed `/public/x`.
@@ -56,8 +57,9 @@
 //! character (`/%61dmin`) changes no segment and every upstream decodes it alike, so it stays.
 //! An escaped sub-delimiter, `:` or `@` is decided decoded too, as nginx, Caddy, Go, Spring and
 //! WSGI route it; an upstream that routes on the raw path (Envoy's route table, Express) reads
-//! `/%40x` as another name than `/@x`, and a policy telling such names apart is read the
-//! decoding way there (a known limit: deciding on both readings is the fix).
+//! `/%40x` as another name than `/@x`. So the path is also read with those escapes as sent
+//! ([`canonicalize_as_sent`], `RequestFacts::path_as_sent`), which is what the proxy forwards,
+//! and an allow holds only if that reading meets the same rule (the decision engine).
 
 use std::borrow::Cow;
 
@@ -148,6 +150,18 @@ pub fn check_forwarded_as_is(raw: &str) -> Result<(), PathError> {
 ///
 /// Returns the input itself when it is already canonical. See the [module docs](self).
 pub fn canonicalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    canonicalize_with(raw, true)
+}
+
+/// [`canonicalize`], but an escaped sub-delimiter, `:` or `@` stays escaped (uppercase hex), as
+/// the client wrote it: the path the proxy forwards, so that a signature over it still holds
+/// and `%2B` stays a plus, and the reading of an upstream that routes on the raw path. It
+/// fails exactly when [`canonicalize`] fails.
+pub fn canonicalize_as_sent(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    canonicalize_with(raw, false)
+}
+
+fn canonicalize_with(raw: &str, decode_delimiters: bool) -> Result<Cow<'_, str>, PathError> {
     if raw.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
     }
@@ -155,7 +169,7 @@ pub fn canonicalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
-    let mut canon = Canonicalizer::new(bytes);
+    let mut canon = Canonicalizer::new(bytes, decode_delimiters);
     let mut i = 1;
     while let Some(&b) = bytes.get(i) {
         match b {
@@ -239,6 +253,9 @@ struct Canonicalizer<'a> {
     /// The current segment contains a percent-encoded dot.
     seg_encoded_dot: bool,
     utf8: Utf8Check,
+    /// Escapes of the sub-delimiters, `:` and `@` are decoded ([`canonicalize`]) or kept
+    /// ([`canonicalize_as_sent`]).
+    decode_delimiters: bool,
 }
 
 /// What a finished segment is, once decoded.
@@ -288,7 +305,7 @@ impl PathError {
 
 impl<'a> Canonicalizer<'a> {
     /// Starts after the leading `/`, which the caller has checked.
-    fn new(raw: &'a [u8]) -> Self {
+    fn new(raw: &'a [u8], decode_delimiters: bool) -> Self {
         Self {
             raw,
             out: None,
@@ -296,6 +313,7 @@ impl<'a> Canonicalizer<'a> {
             seg_start: 1,
             seg_encoded_dot: false,
             utf8: Utf8Check::default(),
+            decode_delimiters,
         }
     }
 
@@ -356,7 +374,7 @@ impl<'a> Canonicalizer<'a> {
             0x80..=0xFF => self.utf8.high(byte)?,
             _ => self.utf8.ascii()?,
         }
-        if is_unreserved(byte) || is_raw_delimiter(byte) {
+        if is_unreserved(byte) || (self.decode_delimiters && is_raw_delimiter(byte)) {
             // Why: `/%61dmin` must meet the rules for `/admin`. And `/v1/users%3Adelete` those
             // for `/v1/users:delete`: nginx, Caddy and Go decode the escape before they route,
             // and served the denied `:delete` (likewise `/%40admin`, `/a%2Bb`); matched as

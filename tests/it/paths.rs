@@ -105,8 +105,10 @@ async fn admin_path_tricks_denied() {
 
 /// A sub-delimiter, `:` or `@` sent escaped meets the rules written for it raw, as nginx,
 /// Caddy and Go decode it before they route: `/v1/users%3Adelete` was allowed by a catch-all
-/// while the upstream served the denied `/v1/users:delete`. An allowed one is forwarded in the
-/// spelling it was decided on.
+/// while the upstream served the denied `/v1/users:delete`. An allowed one is forwarded as the
+/// client wrote it (a signature over it holds, `%2B` stays a plus), so it must be allowed by
+/// the same rule read that way too, as an upstream routing on the raw path reads it; if not,
+/// 400 `non_canonical_path`.
 #[tokio::test]
 async fn an_escaped_delimiter_is_decided_as_the_upstream_routes_it() {
     let policy = "\
@@ -114,6 +116,16 @@ rules:
   - name: verbs
     match:
       paths: [\"/v1/users:delete\", \"/@admin/**\", \"/a+b/**\", \"/x=y/**\", \"/it's/**\", \"/run!/**\"]
+    effect: deny
+  - name: public-profiles
+    match:
+      paths: [\"/@public/**\"]
+    effect: allow
+    anonymous: true
+    upstream: echo
+  - name: profiles
+    match:
+      paths: [\"/{user}/profile/**\"]
     effect: deny
   - name: all
     match:
@@ -138,15 +150,30 @@ rules:
     }
     assert_eq!(gw.echo.count(), 0, "nothing denied reached the upstream");
     for (sent, want) in [
-        ("/users/a%40b.example", "/users/a@b.example"),
-        ("/v1/users%3Aundelete", "/v1/users:undelete"),
-        ("/tags/a%2Cb%2A", "/tags/a,b*"),
+        ("/users/a%40b.example", "/users/a%40b.example"),
+        ("/v1/users%3aundelete", "/v1/users%3Aundelete"),
+        ("/tags/a%2Cb%2A/./x", "/tags/a%2Cb%2A/x"),
+        ("/files/a%2Bb", "/files/a%2Bb"),
         ("/a%5Bb%5D", "/a%5Bb%5D"),
+        ("/@public/profile/x", "/@public/profile/x"),
     ] {
         let r = raw_get(gw.addr(), sent).await;
         assert_eq!(r.status, 200, "{sent}: {}", r.head);
         assert_eq!(gw.echo.last().unwrap().target, want, "sent {sent}");
     }
+    // Decoded, `public-profiles` allows it; as sent (Express: `/:user/profile/x` with the user
+    // `@public`) the deny rule `profiles` meets it, or another rule than the one that allowed.
+    let before = gw.echo.count();
+    for sent in ["/%40public/profile/x", "/%40public/x"] {
+        let r = raw_get(gw.addr(), sent).await;
+        assert_eq!(r.status, 400, "{sent}: {}", r.head);
+        assert!(r.body.contains("non_canonical_path"), "{sent}: {}", r.body);
+    }
+    assert_eq!(
+        gw.echo.count(),
+        before,
+        "nothing read two ways reached the upstream"
+    );
 }
 
 #[tokio::test]
@@ -455,13 +482,14 @@ async fn lowercase_methods_refused() {
 }
 
 /// Property: through the real gateway, the path an allowed request is decided on is the path
-/// the upstream receives, plus the query as sent. Random raw targets (dot segments, repeated
+/// the upstream receives (its escaped sub-delimiters, `:` and `@` as sent), plus the query as
+/// sent. Random raw targets (dot segments, repeated
 /// slashes, escapes of every kind, refused characters) are sent byte for byte; a target
 /// `canonicalize` accepts reaches the upstream as its canonical form, one it refuses gets 400
 /// and reaches nothing.
 #[test]
 fn decided_path_is_forwarded_path() {
-    use portcullis::request::path::canonicalize;
+    use portcullis::request::path::canonicalize_as_sent;
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
 
@@ -539,7 +567,7 @@ fn decided_path_is_forwarded_path() {
         };
         let before = gw.echo.count();
         let r = rt.block_on(raw_get(gw.addr(), &sent));
-        match canonicalize(&path) {
+        match canonicalize_as_sent(&path) {
             Ok(canonical) => {
                 prop_assert_eq!(r.status, 200, "sent {}: {}", sent, r.head);
                 let want = match &query {

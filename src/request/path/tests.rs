@@ -178,6 +178,30 @@ fn canonical_input_is_borrowed() {
 }
 
 #[test]
+fn as_sent_keeps_the_escapes_of_delimiters_and_fails_alike() {
+    for (raw, want) in [
+        ("/v1/users%3adelete", Ok("/v1/users%3Adelete")),
+        ("/%40admin/./x", Ok("/%40admin/x")),
+        ("/a%2Bb/%61", Ok("/a%2Bb/a")),
+        ("/a%20b", Ok("/a%20b")),
+        ("/a:b", Ok("/a:b")),
+        ("/a%3Bb", Err(PathError::EncodedDelimiter)),
+        ("/a%2Fb", Err(PathError::EncodedSlash)),
+    ] {
+        assert_eq!(
+            super::canonicalize_as_sent(raw).map(Cow::into_owned),
+            want.map(str::to_owned),
+            "input {raw:?}"
+        );
+        assert_eq!(
+            super::canonicalize_as_sent(raw).is_ok(),
+            canonicalize(raw).is_ok(),
+            "input {raw:?}"
+        );
+    }
+}
+
+#[test]
 fn rewritten_input_is_owned() {
     for raw in ["//a", "/a/./b", "/%61", "/a%2b"] {
         assert!(
