@@ -818,9 +818,18 @@ fn index_key<'s>(seg: &'s str, buf: &'s mut String) -> &'s str {
     }
 }
 
-/// A path segment as Windows and IIS read a name: trailing dots and spaces (`%20`) dropped.
+/// A path segment as Windows and IIS read a name: an NTFS stream suffix (`::$DATA`,
+/// `:name:$INDEX_ALLOCATION`) and trailing dots and spaces (`%20`) dropped.
+///
+/// Why the stream: IIS serves `/admin::$INDEX_ALLOCATION/x` from the directory `admin`, and it
+/// passed a `/admin/**` deny rule to a catch-all allow at every door (also spelled
+/// `%3A%3A%24`). A `:` without a stream type (`/v1/users:list`) is a name of its own.
+/// Regression: tests::deny_rules_ignore_path_case
 fn windows_name(seg: &str) -> &str {
-    let mut s = seg;
+    let mut s = match (seg.find(':'), seg.contains(":$")) {
+        (Some(colon), true) => &seg[..colon],
+        _ => seg,
+    };
     loop {
         if let Some(t) = s.strip_suffix('.') {
             s = t;
@@ -1162,6 +1171,16 @@ mod tests {
         }
         assert!(!p.matches_case("/admin.x/users", true));
         assert!(!p.matches_case("/.../users", true));
+        // IIS reads an NTFS stream suffix as the name itself.
+        for path in [
+            "/admin::$INDEX_ALLOCATION/users",
+            "/ADMIN:x:$DATA",
+            "/admin.::$INDEX_ALLOCATION/x",
+        ] {
+            assert!(p.matches_case(path, true), "{path}");
+            assert!(!p.matches_case(path, false), "{path}");
+        }
+        assert!(!p.matches_case("/admin:list/users", true));
         let dotted = PathPattern::parse("/v1./x").unwrap();
         assert!(dotted.matches_case("/v1./x", false));
         assert!(dotted.matches_case("/V1/x", true));

@@ -73,6 +73,9 @@ async fn admin_path_tricks_denied() {
         // Java's equalsIgnoreCase reads `ı` (U+0131) and `İ` (U+0130) as `i`.
         "/adm%C4%B1n/users",
         "/ADM%C4%B0N",
+        // IIS serves an NTFS stream of a directory as the directory.
+        "/admin::$INDEX_ALLOCATION/users",
+        "/admin%3A%3A%24INDEX_ALLOCATION/users",
     ] {
         let r = raw_get(gw.addr(), sent).await;
         assert_eq!(r.status, 403, "{sent}: {}", r.head);
