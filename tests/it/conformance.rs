@@ -30,6 +30,14 @@ const POLICY: &str = "rules:
   - name: admin
     match: {paths: [\"/admin/**\", \"/v1/users:purge\", \"/@root/**\"]}
     effect: deny
+  - name: at-pub
+    match: {paths: [\"/@pub/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+  - name: user-priv
+    match: {paths: [\"/{user}/priv/**\"]}
+    effect: deny
   - name: trace
     match: {paths: [\"/trace/**\"], methods: [TRACE]}
     effect: allow
@@ -403,6 +411,10 @@ fn corpus() -> Vec<Case> {
             vec![],
         ),
         ("deny rule escaped at", "GET", "/%40root/x", vec![]),
+        // Decoded, `at-pub` allows it; read as sent (`/%40pub`, as Envoy's route table and
+        // Express read it), `user-priv` denies it: refused at every door.
+        ("escaped at read two ways", "GET", "/%40pub/priv/x", vec![]),
+        ("raw at", "GET", "/@pub/priv/x", vec![]),
         ("trace refused", "TRACE", "/public/x", vec![]),
         ("track refused", "TRACK", "/public/x", vec![]),
         ("connect refused", "CONNECT", "/public/x", vec![]),
@@ -860,6 +872,11 @@ async fn every_door_gives_the_same_decision() {
         ("deny rule dots", (403, Some("forbidden"))),
         ("deny rule escaped colon", (403, Some("forbidden"))),
         ("deny rule escaped at", (403, Some("forbidden"))),
+        (
+            "escaped at read two ways",
+            (400, Some("non_canonical_path")),
+        ),
+        ("raw at", (200, None)),
         ("lowercase method", (400, Some("invalid_method"))),
         ("trace refused", (405, Some("method_not_allowed"))),
         // The gateway tunnels nothing: 405 at every door, even where a rule names CONNECT.
