@@ -156,6 +156,24 @@ fn signal(child: &std::process::Child, sig: &str) {
     assert!(status.success());
 }
 
+/// Whether a line holding `needle` is in `log` within 5 s.
+async fn logged(log: &Log, needle: &'static str) -> bool {
+    crate::support::eventually(Duration::from_secs(5), || {
+        let log = log.clone();
+        async move { log.lock().unwrap().iter().any(|l| l.contains(needle)) }
+    })
+    .await
+}
+
+/// Whether `echo` has a request whose target starts with `prefix` within 3 s.
+async fn upstream_has(echo: &Echo, prefix: &'static str) -> bool {
+    crate::support::eventually(Duration::from_secs(3), || {
+        let echo = echo.clone();
+        async move { echo.records().iter().any(|r| r.target.starts_with(prefix)) }
+    })
+    .await
+}
+
 /// Makes `path` a named pipe nobody writes: a read of it blocks (a hung mount, a secret fed
 /// through a pipe).
 fn fifo(path: &std::path::Path) {
@@ -202,13 +220,7 @@ async fn a_stop_signal_ends_a_stuck_reload() {
     // The key file becomes a pipe: the reload blocks reading it.
     fifo(&dir.path().join("hs.secret"));
     signal(&child, "-HUP");
-    let seen = |needle: &'static str| {
-        let log = log.clone();
-        crate::support::eventually(Duration::from_secs(5), move || {
-            let log = log.clone();
-            async move { log.lock().unwrap().iter().any(|l| l.contains(needle)) }
-        })
-    };
+    let seen = |needle: &'static str| logged(&log, needle);
     assert!(seen("SIGHUP: reloading").await);
     // The reload is reading the pipe; the running config still serves.
     assert_eq!(get(addr, "/x").await.0, StatusCode::OK);
@@ -236,30 +248,13 @@ async fn requests_cut_at_the_end_of_the_grace_say_so() {
     )
     .unwrap();
     signal(&child, "-HUP");
-    let seen = |needle: &'static str| {
-        let log = log.clone();
-        crate::support::eventually(Duration::from_secs(5), move || {
-            let log = log.clone();
-            async move { log.lock().unwrap().iter().any(|l| l.contains(needle)) }
-        })
-    };
+    let seen = |needle: &'static str| logged(&log, needle);
     assert!(seen("Config reloaded").await, "the 1 s grace applied");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /__echo/delay/6000 HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
-    let e = echo.clone();
-    assert!(
-        crate::support::eventually(Duration::from_secs(3), || {
-            let e = e.clone();
-            async move {
-                e.records()
-                    .iter()
-                    .any(|r| r.target.starts_with("/__echo/delay"))
-            }
-        })
-        .await
-    );
+    assert!(upstream_has(&echo, "/__echo/delay").await);
     signal(&child, "-TERM");
     let exit = tokio::task::spawn_blocking(move || exits_within(child, Duration::from_secs(5)))
         .await
@@ -339,12 +334,7 @@ async fn binary_reloads_on_sighup_and_drains_on_sigterm() {
         .body(http_body_util::Full::default())
         .unwrap();
     assert_eq!(crate::support::send(addr, req).await.0, StatusCode::OK);
-    let logged = crate::support::eventually(Duration::from_secs(3), || {
-        let log = log.clone();
-        async move { log.lock().unwrap().iter().any(|l| l.contains("/logged")) }
-    })
-    .await;
-    assert!(logged, "access log line written");
+    assert!(logged(&log, "/logged").await, "access log line written");
     {
         let lines = log.lock().unwrap();
         let access = lines.iter().find(|l| l.contains("/logged")).unwrap();
@@ -369,13 +359,7 @@ async fn binary_reloads_on_sighup_and_drains_on_sigterm() {
     assert!(reloaded, "SIGHUP reloaded the policies");
     // A SIGHUP that changes nothing is logged too.
     signal(&child, "-HUP");
-    let seen = |needle: &'static str| {
-        let log = log.clone();
-        crate::support::eventually(Duration::from_secs(5), move || {
-            let log = log.clone();
-            async move { log.lock().unwrap().iter().any(|l| l.contains(needle)) }
-        })
-    };
+    let seen = |needle: &'static str| logged(&log, needle);
     assert!(seen("SIGHUP: reloading").await, "the signal is logged");
     assert!(
         seen("nothing changed").await,
@@ -393,18 +377,7 @@ async fn binary_reloads_on_sighup_and_drains_on_sigterm() {
     }
 
     let in_flight = tokio::spawn(async move { get(addr, "/__echo/delay/700").await });
-    let e = echo.clone();
-    assert!(
-        crate::support::eventually(Duration::from_secs(3), || {
-            let e = e.clone();
-            async move {
-                e.records()
-                    .iter()
-                    .any(|r| r.target.starts_with("/__echo/delay"))
-            }
-        })
-        .await
-    );
+    assert!(upstream_has(&echo, "/__echo/delay").await);
     signal(&child, "-TERM");
     let (status, _, _) = in_flight.await.unwrap();
     assert_eq!(status, StatusCode::OK, "in-flight request drained");
