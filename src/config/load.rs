@@ -302,7 +302,13 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
         // reports syntax only); fall back to the indexer's, which alone places a repeated key.
         let duplicate = message.starts_with(super::diagnostic::DUPLICATE_KEY);
         match serde_yaml::from_str::<serde_yaml::Value>(&text) {
-            Err(e) if !duplicate => Diagnostic::from_yaml(&display, &e),
+            // Why not serde_yaml's repeated key: it is met before the syntax error and placed
+            // at 1:1 (`server:` twice, the second `server: [` unclosed, read `1:1: duplicate
+            // entry`); the indexer's syntax error names the line that is broken.
+            // Regression: tests (it) check::a_syntax_error_is_placed_even_after_a_repeated_key
+            Err(e) if !duplicate && !e.to_string().starts_with("duplicate entry") => {
+                Diagnostic::from_yaml(&display, &e)
+            }
             _ => Diagnostic {
                 severity: super::Severity::Error,
                 file: display.clone(),

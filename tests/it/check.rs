@@ -349,6 +349,29 @@ fn a_byte_order_mark_is_read_as_nothing() {
     );
 }
 
+/// A syntax error after a repeated key is reported where the syntax breaks, not as the
+/// repeated key at 1:1 (the YAML parser meets the key first).
+#[test]
+fn a_syntax_error_is_placed_even_after_a_repeated_key() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    let path = cfg.dir.path().join("portcullis.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}server: {{}}\nserver: [\n")).unwrap();
+    let (code, out) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(!out.contains(":1:1:"), "{out}");
+    assert!(!out.contains("duplicate"), "{out}");
+    let broken = text.lines().count() + 3;
+    assert!(
+        out.contains(&format!("portcullis.yaml:{broken}:")),
+        "the broken line ({broken}) is named: {out}"
+    );
+}
+
 /// A file the config names that cannot be read is reported at the config's field naming it,
 /// never at a line of the missing file (`nope.yaml:0:0`).
 #[test]
