@@ -109,23 +109,7 @@ fn spawn_binary_seeing(
     extra: &str,
     mut seen: impl FnMut(&std::process::Child, &str),
 ) -> (std::process::Child, SocketAddr, Log) {
-    std::fs::create_dir_all(dir.join("policies")).unwrap();
-    std::fs::write(dir.join("policies/10-all.yaml"), policy).unwrap();
-    std::fs::write(
-        dir.join("portcullis.yaml"),
-        format!(
-            "listeners:\n  - name: http\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    url: http://{echo}\npolicies:\n  dir: policies\nserver:\n  shutdown_grace: 5s\nlogging:\n  format: json\n{extra}"
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["run", "--no-watch", "-c"])
-        .arg(dir.join("portcullis.yaml"))
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = start_binary(dir, echo, policy, extra);
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let addr = loop {
@@ -154,6 +138,33 @@ fn signal(child: &std::process::Child, sig: &str) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Writes the config (one listener, upstream `echo` at `echo`, `policy`, then `extra`) into
+/// `dir` and starts the binary on it, its log on a pipe.
+fn start_binary(
+    dir: &std::path::Path,
+    echo: SocketAddr,
+    policy: &str,
+    extra: &str,
+) -> std::process::Child {
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(dir.join("policies/10-all.yaml"), policy).unwrap();
+    std::fs::write(
+        dir.join("portcullis.yaml"),
+        format!(
+            "listeners:\n  - name: http\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    url: http://{echo}\npolicies:\n  dir: policies\nserver:\n  shutdown_grace: 5s\nlogging:\n  format: json\n{extra}"
+        ),
+    )
+    .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--no-watch", "-c"])
+        .arg(dir.join("portcullis.yaml"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// Whether a line holding `needle` is in `log` within 5 s.
@@ -282,29 +293,14 @@ async fn requests_cut_at_the_end_of_the_grace_say_so() {
 #[tokio::test]
 async fn a_stop_signal_ends_a_stuck_start() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::write(
-        dir.path().join("policies/10-all.yaml"),
-        "rules:\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("portcullis.yaml"),
-        format!(
-            "listeners:\n  - name: http\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    url: http://127.0.0.1:9\npolicies:\n  dir: policies\nlogging:\n  format: json\n{}",
-            crate::support::hs256_users("{}")
-        ),
-    )
-    .unwrap();
     fifo(&dir.path().join("hs.secret"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["run", "--no-watch", "-c"])
-        .arg(dir.path().join("portcullis.yaml"))
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let policy = "rules:\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    authenticators: [users]\n    upstream: echo\n";
+    let mut child = start_binary(
+        dir.path(),
+        "127.0.0.1:9".parse().unwrap(),
+        policy,
+        &crate::support::hs256_users("{}"),
+    );
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let started = lines.next().expect("a log line").unwrap();
     assert!(started.contains("\"Starting\""), "{started}");
