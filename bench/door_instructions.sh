@@ -7,10 +7,13 @@
 #
 # Prints instructions per Check of the gRPC door and of the trivial always-OK tonic server
 # (bench/trivial_check.rs, the baseline doors.sh compares with) and their ratio, and
-# instructions per request of the forward-auth door as nginx's `auth_request` asks. Each
+# instructions per request of the forward-auth door as nginx's `auth_request` asks, against
+# hyper's HTTP/1 server answering 200 to the same requests (bench/bare_answer.rs: the floor of
+# any HTTP door on this stack) and their ratio. Each
 # process runs under valgrind with instrumentation off until a warm-up of 500 decisions is
 # done; then N are counted. NEW=<binary> measures that build instead of this tree's;
-# KEEP=<prefix> keeps the callgrind profiles as <prefix>.trivial, <prefix>.grpc and <prefix>.fa
+# KEEP=<prefix> keeps the callgrind profiles as <prefix>.trivial, <prefix>.grpc, <prefix>.bare
+# and <prefix>.fa
 # (callgrind_annotate reads them).
 set -euo pipefail
 N=${1:-2000}
@@ -21,12 +24,14 @@ BENCH_TMP=portcullis-door-instr
 # shellcheck source=bench/common.sh
 source "$ROOT/bench/common.sh"
 install_missing valgrind:valgrind h2load:nghttp2-client curl:curl
-log "building target/perf/portcullis and trivial-check (profile perf)"
-cargo build --profile perf --locked --bin portcullis --example trivial-check >&2
+log "building target/perf/portcullis, trivial-check and bare-answer (profile perf)"
+cargo build --profile perf --locked --bin portcullis --example trivial-check \
+    --example bare-answer >&2
 BIN=${NEW:-$ROOT/target/perf/portcullis}
 TRIVIAL=$ROOT/target/perf/examples/trivial-check
+BARE=$ROOT/target/perf/examples/bare-answer
 
-read -r P_GRPC P_FA P_ADMIN P_TRIVIAL < <(free_ports 4)
+read -r P_GRPC P_FA P_ADMIN P_TRIVIAL P_BARE < <(free_ports 5)
 door_gateway "$BIN" "$TMP/gw" "$P_FA" "$P_GRPC" "$P_ADMIN"
 "$TRIVIAL" encode "$TOKEN" >"$TMP/check.bin"
 
@@ -75,7 +80,11 @@ GRPC=$RESULT
 log "forward-auth door: $N requests"
 measure fa fa_load "$P_FA" "$BIN" run -c "$TMP/gw/portcullis.yaml" --no-watch
 FA=$RESULT
-awk -v t="$TRIV" -v g="$GRPC" -v f="$FA" 'BEGIN {
+log "hyper answering 200: $N requests"
+measure bare fa_load "$P_BARE" "$BARE" "127.0.0.1:$P_BARE"
+BARE_I=$RESULT
+awk -v t="$TRIV" -v g="$GRPC" -v f="$FA" -v b="$BARE_I" 'BEGIN {
     printf "trivial tonic server: %d instructions/Check\n", t
     printf "gRPC door:            %d instructions/Check (%.2fx the trivial server)\n", g, g / t
-    printf "forward-auth door:    %d instructions/request\n", f }'
+    printf "forward-auth door:    %d instructions/request (%.2fx hyper answering 200)\n", f, f / b
+    printf "hyper answering 200:  %d instructions/request\n", b }'

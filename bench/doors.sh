@@ -10,6 +10,10 @@
 #   nginx-door     wrk → nginx, auth_request → Portcullis forward-auth door (a cached RS256
 #                  token, a rule, identity headers) → the same file
 #                  target: door ≥ 0.9× proxied (the trivial endpoint behind the same peer)
+#   nginx-hyper    as nginx-proxied, the subrequest to hyper's HTTP/1 server answering 200
+#                  (bench/bare_answer.rs, pinned like Portcullis): the floor of any HTTP door
+#                  on Portcullis's stack, so door / hyper is the door's own cost and
+#                  hyper / proxied the stack's
 #   grpc-trivial   h2load → an always-allow tonic Check server (bench/trivial_check.rs)
 #   grpc-door      h2load → Portcullis envoy_grpc door, the same CheckRequest with the same
 #                  cached token                                          target ≥ 0.85×
@@ -45,19 +49,22 @@ install_missing nginx:nginx-light wrk:wrk h2load:nghttp2-client curl:curl taskse
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v python3 >/dev/null || die "python3 is needed to pick free ports"
 
-log "building target/perf/portcullis and trivial-check (profile perf)"
-cargo build --profile perf --locked --bin portcullis --example trivial-check >&2
+log "building target/perf/portcullis, trivial-check and bare-answer (profile perf)"
+cargo build --profile perf --locked --bin portcullis --example trivial-check \
+    --example bare-answer >&2
 BIN=$ROOT/target/perf/portcullis
 TRIVIAL=$ROOT/target/perf/examples/trivial-check
+BARE=$ROOT/target/perf/examples/bare-answer
 
-read -r P_STATIC P_DOOR P_FA P_GRPC P_TRIVIAL P_ADMIN P_PROXIED P_204 < <(free_ports 8)
+read -r P_STATIC P_DOOR P_FA P_GRPC P_TRIVIAL P_ADMIN P_PROXIED P_204 P_HYPER P_BARE \
+    < <(free_ports 10)
 
 # --- Portcullis: a forward-auth door and an Envoy gRPC door, one rule, a cached RS256 token ----
 mkdir -p "$TMP/www/api"
 echo ok >"$TMP/www/api/x"
 door_gateway "$BIN" "$TMP/portcullis" "$P_FA" "$P_GRPC" "$P_ADMIN"
 
-# --- nginx: one worker, three servers that differ only in what auth_request asks -------------
+# --- nginx: one worker, four servers that differ only in what auth_request asks --------------
 # The auth subrequest's proxying, identical for the door and for the trivial 204 server.
 auth_proxy() { # $1 upstream
     cat <<EOF
@@ -89,6 +96,10 @@ declare -A MASTER
         server 127.0.0.1:$P_204;
         keepalive 64;
     }
+    upstream bare {
+        server 127.0.0.1:$P_BARE;
+        keepalive 64;
+    }
     # The content is a static file: \`return\` would answer before the access phase, where
     # auth_request runs.
     server {
@@ -111,6 +122,18 @@ declare -A MASTER
         }
         location = /_trivial {
 $(auth_proxy trivial204)
+        }
+    }
+    server {
+        listen 127.0.0.1:$P_HYPER;
+        root $TMP/www;
+        location /api/ {
+            auth_request /_bare;
+            auth_request_set \$pc_user_id \$upstream_http_x_user_id;
+            add_header X-User-Id \$pc_user_id;
+        }
+        location = /_bare {
+$(auth_proxy bare)
         }
     }
     server {
@@ -157,6 +180,11 @@ wait_http "http://127.0.0.1:$P_PROXIED/api/x" "nginx → nginx204" ||
 taskset -c "$SERVER_CPU" "$TRIVIAL" serve "127.0.0.1:$P_TRIVIAL" >"$TMP/trivial.log" 2>&1 &
 PIDS+=($!)
 TRIVIAL_PID=$!
+taskset -c "$SERVER_CPU" "$BARE" "127.0.0.1:$P_BARE" >"$TMP/bare.log" 2>&1 &
+PIDS+=($!)
+BARE_PID=$!
+wait_http "http://127.0.0.1:$P_HYPER/api/x" "nginx → bare-answer" ||
+    { cat "$TMP/nginx/error.log" "$TMP/bare.log" >&2; exit 1; }
 # Each nginx's one worker (the master only supervises).
 worker_of() { cat /proc/"$1"/task/*/children 2>/dev/null | awk '{print $1; exit}'; }
 NGX_WORKER=$(worker_of "${MASTER[nginx]}")
@@ -177,7 +205,7 @@ for _ in $(seq 50); do "$TRIVIAL" ask "http://127.0.0.1:$P_TRIVIAL" "$TOKEN" && 
     die "grpc-door: Check with a bad token was OK"
 
 # --- load ----------------------------------------------------------------------------------------
-read -r -a SCENARIOS <<<"${SCENARIOS:-nginx-static nginx-proxied nginx-door grpc-trivial grpc-door}"
+read -r -a SCENARIOS <<<"${SCENARIOS:-nginx-static nginx-proxied nginx-hyper nginx-door grpc-trivial grpc-door}"
 # Requests per second of one run, checked for errors, and the CPU per request of the
 # authorizer (the door, or the trivial server) and of the nginx worker in front; sets R_RPS,
 # R_AUTH, R_NGXCPU.
@@ -186,15 +214,17 @@ run_scenario() { # $1 scenario
     case $s in
     nginx-static) ngx=$NGX_WORKER ;;
     nginx-proxied) auth=$NGX204_WORKER ngx=$NGX_WORKER ;;
+    nginx-hyper) auth=$BARE_PID ngx=$NGX_WORKER ;;
     nginx-door) auth=$PC_PID ngx=$NGX_WORKER ;;
     grpc-trivial) auth=$TRIVIAL_PID ;;
     grpc-door) auth=$PC_PID ;;
     esac
     t0=$(date +%s%N) a0=$(cpu_ns "$auth") n0=$(cpu_ns "$ngx")
     case $s in
-    nginx-static | nginx-proxied | nginx-door)
+    nginx-static | nginx-proxied | nginx-hyper | nginx-door)
         local port=$P_STATIC
         [[ $s == nginx-proxied ]] && port=$P_PROXIED
+        [[ $s == nginx-hyper ]] && port=$P_HYPER
         [[ $s == nginx-door ]] && port=$P_DOOR
         run_load "$TMP/$s.txt" wrk -t1 -c"$CONNS" -d"${DURATION}s" \
             -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/x"
@@ -266,6 +296,8 @@ verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r != "n/a" && r + 0 >= t) ? 
 R_NGX=$(ratio "${RPS[nginx-door]:-0}" "${RPS[nginx-proxied]:-0}")
 R_NGX_STATIC=$(ratio "${RPS[nginx-door]:-0}" "${RPS[nginx-static]:-0}")
 R_GRPC=$(ratio "${RPS[grpc-door]:-0}" "${RPS[grpc-trivial]:-0}")
+R_HYPER=$(ratio "${RPS[nginx-door]:-0}" "${RPS[nginx-hyper]:-0}")
+R_FLOOR=$(ratio "${RPS[nginx-hyper]:-0}" "${RPS[nginx-proxied]:-0}")
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock bench 2>/dev/null || COMMIT+="+dirty"
 table() {
@@ -280,6 +312,11 @@ table() {
         "answer): **${R_NGX}×** (target ≥ 0.9×: $(verdict "$R_NGX" 0.9))"
     echo "- nginx auth_request → door / → \`return 204\` inside the same nginx (no subrequest" \
         "proxying at all: the door's whole round trip against nothing): ${R_NGX_STATIC}×"
+    echo "- the floor: nginx auth_request → hyper answering 200 / → the nginx 204 server:" \
+        "${R_FLOOR}× (what the stack alone allows); door / hyper answering 200 (the door's" \
+        "own work): ${R_HYPER}×; CPU per request, hyper $(ratio "${AUTH_CPU[nginx-hyper]:--}" \
+        "${AUTH_CPU[nginx-proxied]:-0}")× the nginx 204 server's, the door" \
+        "$(ratio "${AUTH_CPU[nginx-door]:--}" "${AUTH_CPU[nginx-hyper]:-0}")× hyper's"
     echo "- gRPC Check door / trivial tonic server: **${R_GRPC}×** (target ≥ 0.85×: $(verdict "$R_GRPC" 0.85))"
     echo "- CPU per request (lower is better): Portcullis's forward-auth door" \
         "$(ratio "${AUTH_CPU[nginx-door]:--}" "${AUTH_CPU[nginx-proxied]:-0}")× the nginx 204" \
