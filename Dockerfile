@@ -10,7 +10,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src bench tests/it \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && for f in tests/it/main.rs bench/bare_proxy.rs bench/idle_conns.rs bench/rapid_reset.rs bench/authn.rs bench/policy.rs bench/trivial_check.rs bench/ws_echo.rs bench/ratelimit.rs; do \
+    && for f in tests/it/main.rs bench/bare_proxy.rs bench/bare_answer.rs bench/idle_conns.rs bench/rapid_reset.rs bench/authn.rs bench/policy.rs bench/trivial_check.rs bench/ws_echo.rs bench/ratelimit.rs; do \
          echo 'fn main() {}' > "$f"; \
        done \
     && cargo build --release --locked --bin portcullis \
