@@ -5,8 +5,8 @@ use std::cell::Cell;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-/// The request's id, taken from `name` when well-formed (1–128 of `[A-Za-z0-9._:-]`) or
-/// generated.
+/// The request's id, taken from `name` when well-formed (1–128 of `[A-Za-z0-9._:-]`, at
+/// least one a letter or digit) or generated.
 pub fn take_or_generate(headers: &HeaderMap, name: &HeaderName) -> HeaderValue {
     match headers.get(name) {
         Some(v) if well_formed(v.as_bytes()) => v.clone(),
@@ -23,10 +23,15 @@ pub fn take_or_generate_text(id: Option<&str>) -> HeaderValue {
         .unwrap_or_else(generate)
 }
 
-/// 1–128 of `[A-Za-z0-9._:-]`: safe in a log line and a header, and short.
+/// 1–128 of `[A-Za-z0-9._:-]`, at least one a letter or digit: safe in a log line and a
+/// header, and short.
+///
+/// Why the letter or digit: the access log writes `-` for a field it does not have, so a
+/// client's id `-` read as a request without one, and `.`, `_` or `:` alone name nothing to
+/// correlate. Regression: tests::propagates_well_formed_ids_only
 fn well_formed(b: &[u8]) -> bool {
-    !b.is_empty()
-        && b.len() <= 128
+    b.len() <= 128
+        && b.iter().any(u8::is_ascii_alphanumeric)
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
 }
@@ -98,6 +103,18 @@ mod tests {
         assert_eq!(g.len(), 32);
         h.insert(&name, "x".repeat(129).parse().unwrap());
         assert_eq!(take_or_generate(&h, &name).len(), 32);
+        for no_name in ["-", "--", ".", "_:.-", ""] {
+            h.insert(&name, no_name.parse().unwrap());
+            let g = take_or_generate(&h, &name);
+            assert_eq!(g.len(), 32, "{no_name:?} kept");
+            assert!(g.as_bytes().iter().all(u8::is_ascii_hexdigit));
+            assert_eq!(take_or_generate_text(Some(no_name)).len(), 32);
+        }
+        for kept in ["a", "-1-", "trace:7.b_c"] {
+            h.insert(&name, kept.parse().unwrap());
+            assert_eq!(take_or_generate(&h, &name), kept);
+            assert_eq!(take_or_generate_text(Some(kept)), kept);
+        }
         assert_ne!(generate(), generate());
     }
 }
