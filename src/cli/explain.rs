@@ -923,6 +923,9 @@ fn describe(e: &TraceEvent, snapshot: &Snapshot) -> String {
         TraceEvent::ForwardedAsSent => "allowed on the canonical path, but the door's peer \
              forwards the path as sent (`.`, `..` or empty segments): refused"
             .into(),
+        TraceEvent::ConditionReadsTwoWays => "allowed on the decoded path, but read with its \
+             escapes as sent the rule's condition does not hold: refused"
+            .into(),
         TraceEvent::ReadsTwoWays(other) => format!(
             "allowed on the decoded path, but read with its escapes as sent it meets {}: refused",
             other

@@ -53,6 +53,9 @@ pub enum TraceEvent {
     /// Allowed on the decoded path, but read with its escapes as sent (`/%40x`, not `/@x`)
     /// the path meets another rule (named, or none).
     ReadsTwoWays(Option<std::sync::Arc<str>>),
+    /// Allowed on the decoded path, but read with its escapes as sent the rule's condition
+    /// does not hold.
+    ConditionReadsTwoWays,
 }
 
 /// Receives the steps of a decision.
@@ -328,6 +331,28 @@ async fn decide_rule(
         if other.map(|r| &r.id) != Some(&rule.id) {
             trace.record(TraceEvent::ReadsTwoWays(other.map(|r| r.id.0.clone())));
             return deny_principal(rule, DenyKind::NonCanonicalPath, principal.as_ref());
+        }
+        // Why: a condition on the path (`params.space == '@public'`) held on `/%40public`
+        // decoded, while an upstream routing on the raw path served it from another handler
+        // (`/:space/docs` rather than `/@public/docs`). It must hold read as sent too.
+        // Regression: tests (it) paths::an_escaped_delimiter_is_decided_as_the_upstream_routes_it
+        if let Some(when) = rule
+            .when
+            .as_ref()
+            .filter(|w| w.uses_params() || w.reads_path())
+        {
+            let params = if when.uses_params() {
+                rule.params(&as_sent.path)
+            } else {
+                Vec::new()
+            };
+            if when
+                .eval(&as_sent, principal.as_deref(), &params, &snapshot.spoofable)
+                .is_err()
+            {
+                trace.record(TraceEvent::ConditionReadsTwoWays);
+                return deny_principal(rule, DenyKind::NonCanonicalPath, principal.as_ref());
+            }
         }
     }
     // Why: the limit comes before the delegate, so a throttled request never reaches it; after

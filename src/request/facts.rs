@@ -304,11 +304,12 @@ pub struct RequestFacts<'a> {
     pub port: Option<u16>,
     /// The canonical path: what the rules read.
     pub path: Cow<'a, str>,
-    /// The canonical path with its escaped sub-delimiters, `:` and `@` as the client wrote them
-    /// ([`crate::request::path::canonicalize_as_sent`]), when that is another path than
-    /// [`Self::path`] (`/%40x` against `/@x`): what the proxy forwards, and how an upstream
-    /// routing on the raw path (Envoy's route table, Express) reads it. An allow must hold
-    /// under this reading too (the decision engine).
+    /// The path as the upstream receives it, when that is another path than [`Self::path`]
+    /// (`/%40x` against `/@x`): how an upstream routing on the raw path (Envoy's route table,
+    /// Express) reads it. An allow must hold under this reading too (the decision engine).
+    /// At the proxy door, the canonical path with its escaped sub-delimiters, `:` and `@` as
+    /// the client wrote them ([`crate::request::path::canonicalize_as_sent`]): what the proxy
+    /// forwards. At a decision door, the raw path exactly as sent, which its peer forwards.
     pub path_as_sent: Option<Cow<'a, str>>,
     /// The raw query (without `?`), forwarded unchanged.
     pub query: Option<&'a str>,
@@ -482,8 +483,17 @@ impl<'a> RequestFacts<'a> {
         let path = path::canonicalize(raw_path)?;
         // Only a path with an escape can read two ways.
         let path_as_sent = match raw_path.contains('%') {
-            true => Some(path::canonicalize_as_sent(raw_path)?).filter(|sent| *sent != path),
             false => None,
+            // Why: a decision door's peer (Envoy, nginx, Caddy) forwards the path as the
+            // client wrote it, so an upstream routing on the raw path read `/%70ub/profile/x`
+            // as `/:user/profile/*` (denied) while the rules, and the proxy door, which
+            // forwards `/pub/profile/x`, read `/pub/**` (allowed). Regression: tests (it)
+            // conformance::every_door_gives_the_same_decision (`escaped unreserved read two
+            // ways`)
+            true if conn.door != Door::Proxy => {
+                Some(Cow::Borrowed(raw_path)).filter(|sent| *sent != path)
+            }
+            true => Some(path::canonicalize_as_sent(raw_path)?).filter(|sent| *sent != path),
         };
         // Why: the gRPC and forward-auth doors' peers send the target as the client wrote it.
         // `?x=1#&owner=alice` was decided on `owner=alice` (and a token after `#`

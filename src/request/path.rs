@@ -53,13 +53,14 @@
 //! [`check_forwarded_as_is`] finds, for those doors, a path whose segments canonicalisation
 //! would change: a `.` or `..` segment, or an empty one (`//`). The request is still decided
 //! on its canonical path (a denial is the proxy's answer); an allow becomes 400
-//! `non_canonical_path` (`RequestFacts::forwarded_as_sent`). Decoding an unreserved
-//! character (`/%61dmin`) changes no segment and every upstream decodes it alike, so it stays.
-//! An escaped sub-delimiter, `:` or `@` is decided decoded too, as nginx, Caddy, Go, Spring and
-//! WSGI route it; an upstream that routes on the raw path (Envoy's route table, Express) reads
-//! `/%40x` as another name than `/@x`. So the path is also read with those escapes as sent
-//! ([`canonicalize_as_sent`], `RequestFacts::path_as_sent`), which is what the proxy forwards,
-//! and an allow holds only if that reading meets the same rule (the decision engine).
+//! `non_canonical_path` (`RequestFacts::forwarded_as_sent`). An escaped character a path may
+//! carry as it is (`/%61dmin`, `/%40x`) changes no segment, and is decided decoded, as nginx,
+//! Caddy, Go, Spring and WSGI route it; but an upstream that routes on the raw path (Envoy's
+//! route table, Express) reads `/%40x` as another name than `/@x`. So the path is read a
+//! second time as the upstream receives it (`RequestFacts::path_as_sent`): at the proxy, with
+//! its escaped sub-delimiters, `:` and `@` as sent ([`canonicalize_as_sent`]), which is what
+//! it forwards; at a decision door, exactly as sent. An allow holds only if that reading
+//! meets the same rule, its condition holding (the decision engine).
 
 use std::borrow::Cow;
 

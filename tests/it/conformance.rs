@@ -247,15 +247,19 @@ rate_limits:
 /// proxy (and an upstream cutting at `#`) never reads.
 const FRAGMENTS: &[&str] = &["fragment with dot segments", "fragment in the query"];
 
-/// Cases whose path has a `.`, `..` or empty segment: every door decides the canonical path;
-/// the proxy forwards it, while a decision door's peer would forward the path as sent, so
-/// what the proxy allows the decision doors refuse (400 `non_canonical_path`), and what it
-/// refuses they refuse alike.
+/// Cases whose path has a `.`, `..` or empty segment, or an escaped unreserved character with
+/// which the path as sent meets another rule or none (a raw-path router, Express or Envoy's
+/// route table, reads `/%70ublic` as another name than `/public`; RFC 3986 asks that no client
+/// escape these): every door decides the canonical path; the proxy forwards it,
+/// while a decision door's peer would forward the path as sent, so what the proxy allows the
+/// decision doors refuse (400 `non_canonical_path`), and what it refuses they refuse alike.
 const REWRITTEN_SEGMENTS: &[&str] = &[
     "public canonical",
     "deny rule slashes",
     "deny rule dots",
     "another user's rows sideways",
+    "escaped unreserved read two ways",
+    "public encoded unreserved",
 ];
 
 /// One request of the corpus.
@@ -414,6 +418,15 @@ fn corpus() -> Vec<Case> {
         // Decoded, `at-pub` allows it; read as sent (`/%40pub`, as Envoy's route table and
         // Express read it), `user-priv` denies it: refused at every door.
         ("escaped at read two ways", "GET", "/%40pub/priv/x", vec![]),
+        // Decoded, `at-pub` allows it, and the proxy forwards `/@pub/priv/x`; a decision
+        // door's peer forwards `/%40%70ub`... as sent, which an upstream routing on the raw
+        // path reads as `/{user}/priv`: `user-priv` denies it there.
+        (
+            "escaped unreserved read two ways",
+            "GET",
+            "/@%70ub/priv/x",
+            vec![],
+        ),
         ("raw at", "GET", "/@pub/priv/x", vec![]),
         ("trace refused", "TRACE", "/public/x", vec![]),
         ("track refused", "TRACK", "/public/x", vec![]),
@@ -877,6 +890,7 @@ async fn every_door_gives_the_same_decision() {
             (400, Some("non_canonical_path")),
         ),
         ("raw at", (200, None)),
+        ("escaped unreserved read two ways", (200, None)),
         ("lowercase method", (400, Some("invalid_method"))),
         ("trace refused", (405, Some("method_not_allowed"))),
         // The gateway tunnels nothing: 405 at every door, even where a rule names CONNECT.

@@ -130,6 +130,13 @@ rules:
     match:
       paths: [\"/{user}/profile/**\"]
     effect: deny
+  - name: team-docs
+    match:
+      paths: [\"/{space}/docs/**\"]
+    effect: allow
+    anonymous: true
+    when: params.space == '@team'
+    upstream: echo
   - name: all
     match:
       paths: [\"/**\"]
@@ -177,6 +184,17 @@ rules:
         before,
         "nothing read two ways reached the upstream"
     );
+    // One rule both ways, but its condition holds only decoded: as sent (Express routing
+    // `/%40team/docs/x` to `/:space/docs`, not to `/@team/docs`) it does not.
+    let r = raw_get(gw.addr(), "/%40team/docs/x").await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert!(r.body.contains("non_canonical_path"), "{}", r.body);
+    assert_eq!(gw.echo.count(), before, "the escaped space stayed here");
+    let r = raw_get(gw.addr(), "/@team/docs/x").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let r = raw_get(gw.addr(), "/other/docs/x").await;
+    assert_eq!(r.status, 403, "{}", r.head);
+    assert!(r.body.contains("condition_failed"), "{}", r.body);
 }
 
 #[tokio::test]
