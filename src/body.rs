@@ -5,7 +5,7 @@ use std::error::Error as StdError;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -85,6 +85,38 @@ impl Cut {
     }
 }
 
+/// How the client's side of a request body failed once forwarding began, recorded where the
+/// proxy's rescue path and the upstream's verdict read it, since the exchange's error may not
+/// say: an HTTP/2 upstream's stream is reset with `INTERNAL_ERROR` whatever the body's error
+/// was, and hyper reports that reset, not the error.
+///
+/// Why: a streamed body over `server.max_body_bytes` to an HTTP/2 upstream was answered 502
+/// `upstream_error` (gRPC 14) and counted against a healthy endpoint, which five such
+/// requests ejected. Regression: tests (it) upstreams::an_h2_upstream_is_not_blamed_for_a_body_over_the_limit
+#[derive(Debug, Default)]
+pub struct ClientFault(AtomicU8);
+
+impl ClientFault {
+    /// Malformed framing or an aborted upload.
+    const MALFORMED: u8 = 1;
+    /// Over the size limit.
+    const TOO_LARGE: u8 = 2;
+
+    fn set(&self, fault: u8) {
+        self.0.store(fault, Ordering::Relaxed);
+    }
+
+    /// Whether the client's side failed, in any way.
+    pub fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether it went over the size limit.
+    pub fn too_large(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::TOO_LARGE
+    }
+}
+
 /// A request body over `server.max_body_bytes`.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("request body over the size limit")]
@@ -105,7 +137,7 @@ pub struct RequestBody {
     inner: Option<hyper::body::Incoming>,
     /// Bytes the limit still allows from `inner`.
     remaining: usize,
-    fault: Arc<AtomicBool>,
+    fault: Arc<ClientFault>,
     /// How the client's side is getting on, while it has more to send.
     progress: Option<Arc<Progress>>,
 }
@@ -278,8 +310,8 @@ impl RequestBody {
         }
     }
 
-    /// A flag that turns true if the client's side of the body fails after forwarding began.
-    pub fn fault(&self) -> Arc<AtomicBool> {
+    /// How the client's side of the body failed after forwarding began, if it did.
+    pub fn fault(&self) -> Arc<ClientFault> {
         Arc::clone(&self.fault)
     }
 
@@ -316,7 +348,7 @@ impl RequestBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                self.fault.store(true, Ordering::Relaxed);
+                self.fault.set(ClientFault::MALFORMED);
                 self.ended();
                 Poll::Ready(Some(Err(Box::new(e))))
             }
@@ -341,6 +373,7 @@ impl RequestBody {
                         Poll::Ready(Some(Ok(f)))
                     }
                     None => {
+                        self.fault.set(ClientFault::TOO_LARGE);
                         self.ended();
                         Poll::Ready(Some(Err(Box::new(TooLarge))))
                     }

@@ -696,8 +696,10 @@ fn failure_text(result: &Result<Response<PooledBody>, Failed>) -> String {
 /// What a failed exchange says about its endpoint.
 fn error_verdict(e: &SendError) -> Verdict {
     match e {
-        // The client's body failing says nothing about the endpoint.
-        SendError::Http(e) if e.is_user() => Verdict::Neutral,
+        // The client's body failing says nothing about the endpoint. Over HTTP/2, hyper resets
+        // the stream itself (`INTERNAL_ERROR`, initiated by its user) and reports that.
+        // Regression: tests (it) upstreams::an_h2_upstream_is_not_blamed_for_a_body_over_the_limit
+        SendError::Http(e) if e.is_user() || reset_by_us(e) => Verdict::Neutral,
         // Its own connection cap: the endpoint is busy, not failing.
         SendError::Busy => Verdict::Neutral,
         // The client's pause, not the endpoint's.
@@ -708,6 +710,15 @@ fn error_verdict(e: &SendError) -> Verdict {
         SendError::UpgradeOverH2 => Verdict::Neutral,
         _ => Verdict::Failure,
     }
+}
+
+/// Whether `e` is an HTTP/2 stream reset the gateway's side made (not the upstream, not h2
+/// noticing a protocol error in the upstream's frames): hyper resets a stream whose request
+/// body failed, the client's failure.
+fn reset_by_us(e: &hyper::Error) -> bool {
+    crate::errors::sources(e)
+        .find_map(|e| e.downcast_ref::<h2::Error>())
+        .is_some_and(|h| h.is_reset() && !h.is_remote() && !h.is_library())
 }
 
 /// The shortest `dns_refresh`.

@@ -510,7 +510,7 @@ async fn upstream_request(
     uri: Option<http::Uri>,
     origin: Origin,
     upstream: &crate::upstream::Upstream,
-) -> Result<(Request<RequestBody>, Arc<std::sync::atomic::AtomicBool>), Failure> {
+) -> Result<(Request<RequestBody>, Arc<crate::body::ClientFault>), Failure> {
     upstream_head(ctx, allow, &mut parts, uri, origin, upstream)?;
     let body = upstream_body(ctx.snapshot, body).await?;
     let client_fault = body.fault();
@@ -638,7 +638,7 @@ async fn send(
     upstream: &crate::upstream::Upstream,
     req: Request<RequestBody>,
     opts: crate::upstream::SendOptions,
-    client_fault: &std::sync::atomic::AtomicBool,
+    client_fault: &crate::body::ClientFault,
 ) -> Result<Response<crate::upstream::PooledBody>, Failure> {
     // Boxed: the exchange's state (the pool's send, a retry's, hyper's response future) is
     // the largest part of a request's future, which is copied whole at each layer that moves
@@ -662,13 +662,11 @@ async fn send(
         Err(e) => e,
     };
     let (status, kind) = match &e {
-        SendError::Http(h) if body::is_length_limit(h) => {
+        SendError::Http(h) if body::is_length_limit(h) || client_fault.too_large() => {
             (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
         }
         // The client's body broke mid-way (framing, abort): its fault, not the upstream's.
-        SendError::Http(_) if client_fault.load(std::sync::atomic::Ordering::Relaxed) => {
-            (StatusCode::BAD_REQUEST, "invalid_body")
-        }
+        SendError::Http(_) if client_fault.any() => (StatusCode::BAD_REQUEST, "invalid_body"),
         e => e.status_and_kind(),
     };
     ctx.shared.metrics.upstream_error(kind);

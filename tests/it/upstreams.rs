@@ -1258,6 +1258,62 @@ async fn h2c_gateway(addr: SocketAddr) -> crate::support::TestGateway {
     .await
 }
 
+/// A streamed body going over `server.max_body_bytes` once forwarding began, to an HTTP/2
+/// upstream reading it: 413 `body_too_large`, the client's fault, as over HTTP/1.1; the
+/// endpoint is not counted as failing (it was ejected after `consecutive_failures` of them,
+/// and every client got 502 `upstream_error`).
+#[tokio::test]
+async fn an_h2_upstream_is_not_blamed_for_a_body_over_the_limit() {
+    use http_body_util::BodyExt;
+    let (addr, _) = h2c_upstream(|req: Request<hyper::body::Incoming>| async move {
+        let read = req.into_body().collect().await.map(|b| b.to_bytes().len());
+        http::Response::new(Full::new(Bytes::from(format!("{read:?}"))))
+    })
+    .await;
+    let gw = Setup {
+        upstreams: format!(
+            "  h2:\n    url: http://{addr}\n    protocol: h2c\n    ejection: {{consecutive_failures: 2, base_time: 30s, max_time: 30s}}\n"
+        ),
+        policies: route_all_to("h2"),
+        ..Setup::default()
+    }
+    .server("  max_body_bytes: 4096\n")
+    .start()
+    .await;
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        s.write_all(b"POST /up HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n400\r\n")
+            .await
+            .unwrap();
+        s.write_all(&[b'x'; 1024]).await.unwrap();
+        s.write_all(b"\r\n").await.unwrap();
+        // Past the read-ahead: the request is on its way upstream, its body streaming.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..8 {
+            let mut chunk = b"400\r\n".to_vec();
+            chunk.extend_from_slice(&[b'y'; 1024]);
+            chunk.extend_from_slice(b"\r\n");
+            if s.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = s.write_all(b"0\r\n\r\n").await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        let r = crate::support::RawResponse::parse(&buf);
+        assert_eq!(r.status, 413, "{}", r.head);
+        assert!(r.body.contains("body_too_large"), "{}", r.body);
+    }
+    let (status, _, body) = get(gw.addr(), "/x").await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let ejected = metrics
+        .lines()
+        .filter(|l| l.starts_with("portcullis_upstream_endpoint_ejections_total{upstream=\"h2\""))
+        .any(|l| !l.ends_with(" 0"));
+    assert!(!ejected, "{metrics}");
+}
+
 /// Fifty requests at once to a fresh gateway share one connection to an h2c upstream: the
 /// ones arriving while it is being made wait for it (each opened its own).
 #[tokio::test]
