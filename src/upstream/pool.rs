@@ -455,7 +455,23 @@ pub struct PooledBody {
     in_flight: Option<super::balance::InFlight>,
     /// The response's head timer, for `idle` to take on ([`PooledBody::with_timer`]).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// An HTTP/2 response, whose `Content-Length`, if it declares one, its body must meet
+    /// ([`ShortBody`]). (A `HEAD`'s answer or a 304 declares the length of a body it has not:
+    /// neither body is ever read. Regression: tests (it)
+    /// upstreams::an_h2_response_reset_short_of_its_length_is_cut)
+    h2_length: bool,
 }
+
+/// An HTTP/2 upstream's response body that ended short of its `Content-Length`.
+///
+/// Why: hyper ends a response body cleanly on the upstream's `RST_STREAM(NO_ERROR)` (RFC 9113
+/// §8.1's early response, meant for a request body), so a response reset after 7 of its 100
+/// declared bytes went to the client as complete: an HTTP/2 client got `END_STREAM`, an
+/// HTTP/1.1 client a last chunk. The client's response is now aborted, as for any upstream
+/// failure mid-body. Regression: tests (it) upstreams::an_h2_response_reset_short_of_its_length_is_cut
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response ended {0} bytes short of its content-length")]
+struct ShortBody(u64);
 
 /// When a response's credential expires, and how to see it.
 struct BodyExpiry {
@@ -702,6 +718,8 @@ impl Pool {
                     expiry: None,
                     in_flight: None,
                     timer: None,
+                    // HTTP/1: hyper fails a body that ends before its length itself.
+                    h2_length: false,
                 }))
             }
             Sender::H2(mut s) => {
@@ -747,6 +765,7 @@ impl Pool {
                     expiry: None,
                     in_flight: None,
                     timer: None,
+                    h2_length: true,
                 }))
             }
         }
@@ -1343,6 +1362,20 @@ impl Body for PooledBody {
         }
         match polled {
             Poll::Ready(None) => {
+                // The length hyper counts down as data comes: left over only if it ended short.
+                let short = this
+                    .body
+                    .as_ref()
+                    .and_then(|b| b.size_hint().exact())
+                    .filter(|left| this.h2_length && *left > 0);
+                if let Some(left) = short {
+                    this.body = None;
+                    tracing::warn!(
+                        short_by = left,
+                        "Upstream response ended short of its content-length: cut"
+                    );
+                    return Poll::Ready(Some(Err(Box::new(ShortBody(left)))));
+                }
                 if let Some((pool, sender)) = this.back.take() {
                     pool.checkin(sender);
                 }

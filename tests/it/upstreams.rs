@@ -1314,6 +1314,105 @@ async fn an_h2_upstream_is_not_blamed_for_a_body_over_the_limit() {
     assert!(!ejected, "{metrics}");
 }
 
+/// An HTTP/2 upstream resetting a response with `NO_ERROR` after 7 of its 100 declared bytes
+/// (hyper reads that reset as the body's end): the client's stream is reset by the gateway,
+/// not ended as if complete. (An h2 client that checks `Content-Length` itself saw the
+/// mismatch before too, but locally, on an `END_STREAM` the gateway sent.)
+#[tokio::test]
+async fn an_h2_response_reset_short_of_its_length_is_cut() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let whole = req.uri().path() == "/whole";
+                    let head = req.method() == http::Method::HEAD;
+                    let not_modified = req.uri().path() == "/not-modified";
+                    tokio::spawn(async move {
+                        let resp = http::Response::builder()
+                            .status(if not_modified { 304 } else { 200 })
+                            .header("content-length", if whole { "7" } else { "100" })
+                            .body(())
+                            .unwrap();
+                        // A HEAD's answer, and a 304, declare the length of a body they do not
+                        // send.
+                        if head || not_modified {
+                            let _ = respond.send_response(resp, true);
+                            return;
+                        }
+                        let Ok(mut body) = respond.send_response(resp, false) else {
+                            return;
+                        };
+                        let _ = body.send_data(Bytes::from_static(b"partial"), whole);
+                        if !whole {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            body.send_reset(h2::Reason::NO_ERROR);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    let gw = h2c_gateway(addr).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    // Read to the end: the bytes, and how the stream ended (`Ok` for `END_STREAM`).
+    let fetch = |method: http::Method, path: &'static str| {
+        let client = client.clone();
+        async move {
+            let mut client = client.ready().await.unwrap();
+            let req = Request::builder()
+                .method(method)
+                .uri(format!("http://app.test{path}"))
+                .body(())
+                .unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+                .await
+                .unwrap()
+                .unwrap();
+            let status = resp.status();
+            let mut body = resp.into_body();
+            let mut got = Vec::new();
+            let end = loop {
+                match tokio::time::timeout(Duration::from_secs(5), body.data())
+                    .await
+                    .unwrap()
+                {
+                    Some(Ok(d)) => {
+                        let _ = body.flow_control().release_capacity(d.len());
+                        got.extend_from_slice(&d);
+                    }
+                    Some(Err(e)) => break Err(e),
+                    None => break Ok(()),
+                }
+            };
+            (status, got, end)
+        }
+    };
+    let (status, got, end) = fetch(http::Method::GET, "/whole").await;
+    assert_eq!((status, &got[..]), (StatusCode::OK, &b"partial"[..]));
+    assert!(end.is_ok(), "{end:?}");
+    let (status, got, end) = fetch(http::Method::HEAD, "/short").await;
+    assert_eq!((status, got.len()), (StatusCode::OK, 0));
+    assert!(
+        end.is_ok(),
+        "a HEAD's answer is whole without its body: {end:?}"
+    );
+    let (status, got, end) = fetch(http::Method::GET, "/not-modified").await;
+    assert_eq!((status, got.len()), (StatusCode::NOT_MODIFIED, 0));
+    assert!(end.is_ok(), "a 304 is whole without its body: {end:?}");
+    let (status, _, end) = fetch(http::Method::GET, "/short").await;
+    assert_eq!(status, StatusCode::OK);
+    let e = end.expect_err("a response 93 bytes short ended as if complete");
+    assert!(e.is_reset() && e.is_remote(), "reset by the gateway: {e:?}");
+}
+
 /// Fifty requests at once to a fresh gateway share one connection to an h2c upstream: the
 /// ones arriving while it is being made wait for it (each opened its own).
 #[tokio::test]

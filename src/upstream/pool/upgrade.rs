@@ -86,6 +86,8 @@ impl PooledBody {
             expiry: None,
             in_flight: None,
             timer: None,
+            // HTTP/1 (an HTTP/2 upgrade is an extended CONNECT, whose answer has no body).
+            h2_length: false,
         }
     }
 }
