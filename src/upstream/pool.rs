@@ -1370,10 +1370,7 @@ impl Body for PooledBody {
                     .filter(|left| this.h2_length && *left > 0);
                 if let Some(left) = short {
                     this.body = None;
-                    tracing::warn!(
-                        short_by = left,
-                        "Upstream response ended short of its content-length: cut"
-                    );
+                    this.broke(&ShortBody(left));
                     return Poll::Ready(Some(Err(Box::new(ShortBody(left)))));
                 }
                 if let Some((pool, sender)) = this.back.take() {
@@ -1387,7 +1384,14 @@ impl Body for PooledBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            polled => polled.map(|o| o.map(|r| r.map_err(Into::into))),
+            Poll::Ready(Some(Err(e))) => {
+                // The connection is in an unknown state: closed, never pooled.
+                this.back = None;
+                this.body = None;
+                this.broke(&e);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -1399,6 +1403,22 @@ impl Body for PooledBody {
         self.body
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl PooledBody {
+    /// The upstream's response failed mid-body (reset, closed, malformed, short): logged and
+    /// counted (`portcullis_upstream_errors_total{kind="response_body"}`).
+    ///
+    /// Why: the head, and the access log's status 200, had gone out; a response the upstream
+    /// broke off was seen nowhere but by the client. (The idle cut is counted as
+    /// `idle_timeout` where it is made.)
+    /// Regression: tests (it) upstreams::an_h2_response_reset_short_of_its_length_is_cut
+    fn broke(&self, e: &(dyn std::error::Error + 'static)) {
+        if let Some(idle) = &self.idle {
+            idle.metrics.upstream_error("response_body");
+        }
+        tracing::warn!(error = %crate::errors::text(e), "Upstream response failed mid-body: cut");
     }
 }
 

@@ -1411,6 +1411,52 @@ async fn an_h2_response_reset_short_of_its_length_is_cut() {
     assert_eq!(status, StatusCode::OK);
     let e = end.expect_err("a response 93 bytes short ended as if complete");
     assert!(e.is_reset() && e.is_remote(), "reset by the gateway: {e:?}");
+    // Counted: the access log's 200 went out with the head.
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("portcullis_upstream_errors_total{kind=\"response_body\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// An HTTP/1.1 upstream closing its connection 93 bytes short of its `Content-Length`: the
+/// client's response is cut short too (never completed), and the failure is counted, where
+/// only the access log's 200 said anything before.
+#[tokio::test]
+async fn an_upstream_breaking_off_a_response_is_counted() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    let gw = Setup {
+        upstreams: format!("  broken:\n    url: http://{addr}\n"),
+        policies: route_all_to("broken"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let r = crate::support::raw(
+        gw.addr(),
+        b"GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.body.len() < 100, "{} bytes", r.body.len());
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("portcullis_upstream_errors_total{kind=\"response_body\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// Fifty requests at once to a fresh gateway share one connection to an h2c upstream: the
