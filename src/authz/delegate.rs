@@ -404,7 +404,8 @@ fn cache_key(rule: &str, request: &CheckRequest) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The `CheckRequest` for a request: what the gateway decided on, its headers as the
+/// The `CheckRequest` for a request: what the gateway decided on (its path as the upstream
+/// receives it, [`RequestFacts::forwarded_path`]), its headers as the
 /// upstream will get them ([`headers_sent`]), the principal in `context_extensions`
 /// (`principal_id`, `principal_kind`, `authenticator`, `principal_issuer` when it has one).
 fn check_request(
@@ -413,9 +414,14 @@ fn check_request(
     upstream: UpstreamHeaders<'_>,
 ) -> CheckRequest {
     let headers = headers_sent(facts, upstream);
+    // Why the path as the upstream receives it: asked about `/@team/docs/x` decoded, a
+    // delegate allowing `/@team/` allowed `/%40team/docs/x`, which an upstream routing on the
+    // raw path serves from another handler (the engine checks a rule's own `when` both ways).
+    // An Envoy in front of an ext_authz service sends it the path as received, too.
+    // Regression: tests (it) delegate::the_delegate_is_asked_about_the_path_as_forwarded
     let path = match facts.query {
-        Some(q) => format!("{}?{q}", facts.path),
-        None => facts.path.to_string(),
+        Some(q) => format!("{}?{q}", facts.forwarded_path()),
+        None => facts.forwarded_path().to_owned(),
     };
     let mut context = HashMap::new();
     if let Some(p) = principal {

@@ -332,17 +332,16 @@ async fn decide_rule(
             trace.record(TraceEvent::ReadsTwoWays(other.map(|r| r.id.0.clone())));
             return deny_principal(rule, DenyKind::NonCanonicalPath, principal.as_ref());
         }
-        // Why: a condition on the path (`params.space == '@public'`) held on `/%40public`
-        // decoded, while an upstream routing on the raw path served it from another handler
-        // (`/:space/docs` rather than `/@public/docs`). It must hold read as sent too.
+        // Why: a condition on the path's spelling (`request.path.startsWith('/@team/')`) held
+        // on `/%40team/docs/x` decoded, while an upstream routing on the raw path served it
+        // from another handler than `/@team/...`'s. It must hold read as sent too. Its path
+        // parameters stay decoded: such an upstream decodes a parameter before its handler
+        // reads it (Express's `req.params`), so `/users/alice%40example.com` is still
+        // `alice@example.com` to `params.email.endsWith('@example.com')`.
         // Regression: tests (it) paths::an_escaped_delimiter_is_decided_as_the_upstream_routes_it
-        if let Some(when) = rule
-            .when
-            .as_ref()
-            .filter(|w| w.uses_params() || w.reads_path())
-        {
+        if let Some(when) = rule.when.as_ref().filter(|w| w.reads_path()) {
             let params = if when.uses_params() {
-                rule.params(&as_sent.path)
+                rule.params(&facts.path)
             } else {
                 Vec::new()
             };

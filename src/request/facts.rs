@@ -490,8 +490,10 @@ impl<'a> RequestFacts<'a> {
             // forwards `/pub/profile/x`, read `/pub/**` (allowed). Regression: tests (it)
             // conformance::every_door_gives_the_same_decision (`escaped unreserved read two
             // ways`)
+            // (Its hex digits in uppercase, as the canonical path has them: `%c3%a9` and
+            // `%C3%A9` are one path to every upstream.)
             true if conn.door != Door::Proxy => {
-                Some(Cow::Borrowed(raw_path)).filter(|sent| *sent != path)
+                Some(path::upper_hex(raw_path)).filter(|sent| *sent != path)
             }
             true => Some(path::canonicalize_as_sent(raw_path)?).filter(|sent| *sent != path),
         };

@@ -64,6 +64,34 @@
 
 use std::borrow::Cow;
 
+/// `raw` with the hex digits of its escapes in uppercase (`%c3%a9` is `%C3%A9`: RFC 3986,
+/// 6.2.2.1), borrowed when they already are. For a path [`canonicalize`] accepted, whose every
+/// `%` starts an escape.
+pub fn upper_hex(raw: &str) -> Cow<'_, str> {
+    let b = raw.as_bytes();
+    let lower = |i: usize| b.get(i).is_some_and(u8::is_ascii_lowercase);
+    let any = b
+        .iter()
+        .enumerate()
+        .any(|(i, c)| *c == b'%' && (lower(i + 1) || lower(i + 2)));
+    if !any {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = b.to_vec();
+    let mut i = 0;
+    while i < out.len() {
+        if out[i] == b'%' {
+            let end = (i + 3).min(out.len());
+            out[i + 1..end].make_ascii_uppercase();
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    // Only ASCII letters changed case: still UTF-8.
+    Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| raw.to_owned()))
+}
+
 /// Longest raw path accepted, in bytes.
 pub const MAX_PATH_LEN: usize = 8192;
 

@@ -35,6 +35,11 @@ const POLICY: &str = "rules:
     effect: allow
     anonymous: true
     upstream: echo
+  - name: cafe
+    match: {paths: [\"/caf%C3%A9/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
   - name: user-priv
     match: {paths: [\"/{user}/priv/**\"]}
     effect: deny
@@ -428,6 +433,8 @@ fn corpus() -> Vec<Case> {
             vec![],
         ),
         ("raw at", "GET", "/@pub/priv/x", vec![]),
+        // Hex digits in either case are one path, as sent too (RFC 3986, 6.2.2.1).
+        ("lowercase hex", "GET", "/caf%c3%a9/x", vec![]),
         ("trace refused", "TRACE", "/public/x", vec![]),
         ("track refused", "TRACK", "/public/x", vec![]),
         ("connect refused", "CONNECT", "/public/x", vec![]),
@@ -890,6 +897,7 @@ async fn every_door_gives_the_same_decision() {
             (400, Some("non_canonical_path")),
         ),
         ("raw at", (200, None)),
+        ("lowercase hex", (200, None)),
         ("escaped unreserved read two ways", (200, None)),
         ("lowercase method", (400, Some("invalid_method"))),
         ("trace refused", (405, Some("method_not_allowed"))),

@@ -33,6 +33,8 @@ pub(crate) struct Opa {
     principal: Arc<std::sync::Mutex<Option<String>>>,
     /// The headers of the last request it was asked about.
     seen: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    /// The path (and query) of the last request it was asked about.
+    path: Arc<std::sync::Mutex<String>>,
     /// The `traceparent` and `tracestate` of the last call's gRPC metadata.
     metadata_trace: Arc<std::sync::Mutex<(Option<String>, Option<String>)>>,
 }
@@ -60,11 +62,9 @@ impl Authorization for Opa {
                 context("principal_issuer").unwrap_or_default()
             )
         });
-        let headers = attributes
-            .request
-            .and_then(|r| r.http)
-            .map(|h| h.headers)
-            .unwrap_or_default();
+        let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
+        http.path.clone_into(&mut self.path.lock().unwrap());
+        let headers = http.headers;
         self.seen.lock().unwrap().clone_from(&headers);
         let header = |k: &str, v: &str| HeaderValueOption {
             header: Some(HeaderValue {
@@ -330,6 +330,30 @@ async fn trace_context_and_request_id_do_not_defeat_the_cache() {
         );
     }
     assert_eq!(seen["x-delegate-says"], "yes", "other headers still are");
+}
+
+/// The delegate is asked about the path as the upstream receives it: asked about `/@x`
+/// decoded, a delegate allowing `/public/@` allowed `/public/%40x`, which an upstream routing
+/// on the raw path serves from another handler.
+#[tokio::test]
+async fn the_delegate_is_asked_about_the_path_as_forwarded() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+    for (sent, asked) in [
+        ("/public/%40x?q=1", "/public/%40x?q=1"),
+        ("/public/@x", "/public/@x"),
+        ("/public/%61/./b", "/public/a/b"),
+    ] {
+        let (status, body) = get(&gw, sent, "yes", "alice").await;
+        assert_eq!(status, StatusCode::OK, "{sent}: {body}");
+        assert_eq!(*opa.path.lock().unwrap(), asked, "{sent}");
+        let forwarded = gw.echo.last().unwrap().target;
+        assert_eq!(
+            forwarded, asked,
+            "{sent}: what the delegate saw is what was forwarded"
+        );
+    }
 }
 
 #[tokio::test]

@@ -135,7 +135,14 @@ rules:
       paths: [\"/{space}/docs/**\"]
     effect: allow
     anonymous: true
-    when: params.space == '@team'
+    when: request.path.startsWith('/@team/')
+    upstream: echo
+  - name: mail
+    match:
+      paths: [\"/mail/{email}/**\"]
+    effect: allow
+    anonymous: true
+    when: params.email.endsWith('@example.com')
     upstream: echo
   - name: all
     match:
@@ -184,8 +191,8 @@ rules:
         before,
         "nothing read two ways reached the upstream"
     );
-    // One rule both ways, but its condition holds only decoded: as sent (Express routing
-    // `/%40team/docs/x` to `/:space/docs`, not to `/@team/docs`) it does not.
+    // One rule both ways, but its condition on the path holds only decoded: as sent (Express
+    // routing `/%40team/docs/x` to `/:space/docs`, not to `/@team/docs`) it does not.
     let r = raw_get(gw.addr(), "/%40team/docs/x").await;
     assert_eq!(r.status, 400, "{}", r.head);
     assert!(r.body.contains("non_canonical_path"), "{}", r.body);
@@ -195,6 +202,16 @@ rules:
     let r = raw_get(gw.addr(), "/other/docs/x").await;
     assert_eq!(r.status, 403, "{}", r.head);
     assert!(r.body.contains("condition_failed"), "{}", r.body);
+    // A parameter is read decoded both ways, as the upstream's handler reads it: an address
+    // escaped as `encodeURIComponent` writes it passes a condition on its domain.
+    let r = raw_get(gw.addr(), "/mail/alice%40example.com/x").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(
+        gw.echo.last().unwrap().target,
+        "/mail/alice%40example.com/x"
+    );
+    let r = raw_get(gw.addr(), "/mail/alice%40evil.test/x").await;
+    assert_eq!(r.status, 403, "{}", r.head);
 }
 
 #[tokio::test]

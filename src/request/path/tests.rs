@@ -2,7 +2,7 @@ use std::borrow::Cow;
 
 use proptest::prelude::*;
 
-use super::{MAX_PATH_LEN, PathError, canonicalize, check_forwarded_as_is};
+use super::{MAX_PATH_LEN, PathError, canonicalize, check_forwarded_as_is, upper_hex};
 
 use PathError::*;
 
@@ -510,4 +510,21 @@ fn assert_canonical(raw: &str, out: &str) {
     let again = canonicalize(out).unwrap();
     assert!(matches!(again, Cow::Borrowed(_)), "{context}");
     assert_eq!(again, out, "{context}");
+}
+
+#[test]
+fn upper_hex_cases_escapes_only() {
+    for (raw, want, borrowed) in [
+        ("/a/b", "/a/b", true),
+        ("/caf%C3%A9", "/caf%C3%A9", true),
+        ("/caf%c3%a9", "/caf%C3%A9", false),
+        ("/x%3a/abc%2b", "/x%3A/abc%2B", false),
+        // Letters outside escapes keep their case.
+        ("/ab%2fcd", "/ab%2Fcd", false),
+        ("/%aB", "/%AB", false),
+    ] {
+        let got = upper_hex(raw);
+        assert_eq!(got, want, "{raw}");
+        assert_eq!(matches!(got, Cow::Borrowed(_)), borrowed, "{raw}");
+    }
 }
