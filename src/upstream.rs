@@ -715,7 +715,7 @@ fn error_verdict(e: &SendError) -> Verdict {
 /// Whether `e` is an HTTP/2 stream reset the gateway's side made (not the upstream, not h2
 /// noticing a protocol error in the upstream's frames): hyper resets a stream whose request
 /// body failed, the client's failure.
-fn reset_by_us(e: &hyper::Error) -> bool {
+pub(crate) fn reset_by_us(e: &(dyn std::error::Error + 'static)) -> bool {
     crate::errors::sources(e)
         .find_map(|e| e.downcast_ref::<h2::Error>())
         .is_some_and(|h| h.is_reset() && !h.is_remote() && !h.is_library())

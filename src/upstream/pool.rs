@@ -1415,6 +1415,12 @@ impl PooledBody {
     /// `idle_timeout` where it is made.)
     /// Regression: tests (it) upstreams::an_h2_response_reset_short_of_its_length_is_cut
     fn broke(&self, e: &(dyn std::error::Error + 'static)) {
+        // The gateway's own reset of the stream: the client's request body failed (over the
+        // limit, aborted), which its own answer and log say; not the upstream's doing.
+        // Regression: tests (it) upstreams::a_body_over_the_limit_mid_response_is_not_the_upstreams
+        if super::reset_by_us(e) {
+            return;
+        }
         if let Some(idle) = &self.idle {
             idle.metrics.upstream_error("response_body");
         }
