@@ -59,8 +59,9 @@
 //! route table, Express) reads `/%40x` as another name than `/@x`. So the path is read a
 //! second time as the upstream receives it (`RequestFacts::path_as_sent`): at the proxy, with
 //! its escaped sub-delimiters, `:` and `@` as sent ([`canonicalize_as_sent`]), which is what
-//! it forwards; at a decision door, exactly as sent. An allow holds only if that reading
-//! meets the same rule, its condition holding (the decision engine).
+//! it forwards; at a decision door, exactly as sent (hex digits uppercased, [`upper_hex`]). An
+//! allow holds only if that reading meets the same rule, and a condition of the rule that
+//! reads the path holds on it (the decision engine).
 
 use std::borrow::Cow;
 
