@@ -1314,49 +1314,64 @@ async fn an_h2_upstream_is_not_blamed_for_a_body_over_the_limit() {
     assert!(!ejected, "{metrics}");
 }
 
+/// An h2c upstream on 127.0.0.1 driven frame by frame (the h2 crate, not hyper): `answer`
+/// gets each request and its stream's responder, in a task of its own.
+async fn h2_frames_upstream<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(Request<h2::RecvStream>, h2::server::SendResponse<Bytes>) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    tokio::spawn(answer(req, respond));
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// An HTTP/2 upstream resetting a response with `NO_ERROR` after 7 of its 100 declared bytes
 /// (hyper reads that reset as the body's end): the client's stream is reset by the gateway,
 /// not ended as if complete. (An h2 client that checks `Content-Length` itself saw the
 /// mismatch before too, but locally, on an `END_STREAM` the gateway sent.)
 #[tokio::test]
 async fn an_h2_response_reset_short_of_its_length_is_cut() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(tcp).await else {
-                    return;
-                };
-                while let Some(Ok((req, mut respond))) = conn.accept().await {
-                    let whole = req.uri().path() == "/whole";
-                    let head = req.method() == http::Method::HEAD;
-                    let not_modified = req.uri().path() == "/not-modified";
-                    tokio::spawn(async move {
-                        let resp = http::Response::builder()
-                            .status(if not_modified { 304 } else { 200 })
-                            .header("content-length", if whole { "7" } else { "100" })
-                            .body(())
-                            .unwrap();
-                        // A HEAD's answer, and a 304, declare the length of a body they do not
-                        // send.
-                        if head || not_modified {
-                            let _ = respond.send_response(resp, true);
-                            return;
-                        }
-                        let Ok(mut body) = respond.send_response(resp, false) else {
-                            return;
-                        };
-                        let _ = body.send_data(Bytes::from_static(b"partial"), whole);
-                        if !whole {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            body.send_reset(h2::Reason::NO_ERROR);
-                        }
-                    });
-                }
-            });
+    let addr = h2_frames_upstream(|req, mut respond| async move {
+        let whole = req.uri().path() == "/whole";
+        let not_modified = req.uri().path() == "/not-modified";
+        let resp = http::Response::builder()
+            .status(if not_modified { 304 } else { 200 })
+            .header("content-length", if whole { "7" } else { "100" })
+            .body(())
+            .unwrap();
+        // A HEAD's answer, and a 304, declare the length of a body they do not send.
+        if req.method() == http::Method::HEAD || not_modified {
+            let _ = respond.send_response(resp, true);
+            return;
         }
-    });
+        let Ok(mut body) = respond.send_response(resp, false) else {
+            return;
+        };
+        let _ = body.send_data(Bytes::from_static(b"partial"), whole);
+        if !whole {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            body.send_reset(h2::Reason::NO_ERROR);
+        }
+    })
+    .await;
     let gw = h2c_gateway(addr).await;
     let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
@@ -1466,28 +1481,15 @@ async fn an_upstream_breaking_off_a_response_is_counted() {
 /// upstream breaking off its response.
 #[tokio::test]
 async fn a_body_over_the_limit_mid_response_is_not_the_upstreams() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(tcp).await else {
-                    return;
-                };
-                while let Some(Ok((_req, mut respond))) = conn.accept().await {
-                    tokio::spawn(async move {
-                        let resp = http::Response::new(());
-                        let Ok(mut body) = respond.send_response(resp, false) else {
-                            return;
-                        };
-                        let _ = body.send_data(Bytes::from_static(b"streaming"), false);
-                        // Open until reset.
-                        tokio::time::sleep(Duration::from_secs(10)).await;
-                    });
-                }
-            });
-        }
-    });
+    let addr = h2_frames_upstream(|_req, mut respond| async move {
+        let Ok(mut body) = respond.send_response(http::Response::new(()), false) else {
+            return;
+        };
+        let _ = body.send_data(Bytes::from_static(b"streaming"), false);
+        // Open until reset.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    })
+    .await;
     let gw = Setup {
         upstreams: format!("  h2:\n    url: http://{addr}\n    protocol: h2c\n"),
         policies: route_all_to("h2"),
