@@ -1444,26 +1444,9 @@ async fn assert_one_response_body_error(gw: &crate::support::TestGateway) {
 /// only the access log's 200 said anything before.
 #[tokio::test]
 async fn an_upstream_breaking_off_a_response_is_counted() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = tcp.read(&mut buf).await;
-                let _ = tcp
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            });
-        }
-    });
-    let gw = Setup {
-        upstreams: format!("  broken:\n    url: http://{addr}\n"),
-        policies: route_all_to("broken"),
-        ..Setup::default()
-    }
-    .start()
+    let gw = gateway_to_raw_upstream(|_| {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial".to_vec()
+    })
     .await;
     let r = crate::support::raw(
         gw.addr(),
