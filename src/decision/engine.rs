@@ -278,12 +278,13 @@ async fn decide_rule(
     if !rule.require.is_empty() {
         trace.record(TraceEvent::RequirementsMet);
     }
+    // The path parameters a condition reads, taken once: the path read as sent below reuses
+    // them (decoded, as the upstream's handler reads them).
+    let params = match &rule.when {
+        Some(when) if when.uses_params() => rule.params(&facts.path),
+        _ => Vec::new(),
+    };
     if let Some(when) = &rule.when {
-        let params = if when.uses_params() {
-            rule.params(&facts.path)
-        } else {
-            Vec::new()
-        };
         match when.eval(facts, principal.as_deref(), &params, &snapshot.spoofable) {
             Ok(()) => trace.record(TraceEvent::ConditionHeld),
             Err(e) => {
@@ -339,19 +340,13 @@ async fn decide_rule(
         // reads it (Express's `req.params`), so `/users/alice%40example.com` is still
         // `alice@example.com` to `params.email.endsWith('@example.com')`.
         // Regression: tests (it) paths::an_escaped_delimiter_is_decided_as_the_upstream_routes_it
-        if let Some(when) = rule.when.as_ref().filter(|w| w.reads_path()) {
-            let params = if when.uses_params() {
-                rule.params(&facts.path)
-            } else {
-                Vec::new()
-            };
-            if when
+        if let Some(when) = rule.when.as_ref().filter(|w| w.reads_path())
+            && when
                 .eval(&as_sent, principal.as_deref(), &params, &snapshot.spoofable)
                 .is_err()
-            {
-                trace.record(TraceEvent::ConditionReadsTwoWays);
-                return deny_principal(rule, DenyKind::NonCanonicalPath, principal.as_ref());
-            }
+        {
+            trace.record(TraceEvent::ConditionReadsTwoWays);
+            return deny_principal(rule, DenyKind::NonCanonicalPath, principal.as_ref());
         }
     }
     // Why: the limit comes before the delegate, so a throttled request never reaches it; after
