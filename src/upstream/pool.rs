@@ -5,7 +5,8 @@
 //!
 //! HTTP/1: idle connections wait in a queue; a request takes a ready one or opens a new one,
 //! and the connection goes back when the response body ends. HTTP/2 (by ALPN, or with prior
-//! knowledge for `h2c`): one shared connection, multiplexed, replaced when it closes.
+//! knowledge for `h2c`): shared connections, multiplexed, each carrying at most the streams its
+//! upstream allows (`SETTINGS_MAX_CONCURRENT_STREAMS`); another is opened when all are full.
 //!
 //! A failed exchange says what may be sent again: a request that never left (connect failure,
 //! a connection closed before it was written) comes back in [`Failed::unsent`]; a bodiless
@@ -281,10 +282,10 @@ impl std::fmt::Debug for Target {
 pub(super) struct Pool {
     target: Target,
     idle: Mutex<VecDeque<(http1::SendRequest<UpstreamBody>, Instant)>>,
-    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
-    /// The upstream speaks HTTP/2 (h2c, or ALPN chose it once): one connection serves all.
+    h2: Mutex<Vec<H2Conn>>,
+    /// The upstream speaks HTTP/2 (h2c, or ALPN chose it once): shared connections serve all.
     speaks_h2: std::sync::atomic::AtomicBool,
-    /// Held while that one connection is being made.
+    /// Held while a shared connection is being made.
     h2_connecting: tokio::sync::Mutex<()>,
     /// Connection slots, when `max_connections` caps them.
     slots: Option<Slots>,
@@ -333,7 +334,84 @@ pub(super) enum Seek {
 
 enum Sender {
     H1(http1::SendRequest<UpstreamBody>),
-    H2(http2::SendRequest<UpstreamBody>),
+    /// A shared connection, and the stream this request counts on it.
+    H2(http2::SendRequest<UpstreamBody>, H2Stream),
+}
+
+/// One shared HTTP/2 connection of the pool.
+#[derive(Debug)]
+struct H2Conn {
+    sender: http2::SendRequest<UpstreamBody>,
+    streams: Arc<H2Streams>,
+}
+
+/// The streams of an HTTP/2 connection: how many requests of ours it carries, and how many
+/// the upstream allows at once (its `SETTINGS_MAX_CONCURRENT_STREAMS`).
+struct H2Streams {
+    open: std::sync::atomic::AtomicUsize,
+    /// The limit as last read.
+    max: std::sync::atomic::AtomicUsize,
+    /// The connection's dispatch task, polled by its own task and shared to read the limit
+    /// now: the frames themselves are handled by hyper's task for the connection, so a limit
+    /// kept only when the dispatch task ran was read stale (hyper's default of 100 for a
+    /// burst right after the connect, while the upstream had said 1). `None` once it ended:
+    /// dropped then, as its requests still waiting fail only when it goes.
+    driver: Mutex<Option<Pin<Box<H2Driver>>>>,
+}
+
+type H2Driver = http2::Connection<TokioIo<Io>, UpstreamBody, TokioExecutor>;
+
+impl std::fmt::Debug for H2Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Streams")
+            .field("open", &self.open)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request counted on its HTTP/2 connection until its response body goes (or the request
+/// fails).
+#[derive(Debug)]
+pub(super) struct H2Stream(Arc<H2Streams>);
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl H2Conn {
+    /// Whether another stream fits under the upstream's limit. (A limit of 0, "no new
+    /// streams for now", is read as 1: a request waits on the connection rather than every
+    /// request opening one of its own.)
+    fn has_room(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        // The limit now, unless the connection's task is polling (then as it last read it).
+        let max = match self.streams.driver.try_lock() {
+            Ok(driver) => match &*driver {
+                Some(d) => {
+                    let max = d.current_max_send_streams();
+                    self.streams.max.store(max, Relaxed);
+                    max
+                }
+                // The connection has ended.
+                None => return false,
+            },
+            Err(_) => self.streams.max.load(Relaxed),
+        };
+        self.streams.open.load(Relaxed) < max.max(1)
+    }
+
+    /// The connection, with one more stream counted on it.
+    fn take(&self) -> Sender {
+        self.streams
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Sender::H2(self.sender.clone(), H2Stream(Arc::clone(&self.streams)))
+    }
 }
 
 type Connect = Pin<Box<dyn Future<Output = Result<Sender, SendError>> + Send>>;
@@ -446,6 +524,8 @@ pub struct PooledBody {
     /// Always `Some` until dropped (taken to drain it in the background) or cut.
     body: Option<Incoming>,
     back: Option<(Arc<Pool>, http1::SendRequest<UpstreamBody>)>,
+    /// An HTTP/2 response's stream, counted on its connection until the body goes.
+    stream: Option<H2Stream>,
     /// The idle deadline between frames (boxed: every response body is moved several times,
     /// and its state is needed only when the body waits).
     idle: Option<Box<BodyIdle>>,
@@ -517,7 +597,7 @@ impl Pool {
         Self {
             speaks_h2: std::sync::atomic::AtomicBool::new(h2c),
             idle: Mutex::new(VecDeque::new()),
-            h2: Mutex::new(None),
+            h2: Mutex::new(Vec::new()),
             h2_connecting: tokio::sync::Mutex::new(()),
             slots: target.max_connections.map(|n| Slots {
                 permits: Arc::new(tokio::sync::Semaphore::new(n)),
@@ -565,8 +645,10 @@ impl Pool {
                     }
                 }
                 Seek::Fresh | Seek::Own => {
+                    // At the cap, a full HTTP/2 connection is still shared: its request waits
+                    // for a stream there rather than for a connection slot.
                     if seek == Seek::Fresh
-                        && let Some(s @ Sender::H2(_)) = self.checkout_h2()
+                        && let Some(s) = self.checkout_h2().or_else(|| self.least_loaded_h2())
                     {
                         return Ok(Waited::Pooled(s));
                     }
@@ -714,6 +796,7 @@ impl Pool {
                 Ok(resp.map(|body| PooledBody {
                     body: Some(body),
                     back: Some((pool, s)),
+                    stream: None,
                     idle: None,
                     expiry: None,
                     in_flight: None,
@@ -722,7 +805,7 @@ impl Pool {
                     h2_length: false,
                 }))
             }
-            Sender::H2(mut s) => {
+            Sender::H2(mut s, stream) => {
                 // Taken before the head becomes HTTP/2's (`Host` into `:authority`).
                 let head = Head::of(&req);
                 *req.version_mut() = http::Version::HTTP_2;
@@ -761,6 +844,7 @@ impl Pool {
                 Ok(resp.map(|body| PooledBody {
                     body: Some(body),
                     back: None,
+                    stream: Some(stream),
                     idle: None,
                     expiry: None,
                     in_flight: None,
@@ -789,7 +873,7 @@ impl Pool {
         else {
             return Err(SendError::ConnectTimeout);
         };
-        if let Some(s @ Sender::H2(_)) = self.checkout() {
+        if let Some(s @ Sender::H2(..)) = self.checkout() {
             return Ok(s);
         }
         let left = connect_timeout.saturating_sub(started.elapsed());
@@ -823,11 +907,29 @@ impl Pool {
         .await
     }
 
-    /// The shared HTTP/2 connection, when it is open.
+    /// A shared HTTP/2 connection with room for another stream, when one is open.
+    ///
+    /// Why: one connection carried every request, and an upstream allowing 100 streams at
+    /// once (Apache, h2o; nginx 128) made the 101st wait, inside hyper, for one of the
+    /// others to end: behind 100 long streams (gRPC streaming, downloads) every other
+    /// request waited out its response timeout (504) while the upstream sat idle. A full
+    /// connection now has another opened beside it, as Envoy's pool does.
+    /// Regression: tests (it) upstreams::an_h2_upstream_at_its_stream_limit_gets_another_connection
     fn checkout_h2(&self) -> Option<Sender> {
-        let h2 = self.h2.lock().ok()?;
-        let s = h2.as_ref().filter(|s| !s.is_closed())?;
-        Some(Sender::H2(s.clone()))
+        let mut conns = self.h2.lock().ok()?;
+        conns.retain(|c| !c.sender.is_closed());
+        conns.iter().find(|c| c.has_room()).map(H2Conn::take)
+    }
+
+    /// The open HTTP/2 connection carrying the fewest streams, full or not: the one to wait on
+    /// when no other connection may be opened.
+    fn least_loaded_h2(&self) -> Option<Sender> {
+        let mut conns = self.h2.lock().ok()?;
+        conns.retain(|c| !c.sender.is_closed());
+        conns
+            .iter()
+            .min_by_key(|c| c.streams.open.load(std::sync::atomic::Ordering::Relaxed))
+            .map(H2Conn::take)
     }
 
     /// A pooled connection.
@@ -925,20 +1027,43 @@ impl Pool {
                 .handshake(TokioIo::new(io))
                 .await
                 .map_err(SendError::Http)?;
+            // Until the upstream's SETTINGS arrive, hyper's default (100 streams).
+            let streams = Arc::new(H2Streams {
+                open: std::sync::atomic::AtomicUsize::new(0),
+                max: std::sync::atomic::AtomicUsize::new(conn.current_max_send_streams()),
+                driver: Mutex::new(Some(Box::pin(conn))),
+            });
+            let task = Arc::clone(&streams);
             tokio::spawn(async move {
                 let _slot = slot;
-                let _ = conn.await;
+                std::future::poll_fn(|cx| {
+                    // A poisoned lock: a poll panicked, and the connection is gone with it.
+                    let Ok(mut driver) = task.driver.lock() else {
+                        return Poll::Ready(());
+                    };
+                    let Some(d) = driver.as_mut() else {
+                        return Poll::Ready(());
+                    };
+                    if d.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    *driver = None;
+                    Poll::Ready(())
+                })
+                .await;
             });
             self.speaks_h2
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            if let Ok(mut slot) = self.h2.lock() {
-                *slot = Some(sender.clone());
+            let shared = H2Conn { sender, streams };
+            let this = shared.take();
+            if let Ok(mut conns) = self.h2.lock() {
+                conns.push(shared);
             }
             // Requests waiting for a slot can all take it.
             if let Some(slots) = &self.slots {
                 slots.freed.notify_waiters();
             }
-            Ok(Sender::H2(sender))
+            Ok(this)
         } else {
             let (sender, conn) = http1::Builder::new()
                 // Why: hyper's read buffer grows to 400 KiB on a fast upstream, and every
@@ -1376,6 +1501,9 @@ impl Body for PooledBody {
                 if let Some((pool, sender)) = this.back.take() {
                     pool.checkin(sender);
                 }
+                // The stream has ended: its room on the connection is free now, not when the
+                // client's side lets the body go.
+                drop(this.stream.take());
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(mut frame))) => {

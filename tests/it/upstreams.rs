@@ -1224,6 +1224,19 @@ where
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
 {
+    h2c_upstream_allowing(None, answer).await
+}
+
+/// [`h2c_upstream`], allowing `max_streams` streams at once on each connection when given
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`; hyper's default otherwise).
+async fn h2c_upstream_allowing<F, Fut>(
+    max_streams: Option<u32>,
+    answer: F,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1237,10 +1250,14 @@ where
                     let answer = answer.clone();
                     async move { Ok::<_, std::convert::Infallible>(answer(req).await) }
                 });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
+                let mut server =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                if let Some(n) = max_streams {
+                    server.max_concurrent_streams(n);
+                }
+                let _ = server
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
             });
         }
     });
@@ -1521,6 +1538,89 @@ async fn h2c_upstream_gets_one_connection_under_a_burst() {
     let gw = h2c_gateway(addr).await;
     all_answered_at_once(gw.addr(), (0..50).map(|_| "/x".to_owned())).await;
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// An h2c upstream allowing one stream at a time per connection
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS: 1`, as a server at its limit is), each answer taking
+/// 300 ms: four requests at once are all at the upstream together, over four connections.
+/// (One shared connection made each wait inside hyper for the one before it: one at a time,
+/// and behind long streams every other request waited out its response timeout.)
+#[tokio::test]
+async fn an_h2_upstream_at_its_stream_limit_gets_another_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let active = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (a, p) = (Arc::clone(&active), Arc::clone(&peak));
+    let (addr, accepted) = h2c_upstream_allowing(Some(1), move |req| {
+        let (active, peak) = (Arc::clone(&a), Arc::clone(&p));
+        async move {
+            if req.uri().path() != "/warm" {
+                peak.fetch_max(active.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                active.fetch_sub(1, Ordering::SeqCst);
+            }
+            http::Response::new(Full::new(Bytes::from_static(b"ok")))
+        }
+    })
+    .await;
+    let gw = h2c_gateway(addr).await;
+    // The first connection, its limit learnt from the upstream's SETTINGS.
+    assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    all_answered_at_once(gw.addr(), (0..4).map(|i| format!("/x/{i}"))).await;
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        4,
+        "all four at the upstream at once"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "the first connection and three more"
+    );
+    // Their streams ended: the next request finds room on a connection already open.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}
+
+/// The same upstream under `max_connections: 2`: the two connections full, the other
+/// requests wait for a stream on them (answered, none refused for want of a connection), and no
+/// third connection is opened.
+#[tokio::test]
+async fn at_the_connection_cap_full_h2_connections_are_shared() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let peak = Arc::new(AtomicUsize::new(0));
+    let active = Arc::new(AtomicUsize::new(0));
+    let (a, p) = (Arc::clone(&active), Arc::clone(&peak));
+    let (addr, accepted) = h2c_upstream_allowing(Some(1), move |_| {
+        let (active, peak) = (Arc::clone(&a), Arc::clone(&p));
+        async move {
+            peak.fetch_max(active.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            active.fetch_sub(1, Ordering::SeqCst);
+            http::Response::new(Full::new(Bytes::from_static(b"ok")))
+        }
+    })
+    .await;
+    let gw = Setup {
+        upstreams: format!(
+            "  h2:\n    url: http://{addr}\n    protocol: h2c\n    max_connections: 2\n    connect_timeout: 300ms\n"
+        ),
+        policies: route_all_to("h2"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    all_answered_at_once(gw.addr(), (0..6).map(|i| format!("/x/{i}"))).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        2,
+        "one stream on each at a time"
+    );
 }
 
 /// An h2c upstream that refuses every other stream unprocessed (`REFUSED_STREAM`, as a server

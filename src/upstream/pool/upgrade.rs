@@ -82,6 +82,7 @@ impl PooledBody {
         Self {
             body: Some(body),
             back: None,
+            stream: None,
             idle: None,
             expiry: None,
             in_flight: None,
