@@ -287,6 +287,8 @@ pub(super) struct Pool {
     speaks_h2: std::sync::atomic::AtomicBool,
     /// Held while a shared connection is being made.
     h2_connecting: tokio::sync::Mutex<()>,
+    /// The stream limit the upstream last gave (`usize::MAX` until one is known).
+    h2_limit: std::sync::atomic::AtomicUsize,
     /// Connection slots, when `max_connections` caps them.
     slots: Option<Slots>,
 }
@@ -343,6 +345,8 @@ enum Sender {
 struct H2Conn {
     sender: http2::SendRequest<UpstreamBody>,
     streams: Arc<H2Streams>,
+    /// When a request last took it.
+    taken: Instant,
 }
 
 /// The streams of an HTTP/2 connection: how many requests of ours it carries, and how many
@@ -351,6 +355,9 @@ struct H2Streams {
     open: std::sync::atomic::AtomicUsize,
     /// The limit as last read.
     max: std::sync::atomic::AtomicUsize,
+    /// A response came back on it, so the upstream's SETTINGS (its first frame) were read:
+    /// its limit is the upstream's own, no longer hyper's default.
+    settled: std::sync::atomic::AtomicBool,
     /// The connection's dispatch task, polled by its own task and shared to read the limit
     /// now: the frames themselves are handled by hyper's task for the connection, so a limit
     /// kept only when the dispatch task ran was read stale (hyper's default of 100 for a
@@ -384,10 +391,10 @@ impl Drop for H2Stream {
 }
 
 impl H2Conn {
-    /// Whether another stream fits under the upstream's limit. (A limit of 0, "no new
-    /// streams for now", is read as 1: a request waits on the connection rather than every
-    /// request opening one of its own.)
-    fn has_room(&self) -> bool {
+    /// Whether another stream fits under the upstream's limit; `learnt` is the limit the
+    /// upstream last gave a settled connection of this pool.
+    fn has_room(&self, learnt: &std::sync::atomic::AtomicUsize) -> bool {
+        use std::sync::TryLockError;
         use std::sync::atomic::Ordering::Relaxed;
         // The limit now, unless the connection's task is polling (then as it last read it).
         let max = match self.streams.driver.try_lock() {
@@ -400,18 +407,56 @@ impl H2Conn {
                 // The connection has ended.
                 None => return false,
             },
-            Err(_) => self.streams.max.load(Relaxed),
+            // A poll panicked: the connection is of no use.
+            Err(TryLockError::Poisoned(_)) => return false,
+            Err(TryLockError::WouldBlock) => self.streams.max.load(Relaxed),
         };
-        self.streams.open.load(Relaxed) < max.max(1)
+        // Why: until the upstream's SETTINGS are read, hyper assumes 100 streams, and the
+        // requests that waited for a new connection all took it: 7 streams at once on an
+        // upstream allowing 1, run one after another (or refused, by a strict server). A new
+        // connection is held to what the upstream said before. Regression: tests (it)
+        // upstreams::a_new_h2_connection_is_held_to_the_limit_already_learnt
+        let max = if self.streams.settled.load(Relaxed) {
+            learnt.store(max, Relaxed);
+            max
+        } else {
+            max.min(learnt.load(Relaxed))
+        };
+        // Why: 0 is "no new streams for now", and every connection would hear it: opening one
+        // per request made 19 connections for 20 requests. They wait on this one instead.
+        // Regression: tests (it) upstreams::an_h2_upstream_allowing_no_streams_gets_one_connection
+        max == 0 || self.streams.open.load(Relaxed) < max
     }
 
     /// The connection, with one more stream counted on it.
-    fn take(&self) -> Sender {
+    fn take(&mut self, now: Instant) -> Sender {
+        self.taken = now;
         self.streams
             .open
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Sender::H2(self.sender.clone(), H2Stream(Arc::clone(&self.streams)))
     }
+
+    /// Whether it still serves: open, and (but for the pool's first one) taken within
+    /// `idle` or carrying a stream.
+    fn serves(&self, first: bool, idle: Duration, now: Instant) -> bool {
+        !self.sender.is_closed()
+            && !self.streams.driver.is_poisoned()
+            && (first
+                || self.streams.open.load(std::sync::atomic::Ordering::Relaxed) > 0
+                || now.duration_since(self.taken) <= idle)
+    }
+}
+
+/// Drops the connections that no longer serve ([`H2Conn::serves`]): the ones a burst opened
+/// close once idle for `idle` (hyper closes a connection when its last handle goes).
+fn prune_h2(conns: &mut Vec<H2Conn>, idle: Duration, now: Instant) {
+    let mut first = true;
+    conns.retain(|c| {
+        let keep = c.serves(first, idle, now);
+        first &= !keep;
+        keep
+    });
 }
 
 type Connect = Pin<Box<dyn Future<Output = Result<Sender, SendError>> + Send>>;
@@ -598,6 +643,7 @@ impl Pool {
             speaks_h2: std::sync::atomic::AtomicBool::new(h2c),
             idle: Mutex::new(VecDeque::new()),
             h2: Mutex::new(Vec::new()),
+            h2_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
             h2_connecting: tokio::sync::Mutex::new(()),
             slots: target.max_connections.map(|n| Slots {
                 permits: Arc::new(tokio::sync::Semaphore::new(n)),
@@ -684,6 +730,12 @@ impl Pool {
     ) -> Result<Response<PooledBody>, Failed> {
         // Read only at the cap: no clock read per request otherwise.
         let until = || slot_wait_until(connect_timeout, deadline);
+        // Why an HTTP/2 retry takes a stream like any request: a stream refused unprocessed
+        // (or cut by a closed connection, which the pool drops) needs another stream, not a
+        // connection of its own; each opened one, and an upstream refusing the streams sent
+        // before its SETTINGS arrived (a limit of 0, or 1) got a connection per request.
+        // Regression: tests (it) upstreams::an_h2_upstream_allowing_no_streams_gets_one_connection
+        let fresh = fresh && !self.speaks_h2.load(std::sync::atomic::Ordering::Relaxed);
         let mut checked_out = match fresh {
             true => None,
             false => self.checkout(),
@@ -840,6 +892,11 @@ impl Pool {
                         error: SendError::Http(error),
                     }
                 })?;
+                // An answer: the upstream's SETTINGS, its first frame, were read before it.
+                stream
+                    .0
+                    .settled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 check_status(resp.status())?;
                 Ok(resp.map(|body| PooledBody {
                     body: Some(body),
@@ -917,19 +974,27 @@ impl Pool {
     /// Regression: tests (it) upstreams::an_h2_upstream_at_its_stream_limit_gets_another_connection
     fn checkout_h2(&self) -> Option<Sender> {
         let mut conns = self.h2.lock().ok()?;
-        conns.retain(|c| !c.sender.is_closed());
-        conns.iter().find(|c| c.has_room()).map(H2Conn::take)
+        if conns.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        prune_h2(&mut conns, self.target.idle_timeout, now);
+        conns
+            .iter_mut()
+            .find(|c| c.has_room(&self.h2_limit))
+            .map(|c| c.take(now))
     }
 
     /// The open HTTP/2 connection carrying the fewest streams, full or not: the one to wait on
     /// when no other connection may be opened.
     fn least_loaded_h2(&self) -> Option<Sender> {
         let mut conns = self.h2.lock().ok()?;
-        conns.retain(|c| !c.sender.is_closed());
+        let now = Instant::now();
+        prune_h2(&mut conns, self.target.idle_timeout, now);
         conns
-            .iter()
+            .iter_mut()
             .min_by_key(|c| c.streams.open.load(std::sync::atomic::Ordering::Relaxed))
-            .map(H2Conn::take)
+            .map(|c| c.take(now))
     }
 
     /// A pooled connection.
@@ -1031,15 +1096,21 @@ impl Pool {
             let streams = Arc::new(H2Streams {
                 open: std::sync::atomic::AtomicUsize::new(0),
                 max: std::sync::atomic::AtomicUsize::new(conn.current_max_send_streams()),
+                settled: std::sync::atomic::AtomicBool::new(false),
                 driver: Mutex::new(Some(Box::pin(conn))),
             });
             let task = Arc::clone(&streams);
             tokio::spawn(async move {
                 let _slot = slot;
                 std::future::poll_fn(|cx| {
-                    // A poisoned lock: a poll panicked, and the connection is gone with it.
-                    let Ok(mut driver) = task.driver.lock() else {
-                        return Poll::Ready(());
+                    // A poisoned lock: a poll panicked; the connection goes (dropped, hyper
+                    // closes it) and the pool no longer offers it.
+                    let mut driver = match task.driver.lock() {
+                        Ok(d) => d,
+                        Err(poisoned) => {
+                            *poisoned.into_inner() = None;
+                            return Poll::Ready(());
+                        }
                     };
                     let Some(d) = driver.as_mut() else {
                         return Poll::Ready(());
@@ -1054,8 +1125,12 @@ impl Pool {
             });
             self.speaks_h2
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            let shared = H2Conn { sender, streams };
-            let this = shared.take();
+            let mut shared = H2Conn {
+                sender,
+                streams,
+                taken: Instant::now(),
+            };
+            let this = shared.take(Instant::now());
             if let Ok(mut conns) = self.h2.lock() {
                 conns.push(shared);
             }

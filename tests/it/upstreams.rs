@@ -1224,15 +1224,21 @@ where
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
 {
-    h2c_upstream_allowing(None, answer).await
+    let (addr, accepted, _) = h2c_upstream_allowing(None, answer).await;
+    (addr, accepted)
 }
 
 /// [`h2c_upstream`], allowing `max_streams` streams at once on each connection when given
-/// (`SETTINGS_MAX_CONCURRENT_STREAMS`; hyper's default otherwise).
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`; hyper's default otherwise); also the count of its
+/// connections open now.
 async fn h2c_upstream_allowing<F, Fut>(
     max_streams: Option<u32>,
     answer: F,
-) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+) -> (
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+)
 where
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
@@ -1240,11 +1246,14 @@ where
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (count, open) = (Arc::clone(&accepted), Arc::clone(&live));
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let answer = answer.clone();
+            let open = Arc::clone(&open);
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let answer = answer.clone();
@@ -1258,10 +1267,64 @@ where
                 let _ = server
                     .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
                     .await;
+                open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, live)
+}
+
+/// A relay to `to` on 127.0.0.1 handing on what the upstream sends `delay` late (a distant
+/// upstream: its SETTINGS arrive after the connect is done).
+async fn delaying_relay(to: SocketAddr, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                    tokio::time::sleep(delay).await;
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream handler's answer to come.
+type UpstreamAnswer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = http::Response<Full<Bytes>>> + Send>>;
+
+/// An upstream handler answering `ok` after `wait`, recording the most requests it held at
+/// once in `peak` (`/warm` is answered at once and not counted).
+fn counting_answer(
+    wait: Duration,
+    peak: &Arc<std::sync::atomic::AtomicUsize>,
+) -> impl Fn(Request<hyper::body::Incoming>) -> UpstreamAnswer + Clone + Send + Sync + 'static {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let active = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::clone(peak);
+    move |req| {
+        let (active, peak) = (Arc::clone(&active), Arc::clone(&peak));
+        Box::pin(async move {
+            if req.uri().path() != "/warm" {
+                peak.fetch_max(active.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(wait).await;
+                active.fetch_sub(1, Ordering::SeqCst);
+            }
+            http::Response::new(Full::new(Bytes::from_static(b"ok")))
+        })
+    }
 }
 
 /// A gateway routing everything to the h2c upstream at `addr`.
@@ -1548,21 +1611,9 @@ async fn h2c_upstream_gets_one_connection_under_a_burst() {
 #[tokio::test]
 async fn an_h2_upstream_at_its_stream_limit_gets_another_connection() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let active = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
-    let (a, p) = (Arc::clone(&active), Arc::clone(&peak));
-    let (addr, accepted) = h2c_upstream_allowing(Some(1), move |req| {
-        let (active, peak) = (Arc::clone(&a), Arc::clone(&p));
-        async move {
-            if req.uri().path() != "/warm" {
-                peak.fetch_max(active.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                active.fetch_sub(1, Ordering::SeqCst);
-            }
-            http::Response::new(Full::new(Bytes::from_static(b"ok")))
-        }
-    })
-    .await;
+    let (addr, accepted, _) =
+        h2c_upstream_allowing(Some(1), counting_answer(Duration::from_millis(300), &peak)).await;
     let gw = h2c_gateway(addr).await;
     // The first connection, its limit learnt from the upstream's SETTINGS.
     assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
@@ -1591,18 +1642,8 @@ async fn an_h2_upstream_at_its_stream_limit_gets_another_connection() {
 async fn at_the_connection_cap_full_h2_connections_are_shared() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let peak = Arc::new(AtomicUsize::new(0));
-    let active = Arc::new(AtomicUsize::new(0));
-    let (a, p) = (Arc::clone(&active), Arc::clone(&peak));
-    let (addr, accepted) = h2c_upstream_allowing(Some(1), move |_| {
-        let (active, peak) = (Arc::clone(&a), Arc::clone(&p));
-        async move {
-            peak.fetch_max(active.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            active.fetch_sub(1, Ordering::SeqCst);
-            http::Response::new(Full::new(Bytes::from_static(b"ok")))
-        }
-    })
-    .await;
+    let (addr, accepted, _) =
+        h2c_upstream_allowing(Some(1), counting_answer(Duration::from_millis(200), &peak)).await;
     let gw = Setup {
         upstreams: format!(
             "  h2:\n    url: http://{addr}\n    protocol: h2c\n    max_connections: 2\n    connect_timeout: 300ms\n"
@@ -1620,6 +1661,110 @@ async fn at_the_connection_cap_full_h2_connections_are_shared() {
         peak.load(Ordering::SeqCst),
         2,
         "one stream on each at a time"
+    );
+}
+
+/// The same upstream with its frames reaching the gateway 100 ms late (a distant upstream):
+/// after a first answer taught the gateway its limit, four requests at once still get a
+/// connection each. A new connection is held to that limit until its own SETTINGS are read:
+/// hyper assumes 100 streams until then, and the three requests that waited for the second
+/// connection all took it.
+#[tokio::test]
+async fn a_new_h2_connection_is_held_to_the_limit_already_learnt() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (addr, accepted, _) =
+        h2c_upstream_allowing(Some(1), counting_answer(Duration::from_millis(300), &peak)).await;
+    let relay = delaying_relay(addr, Duration::from_millis(100)).await;
+    let gw = h2c_gateway(relay).await;
+    assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    all_answered_at_once(gw.addr(), (0..4).map(|i| format!("/x/{i}"))).await;
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        4,
+        "all four at the upstream at once"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}
+
+/// An upstream allowing no streams for now (`SETTINGS_MAX_CONCURRENT_STREAMS: 0`) says so on
+/// every connection: five requests at once wait on one (and time out, 504) rather than each
+/// opening its own (19 connections for 20 requests). At most one more connection: the first
+/// request's stream goes before the upstream's SETTINGS are read and is refused, and its retry
+/// may find none with room yet.
+#[tokio::test]
+async fn an_h2_upstream_allowing_no_streams_gets_one_connection() {
+    use std::sync::atomic::Ordering;
+    let (addr, accepted, _) = h2c_upstream_allowing(Some(0), |_| async {
+        http::Response::new(Full::new(Bytes::from_static(b"ok")))
+    })
+    .await;
+    let gw = Setup {
+        upstreams: format!(
+            "  h2:\n    url: http://{addr}\n    protocol: h2c\n    response_timeout: 1s\n"
+        ),
+        policies: route_all_to("h2"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    // Five at once on a fresh gateway (their streams go before the upstream's 0 is read, and
+    // are refused), then five more once it is known.
+    for round in 0..2 {
+        let mut burst = tokio::task::JoinSet::new();
+        for i in 0..5 {
+            let gw = gw.addr();
+            burst.spawn(async move { get(gw, &format!("/x/{i}")).await.0 });
+        }
+        let statuses = burst.join_all().await;
+        assert!(
+            statuses
+                .iter()
+                .all(|s| [StatusCode::BAD_GATEWAY, StatusCode::GATEWAY_TIMEOUT].contains(s)),
+            "round {round}: {statuses:?}"
+        );
+        let connections = accepted.load(Ordering::SeqCst);
+        assert!(
+            (1..=2).contains(&connections),
+            "round {round}: {connections} connections"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The connections a burst opened beside the first close once idle for the upstream's
+/// `pool_idle_timeout` (they stayed open for good); the first stays.
+#[tokio::test]
+async fn extra_h2_connections_close_once_idle() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (addr, accepted, live) =
+        h2c_upstream_allowing(Some(1), counting_answer(Duration::from_millis(200), &peak)).await;
+    let gw = Setup {
+        upstreams: format!(
+            "  h2:\n    url: http://{addr}\n    protocol: h2c\n    pool_idle_timeout: 300ms\n"
+        ),
+        policies: route_all_to("h2"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    all_answered_at_once(gw.addr(), (0..4).map(|i| format!("/x/{i}"))).await;
+    assert_eq!(live.load(Ordering::SeqCst), 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while live.load(Ordering::SeqCst) > 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(live.load(Ordering::SeqCst), 1, "the idle ones closed");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "the first one served the last request"
     );
 }
 
