@@ -1603,6 +1603,44 @@ async fn h2c_upstream_gets_one_connection_under_a_burst() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
+/// What [`one_stream_burst`] saw: the gateway, and at the upstream its connections accepted,
+/// its connections open now, and the most requests it held at once.
+struct Burst {
+    gw: crate::support::TestGateway,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// An h2c upstream allowing one stream at a time per connection, answering after `wait`; a
+/// gateway to it (through a relay handing on its frames `late`, when given) with `extra`
+/// settings for the upstream; a first request, after which the upstream's limit is known;
+/// then `n` requests at once, each answered 200.
+async fn one_stream_burst(wait: Duration, late: Option<Duration>, extra: &str, n: usize) -> Burst {
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (addr, accepted, live) = h2c_upstream_allowing(Some(1), counting_answer(wait, &peak)).await;
+    let addr = match late {
+        Some(delay) => delaying_relay(addr, delay).await,
+        None => addr,
+    };
+    let gw = Setup {
+        upstreams: format!("  h2:\n    url: http://{addr}\n    protocol: h2c\n{extra}"),
+        policies: route_all_to("h2"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    all_answered_at_once(gw.addr(), (0..n).map(|i| format!("/x/{i}"))).await;
+    Burst {
+        gw,
+        accepted,
+        live,
+        peak,
+    }
+}
+
 /// An h2c upstream allowing one stream at a time per connection
 /// (`SETTINGS_MAX_CONCURRENT_STREAMS: 1`, as a server at its limit is), each answer taking
 /// 300 ms: four requests at once are all at the upstream together, over four connections.
@@ -1610,15 +1648,10 @@ async fn h2c_upstream_gets_one_connection_under_a_burst() {
 /// and behind long streams every other request waited out its response timeout.)
 #[tokio::test]
 async fn an_h2_upstream_at_its_stream_limit_gets_another_connection() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (addr, accepted, _) =
-        h2c_upstream_allowing(Some(1), counting_answer(Duration::from_millis(300), &peak)).await;
-    let gw = h2c_gateway(addr).await;
-    // The first connection, its limit learnt from the upstream's SETTINGS.
-    assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    all_answered_at_once(gw.addr(), (0..4).map(|i| format!("/x/{i}"))).await;
+    use std::sync::atomic::Ordering;
+    let Burst {
+        gw, accepted, peak, ..
+    } = one_stream_burst(Duration::from_millis(300), None, "", 4).await;
     assert_eq!(
         peak.load(Ordering::SeqCst),
         4,
@@ -1640,22 +1673,10 @@ async fn an_h2_upstream_at_its_stream_limit_gets_another_connection() {
 /// third connection is opened.
 #[tokio::test]
 async fn at_the_connection_cap_full_h2_connections_are_shared() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (addr, accepted, _) =
-        h2c_upstream_allowing(Some(1), counting_answer(Duration::from_millis(200), &peak)).await;
-    let gw = Setup {
-        upstreams: format!(
-            "  h2:\n    url: http://{addr}\n    protocol: h2c\n    max_connections: 2\n    connect_timeout: 300ms\n"
-        ),
-        policies: route_all_to("h2"),
-        ..Setup::default()
-    }
-    .start()
-    .await;
-    assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    all_answered_at_once(gw.addr(), (0..6).map(|i| format!("/x/{i}"))).await;
+    use std::sync::atomic::Ordering;
+    let extra = "    max_connections: 2\n    connect_timeout: 300ms\n";
+    let Burst { accepted, peak, .. } =
+        one_stream_burst(Duration::from_millis(200), None, extra, 6).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
     assert_eq!(
         peak.load(Ordering::SeqCst),
@@ -1671,15 +1692,10 @@ async fn at_the_connection_cap_full_h2_connections_are_shared() {
 /// connection all took it.
 #[tokio::test]
 async fn a_new_h2_connection_is_held_to_the_limit_already_learnt() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (addr, accepted, _) =
-        h2c_upstream_allowing(Some(1), counting_answer(Duration::from_millis(300), &peak)).await;
-    let relay = delaying_relay(addr, Duration::from_millis(100)).await;
-    let gw = h2c_gateway(relay).await;
-    assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    all_answered_at_once(gw.addr(), (0..4).map(|i| format!("/x/{i}"))).await;
+    use std::sync::atomic::Ordering;
+    let late = Some(Duration::from_millis(100));
+    let Burst { accepted, peak, .. } =
+        one_stream_burst(Duration::from_millis(300), late, "", 4).await;
     assert_eq!(
         peak.load(Ordering::SeqCst),
         4,
@@ -1737,22 +1753,11 @@ async fn an_h2_upstream_allowing_no_streams_gets_one_connection() {
 /// `pool_idle_timeout` (they stayed open for good); the first stays.
 #[tokio::test]
 async fn extra_h2_connections_close_once_idle() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (addr, accepted, live) =
-        h2c_upstream_allowing(Some(1), counting_answer(Duration::from_millis(200), &peak)).await;
-    let gw = Setup {
-        upstreams: format!(
-            "  h2:\n    url: http://{addr}\n    protocol: h2c\n    pool_idle_timeout: 300ms\n"
-        ),
-        policies: route_all_to("h2"),
-        ..Setup::default()
-    }
-    .start()
-    .await;
-    assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    all_answered_at_once(gw.addr(), (0..4).map(|i| format!("/x/{i}"))).await;
+    use std::sync::atomic::Ordering;
+    let extra = "    pool_idle_timeout: 300ms\n";
+    let Burst {
+        gw, accepted, live, ..
+    } = one_stream_burst(Duration::from_millis(200), None, extra, 4).await;
     assert_eq!(live.load(Ordering::SeqCst), 4);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
