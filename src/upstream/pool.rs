@@ -1125,12 +1125,13 @@ impl Pool {
             });
             self.speaks_h2
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+            let now = Instant::now();
             let mut shared = H2Conn {
                 sender,
                 streams,
-                taken: Instant::now(),
+                taken: now,
             };
-            let this = shared.take(Instant::now());
+            let this = shared.take(now);
             if let Ok(mut conns) = self.h2.lock() {
                 conns.push(shared);
             }

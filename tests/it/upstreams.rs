@@ -1329,8 +1329,13 @@ fn counting_answer(
 
 /// A gateway routing everything to the h2c upstream at `addr`.
 async fn h2c_gateway(addr: SocketAddr) -> crate::support::TestGateway {
+    h2c_gateway_with(addr, "").await
+}
+
+/// [`h2c_gateway`], with `extra` settings (YAML lines indented by four) for the upstream.
+async fn h2c_gateway_with(addr: SocketAddr, extra: &str) -> crate::support::TestGateway {
     Setup {
-        upstreams: format!("  h2:\n    url: http://{addr}\n    protocol: h2c\n"),
+        upstreams: format!("  h2:\n    url: http://{addr}\n    protocol: h2c\n{extra}"),
         policies: route_all_to("h2"),
         ..Setup::default()
     }
@@ -1623,13 +1628,7 @@ async fn one_stream_burst(wait: Duration, late: Option<Duration>, extra: &str, n
         Some(delay) => delaying_relay(addr, delay).await,
         None => addr,
     };
-    let gw = Setup {
-        upstreams: format!("  h2:\n    url: http://{addr}\n    protocol: h2c\n{extra}"),
-        policies: route_all_to("h2"),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = h2c_gateway_with(addr, extra).await;
     assert_eq!(get(gw.addr(), "/warm").await.0, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(50)).await;
     all_answered_at_once(gw.addr(), (0..n).map(|i| format!("/x/{i}"))).await;
@@ -1716,15 +1715,7 @@ async fn an_h2_upstream_allowing_no_streams_gets_one_connection() {
         http::Response::new(Full::new(Bytes::from_static(b"ok")))
     })
     .await;
-    let gw = Setup {
-        upstreams: format!(
-            "  h2:\n    url: http://{addr}\n    protocol: h2c\n    response_timeout: 1s\n"
-        ),
-        policies: route_all_to("h2"),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = h2c_gateway_with(addr, "    response_timeout: 1s\n").await;
     // Five at once on a fresh gateway (their streams go before the upstream's 0 is read, and
     // are refused), then five more once it is known.
     for round in 0..2 {
@@ -2050,14 +2041,10 @@ async fn h2_keepalive_closes_a_connection_to_a_vanished_upstream() {
     let (upstream, accepted) =
         h2c_upstream(|_| async { http::Response::new(Full::new(Bytes::from_static(b"ok"))) }).await;
     let (relay, blackhole) = blackholing_relay(upstream).await;
-    let gw = Setup {
-        upstreams: format!(
-            "  h2:\n    url: http://{relay}\n    protocol: h2c\n    response_timeout: 20s\n    http2_keepalive: {{interval: 1s, timeout: 1s}}\n"
-        ),
-        policies: route_all_to("h2"),
-        ..Setup::default()
-    }
-    .start()
+    let gw = h2c_gateway_with(
+        relay,
+        "    response_timeout: 20s\n    http2_keepalive: {interval: 1s, timeout: 1s}\n",
+    )
     .await;
     assert_eq!(get(gw.addr(), "/first").await.0, StatusCode::OK);
     blackhole.store(true, Ordering::SeqCst);
@@ -3108,15 +3095,7 @@ async fn h2c_upstream_taking_no_body() -> SocketAddr {
 #[tokio::test]
 async fn an_upstream_that_takes_no_body_is_late_though_the_read_ahead_waited() {
     let up = h2c_upstream_taking_no_body().await;
-    let gw = Setup {
-        upstreams: format!(
-            "  h2:\n    url: http://{up}\n    protocol: h2c\n    response_timeout: 400ms\n"
-        ),
-        policies: route_all_to("h2"),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = h2c_gateway_with(up, "    response_timeout: 400ms\n").await;
     let s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
     let sender = tokio::spawn(async move {
