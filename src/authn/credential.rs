@@ -7,6 +7,7 @@
 //! never an absent one, so it cannot fall through to anonymous access.
 
 use crate::authz::expr::QueryNameReadings;
+use crate::authz::spoofable::same_dashed;
 use std::borrow::Cow;
 
 use http::{HeaderMap, HeaderName, header};
@@ -219,23 +220,15 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Found<'a> {
         // while the upstream could read FORGED (which no strip removes). Another spelling
         // beside the credential is a second credential. Regression:
         // tests::credentials_in_other_spellings_conflict
-        _ if headers
-            .keys()
-            .any(|k| k != name && same_dashed(k.as_str(), name.as_str())) =>
+        _ if headers.keys().any(|k| {
+            k != name && crate::authz::spoofable::same_dashed(k.as_str(), name.as_str())
+        }) =>
         {
             Found::Conflict
         }
         Ok(v) if !v.trim().is_empty() => Found::Token(Cow::Borrowed(v.trim())),
         _ => Found::Malformed,
     }
-}
-
-/// Whether two header names are one once every `_` is read as `-`.
-fn same_dashed(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .all(|(x, y)| x == y || matches!((x, y), (b'_', b'-') | (b'-', b'_') | (b'_', b'_')))
 }
 
 /// Whether some upstream reads the cookie named `k` (as sent) as the cookie `name`, though
@@ -788,6 +781,12 @@ mod tests {
             (
                 &header,
                 &[("x-api-key", "k1"), ("X_API-KEY", "k1")],
+                None,
+                Found::Conflict,
+            ),
+            (
+                &header,
+                &[("x-api-key", "k1"), ("x-api.key", "f")],
                 None,
                 Found::Conflict,
             ),

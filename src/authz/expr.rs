@@ -382,12 +382,7 @@ impl Condition {
         // `X-Tenant: acme` with `x_tenant: evil` passed `request.headers['x-tenant'] == 'acme'`
         // while such an upstream may read evil: another `_`/`-` spelling is a repeat too.
         // Regression: tests::repeated_keys_an_expression_reads_deny
-        let same = |a: &str, b: &str| {
-            a.len() == b.len()
-                && a.bytes()
-                    .zip(b.bytes())
-                    .all(|(x, y)| x == y || matches!((x, y), (b'_', b'-') | (b'-', b'_')))
-        };
+        let same = crate::authz::spoofable::same_dashed;
         let repeated = |name: &str| {
             name != "host"
                 && name != "cookie"

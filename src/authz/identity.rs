@@ -386,11 +386,12 @@ fn claim_text(v: &Value, out: &mut String) -> Result<(), Miss> {
     Ok(())
 }
 
-/// A header name as frameworks read it: lower case, `_` as `-`.
+/// A header name as frameworks read it: lower case, `_` and `.` as `-`
+/// ([`crate::authz::spoofable::dashed`]).
 pub fn fold_name(name: &str) -> String {
     name.chars()
         .map(|c| match c {
-            '_' => '-',
+            '_' | '.' => '-',
             c => c.to_ascii_lowercase(),
         })
         .collect()

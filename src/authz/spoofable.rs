@@ -1,9 +1,10 @@
 //! Which client-sent headers never reach an upstream: [`Spoofable`], compiled once per snapshot.
 //!
 //! A header name is compared in its *dashed* spelling: lowercase (the `http` crate already
-//! lowercases) with every `_` read as `-`, because many frameworks (CGI, PHP, Rack, WSGI,
-//! Spring's `ForwardedHeaderFilter` behind some servers) fold `X_Real_IP` into the same variable
-//! as `X-Real-IP`. Families, and who may send them:
+//! lowercases) with every `_` and `.` read as `-` ([`dashed`]), because many frameworks (CGI,
+//! PHP, Rack, WSGI, Spring's `ForwardedHeaderFilter` behind some servers) fold `X_Real_IP` into
+//! the same variable as `X-Real-IP`, and PHP also `X-Real.IP` (a `.` in a variable's name
+//! becomes `_`: `HTTP_X_REAL_IP`). Families, and who may send them:
 //!
 //! | family | examples | from a trusted proxy | from anyone else |
 //! |---|---|---|---|
@@ -22,7 +23,37 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
 
-/// Header names removed from client requests, in every `_`/`-` spelling.
+/// Whether `b` joins the words of a header name as some upstream reads it: `-`, `_` (CGI,
+/// Rack, WSGI) or `.` (PHP, which turns a `.` in a variable's name into `_`).
+pub fn is_separator(b: u8) -> bool {
+    matches!(b, b'-' | b'_' | b'.')
+}
+
+/// `name` (lowercase already, as the `http` crate keeps names) in its dashed spelling: every
+/// `_` and `.` as `-`; borrowed when it has neither.
+///
+/// Why `.`: PHP (FPM, CGI, its built-in server) names `X-User.Id` `HTTP_X_USER_ID`, as it does
+/// `X-User-Id`; Caddy's `php_fastcgi` passes such a name on. A client's `X-User.Id: admin`
+/// reached a PHP upstream as the identity header wherever the gateway set none (an anonymous
+/// rule, a template variable the principal lacks). Regression:
+/// tests::every_family_in_every_spelling
+pub fn dashed(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b == b'_' || b == b'.') {
+        Cow::Owned(name.replace(['_', '.'], "-"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// Whether two header names are one once read dashed ([`dashed`]).
+pub fn same_dashed(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| x == y || (is_separator(x) && is_separator(y)))
+}
+
+/// Header names removed from client requests, in every `-`/`_`/`.` spelling.
 #[derive(Debug, Clone, Default)]
 pub struct Spoofable {
     /// Identity and trusted-header names, dashed, sorted.
@@ -172,7 +203,7 @@ impl Spoofable {
     ) -> Self {
         let mut dashed: Vec<Box<str>> = names
             .into_iter()
-            .map(|n| n.as_str().replace('_', "-").into())
+            .map(|n| dashed(n.as_str()).into())
             .collect();
         dashed.sort();
         dashed.dedup();
@@ -203,7 +234,7 @@ impl Spoofable {
     /// upstream's logs to the gateway's. Regression: tests::the_request_ids_other_spellings_go
     #[must_use]
     pub fn rewriting(mut self, name: &HeaderName) -> Self {
-        self.rewritten = Some(name.as_str().replace('_', "-").into());
+        self.rewritten = Some(dashed(name.as_str()).into());
         self
     }
 
@@ -271,13 +302,9 @@ impl Spoofable {
 
     /// Whether `name` is removed from a request whose peer is (or is not) trusted.
     pub fn is_doomed(&self, name: &HeaderName, peer_trusted: bool) -> bool {
-        let raw = name.as_str();
-        let underscored = raw.contains('_');
-        let dashed: Cow<'_, str> = if underscored {
-            Cow::Owned(raw.replace('_', "-"))
-        } else {
-            Cow::Borrowed(raw)
-        };
+        let dashed = dashed(name.as_str());
+        // Another spelling than the dashed one (`X_Real_IP`, `X-Real.IP`).
+        let underscored = matches!(dashed, Cow::Owned(_));
         if self.dashed.iter().any(|s| **s == *dashed) {
             return true;
         }
@@ -561,6 +588,7 @@ mod tests {
         // Framing in another spelling, from anyone; the dashed one is the HTTP stack's.
         ("Transfer_Encoding", true, true),
         ("content_length", true, true),
+        ("content.length", true, true),
         ("keep_alive", true, true),
         ("Proxy_Connection", true, true),
         ("content-length", false, false),
@@ -573,11 +601,15 @@ mod tests {
         ("x-user-id", true, true),
         ("X_User_Id", true, true),
         ("x_user-id", true, true),
+        // PHP reads `.` as `_`, as `-`: `X-User.Id` is `HTTP_X_USER_ID`.
+        ("x-user.id", true, true),
+        ("X.User.Id", true, true),
         // Overrides, every spelling, from anyone.
         ("x-original-url", true, true),
         ("X_Original_URL", true, true),
         ("x-original-uri", true, true),
         ("x_original_uri", true, true),
+        ("x-original.url", true, true),
         ("x-forwarded-uri", true, true),
         ("x-forwarded-path", true, true),
         ("x-envoy-original-path", true, true),
@@ -587,6 +619,8 @@ mod tests {
         // Forwarding: the dashed spelling is the door's to rewrite; others go.
         ("x-forwarded-for", false, false),
         ("x_forwarded_for", true, true),
+        ("x-forwarded.for", true, true),
+        ("x.real.ip", true, true),
         ("x-real-ip", false, false),
         ("X_Real_IP", true, true),
         ("x_real-ip", true, true),
@@ -596,6 +630,7 @@ mod tests {
         // Claims: from trusted proxies only, dashed only.
         ("true-client-ip", true, false),
         ("true_client_ip", true, true),
+        ("true-client.ip", true, true),
         ("x-forwarded-port", true, false),
         ("client-ip", true, false),
         ("X_Client_IP", true, true),
@@ -608,6 +643,7 @@ mod tests {
         // Infrastructure: configured names from trusted proxies only.
         ("x-forwarded-client-cert", true, false),
         ("x_forwarded_client_cert", true, true),
+        ("x-forwarded-client.cert", true, true),
         ("x-client-cert-chain", true, true),
         ("x-ssl-client-verify", true, true),
         ("x-envoy-expected-rq-timeout-ms", true, false),
@@ -650,6 +686,7 @@ mod tests {
         // Untouched.
         ("x-kept", false, false),
         ("x_kept", false, false),
+        ("x.kept", false, false),
         ("authorization", false, false),
         ("x-forwarded", false, false),
         ("x-envoyish", false, false),
@@ -661,6 +698,7 @@ mod tests {
         for (name, doomed) in [
             ("x_request_id", true),
             ("x_request-id", true),
+            ("x-request.id", true),
             // The gateway's own spelling: replaced where it is written, not removed.
             ("x-request-id", false),
             ("x-request-ids", false),

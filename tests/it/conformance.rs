@@ -534,7 +534,12 @@ fn corpus() -> Vec<Case> {
             "spoofed roles anonymous",
             "GET",
             "/public/x",
-            h(&[("x-user-roles", "admin"), ("x_user_roles", "admin")]),
+            // PHP reads `x-user.roles` as `x_user_roles` too.
+            h(&[
+                ("x-user-roles", "admin"),
+                ("x_user_roles", "admin"),
+                ("x-user.roles", "admin"),
+            ]),
         ),
         ("spoofed api key id", "GET", "/orders/7", {
             let mut v = bearer(&good);
@@ -686,7 +691,7 @@ async fn via_proxy(gw: &TestGateway, case: &Case, headers: &[(String, String)]) 
         for name in IDENTITY {
             // Every spelling of the name the upstream got.
             for (k, v) in &seen.headers {
-                if k.as_str().replace('_', "-") == name {
+                if k.as_str().replace(['_', '.'], "-") == name {
                     identity.insert(k.as_str().to_owned(), v.to_str().unwrap().to_owned());
                 }
             }

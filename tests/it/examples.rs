@@ -395,6 +395,15 @@ fn envoy_http_ext_authz() {
     for p in clearing::infrastructure_prefixes() {
         assert!(prefixes.contains(p), "allowed_headers lacks {p}*");
     }
+    // Names with a dot, which PHP reads as the dashed one (Envoy refuses underscores).
+    assert!(
+        authz["allowed_headers"]["patterns"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| p["safe_regex"]["regex"].as_str() == Some(".*[.].*")),
+        "allowed_headers lacks names with a dot"
+    );
     // A browser's preflight reaches the door, which answers it for a rule with `cors`; its
     // answers, and the CORS headers of denials and allows, reach the browser.
     assert!(sent.contains("origin"), "allowed_headers lacks origin");

@@ -609,6 +609,8 @@ const SPOOFED: &[(&str, &str)] = &[
     ("X-User_Id", "admin"),
     ("X_User-Id", "admin"),
     ("X_USER_ID", "admin"),
+    // PHP reads a `.` in a name as `_`: `HTTP_X_USER_ID`.
+    ("X-User.Id", "admin"),
     ("X-User-Roles", "admin"),
     ("X_User_Roles", "admin"),
     ("X-Tenant-Id", "other"),
@@ -618,12 +620,14 @@ const SPOOFED: &[(&str, &str)] = &[
     ("X_Forwarded_For", "10.9.9.9"),
     ("X-Real-IP", "10.0.0.1"),
     ("X_Real_IP", "10.0.0.1"),
+    ("X-Real.IP", "10.0.0.1"),
     ("X-Forwarded-Host", "evil.example"),
     ("X-Forwarded-Proto", "https"),
     ("Forwarded", "for=10.0.0.1;host=evil.example;proto=https"),
     // Path and method overrides: the decision is on the request line, never on these.
     ("X-Original-URL", "/admin/users"),
     ("X_Original_URL", "/admin/users"),
+    ("X-Original.URL", "/admin/users"),
     ("X-Original-URI", "/admin/users"),
     ("X-Forwarded-Uri", "/admin/users"),
     ("X-Forwarded-Path", "/admin/users"),
@@ -672,7 +676,7 @@ const SPOOFED: &[(&str, &str)] = &[
 ];
 
 /// Of the headers a client must not hand the upstream (the families of `authz::spoofable`,
-/// the example config's identity headers, any name with `_`), the upstream got only what the
+/// the example config's identity headers, any name with `_` or `.`), the upstream got only what the
 /// peer and the gateway set: the gateway's `x-user-id` (`user`), the client address and host
 /// the peer saw, its scheme.
 fn only_what_was_decided(peer: &Peer, h: &HeaderMap, user: Option<&str>) {
@@ -681,7 +685,7 @@ fn only_what_was_decided(peer: &Peer, h: &HeaderMap, user: Option<&str>) {
     for name in h.keys() {
         let name = name.as_str();
         assert!(
-            !name.contains('_'),
+            !name.contains(['_', '.']),
             "{}: the upstream got the client's {name}: {h:?}",
             peer.name
         );

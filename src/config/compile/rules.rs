@@ -839,10 +839,10 @@ fn hidden_header_reads(
         };
         // The view leaves out what `is_doomed` removes and the forwarding family the
         // gateway rewrites (`expr::hidden`).
-        let kind = family(&key.replace('_', "-"));
+        let kind = family(&crate::authz::spoofable::dashed(key));
         let forwarding = kind == Some(Family::Forwarding);
         let why = if forwarding || families.is_doomed(&name, true) {
-            if kind == Some(Family::Infrastructure) && !key.contains('_') {
+            if kind == Some(Family::Infrastructure) && !key.contains(['_', '.']) {
                 "the gateway removes it unless a trusted proxy sends it and `server.trusted_proxy_headers` names it, so the condition fails for every request"
             } else {
                 "the gateway removes or rewrites it, so the condition fails for every request"

@@ -202,6 +202,7 @@ fn caddy_clears_every_family() {
         assert!(lowered.contains(&name), "Caddyfile keeps {name}");
     }
     assert!(deleted.contains(&"*_*"), "Caddyfile keeps underscore names");
+    assert!(deleted.contains(&"*.*"), "Caddyfile keeps names with a dot");
     assert!(lowered.contains("x-real-ip"));
     for p in infrastructure_prefixes() {
         let pattern = format!("{}*", go_canonical(p));
@@ -273,7 +274,7 @@ fn traefik_clears_what_it_can() {
     let prefixes = infrastructure_prefixes().join("|");
     assert_eq!(
         fa["authResponseHeadersRegex"].as_str(),
-        Some(&*format!("(?i)^({prefixes})|_")),
+        Some(&*format!("(?i)^({prefixes})|[_.]")),
         "authResponseHeadersRegex"
     );
 }
