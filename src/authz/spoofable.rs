@@ -485,10 +485,20 @@ pub const INFRASTRUCTURE_X_PREFIXES: &[&str] = &[
 
 /// The infrastructure family's other prefixes: Cloudflare Access's identity (not its JWT or
 /// service-token credentials, which an origin verifies), mod_auth_openidc's claims and tokens
-/// (`OIDC_CLAIM_*`, `OIDC_access_token`…), and nginx ingress's and Apache's client
-/// certificate (`SSL-Client-Verify`, `SSL-Client-S-DN`…).
-pub const INFRASTRUCTURE_OTHER_PREFIXES: &[&str] =
-    &["cf-access-authenticated-user-", "oidc-", "ssl-client-"];
+/// (`OIDC_CLAIM_*`, `OIDC_access_token`…), nginx ingress's and Apache's client certificate
+/// (`SSL-Client-Verify`, `SSL-Client-S-DN`…), and the CDNs' forwarded client certificates
+/// (CloudFront's viewer mTLS `CloudFront-Viewer-Cert-*`, Cloudflare's `Cf-Client-Cert-*`).
+///
+/// Why the CDNs': an app moved from behind CloudFront or Cloudflare mTLS believes them, and a
+/// client's copy reached it (as AWS ALB's `X-Amzn-Mtls-*` never did). Regression:
+/// tests::every_family_in_every_spelling
+pub const INFRASTRUCTURE_OTHER_PREFIXES: &[&str] = &[
+    "cf-access-authenticated-user-",
+    "oidc-",
+    "ssl-client-",
+    "cloudfront-viewer-cert-",
+    "cf-client-cert-",
+];
 
 /// Every prefix of the infrastructure family: what the example configs clear by prefix.
 pub fn infrastructure_prefixes() -> impl Iterator<Item = &'static str> {
@@ -668,6 +678,10 @@ mod tests {
         ("x-forwarded-tls-client-cert", true, true),
         ("x-forwarded-tls-client-cert-info", true, true),
         ("x-amzn-mtls-clientcert-subject", true, true),
+        ("CloudFront-Viewer-Cert-Subject", true, true),
+        ("cloudfront-viewer-cert-present", true, true),
+        ("Cf-Client-Cert-Sha256", true, true),
+        ("cf_client_cert_der_base64", true, true),
         ("ssl-client-verify", true, true),
         ("SSL_Client_S_DN", true, true),
         ("x-client-certificate", true, true),

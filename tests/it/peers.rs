@@ -667,6 +667,8 @@ const SPOOFED: &[(&str, &str)] = &[
     ("X-Forwarded-Tls-Client-Cert", "x"),
     ("X-Forwarded-Tls-Client-Cert-Info", "Subject=\"CN=admin\""),
     ("X-Amzn-Mtls-Clientcert", "x"),
+    ("CloudFront-Viewer-Cert-Subject", "CN=admin"),
+    ("Cf-Client-Cert-Sha256", "x"),
     ("X-Envoy-Original-Path", "/admin/users"),
     ("X-Envoy-Internal", "true"),
     ("X-Portcullis-User", "admin"),
