@@ -59,6 +59,9 @@ struct SniResolver {
     not_after: Box<[i64]>,
     /// Entries whose certificate clients would refuse now, and why.
     unusable: Vec<(usize, String)>,
+    /// Which entries name their hosts with `server_names` (entry order); the others are
+    /// selected by their certificate's own names.
+    explicit: Box<[bool]>,
 }
 
 /// A listener's TLS: one rustls config for every certificate, or, when certificate entries
@@ -78,6 +81,9 @@ pub struct ListenerTls {
     verifiers: Box<[Option<Arc<dyn ClientCertVerifier>>]>,
     /// Which entries require a client certificate (entry order; empty: none does).
     required: Box<[bool]>,
+    /// A digest of what verifies each entry's client certificates (its CA file's bytes,
+    /// whether one is required), entry order; `None` where nothing does ([`Self::moved_names`]).
+    entry_auth: Box<[Option<[u8; 32]>]>,
 }
 
 /// The certificate chain a client presented at the handshake, kept to be verified again
@@ -155,6 +161,7 @@ pub fn listener_tls(
         client_auth: None,
         verifiers: client_auth.into(),
         required: Box::new([]),
+        entry_auth: Box::new([]),
     })
 }
 
@@ -224,6 +231,57 @@ impl ListenerTls {
     pub fn with_client_auth(mut self, digest: Option<[u8; 32]>) -> Self {
         self.client_auth = digest;
         self
+    }
+
+    /// The same, with `digests[i]` naming what verifies entry `i`'s client certificates.
+    pub fn with_entry_auth(mut self, digests: Vec<Option<[u8; 32]>>) -> Self {
+        self.entry_auth = digests.into();
+        self
+    }
+
+    /// What verifies entry `i`'s client certificates, as a digest.
+    fn entry_auth(&self, i: usize) -> Option<&[u8; 32]> {
+        self.entry_auth.get(i)?.as_ref()
+    }
+
+    /// The names `previous` took from a certificate's own names that this config serves with
+    /// another entry, one verifying client certificates otherwise (another CA, or required where it was
+    /// not), though no `server_names` moved them: `(name, previous entry, entry now)`.
+    ///
+    /// Why: a renewed certificate that no longer named `b.example` (or an earlier entry's that
+    /// now did) moved the host to another entry on a plain reload, and with it to that entry's
+    /// client CA: a certificate from CA-A reached the rule of a host that required CA-B, and a
+    /// client with none completed the handshake. The reload refuses that, as it refuses a
+    /// certificate clients would refuse; naming the host in `server_names` moves it on purpose.
+    /// Regression: tests::a_renewed_certificate_moving_a_host_to_another_client_ca_is_reported
+    pub fn moved_names(&self, previous: &Self) -> Vec<(String, usize, usize)> {
+        let prev = &previous.names;
+        let exact = prev.exact.iter().map(|(n, e)| (n.to_string(), *e, false));
+        let wildcard = prev.wildcard.iter().map(|(p, e)| (p.to_string(), *e, true));
+        let mut out: Vec<(String, usize, usize)> = exact
+            .chain(wildcard)
+            .filter(|(_, was, _)| prev.explicit.get(*was) == Some(&false))
+            .filter_map(|(name, was, is_wildcard)| {
+                let found = if is_wildcard {
+                    self.names.wildcard.get(name.as_str()).copied()
+                } else {
+                    self.names.lookup(&name).copied()
+                };
+                let now = found.unwrap_or(0);
+                let chosen = found.is_some() && self.names.explicit.get(now) == Some(&true);
+                // (A CA file changed in place is not a move: `still_trusts` judges it.)
+                let moved =
+                    now != was && !chosen && previous.entry_auth(was) != self.entry_auth(now);
+                let shown = if is_wildcard {
+                    format!("*.{name}")
+                } else {
+                    name
+                };
+                moved.then_some((shown, was, now))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// The same, with `required[i]` saying whether entry `i` requires a client certificate.
@@ -601,6 +659,7 @@ impl SniResolver {
         let mut uncovered = Vec::new();
         let mut unusable = Vec::new();
         let mut not_after = Vec::with_capacity(entries.len());
+        let explicit = entries.iter().map(|e| !e.server_names.is_empty()).collect();
         for (index, entry) in entries.iter().enumerate() {
             let loaded = load_cert(&entry.cert, &entry.key).map_err(|e| (index, e))?;
             not_after.push(loaded.not_after);
@@ -657,6 +716,7 @@ impl SniResolver {
             uncovered,
             not_after: not_after.into(),
             unusable,
+            explicit,
         })
     }
 

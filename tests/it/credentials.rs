@@ -1581,6 +1581,78 @@ async fn client_ca_per_host() {
     );
 }
 
+/// b.test's certificate renewed without its name (its entry's names are the certificate's):
+/// the reload is refused, so b.test keeps requiring CA-B, where it fell to the default entry
+/// and its CA-A, and a CA-A certificate reached b.test's rule. Named in `server_names`, the
+/// move is taken.
+#[tokio::test]
+async fn a_renewed_certificate_never_moves_a_host_to_another_client_ca() {
+    let pki = pki();
+    let (a_cert, a_key) = portcullis::tls::certs::self_signed(&["a.test"]).unwrap();
+    let (b_cert, b_key) = portcullis::tls::certs::self_signed(&["b.test"]).unwrap();
+    let listeners = "  - name: http
+    address: 127.0.0.1:0
+    tls:
+      certificates:
+        - {cert: a.crt, key: a.key, client_auth: {ca_file: ca-a.pem, required: false}}
+        - {cert: b.crt, key: b.key, client_auth: {ca_file: ca-b.pem, required: true}}
+";
+    let gw = Setup {
+        listeners: listeners.into(),
+        policies: vec![("10-p.yaml".into(), policy("devices"))],
+        files: vec![
+            ("a.crt".into(), a_cert.clone().into_bytes()),
+            ("a.key".into(), a_key.into_bytes()),
+            ("b.crt".into(), b_cert.clone().into_bytes()),
+            ("b.key".into(), b_key.into_bytes()),
+            ("ca-a.pem".into(), pki.ca.clone().into_bytes()),
+            ("ca-b.pem".into(), pki.rogue_ca.clone().into_bytes()),
+        ],
+        extra: "authenticators:\n  devices:\n    mtls: {}\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let (b2_cert, b2_key) = portcullis::tls::certs::self_signed(&["b2.test"]).unwrap();
+    let (ab_cert, ab_key) = portcullis::tls::certs::self_signed(&["a.test", "b.test"]).unwrap();
+    let trusted = format!("{a_cert}{b_cert}{b2_cert}{ab_cert}");
+    let addr = gw.addr();
+    let go = |sni: &'static str| {
+        let trusted = trusted.clone();
+        let client = pki.client.clone();
+        async move { mtls_request(addr, &trusted, Some(&client), sni, sni, "/api/x").await }
+    };
+    assert!(go("b.test").await.is_err(), "CA-A on b.test");
+    gw.write("b.crt", &b2_cert);
+    gw.write("b.key", &b2_key);
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.contains("listeners[0].tls.certificates") && body.contains("`b.test` would move"),
+        "{body}"
+    );
+    let before = gw.echo.count();
+    assert!(
+        go("b.test").await.is_err(),
+        "CA-A on b.test after the reload"
+    );
+    assert_eq!(gw.echo.count(), before);
+    // Moved on purpose: the operator names it (with a certificate for it).
+    gw.write("a.crt", &ab_cert);
+    gw.write("a.key", &ab_key);
+    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
+    gw.write(
+        "portcullis.yaml",
+        config.replace(
+            "client_auth: {ca_file: ca-a.pem, required: false}}",
+            "client_auth: {ca_file: ca-a.pem, required: false}, server_names: [a.test, b.test]}",
+        ),
+    );
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(go("b.test").await, Ok(StatusCode::OK));
+}
+
 /// A reload that gives each host its own client CA (where one CA bundle was shared) binds the
 /// connections opened before it too: a connection made for a.test with a CA-A certificate
 /// may no longer carry requests for b.test, which now requires CA-B (421), though its

@@ -195,6 +195,18 @@ fn listener_tls(
         }
         any.then(|| crate::secret::sha256(&parts))
     };
+    // What verifies each entry's client certificates, as a digest (`moved_names`).
+    let entry_auth: Vec<Option<[u8; 32]>> = t
+        .certificates
+        .iter()
+        .map(|c| {
+            let ca = c.client_auth.as_ref().or(t.client_auth.as_ref())?;
+            let mut part = vec![u8::from(ca.required)];
+            let bytes = std::fs::read(cx.path(&ca.ca_file)).unwrap_or_default();
+            part.extend_from_slice(&crate::secret::sha256(&bytes));
+            Some(crate::secret::sha256(&part))
+        })
+        .collect();
     match tls::server::listener_tls(&entries, http2, &per_entry) {
         Ok(c) => {
             // Why: a name the certificate does not cover loaded silently, and every client
@@ -240,9 +252,23 @@ fn listener_tls(
                     cx.warn(&field, format!("{}: {reason}", entries[*j].cert.display()));
                 }
             }
-            Some(Arc::new(
-                c.with_client_auth(client_auth).with_required(required),
-            ))
+            let c = c
+                .with_client_auth(client_auth)
+                .with_required(required)
+                .with_entry_auth(entry_auth);
+            // Regression: tests (it) credentials::a_renewed_certificate_never_moves_a_host_to_another_client_ca
+            if let Some(previous) = &previous {
+                for (host, _, now) in c.moved_names(previous) {
+                    cx.error(
+                        &format!("listeners[{i}].tls.certificates"),
+                        format!(
+                            "`{host}` would move to certificates[{now}] ({}), which verifies client certificates otherwise: the certificate that named it no longer does, or an earlier one now does. The running TLS config is kept; to move it on purpose, name it in that entry's `server_names`",
+                            entries[now].cert.display()
+                        ),
+                    );
+                }
+            }
+            Some(Arc::new(c))
         }
         Err((j, e)) => {
             cx.error(

@@ -327,3 +327,55 @@ fn server_names_outside_the_certificate_are_reported() {
     );
     assert_eq!(tls.uncovered_names()[3].2, "ignored.test");
 }
+
+#[test]
+fn a_renewed_certificate_moving_a_host_to_another_client_ca_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ca_a, ca_b) = (Some([1u8; 32]), Some([2u8; 32]));
+    let build = |entries: &[CertEntry], auth: Vec<Option<[u8; 32]>>| {
+        listener_tls(entries, true, &vec![None; entries.len()])
+            .unwrap()
+            .with_entry_auth(auth)
+    };
+    let a = entry(d, "a", &["a.example"], &[]);
+    let b = entry(d, "b", &["b.example", "*.b.example"], &[]);
+    let before = build(&[a.clone(), b.clone()], vec![ca_a, ca_b]);
+    assert!(
+        build(&[a.clone(), b.clone()], vec![ca_a, ca_b])
+            .moved_names(&before)
+            .is_empty()
+    );
+    // b's certificate renewed without its names: both fall to the default entry (CA-A).
+    let b2 = entry(d, "b-renewed", &["b2.example"], &[]);
+    let after = build(&[a.clone(), b2.clone()], vec![ca_a, ca_b]);
+    assert_eq!(
+        after.moved_names(&before),
+        [
+            ("*.b.example".to_owned(), 1, 0),
+            ("b.example".to_owned(), 1, 0)
+        ]
+    );
+    // The default entry's renewed certificate now names b.example: it would win.
+    let a2 = entry(d, "a-renewed", &["a.example", "b.example"], &[]);
+    let after = build(&[a2, b.clone()], vec![ca_a, ca_b]);
+    assert_eq!(after.moved_names(&before), [("b.example".to_owned(), 1, 0)]);
+    // Moved on purpose: named in `server_names` (`*.b.example`, named nowhere, still falls).
+    let a3 = entry(
+        d,
+        "a-named",
+        &["a.example", "b.example"],
+        &["a.example", "b.example"],
+    );
+    let after = build(&[a3, b2.clone()], vec![ca_a, ca_b]);
+    assert_eq!(
+        after.moved_names(&before),
+        [("*.b.example".to_owned(), 1, 0)]
+    );
+    // The same client CA where it lands: nothing changes for client certificates.
+    let after = build(&[a.clone(), b2], vec![ca_b, ca_b]);
+    assert!(after.moved_names(&before).is_empty());
+    // A CA changed in place is not a move.
+    let after = build(&[a, b], vec![ca_a, Some([3u8; 32])]);
+    assert!(after.moved_names(&before).is_empty());
+}
