@@ -414,6 +414,11 @@ async fn tunnel(
         Some(crate::upstream::HashOn::Principal) => allow.principal.clone(),
         _ => None,
     };
+    // Why: the upgrade spent the budget, but its answer (a 101, an extended CONNECT's 200)
+    // did not say what was left, as every other allowed answer does.
+    // Regression: tests (it) edge::an_upgrade_is_told_what_its_limit_left
+    let mut allow = allow;
+    let to_client = std::mem::take(&mut allow.mutation.response);
     let (req, _) = upstream_request(ctx, allow, parts, body, uri, origin, upstream).await?;
     let response_timeout = route.response.unwrap_or(upstream.response_timeout);
     let opts = crate::upstream::SendOptions {
@@ -422,7 +427,11 @@ async fn tunnel(
         hash_key: host_key
             .or_else(|| upstream.hash_key(req.headers(), principal.as_deref().map(|p| &*p.id))),
     };
-    upgrade::open(ctx, upstream, req, asked, on_client, bounds, opts).await
+    let mut resp = upgrade::open(ctx, upstream, req, asked, on_client, bounds, opts).await?;
+    for (name, value) in to_client {
+        resp.headers_mut().insert(name, value);
+    }
+    Ok(resp)
 }
 
 /// The host the client asked for: the target's authority (HTTP/2, absolute form), else

@@ -2450,6 +2450,38 @@ async fn upgrade_status(gw: &TestGateway, auth: &str) -> (String, TcpStream) {
     (text, tcp)
 }
 
+/// An upgrade spends its rule's limit and, as every allowed answer, its `101` says what is
+/// left; the next request by the same principal sees the budget it spent.
+#[tokio::test]
+async fn an_upgrade_is_told_what_its_limit_left() {
+    let upstream = WsEcho::start().await;
+    let mut setup = ws_setup(&upstream, "    rate_limit: per_user\n");
+    setup
+        .extra
+        .push_str("rate_limits:\n  per_user: {key: principal, requests: 3, per: 1h}\n");
+    let gw = setup.start().await;
+    let auth = bearer(&hs256_token(SECRET, &json!({})));
+    for left in ["2", "1"] {
+        let (head, _tcp) = upgrade_status(&gw, &auth).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("ratelimit-limit: 3\r\n"), "{head}");
+        assert!(
+            lower.contains(&format!("ratelimit-remaining: {left}\r\n")),
+            "{head}"
+        );
+        assert!(lower.contains("ratelimit-reset: "), "{head}");
+    }
+    let (head, _tcp) = upgrade_status(&gw, &auth).await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("ratelimit-remaining: 0\r\n"),
+        "{head}"
+    );
+    let (head, _tcp) = upgrade_status(&gw, &auth).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+}
+
 /// An upstream answering `101 Upgrade: websocket` without `Sec-WebSocket-Accept` (a status an
 /// attacker could reflect, say) opens no tunnel: the client gets 502, and the request the
 /// client sent after the handshake never reaches the upstream undecided. (It opened one, and
