@@ -150,7 +150,7 @@ impl<D: HttpDoor> crate::server::listener::Handler for DoorHandler<D> {
     /// Regression: server::layers::tests::a_panic_is_answered_as_a_denial
     fn panicked() -> crate::server::listener::Answering {
         Box::pin(async {
-            let id = crate::server::request_id::generate();
+            let id = crate::server::request_id::take_panicked();
             crate::proxy::service::refusal_response(Refusal::error(
                 StatusCode::FORBIDDEN,
                 "internal_error",
@@ -425,8 +425,26 @@ impl<'a> Pending<'a> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        // A panic is a bug, logged as one where it is caught, not a closed connection.
-        if !self.done && !std::thread::panicking() {
+        if self.done {
+            return;
+        }
+        // Why: a panic (a bug) was answered (`server::layers::Answer`) but left no access-log
+        // line and no count; it is logged as the answer the door gives it, under its id.
+        // Regression: tests::a_panic_is_still_counted_and_logged
+        if std::thread::panicking() {
+            self.record.outcome = Outcome::Error;
+            self.record.reason = Some("internal_error");
+            crate::server::request_id::panicked(self.request_id);
+            let status = match self.at.0 {
+                Door::EnvoyGrpc => 500,
+                _ => 403,
+            };
+            let s = &*self;
+            s.record
+                .account(s.snapshot, s.shared, s.at, s.start, s.request_id, status);
+            return;
+        }
+        {
             self.record
                 .reason
                 .get_or_insert(self.shared.closed_reason());
@@ -1079,6 +1097,56 @@ mod tests {
             if want.is_ok() {
                 assert_eq!(h.get(XFF).map(HeaderValue::as_bytes), rest, "{values:?}");
             }
+        }
+    }
+
+    /// A request whose handling panics is still counted and logged: at each decision door as
+    /// the answer the door gives a panic, under the request's id, which that answer names.
+    #[tokio::test]
+    async fn a_panic_is_still_counted_and_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        let config = dir.path().join("portcullis.yaml");
+        std::fs::write(
+            &config,
+            "listeners:\n  - {name: fa, address: \"127.0.0.1:0\", door: {forward_auth: {}}}\npolicies: {dir: policies}\n",
+        )
+        .unwrap();
+        let (snapshot, _) =
+            crate::config::build_with_clock(&config, None, crate::clock::Clock::system()).unwrap();
+        let shared = Shared {
+            current: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
+            metrics: Arc::new(crate::telemetry::metrics::Metrics::new()),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(1)),
+            shutdown: tokio::sync::watch::channel(false).1,
+            grace_over: Arc::default(),
+        };
+        let snapshot = shared.current.load_full();
+        for (door, status) in [(Door::ForwardAuth, "403"), (Door::EnvoyGrpc, "500")] {
+            let id = HeaderValue::from_static("req-panicked-1");
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _pending = Pending::new(
+                    "127.0.0.1".parse().unwrap(),
+                    (&snapshot, &shared),
+                    (door, "fa"),
+                    Instant::now(),
+                    &id,
+                );
+                panic!("a bug");
+            }));
+            assert!(caught.is_err());
+            // The answer to the panic names the same id, once.
+            assert_eq!(crate::server::request_id::take_panicked(), id);
+            assert_ne!(crate::server::request_id::take_panicked(), id);
+            let metrics = shared.metrics.encode();
+            let counted = metrics.lines().any(|l| {
+                l.starts_with("portcullis_requests_total{")
+                    && l.contains(&format!("door=\"{}\"", door.as_str()))
+                    && l.contains("decision=\"error\"")
+                    && l.contains(&format!("status=\"{status}\""))
+                    && l.ends_with(" 1")
+            });
+            assert!(counted, "{door:?} not counted:\n{metrics}");
         }
     }
 }

@@ -409,7 +409,7 @@ impl crate::server::listener::Handler for GrpcHandler {
     /// OK), which Envoy applies whatever its `failure_mode_allow`.
     fn panicked() -> crate::server::listener::Answering {
         Box::pin(async {
-            let id = crate::server::request_id::generate();
+            let id = crate::server::request_id::take_panicked();
             let refusal = Refusal::error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", &id);
             tonic::server::Grpc::new(SkipCodec)
                 .unary(

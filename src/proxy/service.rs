@@ -780,8 +780,21 @@ pub(super) struct Ctx<'a> {
 /// Regression: tests (it) shutdown::a_request_whose_client_leaves_is_still_logged
 impl Drop for Ctx<'_> {
     fn drop(&mut self) {
-        // A panic is a bug, logged as one where it is caught, not a closed connection.
-        if !self.finished && !std::thread::panicking() {
+        if self.finished {
+            return;
+        }
+        // Why: a panic (a bug) was answered 500 (`server::layers::Answer`) but left no
+        // access-log line and no count; it is logged as that answer, under the request's id,
+        // which the answer names too.
+        // Regression: door::tests::a_panic_is_still_counted_and_logged (the doors' twin)
+        if std::thread::panicking() {
+            self.outcome = Outcome::Error;
+            self.reason = Some("internal_error");
+            crate::server::request_id::panicked(self.request_id);
+            self.account(500, None);
+            return;
+        }
+        {
             if !self.allowed {
                 self.outcome = Outcome::Error;
             }

@@ -343,4 +343,31 @@ mod tests {
             other => panic!("not denied: {other:?}"),
         }
     }
+
+    /// What a request's handling holds across an await is dropped while its panic unwinds,
+    /// inside the catch: the proxy's `Ctx` and the doors' `Pending` then log it as answered
+    /// (`door::tests::a_panic_is_still_counted_and_logged`), not as a closed connection.
+    #[tokio::test]
+    async fn a_panicking_answer_drops_its_state_while_unwinding() {
+        struct Guard(Arc<std::sync::atomic::AtomicU8>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let v = if std::thread::panicking() { 1 } else { 2 };
+                self.0.store(v, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let seen = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let held = Arc::clone(&seen);
+        let answer = Answer {
+            answering: Box::pin(async move {
+                let _guard = Guard(held);
+                tokio::task::yield_now().await;
+                panic!("a bug");
+            }),
+            panicked: Some(<ProxyHandler as Handler>::panicked),
+        };
+        let resp = answer.await.unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 }

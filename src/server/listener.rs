@@ -41,7 +41,7 @@ pub trait Handler: Send + Sync + 'static {
         Self: Sized,
     {
         Box::pin(async {
-            let id = crate::server::request_id::generate();
+            let id = crate::server::request_id::take_panicked();
             crate::proxy::service::refusal_response(crate::decision::Refusal::error(
                 http::StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",

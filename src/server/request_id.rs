@@ -38,6 +38,29 @@ fn well_formed(b: &[u8]) -> bool {
 
 thread_local! {
     static STATE: Cell<u64> = Cell::new(seed());
+    /// The id of the request whose handling is unwinding on this thread ([`panicked`]).
+    static PANICKED: std::cell::RefCell<Option<HeaderValue>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Leaves `id` for the answer to the panic unwinding this thread ([`take_panicked`]): that
+/// answer names the id the request's access-log line names.
+pub fn panicked(id: &HeaderValue) {
+    // A panic while the cell is borrowed cannot happen (it is only ever swapped); `try_` so
+    // that unwinding never panics again.
+    let _ = PANICKED.try_with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            *p = Some(id.clone());
+        }
+    });
+}
+
+/// The id [`panicked`] left on this thread, or a fresh one.
+pub fn take_panicked() -> HeaderValue {
+    PANICKED
+        .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.take()))
+        .ok()
+        .flatten()
+        .unwrap_or_else(generate)
 }
 
 /// 32 hex digits from a per-thread generator: unique enough for correlation, no syscall and no
