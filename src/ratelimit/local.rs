@@ -1,13 +1,17 @@
-//! This process's budgets: one [`State`] per key hash, in 64 shards each behind its own
+//! This process's budgets: one [`State`] per key hash, in up to 64 shards each behind its own
 //! mutex (no global lock; a shard's critical section is one hash-map probe), bounded.
 //!
 //! Invariants:
-//! - At most `max_keys` keys are held, across the shards (two shards inserting at once may pass
-//!   it by a key). A full store makes room in the newcomer's shard, or else in a neighbour's
-//!   whose lock is free: among a handful of entries, it drops those back at a full budget
-//!   (nothing is lost), or else the one nearest to it, if that one is nearer than the
-//!   newcomer; when none is, the newcomer is the one not kept. A flood of fresh keys cannot
-//!   push out the state of a key deep in debt, which is the state worth keeping.
+//! - At most about `max_keys` keys are held, across the shards (two shards inserting at once, or
+//!   a newcomer finding every neighbour's lock taken, may pass it by a key). Every key that
+//!   spends is kept. A full store makes room among a handful of entries of the newcomer's
+//!   shard (and, if it holds fewer, of up to 8 neighbours whose locks are free): it drops the
+//!   newcomer's shard's
+//!   entries back at a full budget (nothing is lost), or else the one entry nearest to a full
+//!   budget of all it looked at. A flood of fresh keys pushes out fresh keys first, not the
+//!   state of a key deep in debt, which is the state worth keeping.
+//! - Small stores have fewer shards (about 16 keys each, 64 at most), so that a full store's
+//!   neighbourhood holds enough entries to choose from.
 //! - A housekeeping task drops idle keys every 30 s, so memory follows the active keys.
 //! - The store outlives a changed limit definition: a reload hands it to the new limit, whose
 //!   rates rescale the debts ([`super::gcra`]).
@@ -21,8 +25,11 @@ use std::time::Duration;
 use super::gcra::{Mode, Plan, Room, State, Wait};
 use crate::clock::Clock;
 
-/// Shards: enough that two cores (or sixty-four) rarely meet on one lock.
+/// Shards at most: enough that two cores (or sixty-four) rarely meet on one lock.
 const SHARDS: usize = 64;
+
+/// Keys per shard a store is sized for (its shard count, up to [`SHARDS`]).
+const KEYS_PER_SHARD: usize = 16;
 
 /// Entries looked at when a full store must make room in a shard.
 const SAMPLE: usize = 16;
@@ -71,7 +78,7 @@ impl LocalStore {
     /// An empty store holding at most `max_keys` keys.
     pub fn new(max_keys: usize, clock: Clock) -> Arc<Self> {
         Arc::new(Self {
-            shards: (0..SHARDS)
+            shards: (0..(max_keys / KEYS_PER_SHARD).clamp(1, SHARDS))
                 .map(|_| Mutex::new(HashMap::with_hasher(foldhash::fast::FixedState::default())))
                 .collect(),
             hasher: foldhash::fast::RandomState::default(),
@@ -107,7 +114,7 @@ impl LocalStore {
     /// of `key` under `plan`. A key not held is at a full budget: a refund leaves it out.
     pub fn check(&self, key: u64, plan: &Plan, mode: Mode) -> Result<Room, Wait> {
         let now = self.now();
-        let index = shard_of(key);
+        let index = shard_of(key, self.shards.len());
         let Some(shard) = self.shards.get(index) else {
             return plan.check(&mut State::default(), now, mode);
         };
@@ -122,47 +129,69 @@ impl LocalStore {
         let result = plan.check(&mut state, now, mode);
         if mode == Mode::Spend && result.is_ok() {
             let max = self.max.load(Ordering::Relaxed);
-            let debt = state.debt(now);
             for _ in 0..ROUNDS {
-                if self.held.load(Ordering::Relaxed) < max {
+                if self.held.load(Ordering::Relaxed) < max || !self.make_room(&mut map, index, now)
+                {
                     break;
                 }
-                // Why the newcomer competes: it replaced the key in debt it sampled, so a flood
-                // of fresh addresses handed a client that had spent its budget a new one.
-                // Regression: tests::a_flood_does_not_push_out_a_small_stores_debtor
-                if !self.make_room(&mut map, index, debt, now) {
-                    return result;
-                }
             }
+            // Why always: a newcomer the store did not keep came back at a full budget, every
+            // time: once the store was full of keys in debt, one more address had no limit.
+            // Regression: tests::a_full_store_of_debtors_still_limits_a_newcomer
             map.insert(key, state);
             self.held.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
 
-    /// Drops entries to make room for a newcomer `debt` ahead of `now`: from its own shard
-    /// (`map`, locked), or else from a neighbour whose lock is free (never waited on, so two
-    /// callers cannot deadlock). False if every entry looked at is further from a full
-    /// budget than the newcomer.
+    /// Drops entries to make room for a newcomer: its own shard's idle ones (`map`, locked),
+    /// or else the one nearest to a full budget among a few entries of its shard and, when it
+    /// holds fewer than that few, of the neighbours whose locks are free (never waited on, so
+    /// two callers cannot deadlock).
+    /// False if it found nothing to drop.
+    ///
+    /// Why the neighbours: with the shard alone to choose from, a newcomer whose shard held
+    /// only a client deep in debt pushed that client out, and the client came back at a full
+    /// budget. Regression: tests::a_flood_does_not_push_out_a_small_stores_debtor
     fn make_room(
         &self,
         map: &mut HashMap<u64, State, foldhash::fast::FixedState>,
         index: usize,
-        debt: u64,
         now: u64,
     ) -> bool {
-        let mut dropped = drop_nearest(map, debt, now);
-        for i in 1..=NEIGHBOURS {
-            if dropped > 0 {
-                break;
-            }
-            if let Some(Ok(mut other)) = self.shards.get((index + i) % SHARDS).map(Mutex::try_lock)
-            {
-                dropped = drop_nearest(&mut other, debt, now);
+        let idle = drop_idle(map, now);
+        if idle > 0 {
+            self.held.fetch_sub(idle, Ordering::Relaxed);
+            return true;
+        }
+        // A shard with a full sample has choice enough; a sparse one asks its neighbours.
+        let shards = self.shards.len();
+        let asked = if map.len() < SAMPLE { NEIGHBOURS } else { 0 };
+        let mut others = Vec::new();
+        for i in 1..=asked.min(shards - 1) {
+            if let Some(Ok(guard)) = self.shards.get((index + i) % shards).map(Mutex::try_lock) {
+                others.push(guard);
             }
         }
-        self.held.fetch_sub(dropped, Ordering::Relaxed);
-        dropped > 0
+        // The nearest to a full budget: (debt, key, in which map: None for the newcomer's).
+        let mut nearest: Option<(u64, u64, Option<usize>)> =
+            nearest_of(map, now).map(|(d, k)| (d, k, None));
+        for (i, other) in others.iter().enumerate() {
+            if let Some((d, k)) = nearest_of(other, now)
+                && nearest.is_none_or(|(n, _, _)| d < n)
+            {
+                nearest = Some((d, k, Some(i)));
+            }
+        }
+        let removed = match nearest {
+            None => false,
+            Some((_, k, None)) => map.remove(&k).is_some(),
+            Some((_, k, Some(i))) => others.get_mut(i).is_some_and(|m| m.remove(&k).is_some()),
+        };
+        if removed {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
     }
 
     /// Keys held now.
@@ -211,42 +240,38 @@ impl LocalStore {
     }
 }
 
-fn shard_of(key: u64) -> usize {
+fn shard_of(key: u64, shards: usize) -> usize {
     // The high bits: the map inside the shard uses the low ones.
-    usize::try_from(key >> 58).unwrap_or(0) % SHARDS
+    usize::try_from(key >> 58).unwrap_or(0) % shards.max(1)
 }
 
-/// Drops entries of a shard, and says how many: among the first few, every idle one, or else
-/// the one with the least debt if it is less than `debt` (the newcomer's).
-fn drop_nearest(
-    map: &mut HashMap<u64, State, foldhash::fast::FixedState>,
-    debt: u64,
-    now: u64,
-) -> usize {
+/// Drops the idle entries among the first few of a shard, and says how many.
+fn drop_idle(map: &mut HashMap<u64, State, foldhash::fast::FixedState>, now: u64) -> usize {
     let mut idle: [u64; SAMPLE] = [0; SAMPLE];
     let mut n_idle = 0;
-    let mut least: Option<(u64, u64)> = None;
     for (k, s) in map.iter().take(SAMPLE) {
-        if s.is_idle(now) {
-            if let Some(slot) = idle.get_mut(n_idle) {
-                *slot = *k;
-                n_idle += 1;
-            }
-        } else if least.is_none_or(|(_, d)| s.debt(now) < d) {
-            least = Some((*k, s.debt(now)));
+        if s.is_idle(now)
+            && let Some(slot) = idle.get_mut(n_idle)
+        {
+            *slot = *k;
+            n_idle += 1;
         }
     }
-    if n_idle > 0 {
-        for k in idle.iter().take(n_idle) {
-            map.remove(k);
-        }
-        n_idle
-    } else if let Some((k, _)) = least.filter(|&(_, d)| d < debt) {
-        map.remove(&k);
-        1
-    } else {
-        0
+    for k in idle.iter().take(n_idle) {
+        map.remove(k);
     }
+    n_idle
+}
+
+/// Among the first few entries of a shard, the one nearest to a full budget: (debt, key).
+fn nearest_of(
+    map: &HashMap<u64, State, foldhash::fast::FixedState>,
+    now: u64,
+) -> Option<(u64, u64)> {
+    map.iter()
+        .take(SAMPLE)
+        .map(|(k, s)| (s.debt(now), *k))
+        .min()
 }
 
 #[cfg(test)]
@@ -344,6 +369,27 @@ mod tests {
             store.check(victim, &plan, Mode::Spend).is_err(),
             "the flood bought the client a fresh budget"
         );
+    }
+
+    /// A store full of keys that spent their budget still limits one more: it is kept (a key
+    /// in debt makes room), so its fourth request is refused as anyone's.
+    #[test]
+    fn a_full_store_of_debtors_still_limits_a_newcomer() {
+        let (_clock, store, plan) = small_store();
+        for i in 0..64 {
+            for _ in 0..3 {
+                store.check(ip_key(&store, i), &plan, Mode::Spend).unwrap();
+            }
+        }
+        let newcomer = ip_key(&store, 1_000);
+        for _ in 0..3 {
+            store.check(newcomer, &plan, Mode::Spend).unwrap();
+        }
+        assert!(
+            store.check(newcomer, &plan, Mode::Spend).is_err(),
+            "a newcomer to a full store had no limit"
+        );
+        assert!(store.len() <= 65, "{} keys", store.len());
     }
 
     /// A full store makes room with the keys back at a full budget; over a lowered bound, it
