@@ -213,26 +213,35 @@ pub fn read_config(path: &Path) -> Result<RawConfig, Diagnostic> {
     read_yaml::<RawConfig>(path, path.display().to_string()).map(|(_, raw)| raw)
 }
 
+/// Whether a directory entry named `name` is a policy file: `*.yaml` or `*.yml` in any case,
+/// not hidden (a name starting with `.`). The loader and the watcher read names alike.
+///
+/// Why one rule: the watcher matched lower case only, so `20-u.YAML`, loaded, was never
+/// watched: an edit turning it to deny waited for some other change.
+/// Regression: config::reload::tests::only_what_a_reload_reads_wakes_it
+pub fn is_policy_name(name: &[u8]) -> bool {
+    let lower = |ext: &[u8]| {
+        name.len() > ext.len() && name[name.len() - ext.len()..].eq_ignore_ascii_case(ext)
+    };
+    !name.starts_with(b".") && (lower(b".yaml") || lower(b".yml"))
+}
+
 /// The `*.yaml` and `*.yml` entries (in any case) directly in `dir` but hidden ones (a name starting with
 /// `.`), sorted by file name, each with whether it is a regular file (followed through links).
 fn policy_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        // Any case: `30-routes.YAML` was skipped without a word.
-        let is_yaml = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+        // Any case: `30-routes.YAML` was skipped without a word ([`is_policy_name`]).
         // Why: editors keep their own files beside the one being edited: Emacs's lock
         // `.#10-routes.yaml` (a dangling link while a buffer has unsaved changes) failed
         // every reload, and a `.10-routes.yaml.swp.yaml` copy doubled every rule name.
         // Hidden files are not policies, as shell globs and Kubernetes' `..data` agree.
         // Regression: tests (it) reload::hidden_files_are_not_policies
-        let hidden = path
+        if path
             .file_name()
-            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
-        if is_yaml && !hidden {
+            .is_some_and(|n| is_policy_name(n.as_encoded_bytes()))
+        {
             let regular = path.is_file();
             files.push((path, regular));
         }

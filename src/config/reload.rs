@@ -501,7 +501,7 @@ fn disk_state(watched: &[PathBuf]) -> Vec<EntryState> {
             let name = e.file_name();
             let n = name.as_encoded_bytes();
             let swap = n.starts_with(b"..");
-            let policy = !n.starts_with(b".") && (n.ends_with(b".yaml") || n.ends_with(b".yml"));
+            let policy = super::load::is_policy_name(n);
             if swap || (policies && policy) {
                 out.push(entry(e.path()));
             }
@@ -599,9 +599,7 @@ fn concerns(paths: &[PathBuf], watched: &[PathBuf]) -> bool {
         let name = p.file_name().map(std::ffi::OsStr::as_encoded_bytes);
         let swap = name.is_some_and(|n| n.starts_with(b".."));
         // As `load::policy_files` reads a directory.
-        let policy = name.is_some_and(|n| {
-            !n.starts_with(b".") && (n.ends_with(b".yaml") || n.ends_with(b".yml"))
-        });
+        let policy = name.is_some_and(super::load::is_policy_name);
         watched.iter().any(|w| {
             // `w` itself, or a directory on its way made or replaced (`keys/` of a
             // `keys/new.secret` not there yet).
@@ -624,6 +622,20 @@ fn watch_dirs(paths: &[PathBuf]) -> BTreeSet<PathBuf> {
         // config names may be in a directory not made yet).
         if let Some(dir) = p.ancestors().skip(1).find(|d| d.is_dir()) {
             dirs.insert(dir.to_path_buf());
+        }
+        // Why: a link on the way (Capistrano's `current -> releases/N`, git-sync's link)
+        // swapped to a new target changes every file under it, but in a directory nobody
+        // watched: the new release's deny was never applied while the old one stayed on
+        // disk. The directory holding each such link is watched too.
+        // Regression: tests (it) reload::a_release_link_swapped_above_the_policies_is_applied
+        for link in p.ancestors().skip(1) {
+            if link
+                .symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink())
+                && let Some(parent) = link.parent()
+            {
+                dirs.insert(parent.to_path_buf());
+            }
         }
         if p.is_dir() {
             dirs.insert(p);
@@ -728,6 +740,8 @@ mod tests {
             ("/srv/pc/..2026_12_02_10_00_00.123", true),
             ("/srv/pc/policies/..data", true),
             ("/srv/pc/policies/30-more.yml", true),
+            ("/srv/pc/policies/40-upper.YAML", true),
+            ("/srv/pc/policies/41-upper.Yml", true),
             // Everything else in the watched directories: what the loader does not read
             // (hidden files, other names) never wakes a reload, nor holds one back.
             ("/srv/pc/policies/notes.txt", false),

@@ -151,6 +151,70 @@ async fn a_replaced_policies_directory_is_still_watched() {
     assert_eq!(get(gw.addr(), "/other").await.0, StatusCode::OK);
 }
 
+/// The policies under a release link (`deploy/current -> releases/r1`, as Capistrano and
+/// git-sync lay them out, in a directory of its own): the link swapped to a new release, the old one still on disk, applies the
+/// new release's rules. (It did not: no watched directory saw the swap.)
+#[tokio::test]
+async fn a_release_link_swapped_above_the_policies_is_applied() {
+    let gw = watched_gateway().await;
+    let release = |name: &str, extra: &str| {
+        let dir = gw.path(&format!("deploy/releases/{name}/policies"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(gw.path("policies")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        if !extra.is_empty() {
+            std::fs::write(dir.join("05-block.yaml"), extra).unwrap();
+        }
+    };
+    release("r1", "");
+    std::os::unix::fs::symlink("releases/r1", gw.path("deploy/current")).unwrap();
+    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
+    assert!(config.contains("dir: policies"), "{config}");
+    gw.write(
+        "portcullis.yaml",
+        config.replace("dir: policies", "dir: deploy/current/policies"),
+    );
+    // The watcher applies the new config; then nothing is pending.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.lines().any(|l| {
+            l.starts_with(r#"portcullis_config_reloads_total{outcome="applied"} "#)
+                && !l.ends_with(" 0")
+        }),
+        "{metrics}"
+    );
+    assert_eq!(get(gw.addr(), "/blocked/x").await.0, StatusCode::OK);
+    // The next release, then the link swapped to it at once (rename over), as deploy tools do.
+    release("r2", BLOCK);
+    std::os::unix::fs::symlink("releases/r2", gw.path("deploy/current.tmp")).unwrap();
+    std::fs::rename(gw.path("deploy/current.tmp"), gw.path("deploy/current")).unwrap();
+    assert!(
+        answers_soon(gw.addr(), "/blocked/x", StatusCode::FORBIDDEN).await,
+        "the new release was not applied"
+    );
+}
+
+/// A policy file named in upper case (`.YAML`), which the loader reads, is watched too: its
+/// edit applies. (The watcher matched lower case only.)
+#[tokio::test]
+async fn an_upper_case_policy_file_is_watched() {
+    let gw = watched_gateway().await;
+    gw.write(
+        "policies/05-block.YAML",
+        BLOCK
+            .replace("effect: deny", "effect: deny\n    methods: [POST]")
+            .as_str(),
+    );
+    gw.write("policies/05-block.YAML", BLOCK);
+    assert!(
+        answers_soon(gw.addr(), "/blocked/x", StatusCode::FORBIDDEN).await,
+        "the edit of an upper-case policy file was not applied"
+    );
+}
+
 /// Rules enough that compiling them takes a while (a large deployment's policy set).
 fn many_rules(n: usize) -> String {
     let mut p = String::from("rules:\n");
