@@ -298,7 +298,10 @@ async fn decide_rule(
                         Unmet::ConditionBudget,
                     ),
                 };
-                tracing::debug!(rule = &*rule.id.0, reason = %why, "Condition did not hold");
+                // Why `?`: a CEL error repeats a client's value (`No such key: …` of a map
+                // indexed by a query parameter); displayed raw, a CR/LF in it forged a log
+                // line in the human format. Debug escapes it, as the access log's fields are.
+                tracing::debug!(rule = &*rule.id.0, reason = ?why, "Condition did not hold");
                 trace.record(TraceEvent::ConditionFailed(why));
                 return deny_principal(rule, DenyKind::Unmet(unmet), principal.as_ref());
             }
