@@ -487,7 +487,8 @@ pub const INFRASTRUCTURE_X_PREFIXES: &[&str] = &[
 /// service-token credentials, which an origin verifies), mod_auth_openidc's claims and tokens
 /// (`OIDC_CLAIM_*`, `OIDC_access_token`…), nginx ingress's and Apache's client certificate
 /// (`SSL-Client-Verify`, `SSL-Client-S-DN`…), and the CDNs' forwarded client certificates
-/// (CloudFront's viewer mTLS `CloudFront-Viewer-Cert-*`, Cloudflare's `Cf-Client-Cert-*`).
+/// (CloudFront's viewer mTLS `CloudFront-Viewer-Cert-*`, Cloudflare's `Cf-Client-Cert-*` and
+/// its managed transform's `Cf-Cert-*`).
 ///
 /// Why the CDNs': an app moved from behind CloudFront or Cloudflare mTLS believes them, and a
 /// client's copy reached it (as AWS ALB's `X-Amzn-Mtls-*` never did). Regression:
@@ -498,6 +499,7 @@ pub const INFRASTRUCTURE_OTHER_PREFIXES: &[&str] = &[
     "ssl-client-",
     "cloudfront-viewer-cert-",
     "cf-client-cert-",
+    "cf-cert-",
 ];
 
 /// Every prefix of the infrastructure family: what the example configs clear by prefix.
@@ -681,6 +683,8 @@ mod tests {
         ("CloudFront-Viewer-Cert-Subject", true, true),
         ("cloudfront-viewer-cert-present", true, true),
         ("Cf-Client-Cert-Sha256", true, true),
+        ("cf-cert-verified", true, true),
+        ("Cf_Cert_Subject_DN", true, true),
         ("cf_client_cert_der_base64", true, true),
         ("ssl-client-verify", true, true),
         ("SSL_Client_S_DN", true, true),

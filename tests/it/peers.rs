@@ -669,6 +669,7 @@ const SPOOFED: &[(&str, &str)] = &[
     ("X-Amzn-Mtls-Clientcert", "x"),
     ("CloudFront-Viewer-Cert-Subject", "CN=admin"),
     ("Cf-Client-Cert-Sha256", "x"),
+    ("Cf-Cert-Verified", "true"),
     ("X-Envoy-Original-Path", "/admin/users"),
     ("X-Envoy-Internal", "true"),
     ("X-Portcullis-User", "admin"),

@@ -75,7 +75,7 @@ local INFRASTRUCTURE = {
   ["x-auth-groups"] = true,
   ["x-auth-audience"] = true,
 }
-local INFRASTRUCTURE_PREFIXES = { "x-envoy-", "x-portcullis-", "x-client-cert-", "x-ssl-client-", "x-forwarded-tls-client-cert", "x-amzn-mtls-", "x-auth-request-", "x-amzn-oidc-", "x-goog-authenticated-user-", "x-ms-client-principal-", "x-ms-token-", "x-pomerium-", "x-authentik-", "x-vouch-", "cf-access-authenticated-user-", "oidc-", "ssl-client-", "cloudfront-viewer-cert-", "cf-client-cert-" }
+local INFRASTRUCTURE_PREFIXES = { "x-envoy-", "x-portcullis-", "x-client-cert-", "x-ssl-client-", "x-forwarded-tls-client-cert", "x-amzn-mtls-", "x-auth-request-", "x-amzn-oidc-", "x-goog-authenticated-user-", "x-ms-client-principal-", "x-ms-token-", "x-pomerium-", "x-authentik-", "x-vouch-", "cf-access-authenticated-user-", "oidc-", "ssl-client-", "cloudfront-viewer-cert-", "cf-client-cert-", "cf-cert-" }
 
 -- The forwarding family. Kong's template writes the dashed X-Forwarded-* and X-Real-IP over
 -- the client's, but neither other spellings (X_Forwarded_For) nor Forwarded, which the door
