@@ -5,8 +5,9 @@
 //! - Only TLS 1.3 and 1.2, with the aws-lc-rs provider passed explicitly (no process default).
 //! - Every handshake gets a certificate: an unknown or absent SNI gets the first entry's
 //!   certificate (the default), never an aborted handshake.
-//! - Exact names beat wildcards; a wildcard covers exactly one label; on duplicate names the
-//!   first entry wins.
+//! - Exact names beat wildcards; a wildcard covers exactly one label; a name an entry lists in
+//!   `server_names` beats the same name taken from another entry's certificate; otherwise, on
+//!   duplicate names the first entry wins.
 //!
 //! A config is immutable: a reload builds a new one and the listener reads the current one per
 //! accept, so in-flight handshakes finish on the config they started with.
@@ -256,26 +257,51 @@ impl ListenerTls {
     /// Regression: tests::a_renewed_certificate_moving_a_host_to_another_client_ca_is_reported
     pub fn moved_names(&self, previous: &Self) -> Vec<(String, usize, usize)> {
         let prev = &previous.names;
-        let exact = prev.exact.iter().map(|(n, e)| (n.to_string(), *e, false));
-        let wildcard = prev.wildcard.iter().map(|(p, e)| (p.to_string(), *e, true));
-        let mut out: Vec<(String, usize, usize)> = exact
-            .chain(wildcard)
-            .filter(|(_, was, _)| prev.explicit.get(*was) == Some(&false))
-            .filter_map(|(name, was, is_wildcard)| {
-                let found = if is_wildcard {
-                    self.names.wildcard.get(name.as_str()).copied()
-                } else {
-                    self.names.lookup(&name).copied()
-                };
-                let now = found.unwrap_or(0);
-                let chosen = found.is_some() && self.names.explicit.get(now) == Some(&true);
+        // Every name either config serves: a host the new one names (an earlier entry's
+        // renewed certificate adding `x.b.example`) may come from under the old one's
+        // wildcard.
+        let mut names: Vec<(&str, bool)> = [prev, &*self.names]
+            .into_iter()
+            .flat_map(|r| {
+                r.exact
+                    .keys()
+                    .map(|n| (&**n, false))
+                    .chain(r.wildcard.keys().map(|p| (&**p, true)))
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        // The entry a resolver serves a name (or wildcard) with, whether the resolver names
+        // it (else the default entry serves it), and whether that entry lists it.
+        let select = |r: &SniResolver, name: &str, is_wildcard: bool| {
+            let found = if is_wildcard {
+                r.wildcard.get(name).copied()
+            } else {
+                r.lookup(name).copied()
+            };
+            (
+                found.unwrap_or(0),
+                found.is_some(),
+                found.is_some_and(|e| r.explicit.get(e) == Some(&true)),
+            )
+        };
+        let mut out: Vec<(String, usize, usize)> = names
+            .into_iter()
+            .filter_map(|(name, is_wildcard)| {
+                let (was, named, was_listed) = select(prev, name, is_wildcard);
+                let (now, _, listed) = select(&self.names, name, is_wildcard);
+                // A name the old config did not name is new (a host added to a certificate);
+                // a listed name moves only by an edit of the config (listed names win).
                 // (A CA file changed in place is not a move: `still_trusts` judges it.)
-                let moved =
-                    now != was && !chosen && previous.entry_auth(was) != self.entry_auth(now);
+                let moved = named
+                    && now != was
+                    && !listed
+                    && !was_listed
+                    && previous.entry_auth(was) != self.entry_auth(now);
                 let shown = if is_wildcard {
                     format!("*.{name}")
                 } else {
-                    name
+                    name.to_owned()
                 };
                 moved.then_some((shown, was, now))
             })
@@ -660,6 +686,7 @@ impl SniResolver {
         let mut unusable = Vec::new();
         let mut not_after = Vec::with_capacity(entries.len());
         let explicit = entries.iter().map(|e| !e.server_names.is_empty()).collect();
+        let mut by_entry = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let loaded = load_cert(&entry.cert, &entry.key).map_err(|e| (index, e))?;
             not_after.push(loaded.not_after);
@@ -694,17 +721,26 @@ impl SniResolver {
                 let path = entry.cert.clone();
                 return Err((index, TlsError::NoServerNames { path }));
             }
+            by_entry.push((index, !entry.server_names.is_empty(), patterns));
+            keys.push(loaded.key);
+        }
+        // Why listed names first: the first entry won whatever its names' source, so an
+        // earlier entry's renewed certificate that now also named `b.example` took the host
+        // from the entry listing it in `server_names`, and with it that entry's client CA:
+        // a client with no certificate reached a host that required one.
+        // Regression: tests::listed_names_beat_names_from_a_certificate
+        by_entry.sort_by_key(|(index, listed, _)| (!*listed, *index));
+        for (index, _, patterns) in by_entry {
             for pattern in patterns {
                 let (map, name) = match pattern {
                     ServerNamePattern::Exact(name) => (&mut exact, name),
                     ServerNamePattern::Wildcard(parent) => (&mut wildcard, parent),
                 };
-                // First entry wins on duplicates.
+                // First entry wins on duplicates (listed names first).
                 if let Entry::Vacant(slot) = map.entry(name.into_boxed_str()) {
                     slot.insert(index);
                 }
             }
-            keys.push(loaded.key);
         }
         if keys.is_empty() {
             return Err((0, TlsError::NoCertificates));

@@ -173,7 +173,8 @@ pub struct RawCertificate {
     /// PEM file holding the private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
     /// Server names (SNI) this certificate answers for; `*.example.com` wildcards allowed.
-    /// Default: the certificate's subject alternative names.
+    /// Default: the certificate's subject alternative names. A name listed here wins over the
+    /// same name taken from another entry's certificate.
     #[serde(default)]
     pub server_names: Vec<String>,
     /// Client certificates for these server names, verified against their own CAs instead of

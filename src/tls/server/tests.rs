@@ -379,3 +379,39 @@ fn a_renewed_certificate_moving_a_host_to_another_client_ca_is_reported() {
     let after = build(&[a, b], vec![ca_a, Some([3u8; 32])]);
     assert!(after.moved_names(&before).is_empty());
 }
+
+#[test]
+fn listed_names_beat_names_from_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The default entry's certificate also names b.example; the second entry lists it.
+    let a = entry(d, "a", &["a.example", "b.example"], &[]);
+    let b = entry(d, "b", &["b.example"], &["b.example"]);
+    let tls = listener_tls(&[a.clone(), b], true, &[None, None]).unwrap();
+    assert_eq!(tls.names.select(Some("b.example")), 1);
+    assert_eq!(tls.names.select(Some("a.example")), 0);
+    // Among names from certificates (or among listed ones), the first entry still wins.
+    let c = entry(d, "c", &["b.example"], &[]);
+    let tls = listener_tls(&[a, c], true, &[None, None]).unwrap();
+    assert_eq!(tls.names.select(Some("b.example")), 0);
+}
+
+#[test]
+fn a_host_under_a_wildcard_taken_by_a_renewal_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ca_a, ca_b) = (Some([1u8; 32]), Some([2u8; 32]));
+    let a = entry(d, "a", &["a.example"], &[]);
+    let w = entry(d, "w", &["*.b.example"], &[]);
+    let before = listener_tls(&[a, w.clone()], true, &[None, None])
+        .unwrap()
+        .with_entry_auth(vec![ca_a, ca_b]);
+    let renewed = entry(d, "a-renewed", &["a.example", "x.b.example"], &[]);
+    let after = listener_tls(&[renewed, w], true, &[None, None])
+        .unwrap()
+        .with_entry_auth(vec![ca_a, ca_b]);
+    assert_eq!(
+        after.moved_names(&before),
+        [("x.b.example".to_owned(), 1, 0)]
+    );
+}
