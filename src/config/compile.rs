@@ -260,6 +260,11 @@ fn follow_links(watched: &mut Vec<PathBuf>, loaded: &Loaded) {
 /// new key's version; the reload the rotation triggered found the version unchanged, and the
 /// old key stayed until the next edit. Regression:
 /// tests::a_file_rewritten_while_compiling_is_seen_as_changed
+///
+/// A watched file that is not PEM (an HMAC secret, a password, an API-key file) counts through
+/// a keyed digest, its key random per process ([`unguessable`]). PEM files (certificates, CA
+/// bundles, private keys: nothing to guess) count as they are, so gateways with the same
+/// files, but such secrets, report the same version.
 fn version(cx: &Cx<'_>) -> String {
     let watched: Vec<Vec<u8>> = cx
         .watched
@@ -267,8 +272,14 @@ fn version(cx: &Cx<'_>) -> String {
         .filter(|p| p.is_file())
         .filter_map(|p| std::fs::read(p).ok().map(|bytes| (p, bytes)))
         .map(|(p, bytes)| {
-            let mut part = bytes;
-            if cx.before.may_have_changed(p, &part) {
+            // (Compared as read: the running snapshot holds the bytes, not their digest.)
+            let changing = cx.before.may_have_changed(p, &bytes);
+            let mut part = if is_pem(&bytes) {
+                bytes
+            } else {
+                unguessable(&bytes)
+            };
+            if changing {
                 part.extend_from_slice(&crate::server::request_id::random_u64().to_le_bytes());
                 part.extend_from_slice(b"rewritten while compiling");
             }
@@ -285,6 +296,36 @@ fn version(cx: &Cx<'_>) -> String {
             .chain(watched.iter().map(Vec::as_slice))
             .chain(policies),
     )
+}
+
+/// Whether a file's text is PEM (`-----BEGIN …`, after blank space).
+fn is_pem(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .is_some_and(|i| bytes[i..].starts_with(b"-----BEGIN "))
+}
+
+/// `bytes` through HMAC-SHA256 under a key random per process.
+///
+/// Why: the version is public (`/metrics`, `/config`, logs, `check`), and a secret file's bytes
+/// went into it plainly: whoever knew the rest of the config (GitOps) tested guesses of a weak
+/// HMAC secret or password offline against it, and found one in 1,415 tries.
+/// Regression: tests::a_secret_file_cannot_be_guessed_from_the_version
+fn unguessable(bytes: &[u8]) -> Vec<u8> {
+    static KEY: std::sync::OnceLock<aws_lc_rs::hmac::Key> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut k = [0u8; 32];
+        // Without randomness, the request-id generator's bits (seeded from the clock and the
+        // process) still make the key this process's own.
+        if aws_lc_rs::rand::fill(&mut k).is_err() {
+            for chunk in k.chunks_mut(8) {
+                chunk.copy_from_slice(&crate::server::request_id::random_u64().to_le_bytes());
+            }
+        }
+        aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &k)
+    });
+    aws_lc_rs::hmac::sign(key, bytes).as_ref().to_vec()
 }
 
 /// The watched files of the running snapshot as they were when a compile began, to tell
@@ -372,6 +413,62 @@ fn unknown_name<'a>(kind: &str, name: &str, known: impl Iterator<Item = &'a Stri
 #[cfg(test)]
 mod tests {
     use super::Before;
+
+    /// The version an outsider computes from the config, the policies and a guess of a secret
+    /// file (as a script did, 1,415 guesses to a weak HMAC secret) is not the gateway's; it is
+    /// still the same for the same files in one process, so an unchanged reload is seen as one.
+    #[test]
+    fn a_secret_file_cannot_be_guessed_from_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("policies")).unwrap();
+        let policy = "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users]}\n";
+        std::fs::write(d.join("policies/10.yaml"), policy).unwrap();
+        std::fs::write(d.join("hs.secret"), "Summer2026!Summer2026!Summer2026!").unwrap();
+        let config = "listeners:\n  - {name: fa, address: \"127.0.0.1:0\", door: {forward_auth: {}}}\npolicies: {dir: policies}\nauthenticators:\n  users:\n    jwt:\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]\n";
+        let path = d.join("portcullis.yaml");
+        std::fs::write(&path, config).unwrap();
+        // Written a while ago: a file changed just before a compile (its change time, which
+        // cannot be set back) counts as changing while compiled.
+        std::thread::sleep(super::STAMP_SLACK + std::time::Duration::from_millis(100));
+        let build = || {
+            crate::config::build_with_clock(&path, None, crate::clock::Clock::system())
+                .unwrap()
+                .0
+                .version
+        };
+        let version = build();
+        assert_eq!(build(), version, "the same files, the same version");
+        let display = d.join("policies/10.yaml").display().to_string();
+        let guess = |secret: &str| {
+            super::version_of(
+                [
+                    config.as_bytes(),
+                    config.as_bytes(),
+                    secret.as_bytes(),
+                    "10.yaml".as_bytes(),
+                    policy.as_bytes(),
+                ]
+                .into_iter(),
+            )
+        };
+        let guess_shown = |secret: &str| {
+            super::version_of(
+                [
+                    config.as_bytes(),
+                    config.as_bytes(),
+                    secret.as_bytes(),
+                    display.as_bytes(),
+                    policy.as_bytes(),
+                ]
+                .into_iter(),
+            )
+        };
+        assert_ne!(guess("Summer2026!Summer2026!Summer2026!"), *version);
+        assert_ne!(guess_shown("Summer2026!Summer2026!Summer2026!"), *version);
+        assert!(super::is_pem(b"\n-----BEGIN CERTIFICATE-----\n"));
+        assert!(!super::is_pem(b"Summer2026!Summer2026!Summer2026!"));
+    }
 
     #[test]
     fn a_file_rewritten_while_compiling_is_seen_as_changed() {
