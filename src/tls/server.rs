@@ -288,15 +288,15 @@ impl ListenerTls {
         let mut out: Vec<(String, usize, usize)> = names
             .into_iter()
             .filter_map(|(name, is_wildcard)| {
-                let (was, named, was_listed) = select(prev, name, is_wildcard);
+                let (was, named, _) = select(prev, name, is_wildcard);
                 let (now, _, listed) = select(&self.names, name, is_wildcard);
                 // A name the old config did not name is new (a host added to a certificate);
-                // a listed name moves only by an edit of the config (listed names win).
+                // one the new entry lists is moved on purpose. One the old entry listed moves
+                // too: a host under a listed wildcard taken by a certificate's exact name.
                 // (A CA file changed in place is not a move: `still_trusts` judges it.)
                 let moved = named
                     && now != was
                     && !listed
-                    && !was_listed
                     && previous.entry_auth(was) != self.entry_auth(now);
                 let shown = if is_wildcard {
                     format!("*.{name}")

@@ -415,3 +415,28 @@ fn a_host_under_a_wildcard_taken_by_a_renewal_is_reported() {
         [("x.b.example".to_owned(), 1, 0)]
     );
 }
+
+#[test]
+fn a_host_under_a_listed_wildcard_taken_by_a_renewal_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (open, ca_b) = (None, Some([2u8; 32]));
+    let a = entry(d, "a", &["a.example"], &[]);
+    let w = entry(
+        d,
+        "w",
+        &["*.b.example", "b.example"],
+        &["*.b.example", "b.example"],
+    );
+    let before = listener_tls(&[a, w.clone()], true, &[None, None])
+        .unwrap()
+        .with_entry_auth(vec![open, ca_b]);
+    let renewed = entry(d, "a-renewed", &["a.example", "x.b.example"], &[]);
+    let after = listener_tls(&[renewed, w], true, &[None, None])
+        .unwrap()
+        .with_entry_auth(vec![open, ca_b]);
+    assert_eq!(
+        after.moved_names(&before),
+        [("x.b.example".to_owned(), 1, 0)]
+    );
+}
