@@ -606,8 +606,41 @@ fn concerns(paths: &[PathBuf], watched: &[PathBuf]) -> bool {
             w.starts_with(&p)
                 || ((policy || swap) && parent == Some(w.as_path()))
                 || (swap && parent.is_some() && w.parent() == parent)
-        })
+        }) || watched.iter().any(|w| links_on_the_way(w).contains(&p))
     })
+}
+
+/// Every link met on the way to `path` (its ancestors', and `path`'s own), following each
+/// link's target in turn (a link into a directory reached through another link: `etc/pc ->
+/// ../opt/app/current/config`, `opt/app/current -> releases/r1`); at most 16.
+///
+/// Why the targets: a link swapped inside another link's target was missed, as its directory
+/// was on no path as written. Regression: tests (it)
+/// reload::a_release_link_swapped_above_the_policies_is_applied
+fn links_on_the_way(path: &std::path::Path) -> Vec<PathBuf> {
+    const MAX: usize = 16;
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        for link in p.ancestors() {
+            if out.len() >= MAX {
+                return out;
+            }
+            if !link
+                .symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink())
+                || out.iter().any(|o| o == link)
+            {
+                continue;
+            }
+            out.push(link.to_path_buf());
+            if let (Ok(target), Some(parent)) = (std::fs::read_link(link), link.parent()) {
+                let rest = p.strip_prefix(link).unwrap_or(std::path::Path::new(""));
+                todo.push(parent.join(target).join(rest));
+            }
+        }
+    }
+    out
 }
 
 /// Directories to watch: each watched file's parent, and each watched directory with its
@@ -628,12 +661,8 @@ fn watch_dirs(paths: &[PathBuf]) -> BTreeSet<PathBuf> {
         // watched: the new release's deny was never applied while the old one stayed on
         // disk. The directory holding each such link is watched too.
         // Regression: tests (it) reload::a_release_link_swapped_above_the_policies_is_applied
-        for link in p.ancestors().skip(1) {
-            if link
-                .symlink_metadata()
-                .is_ok_and(|m| m.file_type().is_symlink())
-                && let Some(parent) = link.parent()
-            {
+        for link in links_on_the_way(&p) {
+            if let Some(parent) = link.parent() {
                 dirs.insert(parent.to_path_buf());
             }
         }

@@ -197,6 +197,51 @@ async fn a_release_link_swapped_above_the_policies_is_applied() {
     );
 }
 
+/// The same through two links: the policies reached by `etc/pc -> ../deploy/current/config`,
+/// and `deploy/current -> releases/r1` swapped. (The second link's directory was on no path
+/// as written, and was not watched.)
+#[tokio::test]
+async fn a_release_link_inside_another_links_target_is_watched() {
+    let gw = watched_gateway().await;
+    let release = |name: &str, extra: &str| {
+        let dir = gw.path(&format!("deploy/releases/{name}/config/policies"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(gw.path("policies")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        if !extra.is_empty() {
+            std::fs::write(dir.join("05-block.yaml"), extra).unwrap();
+        }
+    };
+    release("r1", "");
+    std::os::unix::fs::symlink("releases/r1", gw.path("deploy/current")).unwrap();
+    std::fs::create_dir(gw.path("etc")).unwrap();
+    std::os::unix::fs::symlink("../deploy/current/config", gw.path("etc/pc")).unwrap();
+    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
+    gw.write(
+        "portcullis.yaml",
+        config.replace("dir: policies", "dir: etc/pc/policies"),
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.lines().any(|l| {
+            l.starts_with(r#"portcullis_config_reloads_total{outcome="applied"} "#)
+                && !l.ends_with(" 0")
+        }),
+        "{metrics}"
+    );
+    assert_eq!(get(gw.addr(), "/blocked/x").await.0, StatusCode::OK);
+    release("r2", BLOCK);
+    std::os::unix::fs::symlink("releases/r2", gw.path("deploy/current.tmp")).unwrap();
+    std::fs::rename(gw.path("deploy/current.tmp"), gw.path("deploy/current")).unwrap();
+    assert!(
+        answers_soon(gw.addr(), "/blocked/x", StatusCode::FORBIDDEN).await,
+        "the new release was not applied"
+    );
+}
+
 /// A policy file named in upper case (`.YAML`), which the loader reads, is watched too: its
 /// edit applies. (The watcher matched lower case only.)
 #[tokio::test]
