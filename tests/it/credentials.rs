@@ -1517,21 +1517,27 @@ async fn rotated_introspection_client_secret_file_applies_on_reload() {
 /// One listener, two hosts, each requiring client certificates from its own CA. A client
 /// certificate from CA-A gets in on a.test only: b.test refuses the handshake, and a request
 /// for b.test sent over a connection made for a.test gets 421 (its upstream sees nothing).
-#[tokio::test]
-async fn client_ca_per_host() {
-    let pki = pki();
+/// A gateway with one listener for a.test (client CA-A, required when `a_required`) and
+/// b.test (client CA-B, required), an `mtls` authenticator on `/api/**`, and the two server
+/// certificates. CA-A is the `pki` clients CA; CA-B the other one (its client is
+/// `rogue_client`).
+async fn two_host_gateway(
+    pki: &Pki,
+    a_required: bool,
+) -> (crate::support::TestGateway, String, String) {
     let (a_cert, a_key) = portcullis::tls::certs::self_signed(&["a.test"]).unwrap();
     let (b_cert, b_key) = portcullis::tls::certs::self_signed(&["b.test"]).unwrap();
-    let listeners = "  - name: http
+    let listeners = format!(
+        "  - name: http
     address: 127.0.0.1:0
     tls:
       certificates:
-        - {cert: a.crt, key: a.key, client_auth: {ca_file: ca-a.pem, required: true}}
-        - {cert: b.crt, key: b.key, client_auth: {ca_file: ca-b.pem, required: true}}
-";
-    // CA-A is the `pki` clients CA; CA-B the other one (its client is `rogue_client`).
+        - {{cert: a.crt, key: a.key, client_auth: {{ca_file: ca-a.pem, required: {a_required}}}}}
+        - {{cert: b.crt, key: b.key, client_auth: {{ca_file: ca-b.pem, required: true}}}}
+"
+    );
     let gw = Setup {
-        listeners: listeners.into(),
+        listeners,
         policies: vec![("10-p.yaml".into(), policy("devices"))],
         files: vec![
             ("a.crt".into(), a_cert.clone().into_bytes()),
@@ -1546,6 +1552,13 @@ async fn client_ca_per_host() {
     }
     .start()
     .await;
+    (gw, a_cert, b_cert)
+}
+
+#[tokio::test]
+async fn client_ca_per_host() {
+    let pki = pki();
+    let (gw, a_cert, b_cert) = two_host_gateway(&pki, true).await;
     let trusted = format!("{a_cert}{b_cert}");
     let a_client = Some(&pki.client);
     let b_client = Some(&pki.rogue_client);
@@ -1588,31 +1601,7 @@ async fn client_ca_per_host() {
 #[tokio::test]
 async fn a_renewed_certificate_never_moves_a_host_to_another_client_ca() {
     let pki = pki();
-    let (a_cert, a_key) = portcullis::tls::certs::self_signed(&["a.test"]).unwrap();
-    let (b_cert, b_key) = portcullis::tls::certs::self_signed(&["b.test"]).unwrap();
-    let listeners = "  - name: http
-    address: 127.0.0.1:0
-    tls:
-      certificates:
-        - {cert: a.crt, key: a.key, client_auth: {ca_file: ca-a.pem, required: false}}
-        - {cert: b.crt, key: b.key, client_auth: {ca_file: ca-b.pem, required: true}}
-";
-    let gw = Setup {
-        listeners: listeners.into(),
-        policies: vec![("10-p.yaml".into(), policy("devices"))],
-        files: vec![
-            ("a.crt".into(), a_cert.clone().into_bytes()),
-            ("a.key".into(), a_key.into_bytes()),
-            ("b.crt".into(), b_cert.clone().into_bytes()),
-            ("b.key".into(), b_key.into_bytes()),
-            ("ca-a.pem".into(), pki.ca.clone().into_bytes()),
-            ("ca-b.pem".into(), pki.rogue_ca.clone().into_bytes()),
-        ],
-        extra: "authenticators:\n  devices:\n    mtls: {}\n".into(),
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let (gw, a_cert, b_cert) = two_host_gateway(&pki, false).await;
     let (b2_cert, b2_key) = portcullis::tls::certs::self_signed(&["b2.test"]).unwrap();
     let (ab_cert, ab_key) = portcullis::tls::certs::self_signed(&["a.test", "b.test"]).unwrap();
     let trusted = format!("{a_cert}{b_cert}{b2_cert}{ab_cert}");
