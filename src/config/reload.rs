@@ -606,7 +606,13 @@ fn concerns(paths: &[PathBuf], watched: &[PathBuf]) -> bool {
             w.starts_with(&p)
                 || ((policy || swap) && parent == Some(w.as_path()))
                 || (swap && parent.is_some() && w.parent() == parent)
-        }) || watched.iter().any(|w| links_on_the_way(w).contains(&p))
+        }) || (
+            // A link swapped on the way to a watched path: looked up only for an event on a
+            // link (one `lstat`), so that a log file written beside the config costs nothing.
+            p.symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink())
+                && watched.iter().any(|w| links_on_the_way(w).contains(&p))
+        )
     })
 }
 
