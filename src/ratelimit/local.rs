@@ -6,10 +6,10 @@
 //!   a newcomer finding every neighbour's lock taken, may pass it by a key). Every key that
 //!   spends is kept. A full store makes room among a handful of entries of the newcomer's
 //!   shard (and, if it holds fewer, of up to 8 neighbours whose locks are free): it drops the
-//!   newcomer's shard's
-//!   entries back at a full budget (nothing is lost), or else the one entry nearest to a full
-//!   budget of all it looked at. A flood of fresh keys pushes out fresh keys first, not the
-//!   state of a key deep in debt, which is the state worth keeping.
+//!   newcomer's shard's entries back at a full budget (nothing is lost), or else the one entry
+//!   nearest to a full budget of all it looked at. A flood of fresh keys pushes out fresh keys
+//!   first, not the state of a key deep in debt, which is the state worth keeping.
+//! - The shard count is set when the store is made (a reload raising `max_keys` keeps it).
 //! - Small stores have fewer shards (about 16 keys each, 64 at most), so that a full store's
 //!   neighbourhood holds enough entries to choose from.
 //! - A housekeeping task drops idle keys every 30 s, so memory follows the active keys.
@@ -34,7 +34,7 @@ const KEYS_PER_SHARD: usize = 16;
 /// Entries looked at when a full store must make room in a shard.
 const SAMPLE: usize = 16;
 
-/// Other shards tried (without waiting for their locks) when the newcomer's has no room.
+/// Other shards tried (without waiting for their locks) when the newcomer's is sparse.
 const NEIGHBOURS: usize = 8;
 
 /// Rounds of making room for one newcomer: a store over a lowered bound shrinks by a few keys
