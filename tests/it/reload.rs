@@ -151,14 +151,15 @@ async fn a_replaced_policies_directory_is_still_watched() {
     assert_eq!(get(gw.addr(), "/other").await.0, StatusCode::OK);
 }
 
-/// The policies under a release link (`deploy/current -> releases/r1`, as Capistrano and
-/// git-sync lay them out, in a directory of its own): the link swapped to a new release, the old one still on disk, applies the
-/// new release's rules. (It did not: no watched directory saw the swap.)
-#[tokio::test]
-async fn a_release_link_swapped_above_the_policies_is_applied() {
+/// Deploys the gateway's policies as releases under `deploy/` (`deploy/releases/rN/<sub>`,
+/// `deploy/current -> releases/r1`), points the config at them through `dir` (after `links`
+/// are made: `(link, target)` pairs in the gateway's directory), waits for the watcher to
+/// apply that, then swaps `deploy/current` to a release adding a deny rule, as deploy tools
+/// do (a new link renamed over): the deny applies.
+async fn a_swapped_release_applies(sub: &str, links: &[(&str, &str)], dir: &str) {
     let gw = watched_gateway().await;
     let release = |name: &str, extra: &str| {
-        let dir = gw.path(&format!("deploy/releases/{name}/policies"));
+        let dir = gw.path(&format!("deploy/releases/{name}/{sub}"));
         std::fs::create_dir_all(&dir).unwrap();
         for entry in std::fs::read_dir(gw.path("policies")).unwrap() {
             let entry = entry.unwrap();
@@ -170,11 +171,16 @@ async fn a_release_link_swapped_above_the_policies_is_applied() {
     };
     release("r1", "");
     std::os::unix::fs::symlink("releases/r1", gw.path("deploy/current")).unwrap();
+    for (link, target) in links {
+        let link = gw.path(link);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, link).unwrap();
+    }
     let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
     assert!(config.contains("dir: policies"), "{config}");
     gw.write(
         "portcullis.yaml",
-        config.replace("dir: policies", "dir: deploy/current/policies"),
+        config.replace("dir: policies", &format!("dir: {dir}")),
     );
     // The watcher applies the new config; then nothing is pending.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -187,7 +193,6 @@ async fn a_release_link_swapped_above_the_policies_is_applied() {
         "{metrics}"
     );
     assert_eq!(get(gw.addr(), "/blocked/x").await.0, StatusCode::OK);
-    // The next release, then the link swapped to it at once (rename over), as deploy tools do.
     release("r2", BLOCK);
     std::os::unix::fs::symlink("releases/r2", gw.path("deploy/current.tmp")).unwrap();
     std::fs::rename(gw.path("deploy/current.tmp"), gw.path("deploy/current")).unwrap();
@@ -197,49 +202,26 @@ async fn a_release_link_swapped_above_the_policies_is_applied() {
     );
 }
 
+/// The policies under a release link (`deploy/current -> releases/r1`, as Capistrano and
+/// git-sync lay them out, in a directory of its own): the link swapped to a new release, the
+/// old one still on disk, applies the new release's rules. (It did not: no watched directory
+/// saw the swap.)
+#[tokio::test]
+async fn a_release_link_swapped_above_the_policies_is_applied() {
+    a_swapped_release_applies("policies", &[], "deploy/current/policies").await;
+}
+
 /// The same through two links: the policies reached by `etc/pc -> ../deploy/current/config`,
-/// and `deploy/current -> releases/r1` swapped. (The second link's directory was on no path
-/// as written, and was not watched.)
+/// and `deploy/current` swapped. (The second link's directory was on no path as written, and
+/// was not watched.)
 #[tokio::test]
 async fn a_release_link_inside_another_links_target_is_watched() {
-    let gw = watched_gateway().await;
-    let release = |name: &str, extra: &str| {
-        let dir = gw.path(&format!("deploy/releases/{name}/config/policies"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for entry in std::fs::read_dir(gw.path("policies")).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-        }
-        if !extra.is_empty() {
-            std::fs::write(dir.join("05-block.yaml"), extra).unwrap();
-        }
-    };
-    release("r1", "");
-    std::os::unix::fs::symlink("releases/r1", gw.path("deploy/current")).unwrap();
-    std::fs::create_dir(gw.path("etc")).unwrap();
-    std::os::unix::fs::symlink("../deploy/current/config", gw.path("etc/pc")).unwrap();
-    let config = std::fs::read_to_string(gw.path("portcullis.yaml")).unwrap();
-    gw.write(
-        "portcullis.yaml",
-        config.replace("dir: policies", "dir: etc/pc/policies"),
-    );
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let (_, metrics) = gw.admin_get("/metrics").await;
-    assert!(
-        metrics.lines().any(|l| {
-            l.starts_with(r#"portcullis_config_reloads_total{outcome="applied"} "#)
-                && !l.ends_with(" 0")
-        }),
-        "{metrics}"
-    );
-    assert_eq!(get(gw.addr(), "/blocked/x").await.0, StatusCode::OK);
-    release("r2", BLOCK);
-    std::os::unix::fs::symlink("releases/r2", gw.path("deploy/current.tmp")).unwrap();
-    std::fs::rename(gw.path("deploy/current.tmp"), gw.path("deploy/current")).unwrap();
-    assert!(
-        answers_soon(gw.addr(), "/blocked/x", StatusCode::FORBIDDEN).await,
-        "the new release was not applied"
-    );
+    a_swapped_release_applies(
+        "config/policies",
+        &[("etc/pc", "../deploy/current/config")],
+        "etc/pc/policies",
+    )
+    .await;
 }
 
 /// A policy file named in upper case (`.YAML`), which the loader reads, is watched too: its
