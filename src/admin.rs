@@ -217,6 +217,12 @@ fn cross_site(req: &Request<Incoming>, allowed: &[Box<str>]) -> Option<&'static 
     {
         return Some("cross-origin request refused\n");
     }
+    // Why: only the first of two `Host` lines was checked, so `Host: 127.0.0.1` then
+    // `Host: evil.example` passed, though RFC 9112 has such a request refused and a server
+    // behind may read the other. Regression: tests (it) reload::admin_refuses_what_a_web_page_sends
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return Some("more than one Host header\n");
+    }
     let host = match req.uri().authority() {
         Some(a) => Some(a.as_str()),
         None => req

@@ -1010,6 +1010,15 @@ async fn admin_refuses_what_a_web_page_sends() {
         let (status, _, _) = ask(http::Method::POST, "/reload", &[("host", host)]).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{host}");
     }
+    // Two `Host` lines, the first one allowed.
+    let (status, _, body) = ask(
+        http::Method::GET,
+        "/config",
+        &[("host", "127.0.0.1"), ("host", "evil.example")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body:?}");
+    assert_eq!(&body[..], b"more than one Host header\n");
     // Nothing above reloaded.
     assert_eq!(reloads(gw.admin_get("/metrics").await.1), before);
     for host in [
