@@ -166,6 +166,19 @@ impl Diagnostic {
             (d.line, d.column) = (line, 1);
             d.message = "a second YAML document (`---`): a file holds one".into();
         }
+        // Why: a tab gave "found character that cannot start any token", which does not say
+        // what the character is; YAML indents with spaces only.
+        // Regression: tests::a_tab_is_named
+        if d.line > 0
+            && text
+                .lines()
+                .nth(d.line - 1)
+                .and_then(|l| l.chars().nth(d.column.saturating_sub(1)))
+                == Some('\t')
+        {
+            d.message
+                .push_str(" (a tab: YAML indents with spaces, and a tab starts no value)");
+        }
         d
     }
 
@@ -522,6 +535,27 @@ mod tests {
         }
         let two = plain_types("expected struct A, expected struct B");
         assert_eq!(two, "expected a mapping, expected a mapping");
+    }
+
+    #[test]
+    fn a_tab_is_named() {
+        let text = "rules:\n\t- name: a\n";
+        let err = serde_yaml::from_str::<serde_yaml::Value>(text).unwrap_err();
+        let d = Diagnostic::from_yaml_in("p.yaml", text, &err);
+        assert_eq!(d.line, 2, "{d}");
+        assert!(
+            d.message
+                .ends_with("(a tab: YAML indents with spaces, and a tab starts no value)"),
+            "{d}"
+        );
+        // Anything else at an error's position is left as it was.
+        let text = "rules: [\n";
+        let err = serde_yaml::from_str::<serde_yaml::Value>(text).unwrap_err();
+        assert!(
+            !Diagnostic::from_yaml_in("p.yaml", text, &err)
+                .message
+                .contains("tab")
+        );
     }
 
     #[test]

@@ -316,7 +316,7 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
             // entry`); the indexer's syntax error names the line that is broken.
             // Regression: tests (it) check::a_syntax_error_is_placed_even_after_a_repeated_key
             Err(e) if !duplicate && !e.to_string().starts_with("duplicate entry") => {
-                Diagnostic::from_yaml(&display, &e)
+                Diagnostic::from_yaml_in(&display, &text, &e)
             }
             _ => Diagnostic {
                 severity: super::Severity::Error,
