@@ -389,12 +389,7 @@ fn claim_text(v: &Value, out: &mut String) -> Result<(), Miss> {
 /// A header name as frameworks read it: lower case, `_` and `.` as `-`
 /// ([`crate::authz::spoofable::dashed`]).
 pub fn fold_name(name: &str) -> String {
-    name.chars()
-        .map(|c| match c {
-            '_' | '.' => '-',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
+    crate::authz::spoofable::dashed(&name.to_ascii_lowercase()).into_owned()
 }
 
 // === impl IdentityHeaders ===

@@ -38,8 +38,11 @@ pub fn is_separator(b: u8) -> bool {
 /// rule, a template variable the principal lacks). Regression:
 /// tests::every_family_in_every_spelling
 pub fn dashed(name: &str) -> Cow<'_, str> {
-    if name.bytes().any(|b| b == b'_' || b == b'.') {
-        Cow::Owned(name.replace(['_', '.'], "-"))
+    if name.bytes().any(|b| b != b'-' && is_separator(b)) {
+        Cow::Owned(name.replace(
+            |c: char| c != '-' && c.is_ascii() && is_separator(c as u8),
+            "-",
+        ))
     } else {
         Cow::Borrowed(name)
     }
