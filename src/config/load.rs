@@ -115,11 +115,11 @@ fn read_policies(dir: &Path) -> (Vec<(Source, RawPolicyFile)>, Vec<Diagnostic>) 
                 // allowed in 3 s under a tester's load). Checked before the file is read as
                 // a policy, for this message rather than serde's "missing field".
                 // Regression: tests (it) reload::unreadable_or_empty_policy_file_keeps_the_running_policies
-                if std::fs::read_to_string(&path).is_ok_and(|text| {
-                    serde_yaml::from_str::<serde_yaml::Value>(&text).is_ok()
-                        && !holds_a_rules_list(&text)
-                }) {
-                    diagnostics.push(Diagnostic::file_error(&display, NO_RULES_LIST));
+                if let Some(why) = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|text| without_rules_list(&text))
+                {
+                    diagnostics.push(Diagnostic::file_error(&display, why));
                     continue;
                 }
                 match read_yaml::<RawPolicyFile>(&path, display.clone()) {
@@ -143,11 +143,37 @@ fn read_policies(dir: &Path) -> (Vec<(Source, RawPolicyFile)>, Vec<Diagnostic>) 
 /// A policy file without a `rules:` list: taken for one being written.
 const NO_RULES_LIST: &str = "no `rules:` list (only blank lines, comments, or `rules:` with nothing after it): taken for a file being written (write policy files whole, renaming a finished file into place); a file meant to hold no rules says `rules: []` (which `check` notes)";
 
-/// Whether a policy file's YAML (read whole before) has a `rules` key holding a list, maybe
-/// empty (`rules: []`).
-fn holds_a_rules_list(text: &str) -> bool {
-    serde_yaml::from_str::<serde_yaml::Value>(text)
-        .is_ok_and(|v| v.get("rules").is_some_and(serde_yaml::Value::is_sequence))
+/// Why a policy file's YAML (valid YAML) holds no `rules:` list, where serde's own error
+/// ("missing field", "invalid type") would not say what is wrong; `None` when it has one,
+/// maybe empty (`rules: []`), or when serde names the problem better (`rules: 5` at its line).
+///
+/// Why: a file that was a list of rules (the `rules:` line forgotten) or a bare word was told
+/// it held "only blank lines, comments, or `rules:` with nothing after it", and `rules: 5`
+/// the same, with no line.
+/// Regression: tests (it) policy::check_names_what_a_policy_file_holds_instead_of_a_rules_list
+fn without_rules_list(text: &str) -> Option<String> {
+    use serde_yaml::Value;
+    let value = serde_yaml::from_str::<Value>(text).ok()?;
+    let mut value = &value;
+    while let Value::Tagged(tagged) = value {
+        value = &tagged.value;
+    }
+    match value {
+        Value::Null => Some(NO_RULES_LIST.to_owned()),
+        Value::Mapping(map) => match map.get("rules") {
+            None | Some(Value::Null) => Some(NO_RULES_LIST.to_owned()),
+            Some(_) => None,
+        },
+        Value::Sequence(_) => Some(
+            "the file is a list, not a mapping: a policy file holds its rules under a `rules:` key (`rules:` on its own line, the `- name: …` items under it)"
+                .to_owned(),
+        ),
+        Value::Bool(_) | Value::Number(_) | Value::String(_) => Some(
+            "the file is a single value, not a mapping: a policy file holds its rules under a `rules:` key (`rules:` on its own line, the `- name: …` items under it)"
+                .to_owned(),
+        ),
+        Value::Tagged(_) => None,
+    }
 }
 
 /// The errors of a policy file's other rules, after the first error `first` (serde stops at

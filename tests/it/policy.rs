@@ -294,6 +294,37 @@ async fn check_reports_an_error_in_every_rule() {
     assert!(!text.contains("rules[2]"), "{text}");
 }
 
+/// A policy file that is a list (its `rules:` line forgotten), a bare word, or has `rules:`
+/// holding something else is told what it holds, not that it holds only comments.
+#[tokio::test]
+async fn check_names_what_a_policy_file_holds_instead_of_a_rules_list() {
+    let cfg = ConfigDir::new(&authn());
+    cfg.write("hs.secret", SECRET);
+    for (text, expected) in [
+        (
+            "- name: one\n  match: {paths: [\"/a/**\"]}\n  effect: deny\n",
+            "p.yaml: error: the file is a list, not a mapping: a policy file holds its rules under a `rules:` key",
+        ),
+        (
+            "deny everything\n",
+            "p.yaml: error: the file is a single value, not a mapping",
+        ),
+        (
+            "rules: 5\n",
+            "p.yaml:1:8: error: rules: invalid type: integer `5`, expected a sequence",
+        ),
+        ("# all gone\n", "p.yaml: error: no `rules:` list"),
+    ] {
+        cfg.write("policies/p.yaml", text);
+        let (code, out) = cfg.run("check", &[]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains(expected), "{expected} in {out}");
+        if !text.starts_with('#') {
+            assert!(!out.contains("only blank lines"), "{out}");
+        }
+    }
+}
+
 /// A host pattern with a port is refused, naming the field: the client writes the port, so a
 /// deny rule on `admin.example:8443` was passed by `Host: admin.example`.
 #[tokio::test]
