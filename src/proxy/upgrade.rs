@@ -143,11 +143,12 @@ pub(super) async fn open(
     // requests nobody decided on (WebSocket smuggling). A real switch proves itself with
     // `Sec-WebSocket-Accept` (RFC 6455 §4.2.2).
     // Regression: tests (it) edge::a_101_without_the_websocket_accept_opens_no_tunnel
-    let asks_websocket = h2
-        || asked
-            .as_bytes()
-            .split(|b| *b == b',')
-            .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    //
+    // Why by name, whatever version follows: `websocket/13` (which a rule relaying
+    // `websocket` allows) asked for no key and had no accept checked, so an upstream echoing
+    // it in a `101` opened a tunnel without the proof.
+    // Regression: tests (it) edge::a_101_without_the_websocket_accept_opens_no_tunnel
+    let asks_websocket = h2 || asked.as_bytes().split(|b| *b == b',').any(names_websocket);
     let key = match (asks_websocket, h2) {
         (false, _) => None,
         (true, true) => Some(websocket_key()),
@@ -207,15 +208,33 @@ pub(super) async fn open(
         parts.version = Version::HTTP_11;
         // Why: its body had no idle timeout, as every other response's has.
         // Regression: tests (it) edge::a_declined_upgrades_stalled_answer_is_cut
-        let body = PooledBody::unpooled(body).with_idle_timeout(
+        let metrics = std::sync::Arc::clone(&ctx.shared.metrics);
+        let clock = ctx.snapshot.clock.clone();
+        let mut body = PooledBody::unpooled(body).with_idle_timeout(
             bounds.answer_idle,
             None,
-            std::sync::Arc::clone(&ctx.shared.metrics),
+            std::sync::Arc::clone(&metrics),
         );
-        return Ok(Response::from_parts(
-            parts,
-            body::streamed(counted.follow(body)),
-        ));
+        // Why: a long answer (an SSE stream the upstream gave instead of switching) outlived
+        // its credential and every re-check, which the same request without `Upgrade` does
+        // not: it is watched as any response of the rule is (`proxy::service::forward`).
+        // Regression: tests (it) edge::a_declined_upgrades_answer_ends_with_its_credential
+        let Bounds {
+            expires_at,
+            recheck,
+            ..
+        } = bounds;
+        if let (None, Some(at)) = (&recheck, expires_at) {
+            body = body.with_expiry(at, clock.clone(), std::sync::Arc::clone(&metrics));
+        }
+        let body = body::streamed(counted.follow(body));
+        let body = match recheck {
+            None => body,
+            Some((every, recheck)) => {
+                super::watched::watch(body, expires_at, every, recheck, clock, metrics)
+            }
+        };
+        return Ok(Response::from_parts(parts, body));
     }
     // The upstream must switch to what the client asked for, nothing else.
     let agreed = resp
@@ -235,7 +254,7 @@ pub(super) async fn open(
     let switched_to_websocket = h2
         || agreed
             .as_ref()
-            .is_some_and(|a| a.as_bytes().eq_ignore_ascii_case(b"websocket"));
+            .is_some_and(|a| a.as_bytes().split(|b| *b == b',').any(names_websocket));
     let accepted = !switched_to_websocket
         || key.as_ref().is_some_and(|k| {
             resp.headers().get(SEC_WEBSOCKET_ACCEPT) == Some(&websocket_accept(k))
@@ -252,7 +271,7 @@ pub(super) async fn open(
     hop_by_hop::strip(&mut parts.headers);
     // The tunnel's framing is WebSocket's when both ends agreed on it (an extended CONNECT is
     // one by definition): its close frames are then the gateway's to write.
-    let websocket = h2 || agreed.as_bytes().eq_ignore_ascii_case(b"websocket");
+    let websocket = h2 || names_websocket(agreed.as_bytes());
     let tunnel = super::tunnel::run(
         on_client,
         on_upstream,
@@ -306,6 +325,13 @@ fn websocket_accept(key: &HeaderValue) -> HeaderValue {
     d.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
     let text = base64::engine::general_purpose::STANDARD.encode(d.finish().as_ref());
     HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// Whether one protocol of an `Upgrade` list (`websocket`, `WebSocket/13`) is WebSocket,
+/// whatever version it names.
+fn names_websocket(protocol: &[u8]) -> bool {
+    let name = protocol.split(|b| *b == b'/').next().unwrap_or_default();
+    name.trim_ascii().eq_ignore_ascii_case(b"websocket")
 }
 
 #[cfg(test)]

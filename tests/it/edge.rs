@@ -2490,49 +2490,52 @@ async fn an_upgrade_is_told_what_its_limit_left() {
 #[tokio::test]
 async fn a_101_without_the_websocket_accept_opens_no_tunnel() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let upstream_seen = Arc::clone(&seen);
-    let server = tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let seen = Arc::clone(&upstream_seen);
-            tokio::spawn(async move {
-                if !read_head(&mut conn).await {
-                    return;
-                }
-                let _ = conn
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
-                    .await;
-                let mut buf = [0u8; 1024];
-                while let Ok(n @ 1..) = conn.read(&mut buf).await {
-                    seen.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-    });
-    let gw = ws_setup_at(addr, "").start().await;
     let auth = bearer(&hs256_token(SECRET, &json!({})));
-    let mut tcp = TcpStream::connect(gw.addr()).await.unwrap();
-    let req = format!(
-        "GET /ws/room HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /admin/secret HTTP/1.1\r\nHost: gw\r\nx-user-id: root\r\n\r\n"
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
-    assert!(text.contains("upstream_upgrade_mismatch"), "{text}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let seen = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
-    assert!(
-        !seen.contains("/admin/secret"),
-        "reached the upstream: {seen}"
-    );
-    server.abort();
+    // `websocket/13` too: a rule relaying `websocket` allows it, and it asked for no key.
+    for protocol in ["websocket", "websocket/13"] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let upstream_seen = Arc::clone(&seen);
+        let server = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let seen = Arc::clone(&upstream_seen);
+                tokio::spawn(async move {
+                    if !read_head(&mut conn).await {
+                        return;
+                    }
+                    let _ = conn
+                        .write_all(format!("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n").as_bytes())
+                        .await;
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                        seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                });
+            }
+        });
+        let gw = ws_setup_at(addr, "").start().await;
+        let mut tcp = TcpStream::connect(gw.addr()).await.unwrap();
+        let req = format!(
+            "GET /ws/room HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /admin/secret HTTP/1.1\r\nHost: gw\r\nx-user-id: root\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(text.starts_with("HTTP/1.1 502"), "{protocol}: {text}");
+        assert!(text.contains("upstream_upgrade_mismatch"), "{text}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let seen = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        assert!(
+            !seen.contains("/admin/secret"),
+            "{protocol}: reached the upstream: {seen}"
+        );
+        server.abort();
+    }
     // A real WebSocket upstream (its accept matches the client's key) still opens.
     let ws = WsEcho::start().await;
     let gw = ws_setup_at(ws.addr, "").start().await;
@@ -2633,6 +2636,45 @@ async fn a_declined_upgrades_stalled_answer_is_cut() {
     );
     assert_eq!(gw.idle_cuts().await, 1);
     server.abort();
+}
+
+/// A declined upgrade's answer (a long stream the upstream gave instead of switching) ends
+/// with its credential, as the same request without `Upgrade` does, whether the rule
+/// re-checks or not. It streamed on past the token's expiry and every re-check.
+#[tokio::test]
+async fn a_declined_upgrades_answer_ends_with_its_credential() {
+    use tokio::io::AsyncReadExt;
+    let addr = declining_upstream(8).await;
+    let auth = bearer(&hs256_token(SECRET, &json!({"exp": now() + 2})));
+    let run = |rule_extra: &'static str| {
+        let auth = auth.clone();
+        async move {
+            let gw = ws_setup_at(addr, rule_extra).start().await;
+            let started = std::time::Instant::now();
+            let (first, mut tcp) = upgrade_status(&gw, &auth).await;
+            assert!(first.starts_with("HTTP/1.1 200"), "{rule_extra}: {first}");
+            let mut rest = first.into_bytes();
+            let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+            let took = started.elapsed();
+            let text = String::from_utf8_lossy(&rest).into_owned();
+            assert!(
+                took < Duration::from_secs(6),
+                "{rule_extra}: not cut: {took:?}"
+            );
+            assert!(
+                !text.ends_with("0\r\n\r\n"),
+                "{rule_extra}: streamed whole: {text}"
+            );
+            assert!(
+                text.contains("\r\nx\r\n"),
+                "{rule_extra}: streamed until then: {text}"
+            );
+            took
+        }
+    };
+    let (plain, rechecked) = tokio::join!(run(""), run("    reauthorize_every: 1s\n"));
+    assert!(plain >= Duration::from_millis(900), "{plain:?}");
+    assert!(rechecked >= Duration::from_millis(900), "{rechecked:?}");
 }
 
 /// A declined upgrade's answer holds its connection's slot while its body streams: a second
