@@ -101,6 +101,10 @@ impl ClientFault {
     const MALFORMED: u8 = 1;
     /// Over the size limit.
     const TOO_LARGE: u8 = 2;
+    /// Cut: its credential expired while it streamed.
+    const EXPIRED: u8 = 3;
+    /// Cut: a re-check of its request denied it while it streamed.
+    const DENIED: u8 = 4;
 
     fn set(&self, fault: u8) {
         self.0.store(fault, Ordering::Relaxed);
@@ -115,7 +119,21 @@ impl ClientFault {
     pub fn too_large(&self) -> bool {
         self.0.load(Ordering::Relaxed) == Self::TOO_LARGE
     }
+
+    /// Why its credential's watch cut it (the reason it is counted under), if it did.
+    pub fn cut(&self) -> Option<&'static str> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::EXPIRED => Some(STREAM_EXPIRED),
+            Self::DENIED => Some(STREAM_DENIED),
+            _ => None,
+        }
+    }
 }
+
+/// Why a stream was cut when its credential expired (the limit it is counted in).
+pub const STREAM_EXPIRED: &str = "stream_credential_expired";
+/// Why a stream was cut when a re-check of its request denied it.
+pub const STREAM_DENIED: &str = "stream_reauthorization_denied";
 
 /// A request body over `server.max_body_bytes`.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -140,6 +158,8 @@ pub struct RequestBody {
     fault: Arc<ClientFault>,
     /// How the client's side is getting on, while it has more to send.
     progress: Option<Arc<Progress>>,
+    /// Says why the body must end now (its credential's watch, `proxy::watched`).
+    cut: Option<tokio::sync::oneshot::Receiver<&'static str>>,
 }
 
 /// How a streamed request body is moving, for the upstream exchange's clock (see
@@ -256,6 +276,7 @@ impl RequestBody {
             remaining: limit,
             fault: Arc::default(),
             progress: None,
+            cut: None,
         };
         if this.inner.is_some() {
             this.progress = Some(Arc::new(Progress::new()));
@@ -307,7 +328,19 @@ impl RequestBody {
             remaining: 0,
             fault: Arc::default(),
             progress: None,
+            cut: None,
         }
+    }
+
+    /// Whether the client has more to send than was read ahead ([`Self::prefetch`]).
+    pub fn streams(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Ends the body with an error ([`Cut`]) when `cut` says why: the upstream sees an
+    /// aborted upload, and the fault says why ([`ClientFault::cut`]).
+    pub fn cut_by(&mut self, cut: tokio::sync::oneshot::Receiver<&'static str>) {
+        self.cut = Some(cut);
     }
 
     /// How the client's side of the body failed after forwarding began, if it did.
@@ -392,6 +425,21 @@ impl http_body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(cut) = this.cut.as_mut()
+            && let Poll::Ready(said) = Pin::new(cut).poll(cx)
+        {
+            this.cut = None;
+            if let Ok(reason) = said {
+                this.fault.set(match reason {
+                    STREAM_DENIED => ClientFault::DENIED,
+                    _ => ClientFault::EXPIRED,
+                });
+                this.ready.clear();
+                this.buffered = 0;
+                this.ended();
+                return Poll::Ready(Some(Err(Cut::boxed(reason))));
+            }
+        }
         if let Some(f) = this.ready.pop_front() {
             this.buffered -= f.data_ref().map_or(0, |d| d.len() as u64);
             if let Some(p) = &this.progress {

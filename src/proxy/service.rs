@@ -245,7 +245,7 @@ async fn forward(
         .await;
     }
     // A rule that re-checks: its long responses are watched too (`proxy::watched`).
-    let watch = edge
+    let mut watch = edge
         .as_ref()
         .and_then(|e| e.reauthorize_every)
         .map(|every| {
@@ -263,10 +263,11 @@ async fn forward(
         });
     // A rule without re-checks: its long responses are still cut at the credential's
     // expiry (`PooledBody::with_expiry`).
-    let expires_at = match watch {
+    let mut expires_at = match watch {
         None => live_expiry(&allow, &snapshot.clock),
         Some(_) => None,
     };
+    let watched = expires_at.is_some() || watch.is_some();
     // What the decision adds to the client's response (a shadow-mode limit's header), as
     // the decision doors hand it to their peer.
     let to_client = std::mem::take(&mut allow.mutation.response);
@@ -281,7 +282,27 @@ async fn forward(
         _ => None,
     };
     upstream_head(ctx, allow, &mut parts, uri, origin, &upstream)?;
-    let body = upstream_body(snapshot, body).await?;
+    let mut body = upstream_body(snapshot, body).await?;
+    // The client's body still coming (an upload, a client-streaming call): the exchange is
+    // watched from now on, its upload as its answer (`watched::exchange`).
+    let mut answer_cut = None;
+    if watched && body.streams() {
+        let (at, rechecks) = match watch.take() {
+            Some(w) => {
+                let (every, at, recheck) = *w;
+                (at, Some((every, recheck)))
+            }
+            None => (expires_at.take(), None),
+        };
+        let (upload_cut, cut) = super::watched::exchange(
+            at,
+            rechecks,
+            snapshot.clock.clone(),
+            Arc::clone(&ctx.shared.metrics),
+        );
+        body.cut_by(upload_cut);
+        answer_cut = Some(cut);
+    }
     let client_fault = body.fault();
     let req = Request::from_parts(parts, body);
     let route = timeouts.as_deref().copied().unwrap_or_default();
@@ -296,9 +317,7 @@ async fn forward(
     // The client's body still streaming, as activity the response's idle timer counts.
     let upload = req.body().progress();
     let resp = send(ctx, &upstream, req, opts, &client_fault).await?;
-    let cut_as_grpc = (expires_at.is_some() || watch.is_some())
-        && ctx.grpc == Some(Grpc::Native)
-        && ctx.version == Version::HTTP_2;
+    let cut_as_grpc = watched && ctx.grpc == Some(Grpc::Native) && ctx.version == Version::HTTP_2;
     let expiry = expires_at.map(|at| (at, snapshot.clock.clone(), Arc::clone(&ctx.shared.metrics)));
     let mut resp = respond(
         resp,
@@ -313,9 +332,10 @@ async fn forward(
     for (name, value) in to_client {
         resp.headers_mut().insert(name, value);
     }
-    let resp = match watch {
-        None => resp,
-        Some(w) => resp.map(|body| {
+    let resp = match (watch, answer_cut) {
+        (_, Some(cut)) => resp.map(|body| super::watched::cut_by(body, cut)),
+        (None, None) => resp,
+        (Some(w), None) => resp.map(|body| {
             let (every, expires_at, recheck) = *w;
             super::watched::watch(
                 body,
@@ -652,7 +672,19 @@ async fn send(
     // Boxed: the exchange's state (the pool's send, a retry's, hyper's response future) is
     // the largest part of a request's future, which is copied whole at each layer that moves
     // it; behind one allocation it is not (54.8 k -> 54.5 k instructions per plain request).
-    let e = match Box::pin(upstream.send(req, opts)).await {
+    let sent = Box::pin(upstream.send(req, opts)).await;
+    // An upload its credential's watch cut (`watched::exchange`): a refusal of the request,
+    // as its decision would now be.
+    if sent.is_err()
+        && let Some(reason) = client_fault.cut()
+    {
+        let status = match reason {
+            body::STREAM_DENIED => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        return Err(Failure::Failed(status, reason));
+    }
+    let e = match sent {
         Ok(resp) => return Ok(resp),
         Err(SendError::Timeout) => {
             ctx.shared.metrics.upstream_error("timeout");

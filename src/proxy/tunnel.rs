@@ -274,7 +274,7 @@ pub(super) async fn credential_watch(
         let now = Instant::now();
         let clock_now = clock.unix_secs();
         if expires_at.is_some_and(|exp| clock_now >= exp) {
-            return "stream_credential_expired";
+            return crate::body::STREAM_EXPIRED;
         }
         if let (Some(at), Some((every, r))) = (next_recheck, &rechecks)
             && now >= at
@@ -285,7 +285,7 @@ pub(super) async fn credential_watch(
                         expires_at = exp;
                     }
                 }
-                Some(Verdict::Close) => return "stream_reauthorization_denied",
+                Some(Verdict::Close) => return crate::body::STREAM_DENIED,
                 Some(Verdict::Unknown) => {}
                 // The credential expired while the re-check waited.
                 None => continue,

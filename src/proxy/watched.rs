@@ -52,9 +52,49 @@ pub(super) fn watch(
             () = tx.closed() => {}
         }
     });
+    cut_by(body, rx)
+}
+
+/// Starts the watch of an exchange whose request body still streams: its credential
+/// (`expires_at`) and, when the rule asks, re-checks. One watch for both bodies, so that a
+/// re-check is made once: the first receiver ends the request body
+/// ([`crate::body::RequestBody::cut_by`]), the second the response's ([`cut_by`]). It ends
+/// when both are dropped.
+///
+/// Why: only the response was watched, from its head on: an upload (a chunked POST, a
+/// client-streaming gRPC call) went on reaching the upstream long after its token expired
+/// or a re-check found it revoked.
+/// Regression: tests (it) edge::an_upload_ends_with_its_credential
+pub(super) fn exchange(
+    expires_at: Option<u64>,
+    rechecks: Option<(Duration, Recheckable)>,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+) -> (
+    oneshot::Receiver<&'static str>,
+    oneshot::Receiver<&'static str>,
+) {
+    let (mut request, request_rx) = oneshot::channel();
+    let (mut response, response_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let watch = credential_watch(expires_at, rechecks, clock);
+        tokio::select! {
+            reason = watch => {
+                metrics.limit(reason);
+                let _ = request.send(reason);
+                let _ = response.send(reason);
+            }
+            () = async { tokio::join!(request.closed(), response.closed()); } => {}
+        }
+    });
+    (request_rx, response_rx)
+}
+
+/// `body`, cut when `cut` says why.
+pub(super) fn cut_by(body: ResponseBody, cut: oneshot::Receiver<&'static str>) -> ResponseBody {
     crate::body::boxed(Watched {
         inner: body,
-        cut: Some(rx),
+        cut: Some(cut),
     })
 }
 

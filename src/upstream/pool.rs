@@ -618,9 +618,6 @@ impl std::fmt::Debug for BodyExpiry {
     }
 }
 
-/// The limit a response cut at its credential's expiry counts in.
-const STREAM_EXPIRED: &str = "stream_credential_expired";
-
 impl std::fmt::Debug for BodyIdle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BodyIdle")
@@ -1515,12 +1512,14 @@ impl Body for PooledBody {
         if let Some(expiry) = this.expiry.as_mut()
             && expiry.clock.unix_secs() >= expiry.at
         {
-            expiry.metrics.limit(STREAM_EXPIRED);
+            expiry.metrics.limit(crate::body::STREAM_EXPIRED);
             // The response was not read to its end: the connection is closed, never pooled.
             this.expiry = None;
             this.back = None;
             this.body = None;
-            return Poll::Ready(Some(Err(crate::body::Cut::boxed(STREAM_EXPIRED))));
+            return Poll::Ready(Some(Err(crate::body::Cut::boxed(
+                crate::body::STREAM_EXPIRED,
+            ))));
         }
         let polled = Pin::new(body).poll_frame(cx);
         if let Some(expiry) = this.expiry.as_mut() {

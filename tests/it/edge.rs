@@ -2677,6 +2677,93 @@ async fn a_declined_upgrades_answer_ends_with_its_credential() {
     assert!(rechecked >= Duration::from_millis(900), "{rechecked:?}");
 }
 
+/// An upload (a chunked POST still streaming) ends with its credential, as a long response
+/// does, on a rule that re-checks and on one that does not: the upstream stops receiving it
+/// and the client is answered 401 `stream_credential_expired`. It reached the upstream whole,
+/// long after its token expired.
+#[tokio::test]
+async fn an_upload_ends_with_its_credential() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&received);
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let counted = Arc::clone(&counted);
+                async move {
+                    let mut body = req.into_body();
+                    while let Some(Ok(frame)) = body.frame().await {
+                        if let Some(d) = frame.data_ref() {
+                            counted.fetch_add(d.len(), Ordering::Relaxed);
+                        }
+                    }
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        Bytes::from_static(b"stored"),
+                    )))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    let gw = ws_setup_at(addr, "    reauthorize_every: 1s\n")
+        .start()
+        .await;
+    let auth = bearer(&hs256_token(SECRET, &json!({"exp": now() + 2})));
+    // 200 bytes every 200 ms for 6 s: well above the slowest rate allowed.
+    let upload = |path: &'static str| {
+        let (auth, addr) = (auth.clone(), gw.addr());
+        async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            );
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            let (mut rd, mut wr) = tcp.into_split();
+            let writer = tokio::spawn(async move {
+                for _ in 0..30 {
+                    let chunk = format!("c8\r\n{}\r\n", "x".repeat(200));
+                    if wr.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let _ = wr.write_all(b"0\r\n\r\n").await;
+            });
+            let started = std::time::Instant::now();
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut buf)).await;
+            writer.abort();
+            (
+                String::from_utf8_lossy(&buf).into_owned(),
+                started.elapsed(),
+            )
+        }
+    };
+    let ((plain, plain_took), (rechecked, rechecked_took)) =
+        tokio::join!(upload("/plain/upload"), upload("/ws/upload"));
+    for (text, took) in [(&plain, plain_took), (&rechecked, rechecked_took)] {
+        assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+        assert!(text.contains("stream_credential_expired"), "{text}");
+        assert!(took < Duration::from_secs(5), "{took:?}: {text}");
+    }
+    let got = received.load(Ordering::Relaxed);
+    assert!(got > 0, "the uploads streamed until their token expired");
+    assert!(got < 2 * 6000, "the upstream got both whole: {got} bytes");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("limit=\"stream_credential_expired\"} 2"),
+        "{metrics}"
+    );
+    server.abort();
+}
+
 /// A declined upgrade's answer holds its connection's slot while its body streams: a second
 /// upgrade past a cap of one is refused (503 `upstream_busy`). The slot went with the
 /// answer's head, and any number of such answers streamed at once past the cap.
