@@ -119,6 +119,8 @@ pub struct RedisStore {
     /// When (as [`Self::now`]) a failed call was last logged, and a digest of its kind.
     warned_at: AtomicU64,
     warned_what: AtomicU64,
+    /// When (as [`Self::now`]) Redis last answered a call, anything; 0: never.
+    answered_at: AtomicU64,
     /// Calls, failures and latency.
     pub metrics: RedisMetrics,
 }
@@ -285,6 +287,7 @@ impl RedisStore {
             started: AtomicBool::new(false),
             warned_at: AtomicU64::new(0),
             warned_what: AtomicU64::new(0),
+            answered_at: AtomicU64::new(0),
             prefix: raw.key_prefix.as_str().into(),
             breaker: Breaker::new(
                 raw.breaker_failures,
@@ -404,9 +407,25 @@ impl RedisStore {
             },
         )
         .await;
+        if reply.is_ok() {
+            self.answered_at.store(self.now(), Ordering::Relaxed);
+        }
         let outcome = match reply {
             Err(_) => {
-                if self.target.drops_on_failure() {
+                // Why: a connection that stopped answering without being closed (a NAT or
+                // firewall dropping the flow silently) was kept: every call timed out on it,
+                // the breaker's probes too, and the limits stayed on their `on_redis_failure`
+                // for minutes, until the kernel gave the connection up (1,000 of 1,000 let
+                // through a limit of 220, failing open). A connection on which nothing has
+                // answered for longer than a connect takes is dropped, and the next call
+                // connects afresh; one slow call among answers keeps it.
+                // Regression: tests (it) redis::a_connection_that_stopped_answering_is_replaced
+                let silent = self
+                    .now()
+                    .saturating_sub(self.answered_at.load(Ordering::Relaxed));
+                let stalled =
+                    u128::from(silent) > self.connect_timeout.max(self.timeout).as_nanos();
+                if self.target.drops_on_failure() || stalled {
                     self.reset(&used);
                 }
                 self.warn_failure("Timeout", "-");

@@ -10,6 +10,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
@@ -526,6 +527,101 @@ async fn a_connection_redis_closed_is_replaced_without_a_failure() {
         metric(&metrics, "portcullis_redis_errors_total{kind=\"error\"}"),
         0,
         "{metrics}"
+    );
+}
+
+/// A TCP relay to Redis whose connections can be frozen: from `freeze()` on, the
+/// connections open then forward nothing either way, yet stay open (a NAT or firewall that
+/// drops a flow silently); later ones pass.
+struct FreezingRelay {
+    addr: SocketAddr,
+    /// Connections numbered below this forward nothing.
+    frozen_below: Arc<std::sync::atomic::AtomicUsize>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingRelay {
+    async fn start(to: SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen_below = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (frozen, count) = (Arc::clone(&frozen_below), Arc::clone(&accepted));
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let id = count.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut from, mut to) in [(cr, sw), (sr, cw)] {
+                    let frozen = Arc::clone(&frozen);
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut buf).await {
+                            // Read and dropped: the other end never hears of it.
+                            if id < frozen.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        // Kept open while frozen, as a silent network does.
+                        if id < frozen.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            frozen_below,
+            accepted,
+            task,
+        }
+    }
+
+    fn freeze(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.accepted.load(Ordering::SeqCst);
+        self.frozen_below.store(now, Ordering::SeqCst);
+    }
+}
+
+impl Drop for FreezingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A connection to Redis that stops answering without being closed is given up once nothing
+/// has answered on it for longer than a connect takes: the limits are back to Redis's
+/// verdict within a few cool-downs, not after minutes on their `on_redis_failure`.
+#[tokio::test]
+async fn a_connection_that_stopped_answering_is_replaced() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let relay = FreezingRelay::start(redis.addr()).await;
+    let gw = modes_gateway(&format!("redis://{}", relay.addr)).await;
+    connected(&gw).await;
+    relay.freeze();
+    // Frozen: refused as Redis is failing, within the bound.
+    let (status, reason, took) = timed(&gw, "/deny/x").await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_unavailable")
+    );
+    assert!(took < BOUND, "{took:?}");
+    recovers(&gw, "a silent connection").await;
+    assert!(
+        relay.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "a new connection was made"
     );
 }
 
