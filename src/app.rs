@@ -130,6 +130,7 @@ impl App {
             current: Arc::clone(reloader.current()),
             metrics: Arc::clone(&metrics),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            decisions_in_flight: Arc::new(Semaphore::new(max_in_flight)),
             shutdown: shutdown_rx.clone(),
             grace_over: Arc::clone(&grace_over),
         });
@@ -420,6 +421,7 @@ fn admin_listener(
                 // Regression: tests (it) proxy::admin_connections_stay_out_of_the_doors_metrics
                 metrics: Arc::clone(&admin_loop.uncounted),
                 in_flight: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
+                decisions_in_flight: Arc::new(Semaphore::new(0)),
                 shutdown: admin_loop.shutdown.clone(),
                 grace_over: Arc::default(),
             }),

@@ -140,6 +140,8 @@ pub fn parse_fields(configured: usize) -> usize {
 }
 
 impl<D: HttpDoor> crate::server::listener::Handler for DoorHandler<D> {
+    const DECIDES_ONLY: bool = true;
+
     fn max_headers(&self, configured: usize) -> usize {
         parse_fields(configured)
     }
@@ -1118,6 +1120,7 @@ mod tests {
             current: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
             metrics: Arc::new(crate::telemetry::metrics::Metrics::new()),
             in_flight: Arc::new(tokio::sync::Semaphore::new(1)),
+            decisions_in_flight: Arc::new(tokio::sync::Semaphore::new(1)),
             shutdown: tokio::sync::watch::channel(false).1,
             grace_over: Arc::default(),
         };

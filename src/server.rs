@@ -28,8 +28,11 @@ pub struct Shared {
     pub current: Arc<ArcSwap<Snapshot>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Permits for requests in flight, over every door (`server.max_in_flight`).
+    /// Permits for requests in flight at the proxy's listeners (`server.max_in_flight`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Permits for decisions in flight at the decision doors' listeners (as many again):
+    /// see [`listener::Handler::DECIDES_ONLY`].
+    pub decisions_in_flight: Arc<tokio::sync::Semaphore>,
     /// Becomes `true` when the gateway shuts down: what outlives a request (a tunnel in an
     /// HTTP/2 stream) watches it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

@@ -405,6 +405,8 @@ impl GrpcHandler {
 }
 
 impl crate::server::listener::Handler for GrpcHandler {
+    const DECIDES_ONLY: bool = true;
+
     /// A Check answered with a denial (500 `internal_error`, the CheckResponse's status not
     /// OK), which Envoy applies whatever its `failure_mode_allow`.
     fn panicked() -> crate::server::listener::Answering {

@@ -217,7 +217,10 @@ fn service<H: Handler>(
         Arc::clone(&ctx.handler),
         Arc::clone(&ctx.conn),
         ctx.shared,
-        &ctx.shared.in_flight,
+        match H::DECIDES_ONLY {
+            true => &ctx.shared.decisions_in_flight,
+            false => &ctx.shared.in_flight,
+        },
     );
     service_fn(move |req: hyper::Request<Incoming>| {
         // Called by hyper right before it spawns an HTTP/2 stream, which takes this.

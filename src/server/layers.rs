@@ -2,8 +2,10 @@
 //! [`Handler`]: the stack is built once per connection and called once per request, the same
 //! for the proxy, the Envoy doors and forward auth.
 //!
-//! - **In flight.** At most `server.max_in_flight` requests are being answered at once, over
-//!   every door and listener: a [`GlobalConcurrencyLimitLayer`] on one semaphore. A request
+//! - **In flight.** At most `server.max_in_flight` requests are being answered at once over
+//!   the proxy's listeners, and as many decisions over the decision doors' (Envoy's, forward
+//!   auth: [`Handler::DECIDES_ONLY`]): a [`GlobalConcurrencyLimitLayer`] on each pool's
+//!   semaphore, so what the proxy holds never sheds a decision door's calls. A request
 //!   holds its permit until its response head is ready (a proxied body then streams without
 //!   one; its bounds are the connection's).
 //! - **Load shedding.** One request more is not queued behind the others (the client has
@@ -41,7 +43,7 @@ type Response = hyper::Response<ResponseBody>;
 /// The stack one connection's requests go through.
 pub type Stack<H> = Shed<LoadShed<ConcurrencyLimit<HandlerService<H>>>>;
 
-/// The stack for `conn`, answered by `handler`; `in_flight` is the gateway's one semaphore.
+/// The stack for `conn`, answered by `handler`; `in_flight` is its pool's semaphore.
 pub fn stack<H: Handler>(
     handler: Arc<H>,
     conn: Arc<Conn>,

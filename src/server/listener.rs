@@ -23,6 +23,16 @@ use crate::snapshot::ServerSettings;
 /// What a listener's connections are served by: one per door. The loop around it (accept,
 /// TLS, HTTP/1 and HTTP/2, deadlines, abuse limits, drain) is the same for every door.
 pub trait Handler: Send + Sync + 'static {
+    /// A decision door (Envoy's, forward auth): its requests hold a permit of their own
+    /// pool ([`super::Shared::decisions_in_flight`]), not the proxy's.
+    ///
+    /// Why: one pool for every listener let requests the proxy holds (a slow upstream's,
+    /// anyone's who can reach a proxy listener) fill it, and the decision doors then shed
+    /// Envoy's Checks as `UNAVAILABLE`, which `failure_mode_allow: true` turns into allows
+    /// (a deny rule's `/admin/x` let through).
+    /// Regression: tests (it) abuse::the_proxy_cannot_take_the_decision_doors_permits
+    const DECIDES_ONLY: bool = false;
+
     /// Answers one request arriving on `conn`; never fails (every failure is a response).
     fn call(&self, conn: Arc<Conn>, req: hyper::Request<Incoming>) -> Answering;
 

@@ -441,46 +441,83 @@ async fn connection_without_a_request_gets_the_idle_timeout() {
     }
 }
 
-/// `server.max_in_flight` holds over every door: with one request in flight (a slow
-/// upstream behind the proxy), the next one at any door is shed at once with 503
-/// `overloaded` and `Retry-After: 1` (gRPC: UNAVAILABLE), and once it is done they pass again.
+/// `server.max_in_flight` caps the proxy's requests and, apart, the decision doors'
+/// decisions: one more is shed at once (503 `overloaded`, gRPC `UNAVAILABLE`), never queued.
+/// Requests the proxy holds (a slow upstream's) never take the decision doors' permits: an
+/// Envoy Check shed as `UNAVAILABLE` is one `failure_mode_allow: true` turns into an allow.
 #[tokio::test]
-async fn in_flight_cap_sheds_load_at_every_door() {
+async fn the_proxy_cannot_take_the_decision_doors_permits() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            open.push(s);
+        }
+    });
+    let policy = "rules:\n  - {name: judged, match: {paths: [\"/judged/**\"]}, effect: allow, anonymous: true, delegate: hung, upstream: echo}\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n";
     let gw = Setup {
-        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: forward\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
+        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: forward\n    address: 127.0.0.1:0\n    door: {forward_auth: {timeout: 1500ms}}\n  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
         server: "  max_in_flight: 1\n".into(),
+        policies: vec![("10-p.yaml".into(), policy.into())],
+        extra: format!(
+            "delegates:\n  hung: {{grpc: \"http://{hung_addr}\", timeout: 10s, failure_mode: deny}}\n"
+        ),
         ..Setup::default()
     }
     .start()
     .await;
+    let forward = |path: &str| {
+        Request::get("/auth")
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", path)
+            .header("x-forwarded-host", "app.test")
+            .header("x-forwarded-for", "127.0.0.1")
+            .body(http_body_util::Full::default())
+            .unwrap()
+    };
+    let mut grpc = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+        format!("http://{}", gw.addr_of("grpc")),
+    )
+    .await
+    .unwrap();
+
+    // The proxy's one permit held by a slow upstream: the proxy sheds, the doors decide.
     let addr = gw.addr();
     let slow = tokio::spawn(async move { get(addr, "/__echo/delay/800").await });
-    // Wait until the slow request holds the only permit.
     assert!(
         eventually(Duration::from_secs(2), || async { gw.echo.count() == 1 }).await,
         "the slow request reached the upstream"
     );
-
     let started = std::time::Instant::now();
     let (status, h, body) = get(gw.addr(), "/x").await;
     assert_eq!(status, 503, "{body:?}");
     assert_eq!(h["retry-after"], "1");
     assert!(h.contains_key("x-request-id"));
     assert!(String::from_utf8_lossy(&body).contains("\"error\":\"overloaded\""));
-    let forward = Request::get("/auth")
-        .header("x-forwarded-method", "GET")
-        .header("x-forwarded-uri", "/x")
-        .header("x-forwarded-host", "app.test")
-        .header("x-forwarded-for", "127.0.0.1")
-        .body(http_body_util::Full::default())
-        .unwrap();
-    let (status, _, _) = send(gw.addr_of("forward"), forward).await;
-    assert_eq!(status, 503, "the forward-auth door shares the cap");
-    let mut grpc = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
-        format!("http://{}", gw.addr_of("grpc")),
-    )
-    .await
-    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "shed at once, not queued behind the slow request"
+    );
+    let (status, _, _) = send(gw.addr_of("forward"), forward("/x")).await;
+    assert_eq!(status, 200, "the forward-auth door keeps its own permits");
+    let ok = grpc
+        .check(crate::grpc::check("/x", "198.51.100.9", &[]))
+        .await
+        .expect("the gRPC door keeps its own permits")
+        .into_inner();
+    assert_eq!(ok.status.map(|s| s.code), Some(0));
+    let (status, _, _) = slow.await.unwrap();
+    assert_eq!(status, 200);
+
+    // The decision doors' one permit held by a decision waiting on a hung delegate: the
+    // doors shed, the proxy serves.
+    let fa = gw.addr_of("forward");
+    let judged = tokio::spawn(async move { send(fa, forward("/judged/x")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let (status, _, body) = send(gw.addr_of("forward"), forward("/x")).await;
+    assert_eq!(status, 503, "{body:?}");
     let err = grpc
         .check(crate::grpc::check("/x", "198.51.100.9", &[]))
         .await
@@ -488,17 +525,22 @@ async fn in_flight_cap_sheds_load_at_every_door() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(
         started.elapsed() < Duration::from_millis(700),
-        "shed at once, not queued behind the slow request"
+        "shed at once, not queued behind the waiting decision"
     );
-
-    let (status, _, _) = slow.await.unwrap();
-    assert_eq!(status, 200);
+    assert_eq!(get(gw.addr(), "/x").await.0, 200, "the proxy keeps its own");
+    let (status, _, body) = judged.await.unwrap();
+    assert_eq!(status, 503, "the hung delegate fails closed");
+    assert!(
+        String::from_utf8_lossy(&body).contains("delegate_unavailable"),
+        "{body:?}"
+    );
     assert_eq!(get(gw.addr(), "/x").await.0, 200, "passes again");
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(
         metrics.contains(r#"portcullis_connection_limits_total{limit="max_in_flight"} 3"#),
         "{metrics}"
     );
+    held.abort();
 }
 
 /// A head hyper refuses and answers itself (a control byte in a field, a head over the size

@@ -34,8 +34,9 @@ pub struct RawServer {
     /// Most client connections open at once, over all listeners; further clients wait in the
     /// kernel's accept queue.
     pub max_connections: usize,
-    /// Most requests being decided or forwarded at once, over every door and listener; one
-    /// more is refused at once with 503 `overloaded` and `Retry-After: 1` (load shedding)
+    /// Most requests being forwarded at once over the proxy's listeners, and, apart, most
+    /// decisions at once over the decision doors' (so the proxy's never shed Envoy's Checks);
+    /// one more is refused at once with 503 `overloaded` and `Retry-After: 1` (load shedding)
     /// rather than queued behind them. Restart-only.
     pub max_in_flight: usize,
     /// Largest request body forwarded, in bytes (413 beyond it).
