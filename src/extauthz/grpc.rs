@@ -11,6 +11,7 @@
 //! | headers | `request.http.headers`, or `request.http.header_map` (raw values) when Envoy's `encode_raw_headers` is on; pseudo-headers left out |
 //! | client | `source.address` (Envoy's downstream peer), believed because only the door's `peers` are served |
 //! | client certificate | `source.certificate` (URL-encoded PEM; `include_peer_certificate: true`), only with the door's `client_certificates: true`; `tls_session.sni` |
+//! | request id | the request's `x-request-id` (`server.request_id_header`), else `request.http.id` (Envoy's stream id), else a fresh one |
 //!
 //! `context_extensions` (Envoy's per-route `check_settings`) narrow rules: a rule with
 //! `match.context_extensions` matches only Checks carrying each of those names with that
@@ -701,17 +702,28 @@ impl CheckService {
             Decoded::Check(check) => check,
             Decoded::Undecodable => return Ok(self.undecodable(&snapshot, &conn, start)),
         };
-        // Why: Envoy's id is the client's `x-request-id` unless Envoy was told to generate
-        // one: taken as sent, a megabyte of it went into the log line and the answer, and an
-        // id with a non-ASCII letter reached the client but not the log.
+        // Why: taken as sent, a megabyte of a peer's id went into the log line and the
+        // answer, and an id with a non-ASCII letter reached the client but not the log.
         // Regression: tests (it) grpc::a_peers_request_id_is_checked_as_a_headers
+        //
+        // Why the request's own header first: Envoy fills `http.id` with its stream id (a
+        // number of its own), not the `x-request-id` it gives the upstream and its access
+        // log, so the door's log lines, denial bodies and the id it sent the client matched
+        // nothing else (the Envoy HTTP door read the header). `http.id` only when the
+        // request has no well-formed id of its own.
+        // Regression: tests (it) grpc::the_request_id_is_the_requests_header_not_envoys_stream_id
+        let http = check
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let name = snapshot.server.request_id_header.as_str();
+        let own = http
+            .and_then(|h| RawHeaders::of(h).find(|(k, _)| k.eq_ignore_ascii_case(name)))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .filter(|v| crate::server::request_id::well_formed(v.as_bytes()));
         let request_id = crate::server::request_id::take_or_generate_text(
-            check
-                .attributes
-                .as_ref()
-                .and_then(|a| a.request.as_ref())
-                .and_then(|r| r.http.as_ref())
-                .map(|h| h.id.as_str()),
+            own.or_else(|| http.map(|h| h.id.as_str())),
         );
         // Accounted when answered, or as 499 if Envoy resets the call first.
         let mut pending = door::Pending::new(

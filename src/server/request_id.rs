@@ -29,7 +29,7 @@ pub fn take_or_generate_text(id: Option<&str>) -> HeaderValue {
 /// Why the letter or digit: the access log writes `-` for a field it does not have, so a
 /// client's id `-` read as a request without one, and `.`, `_` or `:` alone name nothing to
 /// correlate. Regression: tests::propagates_well_formed_ids_only
-fn well_formed(b: &[u8]) -> bool {
+pub fn well_formed(b: &[u8]) -> bool {
     b.len() <= 128
         && b.iter().any(u8::is_ascii_alphanumeric)
         && b.iter()

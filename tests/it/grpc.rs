@@ -282,8 +282,8 @@ async fn headers_named_in_connection_are_removed_too() {
     );
 }
 
-/// Envoy's `id` is the client's `x-request-id` unless Envoy generates one: the door takes it
-/// only as a header's is taken (1–128 of `[A-Za-z0-9._:-]`), and answers with a fresh one
+/// A Check without an `x-request-id` header falls back to Envoy's `id`: the door takes it only
+/// as a header's is taken (1–128 of `[A-Za-z0-9._:-]`), and answers with a fresh one
 /// otherwise.
 #[tokio::test]
 async fn a_peers_request_id_is_checked_as_a_headers() {
@@ -321,6 +321,70 @@ async fn a_peers_request_id_is_checked_as_a_headers() {
             );
         }
         assert!(body.contains(&format!("\"request_id\":\"{id}\"")), "{body}");
+    }
+}
+
+/// Envoy fills `http.id` with its stream id, a number of its own; the id the client, the
+/// upstream and Envoy's access log know is the request's `x-request-id`, in `headers` or in
+/// `header_map`: the door answers (and logs) with that one, and with `http.id` only when the
+/// request has no well-formed one.
+#[tokio::test]
+async fn the_request_id_is_the_requests_header_not_envoys_stream_id() {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap as PbHeaderMap, HeaderValue};
+    let gw = gateway("{envoy_grpc: {}}").await;
+    let mut c = client(&gw).await;
+    let stream_id = "9140216482217041263";
+    for (header, raw, expected) in [
+        (
+            Some("5f1b5a43-0c1e-4b5e-9d7a-2b1f0c9e8d7a"),
+            false,
+            "5f1b5a43-0c1e-4b5e-9d7a-2b1f0c9e8d7a",
+        ),
+        (
+            Some("5f1b5a43-0c1e-4b5e-9d7a-2b1f0c9e8d7a"),
+            true,
+            "5f1b5a43-0c1e-4b5e-9d7a-2b1f0c9e8d7a",
+        ),
+        (Some("not well formed"), false, stream_id),
+        (None, false, stream_id),
+    ] {
+        let mut req = check("/api/orders", "198.51.100.9", &[]);
+        let http = req
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .expect("http attributes");
+        http.id = stream_id.into();
+        if let Some(id) = header {
+            if raw {
+                let mut list: Vec<HeaderValue> = http
+                    .headers
+                    .drain()
+                    .map(|(key, v)| HeaderValue {
+                        key,
+                        raw_value: v.into_bytes(),
+                        ..HeaderValue::default()
+                    })
+                    .collect();
+                list.push(HeaderValue {
+                    key: "x-request-id".into(),
+                    raw_value: id.as_bytes().to_vec(),
+                    ..HeaderValue::default()
+                });
+                http.header_map = Some(PbHeaderMap { headers: list });
+            } else {
+                http.headers.insert("x-request-id".into(), id.into());
+            }
+        }
+        let resp = c.check(req).await.unwrap().into_inner();
+        let (status, headers, body) = denied(&resp);
+        assert_eq!(status, 401, "{header:?}");
+        assert_eq!(headers["x-request-id"], expected, "{header:?} raw {raw}");
+        assert!(
+            body.contains(&format!("\"request_id\":\"{expected}\"")),
+            "{body}"
+        );
     }
 }
 
