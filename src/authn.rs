@@ -152,6 +152,30 @@ impl Authn {
         let mut errors = Vec::new();
         let mut out = Self::default();
         let mut spoofable: Vec<HeaderName> = Vec::new();
+        // Why: each authenticator that caches (JWT, introspection) had a cache of the whole
+        // `authn.cache` bounds, so the documented one bound was one per authenticator: a
+        // tester's made-up opaque tokens (cached as inactive) grew a gateway with three
+        // introspection authenticators by 194 MB against a 64 MiB bound. The bounds are
+        // shared evenly among them.
+        // Regression: tests (it) memory::the_token_cache_bound_is_shared_by_the_authenticators
+        let caching = raw
+            .values()
+            .filter(|a| {
+                matches!(
+                    a,
+                    RawAuthenticator::Jwt(_) | RawAuthenticator::Introspection(_)
+                )
+            })
+            .count()
+            .max(1) as u64;
+        let share = |bound: u64| match bound {
+            0 => 0,
+            b => (b / caching).max(1),
+        };
+        let (max_entries, max_bytes) = (
+            share(settings.cache.max_entries),
+            share(settings.cache.max_bytes),
+        );
         for (name, a) in raw {
             let name_arc: Arc<str> = name.as_str().into();
             let prev = previous.and_then(|p| p.get(name));
@@ -239,18 +263,17 @@ impl Authn {
                 Kind::Jwt(j) => j.keys_fingerprint(),
                 _ => [0; 32],
             };
-            let fingerprint = crate::config::Fingerprint::of(&[a, &settings.cache, &keys_id]);
+            let fingerprint =
+                crate::config::Fingerprint::of(&[a, &settings.cache, &keys_id, &caching]);
             let cache = match prev {
                 Some(p) if p.fingerprint == fingerprint => p.cache.clone(),
                 _ => match &kind {
-                    Kind::Jwt(_) => TokenCache::new(
-                        settings.cache.max_entries,
-                        settings.cache.max_bytes,
-                        settings.cache.revalidate_after,
-                    ),
+                    Kind::Jwt(_) => {
+                        TokenCache::new(max_entries, max_bytes, settings.cache.revalidate_after)
+                    }
                     Kind::Introspection(x) => TokenCache::new(
-                        settings.cache.max_entries,
-                        settings.cache.max_bytes,
+                        max_entries,
+                        max_bytes,
                         settings.cache.revalidate_after.min(x.cache_ttl),
                     ),
                     // Looked up in memory, or read from the request: nothing to cache.

@@ -474,3 +474,56 @@ async fn token_cache_max_bytes_bounds_real_memory() {
         );
     }
 }
+
+/// `authn.cache`'s bounds are the gateway's, shared evenly by the authenticators that cache
+/// (JWT, introspection): two of them filled past their share hold the bound between them,
+/// not each.
+#[tokio::test]
+async fn the_token_cache_bound_is_shared_by_the_authenticators() {
+    let secret = b"an HS256 secret of at least 32 bytes!";
+    let users = crate::support::hs256_users("{}");
+    let others = users
+        .replace("authenticators:\n  users:\n", "  others:\n")
+        .replace("    jwt:\n", "    jwt:\n      from: [{header: x-token}]\n");
+    let gw = crate::support::Setup {
+        extra: format!("{users}{others}authn:\n  cache:\n    max_entries: 40\n"),
+        files: vec![("hs.secret".into(), secret.to_vec())],
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: a, match: {paths: [\"/a/**\"]}, effect: allow, authenticators: [users], upstream: echo}\n  - {name: b, match: {paths: [\"/b/**\"]}, effect: allow, authenticators: [others], upstream: echo}\n".into(),
+        )],
+        ..crate::support::Setup::default()
+    }
+    .start()
+    .await;
+    for i in 0..60 {
+        let token =
+            crate::support::hs256_token(secret, &serde_json::json!({"sub": format!("u{i}")}));
+        for (path, name, value) in [
+            ("/a/x", "authorization", format!("Bearer {token}")),
+            ("/b/x", "x-token", token.clone()),
+        ] {
+            let req = http::Request::get(path)
+                .header(name, value)
+                .body(http_body_util::Full::default())
+                .unwrap();
+            let (status, _, _) = crate::support::send(gw.addr(), req).await;
+            assert_eq!(status, 200, "{path} {i}");
+        }
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let entries = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "portcullis_token_cache_entries{{authenticator=\"{name}\"}} "
+                ))
+            })
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    let (a, b) = (entries("users"), entries("others"));
+    assert!(a > 0 && b > 0, "both cache: {a}, {b}");
+    assert!(a <= 20 && b <= 20, "each holds its share of 40: {a}, {b}");
+}

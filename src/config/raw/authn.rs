@@ -23,15 +23,18 @@ impl Default for RawAuthn {
     }
 }
 
-/// The verified-token cache: verified tokens are remembered by a digest (never the token), for
-/// at most the token's lifetime and `revalidate_after`.
+/// The verified-token cache: verifications are remembered under a seeded hash of the token (the
+/// token kept beside, for a constant-time comparison on each hit), for at most the token's
+/// lifetime and `revalidate_after`.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTokenCache {
-    /// Most entries kept; 0 turns the cache off.
+    /// Most entries kept, over every authenticator (those that cache share it evenly); 0
+    /// turns the cache off.
     pub max_entries: u64,
-    /// Most memory the entries may take, in bytes: estimated per entry (the token, the
-    /// principal and its claims, the cache's bookkeeping), within 20% of what they really take.
+    /// Most memory the entries may take, in bytes, over every authenticator (those that
+    /// cache share it evenly): estimated per entry (the token, the principal and its claims,
+    /// the cache's bookkeeping), within 20% of what they really take.
     pub max_bytes: u64,
     /// A cached verification is redone after this long, even if the token is still valid.
     #[schemars(with = "String")]
