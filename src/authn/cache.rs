@@ -313,6 +313,35 @@ mod tests {
         assert_eq!(c.len(), 2);
     }
 
+    /// A flood of refused tokens (made-up opaque tokens, inactive by introspection) pushes out
+    /// only refusals, never the verified principals of users who keep coming back.
+    #[test]
+    fn refusals_never_push_out_verified_principals() {
+        // A tester's shape: 2 MiB, twenty users' tokens used 20 times, then 5,880 made-up
+        // 4 KB tokens with the users' requests among them.
+        let c = TokenCache::new(100_000, 2 << 20, Duration::from_secs(60));
+        let users: Vec<String> = (0..20).map(|i| format!("user-token-{i}")).collect();
+        for u in &users {
+            c.insert(u, Entry::new(principal(), None, None));
+            for _ in 0..20 {
+                assert!(c.get(u, 0).is_some());
+            }
+        }
+        let mut missed = 0;
+        for j in 0..5880 {
+            let junk = format!("junk-{j}-{}", "x".repeat(4000));
+            c.insert(&junk, Entry::refused(TokenError::Inactive, u64::MAX));
+            if j % 49 == 0 {
+                let u = &users[j / 49 % users.len()];
+                if c.get(u, 0).is_none() {
+                    missed += 1;
+                    c.insert(u, Entry::new(principal(), None, None));
+                }
+            }
+        }
+        assert_eq!(missed, 0, "users' principals pushed out by refusals");
+    }
+
     #[test]
     fn disabled_cache_holds_nothing() {
         let c = TokenCache::new(0, 1 << 20, Duration::from_secs(60));
