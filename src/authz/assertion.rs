@@ -198,6 +198,22 @@ impl Assertion {
                 claims.insert(name.to_string(), v);
             }
         }
+        // Why: a `sub` template naming a claim the token lacks (`{claims.preferred_username}`)
+        // left `sub` out: the upstream got an assertion naming nobody, and, its claims the
+        // same, alice's very token was reused for bob. `sub` is a non-empty string (RFC 7519's
+        // StringOrURI) or nothing is minted, and the request does not go upstream.
+        // Regression: tests (it) assertion::an_assertion_without_a_subject_is_not_minted
+        if claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            tracing::warn!(
+                authenticator = &*principal.authenticator,
+                "The identity assertion's `sub` renders no text for this principal (a claim it names is absent, or not a string): not minted"
+            );
+            return Err(MintFailed);
+        }
         // Never outliving the credential it vouches for. A capped expiry is part of the
         // cache key, so a reuse never carries another credential's later one.
         let capped = principal

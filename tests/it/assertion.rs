@@ -365,6 +365,67 @@ async fn assertions_tell_issuers_and_kinds_apart() {
     );
 }
 
+/// An assertion whose `sub` renders no text (its template names a claim the token lacks, or
+/// one that is an object) is not minted: the request is refused 503 `assertion_unavailable`
+/// and never reaches the upstream without it. It went with no `sub`, and alice's very token
+/// was reused for bob (their claims were then the same).
+#[tokio::test]
+async fn an_assertion_without_a_subject_is_not_minted() {
+    let signing = SigningKey::generate(Algorithm::ES256, "gw-2").unwrap();
+    let assertion = "identity_assertion:
+  key_file: assertion.key
+  algorithm: ES256
+  kid: gw-2
+  issuer: https://gateway.test
+  audience: backend
+  claims:
+    sub: \"{claims.preferred_username}\"
+";
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: api, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users], upstream: echo}\n".into(),
+        )],
+        files: vec![
+            ("hs.secret".into(), SECRET.to_vec()),
+            (
+                "assertion.key".into(),
+                signing.private_pem.expose().as_bytes().to_vec(),
+            ),
+        ],
+        extra: format!("{}{assertion}", crate::support::hs256_users("{}")),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for claims in [
+        json!({"sub": "alice"}),
+        json!({"sub": "bob", "preferred_username": {"x": "admin"}}),
+        json!({"sub": "carol", "preferred_username": ""}),
+    ] {
+        let t = crate::support::hs256_token(SECRET, &claims);
+        let before = gw.echo.count();
+        let status = request(&gw, "/x", &format!("Authorization: Bearer {t}\r\n")).await;
+        assert_eq!(status, 503, "{claims}");
+        assert_eq!(gw.echo.count(), before, "{claims}: reached the upstream");
+    }
+    // One that has it gets its assertion, naming it.
+    let t = crate::support::hs256_token(
+        SECRET,
+        &json!({"sub": "dave", "preferred_username": "dave.d"}),
+    );
+    let status = request(&gw, "/x", &format!("Authorization: Bearer {t}\r\n")).await;
+    assert_eq!(status, 200);
+    let token = echoed_header(&gw.echo, "x-portcullis-assertion").expect("assertion sent");
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "dave.d");
+}
+
 /// One client holding idle connections to the public admin listener (64 of them, the
 /// listener's whole share) keeps no other client from its health checks and keys; its own
 /// connections past its share are closed at once.
