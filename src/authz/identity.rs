@@ -72,6 +72,9 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     parts: Box<[Part]>,
+    /// The punctuation its literal text separates values with (`;` and `=` in
+    /// `id={principal.id};tenant={principal.tenant}`): a value holding one is refused.
+    delimiters: Box<[char]>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,8 +198,22 @@ impl Template {
         if !s.is_ascii() {
             return Err("header values are ASCII; write the text in ASCII".into());
         }
+        // `.`, `-` and `_` are left out: they are parts of names (`{principal.id}@corp.example`)
+        // more often than separators.
+        let mut delimiters: Vec<char> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Literal(l) => Some(l.chars()),
+                Part::Var(_) => None,
+            })
+            .flatten()
+            .filter(|c| c.is_ascii_punctuation() && !matches!(c, '.' | '-' | '_'))
+            .collect();
+        delimiters.sort_unstable();
+        delimiters.dedup();
         Ok(Self {
             parts: parts.into(),
+            delimiters: delimiters.into(),
         })
     }
 
@@ -248,7 +265,16 @@ impl Template {
         for part in &*self.parts {
             match part {
                 Part::Literal(l) => out.push_str(l),
-                Part::Var(v) => render_var(v, cx, &mut out)?,
+                Part::Var(v) => {
+                    let from = out.len();
+                    render_var(v, cx, &mut out)?;
+                    // Why: `id={principal.id};tenant={principal.tenant}` with a `sub` of
+                    // `alice;tenant=root` read as tenant `root` to a parser taking the first.
+                    // Regression: tests::a_value_holding_its_templates_delimiter_is_refused
+                    if out[from..].contains(&*self.delimiters) {
+                        return Err(Miss::Ambiguous);
+                    }
+                }
             }
         }
         Ok(out)
@@ -358,10 +384,29 @@ fn render_var(v: &Var, cx: &Context<'_>, out: &mut String) -> Result<(), Miss> {
 }
 
 /// Strings as they are, numbers and booleans as JSON, arrays of those joined with `,` (each
-/// element unambiguous, see [`push_element`]).
+/// element unambiguous, see [`push_element`]). A string holding `,` is refused as an
+/// element holding it is: once in a header, one string `g1,admin` and the list `[g1, admin]`
+/// are the same text.
+///
+/// Why: `x-user-groups: "{claims.groups}"` refused `["g1,admin"]` but sent the string
+/// `"g1,admin"` (an IdP's single group, named by the user) as is, and an upstream splitting
+/// the header read the group `admin`.
+/// Regression: tests::a_string_claim_holding_a_comma_is_refused
 fn claim_text(v: &Value, out: &mut String) -> Result<(), Miss> {
     match v {
+        Value::String(s) if s.contains(',') => return Err(Miss::Ambiguous),
         Value::String(s) => push_scalar(out, s)?,
+        // Why: serde_json reads an integer past u64 as a float, and two such claims
+        // (18446744073709551617, ...618) rendered as one `1.8446744073709552e+19`: a number
+        // no longer exact names nobody in particular.
+        // Regression: tests::an_inexact_number_is_refused
+        Value::Number(n)
+            if n.as_f64()
+                .is_some_and(|f| f.abs() >= 9_007_199_254_740_992.0)
+                && n.is_f64() =>
+        {
+            return Err(Miss::Ambiguous);
+        }
         Value::Number(n) => {
             let _ = write!(out, "{n}");
         }
@@ -685,6 +730,117 @@ mod tests {
                 .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
                 .collect();
             assert_eq!((set, n), (want, *refused), "{roles:?} {scopes:?} {groups}");
+        }
+    }
+
+    /// A string claim holding `,` reads, once in a header, as the list it is not: refused, as
+    /// an element holding it is; other claims and headers go on.
+    #[test]
+    fn a_string_claim_holding_a_comma_is_refused() {
+        let h = IdentityHeaders::compile([
+            ("x-groups", "{claims.groups}"),
+            ("x-user-id", "{principal.id}"),
+        ])
+        .unwrap();
+        for (groups, want, refused) in [
+            (
+                json!("g1"),
+                &[("x-groups", "g1"), ("x-user-id", "alice")][..],
+                0,
+            ),
+            (json!("g1,admin"), &[("x-user-id", "alice")][..], 1),
+            (
+                json!(["g1", "admin"]),
+                &[("x-groups", "g1,admin"), ("x-user-id", "alice")][..],
+                0,
+            ),
+        ] {
+            let mut p = principal();
+            p.claims.insert("groups".into(), groups.clone());
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect();
+            assert_eq!(render_headers(&h, &p), (want, refused), "{groups}");
+        }
+    }
+
+    /// A value holding the punctuation its template separates values with is refused: it would
+    /// add a field of its own. `.`, `-` and `_` are parts of names, not separators.
+    #[test]
+    fn a_value_holding_its_templates_delimiter_is_refused() {
+        let h = IdentityHeaders::compile([
+            ("x-who", "id={principal.id};tenant={claims.tenant}"),
+            ("x-mail", "{principal.id}@corp.example"),
+        ])
+        .unwrap();
+        for (id, tenant, want, refused) in [
+            (
+                "alice.b-c_d",
+                "acme",
+                &[
+                    ("x-mail", "alice.b-c_d@corp.example"),
+                    ("x-who", "id=alice.b-c_d;tenant=acme"),
+                ][..],
+                0,
+            ),
+            // Not `x-mail`'s delimiter: it adds no field there.
+            (
+                "alice;tenant=root",
+                "acme",
+                &[("x-mail", "alice;tenant=root@corp.example")][..],
+                1,
+            ),
+            (
+                "alice",
+                "acme;id=root",
+                &[("x-mail", "alice@corp.example")][..],
+                1,
+            ),
+            (
+                "bob@evil",
+                "acme",
+                &[("x-who", "id=bob@evil;tenant=acme")][..],
+                1,
+            ),
+        ] {
+            let mut p = principal();
+            p.id = id.into();
+            p.claims.insert("tenant".into(), json!(tenant));
+            let (mut set, n) = render_headers(&h, &p);
+            set.sort();
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect();
+            assert_eq!((set, n), (want, refused), "{id} {tenant}");
+        }
+    }
+
+    /// An integer past what a float holds exactly (serde_json reads it as one) names nobody
+    /// in particular: refused; exact numbers render as they are.
+    #[test]
+    fn an_inexact_number_is_refused() {
+        let h = IdentityHeaders::compile([("x-n", "{claims.n}")]).unwrap();
+        for (n, want) in [
+            (
+                json!(18_446_744_073_709_551_615_u64),
+                Some("18446744073709551615"),
+            ),
+            (json!(-42), Some("-42")),
+            (json!(1.5), Some("1.5")),
+            (
+                serde_json::from_str::<serde_json::Value>("18446744073709551617").unwrap(),
+                None,
+            ),
+        ] {
+            let mut p = principal();
+            p.claims.insert("n".into(), n.clone());
+            let (set, refused) = render_headers(&h, &p);
+            match want {
+                Some(v) => assert_eq!(set, [("x-n".to_owned(), v.to_owned())], "{n}"),
+                None => assert_eq!((set.len(), refused), (0, 1), "{n}"),
+            }
         }
     }
 
