@@ -3,7 +3,8 @@
 //! Variables: `claims` (the principal's claims; empty when anonymous), `principal` (`id`,
 //! `kind`, `authenticator`, `issuer`, `tenant`, `scopes`, `roles`, `api_key_id`,
 //! `authenticated`), `request` (`method`, `host`, `path`, `query` as a map of first values,
-//! `headers` as a map of lowercase names to first values; a name the expression reads that the
+//! `headers` as a map of names, lower case with `-` for `_` and `.`, to first values; a name
+//! the expression reads that the
 //! request repeats denies, see [`RequestReads`]), `params` (named path parameters of
 //! the matching path pattern) and `action` (`create` = POST, `read` = GET/HEAD, `read_mine` =
 //! GET/HEAD with a `mine` query parameter, `update` = PUT/PATCH, `delete` = DELETE, `options` =
@@ -562,11 +563,16 @@ fn check_shapes(root: &IdedExpr) -> Result<(), String> {
     // capitals (the map is keyed in lower case), a method compared in lower case (a
     // lowercase method is refused before any rule), a condition that is not a boolean.
     // Regression: tests::typos_in_fixed_shapes_are_refused
+    // A name with `_` or `.` likewise: the map is keyed by each name as CGI-style
+    // upstreams read it, `-` for both (see `request_value`).
     let header_name = |name: &str| -> Result<(), String> {
-        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        if name
+            .bytes()
+            .any(|b| b.is_ascii_uppercase() || b == b'_' || b == b'.')
+        {
             Err(format!(
-                "`request.headers['{name}']`: header names are keyed in lower case ('{}')",
-                name.to_ascii_lowercase()
+                "`request.headers['{name}']`: header names are keyed in lower case, with `-` for `_` and `.` ('{}')",
+                crate::authz::identity::fold_name(name)
             ))
         } else {
             Ok(())
@@ -604,6 +610,8 @@ fn check_shapes(root: &IdedExpr) -> Result<(), String> {
                     field("principal", &s.field, &PRINCIPAL_FIELDS)?;
                 } else if ident(&s.operand, "request") {
                     field("request", &s.field, &REQUEST_FIELDS)?;
+                } else if is_request(&s.operand, "headers") {
+                    header_name(&s.field)?;
                 }
             }
             Expr::Call(c) if c.func_name == operators::INDEX && c.args.len() == 2 => {
@@ -1131,10 +1139,17 @@ fn request_value<'a>(facts: &'a RequestFacts<'_>, spoofable: &Spoofable) -> Val<
         if hidden(name, facts, spoofable) {
             continue;
         }
+        // Why: keyed as CGI-style upstreams (Rack, PHP, WSGI) read the name, `_` and `.` as
+        // `-`: a lone `X_Impersonate: admin` passed `!('x-impersonate' in request.headers)`
+        // and reached a WSGI app as `HTTP_X_IMPERSONATE`. (Two spellings of one name are a
+        // repeat, and deny: see `RequestReads`.)
+        // Regression: tests::a_header_spelled_with_underscores_or_dots_is_read_by_its_dashed_name
         if let Ok(v) = value.to_str() {
-            headers
-                .entry(CelMapKey::from(name.as_str()))
-                .or_insert_with(|| string(v));
+            let key = match crate::authz::spoofable::dashed(name.as_str()) {
+                std::borrow::Cow::Borrowed(n) => CelMapKey::from(n),
+                std::borrow::Cow::Owned(n) => CelMapKey::from(n),
+            };
+            headers.entry(key).or_insert_with(|| string(v));
         }
     }
     map([

@@ -809,6 +809,50 @@ fn header_values_that_are_not_text_deny() {
     ));
 }
 
+/// A header sent as `X_Impersonate` or `X.Impersonate` alone is read by its dashed name, as
+/// CGI-style upstreams read it: it passed `!('x-impersonate' in request.headers)` and reached
+/// a WSGI app as `HTTP_X_IMPERSONATE`. An expression naming a header with `_` or `.` is
+/// refused at load (it could never match).
+#[test]
+fn a_header_spelled_with_underscores_or_dots_is_read_by_its_dashed_name() {
+    let with = |name: &str, expr: &str| {
+        let req = Request::get("/c")
+            .header("host", "api.test")
+            .header(name, "admin")
+            .body(())
+            .unwrap();
+        eval_request(expr, req)
+    };
+    let never = "!('x-impersonate' in request.headers)";
+    for name in [
+        "x-impersonate",
+        "x_impersonate",
+        "X.Impersonate",
+        "x_impersonate",
+    ] {
+        assert_eq!(with(name, never), Err(ConditionError::False), "{name}");
+        assert_eq!(
+            with(name, "request.headers['x-impersonate'] == 'admin'"),
+            Ok(()),
+            "{name}"
+        );
+        assert_eq!(
+            with(name, "!has(request.headers.impersonate)"),
+            Ok(()),
+            "{name}"
+        );
+    }
+    assert_eq!(with("x-other", never), Ok(()));
+    for expr in [
+        "!('x_impersonate' in request.headers)",
+        "request.headers['x.tenant'] == 'a'",
+        "!has(request.headers.x_tenant)",
+    ] {
+        let err = Condition::compile(expr, Budget::default()).expect_err(expr);
+        assert!(err.contains("with `-` for `_` and `.`"), "{expr}: {err}");
+    }
+}
+
 /// Regression: the compiled subset (`fast`) must decide as the interpreter does, error
 /// absorption, nulls, floats, mixed lists and absent keys included; where it cannot say, the
 /// interpreter does.
@@ -964,11 +1008,11 @@ fn typos_in_fixed_shapes_are_refused() {
         ),
         (
             "request.headers['X-Foo'] == 'a'",
-            "header names are keyed in lower case ('x-foo')",
+            "header names are keyed in lower case, with `-` for `_` and `.` ('x-foo')",
         ),
         (
             "'X-Tenant' in request.headers",
-            "keyed in lower case ('x-tenant')",
+            "keyed in lower case, with `-` for `_` and `.` ('x-tenant')",
         ),
         ("request.method == 'get'", "`request.method` is never 'get'"),
         (
