@@ -620,23 +620,43 @@ impl PathPattern {
     /// [`Self::matches_case`], with the folding `fold` says.
     pub fn matches_fold(&self, path: &str, fold: Fold) -> bool {
         let fold_case = fold != Fold::None;
+        // Why: Windows and IIS drop trailing dots and spaces from a name, so an IIS upstream
+        // serves `/admin./x` and `/admin%20/x` as `/admin/x`; they slipped past a `/admin/**`
+        // deny rule to a catch-all. Where case folds (deny rules, and allow rules whose
+        // upstream ignores case), so do they.
+        // Regression: tests::deny_rules_ignore_path_case
+        let same = |l: &str, s: &str| {
+            !s.is_empty()
+                && (l == s
+                    || (fold_case
+                        && !windows_name(s).is_empty()
+                        && (windows_name(l).eq_ignore_ascii_case(windows_name(s))
+                            || (fold == Fold::Wide
+                                && (s.contains('%') || l.contains('%'))
+                                && wide_fold_eq(windows_name(l), windows_name(s))))))
+        };
+        // Nothing left of the path but maybe one trailing slash (which those frameworks
+        // drop).
+        let at_end = |mut rest: std::str::Split<'_, char>| match rest.next() {
+            None => true,
+            Some("") => rest.next().is_none(),
+            Some(_) => false,
+        };
         let mut segs = path.strip_prefix('/').unwrap_or(path).split('/');
         for pat in &*self.segments {
             let ok = match (segs.next(), pat) {
-                // Why: Windows and IIS drop trailing dots and spaces from a name, so an
-                // IIS upstream serves `/admin./x` and `/admin%20/x` as `/admin/x`; they slipped
-                // past a `/admin/**` deny rule to a catch-all. Where case folds (deny rules,
-                // and allow rules whose upstream ignores case), so do they.
-                // Regression: tests::deny_rules_ignore_path_case
+                // Why the format suffix, for deny rules: Rails routes `/secret.json` (its
+                // default `(.:format)`) and older Spring `/secret.anything` (suffix pattern
+                // matching) to `/secret`'s action, and they slipped past a deny rule for
+                // `/secret` (or `/admin/**`, as `/admin.json`) to a catch-all. Only on the
+                // path's last segment, where those frameworks read it.
+                // Regression: tests::deny_rules_take_a_format_suffix
                 (Some(s), Segment::Literal(l)) => {
-                    !s.is_empty()
-                        && (**l == *s
-                            || (fold_case
-                                && !windows_name(s).is_empty()
-                                && (windows_name(l).eq_ignore_ascii_case(windows_name(s))
-                                    || (fold == Fold::Wide
-                                        && (s.contains('%') || l.contains('%'))
-                                        && wide_fold_eq(windows_name(l), windows_name(s))))))
+                    same(l, s)
+                        || (fold == Fold::Wide
+                            && at_end(segs.clone())
+                            && s.rsplit_once('.')
+                                .is_some_and(|(base, format)| !format.is_empty() && same(l, base)))
                 }
                 (Some(s), Segment::Any(_)) => !s.is_empty(),
                 (None, _) => false,
@@ -1184,6 +1204,36 @@ mod tests {
         let dotted = PathPattern::parse("/v1./x").unwrap();
         assert!(dotted.matches_case("/v1./x", false));
         assert!(dotted.matches_case("/V1/x", true));
+    }
+
+    /// A deny rule's last matched segment takes a format suffix (`/secret.json`), as Rails'
+    /// `(.:format)` and older Spring's suffix matching route it; only at the path's end, and
+    /// never for allow rules, whose match is not widened.
+    #[test]
+    fn deny_rules_take_a_format_suffix() {
+        for (pattern, path, denied) in [
+            ("/secret", "/secret.json", true),
+            ("/secret", "/Secret.XML", true),
+            ("/secret", "/secret.json/", true),
+            ("/secret", "/secret.", true),
+            ("/secret", "/secret.json/x", false),
+            ("/secret", "/secrets.json", false),
+            ("/secret", "/.json", false),
+            ("/admin/**", "/admin.json", true),
+            ("/admin/**", "/admin.json/users", false),
+            ("/admin/**", "/admin.json/", true),
+            ("/u/{id}/delete", "/u/1/delete.json", true),
+            ("/u/{id}", "/u/1.json", true),
+        ] {
+            let p = PathPattern::parse(pattern).unwrap();
+            assert_eq!(p.matches_fold(path, Fold::Wide), denied, "{pattern} {path}");
+            if path.contains(".json") || path.contains(".XML") {
+                assert!(
+                    !p.matches_fold(path, Fold::Ascii) || pattern == "/u/{id}",
+                    "an allow rule is not widened: {pattern} {path}"
+                );
+            }
+        }
     }
 
     #[test]
