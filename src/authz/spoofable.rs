@@ -376,7 +376,12 @@ impl NamePattern {
 
 /// The override family's names (see [`family`]). Static, as are the claims', so the copies
 /// every decision-door mutation takes cost no reference count.
-static OVERRIDES: [HeaderName; 13] = [
+///
+/// Why `proxy` is listed (its family was already Override): unlisted, the doors named it only
+/// when they saw it and the peers' example configs, checked against this list, never cleared
+/// it, so a client's `Proxy` reached a CGI or PHP app behind nginx or Caddy as `HTTP_PROXY`.
+/// Regression: tests (it) examples::clearing (every example clears every listed name)
+static OVERRIDES: [HeaderName; 14] = [
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-original-uri"),
     HeaderName::from_static("x-rewrite-url"),
@@ -390,6 +395,7 @@ static OVERRIDES: [HeaderName; 13] = [
     HeaderName::from_static("x-http-method-override"),
     HeaderName::from_static("x-http-method"),
     HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("proxy"),
 ];
 
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");

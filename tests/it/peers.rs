@@ -602,6 +602,12 @@ fn attack(target: &str, peer: &Peer, bearer: Option<&str>) -> Vec<u8> {
 
 /// What a client sends to be someone else, somewhere else, or to be believed as infrastructure.
 const SPOOFED: &[(&str, &str)] = &[
+    // httpoxy (`HTTP_PROXY` to a CGI, PHP or Go net/http/cgi app), and hop-by-hop headers
+    // nginx passes on.
+    ("Proxy", "http://127.0.0.1:9/"),
+    ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
+    ("Proxy-Connection", "keep-alive"),
+    ("Trailer", "X-User-Id"),
     // Identity, in every case and `_`/`-` spelling frameworks fold together.
     ("X-User-Id", "admin"),
     ("X-USER-ID", "admin"),
@@ -690,6 +696,11 @@ fn only_what_was_decided(peer: &Peer, h: &HeaderMap, user: Option<&str>) {
         assert!(
             !name.contains(['_', '.']),
             "{}: the upstream got the client's {name}: {h:?}",
+            peer.name
+        );
+        assert!(
+            !matches!(name, "proxy-authorization" | "proxy-connection" | "trailer"),
+            "{}: the upstream got the client's hop-by-hop {name}: {h:?}",
             peer.name
         );
         // (The framing family's dashed names are the HTTP stack's: `host`, `content-length`.)
