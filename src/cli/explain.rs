@@ -171,6 +171,16 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
             .map_err(|_| format!("invalid header name in `{h}`"))?;
         let value = HeaderValue::from_str(value.trim())
             .map_err(|_| format!("invalid header value for `{name}`"))?;
+        // Why: the request was decided on `-H Host` while the answer showed the URL's host,
+        // and the gateway decides an absolute-form (or HTTP/2) request on the URL's: a host
+        // rule read as allowed here was denied live. One host, in the URL.
+        // Regression: tests (it) policy::explain_refuses_a_host_header_other_than_the_urls
+        if name == header::HOST && !value.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) {
+            return Err(format!(
+                "`Host: {}` is not the URL's host `{authority}`: put the host to decide on in the URL",
+                value.to_str().unwrap_or("?")
+            ));
+        }
         has_host |= name == header::HOST;
         req = req.header(name, value);
     }

@@ -595,6 +595,51 @@ fn explain_refuses_the_heads_the_proxy_refuses() {
     assert_eq!(code, Some(0), "{text}");
 }
 
+/// `explain` decides on one host, the URL's: a `-H Host` naming another is refused (it was
+/// decided on, while the answer showed the URL's host, and the gateway decides an
+/// absolute-form request on the URL's). The same host in any case is fine.
+#[test]
+fn explain_refuses_a_host_header_other_than_the_urls() {
+    let cfg = ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: public, match: {hosts: [public.example.com], paths: [\"/h/**\"]}, effect: allow, anonymous: true, upstream: echo}\n  - {name: rest, match: {paths: [\"/**\"]}, effect: deny}\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["explain", "-c"])
+        .arg(cfg.dir.path().join("portcullis.yaml"))
+        .args([
+            "--url",
+            "http://secret.example.com/h/x",
+            "-H",
+            "Host: public.example.com",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("`Host: public.example.com` is not the URL's host `secret.example.com`"),
+        "{text}"
+    );
+    for (url, host, code) in [
+        (
+            "http://public.example.com/h/x",
+            Some("Host: PUBLIC.example.com"),
+            0,
+        ),
+        ("http://public.example.com/h/x", None, 0),
+        ("http://secret.example.com/h/x", None, 1),
+    ] {
+        let mut args = vec!["--url", url];
+        if let Some(h) = host {
+            args.extend(["-H", h]);
+        }
+        let (got, text) = cfg.run("explain", &args);
+        assert_eq!(got, Some(code), "{url} {host:?}: {text}");
+    }
+}
+
 #[test]
 fn policy_list_prints_the_rules_in_evaluation_order() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
