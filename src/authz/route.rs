@@ -95,6 +95,10 @@ struct Node {
 /// Deepest trie level: longer literal prefixes are indexed by their first segments only.
 const MAX_DEPTH: usize = 12;
 
+/// Format suffixes a last segment is read without (at its first dots): `a.b.c` as `a` and
+/// `a.b`.
+const MAX_SUFFIXES: usize = 4;
+
 /// A host criterion: exact or wildcard, never with a port.
 ///
 /// Why no port: the port in `Host` (or `:authority`) is the client's to write, and upstreams
@@ -216,20 +220,36 @@ impl RouteTable {
     /// are merged in rule order and checked in full, so the answer is the same as trying every
     /// rule in order, at a cost that depends on the path, not on how many rules there are.
     pub fn find(&self, facts: &RequestFacts<'_>) -> Option<&Rule> {
-        // Candidate lists along the path, root first (on the stack: no allocation).
-        let mut lists: [&[u32]; MAX_DEPTH + 1] = [&[]; MAX_DEPTH + 1];
+        // Candidate lists along the path, root first, then those of the last segment read
+        // without a format suffix (on the stack: no allocation).
+        let mut lists: [&[u32]; MAX_DEPTH + 1 + MAX_SUFFIXES] = [&[]; MAX_DEPTH + 1 + MAX_SUFFIXES];
         let mut n = 0;
         let mut node = &self.index;
         lists[0] = &node.rules;
         n += 1;
         let mut lower = String::new();
-        for seg in facts
-            .path
-            .strip_prefix('/')
-            .unwrap_or(&facts.path)
-            .split('/')
-            .take(MAX_DEPTH)
-        {
+        let path = facts.path.strip_prefix('/').unwrap_or(&facts.path);
+        // Why: a deny rule matches its last segment with a format suffix (`/secret.json`,
+        // see `PathPattern::matches_fold`), but its rule is filed under `secret`, which the
+        // walk never reached from `secret.json`: the suffix fix matched nothing.
+        // Regression: tests::a_format_suffix_reaches_the_deny_rule_through_the_index
+        let last = path.strip_suffix('/').unwrap_or(path);
+        let (last_depth, last_seg) = match last.rsplit_once('/') {
+            Some((before, seg)) => (before.split('/').count(), seg),
+            None => (0, last),
+        };
+        let mut buf = String::new();
+        for (depth, seg) in path.split('/').take(MAX_DEPTH).enumerate() {
+            if depth == last_depth {
+                for (i, _) in last_seg.match_indices('.').take(MAX_SUFFIXES) {
+                    if i > 0
+                        && let Some(found) = node.children.get(index_key(&last_seg[..i], &mut buf))
+                    {
+                        lists[n] = &found.rules;
+                        n += 1;
+                    }
+                }
+            }
             let key = index_key(seg, &mut lower);
             let Some(next) = node.children.get(key) else {
                 break;
@@ -239,7 +259,7 @@ impl RouteTable {
             n += 1;
         }
         // k-way merge by rule index.
-        let mut pos = [0usize; MAX_DEPTH + 1];
+        let mut pos = [0usize; MAX_DEPTH + 1 + MAX_SUFFIXES];
         loop {
             let mut best: Option<(usize, u32)> = None;
             for (k, list) in lists[..n].iter().enumerate() {
@@ -655,8 +675,8 @@ impl PathPattern {
                     same(l, s)
                         || (fold == Fold::Wide
                             && at_end(segs.clone())
-                            && s.rsplit_once('.')
-                                .is_some_and(|(base, format)| !format.is_empty() && same(l, base)))
+                            && s.match_indices('.')
+                                .any(|(i, _)| i > 0 && i + 1 < s.len() && same(l, &s[..i])))
                 }
                 (Some(s), Segment::Any(_)) => !s.is_empty(),
                 (None, _) => false,
@@ -1560,6 +1580,48 @@ mod tests {
         }
     }
 
+    /// A deny rule's format suffix (`/secret.json`) is found through the index, which files the
+    /// rule under `secret`: the suffix was read by the rule but the rule was never tried.
+    #[test]
+    fn a_format_suffix_reaches_the_deny_rule_through_the_index() {
+        let table = RouteTable::new(vec![
+            rule("secret", &["/secret"], Effect::Deny, &[]),
+            rule("admin", &["/admin/**"], Effect::Deny, &[]),
+            rule("delete", &["/u/{id}/delete"], Effect::Deny, &[]),
+            rule("api", &["/api"], Effect::Allow, &[]),
+            rule("all", &["/**"], Effect::Allow, &[]),
+        ]);
+        let conn =
+            crate::request::facts::ConnInfo::new("127.0.0.1:1".parse().unwrap(), "l".into(), None);
+        for (path, decided) in [
+            ("/secret.json", "secret"),
+            ("/Secret.JSON", "secret"),
+            ("/secret.json/", "secret"),
+            ("/secret.a.b", "secret"),
+            ("/admin.json", "admin"),
+            ("/admin.x.y", "admin"),
+            ("/u/1/delete.json", "delete"),
+            ("/u/1/delete.a.b", "delete"),
+            ("/secret.json/x", "all"),
+            ("/secrets.json", "all"),
+            // Allow rules are not widened.
+            ("/api.json", "all"),
+            ("/api", "api"),
+        ] {
+            let (parts, ()) = http::Request::get(path)
+                .header("host", "h")
+                .body(())
+                .unwrap()
+                .into_parts();
+            let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+            assert_eq!(
+                table.find(&facts).map(|r| r.id.0.to_string()).as_deref(),
+                Some(decided),
+                "{path}"
+            );
+        }
+    }
+
     #[test]
     fn the_index_finds_what_trying_every_rule_in_order_finds() {
         let rules = vec![
@@ -1614,6 +1676,16 @@ mod tests {
             "/%C5%BFecrets",
             "/api/%C3%A9",
             "/ADMIN./x",
+            // Format suffixes (deny rules read them): at the end, deep, several dots.
+            "/admin.json",
+            "/secrets.json",
+            "/secrets.json/",
+            "/Secrets.a.b.c.d.e",
+            "/api/users.json",
+            "/api/users/7.json",
+            "/admin.json/x",
+            "/.json",
+            "/a/b/c/d/e/f/g/h/i/j/k/l/m/n.json",
         ];
         for method in ["GET", "POST", "DELETE", "PUT"] {
             for path in paths {
