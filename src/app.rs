@@ -136,6 +136,12 @@ impl App {
         });
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connections = Arc::new(Semaphore::new(max_connections));
+        // Why: one pool for every listener let connections to a proxy listener (anyone's,
+        // silent ones) take every slot, and the decision doors' peers then waited in the
+        // kernel's backlog: an Envoy Check that times out is one `failure_mode_allow: true`
+        // turns into an allow. The decision doors count in a pool of their own, as large.
+        // Regression: tests (it) abuse::the_proxy_cannot_take_the_decision_doors_connections
+        let decision_connections = Arc::new(Semaphore::new(max_connections));
         let was_ready = Arc::clone(reloader.ready_latch());
 
         let mut listeners = Vec::with_capacity(bound.len());
@@ -151,7 +157,10 @@ impl App {
                 name,
                 listener: tcp,
                 shared: Arc::clone(&shared),
-                connections: Arc::clone(&connections),
+                connections: Arc::clone(match door {
+                    Door::Proxy => &connections,
+                    _ => &decision_connections,
+                }),
                 shutdown: shutdown_rx.clone(),
                 drain: drain_tx.clone(),
             };

@@ -543,6 +543,72 @@ async fn the_proxy_cannot_take_the_decision_doors_permits() {
     held.abort();
 }
 
+/// `server.max_connections` counts the proxy's connections and, apart, the decision doors':
+/// silent connections holding every proxy slot keep no Envoy or nginx peer out of its door
+/// (a Check left waiting in the backlog times out, which `failure_mode_allow` turns into an
+/// allow), and the proxy's own next client waits.
+#[tokio::test]
+async fn the_proxy_cannot_take_the_decision_doors_connections() {
+    let gw = Setup {
+        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: forward\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
+        server: "  max_connections: 4\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    // Every proxy slot (less the one each listener holds while it waits) taken by silence.
+    let mut silent = Vec::new();
+    for _ in 0..6 {
+        silent.push(tokio::net::TcpStream::connect(gw.addr()).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Each on a connection of its own (one each would pass anyway: a listener holds a slot
+    // while it waits for its next connection).
+    let mut held = Vec::new();
+    for i in 0..3 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr_of("forward"))
+            .await
+            .unwrap();
+        tcp.write_all(b"GET /auth HTTP/1.1\r\nHost: door\r\nX-Forwarded-Method: GET\r\nX-Forwarded-Uri: /x\r\nX-Forwarded-Host: app.test\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(3), tcp.read_exact(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("forward-auth request {i} unanswered while the proxy's slots are taken")
+            })
+            .unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200", "{i}");
+        // Kept open, as a peer's pooled connection is.
+        held.push(tcp);
+    }
+    let mut grpc = tokio::time::timeout(
+        Duration::from_secs(3),
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+            format!("http://{}", gw.addr_of("grpc")),
+        ),
+    )
+    .await
+    .expect("the gRPC door accepts")
+    .unwrap();
+    let ok = tokio::time::timeout(
+        Duration::from_secs(3),
+        grpc.check(crate::grpc::check("/x", "198.51.100.9", &[])),
+    )
+    .await
+    .expect("the gRPC door answers")
+    .unwrap()
+    .into_inner();
+    assert_eq!(ok.status.map(|s| s.code), Some(0));
+    drop(held);
+    // The proxy's own pool is full: its next client is not served until a slot frees.
+    let waiting = tokio::time::timeout(Duration::from_millis(500), get(gw.addr(), "/x")).await;
+    assert!(waiting.is_err(), "the proxy's pool was full: {waiting:?}");
+    drop(silent);
+}
+
 /// A head hyper refuses and answers itself (a control byte in a field, a head over the size
 /// limit), before any door sees a request, is still counted: a scanner's flood shows.
 #[tokio::test]

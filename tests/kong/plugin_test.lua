@@ -138,6 +138,8 @@ local s = run {
     ["x-ssl-client-verify"] = "SUCCESS", ["x_portcullis_user"] = "admin", ["x-kept"] = "1",
     ["x-portcullis-user"] = "admin", ["x-client-cert-chain"] = "x", ["x-envoy-internal"] = "true",
     ["x_forwarded_for"] = "10.9.9.9", ["x-forwarded_host"] = "evil.example",
+    ["proxy-authorization"] = "Basic Zm9vOmJhcg==", ["proxy-connection"] = "keep-alive",
+    ["trailer"] = "X-User-Id",
   },
   door = { status = 200, headers = {
     ["X-User-Id"] = "alice",
@@ -167,6 +169,7 @@ for _, name in ipairs {
   "x_original_url", "x-http-method-override", "true-client-ip", "x-forwarded-client-cert",
   "x-envoy-original-path", "x-ssl-client-verify", "x_portcullis_user", "x-portcullis-user",
   "x-client-cert-chain", "x-envoy-internal", "x_forwarded_for", "x-forwarded_host",
+  "proxy-authorization", "proxy-connection", "trailer",
 } do
   check(s.upstream[name] == nil, "removes the client's " .. name)
 end

@@ -31,8 +31,8 @@ pub struct RawServer {
     pub max_target_bytes: usize,
     /// Most header fields in one request.
     pub max_headers: usize,
-    /// Most client connections open at once, over all listeners; further clients wait in the
-    /// kernel's accept queue.
+    /// Most client connections open at once over the proxy's listeners, and as many over the
+    /// decision doors'; further clients wait in the kernel's accept queue.
     pub max_connections: usize,
     /// Most requests being forwarded at once over the proxy's listeners, and, apart, most
     /// decisions at once over the decision doors' (so the proxy's never shed Envoy's Checks);

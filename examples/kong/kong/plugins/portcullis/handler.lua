@@ -112,8 +112,11 @@ local function forwarded_host()
   return host
 end
 
+-- Hop-by-hop headers nginx (and so Kong) passes on: meant for this hop, not the app.
+local HOP_BY_HOP = { ["proxy-authorization"] = true, ["proxy-connection"] = true, ["trailer"] = true }
+
 -- Removes from the upstream request every header whose dashed name is in `doomed` or is an
--- infrastructure header or Forwarded, and every spelling but the dashed one of a name in
+-- infrastructure, hop-by-hop header or Forwarded, and every spelling but the dashed one of a name in
 -- `set` (about to be set) or of a forwarding header. false when the request has too many
 -- headers to tell.
 local function clear(doomed, set)
@@ -124,7 +127,7 @@ local function clear(doomed, set)
   for name in pairs(headers) do
     local d = dashed(name)
     local other_spelling = d ~= name:lower()
-    if doomed[d] or INFRASTRUCTURE[d] or has_prefix(d, INFRASTRUCTURE_PREFIXES)
+    if doomed[d] or INFRASTRUCTURE[d] or HOP_BY_HOP[d] or has_prefix(d, INFRASTRUCTURE_PREFIXES)
         or (set[d] and other_spelling)
         or (is_forwarding(d) and (other_spelling or d == "forwarded")) then
       kong.service.request.clear_header(name)
