@@ -199,7 +199,7 @@ impl Template {
             return Err("header values are ASCII; write the text in ASCII".into());
         }
         // `.`, `-` and `_` are left out: they are parts of names (`{principal.id}@corp.example`)
-        // more often than separators.
+        // more often than separators. A space is one (`{principal.id} {principal.tenant}`).
         let mut delimiters: Vec<char> = parts
             .iter()
             .filter_map(|p| match p {
@@ -207,7 +207,7 @@ impl Template {
                 Part::Var(_) => None,
             })
             .flatten()
-            .filter(|c| c.is_ascii_punctuation() && !matches!(c, '.' | '-' | '_'))
+            .filter(|c| (c.is_ascii_punctuation() && !matches!(c, '.' | '-' | '_')) || *c == ' ')
             .collect();
         delimiters.sort_unstable();
         delimiters.dedup();
@@ -337,8 +337,15 @@ fn push_element(out: &mut String, item: &str, sep: char) -> Result<(), Miss> {
 /// `alice` (and `user  alice` read as `user alice`), while the gateway itself
 /// (`params.id == principal.id`) held it to be someone else.
 /// Regression: tests::values_with_spaces_at_their_ends_are_refused
+///
+/// Why `,` too: an id or tenant `acme,root` reads as two to an upstream splitting the header
+/// as a list, as a string claim holding one does ([`claim_text`]).
+/// Regression: tests::a_string_claim_holding_a_comma_is_refused
 fn push_scalar(out: &mut String, text: &str) -> Result<(), Miss> {
-    if text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace) {
+    if text.starts_with(char::is_whitespace)
+        || text.ends_with(char::is_whitespace)
+        || text.contains(',')
+    {
         return Err(Miss::Ambiguous);
     }
     out.push_str(text);
@@ -740,18 +747,31 @@ mod tests {
         let h = IdentityHeaders::compile([
             ("x-groups", "{claims.groups}"),
             ("x-user-id", "{principal.id}"),
+            ("x-tenant-id", "{principal.tenant}"),
         ])
         .unwrap();
         for (groups, want, refused) in [
             (
                 json!("g1"),
-                &[("x-groups", "g1"), ("x-user-id", "alice")][..],
+                &[
+                    ("x-groups", "g1"),
+                    ("x-user-id", "alice"),
+                    ("x-tenant-id", "acme"),
+                ][..],
                 0,
             ),
-            (json!("g1,admin"), &[("x-user-id", "alice")][..], 1),
+            (
+                json!("g1,admin"),
+                &[("x-user-id", "alice"), ("x-tenant-id", "acme")][..],
+                1,
+            ),
             (
                 json!(["g1", "admin"]),
-                &[("x-groups", "g1,admin"), ("x-user-id", "alice")][..],
+                &[
+                    ("x-groups", "g1,admin"),
+                    ("x-user-id", "alice"),
+                    ("x-tenant-id", "acme"),
+                ][..],
                 0,
             ),
         ] {
@@ -763,6 +783,15 @@ mod tests {
                 .collect();
             assert_eq!(render_headers(&h, &p), (want, refused), "{groups}");
         }
+        // An id or tenant holding one, likewise.
+        let mut p = principal();
+        p.id = "alice,bob".into();
+        p.tenant = Some("acme,root".into());
+        p.claims.insert("groups".into(), json!("g1"));
+        assert_eq!(
+            render_headers(&h, &p),
+            (vec![("x-groups".to_owned(), "g1".to_owned())], 2)
+        );
     }
 
     /// A value holding the punctuation its template separates values with is refused: it would
@@ -863,12 +892,8 @@ mod tests {
                 &[("x-user-id", "alice"), ("x-who", "user alice")][..],
                 1,
             ),
-            (
-                "al ice",
-                " acme",
-                &[("x-user-id", "al ice"), ("x-who", "user al ice")][..],
-                1,
-            ),
+            // Inside, a space is kept, but not where the template separates with one.
+            ("al ice", " acme", &[("x-user-id", "al ice")][..], 2),
         ] {
             let mut p = principal();
             p.id = id.into();
