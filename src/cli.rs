@@ -43,6 +43,10 @@ pub enum Command {
         /// The gateway config file.
         #[arg(short, long, default_value = "config/portcullis.yaml")]
         config: PathBuf,
+        /// Exit 1 on any warning too (a rule that can never match, a deny rule an earlier
+        /// allow rule decides): for CI, where a warning should stop a deploy.
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the JSON Schema of the config or policy files, for editor completion.
     Schema {
@@ -260,7 +264,7 @@ pub enum SchemaKind {
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run { config, no_watch } => run::run(&config, !no_watch),
-        Command::Check { config } => check::check(&config),
+        Command::Check { config, strict } => check::check(&config, strict),
         Command::Echo { listen } => echo::echo(listen),
         Command::Schema { kind } => schema(kind),
         Command::Test { files } => policy_test::run(&files),

@@ -1,5 +1,5 @@
 //! `portcullis check`: every diagnostic, `file:line:column: severity: path: message`; exit 1 on
-//! any error.
+//! any error, and with `--strict` on any warning.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -7,8 +7,12 @@ use std::process::ExitCode;
 
 use crate::config;
 
-/// Validates the config and its policies.
-pub fn check(path: &Path) -> ExitCode {
+/// Validates the config and its policies; `strict`: a warning fails too.
+///
+/// Why `--strict`: a deny rule an earlier `allow /**` shadows is only a warning (the config
+/// still loads, and a reload applies it), so a CI gate on `check` let a deny rule that does
+/// nothing go live. Regression: tests (it) policy::check_strict_fails_on_a_warning
+pub fn check(path: &Path, strict: bool) -> ExitCode {
     let mut out = std::io::stdout().lock();
     match config::build(path, None) {
         Ok((snapshot, warnings)) => {
@@ -33,6 +37,14 @@ pub fn check(path: &Path) -> ExitCode {
                 files,
                 warnings.len()
             );
+            if strict && !warnings.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "{} warning(s) with --strict: config rejected",
+                    warnings.len()
+                );
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(diags) => {

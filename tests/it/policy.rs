@@ -595,6 +595,33 @@ fn explain_refuses_the_heads_the_proxy_refuses() {
     assert_eq!(code, Some(0), "{text}");
 }
 
+/// `check --strict` fails on a warning (a deny rule an earlier allow rule shadows), for CI;
+/// without it the warning is said and the config passes; a config without warnings passes
+/// either way.
+#[test]
+fn check_strict_fails_on_a_warning() {
+    let cfg = ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n  - {name: admin, match: {paths: [\"/admin/**\"]}, effect: deny}\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("warning"), "{text}");
+    let (code, text) = cfg.run("check", &["--strict"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("warning(s) with --strict: config rejected"),
+        "{text}"
+    );
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: admin, match: {paths: [\"/admin/**\"]}, effect: deny}\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    let (code, text) = cfg.run("check", &["--strict"]);
+    assert_eq!(code, Some(0), "{text}");
+}
+
 /// `explain` decides on one host, the URL's: a `-H Host` naming another is refused (it was
 /// decided on, while the answer showed the URL's host, and the gateway decides an
 /// absolute-form request on the URL's). The same host in any case is fine.
