@@ -355,16 +355,31 @@ async fn run_door(
             .map_err(|_| format!("invalid header value for `{name}`"))?;
         headers.append(name, value);
     }
+    let named = listener.is_some();
     let listener = snapshot.listeners.iter().find(|l| match listener {
         Some(name) => &*l.name == name,
         None => l.door.door() == door,
     });
     let settings = listener.map_or(crate::snapshot::DoorSettings::Proxy, |l| l.door.clone());
     let listener_name: Arc<str> = listener.map_or_else(|| Arc::from("-"), |l| Arc::clone(&l.name));
+    // Why named: with several listeners of one door (an nginx one with a status map, a
+    // plain one), the first was used silently and its answer (403) read as the door's (302).
+    let same_door = snapshot
+        .listeners
+        .iter()
+        .filter(|l| l.door.door() == door)
+        .count();
     let mut report = json!({
         "request": {"method": args.method, "url": redact_query(args.url, snapshot), "client_ip": client_ip.to_string()},
         "door": door.as_str(),
+        "listener": &*listener_name,
     });
+    if same_door > 1 && !named {
+        report["listener_note"] = json!(format!(
+            "the first of {same_door} {} listeners; --listener NAME for another",
+            door.as_str()
+        ));
+    }
     // What the peer sends the door: the description its configuration gives.
     let peer_said = |method: &str, path: &str, extra: &[(&str, &str)]| {
         let mut req = Request::builder().method(method).uri(path);
@@ -957,6 +972,13 @@ fn render_text(r: &Value) -> String {
     ));
     if let Some(p) = req["canonical_path"].as_str() {
         out.push_str(&format!("path      {p}  (canonical)\n"));
+    }
+    if let (Some(door), Some(listener)) = (r["door"].as_str(), r["listener"].as_str()) {
+        out.push_str(&format!("door      {door} on listener {listener}"));
+        if let Some(note) = r["listener_note"].as_str() {
+            out.push_str(&format!("  ({note})"));
+        }
+        out.push('\n');
     }
     if let Some(rule) = r.get("rule") {
         out.push_str(&format!(

@@ -598,8 +598,23 @@ fn explain_runs_the_listener_named() {
     );
     let (status, _) = answer(&["--listener", "plain", "--door", "forward-auth"]);
     assert_eq!(status, 404);
-    // Without `--listener`, the first of the door.
+    // Without `--listener`, the first of the door, named, with a note that there are more.
     assert_eq!(answer(&["--door", "forward-auth"]).0, 403);
+    let listener = |extra: &[&str]| {
+        let v: serde_json::Value = serde_json::from_str(&explain(extra).1).unwrap();
+        (v["listener"].clone(), v["listener_note"].clone())
+    };
+    let (name, note) = listener(&["--door", "forward-auth"]);
+    assert_eq!(name, "nginx");
+    assert!(
+        note.as_str()
+            .is_some_and(|n| n.contains("the first of 2 forward-auth listeners")),
+        "{note}"
+    );
+    assert_eq!(
+        listener(&["--listener", "plain"]),
+        (serde_json::json!("plain"), serde_json::Value::Null)
+    );
     let (code, text) = explain(&["--listener", "plain", "--door", "envoy-grpc"]);
     assert_eq!(code, Some(2), "{text}");
     let (code, text) = explain(&["--listener", "missing"]);

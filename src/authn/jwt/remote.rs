@@ -293,7 +293,13 @@ impl RemoteKeys {
                     u.port().map(|p| format!(":{p}")).unwrap_or_default(),
                     u.path()
                 );
-                tracing::warn!(issuer = &*self.issuer, source = %source, error = %e, "Key fetch failed; keeping the last good keys");
+                // Why two texts: "keeping the last good keys" was logged before any key was
+                // ever fetched, when there are none and its tokens are refused (503).
+                if self.has_keys() {
+                    tracing::warn!(issuer = &*self.issuer, source = %source, error = %e, "Key fetch failed; keeping the last good keys");
+                } else {
+                    tracing::warn!(issuer = &*self.issuer, source = %source, error = %e, "Key fetch failed; no keys yet: this issuer's tokens get 503 authentication_unavailable until a fetch succeeds (retrying)");
+                }
             }
         }
         result
