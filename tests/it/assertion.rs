@@ -345,13 +345,7 @@ async fn assertions_tell_issuers_and_kinds_apart() {
         let t = crate::support::hs256_token(secret, &claims);
         let status = request(&gw, "/x", &format!("Authorization: Bearer {t}\r\n")).await;
         assert_eq!(status, 200, "{claims}");
-        let token = echoed_header(&gw.echo, "x-portcullis-assertion").expect("assertion sent");
-        let payload = token.split('.').nth(1).unwrap();
-        let claims: Value = serde_json::from_slice(
-            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
-                .unwrap(),
-        )
-        .unwrap();
+        let claims = sent_assertion_claims(&gw);
         assert_eq!(claims["sub"], "alice");
         seen.push((claims["idp"].clone(), claims["kind"].clone()));
     }
@@ -416,14 +410,18 @@ async fn an_assertion_without_a_subject_is_not_minted() {
     );
     let status = request(&gw, "/x", &format!("Authorization: Bearer {t}\r\n")).await;
     assert_eq!(status, 200);
+    assert_eq!(sent_assertion_claims(&gw)["sub"], "dave.d");
+}
+
+/// The claims of the assertion the upstream got last (its payload, unverified).
+fn sent_assertion_claims(gw: &TestGateway) -> Value {
     let token = echoed_header(&gw.echo, "x-portcullis-assertion").expect("assertion sent");
     let payload = token.split('.').nth(1).unwrap();
-    let claims: Value = serde_json::from_slice(
+    serde_json::from_slice(
         &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
             .unwrap(),
     )
-    .unwrap();
-    assert_eq!(claims["sub"], "dave.d");
+    .unwrap()
 }
 
 /// One client holding idle connections to the public admin listener (64 of them, the
