@@ -234,9 +234,14 @@ impl RouteTable {
         // walk never reached from `secret.json`: the suffix fix matched nothing.
         // Regression: tests::a_format_suffix_reaches_the_deny_rule_through_the_index
         let last = path.strip_suffix('/').unwrap_or(path);
-        let (last_depth, last_seg) = match last.rsplit_once('/') {
-            Some((before, seg)) => (before.split('/').count(), seg),
-            None => (0, last),
+        let (before, last_seg) = last
+            .rsplit_once('/')
+            .map_or((None, last), |(b, s)| (Some(b), s));
+        // Its depth counted only when it has a dot (most paths have none): no lookup else.
+        let last_depth = match (last_seg.contains('.'), before) {
+            (false, _) => usize::MAX,
+            (true, None) => 0,
+            (true, Some(b)) => b.split('/').count(),
         };
         let mut buf = String::new();
         for (depth, seg) in path.split('/').take(MAX_DEPTH).enumerate() {

@@ -447,14 +447,7 @@ async fn connection_without_a_request_gets_the_idle_timeout() {
 /// Envoy Check shed as `UNAVAILABLE` is one `failure_mode_allow: true` turns into an allow.
 #[tokio::test]
 async fn the_proxy_cannot_take_the_decision_doors_permits() {
-    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hung_addr = hung.local_addr().unwrap();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((s, _)) = hung.accept().await {
-            open.push(s);
-        }
-    });
+    let (hung_addr, held) = silent_server().await;
     let policy = "rules:\n  - {name: judged, match: {paths: [\"/judged/**\"]}, effect: allow, anonymous: true, delegate: hung, upstream: echo}\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n";
     let gw = Setup {
         listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: forward\n    address: 127.0.0.1:0\n    door: {forward_auth: {timeout: 1500ms}}\n  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),

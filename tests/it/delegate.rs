@@ -495,14 +495,7 @@ async fn grpc_denies_delegate_unavailable(gw: &TestGateway, bearer: &str) {
 /// 10 s) that accepts connections and never says a word, not even the HTTP/2 preface; and the
 /// task holding those connections.
 async fn hung_delegate_gateway(listeners: &str) -> (TestGateway, tokio::task::JoinHandle<()>) {
-    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hung_addr = hung.local_addr().unwrap();
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((s, _)) = hung.accept().await {
-            open.push(s);
-        }
-    });
+    let (hung_addr, held) = crate::support::silent_server().await;
     let policy = "rules:\n  - name: reports\n    match: {paths: [\"/reports/**\"]}\n    effect: allow\n    authenticators: [users]\n    delegate: opa\n";
     let gw = Setup {
         listeners: listeners.into(),

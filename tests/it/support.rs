@@ -671,3 +671,17 @@ pub fn tls_peer(names: &[&str], http2: bool) -> (String, Arc<rustls::ServerConfi
     .unwrap();
     (ca, tls)
 }
+
+/// A server on 127.0.0.1 that accepts connections and never says a word (a hung delegate,
+/// key server or peer), holding them open; and the task holding them.
+pub async fn silent_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            open.push(s);
+        }
+    });
+    (addr, held)
+}
