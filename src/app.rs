@@ -136,12 +136,6 @@ impl App {
         });
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connections = Arc::new(Semaphore::new(max_connections));
-        // Why: one pool for every listener let connections to a proxy listener (anyone's,
-        // silent ones) take every slot, and the decision doors' peers then waited in the
-        // kernel's backlog: an Envoy Check that times out is one `failure_mode_allow: true`
-        // turns into an allow. The decision doors count in a pool of their own, as large.
-        // Regression: tests (it) abuse::the_proxy_cannot_take_the_decision_doors_connections
-        let decision_connections = Arc::new(Semaphore::new(max_connections));
         let was_ready = Arc::clone(reloader.ready_latch());
 
         let mut listeners = Vec::with_capacity(bound.len());
@@ -152,15 +146,35 @@ impl App {
         {
             listeners.push((Arc::clone(&name), addr));
             tracing::info!(listener = &*name, %addr, door = door.as_str(), "Listening");
+            // Why: one pool for every listener let connections to a proxy listener (anyone's,
+            // silent ones) take every slot, or requests it held (a slow upstream's) every
+            // permit, and the decision doors' peers then waited in the kernel's backlog or were
+            // shed: an Envoy Check that fails or times out is one `failure_mode_allow: true`
+            // turns into an allow. The same holds between two decision doors (nginx's clients
+            // crowding out Envoy's Checks), so each decision listener has pools of its own, as
+            // large as the proxy's; the proxy's listeners share theirs.
+            // Regression: tests (it) abuse::the_proxy_cannot_take_the_decision_doors_connections,
+            // abuse::the_proxy_cannot_take_the_decision_doors_permits
+            let (shared, connections) = match door {
+                Door::Proxy => (Arc::clone(&shared), Arc::clone(&connections)),
+                _ => (
+                    Arc::new(Shared {
+                        current: Arc::clone(&shared.current),
+                        metrics: Arc::clone(&shared.metrics),
+                        in_flight: Arc::clone(&shared.in_flight),
+                        decisions_in_flight: Arc::new(Semaphore::new(max_in_flight)),
+                        shutdown: shared.shutdown.clone(),
+                        grace_over: Arc::clone(&shared.grace_over),
+                    }),
+                    Arc::new(Semaphore::new(max_connections)),
+                ),
+            };
             let spawn = Spawn {
                 index,
                 name,
                 listener: tcp,
                 shared: Arc::clone(&shared),
-                connections: Arc::clone(match door {
-                    Door::Proxy => &connections,
-                    _ => &decision_connections,
-                }),
+                connections,
                 shutdown: shutdown_rx.clone(),
                 drain: drain_tx.clone(),
             };

@@ -30,8 +30,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Permits for requests in flight at the proxy's listeners (`server.max_in_flight`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
-    /// Permits for decisions in flight at the decision doors' listeners (as many again):
-    /// see [`listener::Handler::DECIDES_ONLY`].
+    /// Permits for decisions in flight at one decision door's listener (as many again, for
+    /// each such listener): see [`listener::Handler::DECIDES_ONLY`].
     pub decisions_in_flight: Arc<tokio::sync::Semaphore>,
     /// Becomes `true` when the gateway shuts down: what outlives a request (a tunnel in an
     /// HTTP/2 stream) watches it.

@@ -441,10 +441,11 @@ async fn connection_without_a_request_gets_the_idle_timeout() {
     }
 }
 
-/// `server.max_in_flight` caps the proxy's requests and, apart, the decision doors'
+/// `server.max_in_flight` caps the proxy's requests and, apart, each decision door's
 /// decisions: one more is shed at once (503 `overloaded`, gRPC `UNAVAILABLE`), never queued.
-/// Requests the proxy holds (a slow upstream's) never take the decision doors' permits: an
-/// Envoy Check shed as `UNAVAILABLE` is one `failure_mode_allow: true` turns into an allow.
+/// Requests the proxy or another door holds (a slow upstream's, a hung delegate's) never take
+/// a decision door's permits: an Envoy Check shed as `UNAVAILABLE` is one
+/// `failure_mode_allow: true` turns into an allow.
 #[tokio::test]
 async fn the_proxy_cannot_take_the_decision_doors_permits() {
     let (hung_addr, held) = silent_server().await;
@@ -503,24 +504,39 @@ async fn the_proxy_cannot_take_the_decision_doors_permits() {
     let (status, _, _) = slow.await.unwrap();
     assert_eq!(status, 200);
 
-    // The decision doors' one permit held by a decision waiting on a hung delegate: the
-    // doors shed, the proxy serves.
+    // The forward-auth door's one permit held by a decision waiting on a hung delegate: that
+    // door sheds; the proxy and the gRPC door (nginx's clients cannot crowd out Envoy) serve.
     let fa = gw.addr_of("forward");
     let judged = tokio::spawn(async move { send(fa, forward("/judged/x")).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     let (status, _, body) = send(gw.addr_of("forward"), forward("/x")).await;
     assert_eq!(status, 503, "{body:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "shed at once, not queued behind the waiting decision"
+    );
+    let ok = grpc
+        .check(crate::grpc::check("/x", "198.51.100.9", &[]))
+        .await
+        .expect("the gRPC door keeps its own permits")
+        .into_inner();
+    assert_eq!(ok.status.map(|s| s.code), Some(0));
+    assert_eq!(get(gw.addr(), "/x").await.0, 200, "the proxy keeps its own");
+    // And the gRPC door's one permit, held the same way: it sheds as `UNAVAILABLE`.
+    let mut waiting = grpc.clone();
+    let judged_grpc = tokio::spawn(async move {
+        waiting
+            .check(crate::grpc::check("/judged/x", "198.51.100.9", &[]))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let err = grpc
         .check(crate::grpc::check("/x", "198.51.100.9", &[]))
         .await
         .expect_err("shed");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_millis(700),
-        "shed at once, not queued behind the waiting decision"
-    );
-    assert_eq!(get(gw.addr(), "/x").await.0, 200, "the proxy keeps its own");
+    judged_grpc.abort();
     let (status, _, body) = judged.await.unwrap();
     assert_eq!(status, 503, "the hung delegate fails closed");
     assert!(
@@ -536,7 +552,7 @@ async fn the_proxy_cannot_take_the_decision_doors_permits() {
     held.abort();
 }
 
-/// `server.max_connections` counts the proxy's connections and, apart, the decision doors':
+/// `server.max_connections` counts the proxy's connections and, apart, each decision door's:
 /// silent connections holding every proxy slot keep no Envoy or nginx peer out of its door
 /// (a Check left waiting in the backlog times out, which `failure_mode_allow` turns into an
 /// allow), and the proxy's own next client waits.
@@ -592,6 +608,34 @@ async fn the_proxy_cannot_take_the_decision_doors_connections() {
     )
     .await
     .expect("the gRPC door answers")
+    .unwrap()
+    .into_inner();
+    assert_eq!(ok.status.map(|s| s.code), Some(0));
+    // The forward-auth listener's own pool filled by silence too: the gRPC door still
+    // answers (nginx's clients cannot keep Envoy out).
+    for _ in 0..6 {
+        held.push(
+            tokio::net::TcpStream::connect(gw.addr_of("forward"))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fresh = tokio::time::timeout(
+        Duration::from_secs(3),
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+            format!("http://{}", gw.addr_of("grpc")),
+        ),
+    )
+    .await
+    .expect("the gRPC door accepts a new connection")
+    .unwrap();
+    let ok = tokio::time::timeout(
+        Duration::from_secs(3),
+        fresh.check(crate::grpc::check("/x", "198.51.100.9", &[])),
+    )
+    .await
+    .expect("the gRPC door answers on it")
     .unwrap()
     .into_inner();
     assert_eq!(ok.status.map(|s| s.code), Some(0));
