@@ -121,6 +121,9 @@ pub struct RedisStore {
     warned_what: AtomicU64,
     /// When (as [`Self::now`]) Redis last answered a call, anything; 0: never.
     answered_at: AtomicU64,
+    /// When (as [`Self::now`]) the first call Redis has not answered yet was sent: the
+    /// earliest sent since [`Self::answered_at`], if later than it; 0: none since a reset.
+    waiting_since: AtomicU64,
     /// Calls, failures and latency.
     pub metrics: RedisMetrics,
 }
@@ -288,6 +291,7 @@ impl RedisStore {
             warned_at: AtomicU64::new(0),
             warned_what: AtomicU64::new(0),
             answered_at: AtomicU64::new(0),
+            waiting_since: AtomicU64::new(0),
             prefix: raw.key_prefix.as_str().into(),
             breaker: Breaker::new(
                 raw.breaker_failures,
@@ -384,6 +388,10 @@ impl RedisStore {
         self.metrics.calls.fetch_add(1, Ordering::Relaxed);
         let mut conn = Conn::clone(&used);
         let start = tokio::time::Instant::now();
+        let sent = self.now();
+        if self.waiting_since.load(Ordering::Relaxed) <= self.answered_at.load(Ordering::Relaxed) {
+            self.waiting_since.store(sent, Ordering::Relaxed);
+        }
         // Why: a healthy Redis closes idle connections (its `timeout`, a load balancer's idle
         // cut, a failover's `CLIENT KILL`), and the first call on such a connection failed:
         // a spurious 503 on a limit failing closed, an unchecked pass on one failing open,
@@ -420,11 +428,13 @@ impl RedisStore {
                 // answered for longer than a connect takes is dropped, and the next call
                 // connects afresh; one slow call among answers keeps it.
                 // Regression: tests (it) redis::a_connection_that_stopped_answering_is_replaced
-                let silent = self
-                    .now()
-                    .saturating_sub(self.answered_at.load(Ordering::Relaxed));
-                let stalled =
-                    u128::from(silent) > self.connect_timeout.max(self.timeout).as_nanos();
+                // Why counted from the first call left unanswered, not from the last answer:
+                // after a quiet spell, the first slow call dropped a healthy connection.
+                // Regression: tests (it) redis::one_slow_call_after_a_quiet_spell_keeps_the_connection
+                let waiting = self.waiting_since.load(Ordering::Relaxed);
+                let stalled = waiting > self.answered_at.load(Ordering::Relaxed)
+                    && u128::from(self.now().saturating_sub(waiting))
+                        > self.connect_timeout.max(self.timeout).as_nanos();
                 if self.target.drops_on_failure() || stalled {
                     self.reset(&used);
                 }
@@ -561,6 +571,10 @@ impl RedisStore {
     fn reset(&self, used: &Arc<Conn>) {
         let was = self.conn.compare_and_swap(used, None);
         let dropped = was.as_ref().is_some_and(|c| Arc::ptr_eq(c, used));
+        if dropped {
+            // The next connection's silence counts from its first call.
+            self.waiting_since.store(0, Ordering::Relaxed);
+        }
         if dropped && self.target.drops_on_failure() {
             let _ = self.target.connect(&self.conn);
         }

@@ -537,6 +537,8 @@ struct FreezingRelay {
     addr: SocketAddr,
     /// Connections numbered below this forward nothing.
     frozen_below: Arc<std::sync::atomic::AtomicUsize>,
+    /// While set, Redis's answers wait in the relay (then go, in order).
+    held: Arc<std::sync::atomic::AtomicBool>,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -547,8 +549,10 @@ impl FreezingRelay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let frozen_below = Arc::new(AtomicUsize::new(0));
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let (frozen, count) = (Arc::clone(&frozen_below), Arc::clone(&accepted));
+        let hold = Arc::clone(&held);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let id = count.fetch_add(1, Ordering::SeqCst);
@@ -557,14 +561,18 @@ impl FreezingRelay {
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                for (mut from, mut to) in [(cr, sw), (sr, cw)] {
+                for (answers, (mut from, mut to)) in [(false, (cr, sw)), (true, (sr, cw))] {
                     let frozen = Arc::clone(&frozen);
+                    let hold = Arc::clone(&hold);
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 16 * 1024];
                         while let Ok(n @ 1..) = from.read(&mut buf).await {
                             // Read and dropped: the other end never hears of it.
                             if id < frozen.load(Ordering::SeqCst) {
                                 continue;
+                            }
+                            while answers && hold.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
                             }
                             if to.write_all(&buf[..n]).await.is_err() {
                                 return;
@@ -581,6 +589,7 @@ impl FreezingRelay {
         Self {
             addr,
             frozen_below,
+            held,
             accepted,
             task,
         }
@@ -597,6 +606,37 @@ impl Drop for FreezingRelay {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// One call that runs out of time after a quiet spell (longer than a connect takes) keeps a
+/// connection that answers again: only a silence since the first call left unanswered
+/// drops it.
+#[tokio::test]
+async fn one_slow_call_after_a_quiet_spell_keeps_the_connection() {
+    use std::sync::atomic::Ordering;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let relay = FreezingRelay::start(redis.addr()).await;
+    let gw = modes_gateway(&format!("redis://{}", relay.addr)).await;
+    connected(&gw).await;
+    assert_eq!(relay.accepted.load(Ordering::SeqCst), 1);
+    // Quiet for longer than `connect_timeout` and the call's `timeout`.
+    tokio::time::sleep(Duration::from_millis(TIMEOUT_MS.max(200) + 400)).await;
+    relay.held.store(true, Ordering::SeqCst);
+    let (status, reason, _) = timed(&gw, "/deny/x").await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_unavailable"),
+        "the held call ran out of time"
+    );
+    relay.held.store(false, Ordering::SeqCst);
+    assert_eq!(timed(&gw, "/deny/x").await.0, StatusCode::OK);
+    assert_eq!(
+        relay.accepted.load(Ordering::SeqCst),
+        1,
+        "the connection that answers again was kept"
+    );
 }
 
 /// A connection to Redis that stops answering without being closed is given up once nothing
