@@ -507,26 +507,10 @@ pub fn from_jwk_json(text: &str, remote: bool) -> Result<VerifyKey, KeyError> {
     from_jwk(&jwk, remote)
 }
 
-/// One parsed JWK.
-pub fn from_jwk(jwk: &Jwk, remote: bool) -> Result<VerifyKey, KeyError> {
-    if matches!(
-        jwk.common.public_key_use,
-        Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
-    ) {
-        return Err(KeyError::NotForSignatures);
-    }
-    // RFC 7517 4.3: a key whose `key_ops` are given is for those operations only; one not
-    // listing `verify` (an encryption key, a wrapping key) never verifies a signature.
-    // Regression: jwt::keys::tests::key_ops_without_verify_refused
-    if jwk
-        .common
-        .key_operations
-        .as_ref()
-        .is_some_and(|ops| !ops.iter().any(|o| matches!(o, KeyOperations::Verify)))
-    {
-        return Err(KeyError::NotForSignatures);
-    }
-    let (family, material): (KeyFamily, Vec<u8>) = match &jwk.algorithm {
+/// A JWK's family and the public material its fingerprint is taken of, whatever its `use`,
+/// `key_ops` or `alg` say.
+fn public_material(jwk: &Jwk, remote: bool) -> Result<(KeyFamily, Vec<u8>), KeyError> {
+    Ok(match &jwk.algorithm {
         AlgorithmParameters::RSA(p) => {
             use base64::Engine as _;
             let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -551,7 +535,29 @@ pub fn from_jwk(jwk: &Jwk, remote: bool) -> Result<VerifyKey, KeyError> {
             (KeyFamily::Hmac, p.value.clone().into_bytes())
         }
         _ => return Err(KeyError::Unsupported),
-    };
+    })
+}
+
+/// One parsed JWK.
+pub fn from_jwk(jwk: &Jwk, remote: bool) -> Result<VerifyKey, KeyError> {
+    if matches!(
+        jwk.common.public_key_use,
+        Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
+    ) {
+        return Err(KeyError::NotForSignatures);
+    }
+    // RFC 7517 4.3: a key whose `key_ops` are given is for those operations only; one not
+    // listing `verify` (an encryption key, a wrapping key) never verifies a signature.
+    // Regression: jwt::keys::tests::key_ops_without_verify_refused
+    if jwk
+        .common
+        .key_operations
+        .as_ref()
+        .is_some_and(|ops| !ops.iter().any(|o| matches!(o, KeyOperations::Verify)))
+    {
+        return Err(KeyError::NotForSignatures);
+    }
+    let (family, material) = public_material(jwk, remote)?;
     let key = DecodingKey::from_jwk(jwk).map_err(|_| KeyError::Malformed)?;
     let algorithms = match &jwk.common.key_algorithm {
         None => family.algorithms(),
@@ -566,10 +572,15 @@ pub fn from_jwk(jwk: &Jwk, remote: bool) -> Result<VerifyKey, KeyError> {
     let algorithms = if family == KeyFamily::Hmac {
         // RFC 7518 §3.2: the key is at least as long as the hash; a shorter key keeps only the
         // algorithms it is long enough for.
-        let len = key
-            .try_get_as_bytes()
-            .map_err(|_| KeyError::Malformed)?
-            .len();
+        let bytes = key.try_get_as_bytes().map_err(|_| KeyError::Malformed)?;
+        // Why: the guard `hmac` secrets have was missing here, and a `jwks_file` holding a
+        // public key's PEM as an `oct` key verified HS256 tokens anyone with that public key
+        // could sign.
+        // Regression: jwt::keys::tests::an_oct_jwk_holding_a_public_key_is_refused
+        if looks_like_public_key(bytes) {
+            return Err(KeyError::SecretLooksLikePublicKey);
+        }
+        let len = bytes.len();
         let long_enough = AlgSet::of(
             [
                 (Algorithm::HS256, 32),
@@ -666,10 +677,14 @@ pub fn leaked(text: &[u8]) -> Vec<Leaked> {
                 .get("kid")
                 .and_then(serde_json::Value::as_str)
                 .map(Into::into);
+            // Why its public part alone: a private JWK says `key_ops: ["sign"]` (what PyJWT
+            // writes), which a verifying key refuses, and the leak was remembered by `kid`
+            // only: the next clean document, or the key under another `kid`, trusted it again.
+            // Regression: jwt::keys::tests::a_key_leaked_for_signing_is_remembered_by_its_fingerprint
             let fingerprint = serde_json::from_value::<Jwk>(v)
                 .ok()
-                .and_then(|jwk| from_jwk(&jwk, true).ok())
-                .map(|k| k.fingerprint);
+                .and_then(|jwk| public_material(&jwk, true).ok())
+                .map(|(_, material)| crate::secret::sha256(&material));
             (kid, fingerprint)
         })
         .collect()

@@ -379,3 +379,52 @@ fn a_leaked_key_stops_verifying() {
     // A document leaking a key the set does not hold changes nothing.
     assert!(next.without_leaked(&leaked).is_none());
 }
+
+/// A private JWK says what it is for: `key_ops: ["sign"]` (PyJWT writes it so), which a
+/// verifying key refuses. Its leak is remembered by the public part all the same, so a clean
+/// document, or the key under another `kid`, is never trusted with it again.
+#[test]
+fn a_key_leaked_for_signing_is_remembered_by_its_fingerprint() {
+    let issuer: Arc<str> = Arc::from("https://leaked-for-signing.example");
+    let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    let public = format!(r#"{{"kty":"OKP","crv":"Ed25519","kid":"k1","x":"{x}"}}"#);
+    let key = || from_jwk_json(&public, true).unwrap().for_issuer(&issuer);
+    let doc = format!(
+        r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","kid":"k1-signing","use":"sig","key_ops":["sign"],"alg":"EdDSA","x":"{x}","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"}}]}}"#
+    );
+    let leaked = leaked(doc.as_bytes());
+    assert_eq!(leaked.len(), 1);
+    assert_eq!(
+        leaked[0].1,
+        Some(key().fingerprint),
+        "found by its public part"
+    );
+    let held = KeySet::new(vec![key()]);
+    assert!(held.without_leaked(&leaked).is_some(), "a held key leaked");
+    assert!(!is_leaked(&key()));
+    remember_leaked(&issuer, &leaked);
+    assert!(
+        is_leaked(&key()),
+        "under its own kid, from the next clean document"
+    );
+}
+
+/// An `oct` JWK (a `jwks_file`'s) whose secret is a public key's PEM is refused as an `hmac`
+/// secret is: tokens HMAC'd with the public key would verify.
+#[test]
+fn an_oct_jwk_holding_a_public_key_is_refused() {
+    use base64::Engine as _;
+    let ec = KeyPair::generate().unwrap();
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ec.public_key_pem());
+    let jwk = format!(r#"{{"kty":"oct","kid":"sym","k":"{k}"}}"#);
+    assert!(matches!(
+        from_jwk_json(&jwk, false),
+        Err(KeyError::SecretLooksLikePublicKey)
+    ));
+    let random = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
+    let jwk = format!(r#"{{"kty":"oct","kid":"sym","k":"{random}"}}"#);
+    assert!(
+        from_jwk_json(&jwk, false).is_ok(),
+        "a random secret is kept"
+    );
+}
