@@ -38,8 +38,68 @@ pub struct Loaded {
     pub errors: Vec<Diagnostic>,
 }
 
-/// Reads and deserialises the config and its policy files, reporting every problem found.
+/// How many times a load is read again when the files changed under it.
+const READS: usize = 5;
+
+/// Reads and deserialises the config and its policy files, reporting every problem found:
+/// all from one version of the files, when they are swapped whole under the reader.
+///
+/// Why: a Kubernetes ConfigMap volume is updated by swapping its `..data` link to a new
+/// directory, each file being a link through it. A reload reading while the link swapped
+/// compiled some old files with some new ones: a deny rule moved from the first file to the
+/// last was in neither, and its path was let through for the next reload's 0.3–0.75 s. The
+/// files' layout (where each resolves, which file it is) is taken before and after the read,
+/// and a read it changed under is done again.
+/// Regression: config::load::tests::a_swapped_volume_is_read_whole
 pub fn load(config_path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
+    let mut read = 0;
+    loop {
+        let dir = policy_dir_hint(config_path).map(|d| {
+            config_path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+                .join(d)
+        });
+        let before = layout(config_path, dir.as_deref());
+        let loaded = load_once(config_path);
+        if layout(config_path, dir.as_deref()) == before {
+            return loaded;
+        }
+        read += 1;
+        if read == READS {
+            // Never a mix: the running config stays, and the next change reloads.
+            return Err(vec![Diagnostic::file_error(
+                &config_path.display().to_string(),
+                format!(
+                    "the config or policy files changed while being read, {READS} times in a row: not loaded (write them whole, or swap them less often)"
+                ),
+            )]);
+        }
+    }
+}
+
+/// Where the config file, the policy directory and each policy file resolve (through links),
+/// and which file each is: equal layouts, files read from one version.
+fn layout(config_path: &Path, policy_dir: Option<&Path>) -> Vec<Option<(PathBuf, u64)>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let resolved = |path: &Path| {
+        let real = std::fs::canonicalize(path).ok()?;
+        let ino = std::fs::metadata(&real).ok()?.ino();
+        Some((real, ino))
+    };
+    let mut out = vec![resolved(config_path)];
+    if let Some(dir) = policy_dir {
+        out.push(resolved(dir));
+        if let Ok(files) = policy_files(dir) {
+            out.extend(files.iter().map(|(path, _)| resolved(path)));
+        }
+    }
+    out
+}
+
+/// One read of the config and its policy files ([`load`]).
+fn load_once(config_path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
     let display = config_path.display().to_string();
     let base_dir = config_path
         .parent()
@@ -388,6 +448,90 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
+    /// A policy directory laid out as a Kubernetes ConfigMap volume (each file a link through
+    /// `..data`, which is swapped to a new directory on update), swapped between two versions
+    /// while it is loaded: every load reads one version whole.
+    #[test]
+    fn a_swapped_volume_is_read_whole() {
+        use std::os::unix::fs::symlink;
+        let root = tempfile::tempdir().unwrap();
+        let vol = root.path().join("policies");
+        std::fs::create_dir(&vol).unwrap();
+        const FILES: usize = 120;
+        // A new directory for each update, as the kubelet makes (version a or b by turns).
+        const DIRS: usize = 16;
+        for d in 0..DIRS {
+            let version = if d % 2 == 0 { "a" } else { "b" };
+            let dir = vol.join(format!("..v-{d}"));
+            std::fs::create_dir(&dir).unwrap();
+            for i in 0..FILES {
+                std::fs::write(
+                    dir.join(format!("{i:03}.yaml")),
+                    format!("# version {version}\nrules:\n  - {{name: r{i}, match: {{paths: [\"/{i}/**\"]}}, effect: deny}}\n"),
+                )
+                .unwrap();
+            }
+        }
+        symlink("..v-0", vol.join("..data")).unwrap();
+        for i in 0..FILES {
+            symlink(
+                format!("..data/{i:03}.yaml"),
+                vol.join(format!("{i:03}.yaml")),
+            )
+            .unwrap();
+        }
+        let config = root.path().join("portcullis.yaml");
+        std::fs::write(
+            &config,
+            "listeners: [{name: l, address: \"127.0.0.1:0\"}]\npolicies: {dir: policies}\n",
+        )
+        .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let to = format!("..v-{}", (n + 1) % DIRS);
+                    let tmp = vol.join("..data_tmp");
+                    let _ = std::fs::remove_file(&tmp);
+                    symlink(to, &tmp).unwrap();
+                    std::fs::rename(&tmp, vol.join("..data")).unwrap();
+                    n += 1;
+                    // Now quick, now slow: some reads see a swap, some do not.
+                    let pause = if n % 4 < 2 { 1 } else { 40 };
+                    std::thread::sleep(std::time::Duration::from_millis(pause));
+                }
+            })
+        };
+        let (mut mixed, mut whole, mut refused) = (0, 0, 0);
+        for _ in 0..60 {
+            // Files that kept changing while read are refused (the running config stays).
+            let Ok(loaded) = super::load(&config) else {
+                refused += 1;
+                continue;
+            };
+            whole += 1;
+            assert_eq!(loaded.policies.len(), FILES);
+            let first = loaded.policies[0].0.text.lines().next().unwrap().to_owned();
+            if loaded
+                .policies
+                .iter()
+                .any(|(s, _)| !s.text.starts_with(&first))
+            {
+                mixed += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        whole -= mixed;
+        assert_eq!(
+            mixed, 0,
+            "loads that mixed the two versions ({whole} whole, {refused} refused)"
+        );
+        assert!(whole > 0, "{refused} refused");
+    }
+
     /// A key pasted into the config's inline `keys` is refused without being quoted; a
     /// mistake elsewhere still shows what was written.
     #[test]
