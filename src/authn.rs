@@ -24,7 +24,7 @@ use http::HeaderName;
 use self::apikey::{ApiKeys, KeyError};
 use self::cache::{Entry, TokenCache};
 use self::credential::{CredentialSource, Found};
-use self::introspection::{Answer, Introspector};
+use self::introspection::{Answer, Introspector, Unavailable};
 use self::jwt::verify::TokenError;
 use self::jwt::{JwtAuthenticator, VerifyError};
 use self::mtls::Mtls;
@@ -120,6 +120,9 @@ pub enum Failure {
     /// What is needed to verify is unavailable (key server down since startup, introspection
     /// endpoint failing).
     Unavailable,
+    /// The verification was not tried: the client's share of introspection calls, or every
+    /// slot, was taken (a load the gateway sheds).
+    Shed,
 }
 
 /// What one authenticator found in a request.
@@ -615,7 +618,13 @@ impl Authenticator {
                         Err(Failure::Invalid(e))
                     }
                     // Logged (rate-limited) by the introspector.
-                    Err(_) => Err(Failure::Unavailable),
+                    Err(Unavailable::Failed) => Err(Failure::Unavailable),
+                    // Why a refusal of its own: as `Unavailable` it was "could not decide",
+                    // which a decision door answers with a failed call, and Envoy's
+                    // `failure_mode_allow: true` turned a client's own flood of made-up tokens
+                    // (its share full) into allows for its forged ones.
+                    // Regression: tests (it) credentials::a_shed_verification_is_a_refusal_at_every_door
+                    Err(Unavailable::Shed) => Err(Failure::Shed),
                 }
             }
             Kind::TrustedHeaders(_) | Kind::Mtls(_) => Err(Failure::Missing),

@@ -77,9 +77,15 @@ pub struct Introspector {
 /// once by the caller that made it).
 pub type Shared = Result<Answer, Unavailable>;
 
-/// An introspection call that failed (timed out, refused, shed, an unreadable answer).
+/// An introspection call with no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unavailable;
+pub enum Unavailable {
+    /// It failed (timed out, refused, an unreadable answer): the gateway could not decide.
+    Failed,
+    /// It was not made: the client's share of the calls, or every slot, was taken. A load
+    /// the gateway sheds, which is a refusal it made, not a failure.
+    Shed,
+}
 
 /// A caller over its client's share of the calls: refused, its call not made.
 #[derive(Debug, Clone, Copy)]
@@ -245,10 +251,7 @@ impl Introspector {
                 self.calls_shed.fetch_add(1, Ordering::Relaxed);
                 return Err(Shed);
             };
-            Ok(self
-                .introspect(token, authenticator, now, Slot::Try)
-                .await
-                .map_err(|_| Unavailable))
+            Ok(self.introspect(token, authenticator, now, Slot::Try).await)
         };
         // By SHA-256, never a short hash: a collision would hand one token's principal to
         // another.
@@ -268,10 +271,12 @@ impl Introspector {
         // else's calls. Regression: tests (it) edge::rechecks_of_one_token_share_a_call
         let answer = if fresh {
             let call = || async {
+                // A re-check that found no slot in time could not decide (the stream keeps
+                // its last answer), as one whose call failed.
                 Ok(self
                     .introspect(token, authenticator, now, Slot::Recheck)
                     .await
-                    .map_err(|_| Unavailable))
+                    .map_err(|_| Unavailable::Failed))
             };
             once(&self.pending_rechecks, key, call).await
         } else {
@@ -280,7 +285,7 @@ impl Introspector {
         // A caller over its share is refused alone: `Shed` leaves the cell empty, and the
         // next waiter makes the call with its own share.
         let Ok(answer) = answer else {
-            return Err(Unavailable);
+            return Err(Unavailable::Shed);
         };
         // Judged at the first caller's clock: a later waiter's own may be past `exp`.
         match answer {
@@ -299,7 +304,7 @@ impl Introspector {
         authenticator: &Arc<str>,
         now: u64,
         slot: Slot,
-    ) -> Result<Answer, FetchError> {
+    ) -> Result<Answer, Unavailable> {
         let permit = match slot {
             Slot::Try => self.in_flight.try_acquire().ok(),
             Slot::Recheck => tokio::time::timeout(self.timeout, self.rechecks.acquire())
@@ -309,9 +314,7 @@ impl Introspector {
         };
         let Some(_permit) = permit else {
             self.calls_shed.fetch_add(1, Ordering::Relaxed);
-            return Err(FetchError::Transport(
-                "too many introspection calls in flight".into(),
-            ));
+            return Err(Unavailable::Shed);
         };
         let result = self.call(token).await;
         match &result {
@@ -328,7 +331,7 @@ impl Introspector {
                 }
             }
         }
-        Ok(self.judge(result?, authenticator, now))
+        Ok(self.judge(result.map_err(|_| Unavailable::Failed)?, authenticator, now))
     }
 
     async fn call(&self, token: &str) -> Result<Map<String, Value>, FetchError> {
@@ -582,7 +585,7 @@ mod tests {
                 .cell
                 .as_ref()
                 .unwrap()
-                .set(Err(Unavailable))
+                .set(Err(Unavailable::Failed))
                 .is_ok()
         );
         drop(answered);

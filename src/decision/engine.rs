@@ -188,6 +188,7 @@ fn counts_as_failure(kind: DenyKind) -> bool {
         DenyKind::RateLimited(_)
             | DenyKind::RateLimitUnavailable
             | DenyKind::AuthnUnavailable
+            | DenyKind::AuthnBusy
             | DenyKind::DelegateUnavailable
             | DenyKind::AssertionUnavailable
     )
@@ -237,6 +238,7 @@ async fn decide_rule(
                 Failure::Ambiguous => DenyKind::AmbiguousCredential,
                 Failure::Invalid(e) => DenyKind::InvalidToken(e),
                 Failure::Unavailable => DenyKind::AuthnUnavailable,
+                Failure::Shed => DenyKind::AuthnBusy,
             };
             trace.record(TraceEvent::AuthnFailed(kind));
             // A browser without a valid credential is sent to log in, when the rule says where.

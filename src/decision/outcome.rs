@@ -85,6 +85,10 @@ pub enum DenyKind {
     AmbiguousCredential,
     /// The keys needed to verify are unavailable (503).
     AuthnUnavailable,
+    /// The credential's verification was shed: its client's share of introspection calls, or
+    /// every slot, was taken (503, `authentication_busy`). A refusal the gateway made, never
+    /// "could not decide": a client's own flood must not become Envoy's failure mode.
+    AuthnBusy,
     /// A requirement of the rule does not hold (403; `insufficient_scope` for scopes).
     Unmet(Unmet),
     /// Over the rule's rate limit (429), and when to come back.
@@ -278,7 +282,7 @@ impl DenyKind {
             }
             Self::MissingCredential | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Self::AmbiguousCredential | Self::NonCanonicalPath => StatusCode::BAD_REQUEST,
-            Self::AuthnUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AuthnUnavailable | Self::AuthnBusy => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -310,6 +314,7 @@ impl DenyKind {
             Self::InvalidToken(_) => "invalid_token",
             Self::AmbiguousCredential => "invalid_request",
             Self::AuthnUnavailable => "authentication_unavailable",
+            Self::AuthnBusy => "authentication_busy",
             Self::Unmet(u) => u.as_str(),
             Self::RateLimited(_) => "rate_limited",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -332,6 +337,7 @@ impl DenyKind {
             Self::NoRule
             | Self::Forbidden
             | Self::AuthnUnavailable
+            | Self::AuthnBusy
             | Self::Unmet(_)
             | Self::RateLimited(_)
             | Self::MethodNotAllowed

@@ -738,6 +738,107 @@ async fn one_client_cannot_fill_the_introspection_slots() {
     assert_eq!(idp.hits(), 3);
 }
 
+/// A verification shed because the client's share of introspection calls is taken is a
+/// refusal the gateway made (503 `authentication_busy`, `Retry-After: 1`), never "could not
+/// decide": at Envoy's HTTP door a 403 with the real status in `x-portcullis-status`, at the
+/// gRPC door a denied response, so `failure_mode_allow: true` never lets a client's flood of
+/// made-up tokens through.
+#[tokio::test]
+async fn a_shed_verification_is_a_refusal_at_every_door() {
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    let idp = Idp::start().await;
+    idp.mode(Mode::Slow(Duration::from_millis(200)));
+    let gw = Setup {
+        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: envoy\n    address: 127.0.0.1:0\n    door: {envoy_http: {}}\n  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
+        policies: vec![("10-p.yaml".into(), policy("opaque"))],
+        files: vec![("client.secret".into(), b"s3cret".to_vec())],
+        extra: introspection(&idp, "      max_in_flight_per_client: 1\n"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let gw = &gw;
+    const N: usize = 4;
+
+    // The proxy door: one call made, the others shed.
+    let asks = (0..N).map(|i| async move {
+        let req = Request::get("/api/x")
+            .header("authorization", bearer(&format!("proxy-made-up-{i}")))
+            .body(Full::default())
+            .unwrap();
+        send(gw.addr(), req).await
+    });
+    let mut answers = futures_util::future::join_all(asks).await;
+    answers.sort_by_key(|(status, _, _)| *status);
+    assert_eq!(answers[0].0, StatusCode::UNAUTHORIZED);
+    for (status, headers, body) in &answers[1..] {
+        let body = String::from_utf8_lossy(body);
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("\"error\":\"authentication_busy\""), "{body}");
+        assert_eq!(headers["retry-after"], "1");
+    }
+
+    // Envoy's HTTP door: a 403 (Envoy takes a 5xx for a failed call), the real status told.
+    let asks = (0..N).map(|i| async move {
+        let req = Request::get("/api/x")
+            .header("host", "app.test")
+            .header("x-forwarded-for", "198.51.100.7")
+            .header("authorization", bearer(&format!("envoy-made-up-{i}")))
+            .body(Full::default())
+            .unwrap();
+        send(gw.addr_of("envoy"), req).await
+    });
+    let mut answers = futures_util::future::join_all(asks).await;
+    answers.sort_by_key(|(status, _, _)| *status);
+    assert_eq!(answers[0].0, StatusCode::UNAUTHORIZED);
+    for (status, headers, body) in &answers[1..] {
+        let body = String::from_utf8_lossy(body);
+        assert_eq!(*status, StatusCode::FORBIDDEN, "not a 5xx: {body}");
+        assert_eq!(headers["x-portcullis-status"], "503");
+        assert_eq!(headers["x-portcullis-error"], "authentication_busy");
+    }
+
+    // The gRPC door: denied responses, not failed calls.
+    let client =
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+            format!("http://{}", gw.addr_of("grpc")),
+        )
+        .await
+        .unwrap();
+    let asks = (0..N).map(|i| {
+        let mut client = client.clone();
+        async move {
+            let token = bearer(&format!("grpc-made-up-{i}"));
+            client
+                .check(crate::grpc::check(
+                    "/api/x",
+                    "198.51.100.8",
+                    &[("authorization", &token)],
+                ))
+                .await
+                .expect("a denial, not a failed call")
+                .into_inner()
+        }
+    });
+    let mut statuses: Vec<(u32, String)> = futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .map(|r| match r.http_response {
+            Some(HttpResponse::DeniedResponse(d)) => {
+                (d.status.map_or(0, |s| s.code as u32), d.body)
+            }
+            other => panic!("expected a denied response, got {other:?}"),
+        })
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses[0].0, 401);
+    for (status, body) in &statuses[1..] {
+        assert_eq!(*status, 503, "{body}");
+        assert!(body.contains("authentication_busy"), "{body}");
+    }
+    assert_eq!(idp.hits(), 3, "one call for each client");
+}
+
 #[tokio::test]
 async fn introspection_inactive_and_unusable_answers_are_refused() {
     let idp = Idp::start().await;
