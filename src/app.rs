@@ -131,6 +131,7 @@ impl App {
             metrics: Arc::clone(&metrics),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             decisions_in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            decision_listener: None,
             shutdown: shutdown_rx.clone(),
             grace_over: Arc::clone(&grace_over),
         });
@@ -163,6 +164,7 @@ impl App {
                         metrics: Arc::clone(&shared.metrics),
                         in_flight: Arc::clone(&shared.in_flight),
                         decisions_in_flight: Arc::new(Semaphore::new(max_in_flight)),
+                        decision_listener: Some(index),
                         shutdown: shared.shutdown.clone(),
                         grace_over: Arc::clone(&shared.grace_over),
                     }),
@@ -445,6 +447,7 @@ fn admin_listener(
                 metrics: Arc::clone(&admin_loop.uncounted),
                 in_flight: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
                 decisions_in_flight: Arc::new(Semaphore::new(0)),
+                decision_listener: None,
                 shutdown: admin_loop.shutdown.clone(),
                 grace_over: Arc::default(),
             }),

@@ -1121,6 +1121,7 @@ mod tests {
             metrics: Arc::new(crate::telemetry::metrics::Metrics::new()),
             in_flight: Arc::new(tokio::sync::Semaphore::new(1)),
             decisions_in_flight: Arc::new(tokio::sync::Semaphore::new(1)),
+            decision_listener: None,
             shutdown: tokio::sync::watch::channel(false).1,
             grace_over: Arc::default(),
         };

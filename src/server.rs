@@ -33,6 +33,9 @@ pub struct Shared {
     /// Permits for decisions in flight at one decision door's listener (as many again, for
     /// each such listener): see [`listener::Handler::DECIDES_ONLY`].
     pub decisions_in_flight: Arc<tokio::sync::Semaphore>,
+    /// The decision door's listener (its index in the snapshot) these are shared by, if one:
+    /// its `status_map` also maps the 503 of a request it sheds.
+    pub decision_listener: Option<usize>,
     /// Becomes `true` when the gateway shuts down: what outlives a request (a tunnel in an
     /// HTTP/2 stream) watches it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

@@ -224,10 +224,42 @@ where
                 }
                 let request_id =
                     crate::server::request_id::take_or_generate(&sent, &this.id_header);
-                Poll::Ready(Ok(overloaded(this.grpc, &this.id_header, request_id)))
+                let mut resp = overloaded(this.grpc, &this.id_header, request_id);
+                if this.grpc.is_none() {
+                    as_the_peer_passes_it(&this.shared, &mut resp);
+                }
+                Poll::Ready(Ok(resp))
             }
         }
     }
+}
+
+/// A shed request's 503 at a forward-auth listener, as its peer passes it: mapped by the
+/// listener's `status_map` (the real status in `x-portcullis-status`), and its reason code in
+/// `x-portcullis-error`, as the door's own refusals are ([`crate::door::render_refusal`]).
+///
+/// Why: the shed 503 escaped the map, and nginx turned it into a 500 without `Retry-After`.
+/// Regression: tests (it) abuse::the_proxy_cannot_take_the_decision_doors_permits
+fn as_the_peer_passes_it(shared: &Shared, resp: &mut Response) {
+    let Some(index) = shared.decision_listener else {
+        return;
+    };
+    let snapshot = shared.current.load();
+    let Some(crate::snapshot::DoorSettings::ForwardAuth { status_map, .. }) =
+        snapshot.listeners.get(index).map(|l| &l.door)
+    else {
+        return;
+    };
+    let real = resp.status();
+    if let Some(&(_, to)) = status_map.iter().find(|(from, _)| *from == real) {
+        *resp.status_mut() = to;
+        resp.headers_mut()
+            .insert(crate::door::STATUS_HEADER, HeaderValue::from(real.as_u16()));
+    }
+    resp.headers_mut().insert(
+        crate::door::ERROR_HEADER,
+        HeaderValue::from_static("overloaded"),
+    );
 }
 
 /// 503 `overloaded`, in the client's protocol.

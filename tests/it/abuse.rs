@@ -451,7 +451,7 @@ async fn the_proxy_cannot_take_the_decision_doors_permits() {
     let (hung_addr, held) = silent_server().await;
     let policy = "rules:\n  - {name: judged, match: {paths: [\"/judged/**\"]}, effect: allow, anonymous: true, delegate: hung, upstream: echo}\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n";
     let gw = Setup {
-        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: forward\n    address: 127.0.0.1:0\n    door: {forward_auth: {timeout: 1500ms}}\n  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
+        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: forward\n    address: 127.0.0.1:0\n    door: {forward_auth: {timeout: 1500ms, status_map: {503: 403}}}\n  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
         server: "  max_in_flight: 1\n".into(),
         policies: vec![("10-p.yaml".into(), policy.into())],
         extra: format!(
@@ -510,8 +510,12 @@ async fn the_proxy_cannot_take_the_decision_doors_permits() {
     let judged = tokio::spawn(async move { send(fa, forward("/judged/x")).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
-    let (status, _, body) = send(gw.addr_of("forward"), forward("/x")).await;
-    assert_eq!(status, 503, "{body:?}");
+    let (status, h, body) = send(gw.addr_of("forward"), forward("/x")).await;
+    // As the door's own refusals: mapped for nginx, the real status and the reason told.
+    assert_eq!(status, 403, "{body:?}");
+    assert_eq!(h["x-portcullis-status"], "503");
+    assert_eq!(h["x-portcullis-error"], "overloaded");
+    assert_eq!(h["retry-after"], "1");
     assert!(
         started.elapsed() < Duration::from_millis(700),
         "shed at once, not queued behind the waiting decision"
@@ -537,8 +541,9 @@ async fn the_proxy_cannot_take_the_decision_doors_permits() {
         .expect_err("shed");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     judged_grpc.abort();
-    let (status, _, body) = judged.await.unwrap();
-    assert_eq!(status, 503, "the hung delegate fails closed");
+    let (status, h, body) = judged.await.unwrap();
+    assert_eq!(status, 403, "the hung delegate fails closed");
+    assert_eq!(h["x-portcullis-status"], "503");
     assert!(
         String::from_utf8_lossy(&body).contains("delegate_unavailable"),
         "{body:?}"

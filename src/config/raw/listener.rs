@@ -109,9 +109,9 @@ pub struct RawForwardAuth {
     /// Statuses the peer cannot pass through, and the status to answer instead; the real
     /// one goes in `x-portcullis-status`. nginx turns anything but 2xx, 401 and 403 into
     /// 500, so its example (`examples/nginx/nginx.conf` with the `nginx` listener of
-    /// `examples/portcullis/portcullis.yaml`) maps 302, 400, 404, 405, 429 and 503 to 403 and
-    /// uses `error_page` to surface the real status. Default: none (Traefik, Caddy, APISIX and
-    /// Kong pass any status through).
+    /// `examples/portcullis/portcullis.yaml`) maps 302, 400, 404, 405, 414, 429, 431 and 503
+    /// to 403 and uses `error_page` to surface the real status. Default: none (Traefik,
+    /// Caddy, APISIX and Kong pass any status through).
     #[serde(default)]
     pub status_map: BTreeMap<u16, u16>,
     /// The headers that describe the original request, when the peer is configured to send
