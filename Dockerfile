@@ -26,6 +26,12 @@ RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin portcullis
 
 FROM debian:bookworm-slim
+# The system's roots: a `rediss://` Redis is verified against them (the key fetches carry
+# their own). Without them every TLS handshake to Redis failed, and the shared limits fell
+# back to `on_redis_failure`.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
 # A home for key files a volume mounts (docker-compose.yml's `keys`), owned by the user below.
 RUN install -d -o 65532 -g 65532 /var/lib/portcullis

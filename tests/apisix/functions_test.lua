@@ -168,6 +168,20 @@ check(not has(r, "x-portcullis-remove"), "the list never reaches the app")
 r = run({ ["X-Forwarded-For"] = "10.9.9.9" }, {}, { var_x_forwarded_port = true })
 check(r.exit == nil and r.vars.var_x_forwarded_host == "app.example", "a missing variable is skipped")
 
+-- A repeated credential header: forward-auth would hand the door only the first value, and
+-- the app would get the second unverified. Refused, in any spelling.
+for _, h in ipairs({
+  { Authorization = { "Bearer good", "Bearer forged" } },
+  { Cookie = { "session=good", "session=forged; role=admin" } },
+  { Cookie = "session=good", cookie = "session=forged" },
+  { ["X-Api-Key"] = { "k1", "k2" } },
+}) do
+  r = run(h, { ["X-User-Id"] = "alice" })
+  check(r.exit and r.exit.status == 400, "refuses a repeated credential header")
+end
+r = run({ Cookie = "session=good", Authorization = "Bearer t" }, { ["X-User-Id"] = "alice" })
+check(r.exit == nil, "one of each goes on")
+
 -- Too many headers to clean: refused, never forwarded half-cleaned.
 local many = {}
 for i = 1, 1001 do many["x-h" .. i] = "v" end
