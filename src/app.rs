@@ -36,6 +36,8 @@ pub struct App {
     admin_drain: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
     /// Set once the shutdown's grace is over (`Shared::grace_over`).
     grace_over: Arc<AtomicBool>,
+    /// Set at the stop signal (`Shared::stopping`).
+    stopping: Arc<AtomicBool>,
 }
 
 /// Why the gateway could not start.
@@ -126,6 +128,7 @@ impl App {
         ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let grace_over = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             current: Arc::clone(reloader.current()),
             metrics: Arc::clone(&metrics),
@@ -134,6 +137,7 @@ impl App {
             decision_listener: None,
             shutdown: shutdown_rx.clone(),
             grace_over: Arc::clone(&grace_over),
+            stopping: Arc::clone(&stopping),
         });
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connections = Arc::new(Semaphore::new(max_connections));
@@ -167,6 +171,7 @@ impl App {
                         decision_listener: Some(index),
                         shutdown: shared.shutdown.clone(),
                         grace_over: Arc::clone(&shared.grace_over),
+                        stopping: Arc::clone(&shared.stopping),
                     }),
                     Arc::new(Semaphore::new(max_connections)),
                 ),
@@ -264,6 +269,7 @@ impl App {
             admin_shutdown,
             admin_drain: Some((admin_loop.drain, admin_drain_rx)),
             grace_over,
+            stopping,
         })
     }
 
@@ -366,7 +372,44 @@ impl App {
             }
         }
         tracing::info!("Shutting down");
-        self.shutdown().await
+        // Why: the doors stopped accepting at once, while a load balancer (Kubernetes'
+        // endpoints, spread to every node's proxies) still sent new connections for a few
+        // seconds: refused, each a failed request of every rollout. `shutdown_delay` keeps
+        // serving, not ready, for that long first.
+        // Regression: tests (it) shutdown::the_shutdown_delay_serves_on_not_ready
+        let delay = self.reloader.current().load().server.shutdown_delay;
+        self.admin.ready.store(false, Ordering::Relaxed);
+        self.stopping.store(true, Ordering::Relaxed);
+        let second = async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        tokio::pin!(second);
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "Not ready; serving on for the shutdown delay, then draining"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = &mut second => {
+                    tracing::warn!("Second stop signal: exiting now");
+                    return false;
+                }
+            }
+        }
+        // Why: a second Ctrl-C (or SIGTERM) was ignored until the grace ran out; an operator
+        // who sends it means now.
+        // Regression: tests (it) shutdown::a_second_stop_signal_exits_at_once
+        tokio::select! {
+            drained = self.shutdown() => drained,
+            () = &mut second => {
+                tracing::warn!("Second stop signal: exiting now, without waiting for the drain");
+                false
+            }
+        }
     }
 }
 
@@ -450,6 +493,7 @@ fn admin_listener(
                 decision_listener: None,
                 shutdown: admin_loop.shutdown.clone(),
                 grace_over: Arc::default(),
+                stopping: Arc::default(),
             }),
             connections: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
             per_client: Some(crate::server::listener::PerClient::new(

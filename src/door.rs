@@ -1124,6 +1124,7 @@ mod tests {
             decision_listener: None,
             shutdown: tokio::sync::watch::channel(false).1,
             grace_over: Arc::default(),
+            stopping: Arc::default(),
         };
         let snapshot = shared.current.load_full();
         for (door, status) in [(Door::ForwardAuth, "403"), (Door::EnvoyGrpc, "500")] {

@@ -42,6 +42,9 @@ pub struct Shared {
     /// Becomes `true` when the shutdown's grace is over: a request still open then is cut by
     /// the gateway, and logged so ([`Shared::closed_reason`]).
     pub grace_over: Arc<std::sync::atomic::AtomicBool>,
+    /// Becomes `true` at the stop signal, before the drain (`server.shutdown_delay`): the
+    /// gRPC door's health service says NOT_SERVING from then on, as `/readyz` does.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {

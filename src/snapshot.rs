@@ -235,6 +235,8 @@ pub struct ServerSettings {
     pub max_concurrent_streams: u32,
     /// Drain deadline.
     pub shutdown_grace: Duration,
+    /// Not ready but serving, before the drain.
+    pub shutdown_delay: Duration,
     /// Proxies whose forwarding headers are believed.
     pub trusted_proxies: Arc<[IpNet]>,
     /// Request id header.

@@ -327,7 +327,7 @@ impl Readiness {
     /// fetched once (or the gateway was ready once before).
     fn ready(&self) -> bool {
         use std::sync::atomic::Ordering;
-        if *self.shared.shutdown.borrow() {
+        if *self.shared.shutdown.borrow() || self.shared.stopping.load(Ordering::Relaxed) {
             return false;
         }
         if self.was_ready.load(Ordering::Relaxed) || self.shared.current.load().authn.is_ready() {

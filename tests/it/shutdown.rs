@@ -617,3 +617,95 @@ async fn a_request_whose_client_leaves_is_still_logged() {
     let _ = child.wait();
     holder.abort();
 }
+
+/// The address of the admin listener, from its "Admin listening" log line.
+async fn admin_addr(log: &Log) -> SocketAddr {
+    assert!(logged(log, "\"Admin listening\"").await);
+    let lines = log.lock().unwrap();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("\"Admin listening\""))
+        .unwrap();
+    let start = line.find("\"addr\":\"").unwrap() + 8;
+    let end = line[start..].find('"').unwrap() + start;
+    line[start..end].parse().unwrap()
+}
+
+/// With `server.shutdown_delay`, a stop signal first takes the gateway out of rotation
+/// (`/readyz` 503) while it goes on accepting and serving new connections for the delay, then
+/// drains and exits.
+#[tokio::test]
+async fn the_shutdown_delay_serves_on_not_ready() {
+    let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr, log) = spawn_binary(dir.path(), echo.addr);
+    let admin = admin_addr(&log).await;
+    let config = dir.path().join("portcullis.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "shutdown_grace: 5s",
+            "shutdown_grace: 5s\n  shutdown_delay: 1500ms",
+        ),
+    )
+    .unwrap();
+    signal(&child, "-HUP");
+    assert!(logged(&log, "Config reloaded").await, "the delay applied");
+    assert_eq!(get(admin, "/readyz").await.0, StatusCode::OK);
+    let stopped = std::time::Instant::now();
+    signal(&child, "-TERM");
+    assert!(logged(&log, "serving on for the shutdown delay").await);
+    // Out of rotation at once, still serving new connections.
+    assert_eq!(
+        get(admin, "/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let (status, _, _) = get(addr, "/during-the-delay").await;
+    assert_eq!(status, StatusCode::OK, "a new connection is served");
+    assert!(
+        stopped.elapsed() < Duration::from_millis(1500),
+        "checked within the delay: {:?}",
+        stopped.elapsed()
+    );
+    let exit = tokio::task::spawn_blocking(move || exits_within(child, Duration::from_secs(6)))
+        .await
+        .unwrap();
+    assert!(exit.success(), "drained: {exit:?}");
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(1400),
+        "not before the delay: {:?}",
+        stopped.elapsed()
+    );
+}
+
+/// A second stop signal ends the gateway at once, without waiting for the drain's grace (a
+/// second Ctrl-C means now), exiting 1.
+#[tokio::test]
+async fn a_second_stop_signal_exits_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let echo = Echo::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr, log) = spawn_binary(dir.path(), echo.addr);
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /__echo/delay/8000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(upstream_has(&echo, "/__echo/delay").await);
+    signal(&child, "-TERM");
+    assert!(logged(&log, "Shutting down").await);
+    // The 5 s grace is running: the in-flight request holds the drain.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = std::time::Instant::now();
+    signal(&child, "-INT");
+    let exit = tokio::task::spawn_blocking(move || exits_within(child, Duration::from_secs(4)))
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(1), "{exit:?}");
+    assert!(
+        second.elapsed() < Duration::from_millis(2500),
+        "at once, not at the grace's end: {:?}",
+        second.elapsed()
+    );
+    assert!(logged(&log, "Second stop signal").await);
+}

@@ -93,6 +93,7 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> (ServerSettings, Vec<NamePattern>) {
         max_body_bytes: s.max_body_bytes,
         max_concurrent_streams: s.max_concurrent_streams,
         shutdown_grace: s.shutdown_grace,
+        shutdown_delay: s.shutdown_delay,
         trusted_proxies: s.trusted_proxies.iter().map(|n| n.0).collect(),
         request_id_header,
         http2: crate::snapshot::Http2Limits {

@@ -47,6 +47,12 @@ pub struct RawServer {
     #[schemars(with = "String")]
     #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub shutdown_grace: Duration,
+    /// On SIGTERM/SIGINT, how long the gateway goes on accepting and serving, not ready
+    /// (`/readyz` 503), before it drains: the time a load balancer or Kubernetes takes to
+    /// stop sending it traffic. Default 0s.
+    #[schemars(with = "String")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
+    pub shutdown_delay: Duration,
     /// Networks of proxies in front of the gateway whose `X-Forwarded-*` and `Forwarded`
     /// headers are believed. Empty (the default) trusts nobody.
     pub trusted_proxies: Vec<Network>,
@@ -114,6 +120,7 @@ impl Default for RawServer {
             max_body_bytes: 10 * 1024 * 1024,
             max_concurrent_streams: 128,
             shutdown_grace: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
             trusted_proxies: Vec::new(),
             trusted_proxy_headers: Vec::new(),
             request_id_header: "x-request-id".to_owned(),
