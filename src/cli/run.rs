@@ -19,6 +19,7 @@ pub fn run(config: &Path, watch: bool) -> ExitCode {
         }
     };
     logging::init(raw.logging.format, &raw.logging.level);
+    let json = raw.logging.format == crate::config::raw::LogFormat::Json;
     let runtime = match runtime(raw.server.worker_threads) {
         Ok(r) => r,
         Err(e) => {
@@ -53,6 +54,30 @@ pub fn run(config: &Path, watch: bool) -> ExitCode {
                 } else {
                     ExitCode::FAILURE
                 }
+            }
+            // Why JSON too: with `logging.format: json` every line but this one was JSON, and
+            // a log shipper parsing them lost the one that said why the gateway did not start.
+            // Regression: tests (it) check::a_start_error_is_logged_as_json
+            Err(e) if json => {
+                if let crate::app::StartError::Config(diagnostics) = &e {
+                    for d in diagnostics {
+                        tracing::error!(
+                            file = %d.file,
+                            line = d.line,
+                            column = d.column,
+                            field = %d.path,
+                            problem = %d.message,
+                            "Config error"
+                        );
+                    }
+                    tracing::error!(
+                        errors = diagnostics.len(),
+                        "Invalid config: the gateway did not start"
+                    );
+                } else {
+                    tracing::error!(error = %e, "The gateway did not start");
+                }
+                ExitCode::FAILURE
             }
             Err(e) => {
                 let _ = writeln!(std::io::stderr(), "portcullis: {e}");

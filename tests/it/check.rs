@@ -528,3 +528,43 @@ fn stream_bounds_are_the_proxy_doors() {
     assert_eq!(code, Some(0), "{text}");
     assert!(!text.contains("reauthorize_every"), "{text}");
 }
+
+/// With `logging.format: json`, `run` on a config with errors says so in JSON lines, each
+/// problem with its file, line and field, as every other line of its log is.
+#[test]
+fn a_start_error_is_logged_as_json() {
+    let cfg = crate::support::ConfigDir::new("logging: {format: json}\n");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: nowhere}\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--no-watch", "-c"])
+        .arg(cfg.dir.path().join("portcullis.yaml"))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let problem = lines
+        .iter()
+        .find(|l| l["message"] == "Config error")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        problem["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("p.yaml")),
+        "{problem}"
+    );
+    assert_eq!(problem["line"], 2, "{problem}");
+    assert!(
+        problem["problem"]
+            .as_str()
+            .is_some_and(|m| m.contains("nowhere")),
+        "{problem}"
+    );
+}
