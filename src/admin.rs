@@ -117,8 +117,23 @@ async fn route(state: &AdminState, scope: Scope, req: Request<Incoming>) -> Resp
             {
                 state.was_ready.store(true, Ordering::Relaxed);
                 text(StatusCode::OK, "ready\n")
-            } else {
+            } else if scope == Scope::Public {
+                // Other machines learn nothing of the config.
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            } else {
+                // Why the reason: "not ready" alone sent operators to the logs to find which
+                // key source a new gateway was waiting for.
+                // Regression: jwt::readyz_waits_for_every_remote_key_source_unless_optional
+                let why = if state.ready.load(Ordering::Relaxed) {
+                    let waiting = state.reloader.current().load().authn.waiting_for();
+                    format!(
+                        "not ready: the keys of {} not fetched yet\n",
+                        waiting.join(", ")
+                    )
+                } else {
+                    "not ready: shutting down\n".to_owned()
+                };
+                text(StatusCode::SERVICE_UNAVAILABLE, why)
             }
         }
         (&Method::GET, "/metrics") => {
@@ -277,7 +292,7 @@ fn config_status(state: &AdminState) -> serde_json::Value {
     })
 }
 
-fn text(status: StatusCode, s: &'static str) -> Response<ResponseBody> {
+fn text(status: StatusCode, s: impl Into<bytes::Bytes>) -> Response<ResponseBody> {
     let mut r = Response::new(body::full(s));
     *r.status_mut() = status;
     r.headers_mut().insert(

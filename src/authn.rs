@@ -349,6 +349,20 @@ impl Authn {
         })
     }
 
+    /// What `/readyz` waits for: each required remote key set not fetched yet, as
+    /// "`name` (issuer `…`)". Empty when [`Self::is_ready`].
+    pub fn waiting_for(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for a in &self.list {
+            if let Kind::Jwt(j) = &a.kind {
+                for p in j.providers().iter().filter(|p| !p.is_ready()) {
+                    out.push(format!("`{}` (issuer `{}`)", a.name, p.issuer));
+                }
+            }
+        }
+        out
+    }
+
     /// Whether waiting for keys is over: every remote key set was fetched or its startup
     /// timeout passed (`explain` waits this long, as a starting gateway would).
     pub fn keys_settled(&self) -> bool {

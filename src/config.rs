@@ -30,8 +30,17 @@ pub fn build_watching(
     referenced: &mut Vec<std::path::PathBuf>,
 ) -> Result<(Snapshot, Vec<Diagnostic>), Vec<Diagnostic>> {
     let clock = previous.map_or_else(crate::clock::Clock::system, |p| p.clock.clone());
-    let loaded = load::load(path)?;
-    compile::compile_watching(&loaded, previous, clock, referenced)
+    // Why the files the running config reads too (key files, API key files, certificates):
+    // a ConfigMap swapped while a reload read its policies, then its API key file, gave a
+    // new key under the old rules (a key meant for one path allowed everywhere). The layout
+    // of every file it reads is checked around the whole build, not only the load.
+    // Regression: config::load::tests::a_referenced_file_swapped_during_a_build_is_read_again
+    let also = previous.map(|p| p.watched.clone()).unwrap_or_default();
+    load::read_whole(path, &also, |path| {
+        referenced.clear();
+        let loaded = load::load_once(path)?;
+        compile::compile_watching(&loaded, previous, clock.clone(), referenced)
+    })
 }
 
 /// [`build`] with a given clock (tests move a manual one).

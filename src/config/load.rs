@@ -39,7 +39,7 @@ pub struct Loaded {
 }
 
 /// How many times a load is read again when the files changed under it.
-const READS: usize = 5;
+pub(crate) const READS: usize = 5;
 
 /// Reads and deserialises the config and its policy files, reporting every problem found:
 /// all from one version of the files, when they are swapped whole under the reader.
@@ -52,36 +52,37 @@ const READS: usize = 5;
 /// and a read it changed under is done again.
 /// Regression: config::load::tests::a_swapped_volume_is_read_whole
 pub fn load(config_path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
-    let mut read = 0;
-    loop {
-        let dir = policy_dir_hint(config_path).map(|d| {
-            config_path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default()
-                .join(d)
-        });
-        let before = layout(config_path, dir.as_deref());
-        let loaded = load_once(config_path);
-        if layout(config_path, dir.as_deref()) == before {
-            return loaded;
-        }
-        read += 1;
-        if read == READS {
-            // Never a mix: the running config stays, and the next change reloads.
-            return Err(vec![Diagnostic::file_error(
-                &config_path.display().to_string(),
-                format!(
-                    "the config or policy files changed while being read, {READS} times in a row: not loaded (write them whole, or swap them less often)"
-                ),
-            )]);
-        }
-    }
+    read_whole(config_path, &[], load_once)
 }
 
-/// Where the config file, the policy directory and each policy file resolve (through links),
-/// and which file each is: equal layouts, files read from one version.
-fn layout(config_path: &Path, policy_dir: Option<&Path>) -> Vec<Option<(PathBuf, u64)>> {
+/// Runs `read` (which reads the config at `config_path`, its policy files and maybe files
+/// among `also`) until the files' [`layout`] is the same after it as before, at most
+/// [`READS`] times; then refuses, so a mix of two versions is never the result.
+pub(crate) fn read_whole<T>(
+    config_path: &Path,
+    also: &[PathBuf],
+    mut read: impl FnMut(&Path) -> Result<T, Vec<Diagnostic>>,
+) -> Result<T, Vec<Diagnostic>> {
+    for _ in 0..READS {
+        let before = layout(config_path, also);
+        let result = read(config_path);
+        if layout(config_path, also) == before {
+            return result;
+        }
+    }
+    // Never a mix: the running config stays, and the next change reloads.
+    Err(vec![Diagnostic::file_error(
+        &config_path.display().to_string(),
+        format!(
+            "the config or policy files changed while being read, {READS} times in a row: not loaded (write them whole, or swap them less often)"
+        ),
+    )])
+}
+
+/// Where the config file, the policy directory it names, each policy file and each of `also`
+/// resolve (through links), and which file each is: equal layouts, files read from one
+/// version.
+fn layout(config_path: &Path, also: &[PathBuf]) -> Vec<Option<(PathBuf, u64)>> {
     use std::os::unix::fs::MetadataExt as _;
     let resolved = |path: &Path| {
         let real = std::fs::canonicalize(path).ok()?;
@@ -89,17 +90,24 @@ fn layout(config_path: &Path, policy_dir: Option<&Path>) -> Vec<Option<(PathBuf,
         Some((real, ino))
     };
     let mut out = vec![resolved(config_path)];
-    if let Some(dir) = policy_dir {
-        out.push(resolved(dir));
-        if let Ok(files) = policy_files(dir) {
+    // The directory as the config names it now: a swap that also moved it shows.
+    if let Some(dir) = policy_dir_hint(config_path) {
+        let dir = config_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+            .join(dir);
+        out.push(resolved(&dir));
+        if let Ok(files) = policy_files(&dir) {
             out.extend(files.iter().map(|(path, _)| resolved(path)));
         }
     }
+    out.extend(also.iter().map(|p| resolved(p)));
     out
 }
 
 /// One read of the config and its policy files ([`load`]).
-fn load_once(config_path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
+pub(crate) fn load_once(config_path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
     let display = config_path.display().to_string();
     let base_dir = config_path
         .parent()
@@ -448,16 +456,57 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
-    /// A policy directory laid out as a Kubernetes ConfigMap volume (each file a link through
-    /// `..data`, which is swapped to a new directory on update), swapped between two versions
-    /// while it is loaded: every load reads one version whole.
+    /// A file the config reads besides its policies (an API key file), swapped to a new
+    /// version between the policies' read and its own, is read again with them: the result
+    /// is one version of both.
+    #[test]
+    fn a_referenced_file_swapped_during_a_build_is_read_again() {
+        use std::os::unix::fs::symlink;
+        let root = tempfile::tempdir().unwrap();
+        // The key file in a volume swapped whole; the policies beside it, edited in place at
+        // the same moment (so only the key file's layout can tell).
+        let vol = root.path().join("vol");
+        for (d, version) in [("..v1", "a"), ("..v2", "b")] {
+            std::fs::create_dir_all(vol.join(d)).unwrap();
+            std::fs::write(vol.join(d).join("keys.yaml"), format!("# {version}\n")).unwrap();
+        }
+        symlink("..v1", vol.join("..data")).unwrap();
+        symlink("..data/keys.yaml", vol.join("keys.yaml")).unwrap();
+        std::fs::create_dir(root.path().join("policies")).unwrap();
+        let policy = root.path().join("policies/p.yaml");
+        std::fs::write(&policy, "# a\nrules: []\n").unwrap();
+        let config = root.path().join("portcullis.yaml");
+        std::fs::write(&config, "policies: {dir: policies}\n").unwrap();
+        let keys = vol.join("keys.yaml");
+        let mut reads = 0;
+        let got = super::read_whole(&config, std::slice::from_ref(&keys), |_| {
+            reads += 1;
+            let p = std::fs::read_to_string(&policy).unwrap();
+            if reads == 1 {
+                // The update, between the two reads.
+                std::fs::write(&policy, "# b\nrules: []\n").unwrap();
+                symlink("..v2", vol.join("..data_tmp")).unwrap();
+                std::fs::rename(vol.join("..data_tmp"), vol.join("..data")).unwrap();
+            }
+            let k = std::fs::read_to_string(&keys).unwrap();
+            Ok((p, k))
+        })
+        .unwrap();
+        assert_eq!(reads, 2, "read again");
+        assert_eq!(
+            got.0.lines().next(),
+            got.1.lines().next(),
+            "one version: {got:?}"
+        );
+    }
+
     #[test]
     fn a_swapped_volume_is_read_whole() {
         use std::os::unix::fs::symlink;
         let root = tempfile::tempdir().unwrap();
         let vol = root.path().join("policies");
         std::fs::create_dir(&vol).unwrap();
-        const FILES: usize = 120;
+        const FILES: usize = 60;
         // A new directory for each update, as the kubelet makes (version a or b by turns).
         const DIRS: usize = 16;
         for d in 0..DIRS {
@@ -499,7 +548,7 @@ mod tests {
                     std::fs::rename(&tmp, vol.join("..data")).unwrap();
                     n += 1;
                     // Now quick, now slow: some reads see a swap, some do not.
-                    let pause = if n % 4 < 2 { 1 } else { 40 };
+                    let pause = if n % 4 < 2 { 1 } else { 100 };
                     std::thread::sleep(std::time::Duration::from_millis(pause));
                 }
             })
