@@ -135,7 +135,8 @@ impl Condition {
         // `roles.exists(r, …)`) as if they were ours; the check walks scopes instead.
         // Regression: tests::comprehension_macros_and_their_variables
         check_shapes(program.expression())?;
-        let checked = budget::check(program.expression(), &VARIABLES)?;
+        let mut checked = budget::check(program.expression(), &VARIABLES)?;
+        checked.expr = budget::precompile_matches(checked.expr)?;
         let mut reads = RequestReads::default();
         request_reads(program.expression(), &mut reads);
         let fast = fast::Fast::compile(&checked.expr);

@@ -144,7 +144,15 @@ pub(super) fn env() -> Env {
     let mut env = Env::stdlib();
     let added = env
         .add_overload(RANGE, "portcullis_range", vec![DYN_TYPE, INT_TYPE], range)
-        .and_then(|()| env.add_overload(READ, "portcullis_read", vec![DYN_TYPE], read));
+        .and_then(|()| env.add_overload(READ, "portcullis_read", vec![DYN_TYPE], read))
+        .and_then(|()| {
+            env.add_overload(
+                MATCH,
+                "portcullis_match",
+                vec![DYN_TYPE, INT_TYPE],
+                match_pattern,
+            )
+        });
     if let Err(e) = added {
         // Not reachable with these fresh names; should it happen, metered expressions fail
         // to evaluate, and deny.
@@ -473,4 +481,163 @@ impl Walk<'_> {
             result,
         }
     }
+}
+
+// === `matches` patterns, compiled once ===
+
+/// The function a `matches` call becomes: `@match(text, pattern index)`.
+const MATCH: &str = "@match";
+
+/// Every pattern a `matches` call of a loaded expression names, compiled, by index (grows
+/// with the distinct patterns loaded, never shrinks); read without a lock per request.
+pub(super) static PATTERNS: std::sync::LazyLock<arc_swap::ArcSwap<Vec<regex::Regex>>> =
+    std::sync::LazyLock::new(arc_swap::ArcSwap::default);
+
+/// Each pattern's index in [`PATTERNS`] (used at load only).
+static PATTERN_INDEX: std::sync::Mutex<Vec<(String, usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// The index of `pattern` in [`PATTERNS`], compiled and added if new.
+fn pattern_index(pattern: &str) -> Result<usize, String> {
+    let mut index = PATTERN_INDEX
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, i)) = index.iter().find(|(p, _)| p == pattern) {
+        return Ok(*i);
+    }
+    let compiled = regex::Regex::new(pattern).map_err(|e| {
+        let e = e.to_string();
+        let why = e.lines().last().unwrap_or_default().trim().to_owned();
+        format!("`matches('{pattern}')`: not a valid regular expression: {why}")
+    })?;
+    let mut all = Vec::clone(&PATTERNS.load());
+    all.push(compiled);
+    let i = all.len() - 1;
+    PATTERNS.store(std::sync::Arc::new(all));
+    index.push((pattern.to_owned(), i));
+    Ok(i)
+}
+
+/// `@match(text, index)`: whether `text` matches the pattern at `index`.
+fn match_pattern<'b, 'v>(mut args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let index = args.pop();
+    let (Some(text), Some(index)) = (args.pop(), index) else {
+        return Err(ExecutionError::function_error("matches", "bad arguments"));
+    };
+    let index = index
+        .downcast_ref::<CelInt>()
+        .and_then(|i| usize::try_from(*i.inner()).ok());
+    let text = text.downcast_ref::<cel::common::types::CelString<'_>>();
+    let (Some(index), Some(text)) = (index, text) else {
+        return Err(ExecutionError::function_error(
+            "matches",
+            "matches() applies to a string",
+        ));
+    };
+    let patterns = PATTERNS.load();
+    let Some(re) = patterns.get(index) else {
+        return Err(ExecutionError::function_error("matches", "unknown pattern"));
+    };
+    Ok(CowVal::Owned(Box::new(cel::common::types::CelBool::from(
+        re.is_match(text.inner()),
+    ))))
+}
+
+/// `e` with every `matches` call made `@match(text, index)`, its pattern compiled now.
+///
+/// Why: the `cel` crate compiles the pattern on every call, outside the budget: a
+/// `matches` with a counted repetition (`[\w.-]{1,200}`) cost 150 ms per request, and
+/// inside `request.query.all(k, k.matches(…))` one request of 990 query names held a
+/// worker for 22 s. A pattern is compiled once, at load; one that is not a literal (built
+/// from the request) is refused.
+/// Regression: tests::matches_compiles_its_pattern_once
+pub(super) fn precompile_matches(e: IdedExpr) -> Result<IdedExpr, String> {
+    let IdedExpr { id, expr } = e;
+    let expr = match expr {
+        Expr::Call(c) if c.func_name == "matches" => {
+            let CallExpr { target, args, .. } = c;
+            let mut args = args.into_iter();
+            let (text, pattern) = match (target, args.next(), args.next(), args.next()) {
+                (Some(t), Some(p), None, None) => (*t, p),
+                (None, Some(t), Some(p), None) => (t, p),
+                _ => return Err("`matches` takes a string and a pattern".to_owned()),
+            };
+            let Expr::Literal(LiteralValue::String(p)) = &pattern.expr else {
+                return Err(
+                    "`matches` takes a pattern written in the expression (a quoted string), \
+                     not one built from the request"
+                        .to_owned(),
+                );
+            };
+            let index = i64::try_from(pattern_index(p.inner())?).unwrap_or(i64::MAX);
+            Expr::Call(CallExpr {
+                func_name: MATCH.to_owned(),
+                target: None,
+                args: vec![
+                    precompile_matches(text)?,
+                    IdedExpr {
+                        id: pattern.id,
+                        expr: Expr::Literal(LiteralValue::Int(CelInt::from(index))),
+                    },
+                ],
+            })
+        }
+        Expr::Call(mut c) => {
+            c.target = match c.target {
+                Some(t) => Some(Box::new(precompile_matches(*t)?)),
+                None => None,
+            };
+            c.args = c
+                .args
+                .into_iter()
+                .map(precompile_matches)
+                .collect::<Result<_, _>>()?;
+            Expr::Call(c)
+        }
+        Expr::Select(mut s) => {
+            s.operand = Box::new(precompile_matches(*s.operand)?);
+            Expr::Select(s)
+        }
+        Expr::List(mut l) => {
+            l.elements = l
+                .elements
+                .into_iter()
+                .map(precompile_matches)
+                .collect::<Result<_, _>>()?;
+            Expr::List(l)
+        }
+        Expr::Map(mut m) => {
+            for entry in &mut m.entries {
+                precompile_entry(&mut entry.expr)?;
+            }
+            Expr::Map(m)
+        }
+        Expr::Struct(mut s) => {
+            for entry in &mut s.entries {
+                precompile_entry(&mut entry.expr)?;
+            }
+            Expr::Struct(s)
+        }
+        Expr::Comprehension(c) => {
+            let mut c = *c;
+            c.iter_range = precompile_matches(c.iter_range)?;
+            c.accu_init = precompile_matches(c.accu_init)?;
+            c.loop_cond = precompile_matches(c.loop_cond)?;
+            c.loop_step = precompile_matches(c.loop_step)?;
+            c.result = precompile_matches(c.result)?;
+            Expr::Comprehension(Box::new(c))
+        }
+        other => other,
+    };
+    Ok(IdedExpr { id, expr })
+}
+
+fn precompile_entry(entry: &mut EntryExpr) -> Result<(), String> {
+    match entry {
+        EntryExpr::StructField(f) => f.value = precompile_matches(std::mem::take(&mut f.value))?,
+        EntryExpr::MapEntry(m) => {
+            m.key = precompile_matches(std::mem::take(&mut m.key))?;
+            m.value = precompile_matches(std::mem::take(&mut m.value))?;
+        }
+    }
+    Ok(())
 }
