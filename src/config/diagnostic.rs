@@ -293,6 +293,22 @@ impl LocationIndex {
             let m = e.marker();
             return Err((m.line(), m.col() + 1, e.info().to_owned()));
         }
+        // Why: a file of a few KB whose aliases name lists of aliases (a "billion laughs")
+        // expands, when parsed into values, into gigabytes: a 54 KB policy file made the
+        // running gateway abort out of memory on reload. Refused before any such parse, by
+        // the values it would expand into: at most a million more than its bytes.
+        // Regression: tests::an_alias_bomb_is_refused_before_it_expands
+        let limit = expansion_limit(text);
+        if builder.expansion.total > limit {
+            return Err((
+                0,
+                0,
+                format!(
+                    "{TOO_MANY_ALIASED} into more than {limit} values (anchors and aliases \
+                     repeating lists of lists): not read"
+                ),
+            ));
+        }
         // Why: serde reports a repeated key at the start of its mapping (or at 1:1); a reader
         // needs the line of the second one. Regression: tests::duplicate_keys_are_located
         if let Some((line, column, key)) = builder.duplicate {
@@ -336,10 +352,86 @@ struct IndexBuilder {
     duplicate: Option<(usize, usize, String)>,
     /// A mapping item just started: its entry moves to its first key, whose mark is exact.
     pending_item: Option<usize>,
+    /// How many values the file holds once its aliases are expanded.
+    expansion: Expansion,
 }
 
 /// How a repeated mapping key's message starts.
 pub const DUPLICATE_KEY: &str = "duplicate key";
+
+/// How the message of a file whose aliases expand too far starts.
+pub const TOO_MANY_ALIASED: &str = "YAML aliases expand";
+
+/// The most values a file of `text` may expand into: a million more than its bytes.
+fn expansion_limit(text: &str) -> u64 {
+    1_000_000 + u64::try_from(text.len()).unwrap_or(u64::MAX)
+}
+
+/// Whether `text`'s aliases expand within bounds ([`LocationIndex::build`] refuses the
+/// others), or it does not parse (then nothing will expand it): what must hold before it is
+/// parsed into values.
+pub fn expands_within_bounds(text: &str) -> bool {
+    struct Counter(Expansion);
+    impl MarkedEventReceiver for Counter {
+        fn on_event(&mut self, ev: Event, _: Marker) {
+            self.0.on_event(&ev);
+        }
+    }
+    let mut counter = Counter(Expansion::default());
+    let _ = Parser::new_from_str(text).load(&mut counter, false);
+    counter.0.total <= expansion_limit(text)
+}
+
+/// The values a YAML document holds with its aliases expanded, counted from its events
+/// without expanding anything (an alias adds the size of the value it names).
+#[derive(Default)]
+struct Expansion {
+    /// The size of each anchored value, by anchor id.
+    sizes: std::collections::HashMap<usize, u64>,
+    /// The collections open: their anchor id (0: none) and their size so far.
+    open: Vec<(usize, u64)>,
+    /// Values in all, expanded.
+    total: u64,
+}
+
+impl Expansion {
+    fn add(&mut self, n: u64) {
+        self.total = self.total.saturating_add(n);
+        if let Some((_, size)) = self.open.last_mut() {
+            *size = size.saturating_add(n);
+        }
+    }
+
+    fn on_event(&mut self, ev: &Event) {
+        match ev {
+            Event::Scalar(_, _, anchor, _) => {
+                self.add(1);
+                if *anchor > 0 {
+                    self.sizes.insert(*anchor, 1);
+                }
+            }
+            Event::Alias(anchor) => {
+                let n = self.sizes.get(anchor).copied().unwrap_or(1);
+                self.add(n);
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                self.total = self.total.saturating_add(1);
+                self.open.push((*anchor, 1));
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some((anchor, size)) = self.open.pop() {
+                    if anchor > 0 {
+                        self.sizes.insert(anchor, size);
+                    }
+                    if let Some((_, parent)) = self.open.last_mut() {
+                        *parent = parent.saturating_add(size);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
 
 enum Frame {
     /// In a mapping; `Some(key)` once the key has been read and its value is next; the keys
@@ -379,6 +471,7 @@ impl MarkedEventReceiver for IndexBuilder {
     /// Map entries are indexed at their key (where a reader looks for a field), sequence items
     /// and the root at their value.
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        self.expansion.on_event(&ev);
         let (line, column) = (mark.line(), mark.col() + 1);
         let in_seq_or_root = !matches!(self.stack.last(), Some(Frame::Map(..)));
         match ev {
@@ -443,6 +536,32 @@ impl MarkedEventReceiver for IndexBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A "billion laughs" file (an anchored list, then a list of aliases to it) is refused
+    /// from its events, before anything expands it; a file using a few aliases is read.
+    #[test]
+    fn an_alias_bomb_is_refused_before_it_expands() {
+        let a0 = vec!["x"; 1500].join(", ");
+        let a1 = vec!["*a0"; 1500].join(", ");
+        let bomb =
+            format!("rules:\n  - name: r\n    match: {{hosts: &a0 [{a0}], paths: &a1 [{a1}]}}\n");
+        assert!(bomb.len() < 20_000, "{}", bomb.len());
+        assert!(!expands_within_bounds(&bomb));
+        let e = LocationIndex::build(&bomb).expect_err("refused");
+        assert!(e.2.starts_with(TOO_MANY_ALIASED), "{e:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, &bomb).unwrap();
+        let d = crate::config::load::read_yaml::<crate::config::raw::RawPolicyFile>(
+            &path,
+            "p.yaml".into(),
+        )
+        .expect_err("refused");
+        assert!(d.message.starts_with(TOO_MANY_ALIASED), "{d:?}");
+        let fine = "common: &m {paths: [\"/a/**\"]}\nrules:\n  - {name: a, match: *m, effect: deny}\n  - {name: b, match: *m, effect: deny}\n";
+        assert!(expands_within_bounds(fine));
+        assert!(LocationIndex::build(fine).is_ok());
+    }
 
     #[test]
     fn a_whole_file_problem_names_no_position() {

@@ -221,6 +221,10 @@ const NO_RULES_LIST: &str = "no `rules:` list (only blank lines, comments, or `r
 /// Regression: tests (it) policy::check_names_what_a_policy_file_holds_instead_of_a_rules_list
 fn without_rules_list(text: &str) -> Option<String> {
     use serde_yaml::Value;
+    // Never parsed into values unless its aliases expand within bounds.
+    if !super::diagnostic::expands_within_bounds(text) {
+        return None;
+    }
     let value = serde_yaml::from_str::<Value>(text).ok()?;
     let mut value = &value;
     while let Value::Tagged(tagged) = value {
@@ -253,10 +257,10 @@ fn other_rules_errors(path: &Path, display: &str, first: &Diagnostic) -> Vec<Dia
     let Some(text) = std::fs::read_to_string(path).ok() else {
         return Vec::new();
     };
-    let (Ok(index), Ok(value)) = (
-        LocationIndex::build(&text),
-        serde_yaml::from_str::<serde_yaml::Value>(&text),
-    ) else {
+    let Ok(index) = LocationIndex::build(&text) else {
+        return Vec::new();
+    };
+    let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(&text) else {
         return Vec::new();
     };
     let Some(rules) = value.get("rules").and_then(serde_yaml::Value::as_sequence) else {
@@ -295,6 +299,9 @@ fn other_rules_errors(path: &Path, display: &str, first: &Diagnostic) -> Vec<Dia
 /// as YAML (`policies.dir`), or the default when it cannot say.
 pub(crate) fn policy_dir_hint(config_path: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(config_path).ok()?;
+    if !super::diagnostic::expands_within_bounds(&text) {
+        return None;
+    }
     let named = serde_yaml::from_str::<serde_yaml::Value>(&text)
         .ok()
         .and_then(|v| v.get("policies")?.get("dir")?.as_str().map(PathBuf::from));
@@ -404,7 +411,14 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
         // Prefer libyaml's wording and position (serde_yaml parsing to an untyped value
         // reports syntax only); fall back to the indexer's, which alone places a repeated key.
         let duplicate = message.starts_with(super::diagnostic::DUPLICATE_KEY);
-        match serde_yaml::from_str::<serde_yaml::Value>(&text) {
+        // A file whose aliases expand too far is never parsed into values.
+        let bomb = message.starts_with(super::diagnostic::TOO_MANY_ALIASED);
+        let parsed = if bomb {
+            Ok(serde_yaml::Value::Null)
+        } else {
+            serde_yaml::from_str::<serde_yaml::Value>(&text)
+        };
+        match parsed {
             // Why not serde_yaml's repeated key: it is met before the syntax error and placed
             // at 1:1 (`server:` twice, the second `server: [` unclosed, read `1:1: duplicate
             // entry`); the indexer's syntax error names the line that is broken.
@@ -418,7 +432,7 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
                 line,
                 column,
                 path: String::new(),
-                message: if duplicate {
+                message: if duplicate || bomb {
                     message
                 } else {
                     format!("invalid YAML: {message}")
