@@ -499,6 +499,7 @@ fn admin_listener(
             per_client: Some(crate::server::listener::PerClient::new(
                 admin::MAX_CONNECTIONS_PER_CLIENT,
             )),
+            strangers: None,
             shutdown: admin_loop.shutdown.clone(),
             drain: admin_loop.drain.clone(),
         }
@@ -532,6 +533,8 @@ impl Spawn {
                 shared: self.shared,
                 connections: self.connections,
                 per_client: None,
+                strangers: H::DECIDES_ONLY
+                    .then(|| Arc::new(Semaphore::new(crate::server::listener::STRANGERS))),
                 shutdown: self.shutdown,
                 drain: self.drain,
             }

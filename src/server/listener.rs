@@ -120,6 +120,9 @@ pub struct AcceptLoop<H> {
     pub connections: Arc<Semaphore>,
     /// At most this many connections from one client address (the admin listeners).
     pub per_client: Option<Arc<PerClient>>,
+    /// A decision door's permits for connections from addresses not among its `peers`, apart
+    /// from `connections` ([`STRANGERS`] of them); `None` elsewhere.
+    pub strangers: Option<Arc<Semaphore>>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// Held by every connection; the drain completes when all are dropped.
@@ -195,6 +198,26 @@ impl<H: Handler> AcceptLoop<H> {
                 server.http2.max_resets = server.http2.max_peer_resets.max(server.http2.max_resets);
             }
             drop(snapshot);
+            // Why: a decision door's peers were checked per request, so any host that could
+            // reach the port held its connection slots with silent connections (70 were
+            // enough at `max_connections: 64`; they are answered only by the idle timeout)
+            // and Envoy's Checks waited in the kernel's backlog: timed out, which
+            // `failure_mode_allow: true` turns into allows. A connection from anyone else
+            // gives its slot back and takes one of a small pool of its own, or is closed.
+            // Regression: tests (it) abuse::strangers_cannot_take_a_decision_doors_connections
+            let permit = match &self.strangers {
+                Some(strangers) if !door_peer => {
+                    drop(permit);
+                    match Arc::clone(strangers).try_acquire_owned() {
+                        Ok(p) => p,
+                        Err(_) => {
+                            self.shared.metrics.limit("door_strangers");
+                            continue;
+                        }
+                    }
+                }
+                _ => permit,
+            };
             let shared = Arc::clone(&self.shared);
             let name = Arc::clone(&self.name);
             let shutdown = self.shutdown.clone();
@@ -242,6 +265,10 @@ impl<H: Handler> AcceptLoop<H> {
         }
     }
 }
+
+/// How many connections a decision door holds from addresses not among its `peers` (a probe
+/// from elsewhere is answered, PERMISSION_DENIED or 403, within these).
+pub const STRANGERS: usize = 64;
 
 /// Connections held per client address, bounded. Past the bound a new connection closes the
 /// client's oldest one with no request in flight (a connection that sent nothing, or one idle

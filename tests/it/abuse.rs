@@ -557,6 +557,60 @@ async fn the_proxy_cannot_take_the_decision_doors_permits() {
     held.abort();
 }
 
+/// A decision door's connections from addresses not among its `peers` hold slots of a small
+/// pool of their own: silent ones, as many as anyone opens, never keep the peer (Envoy,
+/// nginx) out, and a stranger still gets its answer (403) while the pool has room.
+#[tokio::test]
+async fn strangers_cannot_take_a_decision_doors_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Setup {
+        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: forward\n    address: 127.0.0.1:0\n    door: {forward_auth: {peers: [127.0.0.2/32]}}\n".into(),
+        server: "  max_connections: 4\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let door = gw.addr_of("forward");
+    const ASK: &[u8] = b"GET /auth HTTP/1.1\r\nHost: door\r\nX-Forwarded-Method: GET\r\nX-Forwarded-Uri: /x\r\nX-Forwarded-Host: app.test\r\nX-Forwarded-For: 198.51.100.4\r\n\r\n";
+    async fn ask_from(from: &str, door: std::net::SocketAddr) -> Option<[u8; 12]> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let mut tcp = socket.connect(door).await.ok()?;
+        tcp.write_all(ASK).await.ok()?;
+        let mut buf = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(3), tcp.read_exact(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some(buf)
+    }
+    // A stranger is answered (refused: not a peer).
+    assert_eq!(
+        ask_from("127.0.0.1", door).await.as_ref().map(|b| &b[..]),
+        Some(&b"HTTP/1.1 403"[..])
+    );
+    // Silent connections from a stranger, more than every pool holds.
+    let mut silent = Vec::new();
+    for _ in 0..(portcullis::server::listener::STRANGERS + 8) {
+        silent.push(tokio::net::TcpStream::connect(door).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The peer is served, on connections of its own.
+    for i in 0..3 {
+        assert_eq!(
+            ask_from("127.0.0.2", door).await.as_ref().map(|b| &b[..]),
+            Some(&b"HTTP/1.1 200"[..]),
+            "the peer's request {i}"
+        );
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="door_strangers"}"#),
+        "{metrics}"
+    );
+    drop(silent);
+}
+
 /// `server.max_connections` counts the proxy's connections and, apart, each decision door's:
 /// silent connections holding every proxy slot keep no Envoy or nginx peer out of its door
 /// (a Check left waiting in the backlog times out, which `failure_mode_allow` turns into an
