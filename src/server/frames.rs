@@ -57,6 +57,8 @@ pub(super) struct FrameMeter {
     window_start: Option<Instant>,
     resets: u32,
     control: u32,
+    /// Acknowledgements the client owes: PING and SETTINGS frames h2 wrote, not yet acked.
+    acks_owed: u32,
     /// Highest client stream id seen in a HEADERS frame: the GOAWAY's last stream id.
     last_stream: u32,
     /// Set once a limit is passed; the GOAWAY is then due.
@@ -86,6 +88,7 @@ impl FrameMeter {
             window_start: None,
             resets: 0,
             control: 0,
+            acks_owed: 0,
             last_stream: 0,
             abuse: None,
             goaway: [0; 17],
@@ -143,7 +146,14 @@ impl FrameMeter {
             return;
         }
         while !bytes.is_empty() {
-            bytes = step(&mut self.write, bytes).0;
+            let (rest, head) = step(&mut self.write, bytes);
+            bytes = rest;
+            if let Some(h) = head
+                && matches!(h.kind, SETTINGS | PING)
+                && h.flags & ACK == 0
+            {
+                self.acks_owed = self.acks_owed.saturating_add(1);
+            }
         }
     }
 
@@ -178,8 +188,14 @@ impl FrameMeter {
                     self.trip(Abuse::Resets);
                 }
             }
-            // Acknowledgements answer the gateway's own frames.
-            SETTINGS | PING if h.flags & ACK == 0 => {
+            // Acknowledgements answer the gateway's own frames, as many as it wrote.
+            // Why the others count: h2 logs each PING ack it never asked for at `warn`, and a
+            // flood of them wrote 101 MiB of log in 5 s with no GOAWAY.
+            // Regression: tests::unsolicited_acks_count
+            SETTINGS | PING if h.flags & ACK != 0 && self.acks_owed > 0 => {
+                self.acks_owed -= 1;
+            }
+            SETTINGS | PING => {
                 self.roll_window();
                 self.control = self.control.saturating_add(1);
                 if self.control > self.limits.max_control_frames {
@@ -314,8 +330,36 @@ mod tests {
     }
 
     #[test]
+    fn unsolicited_acks_count() {
+        let mut m = FrameMeter::new(limits(10));
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(SETTINGS, 0, 0, &[]));
+        assert_eq!(m.on_read(&bytes), None);
+        // The gateway's own SETTINGS and one PING: their acks are free.
+        m.on_write(&frame(SETTINGS, 0, 0, &[]));
+        m.on_write(&frame(PING, 0, 0, &[0; 8]));
+        let mut acks = frame(SETTINGS, ACK, 0, &[]);
+        acks.extend(frame(PING, ACK, 0, &[0; 8]));
+        assert_eq!(m.on_read(&acks), None);
+        // Acks of nothing count as the frames they pretend to answer (with the client's
+        // SETTINGS, three are within the limit).
+        let mut flood = Vec::new();
+        for _ in 0..2 {
+            flood.extend(frame(PING, ACK, 0, &[0; 8]));
+        }
+        assert_eq!(m.on_read(&flood), None, "three within the limit");
+        assert_eq!(
+            m.on_read(&frame(PING, ACK, 0, &[0; 8])),
+            Some(Abuse::ControlFrames)
+        );
+    }
+
+    #[test]
     fn pings_and_settings_count_but_not_their_acks() {
         let mut m = FrameMeter::new(limits(10));
+        for _ in 0..20 {
+            m.on_write(&frame(PING, 0, 0, &[0; 8]));
+        }
         let mut bytes = PREFACE.to_vec();
         bytes.extend(frame(SETTINGS, 0, 0, &[]));
         for _ in 0..10 {

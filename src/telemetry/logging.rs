@@ -8,7 +8,7 @@ use crate::config::raw::LogFormat;
 /// (tests, `demo` after `run`) keeps the first.
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+        .or_else(|_| EnvFilter::try_new(with_quiet_peers(level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
@@ -24,6 +24,20 @@ pub fn init(format: LogFormat, level: &str) {
             .try_init(),
         LogFormat::Human => builder.try_init(),
     };
+}
+
+/// `level` with the HTTP/2 library's own lines at `error` only, unless it names `h2` itself.
+///
+/// Why: h2 logs at `warn` what a client does wrong (a PING ack it never asked for, say),
+/// one line per frame: a flood of 17-byte frames wrote 101 MiB of log in 5 s. What a client
+/// does wrong is the gateway's to count and log (`portcullis_connection_limits_total`).
+/// Regression: tests::the_http2_librarys_warnings_are_off_unless_asked_for
+fn with_quiet_peers(level: &str) -> String {
+    if level.split(',').any(|d| d.trim().starts_with("h2")) {
+        level.to_owned()
+    } else {
+        format!("{level},h2=error")
+    }
 }
 
 const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
@@ -53,6 +67,20 @@ pub fn check_level(level: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_http2_librarys_warnings_are_off_unless_asked_for() {
+        assert_eq!(super::with_quiet_peers("info"), "info,h2=error");
+        assert_eq!(
+            super::with_quiet_peers("warn,portcullis=debug"),
+            "warn,portcullis=debug,h2=error"
+        );
+        assert_eq!(super::with_quiet_peers("info,h2=debug"), "info,h2=debug");
+        for level in ["info", "debug", "warn,portcullis=debug"] {
+            let f = tracing_subscriber::EnvFilter::try_new(super::with_quiet_peers(level));
+            assert!(f.is_ok(), "{level}");
+        }
+    }
     use super::*;
 
     #[test]
