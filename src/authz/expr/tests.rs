@@ -1101,3 +1101,34 @@ fn matches_compiles_its_pattern_once() {
     assert!(eval(source, "GET", "/qre/x?a=1&b.c=2", None).is_err());
     assert!(eval(source, "GET", "/other/x?a=1", None).is_err());
 }
+
+/// An expression reading the whole `request.query` map takes up to 1,000 distinct names
+/// (each looked up among the earlier ones by its base, not compared with every one); more is
+/// denied. Repeats are still found among many names.
+#[test]
+fn many_query_names_are_cheap() {
+    let expr = "size(request.query) >= 0";
+    let target = |n: usize, extra: &str| {
+        let q: Vec<String> = (0..n).map(|i| format!("k{i}=1")).collect();
+        format!("/x?{}{extra}", q.join("&"))
+    };
+    assert!(eval(expr, "GET", &target(1000, ""), None).is_ok());
+    let e = eval(expr, "GET", &target(1001, ""), None).unwrap_err();
+    assert!(
+        format!("{e:?}").contains("more than 1000 query parameters"),
+        "{e:?}"
+    );
+    // Same base, other paths: children, not repeats; a repeat among them is found.
+    let children: Vec<String> = (0..500).map(|i| format!("a[{i}]=1")).collect();
+    assert!(eval(expr, "GET", &format!("/x?{}", children.join("&")), None).is_ok());
+    let e = eval(
+        expr,
+        "GET",
+        &format!("/x?{}&a[7][x]=2", children.join("&")),
+        None,
+    )
+    .unwrap_err();
+    assert!(format!("{e:?}").contains("is repeated"), "{e:?}");
+    let e = eval(expr, "GET", &target(900, "&K5=2"), None).unwrap_err();
+    assert!(format!("{e:?}").contains("is repeated"), "{e:?}");
+}
