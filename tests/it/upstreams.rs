@@ -143,6 +143,35 @@ async fn connection_closed_right_after_an_answer_is_retried_for_get() {
     assert_eq!(posts, 1, "the POST reached the upstream once");
 }
 
+/// A pooled connection the upstream closed, whose GET went again on a fresh connection and
+/// was answered, is no failure of the endpoint: an upstream whose keep-alive races the
+/// gateway's is never ejected while every client gets 200.
+#[tokio::test]
+async fn a_stale_connection_retried_fails_no_endpoint() {
+    let up = ClosingUpstream::start().await;
+    let gw = Setup {
+        upstreams: format!(
+            "  closing:\n    url: http://{}\n    ejection: {{consecutive_failures: 1, base_time: 60s, max_time: 60s}}\n",
+            up.addr
+        ),
+        policies: route_all_to("closing"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for path in ["/a", "/b", "/c", "/d", "/e"] {
+        let (status, _, body) = get(gw.addr(), path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body:?}");
+    }
+    assert_eq!(up.seen().len(), 9, "four retries: {:?}", up.seen());
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let up_line = metrics
+        .lines()
+        .find(|l| l.starts_with("portcullis_upstream_endpoint_up{upstream=\"closing\""))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(up_line.ends_with(" 1"), "still in rotation: {up_line}");
+}
+
 /// A test upstream answering `name` as its body, counting requests; while `down`, every
 /// answer (health checks included) is a 503. Speaks HTTP/1.1 and HTTP/2 (prior knowledge).
 #[derive(Clone)]
