@@ -508,24 +508,46 @@ pub fn from_jwk_json(text: &str, remote: bool) -> Result<VerifyKey, KeyError> {
 }
 
 /// A JWK's family and the public material its fingerprint is taken of, whatever its `use`,
-/// `key_ops` or `alg` say.
+/// `key_ops` or `alg` say: the bytes a PEM file's key holds (the PKCS#1 `RSAPublicKey` DER,
+/// the uncompressed EC point, the raw Ed25519 key), so one key has one fingerprint in any
+/// encoding.
+///
+/// Why: the fingerprint was the JWK's base64 text, a PEM key's its DER bits: a key published
+/// with its private half in a JWKS, also configured as a `pem_file`, went on verifying under
+/// the PEM copy (and any re-encoding of `n`, a leading zero, escaped the text compare).
+/// Regression: jwt::keys::tests::a_key_has_one_fingerprint_in_pem_and_jwk
 fn public_material(jwk: &Jwk, remote: bool) -> Result<(KeyFamily, Vec<u8>), KeyError> {
+    use base64::Engine as _;
+    let decode = |text: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.trim_end_matches('='))
+            .map_err(|_| KeyError::Malformed)
+    };
     Ok(match &jwk.algorithm {
         AlgorithmParameters::RSA(p) => {
-            use base64::Engine as _;
-            let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p.n.trim_end_matches('='))
-                .map_err(|_| KeyError::Malformed)?;
+            let n = decode(&p.n)?;
             check_rsa_modulus(&n)?;
-            (KeyFamily::Rsa, format!("{}.{}", p.n, p.e).into_bytes())
+            (KeyFamily::Rsa, rsa_public_key_der(&n, &decode(&p.e)?))
         }
-        AlgorithmParameters::EllipticCurve(p) => match p.curve {
-            EllipticCurve::P256 => (KeyFamily::EcP256, format!("{}.{}", p.x, p.y).into_bytes()),
-            EllipticCurve::P384 => (KeyFamily::EcP384, format!("{}.{}", p.x, p.y).into_bytes()),
-            _ => return Err(KeyError::Unsupported),
-        },
+        AlgorithmParameters::EllipticCurve(p) => {
+            let (family, size) = match p.curve {
+                EllipticCurve::P256 => (KeyFamily::EcP256, 32),
+                EllipticCurve::P384 => (KeyFamily::EcP384, 48),
+                _ => return Err(KeyError::Unsupported),
+            };
+            let mut point = vec![0x04];
+            for c in [decode(&p.x)?, decode(&p.y)?] {
+                let c = unsigned(&c);
+                if c.len() > size {
+                    return Err(KeyError::Malformed);
+                }
+                point.resize(point.len() + size - c.len(), 0);
+                point.extend_from_slice(c);
+            }
+            (family, point)
+        }
         AlgorithmParameters::OctetKeyPair(p) => match p.curve {
-            EllipticCurve::Ed25519 => (KeyFamily::Ed25519, p.x.clone().into_bytes()),
+            EllipticCurve::Ed25519 => (KeyFamily::Ed25519, decode(&p.x)?),
             _ => return Err(KeyError::Unsupported),
         },
         AlgorithmParameters::OctetKey(p) => {
@@ -536,6 +558,43 @@ fn public_material(jwk: &Jwk, remote: bool) -> Result<(KeyFamily, Vec<u8>), KeyE
         }
         _ => return Err(KeyError::Unsupported),
     })
+}
+
+/// A big-endian unsigned integer without its leading zeros.
+fn unsigned(bytes: &[u8]) -> &[u8] {
+    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    &bytes[first..]
+}
+
+/// The DER of PKCS#1's `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn length(out: &mut Vec<u8>, len: usize) {
+        if len < 0x80 {
+            out.push(u8::try_from(len).unwrap_or(0));
+        } else {
+            let bytes = len.to_be_bytes();
+            let bytes = unsigned(&bytes);
+            out.push(0x80 | u8::try_from(bytes.len()).unwrap_or(0));
+            out.extend_from_slice(bytes);
+        }
+    }
+    fn integer(out: &mut Vec<u8>, value: &[u8]) {
+        let value = unsigned(value);
+        let pad = value.first().is_none_or(|&b| b & 0x80 != 0);
+        out.push(0x02);
+        length(out, value.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(value);
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, n);
+    integer(&mut body, e);
+    let mut out = vec![0x30];
+    length(&mut out, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 /// One parsed JWK.

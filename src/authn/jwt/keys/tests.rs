@@ -428,3 +428,69 @@ fn an_oct_jwk_holding_a_public_key_is_refused() {
         "a random secret is kept"
     );
 }
+
+/// One key has one fingerprint, from a PEM file or a JWK, whatever the JWK's spelling of its
+/// numbers (a leading zero in `n`): a leak found in a JWKS revokes the PEM copy too.
+#[test]
+fn a_key_has_one_fingerprint_in_pem_and_jwk() {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    // EC P-256: the raw key is the uncompressed point.
+    let ec = KeyPair::generate().unwrap();
+    let point = ec.public_key_raw();
+    let jwk = format!(
+        r#"{{"kty":"EC","crv":"P-256","x":"{}","y":"{}"}}"#,
+        b64(&point[1..33]),
+        b64(&point[33..65])
+    );
+    let pem = from_pem(ec.public_key_pem().as_bytes(), None, &[A::ES256]).unwrap();
+    assert_eq!(
+        pem.fingerprint,
+        from_jwk_json(&jwk, true).unwrap().fingerprint
+    );
+    // RSA: n and e read from the PKCS#1 DER, then written as a JWK (and with a leading zero).
+    let rsa = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let der = rsa.public_key_raw();
+    let integers = {
+        // SEQUENCE { INTEGER n, INTEGER e }, long-form lengths.
+        let read_len = |d: &[u8], at: &mut usize| -> usize {
+            let first = d[*at];
+            *at += 1;
+            if first < 0x80 {
+                return usize::from(first);
+            }
+            let n = usize::from(first & 0x7f);
+            let len = d[*at..*at + n]
+                .iter()
+                .fold(0, |a, &b| (a << 8) | usize::from(b));
+            *at += n;
+            len
+        };
+        let mut at = 1;
+        read_len(der, &mut at);
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            assert_eq!(der[at], 0x02);
+            at += 1;
+            let len = read_len(der, &mut at);
+            out.push(der[at..at + len].to_vec());
+            at += len;
+        }
+        out
+    };
+    let n = integers[0].strip_prefix(&[0u8][..]).unwrap_or(&integers[0]);
+    let pem = from_pem(rsa.public_key_pem().as_bytes(), None, &[A::RS256]).unwrap();
+    for n in [n.to_vec(), [&[0u8][..], n].concat()] {
+        let jwk = format!(
+            r#"{{"kty":"RSA","n":"{}","e":"{}"}}"#,
+            b64(&n),
+            b64(&integers[1])
+        );
+        assert_eq!(
+            pem.fingerprint,
+            from_jwk_json(&jwk, true).unwrap().fingerprint,
+            "n of {} bytes",
+            n.len()
+        );
+    }
+}
