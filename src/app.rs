@@ -380,10 +380,17 @@ impl App {
         let delay = self.reloader.current().load().server.shutdown_delay;
         self.admin.ready.store(false, Ordering::Relaxed);
         self.stopping.store(true, Ordering::Relaxed);
+        // Only a second SIGINT (a second Ctrl-C): a supervisor may send SIGTERM twice for one
+        // stop (systemd's `ExecStop=kill -TERM`, then its own `KillSignal`), which must not
+        // cut the drain.
         let second = async {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {
+                        tracing::info!("SIGTERM again: already draining");
+                    }
+                    _ = int.recv() => break,
+                }
             }
         };
         tokio::pin!(second);
@@ -400,8 +407,8 @@ impl App {
                 }
             }
         }
-        // Why: a second Ctrl-C (or SIGTERM) was ignored until the grace ran out; an operator
-        // who sends it means now.
+        // Why: a second Ctrl-C was ignored until the grace ran out; an operator who presses
+        // it means now.
         // Regression: tests (it) shutdown::a_second_stop_signal_exits_at_once
         tokio::select! {
             drained = self.shutdown() => drained,

@@ -679,8 +679,8 @@ async fn the_shutdown_delay_serves_on_not_ready() {
     );
 }
 
-/// A second stop signal ends the gateway at once, without waiting for the drain's grace (a
-/// second Ctrl-C means now), exiting 1.
+/// A second SIGINT ends the gateway at once, without waiting for the drain's grace (a second
+/// Ctrl-C means now), exiting 1; a second SIGTERM does not (systemd may send two for one stop).
 #[tokio::test]
 async fn a_second_stop_signal_exits_at_once() {
     use tokio::io::AsyncWriteExt;
@@ -694,8 +694,16 @@ async fn a_second_stop_signal_exits_at_once() {
     assert!(upstream_has(&echo, "/__echo/delay").await);
     signal(&child, "-TERM");
     assert!(logged(&log, "Shutting down").await);
-    // The 5 s grace is running: the in-flight request holds the drain.
+    // The 5 s grace is running: the in-flight request holds the drain. A second SIGTERM (a
+    // supervisor's) does not cut it.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut child = child;
+    signal(&child, "-TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a second SIGTERM leaves the drain going"
+    );
     let second = std::time::Instant::now();
     signal(&child, "-INT");
     let exit = tokio::task::spawn_blocking(move || exits_within(child, Duration::from_secs(4)))
