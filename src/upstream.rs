@@ -348,8 +348,12 @@ impl Upstream {
 
     pub fn hash_key(&self, headers: &http::HeaderMap, principal: Option<&str>) -> Option<u64> {
         match self.hash.as_ref()? {
+            // Why not an empty value: a proxy in front that always sets the header, empty when
+            // it knows nothing, sent every such client to one endpoint. As if absent: spread.
+            // Regression: tests (it) upstreams::hashing_on_a_header_sticks_a_key_to_an_endpoint
             HashOn::Header(name) => headers
                 .get(name)
+                .filter(|v| !v.as_bytes().trim_ascii().is_empty())
                 .map(|v| balance::stable_hash(v.as_bytes())),
             HashOn::Principal => principal.map(|p| balance::stable_hash(p.as_bytes())),
         }

@@ -477,6 +477,20 @@ async fn hashing_on_a_header_sticks_a_key_to_an_endpoint() {
     }
     let distinct: std::collections::HashSet<_> = landed.values().collect();
     assert!(distinct.len() >= 2, "12 keys all on one endpoint");
+    // An empty value is no key (a proxy in front sets it empty when it knows nothing):
+    // such requests are balanced, not all sent to one endpoint.
+    // Regression: an empty x-tenant sent every request to one endpoint.
+    let mut bodies = std::collections::HashSet::new();
+    for _ in 0..9 {
+        let req = Request::get("/x")
+            .header("x-tenant", "")
+            .body(Full::default())
+            .unwrap();
+        let (status, _, body) = send(gw.addr(), req).await;
+        assert_eq!(status, StatusCode::OK);
+        bodies.insert(body);
+    }
+    assert!(bodies.len() >= 2, "empty keys all on one endpoint");
 }
 
 /// Hashing reads the header as the client sent it, before the gateway rewrites the head:
