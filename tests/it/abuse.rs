@@ -611,6 +611,34 @@ async fn strangers_cannot_take_a_decision_doors_connections() {
     drop(silent);
 }
 
+/// Connects to the gRPC door at `addr` and asks one Check, which must be allowed, each within
+/// 3 s; the client, kept open.
+async fn allowed_on_a_new_grpc_connection(
+    addr: std::net::SocketAddr,
+) -> envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient<
+    tonic::transport::Channel,
+> {
+    let mut grpc = tokio::time::timeout(
+        Duration::from_secs(3),
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+            format!("http://{addr}"),
+        ),
+    )
+    .await
+    .expect("the gRPC door accepts a new connection")
+    .unwrap();
+    let ok = tokio::time::timeout(
+        Duration::from_secs(3),
+        grpc.check(crate::grpc::check("/x", "198.51.100.9", &[])),
+    )
+    .await
+    .expect("the gRPC door answers on it")
+    .unwrap()
+    .into_inner();
+    assert_eq!(ok.status.map(|s| s.code), Some(0));
+    grpc
+}
+
 /// `server.max_connections` counts the proxy's connections and, apart, each decision door's:
 /// silent connections holding every proxy slot keep no Envoy or nginx peer out of its door
 /// (a Check left waiting in the backlog times out, which `failure_mode_allow` turns into an
@@ -652,24 +680,7 @@ async fn the_proxy_cannot_take_the_decision_doors_connections() {
         // Kept open, as a peer's pooled connection is.
         held.push(tcp);
     }
-    let mut grpc = tokio::time::timeout(
-        Duration::from_secs(3),
-        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
-            format!("http://{}", gw.addr_of("grpc")),
-        ),
-    )
-    .await
-    .expect("the gRPC door accepts")
-    .unwrap();
-    let ok = tokio::time::timeout(
-        Duration::from_secs(3),
-        grpc.check(crate::grpc::check("/x", "198.51.100.9", &[])),
-    )
-    .await
-    .expect("the gRPC door answers")
-    .unwrap()
-    .into_inner();
-    assert_eq!(ok.status.map(|s| s.code), Some(0));
+    let grpc = allowed_on_a_new_grpc_connection(gw.addr_of("grpc")).await;
     // The forward-auth listener's own pool filled by silence too: the gRPC door still
     // answers (nginx's clients cannot keep Envoy out).
     for _ in 0..6 {
@@ -680,25 +691,8 @@ async fn the_proxy_cannot_take_the_decision_doors_connections() {
         );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut fresh = tokio::time::timeout(
-        Duration::from_secs(3),
-        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
-            format!("http://{}", gw.addr_of("grpc")),
-        ),
-    )
-    .await
-    .expect("the gRPC door accepts a new connection")
-    .unwrap();
-    let ok = tokio::time::timeout(
-        Duration::from_secs(3),
-        fresh.check(crate::grpc::check("/x", "198.51.100.9", &[])),
-    )
-    .await
-    .expect("the gRPC door answers on it")
-    .unwrap()
-    .into_inner();
-    assert_eq!(ok.status.map(|s| s.code), Some(0));
-    drop(held);
+    let fresh = allowed_on_a_new_grpc_connection(gw.addr_of("grpc")).await;
+    drop((held, grpc, fresh));
     // The proxy's own pool is full: its next client is not served until a slot frees.
     let waiting = tokio::time::timeout(Duration::from_millis(500), get(gw.addr(), "/x")).await;
     assert!(waiting.is_err(), "the proxy's pool was full: {waiting:?}");

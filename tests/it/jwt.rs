@@ -1199,6 +1199,12 @@ async fn readyz_waits_for_every_remote_key_source_unless_optional() {
     );
     let (status, body) = gw.admin_get("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // The admin listener says what it waits for (the public one, facing other machines,
+    // does not).
+    assert_eq!(
+        body,
+        format!("not ready: the keys of `users` (issuer `{ISS}`) not fetched yet\n")
+    );
     assert_eq!(
         optional.admin_get("/readyz").await.0,
         StatusCode::OK,
