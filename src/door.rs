@@ -884,16 +884,29 @@ pub fn render_refusal(
     refusal: Refusal,
     status_map: &[(StatusCode, StatusCode)],
 ) -> Response<Full<Bytes>> {
-    let real = refusal.status;
-    let code = HeaderValue::from_static(refusal.code);
+    let code = refusal.code;
     let mut resp = refusal.into_response();
-    resp.headers_mut().insert(ERROR_HEADER, code);
+    as_the_peer_passes_it(&mut resp, code, status_map);
+    resp
+}
+
+/// Makes a refusal's response `resp` (the reason code `code`) what the door's peer passes to
+/// the client: `code` in `x-portcullis-error`, and a status the peer cannot pass mapped by
+/// `status_map`, the real one in `x-portcullis-status`. The door's own refusals and the 503
+/// of a request it sheds (`server::layers`) alike.
+pub fn as_the_peer_passes_it<B>(
+    resp: &mut Response<B>,
+    code: &'static str,
+    status_map: &[(StatusCode, StatusCode)],
+) {
+    let real = resp.status();
+    resp.headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static(code));
     if let Some(&(_, to)) = status_map.iter().find(|(from, _)| *from == real) {
         *resp.status_mut() = to;
         resp.headers_mut()
             .insert(STATUS_HEADER, HeaderValue::from(real.as_u16()));
     }
-    resp
 }
 
 /// Whether a refusal says the answer could not be known (keys never fetched, introspection

@@ -226,7 +226,7 @@ where
                     crate::server::request_id::take_or_generate(&sent, &this.id_header);
                 let mut resp = overloaded(this.grpc, &this.id_header, request_id);
                 if this.grpc.is_none() {
-                    as_the_peer_passes_it(&this.shared, &mut resp);
+                    mapped_for_the_peer(&this.shared, &mut resp);
                 }
                 Poll::Ready(Ok(resp))
             }
@@ -234,13 +234,12 @@ where
     }
 }
 
-/// A shed request's 503 at a forward-auth listener, as its peer passes it: mapped by the
-/// listener's `status_map` (the real status in `x-portcullis-status`), and its reason code in
-/// `x-portcullis-error`, as the door's own refusals are ([`crate::door::render_refusal`]).
+/// A shed request's 503 at a forward-auth listener, as its peer passes it, as the door's own
+/// refusals are ([`crate::door::as_the_peer_passes_it`], with the listener's `status_map`).
 ///
 /// Why: the shed 503 escaped the map, and nginx turned it into a 500 without `Retry-After`.
 /// Regression: tests (it) abuse::the_proxy_cannot_take_the_decision_doors_permits
-fn as_the_peer_passes_it(shared: &Shared, resp: &mut Response) {
+fn mapped_for_the_peer(shared: &Shared, resp: &mut Response) {
     let Some(index) = shared.decision_listener else {
         return;
     };
@@ -250,16 +249,7 @@ fn as_the_peer_passes_it(shared: &Shared, resp: &mut Response) {
     else {
         return;
     };
-    let real = resp.status();
-    if let Some(&(_, to)) = status_map.iter().find(|(from, _)| *from == real) {
-        *resp.status_mut() = to;
-        resp.headers_mut()
-            .insert(crate::door::STATUS_HEADER, HeaderValue::from(real.as_u16()));
-    }
-    resp.headers_mut().insert(
-        crate::door::ERROR_HEADER,
-        HeaderValue::from_static("overloaded"),
-    );
+    crate::door::as_the_peer_passes_it(resp, "overloaded", status_map);
 }
 
 /// 503 `overloaded`, in the client's protocol.
