@@ -138,6 +138,7 @@ impl App {
             shutdown: shutdown_rx.clone(),
             grace_over: Arc::clone(&grace_over),
             stopping: Arc::clone(&stopping),
+            uploads: Arc::default(),
         });
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connections = Arc::new(Semaphore::new(max_connections));
@@ -172,6 +173,7 @@ impl App {
                         shutdown: shared.shutdown.clone(),
                         grace_over: Arc::clone(&shared.grace_over),
                         stopping: Arc::clone(&shared.stopping),
+                        uploads: Arc::default(),
                     }),
                     Arc::new(Semaphore::new(max_connections)),
                 ),
@@ -501,6 +503,7 @@ fn admin_listener(
                 shutdown: admin_loop.shutdown.clone(),
                 grace_over: Arc::default(),
                 stopping: Arc::default(),
+                uploads: Arc::default(),
             }),
             connections: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
             per_client: Some(crate::server::listener::PerClient::new(

@@ -1138,6 +1138,7 @@ mod tests {
             shutdown: tokio::sync::watch::channel(false).1,
             grace_over: Arc::default(),
             stopping: Arc::default(),
+            uploads: Arc::default(),
         };
         let snapshot = shared.current.load_full();
         for (door, status) in [(Door::ForwardAuth, "403"), (Door::EnvoyGrpc, "500")] {

@@ -20,6 +20,7 @@ pub mod listener;
 mod progress;
 pub mod request_id;
 mod tracked;
+pub mod uploads;
 
 /// State shared by every connection of every door.
 #[derive(Debug)]
@@ -45,6 +46,9 @@ pub struct Shared {
     /// Becomes `true` at the stop signal, before the drain (`server.shutdown_delay`): the
     /// gRPC door's health service says NOT_SERVING from then on, as `/readyz` does.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The proxy's requests whose bodies are still arriving, per client
+    /// (`server.max_uploads_per_client`).
+    pub uploads: Arc<uploads::Uploads>,
 }
 
 impl Shared {

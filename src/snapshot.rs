@@ -231,6 +231,8 @@ pub struct ServerSettings {
     pub max_headers: usize,
     /// Largest request body.
     pub max_body_bytes: u64,
+    /// Requests with bodies still arriving, per client.
+    pub max_uploads_per_client: usize,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
     /// Drain deadline.

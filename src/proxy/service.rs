@@ -282,7 +282,32 @@ async fn forward(
         _ => None,
     };
     upstream_head(ctx, allow, &mut parts, uri, origin, &upstream)?;
+    // A body still to come counts against its client's share until the answer begins
+    // (`server::uploads`): taken before it is awaited, given back once it is all read ahead.
+    let mut share = match http_body::Body::is_end_stream(&body) {
+        true => None,
+        false => {
+            let client = ctx.log.client_ip.unwrap_or(conn.info.peer.ip());
+            match ctx
+                .shared
+                .uploads
+                .take(client, snapshot.server.max_uploads_per_client)
+            {
+                Some(share) => Some(share),
+                None => {
+                    ctx.shared.metrics.limit("uploads_per_client");
+                    return Err(Failure::Failed(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                    ));
+                }
+            }
+        }
+    };
     let mut body = upstream_body(snapshot, body).await?;
+    if !body.streams() {
+        share = None;
+    }
     // The client's body still coming (an upload, a client-streaming call): the exchange is
     // watched from now on, its upload as its answer (`watched::exchange`).
     let mut answer_cut = None;
@@ -317,6 +342,8 @@ async fn forward(
     // The client's body still streaming, as activity the response's idle timer counts.
     let upload = req.body().progress();
     let resp = send(ctx, &upstream, req, opts, &client_fault).await?;
+    // Held as the request's `max_in_flight` permit is: until the answer begins.
+    drop(share);
     let cut_as_grpc = watched && ctx.grpc == Some(Grpc::Native) && ctx.version == Version::HTTP_2;
     let expiry = expires_at.map(|at| (at, snapshot.clock.clone(), Arc::clone(&ctx.shared.metrics)));
     let mut resp = respond(

@@ -241,6 +241,111 @@ async fn h2_slow_reader_stream_is_reset() {
     assert_eq!(resp.status(), 200);
 }
 
+/// One client's uploads that stop arriving hold at most `server.max_uploads_per_client` of
+/// the proxy's `max_in_flight` permits: 12 stalled HTTP/2 POSTs (as many as the permits) from one client (behind a
+/// trusted proxy) leave the others' requests served, streaming bodies included; the share
+/// comes back when the client's streams go.
+#[tokio::test]
+async fn one_clients_stalled_uploads_cannot_shed_everyone() {
+    let gw = Setup::default()
+        .server(
+            "  max_in_flight: 12\n  max_uploads_per_client: 4\n  trusted_proxies: [127.0.0.0/8]\n",
+        )
+        .start()
+        .await;
+    let addr = gw.addr();
+    let post = |client: &str| {
+        Request::post(format!("http://{addr}/upload"))
+            .header("x-forwarded-for", client)
+            .body(())
+            .unwrap()
+    };
+    // The attacker's streams: a head, then nothing of the body.
+    let (mut attacker, attacker_conn) = h2_client(addr).await;
+    let mut held = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..12 {
+        attacker = attacker.ready().await.unwrap();
+        let (resp, body) = attacker.send_request(post("203.0.113.7"), false).unwrap();
+        held.push(body);
+        answers.push(resp);
+    }
+    let mut refused = 0;
+    let mut pending = 0;
+    // Waited on together: the refused ones answer at once, the held ones not at all.
+    let waits = answers.into_iter().map(|resp| {
+        tokio::spawn(async move { tokio::time::timeout(Duration::from_millis(1500), resp).await })
+    });
+    let waits: Vec<_> = waits.collect();
+    for wait in waits {
+        match wait.await.unwrap() {
+            Err(_) => pending += 1,
+            Ok(resp) => {
+                let resp = resp.unwrap();
+                assert_eq!(resp.status(), 503);
+                assert_eq!(resp.headers()["retry-after"], "1");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((pending, refused), (4, 8), "the client's share is 4");
+
+    // Everyone else is served: a plain request and a streamed upload.
+    let (status, _, _) = send(
+        addr,
+        Request::get("/x")
+            .header("x-forwarded-for", "198.51.100.2")
+            .body(http_body_util::Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "another client is not shed");
+    let (mut other, _other_conn) = h2_client(addr).await;
+    other = other.ready().await.unwrap();
+    let (resp, mut body) = other.send_request(post("198.51.100.2"), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    body.send_data(Bytes::from_static(b"hello"), true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "another client's upload has its own share"
+    );
+
+    // The attacker's share comes back when its streams go.
+    drop(held);
+    drop(attacker);
+    attacker_conn.abort();
+    let (again, _again_conn) = h2_client(addr).await;
+    let served = eventually(Duration::from_secs(5), || {
+        let ready = again.clone().ready();
+        async move {
+            let mut s = ready.await.unwrap();
+            let req = Request::post(format!("http://{addr}/upload"))
+                .header("x-forwarded-for", "203.0.113.7")
+                .body(())
+                .unwrap();
+            let (resp, mut body) = s.send_request(req, false).unwrap();
+            body.send_data(Bytes::from_static(b"hello"), true).unwrap();
+            resp.await.is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    assert!(served, "the share is given back");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="uploads_per_client"} 8"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"limit="max_in_flight""#),
+        "nothing shed: {metrics}"
+    );
+}
+
 /// Writes the client preface, then `count` copies of `frame`, and reads what the gateway
 /// sends until it closes: the frames' (type, payload) pairs.
 async fn flood(addr: std::net::SocketAddr, frame: &[u8], count: usize) -> Vec<(u8, Vec<u8>)> {

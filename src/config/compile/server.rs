@@ -35,6 +35,12 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> (ServerSettings, Vec<NamePattern>) {
     if !(1..=MAX_COUNT).contains(&s.max_in_flight) {
         cx.error("server.max_in_flight", format!("from 1 to {MAX_COUNT}"));
     }
+    if !(1..=MAX_COUNT).contains(&s.max_uploads_per_client) {
+        cx.error(
+            "server.max_uploads_per_client",
+            format!("from 1 to {MAX_COUNT}"),
+        );
+    }
     if s.worker_threads > MAX_WORKERS {
         cx.error(
             "server.worker_threads",
@@ -91,6 +97,7 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> (ServerSettings, Vec<NamePattern>) {
         max_target_bytes: s.max_target_bytes,
         max_headers: s.max_headers,
         max_body_bytes: s.max_body_bytes,
+        max_uploads_per_client: s.max_uploads_per_client,
         max_concurrent_streams: s.max_concurrent_streams,
         shutdown_grace: s.shutdown_grace,
         shutdown_delay: s.shutdown_delay,

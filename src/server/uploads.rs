@@ -1,0 +1,133 @@
+//! Each client's share of the requests whose bodies are still arriving
+//! (`server.max_uploads_per_client`).
+//!
+//! Contract:
+//! - A request whose body had not all arrived with its head takes a share of its client (the
+//!   address `trusted_proxies` resolve; IPv6 by its /64, loopback as one client) before its
+//!   body is awaited, and holds it as long as its `max_in_flight` permit: until its response
+//!   head. A body that turns out to be complete once read ahead gives it back at once.
+//! - Past the share, the request is refused with 503 `overloaded` and `Retry-After: 1`, as a
+//!   shed request is, and counted in `portcullis_connection_limits_total{limit="uploads_per_client"}`.
+//! - Requests whose body came whole with the head (every GET, a small POST) never count, and
+//!   never touch the lock.
+//!
+//! Why: a stalled upload holds one of `server.max_in_flight` for as long as its deadlines
+//! allow (the first body byte within `header_read_timeout`, then a minimum rate). Over HTTP/2
+//! a connection carries 128 of them: 90 connections of unfinished POSTs (about 1 MB sent) kept
+//! the proxy shedding every other client's requests. Regression: tests (it)
+//! abuse::one_clients_stalled_uploads_cannot_shed_everyone
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Requests with bodies still arriving, counted per client site.
+#[derive(Debug, Default)]
+pub struct Uploads {
+    held: Mutex<HashMap<u128, usize>>,
+}
+
+/// One request's share of its client's uploads, given back when dropped.
+#[derive(Debug)]
+pub struct Upload {
+    of: Arc<Uploads>,
+    site: u128,
+}
+
+impl Uploads {
+    /// A share for `client`, unless it already holds `max`.
+    pub fn take(self: &Arc<Self>, client: IpAddr, max: usize) -> Option<Upload> {
+        let site = site(client);
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = held.entry(site).or_default();
+        if *n >= max {
+            if *n == 0 {
+                held.remove(&site);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(Upload {
+            of: Arc::clone(self),
+            site,
+        })
+    }
+
+    /// Shares held by `client` now.
+    #[cfg(test)]
+    fn held(&self, client: IpAddr) -> usize {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.get(&site(client)).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let mut held = self.of.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.site) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.site);
+            }
+        }
+    }
+}
+
+/// The unit counted: every local process shares loopback (any 127.x address), and one host
+/// holds a whole IPv6 /64.
+fn site(ip: IpAddr) -> u128 {
+    let ip = ip.to_canonical();
+    if ip.is_loopback() {
+        u128::from(std::net::Ipv6Addr::LOCALHOST)
+    } else {
+        crate::request::facts::client_site(ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_client_holds_at_most_its_share() {
+        let uploads = Arc::new(Uploads::default());
+        let a: Vec<_> = (0..3)
+            .map(|_| uploads.take(ip("192.0.2.1"), 3).expect("within the share"))
+            .collect();
+        assert!(uploads.take(ip("192.0.2.1"), 3).is_none(), "past the share");
+        // Another client has its own.
+        let b = uploads.take(ip("192.0.2.2"), 3).expect("another client");
+        drop(a);
+        assert_eq!(uploads.held(ip("192.0.2.1")), 0, "given back when dropped");
+        assert!(uploads.take(ip("192.0.2.1"), 3).is_some());
+        drop(b);
+        assert!(
+            uploads.held.lock().unwrap().is_empty(),
+            "no entry left behind"
+        );
+    }
+
+    #[test]
+    fn a_site_shares_one_count() {
+        // (address taking a share, address of the same client, address of another)
+        let table = [
+            ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9", "2001:db8:1:3::1"),
+            ("127.0.0.1", "127.0.0.9", "192.0.2.1"),
+            ("::1", "127.0.0.1", "::2"),
+            ("::ffff:192.0.2.7", "192.0.2.7", "192.0.2.8"),
+        ];
+        for (first, same, other) in table {
+            let uploads = Arc::new(Uploads::default());
+            let _held = uploads.take(ip(first), 1).unwrap();
+            assert!(uploads.take(ip(same), 1).is_none(), "{same} is {first}");
+            assert!(
+                uploads.take(ip(other), 1).is_some(),
+                "{other} is not {first}"
+            );
+        }
+    }
+}
