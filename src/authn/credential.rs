@@ -614,10 +614,20 @@ fn read_as_aspnet(name: &str) -> String {
 
 /// Whether a raw query holds a method override ([`is_method_override`]) under any name.
 pub fn query_overrides_method(query: &str) -> bool {
-    may_override_method(query)
-        && query
-            .split('&')
-            .any(|pair| is_method_override(pair.split_once('=').map_or(pair, |(k, _)| k)))
+    may_override_method(query) && query.split('&').any(pair_overrides_method)
+}
+
+/// Whether the raw query pair `pair` (between two `&`) carries a method override: its key, or
+/// the key of a piece after a `;`.
+///
+/// Why: Rack 2, Bottle and older Python split the query on `;` as well, so
+/// `GET /ro/x?a=1;_method=DELETE` reached such an upstream as a DELETE, past a rule allowing
+/// only GET, at every door (the `&` reading saw only the key `a`), as `?a=1;api_key=` once
+/// carried a second credential. Regression: tests::method_overrides_in_the_query,
+/// tests (it) proxy::query_method_override_never_reaches_the_upstream
+pub fn pair_overrides_method(pair: &str) -> bool {
+    pair.split(';')
+        .any(|piece| is_method_override(piece.split_once('=').map_or(piece, |(k, _)| k)))
 }
 
 #[cfg(test)]
@@ -956,6 +966,16 @@ mod tests {
         assert!(query_overrides_method("a=1&_Method=PUT"));
         assert!(query_overrides_method("%5Fmethod"));
         assert!(!query_overrides_method("a=%41&method=PUT&_methods=x"));
+        // A piece after a `;` is a pair to Rack 2, Bottle and older Python.
+        for q in [
+            "a=1;_method=DELETE",
+            "a=1;%5Fmethod=DELETE",
+            "a=1;x-http-method-override=DELETE&b=2",
+            "b=2&a;_METHOD=PUT",
+        ] {
+            assert!(query_overrides_method(q), "{q}");
+        }
+        assert!(!query_overrides_method("a=1;method=x;_methods=y"));
         assert_eq!(
             strip_query_where("_method=DELETE&a=1&method=x", is_method_override).as_deref(),
             Some("a=1&method=x")

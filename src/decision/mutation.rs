@@ -110,8 +110,9 @@ impl HeaderMutation {
             && crate::authn::credential::may_override_method(query)
         {
             for pair in query.split('&') {
+                // Envoy reads the pair's key up to `=`: `a=1;_method=DELETE` goes as `a`.
                 let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-                if crate::authn::credential::is_method_override(key) {
+                if crate::authn::credential::pair_overrides_method(pair) {
                     out.push_query_remove(key);
                     // A name that does not decode (`_method%00%ff`) is named as sent only.
                     if let Some(decoded) = crate::authn::credential::decode(key) {

@@ -77,10 +77,7 @@ pub fn upstream_uri(
                 .unwrap_or_default();
             credential::strip_query_pairs(q, |pair| {
                 credential::carries_named(pair, &readings)
-                    || (overrides
-                        && credential::is_method_override(
-                            pair.split_once('=').map_or(pair, |(k, _)| k),
-                        ))
+                    || (overrides && credential::pair_overrides_method(pair))
             })
         }
         (_, q) => q.map(std::borrow::Cow::Borrowed),

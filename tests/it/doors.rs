@@ -1256,6 +1256,7 @@ async fn query_method_override_refused_at_http_doors() {
             "/forms/1?a=1&%5Fmethod=DELETE",
             "/forms/1?_METHOD=delete",
             "/forms/1?_method[]=DELETE",
+            "/forms/1?a=1;_method=DELETE",
         ] {
             let (status, h, body) = ask_post(target).await;
             let (status, reason) = if door.contains("envoy") {

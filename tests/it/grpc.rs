@@ -882,6 +882,12 @@ async fn query_credential_removed_by_envoy_even_unstripped() {
             format!("access_token={token}&%5Fmethod=DELETE"),
             vec!["access_token", "%5Fmethod", "_method"],
         ),
+        // After a `;` (a pair to Rack 2 and older Python): the `&` pair's key, as Envoy
+        // reads it.
+        (
+            format!("access_token={token}&a=1;_method=DELETE"),
+            vec!["access_token", "a"],
+        ),
         // One that does not decode is named as sent, never as an empty name.
         (
             format!("access_token={token}&_method%00%ff=DELETE"),

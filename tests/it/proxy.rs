@@ -919,6 +919,11 @@ async fn query_method_override_never_reaches_the_upstream() {
         ("/users/1?%5Fmethod=DELETE&b=2", "/users/1?b=2"),
         ("/users/1?_method[]=DELETE&c=3", "/users/1?c=3"),
         ("/users/1?_method=DELETE", "/users/1"),
+        // After a `;`, a pair to Rack 2, Bottle and older Python: its whole `&` pair goes.
+        ("/users/1?a=1;_method=DELETE&b=2", "/users/1?b=2"),
+        ("/users/1?b=2&a=1;%5Fmethod=DELETE", "/users/1?b=2"),
+        ("/users/1?a=1;x-http-method-override=PUT", "/users/1"),
+        ("/users/1?a=1;b=2", "/users/1?a=1;b=2"),
         // Other names stay.
         (
             "/users/1?method=x&payment_method=card",
