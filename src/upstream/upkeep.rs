@@ -218,12 +218,33 @@ async fn check_all(b: &Balancer, h: &HealthCheck, u: &Upkeep) {
             // finding every slot busy says nothing of the endpoint's health.
             // Regression: tests (it) upstreams::health_checks_skip_an_endpoint_at_its_connection_cap
             let now = tokio::time::Instant::now();
-            let passed =
-                match tokio::time::timeout(timeout, ep.pool.send(req, connect, now, false)).await {
-                    Ok(Ok(resp)) => Some(resp.status().is_success()),
-                    Ok(Err(f)) if matches!(f.error, super::SendError::Busy) => None,
-                    _ => Some(false),
+            // Why: a check sent over a pooled connection the endpoint had closed (its
+            // keep-alive timer racing the interval) failed, and with `unhealthy_threshold: 1`
+            // a healthy endpoint flapped out of rotation. It goes once more on a fresh
+            // connection, as a request's GET does.
+            // Regression: tests (it) upstreams::a_health_check_on_a_stale_connection_goes_again
+            let sent = async {
+                let failed = match ep.pool.send(req, connect, now, false).await {
+                    Err(f) if !matches!(f.error, super::SendError::Busy) => f,
+                    first => return first,
                 };
+                if super::unreachable_error(&failed.error) {
+                    return Err(failed);
+                }
+                match failed.unsent.or(failed.repeat) {
+                    Some(again) => ep.pool.send(*again, connect, now, true).await,
+                    None => Err(super::pool::Failed {
+                        error: failed.error,
+                        unsent: None,
+                        repeat: None,
+                    }),
+                }
+            };
+            let passed = match tokio::time::timeout(timeout, sent).await {
+                Ok(Ok(resp)) => Some(resp.status().is_success()),
+                Ok(Err(f)) if matches!(f.error, super::SendError::Busy) => None,
+                _ => Some(false),
+            };
             (i, passed)
         });
     }

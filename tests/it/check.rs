@@ -303,6 +303,32 @@ fn trusting_every_address_and_an_exposed_admin_warn() {
     assert!(text.contains("1 rule(s)"), "{text}");
 }
 
+/// A health check's timeout past its interval is told: a round waits for its slowest check.
+#[test]
+fn a_health_check_timeout_past_its_interval_warns() {
+    let cfg = crate::support::ConfigDir::new("");
+    let config = |timeout: &str| {
+        format!(
+            "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]\nupstreams:\n  pool:\n    url: http://app.test\n    endpoints: [\"127.0.0.1:9\"]\n    health_check: {{path: /health, interval: 2s, timeout: {timeout}}}\npolicies: {{dir: policies}}\n"
+        )
+    };
+    cfg.write(
+        "policies/10-all.yaml",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: pool}\n",
+    );
+    cfg.write("portcullis.yaml", config("5s"));
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("warning: upstreams.pool.health_check.timeout: longer than `interval` (2s)"),
+        "{text}"
+    );
+    cfg.write("portcullis.yaml", config("2s"));
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("health_check"), "{text}");
+}
+
 /// A secret or key pasted where its file's name belongs is not printed in "cannot read".
 #[test]
 fn a_secret_pasted_as_a_file_name_is_not_shown() {

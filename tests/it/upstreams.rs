@@ -929,6 +929,38 @@ async fn failures_while_ejected_do_not_extend_it() {
     }
 }
 
+/// A health check sent over a pooled connection the endpoint had closed goes once more on a
+/// fresh connection, as a request's GET does: an endpoint whose keep-alive timer races the
+/// interval is no failing endpoint, even with `unhealthy_threshold: 1`.
+#[tokio::test]
+async fn a_health_check_on_a_stale_connection_goes_again() {
+    let up = ClosingUpstream::start().await;
+    let gw = Setup {
+        upstreams: format!(
+            "  closing:\n    url: http://backend.test\n    endpoints: [\"{}\"]\n    ejection: {{consecutive_failures: 0}}\n    health_check: {{path: /health, interval: 50ms, timeout: 500ms, healthy_threshold: 3, unhealthy_threshold: 1}}\n",
+            up.addr
+        ),
+        policies: route_all_to("closing"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    // Each check after the first finds its pooled connection closed, then goes again.
+    assert!(
+        crate::support::eventually(Duration::from_secs(5), || async { up.seen().len() >= 11 })
+            .await,
+        "checks: {:?}",
+        up.seen()
+    );
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let line = format!(
+        "portcullis_upstream_endpoint_healthy{{upstream=\"closing\",endpoint=\"{}\"}} 1",
+        up.addr
+    );
+    assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+}
+
 /// Active health checks take a failing endpoint out of rotation and bring it back.
 #[tokio::test]
 async fn health_checks_remove_and_return_an_endpoint() {

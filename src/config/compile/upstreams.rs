@@ -38,6 +38,21 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
             let path = cx.path(file);
             cx.watched.push(path);
         }
+        // Why: a round of checks waits for its slowest (up to `timeout`), so a timeout past
+        // the interval made the checks run every `timeout`, not every `interval`, and a hung
+        // endpoint left rotation later than the settings said.
+        // Regression: tests (it) check::a_health_check_timeout_past_its_interval_warns
+        if let Some(h) = &raw.health_check
+            && h.timeout > h.interval
+        {
+            cx.warn(
+                &format!("upstreams.{name}.health_check.timeout"),
+                format!(
+                    "longer than `interval` ({}): a round of checks waits for its slowest, so checks run every `timeout` at worst; make it at most the interval",
+                    humantime::format_duration(h.interval)
+                ),
+            );
+        }
         // Why: an expired client certificate, or one not issued for clients, is refused by
         // the upstream at every handshake (502 `upstream_tls`); nothing said so at load. A
         // warning, not an error: refusing it would refuse every reload once it expired.
