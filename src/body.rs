@@ -160,6 +160,9 @@ pub struct RequestBody {
     progress: Option<Arc<Progress>>,
     /// Says why the body must end now (its credential's watch, `proxy::watched`).
     cut: Option<tokio::sync::oneshot::Receiver<&'static str>>,
+    /// Its client's share of uploads ([`crate::server::uploads`]), held while the body is
+    /// still arriving.
+    share: Option<crate::server::uploads::Upload>,
 }
 
 /// How a streamed request body is moving, for the upstream exchange's clock (see
@@ -277,6 +280,7 @@ impl RequestBody {
             fault: Arc::default(),
             progress: None,
             cut: None,
+            share: None,
         };
         if this.inner.is_some() {
             this.progress = Some(Arc::new(Progress::new()));
@@ -329,6 +333,15 @@ impl RequestBody {
             fault: Arc::default(),
             progress: None,
             cut: None,
+            share: None,
+        }
+    }
+
+    /// Holds `share` while the client has more to send: given back when the body ends (or is
+    /// dropped), at once if it already has.
+    pub fn hold(&mut self, share: Option<crate::server::uploads::Upload>) {
+        if self.inner.is_some() {
+            self.share = share;
         }
     }
 
@@ -359,6 +372,7 @@ impl RequestBody {
     /// The client's side has ended (or failed): nothing more is awaited from it.
     fn ended(&mut self) {
         self.inner = None;
+        self.share = None;
         if let Some(p) = &self.progress {
             p.moved.touch();
             p.done.store(true, Ordering::Relaxed);

@@ -279,32 +279,7 @@ async fn forward(
         _ => None,
     };
     upstream_head(ctx, allow, &mut parts, uri, origin, &upstream)?;
-    // A body still to come counts against its client's share until the answer begins
-    // (`server::uploads`): taken before it is awaited, given back once it is all read ahead.
-    let mut share = match http_body::Body::is_end_stream(&body) {
-        true => None,
-        false => {
-            let client = ctx.log.client_ip.unwrap_or(conn.info.peer.ip());
-            match ctx
-                .shared
-                .uploads
-                .take(client, snapshot.server.max_uploads_per_client)
-            {
-                Some(share) => Some(share),
-                None => {
-                    ctx.shared.metrics.limit("uploads_per_client");
-                    return Err(Failure::Failed(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
-                    ));
-                }
-            }
-        }
-    };
-    let mut body = upstream_body(snapshot, body).await?;
-    if !body.streams() {
-        share = None;
-    }
+    let mut body = upstream_body(ctx, body).await?;
     // The client's body still coming (an upload, a client-streaming call): the exchange is
     // watched from now on, its upload as its answer (`watched::exchange`).
     let mut answer_cut = None;
@@ -339,8 +314,6 @@ async fn forward(
     // The client's body still streaming, as activity the response's idle timer counts.
     let upload = req.body().progress();
     let resp = send(ctx, &upstream, req, opts, &client_fault).await?;
-    // Held as the request's `max_in_flight` permit is: until the answer begins.
-    drop(share);
     let cut_as_grpc = watched && ctx.grpc == Some(Grpc::Native) && ctx.version == Version::HTTP_2;
     let expiry = expires_at.map(|at| (at, snapshot.clock.clone(), Arc::clone(&ctx.shared.metrics)));
     let mut resp = respond(
@@ -421,6 +394,17 @@ async fn tunnel(
         .as_ref()
         .and_then(|e| e.upgrade.as_ref())
         .ok_or(Failure::Refused("upgrade_not_allowed"))?;
+    // Why: an upgrade request's body is refused (`upgrade::open`), but only once read ahead:
+    // each such request from one client waited up to `header_read_timeout` for its first byte
+    // with a `max_in_flight` permit, and 20 of them kept everyone else shed. A handshake has
+    // no body: refused before anything waits for one.
+    // Regression: tests (it) abuse::one_clients_stalled_uploads_cannot_shed_everyone
+    if !http_body::Body::is_end_stream(&body) {
+        return Err(Failure::Malformed(
+            StatusCode::BAD_REQUEST,
+            "upgrade_with_body",
+        ));
+    }
     // Browsers apply no CORS to a WebSocket (`Edge::refuses_upgrade_origin`).
     if edge
         .as_ref()
@@ -565,7 +549,7 @@ async fn upstream_request(
     upstream: &crate::upstream::Upstream,
 ) -> Result<(Request<RequestBody>, Arc<crate::body::ClientFault>), Failure> {
     upstream_head(ctx, allow, &mut parts, uri, origin, upstream)?;
-    let body = upstream_body(ctx.snapshot, body).await?;
+    let body = upstream_body(ctx, body).await?;
     let client_fault = body.fault();
     Ok((Request::from_parts(parts, body), client_fault))
 }
@@ -665,13 +649,39 @@ fn join_cookie_crumbs(headers: &mut http::HeaderMap) {
     }
 }
 
-/// Phase 3, the body: what arrived with the head read first, within the size limit.
-async fn upstream_body(snapshot: &Snapshot, body: Incoming) -> Result<RequestBody, Failure> {
+/// Phase 3, the body: what arrived with the head read first, within the size limit. A body
+/// still to come takes its client's share of uploads first (`server::uploads`), held until it
+/// has all arrived.
+async fn upstream_body(ctx: &Ctx<'_>, body: Incoming) -> Result<RequestBody, Failure> {
+    let snapshot = ctx.snapshot;
+    let share = match http_body::Body::is_end_stream(&body) {
+        true => None,
+        false => {
+            let client = ctx.log.client_ip.unwrap_or(ctx.conn.info.peer.ip());
+            // Uploads never hold more than half the permits: a /56 of /64s, each within its
+            // share, leaves the rest to everyone else.
+            let all = (ctx.snapshot.restart.max_in_flight / 2).max(1);
+            match ctx
+                .shared
+                .uploads
+                .take(client, snapshot.server.max_uploads_per_client, all)
+            {
+                Ok(share) => Some(share),
+                Err(over) => {
+                    ctx.shared.metrics.limit(over.label());
+                    return Err(Failure::Failed(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                    ));
+                }
+            }
+        }
+    };
     let limit = usize::try_from(snapshot.server.max_body_bytes).unwrap_or(usize::MAX);
     // Why: a body whose framing is already broken (bad chunk size, bare LF) is refused with
     // nothing sent upstream, rather than half-forwarded and reported as a 502.
     // Regression: tests (it) proxy::malformed_chunked_body_is_400_and_never_reaches_the_upstream
-    RequestBody::prefetch(body, limit, snapshot.server.header_read_timeout)
+    let mut body = RequestBody::prefetch(body, limit, snapshot.server.header_read_timeout)
         .await
         .map_err(|e| match e {
             PrefetchError::Malformed => Failure::Malformed(StatusCode::BAD_REQUEST, "invalid_body"),
@@ -681,7 +691,9 @@ async fn upstream_body(snapshot: &Snapshot, body: Incoming) -> Result<RequestBod
             PrefetchError::Timeout => {
                 Failure::Malformed(StatusCode::REQUEST_TIMEOUT, "body_timeout")
             }
-        })
+        })?;
+    body.hold(share);
+    Ok(body)
 }
 
 /// Phase 4: the exchange with the upstream, within its response timeout. The one place

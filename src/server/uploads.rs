@@ -1,13 +1,17 @@
 //! Each client's share of the requests whose bodies are still arriving
-//! (`server.max_uploads_per_client`).
+//! (`server.max_uploads_per_client`), and their share of all requests in flight.
 //!
 //! Contract:
 //! - A request whose body had not all arrived with its head takes a share of its client (the
 //!   address `trusted_proxies` resolve; IPv6 by its /64, loopback as one client) before its
-//!   body is awaited, and holds it as long as its `max_in_flight` permit: until its response
-//!   head. A body that turns out to be complete once read ahead gives it back at once.
-//! - Past the share, the request is refused with 503 `overloaded` and `Retry-After: 1`, as a
-//!   shed request is, and counted in `portcullis_connection_limits_total{limit="uploads_per_client"}`.
+//!   body is awaited, on every path that reads a body, and holds it until the body has all
+//!   arrived (or ended otherwise, or was dropped): a body complete once read ahead gives it
+//!   back at once.
+//! - Past the client's share, or with half of `server.max_in_flight` held by uploads (so that
+//!   many clients' stalled uploads, a /56 of /64s, still leave the rest to everyone else), the
+//!   request is refused with 503 `overloaded` and `Retry-After: 1`, as a shed request is, and
+//!   counted in `portcullis_connection_limits_total{limit="uploads_per_client"}` or
+//!   `{limit="uploads"}`.
 //! - Requests whose body came whole with the head (every GET, a small POST) never count, and
 //!   never touch the lock.
 //!
@@ -21,10 +25,35 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// Requests with bodies still arriving, counted per client site.
+/// Requests with bodies still arriving, counted per client site and in all.
 #[derive(Debug, Default)]
 pub struct Uploads {
-    held: Mutex<HashMap<u128, usize>>,
+    held: Mutex<Held>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    by_site: HashMap<u128, usize>,
+    total: usize,
+}
+
+/// Which bound refused an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    /// The client's own share (`server.max_uploads_per_client`).
+    Client,
+    /// Uploads' share of all requests in flight.
+    All,
+}
+
+impl Over {
+    /// The `limit` label it is counted under.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Client => "uploads_per_client",
+            Self::All => "uploads",
+        }
+    }
 }
 
 /// One request's share of its client's uploads, given back when dropped.
@@ -35,19 +64,26 @@ pub struct Upload {
 }
 
 impl Uploads {
-    /// A share for `client`, unless it already holds `max`.
-    pub fn take(self: &Arc<Self>, client: IpAddr, max: usize) -> Option<Upload> {
+    /// A share for `client`, unless it already holds `max`, or uploads hold `max_total` in
+    /// all.
+    pub fn take(
+        self: &Arc<Self>,
+        client: IpAddr,
+        max: usize,
+        max_total: usize,
+    ) -> Result<Upload, Over> {
         let site = site(client);
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = held.entry(site).or_default();
-        if *n >= max {
-            if *n == 0 {
-                held.remove(&site);
-            }
-            return None;
+        if held.total >= max_total {
+            return Err(Over::All);
         }
-        *n += 1;
-        Some(Upload {
+        let n = held.by_site.get(&site).copied().unwrap_or(0);
+        if n >= max {
+            return Err(Over::Client);
+        }
+        held.by_site.insert(site, n + 1);
+        held.total += 1;
+        Ok(Upload {
             of: Arc::clone(self),
             site,
         })
@@ -57,17 +93,18 @@ impl Uploads {
     #[cfg(test)]
     fn held(&self, client: IpAddr) -> usize {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        held.get(&site(client)).copied().unwrap_or(0)
+        held.by_site.get(&site(client)).copied().unwrap_or(0)
     }
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
         let mut held = self.of.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = held.get_mut(&self.site) {
+        held.total = held.total.saturating_sub(1);
+        if let Some(n) = held.by_site.get_mut(&self.site) {
             *n -= 1;
             if *n == 0 {
-                held.remove(&self.site);
+                held.by_site.remove(&self.site);
             }
         }
     }
@@ -96,19 +133,33 @@ mod tests {
     fn a_client_holds_at_most_its_share() {
         let uploads = Arc::new(Uploads::default());
         let a: Vec<_> = (0..3)
-            .map(|_| uploads.take(ip("192.0.2.1"), 3).expect("within the share"))
+            .map(|_| {
+                uploads
+                    .take(ip("192.0.2.1"), 3, 5)
+                    .expect("within the share")
+            })
             .collect();
-        assert!(uploads.take(ip("192.0.2.1"), 3).is_none(), "past the share");
-        // Another client has its own.
-        let b = uploads.take(ip("192.0.2.2"), 3).expect("another client");
+        assert_eq!(
+            uploads.take(ip("192.0.2.1"), 3, 5).unwrap_err(),
+            Over::Client,
+            "past the share"
+        );
+        // Another client has its own, within uploads' share of all.
+        let b: Vec<_> = (0..2)
+            .map(|_| uploads.take(ip("192.0.2.2"), 3, 5).expect("another client"))
+            .collect();
+        assert_eq!(
+            uploads.take(ip("192.0.2.3"), 3, 5).unwrap_err(),
+            Over::All,
+            "past the share of all"
+        );
         drop(a);
         assert_eq!(uploads.held(ip("192.0.2.1")), 0, "given back when dropped");
-        assert!(uploads.take(ip("192.0.2.1"), 3).is_some());
-        drop(b);
-        assert!(
-            uploads.held.lock().unwrap().is_empty(),
-            "no entry left behind"
-        );
+        let c = uploads.take(ip("192.0.2.3"), 3, 5).expect("room again");
+        drop((b, c));
+        let held = uploads.held.lock().unwrap();
+        assert!(held.by_site.is_empty(), "no entry left behind");
+        assert_eq!(held.total, 0);
     }
 
     #[test]
@@ -122,10 +173,10 @@ mod tests {
         ];
         for (first, same, other) in table {
             let uploads = Arc::new(Uploads::default());
-            let _held = uploads.take(ip(first), 1).unwrap();
-            assert!(uploads.take(ip(same), 1).is_none(), "{same} is {first}");
+            let _held = uploads.take(ip(first), 1, 10).unwrap();
+            assert!(uploads.take(ip(same), 1, 10).is_err(), "{same} is {first}");
             assert!(
-                uploads.take(ip(other), 1).is_some(),
+                uploads.take(ip(other), 1, 10).is_ok(),
                 "{other} is not {first}"
             );
         }

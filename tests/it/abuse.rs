@@ -260,13 +260,15 @@ async fn one_clients_stalled_uploads_cannot_shed_everyone() {
             .body(())
             .unwrap()
     };
-    // The attacker's streams: a head, then nothing of the body.
+    // The attacker's streams: a head and a byte, then nothing more of the body (read ahead,
+    // the byte leaves the body waiting on the client, as one sent nothing does).
     let (mut attacker, attacker_conn) = h2_client(addr).await;
     let mut held = Vec::new();
     let mut answers = Vec::new();
     for _ in 0..12 {
         attacker = attacker.ready().await.unwrap();
-        let (resp, body) = attacker.send_request(post("203.0.113.7"), false).unwrap();
+        let (resp, mut body) = attacker.send_request(post("203.0.113.7"), false).unwrap();
+        body.send_data(Bytes::from_static(b"x"), false).unwrap();
         held.push(body);
         answers.push(resp);
     }
@@ -344,6 +346,90 @@ async fn one_clients_stalled_uploads_cannot_shed_everyone() {
         !metrics.contains(r#"limit="max_in_flight""#),
         "nothing shed: {metrics}"
     );
+}
+
+/// Uploads in all hold at most half of `max_in_flight`: stalled uploads from many clients
+/// (a /56 of /64s, or addresses behind a trusted proxy), each within its own share, still
+/// leave the other half to everyone else.
+#[tokio::test]
+async fn many_clients_stalled_uploads_leave_half_the_permits() {
+    let gw = Setup::default()
+        .server(
+            "  max_in_flight: 12\n  max_uploads_per_client: 4\n  trusted_proxies: [127.0.0.0/8]\n",
+        )
+        .start()
+        .await;
+    let addr = gw.addr();
+    let (mut h2, _conn) = h2_client(addr).await;
+    let mut held = Vec::new();
+    let mut answers = Vec::new();
+    for i in 0..12 {
+        let req = Request::post(format!("http://{addr}/upload"))
+            .header("x-forwarded-for", format!("2001:db8:0:{i:x}::1"))
+            .body(())
+            .unwrap();
+        h2 = h2.ready().await.unwrap();
+        let (resp, body) = h2.send_request(req, false).unwrap();
+        held.push(body);
+        answers.push(tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_millis(1500), resp).await
+        }));
+    }
+    let mut refused = 0;
+    for answer in answers {
+        if let Ok(resp) = answer.await.unwrap() {
+            assert_eq!(resp.unwrap().status(), 503);
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 6, "uploads hold 6 of the 12 permits");
+    for i in 0..6 {
+        let (status, _, body) = send(
+            addr,
+            Request::get("/x")
+                .header("x-forwarded-for", format!("198.51.100.{i}"))
+                .body(http_body_util::Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body:?}");
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="uploads"} 6"#),
+        "{metrics}"
+    );
+    drop(held);
+}
+
+/// An upgrade request that says it has a body is refused at once (400
+/// `upgrade_with_body`), before anything waits for the body: such requests from one client
+/// held `max_in_flight` permits for `header_read_timeout` each.
+#[tokio::test]
+async fn an_upgrade_with_a_body_is_refused_at_once() {
+    let policy = "rules:\n  - {name: ws, match: {paths: [\"/ws/**\"]}, effect: allow, anonymous: true, upstream: echo, upgrade: {protocols: [websocket]}}\n";
+    let gw = Setup::with_policy(policy)
+        .server("  header_read_timeout: 20s\n")
+        .start()
+        .await;
+    // `raw` reads for 5 s at most: an answer only after the 20 s wait would be none.
+    for framing in ["Content-Length: 5", "Transfer-Encoding: chunked"] {
+        let r = raw(
+            gw.addr(),
+            format!(
+                "GET /ws/chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{framing}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{framing}: {}", r.head);
+        assert!(
+            r.body.contains("upgrade_with_body"),
+            "{framing}: {}",
+            r.body
+        );
+    }
+    assert_eq!(gw.echo.count(), 0, "nothing reached the upstream");
 }
 
 /// Writes the client preface, then `count` copies of `frame`, and reads what the gateway

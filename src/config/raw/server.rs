@@ -39,12 +39,12 @@ pub struct RawServer {
     /// one more is refused at once with 503 `overloaded` and `Retry-After: 1` (load shedding)
     /// rather than queued behind them. Restart-only.
     pub max_in_flight: usize,
-    /// Most requests from one client whose bodies are still arriving while they are forwarded
-    /// (each holds one of `max_in_flight` until its response begins): one more is refused
-    /// with 503 `overloaded` and `Retry-After: 1`. A client is the address `trusted_proxies`
-    /// resolve, an IPv6 one by its /64. Without it, one client's stalled HTTP/2 uploads (128
-    /// per connection) could take every `max_in_flight` permit. Requests whose body arrives
-    /// with their head (any GET, most small POSTs) never count.
+    /// Most requests from one client whose bodies are still arriving (a stalled upload holds
+    /// one of `max_in_flight`): one more is refused with 503 `overloaded` and `Retry-After: 1`,
+    /// as is one more past half of `max_in_flight` held by uploads in all. A client is the
+    /// address `trusted_proxies` resolve, an IPv6 one by its /64. Without it, one client's
+    /// stalled HTTP/2 uploads (128 per connection) could take every `max_in_flight` permit.
+    /// Requests whose body arrives with their head (any GET, most small POSTs) never count.
     pub max_uploads_per_client: usize,
     /// Largest request body forwarded, in bytes (413 beyond it).
     pub max_body_bytes: u64,
