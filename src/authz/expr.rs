@@ -274,7 +274,58 @@ impl Condition {
         match result {
             Ok(Cel::Bool(true)) => Ok(()),
             Ok(_) => Err(ConditionError::False),
-            Err(e) => Err(ConditionError::Error(e.to_string())),
+            Err(e) => Err(ConditionError::Error(self.describe(&e))),
+        }
+    }
+
+    /// What went wrong in an evaluation, without the request's values: types, operators,
+    /// functions, and a missing key only when the expression itself spells it.
+    ///
+    /// Why: cel's own text repeats the values (`Unsupported binary operator 'div':
+    /// String("Bearer eyJ…"), Int(2)`), and a condition that failed on a credential header
+    /// wrote the client's token into the debug log, `explain` and `test`.
+    /// Regression: tests::evaluation_errors_repeat_no_value
+    fn describe(&self, e: &cel::ExecutionError) -> String {
+        use cel::ExecutionError as E;
+        fn kind(v: &Cel) -> String {
+            v.type_of().to_string()
+        }
+        match e {
+            E::InvalidArgumentCount { expected, actual } => {
+                format!("invalid argument count: expected {expected}, got {actual}")
+            }
+            E::UnsupportedTargetType { target } => {
+                format!("invalid argument type: {}", kind(target))
+            }
+            E::NotSupportedAsMethod { method, target } => {
+                format!("method '{method}' not supported on {}", kind(target))
+            }
+            E::UnsupportedKeyType(v) => format!("a {} cannot be a map key", kind(v)),
+            E::UnexpectedType { got, want } => format!("unexpected type: got {got}, want {want}"),
+            // A key the expression names (`request.headers['x-tenant']`) is told; one taken
+            // from the request (a header's value used as a key) is not.
+            E::NoSuchKey(k) if self.source.contains(k.as_str()) => format!("no such key: {k}"),
+            E::NoSuchKey(_) => "no such key".to_owned(),
+            // Types only.
+            E::NoSuchOverload(o) => o.to_string(),
+            E::UndeclaredReference(r) => format!("undeclared reference to '{r}'"),
+            E::MissingArgumentOrTarget => "missing argument or target".to_owned(),
+            E::ValuesNotComparable(a, b) => {
+                format!("a {} cannot be compared to a {}", kind(a), kind(b))
+            }
+            E::UnsupportedBinaryOperator(op, a, b) => {
+                format!("unsupported operator '{op}' on {} and {}", kind(a), kind(b))
+            }
+            E::UnsupportedIndex(i, v) => format!("a {} cannot index a {}", kind(i), kind(v)),
+            E::FunctionError { function, .. } => format!("function '{function}' failed"),
+            E::DivisionByZero(_) => "division by zero".to_owned(),
+            E::RemainderByZero(_) => "remainder by zero".to_owned(),
+            E::Overflow(op, a, b) => {
+                format!("overflow of '{op}' on {} and {}", kind(a), kind(b))
+            }
+            E::IndexOutOfBounds(_) => "index out of bounds".to_owned(),
+            E::DuplicateKey(v) => format!("a repeated {} key", kind(v)),
+            _ => "evaluation error".to_owned(),
         }
     }
 }

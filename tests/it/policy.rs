@@ -622,6 +622,66 @@ fn check_strict_fails_on_a_warning() {
     assert_eq!(code, Some(0), "{text}");
 }
 
+/// `explain`'s refusals of a URL or a header it cannot read show no credential: the URL's
+/// query and user information are masked, a header is named by its place. At every door.
+#[test]
+fn explain_errors_show_no_credential() {
+    let cfg = ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    const CANARY: &str = "CANARYtok3n";
+    for door in [None, Some("envoy-grpc"), Some("forward-auth")] {
+        for args in [
+            vec![
+                "--url".to_owned(),
+                format!("http://app.test/x?access_token={CANARY}&q=a b"),
+            ],
+            vec![
+                "--url".to_owned(),
+                format!("http://user:{CANARY}@app.test/x y"),
+            ],
+            vec![
+                "--url".to_owned(),
+                "http://app.test/x".to_owned(),
+                "-H".to_owned(),
+                format!("Authorization=Bearer {CANARY}"),
+            ],
+            vec![
+                "--url".to_owned(),
+                "http://app.test/x".to_owned(),
+                "-H".to_owned(),
+                "Accept: */*".to_owned(),
+                "-H".to_owned(),
+                format!("X-Api-Key {CANARY}: x"),
+            ],
+        ] {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+            cmd.args(["explain", "-c"])
+                .arg(cfg.dir.path().join("portcullis.yaml"))
+                .args(&args);
+            if let Some(d) = door {
+                cmd.args(["--door", d]);
+            }
+            let out = cmd.output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.status.code(), Some(2), "{door:?} {args:?}: {text}");
+            assert!(!text.contains("CANARY"), "{door:?} {args:?}: {text}");
+            assert!(
+                text.contains("is not a URL")
+                    || text.contains("header 1 is not `Name: value`")
+                    || text.contains("header 2 has no valid name"),
+                "{door:?} {args:?}: {text}"
+            );
+        }
+    }
+}
+
 /// `explain` decides on one host, the URL's: a `-H Host` naming another is refused (it was
 /// decided on, while the answer showed the URL's host, and the gateway decides an
 /// absolute-form request on the URL's). The same host in any case is fine.

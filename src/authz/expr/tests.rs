@@ -1132,3 +1132,43 @@ fn many_query_names_are_cheap() {
     let e = eval(expr, "GET", &target(900, "&K5=2"), None).unwrap_err();
     assert!(format!("{e:?}").contains("is repeated"), "{e:?}");
 }
+
+/// Regression: cel's own error text repeats the values it failed on, so a condition that
+/// failed on a credential header wrote the client's token into the debug log, `explain` and
+/// `test`. A key the expression spells is still told.
+#[test]
+fn evaluation_errors_repeat_no_value() {
+    const CANARY: &str = "CANARYsecret42";
+    for expr in [
+        "request.headers['x-api-key'] / 2 == 1",
+        "request.headers['x-api-key'] + 1 == 1",
+        "request.headers['x-api-key'] - 1 == 1",
+        "request.headers['x-api-key'] < 1",
+        "{'a': 1}[request.headers['x-api-key']] == 1",
+        "int(request.headers['x-api-key']) == 1",
+        "double(request.headers['x-api-key']) == 1.0",
+        "[1][request.headers['x-api-key']] == 1",
+        "request.headers['x-api-key'].size() / 0 == 1",
+    ] {
+        let req = Request::get("/x")
+            .header("host", "app.test")
+            .header("x-api-key", format!("{CANARY}-value"))
+            .body(())
+            .unwrap();
+        match eval_request(expr, req) {
+            Err(ConditionError::Error(text)) => {
+                assert!(!text.contains("CANARY"), "{expr}: {text}");
+                assert!(!text.is_empty(), "{expr}");
+            }
+            other => panic!("{expr}: {other:?}"),
+        }
+    }
+    let req = Request::get("/x")
+        .header("host", "app.test")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        eval_request("request.headers['x-tenant'] == 'a'", req),
+        Err(ConditionError::Error("no such key: x-tenant".into()))
+    );
+}
