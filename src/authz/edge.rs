@@ -232,6 +232,22 @@ impl Cors {
         if named.iter().any(|m| m == "GET") && !named.iter().any(|m| m == "HEAD") {
             named.push("HEAD".into());
         }
+        // Why: `*`, as other gateways take it, passed as a method and a header literally named
+        // `*`: every preflight was refused, and with credentials a browser reads an
+        // `Access-Control-Expose-Headers: *` as that name too. Named lists only.
+        // Regression: tests::a_star_is_no_cors_wildcard
+        for (field, list) in [
+            ("allowed_methods", &raw.allowed_methods),
+            ("allowed_headers", &raw.allowed_headers),
+            ("expose_headers", &raw.expose_headers),
+        ] {
+            if let Some(i) = list.iter().position(|x| x.trim() == "*") {
+                errors.push(FieldError::new(
+                    format!("{field}[{i}]"),
+                    "`*` is no wildcard here (browsers read it as a name when credentials are allowed): list the names".to_owned(),
+                ));
+            }
+        }
         let mut methods = Vec::new();
         for (i, m) in named.iter().enumerate() {
             match Method::from_bytes(m.as_bytes()) {
@@ -641,6 +657,52 @@ mod tests {
             c.check_preflight(&origin, &Method::HEAD, None),
             Err(PreflightRefusal::Method)
         );
+    }
+
+    #[test]
+    fn a_star_is_no_cors_wildcard() {
+        for (field, raw) in [
+            (
+                "allowed_methods[1]",
+                RawCors {
+                    allowed_origins: vec!["https://app.example.com".into()],
+                    allowed_methods: vec!["GET".into(), "*".into()],
+                    allowed_headers: Vec::new(),
+                    expose_headers: Vec::new(),
+                    allow_credentials: true,
+                    max_age: None,
+                },
+            ),
+            (
+                "allowed_headers[0]",
+                RawCors {
+                    allowed_origins: vec!["https://app.example.com".into()],
+                    allowed_methods: Vec::new(),
+                    allowed_headers: vec!["*".into()],
+                    expose_headers: Vec::new(),
+                    allow_credentials: false,
+                    max_age: None,
+                },
+            ),
+            (
+                "expose_headers[0]",
+                RawCors {
+                    allowed_origins: vec!["https://app.example.com".into()],
+                    allowed_methods: Vec::new(),
+                    allowed_headers: Vec::new(),
+                    expose_headers: vec![" * ".into()],
+                    allow_credentials: true,
+                    max_age: None,
+                },
+            ),
+        ] {
+            let Err(errors) = Cors::compile(&raw, &[]) else {
+                panic!("{field}: accepted");
+            };
+            assert_eq!(errors.len(), 1, "{field}: {errors:?}");
+            assert_eq!(errors[0].field, field);
+            assert!(errors[0].message.contains("no wildcard"), "{errors:?}");
+        }
     }
 
     #[test]
