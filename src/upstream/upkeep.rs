@@ -75,6 +75,7 @@ async fn run(weak: Weak<Balancer>, u: Upkeep) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let start = Instant::now();
     let (mut next_dns, mut next_health, mut next_roll) = (start, start, start + BUDGET_WINDOW);
+    let mut unresolved = Streaks::default();
     loop {
         interval.tick().await;
         let Some(b) = weak.upgrade() else {
@@ -86,7 +87,7 @@ async fn run(weak: Weak<Balancer>, u: Upkeep) {
             next_roll = next_due(next_roll, BUDGET_WINDOW, Instant::now());
         }
         if has_names && now >= next_dns {
-            resolve(&b, &u).await;
+            resolve(&b, &u, &mut unresolved).await;
             next_dns = next_due(next_dns, u.dns_refresh, Instant::now());
         }
         if let Some(h) = &u.health
@@ -112,7 +113,27 @@ fn next_due(due: Instant, every: Duration, now: Instant) -> Instant {
 
 /// Resolves every endpoint name; an address that stays keeps its endpoint, a name that fails
 /// to resolve keeps its last addresses, and one that never resolved is out of rotation.
-async fn resolve(b: &Balancer, u: &Upkeep) {
+/// Endpoint names failing to resolve, by their place in `endpoints`: a failure is told once
+/// per streak.
+///
+/// Why: a name that never resolved was warned about at every refresh (13 times in 26 s at
+/// `dns_refresh: 2s`), burying the other warnings. Regression: tests::a_failure_streak_is_told_once
+#[derive(Debug, Default)]
+struct Streaks(std::collections::HashSet<usize>);
+
+impl Streaks {
+    /// Records a failure of name `i`: whether it starts a streak (to be told).
+    fn failed(&mut self, i: usize) -> bool {
+        self.0.insert(i)
+    }
+
+    /// Records a success of name `i`: whether it ends a streak.
+    fn passed(&mut self, i: usize) -> bool {
+        self.0.remove(&i)
+    }
+}
+
+async fn resolve(b: &Balancer, u: &Upkeep, unresolved: &mut Streaks) {
     let current = b.endpoints.load_full();
     let mut next: Vec<Arc<Endpoint>> = Vec::with_capacity(current.len());
     for (i, spec) in u.specs.iter().enumerate() {
@@ -128,20 +149,40 @@ async fn resolve(b: &Balancer, u: &Upkeep) {
         } else {
             "out of rotation until it resolves"
         };
-        let mut addrs: Vec<SocketAddr> = match found {
-            Ok(Ok(addrs)) => addrs.collect(),
-            Ok(Err(e)) => {
-                tracing::warn!(upstream = &*u.name, endpoint = &**name, error = %e, "Endpoint name did not resolve; {left}");
-                Vec::new()
-            }
-            Err(_) => {
+        let failure = match &found {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("timed out".to_owned()),
+        };
+        match failure {
+            Some(error) if unresolved.failed(i) => {
                 tracing::warn!(
                     upstream = &*u.name,
                     endpoint = &**name,
-                    "Endpoint name resolution timed out; {left}"
+                    error,
+                    "Endpoint name did not resolve; {left}"
                 );
-                Vec::new()
             }
+            Some(error) => {
+                tracing::debug!(
+                    upstream = &*u.name,
+                    endpoint = &**name,
+                    error,
+                    "Endpoint name still does not resolve"
+                );
+            }
+            None if unresolved.passed(i) => {
+                tracing::info!(
+                    upstream = &*u.name,
+                    endpoint = &**name,
+                    "Endpoint name resolves again"
+                );
+            }
+            None => {}
+        }
+        let mut addrs: Vec<SocketAddr> = match found {
+            Ok(Ok(addrs)) => addrs.collect(),
+            _ => Vec::new(),
         };
         distinct(&mut addrs);
         if addrs.is_empty() {
@@ -288,6 +329,17 @@ mod tests {
         let mut addrs = vec![a("127.0.0.2:80"), a("127.0.0.3:80"), a("127.0.0.2:80")];
         distinct(&mut addrs);
         assert_eq!(addrs, [a("127.0.0.2:80"), a("127.0.0.3:80")]);
+    }
+
+    #[test]
+    fn a_failure_streak_is_told_once() {
+        let mut s = Streaks::default();
+        assert!(s.failed(0), "a streak starts");
+        assert!(!s.failed(0), "and goes on untold");
+        assert!(s.failed(1), "another name's is its own");
+        assert!(s.passed(0), "its end is told");
+        assert!(!s.passed(0), "once");
+        assert!(s.failed(0), "a new streak is told again");
     }
 
     #[test]
