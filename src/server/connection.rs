@@ -41,6 +41,9 @@ const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// How long a connection past an HTTP/2 limit may take to get its GOAWAY out and close.
 const ABUSE_LINGER: Duration = Duration::from_secs(1);
+/// How long a draining connection with nothing left to answer is given to close itself (an
+/// HTTP/2 client acknowledging the GOAWAY's PING) before the gateway closes it.
+const DRAINED_LINGER: Duration = Duration::from_secs(2);
 
 const ABUSE_RESETS: u8 = 1;
 const ABUSE_CONTROL: u8 = 2;
@@ -441,6 +444,7 @@ async fn drive<C: Future<Output = hyper::Result<()>>, H>(
                 draining = true;
                 drain_started = Instant::now();
                 graceful(connection.as_mut());
+                check.as_mut().reset(drain_started + DRAINED_LINGER);
             }
             () = &mut check => {
                 let now = Instant::now();
@@ -448,10 +452,19 @@ async fn drive<C: Future<Output = hyper::Result<()>>, H>(
                 let step = if draining {
                     // Why: a graceful close waits for responses to be written; a client that
                     // stops reading would hold the connection (and its upstream) forever.
-                    if now - drain_started >= limits.idle && io_quiet >= limits.idle {
+                    // And HTTP/2's waits for the client to acknowledge the GOAWAY's PING: one
+                    // that never did, with nothing in flight, kept the gateway from exiting
+                    // for the whole `shutdown_grace`. With nothing left to answer, it ends.
+                    // Regression: tests (it) shutdown::a_silent_http2_client_does_not_hold_the_drain
+                    let answered = activity.in_flight.load(Ordering::Relaxed) == 0
+                        && !ctx.conn.tunnel.is_open();
+                    let since = now - drain_started;
+                    if (answered && since >= DRAINED_LINGER)
+                        || (since >= limits.idle && io_quiet >= limits.idle)
+                    {
                         Step::Cut("drain")
                     } else {
-                        Step::At(now + limits.period)
+                        Step::At(now + limits.period.min(DRAINED_LINGER))
                     }
                 } else if ctx.conn.tunnel.is_open() {
                     // An HTTP/2 stream carries a tunnel: not idle; the tunnel keeps its own

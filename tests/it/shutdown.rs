@@ -47,6 +47,36 @@ async fn graceful_shutdown_drains_in_flight_request() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// An HTTP/2 client that never acknowledges the GOAWAY's PING (nor anything else), with no
+/// request in flight, does not hold the drain for the whole grace: its connection is closed
+/// soon after the drain starts.
+#[tokio::test]
+async fn a_silent_http2_client_does_not_hold_the_drain() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut gw = Setup::default()
+        .server("  shutdown_grace: 8s\n")
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    // The preface and an empty SETTINGS, then silence: nothing acknowledged, ever.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(
+        head[3], 4,
+        "the gateway's SETTINGS: the connection is served"
+    );
+    let reader = tokio::spawn(async move {
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink).await;
+    });
+    let app = gw.app.take().unwrap();
+    assert!(app.shutdown().await, "drained within the grace");
+    reader.await.unwrap();
+}
+
 /// While the doors drain, the admin listener still answers, on new connections too: alive,
 /// not ready. Once the doors are drained it stops and drains as well.
 #[tokio::test]
