@@ -162,7 +162,7 @@ pub struct RequestBody {
     cut: Option<tokio::sync::oneshot::Receiver<&'static str>>,
     /// Its client's share of uploads ([`crate::server::uploads`]), held while the body is
     /// still arriving.
-    share: Option<crate::server::uploads::Upload>,
+    share: Option<Arc<crate::server::uploads::Held>>,
 }
 
 /// How a streamed request body is moving, for the upstream exchange's clock (see
@@ -338,11 +338,17 @@ impl RequestBody {
     }
 
     /// Holds `share` while the client has more to send: given back when the body ends (or is
-    /// dropped), at once if it already has.
-    pub fn hold(&mut self, share: Option<crate::server::uploads::Upload>) {
-        if self.inner.is_some() {
-            self.share = share;
-        }
+    /// dropped), at once if it already has. Returns it, for the request to give back when
+    /// its answer begins ([`crate::server::uploads::Held::release`]).
+    pub fn hold(
+        &mut self,
+        share: Option<crate::server::uploads::Upload>,
+    ) -> Option<Arc<crate::server::uploads::Held>> {
+        let held = share
+            .filter(|_| self.inner.is_some())
+            .map(crate::server::uploads::Held::new);
+        self.share.clone_from(&held);
+        held
     }
 
     /// Whether the client has more to send than was read ahead ([`Self::prefetch`]).
@@ -372,7 +378,9 @@ impl RequestBody {
     /// The client's side has ended (or failed): nothing more is awaited from it.
     fn ended(&mut self) {
         self.inner = None;
-        self.share = None;
+        if let Some(share) = self.share.take() {
+            share.release();
+        }
         if let Some(p) = &self.progress {
             p.moved.touch();
             p.done.store(true, Ordering::Relaxed);

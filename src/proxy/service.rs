@@ -21,6 +21,7 @@ use crate::decision::{self, Decision, HeaderMutation, NoTrace, Refusal};
 use crate::request::RequestFacts;
 use crate::request::facts::{ConnInfo, Door};
 use crate::request::grpc::Grpc;
+use crate::server::uploads::Held;
 use crate::server::{Conn, Shared, hop_by_hop, request_id};
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::{self, AccessRecord};
@@ -279,7 +280,7 @@ async fn forward(
         _ => None,
     };
     upstream_head(ctx, allow, &mut parts, uri, origin, &upstream)?;
-    let mut body = upstream_body(ctx, body).await?;
+    let (share, mut body) = upstream_body(ctx, body).await?;
     // The client's body still coming (an upload, a client-streaming call): the exchange is
     // watched from now on, its upload as its answer (`watched::exchange`).
     let mut answer_cut = None;
@@ -314,6 +315,11 @@ async fn forward(
     // The client's body still streaming, as activity the response's idle timer counts.
     let upload = req.body().progress();
     let resp = send(ctx, &upstream, req, opts, &client_fault).await?;
+    // The answer begins, and the request's `max_in_flight` permit goes: its share too, even
+    // if the body still streams (a gRPC stream answered at once).
+    if let Some(share) = share {
+        share.release();
+    }
     let cut_as_grpc = watched && ctx.grpc == Some(Grpc::Native) && ctx.version == Version::HTTP_2;
     let expiry = expires_at.map(|at| (at, snapshot.clock.clone(), Arc::clone(&ctx.shared.metrics)));
     let mut resp = respond(
@@ -549,7 +555,8 @@ async fn upstream_request(
     upstream: &crate::upstream::Upstream,
 ) -> Result<(Request<RequestBody>, Arc<crate::body::ClientFault>), Failure> {
     upstream_head(ctx, allow, &mut parts, uri, origin, upstream)?;
-    let body = upstream_body(ctx, body).await?;
+    // An upgrade's body is refused before this (`tunnel`): no share to give back.
+    let (_, body) = upstream_body(ctx, body).await?;
     let client_fault = body.fault();
     Ok((Request::from_parts(parts, body), client_fault))
 }
@@ -652,7 +659,10 @@ fn join_cookie_crumbs(headers: &mut http::HeaderMap) {
 /// Phase 3, the body: what arrived with the head read first, within the size limit. A body
 /// still to come takes its client's share of uploads first (`server::uploads`), held until it
 /// has all arrived.
-async fn upstream_body(ctx: &Ctx<'_>, body: Incoming) -> Result<RequestBody, Failure> {
+async fn upstream_body(
+    ctx: &Ctx<'_>,
+    body: Incoming,
+) -> Result<(Option<Arc<Held>>, RequestBody), Failure> {
     let snapshot = ctx.snapshot;
     let share = match http_body::Body::is_end_stream(&body) {
         true => None,
@@ -692,8 +702,7 @@ async fn upstream_body(ctx: &Ctx<'_>, body: Incoming) -> Result<RequestBody, Fai
                 Failure::Malformed(StatusCode::REQUEST_TIMEOUT, "body_timeout")
             }
         })?;
-    body.hold(share);
-    Ok(body)
+    Ok((body.hold(share), body))
 }
 
 /// Phase 4: the exchange with the upstream, within its response timeout. The one place

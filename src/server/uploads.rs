@@ -4,9 +4,11 @@
 //! Contract:
 //! - A request whose body had not all arrived with its head takes a share of its client (the
 //!   address `trusted_proxies` resolve; IPv6 by its /64, loopback as one client) before its
-//!   body is awaited, on every path that reads a body, and holds it until the body has all
-//!   arrived (or ended otherwise, or was dropped): a body complete once read ahead gives it
-//!   back at once.
+//!   body is awaited, on every path that reads a body, and holds it while it holds its
+//!   `max_in_flight` permit and its body is still arriving: it is given back when the body has
+//!   all arrived (or ended otherwise, or was dropped) or when the answer begins, whichever
+//!   comes first. A body complete once read ahead gives it back at once; a long gRPC stream
+//!   answered at once holds none.
 //! - Past the client's share, or with half of `server.max_in_flight` held by uploads (so that
 //!   many clients' stalled uploads, a /56 of /64s, still leave the rest to everyone else), the
 //!   request is refused with 503 `overloaded` and `Retry-After: 1`, as a shed request is, and
@@ -28,11 +30,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// Requests with bodies still arriving, counted per client site and in all.
 #[derive(Debug, Default)]
 pub struct Uploads {
-    held: Mutex<Held>,
+    held: Mutex<Counts>,
 }
 
 #[derive(Debug, Default)]
-struct Held {
+struct Counts {
     by_site: HashMap<u128, usize>,
     total: usize,
 }
@@ -94,6 +96,24 @@ impl Uploads {
     fn held(&self, client: IpAddr) -> usize {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.by_site.get(&site(client)).copied().unwrap_or(0)
+    }
+}
+
+/// A share held by a request's body and by the request together ([`Held::release`]).
+#[derive(Debug)]
+pub struct Held(Mutex<Option<Upload>>);
+
+impl Held {
+    /// Holds `share`.
+    pub fn new(share: Upload) -> Arc<Self> {
+        Arc::new(Self(Mutex::new(Some(share))))
+    }
+
+    /// Gives the share back (once, whoever calls first: the body at its end, the request at
+    /// its answer's start).
+    pub fn release(&self) {
+        let share = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        drop(share);
     }
 }
 

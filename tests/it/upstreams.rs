@@ -1669,6 +1669,54 @@ async fn a_body_over_the_limit_mid_response_is_not_the_upstreams() {
     );
 }
 
+/// A client's share of uploads (`server.max_uploads_per_client`) goes when the answer
+/// begins, as the request's `max_in_flight` permit does, even while its body still streams:
+/// long streams answered at once (a gRPC bidi call) hold none, however many one client keeps
+/// open.
+#[tokio::test]
+async fn an_answered_stream_gives_its_upload_share_back() {
+    let addr = h2_frames_upstream(|_req, mut respond| async move {
+        let Ok(mut body) = respond.send_response(http::Response::new(()), false) else {
+            return;
+        };
+        let _ = body.send_data(Bytes::from_static(b"streaming"), false);
+        // Open until reset.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    })
+    .await;
+    let gw = Setup {
+        upstreams: format!("  h2:\n    url: http://{addr}\n    protocol: h2c\n"),
+        policies: route_all_to("h2"),
+        ..Setup::default()
+    }
+    .server("  max_uploads_per_client: 2\n")
+    .start()
+    .await;
+    let gw_addr = gw.addr();
+    let tcp = tokio::net::TcpStream::connect(gw_addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut open = Vec::new();
+    for i in 0..5 {
+        let req = Request::post(format!("http://{gw_addr}/stream/{i}"))
+            .body(())
+            .unwrap();
+        h2 = h2.ready().await.unwrap();
+        let (resp, mut body) = h2.send_request(req, false).unwrap();
+        body.send_data(Bytes::from_static(b"x"), false).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("answered")
+            .unwrap();
+        assert_eq!(resp.status(), 200, "stream {i}");
+        open.push((body, resp));
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(!metrics.contains(r#"limit="uploads"#), "{metrics}");
+    drop(open);
+    conn.abort();
+}
+
 /// Fifty requests at once to a fresh gateway share one connection to an h2c upstream: the
 /// ones arriving while it is being made wait for it (each opened its own).
 #[tokio::test]
