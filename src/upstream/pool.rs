@@ -450,6 +450,20 @@ impl H2Conn {
 
 /// Drops the connections that no longer serve ([`H2Conn::serves`]): the ones a burst opened
 /// close once idle for `idle` (hyper closes a connection when its last handle goes).
+/// Drops the idle HTTP/1 connections (oldest first) that are closed or idle past `idle`.
+fn prune_idle(
+    conns: &mut VecDeque<(http1::SendRequest<UpstreamBody>, Instant)>,
+    idle: Duration,
+    now: Instant,
+) {
+    while conns
+        .front()
+        .is_some_and(|(s, since)| s.is_closed() || now.duration_since(*since) > idle)
+    {
+        conns.pop_front();
+    }
+}
+
 fn prune_h2(conns: &mut Vec<H2Conn>, idle: Duration, now: Instant) {
     let mut first = true;
     conns.retain(|c| {
@@ -1000,30 +1014,41 @@ impl Pool {
             return Some(h2);
         }
         let mut idle = self.idle.lock().ok()?;
-        let now = Instant::now();
+        prune_idle(&mut idle, self.target.idle_timeout, Instant::now());
+        // Why the newest first: taking the oldest and putting it back last cycled through every
+        // idle connection, so a trickle (a health check every 3 s) kept all that a burst had
+        // opened (42, for good) past `pool_idle_timeout`. The newest is reused; the oldest age
+        // out. Regression: tests (it) upstreams::idle_connections_age_out_under_a_trickle
+        //
         // Connections are pushed back as their responses end; one whose connection task has
         // not yet noticed is briefly not ready. Take a ready one if there is one, else the
-        // first one still settling, whose readiness the caller awaits: opening a new
+        // newest one still settling, whose readiness the caller awaits: opening a new
         // connection instead would grow the pool under concurrent bursts.
-        let mut settling = None;
-        for _ in 0..idle.len() {
-            let (s, since) = idle.pop_front()?;
-            if s.is_closed() || now.duration_since(since) > self.target.idle_timeout {
-                continue;
-            }
-            if s.is_ready() {
-                if let Some(other) = settling {
-                    idle.push_front(other);
-                }
+        if let Some(i) = idle.iter().rposition(|(s, _)| s.is_ready()) {
+            return idle.remove(i).map(|(s, _)| Sender::H1(s));
+        }
+        while let Some((s, _)) = idle.pop_back() {
+            if !s.is_closed() {
                 return Some(Sender::H1(s));
             }
-            if settling.is_none() {
-                settling = Some((s, since));
-            } else {
-                idle.push_back((s, since));
-            }
         }
-        settling.map(|(s, _)| Sender::H1(s))
+        None
+    }
+
+    /// Closes pooled connections idle past the idle timeout, without a request needing to
+    /// come to notice them (`upstream::upkeep` calls it every tick).
+    ///
+    /// Why: idle connections were only looked at by the next request, so those a burst opened
+    /// stayed open as long as no request came. Regression: tests (it)
+    /// upstreams::idle_connections_age_out_under_a_trickle
+    pub(super) fn prune(&self) {
+        let now = Instant::now();
+        if let Ok(mut idle) = self.idle.lock() {
+            prune_idle(&mut idle, self.target.idle_timeout, now);
+        }
+        if let Ok(mut conns) = self.h2.lock() {
+            prune_h2(&mut conns, self.target.idle_timeout, now);
+        }
     }
 
     fn checkin(&self, s: http1::SendRequest<UpstreamBody>) {

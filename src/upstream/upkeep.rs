@@ -82,6 +82,9 @@ async fn run(weak: Weak<Balancer>, u: Upkeep) {
             return;
         };
         let now = Instant::now();
+        for ep in b.endpoints.load().iter() {
+            ep.pool.prune();
+        }
         if now >= next_roll {
             b.budget.roll();
             next_roll = next_due(next_roll, BUDGET_WINDOW, Instant::now());

@@ -1863,6 +1863,80 @@ async fn an_h2_upstream_allowing_no_streams_gets_one_connection() {
     }
 }
 
+/// Idle HTTP/1 connections a burst opened age out past `pool_idle_timeout`: under a trickle
+/// of requests (the newest connection is reused, the oldest left to expire), and with no
+/// request at all (the upstream's upkeep closes them).
+#[tokio::test]
+async fn idle_connections_age_out_under_a_trickle() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let live = Arc::new(AtomicUsize::new(0));
+    let open = Arc::clone(&live);
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            open.fetch_add(1, Ordering::SeqCst);
+            let open = Arc::clone(&open);
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let gw = Setup {
+        upstreams: format!("  app:\n    url: http://{up}\n    pool_idle_timeout: 500ms\n"),
+        policies: route_all_to("app"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let addr = gw.addr();
+    let burst = || async {
+        let slow: Vec<_> = (0..6)
+            .map(|_| tokio::spawn(async move { get(addr, "/slow").await.0 }))
+            .collect();
+        for s in slow {
+            assert_eq!(s.await.unwrap(), StatusCode::OK);
+        }
+        assert_eq!(live.load(Ordering::SeqCst), 6, "the burst's connections");
+    };
+    burst().await;
+    // A request every 50 ms: taking the oldest, each of the 6 was reused every 300 ms, and
+    // none ever idled 500 ms.
+    let trickle = tokio::time::Instant::now();
+    while trickle.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(get(addr, "/fast").await.0, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        live.load(Ordering::SeqCst) <= 2,
+        "aged out under the trickle: {} open",
+        live.load(Ordering::SeqCst)
+    );
+    // And with no request at all.
+    burst().await;
+    assert!(
+        crate::support::eventually(Duration::from_secs(4), || async {
+            live.load(Ordering::SeqCst) == 0
+        })
+        .await,
+        "closed with no request: {} open",
+        live.load(Ordering::SeqCst)
+    );
+    server.abort();
+}
+
 /// The connections a burst opened beside the first close once idle for the upstream's
 /// `pool_idle_timeout` (they stayed open for good); the first stays.
 #[tokio::test]
