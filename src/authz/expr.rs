@@ -301,7 +301,8 @@ impl Condition {
                 format!("method '{method}' not supported on {}", kind(target))
             }
             E::UnsupportedKeyType(v) => format!("a {} cannot be a map key", kind(v)),
-            E::UnexpectedType { got, want } => format!("unexpected type: got {got}, want {want}"),
+            // `got` may be a value's debug text.
+            E::UnexpectedType { want, .. } => format!("unexpected type: want {want}"),
             // A key the expression names (`request.headers['x-tenant']`) is told; one taken
             // from the request (a header's value used as a key) is not.
             E::NoSuchKey(k) if self.source.contains(k.as_str()) => format!("no such key: {k}"),
@@ -378,6 +379,7 @@ impl Condition {
                     let (first, second) = QueryName::readings(&k);
                     let names = || std::iter::once(&first).chain(second.as_ref());
                     let exactly = |key: &str| *k == *key;
+                    let name: &str = &k;
                     let k = k.escape_debug();
                     // Why: `request.query` leaves out a pair whose value does not decode, so
                     // `?impersonate=%ZZ` passed `!has(request.query.impersonate)` while qs
@@ -406,10 +408,19 @@ impl Condition {
                                     })
                                 })
                             });
-                            if repeated {
+                            // Any name, read through the whole map: told only when the
+                            // expression spells it (`?<token>&<token>` is a name too).
+                            // Regression: tests::evaluation_errors_repeat_no_value
+                            if repeated && self.source.contains(name) {
                                 return Some(format!(
                                     "query parameter `{k}` is repeated: the upstream may read another value"
                                 ));
+                            }
+                            if repeated {
+                                return Some(
+                                    "a query parameter is repeated: the upstream may read another value"
+                                        .to_owned(),
+                                );
                             }
                             for n in std::iter::once(first).chain(second) {
                                 seen.entry(n.base).or_default().push(n.path);

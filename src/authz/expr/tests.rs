@@ -1171,4 +1171,26 @@ fn evaluation_errors_repeat_no_value() {
         eval_request("request.headers['x-tenant'] == 'a'", req),
         Err(ConditionError::Error("no such key: x-tenant".into()))
     );
+    // A repeated query name, read through the whole map: a bare token is a name too.
+    let req = Request::get(format!("/x?{CANARY}&{CANARY}&page=1&page=2"))
+        .header("host", "app.test")
+        .body(())
+        .unwrap();
+    match eval_request("request.query.size() < 5", req) {
+        Err(ConditionError::Error(text)) => {
+            assert!(!text.contains("CANARY"), "{text}");
+            assert!(text.contains("is repeated"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let req = Request::get("/x?page=1&page=2")
+        .header("host", "app.test")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        eval_request("request.query.size() < 5 && 'page' != ''", req),
+        Err(ConditionError::Error(
+            "query parameter `page` is repeated: the upstream may read another value".into()
+        ))
+    );
 }
