@@ -257,6 +257,9 @@ pub enum PrefetchError {
     TooLarge,
     /// No byte of the body within the deadline (408).
     Timeout,
+    /// The body must be waited for, and its client's share of uploads is taken, or all
+    /// uploads' (503, [`crate::server::uploads`]).
+    Busy(crate::server::uploads::Over),
 }
 
 /// Most bytes read ahead of forwarding: what is already there, never waiting for more.
@@ -267,10 +270,18 @@ impl RequestBody {
     /// already received, up to 64 KiB, before anything is sent upstream: a body whose framing
     /// is broken in what arrived with the head (bad or negative chunk size, overflow, bare LF)
     /// is refused with nothing sent upstream.
+    ///
+    /// A body still to come once what is here is read (one to wait for, or to stream) first
+    /// takes a share of its client's uploads from `share` ([`Self::share`]); one that came
+    /// whole takes none.
     pub async fn prefetch(
         body: hyper::body::Incoming,
         limit: usize,
         deadline: std::time::Duration,
+        share: impl FnOnce() -> Result<
+            Option<crate::server::uploads::Upload>,
+            crate::server::uploads::Over,
+        >,
     ) -> Result<Self, PrefetchError> {
         let mut this = Self {
             ready: VecDeque::new(),
@@ -285,20 +296,33 @@ impl RequestBody {
         if this.inner.is_some() {
             this.progress = Some(Arc::new(Progress::new()));
         }
+        let mut share = Some(share);
         let mut first = true;
         while this.inner.is_some() && this.buffered < PREFETCH_MAX {
-            let step = poll_fn(|cx| match this.poll_inner(cx) {
+            // What is already here, never waiting.
+            let here = poll_fn(|cx| {
+                Poll::Ready(match this.poll_inner(cx) {
+                    Poll::Pending => None,
+                    Poll::Ready(f) => Some(f),
+                })
+            })
+            .await;
+            let step = match here {
+                Some(f) => Some(f),
                 // Only the first frame is waited for; after it, only what is already here.
-                Poll::Pending if !first => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(f) => Poll::Ready(Some(f)),
-            });
-            let step = if first {
-                tokio::time::timeout(deadline, step)
-                    .await
-                    .map_err(|_| PrefetchError::Timeout)?
-            } else {
-                step.await
+                None if !first => None,
+                None => {
+                    // Why first: a wait holds the request's `max_in_flight` permit.
+                    if let Some(take) = share.take() {
+                        this.hold(take().map_err(PrefetchError::Busy)?);
+                    }
+                    let wait = poll_fn(|cx| this.poll_inner(cx));
+                    Some(
+                        tokio::time::timeout(deadline, wait)
+                            .await
+                            .map_err(|_| PrefetchError::Timeout)?,
+                    )
+                }
             };
             first = false;
             match step {
@@ -311,6 +335,12 @@ impl RequestBody {
                     this.ready.push_back(f);
                 }
             }
+        }
+        // Still to come: it streams, and holds a share while it does.
+        if this.inner.is_some()
+            && let Some(take) = share.take()
+        {
+            this.hold(take().map_err(PrefetchError::Busy)?);
         }
         // Why: a prefetch ending on the client's pause left `waiting` set while the upstream's
         // side took the frames read ahead, so a stuck upstream's lateness was blamed on the
@@ -338,17 +368,15 @@ impl RequestBody {
     }
 
     /// Holds `share` while the client has more to send: given back when the body ends (or is
-    /// dropped), at once if it already has. Returns it, for the request to give back when
-    /// its answer begins ([`crate::server::uploads::Held::release`]).
-    pub fn hold(
-        &mut self,
-        share: Option<crate::server::uploads::Upload>,
-    ) -> Option<Arc<crate::server::uploads::Held>> {
-        let held = share
-            .filter(|_| self.inner.is_some())
-            .map(crate::server::uploads::Held::new);
-        self.share.clone_from(&held);
-        held
+    /// dropped).
+    fn hold(&mut self, share: Option<crate::server::uploads::Upload>) {
+        self.share = share.map(crate::server::uploads::Held::new);
+    }
+
+    /// The share of its client's uploads the body holds, if it took one: for the request to
+    /// give back when its answer begins ([`crate::server::uploads::Held::release`]).
+    pub fn share(&self) -> Option<Arc<crate::server::uploads::Held>> {
+        self.share.clone()
     }
 
     /// Whether the client has more to send than was read ahead ([`Self::prefetch`]).

@@ -657,41 +657,28 @@ fn join_cookie_crumbs(headers: &mut http::HeaderMap) {
 }
 
 /// Phase 3, the body: what arrived with the head read first, within the size limit. A body
-/// still to come takes its client's share of uploads first (`server::uploads`), held until it
-/// has all arrived.
+/// still to come (to wait for, or to stream) takes its client's share of uploads first
+/// (`server::uploads`), held until it has all arrived or its answer begins.
 async fn upstream_body(
     ctx: &Ctx<'_>,
     body: Incoming,
 ) -> Result<(Option<Arc<Held>>, RequestBody), Failure> {
     let snapshot = ctx.snapshot;
-    let share = match http_body::Body::is_end_stream(&body) {
-        true => None,
-        false => {
-            let client = ctx.log.client_ip.unwrap_or(ctx.conn.info.peer.ip());
-            // Uploads never hold more than half the permits: a /56 of /64s, each within its
-            // share, leaves the rest to everyone else.
-            let all = (ctx.snapshot.restart.max_in_flight / 2).max(1);
-            match ctx
-                .shared
-                .uploads
-                .take(client, snapshot.server.max_uploads_per_client, all)
-            {
-                Ok(share) => Some(share),
-                Err(over) => {
-                    ctx.shared.metrics.limit(over.label());
-                    return Err(Failure::Failed(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
-                    ));
-                }
-            }
-        }
+    let share = || {
+        let client = ctx.log.client_ip.unwrap_or(ctx.conn.info.peer.ip());
+        // Uploads never hold more than half the permits: a /56 of /64s, each within its
+        // share, leaves the rest to everyone else.
+        let all = (snapshot.restart.max_in_flight / 2).max(1);
+        ctx.shared
+            .uploads
+            .take(client, snapshot.server.max_uploads_per_client, all)
+            .map(Some)
     };
     let limit = usize::try_from(snapshot.server.max_body_bytes).unwrap_or(usize::MAX);
     // Why: a body whose framing is already broken (bad chunk size, bare LF) is refused with
     // nothing sent upstream, rather than half-forwarded and reported as a 502.
     // Regression: tests (it) proxy::malformed_chunked_body_is_400_and_never_reaches_the_upstream
-    let mut body = RequestBody::prefetch(body, limit, snapshot.server.header_read_timeout)
+    let body = RequestBody::prefetch(body, limit, snapshot.server.header_read_timeout, share)
         .await
         .map_err(|e| match e {
             PrefetchError::Malformed => Failure::Malformed(StatusCode::BAD_REQUEST, "invalid_body"),
@@ -701,8 +688,12 @@ async fn upstream_body(
             PrefetchError::Timeout => {
                 Failure::Malformed(StatusCode::REQUEST_TIMEOUT, "body_timeout")
             }
+            PrefetchError::Busy(over) => {
+                ctx.shared.metrics.limit(over.label());
+                Failure::Failed(StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+            }
         })?;
-    Ok((body.hold(share), body))
+    Ok((body.share(), body))
 }
 
 /// Phase 4: the exchange with the upstream, within its response timeout. The one place

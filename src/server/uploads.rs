@@ -2,13 +2,14 @@
 //! (`server.max_uploads_per_client`), and their share of all requests in flight.
 //!
 //! Contract:
-//! - A request whose body had not all arrived with its head takes a share of its client (the
-//!   address `trusted_proxies` resolve; IPv6 by its /64, loopback as one client) before its
-//!   body is awaited, on every path that reads a body, and holds it while it holds its
+//! - A request whose body is still to come once what arrived with its head is read takes a
+//!   share of its client (the address `trusted_proxies` resolve; IPv6 by its /64, loopback as
+//!   one client) before its body is awaited, on every path that reads a body (`RequestBody::
+//!   prefetch`), and holds it while it holds its
 //!   `max_in_flight` permit and its body is still arriving: it is given back when the body has
 //!   all arrived (or ended otherwise, or was dropped) or when the answer begins, whichever
-//!   comes first. A body complete once read ahead gives it back at once; a long gRPC stream
-//!   answered at once holds none.
+//!   comes first. A body that came whole (a unary gRPC call whose message followed its
+//!   head) takes none; a long gRPC stream answered at once gives it back then.
 //! - Past the client's share, or with half of `server.max_in_flight` held by uploads (so that
 //!   many clients' stalled uploads, a /56 of /64s, still leave the rest to everyone else), the
 //!   request is refused with 503 `overloaded` and `Retry-After: 1`, as a shed request is, and

@@ -348,6 +348,52 @@ async fn one_clients_stalled_uploads_cannot_shed_everyone() {
     );
 }
 
+/// A body that came whole with its head (a unary gRPC call's message right after its
+/// HEADERS) takes no share: a client at its share still makes such calls.
+#[tokio::test]
+async fn a_body_that_came_whole_takes_no_share() {
+    let gw = Setup::default()
+        .server("  max_uploads_per_client: 1\n")
+        .start()
+        .await;
+    let addr = gw.addr();
+    let (mut h2, _conn) = h2_client(addr).await;
+    // The client's one share, held by a stalled upload.
+    h2 = h2.ready().await.unwrap();
+    let req = Request::post(format!("http://{addr}/stalled"))
+        .body(())
+        .unwrap();
+    let (stalled, mut held) = h2.send_request(req, false).unwrap();
+    held.send_data(Bytes::from_static(b"x"), false).unwrap();
+    // A streamed one is refused: the share is taken.
+    h2 = h2.ready().await.unwrap();
+    let req = Request::post(format!("http://{addr}/streamed"))
+        .body(())
+        .unwrap();
+    let (refused, mut streamed) = h2.send_request(req, false).unwrap();
+    streamed.send_data(Bytes::from_static(b"x"), false).unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(5), refused)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    for i in 0..5 {
+        h2 = h2.ready().await.unwrap();
+        let req = Request::post(format!("http://{addr}/unary/{i}"))
+            .body(())
+            .unwrap();
+        let (resp, mut body) = h2.send_request(req, false).unwrap();
+        body.send_data(Bytes::from_static(b"message"), true)
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("answered")
+            .unwrap();
+        assert_eq!(resp.status(), 200, "unary {i}");
+    }
+    drop((stalled, held, streamed));
+}
+
 /// Uploads in all hold at most half of `max_in_flight`: stalled uploads from many clients
 /// (a /56 of /64s, or addresses behind a trusted proxy), each within its own share, still
 /// leave the other half to everyone else.
