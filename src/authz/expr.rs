@@ -318,6 +318,12 @@ impl Condition {
                 format!("unsupported operator '{op}' on {} and {}", kind(a), kind(b))
             }
             E::UnsupportedIndex(i, v) => format!("a {} cannot index a {}", kind(i), kind(v)),
+            // The gateway's own functions' messages hold no value (`budget`): kept.
+            E::FunctionError { function, message }
+                if ["when", "matches", "@range", "@read"].contains(&function.as_str()) =>
+            {
+                format!("{function}: {message}")
+            }
             E::FunctionError { function, .. } => format!("function '{function}' failed"),
             E::DivisionByZero(_) => "division by zero".to_owned(),
             E::RemainderByZero(_) => "remainder by zero".to_owned(),

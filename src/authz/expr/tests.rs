@@ -1171,6 +1171,14 @@ fn evaluation_errors_repeat_no_value() {
         eval_request("request.headers['x-tenant'] == 'a'", req),
         Err(ConditionError::Error("no such key: x-tenant".into()))
     );
+    // The gateway's own functions' messages, which hold no value, are kept.
+    let p = principal();
+    assert_eq!(
+        eval("claims.org.tier.matches('^2')", "GET", "/", Some(&p)),
+        Err(ConditionError::Error(
+            "matches: matches() applies to a string".into()
+        ))
+    );
     // A repeated query name, read through the whole map: a bare token is a name too.
     let req = Request::get(format!("/x?{CANARY}&{CANARY}&page=1&page=2"))
         .header("host", "app.test")
