@@ -241,6 +241,43 @@ async fn h2_slow_reader_stream_is_reset() {
     assert_eq!(resp.status(), 200);
 }
 
+/// Opens `n` POSTs to `/upload` over `h2`, the i-th from client `client(i)` (by
+/// `X-Forwarded-For`), each a head and a byte of body, then nothing more: the streams, to
+/// hold, and how many were refused (503, `Retry-After: 1`), waited on together for 1.5 s
+/// (refused ones answer at once, held ones not at all).
+async fn stalled_uploads(
+    mut h2: h2::client::SendRequest<Bytes>,
+    addr: std::net::SocketAddr,
+    n: usize,
+    client: impl Fn(usize) -> String,
+) -> (Vec<h2::SendStream<Bytes>>, usize) {
+    let mut held = Vec::new();
+    let mut answers = Vec::new();
+    for i in 0..n {
+        let req = Request::post(format!("http://{addr}/upload"))
+            .header("x-forwarded-for", client(i))
+            .body(())
+            .unwrap();
+        h2 = h2.ready().await.unwrap();
+        let (resp, mut body) = h2.send_request(req, false).unwrap();
+        body.send_data(Bytes::from_static(b"x"), false).unwrap();
+        held.push(body);
+        answers.push(tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_millis(1500), resp).await
+        }));
+    }
+    let mut refused = 0;
+    for answer in answers {
+        if let Ok(resp) = answer.await.unwrap() {
+            let resp = resp.unwrap();
+            assert_eq!(resp.status(), 503);
+            assert_eq!(resp.headers()["retry-after"], "1");
+            refused += 1;
+        }
+    }
+    (held, refused)
+}
+
 /// One client's uploads that stop arriving hold at most `server.max_uploads_per_client` of
 /// the proxy's `max_in_flight` permits: 12 stalled HTTP/2 POSTs (as many as the permits) from one client (behind a
 /// trusted proxy) leave the others' requests served, streaming bodies included; the share
@@ -262,34 +299,10 @@ async fn one_clients_stalled_uploads_cannot_shed_everyone() {
     };
     // The attacker's streams: a head and a byte, then nothing more of the body (read ahead,
     // the byte leaves the body waiting on the client, as one sent nothing does).
-    let (mut attacker, attacker_conn) = h2_client(addr).await;
-    let mut held = Vec::new();
-    let mut answers = Vec::new();
-    for _ in 0..12 {
-        attacker = attacker.ready().await.unwrap();
-        let (resp, mut body) = attacker.send_request(post("203.0.113.7"), false).unwrap();
-        body.send_data(Bytes::from_static(b"x"), false).unwrap();
-        held.push(body);
-        answers.push(resp);
-    }
-    let mut refused = 0;
-    let mut pending = 0;
-    // Waited on together: the refused ones answer at once, the held ones not at all.
-    let waits = answers.into_iter().map(|resp| {
-        tokio::spawn(async move { tokio::time::timeout(Duration::from_millis(1500), resp).await })
-    });
-    let waits: Vec<_> = waits.collect();
-    for wait in waits {
-        match wait.await.unwrap() {
-            Err(_) => pending += 1,
-            Ok(resp) => {
-                let resp = resp.unwrap();
-                assert_eq!(resp.status(), 503);
-                assert_eq!(resp.headers()["retry-after"], "1");
-                refused += 1;
-            }
-        }
-    }
+    let (attacker, attacker_conn) = h2_client(addr).await;
+    let (held, refused) =
+        stalled_uploads(attacker.clone(), addr, 12, |_| "203.0.113.7".into()).await;
+    let pending = held.len() - refused;
     assert_eq!((pending, refused), (4, 8), "the client's share is 4");
 
     // Everyone else is served: a plain request and a streamed upload.
@@ -406,28 +419,8 @@ async fn many_clients_stalled_uploads_leave_half_the_permits() {
         .start()
         .await;
     let addr = gw.addr();
-    let (mut h2, _conn) = h2_client(addr).await;
-    let mut held = Vec::new();
-    let mut answers = Vec::new();
-    for i in 0..12 {
-        let req = Request::post(format!("http://{addr}/upload"))
-            .header("x-forwarded-for", format!("2001:db8:0:{i:x}::1"))
-            .body(())
-            .unwrap();
-        h2 = h2.ready().await.unwrap();
-        let (resp, body) = h2.send_request(req, false).unwrap();
-        held.push(body);
-        answers.push(tokio::spawn(async move {
-            tokio::time::timeout(Duration::from_millis(1500), resp).await
-        }));
-    }
-    let mut refused = 0;
-    for answer in answers {
-        if let Ok(resp) = answer.await.unwrap() {
-            assert_eq!(resp.unwrap().status(), 503);
-            refused += 1;
-        }
-    }
+    let (h2, _conn) = h2_client(addr).await;
+    let (held, refused) = stalled_uploads(h2, addr, 12, |i| format!("2001:db8:0:{i:x}::1")).await;
     assert_eq!(refused, 6, "uploads hold 6 of the 12 permits");
     for i in 0..6 {
         let (status, _, body) = send(

@@ -1618,13 +1618,10 @@ async fn an_upstream_breaking_off_a_response_is_counted() {
     assert_one_response_body_error(&gw).await;
 }
 
-/// An HTTP/2 upstream that answers at once, its response streaming while the client's body
-/// still comes; the body then goes over `server.max_body_bytes`: the gateway resets the
-/// upstream's stream itself, which ends the response too, and that is not counted as the
-/// upstream breaking off its response.
-#[tokio::test]
-async fn a_body_over_the_limit_mid_response_is_not_the_upstreams() {
-    let addr = h2_frames_upstream(|_req, mut respond| async move {
+/// An h2c upstream that answers each request at once, its response streaming (open until
+/// reset) whatever the client's body does.
+async fn answering_at_once() -> SocketAddr {
+    h2_frames_upstream(|_req, mut respond| async move {
         let Ok(mut body) = respond.send_response(http::Response::new(()), false) else {
             return;
         };
@@ -1632,7 +1629,16 @@ async fn a_body_over_the_limit_mid_response_is_not_the_upstreams() {
         // Open until reset.
         tokio::time::sleep(Duration::from_secs(10)).await;
     })
-    .await;
+    .await
+}
+
+/// An HTTP/2 upstream that answers at once, its response streaming while the client's body
+/// still comes; the body then goes over `server.max_body_bytes`: the gateway resets the
+/// upstream's stream itself, which ends the response too, and that is not counted as the
+/// upstream breaking off its response.
+#[tokio::test]
+async fn a_body_over_the_limit_mid_response_is_not_the_upstreams() {
+    let addr = answering_at_once().await;
     let gw = Setup {
         upstreams: format!("  h2:\n    url: http://{addr}\n    protocol: h2c\n"),
         policies: route_all_to("h2"),
@@ -1675,15 +1681,7 @@ async fn a_body_over_the_limit_mid_response_is_not_the_upstreams() {
 /// open.
 #[tokio::test]
 async fn an_answered_stream_gives_its_upload_share_back() {
-    let addr = h2_frames_upstream(|_req, mut respond| async move {
-        let Ok(mut body) = respond.send_response(http::Response::new(()), false) else {
-            return;
-        };
-        let _ = body.send_data(Bytes::from_static(b"streaming"), false);
-        // Open until reset.
-        tokio::time::sleep(Duration::from_secs(10)).await;
-    })
-    .await;
+    let addr = answering_at_once().await;
     let gw = Setup {
         upstreams: format!("  h2:\n    url: http://{addr}\n    protocol: h2c\n"),
         policies: route_all_to("h2"),
