@@ -37,8 +37,17 @@ pub struct Uploads {
 #[derive(Debug, Default)]
 struct Counts {
     by_site: HashMap<u128, usize>,
+    /// By IPv6 /56, each at most [`WIDE_SHARES`] clients' shares.
+    by_wide: HashMap<u128, usize>,
     total: usize,
 }
+
+/// How many clients' shares one IPv6 /56 holds at most.
+///
+/// Why: a client is a /64, and a /56 (a home's allocation) holds 256 of them: 20 of its /64s
+/// took every upload slot of the gateway (half of `max_in_flight`), and every other client's
+/// uploads and gRPC calls got 503. Regression: tests::a_wide_network_shares_a_few_clients_shares
+const WIDE_SHARES: usize = 4;
 
 /// Which bound refused an upload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +73,7 @@ impl Over {
 pub struct Upload {
     of: Arc<Uploads>,
     site: u128,
+    wide: Option<u128>,
 }
 
 impl Uploads {
@@ -76,6 +86,7 @@ impl Uploads {
         max_total: usize,
     ) -> Result<Upload, Over> {
         let site = site(client);
+        let wide = wide(client);
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if held.total >= max_total {
             return Err(Over::All);
@@ -84,11 +95,19 @@ impl Uploads {
         if n >= max {
             return Err(Over::Client);
         }
+        if let Some(w) = wide {
+            let in_wide = held.by_wide.get(&w).copied().unwrap_or(0);
+            if in_wide >= max.saturating_mul(WIDE_SHARES) {
+                return Err(Over::Client);
+            }
+            held.by_wide.insert(w, in_wide + 1);
+        }
         held.by_site.insert(site, n + 1);
         held.total += 1;
         Ok(Upload {
             of: Arc::clone(self),
             site,
+            wide,
         })
     }
 
@@ -128,6 +147,22 @@ impl Drop for Upload {
                 held.by_site.remove(&self.site);
             }
         }
+        if let Some(w) = self.wide
+            && let Some(n) = held.by_wide.get_mut(&w)
+        {
+            *n -= 1;
+            if *n == 0 {
+                held.by_wide.remove(&w);
+            }
+        }
+    }
+}
+
+/// The wider network an IPv6 client's /64 belongs to (its /56); `None` for IPv4 and loopback.
+fn wide(ip: IpAddr) -> Option<u128> {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if !v6.is_loopback() => Some(u128::from(v6) >> 72 << 72),
+        _ => None,
     }
 }
 
@@ -181,6 +216,38 @@ mod tests {
         let held = uploads.held.lock().unwrap();
         assert!(held.by_site.is_empty(), "no entry left behind");
         assert_eq!(held.total, 0);
+    }
+
+    #[test]
+    fn a_wide_network_shares_a_few_clients_shares() {
+        let uploads = Arc::new(Uploads::default());
+        // A /56's /64s: each a client with its share of 2, the /56 at most 4 clients' (8).
+        let held: Vec<_> = (0..4)
+            .flat_map(|n| (0..2).map(move |_| n))
+            .map(|n| {
+                let ip = ip(&format!("2001:db8:0:{n:x}::1"));
+                uploads.take(ip, 2, 100).expect("within the /56's")
+            })
+            .collect();
+        assert_eq!(
+            uploads.take(ip("2001:db8:0:ff::1"), 2, 100).unwrap_err(),
+            Over::Client,
+            "a fifth /64 of the /56"
+        );
+        assert!(
+            uploads.take(ip("2001:db8:0:100::1"), 2, 100).is_ok(),
+            "the next /56"
+        );
+        assert!(
+            uploads.take(ip("192.0.2.1"), 2, 100).is_ok(),
+            "IPv4 has no wider network"
+        );
+        drop(held);
+        assert!(
+            uploads.take(ip("2001:db8:0:ff::1"), 2, 100).is_ok(),
+            "given back"
+        );
+        assert!(uploads.held.lock().unwrap().by_wide.len() <= 2);
     }
 
     #[test]
