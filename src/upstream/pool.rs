@@ -448,9 +448,8 @@ impl H2Conn {
     }
 }
 
-/// Drops the connections that no longer serve ([`H2Conn::serves`]): the ones a burst opened
-/// close once idle for `idle` (hyper closes a connection when its last handle goes).
-/// Drops the idle HTTP/1 connections (oldest first) that are closed or idle past `idle`.
+/// Drops the idle HTTP/1 connections at the old end that are closed or idle past `idle` (a
+/// request's checkout: cheap, what it meets first).
 fn prune_idle(
     conns: &mut VecDeque<(http1::SendRequest<UpstreamBody>, Instant)>,
     idle: Duration,
@@ -464,6 +463,8 @@ fn prune_idle(
     }
 }
 
+/// Drops the connections that no longer serve ([`H2Conn::serves`]): the ones a burst opened
+/// close once idle for `idle` (hyper closes a connection when its last handle goes).
 fn prune_h2(conns: &mut Vec<H2Conn>, idle: Duration, now: Instant) {
     let mut first = true;
     conns.retain(|c| {
@@ -1043,8 +1044,10 @@ impl Pool {
     /// upstreams::idle_connections_age_out_under_a_trickle
     pub(super) fn prune(&self) {
         let now = Instant::now();
+        // All of them, not only the old end: one the upstream closed may sit behind a live one.
         if let Ok(mut idle) = self.idle.lock() {
-            prune_idle(&mut idle, self.target.idle_timeout, now);
+            let timeout = self.target.idle_timeout;
+            idle.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) <= timeout);
         }
         if let Ok(mut conns) = self.h2.lock() {
             prune_h2(&mut conns, self.target.idle_timeout, now);
@@ -1055,9 +1058,13 @@ impl Pool {
         if s.is_closed() {
             return;
         }
+        // Full, the oldest gives way: the newest is the one to reuse (`checkout`).
         if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.target.max_idle
+            && self.target.max_idle > 0
         {
+            if idle.len() >= self.target.max_idle {
+                idle.pop_front();
+            }
             idle.push_back((s, Instant::now()));
         }
         if let Some(slots) = &self.slots {
