@@ -404,7 +404,7 @@ async fn tunnel(
     // each such request from one client waited up to `header_read_timeout` for its first byte
     // with a `max_in_flight` permit, and 20 of them kept everyone else shed. A handshake has
     // no body: refused before anything waits for one.
-    // Regression: tests (it) abuse::one_clients_stalled_uploads_cannot_shed_everyone
+    // Regression: tests (it) abuse::an_upgrade_with_a_body_is_refused_at_once
     if !http_body::Body::is_end_stream(&body) {
         return Err(Failure::Malformed(
             StatusCode::BAD_REQUEST,
