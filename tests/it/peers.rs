@@ -831,11 +831,24 @@ fn is_root(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// A free port on 127.0.0.1 (bound, read, released: the peer binds it next).
+/// A free port on 127.0.0.1 (bound, read, released: the peer binds it next), drawn at
+/// random from 10000-29999, below the kernel's ephemeral range.
+///
+/// Why: a port the kernel handed out for port 0 and took back was handed out again, to
+/// another test process binding port 0 (or to the other peer's `free_port`) before the peer
+/// bound it; the peer then failed to bind while the wait for it connected to the other
+/// listener, and nginx's requests went to another test's gateway (CI, a fresh machine).
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
+    use std::hash::{BuildHasher as _, Hasher as _};
+    loop {
+        let draw = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = 10_000 + u16::try_from(draw % 20_000).unwrap();
+        if let Ok(addr) = TcpListener::bind(("127.0.0.1", port)).and_then(|l| l.local_addr()) {
+            return addr;
+        }
+    }
 }
 
 /// Where examples/nginx/nginx.conf loads the headers-more module from (Debian's path).
