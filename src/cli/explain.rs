@@ -656,6 +656,12 @@ async fn run_door(
     if let Some(metadata) = answer.metadata {
         report["answer"]["dynamic_metadata"] = metadata;
     }
+    // Why: the gRPC door names a query credential or method override for Envoy to remove, and
+    // explain did not say so: what reached the upstream could not be seen.
+    // Regression: tests (it) doors::explain_door_refuses_a_method_override_in_the_query
+    if !answer.query_remove.is_empty() {
+        report["answer"]["query_parameters_to_remove"] = json!(answer.query_remove);
+    }
     Ok((report, allowed))
 }
 
@@ -666,6 +672,8 @@ struct DoorAnswer {
     grpc_code: Option<i32>,
     headers: Vec<(HeaderName, HeaderValue)>,
     remove: Vec<HeaderName>,
+    /// The gRPC door's `query_parameters_to_remove`.
+    query_remove: Vec<String>,
     /// The gRPC door's `dynamic_metadata`.
     metadata: Option<Value>,
 }
@@ -785,6 +793,7 @@ fn grpc_answer(r: &envoy_types::ext_authz::v3::pb::CheckResponse) -> DoorAnswer 
                 .iter()
                 .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
                 .collect(),
+            query_remove: ok.query_parameters_to_remove.clone(),
             metadata,
         },
         _ => DoorAnswer {
@@ -1036,6 +1045,13 @@ fn render_text(r: &Value) -> String {
         }
         for h in a["headers_to_remove"].as_array().into_iter().flatten() {
             out.push_str(&format!("  remove {}\n", s(h)));
+        }
+        for q in a["query_parameters_to_remove"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            out.push_str(&format!("  remove query parameter {}\n", s(q)));
         }
         if let Some(m) = a["dynamic_metadata"].as_object() {
             for (k, v) in m {

@@ -657,6 +657,14 @@ fn explain_door_refuses_a_method_override_in_the_query() {
             assert_eq!(code, Some(0), "{door}: {text}");
             assert_eq!(v["decision"], "allow", "{door}: {text}");
         }
+        // The gRPC door names it for Envoy to remove, and explain says so.
+        if door == "envoy-grpc" {
+            assert_eq!(
+                v["answer"]["query_parameters_to_remove"],
+                serde_json::json!(["_method"]),
+                "{text}"
+            );
+        }
     }
 }
 
