@@ -269,6 +269,18 @@ pub fn client_site(ip: std::net::IpAddr) -> u128 {
     }
 }
 
+/// [`client_site`], but every loopback address (any 127.x, `::1`, mapped or not) one client:
+/// every local process may use any of them. What the admin listener's connections and the
+/// proxy's uploads are counted by.
+pub fn loopback_as_one_site(ip: std::net::IpAddr) -> u128 {
+    let ip = ip.to_canonical();
+    if ip.is_loopback() {
+        u128::from(std::net::Ipv6Addr::LOCALHOST)
+    } else {
+        client_site(ip)
+    }
+}
+
 /// The time a call out may take: `own` (its configured timeout), cut to end a tenth of the
 /// remaining time before `deadline`, so what it decides on failure still reaches the client.
 ///

@@ -348,11 +348,7 @@ impl PerClient {
         // each of 8 of them filled the listener's 64 and kept a probe from 127.0.0.1 out.
         // Loopback is one client. Regression: tests (it)
         // assertion::silent_connections_cannot_keep_a_client_out_of_the_admin_listener
-        let site = if ip.is_loopback() {
-            u128::from(std::net::Ipv6Addr::LOCALHOST)
-        } else {
-            crate::request::facts::client_site(ip)
-        };
+        let site = crate::request::facts::loopback_as_one_site(ip);
         let mut held = self
             .held
             .lock()

@@ -169,12 +169,7 @@ fn wide(ip: IpAddr) -> Option<u128> {
 /// The unit counted: every local process shares loopback (any 127.x address), and one host
 /// holds a whole IPv6 /64.
 fn site(ip: IpAddr) -> u128 {
-    let ip = ip.to_canonical();
-    if ip.is_loopback() {
-        u128::from(std::net::Ipv6Addr::LOCALHOST)
-    } else {
-        crate::request::facts::client_site(ip)
-    }
+    crate::request::facts::loopback_as_one_site(ip)
 }
 
 #[cfg(test)]
