@@ -24,6 +24,12 @@ async fn h2_client(
 /// Opens `batch` streams (HEADERS with END_STREAM), lets the gateway accept them, resets them
 /// all, pauses, `batches` times: the paced rapid reset of CVE-2023-44487 that h2's own
 /// pending-accept limit does not see.
+///
+/// Why: h2 counts a reset of a stream the gateway has not yet accepted against its own
+/// pending-accept limit (64), with GOAWAY `too_many_resets`: a gateway task that a busy
+/// machine leaves unpolled for a few batches would trip it. Each batch ends with an answered
+/// request, and h2 accepts in order, so no more than one batch is ever pending.
+/// Regression: CI run on 3994751 (GOAWAY too_many_resets under `max_resets: 1000`).
 async fn paced_rapid_reset(
     send: &mut h2::client::SendRequest<Bytes>,
     addr: std::net::SocketAddr,
@@ -45,7 +51,8 @@ async fn paced_rapid_reset(
                 .body(())
                 .unwrap()
             } else {
-                Request::get(format!("http://{addr}/reset"))
+                // The upstream takes 20 ms: the exchange is under way at the reset.
+                Request::get(format!("http://{addr}/__echo/delay/20"))
                     .body(())
                     .unwrap()
             };
@@ -57,8 +64,32 @@ async fn paced_rapid_reset(
             s.send_reset(h2::Reason::CANCEL);
         }
         tokio::time::sleep(Duration::from_millis(3)).await;
+        // The barrier: answered only once every earlier stream was accepted.
+        *send = send.clone().ready().await?;
+        let (resp, _) = send.send_request(barrier(addr, check), true)?;
+        match tokio::time::timeout(Duration::from_secs(5), resp).await {
+            Ok(answered) => drop(answered?),
+            Err(_) => panic!("the barrier request was not answered in 5 s"),
+        }
     }
     Ok(())
+}
+
+/// A request the gateway answers at once: a GET to the echo upstream, or at a decision door
+/// a Check with no message (a gRPC error, in trailers, under HTTP 200).
+fn barrier(addr: std::net::SocketAddr, check: bool) -> Request<()> {
+    if check {
+        Request::post(format!(
+            "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+        ))
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap()
+    } else {
+        Request::get(format!("http://{addr}/barrier"))
+            .body(())
+            .unwrap()
+    }
 }
 
 /// A stream the client resets must not cost an upstream connection: a connect under way
