@@ -420,6 +420,14 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
 }
 
 /// A network in CIDR notation (`10.0.0.0/8`, `fd00::/8`); a bare address is a single host.
+/// An IPv4-mapped network (`::ffff:10.0.0.0/104`) is read as the IPv4 one it maps.
+///
+/// Why: every address the gateway compares (the peer, forwarded hops, Envoy's `source`) is
+/// read IPv4 when it is IPv4-mapped, so a mapped network matched nothing: `trusted_proxies:
+/// ["::ffff:127.0.0.1"]` left the proxy untrusted, and the proxy itself became the client,
+/// inside a `require.networks` meant for the clients behind it.
+/// Regression: tests::mapped_networks_are_read_as_ipv4, tests (it)
+/// proxy::a_trusted_proxy_written_ipv4_mapped_is_trusted
 #[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
 #[schemars(with = "String")]
 pub struct Network(pub IpNet);
@@ -436,10 +444,10 @@ impl<'de> Deserialize<'de> for Network {
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Network, E> {
                 if let Ok(n) = s.parse::<IpNet>() {
-                    return Ok(Network(n));
+                    return Ok(Network(unmapped(n)));
                 }
                 if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-                    return Ok(Network(IpNet::from(ip)));
+                    return Ok(Network(unmapped(IpNet::from(ip))));
                 }
                 Err(E::custom(format_args!(
                     "invalid network `{s}`: expected CIDR notation such as `10.0.0.0/8` or `fd00::/8`"
@@ -447,6 +455,19 @@ impl<'de> Deserialize<'de> for Network {
             }
         }
         d.deserialize_str(Visitor)
+    }
+}
+
+/// `n` as IPv4 when it lies within the IPv4-mapped range `::ffff:0:0/96`.
+fn unmapped(n: IpNet) -> IpNet {
+    match n {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => {
+                ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(n, |v4| IpNet::V4(v4.trunc()))
+            }
+            None => n,
+        },
+        _ => n,
     }
 }
 
@@ -465,6 +486,26 @@ fn default_true() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapped_networks_are_read_as_ipv4() {
+        for (written, read) in [
+            ("::ffff:127.0.0.1", "127.0.0.1/32"),
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+            ("::FFFF:10.1.2.3/112", "10.1.0.0/16"),
+            ("::ffff:0.0.0.0/96", "0.0.0.0/0"),
+            // Not within the mapped range: as written.
+            ("::ffff:0:0/95", "::ffff:0.0.0.0/95"),
+            ("::1", "::1/128"),
+            ("64:ff9b::10.0.0.1/120", "64:ff9b::a00:1/120"),
+            ("10.0.0.0/8", "10.0.0.0/8"),
+        ] {
+            let n: Network = serde_yaml::from_str(&format!("\"{written}\"")).unwrap();
+            assert_eq!(n.0.to_string(), read, "{written}");
+        }
+        let n: Network = serde_yaml::from_str("\"::ffff:10.0.0.0/104\"").unwrap();
+        assert!(n.0.contains(&"10.9.8.7".parse::<std::net::IpAddr>().unwrap()));
+    }
 
     #[test]
     fn inline_secrets_are_not_shown() {

@@ -103,6 +103,36 @@ async fn behind_a_trusted_proxy() -> TestGateway {
     .await
 }
 
+/// A trusted proxy written IPv4-mapped is the IPv4 proxy: its client is the one it names,
+/// not the proxy inside a network meant for it alone.
+#[tokio::test]
+async fn a_trusted_proxy_written_ipv4_mapped_is_trusted() {
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: internal, match: {paths: [\"/internal/**\"]}, effect: allow, anonymous: true, require: {networks: [\"::ffff:127.0.0.1\"]}, upstream: echo}\n".into(),
+        )],
+        ..Setup::default()
+    }
+    .server("  trusted_proxies: [\"::ffff:127.0.0.0/104\"]\n")
+    .start()
+    .await;
+    let r = raw(
+        gw.addr(),
+        b"GET /internal/x HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("network_not_allowed"), "{r:?}");
+    let r = raw(
+        gw.addr(),
+        b"GET /internal/x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(gw.echo.count(), 1);
+}
+
 #[tokio::test]
 async fn an_unreadable_forwarded_for_line_does_not_make_the_client_the_proxy() {
     let gw = behind_a_trusted_proxy().await;
