@@ -409,7 +409,7 @@ static HOST_CLAIMS: [HeaderName; 3] = [
 ];
 
 /// The claim family's names (see [`family`]).
-static CLAIMS: [HeaderName; 23] = [
+static CLAIMS: [HeaderName; 34] = [
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("x-forwarded-ssl"),
     HeaderName::from_static("x-forwarded-scheme"),
@@ -433,6 +433,17 @@ static CLAIMS: [HeaderName; 23] = [
     HeaderName::from_static("x-original-host"),
     HeaderName::from_static("x-host"),
     HeaderName::from_static("x-http-host-override"),
+    HeaderName::from_static("x-forwarded"),
+    HeaderName::from_static("forwarded-for"),
+    HeaderName::from_static("x-appengine-user-ip"),
+    HeaderName::from_static("proxy-client-ip"),
+    HeaderName::from_static("wl-proxy-client-ip"),
+    HeaderName::from_static("x-azure-clientip"),
+    HeaderName::from_static("x-azure-socketip"),
+    HeaderName::from_static("akamai-client-ip"),
+    HeaderName::from_static("remote-addr"),
+    HeaderName::from_static("cf-connecting-ipv6"),
+    HeaderName::from_static("fly-client-ip"),
 ];
 
 /// Defines [`INFRASTRUCTURE_NAMES`] and the `match` that tests a name against them, from one
@@ -566,7 +577,23 @@ pub fn family(dashed: &str) -> Option<Family> {
         | "x-arr-ssl"
         | "x-original-host"
         | "x-host"
-        | "x-http-host-override" => Some(Family::Claim),
+        | "x-http-host-override"
+        // Why: more names platforms write the client address under (Google App Engine,
+        // Azure Front Door, Akamai, Cloudflare's IPv6, Fly.io, WebLogic, Apache's
+        // `Remote-Addr` habit, the legacy `X-Forwarded`) reached the upstream as the client
+        // wrote them, for an app moved from behind those platforms to read.
+        // Regression: tests::every_family_in_every_spelling
+        | "x-forwarded"
+        | "forwarded-for"
+        | "x-appengine-user-ip"
+        | "proxy-client-ip"
+        | "wl-proxy-client-ip"
+        | "x-azure-clientip"
+        | "x-azure-socketip"
+        | "akamai-client-ip"
+        | "remote-addr"
+        | "cf-connecting-ipv6"
+        | "fly-client-ip" => Some(Family::Claim),
         "content-length" | "transfer-encoding" | "connection" | "keep-alive"
         | "proxy-connection" | "te" | "trailer" | "upgrade" | "host" | "expect"
         | "proxy-authorization" | "proxy-authenticate" | "http2-settings" => {
@@ -661,6 +688,14 @@ mod tests {
         ("x-forwarded-server", true, false),
         ("x-forwarded-protocol", true, false),
         ("front-end-https", true, false),
+        ("x-azure-clientip", true, false),
+        ("X_Azure_ClientIP", true, true),
+        ("x-forwarded", true, false),
+        ("forwarded-for", true, false),
+        ("remote-addr", true, false),
+        ("Remote_Addr", true, true),
+        ("x-appengine-user-ip", true, false),
+        ("wl-proxy-client-ip", true, false),
         // Infrastructure: configured names from trusted proxies only.
         ("x-forwarded-client-cert", true, false),
         ("x_forwarded_client_cert", true, true),
@@ -715,7 +750,7 @@ mod tests {
         ("x_kept", false, false),
         ("x.kept", false, false),
         ("authorization", false, false),
-        ("x-forwarded", false, false),
+        ("x-forwardedx", false, false),
         ("x-envoyish", false, false),
     ];
 
