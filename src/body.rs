@@ -163,6 +163,9 @@ pub struct RequestBody {
     /// Its client's share of uploads ([`crate::server::uploads`]), held while the body is
     /// still arriving.
     share: Option<Arc<crate::server::uploads::Held>>,
+    /// Marks the body as still arriving on its connection, until it ends or is dropped
+    /// ([`crate::server::BodiesOpen`]).
+    open: Option<crate::server::BodyOpen>,
 }
 
 /// How a streamed request body is moving, for the upstream exchange's clock (see
@@ -276,6 +279,7 @@ impl RequestBody {
     /// whole takes none.
     pub async fn prefetch(
         body: hyper::body::Incoming,
+        open: &crate::server::BodiesOpen,
         limit: usize,
         deadline: std::time::Duration,
         share: impl FnOnce() -> Result<
@@ -292,9 +296,11 @@ impl RequestBody {
             progress: None,
             cut: None,
             share: None,
+            open: None,
         };
         if this.inner.is_some() {
             this.progress = Some(Arc::new(Progress::new()));
+            this.open = Some(open.mark());
         }
         let mut share = Some(share);
         let mut first = true;
@@ -364,6 +370,7 @@ impl RequestBody {
             progress: None,
             cut: None,
             share: None,
+            open: None,
         }
     }
 
@@ -406,6 +413,7 @@ impl RequestBody {
     /// The client's side has ended (or failed): nothing more is awaited from it.
     fn ended(&mut self) {
         self.inner = None;
+        self.open = None;
         if let Some(share) = self.share.take() {
             share.release();
         }

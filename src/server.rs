@@ -83,6 +83,45 @@ pub struct Conn {
     /// Its place among its client's connections, where they are bounded (admin listeners):
     /// marked busy while answering, so a newer connection does not close it then.
     pub client_slot: Option<Arc<listener::ClientSlot>>,
+    /// Request bodies of the connection still arriving ([`BodiesOpen`]).
+    pub bodies: BodiesOpen,
+}
+
+/// How many request bodies of a connection are still arriving, held by whoever reads them
+/// ([`BodyOpen`]): while one is, the HTTP/1.1 connection is mid-request whatever its answer
+/// did, and is never parked.
+///
+/// Why: a connection was parked (taken apart from hyper, then served afresh from its socket)
+/// once its answer was written and it had been quiet a while, as if at a request boundary.
+/// An answer written before its request's body had all arrived (408 `body_timeout`, an
+/// upstream answering early) left the rest of the body to be read, on the parked
+/// connection's wake, as a new request: decided, forwarded and logged as the client's own
+/// (request smuggling, behind a peer that shares its connections).
+/// Regression: tests (it) abuse::the_rest_of_a_body_is_never_read_as_a_request
+#[derive(Debug, Default)]
+pub struct BodiesOpen(Arc<std::sync::atomic::AtomicUsize>);
+
+/// Marks one request body as still arriving until dropped.
+#[derive(Debug)]
+pub struct BodyOpen(Arc<std::sync::atomic::AtomicUsize>);
+
+impl BodiesOpen {
+    /// Counts a body as arriving until the mark is dropped.
+    pub fn mark(&self) -> BodyOpen {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        BodyOpen(Arc::clone(&self.0))
+    }
+
+    /// Whether a body of the connection is still arriving.
+    pub(crate) fn any(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+}
+
+impl Drop for BodyOpen {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What a tunnel runs: relaying both ways until it ends or is closed.
@@ -122,6 +161,7 @@ impl Conn {
             peer_text,
             tunnel: TunnelSlot::default(),
             client_slot: None,
+            bodies: BodiesOpen::default(),
         }
     }
 

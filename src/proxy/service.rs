@@ -678,21 +678,25 @@ async fn upstream_body(
     // Why: a body whose framing is already broken (bad chunk size, bare LF) is refused with
     // nothing sent upstream, rather than half-forwarded and reported as a 502.
     // Regression: tests (it) proxy::malformed_chunked_body_is_400_and_never_reaches_the_upstream
-    let body = RequestBody::prefetch(body, limit, snapshot.server.header_read_timeout, share)
-        .await
-        .map_err(|e| match e {
-            PrefetchError::Malformed => Failure::Malformed(StatusCode::BAD_REQUEST, "invalid_body"),
-            PrefetchError::TooLarge => {
-                Failure::Malformed(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
-            }
-            PrefetchError::Timeout => {
-                Failure::Malformed(StatusCode::REQUEST_TIMEOUT, "body_timeout")
-            }
-            PrefetchError::Busy(over) => {
-                ctx.shared.metrics.limit(over.label());
-                Failure::Failed(StatusCode::SERVICE_UNAVAILABLE, "overloaded")
-            }
-        })?;
+    let body = RequestBody::prefetch(
+        body,
+        &ctx.conn.bodies,
+        limit,
+        snapshot.server.header_read_timeout,
+        share,
+    )
+    .await
+    .map_err(|e| match e {
+        PrefetchError::Malformed => Failure::Malformed(StatusCode::BAD_REQUEST, "invalid_body"),
+        PrefetchError::TooLarge => {
+            Failure::Malformed(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+        }
+        PrefetchError::Timeout => Failure::Malformed(StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+        PrefetchError::Busy(over) => {
+            ctx.shared.metrics.limit(over.label());
+            Failure::Failed(StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+        }
+    })?;
     Ok((body.share(), body))
 }
 

@@ -471,6 +471,8 @@ async fn drive<C: Future<Output = hyper::Result<()>>, H>(
                     // deadlines (`proxy::tunnel`).
                     Step::At(now + limits.period)
                 } else {
+                    // Mid-request: the rest of a body must be read as that body.
+                    let parkable = parkable && !ctx.conn.bodies.any();
                     activity.check(limits, io_quiet, now, parkable)
                 };
                 match step {

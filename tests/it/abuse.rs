@@ -988,3 +988,122 @@ async fn an_unreadable_head_is_counted() {
         assert!(counted, "{series}");
     }
 }
+
+/// An HTTP/1.1 upstream that answers each connection's first request at once, without
+/// reading its body, then reads and discards whatever comes; it records each connection's
+/// request line.
+async fn answering_before_the_body() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let record = std::sync::Arc::clone(&record);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head);
+                record
+                    .lock()
+                    .unwrap()
+                    .push(line.lines().next().unwrap_or_default().to_owned());
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The rest of a request's body, sent after its answer and a pause (long enough for an idle
+/// connection to be parked), is read as that body, never as a request of its own: neither
+/// when the upstream answered before the body had all come, nor when the gateway answered
+/// 408 to a stalled body.
+#[tokio::test]
+async fn the_rest_of_a_body_is_never_read_as_a_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, seen) = answering_before_the_body().await;
+    let gw = Setup {
+        upstreams: format!("  early: {{url: \"http://{up}\"}}\n"),
+        policies: route_all_to("early"),
+        ..Setup::default()
+    }
+    .server("  header_read_timeout: 1s\n")
+    .start()
+    .await;
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    let head = format!(
+        "POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: {}\r\n\r\nabc",
+        3 + smuggled.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the upstream's early answer")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    // Quiet past the moment an idle connection is parked (100 ms).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.write_all(smuggled).await.unwrap();
+    let mut more = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(700), s.read_to_end(&mut more)).await;
+    assert!(
+        !String::from_utf8_lossy(&more).contains("HTTP/1.1"),
+        "a second answer: {}",
+        String::from_utf8_lossy(&more)
+    );
+    assert_eq!(*seen.lock().unwrap(), ["POST /up HTTP/1.1"]);
+
+    // The gateway's own 408 to a body that stalls past `header_read_timeout`.
+    let gw = Setup::default()
+        .server("  header_read_timeout: 1s\n")
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer to the stalled body")
+            .unwrap();
+        assert!(n > 0, "closed with no answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The socket may be closed already: the write may fail, and nothing may be answered.
+    let _ = s.write_all(smuggled).await;
+    let mut more = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(700), s.read_to_end(&mut more)).await;
+    let more = String::from_utf8_lossy(&more);
+    assert!(
+        !more.contains("HTTP/1.1 200"),
+        "a second answer: {text}{more}"
+    );
+    assert!(
+        gw.echo.records().iter().all(|r| r.target != "/smuggled"),
+        "the rest of the body reached the upstream as a request"
+    );
+}
