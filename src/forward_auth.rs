@@ -204,7 +204,14 @@ impl HttpDoor for ForwardAuth {
         }
         let target = target.to_owned();
         // Kept as the peer sent it (a reference count, no copy): the `Host` it replaces below.
-        let host = one_of(&headers, &names.host, "ambiguous_host")?
+        // Why: a host that is no text was refused as `invalid_description_header` here and
+        // as `invalid_host` by the proxy door (the same 400, another reason code).
+        // Regression: tests::descriptions
+        let host = one_of(&headers, &names.host, "ambiguous_host")
+            .map_err(|e| match e {
+                Undescribed("invalid_description_header") => Undescribed("invalid_host"),
+                e => e,
+            })?
             .cloned()
             .ok_or(Undescribed("missing_original_host"))?;
         let scheme = door::scheme_in(&headers, &names.proto)?;
@@ -417,6 +424,13 @@ mod tests {
             let got = got.as_ref().map(|d| (d.method.as_str(), d.target.as_str()));
             assert_eq!(got.map_err(|e| *e), want, "{headers:?}");
         }
+        // A host that is no text: the proxy door's reason for its `Host`.
+        let got = describe(&[
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/"),
+            ("x-forwarded-host", "caf\u{e9}.example"),
+        ]);
+        assert_eq!(got.err(), Some("invalid_host"));
     }
 
     #[test]
