@@ -1072,6 +1072,19 @@ pub fn head_refusal(
     if hop_by_hop::has_unsupported_transfer_coding(&parts.headers) {
         return Some((StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_coding"));
     }
+    // Why: an HTTP/2 field value may not start or end with a space or tab (RFC 9113 §8.2.1),
+    // which an HTTP/1.1 parser trims and the h2 crate lets through: `x-role: " admin"` passed
+    // a `when` of `request.headers['x-role'] != 'admin'` over HTTP/2, its HTTP/1.1 twin did
+    // not, and the upstream's own parser read `admin`. Refused, as Envoy (nghttp2) refuses it.
+    // Regression: tests (it) proxy::http2_padded_field_values_are_refused
+    if parts.version == http::Version::HTTP_2
+        && parts.headers.values().any(|v| {
+            let b = v.as_bytes();
+            matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+        })
+    {
+        return Some((StatusCode::BAD_REQUEST, "invalid_header"));
+    }
     None
 }
 

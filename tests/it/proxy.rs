@@ -579,6 +579,57 @@ async fn http2_requests_get_the_header_count_limit() {
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
+/// An HTTP/2 field value with a leading or trailing space or tab is malformed (RFC 9113
+/// §8.2.1): refused with 400 `invalid_header`, before any rule reads it untrimmed, and
+/// never sent upstream, where an HTTP/1.1 parser would trim it.
+#[tokio::test]
+async fn http2_padded_field_values_are_refused() {
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: w, match: {paths: [\"/w/**\"]}, effect: allow, anonymous: true, when: \"request.headers['x-role'] != 'admin'\", upstream: echo}\n".into(),
+        )],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let mut sender = h2c(gw.addr()).await;
+    for padded in [" admin", "admin\t", "\tadmin "] {
+        let req = Request::get(format!("http://{}/w/x", gw.addr()))
+            .header("x-role", padded)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{padded:?}");
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("invalid_header"),
+            "{padded:?}"
+        );
+    }
+    assert_eq!(gw.echo.count(), 0, "nothing reached the upstream");
+    // Inner spaces are the value's own; the rule decides as over HTTP/1.1.
+    let req = Request::get(format!("http://{}/w/x", gw.addr()))
+        .header("x-role", "ad min")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let req = Request::get(format!("http://{}/w/x", gw.addr()))
+        .header("x-role", "admin")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(req).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+}
+
 /// HTTP/2 PINGs move bytes but are no request: a client pinging every 100 ms still has its
 /// connection closed once no request has run for the idle timeout.
 #[tokio::test]
