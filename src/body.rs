@@ -410,10 +410,15 @@ impl RequestBody {
             .cloned()
     }
 
-    /// The client's side has ended (or failed): nothing more is awaited from it.
-    fn ended(&mut self) {
+    /// The client's side has ended (`clean`: read to its end), or failed: nothing more is
+    /// awaited from it.
+    fn ended(&mut self, clean: bool) {
         self.inner = None;
-        self.open = None;
+        if let Some(open) = self.open.take()
+            && clean
+        {
+            open.ended();
+        }
         if let Some(share) = self.share.take() {
             share.release();
         }
@@ -435,12 +440,12 @@ impl RequestBody {
         match polled {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
-                self.ended();
+                self.ended(true);
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 self.fault.set(ClientFault::MALFORMED);
-                self.ended();
+                self.ended(false);
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             // Why: the decision never saw the client's trailer fields, and an upstream that
@@ -449,7 +454,7 @@ impl RequestBody {
             // end the body here and are not forwarded.
             // Regression: tests (it) upstreams::request_trailers_are_not_forwarded
             Poll::Ready(Some(Ok(f))) if f.is_trailers() => {
-                self.ended();
+                self.ended(true);
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(f))) => {
@@ -465,7 +470,7 @@ impl RequestBody {
                     }
                     None => {
                         self.fault.set(ClientFault::TOO_LARGE);
-                        self.ended();
+                        self.ended(false);
                         Poll::Ready(Some(Err(Box::new(TooLarge))))
                     }
                 }
@@ -494,7 +499,7 @@ impl http_body::Body for RequestBody {
                 });
                 this.ready.clear();
                 this.buffered = 0;
-                this.ended();
+                this.ended(false);
                 return Poll::Ready(Some(Err(Cut::boxed(reason))));
             }
         }

@@ -87,40 +87,79 @@ pub struct Conn {
     pub bodies: BodiesOpen,
 }
 
-/// How many request bodies of a connection are still arriving, held by whoever reads them
-/// ([`BodyOpen`]): while one is, the HTTP/1.1 connection is mid-request whatever its answer
-/// did, and is never parked.
+/// The request bodies of a connection still arriving, marked by whoever reads them
+/// ([`BodyOpen`]), and whether one was dropped before its end. While one is arriving, the
+/// HTTP/1.1 connection is mid-request whatever its answer did: never parked, and its bytes
+/// start no request head. Once one was dropped unfinished, hyper is left to drain or close
+/// what remains, unseen: the connection is never parked again.
 ///
 /// Why: a connection was parked (taken apart from hyper, then served afresh from its socket)
 /// once its answer was written and it had been quiet a while, as if at a request boundary.
 /// An answer written before its request's body had all arrived (408 `body_timeout`, an
 /// upstream answering early) left the rest of the body to be read, on the parked
 /// connection's wake, as a new request: decided, forwarded and logged as the client's own
-/// (request smuggling, behind a peer that shares its connections).
-/// Regression: tests (it) abuse::the_rest_of_a_body_is_never_read_as_a_request
-#[derive(Debug, Default)]
-pub struct BodiesOpen(Arc<std::sync::atomic::AtomicUsize>);
+/// (request smuggling, behind a peer that shares its connections). A body dropped by another
+/// task (the pool's background finish) is seen by hyper only at its next poll, which a park
+/// could come before. Regression: tests (it) abuse::the_rest_of_a_body_is_never_read_as_a_request,
+/// tests::a_body_dropped_unfinished_unsettles_its_connection_for_good
+#[derive(Debug, Default, Clone)]
+pub struct BodiesOpen(Arc<BodiesState>);
 
-/// Marks one request body as still arriving until dropped.
+#[derive(Debug, Default)]
+struct BodiesState {
+    open: std::sync::atomic::AtomicUsize,
+    abandoned: std::sync::atomic::AtomicBool,
+}
+
+/// Marks one request body as arriving until it ends ([`Self::ended`]) or is dropped (then
+/// abandoned).
 #[derive(Debug)]
-pub struct BodyOpen(Arc<std::sync::atomic::AtomicUsize>);
+pub struct BodyOpen {
+    of: Arc<BodiesState>,
+    ended: bool,
+}
 
 impl BodiesOpen {
-    /// Counts a body as arriving until the mark is dropped.
+    /// Counts a body as arriving until the mark ends or is dropped.
     pub fn mark(&self) -> BodyOpen {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        BodyOpen(Arc::clone(&self.0))
+        self.0
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        BodyOpen {
+            of: Arc::clone(&self.0),
+            ended: false,
+        }
     }
 
     /// Whether a body of the connection is still arriving.
-    pub(crate) fn any(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed) > 0
+    pub(crate) fn arriving(&self) -> bool {
+        self.0.open.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    /// Whether the connection stands between requests as far as bodies go: none arriving,
+    /// none ever dropped unfinished.
+    pub(crate) fn settled(&self) -> bool {
+        !self.arriving() && !self.0.abandoned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl BodyOpen {
+    /// The body was read to its end.
+    pub fn ended(mut self) {
+        self.ended = true;
     }
 }
 
 impl Drop for BodyOpen {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.ended {
+            self.of
+                .abandoned
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.of
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -220,5 +259,24 @@ impl TunnelSlot {
 impl std::fmt::Debug for TunnelSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TunnelSlot")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_dropped_unfinished_unsettles_its_connection_for_good() {
+        let bodies = BodiesOpen::default();
+        assert!(bodies.settled());
+        let open = bodies.mark();
+        assert!(bodies.arriving() && !bodies.settled());
+        open.ended();
+        assert!(!bodies.arriving() && bodies.settled());
+        let open = bodies.mark();
+        drop(open);
+        assert!(!bodies.arriving(), "no longer arriving");
+        assert!(!bodies.settled(), "but never parked again");
     }
 }

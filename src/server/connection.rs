@@ -83,6 +83,8 @@ pub(super) struct Activity {
     /// The progress of the newest response: an HTTP/2 stream's is taken by [`StreamExec`]
     /// as hyper spawns it; an HTTP/1.1 connection's loop watches it.
     next: Arc<std::sync::Mutex<Option<Arc<Progress>>>>,
+    /// The connection's request bodies still arriving (`Conn::bodies`).
+    bodies: crate::server::BodiesOpen,
 }
 
 /// A connection's deadlines, from the settings.
@@ -166,7 +168,7 @@ pub(super) async fn serve<I: ReadReady, H: Handler>(
     handler: Arc<H>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(conn.bodies.clone()));
     let mut io = Tracked::new(io, Arc::clone(&activity), FrameMeter::new(s.http2));
     let mut ctx = Ctx {
         limits: Deadlines::of(s),
@@ -472,7 +474,7 @@ async fn drive<C: Future<Output = hyper::Result<()>>, H>(
                     Step::At(now + limits.period)
                 } else {
                     // Mid-request: the rest of a body must be read as that body.
-                    let parkable = parkable && !ctx.conn.bodies.any();
+                    let parkable = parkable && ctx.conn.bodies.settled();
                     activity.check(limits, io_quiet, now, parkable)
                 };
                 match step {
@@ -536,8 +538,9 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 // === impl Activity ===
 
 impl Activity {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(bodies: crate::server::BodiesOpen) -> Self {
         Self {
+            bodies,
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             moves: AtomicU64::new(0),
@@ -571,10 +574,16 @@ impl Activity {
     }
 
     /// Called by the I/O for bytes read on an HTTP/1 connection: with no request in flight
-    /// they start a request head, and the header deadline runs from the first of them.
+    /// and no body arriving they start a request head, and the header deadline runs from the
+    /// first of them.
+    ///
+    /// Why the body: an upload going on after an early answer (an upstream that answers
+    /// before reading it) was cut at the header deadline, counted as `header_read_timeout`.
+    /// Regression: tests (it) abuse::an_upload_after_an_early_answer_is_no_request_head
     pub(super) fn h1_read(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_started.load(Ordering::Relaxed) == 0
+            && !self.bodies.arriving()
         {
             self.head_started.store(self.ms() + 1, Ordering::Relaxed);
         }

@@ -322,7 +322,11 @@ mod tests {
             max_control_frames: 10,
             window: Duration::from_secs(1),
         };
-        let mut io = Tracked::new(socket, Arc::new(Activity::new()), FrameMeter::new(limits));
+        let mut io = Tracked::new(
+            socket,
+            Arc::new(Activity::new(crate::server::BodiesOpen::default())),
+            FrameMeter::new(limits),
+        );
         assert!(io.is_write_vectored(), "what the socket says, by default");
         io.gather_writes();
         assert!(!io.is_write_vectored());

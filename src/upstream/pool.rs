@@ -576,6 +576,8 @@ struct InFlight {
     fut: Option<Exchange>,
     sender: Option<http1::SendRequest<UpstreamBody>>,
     pool: Arc<Pool>,
+    /// The request body's progress while the client still sends it.
+    body: Option<Arc<crate::body::Progress>>,
 }
 
 /// A response body that returns its HTTP/1 connection to the pool when it ends.
@@ -832,11 +834,13 @@ impl Pool {
                 // 300 POSTs got 502 without reaching the upstream. Handed back, it goes to a
                 // fresh connection whatever its method. (A race of the upstream's close with
                 // the write: no deterministic test; the outside tester's loop showed it.)
+                let body = req.body().progress();
                 let fut = Exchange::Recoverable(Box::pin(s.try_send_request(req)));
                 let (resp, s) = InFlight {
                     fut: Some(fut),
                     sender: Some(s),
                     pool: Arc::clone(self),
+                    body,
                 }
                 .await
                 .map_err(|(error, unsent)| Failed {
@@ -1394,6 +1398,19 @@ impl Future for InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        // Why: an exchange whose request body the client is still sending was finished in
+        // the background too, the body with it: after the client's 408 `body_timeout` (its
+        // connection told to close) the rest of its body still reached the upstream, which
+        // acted on a request the client was told had failed. Such an exchange is abandoned:
+        // the upstream sees an aborted upload. Regression: tests (it)
+        // abuse::the_rest_of_a_body_is_never_read_as_a_request
+        if self
+            .body
+            .as_ref()
+            .is_some_and(|p| !matches!(p.stand(), crate::body::Stand::Done(_)))
+        {
+            return;
+        }
         if let (Some(fut), Some(sender)) = (self.fut.take(), self.sender.take()) {
             let pool = Arc::clone(&self.pool);
             let deadline = pool.target.response_timeout.min(DRAIN_TIME);

@@ -1102,8 +1102,60 @@ async fn the_rest_of_a_body_is_never_read_as_a_request() {
         !more.contains("HTTP/1.1 200"),
         "a second answer: {text}{more}"
     );
+    // Time for the rest to reach the upstream, had the exchange gone on.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let records = gw.echo.records();
     assert!(
-        gw.echo.records().iter().all(|r| r.target != "/smuggled"),
+        records.iter().all(|r| r.target != "/smuggled"),
         "the rest of the body reached the upstream as a request"
+    );
+    // Nor did it reach the upstream as the body of a request the client was told failed.
+    assert!(
+        records
+            .iter()
+            .all(|r| r.body_len < (3 + smuggled.len()) as u64),
+        "the upstream got the whole body after the 408: {records:?}"
+    );
+}
+
+/// An upload going on after the upstream answered early is that body's, not a request head
+/// that is late: not cut at the header deadline.
+#[tokio::test]
+async fn an_upload_after_an_early_answer_is_no_request_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, _) = answering_before_the_body().await;
+    let gw = Setup {
+        upstreams: format!("  early: {{url: \"http://{up}\"}}\n"),
+        policies: route_all_to("early"),
+        ..Setup::default()
+    }
+    .server("  header_read_timeout: 1s\n")
+    .start()
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the upstream's early answer")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    // Ten bytes every 250 ms, for twice the header deadline.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        s.write_all(&[b'x'; 10]).await.expect("still open");
+    }
+    let r = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
+    assert!(r.is_err(), "the connection ended: {r:?}");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        !metrics.contains(r#"limit="header_read_timeout""#),
+        "{metrics}"
     );
 }
