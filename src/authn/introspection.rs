@@ -4,7 +4,8 @@
 //! - The gateway authenticates to the endpoint (`client_secret_basic` or `client_secret_post`,
 //!   RFC 6749 §2.3.1); the secret is read at load and never logged.
 //! - Only `"active": true` (the JSON boolean) is active. An active answer whose `exp` passed, or
-//!   whose `nbf` is ahead, is treated as inactive; `iss` and `aud` are checked when configured.
+//!   whose `nbf` is ahead by more than `leeway`, is treated as inactive; `iss` and `aud` are
+//!   checked when configured.
 //! - A failed call (down, slow, non-2xx, oversized or not the documented JSON) is never
 //!   cached and never treated as inactive: the request gets 503, the next one tries again.
 //! - Results are cached (by the caller, keyed by the token's digest) for at most `cache_ttl`
@@ -48,6 +49,8 @@ pub struct Introspector {
     /// Unix second of the last failure logged (failures are logged at most once a second).
     last_warned: AtomicU64,
     timeout: Duration,
+    /// Clock skew tolerated for `nbf`, in seconds.
+    leeway: u64,
     max_bytes: usize,
     /// Longest token accepted.
     pub max_token_bytes: usize,
@@ -210,6 +213,7 @@ impl Introspector {
             in_flight: Arc::new(tokio::sync::Semaphore::new(raw.max_in_flight)),
             last_warned: AtomicU64::new(0),
             timeout: raw.timeout,
+            leeway: raw.leeway.as_secs(),
             max_bytes: raw.max_bytes,
             max_token_bytes: raw.max_token_bytes,
             cache_ttl: raw.cache_ttl,
@@ -388,7 +392,12 @@ impl Introspector {
         if exp.is_some_and(|e| now >= e) {
             return Answer::Inactive(TokenError::Expired);
         }
-        if nbf.is_some_and(|n| n > now) {
+        // Why the leeway: the server said active by its own clock; a server's clock a few
+        // seconds ahead of the gateway's had its fresh tokens refused (and the refusal cached
+        // for `inactive_ttl`), where the same skew passes a JWT. (`exp` stays exact: a token
+        // is refused a little early at worst.) Regression: tests (it)
+        // credentials::introspection_inactive_and_unusable_answers_are_refused
+        if nbf.is_some_and(|n| n > now.saturating_add(self.leeway)) {
             return Answer::Inactive(TokenError::NotYetValid);
         }
         if let Some(iss) = &self.issuer

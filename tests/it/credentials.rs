@@ -844,7 +844,20 @@ async fn introspection_inactive_and_unusable_answers_are_refused() {
     let idp = Idp::start().await;
     idp.answer(
         "expired",
-        json!({"active": true, "sub": "a", "aud": "api", "exp": now() - 5}),
+        json!({"active": true, "sub": "a", "aud": "api", "exp": now() - 60}),
+    );
+    idp.answer(
+        "not-yet",
+        json!({"active": true, "sub": "a", "aud": "api", "nbf": now() + 100}),
+    );
+    // Within the default 30 s leeway: the server's clock, ahead, said active.
+    idp.answer(
+        "skewed",
+        json!({"active": true, "sub": "a", "aud": "api", "nbf": now() + 5}),
+    );
+    idp.answer(
+        "just-expired",
+        json!({"active": true, "sub": "a", "aud": "api", "exp": now() - 1}),
     );
     idp.answer(
         "other-aud",
@@ -869,13 +882,18 @@ async fn introspection_inactive_and_unusable_answers_are_refused() {
         json!({"active": true, "sub": "a", "aud": "api", "token_type": "Bearer", "token_use": "access_token"}),
     );
     let gw = opaque_gateway(&idp, "").await;
-    assert_eq!(
-        call(&gw, "/api/x", &[("authorization", &bearer("access"))]).await,
-        StatusCode::OK
-    );
+    for t in ["access", "skewed"] {
+        assert_eq!(
+            call(&gw, "/api/x", &[("authorization", &bearer(t))]).await,
+            StatusCode::OK,
+            "{t}"
+        );
+    }
     for t in [
         "unknown",
         "expired",
+        "just-expired",
+        "not-yet",
         "other-aud",
         "no-sub",
         "refresh",

@@ -619,6 +619,15 @@ pub struct RawIntrospection {
     )]
     #[schemars(with = "String")]
     pub cache_ttl: Duration,
+    /// Clock skew tolerated for an active answer's `nbf` (default 30 s, as for JWTs): the
+    /// server's own clock said active.
+    #[serde(
+        default = "default_leeway",
+        deserialize_with = "duration",
+        serialize_with = "duration_text"
+    )]
+    #[schemars(with = "String")]
+    pub leeway: Duration,
     /// An inactive result is reused for this long (at most `cache_ttl`), sparing the server
     /// repeated bad tokens.
     #[serde(
