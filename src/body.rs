@@ -466,6 +466,18 @@ impl RequestBody {
                             p.moved.touch();
                             p.bytes.fetch_add(len as u64, Ordering::Relaxed);
                         }
+                        // Why: the last frame of a body with a length (HTTP/1.1
+                        // `Content-Length`, HTTP/2 `END_STREAM`) leaves the body at its end,
+                        // and a consumer that trusts `is_end_stream` (hyper's client) never
+                        // polls it again: it must end here, or it was taken for abandoned
+                        // (its connection never parked again, its exchange not finished
+                        // after a reset: one upstream connection per reset POST).
+                        // Regression: tests (it)
+                        // abuse::paced_rapid_reset_of_whole_posts_reuses_upstream_connections,
+                        // abuse::a_connection_after_a_streamed_body_is_parked_when_idle
+                        if self.inner.as_ref().is_some_and(Body::is_end_stream) {
+                            self.ended(true);
+                        }
                         Poll::Ready(Some(Ok(f)))
                     }
                     None => {

@@ -133,7 +133,8 @@ impl BodiesOpen {
 
     /// Whether a body of the connection is still arriving.
     pub(crate) fn arriving(&self) -> bool {
-        self.0.open.load(std::sync::atomic::Ordering::Relaxed) > 0
+        // Acquire: a mark that ended unfinished set `abandoned` before it let `open` go.
+        self.0.open.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
     /// Whether the connection stands between requests as far as bodies go: none arriving,
@@ -159,7 +160,7 @@ impl Drop for BodyOpen {
         }
         self.of
             .open
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            .fetch_sub(1, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -125,6 +125,54 @@ async fn paced_rapid_reset_reuses_upstream_connections() {
     );
 }
 
+/// The same for POSTs whose body came in two DATA frames, the second with END_STREAM, just
+/// before the reset: the body was whole, so the exchange finishes in the background and keeps
+/// its connection (one taken for abandoned cost a connection per reset).
+#[tokio::test]
+async fn paced_rapid_reset_of_whole_posts_reuses_upstream_connections() {
+    let gw = Setup::default()
+        .server("  http2: {max_resets: 1000}\n")
+        .start()
+        .await;
+    let addr = gw.addr();
+    let (mut send, _conn) = h2_client(addr).await;
+    for _ in 0..10 {
+        let mut streams = Vec::new();
+        for _ in 0..10 {
+            send = send.clone().ready().await.unwrap();
+            let req = Request::post(format!("http://{addr}/__echo/delay/20"))
+                .header("content-length", "10")
+                .body(())
+                .unwrap();
+            let (resp, mut body) = send.send_request(req, false).unwrap();
+            body.send_data(Bytes::from_static(b"hello"), false).unwrap();
+            streams.push((resp, body));
+        }
+        // The first halves are read ahead; the second ones stream, and end the bodies.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        for (_, body) in &mut streams {
+            body.send_data(Bytes::from_static(b"world"), true).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        for (_, mut body) in streams {
+            body.send_reset(h2::Reason::CANCEL);
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        send = send.clone().ready().await.unwrap();
+        let (resp, _) = send.send_request(barrier(addr, false), true).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("the barrier answered")
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let connections = gw.echo.connections();
+    assert!(
+        connections <= 40,
+        "100 reset POSTs opened {connections} upstream connections"
+    );
+}
+
 /// Past `max_resets` client resets in a window the connection gets GOAWAY
 /// ENHANCE_YOUR_CALM and is closed, even when each reset comes after the gateway accepted its
 /// stream (which h2's own limit does not count).
@@ -1158,4 +1206,37 @@ async fn an_upload_after_an_early_answer_is_no_request_head() {
         !metrics.contains(r#"limit="header_read_timeout""#),
         "{metrics}"
     );
+}
+
+/// A kept-alive HTTP/1.1 connection whose POST body came in two pieces (the second streamed
+/// after the first was read ahead) is parked once idle, as one whose body came whole: the
+/// body ended, it was not abandoned.
+#[tokio::test]
+async fn a_connection_after_a_streamed_body_is_parked_when_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Setup::default().start().await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"POST /x HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"world").await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\"body_bytes\":10") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the echo's answer")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let parked = crate::support::eventually(Duration::from_secs(5), || async {
+        let (_, text) = gw.admin_get("/metrics").await;
+        text.lines()
+            .any(|l| l.trim() == "portcullis_connections_parked 1")
+    })
+    .await;
+    assert!(parked, "the idle connection was never parked");
+    drop(s);
 }

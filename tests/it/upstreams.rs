@@ -3360,3 +3360,69 @@ fn closed_port() -> std::net::SocketAddr {
         .local_addr()
         .unwrap()
 }
+
+/// After the gateway's 408 to a stalled body, the rest of the body never reaches an HTTP/2
+/// upstream as a whole request: its stream is reset, not ended.
+#[tokio::test]
+async fn a_stalled_body_answered_408_is_aborted_at_an_h2_upstream() {
+    let whole = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&whole);
+    let addr = h2_frames_upstream(move |req, mut respond| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let mut body = req.into_body();
+            let mut got = 0usize;
+            while let Some(Ok(d)) = body.data().await {
+                got += d.len();
+                let _ = body.flow_control().release_capacity(d.len());
+            }
+            // Ended cleanly (END_STREAM), not reset.
+            if body.is_end_stream() && body.trailers().await.is_ok() {
+                seen.fetch_add(got, std::sync::atomic::Ordering::SeqCst);
+                let _ = respond.send_response(http::Response::new(()), true);
+            }
+        }
+    })
+    .await;
+    let gw = Setup {
+        upstreams: format!(
+            "  h2:\n    url: http://{addr}\n    protocol: h2c\n    response_timeout: 1s\n"
+        ),
+        policies: route_all_to("h2"),
+        ..Setup::default()
+    }
+    .server("  header_read_timeout: 1s\n")
+    .start()
+    .await;
+    let rest = b"GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: {}\r\n\r\nabc",
+            3 + rest.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer to the stalled body")
+            .unwrap();
+        assert!(n > 0, "closed with no answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = s.write_all(rest).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        whole.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the upstream got a whole request after the 408"
+    );
+}
