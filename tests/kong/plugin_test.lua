@@ -13,11 +13,15 @@ local function check(cond, what)
   end
 end
 
--- Case-insensitive header table, as resty.http's.
+-- Case-insensitive header table, as resty.http's: `pairs` gives the names as received, a
+-- lookup ignores case.
 local function headers_of(t)
-  local h = {}
-  for k, v in pairs(t) do h[k:lower()] = v end
-  return setmetatable({}, {
+  local h, out = {}, {}
+  for k, v in pairs(t) do
+    h[k:lower()] = v
+    out[k] = v
+  end
+  return setmetatable(out, {
     __index = function(_, k) return h[k:lower()] end,
   })
 end
@@ -87,10 +91,17 @@ kong = {
   } },
   response = {
     exit = function(status, body, headers)
-      scenario.exit = { status = status, body = body, headers = headers or {} }
+      -- Kong reads the headers of an exit case-insensitively.
+      scenario.exit = { status = status, body = body, headers = headers_of(headers or {}) }
       error(EXIT)
     end,
+    set_header = function(name, value) scenario.response[name:lower()] = value end,
+    add_header = function(name, value)
+      local v = scenario.response[name:lower()]
+      scenario.response[name:lower()] = v and (v .. ", " .. value) or value
+    end,
   },
+  ctx = { plugin = {} },
   log = { err = function() end },
 }
 
@@ -116,11 +127,15 @@ local function run(s)
   s.host, s.port, s.scheme = s.host or "app.example", s.port or 443, s.scheme or "https"
   s.client_headers = s.client_headers or {}
   s.vars = {}
+  s.response = {}
+  kong.ctx.plugin = {}
   -- The upstream request starts as the client's.
   s.upstream = {}
   for k, v in pairs(s.client_headers) do s.upstream[k] = v end
   local ok, err = pcall(handler.access, handler, conf)
   if not ok and err ~= EXIT then error(err) end
+  -- The upstream's answer, on its way to the client.
+  if not s.exit then handler.header_filter(handler, conf) end
   return s
 end
 
@@ -158,7 +173,7 @@ check(sent["X-Forwarded-Host"] == "app.example", "sends the host, without the de
 check(sent["X-Forwarded-Proto"] == "https", "sends the scheme")
 check(sent["X-Forwarded-For"] == "203.0.113.7", "sends the client address")
 check(sent["Authorization"] == "Bearer t", "forwards the credential")
-check(s.timeout == 2000, "uses the configured timeout")
+check(s.timeout == 3000, "uses the configured timeout, past the door's own 2 s")
 check(s.exit == nil, "an allowed request goes on")
 check(s.upstream["x-user-id"] == "alice", "sets the door's x-user-id")
 check(s.upstream["x-tenant-id"] == nil, "removes a client's identity header the door did not set")
@@ -186,15 +201,18 @@ check(s.upstream["authorization"] == "Bearer t", "keeps a credential the door do
 -- Too many headers to clean: refused, never forwarded half-cleaned.
 local many = {}
 for i = 1, 1001 do many["x-h" .. i] = "v" end
-s = run { request_uri = "/", client_headers = many, door = { status = 200, headers = {} } }
+s = run { request_uri = "/", client_headers = many,
+          door = { status = 200, headers = { ["X-Portcullis-Remove"] = "x-original-url" } } }
 check(s.exit and s.exit.status == 400, "refuses a request with too many headers")
 
 -- A non-default port is part of the host.
-s = run { request_uri = "/", port = 8443, door = { status = 204, headers = {} } }
+s = run { request_uri = "/", port = 8443,
+          door = { status = 204, headers = { ["X-Portcullis-Remove"] = "x-original-url" } } }
 check(s.door_request.headers["X-Forwarded-Host"] == "app.example:8443", "keeps a non-default port")
 
 -- A repeated identity header from the door is not passed on.
-s = run { request_uri = "/", door = { status = 200, headers = { ["X-User-Id"] = { "a", "b" } } } }
+s = run { request_uri = "/", door = { status = 200, headers = {
+  ["X-User-Id"] = { "a", "b" }, ["X-Portcullis-Remove"] = "x-original-url" } } }
 check(s.upstream["x-user-id"] == nil, "refuses a repeated identity header")
 
 -- Refused: status, challenge and body as the door gave them; nothing else.
@@ -212,7 +230,7 @@ check(s.exit and s.exit.status == 401, "answers the door's 401")
 check(s.exit and s.exit.body == body, "with the door's body")
 check(s.exit and s.exit.headers["WWW-Authenticate"] == 'Bearer realm="portcullis"', "and its challenge")
 check(s.exit and s.exit.headers["X-Request-Id"] == "r1", "and its request id")
-check(s.exit and s.exit.headers["X-Portcullis-Error"] == nil, "but not its other headers")
+check(s.exit and s.exit.headers["X-Portcullis-Error"] == nil, "but not the door's own")
 
 s = run {
   request_uri = "/limited",
@@ -246,7 +264,7 @@ check(s.exit and s.exit.status == 403, "answers the door's refusal of the upgrad
 s = run {
   request_uri = "/api/orders",
   client_headers = { cookie = "session=K1; theme=dark" },
-  door = { status = 200, headers = { cookie = "theme=dark" } },
+  door = { status = 200, headers = { cookie = "theme=dark", ["X-Portcullis-Remove"] = "x-original-url" } },
 }
 check(s.upstream["cookie"] == "theme=dark", "replaces Cookie with the door's rest")
 -- And a repeated credential reaches the door whole.
@@ -267,9 +285,63 @@ check(type(s.door_request.headers["Authorization"]) == "table",
 s = run {
   request_uri = "/api/orders",
   client_headers = { ["x-forwarded-for"] = "6.6.6.6" },
-  door = { status = 200, headers = {} },
+  door = { status = 200, headers = { ["X-Portcullis-Remove"] = "x-original-url" } },
 }
 check(s.vars.upstream_x_forwarded_for == "203.0.113.7", "sets $upstream_x_forwarded_for")
+
+-- An identity header Portcullis sets that identity_headers does not name (and the identity
+-- assertion): set from the door in every spelling, never left as the client sent it. The
+-- rule's rate-limit room and CORS headers go on the client's answer, not upstream.
+s = run {
+  request_uri = "/api/orders",
+  client_headers = { ["x-user-email"] = "ceo@corp", ["x_user_email"] = "ceo2@corp",
+                     ["x-user.email"] = "ceo3@corp", origin = "https://app.example" },
+  door = { status = 200, headers = {
+    ["X-User-Email"] = "svc@corp", ["X-Portcullis-Assertion"] = "eyJ.x.y",
+    ["RateLimit-Remaining"] = "9", ["Access-Control-Allow-Origin"] = "https://app.example",
+    ["Vary"] = "Origin", ["Cache-Control"] = "no-store", ["Content-Length"] = "0",
+    ["X-Request-Id"] = "r2", ["X-Portcullis-Remove"] = "x-original-url",
+  } },
+}
+check(s.exit == nil, "an allowed request goes on")
+check(s.upstream["x-user-email"] == "svc@corp", "sets an identity header identity_headers lacks")
+check(s.upstream["x_user_email"] == nil, "and removes the client's other spellings")
+check(s.upstream["x-portcullis-assertion"] == "eyJ.x.y", "sets the identity assertion")
+check(s.upstream["ratelimit-remaining"] == nil and s.upstream["vary"] == nil
+  and s.upstream["access-control-allow-origin"] == nil and s.upstream["cache-control"] == nil,
+  "sets none of the response's headers upstream")
+check(s.response["ratelimit-remaining"] == "9", "gives the client the rate-limit room")
+check(s.response["access-control-allow-origin"] == "https://app.example", "and the CORS headers")
+check(s.response["vary"] == "Origin", "and Vary")
+check(s.response["cache-control"] == nil, "but not the door's own Cache-Control")
+
+-- A 2xx that is no answer of the door (no removal list): never through.
+s = run { request_uri = "/", client_headers = { ["x-user-id"] = "root" },
+          door = { status = 200, headers = { ["X-User-Id"] = "alice" } } }
+check(s.exit and s.exit.status == 503, "refuses a 2xx without x-portcullis-remove")
+check(s.exit and s.exit.headers["Retry-After"] == "1", "with Retry-After")
+
+-- A refusal carries the rule's CORS headers and Vary to the client.
+s = run {
+  request_uri = "/api/orders",
+  door = { status = 401, body = "{}", headers = {
+    ["Access-Control-Allow-Origin"] = "https://app.example", ["Vary"] = "Origin",
+    ["Cache-Control"] = "no-store", ["Connection"] = "keep-alive",
+  } },
+}
+check(s.exit and s.exit.headers["Access-Control-Allow-Origin"] == "https://app.example",
+  "passes a refusal's CORS header")
+check(s.exit and s.exit.headers["Vary"] == "Origin", "and its Vary")
+check(s.exit and s.exit.headers["Connection"] == nil, "but not the door's hop-by-hop ones")
+
+-- Every spelling of a forwarded credential reaches the door, which refuses it twice given.
+s = run {
+  request_uri = "/public",
+  client_headers = { ["x_api_key"] = "unverified" },
+  door = { status = 400, headers = {}, body = "{}" },
+}
+check(s.door_request.headers["x_api_key"] == "unverified", "forwards X_Api_Key to the door")
+check(s.exit and s.exit.status == 400, "answers the door's refusal")
 
 -- The door unreachable: 503, never through.
 s = run { request_uri = "/api/orders", client_headers = { ["x-user-id"] = "root" }, door = nil }

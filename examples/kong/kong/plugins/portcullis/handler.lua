@@ -13,6 +13,10 @@
 -- X-Forwarded-For it extends, the client's own value first, so the plugin sets
 -- $upstream_x_forwarded_for (which the template sends) to the client address alone.
 --
+-- The door decides on the path the client asked for: the route must pass it to the service
+-- as it is (`strip_path: false`, a service without a path, as kong.yml has it), or the rules
+-- judge another path than the app serves.
+--
 -- Untested against a live Kong (it cannot be installed where Portcullis is built); the tests
 -- check its syntax with Lua 5.1 and run it against stand-ins for Kong's PDK and resty.http.
 local http = require "resty.http"
@@ -29,11 +33,20 @@ local PortcullisHandler = {
   VERSION = "0.2.0",
 }
 
--- Headers of a refusal the client needs besides the body.
-local REFUSAL_HEADERS = {
-  "Content-Type", "WWW-Authenticate", "Location", "Retry-After",
-  "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "X-Request-Id",
+-- Headers of the door's answer that are about its own message, not the client's request or
+-- response: never copied anywhere.
+local ANSWER_OWN = {
+  ["content-length"] = true, ["content-type"] = true, ["date"] = true, ["server"] = true,
+  ["connection"] = true, ["keep-alive"] = true, ["transfer-encoding"] = true, ["te"] = true,
+  ["trailer"] = true, ["upgrade"] = true, ["proxy-connection"] = true,
+  ["x-portcullis-remove"] = true, ["x-request-id"] = true,
 }
+
+-- Whether a header of an allow is for the client's response (the rule's rate-limit room and
+-- CORS headers), not for the upstream request. `cache-control: no-store` is the door's own.
+local function for_the_response(d)
+  return d == "vary" or d:sub(1, 10) == "ratelimit-" or d:sub(1, 15) == "access-control-"
+end
 
 -- Set on an allowed request from the door's answer, besides the identity headers. `Cookie`:
 -- when the door strips a cookie credential and other cookies remain, it answers the rest
@@ -136,6 +149,13 @@ local function clear(doomed, set)
   return true
 end
 
+-- The door's answer unusable: never through, and said to be passing.
+local function unavailable()
+  return kong.response.exit(503, '{"error":"authorization_unavailable"}\n',
+    { ["Content-Type"] = "application/json", ["Retry-After"] = "1",
+      ["Cache-Control"] = "no-store" })
+end
+
 local function too_many_headers()
   return kong.response.exit(400, '{"error":"too_many_headers"}\n',
     { ["Content-Type"] = "application/json" })
@@ -164,10 +184,17 @@ function PortcullisHandler:access(conf)
   if err == "truncated" then
     return too_many_headers()
   end
+  -- Every spelling of a forwarded name (`X_Api_Key` beside `X-Api-Key`): Kong passes both
+  -- on, and an app reads them as one, so the door must see both to judge (it refuses a
+  -- credential given twice).
+  local forwarded = {}
   for _, name in ipairs(conf.forward_headers) do
-    local value = all[name:lower()]
-    if value then
-      headers[name] = value
+    forwarded[dashed(name)] = name
+  end
+  for name, value in pairs(all) do
+    local configured = forwarded[dashed(name)]
+    if configured then
+      headers[configured:lower() == name:lower() and configured or name] = value
     end
   end
 
@@ -180,21 +207,39 @@ function PortcullisHandler:access(conf)
   })
   if not res then
     kong.log.err("portcullis: the door did not answer: ", err)
-    return kong.response.exit(503,
-      '{"error":"authorization_unavailable"}\n',
-      { ["Content-Type"] = "application/json" })
+    return unavailable()
   end
 
   if res.status >= 200 and res.status < 300 then
+    local listed = res.headers["x-portcullis-remove"]
+    -- Every allow of the door names what to remove; a 2xx without the list is no allow of
+    -- Portcullis's (a wrong door_url, a proxy in between answering for it): not let through.
+    if listed == nil then
+      kong.log.err("portcullis: a 2xx without x-portcullis-remove is no answer of the door")
+      return unavailable()
+    end
     -- What the door sets, and every name it lists, go in every spelling before anything is
-    -- set (the door never lists a header it sets).
-    local set, doomed = {}, {}
+    -- set (the door never lists a header it sets). What it sets is every header of its
+    -- answer that is neither its own nor for the client's response, whether or not
+    -- identity_headers names it: an identity header configured in Portcullis but not here
+    -- (or the identity assertion) is set from the door, never left as the client sent it.
+    local set, doomed, headers_set, response = {}, {}, {}, {}
     for _, list in ipairs({ conf.identity_headers, DECIDED_HEADERS }) do
       for _, name in ipairs(list) do
         set[dashed(name)] = true
+        headers_set[#headers_set + 1] = name
       end
     end
-    local listed = res.headers["x-portcullis-remove"]
+    for name, value in pairs(res.headers) do
+      local d = dashed(name)
+      if for_the_response(d) then
+        response[#response + 1] = { name, value }
+      elseif not ANSWER_OWN[d] and d ~= "cache-control" and not set[d] then
+        set[d] = true
+        doomed[d] = true
+        headers_set[#headers_set + 1] = name
+      end
+    end
     if type(listed) == "string" then
       listed = { listed }
     end
@@ -207,28 +252,46 @@ function PortcullisHandler:access(conf)
     if not clear(doomed, set) then
       return too_many_headers()
     end
-    for _, list in ipairs({ conf.identity_headers, DECIDED_HEADERS }) do
-      for _, name in ipairs(list) do
-        local value = res.headers[name]
-        -- One value each: a repeated header is not passed on.
-        if type(value) == "string" then
-          kong.service.request.set_header(name, value)
-        end
+    for _, name in ipairs(headers_set) do
+      local value = res.headers[name]
+      -- One value each: a repeated header is not passed on.
+      if type(value) == "string" then
+        kong.service.request.set_header(name, value)
       end
     end
     -- The client address alone, not appended to the client's X-Forwarded-For.
     ngx.var.upstream_x_forwarded_for = kong.client.get_forwarded_ip()
+    -- The rule's rate-limit room and CORS headers go on the upstream's answer.
+    kong.ctx.plugin.response = response
     return
   end
 
+  -- A refusal goes back as the door gave it: status, body, and every header but the door's
+  -- own (its challenge, Location, Retry-After, rate-limit room, CORS headers, Vary,
+  -- Cache-Control).
   local out = {}
-  for _, name in ipairs(REFUSAL_HEADERS) do
-    local value = res.headers[name]
-    if value then
+  for name, value in pairs(res.headers) do
+    local d = dashed(name)
+    if d == "content-type" or d == "x-request-id"
+        or not (ANSWER_OWN[d] or d:sub(1, 13) == "x-portcullis-") then
       out[name] = value
     end
   end
   return kong.response.exit(res.status, res.body, out)
+end
+
+function PortcullisHandler:header_filter()
+  local response = kong.ctx.plugin.response
+  if not response then
+    return
+  end
+  for _, h in ipairs(response) do
+    if dashed(h[1]) == "vary" then
+      kong.response.add_header(h[1], h[2])
+    else
+      kong.response.set_header(h[1], h[2])
+    end
+  end
 end
 
 return PortcullisHandler

@@ -13,8 +13,10 @@ return {
           -- The door, e.g. http://127.0.0.1:8082/auth: the `forward-auth` listener of
           -- examples/portcullis/portcullis.yaml (a forward_auth door without status_map).
           { door_url = typedefs.url { required = true } },
-          -- Milliseconds to connect, send and read; past it the request gets 503.
-          { timeout = { type = "integer", default = 2000, gt = 0 } },
+          -- Milliseconds to connect, send and read; past it the request gets 503. Longer
+          -- than the door's own deadline (2 s by default), so the door's answer, with its
+          -- reason, comes first.
+          { timeout = { type = "integer", default = 3000, gt = 0 } },
           -- Milliseconds an idle connection to the door is kept for reuse.
           { keepalive = { type = "integer", default = 60000, gt = 0 } },
           -- Client headers the door reads: credentials, and Accept for login redirects.
