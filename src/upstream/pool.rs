@@ -277,11 +277,32 @@ impl std::fmt::Debug for Target {
     }
 }
 
+/// A pooled HTTP/1 connection: since when, and the request body it may still be sending
+/// (its answer came before the body had all gone).
+type Idle = (
+    http1::SendRequest<UpstreamBody>,
+    Instant,
+    Option<Arc<crate::body::Progress>>,
+);
+
+/// Where an HTTP/1 connection goes back when its answer ends, with the request body it may
+/// still be sending.
+type Back = (
+    Arc<Pool>,
+    http1::SendRequest<UpstreamBody>,
+    Option<Arc<crate::body::Progress>>,
+);
+
+/// Whether a pooled connection's last request body has all gone (or it had none to send).
+fn upload_done(upload: Option<&Arc<crate::body::Progress>>) -> bool {
+    upload.is_none_or(|p| matches!(p.stand(), crate::body::Stand::Done(_)))
+}
+
 /// The pool of one upstream.
 #[derive(Debug)]
 pub(super) struct Pool {
     target: Target,
-    idle: Mutex<VecDeque<(http1::SendRequest<UpstreamBody>, Instant)>>,
+    idle: Mutex<VecDeque<Idle>>,
     h2: Mutex<Vec<H2Conn>>,
     /// The upstream speaks HTTP/2 (h2c, or ALPN chose it once): shared connections serve all.
     speaks_h2: std::sync::atomic::AtomicBool,
@@ -450,14 +471,10 @@ impl H2Conn {
 
 /// Drops the idle HTTP/1 connections at the old end that are closed or idle past `idle` (a
 /// request's checkout: cheap, what it meets first).
-fn prune_idle(
-    conns: &mut VecDeque<(http1::SendRequest<UpstreamBody>, Instant)>,
-    idle: Duration,
-    now: Instant,
-) {
+fn prune_idle(conns: &mut VecDeque<Idle>, idle: Duration, now: Instant) {
     while conns
         .front()
-        .is_some_and(|(s, since)| s.is_closed() || now.duration_since(*since) > idle)
+        .is_some_and(|(s, since, _)| s.is_closed() || now.duration_since(*since) > idle)
     {
         conns.pop_front();
     }
@@ -585,7 +602,8 @@ struct InFlight {
 pub struct PooledBody {
     /// Always `Some` until dropped (taken to drain it in the background) or cut.
     body: Option<Incoming>,
-    back: Option<(Arc<Pool>, http1::SendRequest<UpstreamBody>)>,
+    /// Where the HTTP/1 connection goes back ([`Back`]).
+    back: Option<Back>,
     /// An HTTP/2 response's stream, counted on its connection until the body goes.
     stream: Option<H2Stream>,
     /// The idle deadline between frames (boxed: every response body is moved several times,
@@ -835,6 +853,7 @@ impl Pool {
                 // fresh connection whatever its method. (A race of the upstream's close with
                 // the write: no deterministic test; the outside tester's loop showed it.)
                 let body = req.body().progress();
+                let upload = body.clone();
                 let fut = Exchange::Recoverable(Box::pin(s.try_send_request(req)));
                 let (resp, s) = InFlight {
                     fut: Some(fut),
@@ -863,7 +882,7 @@ impl Pool {
                 let pool = Arc::clone(self);
                 Ok(resp.map(|body| PooledBody {
                     body: Some(body),
-                    back: Some((pool, s)),
+                    back: Some((pool, s, upload)),
                     stream: None,
                     idle: None,
                     expiry: None,
@@ -1029,15 +1048,18 @@ impl Pool {
         // not yet noticed is briefly not ready. Take a ready one if there is one, else the
         // newest one still settling, whose readiness the caller awaits: opening a new
         // connection instead would grow the pool under concurrent bursts.
-        if let Some(i) = idle.iter().rposition(|(s, _)| s.is_ready()) {
-            return idle.remove(i).map(|(s, _)| Sender::H1(s));
+        if let Some(i) = idle.iter().rposition(|(s, _, _)| s.is_ready()) {
+            return idle.remove(i).map(|(s, _, _)| Sender::H1(s));
         }
-        while let Some((s, _)) = idle.pop_back() {
-            if !s.is_closed() {
-                return Some(Sender::H1(s));
-            }
-        }
-        None
+        // Why not one still sending its request body: that body can take as long as its client
+        // likes (an upstream that answered early, a client trickling the rest), and a request
+        // handed that connection waited behind it, to 504 `upstream_timeout` with its endpoint
+        // blamed. Regression: tests (it) abuse::an_upload_after_an_early_answer_holds_no_other_request
+        idle.retain(|(s, _, _)| !s.is_closed());
+        let i = idle
+            .iter()
+            .rposition(|(_, _, upload)| upload_done(upload.as_ref()))?;
+        idle.remove(i).map(|(s, _, _)| Sender::H1(s))
     }
 
     /// Closes pooled connections idle past the idle timeout, without a request needing to
@@ -1051,7 +1073,7 @@ impl Pool {
         // All of them, not only the old end: one the upstream closed may sit behind a live one.
         if let Ok(mut idle) = self.idle.lock() {
             let timeout = self.target.idle_timeout;
-            idle.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) <= timeout);
+            idle.retain(|(s, since, _)| !s.is_closed() && now.duration_since(*since) <= timeout);
         }
         if let Ok(mut conns) = self.h2.lock() {
             prune_h2(&mut conns, self.target.idle_timeout, now);
@@ -1059,6 +1081,16 @@ impl Pool {
     }
 
     fn checkin(&self, s: http1::SendRequest<UpstreamBody>) {
+        self.checkin_after(s, None);
+    }
+
+    /// [`Self::checkin`] of a connection whose answer came before its request body
+    /// (`upload`) had all gone: it is not handed to another request until the body has.
+    fn checkin_after(
+        &self,
+        s: http1::SendRequest<UpstreamBody>,
+        upload: Option<Arc<crate::body::Progress>>,
+    ) {
         if s.is_closed() {
             return;
         }
@@ -1069,7 +1101,7 @@ impl Pool {
             if idle.len() >= self.target.max_idle {
                 idle.pop_front();
             }
-            idle.push_back((s, Instant::now()));
+            idle.push_back((s, Instant::now(), upload));
         }
         if let Some(slots) = &self.slots {
             slots.freed.notify_one();
@@ -1327,7 +1359,14 @@ fn finish_in_background(fut: impl Future<Output = ()> + Send + 'static) {
 
 /// Reads and discards what is left of an abandoned response, within [`DRAIN_BYTES`] and
 /// `deadline`; the connection goes back to the pool only if the body ended.
-async fn drain(pool: Arc<Pool>, mut body: Incoming, sender: http1::SendRequest<UpstreamBody>) {
+async fn drain(
+    pool: Arc<Pool>,
+    mut body: Incoming,
+    (sender, upload): (
+        http1::SendRequest<UpstreamBody>,
+        Option<Arc<crate::body::Progress>>,
+    ),
+) {
     use http_body_util::BodyExt;
     let mut left = DRAIN_BYTES;
     while !body.is_end_stream() {
@@ -1341,7 +1380,7 @@ async fn drain(pool: Arc<Pool>, mut body: Incoming, sender: http1::SendRequest<U
             None => break,
         }
     }
-    pool.checkin(sender);
+    pool.checkin_after(sender, upload);
 }
 
 // === impl Connecting ===
@@ -1417,7 +1456,7 @@ impl Drop for InFlight {
             finish_in_background(async move {
                 let _ = tokio::time::timeout(deadline, async move {
                     if let Ok(resp) = fut.finish().await {
-                        drain(pool, resp.into_body(), sender).await;
+                        drain(pool, resp.into_body(), (sender, None)).await;
                     }
                 })
                 .await;
@@ -1475,13 +1514,14 @@ impl Drop for PooledBody {
     fn drop(&mut self) {
         // A body hyper never polled because it was empty (HEAD, 204, Content-Length: 0) still
         // leaves a reusable connection; a half-read one is drained in the background first.
-        if let (Some((pool, sender)), Some(body)) = (self.back.take(), self.body.take()) {
+        if let (Some((pool, sender, upload)), Some(body)) = (self.back.take(), self.body.take()) {
             if body.is_end_stream() {
-                pool.checkin(sender);
+                pool.checkin_after(sender, upload);
             } else {
                 let deadline = pool.target.response_timeout.min(DRAIN_TIME);
                 finish_in_background(async move {
-                    let _ = tokio::time::timeout(deadline, drain(pool, body, sender)).await;
+                    let _ =
+                        tokio::time::timeout(deadline, drain(pool, body, (sender, upload))).await;
                 });
             }
         }
@@ -1622,8 +1662,8 @@ impl Body for PooledBody {
                     this.broke(&ShortBody(left));
                     return Poll::Ready(Some(Err(Box::new(ShortBody(left)))));
                 }
-                if let Some((pool, sender)) = this.back.take() {
-                    pool.checkin(sender);
+                if let Some((pool, sender, upload)) = this.back.take() {
+                    pool.checkin_after(sender, upload);
                 }
                 // The stream has ended: its room on the connection is free now, not when the
                 // client's side lets the body go.

@@ -1255,3 +1255,41 @@ async fn a_connection_after_a_streamed_body_is_parked_when_idle() {
     assert!(parked, "the idle connection was never parked");
     drop(s);
 }
+
+/// A pooled upstream connection still carrying a request body (its answer came first) is not
+/// handed to another client's request, which would wait behind that body.
+#[tokio::test]
+async fn an_upload_after_an_early_answer_holds_no_other_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, seen) = answering_before_the_body().await;
+    let gw = Setup {
+        upstreams: format!("  early: {{url: \"http://{up}\", response_timeout: 2s}}\n"),
+        policies: route_all_to("early"),
+        ..Setup::default()
+    }
+    .server("  header_read_timeout: 10s\n")
+    .start()
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100000\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the upstream's early answer")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    // The upload goes quiet; another client's request goes meanwhile.
+    let (status, _, body) = get(gw.addr(), "/other").await;
+    assert_eq!(status, http::StatusCode::OK, "{body:?}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["POST /up HTTP/1.1", "GET /other HTTP/1.1"]
+    );
+    drop(s);
+}
