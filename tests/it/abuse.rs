@@ -1076,6 +1076,27 @@ async fn answering_before_the_body() -> (
     (addr, seen)
 }
 
+/// A connection to `gw` whose `POST /up` declared `len` bytes of body and sent `abc`, once
+/// [`answering_before_the_body`]'s `200 ok` to it has been read: the body is still arriving.
+async fn early_answered_upload(gw: std::net::SocketAddr, len: usize) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+    let head = format!("POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: {len}\r\n\r\nabc");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the upstream's early answer")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    s
+}
+
 /// The rest of a request's body, sent after its answer and a pause (long enough for an idle
 /// connection to be parked), is read as that body, never as a request of its own: neither
 /// when the upstream answered before the body had all come, nor when the gateway answered
@@ -1097,19 +1118,7 @@ async fn the_rest_of_a_body_is_never_read_as_a_request() {
         "POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: {}\r\n\r\nabc",
         3 + smuggled.len()
     );
-    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !answer.ends_with(b"\r\n\r\nok") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("the upstream's early answer")
-            .unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
-        answer.extend_from_slice(&buf[..n]);
-    }
-    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    let mut s = early_answered_upload(gw.addr(), 3 + smuggled.len()).await;
     // Quiet past the moment an idle connection is parked (100 ms).
     tokio::time::sleep(Duration::from_millis(400)).await;
     s.write_all(smuggled).await.unwrap();
@@ -1130,6 +1139,7 @@ async fn the_rest_of_a_body_is_never_read_as_a_request() {
     let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     s.write_all(head.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
     while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
             .await
@@ -1181,20 +1191,7 @@ async fn an_upload_after_an_early_answer_is_no_request_head() {
     .server("  header_read_timeout: 2s\n  idle_timeout: 30s\n")
     .start()
     .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000\r\n\r\nabc")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !answer.ends_with(b"\r\n\r\nok") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("the upstream's early answer")
-            .unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
-        answer.extend_from_slice(&buf[..n]);
-    }
+    let mut s = early_answered_upload(gw.addr(), 1000).await;
     let answered = std::time::Instant::now();
     // Ten bytes every 250 ms: the connection goes on past the moment a head started by the
     // first of them would have been late (2 s after it)...
@@ -1205,7 +1202,7 @@ async fn an_upload_after_an_early_answer_is_no_request_head() {
         }
     }
     // ... and ends at the header deadline counted from the answer, not the idle one.
-    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut [0u8; 64])).await;
     assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "still open: {r:?}");
     let took = answered.elapsed();
     assert!(
@@ -1260,7 +1257,6 @@ async fn a_connection_after_a_streamed_body_is_parked_when_idle() {
 /// handed to another client's request, which would wait behind that body.
 #[tokio::test]
 async fn an_upload_after_an_early_answer_holds_no_other_request() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (up, seen) = answering_before_the_body().await;
     let gw = Setup {
         upstreams: format!("  early: {{url: \"http://{up}\", response_timeout: 2s}}\n"),
@@ -1270,20 +1266,7 @@ async fn an_upload_after_an_early_answer_holds_no_other_request() {
     .server("  header_read_timeout: 10s\n")
     .start()
     .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100000\r\n\r\nabc")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !answer.ends_with(b"\r\n\r\nok") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("the upstream's early answer")
-            .unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
-        answer.extend_from_slice(&buf[..n]);
-    }
+    let s = early_answered_upload(gw.addr(), 100000).await;
     // The upload goes quiet; another client's request goes meanwhile.
     let (status, _, body) = get(gw.addr(), "/other").await;
     assert_eq!(status, http::StatusCode::OK, "{body:?}");
