@@ -235,6 +235,11 @@ impl Progress {
         )
     }
 
+    /// Whether the body has all arrived (or failed): nothing more is awaited from the client.
+    pub fn ended(&self) -> bool {
+        self.done.load(Ordering::Relaxed)
+    }
+
     /// Where the body stands now.
     pub fn stand(&self) -> Stand {
         // The flags first: a body ending meanwhile leaves a later `last`, never an earlier.
@@ -404,10 +409,7 @@ impl RequestBody {
 
     /// How the client's side is moving, if it has more to send (`None`: all of it is here).
     pub fn progress(&self) -> Option<Arc<Progress>> {
-        self.progress
-            .as_ref()
-            .filter(|p| !p.done.load(Ordering::Relaxed))
-            .cloned()
+        self.progress.as_ref().filter(|p| !p.ended()).cloned()
     }
 
     /// The client's side has ended (`clean`: read to its end), or failed: nothing more is

@@ -295,7 +295,7 @@ type Back = (
 
 /// Whether a pooled connection's last request body has all gone (or it had none to send).
 fn upload_done(upload: Option<&Arc<crate::body::Progress>>) -> bool {
-    upload.is_none_or(|p| matches!(p.stand(), crate::body::Stand::Done(_)))
+    upload.is_none_or(|p| p.ended())
 }
 
 /// The pool of one upstream.
@@ -1443,11 +1443,7 @@ impl Drop for InFlight {
         // acted on a request the client was told had failed. Such an exchange is abandoned:
         // the upstream sees an aborted upload. Regression: tests (it)
         // abuse::the_rest_of_a_body_is_never_read_as_a_request
-        if self
-            .body
-            .as_ref()
-            .is_some_and(|p| !matches!(p.stand(), crate::body::Stand::Done(_)))
-        {
+        if !upload_done(self.body.as_ref()) {
             return;
         }
         if let (Some(fut), Some(sender)) = (self.fut.take(), self.sender.take()) {
