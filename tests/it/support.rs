@@ -290,6 +290,27 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
     RawResponse::parse(&buf)
 }
 
+/// A connection whose `POST /up` declared `len` bytes of body, sent `abc` and stalled, once
+/// the gateway's `408` to it has been read (the gateway's `header_read_timeout` bounds it).
+pub async fn stalled_upload_answered_408(addr: SocketAddr, len: usize) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: {len}\r\n\r\nabc");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer to the stalled body")
+            .unwrap();
+        assert!(n > 0, "closed with no answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    s
+}
+
 /// `GET {target}` with `Connection: close`, raw.
 pub async fn raw_get(addr: SocketAddr, target: &str) -> RawResponse {
     raw(

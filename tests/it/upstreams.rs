@@ -3395,28 +3395,7 @@ async fn a_stalled_body_answered_408_is_aborted_at_an_h2_upstream() {
     .start()
     .await;
     let rest = b"GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n";
-    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    s.write_all(
-        format!(
-            "POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: {}\r\n\r\nabc",
-            3 + rest.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("an answer to the stalled body")
-            .unwrap();
-        assert!(n > 0, "closed with no answer");
-        answer.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let mut s = crate::support::stalled_upload_answered_408(gw.addr(), 3 + rest.len()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = s.write_all(rest).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
