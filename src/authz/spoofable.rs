@@ -374,29 +374,47 @@ impl NamePattern {
     }
 }
 
-/// The override family's names (see [`family`]). Static, as are the claims', so the copies
-/// every decision-door mutation takes cost no reference count.
-///
-/// Why `proxy` is listed (its family was already Override): unlisted, the doors named it only
-/// when they saw it and the peers' example configs, checked against this list, never cleared
-/// it, so a client's `Proxy` reached a CGI or PHP app behind nginx or Caddy as `HTTP_PROXY`.
-/// Regression: tests (it) examples::clearing (every example clears every listed name)
-static OVERRIDES: [HeaderName; 14] = [
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-original-uri"),
-    HeaderName::from_static("x-rewrite-url"),
-    HeaderName::from_static("x-forwarded-uri"),
-    HeaderName::from_static("x-forwarded-path"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-envoy-original-path"),
-    HeaderName::from_static("x-envoy-original-url"),
-    HeaderName::from_static("x-original-method"),
-    HeaderName::from_static("x-forwarded-method"),
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-    HeaderName::from_static("proxy"),
-];
+/// Defines a family's static list of names and the `match` that tests a dashed name against
+/// it, from one list: the doors name the static list to their peers, the hot path runs the
+/// `match` (a length switch and one compare).
+macro_rules! family_names {
+    ($(#[$doc:meta])* static $list:ident; fn $is:ident; $($name:literal;)+) => {
+        $(#[$doc])*
+        static $list: [HeaderName; <[&str]>::len(&[$($name),+])] =
+            [$(HeaderName::from_static($name)),+];
+
+        fn $is(dashed: &str) -> bool {
+            matches!(dashed, $($name)|+)
+        }
+    };
+}
+
+family_names! {
+    /// The override family's names (see [`family`]). Static, as are the claims', so the copies
+    /// every decision-door mutation takes cost no reference count.
+    ///
+    /// Why `proxy` is listed (its family was already Override): unlisted, the doors named it only
+    /// when they saw it and the peers' example configs, checked against this list, never cleared
+    /// it, so a client's `Proxy` reached a CGI or PHP app behind nginx or Caddy as `HTTP_PROXY`.
+    /// Regression: tests (it) examples::clearing (every example clears every listed name)
+    static OVERRIDES; fn is_override_name;
+    "x-original-url";
+    "x-original-uri";
+    "x-rewrite-url";
+    "x-forwarded-uri";
+    "x-forwarded-path";
+    "x-forwarded-prefix";
+    "x-envoy-original-path";
+    "x-envoy-original-url";
+    "x-original-method";
+    "x-forwarded-method";
+    "x-http-method-override";
+    "x-http-method";
+    "x-method-override";
+    // httpoxy: CGI, PHP and Go's net/http/cgi set `HTTP_PROXY` from it, the outgoing
+    // proxy many HTTP clients then use.
+    "proxy";
+}
 
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
@@ -408,43 +426,52 @@ static HOST_CLAIMS: [HeaderName; 3] = [
     HeaderName::from_static("x-http-host-override"),
 ];
 
-/// The claim family's names (see [`family`]).
-static CLAIMS: [HeaderName; 34] = [
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-ssl"),
-    HeaderName::from_static("x-forwarded-scheme"),
-    HeaderName::from_static("x-url-scheme"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("x-cluster-client-ip"),
-    HeaderName::from_static("cf-connecting-ip"),
-    HeaderName::from_static("fastly-client-ip"),
-    HeaderName::from_static("x-forwarded-server"),
-    HeaderName::from_static("client-ip"),
-    HeaderName::from_static("x-remote-ip"),
-    HeaderName::from_static("x-remote-addr"),
-    HeaderName::from_static("x-originating-ip"),
-    HeaderName::from_static("x-proxyuser-ip"),
-    HeaderName::from_static("x-original-forwarded-for"),
-    HeaderName::from_static("x-forwarded-protocol"),
-    HeaderName::from_static("x-scheme"),
-    HeaderName::from_static("front-end-https"),
-    HeaderName::from_static("x-arr-ssl"),
-    HeaderName::from_static("x-original-host"),
-    HeaderName::from_static("x-host"),
-    HeaderName::from_static("x-http-host-override"),
-    HeaderName::from_static("x-forwarded"),
-    HeaderName::from_static("forwarded-for"),
-    HeaderName::from_static("x-appengine-user-ip"),
-    HeaderName::from_static("proxy-client-ip"),
-    HeaderName::from_static("wl-proxy-client-ip"),
-    HeaderName::from_static("x-azure-clientip"),
-    HeaderName::from_static("x-azure-socketip"),
-    HeaderName::from_static("akamai-client-ip"),
-    HeaderName::from_static("remote-addr"),
-    HeaderName::from_static("cf-connecting-ipv6"),
-    HeaderName::from_static("fly-client-ip"),
-];
+family_names! {
+    /// The claim family's names (see [`family`]).
+    static CLAIMS; fn is_claim_name;
+    "x-forwarded-port";
+    "x-forwarded-ssl";
+    "x-forwarded-scheme";
+    "x-url-scheme";
+    "true-client-ip";
+    "x-client-ip";
+    "x-cluster-client-ip";
+    "cf-connecting-ip";
+    "fastly-client-ip";
+    "x-forwarded-server";
+    // Why: other names frameworks and CDNs read the client address, scheme or host from
+    // (PHP's `HTTP_CLIENT_IP`, IIS ARR's `X-ARR-SSL`, Azure's `X-Original-Host`) reached
+    // the upstream as the client wrote them. Regression: tests::every_family_in_every_spelling
+    "client-ip";
+    "x-remote-ip";
+    "x-remote-addr";
+    "x-originating-ip";
+    "x-proxyuser-ip";
+    "x-original-forwarded-for";
+    "x-forwarded-protocol";
+    "x-scheme";
+    "front-end-https";
+    "x-arr-ssl";
+    "x-original-host";
+    "x-host";
+    "x-http-host-override";
+    // Why: more names platforms write the client address under (Google App Engine,
+    // Azure Front Door, Akamai, Cloudflare's IPv6, Fly.io, WebLogic, Apache's
+    // `Remote-Addr` habit, the legacy `X-Forwarded`) reached the upstream as the client
+    // wrote them, for an app moved from behind those platforms to read.
+    // Regression: tests::every_family_in_every_spelling
+    "x-forwarded";
+    "forwarded-for";
+    "x-appengine-user-ip";
+    "proxy-client-ip";
+    "wl-proxy-client-ip";
+    "x-azure-clientip";
+    "x-azure-socketip";
+    "akamai-client-ip";
+    "remote-addr";
+    "cf-connecting-ipv6";
+    "fly-client-ip";
+}
 
 /// Defines [`INFRASTRUCTURE_NAMES`] and the `match` that tests a name against them, from one
 /// list: the peers' example configs and their tests read the constant, the hot path the
@@ -534,74 +561,31 @@ pub fn infrastructure_prefixes() -> impl Iterator<Item = &'static str> {
 /// switch and one compare; the `x-` prefixes are tested only for names starting `x-`.)
 pub fn family(dashed: &str) -> Option<Family> {
     match dashed {
-        "x-original-url"
-        | "x-original-uri"
-        | "x-rewrite-url"
-        | "x-forwarded-uri"
-        | "x-forwarded-path"
-        | "x-forwarded-prefix"
-        | "x-envoy-original-path"
-        | "x-envoy-original-url"
-        | "x-original-method"
-        | "x-forwarded-method"
-        | "x-http-method-override"
-        | "x-http-method"
-        | "x-method-override"
-        // httpoxy: CGI, PHP and Go's net/http/cgi set `HTTP_PROXY` from it, the outgoing
-        // proxy many HTTP clients then use.
-        | "proxy" => Some(Family::Override),
+        _ if is_override_name(dashed) => Some(Family::Override),
         "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto" | "x-real-ip"
         | "forwarded" => Some(Family::Forwarding),
-        "x-forwarded-port"
-        | "x-forwarded-ssl"
-        | "x-forwarded-scheme"
-        | "x-url-scheme"
-        | "true-client-ip"
-        | "x-client-ip"
-        | "x-cluster-client-ip"
-        | "cf-connecting-ip"
-        | "fastly-client-ip"
-        | "x-forwarded-server"
-        // Why: other names frameworks and CDNs read the client address, scheme or host from
-        // (PHP's `HTTP_CLIENT_IP`, IIS ARR's `X-ARR-SSL`, Azure's `X-Original-Host`) reached
-        // the upstream as the client wrote them. Regression: tests::every_family_in_every_spelling
-        | "client-ip"
-        | "x-remote-ip"
-        | "x-remote-addr"
-        | "x-originating-ip"
-        | "x-proxyuser-ip"
-        | "x-original-forwarded-for"
-        | "x-forwarded-protocol"
-        | "x-scheme"
-        | "front-end-https"
-        | "x-arr-ssl"
-        | "x-original-host"
-        | "x-host"
-        | "x-http-host-override"
-        // Why: more names platforms write the client address under (Google App Engine,
-        // Azure Front Door, Akamai, Cloudflare's IPv6, Fly.io, WebLogic, Apache's
-        // `Remote-Addr` habit, the legacy `X-Forwarded`) reached the upstream as the client
-        // wrote them, for an app moved from behind those platforms to read.
-        // Regression: tests::every_family_in_every_spelling
-        | "x-forwarded"
-        | "forwarded-for"
-        | "x-appengine-user-ip"
-        | "proxy-client-ip"
-        | "wl-proxy-client-ip"
-        | "x-azure-clientip"
-        | "x-azure-socketip"
-        | "akamai-client-ip"
-        | "remote-addr"
-        | "cf-connecting-ipv6"
-        | "fly-client-ip" => Some(Family::Claim),
-        "content-length" | "transfer-encoding" | "connection" | "keep-alive"
-        | "proxy-connection" | "te" | "trailer" | "upgrade" | "host" | "expect"
-        | "proxy-authorization" | "proxy-authenticate" | "http2-settings" => {
-            Some(Family::Framing)
-        }
+        _ if is_claim_name(dashed) => Some(Family::Claim),
+        "content-length"
+        | "transfer-encoding"
+        | "connection"
+        | "keep-alive"
+        | "proxy-connection"
+        | "te"
+        | "trailer"
+        | "upgrade"
+        | "host"
+        | "expect"
+        | "proxy-authorization"
+        | "proxy-authenticate"
+        | "http2-settings" => Some(Family::Framing),
         _ if is_infrastructure_name(dashed) => Some(Family::Infrastructure),
-        _ if (dashed.starts_with("x-") && INFRASTRUCTURE_X_PREFIXES.iter().any(|p| dashed.starts_with(p)))
-            || INFRASTRUCTURE_OTHER_PREFIXES.iter().any(|p| dashed.starts_with(p)) =>
+        _ if (dashed.starts_with("x-")
+            && INFRASTRUCTURE_X_PREFIXES
+                .iter()
+                .any(|p| dashed.starts_with(p)))
+            || INFRASTRUCTURE_OTHER_PREFIXES
+                .iter()
+                .any(|p| dashed.starts_with(p)) =>
         {
             Some(Family::Infrastructure)
         }
