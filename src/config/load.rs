@@ -170,7 +170,14 @@ fn read_policies(dir: &Path) -> (Vec<(Source, RawPolicyFile)>, Vec<Diagnostic>) 
                     ));
                     continue;
                 }
-                if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                let bytes = match read_bounded(&path, &display) {
+                    Ok(bytes) => bytes,
+                    Err(d) => {
+                        diagnostics.push(d);
+                        continue;
+                    }
+                };
+                if bytes.is_empty() {
                     diagnostics.push(Diagnostic::file_error(
                         &display,
                         "empty policy file: taken for one being written (write policy files whole, renaming a finished file into place); a file meant to hold no rules says `rules: []` (which `check` notes)",
@@ -183,17 +190,22 @@ fn read_policies(dir: &Path) -> (Vec<(Source, RawPolicyFile)>, Vec<Diagnostic>) 
                 // allowed in 3 s under a tester's load). Checked before the file is read as
                 // a policy, for this message rather than serde's "missing field".
                 // Regression: tests (it) reload::unreadable_or_empty_policy_file_keeps_the_running_policies
-                if let Some(why) = std::fs::read_to_string(&path)
+                if let Some(why) = std::str::from_utf8(&bytes)
                     .ok()
-                    .and_then(|text| without_rules_list(&text))
+                    .and_then(without_rules_list)
                 {
                     diagnostics.push(Diagnostic::file_error(&display, why));
                     continue;
                 }
-                match read_yaml::<RawPolicyFile>(&path, display.clone()) {
+                // The bytes just read, not the file again: the checks above and the
+                // policy read are of one version of the file.
+                let text = String::from_utf8(bytes.clone()).ok();
+                match parse_yaml::<RawPolicyFile>(&path, display.clone(), bytes) {
                     Ok(p) => policies.push(p),
                     Err(d) => {
-                        let more = other_rules_errors(&path, &display, &d);
+                        let more = text
+                            .map(|text| other_rules_errors(&text, &display, &d))
+                            .unwrap_or_default();
                         diagnostics.push(d);
                         diagnostics.extend(more);
                     }
@@ -253,14 +265,11 @@ fn without_rules_list(text: &str) -> Option<String> {
 ///
 /// Why: `check` showed one error per file, so fixing a file took one run per mistake.
 /// Regression: tests (it) policy::check_reports_an_error_in_every_rule
-fn other_rules_errors(path: &Path, display: &str, first: &Diagnostic) -> Vec<Diagnostic> {
-    let Some(text) = std::fs::read_to_string(path).ok() else {
+fn other_rules_errors(text: &str, display: &str, first: &Diagnostic) -> Vec<Diagnostic> {
+    let Ok(index) = LocationIndex::build(text) else {
         return Vec::new();
     };
-    let Ok(index) = LocationIndex::build(&text) else {
-        return Vec::new();
-    };
-    let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(&text) else {
+    let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
         return Vec::new();
     };
     let Some(rules) = value.get("rules").and_then(serde_yaml::Value::as_sequence) else {
@@ -396,8 +405,46 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
     path: &Path,
     display: String,
 ) -> Result<(Source, T), Diagnostic> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Diagnostic::file_error(&display, format!("cannot read file: {e}")))?;
+    let bytes = read_bounded(path, &display)?;
+    parse_yaml(path, display, bytes)
+}
+
+/// The largest YAML file read (the config, a policy, an API key file).
+pub const MAX_YAML_BYTES: u64 = 16 << 20;
+
+/// A file's bytes, unless it is larger than [`MAX_YAML_BYTES`].
+///
+/// Why: a policy file was read whole, whatever its size: a log or a disk image saved as
+/// `policies/huge.yaml` (or a file still growing) was read into memory on every reload, and
+/// parsed, by the running gateway. Regression: tests::a_yaml_file_over_the_size_limit_is_refused
+fn read_bounded(path: &Path, display: &str) -> Result<Vec<u8>, Diagnostic> {
+    use std::io::Read;
+    let cannot =
+        |e: std::io::Error| Diagnostic::file_error(display, format!("cannot read file: {e}"));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_YAML_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_YAML_BYTES {
+        return Err(Diagnostic::file_error(
+            display,
+            format!(
+                "larger than {} MiB: not read as YAML (is it the file meant?)",
+                MAX_YAML_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_yaml`] of bytes already read from `path`.
+fn parse_yaml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    display: String,
+    bytes: Vec<u8>,
+) -> Result<(Source, T), Diagnostic> {
     let text =
         String::from_utf8(bytes).map_err(|e| not_text(&display, e.as_bytes(), e.utf8_error()))?;
     // Why: a byte-order mark (Windows editors write one) made the config file "more than one
@@ -470,6 +517,41 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
+    /// A policy file over the limit is refused by name, unread, and one at the limit is read.
+    #[test]
+    fn a_yaml_file_over_the_size_limit_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("policies");
+        std::fs::create_dir(&dir).unwrap();
+        let config = root.path().join("portcullis.yaml");
+        std::fs::write(
+            &config,
+            "listeners: [{name: l, address: \"127.0.0.1:0\"}]\npolicies: {dir: policies}\n",
+        )
+        .unwrap();
+        let policy = dir.join("big.yaml");
+        // A valid policy padded with a comment to the limit, then one byte more.
+        let mut text = b"rules: []\n#".to_vec();
+        text.resize(usize::try_from(super::MAX_YAML_BYTES).unwrap() - 1, b'x');
+        text.push(b'\n');
+        std::fs::write(&policy, &text).unwrap();
+        let read = |config| match super::load_once(config) {
+            Ok(loaded) => (loaded.policies.len(), loaded.errors),
+            Err(errors) => panic!("{errors:?}"),
+        };
+        let (policies, errors) = read(&config);
+        assert_eq!((policies, errors.len()), (1, 0), "{errors:?}");
+        text.push(b'\n');
+        std::fs::write(&policy, &text).unwrap();
+        let (policies, errors) = read(&config);
+        assert_eq!((policies, errors.len()), (0, 1), "{errors:?}");
+        assert!(errors[0].file.ends_with("big.yaml"), "{errors:?}");
+        assert!(
+            errors[0].message.contains("larger than 16 MiB"),
+            "{errors:?}"
+        );
+    }
+
     /// A file the config reads besides its policies (an API key file), swapped to a new
     /// version between the policies' read and its own, is read again with them: the result
     /// is one version of both.
