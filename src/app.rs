@@ -347,7 +347,10 @@ impl App {
     /// reload stuck reading a file (a hung mount, a secret fed through a named pipe) held
     /// SIGTERM and SIGINT unread, and only SIGKILL ended the gateway. A stop signal now
     /// abandons the reload (its reading thread is left behind; the process ends anyway).
-    /// Regression: tests (it) shutdown::a_stop_signal_ends_a_stuck_reload
+    /// (A named pipe no longer blocks a reload: `config::files` refuses it at once. Its test
+    /// was that pipe; a hung mount, which nothing on a test machine can stage, is what is
+    /// left for this to catch.) Regression: tests (it)
+    /// shutdown::a_pipe_fails_a_reload_at_once_and_the_stop_signal_still_ends_the_gateway
     pub async fn run_until_signal(self, signals: Signals) -> bool {
         let Signals {
             mut term,

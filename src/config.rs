@@ -2,6 +2,7 @@
 
 pub mod compile;
 pub mod diagnostic;
+pub mod files;
 pub mod load;
 pub mod raw;
 pub mod reload;

@@ -283,7 +283,7 @@ pub fn read(
             // re-read: after a rotation the old secret would keep working.
             // Regression: tests (it) reload::rotated_*_secret_file_*
             watched.push(path.clone());
-            match std::fs::read(&path) {
+            match crate::config::files::read(&path) {
                 Ok(b) => Ok(Secret::new(file_secret(b))),
                 Err(e) => Err(format!("cannot read {}: {e}", shown_path(&path))),
             }

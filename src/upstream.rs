@@ -859,7 +859,7 @@ fn files_digest(raw: &RawUpstream, base_dir: &Path) -> Result<[u8; 32], Upstream
         digest.update(field.as_bytes());
         if let Some(p) = path {
             let p = base_dir.join(p);
-            let bytes = std::fs::read(&p).map_err(|e| UpstreamError {
+            let bytes = crate::config::files::read(&p).map_err(|e| UpstreamError {
                 field: field.into(),
                 message: format!("cannot read {}: {e}", crate::secret::shown_path(&p)),
             })?;

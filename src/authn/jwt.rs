@@ -302,7 +302,7 @@ impl Provider {
                 RawKey::PemFile(p) => {
                     let path = base_dir.join(&p.path);
                     watched.push(path.clone());
-                    match std::fs::read(&path) {
+                    match crate::config::files::read(&path) {
                         Ok(b) => match keys::from_pem(&b, p.kid.as_deref(), &p.algorithms) {
                             Ok(k) => static_keys.push(k),
                             Err(e) => errors.push(key_err("pem_file.path", e)),
@@ -327,7 +327,7 @@ impl Provider {
                 RawKey::JwksFile(f) => {
                     let path = base_dir.join(&f.path);
                     watched.push(path.clone());
-                    match std::fs::read(&path) {
+                    match crate::config::files::read(&path) {
                         Ok(b) => match keys::parse_jwks(&b, false) {
                             Ok((ks, _)) if ks.is_empty() => errors.push(FieldError::new(
                                 at("jwks_file.path"),
@@ -383,7 +383,7 @@ impl Provider {
                     }
                     let ca_id = ca
                         .as_ref()
-                        .map(|p| (p.clone(), sha256(&std::fs::read(p).unwrap_or_default())));
+                        .map(|p| (p.clone(), sha256(&crate::config::files::read(p).unwrap_or_default())));
                     if let Some(prev) = previous.and_then(|p| p.remote.as_ref())
                         && prev.same_source(&source, &issuer, &raw.fetch, ca_id.as_ref())
                     {

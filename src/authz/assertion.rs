@@ -282,7 +282,7 @@ fn load_key(base_dir: &Path, file: &Path, alg: &str, kid: &str) -> Result<Signin
         ));
     }
     let path = base_dir.join(file);
-    let bytes = std::fs::read(&path).map_err(|e| {
+    let bytes = crate::config::files::read(&path).map_err(|e| {
         FieldError::new(
             "key_file",
             format!("cannot read {}: {e}", crate::secret::shown_path(file)),

@@ -270,7 +270,7 @@ fn version(cx: &Cx<'_>) -> String {
         .watched
         .iter()
         .filter(|p| p.is_file())
-        .filter_map(|p| std::fs::read(p).ok().map(|bytes| (p, bytes)))
+        .filter_map(|p| super::files::read(p).ok().map(|bytes| (p, bytes)))
         .map(|(p, bytes)| {
             // (Compared as read: the running snapshot holds the bytes, not their digest.)
             let changing = cx.before.may_have_changed(p, &bytes);
@@ -349,7 +349,7 @@ impl Before {
         let files = watched
             .iter()
             .filter(|p| p.is_file())
-            .map(|p| (p.clone(), std::fs::read(p).ok()))
+            .map(|p| (p.clone(), super::files::read(p).ok()))
             .collect();
         Self { started, files }
     }

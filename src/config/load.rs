@@ -166,7 +166,7 @@ fn read_policies(dir: &Path) -> (Vec<(Source, RawPolicyFile)>, Vec<Diagnostic>) 
                 if !regular {
                     diagnostics.push(Diagnostic::file_error(
                         &display,
-                        "not a file (a dangling link, or a directory): its rules cannot be read",
+                        "not a regular file (a dangling link, a directory or a pipe): its rules cannot be read",
                     ));
                     continue;
                 }
@@ -307,7 +307,7 @@ fn other_rules_errors(text: &str, display: &str, first: &Diagnostic) -> Vec<Diag
 /// The policy directory a config file that failed to load names, when it can still be read
 /// as YAML (`policies.dir`), or the default when it cannot say.
 pub(crate) fn policy_dir_hint(config_path: &Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(config_path).ok()?;
+    let text = super::files::read_to_string(config_path).ok()?;
     if !super::diagnostic::expands_within_bounds(&text) {
         return None;
     }
@@ -409,34 +409,14 @@ pub fn read_yaml<T: serde::de::DeserializeOwned>(
     parse_yaml(path, display, bytes)
 }
 
-/// The largest YAML file read (the config, a policy, an API key file).
-pub const MAX_YAML_BYTES: u64 = 16 << 20;
-
-/// A file's bytes, unless it is larger than [`MAX_YAML_BYTES`].
+/// A file's bytes, unless it is larger than [`super::files::MAX_BYTES`] or no regular file.
 ///
 /// Why: a policy file was read whole, whatever its size: a log or a disk image saved as
 /// `policies/huge.yaml` (or a file still growing) was read into memory on every reload, and
 /// parsed, by the running gateway. Regression: tests::a_yaml_file_over_the_size_limit_is_refused
 fn read_bounded(path: &Path, display: &str) -> Result<Vec<u8>, Diagnostic> {
-    use std::io::Read;
-    let cannot =
-        |e: std::io::Error| Diagnostic::file_error(display, format!("cannot read file: {e}"));
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(cannot)?
-        .take(MAX_YAML_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(cannot)?;
-    if bytes.len() as u64 > MAX_YAML_BYTES {
-        return Err(Diagnostic::file_error(
-            display,
-            format!(
-                "larger than {} MiB: not read as YAML (is it the file meant?)",
-                MAX_YAML_BYTES >> 20
-            ),
-        ));
-    }
-    Ok(bytes)
+    super::files::read(path)
+        .map_err(|e| Diagnostic::file_error(display, format!("cannot read file: {e}")))
 }
 
 /// [`read_yaml`] of bytes already read from `path`.
@@ -532,7 +512,10 @@ mod tests {
         let policy = dir.join("big.yaml");
         // A valid policy padded with a comment to the limit, then one byte more.
         let mut text = b"rules: []\n#".to_vec();
-        text.resize(usize::try_from(super::MAX_YAML_BYTES).unwrap() - 1, b'x');
+        text.resize(
+            usize::try_from(crate::config::files::MAX_BYTES).unwrap() - 1,
+            b'x',
+        );
         text.push(b'\n');
         std::fs::write(&policy, &text).unwrap();
         let read = |config| match super::load_once(config) {

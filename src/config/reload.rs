@@ -308,7 +308,7 @@ impl Reloader {
     /// The config file's display name and location index, as it is now on disk.
     fn config_index(&self) -> (String, super::diagnostic::LocationIndex) {
         let display = self.config_path.display().to_string();
-        let text = std::fs::read_to_string(&self.config_path).unwrap_or_default();
+        let text = super::files::read_to_string(&self.config_path).unwrap_or_default();
         (
             display,
             super::diagnostic::LocationIndex::build(&text).unwrap_or_default(),

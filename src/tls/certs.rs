@@ -307,7 +307,9 @@ pub fn load_cert_for(
         )
     });
 
-    let key_der = PrivateKeyDer::from_pem_file(key_path).map_err(|e| match e {
+    let key_pem = crate::config::files::read(key_path)
+        .map_err(|e| TlsError::pem(TlsField::Key, key_path, pem::Error::Io(e)))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
         pem::Error::NoItemsFound if holds_encrypted_key(key_path) => TlsError::EncryptedKey {
             path: key_path.to_path_buf(),
         },
@@ -406,7 +408,7 @@ fn unusable(cert: &Certificate<'_>, purpose: Purpose, now: i64) -> Option<String
 /// Whether a key file holds only an encrypted private key (`ENCRYPTED PRIVATE KEY`, or a
 /// legacy PEM with `Proc-Type: 4,ENCRYPTED`), which rustls cannot read.
 fn holds_encrypted_key(path: &Path) -> bool {
-    std::fs::read(path).is_ok_and(|bytes| {
+    crate::config::files::read(path).is_ok_and(|bytes| {
         let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
         has(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || has(b"Proc-Type: 4,ENCRYPTED")
     })
@@ -417,8 +419,9 @@ pub(crate) fn read_certs(
     path: &Path,
     field: TlsField,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError::pem(field, path, e))?
+    let pem = crate::config::files::read(path)
+        .map_err(|e| TlsError::pem(field, path, pem::Error::Io(e)))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::pem(field, path, e))?;
     if certs.is_empty() {

@@ -677,6 +677,51 @@ async fn rotated_hmac_secret_file_applies_on_reload() {
     assert_eq!(bearer_status(&gw, &new_token).await, StatusCode::OK);
 }
 
+/// A secret file replaced by a pipe fails that reload at once, naming why, and the running
+/// config stays; the file put back applies at the next reload.
+#[tokio::test]
+async fn a_pipe_in_place_of_a_secret_file_never_stops_reloads() {
+    let (old, new) = (
+        b"old-secret-0123456789abcdef-0123456789".as_slice(),
+        b"new-secret-0123456789abcdef-0123456789".as_slice(),
+    );
+    let gw = Setup {
+        policies: vec![("10-p.yaml".into(), USERS_ONLY.into())],
+        files: vec![("hs.secret".into(), old.to_vec())],
+        extra: crate::support::hs256_users("{}"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let old_token = crate::support::hs256_token(old, &serde_json::json!({}));
+    let new_token = crate::support::hs256_token(new, &serde_json::json!({}));
+    assert_eq!(bearer_status(&gw, &old_token).await, StatusCode::OK);
+    let secret = gw.path("hs.secret");
+    std::fs::remove_file(&secret).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&secret)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), gw.admin_post("/reload"))
+        .await
+        .expect("the reload answers");
+    assert_ne!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("not a regular file"), "{body}");
+    assert_eq!(bearer_status(&gw, &old_token).await, StatusCode::OK);
+    std::fs::remove_file(&secret).unwrap();
+    std::fs::write(&secret, new).unwrap();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), gw.admin_post("/reload"))
+        .await
+        .expect("the next reload answers");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(bearer_status(&gw, &new_token).await, StatusCode::OK);
+    assert_eq!(
+        bearer_status(&gw, &old_token).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
 /// The same rotation seen by the file watcher, without any explicit reload.
 #[tokio::test]
 async fn rotated_hmac_secret_file_is_watched() {

@@ -172,7 +172,7 @@ fn published_dev_key(cx: &mut Cx<'_>) {
                 let field = format!("authenticators.{name}.jwt.providers[{i}].keys[{k}]");
                 match key {
                     RawKey::PemFile(f) => {
-                        let published = std::fs::read_to_string(cx.path(&f.path))
+                        let published = crate::config::files::read_to_string(cx.path(&f.path))
                             .is_ok_and(|t| t.trim() == PUBLISHED_DEV_KEY.trim());
                         if published {
                             cx.warn(&field, PUBLISHED_DEV_KEY_WARNING.into());
@@ -181,7 +181,7 @@ fn published_dev_key(cx: &mut Cx<'_>) {
                     // The same key pair as a JWKS (`config/dev/dev-1.jwks.json`).
                     RawKey::JwksFile(f) => {
                         let read = |t: &str| serde_json::from_str::<serde_json::Value>(t).ok();
-                        let published = std::fs::read_to_string(cx.path(&f.path))
+                        let published = crate::config::files::read_to_string(cx.path(&f.path))
                             .ok()
                             .and_then(|t| read(&t))
                             .is_some_and(|v| Some(v) == read(PUBLISHED_DEV_JWKS));
@@ -195,7 +195,7 @@ fn published_dev_key(cx: &mut Cx<'_>) {
                     RawKey::Hmac(h) => {
                         let value = match &h.secret {
                             crate::config::raw::RawSecret::File(p) => {
-                                std::fs::read_to_string(cx.path(p)).ok()
+                                crate::config::files::read_to_string(cx.path(p)).ok()
                             }
                             crate::config::raw::RawSecret::Env(var) => std::env::var(var).ok(),
                         };

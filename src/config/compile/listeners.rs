@@ -175,7 +175,8 @@ fn listener_tls(
             match ca {
                 Some(ca) => {
                     any = true;
-                    let bytes = std::fs::read(cx.path(&ca.ca_file)).unwrap_or_default();
+                    let bytes =
+                        crate::config::files::read(cx.path(&ca.ca_file)).unwrap_or_default();
                     parts.push(u8::from(ca.required));
                     parts.extend_from_slice(&crate::secret::sha256(&bytes));
                 }
@@ -185,7 +186,7 @@ fn listener_tls(
         // Which host selects which entry (its certificate's names, or its `server_names`):
         // a change re-checks the hosts of connections opened before it (`still_trusts`).
         for (c, e) in t.certificates.iter().zip(&entries) {
-            let cert = std::fs::read(&e.cert).unwrap_or_default();
+            let cert = crate::config::files::read(&e.cert).unwrap_or_default();
             parts.extend_from_slice(&crate::secret::sha256(&cert));
             for name in &c.server_names {
                 parts.extend_from_slice(name.as_bytes());
@@ -202,7 +203,7 @@ fn listener_tls(
         .map(|c| {
             let ca = c.client_auth.as_ref().or(t.client_auth.as_ref())?;
             let mut part = vec![u8::from(ca.required)];
-            let bytes = std::fs::read(cx.path(&ca.ca_file)).unwrap_or_default();
+            let bytes = crate::config::files::read(cx.path(&ca.ca_file)).unwrap_or_default();
             part.extend_from_slice(&crate::secret::sha256(&bytes));
             Some(crate::secret::sha256(&part))
         })
