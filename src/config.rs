@@ -13,6 +13,21 @@ use std::path::Path;
 
 use crate::snapshot::Snapshot;
 
+/// Whether the port an authority writes (`host:port`, `[v6]:port`), if any, is a number from
+/// 0 to 65535.
+///
+/// Why: `http::Uri` parses `127.0.0.1:70000` and then has no port for it, and the connectors
+/// fell back to 80 (443 over TLS): a delegate or upstream written with a mistyped port sent
+/// its requests, credentials among them, to whatever listened on port 80.
+/// Regression: config::tests::a_written_port_must_fit
+pub fn port_fits(authority: &str) -> bool {
+    let port = match authority.rfind(']') {
+        Some(end) => authority[end + 1..].strip_prefix(':'),
+        None => authority.rsplit_once(':').map(|(_, p)| p),
+    };
+    port.is_none_or(|p| p.parse::<u16>().is_ok() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Loads and compiles a config file and its policies: the snapshot and its warnings, or every
 /// diagnostic. The snapshot keeps `previous`'s clock, or the system clock.
 pub fn build(
@@ -75,5 +90,28 @@ impl Fingerprint {
         let mut out = [0u8; 32];
         out.copy_from_slice(d.finish().as_ref());
         Self(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_written_port_must_fit() {
+        for (authority, fits) in [
+            ("127.0.0.1:8080", true),
+            ("127.0.0.1", true),
+            ("[::1]:443", true),
+            ("[::1]", true),
+            ("host:65535", true),
+            ("host:0", true),
+            ("127.0.0.1:70000", false),
+            ("host:65536", false),
+            ("[::1]:99999", false),
+            ("host:", false),
+            ("host:+80", false),
+            ("host:8a", false),
+        ] {
+            assert_eq!(super::port_fits(authority), fits, "{authority}");
+        }
     }
 }

@@ -186,6 +186,9 @@ impl Upstream {
             .authority()
             .cloned()
             .ok_or_else(|| url_error("URL needs a host"))?;
+        if !crate::config::port_fits(authority.as_str()) {
+            return Err(url_error("the port must be a number from 0 to 65535"));
+        }
         if uri.query().is_some() {
             return Err(url_error("URL must not have a query"));
         }

@@ -122,6 +122,9 @@ pub enum DelegateError {
 /// A SHA-256 being fed length-prefixed parts (see [`cache_key`]).
 struct KeyDigest(aws_lc_rs::digest::Context);
 
+/// The longest a delegate's answer is reused.
+const MAX_CACHE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl std::fmt::Debug for Delegate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delegate")
@@ -163,8 +166,24 @@ impl Delegate {
         if !(raw.grpc.starts_with("http://") || raw.grpc.starts_with("https://")) {
             return Err(FieldError::new("grpc", "an http:// or https:// URL"));
         }
+        if !endpoint
+            .uri()
+            .authority()
+            .is_some_and(|a| crate::config::port_fits(a.as_str()))
+        {
+            return Err(FieldError::new(
+                "grpc",
+                "a host, and a port (if written) from 0 to 65535",
+            ));
+        }
         if raw.timeout.is_zero() {
             return Err(FieldError::new("timeout", "must be more than zero"));
+        }
+        // Why: `cache_ttl: 1001y` reached the cache's builder, which panics past 1000 years:
+        // `check` exited 101 and a reload failed as "task panicked".
+        // Regression: authz::delegate::tests::a_cache_ttl_past_a_day_is_refused
+        if raw.cache_ttl > MAX_CACHE_TTL {
+            return Err(FieldError::new("cache_ttl", "at most 1d"));
         }
         let tls = if raw.grpc.starts_with("https://") {
             let ca = raw.ca_file.as_ref().map(|p| base_dir.join(p));
@@ -194,7 +213,19 @@ impl Delegate {
             );
         }
         // The whole call's deadline is `check`'s own, so a timeout is told from a failure.
-        let endpoint = endpoint.connect_timeout(raw.timeout);
+        //
+        // Why the pings: the client keeps one HTTP/2 connection; one that stopped answering
+        // without closing (a load balancer pinned to a hung instance, a dropped NAT entry)
+        // timed out every call, 503 (or an allow, failing open) for as long as it lasted: 80 s
+        // and more under a tester's relay, until a reload built a new client. A ping not
+        // answered within the interval now closes it, and the next call connects afresh.
+        // Regression: tests (it) delegate::a_delegate_connection_that_stops_answering_is_replaced
+        let ping = (raw.timeout * 5).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let endpoint = endpoint
+            .connect_timeout(raw.timeout)
+            .http2_keep_alive_interval(ping)
+            .keep_alive_timeout(ping)
+            .keep_alive_while_idle(true);
         let fingerprint = crate::config::Fingerprint::of(&[raw]);
         let cache = match previous.filter(|p| p.fingerprint == fingerprint) {
             Some(p) => p.cache.clone(),

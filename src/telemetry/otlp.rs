@@ -185,6 +185,15 @@ impl Otlp {
             ))
         })?;
         match uri.scheme_str() {
+            Some("http" | "https")
+                if uri
+                    .authority()
+                    .is_some_and(|a| !crate::config::port_fits(a.as_str())) =>
+            {
+                return Err(OtlpError(
+                    "the port must be a number from 0 to 65535".to_owned(),
+                ));
+            }
             Some("http" | "https") if uri.authority().is_some() => {}
             _ => {
                 return Err(OtlpError(

@@ -545,6 +545,101 @@ async fn a_hung_fail_closed_delegate_is_a_denial_within_the_door_deadline() {
     held.abort();
 }
 
+/// A TCP relay to `to`: each connection it accepts is piped to a new one to `to`, until
+/// `freeze` is raised past its number (counted from 1): then it stops passing bytes either
+/// way, and holds both sockets open (a peer that hangs without closing). Returns its address,
+/// the connections accepted, and `freeze`.
+async fn freezable_relay(
+    to: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted, freeze) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, f) = (Arc::clone(&accepted), Arc::clone(&freeze));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let n = a.fetch_add(1, Ordering::SeqCst) + 1;
+            let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut to) in [(cr, sw), (sr, cw)].map(|(r, w)| {
+                (
+                    Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    w,
+                )
+            }) {
+                let f = Arc::clone(&f);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let Ok(read) = from.read(&mut buf).await else {
+                            return;
+                        };
+                        if read == 0 {
+                            return;
+                        }
+                        if f.load(Ordering::SeqCst) >= n {
+                            // Frozen: hold both halves, pass nothing.
+                            std::future::pending::<()>().await;
+                        }
+                        if to.write_all(&buf[..read]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (addr, accepted, freeze)
+}
+
+/// The delegate's connection stops answering without closing (it hangs behind a relay): the
+/// gateway's pings go unanswered, it drops the connection, and the next calls reach the
+/// delegate on a new one.
+#[tokio::test]
+async fn a_delegate_connection_that_stops_answering_is_replaced() {
+    let opa = Opa::default();
+    let (relay, accepted, freeze) = freezable_relay(serve(opa.clone()).await).await;
+    let gw = gateway(&format!("http://{relay}"), "deny").await;
+    assert_eq!(
+        get(&gw, "/reports/0", "yes", "alice").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    freeze.store(1, Ordering::SeqCst);
+    // A new path each time, never answered from the cache.
+    let (status, _) = get(&gw, "/reports/1", "yes", "alice").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the hung connection"
+    );
+    let started = std::time::Instant::now();
+    let mut i = 2;
+    let recovered = loop {
+        if get(&gw, &format!("/reports/{i}"), "yes", "alice").await.0 == StatusCode::OK {
+            break true;
+        }
+        // Pings every 1.5 s (5 × the 300 ms timeout), each answered within as long: a few
+        // seconds; 20 is for a loaded machine.
+        if started.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        recovered,
+        "still failing {:?} later, {} connection(s)",
+        started.elapsed(),
+        accepted.load(Ordering::SeqCst)
+    );
+    assert!(accepted.load(Ordering::SeqCst) >= 2, "a new connection");
+}
+
 /// Envoy sends its ext_authz `timeout` as `grpc-timeout` and stops waiting then: the door's
 /// deadline is the earlier of its own and the caller's, so a hung fail-closed delegate is cut
 /// to answer (a denial) while Envoy still listens, not when the door's 10 s run out.

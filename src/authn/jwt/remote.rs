@@ -74,6 +74,11 @@ impl RemoteSource {
         if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
             return Err(format!("`{shown}` is not a valid URL"));
         }
+        if !crate::config::port_fits(authority) {
+            return Err(format!(
+                "`{shown}`: the port must be a number from 0 to 65535"
+            ));
+        }
         let uri: Uri = url
             .parse()
             .map_err(|_| format!("`{shown}` is not a valid URL"))?;

@@ -279,6 +279,25 @@ fn an_empty_answer_is_no_verdict() {
 }
 
 #[tokio::test]
+async fn a_cache_ttl_past_a_day_is_refused() {
+    let compile = |ttl: &str| {
+        let raw: crate::config::raw::RawDelegate = serde_yaml::from_str(&format!(
+            "{{grpc: \"http://127.0.0.1:9191\", cache_ttl: {ttl}}}"
+        ))
+        .unwrap();
+        Delegate::compile("opa", &raw, std::path::Path::new("."), None).map(|_| ())
+    };
+    assert!(compile("1d").is_ok());
+    for ttl in ["25h", "1001y"] {
+        let e = compile(ttl).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("cache_ttl", "at most 1d")
+        );
+    }
+}
+
+#[tokio::test]
 async fn credentials_in_the_url_are_refused() {
     let compile = |url: &str| {
         let raw: crate::config::raw::RawDelegate =
