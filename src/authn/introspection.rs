@@ -125,6 +125,12 @@ impl Introspector {
             .map_err(|m| errors.push(FieldError::new("endpoint", m)))
             .ok();
         // A semaphore of more permits than tokio allows panics: bounded as `server`'s are.
+        if raw.leeway > crate::authn::jwt::MAX_LEEWAY {
+            errors.push(FieldError::new(
+                "leeway",
+                crate::authn::jwt::LEEWAY_TOO_LONG,
+            ));
+        }
         if !(1..=1_000_000).contains(&raw.max_in_flight) {
             errors.push(FieldError::new("max_in_flight", "from 1 to 1000000"));
         }

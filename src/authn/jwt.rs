@@ -79,6 +79,13 @@ pub enum VerifyError {
 
 // === impl JwtAuthenticator ===
 
+/// The most clock skew a `leeway` tolerates: past it, expired tokens stay valid for long.
+pub const MAX_LEEWAY: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// Why a longer `leeway` is refused.
+pub const LEEWAY_TOO_LONG: &str =
+    "at most 10m: a clock further off is to be fixed, not tolerated (expired tokens would pass)";
+
 impl JwtAuthenticator {
     /// Compiles the raw config; `previous` lends remote key sets whose source is unchanged.
     pub fn compile(
@@ -222,6 +229,18 @@ impl Provider {
         let mut errors: Vec<FieldError> = Vec::new();
         if raw.issuer.is_empty() {
             errors.push(FieldError::new("issuer", "must not be empty"));
+        }
+        // Why: `leeway: 3650d` passed `check`, and a token expired 300 days before was
+        // allowed; `max_lifetime: 0s` passed too, and refused every token.
+        // Regression: tests (it) check::invalid_configs_print_expected_diagnostics (bad-jwt-times)
+        if raw.leeway > MAX_LEEWAY {
+            errors.push(FieldError::new("leeway", LEEWAY_TOO_LONG));
+        }
+        if raw.max_lifetime.is_some_and(|d| d.as_secs() == 0) {
+            errors.push(FieldError::new(
+                "max_lifetime",
+                "must be at least 1s: 0 would refuse every token",
+            ));
         }
         if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
             errors.push(FieldError::new(
