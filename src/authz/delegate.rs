@@ -208,9 +208,22 @@ impl Delegate {
         };
         let mut headers = Vec::with_capacity(raw.headers.len());
         for h in &raw.headers {
-            headers.push(
-                crate::authz::identity::check_name(h).map_err(|m| FieldError::new("headers", m))?,
-            );
+            let name =
+                crate::authz::identity::check_name(h).map_err(|m| FieldError::new("headers", m))?;
+            // Why: `headers: [x-portcullis-assertion]` passed `check` without a word, and a
+            // delegate's `x-portcullis-assertion: forged` reached the upstream, which reads
+            // that header as the gateway's signed word; Envoy's and the doors' own headers
+            // likewise. Regression: tests (it) delegate::check_warns_about_delegate_headers_the_gateway_owns
+            let dashed = crate::authz::identity::fold_name(name.as_str());
+            if dashed.starts_with("x-portcullis-") || dashed.starts_with("x-envoy-") {
+                return Err(FieldError::new(
+                    "headers",
+                    format!(
+                        "`{h}` is the gateway's or Envoy's own (x-portcullis-*, x-envoy-*): a delegate never sets it"
+                    ),
+                ));
+            }
+            headers.push(name);
         }
         // The whole call's deadline is `check`'s own, so a timeout is told from a failure.
         //

@@ -134,7 +134,8 @@ const RESERVED: &[&str] = &[
 
 /// Why a name is the gateway's own to write, for an identity header or the assertion's:
 /// its namespace (the assertion, the doors' answers) or the trace context it writes after
-/// the identity headers. A delegate's header may be one (`check` warns instead).
+/// the identity headers. (A delegate's header may not be in the namespace either, and `check`
+/// warns about one naming the trace context: `config::compile::limits`.)
 ///
 /// Why: an assertion named `traceparent` never reached the upstream, and an identity header
 /// `x-portcullis-assertion` lost to the assertion, both silently.

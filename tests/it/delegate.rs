@@ -959,4 +959,22 @@ fn check_warns_about_delegate_headers_the_gateway_owns() {
         assert!(text.contains(expected), "{expected} in {text}");
     }
     assert!(!text.contains("`x-opa-note`"), "{text}");
+    // The gateway's and Envoy's own names are refused outright.
+    for name in [
+        "x-portcullis-assertion",
+        "X_Portcullis_Remove",
+        "x-envoy-auth-headers-to-remove",
+    ] {
+        let cfg = crate::support::ConfigDir::new(&format!(
+            "delegates:\n  opa:\n    grpc: http://127.0.0.1:9191\n    headers: [x-opa-note, {name}]\n"
+        ));
+        cfg.write(
+            "policies/p.yaml",
+            "rules:\n  - name: all\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    delegate: opa\n    upstream: echo\n",
+        );
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(1), "{name}: {text}");
+        let refused = format!("delegates.opa.headers: `{name}` is the gateway's or Envoy's own");
+        assert!(text.contains(&refused), "{text}");
+    }
 }
