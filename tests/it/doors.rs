@@ -562,6 +562,30 @@ async fn decision_only_config_needs_no_upstream() {
     );
 }
 
+/// Beside a proxy listener, a rule that matches `context_extensions` (which only the
+/// `envoy_grpc` door carries) needs no upstream; the same rule without them still does.
+#[test]
+fn a_rule_only_the_grpc_door_matches_needs_no_upstream() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.add_listeners("{name: grpc, address: \"127.0.0.1:0\", door: {envoy_grpc: {}}}");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: billing, match: {paths: [\"/ctx/**\"], context_extensions: {service: billing}}, effect: allow, anonymous: true}\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: billing, match: {paths: [\"/ctx/**\"]}, effect: allow, anonymous: true}\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("rules[0].upstream: an allow rule needs an upstream"),
+        "{text}"
+    );
+}
+
 /// `explain --listener` runs as that listener, with its own settings: of two forward-auth
 /// listeners, the one with a status map answers through it; a listener of another door than
 /// `--door`, or none of that name, is bad input.

@@ -284,7 +284,12 @@ fn rule(
         // Why: a decision door forwards nothing, so a deployment without a proxy listener needs
         // no upstreams; with one, whatever it allows must go somewhere.
         // Regression: tests (it) doors::decision_only_config_needs_no_upstream
-        (None, Effect::Allow) if !proxy_listeners.is_empty() => {
+        // Nor does a rule matching `context_extensions`, which only the `envoy_grpc` door
+        // carries: no proxy listener ever reaches it.
+        // Regression: tests (it) doors::a_rule_only_the_grpc_door_matches_needs_no_upstream
+        (None, Effect::Allow)
+            if !proxy_listeners.is_empty() && r.matches.context_extensions.is_empty() =>
+        {
             cx.diags.push(at.at(
                 "upstream",
                 format!(
