@@ -233,12 +233,18 @@ impl Delegate {
         // and more under a tester's relay, until a reload built a new client. A ping not
         // answered within the interval now closes it, and the next call connects afresh.
         // Regression: tests (it) delegate::a_delegate_connection_that_stops_answering_is_replaced
+        //
+        // Why not while idle: gRPC servers in Go (OPA's Envoy plugin among them) answer pings
+        // on a connection without calls, more often than every 2 hours, with GOAWAY
+        // `too_many_pings`. With a call open, a ping goes when nothing was read for the
+        // interval (once after a quiet spell, then only if the delegate is silent), and each
+        // answer the server sends clears its count.
         let ping = (raw.timeout * 5).clamp(Duration::from_secs(1), Duration::from_secs(10));
         let endpoint = endpoint
             .connect_timeout(raw.timeout)
             .http2_keep_alive_interval(ping)
             .keep_alive_timeout(ping)
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(false);
         let fingerprint = crate::config::Fingerprint::of(&[raw]);
         let cache = match previous.filter(|p| p.fingerprint == fingerprint) {
             Some(p) => p.cache.clone(),
