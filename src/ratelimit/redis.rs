@@ -465,8 +465,11 @@ impl RedisStore {
             }
             Ok(Ok(v)) => match v.as_slice() {
                 [1, rate_debt, quota_debt] if *rate_debt >= 0 && *quota_debt >= 0 => {
-                    let ns = |us: &i64| u64::try_from(*us).unwrap_or(0).saturating_mul(1_000);
-                    Ok(Ok(plan.room(ns(rate_debt), ns(quota_debt))))
+                    let quota = plan
+                        .quota
+                        .as_ref()
+                        .map_or(0, |q| debt_back(*quota_debt, qi, q));
+                    Ok(Ok(plan.room(debt_back(*rate_debt, ri, &plan.rate), quota)))
                 }
                 [0, wait, by_quota] if *wait > 0 => {
                     let requests = match (by_quota, plan.quota) {
@@ -758,9 +761,45 @@ fn in_micros(rate: &super::gcra::Rate) -> (u64, u64) {
     (interval, interval.saturating_mul(intervals))
 }
 
+/// A debt the script counted (`us` microseconds, in intervals of `interval_us`), as `rate`
+/// counts it here: the same number of intervals, in nanoseconds.
+///
+/// Why: the script's interval is rounded up to whole microseconds; a debt read back as plain
+/// nanoseconds was a fraction of an interval more than this process's exact interval, and
+/// `RateLimit-Remaining` said one less than would pass (3 per 10 s: 1, 1, 0, where the
+/// local limit says 2, 1, 0). Regression: tests::a_debt_reads_back_as_the_same_intervals
+fn debt_back(us: i64, interval_us: u64, rate: &super::gcra::Rate) -> u64 {
+    let us = u64::try_from(us).unwrap_or(0);
+    if interval_us == 0 {
+        return us.saturating_mul(1_000);
+    }
+    let ns = u128::from(us) * u128::from(rate.interval) / u128::from(interval_us);
+    u64::try_from(ns).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_debt_reads_back_as_the_same_intervals() {
+        use super::super::gcra::{Plan, Rate};
+        for (requests, per) in [(3, 10), (3, 1), (7, 86_400), (10, 1)] {
+            let rate = Rate::new(requests, Duration::from_secs(per), None).unwrap();
+            let (interval_us, _) = in_micros(&rate);
+            let plan = Plan { rate, quota: None };
+            // After k requests at once, the script's debt is k intervals.
+            for k in 1..=requests {
+                let debt = i64::try_from(u64::from(k) * interval_us).unwrap();
+                let room = plan.room(debt_back(debt, interval_us, &plan.rate), 0);
+                assert_eq!(
+                    room.remaining,
+                    requests - k,
+                    "{requests} per {per} s, {k} spent"
+                );
+            }
+        }
+    }
 
     #[test]
     fn microseconds_never_admit_more() {

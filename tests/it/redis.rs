@@ -981,6 +981,41 @@ async fn every_door_carries_the_redis_verdict() {
     }
 }
 
+/// A limit whose interval is no whole number of microseconds (3 per 10 s) says the same
+/// `RateLimit-Remaining` in Redis as in this process: 2, 1, 0.
+#[tokio::test]
+async fn redis_and_local_limits_count_down_alike() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: r, match: {paths: [\"/redis/**\"]}, effect: allow, anonymous: true, rate_limit: r, upstream: echo}\n  - {name: l, match: {paths: [\"/local/**\"]}, effect: allow, anonymous: true, rate_limit: l, upstream: echo}\n".into(),
+        )],
+        extra: format!(
+            "redis: {{url: \"{}\", timeout: 1s}}\nrate_limits:\n  r: {{key: route, requests: 3, per: 10s, backend: redis, on_redis_failure: deny}}\n  l: {{key: route, requests: 3, per: 10s}}\n",
+            redis.url()
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for route in ["/redis/x", "/local/x"] {
+        let mut left = Vec::new();
+        for _ in 0..3 {
+            let (status, headers, _) = send(
+                gw.addr(),
+                Request::get(route).body(Full::default()).unwrap(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{route}");
+            left.push(headers["ratelimit-remaining"].to_str().unwrap().to_owned());
+        }
+        assert_eq!(left, ["2", "1", "0"], "{route}");
+    }
+}
+
 /// An ACL user and password (from a file) reach a Redis that requires them; a wrong password
 /// is a failure like any other (here: fail closed); the admin pages never show it.
 #[tokio::test]
