@@ -150,6 +150,53 @@ pub fn without_values(message: &str) -> String {
     out
 }
 
+/// Whether a value written where a name belongs reads like one, and may be quoted back in a
+/// message: at most 40 bytes of lowercase letters, digits, `-`, `_` and `.`, with no run of
+/// 16 or more letters and digits between separators (a hex or base64 secret), and starting
+/// with a letter.
+pub fn reads_like_a_name(value: &str) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    value.len() <= 40
+        && value.starts_with(|c: char| c.is_ascii_lowercase())
+        && value.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+        && value.split(['-', '_', '.']).all(|run| run.len() < 16)
+}
+
+/// A parser's message with the string it was given cut (`invalid type: string "…"`), the
+/// rest kept (`unknown field `x``, a unit it names).
+///
+/// Why: a secret pasted where a boolean or a number belongs (`access_log: <secret>`) was
+/// quoted by the parser's message in `check`, the reload log and `GET /config`.
+/// Regression: tests::quoted_strings_are_cut_from_any_message
+pub fn without_quoted_strings(message: &str) -> String {
+    const GIVEN: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(q) = rest.find(GIVEN).map(|i| i + GIVEN.len() - 1) {
+        let end = quote_end(&rest[q + 1..]);
+        // A word that reads like a name (`"lots"`) is kept: it says what was wrong.
+        if let Some(len) = end
+            && reads_like_a_name(&rest[q + 1..q + 1 + len])
+        {
+            out.push_str(&rest[..q + 1 + len + 1]);
+            rest = &rest[q + 1 + len + 1..];
+            continue;
+        }
+        out.push_str(&rest[..q]);
+        out.push_str("(a value, not shown)");
+        match end {
+            Some(len) => rest = &rest[q + 1 + len + 1..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Where a `"`-quoted value (after its opening quote) ends: its first unescaped `"`.
 fn quote_end(s: &str) -> Option<usize> {
     let b = s.as_bytes();
@@ -309,6 +356,33 @@ pub fn file_secret(mut bytes: Vec<u8>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quoted_strings_are_cut_from_any_message() {
+        assert_eq!(
+            super::without_quoted_strings(
+                "invalid type: string \"s3cr\\\"et\", expected a boolean"
+            ),
+            "invalid type: string (a value, not shown), expected a boolean"
+        );
+        assert_eq!(
+            super::without_quoted_strings("unknown field `acess_log`, expected one of `a`"),
+            "unknown field `acess_log`, expected one of `a`"
+        );
+        assert_eq!(
+            super::without_quoted_strings("invalid value: string \"secret"),
+            "invalid value: string (a value, not shown)"
+        );
+        assert_eq!(
+            super::without_quoted_strings("invalid type: string \"lots\", expected a number"),
+            "invalid type: string \"lots\", expected a number"
+        );
+        // What the parser says of its own is kept.
+        assert_eq!(
+            super::without_quoted_strings("unknown time unit \"parsecs\""),
+            "unknown time unit \"parsecs\""
+        );
+    }
+
     #[test]
     fn a_secret_file_loses_one_line_ending() {
         for (file, secret) in [

@@ -982,7 +982,7 @@ pub fn misspelled_method(name: &str) -> Option<&'static str> {
 }
 
 /// Edits (insertions, deletions, substitutions and swaps of neighbours) from `a` to `b`.
-fn edit_distance(a: &[u8], b: &[u8]) -> usize {
+pub(crate) fn edit_distance(a: &[u8], b: &[u8]) -> usize {
     let mut prev2: Vec<usize> = vec![0; b.len() + 1];
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for i in 1..=a.len() {

@@ -402,17 +402,59 @@ fn version_of<'a>(parts: impl Iterator<Item = &'a [u8]>) -> String {
 
 /// `unknown KIND `name``, and the names that exist (or that none does).
 fn unknown_name<'a>(kind: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
-    let known: Vec<String> = known.map(|k| format!("`{k}`")).collect();
-    if known.is_empty() {
-        format!("unknown {kind} `{name}`: none is configured")
+    let known: Vec<&String> = known.collect();
+    let near = known.iter().any(|k| {
+        crate::authz::route::edit_distance(
+            k.to_lowercase().as_bytes(),
+            name.to_lowercase().as_bytes(),
+        ) <= 2
+    });
+    // Why: a secret pasted where a name belongs (`rate_limit: HmacSecret…`, an API key in
+    // `authenticators`, a password as `upstream`) was quoted back by `check`, the reload
+    // log and `GET /config`. A value is shown when it reads like a name, or lies near a
+    // configured one (a typo). Regression: tests::a_value_that_reads_like_no_name_is_not_shown
+    let named = if near || crate::secret::reads_like_a_name(name) {
+        format!("unknown {kind} `{name}`")
     } else {
-        format!("unknown {kind} `{name}` (configured: {})", known.join(", "))
+        format!(
+            "unknown {kind} (the value is not shown: it reads like no name, and may be a secret pasted here)"
+        )
+    };
+    if known.is_empty() {
+        format!("{named}: none is configured")
+    } else {
+        let known: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+        format!("{named} (configured: {})", known.join(", "))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::Before;
+
+    #[test]
+    fn a_value_that_reads_like_no_name_is_not_shown() {
+        let known = ["per-user".to_owned(), "global".to_owned()];
+        let message = |name| super::unknown_name("rate limit", name, known.iter());
+        // Names, and typos of configured ones, are shown.
+        assert_eq!(
+            message("per-usr"),
+            "unknown rate limit `per-usr` (configured: `per-user`, `global`)"
+        );
+        assert!(message("Global").contains("`Global`"));
+        assert!(message("orders_v2").contains("`orders_v2`"));
+        // What reads like a secret is not.
+        for secret in [
+            "HmacSecretValue-9f8e7d6c5b4a",
+            "pck_Folwz0aQ3mR8sT2uV6wX",
+            "RedisPassw0rd-2026",
+            "a3f9c2d1e4b5a6f7c8d9e0f1a2b3c4d5",
+        ] {
+            let m = message(secret);
+            assert!(!m.contains(secret), "{m}");
+            assert!(m.contains("not shown"), "{m}");
+        }
+    }
 
     /// The version an outsider computes from the config, the policies and a guess of a secret
     /// file (as a script did, 1,415 guesses to a weak HMAC secret) is not the gateway's; it is

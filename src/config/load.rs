@@ -481,6 +481,8 @@ fn parse_yaml<T: serde::de::DeserializeOwned>(
         // Regression: tests::a_value_where_secrets_live_is_not_quoted
         if may_hold_a_secret(&d.path) {
             d.message = crate::secret::without_values(&d.message);
+        } else {
+            d.message = crate::secret::without_quoted_strings(&d.message);
         }
         d
     })?;

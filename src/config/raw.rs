@@ -371,7 +371,11 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
             humantime::parse_duration(v)
-                .map_err(|e| E::custom(format_args!("invalid duration `{v}`: {e}")))
+                .map_err(|e| match v.len() <= 32 && v.starts_with(|c: char| c.is_ascii_digit()) {
+                    true => E::custom(format_args!("invalid duration `{v}`: {e}")),
+                    // Not a duration at all (a secret pasted here): not quoted back.
+                    false => E::custom("invalid duration (not shown): expected a number and a unit, such as `30s` or `5m`"),
+                })
         }
     }
     d.deserialize_str(Visitor)
@@ -409,10 +413,20 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
             f.write_str("an address `ip:port` such as `127.0.0.1:8080` or `[::1]:8443`")
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SocketAddr, E> {
-            v.parse().map_err(|_| {
-                E::custom(format_args!(
+            // A value that reads like no address (a secret pasted here) is not quoted back.
+            let looks = crate::secret::reads_like_a_name(v)
+                || (v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".:[]-%".contains(&b))
+                    && v.split(['.', ':', '[', ']', '-', '%'])
+                        .all(|run| run.len() < 16));
+            v.parse().map_err(|_| match looks {
+                true => E::custom(format_args!(
                     "invalid address `{v}`: expected `ip:port` such as `127.0.0.1:8080` or `[::1]:8443`"
-                ))
+                )),
+                false => E::custom(
+                    "invalid address (not shown): expected `ip:port` such as `127.0.0.1:8080` or `[::1]:8443`",
+                ),
             })
         }
     }
