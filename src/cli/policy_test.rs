@@ -267,8 +267,8 @@ fn compare(expect: &Expect, report: &Value) -> Vec<String> {
 fn mint(spec: &TokenSpec, base: &Path) -> Result<String, String> {
     let alg = parse_alg(&spec.alg).ok_or_else(|| format!("unknown algorithm `{}`", spec.alg))?;
     let key_path = base.join(&spec.key);
-    let bytes =
-        std::fs::read(&key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
+    let bytes = crate::config::files::read(&key_path)
+        .map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
     let kid = spec.kid.as_str();
     let key = if spec.alg.starts_with("HS") {
         let secret = crate::secret::file_secret(bytes);

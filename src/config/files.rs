@@ -29,7 +29,7 @@ pub fn read(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "not a regular file (a pipe, a socket or a device): not read",
+            "not a regular file (a directory, a pipe, a socket or a device): not read",
         ));
     }
     let mut bytes = Vec::new();

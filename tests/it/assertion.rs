@@ -566,6 +566,15 @@ fn assertion_header_is_no_identity_header() {
             policy(""),
             "identity_assertion.header",
         ),
+        // A delegate's answer may not set the assertion's header, whatever it is named.
+        (
+            format!(
+                "{}delegates:\n  opa:\n    grpc: http://127.0.0.1:9191\n    headers: [x-opa-note, X_Gw_Assertion]\n",
+                assertion("x-gw-assertion")
+            ),
+            policy(", delegate: opa"),
+            "delegates.opa.headers: `x_gw_assertion` is the identity assertion's header",
+        ),
     ];
     for (config, policy, field) in cases {
         let cfg = crate::support::ConfigDir::new(&config);

@@ -574,6 +574,19 @@ fn a_rule_only_the_grpc_door_matches_needs_no_upstream() {
     );
     let (code, text) = cfg.run("check", &[]);
     assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("never matches"), "{text}");
+    // Without the gRPC listener, it never matches anywhere: said, still no upstream asked.
+    let alone = crate::support::ConfigDir::new("");
+    alone.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: billing, match: {paths: [\"/ctx/**\"], context_extensions: {service: billing}}, effect: allow, anonymous: true}\n",
+    );
+    let (code, text) = alone.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("warning: rules[0].match.context_extensions: rule `billing` never matches"),
+        "{text}"
+    );
     cfg.write(
         "policies/p.yaml",
         "rules:\n  - {name: billing, match: {paths: [\"/ctx/**\"]}, effect: allow, anonymous: true}\n",

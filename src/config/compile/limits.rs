@@ -73,7 +73,28 @@ pub(super) fn delegates(
         }
         match Delegate::compile(name, raw, &loaded.base_dir, before) {
             Ok(d) => {
+                // Why: a renamed assertion header (`identity_assertion.header: x-gw-assertion`)
+                // passed among a delegate's headers, and the delegate's forged value reached
+                // the upstream, which reads it as the gateway's signed word (the default
+                // name is refused by `Delegate::compile`).
+                // Regression: tests (it) delegate::check_warns_about_delegate_headers_the_gateway_owns
+                let assertion = loaded
+                    .raw
+                    .identity_assertion
+                    .as_ref()
+                    .and_then(|a| a.header.as_deref())
+                    .map(crate::authz::identity::fold_name);
                 for h in d.header_names() {
+                    if assertion.as_deref() == Some(&*crate::authz::identity::fold_name(h.as_str()))
+                    {
+                        cx.error(
+                            &format!("delegates.{name}.headers"),
+                            format!(
+                                "`{h}` is the identity assertion's header: a delegate never sets it"
+                            ),
+                        );
+                        continue;
+                    }
                     if let Some(why) = delegate_header_clash(h, &loaded.raw) {
                         cx.warn(&format!("delegates.{name}.headers"), format!("`{h}` {why}"));
                     }

@@ -193,6 +193,26 @@ fn rule(
     // Why: only the gRPC door's Checks carry context extensions; at any other door a deny
     // rule asking for them never matches and a later rule decides what it meant to refuse.
     // Regression: tests (it) grpc::context_extensions_select_rules
+    // An allow rule asking for them with no envoy_grpc listener at all never matches
+    // anywhere (and needs no upstream: see below).
+    if r.effect == Effect::Allow
+        && !r.matches.context_extensions.is_empty()
+        && !cfg
+            .listeners
+            .iter()
+            .any(|l| matches!(l.door, crate::config::raw::RawDoor::EnvoyGrpc(_)))
+    {
+        cx.diags.push(
+            at.at(
+                "match.context_extensions",
+                format!(
+                    "rule `{}` never matches: only the envoy_grpc door's Checks carry context extensions, and no listener is one",
+                    r.name
+                ),
+            )
+            .warning(),
+        );
+    }
     if r.effect == Effect::Deny && !r.matches.context_extensions.is_empty() {
         let elsewhere: Vec<String> = cfg
             .listeners
