@@ -690,6 +690,19 @@ fn check_shapes(root: &IdedExpr) -> Result<(), String> {
                 .into(),
         );
     }
+    // Why: a comparison or an operation between values of known, different types (a string
+    // with a number, a number's `size`, a string where a condition belongs) passed `check`,
+    // and the rule then denied every request (`request.path > 5`: "no matching overload")
+    // or, with `!=`, held for every one (`params.id != 5`).
+    // Regression: tests::type_errors_between_known_types_are_refused
+    if let Some(t) = static_type(root, &shadowed, 0)?
+        && t != Ty::Bool
+    {
+        return Err(format!(
+            "a condition must be true or false; this gives {}",
+            t.name()
+        ));
+    }
     let mut stack = vec![root];
     while let Some(e) = stack.pop() {
         match &e.expr {
@@ -794,6 +807,221 @@ fn check_shapes(root: &IdedExpr) -> Result<(), String> {
         stack.extend(budget::children(e));
     }
     Ok(())
+}
+
+/// The type an expression has whatever the request, where it is known: the literals, the
+/// fields of `principal` and `request` that always have one type, `action`, `params`, and
+/// what operators and functions give. `claims`, and what may be null, are not known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ty {
+    Bool,
+    Int,
+    Uint,
+    Double,
+    String,
+    Bytes,
+    Null,
+    List,
+    Map,
+}
+
+impl Ty {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Bool => "a boolean",
+            Self::Int | Self::Uint | Self::Double => "a number",
+            Self::String => "a string",
+            Self::Bytes => "bytes",
+            Self::Null => "null",
+            Self::List => "a list",
+            Self::Map => "a map",
+        }
+    }
+
+    fn number(self) -> bool {
+        matches!(self, Self::Int | Self::Uint | Self::Double)
+    }
+
+    /// Whether a value of one may equal or be ordered with a value of the other.
+    fn comparable(self, other: Self) -> bool {
+        self == other || (self.number() && other.number())
+    }
+}
+
+/// [`Ty`] of `e` (`None` when not known), or why it is an error whatever the request: an
+/// operation between values of known types that do not go together.
+///
+/// Deeper than [`MAX_NESTING`] (refused later, by the budget), nothing is known: it runs
+/// before that check, on a thread with a small stack.
+fn static_type(e: &IdedExpr, shadowed: &[&str], depth: usize) -> Result<Option<Ty>, String> {
+    use cel::common::ast::{Expr, LiteralValue, operators};
+    if depth > MAX_NESTING {
+        return Ok(None);
+    }
+    let ident = |e: &IdedExpr, name: &str| {
+        matches!(&e.expr, Expr::Ident(n) if n == name) && !shadowed.contains(&name)
+    };
+    let is_request = |e: &IdedExpr, f: &str| matches!(&e.expr, Expr::Select(s) if !s.test && s.field == f && ident(&s.operand, "request"));
+    let ty = |e: &IdedExpr| static_type(e, shadowed, depth + 1);
+    Ok(match &e.expr {
+        Expr::Literal(l) => Some(match l {
+            LiteralValue::Boolean(_) => Ty::Bool,
+            LiteralValue::Int(_) => Ty::Int,
+            LiteralValue::UInt(_) => Ty::Uint,
+            LiteralValue::Double(_) => Ty::Double,
+            LiteralValue::String(_) => Ty::String,
+            LiteralValue::Bytes(_) => Ty::Bytes,
+            LiteralValue::Null => Ty::Null,
+        }),
+        Expr::List(l) => {
+            for x in &l.elements {
+                ty(x)?;
+            }
+            Some(Ty::List)
+        }
+        Expr::Map(_) => Some(Ty::Map),
+        Expr::Ident(n) if n == "action" && !shadowed.contains(&"action") => Some(Ty::String),
+        Expr::Select(s) if s.test => Some(Ty::Bool),
+        Expr::Select(s) if ident(&s.operand, "principal") => match s.field.as_str() {
+            "authenticated" => Some(Ty::Bool),
+            "id" | "kind" | "authenticator" => Some(Ty::String),
+            "scopes" | "roles" => Some(Ty::List),
+            _ => None,
+        },
+        Expr::Select(s) if ident(&s.operand, "request") => match s.field.as_str() {
+            "method" | "host" | "path" => Some(Ty::String),
+            "query" | "headers" => Some(Ty::Map),
+            _ => None,
+        },
+        Expr::Select(s)
+            if ident(&s.operand, "params")
+                || is_request(&s.operand, "headers")
+                || is_request(&s.operand, "query") =>
+        {
+            Some(Ty::String)
+        }
+        Expr::Call(c) => {
+            let mut args = Vec::with_capacity(c.args.len() + 1);
+            if let Some(t) = &c.target {
+                args.push(ty(t)?);
+            }
+            for a in &c.args {
+                args.push(ty(a)?);
+            }
+            let f = c.func_name.as_str();
+            let both = |op: &str| -> Result<Option<(Ty, Ty)>, String> {
+                match args.as_slice() {
+                    [Some(a), Some(b)] => Ok(Some((*a, *b))),
+                    [_, _] => Ok(None),
+                    _ => Err(format!("`{op}` takes two values")),
+                }
+            };
+            match f {
+                operators::EQUALS
+                | operators::NOT_EQUALS
+                | operators::LESS
+                | operators::LESS_EQUALS
+                | operators::GREATER
+                | operators::GREATER_EQUALS => {
+                    if let Some((a, b)) = both(f)?
+                        && !a.comparable(b)
+                        && a != Ty::Null
+                        && b != Ty::Null
+                    {
+                        return Err(format!(
+                            "compares {} with {}: never equal, never ordered (convert one: `int(…)`, `string(…)`)",
+                            a.name(),
+                            b.name()
+                        ));
+                    }
+                    Some(Ty::Bool)
+                }
+                operators::ADD
+                | operators::SUBSTRACT
+                | operators::MULTIPLY
+                | operators::DIVIDE
+                | operators::MODULO => match both(f)? {
+                    Some((a, b)) if a.number() && b.number() && a == b => Some(a),
+                    Some(
+                        (Ty::String, Ty::String) | (Ty::List, Ty::List) | (Ty::Bytes, Ty::Bytes),
+                    ) if f == operators::ADD => args[0],
+                    Some((a, b)) => {
+                        return Err(format!(
+                            "no arithmetic between {} and {}: an error for every request",
+                            a.name(),
+                            b.name()
+                        ));
+                    }
+                    None => None,
+                },
+                operators::LOGICAL_AND | operators::LOGICAL_OR | operators::LOGICAL_NOT => {
+                    if let Some(t) = args.iter().flatten().find(|t| **t != Ty::Bool) {
+                        return Err(format!(
+                            "`&&`, `||` and `!` take conditions; this is {}",
+                            t.name()
+                        ));
+                    }
+                    Some(Ty::Bool)
+                }
+                operators::IN => {
+                    if let [_, Some(t)] = args.as_slice()
+                        && !matches!(t, Ty::List | Ty::Map)
+                    {
+                        return Err(format!(
+                            "`in` looks in a list or a map; this is {}",
+                            t.name()
+                        ));
+                    }
+                    Some(Ty::Bool)
+                }
+                operators::CONDITIONAL => match args.as_slice() {
+                    [c, a, b] => {
+                        if let Some(c) = c.filter(|c| *c != Ty::Bool) {
+                            return Err(format!(
+                                "`? :` takes a condition first; this is {}",
+                                c.name()
+                            ));
+                        }
+                        if a == b { *a } else { None }
+                    }
+                    _ => None,
+                },
+                // (`contains` also looks in a list or a map.)
+                "contains" => Some(Ty::Bool),
+                "startsWith" | "endsWith" | "matches" => {
+                    if let Some(t) = args.iter().flatten().find(|t| **t != Ty::String) {
+                        return Err(format!("`{f}` takes strings; this is {}", t.name()));
+                    }
+                    Some(Ty::Bool)
+                }
+                "size" => {
+                    if let [Some(t)] = args.as_slice()
+                        && !matches!(t, Ty::String | Ty::Bytes | Ty::List | Ty::Map)
+                    {
+                        return Err(format!(
+                            "`size` measures a string, a list or a map; this is {}",
+                            t.name()
+                        ));
+                    }
+                    Some(Ty::Int)
+                }
+                operators::INDEX
+                    if c.args.first().is_some_and(|m| {
+                        ident(m, "params") || is_request(m, "headers") || is_request(m, "query")
+                    }) =>
+                {
+                    Some(Ty::String)
+                }
+                "int" => Some(Ty::Int),
+                "uint" => Some(Ty::Uint),
+                "double" => Some(Ty::Double),
+                "string" => Some(Ty::String),
+                "has" => Some(Ty::Bool),
+                _ => None,
+            }
+        }
+        _ => None,
+    })
 }
 
 /// A query parameter name as the most lenient upstream frameworks read it: its base and
