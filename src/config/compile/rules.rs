@@ -622,10 +622,19 @@ fn rule(
     if r.effect == Effect::Deny {
         // Why: a deny rule never opens a tunnel, and a preflight answered for it would tell a
         // browser that a request it refuses is welcome.
+        // Nor does it authenticate anyone, set identity headers or reach an upstream: an
+        // `authenticators` or `upstream` there read as if it narrowed the refusal, and did
+        // nothing (found by an outside tester of `check`).
+        // Regression: tests (it) check::invalid_configs_print_expected_diagnostics (deny-rule-options)
         for (set, field) in [
             (r.upgrade.is_some(), "upgrade"),
             (r.reauthorize_every.is_some(), "reauthorize_every"),
             (r.cors.is_some(), "cors"),
+            (!r.authenticators.is_empty(), "authenticators"),
+            (r.anonymous, "anonymous"),
+            (r.upstream.is_some(), "upstream"),
+            (!r.identity_headers.is_empty(), "identity_headers"),
+            (r.timeouts.is_some(), "timeouts"),
         ] {
             if set {
                 cx.diags.push(at.at(
