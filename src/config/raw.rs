@@ -458,6 +458,17 @@ impl<'de> Deserialize<'de> for Network {
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Network, E> {
                 if let Ok(n) = s.parse::<IpNet>() {
+                    // Why: `10.0.0.1/8` was read as `10.0.0.0/8` without a word; meant as the
+                    // one address (a slip for /32), it let in the whole /8.
+                    // Regression: tests::a_network_with_host_bits_is_refused
+                    if n.addr() != n.network() {
+                        return Err(E::custom(format_args!(
+                            "`{s}` has bits set past its /{len}: write the network `{}` or the one address `{}`",
+                            n.trunc(),
+                            n.addr(),
+                            len = n.prefix_len()
+                        )));
+                    }
                     return Ok(Network(unmapped(n)));
                 }
                 if let Ok(ip) = s.parse::<std::net::IpAddr>() {
@@ -499,6 +510,26 @@ fn default_true() -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_network_with_host_bits_is_refused() {
+        let read = |s: &str| serde_yaml::from_str::<super::Network>(s);
+        let e = read("10.0.0.1/8").unwrap_err().to_string();
+        assert!(
+            e.contains("`10.0.0.1/8` has bits set past its /8: write the network `10.0.0.0/8` or the one address `10.0.0.1`"),
+            "{e}"
+        );
+        assert!(read("fd00::1/8").is_err());
+        for fine in [
+            "10.0.0.0/8",
+            "10.0.0.1/32",
+            "10.0.0.1",
+            "fd00::/8",
+            "::ffff:10.0.0.0/104",
+        ] {
+            assert!(read(fine).is_ok(), "{fine}");
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -506,12 +537,12 @@ mod tests {
         for (written, read) in [
             ("::ffff:127.0.0.1", "127.0.0.1/32"),
             ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
-            ("::FFFF:10.1.2.3/112", "10.1.0.0/16"),
+            ("::FFFF:10.1.0.0/112", "10.1.0.0/16"),
             ("::ffff:0.0.0.0/96", "0.0.0.0/0"),
             // Not within the mapped range: as written.
-            ("::ffff:0:0/95", "::ffff:0.0.0.0/95"),
+            ("::fffe:0:0/95", "::fffe:0:0/95"),
             ("::1", "::1/128"),
-            ("64:ff9b::10.0.0.1/120", "64:ff9b::a00:1/120"),
+            ("64:ff9b::10.0.0.0/120", "64:ff9b::a00:0/120"),
             ("10.0.0.0/8", "10.0.0.0/8"),
         ] {
             let n: Network = serde_yaml::from_str(&format!("\"{written}\"")).unwrap();
