@@ -22,7 +22,8 @@
 //!   apart from the one it judged: another token of the same user, another client address, a
 //!   header it reads are asked about again. Anonymous requests are cached the same way. The
 //!   key digests the credential and is never logged; entries are bounded in number and never
-//!   kept past the delegate's `cache_ttl` nor the credential's expiry.
+//!   kept past the delegate's `cache_ttl` nor the credential's expiry (on an anonymous rule,
+//!   the `exp` a bearer JWT says, unverified: it only ever shortens the caching).
 //! - When the service fails, times out or answers nonsense, `failure_mode` decides: `deny`
 //!   (the default: 503 `delegate_unavailable`) or `allow`, and the failure is counted.
 
@@ -321,10 +322,13 @@ impl Delegate {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let verdict = verdict?;
-        // Never past the credential's expiry.
-        let fresh = principal
-            .and_then(|p| p.expires_at)
-            .is_none_or(|exp| exp > now + self.cache_ttl.as_secs());
+        // Never past the credential's expiry: the principal's, or, on a rule that verified
+        // none (the delegate checks the token itself), the `exp` a bearer JWT says.
+        let expires_at = match principal {
+            Some(p) => p.expires_at,
+            None => unverified_exp(facts.headers),
+        };
+        let fresh = expires_at.is_none_or(|exp| exp > now + self.cache_ttl.as_secs());
         if let Some(k) = key
             && fresh
         {
@@ -368,6 +372,35 @@ impl Delegate {
             .into_inner();
         verdict(&answer, &self.headers)
     }
+}
+
+/// The `exp` a bearer JWT in `Authorization` says, read without verifying it: only ever used
+/// to keep a cached answer shorter.
+///
+/// Why: on an anonymous rule whose delegate verifies the token itself (OPA's usual setup), an
+/// answer was cached for `cache_ttl` whatever the token said: a token with 3 s to live was
+/// still allowed from the cache 5 s later, past its expiry.
+/// Regression: tests::an_unverified_bearer_tokens_exp_is_read
+fn unverified_exp(headers: &http::HeaderMap) -> Option<u64> {
+    use base64::Engine as _;
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut parts = token.trim().split('.');
+    let (_, payload) = (parts.next()?, parts.next()?);
+    // Bounded: a claims set this large is no token a delegate accepts either.
+    if payload.len() > 16 * 1024 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = &claims["exp"];
+    exp.as_u64()
+        .or_else(|| exp.as_f64().filter(|e| *e >= 0.0).map(|e| e as u64))
 }
 
 /// The key an answer is cached under: SHA-256 over the rule and everything `request` tells

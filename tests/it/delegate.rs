@@ -936,6 +936,44 @@ async fn anonymous_answers_are_cached_under_the_full_request() {
     assert_eq!(opa.calls.load(Ordering::SeqCst), 2);
 }
 
+/// On an anonymous rule (the delegate verifies the token itself), an answer is never
+/// cached past the `exp` of the bearer token it was about: asked again once it passed.
+#[tokio::test]
+async fn an_anonymous_answer_is_not_cached_past_the_tokens_exp() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let short = hs256_token(SECRET, &json!({"sub": "alice", "exp": now + 2}));
+    let ask = || {
+        let req = Request::get("/public/exp")
+            .header("authorization", format!("Bearer {short}"))
+            .header("x-delegate-says", "yes")
+            .body(Full::default())
+            .unwrap();
+        send(gw.addr(), req)
+    };
+    assert_eq!(ask().await.0, StatusCode::OK);
+    assert_eq!(ask().await.0, StatusCode::OK);
+    // Within 30 s of `cache_ttl`, but 2 s of the token's life: never cached.
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 2);
+    // A token with long to live is cached as before.
+    for _ in 0..2 {
+        let status = get_with(
+            &gw,
+            "/public/exp",
+            Some(json!({"sub": "bob"})),
+            &[("x-delegate-says", "yes")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(opa.calls.load(Ordering::SeqCst), 3);
+}
+
 /// `check` warns about a delegate header the gateway owns: an identity header (an allowing
 /// delegate's value replaces the gateway's, so the upstream believes the delegate's identity)
 /// or one the gateway sets after the answer (the delegate's value never arrives). The config

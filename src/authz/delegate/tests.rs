@@ -325,3 +325,29 @@ async fn credentials_in_the_url_are_refused() {
         assert!(!e.message.contains("ter2"), "{e:?}");
     }
 }
+
+#[test]
+fn an_unverified_bearer_tokens_exp_is_read() {
+    use base64::Engine as _;
+    let token = |claims: &str| {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig", b64("{\"alg\":\"none\"}"), b64(claims))
+    };
+    let exp = |value: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+        super::unverified_exp(&h)
+    };
+    assert_eq!(
+        exp(&format!("Bearer {}", token("{\"exp\":1700000000}"))),
+        Some(1_700_000_000)
+    );
+    assert_eq!(
+        exp(&format!("bearer {}", token("{\"exp\":1700000000.5}"))),
+        Some(1_700_000_000)
+    );
+    assert_eq!(exp(&format!("Bearer {}", token("{\"sub\":\"a\"}"))), None);
+    assert_eq!(exp(&format!("Basic {}", token("{\"exp\":1}"))), None);
+    assert_eq!(exp("Bearer opaque-token"), None);
+    assert_eq!(super::unverified_exp(&http::HeaderMap::new()), None);
+}
