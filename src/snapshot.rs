@@ -247,6 +247,9 @@ pub struct ServerSettings {
     pub http2: Http2Limits,
 }
 
+/// [`Http2Limits::max_pending_resets`] for a client that is no door's peer.
+pub const PENDING_RESETS: u32 = 64;
+
 /// Per-connection HTTP/2 frame limits, compiled from `server.http2`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Http2Limits {
@@ -254,6 +257,10 @@ pub struct Http2Limits {
     pub max_resets: u32,
     /// The same from a decision door's configured peers.
     pub max_peer_resets: u32,
+    /// Streams the client may reset before the gateway has taken them from h2's queue (h2's
+    /// own bound, `max_pending_accept_reset_streams`): 64, or `max_peer_resets` for a
+    /// decision door's peers.
+    pub max_pending_resets: u32,
     /// Client PING and SETTINGS frames (not acknowledgements) per window.
     pub max_control_frames: u32,
     /// The counting window.

@@ -270,7 +270,9 @@ async fn serve_h2<I: ReadReady, H: Handler>(
         .max_header_list_size(
             u32::try_from(s.max_header_bytes + s.max_target_bytes).unwrap_or(u32::MAX),
         )
-        .max_pending_accept_reset_streams(Some(64))
+        .max_pending_accept_reset_streams(Some(
+            usize::try_from(s.http2.max_pending_resets).unwrap_or(usize::MAX),
+        ))
         .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));

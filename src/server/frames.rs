@@ -292,6 +292,7 @@ mod tests {
         Http2Limits {
             max_resets,
             max_peer_resets: max_resets,
+            max_pending_resets: 64,
             max_control_frames: 3,
             window: Duration::from_secs(60),
         }

@@ -194,8 +194,17 @@ impl<H: Handler> AcceptLoop<H> {
             // own, far higher (a process that is not Envoy but shares its address is still
             // bounded); everyone else keeps `max_resets`.
             // Regression: tests (it) abuse::a_door_peer_may_reset_many_checks
+            //
+            // Why the pending ones too: h2 counts the streams reset before the gateway took
+            // them from its queue, and past 64 sent its own GOAWAY: a burst of 100 Checks
+            // Envoy reset in one write dropped the Check in flight beside them, long before
+            // `max_peer_resets`. Regression: tests (it) abuse::a_door_peer_may_reset_a_burst_of_checks
             if door_peer {
                 server.http2.max_resets = server.http2.max_peer_resets.max(server.http2.max_resets);
+                server.http2.max_pending_resets = server
+                    .http2
+                    .max_peer_resets
+                    .max(server.http2.max_pending_resets);
             }
             drop(snapshot);
             // Why: a decision door's peers were checked per request, so any host that could

@@ -319,6 +319,7 @@ mod tests {
         let limits = Http2Limits {
             max_resets: 10,
             max_peer_resets: 10,
+            max_pending_resets: 64,
             max_control_frames: 10,
             window: Duration::from_secs(1),
         };

@@ -251,6 +251,51 @@ async fn a_door_peer_may_reset_many_checks() {
     assert!(tripped, "no GOAWAY past max_peer_resets");
 }
 
+/// A decision door's peer resets 100 Checks in one burst, before the gateway could take them
+/// from h2's queue: the Check in flight beside them is still answered (h2's own bound on
+/// such resets, 64, would have sent GOAWAY and dropped it). A client of the proxy door keeps
+/// that bound.
+#[tokio::test]
+async fn a_door_peer_may_reset_a_burst_of_checks() {
+    let gw = Setup {
+        listeners: "  - name: grpc\n    address: 127.0.0.1:0\n    http2: true\n    door: {envoy_grpc: {}}\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let addr = gw.addr_of("grpc");
+    let (mut send, conn) = h2_client(addr).await;
+    let check = || {
+        Request::post(format!(
+            "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+        ))
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap()
+    };
+    // The Check in flight: its message not sent yet.
+    send = send.ready().await.unwrap();
+    let (waiting, mut body) = send.send_request(check(), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // 100 whole Checks, each reset at once, in one write.
+    for _ in 0..100 {
+        let (_resp, mut stream) = send.send_request(check(), false).unwrap();
+        stream
+            .send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .unwrap();
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("answered within 5 s")
+        .expect("no GOAWAY");
+    assert_eq!(answered.status(), 200);
+    drop(send);
+    conn.abort();
+}
+
 /// An HTTP/2 client that grants no flow-control window (and keeps pinging) has each of its
 /// responses reset once a chunk has waited `send_timeout`; the connection goes on.
 #[tokio::test]

@@ -106,6 +106,7 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> (ServerSettings, Vec<NamePattern>) {
         http2: crate::snapshot::Http2Limits {
             max_resets: s.http2.max_resets,
             max_peer_resets: s.http2.max_peer_resets,
+            max_pending_resets: crate::snapshot::PENDING_RESETS,
             max_control_frames: s.http2.max_control_frames,
             window: s.http2.window,
         },
