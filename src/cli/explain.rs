@@ -643,7 +643,12 @@ async fn run_door(
         Decision::Deny(d) => {
             report["decision"] = json!("deny");
             report["reason"] = json!(d.kind.as_str());
-            render.deny(&settings, d.refusal(&snapshot.challenges, &request_id))
+            let refusal = d.refusal(&snapshot.challenges, &request_id);
+            match render {
+                // As the door answers: its metadata names the rule and the principal.
+                Renderer::EnvoyGrpc => grpc_answer(&crate::extauthz::grpc::denial(d, refusal)),
+                _ => render.deny(&settings, refusal),
+            }
         }
     };
     report["status"] = json!(answer.status);

@@ -950,21 +950,13 @@ impl CheckService {
             // response, which Envoy passes on whatever its failure mode.
             // Regression: tests (it) delegate::fail_closed_delegate_is_a_denial_at_the_grpc_door
             Decision::Deny(d) => {
-                let mut answer = denied(door::refusal(
+                let refusal = door::refusal(
                     &d,
                     snapshot,
                     request_id,
                     crate::authz::edge::sole_origin(facts.headers),
-                ));
-                if let Some(fields) = answer.dynamic_metadata.as_mut().map(|m| &mut m.fields) {
-                    if let Some(rule) = &d.rule {
-                        fields.insert("rule".to_owned(), text_value(&rule.0));
-                    }
-                    if let Some(p) = &d.principal {
-                        principal_metadata(fields, p);
-                    }
-                }
-                Ok(Answer::Message(answer))
+                );
+                Ok(Answer::Message(denial(&d, refusal)))
             }
         }
     }
@@ -1364,6 +1356,21 @@ fn add_grpc_status(resp: &mut CheckResponse) {
         d.headers
             .push(overwrite("grpc-status", code.to_string().as_bytes()));
     }
+}
+
+/// The answer to a request the decision denied: [`denied`], its metadata naming the rule and
+/// the principal when known. (`explain --door envoy-grpc` shows the same.)
+pub fn denial(d: &crate::decision::Deny, refusal: Refusal) -> CheckResponse {
+    let mut answer = denied(refusal);
+    if let Some(fields) = answer.dynamic_metadata.as_mut().map(|m| &mut m.fields) {
+        if let Some(rule) = &d.rule {
+            fields.insert("rule".to_owned(), text_value(&rule.0));
+        }
+        if let Some(p) = &d.principal {
+            principal_metadata(fields, p);
+        }
+    }
+    answer
 }
 
 /// The denial's gRPC code with the HTTP answer Envoy gives the client.

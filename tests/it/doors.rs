@@ -716,9 +716,35 @@ fn explain_runs_each_doors_code() {
     // The config has a proxy listener: its allow rules need an upstream.
     cfg.write(
         "policies/p.yaml",
-        "rules:\n  - {name: api, match: {paths: [\"/api/**\"]}, effect: allow, authenticators: [users], upstream: echo}\n",
+        "rules:\n  - {name: api, match: {paths: [\"/api/**\"]}, effect: allow, authenticators: [users], upstream: echo}\n  - {name: admin, match: {paths: [\"/admin/**\"]}, effect: allow, authenticators: [users], require: {scopes: {all_of: [admin]}}, upstream: echo}\n",
     );
     let token = format!("Authorization: Bearer {}", token());
+    // A denial of a known principal by a rule: the gRPC door's metadata names both, as the
+    // live door's does (`grpc::denials_carry_their_reason_as_dynamic_metadata`).
+    let (code, text) = cfg.run(
+        "explain",
+        &[
+            "--door",
+            "envoy-grpc",
+            "--url",
+            "https://app.test/admin/x",
+            "-H",
+            &token,
+            "--json",
+        ],
+    );
+    assert_eq!(code, Some(1), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let meta = &v["answer"]["dynamic_metadata"];
+    assert_eq!(
+        (&meta["reason"], &meta["rule"], &meta["principal_id"]),
+        (
+            &serde_json::json!("insufficient_scope"),
+            &serde_json::json!("admin"),
+            &serde_json::json!("alice")
+        ),
+        "{text}"
+    );
     for door in ["proxy", "envoy-grpc", "envoy-http", "forward-auth"] {
         let (code, text) = cfg.run(
             "explain",
