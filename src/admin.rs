@@ -77,6 +77,8 @@ pub struct AdminHandler {
 }
 
 impl Handler for AdminHandler {
+    const DOOR: Option<crate::request::facts::Door> = None;
+
     fn call(&self, _conn: Arc<Conn>, req: Request<Incoming>) -> Answering {
         let state = Arc::clone(&self.state);
         let scope = self.scope;

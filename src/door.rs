@@ -141,6 +141,7 @@ pub fn parse_fields(configured: usize) -> usize {
 
 impl<D: HttpDoor> crate::server::listener::Handler for DoorHandler<D> {
     const DECIDES_ONLY: bool = true;
+    const DOOR: Option<Door> = Some(D::DOOR);
 
     fn max_headers(&self, configured: usize) -> usize {
         parse_fields(configured)
@@ -305,10 +306,10 @@ impl Record {
     }
 
     /// A refusal that is not a decision (malformed, not admitted, too slow).
-    pub fn failed(&mut self, shared: &Shared, reason: &'static str) {
+    pub fn failed(&mut self, shared: &Shared, door: Door, reason: &'static str) {
         self.outcome = Outcome::Error;
         self.reason = Some(reason);
-        shared.metrics.bad_request(reason);
+        shared.metrics.bad_request(Some(door), reason);
     }
 
     /// Counts the answer and writes its access-log line.
@@ -513,7 +514,7 @@ async fn answer<D: HttpDoor>(
             door.deny(settings, refusal)
         }
         Err((status, reason)) => {
-            record.failed(shared, reason);
+            record.failed(shared, D::DOOR, reason);
             door.deny(settings, Refusal::error(status, reason, &request_id))
         }
     };

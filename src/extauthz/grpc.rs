@@ -407,6 +407,7 @@ impl GrpcHandler {
 
 impl crate::server::listener::Handler for GrpcHandler {
     const DECIDES_ONLY: bool = true;
+    const DOOR: Option<Door> = Some(Door::EnvoyGrpc);
 
     /// A Check answered with a denial (500 `internal_error`, the CheckResponse's status not
     /// OK), which Envoy applies whatever its `failure_mode_allow`.
@@ -440,7 +441,7 @@ impl crate::server::listener::Handler for GrpcHandler {
                 .is_some_and(|c| door::admits(c, conn.info.peer.ip()));
             (!admitted).then(|| {
                 let mut record = Record::new(conn.info.peer.ip());
-                record.failed(&self.shared, "peer_not_allowed");
+                record.failed(&self.shared, Door::EnvoyGrpc, "peer_not_allowed");
                 let id = crate::server::request_id::take_or_generate(
                     req.headers(),
                     &snapshot.server.request_id_header,
@@ -775,7 +776,7 @@ impl CheckService {
         // (The connection is always there: the handler puts it in before the door runs.)
         if let Some(conn) = parts.extensions.get::<Arc<Conn>>() {
             let mut record = Record::new(conn.info.peer.ip());
-            record.failed(&self.shared, refusal.code);
+            record.failed(&self.shared, Door::EnvoyGrpc, refusal.code);
             let at = (Door::EnvoyGrpc, &*conn.info.listener);
             let status = refusal.status.as_u16();
             record.account(&snapshot, &self.shared, at, start, &request_id, status);
@@ -796,7 +797,7 @@ impl CheckService {
             &snapshot.server.request_id_header,
         );
         let mut record = Record::new(conn.info.peer.ip());
-        record.failed(&self.shared, "invalid_check_request");
+        record.failed(&self.shared, Door::EnvoyGrpc, "invalid_check_request");
         let refusal = Refusal::error(
             StatusCode::BAD_REQUEST,
             "invalid_check_request",
@@ -831,7 +832,7 @@ impl CheckService {
         // Why: a Check request describes a request and is believed; only Envoy may send one.
         // Regression: tests (it) grpc::peer_not_allowed
         if !door::admits(common, conn.info.peer.ip()) {
-            record.failed(&self.shared, "peer_not_allowed");
+            record.failed(&self.shared, Door::EnvoyGrpc, "peer_not_allowed");
             let refusal = Refusal::error(StatusCode::FORBIDDEN, "peer_not_allowed", request_id);
             return Ok(Answer::Message(denied(refusal)));
         }
@@ -843,7 +844,7 @@ impl CheckService {
         ) {
             Ok(d) => d,
             Err(reason) => {
-                record.failed(&self.shared, reason);
+                record.failed(&self.shared, Door::EnvoyGrpc, reason);
                 let status = door::undescribed_status(reason);
                 let refusal = Refusal::error(status, reason, request_id);
                 return Ok(Answer::Message(denied(refusal)));
@@ -854,7 +855,7 @@ impl CheckService {
         let upgrade = match door::asked_upgrade(&described.headers) {
             Ok(u) => u,
             Err(reason) => {
-                record.failed(&self.shared, reason);
+                record.failed(&self.shared, Door::EnvoyGrpc, reason);
                 let refusal = Refusal::error(StatusCode::BAD_REQUEST, reason, request_id);
                 return Ok(Answer::Message(denied(refusal)));
             }
@@ -893,7 +894,7 @@ impl CheckService {
             },
             Err(e) => {
                 record.client_ip = described.conn.peer.ip();
-                record.failed(&self.shared, e.as_str());
+                record.failed(&self.shared, Door::EnvoyGrpc, e.as_str());
                 let refusal = Refusal::error(e.status(), e.as_str(), request_id);
                 return Ok(Answer::Message(denied(refusal)));
             }
@@ -917,7 +918,7 @@ impl CheckService {
         let decided =
             tokio::time::timeout_at(due, decision::decide(snapshot, &facts, &mut NoTrace)).await;
         let Ok(mut decision) = decided else {
-            record.failed(&self.shared, "decision_timeout");
+            record.failed(&self.shared, Door::EnvoyGrpc, "decision_timeout");
             return Err(if callers {
                 tonic::Status::deadline_exceeded("decision_timeout")
             } else {

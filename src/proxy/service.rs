@@ -901,7 +901,7 @@ impl Ctx<'_> {
         let id = self.request_id;
         let (refusal, malformed) = match failure {
             Failure::Malformed(status, reason) => {
-                self.shared.metrics.bad_request(reason);
+                self.shared.metrics.bad_request(Some(Door::Proxy), reason);
                 (self.outcome, self.reason) = (Outcome::Error, Some(reason));
                 (Refusal::error(status, reason, id), true)
             }

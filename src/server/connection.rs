@@ -391,7 +391,7 @@ async fn park<I: ReadReady, H>(io: &mut Tracked<I>, ctx: &mut Ctx<'_, H>) -> boo
 /// Runs a hyper connection until it ends, a deadline ends it, or (`parkable`) it is idle long
 /// enough to be parked.
 /// `graceful` starts hyper's graceful shutdown (HTTP/2: GOAWAY).
-async fn drive<C: Future<Output = hyper::Result<()>>, H>(
+async fn drive<C: Future<Output = hyper::Result<()>>, H: Handler>(
     mut connection: Pin<&mut C>,
     graceful: fn(Pin<&mut C>),
     ctx: &mut Ctx<'_, H>,
@@ -424,7 +424,7 @@ async fn drive<C: Future<Output = hyper::Result<()>>, H>(
                     // door sees a request: a scanner's flood left no count at all.
                     // Regression: tests (it) abuse::an_unreadable_head_is_counted
                     if let Some(kind) = unreadable_head(&e) {
-                        ctx.shared.metrics.bad_request(kind);
+                        ctx.shared.metrics.bad_request(H::DOOR, kind);
                     }
                     tracing::debug!(error = %e, "Connection ended with an error");
                 }

@@ -33,6 +33,10 @@ pub trait Handler: Send + Sync + 'static {
     /// Regression: tests (it) abuse::the_proxy_cannot_take_the_decision_doors_permits
     const DECIDES_ONLY: bool = false;
 
+    /// The door it serves, for the metrics of what no door saw (a head hyper could not
+    /// read); `None` for the admin listener.
+    const DOOR: Option<crate::request::facts::Door>;
+
     /// Answers one request arriving on `conn`; never fails (every failure is a response).
     fn call(&self, conn: Arc<Conn>, req: hyper::Request<Incoming>) -> Answering;
 
@@ -77,6 +81,8 @@ pub type Answering = std::pin::Pin<
 pub struct ProxyHandler(pub Arc<Shared>);
 
 impl Handler for ProxyHandler {
+    const DOOR: Option<crate::request::facts::Door> = Some(crate::request::facts::Door::Proxy);
+
     fn call(&self, conn: Arc<Conn>, req: hyper::Request<Incoming>) -> Answering {
         let shared = Arc::clone(&self.0);
         Box::pin(async move { service::handle(&shared, &conn, req).await })

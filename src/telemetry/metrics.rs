@@ -109,6 +109,12 @@ struct LimitLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DoorKindLabels {
+    door: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -129,7 +135,7 @@ pub struct Metrics {
     reloads: Family<OutcomeLabel, Counter>,
     config_version: Family<VersionLabel, Gauge>,
     upstream_errors: Family<KindLabel, Counter>,
-    bad_requests: Family<KindLabel, Counter>,
+    bad_requests: Family<DoorKindLabels, Counter>,
     denials: Family<DenialLabels, Counter>,
     limits: Family<LimitLabel, Counter>,
     /// Client connections open now.
@@ -152,7 +158,7 @@ pub struct Metrics {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Labelled {
     Denial(Door),
-    BadRequest,
+    BadRequest(Option<Door>),
     Limit,
     UpstreamError,
 }
@@ -289,10 +295,10 @@ impl Metrics {
             "Failed upstream exchanges by kind (connect, timeout, protocol, body_limit)",
             upstream_errors.clone(),
         );
-        let bad_requests = Family::<KindLabel, Counter>::default();
+        let bad_requests = Family::<DoorKindLabels, Counter>::default();
         registry.register(
             "bad_requests",
-            "Requests rejected before a decision, by reason",
+            "Requests rejected before a decision, by door (or admin) and reason",
             bad_requests.clone(),
         );
         let denials = Family::<DenialLabels, Counter>::default();
@@ -406,10 +412,15 @@ impl Metrics {
         });
     }
 
-    /// Counts a request rejected before a decision.
-    pub fn bad_request(&self, kind: &'static str) {
-        cached(self.id, Labelled::BadRequest, kind, || {
-            self.bad_requests.get_or_create(&KindLabel { kind }).clone()
+    /// Counts a request rejected before a decision, at `door` (`None`: the admin listener).
+    pub fn bad_request(&self, door: Option<Door>, kind: &'static str) {
+        cached(self.id, Labelled::BadRequest(door), kind, || {
+            self.bad_requests
+                .get_or_create(&DoorKindLabels {
+                    door: door.map_or("admin", Door::as_str),
+                    kind,
+                })
+                .clone()
         });
     }
 
@@ -775,17 +786,19 @@ mod tests {
         let other = Arc::clone(&a);
         std::thread::spawn(move || {
             other.denial(Door::Proxy, "forbidden");
-            other.bad_request("h2c_upgrade");
+            other.bad_request(Some(Door::Proxy), "h2c_upgrade");
             other.limit("idle_timeout");
             other.upstream_error("connect");
         })
         .join()
         .unwrap();
-        a.bad_request("h2c_upgrade");
+        a.bad_request(Some(Door::Proxy), "h2c_upgrade");
+        a.bad_request(None, "h2c_upgrade");
         let text = a.encode();
         for line in [
             r#"portcullis_denials_total{door="proxy",reason="forbidden"} 4"#,
-            r#"portcullis_bad_requests_total{kind="h2c_upgrade"} 2"#,
+            r#"portcullis_bad_requests_total{door="proxy",kind="h2c_upgrade"} 2"#,
+            r#"portcullis_bad_requests_total{door="admin",kind="h2c_upgrade"} 1"#,
             r#"portcullis_connection_limits_total{limit="idle_timeout"} 1"#,
             r#"portcullis_upstream_errors_total{kind="connect"} 1"#,
         ] {

@@ -1071,7 +1071,7 @@ async fn an_unreadable_head_is_counted() {
     let r = raw(gw.addr(), big.as_bytes()).await;
     assert_eq!(r.status, 431, "{}", r.head);
     for kind in ["unparsable_head", "headers_too_large"] {
-        let series = format!(r#"portcullis_bad_requests_total{{kind="{kind}"}} 1"#);
+        let series = format!(r#"portcullis_bad_requests_total{{door="proxy",kind="{kind}"}} 1"#);
         let counted = eventually(Duration::from_secs(5), || {
             let series = series.clone();
             let gw = &gw;
