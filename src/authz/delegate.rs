@@ -112,9 +112,10 @@ pub enum DelegateError {
     /// No answer within the timeout.
     #[error("timed out")]
     Timeout,
-    /// The call failed (unreachable, an error status).
-    #[error("call failed")]
-    Call,
+    /// The call failed (unreachable, an error status): its gRPC code, which tells a
+    /// delegate down (`Unavailable`) from one that does not serve Check (`Unimplemented`).
+    #[error("call failed: {0:?}")]
+    Call(tonic::Code),
     /// An answer that is neither OK nor a denial.
     #[error("unusable answer")]
     Garbage,
@@ -317,7 +318,7 @@ impl Delegate {
             Ok(Verdict::Allow(_)) => &self.counts.allowed,
             Ok(Verdict::Deny) => &self.counts.denied,
             Err(DelegateError::Timeout) => &self.counts.timeouts,
-            Err(DelegateError::Call) => &self.counts.errors,
+            Err(DelegateError::Call(_)) => &self.counts.errors,
             Err(DelegateError::Garbage) => &self.counts.invalid,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -368,7 +369,7 @@ impl Delegate {
         let answer = tokio::time::timeout(budget, client.check(request))
             .await
             .map_err(|_| DelegateError::Timeout)?
-            .map_err(|_| DelegateError::Call)?
+            .map_err(|status| DelegateError::Call(status.code()))?
             .into_inner();
         verdict(&answer, &self.headers)
     }

@@ -435,7 +435,7 @@ async fn decide_rule(
                 return deny_principal(rule, DenyKind::DelegateDenied, principal.as_ref());
             }
             Err(e) => {
-                tracing::warn!(delegate = &*delegate.name, error = %e, fails_open = delegate.fails_open(), "Delegate gave no answer");
+                tracing::warn!(delegate = &*delegate.name, rule = &*rule.id.0, path = &*facts.path, error = %e, fails_open = delegate.fails_open(), "Delegate gave no answer");
                 trace.record(TraceEvent::DelegateFailed(delegate.name.clone()));
                 if !delegate.fails_open() {
                     return deny_principal(rule, DenyKind::DelegateUnavailable, principal.as_ref());

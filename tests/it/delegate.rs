@@ -936,6 +936,39 @@ async fn anonymous_answers_are_cached_under_the_full_request() {
     assert_eq!(opa.calls.load(Ordering::SeqCst), 2);
 }
 
+/// A delegate that cannot be reached is logged with the call's gRPC code, the delegate and
+/// the rule, so a delegate down tells itself apart from one that serves no Check.
+#[tokio::test]
+async fn a_failed_delegate_call_is_logged_with_its_code() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let echo = portcullis::echo::Echo::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let bin = crate::memory::Binary::start_with(
+        echo.addr,
+        "  - name: http\n    address: 127.0.0.1:0\n",
+        "",
+        &format!("delegates:\n  opa:\n    grpc: http://{closed}\n    timeout: 2s\n"),
+        "rules:\n  - {name: checked, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, delegate: opa, upstream: echo}\n",
+        &[],
+        &[],
+    );
+    let (status, _, _) = crate::support::get(bin.addr("http"), "/x").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let said = crate::support::eventually(Duration::from_secs(10), || async {
+        bin.log_lines("Delegate gave no answer").iter().any(|l| {
+            l.contains("call failed: Unavailable")
+                && l.contains("\"rule\":\"checked\"")
+                && l.contains("\"delegate\":\"opa\"")
+        })
+    })
+    .await;
+    assert!(said, "{:?}", bin.log_lines("Delegate"));
+}
+
 /// On an anonymous rule (the delegate verifies the token itself), an answer is never
 /// cached past the `exp` of the bearer token it was about: asked again once it passed.
 #[tokio::test]
