@@ -401,6 +401,12 @@ impl Condition {
                                     "query parameter `{k}` has a value that does not decode"
                                 ));
                             }
+                            // Why: a condition that reads every name (`request.query.all(k,
+                            // k != 'debug')`) saw `DEBUG`, `debug[]`, ` debug` and
+                            // `x=1;debug=1` as written, and let them through to upstreams
+                            // that read them as `debug`. Read whole, the map's names must be
+                            // spelled as every framework reads them (arrays were refused
+                            // already, as repeats). Regression: tests::whole_map_reads_deny_other_spellings
                             names_seen += 1;
                             if names_seen > MAX_QUERY_NAMES {
                                 return Some(format!(
@@ -425,6 +431,25 @@ impl Condition {
                             if repeated {
                                 return Some(
                                     "a query parameter is repeated: the upstream may read another value"
+                                        .to_owned(),
+                                );
+                            }
+                            // Keyed children (`page[number]`) stay other parameters; an
+                            // appended `[]` is read as the name itself.
+                            let written = &name[..name.find('[').unwrap_or(name.len())];
+                            let plain = second.is_none()
+                                && first.base == written
+                                && !first.path.contains("[]");
+                            let odd = (n > 0 && kv.contains('=')) || (n == 0 && !plain);
+                            // Told only when the expression spells it, as for a repeat.
+                            if odd && self.source.contains(name) {
+                                return Some(format!(
+                                    "query parameter `{k}` may be read as another name by the upstream"
+                                ));
+                            }
+                            if odd {
+                                return Some(
+                                    "a query parameter may be read as another name by the upstream"
                                         .to_owned(),
                                 );
                             }
