@@ -135,6 +135,7 @@ impl Condition {
         // `roles.exists(r, …)`) as if they were ours; the check walks scopes instead.
         // Regression: tests::comprehension_macros_and_their_variables
         check_shapes(program.expression())?;
+        check_functions(&program)?;
         let mut checked = budget::check(program.expression(), &VARIABLES)?;
         checked.expr = budget::precompile_matches(checked.expr)?;
         let mut reads = RequestReads::default();
@@ -830,6 +831,44 @@ fn check_shapes(root: &IdedExpr) -> Result<(), String> {
             _ => {}
         }
         stack.extend(budget::children(e));
+    }
+    Ok(())
+}
+
+/// Refuses a call of a function no context declares (`lowerAscii`, `nosuchfn`, a typo).
+///
+/// Why: such a call passed `check` and a reload, and failed at every request ("undeclared
+/// reference"), so the rule denied them all: an outage shipped by an edit `check` had called
+/// ok. Regression: tests::unknown_functions_are_refused
+fn check_functions(program: &Program) -> Result<(), String> {
+    let root: &Context<'_, '_> = ROOT.get_or_init(|| Context::with_env(Arc::new(budget::env())));
+    for name in program.references().functions() {
+        // Operators (`_==_`, `@in`, `!_`), and namespaced names, are the parser's own.
+        if !name.starts_with(|c: char| c.is_ascii_alphabetic())
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            continue;
+        }
+        // Calls with no arguments, globally and on a value of each kind: a declared
+        // function answers at least one with another error (its arguments), or a value; an
+        // undeclared one each as undeclared.
+        let undeclared = [
+            "", "''.", "[].", "{}.", "1.", "1u.", "1.0.", "true.", "b''.",
+        ]
+        .iter()
+        .all(|on| {
+            Program::compile(&format!("{on}{name}()")).is_ok_and(|probe| {
+                matches!(
+                    probe.execute(root),
+                    Err(cel::ExecutionError::UndeclaredReference(_))
+                )
+            })
+        });
+        if undeclared {
+            return Err(format!(
+                "unknown function `{name}` (the functions are CEL's standard ones: size, contains, startsWith, endsWith, matches, int, uint, double, string, …)"
+            ));
+        }
     }
     Ok(())
 }

@@ -1185,6 +1185,42 @@ fn whole_map_reads_deny_other_spellings() {
     }
 }
 
+/// A call of a function no context declares is refused at load; every declared one passes.
+#[test]
+fn unknown_functions_are_refused() {
+    for (expr, name) in [
+        ("request.path.lowerAscii() == '/t'", "lowerAscii"),
+        ("nosuchfn(1)", "nosuchfn"),
+        ("principal.id.nosuchmethod() == 'a'", "nosuchmethod"),
+        (
+            "'ADMIN' in principal.roles.map(r, r.upperAscii())",
+            "upperAscii",
+        ),
+    ] {
+        let e = Condition::compile(expr, Budget::default())
+            .err()
+            .unwrap_or_else(|| panic!("{expr} compiled"));
+        assert!(
+            e.contains(&format!("unknown function `{name}`")),
+            "{expr}: {e}"
+        );
+    }
+    for expr in [
+        "size(request.path) > 1 && request.path.size() > 1",
+        "request.path.contains('a') || request.path.startsWith('/') || request.path.endsWith('x')",
+        "request.path.matches('^/v') && int('1') == 1 && uint(1) == 1u && double(1) == 1.0",
+        "string(1) == '1' && has(claims.x) && principal.roles.exists(r, r == 'a')",
+        "principal.roles.all(r, r != 'b') && principal.roles.exists_one(r, r == 'a')",
+        "size(principal.roles.filter(r, r == 'a')) == 1 && principal.roles.map(r, r) == ['a']",
+    ] {
+        assert!(
+            Condition::compile(expr, Budget::default()).is_ok(),
+            "{expr}: {:?}",
+            Condition::compile(expr, Budget::default()).err()
+        );
+    }
+}
+
 /// A `matches` pattern is compiled once, at load: the expression evaluated holds no call
 /// that compiles it (the `cel` crate's `matches` compiles on every call: 150 ms a request for
 /// `[\w.-]{1,200}`, 22 s for one request of 990 query names under `all(k, k.matches(…))`),
