@@ -126,10 +126,12 @@ impl Condition {
         }
         let program = Program::compile(source).map_err(|e| {
             let text = e.to_string();
-            format!(
-                "invalid CEL: {}",
-                text.lines().next().unwrap_or("syntax error")
-            )
+            let line = text.lines().next().unwrap_or("syntax error");
+            // The parser's recursion limit is reported as its internal error's debug form.
+            if line.contains("Recursion limit") {
+                return "expression nested too deep: past the parser's limit (about 90 levels of parentheses)".to_owned();
+            }
+            format!("invalid CEL: {line}")
         })?;
         // Why: the crate's reference list names a comprehension's own variables (`r` in
         // `roles.exists(r, …)`) as if they were ours; the check walks scopes instead.

@@ -1185,6 +1185,16 @@ fn whole_map_reads_deny_other_spellings() {
     }
 }
 
+/// Parentheses nested past the parser's own limit are said to be so, not as the parser's
+/// internal error.
+#[test]
+fn deep_parentheses_are_said_to_be_too_deep() {
+    let expr = format!("{}true{}", "(".repeat(120), ")".repeat(120));
+    let e = Condition::compile(&expr, Budget::default()).unwrap_err();
+    assert!(e.starts_with("expression nested too deep"), "{e}");
+    assert!(!e.contains("ParseError"), "{e}");
+}
+
 /// A call of a function no context declares is refused at load; every declared one passes.
 #[test]
 fn unknown_functions_are_refused() {
