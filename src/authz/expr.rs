@@ -57,6 +57,9 @@ pub struct Condition {
     /// The query keys it reads, as written and as an upstream reads them; `None` when it
     /// reads the whole map (or none).
     query_keys: Option<Vec<(Box<str>, QueryName)>>,
+    /// When it reads `request.query` whole: the text literals it holds, as written and as an
+    /// upstream reads them (the names a comprehension over the map may compare with).
+    literal_keys: Vec<(Box<str>, QueryName)>,
     /// The expression without CEL values, when it is one of the common ones (see [`fast`]).
     fast: Option<fast::Fast>,
 }
@@ -157,6 +160,13 @@ impl Condition {
                         .collect(),
                 ),
                 Keys::None | Keys::All => None,
+            },
+            literal_keys: match &reads.query {
+                Keys::All => text_literals(program.expression())
+                    .into_iter()
+                    .map(|k| (k.as_str().into(), QueryName::of(&k)))
+                    .collect(),
+                Keys::None | Keys::Some(_) => Vec::new(),
             },
             reads,
             source: source.into(),
@@ -437,13 +447,16 @@ impl Condition {
                                         .to_owned(),
                                 );
                             }
-                            // Keyed children (`page[number]`) stay other parameters; an
-                            // appended `[]` is read as the name itself.
-                            let written = &name[..name.find('[').unwrap_or(name.len())];
-                            let plain = second.is_none()
-                                && first.base == written
-                                && !first.path.contains("[]");
-                            let odd = (n > 0 && kv.contains('=')) || (n == 0 && !plain);
+                            // Why: a condition that reads every name (`request.query.all(k,
+                            // k != 'debug')`) saw `DEBUG`, `debug[]`, `debug[0]` and
+                            // `x=1;debug` as written, and let them through to upstreams that
+                            // read them as `debug`. A name an upstream may read as one the
+                            // expression writes must be spelled as written there, and not
+                            // come after a `;`; other names are as the client wrote them
+                            // (`pageSize`). Regression: tests::whole_map_reads_deny_other_spellings
+                            let odd = self.literal_keys.iter().any(|(lit, read)| {
+                                names().any(|q| q.is_read_as(read)) && (n > 0 || !exactly(lit))
+                            });
                             // Told only when the expression spells it, as for a repeat.
                             if odd && self.source.contains(name) {
                                 return Some(format!(
@@ -572,6 +585,20 @@ fn bracket_path(path: &str) -> String {
     // `Some(i) > None`: a `[` with no `]` after it.
     if out.rfind('[') > out.rfind(']') {
         out.push(']');
+    }
+    out
+}
+
+/// The text literals of an expression (`'debug'` in `request.query.all(k, k != 'debug')`).
+fn text_literals(e: &IdedExpr) -> Vec<String> {
+    use cel::common::ast::{Expr, LiteralValue};
+    let mut out = Vec::new();
+    let mut stack = vec![e];
+    while let Some(e) = stack.pop() {
+        if let Expr::Literal(LiteralValue::String(s)) = &e.expr {
+            out.push(s.inner().to_owned());
+        }
+        stack.extend(budget::children(e));
     }
     out
 }
@@ -1011,6 +1038,19 @@ fn static_type(e: &IdedExpr, shadowed: &[&str], depth: usize) -> Result<Option<T
                     Some(
                         (Ty::String, Ty::String) | (Ty::List, Ty::List) | (Ty::Bytes, Ty::Bytes),
                     ) if f == operators::ADD => args[0],
+                    // CEL does no arithmetic between an int, a uint and a double either.
+                    Some((a, b)) if a.number() && b.number() => {
+                        let kind = |t: Ty| match t {
+                            Ty::Int => "an int",
+                            Ty::Uint => "a uint",
+                            _ => "a double",
+                        };
+                        return Err(format!(
+                            "no arithmetic between {} and {}: convert one (`double(…)`, `int(…)`)",
+                            kind(a),
+                            kind(b)
+                        ));
+                    }
                     Some((a, b)) => {
                         return Err(format!(
                             "no arithmetic between {} and {}: an error for every request",
