@@ -194,6 +194,14 @@ pub fn without_quoted_strings(message: &str) -> String {
         }
     }
     out.push_str(rest);
+    // An unknown variant (`format: <secret>`) likewise, its text in backticks.
+    const VARIANT: &str = "unknown variant `";
+    if let Some(i) = out.find(VARIANT).map(|i| i + VARIANT.len())
+        && let Some(len) = backtick_end(&out[i..])
+        && !reads_like_a_name(&out[i..i + len])
+    {
+        out.replace_range(i - 1..i + len + 1, "(a value, not shown)");
+    }
     out
 }
 
@@ -358,29 +366,40 @@ pub fn file_secret(mut bytes: Vec<u8>) -> Vec<u8> {
 mod tests {
     #[test]
     fn quoted_strings_are_cut_from_any_message() {
-        assert_eq!(
-            super::without_quoted_strings(
-                "invalid type: string \"s3cr\\\"et\", expected a boolean"
+        for (message, shown) in [
+            (
+                "invalid type: string \"s3cr\\\"et\", expected a boolean",
+                "invalid type: string (a value, not shown), expected a boolean",
             ),
-            "invalid type: string (a value, not shown), expected a boolean"
-        );
-        assert_eq!(
-            super::without_quoted_strings("unknown field `acess_log`, expected one of `a`"),
-            "unknown field `acess_log`, expected one of `a`"
-        );
-        assert_eq!(
-            super::without_quoted_strings("invalid value: string \"secret"),
-            "invalid value: string (a value, not shown)"
-        );
-        assert_eq!(
-            super::without_quoted_strings("invalid type: string \"lots\", expected a number"),
-            "invalid type: string \"lots\", expected a number"
-        );
-        // What the parser says of its own is kept.
-        assert_eq!(
-            super::without_quoted_strings("unknown time unit \"parsecs\""),
-            "unknown time unit \"parsecs\""
-        );
+            (
+                "invalid value: string \"secret",
+                "invalid value: string (a value, not shown)",
+            ),
+            // A word that reads like a name says what was wrong.
+            (
+                "invalid type: string \"lots\", expected a number",
+                "invalid type: string \"lots\", expected a number",
+            ),
+            // Names, and what the parser says of its own, are kept.
+            (
+                "unknown field `acess_log`, expected one of `a`",
+                "unknown field `acess_log`, expected one of `a`",
+            ),
+            (
+                "unknown time unit \"parsecs\"",
+                "unknown time unit \"parsecs\"",
+            ),
+            (
+                "unknown variant `jsn`, expected `json` or `text`",
+                "unknown variant `jsn`, expected `json` or `text`",
+            ),
+            (
+                "unknown variant `Xk9pQ2vR7sT4uW8yZ1aB3cD5eF6gH0j`, expected `json` or `text`",
+                "unknown variant (a value, not shown), expected `json` or `text`",
+            ),
+        ] {
+            assert_eq!(super::without_quoted_strings(message), shown, "{message}");
+        }
     }
 
     #[test]

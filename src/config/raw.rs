@@ -371,7 +371,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
             humantime::parse_duration(v)
-                .map_err(|e| match v.len() <= 32 && v.starts_with(|c: char| c.is_ascii_digit()) {
+                .map_err(|e| match v.len() <= 16 && v.starts_with(|c: char| c.is_ascii_digit()) {
                     true => E::custom(format_args!("invalid duration `{v}`: {e}")),
                     // Not a duration at all (a secret pasted here): not quoted back.
                     false => E::custom("invalid duration (not shown): expected a number and a unit, such as `30s` or `5m`"),
@@ -474,9 +474,18 @@ impl<'de> Deserialize<'de> for Network {
                 if let Ok(ip) = s.parse::<std::net::IpAddr>() {
                     return Ok(Network(unmapped(IpNet::from(ip))));
                 }
-                Err(E::custom(format_args!(
-                    "invalid network `{s}`: expected CIDR notation such as `10.0.0.0/8` or `fd00::/8`"
-                )))
+                // A value that reads like no network (a secret pasted here) is not quoted back.
+                let looks = s.len() <= 64
+                    && s.bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b".:/[]".contains(&b));
+                match looks {
+                    true => Err(E::custom(format_args!(
+                        "invalid network `{s}`: expected CIDR notation such as `10.0.0.0/8` or `fd00::/8`"
+                    ))),
+                    false => Err(E::custom(
+                        "invalid network (not shown): expected CIDR notation such as `10.0.0.0/8` or `fd00::/8`",
+                    )),
+                }
             }
         }
         d.deserialize_str(Visitor)

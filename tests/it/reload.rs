@@ -644,28 +644,36 @@ async fn a_reload_that_adds_a_rule_takes_effect_without_dropping_a_request() {
 
 // === Secret files: watched and hashed into the version ===
 
-/// Rotating the HMAC secret file (overwritten, then `POST /reload`) applies: the old secret
-/// stops working at once, the new one works, the version changes.
-#[tokio::test]
-async fn rotated_hmac_secret_file_applies_on_reload() {
-    let (old, new) = (
-        b"old-secret-0123456789abcdef-0123456789".as_slice(),
-        b"new-secret-0123456789abcdef-0123456789".as_slice(),
-    );
+const OLD_SECRET: &[u8] = b"old-secret-0123456789abcdef-0123456789";
+const NEW_SECRET: &[u8] = b"new-secret-0123456789abcdef-0123456789";
+
+/// A gateway verifying HS256 tokens with the secret file `hs.secret` (holding
+/// [`OLD_SECRET`]), watched or not; with tokens signed by the old and the new secret, the old
+/// one checked to pass.
+async fn hmac_secret_gateway(watch: bool) -> (crate::support::TestGateway, String, String) {
     let gw = Setup {
         policies: vec![("10-p.yaml".into(), USERS_ONLY.into())],
-        files: vec![("hs.secret".into(), old.to_vec())],
+        files: vec![("hs.secret".into(), OLD_SECRET.to_vec())],
         extra: crate::support::hs256_users("{}"),
+        watch,
         ..Setup::default()
     }
     .start()
     .await;
-    let old_token = crate::support::hs256_token(old, &serde_json::json!({}));
-    let new_token = crate::support::hs256_token(new, &serde_json::json!({}));
+    let old_token = crate::support::hs256_token(OLD_SECRET, &serde_json::json!({}));
+    let new_token = crate::support::hs256_token(NEW_SECRET, &serde_json::json!({}));
     assert_eq!(bearer_status(&gw, &old_token).await, StatusCode::OK);
+    (gw, old_token, new_token)
+}
+
+/// Rotating the HMAC secret file (overwritten, then `POST /reload`) applies: the old secret
+/// stops working at once, the new one works, the version changes.
+#[tokio::test]
+async fn rotated_hmac_secret_file_applies_on_reload() {
+    let (gw, old_token, new_token) = hmac_secret_gateway(false).await;
     let before = gw.app().version();
     // Overwritten in place (not renamed), as `echo new > file` does.
-    std::fs::write(gw.path("hs.secret"), new).unwrap();
+    std::fs::write(gw.path("hs.secret"), NEW_SECRET).unwrap();
     let (status, body) = gw.admin_post("/reload").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("applied"), "{body}");
@@ -681,21 +689,7 @@ async fn rotated_hmac_secret_file_applies_on_reload() {
 /// config stays; the file put back applies at the next reload.
 #[tokio::test]
 async fn a_pipe_in_place_of_a_secret_file_never_stops_reloads() {
-    let (old, new) = (
-        b"old-secret-0123456789abcdef-0123456789".as_slice(),
-        b"new-secret-0123456789abcdef-0123456789".as_slice(),
-    );
-    let gw = Setup {
-        policies: vec![("10-p.yaml".into(), USERS_ONLY.into())],
-        files: vec![("hs.secret".into(), old.to_vec())],
-        extra: crate::support::hs256_users("{}"),
-        ..Setup::default()
-    }
-    .start()
-    .await;
-    let old_token = crate::support::hs256_token(old, &serde_json::json!({}));
-    let new_token = crate::support::hs256_token(new, &serde_json::json!({}));
-    assert_eq!(bearer_status(&gw, &old_token).await, StatusCode::OK);
+    let (gw, old_token, new_token) = hmac_secret_gateway(false).await;
     let secret = gw.path("hs.secret");
     std::fs::remove_file(&secret).unwrap();
     let made = std::process::Command::new("mkfifo")
@@ -710,7 +704,7 @@ async fn a_pipe_in_place_of_a_secret_file_never_stops_reloads() {
     assert!(body.contains("not a regular file"), "{body}");
     assert_eq!(bearer_status(&gw, &old_token).await, StatusCode::OK);
     std::fs::remove_file(&secret).unwrap();
-    std::fs::write(&secret, new).unwrap();
+    std::fs::write(&secret, NEW_SECRET).unwrap();
     let (status, body) = tokio::time::timeout(Duration::from_secs(10), gw.admin_post("/reload"))
         .await
         .expect("the next reload answers");
@@ -725,22 +719,8 @@ async fn a_pipe_in_place_of_a_secret_file_never_stops_reloads() {
 /// The same rotation seen by the file watcher, without any explicit reload.
 #[tokio::test]
 async fn rotated_hmac_secret_file_is_watched() {
-    let (old, new) = (
-        b"old-secret-0123456789abcdef-0123456789".as_slice(),
-        b"new-secret-0123456789abcdef-0123456789".as_slice(),
-    );
-    let gw = Setup {
-        policies: vec![("10-p.yaml".into(), USERS_ONLY.into())],
-        files: vec![("hs.secret".into(), old.to_vec())],
-        extra: crate::support::hs256_users("{}"),
-        watch: true,
-        ..Setup::default()
-    }
-    .start()
-    .await;
-    let old_token = crate::support::hs256_token(old, &serde_json::json!({}));
-    assert_eq!(bearer_status(&gw, &old_token).await, StatusCode::OK);
-    gw.write("hs.secret", new);
+    let (gw, old_token, _) = hmac_secret_gateway(true).await;
+    gw.write("hs.secret", NEW_SECRET);
     let gw = &gw;
     let applied = eventually(Duration::from_secs(5), || {
         let t = old_token.clone();
