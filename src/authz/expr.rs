@@ -154,18 +154,11 @@ impl Condition {
             uses_params: checked.uses_params,
             reads_path: reads_path(program.expression()),
             query_keys: match &reads.query {
-                Keys::Some(keys) => Some(
-                    keys.iter()
-                        .map(|k| (k.as_str().into(), QueryName::of(k)))
-                        .collect(),
-                ),
+                Keys::Some(keys) => Some(QueryName::keyed(keys)),
                 Keys::None | Keys::All => None,
             },
             literal_keys: match &reads.query {
-                Keys::All => text_literals(program.expression())
-                    .into_iter()
-                    .map(|k| (k.as_str().into(), QueryName::of(&k)))
-                    .collect(),
+                Keys::All => QueryName::keyed(&text_literals(program.expression())),
                 Keys::None | Keys::Some(_) => Vec::new(),
             },
             reads,
@@ -414,12 +407,6 @@ impl Condition {
                                     "query parameter `{k}` has a value that does not decode"
                                 ));
                             }
-                            // Why: a condition that reads every name (`request.query.all(k,
-                            // k != 'debug')`) saw `DEBUG`, `debug[]`, ` debug` and
-                            // `x=1;debug=1` as written, and let them through to upstreams
-                            // that read them as `debug`. Read whole, the map's names must be
-                            // spelled as every framework reads them (arrays were refused
-                            // already, as repeats). Regression: tests::whole_map_reads_deny_other_spellings
                             names_seen += 1;
                             if names_seen > MAX_QUERY_NAMES {
                                 return Some(format!(
@@ -1186,6 +1173,14 @@ impl QueryName {
     /// The first reading (a key as an expression names it).
     fn of(name: &str) -> Self {
         Self::readings(name).0
+    }
+
+    /// Names an expression writes, each as written and as [`Self::of`] reads it.
+    fn keyed(names: &[String]) -> Vec<(Box<str>, Self)> {
+        names
+            .iter()
+            .map(|k| (k.as_str().into(), Self::of(k)))
+            .collect()
     }
 
     /// Whether the upstream may read this name as part of `key`: the same base, and `key`'s

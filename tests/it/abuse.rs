@@ -44,12 +44,7 @@ async fn paced_rapid_reset(
             // At a decision door, a Check whose message has not arrived: in flight until
             // reset, never answered first.
             let req = if check {
-                Request::post(format!(
-                    "http://{addr}/envoy.service.auth.v3.Authorization/Check"
-                ))
-                .header("content-type", "application/grpc")
-                .body(())
-                .unwrap()
+                check_request(addr)
             } else {
                 // The upstream takes 20 ms: the exchange is under way at the reset.
                 Request::get(format!("http://{addr}/__echo/delay/20"))
@@ -75,16 +70,22 @@ async fn paced_rapid_reset(
     Ok(())
 }
 
+/// The head of an Envoy `Authorization/Check` call to the gRPC door at `addr` (its message,
+/// if any, sent by the caller).
+fn check_request(addr: std::net::SocketAddr) -> Request<()> {
+    Request::post(format!(
+        "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+    ))
+    .header("content-type", "application/grpc")
+    .body(())
+    .unwrap()
+}
+
 /// A request the gateway answers at once: a GET to the echo upstream, or at a decision door
 /// a Check with no message (a gRPC error, in trailers, under HTTP 200).
 fn barrier(addr: std::net::SocketAddr, check: bool) -> Request<()> {
     if check {
-        Request::post(format!(
-            "http://{addr}/envoy.service.auth.v3.Authorization/Check"
-        ))
-        .header("content-type", "application/grpc")
-        .body(())
-        .unwrap()
+        check_request(addr)
     } else {
         Request::get(format!("http://{addr}/barrier"))
             .body(())
@@ -220,13 +221,7 @@ async fn a_door_peer_may_reset_many_checks() {
     paced_rapid_reset(&mut send, addr, 20, 10, true)
         .await
         .expect("no GOAWAY");
-    let req = Request::post(format!(
-        "http://{addr}/envoy.service.auth.v3.Authorization/Check"
-    ))
-    .header("content-type", "application/grpc")
-    .body(())
-    .unwrap();
-    let (resp, _) = send.send_request(req, true).unwrap();
+    let (resp, _) = send.send_request(check_request(addr), true).unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(5), resp)
         .await
         .expect("answered")
@@ -265,21 +260,13 @@ async fn a_door_peer_may_reset_a_burst_of_checks() {
     .await;
     let addr = gw.addr_of("grpc");
     let (mut send, conn) = h2_client(addr).await;
-    let check = || {
-        Request::post(format!(
-            "http://{addr}/envoy.service.auth.v3.Authorization/Check"
-        ))
-        .header("content-type", "application/grpc")
-        .body(())
-        .unwrap()
-    };
     // The Check in flight: its message not sent yet.
     send = send.ready().await.unwrap();
-    let (waiting, mut body) = send.send_request(check(), false).unwrap();
+    let (waiting, mut body) = send.send_request(check_request(addr), false).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // 100 whole Checks, each reset at once, in one write.
     for _ in 0..100 {
-        let (_resp, mut stream) = send.send_request(check(), false).unwrap();
+        let (_resp, mut stream) = send.send_request(check_request(addr), false).unwrap();
         stream
             .send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
             .unwrap();
