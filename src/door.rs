@@ -251,8 +251,7 @@ impl Record {
                 if a.identity_refused > 0 {
                     shared
                         .metrics
-                        .identity_headers_refused
-                        .inc_by(a.identity_refused as u64);
+                        .identity_headers_refused(door, a.identity_refused);
                 }
             }
             Decision::Deny(d) => {

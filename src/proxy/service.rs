@@ -136,6 +136,10 @@ pub async fn handle(
     // One snapshot for the whole request, even if a reload lands meanwhile.
     let snapshot = shared.current.load_full();
     let (parts, body) = req.into_parts();
+    // Why: a refusal leaves the body unread, and hyper then ends the connection after it
+    // without saying so: a client reused it, or sent the rest of a large upload into a socket
+    // about to close. Regression: tests (it) smuggling::a_refused_body_ends_the_connection_and_the_refusal_says_so
+    let body_unread = !http_body::Body::is_end_stream(&body);
     let request_id =
         request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
     // A new span id for this hop; the client's trace kept when its `traceparent` is valid.
@@ -159,6 +163,7 @@ pub async fn handle(
         trace,
         upgrade: None,
         cors: None,
+        body_unread,
     };
     let resp = match forward(&mut ctx, parts, body).await {
         Ok(resp) => resp,
@@ -576,8 +581,7 @@ fn upstream_head(
     if allow.identity_refused > 0 {
         ctx.shared
             .metrics
-            .identity_headers_refused
-            .inc_by(allow.identity_refused as u64);
+            .identity_headers_refused(Door::Proxy, allow.identity_refused);
         tracing::warn!(rule = %allow.rule.0, refused = allow.identity_refused, "Identity header values with forbidden characters were left out");
     }
     let uri = uri.ok_or(Failure::Failed(StatusCode::BAD_REQUEST, "invalid_target"))?;
@@ -831,6 +835,8 @@ pub(super) struct Ctx<'a> {
     pub(super) upgrade: Option<upgrade::Asked>,
     /// The deciding rule's CORS settings, when it has some, and the request's `Origin`.
     pub(super) cors: Option<(Arc<Edge>, Option<HeaderValue>)>,
+    /// The request came with a body (unread when a denial answers it).
+    pub(super) body_unread: bool,
     /// The client speaks gRPC (`content-type: application/grpc…`): its refusals are gRPC's.
     pub(super) grpc: Option<Grpc>,
     /// The client said `TE: trailers`.
@@ -899,6 +905,9 @@ impl Ctx<'_> {
     /// the log.
     fn rescue(&mut self, failure: Failure) -> Response<ResponseBody> {
         let id = self.request_id;
+        // A denial comes before the body is read (a failure later may have read it).
+        let body_unread =
+            self.body_unread && matches!(failure, Failure::Denied(_) | Failure::Refused(_));
         let (refusal, malformed) = match failure {
             Failure::Malformed(status, reason) => {
                 self.shared.metrics.bad_request(Some(Door::Proxy), reason);
@@ -933,7 +942,7 @@ impl Ctx<'_> {
         } else {
             refusal_response(refusal)
         };
-        if malformed {
+        if malformed || body_unread {
             close(resp, self.version)
         } else {
             resp

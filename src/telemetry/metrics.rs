@@ -146,8 +146,8 @@ pub struct Metrics {
     pub connections_parked: Gauge,
     /// TLS handshakes that failed or timed out, by reason.
     tls_handshake_errors: Family<ReasonLabel, Counter>,
-    /// Identity header values left out for forbidden characters.
-    pub identity_headers_refused: Counter,
+    /// Identity header values left out for forbidden characters, `[door]`.
+    identity_headers_refused: Vec<Counter>,
     /// The snapshot whose rate limits and Redis store are read at each scrape.
     snapshot: SnapshotSource,
     /// Tells this instance's counters apart in the per-thread cache ([`cached`]).
@@ -337,12 +337,22 @@ impl Metrics {
             "TLS handshakes that failed or timed out, by reason: timeout, io, client_cert_missing, client_cert_expired, client_cert_unknown_ca, client_cert_revoked, client_cert_invalid, peer_alert (the client refused the gateway's certificate or gave up), no_common_protocol, protocol",
             tls_handshake_errors.clone(),
         );
-        let identity_headers_refused = Counter::default();
+        let refused_family = Family::<DoorLabel, Counter>::default();
         registry.register(
             "identity_headers_refused",
-            "Identity header values left out: CR, LF or non-visible characters, or a list element that is empty, has whitespace at its ends or holds the separator",
-            identity_headers_refused.clone(),
+            "Identity header values left out, by door: CR, LF or non-visible characters, or a list element that is empty, has whitespace at its ends or holds the separator",
+            refused_family.clone(),
         );
+        let identity_headers_refused = Door::ALL
+            .iter()
+            .map(|door| {
+                refused_family
+                    .get_or_create(&DoorLabel {
+                        door: door.as_str(),
+                    })
+                    .clone()
+            })
+            .collect();
         let snapshot = SnapshotSource::default();
         registry.register_collector(Box::new(SnapshotCollector(snapshot.clone())));
         Self {
@@ -378,6 +388,13 @@ impl Metrics {
         }
         if let Some(h) = self.duration.get(door.index()) {
             h.observe(elapsed);
+        }
+    }
+
+    /// Counts identity header values left out of an allowed request's headers at `door`.
+    pub fn identity_headers_refused(&self, door: Door, values: usize) {
+        if let Some(c) = self.identity_headers_refused.get(door.index()) {
+            c.inc_by(values as u64);
         }
     }
 

@@ -1430,3 +1430,35 @@ async fn a_request_the_peer_abandons_is_still_logged() {
     }
     holder.abort();
 }
+
+/// An identity value the gateway leaves out (a subject with a line break) is counted at the
+/// door that answered, as the proxy counts its own.
+#[tokio::test]
+async fn identity_values_left_out_are_counted_by_door() {
+    let gw = gateway("{forward_auth: {}}").await;
+    let bearer = format!(
+        "Bearer {}",
+        hs256_token(SECRET, &json!({"sub": "alice\r\nx-admin: true"}))
+    );
+    let (status, h, body) = ask(
+        &gw,
+        "/auth",
+        &[
+            ("x-forwarded-uri", "/api/orders"),
+            ("authorization", &bearer),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!h.contains_key("x-user-id"), "{h:?}");
+    assert!(!h.contains_key("x-admin"), "{h:?}");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_identity_headers_refused_total{door="forward-auth"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"portcullis_identity_headers_refused_total{door="proxy"} 0"#),
+        "{metrics}"
+    );
+}

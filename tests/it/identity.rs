@@ -150,7 +150,7 @@ async fn values_with_cr_lf_or_non_ascii_are_left_out_and_counted() {
     );
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(
-        metrics.contains("portcullis_identity_headers_refused_total 2"),
+        metrics.contains("portcullis_identity_headers_refused_total{door=\"proxy\"} 2"),
         "{metrics}"
     );
 }
@@ -219,7 +219,7 @@ async fn ambiguous_or_empty_joined_values_are_not_sent() {
     );
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(
-        metrics.contains("portcullis_identity_headers_refused_total 4"),
+        metrics.contains("portcullis_identity_headers_refused_total{door=\"proxy\"} 4"),
         "{metrics}"
     );
 }

@@ -384,3 +384,32 @@ async fn expect_is_answered_by_the_gateway_and_not_forwarded() {
         records[0].headers
     );
 }
+
+/// A denied request's body is never read: the connection ends after the refusal, and the
+/// refusal says so (`Connection: close`, RFC 9112 §9.6), so a client neither reuses it nor
+/// sends the rest of an upload; the bytes behind it never become a request.
+#[tokio::test]
+async fn a_refused_body_ends_the_connection_and_the_refusal_says_so() {
+    let gw = Setup::with_policy(crate::support::ALLOW_ALL_BUT_ADMIN)
+        .start()
+        .await;
+    for framing in [
+        "Content-Length: 5\r\n\r\nhello",
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let request = format!("POST /admin/x HTTP/1.1\r\nHost: app.test\r\n{framing}{NEXT}");
+        let (statuses, text) = exchange(gw.addr(), request.as_bytes()).await;
+        assert_eq!(statuses.len(), 1, "{framing:?}: one answer only: {text}");
+        assert!(matches!(statuses[0], 401 | 403), "{text}");
+        let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(
+            head.contains("\r\nconnection: close"),
+            "{framing:?}: {text}"
+        );
+    }
+    // Without a body the connection stays, as for any other refusal.
+    let request = format!("GET /admin/x HTTP/1.1\r\nHost: app.test\r\n\r\n{NEXT}");
+    let (statuses, text) = exchange(gw.addr(), request.as_bytes()).await;
+    assert_eq!(statuses.len(), 2, "{text}");
+    assert_eq!(seen(&gw), [("/second".to_owned(), 0)]);
+}
