@@ -1,8 +1,14 @@
 //! HTTP/2 frame accounting on a client connection's bytes, below hyper: counts what h2 does
 //! not bound (client stream resets after hyper accepted the stream, PING and SETTINGS floods,
-//! each of which h2 answers)
-//! and, past a limit, ends the connection with GOAWAY `ENHANCE_YOUR_CALM`, as the fixes for
-//! CVE-2023-44487 do.
+//! each of which h2 answers; PRIORITY, WINDOW_UPDATE, empty DATA and unknown frames, which
+//! cost work and move nothing) and, past a limit, ends the connection with GOAWAY
+//! `ENHANCE_YOUR_CALM`, as the fixes for CVE-2023-44487 and CVE-2019-9511…9518 do.
+//!
+//! The frames that move nothing are bounded as Envoy bounds them (its defaults): PRIORITY
+//! frames to `5 + 2 × 100` per stream the client opened, WINDOW_UPDATE frames to
+//! `5 + 2 × (streams + 10 × DATA frames the gateway wrote)`, at most one DATA frame in a row
+//! with no payload and no END_STREAM, and frames of unknown types with PING and SETTINGS
+//! (`max_control_frames` per window).
 //!
 //! Invariants:
 //! - Only frame headers are read: a read costs one step per frame, whatever the payload size,
@@ -18,12 +24,25 @@ use crate::snapshot::Http2Limits;
 
 /// The client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const ACK: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
 const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+/// The last frame type RFC 9113 defines (CONTINUATION); higher ones are extensions, which a
+/// server that knows none of them ignores.
+const LAST_KNOWN: u8 = 0x9;
+/// Envoy's `max_inbound_priority_frames_per_stream`.
+const PRIORITY_PER_STREAM: u64 = 100;
+/// Envoy's `max_inbound_window_update_frames_per_data_frame_sent`.
+const WINDOW_UPDATES_PER_DATA: u64 = 10;
+/// Envoy's `max_consecutive_inbound_frames_with_empty_payload`.
+const EMPTY_IN_A_ROW: u32 = 1;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// Which limit a client went past.
@@ -31,7 +50,8 @@ const ENHANCE_YOUR_CALM: u32 = 0xb;
 pub(super) enum Abuse {
     /// Too many stream resets (rapid reset).
     Resets,
-    /// Too many PING or SETTINGS frames (each one makes h2 write an acknowledgement).
+    /// Too many PING or SETTINGS frames (each one makes h2 write an acknowledgement), or of
+    /// the frames that move nothing (PRIORITY, WINDOW_UPDATE, empty DATA, unknown types).
     ControlFrames,
 }
 
@@ -61,6 +81,16 @@ pub(super) struct FrameMeter {
     acks_owed: u32,
     /// Highest client stream id seen in a HEADERS frame: the GOAWAY's last stream id.
     last_stream: u32,
+    /// Streams the client opened (HEADERS on a new stream id).
+    streams: u32,
+    /// DATA frames h2 wrote.
+    data_written: u32,
+    /// PRIORITY frames the client sent.
+    priority: u32,
+    /// WINDOW_UPDATE frames the client sent.
+    window_updates: u32,
+    /// DATA frames in a row with no payload and no END_STREAM.
+    empty_in_a_row: u32,
     /// Set once a limit is passed; the GOAWAY is then due.
     abuse: Option<Abuse>,
     /// The GOAWAY frame and how much of it is written.
@@ -90,6 +120,11 @@ impl FrameMeter {
             control: 0,
             acks_owed: 0,
             last_stream: 0,
+            streams: 0,
+            data_written: 0,
+            priority: 0,
+            window_updates: 0,
+            empty_in_a_row: 0,
             abuse: None,
             goaway: [0; 17],
             goaway_sent: 0,
@@ -148,11 +183,14 @@ impl FrameMeter {
         while !bytes.is_empty() {
             let (rest, head) = step(&mut self.write, bytes);
             bytes = rest;
-            if let Some(h) = head
-                && matches!(h.kind, SETTINGS | PING)
-                && h.flags & ACK == 0
-            {
-                self.acks_owed = self.acks_owed.saturating_add(1);
+            match head {
+                Some(h) if matches!(h.kind, SETTINGS | PING) && h.flags & ACK == 0 => {
+                    self.acks_owed = self.acks_owed.saturating_add(1);
+                }
+                Some(h) if h.kind == DATA => {
+                    self.data_written = self.data_written.saturating_add(1)
+                }
+                _ => {}
             }
         }
     }
@@ -179,8 +217,51 @@ impl FrameMeter {
     }
 
     fn count(&mut self, h: &Head) {
+        // Why: a DATA frame with nothing in it still costs h2 a frame's work, and a flood of
+        // them (CVE-2019-9518) moves nothing. Regression: tests::frames_that_move_nothing_are_bounded
+        if h.kind == DATA && h.len == 0 && h.flags & END_STREAM == 0 {
+            self.empty_in_a_row = self.empty_in_a_row.saturating_add(1);
+            if self.empty_in_a_row > EMPTY_IN_A_ROW {
+                self.trip(Abuse::ControlFrames);
+            }
+            return;
+        }
+        if h.len > 0 || h.flags & END_STREAM != 0 {
+            self.empty_in_a_row = 0;
+        }
         match h.kind {
-            HEADERS => self.last_stream = self.last_stream.max(h.stream),
+            HEADERS => {
+                if h.stream > self.last_stream {
+                    self.streams = self.streams.saturating_add(1);
+                }
+                self.last_stream = self.last_stream.max(h.stream);
+            }
+            // Why: h2 reads and ignores each one, so a flood of them (CVE-2019-9513, 9511)
+            // was CPU spent for nothing, with no bound but the connection's pace.
+            // Regression: tests::frames_that_move_nothing_are_bounded
+            PRIORITY => {
+                self.priority = self.priority.saturating_add(1);
+                if u64::from(self.priority) > 5 + 2 * u64::from(self.streams) * PRIORITY_PER_STREAM
+                {
+                    self.trip(Abuse::ControlFrames);
+                }
+            }
+            WINDOW_UPDATE => {
+                self.window_updates = self.window_updates.saturating_add(1);
+                let allowed = 5 + 2
+                    * (u64::from(self.streams)
+                        + WINDOW_UPDATES_PER_DATA * u64::from(self.data_written));
+                if u64::from(self.window_updates) > allowed {
+                    self.trip(Abuse::ControlFrames);
+                }
+            }
+            kind if kind > LAST_KNOWN => {
+                self.roll_window();
+                self.control = self.control.saturating_add(1);
+                if self.control > self.limits.max_control_frames {
+                    self.trip(Abuse::ControlFrames);
+                }
+            }
             RST_STREAM => {
                 self.roll_window();
                 self.resets = self.resets.saturating_add(1);
@@ -377,6 +458,68 @@ mod tests {
         assert_eq!(
             m.on_read(&frame(PING, 0, 0, &[0; 8])),
             Some(Abuse::ControlFrames)
+        );
+    }
+
+    /// A connection that opened one stream and was sent `data` DATA frames, then `flood`.
+    fn after_one_stream(data: usize, flood: &[u8], count: usize) -> (FrameMeter, Option<Abuse>) {
+        let mut m = FrameMeter::new(limits(10));
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(SETTINGS, 0, 0, &[]));
+        bytes.extend(frame(HEADERS, 0x4, 1, &[0x82; 3]));
+        assert_eq!(m.on_read(&bytes), None);
+        for _ in 0..data {
+            m.on_write(&frame(DATA, 0, 1, &[0; 10]));
+        }
+        let mut tripped = None;
+        for _ in 0..count {
+            if let Some(a) = m.on_read(flood) {
+                tripped = Some(a);
+            }
+        }
+        (m, tripped)
+    }
+
+    #[test]
+    fn frames_that_move_nothing_are_bounded() {
+        let window_update = frame(WINDOW_UPDATE, 0, 0, &[0, 0, 0, 1]);
+        // One stream: 5 + 2 × (1 + 10 × DATA frames written) WINDOW_UPDATEs.
+        assert_eq!(after_one_stream(0, &window_update, 7).1, None);
+        assert_eq!(
+            after_one_stream(0, &window_update, 8).1,
+            Some(Abuse::ControlFrames)
+        );
+        // A client granting window for what it is sent stays within it.
+        assert_eq!(after_one_stream(100, &window_update, 2007).1, None);
+        assert_eq!(
+            after_one_stream(100, &window_update, 2008).1,
+            Some(Abuse::ControlFrames)
+        );
+        // PRIORITY: 5 + 2 × 100 per stream.
+        let priority = frame(PRIORITY, 0, 3, &[0, 0, 0, 1, 16]);
+        assert_eq!(after_one_stream(0, &priority, 205).1, None);
+        assert_eq!(
+            after_one_stream(0, &priority, 206).1,
+            Some(Abuse::ControlFrames)
+        );
+        // Empty DATA without END_STREAM: one in a row; a payload or END_STREAM ends the run.
+        let empty = frame(DATA, 0, 1, &[]);
+        let mut mixed = empty.clone();
+        mixed.extend(frame(DATA, 0, 1, &[1]));
+        mixed.extend(empty.clone());
+        mixed.extend(frame(DATA, END_STREAM, 1, &[]));
+        assert_eq!(after_one_stream(0, &mixed, 50).1, None);
+        assert_eq!(after_one_stream(0, &empty, 2).1, Some(Abuse::ControlFrames));
+        // Unknown types count with PING and SETTINGS (3 in the window here, the client's
+        // SETTINGS among them).
+        let unknown = frame(0xfa, 0, 0, &[1, 2, 3]);
+        assert_eq!(after_one_stream(0, &unknown, 2).1, None);
+        let (m, tripped) = after_one_stream(0, &unknown, 3);
+        assert_eq!(tripped, Some(Abuse::ControlFrames));
+        assert_eq!(
+            &m.goaway_rest()[9..13],
+            &1u32.to_be_bytes(),
+            "last stream id"
         );
     }
 

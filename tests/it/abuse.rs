@@ -638,6 +638,33 @@ async fn ping_and_settings_floods_get_goaway() {
     );
 }
 
+/// Frames that cost work and move nothing (CVE-2019-9511, 9513): a WINDOW_UPDATE flood, a
+/// PRIORITY flood and a flood of frames of an unknown type each end the connection with GOAWAY
+/// ENHANCE_YOUR_CALM, counted as a control-frame flood.
+#[tokio::test]
+async fn frames_that_move_nothing_get_goaway() {
+    let gw = Setup::default()
+        .server("  http2: {max_control_frames: 100}\n")
+        .start()
+        .await;
+    let window_update = [0, 0, 4, 0x8, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let priority = [0, 0, 5, 0x2, 0, 0, 0, 0, 3, 0, 0, 0, 1, 16];
+    let unknown = [0, 0, 2, 0xfa, 0, 0, 0, 0, 0, 1, 2];
+    for frame in [&window_update[..], &priority[..], &unknown[..]] {
+        let frames = flood(gw.addr(), frame, 50_000).await;
+        let goaway = frames
+            .iter()
+            .find(|(k, _)| *k == 0x7)
+            .unwrap_or_else(|| panic!("a GOAWAY for {frame:?}: {frames:?}"));
+        assert_eq!(&goaway.1[4..8], &[0, 0, 0, 0xb], "ENHANCE_YOUR_CALM");
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="http2_control_frames"} 3"#),
+        "{metrics}"
+    );
+}
+
 /// Reads until the gateway closes the connection (at most `within`): how long that took.
 async fn time_to_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: Duration) -> Duration {
     use tokio::io::AsyncReadExt;

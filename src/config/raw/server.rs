@@ -93,8 +93,9 @@ pub struct RawHttp2 {
     /// Check when its timeout fires or its client leaves, over the one connection every
     /// client's Checks share, so `max_resets` would drop them all with the GOAWAY.
     pub max_peer_resets: u32,
-    /// PING and SETTINGS frames (not acknowledgements) a client may send per `window`; one
-    /// more ends the connection with GOAWAY `ENHANCE_YOUR_CALM`. h2 answers each one.
+    /// PING and SETTINGS frames (not acknowledgements) and frames of unknown types a client
+    /// may send per `window`; one more ends the connection with GOAWAY `ENHANCE_YOUR_CALM`.
+    /// h2 answers each PING and SETTINGS.
     pub max_control_frames: u32,
     /// The window over which frames are counted.
     #[schemars(with = "String")]
