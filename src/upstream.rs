@@ -793,6 +793,12 @@ fn specs(
     let mut out = Vec::with_capacity(raw.endpoints.len());
     for (i, e) in raw.endpoints.iter().enumerate() {
         if let Ok(a) = e.parse::<std::net::SocketAddr>() {
+            // Why: an address listed twice had twice the traffic and two copies of each of its
+            // `portcullis_upstream_endpoint_*` series under the same labels (one ejected, one
+            // not). Regression: tests::an_endpoint_listed_twice_is_refused
+            if let Some(j) = out.iter().position(|s| matches!(s, Spec::Ip(b) if *b == a)) {
+                return Err(listed_twice(e, j, i));
+            }
             out.push(Spec::Ip(a));
             continue;
         }
@@ -811,9 +817,24 @@ fn specs(
                 ),
             });
         }
+        if let Some(j) = out
+            .iter()
+            .position(|s| matches!(s, Spec::Name(n) if n.eq_ignore_ascii_case(e)))
+        {
+            return Err(listed_twice(e, j, i));
+        }
         out.push(Spec::Name(e.as_str().into()));
     }
     Ok(out)
+}
+
+fn listed_twice(endpoint: &str, first: usize, again: usize) -> UpstreamError {
+    UpstreamError {
+        field: format!("endpoints[{again}]"),
+        message: format!(
+            "`{endpoint}` is listed twice (also `endpoints[{first}]`): each endpoint once"
+        ),
+    }
 }
 
 fn health_check(raw: &RawUpstream) -> Result<Option<HealthCheck>, UpstreamError> {
@@ -1067,6 +1088,24 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn an_endpoint_listed_twice_is_refused() {
+        let authority = Authority::from_static("app.internal:8080");
+        for list in [
+            "[\"10.0.0.5:8080\", \"10.0.0.6:8080\", \"10.0.0.5:8080\"]",
+            "[\"[::1]:80\", \"10.0.0.6:8080\", \"[0:0::1]:80\"]",
+            "[\"api.internal:80\", \"10.0.0.6:8080\", \"API.internal:80\"]",
+        ] {
+            let raw: RawUpstream = serde_yaml::from_str(&format!(
+                "{{url: \"http://app.internal\", endpoints: {list}}}"
+            ))
+            .unwrap();
+            let e = specs(&raw, &Scheme::HTTP, &authority).err().unwrap();
+            assert_eq!(e.field, "endpoints[2]", "{list}");
+            assert!(e.message.contains("also `endpoints[0]`"), "{}", e.message);
+        }
     }
 
     /// An upstream without `idle_timeout` still bounds a pause inside a response body; one

@@ -67,6 +67,11 @@ pub(super) fn preflight(
 pub(super) fn decorate(cors: &Cors, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
     headers.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
     headers.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
+    // An origin the rule does not allow reads nothing: the upstream's list of what it may
+    // read goes with the rest. Regression: tests (it) edge::cors_rule_answers_without_origin_vary_and_carry_no_upstream_acao
+    if !origin.is_some_and(|o| cors.allows_origin(o)) {
+        headers.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
+    }
     for (name, value) in cors.response_headers(origin) {
         // `Vary` adds to the upstream's own; the rest is the rule's word over the upstream's.
         if name == header::VARY {

@@ -206,6 +206,16 @@ impl Otlp {
                 "max_queue and interval must be above zero".to_owned(),
             ));
         }
+        // Why: `http://collector:4318` (as `OTEL_EXPORTER_OTLP_ENDPOINT` is written) posted
+        // every span to `/`, which a collector does not serve: all of them were lost, with a
+        // warning a minute. A URL with no path is the collector's base, as the OpenTelemetry
+        // SDKs read that variable. Regression: tests::endpoints_are_checked
+        if uri.path() == "/" && uri.query().is_none() {
+            let mut parts = uri.into_parts();
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/v1/traces"));
+            return Uri::from_parts(parts)
+                .map_err(|_| OtlpError("expected `http(s)://host:port/v1/traces`".to_owned()));
+        }
         Ok(uri)
     }
 
@@ -732,6 +742,20 @@ mod tests {
     #[test]
     fn endpoints_are_checked() {
         assert!(Otlp::check(&raw("http://127.0.0.1:4318/v1/traces")).is_ok());
+        // A base URL is the collector's: its traces path is added, as the SDKs add it.
+        for base in ["http://127.0.0.1:4318", "http://127.0.0.1:4318/"] {
+            assert_eq!(
+                Otlp::check(&raw(base)).unwrap().to_string(),
+                "http://127.0.0.1:4318/v1/traces"
+            );
+        }
+        assert_eq!(
+            Otlp::check(&raw("https://otel.example/custom/path"))
+                .unwrap()
+                .to_string(),
+            "https://otel.example/custom/path",
+            "a path written is used as written"
+        );
         for bad in [
             "127.0.0.1:4318",
             "ftp://x/v1/traces",

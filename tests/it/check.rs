@@ -327,6 +327,20 @@ fn a_health_check_timeout_past_its_interval_warns() {
     let (code, text) = cfg.run("check", &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(!text.contains("health_check"), "{text}");
+    // So is an ejection whose first time is past its longest.
+    cfg.write(
+        "portcullis.yaml",
+        config("2s").replace(
+            "    health_check:",
+            "    ejection: {base_time: 10s, max_time: 1s}\n    health_check:",
+        ),
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("warning: upstreams.pool.ejection.base_time: longer than `max_time` (1s)"),
+        "{text}"
+    );
 }
 
 /// A secret or key pasted where its file's name belongs is not printed in "cannot read".
@@ -489,6 +503,53 @@ fn no_rules_is_warned_beside_other_warnings() {
 
 /// A rule relaying WebSockets on a cookie credential without `cors` is warned about (any
 /// site's page could open them in the user's name); with `cors`, or a bearer token, not.
+#[test]
+fn cors_that_refuses_the_rules_credential_header_warns() {
+    let auth = "authenticators:\n  web:\n    jwt:\n      from: [{cookie: session}]\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]\n  api:\n    jwt:\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]\n  keyed:\n    api_key:\n      from: [{header: x-api-key}]\n      keys: []\n";
+    let origins = "allowed_origins: [\"https://app.test\"]";
+    for (rule, warned) in [
+        (
+            format!("authenticators: [api], cors: {{{origins}}}"),
+            Some("`authorization`"),
+        ),
+        (
+            format!(
+                "authenticators: [api, keyed], cors: {{{origins}, allowed_headers: [content-type]}}"
+            ),
+            Some("`authorization`, `x-api-key`"),
+        ),
+        (
+            format!("authenticators: [api], cors: {{{origins}, allowed_headers: [Authorization]}}"),
+            None,
+        ),
+        (
+            format!("authenticators: [web, api], cors: {{{origins}}}"),
+            None,
+        ),
+        ("authenticators: [api]".to_owned(), None),
+    ] {
+        let cfg = crate::support::ConfigDir::new(auth);
+        cfg.write("hs.secret", "a-secret-of-at-least-32-bytes-long!!");
+        cfg.write(
+            "policies/p.yaml",
+            format!(
+                "rules:\n  - {{name: api, match: {{paths: [\"/api/**\"]}}, effect: allow, upstream: echo, {rule}}}\n"
+            ),
+        );
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(0), "{rule}: {text}");
+        match warned {
+            Some(names) => assert!(
+                text.contains(&format!(
+                    "rules[0].cors.allowed_headers: leaves out {names}, which the rule's authenticators read"
+                )),
+                "{rule}: {text}"
+            ),
+            None => assert!(!text.contains("allowed_headers"), "{rule}: {text}"),
+        }
+    }
+}
+
 #[test]
 fn cookie_websockets_without_cors_warn() {
     let auth = "authenticators:\n  web:\n    jwt:\n      from: [{cookie: session}]\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]\n  api:\n    jwt:\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]\n";

@@ -1573,6 +1573,7 @@ async fn cors_rule_answers_without_origin_vary_and_carry_no_upstream_acao() {
                     let resp = http::Response::builder()
                         .header("access-control-allow-origin", "*")
                         .header("access-control-allow-credentials", "true")
+                        .header("access-control-expose-headers", "x-secret")
                         .body(Full::new(Bytes::from_static(b"ok")))
                         .unwrap();
                     Ok::<_, std::convert::Infallible>(resp)
@@ -1619,6 +1620,10 @@ async fn cors_rule_answers_without_origin_vary_and_carry_no_upstream_acao() {
         );
         assert!(
             !h.contains_key("access-control-allow-credentials"),
+            "{origin:?}: {h:?}"
+        );
+        assert!(
+            !h.contains_key("access-control-expose-headers"),
             "{origin:?}: {h:?}"
         );
     }

@@ -606,6 +606,50 @@ fn rule(
             .warning(),
         );
     }
+    // Why: a browser's script sends a token in a header only after a preflight allows that
+    // header: a rule with `cors` whose credential is `Authorization` (or another header) and
+    // whose `allowed_headers` left it out refused every preflight (403
+    // `cors_header_not_allowed`), and no browser could ever call it. `check` said nothing.
+    // Regression: tests (it) check::cors_that_refuses_the_rules_credential_header_warns
+    if r.effect == Effect::Allow
+        && let Some(cors) = &r.cors
+    {
+        let allowed = |name: &str| {
+            cors.allowed_headers
+                .iter()
+                .any(|h| h.trim().eq_ignore_ascii_case(name))
+        };
+        let mut missing: Vec<String> = Vec::new();
+        // A cookie or a query parameter needs no preflight: a page may use that one.
+        let mut needs_no_preflight = false;
+        for &i in &authenticators {
+            for s in env.authn.at(i).map_or(&[][..], |a| &a.sources[..]) {
+                let name = match s {
+                    crate::authn::credential::CredentialSource::Bearer => "authorization",
+                    crate::authn::credential::CredentialSource::Header(h) => h.as_str(),
+                    _ => {
+                        needs_no_preflight = true;
+                        continue;
+                    }
+                };
+                if !allowed(name) && !missing.iter().any(|m| m == name) {
+                    missing.push(name.to_owned());
+                }
+            }
+        }
+        if !missing.is_empty() && !needs_no_preflight {
+            cx.diags.push(
+                at.at(
+                    "cors.allowed_headers",
+                    format!(
+                        "leaves out {}, which the rule's authenticators read the credential from: a browser's preflight asking to send it is refused (403 `cors_header_not_allowed`), so no page can call the rule with it; add it to `allowed_headers`",
+                        missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .warning(),
+            );
+        }
+    }
     // Why: a tunnel or long response behind Envoy, nginx, Traefik or Caddy is theirs to
     // relay; the door decides once, at the upgrade, and enforces none of these. A config
     // with decision doors alone passed `check` as if they held.

@@ -53,6 +53,18 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
                 ),
             );
         }
+        // Why: an ejection lasts `base_time` doubled per repeat, at most `max_time`: with a
+        // base past the maximum, every ejection lasted `max_time` and the setting read as
+        // something it was not. Regression: tests (it) check::a_health_check_timeout_past_its_interval_warns
+        if raw.ejection.base_time > raw.ejection.max_time {
+            cx.warn(
+                &format!("upstreams.{name}.ejection.base_time"),
+                format!(
+                    "longer than `max_time` ({}): every ejection lasts `max_time`; make `base_time` at most `max_time`",
+                    humantime::format_duration(raw.ejection.max_time)
+                ),
+            );
+        }
         // Why: an expired client certificate, or one not issued for clients, is refused by
         // the upstream at every handshake (502 `upstream_tls`); nothing said so at load. A
         // warning, not an error: refusing it would refuse every reload once it expired.
