@@ -551,6 +551,32 @@ fn cors_that_refuses_the_rules_credential_header_warns() {
 }
 
 #[test]
+fn hashing_on_a_stripped_credential_warns() {
+    let cfg = crate::support::ConfigDir::new("");
+    let config = |strip: bool| {
+        format!(
+            "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]\nupstreams:\n  pool:\n    url: http://app.test\n    endpoints: [\"127.0.0.1:9\", \"127.0.0.1:10\"]\n    hash: {{header: authorization}}\npolicies: {{dir: policies}}\nauthenticators:\n  api:\n    jwt:\n      strip: {strip}\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{{hmac: {{secret: {{file: hs.secret}}, kid: k, algorithms: [HS256]}}}}]\n"
+        )
+    };
+    cfg.write("hs.secret", "a-secret-of-at-least-32-bytes-long!!");
+    cfg.write(
+        "policies/10-all.yaml",
+        "rules:\n  - {name: api, match: {paths: [\"/**\"]}, effect: allow, authenticators: [api], upstream: pool}\n",
+    );
+    cfg.write("portcullis.yaml", config(true));
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("rules[0].upstream: upstream `pool` hashes on `authorization`, which authenticator `api` strips before forwarding"),
+        "{text}"
+    );
+    cfg.write("portcullis.yaml", config(false));
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("hashes on"), "{text}");
+}
+
+#[test]
 fn cookie_websockets_without_cors_warn() {
     let auth = "authenticators:\n  web:\n    jwt:\n      from: [{cookie: session}]\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]\n  api:\n    jwt:\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys: [{hmac: {secret: {file: hs.secret}, kid: k, algorithms: [HS256]}}]\n";
     for (rule, warned) in [

@@ -650,6 +650,37 @@ fn rule(
             );
         }
     }
+    // Why: the hash key is the header as the upstream receives it, and a credential the
+    // rule's authenticator strips is not there: `hash: {header: authorization}` balanced
+    // every request of such a rule round robin, and `check` said nothing.
+    // Regression: tests (it) check::hashing_on_a_stripped_credential_warns
+    if let Some(u) = upstream.and_then(|i| env.upstreams.list.get(i))
+        && let Some(crate::upstream::HashOn::Header(h)) = &u.hash
+        && let Some(a) = authenticators
+            .iter()
+            .filter_map(|&i| env.authn.at(i))
+            .find(|a| {
+                a.strip
+                    && a.sources.iter().any(|s| match s {
+                        crate::authn::credential::CredentialSource::Bearer => {
+                            h == http::header::AUTHORIZATION
+                        }
+                        crate::authn::credential::CredentialSource::Header(n) => n == h,
+                        _ => false,
+                    })
+            })
+    {
+        cx.diags.push(
+            at.at(
+                "upstream",
+                format!(
+                    "upstream `{}` hashes on `{h}`, which authenticator `{}` strips before forwarding: this rule's requests carry no key and are balanced as if unhashed; hash on `principal` (or an identity header) instead",
+                    u.name, a.name
+                ),
+            )
+            .warning(),
+        );
+    }
     // Why: a tunnel or long response behind Envoy, nginx, Traefik or Caddy is theirs to
     // relay; the door decides once, at the upgrade, and enforces none of these. A config
     // with decision doors alone passed `check` as if they held.
