@@ -104,6 +104,13 @@ impl SendError {
                 (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
             }
             Self::Http(h) if is_tls_alert(h) => (StatusCode::BAD_GATEWAY, "upstream_tls"),
+            // Why: h2 refuses a malformed answer itself (a `:status` of 101 or below 100), as
+            // a protocol error it found; the client was told `upstream_error` where the same
+            // answer over HTTP/1.1 is `upstream_invalid_response`.
+            // Regression: tests (it) upstreams::invalid_upstream_status_over_h2_is_502_invalid_response
+            Self::Http(h) if is_h2_malformed(h) => {
+                (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
+            }
             Self::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
             Self::InvalidStatus(_) | Self::InvalidFraming => {
                 (StatusCode::BAD_GATEWAY, "upstream_invalid_response")
@@ -140,6 +147,14 @@ pub(super) fn slot_wait_until(
 /// so an upstream refusing the gateway's (none sent, an untrusted one) says so at the first
 /// read, as an exchange error: it was reported `upstream_error`, not the `upstream_tls` a
 /// wrong CA or name gets. Regression: tests (it) upstreams::upstream_mtls_with_a_private_ca
+/// Whether h2 found the upstream's HTTP/2 malformed (a protocol error it detected, not one the
+/// upstream sent).
+fn is_h2_malformed(e: &hyper::Error) -> bool {
+    crate::errors::sources(e)
+        .find_map(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|e| e.is_library() && e.reason() == Some(h2::Reason::PROTOCOL_ERROR))
+}
+
 fn is_tls_alert(e: &hyper::Error) -> bool {
     crate::errors::sources(e).skip(1).any(|s| {
         s.is::<rustls::Error>()

@@ -1040,6 +1040,75 @@ async fn invalid_upstream_status_is_502() {
     }
 }
 
+/// The same over HTTP/2: h2 refuses a `:status` of `101` or below 100 as malformed, and the
+/// client is told the upstream's answer was invalid, not that the exchange failed.
+#[tokio::test]
+async fn invalid_upstream_status_over_h2_is_502_invalid_response() {
+    for status in [&b"101"[..], &b"099"[..]] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    // The client's preface, then frames until its first HEADERS.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let mut at = 24;
+                    let stream = loop {
+                        while buf.len() >= at + 9 {
+                            let len = usize::from(buf[at]) << 16
+                                | usize::from(buf[at + 1]) << 8
+                                | usize::from(buf[at + 2]);
+                            if buf.len() < at + 9 + len {
+                                break;
+                            }
+                            if buf[at + 3] == 0x1 {
+                                break;
+                            }
+                            at += 9 + len;
+                        }
+                        if buf.len() >= at + 9 && buf[at + 3] == 0x1 {
+                            break u32::from_be_bytes([
+                                buf[at + 5],
+                                buf[at + 6],
+                                buf[at + 7],
+                                buf[at + 8],
+                            ]);
+                        }
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    // SETTINGS, its ACK, then HEADERS (END_STREAM | END_HEADERS) holding
+                    // `:status` as a literal with the static table's name (index 8).
+                    let mut out = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0, 0, 0, 0, 0x4, 0x1, 0, 0, 0, 0];
+                    out.extend_from_slice(&[0, 0, 5, 0x1, 0x5]);
+                    out.extend_from_slice(&stream.to_be_bytes());
+                    out.extend_from_slice(&[0x08, 0x03]);
+                    out.extend_from_slice(status);
+                    let _ = conn.write_all(&out).await;
+                    let _ = conn.read_to_end(&mut buf).await;
+                });
+            }
+        });
+        let gw = Setup {
+            upstreams: format!("  odd:\n    url: http://{addr}\n    protocol: h2c\n"),
+            policies: route_all_to("odd"),
+            ..Setup::default()
+        }
+        .start()
+        .await;
+        let (code, _, body) = get(gw.addr(), "/x").await;
+        assert_eq!(code, StatusCode::BAD_GATEWAY, "{status:?}");
+        assert!(
+            String::from_utf8_lossy(&body).contains("upstream_invalid_response"),
+            "{status:?}: {body:?}"
+        );
+        server.abort();
+    }
+}
+
 /// A rule's timeouts override its upstream's: 504 at the rule's response timeout.
 #[tokio::test]
 async fn route_response_timeout_overrides_the_upstreams() {
