@@ -80,6 +80,9 @@ pub(super) struct Activity {
     /// An HTTP/2 limit the client went past (0 until then). The connection's stream sets it
     /// while the connection's own task reads, and wakes that task ([`Tracked`]).
     abuse: AtomicU8,
+    /// h2 wrote a GOAWAY `ENHANCE_YOUR_CALM` of its own (one of its bounds: streams reset
+    /// before they were accepted, a CONTINUATION flood), counted when the connection ends.
+    library_goaway: AtomicBool,
     /// The progress of the newest response: an HTTP/2 stream's is taken by [`StreamExec`]
     /// as hyper spawns it; an HTTP/1.1 connection's loop watches it.
     next: Arc<std::sync::Mutex<Option<Arc<Progress>>>>,
@@ -200,6 +203,9 @@ pub(super) async fn serve<I: ReadReady, H: Handler>(
     // state; every HTTP/1.1 connection's task would carry it.
     if h2 {
         Box::pin(serve_h2(io, s, &mut ctx)).await;
+        if ctx.activity.library_goaway.load(Ordering::Relaxed) {
+            shared.metrics.limit("http2_library");
+        }
     } else {
         serve_h1(io, s, &mut ctx).await;
     }
@@ -548,6 +554,7 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             abuse: AtomicU8::new(0),
+            library_goaway: AtomicBool::new(false),
             next: Arc::default(),
         }
     }
@@ -595,6 +602,11 @@ impl Activity {
             Abuse::ControlFrames => ABUSE_CONTROL,
         };
         self.abuse.store(code, Ordering::Relaxed);
+    }
+
+    /// Records that h2 ended the connection on one of its own bounds.
+    pub(super) fn library_goaway(&self) {
+        self.library_goaway.store(true, Ordering::Relaxed);
     }
 
     /// Ready once an HTTP/2 limit is passed.

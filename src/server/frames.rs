@@ -93,6 +93,8 @@ pub(super) struct FrameMeter {
     empty_in_a_row: u32,
     /// Set once a limit is passed; the GOAWAY is then due.
     abuse: Option<Abuse>,
+    /// h2 wrote a GOAWAY `ENHANCE_YOUR_CALM` of its own, not yet reported.
+    library_calm: bool,
     /// The GOAWAY frame and how much of it is written.
     goaway: [u8; 17],
     goaway_sent: u8,
@@ -125,6 +127,7 @@ impl FrameMeter {
             priority: 0,
             window_updates: 0,
             empty_in_a_row: 0,
+            library_calm: false,
             abuse: None,
             goaway: [0; 17],
             goaway_sent: 0,
@@ -190,9 +193,23 @@ impl FrameMeter {
                 Some(h) if h.kind == DATA => {
                     self.data_written = self.data_written.saturating_add(1)
                 }
+                // Why: h2's own bounds end a connection with this GOAWAY, and no metric said
+                // so. Its error code is the payload's bytes 4..8, written with its header.
+                // Regression: tests (it) abuse::h2s_own_goaway_is_counted
+                Some(h)
+                    if h.kind == GOAWAY
+                        && rest.get(4..8) == Some(&ENHANCE_YOUR_CALM.to_be_bytes()[..]) =>
+                {
+                    self.library_calm = true;
+                }
                 _ => {}
             }
         }
+    }
+
+    /// Whether h2 wrote a GOAWAY `ENHANCE_YOUR_CALM` of its own since the last call.
+    pub(super) fn take_library_calm(&mut self) -> bool {
+        std::mem::take(&mut self.library_calm)
     }
 
     /// Whether what h2 wrote so far ends with a whole frame.

@@ -149,6 +149,9 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Tracked<I> {
 
     /// After h2 wrote: once a limit is passed and h2's frame is whole, the GOAWAY goes out.
     fn after_write(&mut self, cx: &mut std::task::Context<'_>) {
+        if self.meter.take_library_calm() {
+            self.activity.library_goaway();
+        }
         if self.meter.abuse().is_some() && !self.shut && self.meter.at_write_boundary() {
             // Pending: the socket is full; the next read or write goes on with it.
             let _ = self.poll_goaway(cx);

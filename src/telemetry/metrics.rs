@@ -310,7 +310,7 @@ impl Metrics {
         let limits = Family::<LimitLabel, Counter>::default();
         registry.register(
             "connection_limits",
-            "Client connections or streams ended by a limit or deadline: http2_resets, http2_control_frames, send_timeout, idle_timeout, header_read_timeout, stalled, drain; requests shed: max_in_flight, uploads_per_client, uploads",
+            "Client connections or streams ended by a limit or deadline: http2_resets, http2_control_frames, http2_library (h2's own GOAWAY ENHANCE_YOUR_CALM), send_timeout, idle_timeout, header_read_timeout, stalled, drain; requests shed: max_in_flight, uploads_per_client, uploads",
             limits.clone(),
         );
         let connections_open = Gauge::default();

@@ -665,6 +665,39 @@ async fn frames_that_move_nothing_get_goaway() {
     );
 }
 
+/// Streams opened and reset in one burst, before the gateway could take them from h2's queue,
+/// meet h2's own bound (64): its GOAWAY ENHANCE_YOUR_CALM ends the connection, and is counted.
+#[tokio::test]
+async fn h2s_own_goaway_is_counted() {
+    let gw = Setup::default().start().await;
+    let mut burst = Vec::new();
+    for i in 0..100u32 {
+        let stream = (2 * i + 1).to_be_bytes();
+        // HEADERS (END_STREAM | END_HEADERS): GET http://app.test/, the authority a literal
+        // without indexing; then RST_STREAM CANCEL.
+        let mut block = vec![0x82, 0x86, 0x84, 0x01, 8];
+        block.extend_from_slice(b"app.test");
+        burst.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x5]);
+        burst.extend_from_slice(&stream);
+        burst.extend_from_slice(&block);
+        burst.extend_from_slice(&[0, 0, 4, 0x3, 0]);
+        burst.extend_from_slice(&stream);
+        burst.extend_from_slice(&[0, 0, 0, 0x8]);
+    }
+    let frames = flood(gw.addr(), &burst, 1).await;
+    let goaway = frames.iter().find(|(k, _)| *k == 0x7).expect("a GOAWAY");
+    assert_eq!(&goaway.1[4..8], &[0, 0, 0, 0xb], "ENHANCE_YOUR_CALM");
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"portcullis_connection_limits_total{limit="http2_library"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"limit="http2_resets""#),
+        "h2's bound, not the gateway's: {metrics}"
+    );
+}
+
 /// Reads until the gateway closes the connection (at most `within`): how long that took.
 async fn time_to_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: Duration) -> Duration {
     use tokio::io::AsyncReadExt;
