@@ -139,6 +139,14 @@ impl Streaks {
 async fn resolve(b: &Balancer, u: &Upkeep, unresolved: &mut Streaks) {
     let current = b.endpoints.load_full();
     let mut next: Vec<Arc<Endpoint>> = Vec::with_capacity(current.len());
+    let fixed: std::collections::HashSet<SocketAddr> = u
+        .specs
+        .iter()
+        .filter_map(|s| match s {
+            Spec::Ip(a) => Some(*a),
+            Spec::Name(_) => None,
+        })
+        .collect();
     for (i, spec) in u.specs.iter().enumerate() {
         let kept = current.iter().filter(|e| e.source == i).cloned();
         let Spec::Name(name) = spec else {
@@ -204,6 +212,13 @@ async fn resolve(b: &Balancer, u: &Upkeep, unresolved: &mut Streaks) {
         }
         for a in addrs {
             let addr = Addr::Ip(a);
+            // Why: a name resolving to an address also listed (`localhost:8080` beside
+            // `127.0.0.1:8080`), or to one an earlier name gave, made two endpoints of it:
+            // twice its share, and two copies of its metric series under the same labels.
+            // Regression: tests (it) upstreams::a_name_resolving_to_a_listed_address_adds_no_endpoint
+            if fixed.contains(&a) || next.iter().any(|e| e.addr == addr) {
+                continue;
+            }
             match current.iter().find(|e| e.source == i && e.addr == addr) {
                 Some(e) => next.push(Arc::clone(e)),
                 None => {

@@ -2991,6 +2991,43 @@ async fn endpoint_names_resolve_to_their_addresses() {
     assert_eq!(a.hits(), 10);
 }
 
+/// A name that resolves to an address also listed is no second endpoint of it: one share of
+/// the traffic, one set of metric series.
+#[tokio::test]
+async fn a_name_resolving_to_a_listed_address_adds_no_endpoint() {
+    let a = Backend::start("a").await;
+    let port = a.addr.port();
+    let gw = Setup {
+        upstreams: format!(
+            "  named:\n    url: http://backend.test\n    endpoints: [\"127.0.0.1:{port}\", \"localhost:{port}\"]\n    dns_refresh: 100ms\n"
+        ),
+        policies: route_all_to("named"),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let series = format!(
+        "portcullis_upstream_endpoint_up{{upstream=\"named\",endpoint=\"127.0.0.1:{port}\"}}"
+    );
+    // Once the name has resolved (it is no longer listed by name), the address is listed once.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = gw.admin_get("/metrics").await.1;
+        if !text.contains(&format!("endpoint=\"localhost:{port}\"")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !text.contains(&format!("endpoint=\"localhost:{port}\"")),
+        "never resolved: {text}"
+    );
+    assert_eq!(text.matches(&series).count(), 1, "{text}");
+    for _ in 0..6 {
+        assert_eq!(get(gw.addr(), "/x").await.0, StatusCode::OK);
+    }
+}
+
 /// An HTTP/1.1 answer framed with `Transfer-Encoding: chunked` and a `Content-Length` reaches
 /// the client whole, without the stale length; one with another transfer coding (which hyper
 /// does not decode) is no answer the gateway can pass on: 502.
