@@ -293,14 +293,14 @@ impl Reloader {
     /// config file as it is now, its message followed by `consequence`.
     fn at_fields(
         &self,
-        changed: Vec<(&'static str, &'static str)>,
+        changed: Vec<(String, &'static str)>,
         consequence: &str,
     ) -> Vec<Diagnostic> {
         let (display, index) = self.config_index();
         changed
             .into_iter()
             .map(|(field, m)| {
-                Diagnostic::at(&display, &index, field, format!("{m}; {consequence}"))
+                Diagnostic::at(&display, &index, &field, format!("{m}; {consequence}"))
             })
             .collect()
     }

@@ -65,34 +65,76 @@ impl RestartOnly {
 /// Settings that a running gateway cannot change, as (field path, message): a reload that
 /// changes the listeners fails with theirs; one that changes others applies, and warns with
 /// theirs (see [`refuses_the_reload`]).
-pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(&'static str, &'static str)> {
+pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(String, &'static str)> {
     let (o, n) = (&old.restart, &new.restart);
     let mut out = Vec::new();
     if o.listeners != n.listeners {
-        out.push((
-            "listeners",
-            "listener names, addresses, doors or TLS on/off changed: restart required",
-        ));
+        out.push(listener_change(&o.listeners, &n.listeners));
     }
-    if o.admin_address != n.admin_address {
-        out.push(("admin.address", "changed: restart required"));
-    }
-    if o.public_address != n.public_address {
-        out.push(("admin.public_address", "changed: restart required"));
-    }
-    if o.max_connections != n.max_connections {
-        out.push(("server.max_connections", "changed: restart required"));
-    }
-    if o.max_in_flight != n.max_in_flight {
-        out.push(("server.max_in_flight", "changed: restart required"));
-    }
-    if o.worker_threads != n.worker_threads {
-        out.push(("server.worker_threads", "changed: restart required"));
-    }
-    if o.logging != n.logging {
-        out.push(("logging", "format or level changed: restart required"));
-    }
+    let mut changed = |differs: bool, field: &str, message: &'static str| {
+        if differs {
+            out.push((field.to_owned(), message));
+        }
+    };
+    changed(
+        o.admin_address != n.admin_address,
+        "admin.address",
+        "changed: restart required",
+    );
+    changed(
+        o.public_address != n.public_address,
+        "admin.public_address",
+        "changed: restart required",
+    );
+    changed(
+        o.max_connections != n.max_connections,
+        "server.max_connections",
+        "changed: restart required",
+    );
+    changed(
+        o.max_in_flight != n.max_in_flight,
+        "server.max_in_flight",
+        "changed: restart required",
+    );
+    changed(
+        o.worker_threads != n.worker_threads,
+        "server.worker_threads",
+        "changed: restart required",
+    );
+    changed(
+        o.logging != n.logging,
+        "logging",
+        "format or level changed: restart required",
+    );
     out
+}
+
+/// Where the listeners changed: the field of the first one that did, when only its settings
+/// changed (the reload's error then points at its line), else the list.
+///
+/// Why: the refusal named `listeners`, placed at the list's first line (1:1 in a file that
+/// starts with it), whichever of ten listeners moved. Regression: tests::the_listener_that_changed_is_named
+fn listener_change(
+    old: &[(String, SocketAddr, bool, crate::request::facts::Door)],
+    new: &[(String, SocketAddr, bool, crate::request::facts::Door)],
+) -> (String, &'static str) {
+    const ANY: &str = "listener names, addresses, doors or TLS on/off changed: restart required";
+    if old.len() != new.len() {
+        return ("listeners".to_owned(), ANY);
+    }
+    let Some((i, (o, n))) = old.iter().zip(new).enumerate().find(|(_, (o, n))| o != n) else {
+        return ("listeners".to_owned(), ANY);
+    };
+    let (field, message) = if o.0 != n.0 {
+        ("name", "changed: restart required")
+    } else if o.1 != n.1 {
+        ("address", "changed: restart required")
+    } else if o.2 != n.2 {
+        ("tls", "TLS turned on or off: restart required")
+    } else {
+        ("door", "changed: restart required")
+    };
+    (format!("listeners[{i}].{field}"), message)
 }
 
 /// Whether a restart-only change of `field` refuses the whole reload: only where the gateway
@@ -103,8 +145,37 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(&'static str
 /// included, while `check` and `explain` said the rule was in force.
 /// Regression: tests (it) reload::a_restart_only_setting_waits_while_the_rest_applies
 pub fn refuses_the_reload(field: &str) -> bool {
-    matches!(
-        field,
-        "listeners" | "admin.address" | "admin.public_address"
-    )
+    field == "listeners"
+        || field.starts_with("listeners[")
+        || matches!(field, "admin.address" | "admin.public_address")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::facts::Door;
+
+    #[test]
+    fn the_listener_that_changed_is_named() {
+        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let old = vec![
+            ("http".to_owned(), a(80), false, Door::Proxy),
+            ("auth".to_owned(), a(81), false, Door::ForwardAuth),
+        ];
+        let mut new = old.clone();
+        new[1].1 = a(82);
+        assert_eq!(listener_change(&old, &new).0, "listeners[1].address");
+        new[1] = ("auth".to_owned(), a(81), true, Door::ForwardAuth);
+        assert_eq!(listener_change(&old, &new).0, "listeners[1].tls");
+        new[1] = ("gate".to_owned(), a(81), false, Door::ForwardAuth);
+        assert_eq!(listener_change(&old, &new).0, "listeners[1].name");
+        new[1] = ("auth".to_owned(), a(81), false, Door::EnvoyHttp);
+        assert_eq!(listener_change(&old, &new).0, "listeners[1].door");
+        new.pop();
+        assert_eq!(listener_change(&old, &new).0, "listeners");
+        for field in ["listeners", "listeners[1].address", "admin.address"] {
+            assert!(refuses_the_reload(field), "{field}");
+        }
+        assert!(!refuses_the_reload("logging"));
+    }
 }
