@@ -1462,3 +1462,64 @@ async fn identity_values_left_out_are_counted_by_door() {
         "{metrics}"
     );
 }
+
+/// A body sent to a decision door (Envoy's HTTP mode with `with_request_body`) is read and
+/// dropped, so the peer's connection serves the next check; one past 64 KiB ends the
+/// connection after the answer, which says so.
+#[tokio::test]
+async fn a_body_sent_to_a_door_keeps_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = gateway("{envoy_http: {}}").await;
+    let exchange = |request: Vec<u8>| {
+        let addr = gw.addr_of("doors");
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(&request).await.unwrap();
+            let mut buf = Vec::new();
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf))
+                    .await;
+            assert!(read.is_ok(), "the door left the connection open");
+            String::from_utf8_lossy(&buf).into_owned()
+        }
+    };
+    let next = "GET /open/x HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    for (target, status) in [("/admin/x", "403"), ("/open/x", "200")] {
+        let text = exchange(
+            format!(
+                "POST {target} HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello{next}"
+            )
+            .into_bytes(),
+        )
+        .await;
+        let statuses: Vec<_> = text
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &text[i + 9..i + 12])
+            .collect();
+        assert_eq!(statuses, [status, "200"], "{text}");
+        assert!(
+            !text
+                .split("\r\n\r\n")
+                .next()
+                .unwrap()
+                .to_ascii_lowercase()
+                .contains("connection: close"),
+            "{text}"
+        );
+    }
+    let mut big = format!(
+        "POST /open/x HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        100 * 1024
+    )
+    .into_bytes();
+    big.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    big.extend_from_slice(next.as_bytes());
+    let text = exchange(big).await;
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+}
