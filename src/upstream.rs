@@ -795,11 +795,12 @@ fn specs(
         if let Ok(a) = e.parse::<std::net::SocketAddr>() {
             // Why: an address listed twice had twice the traffic and two copies of each of its
             // `portcullis_upstream_endpoint_*` series under the same labels (one ejected, one
-            // not). Regression: tests::an_endpoint_listed_twice_is_refused
-            if let Some(j) = out.iter().position(|s| matches!(s, Spec::Ip(b) if *b == a)) {
-                return Err(listed_twice(e, j, i));
+            // not). It is one endpoint (`check` warns: `listed_twice`).
+            // Regression: tests::an_endpoint_listed_twice_is_one
+            let a = std::net::SocketAddr::new(a.ip().to_canonical(), a.port());
+            if !out.iter().any(|s| matches!(s, Spec::Ip(b) if *b == a)) {
+                out.push(Spec::Ip(a));
             }
-            out.push(Spec::Ip(a));
             continue;
         }
         // `name:port`: a valid authority with a port and nothing else.
@@ -817,24 +818,28 @@ fn specs(
                 ),
             });
         }
-        if let Some(j) = out
+        if !out
             .iter()
-            .position(|s| matches!(s, Spec::Name(n) if n.eq_ignore_ascii_case(e)))
+            .any(|s| matches!(s, Spec::Name(n) if n.eq_ignore_ascii_case(e)))
         {
-            return Err(listed_twice(e, j, i));
+            out.push(Spec::Name(e.as_str().into()));
         }
-        out.push(Spec::Name(e.as_str().into()));
     }
     Ok(out)
 }
 
-fn listed_twice(endpoint: &str, first: usize, again: usize) -> UpstreamError {
-    UpstreamError {
-        field: format!("endpoints[{again}]"),
-        message: format!(
-            "`{endpoint}` is listed twice (also `endpoints[{first}]`): each endpoint once"
-        ),
-    }
+/// The entries of `endpoints` that repeat an earlier one, as (index, the earlier's index):
+/// the same address (an IPv4-mapped IPv6 one is its IPv4 address) or the same name.
+pub fn listed_twice(endpoints: &[String]) -> Vec<(usize, usize)> {
+    let key = |e: &str| match e.parse::<std::net::SocketAddr>() {
+        Ok(a) => std::net::SocketAddr::new(a.ip().to_canonical(), a.port()).to_string(),
+        Err(_) => e.to_ascii_lowercase(),
+    };
+    let keys: Vec<String> = endpoints.iter().map(|e| key(e)).collect();
+    keys.iter()
+        .enumerate()
+        .filter_map(|(i, k)| Some((i, keys[..i].iter().position(|x| x == k)?)))
+        .collect()
 }
 
 fn health_check(raw: &RawUpstream) -> Result<Option<HealthCheck>, UpstreamError> {
@@ -1091,21 +1096,28 @@ mod tests {
     }
 
     #[test]
-    fn an_endpoint_listed_twice_is_refused() {
+    fn an_endpoint_listed_twice_is_one() {
         let authority = Authority::from_static("app.internal:8080");
         for list in [
             "[\"10.0.0.5:8080\", \"10.0.0.6:8080\", \"10.0.0.5:8080\"]",
-            "[\"[::1]:80\", \"10.0.0.6:8080\", \"[0:0::1]:80\"]",
+            "[\"10.0.0.5:8080\", \"10.0.0.6:8080\", \"[::ffff:10.0.0.5]:8080\"]",
             "[\"api.internal:80\", \"10.0.0.6:8080\", \"API.internal:80\"]",
         ] {
             let raw: RawUpstream = serde_yaml::from_str(&format!(
                 "{{url: \"http://app.internal\", endpoints: {list}}}"
             ))
             .unwrap();
-            let e = specs(&raw, &Scheme::HTTP, &authority).err().unwrap();
-            assert_eq!(e.field, "endpoints[2]", "{list}");
-            assert!(e.message.contains("also `endpoints[0]`"), "{}", e.message);
+            assert_eq!(
+                specs(&raw, &Scheme::HTTP, &authority).unwrap().len(),
+                2,
+                "{list}"
+            );
+            assert_eq!(listed_twice(&raw.endpoints), [(2, 0)], "{list}");
         }
+        assert_eq!(
+            listed_twice(&["[::1]:80".into(), "[0:0::1]:80".into(), "[::1]:81".into()]),
+            [(1, 0)]
+        );
     }
 
     /// An upstream without `idle_timeout` still bounds a pause inside a response body; one

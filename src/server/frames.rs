@@ -5,7 +5,7 @@
 //! `ENHANCE_YOUR_CALM`, as the fixes for CVE-2023-44487 and CVE-2019-9511…9518 do.
 //!
 //! The frames that move nothing are bounded as Envoy bounds them (its defaults): PRIORITY
-//! frames to `5 + 2 × 100` per stream the client opened, WINDOW_UPDATE frames to
+//! frames to `100 × (1 + streams the client opened)`, WINDOW_UPDATE frames to
 //! `5 + 2 × (streams + 10 × DATA frames the gateway wrote)`, at most one DATA frame in a row
 //! with no payload and no END_STREAM, and frames of unknown types with PING and SETTINGS
 //! (`max_control_frames` per window).
@@ -258,8 +258,11 @@ impl FrameMeter {
             // Regression: tests::frames_that_move_nothing_are_bounded
             PRIORITY => {
                 self.priority = self.priority.saturating_add(1);
-                if u64::from(self.priority) > 5 + 2 * u64::from(self.streams) * PRIORITY_PER_STREAM
-                {
+                // `1 +`: a browser sends its priority tree before any request (Firefox: six
+                // PRIORITY frames on idle streams); a bound of 5 then refused it the
+                // connection before its first request.
+                // Regression: tests::frames_that_move_nothing_are_bounded
+                if u64::from(self.priority) > (1 + u64::from(self.streams)) * PRIORITY_PER_STREAM {
                     self.trip(Abuse::ControlFrames);
                 }
             }
@@ -512,13 +515,22 @@ mod tests {
             after_one_stream(100, &window_update, 2008).1,
             Some(Abuse::ControlFrames)
         );
-        // PRIORITY: 5 + 2 × 100 per stream.
+        // PRIORITY: 100 × (1 + streams).
         let priority = frame(PRIORITY, 0, 3, &[0, 0, 0, 1, 16]);
-        assert_eq!(after_one_stream(0, &priority, 205).1, None);
+        assert_eq!(after_one_stream(0, &priority, 200).1, None);
         assert_eq!(
-            after_one_stream(0, &priority, 206).1,
+            after_one_stream(0, &priority, 201).1,
             Some(Abuse::ControlFrames)
         );
+        // A browser's priority tree, before any request, is no flood.
+        let mut m = FrameMeter::new(limits(10));
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(SETTINGS, 0, 0, &[]));
+        for stream in [3, 5, 7, 9, 11, 13] {
+            bytes.extend(frame(PRIORITY, 0, stream, &[0, 0, 0, 0, 200]));
+        }
+        bytes.extend(frame(HEADERS, 0x5, 15, &[0x82; 3]));
+        assert_eq!(m.on_read(&bytes), None);
         // Empty DATA without END_STREAM: one in a row; a payload or END_STREAM ends the run.
         let empty = frame(DATA, 0, 1, &[]);
         let mut mixed = empty.clone();

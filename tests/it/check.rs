@@ -327,20 +327,64 @@ fn a_health_check_timeout_past_its_interval_warns() {
     let (code, text) = cfg.run("check", &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(!text.contains("health_check"), "{text}");
-    // So is an ejection whose first time is past its longest.
+}
+
+/// An endpoint listed twice (in any spelling of its address) is one endpoint, and `check` says
+/// to list it once.
+#[test]
+fn an_endpoint_listed_twice_warns() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write(
+        "policies/10-all.yaml",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: pool}\n",
+    );
     cfg.write(
         "portcullis.yaml",
-        config("2s").replace(
-            "    health_check:",
-            "    ejection: {base_time: 10s, max_time: 1s}\n    health_check:",
-        ),
+        "listeners: [{name: http, address: \"127.0.0.1:0\"}]\nupstreams:\n  pool:\n    url: http://app.test\n    endpoints: [\"127.0.0.1:9\", \"127.0.0.2:9\", \"[::ffff:127.0.0.1]:9\"]\npolicies: {dir: policies}\n",
     );
     let (code, text) = cfg.run("check", &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
-        text.contains("warning: upstreams.pool.ejection.base_time: longer than `max_time` (1s)"),
+        text.contains("warning: upstreams.pool.endpoints[2]: the same endpoint as `endpoints[0]`"),
         "{text}"
     );
+}
+
+/// An ejection whose first time is past its longest warns, at the field written.
+#[test]
+fn ejection_times_the_wrong_way_round_warn() {
+    let cfg = crate::support::ConfigDir::new("");
+    let config = |ejection: &str| {
+        format!(
+            "listeners: [{{name: http, address: \"127.0.0.1:0\"}}]\nupstreams:\n  pool:\n    url: http://app.test\n    endpoints: [\"127.0.0.1:9\"]\n    ejection: {ejection}\npolicies: {{dir: policies}}\n"
+        )
+    };
+    cfg.write(
+        "policies/10-all.yaml",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: pool}\n",
+    );
+    for (ejection, warned) in [
+        (
+            "{base_time: 10s, max_time: 1s}",
+            Some("warning: upstreams.pool.ejection.base_time: longer than `max_time` (1s)"),
+        ),
+        (
+            "{max_time: 5s}",
+            Some(
+                "warning: upstreams.pool.ejection.max_time: shorter than `base_time` (10s, its default)",
+            ),
+        ),
+        ("{base_time: 1s, max_time: 5s}", None),
+        ("{max_time: 10s}", None),
+    ] {
+        cfg.write("portcullis.yaml", config(ejection));
+        let (code, text) = cfg.run("check", &[]);
+        assert_eq!(code, Some(0), "{text}");
+        match warned {
+            Some(w) => assert!(text.contains(w), "{ejection}: {text}"),
+            None => assert!(!text.contains("ejection"), "{ejection}: {text}"),
+        }
+    }
 }
 
 /// A secret or key pasted where its file's name belongs is not printed in "cannot read".
@@ -520,6 +564,13 @@ fn cors_that_refuses_the_rules_credential_header_warns() {
         ),
         (
             format!("authenticators: [api], cors: {{{origins}, allowed_headers: [Authorization]}}"),
+            None,
+        ),
+        // Servers may send the API key; a page sends the token it may send.
+        (
+            format!(
+                "authenticators: [api, keyed], cors: {{{origins}, allowed_headers: [Authorization]}}"
+            ),
             None,
         ),
         (

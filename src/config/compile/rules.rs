@@ -620,24 +620,30 @@ fn rule(
                 .any(|h| h.trim().eq_ignore_ascii_case(name))
         };
         let mut missing: Vec<String> = Vec::new();
-        // A cookie or a query parameter needs no preflight: a page may use that one.
-        let mut needs_no_preflight = false;
+        // Warned only when a page can use none of the rule's credentials: a cookie, a query
+        // parameter, a client certificate (no source: mTLS, trusted headers) or an allowed
+        // header is one it can; the others may be for servers, which send no preflight.
+        let mut a_page_can = false;
         for &i in &authenticators {
-            for s in env.authn.at(i).map_or(&[][..], |a| &a.sources[..]) {
+            let sources = env.authn.at(i).map_or(&[][..], |a| &a.sources[..]);
+            a_page_can |= sources.is_empty();
+            for s in sources {
                 let name = match s {
                     crate::authn::credential::CredentialSource::Bearer => "authorization",
                     crate::authn::credential::CredentialSource::Header(h) => h.as_str(),
                     _ => {
-                        needs_no_preflight = true;
+                        a_page_can = true;
                         continue;
                     }
                 };
-                if !allowed(name) && !missing.iter().any(|m| m == name) {
+                if allowed(name) {
+                    a_page_can = true;
+                } else if !missing.iter().any(|m| m == name) {
                     missing.push(name.to_owned());
                 }
             }
         }
-        if !missing.is_empty() && !needs_no_preflight {
+        if !missing.is_empty() && !a_page_can {
             cx.diags.push(
                 at.at(
                     "cors.allowed_headers",

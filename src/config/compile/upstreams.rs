@@ -55,15 +55,28 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
         }
         // Why: an ejection lasts `base_time` doubled per repeat, at most `max_time`: with a
         // base past the maximum, every ejection lasted `max_time` and the setting read as
-        // something it was not. Regression: tests (it) check::a_health_check_timeout_past_its_interval_warns
+        // something it was not. Said at the field written (the other may be its default).
+        // Regression: tests (it) check::ejection_times_the_wrong_way_round_warn
         if raw.ejection.base_time > raw.ejection.max_time {
-            cx.warn(
-                &format!("upstreams.{name}.ejection.base_time"),
-                format!(
-                    "longer than `max_time` ({}): every ejection lasts `max_time`; make `base_time` at most `max_time`",
-                    humantime::format_duration(raw.ejection.max_time)
-                ),
-            );
+            let base = format!("upstreams.{name}.ejection.base_time");
+            let (field, message) = if loaded.config.index.has(&base) {
+                (
+                    base,
+                    format!(
+                        "longer than `max_time` ({}): every ejection lasts `max_time`; make `base_time` at most `max_time`",
+                        humantime::format_duration(raw.ejection.max_time)
+                    ),
+                )
+            } else {
+                (
+                    format!("upstreams.{name}.ejection.max_time"),
+                    format!(
+                        "shorter than `base_time` ({}, its default): every ejection lasts `max_time`; set `base_time` at most `max_time`",
+                        humantime::format_duration(raw.ejection.base_time)
+                    ),
+                )
+            };
+            cx.warn(&field, message);
         }
         // Why: an expired client certificate, or one not issued for clients, is refused by
         // the upstream at every handshake (502 `upstream_tls`); nothing said so at load. A
@@ -110,6 +123,12 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
                 &field,
                 "has no effect without `endpoints`: the URL's host is looked up at each new connection (its first address); list the name in `endpoints` (`endpoints: [\"host:port\"]`) to balance over its addresses and re-resolve them every `dns_refresh`"
                     .to_owned(),
+            );
+        }
+        for (i, j) in crate::upstream::listed_twice(&raw.endpoints) {
+            cx.warn(
+                &format!("upstreams.{name}.endpoints[{i}]"),
+                format!("the same endpoint as `endpoints[{j}]`: it is one endpoint; list it once"),
             );
         }
         if let Some(aud) = &raw.assertion_audience {
