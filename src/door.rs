@@ -526,31 +526,12 @@ async fn answer<D: HttpDoor>(
     // the answer: a new connection per check, and the answer did not say so. A small body is
     // read and dropped; past 64 KiB or the door's deadline, the answer says `Connection:
     // close`. Regression: tests (it) doors::a_body_sent_to_a_door_keeps_the_connection
-    if !drained(body, due).await && parts.version <= http::Version::HTTP_11 {
+    if !crate::body::drained(body, due).await && parts.version <= http::Version::HTTP_11 {
         resp.headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     pending.account(resp.status().as_u16());
     resp
-}
-
-/// Whether a request body the door does not read is all read (at most 64 KiB, by `due`).
-async fn drained(mut body: Incoming, due: tokio::time::Instant) -> bool {
-    use http_body_util::BodyExt;
-    if http_body::Body::is_end_stream(&body) {
-        return true;
-    }
-    let mut left: usize = 64 * 1024;
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.ok()?;
-            if let Some(data) = frame.data_ref() {
-                left = left.checked_sub(data.len())?;
-            }
-        }
-        Some(())
-    };
-    matches!(tokio::time::timeout_at(due, read).await, Ok(Some(())))
 }
 
 /// What a decision door has to answer.

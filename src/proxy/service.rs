@@ -136,10 +136,9 @@ pub async fn handle(
     // One snapshot for the whole request, even if a reload lands meanwhile.
     let snapshot = shared.current.load_full();
     let (parts, body) = req.into_parts();
-    // Why: a refusal leaves the body unread, and hyper then ends the connection after it
-    // without saying so: a client reused it, or sent the rest of a large upload into a socket
-    // about to close. Regression: tests (it) smuggling::a_refused_body_ends_the_connection_and_the_refusal_says_so
-    let body_unread = !http_body::Body::is_end_stream(&body);
+    // Read only for a body (see the refusal below).
+    let expects_continue =
+        !http_body::Body::is_end_stream(&body) && parts.headers.contains_key(header::EXPECT);
     let request_id =
         request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
     // A new span id for this hop; the client's trace kept when its `traceparent` is valid.
@@ -163,20 +162,52 @@ pub async fn handle(
         trace,
         upgrade: None,
         cors: None,
-        body_unread,
     };
-    let resp = match forward(&mut ctx, parts, body).await {
+    let mut body = Some(body);
+    let resp = match forward(&mut ctx, parts, &mut body).await {
         Ok(resp) => resp,
-        Err(failure) => ctx.rescue(failure),
+        Err(failure) => {
+            // A malformed request's connection ends anyway; an HTTP/2 stream's body goes with
+            // the stream.
+            if matches!(failure, Failure::Malformed(..)) || ctx.version > Version::HTTP_11 {
+                body = None;
+            }
+            let mut resp = ctx.rescue(failure);
+            // Why: a refusal left the body unread, and hyper then ended the connection after
+            // it without saying so unless the body had all arrived with the head: a client
+            // reused the connection, or sent the rest of an upload into a socket about to
+            // close. A small body is read and dropped (the connection is kept); past 64 KiB or
+            // a second, or one the client waits to be asked for (`Expect: 100-continue`), the
+            // refusal says `Connection: close`.
+            // Regression: tests (it) smuggling::a_refused_body_ends_the_connection_and_the_refusal_says_so
+            if let Some(body) = body.take() {
+                let due = tokio::time::Instant::now()
+                    + snapshot.server.header_read_timeout.min(DRAIN_WAIT);
+                let kept = !expects_continue && crate::body::drained(body, due).await;
+                if !kept {
+                    resp = close(resp, ctx.version);
+                }
+            }
+            resp
+        }
     };
     ctx.finish(resp)
+}
+
+/// How long a refused request's body is waited for, to keep its connection.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The request body, for the phase that sends it on (taken once).
+fn taken(slot: &mut Option<Incoming>) -> Result<Incoming, Failure> {
+    slot.take()
+        .ok_or(Failure::Failed(StatusCode::BAD_GATEWAY, "no_upstream"))
 }
 
 /// Every phase of a request the decision allows, up to the upstream's answer.
 async fn forward(
     ctx: &mut Ctx<'_>,
     mut parts: http::request::Parts,
-    body: Incoming,
+    body_slot: &mut Option<Incoming>,
 ) -> Result<Response<ResponseBody>, Failure> {
     let snapshot = ctx.snapshot;
     let conn = ctx.conn;
@@ -242,6 +273,7 @@ async fn forward(
             on_client,
             edge: edge.clone(),
         };
+        let body = taken(body_slot)?;
         return Box::pin(tunnel(
             ctx, allow, parts, body, uri, origin, &upstream, upgrade,
         ))
@@ -285,7 +317,7 @@ async fn forward(
         _ => None,
     };
     upstream_head(ctx, allow, &mut parts, uri, origin, &upstream)?;
-    let (share, mut body) = upstream_body(ctx, body).await?;
+    let (share, mut body) = upstream_body(ctx, taken(body_slot)?).await?;
     // The client's body still coming (an upload, a client-streaming call): the exchange is
     // watched from now on, its upload as its answer (`watched::exchange`).
     let mut answer_cut = None;
@@ -835,8 +867,6 @@ pub(super) struct Ctx<'a> {
     pub(super) upgrade: Option<upgrade::Asked>,
     /// The deciding rule's CORS settings, when it has some, and the request's `Origin`.
     pub(super) cors: Option<(Arc<Edge>, Option<HeaderValue>)>,
-    /// The request came with a body (unread when a denial answers it).
-    pub(super) body_unread: bool,
     /// The client speaks gRPC (`content-type: application/grpc…`): its refusals are gRPC's.
     pub(super) grpc: Option<Grpc>,
     /// The client said `TE: trailers`.
@@ -905,9 +935,6 @@ impl Ctx<'_> {
     /// the log.
     fn rescue(&mut self, failure: Failure) -> Response<ResponseBody> {
         let id = self.request_id;
-        // A denial comes before the body is read (a failure later may have read it).
-        let body_unread =
-            self.body_unread && matches!(failure, Failure::Denied(_) | Failure::Refused(_));
         let (refusal, malformed) = match failure {
             Failure::Malformed(status, reason) => {
                 self.shared.metrics.bad_request(Some(Door::Proxy), reason);
@@ -942,7 +969,7 @@ impl Ctx<'_> {
         } else {
             refusal_response(refusal)
         };
-        if malformed || body_unread {
+        if malformed {
             close(resp, self.version)
         } else {
             resp

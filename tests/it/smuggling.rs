@@ -385,31 +385,58 @@ async fn expect_is_answered_by_the_gateway_and_not_forwarded() {
     );
 }
 
-/// A denied request's body is never read: the connection ends after the refusal, and the
-/// refusal says so (`Connection: close`, RFC 9112 §9.6), so a client neither reuses it nor
-/// sends the rest of an upload; the bytes behind it never become a request.
+/// A denied request's body never becomes a request. A small one is read and dropped, and the
+/// connection serves the next request (as nginx discards it); one past 64 KiB, or one the
+/// client waits to be asked for (`Expect: 100-continue`), ends the connection after the
+/// refusal, which says so (`Connection: close`, RFC 9112 §9.6).
 #[tokio::test]
 async fn a_refused_body_ends_the_connection_and_the_refusal_says_so() {
     let gw = Setup::with_policy(crate::support::ALLOW_ALL_BUT_ADMIN)
         .start()
         .await;
+    let head_of = |text: &str| text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    // A request hidden in the body is read as body, never as a request.
+    let hidden = "GET /admin/secret HTTP/1.1\r\nHost: app.test\r\n\r\n";
     for framing in [
-        "Content-Length: 5\r\n\r\nhello",
-        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        format!("Content-Length: {}\r\n\r\n{hidden}", hidden.len()),
+        format!(
+            "Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{hidden}\r\n0\r\n\r\n",
+            hidden.len()
+        ),
     ] {
         let request = format!("POST /admin/x HTTP/1.1\r\nHost: app.test\r\n{framing}{NEXT}");
         let (statuses, text) = exchange(gw.addr(), request.as_bytes()).await;
-        assert_eq!(statuses.len(), 1, "{framing:?}: one answer only: {text}");
+        assert_eq!(
+            statuses.len(),
+            2,
+            "{framing:?}: the refusal and the next: {text}"
+        );
         assert!(matches!(statuses[0], 401 | 403), "{text}");
-        let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert_eq!(statuses[1], 200, "{text}");
         assert!(
-            head.contains("\r\nconnection: close"),
+            !head_of(&text).contains("\r\nconnection: close"),
             "{framing:?}: {text}"
         );
     }
-    // Without a body the connection stays, as for any other refusal.
-    let request = format!("GET /admin/x HTTP/1.1\r\nHost: app.test\r\n\r\n{NEXT}");
-    let (statuses, text) = exchange(gw.addr(), request.as_bytes()).await;
-    assert_eq!(statuses.len(), 2, "{text}");
-    assert_eq!(seen(&gw), [("/second".to_owned(), 0)]);
+    // A large body, or one asked to be awaited: the refusal alone, saying so.
+    let large = "a".repeat(100 * 1024);
+    for request in [
+        format!(
+            "POST /admin/x HTTP/1.1\r\nHost: app.test\r\nContent-Length: {}\r\n\r\n{large}{NEXT}",
+            large.len()
+        ),
+        "POST /admin/x HTTP/1.1\r\nHost: app.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+            .to_owned(),
+    ] {
+        let (statuses, text) = exchange(gw.addr(), request.as_bytes()).await;
+        assert_eq!(statuses.len(), 1, "one answer only: {text}");
+        assert!(matches!(statuses[0], 401 | 403), "{text}");
+        assert!(head_of(&text).contains("\r\nconnection: close"), "{text}");
+        assert!(!text.contains("HTTP/1.1 100"), "{text}");
+    }
+    assert_eq!(
+        seen(&gw),
+        [("/second".to_owned(), 0), ("/second".to_owned(), 0)],
+        "only the requests after the small bodies"
+    );
 }
