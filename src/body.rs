@@ -547,24 +547,3 @@ impl http_body::Body for RequestBody {
         out
     }
 }
-
-/// Reads and drops a request body nobody needs (a refused request's, one sent to a decision
-/// door), so that the client's HTTP/1.1 connection can serve its next request: whether it was
-/// all read, at most 64 KiB and by `due`. When not, the connection ends after the answer.
-pub async fn drained(mut body: hyper::body::Incoming, due: tokio::time::Instant) -> bool {
-    use http_body_util::BodyExt;
-    if http_body::Body::is_end_stream(&body) {
-        return true;
-    }
-    let mut left: usize = 64 * 1024;
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.ok()?;
-            if let Some(data) = frame.data_ref() {
-                left = left.checked_sub(data.len())?;
-            }
-        }
-        Some(())
-    };
-    matches!(tokio::time::timeout_at(due, read).await, Ok(Some(())))
-}

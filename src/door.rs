@@ -473,7 +473,7 @@ async fn answer<D: HttpDoor>(
 ) -> Response<Full<Bytes>> {
     let start = Instant::now();
     let snapshot = shared.current.load_full();
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, _body) = req.into_parts();
     let request_id =
         request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
     let at = (D::DOOR, &*conn.info.listener);
@@ -521,15 +521,6 @@ async fn answer<D: HttpDoor>(
         snapshot.server.request_id_header.clone(),
         request_id.clone(),
     );
-    // Why: the decision needs the head only, and a body left unread (Envoy's HTTP mode with
-    // `with_request_body` sends one with every check) made hyper end the connection after
-    // the answer: a new connection per check, and the answer did not say so. A small body is
-    // read and dropped; past 64 KiB or the door's deadline, the answer says `Connection:
-    // close`. Regression: tests (it) doors::a_body_sent_to_a_door_keeps_the_connection
-    if !crate::body::drained(body, due).await && parts.version <= http::Version::HTTP_11 {
-        resp.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    }
     pending.account(resp.status().as_u16());
     resp
 }

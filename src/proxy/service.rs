@@ -137,7 +137,7 @@ pub async fn handle(
     let snapshot = shared.current.load_full();
     let (parts, body) = req.into_parts();
     // Read only for a body (see the refusal below).
-    let expects_continue =
+    let awaits_continue =
         !http_body::Body::is_end_stream(&body) && parts.headers.contains_key(header::EXPECT);
     let request_id =
         request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
@@ -163,51 +163,33 @@ pub async fn handle(
         upgrade: None,
         cors: None,
     };
-    let mut body = Some(body);
-    let resp = match forward(&mut ctx, parts, &mut body).await {
+    let resp = match forward(&mut ctx, parts, body).await {
         Ok(resp) => resp,
         Err(failure) => {
-            // A malformed request's connection ends anyway; an HTTP/2 stream's body goes with
-            // the stream.
-            if matches!(failure, Failure::Malformed(..)) || ctx.version > Version::HTTP_11 {
-                body = None;
-            }
-            let mut resp = ctx.rescue(failure);
-            // Why: a refusal left the body unread, and hyper then ended the connection after
-            // it without saying so unless the body had all arrived with the head: a client
-            // reused the connection, or sent the rest of an upload into a socket about to
-            // close. A small body is read and dropped (the connection is kept); past 64 KiB or
-            // a second, or one the client waits to be asked for (`Expect: 100-continue`), the
-            // refusal says `Connection: close`.
+            let refused_early = !matches!(failure, Failure::Failed(..));
+            let resp = ctx.rescue(failure);
+            // Why: a refusal leaves the body unread. hyper drains a body that came with the
+            // head and keeps the connection, and ends it otherwise, without saying so; a
+            // client waiting to be asked for its body (`Expect: 100-continue`) sent none, so
+            // its connection always ends: the refusal says so. Reading a body here instead
+            // held the request's `max_in_flight` permit while a client trickled it (every
+            // permit taken by stalled refused uploads, outside the upload caps).
             // Regression: tests (it) smuggling::a_refused_body_ends_the_connection_and_the_refusal_says_so
-            if let Some(body) = body.take() {
-                let due = tokio::time::Instant::now()
-                    + snapshot.server.header_read_timeout.min(DRAIN_WAIT);
-                let kept = !expects_continue && crate::body::drained(body, due).await;
-                if !kept {
-                    resp = close(resp, ctx.version);
-                }
+            if awaits_continue && refused_early {
+                close(resp, ctx.version)
+            } else {
+                resp
             }
-            resp
         }
     };
     ctx.finish(resp)
-}
-
-/// How long a refused request's body is waited for, to keep its connection.
-const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The request body, for the phase that sends it on (taken once).
-fn taken(slot: &mut Option<Incoming>) -> Result<Incoming, Failure> {
-    slot.take()
-        .ok_or(Failure::Failed(StatusCode::BAD_GATEWAY, "no_upstream"))
 }
 
 /// Every phase of a request the decision allows, up to the upstream's answer.
 async fn forward(
     ctx: &mut Ctx<'_>,
     mut parts: http::request::Parts,
-    body_slot: &mut Option<Incoming>,
+    body: Incoming,
 ) -> Result<Response<ResponseBody>, Failure> {
     let snapshot = ctx.snapshot;
     let conn = ctx.conn;
@@ -273,7 +255,6 @@ async fn forward(
             on_client,
             edge: edge.clone(),
         };
-        let body = taken(body_slot)?;
         return Box::pin(tunnel(
             ctx, allow, parts, body, uri, origin, &upstream, upgrade,
         ))
@@ -317,7 +298,7 @@ async fn forward(
         _ => None,
     };
     upstream_head(ctx, allow, &mut parts, uri, origin, &upstream)?;
-    let (share, mut body) = upstream_body(ctx, taken(body_slot)?).await?;
+    let (share, mut body) = upstream_body(ctx, body).await?;
     // The client's body still coming (an upload, a client-streaming call): the exchange is
     // watched from now on, its upload as its answer (`watched::exchange`).
     let mut answer_cut = None;
