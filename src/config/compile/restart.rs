@@ -71,41 +71,39 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<(String, &'st
     if o.listeners != n.listeners {
         out.push(listener_change(&o.listeners, &n.listeners));
     }
-    let mut changed = |differs: bool, field: &str, message: &'static str| {
+    const CHANGED: &str = "changed: restart required";
+    for (differs, field, message) in [
+        (o.admin_address != n.admin_address, "admin.address", CHANGED),
+        (
+            o.public_address != n.public_address,
+            "admin.public_address",
+            CHANGED,
+        ),
+        (
+            o.max_connections != n.max_connections,
+            "server.max_connections",
+            CHANGED,
+        ),
+        (
+            o.max_in_flight != n.max_in_flight,
+            "server.max_in_flight",
+            CHANGED,
+        ),
+        (
+            o.worker_threads != n.worker_threads,
+            "server.worker_threads",
+            CHANGED,
+        ),
+        (
+            o.logging != n.logging,
+            "logging",
+            "format or level changed: restart required",
+        ),
+    ] {
         if differs {
             out.push((field.to_owned(), message));
         }
-    };
-    changed(
-        o.admin_address != n.admin_address,
-        "admin.address",
-        "changed: restart required",
-    );
-    changed(
-        o.public_address != n.public_address,
-        "admin.public_address",
-        "changed: restart required",
-    );
-    changed(
-        o.max_connections != n.max_connections,
-        "server.max_connections",
-        "changed: restart required",
-    );
-    changed(
-        o.max_in_flight != n.max_in_flight,
-        "server.max_in_flight",
-        "changed: restart required",
-    );
-    changed(
-        o.worker_threads != n.worker_threads,
-        "server.worker_threads",
-        "changed: restart required",
-    );
-    changed(
-        o.logging != n.logging,
-        "logging",
-        "format or level changed: restart required",
-    );
+    }
     out
 }
 
