@@ -95,6 +95,9 @@ pub(super) struct FrameMeter {
     abuse: Option<Abuse>,
     /// h2 wrote a GOAWAY `ENHANCE_YOUR_CALM` of its own, not yet reported.
     library_calm: bool,
+    /// The start of a GOAWAY h2 is writing, when its header came before the rest of its
+    /// first 8 bytes: how many, and they.
+    goaway_start: Option<(usize, [u8; 8])>,
     /// The GOAWAY frame and how much of it is written.
     goaway: [u8; 17],
     goaway_sent: u8,
@@ -128,6 +131,7 @@ impl FrameMeter {
             window_updates: 0,
             empty_in_a_row: 0,
             library_calm: false,
+            goaway_start: None,
             abuse: None,
             goaway: [0; 17],
             goaway_sent: 0,
@@ -183,6 +187,12 @@ impl FrameMeter {
         if matches!(self.read, Parse::Off) {
             return;
         }
+        // The rest of a GOAWAY's first 8 bytes, which this write continues.
+        if let Some((n, mut start)) = self.goaway_start.take() {
+            let take = (8 - n).min(bytes.len());
+            start[n..n + take].copy_from_slice(&bytes[..take]);
+            self.goaway_seen(n + take, start);
+        }
         while !bytes.is_empty() {
             let (rest, head) = step(&mut self.write, bytes);
             bytes = rest;
@@ -194,16 +204,25 @@ impl FrameMeter {
                     self.data_written = self.data_written.saturating_add(1)
                 }
                 // Why: h2's own bounds end a connection with this GOAWAY, and no metric said
-                // so. Its error code is the payload's bytes 4..8, written with its header.
+                // so. Its error code is the payload's bytes 4..8, maybe in a later write.
                 // Regression: tests (it) abuse::h2s_own_goaway_is_counted
-                Some(h)
-                    if h.kind == GOAWAY
-                        && rest.get(4..8) == Some(&ENHANCE_YOUR_CALM.to_be_bytes()[..]) =>
-                {
-                    self.library_calm = true;
+                Some(h) if h.kind == GOAWAY => {
+                    let mut start = [0u8; 8];
+                    let n = rest.len().min(8);
+                    start[..n].copy_from_slice(&rest[..n]);
+                    self.goaway_seen(n, start);
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// The first `n` of a GOAWAY's first 8 bytes (last stream id, error code) are `start`.
+    fn goaway_seen(&mut self, n: usize, start: [u8; 8]) {
+        if n < 8 {
+            self.goaway_start = Some((n, start));
+        } else if start[4..8] == ENHANCE_YOUR_CALM.to_be_bytes() {
+            self.library_calm = true;
         }
     }
 
@@ -550,6 +569,28 @@ mod tests {
             &1u32.to_be_bytes(),
             "last stream id"
         );
+    }
+
+    /// h2's own GOAWAY ENHANCE_YOUR_CALM is seen however its bytes are split across writes;
+    /// another GOAWAY (a graceful one) is not it.
+    #[test]
+    fn h2s_own_goaway_is_seen_across_writes() {
+        let calm = frame(GOAWAY, 0, 0, &[0, 0, 0, 5, 0, 0, 0, 0xb]);
+        let graceful = frame(GOAWAY, 0, 0, &[0, 0, 0, 5, 0, 0, 0, 0]);
+        for at in 0..calm.len() {
+            let mut m = FrameMeter::new(limits(10));
+            m.on_read(PREFACE);
+            m.on_write(&frame(SETTINGS, 0, 0, &[]));
+            m.on_write(&calm[..at]);
+            m.on_write(&calm[at..]);
+            assert!(m.take_library_calm(), "split at {at}");
+            assert!(m.at_write_boundary());
+            let mut m = FrameMeter::new(limits(10));
+            m.on_read(PREFACE);
+            m.on_write(&graceful[..at]);
+            m.on_write(&graceful[at..]);
+            assert!(!m.take_library_calm(), "split at {at}");
+        }
     }
 
     #[test]
