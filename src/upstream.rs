@@ -790,17 +790,23 @@ fn specs(
             Err(_) => Spec::Name(format!("{host}:{port}").into()),
         }]);
     }
+    // Why: an address listed twice had twice the traffic and two copies of each of its
+    // `portcullis_upstream_endpoint_*` series under the same labels (one ejected, one not).
+    // It is one endpoint (`check` warns). Regression: tests::an_endpoint_listed_twice_is_one
+    let again: Vec<usize> = listed_twice(&raw.endpoints)
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
     let mut out = Vec::with_capacity(raw.endpoints.len());
     for (i, e) in raw.endpoints.iter().enumerate() {
+        if again.contains(&i) {
+            continue;
+        }
         if let Ok(a) = e.parse::<std::net::SocketAddr>() {
-            // Why: an address listed twice had twice the traffic and two copies of each of its
-            // `portcullis_upstream_endpoint_*` series under the same labels (one ejected, one
-            // not). It is one endpoint (`check` warns: `listed_twice`).
-            // Regression: tests::an_endpoint_listed_twice_is_one
-            let a = std::net::SocketAddr::new(a.ip().to_canonical(), a.port());
-            if !out.iter().any(|s| matches!(s, Spec::Ip(b) if *b == a)) {
-                out.push(Spec::Ip(a));
-            }
+            out.push(Spec::Ip(std::net::SocketAddr::new(
+                a.ip().to_canonical(),
+                a.port(),
+            )));
             continue;
         }
         // `name:port`: a valid authority with a port and nothing else.
@@ -818,12 +824,7 @@ fn specs(
                 ),
             });
         }
-        if !out
-            .iter()
-            .any(|s| matches!(s, Spec::Name(n) if n.eq_ignore_ascii_case(e)))
-        {
-            out.push(Spec::Name(e.as_str().into()));
-        }
+        out.push(Spec::Name(e.as_str().into()));
     }
     Ok(out)
 }

@@ -25,7 +25,19 @@ pub enum CredentialSource {
     Query(Box<str>),
 }
 
+/// `Authorization`, as a bearer token's header.
+static AUTHORIZATION: HeaderName = header::AUTHORIZATION;
+
 impl CredentialSource {
+    /// The header the credential is read from, if one is (not a cookie or query parameter).
+    pub fn header(&self) -> Option<&HeaderName> {
+        match self {
+            Self::Bearer => Some(&AUTHORIZATION),
+            Self::Header(h) => Some(h),
+            Self::Cookie(_) | Self::Query(_) => None,
+        }
+    }
+
     /// How the config spells it, for diagnostics.
     pub fn describe(&self) -> String {
         match self {

@@ -628,13 +628,9 @@ fn rule(
             let sources = env.authn.at(i).map_or(&[][..], |a| &a.sources[..]);
             a_page_can |= sources.is_empty();
             for s in sources {
-                let name = match s {
-                    crate::authn::credential::CredentialSource::Bearer => "authorization",
-                    crate::authn::credential::CredentialSource::Header(h) => h.as_str(),
-                    _ => {
-                        a_page_can = true;
-                        continue;
-                    }
+                let Some(name) = s.header().map(HeaderName::as_str) else {
+                    a_page_can = true;
+                    continue;
                 };
                 if allowed(name) {
                     a_page_can = true;
@@ -665,16 +661,7 @@ fn rule(
         && let Some(a) = authenticators
             .iter()
             .filter_map(|&i| env.authn.at(i))
-            .find(|a| {
-                a.strip
-                    && a.sources.iter().any(|s| match s {
-                        crate::authn::credential::CredentialSource::Bearer => {
-                            h == http::header::AUTHORIZATION
-                        }
-                        crate::authn::credential::CredentialSource::Header(n) => n == h,
-                        _ => false,
-                    })
-            })
+            .find(|a| a.strip && a.sources.iter().any(|s| s.header() == Some(h)))
     {
         cx.diags.push(
             at.at(
