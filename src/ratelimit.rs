@@ -32,6 +32,7 @@ use crate::authn::principal::{Principal, lookup};
 use crate::config::FieldError;
 use crate::config::raw::{RawBackend, RawCount, RawRateLimit, RawRedisFailure};
 use crate::request::RequestFacts;
+use crate::request::facts::Door;
 
 use self::gcra::{Mode, Plan, Rate, Room, Wait};
 use self::key::{CountBy, Sha256};
@@ -75,15 +76,15 @@ enum Backend {
     Redis(Arc<RedisStore>),
 }
 
-/// What one limit counted, by outcome.
+/// What one limit counted, by outcome and door ([`Door::index`]).
 #[derive(Debug, Default)]
 pub struct LimitCounters {
     /// Requests within the limit (for a guard: refusals recorded).
-    pub allowed: AtomicU64,
+    pub allowed: [AtomicU64; 4],
     /// Requests refused.
-    pub limited: AtomicU64,
+    pub limited: [AtomicU64; 4],
     /// Requests shadow mode would have refused.
-    pub shadow_limited: AtomicU64,
+    pub shadow_limited: [AtomicU64; 4],
     /// Redis failures answered by `on_redis_failure`: allow, deny, local.
     pub fallback: [AtomicU64; 3],
     /// Unix second of the last fail-open warning.
@@ -320,8 +321,8 @@ impl Limit {
 
     /// A guard's attempt failed: the request it spent stays spent, counted as `allowed` (what
     /// the guard let through to be checked).
-    pub fn failed(&self) {
-        self.counters.allowed.fetch_add(1, Ordering::Relaxed);
+    pub fn failed(&self, door: Door) {
+        self.counters.allowed[door.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A guard's spend for one attempt: [`Self::check`] with [`Mode::Spend`], except that a
@@ -354,7 +355,7 @@ impl Limit {
                         return (Checked::Limited(t), None);
                     }
                     // Not a refusal after all: it asks again.
-                    self.counters.limited.fetch_sub(1, Ordering::Relaxed);
+                    self.counters.limited[facts.conn.door.index()].fetch_sub(1, Ordering::Relaxed);
                     first = false;
                 }
                 checked => return (checked, None),
@@ -398,7 +399,8 @@ impl Limit {
                                 .check_local(facts, principal, rule, plan, mode)
                                 .map(Some),
                             RawRedisFailure::Deny if self.shadow => {
-                                self.counters.shadow_limited.fetch_add(1, Ordering::Relaxed);
+                                self.counters.shadow_limited[facts.conn.door.index()]
+                                    .fetch_add(1, Ordering::Relaxed);
                                 return Checked::ShadowLimited;
                             }
                             RawRedisFailure::Deny => return Checked::Unavailable,
@@ -411,12 +413,13 @@ impl Limit {
             Ok(room) => {
                 // A guard's spend is an attempt, counted once it failed ([`Self::failed`]).
                 if mode == Mode::Spend && self.count != RawCount::Failures {
-                    self.counters.allowed.fetch_add(1, Ordering::Relaxed);
+                    self.counters.allowed[facts.conn.door.index()].fetch_add(1, Ordering::Relaxed);
                 }
                 Checked::Allowed(room)
             }
             Err(_) if self.shadow => {
-                self.counters.shadow_limited.fetch_add(1, Ordering::Relaxed);
+                self.counters.shadow_limited[facts.conn.door.index()]
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     limit = &*self.name,
                     rule,
@@ -425,7 +428,7 @@ impl Limit {
                 Checked::ShadowLimited
             }
             Err(wait) => {
-                self.counters.limited.fetch_add(1, Ordering::Relaxed);
+                self.counters.limited[facts.conn.door.index()].fetch_add(1, Ordering::Relaxed);
                 Checked::Limited(throttle(wait))
             }
         }

@@ -168,7 +168,7 @@ pub async fn decide(
     };
     let decision = decide_rule(snapshot, rule, facts, trace).await;
     if matches!(&decision, Decision::Deny(d) if counts_as_failure(d.kind)) {
-        guard.failed();
+        guard.failed(facts.conn.door);
     } else if spent {
         let mut attempt = attempt;
         if let Some(a) = &mut attempt {

@@ -207,8 +207,8 @@ async fn tiers_choose_the_rate_and_shadow_never_refuses() {
             Checked::ShadowLimited
         );
     }
-    assert_eq!(limit.counters.shadow_limited.load(Ordering::Relaxed), 3);
-    assert_eq!(limit.counters.limited.load(Ordering::Relaxed), 0);
+    assert_eq!(limit.counters.shadow_limited[0].load(Ordering::Relaxed), 3);
+    assert_eq!(limit.counters.limited[0].load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]

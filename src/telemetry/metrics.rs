@@ -584,20 +584,37 @@ impl Collector for SnapshotCollector {
         if !limits.is_empty() {
             let mut m = encoder.encode_descriptor(
                 "ratelimit",
-                "Requests checked against a rate limit, by limit and outcome (allowed, limited, shadow_limited; for a guard, allowed counts the refusals recorded)",
+                "Requests checked against a rate limit, by limit, door and outcome (allowed, limited, shadow_limited; for a guard, allowed counts the refusals recorded)",
                 None,
                 MetricType::Counter,
             )?;
+            // A door's series are there when the config has a listener of it, or it counted
+            // (from zero, so a rate over them starts at the first request).
+            let served: Vec<Door> = snapshot.listeners.iter().map(|l| l.door.door()).collect();
             for l in &limits {
                 let c = &l.counters;
-                for (outcome, v) in [
-                    ("allowed", &c.allowed),
-                    ("limited", &c.limited),
-                    ("shadow_limited", &c.shadow_limited),
-                ] {
-                    let labels = [("limit", &*l.name), ("outcome", outcome)];
-                    m.encode_family(&labels)?
-                        .encode_counter::<NoLabelSet, _, u64>(&v.load(Ordering::Relaxed), None)?;
+                for door in Door::ALL {
+                    let i = door.index();
+                    let counts = [
+                        ("allowed", c.allowed[i].load(Ordering::Relaxed)),
+                        ("limited", c.limited[i].load(Ordering::Relaxed)),
+                        (
+                            "shadow_limited",
+                            c.shadow_limited[i].load(Ordering::Relaxed),
+                        ),
+                    ];
+                    if !served.contains(&door) && counts.iter().all(|(_, n)| *n == 0) {
+                        continue;
+                    }
+                    for (outcome, n) in counts {
+                        let labels = [
+                            ("limit", &*l.name),
+                            ("door", door.as_str()),
+                            ("outcome", outcome),
+                        ];
+                        m.encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                    }
                 }
             }
             let mut m = encoder.encode_descriptor(

@@ -1518,3 +1518,45 @@ async fn a_body_sent_to_a_door_keeps_the_connection() {
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+/// A rate limit met at a decision door is counted under that door, as its denial is.
+#[tokio::test]
+async fn rate_limits_are_counted_by_door() {
+    let gw = Setup {
+        listeners: "  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n".into(),
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: two}\n".into(),
+        )],
+        extra: "rate_limits:\n  two: {key: client_ip, requests: 2, per: 1h}\n".into(),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(
+                ask(&gw, "/auth", &[("x-forwarded-uri", "/x")])
+                    .await
+                    .0
+                    .as_u16(),
+            );
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 429]);
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    for (door, outcome, n) in [
+        ("forward-auth", "allowed", 2),
+        ("forward-auth", "limited", 1),
+        ("forward-auth", "shadow_limited", 0),
+    ] {
+        let line = format!(
+            "portcullis_ratelimit_total{{limit=\"two\",door=\"{door}\",outcome=\"{outcome}\"}} {n}"
+        );
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    // No series for a door the config does not serve (here not even the proxy).
+    assert!(!metrics.contains("door=\"proxy\",outcome"), "{metrics}");
+}

@@ -392,11 +392,15 @@ async fn brute_force_guard_refuses_before_verifying() {
     assert_eq!(gw.echo.count(), 5);
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(
-        metrics.contains("portcullis_ratelimit_total{limit=\"tries\",outcome=\"allowed\"} 3"),
+        metrics.contains(
+            "portcullis_ratelimit_total{limit=\"tries\",door=\"proxy\",outcome=\"allowed\"} 3"
+        ),
         "the three failures recorded:\n{metrics}"
     );
     assert!(
-        metrics.contains("portcullis_ratelimit_total{limit=\"tries\",outcome=\"limited\"} 1"),
+        metrics.contains(
+            "portcullis_ratelimit_total{limit=\"tries\",door=\"proxy\",outcome=\"limited\"} 1"
+        ),
         "{metrics}"
     );
 }
@@ -428,8 +432,9 @@ async fn shadow_mode_never_denies_but_counts() {
     assert_eq!(gw.echo.count(), 6);
     let (_, metrics) = gw.admin_get("/metrics").await;
     for (outcome, n) in [("allowed", 2), ("shadow_limited", 4), ("limited", 0)] {
-        let line =
-            format!("portcullis_ratelimit_total{{limit=\"trial\",outcome=\"{outcome}\"}} {n}");
+        let line = format!(
+            "portcullis_ratelimit_total{{limit=\"trial\",door=\"proxy\",outcome=\"{outcome}\"}} {n}"
+        );
         assert!(metrics.contains(&line), "{line}\n{metrics}");
     }
     assert!(!metrics.contains("reason=\"rate_limited\""), "{metrics}");
