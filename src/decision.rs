@@ -8,5 +8,5 @@ pub mod refusal;
 
 pub use engine::{NoTrace, Recheck, Trace, TraceEvent, decide};
 pub use mutation::HeaderMutation;
-pub use outcome::{Allow, Decision, Deny, DenyKind};
+pub use outcome::{Allow, Decision, Deny, DenyKind, FailedOpen};
 pub use refusal::{GrpcCode, Refusal};

@@ -29,7 +29,9 @@ use hyper::body::Incoming;
 
 use crate::authz::edge::Preflight;
 use crate::authz::spoofable::DoorList;
-use crate::decision::{self, Allow, Decision, DenyKind, HeaderMutation, NoTrace, Refusal};
+use crate::decision::{
+    self, Allow, Decision, DenyKind, FailedOpen, HeaderMutation, NoTrace, Refusal,
+};
 use crate::request::RequestFacts;
 use crate::request::facts::{ConnInfo, Door, FactsError, Head, Scheme};
 use crate::server::{Conn, Shared};
@@ -246,6 +248,7 @@ impl Record {
         match decision {
             Decision::Allow(a) => {
                 self.outcome = Outcome::Allow;
+                self.reason = a.failed_open.map(FailedOpen::as_str);
                 self.rule = Some(a.rule.clone());
                 self.principal.clone_from(&a.principal);
                 if a.identity_refused > 0 {

@@ -15,7 +15,7 @@ use crate::ratelimit::gcra::Mode;
 use crate::request::RequestFacts;
 use crate::snapshot::Snapshot;
 
-use super::outcome::{Allow, Decision, Deny, DenyKind};
+use super::outcome::{Allow, Decision, Deny, DenyKind, FailedOpen};
 
 /// One step of a decision, for `explain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +166,10 @@ pub async fn decide(
         // Over a shadow guard: let through, nothing spent to give back.
         Checked::ShadowLimited => false,
     };
-    let decision = decide_rule(snapshot, rule, facts, trace).await;
+    let mut decision = decide_rule(snapshot, rule, facts, trace).await;
+    if let (Checked::Allowed(None), Decision::Allow(a)) = (&checked, &mut decision) {
+        a.failed_open = a.failed_open.or(Some(FailedOpen::RateLimit));
+    }
     if matches!(&decision, Decision::Deny(d) if counts_as_failure(d.kind)) {
         guard.failed(facts.conn.door);
     } else if spent {
@@ -361,6 +364,7 @@ async fn decide_rule(
     // Regression: tests (it) delegate::rate_limited_request_never_reaches_the_delegate
     let mut shadowed = None;
     let mut room = None;
+    let mut failed_open = None;
     if let Some(limit) = &rule.rate_limit {
         if !trace.counts() {
             trace.record(TraceEvent::RateLimitApplies(limit.name.clone()));
@@ -369,7 +373,13 @@ async fn decide_rule(
                 .check(facts, principal.as_deref(), &rule.id.0, Mode::Spend)
                 .await
             {
-                Checked::Allowed(left) => room = left.filter(|_| limit.headers),
+                Checked::Allowed(left) => {
+                    // No budget read: Redis could not answer and the limit fails open.
+                    if left.is_none() {
+                        failed_open = Some(FailedOpen::RateLimit);
+                    }
+                    room = left.filter(|_| limit.headers);
+                }
                 Checked::ShadowLimited => {
                     shadowed = limit.shadow_header.as_ref().map(|h| (h, limit))
                 }
@@ -440,6 +450,7 @@ async fn decide_rule(
                 if !delegate.fails_open() {
                     return deny_principal(rule, DenyKind::DelegateUnavailable, principal.as_ref());
                 }
+                failed_open = Some(FailedOpen::Delegate);
             }
         }
     }
@@ -500,9 +511,10 @@ async fn decide_rule(
         authenticator,
         query_credentials: rule.query_credentials.clone(),
         mutation,
-        identity_refused,
+        identity_refused: u32::try_from(identity_refused).unwrap_or(u32::MAX),
         timeouts: rule.timeouts.clone(),
         edge: rule.edge.clone(),
+        failed_open,
     })
 }
 

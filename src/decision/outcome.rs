@@ -42,11 +42,33 @@ pub struct Allow {
     /// identity headers set; the same for every door.
     pub mutation: super::HeaderMutation,
     /// Identity header values refused (CR, LF, non-visible characters): left out.
-    pub identity_refused: usize,
+    pub identity_refused: u32,
     /// The rule's upstream timeouts, when it overrides the upstream's.
     pub timeouts: Option<Arc<crate::authz::route::RouteTimeouts>>,
     /// The rule's upgrades, tunnel re-checks and CORS (proxy door).
     pub edge: Option<Arc<crate::authz::edge::Edge>>,
+    /// The refusal a fail-open setting turned into this allow, logged as the allow's reason
+    /// so that an audit tells it from a checked one.
+    pub failed_open: Option<FailedOpen>,
+}
+
+/// A check that could not be made, let through by its fail-open setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedOpen {
+    /// A delegate gave no answer (`failure_mode: allow`).
+    Delegate,
+    /// Redis could not answer (`on_redis_failure: allow`).
+    RateLimit,
+}
+
+impl FailedOpen {
+    /// The reason code of the refusal it would have been.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delegate => DenyKind::DelegateUnavailable.as_str(),
+            Self::RateLimit => DenyKind::RateLimitUnavailable.as_str(),
+        }
+    }
 }
 
 /// Why a request was refused.

@@ -218,6 +218,7 @@ async fn forward(
             Decision::Allow(a) => a,
         };
         ctx.allowed = true;
+        ctx.reason = allow.failed_open.map(crate::decision::FailedOpen::as_str);
         ctx.log.rule = Some(allow.rule.clone());
         ctx.log.principal.clone_from(&allow.principal);
         // Compile guarantees allow rules have an upstream; answer safely if not.

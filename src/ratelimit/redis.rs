@@ -402,22 +402,30 @@ impl RedisStore {
         // is dropped on failure and looked up again instead (`reset`).
         // Regression: tests (it) redis::a_connection_redis_closed_is_replaced_without_a_failure
         let again = mode != Mode::Refund && !self.target.drops_on_failure();
-        let reply = tokio::time::timeout(
-            crate::request::facts::call_budget(self.timeout, deadline),
-            async {
-                match invoke(&self.script, &call, &mut conn).await {
-                    Err(e) if again && e.is_connection_dropped() => {
-                        self.metrics.calls.fetch_add(1, Ordering::Relaxed);
-                        invoke(&self.script, &call, &mut conn).await
-                    }
-                    first => first,
+        let budget = crate::request::facts::call_budget(self.timeout, deadline);
+        let reply = tokio::time::timeout(budget, async {
+            match invoke(&self.script, &call, &mut conn).await {
+                Err(e) if again && e.is_connection_dropped() => {
+                    self.metrics.calls.fetch_add(1, Ordering::Relaxed);
+                    invoke(&self.script, &call, &mut conn).await
                 }
-            },
-        )
+                first => first,
+            }
+        })
         .await;
         if reply.is_ok() {
             self.answered_at.store(self.now(), Ordering::Relaxed);
         }
+        // Why: a gateway too busy to read its answers in time (a flood of requests on its
+        // own cores) counted its late reads as Redis failing: the breaker opened on a
+        // healthy Redis, and every limit, everyone's, went to its `on_redis_failure` (a
+        // flood let 12 of 40 through another client's limit of 5, failing open). A call
+        // that ran out of time while other calls were answered meanwhile, or that this
+        // gateway got back to a whole budget after it ran out (its own cores were busy),
+        // still takes its limit's `on_redis_failure`, but says nothing against Redis: the
+        // breaker opens when Redis stops answering, not when the gateway is overloaded.
+        // Regression: tests (it) redis::a_gateway_too_busy_to_read_answers_keeps_the_breaker_closed
+        let mut not_redis = false;
         let outcome = match reply {
             Err(_) => {
                 // Why: a connection that stopped answering without being closed (a NAT or
@@ -438,6 +446,8 @@ impl RedisStore {
                 if self.target.drops_on_failure() || stalled {
                     self.reset(&used);
                 }
+                not_redis = self.answered_at.load(Ordering::Relaxed) > sent
+                    || start.elapsed() >= budget.saturating_mul(2);
                 self.warn_failure("Timeout", "-");
                 Err(RedisError::Timeout)
             }
@@ -509,7 +519,7 @@ impl RedisStore {
                 } else {
                     self.metrics.errors.fetch_add(1, Ordering::Relaxed);
                 }
-                if self.breaker.failure(self.now()) {
+                if !not_redis && self.breaker.failure(self.now()) {
                     tracing::warn!(
                         error = %e,
                         cool_down_ms = u64::try_from(self.breaker.cool_down.as_millis()).unwrap_or(u64::MAX),

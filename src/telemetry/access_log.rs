@@ -24,7 +24,8 @@ pub struct AccessRecord<'a> {
     pub decision: &'static str,
     /// Deciding rule.
     pub rule: Option<&'a str>,
-    /// Reason code of a denial or error.
+    /// Reason code of a denial or error; of an allow, the refusal a fail-open setting let
+    /// through (`delegate_unavailable`, `rate_limit_unavailable`).
     pub reason: Option<&'static str>,
     /// Request id.
     pub request_id: &'a str,

@@ -392,9 +392,9 @@ impl Metrics {
     }
 
     /// Counts identity header values left out of an allowed request's headers at `door`.
-    pub fn identity_headers_refused(&self, door: Door, values: usize) {
+    pub fn identity_headers_refused(&self, door: Door, values: u32) {
         if let Some(c) = self.identity_headers_refused.get(door.index()) {
-            c.inc_by(values as u64);
+            c.inc_by(u64::from(values));
         }
     }
 

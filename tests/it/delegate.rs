@@ -969,6 +969,65 @@ async fn a_failed_delegate_call_is_logged_with_its_code() {
     assert!(said, "{:?}", bin.log_lines("Delegate"));
 }
 
+/// A request a fail-open setting lets through is logged as an allow with the failure it let
+/// through as its reason, at the proxy and at a decision door: an audit tells it from a
+/// checked allow.
+#[tokio::test]
+async fn fail_open_allows_are_logged_with_the_failure_let_through() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let echo = portcullis::echo::Echo::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let bin = crate::memory::Binary::start_with(
+        echo.addr,
+        "  - name: http\n    address: 127.0.0.1:0\n  - name: auth\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n",
+        "",
+        &format!(
+            "logging:\n  format: json\n  access_log: true\ndelegates:\n  opa:\n    grpc: http://{closed}\n    timeout: 2s\n    failure_mode: allow\nredis:\n  url: redis://{closed}\n  timeout: 300ms\nrate_limits:\n  shared: {{key: client_ip, requests: 100, per: 1h, backend: redis, on_redis_failure: allow}}\n"
+        ),
+        "rules:\n  - {name: delegated, match: {paths: [\"/d/**\"]}, effect: allow, anonymous: true, delegate: opa, upstream: echo}\n  - {name: limited, match: {paths: [\"/r/**\"]}, effect: allow, anonymous: true, rate_limit: shared, upstream: echo}\n  - {name: plain, match: {paths: [\"/p/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+        &[],
+        &[],
+    );
+    for path in ["/d/x", "/r/x", "/p/x"] {
+        let (status, _, _) = crate::support::get(bin.addr("http"), path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    let req = Request::get("/auth")
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-host", "app.test")
+        .header("x-forwarded-uri", "/d/door")
+        .header("x-forwarded-for", "127.0.0.1")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(bin.addr("auth"), req).await.0, StatusCode::OK);
+    let access = |path: &str| {
+        bin.log_lines("\"target\":\"access\"")
+            .into_iter()
+            .find(|l| l.contains(&format!("\"path\":\"{path}\"")))
+    };
+    let logged = crate::support::eventually(Duration::from_secs(10), || async {
+        ["/d/x", "/r/x", "/p/x", "/d/door"]
+            .iter()
+            .all(|p| access(p).is_some())
+    })
+    .await;
+    assert!(logged, "{:?}", bin.log_lines("access"));
+    for (path, reason) in [
+        ("/d/x", "\"reason\":\"delegate_unavailable\""),
+        ("/r/x", "\"reason\":\"rate_limit_unavailable\""),
+        ("/d/door", "\"reason\":\"delegate_unavailable\""),
+        ("/p/x", "\"reason\":\"-\""),
+    ] {
+        let line = access(path).unwrap();
+        assert!(line.contains("\"decision\":\"allow\""), "{line}");
+        assert!(line.contains(reason), "{reason} in {line}");
+    }
+}
+
 /// On an anonymous rule (the delegate verifies the token itself), an answer is never
 /// cached past the `exp` of the bearer token it was about: asked again once it passed.
 #[tokio::test]

@@ -31,7 +31,8 @@ impl Binary {
     }
 
     /// With `extra` appended to the config, `policy` as the one policy file and `env` in the
-    /// process's environment.
+    /// process's environment. An `extra` with its own `logging:` section replaces the default
+    /// one (JSON, no access log); it must say `format: json`.
     pub fn start_with(
         echo: SocketAddr,
         listeners: &str,
@@ -47,10 +48,15 @@ impl Binary {
         for (name, bytes) in files {
             std::fs::write(dir.path().join(name), bytes).unwrap();
         }
+        let logging = if extra.lines().any(|l| l.starts_with("logging:")) {
+            ""
+        } else {
+            "logging:\n  format: json\n  access_log: false\n"
+        };
         std::fs::write(
             dir.path().join("portcullis.yaml"),
             format!(
-                "listeners:\n{listeners}admin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    url: http://{echo}\npolicies:\n  dir: policies\nserver:\n  max_connections: 20000\n{server}logging:\n  format: json\n  access_log: false\n{extra}"
+                "listeners:\n{listeners}admin:\n  address: 127.0.0.1:0\nupstreams:\n  echo:\n    url: http://{echo}\npolicies:\n  dir: policies\nserver:\n  max_connections: 20000\n{server}{logging}{extra}"
             ),
         )
         .unwrap();

@@ -1291,3 +1291,52 @@ async fn a_wrong_script_hash_is_a_redis_failure() {
     each_mode_while_failing(&gw, "a server that never runs the script").await;
     server.abort();
 }
+
+/// A gateway whose own thread is too busy to read Redis's answer in time (a flood on its
+/// cores) takes the limit's `on_redis_failure` for that call, but does not open the breaker
+/// that every other client's limit depends on; Redis itself stopping still opens it.
+#[tokio::test]
+async fn a_gateway_too_busy_to_read_answers_keeps_the_breaker_closed() {
+    use portcullis::ratelimit::gcra::{Mode, Plan, Rate};
+    use portcullis::ratelimit::redis::{BreakerState, RedisError, RedisStore};
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let raw: portcullis::config::raw::RawRedis = serde_yaml::from_str(&format!(
+        "url: {}\ntimeout: 50ms\nbreaker_failures: 1\nbreaker_cool_down: 30s\n",
+        redis.url()
+    ))
+    .unwrap();
+    let store = RedisStore::compile(&raw, std::path::Path::new("."), None, &mut Vec::new())
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+    let plan = Plan {
+        rate: Rate::new(1000, Duration::from_secs(3600), None).unwrap(),
+        quota: None,
+    };
+    assert!(matches!(
+        store.check("busy", &plan, Mode::Spend, None).await,
+        Ok(Ok(_))
+    ));
+    // The call is made, then this (only) thread is busy for four budgets: Redis answers at
+    // once, but the gateway reads the answer only after its timeout.
+    let call = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.check("busy", &plan, Mode::Spend, None).await }
+    });
+    let busy = tokio::spawn(async { std::thread::sleep(Duration::from_millis(200)) });
+    busy.await.unwrap();
+    let late = call.await.unwrap();
+    assert!(matches!(late, Err(RedisError::Timeout)), "{late:?}");
+    assert_eq!(store.breaker_state(), BreakerState::Closed);
+    assert!(matches!(
+        store.check("busy", &plan, Mode::Spend, None).await,
+        Ok(Ok(_))
+    ));
+    // Redis stopped: the same timeout, on time, opens it.
+    redis.pause();
+    let stopped = store.check("busy", &plan, Mode::Spend, None).await;
+    redis.resume();
+    assert!(matches!(stopped, Err(RedisError::Timeout)), "{stopped:?}");
+    assert_eq!(store.breaker_state(), BreakerState::Open);
+}

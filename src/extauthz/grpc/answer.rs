@@ -301,6 +301,7 @@ mod tests {
 
     fn allow(principal: Option<Principal>, mutation: HeaderMutation) -> Allow {
         Allow {
+            failed_open: None,
             rule: RuleId("orders/read".into()),
             upstream: None,
             principal: principal.map(Arc::new),
