@@ -284,6 +284,10 @@ impl Delegate {
     /// (keyed by `cache_key`): the request with its headers as the upstream will get them
     /// (`upstream`: which client headers go, which the gateway sets; see `headers_sent`),
     /// unless `fresh` (a live tunnel's re-check asks again, and caches the new answer).
+    ///
+    /// Asked about the path as the upstream receives it; when that is another path than the
+    /// canonical one the rules read, about both, and an allow needs both (the answer for the
+    /// path as received is the one kept, with its headers).
     pub async fn check(
         &self,
         facts: &RequestFacts<'_>,
@@ -293,7 +297,43 @@ impl Delegate {
         now: u64,
         fresh: bool,
     ) -> Result<Verdict, DelegateError> {
-        let request = check_request(facts, principal, upstream);
+        let forwarded = facts.forwarded_path();
+        let verdict = self
+            .check_path(facts, forwarded, principal, rule, upstream, now, fresh)
+            .await?;
+        // Why both readings: a decision door's peer forwards the path as the client sent it,
+        // and the upstream decodes it: asked only about `/deleg/z/%65vil`, a delegate refusing
+        // paths with `evil` allowed what the upstream served as `/deleg/z/evil`, which the
+        // proxy door (forwarding the canonical path) refused. The engine reads a rule's own
+        // `when` both ways for the same reason.
+        // Regression: tests (it) delegate::the_delegate_is_asked_about_both_readings_of_a_path
+        if matches!(verdict, Verdict::Allow(_)) && forwarded != facts.path {
+            let canonical = self
+                .check_path(facts, &facts.path, principal, rule, upstream, now, fresh)
+                .await?;
+            if matches!(canonical, Verdict::Deny) {
+                return Ok(Verdict::Deny);
+            }
+        }
+        Ok(verdict)
+    }
+
+    /// [`Self::check`] for one reading of the path.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "check's own, and the path it is about"
+    )]
+    async fn check_path(
+        &self,
+        facts: &RequestFacts<'_>,
+        path: &str,
+        principal: Option<&Principal>,
+        rule: &str,
+        upstream: UpstreamHeaders<'_>,
+        now: u64,
+        fresh: bool,
+    ) -> Result<Verdict, DelegateError> {
+        let request = check_request(facts, path, principal, upstream);
         // Why: the answer is cached for exactly what the delegate was told. Keyed by who the
         // principal is, alice's low-scope token (same `sub` and `iss`) got the allow her
         // full-scope token earned, and a header, address or scheme the delegate read was
@@ -488,12 +528,14 @@ fn cache_key(rule: &str, request: &CheckRequest) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The `CheckRequest` for a request: what the gateway decided on (its path as the upstream
-/// receives it, [`RequestFacts::forwarded_path`]), its headers as the
+/// The `CheckRequest` for a request about `path` (the path as the upstream receives it,
+/// [`RequestFacts::forwarded_path`], or the canonical one): what the gateway decided on, its
+/// headers as the
 /// upstream will get them ([`headers_sent`]), the principal in `context_extensions`
 /// (`principal_id`, `principal_kind`, `authenticator`, `principal_issuer` when it has one).
 fn check_request(
     facts: &RequestFacts<'_>,
+    path: &str,
     principal: Option<&Principal>,
     upstream: UpstreamHeaders<'_>,
 ) -> CheckRequest {
@@ -504,8 +546,8 @@ fn check_request(
     // An Envoy in front of an ext_authz service sends it the path as received, too.
     // Regression: tests (it) delegate::the_delegate_is_asked_about_the_path_as_forwarded
     let path = match facts.query {
-        Some(q) => format!("{}?{q}", facts.forwarded_path()),
-        None => facts.forwarded_path().to_owned(),
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
     };
     let mut context = HashMap::new();
     if let Some(p) = principal {

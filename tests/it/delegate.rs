@@ -33,8 +33,8 @@ pub(crate) struct Opa {
     principal: Arc<std::sync::Mutex<Option<String>>>,
     /// The headers of the last request it was asked about.
     seen: Arc<std::sync::Mutex<HashMap<String, String>>>,
-    /// The path (and query) of the last request it was asked about.
-    path: Arc<std::sync::Mutex<String>>,
+    /// The path (and query) of every request it was asked about, in order.
+    paths: Arc<std::sync::Mutex<Vec<String>>>,
     /// The `traceparent` and `tracestate` of the last call's gRPC metadata.
     metadata_trace: Arc<std::sync::Mutex<(Option<String>, Option<String>)>>,
 }
@@ -63,7 +63,8 @@ impl Authorization for Opa {
             )
         });
         let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
-        http.path.clone_into(&mut self.path.lock().unwrap());
+        self.paths.lock().unwrap().push(http.path.clone());
+        let evil = http.path.contains("evil");
         let headers = http.headers;
         self.seen.lock().unwrap().clone_from(&headers);
         let header = |k: &str, v: &str| HeaderValueOption {
@@ -79,7 +80,7 @@ impl Authorization for Opa {
             .is_some_and(|a| claims(a)["scope"] == "low");
         let says_yes = headers.get("x-delegate-says").map(String::as_str) == Some("yes");
         let revoked = self.revoked.load(Ordering::SeqCst);
-        let resp = if says_yes && !low_scope && !revoked {
+        let resp = if says_yes && !low_scope && !revoked && !evil {
             CheckResponse {
                 status: Some(rpc::Status::default()),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
@@ -217,6 +218,11 @@ async fn https_delegate_is_reached_over_tls_only() {
 /// Rules: `reports` (users, delegated), `public` (anonymous, delegated), `limited` (users,
 /// delegated, over a rate limit of one request a minute per principal).
 async fn gateway(grpc: &str, failure_mode: &str) -> TestGateway {
+    gateway_with(grpc, failure_mode, &Setup::default().listeners).await
+}
+
+/// [`gateway`] with these listeners.
+async fn gateway_with(grpc: &str, failure_mode: &str, listeners: &str) -> TestGateway {
     let policy = "rules:
   - name: reports
     match: {paths: [\"/reports/**\"]}
@@ -239,6 +245,7 @@ async fn gateway(grpc: &str, failure_mode: &str) -> TestGateway {
     upstream: echo
 ";
     Setup {
+        listeners: listeners.to_owned(),
         policies: vec![("10-p.yaml".into(), policy.into())],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
         extra: format!(
@@ -340,20 +347,69 @@ async fn the_delegate_is_asked_about_the_path_as_forwarded() {
     let opa = Opa::default();
     let addr = serve(opa.clone()).await;
     let gw = gateway(&format!("http://{addr}"), "deny").await;
+    // Asked about the path as forwarded, then, when the rules read another, about that too.
     for (sent, asked) in [
-        ("/public/%40x?q=1", "/public/%40x?q=1"),
-        ("/public/@x", "/public/@x"),
-        ("/public/%61/./b", "/public/a/b"),
+        (
+            "/public/%40x?q=1",
+            &["/public/%40x?q=1", "/public/@x?q=1"][..],
+        ),
+        ("/public/@x", &["/public/@x"]),
+        ("/public/%61/./b", &["/public/a/b"]),
     ] {
+        opa.paths.lock().unwrap().clear();
         let (status, body) = get(&gw, sent, "yes", "alice").await;
         assert_eq!(status, StatusCode::OK, "{sent}: {body}");
-        assert_eq!(*opa.path.lock().unwrap(), asked, "{sent}");
+        assert_eq!(*opa.paths.lock().unwrap(), asked, "{sent}");
         let forwarded = gw.echo.last().unwrap().target;
         assert_eq!(
-            forwarded, asked,
+            forwarded, asked[0],
             "{sent}: what the delegate saw is what was forwarded"
         );
     }
+}
+
+/// At a decision door the peer forwards the path as the client sent it, and the upstream
+/// decodes it: the delegate is asked about that path and the canonical one, and refuses at
+/// every door what it refuses at the proxy.
+#[tokio::test]
+async fn the_delegate_is_asked_about_both_readings_of_a_path() {
+    let opa = Opa::default();
+    let addr = serve(opa.clone()).await;
+    let gw = gateway_with(
+        &format!("http://{addr}"),
+        "deny",
+        "  - name: http\n    address: 127.0.0.1:0\n  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n",
+    )
+    .await;
+    let door = |uri: &'static str| {
+        let req = Request::get("/auth")
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-host", "app.test")
+            .header("x-forwarded-uri", uri)
+            .header("x-forwarded-for", "127.0.0.1")
+            .header("x-delegate-says", "yes")
+            .body(Full::default())
+            .unwrap();
+        send(gw.addr_of("doors"), req)
+    };
+    // The proxy forwards the canonical path: one reading, refused.
+    assert_eq!(
+        get(&gw, "/public/z/%65vil", "yes", "alice").await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(*opa.paths.lock().unwrap(), ["/public/z/evil"]);
+    opa.paths.lock().unwrap().clear();
+    let (status, _, _) = door("/public/z/%65vil").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        *opa.paths.lock().unwrap(),
+        ["/public/z/%65vil", "/public/z/evil"]
+    );
+    // A path with one reading is asked about once, and allowed.
+    opa.paths.lock().unwrap().clear();
+    let (status, _, _) = door("/public/z/fine").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(*opa.paths.lock().unwrap(), ["/public/z/fine"]);
 }
 
 #[tokio::test]

@@ -43,7 +43,7 @@ fn sent(peer: &str, headers: &[(&str, &[u8])]) -> HashMap<String, String> {
 fn request() -> CheckRequest {
     let headers: &[(&str, &[u8])] = &[("authorization", b"Bearer t1"), ("x-a", b"1")];
     with_request("192.0.2.1:1", headers, |facts, upstream| {
-        check_request(facts, None, upstream)
+        check_request(facts, facts.forwarded_path(), None, upstream)
     })
 }
 
