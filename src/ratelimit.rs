@@ -351,10 +351,10 @@ impl Limit {
                     let Some(wake) = attempt.refused() else {
                         return (Checked::Limited(t), None);
                     };
-                    if tokio::time::timeout_at(until, wake).await.is_err() {
+                    if tokio::time::timeout_at(until, wake).await != Ok(attempts::Woken::Retry) {
                         return (Checked::Limited(t), None);
                     }
-                    // Not a refusal after all: it asks again.
+                    // A request was given back to it: not a refusal after all, it asks again.
                     self.counters.limited[facts.conn.door.index()].fetch_sub(1, Ordering::Relaxed);
                     first = false;
                 }

@@ -395,37 +395,8 @@ async fn a_redis_guard_holds_against_concurrent_guesses() {
     let Some(redis) = RedisServer::start().await else {
         return;
     };
-    const SECRET: &[u8] = b"redis-guard-secret-redis-guard-secret-0123456789";
-    let gw = Setup {
-        policies: vec![(
-            "10-p.yaml".into(),
-            "rules:\n  - {name: api, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users], guard: tries, upstream: echo}\n".into(),
-        )],
-        files: vec![("hs.secret".into(), SECRET.to_vec())],
-        extra: format!(
-            "{}redis:\n  url: {}\n  timeout: {TIMEOUT_MS}ms\nrate_limits:\n  tries: {{key: client_ip, requests: 3, per: 1h, count: failures, backend: redis, on_redis_failure: deny}}\n",
-            crate::support::hs256_users("{}"),
-            redis.url()
-        ),
-        ..Setup::default()
-    }
-    .start()
-    .await;
-    let with = |auth: String| {
-        Request::get("/x")
-            .header("authorization", auth)
-            .body(Full::default())
-            .unwrap()
-    };
-    let good = format!(
-        "Bearer {}",
-        crate::support::hs256_token(SECRET, &serde_json::json!({"sub": "alice"}))
-    );
-    let up = eventually(Duration::from_secs(10), || async {
-        send(gw.addr(), with(good.clone())).await.0 == StatusCode::OK
-    })
-    .await;
-    assert!(up, "the gateway reaches Redis");
+    let (gw, good) = guard_gateway(&redis).await;
+    let with = guard_request;
     for i in 0..5 {
         assert_eq!(
             send(gw.addr(), with(good.clone())).await.0,
@@ -458,9 +429,9 @@ async fn a_redis_guard_holds_against_concurrent_guesses() {
         send(gw.addr(), with(good.clone())).await.0,
         StatusCode::TOO_MANY_REQUESTS
     );
-    // Guesses sent at once against the spent budget cost at most two Redis calls each (a
-    // first try and one retry), and are answered at once. (Each waited on the others and
-    // retried at every settling: N²/2 calls, 2 s per answer at 800.)
+    // Guesses sent at once against the spent budget cost one Redis call each (nothing is
+    // given back for them to ask again), and are answered at once. (Each waited on the
+    // others and retried at every settling: N²/2 calls, 2 s per answer at 800.)
     let calls = |m: &str| -> u64 {
         m.lines()
             .find(|l| l.starts_with("portcullis_redis_calls_total"))
@@ -483,7 +454,78 @@ async fn a_redis_guard_holds_against_concurrent_guesses() {
         started.elapsed()
     );
     let made = calls(&gw.admin_get("/metrics").await.1) - before;
-    assert!(made <= 200, "{made} Redis calls for 100 guesses");
+    assert!(made <= 100, "{made} Redis calls for 100 guesses");
+}
+
+/// A request to [`guard_gateway`] with this `Authorization`.
+fn guard_request(auth: String) -> Request<Full<bytes::Bytes>> {
+    Request::get("/x")
+        .header("authorization", auth)
+        .body(Full::default())
+        .unwrap()
+}
+
+/// A gateway whose one rule has a Redis guard of 3 failures an hour by client address, and
+/// a valid `Authorization` for it, once the gateway reaches Redis.
+async fn guard_gateway(redis: &RedisServer) -> (TestGateway, String) {
+    const SECRET: &[u8] = b"redis-guard-secret-redis-guard-secret-0123456789";
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: api, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users], guard: tries, upstream: echo}\n".into(),
+        )],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: format!(
+            "{}redis:\n  url: {}\n  timeout: {TIMEOUT_MS}ms\nrate_limits:\n  tries: {{key: client_ip, requests: 3, per: 1h, count: failures, backend: redis, on_redis_failure: deny}}\n",
+            crate::support::hs256_users("{}"),
+            redis.url()
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let good = format!(
+        "Bearer {}",
+        crate::support::hs256_token(SECRET, &serde_json::json!({"sub": "alice"}))
+    );
+    let up = eventually(Duration::from_secs(10), || async {
+        send(gw.addr(), guard_request(good.clone())).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(up, "the gateway reaches Redis");
+    (gw, good)
+}
+
+/// Valid requests sent together after a failure (two requests of the budget left) all pass:
+/// each refused waits for the one holding it, and a request given back goes to one waiter
+/// while the others wait for its retry. (Woken together, the retries spent at once, and
+/// those refused before the winner's spend came back saw nothing held: 4 to 26 of 30 got
+/// 429 with a `Retry-After` of the whole hour.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_requests_sent_together_after_failures_pass_a_redis_guard() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (gw, good) = guard_gateway(&redis).await;
+    // Two requests of the budget left; each round is a chain of ten, well within the wait
+    // bound on a busy machine.
+    let req = guard_request("Bearer wrong".to_owned());
+    assert_eq!(send(gw.addr(), req).await.0, StatusCode::UNAUTHORIZED);
+    for round in 0..4 {
+        let started = std::time::Instant::now();
+        let mut together = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let addr = gw.addr();
+            let req = guard_request(good.clone());
+            together.spawn(async move { send(addr, req).await.0.as_u16() });
+        }
+        let statuses = together.join_all().await;
+        assert!(
+            statuses.iter().all(|&s| s == 200),
+            "round {round}, after {:?}: {statuses:?}",
+            started.elapsed()
+        );
+    }
 }
 
 /// Closes every client connection but its own (`CLIENT KILL TYPE normal`), as a Redis
@@ -1319,15 +1361,27 @@ async fn a_gateway_too_busy_to_read_answers_keeps_the_breaker_closed() {
         Ok(Ok(_))
     ));
     // The call is made, then this (only) thread is busy for four budgets: Redis answers at
-    // once, but the gateway reads the answer only after its timeout.
-    let call = tokio::spawn({
-        let store = Arc::clone(&store);
-        async move { store.check("busy", &plan, Mode::Spend, None).await }
-    });
-    let busy = tokio::spawn(async { std::thread::sleep(Duration::from_millis(200)) });
-    busy.await.unwrap();
-    let late = call.await.unwrap();
-    assert!(matches!(late, Err(RedisError::Timeout)), "{late:?}");
+    // once, but the gateway reads the answer only after its timeout. (On a loaded machine
+    // the answer is sometimes read in time: tried again.)
+    let mut late = Vec::new();
+    for _ in 0..10 {
+        let call = tokio::spawn({
+            let store = Arc::clone(&store);
+            async move { store.check("busy", &plan, Mode::Spend, None).await }
+        });
+        let busy = tokio::spawn(async { std::thread::sleep(Duration::from_millis(200)) });
+        busy.await.unwrap();
+        let answer = call.await.unwrap();
+        let timed_out = matches!(answer, Err(RedisError::Timeout));
+        late.push(answer);
+        if timed_out {
+            break;
+        }
+    }
+    assert!(
+        matches!(late.last(), Some(Err(RedisError::Timeout))),
+        "{late:?}"
+    );
     assert_eq!(store.breaker_state(), BreakerState::Closed);
     assert!(matches!(
         store.check("busy", &plan, Mode::Spend, None).await,
