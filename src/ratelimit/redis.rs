@@ -234,8 +234,15 @@ impl RedisStore {
         let hex = |p: &Option<crate::secret::Secret<Vec<u8>>>| {
             p.as_ref().map(|p| crate::secret::hex(&digest(p.expose())))
         };
-        let fingerprint =
-            crate::config::Fingerprint::of(&[raw, &hex(&password), &hex(&sentinel_password)]);
+        let tls = tls_files(raw, base_dir, watched, &mut errors);
+        // The files' contents count too: a renewed certificate rebuilds the connection.
+        let tls_digest = tls.as_ref().map(|(_, d)| crate::secret::hex(d));
+        let fingerprint = crate::config::Fingerprint::of(&[
+            raw,
+            &hex(&password),
+            &hex(&sentinel_password),
+            &tls_digest,
+        ]);
         if let Some(p) = previous.filter(|p| p.fingerprint == fingerprint) {
             return Ok(Arc::clone(p));
         }
@@ -258,6 +265,7 @@ impl RedisStore {
             // Why: the connection's stall bound cut every call at `connect_timeout` (1 s by
             // default) whatever the check's own `timeout` said (5 s was cut at 1 s).
             connect_timeout: raw.connect_timeout.max(raw.timeout),
+            tls: tls.map(|(certs, _)| certs),
         };
         let target = match Target::compile(raw, &settings) {
             Ok(t) => Some(t),
@@ -605,6 +613,85 @@ fn text<'a>(
             .map(Some)
             .map_err(|_| FieldError::new(field, "must be UTF-8 text")),
     }
+}
+
+/// The `ca_file`, `client_cert` and `client_key` files, read (relative to `base_dir`) and
+/// watched, with a digest of their contents; `None` when none is set. Errors name the field.
+fn tls_files(
+    raw: &RawRedis,
+    base_dir: &std::path::Path,
+    watched: &mut Vec<std::path::PathBuf>,
+    errors: &mut Vec<FieldError>,
+) -> Option<(redis::TlsCertificates, Vec<u8>)> {
+    let mut read = |field: &str, file: &Option<std::path::PathBuf>| {
+        let path = base_dir.join(file.as_ref()?);
+        watched.push(path.clone());
+        match std::fs::read(&path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                errors.push(FieldError::new(
+                    field,
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+                None
+            }
+        }
+    };
+    let ca = read("ca_file", &raw.ca_file);
+    let cert = read("client_cert", &raw.client_cert);
+    let key = read("client_key", &raw.client_key);
+    // Checked as a listener's or an upstream's are (a CA file with certificates in it; a
+    // client certificate for `clientAuth`, unexpired, matching its key), so that a bad file
+    // is said at its field now, not as an unexplained failure of every check later.
+    if ca.is_some()
+        && let Some(file) = &raw.ca_file
+        && let Err(e) =
+            crate::tls::certs::read_certs(&base_dir.join(file), crate::tls::certs::TlsField::CaFile)
+    {
+        errors.push(FieldError::new("ca_file", e.to_string()));
+    }
+    match (&raw.client_cert, &raw.client_key) {
+        (Some(c), Some(k)) if cert.is_some() && key.is_some() => {
+            if let Err(e) = crate::tls::certs::load_cert_for(
+                &base_dir.join(c),
+                &base_dir.join(k),
+                crate::tls::certs::Purpose::Client,
+            ) {
+                let field = if e.field() == "key" {
+                    "client_key"
+                } else {
+                    "client_cert"
+                };
+                errors.push(FieldError::new(field, e.to_string()));
+            }
+        }
+        (Some(_), None) => errors.push(FieldError::new(
+            "client_key",
+            "required with `client_cert`: the key of the client certificate",
+        )),
+        (None, Some(_)) => errors.push(FieldError::new(
+            "client_cert",
+            "required with `client_key`: the certificate of that key",
+        )),
+        _ => {}
+    }
+    if raw.ca_file.is_none() && raw.client_cert.is_none() && raw.client_key.is_none() {
+        return None;
+    }
+    let mut d = Vec::new();
+    for part in [&ca, &cert, &key] {
+        d.extend(digest(part.as_deref().unwrap_or_default()));
+    }
+    let certs = redis::TlsCertificates {
+        client_tls: cert
+            .zip(key)
+            .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+        root_cert: ca,
+    };
+    Some((certs, digest(&d)))
 }
 
 fn digest(bytes: &[u8]) -> Vec<u8> {

@@ -1394,3 +1394,99 @@ async fn a_gateway_too_busy_to_read_answers_keeps_the_breaker_closed() {
     assert!(matches!(stopped, Err(RedisError::Timeout)), "{stopped:?}");
     assert_eq!(store.breaker_state(), BreakerState::Open);
 }
+
+/// A Redis over TLS with a private CA that requires client certificates (`tls-auth-clients
+/// yes`, its default): reached with `ca_file`, `client_cert` and `client_key`, the limit
+/// counted in Redis; without the client certificate, or without the CA, no check gets through
+/// (the limit's failure mode). `redis://` with TLS files is refused at the field.
+#[tokio::test]
+async fn redis_over_tls_with_a_private_ca_and_a_client_certificate() {
+    let pki = crate::credentials::pki();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (ca, cert, key) = (
+        file("ca.pem", &pki.ca),
+        file("server.crt", &pki.server_cert),
+        file("server.key", &pki.server_key),
+    );
+    let tls_port = free_port().port().to_string();
+    let Some(_redis) = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+    ])
+    .await
+    else {
+        return;
+    };
+    let gateway = |tls: &str| {
+        Setup {
+            policies: vec![("10-p.yaml".into(), MODES_POLICY.into())],
+            files: vec![
+                ("ca.pem".into(), pki.ca.clone().into_bytes()),
+                ("client.crt".into(), pki.client.0.clone().into_bytes()),
+                ("client.key".into(), pki.client.1.clone().into_bytes()),
+            ],
+            extra: modes_config(&format!("rediss://localhost:{tls_port}\n{tls}"))
+                .replace("timeout: 100ms", "timeout: 500ms"),
+            ..Setup::default()
+        }
+        .start()
+    };
+    let gw =
+        gateway("  ca_file: ca.pem\n  client_cert: client.crt\n  client_key: client.key").await;
+    connected(&gw).await;
+    // Counted in Redis: `fallback` allows 3 an hour, and no check fell back.
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(timed(&gw, "/local/x").await.0.as_u16());
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let metrics = gw.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_ratelimit_redis_fallback_total{limit=\"fallback\",mode=\"local\"}"
+        ),
+        0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "portcullis_redis_errors_total{kind=\"error\"}"),
+        0
+    );
+    // Without the client certificate, or trusting only the system's roots: refused by the
+    // TLS handshake, so the limit failing closed answers 503.
+    for tls in ["  ca_file: ca.pem", ""] {
+        let other = gateway(tls).await;
+        let (status, reason, _) = timed(&other, "/deny/x").await;
+        assert_eq!(
+            (status, reason.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_unavailable"),
+            "{tls}"
+        );
+    }
+    // TLS files with `redis://`: said at the field, not ignored.
+    let cfg = crate::support::ConfigDir::new(&format!(
+        "redis:\n  url: redis://127.0.0.1:{tls_port}\n  ca_file: ca.pem\n"
+    ));
+    cfg.write("ca.pem", &pki.ca);
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("redis.ca_file") && text.contains("rediss://"),
+        "{text}"
+    );
+}

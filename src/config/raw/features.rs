@@ -257,6 +257,18 @@ pub struct RawRedis {
     /// Prefix of every key written. Default `portcullis:rl:`.
     #[serde(default = "default_redis_prefix")]
     pub key_prefix: String,
+    /// PEM CA certificates the servers' (and sentinels') certificates must chain to, instead
+    /// of the system's roots: a private CA. Needs `rediss://` URLs. Relative to the config
+    /// file; watched.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate chain the gateway presents to the servers (and sentinels), for
+    /// a Redis that requires one (`tls-auth-clients yes`); with `client_key`. Watched.
+    #[serde(default)]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `client_cert`. Watched; never logged.
+    #[serde(default)]
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for RawRedis {
@@ -286,6 +298,9 @@ impl fmt::Debug for RawRedis {
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_cool_down", &self.breaker_cool_down)
             .field("key_prefix", &self.key_prefix)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .finish()
     }
 }

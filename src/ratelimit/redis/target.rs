@@ -18,7 +18,7 @@ use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ConnectionInfo, RedisConnectionInfo};
 
 use super::redacted_url;
@@ -42,12 +42,11 @@ pub(super) enum Target {
 
 /// What a Sentinel target needs to find (again) its master.
 pub(super) struct SentinelTarget {
+    /// The sentinels, and how to reach the master they name (its credentials, TLS or not).
     /// Only the resolving task locks it.
-    sentinel: tokio::sync::Mutex<Sentinel>,
+    sentinel: tokio::sync::Mutex<SentinelClient>,
     /// The master's name.
     master: Box<str>,
-    /// How to reach the master: its credentials, TLS or not.
-    node: SentinelNodeConnectionInfo,
     /// The master's connection's timeouts and back-off.
     config: ConnectionManagerConfig,
     /// Bounds one lookup and connection.
@@ -78,6 +77,8 @@ pub(super) struct Settings<'a> {
     pub sentinel_password: Option<&'a str>,
     /// Bounds connecting, and a stalled connection.
     pub connect_timeout: Duration,
+    /// A private CA and a client certificate for `rediss://` (`ca_file`, `client_cert`).
+    pub tls: Option<redis::TlsCertificates>,
 }
 
 // === impl Target ===
@@ -115,21 +116,27 @@ impl Target {
             .set_max_delay(Duration::from_secs(1));
         if let Some(url) = &raw.url {
             let info = parse_url("url", url)?;
+            tls_needs_rediss(raw, settings, is_tls(&info), "url")?;
             let own = credentials(
                 info.redis_settings().clone(),
                 settings.username,
                 settings.password,
             );
             let info = info.set_redis_settings(own);
-            let client = redis::Client::open(info).map_err(|e| {
+            let client = match &settings.tls {
+                None => redis::Client::open(info),
+                Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
+            }
+            .map_err(|e| {
                 vec![FieldError::new(
-                    "url",
+                    tls_field(raw).unwrap_or("url"),
                     e.detail().unwrap_or("invalid").to_owned(),
                 )]
             })?;
             Ok(Self::Single { client, config })
         } else if let Some(urls) = &raw.cluster {
             let nodes = parse_urls("cluster", urls, "Redis Cluster has only database 0")?;
+            tls_needs_rediss(raw, settings, nodes.first().is_some_and(is_tls), "cluster")?;
             let mut builder = ClusterClient::builder(nodes)
                 .connection_timeout(settings.connect_timeout)
                 .response_timeout(settings.connect_timeout)
@@ -144,9 +151,12 @@ impl Target {
             if let Some(p) = settings.password {
                 builder = builder.password(p);
             }
+            if let Some(certs) = &settings.tls {
+                builder = builder.certs(certs.clone());
+            }
             let client = builder.build().map_err(|e| {
                 vec![FieldError::new(
-                    "cluster",
+                    tls_field(raw).unwrap_or("cluster"),
                     e.detail().unwrap_or("invalid").to_owned(),
                 )]
             })?;
@@ -173,39 +183,46 @@ impl Target {
             if !errors.is_empty() {
                 return Err(errors);
             }
-            let tls = sentinels
-                .first()
-                .is_some_and(|i| matches!(i.addr(), redis::ConnectionAddr::TcpTls { .. }));
-            let sentinels: Vec<ConnectionInfo> = sentinels
-                .into_iter()
-                .map(|i| {
-                    let own = credentials(
-                        i.redis_settings().clone(),
-                        settings.sentinel_username,
-                        settings.sentinel_password,
-                    );
-                    i.set_redis_settings(own)
-                })
-                .collect();
-            let sentinel = Sentinel::build(sentinels).map_err(|e| {
-                vec![FieldError::new(
-                    "sentinel.urls",
-                    e.detail().unwrap_or("invalid").to_owned(),
-                )]
-            })?;
-            let mut node =
-                SentinelNodeConnectionInfo::default().set_redis_connection_info(credentials(
-                    RedisConnectionInfo::default(),
-                    settings.username,
-                    settings.password,
-                ));
-            if tls {
-                node = node.set_tls_mode(redis::TlsMode::Secure);
+            let tls = sentinels.first().is_some_and(is_tls);
+            tls_needs_rediss(raw, settings, tls, "sentinel.urls")?;
+            let invalid = |field: &'static str| {
+                move |e: redis::RedisError| {
+                    vec![FieldError::new(
+                        field,
+                        e.detail().unwrap_or("invalid").to_owned(),
+                    )]
+                }
+            };
+            let addrs = sentinels.iter().map(|i| i.addr().clone());
+            let mut builder =
+                SentinelClientBuilder::new(addrs, s.master.as_str(), SentinelServerType::Master)
+                    .map_err(invalid("sentinel.urls"))?;
+            if let Some(u) = settings.sentinel_username {
+                builder = builder.set_client_to_sentinel_username(u);
             }
+            if let Some(p) = settings.sentinel_password {
+                builder = builder.set_client_to_sentinel_password(p);
+            }
+            if let Some(u) = settings.username {
+                builder = builder.set_client_to_redis_username(u);
+            }
+            if let Some(p) = settings.password {
+                builder = builder.set_client_to_redis_password(p);
+            }
+            if tls {
+                builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+            }
+            if let Some(certs) = &settings.tls {
+                builder = builder
+                    .set_client_to_sentinel_certificates(certs.clone())
+                    .set_client_to_redis_certificates(certs.clone());
+            }
+            let sentinel = builder
+                .build()
+                .map_err(invalid(tls_field(raw).unwrap_or("sentinel.urls")))?;
             Ok(Self::Sentinel(Arc::new(SentinelTarget {
                 sentinel: tokio::sync::Mutex::new(sentinel),
                 master: s.master.as_str().into(),
-                node,
                 config,
                 connect_timeout: settings.connect_timeout,
                 resolving: AtomicBool::new(false),
@@ -295,12 +312,7 @@ impl SentinelTarget {
     /// The master the sentinels name now (the client checks it says `master` to `ROLE`),
     /// connected.
     async fn master(&self) -> redis::RedisResult<ConnectionManager> {
-        let client = self
-            .sentinel
-            .lock()
-            .await
-            .async_master_for(&self.master, Some(&self.node))
-            .await?;
+        let client = self.sentinel.lock().await.async_get_client().await?;
         ConnectionManager::new_with_config(client, self.config.clone()).await
     }
 }
@@ -351,6 +363,39 @@ fn credentials(
         settings = settings.set_password(p);
     }
     settings
+}
+
+/// Whether a URL is `rediss://`.
+fn is_tls(info: &ConnectionInfo) -> bool {
+    matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. })
+}
+
+/// The first TLS file field written, for errors about them.
+fn tls_field(raw: &RawRedis) -> Option<&'static str> {
+    [
+        (raw.ca_file.is_some(), "ca_file"),
+        (raw.client_cert.is_some(), "client_cert"),
+        (raw.client_key.is_some(), "client_key"),
+    ]
+    .into_iter()
+    .find_map(|(set, field)| set.then_some(field))
+}
+
+/// TLS files need `rediss://` URLs: with `redis://` they would be ignored, and the
+/// connection sent in clear text though the config asks for a private CA.
+fn tls_needs_rediss(
+    raw: &RawRedis,
+    settings: &Settings<'_>,
+    tls: bool,
+    urls: &str,
+) -> Result<(), Vec<FieldError>> {
+    match tls_field(raw) {
+        Some(field) if settings.tls.is_some() && !tls => Err(vec![FieldError::new(
+            field,
+            format!("needs `rediss://` URLs (TLS); `{urls}` says `redis://`"),
+        )]),
+        _ => Ok(()),
+    }
 }
 
 /// One `redis://` or `rediss://` URL without credentials.
