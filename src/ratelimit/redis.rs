@@ -509,7 +509,11 @@ impl RedisStore {
         match outcome {
             Ok(_) => {
                 self.metrics.latency.observe(start.elapsed());
-                self.breaker.success();
+                if self.breaker.success() {
+                    tracing::info!(
+                        "Redis circuit breaker closed: limits are checked in Redis again"
+                    );
+                }
             }
             Err(RedisError::KeyRefused) => {
                 self.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -517,8 +521,12 @@ impl RedisStore {
                 // refusal held the breaker for the probe's lease, and a flood of refused keys
                 // won most probes). Otherwise the count of failures in a row stands: a refusal
                 // between timeouts must not keep the breaker from opening.
-                if self.breaker.state(self.now()) == BreakerState::HalfOpen {
-                    self.breaker.success();
+                if self.breaker.state(self.now()) == BreakerState::HalfOpen
+                    && self.breaker.success()
+                {
+                    tracing::info!(
+                        "Redis circuit breaker closed: limits are checked in Redis again"
+                    );
                 }
             }
             Err(e) => {
@@ -818,10 +826,12 @@ impl Breaker {
             .is_ok()
     }
 
-    fn success(&self) {
+    /// Counts a success; true when it closed the breaker.
+    fn success(&self) -> bool {
         self.failures.store(0, Ordering::Relaxed);
-        self.open_until.store(0, Ordering::Release);
+        let was = self.open_until.swap(0, Ordering::AcqRel);
         self.probe_since.store(0, Ordering::Release);
+        was != 0
     }
 
     /// Counts a failure at `now`; true when it opened the breaker.

@@ -1490,3 +1490,49 @@ async fn redis_over_tls_with_a_private_ca_and_a_client_certificate() {
         "{text}"
     );
 }
+
+/// The breaker says in the log when it opens and when it closes again, so an operator sees
+/// the limits checked in Redis again (the gauge alone stayed "half-open" until traffic came).
+#[tokio::test]
+async fn the_breaker_logs_when_it_opens_and_when_it_closes() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let extra = format!(
+        "redis: {{url: \"{}\", timeout: 100ms, breaker_failures: 1, breaker_cool_down: 200ms}}\nrate_limits:\n  l: {{key: client_ip, requests: 1000, per: 1h, backend: redis, on_redis_failure: deny}}\n",
+        redis.url()
+    );
+    let policy = "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, rate_limit: l, upstream: echo}\n";
+    let echo = portcullis::echo::Echo::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let bin = crate::memory::Binary::start_with(
+        echo.addr,
+        "  - name: http\n    address: 127.0.0.1:0\n",
+        "",
+        &extra,
+        policy,
+        &[],
+        &[],
+    );
+    let status = || async { crate::support::get(bin.addr("http"), "/x").await.0 };
+    let up = eventually(Duration::from_secs(10), || async {
+        status().await == StatusCode::OK
+    })
+    .await;
+    assert!(up, "the gateway reaches Redis");
+    redis.pause();
+    assert_eq!(status().await, StatusCode::SERVICE_UNAVAILABLE);
+    redis.resume();
+    let back = eventually(Duration::from_secs(10), || async {
+        status().await == StatusCode::OK
+    })
+    .await;
+    assert!(back, "the breaker's probe closes it");
+    let logged = eventually(Duration::from_secs(5), || async {
+        !bin.log_lines("Redis circuit breaker closed").is_empty()
+    })
+    .await;
+    assert!(logged, "{:?}", bin.log_lines("Redis"));
+    assert_eq!(bin.log_lines("Redis circuit breaker opened").len(), 1);
+}
