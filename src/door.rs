@@ -185,6 +185,9 @@ pub struct Record {
     pub outcome: Outcome,
     /// The reason code of a refusal.
     pub reason: Option<&'static str>,
+    /// The refusal a fail-open setting turned into the allow: the logged reason unless
+    /// another (the peer gone) says why the request ended.
+    pub failed_open: Option<&'static str>,
     /// The host decided on (only when an access log is written).
     pub host: Box<str>,
     /// The path decided on (likewise).
@@ -210,6 +213,7 @@ impl Record {
             method: None,
             outcome: Outcome::Error,
             reason: None,
+            failed_open: None,
             host: Box::default(),
             path: Box::default(),
             rule: None,
@@ -248,7 +252,7 @@ impl Record {
         match decision {
             Decision::Allow(a) => {
                 self.outcome = Outcome::Allow;
-                self.reason = a.failed_open.map(FailedOpen::as_str);
+                self.failed_open = a.failed_open.map(FailedOpen::as_str);
                 self.rule = Some(a.rule.clone());
                 self.principal.clone_from(&a.principal);
                 if a.identity_refused > 0 {
@@ -343,7 +347,7 @@ impl Record {
                 span.method.clone_from(&self.method);
                 span.status = status;
                 span.decision = decision;
-                span.reason = self.reason;
+                span.reason = self.reason.or(self.failed_open);
                 span.rule = self.rule.as_ref().map(|r| Arc::clone(&r.0));
                 span.request_id = request_id.clone();
                 otlp.record(span);
@@ -362,7 +366,7 @@ impl Record {
                 status,
                 decision,
                 rule: self.rule.as_ref().map(|r| &*r.0),
-                reason: self.reason,
+                reason: self.reason.or(self.failed_open),
                 request_id: request_id.to_str().unwrap_or("-"),
                 trace_id: self
                     .trace_id

@@ -340,22 +340,31 @@ impl Limit {
         };
         let until = tokio::time::Instant::now() + attempts::Attempts::wait_bound(facts.deadline);
         let mut first = true;
+        // Why counted once it stands: counted at each refused try and taken back when a
+        // retry followed, the exported counter went down between the two (a scrape read
+        // that as a counter reset).
+        let limited = |t| {
+            self.counters.limited[facts.conn.door.index()].fetch_add(1, Ordering::Relaxed);
+            (Checked::Limited(t), None)
+        };
         loop {
             let mut attempt = self.attempts.begin(key, first);
-            match self.check(facts, None, rule, Mode::Spend).await {
+            match self
+                .check_counting(facts, None, rule, Mode::Spend, false)
+                .await
+            {
                 Checked::Allowed(room) => {
                     attempt.allowed();
                     return (Checked::Allowed(room), Some(attempt));
                 }
                 Checked::Limited(t) => {
                     let Some(wake) = attempt.refused() else {
-                        return (Checked::Limited(t), None);
+                        return limited(t);
                     };
                     if tokio::time::timeout_at(until, wake).await != Ok(attempts::Woken::Retry) {
-                        return (Checked::Limited(t), None);
+                        return limited(t);
                     }
                     // A request was given back to it: not a refusal after all, it asks again.
-                    self.counters.limited[facts.conn.door.index()].fetch_sub(1, Ordering::Relaxed);
                     first = false;
                 }
                 checked => return (checked, None),
@@ -370,6 +379,20 @@ impl Limit {
         principal: Option<&Principal>,
         rule: &str,
         mode: Mode,
+    ) -> Checked {
+        self.check_counting(facts, principal, rule, mode, true)
+            .await
+    }
+
+    /// [`Self::check`]; a refusal counted in `limited` only with `count_limited` (a guard's
+    /// attempt counts it once it stands).
+    async fn check_counting(
+        &self,
+        facts: &RequestFacts<'_>,
+        principal: Option<&Principal>,
+        rule: &str,
+        mode: Mode,
+        count_limited: bool,
     ) -> Checked {
         let plan = self.plan_for(principal);
         let result = match &self.backend {
@@ -428,7 +451,9 @@ impl Limit {
                 Checked::ShadowLimited
             }
             Err(wait) => {
-                self.counters.limited[facts.conn.door.index()].fetch_add(1, Ordering::Relaxed);
+                if count_limited {
+                    self.counters.limited[facts.conn.door.index()].fetch_add(1, Ordering::Relaxed);
+                }
                 Checked::Limited(throttle(wait))
             }
         }

@@ -167,7 +167,9 @@ pub async fn decide(
         Checked::ShadowLimited => false,
     };
     let mut decision = decide_rule(snapshot, rule, facts, trace).await;
-    if let (Checked::Allowed(None), Decision::Allow(a)) = (&checked, &mut decision) {
+    if let (Checked::Allowed(None), Decision::Allow(a)) = (&checked, &mut decision)
+        && !guard.shadow
+    {
         a.failed_open = a.failed_open.or(Some(FailedOpen::RateLimit));
     }
     if matches!(&decision, Decision::Deny(d) if counts_as_failure(d.kind)) {
@@ -374,8 +376,9 @@ async fn decide_rule(
                 .await
             {
                 Checked::Allowed(left) => {
-                    // No budget read: Redis could not answer and the limit fails open.
-                    if left.is_none() {
+                    // No budget read: Redis could not answer and the limit fails open (a
+                    // shadow-mode one never refuses: nothing was let through).
+                    if left.is_none() && !limit.shadow {
                         failed_open = Some(FailedOpen::RateLimit);
                     }
                     room = left.filter(|_| limit.headers);

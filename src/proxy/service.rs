@@ -159,6 +159,7 @@ pub async fn handle(
         log: Log::default(),
         outcome: Outcome::Allow,
         reason: None,
+        failed_open: None,
         trace,
         upgrade: None,
         cors: None,
@@ -218,7 +219,7 @@ async fn forward(
             Decision::Allow(a) => a,
         };
         ctx.allowed = true;
-        ctx.reason = allow.failed_open.map(crate::decision::FailedOpen::as_str);
+        ctx.failed_open = allow.failed_open.map(crate::decision::FailedOpen::as_str);
         ctx.log.rule = Some(allow.rule.clone());
         ctx.log.principal.clone_from(&allow.principal);
         // Compile guarantees allow rules have an upstream; answer safely if not.
@@ -843,6 +844,9 @@ pub(super) struct Ctx<'a> {
     pub(super) log: Log,
     pub(super) outcome: Outcome,
     pub(super) reason: Option<&'static str>,
+    /// The refusal a fail-open setting turned into the allow: the logged reason unless
+    /// another (a failure, the client gone) says why the request ended.
+    pub(super) failed_open: Option<&'static str>,
     /// This hop's trace context, when propagated or exported.
     pub(super) trace: Option<TraceContext>,
     /// The upgrade the client asked for (HTTP/1.1 `Upgrade`, HTTP/2 extended CONNECT).
@@ -1002,7 +1006,7 @@ impl Ctx<'_> {
             span.status = status;
             span.grpc_status = grpc_status;
             span.decision = decision;
-            span.reason = self.reason;
+            span.reason = self.reason.or(self.failed_open);
             span.rule = self.log.rule.as_ref().map(|r| Arc::clone(&r.0));
             span.request_id = self.request_id.clone();
             otlp.record(span);
@@ -1021,7 +1025,7 @@ impl Ctx<'_> {
                 status,
                 decision,
                 rule: self.log.rule.as_ref().map(|r| &*r.0),
-                reason: self.reason,
+                reason: self.reason.or(self.failed_open),
                 request_id: self.request_id.to_str().unwrap_or("-"),
                 trace_id: trace_id.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
                 principal: self.log.principal.as_deref().map(|p| &*p.id),

@@ -454,8 +454,10 @@ impl RedisStore {
                 if self.target.drops_on_failure() || stalled {
                     self.reset(&used);
                 }
-                not_redis = self.answered_at.load(Ordering::Relaxed) > sent
-                    || start.elapsed() >= budget.saturating_mul(2);
+                // Not a half-open breaker's probe: its timeout reopens it for a cool-down.
+                not_redis = (self.answered_at.load(Ordering::Relaxed) > sent
+                    || start.elapsed() >= budget.saturating_mul(2))
+                    && self.breaker.state(self.now()) == BreakerState::Closed;
                 self.warn_failure("Timeout", "-");
                 Err(RedisError::Timeout)
             }

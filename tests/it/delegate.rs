@@ -412,6 +412,23 @@ async fn the_delegate_is_asked_about_both_readings_of_a_path() {
     assert_eq!(*opa.paths.lock().unwrap(), ["/public/z/fine"]);
 }
 
+/// The two readings of a path are asked within one `timeout` (300 ms here): a delegate taking
+/// 150 ms answers one reading in time, not two.
+#[tokio::test]
+async fn both_readings_share_one_timeout() {
+    let opa = Opa::default();
+    *opa.delay.lock().unwrap() = Duration::from_millis(150);
+    let addr = serve(opa.clone()).await;
+    let gw = gateway(&format!("http://{addr}"), "deny").await;
+    assert_eq!(
+        get(&gw, "/public/@one", "yes", "alice").await.0,
+        StatusCode::OK
+    );
+    let (status, body) = get(&gw, "/public/%40two", "yes", "alice").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("delegate_unavailable"), "{body}");
+}
+
 #[tokio::test]
 async fn delegate_allows_denies_and_caches() {
     let opa = Opa::default();
@@ -1042,13 +1059,13 @@ async fn fail_open_allows_are_logged_with_the_failure_let_through() {
         "  - name: http\n    address: 127.0.0.1:0\n  - name: auth\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n",
         "",
         &format!(
-            "logging:\n  format: json\n  access_log: true\ndelegates:\n  opa:\n    grpc: http://{closed}\n    timeout: 2s\n    failure_mode: allow\nredis:\n  url: redis://{closed}\n  timeout: 300ms\nrate_limits:\n  shared: {{key: client_ip, requests: 100, per: 1h, backend: redis, on_redis_failure: allow}}\n"
+            "logging:\n  format: json\n  access_log: true\ndelegates:\n  opa:\n    grpc: http://{closed}\n    timeout: 2s\n    failure_mode: allow\nredis:\n  url: redis://{closed}\n  timeout: 300ms\nrate_limits:\n  shared: {{key: client_ip, requests: 100, per: 1h, backend: redis, on_redis_failure: allow}}\n  shadowed: {{key: client_ip, requests: 100, per: 1h, backend: redis, on_redis_failure: allow, shadow: true}}\n"
         ),
-        "rules:\n  - {name: delegated, match: {paths: [\"/d/**\"]}, effect: allow, anonymous: true, delegate: opa, upstream: echo}\n  - {name: limited, match: {paths: [\"/r/**\"]}, effect: allow, anonymous: true, rate_limit: shared, upstream: echo}\n  - {name: plain, match: {paths: [\"/p/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+        "rules:\n  - {name: delegated, match: {paths: [\"/d/**\"]}, effect: allow, anonymous: true, delegate: opa, upstream: echo}\n  - {name: limited, match: {paths: [\"/r/**\"]}, effect: allow, anonymous: true, rate_limit: shared, upstream: echo}\n  - {name: plain, match: {paths: [\"/p/**\"]}, effect: allow, anonymous: true, upstream: echo}\n  - {name: shadow, match: {paths: [\"/s/**\"]}, effect: allow, anonymous: true, rate_limit: shadowed, upstream: echo}\n  - {name: slow, match: {paths: [\"/__echo/**\"]}, effect: allow, anonymous: true, delegate: opa, upstream: echo}\n",
         &[],
         &[],
     );
-    for path in ["/d/x", "/r/x", "/p/x"] {
+    for path in ["/d/x", "/r/x", "/p/x", "/s/x"] {
         let (status, _, _) = crate::support::get(bin.addr("http"), path).await;
         assert_eq!(status, StatusCode::OK, "{path}");
     }
@@ -1060,15 +1077,29 @@ async fn fail_open_allows_are_logged_with_the_failure_let_through() {
         .body(Full::default())
         .unwrap();
     assert_eq!(send(bin.addr("auth"), req).await.0, StatusCode::OK);
+    // A client that leaves before the answer is logged as gone, whatever let it through.
+    let gone = tokio::time::timeout(
+        Duration::from_millis(300),
+        crate::support::get(bin.addr("http"), "/__echo/delay/3000"),
+    )
+    .await;
+    assert!(gone.is_err(), "the upstream answers after 3 s");
     let access = |path: &str| {
         bin.log_lines("\"target\":\"access\"")
             .into_iter()
             .find(|l| l.contains(&format!("\"path\":\"{path}\"")))
     };
     let logged = crate::support::eventually(Duration::from_secs(10), || async {
-        ["/d/x", "/r/x", "/p/x", "/d/door"]
-            .iter()
-            .all(|p| access(p).is_some())
+        [
+            "/d/x",
+            "/r/x",
+            "/p/x",
+            "/s/x",
+            "/d/door",
+            "/__echo/delay/3000",
+        ]
+        .iter()
+        .all(|p| access(p).is_some())
     })
     .await;
     assert!(logged, "{:?}", bin.log_lines("access"));
@@ -1077,11 +1108,18 @@ async fn fail_open_allows_are_logged_with_the_failure_let_through() {
         ("/r/x", "\"reason\":\"rate_limit_unavailable\""),
         ("/d/door", "\"reason\":\"delegate_unavailable\""),
         ("/p/x", "\"reason\":\"-\""),
+        // A shadow-mode limit never refuses: nothing was let through.
+        ("/s/x", "\"reason\":\"-\""),
     ] {
         let line = access(path).unwrap();
         assert!(line.contains("\"decision\":\"allow\""), "{line}");
         assert!(line.contains(reason), "{reason} in {line}");
     }
+    let line = access("/__echo/delay/3000").unwrap();
+    assert!(
+        line.contains("\"status\":499") && line.contains("\"reason\":\"connection_closed\""),
+        "{line}"
+    );
 }
 
 /// On an anonymous rule (the delegate verifies the token itself), an answer is never
