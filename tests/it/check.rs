@@ -350,6 +350,35 @@ fn an_endpoint_listed_twice_warns() {
     );
 }
 
+/// A delegate whose `timeout` a decision door's deadline cuts warns: the same request would
+/// be decided by the delegate at the proxy and by its failure mode at that door.
+#[test]
+fn a_delegate_slower_than_a_doors_timeout_warns() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write(
+        "policies/10-all.yaml",
+        "rules:\n  - {name: all, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, delegate: opa, upstream: app}\n",
+    );
+    let config = |delegate: &str| {
+        format!(
+            "listeners:\n  - {{name: http, address: \"127.0.0.1:0\"}}\n  - {{name: nginx, address: \"127.0.0.1:0\", door: {{forward_auth: {{timeout: 2s}}}}}}\nupstreams: {{app: {{url: \"http://127.0.0.1:9\"}}}}\ndelegates:\n  opa: {{grpc: \"http://127.0.0.1:9\", timeout: {delegate}}}\npolicies: {{dir: policies}}\n"
+        )
+    };
+    cfg.write("portcullis.yaml", config("5s"));
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(
+            "warning: delegates.opa.timeout: longer than the `nginx` listener's door allows"
+        ),
+        "{text}"
+    );
+    cfg.write("portcullis.yaml", config("1s"));
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("delegates.opa.timeout"), "{text}");
+}
+
 /// An ejection whose first time is past its longest warns, at the field written.
 #[test]
 fn ejection_times_the_wrong_way_round_warn() {

@@ -71,6 +71,31 @@ pub(super) fn delegates(
             let path = cx.path(ca);
             cx.watched.push(path);
         }
+        // Why: at a decision door the call is cut to end before the door's deadline (a
+        // tenth of what is left kept for the answer), so a delegate slower than that was
+        // answered in time at the proxy and by its failure mode at the door: two decisions
+        // for one request, and nothing said so.
+        // Regression: tests (it) check::a_delegate_slower_than_a_doors_timeout_warns
+        for listener in &loaded.raw.listeners {
+            use crate::config::raw::RawDoor;
+            let door_timeout = match &listener.door {
+                RawDoor::Proxy => continue,
+                RawDoor::EnvoyGrpc(d) => d.timeout,
+                RawDoor::EnvoyHttp(d) => d.timeout,
+                RawDoor::ForwardAuth(d) => d.timeout,
+            };
+            if raw.timeout > door_timeout.mul_f64(0.9) {
+                cx.warn(
+                    &format!("delegates.{name}.timeout"),
+                    format!(
+                        "longer than the `{}` listener's door allows ({} of its `timeout`, {}): there a call is cut to end before the door's deadline, so a delegate answering in time at the proxy is answered by its `failure_mode` at that door; make it shorter, or the door's `timeout` longer",
+                        listener.name,
+                        "90%",
+                        humantime::format_duration(door_timeout)
+                    ),
+                );
+            }
+        }
         match Delegate::compile(name, raw, &loaded.base_dir, before) {
             Ok(d) => {
                 // Why: a renamed assertion header (`identity_assertion.header: x-gw-assertion`)
