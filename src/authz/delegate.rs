@@ -298,18 +298,8 @@ impl Delegate {
         fresh: bool,
     ) -> Result<Verdict, DelegateError> {
         let forwarded = facts.forwarded_path();
-        let started = tokio::time::Instant::now();
         let verdict = self
-            .check_path(
-                facts,
-                forwarded,
-                facts.deadline,
-                principal,
-                rule,
-                upstream,
-                now,
-                fresh,
-            )
+            .check_path(facts, forwarded, principal, rule, upstream, now, fresh)
             .await?;
         // Why both readings: a decision door's peer forwards the path as the client sent it,
         // and the upstream decodes it: asked only about `/deleg/z/%65vil`, a delegate refusing
@@ -318,20 +308,11 @@ impl Delegate {
         // `when` both ways for the same reason.
         // Regression: tests (it) delegate::the_delegate_is_asked_about_both_readings_of_a_path
         if matches!(verdict, Verdict::Allow(_)) && forwarded != facts.path {
-            // Both within one `timeout`: the second gets what the first left.
-            let until = started + self.timeout;
-            let deadline = Some(facts.deadline.map_or(until, |d| d.min(until)));
+            // Why a whole `timeout` of its own (within a door's deadline): sharing the first
+            // call's, the second ran out where it would have answered, and a delegate failing
+            // open let through the reading it would have refused.
             let canonical = self
-                .check_path(
-                    facts,
-                    &facts.path,
-                    deadline,
-                    principal,
-                    rule,
-                    upstream,
-                    now,
-                    fresh,
-                )
+                .check_path(facts, &facts.path, principal, rule, upstream, now, fresh)
                 .await?;
             if matches!(canonical, Verdict::Deny) {
                 return Ok(Verdict::Deny);
@@ -340,7 +321,7 @@ impl Delegate {
         Ok(verdict)
     }
 
-    /// [`Self::check`] for one reading of the path, the call ending before `deadline`.
+    /// [`Self::check`] for one reading of the path.
     #[expect(
         clippy::too_many_arguments,
         reason = "check's own, and the path it is about"
@@ -349,7 +330,6 @@ impl Delegate {
         &self,
         facts: &RequestFacts<'_>,
         path: &str,
-        deadline: Option<tokio::time::Instant>,
         principal: Option<&Principal>,
         rule: &str,
         upstream: UpstreamHeaders<'_>,
@@ -376,7 +356,7 @@ impl Delegate {
             self.counts.cached.fetch_add(1, Ordering::Relaxed);
             return Ok(v);
         }
-        let verdict = self.ask(request, facts.trace, deadline).await;
+        let verdict = self.ask(request, facts.trace, facts.deadline).await;
         let counter = match &verdict {
             Ok(Verdict::Allow(_)) => &self.counts.allowed,
             Ok(Verdict::Deny) => &self.counts.denied,

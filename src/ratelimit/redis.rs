@@ -650,15 +650,29 @@ fn tls_files(
     let ca = read("ca_file", &raw.ca_file);
     let cert = read("client_cert", &raw.client_cert);
     let key = read("client_key", &raw.client_key);
-    // Checked as a listener's or an upstream's are (a CA file with certificates in it; a
-    // client certificate for `clientAuth`, unexpired, matching its key), so that a bad file
-    // is said at its field now, not as an unexplained failure of every check later.
+    // Checked as a listener's or an upstream's are (a CA file of certificates that are
+    // trust anchors; a client certificate matching its key; one expired or not for clients
+    // is warned about by the config compiler), so that a bad file is said at its field now,
+    // not as an unexplained failure of every check later.
     if ca.is_some()
         && let Some(file) = &raw.ca_file
-        && let Err(e) =
-            crate::tls::certs::read_certs(&base_dir.join(file), crate::tls::certs::TlsField::CaFile)
     {
-        errors.push(FieldError::new("ca_file", e.to_string()));
+        let anchors = crate::tls::certs::read_certs(
+            &base_dir.join(file),
+            crate::tls::certs::TlsField::CaFile,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|certs| {
+            let mut store = rustls::RootCertStore::empty();
+            certs.into_iter().try_for_each(|c| {
+                store
+                    .add(c)
+                    .map_err(|e| format!("a certificate that is no trust anchor: {e}"))
+            })
+        });
+        if let Err(message) = anchors {
+            errors.push(FieldError::new("ca_file", message));
+        }
     }
     match (&raw.client_cert, &raw.client_key) {
         (Some(c), Some(k)) if cert.is_some() && key.is_some() => {

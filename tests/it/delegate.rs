@@ -412,23 +412,6 @@ async fn the_delegate_is_asked_about_both_readings_of_a_path() {
     assert_eq!(*opa.paths.lock().unwrap(), ["/public/z/fine"]);
 }
 
-/// The two readings of a path are asked within one `timeout` (300 ms here): a delegate taking
-/// 150 ms answers one reading in time, not two.
-#[tokio::test]
-async fn both_readings_share_one_timeout() {
-    let opa = Opa::default();
-    *opa.delay.lock().unwrap() = Duration::from_millis(150);
-    let addr = serve(opa.clone()).await;
-    let gw = gateway(&format!("http://{addr}"), "deny").await;
-    assert_eq!(
-        get(&gw, "/public/@one", "yes", "alice").await.0,
-        StatusCode::OK
-    );
-    let (status, body) = get(&gw, "/public/%40two", "yes", "alice").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(body.contains("delegate_unavailable"), "{body}");
-}
-
 #[tokio::test]
 async fn delegate_allows_denies_and_caches() {
     let opa = Opa::default();

@@ -1478,6 +1478,27 @@ async fn redis_over_tls_with_a_private_ca_and_a_client_certificate() {
             "{tls}"
         );
     }
+    // An expired client certificate is warned about at load (every handshake would fail).
+    let expired = {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let ca = crate::support::private_ca("redis clients CA");
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "gateway");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        (p.signed_by(&key, &ca).unwrap().pem(), key.serialize_pem())
+    };
+    let cfg = crate::support::ConfigDir::new(&format!(
+        "redis:\n  url: rediss://localhost:{tls_port}\n  ca_file: ca.pem\n  client_cert: c.crt\n  client_key: c.key\n"
+    ));
+    cfg.write("ca.pem", &pki.ca);
+    cfg.write("c.crt", &expired.0);
+    cfg.write("c.key", &expired.1);
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("warning: redis.client_cert"), "{text}");
     // TLS files with `redis://`: said at the field, not ignored.
     let cfg = crate::support::ConfigDir::new(&format!(
         "redis:\n  url: redis://127.0.0.1:{tls_port}\n  ca_file: ca.pem\n"

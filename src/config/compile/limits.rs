@@ -18,6 +18,18 @@ pub(super) fn redis(cx: &mut Cx<'_>) -> Option<Arc<RedisStore>> {
     let loaded = cx.loaded;
     let raw = loaded.raw.redis.as_ref()?;
     let before = cx.previous.and_then(|p| p.redis.as_ref());
+    // Why: an expired client certificate, or one not issued for clients, loaded without a
+    // word and every check then failed at the handshake (an outage, answered by each
+    // limit's failure mode). A warning, as for an upstream's: an error would refuse every
+    // reload once it expired. Regression: tests (it) redis::redis_over_tls_with_a_private_ca_and_a_client_certificate
+    if let Some(cert) = &raw.client_cert {
+        let path = cx.path(cert);
+        if let Some(reason) =
+            crate::tls::certs::unusable_leaf(&path, crate::tls::certs::Purpose::Client)
+        {
+            cx.warn("redis.client_cert", format!("{}: {reason}", path.display()));
+        }
+    }
     match RedisStore::compile(raw, &loaded.base_dir, before, &mut cx.watched) {
         Ok(r) => Some(r),
         Err(es) => {

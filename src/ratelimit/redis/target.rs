@@ -127,12 +127,7 @@ impl Target {
                 None => redis::Client::open(info),
                 Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
             }
-            .map_err(|e| {
-                vec![FieldError::new(
-                    tls_field(raw).unwrap_or("url"),
-                    e.detail().unwrap_or("invalid").to_owned(),
-                )]
-            })?;
+            .map_err(|e| vec![FieldError::new("url", reason(&e))])?;
             Ok(Self::Single { client, config })
         } else if let Some(urls) = &raw.cluster {
             let nodes = parse_urls("cluster", urls, "Redis Cluster has only database 0")?;
@@ -154,12 +149,9 @@ impl Target {
             if let Some(certs) = &settings.tls {
                 builder = builder.certs(certs.clone());
             }
-            let client = builder.build().map_err(|e| {
-                vec![FieldError::new(
-                    tls_field(raw).unwrap_or("cluster"),
-                    e.detail().unwrap_or("invalid").to_owned(),
-                )]
-            })?;
+            let client = builder
+                .build()
+                .map_err(|e| vec![FieldError::new("cluster", reason(&e))])?;
             Ok(Self::Cluster(client))
         } else if let Some(s) = &raw.sentinel {
             let mut errors = Vec::new();
@@ -186,12 +178,7 @@ impl Target {
             let tls = sentinels.first().is_some_and(is_tls);
             tls_needs_rediss(raw, settings, tls, "sentinel.urls")?;
             let invalid = |field: &'static str| {
-                move |e: redis::RedisError| {
-                    vec![FieldError::new(
-                        field,
-                        e.detail().unwrap_or("invalid").to_owned(),
-                    )]
-                }
+                move |e: redis::RedisError| vec![FieldError::new(field, reason(&e))]
             };
             let addrs = sentinels.iter().map(|i| i.addr().clone());
             let mut builder =
@@ -217,9 +204,7 @@ impl Target {
                     .set_client_to_sentinel_certificates(certs.clone())
                     .set_client_to_redis_certificates(certs.clone());
             }
-            let sentinel = builder
-                .build()
-                .map_err(invalid(tls_field(raw).unwrap_or("sentinel.urls")))?;
+            let sentinel = builder.build().map_err(invalid("sentinel.urls"))?;
             Ok(Self::Sentinel(Arc::new(SentinelTarget {
                 sentinel: tokio::sync::Mutex::new(sentinel),
                 master: s.master.as_str().into(),
@@ -363,6 +348,11 @@ fn credentials(
         settings = settings.set_password(p);
     }
     settings
+}
+
+/// Why redis-rs refused a setting: its detail, else its whole message (a TLS file's, say).
+fn reason(e: &redis::RedisError) -> String {
+    e.detail().map_or_else(|| e.to_string(), str::to_owned)
 }
 
 /// Whether a URL is `rediss://`.
