@@ -666,30 +666,11 @@ async fn decide_for<D: HttpDoor>(
         target: &described.target,
         headers: &described.headers,
     };
-    // Why the peer's fields are allowed for: a 16,300-byte header passed the proxy door and
-    // got 431 through nginx, Caddy or Envoy's HTTP mode, whose describing fields (the URI
-    // again, in `X-Forwarded-Uri`) counted against the client's room. Like the field count,
-    // the bytes of fields a peer may add are not counted, within the target's limit and a
-    // kilobyte more. Regression: tests (it) doors::a_door_allows_for_the_bytes_its_peer_adds
-    let limit = snapshot.server.max_header_bytes.saturating_sub(stripped);
-    head.within(snapshot.server.max_target_bytes, limit)
-        .or_else(|e| {
-            if e != FactsError::HeadersTooLarge {
-                return Err(e);
-            }
-            let added: usize = described
-                .headers
-                .iter()
-                .filter(|(n, _)| peer_may_add(n.as_str()))
-                .map(|(n, v)| n.as_str().len() + v.len() + 4)
-                .sum();
-            let allowance = added.min(snapshot.server.max_target_bytes.saturating_add(1024));
-            head.within(
-                snapshot.server.max_target_bytes,
-                limit.saturating_add(allowance),
-            )
-        })
-        .map_err(|e: FactsError| (e.status(), e.as_str()))?;
+    head.within(
+        snapshot.server.max_target_bytes,
+        snapshot.server.max_header_bytes.saturating_sub(stripped),
+    )
+    .map_err(|e: FactsError| (e.status(), e.as_str()))?;
     // The door's own span (OTLP configured) is the delegate's parent; a clone, as the record
     // is written while the facts are alive.
     let trace = record.trace.clone();

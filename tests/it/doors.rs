@@ -1560,31 +1560,3 @@ async fn rate_limits_are_counted_by_door() {
     // No series for a door the config does not serve (here not even the proxy).
     assert!(!metrics.contains("door=\"proxy\",outcome"), "{metrics}");
 }
-
-/// A request the proxy door takes is taken through a door too: the fields the peer adds to
-/// describe it (the URI again, the method, host and client) do not use up the client's room
-/// under `server.max_header_bytes`; past that room it is 431 at both.
-#[tokio::test]
-async fn a_door_allows_for_the_bytes_its_peer_adds() {
-    let gw = gateway("{forward_auth: {}}").await;
-    for (len, want) in [
-        (16_300, StatusCode::OK),
-        (16_400, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
-    ] {
-        let big = "b".repeat(len);
-        let (status, _, body) = ask(
-            &gw,
-            "/auth",
-            &[
-                (
-                    "x-forwarded-uri",
-                    "/open/a-rather-long-path/to/make/the/describing/fields/count",
-                ),
-                ("x-forwarded-proto", "https"),
-                ("x-big", &big),
-            ],
-        )
-        .await;
-        assert_eq!(status, want, "{len}: {body}");
-    }
-}
