@@ -286,8 +286,8 @@ impl Delegate {
     /// unless `fresh` (a live tunnel's re-check asks again, and caches the new answer).
     ///
     /// Asked about the path as the upstream receives it; when that is another path than the
-    /// canonical one the rules read, about both, and an allow needs both (the answer for the
-    /// path as received is the one kept, with its headers).
+    /// canonical one the rules read, about both at once, and an allow needs both (the answer
+    /// for the path as received is the one kept, with its headers).
     pub async fn check(
         &self,
         facts: &RequestFacts<'_>,
@@ -298,27 +298,30 @@ impl Delegate {
         fresh: bool,
     ) -> Result<Verdict, DelegateError> {
         let forwarded = facts.forwarded_path();
-        let verdict = self
-            .check_path(facts, forwarded, principal, rule, upstream, now, fresh)
-            .await?;
+        let ask = |path| self.check_path(facts, path, principal, rule, upstream, now, fresh);
+        if forwarded == facts.path {
+            return ask(forwarded).await;
+        }
         // Why both readings: a decision door's peer forwards the path as the client sent it,
         // and the upstream decodes it: asked only about `/deleg/z/%65vil`, a delegate refusing
         // paths with `evil` allowed what the upstream served as `/deleg/z/evil`, which the
         // proxy door (forwarding the canonical path) refused. The engine reads a rule's own
         // `when` both ways for the same reason.
         // Regression: tests (it) delegate::the_delegate_is_asked_about_both_readings_of_a_path
-        if matches!(verdict, Verdict::Allow(_)) && forwarded != facts.path {
-            // Why a whole `timeout` of its own (within a door's deadline): sharing the first
-            // call's, the second ran out where it would have answered, and a delegate failing
-            // open let through the reading it would have refused.
-            let canonical = self
-                .check_path(facts, &facts.path, principal, rule, upstream, now, fresh)
-                .await?;
-            if matches!(canonical, Verdict::Deny) {
-                return Ok(Verdict::Deny);
-            }
+        //
+        // Why at once: one after the other, the second call got what the first left of a
+        // door's deadline and ran out where it would have answered, and a delegate failing
+        // open let through the reading it would have refused (at the proxy, a request waited
+        // twice the timeout). Together, each has the whole timeout and the request one.
+        // Regression: tests (it) delegate::both_readings_are_asked_at_once
+        let (as_sent, canonical) = tokio::join!(ask(forwarded), ask(&facts.path));
+        match (as_sent, canonical) {
+            // A refusal of either reading is the answer, whatever the other call did.
+            (Ok(Verdict::Deny), _) | (_, Ok(Verdict::Deny)) => Ok(Verdict::Deny),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+            // The answer about the path as received, with its headers.
+            (Ok(allow), Ok(_)) => Ok(allow),
         }
-        Ok(verdict)
     }
 
     /// [`Self::check`] for one reading of the path.

@@ -234,7 +234,10 @@ impl RedisStore {
         let hex = |p: &Option<crate::secret::Secret<Vec<u8>>>| {
             p.as_ref().map(|p| crate::secret::hex(&digest(p.expose())))
         };
+        let found = errors.len();
         let tls = tls_files(raw, base_dir, watched, &mut errors);
+        // A file refused is said once, at its field: not again by the client it would make.
+        let tls_usable = errors.len() == found;
         // The files' contents count too: a renewed certificate rebuilds the connection.
         let tls_digest = tls.as_ref().map(|(_, d)| crate::secret::hex(d));
         let fingerprint = crate::config::Fingerprint::of(&[
@@ -265,7 +268,7 @@ impl RedisStore {
             // Why: the connection's stall bound cut every call at `connect_timeout` (1 s by
             // default) whatever the check's own `timeout` said (5 s was cut at 1 s).
             connect_timeout: raw.connect_timeout.max(raw.timeout),
-            tls: tls.map(|(certs, _)| certs),
+            tls: tls.filter(|_| tls_usable).map(|(certs, _)| certs),
         };
         let target = match Target::compile(raw, &settings) {
             Ok(t) => Some(t),

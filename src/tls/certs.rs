@@ -386,13 +386,13 @@ fn unusable(cert: &Certificate<'_>, purpose: Purpose, now: i64) -> Option<String
     };
     if cert.not_after() < now {
         return Some(format!(
-            "expired at {}: clients refuse it; renew it",
+            "expired at {}: peers refuse it; renew it",
             date(cert.not_after())
         ));
     }
     if cert.not_before() > now.saturating_add(NOT_BEFORE_GRACE_SECS) {
         return Some(format!(
-            "not valid before {}: clients refuse it until then (or this machine's clock is behind)",
+            "not valid before {}: peers refuse it until then (or this machine's clock is behind)",
             date(cert.not_before())
         ));
     }

@@ -39,6 +39,15 @@ pub(crate) struct Opa {
     metadata_trace: Arc<std::sync::Mutex<(Option<String>, Option<String>)>>,
 }
 
+impl Opa {
+    /// The paths it was asked about, sorted (two readings of one path are asked at once).
+    fn asked(&self) -> Vec<String> {
+        let mut paths = self.paths.lock().unwrap().clone();
+        paths.sort();
+        paths
+    }
+}
+
 #[tonic::async_trait]
 impl Authorization for Opa {
     async fn check(
@@ -359,7 +368,7 @@ async fn the_delegate_is_asked_about_the_path_as_forwarded() {
         opa.paths.lock().unwrap().clear();
         let (status, body) = get(&gw, sent, "yes", "alice").await;
         assert_eq!(status, StatusCode::OK, "{sent}: {body}");
-        assert_eq!(*opa.paths.lock().unwrap(), asked, "{sent}");
+        assert_eq!(opa.asked(), asked, "{sent}");
         let forwarded = gw.echo.last().unwrap().target;
         assert_eq!(
             forwarded, asked[0],
@@ -401,15 +410,45 @@ async fn the_delegate_is_asked_about_both_readings_of_a_path() {
     opa.paths.lock().unwrap().clear();
     let (status, _, _) = door("/public/z/%65vil").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(
-        *opa.paths.lock().unwrap(),
-        ["/public/z/%65vil", "/public/z/evil"]
-    );
+    assert_eq!(opa.asked(), ["/public/z/%65vil", "/public/z/evil"]);
     // A path with one reading is asked about once, and allowed.
     opa.paths.lock().unwrap().clear();
     let (status, _, _) = door("/public/z/fine").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(*opa.paths.lock().unwrap(), ["/public/z/fine"]);
+}
+
+/// The two readings are asked at once, each with the delegate's whole `timeout`: one after
+/// the other, the second got what the first left of a door's deadline (400 ms here, the
+/// delegate answering in 200 ms), ran out, and a delegate failing open let the refused
+/// reading through.
+#[tokio::test]
+async fn both_readings_are_asked_at_once() {
+    let opa = Opa::default();
+    *opa.delay.lock().unwrap() = Duration::from_millis(200);
+    let addr = serve(opa.clone()).await;
+    let gw = gateway_with(
+        &format!("http://{addr}"),
+        "allow",
+        "  - name: http\n    address: 127.0.0.1:0\n  - name: doors\n    address: 127.0.0.1:0\n    door: {forward_auth: {timeout: 400ms}}\n",
+    )
+    .await;
+    let req = Request::get("/auth")
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-host", "app.test")
+        .header("x-forwarded-uri", "/public/z/%65vil")
+        .header("x-forwarded-for", "127.0.0.1")
+        .header("x-delegate-says", "yes")
+        .body(Full::default())
+        .unwrap();
+    let (status, _, body) = send(gw.addr_of("doors"), req).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(opa.asked(), ["/public/z/%65vil", "/public/z/evil"]);
 }
 
 #[tokio::test]

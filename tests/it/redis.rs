@@ -1499,6 +1499,18 @@ async fn redis_over_tls_with_a_private_ca_and_a_client_certificate() {
     let (code, text) = cfg.run("check", &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("warning: redis.client_cert"), "{text}");
+    // A CA file whose certificate does not decode: said once, at `ca_file`.
+    let cfg = crate::support::ConfigDir::new(&format!(
+        "redis:\n  url: rediss://localhost:{tls_port}\n  ca_file: junk.pem\n"
+    ));
+    cfg.write(
+        "junk.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("redis.ca_file"), "{text}");
+    assert!(!text.contains("redis.url"), "{text}");
     // TLS files with `redis://`: said at the field, not ignored.
     let cfg = crate::support::ConfigDir::new(&format!(
         "redis:\n  url: redis://127.0.0.1:{tls_port}\n  ca_file: ca.pem\n"
