@@ -639,7 +639,9 @@ fn tls_files(
     let mut read = |field: &str, file: &Option<std::path::PathBuf>| {
         let path = base_dir.join(file.as_ref()?);
         watched.push(path.clone());
-        match std::fs::read(&path) {
+        // Why the config's reader: `std::fs::read` of a `ca_file` pointing at a pipe waited
+        // for a writer, and the reload with it.
+        match crate::config::files::read(&path) {
             Ok(bytes) => Some(bytes),
             Err(e) => {
                 errors.push(FieldError::new(

@@ -761,3 +761,22 @@ fn a_start_error_is_logged_as_json() {
         "{problem}"
     );
 }
+
+/// A Redis TLS file that is a pipe is refused at its field; it never waits for a writer.
+#[test]
+fn a_redis_ca_file_that_is_a_pipe_is_refused() {
+    let cfg = crate::support::ConfigDir::new(
+        "redis:\n  url: rediss://127.0.0.1:6380\n  ca_file: ca.pipe\n",
+    );
+    let made = std::process::Command::new("mkfifo")
+        .arg(cfg.dir.path().join("ca.pipe"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("redis.ca_file") && text.contains("not a regular file"),
+        "{text}"
+    );
+}
