@@ -1499,6 +1499,17 @@ async fn redis_over_tls_with_a_private_ca_and_a_client_certificate() {
     let (code, text) = cfg.run("check", &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("warning: redis.client_cert"), "{text}");
+    // A CA file holding a server's own certificate (no CA, not self-signed) warns.
+    let cfg = crate::support::ConfigDir::new(&format!(
+        "redis:\n  url: rediss://localhost:{tls_port}\n  ca_file: leaf.pem\n"
+    ));
+    cfg.write("leaf.pem", &pki.server_cert);
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("warning: redis.ca_file") && text.contains("neither a CA certificate"),
+        "{text}"
+    );
     // A CA file whose certificate does not decode: said once, at `ca_file`.
     let cfg = crate::support::ConfigDir::new(&format!(
         "redis:\n  url: rediss://localhost:{tls_port}\n  ca_file: junk.pem\n"

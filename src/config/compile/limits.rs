@@ -30,6 +30,25 @@ pub(super) fn redis(cx: &mut Cx<'_>) -> Option<Arc<RedisStore>> {
             cx.warn("redis.client_cert", format!("{}: {reason}", path.display()));
         }
     }
+    // Why: a leaf that is not self-signed verifies no server as a trust anchor, so every
+    // check failed at the handshake and nothing said why at load (as for an upstream's).
+    // Regression: tests (it) redis::redis_over_tls_with_a_private_ca_and_a_client_certificate
+    if let Some(ca) = &raw.ca_file {
+        let path = cx.path(ca);
+        for a in crate::tls::server::non_ca_anchors(&path) {
+            if !a.self_issued {
+                cx.warn(
+                    "redis.ca_file",
+                    format!(
+                        "certificate {} in {} (`{}`) is neither a CA certificate nor self-signed: it verifies no Redis server, and every check would fail at the handshake; give the CA that issued the servers' certificates",
+                        a.place,
+                        path.display(),
+                        a.subject
+                    ),
+                );
+            }
+        }
+    }
     match RedisStore::compile(raw, &loaded.base_dir, before, &mut cx.watched) {
         Ok(r) => Some(r),
         Err(es) => {
