@@ -189,20 +189,37 @@ impl Attempts {
         if wait && slot.under_way() {
             slot.waiting += 1;
             let settled = Arc::clone(&slot.settled);
-            let mut notified = Box::pin(Arc::clone(&settled).notified_owned());
-            // Registered under the lock every settling takes: none is missed.
-            notified.as_mut().enable();
             return Some(Wake {
                 attempts: self,
                 key,
+                notified: registered(&settled),
                 settled,
-                notified,
                 done: false,
             });
         }
         close_if_idle(&mut shard, key);
         None
     }
+}
+
+/// A wake-up on `settled`, registered now: taken under the lock every settling takes, so
+/// none is missed.
+fn registered(settled: &Arc<Notify>) -> Pin<Box<OwnedNotified>> {
+    let mut notified = Box::pin(Arc::clone(settled).notified_owned());
+    notified.as_mut().enable();
+    notified
+}
+
+/// The slot of `key` a waiter on `settled` waits in, unless it closed (and maybe opened
+/// anew, with another `settled`).
+fn own_slot<'s>(
+    shard: &'s mut HashMap<u64, Slot>,
+    key: u64,
+    settled: &Arc<Notify>,
+) -> Option<&'s mut Slot> {
+    shard
+        .get_mut(&key)
+        .filter(|s| Arc::ptr_eq(&s.settled, settled))
 }
 
 /// Removes the slot of `key` when nothing is under way, waking its waiters: their refusals
@@ -273,10 +290,7 @@ impl Future for Wake<'_> {
                 return Poll::Pending;
             }
             let mut shard = this.attempts.shard(this.key);
-            let slot = shard
-                .get_mut(&this.key)
-                .filter(|s| Arc::ptr_eq(&s.settled, &this.settled));
-            let Some(slot) = slot else {
+            let Some(slot) = own_slot(&mut shard, this.key, &this.settled) else {
                 // Closed: nothing was under way any more.
                 this.done = true;
                 return Poll::Ready(Woken::Stands);
@@ -290,9 +304,7 @@ impl Future for Wake<'_> {
                 return Poll::Ready(Woken::Retry);
             }
             // A wake-up meant for a waiter that left: wait on.
-            let mut notified = Box::pin(Arc::clone(&this.settled).notified_owned());
-            notified.as_mut().enable();
-            this.notified = notified;
+            this.notified = registered(&this.settled);
         }
     }
 }
@@ -303,10 +315,7 @@ impl Drop for Wake<'_> {
             return;
         }
         let mut shard = self.attempts.shard(self.key);
-        if let Some(slot) = shard
-            .get_mut(&self.key)
-            .filter(|s| Arc::ptr_eq(&s.settled, &self.settled))
-        {
+        if let Some(slot) = own_slot(&mut shard, self.key, &self.settled) {
             slot.waiting = slot.waiting.saturating_sub(1);
             // A request handed to this waiter passes to another (tokio hands its wake-up on);
             // with nobody left, it is nobody's.

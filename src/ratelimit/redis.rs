@@ -514,11 +514,7 @@ impl RedisStore {
         match outcome {
             Ok(_) => {
                 self.metrics.latency.observe(start.elapsed());
-                if self.breaker.success() {
-                    tracing::info!(
-                        "Redis circuit breaker closed: limits are checked in Redis again"
-                    );
-                }
+                self.answered();
             }
             Err(RedisError::KeyRefused) => {
                 self.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -526,12 +522,8 @@ impl RedisStore {
                 // refusal held the breaker for the probe's lease, and a flood of refused keys
                 // won most probes). Otherwise the count of failures in a row stands: a refusal
                 // between timeouts must not keep the breaker from opening.
-                if self.breaker.state(self.now()) == BreakerState::HalfOpen
-                    && self.breaker.success()
-                {
-                    tracing::info!(
-                        "Redis circuit breaker closed: limits are checked in Redis again"
-                    );
+                if self.breaker.state(self.now()) == BreakerState::HalfOpen {
+                    self.answered();
                 }
             }
             Err(e) => {
@@ -550,6 +542,14 @@ impl RedisStore {
             }
         }
         outcome
+    }
+
+    /// Redis answered: the breaker's failures in a row end, and an open breaker closes
+    /// (logged: the limits are checked in Redis again).
+    fn answered(&self) {
+        if self.breaker.success() {
+            tracing::info!("Redis circuit breaker closed: limits are checked in Redis again");
+        }
     }
 
     /// Logs a failed call: the first of each kind at once, then at most one every

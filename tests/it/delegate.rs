@@ -1035,10 +1035,7 @@ async fn anonymous_answers_are_cached_under_the_full_request() {
 /// the rule, so a delegate down tells itself apart from one that serves no Check.
 #[tokio::test]
 async fn a_failed_delegate_call_is_logged_with_its_code() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = crate::support::closed_port();
     let echo = portcullis::echo::Echo::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -1069,10 +1066,7 @@ async fn a_failed_delegate_call_is_logged_with_its_code() {
 /// checked allow.
 #[tokio::test]
 async fn fail_open_allows_are_logged_with_the_failure_let_through() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = crate::support::closed_port();
     let echo = portcullis::echo::Echo::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();

@@ -7,7 +7,7 @@
 //! A missing `redis-server` skips these tests (saying so) unless `PORTCULLIS_REQUIRE_PEERS`
 //! is set, as `.ci/run` does after installing it.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -187,10 +187,9 @@ impl Drop for Garbage {
     }
 }
 
+/// A loopback port free now, for a server to bind.
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
+    crate::support::closed_port()
 }
 
 // === gateways ===

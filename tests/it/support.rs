@@ -364,6 +364,14 @@ pub fn tls_client(trusted_pems: &[&str], alpn: &[&[u8]]) -> Arc<rustls::ClientCo
     Arc::new(cfg)
 }
 
+/// A loopback address nobody listens on (bound, then closed): connects to it are refused.
+pub fn closed_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// Polls `f` every 20 ms for at most `within`; for reloads, the one thing we wait on.
 pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
 where

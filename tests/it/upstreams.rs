@@ -3459,13 +3459,7 @@ async fn an_endpoints_failure_is_logged_with_its_cause_once_per_streak() {
     assert!(lines[0].contains(&gone.to_string()), "{}", lines[0]);
 }
 
-/// A loopback address nobody listens on (bound, then closed): connects to it are refused.
-fn closed_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+use crate::support::closed_port;
 
 /// After the gateway's 408 to a stalled body, the rest of the body never reaches an HTTP/2
 /// upstream as a whole request: its stream is reset, not ended.
