@@ -6,7 +6,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 
-use crate::support::{Setup, TestGateway, hs256_token, send};
+use crate::support::{Setup, TestGateway, hs256_token, raw, send};
 
 const SECRET: &[u8] = b"doors-test-secret-doors-test-secret-0123456";
 
@@ -546,6 +546,56 @@ async fn envoy_http_path_prefix() {
         )
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{prefix}");
+    }
+}
+
+/// The `Host` Envoy's HTTP mode passes on is the client's: refused with the proxy door's
+/// reason codes, not as a description of the door's own.
+#[tokio::test]
+async fn envoy_http_refuses_a_host_as_the_proxy_does() {
+    let gw = Setup {
+        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: doors\n    address: 127.0.0.1:0\n    door: {envoy_http: {path_prefix: /authz}}\n".into(),
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: open, match: {paths: [\"/open/**\"]}, effect: allow, anonymous: true, upstream: echo}\n".into(),
+        )],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    for (name, hosts, reason) in [
+        (
+            "two hosts",
+            &b"Host: a.test\r\nHost: b.test\r\n"[..],
+            "multiple_hosts",
+        ),
+        (
+            "a host that is no text",
+            b"Host: caf\xe9.test\r\n",
+            "invalid_host",
+        ),
+    ] {
+        let head = |target: &str| {
+            let mut r = format!(
+                "GET {target} HTTP/1.1\r\nConnection: close\r\nX-Forwarded-For: 127.0.0.1\r\n"
+            )
+            .into_bytes();
+            r.extend_from_slice(hosts);
+            r.extend_from_slice(b"\r\n");
+            r
+        };
+        let proxy = raw(gw.addr_of("http"), &head("/open/x")).await;
+        assert_eq!(proxy.status, 400, "{name}: {}", proxy.body);
+        assert!(proxy.body.contains(reason), "{name}: {}", proxy.body);
+        let door = raw(gw.addr_of("doors"), &head("/authz/open/x")).await;
+        assert_eq!(door.status, 400, "{name}: {}", door.head);
+        assert!(
+            door.head
+                .to_ascii_lowercase()
+                .contains(&format!("x-portcullis-error: {reason}")),
+            "{name}: {}",
+            door.head
+        );
     }
 }
 
