@@ -54,6 +54,13 @@ pub struct Described {
     pub target: String,
     /// Its headers, without the ones that only described it to the door.
     pub headers: HeaderMap,
+    /// The bytes of the fields left in `headers` that the door read as the request's host or
+    /// scheme (a forward-auth peer's `X-Forwarded-Host` and `X-Forwarded-Proto`, Envoy's
+    /// `X-Forwarded-Proto`), as [`crate::request::facts::head_bytes`] counts them: the peer's
+    /// description, which the proxy door reads from the request line and the connection, so
+    /// not held against `server.max_header_bytes`. Each is one field with a checked value (a
+    /// scheme; a host the described `Host` repeats): no other byte of the client's is excused.
+    pub describing: usize,
 }
 
 /// Why a door cannot describe the original request: a 400 (or mapped status).
@@ -666,9 +673,17 @@ async fn decide_for<D: HttpDoor>(
         target: &described.target,
         headers: &described.headers,
     };
+    // Why the description's fields are not counted: a head within the limit at the proxy
+    // door got 431 through nginx, Caddy or Envoy's HTTP mode, whose `X-Forwarded-Host` and
+    // `-Proto` were held against the client's room. Regression: tests (it)
+    // doors::a_door_holds_the_client_to_the_proxy_doors_head_limit
     head.within(
         snapshot.server.max_target_bytes,
-        snapshot.server.max_header_bytes.saturating_sub(stripped),
+        snapshot
+            .server
+            .max_header_bytes
+            .saturating_sub(stripped)
+            .saturating_add(described.describing),
     )
     .map_err(|e: FactsError| (e.status(), e.as_str()))?;
     // The door's own span (OTLP configured) is the delegate's parent; a clone, as the record
@@ -1020,9 +1035,21 @@ pub fn single_value<'h>(
         .map_err(|_| Undescribed("invalid_description_header"))
 }
 
+/// The scheme a peer names (Envoy, and forward auth by default).
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The `name: value` lines of the fields named `names` in `h`, with their line ends, as
+/// [`crate::request::facts::head_bytes`] counts them.
+pub fn lines_of<'n>(h: &HeaderMap, names: impl IntoIterator<Item = &'n HeaderName>) -> usize {
+    names
+        .into_iter()
+        .flat_map(|n| h.get_all(n).iter().map(|v| n.as_str().len() + v.len() + 4))
+        .sum()
+}
+
 /// `X-Forwarded-Proto`: `http` (also when absent) or `https`.
 pub fn scheme(h: &HeaderMap) -> Result<Scheme, Undescribed> {
-    scheme_in(h, &HeaderName::from_static("x-forwarded-proto"))
+    scheme_in(h, &X_FORWARDED_PROTO)
 }
 
 /// The scheme in header `name`: `http` (also when absent) or `https`.

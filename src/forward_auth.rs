@@ -50,7 +50,7 @@ const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PROTO: HeaderName = door::X_FORWARDED_PROTO;
 
 /// The headers that describe the original request (a door's `headers:`): for each part, the
 /// names read, all of which must agree.
@@ -215,6 +215,8 @@ impl HttpDoor for ForwardAuth {
             .cloned()
             .ok_or(Undescribed("missing_original_host"))?;
         let scheme = door::scheme_in(&headers, &names.proto)?;
+        // Read as one field each, or refused above; the host's values all agree.
+        let describing = door::lines_of(&headers, names.host.iter().chain([&names.proto]));
         let authority = host.to_str().unwrap_or_default().to_owned();
         // Why: the subrequest's own `Host` is the door's (Traefik, APISIX and the Kong plugin
         // send it), and a rule or delegate reading `request.headers['host']` judged the door's
@@ -227,6 +229,7 @@ impl HttpDoor for ForwardAuth {
             authority: Some(authority),
             target,
             headers,
+            describing,
         })
     }
 

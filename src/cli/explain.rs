@@ -503,6 +503,8 @@ async fn run_door(
                 authority: Some(d.authority.to_owned()),
                 target: d.target.to_owned(),
                 headers: d.headers,
+                // The gRPC door reads the scheme and host from the Check, not from headers.
+                describing: 0,
             });
             (d, Renderer::EnvoyGrpc)
         }
@@ -548,7 +550,10 @@ async fn run_door(
     let facts = match head
         .within(
             snapshot.server.max_target_bytes,
-            snapshot.server.max_header_bytes,
+            snapshot
+                .server
+                .max_header_bytes
+                .saturating_add(described.describing),
         )
         .and_then(|()| RequestFacts::new(head, &conn, &snapshot.server.trusted_proxies))
     {

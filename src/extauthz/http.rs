@@ -74,6 +74,7 @@ impl HttpDoor for EnvoyHttp {
             )?,
         };
         let scheme = door::scheme(&parts.headers)?;
+        let describing = door::lines_of(&parts.headers, [&door::X_FORWARDED_PROTO]);
         let (authority, target) = (authority.map(str::to_owned), target.to_owned());
         Ok(Described {
             method: parts.method.clone(),
@@ -81,6 +82,7 @@ impl HttpDoor for EnvoyHttp {
             authority,
             target,
             headers: std::mem::take(&mut parts.headers),
+            describing,
         })
     }
 

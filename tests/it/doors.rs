@@ -599,6 +599,80 @@ async fn envoy_http_refuses_a_host_as_the_proxy_does() {
     }
 }
 
+/// A door holds the client to the proxy door's `server.max_header_bytes`: the fields its peer
+/// adds to describe the request (the method, the target, the host, the scheme, the client
+/// address) are not the client's bytes. The largest head the proxy door takes passes every
+/// HTTP door, and one byte more is refused by each.
+#[tokio::test]
+async fn a_door_holds_the_client_to_the_proxy_doors_head_limit() {
+    let gw = Setup {
+        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: forward\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n  - name: envoy\n    address: 127.0.0.1:0\n    door: {envoy_http: {path_prefix: /authz}}\n".into(),
+        server: "  max_header_bytes: 8192\n".into(),
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: open, match: {paths: [\"/open/**\"]}, effect: allow, anonymous: true, upstream: echo}\n".into(),
+        )],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    // The client's own head: the same through every door.
+    let client = |pad: usize| {
+        format!(
+            "Host: app.test\r\nConnection: close\r\nX-Pad: {}\r\n",
+            "a".repeat(pad)
+        )
+    };
+    let proxy = |pad: usize| format!("GET /open/x HTTP/1.1\r\n{}\r\n", client(pad));
+    // As nginx, Traefik and Caddy describe it (the subrequest's own `Host` is the door's).
+    let forward = |pad: usize| {
+        format!(
+            "GET /auth HTTP/1.1\r\nX-Forwarded-Method: GET\r\nX-Forwarded-Uri: /open/x\r\nX-Forwarded-Host: app.test\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 127.0.0.1\r\n{}\r\n",
+            client(pad).replace("Host: app.test", "Host: door.local")
+        )
+    };
+    let envoy = |pad: usize| {
+        format!(
+            "GET /authz/open/x HTTP/1.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 127.0.0.1\r\n{}\r\n",
+            client(pad)
+        )
+    };
+    // The largest pad the proxy door takes, found by asking it.
+    let mut largest = None;
+    for pad in 8050..8192 {
+        let r = raw(gw.addr_of("http"), proxy(pad).as_bytes()).await;
+        match r.status {
+            200 => largest = Some(pad),
+            431 => break,
+            s => panic!("pad {pad}: {s} {}", r.body),
+        }
+    }
+    let largest = largest.expect("a pad the proxy door takes");
+    let over = largest + 1;
+    let r = raw(gw.addr_of("http"), proxy(over).as_bytes()).await;
+    assert_eq!(r.status, 431, "{}", r.body);
+    for (door, ask) in [
+        ("forward", &forward as &dyn Fn(usize) -> String),
+        ("envoy", &envoy),
+    ] {
+        let r = raw(gw.addr_of(door), ask(largest).as_bytes()).await;
+        assert_eq!(
+            r.status, 200,
+            "{door}, the proxy's largest head: {}",
+            r.head
+        );
+        let r = raw(gw.addr_of(door), ask(over).as_bytes()).await;
+        assert_eq!(r.status, 431, "{door}, one byte more: {}", r.head);
+        assert!(
+            r.head
+                .to_ascii_lowercase()
+                .contains("x-portcullis-error: headers_too_large"),
+            "{door}: {}",
+            r.head
+        );
+    }
+}
+
 #[tokio::test]
 async fn decision_only_config_needs_no_upstream() {
     let gw = one_door(
