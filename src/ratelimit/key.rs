@@ -6,7 +6,7 @@
 //! every gateway of a fleet names a client's budget alike and nobody can aim a collision.
 
 use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::net::IpAddr;
 
 use http::HeaderName;
@@ -60,7 +60,7 @@ impl CountBy {
         }
     }
 
-    /// Feeds the request's key into `h`.
+    /// Feeds the request's key into `h`, as [`KeyBytes`] writes it.
     pub fn write<H: Hasher>(
         &self,
         h: &mut H,
@@ -68,27 +68,31 @@ impl CountBy {
         principal: Option<&Principal>,
         rule: &str,
     ) {
+        let mut k = KeyBytes(h);
         match (self, principal) {
-            (Self::ClientIp, _) => write_ip(h, facts.client_ip),
+            (Self::ClientIp, _) => k.ip(facts.client_ip),
             (Self::Route, _) => {
-                1u8.hash(h);
-                rule.hash(h);
+                k.tag(1);
+                k.text(rule);
             }
             (Self::ApiKey, Some(p)) if p.api_key_id.is_some() => {
-                2u8.hash(h);
-                p.authenticator.hash(h);
-                p.api_key_id.hash(h);
+                k.tag(2);
+                k.text(&p.authenticator);
+                k.maybe_text(p.api_key_id.as_deref());
             }
             // Why: an id is unique only within its authenticator, issuer and kind. One
             // `jwt` authenticator may trust several issuers, and a machine's `client_id` may
             // spell a user's `sub`: a partner issuer's `alice` spent the main issuer's
             // alice's budget. Regression: tests::principal_keys_tell_issuers_and_kinds_apart
             (Self::Principal | Self::ApiKey, Some(p)) => {
-                3u8.hash(h);
-                p.authenticator.hash(h);
-                p.issuer.hash(h);
-                matches!(p.kind, crate::authn::PrincipalKind::Machine).hash(h);
-                p.id.hash(h);
+                k.tag(3);
+                k.text(&p.authenticator);
+                k.maybe_text(p.issuer.as_deref());
+                k.tag(u8::from(matches!(
+                    p.kind,
+                    crate::authn::PrincipalKind::Machine
+                )));
+                k.text(&p.id);
             }
             // A header is believed only from a trusted proxy: a client choosing a new value
             // per request would get a new budget each time. Why the last value: a proxy that
@@ -103,27 +107,25 @@ impl CountBy {
                 .filter(|_| facts.peer_trusted)
             {
                 Some(v) => {
-                    4u8.hash(h);
-                    v.as_bytes().hash(h);
+                    k.tag(4);
+                    k.bytes(v.as_bytes());
                 }
-                None => write_ip(h, facts.client_ip),
+                None => k.ip(facts.client_ip),
             },
             (Self::Claim(path), Some(p)) => match lookup(&p.claims, path) {
                 Some(serde_json::Value::String(s)) => {
-                    5u8.hash(h);
-                    s.hash(h);
+                    k.tag(5);
+                    k.text(s);
                 }
                 // Another JSON value: its text, written straight into the hash (no allocation
                 // per request), under its own tag so that `42` and `"42"` are two budgets.
                 Some(v) => {
-                    6u8.hash(h);
-                    let _ = write!(HashWriter(h), "{v}");
+                    k.tag(6);
+                    let _ = write!(k, "{v}");
                 }
-                None => write_ip(h, facts.client_ip),
+                None => k.ip(facts.client_ip),
             },
-            (Self::Principal | Self::ApiKey | Self::Claim(_), None) => {
-                write_ip(h, facts.client_ip);
-            }
+            (Self::Principal | Self::ApiKey | Self::Claim(_), None) => k.ip(facts.client_ip),
         }
     }
 }
@@ -134,21 +136,63 @@ pub fn claim_path(path: &str) -> Option<Box<[Box<str>]>> {
     (!path.iter().any(|p| p.is_empty())).then_some(path)
 }
 
-/// An address as a key: IPv6 by its /64.
+/// An address as a key (IPv6 by its /64), as [`CountBy::write`] writes it.
+#[cfg(test)]
 pub fn write_ip<H: Hasher>(h: &mut H, ip: IpAddr) {
-    0u8.hash(h);
-    match ip {
-        IpAddr::V4(v4) => v4.hash(h),
-        // One site (a /64) holds more addresses than anyone could track: counting each
-        // would hand a single client endless budgets and unbounded state.
-        IpAddr::V6(v6) => (u128::from(v6) >> 64).hash(h),
+    KeyBytes(h).ip(ip);
+}
+
+/// A key's parts written into a hasher byte by byte, as spelled out here.
+///
+/// Why not `std::hash::Hash`: the Redis keys of every gateway of a fleet must agree, and the
+/// bytes `Hash` feeds (length prefixes, enum discriminants, native-endian integers) are not
+/// promised across Rust releases or platforms: a fleet mid-upgrade, or of two architectures,
+/// would have split every budget in two. These are the bytes a 64-bit little-endian build fed
+/// through `Hash` before, so the keys did not change. Regression: tests::redis_keys_are_pinned
+struct KeyBytes<'h, H>(&'h mut H);
+
+impl<H: Hasher> KeyBytes<'_, H> {
+    /// One byte: a kind's tag, or a flag.
+    fn tag(&mut self, tag: u8) {
+        self.0.write(&[tag]);
+    }
+
+    /// Text: its bytes, then `0xff` (which no UTF-8 text holds).
+    fn text(&mut self, s: &str) {
+        self.0.write(s.as_bytes());
+        self.0.write(&[0xff]);
+    }
+
+    /// Bytes: their length (8 bytes, little-endian), then them.
+    fn bytes(&mut self, b: &[u8]) {
+        self.0
+            .write(&u64::try_from(b.len()).unwrap_or(u64::MAX).to_le_bytes());
+        self.0.write(b);
+    }
+
+    /// Text that may be absent: 0 or 1 (8 bytes, little-endian), then the text if any.
+    fn maybe_text(&mut self, s: Option<&str>) {
+        self.0.write(&u64::from(s.is_some()).to_le_bytes());
+        if let Some(s) = s {
+            self.text(s);
+        }
+    }
+
+    /// An address: IPv6 by its /64.
+    fn ip(&mut self, ip: IpAddr) {
+        self.tag(0);
+        match ip {
+            IpAddr::V4(v4) => self.0.write(&v4.octets()),
+            // One site (a /64) holds more addresses than anyone could track: counting each
+            // would hand a single client endless budgets and unbounded state.
+            IpAddr::V6(v6) => self.0.write(&(u128::from(v6) >> 64).to_le_bytes()),
+        }
     }
 }
 
-/// Feeds formatted text into a hasher.
-struct HashWriter<'a, H>(&'a mut H);
-
-impl<H: Hasher> std::fmt::Write for HashWriter<'_, H> {
+/// Formatted text, written straight into the hash (no terminator: the tag before it says
+/// what it is, and it ends the key).
+impl<H: Hasher> std::fmt::Write for KeyBytes<'_, H> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.0.write(s.as_bytes());
         Ok(())

@@ -270,3 +270,112 @@ fn summaries() {
         assert_eq!(limit.summary(), want, "{yaml}");
     }
 }
+
+/// The Redis key of every kind, pinned: every gateway of a fleet, whatever its build, Rust
+/// release or platform, must name a client's budget alike, and an upgrade must not hand
+/// everyone a fresh budget.
+///
+/// Why: the keys were fed through `std::hash::Hash`, whose bytes (length prefixes, enum
+/// discriminants, native-endian integers) the standard library does not promise to keep
+/// across releases or platforms; they are now written by `key::write` itself, as the
+/// same bytes a 64-bit little-endian build fed before, so the keys did not change.
+#[test]
+fn redis_keys_are_pinned() {
+    let (mut parts, conn) = facts_parts();
+    parts
+        .headers
+        .insert("x-tenant", http::HeaderValue::from_static("acme"));
+    let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+    let trusted = RequestFacts {
+        peer_trusted: true,
+        ..RequestFacts::from_parts(&parts, &conn, &[]).unwrap()
+    };
+    let v6 = RequestFacts {
+        client_ip: "2001:db8:1:2:3:4:5:6".parse().unwrap(),
+        ..RequestFacts::from_parts(&parts, &conn, &[]).unwrap()
+    };
+    let user = principal(&serde_json::json!({"org": "acme", "n": 42}));
+    let machine = Principal {
+        kind: crate::authn::principal::PrincipalKind::Machine,
+        issuer: Some("https://issuer.test".into()),
+        ..user.clone()
+    };
+    let keyed = Principal {
+        api_key_id: Some("k1".into()),
+        ..user.clone()
+    };
+    let key = |by: &str, facts: &RequestFacts<'_>, p: Option<&Principal>| {
+        let mut h = Sha256::default();
+        CountBy::parse(by).unwrap().write(&mut h, facts, p, "rule");
+        let mut out = String::new();
+        h.finish_hex(&mut out);
+        out
+    };
+    let cases: [(&str, &RequestFacts<'_>, Option<&Principal>, &str); 12] = [
+        (
+            "client_ip",
+            &facts,
+            None,
+            "9ba1342a5a3e68bbde26945f3b34d61e",
+        ),
+        ("client_ip", &v6, None, "a21714b80b8d7fcf2e55e621f85c477b"),
+        ("route", &facts, None, "ba37d3f3b151363ce19ee414d154004a"),
+        (
+            "principal",
+            &facts,
+            Some(&user),
+            "e61824638e300a579df7c7d2cc82cf19",
+        ),
+        (
+            "principal",
+            &facts,
+            Some(&machine),
+            "159db8b3d5aee963d15f63a578b2db95",
+        ),
+        (
+            "principal",
+            &facts,
+            None,
+            "9ba1342a5a3e68bbde26945f3b34d61e",
+        ),
+        (
+            "api_key",
+            &facts,
+            Some(&keyed),
+            "edd47b5990b4987afa0772223ff6e4be",
+        ),
+        (
+            "api_key",
+            &facts,
+            Some(&user),
+            "e61824638e300a579df7c7d2cc82cf19",
+        ),
+        (
+            "header:x-tenant",
+            &trusted,
+            None,
+            "e423e069b166e4ac9abb4a86878f74cd",
+        ),
+        (
+            "header:x-tenant",
+            &facts,
+            None,
+            "9ba1342a5a3e68bbde26945f3b34d61e",
+        ),
+        (
+            "claim:org",
+            &facts,
+            Some(&user),
+            "ac8a8561bee4f87a6f8c0d1ce7d3eb7e",
+        ),
+        (
+            "claim:n",
+            &facts,
+            Some(&user),
+            "b8f49da0cb71db44c35636a906b5a698",
+        ),
+    ];
+    for (by, facts, p, want) in cases {
+        assert_eq!(key(by, facts, p), want, "{by} {p:?}");
+    }
+}
