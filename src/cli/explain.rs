@@ -66,22 +66,9 @@ pub fn explain(args: &ExplainArgs<'_>) -> ExitCode {
         headers: args.headers,
         client_ip: args.client_ip,
     };
-    // Why: with two listeners of a door (the shipped config has `nginx`, with a status map,
-    // and `forward-auth`), the first one's answer was the only one explain could give.
-    // Regression: tests (it) doors::explain_runs_the_listener_named
-    let (door, listener) = match args.listener {
-        None => (args.door.unwrap_or(Door::Proxy), None),
-        Some(name) => match snapshot.listeners.iter().find(|l| &*l.name == name) {
-            None => return fail(&format!("no listener `{name}` in the config")),
-            Some(l) if args.door.is_some_and(|d| d != l.door.door()) => {
-                return fail(&format!(
-                    "listener `{name}` serves the {} door, not {}",
-                    l.door.door().as_str(),
-                    args.door.map_or("", |d| d.as_str())
-                ));
-            }
-            Some(l) => (l.door.door(), Some(name)),
-        },
+    let (door, listener) = match door_of(&snapshot, args.door, args.listener) {
+        Ok(d) => d,
+        Err(m) => return fail(&m),
     };
     // Why: only Envoy's Check carries context extensions; given for another door they would
     // be silently ignored, and the explanation would not be of the request meant.
@@ -118,22 +105,51 @@ pub fn explain(args: &ExplainArgs<'_>) -> ExitCode {
     }
 }
 
+/// The door to run and the listener named: `door` (the proxy by default), or `listener`'s,
+/// which must be `door` when both are given.
+///
+/// Why a listener: with two listeners of a door (the shipped config has `nginx`, with a
+/// status map, and `forward-auth`), the first one's answer was the only one explain could
+/// give. Regression: tests (it) doors::explain_runs_the_listener_named
+fn door_of<'a>(
+    snapshot: &Snapshot,
+    door: Option<Door>,
+    listener: Option<&'a str>,
+) -> Result<(Door, Option<&'a str>), String> {
+    match listener {
+        None => Ok((door.unwrap_or(Door::Proxy), None)),
+        Some(name) => match snapshot.listeners.iter().find(|l| &*l.name == name) {
+            None => Err(format!("no listener `{name}` in the config")),
+            Some(l) if door.is_some_and(|d| d != l.door.door()) => Err(format!(
+                "listener `{name}` serves the {} door, not {}",
+                l.door.door().as_str(),
+                door.map_or("", |d| d.as_str())
+            )),
+            Some(l) => Ok((l.door.door(), Some(name))),
+        },
+    }
+}
+
 /// Decides one request (`method`, `url`, `Name: value` headers, client address) against
-/// `snapshot` as serving would: the JSON report and whether it was allowed.
+/// `snapshot` as serving would, through `door` (or `listener`'s door; the proxy by default):
+/// the JSON report and whether it was allowed.
 pub(crate) async fn evaluate(
     snapshot: &Snapshot,
-    method: &str,
-    url: &str,
-    headers: &[String],
-    client_ip: Option<IpAddr>,
+    request: (&str, &str, &[String], Option<IpAddr>),
+    door: Option<Door>,
+    listener: Option<&str>,
 ) -> Result<(Value, bool), String> {
+    let (method, url, headers, client_ip) = request;
     let args = Request1 {
         method,
         url,
         headers,
         client_ip,
     };
-    run(snapshot, &args).await
+    match door_of(snapshot, door, listener)? {
+        (Door::Proxy, _) => run(snapshot, &args).await,
+        (door, listener) => run_door(snapshot, &args, door, listener, &HashMap::new()).await,
+    }
 }
 
 struct Request1<'a> {

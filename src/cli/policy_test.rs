@@ -13,7 +13,14 @@
 //!   - name: alice reads her own rows
 //!     request: {method: GET, url: "https://api.example/tables/orders?user_id=alice", token: alice}
 //!     expect: {decision: allow, rule: rows-of-caller-by-query, headers: {x-user-id: alice}}
+//!   - name: nginx hears the same          # as `explain --door` / `--listener`
+//!     request: {url: "https://api.example/tables/orders?user_id=alice", token: alice,
+//!               door: forward-auth}       # or `listener: nginx`, with its `status_map`
+//!     expect: {decision: allow, status: 200, headers: {x-user-id: alice}}
 //! ```
+//!
+//! Through a decision door, `status` and `headers` are the door's answer to its peer (a mapped
+//! status; the identity headers the peer copies upstream), as `explain` shows it.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -27,6 +34,7 @@ use serde_json::Value;
 
 use crate::authn::jwt::keys::parse_alg;
 use crate::authn::jwt::mint::SigningKey;
+use crate::request::facts::Door;
 
 /// A policy test file.
 #[derive(Debug, Deserialize)]
@@ -74,6 +82,35 @@ struct CaseRequest {
     token: Option<String>,
     #[serde(default)]
     client_ip: Option<IpAddr>,
+    /// The door whose code decides it (`proxy`, `envoy-grpc`, `envoy-http`, `forward-auth`),
+    /// as `explain --door`: how that door reads the request and what it answers its peer.
+    #[serde(default)]
+    door: Option<DoorName>,
+    /// The listener whose door (and settings: a `status_map`, description headers) decides
+    /// it, as `explain --listener`.
+    #[serde(default)]
+    listener: Option<String>,
+}
+
+/// A door, as a case names it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum DoorName {
+    Proxy,
+    EnvoyGrpc,
+    EnvoyHttp,
+    ForwardAuth,
+}
+
+impl From<DoorName> for Door {
+    fn from(d: DoorName) -> Self {
+        match d {
+            DoorName::Proxy => Self::Proxy,
+            DoorName::EnvoyGrpc => Self::EnvoyGrpc,
+            DoorName::EnvoyHttp => Self::EnvoyHttp,
+            DoorName::ForwardAuth => Self::ForwardAuth,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,10 +212,14 @@ async fn run_file(file: &Path, out: &mut String) -> Result<(usize, usize), Strin
         }
         let (report, _) = super::explain::evaluate(
             &snapshot,
-            &case.request.method,
-            &case.request.url,
-            &headers,
-            case.request.client_ip,
+            (
+                &case.request.method,
+                &case.request.url,
+                &headers,
+                case.request.client_ip,
+            ),
+            case.request.door.map(Door::from),
+            case.request.listener.as_deref(),
         )
         .await
         .map_err(|m| at(&format!("cases[{i}].request"), m))?;
@@ -242,13 +283,20 @@ fn compare(expect: &Expect, report: &Value) -> Vec<String> {
         report["rule"]["name"].as_str().map(str::to_owned),
     );
     check("reason", expect.reason.clone(), got_str("reason"));
-    check("location", expect.location.clone(), got_str("location"));
+    // What the upstream gets through the proxy; through a decision door, its answer to the
+    // peer (the identity headers the peer copies upstream, a refusal's `Location`).
     let sent: BTreeMap<String, String> = report["upstream"]["headers"]
         .as_array()
+        .or_else(|| report["answer"]["headers"].as_array())
         .into_iter()
         .flatten()
         .filter_map(|h| Some((h[0].as_str()?.to_owned(), h[1].as_str()?.to_owned())))
         .collect();
+    check(
+        "location",
+        expect.location.clone(),
+        got_str("location").or_else(|| sent.get("location").cloned()),
+    );
     for (name, want) in &expect.headers {
         let got = sent.get(&name.to_ascii_lowercase());
         match (want, got) {

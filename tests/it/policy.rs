@@ -1217,6 +1217,100 @@ fn policy_test_files_pass_for_the_examples_and_print_a_diff_on_mismatch() {
     );
 }
 
+/// A policy test case may name the door, or the listener, whose code decides it: what that
+/// door answers its peer is compared (an nginx listener's mapped status, the identity headers
+/// the peer copies), and a wrong expectation there fails as through the proxy.
+#[test]
+fn policy_test_cases_run_through_the_door_they_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        "rules:
+  - {name: open, match: {paths: [\"/open/**\"]}, effect: allow, anonymous: true, upstream: app}
+  - {name: hidden, match: {paths: [\"/hidden/**\"]}, effect: deny, denial: {status: 404}}
+  - {name: admin, match: {paths: [\"/admin/**\"]}, effect: deny}
+",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("portcullis.yaml"),
+        "listeners:
+  - {name: http, address: \"127.0.0.1:0\"}
+  - {name: nginx, address: \"127.0.0.1:0\", door: {forward_auth: {status_map: {404: 403}}}}
+  - {name: envoy, address: \"127.0.0.1:0\", door: {envoy_http: {}}}
+upstreams: {app: {url: \"http://127.0.0.1:9\"}}
+policies: {dir: policies}
+identity_headers: {x-route: \"{rule.name}\"}
+",
+    )
+    .unwrap();
+    let cases = || -> String {
+        "config: portcullis.yaml
+cases:
+  - name: the proxy forwards
+    request: {url: \"http://app.test/open/x\"}
+    expect: {decision: allow, status: 200, headers: {x-route: open}}
+  - name: the envoy door answers 200 with the identity header
+    request: {url: \"http://app.test/open/x\", door: envoy-http}
+    expect: {decision: allow, status: 200, headers: {x-route: open}}
+  - name: the forward-auth door refuses the admin path
+    request: {url: \"http://app.test/admin/x\", door: forward-auth}
+    expect: {decision: deny, status: 403, reason: forbidden}
+  - name: the envoy door answers a denial's own status
+    request: {url: \"http://app.test/hidden/x\", door: envoy-http}
+    expect: {decision: deny, status: 404, reason: forbidden}
+  - name: the nginx listener maps it for nginx
+    request: {url: \"http://app.test/hidden/x\", listener: nginx, headers: {x-n: \"1\"}}
+    expect: {decision: deny, status: 403, reason: forbidden}
+"
+        .to_owned()
+    };
+    let run = |text: String| {
+        let file = dir.path().join("t.test.yaml");
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("test")
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = run(cases());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("5 passed, 0 failed"), "{text}");
+    // Through the door, a wrong expectation fails with the door's answer.
+    let (code, text) = run(cases().replace(
+        "expect: {decision: deny, status: 403, reason: forbidden}",
+        "expect: {decision: deny, status: 401, reason: forbidden}",
+    ));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("status: expected 401, got 403"), "{text}");
+    let (code, text) = run(cases().replace(
+        "door: envoy-http}\n    expect: {decision: allow, status: 200, headers: {x-route: open}}",
+        "door: envoy-http}\n    expect: {decision: allow, status: 200, headers: {x-route: other}}",
+    ));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("header x-route: expected \"other\", got \"open\""),
+        "{text}"
+    );
+    // A listener that is not the door named is the file's mistake.
+    let (code, text) = run(cases().replace(
+        "listener: nginx, headers",
+        "listener: envoy, door: forward-auth, headers",
+    ));
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("listener `envoy` serves the envoy-http door, not forward-auth"),
+        "{text}"
+    );
+}
+
 /// A rule's denial shape: a browser without a credential is sent to log in and comes back to
 /// what it asked for; an API client gets the 401 with the rule's extra JSON; a policy denial
 /// takes the rule's status (and then announces no scope).
