@@ -627,18 +627,8 @@ async fn decide_for<D: HttpDoor>(
     if !admits(common, conn.info.peer.ip()) {
         return Err((StatusCode::FORBIDDEN, "peer_not_allowed"));
     }
-    // Only a fixed hop-by-hop name (`Upgrade`, `HTTP2-Settings`, `Connection`, which alone
-    // can name others) asks for an upgrade or has anything to remove: one walk over the names
-    // finds none in the usual request.
-    let (upgrade, (stripped, unseen)) = if parts.headers.keys().any(hop_by_hop::is_fixed) {
-        let upgrade = asked_upgrade(&parts.headers).map_err(|r| (StatusCode::BAD_REQUEST, r))?;
-        // Why: the proxy door counts the head as the client sent it, hop-by-hop headers
-        // included; a 20 KB `Keep-Alive` passed the doors. Regression: tests (it)
-        // conformance::every_door_gives_the_same_decision (`hop-by-hop header over the limit`)
-        (upgrade, strip_counted(&mut parts.headers))
-    } else {
-        (None, (0, Vec::new()))
-    };
+    let (upgrade, stripped, unseen) =
+        hop_by_hop_pass(&mut parts.headers).map_err(|r| (StatusCode::BAD_REQUEST, r))?;
     let described = door
         .describe(settings, parts)
         .map_err(|Undescribed(reason)| (undescribed_status(reason), reason))?;
@@ -781,6 +771,27 @@ pub fn upgrade_refusal(
     }
     edge.filter(|e| e.refuses_upgrade_origin(headers))
         .map(|_| crate::authz::edge::PreflightRefusal::Origin.as_str())
+}
+
+/// A decision door's first pass over its peer's request, before the description is read
+/// (`explain` runs it too): the upgrade asked for (refused: a 400 reason code), then every
+/// hop-by-hop field gone, with the bytes they took ([`strip_counted`]) and the names
+/// `Connection` listed.
+pub(crate) fn hop_by_hop_pass(
+    headers: &mut HeaderMap,
+) -> Result<(Option<HeaderValue>, usize, Vec<HeaderName>), &'static str> {
+    // Only a fixed hop-by-hop name (`Upgrade`, `HTTP2-Settings`, `Connection`, which alone
+    // can name others) asks for an upgrade or has anything to remove: one walk over the names
+    // finds none in the usual request.
+    if !headers.keys().any(hop_by_hop::is_fixed) {
+        return Ok((None, 0, Vec::new()));
+    }
+    let upgrade = asked_upgrade(headers)?;
+    // Why: the proxy door counts the head as the client sent it, hop-by-hop headers
+    // included; a 20 KB `Keep-Alive` passed the doors. Regression: tests (it)
+    // conformance::every_door_gives_the_same_decision (`hop-by-hop header over the limit`)
+    let (stripped, unseen) = strip_counted(headers);
+    Ok((upgrade, stripped, unseen))
 }
 
 /// Removes the door request's hop-by-hop headers ([`hop_by_hop::strip_named`]) and answers

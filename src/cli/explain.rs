@@ -414,6 +414,14 @@ async fn run_door(
             .map(|r| r.into_parts().0)
             .map_err(|e| format!("invalid request: {e}"))
     };
+    // As the HTTP doors do before reading the description (`door::hop_by_hop_pass`): the
+    // upgrade asked for, and the bytes of the hop-by-hop fields removed, which still count.
+    let mut first_pass = None;
+    let mut hop_by_hop = |parts: &mut http::request::Parts| {
+        crate::door::hop_by_hop_pass(&mut parts.headers).map(|(upgrade, stripped, _)| {
+            first_pass = Some((upgrade, stripped));
+        })
+    };
     let (described, render): (Result<crate::door::Described, &'static str>, Renderer) = match door {
         Door::ForwardAuth => {
             // In the headers the door reads (its `headers:`, else the usual ones).
@@ -439,8 +447,12 @@ async fn run_door(
                     (&p, &proto),
                 ],
             )?;
-            let d = crate::forward_auth::ForwardAuth.describe(&settings, &mut parts);
-            (d.map_err(|u| u.0), Renderer::ForwardAuth)
+            let d = hop_by_hop(&mut parts).and_then(|()| {
+                crate::forward_auth::ForwardAuth
+                    .describe(&settings, &mut parts)
+                    .map_err(|u| u.0)
+            });
+            (d, Renderer::ForwardAuth)
         }
         Door::EnvoyHttp => {
             let prefix = match &settings {
@@ -454,8 +466,12 @@ async fn run_door(
                 &format!("{prefix}{target}"),
                 &[("host", &authority), ("x-forwarded-proto", &proto)],
             )?;
-            let d = crate::extauthz::http::EnvoyHttp.describe(&settings, &mut parts);
-            (d.map_err(|u| u.0), Renderer::EnvoyHttp)
+            let d = hop_by_hop(&mut parts).and_then(|()| {
+                crate::extauthz::http::EnvoyHttp
+                    .describe(&settings, &mut parts)
+                    .map_err(|u| u.0)
+            });
+            (d, Renderer::EnvoyHttp)
         }
         Door::EnvoyGrpc => {
             // The Check Envoy would send, read by the door's own code (header limits, the
@@ -536,24 +552,32 @@ async fn run_door(
         };
         Ok((d, client))
     });
-    let (described, client) = match described {
+    let (mut described, client) = match described {
         Ok(d) => d,
         Err(reason) => {
-            report["trace"] =
-                json!(["the door cannot read the request from its peer's description"]);
+            report["trace"] = json!([if reason == "h2c_upgrade" {
+                "the request is refused before any rule: it asks for cleartext HTTP/2"
+            } else {
+                "the door cannot read the request from its peer's description"
+            }]);
             let status = crate::door::undescribed_status(reason);
             return Ok(refused_report(report, render, &settings, status, reason));
         }
     };
-    // As every decision door reads an upgrade (`door::asked_upgrade`).
-    let upgrade = match crate::door::asked_upgrade(&described.headers) {
-        Ok(u) => u,
-        Err(reason) => {
-            report["trace"] =
-                json!(["the request is refused before any rule: it asks for cleartext HTTP/2"]);
-            let status = http::StatusCode::BAD_REQUEST;
-            return Ok(refused_report(report, render, &settings, status, reason));
-        }
+    // As every decision door reads an upgrade (`door::asked_upgrade`) and removes the
+    // hop-by-hop fields: the HTTP doors before reading the description (above), the gRPC
+    // door after (`extauthz::grpc`).
+    let (upgrade, stripped) = match first_pass {
+        Some(pass) => pass,
+        None => match crate::door::asked_upgrade(&described.headers) {
+            Ok(u) => (u, crate::door::strip_counted(&mut described.headers).0),
+            Err(reason) => {
+                report["trace"] =
+                    json!(["the request is refused before any rule: it asks for cleartext HTTP/2"]);
+                let status = http::StatusCode::BAD_REQUEST;
+                return Ok(refused_report(report, render, &settings, status, reason));
+            }
+        },
     };
     let conn = ConnInfo::for_door(door, SocketAddr::new(client, 0), listener_name, None);
     let head = crate::request::facts::Head {
@@ -569,6 +593,7 @@ async fn run_door(
             snapshot
                 .server
                 .max_header_bytes
+                .saturating_sub(stripped)
                 .saturating_add(described.describing),
         )
         .and_then(|()| RequestFacts::new(head, &conn, &snapshot.server.trusted_proxies))
