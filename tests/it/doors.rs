@@ -549,12 +549,19 @@ async fn envoy_http_path_prefix() {
     }
 }
 
-/// The `Host` Envoy's HTTP mode passes on is the client's: refused with the proxy door's
-/// reason codes, not as a description of the door's own.
-#[tokio::test]
-async fn envoy_http_refuses_a_host_as_the_proxy_does() {
-    let gw = Setup {
-        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: doors\n    address: 127.0.0.1:0\n    door: {envoy_http: {path_prefix: /authz}}\n".into(),
+/// A gateway with a proxy listener (`http`), an Envoy HTTP door (`envoy`, path prefix
+/// `/authz`) and, when `forward` names it, a forward-auth door; one open rule; `server`
+/// settings as YAML lines.
+async fn beside_the_proxy(server: &str, forward: &str) -> TestGateway {
+    let mut listeners = "  - name: http\n    address: 127.0.0.1:0\n  - name: envoy\n    address: 127.0.0.1:0\n    door: {envoy_http: {path_prefix: /authz}}\n".to_owned();
+    if !forward.is_empty() {
+        listeners.push_str(&format!(
+            "  - name: {forward}\n    address: 127.0.0.1:0\n    door: {{forward_auth: {{}}}}\n"
+        ));
+    }
+    Setup {
+        listeners,
+        server: server.into(),
         policies: vec![(
             "10-p.yaml".into(),
             "rules:\n  - {name: open, match: {paths: [\"/open/**\"]}, effect: allow, anonymous: true, upstream: echo}\n".into(),
@@ -562,7 +569,14 @@ async fn envoy_http_refuses_a_host_as_the_proxy_does() {
         ..Setup::default()
     }
     .start()
-    .await;
+    .await
+}
+
+/// The `Host` Envoy's HTTP mode passes on is the client's: refused with the proxy door's
+/// reason codes, not as a description of the door's own.
+#[tokio::test]
+async fn envoy_http_refuses_a_host_as_the_proxy_does() {
+    let gw = beside_the_proxy("", "").await;
     for (name, hosts, reason) in [
         (
             "two hosts",
@@ -609,7 +623,7 @@ async fn envoy_http_refuses_a_host_as_the_proxy_does() {
         let proxy = raw(gw.addr_of("http"), &head("/open/x")).await;
         assert_eq!(proxy.status, status, "{name}: {}", proxy.body);
         assert!(proxy.body.contains(reason), "{name}: {}", proxy.body);
-        let door = raw(gw.addr_of("doors"), &head("/authz/open/x")).await;
+        let door = raw(gw.addr_of("envoy"), &head("/authz/open/x")).await;
         assert_eq!(door.status, status, "{name}: {}", door.head);
         assert!(
             door.head
@@ -627,17 +641,7 @@ async fn envoy_http_refuses_a_host_as_the_proxy_does() {
 /// HTTP door, and one byte more is refused by each.
 #[tokio::test]
 async fn a_door_holds_the_client_to_the_proxy_doors_head_limit() {
-    let gw = Setup {
-        listeners: "  - name: http\n    address: 127.0.0.1:0\n  - name: forward\n    address: 127.0.0.1:0\n    door: {forward_auth: {}}\n  - name: envoy\n    address: 127.0.0.1:0\n    door: {envoy_http: {path_prefix: /authz}}\n".into(),
-        server: "  max_header_bytes: 8192\n".into(),
-        policies: vec![(
-            "10-p.yaml".into(),
-            "rules:\n  - {name: open, match: {paths: [\"/open/**\"]}, effect: allow, anonymous: true, upstream: echo}\n".into(),
-        )],
-        ..Setup::default()
-    }
-    .start()
-    .await;
+    let gw = beside_the_proxy("  max_header_bytes: 8192\n", "forward").await;
     // The client's own head: the same through every door.
     let client = |pad: usize| {
         format!(
