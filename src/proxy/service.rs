@@ -810,7 +810,14 @@ fn respond(
             // Why: sent to HTTP/2 clients too, the made-up declaration reached gRPC callers as
             // response metadata (grpcio shows a `trailer` entry), trailers-only answers
             // included. Regression: tests (it) upstreams::h2c_upstream_relays_trailers
-            if !client_h2 && declared.is_empty() && Grpc::of(&parts.headers) == Some(Grpc::Native) {
+            // Not for a trailers-only answer (a call failed at once): its status is in the
+            // head and no trailer follows. Regression: tests (it)
+            // upstreams::http1_client_asking_for_trailers_gets_them (`/Fail`)
+            if !client_h2
+                && declared.is_empty()
+                && Grpc::of(&parts.headers) == Some(Grpc::Native)
+                && !parts.headers.contains_key("grpc-status")
+            {
                 // What a gRPC server ends with (its status, message and rich details);
                 // other trailing metadata is not known before it arrives.
                 declared.push(HeaderValue::from_static(

@@ -1244,7 +1244,19 @@ async fn trailer_upstream(
                         .get("te")
                         .map(|v| v.to_str().unwrap().to_owned());
                     s.lock().unwrap().push((req.version(), te));
+                    // A call that fails at once: trailers-only, its status in the head.
+                    let fails = req.uri().path().ends_with("/Fail");
                     async move {
+                        if fails {
+                            return Ok(http::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .header("grpc-status", "5")
+                                .header("grpc-message", "nope")
+                                .body(http_body_util::StreamBody::new(tokio_stream_iter(
+                                    Vec::new(),
+                                )))
+                                .unwrap());
+                        }
                         let body = trailed(
                             b"\0\0\0\0\x02hi",
                             &[
@@ -2431,6 +2443,13 @@ async fn http1_client_asking_for_trailers_gets_them() {
         "{:?}",
         r.body
     );
+    // A trailers-only answer has its status in the head and no trailers to announce.
+    // Regression: the gateway declared `Trailer: grpc-status, …` and none followed.
+    let r = crate::support::raw(gw.addr(), grpc.replace("/Call", "/Fail").as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let head = r.head.to_ascii_lowercase();
+    assert!(head.contains("grpc-status: 5"), "{}", r.head);
+    assert!(!head.contains("trailer:"), "{}", r.head);
 }
 
 /// A raw HTTP/1.1 upstream behind a gateway that routes everything to it: each connection's
