@@ -746,7 +746,7 @@ async fn send(
     let e = match sent {
         Ok(resp) => return Ok(resp),
         Err(SendError::Timeout) => {
-            ctx.shared.metrics.upstream_error("timeout");
+            ctx.shared.metrics.upstream_error("upstream_timeout");
             return Err(Failure::Failed(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",

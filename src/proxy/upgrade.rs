@@ -179,7 +179,7 @@ pub(super) async fn open(
     let (mut resp, counted) = match upstream.send_upgrade(req, opts).await {
         Ok(sent) => sent,
         Err(crate::upstream::SendError::Timeout) => {
-            ctx.shared.metrics.upstream_error("timeout");
+            ctx.shared.metrics.upstream_error("upstream_timeout");
             return Err(Failure::Failed(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
@@ -196,7 +196,9 @@ pub(super) async fn open(
         // Why: a 2xx to an extended CONNECT opens the tunnel at the client's end; one the
         // upstream did not switch for must not.
         if h2 && resp.status().is_success() {
-            ctx.shared.metrics.upstream_error("upgrade_refused");
+            ctx.shared
+                .metrics
+                .upstream_error("upstream_upgrade_refused");
             return Err(Failure::Failed(
                 StatusCode::BAD_GATEWAY,
                 "upstream_upgrade_refused",
@@ -260,7 +262,9 @@ pub(super) async fn open(
             resp.headers().get(SEC_WEBSOCKET_ACCEPT) == Some(&websocket_accept(k))
         });
     let (Some(agreed), true) = (agreed, accepted) else {
-        ctx.shared.metrics.upstream_error("upgrade_mismatch");
+        ctx.shared
+            .metrics
+            .upstream_error("upstream_upgrade_mismatch");
         return Err(Failure::Failed(
             StatusCode::BAD_GATEWAY,
             "upstream_upgrade_mismatch",

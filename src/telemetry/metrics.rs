@@ -292,7 +292,7 @@ impl Metrics {
         let upstream_errors = Family::<KindLabel, Counter>::default();
         registry.register(
             "upstream_errors",
-            "Failed upstream exchanges by kind (connect, timeout, protocol, body_limit)",
+            "Failed upstream exchanges by kind: the reason code the client got (upstream_timeout, upstream_connect_timeout, upstream_unavailable, upstream_tls, upstream_invalid_response, …), or idle_timeout and response_body for a response cut after its head",
             upstream_errors.clone(),
         );
         let bad_requests = Family::<DoorKindLabels, Counter>::default();

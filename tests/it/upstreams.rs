@@ -3446,7 +3446,8 @@ async fn an_upstream_that_takes_no_body_is_late_though_the_read_ahead_waited() {
     );
     // Counted as the upstream's failure.
     let (_, metrics) = gw.admin_get("/metrics").await;
-    let line = "portcullis_upstream_errors_total{kind=\"timeout\"} 1";
+    // By the reason code the client got, as every other kind of refusal.
+    let line = "portcullis_upstream_errors_total{kind=\"upstream_timeout\"} 1";
     assert!(metrics.lines().any(|l| l == line), "{metrics}");
 }
 
