@@ -1058,6 +1058,17 @@ pub fn lines_of<'n>(h: &HeaderMap, names: impl IntoIterator<Item = &'n HeaderNam
         .sum()
 }
 
+/// The bytes of the scheme field a peer adds (`X-Forwarded-Proto`, one field naming `http` or
+/// `https`), not held against `server.max_header_bytes` at the doors that may see it, as the
+/// proxy door reads the scheme from its connection ([`Described::describing`]). Repeated, or
+/// naming another scheme, it counts.
+pub fn scheme_field_bytes(h: &HeaderMap) -> usize {
+    match scheme(h) {
+        Ok(_) => lines_of(h, [&X_FORWARDED_PROTO]),
+        Err(_) => 0,
+    }
+}
+
 /// `X-Forwarded-Proto`: `http` (also when absent) or `https`.
 pub fn scheme(h: &HeaderMap) -> Result<Scheme, Undescribed> {
     scheme_in(h, &X_FORWARDED_PROTO)

@@ -535,7 +535,7 @@ async fn run_door(
                 authority: Some(d.authority.to_owned()),
                 target: d.target.to_owned(),
                 headers: d.headers,
-                // The gRPC door reads the scheme and host from the Check, not from headers.
+                // Envoy's scheme field, once the hop-by-hop pass below is done.
                 describing: 0,
             });
             (d, Renderer::EnvoyGrpc)
@@ -570,7 +570,12 @@ async fn run_door(
     let (upgrade, stripped) = match first_pass {
         Some(pass) => pass,
         None => match crate::door::asked_upgrade(&described.headers) {
-            Ok(u) => (u, crate::door::strip_counted(&mut described.headers).0),
+            Ok(u) => {
+                let stripped = crate::door::strip_counted(&mut described.headers).0;
+                // As the gRPC door counts Envoy's scheme field (`extauthz::grpc`).
+                described.describing = crate::door::scheme_field_bytes(&described.headers);
+                (u, stripped)
+            }
             Err(reason) => {
                 report["trace"] =
                     json!(["the request is refused before any rule: it asks for cleartext HTTP/2"]);

@@ -74,7 +74,7 @@ impl HttpDoor for EnvoyHttp {
                 .transpose()?,
         };
         let scheme = door::scheme(&parts.headers)?;
-        let describing = door::lines_of(&parts.headers, [&door::X_FORWARDED_PROTO]);
+        let describing = door::scheme_field_bytes(&parts.headers);
         let (authority, target) = (authority.map(str::to_owned), target.to_owned());
         Ok(Described {
             method: parts.method.clone(),

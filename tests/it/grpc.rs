@@ -1849,3 +1849,62 @@ async fn a_stalled_health_call_ends_at_the_deadline() {
     let (status, _) = h2_call(&gw, path, &[], vec![0, 0, 0, 0, 0], false).await;
     assert_eq!(status, "0");
 }
+
+/// The gRPC door counts a head as Envoy's HTTP mode does: Envoy's `x-forwarded-proto` (one
+/// field, a scheme) is not the client's, at either. The largest head Envoy's HTTP mode takes
+/// passes the gRPC door, and one byte more is refused by both.
+#[tokio::test]
+async fn the_grpc_door_counts_a_head_as_envoys_http_mode() {
+    let gw = Setup {
+        listeners: "  - name: envoy\n    address: 127.0.0.1:0\n    door: {envoy_http: {}}\n  - name: grpc\n    address: 127.0.0.1:0\n    door: {envoy_grpc: {}}\n".into(),
+        server: "  max_header_bytes: 8192\n".into(),
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: open, match: {paths: [\"/open/**\"]}, effect: allow, anonymous: true}\n".into(),
+        )],
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let http = |pad: usize| {
+        format!(
+            "GET /open/x HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 127.0.0.1\r\nConnection: close\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(pad)
+        )
+    };
+    let mut largest = None;
+    for pad in 8000..8192 {
+        match crate::support::raw(gw.addr_of("envoy"), http(pad).as_bytes())
+            .await
+            .status
+        {
+            200 => largest = Some(pad),
+            431 => break,
+            s => panic!("pad {pad}: {s}"),
+        }
+    }
+    let largest = largest.expect("a head Envoy's HTTP mode takes");
+    let grpc = AuthorizationClient::connect(format!("http://{}", gw.addr_of("grpc")))
+        .await
+        .unwrap();
+    let ask = |pad: usize| {
+        let pad = "a".repeat(pad);
+        let request = check(
+            "/open/x",
+            "127.0.0.1",
+            &[
+                ("x-forwarded-proto", "https"),
+                ("connection", "close"),
+                ("x-pad", &pad),
+            ],
+        );
+        let mut grpc = grpc.clone();
+        async move { grpc.check(request).await.unwrap().into_inner() }
+    };
+    let allowed = ask(largest).await;
+    assert_eq!(code(&allowed), 0, "{allowed:?}");
+    let refused = ask(largest + 1).await;
+    let (status, _, body) = denied(&refused);
+    assert_eq!(status, 431, "{refused:?}");
+    assert!(body.contains("headers_too_large"), "{body}");
+}
