@@ -811,12 +811,16 @@ fn respond(
             // response metadata (grpcio shows a `trailer` entry), trailers-only answers
             // included. Regression: tests (it) upstreams::h2c_upstream_relays_trailers
             // Not for a trailers-only answer (a call failed at once): its status is in the
-            // head and no trailer follows. Regression: tests (it)
+            // head and the stream ended with it, so no trailer follows. (A status in the head
+            // of an answer that goes on keeps the declaration: its trailers still reach the
+            // client.) Regression: tests (it)
             // upstreams::http1_client_asking_for_trailers_gets_them (`/Fail`)
+            let trailers_only =
+                http_body::Body::is_end_stream(&body) && parts.headers.contains_key("grpc-status");
             if !client_h2
                 && declared.is_empty()
+                && !trailers_only
                 && Grpc::of(&parts.headers) == Some(Grpc::Native)
-                && !parts.headers.contains_key("grpc-status")
             {
                 // What a gRPC server ends with (its status, message and rich details);
                 // other trailing metadata is not known before it arrives.

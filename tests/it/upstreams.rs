@@ -1252,9 +1252,10 @@ async fn trailer_upstream(
                                 .header("content-type", "application/grpc")
                                 .header("grpc-status", "5")
                                 .header("grpc-message", "nope")
-                                .body(http_body_util::StreamBody::new(tokio_stream_iter(
-                                    Vec::new(),
-                                )))
+                                // Ended with the head: END_STREAM on the HEADERS frame.
+                                .body(http_body_util::BodyExt::boxed(
+                                    http_body_util::Empty::<Bytes>::new(),
+                                ))
                                 .unwrap());
                         }
                         let body = trailed(
@@ -1268,7 +1269,7 @@ async fn trailer_upstream(
                         Ok::<_, std::convert::Infallible>(
                             http::Response::builder()
                                 .header("content-type", "application/grpc")
-                                .body(body)
+                                .body(http_body_util::BodyExt::boxed(body))
                                 .unwrap(),
                         )
                     }
