@@ -340,10 +340,12 @@ impl Upstream {
     /// `None` without hashing or without the key (the request is then balanced as usual).
     /// The key of `hash: {header: host}`: the host the client asked for, which the upstream
     /// request's `Host` (the upstream's own, unless `preserve_host`) no longer says.
-    pub fn host_hash_key(&self, host: Option<&str>) -> Option<u64> {
+    /// `host` is asked only then: most upstreams do not hash, and finding the host is a
+    /// header lookup on every request.
+    pub fn host_hash_key<'a>(&self, host: impl FnOnce() -> Option<&'a str>) -> Option<u64> {
         match self.hash.as_ref()? {
             HashOn::Header(name) if name == http::header::HOST => {
-                host.map(|h| balance::stable_hash(h.as_bytes()))
+                host().map(|h| balance::stable_hash(h.as_bytes()))
             }
             _ => None,
         }
