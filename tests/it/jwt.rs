@@ -1057,6 +1057,40 @@ fn remote_gateway_extra(server: &KeyServer, fetch: &str) -> String {
     )
 }
 
+/// A request at the proxy door waits for a key fetch under way (here the startup fetch,
+/// to a source that never answers) at most `fetch.timeout`, then gets 503; before, it
+/// waited for that fetch and then for one of its own.
+#[tokio::test]
+async fn the_proxy_waits_for_keys_at_most_one_fetch_timeout() {
+    let k = keys();
+    let server = KeyServer::start(&jwks([&k.rs256])).await;
+    server.set_mode(KeyMode::Slow(Duration::from_secs(60)));
+    let gw = gateway_with(remote_gateway_extra(&server, "timeout: 3s"), vec![]).await;
+    // The startup fetch has begun: the gateway answers `/readyz` (503) only once it runs.
+    assert_eq!(
+        gw.admin_get("/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = std::time::Instant::now();
+    let (status, _, body) = call(&gw, "/api/x", Some(&valid())).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(
+        String::from_utf8_lossy(&body).contains("authentication_unavailable"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // Both fetches: about 1.5 s left of the startup one, then 3 s of its own (4.5 s).
+    assert!(waited < Duration::from_millis(3900), "{waited:?}");
+    assert_eq!(gw.echo.count(), 0);
+}
+
 #[tokio::test]
 async fn key_server_down_at_start_gives_503_then_recovers() {
     let k = keys();
