@@ -498,8 +498,12 @@ impl Provider {
             // A new `kid` (rotation) or no keys yet: one refetch, rate-limited inside.
             let budget = deadline
                 .map(|d| crate::request::facts::call_budget(std::time::Duration::MAX, Some(d)));
-            if (kid.is_some() || !remote.has_keys()) && remote.refetch_for_unknown_kid(budget).await
-            {
+            // Why looked at again whatever the refetch came to: keys that arrived while the
+            // request waited (a fetch under way, then the door's deadline near) verified
+            // nothing; the token was refused as signed by an unknown key.
+            // Regression: tests (it) jwt::keys_that_arrive_while_a_door_waits_verify_its_token
+            if kid.is_some() || !remote.has_keys() {
+                remote.refetch_for_unknown_kid(budget).await;
                 lookup = self.try_keys(alg, kid, message, signature);
             }
             // Why: until the remote set has been fetched once, no answer but "verified" is

@@ -234,9 +234,9 @@ impl RemoteKeys {
     }
 
     /// Called for a token whose `kid` is unknown: refetches unless another refetch is running
-    /// (then waits for it) or one ran within the cooldown. Returns whether keys were fetched
-    /// (by this call or the one it waited for) within `budget` (`None`, the proxy door: one
-    /// fetch's `fetch.timeout`).
+    /// (then waits for it) or one ran within the cooldown; waits within `budget` (`None`, the
+    /// proxy door: for as long as the fetch takes, each of its requests bounded by
+    /// `fetch.timeout`). The caller then looks at the keys held, whatever came of it.
     ///
     /// Why: at the Envoy doors a passed deadline answers UNAVAILABLE, which Envoy's
     /// `failure_mode_allow: true` turns into an allow: a forged token with a new `kid`, sent
@@ -244,16 +244,19 @@ impl RemoteKeys {
     /// wait ends within the request's budget; the token is then judged on the keys at hand.
     /// Regression: tests (it)
     /// jwt::an_unknown_kid_during_a_slow_refetch_is_refused_within_the_door_deadline
-    pub async fn refetch_for_unknown_kid(self: &Arc<Self>, budget: Option<Duration>) -> bool {
-        let called = Instant::now();
+    ///
+    /// Why no budget at the proxy door: a shorter wait than the fetch refused the tokens of a
+    /// rotation while the new keys were on their way (a discovery document and a key set, two
+    /// requests, each its own `fetch.timeout`; a fetch already under way waited for first).
+    pub async fn refetch_for_unknown_kid(self: &Arc<Self>, budget: Option<Duration>) {
         let this = Arc::clone(self);
         let wait = async move {
             let mut last = Arc::clone(&this.refetch).lock_owned().await;
-            if let Some((at, fetched)) = *last
+            // Within the cooldown: the refetch we queued behind, or an earlier one.
+            if let Some((at, _)) = *last
                 && at.elapsed() < this.settings.unknown_kid_cooldown
             {
-                // A refetch we queued behind counts; an older one does not.
-                return fetched && at >= called;
+                return;
             }
             // Why: its own task, holding the lock: a caller whose budget ends must not cancel
             // the fetch, or the next unknown `kid` would start another at once, and the
@@ -261,17 +264,15 @@ impl RemoteKeys {
             let fetch = tokio::spawn(async move {
                 let fetched = this.fetch().await.is_ok();
                 *last = Some((Instant::now(), fetched));
-                fetched
             });
-            fetch.await.unwrap_or(false)
+            let _ = fetch.await;
         };
-        // Why a bound without a deadline too: the fetch waits for the one under way (the
-        // startup fetch, a refresh) before its own, so a proxy request waited for both: up
-        // to twice `fetch.timeout` (18 s of a 30 s timeout, seen), where the decision doors
-        // answered within their deadline.
-        // Regression: tests (it) jwt::the_proxy_waits_for_keys_at_most_one_fetch_timeout
-        let budget = budget.unwrap_or(self.settings.timeout);
-        tokio::time::timeout(budget, wait).await.unwrap_or(false)
+        match budget {
+            Some(budget) => {
+                let _ = tokio::time::timeout(budget, wait).await;
+            }
+            None => wait.await,
+        }
     }
 
     /// Fetches once; on success swaps in the new set and returns when to refresh next.
