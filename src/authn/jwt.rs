@@ -491,6 +491,9 @@ impl Provider {
         signature: &str,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Arc<VerifyKey>, VerifyError> {
+        // Read before the keys: a first fetch storing its set in between must not make a
+        // token without `kid`, looked up in the empty set, skip the look after the refetch.
+        let had_keys = self.remote.as_ref().is_some_and(|r| r.has_keys());
         let mut lookup = self.try_keys(alg, kid, message, signature);
         if let Some(remote) = &self.remote
             && matches!(lookup, Lookup::NoKey | Lookup::NoneVerified)
@@ -502,7 +505,7 @@ impl Provider {
             // request waited (a fetch under way, then the door's deadline near) verified
             // nothing; the token was refused as signed by an unknown key.
             // Regression: tests (it) jwt::keys_that_arrive_while_a_door_waits_verify_its_token
-            if kid.is_some() || !remote.has_keys() {
+            if kid.is_some() || !had_keys {
                 remote.refetch_for_unknown_kid(budget).await;
                 lookup = self.try_keys(alg, kid, message, signature);
             }

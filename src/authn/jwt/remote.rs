@@ -36,7 +36,7 @@ pub struct RemoteKeys {
     has_keys: AtomicBool,
     started: AtomicBool,
     created: Instant,
-    refetch: Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>,
+    refetch: Arc<tokio::sync::Mutex<Option<Instant>>>,
     /// One fetch at a time, so an older answer never overwrites a newer one.
     fetching: tokio::sync::Mutex<()>,
     /// CA file and a digest of its contents, when one is configured.
@@ -253,7 +253,7 @@ impl RemoteKeys {
         let wait = async move {
             let mut last = Arc::clone(&this.refetch).lock_owned().await;
             // Within the cooldown: the refetch we queued behind, or an earlier one.
-            if let Some((at, _)) = *last
+            if let Some(at) = *last
                 && at.elapsed() < this.settings.unknown_kid_cooldown
             {
                 return;
@@ -262,8 +262,8 @@ impl RemoteKeys {
             // the fetch, or the next unknown `kid` would start another at once, and the
             // cooldown would never hold.
             let fetch = tokio::spawn(async move {
-                let fetched = this.fetch().await.is_ok();
-                *last = Some((Instant::now(), fetched));
+                let _ = this.fetch().await;
+                *last = Some(Instant::now());
             });
             let _ = fetch.await;
         };
