@@ -1224,12 +1224,6 @@ mod tests {
 
     use crate::testing::ReturnSize;
 
-    /// A request's future is moved into its box whole, whatever state it is in: every byte
-    /// of a rarely taken branch (a Redis call, a delegated check, an introspection) held
-    /// inline is copied on every request. Those branches are boxed where they are awaited.
-    ///
-    /// Regression: the decision's future was 9.3 KB (a Redis script call and a gRPC delegate
-    /// call inline), and copying the request's future was 28% of the proxy's instructions.
     /// `check_head` and `head_refusal` skip their field checks for a head without a field of
     /// the fixed hop-by-hop set: every field those checks read must be in it.
     #[test]
@@ -1245,6 +1239,12 @@ mod tests {
         }
     }
 
+    /// A request's future is moved into its box whole, whatever state it is in: every byte
+    /// of a rarely taken branch (a Redis call, a delegated check, an introspection) held
+    /// inline is copied on every request. Those branches are boxed where they are awaited.
+    ///
+    /// Regression: the decision's future was 9.3 KB (a Redis script call and a gRPC delegate
+    /// call inline), and copying the request's future was 28% of the proxy's instructions.
     #[test]
     fn request_futures_stay_small() {
         let decide = ReturnSize::<(

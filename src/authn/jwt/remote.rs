@@ -248,6 +248,7 @@ impl RemoteKeys {
     /// Why no budget at the proxy door: a shorter wait than the fetch refused the tokens of a
     /// rotation while the new keys were on their way (a discovery document and a key set, two
     /// requests, each its own `fetch.timeout`; a fetch already under way waited for first).
+    /// Regression: tests (it) jwt::the_proxy_waits_out_a_rotations_fetch
     pub async fn refetch_for_unknown_kid(self: &Arc<Self>, budget: Option<Duration>) {
         let this = Arc::clone(self);
         let wait = async move {
