@@ -152,6 +152,28 @@ async fn gateway() -> TestGateway {
     .await
 }
 
+/// One Check at the gateway's `grpc` listener (an Envoy gRPC door) for `GET /api/x` from a
+/// client at 198.51.100.9, carrying `authorization`.
+async fn grpc_check(
+    gw: &TestGateway,
+    authorization: &str,
+) -> envoy_types::pb::envoy::service::auth::v3::CheckResponse {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+    let mut client = AuthorizationClient::connect(format!("http://{}", gw.addr_of("grpc")))
+        .await
+        .unwrap();
+    client
+        .check(crate::grpc::check(
+            "/api/x",
+            "198.51.100.9",
+            &[("authorization", authorization)],
+        ))
+        .await
+        .expect("an answer (maybe a denial), not a failed call")
+        .into_inner()
+}
+
 async fn call(gw: &TestGateway, path: &str, token: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
     let mut req = Request::get(path);
     if let Some(t) = token {
@@ -1062,8 +1084,6 @@ fn remote_gateway_extra(server: &KeyServer, fetch: &str) -> String {
 /// the keys that arrived while it waited, not refused as signed by an unknown key.
 #[tokio::test]
 async fn keys_that_arrive_while_a_door_waits_verify_its_token() {
-    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-
     let k = keys();
     let server = KeyServer::start(&jwks([&k.rs256])).await;
     server.set_mode(KeyMode::Slow(Duration::from_secs(2)));
@@ -1078,19 +1098,7 @@ async fn keys_that_arrive_while_a_door_waits_verify_its_token() {
     // Asked while the first fetch (2 s) is under way: the door waits for it, then for the
     // refetch the token's `kid` asks for (2 s more), until its deadline is near.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let token = format!("Bearer {}", valid());
-    let mut client = AuthorizationClient::connect(format!("http://{}", gw.addr_of("grpc")))
-        .await
-        .unwrap();
-    let resp = client
-        .check(crate::grpc::check(
-            "/api/x",
-            "198.51.100.9",
-            &[("authorization", &token)],
-        ))
-        .await
-        .expect("an answer, not a failed call")
-        .into_inner();
+    let resp = grpc_check(&gw, &format!("Bearer {}", valid())).await;
     assert_eq!(
         resp.status.as_ref().map(|s| s.code),
         Some(0),
@@ -1553,7 +1561,6 @@ async fn unknown_kid_refetch_is_rate_limited() {
 #[tokio::test]
 async fn an_unknown_kid_during_a_slow_refetch_is_refused_within_the_door_deadline() {
     use envoy_types::ext_authz::v3::pb::HttpResponse;
-    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
     let k = keys();
     let server = KeyServer::start(&jwks([&k.rs256])).await;
@@ -1574,18 +1581,7 @@ async fn an_unknown_kid_during_a_slow_refetch_is_refused_within_the_door_deadlin
             .unwrap()
     );
     let started = std::time::Instant::now();
-    let mut client = AuthorizationClient::connect(format!("http://{}", gw.addr_of("grpc")))
-        .await
-        .unwrap();
-    let resp = client
-        .check(crate::grpc::check(
-            "/api/x",
-            "198.51.100.9",
-            &[("authorization", &forged)],
-        ))
-        .await
-        .expect("a denial, not a failed call")
-        .into_inner();
+    let resp = grpc_check(&gw, &forged).await;
     assert_eq!(resp.status.map(|s| s.code), Some(16), "UNAUTHENTICATED");
     match resp.http_response {
         Some(HttpResponse::DeniedResponse(d)) => {
