@@ -352,6 +352,10 @@ async fn run_door(
     context: &HashMap<String, String>,
 ) -> Result<(Value, bool), String> {
     use crate::door::HttpDoor as _;
+    let context_pairs: Vec<(&str, &str)> = context
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let url: Uri = args.url.parse().map_err(|_| not_a_url(args.url))?;
     let proto = url.scheme_str().unwrap_or("http").to_owned();
     let authority = url.authority().ok_or("the URL needs a host")?.to_string();
@@ -523,21 +527,30 @@ async fn run_door(
                 }),
             };
             let client_certificates = matches!(&settings, crate::snapshot::DoorSettings::EnvoyGrpc(c) if c.client_certificates);
-            let d = crate::extauthz::grpc::describe(
-                &check,
-                snapshot,
-                &listener_name,
-                client_certificates,
-            )
-            .map(|d| crate::door::Described {
-                method: d.method,
-                scheme: d.scheme,
-                authority: Some(d.authority.to_owned()),
-                target: d.target.to_owned(),
-                headers: d.headers,
-                // Envoy's scheme field, once the hop-by-hop pass below is done.
-                describing: 0,
-            });
+            // Read from its bytes as the door reads a Check (`extauthz::grpc::wire`).
+            let check = crate::extauthz::grpc::wire::CheckRequest::read(bytes::Bytes::from(
+                prost::Message::encode_to_vec(&check),
+            ));
+            let d = check
+                .as_ref()
+                .ok_or("invalid_check_request")
+                .and_then(|check| {
+                    crate::extauthz::grpc::describe(
+                        check,
+                        snapshot,
+                        &listener_name,
+                        client_certificates,
+                    )
+                })
+                .map(|d| crate::door::Described {
+                    method: d.method,
+                    scheme: d.scheme,
+                    authority: Some(d.authority.to_owned()),
+                    target: d.target.to_owned(),
+                    headers: d.headers,
+                    // Envoy's scheme field, once the hop-by-hop pass below is done.
+                    describing: 0,
+                });
             (d, Renderer::EnvoyGrpc)
         }
         Door::Proxy => return run(snapshot, args).await,
@@ -604,9 +617,9 @@ async fn run_door(
         .and_then(|()| RequestFacts::new(head, &conn, &snapshot.server.trusted_proxies))
     {
         Ok(mut f) => {
-            // As the gRPC door sets them (`extauthz::grpc`): its Checks always carry a map.
-            if door == Door::EnvoyGrpc {
-                f.context = Some(context);
+            // As the gRPC door sets them (`extauthz::grpc`).
+            if door == Door::EnvoyGrpc && !context_pairs.is_empty() {
+                f.context = Some(&context_pairs);
             }
             f
         }

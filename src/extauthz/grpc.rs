@@ -34,8 +34,8 @@
 //! caller's, the call fails with `DEADLINE_EXCEEDED`).
 //! A delegate configured to fail closed is a decision, not a failure: its 503
 //! `delegate_unavailable` is a denied response, which no failure mode of Envoy's turns into an
-//! allow. Bad input (a message that does not decode, invalid UTF-8 in a string field among
-//! them; no attributes; a header that is not text; an absolute or empty path) is
+//! allow. Bad input (a message that does not decode, invalid UTF-8 in a string field the door
+//! reads among them ([`wire`]); no attributes; a header that is not text; an absolute or empty path) is
 //! `INVALID_ARGUMENT` with a 400 for the client, never a failed call; nothing panics. A head
 //! over `server.max_header_bytes` or a target over `max_target_bytes`, counted as the proxy
 //! counts them, gets the proxy's 431 `headers_too_large` or 414 `uri_too_long`.
@@ -46,11 +46,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::ext_authz::v3::pb::{
-    CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-    HeaderValue as PbHeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue as PbHeaderValue,
+    HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
 };
-use envoy_types::pb::envoy::config::core::v3::address::Address;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -65,6 +63,9 @@ use crate::server::{Conn, Shared};
 use crate::snapshot::{DoorSettings, Snapshot};
 
 mod answer;
+pub(crate) mod wire;
+
+use wire::{AddressKind, CheckRequest, Entries, HttpRequest, text};
 
 pub use self::answer::Answer;
 
@@ -565,7 +566,7 @@ fn empty_message() -> http_body_util::Full<bytes::Bytes> {
 /// A Check's message as decoded: the request, or bytes that are not one.
 #[derive(Debug)]
 pub enum Decoded {
-    /// Boxed: a `CheckRequest` is a kilobyte, moved through tonic.
+    /// Boxed: a `CheckRequest` is hundreds of bytes, moved through tonic.
     Check(Box<CheckRequest>),
     /// Not a `CheckRequest` (invalid UTF-8 in a string field, a truncated or malformed
     /// message).
@@ -604,19 +605,17 @@ impl tonic::codec::Decoder for CheckDecoder {
         buf: &mut tonic::codec::DecodeBuf<'_>,
     ) -> Result<Option<Decoded>, tonic::Status> {
         use bytes::Buf as _;
-        use prost::Message as _;
         // Why: a message prost refuses (a header value or path with bytes that are not UTF-8,
         // which Envoy may pass on from the client) failed the call with INTERNAL, and Envoy's
         // `failure_mode_allow: true` turns a failed call into an allow: a client could choose
         // to be let through. It is bad input, denied like any other.
         // Regression: tests (it) grpc::undecodable_check_is_denied_not_failed
-        Ok(Some(match CheckRequest::decode(&mut *buf) {
-            Ok(check) => Decoded::Check(Box::new(check)),
-            Err(_) => {
-                // What prost left of this message is not read as the next one.
-                buf.advance(buf.remaining());
-                Decoded::Undecodable
-            }
+        // (A message's bytes are one chunk of tonic's buffer: taken without a copy, and its
+        // fields share them.)
+        let bytes = buf.copy_to_bytes(buf.remaining());
+        Ok(Some(match CheckRequest::read(bytes) {
+            Some(check) => Decoded::Check(Box::new(check)),
+            None => Decoded::Undecodable,
         }))
     }
 }
@@ -713,18 +712,14 @@ impl CheckService {
         // nothing else (the Envoy HTTP door read the header). `http.id` only when the
         // request has no well-formed id of its own.
         // Regression: tests (it) grpc::the_request_id_is_the_requests_header_not_envoys_stream_id
-        let http = check
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
+        let http = check.http();
         let name = snapshot.server.request_id_header.as_str();
         let own = http
-            .and_then(|h| RawHeaders::of(h).find(|(k, _)| k.eq_ignore_ascii_case(name)))
+            .and_then(|h| RawHeaders::of(h).find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes())))
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
             .filter(|v| crate::server::request_id::well_formed(v.as_bytes()));
         let request_id = crate::server::request_id::take_or_generate_text(
-            own.or_else(|| http.map(|h| h.id.as_str())),
+            own.or_else(|| http.map(|h| text(&h.id))),
         );
         // Accounted when answered, or as 499 if Envoy resets the call first.
         let mut pending = door::Pending::new(
@@ -866,6 +861,12 @@ impl CheckService {
         // conformance::every_door_gives_the_same_decision (`credential named in Connection`)
         // The head limits count them, as the HTTP doors do.
         let (stripped, unseen) = door::strip_counted(&mut described.headers);
+        // Each name once, with the value that counts (no allocation when there are none).
+        let context: Vec<(&str, &str)> = check.attributes.as_ref().map_or_else(Vec::new, |a| {
+            Entries::of(&a.context_extensions)
+                .map(|(k, v)| (text(k), text(v)))
+                .collect()
+        });
         let head = Head {
             method: &described.method,
             scheme: described.scheme,
@@ -893,11 +894,7 @@ impl CheckService {
             // (`match.context_extensions`). Regression: tests (it) grpc::context_extensions_select_rules
             Ok(f) => RequestFacts {
                 deadline: Some(due),
-                context: check
-                    .attributes
-                    .as_ref()
-                    .map(|a| &a.context_extensions)
-                    .filter(|c| !c.is_empty()),
+                context: (!context.is_empty()).then_some(&context[..]),
                 ..f
             },
             Err(e) => {
@@ -1004,14 +1001,10 @@ pub(crate) fn describe<'a>(
     client_certificates: bool,
 ) -> Result<Described<'a>, &'static str> {
     let attributes = check.attributes.as_ref().ok_or("missing_attributes")?;
-    let http = attributes
-        .request
-        .as_ref()
-        .and_then(|r| r.http.as_ref())
-        .ok_or("missing_http_attributes")?;
-    let method = Method::from_bytes(http.method.as_bytes()).map_err(|_| "invalid_method")?;
+    let http = check.http().ok_or("missing_http_attributes")?;
+    let method = Method::from_bytes(&http.method).map_err(|_| "invalid_method")?;
     // Schemes are case-insensitive (RFC 3986 3.1), as the HTTP doors read `X-Forwarded-Proto`.
-    let scheme = match http.scheme.as_str() {
+    let scheme = match text(&http.scheme) {
         "" => Scheme::Http,
         s if s.eq_ignore_ascii_case("http") => Scheme::Http,
         s if s.eq_ignore_ascii_case("https") => Scheme::Https,
@@ -1023,22 +1016,23 @@ pub(crate) fn describe<'a>(
     // proxy does (405, 400 `unsupported_target`) once the head's limits are checked; they
     // were refused here as `invalid_path`. Regression: tests (it) conformance ("connect
     // authority form", "asterisk target")
-    if !crate::request::facts::door_takes_target(&method, &http.path) {
+    let path = text(&http.path);
+    if !crate::request::facts::door_takes_target(&method, path) {
         return Err("invalid_path");
     }
     let raw = RawHeaders::of(http);
     let mut headers = header_map(raw.clone(), &snapshot.server)?;
     let authority = if http.host.is_empty() {
-        let named = |name: &str| {
+        let named = |name: &[u8]| {
             raw.clone()
                 .find(|(k, _)| *k == name)
                 .and_then(|(_, v)| std::str::from_utf8(v).ok())
         };
-        named(":authority")
-            .or_else(|| named("host"))
+        named(b":authority")
+            .or_else(|| named(b"host"))
             .ok_or("missing_host")?
     } else {
-        &http.host
+        text(&http.host)
     };
     // Why: a socket address that did not parse fell through to the forwarded-for chain, whose
     // last entry Envoy had not written for it: the client chose its own address.
@@ -1049,7 +1043,7 @@ pub(crate) fn describe<'a>(
         .and_then(|s| s.address.as_ref())
         .and_then(|a| a.address.as_ref())
     {
-        Some(Address::SocketAddress(s)) => Some(source_ip(&s.address)?),
+        Some(AddressKind::SocketAddress(s)) => Some(source_ip(text(&s.address))?),
         _ => None,
     };
     // Without an IP source (none, a pipe, an internal listener), the hop the forwarded-for
@@ -1066,14 +1060,14 @@ pub(crate) fn describe<'a>(
         .source
         .as_ref()
         .filter(|_| client_certificates)
-        .map(|s| s.certificate.as_str())
+        .map(|s| text(&s.certificate))
         .filter(|c| !c.is_empty())
         .map(client_certificate)
         .transpose()?;
     let sni = attributes
         .tls_session
         .as_ref()
-        .map(|t| t.sni.as_str())
+        .map(|t| text(&t.sni))
         .filter(|s| !s.is_empty());
     let tls =
         (certificate.is_some() || sni.is_some() || scheme == Scheme::Https).then(|| TlsInfo {
@@ -1088,7 +1082,7 @@ pub(crate) fn describe<'a>(
         method,
         scheme,
         authority,
-        target: &http.path,
+        target: path,
         headers,
         conn: ConnInfo::for_door(
             Door::EnvoyGrpc,
@@ -1104,39 +1098,40 @@ pub(crate) fn describe<'a>(
 /// client sent).
 #[derive(Clone)]
 enum RawHeaders<'a> {
-    Map(std::collections::hash_map::Iter<'a, String, String>),
-    List(std::slice::Iter<'a, PbHeaderValue>),
+    Map(Entries<'a>),
+    List(std::slice::Iter<'a, wire::HeaderValue>),
 }
 
 impl<'a> RawHeaders<'a> {
     fn of(http: &'a HttpRequest) -> Self {
         match &http.header_map {
             Some(m) if http.headers.is_empty() => Self::List(m.headers.iter()),
-            _ => Self::Map(http.headers.iter()),
+            _ => Self::Map(Entries::of(&http.headers)),
         }
     }
 
     fn len(&self) -> usize {
         match self {
-            Self::Map(i) => i.len(),
+            Self::Map(i) => i.count_names(),
             Self::List(i) => i.len(),
         }
     }
 }
 
 impl<'a> Iterator for RawHeaders<'a> {
-    type Item = (&'a str, &'a [u8]);
+    /// The name and the value (the name UTF-8: see [`wire::text`]).
+    type Item = (&'a [u8], &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            Self::Map(i) => i.next().map(|(k, v)| (k.as_str(), v.as_bytes())),
+            Self::Map(i) => i.next(),
             Self::List(i) => i.next().map(|h| {
                 let value = if h.raw_value.is_empty() {
-                    h.value.as_bytes()
+                    &h.value[..]
                 } else {
                     &h.raw_value[..]
                 };
-                (h.key.as_str(), value)
+                (&h.key[..], value)
             }),
         }
     }
@@ -1151,7 +1146,11 @@ fn header_map(
     // it adds to describe the request are not the client's. Regression: tests (it)
     // grpc::envoys_own_fields_do_not_count_against_max_headers
     let count = headers.len();
-    if door::too_many_fields(count, headers.clone().map(|(k, _)| k), limits.max_headers) {
+    if door::too_many_fields(
+        count,
+        headers.clone().map(|(k, _)| text(k)),
+        limits.max_headers,
+    ) {
         return Err("headers_too_many");
     }
     let size: usize = headers.clone().map(|(k, v)| k.len() + v.len() + 4).sum();
@@ -1160,10 +1159,10 @@ fn header_map(
     }
     let mut map = HeaderMap::with_capacity(count);
     for (k, v) in headers {
-        if k.starts_with(':') {
+        if k.starts_with(b":") {
             continue;
         }
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| "invalid_header")?;
+        let name = HeaderName::from_bytes(k).map_err(|_| "invalid_header")?;
         let value = HeaderValue::from_bytes(trim_ows(v)).map_err(|_| "invalid_header")?;
         map.append(name, value);
     }
@@ -1336,16 +1335,11 @@ fn add_request_id(resp: &mut CheckResponse, name: &HeaderName, request_id: &Head
 /// Whether the described request is a gRPC call (`content-type: application/grpc[+codec]`),
 /// as Envoy tells one when it makes a local reply.
 fn speaks_grpc(check: &CheckRequest) -> bool {
-    let Some(http) = check
-        .attributes
-        .as_ref()
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref())
-    else {
+    let Some(http) = check.http() else {
         return false;
     };
     RawHeaders::of(http)
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .find(|(name, _)| name.eq_ignore_ascii_case(b"content-type"))
         .is_some_and(|(_, ct)| {
             crate::request::grpc::Grpc::of_content_type(ct)
                 == Some(crate::request::grpc::Grpc::Native)

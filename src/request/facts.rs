@@ -333,8 +333,9 @@ pub struct RequestFacts<'a> {
     pub peer_trusted: bool,
     /// The connection it arrived on.
     pub conn: &'a ConnInfo,
-    /// Envoy's `context_extensions` of a Check at the gRPC door; `None` at every other door.
-    pub context: Option<&'a std::collections::HashMap<String, String>>,
+    /// Envoy's `context_extensions` of a Check at the gRPC door, each name once (with the
+    /// value that counts); `None` at every other door.
+    pub context: Option<&'a [(&'a str, &'a str)]>,
     /// The door's peer forwards the path as sent, and canonicalisation changed its segments
     /// (a `.`, `..` or empty one): the request is decided on its canonical path like at the
     /// proxy, but an allow would be for another path than the upstream gets, so it is refused
