@@ -149,7 +149,7 @@ impl HeaderMutation {
             // A name the request showed (or the door pushed) that is on the list is named
             // once, in the list. Regression: tests::decision_doors_name_every_family
             if let Some(named) = &out.named {
-                out.remove.retain(|n| !named.iter().any(|d| d == n));
+                out.remove.retain(|n| !named.contains(n));
             }
         }
         // Why: Envoy removes after it sets; a name in both lists reached the upstream empty,

@@ -229,7 +229,11 @@ fn put_bytes(tag: u32, bytes: &[u8], buf: &mut impl BufMut) {
 /// A header value as the message's text: what [`super::allowed`] sends (identity and response
 /// header values are visible ASCII; anything else is read lossily, as there).
 fn text(v: &HeaderValue) -> Cow<'_, str> {
-    String::from_utf8_lossy(v.as_bytes())
+    // (UTF-8 as it is, the usual case, without the lossy reader's chunking.)
+    match std::str::from_utf8(v.as_bytes()) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(v.as_bytes()),
+    }
 }
 
 /// A `HeaderValue` message's body.
