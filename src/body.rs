@@ -48,6 +48,77 @@ where
     Either::Right(Either::Right(GrpcBody::new(body)))
 }
 
+/// The largest data frame [`SmallFrames`] passes on: under the 1,024 bytes from which h2
+/// writes a DATA frame out on its own (a stream without vectored writes, as
+/// `server::tracked` makes every HTTP/2 connection's).
+pub const SMALL_FRAME_BYTES: usize = 1023;
+
+/// A body whose data comes in pieces of at most [`SMALL_FRAME_BYTES`] (cut without a copy).
+///
+/// Why: h2 copies a DATA frame below 1 KiB into its write buffer, where the answers to other
+/// streams join it, but writes a larger one out before it buffers anything else (flushing
+/// the socket). An allowed Check's answer (the `headers_to_remove` list) grew to 1,045
+/// bytes, and each cost a write to the socket of its own: one `sendto` per Check where the
+/// answers to a batch of Checks could share one. Cut in two, it joins the batch.
+/// Regression: tests::small_frames_cut_data_and_keep_the_rest; the writes per Check, with
+/// `strace -c` during bench/doors.sh
+pub struct SmallFrames<B> {
+    inner: B,
+    /// What is left of the last data frame.
+    rest: Bytes,
+}
+
+impl<B> SmallFrames<B> {
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            rest: Bytes::new(),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for SmallFrames<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let mut data = if this.rest.is_empty() {
+            match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return Poll::Ready(other),
+            }
+        } else {
+            std::mem::take(&mut this.rest)
+        };
+        if data.len() > SMALL_FRAME_BYTES {
+            this.rest = data.split_off(SMALL_FRAME_BYTES);
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let inner = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(rest));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
+    }
+}
+
 /// The reason of the [`Cut`] `err` is or wraps (a boxed body wraps its inner body's error).
 pub fn cut_reason(err: &(dyn StdError + 'static)) -> Option<&'static str> {
     crate::errors::sources(err).find_map(|e| e.downcast_ref::<Cut>().map(|c| c.reason))
@@ -545,5 +616,54 @@ impl http_body::Body for RequestBody {
             out.set_upper(u.saturating_add(self.buffered));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    /// Data frames over [`SMALL_FRAME_BYTES`] come in pieces, in order, none lost; smaller
+    /// ones and trailers pass as they are; the size hint counts what is held back.
+    #[tokio::test]
+    async fn small_frames_cut_data_and_keep_the_rest() {
+        let long: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from(long.clone()))),
+            Ok(Frame::data(Bytes::from_static(b"short"))),
+            Ok(Frame::trailers(trailers.clone())),
+        ];
+        let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let mut body = SmallFrames::new(inner);
+        let mut sizes = Vec::new();
+        let mut data = Vec::new();
+        let mut got_trailers = None;
+        while let Some(frame) = body.frame().await {
+            match frame.unwrap().into_data() {
+                Ok(d) => {
+                    sizes.push(d.len());
+                    data.extend_from_slice(&d);
+                    if d.len() == SMALL_FRAME_BYTES {
+                        assert!(!body.is_end_stream(), "the rest is still to come");
+                        assert!(body.size_hint().lower() >= (long.len() - data.len()) as u64);
+                    }
+                }
+                Err(f) => got_trailers = f.into_trailers().ok(),
+            }
+        }
+        assert_eq!(sizes, [1023, 1023, 454, 5]);
+        assert_eq!(data, [&long[..], b"short"].concat());
+        assert_eq!(got_trailers, Some(trailers));
+
+        // A body that fits is one frame, untouched.
+        let mut whole = SmallFrames::new(Full::new(Bytes::from_static(b"ok")));
+        assert_eq!(whole.size_hint().exact(), Some(2));
+        let f = whole.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "ok");
+        assert!(whole.is_end_stream());
     }
 }

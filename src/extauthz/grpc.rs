@@ -508,7 +508,7 @@ impl crate::server::listener::Handler for GrpcHandler {
                     let asked = peer_deadline(&parts.headers, start);
                     let due = call_deadline(&shared, index, start);
                     let due = asked.map_or(due, |a| a.min(due));
-                    match read_check(body, limit, due, &buffered).await {
+                    let answered = match read_check(body, limit, due, &buffered).await {
                         Ok((framed, _held_until_answered)) => {
                             parts.extensions.insert(Started(start, asked));
                             tonic::server::Grpc::new(CheckCodec)
@@ -531,7 +531,9 @@ impl crate::server::listener::Handler for GrpcHandler {
                                 )
                                 .await
                         }
-                    }
+                    };
+                    // Its answer in frames that h2 gathers with the other streams' answers.
+                    answered.map(|b| crate::body::GrpcBody::new(crate::body::SmallFrames::new(b)))
                 }
                 (None, Some(mut health)) => {
                     // Why a deadline: a health call whose message stalled held its in-flight
