@@ -528,12 +528,13 @@ async fn run_door(
             };
             let client_certificates = matches!(&settings, crate::snapshot::DoorSettings::EnvoyGrpc(c) if c.client_certificates);
             // Read from its bytes as the door reads a Check (`extauthz::grpc::wire`).
-            let check = crate::extauthz::grpc::wire::CheckRequest::read(bytes::Bytes::from(
-                prost::Message::encode_to_vec(&check),
-            ));
+            let check = crate::extauthz::grpc::wire::CheckRequest::read(
+                bytes::Bytes::from(prost::Message::encode_to_vec(&check)),
+                crate::extauthz::grpc::max_entries(snapshot),
+            );
             let d = check
                 .as_ref()
-                .ok_or("invalid_check_request")
+                .map_err(|why| why.code())
                 .and_then(|check| {
                     crate::extauthz::grpc::describe(
                         check,

@@ -65,7 +65,7 @@ use crate::snapshot::{DoorSettings, Snapshot};
 mod answer;
 pub(crate) mod wire;
 
-use wire::{AddressKind, CheckRequest, Entries, HttpRequest, text};
+use wire::{AddressKind, CheckRequest, HttpRequest, text};
 
 pub use self::answer::Answer;
 
@@ -121,6 +121,16 @@ fn check_limit(snapshot: &Snapshot) -> usize {
         .saturating_add(s.max_target_bytes)
         .saturating_add(CHECK_OVERHEAD_BYTES)
         .min(CHECK_MAX_BYTES)
+}
+
+/// The most entries a map of a Check message may have: past the server's `max_headers` and
+/// the fields a peer adds to describe a request, [`header_map`] refuses the request anyway
+/// (`headers_too_many`), so the message is refused unread ([`wire`]).
+pub(crate) fn max_entries(snapshot: &Snapshot) -> usize {
+    snapshot
+        .server
+        .max_headers
+        .saturating_add(door::DESCRIBING_ALLOWANCE)
 }
 
 /// The deadline of a call to the listener at `index` that started at `start`: its door's
@@ -511,16 +521,15 @@ impl crate::server::listener::Handler for GrpcHandler {
                     let answered = match read_check(body, limit, due, &buffered).await {
                         Ok((framed, _held_until_answered)) => {
                             parts.extensions.insert(Started(start, asked));
-                            tonic::server::Grpc::new(CheckCodec)
-                                .max_decoding_message_size(limit)
-                                .unary(
-                                    check,
-                                    http::Request::from_parts(
-                                        parts,
-                                        http_body_util::Full::new(framed),
-                                    ),
-                                )
-                                .await
+                            tonic::server::Grpc::new(CheckCodec {
+                                max_entries: max_entries(&shared.current.load()),
+                            })
+                            .max_decoding_message_size(limit)
+                            .unary(
+                                check,
+                                http::Request::from_parts(parts, http_body_util::Full::new(framed)),
+                            )
+                            .await
                         }
                         Err(unread) => {
                             let refusal = check.unread(&parts, unread, start);
@@ -570,18 +579,23 @@ fn empty_message() -> http_body_util::Full<bytes::Bytes> {
 pub enum Decoded {
     /// Boxed: a `CheckRequest` is hundreds of bytes, moved through tonic.
     Check(Box<CheckRequest>),
-    /// Not a `CheckRequest` (invalid UTF-8 in a string field, a truncated or malformed
-    /// message).
-    Undecodable,
+    /// Not read: not a `CheckRequest` (invalid UTF-8 in a string field read, a truncated or
+    /// malformed message), or a map of more entries than any request taken has headers.
+    Unreadable(wire::Unreadable),
 }
 
 /// prost's encoding for the answer; a decoding that never fails the call.
 #[derive(Debug, Clone, Copy, Default)]
-struct CheckCodec;
+struct CheckCodec {
+    max_entries: usize,
+}
 
-/// Decodes a `CheckRequest`, or says that the bytes are not one.
+/// Decodes a `CheckRequest`, or says why the bytes are not read.
 #[derive(Debug, Clone, Copy, Default)]
-struct CheckDecoder;
+struct CheckDecoder {
+    /// The most entries a map of the message may have ([`wire::CheckRequest::read`]).
+    max_entries: usize,
+}
 
 impl tonic::codec::Codec for CheckCodec {
     type Encode = Answer;
@@ -594,7 +608,9 @@ impl tonic::codec::Codec for CheckCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        CheckDecoder
+        CheckDecoder {
+            max_entries: self.max_entries,
+        }
     }
 }
 
@@ -615,9 +631,9 @@ impl tonic::codec::Decoder for CheckDecoder {
         // (A message's bytes are one chunk of tonic's buffer: taken without a copy, and its
         // fields share them.)
         let bytes = buf.copy_to_bytes(buf.remaining());
-        Ok(Some(match CheckRequest::read(bytes) {
-            Some(check) => Decoded::Check(Box::new(check)),
-            None => Decoded::Undecodable,
+        Ok(Some(match CheckRequest::read(bytes, self.max_entries) {
+            Ok(check) => Decoded::Check(Box::new(check)),
+            Err(why) => Decoded::Unreadable(why),
         }))
     }
 }
@@ -702,7 +718,9 @@ impl CheckService {
         };
         let check = match request.into_inner() {
             Decoded::Check(check) => check,
-            Decoded::Undecodable => return Ok(self.undecodable(&snapshot, &conn, start)),
+            Decoded::Unreadable(why) => {
+                return Ok(self.unreadable(&snapshot, &conn, start, why.code()));
+            }
         };
         // Why: taken as sent, a megabyte of a peer's id went into the log line and the
         // answer, and an id with a non-ASCII letter reached the client but not the log.
@@ -781,27 +799,32 @@ impl CheckService {
         denied_with_id(refusal, &snapshot.server.request_id_header, &request_id)
     }
 
-    /// The answer to bytes that are not a `CheckRequest`, from an admitted peer: 400
-    /// `invalid_check_request`, accounted.
-    fn undecodable(
+    /// The answer to a message not read ([`Decoded::Unreadable`]) from an admitted peer: 400
+    /// `invalid_check_request` (or 431 `headers_too_many`), accounted.
+    fn unreadable(
         &self,
         snapshot: &Snapshot,
         conn: &Conn,
         start: Instant,
+        code: &'static str,
     ) -> tonic::Response<Answer> {
         let request_id = crate::server::request_id::take_or_generate(
             &HeaderMap::new(),
             &snapshot.server.request_id_header,
         );
         let mut record = Record::new(conn.info.peer.ip());
-        record.failed(&self.shared, Door::EnvoyGrpc, "invalid_check_request");
-        let refusal = Refusal::error(
-            StatusCode::BAD_REQUEST,
-            "invalid_check_request",
-            &request_id,
-        );
+        record.failed(&self.shared, Door::EnvoyGrpc, code);
+        let status = door::undescribed_status(code);
+        let refusal = Refusal::error(status, code, &request_id);
         let at = (Door::EnvoyGrpc, &*conn.info.listener);
-        record.account(snapshot, &self.shared, at, start, &request_id, 400);
+        record.account(
+            snapshot,
+            &self.shared,
+            at,
+            start,
+            &request_id,
+            status.as_u16(),
+        );
         let name = &snapshot.server.request_id_header;
         tonic::Response::new(Answer::Message(denied_with_id(refusal, name, &request_id)))
     }
@@ -865,8 +888,9 @@ impl CheckService {
         let (stripped, unseen) = door::strip_counted(&mut described.headers);
         // Each name once, with the value that counts (no allocation when there are none).
         let context: Vec<(&str, &str)> = check.attributes.as_ref().map_or_else(Vec::new, |a| {
-            Entries::of(&a.context_extensions)
-                .map(|(k, v)| (text(k), text(v)))
+            a.context_extensions
+                .iter()
+                .map(|e| (text(&e.key), text(&e.value)))
                 .collect()
         });
         let head = Head {
@@ -1100,7 +1124,8 @@ pub(crate) fn describe<'a>(
 /// client sent).
 #[derive(Clone)]
 enum RawHeaders<'a> {
-    Map(Entries<'a>),
+    /// Each name once ([`wire::CheckRequest::read`]).
+    Map(std::slice::Iter<'a, wire::Entry>),
     List(std::slice::Iter<'a, wire::HeaderValue>),
 }
 
@@ -1108,13 +1133,13 @@ impl<'a> RawHeaders<'a> {
     fn of(http: &'a HttpRequest) -> Self {
         match &http.header_map {
             Some(m) if http.headers.is_empty() => Self::List(m.headers.iter()),
-            _ => Self::Map(Entries::of(&http.headers)),
+            _ => Self::Map(http.headers.iter()),
         }
     }
 
     fn len(&self) -> usize {
         match self {
-            Self::Map(i) => i.count_names(),
+            Self::Map(i) => i.len(),
             Self::List(i) => i.len(),
         }
     }
@@ -1126,7 +1151,7 @@ impl<'a> Iterator for RawHeaders<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            Self::Map(i) => i.next(),
+            Self::Map(i) => i.next().map(|e| (&e.key[..], &e.value[..])),
             Self::List(i) => i.next().map(|h| {
                 let value = if h.raw_value.is_empty() {
                     &h.value[..]

@@ -32,6 +32,10 @@ pub(super) struct Tracked<I> {
 /// frames (16 KiB of data each) and their headers; larger writes go straight through.
 const GATHER_BYTES: usize = 32 * 1024 + 64;
 
+/// The most of its gathering buffer a connection keeps once it is written out: a batch of
+/// small answers' worth; a larger buffer is let go.
+const GATHER_KEEP: usize = 4 * 1024;
+
 impl<I> Tracked<I> {
     pub(super) fn new(inner: I, activity: Arc<Activity>, meter: FrameMeter) -> Self {
         Self {
@@ -125,7 +129,13 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Tracked<I> {
             }
             self.sent += n;
         }
-        gathered.clear();
+        // Why: kept whole, a connection that once gathered 32 KiB held that much for as long as
+        // it stayed open (every HTTP/2 connection of every listener, idle ones included).
+        if gathered.capacity() > GATHER_KEEP {
+            *gathered = Vec::new();
+        } else {
+            gathered.clear();
+        }
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
@@ -149,7 +159,11 @@ impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Tracked<I> {
                 return None;
             }
         }
-        self.gathered.as_mut()?.extend_from_slice(buf);
+        let gathered = self.gathered.as_mut()?;
+        if gathered.capacity() == 0 {
+            gathered.reserve(GATHER_KEEP.max(buf.len()));
+        }
+        gathered.extend_from_slice(buf);
         self.activity.touch();
         self.meter.on_write(buf);
         self.after_write(cx);
@@ -469,6 +483,11 @@ mod tests {
         io.flush().await.unwrap();
         assert_eq!(io.inner.writes, [all], "one write");
         assert_eq!(io.inner.flushes, 1);
+        let kept = io.gathered.as_ref().map_or(0, Vec::capacity);
+        assert!(
+            kept > 0 && kept <= GATHER_KEEP,
+            "a small buffer is kept: {kept}"
+        );
 
         // A write larger than the buffer: what was gathered first, then it, unbuffered.
         let large = vec![4; GATHER_BYTES + 1];
@@ -490,6 +509,11 @@ mod tests {
             io.inner.writes[3..],
             [half.clone(), half],
             "shut down after the rest"
+        );
+        assert_eq!(
+            io.gathered.as_ref().map(Vec::capacity),
+            Some(0),
+            "a large buffer is let go once written"
         );
 
         let mut plain = tracked(Recorder::default());

@@ -2,22 +2,32 @@
 //! from the received message instead of copied into a `String` of its own.
 //!
 //! Contract, for any bytes: [`CheckRequest::read`] accepts them exactly when envoy-types'
-//! `CheckRequest` (prost) decodes them with every field listed below valid, and then each of
-//! these fields holds what prost's holds:
+//! `CheckRequest` (prost) decodes them with every occurrence of each field listed below
+//! valid, and no map holds more entries than asked; then each of these fields holds what
+//! prost's holds:
 //!
 //! | field | read as |
 //! |---|---|
 //! | `attributes.source.address` | the oneof's last member; a socket address's `address` |
 //! | `attributes.source.certificate` | text |
 //! | `attributes.request.http.{id, method, path, host, scheme}` | text |
-//! | `attributes.request.http.headers` | a map: of a name sent twice, the last value ([`Entries`]) |
+//! | `attributes.request.http.headers` | a map: each name once, with the last value sent |
 //! | `attributes.request.http.header_map.headers` | `key` and `value` text, `raw_value` bytes |
 //! | `attributes.context_extensions` | a map, as `headers` |
 //! | `attributes.tls_session.sni` | text |
 //!
-//! A string field listed here that is not UTF-8 makes the message unreadable, as prost
-//! refuses it. Fields not listed (`destination`, `metadata_context`, the body…) are skipped
-//! as unknown fields, unchecked: nothing reads them. Regression: tests::reads_what_prost_reads
+//! An occurrence of a string field listed here that is not UTF-8 makes the message
+//! unreadable, as prost refuses it. Fields not listed (`destination`, `metadata_context`, the
+//! body, a pipe's path…) are skipped as unknown fields, unchecked: nothing reads them.
+//! Regression: tests::reads_what_prost_reads
+//!
+//! The message is walked before it is decoded ([`walk`]): each string read is checked there,
+//! and the entries of each map counted, so that a message of more entries than any request
+//! the door takes (`headers_too_many` once decoded) is refused before any is decoded.
+//!
+//! Why the count first: a 4 MiB message of two-byte map entries decodes into two million
+//! 64-byte entries (160 MB), where prost's map kept one per name. Regression:
+//! tests::too_many_entries_are_refused_unread
 //!
 //! Why: prost's `CheckRequest` copied every string (each header name and value, the
 //! certificate) into an allocation of its own and hashed each header into a map; decoding
@@ -156,11 +166,18 @@ pub(crate) fn text(field: &[u8]) -> &str {
 // === impl CheckRequest ===
 
 impl CheckRequest {
-    /// The message in `bytes`, or `None` when they are not one (see the module docs). Its
-    /// fields share `bytes`' buffer.
-    pub fn read(bytes: Bytes) -> Option<Self> {
-        let check = Self::decode(bytes).ok()?;
-        check.is_text().then_some(check)
+    /// The message in `bytes`, each of its maps of at most `max_entries` entries (see the
+    /// module docs), or why not. Its fields share `bytes`' buffer.
+    pub fn read(bytes: Bytes, max_entries: usize) -> Result<Self, Unreadable> {
+        walk(&bytes, max_entries)?;
+        let mut check = Self::decode(bytes).map_err(|_| Unreadable::Malformed)?;
+        if let Some(a) = &mut check.attributes {
+            once_each(&mut a.context_extensions);
+            if let Some(h) = a.request.as_mut().and_then(|r| r.http.as_mut()) {
+                once_each(&mut h.headers);
+            }
+        }
+        Ok(check)
     }
 
     /// The HTTP request described, when there is one.
@@ -170,71 +187,155 @@ impl CheckRequest {
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref())
     }
-
-    /// Whether every string field read is UTF-8.
-    fn is_text(&self) -> bool {
-        let Some(a) = &self.attributes else {
-            return true;
-        };
-        // (`is_ascii` first: a word at a time, where most fields are ASCII.)
-        let utf8 = |b: &Bytes| b.is_ascii() || std::str::from_utf8(b).is_ok();
-        let entries = |e: &[Entry]| e.iter().all(|e| utf8(&e.key) && utf8(&e.value));
-        let source = a.source.as_ref().is_none_or(|s| {
-            utf8(&s.certificate)
-                && match s.address.as_ref().and_then(|a| a.address.as_ref()) {
-                    Some(AddressKind::SocketAddress(s)) => utf8(&s.address),
-                    _ => true,
-                }
-        });
-        let http = self.http().is_none_or(|h| {
-            [&h.id, &h.method, &h.path, &h.host, &h.scheme]
-                .into_iter()
-                .all(utf8)
-                && entries(&h.headers)
-                && h.header_map
-                    .as_ref()
-                    .is_none_or(|m| m.headers.iter().all(|h| utf8(&h.key) && utf8(&h.value)))
-        });
-        source
-            && http
-            && entries(&a.context_extensions)
-            && a.tls_session.as_ref().is_none_or(|t| utf8(&t.sni))
-    }
 }
 
-/// The entries of a `map<string, string>` as the map holds them: each name once, with the
-/// last value sent for it (as protobuf merges a map), in the order sent.
-#[derive(Clone, Debug)]
-pub(crate) struct Entries<'a> {
-    all: &'a [Entry],
-    next: usize,
+/// Why a message is not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Not a `CheckRequest`, or a string read that is not UTF-8.
+    Malformed,
+    /// A map of more entries than asked.
+    TooManyEntries,
 }
 
-impl<'a> Entries<'a> {
-    pub(crate) fn of(all: &'a [Entry]) -> Self {
-        Self { all, next: 0 }
-    }
-
-    /// How many names.
-    pub(crate) fn count_names(&self) -> usize {
-        self.clone().count()
-    }
-}
-
-impl<'a> Iterator for Entries<'a> {
-    /// The name and the value, as bytes (UTF-8: see [`text`]).
-    type Item = (&'a [u8], &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        while let Some(e) = self.all.get(self.next) {
-            self.next += 1;
-            // A name sent again later is taken there.
-            if self.all[self.next..].iter().all(|l| l.key != e.key) {
-                return Some((&e.key, &e.value));
-            }
+impl Unreadable {
+    /// The reason code of the denial.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Malformed => "invalid_check_request",
+            Self::TooManyEntries => "headers_too_many",
         }
-        None
     }
+}
+
+/// Entries counted per map, over every occurrence of the messages holding it.
+#[derive(Default)]
+struct Counts {
+    headers: usize,
+    header_map: usize,
+    context: usize,
+}
+
+/// Checks every occurrence of each string field read (UTF-8) and counts the entries of each
+/// map, without decoding: stops at the first string that is not text, or once a map passes
+/// `max_entries`.
+fn walk(bytes: &[u8], max_entries: usize) -> Result<(), Unreadable> {
+    let mut n = Counts::default();
+    let count = |c: &mut usize| {
+        *c += 1;
+        if *c > max_entries {
+            Err(Unreadable::TooManyEntries)
+        } else {
+            Ok(())
+        }
+    };
+    fields(bytes, |tag, attributes| {
+        if tag != 1 {
+            return Ok(());
+        }
+        fields(attributes, |tag, f| match tag {
+            1 => fields(f, |tag, f| match tag {
+                1 => fields(f, |tag, f| match tag {
+                    // A socket address's `address`.
+                    1 => fields(f, |tag, f| if tag == 2 { utf8(f) } else { Ok(()) }),
+                    _ => Ok(()),
+                }),
+                5 => utf8(f),
+                _ => Ok(()),
+            }),
+            4 => fields(f, |tag, f| {
+                if tag != 2 {
+                    return Ok(());
+                }
+                fields(f, |tag, f| match tag {
+                    1 | 2 | 4 | 5 | 6 => utf8(f),
+                    3 => {
+                        count(&mut n.headers)?;
+                        fields(f, |tag, f| if tag <= 2 { utf8(f) } else { Ok(()) })
+                    }
+                    13 => fields(f, |tag, f| {
+                        if tag != 1 {
+                            return Ok(());
+                        }
+                        count(&mut n.header_map)?;
+                        fields(f, |tag, f| if tag <= 2 { utf8(f) } else { Ok(()) })
+                    }),
+                    _ => Ok(()),
+                })
+            }),
+            10 => {
+                count(&mut n.context)?;
+                fields(f, |tag, f| if tag <= 2 { utf8(f) } else { Ok(()) })
+            }
+            12 => fields(f, |tag, f| if tag == 1 { utf8(f) } else { Ok(()) }),
+            _ => Ok(()),
+        })
+    })
+}
+
+/// Calls `each` with the tag and the bytes of every length-delimited field of the message in
+/// `bytes`, skipping the others.
+fn fields(
+    mut bytes: &[u8],
+    mut each: impl FnMut(u32, &[u8]) -> Result<(), Unreadable>,
+) -> Result<(), Unreadable> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    while !bytes.is_empty() {
+        let (tag, wire) = decode_key(&mut bytes).map_err(|_| Unreadable::Malformed)?;
+        if wire == WireType::LengthDelimited {
+            let len = decode_varint(&mut bytes).map_err(|_| Unreadable::Malformed)?;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|l| *l <= bytes.len())
+                .ok_or(Unreadable::Malformed)?;
+            let (field, rest) = bytes.split_at(len);
+            bytes = rest;
+            each(tag, field)?;
+        } else {
+            skip_field(wire, tag, &mut bytes, DecodeContext::default())
+                .map_err(|_| Unreadable::Malformed)?;
+        }
+    }
+    Ok(())
+}
+
+/// A string field's bytes are text. (`is_ascii` first: a word at a time, and most are.)
+fn utf8(b: &[u8]) -> Result<(), Unreadable> {
+    if b.is_ascii() || std::str::from_utf8(b).is_ok() {
+        Ok(())
+    } else {
+        Err(Unreadable::Malformed)
+    }
+}
+
+/// A map's entries as the map holds them: each name once, with the last value sent for it,
+/// at the place of that last one.
+fn once_each(entries: &mut Vec<Entry>) {
+    // Few entries (a request's headers): compared pairwise, nothing allocated.
+    let repeated = if entries.len() <= 32 {
+        entries
+            .iter()
+            .enumerate()
+            .any(|(i, e)| entries[i + 1..].iter().any(|l| l.key == e.key))
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity_and_hasher(
+            entries.len(),
+            foldhash::fast::RandomState::default(),
+        );
+        !entries.iter().all(|e| seen.insert(&e.key[..]))
+    };
+    if !repeated {
+        return;
+    }
+    let mut seen: std::collections::HashSet<Bytes, foldhash::fast::RandomState> =
+        std::collections::HashSet::default();
+    let mut kept: Vec<Entry> = entries
+        .drain(..)
+        .rev()
+        .filter(|e| seen.insert(e.key.clone()))
+        .collect();
+    kept.reverse();
+    *entries = kept;
 }
 
 #[cfg(test)]
@@ -332,12 +433,10 @@ mod tests {
     }
 
     fn entries(e: &[Entry]) -> String {
-        let all = Entries::of(e);
-        let mut v: Vec<(String, String)> = all
-            .clone()
-            .map(|(k, v)| (text(k).to_owned(), text(v).to_owned()))
+        let mut v: Vec<(String, String)> = e
+            .iter()
+            .map(|e| (text(&e.key).to_owned(), text(&e.value).to_owned()))
             .collect();
-        assert_eq!(all.count_names(), v.len());
         v.sort();
         format!("{v:?}")
     }
@@ -459,7 +558,7 @@ mod tests {
                 b
             }),
             ("a socket address after a pipe", {
-                let mut b = pipe_source;
+                let mut b = pipe_source.clone();
                 b.extend(socket_source);
                 b
             }),
@@ -508,6 +607,20 @@ mod tests {
                 in_attributes(&again(1, &again(1, &again(1, &again(2, &[0xff]))))),
             ),
             ("not UTF-8 in the id", http(&again(1, &[0xff]))),
+            ("not UTF-8 in a path sent again", {
+                let mut b = http(&again(4, &[b'/', 0xff]));
+                b.extend(http(&again(4, b"/open/x")));
+                b
+            }),
+            ("not UTF-8 in a socket address a pipe replaces", {
+                let mut b = in_attributes(&again(1, &again(1, &again(1, &again(2, &[0xff])))));
+                b.extend(pipe_source);
+                b
+            }),
+            (
+                "not UTF-8 in a key an entry sends again",
+                in_attributes(&again(10, &[again(1, &[0xff]), entry(b"k", b"v")].concat())),
+            ),
             ("not UTF-8 in the method", http(&again(2, &[0xff]))),
             ("not UTF-8 in the host", http(&again(5, &[0xff]))),
             ("not UTF-8 in the scheme", http(&again(6, &[0xff]))),
@@ -521,7 +634,7 @@ mod tests {
         ];
         for (what, bytes) in cases {
             let prost = Envoys::decode(&bytes[..]).ok();
-            let here = CheckRequest::read(Bytes::from(bytes));
+            let here = CheckRequest::read(Bytes::from(bytes), 100).ok();
             let unreadable = what.starts_with("not UTF-8")
                 || [
                     "truncated",
@@ -540,6 +653,77 @@ mod tests {
         }
     }
 
+    /// A message with more entries in a map than asked is refused before anything is decoded
+    /// (`headers_too_many`), whichever map; at the limit it is read. Duplicates count.
+    #[test]
+    fn too_many_entries_are_refused_unread() {
+        let entry = |k: &[u8]| [again(1, k), again(2, b"v")].concat();
+        let header = |i: usize| {
+            in_attributes(&again(
+                4,
+                &again(2, &again(3, &entry(format!("x-{i}").as_bytes()))),
+            ))
+        };
+        let raw = |i: usize| {
+            in_attributes(&again(
+                4,
+                &again(
+                    2,
+                    &again(13, &again(1, &entry(format!("x-{i}").as_bytes()))),
+                ),
+            ))
+        };
+        let context = |i: usize| in_attributes(&again(10, &entry(format!("c{i}").as_bytes())));
+        for (what, one) in [
+            ("headers", &header as &dyn Fn(usize) -> Vec<u8>),
+            ("header_map", &raw),
+            ("context_extensions", &context),
+        ] {
+            let message = |n: usize| Bytes::from((0..n).flat_map(one).collect::<Vec<u8>>());
+            assert!(
+                CheckRequest::read(message(10), 10).is_ok(),
+                "{what}: 10 of 10"
+            );
+            assert_eq!(
+                CheckRequest::read(message(11), 10).err(),
+                Some(Unreadable::TooManyEntries),
+                "{what}: 11 of 10"
+            );
+            // The same name eleven times is eleven entries.
+            let same = Bytes::from((0..11).flat_map(|_| one(0)).collect::<Vec<u8>>());
+            assert_eq!(
+                CheckRequest::read(same, 10).err(),
+                Some(Unreadable::TooManyEntries),
+                "{what}: one name eleven times"
+            );
+        }
+        assert_eq!(Unreadable::TooManyEntries.code(), "headers_too_many");
+        assert_eq!(Unreadable::Malformed.code(), "invalid_check_request");
+    }
+
+    /// Of a name sent more often than the pairwise comparison covers, the last value counts
+    /// too, each name once.
+    #[test]
+    fn many_names_sent_twice_keep_their_last_values() {
+        let entry = |k: &str, v: &str| {
+            again(
+                3,
+                &[again(1, k.as_bytes()), again(2, v.as_bytes())].concat(),
+            )
+        };
+        let mut http = Vec::new();
+        for round in ["first", "last"] {
+            for i in 0..40 {
+                http.extend(entry(&format!("x-{i}"), &format!("{round}-{i}")));
+            }
+        }
+        let bytes = in_attributes(&again(4, &again(2, &http)));
+        let prost = Envoys::decode(&bytes[..]).expect("prost reads it");
+        let here = CheckRequest::read(Bytes::from(bytes), 100).expect("read");
+        assert_eq!(read_here(&here), read_by_prost(&prost));
+        assert_eq!(here.http().expect("http").headers.len(), 40);
+    }
+
     /// Fields nothing reads are not checked: a body that is not UTF-8 does not make the
     /// message unreadable (prost's would be; the door reads no body).
     #[test]
@@ -550,7 +734,7 @@ mod tests {
             &again(2, &again(11, &[0xff, 0xfe])),
         )));
         assert!(Envoys::decode(&bytes[..]).is_err());
-        let check = CheckRequest::read(Bytes::from(bytes)).expect("read");
+        let check = CheckRequest::read(Bytes::from(bytes), 100).expect("read");
         assert_eq!(text(&check.http().expect("http").path), "/api/x?a=1");
     }
 }
