@@ -123,14 +123,19 @@ fn check_limit(snapshot: &Snapshot) -> usize {
         .min(CHECK_MAX_BYTES)
 }
 
-/// The most entries a map of a Check message may have: past the server's `max_headers` and
-/// the fields a peer adds to describe a request, [`header_map`] refuses the request anyway
-/// (`headers_too_many`), so the message is refused unread ([`wire`]).
+/// The most entries a header map of a Check message may have: past the server's
+/// `max_headers` and the fields a peer adds to describe a request, [`header_map`] refuses the
+/// request anyway (`headers_too_many`), so the message is refused unread ([`wire`]). Nor
+/// past a quarter of the head's byte limit, whatever `max_headers` says: each entry counts at
+/// least 4 bytes there (`headers_too_large`).
+///
+/// Why the bytes too: `max_headers` has no upper bound, and raised far enough it let a 4 MB
+/// message decode into 2 million entries again (165 MB).
 pub(crate) fn max_entries(snapshot: &Snapshot) -> usize {
-    snapshot
-        .server
-        .max_headers
+    let s = &snapshot.server;
+    s.max_headers
         .saturating_add(door::DESCRIBING_ALLOWANCE)
+        .min(s.max_header_bytes.saturating_add(s.max_target_bytes) / 4 + 1)
 }
 
 /// The deadline of a call to the listener at `index` that started at `start`: its door's
@@ -1460,6 +1465,33 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// The header maps of a Check are bounded by `max_headers` and the allowance, and by the
+    /// head's bytes when `max_headers` is raised past what they can hold.
+    #[test]
+    fn map_entries_are_bounded_by_the_header_count_and_bytes() {
+        let at = |server: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("policies")).unwrap();
+            std::fs::write(
+                dir.path().join("c.yaml"),
+                format!(
+                    "listeners: [{{name: l, address: \"127.0.0.1:0\"}}]\npolicies: {{dir: policies}}\nserver: {server}\n"
+                ),
+            )
+            .unwrap();
+            let (snapshot, _) = crate::config::build(&dir.path().join("c.yaml"), None).unwrap();
+            let s = &snapshot.server;
+            (
+                max_entries(&snapshot),
+                s.max_header_bytes + s.max_target_bytes,
+            )
+        };
+        assert_eq!(at("{}").0, 100 + door::DESCRIBING_ALLOWANCE);
+        let (entries, bytes) = at("{max_headers: 10000000}");
+        assert_eq!(entries, bytes / 4 + 1);
+        assert!(entries < 100_000, "{entries}");
+    }
 
     #[test]
     fn grpc_timeout_parses_as_grpc_says() {

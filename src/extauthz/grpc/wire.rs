@@ -22,8 +22,9 @@
 //! Regression: tests::reads_what_prost_reads
 //!
 //! The message is walked before it is decoded ([`walk`]): each string read is checked there,
-//! and the entries of each map counted, so that a message of more entries than any request
-//! the door takes (`headers_too_many` once decoded) is refused before any is decoded.
+//! and the entries of each map counted, so that a message of more header entries than any
+//! request the door takes (`headers_too_many` once decoded) is refused before any is
+//! decoded, and one of more than [`MAX_CONTEXT_ENTRIES`] context extensions too.
 //!
 //! Why the count first: a 4 MiB message of two-byte map entries decodes into two million
 //! 64-byte entries (160 MB), where prost's map kept one per name. Regression:
@@ -166,8 +167,9 @@ pub(crate) fn text(field: &[u8]) -> &str {
 // === impl CheckRequest ===
 
 impl CheckRequest {
-    /// The message in `bytes`, each of its maps of at most `max_entries` entries (see the
-    /// module docs), or why not. Its fields share `bytes`' buffer.
+    /// The message in `bytes`, each of its header maps of at most `max_entries` entries and
+    /// its context extensions of at most [`MAX_CONTEXT_ENTRIES`] (see the module docs), or
+    /// why not. Its fields share `bytes`' buffer.
     pub fn read(bytes: Bytes, max_entries: usize) -> Result<Self, Unreadable> {
         walk(&bytes, max_entries)?;
         let mut check = Self::decode(bytes).map_err(|_| Unreadable::Malformed)?;
@@ -189,12 +191,15 @@ impl CheckRequest {
     }
 }
 
+/// The most context extensions a Check may carry; past them it is `invalid_check_request`.
+pub(crate) const MAX_CONTEXT_ENTRIES: usize = 1024;
+
 /// Why a message is not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unreadable {
     /// Not a `CheckRequest`, or a string read that is not UTF-8.
     Malformed,
-    /// A map of more entries than asked.
+    /// A header map of more entries than asked.
     TooManyEntries,
 }
 
@@ -264,7 +269,13 @@ fn walk(bytes: &[u8], max_entries: usize) -> Result<(), Unreadable> {
                 })
             }),
             10 => {
-                count(&mut n.context)?;
+                // Why a bound of their own: they are the operator's (Envoy's route config),
+                // not the request's; counted against the header limit, a route with many
+                // failed every Check as `headers_too_many`.
+                n.context += 1;
+                if n.context > MAX_CONTEXT_ENTRIES {
+                    return Err(Unreadable::Malformed);
+                }
                 fields(f, |tag, f| if tag <= 2 { utf8(f) } else { Ok(()) })
             }
             12 => fields(f, |tag, f| if tag == 1 { utf8(f) } else { Ok(()) }),
@@ -677,7 +688,6 @@ mod tests {
         for (what, one) in [
             ("headers", &header as &dyn Fn(usize) -> Vec<u8>),
             ("header_map", &raw),
-            ("context_extensions", &context),
         ] {
             let message = |n: usize| Bytes::from((0..n).flat_map(one).collect::<Vec<u8>>());
             assert!(
@@ -697,6 +707,14 @@ mod tests {
                 "{what}: one name eleven times"
             );
         }
+        // Context extensions are the operator's: bounded on their own, whatever the header
+        // limit.
+        let contexts = |n: usize| Bytes::from((0..n).flat_map(context).collect::<Vec<u8>>());
+        assert!(CheckRequest::read(contexts(MAX_CONTEXT_ENTRIES), 10).is_ok());
+        assert_eq!(
+            CheckRequest::read(contexts(MAX_CONTEXT_ENTRIES + 1), 10).err(),
+            Some(Unreadable::Malformed)
+        );
         assert_eq!(Unreadable::TooManyEntries.code(), "headers_too_many");
         assert_eq!(Unreadable::Malformed.code(), "invalid_check_request");
     }
