@@ -35,10 +35,12 @@
 //! A delegate configured to fail closed is a decision, not a failure: its 503
 //! `delegate_unavailable` is a denied response, which no failure mode of Envoy's turns into an
 //! allow. Bad input (a message that does not decode, invalid UTF-8 in a string field the door
-//! reads among them ([`wire`]); no attributes; a header that is not text; an absolute or empty path) is
-//! `INVALID_ARGUMENT` with a 400 for the client, never a failed call; nothing panics. A head
-//! over `server.max_header_bytes` or a target over `max_target_bytes`, counted as the proxy
-//! counts them, gets the proxy's 431 `headers_too_large` or 414 `uri_too_long`.
+//! reads among them ([`wire`]); no attributes; a header that is not text; an absolute or
+//! empty path) is `INVALID_ARGUMENT` with a 400 for the client, never a failed call; nothing
+//! panics. A head over `server.max_header_bytes` or a target over `max_target_bytes`, counted
+//! as the proxy counts them, gets the proxy's 431 `headers_too_large` or 414 `uri_too_long`;
+//! a header map of more entries than `max_headers` allows, 431 `headers_too_many` before the
+//! message is decoded ([`max_entries`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
