@@ -1008,6 +1008,77 @@ async fn every_door_gives_the_same_decision() {
     );
 }
 
+/// `server.max_headers` (100 here) is one limit at every door, the client's host counted as
+/// one of its fields wherever it arrives (`Host`, `:authority`, a door's description): `Host`
+/// and 99 other fields pass everywhere, `Host` and 100 get 431 everywhere (over HTTP/1.1 the
+/// proxy's is hyper's bare 431). (The decision doors allowed the second, and so did the proxy
+/// door over HTTP/2.)
+#[tokio::test]
+async fn the_header_count_limit_is_the_same_at_every_door() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let gw = gateway().await;
+    for (others, expected) in [(99, 200), (100, 431)] {
+        let headers: Vec<(String, String)> = (0..others)
+            .map(|i| (format!("x-pad-{i}"), "v".to_owned()))
+            .collect();
+        let case = Case {
+            name: "padded",
+            method: "GET",
+            path: "/public/x".into(),
+            headers: headers.clone(),
+        };
+        let request = || {
+            let mut req = http::Request::get(format!("http://app.test{}", case.path));
+            for (k, v) in &headers {
+                req = req.header(k, v);
+            }
+            req.body(Full::<Bytes>::default()).unwrap()
+        };
+        // HTTP/1.1 as hyper's client sends it: `Host` and the others, nothing else.
+        let before = gw.echo.count();
+        let (status, _, _) = crate::support::send(gw.addr_of("http"), request()).await;
+        assert_eq!(
+            status.as_u16(),
+            expected,
+            "proxy over HTTP/1.1, {others} others"
+        );
+        assert_eq!(gw.echo.count() > before, expected == 200, "{others}");
+        // HTTP/2: the host is `:authority`.
+        let stream = tokio::net::TcpStream::connect(gw.addr_of("http"))
+            .await
+            .unwrap();
+        let (mut h2, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let resp = h2.send_request(request()).await.unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            expected,
+            "proxy over HTTP/2, {others} others"
+        );
+        for door in Door::ALL.into_iter().filter(|d| *d != Door::Proxy) {
+            let answer = match door {
+                Door::Proxy => unreachable!(),
+                Door::EnvoyGrpc => via_grpc(&gw, &case, &headers).await,
+                Door::EnvoyHttp => via_http_door(&gw, "envoy", &case, &headers).await,
+                Door::ForwardAuth => via_http_door(&gw, "forward", &case, &headers).await,
+            };
+            let reason = (expected != 200).then(|| "headers_too_many".to_owned());
+            assert_eq!(
+                (answer.status, answer.reason),
+                (expected, reason),
+                "{}, {others} others",
+                door.as_str()
+            );
+        }
+    }
+}
+
 /// mTLS where a door can carry a client certificate: the proxy (its own TLS listener asking
 /// for one) and the gRPC door (Envoy's `source.certificate`, believed with
 /// `client_certificates: true`). The HTTP doors cannot be told one. The same certificate (or

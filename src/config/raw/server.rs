@@ -29,7 +29,8 @@ pub struct RawServer {
     /// Longest request target (path and query) accepted, in bytes (414 beyond it). At least
     /// 1024, at most 65535.
     pub max_target_bytes: usize,
-    /// Most header fields in one request.
+    /// Most header fields in one request, its host (`Host`, HTTP/2's `:authority`, a decision
+    /// door's description of it) counted as one at every door (431 beyond it).
     pub max_headers: usize,
     /// Most client connections open at once over the proxy's listeners, and as many over the
     /// decision doors'; further clients wait in the kernel's accept queue.
