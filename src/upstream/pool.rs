@@ -394,6 +394,8 @@ struct H2Streams {
     /// A response came back on it, so the upstream's SETTINGS (its first frame) were read:
     /// its limit is the upstream's own, no longer hyper's default.
     settled: std::sync::atomic::AtomicBool,
+    /// The upstream sent a GOAWAY: no new stream goes on it ([`H2Conn::serves`]).
+    going_away: std::sync::atomic::AtomicBool,
     /// The connection's dispatch task, polled by its own task and shared to read the limit
     /// now: the frames themselves are handled by hyper's task for the connection, so a limit
     /// kept only when the dispatch task ran was read stale (hyper's default of 100 for a
@@ -473,10 +475,14 @@ impl H2Conn {
         Sender::H2(self.sender.clone(), H2Stream(Arc::clone(&self.streams)))
     }
 
-    /// Whether it still serves: open, and (but for the pool's first one) taken within
-    /// `idle` or carrying a stream.
+    /// Whether it still serves: open, not going away, and (but for the pool's first one)
+    /// taken within `idle` or carrying a stream.
     fn serves(&self, first: bool, idle: Duration, now: Instant) -> bool {
         !self.sender.is_closed()
+            && !self
+                .streams
+                .going_away
+                .load(std::sync::atomic::Ordering::Relaxed)
             && !self.streams.driver.is_poisoned()
             && (first
                 || self.streams.open.load(std::sync::atomic::Ordering::Relaxed) > 0
@@ -931,6 +937,18 @@ impl Pool {
                 let resp = s.try_send_request(req).await.map_err(|mut e| {
                     let unsent = e.take_message().map(Box::new);
                     let error = e.into_error();
+                    // Why: hyper's side of the connection notices a GOAWAY only when the next
+                    // request comes, so the connection stayed in the pool while the upstream
+                    // let it linger, and the retry below (and any request meanwhile) went on
+                    // it to fail at once: about half the GETs past a graceful GOAWAY got 502.
+                    // Regression: tests (it)
+                    // upstreams::a_get_past_a_graceful_goaway_is_retried_on_a_new_connection
+                    if went_away(&error) {
+                        stream
+                            .0
+                            .going_away
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Failed {
                         repeat: match unsent {
                             None if unprocessed(&error) || closed_before_an_answer(&error) => {
@@ -1177,6 +1195,7 @@ impl Pool {
                 open: std::sync::atomic::AtomicUsize::new(0),
                 max: std::sync::atomic::AtomicUsize::new(conn.current_max_send_streams()),
                 settled: std::sync::atomic::AtomicBool::new(false),
+                going_away: std::sync::atomic::AtomicBool::new(false),
                 driver: Mutex::new(Some(Box::pin(conn))),
             });
             let task = Arc::clone(&streams);
@@ -1488,6 +1507,14 @@ fn unprocessed(e: &hyper::Error) -> bool {
                     // go on, and a later close fails them otherwise.
                     || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)))
         })
+}
+
+/// Whether an HTTP/2 upstream sent a GOAWAY (graceful or not) that failed this stream: the
+/// connection takes no new stream.
+fn went_away(e: &hyper::Error) -> bool {
+    crate::errors::sources(e)
+        .find_map(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|e| e.is_remote() && e.is_go_away())
 }
 
 /// Whether a failed exchange on a reused connection ended as a connection the upstream

@@ -2081,6 +2081,116 @@ async fn an_h2_stream_the_upstream_refused_is_retried() {
     assert_eq!(seen.load(Ordering::SeqCst), 3, "the POST went once");
 }
 
+/// An h2c upstream (frames written by hand, for the exact GOAWAY) that answers each
+/// connection's first stream with 200, and meets any later one with a graceful GOAWAY naming
+/// the first as the last it processes, closing the connection half a second later, as a
+/// server draining for a restart does. Counts the connections and the streams it answered.
+async fn goaway_upstream() -> (
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (c, a) = (Arc::clone(&conns), Arc::clone(&answered));
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            conns.fetch_add(1, Ordering::SeqCst);
+            let answered = Arc::clone(&answered);
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if tcp.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // Our SETTINGS (none).
+                let _ = tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+                let mut first: Option<u32> = None;
+                loop {
+                    let mut head = [0u8; 9];
+                    if tcp.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let (kind, flags) = (head[3], head[4]);
+                    let stream =
+                        u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                    let mut payload = vec![0u8; len];
+                    if tcp.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    match kind {
+                        // SETTINGS, not an ACK: acknowledged.
+                        4 if flags & 1 == 0 => {
+                            let _ = tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+                        }
+                        // HEADERS: the first stream gets `:status: 200` (HPACK static 8),
+                        // ending the stream; a later one, the GOAWAY.
+                        1 => match first {
+                            None => {
+                                first = Some(stream);
+                                // `:status: 200`, the body `hi`, then a trailer
+                                // (`x-t: v`, a literal), as a gRPC server answers.
+                                let id = stream.to_be_bytes();
+                                let mut frames = vec![0, 0, 1, 1, 0x4];
+                                frames.extend_from_slice(&id);
+                                frames.push(0x88);
+                                frames.extend_from_slice(&[0, 0, 2, 0, 0]);
+                                frames.extend_from_slice(&id);
+                                frames.extend_from_slice(b"hi");
+                                frames.extend_from_slice(&[0, 0, 7, 1, 0x5]);
+                                frames.extend_from_slice(&id);
+                                frames.extend_from_slice(&[0, 3, b'x', b'-', b't', 1, b'v']);
+                                let _ = tcp.write_all(&frames).await;
+                                answered.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Some(last) => {
+                                // A moment after the stream came, as a server in another
+                                // process answers: the gateway's side is idle by then.
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                                let mut frame = vec![0, 0, 8, 7, 0, 0, 0, 0, 0];
+                                frame.extend_from_slice(&last.to_be_bytes());
+                                frame.extend_from_slice(&0u32.to_be_bytes());
+                                let _ = tcp.write_all(&frame).await;
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                return;
+                            }
+                        },
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, c, a)
+}
+
+/// A GET refused by a graceful GOAWAY while its connection lingers (the upstream draining for
+/// a restart) goes once more on a new connection and gets its answer, every time: here each
+/// GET but the first is refused once, and each retry opens a connection.
+/// (The retry took the same pooled connection, still open, and about half of such GETs got
+/// 502 `upstream_error`: found by an outside acceptance run.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_past_a_graceful_goaway_is_retried_on_a_new_connection() {
+    use std::sync::atomic::Ordering;
+    let (addr, conns, answered) = goaway_upstream().await;
+    let gw = h2c_gateway(addr).await;
+    for i in 1..=8 {
+        let (status, _, _) = get(gw.addr(), &format!("/get/{i}")).await;
+        assert_eq!(status, StatusCode::OK, "GET {i}");
+    }
+    assert_eq!(answered.load(Ordering::SeqCst), 8);
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        8,
+        "a new connection for each retry"
+    );
+}
+
 #[tokio::test]
 async fn h2c_upstream_relays_trailers() {
     let (addr, seen) = trailer_upstream(None).await;
