@@ -41,29 +41,36 @@ pub const SCRIPT: &str = r"
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local s = redis.call('HMGET', KEYS[1], 'r', 'ri', 'q', 'qi')
-local function tat(v, vi, interval)
+local s = redis.call('HMGET', KEYS[1], 'r', 'ri', 'q', 'qi', 'rt', 'qt')
+local function tat(v, vi, vt, interval)
   v = tonumber(v)
   vi = tonumber(vi)
+  vt = tonumber(vt)
   if not v or not vi or vi <= 0 or v <= now then return now end
+  -- Never further ahead than the limit that wrote it could put it (its tolerance and one
+  -- interval): one stored past that (Redis's clock stepped back after a failover, a hand
+  -- edit) would refuse the key for as long as it is ahead. Wholly spent instead.
+  if vt and vt >= 0 then v = math.min(v, now + vt + vi) end
   if vi == interval then return v end
   return now + math.floor((v - now) * interval / vi)
 end
 local ri, rt = tonumber(ARGV[2]), tonumber(ARGV[3])
 local qi, qt = tonumber(ARGV[4]), tonumber(ARGV[5])
-local r = tat(s[1], s[2], ri)
+local r = tat(s[1], s[2], s[5], ri)
 local q = now
-if qi > 0 then q = tat(s[3], s[4], qi) end
+if qi > 0 then q = tat(s[3], s[4], s[6], qi) end
 -- Microseconds since 1970 are 16 digits: written as integers, never in exponent form.
 local function int(x) return string.format('%.0f', x) end
 if ARGV[1] == 'refund' then
   if r <= now and q <= now then return {1, 0, 0} end
   r = math.max(r - ri, now)
-  redis.call('HSET', KEYS[1], 'r', int(r), 'ri', int(ri))
+  -- (A debt carried over a tightening can be further ahead than this limit's reach: the
+  -- reach written covers it.)
+  redis.call('HSET', KEYS[1], 'r', int(r), 'ri', int(ri), 'rt', int(math.max(rt, r - now - ri)))
   local until_idle = r - now
   if qi > 0 then
     q = math.max(q - qi, now)
-    redis.call('HSET', KEYS[1], 'q', int(q), 'qi', int(qi))
+    redis.call('HSET', KEYS[1], 'q', int(q), 'qi', int(qi), 'qt', int(math.max(qt, q - now - qi)))
     until_idle = math.max(until_idle, q - now)
   end
   redis.call('PEXPIRE', KEYS[1], math.ceil(until_idle / 1000) + 1)
@@ -83,10 +90,10 @@ local rd, qd = r - now, q - now
 if ARGV[1] == 'spend' then
   rd = rd + ri
   if qi > 0 then qd = qd + qi end
-  redis.call('HSET', KEYS[1], 'r', int(r + ri), 'ri', int(ri))
+  redis.call('HSET', KEYS[1], 'r', int(r + ri), 'ri', int(ri), 'rt', int(rt))
   local until_idle = r + ri - now
   if qi > 0 then
-    redis.call('HSET', KEYS[1], 'q', int(q + qi), 'qi', int(qi))
+    redis.call('HSET', KEYS[1], 'q', int(q + qi), 'qi', int(qi), 'qt', int(qt))
     until_idle = math.max(until_idle, q + qi - now)
   end
   redis.call('PEXPIRE', KEYS[1], math.ceil(until_idle / 1000) + 1)

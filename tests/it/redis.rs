@@ -1057,6 +1057,58 @@ async fn redis_and_local_limits_count_down_alike() {
     }
 }
 
+/// A budget stored far ahead of Redis's clock (its clock stepped back after a failover, a
+/// hand edit) counts as wholly spent: refused for one interval at most (6 s for 10 a
+/// minute), not for as long as it is ahead. (Outside acceptance run: `Retry-After: 3546`
+/// for a stored time an hour ahead, 18446744074 for one of 10^17 microseconds.)
+#[tokio::test]
+async fn a_budget_stored_far_ahead_refuses_no_longer_than_the_limit_can() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: r, match: {paths: [\"/r/**\"]}, effect: allow, anonymous: true, rate_limit: r, upstream: echo}\n".into(),
+        )],
+        extra: format!(
+            "redis: {{url: \"{}\", timeout: 1s}}\nrate_limits:\n  r: {{key: route, requests: 10, per: 1m, backend: redis, on_redis_failure: deny}}\n",
+            redis.url()
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let ask = || async {
+        send(
+            gw.addr(),
+            Request::get("/r/x").body(Full::default()).unwrap(),
+        )
+        .await
+    };
+    let (status, _, _) = ask().await;
+    assert_eq!(status, StatusCode::OK);
+    let keys = command(redis.addr(), &["KEYS", "portcullis:rl:r:*"]).await;
+    let key = keys
+        .lines()
+        .find(|l| l.starts_with("portcullis:rl:r:"))
+        .unwrap_or_else(|| panic!("the limit's key in {keys:?}"))
+        .to_owned();
+    // Microseconds some three thousand years ahead.
+    let set = command(redis.addr(), &["HSET", &key, "r", "99999999999999999"]).await;
+    assert!(set.starts_with(':'), "{set}");
+    let (status, headers, _) = ask().await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=6).contains(&wait), "Retry-After {wait}");
+    let reset: u64 = headers["ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reset <= 60, "RateLimit-Reset {reset}");
+}
+
 /// An ACL user and password (from a file) reach a Redis that requires them; a wrong password
 /// is a failure like any other (here: fail closed); the admin pages never show it.
 #[tokio::test]
