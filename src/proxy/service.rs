@@ -286,6 +286,8 @@ async fn forward(
         Some(_) => None,
     };
     let watched = expires_at.is_some() || watch.is_some();
+    // When the credential ends, for the answer's head (the watches take their own copies).
+    let ends_at = expires_at.or_else(|| watch.as_ref().and_then(|w| w.1));
     // What the decision adds to the client's response (a shadow-mode limit's header), as
     // the decision doors hand it to their peer.
     let to_client = std::mem::take(&mut allow.mutation.response);
@@ -335,6 +337,20 @@ async fn forward(
     // The client's body still streaming, as activity the response's idle timer counts.
     let upload = req.body().progress();
     let resp = send(ctx, &upstream, req, opts, &client_fault).await?;
+    // Why: an answer whose head came after the credential expired was cut at its first
+    // frame, before anything reached the client: HTTP/1.1 clients got no status line at
+    // all, HTTP/2 ones a 200 and a reset, and the access log said 200. Nothing of it has
+    // gone out: refused as an upload cut at expiry is, 401 `stream_credential_expired`.
+    // Regression: tests (it) edge::an_answer_that_comes_after_the_credential_expired_is_refused
+    if let Some(at) = ends_at
+        && snapshot.clock.unix_secs() >= at
+    {
+        ctx.shared.metrics.limit(body::STREAM_EXPIRED);
+        return Err(Failure::Failed(
+            StatusCode::UNAUTHORIZED,
+            body::STREAM_EXPIRED,
+        ));
+    }
     // The answer begins, and the request's `max_in_flight` permit goes: its share too, even
     // if the body still streams (a gRPC stream answered at once).
     if let Some(share) = share {

@@ -2682,6 +2682,106 @@ async fn a_declined_upgrades_answer_ends_with_its_credential() {
     assert!(rechecked >= Duration::from_millis(900), "{rechecked:?}");
 }
 
+/// An answer whose head comes after the credential expired (a slow upstream: here the clock
+/// moves two minutes on while it works) has sent the client nothing yet: 401
+/// `stream_credential_expired`, logged and counted as such, on a rule that re-checks and on
+/// one that does not, over HTTP/1.1 and HTTP/2. (HTTP/1.1 clients got no status line at all,
+/// HTTP/2 ones a 200 and a reset, and the access log said 200.)
+#[tokio::test]
+async fn an_answer_that_comes_after_the_credential_expired_is_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let clock = portcullis::clock::Clock::manual_now();
+    let moved = clock.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let moved = moved.clone();
+            let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                let moved = moved.clone();
+                async move {
+                    moved.advance(Duration::from_secs(120));
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        Bytes::from_static(b"the whole answer"),
+                    )))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    let mut setup = ws_setup_at(addr, "    reauthorize_every: 1s\n");
+    setup.clock = clock.clone();
+    let gw = setup.start().await;
+    let mut asked = 0;
+    for path in ["/plain/slow", "/ws/slow"] {
+        // A fresh token for each: the clock has moved on.
+        let auth = bearer(&hs256_token(
+            SECRET,
+            &json!({"exp": clock.unix_secs() + 60}),
+        ));
+        let r = crate::support::raw(
+            gw.addr(),
+            format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 401, "{path}: {}", r.head);
+        assert!(
+            r.body.contains("stream_credential_expired"),
+            "{path}: {}",
+            r.body
+        );
+        assert!(!r.body.contains("the whole answer"), "{path}");
+        asked += 1;
+        // HTTP/2.
+        let auth = bearer(&hs256_token(
+            SECRET,
+            &json!({"exp": clock.unix_secs() + 60}),
+        ));
+        let stream = TcpStream::connect(gw.addr()).await.unwrap();
+        let (mut h2, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let resp = h2
+            .send_request(
+                Request::get(format!("http://gw{path}"))
+                    .header("authorization", &auth)
+                    .body(Full::<Bytes>::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::UNAUTHORIZED,
+            "{path} over HTTP/2"
+        );
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .expect("a whole body")
+            .to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("stream_credential_expired"),
+            "{path}"
+        );
+        asked += 1;
+    }
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(&format!("limit=\"stream_credential_expired\"}} {asked}")),
+        "{metrics}"
+    );
+    server.abort();
+}
+
 /// An upload (a chunked POST still streaming) ends with its credential, as a long response
 /// does, on a rule that re-checks and on one that does not: the upstream stops receiving it
 /// and the client is answered 401 `stream_credential_expired`. It reached the upstream whole,
