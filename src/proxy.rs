@@ -6,6 +6,6 @@ mod cors;
 pub mod forwarded;
 pub mod service;
 mod tunnel;
-mod upgrade;
+pub(crate) mod upgrade;
 mod watched;
 mod wsframe;

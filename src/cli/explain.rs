@@ -239,6 +239,8 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
         report["trace"] = json!(["the request is refused before any rule: malformed"]);
         return Ok((report, false));
     }
+    // The upgrade asked for, read before the hop-by-hop headers go, as the proxy reads it.
+    let upgrade = crate::proxy::upgrade::asked(&mut parts);
     hop_by_hop::strip(&mut parts.headers);
     let facts = match RequestFacts::from_parts(&parts, &conn, &snapshot.server.trusted_proxies) {
         Ok(f) => f,
@@ -289,6 +291,28 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
             Ok((report, false))
         }
         Decision::Allow(mut allow) => {
+            // Why: the proxy refuses a WebSocket its rule relays from an origin the rule's
+            // CORS does not name (403 `cors_origin_not_allowed`), and `explain` and `test`
+            // said allowed: an operator could not check the guard against cross-site
+            // WebSocket hijacking with them. Regression: tests (it)
+            // policy::explain_refuses_a_websocket_from_a_foreign_origin_as_the_proxy_does
+            if let Some(asked) = &upgrade
+                && let Some(edge) = allow.edge.as_deref()
+                && edge.relays(asked.protocols.as_bytes())
+                && edge.refuses_upgrade_origin(&parts.headers)
+            {
+                let reason = crate::authz::edge::PreflightRefusal::Origin.as_str();
+                report["decision"] = json!("deny");
+                report["status"] = json!(403);
+                report["reason"] = json!(reason);
+                report["response_code"] = json!(reason);
+                if let Some(steps) = report["trace"].as_array_mut() {
+                    steps.push(json!(format!(
+                        "the rule allows the request but refuses the upgrade it asks for: {reason}"
+                    )));
+                }
+                return Ok((report, false));
+            }
             report["decision"] = json!("allow");
             if let Some(p) = &allow.principal {
                 report["principal"] = json!({

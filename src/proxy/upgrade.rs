@@ -34,9 +34,9 @@ const SEC_WEBSOCKET_VERSION: http::HeaderName =
 
 /// An upgrade a request asks for.
 #[derive(Debug, Clone)]
-pub(super) struct Asked {
+pub(crate) struct Asked {
     /// The protocols (`Upgrade`'s value; `websocket` for an extended CONNECT).
-    pub(super) protocols: HeaderValue,
+    pub(crate) protocols: HeaderValue,
     /// An HTTP/2 extended CONNECT (RFC 8441) rather than an HTTP/1.1 `Upgrade`.
     pub(super) h2: bool,
 }
@@ -45,7 +45,7 @@ pub(super) struct Asked {
 /// `Upgrade` header on HTTP/1.1 with `upgrade` named in `Connection`, or an HTTP/2 extended
 /// CONNECT for `websocket`, whose method becomes the `GET` it stands for (RFC 8441 §5), so
 /// the rules decide it as the same request over HTTP/1.1.
-pub(super) fn asked(parts: &mut http::request::Parts) -> Option<Asked> {
+pub(crate) fn asked(parts: &mut http::request::Parts) -> Option<Asked> {
     if parts.version == Version::HTTP_2 && parts.method == http::Method::CONNECT {
         let websocket = parts
             .extensions

@@ -1153,6 +1153,55 @@ fn check_warns_about_rules_that_can_never_match() {
     assert!(text.contains("3 warning(s)"), "{text}");
 }
 
+/// A WebSocket its rule relays, from an origin the rule's CORS does not name: the proxy
+/// refuses it (403 `cors_origin_not_allowed`), and so do `explain` and `test`; from the named
+/// origin, or as a plain request, it is allowed. (Both tools said allowed.)
+#[test]
+fn explain_refuses_a_websocket_from_a_foreign_origin_as_the_proxy_does() {
+    let cfg = ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - name: ws\n    match: {paths: [\"/ws/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: echo\n    upgrade: {protocols: [websocket]}\n    cors: {allowed_origins: [\"https://app.example.com\"]}\n",
+    );
+    let upgrade = ["-H", "Connection: Upgrade", "-H", "Upgrade: websocket"];
+    for (origin, code, says) in [
+        ("https://evil.example", 1, "cors_origin_not_allowed"),
+        ("https://app.example.com", 0, "allow"),
+    ] {
+        let header = format!("Origin: {origin}");
+        let mut args = vec!["--url", "http://gw.example/ws/x", "-H", &header];
+        args.extend(upgrade);
+        let (got, text) = cfg.run("explain", &args);
+        assert_eq!(got, Some(code), "{origin}: {text}");
+        assert!(text.contains(says), "{origin}: {text}");
+        // Not an upgrade: CORS does not apply to a plain request's decision.
+        let (got, text) = cfg.run("explain", &args[..4]);
+        assert_eq!(got, Some(0), "{origin}, no upgrade: {text}");
+    }
+    let cases = cfg.dir.path().join("ws.test.yaml");
+    std::fs::write(
+        &cases,
+        format!(
+            "config: {}\ncases:\n  - name: foreign\n    request: {{url: \"http://gw.example/ws/x\", headers: {{upgrade: websocket, connection: Upgrade, origin: \"https://evil.example\"}}}}\n    expect: {{decision: deny, status: 403, reason: cors_origin_not_allowed}}\n  - name: own\n    request: {{url: \"http://gw.example/ws/x\", headers: {{upgrade: websocket, connection: Upgrade, origin: \"https://app.example.com\"}}}}\n    expect: {{decision: allow, status: 200}}\n",
+            cfg.dir.path().join("portcullis.yaml").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("test")
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("2 passed, 0 failed"), "{text}");
+}
+
 #[test]
 fn policy_test_files_pass_for_the_examples_and_print_a_diff_on_mismatch() {
     let run = |file: &std::path::Path| {
