@@ -99,12 +99,15 @@ impl CountBy {
             // appends its own (as to `X-Forwarded-For`) leaves the client's copy first, which
             // then chose the budget. Regression: tests (it)
             // ratelimit::header_key_counts_the_trusted_proxys_value
+            // Why an empty value is no value: counted as one, every request carrying the header
+            // empty shared one budget, where an absent one is counted by its address.
+            // Regression: tests::an_empty_header_value_counts_as_absent
             (Self::Header(name), _) => match facts
                 .headers
                 .get_all(name)
                 .iter()
                 .next_back()
-                .filter(|_| facts.peer_trusted)
+                .filter(|v| facts.peer_trusted && !v.as_bytes().trim_ascii().is_empty())
             {
                 Some(v) => {
                     k.tag(4);

@@ -279,6 +279,45 @@ fn summaries() {
 /// discriminants, native-endian integers) the standard library does not promise to keep
 /// across releases or platforms; they are now written by `key::write` itself, as the
 /// same bytes a 64-bit little-endian build fed before, so the keys did not change.
+/// A `header:` key's header sent empty (or blank) by a trusted proxy is counted as if
+/// absent, by the client's address: counted as a value, every such request shared one budget.
+#[test]
+fn an_empty_header_value_counts_as_absent() {
+    let key = |value: Option<&'static str>, ip: &str| {
+        let (mut parts, conn) = facts_parts();
+        if let Some(v) = value {
+            parts
+                .headers
+                .insert("x-tenant", http::HeaderValue::from_static(v));
+        }
+        let facts = RequestFacts {
+            peer_trusted: true,
+            client_ip: ip.parse().unwrap(),
+            ..RequestFacts::from_parts(&parts, &conn, &[]).unwrap()
+        };
+        let mut h = Sha256::default();
+        CountBy::parse("header:x-tenant")
+            .unwrap()
+            .write(&mut h, &facts, None, "rule");
+        let mut out = String::new();
+        h.finish_hex(&mut out);
+        out
+    };
+    for empty in ["", "  "] {
+        assert_eq!(
+            key(Some(empty), "10.0.0.1"),
+            key(None, "10.0.0.1"),
+            "{empty:?}"
+        );
+        assert_ne!(
+            key(Some(empty), "10.0.0.1"),
+            key(Some(empty), "10.0.0.2"),
+            "{empty:?}"
+        );
+    }
+    assert_eq!(key(Some("acme"), "10.0.0.1"), key(Some("acme"), "10.0.0.2"));
+}
+
 #[test]
 fn redis_keys_are_pinned() {
     let (mut parts, conn) = facts_parts();
