@@ -172,6 +172,17 @@ pub async fn decide(
     {
         a.failed_open = a.failed_open.or(Some(FailedOpen::RateLimit));
     }
+    // Why: a shadow-mode guard counted the requests it would have refused but never named
+    // itself on them, where a shadow rate limit does (`shadow_header`): an operator trying a
+    // guard could not see which clients it would have locked out. (A denial keeps its own
+    // answer: the header goes with an allowed request.)
+    // Regression: tests (it) ratelimit::a_shadow_guard_names_itself_on_what_it_would_refuse
+    if let (Checked::ShadowLimited, Decision::Allow(a)) = (&checked, &mut decision)
+        && let Some(header) = &guard.shadow_header
+        && let Ok(v) = http::HeaderValue::from_str(&guard.name)
+    {
+        a.mutation.response.push((header.clone(), v));
+    }
     if matches!(&decision, Decision::Deny(d) if counts_as_failure(d.kind)) {
         guard.failed(facts.conn.door);
     } else if spent {

@@ -405,6 +405,55 @@ async fn brute_force_guard_refuses_before_verifying() {
     );
 }
 
+/// A brute-force guard in shadow mode never refuses, and an allowed request it would have
+/// refused (a valid token after the failures spent it) carries its `shadow_header`, as a
+/// shadow rate limit's does. (It counted such requests but named itself on none.)
+#[tokio::test]
+async fn a_shadow_guard_names_itself_on_what_it_would_refuse() {
+    let gw = Setup {
+        policies: vec![(
+            "10-p.yaml".into(),
+            "rules:\n  - {name: login, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users], guard: tries, upstream: echo}\n".into(),
+        )],
+        files: vec![("hs.secret".into(), SECRET.to_vec())],
+        extra: format!(
+            "{}rate_limits:\n  tries: {{key: client_ip, requests: 1, per: 1h, count: failures, shadow: true, shadow_header: x-ratelimit-shadow}}\n",
+            crate::support::hs256_users("{}")
+        ),
+        ..Setup::default()
+    }
+    .start()
+    .await;
+    let with = |auth: &str| {
+        Request::get("/login")
+            .header("authorization", auth.to_owned())
+            .body(Full::default())
+            .unwrap()
+    };
+    let good = format!(
+        "Bearer {}",
+        crate::support::hs256_token(SECRET, &json!({"sub": "alice"}))
+    );
+    let (status, headers, _) = send(gw.addr(), with(&good)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !headers.contains_key("x-ratelimit-shadow"),
+        "nothing spent yet"
+    );
+    for _ in 0..3 {
+        let (status, _, _) = send(gw.addr(), with("Bearer not.a.token")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, headers, _) = send(gw.addr(), with(&good)).await;
+    assert_eq!(status, StatusCode::OK, "shadow mode never refuses");
+    assert_eq!(
+        headers
+            .get("x-ratelimit-shadow")
+            .map(|v| v.to_str().unwrap()),
+        Some("tries")
+    );
+}
+
 /// Shadow mode never refuses, but counts what it would have refused, and names itself in a
 /// response header when asked to.
 #[tokio::test]
