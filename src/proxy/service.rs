@@ -337,19 +337,34 @@ async fn forward(
     // The client's body still streaming, as activity the response's idle timer counts.
     let upload = req.body().progress();
     let resp = send(ctx, &upstream, req, opts, &client_fault).await?;
-    // Why: an answer whose head came after the credential expired was cut at its first
-    // frame, before anything reached the client: HTTP/1.1 clients got no status line at
-    // all, HTTP/2 ones a 200 and a reset, and the access log said 200. Nothing of it has
-    // gone out: refused as an upload cut at expiry is, 401 `stream_credential_expired`.
-    // Regression: tests (it) edge::an_answer_that_comes_after_the_credential_expired_is_refused
-    if let Some(at) = ends_at
-        && snapshot.clock.unix_secs() >= at
-    {
-        ctx.shared.metrics.limit(body::STREAM_EXPIRED);
-        return Err(Failure::Failed(
-            StatusCode::UNAUTHORIZED,
-            body::STREAM_EXPIRED,
-        ));
+    // Why: an answer whose head came after its watch fired (the credential expired, or a
+    // re-check denied, while the upstream worked) was cut at its first frame, before anything
+    // reached the client: HTTP/1.1 clients got no status line at all, HTTP/2 ones a 200 and a
+    // reset, and the access log said 200. A short answer (complete, or of a known length up
+    // to `SHORT_ANSWER`) is the upstream's answer to what was authorized, maybe after it
+    // acted on it: it goes out whole, unwatched. A longer one has sent nothing yet: refused,
+    // as an upload cut before its answer is (401 `stream_credential_expired`, 403
+    // `stream_reauthorization_denied`). Regression: tests (it)
+    // edge::an_answer_that_comes_after_the_credential_expired_is_refused
+    let late = match &mut answer_cut {
+        // The upload's watch (counted when it fired).
+        Some(cut) => cut.try_recv().ok(),
+        None => ends_at
+            .is_some_and(|at| snapshot.clock.unix_secs() >= at)
+            .then_some(body::STREAM_EXPIRED),
+    };
+    if let Some(reason) = late {
+        if !short_answer(resp.body()) {
+            if answer_cut.is_none() {
+                ctx.shared.metrics.limit(reason);
+            }
+            let status = match reason {
+                body::STREAM_DENIED => StatusCode::FORBIDDEN,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            return Err(Failure::Failed(status, reason));
+        }
+        (watch, expires_at, answer_cut) = (None, None, None);
     }
     // The answer begins, and the request's `max_in_flight` permit goes: its share too, even
     // if the body still streams (a gRPC stream answered at once).
@@ -390,6 +405,16 @@ async fn forward(
         true => resp.map(super::watched::grpc_ending),
         false => resp,
     })
+}
+
+/// The most bytes of an answer that came after its credential expired that still go out
+/// whole ([`forward`]).
+const SHORT_ANSWER: u64 = 64 * 1024;
+
+/// Whether an answer is complete already or of a known length up to [`SHORT_ANSWER`].
+fn short_answer(body: &crate::upstream::PooledBody) -> bool {
+    use http_body::Body as _;
+    body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= SHORT_ANSWER)
 }
 
 /// What an upgrade the rule relays brings to [`tunnel`].

@@ -42,25 +42,33 @@ if redis.replicate_commands then pcall(redis.replicate_commands) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local s = redis.call('HMGET', KEYS[1], 'r', 'ri', 'q', 'qi', 'rt', 'qt')
-local function tat(v, vi, vt, interval)
+-- Microseconds since 1970 are 16 digits: written as integers, never in exponent form.
+local function int(x) return string.format('%.0f', x) end
+local clamped = false
+local function tat(field, v, vi, vt, interval)
   v = tonumber(v)
   vi = tonumber(vi)
   vt = tonumber(vt)
   if not v or not vi or vi <= 0 or v <= now then return now end
   -- Never further ahead than the limit that wrote it could put it (its tolerance and one
   -- interval): one stored past that (Redis's clock stepped back after a failover, a hand
-  -- edit) would refuse the key for as long as it is ahead. Wholly spent instead.
-  if vt and vt >= 0 then v = math.min(v, now + vt + vi) end
+  -- edit) would refuse the key for as long as it is ahead. Wholly spent instead, and written
+  -- so (a refusal writes nothing else): the next read starts from there.
+  if vt and vt >= 0 and v > now + vt + vi then
+    v = now + vt + vi
+    redis.call('HSET', KEYS[1], field, int(v))
+    clamped = true
+  end
   if vi == interval then return v end
   return now + math.floor((v - now) * interval / vi)
 end
 local ri, rt = tonumber(ARGV[2]), tonumber(ARGV[3])
 local qi, qt = tonumber(ARGV[4]), tonumber(ARGV[5])
-local r = tat(s[1], s[2], s[5], ri)
+local r = tat('r', s[1], s[2], s[5], ri)
 local q = now
-if qi > 0 then q = tat(s[3], s[4], s[6], qi) end
--- Microseconds since 1970 are 16 digits: written as integers, never in exponent form.
-local function int(x) return string.format('%.0f', x) end
+if qi > 0 then q = tat('q', s[3], s[4], s[6], qi) end
+-- A clamped key lives as long as what is left of it (its expiry was as far ahead).
+if clamped then redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(r, q) - now) / 1000) + 1) end
 if ARGV[1] == 'refund' then
   if r <= now and q <= now then return {1, 0, 0} end
   r = math.max(r - ri, now)

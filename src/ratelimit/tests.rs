@@ -271,14 +271,6 @@ fn summaries() {
     }
 }
 
-/// The Redis key of every kind, pinned: every gateway of a fleet, whatever its build, Rust
-/// release or platform, must name a client's budget alike, and an upgrade must not hand
-/// everyone a fresh budget.
-///
-/// Why: the keys were fed through `std::hash::Hash`, whose bytes (length prefixes, enum
-/// discriminants, native-endian integers) the standard library does not promise to keep
-/// across releases or platforms; they are now written by `key::write` itself, as the
-/// same bytes a 64-bit little-endian build fed before, so the keys did not change.
 /// A `header:` key's header sent empty (or blank) by a trusted proxy is counted as if
 /// absent, by the client's address: counted as a value, every such request shared one budget.
 #[test]
@@ -318,6 +310,14 @@ fn an_empty_header_value_counts_as_absent() {
     assert_eq!(key(Some("acme"), "10.0.0.1"), key(Some("acme"), "10.0.0.2"));
 }
 
+/// The Redis key of every kind, pinned: every gateway of a fleet, whatever its build, Rust
+/// release or platform, must name a client's budget alike, and an upgrade must not hand
+/// everyone a fresh budget.
+///
+/// Why: the keys were fed through `std::hash::Hash`, whose bytes (length prefixes, enum
+/// discriminants, native-endian integers) the standard library does not promise to keep
+/// across releases or platforms; they are now written by `key::write` itself, as the
+/// same bytes a 64-bit little-endian build fed before, so the keys did not change.
 #[test]
 fn redis_keys_are_pinned() {
     let (mut parts, conn) = facts_parts();

@@ -2683,10 +2683,12 @@ async fn a_declined_upgrades_answer_ends_with_its_credential() {
 }
 
 /// An answer whose head comes after the credential expired (a slow upstream: here the clock
-/// moves two minutes on while it works) has sent the client nothing yet: 401
-/// `stream_credential_expired`, logged and counted as such, on a rule that re-checks and on
-/// one that does not, over HTTP/1.1 and HTTP/2. (HTTP/1.1 clients got no status line at all,
-/// HTTP/2 ones a 200 and a reset, and the access log said 200.)
+/// moves two minutes on while it works), on a rule that re-checks and on one that does not,
+/// over HTTP/1.1 and HTTP/2: a short one (16 bytes) is the upstream's answer to what was
+/// authorized and goes out whole; a long one (100 KiB) has sent nothing yet and is refused,
+/// 401 `stream_credential_expired`, logged and counted as such. (Both were cut at their
+/// first frame: HTTP/1.1 clients got no status line at all, HTTP/2 ones a 200 and a reset,
+/// and the access log said 200.)
 #[tokio::test]
 async fn an_answer_that_comes_after_the_credential_expired_is_refused() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -2696,13 +2698,15 @@ async fn an_answer_that_comes_after_the_credential_expired_is_refused() {
     let server = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let moved = moved.clone();
-            let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let moved = moved.clone();
                 async move {
                     moved.advance(Duration::from_secs(120));
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                        Bytes::from_static(b"the whole answer"),
-                    )))
+                    let body = match req.uri().path().ends_with("/long") {
+                        true => Bytes::from(vec![b'x'; 100 * 1024]),
+                        false => Bytes::from_static(b"the whole answer"),
+                    };
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(body)))
                 }
             });
             tokio::spawn(
@@ -2714,8 +2718,9 @@ async fn an_answer_that_comes_after_the_credential_expired_is_refused() {
     let mut setup = ws_setup_at(addr, "    reauthorize_every: 1s\n");
     setup.clock = clock.clone();
     let gw = setup.start().await;
-    let mut asked = 0;
-    for path in ["/plain/slow", "/ws/slow"] {
+    let mut refused = 0;
+    for path in ["/plain/short", "/plain/long", "/ws/short", "/ws/long"] {
+        let long = path.ends_with("/long");
         // A fresh token for each: the clock has moved on.
         let auth = bearer(&hs256_token(
             SECRET,
@@ -2727,14 +2732,18 @@ async fn an_answer_that_comes_after_the_credential_expired_is_refused() {
                 .as_bytes(),
         )
         .await;
-        assert_eq!(r.status, 401, "{path}: {}", r.head);
-        assert!(
-            r.body.contains("stream_credential_expired"),
-            "{path}: {}",
-            r.body
-        );
-        assert!(!r.body.contains("the whole answer"), "{path}");
-        asked += 1;
+        if long {
+            assert_eq!(r.status, 401, "{path}: {}", r.head);
+            assert!(
+                r.body.contains("stream_credential_expired"),
+                "{path}: {}",
+                r.body
+            );
+            refused += 1;
+        } else {
+            assert_eq!(r.status, 200, "{path}: {}", r.head);
+            assert_eq!(r.body, "the whole answer", "{path}");
+        }
         // HTTP/2.
         let auth = bearer(&hs256_token(
             SECRET,
@@ -2757,26 +2766,26 @@ async fn an_answer_that_comes_after_the_credential_expired_is_refused() {
             )
             .await
             .unwrap();
-        assert_eq!(
-            resp.status(),
-            StatusCode::UNAUTHORIZED,
-            "{path} over HTTP/2"
-        );
+        let status = resp.status();
         let body = resp
             .into_body()
             .collect()
             .await
             .expect("a whole body")
             .to_bytes();
-        assert!(
-            String::from_utf8_lossy(&body).contains("stream_credential_expired"),
-            "{path}"
-        );
-        asked += 1;
+        let body = String::from_utf8_lossy(&body);
+        if long {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} over HTTP/2");
+            assert!(body.contains("stream_credential_expired"), "{path}");
+            refused += 1;
+        } else {
+            assert_eq!(status, StatusCode::OK, "{path} over HTTP/2");
+            assert_eq!(body, "the whole answer", "{path} over HTTP/2");
+        }
     }
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(
-        metrics.contains(&format!("limit=\"stream_credential_expired\"}} {asked}")),
+        metrics.contains(&format!("limit=\"stream_credential_expired\"}} {refused}")),
         "{metrics}"
     );
     server.abort();

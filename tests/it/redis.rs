@@ -1094,9 +1094,12 @@ async fn a_budget_stored_far_ahead_refuses_no_longer_than_the_limit_can() {
         .find(|l| l.starts_with("portcullis:rl:r:"))
         .unwrap_or_else(|| panic!("the limit's key in {keys:?}"))
         .to_owned();
-    // Microseconds some three thousand years ahead.
+    // Microseconds some three thousand years ahead, kept as long (a clock stepped back
+    // leaves the keys' expiry as far ahead).
     let set = command(redis.addr(), &["HSET", &key, "r", "99999999999999999"]).await;
     assert!(set.starts_with(':'), "{set}");
+    let kept = command(redis.addr(), &["PERSIST", &key]).await;
+    assert_eq!(kept, ":1");
     let (status, headers, _) = ask().await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -1107,6 +1110,24 @@ async fn a_budget_stored_far_ahead_refuses_no_longer_than_the_limit_can() {
         .parse()
         .unwrap();
     assert!(reset <= 60, "RateLimit-Reset {reset}");
+    // And written so: the key is refused no longer than that, and expires with it.
+    let stored = command(redis.addr(), &["HGET", &key, "r"]).await;
+    let stored: u64 = stored
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .parse()
+        .unwrap_or(u64::MAX);
+    let time = command(redis.addr(), &["TIME"]).await;
+    // `*2`, `$10`, the seconds.
+    let now: u64 = time.lines().nth(2).unwrap_or("").parse().unwrap();
+    assert!(
+        stored <= (now + 61) * 1_000_000,
+        "stored {stored}, now {now}"
+    );
+    let ttl = command(redis.addr(), &["PTTL", &key]).await;
+    let ttl: i64 = ttl.trim_start_matches(':').parse().unwrap();
+    assert!((1..=61_000).contains(&ttl), "PTTL {ttl}");
 }
 
 /// An ACL user and password (from a file) reach a Redis that requires them; a wrong password
