@@ -602,6 +602,27 @@ async fn run_door(
             return Ok(refused_report(report, render, &settings, status, reason));
         }
     };
+    // Why: the HTTP doors count the client's fields against `server.max_headers`
+    // (`door::too_many_fields`, as `decide_for` does; the gRPC door's reading above counts
+    // them), and explain at those doors said allowed what they refuse with 431.
+    // Regression: tests (it) doors::explain_counts_the_header_fields_as_the_http_doors_do
+    if door != Door::EnvoyGrpc
+        && crate::door::too_many_fields(
+            described.headers.len(),
+            described.headers.iter().map(|(n, _)| n.as_str()),
+            snapshot.server.max_headers,
+        )
+    {
+        report["trace"] = json!(["the request is refused before any rule: too many header fields"]);
+        let status = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        return Ok(refused_report(
+            report,
+            render,
+            &settings,
+            status,
+            "headers_too_many",
+        ));
+    }
     // As every decision door reads an upgrade (`door::asked_upgrade`) and removes the
     // hop-by-hop fields: the HTTP doors before reading the description (above), the gRPC
     // door after (`extauthz::grpc`).

@@ -43,6 +43,11 @@ pub(super) enum Failure {
     /// not relay, a WebSocket from an origin its CORS does not name): a 403 denial, counted
     /// as one at every door.
     Refused(&'static str),
+    /// An answer whose head came after its credential expired or its upload's re-check
+    /// denied: sent whole if short, else refused ([`late_answer`]). Read by [`handle`], so
+    /// that the rare wait for it does not grow every request's future; the refusal, the
+    /// reason, and whether it is still to be counted.
+    Late(Box<(Response<ResponseBody>, &'static str, bool)>),
 }
 
 /// What the access log learns as a request goes through the phases; copied out of the
@@ -166,6 +171,14 @@ pub async fn handle(
     };
     let resp = match forward(&mut ctx, parts, body).await {
         Ok(resp) => resp,
+        Err(Failure::Late(late)) => {
+            let (resp, reason, count) = *late;
+            let metrics = count.then(|| Arc::clone(&ctx.shared.metrics));
+            match late_answer(resp, reason, metrics).await {
+                Ok(resp) => resp,
+                Err(failure) => ctx.rescue(failure),
+            }
+        }
         Err(failure) => {
             let refused_early = !matches!(failure, Failure::Failed(..));
             let resp = ctx.rescue(failure);
@@ -286,8 +299,6 @@ async fn forward(
         Some(_) => None,
     };
     let watched = expires_at.is_some() || watch.is_some();
-    // When the credential ends, for the answer's head (the watches take their own copies).
-    let ends_at = expires_at.or_else(|| watch.as_ref().and_then(|w| w.1));
     // What the decision adds to the client's response (a shadow-mode limit's header), as
     // the decision doors hand it to their peer.
     let to_client = std::mem::take(&mut allow.mutation.response);
@@ -340,32 +351,31 @@ async fn forward(
     // Why: an answer whose head came after its watch fired (the credential expired, or a
     // re-check denied, while the upstream worked) was cut at its first frame, before anything
     // reached the client: HTTP/1.1 clients got no status line at all, HTTP/2 ones a 200 and a
-    // reset, and the access log said 200. A short answer (complete, or of a known length up
-    // to `SHORT_ANSWER`) is the upstream's answer to what was authorized, maybe after it
-    // acted on it: it goes out whole, unwatched. A longer one has sent nothing yet: refused,
-    // as an upload cut before its answer is (401 `stream_credential_expired`, 403
-    // `stream_reauthorization_denied`). Regression: tests (it)
-    // edge::an_answer_that_comes_after_the_credential_expired_is_refused
+    // reset, and the access log said 200. A short answer (read whole, up to `SHORT_ANSWER`
+    // bytes, within `SHORT_READ`) is the upstream's answer to what was authorized, maybe
+    // after it acted on it: it goes out whole. Anything longer or slower (a stream, a
+    // download), or with trailers, has sent nothing yet: refused, as an upload cut before
+    // its answer is (401 `stream_credential_expired`, 403 `stream_reauthorization_denied`).
+    // Regression: tests (it)
+    // edge::an_answer_that_comes_after_the_credential_expired_goes_out_whole_or_not_at_all
     let late = match &mut answer_cut {
         // The upload's watch (counted when it fired).
         Some(cut) => cut.try_recv().ok(),
-        None => ends_at
+        // When the credential ends (nothing has taken either yet without an upload's watch).
+        None => expires_at
+            .or_else(|| watch.as_ref().and_then(|w| w.1))
             .is_some_and(|at| snapshot.clock.unix_secs() >= at)
             .then_some(body::STREAM_EXPIRED),
     };
-    if let Some(reason) = late {
-        if !short_answer(resp.body()) {
-            if answer_cut.is_none() {
-                ctx.shared.metrics.limit(reason);
-            }
-            let status = match reason {
-                body::STREAM_DENIED => StatusCode::FORBIDDEN,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            return Err(Failure::Failed(status, reason));
+    let late = match late {
+        Some(reason) => {
+            // Counted here unless the upload's watch counted it when it fired.
+            let counted = answer_cut.is_some();
+            (watch, expires_at, answer_cut) = (None, None, None);
+            Some((reason, counted))
         }
-        (watch, expires_at, answer_cut) = (None, None, None);
-    }
+        None => None,
+    };
     // The answer begins, and the request's `max_in_flight` permit goes: its share too, even
     // if the body still streams (a gRPC stream answered at once).
     if let Some(share) = share {
@@ -401,21 +411,68 @@ async fn forward(
             )
         }),
     };
+    if let Some((reason, counted)) = late {
+        return Err(Failure::Late(Box::new((resp, reason, !counted))));
+    }
     Ok(match cut_as_grpc {
         true => resp.map(super::watched::grpc_ending),
         false => resp,
     })
 }
 
+/// A late answer ([`Failure::Late`]): whole if [`read_short`] reads it, else refused for
+/// `reason`, counted in `metrics` when given (an upload's watch counted it already).
+fn late_answer(
+    resp: Response<ResponseBody>,
+    reason: &'static str,
+    metrics: Option<Arc<crate::telemetry::metrics::Metrics>>,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Failure>> + Send>> {
+    Box::pin(async move {
+        if let Some(whole) = read_short(resp).await {
+            return Ok(whole);
+        }
+        if let Some(m) = metrics {
+            m.limit(reason);
+        }
+        let status = match reason {
+            body::STREAM_DENIED => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        Err(Failure::Failed(status, reason))
+    })
+}
+
+/// The answer with its body read whole, when it is at most [`SHORT_ANSWER`] bytes, comes
+/// within [`SHORT_READ`] and has no trailers (a whole body cannot carry them); else `None`.
+async fn read_short(resp: Response<ResponseBody>) -> Option<Response<ResponseBody>> {
+    use http_body_util::BodyExt as _;
+    let (mut head, mut body) = resp.into_parts();
+    let read = async {
+        let mut data = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            match frame.ok()?.into_data() {
+                Ok(d) if data.len() + d.len() <= SHORT_ANSWER => data.extend_from_slice(&d),
+                // Over the budget, or trailers.
+                _ => return None,
+            }
+        }
+        Some(data.freeze())
+    };
+    let bytes = tokio::time::timeout(SHORT_READ, read).await.ok()??;
+    // The length is the body's own now (the upstream may have chunked it).
+    head.headers.remove(header::CONTENT_LENGTH);
+    Some(Response::from_parts(
+        head,
+        http_body_util::Either::Left(http_body_util::Full::new(bytes)),
+    ))
+}
+
 /// The most bytes of an answer that came after its credential expired that still go out
 /// whole ([`forward`]).
-const SHORT_ANSWER: u64 = 64 * 1024;
+const SHORT_ANSWER: usize = 64 * 1024;
 
-/// Whether an answer is complete already or of a known length up to [`SHORT_ANSWER`].
-fn short_answer(body: &crate::upstream::PooledBody) -> bool {
-    use http_body::Body as _;
-    body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= SHORT_ANSWER)
-}
+/// How long such an answer may take to arrive whole once its head has.
+const SHORT_READ: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What an upgrade the rule relays brings to [`tunnel`].
 struct Upgrading {
@@ -1011,6 +1068,16 @@ impl Ctx<'_> {
                 self.shared.metrics.denial(Door::Proxy, reason);
                 (self.outcome, self.reason) = (Outcome::Deny, Some(reason));
                 (Refusal::error(StatusCode::FORBIDDEN, reason, id), false)
+            }
+            // Read by `handle` first; here, refused unread.
+            Failure::Late(late) => {
+                let (_, reason, _) = *late;
+                (self.outcome, self.reason) = (Outcome::Error, Some(reason));
+                let status = match reason {
+                    body::STREAM_DENIED => StatusCode::FORBIDDEN,
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+                (Refusal::error(status, reason, id), false)
             }
         };
         let resp = if let Some(grpc) = self.grpc {

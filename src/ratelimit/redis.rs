@@ -45,6 +45,9 @@ local s = redis.call('HMGET', KEYS[1], 'r', 'ri', 'q', 'qi', 'rt', 'qt')
 -- Microseconds since 1970 are 16 digits: written as integers, never in exponent form.
 local function int(x) return string.format('%.0f', x) end
 local clamped = false
+-- The furthest stored time, in the terms it was stored in: a debt read rescaled still ends
+-- there, whatever the rescaling.
+local keep = now
 local function tat(field, v, vi, vt, interval)
   v = tonumber(v)
   vi = tonumber(vi)
@@ -59,6 +62,7 @@ local function tat(field, v, vi, vt, interval)
     redis.call('HSET', KEYS[1], field, int(v))
     clamped = true
   end
+  keep = math.max(keep, v)
   if vi == interval then return v end
   return now + math.floor((v - now) * interval / vi)
 end
@@ -68,7 +72,7 @@ local r = tat('r', s[1], s[2], s[5], ri)
 local q = now
 if qi > 0 then q = tat('q', s[3], s[4], s[6], qi) end
 -- A clamped key lives as long as what is left of it (its expiry was as far ahead).
-if clamped then redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(r, q) - now) / 1000) + 1) end
+if clamped then redis.call('PEXPIRE', KEYS[1], math.ceil((keep - now) / 1000) + 1) end
 if ARGV[1] == 'refund' then
   if r <= now and q <= now then return {1, 0, 0} end
   r = math.max(r - ri, now)

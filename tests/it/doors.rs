@@ -1231,6 +1231,40 @@ fn explain_answers_a_preflight_as_the_door_does() {
 /// `explain` shows a door's own answer to a request it refuses before any rule, as for a
 /// decided one: the forward-auth door's status map applied (nginx gets 403 and the real 400
 /// in `x-portcullis-status`), the gRPC door's INVALID_ARGUMENT.
+/// `explain --door` counts the client's header fields against `server.max_headers` as each
+/// door does: `Host` and 99 others pass, `Host` and 100 get 431 `headers_too_many` at every
+/// door. (At the forward-auth and Envoy HTTP doors explain said allowed.)
+#[test]
+fn explain_counts_the_header_fields_as_the_http_doors_do() {
+    let cfg = crate::support::ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: open, match: {paths: [\"/open/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    for door in ["proxy", "forward-auth", "envoy-http", "envoy-grpc"] {
+        for (others, code, status) in [(99, 0, 200), (100, 1, 431)] {
+            let pads: Vec<String> = (0..others).map(|i| format!("X-Pad-{i}: v")).collect();
+            let mut args = vec!["--url", "https://app.test/open/x", "--json", "--door", door];
+            for p in &pads {
+                args.extend(["-H", p.as_str()]);
+            }
+            let (got, text) = cfg.run("explain", &args);
+            assert_eq!(got, Some(code), "{door}, {others} others: {text}");
+            if code == 1 {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                assert_eq!(
+                    (&v["status"], &v["reason"]),
+                    (
+                        &serde_json::json!(status),
+                        &serde_json::json!("headers_too_many")
+                    ),
+                    "{door}: {text}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn explain_shows_the_door_answer_to_a_malformed_request() {
     let cfg = crate::support::ConfigDir::new("");

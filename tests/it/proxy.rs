@@ -317,11 +317,7 @@ async fn body_over_limit_is_413() {
 
 #[tokio::test]
 async fn upstream_down_is_502() {
-    // Bind then drop a listener: a port on which nothing listens.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = crate::support::refused_port();
     let gw = Setup {
         upstreams: format!("  dead:\n    url: http://{dead}\n"),
         policies: route_all_to("dead"),

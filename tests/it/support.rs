@@ -372,6 +372,20 @@ pub fn closed_port() -> std::net::SocketAddr {
         .unwrap()
 }
 
+/// A loopback address on which connects are refused for the rest of the test: a socket is
+/// bound there and never listens (nor lets go), so no other test's server can take the port
+/// meanwhile, as one did a [`closed_port`]'s (a "dead" upstream answered 200).
+pub fn refused_port() -> std::net::SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("a loopback port");
+    let addr = socket.local_addr().unwrap();
+    // Held until the test's process ends (nextest runs each test in a process of its own).
+    std::mem::forget(socket);
+    addr
+}
+
 /// Polls `f` every 20 ms for at most `within`; for reloads, the one thing we wait on.
 pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
 where

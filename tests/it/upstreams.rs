@@ -870,7 +870,7 @@ async fn least_request_counts_a_stream_until_it_ends() {
 #[tokio::test]
 async fn unreachable_endpoint_retried_elsewhere_and_ejected() {
     let a = Backend::start("a").await;
-    let dead = closed_port();
+    let dead = crate::support::refused_port();
     let gw = Setup {
         upstreams: format!(
             "  pool:\n    url: http://backend.test\n    endpoints: [\"{}\", \"{dead}\"]\n    ejection: {{consecutive_failures: 1, base_time: 10s}}\n",
