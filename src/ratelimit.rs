@@ -372,7 +372,8 @@ impl Limit {
         }
     }
 
-    /// Counts one request (with [`Mode::Peek`] only looks, with [`Mode::Refund`] gives one back).
+    /// Counts one request (with [`Mode::Peek`] only looks, but for a Redis budget stored past
+    /// its limit's reach, which is written back clamped; with [`Mode::Refund`] gives one back).
     pub async fn check(
         &self,
         facts: &RequestFacts<'_>,

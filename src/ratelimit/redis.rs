@@ -52,7 +52,8 @@ local function tat(field, v, vi, vt, interval)
   v = tonumber(v)
   vi = tonumber(vi)
   vt = tonumber(vt)
-  if not v or not vi or vi <= 0 or v <= now then return now end
+  -- (`v ~= v`: a stored `nan`, which reads as a number, is no time.)
+  if not v or v ~= v or not vi or vi <= 0 or v <= now then return now end
   -- Never further ahead than the limit that wrote it could put it (its tolerance and one
   -- interval): one stored past that (Redis's clock stepped back after a failover, a hand
   -- edit) would refuse the key for as long as it is ahead. Wholly spent instead, and written

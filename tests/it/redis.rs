@@ -1128,6 +1128,12 @@ async fn a_budget_stored_far_ahead_refuses_no_longer_than_the_limit_can() {
     let ttl = command(redis.addr(), &["PTTL", &key]).await;
     let ttl: i64 = ttl.trim_start_matches(':').parse().unwrap();
     assert!((1..=61_000).contains(&ttl), "PTTL {ttl}");
+    // A stored `nan` (a number to Lua, no time) is no budget spent: not a Redis failure
+    // (503 here) until the key expires.
+    let set = command(redis.addr(), &["HSET", &key, "r", "nan"]).await;
+    assert!(set.starts_with(':'), "{set}");
+    let (status, _, _) = ask().await;
+    assert_eq!(status, StatusCode::OK, "a nan is read as no time");
 }
 
 /// An ACL user and password (from a file) reach a Redis that requires them; a wrong password
