@@ -434,12 +434,17 @@ fn late_answer(
         if let Some(m) = metrics {
             m.limit(reason);
         }
-        let status = match reason {
-            body::STREAM_DENIED => StatusCode::FORBIDDEN,
-            _ => StatusCode::UNAUTHORIZED,
-        };
-        Err(Failure::Failed(status, reason))
+        Err(Failure::Failed(cut_status(reason), reason))
     })
+}
+
+/// The status of a request whose credential's watch cut it (`reason`, a [`body`] cut
+/// reason): 403 for a re-check's denial, else 401 (the credential expired).
+fn cut_status(reason: &str) -> StatusCode {
+    match reason {
+        body::STREAM_DENIED => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    }
 }
 
 /// The answer with its body read whole, when it is at most [`SHORT_ANSWER`] bytes, comes
@@ -846,11 +851,7 @@ async fn send(
     if sent.is_err()
         && let Some(reason) = client_fault.cut()
     {
-        let status = match reason {
-            body::STREAM_DENIED => StatusCode::FORBIDDEN,
-            _ => StatusCode::UNAUTHORIZED,
-        };
-        return Err(Failure::Failed(status, reason));
+        return Err(Failure::Failed(cut_status(reason), reason));
     }
     let e = match sent {
         Ok(resp) => return Ok(resp),
@@ -1073,11 +1074,7 @@ impl Ctx<'_> {
             Failure::Late(late) => {
                 let (_, reason, _) = *late;
                 (self.outcome, self.reason) = (Outcome::Error, Some(reason));
-                let status = match reason {
-                    body::STREAM_DENIED => StatusCode::FORBIDDEN,
-                    _ => StatusCode::UNAUTHORIZED,
-                };
-                (Refusal::error(status, reason, id), false)
+                (Refusal::error(cut_status(reason), reason, id), false)
             }
         };
         let resp = if let Some(grpc) = self.grpc {

@@ -1045,16 +1045,7 @@ async fn the_header_count_limit_is_the_same_at_every_door() {
         );
         assert_eq!(gw.echo.count() > before, expected == 200, "{others}");
         // HTTP/2: the host is `:authority`.
-        let stream = tokio::net::TcpStream::connect(gw.addr_of("http"))
-            .await
-            .unwrap();
-        let (mut h2, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut h2 = crate::support::h2c(gw.addr_of("http")).await;
         let resp = h2.send_request(request()).await.unwrap();
         assert_eq!(
             resp.status().as_u16(),

@@ -2785,14 +2785,7 @@ async fn an_answer_that_comes_after_the_credential_expired_goes_out_whole_or_not
                 SECRET,
                 &json!({"exp": clock.unix_secs() + 60}),
             ));
-            let stream = TcpStream::connect(gw.addr()).await.unwrap();
-            let (mut h2, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(stream),
-            )
-            .await
-            .unwrap();
-            tokio::spawn(conn);
+            let mut h2 = crate::support::h2c(gw.addr()).await;
             let resp = h2
                 .send_request(
                     Request::get(format!("http://gw{path}"))

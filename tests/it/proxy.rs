@@ -6,7 +6,9 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
-use crate::support::{Setup, TestGateway, echoed_header, get, raw, raw_get, route_all_to, send};
+use crate::support::{
+    Setup, TestGateway, echoed_header, get, h2c, raw, raw_get, route_all_to, send,
+};
 
 #[tokio::test]
 async fn hop_by_hop_headers_removed_including_connection_named() {
@@ -498,19 +500,6 @@ async fn idle_connection_closed_after_idle_timeout() {
     let closed = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "idle connection still open");
     assert!(started.elapsed() >= Duration::from_millis(200));
-}
-
-/// An HTTP/2 connection to `addr` with prior knowledge.
-async fn h2c(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    sender
 }
 
 #[tokio::test]

@@ -341,10 +341,9 @@ rate_limits:
     );
 }
 
-/// A brute-force guard counts the requests its rule refuses, per client address, and once
-/// spent answers 429 before verifying anything: even a valid token is refused.
-#[tokio::test]
-async fn brute_force_guard_refuses_before_verifying() {
+/// A gateway whose one rule (`/login`, JWT users) is guarded by `tries`, defined by
+/// `limit` (the YAML flow mapping), and a valid `Authorization` value.
+async fn guarded(limit: &str) -> (TestGateway, String) {
     let gw = Setup {
         policies: vec![(
             "10-p.yaml".into(),
@@ -352,23 +351,34 @@ async fn brute_force_guard_refuses_before_verifying() {
         )],
         files: vec![("hs.secret".into(), SECRET.to_vec())],
         extra: format!(
-            "{}rate_limits:\n  tries: {{key: client_ip, requests: 3, per: 1h, count: failures}}\n",
+            "{}rate_limits:\n  tries: {limit}\n",
             crate::support::hs256_users("{}")
         ),
         ..Setup::default()
     }
     .start()
     .await;
-    let with = |auth: &str| {
-        Request::get("/login")
-            .header("authorization", auth.to_owned())
-            .body(Full::default())
-            .unwrap()
-    };
     let good = format!(
         "Bearer {}",
         crate::support::hs256_token(SECRET, &json!({"sub": "alice"}))
     );
+    (gw, good)
+}
+
+/// `GET /login` with `auth` as its `Authorization`.
+fn login(auth: &str) -> Request<Full<bytes::Bytes>> {
+    Request::get("/login")
+        .header("authorization", auth.to_owned())
+        .body(Full::default())
+        .unwrap()
+}
+
+/// A brute-force guard counts the requests its rule refuses, per client address, and once
+/// spent answers 429 before verifying anything: even a valid token is refused.
+#[tokio::test]
+async fn brute_force_guard_refuses_before_verifying() {
+    let (gw, good) = guarded("{key: client_ip, requests: 3, per: 1h, count: failures}").await;
+    let with = login;
     // Successes are not failures: any number of them.
     for _ in 0..5 {
         assert_eq!(send(gw.addr(), with(&good)).await.0, StatusCode::OK);
@@ -410,30 +420,11 @@ async fn brute_force_guard_refuses_before_verifying() {
 /// shadow rate limit's does. (It counted such requests but named itself on none.)
 #[tokio::test]
 async fn a_shadow_guard_names_itself_on_what_it_would_refuse() {
-    let gw = Setup {
-        policies: vec![(
-            "10-p.yaml".into(),
-            "rules:\n  - {name: login, match: {paths: [\"/**\"]}, effect: allow, authenticators: [users], guard: tries, upstream: echo}\n".into(),
-        )],
-        files: vec![("hs.secret".into(), SECRET.to_vec())],
-        extra: format!(
-            "{}rate_limits:\n  tries: {{key: client_ip, requests: 1, per: 1h, count: failures, shadow: true, shadow_header: x-ratelimit-shadow}}\n",
-            crate::support::hs256_users("{}")
-        ),
-        ..Setup::default()
-    }
-    .start()
+    let (gw, good) = guarded(
+        "{key: client_ip, requests: 1, per: 1h, count: failures, shadow: true, shadow_header: x-ratelimit-shadow}",
+    )
     .await;
-    let with = |auth: &str| {
-        Request::get("/login")
-            .header("authorization", auth.to_owned())
-            .body(Full::default())
-            .unwrap()
-    };
-    let good = format!(
-        "Bearer {}",
-        crate::support::hs256_token(SECRET, &json!({"sub": "alice"}))
-    );
+    let with = login;
     let (status, headers, _) = send(gw.addr(), with(&good)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(

@@ -372,6 +372,19 @@ pub fn closed_port() -> std::net::SocketAddr {
         .unwrap()
 }
 
+/// An HTTP/2 connection to `addr` with prior knowledge (cleartext), driven in the background.
+pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// A loopback address on which connects are refused for the rest of the test: a socket is
 /// bound there and never listens (nor lets go), so no other test's server can take the port
 /// meanwhile, as one did a [`closed_port`]'s (a "dead" upstream answered 200).

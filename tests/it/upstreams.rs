@@ -1335,14 +1335,7 @@ impl<T: Unpin> futures_core::Stream for IterStream<T> {
 /// A gRPC call over HTTP/2 prior knowledge to the gateway: status, body and trailers.
 async fn grpc_call(gw: SocketAddr) -> (StatusCode, Bytes, Option<http::HeaderMap>) {
     use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(gw).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = crate::support::h2c(gw).await;
     let req = Request::post(format!("http://{gw}/pkg.Svc/Call"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
