@@ -389,7 +389,7 @@ async fn forward(
         expiry,
         ctx.te_trailers,
         ctx.version == Version::HTTP_2,
-        &ctx.shared.metrics,
+        (&ctx.shared.metrics, &upstream.name),
     );
     // Replacing the upstream's own: two `RateLimit-Remaining` would leave the client to
     // guess which counts.
@@ -856,7 +856,9 @@ async fn send(
     let e = match sent {
         Ok(resp) => return Ok(resp),
         Err(SendError::Timeout) => {
-            ctx.shared.metrics.upstream_error("upstream_timeout");
+            ctx.shared
+                .metrics
+                .upstream_error(&upstream.name, "upstream_timeout");
             return Err(Failure::Failed(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
@@ -879,7 +881,7 @@ async fn send(
         SendError::Http(_) if client_fault.any() => (StatusCode::BAD_REQUEST, "invalid_body"),
         e => e.status_and_kind(),
     };
-    ctx.shared.metrics.upstream_error(kind);
+    ctx.shared.metrics.upstream_error(&upstream.name, kind);
     tracing::debug!(upstream = &*upstream.name, error = %e, reason = kind, "Upstream request failed");
     Err(Failure::Failed(status, kind))
 }
@@ -899,7 +901,7 @@ fn respond(
     )>,
     trailers: bool,
     client_h2: bool,
-    metrics: &Arc<crate::telemetry::metrics::Metrics>,
+    (metrics, upstream): (&Arc<crate::telemetry::metrics::Metrics>, &Arc<str>),
 ) -> Response<ResponseBody> {
     let (mut parts, mut body) = resp.into_parts();
     // Why: `Trailer` is hop-by-hop to the stripping below, and hyper's HTTP/1.1 server sends
@@ -941,7 +943,7 @@ fn respond(
             declared
         }
     };
-    body = body.with_idle_timeout(idle, upload, Arc::clone(metrics));
+    body = body.with_idle_timeout(idle, upload, (Arc::clone(metrics), Arc::clone(upstream)));
     if let Some((at, clock, metrics)) = expiry {
         body = body.with_expiry(at, clock, metrics);
     }

@@ -179,7 +179,9 @@ pub(super) async fn open(
     let (mut resp, counted) = match upstream.send_upgrade(req, opts).await {
         Ok(sent) => sent,
         Err(crate::upstream::SendError::Timeout) => {
-            ctx.shared.metrics.upstream_error("upstream_timeout");
+            ctx.shared
+                .metrics
+                .upstream_error(&upstream.name, "upstream_timeout");
             return Err(Failure::Failed(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
@@ -187,7 +189,7 @@ pub(super) async fn open(
         }
         Err(e) => {
             let (status, kind) = e.status_and_kind();
-            ctx.shared.metrics.upstream_error(kind);
+            ctx.shared.metrics.upstream_error(&upstream.name, kind);
             tracing::debug!(upstream = &*upstream.name, error = %e, reason = kind, "Upgrade request failed");
             return Err(Failure::Failed(status, kind));
         }
@@ -198,7 +200,7 @@ pub(super) async fn open(
         if h2 && resp.status().is_success() {
             ctx.shared
                 .metrics
-                .upstream_error("upstream_upgrade_refused");
+                .upstream_error(&upstream.name, "upstream_upgrade_refused");
             return Err(Failure::Failed(
                 StatusCode::BAD_GATEWAY,
                 "upstream_upgrade_refused",
@@ -215,7 +217,10 @@ pub(super) async fn open(
         let mut body = PooledBody::unpooled(body).with_idle_timeout(
             bounds.answer_idle,
             None,
-            std::sync::Arc::clone(&metrics),
+            (
+                std::sync::Arc::clone(&metrics),
+                std::sync::Arc::clone(&upstream.name),
+            ),
         );
         // Why: a long answer (an SSE stream the upstream gave instead of switching) outlived
         // its credential and every re-check, which the same request without `Upgrade` does
@@ -264,7 +269,7 @@ pub(super) async fn open(
     let (Some(agreed), true) = (agreed, accepted) else {
         ctx.shared
             .metrics
-            .upstream_error("upstream_upgrade_mismatch");
+            .upstream_error(&upstream.name, "upstream_upgrade_mismatch");
         return Err(Failure::Failed(
             StatusCode::BAD_GATEWAY,
             "upstream_upgrade_mismatch",

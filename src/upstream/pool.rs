@@ -565,8 +565,9 @@ struct BodyIdle {
     /// which counts either direction, does not. Regression: tests (it)
     /// upstreams::an_upload_keeps_a_silent_response_alive
     upload: Option<Arc<crate::body::Progress>>,
-    /// Counts the cut (`upstream_errors_total{kind="idle_timeout"}`).
-    metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// Counts the cut (`upstream_errors_total{kind="idle_timeout"}`) and a body that broke
+    /// (`kind="response_body"`), against the upstream named here.
+    metrics: (Arc<crate::telemetry::metrics::Metrics>, Arc<str>),
 }
 
 impl BodyIdle {
@@ -1606,12 +1607,12 @@ impl PooledBody {
     }
 
     /// Cuts the body when no frame arrives for `limit` (a route's or upstream's idle
-    /// timeout).
+    /// timeout); a cut or a broken body is counted against the upstream `metrics` names.
     pub fn with_idle_timeout(
         mut self,
         limit: Duration,
         upload: Option<Arc<crate::body::Progress>>,
-        metrics: Arc<crate::telemetry::metrics::Metrics>,
+        metrics: (Arc<crate::telemetry::metrics::Metrics>, Arc<str>),
     ) -> Self {
         self.idle = Some(Box::new(BodyIdle {
             limit,
@@ -1679,7 +1680,9 @@ impl Body for PooledBody {
                     // Why: the answer's head (and its access-log line, status 200) went out
                     // before the cut; uncounted, a response cut short was seen as a success.
                     // Regression: tests (it) upstreams::stalled_response_body_cut_at_the_idle_timeout
-                    idle.metrics.upstream_error("idle_timeout");
+                    idle.metrics
+                        .0
+                        .upstream_error(&idle.metrics.1, "idle_timeout");
                     tracing::info!(idle = ?idle.limit, "Upstream response idle past its timeout: cut");
                     return Poll::Ready(Some(Err(Box::new(BodyIdleTimeout))));
                 }
@@ -1752,7 +1755,9 @@ impl PooledBody {
             return;
         }
         if let Some(idle) = &self.idle {
-            idle.metrics.upstream_error("response_body");
+            idle.metrics
+                .0
+                .upstream_error(&idle.metrics.1, "response_body");
         }
         tracing::warn!(error = %crate::errors::text(e), "Upstream response failed mid-body: cut");
     }

@@ -197,15 +197,15 @@ pub fn render_config(s: &Setup, echo: SocketAddr) -> String {
 }
 
 impl TestGateway {
-    /// Response bodies cut at their idle timeout, as `/metrics` counts them.
+    /// Response bodies cut at their idle timeout, as `/metrics` counts them (every upstream's).
     pub async fn idle_cuts(&self) -> u64 {
         let (_, metrics) = self.admin_get("/metrics").await;
         metrics
             .lines()
-            .find_map(|l| {
-                l.strip_prefix("portcullis_upstream_errors_total{kind=\"idle_timeout\"} ")
-            })
-            .map_or(0, |v| v.trim().parse().expect("a count"))
+            .filter(|l| l.starts_with("portcullis_upstream_errors_total{"))
+            .filter_map(|l| l.split_once(",kind=\"idle_timeout\"} "))
+            .map(|(_, v)| v.trim().parse::<u64>().expect("a count"))
+            .sum()
     }
 
     pub fn app(&self) -> &App {
