@@ -863,6 +863,9 @@ impl CheckService {
             let refusal = Refusal::error(StatusCode::FORBIDDEN, "peer_not_allowed", request_id);
             return Ok(Answer::Message(denied(refusal)));
         }
+        if check.http().is_some_and(joined) {
+            joined_headers_noticed(&conn.info.listener);
+        }
         let mut described = match describe(
             check,
             snapshot,
@@ -1124,6 +1127,33 @@ pub(crate) fn describe<'a>(
             tls,
         ),
     })
+}
+
+/// Whether Envoy sent the request's headers joined, one value per name (its
+/// `encode_raw_headers` off): see [`joined_headers_noticed`].
+fn joined(http: &HttpRequest) -> bool {
+    matches!(RawHeaders::of(http), RawHeaders::Map(_)) && !http.headers.is_empty()
+}
+
+/// Says once per process, at warning level, that Envoy sends the request's headers joined
+/// (its `encode_raw_headers` off), naming the listener.
+///
+/// Why: a client's two `X-Tenant` fields (`acme`, `evil`) then arrive as one `acme,evil`,
+/// which no door can tell from one field; a `when` reading the header allowed at this door
+/// what the proxy and HTTP doors refuse as a repeated field the expression reads, and nothing
+/// told the operator that Envoy's setting decides it. (Credentials joined so are refused
+/// still: [`crate::authn`] reads a comma in them as two.) Regression: tests::joined_headers
+/// (the form told apart; the warning itself is read by an operator)
+fn joined_headers_noticed(listener: &str) {
+    static NOTICED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !NOTICED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            listener,
+            "Envoy sends this door the request's headers joined (encode_raw_headers is off): \
+             a repeated field reads as one comma-joined value, in rules as in `when` \
+             expressions; set encode_raw_headers: true in Envoy's ext_authz filter"
+        );
+    }
 }
 
 /// The request's headers as Envoy sent them: `headers` (one value per name, text), or, with
@@ -1493,6 +1523,34 @@ mod tests {
         let (entries, bytes) = at("{max_headers: 10000000}");
         assert_eq!(entries, bytes / 4 + 1);
         assert!(entries < 100_000, "{entries}");
+    }
+
+    /// Envoy's two forms of the request's headers: joined (`headers`, `encode_raw_headers`
+    /// off) is told apart from raw (`header_map`), and a Check with no header is neither.
+    #[test]
+    fn joined_headers() {
+        let entry = |k: &'static str, v: &'static str| wire::Entry {
+            key: bytes::Bytes::from_static(k.as_bytes()),
+            value: bytes::Bytes::from_static(v.as_bytes()),
+        };
+        let raw = |k: &'static str, v: &'static str| wire::HeaderValue {
+            key: bytes::Bytes::from_static(k.as_bytes()),
+            raw_value: bytes::Bytes::from_static(v.as_bytes()),
+            ..wire::HeaderValue::default()
+        };
+        let map = HttpRequest {
+            headers: vec![entry("x-tenant", "acme-1,evil")],
+            ..HttpRequest::default()
+        };
+        assert!(joined(&map));
+        let list = HttpRequest {
+            header_map: Some(wire::HeaderMap {
+                headers: vec![raw("x-tenant", "acme-1"), raw("x-tenant", "evil")],
+            }),
+            ..HttpRequest::default()
+        };
+        assert!(!joined(&list));
+        assert!(!joined(&HttpRequest::default()));
     }
 
     #[test]
