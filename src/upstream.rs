@@ -160,72 +160,53 @@ impl Upstream {
         raw: &RawUpstream,
         base_dir: &Path,
         previous: Option<&Self>,
-    ) -> Result<Self, UpstreamError> {
-        let url_error = |message: &str| UpstreamError {
-            field: "url".into(),
-            message: message.to_owned(),
+    ) -> Result<Self, Vec<UpstreamError>> {
+        // Why every part is checked before any error is returned: `check` promises every
+        // problem, and an upstream's were shown one per run (a bad health-check path hid a
+        // retry budget over 100, which hid a `dns_refresh` too short).
+        // Regression: tests::every_problem_of_an_upstream_is_named
+        let mut errors = Vec::new();
+        let url = url_parts(raw).map_err(|e| errors.push(e)).ok();
+        let hash = hash_on(raw).map_err(|e| errors.push(e)).ok();
+        let specs = match &url {
+            Some(u) => specs(raw, &u.scheme, &u.authority)
+                .map_err(|e| errors.extend(e))
+                .ok(),
+            None => None,
         };
-        if crate::secret::may_hold_credentials_anywhere(&raw.url) {
-            return Err(url_error("credentials in the URL are not allowed"));
-        }
-        let uri: Uri = raw.url.parse().map_err(|_| UpstreamError {
-            field: "url".into(),
-            message: format!(
-                "`{}` is not a valid URL: expected `http://host:port` or `https://host:port/base`",
-                crate::secret::redacted_url(&raw.url)
-            ),
-        })?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| url_error("URL needs a scheme (http:// or https://)"))?;
-        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-            return Err(url_error("scheme must be http or https"));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| url_error("URL needs a host"))?;
-        if !crate::config::port_fits(authority.as_str()) {
-            return Err(url_error("the port must be a number from 0 to 65535"));
-        }
-        if uri.query().is_some() {
-            return Err(url_error("URL must not have a query"));
-        }
-        // The base path is prepended to canonical paths, so it must be canonical itself.
-        let path = uri.path();
-        // (Escaped sub-delimiters may stay, as they are forwarded: `canonicalize_as_sent`.)
-        if crate::request::path::canonicalize_as_sent(path)
-            .ok()
-            .as_deref()
-            != Some(path)
-        {
-            return Err(url_error(
-                "URL path must be canonical (no `//`, `.`, `..`, `;` or needless escapes)",
-            ));
-        }
-        let base_path = path.trim_end_matches('/');
-        let host_header = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| url_error("URL host is not a valid header value"))?;
-        let hash = hash_on(raw)?;
-        let specs = specs(raw, &scheme, &authority)?;
-        let health = health_check(raw)?;
+        let health = health_check(raw).map_err(|e| errors.extend(e)).ok();
         // Why: `0s` (or `1ms`) was taken, and the upkeep's 10 ms tick then looked every name
         // up a hundred times a second, against the operator's DNS server.
         // Regression: tests (it) upstreams::bad_upstream_settings_name_file_line_and_field
         if raw.dns_refresh < MIN_DNS_REFRESH {
-            return Err(UpstreamError {
+            errors.push(UpstreamError {
                 field: "dns_refresh".into(),
                 message: format!("must be at least {} ms", MIN_DNS_REFRESH.as_millis()),
             });
         }
-        let files = files_digest(raw, base_dir)?;
+        let https = url.as_ref().map(|u| u.scheme == Scheme::HTTPS);
+        let settings = settings(raw, https).map_err(|e| errors.extend(e)).ok();
+        let files = files_digest(raw, base_dir)
+            .map_err(|e| errors.extend(e))
+            .ok();
+        let (Some(url), Some(hash), Some(specs), Some(health), Some(settings), Some(files), true) =
+            (url, hash, specs, health, settings, files, errors.is_empty())
+        else {
+            return Err(errors);
+        };
+        let UrlParts {
+            scheme,
+            authority,
+            base_path,
+            host_header,
+        } = url;
         let fingerprint = crate::config::Fingerprint::of(&[raw]);
 
         let balancer = match previous {
             Some(p) if p.fingerprint == fingerprint && p.files == files => Arc::clone(&p.balancer),
             _ => {
-                let template = template(raw, base_dir, &scheme, &authority)?;
+                let template = template(raw, base_dir, (&scheme, &authority), &settings)
+                    .map_err(|e| vec![e])?;
                 let mut endpoints = Vec::with_capacity(specs.len());
                 for (i, spec) in specs.iter().enumerate() {
                     let addr = match spec {
@@ -302,7 +283,7 @@ impl Upstream {
         };
         Ok(Self {
             name: name.into(),
-            base_path: base_path.into(),
+            base_path,
             host_header,
             preserve_host: raw.preserve_host,
             assertion_audience: raw.assertion_audience.as_deref().map(Arc::from),
@@ -751,6 +732,72 @@ pub(crate) fn reset_by_us(e: &(dyn std::error::Error + 'static)) -> bool {
         .is_some_and(|h| h.is_reset() && !h.is_remote() && !h.is_library())
 }
 
+/// What an upstream's `url` says.
+struct UrlParts {
+    scheme: Scheme,
+    authority: Authority,
+    /// Its path, prepended to each request's, without a trailing `/`.
+    base_path: Box<str>,
+    /// Its authority as the `Host` the upstream gets (unless `preserve_host`).
+    host_header: HeaderValue,
+}
+
+/// The `url` read and checked: its first problem (each follows from the one before).
+fn url_parts(raw: &RawUpstream) -> Result<UrlParts, UpstreamError> {
+    let url_error = |message: &str| UpstreamError {
+        field: "url".into(),
+        message: message.to_owned(),
+    };
+    if crate::secret::may_hold_credentials_anywhere(&raw.url) {
+        return Err(url_error("credentials in the URL are not allowed"));
+    }
+    let uri: Uri = raw.url.parse().map_err(|_| UpstreamError {
+        field: "url".into(),
+        message: format!(
+            "`{}` is not a valid URL: expected `http://host:port` or `https://host:port/base`",
+            crate::secret::redacted_url(&raw.url)
+        ),
+    })?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| url_error("URL needs a scheme (http:// or https://)"))?;
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(url_error("scheme must be http or https"));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| url_error("URL needs a host"))?;
+    if !crate::config::port_fits(authority.as_str()) {
+        return Err(url_error("the port must be a number from 0 to 65535"));
+    }
+    if uri.query().is_some() {
+        return Err(url_error("URL must not have a query"));
+    }
+    // The base path is prepended to canonical paths, so it must be canonical itself.
+    let path = uri.path();
+    // (Escaped sub-delimiters may stay, as they are forwarded: `canonicalize_as_sent`.)
+    if crate::request::path::canonicalize_as_sent(path)
+        .ok()
+        .as_deref()
+        != Some(path)
+    {
+        return Err(url_error(
+            "URL path must be canonical (no `//`, `.`, `..`, `;` or needless escapes)",
+        ));
+    }
+    let base_path = path.trim_end_matches('/').into();
+    let host_header = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| url_error("URL host is not a valid header value"))?;
+    Ok(UrlParts {
+        scheme,
+        authority,
+        base_path,
+        host_header,
+    })
+}
+
 /// The shortest `dns_refresh`.
 const MIN_DNS_REFRESH: Duration = Duration::from_millis(100);
 
@@ -781,7 +828,7 @@ fn specs(
     raw: &RawUpstream,
     scheme: &Scheme,
     authority: &Authority,
-) -> Result<Vec<Spec>, UpstreamError> {
+) -> Result<Vec<Spec>, Vec<UpstreamError>> {
     if raw.endpoints.is_empty() {
         let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
         let host = authority.host();
@@ -800,6 +847,7 @@ fn specs(
         .map(|(i, _)| i)
         .collect();
     let mut out = Vec::with_capacity(raw.endpoints.len());
+    let mut errors = Vec::new();
     for (i, e) in raw.endpoints.iter().enumerate() {
         if again.contains(&i) {
             continue;
@@ -819,16 +867,21 @@ fn specs(
             // Why: `svc:S3cret@10.0.0.5:8080` was echoed whole.
             // Regression: tests::endpoints_with_credentials_are_refused_unshown
             let shown = crate::secret::redacted_url(e);
-            return Err(UpstreamError {
+            errors.push(UpstreamError {
                 field: format!("endpoints[{i}]"),
                 message: format!(
                     "`{shown}` is not `ip:port` or `name:port` (such as `10.0.0.5:8080` or `api-1.internal:8080`; credentials are refused)"
                 ),
             });
+            continue;
         }
         out.push(Spec::Name(e.as_str().into()));
     }
-    Ok(out)
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 /// The entries of `endpoints` that repeat an earlier one, as (index, the earlier's index):
@@ -845,31 +898,46 @@ pub fn listed_twice(endpoints: &[String]) -> Vec<(usize, usize)> {
         .collect()
 }
 
-fn health_check(raw: &RawUpstream) -> Result<Option<HealthCheck>, UpstreamError> {
+fn health_check(raw: &RawUpstream) -> Result<Option<HealthCheck>, Vec<UpstreamError>> {
     let Some(h) = &raw.health_check else {
         return Ok(None);
     };
+    let mut errors = Vec::new();
     let path = match h.path.parse::<Uri>() {
-        Ok(u) if h.path.starts_with('/') && u.authority().is_none() => u,
+        Ok(u) if h.path.starts_with('/') && u.authority().is_none() => Some(u),
         _ => {
-            return Err(UpstreamError {
+            errors.push(UpstreamError {
                 field: "health_check.path".into(),
                 message: format!("`{}` is not a path starting with `/`", h.path),
             });
+            None
         }
     };
-    if h.interval.is_zero() || h.timeout.is_zero() {
-        return Err(UpstreamError {
-            field: "health_check.interval".into(),
-            message: "interval and timeout must be longer than zero".into(),
-        });
+    for (field, zero) in [
+        ("interval", h.interval.is_zero()),
+        ("timeout", h.timeout.is_zero()),
+    ] {
+        if zero {
+            errors.push(UpstreamError {
+                field: format!("health_check.{field}"),
+                message: "must be longer than zero".into(),
+            });
+        }
     }
-    if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
-        return Err(UpstreamError {
-            field: "health_check.healthy_threshold".into(),
-            message: "thresholds must be at least 1".into(),
-        });
+    for (field, zero) in [
+        ("healthy_threshold", h.healthy_threshold == 0),
+        ("unhealthy_threshold", h.unhealthy_threshold == 0),
+    ] {
+        if zero {
+            errors.push(UpstreamError {
+                field: format!("health_check.{field}"),
+                message: "must be at least 1".into(),
+            });
+        }
     }
+    let Some(path) = path.filter(|_| errors.is_empty()) else {
+        return Err(errors);
+    };
     Ok(Some(HealthCheck {
         path,
         interval: h.interval,
@@ -881,8 +949,9 @@ fn health_check(raw: &RawUpstream) -> Result<Option<HealthCheck>, UpstreamError>
 
 /// SHA-256 over the TLS files' contents, so a renewed certificate or CA rebuilds the pools
 /// (as a listener's certificates are reloaded) even though the config text is unchanged.
-fn files_digest(raw: &RawUpstream, base_dir: &Path) -> Result<[u8; 32], UpstreamError> {
+fn files_digest(raw: &RawUpstream, base_dir: &Path) -> Result<[u8; 32], Vec<UpstreamError>> {
     let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut errors = Vec::new();
     for (field, path) in [
         ("ca_file", &raw.ca_file),
         ("client_cert", &raw.client_cert),
@@ -891,41 +960,59 @@ fn files_digest(raw: &RawUpstream, base_dir: &Path) -> Result<[u8; 32], Upstream
         digest.update(field.as_bytes());
         if let Some(p) = path {
             let p = base_dir.join(p);
-            let bytes = crate::config::files::read(&p).map_err(|e| UpstreamError {
-                field: field.into(),
-                message: format!("cannot read {}: {e}", crate::secret::shown_path(&p)),
-            })?;
-            digest.update(&(bytes.len() as u64).to_le_bytes());
-            digest.update(&bytes);
+            match crate::config::files::read(&p) {
+                Ok(bytes) => {
+                    digest.update(&(bytes.len() as u64).to_le_bytes());
+                    digest.update(&bytes);
+                }
+                Err(e) => errors.push(UpstreamError {
+                    field: field.into(),
+                    message: format!("cannot read {}: {e}", crate::secret::shown_path(&p)),
+                }),
+            }
         }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.finish().as_ref());
     Ok(out)
 }
 
-/// What every endpoint's pool shares: TLS (trust, client certificate, server name, ALPN),
-/// protocol and pool limits.
-fn template(
-    raw: &RawUpstream,
-    base_dir: &Path,
-    scheme: &Scheme,
-    authority: &Authority,
-) -> Result<Template, UpstreamError> {
-    let https = *scheme == Scheme::HTTPS;
-    let protocol = match (raw.protocol, raw.http2) {
-        (Some(RawProtocol::H2c), _) if https => {
-            return Err(UpstreamError {
-                field: "protocol".into(),
-                message: "`h2c` is cleartext HTTP/2: use an http:// URL, or `h2` for https".into(),
-            });
+/// An upstream's settings that need no file: its protocol, timeouts, retry budget, HTTP/2
+/// keep-alive and connection limit, each checked (`https`: whether its URL is, when it
+/// could be read).
+struct Settings {
+    protocol: Protocol,
+    h2: bool,
+    h2_keepalive: Option<pool::H2Keepalive>,
+    max_connections: Option<usize>,
+}
+
+fn settings(raw: &RawUpstream, https: Option<bool>) -> Result<Settings, Vec<UpstreamError>> {
+    let mut errors = Vec::new();
+    let mut error = |field: &str, message: &str| {
+        errors.push(UpstreamError {
+            field: field.into(),
+            message: message.into(),
+        });
+    };
+    let protocol = match (raw.protocol, raw.http2, https) {
+        (Some(RawProtocol::H2c), _, Some(true)) => {
+            error(
+                "protocol",
+                "`h2c` is cleartext HTTP/2: use an http:// URL, or `h2` for https",
+            );
+            Protocol::Negotiated
         }
-        (Some(RawProtocol::H2c), _) => Protocol::H2c,
-        (Some(RawProtocol::H2), _) | (None, true) if !https => {
-            return Err(UpstreamError {
-                field: "protocol".into(),
-                message: "HTTP/2 is negotiated over TLS: use an https:// URL, or `protocol: h2c` for cleartext".into(),
-            });
+        (Some(RawProtocol::H2c), _, _) => Protocol::H2c,
+        (Some(RawProtocol::H2), _, Some(false)) | (None, true, Some(false)) => {
+            error(
+                "protocol",
+                "HTTP/2 is negotiated over TLS: use an https:// URL, or `protocol: h2c` for cleartext",
+            );
+            Protocol::Negotiated
         }
         _ => Protocol::Negotiated,
     };
@@ -941,31 +1028,30 @@ fn template(
         ),
     ] {
         if zero {
-            return Err(UpstreamError {
-                field: field.into(),
-                message: "must be more than 0".into(),
-            });
+            error(field, "must be more than 0");
         }
     }
     if raw.retry_budget.percent > 100 {
-        return Err(UpstreamError {
-            field: "retry_budget.percent".into(),
-            message: "at most 100: a request is retried at most once, or twice when the second try never left the gateway".into(),
-        });
+        error(
+            "retry_budget.percent",
+            "at most 100: a request is retried at most once, or twice when the second try never left the gateway",
+        );
     }
     let h2_keepalive = match &raw.http2_keepalive {
         None => None,
-        Some(_) if !h2 && protocol != Protocol::H2c => {
-            return Err(UpstreamError {
-                field: "http2_keepalive".into(),
-                message: "PINGs are HTTP/2's: set `protocol: h2` (https) or `protocol: h2c`".into(),
-            });
+        Some(_) if !h2 && protocol != Protocol::H2c && raw.protocol != Some(RawProtocol::H2c) => {
+            error(
+                "http2_keepalive",
+                "PINGs are HTTP/2's: set `protocol: h2` (https) or `protocol: h2c`",
+            );
+            None
         }
         Some(k) if k.interval < Duration::from_secs(1) || k.timeout.is_zero() => {
-            return Err(UpstreamError {
-                field: "http2_keepalive".into(),
-                message: "`interval` must be at least 1s and `timeout` more than 0s".into(),
-            });
+            error(
+                "http2_keepalive",
+                "`interval` must be at least 1s and `timeout` more than 0s",
+            );
+            None
         }
         Some(k) => Some(pool::H2Keepalive {
             interval: k.interval,
@@ -973,11 +1059,54 @@ fn template(
             while_idle: k.while_idle,
         }),
     };
-    let tls_only = |field: &'static str| UpstreamError {
-        field: field.into(),
-        message: "only an https upstream uses TLS settings".into(),
+    let max_connections = match raw.max_connections {
+        Some(n) if !(1..=1_000_000).contains(&n) => {
+            error(
+                "max_connections",
+                "from 1 to 1000000 connections per endpoint",
+            );
+            None
+        }
+        n => n,
     };
-    let tls = if https {
+    match (&raw.client_cert, &raw.client_key) {
+        (Some(_), None) => error("client_key", "a client certificate needs its `client_key`"),
+        (None, Some(_)) => error("client_cert", "a client key needs its `client_cert`"),
+        _ => {}
+    }
+    if https == Some(false) {
+        for (field, set) in [
+            ("ca_file", raw.ca_file.is_some()),
+            ("client_cert", raw.client_cert.is_some()),
+            ("client_key", raw.client_key.is_some()),
+            ("server_name", raw.server_name.is_some()),
+        ] {
+            if set {
+                error(field, "only an https upstream uses TLS settings");
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(Settings {
+            protocol,
+            h2,
+            h2_keepalive,
+            max_connections,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// What every endpoint's pool shares: TLS (trust, client certificate, server name, ALPN),
+/// protocol and pool limits.
+fn template(
+    raw: &RawUpstream,
+    base_dir: &Path,
+    (scheme, authority): (&Scheme, &Authority),
+    settings: &Settings,
+) -> Result<Template, UpstreamError> {
+    let tls = if *scheme == Scheme::HTTPS {
         let ca = raw.ca_file.as_ref().map(|p| base_dir.join(p));
         let client = match (&raw.client_cert, &raw.client_key) {
             (Some(c), Some(k)) => Some(
@@ -997,26 +1126,13 @@ fn template(
                 })?
                 .key,
             ),
-            (Some(_), None) => {
-                return Err(UpstreamError {
-                    field: "client_key".into(),
-                    message: "a client certificate needs its `client_key`".into(),
-                });
-            }
-            (None, Some(_)) => {
-                return Err(UpstreamError {
-                    field: "client_cert".into(),
-                    message: "a client key needs its `client_cert`".into(),
-                });
-            }
-            (None, None) => None,
+            // ([`settings`] refused one without the other.)
+            _ => None,
         };
-        let config =
-            tls::server::client_config_with_cert(ca.as_deref(), h2, client).map_err(|e| {
-                UpstreamError {
-                    field: "ca_file".into(),
-                    message: e.to_string(),
-                }
+        let config = tls::server::client_config_with_cert(ca.as_deref(), settings.h2, client)
+            .map_err(|e| UpstreamError {
+                field: "ca_file".into(),
+                message: e.to_string(),
             })?;
         let (name, field) = match &raw.server_name {
             Some(n) => (n.as_str(), "server_name"),
@@ -1032,36 +1148,18 @@ fn template(
             name,
         }))
     } else {
-        for (field, set) in [
-            ("ca_file", raw.ca_file.is_some()),
-            ("client_cert", raw.client_cert.is_some()),
-            ("client_key", raw.client_key.is_some()),
-            ("server_name", raw.server_name.is_some()),
-        ] {
-            if set {
-                return Err(tls_only(field));
-            }
-        }
         None
     };
     Ok(Template {
         tls,
-        protocol,
+        protocol: settings.protocol,
         scheme: scheme.clone(),
         authority: authority.clone(),
         idle_timeout: raw.pool_idle_timeout,
         max_idle: raw.pool_max_idle,
         response_timeout: raw.response_timeout,
-        h2_keepalive,
-        max_connections: match raw.max_connections {
-            Some(n) if !(1..=1_000_000).contains(&n) => {
-                return Err(UpstreamError {
-                    field: "max_connections".into(),
-                    message: "from 1 to 1000000 connections per endpoint".into(),
-                });
-            }
-            n => n,
-        },
+        h2_keepalive: settings.h2_keepalive,
+        max_connections: settings.max_connections,
     })
 }
 
@@ -1089,12 +1187,62 @@ mod tests {
         .unwrap();
         let authority = Authority::from_static("app.internal:8080");
         let e = specs(&raw, &Scheme::HTTP, &authority).err().unwrap();
+        let [e] = &e[..] else { panic!("{e:?}") };
         assert_eq!(e.field, "endpoints[1]");
         assert!(!e.message.contains("S3cretPw"), "{}", e.message);
         assert!(
             e.message.contains("credentials are refused"),
             "{}",
             e.message
+        );
+    }
+
+    /// Every problem of an upstream that does not follow from another is named at once (as
+    /// `check` promises), not one per run.
+    #[test]
+    fn every_problem_of_an_upstream_is_named() {
+        let raw: RawUpstream = serde_yaml::from_str(
+            "{url: \"http://app.internal:8080\", endpoints: [\"not a host\", \"127.0.0.1:99999\", \"10.0.0.5:80\", \"[::1]\"], health_check: {path: healthz, interval: 0s, unhealthy_threshold: 0}, retry_budget: {percent: 500}, dns_refresh: 10ms, connect_timeout: 0s, max_connections: 0, protocol: h2, ca_file: ca.pem, client_key: k.pem}",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let errors = Upstream::build("a", &raw, dir.path(), None).err().unwrap();
+        let mut fields: Vec<&str> = errors.iter().map(|e| &*e.field).collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "ca_file",
+                "ca_file",
+                "client_cert",
+                "client_key",
+                "client_key",
+                "connect_timeout",
+                "dns_refresh",
+                "endpoints[0]",
+                "endpoints[1]",
+                "endpoints[3]",
+                "health_check.interval",
+                "health_check.path",
+                "health_check.unhealthy_threshold",
+                "max_connections",
+                "protocol",
+                "retry_budget.percent",
+            ],
+            "{errors:?}"
+        );
+        // A URL that cannot be read hides only what follows from it (the endpoints' default
+        // port, TLS): the rest is still named.
+        let raw: RawUpstream = serde_yaml::from_str(
+            "{url: \"ftp://x\", dns_refresh: 10ms, retry_budget: {percent: 500}}",
+        )
+        .unwrap();
+        let errors = Upstream::build("a", &raw, dir.path(), None).err().unwrap();
+        let fields: Vec<&str> = errors.iter().map(|e| &*e.field).collect();
+        assert_eq!(
+            fields,
+            ["url", "dns_refresh", "retry_budget.percent"],
+            "{errors:?}"
         );
     }
 

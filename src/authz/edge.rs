@@ -164,11 +164,18 @@ impl Upgrade {
             }
             protocols.push(p.into_boxed_str());
         }
-        if raw.idle_timeout.is_zero() || raw.max_lifetime.is_zero() {
-            return Err(FieldError::new(
-                "idle_timeout",
-                "tunnel timeouts must be longer than zero",
-            ));
+        // Why each its own field: a `max_lifetime: 0s` was blamed on `idle_timeout`, at that
+        // key's line or at none. Regression: tests::a_zero_tunnel_timeout_names_its_field
+        for (field, zero) in [
+            ("idle_timeout", raw.idle_timeout.is_zero()),
+            ("max_lifetime", raw.max_lifetime.is_zero()),
+        ] {
+            if zero {
+                return Err(FieldError::new(
+                    field,
+                    "tunnel timeouts must be longer than zero",
+                ));
+            }
         }
         Ok(Self {
             protocols: protocols.into(),
@@ -566,6 +573,22 @@ mod tests {
             &[],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_zero_tunnel_timeout_names_its_field() {
+        let upgrade = |idle: u64, life: u64| {
+            Upgrade::compile(&RawUpgrade {
+                protocols: vec!["websocket".into()],
+                idle_timeout: Duration::from_secs(idle),
+                max_lifetime: Duration::from_secs(life),
+            })
+            .err()
+            .map(|e| e.field)
+        };
+        assert_eq!(upgrade(1, 0).as_deref(), Some("max_lifetime"));
+        assert_eq!(upgrade(0, 1).as_deref(), Some("idle_timeout"));
+        assert_eq!(upgrade(1, 1), None);
     }
 
     #[test]

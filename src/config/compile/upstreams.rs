@@ -124,6 +124,20 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
                 "has no effect without `endpoints`: the URL's host is looked up at each new connection (its first address); list the name in `endpoints` (`endpoints: [\"host:port\"]`) to balance over its addresses and re-resolve them every `dns_refresh`"
                     .to_owned(),
             );
+        } else if loaded.config.index.has(&field)
+            && raw
+                .endpoints
+                .iter()
+                .all(|e| e.parse::<std::net::SocketAddr>().is_ok())
+        {
+            // Why: as without `endpoints`, an address needs no lookup, so a `dns_refresh`
+            // beside addresses only did nothing, and `check` said nothing.
+            // Regression: tests (it) upstreams::dns_refresh_without_endpoints_warns
+            cx.warn(
+                &field,
+                "has no effect: every endpoint is an IP address, which is never looked up; `dns_refresh` re-resolves the names in `endpoints` (`api.internal:8080`)"
+                    .to_owned(),
+            );
         }
         for (i, j) in crate::upstream::listed_twice(&raw.endpoints) {
             cx.warn(
@@ -149,7 +163,7 @@ pub(super) fn compile(cx: &mut Cx<'_>) -> Upstreams {
             }
             Err(e) => {
                 out.broken.insert(name.clone());
-                cx.field_errors(&format!("upstreams.{name}"), [e]);
+                cx.field_errors(&format!("upstreams.{name}"), e);
             }
         }
     }
