@@ -780,3 +780,63 @@ fn a_redis_ca_file_that_is_a_pipe_is_refused() {
         "{text}"
     );
 }
+
+/// `portcullis check` run from the crate root on `config`: the version it prints.
+fn version_of(config: &Path) -> String {
+    let out = portcullis(&["check", "-c", config.to_str().unwrap()]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    text.split("version ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("no version in {text}"))
+        .to_owned()
+}
+
+/// Without secret files, every process gives the same version for the same files: the config
+/// file and the policy files, linked as a Kubernetes ConfigMap links them, are counted as they
+/// are; an HMAC secret file makes the version the process's own, as the README says.
+#[test]
+fn the_version_is_the_same_in_every_process_without_secret_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("..data");
+    std::fs::create_dir_all(data.join("policies")).unwrap();
+    std::fs::write(
+        data.join("c.yaml"),
+        "\u{feff}listeners: [{name: http, address: \"127.0.0.1:0\"}]\nupstreams: {app: {url: \"http://127.0.0.1:9\"}}\npolicies: {dir: policies}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("policies/10.yaml"),
+        "rules:\n  - name: a\n    match: {paths: [\"/**\"]}\n    effect: allow\n    anonymous: true\n    upstream: app\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::os::unix::fs::symlink(data.join("c.yaml"), dir.path().join("c.yaml")).unwrap();
+    std::os::unix::fs::symlink(
+        data.join("policies/10.yaml"),
+        dir.path().join("policies/10.yaml"),
+    )
+    .unwrap();
+    let config = dir.path().join("c.yaml");
+    // A file changed within a second of a compile (its timestamps say so) may have been read
+    // half-written: that version is made unique, so that the reload its write triggers
+    // applies (`config::compile::version`). Past that second, files are what they are.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let first = version_of(&config);
+    assert_eq!(version_of(&config), first);
+    // A secret file: each process's own version (never a digest of the secret alone).
+    std::fs::write(
+        dir.path().join("hmac.key"),
+        "a-secret-of-thirty-two-bytes-or-more",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(data.join("c.yaml")).unwrap();
+    std::fs::write(
+        data.join("c.yaml"),
+        format!("{text}authenticators:\n  h:\n    jwt:\n      providers:\n        - issuer: https://iss.test\n          audiences: [api]\n          keys:\n            - hmac: {{secret: {{file: hmac.key}}, algorithms: [HS256]}}\n"),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_ne!(version_of(&config), version_of(&config));
+}
