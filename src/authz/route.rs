@@ -368,16 +368,16 @@ impl Rule {
         // A wildcard reads wider in a deny rule: the same pattern in an earlier allow rule
         // does not cover it. Regression: tests::lints_read_a_deny_wildcard_at_any_depth
         let (deep, earlier_deep) = (self.effect == Effect::Deny, earlier.effect == Effect::Deny);
+        // Why a wildcard covers: `*.example.org` before `x.example.org` decides every request
+        // the later rule matches, and `check` said nothing. Regression:
+        // tests::a_wildcard_host_or_a_format_suffix_shadows_a_later_rule
         let hosts = earlier.hosts.is_empty()
             || (!self.hosts.is_empty()
                 && self.hosts.iter().all(|h| {
-                    earlier.hosts.iter().any(|e| {
-                        e.kind == HostKind::Any
-                            || (e == h
-                                && !(matches!(h.kind, HostKind::Wildcard(_))
-                                    && deep
-                                    && !earlier_deep))
-                    })
+                    earlier
+                        .hosts
+                        .iter()
+                        .any(|e| e.covers_at_depth(earlier_deep, h, deep))
                 }));
         let methods = earlier.methods.0.is_empty()
             || (!self.methods.0.is_empty()
@@ -503,6 +503,24 @@ impl HostPattern {
         }
     }
 
+    /// Whether every host `later` matches (a wildcard at any depth when `later_deep`) this
+    /// matches too (likewise with `deep`). Conservative: `true` only when it is certain.
+    pub fn covers_at_depth(&self, deep: bool, later: &Self, later_deep: bool) -> bool {
+        match (&self.kind, &later.kind) {
+            (HostKind::Any, _) => true,
+            (_, HostKind::Any) => false,
+            (HostKind::Exact(a), HostKind::Exact(b)) => a == b,
+            (HostKind::Exact(_), HostKind::Wildcard(_)) => false,
+            (HostKind::Wildcard(_), HostKind::Exact(h)) => self.matches_at_depth(h, deep),
+            // `x.b` for suffix `b`: one label before `a` when `b` is `a`; more when `b` is
+            // longer, which only a deep reading of `a` takes.
+            (HostKind::Wildcard(a), HostKind::Wildcard(b)) => {
+                (a == b && (deep || !later_deep))
+                    || (deep && b.len() > a.len() && b.ends_with(&**a))
+            }
+        }
+    }
+
     /// `host` is already lowercase without a trailing dot (see [`RequestFacts`]). A wildcard
     /// stands for exactly one label.
     pub fn matches(&self, host: &str) -> bool {
@@ -587,16 +605,44 @@ impl PathPattern {
         } else if other.segments.len() < self.segments.len() {
             return false;
         }
+        // A rule whose case folds reads a format suffix on the path's last segment
+        // ([`Self::matches_fold`]): `/secret` matches all that an exact `/secret.json` does.
+        let last = (!other.prefix).then(|| other.segments.len().saturating_sub(1));
         self.segments
             .iter()
             .zip(other.segments.iter())
-            .all(|(a, b)| match (a, b) {
+            .enumerate()
+            .all(|(k, (a, b))| match (a, b) {
                 (Segment::Any(_), _) => true,
                 (Segment::Literal(x), Segment::Literal(y)) => {
-                    x == y || (fold_case && x.eq_ignore_ascii_case(y))
+                    x == y
+                        || (fold_case
+                            && (x.eq_ignore_ascii_case(y)
+                                || (last == Some(k)
+                                    && format_stems(y).any(|stem| x.eq_ignore_ascii_case(stem)))))
                 }
                 (Segment::Literal(_), Segment::Any(_)) => false,
             })
+    }
+
+    /// The literal prefix of an exact pattern of literals only, its last segment without each
+    /// format suffix it could be read with (`/a/b.c.d`: `[a, b]` and `[a, b.c]`), for the
+    /// lints to find the earlier rules that read it so.
+    pub fn format_stems_of_prefix(&self) -> Vec<Vec<String>> {
+        let Some((Segment::Literal(last), rest)) = self.segments.split_last() else {
+            return Vec::new();
+        };
+        if self.prefix || rest.iter().any(|s| matches!(s, Segment::Any(_))) {
+            return Vec::new();
+        }
+        format_stems(last)
+            .map(|stem| {
+                self.literal_prefix()
+                    .take(rest.len())
+                    .chain(std::iter::once(stem.to_ascii_lowercase()))
+                    .collect()
+            })
+            .collect()
     }
 
     /// Whether some path matches both patterns (literals compared case-insensitively when
@@ -704,6 +750,15 @@ impl PathPattern {
             Some(_) => false,
         }
     }
+}
+
+/// A path segment cut before each of its dots past its first byte and before its last: the
+/// names a format suffix is read from ([`PathPattern::matches_fold`]).
+fn format_stems(segment: &str) -> impl Iterator<Item = &str> {
+    segment
+        .match_indices('.')
+        .filter(move |(i, _)| *i > 0 && i + 1 < segment.len())
+        .map(move |(i, _)| &segment[..i])
 }
 
 /// How a path pattern's literal segments compare with a request's.
@@ -1422,6 +1477,124 @@ mod tests {
         let exact = with_hosts("e", Effect::Allow, "a.b.internal.example");
         assert!(exact.overlaps(&internal));
         assert!(!exact.overlaps(&with_hosts("w", Effect::Allow, "*.internal.example")));
+    }
+
+    /// An earlier rule whose host wildcard or format suffix reading matches every request of a
+    /// later rule shadows it; and each shadowing said here is borne out by the rules' own
+    /// matching on the requests listed (never a rule called dead that decides one of them).
+    #[test]
+    fn a_wildcard_host_or_a_format_suffix_shadows_a_later_rule() {
+        let r = |name: &str, host: Option<&str>, path: &str, effect: Effect| Rule {
+            hosts: host
+                .map(|h| vec![HostPattern::parse(h).unwrap()])
+                .unwrap_or_default(),
+            ..rule(name, &[path], effect, &[])
+        };
+        use Effect::{Allow, Deny};
+        // (earlier, later, shadowed, requests the later rule matches: (host, path))
+        type Case<'a> = (Rule, Rule, bool, &'a [(&'a str, &'a str)]);
+        let cases: Vec<Case<'_>> = vec![
+            (
+                r("wild", Some("*.example.org"), "/w/**", Allow),
+                r("sub", Some("x.example.org"), "/w/1", Allow),
+                true,
+                &[("x.example.org", "/w/1")],
+            ),
+            (
+                r("wild", Some("*.example.com"), "/**", Allow),
+                r("admin", Some("a.example.com"), "/admin/**", Deny),
+                true,
+                &[("a.example.com", "/admin/x")],
+            ),
+            // One label only: `a.b.example.org` is not the allow wildcard's.
+            (
+                r("wild", Some("*.example.org"), "/**", Allow),
+                r("deep", Some("a.b.example.org"), "/**", Allow),
+                false,
+                &[("a.b.example.org", "/x")],
+            ),
+            (
+                r("wild", Some("*.example.org"), "/**", Deny),
+                r("deep", Some("*.b.example.org"), "/**", Allow),
+                true,
+                &[("a.b.example.org", "/x")],
+            ),
+            (
+                r("wild", Some("*.example.org"), "/**", Allow),
+                r("deeper", Some("*.b.example.org"), "/**", Allow),
+                false,
+                &[("a.b.example.org", "/x")],
+            ),
+            (
+                r("exact", Some("x.example.org"), "/**", Allow),
+                r("wild", Some("*.example.org"), "/**", Allow),
+                false,
+                &[("y.example.org", "/x")],
+            ),
+            (
+                r("deny-secret", None, "/secret", Deny),
+                r("secret-json", None, "/secret.json", Allow),
+                true,
+                &[("a.test", "/secret.json"), ("a.test", "/secret.json/")],
+            ),
+            // A prefix reads it too: `/admin.json` is `/admin/**`'s.
+            (
+                r("deny-admin", None, "/admin/**", Deny),
+                r("admin-json", None, "/admin.json", Allow),
+                true,
+                &[("a.test", "/admin.json")],
+            ),
+            (
+                r("deny-admin", None, "/v1/admin", Deny),
+                r("admin-json", None, "/v1/ADMIN.tar.gz", Allow),
+                true,
+                &[("a.test", "/v1/ADMIN.tar.gz")],
+            ),
+            // A suffix on a segment that is not the last is no format.
+            (
+                r("deny-secret", None, "/secret", Deny),
+                r("nested", None, "/secret.json/x", Allow),
+                false,
+                &[("a.test", "/secret.json/x")],
+            ),
+            // An allow rule reads no suffix.
+            (
+                r("secret", None, "/secret", Allow),
+                r("secret-json", None, "/secret.json", Allow),
+                false,
+                &[("a.test", "/secret.json")],
+            ),
+            (
+                r("deny-secret", None, "/secret", Deny),
+                r("json-tree", None, "/secret.json/**", Allow),
+                false,
+                &[("a.test", "/secret.json/x")],
+            ),
+        ];
+        for (earlier, later, shadowed, requests) in &cases {
+            assert_eq!(
+                later.shadowed_by(earlier),
+                *shadowed,
+                "{} after {}",
+                later.id.0,
+                earlier.id.0
+            );
+            for (host, path) in *requests {
+                let (mut parts, conn) = get(path);
+                parts
+                    .headers
+                    .insert("host", http::HeaderValue::from_str(host).unwrap());
+                let facts = RequestFacts::from_parts(&parts, &conn, &[]).unwrap();
+                assert!(later.matches(&facts), "{} {host}{path}", later.id.0);
+                // Shadowed: the earlier rule decides it; not: here is one it leaves.
+                assert_eq!(
+                    earlier.matches(&facts),
+                    *shadowed,
+                    "{} {host}{path}",
+                    earlier.id.0
+                );
+            }
+        }
     }
 
     #[test]

@@ -1153,6 +1153,66 @@ fn check_warns_about_rules_that_can_never_match() {
     assert!(text.contains("3 warning(s)"), "{text}");
 }
 
+/// `check` finds a rule an earlier host wildcard or format-suffix reading decides whole
+/// (`*.example.org` before `x.example.org`; deny `/secret` before `/secret.json`, which deny
+/// rules match), and `explain` agrees: the earlier rule decides the later one's request.
+#[test]
+fn check_sees_rules_a_wildcard_host_or_a_format_suffix_shadows() {
+    let cfg = ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:
+  - name: wild
+    match: {hosts: [\"*.example.org\"], paths: [\"/w/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+  - name: sub
+    match: {hosts: [\"x.example.org\"], paths: [\"/w/1\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+  - name: deny-secret
+    match: {paths: [\"/secret\"]}
+    effect: deny
+  - name: secret-json
+    match: {paths: [\"/secret.json\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+  - name: wide
+    match: {hosts: [\"*.example.com\"], paths: [\"/**\"]}
+    effect: allow
+    anonymous: true
+    upstream: echo
+  - name: a-admin
+    match: {hosts: [\"a.example.com\"], paths: [\"/admin/**\"]}
+    effect: deny
+",
+    );
+    let (code, text) = cfg.run("check", &[]);
+    assert_eq!(code, Some(0), "warnings only: {text}");
+    for (at, rule, by) in [
+        ("rules[1]", "sub", "wild"),
+        ("rules[3]", "secret-json", "deny-secret"),
+        ("rules[5]", "a-admin", "wide"),
+    ] {
+        let line = format!("warning: {at}.match: rule `{rule}` can never match: `{by}`");
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+    assert!(text.contains("3 warning(s)"), "{text}");
+    for (url, rule) in [
+        ("http://x.example.org/w/1", "wild"),
+        ("http://a.test/secret.json", "deny-secret"),
+        ("http://a.example.com/admin/x", "wide"),
+    ] {
+        let (_, out) = cfg.run("explain", &["--url", url, "--json"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|_| panic!("{url}: {out}"));
+        assert_eq!(v["rule"]["name"].as_str(), Some(rule), "{url}: {out}");
+    }
+}
+
 /// A WebSocket its rule relays, from an origin the rule's CORS does not name: the proxy
 /// refuses it (403 `cors_origin_not_allowed`), and so do `explain` and `test`; from the named
 /// origin, or as a plain request, it is allowed. (Both tools said allowed.)

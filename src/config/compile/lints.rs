@@ -66,8 +66,16 @@ impl Linter {
         let mut out = Vec::new();
         // An earlier rule matching everything this one could means it never decides: its
         // literal prefix is a prefix of this rule's (of its first path, which it must cover).
+        // (And where its last segment, read without a format suffix, leads: an earlier rule
+        // that reads suffixes matches it there.)
         let candidates = match rule.paths.first() {
-            Some(p) => self.root.along(p.literal_prefix()).0,
+            Some(p) => {
+                let mut found = self.root.along(p.literal_prefix()).0;
+                for stem in p.format_stems_of_prefix() {
+                    found.extend(self.root.along(stem.into_iter()).0);
+                }
+                found
+            }
             None => self.root.here.clone(),
         };
         let shadow = candidates
