@@ -172,6 +172,12 @@ impl Upstream {
             Some(u) => specs(raw, &u.scheme, &u.authority)
                 .map_err(|e| errors.extend(e))
                 .ok(),
+            // Listed endpoints need nothing of the URL (only its default port does).
+            None if !raw.endpoints.is_empty() => {
+                let (scheme, authority) = (Scheme::HTTP, Authority::from_static("unread"));
+                let _ = specs(raw, &scheme, &authority).map_err(|e| errors.extend(e));
+                None
+            }
             None => None,
         };
         let health = health_check(raw).map_err(|e| errors.extend(e)).ok();
@@ -1069,10 +1075,22 @@ fn settings(raw: &RawUpstream, https: Option<bool>) -> Result<Settings, Vec<Upst
         }
         n => n,
     };
-    match (&raw.client_cert, &raw.client_key) {
-        (Some(_), None) => error("client_key", "a client certificate needs its `client_key`"),
-        (None, Some(_)) => error("client_cert", "a client key needs its `client_cert`"),
-        _ => {}
+    if https != Some(false) {
+        match (&raw.client_cert, &raw.client_key) {
+            (Some(_), None) => error("client_key", "a client certificate needs its `client_key`"),
+            (None, Some(_)) => error("client_cert", "a client key needs its `client_cert`"),
+            _ => {}
+        }
+        // A server name needs no file: checked here, with the rest.
+        if let Some(n) = &raw.server_name {
+            let bare = n.trim_start_matches('[').trim_end_matches(']');
+            if ServerName::try_from(bare.to_owned()).is_err() {
+                error(
+                    "server_name",
+                    &format!("`{n}` is not a valid TLS server name"),
+                );
+            }
+        }
     }
     if https == Some(false) {
         for (field, set) in [
@@ -1214,7 +1232,6 @@ mod tests {
             [
                 "ca_file",
                 "ca_file",
-                "client_cert",
                 "client_key",
                 "client_key",
                 "connect_timeout",
@@ -1234,16 +1251,32 @@ mod tests {
         // A URL that cannot be read hides only what follows from it (the endpoints' default
         // port, TLS): the rest is still named.
         let raw: RawUpstream = serde_yaml::from_str(
-            "{url: \"ftp://x\", dns_refresh: 10ms, retry_budget: {percent: 500}}",
+            "{url: \"ftp://x\", endpoints: [\"not a host\"], dns_refresh: 10ms, retry_budget: {percent: 500}}",
         )
         .unwrap();
         let errors = Upstream::build("a", &raw, dir.path(), None).err().unwrap();
         let fields: Vec<&str> = errors.iter().map(|e| &*e.field).collect();
         assert_eq!(
             fields,
-            ["url", "dns_refresh", "retry_budget.percent"],
+            ["url", "endpoints[0]", "dns_refresh", "retry_budget.percent"],
             "{errors:?}"
         );
+        // An https upstream: a bad server name beside other problems; the pairing of a
+        // certificate and its key, not on http, where neither belongs.
+        let https: RawUpstream = serde_yaml::from_str(
+            "{url: \"https://[::1]:8443\", server_name: \"bad name!\", max_connections: 0}",
+        )
+        .unwrap();
+        let errors = Upstream::build("a", &https, dir.path(), None)
+            .err()
+            .unwrap();
+        let fields: Vec<&str> = errors.iter().map(|e| &*e.field).collect();
+        assert_eq!(fields, ["max_connections", "server_name"], "{errors:?}");
+        let http: RawUpstream =
+            serde_yaml::from_str("{url: \"http://a.internal\", client_cert: c.pem}").unwrap();
+        let errors = Upstream::build("a", &http, dir.path(), None).err().unwrap();
+        let fields: Vec<&str> = errors.iter().map(|e| &*e.field).collect();
+        assert_eq!(fields, ["client_cert", "client_cert"], "{errors:?}");
     }
 
     #[test]

@@ -1146,7 +1146,10 @@ fn joined(http: &HttpRequest) -> bool {
 /// (the form told apart; the warning itself is read by an operator)
 fn joined_headers_noticed(listener: &str) {
     static NOTICED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !NOTICED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+    // (Read first: a swap on every Check would write the shared line each time.)
+    if !NOTICED.load(std::sync::atomic::Ordering::Relaxed)
+        && !NOTICED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
         tracing::warn!(
             listener,
             "Envoy sends this door the request's headers joined (encode_raw_headers is off): \
