@@ -114,7 +114,8 @@ struct DoorKindLabels {
     kind: &'static str,
 }
 
-/// A configured name as a label value, shared with the config rather than copied.
+/// A configured name as a label value, shared with the config rather than copied, and
+/// escaped as it is written ([`label_text`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Name(Arc<str>);
 
@@ -123,8 +124,30 @@ impl prometheus_client::encoding::EncodeLabelValue for Name {
         &self,
         encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
     ) -> Result<(), std::fmt::Error> {
-        prometheus_client::encoding::EncodeLabelValue::encode(&&*self.0, encoder)
+        prometheus_client::encoding::EncodeLabelValue::encode(&&*label_text(&self.0), encoder)
     }
+}
+
+/// A configured name (an upstream's, a limit's) as the text format writes a label value: `\`,
+/// `"` and line feeds escaped.
+///
+/// Why: prometheus-client writes label values as they are, and a name the config takes
+/// (`upstreams: {"a\"b": …}`) broke the whole `/metrics` page for every scraper.
+/// Regression: tests::configured_names_are_escaped_in_labels
+fn label_text(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -323,7 +346,7 @@ impl Metrics {
         let limits = Family::<LimitLabel, Counter>::default();
         registry.register(
             "connection_limits",
-            "Client connections or streams ended by a limit or deadline: http2_resets, http2_control_frames, http2_library (h2's own GOAWAY ENHANCE_YOUR_CALM), send_timeout, idle_timeout, header_read_timeout, stalled, drain; requests shed: max_in_flight, uploads_per_client, uploads",
+            "Client connections or streams ended by a limit or deadline: http2_resets, http2_control_frames, http2_library (h2's own GOAWAY ENHANCE_YOUR_CALM), send_timeout, idle_timeout, header_read_timeout, body_timeout, stalled, drain, door_strangers; tunnels closed: tunnel_idle_timeout, tunnel_max_lifetime, tunnel_credential_expired, tunnel_reauthorization_denied, tunnel_drained; streams cut: stream_credential_expired, stream_reauthorization_denied; requests shed: max_in_flight, uploads_per_client, uploads",
             limits.clone(),
         );
         let connections_open = Gauge::default();
@@ -553,7 +576,10 @@ fn encode_upstreams(
         let mut m = encoder.encode_descriptor(name, help, None, kind)?;
         for (u, eps) in &endpoints {
             for ep in eps {
-                let labels = [("upstream", &*u.name), ("endpoint", ep.address.as_str())];
+                let labels = [
+                    ("upstream", &*label_text(&u.name)),
+                    ("endpoint", &*label_text(ep.address.as_str())),
+                ];
                 let mut e = m.encode_family(&labels)?;
                 match kind {
                     MetricType::Counter => {
@@ -573,7 +599,7 @@ fn encode_upstreams(
     for u in &snapshot.upstreams {
         let (sent, refused) = u.retries();
         for (outcome, v) in [("sent", sent), ("budget_refused", refused)] {
-            let labels = [("upstream", &*u.name), ("outcome", outcome)];
+            let labels = [("upstream", &*label_text(&u.name)), ("outcome", outcome)];
             m.encode_family(&labels)?
                 .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
         }
@@ -628,7 +654,7 @@ impl Collector for SnapshotCollector {
                     }
                     for (outcome, n) in counts {
                         let labels = [
-                            ("limit", &*l.name),
+                            ("limit", &*label_text(&l.name)),
                             ("door", door.as_str()),
                             ("outcome", outcome),
                         ];
@@ -645,7 +671,7 @@ impl Collector for SnapshotCollector {
             )?;
             for l in limits.iter().filter(|l| l.is_redis()) {
                 for (mode, v) in ["allow", "deny", "local"].iter().zip(&l.counters.fallback) {
-                    let labels = [("limit", &*l.name), ("mode", *mode)];
+                    let labels = [("limit", &*label_text(&l.name)), ("mode", *mode)];
                     m.encode_family(&labels)?
                         .encode_counter::<NoLabelSet, _, u64>(&v.load(Ordering::Relaxed), None)?;
                 }
@@ -657,7 +683,7 @@ impl Collector for SnapshotCollector {
                 MetricType::Gauge,
             )?;
             for l in &limits {
-                let labels = [("limit", &*l.name)];
+                let labels = [("limit", &*label_text(&l.name))];
                 m.encode_family(&labels)?
                     .encode_gauge(&i64::try_from(l.keys()).unwrap_or(i64::MAX))?;
             }
@@ -829,6 +855,24 @@ mod tests {
 
     /// Labelled counters are found in a per-thread cache after their first use: each
     /// instance keeps its own counts, from every thread, and the text shows each once.
+    #[test]
+    fn configured_names_are_escaped_in_labels() {
+        for (name, written) in [
+            ("api", "api"),
+            ("a\"b", "a\\\"b"),
+            ("a\\b", "a\\\\b"),
+            ("a\nb", "a\\nb"),
+            ("\"\\\n", "\\\"\\\\\\n"),
+        ] {
+            assert_eq!(label_text(name), written, "{name:?}");
+        }
+        let m = Metrics::new();
+        m.upstream_error(&Arc::from("a\"b\\c\nd"), "connect");
+        let text = m.encode();
+        let line = r#"portcullis_upstream_errors_total{upstream="a\"b\\c\nd",kind="connect"} 1"#;
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+
     #[test]
     fn cached_labelled_counters_count_per_instance_from_every_thread() {
         let (a, b) = (Arc::new(Metrics::new()), Metrics::new());
