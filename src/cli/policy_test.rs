@@ -136,6 +136,26 @@ struct Expect {
     location: Option<String>,
 }
 
+impl Expect {
+    /// Whether it expects nothing at all.
+    fn is_empty(&self) -> bool {
+        let Self {
+            decision,
+            status,
+            rule,
+            reason,
+            headers,
+            location,
+        } = self;
+        decision.is_none()
+            && status.is_none()
+            && rule.is_none()
+            && reason.is_none()
+            && headers.is_empty()
+            && location.is_none()
+    }
+}
+
 fn get() -> String {
     "GET".to_owned()
 }
@@ -177,6 +197,21 @@ async fn run_file(file: &Path, out: &mut String) -> Result<(usize, usize), Strin
     let at = |path: &str, m: String| {
         crate::config::Diagnostic::at(&src.display, &src.index, path, m).to_string()
     };
+    // Why: a file of no cases, or a case that expects nothing, passed (exit 0) while testing
+    // nothing, and a policy change its author meant it to guard went through CI unchecked.
+    // Regression: tests (it) policy::a_test_file_that_tests_nothing_is_refused
+    if parsed.cases.is_empty() {
+        return Err(at(
+            "cases",
+            "no cases: a test file must test something".into(),
+        ));
+    }
+    if let Some(i) = parsed.cases.iter().position(|c| c.expect.is_empty()) {
+        return Err(at(
+            &format!("cases[{i}].expect"),
+            "expects nothing: give at least one of decision, status, rule, reason, headers, location".into(),
+        ));
+    }
     let base = file.parent().unwrap_or(Path::new("."));
     let (snapshot, _) = crate::config::build(&base.join(&parsed.config), None).map_err(|ds| {
         let mut text = at("config", "the config does not load:".into());

@@ -1326,6 +1326,39 @@ fn policy_test_files_pass_for_the_examples_and_print_a_diff_on_mismatch() {
     );
 }
 
+/// A test file with no case, or a case that expects nothing, is refused (exit 2, its line and
+/// field named): it passed while testing nothing.
+#[test]
+fn a_test_file_that_tests_nothing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}/config/examples/seed.yaml", env!("CARGO_MANIFEST_DIR"));
+    for (name, text, said) in [
+        (
+            "none.yaml",
+            format!("config: {config}\ncases: []\n"),
+            "none.yaml:2:1: error: cases: no cases",
+        ),
+        (
+            "empty.yaml",
+            format!(
+                "config: {config}\ncases:\n  - name: ok\n    request: {{url: \"https://a/tables/posts\"}}\n    expect: {{decision: deny}}\n  - name: nothing\n    request: {{url: \"https://a/tables/posts\"}}\n    expect: {{}}\n"
+            ),
+            "cases[1].expect: expects nothing",
+        ),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("test")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(said), "{said} in {stderr}");
+    }
+}
+
 /// A policy test case may name the door, or the listener, whose code decides it: what that
 /// door answers its peer is compared (an nginx listener's mapped status, the identity headers
 /// the peer copies), and a wrong expectation there fails as through the proxy.
