@@ -241,6 +241,20 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
     }
     // The upgrade asked for, read before the hop-by-hop headers go, as the proxy reads it.
     let upgrade = crate::proxy::upgrade::asked(&mut parts);
+    // What the proxy passes on of them and of the trace (`proxy::service`): `TE: trailers`,
+    // and its own `traceparent`, a new span of the client's trace (or of a new one).
+    // Why: the upstream got `te`, `traceparent` and `tracestate`, and explain showed none,
+    // so a test expecting no `traceparent` passed. Regression: tests (it)
+    // policy::explain_shows_the_trace_and_te_the_upstream_gets
+    let te_trailers = parts.headers.get(http::header::TE).is_some_and(|v| {
+        v.to_str().is_ok_and(|t| {
+            t.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    let trace_context = (snapshot.trace_propagate || snapshot.otlp.is_some()).then(|| {
+        crate::telemetry::trace_context::TraceContext::from_headers(&parts.headers, false)
+    });
     hop_by_hop::strip(&mut parts.headers);
     let facts = match RequestFacts::from_parts(&parts, &conn, &snapshot.server.trusted_proxies) {
         Ok(f) => f,
@@ -342,6 +356,25 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
                 &request_id,
                 upstream,
             );
+            if te_trailers {
+                parts
+                    .headers
+                    .insert(http::header::TE, HeaderValue::from_static("trailers"));
+            }
+            if let Some((cx, kept)) = &trace_context {
+                cx.apply(&mut parts.headers);
+                // Its span id and, for a new trace, its trace id are drawn per request.
+                parts.headers.insert(
+                    crate::telemetry::trace_context::TRACEPARENT,
+                    HeaderValue::from_static(
+                        if *kept == crate::telemetry::trace_context::Received::Valid {
+                            "(the client's trace, a new span per request)"
+                        } else {
+                            "(a new trace per request)"
+                        },
+                    ),
+                );
+            }
             let mut headers: Vec<(String, String)> = parts
                 .headers
                 .iter()

@@ -1326,6 +1326,48 @@ fn policy_test_files_pass_for_the_examples_and_print_a_diff_on_mismatch() {
     );
 }
 
+/// `explain` shows the `te` and trace headers the proxy passes on: `TE: trailers` as the
+/// client said it, the gateway's own `traceparent` (a new span of the client's valid trace, or
+/// a new trace) with the client's `tracestate` kept beside a valid parent only.
+#[test]
+fn explain_shows_the_trace_and_te_the_upstream_gets() {
+    let cfg = ConfigDir::new("");
+    cfg.write(
+        "policies/p.yaml",
+        "rules:\n  - {name: open, match: {paths: [\"/**\"]}, effect: allow, anonymous: true, upstream: echo}\n",
+    );
+    // The headers as explain lists them: `[name, value]` pairs, sorted.
+    let headers = |args: &[&str]| -> Vec<(String, String)> {
+        let mut all = vec!["--url", "http://app.test/x", "--json"];
+        all.extend_from_slice(args);
+        let (code, out) = cfg.run("explain", &all);
+        assert_eq!(code, Some(0), "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        serde_json::from_value(v["upstream"]["headers"].clone()).unwrap()
+    };
+    let value = |h: &[(String, String)], name: &str| {
+        h.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    };
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let parent = format!("traceparent: {PARENT}");
+    let h = headers(&["-H", "TE: trailers", "-H", &parent, "-H", "tracestate: a=1"]);
+    assert_eq!(value(&h, "te").as_deref(), Some("trailers"), "{h:?}");
+    assert_eq!(
+        value(&h, "traceparent").as_deref(),
+        Some("(the client's trace, a new span per request)"),
+        "{h:?}"
+    );
+    assert_eq!(value(&h, "tracestate").as_deref(), Some("a=1"), "{h:?}");
+    let h = headers(&["-H", "tracestate: a=1"]);
+    assert_eq!(
+        value(&h, "traceparent").as_deref(),
+        Some("(a new trace per request)"),
+        "{h:?}"
+    );
+    assert_eq!(value(&h, "tracestate"), None, "{h:?}");
+    assert_eq!(value(&h, "te"), None, "{h:?}");
+}
+
 /// A test file with no case, or a case that expects nothing, is refused (exit 2, its line and
 /// field named): it passed while testing nothing.
 #[test]
