@@ -379,9 +379,14 @@ impl Rule {
                         .iter()
                         .any(|e| e.covers_at_depth(earlier_deep, h, deep))
                 }));
-        let methods = earlier.methods.0.is_empty()
-            || (!self.methods.0.is_empty()
-                && self.methods.0.iter().all(|m| earlier.methods.0.contains(m)));
+        // (An empty set leaves out the methods only a rule naming them matches: a later rule
+        // naming TRACE decides it. Regression: tests::an_empty_method_set_covers_no_trace)
+        let methods = if earlier.methods.0.is_empty() {
+            self.methods.0.iter().all(|m| !is_explicit_only(m))
+        } else {
+            !self.methods.0.is_empty()
+                && self.methods.0.iter().all(|m| earlier.methods.0.contains(m))
+        };
         let fold = earlier.folds_case();
         // (Every rule that folds folds as widely: [`Self::fold`].)
         // Why: a rule whose literals fold (a deny rule) matches `/REPORTS` where an earlier
@@ -726,8 +731,7 @@ impl PathPattern {
                     same(l, s)
                         || (fold == Fold::Wide
                             && at_end(segs.clone())
-                            && s.match_indices('.')
-                                .any(|(i, _)| i > 0 && i + 1 < s.len() && same(l, &s[..i])))
+                            && format_stems(s).any(|stem| same(l, stem)))
                 }
                 (Some(s), Segment::Any(_)) => !s.is_empty(),
                 (None, _) => false,
@@ -752,11 +756,20 @@ impl PathPattern {
     }
 }
 
-/// A path segment cut before each of its dots past its first byte and before its last: the
-/// names a format suffix is read from ([`PathPattern::matches_fold`]).
+/// A path segment cut before each of its first [`MAX_SUFFIXES`] dots (a dot that is its first
+/// or last byte counted, and not cut at): the names a format suffix is read from, by the
+/// rules ([`PathPattern::matches_fold`]), by the index ([`RouteTable::find`] looks up the
+/// same stems) and by the lints.
+///
+/// Why one bound for all three: the rules read a suffix at every dot while the index looked
+/// up the first four, so `check` called a deny rule for `/db.2024.01.15.sql.gz` dead behind
+/// one for `/db.2024.01.15.sql` (a stem at the fifth dot), which the gateway never reached
+/// through the index: the later rule decided the request. Regression:
+/// tests::a_wildcard_host_or_a_format_suffix_shadows_a_later_rule
 fn format_stems(segment: &str) -> impl Iterator<Item = &str> {
     segment
         .match_indices('.')
+        .take(MAX_SUFFIXES)
         .filter(move |(i, _)| *i > 0 && i + 1 < segment.len())
         .map(move |(i, _)| &segment[..i])
 }
@@ -1557,6 +1570,25 @@ mod tests {
                 false,
                 &[("a.test", "/secret.json/x")],
             ),
+            // Past the fourth dot no suffix is read, by the rules or the index.
+            (
+                r("deny-dump", None, "/backup/db.2024.01.15.sql", Deny),
+                r("deny-dump-gz", None, "/backup/db.2024.01.15.sql.gz", Deny),
+                false,
+                &[("a.test", "/backup/db.2024.01.15.sql.gz")],
+            ),
+            (
+                r("deny-v", None, "/v1.2.3.4", Deny),
+                r("v-json", None, "/v1.2.3.4.json", Allow),
+                true,
+                &[("a.test", "/v1.2.3.4.json")],
+            ),
+            (
+                r("deny-dot", None, "/.a.b.c.d", Deny),
+                r("dot-e", None, "/.a.b.c.d.e", Allow),
+                false,
+                &[("a.test", "/.a.b.c.d.e")],
+            ),
             // An allow rule reads no suffix.
             (
                 r("secret", None, "/secret", Allow),
@@ -1595,6 +1627,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A rule naming no method matches none of TRACE, TRACK and CONNECT: a later rule naming
+    /// them decides those, and is not shadowed.
+    #[test]
+    fn an_empty_method_set_covers_no_trace() {
+        let with = |name: &str, methods: &[&str]| Rule {
+            methods: MethodSet::parse(&methods.iter().map(|m| (*m).to_owned()).collect::<Vec<_>>())
+                .unwrap(),
+            ..rule(name, &["/internal/**"], Effect::Deny, &[])
+        };
+        let any = with("any", &[]);
+        assert!(!with("trace", &["CONNECT", "TRACE"]).shadowed_by(&any));
+        assert!(!with("track", &["GET", "TRACK"]).shadowed_by(&any));
+        assert!(with("get", &["GET", "POST"]).shadowed_by(&any));
+        assert!(with("none", &[]).shadowed_by(&any));
+        assert!(!any.methods.contains(&Method::TRACE));
     }
 
     #[test]
