@@ -707,7 +707,10 @@ impl Collector for SnapshotCollector {
             for (listener, expiries) in expiring {
                 for (entry, at) in expiries.iter().enumerate() {
                     let entry = entry.to_string();
-                    let labels = [("listener", &**listener), ("entry", entry.as_str())];
+                    let labels = [
+                        ("listener", &*label_text(listener)),
+                        ("entry", entry.as_str()),
+                    ];
                     m.encode_family(&labels)?.encode_gauge(at)?;
                 }
             }
@@ -853,8 +856,8 @@ mod tests {
         assert!(text.contains(r#"portcullis_config_info{version="abc"} 1"#));
     }
 
-    /// Labelled counters are found in a per-thread cache after their first use: each
-    /// instance keeps its own counts, from every thread, and the text shows each once.
+    /// Names from the config (an upstream's, a listener's) are written as label values with
+    /// `\\`, `"` and line feeds escaped.
     #[test]
     fn configured_names_are_escaped_in_labels() {
         for (name, written) in [
@@ -873,6 +876,8 @@ mod tests {
         assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
     }
 
+    /// Labelled counters are found in a per-thread cache after their first use: each
+    /// instance keeps its own counts, from every thread, and the text shows each once.
     #[test]
     fn cached_labelled_counters_count_per_instance_from_every_thread() {
         let (a, b) = (Arc::new(Metrics::new()), Metrics::new());
