@@ -172,10 +172,9 @@ impl Upstream {
             Some(u) => specs(raw, &u.scheme, &u.authority)
                 .map_err(|e| errors.extend(e))
                 .ok(),
-            // Listed endpoints need nothing of the URL (only its default port does).
+            // Listed endpoints are checked still (only the URL's default port needs it).
             None if !raw.endpoints.is_empty() => {
-                let (scheme, authority) = (Scheme::HTTP, Authority::from_static("unread"));
-                let _ = specs(raw, &scheme, &authority).map_err(|e| errors.extend(e));
+                let _ = listed(raw).map_err(|e| errors.extend(e));
                 None
             }
             None => None,
@@ -845,6 +844,11 @@ fn specs(
             Err(_) => Spec::Name(format!("{host}:{port}").into()),
         }]);
     }
+    listed(raw)
+}
+
+/// The endpoints `endpoints` lists (they need nothing of the URL), each checked.
+fn listed(raw: &RawUpstream) -> Result<Vec<Spec>, Vec<UpstreamError>> {
     // Why: an address listed twice had twice the traffic and two copies of each of its
     // `portcullis_upstream_endpoint_*` series under the same labels (one ejected, one not).
     // It is one endpoint (`check` warns). Regression: tests::an_endpoint_listed_twice_is_one

@@ -246,15 +246,8 @@ async fn run(snapshot: &Snapshot, args: &Request1<'_>) -> Result<(Value, bool), 
     // Why: the upstream got `te`, `traceparent` and `tracestate`, and explain showed none,
     // so a test expecting no `traceparent` passed. Regression: tests (it)
     // policy::explain_shows_the_trace_and_te_the_upstream_gets
-    let te_trailers = parts.headers.get(http::header::TE).is_some_and(|v| {
-        v.to_str().is_ok_and(|t| {
-            t.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
-    let trace_context = (snapshot.trace_propagate || snapshot.otlp.is_some()).then(|| {
-        crate::telemetry::trace_context::TraceContext::from_headers(&parts.headers, false)
-    });
+    let te_trailers = service::takes_trailers(&parts.headers);
+    let trace_context = service::trace_of(snapshot, &parts.headers);
     hop_by_hop::strip(&mut parts.headers);
     let facts = match RequestFacts::from_parts(&parts, &conn, &snapshot.server.trusted_proxies) {
         Ok(f) => f,

@@ -147,8 +147,7 @@ pub async fn handle(
     let request_id =
         request_id::take_or_generate(&parts.headers, &snapshot.server.request_id_header);
     // A new span id for this hop; the client's trace kept when its `traceparent` is valid.
-    let trace = (snapshot.trace_propagate || snapshot.otlp.is_some())
-        .then(|| TraceContext::from_headers(&parts.headers, snapshot.otlp.is_some()).0);
+    let trace = trace_of(&snapshot, &parts.headers).map(|(cx, _)| cx);
     let mut ctx = Ctx {
         shared,
         snapshot: &snapshot,
@@ -622,12 +621,7 @@ fn check_head(ctx: &mut Ctx<'_>, parts: &mut http::request::Parts) -> Result<(),
     // `TE: trailers` is hop-by-hop but says the client takes trailers (gRPC needs it said):
     // the gateway relays trailers, so it says the same upstream, and keeps the upstream's
     // `Trailer` declaration, without which hyper sends an HTTP/1.1 client no trailer.
-    ctx.te_trailers = parts.headers.get(header::TE).is_some_and(|v| {
-        v.to_str().is_ok_and(|t| {
-            t.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
+    ctx.te_trailers = takes_trailers(&parts.headers);
     hop_by_hop::strip(&mut parts.headers);
     Ok(())
 }
@@ -770,6 +764,27 @@ fn upstream_head(
     }
     parts.uri = uri;
     Ok(())
+}
+
+/// Whether the client's `TE` says it takes trailers (`TE: trailers`, maybe in a list).
+pub(crate) fn takes_trailers(headers: &http::HeaderMap) -> bool {
+    headers.get(header::TE).is_some_and(|v| {
+        v.to_str().is_ok_and(|t| {
+            t.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    })
+}
+
+/// The trace a request from a client with `headers` goes on with, when the gateway
+/// propagates traces or exports spans: a new span of the client's valid trace, or a new
+/// trace (sampled when spans are exported), and what the client sent.
+pub(crate) fn trace_of(
+    snapshot: &Snapshot,
+    headers: &http::HeaderMap,
+) -> Option<(TraceContext, crate::telemetry::trace_context::Received)> {
+    (snapshot.trace_propagate || snapshot.otlp.is_some())
+        .then(|| TraceContext::from_headers(headers, snapshot.otlp.is_some()))
 }
 
 /// Several `Cookie` fields as one, joined with `; `.
